@@ -1,0 +1,210 @@
+//! The coordinator's YAML configuration, validated before anything starts.
+//!
+//! Unknown keys are refused (a typo must not silently fall back to a default) and impossible
+//! values are refused with the key named and what to change, never adjusted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read coordinator config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, or has an unknown key or a value of the wrong type.
+    #[error("invalid coordinator config: {0}")]
+    Parse(String),
+    /// A value is out of range or contradicts another.
+    #[error("invalid coordinator config: `{key}` {problem}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2181))
+}
+fn default_tick_ms() -> u64 {
+    2000
+}
+fn default_max_packet_bytes() -> usize {
+    0xfffff
+}
+fn default_max_connections_per_address() -> u32 {
+    60
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Coordinator settings (`config/coordinator.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Client address to listen on (ZooKeeper's clientPortAddress:clientPort).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// Base time unit in ms (ZooKeeper's tickTime): session expiry is checked every tick.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Smallest session timeout granted; default 2 × tick.
+    #[serde(default)]
+    pub min_session_timeout_ms: Option<u64>,
+    /// Largest session timeout granted; default 20 × tick.
+    #[serde(default)]
+    pub max_session_timeout_ms: Option<u64>,
+    /// Largest packet accepted from a client (ZooKeeper's jute.maxbuffer).
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// Connections allowed from one client address (ZooKeeper's maxClientCnxns); 0 = unlimited.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: u32,
+    /// How long a new connection may take to send its ConnectRequest.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A digest id (`super:base64(sha1("super:password"))`) whose holder bypasses every ACL, as
+    /// ZooKeeper's `DigestAuthenticationProvider.superDigest`.
+    #[serde(default)]
+    pub super_digest: Option<String>,
+}
+
+impl CoordinatorConfig {
+    /// A configuration with defaults, for tests and embedding.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        CoordinatorConfig {
+            listen: default_listen(),
+            data_dir: data_dir.into(),
+            tick_ms: default_tick_ms(),
+            min_session_timeout_ms: None,
+            max_session_timeout_ms: None,
+            max_packet_bytes: default_max_packet_bytes(),
+            max_connections_per_address: default_max_connections_per_address(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            super_digest: None,
+        }
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: CoordinatorConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_yaml(&text)
+    }
+
+    /// The effective minimum session timeout.
+    pub fn min_session_timeout_ms(&self) -> u64 {
+        self.min_session_timeout_ms.unwrap_or(2 * self.tick_ms)
+    }
+
+    /// The effective maximum session timeout.
+    pub fn max_session_timeout_ms(&self) -> u64 {
+        self.max_session_timeout_ms.unwrap_or(20 * self.tick_ms)
+    }
+
+    /// Clamps a requested session timeout into [min, max], as ZooKeeper negotiates it.
+    pub fn negotiate_timeout(&self, requested_ms: i32) -> i32 {
+        let requested = requested_ms.max(0) as u64;
+        requested.clamp(self.min_session_timeout_ms(), self.max_session_timeout_ms()) as i32
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        if !(10..=60_000).contains(&self.tick_ms) {
+            return invalid("tick_ms", format!("is {}; use a value from 10 to 60000 (ms)", self.tick_ms));
+        }
+        let (min, max) = (self.min_session_timeout_ms(), self.max_session_timeout_ms());
+        if min < self.tick_ms {
+            return invalid(
+                "min_session_timeout_ms",
+                format!(
+                    "is {min}; it must be at least one tick ({} ms) for expiry to be checked in time",
+                    self.tick_ms
+                ),
+            );
+        }
+        if max < min {
+            return invalid(
+                "max_session_timeout_ms",
+                format!("is {max}, below min_session_timeout_ms ({min}); raise it or lower the minimum"),
+            );
+        }
+        if max > i32::MAX as u64 {
+            return invalid("max_session_timeout_ms", format!("is {max}; the protocol carries at most {}", i32::MAX));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_packet_bytes) {
+            return invalid(
+                "max_packet_bytes",
+                format!(
+                    "is {}; use a value from 1024 to 67108864 (ZooKeeper's default is 1048575)",
+                    self.max_packet_bytes
+                ),
+            );
+        }
+        if self.handshake_timeout_ms == 0 {
+            return invalid("handshake_timeout_ms", "is 0; give new connections some ms to say hello".into());
+        }
+        if let Some(d) = &self.super_digest {
+            if d.split_once(':').is_none_or(|(u, h)| u.is_empty() || h.is_empty()) {
+                return invalid("super_digest", "must look like user:base64digest".into());
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "is empty; name a directory for durable state".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_zookeeper() {
+        let c = CoordinatorConfig::from_yaml("data_dir: /tmp/x\n").unwrap();
+        assert_eq!(c.listen.port(), 2181);
+        assert_eq!((c.min_session_timeout_ms(), c.max_session_timeout_ms()), (4000, 40000));
+        assert_eq!(c.negotiate_timeout(100), 4000);
+        assert_eq!(c.negotiate_timeout(1_000_000), 40000);
+        assert_eq!(c.negotiate_timeout(6000), 6000);
+        assert_eq!(c.max_packet_bytes, 1_048_575);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_impossible_values_naming_the_key() {
+        let e = CoordinatorConfig::from_yaml("data_dir: /x\ntick_time: 5\n").unwrap_err().to_string();
+        assert!(e.contains("tick_time"), "{e}");
+        let e =
+            CoordinatorConfig::from_yaml("data_dir: /x\nmin_session_timeout_ms: 9000\nmax_session_timeout_ms: 5000\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("max_session_timeout_ms"), "{e}");
+        let e = CoordinatorConfig::from_yaml("data_dir: /x\ntick_ms: 0\n").unwrap_err().to_string();
+        assert!(e.contains("tick_ms"), "{e}");
+        let e = CoordinatorConfig::from_yaml("data_dir: /x\nlisten: nowhere\n").unwrap_err().to_string();
+        assert!(e.contains("listen") || e.contains("socket"), "{e}");
+        assert!(CoordinatorConfig::from_yaml("listen: 127.0.0.1:1\n").is_err(), "data_dir is required");
+    }
+}

@@ -1,0 +1,564 @@
+//! One client connection: the handshake, then a reader that decodes and dispatches requests and
+//! a writer that sends replies strictly in request order.
+//!
+//! ```text
+//!  socket ─▶ reader ─┬─ write ─▶ Raft (proposed now, in order) ──┐
+//!                    ├─ read ────────────────────────────────────┤ Pending queue (FIFO)
+//!                    └─ ping, auth, errors ──────────────────────┘        │
+//!                                                                        ▼
+//!  state machine ── notifications ──────────────────────────────────▶ writer ─▶ socket
+//! ```
+//!
+//! Writes are proposed as soon as they are read, so a session's writes are pipelined and logged
+//! in its order. Reads are executed by the writer when their turn comes, after every earlier
+//! write of the session has been applied, so a read never overtakes the session's own write.
+//! Before each reply the writer sends every notification already queued, so a client sees a
+//! watch event before any reply that reflects the change (ZooKeeper's ordering guarantee).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use rand::RngCore;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::frame::{read_body, read_frame, read_prefix};
+use crate::proto::{op, ErrorCode, EventType, Id, SessionId, Zxid};
+use crate::raft::{Raft, TypeConfig};
+use crate::request::{
+    decode_header, encode_connect_response, encode_notification, encode_reply, watcher_type, ConnectRequest, ReadOp,
+    ReadResult, Reply, Request,
+};
+use crate::state::{ConnEntry, Outbound, ServerState};
+use crate::txn::{OpResult, Txn, TxnOp, TxnOutcome, TxnReply};
+use crate::watch::{ConnId, WatchKind};
+
+/// How many requests of one connection may wait for their replies before the server stops
+/// reading from it (ZooKeeper's globalOutstandingLimit plays this role).
+const MAX_OUTSTANDING: usize = 1000;
+
+type WriteReceiver = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
+
+/// What the server shares with every connection.
+pub(crate) struct Shared {
+    pub config: Arc<CoordinatorConfig>,
+    pub raft: Raft,
+    pub state: Arc<Mutex<ServerState>>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A reply waiting for its turn.
+enum Pending {
+    /// A reply already computed.
+    Ready { xid: i32, zxid: Zxid, result: Result<Reply, ErrorCode> },
+    /// A proposed write; the reply comes from its outcome.
+    Write { xid: i32, rx: WriteReceiver },
+    /// A read, executed when its turn comes.
+    Read { xid: i32, req: Request, auth: Arc<[Id]> },
+    /// Close the connection after the replies before this one.
+    Close,
+}
+
+/// Wall clock in ms, stamped into transactions by their proposer.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Serves one accepted connection until it closes or the server shuts down.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    id: ConnId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let result = run(&shared, id, stream, peer, shutdown).await;
+    shared.lock().remove_conn(id);
+    match result {
+        Ok(()) => debug!(conn = id, %peer, "connection closed"),
+        Err(why) => info!(conn = id, %peer, "closed connection: {why}"),
+    }
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    id: ConnId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut wr = BufWriter::new(wr);
+    let max = shared.config.max_packet_bytes;
+
+    // Handshake: the first frame is a ConnectRequest with no request header.
+    let handshake = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let prefix = match tokio::time::timeout(handshake, read_prefix(&mut rd)).await {
+        Err(_) => return Err(format!("no ConnectRequest within {} ms", handshake.as_millis())),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(p))) => p,
+    };
+    let frame = tokio::time::timeout(handshake, read_body(&mut rd, prefix, max))
+        .await
+        .map_err(|_| "ConnectRequest not complete in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let connect = ConnectRequest::decode(&frame).map_err(|e| format!("malformed ConnectRequest: {e}"))?;
+
+    let (session, timeout_ms, password) = match open_session(shared, &connect).await? {
+        Some(s) => s,
+        None => {
+            // ZooKeeper's answer to an expired, unknown or wrongly authenticated session.
+            let frame = encode_connect_response(0, 0, &[0; 16], connect.read_only);
+            let _ = wr.write_all(&frame).await;
+            let _ = wr.flush().await;
+            return Err(format!("session 0x{:x} is expired or unknown", connect.session_id));
+        }
+    };
+
+    // Every connection is authenticated by its address (ZooKeeper's ip provider).
+    let mut auth: Arc<[Id]> = Arc::from(vec![Id { scheme: "ip".into(), id: peer.ip().to_string() }]);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    {
+        let mut st = shared.lock();
+        // A newer connection takes the session over; the older one is closed, as in ZooKeeper.
+        for c in st.conns.values().filter(|c| c.session == session) {
+            let _ = c.tx.send(Outbound::Close("session moved to a newer connection"));
+        }
+        st.conns.insert(id, ConnEntry { session, auth: auth.clone(), tx: out_tx, peer });
+        st.counters.connections_accepted += 1;
+    }
+    wr.write_all(&encode_connect_response(timeout_ms, session.0, &password, connect.read_only))
+        .await
+        .map_err(|e| e.to_string())?;
+    wr.flush().await.map_err(|e| e.to_string())?;
+    debug!(conn = id, %peer, session = %session, timeout_ms, "session established");
+
+    let (pending_tx, pending_rx) = mpsc::channel(MAX_OUTSTANDING);
+    let writer_ctx = WriterCtx { shared: shared.clone(), conn: id, session };
+    let mut writer = tokio::spawn(writer_ctx.run(wr, pending_rx, out_rx));
+
+    let reason = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Some("server shutting down".to_string()),
+            _ = &mut writer => return Ok(()),
+            f = read_frame(&mut rd, max) => match f {
+                Ok(Some(f)) => f,
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            },
+        };
+        {
+            let mut st = shared.lock();
+            st.counters.packets_received += 1;
+            st.tracker.touch(session, Instant::now());
+        }
+        let (xid, opcode, body) = match decode_header(&frame) {
+            Ok(h) => h,
+            Err(e) => break Some(format!("malformed request header: {e}")),
+        };
+        let req = match Request::decode(opcode, body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(conn = id, %peer, opcode, "malformed request: {e}");
+                let zxid = shared.lock().tree.last_zxid();
+                let p = Pending::Ready { xid, zxid, result: Err(ErrorCode::MarshallingError) };
+                if pending_tx.send(p).await.is_err() {
+                    break None;
+                }
+                continue;
+            }
+        };
+        let mut stop = false;
+        let pending = match req {
+            Request::Auth { scheme, auth: credentials } => match authenticate(&shared.config, &scheme, &credentials) {
+                Ok(ids) => {
+                    let mut all: Vec<Id> = auth.to_vec();
+                    for i in ids {
+                        if !all.contains(&i) {
+                            all.push(i);
+                        }
+                    }
+                    auth = Arc::from(all);
+                    if let Some(c) = shared.lock().conns.get_mut(&id) {
+                        c.auth = auth.clone();
+                    }
+                    Pending::Ready { xid, zxid: Zxid(0), result: Ok(Reply::Empty) }
+                }
+                Err(why) => {
+                    warn!(conn = id, %peer, "authentication with scheme {scheme:?} failed: {why}");
+                    let _ = pending_tx
+                        .send(Pending::Ready { xid, zxid: Zxid(0), result: Err(ErrorCode::AuthFailed) })
+                        .await;
+                    stop = true;
+                    Pending::Close
+                }
+            },
+            Request::CloseSession => {
+                let rx = propose(shared, session, &auth, TxnOp::CloseSession { expired: false }).await?;
+                let _ = pending_tx.send(Pending::Write { xid, rx }).await;
+                stop = true;
+                Pending::Close
+            }
+            Request::Write(op) => Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Write(op)).await? },
+            Request::Multi(ops) => {
+                Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Multi(ops)).await? }
+            }
+            Request::Unknown(opcode) => {
+                debug!(conn = id, opcode, "unknown opcode");
+                Pending::Ready { xid, zxid: Zxid(-1), result: Err(ErrorCode::Unimplemented) }
+            }
+            req => Pending::Read { xid, req, auth: auth.clone() },
+        };
+        if pending_tx.send(pending).await.is_err() || stop {
+            break None;
+        }
+    };
+    if let Some(why) = &reason {
+        debug!(conn = id, %peer, "stopped reading: {why}");
+    }
+    // Let the writer finish the replies already owed, then close.
+    drop(pending_tx);
+    let _ = writer.await;
+    match reason {
+        Some(why) if why != "server shutting down" => Err(why),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a new session or resumes one. `None` means the client must be told its session is
+/// expired.
+async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option<(SessionId, i32, [u8; 16])>, String> {
+    let last = shared.lock().tree.last_zxid();
+    if c.last_zxid_seen > last.0 {
+        return Err(format!(
+            "client has seen zxid 0x{:x} but this server is at {last}; it must try another server",
+            c.last_zxid_seen
+        ));
+    }
+    let timeout_ms = shared.config.negotiate_timeout(c.timeout_ms);
+    if c.session_id == 0 {
+        let mut password = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut password);
+        let txn = Txn {
+            session: SessionId(0),
+            auth: Vec::new(),
+            time_ms: now_ms(),
+            op: TxnOp::CreateSession { timeout_ms, password },
+        };
+        let resp = shared.raft.client_write(txn).await.map_err(|e| format!("cannot create session: {e}"))?;
+        return match resp.data.result {
+            Ok(TxnReply::SessionCreated { session, timeout_ms, password }) => Ok(Some((session, timeout_ms, password))),
+            other => Err(format!("session creation answered {other:?}")),
+        };
+    }
+    let id = SessionId(c.session_id);
+    let mut st = shared.lock();
+    let Some(s) = st.tree.session(id) else { return Ok(None) };
+    if s.password[..] != c.password[..] {
+        return Ok(None);
+    }
+    let password = s.password;
+    if !st.tracker.reopen(id, Duration::from_millis(timeout_ms as u64), Instant::now()) {
+        return Ok(None);
+    }
+    Ok(Some((id, timeout_ms, password)))
+}
+
+/// Hands a transaction to Raft; the returned receiver yields its outcome once applied.
+async fn propose(
+    shared: &Arc<Shared>,
+    session: SessionId,
+    auth: &Arc<[Id]>,
+    op: TxnOp,
+) -> Result<WriteReceiver, String> {
+    let txn = Txn { session, auth: auth.to_vec(), time_ms: now_ms(), op };
+    shared.raft.client_write_ff(txn).await.map_err(|e| format!("cannot propose: {e}"))
+}
+
+/// Checks credentials of an auth packet, returning the identities they establish.
+fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) -> Result<Vec<Id>, String> {
+    match scheme {
+        "digest" => {
+            let text = std::str::from_utf8(credentials).map_err(|_| "credentials are not UTF-8".to_string())?;
+            let Some((user, _)) = text.split_once(':') else {
+                return Err("digest credentials must be user:password".into());
+            };
+            let digest = base64::engine::general_purpose::STANDARD.encode(sha1_smol::Sha1::from(text).digest().bytes());
+            let id = format!("{user}:{digest}");
+            let mut ids = Vec::new();
+            if config.super_digest.as_deref() == Some(id.as_str()) {
+                ids.push(Id { scheme: "super".into(), id: String::new() });
+            }
+            ids.push(Id { scheme: "digest".into(), id });
+            Ok(ids)
+        }
+        other => Err(format!("unsupported auth scheme {other:?} (this server accepts digest)")),
+    }
+}
+
+struct WriterCtx {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    session: SessionId,
+}
+
+impl WriterCtx {
+    async fn run(
+        self,
+        mut wr: BufWriter<OwnedWriteHalf>,
+        mut pending: mpsc::Receiver<Pending>,
+        mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    ) {
+        if let Err(why) = self.pump(&mut wr, &mut pending, &mut outbound).await {
+            debug!(conn = self.conn, "writer stopped: {why}");
+        }
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    }
+
+    async fn pump(
+        &self,
+        wr: &mut BufWriter<OwnedWriteHalf>,
+        pending: &mut mpsc::Receiver<Pending>,
+        outbound: &mut mpsc::UnboundedReceiver<Outbound>,
+    ) -> Result<(), String> {
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                ob = outbound.recv() => match ob {
+                    Some(Outbound::Notification(f)) => {
+                        wr.write_all(&f).await.map_err(|e| e.to_string())?;
+                        sent += 1;
+                    }
+                    Some(Outbound::Close(why)) => return Err(why.to_string()),
+                    None => return Ok(()),
+                },
+                item = pending.recv() => {
+                    let Some(item) = item else { return Ok(()) };
+                    let (frames, close) = self.resolve(item).await?;
+                    // Notifications queued so far describe changes this reply may reflect:
+                    // they go first.
+                    while let Ok(ob) = outbound.try_recv() {
+                        match ob {
+                            Outbound::Notification(f) => {
+                                wr.write_all(&f).await.map_err(|e| e.to_string())?;
+                                sent += 1;
+                            }
+                            Outbound::Close(why) => return Err(why.to_string()),
+                        }
+                    }
+                    for f in frames {
+                        wr.write_all(&f).await.map_err(|e| e.to_string())?;
+                        sent += 1;
+                    }
+                    if close {
+                        return Ok(());
+                    }
+                }
+            }
+            if pending.is_empty() && outbound.is_empty() {
+                wr.flush().await.map_err(|e| e.to_string())?;
+                self.shared.lock().counters.packets_sent += std::mem::take(&mut sent);
+            }
+        }
+    }
+
+    /// Turns a pending item into frames to send (notifications first, then the reply), and
+    /// whether to close afterwards.
+    async fn resolve(&self, item: Pending) -> Result<(Vec<Vec<u8>>, bool), String> {
+        match item {
+            Pending::Ready { xid, zxid, result } => Ok((vec![encode_reply(xid, zxid, &result)], false)),
+            Pending::Close => Ok((Vec::new(), true)),
+            Pending::Write { xid, rx } => {
+                let outcome = match rx.await {
+                    Ok(Ok(resp)) => resp.data,
+                    Ok(Err(e)) => return Err(format!("write not accepted: {e}")),
+                    Err(_) => return Err("replication stopped before the write was applied".into()),
+                };
+                Ok((vec![write_reply(xid, outcome)], false))
+            }
+            Pending::Read { xid, req, auth } => {
+                if let Request::Sync { path } = req {
+                    // A sync waits until this server has applied everything committed before it.
+                    self.shared.raft.ensure_linearizable().await.map_err(|e| format!("sync failed: {e}"))?;
+                    let zxid = self.shared.lock().tree.last_zxid();
+                    return Ok((vec![encode_reply(xid, zxid, &Ok(Reply::Path(path)))], false));
+                }
+                let mut st = self.shared.lock();
+                let mut frames = Vec::new();
+                let result = self.read(&mut st, req, &auth, &mut frames);
+                let zxid = st.tree.last_zxid();
+                let reply_xid = xid;
+                frames.push(encode_reply(reply_xid, zxid, &result));
+                Ok((frames, false))
+            }
+        }
+    }
+
+    /// Executes a read under the state lock, registering watches it leaves; notifications it
+    /// fires at once (SetWatches on stale paths) are pushed to `frames`.
+    fn read(
+        &self,
+        st: &mut ServerState,
+        req: Request,
+        auth: &[Id],
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<Reply, ErrorCode> {
+        let conn = self.conn;
+        match req {
+            Request::Ping => Ok(Reply::Empty),
+            Request::Exists { path, watch } => {
+                let r = st.tree.exists(&path);
+                if watch && !matches!(r, Err(ErrorCode::BadArguments)) {
+                    st.watches.add(conn, WatchKind::Data, &path);
+                }
+                r.map(Reply::Stat)
+            }
+            Request::GetData { path, watch } => {
+                let (data, stat) = st.tree.get_data(&path, auth)?;
+                let data = data.map(<[u8]>::to_vec);
+                if watch {
+                    st.watches.add(conn, WatchKind::Data, &path);
+                }
+                Ok(Reply::Data(data, stat))
+            }
+            Request::GetChildren { path, watch, with_stat } => {
+                let (children, stat) = st.tree.children(&path, auth)?;
+                if watch {
+                    st.watches.add(conn, WatchKind::Child, &path);
+                }
+                Ok(if with_stat { Reply::Children2(children, stat) } else { Reply::Children(children) })
+            }
+            Request::GetAcl { path } => st.tree.get_acl(&path, auth).map(|(a, s)| Reply::Acl(a, s)),
+            Request::GetEphemerals { prefix } => st.tree.ephemerals(self.session, &prefix).map(Reply::Strings),
+            Request::GetAllChildrenNumber { path } => st.tree.all_children_number(&path, auth).map(Reply::Int),
+            Request::MultiRead(ops) => Ok(Reply::MultiRead(
+                ops.into_iter()
+                    .map(|op| match op {
+                        ReadOp::GetData(p) => match st.tree.get_data(&p, auth) {
+                            Ok((d, s)) => ReadResult::Data(d.map(<[u8]>::to_vec), s),
+                            Err(e) => ReadResult::Error(e),
+                        },
+                        ReadOp::GetChildren(p) => match st.tree.children(&p, auth) {
+                            Ok((c, _)) => ReadResult::Children(c),
+                            Err(e) => ReadResult::Error(e),
+                        },
+                    })
+                    .collect(),
+            )),
+            Request::AddWatch { path, mode } => {
+                crate::path::validate(&path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let kind = match mode {
+                    0 => WatchKind::Persistent,
+                    1 => WatchKind::PersistentRecursive,
+                    _ => return Err(ErrorCode::BadArguments),
+                };
+                st.watches.add(conn, kind, &path);
+                // ZooKeeper answers addWatch with an ErrorResponse(0).
+                Ok(Reply::Int(0))
+            }
+            Request::CheckWatches { path, ty } => {
+                let ty = watcher_type(ty)?;
+                if st.watches.contains(conn, &path, ty) {
+                    Ok(Reply::Empty)
+                } else {
+                    Err(ErrorCode::NoWatcher)
+                }
+            }
+            Request::RemoveWatches { path, ty } => {
+                let ty = watcher_type(ty)?;
+                if st.watches.remove(conn, &path, ty) {
+                    Ok(Reply::Empty)
+                } else {
+                    Err(ErrorCode::NoWatcher)
+                }
+            }
+            Request::WhoAmI => Ok(Reply::WhoAmI(
+                auth.iter()
+                    .map(|id| Id {
+                        scheme: id.scheme.clone(),
+                        // The digest provider reports the user name, not the hash.
+                        id: match id.scheme.as_str() {
+                            "digest" => id.id.split(':').next().unwrap_or_default().to_string(),
+                            _ => id.id.clone(),
+                        },
+                    })
+                    .collect(),
+            )),
+            Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive } => {
+                let zxid = st.tree.last_zxid();
+                let mut fire = |kind: EventType, path: &str| frames.push(encode_notification(kind, path, zxid));
+                for p in data {
+                    match st.tree.node(&p) {
+                        None => fire(EventType::NodeDeleted, &p),
+                        Some(n) if n.stat.mzxid > relative_zxid => fire(EventType::NodeDataChanged, &p),
+                        Some(_) => st.watches.add(conn, WatchKind::Data, &p),
+                    }
+                }
+                for p in exist {
+                    match st.tree.node(&p) {
+                        Some(_) => fire(EventType::NodeCreated, &p),
+                        None => st.watches.add(conn, WatchKind::Data, &p),
+                    }
+                }
+                for p in child {
+                    match st.tree.node(&p) {
+                        None => fire(EventType::NodeDeleted, &p),
+                        Some(n) if n.stat.pzxid > relative_zxid => fire(EventType::NodeChildrenChanged, &p),
+                        Some(_) => st.watches.add(conn, WatchKind::Child, &p),
+                    }
+                }
+                for p in persistent {
+                    st.watches.add(conn, WatchKind::Persistent, &p);
+                }
+                for p in recursive {
+                    st.watches.add(conn, WatchKind::PersistentRecursive, &p);
+                }
+                Ok(Reply::Empty)
+            }
+            Request::Refused(code) => Err(code),
+            // Handled by the reader; never queued as reads.
+            Request::Auth { .. }
+            | Request::CloseSession
+            | Request::Write(_)
+            | Request::Multi(_)
+            | Request::Sync { .. }
+            | Request::Unknown(_) => Err(ErrorCode::SystemError),
+        }
+    }
+}
+
+/// Encodes the reply to a write from its outcome.
+fn write_reply(xid: i32, outcome: TxnOutcome) -> Vec<u8> {
+    let result = match outcome.result {
+        Err(code) => Err(code),
+        Ok(TxnReply::Op(r)) => match r {
+            OpResult::Created { opcode, path, stat } => {
+                Ok(if opcode == op::CREATE { Reply::Create(path) } else { Reply::Create2(path, stat) })
+            }
+            OpResult::DataSet { stat } | OpResult::AclSet { stat } => Ok(Reply::Stat(stat)),
+            OpResult::Deleted | OpResult::Checked => Ok(Reply::Empty),
+            // Only multis report per-op errors; a single op's refusal is the outcome's error.
+            OpResult::Error(_) => Err(ErrorCode::SystemError),
+        },
+        Ok(TxnReply::Multi(results)) => Ok(Reply::Multi(results)),
+        Ok(TxnReply::SessionClosed) | Ok(TxnReply::Nothing) | Ok(TxnReply::SessionCreated { .. }) => Ok(Reply::Empty),
+    };
+    encode_reply(xid, outcome.zxid, &result)
+}

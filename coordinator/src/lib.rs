@@ -1,0 +1,53 @@
+//! The Referee coordinator: a coordination server that speaks the Apache ZooKeeper client
+//! protocol and replicates its state through Raft (openraft).
+//!
+//! ZooKeeper clients (the `zookeeper-client` crate, Apache's `zkCli.sh`, kazoo) connect to it
+//! unchanged. The failover agents use it for their lock, breadcrumb and membership znodes; the
+//! `referee coordinator` command runs it; tests embed it with [`server::Coordinator`].
+//!
+//! # Layout
+//!
+//! One stage a module, in the order a request travels:
+//!
+//! - [`frame`]: 4-byte length framing and the packet size limit.
+//! - [`jute`]: ZooKeeper's binary record encoding.
+//! - [`proto`]: opcodes, error codes, create modes, `Stat` and `ACL` records.
+//! - [`request`]: typed requests decoded from frames; replies and notifications encoded back.
+//! - `connection` (private): one client connection, its handshake and its ordered reply pipeline.
+//! - [`txn`]: the transaction every write becomes in the replicated log.
+//! - [`raft`]: openraft's type configuration, log store and state machine.
+//! - [`state`]: the lock-protected server state the state machine applies to.
+//! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
+//! - [`watch`]: watch registrations and which connections an event reaches.
+//! - [`session`]: session liveness, with time as an input.
+//! - [`path`]: ZooKeeper's path rules.
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`server`]: start-up, the accept loop, session expiry, shutdown.
+//!
+//! ```text
+//!  client ─▶ frame ─▶ request ─▶ connection ─┬─ read ─▶ tree (under the state lock) ─┐
+//!                                            └─ write ─▶ txn ─▶ raft log ─▶ apply ───┤
+//!                                                            watch events ◀──────────┤
+//!  client ◀──────────── replies in request order, notifications first ◀──────────────┘
+//! ```
+//!
+//! The zxid of a write is the Raft index of its log entry; the wall-clock time and a new
+//! session's password are stamped into the transaction before it is logged, so applying the log
+//! is deterministic on every server.
+
+#![deny(missing_docs)]
+
+pub mod config;
+mod connection;
+pub mod frame;
+pub mod jute;
+pub mod path;
+pub mod proto;
+pub mod raft;
+pub mod request;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod tree;
+pub mod txn;
+pub mod watch;

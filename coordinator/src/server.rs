@@ -1,0 +1,190 @@
+//! The coordinator server: starts replication, accepts client connections, expires sessions.
+//!
+//! [`Coordinator::start`] brings up the Raft node (a cluster of one voter until the ensemble
+//! exists) and waits until it leads; [`Coordinator::serve`] takes an already bound listener and a
+//! shutdown future, as a library should, and returns once every connection has stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::connection::{self, now_ms, Shared};
+use crate::proto::SessionId;
+use crate::raft::{LoneNetwork, MemLogStore, Raft, StateMachine};
+use crate::state::ServerState;
+use crate::txn::{Txn, TxnOp};
+
+/// Why the coordinator could not start or run.
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    /// The Raft configuration was refused.
+    #[error("replication settings refused: {0}")]
+    RaftConfig(String),
+    /// Replication failed to start or stopped.
+    #[error("replication failed: {0}")]
+    Raft(String),
+    /// The node did not become leader in time.
+    #[error("this server did not become leader within {0:?}")]
+    NoLeader(Duration),
+    /// Socket error on the listener.
+    #[error("listener error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running coordinator server.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+/// This server's id in the Raft cluster (one voter until the ensemble exists).
+const NODE_ID: u64 = 1;
+
+impl Coordinator {
+    /// Starts replication and waits until this server leads (immediate for a single voter).
+    pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let raft_config = openraft::Config {
+            cluster_name: "referee-coordinator".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
+        let state = Arc::new(Mutex::new(ServerState::default()));
+        let raft =
+            Raft::new(NODE_ID, raft_config, LoneNetwork, MemLogStore::default(), StateMachine::new(state.clone()))
+                .await
+                .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        if !raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))? {
+            let members = std::collections::BTreeMap::from([(NODE_ID, BasicNode { addr: config.listen.to_string() })]);
+            raft.initialize(members).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        }
+        let wait = Duration::from_secs(10);
+        raft.wait(Some(wait))
+            .state(openraft::ServerState::Leader, "coordinator start")
+            .await
+            .map_err(|_| CoordinatorError::NoLeader(wait))?;
+        Ok(Coordinator { shared: Arc::new(Shared { config: Arc::new(config), raft, state }) })
+    }
+
+    /// The shared state, for status reporting.
+    pub fn state(&self) -> Arc<Mutex<ServerState>> {
+        self.shared.state.clone()
+    }
+
+    /// Serves clients on `listener` until `shutdown` completes, then closes every connection,
+    /// stops replication and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), CoordinatorError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let local = listener.local_addr()?;
+        info!(address = %local, "coordinator serving ZooKeeper clients");
+        let mut tasks = JoinSet::new();
+        tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
+        let mut next_conn: u64 = 1;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if !self.admit(peer) {
+                            continue;
+                        }
+                        let id = next_conn;
+                        next_conn += 1;
+                        tasks.spawn(connection::serve(self.shared.clone(), id, stream, peer, stop_rx.clone()));
+                    }
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    Err(e) => {
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!("coordinator shutting down");
+        let _ = stop_tx.send(true);
+        let drain = Duration::from_secs(5);
+        if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            warn!("connections did not close within {drain:?}; aborting them");
+            tasks.abort_all();
+        }
+        let _ = self.shared.raft.shutdown().await;
+        Ok(())
+    }
+
+    /// Per-address connection limit (ZooKeeper's maxClientCnxns).
+    fn admit(&self, peer: SocketAddr) -> bool {
+        let limit = self.shared.config.max_connections_per_address;
+        if limit == 0 {
+            return true;
+        }
+        let st = self.shared.lock();
+        let from_peer = st.conns.values().filter(|c| c.peer.ip() == peer.ip()).count();
+        if from_peer >= limit as usize {
+            warn!(%peer, limit, "too many connections from this address (max_connections_per_address); refusing");
+            return false;
+        }
+        true
+    }
+}
+
+/// Every tick, the leader closes sessions whose clients have gone quiet for their timeout.
+async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(shared.config.tick_ms);
+    let mut metrics = shared.raft.metrics();
+    let mut was_leader = false;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = metrics.changed() => {}
+            _ = interval.tick() => {}
+        }
+        let is_leader = metrics.borrow().state == openraft::ServerState::Leader;
+        if !is_leader {
+            was_leader = false;
+            continue;
+        }
+        let expired: Vec<SessionId> = {
+            let mut st = shared.lock();
+            if !was_leader {
+                // A new leader does not know when followers last heard from clients.
+                st.tracker.reset_all(Instant::now());
+            }
+            st.tracker.take_expired(Instant::now())
+        };
+        was_leader = true;
+        for session in expired {
+            debug!(%session, "session expired");
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let txn =
+                    Txn { session, auth: Vec::new(), time_ms: now_ms(), op: TxnOp::CloseSession { expired: true } };
+                if let Err(e) = shared.raft.client_write(txn).await {
+                    warn!(%session, "could not close expired session: {e}");
+                    shared.lock().tracker.close_failed(session);
+                }
+            });
+        }
+    }
+}

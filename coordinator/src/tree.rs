@@ -1,0 +1,910 @@
+//! The data tree: znodes, sessions and their ephemerals, as a deterministic state machine.
+//!
+//! [`DataTree::apply`] takes a [`Txn`] and the zxid it was committed at and returns the reply and
+//! the watch events it fires. It reads no clock and no randomness: everything non-deterministic
+//! was stamped into the txn by its proposer, so every server that applies the same log holds the
+//! same tree, byte for byte. Validation happens here, at apply, against the state the write really
+//! meets: a write from a session that is already closed is refused, so a late create can never
+//! leave an orphaned ephemeral behind.
+//!
+//! Reads (`get_data`, `children`, ...) take the same tree under the server's lock, so a read that
+//! registers a watch cannot miss an event applied between the read and the registration.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::path;
+use crate::proto::{perms, Acl, CreateMode, ErrorCode, EventType, Id, SessionId, Stat, Zxid};
+use crate::txn::{OpResult, Txn, TxnOp, TxnOutcome, TxnReply, WriteOp};
+
+/// `ephemeralOwner` of a container node (`EphemeralType.CONTAINER`: `Long.MIN_VALUE`).
+pub const CONTAINER_OWNER: i64 = i64::MIN;
+/// High byte marking a TTL node's `ephemeralOwner` (`EphemeralType.TTL`).
+const TTL_OWNER_MARK: i64 = 0xff00_0000_0000_0000u64 as i64;
+/// Largest TTL ZooKeeper can encode in the owner field.
+pub const MAX_TTL_MS: i64 = 0x00ff_ffff_ffff_ffff;
+
+/// One znode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Data, `None` when created with a null buffer.
+    pub data: Option<Vec<u8>>,
+    /// The node's ACL.
+    pub acl: Vec<Acl>,
+    /// Stat; `data_length` and `num_children` are derived on read.
+    pub stat: Stat,
+    /// Child names.
+    pub children: BTreeSet<String>,
+}
+
+impl Node {
+    fn new(data: Option<Vec<u8>>, acl: Vec<Acl>, zxid: i64, time_ms: i64, owner: i64) -> Self {
+        Node {
+            data,
+            acl,
+            stat: Stat {
+                czxid: zxid,
+                mzxid: zxid,
+                ctime: time_ms,
+                mtime: time_ms,
+                version: 0,
+                cversion: 0,
+                aversion: 0,
+                ephemeral_owner: owner,
+                data_length: 0,
+                num_children: 0,
+                pzxid: zxid,
+            },
+            children: BTreeSet::new(),
+        }
+    }
+
+    /// The Stat as clients see it.
+    pub fn stat(&self) -> Stat {
+        Stat {
+            data_length: self.data.as_ref().map_or(0, |d| d.len() as i32),
+            num_children: self.children.len() as i32,
+            ..self.stat
+        }
+    }
+
+    /// The data, empty for a null buffer.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
+    }
+
+    /// Whether the owner field marks a container.
+    pub fn is_container(&self) -> bool {
+        self.stat.ephemeral_owner == CONTAINER_OWNER
+    }
+
+    /// The TTL in ms for a TTL node.
+    pub fn ttl_ms(&self) -> Option<i64> {
+        let owner = self.stat.ephemeral_owner;
+        (owner != CONTAINER_OWNER && owner & TTL_OWNER_MARK == TTL_OWNER_MARK).then_some(owner & MAX_TTL_MS)
+    }
+
+    /// The owning session of a real ephemeral (not a container or TTL marker).
+    pub fn ephemeral_session(&self) -> Option<SessionId> {
+        let owner = self.stat.ephemeral_owner;
+        (owner != 0 && owner != CONTAINER_OWNER && owner & TTL_OWNER_MARK != TTL_OWNER_MARK).then_some(SessionId(owner))
+    }
+}
+
+/// A session as the replicated state knows it. Liveness (the last time a client was heard) is
+/// not replicated; it is tracked by the server the client is connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Negotiated timeout.
+    pub timeout_ms: i32,
+    /// Password checked on reconnect.
+    pub password: [u8; 16],
+    /// Paths of the session's ephemeral nodes.
+    pub ephemerals: BTreeSet<String>,
+}
+
+/// A change a watch may be waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The path the event is about.
+    pub path: String,
+    /// What happened.
+    pub kind: EventType,
+    /// The zxid of the transaction that caused it.
+    pub zxid: Zxid,
+    /// The ACL of the node the event is about (before deletion, for a delete), so a server can
+    /// withhold the notification from connections without READ.
+    pub acl: Vec<Acl>,
+}
+
+/// What applying one transaction did besides its reply, for the server to act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// Watch events, in the order they happened.
+    pub events: Vec<WatchEvent>,
+    /// A session that was opened.
+    pub opened: Option<SessionId>,
+    /// A session that was closed or expired.
+    pub closed: Option<SessionId>,
+}
+
+/// Undo record for rolling back a failed multi.
+enum Undo {
+    /// The node at `path` was this before (None: it did not exist).
+    Node(String, Option<Node>),
+    /// The session's ephemeral set contained the path (true) or not (false) before.
+    Ephemeral(SessionId, String, bool),
+}
+
+/// The replicated state: the znode tree and the session table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataTree {
+    nodes: HashMap<String, Node>,
+    sessions: BTreeMap<SessionId, Session>,
+    last_zxid: Zxid,
+}
+
+impl Default for DataTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The identity every caller has.
+fn world_anyone() -> Id {
+    Id { scheme: "world".into(), id: "anyone".into() }
+}
+
+/// Whether an authenticated identity satisfies an ACL entry's id.
+fn id_matches(acl_id: &Id, auth: &Id) -> bool {
+    if acl_id.scheme != auth.scheme {
+        return false;
+    }
+    match acl_id.scheme.as_str() {
+        "ip" => ip_matches(&acl_id.id, &auth.id),
+        _ => acl_id.id == auth.id,
+    }
+}
+
+/// `ip` scheme: `addr` or `addr/bits` against the client's address.
+fn ip_matches(pattern: &str, client: &str) -> bool {
+    let (addr, bits) = match pattern.split_once('/') {
+        Some((a, b)) => match b.parse::<u32>() {
+            Ok(bits) => (a, Some(bits)),
+            Err(_) => return false,
+        },
+        None => (pattern, None),
+    };
+    let (Ok(want), Ok(have)) = (addr.parse::<IpAddr>(), client.parse::<IpAddr>()) else {
+        return false;
+    };
+    let (want, have, width) = match (want, have) {
+        (IpAddr::V4(w), IpAddr::V4(h)) => (u32::from(w) as u128, u32::from(h) as u128, 32),
+        (IpAddr::V6(w), IpAddr::V6(h)) => (u128::from(w), u128::from(h), 128),
+        _ => return false,
+    };
+    let bits = bits.unwrap_or(width).min(width);
+    if bits == 0 {
+        return true;
+    }
+    let mask = if bits == 128 { u128::MAX } else { ((1u128 << bits) - 1) << (width - bits) };
+    want & mask == have & mask
+}
+
+/// Checks `perm` against an ACL for a caller with the given identities (ZooKeeper's `checkACL`).
+pub fn check_acl(acl: &[Acl], perm: i32, auth: &[Id]) -> Result<(), ErrorCode> {
+    if auth.iter().any(|a| a.scheme == "super") {
+        return Ok(());
+    }
+    if acl.is_empty() {
+        return Ok(());
+    }
+    let anyone = world_anyone();
+    for entry in acl {
+        if entry.perms & perm == 0 {
+            continue;
+        }
+        if entry.id == anyone || auth.iter().any(|a| id_matches(&entry.id, a)) {
+            return Ok(());
+        }
+    }
+    Err(ErrorCode::NoAuth)
+}
+
+/// Validates a requested ACL and expands `auth` entries to the caller's authenticated identities
+/// (ZooKeeper's `fixupACL`). An empty or invalid ACL is `InvalidACL`.
+pub fn fixup_acl(acl: &[Acl], auth: &[Id]) -> Result<Vec<Acl>, ErrorCode> {
+    if acl.is_empty() {
+        return Err(ErrorCode::InvalidAcl);
+    }
+    let mut out: Vec<Acl> = Vec::with_capacity(acl.len());
+    let mut push = |a: Acl| {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    };
+    for entry in acl {
+        match entry.id.scheme.as_str() {
+            "world" => {
+                if entry.id.id != "anyone" {
+                    return Err(ErrorCode::InvalidAcl);
+                }
+                push(entry.clone());
+            }
+            "auth" => {
+                // Every authenticated identity except the address-derived one.
+                let mut any = false;
+                for a in auth.iter().filter(|a| a.scheme != "ip" && a.scheme != "world") {
+                    any = true;
+                    push(Acl { perms: entry.perms, id: a.clone() });
+                }
+                if !any {
+                    return Err(ErrorCode::InvalidAcl);
+                }
+            }
+            "digest" => {
+                if entry.id.id.split(':').count() != 2 {
+                    return Err(ErrorCode::InvalidAcl);
+                }
+                push(entry.clone());
+            }
+            "ip" => {
+                let (addr, bits) = match entry.id.id.split_once('/') {
+                    Some((a, b)) => (a, Some(b)),
+                    None => (entry.id.id.as_str(), None),
+                };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    return Err(ErrorCode::InvalidAcl);
+                };
+                let width = if ip.is_ipv4() { 32 } else { 128 };
+                if let Some(b) = bits {
+                    match b.parse::<u32>() {
+                        Ok(n) if n <= width => {}
+                        _ => return Err(ErrorCode::InvalidAcl),
+                    }
+                }
+                push(entry.clone());
+            }
+            "super" | "x509" | "sasl" => push(entry.clone()),
+            _ => return Err(ErrorCode::InvalidAcl),
+        }
+    }
+    Ok(out)
+}
+
+/// Session ids derive from the index of the entry that created the session and the proposer's
+/// clock: unique within one log (the index), different across a wiped and re-created ensemble
+/// (the clock), never 0 (index ≥ 1) and never negative, so they cannot collide with the owner
+/// markers of containers and TTL nodes.
+pub fn derive_session_id(index: u64, time_ms: i64) -> SessionId {
+    let clock = ((time_ms as u64) & 0x7f_ffff) << 40;
+    SessionId((clock | (index & 0xff_ffff_ffff)) as i64)
+}
+
+impl DataTree {
+    /// A tree holding `/`, `/zookeeper`, `/zookeeper/quota` and `/zookeeper/config`, as a fresh
+    /// Apache ZooKeeper server does.
+    pub fn new() -> Self {
+        let mut nodes = HashMap::new();
+        let mut root = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
+        root.children.insert("zookeeper".into());
+        let mut zk = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
+        zk.children.insert("quota".into());
+        zk.children.insert("config".into());
+        nodes.insert("/".to_string(), root);
+        nodes.insert("/zookeeper".to_string(), zk);
+        nodes.insert("/zookeeper/quota".to_string(), Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0));
+        nodes.insert("/zookeeper/config".to_string(), Node::new(Some(Vec::new()), Acl::read_unsafe(), 0, 0, 0));
+        DataTree { nodes, sessions: BTreeMap::new(), last_zxid: Zxid(0) }
+    }
+
+    /// The zxid of the last applied transaction.
+    pub fn last_zxid(&self) -> Zxid {
+        self.last_zxid
+    }
+
+    /// Records a log entry without application payload, so `last_zxid` follows the log.
+    pub fn apply_empty(&mut self, zxid: Zxid) {
+        self.last_zxid = self.last_zxid.max(zxid);
+    }
+
+    /// A node by path.
+    pub fn node(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    /// A session by id.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// Every open session.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        self.sessions.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Number of znodes, `/` included.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Total bytes of paths and data (ZooKeeper's `approximateDataSize`).
+    pub fn approximate_data_size(&self) -> u64 {
+        self.nodes.iter().map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, Vec::len)) as u64).sum()
+    }
+
+    /// getData: the node's data and Stat, after a READ check.
+    pub fn get_data(&self, path: &str, auth: &[Id]) -> Result<(Option<&[u8]>, Stat), ErrorCode> {
+        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&node.acl, perms::READ, auth)?;
+        Ok((node.data(), node.stat()))
+    }
+
+    /// exists: the Stat, with no ACL check (as in ZooKeeper).
+    pub fn exists(&self, path: &str) -> Result<Stat, ErrorCode> {
+        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+        self.nodes.get(path).map(Node::stat).ok_or(ErrorCode::NoNode)
+    }
+
+    /// getChildren / getChildren2: sorted child names and the parent's Stat, after a READ check.
+    pub fn children(&self, path: &str, auth: &[Id]) -> Result<(Vec<String>, Stat), ErrorCode> {
+        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&node.acl, perms::READ, auth)?;
+        Ok((node.children.iter().cloned().collect(), node.stat()))
+    }
+
+    /// getACL: the ACL and Stat (ZooKeeper requires READ or ADMIN).
+    pub fn get_acl(&self, path: &str, auth: &[Id]) -> Result<(Vec<Acl>, Stat), ErrorCode> {
+        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&node.acl, perms::READ | perms::ADMIN, auth)?;
+        Ok((node.acl.clone(), node.stat()))
+    }
+
+    /// getAllChildrenNumber: every node below `path`.
+    pub fn all_children_number(&self, path: &str, auth: &[Id]) -> Result<i32, ErrorCode> {
+        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        check_acl(&node.acl, perms::READ, auth)?;
+        let mut count = 0i32;
+        let mut stack: Vec<String> = node.children.iter().map(|c| path::join(path, c)).collect();
+        while let Some(p) = stack.pop() {
+            count += 1;
+            if let Some(n) = self.nodes.get(&p) {
+                stack.extend(n.children.iter().map(|c| path::join(&p, c)));
+            }
+        }
+        Ok(count)
+    }
+
+    /// getEphemerals: the session's ephemerals whose path starts with `prefix`, sorted.
+    pub fn ephemerals(&self, session: SessionId, prefix: &str) -> Result<Vec<String>, ErrorCode> {
+        path::validate(prefix, false).map_err(|_| ErrorCode::BadArguments)?;
+        let Some(s) = self.sessions.get(&session) else {
+            return Ok(Vec::new());
+        };
+        Ok(s.ephemerals.iter().filter(|p| prefix == "/" || p.starts_with(prefix)).cloned().collect())
+    }
+
+    /// Applies one committed transaction at `zxid`.
+    pub fn apply(&mut self, zxid: Zxid, txn: &Txn) -> (TxnOutcome, Effects) {
+        self.last_zxid = self.last_zxid.max(zxid);
+        let mut fx = Effects::default();
+        let result = match &txn.op {
+            TxnOp::CreateSession { timeout_ms, password } => {
+                let id = derive_session_id(zxid.0 as u64, txn.time_ms);
+                match self.sessions.get(&id) {
+                    Some(_) => Err(ErrorCode::SystemError),
+                    None => {
+                        self.sessions.insert(
+                            id,
+                            Session { timeout_ms: *timeout_ms, password: *password, ephemerals: BTreeSet::new() },
+                        );
+                        fx.opened = Some(id);
+                        Ok(TxnReply::SessionCreated { session: id, timeout_ms: *timeout_ms, password: *password })
+                    }
+                }
+            }
+            TxnOp::CloseSession { .. } => match self.sessions.remove(&txn.session) {
+                None => Err(ErrorCode::SessionExpired),
+                Some(session) => {
+                    // Deepest first, so an ephemeral's removal never meets a child it cannot have,
+                    // and every deletion fires its events under this one zxid.
+                    let mut paths: Vec<String> = session.ephemerals.into_iter().collect();
+                    paths.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+                    for p in paths {
+                        self.remove_node(&p, zxid, &mut fx.events, None);
+                    }
+                    fx.closed = Some(txn.session);
+                    Ok(TxnReply::SessionClosed)
+                }
+            },
+            TxnOp::Write(op) => {
+                if !self.session_is_open(txn.session) {
+                    Err(ErrorCode::SessionExpired)
+                } else {
+                    self.write(op, txn, zxid, &mut fx.events, None).map(TxnReply::Op)
+                }
+            }
+            TxnOp::Multi(ops) => {
+                if !self.session_is_open(txn.session) {
+                    Err(ErrorCode::SessionExpired)
+                } else {
+                    Ok(TxnReply::Multi(self.multi(ops, txn, zxid, &mut fx.events)))
+                }
+            }
+        };
+        (TxnOutcome { zxid, result }, fx)
+    }
+
+    fn session_is_open(&self, session: SessionId) -> bool {
+        // Session 0 is the server itself (reaping containers and TTL nodes).
+        session.0 == 0 || self.sessions.contains_key(&session)
+    }
+
+    /// Applies a multi: all ops or none. Later ops see earlier ops' effects; on the first failure
+    /// everything is rolled back and the results say which op failed, as ZooKeeper's do.
+    fn multi(&mut self, ops: &[WriteOp], txn: &Txn, zxid: Zxid, events: &mut Vec<WatchEvent>) -> Vec<OpResult> {
+        let mut undo = Vec::new();
+        let mut local_events = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            match self.write(op, txn, zxid, &mut local_events, Some(&mut undo)) {
+                Ok(r) => results.push(r),
+                Err(code) => {
+                    for u in undo.into_iter().rev() {
+                        match u {
+                            Undo::Node(p, Some(n)) => {
+                                self.nodes.insert(p, n);
+                            }
+                            Undo::Node(p, None) => {
+                                self.nodes.remove(&p);
+                            }
+                            Undo::Ephemeral(s, p, was) => {
+                                if let Some(sess) = self.sessions.get_mut(&s) {
+                                    if was {
+                                        sess.ephemerals.insert(p);
+                                    } else {
+                                        sess.ephemerals.remove(&p);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let mut out = vec![OpResult::Error(0); i];
+                    out.push(OpResult::Error(code.code()));
+                    out.extend(std::iter::repeat_n(
+                        OpResult::Error(ErrorCode::RuntimeInconsistency.code()),
+                        ops.len() - i - 1,
+                    ));
+                    return out;
+                }
+            }
+        }
+        events.extend(local_events);
+        results
+    }
+
+    fn save(&self, undo: &mut Option<&mut Vec<Undo>>, path: &str) {
+        if let Some(u) = undo.as_deref_mut() {
+            u.push(Undo::Node(path.to_string(), self.nodes.get(path).cloned()));
+        }
+    }
+
+    fn write(
+        &mut self,
+        op: &WriteOp,
+        txn: &Txn,
+        zxid: Zxid,
+        events: &mut Vec<WatchEvent>,
+        mut undo: Option<&mut Vec<Undo>>,
+    ) -> Result<OpResult, ErrorCode> {
+        match op {
+            WriteOp::Create { opcode, path, data, acl, flags, ttl_ms } => {
+                let mode = CreateMode::from_flags(*flags)?;
+                self.validate_create(*opcode, mode, *ttl_ms)?;
+                path::validate(path, mode.is_sequential()).map_err(|_| ErrorCode::BadArguments)?;
+                let acl = fixup_acl(acl, &txn.auth)?;
+                let parent_path = path::parent(path).to_string();
+                let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&parent.acl, perms::CREATE, &txn.auth)?;
+                let mut final_path = path.clone();
+                if mode.is_sequential() {
+                    final_path.push_str(&format!("{:010}", parent.stat.cversion));
+                }
+                path::validate(&final_path, false).map_err(|_| ErrorCode::BadArguments)?;
+                if self.nodes.contains_key(&final_path) {
+                    return Err(ErrorCode::NodeExists);
+                }
+                if parent.ephemeral_session().is_some() {
+                    return Err(ErrorCode::NoChildrenForEphemerals);
+                }
+                let owner = match mode {
+                    CreateMode::Ephemeral | CreateMode::EphemeralSequential => txn.session.0,
+                    CreateMode::Container => CONTAINER_OWNER,
+                    CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl => TTL_OWNER_MARK | ttl_ms,
+                    CreateMode::Persistent | CreateMode::PersistentSequential => 0,
+                };
+                if mode.is_ephemeral() && txn.session.0 == 0 {
+                    return Err(ErrorCode::BadArguments);
+                }
+                self.save(&mut undo, &parent_path);
+                self.save(&mut undo, &final_path);
+                let parent = self.nodes.get_mut(&parent_path).expect("parent checked above");
+                parent.stat.cversion += 1;
+                parent.stat.pzxid = zxid.0;
+                parent.children.insert(path::name(&final_path).to_string());
+                let parent_acl = parent.acl.clone();
+                let node = Node::new(data.clone(), acl.clone(), zxid.0, txn.time_ms, owner);
+                let stat = node.stat();
+                self.nodes.insert(final_path.clone(), node);
+                if mode.is_ephemeral() {
+                    if let Some(u) = undo.as_deref_mut() {
+                        u.push(Undo::Ephemeral(txn.session, final_path.clone(), false));
+                    }
+                    if let Some(s) = self.sessions.get_mut(&txn.session) {
+                        s.ephemerals.insert(final_path.clone());
+                    }
+                }
+                events.push(WatchEvent { path: final_path.clone(), kind: EventType::NodeCreated, zxid, acl });
+                events.push(WatchEvent {
+                    path: parent_path,
+                    kind: EventType::NodeChildrenChanged,
+                    zxid,
+                    acl: parent_acl,
+                });
+                Ok(OpResult::Created { opcode: *opcode, path: final_path, stat })
+            }
+            WriteOp::Delete { path, version } => {
+                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                if path == "/" {
+                    // The root has no parent to grant DELETE; ZooKeeper refuses it as non-empty
+                    // or bad arguments depending on version; it is never deletable.
+                    return Err(ErrorCode::BadArguments);
+                }
+                let parent_path = path::parent(path).to_string();
+                let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&parent.acl, perms::DELETE, &txn.auth)?;
+                if *version != -1 && *version != node.stat.version {
+                    return Err(ErrorCode::BadVersion);
+                }
+                if !node.children.is_empty() {
+                    return Err(ErrorCode::NotEmpty);
+                }
+                self.remove_node(path, zxid, events, undo);
+                Ok(OpResult::Deleted)
+            }
+            WriteOp::SetData { path, data, version } => {
+                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::WRITE, &txn.auth)?;
+                if *version != -1 && *version != node.stat.version {
+                    return Err(ErrorCode::BadVersion);
+                }
+                self.save(&mut undo, path);
+                let node = self.nodes.get_mut(path).expect("node checked above");
+                node.data = data.clone();
+                node.stat.version = node.stat.version.wrapping_add(1);
+                node.stat.mzxid = zxid.0;
+                node.stat.mtime = txn.time_ms;
+                let stat = node.stat();
+                events.push(WatchEvent {
+                    path: path.clone(),
+                    kind: EventType::NodeDataChanged,
+                    zxid,
+                    acl: node.acl.clone(),
+                });
+                Ok(OpResult::DataSet { stat })
+            }
+            WriteOp::SetAcl { path, acl, version } => {
+                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::ADMIN, &txn.auth)?;
+                let acl = fixup_acl(acl, &txn.auth)?;
+                if *version != -1 && *version != node.stat.aversion {
+                    return Err(ErrorCode::BadVersion);
+                }
+                self.save(&mut undo, path);
+                let node = self.nodes.get_mut(path).expect("node checked above");
+                node.acl = acl;
+                node.stat.aversion = node.stat.aversion.wrapping_add(1);
+                Ok(OpResult::AclSet { stat: node.stat() })
+            }
+            WriteOp::Check { path, version } => {
+                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+                check_acl(&node.acl, perms::READ, &txn.auth)?;
+                if *version != -1 && *version != node.stat.version {
+                    return Err(ErrorCode::BadVersion);
+                }
+                Ok(OpResult::Checked)
+            }
+        }
+    }
+
+    /// Checks that the create opcode and mode agree (ZooKeeper's `validateCreateRequest`).
+    fn validate_create(&self, opcode: i32, mode: CreateMode, ttl_ms: i64) -> Result<(), ErrorCode> {
+        use crate::proto::op;
+        let is_container_op = opcode == op::CREATE_CONTAINER;
+        let is_ttl_op = opcode == op::CREATE_TTL;
+        if (mode == CreateMode::Container) != is_container_op {
+            return Err(ErrorCode::BadArguments);
+        }
+        if mode.is_ttl() != is_ttl_op {
+            return Err(ErrorCode::BadArguments);
+        }
+        if is_ttl_op && !(1..=MAX_TTL_MS).contains(&ttl_ms) {
+            return Err(ErrorCode::BadArguments);
+        }
+        Ok(())
+    }
+
+    /// Removes a node known to exist and have no children, updating its parent (pzxid only, not
+    /// cversion, as ZooKeeper) and its session's ephemeral set.
+    fn remove_node(&mut self, path: &str, zxid: Zxid, events: &mut Vec<WatchEvent>, mut undo: Option<&mut Vec<Undo>>) {
+        let parent_path = path::parent(path).to_string();
+        self.save(&mut undo, path);
+        self.save(&mut undo, &parent_path);
+        let Some(node) = self.nodes.remove(path) else {
+            return;
+        };
+        if let Some(owner) = node.ephemeral_session() {
+            if let Some(s) = self.sessions.get_mut(&owner) {
+                if s.ephemerals.remove(path) {
+                    if let Some(u) = undo {
+                        u.push(Undo::Ephemeral(owner, path.to_string(), true));
+                    }
+                }
+            }
+        }
+        let mut parent_acl = Vec::new();
+        if let Some(parent) = self.nodes.get_mut(&parent_path) {
+            parent.children.remove(path::name(path));
+            parent.stat.pzxid = zxid.0;
+            parent_acl = parent.acl.clone();
+        }
+        events.push(WatchEvent { path: path.to_string(), kind: EventType::NodeDeleted, zxid, acl: node.acl });
+        events.push(WatchEvent { path: parent_path, kind: EventType::NodeChildrenChanged, zxid, acl: parent_acl });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::op;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn txn(session: i64, op: TxnOp) -> Txn {
+        Txn { session: SessionId(session), auth: vec![], time_ms: T0, op }
+    }
+
+    fn create(path: &str, flags: i32) -> WriteOp {
+        WriteOp::Create {
+            opcode: op::CREATE2,
+            path: path.into(),
+            data: Some(b"d".to_vec()),
+            acl: Acl::open_unsafe(),
+            flags,
+            ttl_ms: 0,
+        }
+    }
+
+    /// A tree with one open session; returns the tree and the session id.
+    fn with_session() -> (DataTree, SessionId) {
+        let mut t = DataTree::new();
+        let (out, fx) = t.apply(Zxid(1), &txn(0, TxnOp::CreateSession { timeout_ms: 6000, password: [7; 16] }));
+        let Ok(TxnReply::SessionCreated { session, .. }) = out.result else { panic!("{out:?}") };
+        assert_eq!(fx.opened, Some(session));
+        assert_eq!(session, derive_session_id(1, T0));
+        (t, session)
+    }
+
+    fn ok_op(t: &mut DataTree, zxid: i64, s: SessionId, op: WriteOp) -> (OpResult, Effects) {
+        let (out, fx) = t.apply(Zxid(zxid), &txn(s.0, TxnOp::Write(op)));
+        match out.result {
+            Ok(TxnReply::Op(r)) => (r, fx),
+            other => panic!("expected success, got {other:?}"),
+        }
+    }
+
+    fn err_op(t: &mut DataTree, zxid: i64, s: SessionId, op: WriteOp) -> ErrorCode {
+        let (out, fx) = t.apply(Zxid(zxid), &txn(s.0, TxnOp::Write(op)));
+        assert!(fx.events.is_empty(), "a refused write fires nothing");
+        assert_eq!(out.zxid, Zxid(zxid), "a refused write still has its zxid");
+        out.result.expect_err("expected a refusal")
+    }
+
+    #[test]
+    fn fresh_tree_has_zookeeper_nodes() {
+        let t = DataTree::new();
+        assert_eq!(t.children("/", &[]).unwrap().0, vec!["zookeeper"]);
+        let (mut kids, _) = t.children("/zookeeper", &[]).unwrap();
+        kids.sort();
+        assert_eq!(kids, vec!["config", "quota"]);
+        assert_eq!(t.node_count(), 4);
+    }
+
+    #[test]
+    fn create_sets_exact_stat_and_parent_and_fires_events() {
+        let (mut t, s) = with_session();
+        let (r, fx) = ok_op(&mut t, 5, s, create("/a", 0));
+        let expected = Stat {
+            czxid: 5,
+            mzxid: 5,
+            ctime: T0,
+            mtime: T0,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: 0,
+            data_length: 1,
+            num_children: 0,
+            pzxid: 5,
+        };
+        assert_eq!(r, OpResult::Created { opcode: op::CREATE2, path: "/a".into(), stat: expected });
+        let root = t.exists("/").unwrap();
+        assert_eq!((root.cversion, root.pzxid, root.num_children), (1, 5, 2));
+        let kinds: Vec<_> = fx.events.iter().map(|e| (e.path.as_str(), e.kind, e.zxid)).collect();
+        assert_eq!(
+            kinds,
+            vec![("/a", EventType::NodeCreated, Zxid(5)), ("/", EventType::NodeChildrenChanged, Zxid(5))]
+        );
+    }
+
+    #[test]
+    fn sequential_names_come_from_parent_cversion_and_delete_does_not_bump_it() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/q", 0));
+        let (r, _) = ok_op(&mut t, 3, s, create("/q/n-", 2));
+        assert!(matches!(r, OpResult::Created { ref path, .. } if path == "/q/n-0000000000"));
+        ok_op(&mut t, 4, s, WriteOp::Delete { path: "/q/n-0000000000".into(), version: -1 });
+        let q = t.exists("/q").unwrap();
+        assert_eq!((q.cversion, q.pzxid), (1, 4), "delete bumps pzxid only");
+        let (r, _) = ok_op(&mut t, 5, s, create("/q/", 2));
+        assert!(matches!(r, OpResult::Created { ref path, .. } if path == "/q/0000000001"));
+    }
+
+    #[test]
+    fn versions_and_errors_are_zookeepers() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/a", 0));
+        assert_eq!(err_op(&mut t, 3, s, create("/a", 0)), ErrorCode::NodeExists);
+        assert_eq!(err_op(&mut t, 4, s, create("/x/y", 0)), ErrorCode::NoNode);
+        assert_eq!(err_op(&mut t, 5, s, create("/bad/", 0)), ErrorCode::BadArguments);
+        assert_eq!(err_op(&mut t, 6, s, create("/m", 9)), ErrorCode::BadArguments);
+        let set = |v| WriteOp::SetData { path: "/a".into(), data: Some(b"x".to_vec()), version: v };
+        assert_eq!(err_op(&mut t, 7, s, set(3)), ErrorCode::BadVersion);
+        let (r, fx) = ok_op(&mut t, 8, s, set(0));
+        let OpResult::DataSet { stat } = r else { panic!() };
+        assert_eq!((stat.version, stat.mzxid, stat.czxid), (1, 8, 2));
+        assert_eq!(fx.events[0].kind, EventType::NodeDataChanged);
+        ok_op(&mut t, 9, s, create("/a/b", 0));
+        assert_eq!(err_op(&mut t, 10, s, WriteOp::Delete { path: "/a".into(), version: -1 }), ErrorCode::NotEmpty);
+        assert_eq!(err_op(&mut t, 11, s, WriteOp::Check { path: "/a".into(), version: 0 }), ErrorCode::BadVersion);
+        let mut empty_acl = create("/e", 0);
+        if let WriteOp::Create { acl, .. } = &mut empty_acl {
+            acl.clear();
+        }
+        assert_eq!(err_op(&mut t, 12, s, empty_acl), ErrorCode::InvalidAcl);
+        assert_eq!(t.last_zxid(), Zxid(12));
+    }
+
+    #[test]
+    fn ephemerals_belong_to_their_session_and_go_with_it() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/p", 0));
+        ok_op(&mut t, 3, s, create("/p/e", 1));
+        assert_eq!(err_op(&mut t, 4, s, create("/p/e/child", 0)), ErrorCode::NoChildrenForEphemerals);
+        assert_eq!(t.exists("/p/e").unwrap().ephemeral_owner, s.0);
+        assert_eq!(t.ephemerals(s, "/").unwrap(), vec!["/p/e"]);
+        let (out, fx) = t.apply(Zxid(5), &txn(s.0, TxnOp::CloseSession { expired: true }));
+        assert_eq!(out.result, Ok(TxnReply::SessionClosed));
+        assert_eq!(fx.closed, Some(s));
+        assert_eq!(t.exists("/p/e"), Err(ErrorCode::NoNode));
+        assert_eq!(t.exists("/p").unwrap().pzxid, 5);
+        let kinds: Vec<_> = fx.events.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(kinds, vec![("/p/e", EventType::NodeDeleted), ("/p", EventType::NodeChildrenChanged)]);
+    }
+
+    #[test]
+    fn writes_from_a_closed_session_are_refused() {
+        // ZOOKEEPER-1208: a create that was in flight when its session closed must not land.
+        let (mut t, s) = with_session();
+        t.apply(Zxid(2), &txn(s.0, TxnOp::CloseSession { expired: false }));
+        assert_eq!(err_op(&mut t, 3, s, create("/late", 1)), ErrorCode::SessionExpired);
+        assert_eq!(t.exists("/late"), Err(ErrorCode::NoNode));
+        let (out, _) = t.apply(Zxid(4), &txn(s.0, TxnOp::CloseSession { expired: true }));
+        assert_eq!(out.result, Err(ErrorCode::SessionExpired));
+    }
+
+    #[test]
+    fn multi_is_atomic_with_zookeepers_per_op_results() {
+        let (mut t, s) = with_session();
+        let ops = vec![
+            create("/m", 0),
+            create("/m/a", 0),
+            WriteOp::Delete { path: "/nope".into(), version: -1 },
+            WriteOp::SetData { path: "/m".into(), data: None, version: -1 },
+        ];
+        let (out, fx) = t.apply(Zxid(2), &txn(s.0, TxnOp::Multi(ops)));
+        assert_eq!(
+            out.result,
+            Ok(TxnReply::Multi(vec![
+                OpResult::Error(0),
+                OpResult::Error(0),
+                OpResult::Error(-101),
+                OpResult::Error(-2)
+            ]))
+        );
+        assert!(fx.events.is_empty());
+        assert_eq!(t.exists("/m"), Err(ErrorCode::NoNode));
+        assert_eq!(t.exists("/").unwrap().cversion, 0, "rolled back");
+        assert_eq!(t.exists("/").unwrap().pzxid, 0);
+
+        let ops = vec![create("/m", 0), create("/m/e", 1), WriteOp::Check { path: "/m".into(), version: 0 }];
+        let (out, fx) = t.apply(Zxid(3), &txn(s.0, TxnOp::Multi(ops)));
+        let Ok(TxnReply::Multi(rs)) = out.result else { panic!() };
+        assert_eq!(rs.len(), 3);
+        assert_eq!(rs[2], OpResult::Checked);
+        assert!(fx.events.iter().all(|e| e.zxid == Zxid(3)), "one zxid for the whole multi");
+        assert_eq!(t.ephemerals(s, "/m").unwrap(), vec!["/m/e"]);
+    }
+
+    #[test]
+    fn failed_multi_restores_ephemeral_bookkeeping() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/e", 1));
+        let ops = vec![WriteOp::Delete { path: "/e".into(), version: -1 }, create("/x/y", 0)];
+        t.apply(Zxid(3), &txn(s.0, TxnOp::Multi(ops)));
+        assert_eq!(t.ephemerals(s, "/").unwrap(), vec!["/e"]);
+        assert!(t.exists("/e").is_ok());
+    }
+
+    #[test]
+    fn acl_checks_and_fixup() {
+        let (mut t, s) = with_session();
+        let digest = Id { scheme: "digest".into(), id: "bob:x".into() };
+        let mut c = create("/secret", 0);
+        if let WriteOp::Create { acl, .. } = &mut c {
+            *acl = vec![Acl { perms: perms::ALL, id: Id { scheme: "auth".into(), id: "".into() } }];
+        }
+        // `auth` with no authenticated identity is invalid.
+        assert_eq!(err_op(&mut t, 2, s, c.clone()), ErrorCode::InvalidAcl);
+        let mut with_auth = txn(s.0, TxnOp::Write(c));
+        with_auth.auth = vec![digest.clone()];
+        let (out, _) = t.apply(Zxid(3), &with_auth);
+        assert!(out.result.is_ok());
+        assert_eq!(t.get_acl("/secret", std::slice::from_ref(&digest)).unwrap().0[0].id, digest);
+        assert_eq!(t.get_data("/secret", &[]).unwrap_err(), ErrorCode::NoAuth);
+        assert!(t.get_data("/secret", &[Id { scheme: "super".into(), id: "".into() }]).is_ok());
+        assert_eq!(err_op(&mut t, 4, s, create("/secret/c", 0)), ErrorCode::NoAuth);
+        assert!(ip_matches("10.0.0.0/8", "10.1.2.3"));
+        assert!(!ip_matches("10.0.0.0/8", "11.1.2.3"));
+        assert!(ip_matches("127.0.0.1", "127.0.0.1"));
+    }
+
+    #[test]
+    fn session_ids_are_never_zero_or_negative() {
+        for (i, t) in [(1u64, 0i64), (u64::MAX, i64::MAX), (42, -1)] {
+            let id = derive_session_id(i, t);
+            assert!(id.0 > 0, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn counts_descendants() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/c", 0));
+        ok_op(&mut t, 3, s, create("/c/a", 0));
+        ok_op(&mut t, 4, s, create("/c/a/b", 0));
+        ok_op(&mut t, 5, s, create("/c/d", 0));
+        assert_eq!(t.all_children_number("/c", &[]).unwrap(), 3);
+        assert_eq!(t.all_children_number("/nope", &[]), Err(ErrorCode::NoNode));
+    }
+}

@@ -1,0 +1,163 @@
+//! The replicated transaction: what a server puts in the Raft log for every write, and what
+//! applying it answers.
+//!
+//! A `Txn` carries everything apply needs so that every server computes the same result: the
+//! issuing session and its authenticated ids, the proposer's wall clock, and for a new session the
+//! random password. Arguments are logged as the client sent them (raw path, raw create flags) and
+//! validated at apply, so a refused write consumes a zxid exactly as in Apache ZooKeeper, whose
+//! replies clients and differential tests compare.
+//!
+//! The format is serde-encoded and versioned by variant name; new variants may be added, existing
+//! ones keep their fields, so a durable log written by one release is read by the next.
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{Acl, ErrorCode, Id, SessionId, Stat, Zxid};
+
+/// One write, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// The session that issued it; `SessionId(0)` for server-issued transactions.
+    pub session: SessionId,
+    /// The identities the session had authenticated as when it issued the write.
+    pub auth: Vec<Id>,
+    /// The proposer's wall clock in ms since the Unix epoch, used for ctime/mtime.
+    pub time_ms: i64,
+    /// What to do.
+    pub op: TxnOp,
+}
+
+/// The operation of a [`Txn`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Open a session with an already negotiated timeout; its id derives from the log index.
+    CreateSession {
+        /// Negotiated session timeout.
+        timeout_ms: i32,
+        /// The password the client must present to reconnect.
+        password: [u8; 16],
+    },
+    /// Close the issuing session, deleting its ephemerals.
+    CloseSession {
+        /// Whether the server expired it (as opposed to the client closing it).
+        expired: bool,
+    },
+    /// One write operation.
+    Write(WriteOp),
+    /// Several write operations applied atomically under one zxid.
+    Multi(Vec<WriteOp>),
+}
+
+/// A single write operation, also the element of a multi.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// create (1), create2 (15), createContainer (19) or createTTL (21).
+    Create {
+        /// The opcode, which decides the reply shape.
+        opcode: i32,
+        /// The requested path (before any sequence suffix).
+        path: String,
+        /// Node data (`None` when the client sent a null buffer).
+        data: Option<Vec<u8>>,
+        /// Requested ACL.
+        acl: Vec<Acl>,
+        /// Raw create-mode flags.
+        flags: i32,
+        /// TTL in ms for TTL modes, else 0.
+        ttl_ms: i64,
+    },
+    /// delete (2).
+    Delete {
+        /// Node path.
+        path: String,
+        /// Expected version, -1 for any.
+        version: i32,
+    },
+    /// setData (5).
+    SetData {
+        /// Node path.
+        path: String,
+        /// New data (`None` when the client sent a null buffer).
+        data: Option<Vec<u8>>,
+        /// Expected version, -1 for any.
+        version: i32,
+    },
+    /// setACL (7).
+    SetAcl {
+        /// Node path.
+        path: String,
+        /// New ACL.
+        acl: Vec<Acl>,
+        /// Expected ACL version, -1 for any.
+        version: i32,
+    },
+    /// check (13).
+    Check {
+        /// Node path.
+        path: String,
+        /// Expected version, -1 for any.
+        version: i32,
+    },
+}
+
+/// What applying a [`Txn`] answered, returned to the proposer through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnOutcome {
+    /// The zxid the transaction was applied at (its log index).
+    pub zxid: Zxid,
+    /// The reply, or the error of a refused single operation.
+    pub result: Result<TxnReply, ErrorCode>,
+}
+
+/// The successful result of a [`Txn`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnReply {
+    /// A log entry with no application payload (a leader's blank entry or a membership change).
+    Nothing,
+    /// The new session.
+    SessionCreated {
+        /// Its id.
+        session: SessionId,
+        /// Its timeout.
+        timeout_ms: i32,
+        /// Its password.
+        password: [u8; 16],
+    },
+    /// The session is closed.
+    SessionClosed,
+    /// The single write's result.
+    Op(OpResult),
+    /// A multi's per-op results. A failed multi is still `Ok` at this level, as in ZooKeeper:
+    /// the failure is in the per-op results and the reply header's error is 0.
+    Multi(Vec<OpResult>),
+}
+
+/// The result of one write operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// A created node: the opcode it was created with, its final path and Stat.
+    Created {
+        /// Opcode of the create, deciding the reply record.
+        opcode: i32,
+        /// Final path, with the sequence suffix.
+        path: String,
+        /// The new node's Stat.
+        stat: Stat,
+    },
+    /// A deleted node.
+    Deleted,
+    /// New Stat after setData.
+    DataSet {
+        /// The node's Stat.
+        stat: Stat,
+    },
+    /// New Stat after setACL.
+    AclSet {
+        /// The node's Stat.
+        stat: Stat,
+    },
+    /// A passed version check.
+    Checked,
+    /// A failed operation inside a multi (0 for ops before the failure, -2 after it).
+    Error(i32),
+}

@@ -1,0 +1,1 @@
+//! Fencing: ordered levels of bounded fencing methods and fencing tokens.
