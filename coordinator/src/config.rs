@@ -80,6 +80,26 @@ pub struct CoordinatorConfig {
     /// ZooKeeper's `DigestAuthenticationProvider.superDigest`.
     #[serde(default)]
     pub super_digest: Option<String>,
+    /// Four-letter words answered on the client port (ZooKeeper's 4lw.commands.whitelist); `*`
+    /// enables every implemented one. By default all the read-only commands are on.
+    #[serde(default = "default_four_letter_words")]
+    pub four_letter_words: Vec<String>,
+    /// Allow TTL nodes (ZooKeeper's zookeeper.extendedTypesEnabled, off by default there too).
+    /// Every server of an ensemble must agree.
+    #[serde(default)]
+    pub extended_types_enabled: bool,
+    /// How often empty containers and expired TTL nodes are looked for and deleted
+    /// (ZooKeeper's znode.container.checkIntervalMs).
+    #[serde(default = "default_container_check_interval_ms")]
+    pub container_check_interval_ms: u64,
+}
+
+fn default_four_letter_words() -> Vec<String> {
+    crate::fourlw::IMPLEMENTED.iter().map(|s| s.to_string()).collect()
+}
+
+fn default_container_check_interval_ms() -> u64 {
+    60_000
 }
 
 impl CoordinatorConfig {
@@ -95,6 +115,9 @@ impl CoordinatorConfig {
             max_connections_per_address: default_max_connections_per_address(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             super_digest: None,
+            four_letter_words: default_four_letter_words(),
+            extended_types_enabled: false,
+            container_check_interval_ms: default_container_check_interval_ms(),
         }
     }
 
@@ -126,6 +149,11 @@ impl CoordinatorConfig {
     pub fn negotiate_timeout(&self, requested_ms: i32) -> i32 {
         let requested = requested_ms.max(0) as u64;
         requested.clamp(self.min_session_timeout_ms(), self.max_session_timeout_ms()) as i32
+    }
+
+    /// Whether a four-letter word is whitelisted.
+    pub fn four_letter_word_enabled(&self, cmd: &str) -> bool {
+        self.four_letter_words.iter().any(|w| w == "*" || w == cmd)
     }
 
     /// Checks ranges and cross-field rules.
@@ -169,6 +197,23 @@ impl CoordinatorConfig {
             if d.split_once(':').is_none_or(|(u, h)| u.is_empty() || h.is_empty()) {
                 return invalid("super_digest", "must look like user:base64digest".into());
             }
+        }
+        for w in &self.four_letter_words {
+            if w != "*" && !crate::fourlw::IMPLEMENTED.contains(&w.as_str()) {
+                return invalid(
+                    "four_letter_words",
+                    format!(
+                        "names {w:?}, which this server does not implement; use some of {:?} or \"*\"",
+                        crate::fourlw::IMPLEMENTED
+                    ),
+                );
+            }
+        }
+        if !(10..=3_600_000).contains(&self.container_check_interval_ms) {
+            return invalid(
+                "container_check_interval_ms",
+                format!("is {}; use a value from 10 to 3600000 (ms)", self.container_check_interval_ms),
+            );
         }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "is empty; name a directory for durable state".into());

@@ -35,7 +35,7 @@ use crate::request::{
     decode_header, encode_connect_response, encode_notification, encode_reply, watcher_type, ConnectRequest, ReadOp,
     ReadResult, Reply, Request,
 };
-use crate::state::{ConnEntry, Outbound, ServerState};
+use crate::state::{ConnEntry, ConnStats, Outbound, ServerState};
 use crate::txn::{OpResult, Txn, TxnOp, TxnOutcome, TxnReply};
 use crate::watch::{ConnId, WatchKind};
 
@@ -53,9 +53,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// `standalone`, `leader` or `follower`, as `srvr` reports it.
+    pub fn mode(&self) -> &'static str {
+        let leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        crate::fourlw::mode_name(voters <= 1, leader)
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A request waiting for its reply, with when it arrived and what it was, for statistics.
+struct Queued {
+    at: Instant,
+    op: &'static str,
+    item: Pending,
 }
 
 /// A reply waiting for its turn.
@@ -85,7 +99,16 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let result = run(&shared, id, stream, peer, shutdown).await;
-    shared.lock().remove_conn(id);
+    {
+        let mut st = shared.lock();
+        st.remove_conn(id);
+        if let Some(open) = st.open_per_address.get_mut(&peer.ip()) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                st.open_per_address.remove(&peer.ip());
+            }
+        }
+    }
     match result {
         Ok(()) => debug!(conn = id, %peer, "connection closed"),
         Err(why) => info!(conn = id, %peer, "closed connection: {why}"),
@@ -112,6 +135,17 @@ async fn run(
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(p))) => p,
     };
+    if let Some(cmd) = crate::fourlw::parse(prefix) {
+        let text = {
+            let st = shared.lock();
+            crate::fourlw::answer(cmd, &shared.config, &st, shared.mode())
+        };
+        debug!(conn = id, %peer, cmd, "four-letter word");
+        wr.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
+        wr.flush().await.map_err(|e| e.to_string())?;
+        let _ = wr.shutdown().await;
+        return Ok(());
+    }
     let frame = tokio::time::timeout(handshake, read_body(&mut rd, prefix, max))
         .await
         .map_err(|_| "ConnectRequest not complete in time".to_string())?
@@ -138,7 +172,8 @@ async fn run(
         for c in st.conns.values().filter(|c| c.session == session) {
             let _ = c.tx.send(Outbound::Close("session moved to a newer connection"));
         }
-        st.conns.insert(id, ConnEntry { session, auth: auth.clone(), tx: out_tx, peer });
+        let stats = ConnStats { established_ms: now_ms(), timeout_ms, ..ConnStats::default() };
+        st.conns.insert(id, ConnEntry { session, auth: auth.clone(), tx: out_tx, peer, stats });
         st.counters.connections_accepted += 1;
     }
     wr.write_all(&encode_connect_response(timeout_ms, session.0, &password, connect.read_only))
@@ -162,22 +197,28 @@ async fn run(
                 Err(e) => break Some(e.to_string()),
             },
         };
-        {
-            let mut st = shared.lock();
-            st.counters.packets_received += 1;
-            st.tracker.touch(session, Instant::now());
-        }
+        let arrived = Instant::now();
         let (xid, opcode, body) = match decode_header(&frame) {
             Ok(h) => h,
             Err(e) => break Some(format!("malformed request header: {e}")),
         };
+        {
+            let mut st = shared.lock();
+            st.counters.packets_received += 1;
+            st.tracker.touch(session, arrived);
+            if let Some(c) = st.conns.get_mut(&id) {
+                c.stats.received += 1;
+                c.stats.last_cxid = xid;
+            }
+        }
+        let queued = |item| Queued { at: arrived, op: op_name(opcode), item };
         let req = match Request::decode(opcode, body) {
             Ok(r) => r,
             Err(e) => {
                 warn!(conn = id, %peer, opcode, "malformed request: {e}");
                 let zxid = shared.lock().tree.last_zxid();
                 let p = Pending::Ready { xid, zxid, result: Err(ErrorCode::MarshallingError) };
-                if pending_tx.send(p).await.is_err() {
+                if pending_tx.send(queued(p)).await.is_err() {
                     break None;
                 }
                 continue;
@@ -201,16 +242,16 @@ async fn run(
                 }
                 Err(why) => {
                     warn!(conn = id, %peer, "authentication with scheme {scheme:?} failed: {why}");
-                    let _ = pending_tx
-                        .send(Pending::Ready { xid, zxid: Zxid(0), result: Err(ErrorCode::AuthFailed) })
-                        .await;
+                    shared.lock().counters.auth_failed += 1;
+                    let refused = Pending::Ready { xid, zxid: Zxid(0), result: Err(ErrorCode::AuthFailed) };
+                    let _ = pending_tx.send(queued(refused)).await;
                     stop = true;
                     Pending::Close
                 }
             },
             Request::CloseSession => {
                 let rx = propose(shared, session, &auth, TxnOp::CloseSession { expired: false }).await?;
-                let _ = pending_tx.send(Pending::Write { xid, rx }).await;
+                let _ = pending_tx.send(queued(Pending::Write { xid, rx })).await;
                 stop = true;
                 Pending::Close
             }
@@ -218,13 +259,15 @@ async fn run(
             Request::Multi(ops) => {
                 Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Multi(ops)).await? }
             }
+            // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
+            Request::Sasl => Pending::Ready { xid, zxid: Zxid(0), result: Ok(Reply::Token(None)) },
             Request::Unknown(opcode) => {
                 debug!(conn = id, opcode, "unknown opcode");
                 Pending::Ready { xid, zxid: Zxid(-1), result: Err(ErrorCode::Unimplemented) }
             }
             req => Pending::Read { xid, req, auth: auth.clone() },
         };
-        if pending_tx.send(pending).await.is_err() || stop {
+        if pending_tx.send(queued(pending)).await.is_err() || stop {
             break None;
         }
     };
@@ -321,7 +364,7 @@ impl WriterCtx {
     async fn run(
         self,
         mut wr: BufWriter<OwnedWriteHalf>,
-        mut pending: mpsc::Receiver<Pending>,
+        mut pending: mpsc::Receiver<Queued>,
         mut outbound: mpsc::UnboundedReceiver<Outbound>,
     ) {
         if let Err(why) = self.pump(&mut wr, &mut pending, &mut outbound).await {
@@ -334,7 +377,7 @@ impl WriterCtx {
     async fn pump(
         &self,
         wr: &mut BufWriter<OwnedWriteHalf>,
-        pending: &mut mpsc::Receiver<Pending>,
+        pending: &mut mpsc::Receiver<Queued>,
         outbound: &mut mpsc::UnboundedReceiver<Outbound>,
     ) -> Result<(), String> {
         let mut sent = 0u64;
@@ -350,7 +393,7 @@ impl WriterCtx {
                     None => return Ok(()),
                 },
                 item = pending.recv() => {
-                    let Some(item) = item else { return Ok(()) };
+                    let Some(Queued { at, op, item }) = item else { return Ok(()) };
                     let (frames, close) = self.resolve(item).await?;
                     // Notifications queued so far describe changes this reply may reflect:
                     // they go first.
@@ -363,9 +406,13 @@ impl WriterCtx {
                             Outbound::Close(why) => return Err(why.to_string()),
                         }
                     }
-                    for f in frames {
-                        wr.write_all(&f).await.map_err(|e| e.to_string())?;
+                    let reply_zxid = frames.last().map(|f| reply_zxid(f));
+                    for f in &frames {
+                        wr.write_all(f).await.map_err(|e| e.to_string())?;
                         sent += 1;
+                    }
+                    if let Some(zxid) = reply_zxid {
+                        self.record(op, at, zxid, frames.len() as u64);
                     }
                     if close {
                         return Ok(());
@@ -376,6 +423,21 @@ impl WriterCtx {
                 wr.flush().await.map_err(|e| e.to_string())?;
                 self.shared.lock().counters.packets_sent += std::mem::take(&mut sent);
             }
+        }
+    }
+
+    /// Records a reply in the connection's and the server's statistics.
+    fn record(&self, op: &'static str, at: Instant, zxid: i64, frames: u64) {
+        let ms = at.elapsed().as_millis() as u64;
+        let mut st = self.shared.lock();
+        st.counters.latency.record(ms);
+        if let Some(c) = st.conns.get_mut(&self.conn) {
+            c.stats.sent += frames;
+            c.stats.last_op = op;
+            c.stats.last_zxid = zxid;
+            c.stats.last_response_ms = now_ms();
+            c.stats.last_latency_ms = ms;
+            c.stats.latency.record(ms);
         }
     }
 
@@ -539,6 +601,7 @@ impl WriterCtx {
             | Request::Write(_)
             | Request::Multi(_)
             | Request::Sync { .. }
+            | Request::Sasl
             | Request::Unknown(_) => Err(ErrorCode::SystemError),
         }
     }
@@ -561,4 +624,39 @@ fn write_reply(xid: i32, outcome: TxnOutcome) -> Vec<u8> {
         Ok(TxnReply::SessionClosed) | Ok(TxnReply::Nothing) | Ok(TxnReply::SessionCreated { .. }) => Ok(Reply::Empty),
     };
     encode_reply(xid, outcome.zxid, &result)
+}
+
+/// The zxid field of an encoded reply frame (length, xid, zxid, ...).
+fn reply_zxid(frame: &[u8]) -> i64 {
+    frame.get(8..16).map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// ZooKeeper's short operation names, as `cons` reports the last one.
+fn op_name(opcode: i32) -> &'static str {
+    match opcode {
+        op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => "CREA",
+        op::DELETE | op::DELETE_CONTAINER => "DELE",
+        op::EXISTS => "EXIS",
+        op::GET_DATA => "GETD",
+        op::SET_DATA => "SETD",
+        op::GET_ACL => "GETA",
+        op::SET_ACL => "SETA",
+        op::GET_CHILDREN | op::GET_CHILDREN2 => "GETC",
+        op::SYNC => "SYNC",
+        op::PING => "PING",
+        op::CHECK => "CHEC",
+        op::MULTI => "MULT",
+        op::MULTI_READ => "MLTR",
+        op::AUTH => "AUTH",
+        op::SET_WATCHES | op::SET_WATCHES2 => "SETW",
+        op::ADD_WATCH => "ADDW",
+        op::CHECK_WATCHES => "CHKW",
+        op::REMOVE_WATCHES => "REMW",
+        op::GET_EPHEMERALS => "GETE",
+        op::GET_ALL_CHILDREN_NUMBER => "GETN",
+        op::WHO_AM_I => "WHOA",
+        op::CLOSE_SESSION => "CLOS",
+        op::SASL => "SASL",
+        _ => "UNKN",
+    }
 }

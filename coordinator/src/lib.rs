@@ -22,6 +22,7 @@
 //! - [`session`]: session liveness, with time as an input.
 //! - [`path`]: ZooKeeper's path rules.
 //! - [`config`]: the YAML configuration and its validation.
+//! - [`fourlw`]: the four-letter words (`ruok`, `srvr`, `mntr`, ...) on the client port.
 //! - [`server`]: start-up, the accept loop, session expiry, shutdown.
 //!
 //! ```text
@@ -39,6 +40,7 @@
 
 pub mod config;
 mod connection;
+pub mod fourlw;
 pub mod frame;
 pub mod jute;
 pub mod path;

@@ -160,7 +160,9 @@ pub enum Request {
     },
     /// whoAmI (107).
     WhoAmI,
-    /// An opcode that is understood but refused with an error code (reconfig, sasl, ...).
+    /// sasl (102) on a server with no SASL mechanism.
+    Sasl,
+    /// An opcode that is understood but refused with an error code (reconfig, ...).
     Refused(ErrorCode),
     /// An opcode this server does not know.
     Unknown(i32),
@@ -169,6 +171,7 @@ pub enum Request {
 impl Request {
     /// Whether the request changes replicated state (goes through the log).
     pub fn is_write(&self) -> bool {
+        // deleteContainer travels as a Write too.
         matches!(self, Request::Write(_) | Request::Multi(_) | Request::CloseSession)
     }
 
@@ -272,9 +275,16 @@ impl Request {
             }
             // Dynamic reconfiguration is off, as in a default Apache ZooKeeper (reconfigEnabled=false).
             op::RECONFIG => return Ok(Request::Refused(ErrorCode::ReconfigDisabled)),
-            // No SASL mechanism is configured on this server.
-            op::SASL => return Ok(Request::Refused(ErrorCode::AuthFailed)),
-            op::DELETE_CONTAINER => return Ok(Request::Refused(ErrorCode::Unimplemented)),
+            // No SASL mechanism is configured: answered as Apache ZooKeeper answers then.
+            op::SASL => return Ok(Request::Sasl),
+            // The body is the path's raw UTF-8 bytes, not a jute string (ZooKeeper's ContainerManager
+            // builds it that way, and the server reads it that way from clients too).
+            op::DELETE_CONTAINER => {
+                return match String::from_utf8(body.to_vec()) {
+                    Ok(path) => Ok(Request::Write(WriteOp::DeleteContainer { path })),
+                    Err(_) => Err(DecodeError::InvalidUtf8 { field: "path" }),
+                }
+            }
             other => return Ok(Request::Unknown(other)),
         };
         r.finish()?;
@@ -352,6 +362,8 @@ pub enum Reply {
     Path(String),
     /// A single int (addWatch's ErrorResponse(0), getAllChildrenNumber).
     Int(i32),
+    /// A SetSASLResponse token (`None`: a null buffer).
+    Token(Option<Vec<u8>>),
     /// A vector of strings (getEphemerals).
     Strings(Vec<String>),
     /// WhoAmIResponse: (scheme, user) pairs.
@@ -392,6 +404,9 @@ impl Reply {
             Reply::Acl(a, s) => {
                 Acl::write_vec(w, a);
                 s.write(w);
+            }
+            Reply::Token(t) => {
+                w.buffer(t.as_deref());
             }
             Reply::Int(i) => {
                 w.int(*i);

@@ -61,7 +61,7 @@ impl Coordinator {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
-        let state = Arc::new(Mutex::new(ServerState::default()));
+        let state = Arc::new(Mutex::new(ServerState::new(config.extended_types_enabled)));
         let raft =
             Raft::new(NODE_ID, raft_config, LoneNetwork, MemLogStore::default(), StateMachine::new(state.clone()))
                 .await
@@ -95,6 +95,7 @@ impl Coordinator {
         info!(address = %local, "coordinator serving ZooKeeper clients");
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
+        tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
         loop {
@@ -130,18 +131,17 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Per-address connection limit (ZooKeeper's maxClientCnxns).
+    /// Per-address connection limit (ZooKeeper's maxClientCnxns), counted from accept to close.
     fn admit(&self, peer: SocketAddr) -> bool {
         let limit = self.shared.config.max_connections_per_address;
-        if limit == 0 {
-            return true;
-        }
-        let st = self.shared.lock();
-        let from_peer = st.conns.values().filter(|c| c.peer.ip() == peer.ip()).count();
-        if from_peer >= limit as usize {
+        let mut st = self.shared.lock();
+        let open = st.open_per_address.entry(peer.ip()).or_insert(0);
+        if limit != 0 && *open >= limit {
+            st.counters.connections_rejected += 1;
             warn!(%peer, limit, "too many connections from this address (max_connections_per_address); refusing");
             return false;
         }
+        *open += 1;
         true
     }
 }
@@ -185,6 +185,41 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared.lock().tracker.close_failed(session);
                 }
             });
+        }
+    }
+}
+
+/// Every `container_check_interval_ms`, the leader deletes empty containers and expired TTL
+/// nodes (ZooKeeper's ContainerManager). Each deletion is a transaction that re-checks the
+/// condition at apply, so a child created meanwhile keeps its container.
+async fn reap_containers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(shared.config.container_check_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        if shared.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            continue;
+        }
+        let now = now_ms();
+        let candidates = shared.lock().tree.reap_candidates(now);
+        for path in candidates {
+            let txn = Txn {
+                session: SessionId(0),
+                auth: Vec::new(),
+                time_ms: now,
+                op: TxnOp::Write(crate::txn::WriteOp::DeleteContainer { path: path.clone() }),
+            };
+            match shared.raft.client_write(txn).await {
+                Ok(resp) => debug!(path, result = ?resp.data.result, "reaped"),
+                Err(e) => {
+                    warn!(path, "could not reap: {e}");
+                    break;
+                }
+            }
         }
     }
 }

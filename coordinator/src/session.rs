@@ -100,6 +100,13 @@ impl SessionTracker {
         }
     }
 
+    /// Every tracked session and its deadline, in id order (for `dump`).
+    pub fn deadlines(&self) -> Vec<(SessionId, Instant)> {
+        let mut out: Vec<_> = self.sessions.iter().map(|(id, t)| (*id, t.deadline)).collect();
+        out.sort();
+        out
+    }
+
     /// Number of tracked sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

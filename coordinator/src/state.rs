@@ -39,6 +39,65 @@ pub struct ConnEntry {
     pub tx: mpsc::UnboundedSender<Outbound>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
+    /// Per-connection statistics, for `cons`.
+    pub stats: ConnStats,
+}
+
+/// Per-connection statistics reported by `cons` and `stat`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnStats {
+    /// Packets received.
+    pub received: u64,
+    /// Packets sent.
+    pub sent: u64,
+    /// When the connection was established, ms since the epoch.
+    pub established_ms: i64,
+    /// Negotiated session timeout.
+    pub timeout_ms: i32,
+    /// Short name of the last operation answered (ZooKeeper's `lop`).
+    pub last_op: &'static str,
+    /// Last client xid seen.
+    pub last_cxid: i32,
+    /// Zxid of the last reply.
+    pub last_zxid: i64,
+    /// When the last reply was sent, ms since the epoch.
+    pub last_response_ms: i64,
+    /// Latency of the last reply, ms.
+    pub last_latency_ms: u64,
+    /// Latency statistics of this connection.
+    pub latency: Latency,
+}
+
+/// Request latency statistics in ms (min/avg/max as ZooKeeper reports them).
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    /// Requests counted.
+    pub count: u64,
+    /// Sum of latencies.
+    pub total_ms: u64,
+    /// Smallest latency.
+    pub min_ms: u64,
+    /// Largest latency.
+    pub max_ms: u64,
+}
+
+impl Latency {
+    /// Adds one request's latency.
+    pub fn record(&mut self, ms: u64) {
+        self.min_ms = if self.count == 0 { ms } else { self.min_ms.min(ms) };
+        self.max_ms = self.max_ms.max(ms);
+        self.total_ms += ms;
+        self.count += 1;
+    }
+
+    /// Mean latency, 0 when nothing was counted.
+    pub fn avg_ms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ms as f64 / self.count as f64
+        }
+    }
 }
 
 /// Counters reported by the four-letter words and metrics.
@@ -50,6 +109,12 @@ pub struct Counters {
     pub packets_sent: u64,
     /// Connections accepted since start.
     pub connections_accepted: u64,
+    /// Connections refused by the per-address limit.
+    pub connections_rejected: u64,
+    /// Failed auth packets.
+    pub auth_failed: u64,
+    /// Request latency over all connections.
+    pub latency: Latency,
 }
 
 /// Everything the server shares between its Raft state machine and its connections.
@@ -67,6 +132,8 @@ pub struct ServerState {
     pub counters: Counters,
     /// When the server started.
     pub started: Instant,
+    /// Open sockets per client address, for the per-address limit.
+    pub open_per_address: HashMap<std::net::IpAddr, u32>,
 }
 
 impl Default for ServerState {
@@ -78,11 +145,19 @@ impl Default for ServerState {
             tracker: SessionTracker::new(),
             counters: Counters::default(),
             started: Instant::now(),
+            open_per_address: HashMap::new(),
         }
     }
 }
 
 impl ServerState {
+    /// A fresh state; `extended_types` allows TTL nodes.
+    pub fn new(extended_types: bool) -> Self {
+        let mut st = ServerState::default();
+        st.tree.set_extended_types(extended_types);
+        st
+    }
+
     /// Applies a committed transaction and acts on its effects: notifications go out to the
     /// watching connections (withheld from those without READ on the node), new sessions start
     /// being tracked, closed sessions lose their connections.
@@ -122,7 +197,8 @@ impl ServerState {
 
     /// Replaces the tree (from a snapshot) and rebuilds session liveness from it, giving every
     /// session a full timeout from now.
-    pub fn install_tree(&mut self, tree: DataTree, now: Instant) {
+    pub fn install_tree(&mut self, mut tree: DataTree, now: Instant) {
+        tree.set_extended_types(self.tree.extended_types());
         self.tree = tree;
         self.tracker = SessionTracker::new();
         let sessions: Vec<(SessionId, i32)> = self.tree.sessions().map(|(id, s)| (id, s.timeout_ms)).collect();

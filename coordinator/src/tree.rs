@@ -144,6 +144,11 @@ pub struct DataTree {
     nodes: HashMap<String, Node>,
     sessions: BTreeMap<SessionId, Session>,
     last_zxid: Zxid,
+    /// Paths of containers and TTL nodes, the candidates for reaping.
+    reapable: BTreeSet<String>,
+    /// Whether TTL nodes may be created (a server setting every member must share).
+    #[serde(skip)]
+    extended_types: bool,
 }
 
 impl Default for DataTree {
@@ -297,7 +302,44 @@ impl DataTree {
         nodes.insert("/zookeeper".to_string(), zk);
         nodes.insert("/zookeeper/quota".to_string(), Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0));
         nodes.insert("/zookeeper/config".to_string(), Node::new(Some(Vec::new()), Acl::read_unsafe(), 0, 0, 0));
-        DataTree { nodes, sessions: BTreeMap::new(), last_zxid: Zxid(0) }
+        DataTree {
+            nodes,
+            sessions: BTreeMap::new(),
+            last_zxid: Zxid(0),
+            reapable: BTreeSet::new(),
+            extended_types: false,
+        }
+    }
+
+    /// Allows or refuses TTL nodes (refused creates answer `Unimplemented`, as ZooKeeper's do
+    /// without `zookeeper.extendedTypesEnabled`).
+    pub fn set_extended_types(&mut self, enabled: bool) {
+        self.extended_types = enabled;
+    }
+
+    /// Whether TTL nodes may be created.
+    pub fn extended_types(&self) -> bool {
+        self.extended_types
+    }
+
+    /// Containers that had children and have none left, and TTL nodes without children whose TTL
+    /// has passed since their last change at `now_ms`: what the reaper proposes to delete.
+    pub fn reap_candidates(&self, now_ms: i64) -> Vec<String> {
+        self.reapable
+            .iter()
+            .filter(|p| self.nodes.get(p.as_str()).is_some_and(|n| Self::is_reapable(n, now_ms)))
+            .cloned()
+            .collect()
+    }
+
+    fn is_reapable(n: &Node, now_ms: i64) -> bool {
+        if !n.children.is_empty() {
+            return false;
+        }
+        if n.is_container() {
+            return n.stat.cversion > 0;
+        }
+        n.ttl_ms().is_some_and(|ttl| now_ms.saturating_sub(n.stat.mtime) > ttl)
     }
 
     /// The zxid of the last applied transaction.
@@ -459,9 +501,13 @@ impl DataTree {
                     for u in undo.into_iter().rev() {
                         match u {
                             Undo::Node(p, Some(n)) => {
+                                if n.is_container() || n.ttl_ms().is_some() {
+                                    self.reapable.insert(p.clone());
+                                }
                                 self.nodes.insert(p, n);
                             }
                             Undo::Node(p, None) => {
+                                self.reapable.remove(&p);
                                 self.nodes.remove(&p);
                             }
                             Undo::Ephemeral(s, p, was) => {
@@ -542,6 +588,9 @@ impl DataTree {
                 let node = Node::new(data.clone(), acl.clone(), zxid.0, txn.time_ms, owner);
                 let stat = node.stat();
                 self.nodes.insert(final_path.clone(), node);
+                if owner == CONTAINER_OWNER || mode.is_ttl() {
+                    self.reapable.insert(final_path.clone());
+                }
                 if mode.is_ephemeral() {
                     if let Some(u) = undo.as_deref_mut() {
                         u.push(Undo::Ephemeral(txn.session, final_path.clone(), false));
@@ -615,6 +664,19 @@ impl DataTree {
                 node.stat.aversion = node.stat.aversion.wrapping_add(1);
                 Ok(OpResult::AclSet { stat: node.stat() })
             }
+            WriteOp::DeleteContainer { path } => {
+                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+                if !node.children.is_empty() {
+                    return Err(ErrorCode::NotEmpty);
+                }
+                // Not a container or TTL node, or not due: ZooKeeper answers BadVersion.
+                if !Self::is_reapable(node, txn.time_ms) {
+                    return Err(ErrorCode::BadVersion);
+                }
+                self.remove_node(path, zxid, events, undo);
+                Ok(OpResult::Deleted)
+            }
             WriteOp::Check { path, version } => {
                 path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
                 let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
@@ -638,6 +700,9 @@ impl DataTree {
         if mode.is_ttl() != is_ttl_op {
             return Err(ErrorCode::BadArguments);
         }
+        if is_ttl_op && !self.extended_types {
+            return Err(ErrorCode::Unimplemented);
+        }
         if is_ttl_op && !(1..=MAX_TTL_MS).contains(&ttl_ms) {
             return Err(ErrorCode::BadArguments);
         }
@@ -653,6 +718,7 @@ impl DataTree {
         let Some(node) = self.nodes.remove(path) else {
             return;
         };
+        self.reapable.remove(path);
         if let Some(owner) = node.ephemeral_session() {
             if let Some(s) = self.sessions.get_mut(&owner) {
                 if s.ephemerals.remove(path) {
@@ -703,6 +769,16 @@ mod tests {
         assert_eq!(fx.opened, Some(session));
         assert_eq!(session, derive_session_id(1, T0));
         (t, session)
+    }
+
+    impl WriteOp {
+        fn clone_with_flags(&self, new_flags: i32) -> WriteOp {
+            let mut op = self.clone();
+            if let WriteOp::Create { flags, .. } = &mut op {
+                *flags = new_flags;
+            }
+            op
+        }
     }
 
     fn ok_op(t: &mut DataTree, zxid: i64, s: SessionId, op: WriteOp) -> (OpResult, Effects) {
@@ -895,6 +971,61 @@ mod tests {
             let id = derive_session_id(i, t);
             assert!(id.0 > 0, "{id:?}");
         }
+    }
+
+    #[test]
+    fn containers_and_ttl_nodes_are_reaped_only_when_due() {
+        let (mut t, s) = with_session();
+        let container = |p: &str| WriteOp::Create {
+            opcode: op::CREATE_CONTAINER,
+            path: p.into(),
+            data: None,
+            acl: Acl::open_unsafe(),
+            flags: 4,
+            ttl_ms: 0,
+        };
+        let ttl = |p: &str, ttl_ms| WriteOp::Create {
+            opcode: op::CREATE_TTL,
+            path: p.into(),
+            data: None,
+            acl: Acl::open_unsafe(),
+            flags: 5,
+            ttl_ms,
+        };
+        // TTL nodes are refused unless extended types are on, as in ZooKeeper.
+        assert_eq!(err_op(&mut t, 2, s, ttl("/t", 100)), ErrorCode::Unimplemented);
+        t.set_extended_types(true);
+        assert_eq!(err_op(&mut t, 3, s, ttl("/t", 0)), ErrorCode::BadArguments);
+        assert_eq!(err_op(&mut t, 4, s, container("/c-bad").clone_with_flags(0)), ErrorCode::BadArguments);
+        let (r, _) = ok_op(&mut t, 5, s, ttl("/t", 100));
+        let OpResult::Created { stat, .. } = r else { panic!() };
+        assert_eq!(stat.ephemeral_owner, TTL_OWNER_MARK | 100);
+        ok_op(&mut t, 6, s, container("/c"));
+        assert_eq!(t.exists("/c").unwrap().ephemeral_owner, CONTAINER_OWNER);
+        // A container that never had a child is not reaped; the TTL node is not due yet.
+        assert!(t.reap_candidates(T0 + 100).is_empty());
+        ok_op(&mut t, 7, s, create("/c/x", 0));
+        assert!(t.reap_candidates(T0 + 100).is_empty(), "the container has a child");
+        ok_op(&mut t, 8, s, WriteOp::Delete { path: "/c/x".into(), version: -1 });
+        assert_eq!(t.reap_candidates(T0 + 101), vec!["/c".to_string(), "/t".to_string()]);
+        // The reaping delete re-checks at apply, against the transaction's time.
+        let reap = |p: &str, time_ms| Txn {
+            session: SessionId(0),
+            auth: vec![],
+            time_ms,
+            op: TxnOp::Write(WriteOp::DeleteContainer { path: p.into() }),
+        };
+        let (out, _) = t.apply(Zxid(9), &reap("/t", T0 + 50));
+        assert_eq!(out.result, Err(ErrorCode::BadVersion), "not due at that time");
+        let (out, fx) = t.apply(Zxid(10), &reap("/t", T0 + 101));
+        assert_eq!(out.result, Ok(TxnReply::Op(OpResult::Deleted)));
+        assert_eq!(fx.events[0].kind, EventType::NodeDeleted);
+        let (out, _) = t.apply(Zxid(11), &reap("/c", T0 + 101));
+        assert!(out.result.is_ok());
+        assert_eq!(t.exists("/c"), Err(ErrorCode::NoNode));
+        assert!(t.reap_candidates(i64::MAX).is_empty());
+        let (out, _) = t.apply(Zxid(12), &reap("/zookeeper/quota", T0));
+        assert_eq!(out.result, Err(ErrorCode::BadVersion), "plain nodes are never reaped");
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub enum WriteOp {
         /// Expected ACL version, -1 for any.
         version: i32,
     },
+    /// deleteContainer (20): delete an empty container, or a TTL node whose TTL has run out since
+    /// its last change. The server issues it when reaping; the checks are repeated at apply.
+    DeleteContainer {
+        /// Node path.
+        path: String,
+    },
     /// check (13).
     Check {
         /// Node path.

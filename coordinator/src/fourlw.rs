@@ -1,0 +1,341 @@
+//! Four-letter words: the plain-text commands operators and tools send on the client port
+//! (`echo srvr | nc host 2181`, `zkServer.sh status`, kazoo's `envi` version probe).
+//!
+//! A connection whose first four bytes spell a known command gets the text answer and is closed,
+//! exactly as Apache ZooKeeper does; the outputs follow ZooKeeper 3.8's formats line by line so
+//! existing scripts and monitoring parse them unchanged. Commands outside the whitelist answer
+//! `<cmd> is not executed because it is not in the whitelist.`
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::CoordinatorConfig;
+use crate::state::ServerState;
+
+/// The version string reported to clients: the ZooKeeper release whose protocol and behaviour
+/// this server implements (clients gate features on it), then our own version.
+pub const VERSION: &str = concat!("3.8.0-referee-", env!("CARGO_PKG_VERSION"), ", built on 1970-01-01 00:00 UTC");
+
+/// The read-only commands this server implements, enabled by default.
+pub const IMPLEMENTED: [&str; 13] =
+    ["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "isro", "wchs", "wchc", "wchp", "dump", "dirs"];
+
+/// Commands ZooKeeper knows that change server state; recognised, never executed here.
+const RECOGNISED_ONLY: [&str; 5] = ["crst", "srst", "gtmk", "stmk", "hash"];
+
+/// The command spelled by a connection's first four bytes, if any.
+pub fn parse(prefix: [u8; 4]) -> Option<&'static str> {
+    IMPLEMENTED.iter().chain(RECOGNISED_ONLY.iter()).copied().find(|c| c.as_bytes() == prefix)
+}
+
+/// What the server is in the ensemble, as `srvr`'s `Mode:` line reports it.
+pub fn mode_name(standalone: bool, leader: bool) -> &'static str {
+    match (standalone, leader) {
+        (true, _) => "standalone",
+        (false, true) => "leader",
+        (false, false) => "follower",
+    }
+}
+
+/// The answer to a command.
+pub fn answer(cmd: &str, config: &CoordinatorConfig, st: &ServerState, mode: &str) -> String {
+    if !config.four_letter_word_enabled(cmd) || RECOGNISED_ONLY.contains(&cmd) {
+        return format!("{cmd} is not executed because it is not in the whitelist.\n");
+    }
+    match cmd {
+        "ruok" => "imok".to_string(),
+        "isro" => "rw".to_string(),
+        "srvr" => server_stats(st, mode),
+        "stat" => {
+            let mut out = format!("Zookeeper version: {VERSION}\nClients:\n");
+            out.push_str(&connections(st, false));
+            out.push('\n');
+            out.push_str(&server_stats(st, mode)["Zookeeper version: ".len() + VERSION.len() + 1..]);
+            out
+        }
+        "cons" => {
+            let mut out = connections(st, true);
+            out.push('\n');
+            out
+        }
+        "mntr" => monitor(st, mode),
+        "conf" => conf(config),
+        "envi" => environment(),
+        "wchs" => format!(
+            "{} connections watching {} paths\nTotal watches:{}\n",
+            st.watches.conn_count(),
+            st.watches.path_count(),
+            st.watches.watch_count()
+        ),
+        "wchc" => {
+            let mut out = String::new();
+            for (conn, paths) in st.watches.by_connection() {
+                let session = st.conns.get(&conn).map_or(0, |c| c.session.0);
+                out.push_str(&format!("0x{session:x}\n"));
+                for p in paths {
+                    out.push_str(&format!("\t{p}\n"));
+                }
+            }
+            out.push('\n');
+            out
+        }
+        "wchp" => {
+            let mut by_path: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+            for (conn, paths) in st.watches.by_connection() {
+                let session = st.conns.get(&conn).map_or(0, |c| c.session.0);
+                for p in paths {
+                    by_path.entry(p).or_default().push(session);
+                }
+            }
+            let mut out = String::new();
+            for (p, sessions) in by_path {
+                out.push_str(&format!("{p}\n"));
+                for s in sessions {
+                    out.push_str(&format!("\t0x{s:x}\n"));
+                }
+            }
+            out.push('\n');
+            out
+        }
+        "dump" => dump(st),
+        "dirs" => {
+            let size = dir_size(&config.data_dir);
+            format!("datadir_size: {size}\nlogdir_size: {size}\n")
+        }
+        _ => format!("{cmd} is not executed because it is not in the whitelist.\n"),
+    }
+}
+
+fn server_stats(st: &ServerState, mode: &str) -> String {
+    let l = &st.counters.latency;
+    format!(
+        "Zookeeper version: {VERSION}\nLatency min/avg/max: {}/{:.4}/{}\nReceived: {}\nSent: {}\nConnections: {}\n\
+         Outstanding: 0\nZxid: 0x{:x}\nMode: {mode}\nNode count: {}\n",
+        l.min_ms,
+        l.avg_ms(),
+        l.max_ms,
+        st.counters.packets_received,
+        st.counters.packets_sent,
+        st.conns.len(),
+        st.tree.last_zxid().0,
+        st.tree.node_count(),
+    )
+}
+
+fn connections(st: &ServerState, detailed: bool) -> String {
+    let mut conns: Vec<_> = st.conns.iter().collect();
+    conns.sort_by_key(|(id, _)| **id);
+    let mut out = String::new();
+    for (_, c) in conns {
+        let s = &c.stats;
+        if detailed {
+            out.push_str(&format!(
+                " /{}[1](queued=0,recved={},sent={},sid=0x{:x},lop={},est={},to={},lcxid=0x{:x},lzxid=0x{:x},\
+                 lresp={},llat={},minlat={},avglat={:.0},maxlat={})\n",
+                c.peer,
+                s.received,
+                s.sent,
+                c.session.0,
+                if s.last_op.is_empty() { "NA" } else { s.last_op },
+                s.established_ms,
+                s.timeout_ms,
+                s.last_cxid,
+                s.last_zxid,
+                s.last_response_ms,
+                s.last_latency_ms,
+                s.latency.min_ms,
+                s.latency.avg_ms(),
+                s.latency.max_ms,
+            ));
+        } else {
+            out.push_str(&format!(" /{}[1](queued=0,recved={},sent={})\n", c.peer, s.received, s.sent));
+        }
+    }
+    out
+}
+
+fn monitor(st: &ServerState, mode: &str) -> String {
+    let l = &st.counters.latency;
+    let ephemerals: usize = st.tree.sessions().map(|(_, s)| s.ephemerals.len()).sum();
+    let (open_fds, max_fds) = file_descriptors();
+    let lines: Vec<(&str, String)> = vec![
+        ("zk_version", VERSION.to_string()),
+        ("zk_server_state", mode.to_string()),
+        ("zk_ephemerals_count", ephemerals.to_string()),
+        ("zk_num_alive_connections", st.conns.len().to_string()),
+        ("zk_avg_latency", format!("{:.4}", l.avg_ms())),
+        ("zk_min_latency", l.min_ms.to_string()),
+        ("zk_max_latency", l.max_ms.to_string()),
+        ("zk_outstanding_requests", "0".to_string()),
+        ("zk_znode_count", st.tree.node_count().to_string()),
+        ("zk_global_sessions", st.tree.sessions().count().to_string()),
+        ("zk_local_sessions", "0".to_string()),
+        ("zk_packets_sent", st.counters.packets_sent.to_string()),
+        ("zk_packets_received", st.counters.packets_received.to_string()),
+        ("zk_watch_count", st.watches.watch_count().to_string()),
+        ("zk_approximate_data_size", st.tree.approximate_data_size().to_string()),
+        ("zk_open_file_descriptor_count", open_fds.to_string()),
+        ("zk_max_file_descriptor_count", max_fds.to_string()),
+        ("zk_uptime", st.started.elapsed().as_millis().to_string()),
+        ("zk_auth_failed_count", st.counters.auth_failed.to_string()),
+        ("zk_connection_rejected", st.counters.connections_rejected.to_string()),
+    ];
+    lines.into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+}
+
+fn conf(config: &CoordinatorConfig) -> String {
+    let dir = config.data_dir.display();
+    let size = dir_size(&config.data_dir);
+    format!(
+        "clientPort={}\nsecureClientPort=-1\ndataDir={dir}\ndataDirSize={size}\ndataLogDir={dir}\ndataLogSize={size}\n\
+         tickTime={}\nmaxClientCnxns={}\nminSessionTimeout={}\nmaxSessionTimeout={}\nclientPortListenBacklog=-1\n\
+         serverId=0\n",
+        config.listen.port(),
+        config.tick_ms,
+        config.max_connections_per_address,
+        config.min_session_timeout_ms(),
+        config.max_session_timeout_ms(),
+    )
+}
+
+fn environment() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let os_version = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let user_dir = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    format!(
+        "Environment:\nzookeeper.version={VERSION}\nhost.name={}\nos.name={}\nos.arch={}\nos.version={}\n\
+         user.dir={user_dir}\nreferee.version={}\n",
+        host.trim(),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        os_version.trim(),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+fn dump(st: &ServerState) -> String {
+    let now = Instant::now();
+    let deadlines = st.tracker.deadlines();
+    let mut out = format!("SessionTracker dump:\nSession Sets ({})/({}):\n", deadlines.len(), deadlines.len());
+    for (session, deadline) in deadlines {
+        let left = deadline.saturating_duration_since(now);
+        out.push_str(&format!("1 expire at {}:\n\t0x{:x}\n", format_date(wall_clock_after(left)), session.0));
+    }
+    let with_ephemerals: Vec<_> = st.tree.sessions().filter(|(_, s)| !s.ephemerals.is_empty()).collect();
+    out.push_str(&format!("ephemeral nodes dump:\nSessions with Ephemerals ({}):\n", with_ephemerals.len()));
+    for (id, s) in with_ephemerals {
+        out.push_str(&format!("0x{:x}:\n", id.0));
+        for p in &s.ephemerals {
+            out.push_str(&format!("\t{p}\n"));
+        }
+    }
+    out.push_str(&format!("Connections dump:\nConnections Sets (1)/({}):\n", st.conns.len()));
+    for c in st.conns.values() {
+        out.push_str(&format!("\tip: /{} sessionId: 0x{:x}\n", c.peer, c.session.0));
+    }
+    out
+}
+
+fn wall_clock_after(d: Duration) -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (now + d).as_millis() as i64
+}
+
+/// Formats ms since the epoch as Java's `Date.toString()` in UTC: `Sun Nov 22 03:20:46 UTC 2026`.
+pub fn format_date(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), days since 1970-01-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{} {} {:02} {:02}:{:02}:{:02} UTC {}",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60,
+        year
+    )
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn file_descriptors() -> (usize, u64) {
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let max = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    (open, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_known_words() {
+        assert_eq!(parse(*b"ruok"), Some("ruok"));
+        assert_eq!(parse(*b"crst"), Some("crst"));
+        assert_eq!(parse(*b"xxxx"), None);
+        assert_eq!(parse([0, 0, 0, 45]), None);
+    }
+
+    #[test]
+    fn dates_read_like_java() {
+        assert_eq!(format_date(0), "Thu Jan 01 00:00:00 UTC 1970");
+        assert_eq!(format_date(1_795_317_646_000), "Sun Nov 22 03:20:46 UTC 2026");
+        assert_eq!(format_date(951_782_400_000), "Tue Feb 29 00:00:00 UTC 2000");
+    }
+
+    #[test]
+    fn whitelist_and_formats() {
+        let mut config = CoordinatorConfig::new("/nonexistent");
+        let st = ServerState::default();
+        assert_eq!(answer("ruok", &config, &st, "standalone"), "imok");
+        let srvr = answer("srvr", &config, &st, "standalone");
+        assert!(srvr.starts_with("Zookeeper version: 3.8.0-referee-"), "{srvr}");
+        assert!(srvr.contains("\nMode: standalone\nNode count: 4\n"), "{srvr}");
+        assert!(srvr.contains("\nZxid: 0x0\n"), "{srvr}");
+        let stat = answer("stat", &config, &st, "standalone");
+        assert!(stat.contains("Clients:\n\nLatency min/avg/max: 0/0.0000/0\n"), "{stat}");
+        assert_eq!(answer("wchs", &config, &st, "standalone"), "0 connections watching 0 paths\nTotal watches:0\n");
+        assert!(answer("envi", &config, &st, "standalone").contains("\nzookeeper.version=3.8.0-referee-"));
+        assert!(answer("mntr", &config, &st, "standalone").contains("zk_server_state\tstandalone\n"));
+        assert_eq!(
+            answer("crst", &config, &st, "standalone"),
+            "crst is not executed because it is not in the whitelist.\n"
+        );
+        config.four_letter_words = vec!["srvr".into()];
+        assert_eq!(
+            answer("ruok", &config, &st, "standalone"),
+            "ruok is not executed because it is not in the whitelist.\n"
+        );
+        assert!(answer("srvr", &config, &st, "standalone").contains("Mode: standalone"));
+    }
+}

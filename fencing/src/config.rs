@@ -1,0 +1,828 @@
+//! The fencing configuration: YAML in, validated at load, never silently adjusted.
+//!
+//! Every duration is integer milliseconds in a field ending in `_ms`. Unknown fields are
+//! refused. [`FencingConfig::from_yaml_str`] parses and validates; a configuration without a
+//! single method is an error, because an agent that cannot fence must not start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::outcome::MethodKind;
+
+/// The whole fencing section: ordered levels, an overall deadline and optional race delays.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FencingConfig {
+    /// Upper bound on one whole fence, delay included. When it runs out the fence ends
+    /// indeterminate, whatever level was running.
+    pub overall_timeout_ms: u64,
+    /// Wait this long before the first level when fencing any node (Pacemaker's
+    /// `pcmk_delay_base`): in a two-node race, the side with the shorter delay wins.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Per-target delay overriding `delay_ms`, keyed by the node id being fenced.
+    #[serde(default)]
+    pub node_delay_ms: BTreeMap<String, u64>,
+    /// Levels tried in order until one fences the target.
+    pub levels: Vec<LevelConfig>,
+}
+
+/// One fencing level: methods that must **all** fence for the level to fence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelConfig {
+    /// The methods, run one after the other in this order.
+    #[serde(deserialize_with = "methods_with_context")]
+    pub methods: Vec<MethodConfig>,
+}
+
+/// Deserialises a level's methods one by one, so that an error names the method's index and
+/// kind (serde's internally tagged enums otherwise lose both from the error path).
+fn methods_with_context<'de, D>(deserializer: D) -> Result<Vec<MethodConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let raw: Vec<serde_yaml::Value> = Vec::deserialize(deserializer)?;
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("no kind").to_string();
+            serde_yaml::from_value::<MethodConfig>(value)
+                .map_err(|e| D::Error::custom(format!("method {index} ({kind}): {e}")))
+        })
+        .collect()
+}
+
+/// One fencing method with its arguments, selected by the `kind` field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MethodConfig {
+    /// `kind: graceful`: ask the master to step down over its HA endpoint.
+    Graceful(GracefulConfig),
+    /// `kind: agent`: ask the target's failover agent to fence its master locally.
+    Agent(AgentConfig),
+    /// `kind: kill`: signal the master process on this host until it is gone.
+    Kill(KillConfig),
+    /// `kind: ssh`: run a kill-and-verify command on the target over `ssh`.
+    Ssh(SshConfig),
+    /// `kind: shell`: run a program with the target's facts in its environment.
+    Shell(ShellConfig),
+    /// `kind: http`: ask a STONITH/PDU/cloud API to power the target off.
+    Http(HttpConfig),
+    /// `kind: isolate`: firewall the master's port on its host.
+    Isolate(IsolateConfig),
+    /// `kind: token`: raise the token floor of a token-enforcing resource.
+    Token(TokenConfig),
+}
+
+impl MethodConfig {
+    /// The method's kind.
+    pub fn kind(&self) -> MethodKind {
+        match self {
+            MethodConfig::Graceful(_) => MethodKind::Graceful,
+            MethodConfig::Agent(_) => MethodKind::Agent,
+            MethodConfig::Kill(_) => MethodKind::Kill,
+            MethodConfig::Ssh(_) => MethodKind::Ssh,
+            MethodConfig::Shell(_) => MethodKind::Shell,
+            MethodConfig::Http(_) => MethodKind::Http,
+            MethodConfig::Isolate(_) => MethodKind::Isolate,
+            MethodConfig::Token(_) => MethodKind::Token,
+        }
+    }
+
+    /// The configured name, or the kind when none was given.
+    pub fn name(&self) -> String {
+        let name = match self {
+            MethodConfig::Graceful(c) => &c.name,
+            MethodConfig::Agent(c) => &c.name,
+            MethodConfig::Kill(c) => &c.name,
+            MethodConfig::Ssh(c) => &c.name,
+            MethodConfig::Shell(c) => &c.name,
+            MethodConfig::Http(c) => &c.name,
+            MethodConfig::Isolate(c) => &c.name,
+            MethodConfig::Token(c) => &c.name,
+        };
+        name.clone().unwrap_or_else(|| self.kind().as_str().to_string())
+    }
+
+    /// The method's own deadline.
+    pub fn timeout_ms(&self) -> u64 {
+        match self {
+            MethodConfig::Graceful(c) => c.timeout_ms,
+            MethodConfig::Agent(c) => c.timeout_ms,
+            MethodConfig::Kill(c) => c.timeout_ms,
+            MethodConfig::Ssh(c) => c.timeout_ms,
+            MethodConfig::Shell(c) => c.timeout_ms,
+            MethodConfig::Http(c) => c.timeout_ms,
+            MethodConfig::Isolate(c) => c.timeout_ms,
+            MethodConfig::Token(c) => c.timeout_ms,
+        }
+    }
+}
+
+/// Arguments of `kind: graceful`. The HA endpoint comes from the target
+/// ([`crate::FenceTarget::ha_url`], else `http://host:port`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GracefulConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the step-down request and its confirmation together.
+    pub timeout_ms: u64,
+}
+
+/// Arguments of `kind: agent`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the peer's answer (the peer's own local fence must fit inside it).
+    pub timeout_ms: u64,
+    /// Base URL of each node's agent peer API, keyed by node id.
+    pub peers: BTreeMap<String, String>,
+    /// File holding the bearer secret (surrounding whitespace is trimmed).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Name of the environment variable holding the bearer secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// Arguments of `kind: kill`. Only fences a master running on **this** host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for finding, signalling and verifying the process gone.
+    pub timeout_ms: u64,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace_ms: u64,
+    /// Also find the master by the process listening on the target's port (default true).
+    #[serde(default = "default_true")]
+    pub find_by_port: bool,
+    /// Extra names or addresses by which targets may name this host, beyond `localhost`,
+    /// loopback addresses and the kernel host name. A target on another host is refused.
+    #[serde(default)]
+    pub local_hosts: Vec<String>,
+}
+
+/// How `ssh` treats the target's host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyChecking {
+    /// `StrictHostKeyChecking=yes`: the key must already be known (the default).
+    #[default]
+    Yes,
+    /// `StrictHostKeyChecking=accept-new`: trust on first use.
+    AcceptNew,
+    /// `StrictHostKeyChecking=no`: accept any key. For tests only.
+    No,
+}
+
+/// Arguments of `kind: ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the whole ssh run, connection included.
+    pub timeout_ms: u64,
+    /// ssh `ConnectTimeout` (rounded up to whole seconds, as ssh takes seconds).
+    pub connect_timeout_ms: u64,
+    /// Remote user.
+    pub user: String,
+    /// Private key file.
+    pub identity_file: PathBuf,
+    /// The remote command, argv style. It must kill the master **and verify on the target**
+    /// that it is gone, exiting 0 only then. Each word is quoted for the remote shell; the
+    /// only substitutions are the numeric placeholders `{port}`, `{pid}`, `{fence_token}` and
+    /// `{target_token}`.
+    pub command: Vec<String>,
+    /// Remote sshd port (default 22).
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Host key policy (default `yes`).
+    #[serde(default)]
+    pub host_key_checking: HostKeyChecking,
+    /// Known-hosts file to use instead of the user's.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// The ssh client (default `ssh` from `PATH`).
+    #[serde(default = "default_ssh_program")]
+    pub ssh_program: PathBuf,
+}
+
+/// Arguments of `kind: shell`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline; on expiry the program's whole process group is killed.
+    pub timeout_ms: u64,
+    /// Absolute path of the program. It is executed directly, never through a shell.
+    pub program: PathBuf,
+    /// Arguments, passed verbatim.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables. The target's facts are added as `TARGET_*` and
+    /// `FENCE_TOKEN` and cannot be overridden here.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Arguments of `kind: http`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the request and any status polling.
+    pub timeout_ms: u64,
+    /// HTTP method (default `POST`).
+    #[serde(default = "default_http_method")]
+    pub method: String,
+    /// Request URL; `{node_id}` is replaced by the percent-encoded target node id.
+    pub url: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Request body, sent verbatim with `Content-Type: application/json` unless a
+    /// `Content-Type` header is configured.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// File holding the API secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the API secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Header carrying the secret (default `Authorization`).
+    #[serde(default = "default_secret_header")]
+    pub secret_header: String,
+    /// Prefix of the secret in that header (default `"Bearer "`).
+    #[serde(default = "default_secret_prefix")]
+    pub secret_prefix: String,
+    /// How to confirm power-off when the API answers 202 Accepted. Without it a 202 ends
+    /// indeterminate: an accepted request is not yet an off target.
+    #[serde(default)]
+    pub status: Option<HttpStatusConfig>,
+}
+
+/// Status polling for `kind: http`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStatusConfig {
+    /// Status URL (`{node_id}` substituted); defaults to the 202's `Location` header.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Time between polls.
+    pub interval_ms: u64,
+    /// JSON pointer (RFC 6901) to the power state in the status body, e.g. `/power`.
+    pub pointer: String,
+    /// The value at `pointer` that means "off".
+    pub off_value: String,
+}
+
+/// Firewall used by `kind: isolate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallBackend {
+    /// `iptables` (legacy or nf_tables flavour; IPv4).
+    Iptables,
+}
+
+/// Where `kind: isolate` runs its firewall commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// On this host (the master runs here, or `command_prefix` reaches it).
+    Local,
+    /// On the target host over `ssh` (see the `ssh` field).
+    Ssh,
+}
+
+/// ssh login settings for `kind: isolate` with `via: ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshLoginConfig {
+    /// Remote user.
+    pub user: String,
+    /// Private key file.
+    pub identity_file: PathBuf,
+    /// ssh `ConnectTimeout`.
+    pub connect_timeout_ms: u64,
+    /// Remote sshd port (default 22).
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Host key policy (default `yes`).
+    #[serde(default)]
+    pub host_key_checking: HostKeyChecking,
+    /// Known-hosts file to use instead of the user's.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// The ssh client (default `ssh` from `PATH`).
+    #[serde(default = "default_ssh_program")]
+    pub ssh_program: PathBuf,
+}
+
+/// Arguments of `kind: isolate`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolateConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for inserting and verifying (or removing and verifying) the rules.
+    pub timeout_ms: u64,
+    /// Firewall backend.
+    pub backend: FirewallBackend,
+    /// Where to run the firewall commands.
+    pub via: Via,
+    /// Login settings, required with `via: ssh`.
+    #[serde(default)]
+    pub ssh: Option<SshLoginConfig>,
+    /// argv prepended to every firewall command, e.g. `["sudo", "-n"]` or
+    /// `["ip", "netns", "exec", "ns1"]`.
+    #[serde(default)]
+    pub command_prefix: Vec<String>,
+    /// The firewall program (default `iptables`).
+    #[serde(default = "default_iptables_program")]
+    pub program: String,
+    /// Also drop forwarded traffic to and from the port, for masters behind NAT or in
+    /// containers (default true).
+    #[serde(default = "default_true")]
+    pub forward: bool,
+}
+
+/// Arguments of `kind: token`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the resource's confirmation.
+    pub timeout_ms: u64,
+    /// URL receiving a [`crate::TokenFloorRequest`] by `POST`.
+    pub url: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// File holding a bearer secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding a bearer secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_ssh_program() -> PathBuf {
+    PathBuf::from("ssh")
+}
+fn default_http_method() -> String {
+    "POST".to_string()
+}
+fn default_secret_header() -> String {
+    "Authorization".to_string()
+}
+fn default_secret_prefix() -> String {
+    "Bearer ".to_string()
+}
+fn default_iptables_program() -> String {
+    "iptables".to_string()
+}
+
+/// Why a fencing configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The document is empty: the agent must not run without a fencing method.
+    #[error("fencing configuration is empty: configure at least one level with one method (an agent that cannot fence must not start)")]
+    Empty,
+    /// The YAML does not match the schema (unknown field, missing field, wrong type); the
+    /// message names the path, e.g. `levels[1].methods[0]: missing field `command``.
+    #[error("fencing configuration: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    /// A top-level field is wrong.
+    #[error("fencing configuration: field `{field}`: {problem}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to change.
+        problem: String,
+    },
+    /// A level is wrong as a whole (e.g. has no methods).
+    #[error("fencing level {level}: {problem}")]
+    Level {
+        /// Index of the level (0-based).
+        level: usize,
+        /// What is wrong and what to change.
+        problem: String,
+    },
+    /// A method's argument is missing or wrong.
+    #[error("fencing level {level}, method {index} ({kind}): field `{field}`: {problem}")]
+    Method {
+        /// Index of the level (0-based).
+        level: usize,
+        /// Index of the method within its level (0-based).
+        index: usize,
+        /// The method's kind.
+        kind: MethodKind,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong and what to change.
+        problem: String,
+    },
+}
+
+impl FencingConfig {
+    /// Parses and validates a YAML fencing section.
+    pub fn from_yaml_str(yaml: &str) -> Result<Self, ConfigError> {
+        // serde_yaml reports an empty document as an obscure EOF error; say what it means.
+        let meaningful = yaml
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .any(|l| !l.is_empty() && l != "---" && l != "~" && l != "null");
+        if !meaningful {
+            return Err(ConfigError::Empty);
+        }
+        let config: FencingConfig = serde_yaml::from_str(yaml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every level and method argument and every timing rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.overall_timeout_ms == 0 {
+            return Err(ConfigError::Field { field: "overall_timeout_ms", problem: "must be greater than 0".into() });
+        }
+        if self.levels.is_empty() {
+            return Err(ConfigError::Empty);
+        }
+        if self.delay_ms >= self.overall_timeout_ms {
+            return Err(ConfigError::Field {
+                field: "delay_ms",
+                problem: format!(
+                    "{} ms leaves no time to fence within overall_timeout_ms {}; lower it",
+                    self.delay_ms, self.overall_timeout_ms
+                ),
+            });
+        }
+        for (node, delay) in &self.node_delay_ms {
+            if *delay >= self.overall_timeout_ms {
+                return Err(ConfigError::Field {
+                    field: "node_delay_ms",
+                    problem: format!(
+                        "delay {delay} ms for node `{node}` leaves no time to fence within overall_timeout_ms {}",
+                        self.overall_timeout_ms
+                    ),
+                });
+            }
+        }
+        for (level, level_config) in self.levels.iter().enumerate() {
+            if level_config.methods.is_empty() {
+                return Err(ConfigError::Level {
+                    level,
+                    problem: "has no methods; remove it or add at least one".into(),
+                });
+            }
+            for (index, method) in level_config.methods.iter().enumerate() {
+                let check = Checker { level, index, kind: method.kind() };
+                check.method(method, self.overall_timeout_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The delay to wait before fencing `node_id`.
+    pub fn delay_for(&self, node_id: &str) -> u64 {
+        self.node_delay_ms.get(node_id).copied().unwrap_or(self.delay_ms)
+    }
+}
+
+/// Builds [`ConfigError::Method`] errors for one method.
+struct Checker {
+    level: usize,
+    index: usize,
+    kind: MethodKind,
+}
+
+impl Checker {
+    fn err(&self, field: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Method { level: self.level, index: self.index, kind: self.kind, field, problem: problem.into() }
+    }
+
+    fn ensure(&self, ok: bool, field: &'static str, problem: impl FnOnce() -> String) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(field, problem()))
+        }
+    }
+
+    fn method(&self, method: &MethodConfig, overall_ms: u64) -> Result<(), ConfigError> {
+        let timeout = method.timeout_ms();
+        self.ensure(timeout > 0, "timeout_ms", || "must be greater than 0".into())?;
+        self.ensure(timeout <= overall_ms, "timeout_ms", || {
+            format!("{timeout} ms exceeds overall_timeout_ms {overall_ms}; lower it or raise the overall deadline")
+        })?;
+        match method {
+            MethodConfig::Graceful(_) => Ok(()),
+            MethodConfig::Agent(c) => {
+                self.ensure(!c.peers.is_empty(), "peers", || {
+                    "must map at least one node id to its agent's peer URL".into()
+                })?;
+                for url in c.peers.values() {
+                    self.url("peers", url)?;
+                }
+                self.secret(&c.secret_file, &c.secret_env, true)
+            }
+            MethodConfig::Kill(c) => self.ensure(c.grace_ms < c.timeout_ms, "grace_ms", || {
+                format!("{} ms must be shorter than timeout_ms {} to leave time for SIGKILL", c.grace_ms, c.timeout_ms)
+            }),
+            MethodConfig::Ssh(c) => {
+                self.ssh_login(&c.user, c.connect_timeout_ms, c.timeout_ms, &c.identity_file)?;
+                self.ensure(!c.command.is_empty(), "command", || {
+                    "must name the remote kill-and-verify command".into()
+                })?;
+                for word in &c.command {
+                    self.ensure(!word.contains('\0'), "command", || "must not contain NUL bytes".into())?;
+                    if let Some(bad) = unknown_placeholder(word) {
+                        return Err(self.err(
+                            "command",
+                            format!("unknown placeholder `{{{bad}}}`; allowed: {{port}}, {{pid}}, {{fence_token}}, {{target_token}}"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            MethodConfig::Shell(c) => {
+                self.ensure(c.program.is_absolute(), "program", || {
+                    format!(
+                        "`{}` must be an absolute path (it is executed directly, not looked up through a shell)",
+                        c.program.display()
+                    )
+                })?;
+                for key in c.env.keys() {
+                    self.ensure(!key.is_empty() && !key.contains('=') && !key.contains('\0'), "env", || {
+                        format!("`{key}` is not a valid variable name")
+                    })?;
+                    self.ensure(!crate::methods::shell::RESERVED_ENV.contains(&key.as_str()), "env", || {
+                        format!("`{key}` is set by the fencer from the target and cannot be configured")
+                    })?;
+                }
+                Ok(())
+            }
+            MethodConfig::Http(c) => {
+                self.ensure(
+                    matches!(c.method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE"),
+                    "method",
+                    || format!("`{}` is not one of GET, POST, PUT, PATCH, DELETE", c.method),
+                )?;
+                self.url("url", &c.url)?;
+                self.headers(&c.headers)?;
+                self.secret(&c.secret_file, &c.secret_env, false)?;
+                self.ensure(
+                    reqwest::header::HeaderName::from_bytes(c.secret_header.as_bytes()).is_ok(),
+                    "secret_header",
+                    || format!("`{}` is not a valid header name", c.secret_header),
+                )?;
+                if let Some(status) = &c.status {
+                    if let Some(url) = &status.url {
+                        self.url("status.url", url)?;
+                    }
+                    self.ensure(status.interval_ms > 0, "status.interval_ms", || "must be greater than 0".into())?;
+                    self.ensure(status.interval_ms < c.timeout_ms, "status.interval_ms", || {
+                        format!("{} ms leaves no room to poll within timeout_ms {}", status.interval_ms, c.timeout_ms)
+                    })?;
+                    self.ensure(
+                        status.pointer.is_empty() || status.pointer.starts_with('/'),
+                        "status.pointer",
+                        || format!("`{}` is not a JSON pointer (it must start with `/`)", status.pointer),
+                    )?;
+                }
+                Ok(())
+            }
+            MethodConfig::Isolate(c) => {
+                match c.via {
+                    Via::Local => self.ensure(c.ssh.is_none(), "ssh", || {
+                        "is only used with `via: ssh`; remove it or set `via: ssh`".into()
+                    })?,
+                    Via::Ssh => match &c.ssh {
+                        None => return Err(self.err("ssh", "is required with `via: ssh`")),
+                        Some(login) => {
+                            self.ssh_login(&login.user, login.connect_timeout_ms, c.timeout_ms, &login.identity_file)?
+                        }
+                    },
+                }
+                self.ensure(!c.program.is_empty() && !c.program.starts_with('-'), "program", || {
+                    "must name the firewall program".into()
+                })?;
+                if c.via == Via::Ssh {
+                    // These words are sent to a remote shell; keep them to plain words.
+                    for word in c.command_prefix.iter().chain(std::iter::once(&c.program)) {
+                        self.ensure(is_plain_word(word), "command_prefix", || {
+                            format!("`{word}` must be a plain word (letters, digits, `/._-`) when sent over ssh")
+                        })?;
+                    }
+                }
+                Ok(())
+            }
+            MethodConfig::Token(c) => {
+                self.url("url", &c.url)?;
+                self.headers(&c.headers)?;
+                self.secret(&c.secret_file, &c.secret_env, false)
+            }
+        }
+    }
+
+    fn url(&self, field: &'static str, url: &str) -> Result<(), ConfigError> {
+        let probe = url.replace("{node_id}", "node");
+        match reqwest::Url::parse(&probe) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+            Ok(u) => Err(self.err(field, format!("`{url}` has scheme `{}`; use http or https", u.scheme()))),
+            Err(e) => Err(self.err(field, format!("`{url}` is not a valid URL: {e}"))),
+        }
+    }
+
+    fn headers(&self, headers: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (name, value) in headers {
+            self.ensure(reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok(), "headers", || {
+                format!("`{name}` is not a valid header name")
+            })?;
+            self.ensure(reqwest::header::HeaderValue::from_str(value).is_ok(), "headers", || {
+                format!("value of `{name}` is not a valid header value")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn secret(&self, file: &Option<PathBuf>, env: &Option<String>, required: bool) -> Result<(), ConfigError> {
+        match (file, env) {
+            (Some(_), Some(_)) => Err(self.err("secret_file", "give either secret_file or secret_env, not both")),
+            (None, None) if required => Err(self.err(
+                "secret_file",
+                "a secret is required: set secret_file or secret_env (secrets are never written inline)",
+            )),
+            (None, None) => Ok(()),
+            (Some(path), None) => self
+                .ensure(path.is_absolute(), "secret_file", || format!("`{}` must be an absolute path", path.display())),
+            (None, Some(name)) => {
+                self.ensure(!name.is_empty() && !name.contains('=') && !name.contains('\0'), "secret_env", || {
+                    format!("`{name}` is not a valid variable name")
+                })
+            }
+        }
+    }
+
+    fn ssh_login(
+        &self,
+        user: &str,
+        connect_timeout_ms: u64,
+        timeout_ms: u64,
+        identity_file: &std::path::Path,
+    ) -> Result<(), ConfigError> {
+        self.ensure(crate::target::is_plain_identifier(user), "user", || format!("`{user}` is not a plain user name"))?;
+        self.ensure(identity_file.is_absolute(), "identity_file", || {
+            format!("`{}` must be an absolute path", identity_file.display())
+        })?;
+        self.ensure(connect_timeout_ms > 0, "connect_timeout_ms", || "must be greater than 0".into())?;
+        // ssh only takes whole seconds; the rounded-up value must still fit in the deadline.
+        let rounded = connect_timeout_ms.div_ceil(1000) * 1000;
+        self.ensure(rounded < timeout_ms, "connect_timeout_ms", || {
+            format!(
+                "{connect_timeout_ms} ms (ssh rounds it up to {rounded} ms) must be shorter than timeout_ms {timeout_ms}"
+            )
+        })
+    }
+}
+
+/// The first `{name}` in `word` that is not an allowed ssh placeholder.
+fn unknown_placeholder(word: &str) -> Option<String> {
+    let mut rest = word;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        let name = &after[..close];
+        if !matches!(name, "port" | "pid" | "fence_token" | "target_token") {
+            return Some(name.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
+/// Whether `word` needs no quoting for a POSIX shell.
+pub(crate) fn is_plain_word(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        FencingConfig::from_yaml_str(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_documents_are_refused() {
+        for yaml in ["", "   \n", "# only a comment\n", "---\n", "~\n"] {
+            assert!(matches!(FencingConfig::from_yaml_str(yaml), Err(ConfigError::Empty)), "{yaml:?}");
+        }
+        assert!(matches!(
+            FencingConfig::from_yaml_str("overall_timeout_ms: 1000\nlevels: []\n"),
+            Err(ConfigError::Empty)
+        ));
+    }
+
+    #[test]
+    fn a_minimal_config_parses() {
+        let c = FencingConfig::from_yaml_str(
+            "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.levels[0].methods[0].kind(), MethodKind::Graceful);
+        assert_eq!(c.levels[0].methods[0].name(), "graceful");
+        assert_eq!(c.delay_for("any"), 0);
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_name_the_path() {
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n        bogus: 1\n");
+        assert!(e.contains("method 0 (graceful): unknown field `bogus`"), "{e}");
+        assert!(e.contains("levels[0]"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n      - kind: ssh\n        timeout_ms: 3000\n        connect_timeout_ms: 1000\n        user: r\n        identity_file: /k\n");
+        assert!(e.contains("levels[0]"), "{e}");
+        assert!(e.contains("method 1 (ssh): missing field `command`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: teleport\n        timeout_ms: 1\n");
+        assert!(e.contains("teleport"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevel: []\n");
+        assert!(e.contains("level"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_level_method_and_field() {
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n  - methods:\n      - kind: shell\n        timeout_ms: 1000\n        program: fence.sh\n");
+        assert_eq!(
+            e,
+            "fencing level 1, method 0 (shell): field `program`: `fence.sh` must be an absolute path (it is executed directly, not looked up through a shell)"
+        );
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 1000\n        grace_ms: 1000\n");
+        assert!(e.starts_with("fencing level 0, method 0 (kill): field `grace_ms`"), "{e}");
+        let e =
+            err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 6000\n");
+        assert!(e.contains("field `timeout_ms`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 1000\n        peers: {n1: 'http://h:1'}\n");
+        assert!(e.contains("(agent): field `secret_file`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: 2000\n        connect_timeout_ms: 1500\n        user: r\n        identity_file: /k\n        command: [stop]\n");
+        assert!(e.contains("field `connect_timeout_ms`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: 4000\n        connect_timeout_ms: 1000\n        user: r\n        identity_file: /k\n        command: [stop, '{host}']\n");
+        assert!(e.contains("unknown placeholder `{host}`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 1000\n        backend: iptables\n        via: ssh\n");
+        assert!(e.contains("(isolate): field `ssh`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: http\n        timeout_ms: 1000\n        url: 'ftp://pdu/off'\n");
+        assert!(e.contains("(http): field `url`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods: []\n");
+        assert!(e.starts_with("fencing level 0: has no methods"), "{e}");
+        let e = err("overall_timeout_ms: 5000\ndelay_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n");
+        assert!(e.contains("field `delay_ms`"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: shell\n        timeout_ms: 1000\n        program: /bin/true\n        env: {FENCE_TOKEN: '1'}\n");
+        assert!(e.contains("field `env`"), "{e}");
+    }
+
+    #[test]
+    fn node_delays_override_the_default() {
+        let c = FencingConfig::from_yaml_str(
+            "overall_timeout_ms: 5000\ndelay_ms: 10\nnode_delay_ms: {a: 300}\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.delay_for("a"), 300);
+        assert_eq!(c.delay_for("b"), 10);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let yaml = include_str!("../fencing.example.yaml");
+        let c = FencingConfig::from_yaml_str(yaml).unwrap();
+        assert!(c.levels.len() >= 2);
+    }
+}

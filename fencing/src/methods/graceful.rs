@@ -1,0 +1,95 @@
+//! `graceful`: ask the old master to step down, and to remember the new token.
+//!
+//! `POST /ha/standby {"token": new}`, then confirmation that the master is standby **and**
+//! has recorded a token at least as high as the new one. Recording the token is what makes
+//! the step-down stick: a master that has seen the new token refuses any later promotion
+//! carrying the old one, even from its own confused agent. The confirmation comes from the
+//! answer to the POST when it carries an [`HaStatus`], otherwise from `GET /ha/state`.
+
+use crate::config::GracefulConfig;
+use crate::methods::{body_snippet, http_error, Context};
+use crate::outcome::MethodOutcome;
+use crate::protocol::{HaState, HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
+
+#[derive(Debug)]
+pub(crate) struct Graceful;
+
+impl Graceful {
+    pub(crate) fn new(_config: &GracefulConfig) -> Self {
+        Graceful
+    }
+
+    pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        let base = ctx.target.ha_base_url();
+        let url = format!("{base}{HA_STANDBY_PATH}");
+        let sent =
+            ctx.http.post(&url).timeout(ctx.remaining()).json(&TokenRequest { token: ctx.new_token }).send().await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return http_error(&format!("POST {url}"), &e),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return MethodOutcome::failed(format!(
+                "master refused to step down: POST {url} answered {status}: {}",
+                body_snippet(response).await
+            ));
+        }
+        // The answer may already carry the new state; if it does not parse as one, ask.
+        let answered = response.json::<HaStatus>().await.ok();
+        let confirmed = match answered {
+            Some(state) => state,
+            None => match self.state(ctx, &base).await {
+                Ok(state) => state,
+                Err(outcome) => return outcome,
+            },
+        };
+        judge(confirmed, ctx)
+    }
+
+    async fn state(&self, ctx: &Context<'_>, base: &str) -> Result<HaStatus, MethodOutcome> {
+        let url = format!("{base}{HA_STATE_PATH}");
+        let response = ctx
+            .http
+            .get(&url)
+            .timeout(ctx.remaining())
+            .send()
+            .await
+            // The step-down was accepted but cannot be confirmed: we do not know.
+            .map_err(|e| match http_error(&format!("GET {url}"), &e) {
+                MethodOutcome::Failed { reason } => {
+                    MethodOutcome::indeterminate(format!("step-down accepted but not confirmed: {reason}"))
+                }
+                other => other,
+            })?;
+        if !response.status().is_success() {
+            return Err(MethodOutcome::indeterminate(format!(
+                "step-down accepted but GET {url} answered {}",
+                response.status()
+            )));
+        }
+        response.json::<HaStatus>().await.map_err(|e| {
+            MethodOutcome::indeterminate(format!("step-down accepted but GET {url} did not return a state: {e}"))
+        })
+    }
+}
+
+/// Whether a reported state proves the step-down took hold.
+fn judge(state: HaStatus, ctx: &Context<'_>) -> MethodOutcome {
+    match state.state {
+        HaState::Standby if state.token >= ctx.new_token => {
+            MethodOutcome::fenced(format!("master confirmed standby holding token {}", state.token))
+        }
+        HaState::Standby => MethodOutcome::failed(format!(
+            "master is standby but recorded token {} below the new token {}: it could still accept a stale promotion",
+            state.token, ctx.new_token
+        )),
+        HaState::Active => MethodOutcome::failed(format!(
+            "master still reports active (token {}) after the step-down request",
+            state.token
+        )),
+        HaState::Initializing => {
+            MethodOutcome::failed(format!("master reports initializing (token {}), not standby", state.token))
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `http`: ask a STONITH device, PDU or cloud API to power the target off.
+//!
+//! A 2xx answer other than 202 means the API did it synchronously: fenced. A 202 Accepted
+//! only means "will do": the status is then polled (the configured status URL, else the
+//! `Location` header) until it reports the configured off value; fenced only then. Without a
+//! status configuration a 202 is indeterminate. Errors from the API (4xx, 5xx) are failures.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method as HttpMethod, StatusCode};
+
+use crate::config::{ConfigError, HttpConfig, HttpStatusConfig};
+use crate::methods::{body_snippet, http_error, load_secret, Context, Secret};
+use crate::outcome::MethodOutcome;
+
+#[derive(Debug)]
+pub(crate) struct Http {
+    method: HttpMethod,
+    url: String,
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    secret: Option<(String, Secret)>,
+    status: Option<HttpStatusConfig>,
+}
+
+/// Percent-encodes a node id for a URL path segment or query value.
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Replaces `{node_id}` in a configured URL.
+pub(crate) fn expand_url(template: &str, node_id: &str) -> String {
+    template.replace("{node_id}", &encode_component(node_id))
+}
+
+impl Http {
+    pub(crate) fn new(
+        config: &HttpConfig,
+        err: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<Self, ConfigError> {
+        let method = HttpMethod::from_bytes(config.method.as_bytes())
+            .map_err(|_| err("method", format!("`{}` is not an HTTP method", config.method)))?;
+        let secret = load_secret(config.secret_file.as_deref(), config.secret_env.as_deref(), err)?
+            .map(|s| (config.secret_header.clone(), Secret(format!("{}{}", config.secret_prefix, s.expose()))));
+        Ok(Http {
+            method,
+            url: config.url.clone(),
+            headers: config.headers.clone(),
+            body: config.body.clone(),
+            secret,
+            status: config.status.clone(),
+        })
+    }
+
+    fn request(&self, ctx: &Context<'_>, method: HttpMethod, url: &str) -> reqwest::RequestBuilder {
+        let mut request = ctx.http.request(method, url).timeout(ctx.remaining());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        if let Some((header, secret)) = &self.secret {
+            request = request.header(header, secret.expose());
+        }
+        request
+    }
+
+    pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        let url = expand_url(&self.url, &ctx.target.node_id);
+        let mut request = self.request(ctx, self.method.clone(), &url);
+        if let Some(body) = &self.body {
+            let has_content_type = self.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type"));
+            if !has_content_type {
+                request = request.header("Content-Type", "application/json");
+            }
+            request = request.body(body.clone());
+        }
+        let what = format!("{} {url}", self.method);
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return http_error(&what, &e),
+        };
+        let status = response.status();
+        if status == StatusCode::ACCEPTED {
+            let location =
+                response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return self.poll(ctx, location).await;
+        }
+        if status.is_success() {
+            return MethodOutcome::fenced(format!("{what} answered {status}"));
+        }
+        MethodOutcome::failed(format!("{what} answered {status}: {}", body_snippet(response).await))
+    }
+
+    /// Polls the status endpoint until it reports off or the deadline passes.
+    async fn poll(&self, ctx: &Context<'_>, location: Option<String>) -> MethodOutcome {
+        let Some(status) = &self.status else {
+            return MethodOutcome::indeterminate(
+                "request accepted (202) but no `status` is configured to confirm power-off",
+            );
+        };
+        let url = match (&status.url, location) {
+            (Some(template), _) => expand_url(template, &ctx.target.node_id),
+            (None, Some(location)) => match reqwest::Url::parse(&expand_url(&self.url, &ctx.target.node_id))
+                .and_then(|base| base.join(&location))
+            {
+                Ok(u) => u.to_string(),
+                Err(e) => {
+                    return MethodOutcome::indeterminate(format!(
+                        "request accepted (202) but its Location `{location}` is not usable: {e}"
+                    ))
+                }
+            },
+            (None, None) => {
+                return MethodOutcome::indeterminate(
+                    "request accepted (202) without a Location and no status.url is configured",
+                )
+            }
+        };
+        let interval = Duration::from_millis(status.interval_ms);
+        let mut last = String::from("no status read yet");
+        loop {
+            if ctx.remaining().is_zero() {
+                return MethodOutcome::indeterminate(format!(
+                    "request accepted but power-off not confirmed before the deadline; last status: {last}"
+                ));
+            }
+            match self.request(ctx, HttpMethod::GET, &url).send().await {
+                Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
+                    Ok(body) => match body.pointer(&status.pointer) {
+                        Some(value) if value_matches(value, &status.off_value) => {
+                            return MethodOutcome::fenced(format!(
+                                "power-off accepted and confirmed: {} is {value} at GET {url}",
+                                status.pointer
+                            ));
+                        }
+                        Some(value) => last = format!("{} is {value}", status.pointer),
+                        None => last = format!("{} absent from status", status.pointer),
+                    },
+                    Err(e) => last = format!("unreadable status body: {e}"),
+                },
+                Ok(response) => last = format!("GET {url} answered {}", response.status()),
+                // Transient errors while polling are remembered and retried until the deadline.
+                Err(e) => last = http_error(&format!("GET {url}"), &e).to_string(),
+            }
+            let next = tokio::time::Instant::now() + interval;
+            tokio::time::sleep_until(next.min(ctx.deadline)).await;
+        }
+    }
+}
+
+/// Whether a JSON value equals the configured off value (strings compare unquoted).
+fn value_matches(value: &serde_json::Value, expected: &str) -> bool {
+    match value {
+        serde_json::Value::String(s) => s == expected,
+        // Non-strings compare as JSON: "false" matches `false`, "0" matches `0`.
+        other => serde_json::from_str::<serde_json::Value>(expected).is_ok_and(|e| &e == other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_percent_encoded_in_urls() {
+        assert_eq!(
+            expand_url("https://pdu/outlets/{node_id}/off", "db 1/../x"),
+            "https://pdu/outlets/db%201%2F..%2Fx/off"
+        );
+        assert_eq!(expand_url("https://pdu/x?n={node_id}", "n-1"), "https://pdu/x?n=n-1");
+    }
+
+    #[test]
+    fn off_values_compare_strings_and_scalars() {
+        assert!(value_matches(&serde_json::json!("off"), "off"));
+        assert!(value_matches(&serde_json::json!(false), "false"));
+        assert!(value_matches(&serde_json::json!(0), "0"));
+        assert!(!value_matches(&serde_json::json!("on"), "off"));
+    }
+}

@@ -1,0 +1,375 @@
+//! `kill`: signal the master process on **this** host until it is verified gone.
+//!
+//! The master is found by its pidfile, by its recorded pid and start time, and (optionally) by
+//! the process listening on its port. A pid is only ever signalled while it provably names the
+//! master: a recorded pid must still have its recorded start time; a pidfile's pid must belong
+//! to a process that started before the pidfile was written; a bare pid without a start time
+//! is never trusted. Signals go through a pidfd opened after that check, so a pid reused in
+//! between cannot receive them. SIGTERM, a grace period, then SIGKILL; fenced only once every
+//! process is seen exited (an exited process that is nobody's reaped child yet is a zombie: it
+//! runs no code and holds no sockets, so it counts as gone).
+//!
+//! "Nothing found" is fenced only with positive evidence (the recorded process is gone, or
+//! nothing listens on the port); a target on another host is refused outright, because a pid
+//! or an empty port on this host says nothing about another machine.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use crate::config::KillConfig;
+use crate::methods::Context;
+use crate::outcome::MethodOutcome;
+use crate::pidfd::PidFd;
+use crate::procfs::{self, ProcStat};
+
+/// Tolerance when comparing a process's start with its pidfile's modification time: boot
+/// time is known to the second only.
+const PIDFILE_CLOCK_SLACK: Duration = Duration::from_secs(2);
+
+/// Polling period for processes that cannot be watched through a pidfd (old kernels).
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+pub(crate) struct Kill {
+    grace: Duration,
+    find_by_port: bool,
+    local_hosts: Vec<String>,
+}
+
+/// A process identified as the master: (pid, start time) names it for all time.
+#[derive(Debug, Clone)]
+struct Candidate {
+    pid: u32,
+    start_time: u64,
+    source: String,
+}
+
+/// A candidate being signalled.
+struct Victim {
+    candidate: Candidate,
+    pidfd: Option<PidFd>,
+    /// Which signal finished it, once it is gone.
+    ended_by: Option<&'static str>,
+}
+
+impl Kill {
+    pub(crate) fn new(config: &KillConfig) -> Self {
+        Kill {
+            grace: Duration::from_millis(config.grace_ms),
+            find_by_port: config.find_by_port,
+            local_hosts: config.local_hosts.iter().map(|h| normalise_host(h)).collect(),
+        }
+    }
+
+    /// Whether `host` names this machine.
+    fn is_local(&self, host: &str) -> bool {
+        let host = normalise_host(host);
+        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+            return true;
+        }
+        if self.local_hosts.contains(&host) {
+            return true;
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| normalise_host(&name) == host).unwrap_or(false)
+    }
+
+    pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        let t = ctx.target;
+        if !self.is_local(&t.host) {
+            return MethodOutcome::failed(format!(
+                "target host `{}` is not this host; kill only fences processes here (list other names of this host in local_hosts)",
+                t.host
+            ));
+        }
+        let found = match self.find(ctx) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if found.candidates.is_empty() {
+            return if found.evidence.is_empty() {
+                MethodOutcome::failed(format!(
+                    "cannot identify the master process on this host: {}",
+                    found.unknown.join("; ")
+                ))
+            } else {
+                MethodOutcome::fenced(format!("no master process runs on this host: {}", found.evidence.join("; ")))
+            };
+        }
+        let outcome = self.terminate(found.candidates.into_values().collect(), ctx.deadline).await;
+        let MethodOutcome::Fenced { detail } = outcome else {
+            return outcome;
+        };
+        if self.find_by_port {
+            // A supervisor may already have started a new master on the port.
+            match procfs::pids_listening_on(t.port) {
+                Ok(pids) if pids.is_empty() => {}
+                Ok(pids) => {
+                    return MethodOutcome::failed(format!(
+                        "{detail}, but port {} is listened on again by pid(s) {pids:?}",
+                        t.port
+                    ))
+                }
+                Err(e) => {
+                    return MethodOutcome::indeterminate(format!("{detail}, but the port could not be re-checked: {e}"))
+                }
+            }
+        }
+        MethodOutcome::fenced(detail)
+    }
+
+    /// Identifies the master's processes and collects what is known about them.
+    fn find(&self, ctx: &Context<'_>) -> Result<Found, MethodOutcome> {
+        let t = ctx.target;
+        let me = std::process::id();
+        let mut found = Found::default();
+        let read = |pid: u32| {
+            procfs::read_stat(pid)
+                .map_err(|e| MethodOutcome::indeterminate(format!("cannot read /proc/{pid}/stat: {e}")))
+        };
+
+        if let Some(path) = &t.pidfile {
+            match read_pidfile(path) {
+                Ok(None) => found
+                    .unknown
+                    .push(format!("pidfile {} does not exist", path.display())),
+                Err(e) => found
+                    .unknown
+                    .push(format!("pidfile {} unusable: {e}", path.display())),
+                Ok(Some(pid)) if pid <= 1 || pid == me => found.unknown.push(format!(
+                    "pidfile {} names pid {pid}, which is never signalled",
+                    path.display()
+                )),
+                Ok(Some(pid)) => match read(pid)? {
+                    None => found
+                        .evidence
+                        .push(format!("pidfile pid {pid} is not running")),
+                    Some(stat) if stat.is_exited() => found
+                        .evidence
+                        .push(format!("pidfile pid {pid} has exited")),
+                    Some(stat) => match started_after(stat.start_time, path) {
+                        Ok(true) => found.evidence.push(format!(
+                            "pidfile pid {pid} belongs to a process started after the pidfile was written (pid reused; the master is gone)"
+                        )),
+                        Ok(false) => found.add(pid, stat, format!("pidfile {}", path.display())),
+                        Err(e) => found.unknown.push(format!(
+                            "cannot compare pid {pid} with its pidfile: {e}"
+                        )),
+                    },
+                },
+            }
+        }
+
+        if let Some(pid) = t.pid {
+            match t.start_time {
+                None => found.unknown.push(format!(
+                    "pid {pid} has no recorded start time; a bare pid may have been reused, so it is not signalled"
+                )),
+                Some(_) if pid <= 1 || pid == me => found
+                    .unknown
+                    .push(format!("pid {pid} is never signalled")),
+                Some(expected) => match read(pid)? {
+                    None => found
+                        .evidence
+                        .push(format!("recorded pid {pid} is not running")),
+                    Some(stat) if stat.start_time != expected => found.evidence.push(format!(
+                        "pid {pid} now belongs to another process (started at tick {}, the master started at tick {expected}); the recorded master is gone",
+                        stat.start_time
+                    )),
+                    Some(stat) if stat.is_exited() => found
+                        .evidence
+                        .push(format!("recorded pid {pid} has exited")),
+                    Some(stat) => found.add(pid, stat, "recorded pid".to_string()),
+                },
+            }
+        }
+
+        if self.find_by_port {
+            match procfs::pids_listening_on(t.port) {
+                Ok(pids) if pids.is_empty() => found.evidence.push(format!("nothing listens on port {}", t.port)),
+                Ok(pids) => {
+                    for pid in pids {
+                        if pid <= 1 || pid == me {
+                            return Err(MethodOutcome::failed(format!(
+                                "port {} is held by pid {pid}, which is never signalled",
+                                t.port
+                            )));
+                        }
+                        if let Some(stat) = read(pid)? {
+                            if !stat.is_exited() {
+                                found.add(pid, stat, format!("listener on port {}", t.port));
+                            }
+                        }
+                    }
+                }
+                Err(e) => found.unknown.push(format!("cannot scan listening sockets: {e}")),
+            }
+        }
+        Ok(found)
+    }
+
+    /// SIGTERM, grace, SIGKILL; fenced when every victim is seen exited.
+    async fn terminate(&self, candidates: Vec<Candidate>, deadline: Instant) -> MethodOutcome {
+        let mut victims = Vec::with_capacity(candidates.len());
+        let mut report = Vec::new();
+        for candidate in candidates {
+            match open_verified(&candidate) {
+                Ok(Some(pidfd)) => victims.push(Victim { candidate, pidfd, ended_by: None }),
+                Ok(None) => report.push(format!("pid {} ({}) was already gone", candidate.pid, candidate.source)),
+                Err(e) => {
+                    return MethodOutcome::failed(format!(
+                        "cannot watch pid {} ({}): {e}",
+                        candidate.pid, candidate.source
+                    ))
+                }
+            }
+        }
+
+        for (signal, name, until) in [
+            (Signal::SIGTERM, "SIGTERM", (Instant::now() + self.grace).min(deadline)),
+            (Signal::SIGKILL, "SIGKILL", deadline),
+        ] {
+            for victim in victims.iter_mut().filter(|v| v.ended_by.is_none()) {
+                if let Err(e) = send(victim, signal) {
+                    return MethodOutcome::failed(format!(
+                        "cannot send {name} to pid {} ({}): {e}",
+                        victim.candidate.pid, victim.candidate.source
+                    ));
+                }
+            }
+            for victim in victims.iter_mut().filter(|v| v.ended_by.is_none()) {
+                if wait_gone(victim, until).await {
+                    victim.ended_by = Some(name);
+                }
+            }
+        }
+
+        let survivors: Vec<String> = victims
+            .iter()
+            .filter(|v| v.ended_by.is_none())
+            .map(|v| format!("pid {} ({})", v.candidate.pid, v.candidate.source))
+            .collect();
+        if !survivors.is_empty() {
+            // SIGKILL cannot be ignored; a survivor is stuck in the kernel (e.g. on a dead
+            // NFS mount) and may yet resume.
+            return MethodOutcome::indeterminate(format!(
+                "{} still running after SIGKILL at the deadline",
+                survivors.join(", ")
+            ));
+        }
+        report.extend(victims.iter().map(|v| {
+            format!(
+                "pid {} ({}) exited after {}",
+                v.candidate.pid,
+                v.candidate.source,
+                v.ended_by.unwrap_or("a signal")
+            )
+        }));
+        MethodOutcome::fenced(report.join("; "))
+    }
+}
+
+/// What [`Kill::find`] learnt.
+#[derive(Default)]
+struct Found {
+    candidates: BTreeMap<u32, Candidate>,
+    /// Positive evidence that the master is not running here.
+    evidence: Vec<String>,
+    /// Sources that gave no usable answer.
+    unknown: Vec<String>,
+}
+
+impl Found {
+    fn add(&mut self, pid: u32, stat: ProcStat, source: String) {
+        self.candidates.entry(pid).or_insert(Candidate { pid, start_time: stat.start_time, source });
+    }
+}
+
+fn normalise_host(host: &str) -> String {
+    host.trim().trim_end_matches('.').trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+}
+
+/// Reads a pid from a pidfile; `Ok(None)` when the file does not exist.
+fn read_pidfile(path: &Path) -> io::Result<Option<u32>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "content is not a pid")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a process with this start time started after `pidfile` was last written, which
+/// means it cannot be the process that wrote it.
+fn started_after(start_ticks: u64, pidfile: &Path) -> io::Result<bool> {
+    let started = procfs::start_time_to_wall(start_ticks)?;
+    let written = procfs::modified(pidfile)?;
+    Ok(started > written + PIDFILE_CLOCK_SLACK)
+}
+
+/// Opens a pidfd for the candidate and checks, **after** opening, that the pid still has the
+/// candidate's start time: from then on the pidfd names exactly that process.
+///
+/// `Ok(None)`: already gone. `Ok(Some(None))`: no pidfd support, fall back to pids.
+#[allow(clippy::type_complexity)]
+fn open_verified(candidate: &Candidate) -> io::Result<Option<Option<PidFd>>> {
+    let pidfd = match PidFd::open(candidate.pid) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => None,
+        Err(e) => return Err(e),
+    };
+    if same_process_alive(candidate)? {
+        Ok(Some(pidfd))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Whether the candidate's (pid, start time) is still a live process.
+fn same_process_alive(candidate: &Candidate) -> io::Result<bool> {
+    Ok(procfs::read_stat(candidate.pid)?.is_some_and(|s| s.start_time == candidate.start_time && !s.is_exited()))
+}
+
+fn send(victim: &Victim, signal: Signal) -> io::Result<()> {
+    let result = match &victim.pidfd {
+        Some(pidfd) => pidfd.signal(signal),
+        None => {
+            // Without a pidfd a reuse between this check and kill(2) cannot be excluded,
+            // only made very unlikely; kernels since 5.3 take the branch above.
+            if !same_process_alive(&victim.candidate)? {
+                return Ok(());
+            }
+            kill(Pid::from_raw(victim.candidate.pid as i32), signal).map_err(io::Error::from)
+        }
+    };
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+async fn wait_gone(victim: &Victim, until: Instant) -> bool {
+    match &victim.pidfd {
+        Some(pidfd) => pidfd.exited_by(until).await,
+        None => loop {
+            // An unreadable /proc entry is not proof of exit: keep waiting.
+            if let Ok(false) = same_process_alive(&victim.candidate) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep_until((Instant::now() + FALLBACK_POLL).min(until)).await;
+        },
+    }
+}

@@ -1,0 +1,217 @@
+//! The fencing methods: each turns (target, new token, deadline) into a [`MethodOutcome`].
+//!
+//! One file per method. [`Method`] is a method prepared from its validated configuration
+//! (secrets loaded, URLs checked); the driver calls [`Method::fence`] with a deadline that
+//! already respects the overall one, and bounds it again from outside as a backstop.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, MethodConfig};
+use crate::outcome::{MethodKind, MethodOutcome};
+use crate::target::FenceTarget;
+use crate::token::FencingToken;
+
+pub(crate) mod agent;
+pub(crate) mod graceful;
+pub(crate) mod http;
+pub(crate) mod isolate;
+pub(crate) mod kill;
+pub(crate) mod shell;
+pub(crate) mod ssh;
+pub(crate) mod token;
+
+/// A secret loaded at start-up. Its `Debug` never shows the value, so it cannot leak through
+/// logs or error messages.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// Loads a secret from a file or an environment variable, as validated in the config.
+pub(crate) fn load_secret(
+    file: Option<&Path>,
+    env: Option<&str>,
+    err: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<Secret>, ConfigError> {
+    match (file, env) {
+        (Some(path), _) => match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(Secret(text.trim().to_string()))),
+            Ok(_) => Err(err("secret_file", format!("`{}` is empty", path.display()))),
+            Err(e) => Err(err("secret_file", format!("cannot read `{}`: {e}", path.display()))),
+        },
+        (None, Some(name)) => match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Ok(Some(Secret(value.trim().to_string()))),
+            _ => Err(err("secret_env", format!("environment variable `{name}` is not set or empty"))),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// A method ready to run.
+#[derive(Debug)]
+pub(crate) enum Method {
+    Graceful(graceful::Graceful),
+    Agent(agent::Agent),
+    Kill(kill::Kill),
+    Ssh(ssh::Ssh),
+    Shell(shell::Shell),
+    Http(http::Http),
+    Isolate(isolate::Isolate),
+    Token(token::TokenFloor),
+}
+
+/// What every method gets besides the target.
+pub(crate) struct Context<'a> {
+    /// Shared HTTP client (connection pool, TLS roots).
+    pub http: &'a reqwest::Client,
+    /// The target being fenced.
+    pub target: &'a FenceTarget,
+    /// The token of the node taking over.
+    pub new_token: FencingToken,
+    /// When this attempt must be over.
+    pub deadline: Instant,
+}
+
+impl Context<'_> {
+    /// Time left until the deadline.
+    pub(crate) fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+impl Method {
+    /// Prepares a validated method configuration (loads its secret, if any).
+    pub(crate) fn prepare(
+        config: &MethodConfig,
+        err: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<Method, ConfigError> {
+        Ok(match config {
+            MethodConfig::Graceful(c) => Method::Graceful(graceful::Graceful::new(c)),
+            MethodConfig::Agent(c) => Method::Agent(agent::Agent::new(c, err)?),
+            MethodConfig::Kill(c) => Method::Kill(kill::Kill::new(c)),
+            MethodConfig::Ssh(c) => Method::Ssh(ssh::Ssh::new(c)),
+            MethodConfig::Shell(c) => Method::Shell(shell::Shell::new(c)),
+            MethodConfig::Http(c) => Method::Http(http::Http::new(c, err)?),
+            MethodConfig::Isolate(c) => Method::Isolate(isolate::Isolate::new(c)),
+            MethodConfig::Token(c) => Method::Token(token::TokenFloor::new(c, err)?),
+        })
+    }
+
+    /// The method's kind.
+    pub(crate) fn kind(&self) -> MethodKind {
+        match self {
+            Method::Graceful(_) => MethodKind::Graceful,
+            Method::Agent(_) => MethodKind::Agent,
+            Method::Kill(_) => MethodKind::Kill,
+            Method::Ssh(_) => MethodKind::Ssh,
+            Method::Shell(_) => MethodKind::Shell,
+            Method::Http(_) => MethodKind::Http,
+            Method::Isolate(_) => MethodKind::Isolate,
+            Method::Token(_) => MethodKind::Token,
+        }
+    }
+
+    /// Makes the target unable to serve, or says why it could not.
+    pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        match self {
+            Method::Graceful(m) => m.fence(ctx).await,
+            Method::Agent(m) => m.fence(ctx).await,
+            Method::Kill(m) => m.fence(ctx).await,
+            Method::Ssh(m) => m.fence(ctx).await,
+            Method::Shell(m) => m.fence(ctx).await,
+            Method::Http(m) => m.fence(ctx).await,
+            Method::Isolate(m) => m.fence(ctx).await,
+            Method::Token(m) => m.fence(ctx).await,
+        }
+    }
+
+    /// Whether [`Method::unfence`] does anything.
+    pub(crate) fn is_reversible(&self) -> bool {
+        match self {
+            Method::Isolate(_) => true,
+            // Killing, powering off and raising a token floor are not undone by the fencer:
+            // the node comes back through its own restart and rejoins as standby.
+            Method::Graceful(_)
+            | Method::Agent(_)
+            | Method::Kill(_)
+            | Method::Ssh(_)
+            | Method::Shell(_)
+            | Method::Http(_)
+            | Method::Token(_) => false,
+        }
+    }
+
+    /// Removes what a reversible method put in place. `Fenced` here means "verified removed".
+    pub(crate) async fn unfence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        match self {
+            Method::Isolate(m) => m.unfence(ctx).await,
+            Method::Graceful(_)
+            | Method::Agent(_)
+            | Method::Kill(_)
+            | Method::Ssh(_)
+            | Method::Shell(_)
+            | Method::Http(_)
+            | Method::Token(_) => MethodOutcome::fenced("nothing to undo"),
+        }
+    }
+}
+
+/// Maps a transport error of an HTTP method to an outcome.
+///
+/// A request that never connected changed nothing: failed. A request that timed out, or broke
+/// after it was sent, may have been acted on: indeterminate.
+pub(crate) fn http_error(what: &str, e: &reqwest::Error) -> MethodOutcome {
+    if e.is_timeout() {
+        MethodOutcome::indeterminate(format!("{what}: no answer before the deadline"))
+    } else if e.is_connect() {
+        MethodOutcome::failed(format!("{what}: cannot connect: {}", error_chain(e)))
+    } else if e.is_builder() {
+        MethodOutcome::failed(format!("{what}: invalid request: {}", error_chain(e)))
+    } else {
+        MethodOutcome::indeterminate(format!("{what}: lost contact: {}", error_chain(e)))
+    }
+}
+
+/// An error and its sources on one line (reqwest's top-level message alone is vague).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Reads at most a short prefix of a response body for a reason sentence.
+pub(crate) async fn body_snippet(response: reqwest::Response) -> String {
+    match response.text().await {
+        Ok(text) => {
+            let t: String = text.trim().chars().take(200).collect();
+            if t.is_empty() {
+                "empty body".into()
+            } else {
+                t
+            }
+        }
+        Err(_) => "unreadable body".into(),
+    }
+}

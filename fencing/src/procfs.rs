@@ -1,0 +1,223 @@
+//! Reading processes and listening sockets from `/proc` (Linux).
+//!
+//! Parsing is kept in pure functions over the file contents so it can be tested on fixed
+//! text; the thin readers around them only open files.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What `/proc/<pid>/stat` says about a process that matters for fencing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 3: the state letter (`R`, `S`, `D`, `Z`, `X`, ...).
+    pub state: char,
+    /// Field 5: the process group id.
+    pub pgid: i32,
+    /// Field 22: start time in clock ticks since boot. A pid is reused only by a process
+    /// with a different start time, so (pid, start time) names one process for all time.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Whether the process has exited and only its table entry is left (zombie or dead).
+    /// It can no longer run code or hold sockets.
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// Parses the content of `/proc/<pid>/stat`.
+///
+/// The command name (field 2) is in parentheses and may itself contain spaces and
+/// parentheses, so fields are counted from the **last** `)`.
+pub fn parse_stat(content: &str) -> Option<ProcStat> {
+    let close = content.rfind(')')?;
+    let rest: Vec<&str> = content[close + 1..].split_whitespace().collect();
+    // rest[0] is field 3 (state), so field N is rest[N - 3].
+    let state = rest.first()?.chars().next()?;
+    let pgid = rest.get(5 - 3)?.parse().ok()?;
+    let start_time = rest.get(22 - 3)?.parse().ok()?;
+    Some(ProcStat { state, pgid, start_time })
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` when no process has this pid.
+pub fn read_stat(pid: u32) -> io::Result<Option<ProcStat>> {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(content) => Ok(parse_stat(&content)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // ESRCH: the process exited between open and read.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The start time (clock ticks since boot, `/proc/<pid>/stat` field 22) of a live process.
+///
+/// Agents record this next to their master's pid and publish both, so that `kill` on the
+/// master's host can tell the recorded master from a later process that reused the pid.
+pub fn process_start_time(pid: u32) -> io::Result<u64> {
+    match read_stat(pid)? {
+        Some(stat) => Ok(stat.start_time),
+        None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no process with pid {pid}"))),
+    }
+}
+
+/// Socket inodes in LISTEN state on `port`, from the content of `/proc/net/tcp` or
+/// `/proc/net/tcp6`.
+pub fn parse_listening_inodes(content: &str, port: u16) -> Vec<u64> {
+    const TCP_LISTEN: &str = "0A";
+    content
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            let state = fields.get(3)?;
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *state == TCP_LISTEN && inode != 0).then_some(inode)
+        })
+        .collect()
+}
+
+/// Pids of processes holding a TCP socket listening on `port` in this network namespace.
+///
+/// Several pids are returned when workers share the listening socket; all of them serve.
+pub fn pids_listening_on(port: u16) -> io::Result<BTreeSet<u32>> {
+    let mut inodes = BTreeSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(content) => inodes.extend(parse_listening_inodes(&content, port)),
+            // tcp6 is absent when IPv6 is disabled.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut pids = BTreeSet::new();
+    if inodes.is_empty() {
+        return Ok(pids);
+    }
+    let wanted: BTreeSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Processes exit and fds close while we walk; an unreadable entry is skipped.
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = fs::read_link(fd.path()) {
+                if link.to_str().is_some_and(|l| wanted.contains(l)) {
+                    pids.insert(pid);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// Pids of live (not exited) processes whose process group is `pgid`.
+pub fn live_members_of_group(pgid: i32) -> io::Result<Vec<u32>> {
+    let mut members = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(Some(stat)) = read_stat(pid) {
+            if stat.pgid == pgid && !stat.is_exited() {
+                members.push(pid);
+            }
+        }
+    }
+    Ok(members)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of [`ProcStat::start_time`].
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions and only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// Parses the `btime` line (boot time, seconds since the epoch) of `/proc/stat`.
+pub fn parse_boot_time(content: &str) -> Option<u64> {
+    content.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Wall-clock start time of a process with the given start time in ticks. Accurate to about
+/// a second (boot time is reported in whole seconds).
+pub fn start_time_to_wall(start_ticks: u64) -> io::Result<SystemTime> {
+    let boot = parse_boot_time(&fs::read_to_string("/proc/stat")?)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no btime in /proc/stat"))?;
+    let ticks = clock_ticks_per_second();
+    let since_boot = Duration::from_millis(start_ticks.saturating_mul(1000) / ticks);
+    Ok(UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+}
+
+/// Modification time of a file.
+pub fn modified(path: &Path) -> io::Result<SystemTime> {
+    let meta = fs::metadata(path)?;
+    Ok(UNIX_EPOCH + Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec().max(0) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let line = "4242 (we(ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.pgid, 4242);
+        assert_eq!(stat.start_time, 987654);
+        assert!(!stat.is_exited());
+        assert!(parse_stat("12 (x) Z 1").is_none());
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let me = std::process::id();
+        let t = process_start_time(me).unwrap();
+        assert_eq!(read_stat(me).unwrap().unwrap().start_time, t);
+        assert!(start_time_to_wall(t).unwrap() <= SystemTime::now());
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(parse_listening_inodes(table, 8080), vec![111]);
+        assert_eq!(parse_listening_inodes(table, 22), vec![333]);
+        assert!(parse_listening_inodes(table, 9).is_empty());
+    }
+
+    #[test]
+    fn own_listener_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pids = pids_listening_on(port).unwrap();
+        assert!(pids.contains(&std::process::id()), "{pids:?}");
+    }
+
+    #[test]
+    fn boot_time_is_parsed() {
+        assert_eq!(parse_boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(parse_boot_time("cpu 1 2\n"), None);
+    }
+}

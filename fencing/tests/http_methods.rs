@@ -1,0 +1,428 @@
+//! `graceful`, `agent`, `http` and `token` against real local HTTP servers.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::{fencer, never, serve, target, TempDir};
+use referee_fencing::{
+    FenceReport, FencingToken, HaState, HaStatus, MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse,
+    TokenFloorRequest, TokenFloorResponse, TokenRequest,
+};
+
+fn only_outcome(report: &FenceReport) -> &MethodOutcome {
+    assert_eq!(report.events.len(), 1, "{report:#?}");
+    &report.events[0].outcome
+}
+
+// ----- graceful -------------------------------------------------------------------------
+
+/// How the test master answers a step-down request.
+#[derive(Clone, Copy)]
+enum Master {
+    /// Steps down, records the token, answers with its new state.
+    Confirms,
+    /// Steps down and records the token but answers 204; the state must be queried.
+    ConfirmsOnQuery,
+    /// Answers 409 and stays active.
+    Refuses,
+    /// Answers 200 but stays active.
+    Lies,
+    /// Never answers.
+    Hangs,
+}
+
+#[derive(Clone)]
+struct MasterState {
+    behaviour: Master,
+    status: Arc<Mutex<HaStatus>>,
+    received: Arc<Mutex<Vec<FencingToken>>>,
+}
+
+async fn master(behaviour: Master) -> (String, MasterState) {
+    let state = MasterState {
+        behaviour,
+        status: Arc::new(Mutex::new(HaStatus { state: HaState::Active, token: FencingToken(7) })),
+        received: Arc::default(),
+    };
+    async fn standby(
+        State(s): State<MasterState>,
+        Json(req): Json<TokenRequest>,
+    ) -> Result<(StatusCode, Json<Option<HaStatus>>), StatusCode> {
+        s.received.lock().unwrap().push(req.token);
+        let step_down = |s: &MasterState| {
+            let mut st = s.status.lock().unwrap();
+            // A master keeps the highest token it has seen.
+            st.token = st.token.max(req.token);
+            st.state = HaState::Standby;
+            *st
+        };
+        match s.behaviour {
+            Master::Confirms => Ok((StatusCode::OK, Json(Some(step_down(&s))))),
+            Master::ConfirmsOnQuery => {
+                step_down(&s);
+                Ok((StatusCode::NO_CONTENT, Json(None)))
+            }
+            Master::Refuses => Err(StatusCode::CONFLICT),
+            Master::Lies => Ok((StatusCode::OK, Json(Some(*s.status.lock().unwrap())))),
+            Master::Hangs => {
+                never().await;
+                unreachable!()
+            }
+        }
+    }
+    async fn state_of(State(s): State<MasterState>) -> Json<HaStatus> {
+        Json(*s.status.lock().unwrap())
+    }
+    let router =
+        Router::new().route("/ha/standby", post(standby)).route("/ha/state", get(state_of)).with_state(state.clone());
+    (format!("http://{}", serve(router).await), state)
+}
+
+const GRACEFUL: &str =
+    "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 600\n";
+
+async fn graceful_against(behaviour: Master) -> (FenceReport, MasterState, Duration) {
+    let (url, state) = master(behaviour).await;
+    let mut t = target("n1", "127.0.0.1", 1);
+    t.ha_url = Some(url);
+    let started = Instant::now();
+    let report = fencer(GRACEFUL).fence(&t, FencingToken(12)).await;
+    (report, state, started.elapsed())
+}
+
+#[tokio::test]
+async fn graceful_is_fenced_when_the_master_confirms_standby_with_the_new_token() {
+    for behaviour in [Master::Confirms, Master::ConfirmsOnQuery] {
+        let (report, state, _) = graceful_against(behaviour).await;
+        assert!(report.outcome.permits_promotion(), "{report:#?}");
+        assert_eq!(*state.received.lock().unwrap(), [FencingToken(12)]);
+        // The master now holds the new token, so a stale promotion with 7 is refused.
+        assert_eq!(state.status.lock().unwrap().token, FencingToken(12));
+    }
+}
+
+#[tokio::test]
+async fn graceful_fails_when_the_master_refuses_or_stays_active() {
+    let (report, state, _) = graceful_against(Master::Refuses).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("409"), "{reason}");
+    assert_eq!(*state.received.lock().unwrap(), [FencingToken(12)]);
+
+    let (report, _, _) = graceful_against(Master::Lies).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("still reports active"), "{reason}");
+}
+
+#[tokio::test]
+async fn graceful_against_a_hanging_master_is_indeterminate_at_its_deadline() {
+    let (report, state, elapsed) = graceful_against(Master::Hangs).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
+    assert!(elapsed >= Duration::from_millis(600));
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(*state.received.lock().unwrap(), [FencingToken(12)]);
+}
+
+#[tokio::test]
+async fn graceful_against_a_closed_port_fails() {
+    let t = target("n1", "127.0.0.1", common::closed_port());
+    let report = fencer(GRACEFUL).fence(&t, FencingToken(12)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("cannot connect"), "{reason}");
+}
+
+// ----- agent ----------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Peer {
+    secret: &'static str,
+    answer: Option<PeerFenceResponse>,
+    received: Arc<Mutex<Vec<PeerFenceRequest>>>,
+}
+
+async fn peer(secret: &'static str, answer: Option<PeerFenceResponse>) -> (String, Peer) {
+    let state = Peer { secret, answer, received: Arc::default() };
+    async fn fence(
+        State(p): State<Peer>,
+        headers: HeaderMap,
+        Json(req): Json<PeerFenceRequest>,
+    ) -> Result<Json<PeerFenceResponse>, StatusCode> {
+        let expected = format!("Bearer {}", p.secret);
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            return Err(StatusCode::UNAUTHORIZED);
+        }
+        p.received.lock().unwrap().push(req);
+        match &p.answer {
+            Some(answer) => Ok(Json(answer.clone())),
+            None => {
+                never().await;
+                unreachable!()
+            }
+        }
+    }
+    let router = Router::new().route("/peer/fence", post(fence)).with_state(state.clone());
+    (format!("http://{}", serve(router).await), state)
+}
+
+fn agent_yaml(peer_url: &str, secret_file: &std::path::Path) -> String {
+    format!(
+        "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 600\n        peers: {{n1: '{peer_url}/'}}\n        secret_file: {}\n",
+        secret_file.display()
+    )
+}
+
+fn answer(outcome: PeerFenceOutcome, reason: &str) -> Option<PeerFenceResponse> {
+    Some(PeerFenceResponse { outcome, reason: reason.into() })
+}
+
+#[tokio::test]
+async fn agent_is_fenced_when_the_authenticated_peer_fences_with_the_new_token() {
+    let dir = TempDir::new("agent");
+    std::fs::write(dir.path("secret"), "s3cret\n").unwrap();
+    let (url, state) = peer("s3cret", answer(PeerFenceOutcome::Fenced, "master stopped")).await;
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(
+        *state.received.lock().unwrap(),
+        [PeerFenceRequest { target_node_id: "n1".into(), token: FencingToken(21) }]
+    );
+    // The secret never appears in the report.
+    assert!(!format!("{report:?}").contains("s3cret"));
+}
+
+#[tokio::test]
+async fn agent_outcomes_map_and_a_wrong_secret_fails() {
+    let dir = TempDir::new("agent-outcomes");
+    std::fs::write(dir.path("secret"), "s3cret").unwrap();
+    let (url, _) = peer("s3cret", answer(PeerFenceOutcome::Failed, "kill refused")).await;
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Failed { reason } if reason.contains("kill refused")));
+
+    let (url, _) = peer("s3cret", answer(PeerFenceOutcome::Indeterminate, "lost it")).await;
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { reason } if reason.contains("lost it")));
+
+    let (url, state) = peer("other", answer(PeerFenceOutcome::Fenced, "x")).await;
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Failed { reason } if reason.contains("401")), "{report:#?}");
+    assert!(state.received.lock().unwrap().is_empty());
+
+    // A node with no configured peer URL.
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n2", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Failed { reason } if reason.contains("no peer URL")));
+}
+
+#[tokio::test]
+async fn agent_against_a_hanging_peer_is_indeterminate_at_its_deadline() {
+    let dir = TempDir::new("agent-hang");
+    std::fs::write(dir.path("secret"), "s3cret").unwrap();
+    let (url, state) = peer("s3cret", None).await;
+    let started = Instant::now();
+    let report =
+        fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(state.received.lock().unwrap().len(), 1);
+}
+
+// ----- http (STONITH / PDU / cloud) -----------------------------------------------------
+
+/// (route, the secret header received, body)
+type PduRequest = (String, Option<String>, String);
+
+#[derive(Clone, Default)]
+struct Pdu {
+    /// Status polls answered "on" before answering "off"; `u32::MAX` = never off.
+    on_polls: u32,
+    polls: Arc<AtomicU32>,
+    requests: Arc<Mutex<Vec<PduRequest>>>,
+}
+
+async fn pdu(on_polls: u32) -> (String, Pdu) {
+    let state = Pdu { on_polls, ..Pdu::default() };
+    fn record(p: &Pdu, path: &str, headers: &HeaderMap, body: String) {
+        let auth = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+        p.requests.lock().unwrap().push((path.to_string(), auth, body));
+    }
+    async fn sync_off(State(p): State<Pdu>, h: HeaderMap, body: String) -> StatusCode {
+        record(&p, "sync", &h, body);
+        StatusCode::OK
+    }
+    async fn broken(State(p): State<Pdu>, h: HeaderMap, body: String) -> (StatusCode, &'static str) {
+        record(&p, "broken", &h, body);
+        (StatusCode::SERVICE_UNAVAILABLE, "controller offline")
+    }
+    async fn accepted(
+        State(p): State<Pdu>,
+        h: HeaderMap,
+        body: String,
+    ) -> (StatusCode, [(&'static str, &'static str); 1]) {
+        record(&p, "async", &h, body);
+        (StatusCode::ACCEPTED, [("location", "/status/n1")])
+    }
+    async fn status(State(p): State<Pdu>) -> Json<serde_json::Value> {
+        let n = p.polls.fetch_add(1, Ordering::SeqCst);
+        let state = if n >= p.on_polls { "off" } else { "on" };
+        Json(serde_json::json!({"outlet": {"power": state}}))
+    }
+    async fn hang() {
+        never().await
+    }
+    let router = Router::new()
+        .route("/sync/:node", post(sync_off))
+        .route("/broken/:node", post(broken))
+        .route("/async/:node", post(accepted))
+        .route("/status/:node", get(status))
+        .route("/hang/:node", post(hang))
+        .with_state(state.clone());
+    (format!("http://{}", serve(router).await), state)
+}
+
+fn http_yaml(url: &str, status: bool, timeout_ms: u64) -> String {
+    let status = if status {
+        "        status:\n          interval_ms: 50\n          pointer: /outlet/power\n          off_value: \"off\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: http\n        timeout_ms: {timeout_ms}\n        url: '{url}'\n        body: '{{\"action\": \"off\"}}'\n        secret_env: RFENCE_TEST_PDU_KEY\n        secret_header: X-Api-Key\n        secret_prefix: ''\n{status}"
+    )
+}
+
+fn set_pdu_key() {
+    // Every test sets the same value, so concurrent tests cannot disagree.
+    std::env::set_var("RFENCE_TEST_PDU_KEY", "pdu-key");
+}
+
+#[tokio::test]
+async fn http_2xx_is_fenced_and_carries_body_and_secret() {
+    set_pdu_key();
+    let (base, state) = pdu(0).await;
+    let report = fencer(&http_yaml(&format!("{base}/sync/{{node_id}}"), false, 1000))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(
+        *state.requests.lock().unwrap(),
+        [("sync".to_string(), Some("pdu-key".to_string()), "{\"action\": \"off\"}".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn http_5xx_fails_with_the_api_message() {
+    set_pdu_key();
+    let (base, _) = pdu(0).await;
+    let report = fencer(&http_yaml(&format!("{base}/broken/{{node_id}}"), false, 1000))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("503") && reason.contains("controller offline"), "{reason}");
+}
+
+#[tokio::test]
+async fn http_accepted_is_fenced_only_once_the_status_reports_off() {
+    set_pdu_key();
+    let (base, state) = pdu(3).await;
+    let report = fencer(&http_yaml(&format!("{base}/async/{{node_id}}"), true, 3000))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("confirmed"), "{detail}");
+    assert_eq!(state.polls.load(Ordering::SeqCst), 4, "three 'on' answers, then 'off'");
+
+    // Accepted, but the status never reports off: indeterminate at the deadline.
+    let (base, _) = pdu(u32::MAX).await;
+    let started = Instant::now();
+    let report = fencer(&http_yaml(&format!("{base}/async/{{node_id}}"), true, 600))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("last status: /outlet/power is \"on\""), "{reason}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    // Accepted, with no way to confirm: indeterminate, never fenced.
+    let report = fencer(&http_yaml(&format!("{base}/async/{{node_id}}"), false, 600))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
+}
+
+#[tokio::test]
+async fn http_timeout_is_indeterminate_at_the_deadline() {
+    set_pdu_key();
+    let (base, _) = pdu(0).await;
+    let started = Instant::now();
+    let report = fencer(&http_yaml(&format!("{base}/hang/{{node_id}}"), false, 500))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(1400), "{elapsed:?}");
+}
+
+// ----- token ----------------------------------------------------------------------------
+
+/// A resource enforcing fencing tokens: it keeps a floor and rejects writes below it.
+#[derive(Clone, Default)]
+struct Resource {
+    floor: Arc<Mutex<FencingToken>>,
+    /// When set, the resource answers with this floor instead of raising its own.
+    stuck_at: Option<FencingToken>,
+}
+
+async fn resource(stuck_at: Option<FencingToken>) -> (String, Resource) {
+    let state = Resource { stuck_at, ..Resource::default() };
+    async fn raise(State(r): State<Resource>, Json(req): Json<TokenFloorRequest>) -> Json<TokenFloorResponse> {
+        assert_eq!(req.fenced_node_id, "n1");
+        if let Some(floor) = r.stuck_at {
+            return Json(TokenFloorResponse { floor });
+        }
+        let mut floor = r.floor.lock().unwrap();
+        *floor = (*floor).max(req.token);
+        Json(TokenFloorResponse { floor: *floor })
+    }
+    async fn write(State(r): State<Resource>, Json(req): Json<TokenRequest>) -> StatusCode {
+        if req.token < *r.floor.lock().unwrap() {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::OK
+        }
+    }
+    let router = Router::new().route("/floor", post(raise)).route("/write", post(write)).with_state(state.clone());
+    (format!("http://{}", serve(router).await), state)
+}
+
+fn token_yaml(base: &str) -> String {
+    format!("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: token\n        timeout_ms: 1000\n        url: '{base}/floor'\n")
+}
+
+#[tokio::test]
+async fn token_is_fenced_once_the_resource_rejects_older_tokens() {
+    let (base, _) = resource(None).await;
+    let report = fencer(&token_yaml(&base)).fence(&target("n1", "127.0.0.1", 1), FencingToken(30)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    // The old active's token (7) is now refused; the new one is accepted.
+    let client = reqwest::Client::new();
+    let write = |token| client.post(format!("{base}/write")).json(&TokenRequest { token: FencingToken(token) }).send();
+    assert_eq!(write(7).await.unwrap().status(), reqwest::StatusCode::CONFLICT);
+    assert_eq!(write(30).await.unwrap().status(), reqwest::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn token_fails_when_the_resource_floor_stays_below_the_new_token() {
+    let (base, _) = resource(Some(FencingToken(10))).await;
+    let report = fencer(&token_yaml(&base)).fence(&target("n1", "127.0.0.1", 1), FencingToken(30)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("floor is 10"), "{reason}");
+}

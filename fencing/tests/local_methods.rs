@@ -1,0 +1,387 @@
+//! `kill`, `shell` and level semantics, against real processes on this host.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{alive, fencer, target, wait_until, TempDir};
+use referee_fencing::procfs::{self, process_start_time};
+use referee_fencing::{ConfigError, FenceOutcome, Fencer, FencingToken, MethodKind, MethodOutcome};
+use tokio::process::{Child, Command};
+
+const HELPER_ENV: &str = "RFENCE_TEST_LISTEN_PORT";
+
+/// Not a test of its own: when re-executed with `HELPER_ENV` set, this process becomes a
+/// "master" that listens on that port until killed. Otherwise it returns at once.
+#[test]
+fn helper_listener() {
+    let Ok(port) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).expect("helper bind");
+    loop {
+        let _ = listener.accept();
+    }
+}
+
+fn kill_yaml(find_by_port: bool, grace_ms: u64) -> String {
+    format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 5000\n        grace_ms: {grace_ms}\n        find_by_port: {find_by_port}\n"
+    )
+}
+
+fn spawn(program: &str, args: &[&str]) -> Child {
+    Command::new(program).args(args).stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn")
+}
+
+async fn exec_done(pid: u32, comm: &str) {
+    wait_until(&format!("pid {pid} to exec {comm}"), Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == comm).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+}
+
+fn only_outcome(report: &referee_fencing::FenceReport) -> &MethodOutcome {
+    assert_eq!(report.events.len(), 1, "{report:#?}");
+    &report.events[0].outcome
+}
+
+#[tokio::test]
+async fn kill_terminates_the_recorded_process_with_sigterm() {
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pid = Some(pid);
+    t.start_time = Some(process_start_time(pid).unwrap());
+
+    let report = fencer(&kill_yaml(false, 2000)).fence(&t, FencingToken(8)).await;
+
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!() };
+    assert!(detail.contains("SIGTERM"), "{detail}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGTERM));
+}
+
+#[tokio::test]
+async fn kill_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let mut child = spawn("/bin/sh", &["-c", "trap '' TERM; exec sleep 1000"]);
+    let pid = child.id().unwrap();
+    // The ignored disposition survives exec, so once `sleep` runs SIGTERM is ignored.
+    exec_done(pid, "sleep").await;
+    let mut t = target("n1", "localhost", common::closed_port());
+    t.pid = Some(pid);
+    t.start_time = Some(process_start_time(pid).unwrap());
+
+    let started = Instant::now();
+    let report = fencer(&kill_yaml(false, 400)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("SIGKILL"), "{detail}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "grace period respected");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+}
+
+#[tokio::test]
+async fn kill_never_signals_a_pid_reused_by_another_process() {
+    // The target recorded pid P with start time S; the live process at P started at another
+    // time, exactly what the kernel shows after the master died and P was handed to a new
+    // process. The new process must survive, and the recorded master is known gone.
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    let live_start = process_start_time(pid).unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pid = Some(pid);
+    t.start_time = Some(live_start.saturating_sub(1_000));
+
+    let report = fencer(&kill_yaml(false, 200)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("belongs to another process"), "{detail}");
+    assert!(alive(pid), "the process that reused the pid was signalled");
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_refuses_a_bare_pid_without_a_start_time() {
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pid = Some(pid);
+
+    let report = fencer(&kill_yaml(false, 200)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("no recorded start time"), "{reason}");
+    assert!(alive(pid));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_finds_the_master_by_its_listening_port() {
+    let port = common::closed_port();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_listener", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, port.to_string())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    wait_until("the helper to listen", Duration::from_secs(10), || {
+        procfs::pids_listening_on(port).is_ok_and(|p| p.contains(&pid))
+    })
+    .await
+    .unwrap();
+    // Only the port is known: no pid, no pidfile.
+    let t = target("n1", "127.0.0.1", port);
+
+    let report = fencer(&kill_yaml(true, 2000)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains(&format!("listener on port {port}")), "{detail}");
+    child.wait().await.unwrap();
+    assert!(procfs::pids_listening_on(port).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn kill_uses_the_pidfile_and_is_fenced_when_nothing_runs() {
+    let dir = TempDir::new("pidfile");
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    std::fs::write(dir.path("master.pid"), format!("{pid}\n")).unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pidfile = Some(dir.path("master.pid"));
+    let f = fencer(&kill_yaml(true, 2000));
+
+    let report = f.fence(&t, FencingToken(8)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("pidfile"), "{detail}");
+    child.wait().await.unwrap();
+
+    // Fencing again: the pidfile's pid is gone and nothing listens: positive evidence.
+    let report = f.fence(&t, FencingToken(8)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("not running"), "{detail}");
+}
+
+#[tokio::test]
+async fn kill_refuses_targets_on_other_hosts_and_targets_it_cannot_identify() {
+    let f = fencer(&kill_yaml(false, 200));
+    let report = f.fence(&target("n1", "db9.example.invalid", 5432), FencingToken(8)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("not this host"), "{reason}");
+
+    // Local, but no pid, no pidfile and port search disabled: no evidence either way.
+    let report = f.fence(&target("n1", "127.0.0.1", 5432), FencingToken(8)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("cannot identify"), "{reason}");
+}
+
+fn shell_yaml(program: &std::path::Path, args: &[&str], timeout_ms: u64) -> String {
+    format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: shell\n        timeout_ms: {timeout_ms}\n        program: {}\n        args: {}\n        env: {{EXTRA: configured}}\n",
+        program.display(),
+        serde_json::to_string(args).unwrap()
+    )
+}
+
+#[tokio::test]
+async fn shell_exit_zero_fences_with_target_facts_in_the_environment_only() {
+    let dir = TempDir::new("shell-ok");
+    let out = dir.path("env.out");
+    let marker = dir.path("pwned");
+    let script = dir.script(
+        "fence.sh",
+        "#!/bin/sh\nprintf '%s\\n' \"$TARGET_ID\" \"$TARGET_HOST\" \"$TARGET_PORT\" \"$TARGET_PID\" \"$TARGET_TOKEN\" \"$FENCE_TOKEN\" \"$EXTRA\" \"$1\" > \"$2\"\n",
+    );
+    let out_arg = out.to_str().unwrap();
+    // A hostile node id and host: they must arrive verbatim and never be executed.
+    let hostile_id = format!("n1$(touch {})", marker.display());
+    let mut t = target(&hostile_id, "h; touch /nonexistent-dir/x", 6000);
+    t.pid = Some(4242);
+
+    let report = fencer(&shell_yaml(&script, &["arg one", out_arg], 5000)).fence(&t, FencingToken(9)).await;
+
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    let lines: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [hostile_id.as_str(), "h; touch /nonexistent-dir/x", "6000", "4242", "7", "9", "configured", "arg one"]
+    );
+    assert!(!marker.exists(), "a target fact was interpreted by a shell");
+}
+
+#[tokio::test]
+async fn shell_non_zero_exit_fails_with_its_stderr() {
+    let dir = TempDir::new("shell-fail");
+    let script = dir.script("fence.sh", "#!/bin/sh\necho 'outlet busy' >&2\nexit 3\n");
+    let report = fencer(&shell_yaml(&script, &[], 5000)).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("exited 3: outlet busy"), "{reason}");
+    assert!(matches!(report.outcome, FenceOutcome::Failed { .. }));
+}
+
+#[tokio::test]
+async fn shell_hanging_script_is_cut_off_and_its_whole_group_killed() {
+    let dir = TempDir::new("shell-hang");
+    let script = dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\necho $$ > \"$2\"\nsleep 1000\n");
+    let (bg, leader) = (dir.path("bg.pid"), dir.path("leader.pid"));
+    let started = Instant::now();
+    let report = fencer(&shell_yaml(&script, &[bg.to_str().unwrap(), leader.to_str().unwrap()], 700))
+        .fence(&target("n1", "h", 1), FencingToken(9))
+        .await;
+    let elapsed = started.elapsed();
+
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("process group was killed"), "{reason}");
+    assert!(elapsed >= Duration::from_millis(700));
+    assert!(elapsed < Duration::from_millis(700) + Duration::from_millis(1500), "{elapsed:?}");
+    let read_pid = |p: &std::path::Path| -> u32 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+    let (bg_pid, pgid) = (read_pid(&bg), read_pid(&leader));
+    wait_until("the script's process group to be gone", Duration::from_secs(5), || {
+        procfs::live_members_of_group(pgid as i32).unwrap().is_empty()
+    })
+    .await
+    .unwrap();
+    assert!(!alive(bg_pid));
+}
+
+#[tokio::test]
+async fn shell_background_children_do_not_outlive_a_successful_run() {
+    let dir = TempDir::new("shell-bg");
+    let script = dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\nexit 0\n");
+    let bg = dir.path("bg.pid");
+    let report =
+        fencer(&shell_yaml(&script, &[bg.to_str().unwrap()], 5000)).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    let bg_pid: u32 = std::fs::read_to_string(&bg).unwrap().trim().parse().unwrap();
+    wait_until("the background child to be gone", Duration::from_secs(5), || !alive(bg_pid)).await.unwrap();
+}
+
+/// A shell method running `/bin/sh -c <script>` (the script is configuration, not target data).
+fn sh(name: &str, script: &str, timeout_ms: u64) -> String {
+    format!(
+        "      - kind: shell\n        name: {name}\n        timeout_ms: {timeout_ms}\n        program: /bin/sh\n        args: [\"-c\", {}]\n",
+        serde_json::to_string(script).unwrap()
+    )
+}
+
+fn levels_yaml(overall_ms: u64, extra: &str, levels: &[Vec<String>]) -> String {
+    let mut yaml = format!("overall_timeout_ms: {overall_ms}\n{extra}levels:\n");
+    for level in levels {
+        yaml.push_str("  - methods:\n");
+        for method in level {
+            yaml.push_str(method);
+        }
+    }
+    yaml
+}
+
+fn trail(report: &referee_fencing::FenceReport) -> Vec<(usize, String, &'static str)> {
+    report
+        .events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.kind, MethodKind::Shell);
+            assert_eq!(e.target, "n1");
+            let o = match e.outcome {
+                MethodOutcome::Fenced { .. } => "fenced",
+                MethodOutcome::Failed { .. } => "failed",
+                MethodOutcome::Indeterminate { .. } => "indeterminate",
+            };
+            (e.level, e.method.clone(), o)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn levels_need_all_their_methods_and_fall_through_in_order() {
+    let yaml = levels_yaml(
+        10000,
+        "",
+        &[
+            vec![sh("a-ok", "exit 0", 2000), sh("b-fails", "exit 1", 2000), sh("c-skipped", "exit 0", 2000)],
+            vec![sh("d-fails", "exit 2", 2000)],
+            vec![sh("e-ok", "exit 0", 2000), sh("f-ok", "exit 0", 2000)],
+            vec![sh("g-never", "exit 0", 2000)],
+        ],
+    );
+    let report = fencer(&yaml).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    assert_eq!(report.outcome, FenceOutcome::Fenced { level: 2, methods: vec!["e-ok".into(), "f-ok".into()] });
+    assert_eq!(
+        trail(&report),
+        [
+            (0, "a-ok".to_string(), "fenced"),
+            (0, "b-fails".to_string(), "failed"),
+            (1, "d-fails".to_string(), "failed"),
+            (2, "e-ok".to_string(), "fenced"),
+            (2, "f-ok".to_string(), "fenced"),
+        ]
+    );
+    // Events are in time order and carry durations.
+    for pair in report.events.windows(2) {
+        assert!(pair[0].started_at <= pair[1].started_at);
+    }
+}
+
+#[tokio::test]
+async fn an_indeterminate_level_makes_an_unfenced_result_indeterminate() {
+    let yaml = levels_yaml(10000, "", &[vec![sh("hangs", "sleep 30", 300)], vec![sh("fails", "exit 1", 2000)]]);
+    let report = fencer(&yaml).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    assert!(matches!(report.outcome, FenceOutcome::Indeterminate { .. }), "{report:#?}");
+    assert!(!report.outcome.permits_promotion());
+    assert_eq!(trail(&report), [(0, "hangs".to_string(), "indeterminate"), (1, "fails".to_string(), "failed")]);
+    let yaml = levels_yaml(10000, "", &[vec![sh("fails", "exit 1", 2000)]]);
+    let report = fencer(&yaml).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    assert!(matches!(report.outcome, FenceOutcome::Failed { .. }), "{report:#?}");
+}
+
+#[tokio::test]
+async fn the_overall_deadline_cuts_a_hanging_method_and_skips_later_levels() {
+    let yaml = levels_yaml(900, "", &[vec![sh("hangs", "sleep 30", 900)], vec![sh("would-fence", "exit 0", 500)]]);
+    let started = Instant::now();
+    let report = fencer(&yaml).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    let elapsed = started.elapsed();
+    let FenceOutcome::Indeterminate { reason } = &report.outcome else { panic!("{report:#?}") };
+    assert!(reason.contains("overall deadline of 900 ms"), "{reason}");
+    assert_eq!(trail(&report), [(0, "hangs".to_string(), "indeterminate")]);
+    assert!(elapsed < Duration::from_millis(900) + Duration::from_millis(1000), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn the_race_delay_runs_before_the_first_level_for_that_node_only() {
+    let yaml = levels_yaml(5000, "delay_ms: 0\nnode_delay_ms: {n1: 400}\n", &[vec![sh("ok", "exit 0", 1000)]]);
+    let f = fencer(&yaml);
+    let before = std::time::SystemTime::now();
+    let report = f.fence(&target("n1", "h", 1), FencingToken(9)).await;
+    let waited = report.events[0].started_at.duration_since(before).unwrap();
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    let before = std::time::SystemTime::now();
+    let report = f.fence(&target("n2", "h", 1), FencingToken(9)).await;
+    let waited = report.events[0].started_at.duration_since(before).unwrap();
+    assert!(waited < Duration::from_millis(400), "{waited:?}");
+}
+
+#[test]
+fn configuration_errors_are_refused_at_load() {
+    assert!(matches!(Fencer::from_yaml_str(""), Err(ConfigError::Empty)));
+    let e = Fencer::from_yaml_str(
+        "overall_timeout_ms: 1000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 500\n        peers: {n1: 'http://127.0.0.1:1'}\n        secret_file: /nonexistent/peer_secret\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("fencing level 0, method 0 (agent): field `secret_file`: cannot read"), "{e}");
+    let e = Fencer::from_yaml_str(
+        "overall_timeout_ms: 1000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 500\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("method 0 (kill): missing field `grace_ms`"), "{e}");
+}

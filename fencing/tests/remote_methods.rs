@@ -1,0 +1,356 @@
+//! `ssh` against a real `sshd` on loopback, and `isolate` inside network namespaces.
+//!
+//! Needs root, `sshd`, `ssh`, `ssh-keygen`, `ip` and `iptables` (CI installs them); each test
+//! prints a loud `SKIPPED:` line and returns when they are missing. Traffic only ever goes to
+//! loopback and to 10.213.40.0/24 inside namespaces these tests create and remove.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{closed_port, fencer, require, target, wait_until, TempDir};
+use referee_fencing::{FenceOutcome, FencingToken, MethodOutcome, UnfenceOutcome};
+
+/// A real sshd on 127.0.0.1, accepting a generated key for root. Killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+    dir: TempDir,
+}
+
+impl Sshd {
+    async fn start() -> Sshd {
+        let dir = TempDir::new("sshd");
+        // sshd refuses to start without its privilege-separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        let keygen = |path: &PathBuf| {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .expect("ssh-keygen");
+            assert!(status.success());
+        };
+        let (host_key, key) = (dir.path("host_key"), dir.path("user_key"));
+        keygen(&host_key);
+        keygen(&key);
+        std::fs::copy(dir.path("user_key.pub"), dir.path("authorized_keys")).unwrap();
+        let port = closed_port();
+        let config = dir.path("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPidFile none\n",
+                host_key.display(),
+                dir.path("authorized_keys").display()
+            ),
+        )
+        .unwrap();
+        let sshd = common::find_program("sshd").unwrap();
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("sshd.log")).unwrap())
+            .spawn()
+            .expect("start sshd");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_until("sshd to accept connections", Duration::from_secs(10), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(dir.path("sshd.log")).unwrap_or_default()));
+        Sshd { child, port, key, dir }
+    }
+
+    /// The ssh login fields of a method config, indented for a method entry.
+    fn login_yaml(&self, indent: &str) -> String {
+        format!(
+            "{indent}user: root\n{indent}identity_file: {}\n{indent}port: {}\n{indent}connect_timeout_ms: 1000\n{indent}host_key_checking: \"no\"\n{indent}known_hosts_file: /dev/null\n",
+            self.key.display(),
+            self.port
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_yaml(sshd: &Sshd, command: &[&str], timeout_ms: u64) -> String {
+    format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: {timeout_ms}\n        command: {}\n{}",
+        serde_json::to_string(command).unwrap(),
+        sshd.login_yaml("        ")
+    )
+}
+
+fn only_outcome(report: &referee_fencing::FenceReport) -> &MethodOutcome {
+    assert_eq!(report.events.len(), 1, "{report:#?}");
+    &report.events[0].outcome
+}
+
+#[tokio::test]
+async fn ssh_runs_a_remote_kill_and_verify_command() {
+    if !require("ssh test", true, &["sshd", "ssh", "ssh-keygen"], "root, openssh-server and openssh-client") {
+        return;
+    }
+    let sshd = Sshd::start().await;
+    let dir = &sshd.dir;
+
+    // The "master": a process whose pid is in a pidfile.
+    let mut master = tokio::process::Command::new("sleep").arg("1000").kill_on_drop(true).spawn().unwrap();
+    let pidfile = dir.path("master.pid");
+    std::fs::write(&pidfile, master.id().unwrap().to_string()).unwrap();
+    // The configured remote command: kill, then verify on the target that it is gone
+    // (an exited zombie counts as gone), and record the token it was given.
+    let stop = dir.script(
+        "stop-master",
+        "#!/bin/sh\npid=$(cat \"$1\")\necho \"$2\" > \"$3\"\nkill -TERM \"$pid\" 2>/dev/null\ni=0\nwhile [ -e /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do\n  i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.02\ndone\nexit 0\n",
+    );
+    let token_file = dir.path("token.out");
+    let yaml = ssh_yaml(
+        &sshd,
+        &[stop.to_str().unwrap(), pidfile.to_str().unwrap(), "{fence_token}", token_file.to_str().unwrap()],
+        8000,
+    );
+    let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 5432), FencingToken(44)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(master.wait().await.unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), "44");
+
+    // A remote command that cannot verify the kill fails.
+    let report = fencer(&ssh_yaml(&sshd, &["/bin/sh", "-c", "echo still running >&2; exit 1"], 8000))
+        .fence(&target("n1", "127.0.0.1", 5432), FencingToken(44))
+        .await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("exited 1: still running"), "{reason}");
+
+    // A remote command that hangs is cut off at the deadline: indeterminate.
+    let started = Instant::now();
+    let report = fencer(&ssh_yaml(&sshd, &["sleep", "20"], 2500))
+        .fence(&target("n1", "127.0.0.1", 5432), FencingToken(44))
+        .await;
+    assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(2500) && elapsed < Duration::from_millis(4000), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn ssh_to_an_unreachable_target_fails_within_its_deadline() {
+    if !require("ssh unreachable test", false, &["ssh"], "openssh-client") {
+        return;
+    }
+    let dir = TempDir::new("ssh-unreachable");
+    let key = dir.path("no_such_key");
+    let yaml = format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: 3000\n        connect_timeout_ms: 1000\n        user: root\n        identity_file: {}\n        port: {}\n        host_key_checking: \"no\"\n        known_hosts_file: /dev/null\n        command: [\"true\"]\n",
+        key.display(),
+        closed_port()
+    );
+    let started = Instant::now();
+    let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 5432), FencingToken(44)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("could not reach"), "{reason}");
+    assert!(started.elapsed() < Duration::from_millis(3000 + 500));
+
+    // A host that would be read as an ssh option is refused before ssh runs.
+    let report = fencer(&yaml).fence(&target("n1", "-oProxyCommand=sh", 5432), FencingToken(44)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("not a plain host name"), "{reason}");
+}
+
+// ----- isolate --------------------------------------------------------------------------
+
+/// Serialises the namespace tests: they share the 10.213.40.0/24 addresses.
+static NETNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ROOT_ADDR: &str = "10.213.40.1";
+const NS_ADDR: &str = "10.213.40.2";
+
+/// A network namespace joined to the root namespace by a veth pair; removed on drop, also
+/// when the test fails.
+struct Netns {
+    name: String,
+    veth: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id() % 100_000;
+        let ns = Netns { name: format!("rfence-{id}"), veth: format!("rfa{id}") };
+        let peer = format!("rfb{id}");
+        // Leftovers of a crashed earlier run with the same pid.
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &ns.veth]).output();
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &peer, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{ROOT_ADDR}/24"), "dev", &ns.veth]);
+        ip(&["link", "set", &ns.veth, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{NS_ADDR}/24"), "dev", &peer]);
+        ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Starts a TCP echo server inside the namespace and returns its port.
+    fn echo_server(&self) -> u16 {
+        let path = format!("/run/netns/{}", self.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Only this thread enters the namespace; a socket stays in the namespace it was
+            // created in, so the listener serves there while the test stays in the root one.
+            let file = std::fs::File::open(&path).expect("open netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid namespace fd and a namespace type.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let listener = std::net::TcpListener::bind((NS_ADDR, 0)).expect("bind in netns");
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("echo server port")
+    }
+
+    fn tagged_rules(&self, node_id: &str) -> usize {
+        let out = Command::new("ip").args(["netns", "exec", &self.name, "iptables", "-S"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("referee-fence:{node_id}\""))
+                    || l.ends_with(&format!("referee-fence:{node_id} -j DROP"))
+            })
+            .count()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its end of the veth pair, and with it ours.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+    }
+}
+
+/// Connects and echoes one byte within `within`; false if anything does not happen in time.
+fn echoes(addr: SocketAddr, within: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, within) else {
+        return false;
+    };
+    echoes_on(&mut stream, within)
+}
+
+fn echoes_on(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 1];
+    stream.write_all(b"x").is_ok() && stream.read_exact(&mut b).is_ok() && &b == b"x"
+}
+
+fn isolate_local_yaml(ns: &str) -> String {
+    format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 5000\n        backend: iptables\n        via: local\n        command_prefix: [ip, netns, exec, {ns}]\n"
+    )
+}
+
+#[tokio::test]
+async fn isolate_cuts_the_master_port_including_established_connections_and_unfence_restores_it() {
+    if !require("isolate test", true, &["ip", "iptables"], "root and iptables") {
+        return;
+    }
+    let _serial = NETNS.lock().await;
+    let ns = Netns::create();
+    let port = ns.echo_server();
+    let addr: SocketAddr = format!("{NS_ADDR}:{port}").parse().unwrap();
+    let quick = Duration::from_secs(2);
+
+    // Before: reachable, and one connection stays open across the fence.
+    assert!(echoes(addr, quick), "echo server not reachable before fencing");
+    let mut established = TcpStream::connect_timeout(&addr, quick).unwrap();
+    assert!(echoes_on(&mut established, quick));
+
+    let f = fencer(&isolate_local_yaml(&ns.name));
+    let t = target("n1", NS_ADDR, port);
+    let report = f.fence(&t, FencingToken(50)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(ns.tagged_rules("n1"), 4);
+
+    // After: new connections and the established one get nothing through.
+    assert!(!echoes(addr, Duration::from_secs(1)), "new connection still served");
+    assert!(!echoes_on(&mut established, Duration::from_secs(1)), "established connection still served");
+
+    // Fencing again is idempotent: no duplicate rules.
+    let report = f.fence(&t, FencingToken(51)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("0 newly inserted"), "{detail}");
+    assert_eq!(ns.tagged_rules("n1"), 4);
+
+    // Unfence removes exactly our rules; the port is reachable again.
+    let unfenced = f.unfence(&t).await;
+    assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+    assert_eq!(ns.tagged_rules("n1"), 0);
+    assert!(echoes(addr, quick), "not reachable after unfence");
+
+    // The same over ssh, when an sshd can be started: the firewall commands run on the
+    // "target" (loopback), prefixed to reach the namespace.
+    if require("isolate over ssh", true, &["sshd", "ssh", "ssh-keygen"], "openssh-server and openssh-client") {
+        let sshd = Sshd::start().await;
+        let yaml = format!(
+            "overall_timeout_ms: 15000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 10000\n        backend: iptables\n        via: ssh\n        command_prefix: [ip, netns, exec, {}]\n        ssh:\n{}",
+            ns.name,
+            sshd.login_yaml("          ")
+        );
+        let f = fencer(&yaml);
+        let mut t = target("n1", "127.0.0.1", port);
+        t.host = "127.0.0.1".into();
+        let report = f.fence(&t, FencingToken(52)).await;
+        assert!(report.outcome.permits_promotion(), "{report:#?}");
+        assert!(!echoes(addr, Duration::from_secs(1)), "served after isolate over ssh");
+        let unfenced = f.unfence(&t).await;
+        assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+        assert!(echoes(addr, quick), "not reachable after unfence over ssh");
+    }
+}
+
+#[tokio::test]
+async fn isolate_against_an_unreachable_host_fails_and_never_pretends() {
+    if !require("isolate unreachable test", false, &["ssh"], "openssh-client") {
+        return;
+    }
+    let yaml = format!(
+        "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 3000\n        backend: iptables\n        via: ssh\n        ssh:\n          user: root\n          identity_file: /nonexistent/key\n          port: {}\n          connect_timeout_ms: 1000\n          host_key_checking: \"no\"\n          known_hosts_file: /dev/null\n",
+        closed_port()
+    );
+    let started = Instant::now();
+    let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 5432), FencingToken(60)).await;
+    assert!(matches!(report.outcome, FenceOutcome::Failed { .. }), "{report:#?}");
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("could not reach"), "{reason}");
+    assert!(started.elapsed() < Duration::from_millis(3500));
+    let unfenced = fencer(&yaml).unfence(&target("n1", "127.0.0.1", 5432)).await;
+    assert!(matches!(unfenced.outcome, UnfenceOutcome::Incomplete { .. }), "{unfenced:#?}");
+}
