@@ -76,12 +76,41 @@ struct Queued {
 enum Pending {
     /// A reply already computed.
     Ready { xid: i32, zxid: Zxid, result: Result<Reply, ErrorCode> },
+    /// Frames already encoded: a read's notifications (SetWatches) and its reply.
+    Frames(Vec<Vec<u8>>),
     /// A proposed write; the reply comes from its outcome.
     Write { xid: i32, rx: WriteReceiver },
-    /// A read, executed when its turn comes.
-    Read { xid: i32, req: Request, auth: Arc<[Id]> },
+    /// A sync, answered once this server has applied everything committed before it.
+    Sync { xid: i32, path: String },
     /// Close the connection after the replies before this one.
     Close,
+}
+
+/// How far the writer has got with the connection's writes, so that a read can wait for the
+/// session's earlier writes to be applied, and no later.
+#[derive(Default)]
+struct Progress {
+    /// Writes whose outcome the writer has received (they are applied).
+    resolved: std::sync::atomic::AtomicU64,
+    /// Wakes a reader waiting on `resolved`.
+    advanced: tokio::sync::Notify,
+    /// The client asked to close its session: the close that follows is expected, and its
+    /// reply must still be sent.
+    closing_by_client: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// Waits until `count` writes have been applied.
+    async fn applied(&self, count: u64) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let woken = self.advanced.notified();
+            if self.resolved.load(Ordering::Acquire) >= count {
+                return;
+            }
+            woken.await;
+        }
+    }
 }
 
 /// Wall clock in ms, stamped into transactions by their proposer.
@@ -156,7 +185,7 @@ async fn run(
         Some(s) => s,
         None => {
             // ZooKeeper's answer to an expired, unknown or wrongly authenticated session.
-            let frame = encode_connect_response(0, 0, &[0; 16], connect.read_only);
+            let frame = encode_connect_response(0, 0, &[0; 16], server_read_only(&connect));
             let _ = wr.write_all(&frame).await;
             let _ = wr.flush().await;
             return Err(format!("session 0x{:x} is expired or unknown", connect.session_id));
@@ -176,14 +205,17 @@ async fn run(
         st.conns.insert(id, ConnEntry { session, auth: auth.clone(), tx: out_tx, peer, stats });
         st.counters.connections_accepted += 1;
     }
-    wr.write_all(&encode_connect_response(timeout_ms, session.0, &password, connect.read_only))
+    wr.write_all(&encode_connect_response(timeout_ms, session.0, &password, server_read_only(&connect)))
         .await
         .map_err(|e| e.to_string())?;
     wr.flush().await.map_err(|e| e.to_string())?;
     debug!(conn = id, %peer, session = %session, timeout_ms, "session established");
 
     let (pending_tx, pending_rx) = mpsc::channel(MAX_OUTSTANDING);
-    let writer_ctx = WriterCtx { shared: shared.clone(), conn: id, session };
+    let progress = Arc::new(Progress::default());
+    let writer_ctx = WriterCtx { shared: shared.clone(), conn: id, progress: progress.clone() };
+    // Writes proposed so far; a read waits until the writer has seen them applied.
+    let mut proposed: u64 = 0;
     let mut writer = tokio::spawn(writer_ctx.run(wr, pending_rx, out_rx));
 
     let reason = loop {
@@ -250,13 +282,19 @@ async fn run(
                 }
             },
             Request::CloseSession => {
+                progress.closing_by_client.store(true, std::sync::atomic::Ordering::Release);
                 let rx = propose(shared, session, &auth, TxnOp::CloseSession { expired: false }).await?;
+                proposed += 1;
                 let _ = pending_tx.send(queued(Pending::Write { xid, rx })).await;
                 stop = true;
                 Pending::Close
             }
-            Request::Write(op) => Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Write(op)).await? },
+            Request::Write(op) => {
+                proposed += 1;
+                Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Write(op)).await? }
+            }
             Request::Multi(ops) => {
+                proposed += 1;
                 Pending::Write { xid, rx: propose(shared, session, &auth, TxnOp::Multi(ops)).await? }
             }
             // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
@@ -265,7 +303,17 @@ async fn run(
                 debug!(conn = id, opcode, "unknown opcode");
                 Pending::Ready { xid, zxid: Zxid(-1), result: Err(ErrorCode::Unimplemented) }
             }
-            req => Pending::Read { xid, req, auth: auth.clone() },
+            Request::Sync { path } => Pending::Sync { xid, path },
+            req => {
+                // A read sees exactly the session's earlier writes: it waits for them to be
+                // applied, and the session's later writes are not proposed until it has run.
+                progress.applied(proposed).await;
+                let mut st = shared.lock();
+                let mut frames = Vec::new();
+                let result = execute_read(&mut st, id, session, req, &auth, &mut frames);
+                frames.push(encode_reply(xid, st.tree.last_zxid(), &result));
+                Pending::Frames(frames)
+            }
         };
         if pending_tx.send(queued(pending)).await.is_err() || stop {
             break None;
@@ -281,6 +329,12 @@ async fn run(
         Some(why) if why != "server shutting down" => Err(why),
         _ => Ok(()),
     }
+}
+
+/// The read-only byte of the ConnectResponse: present only if the client sent one, and then
+/// saying whether this server is read-only (it never is), as ZooKeeper writes it.
+fn server_read_only(c: &ConnectRequest) -> Option<bool> {
+    c.read_only.map(|_| false)
 }
 
 /// Creates a new session or resumes one. `None` means the client must be told its session is
@@ -357,7 +411,7 @@ fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) ->
 struct WriterCtx {
     shared: Arc<Shared>,
     conn: ConnId,
-    session: SessionId,
+    progress: Arc<Progress>,
 }
 
 impl WriterCtx {
@@ -389,7 +443,11 @@ impl WriterCtx {
                         wr.write_all(&f).await.map_err(|e| e.to_string())?;
                         sent += 1;
                     }
-                    Some(Outbound::Close(why)) => return Err(why.to_string()),
+                    Some(Outbound::Close(why)) => {
+                        if !self.progress.closing_by_client.load(std::sync::atomic::Ordering::Acquire) {
+                            return Err(why.to_string());
+                        }
+                    }
                     None => return Ok(()),
                 },
                 item = pending.recv() => {
@@ -403,7 +461,11 @@ impl WriterCtx {
                                 wr.write_all(&f).await.map_err(|e| e.to_string())?;
                                 sent += 1;
                             }
-                            Outbound::Close(why) => return Err(why.to_string()),
+                            Outbound::Close(why) => {
+                                if !self.progress.closing_by_client.load(std::sync::atomic::Ordering::Acquire) {
+                                    return Err(why.to_string());
+                                }
+                            }
                         }
                     }
                     let reply_zxid = frames.last().map(|f| reply_zxid(f));
@@ -447,163 +509,157 @@ impl WriterCtx {
         match item {
             Pending::Ready { xid, zxid, result } => Ok((vec![encode_reply(xid, zxid, &result)], false)),
             Pending::Close => Ok((Vec::new(), true)),
+            Pending::Frames(frames) => Ok((frames, false)),
             Pending::Write { xid, rx } => {
                 let outcome = match rx.await {
                     Ok(Ok(resp)) => resp.data,
                     Ok(Err(e)) => return Err(format!("write not accepted: {e}")),
                     Err(_) => return Err("replication stopped before the write was applied".into()),
                 };
+                self.progress.resolved.fetch_add(1, std::sync::atomic::Ordering::Release);
+                self.progress.advanced.notify_waiters();
                 Ok((vec![write_reply(xid, outcome)], false))
             }
-            Pending::Read { xid, req, auth } => {
-                if let Request::Sync { path } = req {
-                    // A sync waits until this server has applied everything committed before it.
-                    self.shared.raft.ensure_linearizable().await.map_err(|e| format!("sync failed: {e}"))?;
-                    let zxid = self.shared.lock().tree.last_zxid();
-                    return Ok((vec![encode_reply(xid, zxid, &Ok(Reply::Path(path)))], false));
-                }
-                let mut st = self.shared.lock();
-                let mut frames = Vec::new();
-                let result = self.read(&mut st, req, &auth, &mut frames);
-                let zxid = st.tree.last_zxid();
-                let reply_xid = xid;
-                frames.push(encode_reply(reply_xid, zxid, &result));
-                Ok((frames, false))
+            Pending::Sync { xid, path } => {
+                // A sync waits until this server has applied everything committed before it.
+                self.shared.raft.ensure_linearizable().await.map_err(|e| format!("sync failed: {e}"))?;
+                let zxid = self.shared.lock().tree.last_zxid();
+                Ok((vec![encode_reply(xid, zxid, &Ok(Reply::Path(path)))], false))
             }
         }
     }
+}
 
-    /// Executes a read under the state lock, registering watches it leaves; notifications it
-    /// fires at once (SetWatches on stale paths) are pushed to `frames`.
-    fn read(
-        &self,
-        st: &mut ServerState,
-        req: Request,
-        auth: &[Id],
-        frames: &mut Vec<Vec<u8>>,
-    ) -> Result<Reply, ErrorCode> {
-        let conn = self.conn;
-        match req {
-            Request::Ping => Ok(Reply::Empty),
-            Request::Exists { path, watch } => {
-                let r = st.tree.exists(&path);
-                if watch && !matches!(r, Err(ErrorCode::BadArguments)) {
-                    st.watches.add(conn, WatchKind::Data, &path);
-                }
-                r.map(Reply::Stat)
+/// Executes a read under the state lock, registering the watches it leaves; notifications it
+/// fires at once (SetWatches on stale paths) are pushed to `frames`.
+fn execute_read(
+    st: &mut ServerState,
+    conn: ConnId,
+    session: SessionId,
+    req: Request,
+    auth: &[Id],
+    frames: &mut Vec<Vec<u8>>,
+) -> Result<Reply, ErrorCode> {
+    match req {
+        Request::Ping => Ok(Reply::Empty),
+        Request::Exists { path, watch } => {
+            let r = st.tree.exists(&path);
+            if watch && !matches!(r, Err(ErrorCode::BadArguments)) {
+                st.watches.add(conn, WatchKind::Data, &path);
             }
-            Request::GetData { path, watch } => {
-                let (data, stat) = st.tree.get_data(&path, auth)?;
-                let data = data.map(<[u8]>::to_vec);
-                if watch {
-                    st.watches.add(conn, WatchKind::Data, &path);
-                }
-                Ok(Reply::Data(data, stat))
-            }
-            Request::GetChildren { path, watch, with_stat } => {
-                let (children, stat) = st.tree.children(&path, auth)?;
-                if watch {
-                    st.watches.add(conn, WatchKind::Child, &path);
-                }
-                Ok(if with_stat { Reply::Children2(children, stat) } else { Reply::Children(children) })
-            }
-            Request::GetAcl { path } => st.tree.get_acl(&path, auth).map(|(a, s)| Reply::Acl(a, s)),
-            Request::GetEphemerals { prefix } => st.tree.ephemerals(self.session, &prefix).map(Reply::Strings),
-            Request::GetAllChildrenNumber { path } => st.tree.all_children_number(&path, auth).map(Reply::Int),
-            Request::MultiRead(ops) => Ok(Reply::MultiRead(
-                ops.into_iter()
-                    .map(|op| match op {
-                        ReadOp::GetData(p) => match st.tree.get_data(&p, auth) {
-                            Ok((d, s)) => ReadResult::Data(d.map(<[u8]>::to_vec), s),
-                            Err(e) => ReadResult::Error(e),
-                        },
-                        ReadOp::GetChildren(p) => match st.tree.children(&p, auth) {
-                            Ok((c, _)) => ReadResult::Children(c),
-                            Err(e) => ReadResult::Error(e),
-                        },
-                    })
-                    .collect(),
-            )),
-            Request::AddWatch { path, mode } => {
-                crate::path::validate(&path, false).map_err(|_| ErrorCode::BadArguments)?;
-                let kind = match mode {
-                    0 => WatchKind::Persistent,
-                    1 => WatchKind::PersistentRecursive,
-                    _ => return Err(ErrorCode::BadArguments),
-                };
-                st.watches.add(conn, kind, &path);
-                // ZooKeeper answers addWatch with an ErrorResponse(0).
-                Ok(Reply::Int(0))
-            }
-            Request::CheckWatches { path, ty } => {
-                let ty = watcher_type(ty)?;
-                if st.watches.contains(conn, &path, ty) {
-                    Ok(Reply::Empty)
-                } else {
-                    Err(ErrorCode::NoWatcher)
-                }
-            }
-            Request::RemoveWatches { path, ty } => {
-                let ty = watcher_type(ty)?;
-                if st.watches.remove(conn, &path, ty) {
-                    Ok(Reply::Empty)
-                } else {
-                    Err(ErrorCode::NoWatcher)
-                }
-            }
-            Request::WhoAmI => Ok(Reply::WhoAmI(
-                auth.iter()
-                    .map(|id| Id {
-                        scheme: id.scheme.clone(),
-                        // The digest provider reports the user name, not the hash.
-                        id: match id.scheme.as_str() {
-                            "digest" => id.id.split(':').next().unwrap_or_default().to_string(),
-                            _ => id.id.clone(),
-                        },
-                    })
-                    .collect(),
-            )),
-            Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive } => {
-                let zxid = st.tree.last_zxid();
-                let mut fire = |kind: EventType, path: &str| frames.push(encode_notification(kind, path, zxid));
-                for p in data {
-                    match st.tree.node(&p) {
-                        None => fire(EventType::NodeDeleted, &p),
-                        Some(n) if n.stat.mzxid > relative_zxid => fire(EventType::NodeDataChanged, &p),
-                        Some(_) => st.watches.add(conn, WatchKind::Data, &p),
-                    }
-                }
-                for p in exist {
-                    match st.tree.node(&p) {
-                        Some(_) => fire(EventType::NodeCreated, &p),
-                        None => st.watches.add(conn, WatchKind::Data, &p),
-                    }
-                }
-                for p in child {
-                    match st.tree.node(&p) {
-                        None => fire(EventType::NodeDeleted, &p),
-                        Some(n) if n.stat.pzxid > relative_zxid => fire(EventType::NodeChildrenChanged, &p),
-                        Some(_) => st.watches.add(conn, WatchKind::Child, &p),
-                    }
-                }
-                for p in persistent {
-                    st.watches.add(conn, WatchKind::Persistent, &p);
-                }
-                for p in recursive {
-                    st.watches.add(conn, WatchKind::PersistentRecursive, &p);
-                }
-                Ok(Reply::Empty)
-            }
-            Request::Refused(code) => Err(code),
-            // Handled by the reader; never queued as reads.
-            Request::Auth { .. }
-            | Request::CloseSession
-            | Request::Write(_)
-            | Request::Multi(_)
-            | Request::Sync { .. }
-            | Request::Sasl
-            | Request::Unknown(_) => Err(ErrorCode::SystemError),
+            r.map(Reply::Stat)
         }
+        Request::GetData { path, watch } => {
+            let (data, stat) = st.tree.get_data(&path, auth)?;
+            let data = data.map(<[u8]>::to_vec);
+            if watch {
+                st.watches.add(conn, WatchKind::Data, &path);
+            }
+            Ok(Reply::Data(data, stat))
+        }
+        Request::GetChildren { path, watch, with_stat } => {
+            let (children, stat) = st.tree.children(&path, auth)?;
+            if watch {
+                st.watches.add(conn, WatchKind::Child, &path);
+            }
+            Ok(if with_stat { Reply::Children2(children, stat) } else { Reply::Children(children) })
+        }
+        Request::GetAcl { path } => st.tree.get_acl(&path, auth).map(|(a, s)| Reply::Acl(a, s)),
+        Request::GetEphemerals { prefix } => st.tree.ephemerals(session, &prefix).map(Reply::Strings),
+        Request::GetAllChildrenNumber { path } => st.tree.all_children_number(&path, auth).map(Reply::Int),
+        Request::MultiRead(ops) => Ok(Reply::MultiRead(
+            ops.into_iter()
+                .map(|op| match op {
+                    ReadOp::GetData(p) => match st.tree.get_data(&p, auth) {
+                        Ok((d, s)) => ReadResult::Data(d.map(<[u8]>::to_vec), s),
+                        Err(e) => ReadResult::Error(e),
+                    },
+                    ReadOp::GetChildren(p) => match st.tree.children(&p, auth) {
+                        Ok((c, _)) => ReadResult::Children(c),
+                        Err(e) => ReadResult::Error(e),
+                    },
+                })
+                .collect(),
+        )),
+        Request::AddWatch { path, mode } => {
+            crate::path::validate(&path, false).map_err(|_| ErrorCode::BadArguments)?;
+            let kind = match mode {
+                0 => WatchKind::Persistent,
+                1 => WatchKind::PersistentRecursive,
+                _ => return Err(ErrorCode::BadArguments),
+            };
+            st.watches.add(conn, kind, &path);
+            // ZooKeeper answers addWatch with an ErrorResponse(0).
+            Ok(Reply::Int(0))
+        }
+        Request::CheckWatches { path, ty } => {
+            let ty = watcher_type(ty)?;
+            if st.watches.contains(conn, &path, ty) {
+                Ok(Reply::Empty)
+            } else {
+                Err(ErrorCode::NoWatcher)
+            }
+        }
+        Request::RemoveWatches { path, ty } => {
+            let ty = watcher_type(ty)?;
+            if st.watches.remove(conn, &path, ty) {
+                Ok(Reply::Empty)
+            } else {
+                Err(ErrorCode::NoWatcher)
+            }
+        }
+        Request::WhoAmI => Ok(Reply::WhoAmI(
+            auth.iter()
+                .map(|id| Id {
+                    scheme: id.scheme.clone(),
+                    // The digest provider reports the user name, not the hash.
+                    id: match id.scheme.as_str() {
+                        "digest" => id.id.split(':').next().unwrap_or_default().to_string(),
+                        _ => id.id.clone(),
+                    },
+                })
+                .collect(),
+        )),
+        Request::SetWatches { relative_zxid, data, exist, child, persistent, recursive } => {
+            let zxid = st.tree.last_zxid();
+            let mut fire = |kind: EventType, path: &str| frames.push(encode_notification(kind, path, zxid));
+            for p in data {
+                match st.tree.node(&p) {
+                    None => fire(EventType::NodeDeleted, &p),
+                    Some(n) if n.stat.mzxid > relative_zxid => fire(EventType::NodeDataChanged, &p),
+                    Some(_) => st.watches.add(conn, WatchKind::Data, &p),
+                }
+            }
+            for p in exist {
+                match st.tree.node(&p) {
+                    Some(_) => fire(EventType::NodeCreated, &p),
+                    None => st.watches.add(conn, WatchKind::Data, &p),
+                }
+            }
+            for p in child {
+                match st.tree.node(&p) {
+                    None => fire(EventType::NodeDeleted, &p),
+                    Some(n) if n.stat.pzxid > relative_zxid => fire(EventType::NodeChildrenChanged, &p),
+                    Some(_) => st.watches.add(conn, WatchKind::Child, &p),
+                }
+            }
+            for p in persistent {
+                st.watches.add(conn, WatchKind::Persistent, &p);
+            }
+            for p in recursive {
+                st.watches.add(conn, WatchKind::PersistentRecursive, &p);
+            }
+            Ok(Reply::Empty)
+        }
+        Request::Refused(code) => Err(code),
+        // Handled by the reader; never queued as reads.
+        Request::Auth { .. }
+        | Request::CloseSession
+        | Request::Write(_)
+        | Request::Multi(_)
+        | Request::Sync { .. }
+        | Request::Sasl
+        | Request::Unknown(_) => Err(ErrorCode::SystemError),
     }
 }
 

@@ -40,7 +40,8 @@ impl ConnectRequest {
     }
 }
 
-/// Encodes a framed ConnectResponse; the read-only byte is echoed only if the client sent one.
+/// Encodes a framed ConnectResponse; `read_only` is the server's mode, written only when the
+/// client's request carried the byte (older clients do not expect it).
 pub fn encode_connect_response(timeout_ms: i32, session_id: i64, password: &[u8], read_only: Option<bool>) -> Vec<u8> {
     let mut w = Writer::framed();
     w.int(0).int(timeout_ms).long(session_id).buffer(Some(password));
