@@ -668,7 +668,7 @@ fn write_reply(xid: i32, outcome: TxnOutcome) -> Vec<u8> {
     let result = match outcome.result {
         Err(code) => Err(code),
         Ok(TxnReply::Op(r)) => match r {
-            OpResult::Created { opcode, path, stat } => {
+            OpResult::Created { opcode, path, stat, .. } => {
                 Ok(if opcode == op::CREATE { Reply::Create(path) } else { Reply::Create2(path, stat) })
             }
             OpResult::DataSet { stat } | OpResult::AclSet { stat } => Ok(Reply::Stat(stat)),

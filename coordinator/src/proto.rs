@@ -308,7 +308,7 @@ pub struct Stat {
     pub mtime: i64,
     /// Data version.
     pub version: i32,
-    /// Child version: bumped by each child create (and reaped container), not by deletes.
+    /// Child version: bumped by each child create and each child delete.
     pub cversion: i32,
     /// ACL version.
     pub aversion: i32,

@@ -4,7 +4,7 @@
 //! and no length read from the wire is trusted before it is checked against the frame.
 
 use crate::jute::{DecodeError, Reader, Writer};
-use crate::proto::{op, Acl, ErrorCode, EventType, Id, Stat, Zxid, STATE_SYNC_CONNECTED};
+use crate::proto::{op, Acl, CreateMode, ErrorCode, EventType, Id, Stat, Zxid, STATE_SYNC_CONNECTED};
 use crate::txn::{OpResult, WriteOp};
 use crate::watch::WatcherType;
 
@@ -421,8 +421,11 @@ impl Reply {
             Reply::Multi(results) => {
                 for r in results {
                     match r {
-                        OpResult::Created { opcode, path, stat } => {
-                            if *opcode == op::CREATE {
+                        OpResult::Created { mode, path, stat, .. } => {
+                            // Inside a multi, Apache ZooKeeper 3.8 answers by the node's mode,
+                            // not the opcode (measured): a create result with the path only,
+                            // except containers and TTL nodes, which come back with their Stat.
+                            if !(*mode == CreateMode::Container || mode.is_ttl()) {
                                 multi_header(w, op::CREATE, false, 0);
                                 w.ustring(path);
                             } else {

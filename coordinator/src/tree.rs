@@ -33,7 +33,8 @@ pub struct Node {
     pub data: Option<Vec<u8>>,
     /// The node's ACL.
     pub acl: Vec<Acl>,
-    /// Stat; `data_length` and `num_children` are derived on read.
+    /// Stat; `data_length` and `num_children` are derived on read, and `cversion` here counts
+    /// child creates (see [`Node::stat`]).
     pub stat: Stat,
     /// Child names.
     pub children: BTreeSet<String>,
@@ -62,10 +63,20 @@ impl Node {
     }
 
     /// The Stat as clients see it.
+    ///
+    /// Like Apache ZooKeeper's `DataNode`, the node counts child creates, which also number
+    /// sequential children, and reports the child version as creates plus deletes, taking every
+    /// child not present as deleted: `2 × creates − children`. (So `/`, which holds
+    /// `/zookeeper` without having created it, reports -1, as ZooKeeper's does.)
     pub fn stat(&self) -> Stat {
+        let children = self.children.len() as i32;
         Stat {
             data_length: self.data.as_ref().map_or(0, |d| d.len() as i32),
-            num_children: self.children.len() as i32,
+            num_children: children,
+            cversion: self.stat.cversion.wrapping_mul(2).wrapping_sub(children),
+            // Container and TTL markers are the server's business: clients see 0 (ZooKeeper's
+            // `getClientEphemeralOwner`).
+            ephemeral_owner: self.ephemeral_session().map_or(0, |s| s.0),
             ..self.stat
         }
     }
@@ -239,9 +250,10 @@ pub fn fixup_acl(acl: &[Acl], auth: &[Id]) -> Result<Vec<Acl>, ErrorCode> {
                 push(entry.clone());
             }
             "auth" => {
-                // Every authenticated identity except the address-derived one.
+                // Every identity from a provider that authenticates (digest; x509 and sasl where
+                // present), not the address nor the super marker, as ZooKeeper's `fixupACL`.
                 let mut any = false;
-                for a in auth.iter().filter(|a| a.scheme != "ip" && a.scheme != "world") {
+                for a in auth.iter().filter(|a| matches!(a.scheme.as_str(), "digest" | "x509" | "sasl")) {
                     any = true;
                     push(Acl { perms: entry.perms, id: a.clone() });
                 }
@@ -277,6 +289,11 @@ pub fn fixup_acl(acl: &[Acl], auth: &[Id]) -> Result<Vec<Acl>, ErrorCode> {
         }
     }
     Ok(out)
+}
+
+/// The nodes ZooKeeper keeps for itself, which no client may delete.
+fn is_special(path: &str) -> bool {
+    matches!(path, "/" | "/zookeeper" | "/zookeeper/quota" | "/zookeeper/config")
 }
 
 /// Session ids derive from the index of the entry that created the session and the proposer's
@@ -357,6 +374,11 @@ impl DataTree {
         self.nodes.get(path)
     }
 
+    /// A node as reads look it up: ZooKeeper keeps the root under the empty path too.
+    fn lookup(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(if path.is_empty() { "/" } else { path })
+    }
+
     /// A session by id.
     pub fn session(&self, id: SessionId) -> Option<&Session> {
         self.sessions.get(&id)
@@ -377,40 +399,56 @@ impl DataTree {
         self.nodes.iter().map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, Vec::len)) as u64).sum()
     }
 
+    // Reads do not validate paths: Apache ZooKeeper looks them up as they are, and a path that
+    // is invalid names no node (NoNode). Writes validate, at apply.
+
     /// getData: the node's data and Stat, after a READ check.
     pub fn get_data(&self, path: &str, auth: &[Id]) -> Result<(Option<&[u8]>, Stat), ErrorCode> {
-        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ, auth)?;
         Ok((node.data(), node.stat()))
     }
 
     /// exists: the Stat, with no ACL check (as in ZooKeeper).
     pub fn exists(&self, path: &str) -> Result<Stat, ErrorCode> {
-        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-        self.nodes.get(path).map(Node::stat).ok_or(ErrorCode::NoNode)
+        self.lookup(path).map(Node::stat).ok_or(ErrorCode::NoNode)
     }
 
     /// getChildren / getChildren2: sorted child names and the parent's Stat, after a READ check.
     pub fn children(&self, path: &str, auth: &[Id]) -> Result<(Vec<String>, Stat), ErrorCode> {
-        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ, auth)?;
         Ok((node.children.iter().cloned().collect(), node.stat()))
     }
 
-    /// getACL: the ACL and Stat (ZooKeeper requires READ or ADMIN).
+    /// getACL: the ACL and Stat (ZooKeeper requires READ or ADMIN). Without ADMIN, digest ids
+    /// are shown as `user:x`, so the password hash does not leak.
     pub fn get_acl(&self, path: &str, auth: &[Id]) -> Result<(Vec<Acl>, Stat), ErrorCode> {
-        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ | perms::ADMIN, auth)?;
-        Ok((node.acl.clone(), node.stat()))
+        if check_acl(&node.acl, perms::ADMIN, auth).is_ok() {
+            return Ok((node.acl.clone(), node.stat()));
+        }
+        let masked = node
+            .acl
+            .iter()
+            .map(|a| match a.id.scheme.as_str() {
+                "digest" => Acl {
+                    perms: a.perms,
+                    id: Id {
+                        scheme: a.id.scheme.clone(),
+                        id: format!("{}:x", a.id.id.split(':').next().unwrap_or_default()),
+                    },
+                },
+                _ => a.clone(),
+            })
+            .collect();
+        Ok((masked, node.stat()))
     }
 
     /// getAllChildrenNumber: every node below `path`.
     pub fn all_children_number(&self, path: &str, auth: &[Id]) -> Result<i32, ErrorCode> {
-        path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-        let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
+        let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ, auth)?;
         let mut count = 0i32;
         let mut stack: Vec<String> = node.children.iter().map(|c| path::join(path, c)).collect();
@@ -420,12 +458,16 @@ impl DataTree {
                 stack.extend(n.children.iter().map(|c| path::join(&p, c)));
             }
         }
+        // ZooKeeper counts the keys of its node map below `path + "/"`; for the empty path that
+        // includes its second key for the root, "/".
+        if path.is_empty() {
+            count += 1;
+        }
         Ok(count)
     }
 
     /// getEphemerals: the session's ephemerals whose path starts with `prefix`, sorted.
     pub fn ephemerals(&self, session: SessionId, prefix: &str) -> Result<Vec<String>, ErrorCode> {
-        path::validate(prefix, false).map_err(|_| ErrorCode::BadArguments)?;
         let Some(s) = self.sessions.get(&session) else {
             return Ok(Vec::new());
         };
@@ -476,7 +518,7 @@ impl DataTree {
                 if !self.session_is_open(txn.session) {
                     Err(ErrorCode::SessionExpired)
                 } else {
-                    Ok(TxnReply::Multi(self.multi(ops, txn, zxid, &mut fx.events)))
+                    self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)
                 }
             }
         };
@@ -490,49 +532,68 @@ impl DataTree {
 
     /// Applies a multi: all ops or none. Later ops see earlier ops' effects; on the first failure
     /// everything is rolled back and the results say which op failed, as ZooKeeper's do.
-    fn multi(&mut self, ops: &[WriteOp], txn: &Txn, zxid: Zxid, events: &mut Vec<WatchEvent>) -> Vec<OpResult> {
+    fn multi(
+        &mut self,
+        ops: &[WriteOp],
+        txn: &Txn,
+        zxid: Zxid,
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<Vec<OpResult>, ErrorCode> {
+        // A TTL mode inside a multi cannot carry its TTL. Apache ZooKeeper 3.8 fails on such an
+        // op when it reaches it and answers the whole multi with MarshallingError (measured),
+        // its zxid still used; an earlier failing op answers as usual.
+        let ttl_without_ttl = |op: &WriteOp| matches!(op, WriteOp::Create { opcode, flags: 5 | 6, .. } if *opcode != crate::proto::op::CREATE_TTL);
         let mut undo = Vec::new();
         let mut local_events = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
+            if ttl_without_ttl(op) {
+                self.roll_back(undo);
+                return Err(ErrorCode::MarshallingError);
+            }
             match self.write(op, txn, zxid, &mut local_events, Some(&mut undo)) {
                 Ok(r) => results.push(r),
                 Err(code) => {
-                    for u in undo.into_iter().rev() {
-                        match u {
-                            Undo::Node(p, Some(n)) => {
-                                if n.is_container() || n.ttl_ms().is_some() {
-                                    self.reapable.insert(p.clone());
-                                }
-                                self.nodes.insert(p, n);
-                            }
-                            Undo::Node(p, None) => {
-                                self.reapable.remove(&p);
-                                self.nodes.remove(&p);
-                            }
-                            Undo::Ephemeral(s, p, was) => {
-                                if let Some(sess) = self.sessions.get_mut(&s) {
-                                    if was {
-                                        sess.ephemerals.insert(p);
-                                    } else {
-                                        sess.ephemerals.remove(&p);
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    self.roll_back(undo);
                     let mut out = vec![OpResult::Error(0); i];
                     out.push(OpResult::Error(code.code()));
                     out.extend(std::iter::repeat_n(
                         OpResult::Error(ErrorCode::RuntimeInconsistency.code()),
                         ops.len() - i - 1,
                     ));
-                    return out;
+                    return Ok(out);
                 }
             }
         }
         events.extend(local_events);
-        results
+        Ok(results)
+    }
+
+    /// Undoes the changes of a failed multi, newest first.
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Node(p, Some(n)) => {
+                    if n.is_container() || n.ttl_ms().is_some() {
+                        self.reapable.insert(p.clone());
+                    }
+                    self.nodes.insert(p, n);
+                }
+                Undo::Node(p, None) => {
+                    self.reapable.remove(&p);
+                    self.nodes.remove(&p);
+                }
+                Undo::Ephemeral(s, p, was) => {
+                    if let Some(sess) = self.sessions.get_mut(&s) {
+                        if was {
+                            sess.ephemerals.insert(p);
+                        } else {
+                            sess.ephemerals.remove(&p);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn save(&self, undo: &mut Option<&mut Vec<Undo>>, path: &str) {
@@ -551,9 +612,15 @@ impl DataTree {
     ) -> Result<OpResult, ErrorCode> {
         match op {
             WriteOp::Create { opcode, path, data, acl, flags, ttl_ms } => {
+                // The order of the checks is Apache ZooKeeper's (PrepRequestProcessor), so the
+                // same bad request gets the same error: mode and TTL, a rough path check, the
+                // ACL, the parent, CREATE permission, then the full path with its suffix.
                 let mode = CreateMode::from_flags(*flags)?;
-                self.validate_create(*opcode, mode, *ttl_ms)?;
-                path::validate(path, mode.is_sequential()).map_err(|_| ErrorCode::BadArguments)?;
+                let ttl = if *opcode == crate::proto::op::CREATE_TTL { *ttl_ms } else { -1 };
+                self.validate_create(mode, ttl)?;
+                if !path.contains('/') || path.contains('\0') {
+                    return Err(ErrorCode::BadArguments);
+                }
                 let acl = fixup_acl(acl, &txn.auth)?;
                 let parent_path = path::parent(path).to_string();
                 let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
@@ -572,7 +639,7 @@ impl DataTree {
                 let owner = match mode {
                     CreateMode::Ephemeral | CreateMode::EphemeralSequential => txn.session.0,
                     CreateMode::Container => CONTAINER_OWNER,
-                    CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl => TTL_OWNER_MARK | ttl_ms,
+                    CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl => TTL_OWNER_MARK | ttl,
                     CreateMode::Persistent | CreateMode::PersistentSequential => 0,
                 };
                 if mode.is_ephemeral() && txn.session.0 == 0 {
@@ -606,19 +673,18 @@ impl DataTree {
                     zxid,
                     acl: parent_acl,
                 });
-                Ok(OpResult::Created { opcode: *opcode, path: final_path, stat })
+                Ok(OpResult::Created { opcode: *opcode, mode, path: final_path, stat })
             }
             WriteOp::Delete { path, version } => {
-                path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
-                if path == "/" {
-                    // The root has no parent to grant DELETE; ZooKeeper refuses it as non-empty
-                    // or bad arguments depending on version; it is never deletable.
+                // ZooKeeper's order: a rough path check that also protects its own nodes, the
+                // parent, DELETE on the parent, then the node, its version and its children.
+                if !path.contains('/') || path.contains('\0') || is_special(path) {
                     return Err(ErrorCode::BadArguments);
                 }
                 let parent_path = path::parent(path).to_string();
                 let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
-                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&parent.acl, perms::DELETE, &txn.auth)?;
+                let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
                 if *version != -1 && *version != node.stat.version {
                     return Err(ErrorCode::BadVersion);
                 }
@@ -652,9 +718,9 @@ impl DataTree {
             }
             WriteOp::SetAcl { path, acl, version } => {
                 path::validate(path, false).map_err(|_| ErrorCode::BadArguments)?;
+                let acl = fixup_acl(acl, &txn.auth)?;
                 let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&node.acl, perms::ADMIN, &txn.auth)?;
-                let acl = fixup_acl(acl, &txn.auth)?;
                 if *version != -1 && *version != node.stat.aversion {
                     return Err(ErrorCode::BadVersion);
                 }
@@ -689,28 +755,25 @@ impl DataTree {
         }
     }
 
-    /// Checks that the create opcode and mode agree (ZooKeeper's `validateCreateRequest`).
-    fn validate_create(&self, opcode: i32, mode: CreateMode, ttl_ms: i64) -> Result<(), ErrorCode> {
-        use crate::proto::op;
-        let is_container_op = opcode == op::CREATE_CONTAINER;
-        let is_ttl_op = opcode == op::CREATE_TTL;
-        if (mode == CreateMode::Container) != is_container_op {
-            return Err(ErrorCode::BadArguments);
-        }
-        if mode.is_ttl() != is_ttl_op {
-            return Err(ErrorCode::BadArguments);
-        }
-        if is_ttl_op && !self.extended_types {
-            return Err(ErrorCode::Unimplemented);
-        }
-        if is_ttl_op && !(1..=MAX_TTL_MS).contains(&ttl_ms) {
+    /// Checks the create mode against the TTL (ZooKeeper's `validateCreateRequest` and
+    /// `EphemeralType.validateTTL`). `ttl` is -1 for every opcode but createTTL; the opcode does not
+    /// otherwise constrain the mode, as in ZooKeeper.
+    fn validate_create(&self, mode: CreateMode, ttl: i64) -> Result<(), ErrorCode> {
+        if mode.is_ttl() {
+            if !self.extended_types {
+                return Err(ErrorCode::Unimplemented);
+            }
+            if !(1..=MAX_TTL_MS).contains(&ttl) {
+                return Err(ErrorCode::BadArguments);
+            }
+        } else if ttl >= 0 {
             return Err(ErrorCode::BadArguments);
         }
         Ok(())
     }
 
-    /// Removes a node known to exist and have no children, updating its parent (pzxid only, not
-    /// cversion, as ZooKeeper) and its session's ephemeral set.
+    /// Removes a node known to exist and have no children, updating its parent's pzxid (the
+    /// reported cversion follows from the child count) and its session's ephemeral set.
     fn remove_node(&mut self, path: &str, zxid: Zxid, events: &mut Vec<WatchEvent>, mut undo: Option<&mut Vec<Undo>>) {
         let parent_path = path::parent(path).to_string();
         self.save(&mut undo, path);
@@ -799,6 +862,9 @@ mod tests {
     #[test]
     fn fresh_tree_has_zookeeper_nodes() {
         let t = DataTree::new();
+        // As a fresh Apache ZooKeeper 3.8 reports them.
+        assert_eq!(t.exists("/").unwrap().cversion, -1);
+        assert_eq!(t.exists("/zookeeper").unwrap().cversion, -2);
         assert_eq!(t.children("/", &[]).unwrap().0, vec!["zookeeper"]);
         let (mut kids, _) = t.children("/zookeeper", &[]).unwrap();
         kids.sort();
@@ -823,9 +889,13 @@ mod tests {
             num_children: 0,
             pzxid: 5,
         };
-        assert_eq!(r, OpResult::Created { opcode: op::CREATE2, path: "/a".into(), stat: expected });
+        assert_eq!(
+            r,
+            OpResult::Created { opcode: op::CREATE2, mode: CreateMode::Persistent, path: "/a".into(), stat: expected }
+        );
         let root = t.exists("/").unwrap();
-        assert_eq!((root.cversion, root.pzxid, root.num_children), (1, 5, 2));
+        // One create under `/`, two children (one of them /zookeeper): 2 × 1 − 2.
+        assert_eq!((root.cversion, root.pzxid, root.num_children), (0, 5, 2));
         let kinds: Vec<_> = fx.events.iter().map(|e| (e.path.as_str(), e.kind, e.zxid)).collect();
         assert_eq!(
             kinds,
@@ -834,16 +904,19 @@ mod tests {
     }
 
     #[test]
-    fn sequential_names_come_from_parent_cversion_and_delete_does_not_bump_it() {
+    fn sequential_names_count_creates_and_cversion_reports_creates_plus_deletes() {
         let (mut t, s) = with_session();
         ok_op(&mut t, 2, s, create("/q", 0));
         let (r, _) = ok_op(&mut t, 3, s, create("/q/n-", 2));
         assert!(matches!(r, OpResult::Created { ref path, .. } if path == "/q/n-0000000000"));
         ok_op(&mut t, 4, s, WriteOp::Delete { path: "/q/n-0000000000".into(), version: -1 });
         let q = t.exists("/q").unwrap();
-        assert_eq!((q.cversion, q.pzxid), (1, 4), "delete bumps pzxid only");
+        // Reported child version = 2 × creates − children, as Apache ZooKeeper 3.8 reports it;
+        // sequence numbers count creates only.
+        assert_eq!((q.cversion, q.pzxid), (2, 4));
         let (r, _) = ok_op(&mut t, 5, s, create("/q/", 2));
         assert!(matches!(r, OpResult::Created { ref path, .. } if path == "/q/0000000001"));
+        assert_eq!(t.exists("/q").unwrap().cversion, 3);
     }
 
     #[test]
@@ -852,7 +925,10 @@ mod tests {
         ok_op(&mut t, 2, s, create("/a", 0));
         assert_eq!(err_op(&mut t, 3, s, create("/a", 0)), ErrorCode::NodeExists);
         assert_eq!(err_op(&mut t, 4, s, create("/x/y", 0)), ErrorCode::NoNode);
-        assert_eq!(err_op(&mut t, 5, s, create("/bad/", 0)), ErrorCode::BadArguments);
+        // As in ZooKeeper, the parent is looked up before the full path check.
+        assert_eq!(err_op(&mut t, 5, s, create("/bad/", 0)), ErrorCode::NoNode);
+        assert_eq!(err_op(&mut t, 5, s, create("/a/", 0)), ErrorCode::BadArguments);
+        assert_eq!(err_op(&mut t, 5, s, create("nope", 0)), ErrorCode::BadArguments);
         assert_eq!(err_op(&mut t, 6, s, create("/m", 9)), ErrorCode::BadArguments);
         let set = |v| WriteOp::SetData { path: "/a".into(), data: Some(b"x".to_vec()), version: v };
         assert_eq!(err_op(&mut t, 7, s, set(3)), ErrorCode::BadVersion);
@@ -920,7 +996,7 @@ mod tests {
         );
         assert!(fx.events.is_empty());
         assert_eq!(t.exists("/m"), Err(ErrorCode::NoNode));
-        assert_eq!(t.exists("/").unwrap().cversion, 0, "rolled back");
+        assert_eq!(t.exists("/").unwrap().cversion, -1, "rolled back");
         assert_eq!(t.exists("/").unwrap().pzxid, 0);
 
         let ops = vec![create("/m", 0), create("/m/e", 1), WriteOp::Check { path: "/m".into(), version: 0 }];
@@ -996,12 +1072,18 @@ mod tests {
         assert_eq!(err_op(&mut t, 2, s, ttl("/t", 100)), ErrorCode::Unimplemented);
         t.set_extended_types(true);
         assert_eq!(err_op(&mut t, 3, s, ttl("/t", 0)), ErrorCode::BadArguments);
-        assert_eq!(err_op(&mut t, 4, s, container("/c-bad").clone_with_flags(0)), ErrorCode::BadArguments);
+        // The mode decides, not the opcode (as in ZooKeeper): a createTTL with a plain mode and
+        // a TTL is refused; a createContainer with a plain mode makes a plain node.
+        assert_eq!(err_op(&mut t, 4, s, ttl("/t", 100).clone_with_flags(0)), ErrorCode::BadArguments);
+        ok_op(&mut t, 4, s, container("/plain").clone_with_flags(0));
+        assert_eq!(t.exists("/plain").unwrap().ephemeral_owner, 0);
         let (r, _) = ok_op(&mut t, 5, s, ttl("/t", 100));
         let OpResult::Created { stat, .. } = r else { panic!() };
-        assert_eq!(stat.ephemeral_owner, TTL_OWNER_MARK | 100);
+        assert_eq!(stat.ephemeral_owner, 0, "clients see no owner on a TTL node");
+        assert_eq!(t.node("/t").unwrap().ttl_ms(), Some(100));
         ok_op(&mut t, 6, s, container("/c"));
-        assert_eq!(t.exists("/c").unwrap().ephemeral_owner, CONTAINER_OWNER);
+        assert_eq!(t.exists("/c").unwrap().ephemeral_owner, 0);
+        assert!(t.node("/c").unwrap().is_container());
         // A container that never had a child is not reaped; the TTL node is not due yet.
         assert!(t.reap_candidates(T0 + 100).is_empty());
         ok_op(&mut t, 7, s, create("/c/x", 0));

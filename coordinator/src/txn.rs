@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Acl, ErrorCode, Id, SessionId, Stat, Zxid};
+use crate::proto::{Acl, CreateMode, ErrorCode, Id, SessionId, Stat, Zxid};
 
 /// One write, as logged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,10 +141,12 @@ pub enum TxnReply {
 /// The result of one write operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
-    /// A created node: the opcode it was created with, its final path and Stat.
+    /// A created node: the opcode it was created with, its mode, its final path and Stat.
     Created {
-        /// Opcode of the create, deciding the reply record.
+        /// Opcode of the create, deciding the reply record of a single create.
         opcode: i32,
+        /// Its mode, deciding the result record inside a multi.
+        mode: CreateMode,
         /// Final path, with the sequence suffix.
         path: String,
         /// The new node's Stat.

@@ -113,12 +113,13 @@ impl ApacheZk {
             if let Some(status) = self.child.try_wait()? {
                 bail!("Apache ZooKeeper exited with {status}: {}", self.log_tail());
             }
-            if four_letter(self.port, "ruok").map(|r| r == "imok").unwrap_or(false) {
+            // `ruok` answers before the server takes sessions; `srvr` has a Mode line only then.
+            if four_letter(self.port, "srvr").map(|r| r.contains("Mode: ")).unwrap_or(false) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("Apache ZooKeeper did not answer ruok within {limit:?}: {}", self.log_tail())
+        bail!("Apache ZooKeeper was not serving within {limit:?}: {}", self.log_tail())
     }
 
     /// The last lines of the server's log.
