@@ -213,12 +213,12 @@ impl Generator {
         let mut p = String::new();
         for _ in 0..depth {
             p.push('/');
-            let name: &str = self.pick(&["a", "b", "c"]);
+            let name = *self.pick::<&str>(&["a", "b", "c"]);
             p.push_str(name);
         }
         // Now and then an invalid path, which must be refused identically.
         if self.rng.gen_ratio(1, 60) {
-            let bad: &str = self.pick(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota"]);
+            let bad = *self.pick::<&str>(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota"]);
             return bad.to_string();
         }
         p
