@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! referee coordinator --config config/coordinator.yaml   # the bundled ZooKeeper-wire ensemble
+//! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
 //! ```
 //!
 //! The binary only parses arguments, sets up logging and signals, and calls the libraries.
@@ -30,6 +31,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the demo master (a master speaking the HA protocol, for the demo and tests).
+    DemoMaster {
+        /// Path of the demo master's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Address to serve the HA protocol and the client API on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Write the process id here once listening (for the `kill` fencing method).
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+    },
+    /// Run a failover agent beside a master.
+    Agent {
+        /// Path of the agent's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +69,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Coordinator { config } => run_coordinator(config).await,
+            Command::Agent { config } => run_agent(config).await,
+            Command::DemoMaster { config, listen, pidfile } => run_demo_master(config, listen, pidfile).await,
         }
     });
     match result {
@@ -69,6 +90,34 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let coordinator = Coordinator::start(config).await?;
     coordinator.serve(listener, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = referee_failover_agent::config::AgentConfig::load(&config_path)?;
+    let listener = tokio::net::TcpListener::bind(config.probes.listen).await.with_context(|| {
+        format!("cannot listen on {} (`probes.listen` in {})", config.probes.listen, config_path.display())
+    })?;
+    referee_failover_agent::driver::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_demo_master(
+    config_path: PathBuf,
+    listen: std::net::SocketAddr,
+    pidfile: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read demo master config {}", config_path.display()))?;
+    let config: referee_examples::ha_master::HaMasterConfig =
+        serde_yaml::from_str(&text).with_context(|| format!("invalid demo master config {}", config_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(pidfile) = pidfile {
+        // Written after the process started and bound its port, so a pidfile never names a
+        // process younger than itself (the kill fencing method relies on that).
+        std::fs::write(&pidfile, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
+    }
+    referee_examples::ha_master::run(config, listener, shutdown_signal()).await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,1 +1,40 @@
-//! placeholder
+//! The Referee failover agent: one daemon beside each master that keeps exactly one healthy
+//! master active and makes sure a deposed one cannot serve.
+//!
+//! `referee agent --config FILE` runs it. It watches its local master's health, contends for an
+//! ephemeral lock znode in the coordinator (the bundled one or Apache ZooKeeper) while the master
+//! is healthy, fences the previous active before promoting its own master with the lock's czxid
+//! as the fencing token, demotes its master when it loses the lock, its health or its lease, and
+//! serves health probes for load balancers.
+//!
+//! ```text
+//!   health monitor ──┐
+//!   master adapter ──┤                      ┌──▶ fence (referee-fencing)
+//!   coordinator  ────┼─▶ Observation ─▶ decide() ─▶ Steps ──┼──▶ promote / demote (adapter)
+//!   lease clock  ────┘     (driver)      (pure)             └──▶ lock / breadcrumb (election)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`model`]: what the agent observes and the records it keeps in the coordinator.
+//! - [`decide`]: the pure decision core, one function with table tests.
+//! - [`clock`]: the boot-time clock every lease is measured on.
+//! - [`config`]: the YAML configuration and its timing rules (the lease formula).
+//! - [`health`]: the health monitor, a pure state machine with a polling driver.
+//! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
+//! - [`election`]: the lock, breadcrumb and membership znodes in the coordinator.
+//! - [`driver`]: the loop that observes, decides and acts; [`driver::run`] is the entry point.
+//! - [`status`]: the report, history and metrics; [`probes`]: the HTTP server that serves them.
+
+#![deny(missing_docs)]
+
+pub mod adapter;
+pub mod clock;
+pub mod config;
+pub mod decide;
+pub mod driver;
+pub mod election;
+pub mod health;
+pub mod model;
+pub mod probes;
+pub mod status;

@@ -1,0 +1,460 @@
+//! Authentication and ACLs, through zookeeper-client and the raw client: what each permission
+//! guards, the `auth`, `digest`, `ip` and `world` schemes, invalid ACLs, the super digest,
+//! getACL's masking, whoAmI, failed auth, SASL on a server without it, and notifications, which
+//! must never reach a connection that may not read the node they are about.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use base64::Engine;
+use common::raw::{body, op, parse_multi, xid, Jute, MultiResult, Notification, Packet, Raw};
+use common::*;
+use zookeeper_client as zk;
+
+const NO_AUTH: i32 = -102;
+const INVALID_ACL: i32 = -114;
+const AUTH_FAILED: i32 = -115;
+
+/// `user:base64(sha1("user:password"))`, as ZooKeeper's DigestAuthenticationProvider makes it.
+fn digest_id(user: &str, password: &str) -> String {
+    let hash = sha1_smol::Sha1::from(format!("{user}:{password}")).digest().bytes();
+    format!("{user}:{}", base64::engine::general_purpose::STANDARD.encode(hash))
+}
+
+async fn server() -> Result<TestServer> {
+    TestServer::start_with(|c| c.super_digest = Some(support::SUPER_DIGEST.to_string())).await
+}
+
+/// A zookeeper-client session authenticated with `digest user:password`.
+async fn client_as(server: &TestServer, user: &str, password: &str) -> Result<zk::Client> {
+    let c = server.client().await?;
+    within("digest auth", c.auth("digest", format!("{user}:{password}").as_bytes())).await??;
+    Ok(c)
+}
+
+/// A raw session authenticated with `digest user:password`.
+async fn raw_as(server: &TestServer, user: &str, password: &str) -> Result<Raw> {
+    let mut r = Raw::connect(server.addr, 5000).await?;
+    r.call(op::AUTH, &body::auth("digest", format!("{user}:{password}").as_bytes())).await?.ok()?;
+    Ok(r)
+}
+
+fn acl(perms: zk::Permission, scheme: &str, id: &str) -> zk::Acl {
+    zk::Acl::new(perms, zk::AuthId::new(scheme, id))
+}
+
+/// A raw create body with the given ACL entries.
+fn create_with_acl(path: &str, entries: &[(i32, &str, &str)]) -> Vec<u8> {
+    let mut j = Jute::new().string(path).buffer(Some(b"d")).int(entries.len() as i32);
+    for (perms, scheme, id) in entries {
+        j = j.int(*perms).string(scheme).string(id);
+    }
+    j.int(0).into_vec()
+}
+
+fn set_acl_body(path: &str, entries: &[(i32, &str, &str)], version: i32) -> Vec<u8> {
+    let mut j = Jute::new().string(path).int(entries.len() as i32);
+    for (perms, scheme, id) in entries {
+        j = j.int(*perms).string(scheme).string(id);
+    }
+    j.int(version).into_vec()
+}
+
+/// What an error-or-success comes down to, for comparing tables of outcomes.
+fn outcome<T>(r: std::result::Result<T, zk::Error>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_permission_guards_exactly_its_operations() -> Result<()> {
+    let server = server().await?;
+    let alice = client_as(&server, "alice", "pw").await?;
+    let anon = server.client().await?;
+    let alice_id = digest_id("alice", "pw");
+    let perms = [
+        ("READ", zk::Permission::READ),
+        ("WRITE", zk::Permission::WRITE),
+        ("CREATE", zk::Permission::CREATE),
+        ("DELETE", zk::Permission::DELETE),
+        ("ADMIN", zk::Permission::ADMIN),
+    ];
+    let mut actual = Vec::new();
+    let mut expected = Vec::new();
+    for (name, perm) in perms {
+        let p = format!("/p-{name}");
+        let node_acl = [acl(zk::Permission::ALL, "digest", &alice_id), acl(perm, "world", "anyone")];
+        alice.create(&p, b"data", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&node_acl))).await?;
+        alice.create(&format!("{p}/kid"), b"", PERSISTENT).await?;
+        let allowed = |needs: &[&str]| if needs.contains(&name) { "ok".to_string() } else { "NoAuth".to_string() };
+
+        let checks: Vec<(&str, String, String)> = vec![
+            ("exists", outcome(anon.check_stat(&p).await), "ok".into()),
+            ("getData", outcome(anon.get_data(&p).await), allowed(&["READ"])),
+            ("getChildren", outcome(anon.list_children(&p).await), allowed(&["READ"])),
+            ("getChildren2", outcome(anon.get_children(&p).await), allowed(&["READ"])),
+            ("getAllChildrenNumber", outcome(anon.count_descendants_number(&p).await), allowed(&["READ"])),
+            ("getACL", outcome(anon.get_acl(&p).await), allowed(&["READ", "ADMIN"])),
+            ("setData", outcome(anon.set_data(&p, b"new", None).await), allowed(&["WRITE"])),
+            ("create child", outcome(anon.create(&format!("{p}/new"), b"", PERSISTENT).await), allowed(&["CREATE"])),
+            ("delete child", outcome(anon.delete(&format!("{p}/kid"), None).await), allowed(&["DELETE"])),
+            ("setACL", outcome(anon.set_acl(&p, &node_acl, None).await), allowed(&["ADMIN"])),
+        ];
+        for (op, got, want) in checks {
+            actual.push(format!("{name} {op}: {got}"));
+            expected.push(format!("{name} {op}: {want}"));
+        }
+    }
+    assert_eq!(actual, expected);
+
+    // The CREATE-only parent: the child made through it exists, and cannot be deleted through it.
+    assert!(anon.check_stat("/p-CREATE/new").await?.is_some());
+    assert!(matches!(anon.delete("/p-CREATE/new", None).await, Err(zk::Error::NoAuth)));
+    // A node's own delete is governed by its parent (`/`, open), not by its ACL.
+    alice.delete("/p-READ/kid", None).await?;
+    anon.delete("/p-READ", None).await?;
+    drop((alice, anon));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_check_needs_read_and_fails_the_whole_multi() -> Result<()> {
+    let server = server().await?;
+    let alice = client_as(&server, "alice", "pw").await?;
+    let only_alice = [acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))];
+    alice.create("/private", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
+    let mut anon = Raw::connect(server.addr, 5000).await?;
+    let ops = [
+        (op::CREATE, body::create("/made", b"", 0)),
+        (op::CHECK, body::path_int("/private", -1)),
+        (op::SET_DATA, body::set_data("/private", b"x", -1)),
+    ];
+    let reply = anon.call(op::MULTI, &body::multi(&ops)).await?;
+    assert_eq!(reply.err, 0);
+    assert_eq!(
+        parse_multi(&reply.body)?,
+        vec![MultiResult::Error(0), MultiResult::Error(NO_AUTH), MultiResult::Error(-2)]
+    );
+    assert_eq!(anon.call(op::EXISTS, &body::path_watch("/made", false)).await?.err, -101, "rolled back");
+    drop(alice);
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_acls_are_refused() -> Result<()> {
+    let server = server().await?;
+    let mut anon = Raw::connect(server.addr, 5000).await?;
+    anon.call(op::CREATE, &body::create("/n", b"", 0)).await?.ok()?;
+    let cases: [&[(i32, &str, &str)]; 8] = [
+        &[],
+        &[(31, "world", "nobody")],
+        &[(31, "auth", "")],
+        &[(31, "digest", "alice")],
+        &[(31, "ip", "300.1.2.3")],
+        &[(31, "ip", "10.0.0.0/33")],
+        &[(31, "kerberos", "alice")],
+        &[(31, "world", "anyone"), (31, "world", "nobody")],
+    ];
+    for entries in cases {
+        let got = anon.call(op::CREATE, &create_with_acl("/bad", entries)).await?.err;
+        assert_eq!(got, INVALID_ACL, "create with {entries:?}");
+        let got = anon.call(op::SET_ACL, &set_acl_body("/n", entries, -1)).await?.err;
+        assert_eq!(got, INVALID_ACL, "setACL with {entries:?}");
+    }
+    assert_eq!(anon.call(op::EXISTS, &body::path_watch("/bad", false)).await?.err, -101);
+    // zookeeper-client: world:nobody.
+    let c = server.client().await?;
+    let nobody = [acl(zk::Permission::ALL, "world", "nobody")];
+    let r = c.create("/bad", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&nobody))).await;
+    assert!(matches!(r, Err(zk::Error::InvalidAcl)), "{r:?}");
+    // `auth` without any authenticated identity (the ip identity does not count).
+    let r = c.create("/bad", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all())).await;
+    assert!(matches!(r, Err(zk::Error::InvalidAcl)), "{r:?}");
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_scheme_expands_to_the_creators_digests() -> Result<()> {
+    let server = server().await?;
+    let alice = client_as(&server, "alice", "pw").await?;
+    alice.create("/a", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all())).await?;
+    let (got, _) = alice.get_acl("/a").await?;
+    assert_eq!(got, vec![acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))]);
+
+    // Two digests: both; the address identity never.
+    within("second auth", alice.auth("digest", b"bob:secret")).await??;
+    let read_admin = [acl(zk::Permission::READ | zk::Permission::ADMIN, "auth", "")];
+    alice.create("/ab", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&read_admin))).await?;
+    let (mut got, _) = alice.get_acl("/ab").await?;
+    got.sort_by(|x, y| x.id().cmp(y.id()));
+    assert_eq!(
+        got,
+        vec![
+            acl(zk::Permission::READ | zk::Permission::ADMIN, "digest", &digest_id("alice", "pw")),
+            acl(zk::Permission::READ | zk::Permission::ADMIN, "digest", &digest_id("bob", "secret")),
+        ]
+    );
+
+    // A wrong password is not an auth failure: it is another identity, which reads nothing.
+    let mallory = client_as(&server, "alice", "wrong").await?;
+    assert!(matches!(mallory.get_data("/a").await, Err(zk::Error::NoAuth)));
+    let bob = client_as(&server, "bob", "secret").await?;
+    assert!(matches!(bob.get_data("/a").await, Err(zk::Error::NoAuth)));
+    assert_eq!(bob.get_data("/ab").await?.0, b"");
+    assert!(matches!(bob.set_data("/ab", b"x", None).await, Err(zk::Error::NoAuth)));
+    drop((alice, mallory, bob));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_scheme_matches_the_client_address() -> Result<()> {
+    let server = server().await?;
+    let setup = server.client().await?;
+    let anon = server.client().await?;
+    for (path, id) in [("/ip-exact", "127.0.0.1"), ("/ip-net", "127.0.0.0/8"), ("/ip-other", "10.0.0.0/8")] {
+        let entries = [acl(zk::Permission::READ, "ip", id), acl(zk::Permission::ADMIN, "world", "anyone")];
+        setup.create(path, b"x", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&entries))).await?;
+    }
+    assert_eq!(anon.get_data("/ip-exact").await?.0, b"x");
+    assert_eq!(anon.get_data("/ip-net").await?.0, b"x");
+    assert!(matches!(anon.get_data("/ip-other").await, Err(zk::Error::NoAuth)));
+    // The ip identity is one of the connection's, listed by whoAmI.
+    let users = anon.list_auth_users().await?;
+    assert_eq!(users, vec![zk::AuthUser::new("ip", "127.0.0.1")]);
+    drop((setup, anon));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_super_digest_bypasses_every_acl() -> Result<()> {
+    let server = server().await?;
+    let alice = client_as(&server, "alice", "pw").await?;
+    let root = client_as(&server, "super", "test").await?;
+    let only_alice = [acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))];
+    alice.create("/locked", b"secret", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
+    alice.create("/locked/kid", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
+    let far = [acl(zk::Permission::ALL, "ip", "10.0.0.0/8")];
+    alice.create("/far", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&far))).await?;
+
+    assert_eq!(root.get_data("/locked").await?.0, b"secret");
+    assert_eq!(root.list_children("/locked").await?, vec!["kid".to_string()]);
+    root.set_data("/locked", b"mine", None).await?;
+    root.create("/locked/new", b"", PERSISTENT).await?;
+    root.delete("/locked/kid", None).await?;
+    // Super sees digests unmasked without being named in the ACL.
+    assert_eq!(root.get_acl("/locked").await?.0, only_alice.to_vec());
+    root.set_acl("/far", &[acl(zk::Permission::READ, "world", "anyone")], None).await?;
+    assert_eq!(alice.get_data("/far").await?.0, b"");
+    root.delete("/locked/new", None).await?;
+    root.delete("/locked", None).await?;
+    let mut users = root.list_auth_users().await?;
+    users.sort_by(|a, b| a.scheme().cmp(b.scheme()));
+    assert_eq!(
+        users,
+        vec![
+            zk::AuthUser::new("digest", "super"),
+            zk::AuthUser::new("ip", "127.0.0.1"),
+            zk::AuthUser::new("super", "")
+        ]
+    );
+    // A wrong super password is just a digest user called super.
+    let not_root = client_as(&server, "super", "guess").await?;
+    assert!(matches!(not_root.get_data("/far").await, Ok(_)), "world-readable now");
+    assert!(matches!(not_root.set_data("/far", b"x", None).await, Err(zk::Error::NoAuth)));
+    drop((alice, root, not_root));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_acl_without_admin_masks_digests() -> Result<()> {
+    let server = server().await?;
+    let alice = client_as(&server, "alice", "pw").await?;
+    let alice_id = digest_id("alice", "pw");
+    let entries = [acl(zk::Permission::ALL, "digest", &alice_id), acl(zk::Permission::READ, "world", "anyone")];
+    alice.create("/m", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&entries))).await?;
+    let anon = server.client().await?;
+    let (seen, stat) = anon.get_acl("/m").await?;
+    assert_eq!(seen, vec![acl(zk::Permission::ALL, "digest", "alice:x"), acl(zk::Permission::READ, "world", "anyone")]);
+    assert_eq!(stat.aversion, 0);
+    assert_eq!(alice.get_acl("/m").await?.0, entries.to_vec());
+    drop((alice, anon));
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_am_i_lists_the_address_and_digest_users() -> Result<()> {
+    let server = server().await?;
+    let c = server.client().await?;
+    assert_eq!(c.list_auth_users().await?, vec![zk::AuthUser::new("ip", "127.0.0.1")]);
+    within("auth", c.auth("digest", b"alice:pw")).await??;
+    within("auth", c.auth("digest", b"bob:pw2")).await??;
+    // The same identity twice is listed once.
+    within("auth", c.auth("digest", b"alice:pw")).await??;
+    assert_eq!(
+        c.list_auth_users().await?,
+        vec![
+            zk::AuthUser::new("ip", "127.0.0.1"),
+            zk::AuthUser::new("digest", "alice"),
+            zk::AuthUser::new("digest", "bob")
+        ]
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auth_answers_auth_failed_and_closes_the_connection() -> Result<()> {
+    let server = server().await?;
+    for (scheme, credentials) in [("kerberos", &b"alice"[..]), ("ip", b"127.0.0.1"), ("digest", b"no-colon")] {
+        let mut raw = Raw::connect(server.addr, 5000).await?;
+        raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
+        raw.send_frame(&common::raw::request(xid::AUTH, op::AUTH, &body::auth(scheme, credentials))).await?;
+        let frames = raw.expect_closed().await?;
+        assert_eq!(frames.len(), 1, "{scheme}: one reply, then the close: {frames:02x?}");
+        match common::raw::parse_packet(&frames[0])? {
+            Packet::Reply(r) => assert_eq!((r.xid, r.zxid, r.err, r.body.len()), (xid::AUTH, 0, AUTH_FAILED, 0)),
+            other => panic!("{scheme}: {other:?}"),
+        }
+    }
+    assert_eq!(server.state.lock().unwrap().counters.auth_failed, 3);
+    // zookeeper-client sees AuthFailed.
+    let c = server.client().await?;
+    assert!(matches!(within("auth", c.auth("kerberos", b"x")).await?, Err(zk::Error::AuthFailed)));
+    server.stop().await
+}
+
+/// SASL (opcode 102) on a server with no SASL mechanism: OK with a null token, as Apache 3.8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_is_answered_ok_with_a_null_token() -> Result<()> {
+    let server = server().await?;
+    let token = Jute::new().buffer(Some(b"\x01\x02token")).into_vec();
+    let mut raw = Raw::connect(server.addr, 5000).await?;
+    let reply = raw.call(op::SASL, &token).await?;
+    assert_eq!((reply.err, reply.zxid, reply.body.clone()), (0, 0, vec![0xff; 4]));
+    raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
+    if support::apache_zookeeper_installed() {
+        let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
+        let mut theirs = Raw::connect(apache.address().parse()?, 5000).await?;
+        let r = theirs.call(op::SASL, &token).await?;
+        assert_eq!((r.err, r.zxid, r.body), (reply.err, reply.zxid, reply.body), "as Apache ZooKeeper answers");
+    } else {
+        support::skip("sasl_is_answered_ok_with_a_null_token (Apache comparison)", "Apache ZooKeeper is not installed");
+    }
+    server.stop().await
+}
+
+fn note(kind: i32, path: &str) -> (i32, String) {
+    (kind, path.to_string())
+}
+
+/// Reads notifications until `control` arrives, returning them all (control included), then
+/// checks that nothing else follows within a short window.
+async fn notes_through(raw: &mut Raw, control: &(i32, String)) -> Result<Vec<(i32, String)>> {
+    let mut out = Vec::new();
+    loop {
+        let n: Notification = raw.notification().await?;
+        out.push((n.kind, n.path));
+        if out.last() == Some(control) {
+            break;
+        }
+        if out.len() > 50 {
+            return Err(anyhow!("no control event among {out:?}"));
+        }
+    }
+    match raw.read_frame_for(Duration::from_millis(200)).await {
+        Err(_) => Ok(out),
+        Ok(f) => Err(anyhow!("unexpected frame after the control event: {f:02x?} (after {out:?})")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_never_reach_a_connection_without_read() -> Result<()> {
+    let server = server().await?;
+    let alice_id = digest_id("alice", "pw");
+    let b = client_as(&server, "alice", "pw").await?;
+    let only_alice = [acl(zk::Permission::ALL, "digest", &alice_id)];
+    let private = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice));
+    b.create("/secret", b"0", &private).await?;
+    b.create("/open", b"0", PERSISTENT).await?;
+
+    // Three anonymous watchers and three of alice's, each with a watch on /open as control.
+    // 1: exists (needs no READ) on /secret, 2: persistent recursive on /secret, 3: persistent.
+    let mut watchers = Vec::new();
+    for authed in [false, true] {
+        for kind in 1..=3 {
+            let mut r =
+                if authed { raw_as(&server, "alice", "pw").await? } else { Raw::connect(server.addr, 5000).await? };
+            match kind {
+                1 => {
+                    r.call(op::EXISTS, &body::path_watch("/secret", true)).await?.ok()?;
+                    r.call(op::EXISTS, &body::path_watch("/open", true)).await?.ok()?;
+                }
+                mode => {
+                    let m = if mode == 2 { 1 } else { 0 };
+                    r.call(op::ADD_WATCH, &body::path_int("/secret", m)).await?.ok()?;
+                    r.call(op::ADD_WATCH, &body::path_int("/open", 0)).await?.ok()?;
+                }
+            }
+            if !authed {
+                // Without READ, data and child watches cannot even be set.
+                assert_eq!(r.call(op::GET_DATA, &body::path_watch("/secret", true)).await?.err, NO_AUTH);
+                assert_eq!(r.call(op::GET_CHILDREN, &body::path_watch("/secret", true)).await?.err, NO_AUTH);
+            }
+            watchers.push((authed, kind, r));
+        }
+    }
+
+    b.set_data("/secret", b"1", None).await?;
+    b.create("/secret/kid", b"", &private).await?;
+    b.set_data("/secret/kid", b"k", None).await?;
+    b.delete("/secret/kid", None).await?;
+    b.delete("/secret", None).await?;
+    b.set_data("/open", b"control", None).await?;
+
+    let control = note(3, "/open");
+    for (authed, kind, mut r) in watchers {
+        let got = notes_through(&mut r, &control).await?;
+        let expected = match (authed, kind) {
+            (false, _) => vec![control.clone()],
+            (true, 1) => vec![note(3, "/secret"), control.clone()],
+            (true, 2) => vec![
+                note(3, "/secret"),
+                note(1, "/secret/kid"),
+                note(3, "/secret/kid"),
+                note(2, "/secret/kid"),
+                note(2, "/secret"),
+                control.clone(),
+            ],
+            (true, _) => {
+                vec![note(3, "/secret"), note(4, "/secret"), note(4, "/secret"), note(2, "/secret"), control.clone()]
+            }
+        };
+        assert_eq!(got, expected, "watcher {kind}, authenticated as alice: {authed}");
+    }
+    drop(b);
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_follow_the_acl_at_the_time_of_the_event() -> Result<()> {
+    let server = server().await?;
+    let alice_id = digest_id("alice", "pw");
+    let b = client_as(&server, "alice", "pw").await?;
+    b.create("/n", b"0", PERSISTENT).await?;
+    let anon = server.client().await?;
+    let mut w = anon.watch("/n", zk::AddWatchMode::Persistent).await?;
+    b.set_data("/n", b"1", None).await?;
+    assert_eq!(next_event("open node", &mut w).await?.event_type, zk::EventType::NodeDataChanged);
+    // Locked: the change is not told; unlocked again: the next one is.
+    b.set_acl("/n", &[acl(zk::Permission::ALL, "digest", &alice_id)], None).await?;
+    b.set_data("/n", b"2", None).await?;
+    b.set_acl("/n", &[acl(zk::Permission::ALL, "world", "anyone")], None).await?;
+    let s = b.set_data("/n", b"3", None).await?;
+    assert_eq!(next_event("unlocked node", &mut w).await?, event(zk::EventType::NodeDataChanged, "/n", s.mzxid));
+    drop((b, anon));
+    server.stop().await
+}

@@ -1,0 +1,334 @@
+//! The demo master against its protocol: tokens, persistence, writes, the lease, health.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use referee_examples::ha_master::{self, HaMasterConfig, LeaseConfig, LeaseGrant, Refusal, WriteAccepted};
+use referee_fencing::{FencingToken, HaState, HaStatus};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A fresh empty directory for one test's state file.
+fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "referee-ha-master-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A master running in-process.
+struct Running {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: reqwest::Client,
+}
+
+impl Running {
+    async fn start(config: HaMasterConfig) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ha_master::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Running { base: format!("http://{addr}"), stop: Some(stop), task, http: reqwest::Client::new() }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+        let response = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    async fn promote(&self, token: u64) -> (StatusCode, serde_json::Value) {
+        self.post("/ha/active", json!({ "token": token })).await
+    }
+
+    async fn demote(&self, token: u64) -> (StatusCode, serde_json::Value) {
+        self.post("/ha/standby", json!({ "token": token })).await
+    }
+
+    async fn state(&self) -> HaStatus {
+        let (code, body) = self.get("/ha/state").await;
+        assert_eq!(code, StatusCode::OK);
+        serde_json::from_value(body).unwrap()
+    }
+
+    async fn write(&self, key: &str, value: u64) -> (StatusCode, serde_json::Value) {
+        self.post("/write", json!({ "key": key, "value": value })).await
+    }
+}
+
+fn status(state: HaState, token: u64) -> serde_json::Value {
+    serde_json::to_value(HaStatus { state, token: FencingToken(token) }).unwrap()
+}
+
+fn reason(body: &serde_json::Value) -> String {
+    serde_json::from_value::<Refusal>(body.clone()).unwrap().reason
+}
+
+#[tokio::test]
+async fn lower_tokens_are_refused_and_equal_ones_are_retries() {
+    let dir = temp_dir("tokens");
+    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(0) });
+
+    assert_eq!(master.promote(5).await, (StatusCode::OK, status(HaState::Active, 5)));
+    // The same token again: a retry, answered the same way.
+    assert_eq!(master.promote(5).await, (StatusCode::OK, status(HaState::Active, 5)));
+    let (code, body) = master.promote(4).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert!(reason(&body).contains("lower than the highest token seen (5)"), "{body}");
+    assert_eq!(master.state().await, HaStatus { state: HaState::Active, token: FencingToken(5) });
+
+    // A step-down carrying a newer token records it: the old holder can no longer promote.
+    assert_eq!(master.demote(7).await, (StatusCode::OK, status(HaState::Standby, 7)));
+    assert_eq!(master.promote(5).await.0, StatusCode::CONFLICT);
+    // A step-down with a lower token still steps down, and records nothing.
+    assert_eq!(master.promote(7).await, (StatusCode::OK, status(HaState::Active, 7)));
+    assert_eq!(master.demote(3).await, (StatusCode::OK, status(HaState::Standby, 7)));
+    // The holder of the recorded token may promote again (standby → active, same token).
+    assert_eq!(master.promote(7).await, (StatusCode::OK, status(HaState::Active, 7)));
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn the_highest_token_survives_a_restart() {
+    let dir = temp_dir("restart");
+    let file = dir.join("state.json");
+    let master = Running::start(HaMasterConfig::new(&file)).await;
+    assert_eq!(master.promote(9).await.0, StatusCode::OK);
+    master.stop().await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"token":9}"#);
+
+    let master = Running::start(HaMasterConfig::new(&file)).await;
+    // The role is not persisted (a restarted master waits to be promoted), the token is.
+    assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(9) });
+    assert_eq!(master.promote(8).await.0, StatusCode::CONFLICT);
+    assert_eq!(master.promote(9).await.0, StatusCode::OK);
+    master.stop().await;
+
+    // A corrupt state file stops the master from starting rather than forgetting the token.
+    std::fs::write(&file, "{not json").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ha_master::run(HaMasterConfig::new(&file), listener, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err:#}");
+}
+
+#[tokio::test]
+async fn initializing_refuses_promotion_until_it_ends_or_a_demotion_ends_it() {
+    let dir = temp_dir("init");
+    let config = HaMasterConfig { init_ms: 60_000, ..HaMasterConfig::new(dir.join("state.json")) };
+    let master = Running::start(config).await;
+    assert_eq!(master.state().await.state, HaState::Initializing);
+    let (code, body) = master.promote(3).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason(&body).contains("initializing"), "{body}");
+    // Health is about the process, not the role.
+    assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
+    assert_eq!(master.demote(3).await, (StatusCode::OK, status(HaState::Standby, 3)));
+    assert_eq!(master.promote(3).await.0, StatusCode::OK);
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn writes_are_taken_only_while_active() {
+    let dir = temp_dir("writes");
+    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    let (code, body) = master.write("x", 1).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reason(&body), "not active: standby");
+
+    master.promote(2).await;
+    let (code, body) = master.write("x", 1).await;
+    assert_eq!(code, StatusCode::OK);
+    let accepted: WriteAccepted = serde_json::from_value(body).unwrap();
+    assert_eq!(accepted, WriteAccepted { key: "x".into(), seq: 1, token: FencingToken(2) });
+    assert_eq!(master.write("x", 2).await.0, StatusCode::OK);
+    assert_eq!(master.get("/read?key=x").await, (StatusCode::OK, json!({"key": "x", "value": 2})));
+    assert_eq!(master.get("/read?key=y").await.0, StatusCode::NOT_FOUND);
+
+    master.demote(2).await;
+    assert_eq!(master.write("x", 3).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(master.get("/read?key=x").await, (StatusCode::OK, json!({"key": "x", "value": 2})));
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn the_health_switch_turns_health_off_and_on() {
+    let dir = temp_dir("health");
+    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
+    assert_eq!(master.post("/test/unhealthy", json!({"reason": "disk full"})).await.0, StatusCode::OK);
+    assert_eq!(master.get("/ha/health").await, (StatusCode::SERVICE_UNAVAILABLE, json!({"reason": "disk full"})));
+    master.post("/test/healthy", json!(null)).await;
+    assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
+    master.stop().await;
+}
+
+/// A fake agent lease endpoint whose answer the test controls.
+struct LeaseServer {
+    valid_for_ms: AtomicU64,
+    token: AtomicU64,
+    /// Requests are left unanswered while set.
+    hang: AtomicBool,
+    /// When the last answered request arrived.
+    last_answered: Mutex<Option<Instant>>,
+    /// One message per request, with whether it is being answered.
+    polls: mpsc::UnboundedSender<bool>,
+}
+
+async fn lease(State(server): State<Arc<LeaseServer>>) -> Json<LeaseGrant> {
+    if server.hang.load(Ordering::SeqCst) {
+        let _ = server.polls.send(false);
+        std::future::pending::<()>().await;
+    }
+    *server.last_answered.lock().unwrap() = Some(Instant::now());
+    let grant = LeaseGrant {
+        token: FencingToken(server.token.load(Ordering::SeqCst)),
+        valid_for_ms: server.valid_for_ms.load(Ordering::SeqCst),
+    };
+    let _ = server.polls.send(true);
+    Json(grant)
+}
+
+async fn start_lease_server(
+    token: u64,
+    valid_for_ms: u64,
+) -> (Arc<LeaseServer>, mpsc::UnboundedReceiver<bool>, SocketAddr) {
+    let (polls, rx) = mpsc::unbounded_channel();
+    let server = Arc::new(LeaseServer {
+        valid_for_ms: AtomicU64::new(valid_for_ms),
+        token: AtomicU64::new(token),
+        hang: AtomicBool::new(false),
+        last_answered: Mutex::new(None),
+        polls,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/lease", get(lease)).with_state(server.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (server, rx, addr)
+}
+
+/// Waits until the answer to a poll made after this call has been taken in by the master:
+/// polls are sequential, so once the poll after next arrives, the next one's answer is in.
+async fn settle(polls: &mut mpsc::UnboundedReceiver<bool>) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while polls.try_recv().is_ok() {}
+        polls.recv().await;
+        polls.recv().await;
+    })
+    .await
+    .expect("the master keeps polling its lease");
+}
+
+#[tokio::test]
+async fn no_write_is_accepted_after_the_lease_ends() {
+    let dir = temp_dir("lease");
+    let (server, mut polls, addr) = start_lease_server(5, 200).await;
+    let config = HaMasterConfig {
+        lease: Some(LeaseConfig { url: format!("http://{addr}/lease"), poll_interval_ms: 20, timeout_ms: 5000 }),
+        ..HaMasterConfig::new(dir.join("state.json"))
+    };
+    let master = Running::start(config).await;
+    settle(&mut polls).await;
+    // A valid lease does not make a standby writable.
+    assert_eq!(master.write("k", 1).await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    master.promote(5).await;
+    settle(&mut polls).await;
+    assert_eq!(master.write("k", 1).await.0, StatusCode::OK);
+
+    // The agent withdraws the lease (valid_for_ms 0): writes stop at once.
+    server.valid_for_ms.store(0, Ordering::SeqCst);
+    settle(&mut polls).await;
+    let (code, body) = master.write("k", 2).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason(&body).contains("lease expired"), "{body}");
+    // The master stays active: the role is the agent's to change.
+    assert_eq!(master.state().await.state, HaState::Active);
+
+    // A lease for another token does not count.
+    server.valid_for_ms.store(200, Ordering::SeqCst);
+    server.token.store(4, Ordering::SeqCst);
+    settle(&mut polls).await;
+    let (code, body) = master.write("k", 3).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason(&body).contains("lease is for token 4"), "{body}");
+
+    // Granted again: writes resume without a new promotion.
+    server.token.store(5, Ordering::SeqCst);
+    settle(&mut polls).await;
+    assert_eq!(master.write("k", 4).await.0, StatusCode::OK);
+
+    // The agent hangs. The master's last lease ends at most 200 ms after the last answered
+    // request arrived (the master counts from its own, earlier, send time).
+    server.hang.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), async { while polls.recv().await != Some(false) {} })
+        .await
+        .expect("a poll reaches the hung agent");
+    let lease_end = server.last_answered.lock().unwrap().unwrap() + Duration::from_millis(200);
+    let mut refused_at = None;
+    while Instant::now() < lease_end + Duration::from_secs(2) {
+        let sent = Instant::now();
+        match master.write("k", 5).await.0 {
+            StatusCode::OK => {
+                assert!(sent < lease_end, "a write sent {:?} after the lease end was accepted", sent - lease_end)
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused_at = Some(sent);
+                break;
+            }
+            other => panic!("unexpected answer {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused_at = refused_at.expect("writes stop once the lease runs out");
+    assert!(refused_at <= lease_end + Duration::from_millis(100), "writes stopped late");
+    // ...and stay stopped.
+    assert_eq!(master.write("k", 6).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    master.stop().await;
+}
+
+#[test]
+fn configuration_parses_with_defaults_and_refuses_unknown_fields() {
+    let config: HaMasterConfig =
+        serde_yaml::from_str("state_file: /tmp/x.json\nlease:\n  url: http://127.0.0.1:9/lease\n").unwrap();
+    assert_eq!(config.node_id, "master");
+    assert_eq!(config.init_ms, 0);
+    let lease = config.lease.clone().unwrap();
+    assert_eq!((lease.poll_interval_ms, lease.timeout_ms), (200, 1000));
+    assert!(config.validate().is_ok());
+    assert!(serde_yaml::from_str::<HaMasterConfig>("state_file: /x\nlease_url: http://x/").is_err());
+    let bad: HaMasterConfig = serde_yaml::from_str("state_file: /x\nlease: {url: 'nope'}").unwrap();
+    assert!(bad.validate().unwrap_err().to_string().starts_with("lease.url"));
+}

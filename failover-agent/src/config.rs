@@ -1,0 +1,310 @@
+//! The agent's YAML configuration, validated before anything starts.
+//!
+//! Unknown keys are refused; durations carry their unit in the key (`_ms`); timing rules that
+//! decide safety are checked together and explained when they fail, never adjusted: an agent
+//! whose timings leave its master no lease, or that has no way to fence, does not start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use referee_fencing::{FenceTarget, FencingConfig, FencingToken};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::adapter::AdapterConfig;
+use crate::health::HealthConfig;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read agent config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse, or has an unknown key or a value of the wrong type.
+    #[error("invalid agent config: {0}")]
+    Parse(String),
+    /// A value is out of range or contradicts another.
+    #[error("invalid agent config: `{key}` {problem}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The fencing section was refused.
+    #[error("invalid agent config: `fencing`: {0}")]
+    Fencing(String),
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into() }
+}
+
+/// The whole agent configuration (`config/agent-*.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Cluster name: the agents of one master pair share it; znodes live under `/referee/<cluster>`.
+    pub cluster: String,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// The coordination service.
+    pub coordinator: CoordinatorSettings,
+    /// The local master.
+    pub master: MasterSettings,
+    /// How the master's health is checked.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The active role's lease.
+    #[serde(default)]
+    pub lease: LeaseSettings,
+    /// Fencing levels; required.
+    pub fencing: Option<FencingConfig>,
+    /// Probe and status HTTP server.
+    pub probes: ProbeSettings,
+    /// Decision loop settings.
+    #[serde(default)]
+    pub election: ElectionSettings,
+}
+
+/// Where and how to reach the coordinator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    /// `host:port[,host:port...]`: the bundled coordinator or an Apache ZooKeeper ensemble.
+    pub connect: String,
+    /// Requested session timeout; the lease is computed from the one the server grants.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Deadline of each coordinator request.
+    #[serde(default = "default_op_timeout_ms")]
+    pub op_timeout_ms: u64,
+    /// How stale the server this agent talks to may be behind the ensemble's leader (S in the
+    /// lease formula): for Apache ZooKeeper `syncLimit × tickTime`; 0 for a single server.
+    #[serde(default)]
+    pub max_staleness_ms: u64,
+    /// Digest credentials `user:password` for the cluster's znodes, if they are secured.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+fn default_session_timeout_ms() -> u64 {
+    2500
+}
+fn default_op_timeout_ms() -> u64 {
+    1000
+}
+
+/// The local master.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterSettings {
+    /// Host peers use to reach (and fence) this master.
+    pub host: String,
+    /// The master's service port.
+    pub port: u16,
+    /// Its HA endpoint base URL, if it speaks the HTTP protocol.
+    #[serde(default)]
+    pub ha_url: Option<String>,
+    /// Its pidfile, for the `kill` fencing method on this host.
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
+    /// How the agent talks to it.
+    pub adapter: AdapterConfig,
+}
+
+/// Lease timing (see [`AgentConfig::lease_budget`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// D: how long demoting the master may take.
+    #[serde(default = "default_demote_deadline_ms")]
+    pub demote_deadline_ms: u64,
+    /// Extra safety margin for clock rate differences and scheduling.
+    #[serde(default = "default_margin_ms")]
+    pub margin_ms: u64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings { demote_deadline_ms: default_demote_deadline_ms(), margin_ms: default_margin_ms() }
+    }
+}
+
+fn default_demote_deadline_ms() -> u64 {
+    500
+}
+fn default_margin_ms() -> u64 {
+    250
+}
+
+/// The probe server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// Address to serve `/healthz`, `/active`, `/status`, ... on.
+    pub listen: SocketAddr,
+}
+
+/// Decision loop settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionSettings {
+    /// A cycle runs at least this often; watches and health changes wake it earlier.
+    #[serde(default = "default_loop_interval_ms")]
+    pub loop_interval_ms: u64,
+    /// How long to stay out of the election after a failed promotion.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_after_failure_ms: u64,
+    /// Deadline for promoting the master.
+    #[serde(default = "default_promote_timeout_ms")]
+    pub promote_timeout_ms: u64,
+}
+
+impl Default for ElectionSettings {
+    fn default() -> Self {
+        ElectionSettings {
+            loop_interval_ms: default_loop_interval_ms(),
+            backoff_after_failure_ms: default_backoff_ms(),
+            promote_timeout_ms: default_promote_timeout_ms(),
+        }
+    }
+}
+
+fn default_loop_interval_ms() -> u64 {
+    100
+}
+fn default_backoff_ms() -> u64 {
+    1000
+}
+fn default_promote_timeout_ms() -> u64 {
+    2000
+}
+
+impl AgentConfig {
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_yaml(&text)
+    }
+
+    /// The lease an active master gets after each answered coordinator request, for a granted
+    /// session timeout: `timeout − S − D − margin`. `None` if nothing is left.
+    ///
+    /// Why this is safe: the coordinator expires our session no earlier than `timeout` after
+    /// the last request it answered, which it received after we sent it; a server up to `S`
+    /// behind the leader may have answered for a session the leader had already expired; and
+    /// demoting takes up to `D`. So a master that stops accepting writes at
+    /// `send time + lease` has stopped before any peer can hold the lock.
+    pub fn lease_budget(&self, granted_timeout: Duration) -> Option<Duration> {
+        let spent = Duration::from_millis(
+            self.coordinator.max_staleness_ms + self.lease.demote_deadline_ms + self.lease.margin_ms,
+        );
+        granted_timeout.checked_sub(spent).filter(|d| !d.is_zero())
+    }
+
+    /// How peers fence this node's master (its token is filled in per acquisition).
+    pub fn own_target(&self) -> FenceTarget {
+        let mut t = FenceTarget::new(&self.node_id, &self.master.host, self.master.port, FencingToken(0));
+        t.ha_url = self.master.ha_url.clone();
+        t.pidfile = self.master.pidfile.clone();
+        t
+    }
+
+    /// Checks ranges and the timing rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        };
+        if !name_ok(&self.cluster) {
+            return Err(invalid(
+                "cluster",
+                format!("is {:?}; use 1-64 letters, digits, '-', '_' or '.'", self.cluster),
+            ));
+        }
+        if !name_ok(&self.node_id) {
+            return Err(invalid(
+                "node_id",
+                format!("is {:?}; use 1-64 letters, digits, '-', '_' or '.'", self.node_id),
+            ));
+        }
+        if self.coordinator.connect.trim().is_empty() {
+            return Err(invalid("coordinator.connect", "is empty; name the coordinator as host:port[,host:port]"));
+        }
+        for part in self.coordinator.connect.split(',') {
+            let (host, port) = part.trim().rsplit_once(':').unwrap_or(("", ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid("coordinator.connect", format!("has {part:?}, which is not host:port")));
+            }
+        }
+        if let Some(d) = &self.coordinator.digest {
+            if d.split_once(':').is_none_or(|(u, p)| u.is_empty() || p.is_empty()) {
+                return Err(invalid("coordinator.digest", "must be user:password"));
+            }
+        }
+        if self.coordinator.op_timeout_ms == 0 {
+            return Err(invalid("coordinator.op_timeout_ms", "is 0; give coordinator requests some ms"));
+        }
+        self.master.adapter.validate().map_err(|e| invalid("master.adapter", e.to_string()))?;
+        self.health.validate().map_err(|e| invalid("health", e.to_string()))?;
+        let Some(fencing) = &self.fencing else {
+            return Err(invalid(
+                "fencing",
+                "is missing; an agent without fencing could promote while the old active still serves. \
+                 Configure at least one level (see fencing/fencing.example.yaml)",
+            ));
+        };
+        fencing.validate().map_err(|e| ConfigError::Fencing(e.to_string()))?;
+        let timeout = Duration::from_millis(self.coordinator.session_timeout_ms);
+        let Some(lease) = self.lease_budget(timeout) else {
+            return Err(invalid(
+                "coordinator.session_timeout_ms",
+                format!(
+                    "is {} ms, which leaves no lease after max_staleness_ms ({}) + lease.demote_deadline_ms ({}) + \
+                     lease.margin_ms ({}); raise the session timeout or lower those",
+                    self.coordinator.session_timeout_ms,
+                    self.coordinator.max_staleness_ms,
+                    self.lease.demote_deadline_ms,
+                    self.lease.margin_ms
+                ),
+            ));
+        };
+        let loop_interval = Duration::from_millis(self.election.loop_interval_ms);
+        if loop_interval.is_zero() || loop_interval * 2 >= lease {
+            return Err(invalid(
+                "election.loop_interval_ms",
+                format!(
+                    "is {} ms but the lease is {} ms; the loop renews the lease, so it must run at least twice per lease",
+                    self.election.loop_interval_ms,
+                    lease.as_millis()
+                ),
+            ));
+        }
+        if self.coordinator.op_timeout_ms >= self.coordinator.session_timeout_ms {
+            return Err(invalid(
+                "coordinator.op_timeout_ms",
+                "must be below coordinator.session_timeout_ms, or one slow request outlives the session",
+            ));
+        }
+        if self.election.promote_timeout_ms == 0 {
+            return Err(invalid("election.promote_timeout_ms", "is 0; give the master time to promote"));
+        }
+        Ok(())
+    }
+}

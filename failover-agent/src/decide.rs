@@ -1,0 +1,661 @@
+//! The decision core: one pure function from everything the agent observes to what it should
+//! do now, and a sentence saying why.
+//!
+//! It holds no state and does no I/O. The driver observes afresh every cycle (level-triggered:
+//! watches only wake it early), calls [`decide`], executes the steps in order, and feeds any
+//! failure back in the next observation. A promotion therefore never depends on remembering
+//! what was done before: the breadcrumb in the coordinator says who was last active, and the
+//! winner writes its own breadcrumb only after fencing succeeded, so after a crash mid-way the
+//! next cycle resumes at the right step.
+//!
+//! The rules, in order of precedence:
+//!
+//! 1. Paused: report, touch nothing.
+//! 2. The master reports active but this agent does not hold the lock, or its lease has run
+//!    out: demote it. (With the lock unknown, the lease alone decides: it was granted only while
+//!    the coordinator could still vouch for our session.)
+//! 3. The master is unhealthy: never contend; if we hold the lock, demote (best effort) and
+//!    release it with the breadcrumb left unclean, so the next winner fences us.
+//! 4. We hold the lock: after a failed step in this acquisition, release and back off;
+//!    otherwise fence whoever the breadcrumb says was active (or every other member if there
+//!    is no breadcrumb), write our breadcrumb through the lock's session, then promote with the
+//!    lock's czxid as the token.
+//! 5. The lock is free, we are healthy and connected, and not backing off: contend.
+
+use std::fmt;
+use std::time::Duration;
+
+use referee_fencing::{FenceTarget, FencingToken, HaState};
+
+use crate::clock::BootInstant;
+use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView};
+
+/// Everything the core looks at, observed by the driver this cycle.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// Now, on the boot-time clock.
+    pub now: BootInstant,
+    /// This agent's node id.
+    pub node_id: String,
+    /// How to fence this node's own master (written into our breadcrumb).
+    pub own_target: FenceTarget,
+    /// The master's health.
+    pub health: Health,
+    /// The master's reported role and token; `None` when it could not be read.
+    pub master: Option<MasterStatus>,
+    /// The coordinator session.
+    pub session: SessionView,
+    /// The lock, as read this cycle.
+    pub lock: LockView,
+    /// The breadcrumb, as read this cycle.
+    pub breadcrumb: BreadcrumbView,
+    /// Registered members, this node included.
+    pub members: Vec<Member>,
+    /// Until when this agent may keep its master active without hearing from the coordinator;
+    /// `None` when it has no lease.
+    pub lease_until: Option<BootInstant>,
+    /// Maintenance mode: observe and report only.
+    pub paused: bool,
+    /// Stay out of the election until then.
+    pub backoff_until: Option<BootInstant>,
+    /// The last failed step of the current lock acquisition, if any.
+    pub failure: Option<StepFailure>,
+}
+
+/// A step that failed, reported back by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    /// The token of the acquisition it belonged to.
+    pub token: FencingToken,
+    /// What failed and why.
+    pub reason: String,
+}
+
+/// One thing for the driver to do. Steps run in order; a failed step ends the sequence unless
+/// it is marked best effort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Try to create the lock.
+    Contend,
+    /// Make every target unable to serve before we promote. For a target that claims to have
+    /// stepped down cleanly with `clean_claim`, the driver first checks its master reports
+    /// standby with at least that token; only if that cannot be verified does it fence.
+    Fence {
+        /// The nodes to fence.
+        targets: Vec<FenceTarget>,
+        /// The token we will promote with.
+        new_token: FencingToken,
+        /// The token a cleanly stepped-down target claims.
+        clean_claim: Option<FencingToken>,
+    },
+    /// Write our breadcrumb (unclean) through the session that holds the lock.
+    WriteBreadcrumb {
+        /// Our token.
+        token: FencingToken,
+        /// The lock znode's version, checked in the same multi.
+        lock_version: i32,
+        /// The breadcrumb version we read (`None`: create it).
+        expected_version: Option<i32>,
+    },
+    /// Promote the local master with this token.
+    Promote {
+        /// The token.
+        token: FencingToken,
+    },
+    /// Demote the local master.
+    Demote {
+        /// The highest token we know of, recorded by the master.
+        token: FencingToken,
+        /// Continue with later steps even if this fails.
+        best_effort: bool,
+    },
+    /// Delete our lock (leaving the breadcrumb unclean) and stay out of the election a while.
+    ReleaseLock {
+        /// The lock's token.
+        token: FencingToken,
+        /// How long to stay out.
+        backoff: Duration,
+    },
+}
+
+/// The outcome of one cycle: steps and the sentence that explains them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do, in order.
+    pub steps: Vec<Step>,
+    /// Why, as one sentence for logs, `/status` and tests.
+    pub reason: String,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+fn decision(steps: Vec<Step>, reason: impl Into<String>) -> Decision {
+    Decision { steps, reason: reason.into() }
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Decides what to do now.
+pub fn decide(obs: &Observation, backoff_after_failure: Duration) -> Decision {
+    let master_active = matches!(obs.master, Some(MasterStatus { state: HaState::Active, .. }));
+    let master_token = obs.master.map_or(FencingToken(0), |m| m.token);
+    let lease_left = obs.lease_until.map(|until| until.saturating_since(obs.now));
+    let lease_valid = lease_left.is_some_and(|d| d > Duration::ZERO);
+    let connected = matches!(obs.session, SessionView::Connected { .. });
+
+    if obs.paused {
+        return decision(vec![], "paused: observing only, no failover or demotion will be made");
+    }
+
+    // Rule 2: an active master must be backed by our lock and a live lease.
+    if master_active {
+        let demote = |why: String| {
+            decision(
+                vec![Step::Demote { token: master_token, best_effort: false }],
+                format!("demoting the master: {why}"),
+            )
+        };
+        match &obs.lock {
+            LockView::Free => return demote("it is active but nobody holds the lock".into()),
+            LockView::Peer { node_id, token } => {
+                return demote(format!("it is active but {node_id} holds the lock with token {token}"))
+            }
+            LockView::OursFromOldSession { .. } => {
+                return demote("it is active but the lock belongs to an older session of this agent".into())
+            }
+            LockView::Ours { .. } | LockView::Unknown => {}
+        }
+        if !lease_valid {
+            return demote(match obs.session {
+                SessionView::Connected { .. } => "its lease ran out".to_string(),
+                SessionView::Disconnected { .. } => "the coordinator is unreachable and the lease ran out".to_string(),
+                SessionView::Expired => "the coordinator session expired".to_string(),
+                SessionView::Connecting => "no coordinator session backs it".to_string(),
+            });
+        }
+        if let LockView::Ours { token, .. } = &obs.lock {
+            if master_token > *token {
+                return demote(format!(
+                    "it has seen token {master_token}, newer than our lock's {token}; another node was promoted after us"
+                ));
+            }
+        }
+    }
+
+    // Rule 3: an unhealthy master gives up the lock.
+    if !obs.health.is_healthy() {
+        let why = match &obs.health {
+            Health::Initializing => "the master's health is not known yet".to_string(),
+            Health::Unhealthy(r) => format!("the master is unhealthy: {r}"),
+            Health::NotResponding(r) => format!("the master is not responding: {r}"),
+            Health::MonitorFailed(r) => format!("the health monitor failed: {r}"),
+            Health::Healthy => unreachable!("checked above"),
+        };
+        if let LockView::Ours { token, .. } = &obs.lock {
+            return decision(
+                vec![
+                    Step::Demote { token: *token, best_effort: true },
+                    Step::ReleaseLock { token: *token, backoff: Duration::ZERO },
+                ],
+                format!("{why}; demoting it and releasing the lock (the next active will fence it)"),
+            );
+        }
+        return decision(vec![], format!("{why}; not contending for the lock"));
+    }
+
+    match &obs.lock {
+        LockView::Unknown => decision(vec![], "the lock could not be read; waiting for the coordinator"),
+        LockView::OursFromOldSession { token } => decision(
+            vec![],
+            format!("the lock (token {token}) belongs to an older session of this agent; waiting for it to expire"),
+        ),
+        LockView::Peer { node_id, token } => {
+            decision(vec![], format!("standing by: {node_id} is active with token {token}"))
+        }
+        LockView::Free => {
+            if !connected {
+                return decision(vec![], "the lock is free but the coordinator session is not connected");
+            }
+            if let Some(until) = obs.backoff_until {
+                if until > obs.now {
+                    return decision(
+                        vec![],
+                        format!("the lock is free; backing off for {} ms more", ms(until.saturating_since(obs.now))),
+                    );
+                }
+            }
+            decision(vec![Step::Contend], "the lock is free and the master is healthy: contending")
+        }
+        LockView::Ours { token, version } => {
+            hold(obs, *token, *version, master_active, master_token, lease_left, backoff_after_failure)
+        }
+    }
+}
+
+/// Rule 4: we hold the lock.
+fn hold(
+    obs: &Observation,
+    token: FencingToken,
+    lock_version: i32,
+    master_active: bool,
+    master_token: FencingToken,
+    lease_left: Option<Duration>,
+    backoff_after_failure: Duration,
+) -> Decision {
+    if let Some(f) = &obs.failure {
+        if f.token == token {
+            return decision(
+                vec![
+                    Step::Demote { token, best_effort: true },
+                    Step::ReleaseLock { token, backoff: backoff_after_failure },
+                ],
+                format!(
+                    "promotion with token {token} failed ({}); releasing the lock and backing off {} ms",
+                    f.reason,
+                    ms(backoff_after_failure)
+                ),
+            );
+        }
+    }
+    if master_active && master_token == token {
+        return decision(vec![], format!("active with token {token}; lease {} ms left", lease_left.map_or(0, ms)));
+    }
+    if !matches!(obs.session, SessionView::Connected { .. }) {
+        return decision(
+            vec![],
+            format!("holding the lock (token {token}) but the coordinator is not connected; waiting"),
+        );
+    }
+    if matches!(obs.master, Some(MasterStatus { state: HaState::Initializing, .. })) {
+        return decision(vec![], format!("holding the lock (token {token}); the master is still initializing"));
+    }
+    if obs.master.is_none() {
+        return decision(vec![], format!("holding the lock (token {token}); the master's state is unknown"));
+    }
+    match &obs.breadcrumb {
+        BreadcrumbView::Unknown => decision(vec![], "holding the lock; the breadcrumb could not be read, waiting"),
+        BreadcrumbView::Present { crumb, .. } if crumb.node_id == obs.node_id && crumb.token == token => decision(
+            vec![Step::Promote { token }],
+            format!("holding the lock with token {token} and our breadcrumb is written: promoting the master"),
+        ),
+        BreadcrumbView::Present { crumb, version } => {
+            let write = Step::WriteBreadcrumb { token, lock_version, expected_version: Some(*version) };
+            if crumb.node_id == obs.node_id {
+                // Our own earlier term: our master is the one being promoted; nothing to fence.
+                return decision(
+                    vec![write, Step::Promote { token }],
+                    format!(
+                        "won the lock with token {token}; the last active was this node (token {}), no fencing needed: promoting",
+                        crumb.token
+                    ),
+                );
+            }
+            let mut target = crumb.target.clone();
+            target.token = crumb.token;
+            let clean_claim = crumb.clean.then_some(crumb.token);
+            let how = if crumb.clean {
+                format!(
+                    "{} says it stepped down cleanly with token {}: verifying that on its master, fencing otherwise",
+                    crumb.node_id, crumb.token
+                )
+            } else {
+                format!("{} (token {}) did not step down cleanly: fencing it", crumb.node_id, crumb.token)
+            };
+            decision(
+                vec![
+                    Step::Fence { targets: vec![target], new_token: token, clean_claim },
+                    write,
+                    Step::Promote { token },
+                ],
+                format!("won the lock with token {token}; {how}, then promoting"),
+            )
+        }
+        BreadcrumbView::Missing => {
+            let targets: Vec<FenceTarget> =
+                obs.members.iter().filter(|m| m.node_id != obs.node_id).map(|m| m.target.clone()).collect();
+            let write = Step::WriteBreadcrumb { token, lock_version, expected_version: None };
+            if targets.is_empty() {
+                return decision(
+                    vec![write, Step::Promote { token }],
+                    format!("won the lock with token {token}; no breadcrumb and no other member: promoting"),
+                );
+            }
+            let names: Vec<String> = targets.iter().map(|t| t.node_id.clone()).collect();
+            decision(
+                vec![Step::Fence { targets, new_token: token, clean_claim: None }, write, Step::Promote { token }],
+                format!(
+                    "won the lock with token {token}; no breadcrumb, so who was active is unknown: fencing every other member ({}), then promoting",
+                    names.join(", ")
+                ),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Breadcrumb;
+
+    const BACKOFF: Duration = Duration::from_secs(2);
+
+    fn t(n: u64) -> FencingToken {
+        FencingToken(n)
+    }
+
+    fn target(node: &str) -> FenceTarget {
+        FenceTarget::new(node, "127.0.0.1", if node == "a" { 9001 } else { 9002 }, FencingToken(0))
+    }
+
+    fn member(node: &str) -> Member {
+        Member { node_id: node.into(), target: target(node), peer_url: None, probe_addr: None }
+    }
+
+    fn now() -> BootInstant {
+        BootInstant::from_origin(Duration::from_secs(100))
+    }
+
+    /// Node `a`, healthy standby master, connected, lock free, a valid lease, members a and b.
+    fn base() -> Observation {
+        Observation {
+            now: now(),
+            node_id: "a".into(),
+            own_target: target("a"),
+            health: Health::Healthy,
+            master: Some(MasterStatus { state: HaState::Standby, token: t(0) }),
+            session: SessionView::Connected { session_id: 7 },
+            lock: LockView::Free,
+            breadcrumb: BreadcrumbView::Missing,
+            members: vec![member("a"), member("b")],
+            lease_until: Some(now() + Duration::from_millis(500)),
+            paused: false,
+            backoff_until: None,
+            failure: None,
+        }
+    }
+
+    fn crumb(node: &str, token: u64, clean: bool) -> BreadcrumbView {
+        BreadcrumbView::Present {
+            crumb: Breadcrumb { node_id: node.into(), token: t(token), clean, target: target(node) },
+            version: 3,
+        }
+    }
+
+    fn active(token: u64) -> Option<MasterStatus> {
+        Some(MasterStatus { state: HaState::Active, token: t(token) })
+    }
+
+    fn ours(token: u64) -> LockView {
+        LockView::Ours { token: t(token), version: 0 }
+    }
+
+    fn target_with_token(node: &str, token: u64) -> FenceTarget {
+        let mut x = target(node);
+        x.token = t(token);
+        x
+    }
+
+    fn check(obs: Observation, steps: Vec<Step>, reason: &str) {
+        let d = decide(&obs, BACKOFF);
+        assert_eq!(d.steps, steps, "steps for {obs:#?}\nreason: {}", d.reason);
+        assert_eq!(d.reason, reason);
+    }
+
+    #[test]
+    fn healthy_standby_contends_for_a_free_lock() {
+        check(base(), vec![Step::Contend], "the lock is free and the master is healthy: contending");
+    }
+
+    #[test]
+    fn does_not_contend_while_backing_off_or_disconnected_or_unhealthy() {
+        let mut o = base();
+        o.backoff_until = Some(now() + Duration::from_millis(700));
+        check(o, vec![], "the lock is free; backing off for 700 ms more");
+        let mut o = base();
+        o.session = SessionView::Disconnected { session_id: 7 };
+        check(o, vec![], "the lock is free but the coordinator session is not connected");
+        let mut o = base();
+        o.health = Health::NotResponding("connection refused".into());
+        check(o, vec![], "the master is not responding: connection refused; not contending for the lock");
+        let mut o = base();
+        o.health = Health::Initializing;
+        check(o, vec![], "the master's health is not known yet; not contending for the lock");
+    }
+
+    #[test]
+    fn standby_while_a_peer_holds_the_lock() {
+        let mut o = base();
+        o.lock = LockView::Peer { node_id: "b".into(), token: t(40) };
+        check(o, vec![], "standing by: b is active with token 40");
+    }
+
+    #[test]
+    fn active_master_without_our_lock_is_demoted() {
+        let cases = [
+            (LockView::Free, "demoting the master: it is active but nobody holds the lock"),
+            (
+                LockView::Peer { node_id: "b".into(), token: t(50) },
+                "demoting the master: it is active but b holds the lock with token 50",
+            ),
+            (
+                LockView::OursFromOldSession { token: t(30) },
+                "demoting the master: it is active but the lock belongs to an older session of this agent",
+            ),
+        ];
+        for (lock, reason) in cases {
+            let mut o = base();
+            o.master = active(30);
+            o.lock = lock;
+            check(o, vec![Step::Demote { token: t(30), best_effort: false }], reason);
+        }
+    }
+
+    #[test]
+    fn lease_decides_when_the_coordinator_is_out_of_reach() {
+        // Disconnected, lock unknown, lease still valid: keep serving.
+        let mut o = base();
+        o.master = active(30);
+        o.session = SessionView::Disconnected { session_id: 7 };
+        o.lock = LockView::Unknown;
+        check(o.clone(), vec![], "the lock could not be read; waiting for the coordinator");
+        // ... and once it runs out, demote, before any peer can have been promoted.
+        o.lease_until = Some(now());
+        check(
+            o,
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: the coordinator is unreachable and the lease ran out",
+        );
+        let mut o = base();
+        o.master = active(30);
+        o.session = SessionView::Expired;
+        o.lock = LockView::Unknown;
+        o.lease_until = None;
+        check(
+            o,
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: the coordinator session expired",
+        );
+        let mut o = base();
+        o.master = active(30);
+        o.lock = ours(30);
+        o.lease_until = Some(now() - Duration::from_millis(1));
+        check(o, vec![Step::Demote { token: t(30), best_effort: false }], "demoting the master: its lease ran out");
+    }
+
+    #[test]
+    fn steady_active() {
+        let mut o = base();
+        o.master = active(30);
+        o.lock = ours(30);
+        o.breadcrumb = crumb("a", 30, false);
+        check(o, vec![], "active with token 30; lease 500 ms left");
+    }
+
+    #[test]
+    fn a_master_that_saw_a_newer_token_is_demoted() {
+        let mut o = base();
+        o.master = active(31);
+        o.lock = ours(30);
+        check(
+            o,
+            vec![Step::Demote { token: t(31), best_effort: false }],
+            "demoting the master: it has seen token 31, newer than our lock's 30; another node was promoted after us",
+        );
+    }
+
+    #[test]
+    fn unhealthy_holder_demotes_and_releases_leaving_the_breadcrumb_unclean() {
+        let mut o = base();
+        o.master = active(30);
+        o.lock = ours(30);
+        o.health = Health::Unhealthy("disk full".into());
+        check(
+            o,
+            vec![
+                Step::Demote { token: t(30), best_effort: true },
+                Step::ReleaseLock { token: t(30), backoff: Duration::ZERO },
+            ],
+            "the master is unhealthy: disk full; demoting it and releasing the lock (the next active will fence it)",
+        );
+    }
+
+    #[test]
+    fn winner_fences_an_unclean_peer_then_writes_breadcrumb_then_promotes() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("b", 40, false);
+        check(
+            o,
+            vec![
+                Step::Fence { targets: vec![target_with_token("b", 40)], new_token: t(45), clean_claim: None },
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: Some(3) },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; b (token 40) did not step down cleanly: fencing it, then promoting",
+        );
+    }
+
+    #[test]
+    fn winner_verifies_a_clean_step_down_instead_of_fencing_blindly() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("b", 40, true);
+        check(
+            o,
+            vec![
+                Step::Fence { targets: vec![target_with_token("b", 40)], new_token: t(45), clean_claim: Some(t(40)) },
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: Some(3) },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; b says it stepped down cleanly with token 40: verifying that on its master, fencing otherwise, then promoting",
+        );
+    }
+
+    #[test]
+    fn winner_whose_own_breadcrumb_it_is_does_not_fence() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("a", 40, false);
+        check(
+            o,
+            vec![
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: Some(3) },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; the last active was this node (token 40), no fencing needed: promoting",
+        );
+        // Breadcrumb already ours for this token (a crash between the two steps): promote.
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("a", 45, false);
+        check(
+            o,
+            vec![Step::Promote { token: t(45) }],
+            "holding the lock with token 45 and our breadcrumb is written: promoting the master",
+        );
+    }
+
+    #[test]
+    fn missing_breadcrumb_means_fence_every_other_member() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.members.push(member("c"));
+        check(
+            o,
+            vec![
+                Step::Fence { targets: vec![target("b"), target("c")], new_token: t(45), clean_claim: None },
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: None },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other member (b, c), then promoting",
+        );
+        let mut o = base();
+        o.lock = ours(45);
+        o.members = vec![member("a")];
+        check(
+            o,
+            vec![
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: None },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; no breadcrumb and no other member: promoting",
+        );
+    }
+
+    #[test]
+    fn failed_fence_releases_the_lock_and_backs_off() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("b", 40, false);
+        o.failure = Some(StepFailure { token: t(45), reason: "fencing b: indeterminate: ssh timed out".into() });
+        check(
+            o.clone(),
+            vec![Step::Demote { token: t(45), best_effort: true }, Step::ReleaseLock { token: t(45), backoff: BACKOFF }],
+            "promotion with token 45 failed (fencing b: indeterminate: ssh timed out); releasing the lock and backing off 2000 ms",
+        );
+        // A failure from an older acquisition does not count against this one.
+        o.failure = Some(StepFailure { token: t(44), reason: "old".into() });
+        assert_eq!(
+            decide(&o, BACKOFF).steps[0],
+            Step::Fence { targets: vec![target_with_token("b", 40)], new_token: t(45), clean_claim: None }
+        );
+    }
+
+    #[test]
+    fn holder_waits_for_what_it_cannot_know() {
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = BreadcrumbView::Unknown;
+        check(o, vec![], "holding the lock; the breadcrumb could not be read, waiting");
+        let mut o = base();
+        o.lock = ours(45);
+        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0) });
+        check(o, vec![], "holding the lock (token 45); the master is still initializing");
+        let mut o = base();
+        o.lock = ours(45);
+        o.master = None;
+        check(o, vec![], "holding the lock (token 45); the master's state is unknown");
+        let mut o = base();
+        o.lock = ours(45);
+        o.session = SessionView::Disconnected { session_id: 7 };
+        check(o, vec![], "holding the lock (token 45) but the coordinator is not connected; waiting");
+        let mut o = base();
+        o.lock = LockView::OursFromOldSession { token: t(44) };
+        check(o, vec![], "the lock (token 44) belongs to an older session of this agent; waiting for it to expire");
+    }
+
+    #[test]
+    fn paused_does_nothing_even_when_something_is_wrong() {
+        let mut o = base();
+        o.paused = true;
+        o.master = active(30);
+        o.lock = LockView::Peer { node_id: "b".into(), token: t(50) };
+        check(o, vec![], "paused: observing only, no failover or demotion will be made");
+    }
+}

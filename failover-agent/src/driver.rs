@@ -1,0 +1,555 @@
+//! The agent's driver: observes, asks [`decide`] what to do, does it, reports, and waits for
+//! the next cycle. All judgement is in the decision core; this module only gathers facts and
+//! carries out steps, each under a deadline.
+//!
+//! ```text
+//!            ┌──────────── wake: timer, health change, lock watch, session change ─────────┐
+//!            ▼                                                                            │
+//!  observe (health report, lock, breadcrumb, members, lease) ─▶ decide ─▶ steps ─▶ report ┘
+//! ```
+//!
+//! The coordinator session is (re)made by a background task so that cycles never stop: while
+//! the coordinator is unreachable the lease still runs down and the master is still demoted in
+//! time. Every successful coordinator request renews the lease from the moment it was *sent*,
+//! measured on the boot-time clock.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use referee_fencing::{FenceOutcome, FenceTarget, Fencer, FencingToken, HaState, HaStatus};
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::adapter::{build_adapter, MasterAdapter};
+use crate::clock::BootInstant;
+use crate::config::AgentConfig;
+use crate::decide::{decide, Decision, Observation, Step, StepFailure};
+use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
+use crate::health::{run_health_monitor, HealthReport};
+use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+use crate::probes::{self, ProbeState};
+use crate::status::{AgentStatus, Phases, Role};
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The master adapter could not be built.
+    #[error("master adapter: {0}")]
+    Adapter(String),
+    /// The fencing configuration could not be loaded (a secret file, say).
+    #[error("fencing: {0}")]
+    Fencing(String),
+    /// The configuration is missing its fencing section.
+    #[error("no fencing configured; the agent will not run without it")]
+    NoFencing,
+    /// Another agent runs with this node id, or credentials are refused: retrying cannot help.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    /// The probe server failed.
+    #[error("probe server: {0}")]
+    Probes(std::io::Error),
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What the driver remembers between cycles. Everything here is either a measurement (when the
+/// coordinator last answered) or the outcome of its own steps; none of it is a decision.
+#[derive(Default)]
+struct Memory {
+    /// Send time of the last request the coordinator answered, on the boot clock.
+    last_ack_sent: Option<BootInstant>,
+    /// The last failed step of the current acquisition.
+    failure: Option<StepFailure>,
+    /// Stay out of the election until then.
+    backoff_until: Option<BootInstant>,
+    /// Members as last read.
+    members: Vec<Member>,
+    /// Cycles since the members were read.
+    members_age: u32,
+    /// When the lock was first seen free (for the detect phase).
+    free_seen_at: Option<BootInstant>,
+    /// Phase timing of the promotion under way.
+    phases: Phases,
+    /// The last decision's reason, to log changes only.
+    last_reason: String,
+}
+
+/// The running agent.
+struct Driver {
+    cfg: AgentConfig,
+    adapter: Arc<dyn MasterAdapter>,
+    fencer: Fencer,
+    status: Arc<Mutex<AgentStatus>>,
+    http: reqwest::Client,
+    mem: Memory,
+}
+
+/// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
+/// the coordinator session, and the decision loop. On shutdown an active agent demotes its
+/// master before closing its session, so the lock is never released while the master serves.
+pub async fn run(
+    cfg: AgentConfig,
+    probe_listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
+    let fencer = Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?;
+    let status = Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let (health_tx, health_rx) = watch::channel(HealthReport::initial());
+    let monitor = tokio::spawn(run_health_monitor(adapter.clone(), cfg.health, health_tx, stopped(stop_rx.clone())));
+    let probe_state =
+        ProbeState { status: status.clone(), loop_interval: Duration::from_millis(cfg.election.loop_interval_ms) };
+    let probe_server = tokio::spawn(probes::serve(probe_listener, probe_state, stopped(stop_rx.clone())));
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default() };
+    let result = driver.run_loop(health_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = monitor.await;
+    if let Ok(Err(e)) = probe_server.await {
+        warn!("probe server: {e}");
+    }
+    result
+}
+
+/// A coordinator session being made in the background.
+type Connecting = oneshot::Receiver<Result<Coordination, ElectionError>>;
+
+impl Driver {
+    fn coordination_config(&self) -> CoordinationConfig {
+        CoordinationConfig {
+            connect: self.cfg.coordinator.connect.clone(),
+            cluster: self.cfg.cluster.clone(),
+            node_id: self.cfg.node_id.clone(),
+            session_timeout: Duration::from_millis(self.cfg.coordinator.session_timeout_ms),
+            op_timeout: Duration::from_millis(self.cfg.coordinator.op_timeout_ms),
+            digest: self.cfg.coordinator.digest.clone(),
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            node_id: self.cfg.node_id.clone(),
+            target: self.cfg.own_target(),
+            peer_url: None,
+            probe_addr: Some(self.cfg.probes.listen.to_string()),
+        }
+    }
+
+    /// Starts making a session: connect, then register as a member.
+    fn start_connecting(&self) -> Connecting {
+        let (tx, rx) = oneshot::channel();
+        let cfg = self.coordination_config();
+        let member = self.member();
+        tokio::spawn(async move {
+            let result = async {
+                let coord = Coordination::connect(cfg).await?;
+                coord.register_member(&member).await?;
+                Ok(coord)
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    async fn run_loop(
+        &mut self,
+        mut health: watch::Receiver<HealthReport>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let interval = Duration::from_millis(self.cfg.election.loop_interval_ms);
+        let mut coord: Option<Coordination> = None;
+        let mut session_watch: Option<SessionWatch> = None;
+        let mut lock_watch: Option<LockWatch> = None;
+        let mut connecting: Option<Connecting> = Some(self.start_connecting());
+        let mut reconnect_at: Option<BootInstant> = None;
+        loop {
+            // A session that expired is gone for good: drop it and make a new one.
+            if let Some(c) = &coord {
+                if matches!(c.session(), SessionView::Expired) {
+                    warn!("coordinator session expired; making a new one");
+                    coord = None;
+                    session_watch = None;
+                    lock_watch = None;
+                    self.mem.last_ack_sent = None;
+                }
+            }
+            if coord.is_none() && connecting.is_none() && reconnect_at.is_none_or(|t| BootInstant::now() >= t) {
+                connecting = Some(self.start_connecting());
+            }
+
+            self.cycle(&health.borrow().clone(), coord.as_ref()).await;
+
+            if let (Some(c), None) = (&coord, &lock_watch) {
+                match c.watch_lock().await {
+                    Ok(w) => lock_watch = Some(w),
+                    Err(e) => debug!("could not watch the lock: {e}"),
+                }
+            }
+
+            let sleep = tokio::time::sleep(interval);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                    connecting = None;
+                    match r {
+                        Ok(Ok(c)) => {
+                            info!(session = format!("0x{:x}", c.session_id()), timeout_ms = c.negotiated_timeout().as_millis() as u64, "coordinator session established");
+                            self.status().counters.sessions += 1;
+                            if self.cfg.lease_budget(c.negotiated_timeout()).is_none() {
+                                warn!("the coordinator granted a session timeout of {} ms, which leaves no lease: this node will never stay active", c.negotiated_timeout().as_millis());
+                            }
+                            session_watch = Some(c.session_watch());
+                            coord = Some(c);
+                            reconnect_at = None;
+                        }
+                        Ok(Err(e)) if e.recovery() == Recovery::Fatal => {
+                            self.status().last_decision = format!("refusing to run: {e}");
+                            return Err(AgentError::Coordinator(e.to_string()));
+                        }
+                        Ok(Err(e)) => {
+                            warn!("cannot reach the coordinator: {e}");
+                            reconnect_at = Some(BootInstant::now() + interval.max(Duration::from_millis(200)) * 5);
+                        }
+                        Err(_) => reconnect_at = Some(BootInstant::now() + interval * 5),
+                    }
+                }
+                _ = health.changed() => {}
+                _ = async { lock_watch.as_mut().expect("guarded").changed().await }, if lock_watch.is_some() => {
+                    lock_watch = None;
+                }
+                _ = async { session_watch.as_mut().expect("guarded").changed().await }, if session_watch.is_some() => {}
+                _ = sleep => {}
+            }
+        }
+        self.shut_down(coord).await;
+        Ok(())
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a coordinator request sent at `sent` was answered.
+    fn acked(&mut self, sent: BootInstant) {
+        if self.mem.last_ack_sent.is_none_or(|t| sent > t) {
+            self.mem.last_ack_sent = Some(sent);
+        }
+    }
+
+    /// One observe-decide-act-report cycle.
+    async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
+        let session = coord.map_or(SessionView::Connecting, |c| c.session());
+        let connected = matches!(session, SessionView::Connected { .. });
+        let mut lock = LockView::Unknown;
+        let mut breadcrumb = BreadcrumbView::Unknown;
+        if let (Some(c), true) = (coord, connected) {
+            let sent = BootInstant::now();
+            match c.read_lock().await {
+                Ok(v) => {
+                    self.acked(sent);
+                    lock = v;
+                }
+                Err(e) => debug!("reading the lock failed: {e}"),
+            }
+            if matches!(lock, LockView::Ours { .. }) {
+                let sent = BootInstant::now();
+                match c.read_breadcrumb().await {
+                    Ok(b) => {
+                        self.acked(sent);
+                        breadcrumb = b;
+                    }
+                    Err(e) => debug!("reading the breadcrumb failed: {e}"),
+                }
+            }
+            let need_members = matches!(breadcrumb, BreadcrumbView::Missing) || self.mem.members_age >= 50;
+            if need_members {
+                if let Ok(m) = c.members().await {
+                    self.mem.members = m;
+                    self.mem.members_age = 0;
+                }
+            }
+            self.mem.members_age += 1;
+        }
+        let now = BootInstant::now();
+        // The lease: only while the session can still be alive on the ensemble.
+        let lease_until = match (coord, session) {
+            (Some(c), SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {
+                self.mem.last_ack_sent.and_then(|sent| self.cfg.lease_budget(c.negotiated_timeout()).map(|b| sent + b))
+            }
+            _ => None,
+        };
+        // A failure belongs to one acquisition; a new lock (or none) forgets it.
+        let held = match &lock {
+            LockView::Ours { token, .. } => Some(*token),
+            _ => None,
+        };
+        if self.mem.failure.as_ref().is_some_and(|f| Some(f.token) != held) && !matches!(lock, LockView::Unknown) {
+            self.mem.failure = None;
+        }
+        if matches!(lock, LockView::Free) {
+            self.mem.free_seen_at.get_or_insert(now);
+        } else if !matches!(lock, LockView::Ours { .. }) {
+            self.mem.free_seen_at = None;
+        }
+
+        let obs = Observation {
+            now,
+            node_id: self.cfg.node_id.clone(),
+            own_target: self.cfg.own_target(),
+            health: report.health.clone(),
+            master: report.master,
+            session,
+            lock: lock.clone(),
+            breadcrumb,
+            members: self.mem.members.clone(),
+            lease_until,
+            paused: self.status().paused,
+            backoff_until: self.mem.backoff_until,
+            failure: self.mem.failure.clone(),
+        };
+        // Publish what was observed before acting, so the lease endpoint already names this
+        // acquisition's token while the master is being promoted (it asks for the lease then).
+        {
+            let mut st = self.status();
+            st.lock = lock.clone();
+            st.token = held;
+            st.lease_until = lease_until;
+            st.session = obs.session;
+        }
+        let decision = decide(&obs, Duration::from_millis(self.cfg.election.backoff_after_failure_ms));
+        if decision.reason != self.mem.last_reason {
+            info!("{}", decision.reason);
+            self.mem.last_reason = decision.reason.clone();
+        }
+        let master_after = self.execute(&decision, &obs, coord).await;
+
+        let mut st = self.status();
+        st.counters.cycles += 1;
+        st.health = obs.health.clone();
+        st.master = master_after.or(obs.master);
+        st.session = obs.session;
+        st.lock = lock.clone();
+        st.token = held;
+        st.lease_until = lease_until;
+        st.members = self.mem.members.iter().map(|m| m.node_id.clone()).collect();
+        st.last_decision = decision.reason.clone();
+        st.last_cycle_at_ms = wall_ms();
+        st.last_cycle_at = Some(BootInstant::now());
+        let role = role_of(&st);
+        let phases = (role == Role::Active).then_some(self.mem.phases);
+        st.transition(role, wall_ms(), &decision.reason, phases);
+    }
+
+    /// Carries out a decision's steps in order. Returns the master's status if a step changed it.
+    async fn execute(
+        &mut self,
+        decision: &Decision,
+        obs: &Observation,
+        coord: Option<&Coordination>,
+    ) -> Option<crate::model::MasterStatus> {
+        let token_held = match obs.lock {
+            LockView::Ours { token, .. } => token,
+            _ => FencingToken(0),
+        };
+        let mut master_after = None;
+        for step in &decision.steps {
+            let started = BootInstant::now();
+            let result: Result<(), String> = match step {
+                Step::Contend => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let record = LockRecord {
+                            node_id: self.cfg.node_id.clone(),
+                            target: self.cfg.own_target(),
+                            peer_url: None,
+                        };
+                        match c.try_acquire(&record).await {
+                            Ok(Acquired::Won { token }) => {
+                                self.acked(started);
+                                let now = BootInstant::now();
+                                self.mem.phases = Phases {
+                                    detect_ms: self
+                                        .mem
+                                        .free_seen_at
+                                        .map_or(0, |t| started.saturating_since(t).as_millis() as u64),
+                                    elect_ms: now.saturating_since(started).as_millis() as u64,
+                                    ..Phases::default()
+                                };
+                                info!(token = %token, "won the lock");
+                                Ok(())
+                            }
+                            Ok(Acquired::HeldBy { node_id, token }) => {
+                                self.acked(started);
+                                debug!(%node_id, token = %token, "lost the race for the lock");
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("contending: {e}")),
+                        }
+                    }
+                },
+                Step::Fence { targets, new_token, clean_claim } => {
+                    let r = self.fence_all(targets, *new_token, *clean_claim).await;
+                    self.mem.phases.fence_ms = started.elapsed().as_millis() as u64;
+                    r
+                }
+                Step::WriteBreadcrumb { token, lock_version, expected_version } => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let mut target = self.cfg.own_target();
+                        target.token = *token;
+                        let crumb =
+                            Breadcrumb { node_id: self.cfg.node_id.clone(), token: *token, clean: false, target };
+                        match c.write_breadcrumb(&crumb, *lock_version, *expected_version).await {
+                            Ok(_) => {
+                                self.acked(started);
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("writing the breadcrumb: {e}")),
+                        }
+                    }
+                },
+                Step::Promote { token } => {
+                    let deadline =
+                        tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
+                    match self.adapter.promote(*token, deadline).await {
+                        Ok(status) => {
+                            master_after = Some(status);
+                            self.mem.phases.promote_ms = started.elapsed().as_millis() as u64;
+                            self.status().counters.promotions += 1;
+                            info!(token = %token, "promoted the master");
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("promoting the master: {e}")),
+                    }
+                }
+                Step::Demote { token, best_effort } => {
+                    let deadline =
+                        tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+                    match self.adapter.demote(*token, deadline).await {
+                        Ok(status) => {
+                            master_after = Some(status);
+                            self.status().counters.demotions += 1;
+                            info!(token = %token, "demoted the master");
+                            Ok(())
+                        }
+                        Err(e) if *best_effort => {
+                            warn!("demoting the master failed (continuing): {e}");
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("demoting the master: {e}")),
+                    }
+                }
+                Step::ReleaseLock { token, backoff } => {
+                    if !backoff.is_zero() {
+                        self.mem.backoff_until = Some(BootInstant::now() + *backoff);
+                    }
+                    match coord {
+                        None => Err("no coordinator session".into()),
+                        Some(c) => c.release(*token).await.map(|_| ()).map_err(|e| format!("releasing the lock: {e}")),
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                warn!("step failed: {reason}");
+                if token_held.0 != 0 {
+                    self.mem.failure = Some(StepFailure { token: token_held, reason });
+                }
+                break;
+            }
+        }
+        master_after
+    }
+
+    /// Fences every target; a target that claims a clean step-down is first checked on its
+    /// master, and fenced only if the claim cannot be confirmed.
+    async fn fence_all(
+        &mut self,
+        targets: &[FenceTarget],
+        new_token: FencingToken,
+        clean_claim: Option<FencingToken>,
+    ) -> Result<(), String> {
+        for target in targets {
+            if let Some(claim) = clean_claim {
+                if self.verify_standby(target, claim).await {
+                    info!(node = %target.node_id, "verified a clean step-down on its master; no fencing needed");
+                    continue;
+                }
+            }
+            let report = self.fencer.fence(target, new_token).await;
+            {
+                let mut st = self.status();
+                match &report.outcome {
+                    FenceOutcome::Fenced { .. } => st.counters.fences_fenced += 1,
+                    FenceOutcome::Failed { .. } => st.counters.fences_failed += 1,
+                    FenceOutcome::Indeterminate { .. } => st.counters.fences_indeterminate += 1,
+                }
+            }
+            if !report.outcome.permits_promotion() {
+                return Err(format!("fencing {}: {:?}", target.node_id, report.outcome));
+            }
+            info!(node = %target.node_id, "fenced: {:?}", report.outcome);
+        }
+        Ok(())
+    }
+
+    /// Whether the target's master reports standby with at least `claim`.
+    async fn verify_standby(&self, target: &FenceTarget, claim: FencingToken) -> bool {
+        let url = format!("{}/ha/state", target.ha_base_url());
+        let answer = self.http.get(&url).timeout(Duration::from_millis(500)).send().await;
+        match answer {
+            Ok(r) if r.status().is_success() => match r.json::<HaStatus>().await {
+                Ok(s) => s.state == HaState::Standby && s.token >= claim,
+                Err(_) => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Demotes an active master before the session closes, so the lock never frees while it
+    /// serves; then closes the session.
+    async fn shut_down(&mut self, coord: Option<Coordination>) {
+        let token = self.status().token;
+        if let Some(token) = token {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+            match self.adapter.demote(token, deadline).await {
+                Ok(_) => info!("demoted the master before shutting down"),
+                Err(e) => warn!("could not demote the master before shutting down: {e}"),
+            }
+        }
+        if let Some(c) = coord {
+            if let Err(e) = c.close().await {
+                debug!("closing the coordinator session: {e}");
+            }
+        }
+        info!("agent stopped");
+    }
+}
+
+/// The role the report shows.
+fn role_of(st: &AgentStatus) -> Role {
+    use crate::model::Health;
+    match (&st.health, &st.lock, st.master) {
+        (Health::Initializing, _, _) => Role::Initializing,
+        (h, _, _) if !h.is_healthy() => Role::Unhealthy,
+        (_, LockView::Ours { token, .. }, Some(m)) if m.state == HaState::Active && m.token == *token => Role::Active,
+        (_, LockView::Ours { .. }, _) => Role::Promoting,
+        _ => Role::Standby,
+    }
+}

@@ -1,0 +1,1132 @@
+//! The election layer: the agent's lock, breadcrumb and membership znodes in the coordinator,
+//! kept through one ZooKeeper session (Hadoop ZKFC's `ActiveStandbyElector`, without the
+//! callbacks: this module only observes and writes; the decision core decides).
+//!
+//! Everything lives under `/referee/<cluster>`:
+//!
+//! ```text
+//! /referee/<cluster>/lock               EPHEMERAL   LockRecord  its czxid is the fencing token
+//! /referee/<cluster>/breadcrumb         PERSISTENT  Breadcrumb  the last active; never deleted
+//! /referee/<cluster>/members/<node_id>  EPHEMERAL   Member      one per live agent
+//! ```
+//!
+//! # One handle, one session
+//!
+//! A [`Coordination`] owns exactly one session. The client library reconnects on its own while
+//! the session lives ([`SessionView::Disconnected`] → [`SessionView::Connected`]), but once the
+//! session has expired or been closed the handle is dead: every call fails with
+//! [`ElectionError::SessionExpired`] or [`ElectionError::StaleSession`], and the caller connects
+//! a new handle. Ownership is therefore always "the lock's `ephemeralOwner` equals this handle's
+//! session id", never "this node id": a lock left by an older session of the same agent is
+//! [`LockView::OursFromOldSession`] and gives nothing.
+//!
+//! # Deadlines and unknown outcomes
+//!
+//! Every remote call is bounded by the configured `op_timeout` (the library has no request
+//! timeout: a request made while disconnected waits for the next connection). A write that times
+//! out or loses its connection may or may not have been applied (the ZooKeeper FAQ's
+//! CONNECTION_LOSS ambiguity); [`Coordination::try_acquire`] settles that itself by reading the
+//! lock back, the other writes report it as [`ElectionError::Timeout`] or
+//! [`ElectionError::ConnectionLoss`] and the caller re-reads on its next cycle.
+//!
+//! # The lease
+//!
+//! A reply from the ensemble proves the session was alive when the request was processed, which
+//! is after it was sent. [`Coordination::last_ack_sent_at`] is the send time of the latest request
+//! that got a reply, so `last_ack_sent_at + negotiated_timeout` never ends later than the session
+//! can have been kept alive by what we observed. The agent derives its lease from it.
+//!
+//! # Watches
+//!
+//! [`Coordination::watch_lock`] and [`Coordination::session_watch`] only wake the driver early;
+//! the driver re-reads everything on each cycle and decides from what it read.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use referee_fencing::FencingToken;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+
+/// The parent of every cluster's znodes.
+pub const ROOT: &str = "/referee";
+
+/// How often `try_acquire` races for a lock that reads back as free before giving up for this
+/// cycle: a free lock after `NodeExists` means a holder released in between.
+const ACQUIRE_ATTEMPTS: usize = 3;
+
+/// Persistent znodes, open to everyone until `referee format` locks the tree down.
+static PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+/// Ephemeral znodes, open to everyone until `referee format` locks the tree down.
+static EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+
+/// How to reach the coordinator and who we are in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CoordinationConfig {
+    /// Comma-separated `host:port` list of the ensemble: the bundled coordinator or Apache
+    /// ZooKeeper 3.5 and later.
+    pub connect: String,
+    /// The cluster's name, the znode under [`ROOT`] that holds its lock, breadcrumb and members.
+    pub cluster: String,
+    /// This agent's node id, unique in the cluster.
+    pub node_id: String,
+    /// The session timeout to ask for. The ensemble clamps it into its own bounds; the agent
+    /// must use [`Coordination::negotiated_timeout`], never this.
+    pub session_timeout: Duration,
+    /// The bound on every remote call. Must be shorter than the session timeout.
+    pub op_timeout: Duration,
+    /// A digest credential, `user:password`, added to the session on every connection, so the
+    /// tree can be protected with digest ACLs.
+    pub digest: Option<String>,
+}
+
+impl fmt::Debug for CoordinationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The digest's password never reaches a log line.
+        let digest = self.digest.as_deref().map(|d| format!("{}:<redacted>", d.split(':').next().unwrap_or_default()));
+        f.debug_struct("CoordinationConfig")
+            .field("connect", &self.connect)
+            .field("cluster", &self.cluster)
+            .field("node_id", &self.node_id)
+            .field("session_timeout", &self.session_timeout)
+            .field("op_timeout", &self.op_timeout)
+            .field("digest", &digest)
+            .finish()
+    }
+}
+
+impl CoordinationConfig {
+    /// Checks the fields and their timing rules, naming what to change.
+    pub fn validate(&self) -> Result<(), ElectionError> {
+        let bad = |what: String| Err(ElectionError::Config(what));
+        if self.connect.trim().is_empty() || self.connect.split(',').any(|h| h.trim().is_empty()) {
+            return bad(format!("connect string {:?} must be a comma-separated list of host:port", self.connect));
+        }
+        if !is_znode_name(&self.cluster) {
+            return bad(format!("cluster name {:?} must be 1-64 characters of [A-Za-z0-9._-]", self.cluster));
+        }
+        if !is_znode_name(&self.node_id) {
+            return bad(format!("node id {:?} must be 1-64 characters of [A-Za-z0-9._-]", self.node_id));
+        }
+        if self.session_timeout.is_zero() || self.session_timeout.as_millis() > i32::MAX as u128 {
+            return bad(format!("session timeout {:?} must be between 1 ms and i32::MAX ms", self.session_timeout));
+        }
+        if self.op_timeout.is_zero() || self.op_timeout >= self.session_timeout {
+            // A reply that may arrive after the session could have expired says nothing about it.
+            return bad(format!(
+                "op timeout {:?} must be above zero and shorter than the session timeout {:?}",
+                self.op_timeout, self.session_timeout
+            ));
+        }
+        if let Some(d) = &self.digest {
+            match d.split_once(':') {
+                Some((user, _)) if !user.is_empty() => {}
+                _ => return bad("digest credential must look like user:password".to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A znode name we accept for clusters and node ids: no `/`, no `.` or `..`, nothing a shell
+/// or a path could misread.
+fn is_znode_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What went wrong in the election layer. [`ElectionError::recovery`] says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// The configuration is unusable; the message says what to change.
+    #[error("invalid coordination settings: {0}")]
+    Config(String),
+    /// The caller passed arguments that contradict each other or this handle.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No session could be established.
+    #[error("could not connect to {connect}: {source}")]
+    Connect {
+        /// The connect string.
+        connect: String,
+        /// The client library's error.
+        source: zk::Error,
+    },
+    /// No session was established in time.
+    #[error("no session with {connect} within {after:?}")]
+    ConnectTimeout {
+        /// The connect string.
+        connect: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The call got no reply in time. A write may or may not have been applied: re-read.
+    #[error("{op}: no reply within {after:?} (a write may or may not have been applied)")]
+    Timeout {
+        /// What we were doing.
+        op: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The connection dropped with the call in flight. A write may or may not have been applied.
+    #[error("{op}: connection lost (a write may or may not have been applied)")]
+    ConnectionLoss {
+        /// What we were doing.
+        op: &'static str,
+    },
+    /// The session has expired or was closed; this handle is dead.
+    #[error("session {session_id:#x} has expired or was closed; connect a new handle")]
+    SessionExpired {
+        /// The dead session.
+        session_id: i64,
+    },
+    /// A reply arrived but the session it belongs to has ended since: it must not be acted on
+    /// (in particular, it is never a win).
+    #[error("{op}: the reply belongs to session {session_id:#x}, which has ended since")]
+    StaleSession {
+        /// What we were doing.
+        op: &'static str,
+        /// The ended session.
+        session_id: i64,
+    },
+    /// The ensemble refused our credential.
+    #[error("the coordinator refused our credential")]
+    AuthFailed,
+    /// Our credential lacks a permission the call needs.
+    #[error("{op}: not authorised (check the digest credential and the tree's ACLs)")]
+    NoAuth {
+        /// What we were doing.
+        op: &'static str,
+    },
+    /// Another live session holds our node id: two agents are configured with the same id.
+    #[error("node id {node_id} is registered by another live session {owner_session:#x}; two agents share this id")]
+    DuplicateNodeId {
+        /// The contested node id.
+        node_id: String,
+        /// The session holding it (0 if a persistent znode squats the path).
+        owner_session: i64,
+    },
+    /// This session does not hold the lock with the given token and version (any more).
+    #[error("{op}: this session does not hold the lock at token {token}, version {version}")]
+    LockNotHeld {
+        /// What we were doing.
+        op: &'static str,
+        /// The token the caller believed it held.
+        token: FencingToken,
+        /// The lock version the caller believed current.
+        version: i32,
+    },
+    /// The breadcrumb is not at the version the caller read (or exists when it read none).
+    #[error("the breadcrumb changed since version {expected:?} was read")]
+    BreadcrumbChanged {
+        /// The version the caller expected (`None`: expected no breadcrumb).
+        expected: Option<i32>,
+    },
+    /// The lock kept changing hands between our create and our read-back.
+    #[error("the lock changed hands {attempts} times while we raced for it")]
+    LockChurn {
+        /// How many times we raced.
+        attempts: usize,
+    },
+    /// A znode holds data we cannot decode.
+    #[error("{path} holds unreadable data: {source}")]
+    Corrupt {
+        /// The znode.
+        path: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+    /// A record could not be encoded.
+    #[error("could not encode a record: {0}")]
+    Encode(serde_json::Error),
+    /// Any other error the ensemble or the client library reported.
+    #[error("{op}: {source}")]
+    Coordinator {
+        /// What we were doing.
+        op: &'static str,
+        /// The client library's error.
+        source: zk::Error,
+    },
+    /// The ensemble answered something impossible.
+    #[error("{op}: unexpected reply: {detail}")]
+    UnexpectedReply {
+        /// What we were doing.
+        op: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+/// What the caller should do about an [`ElectionError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Transient: try again on a later cycle with the same handle, re-reading first (a write's
+    /// outcome may be unknown).
+    Retry,
+    /// The state changed under us (lock lost, breadcrumb moved): re-read and decide again.
+    Reread,
+    /// The session is gone or was never made: connect a new handle.
+    Reconnect,
+    /// Retrying cannot help (bad settings, duplicate node id, credentials): refuse to run.
+    Fatal,
+}
+
+impl ElectionError {
+    /// What the caller should do about this error.
+    pub fn recovery(&self) -> Recovery {
+        match self {
+            ElectionError::Config(_)
+            | ElectionError::InvalidArgument(_)
+            | ElectionError::AuthFailed
+            | ElectionError::NoAuth { .. }
+            | ElectionError::DuplicateNodeId { .. }
+            | ElectionError::Encode(_) => Recovery::Fatal,
+            ElectionError::Connect { .. }
+            | ElectionError::ConnectTimeout { .. }
+            | ElectionError::SessionExpired { .. }
+            | ElectionError::StaleSession { .. } => Recovery::Reconnect,
+            ElectionError::LockNotHeld { .. } | ElectionError::BreadcrumbChanged { .. } => Recovery::Reread,
+            ElectionError::Timeout { .. }
+            | ElectionError::ConnectionLoss { .. }
+            | ElectionError::LockChurn { .. }
+            | ElectionError::Corrupt { .. }
+            | ElectionError::Coordinator { .. }
+            | ElectionError::UnexpectedReply { .. } => Recovery::Retry,
+        }
+    }
+}
+
+/// The outcome of [`Coordination::try_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This session holds the lock; `token` is its czxid. A freshly created lock has version 0.
+    Won {
+        /// The fencing token of this acquisition.
+        token: FencingToken,
+    },
+    /// Someone else holds it (possibly an older session of this very node: see
+    /// [`LockView::OursFromOldSession`]).
+    HeldBy {
+        /// The holder's node id.
+        node_id: String,
+        /// The holder's token.
+        token: FencingToken,
+    },
+}
+
+/// The outcome of [`Coordination::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Our lock is deleted.
+    Deleted,
+    /// There was no lock.
+    AlreadyFree,
+    /// The lock is not ours (another session, or another acquisition's token): left alone.
+    NotOurs {
+        /// The current holder's token.
+        token: FencingToken,
+        /// The current holder's session.
+        owner_session: i64,
+    },
+}
+
+/// The lock znode's identity, for fencing targets and conditional writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockMeta {
+    /// Its czxid: the holder's fencing token.
+    pub token: FencingToken,
+    /// Its data version.
+    pub version: i32,
+    /// The session that created it (`ephemeralOwner`).
+    pub owner_session: i64,
+}
+
+/// What woke a [`LockWatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockEvent {
+    /// The lock was created (the watch was armed while it was free).
+    Created,
+    /// The lock was deleted: released, or its holder's session ended.
+    Deleted,
+    /// The lock's data changed.
+    DataChanged,
+    /// Our session ended; the lock will not be watched through it again.
+    SessionEnded,
+}
+
+/// A one-shot wake-up for the next change of the lock znode. Arm a new one with
+/// [`Coordination::watch_lock`] after it fires; dropping it disarms it.
+#[derive(Debug)]
+pub struct LockWatch {
+    task: Option<JoinHandle<zk::WatchedEvent>>,
+    fired: Option<LockEvent>,
+}
+
+impl LockWatch {
+    /// Waits for the change. Cancel-safe. Once it has reported an event it reports the same
+    /// event again at once.
+    pub async fn changed(&mut self) -> LockEvent {
+        if let Some(event) = self.fired {
+            return event;
+        }
+        let event = match self.task.as_mut() {
+            Some(task) => match task.await {
+                Ok(ev) => match ev.event_type {
+                    zk::EventType::NodeCreated => LockEvent::Created,
+                    zk::EventType::NodeDeleted => LockEvent::Deleted,
+                    // Exist watches get no child events; should one come, it is still a change.
+                    zk::EventType::NodeDataChanged | zk::EventType::NodeChildrenChanged => LockEvent::DataChanged,
+                    zk::EventType::Session => LockEvent::SessionEnded,
+                },
+                // The library's watch task ends without an event only when the session machinery
+                // itself is gone.
+                Err(_) => LockEvent::SessionEnded,
+            },
+            None => LockEvent::SessionEnded,
+        };
+        self.task = None;
+        self.fired = Some(event);
+        event
+    }
+}
+
+impl Drop for LockWatch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Follows the session's state. See [`Coordination::session_watch`].
+#[derive(Debug)]
+pub struct SessionWatch {
+    states: zk::StateWatcher,
+    session_id: i64,
+}
+
+impl SessionWatch {
+    /// The state now.
+    pub fn current(&self) -> SessionView {
+        session_view(self.states.peek_state(), self.session_id)
+    }
+
+    /// Waits for the next state change and returns the new state. Cancel-safe. After it has
+    /// returned [`SessionView::Expired`] it never returns again.
+    pub async fn changed(&mut self) -> SessionView {
+        session_view(self.states.changed().await, self.session_id)
+    }
+}
+
+fn session_view(state: zk::SessionState, session_id: i64) -> SessionView {
+    match state {
+        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => SessionView::Connected { session_id },
+        zk::SessionState::Disconnected => SessionView::Disconnected { session_id },
+        zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => SessionView::Expired,
+    }
+}
+
+/// The znode paths of one cluster.
+#[derive(Debug, Clone)]
+struct Paths {
+    cluster: String,
+    lock: String,
+    breadcrumb: String,
+    members: String,
+    member: String,
+}
+
+impl Paths {
+    fn new(cluster: &str, node_id: &str) -> Self {
+        let root = format!("{ROOT}/{cluster}");
+        Paths {
+            lock: format!("{root}/lock"),
+            breadcrumb: format!("{root}/breadcrumb"),
+            members: format!("{root}/members"),
+            member: format!("{root}/members/{node_id}"),
+            cluster: root,
+        }
+    }
+}
+
+/// Why a remote call did not succeed: the ensemble's (or library's) error, or our deadline.
+enum Failure<E> {
+    Reply(E),
+    TimedOut(Duration),
+}
+
+/// Errors that prove the ensemble processed the request within our live session.
+trait ServerAnswer {
+    fn answered_by_server(&self) -> bool;
+}
+
+impl ServerAnswer for zk::Error {
+    fn answered_by_server(&self) -> bool {
+        // Only errors the server itself returns for a processed request; connection and session
+        // errors, and errors the library raises locally, prove nothing.
+        matches!(
+            self,
+            zk::Error::NoNode
+                | zk::Error::NodeExists
+                | zk::Error::BadVersion
+                | zk::Error::NotEmpty
+                | zk::Error::NoAuth
+                | zk::Error::NoChildrenForEphemerals
+        )
+    }
+}
+
+impl ServerAnswer for zk::MultiWriteError {
+    fn answered_by_server(&self) -> bool {
+        // Per-operation failures are decoded from the server's reply.
+        matches!(self, zk::MultiWriteError::OperationFailed { .. })
+    }
+}
+
+/// A handle on the cluster's election znodes through one session. See the module docs.
+#[derive(Debug)]
+pub struct Coordination {
+    client: zk::Client,
+    cfg: CoordinationConfig,
+    paths: Paths,
+    session_id: i64,
+    last_ack: Mutex<Option<Instant>>,
+}
+
+impl Coordination {
+    /// Connects a new session, authenticates with the digest credential if one is configured,
+    /// and creates `/referee/<cluster>/members` and its parents if they are missing.
+    ///
+    /// Takes at most the requested session timeout plus `op_timeout` to connect, then one
+    /// `op_timeout` per missing parent.
+    pub async fn connect(cfg: CoordinationConfig) -> Result<Self, ElectionError> {
+        cfg.validate()?;
+        let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
+        if let Some(digest) = &cfg.digest {
+            // Given to the connector, the credential is re-sent on every reconnection.
+            connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        let limit = cfg.session_timeout + cfg.op_timeout;
+        // The session was created after this instant, which makes it our first acknowledgement.
+        let started = Instant::now();
+        let client = match tokio::time::timeout(limit, connector.connect(&cfg.connect)).await {
+            Err(_) => return Err(ElectionError::ConnectTimeout { connect: cfg.connect.clone(), after: limit }),
+            Ok(Err(zk::Error::AuthFailed)) => return Err(ElectionError::AuthFailed),
+            Ok(Err(source)) => return Err(ElectionError::Connect { connect: cfg.connect.clone(), source }),
+            Ok(Ok(client)) => client,
+        };
+        let negotiated = client.session_timeout();
+        if cfg.op_timeout >= negotiated {
+            // Dropping the client closes the session.
+            return Err(ElectionError::Config(format!(
+                "the coordinator granted a session timeout of {negotiated:?} (asked for {:?}), which is not above \
+                 the op timeout {:?}; lower op_timeout or widen the server's session timeout bounds",
+                cfg.session_timeout, cfg.op_timeout
+            )));
+        }
+        let session_id = client.session_id().0;
+        tracing::info!(session = %format_args!("{session_id:#x}"), ?negotiated, cluster = %cfg.cluster, "coordinator session established");
+        let paths = Paths::new(&cfg.cluster, &cfg.node_id);
+        let me = Coordination { client, cfg, paths, session_id, last_ack: Mutex::new(Some(started)) };
+        me.ensure_parents().await?;
+        Ok(me)
+    }
+
+    /// Creates the persistent parents, tolerating creation races with other agents. Existing
+    /// ones are not re-created, so a tree locked down with ACLs only needs read access here.
+    async fn ensure_parents(&self) -> Result<(), ElectionError> {
+        const OP: &str = "create the cluster's znodes";
+        for path in [ROOT, self.paths.cluster.as_str(), self.paths.members.as_str()] {
+            let sent = Instant::now();
+            let exists = self.client.check_stat(path);
+            if self.finish(self.deadline(), sent, exists).await.map_err(|f| self.failure(OP, f))?.is_some() {
+                continue;
+            }
+            let sent = Instant::now();
+            let created = self.client.create(path, b"", &PERSISTENT);
+            match self.finish(self.deadline(), sent, created).await {
+                Ok(_) | Err(Failure::Reply(zk::Error::NodeExists)) => {}
+                Err(f) => return Err(self.failure(OP, f)),
+            }
+        }
+        Ok(())
+    }
+
+    /// This handle's session id.
+    pub fn session_id(&self) -> i64 {
+        self.session_id
+    }
+
+    /// The session timeout the ensemble granted (not the one requested).
+    pub fn negotiated_timeout(&self) -> Duration {
+        self.client.session_timeout()
+    }
+
+    /// The node id this handle registers and acquires as.
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    /// The session's state now.
+    pub fn session(&self) -> SessionView {
+        session_view(self.client.state(), self.session_id)
+    }
+
+    /// A follower of the session's state changes from now on (combine with
+    /// [`SessionWatch::current`] to miss nothing).
+    pub fn session_watch(&self) -> SessionWatch {
+        SessionWatch { states: self.client.state_watcher(), session_id: self.session_id }
+    }
+
+    /// When the latest request that got a reply was sent (monotonic clock). A reply proves the
+    /// session was alive after that instant. `None` never happens after `connect` (the session's
+    /// creation counts), but the type leaves room for a handle that has proved nothing.
+    pub fn last_ack_sent_at(&self) -> Option<Instant> {
+        *self.last_ack.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers this agent as a member: an ephemeral znode holding `member`.
+    ///
+    /// If another live session holds our node id, this waits (watching for its deletion) up to
+    /// the negotiated session timeout plus the larger of `op_timeout` and half that timeout, in
+    /// case it is the leftover of our own previous incarnation, which expires on that schedule
+    /// (assuming it ran with the same session timeout). If it is still there, returns
+    /// [`ElectionError::DuplicateNodeId`]: two agents share the id and this one must not start.
+    pub async fn register_member(&self, member: &Member) -> Result<(), ElectionError> {
+        const OP: &str = "register as a member";
+        if member.node_id != self.cfg.node_id {
+            return Err(ElectionError::InvalidArgument(format!(
+                "member record names {:?} but this handle is node {:?}",
+                member.node_id, self.cfg.node_id
+            )));
+        }
+        let data = encode(member)?;
+        let negotiated = self.negotiated_timeout();
+        let give_up = Instant::now() + negotiated + self.cfg.op_timeout.max(negotiated / 2);
+        loop {
+            let sent = Instant::now();
+            let created = self.client.create(&self.paths.member, &data, &EPHEMERAL);
+            match self.finish(self.deadline(), sent, created).await {
+                Ok(_) => return self.ensure_live(OP),
+                // Exists, or perhaps created by us with the reply lost: the owner tells.
+                Err(Failure::Reply(zk::Error::NodeExists | zk::Error::ConnectionLoss)) | Err(Failure::TimedOut(_)) => {}
+                Err(f) => return Err(self.failure(OP, f)),
+            }
+            let sent = Instant::now();
+            let checked = self.client.check_and_watch_stat(&self.paths.member);
+            let (stat, watcher) = self.finish(self.deadline(), sent, checked).await.map_err(|f| self.failure(OP, f))?;
+            let Some(stat) = stat else {
+                // Gone since our create: race for it again (the watch fires on creation; unneeded).
+                continue;
+            };
+            let owner_session = stat.ephemeral_owner;
+            if owner_session == self.session_id {
+                return self.ensure_live(OP);
+            }
+            let duplicate = ElectionError::DuplicateNodeId { node_id: self.cfg.node_id.clone(), owner_session };
+            if owner_session == 0 || Instant::now() >= give_up {
+                // A persistent squatter never goes away; a live one has outlasted any leftover.
+                return Err(duplicate);
+            }
+            tracing::info!(owner = %format_args!("{owner_session:#x}"), "our node id is held by another session; waiting for it to expire");
+            let mut watch = spawn_watch(watcher);
+            match tokio::time::timeout_at(give_up.into(), watch.changed()).await {
+                Err(_) => return Err(duplicate),
+                Ok(LockEvent::SessionEnded) => {
+                    return Err(ElectionError::SessionExpired { session_id: self.session_id })
+                }
+                Ok(LockEvent::Created | LockEvent::Deleted | LockEvent::DataChanged) => {}
+            }
+        }
+    }
+
+    /// The registered members, sorted by node id. Members whose data cannot be decoded are
+    /// skipped with a warning rather than hiding every other member.
+    pub async fn members(&self) -> Result<Vec<Member>, ElectionError> {
+        const OP: &str = "list members";
+        let sent = Instant::now();
+        let listed = self.client.list_children(&self.paths.members);
+        let names = self.finish(self.deadline(), sent, listed).await.map_err(|f| self.failure(OP, f))?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let paths: Vec<String> = names.iter().map(|n| format!("{}/{n}", self.paths.members)).collect();
+        let mut reader = self.client.new_multi_reader();
+        for path in &paths {
+            reader.add_get_data(path).map_err(|source| ElectionError::Coordinator { op: OP, source })?;
+        }
+        let sent = Instant::now();
+        let read = reader.commit();
+        let results = self.finish(self.deadline(), sent, read).await.map_err(|f| self.failure(OP, f))?;
+        let mut members = Vec::with_capacity(results.len());
+        for (path, result) in paths.iter().zip(results) {
+            match result {
+                zk::MultiReadResult::Data { data, .. } => match decode::<Member>(path, &data) {
+                    Ok(m) => members.push(m),
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable member"),
+                },
+                // Left between the listing and the read.
+                zk::MultiReadResult::Error { err: zk::Error::NoNode } => {}
+                zk::MultiReadResult::Error { err } => return Err(ElectionError::Coordinator { op: OP, source: err }),
+                other => {
+                    return Err(ElectionError::UnexpectedReply { op: OP, detail: format!("{other:?} for a data read") })
+                }
+            }
+        }
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(members)
+    }
+
+    /// Who holds the lock. Ownership is decided by the lock's `ephemeralOwner` against this
+    /// handle's session, never by the node id in its data.
+    pub async fn read_lock(&self) -> Result<LockView, ElectionError> {
+        const OP: &str = "read the lock";
+        let Some((data, meta)) = self.read_lock_raw(OP).await? else {
+            return Ok(LockView::Free);
+        };
+        self.classify_lock(OP, &data, meta)
+    }
+
+    /// The lock's record and identity, or `None` if it is free (for building fencing targets).
+    pub async fn read_lock_record(&self) -> Result<Option<(LockRecord, LockMeta)>, ElectionError> {
+        const OP: &str = "read the lock record";
+        match self.read_lock_raw(OP).await? {
+            None => Ok(None),
+            Some((data, meta)) => Ok(Some((decode(&self.paths.lock, &data)?, meta))),
+        }
+    }
+
+    /// Arms a one-shot watch on the lock znode: it fires when the lock is created, changed or
+    /// deleted, or when our session ends. Re-arm after each firing.
+    pub async fn watch_lock(&self) -> Result<LockWatch, ElectionError> {
+        const OP: &str = "watch the lock";
+        let sent = Instant::now();
+        let armed = self.client.check_and_watch_stat(&self.paths.lock);
+        let (_, watcher) = self.finish(self.deadline(), sent, armed).await.map_err(|f| self.failure(OP, f))?;
+        Ok(spawn_watch(watcher))
+    }
+
+    /// Races for the lock with `record` as its data.
+    ///
+    /// On `NodeExists` reads who holds it. After a lost connection or a timeout on the create,
+    /// ZooKeeper may have applied it, so this reads the lock back (on the same session, hence
+    /// after the create) and decides by `ephemeralOwner`. A result whose session has ended by
+    /// the time it is read is [`ElectionError::StaleSession`], never a win. Takes at most
+    /// `2 × op_timeout` per attempt, and makes at most three attempts.
+    pub async fn try_acquire(&self, record: &LockRecord) -> Result<Acquired, ElectionError> {
+        const OP: &str = "acquire the lock";
+        if record.node_id != self.cfg.node_id {
+            return Err(ElectionError::InvalidArgument(format!(
+                "lock record names {:?} but this handle is node {:?}",
+                record.node_id, self.cfg.node_id
+            )));
+        }
+        let data = encode(record)?;
+        for _ in 0..ACQUIRE_ATTEMPTS {
+            let sent = Instant::now();
+            let created = self.client.create(&self.paths.lock, &data, &EPHEMERAL);
+            match self.finish(self.deadline(), sent, created).await {
+                Ok((stat, _)) if !stat.is_invalid() => {
+                    let token = token_of(OP, stat.czxid)?;
+                    self.ensure_live(OP)?;
+                    tracing::info!(%token, "won the lock");
+                    return Ok(Acquired::Won { token });
+                }
+                // A create reply without a stat (old servers): read back like the ambiguous cases.
+                Ok(_) => {}
+                Err(Failure::Reply(zk::Error::NodeExists)) => {}
+                Err(Failure::Reply(zk::Error::ConnectionLoss)) | Err(Failure::TimedOut(_)) => {
+                    tracing::info!("lock create outcome unknown; reading the lock back");
+                }
+                Err(f) => return Err(self.failure(OP, f)),
+            }
+            let Some((data, meta)) = self.read_lock_raw(OP).await? else {
+                // The create was not applied (the read is ordered after it on this session) and
+                // any holder has released since: race again.
+                continue;
+            };
+            if meta.owner_session == self.session_id {
+                self.ensure_live(OP)?;
+                tracing::info!(token = %meta.token, "won the lock (confirmed by reading it back)");
+                return Ok(Acquired::Won { token: meta.token });
+            }
+            let holder: LockRecord = decode(&self.paths.lock, &data)?;
+            return Ok(Acquired::HeldBy { node_id: holder.node_id, token: meta.token });
+        }
+        Err(ElectionError::LockChurn { attempts: ACQUIRE_ATTEMPTS })
+    }
+
+    /// Deletes the lock if this session holds it with `token`, conditioned on the version read.
+    /// Someone else's lock, or another acquisition's, is left alone.
+    pub async fn release(&self, token: FencingToken) -> Result<Released, ElectionError> {
+        const OP: &str = "release the lock";
+        let Some((_, meta)) = self.read_lock_raw(OP).await? else {
+            return Ok(Released::AlreadyFree);
+        };
+        if meta.owner_session != self.session_id || meta.token != token {
+            return Ok(Released::NotOurs { token: meta.token, owner_session: meta.owner_session });
+        }
+        let sent = Instant::now();
+        let deleted = self.client.delete(&self.paths.lock, Some(meta.version));
+        match self.finish(self.deadline(), sent, deleted).await {
+            Ok(()) => {
+                tracing::info!(%token, "released the lock");
+                Ok(Released::Deleted)
+            }
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(Released::AlreadyFree),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// The breadcrumb and its version.
+    pub async fn read_breadcrumb(&self) -> Result<BreadcrumbView, ElectionError> {
+        const OP: &str = "read the breadcrumb";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.breadcrumb);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => {
+                Ok(BreadcrumbView::Present { crumb: decode(&self.paths.breadcrumb, &data)?, version: stat.version })
+            }
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(BreadcrumbView::Missing),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// Writes our breadcrumb while holding the lock, returning its new version.
+    ///
+    /// One multi through this (the lock's) session: `check(lock, lock_version)`, then
+    /// `setData(breadcrumb, expected)` or, with `expected == None`, `create(breadcrumb)`. It fails
+    /// as a whole with [`ElectionError::LockNotHeld`] if the lock is gone or changed, and with
+    /// [`ElectionError::BreadcrumbChanged`] if someone else moved the breadcrumb.
+    ///
+    /// A version check alone cannot tell our lock from a new one at the same version, so the lock
+    /// is first read to confirm this session holds it with `crumb.token`; while our session
+    /// lives, only an explicit delete by a third party can replace it between the two calls.
+    pub async fn write_breadcrumb(
+        &self,
+        crumb: &Breadcrumb,
+        lock_version: i32,
+        expected: Option<i32>,
+    ) -> Result<i32, ElectionError> {
+        const OP: &str = "write the breadcrumb";
+        let data = encode(crumb)?;
+        self.confirm_holder(OP, crumb.token, lock_version).await?;
+        let mut writer = self.client.new_multi_writer();
+        let staged = writer.add_check_version(&self.paths.lock, lock_version).and_then(|()| match expected {
+            Some(version) => writer.add_set_data(&self.paths.breadcrumb, &data, Some(version)),
+            None => writer.add_create(&self.paths.breadcrumb, &data, &PERSISTENT),
+        });
+        staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
+        let sent = Instant::now();
+        let committed = writer.commit();
+        let results = self
+            .finish(self.deadline(), sent, committed)
+            .await
+            .map_err(|f| self.multi_failure(OP, f, crumb.token, lock_version, expected))?;
+        // The write is applied whatever happened to the session since: report it.
+        match results.get(1) {
+            Some(zk::MultiWriteResult::SetData { stat }) => Ok(stat.version),
+            Some(zk::MultiWriteResult::Create { .. }) => Ok(0),
+            other => {
+                Err(ElectionError::UnexpectedReply { op: OP, detail: format!("{other:?} as the breadcrumb write") })
+            }
+        }
+    }
+
+    /// Steps down cleanly: in one multi through the lock's session, `check(lock, lock_version)`,
+    /// `setData(breadcrumb, crumb, breadcrumb_version)` and `delete(lock, lock_version)`. Either
+    /// the breadcrumb says "clean" and the lock is free, or nothing changed.
+    ///
+    /// `crumb` must be marked clean and carry `lock_token`; the lock is first read to confirm
+    /// this session holds it with that token (see [`Coordination::write_breadcrumb`]).
+    pub async fn step_down_cleanly(
+        &self,
+        crumb: &Breadcrumb,
+        lock_token: FencingToken,
+        lock_version: i32,
+        breadcrumb_version: i32,
+    ) -> Result<(), ElectionError> {
+        const OP: &str = "step down cleanly";
+        if !crumb.clean || crumb.token != lock_token {
+            return Err(ElectionError::InvalidArgument(format!(
+                "a clean step-down needs a breadcrumb marked clean with the lock's token {lock_token} (got clean={}, token={})",
+                crumb.clean, crumb.token
+            )));
+        }
+        let data = encode(crumb)?;
+        self.confirm_holder(OP, lock_token, lock_version).await?;
+        let mut writer = self.client.new_multi_writer();
+        let staged = writer
+            .add_check_version(&self.paths.lock, lock_version)
+            .and_then(|()| writer.add_set_data(&self.paths.breadcrumb, &data, Some(breadcrumb_version)))
+            .and_then(|()| writer.add_delete(&self.paths.lock, Some(lock_version)));
+        staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
+        let sent = Instant::now();
+        let committed = writer.commit();
+        self.finish(self.deadline(), sent, committed)
+            .await
+            .map_err(|f| self.multi_failure(OP, f, lock_token, lock_version, Some(breadcrumb_version)))?;
+        tracing::info!(token = %lock_token, "stepped down cleanly");
+        Ok(())
+    }
+
+    /// Closes the session, which deletes its ephemerals (lock, membership) at once, and waits up
+    /// to `op_timeout` for the ensemble to confirm.
+    pub async fn close(self) -> Result<(), ElectionError> {
+        let Coordination { client, cfg, session_id, .. } = self;
+        let mut states = client.state_watcher();
+        // The library sends CloseSession when its last client handle is dropped.
+        drop(client);
+        let closed = async {
+            while !states.peek_state().is_terminated() {
+                states.changed().await;
+            }
+        };
+        tokio::time::timeout(cfg.op_timeout, closed)
+            .await
+            .map_err(|_| ElectionError::Timeout { op: "close the session", after: cfg.op_timeout })?;
+        tracing::info!(session = %format_args!("{session_id:#x}"), "coordinator session closed");
+        Ok(())
+    }
+
+    /// Reads the lock's data and identity, `None` if it is free.
+    async fn read_lock_raw(&self, op: &'static str) -> Result<Option<(Vec<u8>, LockMeta)>, ElectionError> {
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.lock);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => {
+                let meta = LockMeta {
+                    token: token_of(op, stat.czxid)?,
+                    version: stat.version,
+                    owner_session: stat.ephemeral_owner,
+                };
+                Ok(Some((data, meta)))
+            }
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(op, f)),
+        }
+    }
+
+    fn classify_lock(&self, op: &'static str, data: &[u8], meta: LockMeta) -> Result<LockView, ElectionError> {
+        if meta.owner_session == self.session_id {
+            self.ensure_live(op)?;
+            return Ok(LockView::Ours { token: meta.token, version: meta.version });
+        }
+        let holder: LockRecord = decode(&self.paths.lock, data)?;
+        if holder.node_id == self.cfg.node_id {
+            Ok(LockView::OursFromOldSession { token: meta.token })
+        } else {
+            Ok(LockView::Peer { node_id: holder.node_id, token: meta.token })
+        }
+    }
+
+    /// Confirms this session holds the lock with `token` at `version`.
+    async fn confirm_holder(&self, op: &'static str, token: FencingToken, version: i32) -> Result<(), ElectionError> {
+        match self.read_lock_raw(op).await? {
+            Some((_, meta))
+                if meta.owner_session == self.session_id && meta.token == token && meta.version == version =>
+            {
+                self.ensure_live(op)
+            }
+            _ => Err(ElectionError::LockNotHeld { op, token, version }),
+        }
+    }
+
+    /// Maps a failed check-lock-then-write multi. Index 0 is always the lock check; index 1 the
+    /// breadcrumb write; a later index is the lock delete.
+    fn multi_failure(
+        &self,
+        op: &'static str,
+        f: Failure<zk::MultiWriteError>,
+        token: FencingToken,
+        version: i32,
+        expected: Option<i32>,
+    ) -> ElectionError {
+        match f {
+            Failure::TimedOut(after) => ElectionError::Timeout { op, after },
+            Failure::Reply(zk::MultiWriteError::RequestFailed { source }) => self.zk_error(op, source),
+            Failure::Reply(zk::MultiWriteError::OperationFailed { index, source }) => match (index, source) {
+                (0, zk::Error::NoNode | zk::Error::BadVersion) => ElectionError::LockNotHeld { op, token, version },
+                (1, zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists) => {
+                    ElectionError::BreadcrumbChanged { expected }
+                }
+                (2, zk::Error::NoNode | zk::Error::BadVersion) => ElectionError::LockNotHeld { op, token, version },
+                (_, source) => self.zk_error(op, source),
+            },
+        }
+    }
+
+    /// The deadline of a call issued now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.cfg.op_timeout
+    }
+
+    /// Awaits a call issued at `sent` until `deadline`, recording the acknowledgement if the
+    /// ensemble answered.
+    async fn finish<T, E: ServerAnswer>(
+        &self,
+        deadline: Instant,
+        sent: Instant,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Failure<E>> {
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Err(_) => Err(Failure::TimedOut(deadline.saturating_duration_since(sent))),
+            Ok(Ok(value)) => {
+                self.acknowledged(sent);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                if e.answered_by_server() {
+                    self.acknowledged(sent);
+                }
+                Err(Failure::Reply(e))
+            }
+        }
+    }
+
+    fn acknowledged(&self, sent: Instant) {
+        let mut last = self.last_ack.lock().unwrap_or_else(PoisonError::into_inner);
+        // Replies may complete out of order across concurrent calls; keep the latest send time.
+        *last = (*last).max(Some(sent));
+    }
+
+    /// A reply is only worth acting on while its session lives. A handle has exactly one
+    /// session, so a reply is stale when that session has ended by the time it is read.
+    fn ensure_live(&self, op: &'static str) -> Result<(), ElectionError> {
+        if self.client.state().is_terminated() {
+            return Err(ElectionError::StaleSession { op, session_id: self.session_id });
+        }
+        Ok(())
+    }
+
+    fn failure(&self, op: &'static str, f: Failure<zk::Error>) -> ElectionError {
+        match f {
+            Failure::TimedOut(after) => ElectionError::Timeout { op, after },
+            Failure::Reply(e) => self.zk_error(op, e),
+        }
+    }
+
+    fn zk_error(&self, op: &'static str, e: zk::Error) -> ElectionError {
+        match e {
+            zk::Error::ConnectionLoss => ElectionError::ConnectionLoss { op },
+            zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::ClientClosed => {
+                ElectionError::SessionExpired { session_id: self.session_id }
+            }
+            zk::Error::AuthFailed => ElectionError::AuthFailed,
+            zk::Error::NoAuth => ElectionError::NoAuth { op },
+            source => ElectionError::Coordinator { op, source },
+        }
+    }
+}
+
+/// Runs a one-shot watcher in its own task, so that the library's internal `unwrap` on a
+/// vanished watch channel can only end that task, never the caller.
+fn spawn_watch(watcher: zk::OneshotWatcher) -> LockWatch {
+    LockWatch { task: Some(tokio::spawn(watcher.changed())), fired: None }
+}
+
+/// The fencing token of a znode created at `czxid`.
+fn token_of(op: &'static str, czxid: i64) -> Result<FencingToken, ElectionError> {
+    match u64::try_from(czxid) {
+        Ok(z) if z > 0 => Ok(FencingToken(z)),
+        _ => Err(ElectionError::UnexpectedReply { op, detail: format!("the lock has czxid {czxid}") }),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ElectionError> {
+    serde_json::to_vec(value).map_err(ElectionError::Encode)
+}
+
+fn decode<T: DeserializeOwned>(path: &str, data: &[u8]) -> Result<T, ElectionError> {
+    serde_json::from_slice(data).map_err(|source| ElectionError::Corrupt { path: path.to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CoordinationConfig {
+        CoordinationConfig {
+            connect: "127.0.0.1:2181,127.0.0.1:2182".into(),
+            cluster: "demo".into(),
+            node_id: "node-1".into(),
+            session_timeout: Duration::from_secs(6),
+            op_timeout: Duration::from_secs(2),
+            digest: Some("referee:s3cret".into()),
+        }
+    }
+
+    #[test]
+    fn accepts_sane_settings_and_hides_the_password() {
+        assert!(cfg().validate().is_ok());
+        let shown = format!("{:?}", cfg());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("referee:<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn refuses_bad_names_timings_and_credentials() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut CoordinationConfig)>)> = vec![
+            ("empty connect", Box::new(|c| c.connect = String::new())),
+            ("empty host", Box::new(|c| c.connect = "a:1,,b:2".into())),
+            ("slash in cluster", Box::new(|c| c.cluster = "a/b".into())),
+            ("dot-dot node", Box::new(|c| c.node_id = "..".into())),
+            ("zero op timeout", Box::new(|c| c.op_timeout = Duration::ZERO)),
+            ("op timeout not below session", Box::new(|c| c.op_timeout = c.session_timeout)),
+            ("digest without user", Box::new(|c| c.digest = Some(":pw".into()))),
+            ("digest without colon", Box::new(|c| c.digest = Some("user".into()))),
+        ];
+        for (what, change) in cases {
+            let mut c = cfg();
+            change(&mut c);
+            assert!(matches!(c.validate(), Err(ElectionError::Config(_))), "{what} was accepted");
+        }
+    }
+
+    #[test]
+    fn paths_live_under_the_cluster() {
+        let p = Paths::new("demo", "node-1");
+        assert_eq!(p.cluster, "/referee/demo");
+        assert_eq!(p.lock, "/referee/demo/lock");
+        assert_eq!(p.breadcrumb, "/referee/demo/breadcrumb");
+        assert_eq!(p.member, "/referee/demo/members/node-1");
+    }
+
+    #[test]
+    fn session_states_map_onto_views() {
+        use zk::SessionState as S;
+        assert_eq!(session_view(S::SyncConnected, 7), SessionView::Connected { session_id: 7 });
+        assert_eq!(session_view(S::ConnectedReadOnly, 7), SessionView::Connected { session_id: 7 });
+        assert_eq!(session_view(S::Disconnected, 7), SessionView::Disconnected { session_id: 7 });
+        for s in [S::Expired, S::Closed, S::AuthFailed] {
+            assert_eq!(session_view(s, 7), SessionView::Expired);
+        }
+    }
+
+    #[test]
+    fn tokens_come_only_from_positive_czxids() {
+        assert_eq!(token_of("t", 42).unwrap(), FencingToken(42));
+        assert!(token_of("t", 0).is_err());
+        assert!(token_of("t", -1).is_err());
+    }
+
+    #[test]
+    fn errors_say_how_to_recover() {
+        assert_eq!(
+            ElectionError::DuplicateNodeId { node_id: "n".into(), owner_session: 1 }.recovery(),
+            Recovery::Fatal
+        );
+        assert_eq!(ElectionError::StaleSession { op: "x", session_id: 1 }.recovery(), Recovery::Reconnect);
+        assert_eq!(ElectionError::BreadcrumbChanged { expected: Some(1) }.recovery(), Recovery::Reread);
+        assert_eq!(ElectionError::ConnectionLoss { op: "x" }.recovery(), Recovery::Retry);
+    }
+}

@@ -1,0 +1,628 @@
+//! The health monitor: is the local master fit to be (or stay) active?
+//!
+//! [`HealthMonitor`] is the pure core, Hadoop ZKFC's `HealthMonitor` states with rise and fall
+//! counts: it is fed each check's result and the time, and says when the verdict changes.
+//! [`run_health_monitor`] is its driver: every `interval_ms` it checks the master's health and
+//! reads its role and token (both bounded by `timeout_ms`), feeds the result to the core, and
+//! publishes a [`HealthReport`] on a `watch` channel.
+//!
+//! ```text
+//!                 every interval_ms, within timeout_ms
+//!   MasterAdapter ── health() ──▶ HealthMonitor::record(result, now) ──▶ Option<Transition>
+//!        │                                                                    │
+//!        └──────── state() ──▶ Option<MasterStatus> ──┐                       │
+//!                                                     ▼                       ▼
+//!                                    watch::Sender<HealthReport>  (woken on a change)
+//! ```
+//!
+//! # Rules
+//!
+//! - `rise` consecutive passing checks make the master [`Health::Healthy`].
+//! - Once healthy, it takes `fall` consecutive failed checks to leave: one slow answer (a GC
+//!   pause, a burst of load) must not cause a failover, whose new active would likely suffer
+//!   the same load (HDFS-9311's flapping).
+//! - **Except a refused connection, which counts at once.** A crashed master's port refuses
+//!   immediately and for certain; nothing is gained by asking again, and waiting `fall`
+//!   intervals would only lengthen the failover. Timeouts and broken connections are the
+//!   ambiguous failures the fall count exists for.
+//! - A master that is not healthy moves straight to whatever the latest failure says
+//!   (unhealthy, not responding, monitor failed): it is already out of the running, so there
+//!   is nothing for a count to protect.
+//! - [`HealthProblem::CheckFailed`] (the check itself cannot be run) becomes
+//!   [`Health::MonitorFailed`], under the same counts: it says nothing about the master, but
+//!   a monitor that cannot look cannot vouch for it either.
+//!
+//! The report carries `last_check_at`: a driver stuck in a check that ignores its deadline
+//! stops updating it, which the agent can notice and treat as a failed monitor.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::adapter::{AdapterError, HealthProblem, MasterAdapter, NoAnswer};
+use crate::clock::BootInstant;
+use crate::model::{Health, MasterStatus};
+
+/// Extra time a driver gives an adapter call beyond its deadline before abandoning it; an
+/// adapter is expected to end by its deadline, this only bounds one that does not.
+const OVERRUN_GRACE: Duration = Duration::from_millis(500);
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+fn default_timeout_ms() -> u64 {
+    3000
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
+/// `health:` in the agent's configuration.
+///
+/// ```yaml
+/// health:
+///   interval_ms: 1000   # time between the starts of two checks (default 1000)
+///   timeout_ms: 3000    # deadline of one check (default 3000)
+///   rise: 2             # consecutive passes to become healthy (default 2)
+///   fall: 3             # consecutive failures to stop being healthy (default 3)
+/// ```
+///
+/// A check may take longer than the interval; the next one then starts when it ends. A hung
+/// master is declared not responding after about `fall × max(interval_ms, timeout_ms)`; a
+/// crashed one (connection refused) after at most one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between the starts of two checks.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Deadline of one check (health and state together).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive passing checks needed to become healthy.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failed checks needed to stop being healthy (a refusal needs only one).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
+    }
+}
+
+/// A `health:` value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("health.{field}: {reason}")]
+pub struct HealthConfigError {
+    /// The field, as written in the configuration.
+    pub field: &'static str,
+    /// What is wrong and what to change.
+    pub reason: String,
+}
+
+impl HealthConfig {
+    /// Checks every field; the error names the bad one.
+    pub fn validate(&self) -> Result<(), HealthConfigError> {
+        let err = |field, reason: &str| Err(HealthConfigError { field, reason: reason.to_string() });
+        if self.interval_ms == 0 {
+            return err("interval_ms", "must be greater than 0");
+        }
+        if self.timeout_ms == 0 {
+            return err("timeout_ms", "must be greater than 0");
+        }
+        if self.rise == 0 {
+            return err("rise", "must be at least 1");
+        }
+        if self.fall == 0 {
+            return err("fall", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `interval_ms` as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// `timeout_ms` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A change of verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The verdict before.
+    pub from: Health,
+    /// The verdict now.
+    pub to: Health,
+    /// When the check that caused it ended.
+    pub at: BootInstant,
+    /// Why, as a sentence (also this type's `Display`).
+    pub why: String,
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// The pure health state machine. See the module documentation for the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthMonitor {
+    rise: u32,
+    fall: u32,
+    health: Health,
+    successes: u32,
+    failures: u32,
+    last_check_at: Option<BootInstant>,
+    last_problem: Option<HealthProblem>,
+}
+
+impl HealthMonitor {
+    /// A monitor in [`Health::Initializing`].
+    ///
+    /// # Panics
+    ///
+    /// If `rise` or `fall` is 0 ([`HealthConfig::validate`] refuses those).
+    pub fn new(rise: u32, fall: u32) -> Self {
+        assert!(rise >= 1 && fall >= 1, "rise ({rise}) and fall ({fall}) must be at least 1");
+        HealthMonitor {
+            rise,
+            fall,
+            health: Health::Initializing,
+            successes: 0,
+            failures: 0,
+            last_check_at: None,
+            last_problem: None,
+        }
+    }
+
+    /// The current verdict.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// When the last check ended, if any has.
+    pub fn last_check_at(&self) -> Option<BootInstant> {
+        self.last_check_at
+    }
+
+    /// The last check's problem; `None` if it passed (or none has ended yet).
+    pub fn last_problem(&self) -> Option<&HealthProblem> {
+        self.last_problem.as_ref()
+    }
+
+    /// Consecutive passing checks up to now.
+    pub fn consecutive_successes(&self) -> u32 {
+        self.successes
+    }
+
+    /// Consecutive failed checks up to now.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Records a check that ended at `now`; returns the transition it caused, if any.
+    pub fn record(&mut self, result: Result<(), HealthProblem>, now: BootInstant) -> Option<Transition> {
+        self.last_check_at = Some(now);
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.successes = self.successes.saturating_add(1);
+                self.last_problem = None;
+                match self.health {
+                    Health::Healthy => None,
+                    Health::Initializing
+                    | Health::Unhealthy(_)
+                    | Health::NotResponding(_)
+                    | Health::MonitorFailed(_) => {
+                        if self.successes < self.rise {
+                            return None;
+                        }
+                        let why = format!("master healthy after {} consecutive passing checks", self.successes);
+                        Some(self.become_(Health::Healthy, now, why))
+                    }
+                }
+            }
+            Err(problem) => {
+                self.successes = 0;
+                self.failures = self.failures.saturating_add(1);
+                let target = verdict(&problem);
+                let refused = matches!(problem, HealthProblem::NotResponding { how: NoAnswer::Refused, .. });
+                self.last_problem = Some(problem);
+                if same_kind(&self.health, &target) {
+                    return None;
+                }
+                let why = match self.health {
+                    Health::Healthy if refused => {
+                        format!("master {} at once (a refusal is not retried): {}", describe(&target), reason(&target))
+                    }
+                    Health::Healthy if self.failures >= self.fall => format!(
+                        "master {} after {} consecutive failed checks: {}",
+                        describe(&target),
+                        self.failures,
+                        reason(&target)
+                    ),
+                    Health::Healthy => return None,
+                    Health::Initializing
+                    | Health::Unhealthy(_)
+                    | Health::NotResponding(_)
+                    | Health::MonitorFailed(_) => format!("master {}: {}", describe(&target), reason(&target)),
+                };
+                Some(self.become_(target, now, why))
+            }
+        }
+    }
+
+    fn become_(&mut self, to: Health, at: BootInstant, why: String) -> Transition {
+        let from = std::mem::replace(&mut self.health, to.clone());
+        Transition { from, to, at, why }
+    }
+}
+
+/// The verdict a failed check points to.
+fn verdict(problem: &HealthProblem) -> Health {
+    match problem {
+        HealthProblem::Unhealthy { reason } => Health::Unhealthy(reason.clone()),
+        HealthProblem::NotResponding { how, reason } => Health::NotResponding(format!("{how}: {reason}")),
+        HealthProblem::CheckFailed { reason } => Health::MonitorFailed(reason.clone()),
+    }
+}
+
+/// Whether two verdicts are the same state, whatever their reasons: a master that stays
+/// unhealthy for a changing reason is not a new transition.
+fn same_kind(a: &Health, b: &Health) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+fn describe(health: &Health) -> &'static str {
+    match health {
+        Health::Initializing => "initializing",
+        Health::Healthy => "healthy",
+        Health::Unhealthy(_) => "unhealthy",
+        Health::NotResponding(_) => "not responding",
+        Health::MonitorFailed(_) => "cannot be checked (monitor failed)",
+    }
+}
+
+fn reason(health: &Health) -> &str {
+    match health {
+        Health::Initializing | Health::Healthy => "",
+        Health::Unhealthy(r) | Health::NotResponding(r) | Health::MonitorFailed(r) => r,
+    }
+}
+
+/// What the monitor publishes: the verdict and the latest observations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// The verdict.
+    pub health: Health,
+    /// When the last check ended; stops moving if the monitor is stuck.
+    pub last_check_at: Option<BootInstant>,
+    /// The last check's problem, `None` if it passed.
+    pub last_problem: Option<HealthProblem>,
+    /// Consecutive failed checks up to the last one.
+    pub consecutive_failures: u32,
+    /// The role and token the master reported at the last check; `None` if it could not be
+    /// read then (never a stale value).
+    pub master: Option<MasterStatus>,
+    /// Why the master's status could not be read at the last check.
+    pub master_problem: Option<String>,
+    /// The last change of verdict.
+    pub last_transition: Option<Transition>,
+}
+
+impl HealthReport {
+    /// The report before any check: initializing, nothing known.
+    pub fn initial() -> Self {
+        HealthReport {
+            health: Health::Initializing,
+            last_check_at: None,
+            last_problem: None,
+            consecutive_failures: 0,
+            master: None,
+            master_problem: None,
+            last_transition: None,
+        }
+    }
+}
+
+impl Default for HealthReport {
+    fn default() -> Self {
+        HealthReport::initial()
+    }
+}
+
+/// Runs the health monitor until `shutdown` completes.
+///
+/// Every `interval_ms` (or right after the previous check, if that took longer) it calls the
+/// adapter's `health` and `state` concurrently, both with the deadline `now + timeout_ms`.
+/// Each check updates the value in `reports`; receivers are woken only when the verdict or
+/// the master's reported status changes, so `last_check_at` moves without waking anyone.
+///
+/// `config` must have passed [`HealthConfig::validate`].
+pub async fn run_health_monitor(
+    adapter: Arc<dyn MasterAdapter>,
+    config: HealthConfig,
+    reports: watch::Sender<HealthReport>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut monitor = HealthMonitor::new(config.rise, config.fall);
+    let mut ticks = tokio::time::interval(config.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    tracing::info!(interval_ms = config.interval_ms, timeout_ms = config.timeout_ms, "health monitor started");
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = ticks.tick() => {}
+        }
+        let deadline = Instant::now() + config.timeout();
+        let check = async {
+            tokio::join!(
+                bounded(adapter.health(deadline), deadline, |late| Err(HealthProblem::not_responding(
+                    NoAnswer::TimedOut,
+                    late
+                ))),
+                bounded(adapter.state(deadline), deadline, |late| Err(AdapterError::NotResponding {
+                    how: NoAnswer::TimedOut,
+                    reason: late
+                })),
+            )
+        };
+        let (health, state) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            results = check => results,
+        };
+        let now = BootInstant::now();
+        let transition = monitor.record(health, now);
+        if let Some(t) = &transition {
+            match t.to {
+                Health::Healthy | Health::Initializing => tracing::info!(health = ?t.to, "{t}"),
+                Health::Unhealthy(_) | Health::NotResponding(_) | Health::MonitorFailed(_) => {
+                    tracing::warn!(health = ?t.to, "{t}")
+                }
+            }
+        }
+        let (master, master_problem) = match state {
+            Ok(status) => (Some(status), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        reports.send_if_modified(|report| {
+            let changed = transition.is_some() || report.master != master;
+            if report.master != master {
+                tracing::debug!(?master, problem = ?master_problem, "master status changed");
+            }
+            report.health = monitor.health().clone();
+            report.last_check_at = monitor.last_check_at();
+            report.last_problem = monitor.last_problem().cloned();
+            report.consecutive_failures = monitor.consecutive_failures();
+            report.master = master;
+            report.master_problem = master_problem;
+            if let Some(t) = transition {
+                report.last_transition = Some(t);
+            }
+            changed
+        });
+    }
+    tracing::info!("health monitor stopped");
+}
+
+/// Runs an adapter call, abandoning it [`OVERRUN_GRACE`] after its deadline.
+async fn bounded<T, E>(
+    call: impl Future<Output = Result<T, E>>,
+    deadline: Instant,
+    late: impl FnOnce(String) -> Result<T, E>,
+) -> Result<T, E> {
+    match tokio::time::timeout_at(deadline + OVERRUN_GRACE, call).await {
+        Ok(result) => result,
+        Err(_) => late("the adapter overran its deadline".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> BootInstant {
+        BootInstant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn ok() -> Result<(), HealthProblem> {
+        Ok(())
+    }
+
+    fn sick(reason: &str) -> Result<(), HealthProblem> {
+        Err(HealthProblem::unhealthy(reason))
+    }
+
+    fn timed_out() -> Result<(), HealthProblem> {
+        Err(HealthProblem::not_responding(NoAnswer::TimedOut, "no answer"))
+    }
+
+    fn refused() -> Result<(), HealthProblem> {
+        Err(HealthProblem::not_responding(NoAnswer::Refused, "nothing listens"))
+    }
+
+    fn cannot_run() -> Result<(), HealthProblem> {
+        Err(HealthProblem::CheckFailed { reason: "no such program".into() })
+    }
+
+    /// Feeds `steps` one per 100 ms and returns, per step, the verdict it moved to (if any).
+    fn run(rise: u32, fall: u32, steps: Vec<Result<(), HealthProblem>>) -> Vec<Option<Health>> {
+        let mut monitor = HealthMonitor::new(rise, fall);
+        let mut out = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            let now = at(100 * (i as u64 + 1));
+            let t = monitor.record(step, now);
+            assert_eq!(monitor.last_check_at(), Some(now));
+            if let Some(t) = &t {
+                assert_eq!(&t.to, monitor.health());
+                assert_eq!(t.at, now);
+            }
+            out.push(t.map(|t| t.to));
+        }
+        out
+    }
+
+    fn nr(reason: &str) -> Health {
+        Health::NotResponding(reason.into())
+    }
+
+    #[test]
+    fn table_of_exact_transitions() {
+        let healthy = Some(Health::Healthy);
+        let cases: Vec<(&str, u32, u32, Vec<Result<(), HealthProblem>>, Vec<Option<Health>>)> = vec![
+            ("rise 2: two passes make it healthy", 2, 3, vec![ok(), ok(), ok()], vec![None, healthy.clone(), None]),
+            ("rise 1: one pass is enough", 1, 1, vec![ok()], vec![healthy.clone()]),
+            (
+                "a failure resets the rise count",
+                2,
+                3,
+                vec![ok(), timed_out(), ok(), ok()],
+                vec![None, Some(nr("timed out: no answer")), None, healthy.clone()],
+            ),
+            (
+                "fall 3: two failures are tolerated, the third leaves healthy",
+                1,
+                3,
+                vec![ok(), sick("a"), sick("b"), sick("c")],
+                vec![healthy.clone(), None, None, Some(Health::Unhealthy("c".into()))],
+            ),
+            (
+                "a pass in between resets the fall count",
+                1,
+                2,
+                vec![ok(), timed_out(), ok(), timed_out(), ok()],
+                vec![healthy.clone(), None, None, None, None],
+            ),
+            (
+                "mixed failures: the last one names the state",
+                1,
+                3,
+                vec![ok(), sick("a"), sick("b"), timed_out()],
+                vec![healthy.clone(), None, None, Some(nr("timed out: no answer"))],
+            ),
+            (
+                "a refusal leaves healthy at once despite fall 3",
+                1,
+                3,
+                vec![ok(), refused()],
+                vec![healthy.clone(), Some(nr("connection refused: nothing listens"))],
+            ),
+            (
+                "a refusal after tolerated failures also acts at once",
+                1,
+                5,
+                vec![ok(), timed_out(), refused()],
+                vec![healthy.clone(), None, Some(nr("connection refused: nothing listens"))],
+            ),
+            (
+                "from initializing, the first failure is a verdict",
+                2,
+                3,
+                vec![sick("loading")],
+                vec![Some(Health::Unhealthy("loading".into()))],
+            ),
+            (
+                "a not-healthy master follows the latest failure kind, ignoring reason changes",
+                2,
+                3,
+                vec![sick("a"), sick("b"), timed_out(), cannot_run(), cannot_run()],
+                vec![
+                    Some(Health::Unhealthy("a".into())),
+                    None,
+                    Some(nr("timed out: no answer")),
+                    Some(Health::MonitorFailed("no such program".into())),
+                    None,
+                ],
+            ),
+            (
+                "a check that cannot run is held to the fall count while healthy",
+                1,
+                2,
+                vec![ok(), cannot_run(), cannot_run()],
+                vec![healthy.clone(), None, Some(Health::MonitorFailed("no such program".into()))],
+            ),
+            (
+                "recovery needs rise passes again",
+                2,
+                1,
+                vec![ok(), ok(), refused(), ok(), ok()],
+                vec![None, healthy.clone(), Some(nr("connection refused: nothing listens")), None, healthy],
+            ),
+        ];
+        for (name, rise, fall, steps, expected) in cases {
+            assert_eq!(run(rise, fall, steps), expected, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn transitions_explain_themselves() {
+        let mut m = HealthMonitor::new(1, 2);
+        let t = m.record(ok(), at(1)).unwrap();
+        assert_eq!(t.from, Health::Initializing);
+        assert_eq!(t.to_string(), "master healthy after 1 consecutive passing checks");
+        assert_eq!(m.record(sick("x"), at(2)), None);
+        assert_eq!(m.consecutive_failures(), 1);
+        let t = m.record(sick("disk full"), at(3)).unwrap();
+        assert_eq!(t.from, Health::Healthy);
+        assert_eq!(t.to_string(), "master unhealthy after 2 consecutive failed checks: disk full");
+        assert_eq!(m.last_problem(), Some(&HealthProblem::unhealthy("disk full")));
+
+        let mut m = HealthMonitor::new(1, 3);
+        m.record(ok(), at(1));
+        let t = m.record(refused(), at(2)).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "master not responding at once (a refusal is not retried): connection refused: nothing listens"
+        );
+        assert_eq!(m.consecutive_successes(), 0);
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c: HealthConfig = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3 });
+        assert!(c.validate().is_ok());
+        // A timeout longer than the interval is allowed.
+        let c: HealthConfig = serde_yaml::from_str("interval_ms: 100\ntimeout_ms: 500").unwrap();
+        assert!(c.validate().is_ok());
+        assert!(serde_yaml::from_str::<HealthConfig>("interval: 100").is_err());
+        for (yaml, field) in [
+            ("interval_ms: 0", "interval_ms"),
+            ("timeout_ms: 0", "timeout_ms"),
+            ("rise: 0", "rise"),
+            ("fall: 0", "fall"),
+        ] {
+            let c: HealthConfig = serde_yaml::from_str(yaml).unwrap();
+            assert_eq!(c.validate().unwrap_err().field, field, "{yaml}");
+        }
+        let c = HealthConfig { fall: 0, ..HealthConfig::default() };
+        assert_eq!(c.validate().unwrap_err().to_string(), "health.fall: must be at least 1");
+    }
+}

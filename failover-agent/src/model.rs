@@ -1,0 +1,153 @@
+//! The agent's vocabulary: what it observes, what it decides, and the records it keeps in the
+//! coordinator. Shared by the pure decision core, the drivers that observe and act, and the
+//! probes that report.
+
+use std::time::Duration;
+
+use referee_fencing::{FenceTarget, FencingToken, HaState};
+use serde::{Deserialize, Serialize};
+
+/// The local master's health as the monitor sees it (Hadoop ZKFC's `HealthMonitor.State`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum Health {
+    /// No verdict yet: the monitor has not seen enough checks.
+    Initializing,
+    /// The master passes its health checks.
+    Healthy,
+    /// The master answers but reports itself unhealthy, or answers garbage.
+    Unhealthy(String),
+    /// The master does not answer (refused, timed out).
+    NotResponding(String),
+    /// The monitor itself cannot work (misconfiguration, internal failure).
+    MonitorFailed(String),
+}
+
+impl Health {
+    /// Whether the master may hold or contend for the active role.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// The role and token the local master reports (`GET /ha/state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    /// Active, standby or initializing.
+    pub state: HaState,
+    /// The highest token the master has accepted.
+    pub token: FencingToken,
+}
+
+/// What this agent's session with the coordinator looks like right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SessionView {
+    /// Connecting for the first time, or after an expiry: no session yet.
+    Connecting,
+    /// Connected with this session.
+    Connected {
+        /// Session id.
+        session_id: i64,
+    },
+    /// The connection is lost; the session may still be alive on the ensemble.
+    Disconnected {
+        /// The session the connection belonged to.
+        session_id: i64,
+    },
+    /// The ensemble expired the session: every ephemeral of it is gone.
+    Expired,
+}
+
+/// Who holds the active lock, as last read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "holder", rename_all = "snake_case")]
+pub enum LockView {
+    /// Not known (not read yet, or the coordinator is unreachable).
+    Unknown,
+    /// Nobody holds it.
+    Free,
+    /// Our current session holds it; the lock's czxid is our fencing token.
+    Ours {
+        /// The lock znode's czxid.
+        token: FencingToken,
+        /// The lock znode's data version, for conditional operations.
+        version: i32,
+    },
+    /// Another agent holds it.
+    Peer {
+        /// The holder's node id.
+        node_id: String,
+        /// The holder's token.
+        token: FencingToken,
+    },
+    /// A lock with our node id left by an older session of ours; it goes when that session
+    /// expires, and gives us nothing.
+    OursFromOldSession {
+        /// The old lock's token.
+        token: FencingToken,
+    },
+}
+
+/// What the lock znode holds: who is active and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// The holder's node id.
+    pub node_id: String,
+    /// How to fence the holder's master (host, port, HA URL, pid...), its token left 0: the
+    /// token is the lock's czxid.
+    pub target: FenceTarget,
+    /// The holder's agent peer API base URL, if it has one.
+    pub peer_url: Option<String>,
+}
+
+/// The breadcrumb: the last node that was active, which the next winner must deal with.
+/// It is persistent and never deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breadcrumb {
+    /// The last active node.
+    pub node_id: String,
+    /// Its token.
+    pub token: FencingToken,
+    /// Whether it stepped down cleanly (demoted its master, confirmed, then released the lock).
+    pub clean: bool,
+    /// How to fence it.
+    pub target: FenceTarget,
+}
+
+/// The breadcrumb as last read, with its znode version for compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "breadcrumb", rename_all = "snake_case")]
+pub enum BreadcrumbView {
+    /// Not read yet, or unreadable.
+    Unknown,
+    /// No breadcrumb: no node has ever been active (or the data was lost).
+    Missing,
+    /// The breadcrumb and its version.
+    Present {
+        /// Its content.
+        crumb: Breadcrumb,
+        /// Its znode version.
+        version: i32,
+    },
+}
+
+/// An agent that has registered as a member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node id.
+    pub node_id: String,
+    /// How to fence its master.
+    pub target: FenceTarget,
+    /// Its peer API base URL.
+    pub peer_url: Option<String>,
+    /// Its probe address (`host:port`), for `referee admin status`.
+    pub probe_addr: Option<String>,
+}
+
+/// Timing the decision core needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long to stay out of the election after a failed promotion.
+    pub backoff_after_failure: Duration,
+}

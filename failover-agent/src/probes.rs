@@ -1,0 +1,135 @@
+//! The probe server: what load balancers, orchestrators, monitoring and the master itself ask
+//! the agent over HTTP. Read-only; every answer is computed from the status at answer time.
+//!
+//! | path        | 200 when                                                            |
+//! |-------------|---------------------------------------------------------------------|
+//! | `/healthz`  | the decision loop ran within three loop intervals                   |
+//! | `/readyz`   | the coordinator session is connected and the master's health known  |
+//! | `/active`   | this node's master is active with our lock's token and a live lease |
+//! | `/standby`  | this node is a healthy standby, ready to take over                  |
+//! | `/status`   | always: JSON report (role, health, lock, token, lease, decision...) |
+//! | `/history`  | always: recent role changes with failover phase durations           |
+//! | `/metrics`  | always: Prometheus text                                             |
+//! | `/lease`    | always: `{"token": N, "valid_for_ms": M}` for the master's own lease |
+//!
+//! Every other answer is 503 with a JSON body saying why, as Patroni's probes do.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use referee_fencing::FencingToken;
+use serde_json::json;
+
+use crate::clock::BootInstant;
+use crate::model::{Health, LockView, SessionView};
+use crate::status::{AgentStatus, Role};
+
+/// What the probe handlers share.
+#[derive(Clone)]
+pub struct ProbeState {
+    /// The agent's report.
+    pub status: Arc<Mutex<AgentStatus>>,
+    /// The decision loop's interval, to judge liveness.
+    pub loop_interval: Duration,
+}
+
+impl ProbeState {
+    fn read(&self) -> AgentStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn verdict(ok: bool, body: serde_json::Value) -> Response {
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn healthz(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    let age = s.last_cycle_at.map(|t| t.elapsed());
+    let ok = age.is_some_and(|a| a <= p.loop_interval * 3);
+    verdict(ok, json!({"loop_ran_ms_ago": age.map(|a| a.as_millis() as u64)}))
+}
+
+async fn readyz(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    let connected = matches!(s.session, SessionView::Connected { .. });
+    let known = !matches!(s.health, Health::Initializing);
+    verdict(connected && known, json!({"coordinator_connected": connected, "health": s.health}))
+}
+
+async fn active(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    let now = BootInstant::now();
+    verdict(
+        s.is_serving_active(now),
+        json!({"role": s.role, "token": s.token, "lease_left_ms": s.lease_left(now).as_millis() as u64}),
+    )
+}
+
+async fn standby(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    verdict(s.role == Role::Standby && s.health.is_healthy(), json!({"role": s.role, "health": s.health}))
+}
+
+async fn status(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    let now = BootInstant::now();
+    let mut body = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("lease_left_ms".into(), json!(s.lease_left(now).as_millis() as u64));
+        obj.insert("serving_active".into(), json!(s.is_serving_active(now)));
+    }
+    Json(body).into_response()
+}
+
+async fn history(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    Json(json!({"transitions": s.history})).into_response()
+}
+
+async fn metrics(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics(BootInstant::now())).into_response()
+}
+
+/// The lease a master may enforce on itself: valid only while we hold the lock, for what is
+/// left of it. The master stops accepting writes at its own request's send time plus this.
+async fn lease(State(p): State<ProbeState>) -> Response {
+    let s = p.read();
+    let now = BootInstant::now();
+    let (token, valid) = match s.lock {
+        LockView::Ours { token, .. } => (token, s.lease_left(now)),
+        _ => (s.token.unwrap_or(FencingToken(0)), Duration::ZERO),
+    };
+    Json(json!({"token": token, "valid_for_ms": valid.as_millis() as u64})).into_response()
+}
+
+/// The probe routes.
+pub fn router(state: ProbeState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/active", get(active))
+        .route("/standby", get(standby))
+        .route("/status", get(status))
+        .route("/history", get(history))
+        .route("/metrics", get(metrics))
+        .route("/lease", get(lease))
+        .with_state(state)
+}
+
+/// Serves the probes on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ProbeState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

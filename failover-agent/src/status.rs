@@ -1,0 +1,291 @@
+//! What the agent reports: its current view, its last decision, the lease, counters, and the
+//! history of role changes with the duration of each failover phase.
+//!
+//! The driver writes it after every cycle; the probe server reads it. The lease end is kept as a
+//! boot-clock instant so every probe computes what is left at the moment it answers.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use referee_fencing::{FencingToken, HaState};
+use serde::Serialize;
+
+use crate::clock::BootInstant;
+use crate::model::{Health, LockView, MasterStatus, SessionView};
+
+/// How many transitions `/history` keeps.
+pub const HISTORY_LEN: usize = 100;
+
+/// This node's role as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Starting: not enough is known yet.
+    Initializing,
+    /// Our master is active, backed by our lock and a live lease.
+    Active,
+    /// We hold the lock and are fencing or promoting.
+    Promoting,
+    /// Another node is active, or nobody is, and our master is standby.
+    Standby,
+    /// Our master cannot serve (unhealthy, not responding).
+    Unhealthy,
+}
+
+/// One role change, for `/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    /// Wall-clock time of the change, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Role before.
+    pub from: Role,
+    /// Role after.
+    pub to: Role,
+    /// The decision that caused it.
+    pub reason: String,
+    /// Token held after the change, if any.
+    pub token: Option<FencingToken>,
+    /// For a promotion: how long each phase took.
+    pub phases: Option<Phases>,
+}
+
+/// Durations of a failover's phases, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Phases {
+    /// From the lock being seen free (or our master going standby) to deciding to contend.
+    pub detect_ms: u64,
+    /// Winning the lock.
+    pub elect_ms: u64,
+    /// Fencing the previous active (0 when none was needed).
+    pub fence_ms: u64,
+    /// Writing the breadcrumb and promoting the master.
+    pub promote_ms: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    /// Decision cycles run.
+    pub cycles: u64,
+    /// Promotions of our master.
+    pub promotions: u64,
+    /// Demotions of our master.
+    pub demotions: u64,
+    /// Fence attempts by outcome.
+    pub fences_fenced: u64,
+    /// Fence attempts that failed.
+    pub fences_failed: u64,
+    /// Fence attempts that ended indeterminate.
+    pub fences_indeterminate: u64,
+    /// Coordinator sessions opened.
+    pub sessions: u64,
+}
+
+/// The agent's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    /// Cluster name.
+    pub cluster: String,
+    /// Node id.
+    pub node_id: String,
+    /// Role.
+    pub role: Role,
+    /// Master health.
+    pub health: Health,
+    /// Master's reported role and token.
+    pub master: Option<MasterStatus>,
+    /// Coordinator session.
+    pub session: SessionView,
+    /// Lock holder.
+    pub lock: LockView,
+    /// Our token while we hold the lock.
+    pub token: Option<FencingToken>,
+    /// Members of the cluster.
+    pub members: Vec<String>,
+    /// Whether failover is paused.
+    pub paused: bool,
+    /// The last decision's reason.
+    pub last_decision: String,
+    /// When the last cycle ran (wall clock, ms).
+    pub last_cycle_at_ms: i64,
+    /// Counters.
+    pub counters: Counters,
+    /// Lease end on the boot clock; not serialised (the lease left is, at answer time).
+    #[serde(skip)]
+    pub lease_until: Option<BootInstant>,
+    /// When the last cycle ran, on the boot clock.
+    #[serde(skip)]
+    pub last_cycle_at: Option<BootInstant>,
+    /// Role changes, oldest first.
+    #[serde(skip)]
+    pub history: VecDeque<Transition>,
+}
+
+impl AgentStatus {
+    /// A fresh report.
+    pub fn new(cluster: &str, node_id: &str) -> Self {
+        AgentStatus {
+            cluster: cluster.into(),
+            node_id: node_id.into(),
+            role: Role::Initializing,
+            health: Health::Initializing,
+            master: None,
+            session: SessionView::Connecting,
+            lock: LockView::Unknown,
+            token: None,
+            members: Vec::new(),
+            paused: false,
+            last_decision: "starting".into(),
+            last_cycle_at_ms: 0,
+            counters: Counters::default(),
+            lease_until: None,
+            last_cycle_at: None,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Lease left at `now` (zero when none).
+    pub fn lease_left(&self, now: BootInstant) -> Duration {
+        self.lease_until.map_or(Duration::ZERO, |u| u.saturating_since(now))
+    }
+
+    /// Whether this node may be sent writes now: our master is active with our lock's token and
+    /// the lease has not run out. The one probe a load balancer should use.
+    pub fn is_serving_active(&self, now: BootInstant) -> bool {
+        let holds = matches!(self.lock, LockView::Ours { token, .. } if self.token == Some(token));
+        let master_active =
+            matches!(self.master, Some(MasterStatus { state: HaState::Active, token }) if Some(token) == self.token);
+        holds && master_active && self.role == Role::Active && !self.lease_left(now).is_zero()
+    }
+
+    /// Records a role change.
+    pub fn transition(&mut self, to: Role, at_ms: i64, reason: &str, phases: Option<Phases>) {
+        if to == self.role {
+            return;
+        }
+        self.history.push_back(Transition {
+            at_ms,
+            from: self.role,
+            to,
+            reason: reason.to_string(),
+            token: self.token,
+            phases,
+        });
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.role = to;
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self, now: BootInstant) -> String {
+        let c = &self.counters;
+        let health_code = match self.health {
+            Health::Initializing => 0,
+            Health::Healthy => 1,
+            Health::Unhealthy(_) => 2,
+            Health::NotResponding(_) => 3,
+            Health::MonitorFailed(_) => 4,
+        };
+        let node = &self.node_id;
+        let cluster = &self.cluster;
+        let labels = format!("cluster=\"{cluster}\",node=\"{node}\"");
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}\n"));
+        };
+        gauge(
+            "referee_agent_active",
+            "1 while this node serves as active with a valid lease.",
+            "gauge",
+            u8::from(self.is_serving_active(now)).to_string(),
+        );
+        gauge(
+            "referee_agent_health",
+            "Master health: 0 initializing, 1 healthy, 2 unhealthy, 3 not responding, 4 monitor failed.",
+            "gauge",
+            health_code.to_string(),
+        );
+        gauge(
+            "referee_agent_lease_remaining_seconds",
+            "Lease left on the active role.",
+            "gauge",
+            format!("{:.3}", self.lease_left(now).as_secs_f64()),
+        );
+        gauge(
+            "referee_agent_token",
+            "Fencing token held, 0 when none.",
+            "gauge",
+            self.token.map_or(0, |t| t.0).to_string(),
+        );
+        gauge(
+            "referee_agent_coordinator_connected",
+            "1 while the coordinator session is connected.",
+            "gauge",
+            u8::from(matches!(self.session, SessionView::Connected { .. })).to_string(),
+        );
+        gauge("referee_agent_paused", "1 while failover is paused.", "gauge", u8::from(self.paused).to_string());
+        gauge("referee_agent_cycles_total", "Decision cycles run.", "counter", c.cycles.to_string());
+        gauge(
+            "referee_agent_promotions_total",
+            "Promotions of this node's master.",
+            "counter",
+            c.promotions.to_string(),
+        );
+        gauge("referee_agent_demotions_total", "Demotions of this node's master.", "counter", c.demotions.to_string());
+        gauge(
+            "referee_agent_coordinator_sessions_total",
+            "Coordinator sessions opened.",
+            "counter",
+            c.sessions.to_string(),
+        );
+        out.push_str(
+            "# HELP referee_agent_fences_total Fence attempts by outcome.\n# TYPE referee_agent_fences_total counter\n",
+        );
+        for (outcome, n) in
+            [("fenced", c.fences_fenced), ("failed", c.fences_failed), ("indeterminate", c.fences_indeterminate)]
+        {
+            out.push_str(&format!("referee_agent_fences_total{{{labels},outcome=\"{outcome}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_probe_needs_lock_master_role_and_lease() {
+        let now = BootInstant::from_origin(Duration::from_secs(10));
+        let mut s = AgentStatus::new("c", "a");
+        s.token = Some(FencingToken(5));
+        s.lock = LockView::Ours { token: FencingToken(5), version: 0 };
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.role = Role::Active;
+        s.lease_until = Some(now + Duration::from_millis(300));
+        assert!(s.is_serving_active(now));
+        assert!(!s.is_serving_active(now + Duration::from_millis(300)), "not once the lease is out");
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4) });
+        assert!(!s.is_serving_active(now), "not with an older token on the master");
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.lock = LockView::Peer { node_id: "b".into(), token: FencingToken(6) };
+        assert!(!s.is_serving_active(now), "not when a peer holds the lock");
+    }
+
+    #[test]
+    fn history_is_bounded_and_records_changes_only() {
+        let mut s = AgentStatus::new("c", "a");
+        s.transition(Role::Standby, 1, "standing by", None);
+        s.transition(Role::Standby, 2, "standing by", None);
+        assert_eq!(s.history.len(), 1);
+        for i in 0..300 {
+            let to = if i % 2 == 0 { Role::Active } else { Role::Standby };
+            s.transition(to, i, "flip", None);
+        }
+        assert_eq!(s.history.len(), HISTORY_LEN);
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_active{cluster=\"c\",node=\"a\"} 0\n"), "{m}");
+        assert!(m.contains("referee_agent_fences_total{cluster=\"c\",node=\"a\",outcome=\"failed\"} 0\n"), "{m}");
+    }
+}

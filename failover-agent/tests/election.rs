@@ -1,0 +1,416 @@
+//! The election layer against real servers: every scenario runs against the bundled coordinator
+//! in-process (one test each) and, when Debian's `zookeeper` package is installed, against
+//! Apache ZooKeeper 3.8 (one test running them all on one server, a cluster name each).
+//!
+//! Nothing sleeps and hopes: every wait is for an observable event, bounded by a deadline.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::proxy::Proxy;
+use common::{apache_zookeeper_installed, skip, within, ApacheZk, TestServer};
+use referee_failover_agent::election::{
+    Acquired, Coordination, CoordinationConfig, ElectionError, LockEvent, Recovery, Released,
+};
+use referee_failover_agent::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+use referee_fencing::{FenceTarget, FencingToken};
+
+/// Settings for a handle on `cluster` as `node`: 4 s sessions, 2 s calls.
+fn cfg(addr: SocketAddr, cluster: &str, node: &str) -> CoordinationConfig {
+    CoordinationConfig {
+        connect: addr.to_string(),
+        cluster: cluster.to_string(),
+        node_id: node.to_string(),
+        session_timeout: Duration::from_secs(4),
+        op_timeout: Duration::from_secs(2),
+        digest: None,
+    }
+}
+
+/// Settings with a short session, for tests that wait for an expiry.
+fn short_cfg(addr: SocketAddr, cluster: &str, node: &str) -> CoordinationConfig {
+    CoordinationConfig {
+        session_timeout: Duration::from_millis(1000),
+        op_timeout: Duration::from_millis(400),
+        ..cfg(addr, cluster, node)
+    }
+}
+
+async fn connect(cfg: CoordinationConfig) -> Result<Coordination> {
+    let what = format!("connecting {} to {}", cfg.node_id, cfg.connect);
+    Ok(within(&what, Coordination::connect(cfg)).await??)
+}
+
+fn target(node: &str) -> FenceTarget {
+    FenceTarget::new(node, "127.0.0.1", 9000, FencingToken::NONE)
+}
+
+fn record(node: &str) -> LockRecord {
+    LockRecord { node_id: node.to_string(), target: target(node), peer_url: Some(format!("http://{node}:7000")) }
+}
+
+fn member(node: &str) -> Member {
+    Member {
+        node_id: node.to_string(),
+        target: target(node),
+        peer_url: None,
+        probe_addr: Some("127.0.0.1:7001".into()),
+    }
+}
+
+fn crumb(node: &str, token: FencingToken, clean: bool) -> Breadcrumb {
+    Breadcrumb { node_id: node.to_string(), token, clean, target: FenceTarget { token, ..target(node) } }
+}
+
+async fn win(h: &Coordination) -> Result<FencingToken> {
+    match h.try_acquire(&record(h.node_id())).await? {
+        Acquired::Won { token } => Ok(token),
+        other => bail!("{} expected to win the lock, got {other:?}", h.node_id()),
+    }
+}
+
+/// Two handles race for a free lock: exactly one wins, the other sees the winner and its token.
+async fn race_for_the_lock(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "race", "a")).await?;
+    let b = connect(cfg(addr, "race", "b")).await?;
+    let (rec_a, rec_b) = (record("a"), record("b"));
+    let (ra, rb) = tokio::join!(a.try_acquire(&rec_a), b.try_acquire(&rec_b));
+    let (winner, loser, token, seen) = match (ra?, rb?) {
+        (Acquired::Won { token }, seen @ Acquired::HeldBy { .. }) => (&a, &b, token, seen),
+        (seen @ Acquired::HeldBy { .. }, Acquired::Won { token }) => (&b, &a, token, seen),
+        other => bail!("expected exactly one winner, got {other:?}"),
+    };
+    ensure!(seen == Acquired::HeldBy { node_id: winner.node_id().to_string(), token }, "loser saw {seen:?}");
+    ensure!(winner.read_lock().await? == LockView::Ours { token, version: 0 });
+    ensure!(loser.read_lock().await? == LockView::Peer { node_id: winner.node_id().to_string(), token });
+    // Trying again changes nothing for either side.
+    ensure!(winner.try_acquire(&record(winner.node_id())).await? == Acquired::Won { token });
+    ensure!(
+        loser.try_acquire(&record(loser.node_id())).await?
+            == Acquired::HeldBy { node_id: winner.node_id().to_string(), token }
+    );
+    Ok(())
+}
+
+/// Each acquisition's token is larger than every earlier one.
+async fn tokens_strictly_increase(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "tokens", "a")).await?;
+    let b = connect(cfg(addr, "tokens", "b")).await?;
+    let t1 = win(&a).await?;
+    ensure!(a.release(t1).await? == Released::Deleted);
+    let t2 = win(&b).await?;
+    ensure!(b.release(t2).await? == Released::Deleted);
+    let t3 = win(&a).await?;
+    ensure!(FencingToken::NONE < t1 && t1 < t2 && t2 < t3, "tokens {t1} {t2} {t3} do not increase");
+    Ok(())
+}
+
+/// `read_lock` tells Free, Ours, Peer and OursFromOldSession apart by the owning session.
+async fn lock_views(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "views", "a")).await?;
+    let b = connect(cfg(addr, "views", "b")).await?;
+    ensure!(a.read_lock().await? == LockView::Free);
+    ensure!(a.read_lock_record().await?.is_none());
+    let token = win(&a).await?;
+    ensure!(a.read_lock().await? == LockView::Ours { token, version: 0 });
+    ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token });
+    // A second handle with a's node id is a's next incarnation: the lock is not its.
+    let a2 = connect(cfg(addr, "views", "a")).await?;
+    ensure!(a2.session_id() != a.session_id());
+    ensure!(a2.read_lock().await? == LockView::OursFromOldSession { token });
+    ensure!(a2.try_acquire(&record("a")).await? == Acquired::HeldBy { node_id: "a".into(), token });
+    let (rec, meta) = b.read_lock_record().await?.context("the lock should be held")?;
+    ensure!(rec == record("a"), "record {rec:?}");
+    ensure!(meta.token == token && meta.version == 0 && meta.owner_session == a.session_id(), "meta {meta:?}");
+    Ok(())
+}
+
+/// `release` deletes only this session's lock with this token.
+async fn release_deletes_only_our_lock(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "release", "a")).await?;
+    let b = connect(cfg(addr, "release", "b")).await?;
+    let a2 = connect(cfg(addr, "release", "a")).await?;
+    ensure!(a.release(FencingToken(1)).await? == Released::AlreadyFree);
+    let token = win(&a).await?;
+    let not_ours = Released::NotOurs { token, owner_session: a.session_id() };
+    ensure!(b.release(token).await? == not_ours, "a peer released our lock");
+    ensure!(a2.release(token).await? == not_ours, "a newer session of the same node released the lock");
+    ensure!(a.release(FencingToken(token.0 + 1)).await? == not_ours, "another acquisition's token released it");
+    ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token });
+    ensure!(a.release(token).await? == Released::Deleted);
+    ensure!(a.release(token).await? == Released::AlreadyFree);
+    ensure!(b.read_lock().await? == LockView::Free);
+    Ok(())
+}
+
+/// The breadcrumb is written only through the session holding the lock, compare-and-set on its
+/// version; without the lock, or with a stale version, the write fails with a typed error.
+async fn breadcrumb_needs_the_lock(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "crumb", "a")).await?;
+    let b = connect(cfg(addr, "crumb", "b")).await?;
+    ensure!(a.read_breadcrumb().await? == BreadcrumbView::Missing);
+    let t1 = win(&a).await?;
+    let c1 = crumb("a", t1, false);
+    ensure!(a.write_breadcrumb(&c1, 0, None).await? == 0);
+    ensure!(b.read_breadcrumb().await? == BreadcrumbView::Present { crumb: c1.clone(), version: 0 });
+    ensure!(a.write_breadcrumb(&c1, 0, Some(0)).await? == 1);
+    match a.write_breadcrumb(&c1, 0, Some(0)).await {
+        Err(ElectionError::BreadcrumbChanged { expected: Some(0) }) => {}
+        other => bail!("a stale breadcrumb version was accepted: {other:?}"),
+    }
+    match a.write_breadcrumb(&c1, 0, None).await {
+        Err(e @ ElectionError::BreadcrumbChanged { expected: None }) => ensure!(e.recovery() == Recovery::Reread),
+        other => bail!("creating over an existing breadcrumb was accepted: {other:?}"),
+    }
+    // A standby cannot write it, even with the holder's token and lock version.
+    match b.write_breadcrumb(&crumb("b", t1, false), 0, Some(1)).await {
+        Err(ElectionError::LockNotHeld { .. }) => {}
+        other => bail!("a peer wrote the breadcrumb without the lock: {other:?}"),
+    }
+    // After losing the lock, the old holder cannot write it either.
+    ensure!(a.release(t1).await? == Released::Deleted);
+    let t2 = win(&b).await?;
+    match a.write_breadcrumb(&c1, 0, Some(1)).await {
+        Err(e @ ElectionError::LockNotHeld { .. }) => ensure!(e.recovery() == Recovery::Reread),
+        other => bail!("the old holder wrote the breadcrumb: {other:?}"),
+    }
+    let c2 = crumb("b", t2, false);
+    ensure!(b.write_breadcrumb(&c2, 0, Some(1)).await? == 2);
+    // Closing the holder's session frees the lock at once; its breadcrumb stays.
+    b.close().await?;
+    ensure!(a.read_lock().await? == LockView::Free);
+    ensure!(a.read_breadcrumb().await? == BreadcrumbView::Present { crumb: c2, version: 2 });
+    match a.write_breadcrumb(&c1, 0, Some(2)).await {
+        Err(ElectionError::LockNotHeld { .. }) => {}
+        other => bail!("wrote the breadcrumb with a free lock: {other:?}"),
+    }
+    Ok(())
+}
+
+/// A clean step-down marks the breadcrumb clean and frees the lock in one transaction, or does
+/// nothing at all.
+async fn step_down_cleanly_is_atomic(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "stepdown", "a")).await?;
+    let b = connect(cfg(addr, "stepdown", "b")).await?;
+    let t = win(&a).await?;
+    let dirty = crumb("a", t, false);
+    ensure!(a.write_breadcrumb(&dirty, 0, None).await? == 0);
+    let clean = crumb("a", t, true);
+    match a.step_down_cleanly(&dirty, t, 0, 0).await {
+        Err(ElectionError::InvalidArgument(_)) => {}
+        other => bail!("stepped down with an unclean breadcrumb: {other:?}"),
+    }
+    match a.step_down_cleanly(&clean, t, 0, 7).await {
+        Err(ElectionError::BreadcrumbChanged { expected: Some(7) }) => {}
+        other => bail!("stepped down against a wrong breadcrumb version: {other:?}"),
+    }
+    // The failed multi changed nothing.
+    ensure!(a.read_lock().await? == LockView::Ours { token: t, version: 0 });
+    ensure!(b.read_breadcrumb().await? == BreadcrumbView::Present { crumb: dirty, version: 0 });
+    match b.step_down_cleanly(&clean, t, 0, 0).await {
+        Err(ElectionError::LockNotHeld { .. }) => {}
+        other => bail!("a peer stepped down for the holder: {other:?}"),
+    }
+    a.step_down_cleanly(&clean, t, 0, 0).await?;
+    ensure!(b.read_lock().await? == LockView::Free);
+    ensure!(b.read_breadcrumb().await? == BreadcrumbView::Present { crumb: clean, version: 1 });
+    Ok(())
+}
+
+/// Members register once per node id; a second agent with a live duplicate id is refused after
+/// waiting out the session timeout, and registers once the first has gone.
+async fn members_and_duplicate_node_ids(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "members", "a")).await?;
+    let b = connect(cfg(addr, "members", "b")).await?;
+    ensure!(a.members().await?.is_empty());
+    a.register_member(&member("a")).await?;
+    // Registering again through the same session is idempotent.
+    a.register_member(&member("a")).await?;
+    b.register_member(&member("b")).await?;
+    ensure!(b.members().await? == vec![member("a"), member("b")]);
+    match a.register_member(&member("b")).await {
+        Err(ElectionError::InvalidArgument(_)) => {}
+        other => bail!("registered under another node id: {other:?}"),
+    }
+
+    let dup = connect(short_cfg(addr, "members", "a")).await?;
+    let started = Instant::now();
+    match within("the duplicate's refusal", dup.register_member(&member("a"))).await? {
+        Err(e @ ElectionError::DuplicateNodeId { .. }) => {
+            ensure!(e.recovery() == Recovery::Fatal);
+            let ElectionError::DuplicateNodeId { node_id, owner_session } = e else { unreachable!() };
+            ensure!(node_id == "a" && owner_session == a.session_id(), "{node_id} {owner_session:#x}");
+        }
+        other => bail!("a duplicate node id was accepted: {other:?}"),
+    }
+    ensure!(
+        started.elapsed() >= dup.negotiated_timeout(),
+        "refused after {:?}, before the old session could have expired",
+        started.elapsed()
+    );
+    a.close().await?;
+    dup.register_member(&member("a")).await?;
+    ensure!(b.members().await? == vec![member("a"), member("b")]);
+    Ok(())
+}
+
+/// The membership left by a crashed previous incarnation is waited out: the new agent starts
+/// once the old session expires.
+async fn leftover_member_is_waited_out(addr: SocketAddr) -> Result<()> {
+    let mut proxy = Proxy::start(addr).await?;
+    let old = connect(short_cfg(proxy.addr, "leftover", "a")).await?;
+    old.register_member(&member("a")).await?;
+    let observer = connect(cfg(addr, "leftover", "b")).await?;
+    ensure!(observer.members().await? == vec![member("a")]);
+    // The old agent "crashes": its session is no longer kept alive.
+    proxy.cut();
+    let new = connect(short_cfg(addr, "leftover", "a")).await?;
+    within("registration after the old session expired", new.register_member(&member("a"))).await??;
+    ensure!(observer.members().await? == vec![member("a")]);
+    drop(old);
+    Ok(())
+}
+
+/// A session that can no longer reach the ensemble expires: its lock and membership vanish,
+/// watchers see the deletion, its view becomes Expired, and its lease evidence stops moving.
+async fn session_expiry_frees_the_lock(addr: SocketAddr) -> Result<()> {
+    let mut proxy = Proxy::start(addr).await?;
+    let a = connect(short_cfg(proxy.addr, "expiry", "a")).await?;
+    let b = connect(cfg(addr, "expiry", "b")).await?;
+    a.register_member(&member("a")).await?;
+    let token = win(&a).await?;
+    let mut session = a.session_watch();
+    ensure!(session.current() == SessionView::Connected { session_id: a.session_id() });
+    ensure!(a.session() == SessionView::Connected { session_id: a.session_id() });
+    let mut lock_watch = b.watch_lock().await?;
+    ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token });
+
+    let acked = a.last_ack_sent_at().context("a connected handle has an acknowledgement")?;
+    proxy.cut();
+    match a.read_lock().await {
+        Err(e @ (ElectionError::Timeout { .. } | ElectionError::ConnectionLoss { .. })) => {
+            ensure!(e.recovery() == Recovery::Retry)
+        }
+        other => bail!("read the lock without a connection: {other:?}"),
+    }
+    ensure!(a.last_ack_sent_at() == Some(acked), "the lease evidence moved without a reply");
+
+    ensure!(within("the lock's deletion", lock_watch.changed()).await? == LockEvent::Deleted);
+    ensure!(lock_watch.changed().await == LockEvent::Deleted, "a fired watch reports its event again");
+    ensure!(b.read_lock().await? == LockView::Free);
+    ensure!(b.members().await?.is_empty(), "the expired member is still listed");
+
+    within("a's session to expire", async {
+        while session.current() != SessionView::Expired {
+            session.changed().await;
+        }
+    })
+    .await?;
+    ensure!(a.session() == SessionView::Expired);
+    ensure!(a.last_ack_sent_at() == Some(acked), "the lease evidence moved without a reply");
+    match a.try_acquire(&record("a")).await {
+        Err(e) => ensure!(e.recovery() == Recovery::Reconnect, "expired handle failed with {e:?}"),
+        Ok(won) => bail!("an expired handle acquired: {won:?}"),
+    }
+    Ok(())
+}
+
+/// Every reply moves the lease evidence to the send time of its request, never past it.
+async fn last_ack_advances_with_replies(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "lease", "a")).await?;
+    let b = connect(cfg(addr, "lease", "b")).await?;
+    let t0 = a.last_ack_sent_at().context("no acknowledgement after connect")?;
+    let before = Instant::now();
+    a.read_lock().await?;
+    let after = Instant::now();
+    let t1 = a.last_ack_sent_at().context("no acknowledgement")?;
+    ensure!(t0 < t1 && before <= t1 && t1 <= after, "t0={t0:?} before={before:?} t1={t1:?} after={after:?}");
+    // An error the server answered (NodeExists, then a read) is evidence too.
+    win(&b).await?;
+    let before = Instant::now();
+    ensure!(matches!(a.try_acquire(&record("a")).await?, Acquired::HeldBy { .. }));
+    let t2 = a.last_ack_sent_at().context("no acknowledgement")?;
+    ensure!(before <= t2 && t2 <= Instant::now());
+    Ok(())
+}
+
+/// A create whose reply is lost with the connection was applied all the same: `try_acquire`
+/// reads the lock back and wins by its owner, not by the error.
+async fn lost_create_reply_is_settled_by_owner(addr: SocketAddr) -> Result<()> {
+    let proxy = Proxy::start(addr).await?;
+    let a = connect(cfg(proxy.addr, "lostreply", "a")).await?;
+    let b = connect(cfg(addr, "lostreply", "b")).await?;
+    proxy.arm_drop_next_reply();
+    let outcome = within("the acquisition", a.try_acquire(&record("a"))).await??;
+    ensure!(proxy.reply_dropped.load(std::sync::atomic::Ordering::SeqCst), "the proxy dropped no reply");
+    let Acquired::Won { token } = outcome else { bail!("lost the lock we created: {outcome:?}") };
+    ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token });
+    ensure!(a.read_lock().await? == LockView::Ours { token, version: 0 });
+    Ok(())
+}
+
+/// The handle reports the timeout the server granted, and a digest credential is accepted.
+async fn negotiated_timeout_and_digest(addr: SocketAddr) -> Result<()> {
+    let asked = Duration::from_secs(60);
+    let h = connect(CoordinationConfig { session_timeout: asked, ..cfg(addr, "negotiate", "a") }).await?;
+    let granted = h.negotiated_timeout();
+    ensure!(granted < asked && !granted.is_zero(), "granted {granted:?} for {asked:?}");
+    let d =
+        connect(CoordinationConfig { digest: Some("referee:secret".into()), ..cfg(addr, "negotiate", "b") }).await?;
+    ensure!(d.read_lock().await? == LockView::Free);
+    ensure!(win(&d).await? > FencingToken::NONE);
+    d.close().await?;
+    ensure!(h.read_lock().await? == LockView::Free, "closing did not delete the lock");
+    Ok(())
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        /// Each scenario against its own bundled coordinator.
+        mod bundled {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    let server = super::TestServer::start().await?;
+                    super::$name(server.addr).await?;
+                    server.stop().await
+                }
+            )*
+        }
+
+        /// Every scenario against one Apache ZooKeeper server.
+        #[tokio::test]
+        async fn apache_zookeeper_runs_every_scenario() -> Result<()> {
+            if !apache_zookeeper_installed() {
+                skip("apache_zookeeper_runs_every_scenario", "Apache ZooKeeper is not installed");
+                return Ok(());
+            }
+            let zk = tokio::task::spawn_blocking(ApacheZk::start).await??;
+            let addr: SocketAddr = zk.connect_string().parse()?;
+            $(
+                $name(addr)
+                    .await
+                    .with_context(|| format!("{} against Apache ZooKeeper; server log:\n{}", stringify!($name), zk.log_tail()))?;
+            )*
+            Ok(())
+        }
+    };
+}
+
+scenarios!(
+    race_for_the_lock,
+    tokens_strictly_increase,
+    lock_views,
+    release_deletes_only_our_lock,
+    breadcrumb_needs_the_lock,
+    step_down_cleanly_is_atomic,
+    members_and_duplicate_node_ids,
+    leftover_member_is_waited_out,
+    session_expiry_frees_the_lock,
+    last_ack_advances_with_replies,
+    lost_create_reply_is_settled_by_owner,
+    negotiated_timeout_and_digest,
+);

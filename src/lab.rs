@@ -1,0 +1,607 @@
+//! A master pair on loopback, as real processes: the coordinator (bundled, or Apache ZooKeeper),
+//! two demo masters and two failover agents, each a child process of the `referee` binary (or
+//! of Debian's `zkServer.sh`), with generated configurations in a scratch directory.
+//!
+//! The end-to-end tests, the failover benchmark and the demo all stand on it. Children are
+//! killed and reaped when the pair is dropped, so nothing outlives it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+/// Why the lab could not do something.
+#[derive(Debug, Error)]
+pub enum LabError {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// A child process died or misbehaved.
+    #[error("{0}")]
+    Child(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16, LabError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("finding a free port"))
+}
+
+/// Where Debian's `zookeeper` package installs its scripts.
+pub const APACHE_ZK_BIN: &str = "/usr/share/zookeeper/bin";
+
+/// Whether Apache ZooKeeper's scripts and a Java runtime are present.
+pub fn apache_zookeeper_installed() -> bool {
+    Path::new(APACHE_ZK_BIN).join("zkServer.sh").exists()
+        && std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join("java").exists())
+}
+
+/// A child process with its log file; killed and reaped on drop.
+pub struct Proc {
+    /// Short name for messages.
+    pub name: String,
+    child: Child,
+    /// Its combined stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `program args` with output to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> Result<Proc, LabError> {
+        let file = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let err = file.try_clone().map_err(io("cloning a log handle"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(io(format!("starting {name} ({})", program.display())))?;
+        Ok(Proc { name: name.into(), child, log })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) -> Result<(), LabError> {
+        kill(Pid::from_raw(self.child.id() as i32), sig)
+            .map_err(|e| LabError::Child(format!("signalling {} with {sig}: {e}", self.name)))
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until it exits, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus, LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(io("waiting for a child"))? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!("{} did not exit within {limit:?}", self.name)));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGTERM; SIGKILL needs no help.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory, removed on drop unless `REFEREE_KEEP_LAB` is set.
+pub struct LabDir(pub PathBuf);
+
+impl LabDir {
+    /// A new directory under the system temp dir.
+    pub fn new(tag: &str) -> Result<LabDir, LabError> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("referee-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        Ok(LabDir(dir))
+    }
+}
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        if std::env::var_os("REFEREE_KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Which coordination service the pair uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinatorKind {
+    /// `referee coordinator`.
+    Bundled,
+    /// Apache ZooKeeper from Debian's package, standalone.
+    ApacheZooKeeper,
+}
+
+/// The timings of a pair: Referee's defaults, or ZKFC's for comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Health check interval.
+    pub health_interval_ms: u64,
+    /// Health check deadline.
+    pub health_timeout_ms: u64,
+    /// Failed checks before a hung master counts as down.
+    pub health_fall: u32,
+    /// Requested coordinator session timeout.
+    pub session_timeout_ms: u64,
+    /// Decision loop interval.
+    pub loop_interval_ms: u64,
+    /// Coordinator tick (ours) or tickTime (Apache's).
+    pub tick_ms: u64,
+    /// Graceful fence deadline.
+    pub graceful_fence_ms: u64,
+}
+
+impl Timings {
+    /// Referee's defaults: sub-second failover on a master crash.
+    pub fn referee() -> Timings {
+        Timings {
+            health_interval_ms: 100,
+            health_timeout_ms: 300,
+            health_fall: 3,
+            session_timeout_ms: 2500,
+            loop_interval_ms: 100,
+            tick_ms: 200,
+            graceful_fence_ms: 500,
+        }
+    }
+
+    /// Hadoop ZKFC's defaults (1 s health interval, 10 s session, 5 s graceful fence), the
+    /// baseline the benchmark compares with.
+    pub fn zkfc() -> Timings {
+        Timings {
+            health_interval_ms: 1000,
+            health_timeout_ms: 45_000,
+            health_fall: 1,
+            session_timeout_ms: 10_000,
+            loop_interval_ms: 1000,
+            tick_ms: 2000,
+            graceful_fence_ms: 5000,
+        }
+    }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// The `referee` binary.
+    pub bin: PathBuf,
+    /// The coordinator.
+    pub coordinator: CoordinatorKind,
+    /// Timings.
+    pub timings: Timings,
+    /// Whether the masters enforce the agents' lease themselves.
+    pub master_lease: bool,
+}
+
+/// The ports of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    /// The master's HTTP port (HA protocol and client API).
+    pub master: u16,
+    /// The agent's probe port.
+    pub probes: u16,
+}
+
+/// A running pair.
+pub struct Pair {
+    /// Scratch directory with configs, logs and state.
+    pub dir: LabDir,
+    /// The coordinator process.
+    pub coordinator: Proc,
+    /// `host:port` of the coordinator.
+    pub coordinator_addr: String,
+    /// The masters, `a` then `b`.
+    pub masters: Vec<Proc>,
+    /// The agents, `a` then `b`.
+    pub agents: Vec<Option<Proc>>,
+    /// Ports per node.
+    pub ports: Vec<NodePorts>,
+    spec: PairSpec,
+    http: reqwest::Client,
+}
+
+/// Node ids of the pair.
+pub const NODES: [&str; 2] = ["a", "b"];
+
+impl Pair {
+    /// Starts the coordinator, both masters and both agents, and waits until one node is
+    /// active.
+    pub async fn start(spec: PairSpec) -> Result<Pair, LabError> {
+        let dir = LabDir::new("pair")?;
+        let (coordinator, coordinator_addr) = start_coordinator(&spec, &dir.0)?;
+        wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await?;
+        let mut ports = Vec::new();
+        for _ in NODES {
+            ports.push(NodePorts { master: free_port()?, probes: free_port()? });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| LabError::Child(format!("http client: {e}")))?;
+        let mut pair =
+            Pair { dir, coordinator, coordinator_addr, masters: Vec::new(), agents: Vec::new(), ports, spec, http };
+        for i in 0..NODES.len() {
+            let m = pair.start_master(i)?;
+            pair.masters.push(m);
+        }
+        for i in 0..NODES.len() {
+            wait_for_port(&format!("127.0.0.1:{}", pair.ports[i].master), Duration::from_secs(20), "a master").await?;
+        }
+        for i in 0..NODES.len() {
+            let a = pair.start_agent(i)?;
+            pair.agents.push(Some(a));
+        }
+        pair.wait_for_active(Duration::from_secs(30)).await?;
+        Ok(pair)
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.0.join(NODES[i])
+    }
+
+    /// Starts (or restarts) master `i`.
+    pub fn start_master(&self, i: usize) -> Result<Proc, LabError> {
+        let node = self.node_dir(i);
+        std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
+        let lease = if self.spec.master_lease {
+            format!("lease:\n  url: \"http://127.0.0.1:{}/lease\"\n  poll_interval_ms: 50\n", self.ports[i].probes)
+        } else {
+            String::new()
+        };
+        let cfg = format!("node_id: {}\nstate_file: {}\n{lease}", NODES[i], node.join("master-state.json").display());
+        let path = node.join("master.yaml");
+        std::fs::write(&path, cfg).map_err(io("writing a master config"))?;
+        Proc::spawn(
+            &format!("master {}", NODES[i]),
+            &self.spec.bin,
+            &[
+                "demo-master".into(),
+                "--config".into(),
+                path.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", self.ports[i].master),
+                "--pidfile".into(),
+                node.join("master.pid").display().to_string(),
+            ],
+            &[("REFEREE_LOG", "info".into())],
+            node.join("master.log"),
+        )
+    }
+
+    /// Starts (or restarts) agent `i`.
+    pub fn start_agent(&self, i: usize) -> Result<Proc, LabError> {
+        let t = self.spec.timings;
+        let node = self.node_dir(i);
+        let p = self.ports[i];
+        let max_staleness = 0;
+        let cfg = format!(
+            r#"cluster: lab
+node_id: {id}
+coordinator:
+  connect: "{coord}"
+  session_timeout_ms: {session}
+  op_timeout_ms: {op}
+  max_staleness_ms: {max_staleness}
+master:
+  host: 127.0.0.1
+  port: {mport}
+  ha_url: "http://127.0.0.1:{mport}"
+  pidfile: {pidfile}
+  adapter:
+    kind: http
+    url: "http://127.0.0.1:{mport}"
+    timeout_ms: {htimeout}
+    connect_timeout_ms: {hconnect}
+health:
+  interval_ms: {hinterval}
+  timeout_ms: {htimeout}
+  rise: 1
+  fall: {fall}
+lease:
+  demote_deadline_ms: 500
+  margin_ms: 250
+election:
+  loop_interval_ms: {loop_ms}
+  backoff_after_failure_ms: 500
+fencing:
+  overall_timeout_ms: {overall}
+  levels:
+    - methods:
+        - kind: graceful
+          timeout_ms: {graceful}
+    - methods:
+        - kind: kill
+          timeout_ms: 3000
+          grace_ms: 1000
+probes:
+  listen: 127.0.0.1:{probes}
+"#,
+            id = NODES[i],
+            coord = self.coordinator_addr,
+            session = t.session_timeout_ms,
+            op = (t.session_timeout_ms / 3).min(1000),
+            mport = p.master,
+            pidfile = self.node_dir(i).join("master.pid").display(),
+            htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2),
+            hconnect = t.health_timeout_ms.min(t.session_timeout_ms / 2).min(1000),
+            hinterval = t.health_interval_ms,
+            fall = t.health_fall,
+            loop_ms = t.loop_interval_ms,
+            overall = t.graceful_fence_ms + 5000,
+            graceful = t.graceful_fence_ms,
+            probes = p.probes,
+        );
+        let path = node.join("agent.yaml");
+        std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
+        std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
+        Proc::spawn(
+            &format!("agent {}", NODES[i]),
+            &self.spec.bin,
+            &["agent".into(), "--config".into(), path.display().to_string()],
+            &[("REFEREE_LOG", "info".into())],
+            node.join("agent.log"),
+        )
+    }
+
+    /// Whether node `i`'s agent answers `/active` with 200.
+    pub async fn is_active(&self, i: usize) -> bool {
+        let url = format!("http://127.0.0.1:{}/active", self.ports[i].probes);
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+
+    /// Which nodes answer `/active` with 200 right now.
+    pub async fn actives(&self) -> Vec<usize> {
+        let (a, b) = tokio::join!(self.is_active(0), self.is_active(1));
+        [a, b].iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i).collect()
+    }
+
+    /// Waits until exactly one node is active; returns it.
+    pub async fn wait_for_active(&self, limit: Duration) -> Result<usize, LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let actives = self.actives().await;
+            if actives.len() == 1 {
+                return Ok(actives[0]);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "no single active node within {limit:?} (active: {actives:?})\n--- agent a ---\n{}\n--- agent b ---\n{}",
+                    self.agent_log_tail(0),
+                    self.agent_log_tail(1)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `node` is the single active node.
+    pub async fn wait_for_active_node(&self, node: usize, limit: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.actives().await == vec![node] {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "node {} did not become the single active node within {limit:?}\n--- agent a ---\n{}\n--- agent b ---\n{}",
+                    NODES[node],
+                    self.agent_log_tail(0),
+                    self.agent_log_tail(1)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The tail of agent `i`'s log.
+    pub fn agent_log_tail(&self, i: usize) -> String {
+        std::fs::read_to_string(self.node_dir(i).join("agent.log"))
+            .map(|t| t.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// Sends a write to master `i`: `Ok` when acknowledged, else the refusal or error.
+    pub async fn write(&self, i: usize, key: &str, value: &str) -> Result<(), String> {
+        let url = format!("http://127.0.0.1:{}/write", self.ports[i].master);
+        let body = serde_json::json!({"key": key, "value": value});
+        match self.http.post(url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Retries a write on master `i` until it is acknowledged or `limit` passes.
+    pub async fn write_within(&self, i: usize, key: &str, value: &str, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            match self.write(i, key, value).await {
+                Ok(()) => return Ok(started.elapsed()),
+                Err(e) if started.elapsed() >= limit => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    /// `GET` on node `i`'s agent probe server, as JSON.
+    pub async fn agent_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        self.http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// Spawns a watcher that polls both `/active` probes every `every` and records any moment
+    /// when both answered 200.
+    pub fn watch_split_brain(self: &Arc<Self>, every: Duration) -> SplitBrainWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (pair, stop2, seen2) = (self.clone(), stop.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            while !stop2.load(Ordering::Relaxed) {
+                let actives = pair.actives().await;
+                if actives.len() > 1 {
+                    seen2.lock().unwrap_or_else(|p| p.into_inner()).push(started.elapsed());
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        SplitBrainWatch { stop, seen, task }
+    }
+}
+
+/// Watches a pair for two simultaneous actives.
+pub struct SplitBrainWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Duration>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SplitBrainWatch {
+    /// Stops watching; returns the times (since the start) at which two nodes were active.
+    pub async fn finish(self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.clone()
+    }
+}
+
+fn start_coordinator(spec: &PairSpec, dir: &Path) -> Result<(Proc, String), LabError> {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let cdir = dir.join("coordinator");
+    std::fs::create_dir_all(&cdir).map_err(io("creating the coordinator directory"))?;
+    match spec.coordinator {
+        CoordinatorKind::Bundled => {
+            let cfg = format!(
+                "listen: {addr}\ndata_dir: {}\ntick_ms: {}\nmin_session_timeout_ms: {}\nmax_session_timeout_ms: 60000\n",
+                cdir.join("data").display(),
+                spec.timings.tick_ms.min(1000),
+                (spec.timings.tick_ms.min(1000) * 2).min(spec.timings.session_timeout_ms),
+            );
+            let path = cdir.join("coordinator.yaml");
+            std::fs::write(&path, cfg).map_err(io("writing the coordinator config"))?;
+            let p = Proc::spawn(
+                "coordinator",
+                &spec.bin,
+                &["coordinator".into(), "--config".into(), path.display().to_string()],
+                &[("REFEREE_LOG", "info".into())],
+                cdir.join("coordinator.log"),
+            )?;
+            Ok((p, addr))
+        }
+        CoordinatorKind::ApacheZooKeeper => {
+            let tick = spec.timings.tick_ms.min(1000);
+            let cfg = format!(
+                "tickTime={tick}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                 4lw.commands.whitelist=*\nforceSync=no\nmaxClientCnxns=0\nminSessionTimeout={}\nmaxSessionTimeout=60000\n",
+                cdir.join("data").display(),
+                (tick * 2).min(spec.timings.session_timeout_ms)
+            );
+            let path = cdir.join("zoo.cfg");
+            std::fs::create_dir_all(cdir.join("data")).map_err(io("creating the data directory"))?;
+            std::fs::write(&path, cfg).map_err(io("writing zoo.cfg"))?;
+            let env: HashMap<&str, String> = HashMap::from([("ZOO_LOG_DIR", cdir.display().to_string())]);
+            let p = Proc::spawn(
+                "apache zookeeper",
+                &Path::new(APACHE_ZK_BIN).join("zkServer.sh"),
+                &["start-foreground".into(), path.display().to_string()],
+                &env.into_iter().collect::<Vec<_>>(),
+                cdir.join("zookeeper.log"),
+            )?;
+            Ok((p, addr))
+        }
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: &str, limit: Duration, what: &str) -> Result<(), LabError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout(format!("{what} did not listen on {addr} within {limit:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the coordinator (ours or Apache's) answers `srvr` with a `Mode:` line: Apache
+/// ZooKeeper accepts connections before it serves sessions.
+pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let mut out = String::new();
+            if s.write_all(b"srvr").await.is_ok()
+                && tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await.is_ok()
+                && out.contains("Mode: ")
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout(format!("the coordinator on {addr} was not serving within {limit:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

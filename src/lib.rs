@@ -1,0 +1,8 @@
+//! Support shared by the `referee` binary and the suite's end-to-end tests and benchmarks.
+//!
+//! - [`lab`]: a master pair on loopback as real processes (coordinator, two demo masters, two
+//!   agents), with a split-brain watcher.
+
+#![deny(missing_docs)]
+
+pub mod lab;
