@@ -227,6 +227,8 @@ pub struct PairSpec {
     pub timings: Timings,
     /// Whether the masters enforce the agents' lease themselves.
     pub master_lease: bool,
+    /// Route each agent's coordinator connection through a proxy the test can cut.
+    pub proxied_agents: bool,
 }
 
 /// The ports of one node.
@@ -252,6 +254,8 @@ pub struct Pair {
     pub agents: Vec<Option<Proc>>,
     /// Ports per node.
     pub ports: Vec<NodePorts>,
+    /// Per-agent proxies to the coordinator, when the spec asks for them.
+    pub proxies: Vec<Proxy>,
     spec: PairSpec,
     http: reqwest::Client,
 }
@@ -274,8 +278,23 @@ impl Pair {
             .timeout(Duration::from_millis(500))
             .build()
             .map_err(|e| LabError::Child(format!("http client: {e}")))?;
-        let mut pair =
-            Pair { dir, coordinator, coordinator_addr, masters: Vec::new(), agents: Vec::new(), ports, spec, http };
+        let mut pair = Pair {
+            dir,
+            coordinator,
+            coordinator_addr,
+            masters: Vec::new(),
+            agents: Vec::new(),
+            ports,
+            proxies: Vec::new(),
+            spec,
+            http,
+        };
+        if pair.spec.proxied_agents {
+            for _ in NODES {
+                let proxy = Proxy::start(&pair.coordinator_addr).await?;
+                pair.proxies.push(proxy);
+            }
+        }
         for i in 0..NODES.len() {
             let m = pair.start_master(i)?;
             pair.masters.push(m);
@@ -373,7 +392,7 @@ probes:
   listen: 127.0.0.1:{probes}
 "#,
             id = NODES[i],
-            coord = self.coordinator_addr,
+            coord = self.proxies.get(i).map_or(self.coordinator_addr.clone(), |p| p.addr.clone()),
             session = t.session_timeout_ms,
             op = (t.session_timeout_ms / 3).min(1000),
             mport = p.master,
@@ -489,14 +508,25 @@ probes:
     /// when both answered 200.
     pub fn watch_split_brain(self: &Arc<Self>, every: Duration) -> SplitBrainWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(WatchLog::default()));
         let (pair, stop2, seen2) = (self.clone(), stop.clone(), seen.clone());
         let task = tokio::spawn(async move {
             let started = Instant::now();
+            let mut none_since: Option<Instant> = None;
             while !stop2.load(Ordering::Relaxed) {
                 let actives = pair.actives().await;
-                if actives.len() > 1 {
-                    seen2.lock().unwrap_or_else(|p| p.into_inner()).push(started.elapsed());
+                let now = Instant::now();
+                {
+                    let mut log = seen2.lock().unwrap_or_else(|p| p.into_inner());
+                    if actives.len() > 1 {
+                        log.both_active_at.push(started.elapsed());
+                    }
+                    if actives.is_empty() {
+                        let since = *none_since.get_or_insert(now);
+                        log.longest_without_active = log.longest_without_active.max(now - since);
+                    } else {
+                        none_since = None;
+                    }
                 }
                 tokio::time::sleep(every).await;
             }
@@ -505,20 +535,166 @@ probes:
     }
 }
 
-/// Watches a pair for two simultaneous actives.
+/// Writes to both masters in turn, as fast as they answer, and records which acknowledged what
+/// and when: the ground truth of split brain is two masters acknowledging writes in
+/// overlapping periods.
+pub struct WriteProbe {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<(usize, Duration)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriteProbe {
+    /// Starts writing.
+    pub fn start(pair: &Arc<Pair>) -> WriteProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let (pair, stop2, acks2) = (pair.clone(), stop.clone(), acks.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                n += 1;
+                let value = n.to_string();
+                let (a, b) = tokio::join!(pair.write(0, "probe", &value), pair.write(1, "probe", &value));
+                let at = started.elapsed();
+                {
+                    let mut log = acks2.lock().unwrap_or_else(|p| p.into_inner());
+                    if a.is_ok() {
+                        log.push((0, at));
+                    }
+                    if b.is_ok() {
+                        log.push((1, at));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        WriteProbe { stop, acks, task }
+    }
+
+    /// Stops writing; returns the acknowledgements (node, time since start) in order.
+    pub async fn finish(self) -> Vec<(usize, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        acks.clone()
+    }
+}
+
+/// Checks that acknowledgements never interleave between masters: once a node has
+/// acknowledged a write after another one did, the other never acknowledges again. Returns a
+/// description of the first violation.
+pub fn overlapping_acks(acks: &[(usize, Duration)]) -> Option<String> {
+    let mut retired: Vec<usize> = Vec::new();
+    let mut current: Option<usize> = None;
+    for (node, at) in acks {
+        if retired.contains(node) {
+            return Some(format!(
+                "node {} acknowledged a write at {at:?} after node {:?} had taken over",
+                NODES[*node],
+                current.map(|c| NODES[c])
+            ));
+        }
+        match current {
+            Some(c) if c != *node => {
+                retired.push(c);
+                current = Some(*node);
+            }
+            None => current = Some(*node),
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// What a [`SplitBrainWatch`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct WatchLog {
+    /// Times (since the watch started) at which two nodes answered `/active` with 200.
+    pub both_active_at: Vec<Duration>,
+    /// The longest stretch with no node answering 200.
+    pub longest_without_active: Duration,
+}
+
+/// Watches a pair's `/active` probes for two simultaneous actives and for gaps with none.
 pub struct SplitBrainWatch {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Duration>>>,
+    seen: Arc<Mutex<WatchLog>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SplitBrainWatch {
-    /// Stops watching; returns the times (since the start) at which two nodes were active.
-    pub async fn finish(self) -> Vec<Duration> {
+    /// Stops watching and returns what it saw.
+    pub async fn finish(self) -> WatchLog {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.clone()
+    }
+}
+
+/// A TCP proxy on loopback that a test can cut (every connection dropped, new ones refused
+/// by closing them at once) and restore.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: String,
+    cut: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding a fresh loopback port to `target`.
+    pub async fn start(target: &str) -> Result<Proxy, LabError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("binding a proxy"))?;
+        let addr = listener.local_addr().map_err(io("proxy address"))?.to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (cut2, target) = (cut.clone(), target.to_string());
+        let task = tokio::spawn(async move {
+            let mut conns: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        if cut2.load(Ordering::Relaxed) {
+                            continue; // dropped: closed at once
+                        }
+                        let target = target.clone();
+                        conns.push(tokio::spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        }));
+                    }
+                    _ = tick.tick() => {
+                        if cut2.load(Ordering::Relaxed) {
+                            for c in conns.drain(..) {
+                                c.abort();
+                            }
+                        }
+                        conns.retain(|c| !c.is_finished());
+                    }
+                }
+            }
+        });
+        Ok(Proxy { addr, cut, task })
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -1,15 +1,27 @@
 //! End-to-end tests of a master pair as real processes: the coordinator, two demo masters and
-//! two failover agents on loopback, against the bundled coordinator and Apache ZooKeeper 3.8.
+//! two failover agents on loopback, against the bundled coordinator and against Apache
+//! ZooKeeper 3.8. Throughout each scenario two oracles run: both agents' `/active` probes are
+//! polled (never 200 on both), and both masters are written to continuously (acknowledgements
+//! never interleave between masters).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{apache_zookeeper_installed, CoordinatorKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{
+    apache_zookeeper_installed, overlapping_acks, CoordinatorKind, Pair, PairSpec, SplitBrainWatch, Timings,
+    WriteProbe, NODES,
+};
 
-fn spec(coordinator: CoordinatorKind) -> PairSpec {
-    PairSpec { bin: env!("CARGO_BIN_EXE_referee").into(), coordinator, timings: Timings::referee(), master_lease: true }
+fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
+    PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master_lease: true,
+        proxied_agents,
+    }
 }
 
 /// Whether the test can run against this coordinator; says so loudly when it cannot.
@@ -24,36 +36,152 @@ fn available(kind: CoordinatorKind, test: &str) -> bool {
     true
 }
 
-async fn killing_the_active_master_promotes_the_standby(kind: CoordinatorKind) -> Result<()> {
-    if !available(kind, "killing_the_active_master_promotes_the_standby") {
+/// The oracles of a scenario.
+struct Oracles {
+    probes: SplitBrainWatch,
+    writes: WriteProbe,
+}
+
+impl Oracles {
+    fn start(pair: &Arc<Pair>) -> Oracles {
+        Oracles { probes: pair.watch_split_brain(Duration::from_millis(5)), writes: WriteProbe::start(pair) }
+    }
+
+    /// Stops both and checks them: never two actives, never interleaved acknowledgements, and
+    /// no stretch without an active longer than `budget`.
+    async fn check(self, budget: Duration) -> Result<()> {
+        let log = self.probes.finish().await;
+        let acks = self.writes.finish().await;
+        ensure!(log.both_active_at.is_empty(), "two nodes answered /active at {:?}", log.both_active_at);
+        if let Some(v) = overlapping_acks(&acks) {
+            anyhow::bail!("split brain: {v}");
+        }
+        ensure!(
+            log.longest_without_active <= budget,
+            "no node was active for {:?}, over the budget of {budget:?}",
+            log.longest_without_active
+        );
+        Ok(())
+    }
+}
+
+async fn start(kind: CoordinatorKind, proxied: bool) -> Result<(Arc<Pair>, usize)> {
+    let pair = Arc::new(Pair::start(spec(kind, proxied)).await?);
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    pair.write_within(first, "k", "v1", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    ensure!(pair.write(1 - first, "k", "v2").await.is_err(), "the standby must refuse writes");
+    Ok((pair, first))
+}
+
+async fn fences_by(pair: &Pair, node: usize) -> u64 {
+    let status = pair.agent_json(node, "/status").await.unwrap_or_default();
+    status["counters"]["fences_fenced"].as_u64().unwrap_or(0)
+}
+
+async fn master_crash(kind: CoordinatorKind) -> Result<()> {
+    if !available(kind, "master_crash") {
         return Ok(());
     }
-    let pair = Arc::new(Pair::start(spec(kind)).await?);
-    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let (pair, first) = start(kind, false).await?;
     let other = 1 - first;
-    pair.write(first, "k", "v1").await.expect("the active master takes writes");
-    pair.write(other, "k", "v2").await.expect_err("the standby refuses writes");
-    let watch = pair.watch_split_brain(Duration::from_millis(5));
+    let oracles = Oracles::start(&pair);
     pair.masters[first].signal(Signal::SIGKILL)?;
     pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
-    pair.write_within(other, "k", "v3", Duration::from_secs(2)).await.expect("the new active takes writes");
-    let both = watch.finish().await;
-    assert!(both.is_empty(), "two actives at {both:?}");
-    let status = pair.agent_json(other, "/status").await.expect("status");
-    assert_eq!(status["role"], "active", "{status}");
-    let history = pair.agent_json(other, "/history").await.expect("history");
-    let last = history["transitions"].as_array().and_then(|t| t.last()).cloned().expect("a transition");
-    assert_eq!(last["to"], "active", "{history}");
-    eprintln!("failover of {} -> {}: {}", NODES[first], NODES[other], last["phases"]);
+    pair.write_within(other, "k", "v3", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    oracles.check(Duration::from_secs(2)).await?;
+    ensure!(fences_by(&pair, other).await >= 1, "the new active must have fenced the old one before promoting");
+    let history = pair.agent_json(other, "/history").await.unwrap_or_default();
+    let last = history["transitions"].as_array().and_then(|t| t.last()).cloned().unwrap_or_default();
+    ensure!(last["to"] == "active", "{history}");
+    eprintln!("master crash failover {} -> {}: phases {}", NODES[first], NODES[other], last["phases"]);
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn master_crash_bundled() -> Result<()> {
-    killing_the_active_master_promotes_the_standby(CoordinatorKind::Bundled).await
+async fn master_hang(kind: CoordinatorKind) -> Result<()> {
+    if !available(kind, "master_hang") {
+        return Ok(());
+    }
+    let (mut pair, first) = start(kind, false).await?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    pair.masters[first].signal(Signal::SIGSTOP)?;
+    pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
+    oracles.check(Duration::from_secs(6)).await?;
+    ensure!(fences_by(&pair, other).await >= 1, "the hung master must have been fenced");
+    // The kill fencing method ended the stopped process.
+    let pair_mut = Arc::get_mut(&mut pair).expect("oracles stopped");
+    let status = pair_mut.masters[first].wait_exit(Duration::from_secs(5))?;
+    eprintln!("hung master {} was fenced and exited with {status}", NODES[first]);
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn master_crash_apache_zookeeper() -> Result<()> {
-    killing_the_active_master_promotes_the_standby(CoordinatorKind::ApacheZooKeeper).await
+async fn agent_crash(kind: CoordinatorKind) -> Result<()> {
+    if !available(kind, "agent_crash") {
+        return Ok(());
+    }
+    let (pair, first) = start(kind, false).await?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    if let Some(agent) = pair.agents[first].as_ref() {
+        agent.signal(Signal::SIGKILL)?;
+    }
+    // The standby takes over once the dead agent's session expires (2.5 s), after fencing.
+    pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
+    pair.write_within(other, "k", "v4", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    oracles.check(Duration::from_secs(6)).await?;
+    ensure!(fences_by(&pair, other).await >= 1, "the orphaned master must have been fenced");
+    Ok(())
 }
+
+async fn agent_partitioned(kind: CoordinatorKind) -> Result<()> {
+    if !available(kind, "agent_partitioned") {
+        return Ok(());
+    }
+    let (pair, first) = start(kind, true).await?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    pair.proxies[first].cut();
+    pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
+    pair.write_within(other, "k", "v5", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    oracles.check(Duration::from_secs(6)).await?;
+    // The cut-off agent demoted its own master (lease), before the peer promoted.
+    let old = pair.agent_json(first, "/history").await.unwrap_or_default();
+    let new = pair.agent_json(other, "/history").await.unwrap_or_default();
+    let left = old["transitions"]
+        .as_array()
+        .and_then(|t| t.iter().rev().find(|x| x["from"] == "active"))
+        .and_then(|x| x["at_ms"].as_i64());
+    let took = new["transitions"]
+        .as_array()
+        .and_then(|t| t.iter().rev().find(|x| x["to"] == "active"))
+        .and_then(|x| x["at_ms"].as_i64());
+    match (left, took) {
+        (Some(l), Some(t)) => {
+            ensure!(l <= t, "the old active stepped down at {l} ms, after the new one took over at {t} ms")
+        }
+        other => anyhow::bail!("missing transitions {other:?}: old {old} new {new}"),
+    }
+    // Healing the partition brings the old agent back as a standby.
+    pair.proxies[first].restore();
+    pair.wait_for_active_node(other, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+macro_rules! both_coordinators {
+    ($name:ident, $bundled:ident, $apache:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $bundled() -> Result<()> {
+            $name(CoordinatorKind::Bundled).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $apache() -> Result<()> {
+            $name(CoordinatorKind::ApacheZooKeeper).await
+        }
+    };
+}
+
+both_coordinators!(master_crash, master_crash_bundled, master_crash_apache_zookeeper);
+both_coordinators!(master_hang, master_hang_bundled, master_hang_apache_zookeeper);
+both_coordinators!(agent_crash, agent_crash_bundled, agent_crash_apache_zookeeper);
+both_coordinators!(agent_partitioned, agent_partitioned_bundled, agent_partitioned_apache_zookeeper);

@@ -1075,15 +1075,16 @@ mod tests {
 
     #[test]
     fn refuses_bad_names_timings_and_credentials() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut CoordinationConfig)>)> = vec![
-            ("empty connect", Box::new(|c| c.connect = String::new())),
-            ("empty host", Box::new(|c| c.connect = "a:1,,b:2".into())),
-            ("slash in cluster", Box::new(|c| c.cluster = "a/b".into())),
-            ("dot-dot node", Box::new(|c| c.node_id = "..".into())),
-            ("zero op timeout", Box::new(|c| c.op_timeout = Duration::ZERO)),
-            ("op timeout not below session", Box::new(|c| c.op_timeout = c.session_timeout)),
-            ("digest without user", Box::new(|c| c.digest = Some(":pw".into()))),
-            ("digest without colon", Box::new(|c| c.digest = Some("user".into()))),
+        type Change = fn(&mut CoordinationConfig);
+        let cases: [(&str, Change); 8] = [
+            ("empty connect", |c| c.connect = String::new()),
+            ("empty host", |c| c.connect = "a:1,,b:2".into()),
+            ("slash in cluster", |c| c.cluster = "a/b".into()),
+            ("dot-dot node", |c| c.node_id = "..".into()),
+            ("zero op timeout", |c| c.op_timeout = Duration::ZERO),
+            ("op timeout not below session", |c| c.op_timeout = c.session_timeout),
+            ("digest without user", |c| c.digest = Some(":pw".into())),
+            ("digest without colon", |c| c.digest = Some("user".into())),
         ];
         for (what, change) in cases {
             let mut c = cfg();
