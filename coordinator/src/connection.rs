@@ -387,15 +387,16 @@ async fn propose(
     shared.raft.client_write_ff(txn).await.map_err(|e| format!("cannot propose: {e}"))
 }
 
-/// Checks credentials of an auth packet, returning the identities they establish.
+/// Checks credentials of an auth packet, returning the identities they establish, as Apache
+/// ZooKeeper's providers do: `digest` hashes whatever it is given (the user is the text before
+/// the first `:`, or all of it), `ip` adds nothing the connection does not already have.
 fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) -> Result<Vec<Id>, String> {
     match scheme {
         "digest" => {
-            let text = std::str::from_utf8(credentials).map_err(|_| "credentials are not UTF-8".to_string())?;
-            let Some((user, _)) = text.split_once(':') else {
-                return Err("digest credentials must be user:password".into());
-            };
-            let digest = base64::engine::general_purpose::STANDARD.encode(sha1_smol::Sha1::from(text).digest().bytes());
+            let text = String::from_utf8_lossy(credentials);
+            let user = text.split_once(':').map_or(text.as_ref(), |(u, _)| u);
+            let digest = base64::engine::general_purpose::STANDARD
+                .encode(sha1_smol::Sha1::from(text.as_bytes()).digest().bytes());
             let id = format!("{user}:{digest}");
             let mut ids = Vec::new();
             if config.super_digest.as_deref() == Some(id.as_str()) {
@@ -404,7 +405,8 @@ fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) ->
             ids.push(Id { scheme: "digest".into(), id });
             Ok(ids)
         }
-        other => Err(format!("unsupported auth scheme {other:?} (this server accepts digest)")),
+        "ip" => Ok(Vec::new()),
+        other => Err(format!("unsupported auth scheme {other:?} (this server accepts digest and ip)")),
     }
 }
 

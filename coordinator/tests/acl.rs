@@ -6,9 +6,10 @@
 mod common;
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use base64::Engine;
 use common::raw::{body, op, parse_multi, xid, Jute, MultiResult, Notification, Packet, Raw};
 use common::*;
@@ -28,16 +29,39 @@ async fn server() -> Result<TestServer> {
     TestServer::start_with(|c| c.super_digest = Some(support::SUPER_DIGEST.to_string())).await
 }
 
+/// A zookeeper-client session without auth.
+async fn anon(addr: SocketAddr) -> Result<zk::Client> {
+    connect(&addr.to_string(), Duration::from_secs(10)).await
+}
+
+/// Runs a scenario against this server, then against Apache ZooKeeper 3.8 (same super digest)
+/// where it is installed, so every expectation is known to be Apache's behaviour too.
+async fn on_both<F, Fut>(test: &str, scenario: F) -> Result<()>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let server = server().await?;
+    scenario(server.addr).await.context("against this server")?;
+    server.stop().await?;
+    if !support::apache_zookeeper_installed() {
+        support::skip(&format!("{test} (against Apache ZooKeeper)"), "Apache ZooKeeper is not installed");
+        return Ok(());
+    }
+    let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
+    scenario(apache.address().parse()?).await.context("against Apache ZooKeeper")
+}
+
 /// A zookeeper-client session authenticated with `digest user:password`.
-async fn client_as(server: &TestServer, user: &str, password: &str) -> Result<zk::Client> {
-    let c = server.client().await?;
+async fn client_as(addr: SocketAddr, user: &str, password: &str) -> Result<zk::Client> {
+    let c = anon(addr).await?;
     within("digest auth", c.auth("digest", format!("{user}:{password}").as_bytes())).await??;
     Ok(c)
 }
 
 /// A raw session authenticated with `digest user:password`.
-async fn raw_as(server: &TestServer, user: &str, password: &str) -> Result<Raw> {
-    let mut r = Raw::connect(server.addr, 5000).await?;
+async fn raw_as(addr: SocketAddr, user: &str, password: &str) -> Result<Raw> {
+    let mut r = Raw::connect(addr, 5000).await?;
     r.call(op::AUTH, &body::auth("digest", format!("{user}:{password}").as_bytes())).await?.ok()?;
     Ok(r)
 }
@@ -73,9 +97,12 @@ fn outcome<T>(r: std::result::Result<T, zk::Error>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_permission_guards_exactly_its_operations() -> Result<()> {
-    let server = server().await?;
-    let alice = client_as(&server, "alice", "pw").await?;
-    let anon = server.client().await?;
+    on_both("each_permission_guards_exactly_its_operations", each_permission_guards_exactly_its_operations_on).await
+}
+
+async fn each_permission_guards_exactly_its_operations_on(addr: SocketAddr) -> Result<()> {
+    let alice = client_as(addr, "alice", "pw").await?;
+    let anon = anon(addr).await?;
     let alice_id = digest_id("alice", "pw");
     let perms = [
         ("READ", zk::Permission::READ),
@@ -119,37 +146,44 @@ async fn each_permission_guards_exactly_its_operations() -> Result<()> {
     alice.delete("/p-READ/kid", None).await?;
     anon.delete("/p-READ", None).await?;
     drop((alice, anon));
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_check_needs_read_and_fails_the_whole_multi() -> Result<()> {
-    let server = server().await?;
-    let alice = client_as(&server, "alice", "pw").await?;
+    on_both("a_multi_check_needs_read_and_fails_the_whole_multi", a_multi_check_needs_read_and_fails_the_whole_multi_on)
+        .await
+}
+
+async fn a_multi_check_needs_read_and_fails_the_whole_multi_on(addr: SocketAddr) -> Result<()> {
+    let alice = client_as(addr, "alice", "pw").await?;
     let only_alice = [acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))];
     alice.create("/private", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
-    let mut anon = Raw::connect(server.addr, 5000).await?;
+    let mut raw = Raw::connect(addr, 5000).await?;
     let ops = [
         (op::CREATE, body::create("/made", b"", 0)),
         (op::CHECK, body::path_int("/private", -1)),
         (op::SET_DATA, body::set_data("/private", b"x", -1)),
     ];
-    let reply = anon.call(op::MULTI, &body::multi(&ops)).await?;
+    let reply = raw.call(op::MULTI, &body::multi(&ops)).await?;
     assert_eq!(reply.err, 0);
     assert_eq!(
         parse_multi(&reply.body)?,
         vec![MultiResult::Error(0), MultiResult::Error(NO_AUTH), MultiResult::Error(-2)]
     );
-    assert_eq!(anon.call(op::EXISTS, &body::path_watch("/made", false)).await?.err, -101, "rolled back");
+    assert_eq!(raw.call(op::EXISTS, &body::path_watch("/made", false)).await?.err, -101, "rolled back");
     drop(alice);
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_acls_are_refused() -> Result<()> {
-    let server = server().await?;
-    let mut anon = Raw::connect(server.addr, 5000).await?;
-    anon.call(op::CREATE, &body::create("/n", b"", 0)).await?.ok()?;
+    on_both("invalid_acls_are_refused", invalid_acls_are_refused_on).await
+}
+
+async fn invalid_acls_are_refused_on(addr: SocketAddr) -> Result<()> {
+    let mut raw = Raw::connect(addr, 5000).await?;
+    raw.call(op::CREATE, &body::create("/n", b"", 0)).await?.ok()?;
     let cases: [&[(i32, &str, &str)]; 8] = [
         &[],
         &[(31, "world", "nobody")],
@@ -161,27 +195,30 @@ async fn invalid_acls_are_refused() -> Result<()> {
         &[(31, "world", "anyone"), (31, "world", "nobody")],
     ];
     for entries in cases {
-        let got = anon.call(op::CREATE, &create_with_acl("/bad", entries)).await?.err;
+        let got = raw.call(op::CREATE, &create_with_acl("/bad", entries)).await?.err;
         assert_eq!(got, INVALID_ACL, "create with {entries:?}");
-        let got = anon.call(op::SET_ACL, &set_acl_body("/n", entries, -1)).await?.err;
+        let got = raw.call(op::SET_ACL, &set_acl_body("/n", entries, -1)).await?.err;
         assert_eq!(got, INVALID_ACL, "setACL with {entries:?}");
     }
-    assert_eq!(anon.call(op::EXISTS, &body::path_watch("/bad", false)).await?.err, -101);
+    assert_eq!(raw.call(op::EXISTS, &body::path_watch("/bad", false)).await?.err, -101);
     // zookeeper-client: world:nobody.
-    let c = server.client().await?;
+    let c = anon(addr).await?;
     let nobody = [acl(zk::Permission::ALL, "world", "nobody")];
     let r = c.create("/bad", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&nobody))).await;
     assert!(matches!(r, Err(zk::Error::InvalidAcl)), "{r:?}");
     // `auth` without any authenticated identity (the ip identity does not count).
     let r = c.create("/bad", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all())).await;
     assert!(matches!(r, Err(zk::Error::InvalidAcl)), "{r:?}");
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auth_scheme_expands_to_the_creators_digests() -> Result<()> {
-    let server = server().await?;
-    let alice = client_as(&server, "alice", "pw").await?;
+    on_both("the_auth_scheme_expands_to_the_creators_digests", the_auth_scheme_expands_to_the_creators_digests_on).await
+}
+
+async fn the_auth_scheme_expands_to_the_creators_digests_on(addr: SocketAddr) -> Result<()> {
+    let alice = client_as(addr, "alice", "pw").await?;
     alice.create("/a", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::creator_all())).await?;
     let (got, _) = alice.get_acl("/a").await?;
     assert_eq!(got, vec![acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))]);
@@ -201,21 +238,24 @@ async fn the_auth_scheme_expands_to_the_creators_digests() -> Result<()> {
     );
 
     // A wrong password is not an auth failure: it is another identity, which reads nothing.
-    let mallory = client_as(&server, "alice", "wrong").await?;
+    let mallory = client_as(addr, "alice", "wrong").await?;
     assert!(matches!(mallory.get_data("/a").await, Err(zk::Error::NoAuth)));
-    let bob = client_as(&server, "bob", "secret").await?;
+    let bob = client_as(addr, "bob", "secret").await?;
     assert!(matches!(bob.get_data("/a").await, Err(zk::Error::NoAuth)));
     assert_eq!(bob.get_data("/ab").await?.0, b"");
     assert!(matches!(bob.set_data("/ab", b"x", None).await, Err(zk::Error::NoAuth)));
     drop((alice, mallory, bob));
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ip_scheme_matches_the_client_address() -> Result<()> {
-    let server = server().await?;
-    let setup = server.client().await?;
-    let anon = server.client().await?;
+    on_both("the_ip_scheme_matches_the_client_address", the_ip_scheme_matches_the_client_address_on).await
+}
+
+async fn the_ip_scheme_matches_the_client_address_on(addr: SocketAddr) -> Result<()> {
+    let setup = anon(addr).await?;
+    let anon = anon(addr).await?;
     for (path, id) in [("/ip-exact", "127.0.0.1"), ("/ip-net", "127.0.0.0/8"), ("/ip-other", "10.0.0.0/8")] {
         let entries = [acl(zk::Permission::READ, "ip", id), acl(zk::Permission::ADMIN, "world", "anyone")];
         setup.create(path, b"x", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&entries))).await?;
@@ -227,14 +267,17 @@ async fn the_ip_scheme_matches_the_client_address() -> Result<()> {
     let users = anon.list_auth_users().await?;
     assert_eq!(users, vec![zk::AuthUser::new("ip", "127.0.0.1")]);
     drop((setup, anon));
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_super_digest_bypasses_every_acl() -> Result<()> {
-    let server = server().await?;
-    let alice = client_as(&server, "alice", "pw").await?;
-    let root = client_as(&server, "super", "test").await?;
+    on_both("the_super_digest_bypasses_every_acl", the_super_digest_bypasses_every_acl_on).await
+}
+
+async fn the_super_digest_bypasses_every_acl_on(addr: SocketAddr) -> Result<()> {
+    let alice = client_as(addr, "alice", "pw").await?;
+    let root = client_as(addr, "super", "test").await?;
     let only_alice = [acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))];
     alice.create("/locked", b"secret", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
     alice.create("/locked/kid", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice))).await?;
@@ -263,76 +306,149 @@ async fn the_super_digest_bypasses_every_acl() -> Result<()> {
         ]
     );
     // A wrong super password is just a digest user called super.
-    let not_root = client_as(&server, "super", "guess").await?;
-    assert!(matches!(not_root.get_data("/far").await, Ok(_)), "world-readable now");
+    let not_root = client_as(addr, "super", "guess").await?;
+    assert!(not_root.get_data("/far").await.is_ok(), "world-readable now");
     assert!(matches!(not_root.set_data("/far", b"x", None).await, Err(zk::Error::NoAuth)));
     drop((alice, root, not_root));
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_acl_without_admin_masks_digests() -> Result<()> {
-    let server = server().await?;
-    let alice = client_as(&server, "alice", "pw").await?;
+    on_both("get_acl_without_admin_masks_digests", get_acl_without_admin_masks_digests_on).await
+}
+
+async fn get_acl_without_admin_masks_digests_on(addr: SocketAddr) -> Result<()> {
+    let alice = client_as(addr, "alice", "pw").await?;
     let alice_id = digest_id("alice", "pw");
     let entries = [acl(zk::Permission::ALL, "digest", &alice_id), acl(zk::Permission::READ, "world", "anyone")];
     alice.create("/m", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&entries))).await?;
-    let anon = server.client().await?;
+    let anon = anon(addr).await?;
     let (seen, stat) = anon.get_acl("/m").await?;
     assert_eq!(seen, vec![acl(zk::Permission::ALL, "digest", "alice:x"), acl(zk::Permission::READ, "world", "anyone")]);
     assert_eq!(stat.aversion, 0);
     assert_eq!(alice.get_acl("/m").await?.0, entries.to_vec());
     drop((alice, anon));
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_am_i_lists_the_address_and_digest_users() -> Result<()> {
-    let server = server().await?;
-    let c = server.client().await?;
+    on_both("who_am_i_lists_the_address_and_digest_users", who_am_i_lists_the_address_and_digest_users_on).await
+}
+
+async fn who_am_i_lists_the_address_and_digest_users_on(addr: SocketAddr) -> Result<()> {
+    let c = anon(addr).await?;
     assert_eq!(c.list_auth_users().await?, vec![zk::AuthUser::new("ip", "127.0.0.1")]);
     within("auth", c.auth("digest", b"alice:pw")).await??;
     within("auth", c.auth("digest", b"bob:pw2")).await??;
-    // The same identity twice is listed once.
+    // The same identity twice is listed once (in no particular order: Apache's is a hash set's).
     within("auth", c.auth("digest", b"alice:pw")).await??;
+    let mut users = c.list_auth_users().await?;
+    users.sort_by(|a, b| (a.scheme(), a.user()).cmp(&(b.scheme(), b.user())));
     assert_eq!(
-        c.list_auth_users().await?,
+        users,
         vec![
-            zk::AuthUser::new("ip", "127.0.0.1"),
             zk::AuthUser::new("digest", "alice"),
-            zk::AuthUser::new("digest", "bob")
+            zk::AuthUser::new("digest", "bob"),
+            zk::AuthUser::new("ip", "127.0.0.1"),
         ]
     );
-    server.stop().await
+    Ok(())
+}
+
+/// Sends an auth packet as the Java client does (xid -4) and returns the reply's (xid, zxid,
+/// err, body length) and whether the server then closed the connection.
+async fn auth_outcome(addr: SocketAddr, scheme: &str, credentials: &[u8]) -> Result<((i32, i64, i32, usize), bool)> {
+    let mut raw = Raw::connect(addr, 5000).await?;
+    raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
+    raw.send_frame(&common::raw::request(xid::AUTH, op::AUTH, &body::auth(scheme, credentials))).await?;
+    let reply = match raw.packet().await? {
+        Packet::Reply(r) => (r.xid, r.zxid, r.err, r.body.len()),
+        other => return Err(anyhow!("{scheme}: {other:?}")),
+    };
+    // Closed, or still serving: a ping tells.
+    let closed = match raw.send_frame(&common::raw::request(xid::PING, op::PING, &[])).await {
+        Err(_) => true,
+        Ok(()) => match raw.read_frame().await? {
+            None => true,
+            Some(f) => match common::raw::parse_packet(&f)? {
+                Packet::Reply(r) if r.xid == xid::PING && r.err == 0 => false,
+                other => return Err(anyhow!("{scheme}: after auth, {other:?}")),
+            },
+        },
+    };
+    Ok((reply, closed))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_auth_answers_auth_failed_and_closes_the_connection() -> Result<()> {
-    let server = server().await?;
-    for (scheme, credentials) in [("kerberos", &b"alice"[..]), ("ip", b"127.0.0.1"), ("digest", b"no-colon")] {
-        let mut raw = Raw::connect(server.addr, 5000).await?;
-        raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
-        raw.send_frame(&common::raw::request(xid::AUTH, op::AUTH, &body::auth(scheme, credentials))).await?;
-        let frames = raw.expect_closed().await?;
-        assert_eq!(frames.len(), 1, "{scheme}: one reply, then the close: {frames:02x?}");
-        match common::raw::parse_packet(&frames[0])? {
-            Packet::Reply(r) => assert_eq!((r.xid, r.zxid, r.err, r.body.len()), (xid::AUTH, 0, AUTH_FAILED, 0)),
-            other => panic!("{scheme}: {other:?}"),
-        }
+async fn an_unknown_auth_scheme_answers_auth_failed_and_closes_the_connection() -> Result<()> {
+    on_both("an_unknown_auth_scheme_answers_auth_failed_and_closes_the_connection", unknown_scheme_on).await
+}
+
+async fn unknown_scheme_on(addr: SocketAddr) -> Result<()> {
+    for scheme in ["kerberos", "x509", "world", ""] {
+        let got = auth_outcome(addr, scheme, b"alice").await?;
+        assert_eq!(got, ((xid::AUTH, 0, AUTH_FAILED, 0), true), "auth with scheme {scheme:?}");
     }
-    assert_eq!(server.state.lock().unwrap().counters.auth_failed, 3);
     // zookeeper-client sees AuthFailed.
-    let c = server.client().await?;
+    let c = anon(addr).await?;
     assert!(matches!(within("auth", c.auth("kerberos", b"x")).await?, Err(zk::Error::AuthFailed)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_auths_are_counted() -> Result<()> {
+    let server = server().await?;
+    auth_outcome(server.addr, "kerberos", b"x").await?;
+    auth_outcome(server.addr, "kerberos", b"y").await?;
+    assert_eq!(server.state.lock().unwrap().counters.auth_failed, 2);
     server.stop().await
+}
+
+/// Credentials Apache ZooKeeper's providers accept although they look odd: the `ip` provider
+/// takes any auth packet (it authenticates the connection's address), and the digest provider
+/// hashes whatever bytes it gets, with or without a colon (the user is what precedes the first
+/// colon, or everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_valid_credentials_are_accepted_as_apache_accepts_them() -> Result<()> {
+    on_both("odd_but_valid_credentials_are_accepted_as_apache_accepts_them", odd_credentials_on).await
+}
+
+async fn odd_credentials_on(addr: SocketAddr) -> Result<()> {
+    let cases: [(&str, &[u8]); 5] = [
+        ("digest", b"alice:pw"),
+        ("digest", b"alice:pw:with:colons"),
+        ("digest", b"no-colon"),
+        ("digest", b""),
+        ("ip", b"10.1.2.3"),
+    ];
+    let mut got = Vec::new();
+    for (scheme, credentials) in cases {
+        let (reply, closed) = auth_outcome(addr, scheme, credentials).await?;
+        got.push(format!("{scheme} {:?}: err {} closed {closed}", String::from_utf8_lossy(credentials), reply.2));
+    }
+    let expected: Vec<String> = cases
+        .iter()
+        .map(|(scheme, c)| format!("{scheme} {:?}: err 0 closed false", String::from_utf8_lossy(c)))
+        .collect();
+    assert_eq!(got, expected);
+    // The digest user without a colon is the whole string.
+    let c = anon(addr).await?;
+    within("auth", c.auth("digest", b"no-colon")).await??;
+    let mut users = c.list_auth_users().await?;
+    users.sort_by(|a, b| a.scheme().cmp(b.scheme()));
+    assert_eq!(users, vec![zk::AuthUser::new("digest", "no-colon"), zk::AuthUser::new("ip", "127.0.0.1")]);
+    Ok(())
 }
 
 /// SASL (opcode 102) on a server with no SASL mechanism: OK with a null token, as Apache 3.8.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_is_answered_ok_with_a_null_token() -> Result<()> {
     let server = server().await?;
+    let addr = server.addr;
     let token = Jute::new().buffer(Some(b"\x01\x02token")).into_vec();
-    let mut raw = Raw::connect(server.addr, 5000).await?;
+    let mut raw = Raw::connect(addr, 5000).await?;
     let reply = raw.call(op::SASL, &token).await?;
     assert_eq!((reply.err, reply.zxid, reply.body.clone()), (0, 0, vec![0xff; 4]));
     raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
@@ -374,8 +490,9 @@ async fn notes_through(raw: &mut Raw, control: &(i32, String)) -> Result<Vec<(i3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_never_reach_a_connection_without_read() -> Result<()> {
     let server = server().await?;
+    let addr = server.addr;
     let alice_id = digest_id("alice", "pw");
-    let b = client_as(&server, "alice", "pw").await?;
+    let b = client_as(addr, "alice", "pw").await?;
     let only_alice = [acl(zk::Permission::ALL, "digest", &alice_id)];
     let private = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&only_alice));
     b.create("/secret", b"0", &private).await?;
@@ -386,8 +503,7 @@ async fn notifications_never_reach_a_connection_without_read() -> Result<()> {
     let mut watchers = Vec::new();
     for authed in [false, true] {
         for kind in 1..=3 {
-            let mut r =
-                if authed { raw_as(&server, "alice", "pw").await? } else { Raw::connect(server.addr, 5000).await? };
+            let mut r = if authed { raw_as(addr, "alice", "pw").await? } else { Raw::connect(addr, 5000).await? };
             match kind {
                 1 => {
                     r.call(op::EXISTS, &body::path_watch("/secret", true)).await?.ok()?;
@@ -442,10 +558,11 @@ async fn notifications_never_reach_a_connection_without_read() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_follow_the_acl_at_the_time_of_the_event() -> Result<()> {
     let server = server().await?;
+    let addr = server.addr;
     let alice_id = digest_id("alice", "pw");
-    let b = client_as(&server, "alice", "pw").await?;
+    let b = client_as(addr, "alice", "pw").await?;
     b.create("/n", b"0", PERSISTENT).await?;
-    let anon = server.client().await?;
+    let anon = anon(addr).await?;
     let mut w = anon.watch("/n", zk::AddWatchMode::Persistent).await?;
     b.set_data("/n", b"1", None).await?;
     assert_eq!(next_event("open node", &mut w).await?.event_type, zk::EventType::NodeDataChanged);

@@ -104,7 +104,7 @@ async fn the_connection_over_the_limit_is_closed_at_once() -> Result<()> {
 async fn the_limit_is_per_client_address() -> Result<()> {
     let server = TestServer::start_with(|c| c.max_connections_per_address = 2).await?;
     let other: IpAddr = "127.0.0.2".parse()?;
-    let mut from_one = vec![connect_from(LOCAL, server.addr).await?, connect_from(LOCAL, server.addr).await?];
+    let mut from_one = [connect_from(LOCAL, server.addr).await?, connect_from(LOCAL, server.addr).await?];
     for s in from_one.iter_mut() {
         handshake(s).await?;
     }

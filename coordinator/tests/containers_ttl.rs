@@ -111,6 +111,26 @@ async fn a_container_that_never_had_a_child_stays() -> Result<()> {
     server.stop().await
 }
 
+/// The lock recipe's shape (Curator): a container parent holding ephemeral sequential children.
+/// When the last holder's session ends, its ephemeral goes and then the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_goes_after_its_last_ephemeral_child_goes_with_its_session() -> Result<()> {
+    let server = reaping_server().await?;
+    let a = server.client().await?;
+    let holder = server.client().await?;
+    a.create("/lock", b"", CONTAINER).await?;
+    let (_, seq) = holder.create("/lock/member-", b"", EPHEMERAL_SEQ).await?;
+    let member = format!("/lock/member-{seq}");
+    reaper_pass(&a, "held").await?;
+    assert!(a.check_stat("/lock").await?.is_some(), "held by {member}");
+    let (_, w) = a.check_and_watch_stat("/lock").await?;
+    drop(holder);
+    let ev = within_for(Duration::from_secs(10), "the container's deletion", w.changed()).await?;
+    assert_eq!((ev.event_type, ev.path.as_str()), (zk::EventType::NodeDeleted, "/lock"));
+    assert!(a.check_stat(&member).await?.is_none());
+    server.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_node_goes_after_its_ttl_and_not_before() -> Result<()> {
     let server = reaping_server().await?;

@@ -174,7 +174,6 @@ async fn srvr_reports_zookeepers_lines_with_the_real_state() -> Result<()> {
     assert_eq!(latency.len(), 3, "{out}");
     let (min, avg, max): (u64, f64, u64) = (latency[0].parse()?, latency[1].parse()?, latency[2].parse()?);
     assert!(min as f64 <= avg && avg <= max as f64, "{out}");
-    assert_eq!(latency[1].split_once('.').map(|(_, f)| f.len()), Some(4), "avg has four decimals: {out}");
     server.stop().await
 }
 
@@ -420,6 +419,9 @@ async fn unknown_words_close_without_an_answer_and_sessions_still_work() -> Resu
     for w in [b"abcd", b"kill", b"RUOK", b"\xff\xff\xff\xff"] {
         assert_eq!(ask(server.addr, w).await?, "", "{:?}", String::from_utf8_lossy(w));
     }
+    // Recognised words that change state answer as not whitelisted, by default too.
+    assert_eq!(ask(server.addr, b"crst").await?, "crst is not executed because it is not in the whitelist.\n");
+    assert_eq!(ask(server.addr, b"stmk").await?, "stmk is not executed because it is not in the whitelist.\n");
     let mut a = Raw::connect(server.addr, 5000).await?;
     a.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
     // A four-letter word after a session's handshake is just a bad frame for that session.

@@ -189,17 +189,32 @@ async fn server() -> Result<TestServer> {
     TestServer::start_with(|c| c.super_digest = Some(support::SUPER_DIGEST.to_string())).await
 }
 
+/// A reference Apache ZooKeeper server (same super digest), to run the same scenario against, so
+/// that every expectation here is known to be Apache's behaviour too.
+async fn apache() -> Result<(support::ApacheZk, SocketAddr)> {
+    let zk = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
+    let addr = zk.address().parse()?;
+    Ok((zk, addr))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zkcli_creates_reads_and_writes_nodes() -> Result<()> {
     if !installed("zkcli_creates_reads_and_writes_nodes") {
         return Ok(());
     }
     let server = server().await?;
-    let mut cli = ZkCli::start(server.addr).await?;
-    let sessions = server.session_ids();
-    ensure!(sessions.len() == 1, "zkCli's is the only session: {sessions:?}");
-    let sid = sessions[0];
-    let check = server.client().await?;
+    let sid = nodes_scenario(server.addr).await.context("against this server")?;
+    // zkCli's session ended with it.
+    wait_until(DEADLINE, "zkCli's session to close", || !server.session_ids().contains(&sid)).await?;
+    let (_apache, addr) = apache().await?;
+    nodes_scenario(addr).await.context("against Apache ZooKeeper")?;
+    server.stop().await
+}
+
+/// Returns zkCli's session id (the owner of its ephemeral).
+async fn nodes_scenario(addr: SocketAddr) -> Result<i64> {
+    let mut cli = ZkCli::start(addr).await?;
+    let check = connect(&addr.to_string(), Duration::from_secs(10)).await?;
 
     cli.expect("create /a hello", &["Created /a"]).await?;
     cli.expect("create -e /a/e ev", &["Created /a/e"]).await?;
@@ -233,10 +248,12 @@ async fn zkcli_creates_reads_and_writes_nodes() -> Result<()> {
     assert!(printed.contains(&"dataVersion = 2".to_string()) && printed.contains(&"dataLength = 6".to_string()));
     cli.expect("get /a", &["world2"]).await?;
 
-    // The ephemeral belongs to zkCli's session; the container and plain nodes to nobody.
+    // The ephemeral belongs to zkCli's session (not the checking client's); the container and
+    // plain nodes to nobody.
+    let sid = check.check_stat("/a/e").await?.ok_or_else(|| anyhow!("/a/e"))?.ephemeral_owner;
+    assert!(sid != 0 && sid != check.session_id().0, "ephemeralOwner 0x{sid:x}");
     let printed = cli.run("stat /a/e").await?;
     assert!(printed.contains(&format!("ephemeralOwner = 0x{sid:x}")), "{printed:#?}");
-    assert_ne!(sid, 0);
     let printed = cli.run("stat /c").await?;
     assert!(printed.contains(&"ephemeralOwner = 0x0".to_string()), "{printed:#?}");
 
@@ -259,10 +276,7 @@ async fn zkcli_creates_reads_and_writes_nodes() -> Result<()> {
     cli.expect("ls /", &["[c, zookeeper]"]).await?;
     assert!(check.check_stat("/a").await?.is_none());
     cli.quit().await?;
-    // Its session ended with it.
-    wait_until(DEADLINE, "zkCli's session to close", || server.session_ids().len() == 1).await?;
-    drop(check);
-    server.stop().await
+    Ok(sid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +285,14 @@ async fn zkcli_acls_auth_and_insufficient_permission() -> Result<()> {
         return Ok(());
     }
     let server = server().await?;
-    let (owner, other) = tokio::try_join!(ZkCli::start(server.addr), ZkCli::start(server.addr))?;
+    acl_scenario(server.addr).await.context("against this server")?;
+    let (_apache, addr) = apache().await?;
+    acl_scenario(addr).await.context("against Apache ZooKeeper")?;
+    server.stop().await
+}
+
+async fn acl_scenario(addr: SocketAddr) -> Result<()> {
+    let (owner, other) = tokio::try_join!(ZkCli::start(addr), ZkCli::start(addr))?;
     let (mut owner, mut other) = (owner, other);
     let alice = digest_id("alice", "pw");
 
@@ -283,7 +304,10 @@ async fn zkcli_acls_auth_and_insufficient_permission() -> Result<()> {
     owner.expect(&format!("create /m data digest:{alice}:cdrwa,world:anyone:r"), &["Created /m"]).await?;
     owner.expect("create /w data world:anyone:w", &["Created /w"]).await?;
     owner
-        .expect("create /bad data world:nobody:r", &["KeeperErrorCode = InvalidACL for /bad", "Acl is not valid : /bad"])
+        .expect(
+            "create /bad data world:nobody:r",
+            &["KeeperErrorCode = InvalidACL for /bad", "Acl is not valid : /bad"],
+        )
         .await?;
 
     // The other session has no auth: refused with zkCli's "Insufficient permission".
@@ -311,7 +335,7 @@ async fn zkcli_acls_auth_and_insufficient_permission() -> Result<()> {
     other.expect("deleteall /secret", &[]).await?;
     owner.expect("ls /", &["[m, w, zookeeper]"]).await?;
     tokio::try_join!(owner.quit(), other.quit())?;
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,8 +344,15 @@ async fn zkcli_watches_see_changes_made_by_another_client() -> Result<()> {
         return Ok(());
     }
     let server = server().await?;
-    let mut cli = ZkCli::start(server.addr).await?;
-    let writer = server.client().await?;
+    watch_scenario(server.addr).await.context("against this server")?;
+    let (_apache, addr) = apache().await?;
+    watch_scenario(addr).await.context("against Apache ZooKeeper")?;
+    server.stop().await
+}
+
+async fn watch_scenario(addr: SocketAddr) -> Result<()> {
+    let mut cli = ZkCli::start(addr).await?;
+    let writer = connect(&addr.to_string(), Duration::from_secs(10)).await?;
     writer.create("/w", b"", PERSISTENT).await?;
     writer.create("/x", b"", PERSISTENT).await?;
 
@@ -359,7 +390,7 @@ async fn zkcli_watches_see_changes_made_by_another_client() -> Result<()> {
     cli.wait_event("state:SyncConnected type:NodeCreated path:/later", DEADLINE).await?;
     cli.quit().await?;
     drop(writer);
-    server.stop().await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +417,9 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
         t.lines()
             .filter(|l| !l.is_empty())
             .map(|l| match l.split_once(": ") {
-                Some((k, v)) if matches!(k, "Received" | "Sent" | "Latency min/avg/max") => format!("{k}: ?{}", &v[..0]),
+                Some((k, v)) if matches!(k, "Received" | "Sent" | "Latency min/avg/max") => {
+                    format!("{k}: ?{}", &v[..0])
+                }
                 _ => l.to_string(),
             })
             .collect()

@@ -601,6 +601,8 @@ impl Coordination {
     /// case it is the leftover of our own previous incarnation, which expires on that schedule
     /// (assuming it ran with the same session timeout). If it is still there, returns
     /// [`ElectionError::DuplicateNodeId`]: two agents share the id and this one must not start.
+    ///
+    /// A registration this session already holds is kept as it is (its data is not rewritten).
     pub async fn register_member(&self, member: &Member) -> Result<(), ElectionError> {
         const OP: &str = "register as a member";
         if member.node_id != self.cfg.node_id {
@@ -611,8 +613,13 @@ impl Coordination {
         }
         let data = encode(member)?;
         let negotiated = self.negotiated_timeout();
-        let give_up = Instant::now() + negotiated + self.cfg.op_timeout.max(negotiated / 2);
+        let grace = negotiated + self.cfg.op_timeout.max(negotiated / 2);
+        let give_up = Instant::now() + grace;
         loop {
+            if Instant::now() >= give_up {
+                // Only reached if the znode keeps appearing and vanishing under us.
+                return Err(ElectionError::Timeout { op: OP, after: grace });
+            }
             let sent = Instant::now();
             let created = self.client.create(&self.paths.member, &data, &EPHEMERAL);
             match self.finish(self.deadline(), sent, created).await {
@@ -1118,6 +1125,42 @@ mod tests {
         assert_eq!(token_of("t", 42).unwrap(), FencingToken(42));
         assert!(token_of("t", 0).is_err());
         assert!(token_of("t", -1).is_err());
+    }
+
+    /// The driver shares one handle between tasks and spawns its calls.
+    #[test]
+    fn handles_and_their_calls_can_cross_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Coordination>();
+        send_sync::<ElectionError>();
+        #[allow(dead_code)]
+        fn calls(
+            c: &Coordination,
+            r: &LockRecord,
+            m: &Member,
+            b: &Breadcrumb,
+            w: &mut LockWatch,
+            s: &mut SessionWatch,
+        ) {
+            send(&c.register_member(m));
+            send(&c.members());
+            send(&c.read_lock());
+            send(&c.read_lock_record());
+            send(&c.watch_lock());
+            send(&c.try_acquire(r));
+            send(&c.release(FencingToken(1)));
+            send(&c.read_breadcrumb());
+            send(&c.write_breadcrumb(b, 0, None));
+            send(&c.step_down_cleanly(b, FencingToken(1), 0, 0));
+            send(&w.changed());
+            send(&s.changed());
+        }
+        #[allow(dead_code)]
+        fn lifecycle(cfg: CoordinationConfig, c: Coordination) {
+            send(&Coordination::connect(cfg));
+            send(&c.close());
+        }
     }
 
     #[test]

@@ -496,7 +496,9 @@ mod tests {
     #[test]
     fn table_of_exact_transitions() {
         let healthy = Some(Health::Healthy);
-        let cases: Vec<(&str, u32, u32, Vec<Result<(), HealthProblem>>, Vec<Option<Health>>)> = vec![
+        // (name, rise, fall, check results, verdict moved to after each check)
+        type Case = (&'static str, u32, u32, Vec<Result<(), HealthProblem>>, Vec<Option<Health>>);
+        let cases: Vec<Case> = vec![
             ("rise 2: two passes make it healthy", 2, 3, vec![ok(), ok(), ok()], vec![None, healthy.clone(), None]),
             ("rise 1: one pass is enough", 1, 1, vec![ok()], vec![healthy.clone()]),
             (
