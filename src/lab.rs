@@ -498,6 +498,28 @@ probes:
         }
     }
 
+    /// The HTTP status of `GET path` on node `i`'s agent probe server.
+    pub async fn probe_status(&self, i: usize, path: &str) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        Some(self.http.get(url).send().await.ok()?.status().as_u16())
+    }
+
+    /// The body of `GET path` on node `i`'s agent probe server.
+    pub async fn probe_text(&self, i: usize, path: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
+    /// The directory of node `i` (configs, logs, state).
+    pub fn node_path(&self, i: usize) -> PathBuf {
+        self.node_dir(i)
+    }
+
+    /// The `referee` binary the pair runs.
+    pub fn bin(&self) -> &Path {
+        &self.spec.bin
+    }
+
     /// `GET` on node `i`'s agent probe server, as JSON.
     pub async fn agent_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
         let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);

@@ -185,3 +185,56 @@ both_coordinators!(master_crash, master_crash_bundled, master_crash_apache_zooke
 both_coordinators!(master_hang, master_hang_bundled, master_hang_apache_zookeeper);
 both_coordinators!(agent_crash, agent_crash_bundled, agent_crash_apache_zookeeper);
 both_coordinators!(agent_partitioned, agent_partitioned_bundled, agent_partitioned_apache_zookeeper);
+
+/// The probes answer as documented on the active and on the standby, and a second agent with
+/// an existing node id refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probes_and_duplicate_node_id() -> Result<()> {
+    let (pair, active) = start(CoordinatorKind::Bundled, false).await?;
+    let standby = 1 - active;
+    for (node, path, code) in [
+        (active, "/healthz", 200),
+        (active, "/readyz", 200),
+        (active, "/active", 200),
+        (active, "/standby", 503),
+        (standby, "/healthz", 200),
+        (standby, "/readyz", 200),
+        (standby, "/active", 503),
+        (standby, "/standby", 200),
+        (active, "/status", 200),
+        (active, "/history", 200),
+        (active, "/metrics", 200),
+    ] {
+        let got = pair.probe_status(node, path).await;
+        ensure!(got == Some(code), "{path} on {}: {got:?}, wanted {code}", NODES[node]);
+    }
+    let metrics = pair.probe_text(active, "/metrics").await.unwrap_or_default();
+    ensure!(metrics.contains(&format!("referee_agent_active{{cluster=\"lab\",node=\"{}\"}} 1\n", NODES[active])), "{metrics}");
+    let lease = pair.agent_json(active, "/lease").await.unwrap_or_default();
+    let status = pair.agent_json(active, "/status").await.unwrap_or_default();
+    ensure!(lease["valid_for_ms"].as_u64().unwrap_or(0) > 0, "{lease}");
+    ensure!(lease["token"] == status["token"], "lease {lease} vs status {status}");
+    let standby_lease = pair.agent_json(standby, "/lease").await.unwrap_or_default();
+    ensure!(standby_lease["valid_for_ms"] == 0, "{standby_lease}");
+
+    // A second agent configured as node `a` (its own probe port) must refuse to start.
+    let config = std::fs::read_to_string(pair.node_path(0).join("agent.yaml"))?;
+    let port = referee::lab::free_port()?;
+    let dup = config.replace(&format!("listen: 127.0.0.1:{}", pair.ports[0].probes), &format!("listen: 127.0.0.1:{port}"));
+    let path = pair.node_path(0).join("agent-duplicate.yaml");
+    std::fs::write(&path, dup)?;
+    let mut second = referee::lab::Proc::spawn(
+        "duplicate agent",
+        pair.bin(),
+        &["agent".into(), "--config".into(), path.display().to_string()],
+        &[],
+        pair.node_path(0).join("agent-duplicate.log"),
+    )?;
+    let exit = second.wait_exit(Duration::from_secs(20))?;
+    ensure!(!exit.success(), "the duplicate agent must fail, it exited {exit}");
+    let log = second.log_tail(5);
+    ensure!(log.contains("node id"), "the refusal must say why: {log}");
+    // The original pair is unaffected.
+    ensure!(pair.actives().await == vec![active], "the original active is still the only one");
+    Ok(())
+}

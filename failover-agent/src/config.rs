@@ -308,3 +308,75 @@ impl AgentConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: [&str; 2] = [include_str!("../../config/agent-db1.yaml"), include_str!("../../config/agent-db2.yaml")];
+
+    fn minimal() -> String {
+        r#"
+cluster: c
+node_id: a
+coordinator: {connect: "127.0.0.1:2181"}
+master:
+  host: 127.0.0.1
+  port: 9001
+  adapter: {kind: http, url: "http://127.0.0.1:9001"}
+fencing:
+  overall_timeout_ms: 3000
+  levels:
+    - methods:
+        - {kind: graceful, timeout_ms: 500}
+probes: {listen: "127.0.0.1:8301"}
+"#
+        .to_string()
+    }
+
+    fn refused(yaml: &str) -> String {
+        AgentConfig::from_yaml(yaml).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for text in SHIPPED {
+            let cfg = AgentConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cfg.lease_budget(Duration::from_millis(2500)), Some(Duration::from_millis(1750)));
+        }
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        assert_eq!(cfg.own_target().port, 9001);
+    }
+
+    #[test]
+    fn lease_formula() {
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        // 2500 - 0 - 500 - 250
+        assert_eq!(cfg.lease_budget(Duration::from_millis(2500)), Some(Duration::from_millis(1750)));
+        assert_eq!(cfg.lease_budget(Duration::from_millis(750)), None, "nothing left");
+    }
+
+    #[test]
+    fn refuses_with_the_key_and_the_fix() {
+        let no_fencing = minimal().replace(
+            "fencing:\n  overall_timeout_ms: 3000\n  levels:\n    - methods:\n        - {kind: graceful, timeout_ms: 500}\n",
+            "",
+        );
+        assert!(refused(&no_fencing).contains("`fencing` is missing"), "{}", refused(&no_fencing));
+        let typo = minimal().replace("cluster: c", "cluster: c\nclustr: d");
+        assert!(refused(&typo).contains("clustr"), "{}", refused(&typo));
+        let no_lease = minimal().replace("connect: \"127.0.0.1:2181\"", "connect: \"127.0.0.1:2181\", session_timeout_ms: 700");
+        let e = refused(&no_lease);
+        assert!(e.contains("coordinator.session_timeout_ms") && e.contains("leaves no lease"), "{e}");
+        let bad_host = minimal().replace("127.0.0.1:2181", "nohostport");
+        assert!(refused(&bad_host).contains("coordinator.connect"), "{}", refused(&bad_host));
+        let slow_loop = minimal().replace("probes:", "election: {loop_interval_ms: 1000}\nprobes:");
+        assert!(refused(&slow_loop).contains("election.loop_interval_ms"), "{}", refused(&slow_loop));
+        let bad_node = minimal().replace("node_id: a", "node_id: \"a/b\"");
+        assert!(refused(&bad_node).contains("node_id"), "{}", refused(&bad_node));
+        let bad_adapter = minimal().replace("http://127.0.0.1:9001\"}", "ftp://x\"}");
+        assert!(refused(&bad_adapter).contains("master.adapter"), "{}", refused(&bad_adapter));
+        let bad_fence = minimal().replace("{kind: graceful, timeout_ms: 500}", "{kind: ssh, timeout_ms: 500}");
+        assert!(refused(&bad_fence).contains("fencing"), "{}", refused(&bad_fence));
+    }
+}
