@@ -93,11 +93,36 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = referee_failover_agent::config::AgentConfig::load(&config_path)?;
+    use referee_failover_agent::config::AgentConfig;
+    use referee_failover_agent::control::ControlRequest;
+    let config = AgentConfig::load(&config_path)?;
     let listener = tokio::net::TcpListener::bind(config.probes.listen).await.with_context(|| {
         format!("cannot listen on {} (`probes.listen` in {})", config.probes.listen, config_path.display())
     })?;
-    referee_failover_agent::driver::run(config, listener, shutdown_signal()).await?;
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    // SIGHUP: re-read and validate the configuration, then apply what can change live.
+    let reload_tx = control_tx.clone();
+    let path = config_path.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match AgentConfig::load(&path) {
+                Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+                Ok(new) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if reload_tx.send(ControlRequest::Reload { config: Box::new(new), reply }).await.is_err() {
+                        return;
+                    }
+                    if let Ok(Ok(msg)) = answer.await {
+                        tracing::info!("SIGHUP: {msg}");
+                    }
+                }
+            }
+        }
+    });
+    referee_failover_agent::driver::run_with_control(config, listener, control_rx, None, shutdown_signal()).await?;
+    drop(control_tx);
     Ok(())
 }
 
@@ -120,15 +145,24 @@ async fn run_demo_master(
     referee_examples::ha_master::run(config, listener, shutdown_signal()).await
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on the first SIGINT or SIGTERM, which starts an orderly shutdown (an active agent
+/// hands over first). A second signal forces the process to exit at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
+    tracing::info!("shutting down (a second signal forces exit)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("referee: second signal, exiting now");
+        std::process::exit(130);
+    });
 }

@@ -209,7 +209,10 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
         ensure!(got == Some(code), "{path} on {}: {got:?}, wanted {code}", NODES[node]);
     }
     let metrics = pair.probe_text(active, "/metrics").await.unwrap_or_default();
-    ensure!(metrics.contains(&format!("referee_agent_active{{cluster=\"lab\",node=\"{}\"}} 1\n", NODES[active])), "{metrics}");
+    ensure!(
+        metrics.contains(&format!("referee_agent_active{{cluster=\"lab\",node=\"{}\"}} 1\n", NODES[active])),
+        "{metrics}"
+    );
     let lease = pair.agent_json(active, "/lease").await.unwrap_or_default();
     let status = pair.agent_json(active, "/status").await.unwrap_or_default();
     ensure!(lease["valid_for_ms"].as_u64().unwrap_or(0) > 0, "{lease}");
@@ -220,7 +223,8 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
     // A second agent configured as node `a` (its own probe port) must refuse to start.
     let config = std::fs::read_to_string(pair.node_path(0).join("agent.yaml"))?;
     let port = referee::lab::free_port()?;
-    let dup = config.replace(&format!("listen: 127.0.0.1:{}", pair.ports[0].probes), &format!("listen: 127.0.0.1:{port}"));
+    let dup =
+        config.replace(&format!("listen: 127.0.0.1:{}", pair.ports[0].probes), &format!("listen: 127.0.0.1:{port}"));
     let path = pair.node_path(0).join("agent-duplicate.yaml");
     std::fs::write(&path, dup)?;
     let mut second = referee::lab::Proc::spawn(
@@ -238,3 +242,30 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
     ensure!(pair.actives().await == vec![active], "the original active is still the only one");
     Ok(())
 }
+
+/// SIGTERM on the active agent hands over cleanly: its master is demoted and confirmed, the
+/// breadcrumb marked clean and the lock released, so the other node promotes without fencing.
+async fn sigterm_hands_over(kind: CoordinatorKind) -> Result<()> {
+    if !available(kind, "sigterm_hands_over") {
+        return Ok(());
+    }
+    let (mut pair, first) = start(kind, false).await?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    if let Some(agent) = pair.agents[first].as_ref() {
+        agent.signal(Signal::SIGTERM)?;
+    }
+    pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    pair.write_within(other, "k", "v6", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    oracles.check(Duration::from_secs(2)).await?;
+    ensure!(fences_by(&pair, other).await == 0, "a clean handover needs no fencing");
+    let pair_mut = Arc::get_mut(&mut pair).expect("oracles stopped");
+    let agent = pair_mut.agents[first].as_mut().expect("agent");
+    let status = agent.wait_exit(Duration::from_secs(10))?;
+    ensure!(status.success(), "the agent exits cleanly after handing over: {status}");
+    let log = agent.log_tail(20);
+    ensure!(log.contains("handed over"), "{log}");
+    Ok(())
+}
+
+both_coordinators!(sigterm_hands_over, sigterm_hands_over_bundled, sigterm_hands_over_apache_zookeeper);

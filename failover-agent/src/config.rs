@@ -313,7 +313,8 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
-    const SHIPPED: [&str; 2] = [include_str!("../../config/agent-db1.yaml"), include_str!("../../config/agent-db2.yaml")];
+    const SHIPPED: [&str; 2] =
+        [include_str!("../../config/agent-db1.yaml"), include_str!("../../config/agent-db2.yaml")];
 
     fn minimal() -> String {
         r#"
@@ -365,7 +366,8 @@ probes: {listen: "127.0.0.1:8301"}
         assert!(refused(&no_fencing).contains("`fencing` is missing"), "{}", refused(&no_fencing));
         let typo = minimal().replace("cluster: c", "cluster: c\nclustr: d");
         assert!(refused(&typo).contains("clustr"), "{}", refused(&typo));
-        let no_lease = minimal().replace("connect: \"127.0.0.1:2181\"", "connect: \"127.0.0.1:2181\", session_timeout_ms: 700");
+        let no_lease =
+            minimal().replace("connect: \"127.0.0.1:2181\"", "connect: \"127.0.0.1:2181\", session_timeout_ms: 700");
         let e = refused(&no_lease);
         assert!(e.contains("coordinator.session_timeout_ms") && e.contains("leaves no lease"), "{e}");
         let bad_host = minimal().replace("127.0.0.1:2181", "nohostport");

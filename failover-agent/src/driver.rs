@@ -17,14 +17,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use referee_fencing::{FenceOutcome, FenceTarget, Fencer, FencingToken, HaState, HaStatus};
+use referee_fencing::{FenceOutcome, FenceTarget, Fencer, FencingToken, HaState, HaStatus, MethodOutcome};
 use thiserror::Error;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::adapter::{build_adapter, MasterAdapter};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
+use crate::control::ControlRequest;
 use crate::decide::{decide, Decision, Observation, Step, StepFailure};
 use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
 use crate::health::{run_health_monitor, HealthReport};
@@ -76,6 +77,9 @@ struct Memory {
     phases: Phases,
     /// The last decision's reason, to log changes only.
     last_reason: String,
+    /// An operator's failover to this node, answered once this node is active or the deadline
+    /// passes.
+    pending_failover: Option<(oneshot::Sender<Result<String, String>>, BootInstant, BootInstant)>,
 }
 
 /// The running agent.
@@ -86,6 +90,8 @@ struct Driver {
     status: Arc<Mutex<AgentStatus>>,
     http: reqwest::Client,
     mem: Memory,
+    /// This agent's admin/peer API base URL, published for peers.
+    peer_url: Option<String>,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -94,6 +100,20 @@ struct Driver {
 pub async fn run(
     cfg: AgentConfig,
     probe_listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (_control_tx, control_rx) = mpsc::channel(16);
+    run_with_control(cfg, probe_listener, control_rx, None, shutdown).await
+}
+
+/// As [`run`], taking operator and peer requests from `control`, and publishing `peer_url` (this
+/// agent's admin/peer API base URL) in the lock and membership records so peers can ask it to
+/// cede or to fence its master.
+pub async fn run_with_control(
+    cfg: AgentConfig,
+    probe_listener: tokio::net::TcpListener,
+    control: mpsc::Receiver<ControlRequest>,
+    peer_url: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
@@ -115,8 +135,8 @@ pub async fn run(
         .connect_timeout(Duration::from_millis(500))
         .build()
         .map_err(|e| AgentError::Adapter(e.to_string()))?;
-    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default() };
-    let result = driver.run_loop(health_rx, shutdown).await;
+    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default(), peer_url };
+    let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     if let Ok(Err(e)) = probe_server.await {
@@ -144,7 +164,7 @@ impl Driver {
         Member {
             node_id: self.cfg.node_id.clone(),
             target: self.cfg.own_target(),
-            peer_url: None,
+            peer_url: self.peer_url.clone(),
             probe_addr: Some(self.cfg.probes.listen.to_string()),
         }
     }
@@ -169,6 +189,7 @@ impl Driver {
     async fn run_loop(
         &mut self,
         mut health: watch::Receiver<HealthReport>,
+        mut control: mpsc::Receiver<ControlRequest>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
@@ -230,6 +251,7 @@ impl Driver {
                         Err(_) => reconnect_at = Some(BootInstant::now() + interval * 5),
                     }
                 }
+                Some(request) = control.recv() => self.handle_control(request, coord.as_ref()).await,
                 _ = health.changed() => {}
                 _ = async { lock_watch.as_mut().expect("guarded").changed().await }, if lock_watch.is_some() => {
                     lock_watch = None;
@@ -355,6 +377,8 @@ impl Driver {
         let role = role_of(&st);
         let phases = (role == Role::Active).then_some(self.mem.phases);
         st.transition(role, wall_ms(), &decision.reason, phases);
+        drop(st);
+        self.settle_failover();
     }
 
     /// Carries out a decision's steps in order. Returns the master's status if a step changed it.
@@ -522,15 +546,14 @@ impl Driver {
         }
     }
 
-    /// Demotes an active master before the session closes, so the lock never frees while it
-    /// serves; then closes the session.
+    /// On shutdown an active agent hands over cleanly (demote, confirm, then mark the breadcrumb
+    /// clean and release the lock in one multi), so the lock never frees while its master serves
+    /// and the next active need not fence; then the session closes.
     async fn shut_down(&mut self, coord: Option<Coordination>) {
-        let token = self.status().token;
-        if let Some(token) = token {
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
-            match self.adapter.demote(token, deadline).await {
-                Ok(_) => info!("demoted the master before shutting down"),
-                Err(e) => warn!("could not demote the master before shutting down: {e}"),
+        if self.status().token.is_some() {
+            match self.hand_over(coord.as_ref(), Duration::from_secs(3600)).await {
+                Ok(msg) => info!("{msg}"),
+                Err(e) => warn!("handover on shutdown: {e}"),
             }
         }
         if let Some(c) = coord {
@@ -538,7 +561,245 @@ impl Driver {
                 debug!("closing the coordinator session: {e}");
             }
         }
+        if let Some((reply, _, _)) = self.mem.pending_failover.take() {
+            let _ = reply.send(Err("the agent is shutting down".into()));
+        }
         info!("agent stopped");
+    }
+
+    /// Carries out an operator's or a peer's request.
+    async fn handle_control(&mut self, request: ControlRequest, coord: Option<&Coordination>) {
+        match request {
+            ControlRequest::Pause { reply } => {
+                self.status().paused = true;
+                info!("paused by an operator: observing only");
+                let _ = reply.send(Ok("paused: the agent keeps reporting but takes no action".into()));
+            }
+            ControlRequest::Resume { reply } => {
+                self.status().paused = false;
+                info!("resumed by an operator");
+                let _ = reply.send(Ok("resumed".into()));
+            }
+            ControlRequest::Cede { period, reply } => {
+                let result = self.hand_over(coord, period).await;
+                match &result {
+                    Ok(m) => info!("{m}"),
+                    Err(e) => warn!("cede: {e}"),
+                }
+                let _ = reply.send(result);
+            }
+            ControlRequest::Failover { reply } => {
+                if let Err(why) = self.start_take_over(coord).await {
+                    let _ = reply.send(Err(why));
+                    return;
+                }
+                let now = BootInstant::now();
+                let deadline = now + Duration::from_millis(self.cfg.coordinator.session_timeout_ms * 4 + 10_000);
+                if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
+                    let _ = old.send(Err("superseded by a newer failover request".into()));
+                }
+            }
+            ControlRequest::Reload { config, reply } => {
+                let _ = reply.send(Ok(self.reload(*config)));
+            }
+            ControlRequest::PeerFence { token, reply } => {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+                let outcome = match self.adapter.demote(token, deadline).await {
+                    Ok(s) => MethodOutcome::Fenced {
+                        detail: format!("master demoted locally; it reports {:?} with token {}", s.state, s.token),
+                    },
+                    Err(e) if e.outcome_unknown() => {
+                        MethodOutcome::Indeterminate { reason: format!("demoting the master locally: {e}") }
+                    }
+                    Err(e) => MethodOutcome::Failed { reason: format!("demoting the master locally: {e}") },
+                };
+                info!(token = %token, "a peer asked to fence this node's master: {outcome:?}");
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Applies a new configuration: timing of the loop, lease and backoff change live; the
+    /// sections that bind resources (coordinator, master, health monitor, fencing, probes,
+    /// identity) need a restart and are left as they are.
+    fn reload(&mut self, new: AgentConfig) -> String {
+        let mut restart = Vec::new();
+        let old = &self.cfg;
+        if old.cluster != new.cluster || old.node_id != new.node_id {
+            restart.push("cluster/node_id");
+        }
+        if format!("{:?}", old.coordinator) != format!("{:?}", new.coordinator) {
+            restart.push("coordinator");
+        }
+        if format!("{:?}", old.master) != format!("{:?}", new.master) {
+            restart.push("master");
+        }
+        if old.health != new.health {
+            restart.push("health");
+        }
+        if format!("{:?}", old.fencing) != format!("{:?}", new.fencing) {
+            restart.push("fencing");
+        }
+        if old.probes.listen != new.probes.listen {
+            restart.push("probes");
+        }
+        let live_changed = format!("{:?}{:?}", old.lease, old.election) != format!("{:?}{:?}", new.lease, new.election);
+        let (cluster, node_id, coordinator, master, health, fencing, probes) = (
+            old.cluster.clone(),
+            old.node_id.clone(),
+            old.coordinator.clone(),
+            old.master.clone(),
+            old.health,
+            old.fencing.clone(),
+            old.probes.clone(),
+        );
+        let merged = AgentConfig { cluster, node_id, coordinator, master, health, fencing, probes, ..new };
+        // The live settings must still satisfy the timing rules with the settings kept.
+        if let Err(e) = merged.validate() {
+            let message = format!("configuration reload refused: {e}");
+            warn!("{message}");
+            return message;
+        }
+        self.cfg = merged;
+        let applied =
+            if live_changed { "applied the new lease and election settings" } else { "no live setting changed" };
+        let message = if restart.is_empty() {
+            format!("configuration reloaded: {applied}")
+        } else {
+            format!(
+                "configuration reloaded: {applied}; changes to {} need a restart and were not applied",
+                restart.join(", ")
+            )
+        };
+        info!("{message}");
+        message
+    }
+
+    /// Hands the active role over gracefully and stays out of the election for `period`.
+    ///
+    /// Order matters: the master is demoted and confirms standby first; only then are the
+    /// breadcrumb marked clean and the lock released, in one multi through the lock's session.
+    /// If the demotion fails, the lock is released with the breadcrumb left unclean, so the next
+    /// winner fences this node.
+    async fn hand_over(&mut self, coord: Option<&Coordination>, period: Duration) -> Result<String, String> {
+        self.mem.backoff_until = Some(BootInstant::now() + period);
+        let c = coord.ok_or("no coordinator session")?;
+        let (token, lock_version) = match c.read_lock().await.map_err(|e| format!("reading the lock: {e}"))? {
+            LockView::Ours { token, version } => (token, version),
+            _ => return Ok(format!("not active; staying out of the election for {} ms", period.as_millis())),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+        if let Err(e) = self.adapter.demote(token, deadline).await {
+            let _ = c.release(token).await;
+            return Err(format!(
+                "demoting the master failed ({e}); released the lock with the breadcrumb unclean, so the next active will fence this node"
+            ));
+        }
+        self.status().counters.demotions += 1;
+        let crumb_version = match c.read_breadcrumb().await {
+            Ok(BreadcrumbView::Present { crumb, version })
+                if crumb.node_id == self.cfg.node_id && crumb.token == token =>
+            {
+                version
+            }
+            other => {
+                let _ = c.release(token).await;
+                return Err(format!(
+                    "the breadcrumb is not ours ({other:?}); released the lock, the next active will fence"
+                ));
+            }
+        };
+        let mut target = self.cfg.own_target();
+        target.token = token;
+        let crumb = Breadcrumb { node_id: self.cfg.node_id.clone(), token, clean: true, target };
+        match c.step_down_cleanly(&crumb, token, lock_version, crumb_version).await {
+            Ok(()) => Ok(format!(
+                "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
+                period.as_millis()
+            )),
+            Err(e) => {
+                let _ = c.release(token).await;
+                Err(format!("marking the breadcrumb clean failed ({e}); released the lock, the next active will fence"))
+            }
+        }
+    }
+
+    /// Starts a graceful failover to this node: checks it can take over, then asks the current
+    /// active (through its peer API) to cede. The reply waits for this node to become active.
+    async fn start_take_over(&mut self, coord: Option<&Coordination>) -> Result<(), String> {
+        let (health, paused) = {
+            let st = self.status();
+            (st.health.clone(), st.paused)
+        };
+        if !health.is_healthy() {
+            return Err(format!("refusing a failover to this node: its master is not healthy ({health:?})"));
+        }
+        if paused {
+            return Err("refusing a failover to this node: it is paused".into());
+        }
+        let c = coord.ok_or("refusing a failover: this node has no coordinator session")?;
+        self.mem.backoff_until = None;
+        let Some((record, _meta)) = c.read_lock_record().await.map_err(|e| format!("reading the lock: {e}"))? else {
+            return Ok(()); // nobody is active: this node will contend on its next cycle
+        };
+        if record.node_id == self.cfg.node_id {
+            return Ok(());
+        }
+        let url = record.peer_url.ok_or_else(|| {
+            format!("the active node {} publishes no peer API address to ask it to cede", record.node_id)
+        })?;
+        let mut request =
+            self.http.post(format!("{}/admin/cede", url.trim_end_matches('/'))).json(&serde_json::json!({
+                "period_ms": self.cfg.coordinator.session_timeout_ms * 4
+            }));
+        if let Some(secret) = &self.cfg_peer_secret() {
+            request = request.bearer_auth(secret);
+        }
+        let answer = request
+            .timeout(Duration::from_millis(self.cfg.lease.demote_deadline_ms + self.cfg.coordinator.op_timeout_ms * 4))
+            .send()
+            .await
+            .map_err(|e| format!("asking {} to cede: {e}", record.node_id))?;
+        if !answer.status().is_success() {
+            let body = answer.text().await.unwrap_or_default();
+            return Err(format!("{} refused to cede: {body}", record.node_id));
+        }
+        Ok(())
+    }
+
+    /// The shared secret of the peer API, if configured (wired with the admin settings).
+    fn cfg_peer_secret(&self) -> Option<String> {
+        None
+    }
+
+    /// Answers a pending failover once this node is active, or when its deadline passes.
+    fn settle_failover(&mut self) {
+        let Some((_, started, deadline)) = &self.mem.pending_failover else { return };
+        let (started, deadline) = (*started, *deadline);
+        let (role, token, phases) = {
+            let st = self.status();
+            (st.role, st.token, st.history.back().and_then(|t| t.phases))
+        };
+        let now = BootInstant::now();
+        let result = if role == Role::Active {
+            Ok(format!(
+                "{} is active with token {} after {} ms{}",
+                self.cfg.node_id,
+                token.map_or(0, |t| t.0),
+                now.saturating_since(started).as_millis(),
+                phases.map_or(String::new(), |p| format!(
+                    " (detect {} ms, elect {} ms, fence {} ms, promote {} ms)",
+                    p.detect_ms, p.elect_ms, p.fence_ms, p.promote_ms
+                ))
+            ))
+        } else if now >= deadline {
+            Err(format!("{} did not become active in time; last decision: {}", self.cfg.node_id, self.mem.last_reason))
+        } else {
+            return;
+        };
+        if let Some((reply, _, _)) = self.mem.pending_failover.take() {
+            let _ = reply.send(result);
+        }
     }
 }
 

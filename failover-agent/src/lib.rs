@@ -31,6 +31,7 @@
 pub mod adapter;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod driver;
 pub mod election;

@@ -1,0 +1,52 @@
+//! Requests from operators and peers to the running agent: the admin API and the peer API
+//! turn authenticated HTTP calls into these, and the driver carries them out between cycles,
+//! answering on the enclosed channel.
+
+use std::time::Duration;
+
+use referee_fencing::{FencingToken, MethodOutcome};
+use tokio::sync::oneshot;
+
+/// A request to the driver.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Maintenance mode: keep observing and reporting, take no action.
+    Pause {
+        /// Answered once the agent has paused.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        /// Answered once the agent has resumed.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// If active, hand over gracefully (demote, confirm, then mark the breadcrumb clean and
+    /// release the lock in one multi) and stay out of the election for `period`.
+    Cede {
+        /// How long to stay out.
+        period: Duration,
+        /// Answered when the handover is done (or refused, with why).
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Become active gracefully: ask the current active to cede, then win the lock. Refused
+    /// with why if this node is unhealthy or paused.
+    Failover {
+        /// Answered with the timeline when this node is active, or with why not.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A new configuration (already validated): settings that can change live are applied,
+    /// the answer names those that need a restart.
+    Reload {
+        /// The new configuration.
+        config: Box<crate::config::AgentConfig>,
+        /// Answered with what was applied and what needs a restart.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A peer that won the lock asks this node to fence its own master locally.
+    PeerFence {
+        /// The new active's token, recorded by the master.
+        token: FencingToken,
+        /// Answered with the outcome.
+        reply: oneshot::Sender<MethodOutcome>,
+    },
+}
