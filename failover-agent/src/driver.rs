@@ -79,8 +79,11 @@ struct Memory {
     last_reason: String,
     /// An operator's failover to this node, answered once this node is active or the deadline
     /// passes.
-    pending_failover: Option<(oneshot::Sender<Result<String, String>>, BootInstant, BootInstant)>,
+    pending_failover: Option<(Reply, BootInstant, BootInstant)>,
 }
+
+/// Where an operator's request is answered.
+type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The running agent.
 struct Driver {
