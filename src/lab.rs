@@ -229,6 +229,8 @@ pub struct PairSpec {
     pub master_lease: bool,
     /// Route each agent's coordinator connection through a proxy the test can cut.
     pub proxied_agents: bool,
+    /// YAML appended to each node's agent configuration (`a` then `b`), e.g. hooks.
+    pub extra_agent_yaml: Vec<String>,
 }
 
 /// The ports of one node.
@@ -406,6 +408,7 @@ probes:
             graceful = t.graceful_fence_ms,
             probes = p.probes,
         );
+        let cfg = format!("{cfg}{}", self.spec.extra_agent_yaml.get(i).map_or("", String::as_str));
         let path = node.join("agent.yaml");
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;

@@ -21,6 +21,7 @@ fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
         timings: Timings::referee(),
         master_lease: true,
         proxied_agents,
+        extra_agent_yaml: Vec::new(),
     }
 }
 
@@ -269,3 +270,39 @@ async fn sigterm_hands_over(kind: CoordinatorKind) -> Result<()> {
 }
 
 both_coordinators!(sigterm_hands_over, sigterm_hands_over_bundled, sigterm_hands_over_apache_zookeeper);
+
+/// A `pre_promote` hook that fails vetoes the promotion: the node that won the lock releases it
+/// and backs off instead of promoting; with the hook allowing it again, it promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pre_promote_hook_vetoes_a_promotion() -> Result<()> {
+    let dir = referee::lab::LabDir::new("hook")?;
+    let gate = dir.0.join("allow-promotion");
+    // Node b's hook: succeeds only while the gate file exists (`test -e FILE`, no shell).
+    let hook = format!(
+        "hooks:\n  pre_promote:\n    command: [\"/usr/bin/test\", \"-e\", \"{}\"]\n    timeout_ms: 1000\n",
+        gate.display()
+    );
+    let mut s = spec(CoordinatorKind::Bundled, false);
+    s.extra_agent_yaml = vec![String::new(), hook];
+    // Make sure `a` becomes active first: b's hook vetoes until the gate exists.
+    let pair = Arc::new(Pair::start(s).await?);
+    pair.wait_for_active_node(0, Duration::from_secs(10)).await?;
+    pair.masters[0].signal(Signal::SIGKILL)?;
+    // b wins the lock, fences a, then its hook vetoes: it must not become active.
+    let vetoed = async {
+        loop {
+            let st = pair.agent_json(1, "/status").await.unwrap_or_default();
+            if st["last_decision"].as_str().is_some_and(|d| d.contains("pre_promote hook vetoed")) {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let st = tokio::time::timeout(Duration::from_secs(10), vetoed).await?;
+    ensure!(st["role"] != "active", "{st}");
+    ensure!(!pair.is_active(1).await, "a vetoed node must not be active");
+    // Lift the veto: b promotes on its next attempt.
+    std::fs::write(&gate, b"yes")?;
+    pair.wait_for_active_node(1, Duration::from_secs(10)).await?;
+    Ok(())
+}

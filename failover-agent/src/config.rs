@@ -71,6 +71,9 @@ pub struct AgentConfig {
     /// Decision loop settings.
     #[serde(default)]
     pub election: ElectionSettings,
+    /// Operator hooks (`pre_promote`, `on_role_change`).
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// Where and how to reach the coordinator.
@@ -302,6 +305,7 @@ impl AgentConfig {
                 "must be below coordinator.session_timeout_ms, or one slow request outlives the session",
             ));
         }
+        self.hooks.validate().map_err(|e| invalid("hooks", e))?;
         if self.election.promote_timeout_ms == 0 {
             return Err(invalid("election.promote_timeout_ms", "is 0; give the master time to promote"));
         }

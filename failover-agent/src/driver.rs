@@ -95,6 +95,8 @@ struct Driver {
     mem: Memory,
     /// This agent's admin/peer API base URL, published for peers.
     peer_url: Option<String>,
+    /// Runs `on_role_change` hooks.
+    role_hooks: crate::hooks::RoleChangeHooks,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -138,7 +140,8 @@ pub async fn run_with_control(
         .connect_timeout(Duration::from_millis(500))
         .build()
         .map_err(|e| AgentError::Adapter(e.to_string()))?;
-    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default(), peer_url };
+    let role_hooks = crate::hooks::RoleChangeHooks::start(cfg.hooks.on_role_change.clone(), &cfg.cluster, &cfg.node_id);
+    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default(), peer_url, role_hooks };
     let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
@@ -379,8 +382,12 @@ impl Driver {
         st.last_cycle_at = Some(BootInstant::now());
         let role = role_of(&st);
         let phases = (role == Role::Active).then_some(self.mem.phases);
+        let (previous, token_now) = (st.role, st.token);
         st.transition(role, wall_ms(), &decision.reason, phases);
         drop(st);
+        if previous != role {
+            self.role_hooks.notify(previous, role, token_now);
+        }
         self.settle_failover();
     }
 
@@ -453,6 +460,15 @@ impl Driver {
                     }
                 },
                 Step::Promote { token } => {
+                    if let Some(hook) = &self.cfg.hooks.pre_promote {
+                        if let Err(veto) =
+                            crate::hooks::pre_promote(hook, &self.cfg.cluster, &self.cfg.node_id, *token).await
+                        {
+                            warn!("{veto}");
+                            self.mem.failure = Some(StepFailure { token: token_held, reason: veto });
+                            break;
+                        }
+                    }
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
                     match self.adapter.promote(*token, deadline).await {

@@ -36,6 +36,7 @@ pub mod decide;
 pub mod driver;
 pub mod election;
 pub mod health;
+pub mod hooks;
 pub mod model;
 pub mod probes;
 pub mod status;

@@ -88,7 +88,14 @@ async fn main() -> Result<()> {
         Profile::Referee => Timings::referee(),
         Profile::Zkfc => Timings::zkfc(),
     };
-    let spec = PairSpec { bin: referee_bin()?, coordinator, timings, master_lease: true, proxied_agents: false };
+    let spec = PairSpec {
+        bin: referee_bin()?,
+        coordinator,
+        timings,
+        master_lease: true,
+        proxied_agents: false,
+        extra_agent_yaml: Vec::new(),
+    };
     let mut pair = Pair::start(spec).await?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);
 

@@ -232,7 +232,7 @@ fn output_snippet(text: &str) -> String {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum CommandEnd {
+pub(crate) enum CommandEnd {
     /// The program exited with this code.
     Exited { code: i32, stdout: String, stderr: String },
     /// The program was killed by a signal that did not come from us.
@@ -264,7 +264,7 @@ impl Drop for GroupGuard {
 }
 
 /// Runs `argv` with the extra environment `env` until it exits or `deadline` passes.
-async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
+pub(crate) async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
     let Some((program, args)) = argv.split_first() else {
         return CommandEnd::SpawnFailed { error: "empty command".into() };
     };

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::model::MasterStatus;
 
+pub(crate) use command::{run as run_program, CommandEnd};
 pub use command::{CommandAdapter, CommandAdapterConfig};
 pub use http::{HttpAdapter, HttpAdapterConfig};
 
