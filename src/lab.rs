@@ -231,6 +231,8 @@ pub struct PairSpec {
     pub proxied_agents: bool,
     /// YAML appended to each node's agent configuration (`a` then `b`), e.g. hooks.
     pub extra_agent_yaml: Vec<String>,
+    /// Give each agent an admin/peer API (bearer token in `admin-token` in the lab directory).
+    pub admin: bool,
 }
 
 /// The ports of one node.
@@ -240,6 +242,8 @@ pub struct NodePorts {
     pub master: u16,
     /// The agent's probe port.
     pub probes: u16,
+    /// The agent's admin/peer API port (used when the spec asks for it).
+    pub admin: u16,
 }
 
 /// A running pair.
@@ -274,7 +278,7 @@ impl Pair {
         wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await?;
         let mut ports = Vec::new();
         for _ in NODES {
-            ports.push(NodePorts { master: free_port()?, probes: free_port()? });
+            ports.push(NodePorts { master: free_port()?, probes: free_port()?, admin: free_port()? });
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
@@ -408,7 +412,16 @@ probes:
             graceful = t.graceful_fence_ms,
             probes = p.probes,
         );
-        let cfg = format!("{cfg}{}", self.spec.extra_agent_yaml.get(i).map_or("", String::as_str));
+        let admin = if self.spec.admin {
+            let token = self.admin_token_file();
+            if !token.exists() {
+                std::fs::write(&token, "lab-admin-secret\n").map_err(io("writing the admin token"))?;
+            }
+            format!("admin:\n  listen: 127.0.0.1:{}\n  token_file: {}\n", p.admin, token.display())
+        } else {
+            String::new()
+        };
+        let cfg = format!("{cfg}{admin}{}", self.spec.extra_agent_yaml.get(i).map_or("", String::as_str));
         let path = node.join("agent.yaml");
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
@@ -511,6 +524,24 @@ probes:
     pub async fn probe_text(&self, i: usize, path: &str) -> Option<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
         self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
+    /// The file holding the agents' admin bearer secret.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.0.join("admin-token")
+    }
+
+    /// Runs `referee admin ARGS --config <agent i's config>` and returns (exit code, stdout,
+    /// stderr).
+    pub async fn admin(&self, i: usize, args: &[&str]) -> Result<(i32, String, String), LabError> {
+        let mut cmd = tokio::process::Command::new(&self.spec.bin);
+        cmd.arg("admin").args(args).arg("--config").arg(self.node_dir(i).join("agent.yaml"));
+        let out = cmd.output().await.map_err(io("running referee admin"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// The directory of node `i` (configs, logs, state).

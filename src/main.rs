@@ -43,6 +43,8 @@ enum Command {
         #[arg(long)]
         pidfile: Option<PathBuf>,
     },
+    /// Operate a cluster: status, failover --to, check-health, pause, resume, history, format.
+    Admin(referee_failover_agent::admin_cli::AdminArgs),
     /// Run a failover agent beside a master.
     Agent {
         /// Path of the agent's YAML configuration.
@@ -68,13 +70,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Coordinator { config } => run_coordinator(config).await,
-            Command::Agent { config } => run_agent(config).await,
-            Command::DemoMaster { config, listen, pidfile } => run_demo_master(config, listen, pidfile).await,
+            Command::Coordinator { config } => run_coordinator(config).await.map(|()| 0),
+            Command::Agent { config } => run_agent(config).await.map(|()| 0),
+            Command::DemoMaster { config, listen, pidfile } => {
+                run_demo_master(config, listen, pidfile).await.map(|()| 0)
+            }
+            // `referee admin` has documented exit codes of its own.
+            Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("referee: {e:#}");
             ExitCode::FAILURE
@@ -121,8 +127,8 @@ async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
     });
-    referee_failover_agent::driver::run_with_control(config, listener, control_rx, None, shutdown_signal()).await?;
-    drop(control_tx);
+    referee_failover_agent::driver::run_with_control(config, listener, control_tx, control_rx, shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
         master_lease: true,
         proxied_agents,
         extra_agent_yaml: Vec::new(),
+        admin: false,
     }
 }
 
@@ -292,7 +293,7 @@ async fn pre_promote_hook_vetoes_a_promotion() -> Result<()> {
     let vetoed = async {
         loop {
             let st = pair.agent_json(1, "/status").await.unwrap_or_default();
-            if st["last_decision"].as_str().is_some_and(|d| d.contains("pre_promote hook vetoed")) {
+            if st["last_failure"].as_str().is_some_and(|d| d.contains("pre_promote hook vetoed")) {
                 return st;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

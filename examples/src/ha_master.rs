@@ -28,6 +28,52 @@
 //!   token the master was active under, for split-brain checks.
 //! - `GET /read?key=K`: `200 {"key", "value"}` or `404 {"reason": ...}`.
 //!
+//! # Journal mode: a small NameNode
+//!
+//! With `journal:` configured, the master keeps nothing it has not journaled. Every edit goes
+//! first to a shared journal in the coordinator ([`crate::journal`]), guarded by the epoch
+//! znode, and is applied to the in-memory state ([`crate::replica`]) only once the append
+//! succeeded. A write is acknowledged only once it is in the journal.
+//!
+//! - `POST /ha/active {"token": N}`: after the checks above, **claim, then catch up, then
+//!   serve**: claim the epoch with `N` (refused with `409` if the epoch holds a higher token;
+//!   the master stays standby), read the journal to its end on the same session and apply it,
+//!   and only then become active and answer `200`.
+//! - `POST /fs/mkdir {"path", "write_id"?}`, `POST /fs/create {"path", "data", "write_id"?}`,
+//!   `POST /fs/delete {"path", "recursive"?, "write_id"?}`: namespace edits
+//!   ([`crate::namespace`]), gated like `POST /write` (active, lease valid). An edit that
+//!   cannot apply is refused before it is journaled (`400`, `404` or `409`). Accepted:
+//!   `200 {"write_id", "seq", "token"}` ([`EditAccepted`]), `seq` being the journal sequence
+//!   number. A `write_id` already in the journal answers its first acknowledgement again.
+//! - `POST /write {"key", "value", "write_id"?}` is an edit too; its `seq` is the journal's.
+//! - `GET /fs/list?path=`, `GET /fs/stat?path=`, `GET /fs/read?path=`, `GET /read?key=`:
+//!   served from the replayed state by active and standby alike (a standby's may lag by its
+//!   tailing delay).
+//! - `GET /journal/status`: `{"applied_seq", "era_token", "era_node"}` ([`JournalStatus`]).
+//! - `POST /test/force-write {"key", "value", "write_id"?}`: a put that skips the role and
+//!   lease checks but not the journal's guard, so a test can make a deposed master try.
+//!
+//! Every append is `multi(check(epoch, claimed version), create(sequential edit))`:
+//!
+//! - **BadVersion**: another master has claimed. The master steps down to standby (unlike a
+//!   lapsed lease, this is proof that it is no longer the active) and answers
+//!   `503 {"reason": "deposed: ..."}`; the write is not acknowledged.
+//! - **ConnectionLoss or timeout**: the outcome is unknown. The master reads the journal back
+//!   from the last applied entry and acknowledges if the write id is there; if not, it retries
+//!   the append once (same write id), reads back again after another unknown outcome, and
+//!   otherwise answers `503 "indeterminate: ..."` without acknowledging. A first attempt that
+//!   lands after its read-back leaves a duplicate, which replay skips by write id.
+//!
+//! A tailer replays the journal in every role: each cycle reads every edit after the last one
+//! applied, then waits on a children watch of the journal znode or `tail_interval_ms`,
+//! whichever comes first. On a standby it keeps the namespace warm; on an active that reads a
+//! claim marker with a higher token than its own it steps down before its next append would
+//! be refused.
+//!
+//! Appends and claims are serialised by one lock, held across the coordinator calls (at most
+//! two appends and two read-backs per write, each bounded by `op_timeout_ms`), so a promotion
+//! waits for the write in flight.
+//!
 //! # The self-enforced lease
 //!
 //! With `lease:` configured, the master polls its agent's `GET <lease.url>` every
@@ -57,14 +103,25 @@
 //!   url: http://127.0.0.1:9100/lease
 //!   poll_interval_ms: 200      # default 200
 //!   timeout_ms: 1000           # per poll (default 1000)
+//! journal:                     # optional shared journal (see crate::journal::JournalConfig)
+//!   connect: 127.0.0.1:2181    # the coordinator
+//!   path: /demo/journal        # edits are its sequential children
+//!   epoch_path: /demo/epoch    # the epoch znode, outside `path`; never deleted
+//!   session_timeout_ms: 10000  # default 10000
+//!   op_timeout_ms: 2000        # deadline of one coordinator call (default 2000)
+//!   tail_interval_ms: 1000     # the tailer re-reads at least this often (default 1000)
 //! ```
+//!
+//! Without `journal:` the master keeps writes in memory as described above, and the `/fs`,
+//! `/journal` and `/test/force-write` endpoints are not served.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use axum::extract::{Query, State};
@@ -77,6 +134,12 @@ use referee_fencing::{FencingToken, HaState, HaStatus, TokenRequest};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::journal::{Claim, Edit, EditOp, Journal, JournalConfig, JournalEntry, JournalError};
+use crate::namespace::{FileStatus, FsError, FsOp};
+use crate::replica::{Applied, Replica};
+use crate::verdict::AckRecord;
 
 fn default_node_id() -> String {
     "master".into()
@@ -105,6 +168,10 @@ pub struct HaMasterConfig {
     /// The self-enforced lease; without it, an active master accepts writes until demoted.
     #[serde(default)]
     pub lease: Option<LeaseConfig>,
+    /// The shared journal in the coordinator; without it, writes are kept in memory only and
+    /// the namespace API is not served.
+    #[serde(default)]
+    pub journal: Option<JournalConfig>,
 }
 
 /// `lease:`: where and how often to ask the agent for the lease.
@@ -124,7 +191,13 @@ pub struct LeaseConfig {
 impl HaMasterConfig {
     /// A configuration with defaults: no initializing phase, no lease.
     pub fn new(state_file: impl Into<PathBuf>) -> Self {
-        HaMasterConfig { node_id: default_node_id(), state_file: state_file.into(), init_ms: 0, lease: None }
+        HaMasterConfig {
+            node_id: default_node_id(),
+            state_file: state_file.into(),
+            init_ms: 0,
+            lease: None,
+            journal: None,
+        }
     }
 
     /// Checks every field; the error names the bad one.
@@ -148,6 +221,9 @@ impl HaMasterConfig {
                 bail!("lease.timeout_ms: must be greater than 0");
             }
         }
+        if let Some(journal) = &self.journal {
+            journal.validate().map_err(|e| anyhow::anyhow!("journal.{e}"))?;
+        }
         Ok(())
     }
 }
@@ -168,6 +244,10 @@ pub struct WriteRequest {
     pub key: String,
     /// Any JSON value.
     pub value: serde_json::Value,
+    /// With a journal: the client's id for this write, the same on a retry (generated if
+    /// absent). Ignored without a journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 /// Answer to an accepted `POST /write`.
@@ -175,7 +255,8 @@ pub struct WriteRequest {
 pub struct WriteAccepted {
     /// The key written.
     pub key: String,
-    /// How many writes this master has accepted since it started, this one included.
+    /// How many writes this master has accepted since it started, this one included; with a
+    /// journal, the edit's sequence number in the journal.
     pub seq: u64,
     /// The token the master was active under when it accepted the write.
     pub token: FencingToken,
@@ -243,6 +324,9 @@ struct Inner {
     lease: Option<Lease>,
     store: BTreeMap<String, serde_json::Value>,
     seq: u64,
+    /// Counts every change to standby, so that a promotion can tell it was demoted while it
+    /// was claiming the journal.
+    demotions: u64,
 }
 
 impl Inner {
@@ -258,6 +342,32 @@ impl Inner {
     fn status(&self) -> HaStatus {
         HaStatus { state: self.role, token: self.token }
     }
+
+    fn become_standby(&mut self) {
+        self.role = HaState::Standby;
+        self.lease = None;
+        self.demotions += 1;
+    }
+
+    /// Why the master may not take a write now, if it may not: it must be active, with a valid
+    /// lease when one is configured. Every such refusal is a `503`.
+    fn unwritable(&mut self, now: BootTime, config: &HaMasterConfig) -> Option<String> {
+        match self.role(now, &config.node_id) {
+            HaState::Active => {}
+            HaState::Standby => return Some("not active: standby".into()),
+            HaState::Initializing => return Some("not active: initializing".into()),
+        }
+        // Without a configured lease, the role alone decides.
+        let _configured = config.lease.as_ref()?;
+        match self.lease {
+            None => Some("active, but no lease from the agent yet".into()),
+            Some(lease) if lease.token != self.token => {
+                Some(format!("active with token {}, but the agent's lease is for token {}", self.token, lease.token))
+            }
+            Some(lease) if now >= lease.writable_until => Some("active, but the lease expired: refusing writes".into()),
+            Some(_) => None,
+        }
+    }
 }
 
 struct Master {
@@ -265,6 +375,8 @@ struct Master {
     inner: Mutex<Inner>,
     /// Wakes the lease poller early (after a promotion).
     poll_now: Notify,
+    /// Journal mode (`journal:` configured).
+    journaled: Option<Journaled>,
 }
 
 impl Master {
@@ -335,7 +447,8 @@ fn load_token(path: &Path) -> anyhow::Result<FencingToken> {
 
 /// Serves the demo master on `listener` until `shutdown` completes, then drains connections.
 ///
-/// Fails at start if the configuration is invalid or the state file is unreadable.
+/// Fails at start if the configuration is invalid, the state file is unreadable, or (with a
+/// journal) the coordinator cannot be reached within the session timeout plus one op timeout.
 pub async fn run(
     config: HaMasterConfig,
     listener: TcpListener,
@@ -343,6 +456,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let token = load_token(&config.state_file)?;
+    let journaled = match &config.journal {
+        Some(journal) => Some(Journaled::connect(journal.clone(), &config.node_id).await?),
+        None => None,
+    };
     let now = BootTime::now();
     let role = if config.init_ms == 0 { HaState::Standby } else { HaState::Initializing };
     let master = Arc::new(Master {
@@ -354,14 +471,17 @@ pub async fn run(
             lease: None,
             store: BTreeMap::new(),
             seq: 0,
+            demotions: 0,
         }),
         poll_now: Notify::new(),
+        journaled,
         config,
     });
     let addr = listener.local_addr().ok();
     tracing::info!(node = master.node(), ?addr, ?role, %token, "demo master started");
     let poller = master.config.lease.clone().map(|lease| tokio::spawn(poll_lease(master.clone(), lease)));
-    let app = Router::new()
+    let tailer = master.journaled.is_some().then(|| tokio::spawn(tail_journal(master.clone())));
+    let mut app = Router::new()
         .route(HA_HEALTH_PATH, get(health))
         .route(HA_STATE_PATH, get(state))
         .route(HA_ACTIVE_PATH, post(become_active))
@@ -369,12 +489,23 @@ pub async fn run(
         .route("/test/unhealthy", post(switch_unhealthy))
         .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
-        .route("/read", get(read))
-        .with_state(master.clone());
+        .route("/read", get(read));
+    if master.journaled.is_some() {
+        app = app
+            .route("/fs/mkdir", post(fs_mkdir))
+            .route("/fs/create", post(fs_create))
+            .route("/fs/delete", post(fs_delete))
+            .route("/fs/list", get(fs_list))
+            .route("/fs/stat", get(fs_stat))
+            .route("/fs/read", get(fs_read))
+            .route("/journal/status", get(journal_status))
+            .route("/test/force-write", post(force_write));
+    }
+    let app = app.with_state(master.clone());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    if let Some(poller) = poller {
-        poller.abort();
-        let _ = poller.await;
+    for task in [poller, tailer].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     tracing::info!(node = master.node(), "demo master stopped");
     served.context("serving the demo master")
@@ -394,6 +525,9 @@ async fn state(State(m): State<Arc<Master>>) -> Response {
 }
 
 async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
+    if let Some(j) = &m.journaled {
+        return become_active_journaled(&m, j, token).await;
+    }
     let mut inner = m.inner.lock().await;
     let role = inner.role(BootTime::now(), m.node());
     if token < inner.token {
@@ -431,8 +565,7 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
     if let Err(response) = m.raise_token(&mut inner, token).await {
         return response;
     }
-    inner.role = HaState::Standby;
-    inner.lease = None;
+    inner.become_standby();
     if was != HaState::Standby {
         tracing::info!(node = m.node(), %token, highest = %inner.token, ?was, "became standby");
     }
@@ -457,28 +590,17 @@ async fn switch_healthy(State(m): State<Arc<Master>>) -> Response {
 }
 
 async fn write(State(m): State<Arc<Master>>, Json(request): Json<WriteRequest>) -> Response {
+    if let Some(j) = &m.journaled {
+        let op = EditOp::Put { key: request.key.clone(), value: request.value };
+        return match submit(&m, j, op, request.write_id, Gate::RoleAndLease).await {
+            Ok(ack) => Json(WriteAccepted { key: request.key, seq: ack.seq, token: ack.token }).into_response(),
+            Err(response) => response,
+        };
+    }
     let mut inner = m.inner.lock().await;
     // Read the clock under the lock: a lease update cannot slip between check and write.
-    let now = BootTime::now();
-    match inner.role(now, m.node()) {
-        HaState::Active => {}
-        HaState::Standby => return refuse(StatusCode::SERVICE_UNAVAILABLE, "not active: standby"),
-        HaState::Initializing => return refuse(StatusCode::SERVICE_UNAVAILABLE, "not active: initializing"),
-    }
-    if m.config.lease.is_some() {
-        match inner.lease {
-            None => return refuse(StatusCode::SERVICE_UNAVAILABLE, "active, but no lease from the agent yet"),
-            Some(lease) if lease.token != inner.token => {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("active with token {}, but the agent's lease is for token {}", inner.token, lease.token),
-                )
-            }
-            Some(lease) if now >= lease.writable_until => {
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "active, but the lease expired: refusing writes")
-            }
-            Some(_) => {}
-        }
+    if let Some(reason) = inner.unwritable(BootTime::now(), &m.config) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, reason);
     }
     inner.seq += 1;
     inner.store.insert(request.key.clone(), request.value);
@@ -492,6 +614,12 @@ struct ReadQuery {
 }
 
 async fn read(State(m): State<Arc<Master>>, Query(ReadQuery { key }): Query<ReadQuery>) -> Response {
+    if let Some(j) = &m.journaled {
+        return match j.replica().get(&key) {
+            Some(value) => Json(ReadAnswer { key, value: value.clone() }).into_response(),
+            None => refuse(StatusCode::NOT_FOUND, format!("no value for key `{key}`")),
+        };
+    }
     match m.inner.lock().await.store.get(&key) {
         Some(value) => Json(ReadAnswer { key, value: value.clone() }).into_response(),
         None => refuse(StatusCode::NOT_FOUND, format!("no value for key `{key}`")),
@@ -537,6 +665,496 @@ async fn poll_lease(m: Arc<Master>, config: LeaseConfig) {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = m.poll_now.notified() => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journal mode
+// ---------------------------------------------------------------------------------------------
+
+/// Body of `POST /fs/mkdir`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkdirRequest {
+    /// The directory (missing parents are created too).
+    pub path: String,
+    /// The client's id for this write, the same on a retry (generated if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+}
+
+/// Body of `POST /fs/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The file; its parent must be a directory.
+    pub path: String,
+    /// Its content.
+    pub data: String,
+    /// The client's id for this write, the same on a retry (generated if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+}
+
+/// Body of `POST /fs/delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// What to delete.
+    pub path: String,
+    /// Whether a non-empty directory may be deleted.
+    #[serde(default)]
+    pub recursive: bool,
+    /// The client's id for this write, the same on a retry (generated if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+}
+
+/// Answer to an acknowledged journaled write: it is in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditAccepted {
+    /// The write id, as given or generated.
+    pub write_id: String,
+    /// The edit's sequence number in the journal.
+    pub seq: u64,
+    /// The token the edit was appended under.
+    pub token: FencingToken,
+}
+
+impl From<&EditAccepted> for AckRecord {
+    fn from(ack: &EditAccepted) -> Self {
+        AckRecord { write_id: ack.write_id.clone(), token: ack.token }
+    }
+}
+
+/// `GET /fs/list?path=` and the others.
+#[derive(Debug, Deserialize)]
+struct PathQuery {
+    path: String,
+}
+
+/// Answer to `GET /fs/read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    /// The file.
+    pub path: String,
+    /// Its content.
+    pub data: String,
+}
+
+/// Answer to `GET /journal/status`: how far this master has replayed the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStatus {
+    /// The last sequence number applied, `None` before the first.
+    pub applied_seq: Option<u64>,
+    /// The token of the era in force (the last claim marker applied).
+    pub era_token: Option<FencingToken>,
+    /// The node that claimed that era.
+    pub era_node: Option<String>,
+}
+
+/// The journal, the state replayed from it, and this master's claim.
+struct Journaled {
+    journal: Journal,
+    /// Serialises claims and appends: an append never interleaves with a claim and its
+    /// catch-up, and this master's edits are applied in the order they were appended.
+    writer: Mutex<Writer>,
+    /// The state replayed from the journal; a std mutex, never held across an await.
+    replica: std::sync::Mutex<Replica>,
+    /// Generated write ids: node, start time, counter.
+    nonce: u128,
+    next_write: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Writer {
+    /// The last successful claim. Kept after a demotion, so that `POST /test/force-write` can
+    /// show the journal refusing it once another master has claimed.
+    claim: Option<Claim>,
+}
+
+/// Which checks a journaled write passes before reaching the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Active, with a valid lease if one is configured.
+    RoleAndLease,
+    /// None: `POST /test/force-write`. Only the journal's guard stands in the way.
+    JournalOnly,
+}
+
+impl Journaled {
+    async fn connect(config: JournalConfig, node_id: &str) -> anyhow::Result<Journaled> {
+        let journal = Journal::connect(config, node_id).await?;
+        Ok(Journaled {
+            journal,
+            writer: Mutex::new(Writer::default()),
+            replica: std::sync::Mutex::new(Replica::new()),
+            nonce: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            next_write: AtomicU64::new(0),
+        })
+    }
+
+    fn replica(&self) -> std::sync::MutexGuard<'_, Replica> {
+        self.replica.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn new_write_id(&self, node: &str) -> String {
+        format!("{node}-{:x}-{}", self.nonce, self.next_write.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Master {
+    /// Replays `entries` (in journal order) into the replica. A claim by a higher token than
+    /// ours means another master owns the journal now: an active master steps down at once
+    /// rather than at its next refused append.
+    async fn take_in(&self, j: &Journaled, entries: &[JournalEntry]) {
+        let mut newer: Option<(FencingToken, String)> = None;
+        {
+            let mut replica = j.replica();
+            for entry in entries {
+                let applied = replica.apply(entry);
+                match &applied {
+                    Applied::AlreadyApplied | Applied::Changed => {}
+                    Applied::Claimed { token, node_id } => {
+                        tracing::info!(node = self.node(), seq = entry.seq, "journal: {applied}");
+                        newer = Some((*token, node_id.clone()));
+                    }
+                    Applied::Duplicate { .. } | Applied::Refused { .. } => {
+                        tracing::info!(node = self.node(), seq = entry.seq, write_id = %entry.edit.write_id, "journal: {applied}")
+                    }
+                    Applied::StaleToken { .. } => {
+                        tracing::error!(node = self.node(), seq = entry.seq, write_id = %entry.edit.write_id, "journal: {applied}")
+                    }
+                }
+            }
+        }
+        if let Some((token, claimant)) = newer {
+            let mut inner = self.inner.lock().await;
+            if token > inner.token && inner.role == HaState::Active {
+                inner.become_standby();
+                tracing::warn!(node = self.node(), %token, %claimant, ours = %inner.token, "stepped down: a higher token claimed the journal");
+            }
+        }
+    }
+
+    /// Applies this master's own edit just appended at `seq`; if the replica is behind (a
+    /// retried append landed twice), reads the gap first so that order is kept.
+    async fn absorb_own(&self, j: &Journaled, seq: u64, edit: &Edit) {
+        let next = {
+            let replica = j.replica();
+            if replica.applied().is_some_and(|a| a >= seq) {
+                return;
+            }
+            replica.is_next(seq).then(|| replica.applied())
+        };
+        if next.is_some() {
+            self.take_in(j, &[JournalEntry { seq, edit: edit.clone() }]).await;
+            return;
+        }
+        let after = j.replica().applied();
+        match j.journal.read_after(after).await {
+            Ok(entries) => self.take_in(j, &entries).await,
+            // The edit is in the journal; the tailer will apply it.
+            Err(e) => tracing::warn!(node = self.node(), seq, "cannot read the journal gap before our edit: {e}"),
+        }
+    }
+
+    /// After an append's outcome is unknown: reads the journal from the last applied entry
+    /// and reports where our write landed, if it did.
+    async fn read_back(&self, j: &Journaled, write_id: &str) -> Result<Option<u64>, JournalError> {
+        let after = j.replica().applied();
+        let entries = j.journal.read_after(after).await?;
+        self.take_in(j, &entries).await;
+        Ok(j.replica().write_seq(write_id))
+    }
+
+    /// The journal refused our append: another master has claimed. Step down; never
+    /// acknowledge.
+    async fn deposed(&self, j: &Journaled, e: &JournalError) -> Response {
+        let holder = match j.journal.epoch().await {
+            Ok(Some(record)) => format!("; the epoch is now held by token {} ({})", record.token, record.node_id),
+            Ok(None) | Err(_) => String::new(),
+        };
+        let mut inner = self.inner.lock().await;
+        if inner.role == HaState::Active {
+            inner.become_standby();
+        }
+        tracing::warn!(node = self.node(), "deposed: {e}{holder}; stepped down to standby");
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("deposed: {e}{holder}; stepped down to standby, write not acknowledged"),
+        )
+    }
+}
+
+fn fs_refusal(e: FsError) -> Response {
+    let code = match &e {
+        FsError::InvalidPath { .. } | FsError::DeleteRoot => StatusCode::BAD_REQUEST,
+        FsError::NotFound { .. } => StatusCode::NOT_FOUND,
+        FsError::AlreadyExists { .. } | FsError::NotADirectory { .. } | FsError::NotEmpty { .. } => {
+            StatusCode::CONFLICT
+        }
+    };
+    refuse(code, e.to_string())
+}
+
+/// Claim → catch up → serve, before answering.
+async fn become_active_journaled(m: &Master, j: &Journaled, token: FencingToken) -> Response {
+    // Held to the end: no append of ours runs between the claim and the catch-up.
+    let mut writer = j.writer.lock().await;
+    let demotions = {
+        let mut inner = m.inner.lock().await;
+        let role = inner.role(BootTime::now(), m.node());
+        if token < inner.token {
+            tracing::warn!(node = m.node(), %token, highest = %inner.token, "refused a promotion with a stale token");
+            return refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "token {token} is lower than the highest token seen ({}); refusing to become active",
+                    inner.token
+                ),
+            );
+        }
+        match role {
+            HaState::Initializing => {
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "still initializing; cannot become active yet");
+            }
+            HaState::Active if token == inner.token && writer.claim.is_some_and(|c| c.token == token) => {
+                tracing::debug!(node = m.node(), %token, "promotion retried: already active");
+                return Json(inner.status()).into_response();
+            }
+            HaState::Active | HaState::Standby => {}
+        }
+        if let Err(response) = m.raise_token(&mut inner, token).await {
+            return response;
+        }
+        inner.demotions
+    };
+    // Claim and catch up on one session (`Journal::claim`).
+    let applied = j.replica().applied();
+    let refusal = match j.journal.claim(token, applied).await {
+        Ok((claim, entries)) => {
+            m.take_in(j, &entries).await;
+            tracing::info!(node = m.node(), %token, version = claim.version, marker = claim.marker_seq, caught_up_to = ?j.replica().applied(), "claimed the journal");
+            writer.claim = Some(claim);
+            None
+        }
+        Err(e @ JournalError::Superseded { .. }) => {
+            Some((StatusCode::CONFLICT, format!("{e}; refusing to become active")))
+        }
+        Err(e) => Some((StatusCode::SERVICE_UNAVAILABLE, format!("cannot claim the journal: {e}; staying standby"))),
+    };
+    let mut inner = m.inner.lock().await;
+    if let Some((code, reason)) = refusal {
+        // Whatever we held before, the epoch has moved on or may have.
+        if inner.role == HaState::Active {
+            inner.become_standby();
+        }
+        tracing::warn!(node = m.node(), %token, "promotion refused: {reason}");
+        return refuse(code, reason);
+    }
+    if inner.demotions != demotions || inner.token != token {
+        // The claim stands, harmlessly: writes need the active role, and the next claimant
+        // supersedes it.
+        return refuse(StatusCode::CONFLICT, "demoted while claiming the journal; staying standby");
+    }
+    inner.role = HaState::Active;
+    tracing::info!(node = m.node(), %token, "became active");
+    m.poll_now.notify_one();
+    Json(inner.status()).into_response()
+}
+
+/// Journals one write and acknowledges it only once it is in the journal.
+///
+/// The order: gate (role and lease), validate against the replica, append with the guarded
+/// multi, apply, answer. On an unknown outcome the journal is read back for the write id;
+/// the append is retried once if the write is not there, and refused (never acknowledged) if
+/// it is still unknown after that.
+async fn submit(
+    m: &Master,
+    j: &Journaled,
+    op: EditOp,
+    write_id: Option<String>,
+    gate: Gate,
+) -> Result<EditAccepted, Response> {
+    let writer = j.writer.lock().await;
+    if gate == Gate::RoleAndLease {
+        let mut inner = m.inner.lock().await;
+        if let Some(reason) = inner.unwritable(BootTime::now(), &m.config) {
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, reason));
+        }
+    }
+    let claim = writer
+        .claim
+        .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "this master has never claimed the journal"))?;
+    let write_id = match write_id {
+        Some(id) if id.is_empty() || id.len() > 256 => {
+            return Err(refuse(StatusCode::BAD_REQUEST, "write_id: must be 1 to 256 bytes"))
+        }
+        Some(id) => id,
+        None => j.new_write_id(m.node()),
+    };
+    {
+        let replica = j.replica();
+        // A client retrying a write that is already in the journal gets the same answer.
+        if let Some((seq, token)) = replica.write_ack(&write_id) {
+            return Ok(EditAccepted { write_id, seq, token });
+        }
+        if let EditOp::Fs(op) = &op {
+            replica.namespace().check(op).map_err(fs_refusal)?;
+        }
+    }
+    let edit = Edit { write_id, token: claim.token, op };
+    for attempt in 1..=2 {
+        let failure = match j.journal.append(&claim, &edit).await {
+            Ok(seq) => {
+                if attempt > 1 {
+                    tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "the retried append landed");
+                }
+                m.absorb_own(j, seq, &edit).await;
+                return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
+            }
+            Err(e @ JournalError::Deposed { .. }) => return Err(m.deposed(j, &e).await),
+            Err(e) if e.is_indeterminate() => e,
+            Err(e) => {
+                tracing::error!(node = m.node(), write_id = %edit.write_id, "append failed: {e}");
+                return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("journal: {e}; write not acknowledged")));
+            }
+        };
+        tracing::warn!(node = m.node(), write_id = %edit.write_id, attempt, "append outcome unknown ({failure}); reading back");
+        match m.read_back(j, &edit.write_id).await {
+            Ok(Some(seq)) => {
+                tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "read back: the append had landed");
+                return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("indeterminate: {failure}; reading back failed too ({e}); write not acknowledged"),
+                ))
+            }
+        }
+    }
+    Err(refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "indeterminate: the append's outcome stayed unknown and the write was not found in the journal; \
+         write not acknowledged",
+    ))
+}
+
+async fn journaled_edit(m: &Master, op: EditOp, write_id: Option<String>, gate: Gate) -> Response {
+    let Some(j) = &m.journaled else {
+        return refuse(StatusCode::NOT_FOUND, "no journal configured");
+    };
+    match submit(m, j, op, write_id, gate).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn fs_mkdir(State(m): State<Arc<Master>>, Json(r): Json<MkdirRequest>) -> Response {
+    journaled_edit(&m, EditOp::Fs(FsOp::Mkdir { path: r.path }), r.write_id, Gate::RoleAndLease).await
+}
+
+async fn fs_create(State(m): State<Arc<Master>>, Json(r): Json<CreateRequest>) -> Response {
+    journaled_edit(&m, EditOp::Fs(FsOp::Create { path: r.path, data: r.data }), r.write_id, Gate::RoleAndLease).await
+}
+
+async fn fs_delete(State(m): State<Arc<Master>>, Json(r): Json<DeleteRequest>) -> Response {
+    let op = EditOp::Fs(FsOp::Delete { path: r.path, recursive: r.recursive });
+    journaled_edit(&m, op, r.write_id, Gate::RoleAndLease).await
+}
+
+/// `POST /test/force-write {key, value, write_id?}`: a put that skips the role and lease
+/// checks, so a test can make a deposed master try to write. The journal's guard still
+/// applies.
+async fn force_write(State(m): State<Arc<Master>>, Json(r): Json<WriteRequest>) -> Response {
+    journaled_edit(&m, EditOp::Put { key: r.key, value: r.value }, r.write_id, Gate::JournalOnly).await
+}
+
+/// Runs `f` on the replica; reads are served by active and standby alike (a standby's may
+/// lag the journal by its tailing delay).
+fn with_replica<T>(m: &Master, f: impl FnOnce(&Replica) -> T) -> Option<T> {
+    m.journaled.as_ref().map(|j| f(&j.replica()))
+}
+
+async fn fs_list(State(m): State<Arc<Master>>, Query(PathQuery { path }): Query<PathQuery>) -> Response {
+    match with_replica(&m, |r| r.namespace().list(&path)) {
+        Some(Ok(list)) => Json::<Vec<FileStatus>>(list).into_response(),
+        Some(Err(e)) => fs_refusal(e),
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
+async fn fs_stat(State(m): State<Arc<Master>>, Query(PathQuery { path }): Query<PathQuery>) -> Response {
+    match with_replica(&m, |r| r.namespace().stat(&path)) {
+        Some(Ok(status)) => Json(status).into_response(),
+        Some(Err(e)) => fs_refusal(e),
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
+async fn fs_read(State(m): State<Arc<Master>>, Query(PathQuery { path }): Query<PathQuery>) -> Response {
+    match with_replica(&m, |r| r.namespace().read(&path).map(str::to_string)) {
+        Some(Ok(data)) => Json(FileData { path, data }).into_response(),
+        Some(Err(e)) => fs_refusal(e),
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
+async fn journal_status(State(m): State<Arc<Master>>) -> Response {
+    let status = with_replica(&m, |r| JournalStatus {
+        applied_seq: r.applied(),
+        era_token: r.era().map(|e| e.token),
+        era_node: r.era().map(|e| e.node_id.clone()),
+    });
+    match status {
+        Some(status) => Json(status).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
+/// Aborts a watch task when dropped, so that it never outlives the tailer (and the session).
+struct WatchTask(JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Tails the journal forever (aborted at shutdown): each cycle reads every edit after the
+/// last applied one and applies it, then waits for the children watch or `tail_interval_ms`,
+/// whichever comes first. The interval guarantees the next cycle if a watch event is lost.
+/// It runs in every role: on a standby it keeps the namespace warm; on an active it notices
+/// a newer claim before the next append would.
+async fn tail_journal(m: Arc<Master>) {
+    let Some(j) = m.journaled.as_ref() else { return };
+    let interval = Duration::from_millis(j.journal.config().tail_interval_ms);
+    let mut watch: Option<WatchTask> = None;
+    loop {
+        let after = j.replica().applied();
+        let read = if watch.is_none() {
+            j.journal.read_after_watching(after).await.map(|(entries, watcher)| {
+                // In its own task: the library may panic on a watch whose session vanished.
+                watch = Some(WatchTask(tokio::spawn(async move {
+                    watcher.changed().await;
+                })));
+                entries
+            })
+        } else {
+            j.journal.read_after(after).await
+        };
+        match read {
+            Ok(entries) => m.take_in(j, &entries).await,
+            Err(e) => tracing::warn!(node = m.node(), "cannot tail the journal: {e}"),
+        }
+        let sleep = tokio::time::sleep(interval);
+        match watch.as_mut() {
+            Some(task) => tokio::select! {
+                _ = &mut task.0 => watch = None,
+                _ = sleep => {}
+            },
+            None => sleep.await,
         }
     }
 }

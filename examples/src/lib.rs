@@ -9,8 +9,30 @@
 //! - [`ha_master`]: a master implementing the master HA protocol (`/ha/health`, `/ha/state`,
 //!   `/ha/active`, `/ha/standby`) with a persisted highest token, a self-enforced lease, a
 //!   test health switch and a small key-value store whose writes only the active may take.
-//!   Entry point: [`ha_master::run`].
+//!   With `journal:` configured it is a small NameNode: a namespace over HTTP whose every edit
+//!   goes to a shared journal in the coordinator first. Entry point: [`ha_master::run`].
+//! - [`namespace`]: the NameNode-style namespace (directories, files, metadata), pure.
+//! - [`journal`]: the journal in the coordinator and the epoch claim guarding it (the wire
+//!   format of edits, claim, guarded append, reads).
+//! - [`replica`]: the state replayed from the journal, idempotent, pure.
+//! - [`verdict`]: an independent reader of the journal that judges what the masters did.
+//!
+//! In journal mode the pieces fit as follows:
+//!
+//! ```text
+//!   client ──POST /fs/*──▶ ha_master ──check──▶ Replica/Namespace
+//!                             │
+//!                             ├─ multi(check(epoch, v), create(edit)) ──▶ coordinator journal
+//!                             │                                              │
+//!                             └─ apply, then acknowledge ◀── seq ────────────┤
+//!   standby ha_master ◀── watch + read edits ───────────────────────────────┤
+//!   verdict::verify  ◀── its own session: epoch + whole journal ────────────┘
+//! ```
 
 #![deny(missing_docs)]
 
 pub mod ha_master;
+pub mod journal;
+pub mod namespace;
+pub mod replica;
+pub mod verdict;

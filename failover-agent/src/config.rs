@@ -74,6 +74,13 @@ pub struct AgentConfig {
     /// Operator hooks (`pre_promote`, `on_role_change`).
     #[serde(default)]
     pub hooks: crate::hooks::HooksConfig,
+    /// Watchdog fed while the decision loop is healthy.
+    #[serde(default)]
+    pub watchdog: crate::watchdog::WatchdogConfig,
+    /// The authenticated admin and peer API (`referee admin`, graceful failover, the `agent`
+    /// fencing method). Without it the agent takes no remote requests.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminSettings>,
 }
 
 /// Where and how to reach the coordinator.
@@ -306,6 +313,12 @@ impl AgentConfig {
             ));
         }
         self.hooks.validate().map_err(|e| invalid("hooks", e))?;
+        if let Some(admin) = &self.admin {
+            admin.validate().map_err(|e| invalid("admin", e.to_string()))?;
+            if admin.listen == self.probes.listen || admin.peer_listen == Some(self.probes.listen) {
+                return Err(invalid("admin.listen", "must differ from probes.listen"));
+            }
+        }
         if self.election.promote_timeout_ms == 0 {
             return Err(invalid("election.promote_timeout_ms", "is 0; give the master time to promote"));
         }

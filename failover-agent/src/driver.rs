@@ -51,6 +51,9 @@ pub enum AgentError {
     /// The probe server failed.
     #[error("probe server: {0}")]
     Probes(std::io::Error),
+    /// The admin and peer API could not start.
+    #[error("admin API: {0}")]
+    Admin(String),
 }
 
 fn wall_ms() -> i64 {
@@ -95,8 +98,12 @@ struct Driver {
     mem: Memory,
     /// This agent's admin/peer API base URL, published for peers.
     peer_url: Option<String>,
+    /// The cluster's shared bearer secret for peer calls.
+    peer_secret: Option<String>,
     /// Runs `on_role_change` hooks.
     role_hooks: crate::hooks::RoleChangeHooks,
+    /// Fed after every cycle while the health monitor is alive.
+    watchdog: crate::watchdog::Watchdog,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -107,18 +114,19 @@ pub async fn run(
     probe_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let (_control_tx, control_rx) = mpsc::channel(16);
-    run_with_control(cfg, probe_listener, control_rx, None, shutdown).await
+    let (control_tx, control_rx) = mpsc::channel(16);
+    run_with_control(cfg, probe_listener, control_tx, control_rx, shutdown).await
 }
 
-/// As [`run`], taking operator and peer requests from `control`, and publishing `peer_url` (this
-/// agent's admin/peer API base URL) in the lock and membership records so peers can ask it to
-/// cede or to fence its master.
+/// As [`run`], taking operator and peer requests from `control` (the admin API, when the
+/// configuration has an `admin` section, sends through `control_tx`; so can the binary, for
+/// SIGHUP). The admin/peer API's address is published in the lock and membership records so
+/// peers can ask this agent to cede or to fence its master.
 pub async fn run_with_control(
     cfg: AgentConfig,
     probe_listener: tokio::net::TcpListener,
+    control_tx: mpsc::Sender<ControlRequest>,
     control: mpsc::Receiver<ControlRequest>,
-    peer_url: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
@@ -129,6 +137,23 @@ pub async fn run_with_control(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+
+    // The admin and peer API: refused settings (secret, TLS) stop start-up here.
+    let (peer_url, peer_secret, admin_server) = match &cfg.admin {
+        None => (None, None, None),
+        Some(settings) => {
+            let server = crate::admin::AdminServer::new(settings, control_tx.clone(), status.clone())
+                .map_err(|e| AgentError::Admin(e.to_string()))?;
+            let listeners = crate::admin::AdminListeners::bind(settings)
+                .await
+                .map_err(|e| AgentError::Admin(format!("binding {}: {e}", settings.listen)))?;
+            let secret = settings.load_secret().map_err(|e| AgentError::Admin(e.to_string()))?;
+            status.lock().unwrap_or_else(|p| p.into_inner()).admin_addr = Some(settings.admin_url());
+            let handle = tokio::spawn(server.serve(listeners, stopped(stop_rx.clone())));
+            (Some(settings.peer_url()), Some(secret.expose().to_string()), Some(handle))
+        }
+    };
+    drop(control_tx);
 
     let (health_tx, health_rx) = watch::channel(HealthReport::initial());
     let monitor = tokio::spawn(run_health_monitor(adapter.clone(), cfg.health, health_tx, stopped(stop_rx.clone())));
@@ -141,12 +166,34 @@ pub async fn run_with_control(
         .build()
         .map_err(|e| AgentError::Adapter(e.to_string()))?;
     let role_hooks = crate::hooks::RoleChangeHooks::start(cfg.hooks.on_role_change.clone(), &cfg.cluster, &cfg.node_id);
-    let mut driver = Driver { cfg, adapter, fencer, status, http, mem: Memory::default(), peer_url, role_hooks };
+    let watchdog = crate::watchdog::Watchdog::open(
+        &cfg.watchdog,
+        std::env::var_os("NOTIFY_SOCKET").map(Into::into),
+        std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
+    )
+    .map_err(|e| AgentError::Adapter(format!("watchdog: {e}")))?;
+    let mut driver = Driver {
+        cfg,
+        adapter,
+        fencer,
+        status,
+        http,
+        mem: Memory::default(),
+        peer_url,
+        peer_secret,
+        role_hooks,
+        watchdog,
+    };
     let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     if let Ok(Err(e)) = probe_server.await {
         warn!("probe server: {e}");
+    }
+    if let Some(handle) = admin_server {
+        if let Ok(Err(e)) = handle.await {
+            warn!("admin server: {e}");
+        }
     }
     result
 }
@@ -220,7 +267,17 @@ impl Driver {
                 connecting = Some(self.start_connecting());
             }
 
-            self.cycle(&health.borrow().clone(), coord.as_ref()).await;
+            let report = health.borrow().clone();
+            self.cycle(&report, coord.as_ref()).await;
+            // Feed the watchdog only while the health monitor is alive too: a stuck monitor
+            // would leave the agent deciding on stale facts.
+            let monitor_alive = report.last_check_at.is_some_and(|t| {
+                t.elapsed()
+                    <= Duration::from_millis(3 * self.cfg.health.interval_ms.max(self.cfg.health.timeout_ms) + 1000)
+            });
+            if monitor_alive {
+                self.watchdog.feed(BootInstant::now());
+            }
 
             if let (Some(c), None) = (&coord, &lock_watch) {
                 match c.watch_lock().await {
@@ -412,7 +469,7 @@ impl Driver {
                         let record = LockRecord {
                             node_id: self.cfg.node_id.clone(),
                             target: self.cfg.own_target(),
-                            peer_url: None,
+                            peer_url: self.peer_url.clone(),
                         };
                         match c.try_acquire(&record).await {
                             Ok(Acquired::Won { token }) => {
@@ -465,6 +522,7 @@ impl Driver {
                             crate::hooks::pre_promote(hook, &self.cfg.cluster, &self.cfg.node_id, *token).await
                         {
                             warn!("{veto}");
+                            self.status().last_failure = Some(veto.clone());
                             self.mem.failure = Some(StepFailure { token: token_held, reason: veto });
                             break;
                         }
@@ -511,6 +569,7 @@ impl Driver {
             };
             if let Err(reason) = result {
                 warn!("step failed: {reason}");
+                self.status().last_failure = Some(reason.clone());
                 if token_held.0 != 0 {
                     self.mem.failure = Some(StepFailure { token: token_held, reason });
                 }
@@ -583,6 +642,7 @@ impl Driver {
         if let Some((reply, _, _)) = self.mem.pending_failover.take() {
             let _ = reply.send(Err("the agent is shutting down".into()));
         }
+        self.watchdog.stop();
         info!("agent stopped");
     }
 
@@ -786,9 +846,9 @@ impl Driver {
         Ok(())
     }
 
-    /// The shared secret of the peer API, if configured (wired with the admin settings).
+    /// The shared secret of the peer API, if configured.
     fn cfg_peer_secret(&self) -> Option<String> {
-        None
+        self.peer_secret.clone()
     }
 
     /// Answers a pending failover once this node is active, or when its deadline passes.

@@ -29,6 +29,8 @@
 #![deny(missing_docs)]
 
 pub mod adapter;
+pub mod admin;
+pub mod admin_cli;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -40,3 +42,4 @@ pub mod hooks;
 pub mod model;
 pub mod probes;
 pub mod status;
+pub mod watchdog;

@@ -106,6 +106,10 @@ pub struct AgentStatus {
     pub paused: bool,
     /// The last decision's reason.
     pub last_decision: String,
+    /// The last step that failed, and why (kept until the next failure).
+    pub last_failure: Option<String>,
+    /// This agent's admin API base URL, when it serves one (for `referee admin`).
+    pub admin_addr: Option<String>,
     /// When the last cycle ran (wall clock, ms).
     pub last_cycle_at_ms: i64,
     /// Counters.
@@ -136,6 +140,8 @@ impl AgentStatus {
             members: Vec::new(),
             paused: false,
             last_decision: "starting".into(),
+            last_failure: None,
+            admin_addr: None,
             last_cycle_at_ms: 0,
             counters: Counters::default(),
             lease_until: None,

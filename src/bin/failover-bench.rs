@@ -95,6 +95,7 @@ async fn main() -> Result<()> {
         master_lease: true,
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
+        admin: false,
     };
     let mut pair = Pair::start(spec).await?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);

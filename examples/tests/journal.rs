@@ -1,0 +1,558 @@
+//! The demo master in journal mode against the bundled coordinator, in-process: two masters on
+//! one journal, a failover, a deposed master made to write, lost replies, and the verdict of an
+//! independent reader. Every wait has a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use referee_coordinator::config::CoordinatorConfig;
+use referee_coordinator::server::{Coordinator, CoordinatorError};
+use referee_examples::ha_master::{self, EditAccepted, HaMasterConfig, JournalStatus, Refusal};
+use referee_examples::journal::{self, EditOp, JournalConfig};
+use referee_examples::namespace::{FileKind, FileStatus};
+use referee_examples::verdict::{self, AckRecord, Verdict};
+use referee_fencing::{FencingToken, HaState, HaStatus};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// How long any single expected event may take.
+const DEADLINE: Duration = Duration::from_secs(10);
+const JOURNAL: &str = "/demo/journal";
+const EPOCH: &str = "/demo/epoch";
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(DEADLINE, fut).await.map_err(|_| anyhow!("timed out after {DEADLINE:?} waiting for {what}"))
+}
+
+fn unique_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "referee-journal-{name}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The bundled coordinator on an ephemeral port, with the coordinator tests' timings.
+struct TestCoordinator {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), CoordinatorError>>>,
+    dir: PathBuf,
+}
+
+impl TestCoordinator {
+    async fn start() -> Result<Self> {
+        let dir = unique_dir("coordinator");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut cfg = CoordinatorConfig::new(dir.clone());
+        cfg.listen = addr;
+        cfg.tick_ms = 50;
+        cfg.min_session_timeout_ms = Some(200);
+        cfg.max_session_timeout_ms = Some(30_000);
+        cfg.validate().context("test configuration refused")?;
+        let coord = Coordinator::start(cfg).await.context("starting the coordinator")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(coord.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(TestCoordinator { addr, stop: Some(stop), task: Some(task), dir })
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        match within("coordinator shutdown", self.task.take().unwrap()).await? {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => bail!("coordinator returned an error: {e}"),
+            Err(e) => bail!("coordinator task failed: {e}"),
+        }
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn journal_config(connect: impl Into<String>) -> JournalConfig {
+    JournalConfig { tail_interval_ms: 200, ..JournalConfig::new(connect, JOURNAL, EPOCH) }
+}
+
+/// A demo master running in-process.
+struct Master {
+    name: String,
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: reqwest::Client,
+}
+
+impl Master {
+    async fn start(name: &str, journal: JournalConfig) -> Result<Master> {
+        // The masters' logs, shown for failing tests.
+        let _ = tracing_subscriber::fmt().with_env_filter("referee_examples=info").with_test_writer().try_init();
+        let dir = unique_dir(name);
+        let config = HaMasterConfig {
+            node_id: name.into(),
+            journal: Some(journal),
+            ..HaMasterConfig::new(dir.join("state.json"))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ha_master::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let master = Master {
+            name: name.into(),
+            base: format!("http://{addr}"),
+            stop: Some(stop),
+            task,
+            http: reqwest::Client::new(),
+        };
+        // Ready once it answers: `run` connects to the journal before serving.
+        within(&format!("{name} to serve"), async {
+            while master.http.get(format!("{}/ha/state", master.base)).send().await.is_err() {
+                if master.task.is_finished() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await?;
+        if master.task.is_finished() {
+            let Master { task, .. } = master;
+            bail!("{name} stopped at start: {:?}", task.await);
+        }
+        Ok(master)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        within(&format!("{} to stop", self.name), self.task).await??
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, Value)> {
+        let response = within(&format!("an answer from {}", self.name), request.send()).await??;
+        let status = response.status();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn promote(&self, token: u64) -> Result<(StatusCode, Value)> {
+        self.post("/ha/active", json!({ "token": token })).await
+    }
+
+    async fn state(&self) -> Result<HaStatus> {
+        let (code, body) = self.get("/ha/state").await?;
+        anyhow::ensure!(code == StatusCode::OK, "GET /ha/state answered {code}: {body}");
+        Ok(serde_json::from_value(body)?)
+    }
+
+    async fn journal_status(&self) -> Result<JournalStatus> {
+        Ok(serde_json::from_value(self.get("/journal/status").await?.1)?)
+    }
+
+    /// A mutation that must be acknowledged.
+    async fn edit(&self, path: &str, body: Value) -> Result<EditAccepted> {
+        let (code, answer) = self.post(path, body.clone()).await?;
+        anyhow::ensure!(code == StatusCode::OK, "{} {path} {body} answered {code}: {answer}", self.name);
+        Ok(serde_json::from_value(answer)?)
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>> {
+        let (code, body) = self.get(&format!("/fs/list?path={path}")).await?;
+        anyhow::ensure!(code == StatusCode::OK, "list {path} answered {code}: {body}");
+        let list: Vec<FileStatus> = serde_json::from_value(body)?;
+        Ok(list.into_iter().map(|s| s.path).collect())
+    }
+
+    /// Waits until this master has applied the journal through `seq`.
+    async fn applied_through(&self, seq: u64) -> Result<()> {
+        within(&format!("{} to apply the journal through {seq}", self.name), async {
+            loop {
+                if let Ok(status) = self.journal_status().await {
+                    if status.applied_seq.is_some_and(|a| a >= seq) {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
+fn reason(body: &Value) -> String {
+    serde_json::from_value::<Refusal>(body.clone()).map(|r| r.reason).unwrap_or_else(|_| body.to_string())
+}
+
+fn acks(accepted: &[EditAccepted]) -> Vec<AckRecord> {
+    accepted.iter().map(AckRecord::from).collect()
+}
+
+async fn verify(coordinator: &TestCoordinator, acknowledged: &[AckRecord]) -> Result<Verdict> {
+    let v =
+        within("the verdict", verdict::verify(&coordinator.addr.to_string(), JOURNAL, EPOCH, acknowledged)).await??;
+    println!("{v}");
+    Ok(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_hands_the_journal_over_and_the_deposed_master_is_refused() -> Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let connect = coordinator.addr.to_string();
+    let a = Master::start("nn-a", journal_config(&connect)).await?;
+    let b = Master::start("nn-b", journal_config(&connect)).await?;
+    let mut accepted = Vec::new();
+
+    // A standby refuses writes; A becomes active with token 10: claim, catch up, serve.
+    let (code, body) = a.post("/fs/mkdir", json!({"path": "/data"})).await?;
+    assert_eq!((code, reason(&body).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "not active: standby"));
+    let (code, body) = a.promote(10).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(a.state().await?, HaStatus { state: HaState::Active, token: FencingToken(10) });
+    accepted.push(a.edit("/fs/mkdir", json!({"path": "/data/logs", "write_id": "a-mkdir"})).await?);
+    for i in 0..3 {
+        accepted.push(a.edit("/fs/create", json!({"path": format!("/data/a{i}"), "data": "x".repeat(i + 1)})).await?);
+    }
+    let (code, body) = a.post("/write", json!({"key": "owner", "value": "a", "write_id": "a-put"})).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    accepted.push(EditAccepted {
+        write_id: "a-put".into(),
+        seq: body["seq"].as_u64().unwrap(),
+        token: FencingToken(body["token"].as_u64().unwrap()),
+    });
+    assert!(accepted.iter().all(|ack| ack.token == FencingToken(10)));
+    // Invalid edits are refused before they reach the journal.
+    let (code, body) = a.post("/fs/create", json!({"path": "/data/a0", "data": "again"})).await?;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let (code, _) = a.post("/fs/create", json!({"path": "/missing/f", "data": ""})).await?;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // A client retrying a write gets the first answer, and nothing is appended twice.
+    let again = a.edit("/fs/mkdir", json!({"path": "/data/logs", "write_id": "a-mkdir"})).await?;
+    assert_eq!(again, accepted[0]);
+    let verdict = verify(&coordinator, &acks(&accepted)).await?;
+    assert_eq!((verdict.acknowledged, verdict.found, verdict.entries), (5, 5, 6), "{verdict}");
+    assert!(verdict.is_clean() && verdict.duplicates.is_empty(), "{verdict}");
+
+    // B, standby, has tailed A's edits.
+    let last = accepted.iter().map(|ack| ack.seq).max().unwrap();
+    b.applied_through(last).await?;
+    assert_eq!(b.list("/data").await?, ["/data/a0", "/data/a1", "/data/a2", "/data/logs"]);
+    assert_eq!(b.get("/read?key=owner").await?, (StatusCode::OK, json!({"key": "owner", "value": "a"})));
+
+    // B is promoted with token 20. Nobody tells A.
+    let (code, body) = b.promote(20).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // Caught up before serving: A's edits are all there the moment B answers.
+    let status = b.journal_status().await?;
+    assert_eq!((status.era_token, status.era_node.as_deref()), (Some(FencingToken(20)), Some("nn-b")));
+    assert!(status.applied_seq.unwrap() > last);
+    let stat: FileStatus = serde_json::from_value(b.get("/fs/stat?path=/data/a2").await?.1)?;
+    assert_eq!((stat.kind, stat.length), (FileKind::File, 3));
+    accepted.push(b.edit("/fs/delete", json!({"path": "/data/a0"})).await?);
+    accepted.push(b.edit("/fs/create", json!({"path": "/data/b0", "data": "from b"})).await?);
+    assert!(accepted[5..].iter().all(|ack| ack.token == FencingToken(20)));
+
+    // The deposed A is made to write: its guarded append fails with BadVersion, it steps
+    // down and does not acknowledge.
+    let (code, body) =
+        a.post("/test/force-write", json!({"key": "owner", "value": "stale a", "write_id": "a-deposed"})).await?;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let why = reason(&body);
+    assert!(why.starts_with("deposed: "), "{why}");
+    assert!(why.contains("held by token 20 (nn-b)"), "{why}");
+    assert_eq!(a.state().await?.state, HaState::Standby);
+    let (code, _) = a.post("/fs/mkdir", json!({"path": "/data/from-a"})).await?;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    // A, now a standby, follows B's journal.
+    let last = accepted.iter().map(|ack| ack.seq).max().unwrap();
+    a.applied_through(last).await?;
+    assert_eq!(a.list("/data").await?, ["/data/a1", "/data/a2", "/data/b0", "/data/logs"]);
+    assert_eq!(a.get("/read?key=owner").await?.1, json!({"key": "owner", "value": "a"}));
+
+    // The independent reader: nothing lost, nothing stale, and the refused write is absent.
+    let verdict = verify(&coordinator, &acks(&accepted)).await?;
+    assert_eq!((verdict.acknowledged, verdict.found), (7, 7), "{verdict}");
+    assert!(verdict.lost.is_empty() && verdict.stale.is_empty() && verdict.is_clean(), "{verdict}");
+    assert_eq!((verdict.claims, verdict.epoch_token), (2, Some(FencingToken(20))));
+    let refused = [AckRecord { write_id: "a-deposed".into(), token: FencingToken(10) }];
+    assert_eq!(verify(&coordinator, &refused).await?.lost, ["a-deposed"]);
+
+    a.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_with_a_lower_token_than_the_epoch_is_refused() -> Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let connect = coordinator.addr.to_string();
+    let b = Master::start("nn-b", journal_config(&connect)).await?;
+    assert_eq!(b.promote(20).await?.0, StatusCode::OK);
+    let ack = b.edit("/fs/mkdir", json!({"path": "/b"})).await?;
+
+    // C has never seen token 20 from an agent; the epoch has.
+    let c = Master::start("nn-c", journal_config(&connect)).await?;
+    let (code, body) = c.promote(15).await?;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(reason(&body).contains("held by token 20 (nn-b), higher than ours (15)"), "{body}");
+    assert_eq!(c.state().await?.state, HaState::Standby);
+    assert_eq!(c.post("/write", json!({"key": "k", "value": 1})).await?.0, StatusCode::SERVICE_UNAVAILABLE);
+    // C never claimed, so even a forced write has nothing to write under.
+    let (code, body) = c.post("/test/force-write", json!({"key": "k", "value": 1})).await?;
+    assert_eq!(
+        (code, reason(&body).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "this master has never claimed the journal")
+    );
+
+    // B is untouched and keeps writing.
+    assert_eq!(b.state().await?.state, HaState::Active);
+    let ack2 = b.edit("/fs/create", json!({"path": "/b/f", "data": ""})).await?;
+    let verdict = verify(&coordinator, &acks(&[ack, ack2])).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    assert_eq!((verdict.claims, verdict.epoch_token), (1, Some(FencingToken(20))));
+
+    c.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_tails_edits_through_its_watch() -> Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let connect = coordinator.addr.to_string();
+    let a = Master::start("nn-a", journal_config(&connect)).await?;
+    // With a one-minute interval, only the children watch can bring B up to date in time.
+    let slow = JournalConfig { tail_interval_ms: 60_000, ..journal_config(&connect) };
+    let b = Master::start("nn-b", slow).await?;
+    assert_eq!(a.promote(7).await?.0, StatusCode::OK);
+    let ops = [
+        ("/fs/mkdir", json!({"path": "/x/y/z"})),
+        ("/fs/create", json!({"path": "/x/y/file", "data": "hello"})),
+        ("/fs/create", json!({"path": "/x/other", "data": ""})),
+        ("/fs/delete", json!({"path": "/x/y", "recursive": true})),
+        ("/fs/mkdir", json!({"path": "/x/y"})),
+    ];
+    for (path, body) in ops {
+        let ack = a.edit(path, body).await?;
+        b.applied_through(ack.seq).await?;
+        assert_eq!(b.list("/x").await?, a.list("/x").await?, "after {path}");
+    }
+    assert_eq!(b.list("/x").await?, ["/x/other", "/x/y"]);
+    let (code, body) = b.get("/fs/read?path=/x/other").await?;
+    assert_eq!((code, body), (StatusCode::OK, json!({"path": "/x/other", "data": ""})));
+    assert_eq!(b.get("/fs/stat?path=/x/y/z").await?.0, StatusCode::NOT_FOUND);
+    a.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+/// What a [`TrapProxy`] does to the next multi request it sees going to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trap {
+    /// Forward everything.
+    None,
+    /// Forward the multi, swallow its reply and cut the connection: the append lands, the
+    /// master hears ConnectionLoss.
+    DropReply,
+    /// Swallow the multi and cut the connection: the append never reaches the coordinator.
+    DropRequest,
+}
+
+/// A TCP proxy to the coordinator that can cut a connection at a multi (opcode 14), after the
+/// pattern of coordinator/tests/common/proxy.rs. It keeps listening, so the client reconnects
+/// its session at once.
+struct TrapProxy {
+    addr: SocketAddr,
+    trap: Arc<Mutex<Trap>>,
+    sprung: Arc<Notify>,
+    accept: JoinHandle<()>,
+}
+
+const OP_MULTI: i32 = 14;
+
+impl TrapProxy {
+    async fn start(target: SocketAddr) -> Result<TrapProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let trap = Arc::new(Mutex::new(Trap::None));
+        let sprung = Arc::new(Notify::new());
+        let (t, s) = (trap.clone(), sprung.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                tokio::spawn(forward(client, server, t.clone(), s.clone()));
+            }
+        });
+        Ok(TrapProxy { addr, trap, sprung, accept })
+    }
+
+    fn arm(&self, trap: Trap) {
+        *self.trap.lock().unwrap() = trap;
+    }
+}
+
+impl Drop for TrapProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let mut frame = len.to_vec();
+    frame.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    s.read_exact(&mut frame[4..]).await?;
+    Ok(frame)
+}
+
+fn i32_at(frame: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
+}
+
+async fn forward(client: TcpStream, server: TcpStream, trap: Arc<Mutex<Trap>>, sprung: Arc<Notify>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    // The xid of a multi whose reply must be swallowed.
+    let doomed: Arc<Mutex<Option<i32>>> = Arc::default();
+    let doomed_up = doomed.clone();
+    let sprung_up = sprung.clone();
+    let up = async move {
+        // The first frame is the ConnectRequest, which has no request header.
+        let Ok(first) = read_frame(&mut cr).await else { return };
+        if sw.write_all(&first).await.is_err() {
+            return;
+        }
+        loop {
+            let Ok(frame) = read_frame(&mut cr).await else { return };
+            if i32_at(&frame, 8) == Some(OP_MULTI) {
+                let armed = std::mem::replace(&mut *trap.lock().unwrap(), Trap::None);
+                match armed {
+                    Trap::None => {}
+                    Trap::DropRequest => {
+                        sprung_up.notify_one();
+                        return;
+                    }
+                    Trap::DropReply => *doomed_up.lock().unwrap() = i32_at(&frame, 4),
+                }
+            }
+            if sw.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async move {
+        let Ok(first) = read_frame(&mut sr).await else { return };
+        if cw.write_all(&first).await.is_err() {
+            return;
+        }
+        loop {
+            let Ok(frame) = read_frame(&mut sr).await else { return };
+            let xid = i32_at(&frame, 4);
+            if xid.is_some() && *doomed.lock().unwrap() == xid {
+                sprung.notify_one();
+                return;
+            }
+            if cw.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Whichever direction ends first ends the connection (both sockets drop).
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+/// Counts journal entries carrying `write_id`, read through a session of the test's own.
+async fn copies_in_journal(coordinator: &TestCoordinator, write_id: &str) -> Result<usize> {
+    let limit = Duration::from_secs(5);
+    let client = journal::connect_session(&coordinator.addr.to_string(), Duration::from_secs(10), limit).await?;
+    let entries = journal::read_entries(&client, JOURNAL, None, limit).await?;
+    Ok(entries.iter().filter(|e| e.edit.write_id == write_id && !matches!(e.edit.op, EditOp::Claim { .. })).count())
+}
+
+async fn lost_contact_scenario(trap: Trap) -> Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let proxy = TrapProxy::start(coordinator.addr).await?;
+    let a = Master::start("nn-a", journal_config(proxy.addr.to_string())).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let before = a.edit("/fs/mkdir", json!({"path": "/d"})).await?;
+
+    proxy.arm(trap);
+    let sprung = proxy.sprung.notified();
+    let (code, body) = a.post("/fs/create", json!({"path": "/d/f", "data": "once", "write_id": "w-cut"})).await?;
+    within("the trap to spring", sprung).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let ack: EditAccepted = serde_json::from_value(body)?;
+    assert_eq!((ack.write_id.as_str(), ack.token), ("w-cut", FencingToken(10)));
+    assert_eq!(ack.seq, before.seq + 1, "the write is in the journal exactly once, right after the previous one");
+    assert_eq!(copies_in_journal(&coordinator, "w-cut").await?, 1);
+    assert_eq!(a.get("/fs/read?path=/d/f").await?.1, json!({"path": "/d/f", "data": "once"}));
+    // The session survived the cut: the master is still active and writes on.
+    assert_eq!(a.state().await?.state, HaState::Active);
+    let after = a.edit("/fs/create", json!({"path": "/d/g", "data": ""})).await?;
+
+    let verdict = verify(&coordinator, &acks(&[before, ack, after])).await?;
+    assert!(verdict.is_clean() && verdict.duplicates.is_empty(), "{verdict}");
+    assert_eq!(verdict.found, 3);
+    a.stop().await?;
+    drop(proxy);
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_reply_is_lost_is_read_back_and_acknowledged_once() -> Result<()> {
+    lost_contact_scenario(Trap::DropReply).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_lost_on_the_way_is_retried_once_and_acknowledged_once() -> Result<()> {
+    lost_contact_scenario(Trap::DropRequest).await
+}
+
+#[test]
+fn the_journal_configuration_parses_with_defaults() {
+    let yaml = "state_file: /tmp/x.json\njournal:\n  connect: 127.0.0.1:2181\n  path: /demo/journal\n  epoch_path: /demo/epoch\n";
+    let config: HaMasterConfig = serde_yaml::from_str(yaml).unwrap();
+    let journal = config.journal.clone().unwrap();
+    assert_eq!((journal.session_timeout_ms, journal.op_timeout_ms, journal.tail_interval_ms), (10_000, 2_000, 1_000));
+    assert!(config.validate().is_ok());
+    let bad: HaMasterConfig = serde_yaml::from_str(&yaml.replace("/demo/epoch", "/demo/journal/epoch")).unwrap();
+    assert!(bad.validate().unwrap_err().to_string().starts_with("journal.epoch_path"));
+    assert!(serde_yaml::from_str::<HaMasterConfig>(&format!("{yaml}  watch: true\n")).is_err());
+    // Without `journal:` the master is the in-memory one of before.
+    let plain: HaMasterConfig = serde_yaml::from_str("state_file: /tmp/x.json").unwrap();
+    assert_eq!(plain.journal, None);
+}

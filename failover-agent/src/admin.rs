@@ -1,0 +1,826 @@
+//! The admin and peer API: authenticated HTTP calls that become [`ControlRequest`]s for the
+//! driver, which carries them out between cycles and answers on the enclosed channel.
+//!
+//! ```text
+//!  referee admin ──▶ admin listener (loopback by default) ─┐
+//!                                                          ├─▶ bearer check ─▶ ControlRequest ─▶ driver
+//!  peer agents   ──▶ peer listener (or the admin one) ─────┘         │                              │
+//!                                                             401, nothing sent       reply (oneshot, deadline)
+//! ```
+//!
+//! | method and path        | listener      | what it does                                                        |
+//! |------------------------|---------------|---------------------------------------------------------------------|
+//! | `POST /admin/failover` | admin         | graceful failover to this node; answers when it is active           |
+//! | `POST /admin/cede`     | admin, peer   | hand over if active and stay out `{"period_ms": N}` (default 30 s)  |
+//! | `POST /admin/pause`    | admin         | maintenance: keep observing and reporting, take no action           |
+//! | `POST /admin/resume`   | admin         | leave maintenance                                                   |
+//! | `GET /admin/status`    | admin, peer   | the agent's report, as the probes' `/status`                        |
+//! | `GET /admin/history`   | admin         | recent role changes with failover phase durations                   |
+//! | `POST /peer/fence`     | admin, peer   | [`PEER_FENCE_PATH`]: fence the local master with the new token      |
+//!
+//! `/admin/cede` is on the peer listener because a node taking over gracefully asks the current
+//! active to cede through the `peer_url` it publishes. When `peer_listen` is not set, one
+//! listener serves every route.
+//!
+//! Every request needs `Authorization: Bearer <secret>`, compared in constant time. A missing or
+//! wrong secret is answered 401 before the body is read, and nothing reaches the driver.
+//!
+//! Answers: `200 {"ok": true, "message": ...}` when done; `409 {"ok": false, "reason": ...}`
+//! when the driver refused (with why); `503` when the driver is not running or did not take the
+//! request in time (nothing was done); `504` when it took the request but did not answer in time
+//! (it may still be carried out: check the status). `/peer/fence` always answers a
+//! [`PeerFenceResponse`]: 403 `failed` for another node's id, 200 `indeterminate` when the
+//! local outcome is not known in time.
+//!
+//! With `tls` configured, both listeners speak TLS only (rustls, ring provider); with
+//! `tls.client_ca_file`, clients must also present a certificate signed by that CA.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use referee_fencing::protocol::PEER_FENCE_PATH;
+use referee_fencing::{MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse};
+use serde::Deserialize;
+use serde_json::json;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::clock::BootInstant;
+use crate::control::ControlRequest;
+use crate::status::AgentStatus;
+
+/// The admin listener's default address: loopback, so only local operators reach it.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8400);
+/// How long a cede keeps this node out of the election when the request names no period.
+pub const DEFAULT_CEDE_PERIOD: Duration = Duration::from_secs(30);
+/// A TLS handshake or a request's headers must arrive within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish their request once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the admin settings, the secret or the TLS material were refused.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// A value is missing, out of range or contradicts another.
+    #[error("invalid agent config: `admin.{key}` {problem}")]
+    Invalid {
+        /// The offending key under `admin`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The bearer secret could not be read, or is empty.
+    #[error("admin bearer secret: {0}")]
+    Secret(String),
+    /// A certificate, key or CA file could not be read or used.
+    #[error("admin TLS: {0}")]
+    Tls(String),
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> AdminError {
+    AdminError::Invalid { key, problem: problem.into() }
+}
+
+/// The `admin:` section of the agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where the admin API listens. Loopback by default: operators run `referee admin` on the
+    /// agent's host unless this is opened up deliberately.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the peer API (`/peer/fence`, `/admin/cede`, `/admin/status`) listens for other
+    /// agents. When absent, the admin listener serves it too.
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// `host:port` peers use to reach the peer API, published as this node's `peer_url`.
+    /// Required when the peer API listens on a wildcard address (0.0.0.0 or ::).
+    #[serde(default)]
+    pub peer_advertise: Option<String>,
+    /// File holding the bearer secret (surrounding whitespace trimmed). Exactly one of
+    /// `token_file` and `token_env`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the bearer secret.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// TLS for both listeners; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// How long pause, resume, cede and peer fence requests wait for the driver's answer.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long a failover request waits for this node to become active.
+    #[serde(default = "default_failover_timeout_ms")]
+    pub failover_timeout_ms: u64,
+}
+
+/// TLS material for the admin and peer listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, every client must present a certificate they signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN
+}
+fn default_request_timeout_ms() -> u64 {
+    15_000
+}
+fn default_failover_timeout_ms() -> u64 {
+    60_000
+}
+
+impl AdminSettings {
+    /// Settings with the defaults and the secret in `token_file`.
+    pub fn with_token_file(token_file: impl Into<PathBuf>) -> Self {
+        AdminSettings {
+            listen: DEFAULT_LISTEN,
+            peer_listen: None,
+            peer_advertise: None,
+            token_file: Some(token_file.into()),
+            token_env: None,
+            tls: None,
+            request_timeout_ms: default_request_timeout_ms(),
+            failover_timeout_ms: default_failover_timeout_ms(),
+        }
+    }
+
+    /// Checks the fields, naming the one to change. Does not read any file.
+    pub fn validate(&self) -> Result<(), AdminError> {
+        match (&self.token_file, &self.token_env) {
+            (Some(_), Some(_)) => return Err(invalid("token_file", "and `admin.token_env` are both set; keep one")),
+            (None, None) => {
+                return Err(invalid(
+                    "token_file",
+                    "is missing; give `token_file` or `token_env` with the bearer secret",
+                ))
+            }
+            (None, Some(name)) if name.trim().is_empty() => return Err(invalid("token_env", "is empty")),
+            _ => {}
+        }
+        if self.peer_listen == Some(self.listen) {
+            return Err(invalid("peer_listen", "equals `admin.listen`; leave it out to share the admin listener"));
+        }
+        match &self.peer_advertise {
+            Some(a) => {
+                let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok || a.contains('/') {
+                    return Err(invalid("peer_advertise", format!("is {a:?}, which is not host:port")));
+                }
+            }
+            None if self.peer_addr().ip().is_unspecified() => {
+                return Err(invalid(
+                    "peer_advertise",
+                    format!(
+                        "is missing, and the peer API listens on the wildcard address {}; name the host:port peers \
+                         should use",
+                        self.peer_addr()
+                    ),
+                ))
+            }
+            None => {}
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(invalid("request_timeout_ms", "is 0; give the driver time to answer"));
+        }
+        if self.failover_timeout_ms < self.request_timeout_ms {
+            return Err(invalid(
+                "failover_timeout_ms",
+                "is below `admin.request_timeout_ms`; a failover includes a cede",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address the peer API listens on.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_listen.unwrap_or(self.listen)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The base URL this node publishes as its `peer_url` (lock and membership records).
+    pub fn peer_url(&self) -> String {
+        let host = self.peer_advertise.clone().unwrap_or_else(|| self.peer_addr().to_string());
+        format!("{}://{host}", self.scheme())
+    }
+
+    /// The base URL of the admin API, for `referee admin` (publish it as `admin_addr` in the
+    /// status). A wildcard listen address is reported as the loopback address of its family.
+    pub fn admin_url(&self) -> String {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("{}://{addr}", self.scheme())
+    }
+
+    /// Reads the bearer secret. Refuses an unreadable or empty one.
+    pub fn load_secret(&self) -> Result<BearerSecret, AdminError> {
+        let (text, source) = match (&self.token_file, &self.token_env) {
+            (Some(path), _) => (
+                std::fs::read_to_string(path)
+                    .map_err(|e| AdminError::Secret(format!("cannot read `{}`: {e}", path.display())))?,
+                format!("file `{}`", path.display()),
+            ),
+            (None, Some(name)) => (
+                std::env::var(name)
+                    .map_err(|_| AdminError::Secret(format!("environment variable `{name}` is not set")))?,
+                format!("environment variable `{name}`"),
+            ),
+            (None, None) => return Err(AdminError::Secret("neither `token_file` nor `token_env` is set".into())),
+        };
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(AdminError::Secret(format!("{source} is empty; an empty secret would let anyone in")));
+        }
+        Ok(BearerSecret(secret.to_string()))
+    }
+
+    /// Builds the TLS acceptor, if TLS is configured.
+    pub fn tls_acceptor(&self) -> Result<Option<TlsAcceptor>, AdminError> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let certs = read_certs(&tls.cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+            .map_err(|e| AdminError::Tls(format!("no usable private key in `{}`: {e}", tls.key_file.display())))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AdminError::Tls(e.to_string()))?;
+        let builder = match &tls.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs(ca)? {
+                    roots.add(cert).map_err(|e| AdminError::Tls(format!("`{}`: {e}", ca.display())))?;
+                }
+                // Built without `allow_unauthenticated`: a client without a certificate is refused.
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| AdminError::Tls(format!("client CA `{}`: {e}", ca.display())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_single_cert(certs, key).map_err(|e| {
+            AdminError::Tls(format!(
+                "`{}` and `{}` do not make a key pair: {e}",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ))
+        })?;
+        Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, AdminError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| AdminError::Tls(format!("cannot read certificates from `{}`: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(AdminError::Tls(format!("`{}` holds no PEM certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+/// The bearer secret; never printed.
+#[derive(Clone)]
+pub struct BearerSecret(String);
+
+impl BearerSecret {
+    /// Whether `presented` is the secret, in time independent of where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        // Only the length can be learnt from the timing, and a length check alone gives nothing.
+        let mut diff = u8::from(expected.len() != presented.len());
+        for (i, e) in expected.iter().enumerate() {
+            diff |= e ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+
+    /// The secret itself, for a client's `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerSecret(redacted)")
+    }
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The operator's routes and the peer routes: the admin listener.
+    Admin,
+    /// Only what peers need: `/peer/fence`, `/admin/cede`, `/admin/status`.
+    Peer,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Requests to the driver.
+    pub control: mpsc::Sender<ControlRequest>,
+    /// The agent's report (for the node id and `/admin/status`).
+    pub status: Arc<Mutex<AgentStatus>>,
+    /// The bearer secret every request must carry.
+    pub secret: BearerSecret,
+    /// Deadline for pause, resume, cede and peer fence answers.
+    pub request_timeout: Duration,
+    /// Deadline for a failover's answer.
+    pub failover_timeout: Duration,
+}
+
+impl AdminState {
+    fn read(&self) -> AgentStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A request that reached the driver and came back, or did not.
+enum Asked<T> {
+    /// The driver answered.
+    Answered(T),
+    /// The channel is closed: the driver is not running. Nothing was done.
+    NotRunning,
+    /// The channel stayed full until the deadline: the request was never queued.
+    Busy,
+    /// The driver dropped the reply without answering: it stopped mid-request.
+    Dropped,
+    /// Queued, but no answer by the deadline: it may still be carried out.
+    NoAnswer,
+}
+
+impl AdminState {
+    async fn ask<T>(&self, limit: Duration, make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest) -> Asked<T> {
+        let deadline = Instant::now() + limit;
+        let (tx, rx) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, self.control.send(make(tx))).await {
+            Err(_) => return Asked::Busy,
+            Ok(Err(_)) => return Asked::NotRunning,
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Asked::Answered(answer),
+            Ok(Err(_)) => Asked::Dropped,
+            Err(_) => Asked::NoAnswer,
+        }
+    }
+
+    /// Sends an operator request and turns its outcome into the API's answer.
+    async fn operate(
+        &self,
+        what: &str,
+        limit: Duration,
+        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> ControlRequest,
+    ) -> Response {
+        let (code, body) = match self.ask(limit, make).await {
+            Asked::Answered(Ok(message)) => {
+                info!("admin {what}: {message}");
+                (StatusCode::OK, json!({"ok": true, "message": message}))
+            }
+            Asked::Answered(Err(reason)) => {
+                info!("admin {what} refused: {reason}");
+                (StatusCode::CONFLICT, json!({"ok": false, "reason": reason}))
+            }
+            Asked::NotRunning => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal(format!("{what}: the agent's decision loop is not running; nothing was done")),
+            ),
+            Asked::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal(format!("{what}: the agent did not take the request within {limit:?}; nothing was done")),
+            ),
+            Asked::Dropped => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal(format!("{what}: the agent stopped before answering; check its status")),
+            ),
+            Asked::NoAnswer => {
+                warn!("admin {what}: no answer within {limit:?}");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    refusal(format!(
+                        "{what}: no answer within {limit:?}; it may still be carried out, check the status"
+                    )),
+                )
+            }
+        };
+        (code, Json(body)).into_response()
+    }
+}
+
+fn refusal(reason: String) -> serde_json::Value {
+    json!({"ok": false, "reason": reason})
+}
+
+/// Lets a request through only with the right bearer secret. Runs before any extractor, so a
+/// refused request's body is never read and nothing reaches the driver.
+async fn require_bearer(State(s): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case(b"bearer ")).map(|_| &v[7..]));
+    if presented.is_some_and(|p| s.secret.matches(p)) {
+        return next.run(request).await;
+    }
+    let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
+    let why = if presented.is_none() { "missing bearer token" } else { "wrong bearer token" };
+    warn!(remote = remote.as_deref().unwrap_or("?"), path = %request.uri().path(), "admin API: {why}; refused");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(refusal(format!("{why}: send `Authorization: Bearer <secret>` with the admin secret"))),
+    )
+        .into_response()
+}
+
+async fn pause(State(s): State<AdminState>) -> Response {
+    s.operate("pause", s.request_timeout, |reply| ControlRequest::Pause { reply }).await
+}
+
+async fn resume(State(s): State<AdminState>) -> Response {
+    s.operate("resume", s.request_timeout, |reply| ControlRequest::Resume { reply }).await
+}
+
+/// Body of `POST /admin/cede`; it may be empty.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CedeBody {
+    #[serde(default)]
+    period_ms: Option<u64>,
+}
+
+async fn cede(State(s): State<AdminState>, body: Bytes) -> Response {
+    let period = if body.iter().all(u8::is_ascii_whitespace) {
+        DEFAULT_CEDE_PERIOD
+    } else {
+        match serde_json::from_slice::<CedeBody>(&body) {
+            Ok(CedeBody { period_ms: None }) => DEFAULT_CEDE_PERIOD,
+            Ok(CedeBody { period_ms: Some(0) }) => {
+                return (StatusCode::BAD_REQUEST, Json(refusal("period_ms must be above 0".into()))).into_response()
+            }
+            Ok(CedeBody { period_ms: Some(ms) }) => Duration::from_millis(ms),
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, Json(refusal(format!("expected {{\"period_ms\": N}}: {e}"))))
+                    .into_response()
+            }
+        }
+    };
+    s.operate("cede", s.request_timeout, |reply| ControlRequest::Cede { period, reply }).await
+}
+
+async fn failover(State(s): State<AdminState>) -> Response {
+    s.operate("failover", s.failover_timeout, |reply| ControlRequest::Failover { reply }).await
+}
+
+async fn status(State(s): State<AdminState>) -> Response {
+    let st = s.read();
+    let now = BootInstant::now();
+    let mut body = serde_json::to_value(&st).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("lease_left_ms".into(), json!(st.lease_left(now).as_millis() as u64));
+        obj.insert("serving_active".into(), json!(st.is_serving_active(now)));
+    }
+    Json(body).into_response()
+}
+
+async fn history(State(s): State<AdminState>) -> Response {
+    Json(json!({"transitions": s.read().history})).into_response()
+}
+
+fn fence_answer(code: StatusCode, outcome: PeerFenceOutcome, reason: String) -> Response {
+    (code, Json(PeerFenceResponse { outcome, reason })).into_response()
+}
+
+/// `POST /peer/fence`: a peer that won the lock asks us to fence our own master.
+async fn peer_fence(State(s): State<AdminState>, body: Bytes) -> Response {
+    let request: PeerFenceRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return fence_answer(StatusCode::BAD_REQUEST, PeerFenceOutcome::Failed, format!("unreadable request: {e}"))
+        }
+    };
+    let me = s.read().node_id;
+    if request.target_node_id != me {
+        // A misrouted request fences nothing: the caller must learn it reached the wrong agent.
+        warn!(target = %request.target_node_id, "peer fence for another node refused");
+        return fence_answer(
+            StatusCode::FORBIDDEN,
+            PeerFenceOutcome::Failed,
+            format!("this agent manages node `{me}`, not `{}`; nothing was fenced", request.target_node_id),
+        );
+    }
+    let token = request.token;
+    let limit = s.request_timeout;
+    match s.ask(limit, |reply| ControlRequest::PeerFence { token, reply }).await {
+        Asked::Answered(outcome) => {
+            let code = StatusCode::OK;
+            match &outcome {
+                MethodOutcome::Fenced { .. } => info!(%token, "peer fence: fenced"),
+                MethodOutcome::Failed { .. } | MethodOutcome::Indeterminate { .. } => {
+                    warn!(%token, "peer fence: {outcome:?}")
+                }
+            }
+            (code, Json(PeerFenceResponse::from(&outcome))).into_response()
+        }
+        Asked::NotRunning => fence_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PeerFenceOutcome::Failed,
+            "the agent's decision loop is not running; nothing was done".into(),
+        ),
+        Asked::Busy => fence_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PeerFenceOutcome::Failed,
+            format!("the agent did not take the request within {limit:?}; nothing was done"),
+        ),
+        Asked::Dropped => fence_answer(
+            StatusCode::OK,
+            PeerFenceOutcome::Indeterminate,
+            "the agent stopped while fencing; the master may or may not be fenced".into(),
+        ),
+        Asked::NoAnswer => fence_answer(
+            StatusCode::OK,
+            PeerFenceOutcome::Indeterminate,
+            format!("no local outcome within {limit:?}; the master may or may not be fenced"),
+        ),
+    }
+}
+
+/// The routes of one listener, behind the bearer check.
+pub fn router(state: AdminState, surface: Surface) -> Router {
+    let mut routes = Router::new()
+        .route(PEER_FENCE_PATH, post(peer_fence))
+        .route("/admin/cede", post(cede))
+        .route("/admin/status", get(status));
+    match surface {
+        Surface::Admin => {
+            routes = routes
+                .route("/admin/failover", post(failover))
+                .route("/admin/pause", post(pause))
+                .route("/admin/resume", post(resume))
+                .route("/admin/history", get(history));
+        }
+        Surface::Peer => {}
+    }
+    // A layer on the whole router: unknown paths need the secret too, so they reveal nothing.
+    routes.layer(middleware::from_fn_with_state(state.clone(), require_bearer)).with_state(state)
+}
+
+/// The listeners the admin server runs on, bound by the caller.
+#[derive(Debug)]
+pub struct AdminListeners {
+    /// The admin listener (bound to `listen`).
+    pub admin: TcpListener,
+    /// The peer listener (bound to `peer_listen`), when the settings have one.
+    pub peer: Option<TcpListener>,
+}
+
+impl AdminListeners {
+    /// Binds `listen` and, if set, `peer_listen`.
+    pub async fn bind(settings: &AdminSettings) -> io::Result<Self> {
+        let admin = TcpListener::bind(settings.listen).await?;
+        let peer = match settings.peer_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(AdminListeners { admin, peer })
+    }
+}
+
+/// The admin server, ready to serve: settings checked, secret read, TLS material loaded.
+/// Build it before starting the agent so bad settings stop it at start-up.
+#[derive(Clone)]
+pub struct AdminServer {
+    state: AdminState,
+    tls: Option<TlsAcceptor>,
+    separate_peer: bool,
+}
+
+impl fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("tls", &self.tls.is_some())
+            .field("separate_peer", &self.separate_peer)
+            .finish()
+    }
+}
+
+impl AdminServer {
+    /// Validates `settings`, reads the secret and the TLS material.
+    pub fn new(
+        settings: &AdminSettings,
+        control: mpsc::Sender<ControlRequest>,
+        status: Arc<Mutex<AgentStatus>>,
+    ) -> Result<Self, AdminError> {
+        settings.validate()?;
+        let secret = settings.load_secret()?;
+        let tls = settings.tls_acceptor()?;
+        let state = AdminState {
+            control,
+            status,
+            secret,
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            failover_timeout: Duration::from_millis(settings.failover_timeout_ms),
+        };
+        Ok(AdminServer { state, tls, separate_peer: settings.peer_listen.is_some() })
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives open requests
+    /// [`DRAIN_TIMEOUT`] to finish.
+    pub async fn serve(
+        self,
+        listeners: AdminListeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        if self.separate_peer != listeners.peer.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "admin: bind a peer listener exactly when `admin.peer_listen` is set",
+            ));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let admin = serve_listener(
+            listeners.admin,
+            router(self.state.clone(), Surface::Admin),
+            self.tls.clone(),
+            stop_rx.clone(),
+        );
+        let result = match listeners.peer {
+            Some(peer) => {
+                let peer = serve_listener(peer, router(self.state.clone(), Surface::Peer), self.tls.clone(), stop_rx);
+                tokio::try_join!(admin, peer).map(|_| ())
+            }
+            None => admin.await,
+        };
+        stopper.abort();
+        result
+    }
+}
+
+/// Checks `settings`, then serves the admin API (and the peer API) on `listeners` until
+/// `shutdown` completes. Refused settings come back as [`io::ErrorKind::InvalidInput`]; prefer
+/// [`AdminServer::new`] at start-up to get them as [`AdminError`].
+pub async fn serve_admin(
+    settings: &AdminSettings,
+    listeners: AdminListeners,
+    control: mpsc::Sender<ControlRequest>,
+    status: Arc<Mutex<AgentStatus>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let server =
+        AdminServer::new(settings, control, status).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    server.serve(listeners, shutdown).await
+}
+
+/// Completes once shutdown has started (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, not across an await.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accepts connections until shutdown, each served on its own task.
+async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    info!(%local, tls = tls.is_some(), "admin API listening");
+    let mut connections = JoinSet::new();
+    // Each connection watches its own receiver; `stop` is borrowed by the select below.
+    let for_connections = stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    connections.spawn(serve_connection(tcp, remote, router.clone(), tls.clone(), for_connections.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    warn!(%local, "admin API accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(%local, "admin API: connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
+    let service = ConnectionService { inner: TowerToHyperService::new(router), remote };
+    match tls {
+        None => serve_io(tcp, service, stop).await,
+        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => serve_io(stream, service, stop).await,
+            Ok(Err(e)) => debug!(%remote, "admin API: TLS handshake failed: {e}"),
+            Err(_) => debug!(%remote, "admin API: TLS handshake timed out"),
+        },
+    }
+}
+
+async fn serve_io<IO>(io: IO, service: ConnectionService, mut stop: watch::Receiver<bool>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = service.remote;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                debug!(%remote, "admin API connection: {e}");
+            }
+            return;
+        }
+        _ = stopped(&mut stop) => conn.as_mut().graceful_shutdown(),
+    }
+    // Finishes the request in flight, then closes; the listener bounds how long this may take.
+    let _ = conn.await;
+}
+
+/// The router for one connection, stamping each request with the peer's address for the logs.
+#[derive(Clone)]
+struct ConnectionService {
+    inner: TowerToHyperService<Router>,
+    remote: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<Incoming>>>::Future;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        self.inner.call(request)
+    }
+}

@@ -1,0 +1,997 @@
+//! `referee admin`: the operator's command (in the manner of `hdfs haadmin` and `patronictl`).
+//!
+//! It finds the cluster's members through the coordinator (`/referee/<cluster>/members`), reads
+//! each agent's report from its probe address (`/status`, `/history`, no secret needed), and
+//! sends mutating requests to each agent's admin API with the bearer secret
+//! (see [`crate::admin`]).
+//!
+//! ```text
+//! referee admin --config agent.yaml status                 every member's role, health, token, lease
+//! referee admin --config agent.yaml failover --to db2      graceful switchover; prints the timeline
+//! referee admin --config agent.yaml check-health db2       exit 0 when db2's master is healthy
+//! referee admin --config agent.yaml pause [--node db1]     maintenance: agents report but do not act
+//! referee admin --config agent.yaml resume [--node db1]
+//! referee admin --config agent.yaml history [--node db1]
+//! referee admin --config agent.yaml format [--force]       create and secure /referee/<cluster>
+//! ```
+//!
+//! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
+//! credential and its `admin:` section: secret, TLS); `--coordinator`, `--cluster`,
+//! `--token-file`/`--token-env` and `--digest` override or replace it. `--json` prints one JSON
+//! document on stdout instead of text.
+//!
+//! An agent's admin address is the `admin_addr` of its `/status` (a URL, or `host:port` taking
+//! `https` when TLS is configured here); failing that, the `peer_url` it registered.
+//!
+//! # Exit codes
+//!
+//! | code | meaning                                                                 |
+//! |------|-------------------------------------------------------------------------|
+//! | 0    | done; for `check-health`, the master is healthy                         |
+//! | 1    | `check-health`: the master is not healthy                               |
+//! | 2    | usage: bad arguments or configuration, unknown node                     |
+//! | 3    | refused: the target is unfit, an agent refused, the tree already exists |
+//! | 4    | the coordinator or an agent could not be reached                        |
+//! | 5    | timed out waiting for the outcome (it may still happen)                 |
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use zookeeper_client as zk;
+
+use crate::admin::AdminSettings;
+use crate::config::AgentConfig;
+use crate::election::ROOT;
+use crate::model::{LockRecord, Member};
+
+/// `referee admin`'s arguments; the binary embeds them as a subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// An agent's YAML configuration: coordinator, cluster, digest and `admin:` section.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The coordinator, `host:port[,host:port...]` (overrides the config's).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// The cluster's name (overrides the config's).
+    #[arg(long, global = true)]
+    pub cluster: Option<String>,
+    /// File holding the admin bearer secret (overrides the config's `admin.token_file`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the admin bearer secret.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub token_env: Option<String>,
+    /// Digest credential `user:password` for the coordinator (overrides `coordinator.digest`).
+    #[arg(long, global = true, value_name = "USER:PASSWORD")]
+    pub digest: Option<String>,
+    /// PEM CA certificates to trust for agents' TLS (default: the config's `admin.tls.cert_file`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for agents that require one.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Deadline of each coordinator and agent call, in ms.
+    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The subcommands of `referee admin`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Every member's role, health, token, lease and last decision; `*` marks the lock holder.
+    Status,
+    /// Graceful switchover to NODE: refused if NODE is unknown or unfit; waits until it is
+    /// active and prints the timeline.
+    Failover {
+        /// The node to make active.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        /// How long to wait for NODE to become active, in ms.
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        wait_ms: u64,
+    },
+    /// Exit 0 when NODE's master is healthy, 1 when it is not.
+    CheckHealth {
+        /// The node to check.
+        node: String,
+    },
+    /// Maintenance mode: the agents keep observing and reporting but take no action.
+    Pause {
+        /// Only this node (default: every member).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        /// Only this node (default: every member).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// Recent role changes with failover phase durations, oldest first.
+    History {
+        /// Only this node (default: every member).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
+    /// Create `/referee/<cluster>` and its `members` child readable by everyone and writable
+    /// only with the cluster's digest credential (like `hdfs zkfc -formatZK`).
+    Format {
+        /// Apply the ACLs to znodes that already exist instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// How `referee admin` ended. See the module docs for the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    /// Done; `check-health`: healthy.
+    Ok,
+    /// `check-health`: not healthy.
+    CheckFailed,
+    /// Bad arguments or configuration, or an unknown node.
+    Usage,
+    /// Refused, with why.
+    Refused,
+    /// The coordinator or an agent could not be reached.
+    Unreachable,
+    /// No outcome in time.
+    TimedOut,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Ok => 0,
+            Exit::CheckFailed => 1,
+            Exit::Usage => 2,
+            Exit::Refused => 3,
+            Exit::Unreachable => 4,
+            Exit::TimedOut => 5,
+        }
+    }
+}
+
+/// What a run printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub exit: Exit,
+    /// What goes to stdout.
+    pub stdout: String,
+    /// What goes to stderr.
+    pub stderr: String,
+}
+
+/// Runs `referee admin`, printing its output; returns the exit code.
+pub async fn run(args: AdminArgs) -> i32 {
+    let outcome = execute(&args).await;
+    print!("{}", outcome.stdout);
+    eprint!("{}", outcome.stderr);
+    outcome.exit.code()
+}
+
+/// Runs `referee admin` and returns what it would print.
+pub async fn execute(args: &AdminArgs) -> Outcome {
+    let result = match Session::new(args) {
+        Ok(session) => session.dispatch().await,
+        Err(f) => Err(f),
+    };
+    match result {
+        Ok(report) => Outcome {
+            exit: report.exit,
+            stdout: if args.json { format!("{:#}\n", report.json) } else { report.text },
+            stderr: String::new(),
+        },
+        Err(f) => Outcome {
+            exit: f.exit,
+            stdout: if args.json {
+                format!("{:#}\n", json!({"ok": false, "reason": f.reason, "exit_code": f.exit.code()}))
+            } else {
+                String::new()
+            },
+            stderr: format!("referee admin: {}\n", f.reason),
+        },
+    }
+}
+
+/// A command that could not be done, and why.
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    reason: String,
+}
+
+fn fail(exit: Exit, reason: impl Into<String>) -> Failure {
+    Failure { exit, reason: reason.into() }
+}
+
+/// What a command has to say: as text, as JSON, and its exit.
+struct Report {
+    exit: Exit,
+    text: String,
+    json: Value,
+}
+
+/// The arguments resolved against the configuration.
+struct Session<'a> {
+    args: &'a AdminArgs,
+    connect: Option<String>,
+    cluster: Option<String>,
+    digest: Option<String>,
+    token: Option<String>,
+    tls: bool,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+/// Reads an agent config and its `admin:` section. The section is parsed apart, so this works
+/// whether or not [`AgentConfig`] itself knows the key.
+fn load_agent_config(path: &Path) -> Result<(AgentConfig, Option<AdminSettings>), Failure> {
+    let usage = |e: String| fail(Exit::Usage, e);
+    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read `{}`: {e}", path.display())))?;
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
+    let admin = value.as_mapping_mut().and_then(|m| m.remove("admin"));
+    let admin = match admin {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(section) => {
+            let settings: AdminSettings = serde_yaml::from_value(section)
+                .map_err(|e| usage(format!("`{}`: invalid `admin` section: {e}", path.display())))?;
+            settings.validate().map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
+            Some(settings)
+        }
+    };
+    let rest = serde_yaml::to_string(&value).map_err(|e| usage(e.to_string()))?;
+    let cfg = AgentConfig::from_yaml(&rest).map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
+    Ok((cfg, admin))
+}
+
+fn read_secret(what: &str, text: Result<String, String>) -> Result<String, Failure> {
+    let text = text.map_err(|e| fail(Exit::Usage, format!("{what}: {e}")))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(fail(Exit::Usage, format!("{what} is empty")));
+    }
+    Ok(secret.to_string())
+}
+
+impl<'a> Session<'a> {
+    fn new(args: &'a AdminArgs) -> Result<Self, Failure> {
+        let (cfg, admin) = match &args.config {
+            Some(path) => {
+                let (cfg, admin) = load_agent_config(path)?;
+                (Some(cfg), admin)
+            }
+            None => (None, None),
+        };
+        let connect = args.coordinator.clone().or_else(|| cfg.as_ref().map(|c| c.coordinator.connect.clone()));
+        let cluster = args.cluster.clone().or_else(|| cfg.as_ref().map(|c| c.cluster.clone()));
+        let digest = args.digest.clone().or_else(|| cfg.as_ref().and_then(|c| c.coordinator.digest.clone()));
+        let token = match (&args.token_file, &args.token_env) {
+            (Some(path), _) => Some(read_secret(
+                &format!("token file `{}`", path.display()),
+                std::fs::read_to_string(path).map_err(|e| e.to_string()),
+            )?),
+            (None, Some(name)) => Some(read_secret(
+                &format!("environment variable `{name}`"),
+                std::env::var(name).map_err(|_| "not set".to_string()),
+            )?),
+            (None, None) => match &admin {
+                Some(a) => Some(a.load_secret().map_err(|e| fail(Exit::Usage, e.to_string()))?.expose().to_string()),
+                None => None,
+            },
+        };
+        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+        let roots =
+            args.ca_file.clone().or_else(|| admin.as_ref().and_then(|a| a.tls.as_ref()).map(|t| t.cert_file.clone()));
+        if let Some(path) = &roots {
+            let pem =
+                std::fs::read(path).map_err(|e| fail(Exit::Usage, format!("cannot read `{}`: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| fail(Exit::Usage, format!("`{}`: {e}", path.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            let mut pem =
+                std::fs::read(cert).map_err(|e| fail(Exit::Usage, format!("cannot read `{}`: {e}", cert.display())))?;
+            pem.push(b'\n');
+            pem.extend(
+                std::fs::read(key).map_err(|e| fail(Exit::Usage, format!("cannot read `{}`: {e}", key.display())))?,
+            );
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| fail(Exit::Usage, format!("client certificate and key: {e}")))?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().map_err(|e| fail(Exit::Usage, format!("HTTP client: {e}")))?;
+        let tls = admin.as_ref().is_some_and(|a| a.tls.is_some()) || args.ca_file.is_some();
+        Ok(Session { args, connect, cluster, digest, token, tls, http, timeout })
+    }
+
+    async fn dispatch(&self) -> Result<Report, Failure> {
+        match &self.args.command {
+            AdminCommand::Status => self.status().await,
+            AdminCommand::Failover { to, wait_ms } => self.failover(to, Duration::from_millis(*wait_ms)).await,
+            AdminCommand::CheckHealth { node } => self.check_health(node).await,
+            AdminCommand::Pause { node } => self.pause_or_resume(true, node.as_deref()).await,
+            AdminCommand::Resume { node } => self.pause_or_resume(false, node.as_deref()).await,
+            AdminCommand::History { node } => self.history(node.as_deref()).await,
+            AdminCommand::Format { force } => self.format(*force).await,
+        }
+    }
+
+    fn coordinates(&self) -> Result<(&str, &str), Failure> {
+        let connect = self.connect.as_deref().ok_or_else(|| {
+            fail(Exit::Usage, "no coordinator: give --config with an agent's configuration, or --coordinator")
+        })?;
+        let cluster = self.cluster.as_deref().ok_or_else(|| {
+            fail(Exit::Usage, "no cluster: give --config with an agent's configuration, or --cluster")
+        })?;
+        Ok((connect, cluster))
+    }
+
+    /// A session with the coordinator, with the digest credential if there is one.
+    async fn zk_client(&self) -> Result<zk::Client, Failure> {
+        let (connect, _) = self.coordinates()?;
+        let mut connector = zk::Client::connector().with_session_timeout(Duration::from_secs(10));
+        if let Some(digest) = &self.digest {
+            connector = connector.with_auth("digest", digest.as_bytes());
+        }
+        match tokio::time::timeout(self.timeout, connector.connect(connect)).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(zk::Error::AuthFailed)) => Err(fail(Exit::Refused, "the coordinator refused the digest credential")),
+            Ok(Err(e)) => Err(fail(Exit::Unreachable, format!("cannot reach the coordinator at {connect}: {e}"))),
+            Err(_) => Err(fail(
+                Exit::Unreachable,
+                format!("no session with the coordinator at {connect} within {:?}", self.timeout),
+            )),
+        }
+    }
+
+    async fn zk_call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, zk::Error>>,
+    ) -> Result<Result<T, zk::Error>, Failure> {
+        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
+            fail(Exit::Unreachable, format!("{what}: no answer from the coordinator within {:?}", self.timeout))
+        })
+    }
+
+    /// Reads the members and the lock from the coordinator, then every member's report.
+    /// Read-only: nothing is created (the agents and `format` create the tree).
+    async fn cluster_view(&self) -> Result<ClusterView, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let client = self.zk_client().await?;
+        let root = format!("{ROOT}/{cluster}");
+        let unexpected = |what: &str, e: zk::Error| fail(Exit::Unreachable, format!("{what}: {e}"));
+        let names = match self.zk_call("list members", client.list_children(&format!("{root}/members"))).await? {
+            Ok(names) => names,
+            Err(zk::Error::NoNode) => {
+                return Err(fail(
+                    Exit::Usage,
+                    format!("cluster `{cluster}` has no members znode at {root}/members: no agent has registered yet"),
+                ))
+            }
+            Err(e) => return Err(unexpected("list members", e)),
+        };
+        let mut members = Vec::new();
+        for name in names {
+            let path = format!("{root}/members/{name}");
+            match self.zk_call("read a member", client.get_data(&path)).await? {
+                Ok((data, _)) => match serde_json::from_slice::<Member>(&data) {
+                    Ok(m) => members.push(m),
+                    Err(e) => return Err(fail(Exit::Unreachable, format!("{path} holds unreadable data: {e}"))),
+                },
+                Err(zk::Error::NoNode) => {} // left between the listing and the read
+                Err(e) => return Err(unexpected("read a member", e)),
+            }
+        }
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let lock = match self.zk_call("read the lock", client.get_data(&format!("{root}/lock"))).await? {
+            Ok((data, stat)) => match serde_json::from_slice::<LockRecord>(&data) {
+                Ok(record) => Some((record.node_id, stat.czxid)),
+                Err(e) => return Err(fail(Exit::Unreachable, format!("{root}/lock holds unreadable data: {e}"))),
+            },
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(unexpected("read the lock", e)),
+        };
+        drop(client);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, m) in members.iter().enumerate() {
+            let http = self.http.clone();
+            let addr = m.probe_addr.clone();
+            tasks.spawn(async move {
+                let status = match addr {
+                    Some(addr) => get_json(&http, &format!("http://{addr}/status")).await,
+                    None => Err("publishes no probe address".to_string()),
+                };
+                (i, status)
+            });
+        }
+        let mut statuses: Vec<Result<Value, String>> = vec![Err("not read".into()); members.len()];
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((i, status)) = joined {
+                statuses[i] = status;
+            }
+        }
+        let members = members.into_iter().zip(statuses).map(|(member, status)| MemberView { member, status }).collect();
+        Ok(ClusterView { cluster: cluster.to_string(), lock, members })
+    }
+
+    /// The base URL of a member's admin API.
+    fn admin_base(&self, mv: &MemberView) -> Option<String> {
+        let published = mv.status.as_ref().ok().and_then(|s| s.get("admin_addr")).and_then(Value::as_str);
+        match published {
+            Some(addr) if addr.contains("://") => Some(addr.trim_end_matches('/').to_string()),
+            Some(addr) => Some(format!("{}://{addr}", if self.tls { "https" } else { "http" })),
+            None => mv.member.peer_url.as_deref().map(|u| u.trim_end_matches('/').to_string()),
+        }
+    }
+
+    /// POSTs to a member's admin API; the agent's message on success.
+    async fn admin_post(&self, mv: &MemberView, path: &str, limit: Duration) -> Result<String, Failure> {
+        let node = &mv.member.node_id;
+        let token = self.token.as_deref().ok_or_else(|| {
+            fail(Exit::Usage, "no admin secret: give --token-file, --token-env or --config with an `admin` section")
+        })?;
+        let base = self.admin_base(mv).ok_or_else(|| {
+            fail(Exit::Unreachable, format!("{node} publishes no admin address (admin_addr or peer_url)"))
+        })?;
+        let url = format!("{base}{path}");
+        let sent = self.http.post(&url).bearer_auth(token).timeout(limit).send().await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Err(fail(
+                    Exit::TimedOut,
+                    format!("{node}: no answer from {url} within {limit:?}; it may still happen"),
+                ))
+            }
+            Err(e) => return Err(fail(Exit::Unreachable, format!("{node}: POST {url}: {}", error_chain(&e)))),
+        };
+        let code = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let said = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+        match code.as_u16() {
+            200..=299 => Ok(said("message")),
+            401 => Err(fail(Exit::Refused, format!("{node} refused the admin secret (401): {}", said("reason")))),
+            404 => Err(fail(
+                Exit::Unreachable,
+                format!("{node}: {url} is not served (404); is its published address the peer listener?"),
+            )),
+            409 => Err(fail(Exit::Refused, format!("{node} refused: {}", said("reason")))),
+            504 => Err(fail(Exit::TimedOut, format!("{node}: {}", said("reason")))),
+            _ => Err(fail(Exit::Unreachable, format!("{node} answered {code}: {}", said("reason")))),
+        }
+    }
+
+    async fn status(&self) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let mut text = String::new();
+        match &view.lock {
+            Some((node, token)) => {
+                let _ = writeln!(text, "cluster {}: lock held by {node} (token {token})", view.cluster);
+            }
+            None => {
+                let _ = writeln!(text, "cluster {}: lock free (no active node)", view.cluster);
+            }
+        }
+        let mut rows = vec![["", "NODE", "ROLE", "HEALTH", "TOKEN", "LEASE", "SESSION", "PAUSED", "LAST DECISION"]
+            .map(String::from)
+            .to_vec()];
+        let mut members = Vec::new();
+        for mv in &view.members {
+            let holds = view.lock.as_ref().is_some_and(|(n, _)| *n == mv.member.node_id);
+            let mark = if holds { "*" } else { "" }.to_string();
+            let node = mv.member.node_id.clone();
+            match &mv.status {
+                Ok(s) => {
+                    let lease = s.get("lease_left_ms").and_then(Value::as_u64).unwrap_or(0);
+                    rows.push(vec![
+                        mark,
+                        node,
+                        str_at(s, "role"),
+                        health_text(s.get("health")),
+                        s.get("token").and_then(Value::as_u64).map_or("-".into(), |t| t.to_string()),
+                        if lease > 0 { format!("{lease} ms") } else { "-".into() },
+                        session_text(s.get("session")),
+                        if s.get("paused").and_then(Value::as_bool).unwrap_or(false) { "yes" } else { "no" }.into(),
+                        str_at(s, "last_decision"),
+                    ]);
+                }
+                Err(e) => rows.push(vec![
+                    mark,
+                    node,
+                    "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    e.clone(),
+                ]),
+            }
+            members.push(json!({
+                "node_id": mv.member.node_id,
+                "holds_lock": holds,
+                "probe_addr": mv.member.probe_addr,
+                "peer_url": mv.member.peer_url,
+                "admin_url": self.admin_base(mv),
+                "reachable": mv.status.is_ok(),
+                "status": mv.status.as_ref().ok(),
+                "error": mv.status.as_ref().err(),
+            }));
+        }
+        text.push_str(&table(&rows));
+        let lock = view.lock.as_ref().map(|(node, token)| json!({"node_id": node, "token": token}));
+        Ok(Report { exit: Exit::Ok, text, json: json!({"cluster": view.cluster, "lock": lock, "members": members}) })
+    }
+
+    fn find<'v>(&self, view: &'v ClusterView, node: &str) -> Result<&'v MemberView, Failure> {
+        view.members.iter().find(|m| m.member.node_id == node).ok_or_else(|| {
+            let known: Vec<&str> = view.members.iter().map(|m| m.member.node_id.as_str()).collect();
+            fail(
+                Exit::Usage,
+                format!("unknown node `{node}`: the members of cluster {} are [{}]", view.cluster, known.join(", ")),
+            )
+        })
+    }
+
+    async fn failover(&self, to: &str, wait: Duration) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let target = self.find(&view, to)?;
+        let st = target
+            .status
+            .as_ref()
+            .map_err(|e| fail(Exit::Unreachable, format!("cannot read {to}'s status, so cannot judge it: {e}")))?;
+        let role = str_at(st, "role");
+        let holds = view.lock.as_ref().is_some_and(|(n, _)| n == to);
+        if holds && role == "active" {
+            let token = view.lock.as_ref().map_or(0, |l| l.1);
+            return Ok(Report {
+                exit: Exit::Ok,
+                text: format!("{to} is already active (token {token}); nothing to do\n"),
+                json: json!({"ok": true, "node": to, "message": "already active", "token": token, "timeline": []}),
+            });
+        }
+        if let Some(why) = unfit(st) {
+            return Err(fail(Exit::Refused, format!("refusing a failover to {to}: {why}")));
+        }
+        let started = wall_ms();
+        let clock = std::time::Instant::now();
+        let message = self.admin_post(target, "/admin/failover", wait).await?;
+        // The agent answers once it is active; confirm from its report that it serves.
+        let deadline = clock + wait;
+        let mut serving = false;
+        while std::time::Instant::now() < deadline {
+            if let Ok(s) = get_json(&self.http, &probe_url(target, "/status")).await {
+                if s.get("serving_active").and_then(Value::as_bool).unwrap_or(false) {
+                    serving = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = clock.elapsed().as_millis() as u64;
+        let (events, _) = self.transitions(&view, None).await;
+        // Clocks of different hosts differ a little; show what happened from just before.
+        let timeline: Vec<&Value> =
+            events.iter().filter(|e| e.get("at_ms").and_then(Value::as_i64).unwrap_or(0) >= started - 1000).collect();
+        let mut text = format!("failover to {to}: {message}\n");
+        if !timeline.is_empty() {
+            text.push_str("timeline (ms from the request):\n");
+            for e in &timeline {
+                let at = e.get("at_ms").and_then(Value::as_i64).unwrap_or(0) - started;
+                let _ = writeln!(text, "  {at:>+7} {}", transition_text(e));
+            }
+        }
+        if !serving {
+            return Err(fail(
+                Exit::TimedOut,
+                format!("{text}{to} answered, but was not serving as active within {} ms", wait.as_millis()),
+            ));
+        }
+        let _ = writeln!(text, "{to} is serving as active ({elapsed} ms)");
+        Ok(Report {
+            exit: Exit::Ok,
+            text,
+            json: json!({"ok": true, "node": to, "message": message, "elapsed_ms": elapsed, "timeline": timeline}),
+        })
+    }
+
+    async fn check_health(&self, node: &str) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let mv = self.find(&view, node)?;
+        let st =
+            mv.status.as_ref().map_err(|e| fail(Exit::Unreachable, format!("cannot read {node}'s status: {e}")))?;
+        let health = st.get("health").cloned().unwrap_or(Value::Null);
+        let healthy = health.get("state").and_then(Value::as_str) == Some("healthy");
+        let text = if healthy {
+            format!("{node}: healthy\n")
+        } else {
+            format!("{node}: not healthy: {}\n", health_text(Some(&health)))
+        };
+        Ok(Report {
+            exit: if healthy { Exit::Ok } else { Exit::CheckFailed },
+            text,
+            json: json!({"node": node, "healthy": healthy, "health": health}),
+        })
+    }
+
+    async fn pause_or_resume(&self, pause: bool, only: Option<&str>) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let targets: Vec<&MemberView> = match only {
+            Some(node) => vec![self.find(&view, node)?],
+            None => view.members.iter().collect(),
+        };
+        if targets.is_empty() {
+            return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
+        }
+        let path = if pause { "/admin/pause" } else { "/admin/resume" };
+        let mut exit = Exit::Ok;
+        let mut text = String::new();
+        let mut results = Vec::new();
+        for mv in targets {
+            let node = &mv.member.node_id;
+            match self.admin_post(mv, path, self.timeout).await {
+                Ok(message) => {
+                    let _ = writeln!(text, "{node}: {message}");
+                    results.push(json!({"node": node, "ok": true, "message": message}));
+                }
+                Err(f) => {
+                    exit = exit.max(f.exit);
+                    let _ = writeln!(text, "{node}: FAILED: {}", f.reason);
+                    results.push(json!({"node": node, "ok": false, "reason": f.reason}));
+                }
+            }
+        }
+        Ok(Report { exit, text, json: json!({"ok": exit == Exit::Ok, "results": results}) })
+    }
+
+    /// Every transition of the given members (all when `only` is `None`), oldest first, each
+    /// tagged with its node; and the members whose history could not be read.
+    async fn transitions(&self, view: &ClusterView, only: Option<&str>) -> (Vec<Value>, Vec<(String, String)>) {
+        let mut events = Vec::new();
+        let mut errors = Vec::new();
+        for mv in view.members.iter().filter(|m| only.is_none_or(|n| m.member.node_id == n)) {
+            let node = &mv.member.node_id;
+            if mv.member.probe_addr.is_none() {
+                errors.push((node.clone(), "publishes no probe address".to_string()));
+                continue;
+            }
+            match get_json(&self.http, &probe_url(mv, "/history")).await {
+                Ok(h) => {
+                    for t in h.get("transitions").and_then(Value::as_array).into_iter().flatten() {
+                        let mut t = t.clone();
+                        if let Some(obj) = t.as_object_mut() {
+                            obj.insert("node".into(), json!(node));
+                        }
+                        events.push(t);
+                    }
+                }
+                Err(e) => errors.push((node.clone(), e)),
+            }
+        }
+        events.sort_by_key(|e| e.get("at_ms").and_then(Value::as_i64).unwrap_or(0));
+        (events, errors)
+    }
+
+    async fn history(&self, only: Option<&str>) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        if let Some(node) = only {
+            self.find(&view, node)?;
+        }
+        let (events, errors) = self.transitions(&view, only).await;
+        let mut text = String::new();
+        for e in &events {
+            let at = e.get("at_ms").and_then(Value::as_i64).unwrap_or(0);
+            let _ = writeln!(text, "{}  {}", utc(at), transition_text(e));
+        }
+        if events.is_empty() {
+            text.push_str("no role changes recorded\n");
+        }
+        for (node, e) in &errors {
+            let _ = writeln!(text, "{node}: history unavailable: {e}");
+        }
+        let exit = if errors.is_empty() { Exit::Ok } else { Exit::Unreachable };
+        let errors: Vec<Value> = errors.iter().map(|(n, e)| json!({"node": n, "error": e})).collect();
+        Ok(Report { exit, text, json: json!({"transitions": events, "errors": errors}) })
+    }
+
+    /// Creates `/referee/<cluster>` and `members` with the cluster's ACLs: the digest identity
+    /// has every permission, everyone else may read (status needs no credential). `/referee`
+    /// itself, if missing, lets everyone read and create (other clusters format under it) but
+    /// not delete or rewrite.
+    async fn format(&self, force: bool) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let digest = self.digest.as_deref().ok_or_else(|| {
+            fail(
+                Exit::Usage,
+                "format needs the cluster's digest credential: --digest user:password or coordinator.digest",
+            )
+        })?;
+        let user = match digest.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => u,
+            _ => return Err(fail(Exit::Usage, "the digest credential must look like user:password")),
+        };
+        let client = self.zk_client().await?;
+        let cluster_acl = [
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
+        ];
+        let root_acl = [
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+            zk::Acl::new(zk::Permission::READ | zk::Permission::CREATE, zk::AuthId::anyone()),
+        ];
+        let root_path = format!("{ROOT}/{cluster}");
+        let members_path = format!("{root_path}/members");
+        let breadcrumb_path = format!("{root_path}/breadcrumb");
+        let mut done = Vec::new();
+        self.create_secured(&client, ROOT, &root_acl, true, &mut done).await?;
+        self.create_secured(&client, &root_path, &cluster_acl, force, &mut done).await?;
+        self.create_secured(&client, &members_path, &cluster_acl, force, &mut done).await?;
+        if force {
+            // The breadcrumb is persistent and was created open by the agents before formatting.
+            match self.zk_call("secure the breadcrumb", client.set_acl(&breadcrumb_path, &cluster_acl, None)).await? {
+                Ok(_) => done.push(format!("{breadcrumb_path}: ACL replaced")),
+                Err(zk::Error::NoNode) => {}
+                Err(zk::Error::NoAuth) => {
+                    return Err(fail(
+                        Exit::Refused,
+                        format!("{breadcrumb_path}: the credential of `{user}` may not change its ACL"),
+                    ))
+                }
+                Err(e) => return Err(fail(Exit::Unreachable, format!("{breadcrumb_path}: {e}"))),
+            }
+        }
+        let mut text = String::new();
+        for line in &done {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(
+            text,
+            "cluster {cluster} is secured: digest user `{user}` may change it, everyone else may only read"
+        );
+        Ok(Report {
+            exit: Exit::Ok,
+            text,
+            json: json!({"ok": true, "cluster": cluster, "user": user, "changes": done}),
+        })
+    }
+
+    /// Creates `path` with `acl`. An existing znode is left alone when `keep_existing` is set
+    /// and it is `/referee`; otherwise it is refused, or re-secured with `force`.
+    async fn create_secured(
+        &self,
+        client: &zk::Client,
+        path: &str,
+        acl: &[zk::Acl],
+        force: bool,
+        done: &mut Vec<String>,
+    ) -> Result<(), Failure> {
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::new(acl));
+        match self.zk_call("create", client.create(path, b"", &options)).await? {
+            Ok(_) => {
+                done.push(format!("{path}: created"));
+                Ok(())
+            }
+            Err(zk::Error::NodeExists) if path == ROOT => Ok(()),
+            Err(zk::Error::NodeExists) if !force => Err(fail(
+                Exit::Refused,
+                format!("{path} already exists (agents ran before formatting, or it was formatted); --force applies the ACLs to it"),
+            )),
+            Err(zk::Error::NodeExists) => match self.zk_call("set ACL", client.set_acl(path, acl, None)).await? {
+                Ok(_) => {
+                    done.push(format!("{path}: ACL replaced"));
+                    Ok(())
+                }
+                Err(zk::Error::NoAuth) => Err(fail(Exit::Refused, format!("{path}: this credential may not change its ACL"))),
+                Err(e) => Err(fail(Exit::Unreachable, format!("{path}: {e}"))),
+            },
+            Err(zk::Error::NoAuth) => Err(fail(Exit::Refused, format!("{path}: this credential may not create it"))),
+            Err(e) => Err(fail(Exit::Unreachable, format!("{path}: {e}"))),
+        }
+    }
+}
+
+/// What the coordinator and the agents say about the cluster.
+struct ClusterView {
+    cluster: String,
+    /// The holder's node id and token (the lock's czxid).
+    lock: Option<(String, i64)>,
+    members: Vec<MemberView>,
+}
+
+struct MemberView {
+    member: Member,
+    /// Its `/status`, or why it could not be read.
+    status: Result<Value, String>,
+}
+
+fn probe_url(mv: &MemberView, path: &str) -> String {
+    format!("http://{}{path}", mv.member.probe_addr.as_deref().unwrap_or_default())
+}
+
+/// Why a node cannot take over, from its report; `None` when it can.
+fn unfit(st: &Value) -> Option<String> {
+    let health = st.get("health");
+    if health.and_then(|h| h.get("state")).and_then(Value::as_str) != Some("healthy") {
+        return Some(format!("its master is not healthy ({})", health_text(health)));
+    }
+    if st.get("paused").and_then(Value::as_bool).unwrap_or(false) {
+        return Some("it is paused; resume it first".into());
+    }
+    let session = st.get("session").and_then(|s| s.get("state")).and_then(Value::as_str);
+    if session != Some("connected") {
+        return Some(format!("it has no coordinator session ({})", session_text(st.get("session"))));
+    }
+    let role = str_at(st, "role");
+    if role != "standby" {
+        return Some(format!("it is {role}, not a standby ready to take over"));
+    }
+    None
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = http.get(url).send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let code = response.status();
+    if !code.is_success() {
+        return Err(format!("GET {url} answered {code}"));
+    }
+    response.json().await.map_err(|e| format!("GET {url}: unreadable answer: {e}"))
+}
+
+/// The error with its causes, which is where reqwest puts "connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(text, ": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+fn str_at(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("?").to_string()
+}
+
+fn health_text(health: Option<&Value>) -> String {
+    let Some(h) = health else { return "?".into() };
+    let state = h.get("state").and_then(Value::as_str).unwrap_or("?");
+    match h.get("reason").and_then(Value::as_str) {
+        Some(reason) => format!("{state}: {reason}"),
+        None => state.to_string(),
+    }
+}
+
+fn session_text(session: Option<&Value>) -> String {
+    let Some(s) = session else { return "?".into() };
+    let state = s.get("state").and_then(Value::as_str).unwrap_or("?");
+    match s.get("session_id").and_then(Value::as_i64) {
+        Some(id) => format!("{state} {id:#x}"),
+        None => state.to_string(),
+    }
+}
+
+/// One line for a history entry: node, roles, token, reason and phases.
+fn transition_text(e: &Value) -> String {
+    let mut line = format!("{}  {} -> {}", str_at(e, "node"), str_at(e, "from"), str_at(e, "to"));
+    if let Some(token) = e.get("token").and_then(Value::as_u64) {
+        let _ = write!(line, "  token {token}");
+    }
+    if let Some(p) = e.get("phases").filter(|p| p.is_object()) {
+        let ms = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let _ = write!(
+            line,
+            "  (detect {} ms, elect {} ms, fence {} ms, promote {} ms)",
+            ms("detect_ms"),
+            ms("elect_ms"),
+            ms("fence_ms"),
+            ms("promote_ms")
+        );
+    }
+    let _ = write!(line, "  {}", str_at(e, "reason"));
+    line
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `ms` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn utc(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn unfit_names_the_reason() {
+        let ok = json!({"health": {"state": "healthy"}, "paused": false, "session": {"state": "connected", "session_id": 1}, "role": "standby"});
+        assert_eq!(unfit(&ok), None);
+        let sick = json!({"health": {"state": "unhealthy", "reason": "disk full"}, "role": "unhealthy"});
+        assert!(unfit(&sick).unwrap().contains("disk full"));
+        let mut paused = ok.clone();
+        paused["paused"] = json!(true);
+        assert!(unfit(&paused).unwrap().contains("paused"));
+        let mut alone = ok.clone();
+        alone["session"] = json!({"state": "connecting"});
+        assert!(unfit(&alone).unwrap().contains("coordinator session"));
+    }
+
+    #[test]
+    fn exit_codes_are_pinned() {
+        let codes: Vec<i32> =
+            [Exit::Ok, Exit::CheckFailed, Exit::Usage, Exit::Refused, Exit::Unreachable, Exit::TimedOut]
+                .map(Exit::code)
+                .to_vec();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
+    }
+}

@@ -1,0 +1,797 @@
+//! The admin and peer API over real HTTP (and TLS), and `referee admin` against the bundled
+//! coordinator. The only stand-in is a tiny driver that answers the control channel as each
+//! test scripts it and records what it was asked.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use common::{within, ScratchDir, TestServer};
+use referee_failover_agent::admin::{AdminListeners, AdminServer, AdminSettings, TlsSettings};
+use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
+use referee_failover_agent::control::ControlRequest;
+use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
+use referee_failover_agent::model::{Health, LockRecord, Member, SessionView};
+use referee_failover_agent::status::{AgentStatus, Role};
+use referee_fencing::{
+    FenceOutcome, FenceTarget, Fencer, FencingConfig, FencingToken, MethodOutcome, PeerFenceOutcome, PeerFenceResponse,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use zookeeper_client as zk;
+
+const SECRET: &str = "s3cret-admin-token";
+
+// ----- a scripted driver ------------------------------------------------------------------
+
+/// What the stub driver was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Pause,
+    Resume,
+    Cede(Duration),
+    Failover,
+    PeerFence(FencingToken),
+}
+
+/// How the stub driver answers.
+enum Answer {
+    Text(Result<String, String>),
+    Fence(MethodOutcome),
+    /// Keep the reply channel open and never answer.
+    Hold,
+}
+
+/// A driver that answers each request with `script` and reports it on the returned receiver.
+fn stub_driver(
+    script: impl Fn(&Seen) -> Answer + Send + 'static,
+) -> (mpsc::Sender<ControlRequest>, mpsc::UnboundedReceiver<Seen>) {
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(4);
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held_text = Vec::new();
+        let mut held_fence = Vec::new();
+        while let Some(request) = control_rx.recv().await {
+            let (seen, text_reply, fence_reply) = match request {
+                ControlRequest::Pause { reply } => (Seen::Pause, Some(reply), None),
+                ControlRequest::Resume { reply } => (Seen::Resume, Some(reply), None),
+                ControlRequest::Cede { period, reply } => (Seen::Cede(period), Some(reply), None),
+                ControlRequest::Failover { reply } => (Seen::Failover, Some(reply), None),
+                ControlRequest::PeerFence { token, reply } => (Seen::PeerFence(token), None, Some(reply)),
+                other => panic!("the admin API sent an unexpected request: {other:?}"),
+            };
+            let answer = script(&seen);
+            let _ = seen_tx.send(seen);
+            match (answer, text_reply, fence_reply) {
+                (Answer::Text(t), Some(reply), _) => {
+                    let _ = reply.send(t);
+                }
+                (Answer::Fence(o), _, Some(reply)) => {
+                    let _ = reply.send(o);
+                }
+                (Answer::Hold, text, fence) => {
+                    held_text.extend(text);
+                    held_fence.extend(fence);
+                }
+                _ => panic!("the script answered a request with the wrong kind of answer"),
+            }
+        }
+    });
+    (control_tx, seen_rx)
+}
+
+fn ok_everything(seen: &Seen) -> Answer {
+    match seen {
+        Seen::Pause => Answer::Text(Ok("paused".into())),
+        Seen::Resume => Answer::Text(Ok("resumed".into())),
+        Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
+        Seen::Failover => Answer::Text(Ok("active now".into())),
+        Seen::PeerFence(t) => Answer::Fence(MethodOutcome::fenced(format!("demoted with {t}"))),
+    }
+}
+
+// ----- a running admin server -------------------------------------------------------------
+
+struct Running {
+    admin: SocketAddr,
+    peer: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: ScratchDir,
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        within("admin server shutdown", &mut self.task).await?.context("joining")?.context("serving")?;
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn settings(dir: &ScratchDir) -> AdminSettings {
+    let token = dir.0.join("admin-token");
+    std::fs::write(&token, format!("{SECRET}\n")).unwrap();
+    let mut s = AdminSettings::with_token_file(token);
+    s.request_timeout_ms = 400;
+    s.failover_timeout_ms = 800;
+    s
+}
+
+async fn start_with(
+    mut settings: AdminSettings,
+    dir: ScratchDir,
+    separate_peer: bool,
+    control: mpsc::Sender<ControlRequest>,
+    status: Arc<Mutex<AgentStatus>>,
+) -> Result<Running> {
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    settings.listen = admin.local_addr()?;
+    let peer = if separate_peer {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        settings.peer_listen = Some(l.local_addr()?);
+        Some(l)
+    } else {
+        None
+    };
+    let peer_addr = settings.peer_listen;
+    let server = AdminServer::new(&settings, control, status)?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let addr = settings.listen;
+    let task = tokio::spawn(server.serve(AdminListeners { admin, peer }, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(Running { admin: addr, peer: peer_addr, stop: Some(stop_tx), task, _dir: dir })
+}
+
+async fn start(node: &str, control: mpsc::Sender<ControlRequest>) -> Result<Running> {
+    let dir = ScratchDir::new("admin")?;
+    let s = settings(&dir);
+    start_with(s, dir, false, control, Arc::new(Mutex::new(AgentStatus::new("c", node)))).await
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+}
+
+async fn post(url: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value)> {
+    let mut req = http().post(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let code = resp.status().as_u16();
+    Ok((code, resp.json().await.unwrap_or(Value::Null)))
+}
+
+// ----- authentication ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_get_401_and_reach_nothing() -> Result<()> {
+    let (control, mut seen) = stub_driver(ok_everything);
+    let server = start("db1", control).await?;
+    let fence = json!({"target_node_id": "db1", "token": 5});
+    for path in ["/admin/failover", "/admin/cede", "/admin/pause", "/admin/resume", "/peer/fence", "/no/such/path"] {
+        for token in [None, Some("wrong"), Some(""), Some("s3cret-admin-toke"), Some("s3cret-admin-token-and-more")] {
+            let (code, body) = post(&server.url(path), token, Some(fence.clone())).await?;
+            assert_eq!(code, 401, "{path} with {token:?}: {body}");
+            assert_eq!(body["ok"], json!(false), "{body}");
+        }
+        // Another scheme carrying the right secret is still refused.
+        let resp = http().post(server.url(path)).header("Authorization", format!("Basic {SECRET}")).send().await?;
+        assert_eq!(resp.status().as_u16(), 401);
+        assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    }
+    for path in ["/admin/status", "/admin/history"] {
+        assert_eq!(http().get(server.url(path)).send().await?.status().as_u16(), 401, "{path}");
+    }
+    // The stub answers in order; a request that got through would be seen before this one.
+    let (code, _) = post(&server.url("/admin/pause"), Some(SECRET), None).await?;
+    assert_eq!(code, 200);
+    assert_eq!(seen.recv().await, Some(Seen::Pause));
+    assert!(seen.try_recv().is_err(), "only the authenticated request reached the driver");
+    // The scheme name is case-insensitive, as RFC 7235 says.
+    let resp =
+        http().post(server.url("/admin/resume")).header("Authorization", format!("bearer {SECRET}")).send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn settings_refuse_empty_secrets_and_name_the_field() -> Result<()> {
+    let dir = ScratchDir::new("admin-settings")?;
+    let empty = dir.0.join("empty");
+    std::fs::write(&empty, "  \n")?;
+    let e = AdminSettings::with_token_file(&empty).load_secret().unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let yaml = "listen: 127.0.0.1:8400\ntoken_env: REFEREE_TEST_NEVER_SET_ADMIN\n";
+    let s: AdminSettings = serde_yaml::from_str(yaml)?;
+    s.validate()?;
+    assert!(s.load_secret().unwrap_err().to_string().contains("REFEREE_TEST_NEVER_SET_ADMIN"));
+    let both: AdminSettings = serde_yaml::from_str("token_env: X\ntoken_file: /x\n")?;
+    assert!(both.validate().unwrap_err().to_string().contains("admin.token_file"));
+    let neither: AdminSettings = serde_yaml::from_str("listen: 127.0.0.1:1\n")?;
+    assert!(neither.validate().unwrap_err().to_string().contains("admin.token_file"));
+    let typo = serde_yaml::from_str::<AdminSettings>("token_env: X\nlisten_addr: 127.0.0.1:1\n").unwrap_err();
+    assert!(typo.to_string().contains("listen_addr"), "{typo}");
+    let wildcard: AdminSettings = serde_yaml::from_str("token_env: X\npeer_listen: 0.0.0.0:8401\n")?;
+    assert!(wildcard.validate().unwrap_err().to_string().contains("admin.peer_advertise"));
+    let advertised: AdminSettings =
+        serde_yaml::from_str("token_env: X\npeer_listen: 0.0.0.0:8401\npeer_advertise: db1.example:8401\n")?;
+    advertised.validate()?;
+    assert_eq!(advertised.peer_url(), "http://db1.example:8401");
+    assert_eq!(advertised.admin_url(), "http://127.0.0.1:8400", "loopback by default");
+    // The secret never shows in debug output.
+    let secret = settings(&dir).load_secret()?;
+    assert!(!format!("{secret:?}").contains(SECRET));
+    Ok(())
+}
+
+// ----- operator endpoints -----------------------------------------------------------------
+
+#[tokio::test]
+async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
+    let (control, mut seen) = stub_driver(|s| match s {
+        Seen::Pause => Answer::Text(Ok("paused: observing only".into())),
+        Seen::Resume => Answer::Text(Err("not paused".into())),
+        Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
+        Seen::Failover => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
+        Seen::PeerFence(_) => Answer::Hold,
+    });
+    let server = start("db1", control).await?;
+    let url = |p: &str| server.url(p);
+
+    let (code, body) = post(&url("/admin/pause"), Some(SECRET), None).await?;
+    assert_eq!((code, &body), (200, &json!({"ok": true, "message": "paused: observing only"})));
+    assert_eq!(seen.recv().await, Some(Seen::Pause));
+
+    let (code, body) = post(&url("/admin/resume"), Some(SECRET), None).await?;
+    assert_eq!((code, &body), (409, &json!({"ok": false, "reason": "not paused"})));
+    assert_eq!(seen.recv().await, Some(Seen::Resume));
+
+    let (code, body) = post(&url("/admin/cede"), Some(SECRET), None).await?;
+    assert_eq!((code, body["message"].as_str()), (200, Some("ceded for 30000 ms")), "default period");
+    assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_secs(30))));
+    let (code, _) = post(&url("/admin/cede"), Some(SECRET), Some(json!({"period_ms": 1234}))).await?;
+    assert_eq!(code, 200);
+    assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_millis(1234))));
+    for bad in [json!({"period_ms": 0}), json!({"period": 5}), json!("soon")] {
+        let (code, body) = post(&url("/admin/cede"), Some(SECRET), Some(bad.clone())).await?;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    let (code, body) = post(&url("/admin/failover"), Some(SECRET), None).await?;
+    assert_eq!(code, 409);
+    assert!(body["reason"].as_str().unwrap().contains("paused"), "{body}");
+    assert_eq!(seen.recv().await, Some(Seen::Failover));
+    assert!(seen.try_recv().is_err(), "the bad cede bodies never reached the driver");
+
+    let status: Value = http().get(url("/admin/status")).bearer_auth(SECRET).send().await?.json().await?;
+    assert_eq!((status["node_id"].as_str(), status["role"].as_str()), (Some("db1"), Some("initializing")));
+    assert_eq!(status["serving_active"], json!(false));
+    let history: Value = http().get(url("/admin/history")).bearer_auth(SECRET).send().await?.json().await?;
+    assert_eq!(history, json!({"transitions": []}));
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_silent_or_stopped_driver_is_reported_not_waited_on() -> Result<()> {
+    let (control, mut seen) = stub_driver(|_| Answer::Hold);
+    let server = start("db1", control).await?;
+    let (code, body) = post(&server.url("/admin/pause"), Some(SECRET), None).await?;
+    assert_eq!(code, 504, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("may still be carried out"), "{body}");
+    assert_eq!(seen.recv().await, Some(Seen::Pause));
+    let (code, body) =
+        post(&server.url("/peer/fence"), Some(SECRET), Some(json!({"target_node_id": "db1", "token": 3}))).await?;
+    assert_eq!(code, 200);
+    assert_eq!(body["outcome"], json!("indeterminate"), "no outcome in time is not a failure: {body}");
+    server.stop().await?;
+
+    // No driver at all: nothing can be done, and the API says so.
+    let (control, rx) = mpsc::channel(1);
+    drop(rx);
+    let server = start("db1", control).await?;
+    let (code, body) = post(&server.url("/admin/resume"), Some(SECRET), None).await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("nothing was done"), "{body}");
+    server.stop().await
+}
+
+// ----- the peer endpoint ------------------------------------------------------------------
+
+#[tokio::test]
+async fn peer_fence_refuses_another_node_and_maps_outcomes() -> Result<()> {
+    let outcomes = Arc::new(Mutex::new(vec![
+        MethodOutcome::indeterminate("demote timed out"),
+        MethodOutcome::failed("master refused"),
+        MethodOutcome::fenced("master demoted"),
+    ]));
+    let script = outcomes.clone();
+    let (control, mut seen) = stub_driver(move |s| match s {
+        Seen::PeerFence(_) => Answer::Fence(script.lock().unwrap().pop().expect("scripted outcome")),
+        _ => Answer::Hold,
+    });
+    let server = start("db1", control).await?;
+    let url = server.url("/peer/fence");
+
+    let (code, body) = post(&url, Some(SECRET), Some(json!({"target_node_id": "db2", "token": 9}))).await?;
+    assert_eq!(code, 403);
+    let answer: PeerFenceResponse = serde_json::from_value(body)?;
+    assert_eq!(answer.outcome, PeerFenceOutcome::Failed);
+    assert!(answer.reason.contains("db1") && answer.reason.contains("db2"), "{}", answer.reason);
+
+    for (token, expected) in
+        [(10, PeerFenceOutcome::Fenced), (11, PeerFenceOutcome::Failed), (12, PeerFenceOutcome::Indeterminate)]
+    {
+        let (code, body) = post(&url, Some(SECRET), Some(json!({"target_node_id": "db1", "token": token}))).await?;
+        assert_eq!(code, 200);
+        let answer: PeerFenceResponse = serde_json::from_value(body)?;
+        assert_eq!(answer.outcome, expected);
+        assert_eq!(seen.recv().await, Some(Seen::PeerFence(FencingToken(token))), "the misrouted one was never sent");
+    }
+    let (code, body) = post(&url, Some(SECRET), Some(json!({"node": "db1"}))).await?;
+    assert_eq!((code, body["outcome"].as_str()), (400, Some("failed")));
+    assert!(seen.try_recv().is_err());
+    server.stop().await
+}
+
+/// The fencing crate's own `agent` method against this server: the contract end to end.
+#[tokio::test]
+async fn the_agent_fencing_method_fences_through_the_peer_listener() -> Result<()> {
+    let (control, mut seen) = stub_driver(ok_everything);
+    let dir = ScratchDir::new("admin-peer")?;
+    let s = settings(&dir);
+    let secret_file = s.token_file.clone().unwrap();
+    let server = start_with(s, dir, true, control, Arc::new(Mutex::new(AgentStatus::new("c", "db1")))).await?;
+    let peer = server.peer.expect("a peer listener");
+    let yaml = format!(
+        "overall_timeout_ms: 3000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 1000\n        \
+         peers: {{db1: 'http://{peer}', db2: 'http://{peer}'}}\n        secret_file: {}\n",
+        secret_file.display()
+    );
+    let fencer = Fencer::new(FencingConfig::from_yaml_str(&yaml)?)?;
+    let report = fencer.fence(&FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)), FencingToken(21)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(seen.recv().await, Some(Seen::PeerFence(FencingToken(21))));
+    // Routed to the wrong agent: refused, so it fences nothing and says so.
+    let report = fencer.fence(&FenceTarget::new("db2", "127.0.0.1", 1, FencingToken(0)), FencingToken(22)).await;
+    assert!(matches!(report.outcome, FenceOutcome::Failed { .. }), "{report:#?}");
+
+    // The peer listener serves what peers need, and not the operator's routes.
+    let peer_url = |p: &str| format!("http://{peer}{p}");
+    let (code, _) = post(&peer_url("/admin/cede"), Some(SECRET), Some(json!({"period_ms": 500}))).await?;
+    assert_eq!(code, 200);
+    assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_millis(500))));
+    for path in ["/admin/pause", "/admin/failover"] {
+        let (code, _) = post(&peer_url(path), Some(SECRET), None).await?;
+        assert_eq!(code, 404, "{path} is not on the peer listener");
+    }
+    assert!(seen.try_recv().is_err());
+    server.stop().await
+}
+
+// ----- TLS --------------------------------------------------------------------------------
+
+struct Pki {
+    ca_pem: String,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    ca_file: PathBuf,
+    client_pem: String,
+}
+
+fn make_pki(dir: &ScratchDir) -> Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "referee test CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) =
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (client_cert, client_key) = leaf(vec!["operator".into()], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let pki = Pki {
+        ca_pem: ca.pem(),
+        server_cert: dir.0.join("server.pem"),
+        server_key: dir.0.join("server.key"),
+        ca_file: dir.0.join("ca.pem"),
+        client_pem: format!("{client_cert}\n{client_key}"),
+    };
+    std::fs::write(&pki.server_cert, server_cert)?;
+    std::fs::write(&pki.server_key, server_key)?;
+    std::fs::write(&pki.ca_file, &pki.ca_pem)?;
+    Ok(pki)
+}
+
+fn tls_client(pki: &Pki, with_cert: bool) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes())?);
+    if with_cert {
+        b = b.identity(reqwest::Identity::from_pem(pki.client_pem.as_bytes())?);
+    }
+    Ok(b.build()?)
+}
+
+#[tokio::test]
+async fn tls_round_trip_and_required_client_certificates() -> Result<()> {
+    let dir = ScratchDir::new("admin-tls")?;
+    let pki = make_pki(&dir)?;
+    let mut s = settings(&dir);
+    s.tls = Some(TlsSettings {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        client_ca_file: None,
+    });
+    let (control, mut seen) = stub_driver(ok_everything);
+    let status = Arc::new(Mutex::new(AgentStatus::new("c", "db1")));
+    let server = start_with(s.clone(), ScratchDir::new("admin-tls-1")?, false, control.clone(), status.clone()).await?;
+    let https = format!("https://{}", server.admin);
+    let resp = tls_client(&pki, false)?.post(format!("{https}/admin/pause")).bearer_auth(SECRET).send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(seen.recv().await, Some(Seen::Pause));
+    assert!(http().post(server.url("/admin/pause")).bearer_auth(SECRET).send().await.is_err(), "no plain HTTP");
+    let resp = tls_client(&pki, false)?.post(format!("{https}/admin/pause")).send().await?;
+    assert_eq!(resp.status().as_u16(), 401, "TLS does not replace the bearer secret");
+    server.stop().await?;
+
+    // With a client CA, a client must present a certificate it signed.
+    s.tls.as_mut().unwrap().client_ca_file = Some(pki.ca_file.clone());
+    let server = start_with(s, ScratchDir::new("admin-tls-2")?, false, control, status).await?;
+    let https = format!("https://{}", server.admin);
+    let refused = tls_client(&pki, false)?.post(format!("{https}/admin/resume")).bearer_auth(SECRET).send().await;
+    assert!(refused.is_err(), "a client without a certificate must be refused: {refused:?}");
+    let resp = tls_client(&pki, true)?.post(format!("{https}/admin/resume")).bearer_auth(SECRET).send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(seen.recv().await, Some(Seen::Resume));
+    assert!(seen.try_recv().is_err());
+    server.stop().await
+}
+
+// ----- referee admin ----------------------------------------------------------------------
+
+/// Parses `referee admin` arguments as the binary would.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+async fn cli(args: &[&str]) -> Outcome {
+    let argv = std::iter::once("referee-admin").chain(args.iter().copied());
+    let parsed = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+    execute(&parsed.admin).await
+}
+
+/// A member as `referee admin` sees it: registered in the coordinator, its probe `/status` and
+/// `/history` served by the test, its admin API by the real server over a stub driver.
+struct FakeMember {
+    _coord: Coordination,
+    status: Arc<Mutex<Value>>,
+    history: Arc<Mutex<Value>>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    _admin: Running,
+}
+
+fn coordination(server: &TestServer, cluster: &str, node: &str, digest: Option<&str>) -> CoordinationConfig {
+    CoordinationConfig {
+        connect: server.connect_string(),
+        cluster: cluster.into(),
+        node_id: node.into(),
+        session_timeout: Duration::from_secs(5),
+        op_timeout: Duration::from_secs(1),
+        digest: digest.map(str::to_string),
+    }
+}
+
+async fn serve_router(router: Router) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+fn report(node: &str, role: Role, health: Health, admin_url: &str) -> Value {
+    let mut st = AgentStatus::new("c", node);
+    st.role = role;
+    st.health = health;
+    st.session = SessionView::Connected { session_id: 0x77 };
+    st.last_decision = format!("{node}: standing by");
+    let mut v = serde_json::to_value(&st).unwrap();
+    v["lease_left_ms"] = json!(0);
+    v["serving_active"] = json!(false);
+    v["admin_addr"] = json!(admin_url);
+    v
+}
+
+async fn fake_member(
+    server: &TestServer,
+    node: &str,
+    role: Role,
+    health: Health,
+    script: impl Fn(&Seen, &Arc<Mutex<Value>>, &Arc<Mutex<Value>>) -> Answer + Send + 'static,
+) -> Result<FakeMember> {
+    let status = Arc::new(Mutex::new(Value::Null));
+    let history = Arc::new(Mutex::new(json!({"transitions": []})));
+    let (st, hi) = (status.clone(), history.clone());
+    let (control, seen) = stub_driver(move |s| script(s, &st, &hi));
+    let admin = start(node, control).await?;
+    *status.lock().unwrap() = report(node, role, health, &format!("http://{}", admin.admin));
+    let (st, hi) = (status.clone(), history.clone());
+    let probes = Router::new()
+        .route("/status", get(move || async move { Json(st.lock().unwrap().clone()) }))
+        .route("/history", get(move || async move { Json(hi.lock().unwrap().clone()) }));
+    let probe_addr = serve_router(probes).await?;
+    let coord = Coordination::connect(coordination(server, "c", node, None)).await?;
+    coord
+        .register_member(&Member {
+            node_id: node.into(),
+            target: FenceTarget::new(node, "127.0.0.1", 1, FencingToken(0)),
+            peer_url: None,
+            probe_addr: Some(probe_addr.to_string()),
+        })
+        .await?;
+    Ok(FakeMember { _coord: coord, status, history, seen, _admin: admin })
+}
+
+fn transition(at_ms: i64, from: &str, to: &str, token: Option<u64>, reason: &str) -> Value {
+    json!({"at_ms": at_ms, "from": from, "to": to, "reason": reason, "token": token,
+           "phases": if to == "active" { json!({"detect_ms": 1, "elect_ms": 2, "fence_ms": 30, "promote_ms": 4}) } else { Value::Null }})
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> {
+    let zk_server = TestServer::start().await?;
+    let dir = ScratchDir::new("admin-cli")?;
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, SECRET)?;
+
+    let mut db1 = fake_member(&zk_server, "db1", Role::Active, Health::Healthy, |s, _, _| ok_everything(s)).await?;
+    // db2 becomes active when asked, recording the handover in the histories.
+    let db1_history = db1.history.clone();
+    let mut db2 = fake_member(&zk_server, "db2", Role::Standby, Health::Healthy, move |s, st, hi| {
+        if *s == Seen::Failover {
+            let now = now_ms();
+            db1_history.lock().unwrap()["transitions"] =
+                json!([transition(now - 5, "active", "standby", Some(5), "ceded to db2")]);
+            hi.lock().unwrap()["transitions"] =
+                json!([transition(now, "standby", "active", Some(9), "won the lock; fenced db1; promoted")]);
+            let mut st = st.lock().unwrap();
+            st["role"] = json!("active");
+            st["serving_active"] = json!(true);
+            st["token"] = json!(9);
+        }
+        ok_everything(s)
+    })
+    .await?;
+    let mut db3 =
+        fake_member(&zk_server, "db3", Role::Unhealthy, Health::Unhealthy("replication lag 9 GB".into()), |s, _, _| {
+            ok_everything(s)
+        })
+        .await?;
+    // db1 holds the lock, through the election layer itself.
+    let holder = Coordination::connect(coordination(&zk_server, "c", "db1", None)).await?;
+    let record = LockRecord {
+        node_id: "db1".into(),
+        target: FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+    };
+    let Acquired::Won { token } = holder.try_acquire(&record).await? else { panic!("db1 must win the free lock") };
+    {
+        let mut st = db1.status.lock().unwrap();
+        st["token"] = json!(token.0);
+        st["lease_left_ms"] = json!(1750);
+        st["serving_active"] = json!(true);
+    }
+
+    let connect = zk_server.connect_string();
+    let token_arg = token_file.to_str().unwrap();
+    let base = ["--coordinator", connect.as_str(), "--cluster", "c", "--token-file", token_arg];
+    let run = |extra: &'static [&'static str]| {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        async move { cli(&args).await }
+    };
+
+    // status: a table with every member, the holder marked.
+    let out = run(&["status"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains(&format!("lock held by db1 (token {token})")), "{}", out.stdout);
+    let line = |node: &str| {
+        let row = out.stdout.lines().skip(1).find(|l| l.split_whitespace().take(2).any(|w| w == node));
+        row.unwrap_or_default().to_string()
+    };
+    assert!(
+        line("db1").starts_with('*') && line("db1").contains("active") && line("db1").contains("1750 ms"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("db2").contains("standby") && line("db2").contains("healthy") && !line("db2").starts_with('*'));
+    assert!(line("db3").contains("unhealthy: replication lag 9 GB"), "{}", out.stdout);
+    assert!(out.stdout.contains("connected 0x77"), "{}", out.stdout);
+
+    let out = run(&["status", "--json"]).await;
+    assert_eq!(out.exit, Exit::Ok);
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(v["lock"], json!({"node_id": "db1", "token": token.0}));
+    let names: Vec<&str> = v["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["db1", "db2", "db3"]);
+    assert_eq!(v["members"][0]["holds_lock"], json!(true));
+    assert_eq!(v["members"][1]["status"]["role"], json!("standby"));
+
+    // check-health: exit 0 healthy, 1 not.
+    assert_eq!(run(&["check-health", "db2"]).await.exit, Exit::Ok);
+    let out = run(&["check-health", "db3"]).await;
+    assert_eq!(out.exit, Exit::CheckFailed);
+    assert!(out.stdout.contains("replication lag"), "{out:?}");
+    assert_eq!(run(&["check-health", "db9"]).await.exit, Exit::Usage);
+
+    // failover: refused for an unknown or unfit node, with why, and nothing sent.
+    let out = run(&["failover", "--to", "db9"]).await;
+    assert_eq!(out.exit, Exit::Usage, "{out:?}");
+    assert!(out.stderr.contains("unknown node `db9`") && out.stderr.contains("db1, db2, db3"), "{}", out.stderr);
+    let out = run(&["failover", "--to", "db3", "--json"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(v["exit_code"], json!(3));
+    assert!(v["reason"].as_str().unwrap().contains("not healthy (unhealthy: replication lag 9 GB)"), "{v}");
+    assert!(db3.seen.try_recv().is_err());
+    let out = run(&["failover", "--to", "db1"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("already active"));
+
+    // failover to the healthy standby: it is asked, becomes active, and the timeline shows it.
+    let out = run(&["failover", "--to", "db2"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert_eq!(db2.seen.recv().await, Some(Seen::Failover));
+    assert!(out.stdout.contains("failover to db2: active now"), "{}", out.stdout);
+    let ceded = out.stdout.find("db1  active -> standby").expect("db1 stepped down in the timeline");
+    let promoted = out.stdout.find("db2  standby -> active  token 9").expect("db2 promoted in the timeline");
+    assert!(ceded < promoted, "{}", out.stdout);
+    assert!(out.stdout.contains("fence 30 ms"), "{}", out.stdout);
+
+    // history: both nodes' transitions, merged in time order.
+    let out = run(&["history"]).await;
+    assert_eq!(out.exit, Exit::Ok);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    let out = run(&["history", "--node", "db2", "--json"]).await;
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(v["transitions"].as_array().unwrap().len(), 1);
+    assert_eq!(v["transitions"][0]["node"], json!("db2"));
+
+    // pause reaches every member; a wrong secret is refused by each (exit 3).
+    let out = run(&["pause"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    for m in [&mut db1, &mut db2, &mut db3] {
+        assert_eq!(m.seen.recv().await, Some(Seen::Pause));
+    }
+    let out = run(&["resume", "--node", "db3"]).await;
+    assert_eq!(out.exit, Exit::Ok);
+    assert_eq!(db3.seen.recv().await, Some(Seen::Resume));
+    std::fs::write(&token_file, "not-the-secret")?;
+    let out = run(&["pause", "--json"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stdout.contains("401"), "{}", out.stdout);
+    assert!(db1.seen.try_recv().is_err() && db2.seen.try_recv().is_err());
+
+    // An unreachable coordinator is exit 4.
+    let out = cli(&["--coordinator", "127.0.0.1:1", "--cluster", "c", "--timeout-ms", "500", "status"]).await;
+    assert_eq!(out.exit, Exit::Unreachable, "{out:?}");
+    drop(holder);
+    zk_server.stop().await
+}
+
+#[tokio::test]
+async fn referee_admin_reads_an_agent_config_with_an_admin_section() -> Result<()> {
+    let zk_server = TestServer::start().await?;
+    let dir = ScratchDir::new("admin-cli-config")?;
+    let token = dir.0.join("token");
+    std::fs::write(&token, SECRET)?;
+    let mut db1 = fake_member(&zk_server, "db1", Role::Standby, Health::Healthy, |s, _, _| ok_everything(s)).await?;
+    let config = dir.0.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster: c\nnode_id: db1\ncoordinator: {{connect: \"{}\"}}\nmaster:\n  host: 127.0.0.1\n  port: 9001\n  \
+             adapter: {{kind: http, url: \"http://127.0.0.1:9001\"}}\nfencing:\n  overall_timeout_ms: 3000\n  levels:\n    \
+             - methods:\n        - {{kind: graceful, timeout_ms: 500}}\nprobes: {{listen: \"127.0.0.1:8301\"}}\n\
+             admin:\n  listen: 127.0.0.1:8400\n  token_file: {}\n",
+            zk_server.connect_string(),
+            token.display()
+        ),
+    )?;
+    let out = cli(&["--config", config.to_str().unwrap(), "pause", "--node", "db1"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert_eq!(db1.seen.recv().await, Some(Seen::Pause));
+    zk_server.stop().await
+}
+
+#[tokio::test]
+async fn referee_admin_format_secures_the_cluster_tree() -> Result<()> {
+    let zk_server = TestServer::start().await?;
+    let connect = zk_server.connect_string();
+    let base = ["--coordinator", connect.as_str(), "--cluster", "fmt"];
+    let with = |extra: &[&'static str]| base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
+
+    let out = cli(&with(&["format"])).await;
+    assert_eq!(out.exit, Exit::Usage, "a digest is required: {out:?}");
+    let out = cli(&with(&["--digest", "ops:pw", "format"])).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("/referee/fmt/members: created"), "{}", out.stdout);
+
+    let anonymous = zk::Client::connect(&connect).await?;
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    assert_eq!(anonymous.create("/referee/fmt/lock", b"x", &open).await.unwrap_err(), zk::Error::NoAuth);
+    assert_eq!(anonymous.create("/referee/fmt/members/x", b"x", &open).await.unwrap_err(), zk::Error::NoAuth);
+    assert!(anonymous.list_children("/referee/fmt/members").await?.is_empty(), "everyone may read");
+    let wrong = zk::Client::connector().with_auth("digest", b"ops:other").connect(&connect).await?;
+    assert_eq!(wrong.create("/referee/fmt/lock", b"x", &open).await.unwrap_err(), zk::Error::NoAuth);
+    let authed = zk::Client::connector().with_auth("digest", b"ops:pw").connect(&connect).await?;
+    authed.create("/referee/fmt/lock", b"x", &open).await?;
+    authed.delete("/referee/fmt/lock", None).await?;
+    // Other clusters can still be formatted under /referee.
+    let out = cli(&["--coordinator", connect.as_str(), "--cluster", "other", "--digest", "ops2:pw", "format"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+
+    // An agent with the credential works in the secured tree; one without is refused.
+    let agent = Coordination::connect(coordination(&zk_server, "fmt", "a1", Some("ops:pw"))).await?;
+    let record = LockRecord {
+        node_id: "a1".into(),
+        target: FenceTarget::new("a1", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+    };
+    assert!(matches!(agent.try_acquire(&record).await?, Acquired::Won { .. }));
+    let intruder = Coordination::connect(coordination(&zk_server, "fmt", "a2", None)).await?;
+    let member = Member {
+        node_id: "a2".into(),
+        target: FenceTarget::new("a2", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+        probe_addr: None,
+    };
+    assert!(intruder.register_member(&member).await.is_err(), "an agent without the credential may not register");
+
+    // Formatting again is refused unless forced.
+    let out = cli(&with(&["--digest", "ops:pw", "format"])).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    let out = cli(&with(&["--digest", "ops:pw", "format", "--force"])).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    let out = cli(&with(&["--digest", "intruder:pw", "format", "--force"])).await;
+    assert_eq!(out.exit, Exit::Refused, "another credential cannot take the tree over: {out:?}");
+    drop((agent, intruder));
+    zk_server.stop().await
+}
