@@ -233,6 +233,8 @@ pub struct PairSpec {
     pub extra_agent_yaml: Vec<String>,
     /// Give each agent an admin/peer API (bearer token in `admin-token` in the lab directory).
     pub admin: bool,
+    /// Masters journal their edits in the coordinator (under `/demo`), guarded by an epoch.
+    pub journal: bool,
 }
 
 /// The ports of one node.
@@ -265,6 +267,11 @@ pub struct Pair {
     spec: PairSpec,
     http: reqwest::Client,
 }
+
+/// The demo journal znode.
+pub const JOURNAL_PATH: &str = "/demo/journal";
+/// The demo epoch znode.
+pub const EPOCH_PATH: &str = "/demo/epoch";
 
 /// Node ids of the pair.
 pub const NODES: [&str; 2] = ["a", "b"];
@@ -329,7 +336,19 @@ impl Pair {
         } else {
             String::new()
         };
-        let cfg = format!("node_id: {}\nstate_file: {}\n{lease}", NODES[i], node.join("master-state.json").display());
+        let journal = if self.spec.journal {
+            format!(
+                "journal:\n  connect: \"{}\"\n  path: {JOURNAL_PATH}\n  epoch_path: {EPOCH_PATH}\n  session_timeout_ms: 4000\n  op_timeout_ms: 1000\n",
+                self.coordinator_addr
+            )
+        } else {
+            String::new()
+        };
+        let cfg = format!(
+            "node_id: {}\nstate_file: {}\n{lease}{journal}",
+            NODES[i],
+            node.join("master-state.json").display()
+        );
         let path = node.join("master.yaml");
         std::fs::write(&path, cfg).map_err(io("writing a master config"))?;
         Proc::spawn(

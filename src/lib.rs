@@ -1,8 +1,10 @@
 //! Support shared by the `referee` binary and the suite's end-to-end tests and benchmarks.
 //!
+//! - [`demo`]: `referee demo`, the whole story in one command.
 //! - [`lab`]: a master pair on loopback as real processes (coordinator, two demo masters, two
 //!   agents), with a split-brain watcher.
 
 #![deny(missing_docs)]
 
+pub mod demo;
 pub mod lab;

@@ -23,6 +23,18 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoScenario {
+    /// kill -9 of the active master.
+    Crash,
+    /// SIGSTOP of the active master.
+    Hang,
+    /// kill -9 of the active agent.
+    AgentCrash,
+    /// A graceful switchover with `referee admin failover`.
+    Switchover,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a coordinator server (speaks the Apache ZooKeeper client protocol).
@@ -43,6 +55,17 @@ enum Command {
         #[arg(long)]
         pidfile: Option<PathBuf>,
     },
+    /// Run the demo: a coordinator, two masters and two agents; a failure; a fenced failover;
+    /// a verdict from an independent reader of the journal.
+    Demo {
+        /// The failure to inject.
+        #[arg(long, value_enum, default_value_t = DemoScenario::Crash)]
+        scenario: DemoScenario,
+        /// Exit this many seconds after the verdict (exit status 0 only if it holds) instead of
+        /// waiting for Ctrl-C.
+        #[arg(long, value_name = "SECONDS")]
+        exit_after: Option<u64>,
+    },
     /// Operate a cluster: status, failover --to, check-health, pause, resume, history, format.
     Admin(referee_failover_agent::admin_cli::AdminArgs),
     /// Run a failover agent beside a master.
@@ -57,7 +80,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("REFEREE_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_env("REFEREE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,zookeeper_client=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,6 +99,7 @@ fn main() -> ExitCode {
             Command::DemoMaster { config, listen, pidfile } => {
                 run_demo_master(config, listen, pidfile).await.map(|()| 0)
             }
+            Command::Demo { scenario, exit_after } => run_demo(scenario, exit_after).await,
             // `referee admin` has documented exit codes of its own.
             Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
         }
@@ -86,6 +111,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_demo(scenario: DemoScenario, exit_after: Option<u64>) -> anyhow::Result<i32> {
+    use referee::demo::{DemoOptions, Scenario};
+    let scenario = match scenario {
+        DemoScenario::Crash => Scenario::Crash,
+        DemoScenario::Hang => Scenario::Hang,
+        DemoScenario::AgentCrash => Scenario::AgentCrash,
+        DemoScenario::Switchover => Scenario::Switchover,
+    };
+    let bin = std::env::current_exe().context("locating this executable")?;
+    let opts = DemoOptions { bin, scenario, exit_after: exit_after.map(std::time::Duration::from_secs) };
+    let ok = referee::demo::run(opts).await?;
+    Ok(if ok { 0 } else { 1 })
 }
 
 async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ async fn pair() -> Result<(Arc<Pair>, usize)> {
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: true,
+        journal: false,
     };
     let pair = Arc::new(Pair::start(spec).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;

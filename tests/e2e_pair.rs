@@ -23,6 +23,7 @@ fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
         proxied_agents,
         extra_agent_yaml: Vec::new(),
         admin: false,
+        journal: false,
     }
 }
 

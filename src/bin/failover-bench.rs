@@ -96,6 +96,7 @@ async fn main() -> Result<()> {
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: false,
+        journal: false,
     };
     let mut pair = Pair::start(spec).await?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);

@@ -1,0 +1,310 @@
+//! `referee demo`: the whole story in one command. A coordinator, two NameNode-style demo
+//! masters whose edit journal lives in the coordinator, and two failover agents start as real
+//! processes on loopback (the `referee` binary re-executes itself for every role); a client
+//! writes continuously to whichever master the agents' `/active` probes name; a failure is
+//! injected; the failover timeline is printed; the deposed master is made to try to write; and
+//! an independent reader of the journal (not the masters) gives the verdict.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use referee_examples::ha_master::EditAccepted;
+use referee_examples::verdict::{verify, AckRecord};
+use thiserror::Error;
+
+use crate::lab::{CoordinatorKind, LabError, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES};
+
+/// Why the demo stopped.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// Starting or driving the processes failed.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// Something did not happen as the scenario expects.
+    #[error("{0}")]
+    Scenario(String),
+}
+
+/// The failure the demo injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// `kill -9` of the active master.
+    Crash,
+    /// SIGSTOP of the active master: it hangs and must be fenced.
+    Hang,
+    /// `kill -9` of the active agent: takeover after its session expires.
+    AgentCrash,
+    /// A graceful manual failover with `referee admin failover --to`.
+    Switchover,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The `referee` binary (this executable).
+    pub bin: PathBuf,
+    /// The failure to inject.
+    pub scenario: Scenario,
+    /// Exit this long after the verdict instead of waiting for Ctrl-C.
+    pub exit_after: Option<Duration>,
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<(usize, AckRecord, Instant)>>>,
+    refused: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Writes files continuously to whichever master is active, recording every acknowledgement.
+fn start_writer(pair: Arc<Pair>) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let (stop2, acks2, refused2) = (stop.clone(), acks.clone(), refused.clone());
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(800)).build().expect("http client");
+        let mut n = 0u64;
+        let mut target: Option<usize> = None;
+        while !stop2.load(Ordering::Relaxed) {
+            let node = match target {
+                Some(t) => t,
+                None => match pair.actives().await.first() {
+                    Some(t) => *t,
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            n += 1;
+            let body = serde_json::json!({
+                "path": format!("/demo/file-{n:06}"),
+                "data": format!("edit {n}"),
+                "write_id": format!("w-{n}"),
+            });
+            let url = format!("http://127.0.0.1:{}/fs/create", pair.ports[node].master);
+            match http.post(url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => match r.json::<EditAccepted>().await {
+                    Ok(ack) => {
+                        let rec = AckRecord::from(&ack);
+                        acks2.lock().unwrap_or_else(|p| p.into_inner()).push((node, rec, Instant::now()));
+                        target = Some(node);
+                    }
+                    Err(_) => target = None,
+                },
+                _ => {
+                    refused2.fetch_add(1, Ordering::Relaxed);
+                    target = None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    Writer { stop, acks, refused, task }
+}
+
+async fn mkdir_demo(pair: &Pair, node: usize) -> Result<(), DemoError> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = format!("http://127.0.0.1:{}/fs/mkdir", pair.ports[node].master);
+        let r = http.post(url).json(&serde_json::json!({"path": "/demo", "write_id": "mkdir-demo"})).send().await;
+        if matches!(r, Ok(ref r) if r.status().is_success() || r.status().as_u16() == 409) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Scenario("the active master would not take the first write".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn print_status(pair: &Pair) {
+    let mut line = String::from("  ");
+    for (i, node) in NODES.iter().enumerate() {
+        let s = pair.agent_json(i, "/status").await.unwrap_or_default();
+        line.push_str(&format!(
+            "{node}: {:<9} token {:<4} health {:<8} lease {:>5} ms   ",
+            s["role"].as_str().unwrap_or("down"),
+            s["token"].as_u64().map_or("-".to_string(), |t| t.to_string()),
+            s["health"]["state"].as_str().unwrap_or("?"),
+            s["lease_left_ms"].as_u64().unwrap_or(0)
+        ));
+    }
+    println!("{line}");
+}
+
+/// Runs the demo; `Ok(true)` when the verdict holds.
+pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
+    println!(
+        "Referee demo: a coordinator, two demo masters (edit journal in the coordinator) and two agents on loopback."
+    );
+    let spec = PairSpec {
+        bin: opts.bin.clone(),
+        coordinator: CoordinatorKind::Bundled,
+        timings: Timings::referee(),
+        master_lease: true,
+        proxied_agents: false,
+        extra_agent_yaml: Vec::new(),
+        admin: true,
+        journal: true,
+    };
+    let started = Instant::now();
+    let pair = Pair::start(spec).await?;
+    let active = pair.wait_for_active(Duration::from_secs(30)).await?;
+    let other = 1 - active;
+    println!(
+        "Started in {} ms (files in {}). Coordinator on {}; {} is active.",
+        started.elapsed().as_millis(),
+        pair.dir.0.display(),
+        pair.coordinator_addr,
+        NODES[active]
+    );
+    mkdir_demo(&pair, active).await?;
+    let shared = Arc::new(pair);
+    let writer = start_writer(shared.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        print_status(&shared).await;
+    }
+
+    let what = match opts.scenario {
+        Scenario::Crash => "killing the active master (kill -9)",
+        Scenario::Hang => "hanging the active master (SIGSTOP)",
+        Scenario::AgentCrash => "killing the active agent (kill -9)",
+        Scenario::Switchover => "switching over with `referee admin failover`",
+    };
+    println!("\n>>> {what} on {}", NODES[active]);
+    let t0 = Instant::now();
+    match opts.scenario {
+        Scenario::Crash => shared.masters[active].signal(Signal::SIGKILL)?,
+        Scenario::Hang => shared.masters[active].signal(Signal::SIGSTOP)?,
+        Scenario::AgentCrash => {
+            if let Some(agent) = shared.agents[active].as_ref() {
+                agent.signal(Signal::SIGKILL)?;
+            }
+        }
+        Scenario::Switchover => {
+            let (code, out, err) = shared.admin(other, &["failover", "--to", NODES[other]]).await?;
+            println!("  referee admin failover --to {} (exit {code}): {}", NODES[other], out.trim());
+            if code != 0 {
+                return Err(DemoError::Scenario(format!("the switchover was refused: {}", err.trim())));
+            }
+        }
+    }
+    shared.wait_for_active_node(other, Duration::from_secs(20)).await?;
+    let became_active = t0.elapsed();
+    // The first write the new active acknowledged.
+    let first_ack = loop {
+        let found = writer
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(node, _, at)| *node == other && *at > t0)
+            .map(|(_, _, at)| at.duration_since(t0));
+        if let Some(d) = found {
+            break d;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(DemoError::Scenario("the new active acknowledged no write".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    print_status(&shared).await;
+    let history = shared.agent_json(other, "/history").await.unwrap_or_default();
+    let phases = history["transitions"]
+        .as_array()
+        .and_then(|t| t.iter().rev().find(|x| x["to"] == "active"))
+        .map(|x| x["phases"].clone())
+        .unwrap_or_default();
+    println!("\nFailover timeline ({} -> {}):", NODES[active], NODES[other]);
+    for key in ["detect_ms", "elect_ms", "fence_ms", "promote_ms"] {
+        println!("  {:<8} {:>6} ms", key.trim_end_matches("_ms"), phases[key].as_u64().unwrap_or(0));
+    }
+    println!(
+        "  {} active after {} ms; first write acknowledged by it after {} ms",
+        NODES[other],
+        became_active.as_millis(),
+        first_ack.as_millis()
+    );
+
+    // Keep writing a little under the new active, then stop the client.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.stop.store(true, Ordering::Relaxed);
+    let _ = writer.task.await;
+
+    // The deposed master tries to write: the journal's epoch must refuse it.
+    let (deposed_refused, _restarted) = deposed_write_refused(&shared, active, opts.scenario).await?;
+    println!(
+        "\nThe deposed master {} tried to write directly to the journal: {}",
+        NODES[active],
+        if deposed_refused { "refused, as it must be" } else { "ACCEPTED (split brain!)" }
+    );
+
+    let acks: Vec<AckRecord> =
+        writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, a, _)| a.clone()).collect();
+    let verdict = verify(&shared.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &acks)
+        .await
+        .map_err(|e| DemoError::Scenario(format!("reading the journal for the verdict: {e:#}")))?;
+    let single_active = shared.actives().await == vec![other];
+    println!("\nVerdict from an independent reader of the journal:\n{verdict}");
+    println!("  client writes refused while no master could take them: {}", writer.refused.load(Ordering::Relaxed));
+    let ok = verdict.is_clean() && deposed_refused && single_active;
+    println!(
+        "\n{}",
+        if ok {
+            "VERDICT HOLDS: nothing acknowledged was lost, nothing stale was accepted, one active."
+        } else {
+            "VERDICT FAILED."
+        }
+    );
+
+    println!(
+        "\nTry, while it runs:\n  curl http://127.0.0.1:{}/status\n  curl -i http://127.0.0.1:{}/active\n  {} admin status --config {}\n  {} admin failover --to {} --config {}\n",
+        shared.ports[other].probes,
+        shared.ports[active].probes,
+        opts.bin.display(),
+        shared.node_path(other).join("agent.yaml").display(),
+        opts.bin.display(),
+        NODES[active],
+        shared.node_path(other).join("agent.yaml").display(),
+    );
+    match opts.exit_after {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            println!("Press Ctrl-C to stop; every process and file of the demo is then removed.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    println!("Stopping.");
+    drop(shared);
+    Ok(ok)
+}
+
+/// Makes the deposed master try to write past its role check; true when the journal refused.
+/// Returns the restarted master process, if one had to be restarted, so it lives (and dies)
+/// with the demo.
+async fn deposed_write_refused(
+    pair: &Pair,
+    deposed: usize,
+    scenario: Scenario,
+) -> Result<(bool, Option<crate::lab::Proc>), DemoError> {
+    // A crashed or hung master was killed (by the failure or by fencing): bring it back, as an
+    // operator restarting it would, with its old state file.
+    let mut restarted = None;
+    if matches!(scenario, Scenario::Crash | Scenario::Hang) {
+        let _ = pair.masters[deposed].signal(Signal::SIGKILL);
+        restarted = Some(pair.start_master(deposed)?);
+        let addr = format!("127.0.0.1:{}", pair.ports[deposed].master);
+        crate::lab::wait_for_port(&addr, Duration::from_secs(10), "the restarted master").await?;
+    }
+    let url = format!("http://127.0.0.1:{}/test/force-write", pair.ports[deposed].master);
+    let body = serde_json::json!({"key": "deposed", "value": "must not land", "write_id": "deposed-write"});
+    let r = reqwest::Client::new().post(url).json(&body).send().await;
+    Ok((!matches!(r, Ok(ref r) if r.status().is_success()), restarted))
+}
