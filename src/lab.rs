@@ -282,7 +282,9 @@ impl Pair {
     pub async fn start(spec: PairSpec) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
         let (coordinator, coordinator_addr) = start_coordinator(&spec, &dir.0)?;
-        wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await?;
+        if let Err(e) = wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await {
+            return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", coordinator.log_tail(15))));
+        }
         let mut ports = Vec::new();
         for _ in NODES {
             ports.push(NodePorts { master: free_port()?, probes: free_port()?, admin: free_port()? });
@@ -313,7 +315,16 @@ impl Pair {
             pair.masters.push(m);
         }
         for i in 0..NODES.len() {
-            wait_for_port(&format!("127.0.0.1:{}", pair.ports[i].master), Duration::from_secs(20), "a master").await?;
+            let addr = format!("127.0.0.1:{}", pair.ports[i].master);
+            if let Err(e) = wait_for_port(&addr, Duration::from_secs(20), "a master").await {
+                // A child that fails to start: say why, from its own log; dropping the pair
+                // then stops every other child.
+                return Err(LabError::Child(format!(
+                    "{e}\n--- {} log ---\n{}",
+                    pair.masters[i].name,
+                    pair.masters[i].log_tail(15)
+                )));
+            }
         }
         for i in 0..NODES.len() {
             let a = pair.start_agent(i)?;

@@ -227,6 +227,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_configs_are_valid() {
+        for text in
+            [include_str!("../../config/coordinator.yaml"), include_str!("../../config/coordinator-coord1.yaml")]
+        {
+            CoordinatorConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
     fn defaults_follow_zookeeper() {
         let c = CoordinatorConfig::from_yaml("data_dir: /tmp/x\n").unwrap();
         assert_eq!(c.listen.port(), 2181);
