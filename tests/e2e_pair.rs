@@ -308,3 +308,25 @@ async fn pre_promote_hook_vetoes_a_promotion() -> Result<()> {
     pair.wait_for_active_node(1, Duration::from_secs(10)).await?;
     Ok(())
 }
+
+/// A handover whose demotion fails leaves the breadcrumb unclean: the next winner fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_demote_during_handover_leads_to_fencing() -> Result<()> {
+    let (mut pair, first) = start(CoordinatorKind::Bundled, false).await?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    // The master hangs, then its agent is asked to stop: the handover's demotion times out.
+    pair.masters[first].signal(Signal::SIGSTOP)?;
+    if let Some(agent) = pair.agents[first].as_ref() {
+        agent.signal(Signal::SIGTERM)?;
+    }
+    pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
+    oracles.check(Duration::from_secs(6)).await?;
+    ensure!(fences_by(&pair, other).await >= 1, "the unclean breadcrumb must make the next active fence");
+    let pair_mut = Arc::get_mut(&mut pair).expect("oracles stopped");
+    let agent = pair_mut.agents[first].as_mut().expect("agent");
+    agent.wait_exit(Duration::from_secs(10))?;
+    let log = agent.log_tail(30);
+    ensure!(log.contains("demoting the master failed") && log.contains("breadcrumb unclean"), "{log}");
+    Ok(())
+}
