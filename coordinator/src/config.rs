@@ -13,7 +13,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read coordinator config {path}: {source}")]
+    #[error("cannot read coordinator config {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -19,7 +19,7 @@ use crate::health::HealthConfig;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read agent config {path}: {source}")]
+    #[error("cannot read agent config {path}")]
     Read {
         /// The file.
         path: PathBuf,
