@@ -33,6 +33,10 @@ pub enum LabError {
     /// A child process died or misbehaved.
     #[error("{0}")]
     Child(String),
+    /// An oracle saw what must never happen (two actives, interleaved acknowledgements) or a
+    /// stretch without an active over its budget.
+    #[error("{0}")]
+    Oracle(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -247,7 +251,7 @@ pub struct PairSpec {
     pub master_lease: bool,
     /// Route each agent's coordinator connection through a proxy the test can cut.
     pub proxied_agents: bool,
-    /// YAML appended to each node's agent configuration (`a` then `b`), e.g. hooks.
+    /// YAML merged into each node's agent configuration (`a` then `b`), e.g. hooks.
     pub extra_agent_yaml: Vec<String>,
     /// Give each agent an admin/peer API (bearer token in `admin-token` in the lab directory).
     pub admin: bool,
@@ -270,8 +274,10 @@ pub struct NodePorts {
 pub struct Pair {
     /// Scratch directory with configs, logs and state.
     pub dir: LabDir,
-    /// The coordinator process.
-    pub coordinator: Proc,
+    /// The coordinator process (replaced when it is restarted).
+    coordinator: std::sync::Mutex<Proc>,
+    /// How many times the coordinator was started.
+    coordinator_starts: std::sync::atomic::AtomicUsize,
     /// `host:port` of the coordinator.
     pub coordinator_addr: String,
     /// The masters, `a` then `b`.
@@ -299,7 +305,9 @@ impl Pair {
     /// active.
     pub async fn start(spec: PairSpec) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
-        let (coordinator, coordinator_addr) = start_coordinator(&spec, &dir.0)?;
+        let port = free_port()?;
+        let coordinator_addr = format!("127.0.0.1:{port}");
+        let coordinator = start_coordinator(&spec, &dir.0, port, 1)?;
         if let Err(e) = wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await {
             return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", coordinator.log_tail(15))));
         }
@@ -313,7 +321,8 @@ impl Pair {
             .map_err(|e| LabError::Child(format!("http client: {e}")))?;
         let mut pair = Pair {
             dir,
-            coordinator,
+            coordinator: std::sync::Mutex::new(coordinator),
+            coordinator_starts: std::sync::atomic::AtomicUsize::new(1),
             coordinator_addr,
             masters: Vec::new(),
             agents: Vec::new(),
@@ -350,6 +359,35 @@ impl Pair {
         }
         pair.wait_for_active(Duration::from_secs(30)).await?;
         Ok(pair)
+    }
+
+    /// Kills the coordinator with SIGKILL: every connection to it drops at once.
+    pub fn kill_coordinator(&self) {
+        self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).kill_now();
+    }
+
+    /// Stops the coordinator if it runs, deletes its data directory when `wipe` (it then
+    /// knows no session, no lock, no breadcrumb and no token base, as after losing its disk),
+    /// starts it again on the same address and waits until it serves.
+    pub async fn restart_coordinator(&self, wipe: bool) -> Result<(), LabError> {
+        self.kill_coordinator();
+        let data = self.dir.0.join("coordinator").join("data");
+        if wipe && data.exists() {
+            std::fs::remove_dir_all(&data).map_err(io("wiping the coordinator's data"))?;
+        }
+        let start = self.coordinator_starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let port = self.coordinator_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+        let proc = start_coordinator(&self.spec, &self.dir.0, port, start)?;
+        *self.coordinator.lock().unwrap_or_else(|p| p.into_inner()) = proc;
+        if let Err(e) = wait_for_serving(&self.coordinator_addr, Duration::from_secs(60)).await {
+            return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", self.coordinator_log_tail(15))));
+        }
+        Ok(())
+    }
+
+    /// The last lines of the coordinator's log.
+    pub fn coordinator_log_tail(&self, lines: usize) -> String {
+        self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).log_tail(lines)
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
@@ -469,7 +507,11 @@ probes:
         } else {
             String::new()
         };
-        let cfg = format!("{cfg}{admin}{}", self.spec.extra_agent_yaml.get(i).map_or("", String::as_str));
+        let cfg = format!("{cfg}{admin}");
+        let cfg = match self.spec.extra_agent_yaml.get(i) {
+            Some(extra) => merge_yaml(&cfg, extra)?,
+            None => cfg,
+        };
         let path = node.join("agent.yaml");
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
@@ -541,10 +583,18 @@ probes:
 
     /// Sends a write to master `i`: `Ok` when acknowledged, else the refusal or error.
     pub async fn write(&self, i: usize, key: &str, value: &str) -> Result<(), String> {
+        self.write_token(i, key, value).await.map(|_| ())
+    }
+
+    /// Writes `key = value` to master `i`; returns the token it acknowledged the write under.
+    pub async fn write_token(&self, i: usize, key: &str, value: &str) -> Result<u64, String> {
         let url = format!("http://127.0.0.1:{}/write", self.ports[i].master);
         let body = serde_json::json!({"key": key, "value": value});
         match self.http.post(url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().await.map_err(|e| format!("unreadable acknowledgement: {e}"))?;
+                v["token"].as_u64().ok_or_else(|| format!("an acknowledgement without a token: {v}"))
+            }
             Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
             Err(e) => Err(e.to_string()),
         }
@@ -644,7 +694,7 @@ probes:
 /// overlapping periods.
 pub struct WriteProbe {
     stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<(usize, Duration)>>>,
+    acks: Arc<Mutex<Vec<(usize, Duration, u64)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -660,15 +710,15 @@ impl WriteProbe {
             while !stop2.load(Ordering::Relaxed) {
                 n += 1;
                 let value = n.to_string();
-                let (a, b) = tokio::join!(pair.write(0, "probe", &value), pair.write(1, "probe", &value));
+                let (a, b) = tokio::join!(pair.write_token(0, "probe", &value), pair.write_token(1, "probe", &value));
                 let at = started.elapsed();
                 {
                     let mut log = acks2.lock().unwrap_or_else(|p| p.into_inner());
-                    if a.is_ok() {
-                        log.push((0, at));
+                    if let Ok(token) = a {
+                        log.push((0, at, token));
                     }
-                    if b.is_ok() {
-                        log.push((1, at));
+                    if let Ok(token) = b {
+                        log.push((1, at, token));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -677,8 +727,8 @@ impl WriteProbe {
         WriteProbe { stop, acks, task }
     }
 
-    /// Stops writing; returns the acknowledgements (node, time since start) in order.
-    pub async fn finish(self) -> Vec<(usize, Duration)> {
+    /// Stops writing; returns the acknowledgements (node, time since start, token) in order.
+    pub async fn finish(self) -> Vec<(usize, Duration, u64)> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
@@ -686,28 +736,31 @@ impl WriteProbe {
     }
 }
 
-/// Checks that acknowledgements never interleave between masters: once a node has
-/// acknowledged a write after another one did, the other never acknowledges again. Returns a
-/// description of the first violation.
-pub fn overlapping_acks(acks: &[(usize, Duration)]) -> Option<String> {
-    let mut retired: Vec<usize> = Vec::new();
-    let mut current: Option<usize> = None;
-    for (node, at) in acks {
-        if retired.contains(node) {
-            return Some(format!(
-                "node {} acknowledged a write at {at:?} after node {:?} had taken over",
-                NODES[*node],
-                current.map(|c| NODES[c])
-            ));
-        }
-        match current {
-            Some(c) if c != *node => {
-                retired.push(c);
-                current = Some(*node);
+/// Checks that acknowledgements never go back in epoch: ordered by time, each acknowledged
+/// write carries a token at least as high as every earlier one, and one token is only ever
+/// acknowledged by one node. A deposed master acknowledging after its successor (an older
+/// token after a newer one) is exactly a split brain. Returns a description of the first
+/// violation.
+pub fn overlapping_acks(acks: &[(usize, Duration, u64)]) -> Option<String> {
+    let mut highest: Option<(usize, Duration, u64)> = None;
+    for &(node, at, token) in acks {
+        if let Some((n, when, t)) = highest {
+            if token < t {
+                return Some(format!(
+                    "node {} acknowledged a write with token {token} at {at:?}, after node {} had acknowledged one \
+                     with token {t} at {when:?}",
+                    NODES[node], NODES[n]
+                ));
             }
-            None => current = Some(*node),
-            Some(_) => {}
+            if token == t && node != n {
+                return Some(format!(
+                    "nodes {} and {} both acknowledged writes with token {token} (at {when:?} and {at:?})",
+                    NODES[n], NODES[node]
+                ));
+            }
         }
+        // Not below the highest (checked above): it is the new highest.
+        highest = Some((node, at, token));
     }
     None
 }
@@ -802,9 +855,38 @@ impl Drop for Proxy {
     }
 }
 
-fn start_coordinator(spec: &PairSpec, dir: &Path) -> Result<(Proc, String), LabError> {
-    let port = free_port()?;
+/// `extra` merged into `base`: mappings key by key (so `election: {preferred_node: a}` adds to
+/// the generated `election` section), anything else replaced.
+fn merge_yaml(base: &str, extra: &str) -> Result<String, LabError> {
+    fn merge(into: &mut serde_yaml::Value, from: serde_yaml::Value) {
+        match (into, from) {
+            (serde_yaml::Value::Mapping(a), serde_yaml::Value::Mapping(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let parse = |text: &str, what: &str| {
+        serde_yaml::from_str::<serde_yaml::Value>(text).map_err(|e| LabError::Child(format!("{what} YAML: {e}")))
+    };
+    let mut merged = parse(base, "the generated agent")?;
+    if !extra.trim().is_empty() {
+        merge(&mut merged, parse(extra, "the extra agent")?);
+    }
+    serde_yaml::to_string(&merged).map_err(|e| LabError::Child(format!("agent YAML: {e}")))
+}
+
+/// Starts the coordinator on `port`; `start` numbers its log (the first start is 1).
+fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Result<Proc, LabError> {
     let addr = format!("127.0.0.1:{port}");
+    let log = if start == 1 { String::new() } else { format!("-{start}") };
     let cdir = dir.join("coordinator");
     std::fs::create_dir_all(&cdir).map_err(io("creating the coordinator directory"))?;
     match spec.coordinator {
@@ -822,9 +904,9 @@ fn start_coordinator(spec: &PairSpec, dir: &Path) -> Result<(Proc, String), LabE
                 &spec.bin,
                 &["coordinator".into(), "--config".into(), path.display().to_string()],
                 &[("REFEREE_LOG", "info".into())],
-                cdir.join("coordinator.log"),
+                cdir.join(format!("coordinator{log}.log")),
             )?;
-            Ok((p, addr))
+            Ok(p)
         }
         CoordinatorKind::ApacheZooKeeper => {
             let tick = spec.timings.tick_ms.min(1000);
@@ -843,9 +925,9 @@ fn start_coordinator(spec: &PairSpec, dir: &Path) -> Result<(Proc, String), LabE
                 &Path::new(APACHE_ZK_BIN).join("zkServer.sh"),
                 &["start-foreground".into(), path.display().to_string()],
                 &env.into_iter().collect::<Vec<_>>(),
-                cdir.join("zookeeper.log"),
+                cdir.join(format!("zookeeper{log}.log")),
             )?;
-            Ok((p, addr))
+            Ok(p)
         }
     }
 }
@@ -883,5 +965,72 @@ pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabErro
             return Err(LabError::Timeout(format!("the coordinator on {addr} was not serving within {limit:?}")));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a test can run against `kind`; says so loudly when it cannot, and refuses to skip
+/// when `REFEREE_REQUIRE_ALL_TESTS` is set (as in CI).
+pub fn coordinator_available(kind: CoordinatorKind, test: &str) -> bool {
+    if kind == CoordinatorKind::ApacheZooKeeper && !apache_zookeeper_installed() {
+        if std::env::var_os("REFEREE_REQUIRE_ALL_TESTS").is_some() {
+            panic!("{test} needs Apache ZooKeeper, but it is not installed and REFEREE_REQUIRE_ALL_TESTS is set");
+        }
+        eprintln!("SKIPPED: {test} against Apache ZooKeeper: not installed (CI installs Debian's zookeeper package)");
+        return false;
+    }
+    true
+}
+
+/// The oracles of a scenario: both `/active` probes polled every 5 ms, and a writer sending
+/// to both masters.
+pub struct Oracles {
+    probes: SplitBrainWatch,
+    writes: WriteProbe,
+}
+
+impl Oracles {
+    /// Starts both.
+    pub fn start(pair: &Arc<Pair>) -> Oracles {
+        Oracles { probes: pair.watch_split_brain(Duration::from_millis(5)), writes: WriteProbe::start(pair) }
+    }
+
+    /// Stops both and checks them: never two actives, never interleaved acknowledgements, and
+    /// no stretch without an active longer than `budget`.
+    pub async fn check(self, budget: Duration) -> Result<(), LabError> {
+        let log = self.probes.finish().await;
+        let acks = self.writes.finish().await;
+        if !log.both_active_at.is_empty() {
+            return Err(LabError::Oracle(format!("two nodes answered /active at {:?}", log.both_active_at)));
+        }
+        if let Some(v) = overlapping_acks(&acks) {
+            return Err(LabError::Oracle(format!("split brain: {v}")));
+        }
+        if log.longest_without_active > budget {
+            return Err(LabError::Oracle(format!(
+                "no node was active for {:?}, over the budget of {budget:?}",
+                log.longest_without_active
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acknowledgements_may_change_hands_many_times_but_never_go_back_in_epoch() {
+        let ms = Duration::from_millis;
+        // b, then a, then b again: three terms, each with a higher token.
+        let fine = [(1, ms(1), 11), (1, ms(2), 11), (0, ms(3), 12), (1, ms(4), 13)];
+        assert_eq!(overlapping_acks(&fine), None);
+        // b acknowledges under its old token after a took over.
+        let stale = [(1, ms(1), 11), (0, ms(2), 12), (1, ms(3), 11)];
+        let v = overlapping_acks(&stale).expect("a stale acknowledgement is a violation");
+        assert!(v.contains("node b acknowledged a write with token 11"), "{v}");
+        // Two nodes under one token.
+        let shared = [(0, ms(1), 12), (1, ms(2), 12)];
+        assert!(overlapping_acks(&shared).expect("a shared token is a violation").contains("both acknowledged"));
     }
 }

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{
-    apache_zookeeper_installed, overlapping_acks, CoordinatorKind, Pair, PairSpec, SplitBrainWatch, Timings,
-    WriteProbe, NODES,
-};
+use referee::lab::{coordinator_available as available, CoordinatorKind, Oracles, Pair, PairSpec, Timings, NODES};
 
 fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
     PairSpec {
@@ -24,47 +21,6 @@ fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
         extra_agent_yaml: Vec::new(),
         admin: false,
         journal: false,
-    }
-}
-
-/// Whether the test can run against this coordinator; says so loudly when it cannot.
-fn available(kind: CoordinatorKind, test: &str) -> bool {
-    if kind == CoordinatorKind::ApacheZooKeeper && !apache_zookeeper_installed() {
-        if std::env::var_os("REFEREE_REQUIRE_ALL_TESTS").is_some() {
-            panic!("{test} needs Apache ZooKeeper, but it is not installed and REFEREE_REQUIRE_ALL_TESTS is set");
-        }
-        eprintln!("SKIPPED: {test} against Apache ZooKeeper: not installed (CI installs Debian's zookeeper package)");
-        return false;
-    }
-    true
-}
-
-/// The oracles of a scenario.
-struct Oracles {
-    probes: SplitBrainWatch,
-    writes: WriteProbe,
-}
-
-impl Oracles {
-    fn start(pair: &Arc<Pair>) -> Oracles {
-        Oracles { probes: pair.watch_split_brain(Duration::from_millis(5)), writes: WriteProbe::start(pair) }
-    }
-
-    /// Stops both and checks them: never two actives, never interleaved acknowledgements, and
-    /// no stretch without an active longer than `budget`.
-    async fn check(self, budget: Duration) -> Result<()> {
-        let log = self.probes.finish().await;
-        let acks = self.writes.finish().await;
-        ensure!(log.both_active_at.is_empty(), "two nodes answered /active at {:?}", log.both_active_at);
-        if let Some(v) = overlapping_acks(&acks) {
-            anyhow::bail!("split brain: {v}");
-        }
-        ensure!(
-            log.longest_without_active <= budget,
-            "no node was active for {:?}, over the budget of {budget:?}",
-            log.longest_without_active
-        );
-        Ok(())
     }
 }
 

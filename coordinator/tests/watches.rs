@@ -423,13 +423,21 @@ async fn notification_lost_with_the_connection_is_redelivered() -> Result<()> {
         w.add_set_data(p, b"1", None)?;
     }
     let commit = w.commit(); // its reply is lost with the connection
-    assert_eq!(within("Disconnected", states.changed()).await?, zk::SessionState::Disconnected);
+                             // The state watcher reports the latest state: under load the reconnect may already have
+                             // replaced Disconnected by the time it is read. The proxy's flag proves the cut.
+    let first = within("a state change", states.changed()).await?;
+    assert!(
+        matches!(first, zk::SessionState::Disconnected | zk::SessionState::SyncConnected),
+        "after the cut: {first:?}"
+    );
     assert!(proxy.notification_cut.load(std::sync::atomic::Ordering::SeqCst), "the proxy cut at a notification");
     drop(commit);
-    assert_eq!(
-        within_for(Duration::from_secs(10), "SyncConnected", states.changed()).await?,
-        zk::SessionState::SyncConnected
-    );
+    if first == zk::SessionState::Disconnected {
+        assert_eq!(
+            within_for(Duration::from_secs(10), "SyncConnected", states.changed()).await?,
+            zk::SessionState::SyncConnected
+        );
+    }
     for (p, w) in [("/a", wa), ("/b", wb), ("/c", wc)] {
         let ev = oneshot_event(p, w).await?;
         assert_eq!((ev.event_type, ev.path.as_str()), (zk::EventType::NodeDataChanged, p));

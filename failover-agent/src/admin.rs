@@ -17,6 +17,7 @@
 //! | `GET /admin/status`    | admin, peer   | the agent's report, as the probes' `/status`                        |
 //! | `GET /admin/history`   | admin         | recent role changes with failover phase durations                   |
 //! | `POST /peer/fence`     | admin, peer   | [`PEER_FENCE_PATH`]: fence the local master with the new token      |
+//! | `POST /peer/failsafe`  | admin, peer   | confirm this node is not active and promise not to contend a while  |
 //!
 //! `/admin/cede` is on the peer listener because a node taking over gracefully asks the current
 //! active to cede through the `peer_url` it publishes. When `peer_listen` is not set, one
@@ -33,7 +34,9 @@
 //! local outcome is not known in time.
 //!
 //! With `tls` configured, both listeners speak TLS only (rustls, ring provider); with
-//! `tls.client_ca_file`, clients must also present a certificate signed by that CA.
+//! `tls.client_ca_file`, clients must also present a certificate signed by that CA. The
+//! other side, this agent calling its peers, is [`AdminSettings::peer_client`], configured by
+//! `peer_tls` (the CA to trust, the certificate to present).
 
 use std::convert::Infallible;
 use std::fmt;
@@ -54,6 +57,7 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use referee_fencing::config::ClientTlsConfig;
 use referee_fencing::protocol::PEER_FENCE_PATH;
 use referee_fencing::{MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse};
 use serde::Deserialize;
@@ -72,6 +76,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::BootInstant;
 use crate::control::ControlRequest;
+use crate::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
 use crate::status::AgentStatus;
 
 /// The admin listener's default address: loopback, so only local operators reach it.
@@ -132,6 +137,12 @@ pub struct AdminSettings {
     /// TLS for both listeners; plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// TLS for this agent's own calls to peers' APIs (a graceful failover's cede, failsafe
+    /// rounds): needed when peers listen with TLS under a private CA or require client
+    /// certificates; then peers are called over HTTPS only. When absent, peers are called with
+    /// the system's roots and no certificate.
+    #[serde(default)]
+    pub peer_tls: Option<ClientTlsConfig>,
     /// How long pause, resume, cede and peer fence requests wait for the driver's answer.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -151,6 +162,16 @@ pub struct TlsSettings {
     /// PEM CA certificates; when set, every client must present a certificate they signed.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// A [`referee_fencing::config::ClientTlsError`] field as a key under `admin`.
+fn peer_tls_key(field: &'static str) -> &'static str {
+    match field {
+        "ca_file" => "peer_tls.ca_file",
+        "cert_file" => "peer_tls.cert_file",
+        "key_file" => "peer_tls.key_file",
+        _ => "peer_tls",
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -173,6 +194,7 @@ impl AdminSettings {
             token_file: Some(token_file.into()),
             token_env: None,
             tls: None,
+            peer_tls: None,
             request_timeout_ms: default_request_timeout_ms(),
             failover_timeout_ms: default_failover_timeout_ms(),
         }
@@ -213,6 +235,7 @@ impl AdminSettings {
             }
             None => {}
         }
+        self.validate_peer_tls()?;
         if self.request_timeout_ms == 0 {
             return Err(invalid("request_timeout_ms", "is 0; give the driver time to answer"));
         }
@@ -223,6 +246,30 @@ impl AdminSettings {
             ));
         }
         Ok(())
+    }
+
+    fn validate_peer_tls(&self) -> Result<(), AdminError> {
+        match &self.peer_tls {
+            Some(tls) => tls.validate().map_err(|e| invalid(peer_tls_key(e.field), e.problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// The client for this agent's calls to peers, connecting within `connect_timeout`; each
+    /// request sets its own overall timeout. Reads the `peer_tls` files: build it at start-up
+    /// so a missing or unusable one stops the agent there.
+    pub fn peer_client(&self, connect_timeout: Duration) -> Result<reqwest::Client, AdminError> {
+        // The peer API never redirects; following one could carry the secret elsewhere.
+        let builder =
+            reqwest::Client::builder().connect_timeout(connect_timeout).redirect(reqwest::redirect::Policy::none());
+        match &self.peer_tls {
+            None => builder.build().map_err(|e| AdminError::Tls(format!("cannot build the peer client: {e}"))),
+            Some(tls) => {
+                self.validate_peer_tls()?;
+                tls.build_client(builder)
+                    .map_err(|e| AdminError::Tls(format!("`admin.{}`: {}", peer_tls_key(e.field), e.problem)))
+            }
+        }
     }
 
     /// The address the peer API listens on.
@@ -357,7 +404,7 @@ impl fmt::Debug for BearerSecret {
 pub enum Surface {
     /// The operator's routes and the peer routes: the admin listener.
     Admin,
-    /// Only what peers need: `/peer/fence`, `/admin/cede`, `/admin/status`.
+    /// Only what peers need: `/peer/fence`, `/peer/failsafe`, `/admin/cede`, `/admin/status`.
     Peer,
 }
 
@@ -592,10 +639,37 @@ async fn peer_fence(State(s): State<AdminState>, body: Bytes) -> Response {
     }
 }
 
+/// `POST /peer/failsafe`: an active peer that cannot reach the coordinator asks whether this
+/// node is not active, and for a promise not to contend for a while (see [`crate::failsafe`]).
+async fn peer_failsafe(State(s): State<AdminState>, body: Bytes) -> Response {
+    let me = s.read().node_id;
+    let answer = |code: StatusCode, reason: String| {
+        (code, Json(FailsafeResponse { node_id: me.clone(), accepted: false, reason })).into_response()
+    };
+    let request: FailsafeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return answer(StatusCode::BAD_REQUEST, format!("unreadable failsafe request: {e}")),
+    };
+    if request.ttl_ms == 0 {
+        return answer(StatusCode::BAD_REQUEST, "ttl_ms must be above 0".into());
+    }
+    let limit = s.request_timeout;
+    match s.ask(limit, |reply| ControlRequest::Failsafe { request, reply }).await {
+        Asked::Answered(response) => (StatusCode::OK, Json(response)).into_response(),
+        Asked::NotRunning | Asked::Dropped => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, "the agent's decision loop is not running".into())
+        }
+        Asked::Busy | Asked::NoAnswer => {
+            answer(StatusCode::SERVICE_UNAVAILABLE, format!("the agent did not answer within {limit:?}"))
+        }
+    }
+}
+
 /// The routes of one listener, behind the bearer check.
 pub fn router(state: AdminState, surface: Surface) -> Router {
     let mut routes = Router::new()
         .route(PEER_FENCE_PATH, post(peer_fence))
+        .route(PEER_FAILSAFE_PATH, post(peer_failsafe))
         .route("/admin/cede", post(cede))
         .route("/admin/status", get(status));
     match surface {

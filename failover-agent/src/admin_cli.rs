@@ -45,7 +45,7 @@ use zookeeper_client as zk;
 use crate::admin::AdminSettings;
 use crate::config::AgentConfig;
 use crate::election::ROOT;
-use crate::model::{LockRecord, Member};
+use crate::model::{LockRecord, Member, TokenBase};
 
 /// `referee admin`'s arguments; the binary embeds them as a subcommand.
 #[derive(Debug, Clone, Args)]
@@ -405,9 +405,18 @@ impl<'a> Session<'a> {
             }
         }
         members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        // The token is the lock's czxid plus the token base (see the election module).
+        let base = match self.zk_call("read the token base", client.get_data(&format!("{root}/token-base"))).await? {
+            Ok((data, _)) => match serde_json::from_slice::<TokenBase>(&data) {
+                Ok(record) => record.base as i64,
+                Err(e) => return Err(fail(Exit::Unreachable, format!("{root}/token-base holds unreadable data: {e}"))),
+            },
+            Err(zk::Error::NoNode) => 0,
+            Err(e) => return Err(unexpected("read the token base", e)),
+        };
         let lock = match self.zk_call("read the lock", client.get_data(&format!("{root}/lock"))).await? {
             Ok((data, stat)) => match serde_json::from_slice::<LockRecord>(&data) {
-                Ok(record) => Some((record.node_id, stat.czxid)),
+                Ok(record) => Some((record.node_id, stat.czxid.saturating_add(base))),
                 Err(e) => return Err(fail(Exit::Unreachable, format!("{root}/lock holds unreadable data: {e}"))),
             },
             Err(zk::Error::NoNode) => None,
@@ -743,23 +752,25 @@ impl<'a> Session<'a> {
         ];
         let root_path = format!("{ROOT}/{cluster}");
         let members_path = format!("{root_path}/members");
-        let breadcrumb_path = format!("{root_path}/breadcrumb");
         let mut done = Vec::new();
         self.create_secured(&client, ROOT, &root_acl, true, &mut done).await?;
         self.create_secured(&client, &root_path, &cluster_acl, force, &mut done).await?;
         self.create_secured(&client, &members_path, &cluster_acl, force, &mut done).await?;
         if force {
-            // The breadcrumb is persistent and was created open by the agents before formatting.
-            match self.zk_call("secure the breadcrumb", client.set_acl(&breadcrumb_path, &cluster_acl, None)).await? {
-                Ok(_) => done.push(format!("{breadcrumb_path}: ACL replaced")),
-                Err(zk::Error::NoNode) => {}
-                Err(zk::Error::NoAuth) => {
-                    return Err(fail(
-                        Exit::Refused,
-                        format!("{breadcrumb_path}: the credential of `{user}` may not change its ACL"),
-                    ))
+            // The breadcrumb and the token base are persistent and may have been created open by
+            // agents that ran before the tree was formatted.
+            for path in [format!("{root_path}/breadcrumb"), format!("{root_path}/token-base")] {
+                match self.zk_call("secure a znode", client.set_acl(&path, &cluster_acl, None)).await? {
+                    Ok(_) => done.push(format!("{path}: ACL replaced")),
+                    Err(zk::Error::NoNode) => {}
+                    Err(zk::Error::NoAuth) => {
+                        return Err(fail(
+                            Exit::Refused,
+                            format!("{path}: the credential of `{user}` may not change its ACL"),
+                        ))
+                    }
+                    Err(e) => return Err(fail(Exit::Unreachable, format!("{path}: {e}"))),
                 }
-                Err(e) => return Err(fail(Exit::Unreachable, format!("{breadcrumb_path}: {e}"))),
             }
         }
         let mut text = String::new();
@@ -815,7 +826,7 @@ impl<'a> Session<'a> {
 /// What the coordinator and the agents say about the cluster.
 struct ClusterView {
     cluster: String,
-    /// The holder's node id and token (the lock's czxid).
+    /// The holder's node id and token (the lock's czxid plus the token base).
     lock: Option<(String, i64)>,
     members: Vec<MemberView>,
 }

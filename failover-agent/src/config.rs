@@ -81,6 +81,41 @@ pub struct AgentConfig {
     /// fencing method). Without it the agent takes no remote requests.
     #[serde(default)]
     pub admin: Option<crate::admin::AdminSettings>,
+    /// Failsafe mode: keep an active master through a coordinator outage while every peer
+    /// confirms it is not active.
+    #[serde(default)]
+    pub failsafe: FailsafeSettings,
+}
+
+/// Failsafe mode (off by default).
+///
+/// When the coordinator cannot be reached and the session's lease has run out, an active agent
+/// normally demotes its master. With failsafe on, it instead asks every other member's agent,
+/// over the peer API, to confirm that it is not active; each that confirms also promises not to
+/// contend for `ttl_ms`. While every member confirms, the master stays active for
+/// `ttl_ms − lease.demote_deadline_ms − lease.margin_ms` after each round was sent; one
+/// member missing or refusing, and the master is demoted when that runs out. A session the
+/// coordinator says has expired ends failsafe at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailsafeSettings {
+    /// Turn failsafe mode on. Needs the `admin` section (the peer API) on every agent.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a peer's confirmation holds: the peer does not contend for this long after
+    /// answering. Rounds are sent every quarter of it.
+    #[serde(default = "default_failsafe_ttl_ms")]
+    pub ttl_ms: u64,
+}
+
+impl Default for FailsafeSettings {
+    fn default() -> Self {
+        FailsafeSettings { enabled: false, ttl_ms: default_failsafe_ttl_ms() }
+    }
+}
+
+fn default_failsafe_ttl_ms() -> u64 {
+    10_000
 }
 
 /// Where and how to reach the coordinator.
@@ -175,6 +210,21 @@ pub struct ElectionSettings {
     /// Deadline for promoting the master.
     #[serde(default = "default_promote_timeout_ms")]
     pub promote_timeout_ms: u64,
+    /// Anti-flap: the least time between two failovers. A free lock is not contended until this
+    /// long after this agent last saw the active change; an operator's `referee admin failover`
+    /// is exempt. 0 turns it off.
+    #[serde(default)]
+    pub min_failover_interval_ms: u64,
+    /// The node that should be active when it can: once its master has been healthy for
+    /// `failback_after_ms` while another node is active (and the last failover is at least
+    /// `min_failover_interval_ms` ago), its agent asks the active to hand over gracefully.
+    /// Give every agent of the cluster the same value.
+    #[serde(default)]
+    pub preferred_node: Option<String>,
+    /// How long the preferred node's master must stay healthy before it takes the role back;
+    /// also the least time between two such requests.
+    #[serde(default = "default_failback_after_ms")]
+    pub failback_after_ms: u64,
 }
 
 impl Default for ElectionSettings {
@@ -183,8 +233,15 @@ impl Default for ElectionSettings {
             loop_interval_ms: default_loop_interval_ms(),
             backoff_after_failure_ms: default_backoff_ms(),
             promote_timeout_ms: default_promote_timeout_ms(),
+            min_failover_interval_ms: 0,
+            preferred_node: None,
+            failback_after_ms: default_failback_after_ms(),
         }
     }
+}
+
+fn default_failback_after_ms() -> u64 {
+    300_000
 }
 
 fn default_loop_interval_ms() -> u64 {
@@ -322,7 +379,59 @@ impl AgentConfig {
         if self.election.promote_timeout_ms == 0 {
             return Err(invalid("election.promote_timeout_ms", "is 0; give the master time to promote"));
         }
+        if let Some(preferred) = &self.election.preferred_node {
+            if !name_ok(preferred) {
+                return Err(invalid("election.preferred_node", format!("is {preferred:?}, which is not a node id")));
+            }
+            if self.election.failback_after_ms < self.election.loop_interval_ms {
+                return Err(invalid(
+                    "election.failback_after_ms",
+                    "is shorter than election.loop_interval_ms; give the preferred node's master time to prove healthy",
+                ));
+            }
+            if *preferred == self.node_id && self.admin.is_none() {
+                return Err(invalid(
+                    "election.preferred_node",
+                    "names this node, which then asks the active to hand over through the peer API; configure `admin`",
+                ));
+            }
+        }
+        if self.failsafe.enabled {
+            if self.admin.is_none() {
+                return Err(invalid(
+                    "failsafe.enabled",
+                    "needs the `admin` section: failsafe asks every peer's agent through the peer API",
+                ));
+            }
+            let spent = self.lease.demote_deadline_ms + self.lease.margin_ms;
+            if self.failsafe.ttl_ms < 2 * spent || self.failsafe.ttl_ms < 4 * self.election.loop_interval_ms {
+                return Err(invalid(
+                    "failsafe.ttl_ms",
+                    format!(
+                        "is {} ms; it must be at least twice lease.demote_deadline_ms + lease.margin_ms ({spent} ms) and \
+                         four loop intervals, so a confirmed round leaves a lease",
+                        self.failsafe.ttl_ms
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The decision core's policy from the `election` section.
+    pub fn policy(&self) -> crate::decide::Policy {
+        crate::decide::Policy {
+            backoff_after_failure: Duration::from_millis(self.election.backoff_after_failure_ms),
+            min_failover_interval: Duration::from_millis(self.election.min_failover_interval_ms),
+            failback_after: (self.election.preferred_node.as_deref() == Some(self.node_id.as_str()))
+                .then(|| Duration::from_millis(self.election.failback_after_ms)),
+        }
+    }
+
+    /// How long a failsafe round that every peer confirmed keeps the master active, counted
+    /// from when the round was sent: `ttl − D − margin`.
+    pub fn failsafe_lease(&self) -> Duration {
+        Duration::from_millis(self.failsafe.ttl_ms.saturating_sub(self.lease.demote_deadline_ms + self.lease.margin_ms))
     }
 }
 
@@ -397,5 +506,27 @@ probes: {listen: "127.0.0.1:8301"}
         assert!(refused(&bad_adapter).contains("master.adapter"), "{}", refused(&bad_adapter));
         let bad_fence = minimal().replace("{kind: graceful, timeout_ms: 500}", "{kind: ssh, timeout_ms: 500}");
         assert!(refused(&bad_fence).contains("fencing"), "{}", refused(&bad_fence));
+        let failsafe_alone = minimal().replace("probes:", "failsafe: {enabled: true}\nprobes:");
+        assert!(refused(&failsafe_alone).contains("`failsafe.enabled` needs the `admin` section"));
+        let preferred_alone = minimal().replace("probes:", "election: {preferred_node: a}\nprobes:");
+        assert!(refused(&preferred_alone).contains("`election.preferred_node` names this node"));
+        let bad_preferred = minimal().replace("probes:", "election: {preferred_node: \"x/y\"}\nprobes:");
+        assert!(refused(&bad_preferred).contains("election.preferred_node"));
+    }
+
+    #[test]
+    fn policy_and_failsafe_lease_follow_the_settings() {
+        let with = |extra: &str| AgentConfig::from_yaml(&minimal().replace("probes:", &format!("{extra}\nprobes:")));
+        let cfg = with("election: {preferred_node: b, min_failover_interval_ms: 30000}").unwrap();
+        let policy = cfg.policy();
+        assert_eq!(policy.min_failover_interval, Duration::from_secs(30));
+        assert_eq!(policy.failback_after, None, "b is preferred, this is a");
+        let cfg = with("election: {preferred_node: a, failback_after_ms: 60000}\nadmin: {token_env: X}").unwrap();
+        assert_eq!(cfg.policy().failback_after, Some(Duration::from_secs(60)));
+        let cfg = with("failsafe: {enabled: true, ttl_ms: 4000}\nadmin: {token_env: X}").unwrap();
+        // 4000 - 500 - 250
+        assert_eq!(cfg.failsafe_lease(), Duration::from_millis(3250));
+        let e = with("failsafe: {enabled: true, ttl_ms: 1000}\nadmin: {token_env: X}").unwrap_err().to_string();
+        assert!(e.contains("failsafe.ttl_ms"), "{e}");
     }
 }

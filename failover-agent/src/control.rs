@@ -49,4 +49,12 @@ pub enum ControlRequest {
         /// Answered with the outcome.
         reply: oneshot::Sender<MethodOutcome>,
     },
+    /// An active peer that cannot reach the coordinator asks whether this node is not active
+    /// and, if so, for a promise not to contend for `ttl` (failsafe mode).
+    Failsafe {
+        /// The request.
+        request: crate::failsafe::FailsafeRequest,
+        /// Answered with the confirmation or the refusal.
+        reply: oneshot::Sender<crate::failsafe::FailsafeResponse>,
+    },
 }

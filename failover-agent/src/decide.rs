@@ -14,13 +14,20 @@
 //! 2. The master reports active but this agent does not hold the lock, or its lease has run
 //!    out: demote it. (With the lock unknown, the lease alone decides: it was granted only while
 //!    the coordinator could still vouch for our session.)
+//!    In failsafe mode a master whose lease ran out while the coordinator is unreachable may
+//!    stay active while every other member's agent has confirmed it is not active (and
+//!    promised not to contend) within the failsafe lease.
 //! 3. The master is unhealthy: never contend; if we hold the lock, demote (best effort) and
 //!    release it with the breadcrumb left unclean, so the next winner fences us.
 //! 4. We hold the lock: after a failed step in this acquisition, release and back off;
-//!    otherwise fence whoever the breadcrumb says was active (or every other member if there
-//!    is no breadcrumb), write our breadcrumb through the lock's session, then promote with the
-//!    lock's czxid as the token.
-//! 5. The lock is free, we are healthy and connected, and not backing off: contend.
+//!    otherwise make sure the token is above every token seen (setting or raising the token
+//!    base if not: tokens never go backwards, even after the coordinator lost its data), fence
+//!    whoever the breadcrumb says was active (or every other member if there is no
+//!    breadcrumb), write our breadcrumb through the lock's session, then promote.
+//! 5. The lock is free, we are healthy and connected, not backing off, and the last failover
+//!    is at least the minimum interval ago (anti-flap): contend.
+//! 6. A peer is active, and this is the preferred node with a master healthy for the failback
+//!    period: ask the active to hand over gracefully.
 
 use std::fmt;
 use std::time::Duration;
@@ -28,7 +35,7 @@ use std::time::Duration;
 use referee_fencing::{FenceTarget, FencingToken, HaState};
 
 use crate::clock::BootInstant;
-use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView};
+use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView, TokenBaseView};
 
 /// Everything the core looks at, observed by the driver this cycle.
 #[derive(Debug, Clone)]
@@ -60,6 +67,45 @@ pub struct Observation {
     pub backoff_until: Option<BootInstant>,
     /// The last failed step of the current lock acquisition, if any.
     pub failure: Option<StepFailure>,
+    /// The token base, read together with the lock.
+    pub token_base: TokenBaseView,
+    /// The highest token this agent has seen from any acquisition other than the one it holds
+    /// now (locks, breadcrumbs, masters), kept across coordinator sessions.
+    pub token_floor: FencingToken,
+    /// The token the current acquisition has already handed to a master (fence, promote or
+    /// demote), so a master reporting it is not a sign of lost history.
+    pub token_issued: Option<FencingToken>,
+    /// Failsafe mode's lease: until then every other member's agent has confirmed it is not
+    /// active and will not contend. Only set while failsafe is enabled and confirmed.
+    pub failsafe_until: Option<BootInstant>,
+    /// When this agent last saw the active node change (a new lock token), for anti-flap.
+    pub last_failover_at: Option<BootInstant>,
+    /// Since when the master has been healthy without a break; `None` while it is not.
+    pub healthy_since: Option<BootInstant>,
+    /// An operator asked for a failover to this node: anti-flap does not hold it back.
+    pub failover_requested: bool,
+    /// No failback request before then (one was made recently).
+    pub failback_not_before: Option<BootInstant>,
+}
+
+/// The configured rules the core applies (from the `election` section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long to stay out of the election after a failed promotion.
+    pub backoff_after_failure: Duration,
+    /// Anti-flap: a free lock is not contended until this long after the active last changed
+    /// (an operator's failover is exempt). Zero disables it.
+    pub min_failover_interval: Duration,
+    /// Set on the preferred node: once its master has been healthy this long and another node
+    /// is active, ask that node to hand over gracefully.
+    pub failback_after: Option<Duration>,
+}
+
+impl Policy {
+    /// Only the backoff set: no anti-flap, no preference.
+    pub fn with_backoff(backoff_after_failure: Duration) -> Self {
+        Policy { backoff_after_failure, min_failover_interval: Duration::ZERO, failback_after: None }
+    }
 }
 
 /// A step that failed, reported back by the driver.
@@ -109,6 +155,27 @@ pub enum Step {
         /// Continue with later steps even if this fails.
         best_effort: bool,
     },
+    /// Set the token base through the lock's session so that `czxid + base` is above `floor`
+    /// (and above the tokens the peers' masters report, when `consult_peers`). The base never
+    /// goes down.
+    SetTokenBase {
+        /// The lock's czxid.
+        czxid: u64,
+        /// The highest token known without asking the peers.
+        floor: FencingToken,
+        /// The lock znode's version, checked in the same multi.
+        lock_version: i32,
+        /// The current base and its znode version (`None`: create it).
+        current: Option<(u64, i32)>,
+        /// Also ask every other member's master for its token (the coordinator lost its
+        /// history, so the agent's own knowledge may be incomplete).
+        consult_peers: bool,
+    },
+    /// Ask the active node's agent to hand over gracefully (preferred-node failback).
+    RequestHandover {
+        /// The active node.
+        from: String,
+    },
     /// Delete our lock (leaving the breadcrumb unclean) and stay out of the election a while.
     ReleaseLock {
         /// The lock's token.
@@ -142,12 +209,19 @@ fn ms(d: Duration) -> u128 {
 }
 
 /// Decides what to do now.
-pub fn decide(obs: &Observation, backoff_after_failure: Duration) -> Decision {
+pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
     let master_active = matches!(obs.master, Some(MasterStatus { state: HaState::Active, .. }));
     let master_token = obs.master.map_or(FencingToken(0), |m| m.token);
     let lease_left = obs.lease_until.map(|until| until.saturating_since(obs.now));
     let lease_valid = lease_left.is_some_and(|d| d > Duration::ZERO);
     let connected = matches!(obs.session, SessionView::Connected { .. });
+    // Failsafe only covers a coordinator that cannot be read: a lock read that answered says
+    // who holds the lock, and then the usual rules apply.
+    let failsafe_left = obs
+        .failsafe_until
+        .filter(|_| matches!(obs.lock, LockView::Unknown))
+        .map(|until| until.saturating_since(obs.now))
+        .filter(|d| *d > Duration::ZERO);
 
     if obs.paused {
         return decision(vec![], "paused: observing only, no failover or demotion will be made");
@@ -171,7 +245,7 @@ pub fn decide(obs: &Observation, backoff_after_failure: Duration) -> Decision {
             }
             LockView::Ours { .. } | LockView::Unknown => {}
         }
-        if !lease_valid {
+        if !lease_valid && failsafe_left.is_none() {
             return demote(match obs.session {
                 SessionView::Connected { .. } => "its lease ran out".to_string(),
                 SessionView::Disconnected { .. } => "the coordinator is unreachable and the lease ran out".to_string(),
@@ -210,12 +284,38 @@ pub fn decide(obs: &Observation, backoff_after_failure: Duration) -> Decision {
     }
 
     match &obs.lock {
-        LockView::Unknown => decision(vec![], "the lock could not be read; waiting for the coordinator"),
+        LockView::Unknown => match failsafe_left {
+            Some(left) if master_active && !lease_valid => decision(
+                vec![],
+                format!(
+                    "failsafe: the coordinator is unreachable and the lease ran out, but every other member confirmed it \
+                     is not active; keeping the master active for {} ms more unless confirmed again",
+                    ms(left)
+                ),
+            ),
+            _ => decision(vec![], "the lock could not be read; waiting for the coordinator"),
+        },
         LockView::OursFromOldSession { token } => decision(
             vec![],
             format!("the lock (token {token}) belongs to an older session of this agent; waiting for it to expire"),
         ),
         LockView::Peer { node_id, token } => {
+            if let Some(after) = policy.failback_after {
+                let healthy_for = obs.healthy_since.map_or(Duration::ZERO, |t| obs.now.saturating_since(t));
+                let flap_wait = anti_flap_wait(obs, policy);
+                let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
+                    || obs.backoff_until.is_some_and(|t| t > obs.now);
+                if connected && healthy_for >= after && flap_wait.is_none() && !not_before {
+                    return decision(
+                        vec![Step::RequestHandover { from: node_id.clone() }],
+                        format!(
+                            "this is the preferred node and its master has been healthy for {} ms: asking {node_id} \
+                             (token {token}) to hand over",
+                            ms(healthy_for)
+                        ),
+                    );
+                }
+            }
             decision(vec![], format!("standing by: {node_id} is active with token {token}"))
         }
         LockView::Free => {
@@ -230,12 +330,28 @@ pub fn decide(obs: &Observation, backoff_after_failure: Duration) -> Decision {
                     );
                 }
             }
+            if let Some(wait) = anti_flap_wait(obs, policy).filter(|_| !obs.failover_requested) {
+                return decision(
+                    vec![],
+                    format!(
+                        "the lock is free, but the active changed less than {} ms ago; anti-flap: waiting {} ms more",
+                        ms(policy.min_failover_interval),
+                        ms(wait)
+                    ),
+                );
+            }
             decision(vec![Step::Contend], "the lock is free and the master is healthy: contending")
         }
         LockView::Ours { token, version } => {
-            hold(obs, *token, *version, master_active, master_token, lease_left, backoff_after_failure)
+            hold(obs, *token, *version, master_active, master_token, lease_left, policy.backoff_after_failure)
         }
     }
+}
+
+/// How long anti-flap still holds a contention back, if at all.
+fn anti_flap_wait(obs: &Observation, policy: &Policy) -> Option<Duration> {
+    let since = obs.now.saturating_since(obs.last_failover_at?);
+    (since < policy.min_failover_interval).then(|| policy.min_failover_interval - since)
 }
 
 /// Rule 4: we hold the lock.
@@ -278,8 +394,56 @@ fn hold(
     if obs.master.is_none() {
         return decision(vec![], format!("holding the lock (token {token}); the master's state is unknown"));
     }
+    let crumb_unknown = || decision(vec![], "holding the lock; the breadcrumb could not be read, waiting");
+    if matches!(obs.breadcrumb, BreadcrumbView::Unknown) {
+        return crumb_unknown();
+    }
+    // Tokens never go backwards: before this token reaches anyone, it must be above every
+    // token from another acquisition still to be found.
+    let czxid = token.0.saturating_sub(obs.token_base.base());
+    let crumb_token = match &obs.breadcrumb {
+        BreadcrumbView::Present { crumb, .. } if !(crumb.node_id == obs.node_id && crumb.token == token) => crumb.token,
+        _ => FencingToken(0),
+    };
+    // Our master showing exactly our token is only ours if we gave it to it.
+    let master_seen =
+        if master_token == token && obs.token_issued == Some(token) { FencingToken(0) } else { master_token };
+    let floor = obs.token_floor.max(crumb_token).max(master_seen);
+    match obs.token_base {
+        TokenBaseView::Unknown => {
+            return decision(
+                vec![],
+                format!("holding the lock (token {token}); the token base could not be read, waiting"),
+            )
+        }
+        TokenBaseView::Missing => {
+            return decision(
+                vec![Step::SetTokenBase { czxid, floor, lock_version, current: None, consult_peers: true }],
+                format!(
+                    "won the lock (czxid {czxid}) but the coordinator has no token base, so its history is new or was \
+                     lost: setting the base above every token still to be found (highest known {floor})"
+                ),
+            );
+        }
+        TokenBaseView::Present { base, version } if floor >= token => {
+            return decision(
+                vec![Step::SetTokenBase {
+                    czxid,
+                    floor,
+                    lock_version,
+                    current: Some((base, version)),
+                    consult_peers: false,
+                }],
+                format!(
+                    "token {token} is not above {floor}, a token already seen (the coordinator lost history?): raising \
+                     the token base before using it"
+                ),
+            );
+        }
+        TokenBaseView::Present { .. } => {}
+    }
     match &obs.breadcrumb {
-        BreadcrumbView::Unknown => decision(vec![], "holding the lock; the breadcrumb could not be read, waiting"),
+        BreadcrumbView::Unknown => crumb_unknown(),
         BreadcrumbView::Present { crumb, .. } if crumb.node_id == obs.node_id && crumb.token == token => decision(
             vec![Step::Promote { token }],
             format!("holding the lock with token {token} and our breadcrumb is written: promoting the master"),
@@ -377,6 +541,14 @@ mod tests {
             paused: false,
             backoff_until: None,
             failure: None,
+            token_base: TokenBaseView::Present { base: 0, version: 0 },
+            token_floor: t(0),
+            token_issued: None,
+            failsafe_until: None,
+            last_failover_at: None,
+            healthy_since: Some(now() - Duration::from_secs(60)),
+            failover_requested: false,
+            failback_not_before: None,
         }
     }
 
@@ -402,7 +574,11 @@ mod tests {
     }
 
     fn check(obs: Observation, steps: Vec<Step>, reason: &str) {
-        let d = decide(&obs, BACKOFF);
+        check_with(obs, &Policy::with_backoff(BACKOFF), steps, reason)
+    }
+
+    fn check_with(obs: Observation, policy: &Policy, steps: Vec<Step>, reason: &str) {
+        let d = decide(&obs, policy);
         assert_eq!(d.steps, steps, "steps for {obs:#?}\nreason: {}", d.reason);
         assert_eq!(d.reason, reason);
     }
@@ -622,7 +798,7 @@ mod tests {
         // A failure from an older acquisition does not count against this one.
         o.failure = Some(StepFailure { token: t(44), reason: "old".into() });
         assert_eq!(
-            decide(&o, BACKOFF).steps[0],
+            decide(&o, &Policy::with_backoff(BACKOFF)).steps[0],
             Step::Fence { targets: vec![target_with_token("b", 40)], new_token: t(45), clean_claim: None }
         );
     }
@@ -657,5 +833,154 @@ mod tests {
         o.master = active(30);
         o.lock = LockView::Peer { node_id: "b".into(), token: t(50) };
         check(o, vec![], "paused: observing only, no failover or demotion will be made");
+    }
+
+    #[test]
+    fn a_coordinator_without_token_base_gets_one_above_every_token_found() {
+        // A wiped coordinator: the lock's czxid (3) is far below what the masters saw (100).
+        let mut o = base();
+        o.lock = ours(3);
+        o.token_base = TokenBaseView::Missing;
+        o.token_floor = t(90);
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(100) });
+        check(
+            o,
+            vec![Step::SetTokenBase { czxid: 3, floor: t(100), lock_version: 0, current: None, consult_peers: true }],
+            "won the lock (czxid 3) but the coordinator has no token base, so its history is new or was lost: \
+             setting the base above every token still to be found (highest known 100)",
+        );
+    }
+
+    #[test]
+    fn a_token_not_above_one_already_seen_raises_the_base_first() {
+        // The breadcrumb of another node shows a higher token than ours (a restored snapshot).
+        let mut o = base();
+        o.lock = LockView::Ours { token: t(57), version: 2 };
+        o.token_base = TokenBaseView::Present { base: 50, version: 4 };
+        o.breadcrumb = crumb("b", 60, false);
+        check(
+            o,
+            vec![Step::SetTokenBase {
+                czxid: 7,
+                floor: t(60),
+                lock_version: 2,
+                current: Some((50, 4)),
+                consult_peers: false,
+            }],
+            "token 57 is not above 60, a token already seen (the coordinator lost history?): raising the token base \
+             before using it",
+        );
+        // Our master showing exactly our token before we gave it is a coincidence, not ours.
+        let mut o = base();
+        o.lock = ours(45);
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        assert!(matches!(
+            decide(&o, &Policy::with_backoff(BACKOFF)).steps[0],
+            Step::SetTokenBase { floor: FencingToken(45), .. }
+        ));
+        // Once we handed it out (a failed promotion demoted it, say), it is ours.
+        o.token_issued = Some(t(45));
+        assert!(matches!(decide(&o, &Policy::with_backoff(BACKOFF)).steps[0], Step::Fence { .. }));
+        // A token floor remembered from before the coordinator was wiped counts too.
+        let mut o = base();
+        o.lock = ours(45);
+        o.token_floor = t(45);
+        assert!(matches!(decide(&o, &Policy::with_backoff(BACKOFF)).steps[0], Step::SetTokenBase { .. }));
+        // And an unreadable base means waiting.
+        let mut o = base();
+        o.lock = ours(45);
+        o.token_base = TokenBaseView::Unknown;
+        check(o, vec![], "holding the lock (token 45); the token base could not be read, waiting");
+    }
+
+    #[test]
+    fn failsafe_keeps_an_active_master_only_while_confirmed_and_the_coordinator_is_unreachable() {
+        let mut o = base();
+        o.master = active(45);
+        o.lock = LockView::Unknown;
+        o.session = SessionView::Disconnected { session_id: 7 };
+        o.lease_until = Some(now() - Duration::from_millis(1));
+        o.failsafe_until = Some(now() + Duration::from_millis(800));
+        check(
+            o.clone(),
+            vec![],
+            "failsafe: the coordinator is unreachable and the lease ran out, but every other member confirmed it is \
+             not active; keeping the master active for 800 ms more unless confirmed again",
+        );
+        // The confirmation ran out: demote.
+        let mut expired = o.clone();
+        expired.failsafe_until = Some(now());
+        check(
+            expired,
+            vec![Step::Demote { token: t(45), best_effort: false }],
+            "demoting the master: the coordinator is unreachable and the lease ran out",
+        );
+        // The client gave the session up, the coordinator still unreachable: failsafe holds
+        // until a lock read answers.
+        let mut gone = o.clone();
+        gone.session = SessionView::Connecting;
+        assert_eq!(decide(&gone, &Policy::with_backoff(BACKOFF)).steps, vec![]);
+        // The coordinator answered that the lock is free: failsafe does not apply either.
+        let mut answered = o;
+        answered.session = SessionView::Connected { session_id: 7 };
+        answered.lock = LockView::Free;
+        check(
+            answered,
+            vec![Step::Demote { token: t(45), best_effort: false }],
+            "demoting the master: it is active but nobody holds the lock",
+        );
+    }
+
+    #[test]
+    fn anti_flap_holds_a_free_lock_until_the_interval_has_passed() {
+        let policy = Policy { min_failover_interval: Duration::from_secs(30), ..Policy::with_backoff(BACKOFF) };
+        let mut o = base();
+        o.last_failover_at = Some(now() - Duration::from_secs(10));
+        check_with(
+            o.clone(),
+            &policy,
+            vec![],
+            "the lock is free, but the active changed less than 30000 ms ago; anti-flap: waiting 20000 ms more",
+        );
+        // An operator's failover is not held back.
+        let mut asked = o.clone();
+        asked.failover_requested = true;
+        check_with(asked, &policy, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+        // Past the interval, contend.
+        o.last_failover_at = Some(now() - Duration::from_secs(30));
+        check_with(o, &policy, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+    }
+
+    #[test]
+    fn the_preferred_node_asks_for_the_role_back_only_after_a_healthy_period() {
+        let policy = Policy {
+            failback_after: Some(Duration::from_secs(60)),
+            min_failover_interval: Duration::from_secs(30),
+            ..Policy::with_backoff(BACKOFF)
+        };
+        let mut o = base();
+        o.lock = LockView::Peer { node_id: "b".into(), token: t(50) };
+        o.healthy_since = Some(now() - Duration::from_secs(60));
+        check_with(
+            o.clone(),
+            &policy,
+            vec![Step::RequestHandover { from: "b".into() }],
+            "this is the preferred node and its master has been healthy for 60000 ms: asking b (token 50) to hand over",
+        );
+        let standing_by = "standing by: b is active with token 50";
+        // Not healthy long enough.
+        let mut young = o.clone();
+        young.healthy_since = Some(now() - Duration::from_secs(59));
+        check_with(young, &policy, vec![], standing_by);
+        // The last failover was too recent.
+        let mut recent = o.clone();
+        recent.last_failover_at = Some(now() - Duration::from_secs(5));
+        check_with(recent, &policy, vec![], standing_by);
+        // A request was made recently.
+        let mut asked = o.clone();
+        asked.failback_not_before = Some(now() + Duration::from_secs(1));
+        check_with(asked, &policy, vec![], standing_by);
+        // Not the preferred node.
+        check_with(o, &Policy::with_backoff(BACKOFF), vec![], standing_by);
     }
 }

@@ -28,8 +28,9 @@ use crate::config::AgentConfig;
 use crate::control::ControlRequest;
 use crate::decide::{decide, Decision, Observation, Step, StepFailure};
 use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
+use crate::failsafe::{FailsafeRequest, FailsafeResponse, RoundOutcome};
 use crate::health::{run_health_monitor, HealthReport};
-use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
 use crate::status::{AgentStatus, Phases, Role};
 
@@ -83,6 +84,49 @@ struct Memory {
     /// An operator's failover to this node, answered once this node is active or the deadline
     /// passes.
     pending_failover: Option<(Reply, BootInstant, BootInstant)>,
+    /// Whether the member list has been read at least once.
+    members_read: bool,
+    /// The highest token seen from any acquisition other than the one held now: other
+    /// holders', breadcrumbs', masters', and our own finished ones. Kept across sessions, so a
+    /// coordinator that lost its data cannot hand out a token below it.
+    highest_seen: FencingToken,
+    /// The lock this session holds (token, version), as last read; kept while the coordinator
+    /// cannot be read, dropped when the lock or the session is known gone.
+    held: Option<(FencingToken, i32)>,
+    /// The token the current acquisition has handed to a master.
+    token_issued: Option<FencingToken>,
+    /// The lock token last seen, whoever held it, and when it last changed (anti-flap).
+    last_lock_token: Option<FencingToken>,
+    last_failover_at: Option<BootInstant>,
+    /// Since when the master has been healthy without a break.
+    healthy_since: Option<BootInstant>,
+    /// No failback request before then.
+    failback_not_before: Option<BootInstant>,
+    /// Failsafe: the last confirmed round keeps the master active until then.
+    failsafe_until: Option<BootInstant>,
+    /// Failsafe: the round in flight and when it was sent.
+    failsafe_round: Option<(BootInstant, tokio::task::JoinHandle<RoundOutcome>)>,
+    /// Failsafe: when the last round was sent.
+    failsafe_last_sent: Option<BootInstant>,
+    /// A promise given to an active peer in failsafe mode: do not contend until then.
+    promised: Option<(String, BootInstant)>,
+    /// What the master answered to our last promote or demote, and when: newer than a health
+    /// report whose check may have started before it.
+    master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
+}
+
+impl Memory {
+    /// Remembers a token from another acquisition.
+    fn saw(&mut self, token: FencingToken) {
+        self.highest_seen = self.highest_seen.max(token);
+    }
+
+    /// The lock this session held is gone (or its token changed): it becomes history.
+    fn forget_held(&mut self) {
+        if let Some((token, _)) = self.held.take() {
+            self.saw(token);
+        }
+    }
 }
 
 /// Where an operator's request is answered.
@@ -94,7 +138,10 @@ struct Driver {
     adapter: Arc<dyn MasterAdapter>,
     fencer: Fencer,
     status: Arc<Mutex<AgentStatus>>,
+    /// For the masters' HA endpoints.
     http: reqwest::Client,
+    /// For other agents' peer API (`admin.peer_tls` when configured).
+    peer_http: reqwest::Client,
     mem: Memory,
     /// This agent's admin/peer API base URL, published for peers.
     peer_url: Option<String>,
@@ -165,6 +212,12 @@ pub async fn run_with_control(
         .connect_timeout(Duration::from_millis(500))
         .build()
         .map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let peer_http = match &cfg.admin {
+        Some(settings) => {
+            settings.peer_client(Duration::from_millis(500)).map_err(|e| AgentError::Admin(e.to_string()))?
+        }
+        None => http.clone(),
+    };
     let role_hooks = crate::hooks::RoleChangeHooks::start(cfg.hooks.on_role_change.clone(), &cfg.cluster, &cfg.node_id);
     let watchdog = crate::watchdog::Watchdog::open(
         &cfg.watchdog,
@@ -178,6 +231,7 @@ pub async fn run_with_control(
         fencer,
         status,
         http,
+        peer_http,
         mem: Memory::default(),
         peer_url,
         peer_secret,
@@ -261,6 +315,13 @@ impl Driver {
                     session_watch = None;
                     lock_watch = None;
                     self.mem.last_ack_sent = None;
+                    // The client library also ends a session it could not renew in time, which
+                    // in an outage says nothing about the lock. Failsafe keeps what it held
+                    // until a new session reads the lock; otherwise it is history now.
+                    if !self.cfg.failsafe.enabled {
+                        self.mem.forget_held();
+                        self.mem.failsafe_until = None;
+                    }
                 }
             }
             if coord.is_none() && connecting.is_none() && reconnect_at.is_none_or(|t| BootInstant::now() >= t) {
@@ -340,45 +401,69 @@ impl Driver {
 
     /// One observe-decide-act-report cycle.
     async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
+        let master = self.master_view(report);
         let session = coord.map_or(SessionView::Connecting, |c| c.session());
         let connected = matches!(session, SessionView::Connected { .. });
+        // While our master is active, no read may outlast what is left of its lease, or the
+        // demotion would come late.
+        let read_limit = {
+            let left = self.effective_lease(coord, session).map(|u| u.saturating_since(BootInstant::now()));
+            let op = Duration::from_millis(self.cfg.coordinator.op_timeout_ms);
+            match (master, left) {
+                (Some(m), Some(left)) if m.state == HaState::Active => left.min(op).max(Duration::from_millis(1)),
+                _ => op,
+            }
+        };
+        self.failsafe_start(master, coord);
         let mut lock = LockView::Unknown;
         let mut breadcrumb = BreadcrumbView::Unknown;
+        let mut token_base = TokenBaseView::Unknown;
         if let (Some(c), true) = (coord, connected) {
             let sent = BootInstant::now();
-            match c.read_lock().await {
-                Ok(v) => {
+            match tokio::time::timeout(read_limit, c.read_lock_state()).await {
+                Ok(Ok((v, base))) => {
                     self.acked(sent);
                     lock = v;
+                    token_base = base;
                 }
-                Err(e) => debug!("reading the lock failed: {e}"),
+                Ok(Err(e)) => debug!("reading the lock failed: {e}"),
+                Err(_) => debug!("reading the lock took longer than {read_limit:?}"),
             }
-            if matches!(lock, LockView::Ours { .. }) {
+            if !matches!(lock, LockView::Unknown) {
                 let sent = BootInstant::now();
-                match c.read_breadcrumb().await {
-                    Ok(b) => {
+                match tokio::time::timeout(read_limit, c.read_breadcrumb()).await {
+                    Ok(Ok(b)) => {
                         self.acked(sent);
                         breadcrumb = b;
                     }
-                    Err(e) => debug!("reading the breadcrumb failed: {e}"),
+                    Ok(Err(e)) => debug!("reading the breadcrumb failed: {e}"),
+                    Err(_) => debug!("reading the breadcrumb took longer than {read_limit:?}"),
                 }
             }
-            let need_members = matches!(breadcrumb, BreadcrumbView::Missing) || self.mem.members_age >= 50;
-            if need_members {
-                if let Ok(m) = c.members().await {
+            let need_members = !self.mem.members_read
+                || (matches!(lock, LockView::Ours { .. }) && matches!(breadcrumb, BreadcrumbView::Missing))
+                || self.mem.members_age >= 50;
+            if need_members && !matches!(lock, LockView::Unknown) {
+                if let Ok(Ok(m)) = tokio::time::timeout(read_limit, c.members()).await {
                     self.mem.members = m;
                     self.mem.members_age = 0;
+                    self.mem.members_read = true;
                 }
             }
             self.mem.members_age += 1;
         }
         let now = BootInstant::now();
+        self.failsafe_collect().await;
+        self.remember_tokens(&lock, &breadcrumb, master, session, now);
         // The lease: only while the session can still be alive on the ensemble.
-        let lease_until = match (coord, session) {
-            (Some(c), SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {
-                self.mem.last_ack_sent.and_then(|sent| self.cfg.lease_budget(c.negotiated_timeout()).map(|b| sent + b))
+        let lease_until = self.session_lease(coord, session);
+        // Failsafe applies only while the coordinator cannot be read, never after it answered.
+        let failsafe_until = match &lock {
+            LockView::Unknown => self.mem.failsafe_until,
+            _ => {
+                self.mem.failsafe_until = None;
+                None
             }
-            _ => None,
         };
         // A failure belongs to one acquisition; a new lock (or none) forgets it.
         let held = match &lock {
@@ -393,46 +478,80 @@ impl Driver {
         } else if !matches!(lock, LockView::Ours { .. }) {
             self.mem.free_seen_at = None;
         }
+        if report.health.is_healthy() {
+            self.mem.healthy_since.get_or_insert(now);
+        } else {
+            self.mem.healthy_since = None;
+        }
+        if self.mem.promised.as_ref().is_some_and(|(_, until)| *until <= now) {
+            self.mem.promised = None;
+        }
+        let backoff_until = match (self.mem.backoff_until, &self.mem.promised) {
+            (b, None) => b,
+            (None, Some((_, p))) => Some(*p),
+            (Some(b), Some((_, p))) => Some(b.max(*p)),
+        };
 
         let obs = Observation {
             now,
             node_id: self.cfg.node_id.clone(),
             own_target: self.cfg.own_target(),
             health: report.health.clone(),
-            master: report.master,
+            master,
             session,
             lock: lock.clone(),
             breadcrumb,
             members: self.mem.members.clone(),
             lease_until,
             paused: self.status().paused,
-            backoff_until: self.mem.backoff_until,
+            backoff_until,
             failure: self.mem.failure.clone(),
+            token_base,
+            token_floor: self.mem.highest_seen,
+            token_issued: self.mem.token_issued,
+            failsafe_until,
+            last_failover_at: self.mem.last_failover_at,
+            healthy_since: self.mem.healthy_since,
+            failover_requested: self.mem.pending_failover.is_some(),
+            failback_not_before: self.mem.failback_not_before,
+        };
+        // What the probes show: while the coordinator cannot be read, the lock this session
+        // held is still ours for as long as a lease (the session's or failsafe's) covers it.
+        let effective_until = lease_until.max(failsafe_until);
+        let (shown_lock, shown_token) = match (&lock, self.mem.held) {
+            (LockView::Unknown, Some((token, version))) if effective_until.is_some_and(|u| u > now) => {
+                (LockView::Ours { token, version }, Some(token))
+            }
+            _ => (lock.clone(), held),
         };
         // Publish what was observed before acting, so the lease endpoint already names this
         // acquisition's token while the master is being promoted (it asks for the lease then).
         {
             let mut st = self.status();
-            st.lock = lock.clone();
-            st.token = held;
-            st.lease_until = lease_until;
+            st.lock = shown_lock.clone();
+            st.token = shown_token;
+            st.lease_until = effective_until;
             st.session = obs.session;
         }
-        let decision = decide(&obs, Duration::from_millis(self.cfg.election.backoff_after_failure_ms));
+        let decision = decide(&obs, &self.cfg.policy());
         if decision.reason != self.mem.last_reason {
             info!("{}", decision.reason);
             self.mem.last_reason = decision.reason.clone();
         }
         let master_after = self.execute(&decision, &obs, coord).await;
+        if let Some(m) = master_after {
+            self.mem.master_answer = Some((m, BootInstant::now()));
+        }
+        self.failsafe_start(master, coord);
 
         let mut st = self.status();
         st.counters.cycles += 1;
         st.health = obs.health.clone();
         st.master = master_after.or(obs.master);
         st.session = obs.session;
-        st.lock = lock.clone();
-        st.token = held;
-        st.lease_until = lease_until;
+        st.lock = shown_lock;
+        st.token = shown_token;
+        st.lease_until = effective_until;
         st.members = self.mem.members.iter().map(|m| m.node_id.clone()).collect();
         st.last_decision = decision.reason.clone();
         st.last_cycle_at_ms = wall_ms();
@@ -446,6 +565,142 @@ impl Driver {
             self.role_hooks.notify(previous, role, token_now);
         }
         self.settle_failover();
+    }
+
+    /// The master's state: what it answered to our last promote or demote, until a health
+    /// report is known to be newer (a check ends at most one health timeout after it starts, so
+    /// one that ended later than that after our call began after it).
+    fn master_view(&mut self, report: &HealthReport) -> Option<crate::model::MasterStatus> {
+        let check_span = Duration::from_millis(self.cfg.health.timeout_ms);
+        match self.mem.master_answer {
+            Some((m, at)) if report.last_check_at.is_none_or(|t| t <= at + check_span) => Some(m),
+            _ => {
+                self.mem.master_answer = None;
+                report.master
+            }
+        }
+    }
+
+    /// The session's lease: the send time of the last answered request plus the lease budget,
+    /// while the session can still be alive on the ensemble.
+    fn session_lease(&self, coord: Option<&Coordination>, session: SessionView) -> Option<BootInstant> {
+        match (coord, session) {
+            (Some(c), SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {
+                self.mem.last_ack_sent.and_then(|sent| self.cfg.lease_budget(c.negotiated_timeout()).map(|b| sent + b))
+            }
+            _ => None,
+        }
+    }
+
+    /// The later of the session's lease and failsafe's.
+    fn effective_lease(&self, coord: Option<&Coordination>, session: SessionView) -> Option<BootInstant> {
+        self.session_lease(coord, session).max(self.mem.failsafe_until)
+    }
+
+    /// Keeps the token history and the anti-flap clock from what this cycle read.
+    fn remember_tokens(
+        &mut self,
+        lock: &LockView,
+        breadcrumb: &BreadcrumbView,
+        master: Option<crate::model::MasterStatus>,
+        session: SessionView,
+        now: BootInstant,
+    ) {
+        match lock {
+            LockView::Ours { token, version } => {
+                if self.mem.held.is_some_and(|(t, _)| t != *token) {
+                    self.mem.forget_held();
+                }
+                self.mem.held = Some((*token, *version));
+            }
+            // Unreadable: the lock may still be ours (with failsafe, even after the library
+            // gave the session up: only a lock read that answers says it is gone).
+            LockView::Unknown
+                if self.cfg.failsafe.enabled
+                    || matches!(session, SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {}
+            _ => self.mem.forget_held(),
+        }
+        let held = self.mem.held.map(|(t, _)| t);
+        match lock {
+            LockView::Peer { token, .. } | LockView::OursFromOldSession { token } => self.mem.saw(*token),
+            _ => {}
+        }
+        if let BreadcrumbView::Present { crumb, .. } = breadcrumb {
+            if Some(crumb.token) != held {
+                self.mem.saw(crumb.token);
+            }
+        }
+        if let Some(m) = master {
+            if Some(m.token) != held {
+                self.mem.saw(m.token);
+            }
+        }
+        let holder = match lock {
+            LockView::Ours { token, .. } | LockView::Peer { token, .. } | LockView::OursFromOldSession { token } => {
+                Some(*token)
+            }
+            LockView::Free | LockView::Unknown => None,
+        };
+        if let Some(token) = holder {
+            if self.mem.last_lock_token.is_some_and(|t| t != token) {
+                self.mem.last_failover_at = Some(now);
+            }
+            self.mem.last_lock_token = Some(token);
+        }
+    }
+
+    /// Takes in a finished failsafe round.
+    async fn failsafe_collect(&mut self) {
+        let finished = self.mem.failsafe_round.as_ref().is_some_and(|(_, task)| task.is_finished());
+        if !finished {
+            return;
+        }
+        let Some((sent, task)) = self.mem.failsafe_round.take() else { return };
+        // Finished, so this does not wait.
+        match task.await.ok() {
+            Some(RoundOutcome::Confirmed { members }) => {
+                let until = sent + self.cfg.failsafe_lease();
+                self.mem.failsafe_until = Some(self.mem.failsafe_until.map_or(until, |u| u.max(until)));
+                self.status().counters.failsafe_confirmed += 1;
+                debug!(members, "failsafe: every other member confirmed it is not active");
+            }
+            Some(RoundOutcome::Refused(why)) => {
+                warn!("failsafe: {why}; the master will be demoted when the current lease runs out");
+                let mut st = self.status();
+                st.counters.failsafe_refused += 1;
+                st.last_failure = Some(format!("failsafe: {why}"));
+            }
+            None => warn!("failsafe: a round ended without an outcome"),
+        }
+    }
+
+    /// Starts a failsafe round when failsafe is on, this session held the lock, our master is
+    /// active with its token, and the coordinator has not answered for half a lease.
+    fn failsafe_start(&mut self, master: Option<crate::model::MasterStatus>, coord: Option<&Coordination>) {
+        if !self.cfg.failsafe.enabled || self.mem.failsafe_round.is_some() {
+            return;
+        }
+        let Some((token, _)) = self.mem.held else { return };
+        if !master.is_some_and(|m| m.state == HaState::Active && m.token == token) {
+            return;
+        }
+        let now = BootInstant::now();
+        let granted =
+            coord.map_or(Duration::from_millis(self.cfg.coordinator.session_timeout_ms), |c| c.negotiated_timeout());
+        let Some(budget) = self.cfg.lease_budget(granted) else { return };
+        let quiet = self.mem.last_ack_sent.is_none_or(|sent| now.saturating_since(sent) >= budget / 2);
+        let ttl = Duration::from_millis(self.cfg.failsafe.ttl_ms);
+        let every = ttl / 4;
+        if !quiet || self.mem.failsafe_last_sent.is_some_and(|t| now.saturating_since(t) < every) {
+            return;
+        }
+        let (http, secret, me, members) =
+            (self.peer_http.clone(), self.peer_secret.clone(), self.cfg.node_id.clone(), self.mem.members.clone());
+        let task = tokio::spawn(async move {
+            crate::failsafe::run_round(&http, secret.as_deref(), &me, token, ttl, &members, every).await
+        });
+        self.mem.failsafe_round = Some((now, task));
+        self.mem.failsafe_last_sent = Some(now);
     }
 
     /// Carries out a decision's steps in order. Returns the master's status if a step changed it.
@@ -496,6 +751,7 @@ impl Driver {
                     }
                 },
                 Step::Fence { targets, new_token, clean_claim } => {
+                    self.mem.token_issued = Some(*new_token);
                     let r = self.fence_all(targets, *new_token, *clean_claim).await;
                     self.mem.phases.fence_ms = started.elapsed().as_millis() as u64;
                     r
@@ -529,6 +785,7 @@ impl Driver {
                     }
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
+                    self.mem.token_issued = Some(*token);
                     match self.adapter.promote(*token, deadline).await {
                         Ok(status) => {
                             master_after = Some(status);
@@ -541,6 +798,9 @@ impl Driver {
                     }
                 }
                 Step::Demote { token, best_effort } => {
+                    if *token == token_held {
+                        self.mem.token_issued = Some(*token);
+                    }
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
                     match self.adapter.demote(*token, deadline).await {
@@ -555,6 +815,45 @@ impl Driver {
                             Ok(())
                         }
                         Err(e) => Err(format!("demoting the master: {e}")),
+                    }
+                }
+                Step::SetTokenBase { czxid, floor, lock_version, current, consult_peers } => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let mut floor = *floor;
+                        if *consult_peers {
+                            let (found, from) = self.peer_master_tokens().await;
+                            if found > floor {
+                                info!(token = %found, "a peer's master has seen a higher token: {from}");
+                                floor = found;
+                            }
+                        }
+                        // czxid + base must be above the floor; the base never goes down.
+                        let needed = (floor.0 + 1).saturating_sub(*czxid);
+                        let base = current.map_or(needed, |(b, _)| b.max(needed));
+                        let record = TokenBase { base, floor, node_id: self.cfg.node_id.clone() };
+                        match c.set_token_base(&record, *czxid, *lock_version, current.map(|(b, v)| (b, v))).await {
+                            Ok(token) => {
+                                self.acked(started);
+                                info!(%token, base, %floor, "token base set: this acquisition's token is above every token found");
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("setting the token base: {e}")),
+                        }
+                    }
+                },
+                Step::RequestHandover { from } => {
+                    let period = Duration::from_millis(self.cfg.election.failback_after_ms);
+                    self.mem.failback_not_before = Some(BootInstant::now() + period);
+                    match coord {
+                        None => Err("no coordinator session".into()),
+                        Some(c) => match self.ask_to_cede(c).await {
+                            Ok(()) => {
+                                info!(node = %from, "asked the active to hand over to the preferred node");
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("asking {from} to hand over: {e}")),
+                        },
                     }
                 }
                 Step::ReleaseLock { token, backoff } => {
@@ -609,6 +908,32 @@ impl Driver {
             info!(node = %target.node_id, "fenced: {:?}", report.outcome);
         }
         Ok(())
+    }
+
+    /// The highest token any other member's master reports (asked at once, each within
+    /// 500 ms; a master that cannot be asked is skipped), and who reported it.
+    async fn peer_master_tokens(&self) -> (FencingToken, String) {
+        let mut asks = tokio::task::JoinSet::new();
+        for m in self.mem.members.iter().filter(|m| m.node_id != self.cfg.node_id) {
+            let url = format!("{}/ha/state", m.target.ha_base_url());
+            let (http, node) = (self.http.clone(), m.node_id.clone());
+            asks.spawn(async move {
+                let answer = http.get(&url).timeout(Duration::from_millis(500)).send().await;
+                match answer {
+                    Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok().map(|s| (s.token, node)),
+                    _ => None,
+                }
+            });
+        }
+        let mut best = (FencingToken(0), String::from("none"));
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(Some((token, node))) = joined {
+                if token > best.0 {
+                    best = (token, format!("{node}'s master reports token {token}"));
+                }
+            }
+        }
+        best
     }
 
     /// Whether the target's master reports standby with at least `claim`.
@@ -681,6 +1006,10 @@ impl Driver {
             ControlRequest::Reload { config, reply } => {
                 let _ = reply.send(Ok(self.reload(*config)));
             }
+            ControlRequest::Failsafe { request, reply } => {
+                let response = self.answer_failsafe(request, coord).await;
+                let _ = reply.send(response);
+            }
             ControlRequest::PeerFence { token, reply } => {
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
                 let outcome = match self.adapter.demote(token, deadline).await {
@@ -695,6 +1024,54 @@ impl Driver {
                 info!(token = %token, "a peer asked to fence this node's master: {outcome:?}");
                 let _ = reply.send(outcome);
             }
+        }
+    }
+
+    /// Answers an active peer's failsafe round: confirms only if this node's master is not
+    /// active, this node holds no lock, and the coordinator (when it answers) does not name a
+    /// third node as active; then promises not to contend for the requested time.
+    async fn answer_failsafe(&mut self, request: FailsafeRequest, coord: Option<&Coordination>) -> FailsafeResponse {
+        let me = self.cfg.node_id.clone();
+        let asker = request.node_id.clone();
+        let refuse = |reason: String| {
+            info!(asker = %asker, "failsafe confirmation refused: {reason}");
+            FailsafeResponse { node_id: me.clone(), accepted: false, reason }
+        };
+        if request.node_id == self.cfg.node_id {
+            return refuse("the request names this node as the active".into());
+        }
+        let master = self.status().master;
+        if master.is_some_and(|m| m.state == HaState::Active) {
+            return refuse("this node's master is active".into());
+        }
+        if let Some((token, _)) = self.mem.held {
+            return refuse(format!("this node holds the lock with token {token}"));
+        }
+        if let Some(c) = coord.filter(|c| matches!(c.session(), SessionView::Connected { .. })) {
+            let limit = Duration::from_millis(self.cfg.coordinator.op_timeout_ms);
+            match tokio::time::timeout(limit, c.read_lock()).await {
+                Ok(Ok(LockView::Ours { token, .. })) => {
+                    return refuse(format!("this node holds the lock with token {token}"))
+                }
+                Ok(Ok(LockView::Peer { node_id, token })) if node_id != request.node_id => {
+                    return refuse(format!("the coordinator says {node_id} is active with token {token}"))
+                }
+                _ => {}
+            }
+        }
+        let period = Duration::from_millis(request.ttl_ms).min(crate::failsafe::MAX_PROMISE);
+        let until = BootInstant::now() + period;
+        match &mut self.mem.promised {
+            Some((who, at)) if *at >= until => {
+                *who = request.node_id.clone();
+            }
+            slot => *slot = Some((request.node_id.clone(), until)),
+        }
+        debug!(asker = %request.node_id, token = %request.token, "failsafe: confirmed; not contending for {} ms", period.as_millis());
+        FailsafeResponse {
+            node_id: me,
+            accepted: true,
+            reason: format!("not active; will not contend for {} ms", period.as_millis()),
         }
     }
 
@@ -722,7 +1099,8 @@ impl Driver {
         if old.probes.listen != new.probes.listen {
             restart.push("probes");
         }
-        let live_changed = format!("{:?}{:?}", old.lease, old.election) != format!("{:?}{:?}", new.lease, new.election);
+        let live_changed = format!("{:?}{:?}{:?}", old.lease, old.election, old.failsafe)
+            != format!("{:?}{:?}{:?}", new.lease, new.election, new.failsafe);
         let (cluster, node_id, coordinator, master, health, fencing, probes) = (
             old.cluster.clone(),
             old.node_id.clone(),
@@ -740,8 +1118,11 @@ impl Driver {
             return message;
         }
         self.cfg = merged;
-        let applied =
-            if live_changed { "applied the new lease and election settings" } else { "no live setting changed" };
+        let applied = if live_changed {
+            "applied the new lease, election and failsafe settings"
+        } else {
+            "no live setting changed"
+        };
         let message = if restart.is_empty() {
             format!("configuration reloaded: {applied}")
         } else {
@@ -818,6 +1199,12 @@ impl Driver {
         }
         let c = coord.ok_or("refusing a failover: this node has no coordinator session")?;
         self.mem.backoff_until = None;
+        self.ask_to_cede(c).await
+    }
+
+    /// Asks the current active (through the peer API address it publishes) to hand over and
+    /// stay out for a while. Nothing to do when nobody, or this node, is active.
+    async fn ask_to_cede(&self, c: &Coordination) -> Result<(), String> {
         let Some((record, _meta)) = c.read_lock_record().await.map_err(|e| format!("reading the lock: {e}"))? else {
             return Ok(()); // nobody is active: this node will contend on its next cycle
         };
@@ -827,10 +1214,13 @@ impl Driver {
         let url = record.peer_url.ok_or_else(|| {
             format!("the active node {} publishes no peer API address to ask it to cede", record.node_id)
         })?;
-        let mut request =
-            self.http.post(format!("{}/admin/cede", url.trim_end_matches('/'))).json(&serde_json::json!({
-                "period_ms": self.cfg.coordinator.session_timeout_ms * 4
-            }));
+        // The active stays out just long enough for this node to notice the free lock and win
+        // it; should this node fail to, the cluster is not left without an active for long.
+        let period_ms = self.cfg.coordinator.op_timeout_ms * 2 + self.cfg.election.loop_interval_ms * 5;
+        let mut request = self
+            .peer_http
+            .post(format!("{}/admin/cede", url.trim_end_matches('/')))
+            .json(&serde_json::json!({ "period_ms": period_ms }));
         if let Some(secret) = &self.cfg_peer_secret() {
             request = request.bearer_auth(secret);
         }

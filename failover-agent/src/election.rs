@@ -5,10 +5,30 @@
 //! Everything lives under `/referee/<cluster>`:
 //!
 //! ```text
-//! /referee/<cluster>/lock               EPHEMERAL   LockRecord  its czxid is the fencing token
+//! /referee/<cluster>/lock               EPHEMERAL   LockRecord  its czxid + the token base is the fencing token
 //! /referee/<cluster>/breadcrumb         PERSISTENT  Breadcrumb  the last active; never deleted
+//! /referee/<cluster>/token-base         PERSISTENT  TokenBase   added to every czxid; only ever raised
 //! /referee/<cluster>/members/<node_id>  EPHEMERAL   Member      one per live agent
 //! ```
+//!
+//! # Tokens never go backwards
+//!
+//! A lock's fencing token is its czxid plus the cluster's token base. Within one coordinator
+//! history czxids only grow, so tokens do too. If the coordinator's data is lost (a bundled
+//! coordinator restarted without its log, an Apache ZooKeeper ensemble re-created), czxids
+//! start again from the bottom, and so would tokens, below what the masters have already seen.
+//! The token base is what carries the order across: it lives in the same tree as the lock, so
+//! losing the tree loses it too, and its absence is how a lock holder learns that history was
+//! lost. The holder then sets it, through the lock's session and conditioned on the lock's
+//! version, so that its czxid plus the base is above every token it can still find (its own
+//! master's, the peers' masters', the breadcrumb's, and every token the agent has seen while it
+//! ran). A holder whose master or breadcrumb shows a token at or above its own raises the base
+//! the same way before it fences or promotes anything. Raising is always safe: both the czxid
+//! and the base only grow.
+//!
+//! With a digest credential configured, every znode the agent creates carries the cluster's
+//! ACL, as `referee admin format` sets it: the credential's identity may do everything,
+//! everyone else may only read.
 //!
 //! # One handle, one session
 //!
@@ -43,7 +63,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use referee_fencing::FencingToken;
@@ -52,7 +72,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
-use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 
 /// The parent of every cluster's znodes.
 pub const ROOT: &str = "/referee";
@@ -61,10 +81,17 @@ pub const ROOT: &str = "/referee";
 /// cycle: a free lock after `NodeExists` means a holder released in between.
 const ACQUIRE_ATTEMPTS: usize = 3;
 
-/// Persistent znodes, open to everyone until `referee format` locks the tree down.
-static PERSISTENT: zk::CreateOptions<'static> = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-/// Ephemeral znodes, open to everyone until `referee format` locks the tree down.
-static EPHEMERAL: zk::CreateOptions<'static> = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+/// The cluster's ACL when the agents hold a digest credential (the one `referee admin format`
+/// sets): the session's authenticated identity may do everything, everyone else may read.
+static SECURED: [zk::Acl; 2] =
+    [zk::Acl::new_const(zk::Permission::ALL, "auth", ""), zk::Acl::new_const(zk::Permission::READ, "world", "anyone")];
+/// `/referee` itself when secured: other clusters must still be able to create theirs under it.
+static SECURED_ROOT: LazyLock<[zk::Acl; 2]> = LazyLock::new(|| {
+    [
+        zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+        zk::Acl::new(zk::Permission::READ | zk::Permission::CREATE, zk::AuthId::anyone()),
+    ]
+});
 
 /// How to reach the coordinator and who we are in it.
 #[derive(Clone, PartialEq, Eq)]
@@ -231,6 +258,12 @@ pub enum ElectionError {
         /// The version the caller expected (`None`: expected no breadcrumb).
         expected: Option<i32>,
     },
+    /// The token base is not at the version the caller read (or exists when it read none).
+    #[error("the token base changed since version {expected:?} was read")]
+    TokenBaseChanged {
+        /// The version the caller expected (`None`: expected no token base).
+        expected: Option<i32>,
+    },
     /// The lock kept changing hands between our create and our read-back.
     #[error("the lock changed hands {attempts} times while we raced for it")]
     LockChurn {
@@ -294,7 +327,9 @@ impl ElectionError {
             | ElectionError::ConnectTimeout { .. }
             | ElectionError::SessionExpired { .. }
             | ElectionError::StaleSession { .. } => Recovery::Reconnect,
-            ElectionError::LockNotHeld { .. } | ElectionError::BreadcrumbChanged { .. } => Recovery::Reread,
+            ElectionError::LockNotHeld { .. }
+            | ElectionError::BreadcrumbChanged { .. }
+            | ElectionError::TokenBaseChanged { .. } => Recovery::Reread,
             ElectionError::Timeout { .. }
             | ElectionError::ConnectionLoss { .. }
             | ElectionError::LockChurn { .. }
@@ -308,7 +343,8 @@ impl ElectionError {
 /// The outcome of [`Coordination::try_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
-    /// This session holds the lock; `token` is its czxid. A freshly created lock has version 0.
+    /// This session holds the lock; `token` is its czxid plus the token base. A freshly created
+    /// lock has version 0.
     Won {
         /// The fencing token of this acquisition.
         token: FencingToken,
@@ -342,8 +378,10 @@ pub enum Released {
 /// The lock znode's identity, for fencing targets and conditional writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockMeta {
-    /// Its czxid: the holder's fencing token.
+    /// The holder's fencing token: czxid plus the token base read with it.
     pub token: FencingToken,
+    /// Its czxid.
+    pub czxid: u64,
     /// Its data version.
     pub version: i32,
     /// The session that created it (`ephemeralOwner`).
@@ -443,6 +481,7 @@ struct Paths {
     breadcrumb: String,
     members: String,
     member: String,
+    token_base: String,
 }
 
 impl Paths {
@@ -453,6 +492,7 @@ impl Paths {
             breadcrumb: format!("{root}/breadcrumb"),
             members: format!("{root}/members"),
             member: format!("{root}/members/{node_id}"),
+            token_base: format!("{root}/token-base"),
             cluster: root,
         }
     }
@@ -551,8 +591,12 @@ impl Coordination {
             if self.finish(self.deadline(), sent, exists).await.map_err(|f| self.failure(OP, f))?.is_some() {
                 continue;
             }
+            let options = match (path == ROOT, self.cfg.digest.is_some()) {
+                (true, true) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&*SECURED_ROOT)),
+                _ => self.options(zk::CreateMode::Persistent),
+            };
             let sent = Instant::now();
-            let created = self.client.create(path, b"", &PERSISTENT);
+            let created = self.client.create(path, b"", &options);
             match self.finish(self.deadline(), sent, created).await {
                 Ok(_) | Err(Failure::Reply(zk::Error::NodeExists)) => {}
                 Err(f) => return Err(self.failure(OP, f)),
@@ -621,7 +665,7 @@ impl Coordination {
                 return Err(ElectionError::Timeout { op: OP, after: grace });
             }
             let sent = Instant::now();
-            let created = self.client.create(&self.paths.member, &data, &EPHEMERAL);
+            let created = self.client.create(&self.paths.member, &data, &self.options(zk::CreateMode::Ephemeral));
             match self.finish(self.deadline(), sent, created).await {
                 Ok(_) => return self.ensure_live(OP),
                 // Exists, or perhaps created by us with the reply lost: the owner tells.
@@ -696,11 +740,79 @@ impl Coordination {
     /// Who holds the lock. Ownership is decided by the lock's `ephemeralOwner` against this
     /// handle's session, never by the node id in its data.
     pub async fn read_lock(&self) -> Result<LockView, ElectionError> {
+        Ok(self.read_lock_state().await?.0)
+    }
+
+    /// Who holds the lock, and the token base its token was computed with, read together.
+    pub async fn read_lock_state(&self) -> Result<(LockView, TokenBaseView), ElectionError> {
         const OP: &str = "read the lock";
-        let Some((data, meta)) = self.read_lock_raw(OP).await? else {
-            return Ok(LockView::Free);
-        };
-        self.classify_lock(OP, &data, meta)
+        match self.read_lock_and_base(OP).await? {
+            (None, base) => Ok((LockView::Free, base)),
+            (Some((data, meta)), base) => Ok((self.classify_lock(OP, &data, meta)?, base)),
+        }
+    }
+
+    /// Sets the token base while holding the lock: in one multi through the lock's session,
+    /// `check(lock, lock_version)` then `create(token-base)` (`expected == None`) or
+    /// `setData(token-base, expected)`. The base must not go down; the caller computes it so
+    /// that `lock_czxid + base` is above every token it knows of.
+    pub async fn set_token_base(
+        &self,
+        record: &TokenBase,
+        lock_czxid: u64,
+        lock_version: i32,
+        expected: Option<(u64, i32)>,
+    ) -> Result<FencingToken, ElectionError> {
+        const OP: &str = "set the token base";
+        if let Some((current, _)) = expected {
+            if record.base < current {
+                return Err(ElectionError::InvalidArgument(format!(
+                    "the token base may only go up (from {current} to {})",
+                    record.base
+                )));
+            }
+        }
+        let token = lock_czxid
+            .checked_add(record.base)
+            .map(FencingToken)
+            .ok_or_else(|| ElectionError::InvalidArgument(format!("token base {} overflows", record.base)))?;
+        match self.read_lock_raw(OP).await? {
+            Some((_, meta))
+                if meta.owner_session == self.session_id
+                    && meta.czxid == lock_czxid
+                    && meta.version == lock_version =>
+            {
+                self.ensure_live(OP)?
+            }
+            _ => return Err(ElectionError::LockNotHeld { op: OP, token, version: lock_version }),
+        }
+        let data = encode(record)?;
+        let mut writer = self.client.new_multi_writer();
+        let persistent = self.options(zk::CreateMode::Persistent);
+        let staged = writer.add_check_version(&self.paths.lock, lock_version).and_then(|()| match expected {
+            Some((_, version)) => writer.add_set_data(&self.paths.token_base, &data, Some(version)),
+            None => writer.add_create(&self.paths.token_base, &data, &persistent),
+        });
+        staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
+        let sent = Instant::now();
+        let committed = writer.commit();
+        match self.finish(self.deadline(), sent, committed).await {
+            Ok(_) => {
+                tracing::info!(base = record.base, floor = %record.floor, %token, "set the token base");
+                Ok(token)
+            }
+            Err(Failure::TimedOut(after)) => Err(ElectionError::Timeout { op: OP, after }),
+            Err(Failure::Reply(zk::MultiWriteError::RequestFailed { source })) => Err(self.zk_error(OP, source)),
+            Err(Failure::Reply(zk::MultiWriteError::OperationFailed { index, source })) => match (index, source) {
+                (0, zk::Error::NoNode | zk::Error::BadVersion) => {
+                    Err(ElectionError::LockNotHeld { op: OP, token, version: lock_version })
+                }
+                (1, zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists) => {
+                    Err(ElectionError::TokenBaseChanged { expected: expected.map(|(_, v)| v) })
+                }
+                (_, source) => Err(self.zk_error(OP, source)),
+            },
+        }
     }
 
     /// The lock's record and identity, or `None` if it is free (for building fencing targets).
@@ -740,15 +852,9 @@ impl Coordination {
         let data = encode(record)?;
         for _ in 0..ACQUIRE_ATTEMPTS {
             let sent = Instant::now();
-            let created = self.client.create(&self.paths.lock, &data, &EPHEMERAL);
+            let created = self.client.create(&self.paths.lock, &data, &self.options(zk::CreateMode::Ephemeral));
             match self.finish(self.deadline(), sent, created).await {
-                Ok((stat, _)) if !stat.is_invalid() => {
-                    let token = token_of(OP, stat.czxid)?;
-                    self.ensure_live(OP)?;
-                    tracing::info!(%token, "won the lock");
-                    return Ok(Acquired::Won { token });
-                }
-                // A create reply without a stat (old servers): read back like the ambiguous cases.
+                // Created: the read-back below gives the token (czxid plus the base read with it).
                 Ok(_) => {}
                 Err(Failure::Reply(zk::Error::NodeExists)) => {}
                 Err(Failure::Reply(zk::Error::ConnectionLoss)) | Err(Failure::TimedOut(_)) => {
@@ -763,7 +869,7 @@ impl Coordination {
             };
             if meta.owner_session == self.session_id {
                 self.ensure_live(OP)?;
-                tracing::info!(token = %meta.token, "won the lock (confirmed by reading it back)");
+                tracing::info!(token = %meta.token, czxid = meta.czxid, "won the lock");
                 return Ok(Acquired::Won { token: meta.token });
             }
             let holder: LockRecord = decode(&self.paths.lock, &data)?;
@@ -828,9 +934,10 @@ impl Coordination {
         let data = encode(crumb)?;
         self.confirm_holder(OP, crumb.token, lock_version).await?;
         let mut writer = self.client.new_multi_writer();
+        let persistent = self.options(zk::CreateMode::Persistent);
         let staged = writer.add_check_version(&self.paths.lock, lock_version).and_then(|()| match expected {
             Some(version) => writer.add_set_data(&self.paths.breadcrumb, &data, Some(version)),
-            None => writer.add_create(&self.paths.breadcrumb, &data, &PERSISTENT),
+            None => writer.add_create(&self.paths.breadcrumb, &data, &persistent),
         });
         staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
         let sent = Instant::now();
@@ -907,20 +1014,48 @@ impl Coordination {
 
     /// Reads the lock's data and identity, `None` if it is free.
     async fn read_lock_raw(&self, op: &'static str) -> Result<Option<(Vec<u8>, LockMeta)>, ElectionError> {
+        Ok(self.read_lock_and_base(op).await?.0)
+    }
+
+    /// Reads the lock and the token base in one multi-read, so the token is computed from a
+    /// base that was current when the lock was read.
+    async fn read_lock_and_base(
+        &self,
+        op: &'static str,
+    ) -> Result<(Option<(Vec<u8>, LockMeta)>, TokenBaseView), ElectionError> {
+        let mut reader = self.client.new_multi_reader();
+        reader
+            .add_get_data(&self.paths.lock)
+            .and_then(|()| reader.add_get_data(&self.paths.token_base))
+            .map_err(|source| ElectionError::Coordinator { op, source })?;
         let sent = Instant::now();
-        let read = self.client.get_data(&self.paths.lock);
-        match self.finish(self.deadline(), sent, read).await {
-            Ok((data, stat)) => {
-                let meta = LockMeta {
-                    token: token_of(op, stat.czxid)?,
-                    version: stat.version,
-                    owner_session: stat.ephemeral_owner,
-                };
-                Ok(Some((data, meta)))
+        let read = reader.commit();
+        let mut results = self.finish(self.deadline(), sent, read).await.map_err(|f| self.failure(op, f))?.into_iter();
+        let (lock, base) = (results.next(), results.next());
+        let base = match base {
+            Some(zk::MultiReadResult::Data { data, stat }) => {
+                let record: TokenBase = decode(&self.paths.token_base, &data)?;
+                TokenBaseView::Present { base: record.base, version: stat.version }
             }
-            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
-            Err(f) => Err(self.failure(op, f)),
-        }
+            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => TokenBaseView::Missing,
+            Some(zk::MultiReadResult::Error { err }) => return Err(self.zk_error(op, err)),
+            other => {
+                return Err(ElectionError::UnexpectedReply { op, detail: format!("{other:?} for the token base") })
+            }
+        };
+        let lock = match lock {
+            Some(zk::MultiReadResult::Data { data, stat }) => {
+                let czxid = token_of(op, stat.czxid)?.0;
+                let token = czxid.checked_add(base.base()).map(FencingToken).ok_or_else(|| {
+                    ElectionError::UnexpectedReply { op, detail: format!("czxid {czxid} plus token base overflows") }
+                })?;
+                Some((data, LockMeta { token, czxid, version: stat.version, owner_session: stat.ephemeral_owner }))
+            }
+            Some(zk::MultiReadResult::Error { err: zk::Error::NoNode }) => None,
+            Some(zk::MultiReadResult::Error { err }) => return Err(self.zk_error(op, err)),
+            other => return Err(ElectionError::UnexpectedReply { op, detail: format!("{other:?} for the lock") }),
+        };
+        Ok((lock, base))
     }
 
     fn classify_lock(&self, op: &'static str, data: &[u8], meta: LockMeta) -> Result<LockView, ElectionError> {
@@ -969,6 +1104,16 @@ impl Coordination {
                 (2, zk::Error::NoNode | zk::Error::BadVersion) => ElectionError::LockNotHeld { op, token, version },
                 (_, source) => self.zk_error(op, source),
             },
+        }
+    }
+
+    /// How znodes of `mode` are created: with the cluster's ACL when this handle holds a digest
+    /// credential, open otherwise.
+    fn options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'static> {
+        if self.cfg.digest.is_some() {
+            mode.with_acls(zk::Acls::new(&SECURED))
+        } else {
+            mode.with_acls(zk::Acls::anyone_all())
         }
     }
 

@@ -3,9 +3,10 @@
 //!
 //! `referee agent --config FILE` runs it. It watches its local master's health, contends for an
 //! ephemeral lock znode in the coordinator (the bundled one or Apache ZooKeeper) while the master
-//! is healthy, fences the previous active before promoting its own master with the lock's czxid
-//! as the fencing token, demotes its master when it loses the lock, its health or its lease, and
-//! serves health probes for load balancers.
+//! is healthy, fences the previous active before promoting its own master with a fencing token
+//! that never goes backwards (the lock's czxid plus the cluster's token base), demotes its
+//! master when it loses the lock, its health or its lease, and serves health probes for load
+//! balancers.
 //!
 //! ```text
 //!   health monitor ──┐
@@ -22,7 +23,9 @@
 //! - [`config`]: the YAML configuration and its timing rules (the lease formula).
 //! - [`health`]: the health monitor, a pure state machine with a polling driver.
 //! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
-//! - [`election`]: the lock, breadcrumb and membership znodes in the coordinator.
+//! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
+//! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
+//!   confirms it is not active.
 //! - [`driver`]: the loop that observes, decides and acts; [`driver::run`] is the entry point.
 //! - [`status`]: the report, history and metrics; [`probes`]: the HTTP server that serves them.
 
@@ -37,6 +40,7 @@ pub mod control;
 pub mod decide;
 pub mod driver;
 pub mod election;
+pub mod failsafe;
 pub mod health;
 pub mod hooks;
 pub mod model;

@@ -2,8 +2,6 @@
 //! coordinator. Shared by the pure decision core, the drivers that observe and act, and the
 //! probes that report.
 
-use std::time::Duration;
-
 use referee_fencing::{FenceTarget, FencingToken, HaState};
 use serde::{Deserialize, Serialize};
 
@@ -67,9 +65,9 @@ pub enum LockView {
     Unknown,
     /// Nobody holds it.
     Free,
-    /// Our current session holds it; the lock's czxid is our fencing token.
+    /// Our current session holds it; the lock's czxid plus the token base is our fencing token.
     Ours {
-        /// The lock znode's czxid.
+        /// The lock's fencing token (czxid + token base).
         token: FencingToken,
         /// The lock znode's data version, for conditional operations.
         version: i32,
@@ -95,7 +93,7 @@ pub struct LockRecord {
     /// The holder's node id.
     pub node_id: String,
     /// How to fence the holder's master (host, port, HA URL, pid...), its token left 0: the
-    /// token is the lock's czxid.
+    /// token is the lock's czxid plus the token base.
     pub target: FenceTarget,
     /// The holder's agent peer API base URL, if it has one.
     pub peer_url: Option<String>,
@@ -132,6 +130,45 @@ pub enum BreadcrumbView {
     },
 }
 
+/// What `/referee/<cluster>/token-base` holds: the number added to every lock's czxid to make
+/// its fencing token, and why it was set to that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBase {
+    /// Added to every lock's czxid.
+    pub base: u64,
+    /// The highest token the setter found; every token from this base on is above it.
+    pub floor: FencingToken,
+    /// The node that set it.
+    pub node_id: String,
+}
+
+/// The token base as last read, with its znode version for compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "token_base", rename_all = "snake_case")]
+pub enum TokenBaseView {
+    /// Not read yet, or unreadable.
+    Unknown,
+    /// Absent: no lock was ever held in this coordinator history (a new or wiped coordinator).
+    Missing,
+    /// Present.
+    Present {
+        /// The base.
+        base: u64,
+        /// Its znode version.
+        version: i32,
+    },
+}
+
+impl TokenBaseView {
+    /// The base in effect (0 while it is missing or unknown).
+    pub fn base(&self) -> u64 {
+        match self {
+            TokenBaseView::Present { base, .. } => *base,
+            _ => 0,
+        }
+    }
+}
+
 /// An agent that has registered as a member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -143,11 +180,4 @@ pub struct Member {
     pub peer_url: Option<String>,
     /// Its probe address (`host:port`), for `referee admin status`.
     pub probe_addr: Option<String>,
-}
-
-/// Timing the decision core needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// How long to stay out of the election after a failed promotion.
-    pub backoff_after_failure: Duration,
 }

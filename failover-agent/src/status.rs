@@ -79,6 +79,10 @@ pub struct Counters {
     pub fences_indeterminate: u64,
     /// Coordinator sessions opened.
     pub sessions: u64,
+    /// Failsafe rounds every other member confirmed.
+    pub failsafe_confirmed: u64,
+    /// Failsafe rounds some member did not confirm.
+    pub failsafe_refused: u64,
 }
 
 /// The agent's report.
@@ -245,6 +249,13 @@ impl AgentStatus {
             "counter",
             c.sessions.to_string(),
         );
+        out.push_str(
+            "# HELP referee_agent_failsafe_rounds_total Failsafe rounds by outcome.\n\
+             # TYPE referee_agent_failsafe_rounds_total counter\n",
+        );
+        for (outcome, n) in [("confirmed", c.failsafe_confirmed), ("refused", c.failsafe_refused)] {
+            out.push_str(&format!("referee_agent_failsafe_rounds_total{{{labels},outcome=\"{outcome}\"}} {n}\n"));
+        }
         out.push_str(
             "# HELP referee_agent_fences_total Fence attempts by outcome.\n# TYPE referee_agent_fences_total counter\n",
         );

@@ -14,12 +14,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use common::{within, ScratchDir, TestServer};
-use referee_failover_agent::admin::{AdminListeners, AdminServer, AdminSettings, TlsSettings};
+use referee_failover_agent::admin::{AdminError, AdminListeners, AdminServer, AdminSettings, TlsSettings};
 use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
 use referee_failover_agent::control::ControlRequest;
 use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
 use referee_failover_agent::model::{Health, LockRecord, Member, SessionView};
 use referee_failover_agent::status::{AgentStatus, Role};
+use referee_fencing::config::ClientTlsConfig;
 use referee_fencing::{
     FenceOutcome, FenceTarget, Fencer, FencingConfig, FencingToken, MethodOutcome, PeerFenceOutcome, PeerFenceResponse,
 };
@@ -402,6 +403,8 @@ struct Pki {
     server_key: PathBuf,
     ca_file: PathBuf,
     client_pem: String,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 fn make_pki(dir: &ScratchDir) -> Result<Pki> {
@@ -427,7 +430,11 @@ fn make_pki(dir: &ScratchDir) -> Result<Pki> {
         server_key: dir.0.join("server.key"),
         ca_file: dir.0.join("ca.pem"),
         client_pem: format!("{client_cert}\n{client_key}"),
+        client_cert: dir.0.join("client.pem"),
+        client_key: dir.0.join("client.key"),
     };
+    std::fs::write(&pki.client_cert, client_cert)?;
+    std::fs::write(&pki.client_key, client_key)?;
     std::fs::write(&pki.server_cert, server_cert)?;
     std::fs::write(&pki.server_key, server_key)?;
     std::fs::write(&pki.ca_file, &pki.ca_pem)?;
@@ -477,6 +484,132 @@ async fn tls_round_trip_and_required_client_certificates() -> Result<()> {
     assert_eq!(seen.recv().await, Some(Seen::Resume));
     assert!(seen.try_recv().is_err());
     server.stop().await
+}
+
+/// An error and its sources on one line: reqwest's own message hides the TLS cause.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+fn peer_tls(ca: Option<&PathBuf>, identity: Option<(&PathBuf, &PathBuf)>) -> ClientTlsConfig {
+    ClientTlsConfig {
+        ca_file: ca.cloned(),
+        cert_file: identity.map(|(c, _)| c.clone()),
+        key_file: identity.map(|(_, k)| k.clone()),
+    }
+}
+
+/// The client side: this agent calling a peer whose listener speaks TLS and requires client
+/// certificates, as a graceful failover's cede does.
+#[tokio::test]
+async fn peer_client_with_peer_tls_reaches_a_peer_listener_requiring_client_certificates() -> Result<()> {
+    let dir = ScratchDir::new("admin-peer-tls")?;
+    let pki = make_pki(&dir)?;
+    let mut s = settings(&dir);
+    s.tls = Some(TlsSettings {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        client_ca_file: Some(pki.ca_file.clone()),
+    });
+    let (control, mut seen) = stub_driver(ok_everything);
+    let status = Arc::new(Mutex::new(AgentStatus::new("c", "db1")));
+    let server = start_with(s.clone(), ScratchDir::new("admin-peer-tls-1")?, true, control, status).await?;
+    let peer = format!("https://{}", server.peer.expect("a peer listener"));
+    let caller = |tls: Option<ClientTlsConfig>| -> Result<reqwest::Client> {
+        let mut me = settings(&dir);
+        me.peer_tls = tls;
+        Ok(me.peer_client(Duration::from_secs(2))?)
+    };
+    let get_status = |client: reqwest::Client| {
+        let url = format!("{peer}/admin/status");
+        async move { within("GET /admin/status", client.get(url).bearer_auth(SECRET).send()).await }
+    };
+
+    // The cluster's CA and a client certificate it signed: through, and the bearer still counts.
+    let full = caller(Some(peer_tls(Some(&pki.ca_file), Some((&pki.client_cert, &pki.client_key)))))?;
+    let resp = get_status(full.clone()).await??;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["node_id"], json!("db1"), "{body}");
+    let resp = full.post(format!("{peer}/admin/cede")).bearer_auth(SECRET).send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_secs(30))));
+
+    // No client certificate: refused in the TLS handshake.
+    let refused = get_status(caller(Some(peer_tls(Some(&pki.ca_file), None)))?).await?;
+    let e = chain(&refused.expect_err("a client without a certificate must be refused"));
+    assert!(e.contains("CertificateRequired"), "{e}");
+    // No `ca_file`: the system's roots do not know the cluster's CA.
+    let refused = get_status(caller(Some(peer_tls(None, Some((&pki.client_cert, &pki.client_key)))))?).await?;
+    let e = chain(&refused.expect_err("the peer's certificate must not verify"));
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    // Nor does the plain client used without `peer_tls`.
+    assert!(get_status(caller(None)?).await?.is_err());
+    // With `peer_tls`, a peer published as plain HTTP is not sent the secret.
+    let plain = full.get(format!("http://{}/admin/status", server.admin)).bearer_auth(SECRET).send().await;
+    assert!(plain.as_ref().is_err_and(reqwest::Error::is_builder), "{plain:?}");
+
+    // The fencing `agent` method's `tls` takes the same files to the same listener.
+    let yaml = format!(
+        "overall_timeout_ms: 3000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 1000\n        \
+         peers: {{db1: '{peer}'}}\n        secret_file: {}\n        tls: {{ca_file: {}, cert_file: {}, key_file: {}}}\n",
+        s.token_file.as_ref().unwrap().display(),
+        pki.ca_file.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let fencer = Fencer::new(FencingConfig::from_yaml_str(&yaml)?)?;
+    let report = fencer.fence(&FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)), FencingToken(31)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(seen.recv().await, Some(Seen::PeerFence(FencingToken(31))));
+    assert!(seen.try_recv().is_err());
+    server.stop().await
+}
+
+#[tokio::test]
+async fn peer_tls_settings_are_checked_and_bad_files_named() -> Result<()> {
+    let dir = ScratchDir::new("admin-peer-tls-settings")?;
+    let pki = make_pki(&dir)?;
+    let refused = |yaml: &str| -> Result<String> {
+        let s: AdminSettings = serde_yaml::from_str(&format!("token_env: X\npeer_tls: {yaml}\n"))?;
+        Ok(s.validate().unwrap_err().to_string())
+    };
+    let e = refused("{cert_file: /c.pem}")?;
+    assert_eq!(e, "invalid agent config: `admin.peer_tls.key_file` is missing; `cert_file` needs its private key");
+    assert!(refused("{key_file: /c.key}")?.contains("`admin.peer_tls.cert_file` is missing"));
+    assert!(refused("{}")?.contains("`admin.peer_tls.ca_file`"));
+    let typo = serde_yaml::from_str::<AdminSettings>("token_env: X\npeer_tls: {ca: /ca.pem}\n").unwrap_err();
+    assert!(typo.to_string().contains("unknown field `ca`"), "{typo}");
+    let s: AdminSettings = serde_yaml::from_str("token_env: X\npeer_tls: {ca_file: /ca.pem}\n")?;
+    s.validate()?;
+
+    // peer_client checks the keys too, then reads the files and names the one at fault.
+    let mut s = settings(&dir);
+    s.peer_tls = Some(ClientTlsConfig { cert_file: Some(pki.client_cert.clone()), ..peer_tls(None, None) });
+    let e = s.peer_client(Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, AdminError::Invalid { key: "peer_tls.key_file", .. }), "{e}");
+    let missing = dir.0.join("no-such-ca.pem");
+    s.peer_tls = Some(peer_tls(Some(&missing), None));
+    let e = s.peer_client(Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, AdminError::Tls(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(e.contains("`admin.peer_tls.ca_file`: cannot read") && e.contains(&missing.display().to_string()), "{e}");
+    s.peer_tls = Some(peer_tls(Some(&pki.ca_file), Some((&pki.client_cert, &pki.server_key))));
+    let e = s.peer_client(Duration::from_secs(1)).unwrap_err().to_string();
+    assert!(e.contains("`admin.peer_tls.key_file`") && e.contains("does the key belong to the certificate"), "{e}");
+    s.peer_tls = Some(peer_tls(Some(&pki.client_key), None));
+    let e = s.peer_client(Duration::from_secs(1)).unwrap_err().to_string();
+    assert!(e.contains("`admin.peer_tls.ca_file`") && e.contains("holds no PEM certificate"), "{e}");
+    // Without `peer_tls`, a plain client.
+    s.peer_tls = None;
+    s.peer_client(Duration::from_secs(1))?;
+    Ok(())
 }
 
 // ----- referee admin ----------------------------------------------------------------------

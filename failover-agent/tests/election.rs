@@ -15,7 +15,9 @@ use common::{apache_zookeeper_installed, skip, within, ApacheZk, TestServer};
 use referee_failover_agent::election::{
     Acquired, Coordination, CoordinationConfig, ElectionError, LockEvent, Recovery, Released,
 };
-use referee_failover_agent::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView};
+use referee_failover_agent::model::{
+    Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView,
+};
 use referee_fencing::{FenceTarget, FencingToken};
 
 /// Settings for a handle on `cluster` as `node`: 4 s sessions, 2 s calls.
@@ -367,6 +369,89 @@ async fn negotiated_timeout_and_digest(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// The token is the czxid plus the token base; only the lock holder sets the base, it only
+/// goes up, and every later token (whoever wins) includes it.
+async fn token_base_lifts_every_later_token(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "token-base", "a")).await?;
+    let b = connect(cfg(addr, "token-base", "b")).await?;
+    let t1 = win(&a).await?;
+    let (view, base) = a.read_lock_state().await?;
+    ensure!(base == TokenBaseView::Missing, "a new cluster has no token base: {base:?}");
+    ensure!(view == LockView::Ours { token: t1, version: 0 });
+    let czxid = t1.0;
+    let floor = FencingToken(czxid + 1_000_000);
+    let record = TokenBase { base: 1_000_001, floor, node_id: "a".into() };
+    // Only the holder may set it.
+    match b.set_token_base(&record, czxid, 0, None).await {
+        Err(ElectionError::LockNotHeld { .. }) => {}
+        other => bail!("a non-holder set the token base: {other:?}"),
+    }
+    let t2 = a.set_token_base(&record, czxid, 0, None).await?;
+    ensure!(t2 == FencingToken(czxid + 1_000_001) && t2 > floor, "token {t2} after setting the base");
+    let (view, base) = a.read_lock_state().await?;
+    let TokenBaseView::Present { base: value, version } = base else { bail!("no base after setting it: {base:?}") };
+    ensure!(value == 1_000_001 && view == LockView::Ours { token: t2, version: 0 }, "{view:?} {base:?}");
+    // Creating it again is refused (it exists), lowering it is refused before anything is sent.
+    match a.set_token_base(&record, czxid, 0, None).await {
+        Err(ElectionError::TokenBaseChanged { expected: None }) => {}
+        other => bail!("a second create of the base: {other:?}"),
+    }
+    let lower = TokenBase { base: 5, ..record.clone() };
+    ensure!(matches!(
+        a.set_token_base(&lower, czxid, 0, Some((value, version))).await,
+        Err(ElectionError::InvalidArgument(_))
+    ));
+    // The peer sees the same token, and the next acquisition is above it.
+    ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token: t2 });
+    ensure!(a.release(t2).await? == Released::Deleted);
+    let t3 = win(&b).await?;
+    ensure!(t3 > t2, "token {t3} after {t2}");
+    // Raising by the new holder, against the version read.
+    let raised = TokenBase { base: value + 10, floor: t3, node_id: "b".into() };
+    let t4 = b.set_token_base(&raised, t3.0 - value, 0, Some((value, version))).await?;
+    ensure!(t4 == FencingToken(t3.0 + 10), "raised token {t4}");
+    Ok(())
+}
+
+/// With a digest credential, the agent's znodes carry the cluster's ACL: a session without
+/// the credential can read them but not delete the lock or rewrite the breadcrumb.
+async fn digest_credential_secures_every_znode(addr: SocketAddr) -> Result<()> {
+    let secured = CoordinationConfig { digest: Some("agents:s3cret".into()), ..cfg(addr, "secured", "a") };
+    let a = connect(secured).await?;
+    a.register_member(&member("a")).await?;
+    let token = win(&a).await?;
+    a.write_breadcrumb(&crumb("a", token, false), 0, None).await?;
+    let outsider = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(&addr.to_string())
+        .await?;
+    for path in ["/referee/secured/lock", "/referee/secured/breadcrumb", "/referee/secured/members/a"] {
+        let (acl, _) = outsider.get_acl(path).await?;
+        ensure!(
+            acl.iter().any(|e| e.scheme() == "digest" && e.id().starts_with("agents:")),
+            "{path} has no digest entry: {acl:?}"
+        );
+        ensure!(
+            acl.iter().all(|e| e.scheme() != "world" || e.permission() == zookeeper_client::Permission::READ),
+            "{path} is open: {acl:?}"
+        );
+        ensure!(outsider.get_data(path).await.is_ok(), "{path} must stay readable");
+    }
+    ensure!(
+        matches!(outsider.delete("/referee/secured/lock", None).await, Err(zookeeper_client::Error::NoAuth)),
+        "an outsider deleted the lock"
+    );
+    ensure!(
+        matches!(
+            outsider.set_data("/referee/secured/breadcrumb", b"{}", None).await,
+            Err(zookeeper_client::Error::NoAuth)
+        ),
+        "an outsider rewrote the breadcrumb"
+    );
+    ensure!(a.read_lock().await? == LockView::Ours { token, version: 0 });
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         /// Each scenario against its own bundled coordinator.
@@ -413,4 +498,6 @@ scenarios!(
     last_ack_advances_with_replies,
     lost_create_reply_is_settled_by_owner,
     negotiated_timeout_and_digest,
+    token_base_lifts_every_later_token,
+    digest_credential_secures_every_znode,
 );

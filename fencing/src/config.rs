@@ -153,6 +153,135 @@ pub struct AgentConfig {
     /// Name of the environment variable holding the bearer secret.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// TLS for the peer calls: the CA that signs the agents' server certificates and the
+    /// client certificate their peer listeners require. Every peer URL must then be https.
+    /// Without it the fencer's shared client is used (public roots, no client certificate).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// Client-side TLS for a method's HTTPS calls (and for the agent's calls to its peers).
+///
+/// A client built from it speaks HTTPS only, so a bearer secret cannot go out in clear text
+/// to a URL that was meant to be protected.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM CA certificates that sign the servers' certificates. When set, these are the
+    /// **only** roots trusted: a certificate from a public CA is refused, so a private CA
+    /// cannot be bypassed by buying a certificate for the same name.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) presented to servers that require client
+    /// certificates. Needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Needs `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Why client TLS settings or their files were refused.
+#[derive(Debug, Error)]
+#[error("`{field}`: {problem}")]
+pub struct ClientTlsError {
+    /// The key within the TLS section: `ca_file`, `cert_file` or `key_file`.
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+fn tls_error(field: &'static str, problem: impl Into<String>) -> ClientTlsError {
+    ClientTlsError { field, problem: problem.into() }
+}
+
+impl ClientTlsConfig {
+    /// Checks which keys are set, without reading any file.
+    pub fn validate(&self) -> Result<(), ClientTlsError> {
+        match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (None, None, None) => Err(tls_error(
+                "ca_file",
+                "is missing and so is `cert_file`: give `ca_file`, or `cert_file` with `key_file`, or remove the \
+                 TLS section",
+            )),
+            (_, Some(_), None) => Err(tls_error("key_file", "is missing; `cert_file` needs its private key")),
+            (_, None, Some(_)) => Err(tls_error("cert_file", "is missing; `key_file` needs its certificate")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the files and builds the client from `builder` (which carries the caller's
+    /// timeouts and redirect policy). Each error names the file and the key to fix.
+    pub fn build_client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::Client, ClientTlsError> {
+        self.validate()?;
+        let mut builder = builder.https_only(true);
+        if let Some(ca) = &self.ca_file {
+            let certs = certificates("ca_file", ca, &read_file("ca_file", ca)?)?;
+            // Only the configured CA: the built-in public roots would accept any certificate
+            // a public CA issued for the peer's name.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            let mut pem = read_file("cert_file", cert)?;
+            certificates("cert_file", cert, &pem)?;
+            // With rustls, reqwest takes the identity as one PEM holding the chain and the key.
+            pem.push(b'\n');
+            pem.extend(read_file("key_file", key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                tls_error(
+                    "key_file",
+                    format!(
+                        "`{}` holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {}",
+                        key.display(),
+                        crate::methods::error_chain(&e)
+                    ),
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        builder.build().map_err(|e| {
+            let files: Vec<String> = [&self.ca_file, &self.cert_file, &self.key_file]
+                .into_iter()
+                .flatten()
+                .map(|p| format!("`{}`", p.display()))
+                .collect();
+            // With an identity the likeliest cause by far is a key that is not the certificate's.
+            let (field, hint) = match &self.key_file {
+                Some(_) => ("key_file", "; does the key belong to the certificate?"),
+                None => ("ca_file", ""),
+            };
+            tls_error(
+                field,
+                format!(
+                    "cannot build a TLS client from {}: {}{hint}",
+                    files.join(", "),
+                    crate::methods::error_chain(&e)
+                ),
+            )
+        })
+    }
+}
+
+fn read_file(field: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ClientTlsError> {
+    std::fs::read(path).map_err(|e| tls_error(field, format!("cannot read `{}`: {e}", path.display())))
+}
+
+/// The certificates in `pem`, read from `path`; none at all is an error.
+fn certificates(
+    field: &'static str,
+    path: &std::path::Path,
+    pem: &[u8],
+) -> Result<Vec<reqwest::Certificate>, ClientTlsError> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+        tls_error(field, format!("`{}` is not valid PEM: {}", path.display(), crate::methods::error_chain(&e)))
+    })?;
+    if certs.is_empty() {
+        return Err(tls_error(field, format!("`{}` holds no PEM certificate", path.display())));
+    }
+    Ok(certs)
 }
 
 /// Arguments of `kind: kill`. Only fences a master running on **this** host.
@@ -279,6 +408,10 @@ pub struct HttpConfig {
     /// indeterminate: an accepted request is not yet an off target.
     #[serde(default)]
     pub status: Option<HttpStatusConfig>,
+    /// TLS for an API behind a private CA or requiring a client certificate; `url` (and
+    /// `status.url`) must then be https. Without it the fencer's shared client is used.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// Status polling for `kind: http`.
@@ -553,7 +686,14 @@ impl Checker {
                 for url in c.peers.values() {
                     self.url("peers", url)?;
                 }
-                self.secret(&c.secret_file, &c.secret_env, true)
+                self.secret(&c.secret_file, &c.secret_env, true)?;
+                if let Some(tls) = &c.tls {
+                    self.client_tls(tls)?;
+                    for url in c.peers.values() {
+                        self.https("peers", url)?;
+                    }
+                }
+                Ok(())
             }
             MethodConfig::Kill(c) => self.ensure(c.grace_ms < c.timeout_ms, "grace_ms", || {
                 format!("{} ms must be shorter than timeout_ms {} to leave time for SIGKILL", c.grace_ms, c.timeout_ms)
@@ -619,6 +759,13 @@ impl Checker {
                         || format!("`{}` is not a JSON pointer (it must start with `/`)", status.pointer),
                     )?;
                 }
+                if let Some(tls) = &c.tls {
+                    self.client_tls(tls)?;
+                    self.https("url", &c.url)?;
+                    if let Some(url) = c.status.as_ref().and_then(|s| s.url.as_ref()) {
+                        self.https("status.url", url)?;
+                    }
+                }
                 Ok(())
             }
             MethodConfig::Isolate(c) => {
@@ -661,6 +808,26 @@ impl Checker {
             Ok(u) => Err(self.err(field, format!("`{url}` has scheme `{}`; use http or https", u.scheme()))),
             Err(e) => Err(self.err(field, format!("`{url}` is not a valid URL: {e}"))),
         }
+    }
+
+    /// With `tls` set the client speaks HTTPS only; a plain URL would fail at every fence.
+    fn https(&self, field: &'static str, url: &str) -> Result<(), ConfigError> {
+        let plain = url.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+        self.ensure(!plain, field, || {
+            format!("`{url}` is plain HTTP, but `tls` is set: use https:// (or remove `tls`)")
+        })
+    }
+
+    fn client_tls(&self, tls: &ClientTlsConfig) -> Result<(), ConfigError> {
+        tls.validate().map_err(|e| self.err(tls_field(e.field), e.problem))?;
+        for (field, path) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            if let Some(path) = path {
+                self.ensure(path.is_absolute(), tls_field(field), || {
+                    format!("`{}` must be an absolute path", path.display())
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn headers(&self, headers: &BTreeMap<String, String>) -> Result<(), ConfigError> {
@@ -712,6 +879,16 @@ impl Checker {
                 "{connect_timeout_ms} ms (ssh rounds it up to {rounded} ms) must be shorter than timeout_ms {timeout_ms}"
             )
         })
+    }
+}
+
+/// A [`ClientTlsError`] field as a method's field: the keys sit under `tls`.
+pub(crate) fn tls_field(field: &'static str) -> &'static str {
+    match field {
+        "ca_file" => "tls.ca_file",
+        "cert_file" => "tls.cert_file",
+        "key_file" => "tls.key_file",
+        _ => "tls",
     }
 }
 
@@ -807,6 +984,40 @@ mod tests {
         assert!(e.contains("field `delay_ms`"), "{e}");
         let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: shell\n        timeout_ms: 1000\n        program: /bin/true\n        env: {FENCE_TOKEN: '1'}\n");
         assert!(e.contains("field `env`"), "{e}");
+    }
+
+    #[test]
+    fn client_tls_keys_are_checked_and_named() {
+        let agent = |tls: &str| {
+            format!(
+                "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 1000\n        \
+                 peers: {{n1: 'https://h:1'}}\n        secret_env: S\n        tls: {tls}\n"
+            )
+        };
+        let ok =
+            FencingConfig::from_yaml_str(&agent("{ca_file: /ca.pem, cert_file: /c.pem, key_file: /c.key}")).unwrap();
+        let MethodConfig::Agent(c) = &ok.levels[0].methods[0] else { panic!("{ok:?}") };
+        assert_eq!(c.tls.as_ref().and_then(|t| t.ca_file.as_deref()), Some(std::path::Path::new("/ca.pem")));
+        FencingConfig::from_yaml_str(&agent("{ca_file: /ca.pem}")).unwrap();
+        FencingConfig::from_yaml_str(&agent("{cert_file: /c.pem, key_file: /c.key}")).unwrap();
+
+        let e = err(&agent("{cert_file: /c.pem}"));
+        assert_eq!(
+            e,
+            "fencing level 0, method 0 (agent): field `tls.key_file`: is missing; `cert_file` needs its private key"
+        );
+        let e = err(&agent("{key_file: /c.key}"));
+        assert!(e.contains("field `tls.cert_file`: is missing"), "{e}");
+        let e = err(&agent("{}"));
+        assert!(e.contains("field `tls.ca_file`") && e.contains("remove the TLS section"), "{e}");
+        let e = err(&agent("{ca_file: ca.pem}"));
+        assert!(e.contains("field `tls.ca_file`: `ca.pem` must be an absolute path"), "{e}");
+        let e = err(&agent("{ca_file: /ca.pem, verify: false}"));
+        assert!(e.contains("unknown field `verify`"), "{e}");
+        let e = err(&agent("{ca_file: /ca.pem}").replace("https://h:1", "http://h:1"));
+        assert!(e.contains("field `peers`: `http://h:1` is plain HTTP, but `tls` is set"), "{e}");
+        let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: http\n        timeout_ms: 1000\n        url: 'HTTP://pdu/off'\n        tls: {ca_file: /ca.pem}\n");
+        assert!(e.contains("(http): field `url`") && e.contains("plain HTTP"), "{e}");
     }
 
     #[test]

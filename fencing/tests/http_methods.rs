@@ -10,10 +10,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::{fencer, never, serve, target, TempDir};
+use common::{fencer, never, serve, serve_tls, target, Pki, TempDir};
 use referee_fencing::{
-    FenceReport, FencingToken, HaState, HaStatus, MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse,
-    TokenFloorRequest, TokenFloorResponse, TokenRequest,
+    FenceReport, Fencer, FencingToken, HaState, HaStatus, MethodOutcome, PeerFenceOutcome, PeerFenceRequest,
+    PeerFenceResponse, TokenFloorRequest, TokenFloorResponse, TokenRequest,
 };
 
 fn only_outcome(report: &FenceReport) -> &MethodOutcome {
@@ -147,6 +147,11 @@ struct Peer {
 }
 
 async fn peer(secret: &'static str, answer: Option<PeerFenceResponse>) -> (String, Peer) {
+    let (router, state) = peer_router(secret, answer);
+    (format!("http://{}", serve(router).await), state)
+}
+
+fn peer_router(secret: &'static str, answer: Option<PeerFenceResponse>) -> (Router, Peer) {
     let state = Peer { secret, answer, received: Arc::default() };
     async fn fence(
         State(p): State<Peer>,
@@ -166,8 +171,7 @@ async fn peer(secret: &'static str, answer: Option<PeerFenceResponse>) -> (Strin
             }
         }
     }
-    let router = Router::new().route("/peer/fence", post(fence)).with_state(state.clone());
-    (format!("http://{}", serve(router).await), state)
+    (Router::new().route("/peer/fence", post(fence)).with_state(state.clone()), state)
 }
 
 fn agent_yaml(peer_url: &str, secret_file: &std::path::Path) -> String {
@@ -236,6 +240,89 @@ async fn agent_against_a_hanging_peer_is_indeterminate_at_its_deadline() {
     assert_eq!(state.received.lock().unwrap().len(), 1);
 }
 
+// ----- agent over TLS -------------------------------------------------------------------
+
+/// `agent_yaml` with a `tls` section of the given `key: path` lines.
+fn agent_tls_yaml(peer_url: &str, secret_file: &std::path::Path, tls: &[(&str, &std::path::Path)]) -> String {
+    let mut yaml = agent_yaml(peer_url, secret_file);
+    if !tls.is_empty() {
+        yaml.push_str("        tls:\n");
+        for (key, path) in tls {
+            yaml.push_str(&format!("          {key}: {}\n", path.display()));
+        }
+    }
+    yaml
+}
+
+#[tokio::test]
+async fn agent_with_tls_fences_through_a_peer_that_requires_client_certificates() {
+    let dir = TempDir::new("agent-tls");
+    std::fs::write(dir.path("secret"), "s3cret").unwrap();
+    let pki = Pki::new();
+    let (router, state) = peer_router("s3cret", answer(PeerFenceOutcome::Fenced, "master stopped"));
+    let url = format!("https://{}", serve_tls(router, pki.server_config(true)).await);
+    let secret = dir.path("secret");
+    let full = [("ca_file", pki.ca_file.as_path()), ("cert_file", &pki.client_cert), ("key_file", &pki.client_key)];
+
+    let report =
+        fencer(&agent_tls_yaml(&url, &secret, &full)).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(
+        *state.received.lock().unwrap(),
+        [PeerFenceRequest { target_node_id: "n1".into(), token: FencingToken(21) }]
+    );
+
+    // The CA alone is not enough: the peer refuses a client without a certificate, at the TLS
+    // layer, before any request reaches it. (With TLS 1.3 the refusal comes after the client
+    // wrote its request, so the method reads it as indeterminate, not failed: no promotion.)
+    let report =
+        fencer(&agent_tls_yaml(&url, &secret, &full[..1])).fence(&target("n1", "127.0.0.1", 1), FencingToken(22)).await;
+    assert!(!report.outcome.permits_promotion(), "{report:#?}");
+    assert!(report.outcome.to_string().contains("Certificate"), "the reason says why: {}", report.outcome);
+    // Without `tls` the shared client trusts only public roots, so the private CA's server
+    // certificate is refused: nothing connects, nothing is fenced.
+    let report =
+        fencer(&agent_tls_yaml(&url, &secret, &[])).fence(&target("n1", "127.0.0.1", 1), FencingToken(23)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("cannot connect") && reason.contains("certificate"), "{reason}");
+    assert_eq!(state.received.lock().unwrap().len(), 1, "only the request with a client certificate got through");
+}
+
+#[tokio::test]
+async fn agent_tls_files_are_read_at_start_up_and_a_bad_one_is_named() {
+    let dir = TempDir::new("agent-tls-files");
+    std::fs::write(dir.path("secret"), "s3cret").unwrap();
+    let secret = dir.path("secret");
+    let pki = Pki::new();
+    let refused = |tls: &[(&str, &std::path::Path)]| {
+        Fencer::from_yaml_str(&agent_tls_yaml("https://127.0.0.1:1", &secret, tls)).unwrap_err().to_string()
+    };
+    let missing = dir.path("no-such-ca.pem");
+    let e = refused(&[("ca_file", &missing)]);
+    assert!(
+        e.starts_with("fencing level 0, method 0 (agent): field `tls.ca_file`: cannot read `")
+            && e.contains(&missing.display().to_string()),
+        "{e}"
+    );
+    // A file without a certificate where one is expected.
+    let e = refused(&[("ca_file", &pki.client_key)]);
+    assert!(e.contains("field `tls.ca_file`") && e.contains("holds no PEM certificate"), "{e}");
+    let e = refused(&[("cert_file", &pki.client_key), ("key_file", &pki.client_key)]);
+    assert!(e.contains("field `tls.cert_file`") && e.contains("holds no PEM certificate"), "{e}");
+    // A key file without a key, and a key that is not the certificate's.
+    let e = refused(&[("cert_file", &pki.client_cert), ("key_file", &pki.ca_file)]);
+    assert!(e.contains("field `tls.key_file`") && e.contains(&pki.ca_file.display().to_string()), "{e}");
+    let e = refused(&[("cert_file", &pki.client_cert), ("key_file", &pki.stray_key)]);
+    assert!(e.contains("field `tls.key_file`") && e.contains("does the key belong to the certificate"), "{e}");
+    // The same files, correct, are accepted.
+    Fencer::from_yaml_str(&agent_tls_yaml(
+        "https://127.0.0.1:1",
+        &secret,
+        &[("ca_file", &pki.ca_file), ("cert_file", &pki.client_cert), ("key_file", &pki.client_key)],
+    ))
+    .unwrap();
+}
+
 // ----- http (STONITH / PDU / cloud) -----------------------------------------------------
 
 /// (route, the secret header received, body)
@@ -250,6 +337,11 @@ struct Pdu {
 }
 
 async fn pdu(on_polls: u32) -> (String, Pdu) {
+    let (router, state) = pdu_router(on_polls);
+    (format!("http://{}", serve(router).await), state)
+}
+
+fn pdu_router(on_polls: u32) -> (Router, Pdu) {
     let state = Pdu { on_polls, ..Pdu::default() };
     fn record(p: &Pdu, path: &str, headers: &HeaderMap, body: String) {
         let auth = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -286,7 +378,7 @@ async fn pdu(on_polls: u32) -> (String, Pdu) {
         .route("/status/:node", get(status))
         .route("/hang/:node", post(hang))
         .with_state(state.clone());
-    (format!("http://{}", serve(router).await), state)
+    (router, state)
 }
 
 fn http_yaml(url: &str, status: bool, timeout_ms: u64) -> String {
@@ -317,6 +409,34 @@ async fn http_2xx_is_fenced_and_carries_body_and_secret() {
         *state.requests.lock().unwrap(),
         [("sync".to_string(), Some("pdu-key".to_string()), "{\"action\": \"off\"}".to_string())]
     );
+}
+
+#[tokio::test]
+async fn http_with_tls_powers_off_through_an_api_requiring_client_certificates() {
+    set_pdu_key();
+    let pki = Pki::new();
+    let (router, state) = pdu_router(1);
+    let base = format!("https://{}", serve_tls(router, pki.server_config(true)).await);
+    let tls = format!(
+        "        tls:\n          ca_file: {}\n          cert_file: {}\n          key_file: {}\n",
+        pki.ca_file.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    // 202 then one "on" poll: the request and every poll go through the method's TLS client.
+    let yaml = http_yaml(&format!("{base}/async/{{node_id}}"), true, 2000) + &tls;
+    let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 1), FencingToken(3)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert_eq!(state.polls.load(Ordering::SeqCst), 2);
+    assert_eq!(state.requests.lock().unwrap().len(), 1);
+
+    // The shared client does not trust the private CA.
+    let report = fencer(&http_yaml(&format!("{base}/sync/{{node_id}}"), false, 1000))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("certificate"), "{reason}");
+    assert_eq!(state.requests.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

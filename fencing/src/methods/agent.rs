@@ -3,11 +3,14 @@
 //! The peer runs its own fencing (typically `graceful` then `kill` on its host) and answers
 //! with a [`PeerFenceResponse`]. The request carries the new token, so the peer can pass it on
 //! to its master, and the target node id, so a misrouted request fences nothing.
+//!
+//! With `tls`, the method calls peers through its own client: trusting the cluster's CA and
+//! presenting the client certificate that TLS peer listeners with a `client_ca_file` require.
 
 use std::collections::BTreeMap;
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::methods::{body_snippet, http_error, load_secret, Context, Secret};
+use crate::methods::{body_snippet, http_error, load_secret, tls_client, Context, Secret};
 use crate::outcome::MethodOutcome;
 use crate::protocol::{PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse, PEER_FENCE_PATH};
 
@@ -15,6 +18,8 @@ use crate::protocol::{PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse, PEE
 pub(crate) struct Agent {
     peers: BTreeMap<String, String>,
     secret: Secret,
+    /// Built from the method's `tls` section; `None` uses the fencer's shared client.
+    client: Option<reqwest::Client>,
 }
 
 impl Agent {
@@ -24,9 +29,11 @@ impl Agent {
     ) -> Result<Self, ConfigError> {
         let secret = load_secret(config.secret_file.as_deref(), config.secret_env.as_deref(), err)?
             .ok_or_else(|| err("secret_file", "a secret is required".into()))?;
+        let client = config.tls.as_ref().map(|tls| tls_client(tls, err)).transpose()?;
         Ok(Agent {
             peers: config.peers.iter().map(|(k, v)| (k.clone(), v.trim_end_matches('/').to_string())).collect(),
             secret,
+            client,
         })
     }
 
@@ -35,8 +42,10 @@ impl Agent {
             return MethodOutcome::failed(format!("no peer URL configured for node `{}`", ctx.target.node_id));
         };
         let url = format!("{base}{PEER_FENCE_PATH}");
-        let sent = ctx
-            .http
+        let sent = self
+            .client
+            .as_ref()
+            .unwrap_or(ctx.http)
             .post(&url)
             .timeout(ctx.remaining())
             .bearer_auth(self.secret.expose())

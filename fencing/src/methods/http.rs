@@ -4,6 +4,7 @@
 //! only means "will do": the status is then polled (the configured status URL, else the
 //! `Location` header) until it reports the configured off value; fenced only then. Without a
 //! status configuration a 202 is indeterminate. Errors from the API (4xx, 5xx) are failures.
+//! With `tls`, requests go through the method's own client (private CA, client certificate).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use crate::config::{ConfigError, HttpConfig, HttpStatusConfig};
-use crate::methods::{body_snippet, http_error, load_secret, Context, Secret};
+use crate::methods::{body_snippet, http_error, load_secret, tls_client, Context, Secret};
 use crate::outcome::MethodOutcome;
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub(crate) struct Http {
     body: Option<String>,
     secret: Option<(String, Secret)>,
     status: Option<HttpStatusConfig>,
+    /// Built from the method's `tls` section; `None` uses the fencer's shared client.
+    client: Option<reqwest::Client>,
 }
 
 /// Percent-encodes a node id for a URL path segment or query value.
@@ -58,11 +61,13 @@ impl Http {
             body: config.body.clone(),
             secret,
             status: config.status.clone(),
+            client: config.tls.as_ref().map(|tls| tls_client(tls, err)).transpose()?,
         })
     }
 
     fn request(&self, ctx: &Context<'_>, method: HttpMethod, url: &str) -> reqwest::RequestBuilder {
-        let mut request = ctx.http.request(method, url).timeout(ctx.remaining());
+        let client = self.client.as_ref().unwrap_or(ctx.http);
+        let mut request = client.request(method, url).timeout(ctx.remaining());
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, MethodConfig};
+use crate::config::{tls_field, ClientTlsConfig, ConfigError, MethodConfig};
 use crate::outcome::{MethodKind, MethodOutcome};
 use crate::target::FenceTarget;
 use crate::token::FencingToken;
@@ -59,6 +59,20 @@ pub(crate) fn load_secret(
         },
         (None, None) => Ok(None),
     }
+}
+
+/// A method's own HTTP client, built from its `tls` section at preparation, so an unreadable
+/// or unusable file stops the agent at start-up rather than at the first fence.
+///
+/// Configured as the fencer's shared client otherwise is: no overall timeout (each request
+/// sets its own from the method deadline) and no redirects (a fencing endpoint that
+/// redirects is misconfigured, and following it could carry the secret elsewhere).
+pub(crate) fn tls_client(
+    tls: &ClientTlsConfig,
+    err: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<reqwest::Client, ConfigError> {
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    tls.build_client(builder).map_err(|e| err(tls_field(e.field), e.problem))
 }
 
 /// A method ready to run.

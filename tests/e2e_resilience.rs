@@ -1,0 +1,255 @@
+//! End-to-end tests of what the pair survives beyond a failover, with real processes: the
+//! coordinator losing all its data, a coordinator outage under failsafe mode, and the
+//! preferred node taking its role back under anti-flap.
+//!
+//! Every wait is for an observable condition under a deadline; the oracles (never two
+//! actives, never interleaved write acknowledgements) run throughout where they apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use referee::lab::{coordinator_available, CoordinatorKind, Oracles, Pair, PairSpec, Timings, NODES};
+use serde_json::Value;
+use tokio::time::Instant;
+
+fn spec(coordinator: CoordinatorKind, admin: bool, extra: &str) -> PairSpec {
+    PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master_lease: true,
+        proxied_agents: false,
+        extra_agent_yaml: vec![extra.to_string(); 2],
+        admin,
+        journal: false,
+    }
+}
+
+async fn status(pair: &Pair, node: usize) -> Value {
+    pair.agent_json(node, "/status").await.unwrap_or_default()
+}
+
+/// The token node `node`'s agent holds, if any.
+async fn token(pair: &Pair, node: usize) -> Option<u64> {
+    status(pair, node).await["token"].as_u64()
+}
+
+/// What master `node` reports on its HA endpoint: (state, token).
+async fn master_state(pair: &Pair, node: usize) -> Result<(String, u64)> {
+    let url = format!("http://127.0.0.1:{}/ha/state", pair.ports[node].master);
+    let v: Value = reqwest::get(&url).await?.json().await?;
+    Ok((v["state"].as_str().unwrap_or_default().to_string(), v["token"].as_u64().unwrap_or(0)))
+}
+
+/// Waits until exactly one node is active with a token above `above`; returns it and its token.
+async fn active_above(pair: &Pair, above: u64, limit: Duration) -> Result<(usize, u64)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let actives = pair.actives().await;
+        if let [node] = actives[..] {
+            if let Some(t) = token(pair, node).await.filter(|t| *t != above) {
+                return Ok((node, t));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no node became active with a new token within {limit:?} (actives {actives:?})\n--- agent a ---\n{}\n--- agent b ---\n{}",
+                pair.agent_log_tail(0),
+                pair.agent_log_tail(1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The coordinator loses everything (restarted with its data directory deleted): lock czxids
+/// start from the bottom again, yet the next active's token is above every token before, the
+/// token base records why, and the failover after that keeps going up.
+async fn tokens_keep_increasing_after_a_wipe(kind: CoordinatorKind) -> Result<()> {
+    let pair = Arc::new(Pair::start(spec(kind, false, "")).await?);
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let t1 = token(&pair, first).await.context("the active reports its token")?;
+    let oracles = Oracles::start(&pair);
+
+    pair.restart_coordinator(true).await?;
+    let (second, t2) = active_above(&pair, t1, Duration::from_secs(30)).await?;
+    ensure!(t2 > t1, "after the wipe the token went from {t1} to {t2}");
+    let (state, master_token) = master_state(&pair, second).await?;
+    ensure!(state == "active" && master_token == t2, "the new active's master reports {state} with {master_token}");
+    // The token base says what floor it was set above.
+    let zk = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(&pair.coordinator_addr)
+        .await?;
+    let (data, _) = zk.get_data("/referee/lab/token-base").await.context("the token base exists after the wipe")?;
+    let base: Value = serde_json::from_slice(&data)?;
+    ensure!(base["floor"].as_u64().unwrap_or(0) >= t1, "the base's floor covers the old token {t1}: {base}");
+    drop(zk);
+
+    // One more failover on the new coordinator history: still going up.
+    pair.masters[second].signal(Signal::SIGKILL)?;
+    let (third, t3) = active_above(&pair, t2, Duration::from_secs(20)).await?;
+    ensure!(third != second && t3 > t2, "the next failover went from {t2} to {t3}");
+    // Nothing overlapped; the wipe itself costs the sessions, so allow a few session timeouts.
+    oracles.check(Duration::from_secs(20)).await?;
+    Ok(())
+}
+
+/// Failsafe mode: with the coordinator gone, the active keeps serving past its session's lease
+/// while every peer confirms it is not active; once a peer stops answering, it demotes.
+async fn failsafe_rides_out_a_coordinator_outage(kind: CoordinatorKind) -> Result<()> {
+    let failsafe = "failsafe:\n  enabled: true\n  ttl_ms: 3000\n";
+    let pair = Arc::new(Pair::start(spec(kind, true, failsafe)).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let standby = 1 - active;
+    let confirmed = |v: &Value| v["counters"]["failsafe_confirmed"].as_u64().unwrap_or(0);
+    let before = confirmed(&status(&pair, active).await);
+    let oracles = Oracles::start(&pair);
+
+    pair.kill_coordinator();
+    let killed = Instant::now();
+    // Far past the session's lease (2.5 s session, 1.75 s lease): the active still serves,
+    // because every round was confirmed; the standby never takes over.
+    let mut saw_failsafe = false;
+    loop {
+        let st = status(&pair, active).await;
+        saw_failsafe |= st["last_decision"].as_str().unwrap_or_default().starts_with("failsafe:");
+        if saw_failsafe && confirmed(&st) >= before + 6 && killed.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        ensure!(
+            pair.is_active(active).await,
+            "{} stopped being active {:?} into the outage: {st}",
+            NODES[active],
+            killed.elapsed()
+        );
+        ensure!(!pair.is_active(standby).await, "{} became active with no coordinator", NODES[standby]);
+        pair.write(active, "k", "during-outage")
+            .await
+            .map_err(|e| anyhow::anyhow!("the active refused a write: {e}"))?;
+        ensure!(killed.elapsed() < Duration::from_secs(20), "failsafe never confirmed six rounds: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The standby's agent stops answering: the next round fails, and the active demotes within
+    // one failsafe ttl.
+    let stopped = pair.agents[standby].as_ref().context("the standby's agent runs")?;
+    stopped.signal(Signal::SIGSTOP)?;
+    let stop_at = Instant::now();
+    while pair.is_active(active).await {
+        ensure!(stop_at.elapsed() < Duration::from_secs(8), "the active kept serving without a confirmation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let demoted_after = stop_at.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (state, _) = master_state(&pair, active).await?;
+        if state == "standby" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the active's master is still {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(pair.write(active, "k", "after").await.is_err(), "a demoted master refuses writes");
+    let st = status(&pair, active).await;
+    ensure!(st["last_failure"].as_str().unwrap_or_default().contains("failsafe"), "the refusal is reported: {st}");
+    stopped.signal(Signal::SIGCONT)?;
+    eprintln!("failsafe: demoted {demoted_after:?} after the peer stopped answering");
+    // No active is expected from here on: the coordinator is gone. Only the safety oracles count.
+    match oracles.check(Duration::from_secs(3600)).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+macro_rules! both_coordinators {
+    ($($name:ident),* $(,)?) => {
+        mod bundled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::CoordinatorKind::Bundled).await
+                }
+            )*
+        }
+        mod apache_zookeeper {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> anyhow::Result<()> {
+                    if !super::coordinator_available(super::CoordinatorKind::ApacheZooKeeper, stringify!($name)) {
+                        return Ok(());
+                    }
+                    super::$name(super::CoordinatorKind::ApacheZooKeeper).await
+                }
+            )*
+        }
+    };
+}
+
+both_coordinators!(tokens_keep_increasing_after_a_wipe, failsafe_rides_out_a_coordinator_outage);
+
+/// The preferred node takes the role back gracefully once its master has been healthy for the
+/// failback period, and anti-flap keeps the next failover at least the minimum interval after
+/// the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preferred_node_fails_back_and_anti_flap_spaces_failovers() -> Result<()> {
+    let interval = Duration::from_secs(4);
+    let extra = format!(
+        "election:\n  preferred_node: a\n  failback_after_ms: 2000\n  min_failover_interval_ms: {}\n",
+        interval.as_millis()
+    );
+    let mut pair = Pair::start(spec(CoordinatorKind::Bundled, true, &extra)).await?;
+    // Make b active: if a is, its master crashes and comes back.
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    if first == 0 {
+        pair.masters[0].signal(Signal::SIGKILL)?;
+        pair.wait_for_active_node(1, Duration::from_secs(10)).await?;
+        pair.masters[0] = pair.start_master(0)?;
+    }
+    let pair = Arc::new(pair);
+    let fenced = |v: &Value| v["counters"]["fences_fenced"].as_u64().unwrap_or(0);
+    let fenced_before = fenced(&status(&pair, 0).await);
+    let oracles = Oracles::start(&pair);
+    // a asks b to hand over once its master has been healthy for 2 s and the last failover is
+    // 4 s old; b demotes, marks its breadcrumb clean and releases, a promotes without fencing.
+    pair.wait_for_active_node(0, Duration::from_secs(20)).await?;
+    ensure!(fenced(&status(&pair, 0).await) == fenced_before, "a failback is a graceful handover, without fencing");
+    let promoted_at = |h: &Value| -> Option<i64> {
+        h["transitions"].as_array()?.iter().rev().find(|t| t["to"] == "active").and_then(|t| t["at_ms"].as_i64())
+    };
+    let history = |i: usize| {
+        let pair = pair.clone();
+        async move { pair.agent_json(i, "/history").await.unwrap_or_default() }
+    };
+    let a_active_at = promoted_at(&history(0).await).context("a's history shows its promotion")?;
+    let b_active_at = promoted_at(&history(1).await).context("b's history shows its promotion")?;
+    if first == 0 {
+        // b took over from a: a saw that failover and waits the minimum interval after it.
+        ensure!(
+            a_active_at - b_active_at >= interval.as_millis() as i64 - 100,
+            "the failback came {} ms after b took over, under the {interval:?} minimum",
+            a_active_at - b_active_at
+        );
+    }
+
+    // a's master crashes right after the failback: b holds back until the interval has passed.
+    pair.masters[0].signal(Signal::SIGKILL)?;
+    let mut held_back = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pair.is_active(1).await {
+        held_back |= status(&pair, 1).await["last_decision"].as_str().unwrap_or_default().contains("anti-flap");
+        ensure!(Instant::now() < deadline, "b never took over: {}", pair.agent_log_tail(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(held_back, "b's decisions never mentioned anti-flap");
+    let b_again_at = promoted_at(&history(1).await).context("b's history shows its second promotion")?;
+    ensure!(
+        b_again_at - a_active_at >= interval.as_millis() as i64 - 100,
+        "b took over {} ms after a, under the {interval:?} minimum",
+        b_again_at - a_active_at
+    );
+    oracles.check(interval + Duration::from_secs(3)).await?;
+    Ok(())
+}
