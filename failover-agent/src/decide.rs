@@ -86,6 +86,8 @@ pub struct Observation {
     pub failover_requested: bool,
     /// No failback request before then (one was made recently).
     pub failback_not_before: Option<BootInstant>,
+    /// A failsafe promise given to an active peer: do not contend for the lock until then.
+    pub promised: Option<(String, BootInstant)>,
 }
 
 /// The configured rules the core applies (from the `election` section).
@@ -304,7 +306,8 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 let healthy_for = obs.healthy_since.map_or(Duration::ZERO, |t| obs.now.saturating_since(t));
                 let flap_wait = anti_flap_wait(obs, policy);
                 let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
-                    || obs.backoff_until.is_some_and(|t| t > obs.now);
+                    || obs.backoff_until.is_some_and(|t| t > obs.now)
+                    || obs.promised.as_ref().is_some_and(|(_, t)| *t > obs.now);
                 if connected && healthy_for >= after && flap_wait.is_none() && !not_before {
                     return decision(
                         vec![Step::RequestHandover { from: node_id.clone() }],
@@ -321,6 +324,16 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
         LockView::Free => {
             if !connected {
                 return decision(vec![], "the lock is free but the coordinator session is not connected");
+            }
+            if let Some((peer, until)) = obs.promised.as_ref().filter(|(_, until)| *until > obs.now) {
+                return decision(
+                    vec![],
+                    format!(
+                        "the lock is free, but this node confirmed to {peer} (failsafe) that it would not contend for \
+                         {} ms more",
+                        ms(until.saturating_since(obs.now))
+                    ),
+                );
             }
             if let Some(until) = obs.backoff_until {
                 if until > obs.now {
@@ -549,6 +562,7 @@ mod tests {
             healthy_since: Some(now() - Duration::from_secs(60)),
             failover_requested: false,
             failback_not_before: None,
+            promised: None,
         }
     }
 
@@ -946,6 +960,16 @@ mod tests {
         let mut asked = o.clone();
         asked.failover_requested = true;
         check_with(asked, &policy, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+        // A failsafe promise holds a contention back too, and says to whom.
+        let mut promised = o.clone();
+        promised.last_failover_at = None;
+        promised.promised = Some(("b".into(), now() + Duration::from_millis(2500)));
+        check_with(
+            promised,
+            &policy,
+            vec![],
+            "the lock is free, but this node confirmed to b (failsafe) that it would not contend for 2500 ms more",
+        );
         // Past the interval, contend.
         o.last_failover_at = Some(now() - Duration::from_secs(30));
         check_with(o, &policy, vec![Step::Contend], "the lock is free and the master is healthy: contending");

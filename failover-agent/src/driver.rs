@@ -486,11 +486,6 @@ impl Driver {
         if self.mem.promised.as_ref().is_some_and(|(_, until)| *until <= now) {
             self.mem.promised = None;
         }
-        let backoff_until = match (self.mem.backoff_until, &self.mem.promised) {
-            (b, None) => b,
-            (None, Some((_, p))) => Some(*p),
-            (Some(b), Some((_, p))) => Some(b.max(*p)),
-        };
 
         let obs = Observation {
             now,
@@ -504,7 +499,7 @@ impl Driver {
             members: self.mem.members.clone(),
             lease_until,
             paused: self.status().paused,
-            backoff_until,
+            backoff_until: self.mem.backoff_until,
             failure: self.mem.failure.clone(),
             token_base,
             token_floor: self.mem.highest_seen,
@@ -514,6 +509,7 @@ impl Driver {
             healthy_since: self.mem.healthy_since,
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
+            promised: self.mem.promised.clone(),
         };
         // What the probes show: while the coordinator cannot be read, the lock this session
         // held is still ours for as long as a lease (the session's or failsafe's) covers it.

@@ -1,6 +1,7 @@
 //! Running an external program under a deadline, with its whole process group contained.
 //!
-//! Used by `shell`, `ssh` and `isolate`. The program is executed directly (never through a
+//! Used by `shell`, `ssh` and `isolate`, and by the failover agent for its command adapter and
+//! hooks. The program is executed directly (never through a
 //! local shell), in a new process group. When it exits, or when the deadline passes, the whole
 //! group is killed with SIGKILL, so nothing it started in the background outlives the attempt.
 //! If the attempt is abandoned (its future dropped), a guard kills the group too.
@@ -30,7 +31,7 @@ const PIPE_DRAIN: Duration = Duration::from_millis(200);
 
 /// How a command run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CommandEnd {
+pub enum CommandEnd {
     /// The program exited with this code.
     Exited {
         /// Exit code.
@@ -80,7 +81,7 @@ impl Drop for GroupGuard {
 }
 
 /// Runs `argv` with extra environment `env` until it exits or `deadline` passes.
-pub(crate) async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
+pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
     let Some((program, args)) = argv.split_first() else {
         return CommandEnd::SpawnFailed { error: "empty command".into() };
     };
@@ -173,7 +174,7 @@ async fn collect(task: TailTask, until: Instant) -> String {
 }
 
 /// The last line of `text` that is not blank, shortened, for use in a reason sentence.
-pub(crate) fn last_line(text: &str) -> String {
+pub fn last_line(text: &str) -> String {
     let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     let mut short: String = line.chars().take(300).collect();
     if short.len() < line.len() {

@@ -42,7 +42,7 @@
 
 #![deny(missing_docs)]
 
-mod command;
+pub mod command;
 pub mod config;
 mod fencer;
 mod methods;

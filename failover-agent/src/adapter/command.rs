@@ -11,26 +11,16 @@
 //! and demote exit 0 when done and may print the new status; when they print none, the state
 //! program is asked.
 //!
-//! Each run is bounded by its deadline. When the program exits **or** the deadline passes, its
-//! whole process group is killed with SIGKILL, so nothing it started in the background outlives
-//! the call; a run abandoned by its caller (future dropped) is killed the same way.
-//!
-//! Ordering that matters: the group is killed **before** the program itself is reaped. The
-//! exit is first observed with `waitid(WNOWAIT)`, which leaves the program a zombie; while it
-//! is one its pid, which is the group id, cannot be reused, so the kill can only reach
-//! processes of this run.
+//! Each run is bounded by its deadline and goes through the fencing crate's runner
+//! ([`referee_fencing::command`]): when the program exits **or** the deadline passes, its whole
+//! process group is killed with SIGKILL (before the program is reaped, so the group id cannot
+//! have been reused), so nothing it started in the background outlives the call.
 
-use std::collections::VecDeque;
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::Pid;
+pub(crate) use referee_fencing::command::{run, CommandEnd};
 use referee_fencing::{FencingToken, HaStatus};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::{
@@ -38,13 +28,6 @@ use super::{
     MasterAdapter, NoAnswer,
 };
 use crate::model::MasterStatus;
-
-/// How much of stdout and stderr is kept (the tail).
-const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
-
-/// How long to wait for the output pipes to close once the group is dead; only a process that
-/// left the group (`setsid`) can hold them open longer.
-const PIPE_DRAIN: Duration = Duration::from_millis(200);
 
 fn default_timeout_ms() -> u64 {
     10_000
@@ -227,133 +210,6 @@ fn output_snippet(text: &str) -> String {
         "(no output)".into()
     } else {
         short
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CommandEnd {
-    /// The program exited with this code.
-    Exited { code: i32, stdout: String, stderr: String },
-    /// The program was killed by a signal that did not come from us.
-    Signalled { signal: i32, stderr: String },
-    /// The deadline passed; the whole group was killed.
-    TimedOut { stderr: String },
-    /// The program could not be started.
-    SpawnFailed { error: String },
-}
-
-/// Kills a process group when dropped, unless already done.
-struct GroupGuard {
-    pgid: Option<Pid>,
-}
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // ESRCH (the group is already empty) is the usual case after a clean exit.
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Runs `argv` with the extra environment `env` until it exits or `deadline` passes.
-pub(crate) async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
-    let Some((program, args)) = argv.split_first() else {
-        return CommandEnd::SpawnFailed { error: "empty command".into() };
-    };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return CommandEnd::SpawnFailed { error: format!("cannot run `{program}`: {e}") },
-    };
-    let Some(raw_pid) = child.id() else {
-        return CommandEnd::SpawnFailed { error: format!("`{program}` exited before it could be tracked") };
-    };
-    let pid = Pid::from_raw(raw_pid as i32);
-    let mut group = GroupGuard { pgid: Some(pid) };
-    let stdout = tail_reader(child.stdout.take());
-    let stderr = tail_reader(child.stderr.take());
-
-    // Observe the exit without reaping (see the module comment). The blocking wait ends when
-    // the program dies, which the kill below guarantees if the deadline passes first.
-    let exit_seen = tokio::task::spawn_blocking(move || {
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT).map(|_| ())
-    });
-    let exited = tokio::select! {
-        seen = exit_seen => {
-            // If waitid itself failed we cannot tell whether the program still runs; the
-            // kill below settles it, and the exit status then says how it ended.
-            let _ = seen;
-            true
-        }
-        _ = tokio::time::sleep_until(deadline) => false,
-    };
-    group.kill();
-    let status = child.wait().await;
-    let drain_until = Instant::now() + PIPE_DRAIN;
-    let stdout = collect(stdout, drain_until).await;
-    let stderr = collect(stderr, drain_until).await;
-    if !exited {
-        return CommandEnd::TimedOut { stderr };
-    }
-    match status {
-        Ok(status) => {
-            use std::os::unix::process::ExitStatusExt;
-            match (status.code(), status.signal()) {
-                (Some(code), _) => CommandEnd::Exited { code, stdout, stderr },
-                (None, Some(signal)) => CommandEnd::Signalled { signal, stderr },
-                (None, None) => CommandEnd::SpawnFailed { error: format!("`{program}` ended with an unknown status") },
-            }
-        }
-        Err(e) => CommandEnd::SpawnFailed { error: format!("cannot collect the exit status of `{program}`: {e}") },
-    }
-}
-
-type TailTask = Option<tokio::task::JoinHandle<String>>;
-
-/// Reads a pipe to its end, keeping the last [`OUTPUT_TAIL_BYTES`].
-fn tail_reader<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> TailTask {
-    let mut pipe = pipe?;
-    Some(tokio::spawn(async move {
-        let mut tail: VecDeque<u8> = VecDeque::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            tail.extend(&buf[..n]);
-            let excess = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
-            tail.drain(..excess);
-        }
-        String::from_utf8_lossy(tail.make_contiguous()).into_owned()
-    }))
-}
-
-async fn collect(task: TailTask, until: Instant) -> String {
-    let Some(mut task) = task else {
-        return String::new();
-    };
-    tokio::select! {
-        out = &mut task => out.unwrap_or_default(),
-        _ = tokio::time::sleep_until(until) => {
-            task.abort();
-            String::new()
-        }
     }
 }
 
