@@ -44,39 +44,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
-/// A loopback port for a child process to listen on.
-///
-/// A port found by binding port 0 and releasing it can be handed out again by the kernel (to an
-/// outgoing connection or another port-0 bind) before the child binds it. So ports come from
-/// below the kernel's ephemeral range, which neither uses, each handed out at most once per
-/// process, starting at a point derived from the pid so concurrent test binaries spread apart.
-pub fn free_port() -> Result<u16, LabError> {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(32768);
-    let (low, high) = (10_000u32, ephemeral_low.max(12_000));
-    let span = high - low;
-    let _ = NEXT.compare_exchange(0, 1 + (std::process::id() * 7919) % span, Ordering::SeqCst, Ordering::SeqCst);
-    for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = (low + n % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(LabError::Timeout(format!("no free loopback port between {low} and {high}")))
-}
+// The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
+pub use referee_testkit::{apache_zookeeper_installed, free_port};
 
-/// Where Debian's `zookeeper` package installs its scripts.
-pub const APACHE_ZK_BIN: &str = "/usr/share/zookeeper/bin";
-
-/// Whether Apache ZooKeeper's scripts and a Java runtime are present.
-pub fn apache_zookeeper_installed() -> bool {
-    Path::new(APACHE_ZK_BIN).join("zkServer.sh").exists()
-        && std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join("java").exists())
+/// A [`free_port`] for a child of the pair.
+fn child_port() -> Result<u16, LabError> {
+    free_port().map_err(io("choosing a loopback port"))
 }
 
 /// A child process with its log file; killed and reaped on drop.
@@ -305,7 +278,7 @@ impl Pair {
     /// active.
     pub async fn start(spec: PairSpec) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
-        let port = free_port()?;
+        let port = child_port()?;
         let coordinator_addr = format!("127.0.0.1:{port}");
         let coordinator = start_coordinator(&spec, &dir.0, port, 1)?;
         if let Err(e) = wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await {
@@ -313,7 +286,7 @@ impl Pair {
         }
         let mut ports = Vec::new();
         for _ in NODES {
-            ports.push(NodePorts { master: free_port()?, probes: free_port()?, admin: free_port()? });
+            ports.push(NodePorts { master: child_port()?, probes: child_port()?, admin: child_port()? });
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
@@ -922,7 +895,7 @@ fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Re
             let env: HashMap<&str, String> = HashMap::from([("ZOO_LOG_DIR", cdir.display().to_string())]);
             let p = Proc::spawn(
                 "apache zookeeper",
-                &Path::new(APACHE_ZK_BIN).join("zkServer.sh"),
+                &Path::new(referee_testkit::APACHE_ZK_BIN).join("zkServer.sh"),
                 &["start-foreground".into(), path.display().to_string()],
                 &env.into_iter().collect::<Vec<_>>(),
                 cdir.join(format!("zookeeper{log}.log")),
@@ -968,14 +941,12 @@ pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabErro
     }
 }
 
-/// Whether a test can run against `kind`; says so loudly when it cannot, and refuses to skip
-/// when `REFEREE_REQUIRE_ALL_TESTS` is set (as in CI).
+/// Whether a test can run against `kind`; when it cannot, the test is
+/// [`skip`](referee_testkit::skip)ped loudly, or fails when `REFEREE_REQUIRE_ALL_TESTS` is set
+/// (as in CI).
 pub fn coordinator_available(kind: CoordinatorKind, test: &str) -> bool {
     if kind == CoordinatorKind::ApacheZooKeeper && !apache_zookeeper_installed() {
-        if std::env::var_os("REFEREE_REQUIRE_ALL_TESTS").is_some() {
-            panic!("{test} needs Apache ZooKeeper, but it is not installed and REFEREE_REQUIRE_ALL_TESTS is set");
-        }
-        eprintln!("SKIPPED: {test} against Apache ZooKeeper: not installed (CI installs Debian's zookeeper package)");
+        referee_testkit::skip(&format!("{test} against Apache ZooKeeper"), referee_testkit::APACHE_ZK_MISSING);
         return false;
     }
     true

@@ -4,7 +4,6 @@
 //! must never reach a connection that may not read the node they are about.
 
 mod common;
-mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +12,9 @@ use anyhow::{anyhow, Context, Result};
 use base64::Engine;
 use common::raw::{body, op, parse_multi, xid, Jute, MultiResult, Notification, Packet, Raw};
 use common::*;
+use referee_testkit::{
+    apache_zookeeper_installed, connect, skip, ApacheZk, ApacheZkProfile, TestServer, APACHE_ZK_MISSING, SUPER_DIGEST,
+};
 use zookeeper_client as zk;
 
 const NO_AUTH: i32 = -102;
@@ -26,7 +28,7 @@ fn digest_id(user: &str, password: &str) -> String {
 }
 
 async fn server() -> Result<TestServer> {
-    TestServer::start_with(|c| c.super_digest = Some(support::SUPER_DIGEST.to_string())).await
+    TestServer::start_with(|c| c.super_digest = Some(SUPER_DIGEST.to_string())).await
 }
 
 /// A zookeeper-client session without auth.
@@ -44,12 +46,12 @@ where
     let server = server().await?;
     scenario(server.addr).await.context("against this server")?;
     server.stop().await?;
-    if !support::apache_zookeeper_installed() {
-        support::skip(&format!("{test} (against Apache ZooKeeper)"), "Apache ZooKeeper is not installed");
+    if !apache_zookeeper_installed() {
+        skip(&format!("{test} (against Apache ZooKeeper)"), APACHE_ZK_MISSING);
         return Ok(());
     }
-    let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
-    scenario(apache.address().parse()?).await.context("against Apache ZooKeeper")
+    let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+    scenario(apache.connect_string().parse()?).await.context("against Apache ZooKeeper")
 }
 
 /// A zookeeper-client session authenticated with `digest user:password`.
@@ -452,13 +454,13 @@ async fn sasl_is_answered_ok_with_a_null_token() -> Result<()> {
     let reply = raw.call(op::SASL, &token).await?;
     assert_eq!((reply.err, reply.zxid, reply.body.clone()), (0, 0, vec![0xff; 4]));
     raw.call(op::EXISTS, &body::path_watch("/", false)).await?.ok()?;
-    if support::apache_zookeeper_installed() {
-        let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
-        let mut theirs = Raw::connect(apache.address().parse()?, 5000).await?;
+    if apache_zookeeper_installed() {
+        let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+        let mut theirs = Raw::connect(apache.connect_string().parse()?, 5000).await?;
         let r = theirs.call(op::SASL, &token).await?;
         assert_eq!((r.err, r.zxid, r.body), (reply.err, reply.zxid, reply.body), "as Apache ZooKeeper answers");
     } else {
-        support::skip("sasl_is_answered_ok_with_a_null_token (Apache comparison)", "Apache ZooKeeper is not installed");
+        skip("sasl_is_answered_ok_with_a_null_token (Apache comparison)", APACHE_ZK_MISSING);
     }
     server.stop().await
 }

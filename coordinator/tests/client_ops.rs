@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use common::*;
+use referee_testkit::TestServer;
 use zookeeper_client as zk;
 
 fn now_ms() -> i64 {

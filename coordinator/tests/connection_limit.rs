@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{ensure, Result};
 use common::raw::{body, frame, op, ConnectRequest, ConnectResponse, Raw};
 use common::*;
+use referee_testkit::{wait_until, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

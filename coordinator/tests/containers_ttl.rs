@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use common::raw::{body, err, op, Jute, Raw};
 use common::*;
+use referee_testkit::{within_for, TestServer};
 use zookeeper_client as zk;
 
 static CONTAINER: &zk::CreateOptions<'static> = &zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());

@@ -15,7 +15,6 @@
 //! seed; `REFEREE_DIFF_OPS` changes the length.
 
 mod common;
-mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +24,9 @@ use base64::Engine;
 use common::raw::{body, Jute, Notification, Raw, Rd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use referee_testkit::{
+    apache_zookeeper_installed, skip, ApacheZk, ApacheZkProfile, TestServer, APACHE_ZK_MISSING, SUPER_DIGEST,
+};
 
 const SLOTS: usize = 4;
 const SESSION_TIMEOUT_MS: i32 = 30_000;
@@ -386,8 +388,8 @@ async fn authenticate(sides: &mut [Side; 2]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_histories_match_apache_zookeeper() -> Result<()> {
-    if !support::apache_zookeeper_installed() {
-        support::skip("random_histories_match_apache_zookeeper", "Apache ZooKeeper is not installed");
+    if !apache_zookeeper_installed() {
+        skip("random_histories_match_apache_zookeeper", APACHE_ZK_MISSING);
         return Ok(());
     }
     let seeds: Vec<u64> = match std::env::var("REFEREE_DIFF_SEED") {
@@ -397,15 +399,15 @@ async fn random_histories_match_apache_zookeeper() -> Result<()> {
     let ops: usize = std::env::var("REFEREE_DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     for seed in seeds {
         // Fresh servers on both sides for each seed.
-        let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
-        let ours = common::TestServer::start_with(|c| {
+        let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+        let ours = TestServer::start_with(|c| {
             c.extended_types_enabled = true;
             c.container_check_interval_ms = 3_600_000;
-            c.super_digest = Some(support::SUPER_DIGEST.to_string());
+            c.super_digest = Some(SUPER_DIGEST.to_string());
             c.max_connections_per_address = 0;
         })
         .await?;
-        let apache_addr: SocketAddr = apache.address().parse()?;
+        let apache_addr: SocketAddr = apache.connect_string().parse()?;
         let result = compare(seed, ops, ours.addr, apache_addr).await;
         ours.stop().await?;
         if let Err(e) = result {

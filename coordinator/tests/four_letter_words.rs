@@ -5,13 +5,15 @@
 //! server.
 
 mod common;
-mod support;
 
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use common::raw::{body, err, frame, op, request, ConnectRequest, ConnectResponse, Raw};
 use common::*;
+use referee_testkit::{
+    apache_zookeeper_installed, skip, wait_until, ApacheZk, ApacheZkProfile, TestServer, APACHE_ZK_MISSING,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -456,12 +458,12 @@ fn structure(word: &str, text: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn line_structure_matches_apache_zookeeper() -> Result<()> {
-    if !support::apache_zookeeper_installed() {
-        support::skip("line_structure_matches_apache_zookeeper", "Apache ZooKeeper is not installed");
+    if !apache_zookeeper_installed() {
+        skip("line_structure_matches_apache_zookeeper", APACHE_ZK_MISSING);
         return Ok(());
     }
-    let apache = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
-    let apache_addr: SocketAddr = apache.address().parse()?;
+    let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+    let apache_addr: SocketAddr = apache.connect_string().parse()?;
     let server = TestServer::start().await?;
     // One session with a data watch on each server, so no section is empty.
     let mut clients = Vec::new();

@@ -15,6 +15,7 @@ use common::raw::{body, err, frame, op, parse_packet, request, xid, ConnectReque
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use referee_testkit::{wait_until, within_for, TestServer};
 use zookeeper_client as zk;
 
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());

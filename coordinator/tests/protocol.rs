@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use common::raw::{body, err, frame, op, parse_multi, request, xid, ConnectRequest, Jute, MultiResult, Packet, Raw};
 use common::*;
+use referee_testkit::TestServer;
 use zookeeper_client as zk;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

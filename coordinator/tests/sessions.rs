@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use common::raw::{body, op, xid, ConnectRequest, Raw};
 use common::*;
+use referee_testkit::{connect, wait_until, within_for, TestServer};
 use zookeeper_client as zk;
 
 /// Reads the ConnectResponse ZooKeeper gives an expired or unknown session: timeout 0, session

@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use common::proxy::Proxy;
 use common::raw::{body, err, ev, op, xid, Notification, Raw};
 use common::*;
+use referee_testkit::{connect, wait_until, within_for, Proxy, TestServer, Trap};
 use zookeeper_client as zk;
 
 fn note(kind: i32, path: &str, zxid: i64) -> Notification {
@@ -417,7 +417,7 @@ async fn notification_lost_with_the_connection_is_redelivered() -> Result<()> {
     let (_, _, wc) = a.get_and_watch_data("/c").await?;
     let mut states = a.state_watcher();
 
-    proxy.arm_cut_on_notification();
+    proxy.arm(Trap::CutAtNotification);
     let mut w = a.new_multi_writer();
     for p in ["/a", "/b", "/c"] {
         w.add_set_data(p, b"1", None)?;
@@ -430,7 +430,7 @@ async fn notification_lost_with_the_connection_is_redelivered() -> Result<()> {
         matches!(first, zk::SessionState::Disconnected | zk::SessionState::SyncConnected),
         "after the cut: {first:?}"
     );
-    assert!(proxy.notification_cut.load(std::sync::atomic::Ordering::SeqCst), "the proxy cut at a notification");
+    assert!(proxy.has_sprung(), "the proxy cut at a notification");
     drop(commit);
     if first == zk::SessionState::Disconnected {
         assert_eq!(

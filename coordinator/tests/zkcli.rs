@@ -11,7 +11,6 @@
 //! they arrive, are set aside.
 
 mod common;
-mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +21,10 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use base64::Engine;
 use common::*;
 use referee_coordinator::fourlw::format_date;
+use referee_testkit::{
+    apache_zookeeper_installed, connect, four_letter, skip, wait_until, within_for, ApacheZk, ApacheZkProfile,
+    ScratchDir, TestServer, APACHE_ZK_BIN, SUPER_DIGEST,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -31,10 +34,10 @@ use zookeeper_client as zk;
 const START: Duration = Duration::from_secs(60);
 
 fn installed(test: &str) -> bool {
-    if Path::new(support::ZK_BIN).join("zkCli.sh").exists() && support::apache_zookeeper_installed() {
+    if Path::new(APACHE_ZK_BIN).join("zkCli.sh").exists() && apache_zookeeper_installed() {
         return true;
     }
-    support::skip(test, "Apache ZooKeeper's zkCli.sh (or java) is not installed");
+    skip(test, "Apache ZooKeeper's zkCli.sh (or java) is not installed (CI installs Debian's zookeeper package)");
     false
 }
 
@@ -50,16 +53,16 @@ struct ZkCli {
     /// Events up to this index have been waited for.
     claimed: usize,
     marker: u32,
-    _dir: support::ScratchDir,
+    _dir: ScratchDir,
 }
 
 impl ZkCli {
     async fn start(addr: SocketAddr) -> Result<ZkCli> {
-        let dir = support::ScratchDir::new("zkcli")?;
+        let dir = ScratchDir::new("zkcli")?;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg("exec \"$0\" -server \"$1\" 2>&1")
-            .arg(Path::new(support::ZK_BIN).join("zkCli.sh"))
+            .arg(Path::new(APACHE_ZK_BIN).join("zkCli.sh"))
             .arg(addr.to_string())
             .env("ZOO_LOG_DIR", &dir.0)
             // Dates as the server's UTC formatter prints them; logging down to errors.
@@ -186,14 +189,14 @@ fn digest_id(user: &str, password: &str) -> String {
 }
 
 async fn server() -> Result<TestServer> {
-    TestServer::start_with(|c| c.super_digest = Some(support::SUPER_DIGEST.to_string())).await
+    TestServer::start_with(|c| c.super_digest = Some(SUPER_DIGEST.to_string())).await
 }
 
 /// A reference Apache ZooKeeper server (same super digest), to run the same scenario against, so
 /// that every expectation here is known to be Apache's behaviour too.
-async fn apache() -> Result<(support::ApacheZk, SocketAddr)> {
-    let zk = tokio::task::spawn_blocking(support::ApacheZk::start).await??;
-    let addr = zk.address().parse()?;
+async fn apache() -> Result<(ApacheZk, SocketAddr)> {
+    let zk = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+    let addr = zk.connect_string().parse()?;
     Ok((zk, addr))
 }
 
@@ -401,7 +404,7 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
     let server = server().await?;
     let port = server.addr.port();
     // srvr on a raw socket, as `zkServer.sh status` reads it.
-    let ours = support::four_letter(port, "srvr")?;
+    let ours = four_letter(port, "srvr")?;
     assert!(ours.lines().any(|l| l == "Mode: standalone"), "{ours}");
 
     // Apache's FourLetterWordMain, which zkServer.sh runs: the same lines (counters aside).
@@ -428,10 +431,10 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
     assert!(theirs.lines().any(|l| l == "Mode: standalone"), "{theirs}");
 
     // zkServer.sh status itself, with a zoo.cfg naming our port.
-    let dir = support::ScratchDir::new("zkserver-status")?;
+    let dir = ScratchDir::new("zkserver-status")?;
     let cfg = dir.0.join("zoo.cfg");
     std::fs::write(&cfg, format!("clientPort={port}\nclientPortAddress=127.0.0.1\ndataDir={}\n", dir.0.display()))?;
-    let out = Command::new(Path::new(support::ZK_BIN).join("zkServer.sh"))
+    let out = Command::new(Path::new(APACHE_ZK_BIN).join("zkServer.sh"))
         .arg("status")
         .arg(&cfg)
         .env("ZOO_LOG_DIR", &dir.0)

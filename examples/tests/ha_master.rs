@@ -1,7 +1,6 @@
 //! The demo master against its protocol: tokens, persistence, writes, the lease, health.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,24 +10,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use referee_examples::ha_master::{self, HaMasterConfig, LeaseConfig, LeaseGrant, Refusal, WriteAccepted};
 use referee_fencing::{FencingToken, HaState, HaStatus};
+use referee_testkit::ScratchDir;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// A fresh empty directory for one test's state file.
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "referee-ha-master-{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A master running in-process.
 struct Running {
@@ -97,8 +84,8 @@ fn reason(body: &serde_json::Value) -> String {
 
 #[tokio::test]
 async fn lower_tokens_are_refused_and_equal_ones_are_retries() {
-    let dir = temp_dir("tokens");
-    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    let dir = ScratchDir::new("ha-master-tokens").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
     assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(0) });
 
     assert_eq!(master.promote(5).await, (StatusCode::OK, status(HaState::Active, 5)));
@@ -122,8 +109,8 @@ async fn lower_tokens_are_refused_and_equal_ones_are_retries() {
 
 #[tokio::test]
 async fn the_highest_token_survives_a_restart() {
-    let dir = temp_dir("restart");
-    let file = dir.join("state.json");
+    let dir = ScratchDir::new("ha-master-restart").unwrap();
+    let file = dir.path("state.json");
     let master = Running::start(HaMasterConfig::new(&file)).await;
     assert_eq!(master.promote(9).await.0, StatusCode::OK);
     master.stop().await;
@@ -145,8 +132,8 @@ async fn the_highest_token_survives_a_restart() {
 
 #[tokio::test]
 async fn initializing_refuses_promotion_until_it_ends_or_a_demotion_ends_it() {
-    let dir = temp_dir("init");
-    let config = HaMasterConfig { init_ms: 60_000, ..HaMasterConfig::new(dir.join("state.json")) };
+    let dir = ScratchDir::new("ha-master-init").unwrap();
+    let config = HaMasterConfig { init_ms: 60_000, ..HaMasterConfig::new(dir.path("state.json")) };
     let master = Running::start(config).await;
     assert_eq!(master.state().await.state, HaState::Initializing);
     let (code, body) = master.promote(3).await;
@@ -161,8 +148,8 @@ async fn initializing_refuses_promotion_until_it_ends_or_a_demotion_ends_it() {
 
 #[tokio::test]
 async fn writes_are_taken_only_while_active() {
-    let dir = temp_dir("writes");
-    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    let dir = ScratchDir::new("ha-master-writes").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
     let (code, body) = master.write("x", 1).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reason(&body), "not active: standby");
@@ -184,8 +171,8 @@ async fn writes_are_taken_only_while_active() {
 
 #[tokio::test]
 async fn the_health_switch_turns_health_off_and_on() {
-    let dir = temp_dir("health");
-    let master = Running::start(HaMasterConfig::new(dir.join("state.json"))).await;
+    let dir = ScratchDir::new("ha-master-health").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
     assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
     assert_eq!(master.post("/test/unhealthy", json!({"reason": "disk full"})).await.0, StatusCode::OK);
     assert_eq!(master.get("/ha/health").await, (StatusCode::SERVICE_UNAVAILABLE, json!({"reason": "disk full"})));
@@ -253,11 +240,11 @@ async fn settle(polls: &mut mpsc::UnboundedReceiver<bool>) {
 
 #[tokio::test]
 async fn no_write_is_accepted_after_the_lease_ends() {
-    let dir = temp_dir("lease");
+    let dir = ScratchDir::new("ha-master-lease").unwrap();
     let (server, mut polls, addr) = start_lease_server(5, 200).await;
     let config = HaMasterConfig {
         lease: Some(LeaseConfig { url: format!("http://{addr}/lease"), poll_interval_ms: 20, timeout_ms: 5000 }),
-        ..HaMasterConfig::new(dir.join("state.json"))
+        ..HaMasterConfig::new(dir.path("state.json"))
     };
     let master = Running::start(config).await;
     settle(&mut polls).await;

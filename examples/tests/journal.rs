@@ -2,94 +2,23 @@
 //! one journal, a failover, a deposed master made to write, lost replies, and the verdict of an
 //! independent reader. Every wait has a deadline.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::{Coordinator, CoordinatorError};
+use anyhow::{bail, Result};
 use referee_examples::ha_master::{self, EditAccepted, HaMasterConfig, JournalStatus, Refusal};
 use referee_examples::journal::{self, EditOp, JournalConfig};
 use referee_examples::namespace::{FileKind, FileStatus};
 use referee_examples::verdict::{self, AckRecord, Verdict};
 use referee_fencing::{FencingToken, HaState, HaStatus};
+use referee_testkit::{within, Proxy, ScratchDir, TestServer, Trap};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long any single expected event may take.
-const DEADLINE: Duration = Duration::from_secs(10);
 const JOURNAL: &str = "/demo/journal";
 const EPOCH: &str = "/demo/epoch";
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(DEADLINE, fut).await.map_err(|_| anyhow!("timed out after {DEADLINE:?} waiting for {what}"))
-}
-
-fn unique_dir(name: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "referee-journal-{name}-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The bundled coordinator on an ephemeral port, with the coordinator tests' timings.
-struct TestCoordinator {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), CoordinatorError>>>,
-    dir: PathBuf,
-}
-
-impl TestCoordinator {
-    async fn start() -> Result<Self> {
-        let dir = unique_dir("coordinator");
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let mut cfg = CoordinatorConfig::new(dir.clone());
-        cfg.listen = addr;
-        cfg.tick_ms = 50;
-        cfg.min_session_timeout_ms = Some(200);
-        cfg.max_session_timeout_ms = Some(30_000);
-        cfg.validate().context("test configuration refused")?;
-        let coord = Coordinator::start(cfg).await.context("starting the coordinator")?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(coord.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Ok(TestCoordinator { addr, stop: Some(stop), task: Some(task), dir })
-    }
-
-    async fn stop(mut self) -> Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        match within("coordinator shutdown", self.task.take().unwrap()).await? {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => bail!("coordinator returned an error: {e}"),
-            Err(e) => bail!("coordinator task failed: {e}"),
-        }
-    }
-}
-
-impl Drop for TestCoordinator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn journal_config(connect: impl Into<String>) -> JournalConfig {
     JournalConfig { tail_interval_ms: 200, ..JournalConfig::new(connect, JOURNAL, EPOCH) }
@@ -102,17 +31,18 @@ struct Master {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     http: reqwest::Client,
+    _dir: ScratchDir,
 }
 
 impl Master {
     async fn start(name: &str, journal: JournalConfig) -> Result<Master> {
         // The masters' logs, shown for failing tests.
         let _ = tracing_subscriber::fmt().with_env_filter("referee_examples=info").with_test_writer().try_init();
-        let dir = unique_dir(name);
+        let dir = ScratchDir::new(&format!("journal-{name}"))?;
         let config = HaMasterConfig {
             node_id: name.into(),
             journal: Some(journal),
-            ..HaMasterConfig::new(dir.join("state.json"))
+            ..HaMasterConfig::new(dir.path("state.json"))
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -126,6 +56,7 @@ impl Master {
             stop: Some(stop),
             task,
             http: reqwest::Client::new(),
+            _dir: dir,
         };
         // Ready once it answers: `run` connects to the journal before serving.
         within(&format!("{name} to serve"), async {
@@ -216,7 +147,7 @@ fn acks(accepted: &[EditAccepted]) -> Vec<AckRecord> {
     accepted.iter().map(AckRecord::from).collect()
 }
 
-async fn verify(coordinator: &TestCoordinator, acknowledged: &[AckRecord]) -> Result<Verdict> {
+async fn verify(coordinator: &TestServer, acknowledged: &[AckRecord]) -> Result<Verdict> {
     let v =
         within("the verdict", verdict::verify(&coordinator.addr.to_string(), JOURNAL, EPOCH, acknowledged)).await??;
     println!("{v}");
@@ -225,7 +156,7 @@ async fn verify(coordinator: &TestCoordinator, acknowledged: &[AckRecord]) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_hands_the_journal_over_and_the_deposed_master_is_refused() -> Result<()> {
-    let coordinator = TestCoordinator::start().await?;
+    let coordinator = TestServer::start().await?;
     let connect = coordinator.addr.to_string();
     let a = Master::start("nn-a", journal_config(&connect)).await?;
     let b = Master::start("nn-b", journal_config(&connect)).await?;
@@ -312,7 +243,7 @@ async fn failover_hands_the_journal_over_and_the_deposed_master_is_refused() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_with_a_lower_token_than_the_epoch_is_refused() -> Result<()> {
-    let coordinator = TestCoordinator::start().await?;
+    let coordinator = TestServer::start().await?;
     let connect = coordinator.addr.to_string();
     let b = Master::start("nn-b", journal_config(&connect)).await?;
     assert_eq!(b.promote(20).await?.0, StatusCode::OK);
@@ -346,7 +277,7 @@ async fn a_claim_with_a_lower_token_than_the_epoch_is_refused() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_tails_edits_through_its_watch() -> Result<()> {
-    let coordinator = TestCoordinator::start().await?;
+    let coordinator = TestServer::start().await?;
     let connect = coordinator.addr.to_string();
     let a = Master::start("nn-a", journal_config(&connect)).await?;
     // With a one-minute interval, only the children watch can bring B up to date in time.
@@ -374,129 +305,8 @@ async fn the_standby_tails_edits_through_its_watch() -> Result<()> {
     coordinator.stop().await
 }
 
-/// What a [`TrapProxy`] does to the next multi request it sees going to the coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trap {
-    /// Forward everything.
-    None,
-    /// Forward the multi, swallow its reply and cut the connection: the append lands, the
-    /// master hears ConnectionLoss.
-    DropReply,
-    /// Swallow the multi and cut the connection: the append never reaches the coordinator.
-    DropRequest,
-}
-
-/// A TCP proxy to the coordinator that can cut a connection at a multi (opcode 14), after the
-/// pattern of coordinator/tests/common/proxy.rs. It keeps listening, so the client reconnects
-/// its session at once.
-struct TrapProxy {
-    addr: SocketAddr,
-    trap: Arc<Mutex<Trap>>,
-    sprung: Arc<Notify>,
-    accept: JoinHandle<()>,
-}
-
-const OP_MULTI: i32 = 14;
-
-impl TrapProxy {
-    async fn start(target: SocketAddr) -> Result<TrapProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let trap = Arc::new(Mutex::new(Trap::None));
-        let sprung = Arc::new(Notify::new());
-        let (t, s) = (trap.clone(), sprung.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(target).await else { continue };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                tokio::spawn(forward(client, server, t.clone(), s.clone()));
-            }
-        });
-        Ok(TrapProxy { addr, trap, sprung, accept })
-    }
-
-    fn arm(&self, trap: Trap) {
-        *self.trap.lock().unwrap() = trap;
-    }
-}
-
-impl Drop for TrapProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let mut frame = len.to_vec();
-    frame.resize(4 + u32::from_be_bytes(len) as usize, 0);
-    s.read_exact(&mut frame[4..]).await?;
-    Ok(frame)
-}
-
-fn i32_at(frame: &[u8], at: usize) -> Option<i32> {
-    Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
-}
-
-async fn forward(client: TcpStream, server: TcpStream, trap: Arc<Mutex<Trap>>, sprung: Arc<Notify>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    // The xid of a multi whose reply must be swallowed.
-    let doomed: Arc<Mutex<Option<i32>>> = Arc::default();
-    let doomed_up = doomed.clone();
-    let sprung_up = sprung.clone();
-    let up = async move {
-        // The first frame is the ConnectRequest, which has no request header.
-        let Ok(first) = read_frame(&mut cr).await else { return };
-        if sw.write_all(&first).await.is_err() {
-            return;
-        }
-        loop {
-            let Ok(frame) = read_frame(&mut cr).await else { return };
-            if i32_at(&frame, 8) == Some(OP_MULTI) {
-                let armed = std::mem::replace(&mut *trap.lock().unwrap(), Trap::None);
-                match armed {
-                    Trap::None => {}
-                    Trap::DropRequest => {
-                        sprung_up.notify_one();
-                        return;
-                    }
-                    Trap::DropReply => *doomed_up.lock().unwrap() = i32_at(&frame, 4),
-                }
-            }
-            if sw.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    };
-    let down = async move {
-        let Ok(first) = read_frame(&mut sr).await else { return };
-        if cw.write_all(&first).await.is_err() {
-            return;
-        }
-        loop {
-            let Ok(frame) = read_frame(&mut sr).await else { return };
-            let xid = i32_at(&frame, 4);
-            if xid.is_some() && *doomed.lock().unwrap() == xid {
-                sprung.notify_one();
-                return;
-            }
-            if cw.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    };
-    // Whichever direction ends first ends the connection (both sockets drop).
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-    }
-}
-
 /// Counts journal entries carrying `write_id`, read through a session of the test's own.
-async fn copies_in_journal(coordinator: &TestCoordinator, write_id: &str) -> Result<usize> {
+async fn copies_in_journal(coordinator: &TestServer, write_id: &str) -> Result<usize> {
     let limit = Duration::from_secs(5);
     let client = journal::connect_session(&coordinator.addr.to_string(), Duration::from_secs(10), limit).await?;
     let entries = journal::read_entries(&client, JOURNAL, None, limit).await?;
@@ -504,16 +314,15 @@ async fn copies_in_journal(coordinator: &TestCoordinator, write_id: &str) -> Res
 }
 
 async fn lost_contact_scenario(trap: Trap) -> Result<()> {
-    let coordinator = TestCoordinator::start().await?;
-    let proxy = TrapProxy::start(coordinator.addr).await?;
+    let coordinator = TestServer::start().await?;
+    let proxy = Proxy::start(coordinator.addr).await?;
     let a = Master::start("nn-a", journal_config(proxy.addr.to_string())).await?;
     assert_eq!(a.promote(10).await?.0, StatusCode::OK);
     let before = a.edit("/fs/mkdir", json!({"path": "/d"})).await?;
 
     proxy.arm(trap);
-    let sprung = proxy.sprung.notified();
     let (code, body) = a.post("/fs/create", json!({"path": "/d/f", "data": "once", "write_id": "w-cut"})).await?;
-    within("the trap to spring", sprung).await?;
+    within("the trap to spring", proxy.sprung()).await?;
     assert_eq!(code, StatusCode::OK, "{body}");
     let ack: EditAccepted = serde_json::from_value(body)?;
     assert_eq!((ack.write_id.as_str(), ack.token), ("w-cut", FencingToken(10)));
@@ -534,12 +343,12 @@ async fn lost_contact_scenario(trap: Trap) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_whose_reply_is_lost_is_read_back_and_acknowledged_once() -> Result<()> {
-    lost_contact_scenario(Trap::DropReply).await
+    lost_contact_scenario(Trap::DropMultiReply).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_lost_on_the_way_is_retried_once_and_acknowledged_once() -> Result<()> {
-    lost_contact_scenario(Trap::DropRequest).await
+    lost_contact_scenario(Trap::DropMultiRequest).await
 }
 
 #[test]

@@ -2,8 +2,6 @@
 //! coordinator. The only stand-in is a tiny driver that answers the control channel as each
 //! test scripts it and records what it was asked.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,6 @@ use anyhow::{Context, Result};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use common::{within, ScratchDir, TestServer};
 use referee_failover_agent::admin::{AdminError, AdminListeners, AdminServer, AdminSettings, TlsSettings};
 use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
 use referee_failover_agent::control::ControlRequest;
@@ -24,6 +21,7 @@ use referee_fencing::config::ClientTlsConfig;
 use referee_fencing::{
     FenceOutcome, FenceTarget, Fencer, FencingConfig, FencingToken, MethodOutcome, PeerFenceOutcome, PeerFenceResponse,
 };
+use referee_testkit::{within, ScratchDir, TestServer};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use zookeeper_client as zk;

@@ -4,14 +4,10 @@
 //!
 //! Nothing sleeps and hopes: every wait is for an observable event, bounded by a deadline.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::proxy::Proxy;
-use common::{apache_zookeeper_installed, skip, within, ApacheZk, TestServer};
 use referee_failover_agent::election::{
     Acquired, Coordination, CoordinationConfig, ElectionError, LockEvent, Recovery, Released,
 };
@@ -19,6 +15,9 @@ use referee_failover_agent::model::{
     Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView,
 };
 use referee_fencing::{FenceTarget, FencingToken};
+use referee_testkit::{
+    apache_zookeeper_installed, skip, within, ApacheZk, ApacheZkProfile, Proxy, TestServer, Trap, APACHE_ZK_MISSING,
+};
 
 /// Settings for a handle on `cluster` as `node`: 4 s sessions, 2 s calls.
 fn cfg(addr: SocketAddr, cluster: &str, node: &str) -> CoordinationConfig {
@@ -345,9 +344,9 @@ async fn lost_create_reply_is_settled_by_owner(addr: SocketAddr) -> Result<()> {
     let proxy = Proxy::start(addr).await?;
     let a = connect(cfg(proxy.addr, "lostreply", "a")).await?;
     let b = connect(cfg(addr, "lostreply", "b")).await?;
-    proxy.arm_drop_next_reply();
+    proxy.arm(Trap::DropNextReply);
     let outcome = within("the acquisition", a.try_acquire(&record("a"))).await??;
-    ensure!(proxy.reply_dropped.load(std::sync::atomic::Ordering::SeqCst), "the proxy dropped no reply");
+    ensure!(proxy.has_sprung(), "the proxy dropped no reply");
     let Acquired::Won { token } = outcome else { bail!("lost the lock we created: {outcome:?}") };
     ensure!(b.read_lock().await? == LockView::Peer { node_id: "a".into(), token });
     ensure!(a.read_lock().await? == LockView::Ours { token, version: 0 });
@@ -470,10 +469,10 @@ macro_rules! scenarios {
         #[tokio::test]
         async fn apache_zookeeper_runs_every_scenario() -> Result<()> {
             if !apache_zookeeper_installed() {
-                skip("apache_zookeeper_runs_every_scenario", "Apache ZooKeeper is not installed");
+                skip("apache_zookeeper_runs_every_scenario", APACHE_ZK_MISSING);
                 return Ok(());
             }
-            let zk = tokio::task::spawn_blocking(ApacheZk::start).await??;
+            let zk = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::ShortSessions)).await??;
             let addr: SocketAddr = zk.connect_string().parse()?;
             $(
                 $name(addr)

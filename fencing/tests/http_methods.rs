@@ -10,11 +10,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::{fencer, never, serve, serve_tls, target, Pki, TempDir};
+use common::{fencer, never, serve, serve_tls, target, Pki};
 use referee_fencing::{
     FenceReport, Fencer, FencingToken, HaState, HaStatus, MethodOutcome, PeerFenceOutcome, PeerFenceRequest,
     PeerFenceResponse, TokenFloorRequest, TokenFloorResponse, TokenRequest,
 };
+use referee_testkit::ScratchDir;
 
 fn only_outcome(report: &FenceReport) -> &MethodOutcome {
     assert_eq!(report.events.len(), 1, "{report:#?}");
@@ -187,7 +188,7 @@ fn answer(outcome: PeerFenceOutcome, reason: &str) -> Option<PeerFenceResponse> 
 
 #[tokio::test]
 async fn agent_is_fenced_when_the_authenticated_peer_fences_with_the_new_token() {
-    let dir = TempDir::new("agent");
+    let dir = ScratchDir::new("agent").unwrap();
     std::fs::write(dir.path("secret"), "s3cret\n").unwrap();
     let (url, state) = peer("s3cret", answer(PeerFenceOutcome::Fenced, "master stopped")).await;
     let report =
@@ -203,7 +204,7 @@ async fn agent_is_fenced_when_the_authenticated_peer_fences_with_the_new_token()
 
 #[tokio::test]
 async fn agent_outcomes_map_and_a_wrong_secret_fails() {
-    let dir = TempDir::new("agent-outcomes");
+    let dir = ScratchDir::new("agent-outcomes").unwrap();
     std::fs::write(dir.path("secret"), "s3cret").unwrap();
     let (url, _) = peer("s3cret", answer(PeerFenceOutcome::Failed, "kill refused")).await;
     let report =
@@ -229,7 +230,7 @@ async fn agent_outcomes_map_and_a_wrong_secret_fails() {
 
 #[tokio::test]
 async fn agent_against_a_hanging_peer_is_indeterminate_at_its_deadline() {
-    let dir = TempDir::new("agent-hang");
+    let dir = ScratchDir::new("agent-hang").unwrap();
     std::fs::write(dir.path("secret"), "s3cret").unwrap();
     let (url, state) = peer("s3cret", None).await;
     let started = Instant::now();
@@ -256,7 +257,7 @@ fn agent_tls_yaml(peer_url: &str, secret_file: &std::path::Path, tls: &[(&str, &
 
 #[tokio::test]
 async fn agent_with_tls_fences_through_a_peer_that_requires_client_certificates() {
-    let dir = TempDir::new("agent-tls");
+    let dir = ScratchDir::new("agent-tls").unwrap();
     std::fs::write(dir.path("secret"), "s3cret").unwrap();
     let pki = Pki::new();
     let (router, state) = peer_router("s3cret", answer(PeerFenceOutcome::Fenced, "master stopped"));
@@ -290,7 +291,7 @@ async fn agent_with_tls_fences_through_a_peer_that_requires_client_certificates(
 
 #[tokio::test]
 async fn agent_tls_files_are_read_at_start_up_and_a_bad_one_is_named() {
-    let dir = TempDir::new("agent-tls-files");
+    let dir = ScratchDir::new("agent-tls-files").unwrap();
     std::fs::write(dir.path("secret"), "s3cret").unwrap();
     let secret = dir.path("secret");
     let pki = Pki::new();

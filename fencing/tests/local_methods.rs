@@ -5,9 +5,10 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{alive, fencer, target, wait_until, TempDir};
+use common::{alive, fencer, target};
 use referee_fencing::procfs::{self, process_start_time};
 use referee_fencing::{ConfigError, FenceOutcome, Fencer, FencingToken, MethodKind, MethodOutcome};
+use referee_testkit::{free_port, wait_until, ScratchDir};
 use tokio::process::{Child, Command};
 
 const HELPER_ENV: &str = "RFENCE_TEST_LISTEN_PORT";
@@ -36,7 +37,7 @@ fn spawn(program: &str, args: &[&str]) -> Child {
 }
 
 async fn exec_done(pid: u32, comm: &str) {
-    wait_until(&format!("pid {pid} to exec {comm}"), Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), &format!("pid {pid} to exec {comm}"), || {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == comm).unwrap_or(false)
     })
     .await
@@ -125,7 +126,7 @@ async fn kill_refuses_a_bare_pid_without_a_start_time() {
 
 #[tokio::test]
 async fn kill_finds_the_master_by_its_listening_port() {
-    let port = common::closed_port();
+    let port = free_port().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "helper_listener", "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, port.to_string())
@@ -134,7 +135,7 @@ async fn kill_finds_the_master_by_its_listening_port() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    wait_until("the helper to listen", Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), "the helper to listen", || {
         procfs::pids_listening_on(port).is_ok_and(|p| p.contains(&pid))
     })
     .await
@@ -152,7 +153,7 @@ async fn kill_finds_the_master_by_its_listening_port() {
 
 #[tokio::test]
 async fn kill_uses_the_pidfile_and_is_fenced_when_nothing_runs() {
-    let dir = TempDir::new("pidfile");
+    let dir = ScratchDir::new("pidfile").unwrap();
     let mut child = spawn("sleep", &["1000"]);
     let pid = child.id().unwrap();
     std::fs::write(dir.path("master.pid"), format!("{pid}\n")).unwrap();
@@ -194,13 +195,13 @@ fn shell_yaml(program: &std::path::Path, args: &[&str], timeout_ms: u64) -> Stri
 
 #[tokio::test]
 async fn shell_exit_zero_fences_with_target_facts_in_the_environment_only() {
-    let dir = TempDir::new("shell-ok");
+    let dir = ScratchDir::new("shell-ok").unwrap();
     let out = dir.path("env.out");
     let marker = dir.path("pwned");
     let script = dir.script(
         "fence.sh",
         "#!/bin/sh\nprintf '%s\\n' \"$TARGET_ID\" \"$TARGET_HOST\" \"$TARGET_PORT\" \"$TARGET_PID\" \"$TARGET_TOKEN\" \"$FENCE_TOKEN\" \"$EXTRA\" \"$1\" > \"$2\"\n",
-    );
+    ).unwrap();
     let out_arg = out.to_str().unwrap();
     // A hostile node id and host: they must arrive verbatim and never be executed.
     let hostile_id = format!("n1$(touch {})", marker.display());
@@ -220,8 +221,8 @@ async fn shell_exit_zero_fences_with_target_facts_in_the_environment_only() {
 
 #[tokio::test]
 async fn shell_non_zero_exit_fails_with_its_stderr() {
-    let dir = TempDir::new("shell-fail");
-    let script = dir.script("fence.sh", "#!/bin/sh\necho 'outlet busy' >&2\nexit 3\n");
+    let dir = ScratchDir::new("shell-fail").unwrap();
+    let script = dir.script("fence.sh", "#!/bin/sh\necho 'outlet busy' >&2\nexit 3\n").unwrap();
     let report = fencer(&shell_yaml(&script, &[], 5000)).fence(&target("n1", "h", 1), FencingToken(9)).await;
     let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(reason.contains("exited 3: outlet busy"), "{reason}");
@@ -230,8 +231,9 @@ async fn shell_non_zero_exit_fails_with_its_stderr() {
 
 #[tokio::test]
 async fn shell_hanging_script_is_cut_off_and_its_whole_group_killed() {
-    let dir = TempDir::new("shell-hang");
-    let script = dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\necho $$ > \"$2\"\nsleep 1000\n");
+    let dir = ScratchDir::new("shell-hang").unwrap();
+    let script =
+        dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\necho $$ > \"$2\"\nsleep 1000\n").unwrap();
     let (bg, leader) = (dir.path("bg.pid"), dir.path("leader.pid"));
     let started = Instant::now();
     let report = fencer(&shell_yaml(&script, &[bg.to_str().unwrap(), leader.to_str().unwrap()], 700))
@@ -245,7 +247,7 @@ async fn shell_hanging_script_is_cut_off_and_its_whole_group_killed() {
     assert!(elapsed < Duration::from_millis(700) + Duration::from_millis(1500), "{elapsed:?}");
     let read_pid = |p: &std::path::Path| -> u32 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
     let (bg_pid, pgid) = (read_pid(&bg), read_pid(&leader));
-    wait_until("the script's process group to be gone", Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), "the script's process group to be gone", || {
         procfs::live_members_of_group(pgid as i32).unwrap().is_empty()
     })
     .await
@@ -255,14 +257,14 @@ async fn shell_hanging_script_is_cut_off_and_its_whole_group_killed() {
 
 #[tokio::test]
 async fn shell_background_children_do_not_outlive_a_successful_run() {
-    let dir = TempDir::new("shell-bg");
-    let script = dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\nexit 0\n");
+    let dir = ScratchDir::new("shell-bg").unwrap();
+    let script = dir.script("fence.sh", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\nexit 0\n").unwrap();
     let bg = dir.path("bg.pid");
     let report =
         fencer(&shell_yaml(&script, &[bg.to_str().unwrap()], 5000)).fence(&target("n1", "h", 1), FencingToken(9)).await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");
     let bg_pid: u32 = std::fs::read_to_string(&bg).unwrap().trim().parse().unwrap();
-    wait_until("the background child to be gone", Duration::from_secs(5), || !alive(bg_pid)).await.unwrap();
+    wait_until(Duration::from_secs(5), "the background child to be gone", || !alive(bg_pid)).await.unwrap();
 }
 
 /// A shell method running `/bin/sh -c <script>` (the script is configuration, not target data).

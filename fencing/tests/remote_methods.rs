@@ -12,20 +12,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{closed_port, fencer, require, target, wait_until, TempDir};
+use common::{closed_port, fencer, require, target};
 use referee_fencing::{FenceOutcome, FencingToken, MethodOutcome, UnfenceOutcome};
+use referee_testkit::{free_port, wait_until, ScratchDir};
 
 /// A real sshd on 127.0.0.1, accepting a generated key for root. Killed on drop.
 struct Sshd {
     child: Child,
     port: u16,
     key: PathBuf,
-    dir: TempDir,
+    dir: ScratchDir,
 }
 
 impl Sshd {
     async fn start() -> Sshd {
-        let dir = TempDir::new("sshd");
+        let dir = ScratchDir::new("sshd").unwrap();
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
         let keygen = |path: &PathBuf| {
@@ -40,7 +41,7 @@ impl Sshd {
         keygen(&host_key);
         keygen(&key);
         std::fs::copy(dir.path("user_key.pub"), dir.path("authorized_keys")).unwrap();
-        let port = closed_port();
+        let port = free_port().unwrap();
         let config = dir.path("sshd_config");
         std::fs::write(
             &config,
@@ -60,7 +61,7 @@ impl Sshd {
             .spawn()
             .expect("start sshd");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until("sshd to accept connections", Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), "sshd to accept connections", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         })
         .await
@@ -115,7 +116,7 @@ async fn ssh_runs_a_remote_kill_and_verify_command() {
     let stop = dir.script(
         "stop-master",
         "#!/bin/sh\npid=$(cat \"$1\")\necho \"$2\" > \"$3\"\nkill -TERM \"$pid\" 2>/dev/null\ni=0\nwhile [ -e /proc/$pid ] && ! grep -q '^State:[[:space:]]*Z' /proc/$pid/status 2>/dev/null; do\n  i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.02\ndone\nexit 0\n",
-    );
+    ).unwrap();
     let token_file = dir.path("token.out");
     let yaml = ssh_yaml(
         &sshd,
@@ -150,7 +151,7 @@ async fn ssh_to_an_unreachable_target_fails_within_its_deadline() {
     if !require("ssh unreachable test", false, &["ssh"], "openssh-client") {
         return;
     }
-    let dir = TempDir::new("ssh-unreachable");
+    let dir = ScratchDir::new("ssh-unreachable").unwrap();
     let key = dir.path("no_such_key");
     let yaml = format!(
         "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: 3000\n        connect_timeout_ms: 1000\n        user: root\n        identity_file: {}\n        port: {}\n        host_key_checking: \"no\"\n        known_hosts_file: /dev/null\n        command: [\"true\"]\n",

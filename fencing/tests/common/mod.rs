@@ -1,64 +1,14 @@
-//! Helpers shared by the integration tests: temporary directories, condition waits with
-//! deadlines, prerequisites checks and small HTTP servers.
+//! What the fencing crate's integration tests share beyond `referee-testkit`: fencer and target
+//! builders, process and prerequisite checks, and small HTTP and TLS servers.
 
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use referee_fencing::{FenceTarget, Fencer, FencingToken};
-
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rfence-{}-{}-{label}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes an executable script.
-    pub fn script(&self, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.path(name);
-        std::fs::write(&path, body).expect("write script");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `condition` until it holds or `within` passes.
-pub async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if condition() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use referee_testkit::{free_port, skip, ScratchDir};
 
 /// Whether a process with this pid is running (exited zombies count as gone).
 pub fn alive(pid: u32) -> bool {
@@ -92,31 +42,20 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// Prints a loud skip line when a prerequisite is missing; true when the test may run.
+/// Whether the test may run: true when it runs as root (if `needs_root`) and finds every one of
+/// `programs`; otherwise it is [`skip`]ped (a failure under `REFEREE_REQUIRE_ALL_TESTS`).
 pub fn require(test: &str, needs_root: bool, programs: &[&str], why: &str) -> bool {
     let missing: Vec<&str> = programs.iter().copied().filter(|p| find_program(p).is_none()).collect();
     if (needs_root && !is_root()) || !missing.is_empty() {
-        // Written to the stderr handle directly: the test harness captures `eprintln!` of
-        // passing tests, and a skip must be visible in CI logs.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {test} needs {why} (CI installs them); root: {}, missing programs: {missing:?}",
-            is_root()
-        );
-        // CI installs every prerequisite and runs as root: there a skip is a failure.
-        if std::env::var_os("REFEREE_REQUIRE_ALL_TESTS").is_some() {
-            panic!("{test} would be skipped, but REFEREE_REQUIRE_ALL_TESTS is set: it needs {why}");
-        }
+        skip(test, &format!("needs {why} (CI installs them); root: {}, missing programs: {missing:?}", is_root()));
         return false;
     }
     true
 }
 
-/// A loopback port nothing listens on (bound then released).
+/// A loopback port nothing listens on: one the kit hands out, which nobody then binds.
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    free_port().expect("a free loopback port")
 }
 
 /// Serves `router` on a loopback port until the test ends.
@@ -144,13 +83,13 @@ pub struct Pki {
     pub client_key: PathBuf,
     /// A key that belongs to none of the certificates.
     pub stray_key: PathBuf,
-    _dir: TempDir,
+    _dir: ScratchDir,
 }
 
 impl Pki {
     pub fn new() -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-        let dir = TempDir::new("pki");
+        let dir = ScratchDir::new("pki").unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -1,0 +1,141 @@
+//! Apache ZooKeeper from Debian's `zookeeper` package, standalone on loopback: the reference the
+//! coordinator is compared with, and a second coordination service for the agent.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{free_port, ScratchDir};
+
+/// Where Debian's `zookeeper` package installs its scripts.
+pub const APACHE_ZK_BIN: &str = "/usr/share/zookeeper/bin";
+
+/// The super digest ([`ApacheZkProfile::Reference`] servers and the coordinator under comparison
+/// are configured with it); its password is `super`.
+pub const SUPER_DIGEST: &str = "super:D/InIHSb7yEEbrWz8b9l71RjZJU=";
+
+/// The reason to [`skip`](crate::skip) a test that needs Apache ZooKeeper where it is missing.
+pub const APACHE_ZK_MISSING: &str = "Apache ZooKeeper is not installed (CI installs Debian's zookeeper package)";
+
+/// Whether Apache ZooKeeper's scripts and a Java runtime (on `PATH`, where `zkServer.sh` looks)
+/// are present.
+pub fn apache_zookeeper_installed() -> bool {
+    Path::new(APACHE_ZK_BIN).join("zkServer.sh").exists() && on_path("java").is_some()
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH").ok()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
+}
+
+/// What an [`ApacheZk`] server is started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApacheZkProfile {
+    /// Side by side with the bundled coordinator: ZooKeeper's default 2 s tick, TTL nodes
+    /// enabled, container reaping effectively off (so both servers keep the same containers for
+    /// the length of a test) and [`SUPER_DIGEST`].
+    Reference,
+    /// Under the agent: a 200 ms tick, so sessions (400..=10000 ms) expire quickly.
+    ShortSessions,
+}
+
+/// A standalone Apache ZooKeeper server on loopback with every four-letter word enabled,
+/// stopped on drop.
+pub struct ApacheZk {
+    child: Child,
+    /// Its client port.
+    pub port: u16,
+    dir: ScratchDir,
+}
+
+impl ApacheZk {
+    /// Starts a server on a [`free_port`] and waits until it serves sessions. Blocking (it
+    /// waits up to a minute for the JVM): call it from `spawn_blocking`.
+    pub fn start(profile: ApacheZkProfile) -> Result<Self> {
+        let (tick_ms, session_limits, jvm_flags) = match profile {
+            ApacheZkProfile::Reference => (
+                2000,
+                "",
+                Some(format!(
+                    "-Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=3600000 \
+                     -Dzookeeper.DigestAuthenticationProvider.superDigest={SUPER_DIGEST}"
+                )),
+            ),
+            ApacheZkProfile::ShortSessions => (200, "minSessionTimeout=400\nmaxSessionTimeout=10000\n", None),
+        };
+        let dir = ScratchDir::new("apache-zk")?;
+        let port = free_port().context("choosing Apache ZooKeeper's port")?;
+        let cfg = dir.path("zoo.cfg");
+        std::fs::create_dir_all(dir.path("data"))?;
+        std::fs::write(
+            &cfg,
+            format!(
+                "tickTime={tick_ms}\n{session_limits}dataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=*\nforceSync=no\nmaxClientCnxns=0\n",
+                dir.path("data").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path("server.log"))?;
+        let mut command = Command::new(Path::new(APACHE_ZK_BIN).join("zkServer.sh"));
+        command.arg("start-foreground").arg(&cfg).env("ZOO_LOG_DIR", &dir.0);
+        if let Some(flags) = jvm_flags {
+            command.env("SERVER_JVMFLAGS", flags);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting zkServer.sh")?;
+        let mut zk = ApacheZk { child, port, dir };
+        zk.wait_ready(Duration::from_secs(60))?;
+        Ok(zk)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Apache ZooKeeper exited with {status}: {}", self.log_tail());
+            }
+            // `ruok` answers before the server takes sessions; `srvr` has a Mode line only then.
+            if four_letter(self.port, "srvr").map(|r| r.contains("Mode: ")).unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("Apache ZooKeeper was not serving within {limit:?}: {}", self.log_tail())
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ApacheZk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a four-letter word to `127.0.0.1:port` and reads the answer until the server closes
+/// (at most 5 s per read).
+pub fn four_letter(port: u16, cmd: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(cmd.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}

@@ -1,0 +1,46 @@
+//! The shared harness of the workspace's tests and of the lab (`referee demo`, the
+//! `failover-bench` binary and the end-to-end tests): one copy of the pieces every test crate
+//! needs to stand a scenario up, and no test logic of its own.
+//!
+//! The coordinator's, the agent's, the fencing crate's and the examples' integration tests take
+//! it as a dev-dependency; the root package takes it as a normal dependency because the lab,
+//! which `referee demo` runs, hands out ports with [`free_port`]. It calls the bundled
+//! coordinator (in-process), Debian's Apache ZooKeeper scripts (as a child process) and nothing
+//! else of the project.
+//!
+//! # Layout
+//!
+//! - [`free_port`]: loopback ports for child processes, each handed out once per process and
+//!   from below the kernel's ephemeral range, so no other bind takes them first.
+//! - [`within`], [`within_for`], [`wait_until`]: every wait in a test has a deadline.
+//! - [`ScratchDir`]: a temporary directory removed on drop.
+//! - [`skip`]: the one way a test skips for a missing prerequisite, loudly, and never under
+//!   `REFEREE_REQUIRE_ALL_TESTS` (as in CI).
+//! - [`TestServer`]: the bundled coordinator in-process on an ephemeral port, with [`connect`]
+//!   for a zookeeper-client session.
+//! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback, with
+//!   [`apache_zookeeper_installed`] and [`four_letter`].
+//! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore, or arm
+//!   with a [`Trap`] that drops one frame together with its connection.
+//!
+//! Errors are [`anyhow`]'s, as everywhere in tests; only [`free_port`], which the lab's typed
+//! errors wrap, returns an [`std::io::Error`].
+#![deny(missing_docs)]
+
+mod apache_zk;
+mod deadline;
+mod ports;
+mod proxy;
+mod scratch_dir;
+mod skip;
+mod test_server;
+
+pub use apache_zk::{
+    apache_zookeeper_installed, four_letter, ApacheZk, ApacheZkProfile, APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
+};
+pub use deadline::{wait_until, within, within_for, DEADLINE};
+pub use ports::free_port;
+pub use proxy::{Proxy, Trap};
+pub use scratch_dir::ScratchDir;
+pub use skip::skip;
+pub use test_server::{connect, TestServer};
