@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// A fencing token: a number that strictly increases with every new holder of the active role.
 ///
-/// The agent derives it from the czxid of the election lock znode it created, so a later
-/// winner always holds a larger token than any earlier one. Resources and masters that
+/// The agent derives it from the czxid of the election lock znode it created plus the
+/// cluster's token base (which carries the order across a coordinator that lost its data), so
+/// a later winner always holds a larger token than any earlier one. Resources and masters that
 /// remember the highest token they have seen can refuse anything older, which is what makes a
 /// paused or partitioned old active harmless even when no other fencing method could reach it.
 ///

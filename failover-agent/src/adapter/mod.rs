@@ -276,12 +276,7 @@ pub fn build_adapter(config: &AdapterConfig, node_id: &str) -> Result<Arc<dyn Ma
 /// Shortens a reason taken from a master's answer or a program's output to its last
 /// non-blank line, at most 300 characters, so one bad answer cannot flood logs and reports.
 pub(crate) fn short_reason(text: &str) -> String {
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    let mut short: String = line.chars().take(300).collect();
-    if short.len() < line.len() {
-        short.push('…');
-    }
-    short
+    referee_fencing::command::last_line(text)
 }
 
 #[cfg(test)]
