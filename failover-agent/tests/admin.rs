@@ -15,6 +15,7 @@ use referee_failover_agent::admin::{AdminError, AdminListeners, AdminServer, Adm
 use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
 use referee_failover_agent::control::ControlRequest;
 use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
+use referee_failover_agent::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
 use referee_failover_agent::model::{Health, LockRecord, Member, SessionView};
 use referee_failover_agent::status::{AgentStatus, Role};
 use referee_fencing::config::ClientTlsConfig;
@@ -38,12 +39,14 @@ enum Seen {
     Cede(Duration),
     Failover,
     PeerFence(FencingToken),
+    Failsafe(FailsafeRequest),
 }
 
 /// How the stub driver answers.
 enum Answer {
     Text(Result<String, String>),
     Fence(MethodOutcome),
+    Failsafe(FailsafeResponse),
     /// Keep the reply channel open and never answer.
     Hold,
 }
@@ -57,27 +60,33 @@ fn stub_driver(
     tokio::spawn(async move {
         let mut held_text = Vec::new();
         let mut held_fence = Vec::new();
+        let mut held_failsafe = Vec::new();
         while let Some(request) = control_rx.recv().await {
-            let (seen, text_reply, fence_reply) = match request {
-                ControlRequest::Pause { reply } => (Seen::Pause, Some(reply), None),
-                ControlRequest::Resume { reply } => (Seen::Resume, Some(reply), None),
-                ControlRequest::Cede { period, reply } => (Seen::Cede(period), Some(reply), None),
-                ControlRequest::Failover { reply } => (Seen::Failover, Some(reply), None),
-                ControlRequest::PeerFence { token, reply } => (Seen::PeerFence(token), None, Some(reply)),
+            let (seen, text_reply, fence_reply, failsafe_reply) = match request {
+                ControlRequest::Pause { reply } => (Seen::Pause, Some(reply), None, None),
+                ControlRequest::Resume { reply } => (Seen::Resume, Some(reply), None, None),
+                ControlRequest::Cede { period, reply } => (Seen::Cede(period), Some(reply), None, None),
+                ControlRequest::Failover { reply } => (Seen::Failover, Some(reply), None, None),
+                ControlRequest::PeerFence { token, reply } => (Seen::PeerFence(token), None, Some(reply), None),
+                ControlRequest::Failsafe { request, reply } => (Seen::Failsafe(request), None, None, Some(reply)),
                 other => panic!("the admin API sent an unexpected request: {other:?}"),
             };
             let answer = script(&seen);
             let _ = seen_tx.send(seen);
-            match (answer, text_reply, fence_reply) {
-                (Answer::Text(t), Some(reply), _) => {
+            match (answer, text_reply, fence_reply, failsafe_reply) {
+                (Answer::Text(t), Some(reply), _, _) => {
                     let _ = reply.send(t);
                 }
-                (Answer::Fence(o), _, Some(reply)) => {
+                (Answer::Fence(o), _, Some(reply), _) => {
                     let _ = reply.send(o);
                 }
-                (Answer::Hold, text, fence) => {
+                (Answer::Failsafe(r), _, _, Some(reply)) => {
+                    let _ = reply.send(r);
+                }
+                (Answer::Hold, text, fence, failsafe) => {
                     held_text.extend(text);
                     held_fence.extend(fence);
+                    held_failsafe.extend(failsafe);
                 }
                 _ => panic!("the script answered a request with the wrong kind of answer"),
             }
@@ -93,6 +102,11 @@ fn ok_everything(seen: &Seen) -> Answer {
         Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
         Seen::Failover => Answer::Text(Ok("active now".into())),
         Seen::PeerFence(t) => Answer::Fence(MethodOutcome::fenced(format!("demoted with {t}"))),
+        Seen::Failsafe(r) => Answer::Failsafe(FailsafeResponse {
+            node_id: "db1".into(),
+            accepted: true,
+            reason: format!("not active; will not contend for {} ms", r.ttl_ms),
+        }),
     }
 }
 
@@ -258,7 +272,7 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
         Seen::Resume => Answer::Text(Err("not paused".into())),
         Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
         Seen::Failover => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
-        Seen::PeerFence(_) => Answer::Hold,
+        Seen::PeerFence(_) | Seen::Failsafe(_) => Answer::Hold,
     });
     let server = start("db1", control).await?;
     let url = |p: &str| server.url(p);
@@ -355,6 +369,36 @@ async fn peer_fence_refuses_another_node_and_maps_outcomes() -> Result<()> {
     let (code, body) = post(&url, Some(SECRET), Some(json!({"node": "db1"}))).await?;
     assert_eq!((code, body["outcome"].as_str()), (400, Some("failed")));
     assert!(seen.try_recv().is_err());
+    server.stop().await
+}
+
+/// `POST /peer/failsafe` reaches the driver with the asker's request and returns its answer;
+/// a malformed or zero-ttl request is refused before it reaches the driver, and without the
+/// secret nothing happens.
+#[tokio::test]
+async fn peer_failsafe_forwards_the_request_and_refuses_bad_ones() -> Result<()> {
+    let (control, mut seen) = stub_driver(|s| match s {
+        Seen::Failsafe(r) if r.node_id == "db2" => ok_everything(s),
+        _ => Answer::Hold,
+    });
+    let server = start("db1", control).await?;
+    let url = server.url(PEER_FAILSAFE_PATH);
+    let ask = json!({"node_id": "db2", "token": 42, "ttl_ms": 3000});
+
+    let (code, _) = post(&url, None, Some(ask.clone())).await?;
+    assert_eq!(code, 401);
+    let (code, body) = post(&url, Some(SECRET), Some(ask)).await?;
+    assert_eq!(code, 200, "{body}");
+    let answer: FailsafeResponse = serde_json::from_value(body)?;
+    assert!(answer.accepted && answer.node_id == "db1", "{answer:?}");
+    let expected = FailsafeRequest { node_id: "db2".into(), token: FencingToken(42), ttl_ms: 3000 };
+    assert_eq!(seen.recv().await, Some(Seen::Failsafe(expected)), "the 401 one was never sent");
+
+    for bad in [json!({"node_id": "db2", "token": 1, "ttl_ms": 0}), json!({"node": "db2"}), json!("x")] {
+        let (code, body) = post(&url, Some(SECRET), Some(bad.clone())).await?;
+        assert_eq!((code, body["accepted"].as_bool()), (400, Some(false)), "{bad} -> {body}");
+    }
+    assert!(seen.try_recv().is_err(), "refused requests reach nothing");
     server.stop().await
 }
 
