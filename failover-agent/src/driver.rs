@@ -911,15 +911,8 @@ impl Driver {
     async fn peer_master_tokens(&self) -> (FencingToken, String) {
         let mut asks = tokio::task::JoinSet::new();
         for m in self.mem.members.iter().filter(|m| m.node_id != self.cfg.node_id) {
-            let url = format!("{}/ha/state", m.target.ha_base_url());
-            let (http, node) = (self.http.clone(), m.node_id.clone());
-            asks.spawn(async move {
-                let answer = http.get(&url).timeout(Duration::from_millis(500)).send().await;
-                match answer {
-                    Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok().map(|s| (s.token, node)),
-                    _ => None,
-                }
-            });
+            let (http, target) = (self.http.clone(), m.target.clone());
+            asks.spawn(async move { ha_state(&http, &target).await.map(|s| (s.token, target.node_id)) });
         }
         let mut best = (FencingToken(0), String::from("none"));
         while let Some(joined) = asks.join_next().await {
@@ -934,15 +927,7 @@ impl Driver {
 
     /// Whether the target's master reports standby with at least `claim`.
     async fn verify_standby(&self, target: &FenceTarget, claim: FencingToken) -> bool {
-        let url = format!("{}/ha/state", target.ha_base_url());
-        let answer = self.http.get(&url).timeout(Duration::from_millis(500)).send().await;
-        match answer {
-            Ok(r) if r.status().is_success() => match r.json::<HaStatus>().await {
-                Ok(s) => s.state == HaState::Standby && s.token >= claim,
-                Err(_) => false,
-            },
-            _ => false,
-        }
+        ha_state(&self.http, target).await.is_some_and(|s| s.state == HaState::Standby && s.token >= claim)
     }
 
     /// On shutdown an active agent hands over cleanly (demote, confirm, then mark the breadcrumb
@@ -1265,6 +1250,15 @@ impl Driver {
         if let Some((reply, _, _)) = self.mem.pending_failover.take() {
             let _ = reply.send(result);
         }
+    }
+}
+
+/// What a target's master answers on `GET /ha/state` within 500 ms, if it answers.
+async fn ha_state(http: &reqwest::Client, target: &FenceTarget) -> Option<HaStatus> {
+    let url = format!("{}/ha/state", target.ha_base_url());
+    match http.get(&url).timeout(Duration::from_millis(500)).send().await {
+        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+        _ => None,
     }
 }
 

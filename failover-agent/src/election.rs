@@ -776,16 +776,7 @@ impl Coordination {
             .checked_add(record.base)
             .map(FencingToken)
             .ok_or_else(|| ElectionError::InvalidArgument(format!("token base {} overflows", record.base)))?;
-        match self.read_lock_raw(OP).await? {
-            Some((_, meta))
-                if meta.owner_session == self.session_id
-                    && meta.czxid == lock_czxid
-                    && meta.version == lock_version =>
-            {
-                self.ensure_live(OP)?
-            }
-            _ => return Err(ElectionError::LockNotHeld { op: OP, token, version: lock_version }),
-        }
+        self.confirm_holding(OP, token, lock_version, |meta| meta.czxid == lock_czxid).await?;
         let data = encode(record)?;
         let mut writer = self.client.new_multi_writer();
         let persistent = self.options(zk::CreateMode::Persistent);
@@ -796,23 +787,12 @@ impl Coordination {
         staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
         let sent = Instant::now();
         let committed = writer.commit();
-        match self.finish(self.deadline(), sent, committed).await {
-            Ok(_) => {
-                tracing::info!(base = record.base, floor = %record.floor, %token, "set the token base");
-                Ok(token)
-            }
-            Err(Failure::TimedOut(after)) => Err(ElectionError::Timeout { op: OP, after }),
-            Err(Failure::Reply(zk::MultiWriteError::RequestFailed { source })) => Err(self.zk_error(OP, source)),
-            Err(Failure::Reply(zk::MultiWriteError::OperationFailed { index, source })) => match (index, source) {
-                (0, zk::Error::NoNode | zk::Error::BadVersion) => {
-                    Err(ElectionError::LockNotHeld { op: OP, token, version: lock_version })
-                }
-                (1, zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists) => {
-                    Err(ElectionError::TokenBaseChanged { expected: expected.map(|(_, v)| v) })
-                }
-                (_, source) => Err(self.zk_error(OP, source)),
-            },
-        }
+        let changed = || ElectionError::TokenBaseChanged { expected: expected.map(|(_, v)| v) };
+        self.finish(self.deadline(), sent, committed)
+            .await
+            .map_err(|f| self.multi_failure(OP, f, token, lock_version, changed))?;
+        tracing::info!(base = record.base, floor = %record.floor, %token, "set the token base");
+        Ok(token)
     }
 
     /// The lock's record and identity, or `None` if it is free (for building fencing targets).
@@ -942,10 +922,9 @@ impl Coordination {
         staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
         let sent = Instant::now();
         let committed = writer.commit();
-        let results = self
-            .finish(self.deadline(), sent, committed)
-            .await
-            .map_err(|f| self.multi_failure(OP, f, crumb.token, lock_version, expected))?;
+        let results = self.finish(self.deadline(), sent, committed).await.map_err(|f| {
+            self.multi_failure(OP, f, crumb.token, lock_version, || ElectionError::BreadcrumbChanged { expected })
+        })?;
         // The write is applied whatever happened to the session since: report it.
         match results.get(1) {
             Some(zk::MultiWriteResult::SetData { stat }) => Ok(stat.version),
@@ -986,9 +965,11 @@ impl Coordination {
         staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
         let sent = Instant::now();
         let committed = writer.commit();
-        self.finish(self.deadline(), sent, committed)
-            .await
-            .map_err(|f| self.multi_failure(OP, f, lock_token, lock_version, Some(breadcrumb_version)))?;
+        self.finish(self.deadline(), sent, committed).await.map_err(|f| {
+            self.multi_failure(OP, f, lock_token, lock_version, || ElectionError::BreadcrumbChanged {
+                expected: Some(breadcrumb_version),
+            })
+        })?;
         tracing::info!(token = %lock_token, "stepped down cleanly");
         Ok(())
     }
@@ -1073,10 +1054,20 @@ impl Coordination {
 
     /// Confirms this session holds the lock with `token` at `version`.
     async fn confirm_holder(&self, op: &'static str, token: FencingToken, version: i32) -> Result<(), ElectionError> {
+        self.confirm_holding(op, token, version, |meta| meta.token == token).await
+    }
+
+    /// Confirms this session holds the lock at `version` and `same` accepts it (by token, or by
+    /// czxid when the base is about to change); `token` only names it in the error.
+    async fn confirm_holding(
+        &self,
+        op: &'static str,
+        token: FencingToken,
+        version: i32,
+        same: impl FnOnce(&LockMeta) -> bool,
+    ) -> Result<(), ElectionError> {
         match self.read_lock_raw(op).await? {
-            Some((_, meta))
-                if meta.owner_session == self.session_id && meta.token == token && meta.version == version =>
-            {
+            Some((_, meta)) if meta.owner_session == self.session_id && meta.version == version && same(&meta) => {
                 self.ensure_live(op)
             }
             _ => Err(ElectionError::LockNotHeld { op, token, version }),
@@ -1084,23 +1075,22 @@ impl Coordination {
     }
 
     /// Maps a failed check-lock-then-write multi. Index 0 is always the lock check; index 1 the
-    /// breadcrumb write; a later index is the lock delete.
+    /// write the multi is for (`changed` says what its conflict means); a later index is the
+    /// lock delete.
     fn multi_failure(
         &self,
         op: &'static str,
         f: Failure<zk::MultiWriteError>,
         token: FencingToken,
         version: i32,
-        expected: Option<i32>,
+        changed: impl FnOnce() -> ElectionError,
     ) -> ElectionError {
         match f {
             Failure::TimedOut(after) => ElectionError::Timeout { op, after },
             Failure::Reply(zk::MultiWriteError::RequestFailed { source }) => self.zk_error(op, source),
             Failure::Reply(zk::MultiWriteError::OperationFailed { index, source }) => match (index, source) {
                 (0, zk::Error::NoNode | zk::Error::BadVersion) => ElectionError::LockNotHeld { op, token, version },
-                (1, zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists) => {
-                    ElectionError::BreadcrumbChanged { expected }
-                }
+                (1, zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists) => changed(),
                 (2, zk::Error::NoNode | zk::Error::BadVersion) => ElectionError::LockNotHeld { op, token, version },
                 (_, source) => self.zk_error(op, source),
             },
