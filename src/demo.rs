@@ -15,7 +15,7 @@ use referee_examples::ha_master::EditAccepted;
 use referee_examples::verdict::{verify, AckRecord};
 use thiserror::Error;
 
-use crate::lab::{CoordinatorKind, LabError, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES};
+use crate::lab::{CoordinatorKind, LabError, MasterKind, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES};
 
 /// Why the demo stopped.
 #[derive(Debug, Error)]
@@ -147,7 +147,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         bin: opts.bin.clone(),
         coordinator: CoordinatorKind::Bundled,
         timings: Timings::referee(),
-        master_lease: true,
+        master: MasterKind::LeasePolling,
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: true,

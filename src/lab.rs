@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use referee_fencing::{FencingToken, HaState, HaStatus};
 use thiserror::Error;
 
 /// Why the lab could not do something.
@@ -45,6 +46,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
 }
 
 // The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
+use referee_testkit::Proxy;
 pub use referee_testkit::{apache_zookeeper_installed, free_port};
 
 /// A [`free_port`] for a child of the pair.
@@ -211,6 +213,31 @@ impl Timings {
     }
 }
 
+/// How each master of the pair is run and managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterKind {
+    /// The demo master, managed over HTTP, enforcing the lease itself: it polls its agent's
+    /// `/lease` and stops taking writes when that runs out, even if its agent hangs.
+    LeasePolling,
+    /// The demo master, managed over HTTP, with `--no-lease-poll`: a plain master that takes
+    /// writes while active until someone demotes it, as most real masters do.
+    Plain,
+    /// The demo master with `--no-lease-poll`, managed by the command adapter: the agent runs
+    /// `referee master-command health|state|promote|demote` and never speaks HTTP to it, and
+    /// peers fence it with the same program as a `shell` method (then `kill`).
+    Command,
+}
+
+impl MasterKind {
+    /// Whether the master polls its agent's `/lease`.
+    pub fn polls_lease(self) -> bool {
+        match self {
+            MasterKind::LeasePolling => true,
+            MasterKind::Plain | MasterKind::Command => false,
+        }
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct PairSpec {
@@ -220,8 +247,8 @@ pub struct PairSpec {
     pub coordinator: CoordinatorKind,
     /// Timings.
     pub timings: Timings,
-    /// Whether the masters enforce the agents' lease themselves.
-    pub master_lease: bool,
+    /// The masters' kind.
+    pub master: MasterKind,
     /// Route each agent's coordinator connection through a proxy the test can cut.
     pub proxied_agents: bool,
     /// YAML merged into each node's agent configuration (`a` then `b`), e.g. hooks.
@@ -259,8 +286,10 @@ pub struct Pair {
     pub agents: Vec<Option<Proc>>,
     /// Ports per node.
     pub ports: Vec<NodePorts>,
-    /// Per-agent proxies to the coordinator, when the spec asks for them.
-    pub proxies: Vec<Proxy>,
+    /// Per-agent proxies to the coordinator, when the spec asks for them ([`Pair::cut_agent`],
+    /// [`Pair::black_hole_agent`] and their inverses).
+    /// Each with the address its agent connects to, stable across cut and restore.
+    proxies: Vec<(String, tokio::sync::Mutex<Proxy>)>,
     spec: PairSpec,
     http: reqwest::Client,
 }
@@ -305,9 +334,14 @@ impl Pair {
             http,
         };
         if pair.spec.proxied_agents {
+            let target: std::net::SocketAddr = pair
+                .coordinator_addr
+                .parse()
+                .map_err(|e| LabError::Child(format!("the coordinator address {}: {e}", pair.coordinator_addr)))?;
             for _ in NODES {
-                let proxy = Proxy::start(&pair.coordinator_addr).await?;
-                pair.proxies.push(proxy);
+                let proxy =
+                    Proxy::start(target).await.map_err(|e| LabError::Child(format!("starting a proxy: {e:#}")))?;
+                pair.proxies.push((proxy.addr.to_string(), tokio::sync::Mutex::new(proxy)));
             }
         }
         for i in 0..NODES.len() {
@@ -332,6 +366,37 @@ impl Pair {
         }
         pair.wait_for_active(Duration::from_secs(30)).await?;
         Ok(pair)
+    }
+
+    fn proxy(&self, i: usize) -> Result<&tokio::sync::Mutex<Proxy>, LabError> {
+        self.proxies.get(i).map(|(_, p)| p).ok_or_else(|| {
+            LabError::Child(format!("agent {} has no proxy: start the pair with proxied_agents", NODES[i]))
+        })
+    }
+
+    /// Cuts agent `i` off the coordinator: its connections drop and new ones are refused.
+    pub async fn cut_agent(&self, i: usize) -> Result<(), LabError> {
+        self.proxy(i)?.lock().await.cut();
+        Ok(())
+    }
+
+    /// Undoes [`Pair::cut_agent`].
+    pub async fn restore_agent(&self, i: usize) -> Result<(), LabError> {
+        let mut proxy = self.proxy(i)?.lock().await;
+        proxy.restore().await.map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", NODES[i])))
+    }
+
+    /// Black-holes agent `i`'s coordinator connection: connections stay open and new ones are
+    /// accepted, but nothing passes either way, so the agent learns only from its deadlines.
+    pub async fn black_hole_agent(&self, i: usize) -> Result<(), LabError> {
+        self.proxy(i)?.lock().await.black_hole();
+        Ok(())
+    }
+
+    /// Undoes [`Pair::black_hole_agent`].
+    pub async fn heal_agent(&self, i: usize) -> Result<(), LabError> {
+        self.proxy(i)?.lock().await.heal();
+        Ok(())
     }
 
     /// Kills the coordinator with SIGKILL: every connection to it drops at once.
@@ -371,11 +436,10 @@ impl Pair {
     pub fn start_master(&self, i: usize) -> Result<Proc, LabError> {
         let node = self.node_dir(i);
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
-        let lease = if self.spec.master_lease {
-            format!("lease:\n  url: \"http://127.0.0.1:{}/lease\"\n  poll_interval_ms: 50\n", self.ports[i].probes)
-        } else {
-            String::new()
-        };
+        // Every master is configured with the lease; `--no-lease-poll` makes a plain one
+        // ignore it.
+        let lease =
+            format!("lease:\n  url: \"http://127.0.0.1:{}/lease\"\n  poll_interval_ms: 50\n", self.ports[i].probes);
         let journal = if self.spec.journal {
             format!(
                 "journal:\n  connect: \"{}\"\n  path: {JOURNAL_PATH}\n  epoch_path: {EPOCH_PATH}\n  session_timeout_ms: 4000\n  op_timeout_ms: 1000\n",
@@ -391,18 +455,22 @@ impl Pair {
         );
         let path = node.join("master.yaml");
         std::fs::write(&path, cfg).map_err(io("writing a master config"))?;
+        let mut args = vec![
+            "demo-master".into(),
+            "--config".into(),
+            path.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.ports[i].master),
+            "--pidfile".into(),
+            node.join("master.pid").display().to_string(),
+        ];
+        if !self.spec.master.polls_lease() {
+            args.push("--no-lease-poll".into());
+        }
         Proc::spawn(
             &format!("master {}", NODES[i]),
             &self.spec.bin,
-            &[
-                "demo-master".into(),
-                "--config".into(),
-                path.display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", self.ports[i].master),
-                "--pidfile".into(),
-                node.join("master.pid").display().to_string(),
-            ],
+            &args,
             &[("REFEREE_LOG", "info".into())],
             node.join("master.log"),
         )
@@ -414,6 +482,46 @@ impl Pair {
         let node = self.node_dir(i);
         let p = self.ports[i];
         let max_staleness = 0;
+        let htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2);
+        let url = format!("http://127.0.0.1:{}", p.master);
+        let (adapter, first_fence) = match self.spec.master {
+            MasterKind::LeasePolling | MasterKind::Plain => (
+                format!(
+                    "  ha_url: \"{url}\"\n  adapter:\n    kind: http\n    url: \"{url}\"\n    timeout_ms: {htimeout}\n    \
+                     connect_timeout_ms: {}\n",
+                    htimeout.min(1000)
+                ),
+                format!("        - kind: graceful\n          timeout_ms: {}\n", t.graceful_fence_ms),
+            ),
+            MasterKind::Command => {
+                // The agent never speaks HTTP to its master: each operation is a program run.
+                // A run starts a process, so it gets a roomier deadline than an HTTP call.
+                let timeout = htimeout.max(1000).min(t.session_timeout_ms / 2);
+                let bin = self.spec.bin.display().to_string();
+                let argv = |action: &str| {
+                    serde_json::json!([bin, "master-command", action, "--url", url, "--timeout-ms", timeout.to_string()])
+                        .to_string()
+                };
+                (
+                    format!(
+                        "  adapter:\n    kind: command\n    health: {}\n    state: {}\n    promote: {}\n    demote: {}\n    \
+                         timeout_ms: {timeout}\n",
+                        argv("health"),
+                        argv("state"),
+                        argv("promote"),
+                        argv("demote")
+                    ),
+                    // Fenced by the same program, as a shell method: it demotes the master
+                    // `TARGET_HA_URL` names with the new token and succeeds only on standby.
+                    format!(
+                        "        - kind: shell\n          program: {}\n          args: [\"master-command\", \"demote\"]\n          \
+                         timeout_ms: {}\n",
+                        serde_json::json!(bin),
+                        t.graceful_fence_ms.max(1000)
+                    ),
+                )
+            }
+        };
         let cfg = format!(
             r#"cluster: lab
 node_id: {id}
@@ -425,14 +533,8 @@ coordinator:
 master:
   host: 127.0.0.1
   port: {mport}
-  ha_url: "http://127.0.0.1:{mport}"
   pidfile: {pidfile}
-  adapter:
-    kind: http
-    url: "http://127.0.0.1:{mport}"
-    timeout_ms: {htimeout}
-    connect_timeout_ms: {hconnect}
-health:
+{adapter}health:
   interval_ms: {hinterval}
   timeout_ms: {htimeout}
   rise: 1
@@ -447,9 +549,7 @@ fencing:
   overall_timeout_ms: {overall}
   levels:
     - methods:
-        - kind: graceful
-          timeout_ms: {graceful}
-    - methods:
+{first_fence}    - methods:
         - kind: kill
           timeout_ms: 3000
           grace_ms: 1000
@@ -457,18 +557,19 @@ probes:
   listen: 127.0.0.1:{probes}
 "#,
             id = NODES[i],
-            coord = self.proxies.get(i).map_or(self.coordinator_addr.clone(), |p| p.addr.clone()),
+            coord = self.proxies.get(i).map_or(&self.coordinator_addr, |(addr, _)| addr),
             session = t.session_timeout_ms,
             op = (t.session_timeout_ms / 3).min(1000),
             mport = p.master,
             pidfile = self.node_dir(i).join("master.pid").display(),
-            htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2),
-            hconnect = t.health_timeout_ms.min(t.session_timeout_ms / 2).min(1000),
+            htimeout = match self.spec.master {
+                MasterKind::LeasePolling | MasterKind::Plain => htimeout,
+                MasterKind::Command => htimeout.max(1000).min(t.session_timeout_ms / 2),
+            },
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
             loop_ms = t.loop_interval_ms,
-            overall = t.graceful_fence_ms + 5000,
-            graceful = t.graceful_fence_ms,
+            overall = t.graceful_fence_ms.max(1000) + 5000,
             probes = p.probes,
         );
         let admin = if self.spec.admin {
@@ -764,67 +865,310 @@ impl SplitBrainWatch {
     }
 }
 
-/// A TCP proxy on loopback that a test can cut (every connection dropped, new ones refused
-/// by closing them at once) and restore.
-pub struct Proxy {
-    /// Where clients connect.
-    pub addr: String,
-    cut: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+/// One answer of master `node` and when the question was sent and the answer received, both
+/// since the oracle started: whatever the answer says held at some instant in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed<T> {
+    /// The master, `0` for `a`.
+    pub node: usize,
+    /// When the request was sent.
+    pub sent: Duration,
+    /// When the answer arrived.
+    pub received: Duration,
+    /// What it said.
+    pub what: T,
 }
 
-impl Proxy {
-    /// Starts forwarding a fresh loopback port to `target`.
-    pub async fn start(target: &str) -> Result<Proxy, LabError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io("binding a proxy"))?;
-        let addr = listener.local_addr().map_err(io("proxy address"))?.to_string();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (cut2, target) = (cut.clone(), target.to_string());
-        let task = tokio::spawn(async move {
-            let mut conns: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
-                        if cut2.load(Ordering::Relaxed) {
-                            continue; // dropped: closed at once
-                        }
-                        let target = target.clone();
-                        conns.push(tokio::spawn(async move {
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            }
-                        }));
-                    }
-                    _ = tick.tick() => {
-                        if cut2.load(Ordering::Relaxed) {
-                            for c in conns.drain(..) {
-                                c.abort();
-                            }
-                        }
-                        conns.retain(|c| !c.is_finished());
-                    }
+/// A master's role changing between two of its `/ha/state` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The master.
+    pub node: usize,
+    /// What it reported before.
+    pub from: HaStatus,
+    /// What it reported after.
+    pub to: HaStatus,
+    /// The change happened after this (the send time of the last answer showing `from`).
+    pub after: Duration,
+    /// ... and no later than this (the receive time of the first answer showing `to`).
+    pub by: Duration,
+}
+
+/// A write a master acknowledged, with the lower token, after another master had already
+/// acknowledged one with a higher token: the deposed master still taking writes beside its
+/// successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateAck {
+    /// The stale acknowledgement (its request was sent after `successor` was received).
+    pub stale: Observed<u64>,
+    /// The successor's first acknowledgement under its token.
+    pub successor: Observed<u64>,
+}
+
+/// What the masters themselves said during a scenario: every `/ha/state` answer and every
+/// acknowledged write, from both, in the order received.
+#[derive(Debug, Clone, Default)]
+pub struct MasterRecord {
+    /// Answers to `GET /ha/state`.
+    pub states: Vec<Observed<HaStatus>>,
+    /// Acknowledged writes, with the token each was acknowledged under.
+    pub acks: Vec<Observed<u64>>,
+}
+
+impl MasterRecord {
+    /// The answers of master `node`, in order.
+    fn states_of(&self, node: usize) -> impl Iterator<Item = &Observed<HaStatus>> {
+        self.states.iter().filter(move |o| o.node == node)
+    }
+
+    /// Every change of a master's reported role or token.
+    pub fn role_changes(&self) -> Vec<RoleChange> {
+        let mut changes = Vec::new();
+        for node in 0..NODES.len() {
+            let polls: Vec<_> = self.states_of(node).collect();
+            for w in polls.windows(2) {
+                if w[0].what != w[1].what {
+                    changes.push(RoleChange {
+                        node,
+                        from: w[0].what,
+                        to: w[1].what,
+                        after: w[0].sent,
+                        by: w[1].received,
+                    });
                 }
             }
-        });
-        Ok(Proxy { addr, cut, task })
+        }
+        changes.sort_by_key(|c| c.by);
+        changes
     }
 
-    /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::Relaxed);
+    /// Stretches in which master `node` was certainly active: between two consecutive answers
+    /// saying active under the same token it was active from the first's receipt to the
+    /// second's sending (a master does not leave the role and regain it under the same token
+    /// between two polls a few milliseconds apart).
+    pub fn certainly_active(&self, node: usize) -> Vec<(Duration, Duration, FencingToken)> {
+        let polls: Vec<_> = self.states_of(node).collect();
+        polls
+            .windows(2)
+            .filter(|w| w[0].what.state == HaState::Active && w[0].what == w[1].what && w[0].received <= w[1].sent)
+            .map(|w| (w[0].received, w[1].sent, w[0].what.token))
+            .collect()
     }
 
-    /// Forwards again.
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::Relaxed);
+    /// Stretches in which both masters were certainly active at once.
+    pub fn both_active(&self) -> Vec<(Duration, Duration)> {
+        let (a, b) = (self.certainly_active(0), self.certainly_active(1));
+        let mut both = Vec::new();
+        for &(a_from, a_to, _) in &a {
+            for &(b_from, b_to, _) in &b {
+                let (from, to) = (a_from.max(b_from), a_to.min(b_to));
+                if from < to {
+                    both.push((from, to));
+                }
+            }
+        }
+        both
+    }
+
+    /// Every acknowledgement sent after another master had acknowledged a write under a higher
+    /// token (or, under the same token, at any time: one token is one master's).
+    pub fn late_acks(&self) -> Vec<LateAck> {
+        // Each master's first acknowledgement under each token.
+        let mut firsts: Vec<Observed<u64>> = Vec::new();
+        for ack in &self.acks {
+            match firsts.iter_mut().find(|f| f.node == ack.node && f.what == ack.what) {
+                Some(f) if ack.received < f.received => *f = *ack,
+                Some(_) => {}
+                None => firsts.push(*ack),
+            }
+        }
+        let mut late = Vec::new();
+        for ack in &self.acks {
+            let successor = firsts
+                .iter()
+                .filter(|f| f.node != ack.node)
+                .filter(|f| f.what == ack.what || (f.what > ack.what && f.received < ack.sent))
+                .min_by_key(|f| f.received);
+            if let Some(successor) = successor {
+                late.push(LateAck { stale: *ack, successor: *successor });
+            }
+        }
+        late
+    }
+
+    /// Time of the first `/ha/state` answer showing master `node` active under a token other
+    /// than `not`, with the send time of the answer before it: the promotion happened in
+    /// between.
+    pub fn promoted(&self, node: usize, not: Option<FencingToken>) -> Option<RoleChange> {
+        self.role_changes()
+            .into_iter()
+            .find(|c| c.node == node && c.to.state == HaState::Active && Some(c.to.token) != not)
+    }
+
+    /// The first change of master `node` out of the active role.
+    pub fn demoted(&self, node: usize) -> Option<RoleChange> {
+        self.role_changes().into_iter().find(|c| c.node == node && c.from.state == HaState::Active)
+    }
+
+    /// The scenario as the masters told it: role changes, and per master and token how many
+    /// writes were acknowledged from when to when; then the first and last late
+    /// acknowledgement and how many there were.
+    pub fn timeline(&self) -> String {
+        let ms = |d: Duration| format!("{:>9.1} ms", d.as_secs_f64() * 1000.0);
+        let name = |s: HaStatus| {
+            let role = match s.state {
+                HaState::Active => "active",
+                HaState::Standby => "standby",
+                HaState::Initializing => "initializing",
+            };
+            format!("{role} (token {})", s.token)
+        };
+        let mut lines: Vec<(Duration, String)> = Vec::new();
+        for c in self.role_changes() {
+            lines.push((
+                c.by,
+                format!(
+                    "{}  master {} /ha/state: {} -> {} (changed after {})",
+                    ms(c.by),
+                    NODES[c.node],
+                    name(c.from),
+                    name(c.to),
+                    ms(c.after).trim()
+                ),
+            ));
+        }
+        let mut runs: Vec<(usize, u64, Duration, Duration, usize)> = Vec::new();
+        for a in &self.acks {
+            match runs.iter_mut().find(|r| r.0 == a.node && r.1 == a.what) {
+                Some(r) => {
+                    r.3 = r.3.max(a.received);
+                    r.4 += 1;
+                }
+                None => runs.push((a.node, a.what, a.received, a.received, 1)),
+            }
+        }
+        for (node, token, first, last, n) in runs {
+            lines.push((
+                first,
+                format!(
+                    "{}  master {} acknowledged {n} writes under token {token}, the last at {}",
+                    ms(first),
+                    NODES[node],
+                    ms(last).trim()
+                ),
+            ));
+        }
+        lines.sort_by_key(|l| l.0);
+        let mut out: Vec<String> = lines.into_iter().map(|l| l.1).collect();
+        let late = self.late_acks();
+        if let (Some(first), Some(last)) = (late.first(), late.last()) {
+            out.push(format!(
+                "{} late acknowledgements: master {} acknowledged writes under token {} from {} to {} \
+                 (requests sent after master {} had acknowledged one under token {} at {})",
+                late.len(),
+                NODES[first.stale.node],
+                first.stale.what,
+                ms(first.stale.received).trim(),
+                ms(last.stale.received).trim(),
+                NODES[first.successor.node],
+                first.successor.what,
+                ms(first.successor.received).trim()
+            ));
+        }
+        for (from, to) in self.both_active() {
+            out.push(format!("both masters reported active from {} to {}", ms(from).trim(), ms(to).trim()));
+        }
+        out.join("\n")
+    }
+
+    /// Fails, with the timeline, if both masters were ever certainly active at once or a master
+    /// acknowledged a write after another had acknowledged one under a higher token.
+    pub fn check(&self) -> Result<(), LabError> {
+        let both = self.both_active();
+        let late = self.late_acks();
+        if both.is_empty() && late.is_empty() {
+            return Ok(());
+        }
+        Err(LabError::Oracle(format!(
+            "split brain seen by the masters themselves ({} stretches with two actives, {} late acknowledgements):\n{}",
+            both.len(),
+            late.len(),
+            self.timeline()
+        )))
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
+/// Asks both masters directly, each in its own loop so a slow one never delays the other: its
+/// `/ha/state` every 2 ms, and a write as fast as it answers. The record is the ground truth a
+/// probe cannot give: what each master said about itself and which writes it took.
+pub struct MasterOracle {
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<MasterRecord>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl MasterOracle {
+    /// Starts asking.
+    pub fn start(pair: &Arc<Pair>) -> MasterOracle {
+        let stop = Arc::new(AtomicBool::new(false));
+        let record = Arc::new(Mutex::new(MasterRecord::default()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for node in 0..NODES.len() {
+            let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
+            tasks.push(tokio::spawn(async move {
+                let url = format!("http://127.0.0.1:{}/ha/state", pair2.ports[node].master);
+                while !stop2.load(Ordering::Relaxed) {
+                    let sent = started.elapsed();
+                    let answer = match pair2.http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+                        _ => None,
+                    };
+                    if let Some(what) = answer {
+                        let received = started.elapsed();
+                        let seen = Observed { node, sent, received, what };
+                        record2.lock().unwrap_or_else(|p| p.into_inner()).states.push(seen);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+            let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    n += 1;
+                    let sent = started.elapsed();
+                    if let Ok(token) = pair2.write_token(node, "oracle", &format!("{}-{n}", NODES[node])).await {
+                        let received = started.elapsed();
+                        let seen = Observed { node, sent, received, what: token };
+                        record2.lock().unwrap_or_else(|p| p.into_inner()).acks.push(seen);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        MasterOracle { stop, record, tasks, started }
+    }
+
+    /// Time since the oracle started, on the record's clock.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A copy of what has been recorded so far.
+    pub fn snapshot(&self) -> MasterRecord {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops asking; returns the record.
+    pub async fn finish(self) -> MasterRecord {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        record.clone()
     }
 }
 

@@ -35,6 +35,18 @@ enum DemoScenario {
     Switchover,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MasterAction {
+    /// Exit 0 when the master reports healthy.
+    Health,
+    /// Print the master's status as JSON.
+    State,
+    /// Make the master active with `FENCE_TOKEN`.
+    Promote,
+    /// Make the master standby, telling it `FENCE_TOKEN`.
+    Demote,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a coordinator server (speaks the Apache ZooKeeper client protocol).
@@ -54,6 +66,26 @@ enum Command {
         /// Write the process id here once listening (for the `kill` fencing method).
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Ignore the configuration's `lease` section: never poll the agent's `/lease`, and
+        /// accept writes while active until demoted, as a master without a self-enforced
+        /// lease does.
+        #[arg(long)]
+        no_lease_poll: bool,
+    },
+    /// Drive a master speaking the HA protocol from a command adapter's programs: exit 0 when
+    /// healthy (health), print the status (state), promote or demote with `FENCE_TOKEN`.
+    /// Without `--url`, acts on `TARGET_HA_URL`, so `demote` also serves as a `shell` fencing
+    /// method. Exit codes: 0 done, 1 refused or not as asked, 2 usage, 3 no answer.
+    MasterCommand {
+        /// What to do.
+        #[arg(value_enum)]
+        action: MasterAction,
+        /// The master's HA base URL (default: `TARGET_HA_URL`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Deadline of the request, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Run the demo: a coordinator, two masters and two agents; a failure; a fenced failover;
     /// a verdict from an independent reader of the journal.
@@ -96,9 +128,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Coordinator { config } => run_coordinator(config).await.map(|()| 0),
             Command::Agent { config } => run_agent(config).await.map(|()| 0),
-            Command::DemoMaster { config, listen, pidfile } => {
-                run_demo_master(config, listen, pidfile).await.map(|()| 0)
+            Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
+                run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }
+            Command::MasterCommand { action, url, timeout_ms } => Ok(run_master_command(action, url, timeout_ms).await),
             Command::Demo { scenario, exit_after } => run_demo(scenario, exit_after).await,
             // `referee admin` has documented exit codes of its own.
             Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
@@ -171,15 +204,45 @@ async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_master_command(action: MasterAction, url: Option<String>, timeout_ms: u64) -> i32 {
+    use referee_examples::ha_command::{master_url, run, token_from_env, Action};
+    let action = match action {
+        MasterAction::Health => Action::Health,
+        MasterAction::State => Action::State,
+        MasterAction::Promote => Action::Promote,
+        MasterAction::Demote => Action::Demote,
+    };
+    let url = match master_url(url, std::env::var("TARGET_HA_URL").ok()) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("referee master-command: {e}");
+            return 2;
+        }
+    };
+    let token = token_from_env(std::env::var("FENCE_TOKEN").ok());
+    let out = run(&url, action, token, std::time::Duration::from_millis(timeout_ms.max(1))).await;
+    print!("{}", out.stdout);
+    if !out.stderr.is_empty() {
+        eprintln!("{}", out.stderr);
+    }
+    i32::from(out.code)
+}
+
 async fn run_demo_master(
     config_path: PathBuf,
     listen: std::net::SocketAddr,
     pidfile: Option<PathBuf>,
+    no_lease_poll: bool,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("cannot read demo master config {}", config_path.display()))?;
-    let config: referee_examples::ha_master::HaMasterConfig =
+    let mut config: referee_examples::ha_master::HaMasterConfig =
         serde_yaml::from_str(&text).with_context(|| format!("invalid demo master config {}", config_path.display()))?;
+    if no_lease_poll && config.lease.take().is_some() {
+        tracing::info!(
+            "--no-lease-poll: ignoring the configured lease; writes are accepted while active until demoted"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     if let Some(pidfile) = pidfile {
         // Written after the process started and bound its port, so a pidfile never names a

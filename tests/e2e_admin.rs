@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{CoordinatorKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 
 async fn pair() -> Result<(Arc<Pair>, usize)> {
     let spec = PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
         coordinator: CoordinatorKind::Bundled,
         timings: Timings::referee(),
-        master_lease: true,
+        master: MasterKind::LeasePolling,
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: true,

@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{coordinator_available as available, CoordinatorKind, Oracles, Pair, PairSpec, Timings, NODES};
+use referee::lab::{
+    coordinator_available as available, CoordinatorKind, MasterKind, Oracles, Pair, PairSpec, Timings, NODES,
+};
 
 fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
     PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
         coordinator,
         timings: Timings::referee(),
-        master_lease: true,
+        master: MasterKind::LeasePolling,
         proxied_agents,
         extra_agent_yaml: Vec::new(),
         admin: false,
@@ -99,7 +101,7 @@ async fn agent_partitioned(kind: CoordinatorKind) -> Result<()> {
     let (pair, first) = start(kind, true).await?;
     let other = 1 - first;
     let oracles = Oracles::start(&pair);
-    pair.proxies[first].cut();
+    pair.cut_agent(first).await?;
     pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
     pair.write_within(other, "k", "v5", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
     oracles.check(Duration::from_secs(6)).await?;
@@ -121,7 +123,7 @@ async fn agent_partitioned(kind: CoordinatorKind) -> Result<()> {
         other => anyhow::bail!("missing transitions {other:?}: old {old} new {new}"),
     }
     // Healing the partition brings the old agent back as a standby.
-    pair.proxies[first].restore();
+    pair.restore_agent(first).await?;
     pair.wait_for_active_node(other, Duration::from_secs(5)).await?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{coordinator_available, CoordinatorKind, Oracles, Pair, PairSpec, Timings, NODES};
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Oracles, Pair, PairSpec, Timings, NODES};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ fn spec(coordinator: CoordinatorKind, admin: bool, extra: &str) -> PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
         coordinator,
         timings: Timings::referee(),
-        master_lease: true,
+        master: MasterKind::LeasePolling,
         proxied_agents: false,
         extra_agent_yaml: vec![extra.to_string(); 2],
         admin,

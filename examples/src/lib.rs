@@ -11,6 +11,9 @@
 //!   test health switch and a small key-value store whose writes only the active may take.
 //!   With `journal:` configured it is a small NameNode: a namespace over HTTP whose every edit
 //!   goes to a shared journal in the coordinator first. Entry point: [`ha_master::run`].
+//! - [`ha_command`]: `referee master-command`, the programs a command adapter runs (health,
+//!   state, promote, demote) translated into HA requests to such a master, so the command
+//!   adapter can drive it end to end; `demote` doubles as a `shell` fencing method.
 //! - [`namespace`]: the NameNode-style namespace (directories, files, metadata), pure.
 //! - [`journal`]: the journal in the coordinator and the epoch claim guarding it (the wire
 //!   format of edits, claim, guarded append, reads).
@@ -31,6 +34,7 @@
 
 #![deny(missing_docs)]
 
+pub mod ha_command;
 pub mod ha_master;
 pub mod journal;
 pub mod namespace;

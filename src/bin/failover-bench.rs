@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
-use referee::lab::{apache_zookeeper_installed, CoordinatorKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{apache_zookeeper_installed, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Profile {
@@ -92,7 +92,7 @@ async fn main() -> Result<()> {
         bin: referee_bin()?,
         coordinator,
         timings,
-        master_lease: true,
+        master: MasterKind::LeasePolling,
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: false,

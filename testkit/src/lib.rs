@@ -20,8 +20,9 @@
 //!   for a zookeeper-client session.
 //! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback, with
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
-//! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore, or arm
-//!   with a [`Trap`] that drops one frame together with its connection.
+//! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore,
+//!   black-hole (accept, then forward nothing) and heal, or arm with a [`Trap`] that drops one
+//!   frame together with its connection.
 //!
 //! Errors are [`anyhow`]'s, as everywhere in tests; only [`free_port`], which the lab's typed
 //! errors wrap, returns an [`std::io::Error`].

@@ -1,6 +1,12 @@
 //! A TCP proxy between ZooKeeper-wire clients and a server, with fault knobs: cut every
-//! connection (and the listening port) and restore it on the same port, or arm a [`Trap`] that
-//! drops one frame together with its connection.
+//! connection (and the listening port) and restore it on the same port; black-hole it
+//! (connections are still accepted, but nothing is forwarded either way, on new connections or
+//! on established ones, until it is healed); or arm a [`Trap`] that drops one frame together
+//! with its connection.
+//!
+//! A cut is what a crashed host or a firewall that rejects looks like: the client learns at
+//! once. A black hole is what a partition that drops packets looks like: every connection
+//! stays open and silent, so the client learns only from its own deadlines.
 //!
 //! ```text
 //!  client ──request frames──▶ up   ──▶ server     (a multi may be dropped here)
@@ -12,6 +18,7 @@
 //! xid (and a request with its opcode after that).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +73,35 @@ impl Traps {
     }
 }
 
+/// The black hole's switch, shared by every connection of a proxy.
+struct Gate {
+    /// `true` while frames may pass.
+    open: watch::Sender<bool>,
+    /// Frames (and connections waiting to reach the server) held back right now.
+    held: AtomicUsize,
+}
+
+impl Gate {
+    /// Returns once frames may pass; counts the caller as held while it waits.
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        if *open.borrow_and_update() {
+            return;
+        }
+        // Counted down on drop, so a connection aborted by a cut while held is not counted on.
+        struct Held<'a>(&'a AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let _held = Held(&self.held);
+        // The sender lives as long as the gate: this ends only when the hole is healed.
+        let _ = open.wait_for(|o| *o).await;
+    }
+}
+
 /// A cuttable proxy on a loopback port, forwarding to one server. Dropping it cuts.
 pub struct Proxy {
     /// The address clients connect to; stable across cut and restore.
@@ -74,6 +110,7 @@ pub struct Proxy {
     accept: Option<JoinHandle<()>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     traps: Arc<Traps>,
+    gate: Arc<Gate>,
 }
 
 impl Proxy {
@@ -82,7 +119,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let traps = Arc::new(Traps { armed: Mutex::new(None), sprung: watch::Sender::new(false) });
-        let mut p = Proxy { addr, target, accept: None, conns: Arc::default(), traps };
+        let gate = Arc::new(Gate { open: watch::Sender::new(true), held: AtomicUsize::new(0) });
+        let mut p = Proxy { addr, target, accept: None, conns: Arc::default(), traps, gate };
         p.serve(listener);
         Ok(p)
     }
@@ -91,12 +129,18 @@ impl Proxy {
         let target = self.target;
         let conns = self.conns.clone();
         let traps = self.traps.clone();
+        let gate = self.gate.clone();
         self.accept = Some(tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(target).await else { continue };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let task = tokio::spawn(forward(client, server, traps.clone()));
+                let (traps, gate) = (traps.clone(), gate.clone());
+                let task = tokio::spawn(async move {
+                    // Inside a black hole not even the connection reaches the server.
+                    gate.pass().await;
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    forward(client, server, traps, gate).await;
+                });
                 let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
                 conns.retain(|c| !c.is_finished());
                 conns.push(task);
@@ -132,6 +176,25 @@ impl Proxy {
             }
         }
         Err(last.unwrap()).context("rebinding the proxy port")
+    }
+
+    /// Starts a black hole: connections are still accepted, but from now on nothing passes in
+    /// either direction, on new connections or on established ones, until [`Proxy::heal`].
+    /// Frames are held, not dropped (TCP would retransmit them across a healed partition), so
+    /// a connection that its client has not given up on carries on after healing.
+    pub fn black_hole(&self) {
+        self.gate.open.send_replace(false);
+    }
+
+    /// Ends a black hole: held frames and connections go through, in order.
+    pub fn heal(&self) {
+        self.gate.open.send_replace(true);
+    }
+
+    /// How many frames and new connections a black hole holds back right now (each direction
+    /// of a connection holds at most one frame; the rest waits in the sockets' buffers).
+    pub fn held(&self) -> usize {
+        self.gate.held.load(Ordering::SeqCst)
     }
 
     /// Arms `trap`, replacing any trap armed before that has not sprung.
@@ -174,14 +237,15 @@ fn i32_at(frame: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
 }
 
-async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>) {
+async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>, gate: Arc<Gate>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     // The xid of a multi whose reply must be swallowed.
     let doomed: Arc<Mutex<Option<i32>>> = Arc::default();
-    let (doomed_up, traps_up) = (doomed.clone(), traps.clone());
+    let (doomed_up, traps_up, gate_up) = (doomed.clone(), traps.clone(), gate.clone());
     let up = async move {
         let Ok(first) = read_frame(&mut cr).await else { return };
+        gate_up.pass().await;
         if sw.write_all(&first).await.is_err() {
             return;
         }
@@ -196,6 +260,7 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>) {
                     *doomed_up.lock().unwrap_or_else(|p| p.into_inner()) = i32_at(&f, 4);
                 }
             }
+            gate_up.pass().await;
             if sw.write_all(&f).await.is_err() {
                 return;
             }
@@ -203,6 +268,7 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>) {
     };
     let down = async move {
         let Ok(first) = read_frame(&mut sr).await else { return };
+        gate.pass().await;
         if cw.write_all(&first).await.is_err() {
             return;
         }
@@ -227,6 +293,7 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>) {
                 traps.spring();
                 return;
             }
+            gate.pass().await;
             if cw.write_all(&f).await.is_err() {
                 return;
             }
@@ -236,5 +303,73 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>) {
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+    use crate::{wait_until, within, DEADLINE};
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// Whether `fut` is not ready on its first poll: nothing has arrived.
+    async fn nothing_yet<T>(fut: impl Future<Output = T>) -> bool {
+        tokio::time::timeout(Duration::ZERO, fut).await.is_err()
+    }
+
+    #[tokio::test]
+    async fn a_black_hole_holds_every_frame_and_new_connection_until_healed() -> Result<()> {
+        let server = TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = Proxy::start(server.local_addr()?).await?;
+        let mut client = TcpStream::connect(proxy.addr).await?;
+        client.write_all(&frame(b"hello")).await?;
+        let (mut conn, _) = within("the proxied connection", server.accept()).await??;
+        assert_eq!(within("the first frame up", read_frame(&mut conn)).await??, frame(b"hello"));
+        conn.write_all(&frame(b"welcome")).await?;
+        assert_eq!(within("the first frame down", read_frame(&mut client)).await??, frame(b"welcome"));
+
+        proxy.black_hole();
+        // Both directions of the established connection, and a connection made inside the
+        // hole (the proxy still accepts it), are held at the gate.
+        client.write_all(&frame(b"up")).await?;
+        conn.write_all(&frame(b"down")).await?;
+        let mut late = TcpStream::connect(proxy.addr).await?;
+        late.write_all(&frame(b"late")).await?;
+        wait_until(DEADLINE, "two frames and a connection held", || proxy.held() == 3).await?;
+        assert!(nothing_yet(read_frame(&mut conn)).await, "a frame went up through the black hole");
+        assert!(nothing_yet(read_frame(&mut client)).await, "a frame came down through the black hole");
+        assert!(nothing_yet(server.accept()).await, "a connection reached the server through the black hole");
+
+        proxy.heal();
+        assert_eq!(within("the held frame up", read_frame(&mut conn)).await??, frame(b"up"));
+        assert_eq!(within("the held frame down", read_frame(&mut client)).await??, frame(b"down"));
+        let (mut late_conn, _) = within("the held connection", server.accept()).await??;
+        assert_eq!(within("the late connection's frame", read_frame(&mut late_conn)).await??, frame(b"late"));
+        assert_eq!(proxy.held(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cut_inside_a_black_hole_drops_what_was_held() -> Result<()> {
+        let server = TcpListener::bind("127.0.0.1:0").await?;
+        let mut proxy = Proxy::start(server.local_addr()?).await?;
+        proxy.black_hole();
+        let mut client = TcpStream::connect(proxy.addr).await?;
+        client.write_all(&frame(b"held")).await?;
+        wait_until(DEADLINE, "the connection held", || proxy.held() == 1).await?;
+        proxy.cut();
+        wait_until(DEADLINE, "nothing held after the cut", || proxy.held() == 0).await?;
+        // The client sees its connection closed.
+        let mut buf = [0u8; 1];
+        let read = within("the client to see the close", client.read(&mut buf)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        Ok(())
     }
 }

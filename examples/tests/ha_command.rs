@@ -1,0 +1,57 @@
+//! `master-command` against a real demo master: each action's exit code and output follow the
+//! command adapter's contract.
+
+use std::time::Duration;
+
+use referee_examples::ha_command::{run, Action};
+use referee_examples::ha_master::{self, HaMasterConfig};
+use referee_fencing::{FencingToken, HaState, HaStatus};
+use referee_testkit::ScratchDir;
+use tokio::sync::oneshot;
+
+const LIMIT: Duration = Duration::from_secs(5);
+
+fn status(out: &str) -> HaStatus {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not a status ({e}): {out:?}"))
+}
+
+#[tokio::test]
+async fn every_action_follows_the_command_adapter_contract() -> anyhow::Result<()> {
+    let dir = ScratchDir::new("ha-command")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let master = tokio::spawn(ha_master::run(HaMasterConfig::new(dir.path("state.json")), listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let health = run(&url, Action::Health, Err("unused".into()), LIMIT).await;
+    assert_eq!((health.code, health.stdout.as_str()), (0, ""), "{health:?}");
+    let state = run(&url, Action::State, Err("unused".into()), LIMIT).await;
+    assert_eq!(state.code, 0, "{state:?}");
+    assert_eq!(status(&state.stdout), HaStatus { state: HaState::Standby, token: FencingToken(0) });
+
+    let promoted = run(&url, Action::Promote, Ok(FencingToken(7)), LIMIT).await;
+    assert_eq!(promoted.code, 0, "{promoted:?}");
+    assert_eq!(status(&promoted.stdout), HaStatus { state: HaState::Active, token: FencingToken(7) });
+    // A lower token is refused by the master: exit 1 with its reason on stderr.
+    let stale = run(&url, Action::Promote, Ok(FencingToken(6)), LIMIT).await;
+    assert_eq!(stale.code, 1, "{stale:?}");
+    assert!(stale.stderr.contains("409"), "{stale:?}");
+    // Promote and demote need the token; the invocation is wrong without it.
+    let no_token = run(&url, Action::Demote, Err("FENCE_TOKEN is not set".into()), LIMIT).await;
+    assert_eq!((no_token.code, no_token.stderr.as_str()), (2, "FENCE_TOKEN is not set"));
+    let demoted = run(&url, Action::Demote, Ok(FencingToken(9)), LIMIT).await;
+    assert_eq!(demoted.code, 0, "{demoted:?}");
+    assert_eq!(status(&demoted.stdout), HaStatus { state: HaState::Standby, token: FencingToken(9) });
+
+    let _ = stop.send(());
+    master.await??;
+    // Nothing listens any more: no answer is exit 3, whatever the action.
+    for action in [Action::Health, Action::State, Action::Promote] {
+        let gone = run(&url, action, Ok(FencingToken(10)), LIMIT).await;
+        assert_eq!(gone.code, 3, "{action}: {gone:?}");
+        assert!(gone.stderr.contains("did not answer"), "{gone:?}");
+    }
+    Ok(())
+}
