@@ -942,17 +942,30 @@ impl MasterRecord {
         changes
     }
 
-    /// Stretches in which master `node` was certainly active: between two consecutive answers
-    /// saying active under the same token it was active from the first's receipt to the
-    /// second's sending (a master does not leave the role and regain it under the same token
-    /// between two polls a few milliseconds apart).
+    /// Stretches in which master `node` was certainly active: through a run of consecutive
+    /// answers saying active under the same token it was active from the first's receipt to
+    /// the last's sending (a master does not leave the role and regain it under the same token
+    /// between polls a few milliseconds apart).
     pub fn certainly_active(&self, node: usize) -> Vec<(Duration, Duration, FencingToken)> {
-        let polls: Vec<_> = self.states_of(node).collect();
-        polls
-            .windows(2)
-            .filter(|w| w[0].what.state == HaState::Active && w[0].what == w[1].what && w[0].received <= w[1].sent)
-            .map(|w| (w[0].received, w[1].sent, w[0].what.token))
-            .collect()
+        let mut stretches = Vec::new();
+        let mut run: Option<(&Observed<HaStatus>, &Observed<HaStatus>)> = None;
+        for poll in self.states_of(node) {
+            run = match run {
+                Some((first, _)) if poll.what.state == HaState::Active && poll.what == first.what => {
+                    Some((first, poll))
+                }
+                _ => {
+                    if let Some((first, last)) = run.filter(|(f, l)| f.received < l.sent) {
+                        stretches.push((first.received, last.sent, first.what.token));
+                    }
+                    (poll.what.state == HaState::Active).then_some((poll, poll))
+                }
+            };
+        }
+        if let Some((first, last)) = run.filter(|(f, l)| f.received < l.sent) {
+            stretches.push((first.received, last.sent, first.what.token));
+        }
+        stretches
     }
 
     /// Stretches in which both masters were certainly active at once.

@@ -1,0 +1,280 @@
+//! End-to-end safety of failover for masters that do not enforce a lease themselves, with real
+//! processes, against the bundled coordinator and against Apache ZooKeeper 3.8.
+//!
+//! A master that polls its agent's `/lease` stops taking writes on its own when its agent
+//! hangs; most masters do not. These tests run the pair with two such kinds: the demo master
+//! managed over HTTP with `--no-lease-poll` (a plain master), and the same master managed by
+//! the command adapter (`referee master-command` as its health, state, promote and demote
+//! programs, and as a `shell` fencing method). Safety then rests on the agents alone.
+//!
+//! Throughout each scenario the masters themselves are asked (the lab's [`MasterOracle`]):
+//! both masters' own `/ha/state` every few milliseconds, and a write to every master as fast as
+//! it answers, each acknowledgement recorded with its send and receive times and its token. The
+//! oracle fails if both masters were certainly active at once, or if a master acknowledged a
+//! write sent after the other had acknowledged one under a higher token; on failure it prints
+//! the timeline.
+//!
+//! - **Coordinator wiped under a paused agent**: the active's agent is SIGSTOPped (a hung
+//!   process, a paused VM) while its master keeps running; the coordinator is killed, its data
+//!   deleted and started again empty on the same port; the other node wins the lock; only then
+//!   is the paused agent continued. No breadcrumb and no member names the old master any more,
+//!   so only the configured peers tell the new active whom to fence before promoting.
+//! - **Black-holed coordinator connection**: the active agent's connection to the coordinator
+//!   goes through the test kit's proxy, which is switched to a black hole (connections stay
+//!   open, nothing is answered). The agent must demote its master before its session can
+//!   expire, that is before the lock can leave it; the margin is printed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use referee::lab::{
+    coordinator_available, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings, NODES,
+};
+use referee_fencing::HaState;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// The lab cluster's lock znode.
+const LOCK: &str = "/referee/lab/lock";
+
+fn spec(coordinator: CoordinatorKind, master: MasterKind, proxied_agents: bool) -> PairSpec {
+    PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master,
+        proxied_agents,
+        extra_agent_yaml: Vec::new(),
+        admin: false,
+        journal: false,
+    }
+}
+
+async fn status(pair: &Pair, node: usize) -> Value {
+    pair.agent_json(node, "/status").await.unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Waits until the record so far satisfies `cond`; returns that record. On timeout the error
+/// carries the timeline and both agents' logs.
+async fn until_record(
+    pair: &Pair,
+    oracle: &MasterOracle,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&MasterRecord) -> bool,
+) -> Result<MasterRecord> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let record = oracle.snapshot();
+        if cond(&record) {
+            return Ok(record);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {limit:?} waiting for {what}\n--- masters ---\n{}\n--- agent a ---\n{}\n--- agent b ---\n{}",
+                record.timeline(),
+                pair.agent_log_tail(0),
+                pair.agent_log_tail(1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether master `node`'s last answer says standby.
+fn reports_standby(record: &MasterRecord, node: usize) -> bool {
+    record.states.iter().rev().find(|o| o.node == node).is_some_and(|o| o.what.state == HaState::Standby)
+}
+
+/// How long master `node` has been acknowledging writes (first to last acknowledgement).
+fn acknowledging_for(record: &MasterRecord, node: usize, since: Duration) -> Duration {
+    let mut acks = record.acks.iter().filter(|a| a.node == node && a.sent >= since);
+    match acks.next() {
+        Some(first) => acks.map(|a| a.received).max().unwrap_or(first.received) - first.received,
+        None => Duration::ZERO,
+    }
+}
+
+/// The active's agent is paused, the coordinator restarted empty, the other node takes over,
+/// then the paused agent resumes: the new active must fence the old master before promoting,
+/// and the old master must never acknowledge a write after the new one has.
+async fn wiped_coordinator_under_a_paused_agent(kind: CoordinatorKind, master: MasterKind) -> Result<()> {
+    let pair = Arc::new(Pair::start(spec(kind, master, false)).await?);
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let new = 1 - old;
+    let oracle = MasterOracle::start(&pair);
+    until_record(&pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == old)
+    })
+    .await?;
+
+    let agent = pair.agents[old].as_ref().context("the active's agent runs")?;
+    agent.signal(Signal::SIGSTOP)?;
+    let paused_at = oracle.now();
+    pair.restart_coordinator(true).await?;
+    let restarted_at = oracle.now();
+    // The other node wins the lock on the empty coordinator and promotes its master.
+    let record = until_record(&pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= paused_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    // The old agent stays paused while the new master takes writes for two seconds: a
+    // master nobody fenced keeps taking writes all that time.
+    let since = promoted.after;
+    until_record(&pair, &oracle, Duration::from_secs(15), "two seconds of writes on the new master", |r| {
+        acknowledging_for(r, new, since) >= Duration::from_secs(2)
+    })
+    .await?;
+    agent.signal(Signal::SIGCONT)?;
+    let resumed_at = oracle.now();
+    // Whatever happened before, the resumed agent ends with its master standby, and the new
+    // active stays the one.
+    until_record(&pair, &oracle, Duration::from_secs(15), "the old master to report standby", |r| {
+        reports_standby(r, old)
+    })
+    .await?;
+    pair.wait_for_active_node(new, Duration::from_secs(15)).await?;
+    let fenced = status(&pair, new).await["counters"]["fences_fenced"].as_u64().unwrap_or(0);
+    let record = oracle.finish().await;
+
+    eprintln!(
+        "{kind:?}, {master:?}: agent {} paused at {:.1} ms, coordinator back empty at {:.1} ms, agent resumed at {:.1} ms; \
+         {} fenced {fenced} time(s)",
+        NODES[old],
+        ms(paused_at),
+        ms(restarted_at),
+        ms(resumed_at),
+        NODES[new],
+    );
+    record.check()?;
+    eprintln!("{}", record.timeline());
+    let demoted = record.demoted(old).context("the old master was demoted")?;
+    // Fence before promote: the old master's demotion cannot have come after the new one's
+    // promotion (had it, the oracle would have seen two actives or a late acknowledgement as
+    // well, given enough polls; this holds at any poll spacing).
+    ensure!(
+        demoted.after < promoted.by,
+        "the new master was promoted by {:.1} ms, the old one was still active at {:.1} ms\n{}",
+        ms(promoted.by),
+        ms(demoted.after),
+        record.timeline()
+    );
+    ensure!(fenced >= 1, "{} promoted without fencing {}\n{}", NODES[new], NODES[old], record.timeline());
+    Ok(())
+}
+
+/// The active agent's coordinator connection is black-holed: its master must be demoted
+/// before its session can expire (before the lock can leave it), and so before the other node
+/// promotes.
+async fn black_holed_active_agent(kind: CoordinatorKind, master: MasterKind) -> Result<()> {
+    let pair = Arc::new(Pair::start(spec(kind, master, true)).await?);
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let new = 1 - old;
+    // A session of the test's own, straight to the coordinator, watches who owns the lock.
+    let zk = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&pair.coordinator_addr)
+        .await?;
+    let (_, stat) = zk.get_data(LOCK).await.context("the active holds the lock")?;
+    let owner = stat.ephemeral_owner;
+    ensure!(owner != 0, "the lock is ephemeral");
+    let oracle = MasterOracle::start(&pair);
+    until_record(&pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == old)
+    })
+    .await?;
+
+    pair.black_hole_agent(old).await?;
+    let holed_at = oracle.now();
+    // The lock leaves the old session when the coordinator expires it: it was still held at
+    // the send time of the last read that found it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut still_held_at = holed_at;
+    loop {
+        let sent = oracle.now();
+        match zk.get_data(LOCK).await {
+            Ok((_, stat)) if stat.ephemeral_owner == owner => still_held_at = sent,
+            Ok(_) | Err(zookeeper_client::Error::NoNode) => break,
+            Err(e) => bail!("reading the lock: {e}"),
+        }
+        ensure!(Instant::now() < deadline, "the black-holed agent's lock never left it\n{}", pair.agent_log_tail(old));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let record = until_record(&pair, &oracle, Duration::from_secs(15), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= holed_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    let demoted = record.demoted(old).context("the old master was demoted before the new one was promoted")?;
+    // Heal: the old agent comes back, as a standby.
+    pair.heal_agent(old).await?;
+    pair.wait_for_active_node(new, Duration::from_secs(15)).await?;
+    let record = oracle.finish().await;
+
+    // Conservative margins: the latest the demotion can have happened against the earliest the
+    // session can have expired and the earliest the promotion can have happened.
+    let before_expiry = ms(still_held_at) - ms(demoted.by);
+    let before_promotion = ms(promoted.after) - ms(demoted.by);
+    eprintln!(
+        "{kind:?}, {master:?}: black hole at {:.1} ms; master {} demoted by {:.1} ms; lock still held at {:.1} ms; \
+         master {} promoted after {:.1} ms\n  margin before the session expired: {before_expiry:.1} ms; \
+         before the promotion: {before_promotion:.1} ms",
+        ms(holed_at),
+        NODES[old],
+        ms(demoted.by),
+        ms(still_held_at),
+        NODES[new],
+        ms(promoted.after),
+    );
+    record.check()?;
+    eprintln!("{}", record.timeline());
+    ensure!(
+        before_expiry > 0.0,
+        "master {} was still active when its agent's session could already have expired (demoted by {:.1} ms, lock \
+         left after {:.1} ms): the peer could take the lock while it served\n{}",
+        NODES[old],
+        ms(demoted.by),
+        ms(still_held_at),
+        record.timeline()
+    );
+    ensure!(before_promotion > 0.0, "the old master was demoted after the new one was promoted");
+    Ok(())
+}
+
+macro_rules! every_case {
+    ($($name:ident: $scenario:ident, $master:ident;)*) => {
+        mod bundled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$scenario(super::CoordinatorKind::Bundled, super::MasterKind::$master).await
+                }
+            )*
+        }
+        mod apache_zookeeper {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> anyhow::Result<()> {
+                    if !super::coordinator_available(super::CoordinatorKind::ApacheZooKeeper, stringify!($name)) {
+                        return Ok(());
+                    }
+                    super::$scenario(super::CoordinatorKind::ApacheZooKeeper, super::MasterKind::$master).await
+                }
+            )*
+        }
+    };
+}
+
+every_case! {
+    wiped_coordinator_under_a_paused_agent_plain_master: wiped_coordinator_under_a_paused_agent, Plain;
+    wiped_coordinator_under_a_paused_agent_command_master: wiped_coordinator_under_a_paused_agent, Command;
+    black_holed_active_agent_plain_master: black_holed_active_agent, Plain;
+    black_holed_active_agent_command_master: black_holed_active_agent, Command;
+}
