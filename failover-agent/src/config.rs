@@ -54,6 +54,11 @@ pub struct AgentConfig {
     pub cluster: String,
     /// This node's id, unique in the cluster.
     pub node_id: String,
+    /// Every other node of the cluster, as ZKFC's HA configuration names its NameNodes. A
+    /// holder of the lock that finds no breadcrumb (the coordinator lost its data, or no node was
+    /// ever active) fences every node listed here before it promotes. Required, at least one.
+    #[serde(default)]
+    pub peers: Vec<PeerSettings>,
     /// The coordination service.
     pub coordinator: CoordinatorSettings,
     /// The local master.
@@ -87,6 +92,35 @@ pub struct AgentConfig {
     pub failsafe: FailsafeSettings,
 }
 
+/// Another node of the cluster: its id and how to fence its master (the same keys as
+/// `master`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSettings {
+    /// Its node id (its agent's `node_id`).
+    pub node_id: String,
+    /// The host its master runs on.
+    pub host: String,
+    /// Its master's service port.
+    pub port: u16,
+    /// Its master's HA endpoint base URL, if it speaks the HTTP protocol.
+    #[serde(default)]
+    pub ha_url: Option<String>,
+    /// Its master's pidfile on its host.
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
+}
+
+impl PeerSettings {
+    /// How to fence this peer's master.
+    pub fn target(&self) -> FenceTarget {
+        let mut t = FenceTarget::new(&self.node_id, &self.host, self.port, FencingToken(0));
+        t.ha_url = self.ha_url.clone();
+        t.pidfile = self.pidfile.clone();
+        t
+    }
+}
+
 /// Failsafe mode (off by default).
 ///
 /// When the coordinator cannot be reached and the session's lease has run out, an active agent
@@ -94,8 +128,15 @@ pub struct AgentConfig {
 /// over the peer API, to confirm that it is not active; each that confirms also promises not to
 /// contend for `ttl_ms`. While every member confirms, the master stays active for
 /// `ttl_ms − lease.demote_deadline_ms − lease.margin_ms` after each round was sent; one
-/// member missing or refusing, and the master is demoted when that runs out. A session the
-/// coordinator says has expired ends failsafe at once.
+/// member missing or refusing, and the master is demoted when that runs out. Every configured
+/// peer must be registered with a peer API address to be asked; one that is not refuses the
+/// round.
+///
+/// An expired session does not end failsafe by itself: the client library also declares a
+/// session expired when it could not renew it in time, which in an outage says nothing about the
+/// lock, and every node that could take the lock has promised not to contend for longer than
+/// the confirmed extension. Failsafe ends when a lock read answers (the lock, or its absence,
+/// decides then) or when a round is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailsafeSettings {
@@ -207,7 +248,9 @@ pub struct ElectionSettings {
     /// How long to stay out of the election after a failed promotion.
     #[serde(default = "default_backoff_ms")]
     pub backoff_after_failure_ms: u64,
-    /// Deadline for promoting the master.
+    /// Deadline for promoting the master. With the `pre_promote` hook's timeout and one loop
+    /// interval it must fit inside the lease: a promotion is only started while the lease left
+    /// covers it.
     #[serde(default = "default_promote_timeout_ms")]
     pub promote_timeout_ms: u64,
     /// Anti-flap: the least time between two failovers. A free lock is not contended until this
@@ -251,7 +294,9 @@ fn default_backoff_ms() -> u64 {
     1000
 }
 fn default_promote_timeout_ms() -> u64 {
-    2000
+    // With the default lease (1750 ms), a promotion and a loop interval fit inside it with
+    // room for a 1 s `pre_promote` hook.
+    600
 }
 
 impl AgentConfig {
@@ -278,10 +323,27 @@ impl AgentConfig {
     /// demoting takes up to `D`. So a master that stops accepting writes at
     /// `send time + lease` has stopped before any peer can hold the lock.
     pub fn lease_budget(&self, granted_timeout: Duration) -> Option<Duration> {
-        let spent = Duration::from_millis(
-            self.coordinator.max_staleness_ms + self.lease.demote_deadline_ms + self.lease.margin_ms,
-        );
-        granted_timeout.checked_sub(spent).filter(|d| !d.is_zero())
+        self.lease_rule().budget(granted_timeout)
+    }
+
+    /// The lease formula's terms.
+    pub fn lease_rule(&self) -> crate::lease::LeaseRule {
+        crate::lease::LeaseRule {
+            staleness: Duration::from_millis(self.coordinator.max_staleness_ms),
+            demote_deadline: Duration::from_millis(self.lease.demote_deadline_ms),
+            margin: Duration::from_millis(self.lease.margin_ms),
+        }
+    }
+
+    /// The longest a promotion may take: the `pre_promote` hook's deadline plus the master's.
+    pub fn promote_budget(&self) -> Duration {
+        let hook = self.hooks.pre_promote.as_ref().map_or(0, |h| h.timeout_ms);
+        Duration::from_millis(hook.saturating_add(self.election.promote_timeout_ms))
+    }
+
+    /// How to fence every configured peer.
+    pub fn peer_targets(&self) -> Vec<FenceTarget> {
+        self.peers.iter().map(PeerSettings::target).collect()
     }
 
     /// How peers fence this node's master (its token is filled in per acquisition).
@@ -311,6 +373,7 @@ impl AgentConfig {
                 format!("is {:?}; use 1-64 letters, digits, '-', '_' or '.'", self.node_id),
             ));
         }
+        self.validate_peers(&name_ok)?;
         if self.coordinator.connect.trim().is_empty() {
             return Err(invalid("coordinator.connect", "is empty; name the coordinator as host:port[,host:port]"));
         }
@@ -379,6 +442,24 @@ impl AgentConfig {
         if self.election.promote_timeout_ms == 0 {
             return Err(invalid("election.promote_timeout_ms", "is 0; give the master time to promote"));
         }
+        // A promotion starts only while the lease left covers it; one that could never fit
+        // would leave the lock held and the master standby for good.
+        let promote = self.promote_budget();
+        if promote.saturating_add(loop_interval) >= lease {
+            let hook = self.hooks.pre_promote.as_ref().map_or(0, |h| h.timeout_ms);
+            return Err(invalid(
+                "election.promote_timeout_ms",
+                format!(
+                    "is {} ms; with hooks.pre_promote.timeout_ms ({hook} ms) and one loop interval ({} ms) it must fit \
+                     inside the lease ({} ms at coordinator.session_timeout_ms {}): lower them, or raise the session \
+                     timeout",
+                    self.election.promote_timeout_ms,
+                    self.election.loop_interval_ms,
+                    lease.as_millis(),
+                    self.coordinator.session_timeout_ms
+                ),
+            ));
+        }
         if let Some(preferred) = &self.election.preferred_node {
             if !name_ok(preferred) {
                 return Err(invalid("election.preferred_node", format!("is {preferred:?}, which is not a node id")));
@@ -418,6 +499,42 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// Checks `peers`: at least one, ids unique and not this node's, each reachable.
+    fn validate_peers(&self, name_ok: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        if self.peers.is_empty() {
+            return Err(invalid(
+                "peers",
+                "is missing or empty; list every other node of the cluster (node_id, host, port, and ha_url and \
+                 pidfile as in `master`), so that a node that wins the lock with no breadcrumb can fence them all",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            if !name_ok(&peer.node_id) {
+                return Err(invalid(
+                    "peers",
+                    format!("has node_id {:?}; use 1-64 letters, digits, '-', '_' or '.'", peer.node_id),
+                ));
+            }
+            if peer.node_id == self.node_id {
+                return Err(invalid(
+                    "peers",
+                    format!("lists {:?}, this node's own id; list only the other nodes", peer.node_id),
+                ));
+            }
+            if !seen.insert(peer.node_id.as_str()) {
+                return Err(invalid("peers", format!("lists {:?} twice; give each node once", peer.node_id)));
+            }
+            if peer.host.trim().is_empty() || peer.port == 0 {
+                return Err(invalid(
+                    "peers",
+                    format!("entry {:?} needs a host and a non-zero port to fence its master", peer.node_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The decision core's policy from the `election` section.
     pub fn policy(&self) -> crate::decide::Policy {
         crate::decide::Policy {
@@ -425,6 +542,7 @@ impl AgentConfig {
             min_failover_interval: Duration::from_millis(self.election.min_failover_interval_ms),
             failback_after: (self.election.preferred_node.as_deref() == Some(self.node_id.as_str()))
                 .then(|| Duration::from_millis(self.election.failback_after_ms)),
+            promote_budget: self.promote_budget(),
         }
     }
 
@@ -446,6 +564,8 @@ mod tests {
         r#"
 cluster: c
 node_id: a
+peers:
+  - {node_id: b, host: 127.0.0.2, port: 9002, ha_url: "http://127.0.0.2:9002"}
 coordinator: {connect: "127.0.0.1:2181"}
 master:
   host: 127.0.0.1
@@ -512,6 +632,52 @@ probes: {listen: "127.0.0.1:8301"}
         assert!(refused(&preferred_alone).contains("`election.preferred_node` names this node"));
         let bad_preferred = minimal().replace("probes:", "election: {preferred_node: \"x/y\"}\nprobes:");
         assert!(refused(&bad_preferred).contains("election.preferred_node"));
+    }
+
+    #[test]
+    fn peers_are_required_unique_and_other_than_this_node() {
+        let peers = "peers:\n  - {node_id: b, host: 127.0.0.2, port: 9002, ha_url: \"http://127.0.0.2:9002\"}\n";
+        let without = minimal().replace(peers, "");
+        let e = refused(&without);
+        assert!(e.contains("`peers` is missing or empty; list every other node of the cluster"), "{e}");
+        let empty = minimal().replace(peers, "peers: []\n");
+        assert!(refused(&empty).contains("`peers` is missing or empty"), "{}", refused(&empty));
+        let own = minimal().replace("node_id: b,", "node_id: a,");
+        assert!(refused(&own).contains("this node's own id"), "{}", refused(&own));
+        let twice = minimal().replace(peers, &format!("{peers}  - {{node_id: b, host: h, port: 1}}\n"));
+        assert!(refused(&twice).contains("lists \"b\" twice"), "{}", refused(&twice));
+        let no_port = minimal().replace("port: 9002,", "port: 0,");
+        assert!(refused(&no_port).contains("non-zero port"), "{}", refused(&no_port));
+        let unknown = minimal().replace("port: 9002,", "port: 9002, role: x,");
+        assert!(refused(&unknown).contains("role"), "{}", refused(&unknown));
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        let targets = cfg.peer_targets();
+        assert_eq!(targets.len(), 1);
+        assert_eq!((targets[0].node_id.as_str(), targets[0].host.as_str(), targets[0].port), ("b", "127.0.0.2", 9002));
+        assert_eq!(targets[0].ha_url.as_deref(), Some("http://127.0.0.2:9002"));
+    }
+
+    #[test]
+    fn a_promotion_must_fit_inside_the_lease() {
+        // The default promote timeout fits the default lease (1750 ms).
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        assert!(cfg.promote_budget() + Duration::from_millis(100) < Duration::from_millis(1750), "{cfg:?}");
+        let slow = minimal().replace("probes:", "election: {promote_timeout_ms: 2000}\nprobes:");
+        let e = refused(&slow);
+        assert!(
+            e.contains(
+                "`election.promote_timeout_ms` is 2000 ms; with hooks.pre_promote.timeout_ms (0 ms) and one loop \
+                        interval (100 ms) it must fit inside the lease (1750 ms"
+            ),
+            "{e}"
+        );
+        let hook = "hooks:\n  pre_promote: {command: [/bin/true], timeout_ms: 1100}\nprobes:";
+        let e = refused(&minimal().replace("probes:", hook));
+        assert!(e.contains("hooks.pre_promote.timeout_ms (1100 ms)"), "{e}");
+        let fits = "hooks:\n  pre_promote: {command: [/bin/true], timeout_ms: 1000}\nprobes:";
+        let cfg = AgentConfig::from_yaml(&minimal().replace("probes:", fits)).unwrap();
+        assert_eq!(cfg.promote_budget(), Duration::from_millis(1600));
+        assert_eq!(cfg.policy().promote_budget, Duration::from_millis(1600));
     }
 
     #[test]

@@ -10,20 +10,24 @@
 //!
 //! The rules, in order of precedence:
 //!
-//! 1. Paused: report, touch nothing.
-//! 2. The master reports active but this agent does not hold the lock, or its lease has run
-//!    out: demote it. (With the lock unknown, the lease alone decides: it was granted only while
-//!    the coordinator could still vouch for our session.)
+//! 1. The master reports active (or cannot be read after this agent promoted it, so may be
+//!    active) but this agent does not hold the lock, or its lease has run out: demote it. (With
+//!    the lock unknown, the lease alone decides: it was granted only while the coordinator could
+//!    still vouch for our session.) This rule holds in maintenance mode too: pausing stops
+//!    failovers, never the end of a lease.
 //!    In failsafe mode a master whose lease ran out while the coordinator is unreachable may
-//!    stay active while every other member's agent has confirmed it is not active (and
+//!    stay active while every other node's agent has confirmed it is not active (and
 //!    promised not to contend) within the failsafe lease.
+//! 2. Paused: report, touch nothing else.
 //! 3. The master is unhealthy: never contend; if we hold the lock, demote (best effort) and
 //!    release it with the breadcrumb left unclean, so the next winner fences us.
 //! 4. We hold the lock: after a failed step in this acquisition, release and back off;
-//!    otherwise make sure the token is above every token seen (setting or raising the token
-//!    base if not: tokens never go backwards, even after the coordinator lost its data), fence
-//!    whoever the breadcrumb says was active (or every other member if there is no
-//!    breadcrumb), write our breadcrumb through the lock's session, then promote.
+//!    otherwise make sure every token seen is usable ([`crate::tokens`]) and the token is above
+//!    them all (setting or raising the token base if not: tokens never go backwards, even after
+//!    the coordinator lost its data); wait unless the lease left covers a whole promotion; fence
+//!    whoever the breadcrumb says was active (this node's id on another machine included), or,
+//!    with no breadcrumb, every configured peer, registered member and node ever seen holding
+//!    the lock; write our breadcrumb through the lock's session, then promote.
 //! 5. The lock is free, we are healthy and connected, not backing off, and the last failover
 //!    is at least the minimum interval ago (anti-flap): contend.
 //! 6. A peer is active, and this is the preferred node with a master healthy for the failback
@@ -36,6 +40,7 @@ use referee_fencing::{FenceTarget, FencingToken, HaState};
 
 use crate::clock::BootInstant;
 use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView, TokenBaseView};
+use crate::tokens::{self, TokenSource};
 
 /// Everything the core looks at, observed by the driver this cycle.
 #[derive(Debug, Clone)]
@@ -58,6 +63,16 @@ pub struct Observation {
     pub breadcrumb: BreadcrumbView,
     /// Registered members, this node included.
     pub members: Vec<Member>,
+    /// Every other node of the cluster, from the configuration (how to fence each).
+    pub peers: Vec<FenceTarget>,
+    /// Every node this agent has seen holding the lock or named in a breadcrumb, with how to
+    /// fence it, kept across coordinator sessions (members are ephemeral and a wiped
+    /// coordinator forgets them; this does not).
+    pub seen_holders: Vec<FenceTarget>,
+    /// The token this agent promoted its master with, while the master may still be active
+    /// with it (set before the promotion is sent, cleared once the master is seen not active):
+    /// a master whose state cannot be read is treated as active with it.
+    pub promoted: Option<FencingToken>,
     /// Until when this agent may keep its master active without hearing from the coordinator;
     /// `None` when it has no lease.
     pub lease_until: Option<BootInstant>,
@@ -101,12 +116,20 @@ pub struct Policy {
     /// Set on the preferred node: once its master has been healthy this long and another node
     /// is active, ask that node to hand over gracefully.
     pub failback_after: Option<Duration>,
+    /// The longest a promotion may take (the `pre_promote` hook's deadline plus the master's):
+    /// a promotion starts only while the lease left is longer.
+    pub promote_budget: Duration,
 }
 
 impl Policy {
-    /// Only the backoff set: no anti-flap, no preference.
+    /// Only the backoff set: no anti-flap, no preference, promotions taken as instant.
     pub fn with_backoff(backoff_after_failure: Duration) -> Self {
-        Policy { backoff_after_failure, min_failover_interval: Duration::ZERO, failback_after: None }
+        Policy {
+            backoff_after_failure,
+            min_failover_interval: Duration::ZERO,
+            failback_after: None,
+            promote_budget: Duration::ZERO,
+        }
     }
 }
 
@@ -213,7 +236,13 @@ fn ms(d: Duration) -> u128 {
 /// Decides what to do now.
 pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
     let master_active = matches!(obs.master, Some(MasterStatus { state: HaState::Active, .. }));
-    let master_token = obs.master.map_or(FencingToken(0), |m| m.token);
+    // A master whose state cannot be read may still be active with the token this agent
+    // promoted it with: the rules that end an active master apply to it too.
+    let master_maybe = obs.master.is_none() && obs.promoted.is_some();
+    let master_token = match obs.master {
+        Some(m) => m.token,
+        None => obs.promoted.unwrap_or(FencingToken(0)),
+    };
     let lease_left = obs.lease_until.map(|until| until.saturating_since(obs.now));
     let lease_valid = lease_left.is_some_and(|d| d > Duration::ZERO);
     let connected = matches!(obs.session, SessionView::Connected { .. });
@@ -225,43 +254,17 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
         .map(|until| until.saturating_since(obs.now))
         .filter(|d| *d > Duration::ZERO);
 
-    if obs.paused {
-        return decision(vec![], "paused: observing only, no failover or demotion will be made");
+    // Rule 1: an active master must be backed by our lock and a live lease. This holds in
+    // maintenance mode too: pausing stops failovers, never the end of a lease.
+    if master_active || master_maybe {
+        if let Some(d) = must_demote(obs, master_active, master_token, lease_valid, failsafe_left.is_some()) {
+            return d;
+        }
     }
 
-    // Rule 2: an active master must be backed by our lock and a live lease.
-    if master_active {
-        let demote = |why: String| {
-            decision(
-                vec![Step::Demote { token: master_token, best_effort: false }],
-                format!("demoting the master: {why}"),
-            )
-        };
-        match &obs.lock {
-            LockView::Free => return demote("it is active but nobody holds the lock".into()),
-            LockView::Peer { node_id, token } => {
-                return demote(format!("it is active but {node_id} holds the lock with token {token}"))
-            }
-            LockView::OursFromOldSession { .. } => {
-                return demote("it is active but the lock belongs to an older session of this agent".into())
-            }
-            LockView::Ours { .. } | LockView::Unknown => {}
-        }
-        if !lease_valid && failsafe_left.is_none() {
-            return demote(match obs.session {
-                SessionView::Connected { .. } => "its lease ran out".to_string(),
-                SessionView::Disconnected { .. } => "the coordinator is unreachable and the lease ran out".to_string(),
-                SessionView::Expired => "the coordinator session expired".to_string(),
-                SessionView::Connecting => "no coordinator session backs it".to_string(),
-            });
-        }
-        if let LockView::Ours { token, .. } = &obs.lock {
-            if master_token > *token {
-                return demote(format!(
-                    "it has seen token {master_token}, newer than our lock's {token}; another node was promoted after us"
-                ));
-            }
-        }
+    // Rule 2: paused, nothing else is done.
+    if obs.paused {
+        return decision(vec![], "paused: observing only, no failover will be made");
     }
 
     // Rule 3: an unhealthy master gives up the lock.
@@ -355,9 +358,133 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
             }
             decision(vec![Step::Contend], "the lock is free and the master is healthy: contending")
         }
-        LockView::Ours { token, version } => {
-            hold(obs, *token, *version, master_active, master_token, lease_left, policy.backoff_after_failure)
+        LockView::Ours { token, version } => hold(obs, *token, *version, master_active, master_token, lease_left, policy),
+    }
+}
+
+/// Rule 1: whether an active master (or one that may be) must be demoted now, and why.
+fn must_demote(
+    obs: &Observation,
+    master_active: bool,
+    master_token: FencingToken,
+    lease_valid: bool,
+    failsafe: bool,
+) -> Option<Decision> {
+    let it = if master_active { "it is active" } else { "it may be active (its state cannot be read)" };
+    let why = match &obs.lock {
+        LockView::Free => Some(format!("{it} but nobody holds the lock")),
+        LockView::Peer { node_id, token } => Some(format!("{it} but {node_id} holds the lock with token {token}")),
+        LockView::OursFromOldSession { .. } => {
+            Some(format!("{it} but the lock belongs to an older session of this agent"))
         }
+        LockView::Ours { .. } | LockView::Unknown => None,
+    };
+    let why = why.or_else(|| {
+        (!lease_valid && !failsafe).then(|| {
+            let lease = match obs.session {
+                SessionView::Connected { .. } => "its lease ran out",
+                SessionView::Disconnected { .. } => "the coordinator is unreachable and the lease ran out",
+                SessionView::Expired => "the coordinator session expired",
+                SessionView::Connecting => "no coordinator session backs it",
+            };
+            if master_active {
+                lease.to_string()
+            } else {
+                format!("{it} and {lease}")
+            }
+        })
+    });
+    let why = why.or_else(|| match &obs.lock {
+        LockView::Ours { token, .. } if master_token > *token => Some(format!(
+            "it has seen token {master_token}, newer than our lock's {token}; another node was promoted after us"
+        )),
+        _ => None,
+    })?;
+    let paused = if obs.paused {
+        " (maintenance mode does not keep a master active past its lease or without the lock)"
+    } else {
+        ""
+    };
+    Some(decision(
+        vec![Step::Demote { token: master_token, best_effort: false }],
+        format!("demoting the master: {why}{paused}"),
+    ))
+}
+
+/// Whether two fencing targets name the same machine's master (node id aside): a host rebuilt
+/// under the same node id is another machine, whose old master may still serve.
+pub fn same_machine(a: &FenceTarget, b: &FenceTarget) -> bool {
+    a.host == b.host && a.port == b.port && a.pidfile == b.pidfile
+}
+
+/// Who a holder that finds no breadcrumb must fence: every configured peer, every registered
+/// member, and every node seen holding the lock (or named in a breadcrumb), each once; this
+/// node itself only as another machine under its id.
+pub fn fence_without_breadcrumb(obs: &Observation) -> Vec<FenceTarget> {
+    let candidates = obs.peers.iter().chain(obs.members.iter().map(|m| &m.target)).chain(obs.seen_holders.iter());
+    let mut targets: Vec<FenceTarget> = Vec::new();
+    for t in candidates {
+        if t.node_id == obs.node_id && same_machine(t, &obs.own_target) {
+            continue;
+        }
+        if targets.iter().any(|x| x.node_id == t.node_id && same_machine(x, t)) {
+            continue;
+        }
+        let mut t = t.clone();
+        t.token = FencingToken(0);
+        targets.push(t);
+    }
+    targets
+}
+
+/// How to give up the active role (an operator's cede, a graceful failover, shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// This session holds the lock: demote the master and see it confirm standby first; only
+    /// then mark the breadcrumb clean and release the lock, in one multi. If the demotion fails,
+    /// release the lock with the breadcrumb unclean, so the next active fences this node.
+    StepDown {
+        /// The lock's token.
+        token: FencingToken,
+        /// The lock's version.
+        lock_version: i32,
+    },
+    /// The lock is not this session's, or could not be read, but the master may be active
+    /// under this agent: demote it (the lock, if ours, is released by a later cycle or lapses
+    /// with the session; it is never released while the master may serve).
+    DemoteOnly {
+        /// The token to demote with.
+        token: FencingToken,
+    },
+    /// Nothing of this node is active.
+    NotActive,
+}
+
+/// The handover order for what is known: the lock as read (`None`: it could not be), the
+/// token this agent promoted its master with, and the master's state.
+pub fn plan_handover(
+    lock: Option<&LockView>,
+    promoted: Option<FencingToken>,
+    master: Option<MasterStatus>,
+) -> Handover {
+    if let Some(LockView::Ours { token, version }) = lock {
+        return Handover::StepDown { token: *token, lock_version: *version };
+    }
+    let active = master.filter(|m| m.state == HaState::Active).map(|m| m.token);
+    match (promoted, active) {
+        (None, None) => Handover::NotActive,
+        (p, a) => Handover::DemoteOnly { token: p.max(a).unwrap_or(FencingToken(0)) },
+    }
+}
+
+/// Keeps the token this agent promoted its master with while the master may be active with
+/// it: a master seen active keeps (or raises) it, one seen not active clears it, and one that
+/// cannot be read leaves it as it was.
+pub fn track_promoted(previous: Option<FencingToken>, master: Option<MasterStatus>) -> Option<FencingToken> {
+    match master {
+        Some(MasterStatus { state: HaState::Active, token }) => Some(previous.map_or(token, |p| p.max(token))),
+        Some(_) => None,
+        None => previous,
     }
 }
 
@@ -375,8 +502,9 @@ fn hold(
     master_active: bool,
     master_token: FencingToken,
     lease_left: Option<Duration>,
-    backoff_after_failure: Duration,
+    policy: &Policy,
 ) -> Decision {
+    let backoff_after_failure = policy.backoff_after_failure;
     if let Some(f) = &obs.failure {
         if f.token == token {
             return decision(
@@ -411,17 +539,62 @@ fn hold(
     if matches!(obs.breadcrumb, BreadcrumbView::Unknown) {
         return crumb_unknown();
     }
+    let own_crumb = |crumb: &crate::model::Breadcrumb| {
+        crumb.node_id == obs.node_id && crumb.token == token && same_machine(&crumb.target, &obs.own_target)
+    };
     // Tokens never go backwards: before this token reaches anyone, it must be above every
     // token from another acquisition still to be found.
     let czxid = token.0.saturating_sub(obs.token_base.base());
     let crumb_token = match &obs.breadcrumb {
-        BreadcrumbView::Present { crumb, .. } if !(crumb.node_id == obs.node_id && crumb.token == token) => crumb.token,
+        BreadcrumbView::Present { crumb, .. } if !own_crumb(crumb) => crumb.token,
         _ => FencingToken(0),
     };
     // Our master showing exactly our token is only ours if we gave it to it.
     let master_seen =
         if master_token == token && obs.token_issued == Some(token) { FencingToken(0) } else { master_token };
+    // Every token from a trusted source must be usable, and so must the one above them all.
+    let checked = [
+        (TokenSource::Lock, token),
+        (TokenSource::Breadcrumb, crumb_token),
+        (TokenSource::OwnMaster, master_seen),
+        (TokenSource::History, obs.token_floor),
+    ]
+    .into_iter()
+    .try_for_each(|(source, t)| tokens::check(source, t).map(|_| ()));
     let floor = obs.token_floor.max(crumb_token).max(master_seen);
+    let checked = checked.and_then(|()| {
+        if floor >= token {
+            tokens::base_above(czxid, floor, Some(obs.token_base.base())).map(|_| ())
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = checked {
+        return decision(
+            vec![
+                Step::Demote { token, best_effort: true },
+                Step::ReleaseLock { token, backoff: backoff_after_failure },
+            ],
+            format!(
+                "refusing to promote with token {token}: {e}; releasing the lock and backing off {} ms",
+                ms(backoff_after_failure)
+            ),
+        );
+    }
+    // A promotion starts only while the lease left covers all of it: a master promoted after
+    // the lease ended could serve beside the next active.
+    let left = lease_left.unwrap_or(Duration::ZERO);
+    if left <= policy.promote_budget {
+        return decision(
+            vec![],
+            format!(
+                "holding the lock with token {token}, but the lease left ({} ms) does not cover a promotion ({} ms); \
+                 waiting for the coordinator to renew it",
+                ms(left),
+                ms(policy.promote_budget)
+            ),
+        );
+    }
     match obs.token_base {
         TokenBaseView::Unknown => {
             return decision(
@@ -457,14 +630,15 @@ fn hold(
     }
     match &obs.breadcrumb {
         BreadcrumbView::Unknown => crumb_unknown(),
-        BreadcrumbView::Present { crumb, .. } if crumb.node_id == obs.node_id && crumb.token == token => decision(
+        BreadcrumbView::Present { crumb, .. } if own_crumb(crumb) => decision(
             vec![Step::Promote { token }],
             format!("holding the lock with token {token} and our breadcrumb is written: promoting the master"),
         ),
         BreadcrumbView::Present { crumb, version } => {
             let write = Step::WriteBreadcrumb { token, lock_version, expected_version: Some(*version) };
-            if crumb.node_id == obs.node_id {
-                // Our own earlier term: our master is the one being promoted; nothing to fence.
+            if crumb.node_id == obs.node_id && same_machine(&crumb.target, &obs.own_target) {
+                // Our own earlier term on this machine: our master is the one being promoted;
+                // nothing to fence. (The same id on another machine is a rebuilt host: fenced.)
                 return decision(
                     vec![write, Step::Promote { token }],
                     format!(
@@ -494,20 +668,26 @@ fn hold(
             )
         }
         BreadcrumbView::Missing => {
-            let targets: Vec<FenceTarget> =
-                obs.members.iter().filter(|m| m.node_id != obs.node_id).map(|m| m.target.clone()).collect();
+            // Who was active is unknown (no node ever was, or the coordinator lost its data
+            // while one was): every node that could have been is fenced. Members alone would
+            // not do: they are ephemeral, and a wiped coordinator lists none but us.
+            let targets = fence_without_breadcrumb(obs);
             let write = Step::WriteBreadcrumb { token, lock_version, expected_version: None };
-            if targets.is_empty() {
-                return decision(
-                    vec![write, Step::Promote { token }],
-                    format!("won the lock with token {token}; no breadcrumb and no other member: promoting"),
-                );
-            }
-            let names: Vec<String> = targets.iter().map(|t| t.node_id.clone()).collect();
+            let names: Vec<String> = targets
+                .iter()
+                .map(|t| {
+                    if t.node_id == obs.node_id {
+                        format!("{} on {}:{}", t.node_id, t.host, t.port)
+                    } else {
+                        t.node_id.clone()
+                    }
+                })
+                .collect();
             decision(
                 vec![Step::Fence { targets, new_token: token, clean_claim: None }, write, Step::Promote { token }],
                 format!(
-                    "won the lock with token {token}; no breadcrumb, so who was active is unknown: fencing every other member ({}), then promoting",
+                    "won the lock with token {token}; no breadcrumb, so who was active is unknown: fencing every other \
+                     node ({}), then promoting",
                     names.join(", ")
                 ),
             )
@@ -550,6 +730,9 @@ mod tests {
             lock: LockView::Free,
             breadcrumb: BreadcrumbView::Missing,
             members: vec![member("a"), member("b")],
+            peers: vec![target("b")],
+            seen_holders: vec![],
+            promoted: None,
             lease_until: Some(now() + Duration::from_millis(500)),
             paused: false,
             backoff_until: None,
@@ -783,19 +966,190 @@ mod tests {
                 Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: None },
                 Step::Promote { token: t(45) },
             ],
-            "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other member (b, c), then promoting",
+            "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other node (b, c), then promoting",
         );
+    }
+
+    /// The coordinator restarted empty while a's master was active and a's agent hung: b wins,
+    /// finds no breadcrumb and no other member. It must fence a, which it knows from its
+    /// configuration and from having seen it hold the lock, never promote beside it.
+    #[test]
+    fn missing_breadcrumb_with_no_other_member_still_fences_every_configured_peer_and_past_holder() {
         let mut o = base();
         o.lock = ours(45);
         o.members = vec![member("a")];
         check(
-            o,
+            o.clone(),
             vec![
+                Step::Fence { targets: vec![target("b")], new_token: t(45), clean_claim: None },
                 Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: None },
                 Step::Promote { token: t(45) },
             ],
-            "won the lock with token 45; no breadcrumb and no other member: promoting",
+            "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other node (b), then promoting",
         );
+        // A node seen holding the lock once (not configured, not registered now) is fenced too,
+        // and so is this node's id on another machine (a rebuilt host); a node listed twice is
+        // fenced once.
+        let mut elsewhere = target("a");
+        elsewhere.host = "10.0.0.9".into();
+        o.seen_holders = vec![target("c"), target("b"), elsewhere.clone(), target("a")];
+        o.members = vec![member("a"), member("b")];
+        check(
+            o,
+            vec![
+                Step::Fence { targets: vec![target("b"), target("c"), elsewhere], new_token: t(45), clean_claim: None },
+                Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: None },
+                Step::Promote { token: t(45) },
+            ],
+            "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other node (b, c, a on \
+             10.0.0.9:9001), then promoting",
+        );
+    }
+
+    #[test]
+    fn a_promotion_starts_only_while_the_lease_covers_it() {
+        let policy = Policy { promote_budget: Duration::from_millis(600), ..Policy::with_backoff(BACKOFF) };
+        // Breadcrumb written, 500 ms of lease left, the promotion may take 600 ms.
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("a", 45, false);
+        check_with(
+            o.clone(),
+            &policy,
+            vec![],
+            "holding the lock with token 45, but the lease left (500 ms) does not cover a promotion (600 ms); waiting \
+             for the coordinator to renew it",
+        );
+        // The whole sequence (fence, breadcrumb, promote) waits too.
+        let mut fresh = o.clone();
+        fresh.breadcrumb = crumb("b", 40, false);
+        check_with(
+            fresh.clone(),
+            &policy,
+            vec![],
+            "holding the lock with token 45, but the lease left (500 ms) does not cover a promotion (600 ms); waiting \
+             for the coordinator to renew it",
+        );
+        // With the lease just renewed, it goes ahead.
+        fresh.lease_until = Some(now() + Duration::from_millis(601));
+        assert_eq!(decide(&fresh, &policy).steps.len(), 3);
+        o.lease_until = Some(now() + Duration::from_millis(601));
+        check_with(
+            o,
+            &policy,
+            vec![Step::Promote { token: t(45) }],
+            "holding the lock with token 45 and our breadcrumb is written: promoting the master",
+        );
+    }
+
+    #[test]
+    fn a_master_whose_state_cannot_be_read_is_demoted_at_lease_end() {
+        // /ha/health passes, /ha/state times out: the master may be active with the token this
+        // agent promoted it with.
+        let mut o = base();
+        o.master = None;
+        o.promoted = Some(t(30));
+        o.lock = LockView::Unknown;
+        o.session = SessionView::Disconnected { session_id: 7 };
+        o.lease_until = Some(now());
+        check(
+            o.clone(),
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: it may be active (its state cannot be read) and the coordinator is unreachable and \
+             the lease ran out",
+        );
+        // Nobody holds the lock: the same.
+        let mut free = o.clone();
+        free.lock = LockView::Free;
+        free.session = SessionView::Connected { session_id: 7 };
+        free.lease_until = Some(now() + Duration::from_millis(500));
+        check(
+            free,
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: it may be active (its state cannot be read) but nobody holds the lock",
+        );
+        // Never promoted by this agent: nothing to demote.
+        o.promoted = None;
+        check(o, vec![], "the lock could not be read; waiting for the coordinator");
+    }
+
+    #[test]
+    fn the_lease_ends_even_in_maintenance_mode() {
+        let mut o = base();
+        o.paused = true;
+        o.master = active(30);
+        o.lock = LockView::Unknown;
+        o.session = SessionView::Disconnected { session_id: 7 };
+        o.lease_until = Some(now());
+        check(
+            o,
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: the coordinator is unreachable and the lease ran out (maintenance mode does not keep \
+             a master active past its lease or without the lock)",
+        );
+    }
+
+    #[test]
+    fn this_node_id_on_another_machine_is_fenced() {
+        // The breadcrumb names this node id, but a machine at another address: the host was
+        // rebuilt and the old machine's master may still serve.
+        for (field, change) in [
+            ("host", (|t: &mut FenceTarget| t.host = "10.0.0.9".into()) as fn(&mut FenceTarget)),
+            ("port", |t| t.port = 7000),
+            ("pidfile", |t| t.pidfile = Some("/run/old.pid".into())),
+        ] {
+            let mut o = base();
+            o.lock = ours(45);
+            let mut old = target_with_token("a", 40);
+            change(&mut old);
+            o.breadcrumb = BreadcrumbView::Present {
+                crumb: Breadcrumb { node_id: "a".into(), token: t(40), clean: false, target: old.clone() },
+                version: 3,
+            };
+            let d = decide(&o, &Policy::with_backoff(BACKOFF));
+            assert_eq!(
+                d.steps,
+                vec![
+                    Step::Fence { targets: vec![old], new_token: t(45), clean_claim: None },
+                    Step::WriteBreadcrumb { token: t(45), lock_version: 0, expected_version: Some(3) },
+                    Step::Promote { token: t(45) },
+                ],
+                "a different {field}: {}",
+                d.reason
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_above_the_limit_or_overflowing_refuse_the_promotion() {
+        let refused = |o: Observation, why: &str| {
+            let d = decide(&o, &Policy::with_backoff(BACKOFF));
+            assert_eq!(
+                d.steps,
+                vec![
+                    Step::Demote { token: t(45), best_effort: true },
+                    Step::ReleaseLock { token: t(45), backoff: BACKOFF }
+                ],
+                "{}",
+                d.reason
+            );
+            assert!(d.reason.starts_with("refusing to promote with token 45: "), "{}", d.reason);
+            assert!(d.reason.contains(why), "{}", d.reason);
+            assert!(d.reason.ends_with("; releasing the lock and backing off 2000 ms"), "{}", d.reason);
+        };
+        // A breadcrumb claiming u64::MAX used to raise the base until `czxid + base` wrapped.
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("b", u64::MAX, false);
+        refused(o, "the breadcrumb holds token 18446744073709551615, above the highest usable token");
+        let mut o = base();
+        o.lock = ours(45);
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(u64::MAX - 1) });
+        refused(o, "this node's master holds token 18446744073709551614");
+        let mut o = base();
+        o.lock = ours(45);
+        o.token_floor = t(crate::tokens::TOKEN_LIMIT);
+        refused(o, "would exceed the highest usable token");
     }
 
     #[test]
@@ -841,12 +1195,63 @@ mod tests {
     }
 
     #[test]
-    fn paused_does_nothing_even_when_something_is_wrong() {
+    fn the_promoted_token_is_kept_while_the_master_may_be_active() {
+        let st = |state, n| Some(MasterStatus { state, token: t(n) });
+        let cases = [
+            (None, st(HaState::Active, 30), Some(t(30))),
+            (Some(t(30)), None, Some(t(30))),
+            (Some(t(30)), st(HaState::Active, 31), Some(t(31))),
+            (Some(t(31)), st(HaState::Active, 30), Some(t(31))),
+            (Some(t(30)), st(HaState::Standby, 30), None),
+            (Some(t(30)), st(HaState::Initializing, 0), None),
+            (None, None, None),
+        ];
+        for (previous, master, expected) in cases {
+            assert_eq!(track_promoted(previous, master), expected, "{previous:?} {master:?}");
+        }
+    }
+
+    #[test]
+    fn handover_demotes_first_and_never_waits_on_an_unreadable_lock() {
+        let ours = LockView::Ours { token: t(45), version: 2 };
+        let standby = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        let cases = [
+            (Some(&ours), Some(t(45)), active(45), Handover::StepDown { token: t(45), lock_version: 2 }),
+            (Some(&ours), None, standby, Handover::StepDown { token: t(45), lock_version: 2 }),
+            // The read failed (a black-holed coordinator) while the master may be active.
+            (None, Some(t(45)), None, Handover::DemoteOnly { token: t(45) }),
+            (None, None, active(44), Handover::DemoteOnly { token: t(44) }),
+            (Some(&LockView::Free), Some(t(45)), active(45), Handover::DemoteOnly { token: t(45) }),
+            (None, None, standby, Handover::NotActive),
+            (Some(&LockView::Free), None, None, Handover::NotActive),
+        ];
+        for (lock, promoted, master, expected) in cases {
+            assert_eq!(plan_handover(lock, promoted, master), expected, "{lock:?} {promoted:?} {master:?}");
+        }
+    }
+
+    #[test]
+    fn paused_takes_no_action_but_safety() {
+        // Would promote, or give up an unhealthy master's lock: paused, it does neither.
+        let mut o = base();
+        o.paused = true;
+        o.lock = ours(45);
+        o.breadcrumb = crumb("a", 45, false);
+        check(o.clone(), vec![], "paused: observing only, no failover will be made");
+        o.health = Health::Unhealthy("disk full".into());
+        check(o, vec![], "paused: observing only, no failover will be made");
+        // An active master without our lock is demoted even in maintenance mode: another node
+        // holds the lock and may have promoted its master.
         let mut o = base();
         o.paused = true;
         o.master = active(30);
         o.lock = LockView::Peer { node_id: "b".into(), token: t(50) };
-        check(o, vec![], "paused: observing only, no failover or demotion will be made");
+        check(
+            o,
+            vec![Step::Demote { token: t(30), best_effort: false }],
+            "demoting the master: it is active but b holds the lock with token 50 (maintenance mode does not keep a \
+             master active past its lease or without the lock)",
+        );
     }
 
     #[test]

@@ -26,10 +26,13 @@ use crate::adapter::{build_adapter, MasterAdapter};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
 use crate::control::ControlRequest;
-use crate::decide::{decide, Decision, Observation, Step, StepFailure};
+use crate::decide::{
+    decide, plan_handover, same_machine, track_promoted, Decision, Handover, Observation, Step, StepFailure,
+};
 use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
-use crate::failsafe::{FailsafeRequest, FailsafeResponse, RoundOutcome};
+use crate::failsafe::{Answer, AnswerFacts, FailsafeRequest, FailsafeResponse, LockRead, RoundOutcome};
 use crate::health::{run_health_monitor, HealthReport};
+use crate::lease::{GuardAction, GuardState, Lease};
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
 use crate::status::{AgentStatus, Phases, Role};
@@ -63,10 +66,15 @@ fn wall_ms() -> i64 {
 
 /// What the driver remembers between cycles. Everything here is either a measurement (when the
 /// coordinator last answered) or the outcome of its own steps; none of it is a decision.
-#[derive(Default)]
 struct Memory {
-    /// Send time of the last request the coordinator answered, on the boot clock.
-    last_ack_sent: Option<BootInstant>,
+    /// The session's lease, renewed from the send time of every answered request.
+    lease: Lease,
+    /// The token this agent promoted its master with while the master may be active with it
+    /// (see [`crate::decide::track_promoted`]).
+    promoted: Option<FencingToken>,
+    /// Every node seen holding the lock or named in a breadcrumb, with how to fence it; kept
+    /// across sessions, at most [`SEEN_HOLDERS_KEPT`] of them.
+    seen_holders: Vec<FenceTarget>,
     /// The last failed step of the current acquisition.
     failure: Option<StepFailure>,
     /// Stay out of the election until then.
@@ -115,10 +123,63 @@ struct Memory {
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
 }
 
+/// How many past holders the agent keeps (a bound against a coordinator that keeps handing
+/// out new names).
+const SEEN_HOLDERS_KEPT: usize = 64;
+
 impl Memory {
-    /// Remembers a token from another acquisition.
+    fn new(lease: Lease) -> Self {
+        Memory {
+            lease,
+            promoted: None,
+            seen_holders: Vec::new(),
+            failure: None,
+            backoff_until: None,
+            members: Vec::new(),
+            members_age: 0,
+            free_seen_at: None,
+            phases: Phases::default(),
+            last_reason: String::new(),
+            pending_failover: None,
+            members_read: false,
+            highest_seen: FencingToken(0),
+            held: None,
+            token_issued: None,
+            last_lock_token: None,
+            last_failover_at: None,
+            healthy_since: None,
+            failback_not_before: None,
+            failsafe_until: None,
+            failsafe_round: None,
+            failsafe_last_sent: None,
+            promised: None,
+            master_answer: None,
+        }
+    }
+
+    /// Remembers a token from another acquisition. A token above the usable bound is refused
+    /// where it is found (see [`crate::tokens`]), never remembered: it would block every later
+    /// promotion of this agent.
     fn saw(&mut self, token: FencingToken) {
-        self.highest_seen = self.highest_seen.max(token);
+        if crate::tokens::within_limit(token) {
+            self.highest_seen = self.highest_seen.max(token);
+        } else {
+            warn!(%token, "ignoring a token above the highest usable token");
+        }
+    }
+
+    /// Remembers a node seen holding the lock (or named in a breadcrumb), for fencing when the
+    /// breadcrumb is lost.
+    fn saw_holder(&mut self, target: &FenceTarget) {
+        let mut target = target.clone();
+        target.token = FencingToken(0);
+        if self.seen_holders.iter().any(|t| t.node_id == target.node_id && same_machine(t, &target)) {
+            return;
+        }
+        if self.seen_holders.len() >= SEEN_HOLDERS_KEPT {
+            self.seen_holders.remove(0);
+        }
+        self.seen_holders.push(target);
     }
 
     /// The lock this session held is gone (or its token changed): it becomes history.
@@ -151,6 +212,8 @@ struct Driver {
     role_hooks: crate::hooks::RoleChangeHooks,
     /// Fed after every cycle while the health monitor is alive.
     watchdog: crate::watchdog::Watchdog,
+    /// What the lease guard enforces: published on every renewal and after every cycle.
+    guard: watch::Sender<GuardState>,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -225,6 +288,15 @@ pub async fn run_with_control(
         std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
     )
     .map_err(|e| AgentError::Adapter(format!("watchdog: {e}")))?;
+    let (guard_tx, guard_rx) = watch::channel(GuardState::default());
+    let guard = tokio::spawn(run_lease_guard(
+        adapter.clone(),
+        guard_rx,
+        Duration::from_millis(cfg.lease.demote_deadline_ms),
+        status.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let lease = Lease::new(cfg.lease_rule());
     let mut driver = Driver {
         cfg,
         adapter,
@@ -232,14 +304,16 @@ pub async fn run_with_control(
         status,
         http,
         peer_http,
-        mem: Memory::default(),
+        mem: Memory::new(lease),
         peer_url,
         peer_secret,
         role_hooks,
         watchdog,
+        guard: guard_tx,
     };
     let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
+    let _ = guard.await;
     let _ = monitor.await;
     if let Ok(Err(e)) = probe_server.await {
         warn!("probe server: {e}");
@@ -252,8 +326,62 @@ pub async fn run_with_control(
     result
 }
 
-/// A coordinator session being made in the background.
-type Connecting = oneshot::Receiver<Result<Coordination, ElectionError>>;
+/// A coordinator session being made in the background, and when its connect was sent.
+type Connecting = oneshot::Receiver<(Result<Coordination, ElectionError>, BootInstant)>;
+
+/// Demotes the master at lease end even if the decision loop is blocked (in a slow fence, a
+/// hung coordinator call, a stuck hook): the driver publishes the lease end and the token its
+/// master may be active with, and this task alone watches the clock.
+async fn run_lease_guard(
+    adapter: Arc<dyn MasterAdapter>,
+    mut published: watch::Receiver<GuardState>,
+    demote_deadline: Duration,
+    status: Arc<Mutex<AgentStatus>>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    // The state a demotion was last made for: not repeated until something new is published.
+    let mut demoted_for: Option<GuardState> = None;
+    loop {
+        let state = *published.borrow_and_update();
+        let wait = match crate::lease::guard_action(state, BootInstant::now()) {
+            GuardAction::Demote(_) if demoted_for == Some(state) => None,
+            GuardAction::Demote(token) => {
+                warn!(%token, "the lease ran out while the master may be active: the lease guard demotes it");
+                let deadline = tokio::time::Instant::now() + demote_deadline;
+                match adapter.demote(token, deadline).await {
+                    Ok(s) => {
+                        demoted_for = Some(state);
+                        let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
+                        st.counters.demotions += 1;
+                        st.last_failure =
+                            Some(format!("the lease guard demoted the master at lease end (token {token})"));
+                        info!(%token, state = ?s.state, "the lease guard demoted the master");
+                        None
+                    }
+                    Err(e) => {
+                        warn!("the lease guard could not demote the master (retrying): {e}");
+                        Some(crate::lease::GUARD_TICK)
+                    }
+                }
+            }
+            GuardAction::Idle => None,
+            GuardAction::WaitFor(d) => Some(d),
+        };
+        let sleep = async {
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            changed = published.changed() => if changed.is_err() { return },
+            _ = sleep => {}
+        }
+    }
+}
 
 impl Driver {
     fn coordination_config(&self) -> CoordinationConfig {
@@ -282,13 +410,16 @@ impl Driver {
         let cfg = self.coordination_config();
         let member = self.member();
         tokio::spawn(async move {
+            // The session is created after this instant: the connect's answer renews the lease
+            // from it.
+            let sent = BootInstant::now();
             let result = async {
                 let coord = Coordination::connect(cfg).await?;
                 coord.register_member(&member).await?;
                 Ok(coord)
             }
             .await;
-            let _ = tx.send(result);
+            let _ = tx.send((result, sent));
         });
         rx
     }
@@ -314,14 +445,15 @@ impl Driver {
                     coord = None;
                     session_watch = None;
                     lock_watch = None;
-                    self.mem.last_ack_sent = None;
-                    // The client library also ends a session it could not renew in time, which
-                    // in an outage says nothing about the lock. Failsafe keeps what it held
-                    // until a new session reads the lock; otherwise it is history now.
-                    if !self.cfg.failsafe.enabled {
+                    self.mem.lease.session_ended();
+                    let keep = crate::failsafe::after_session_end(self.cfg.failsafe.enabled);
+                    if !keep.keep_held {
                         self.mem.forget_held();
+                    }
+                    if !keep.keep_failsafe {
                         self.mem.failsafe_until = None;
                     }
+                    self.publish_guard();
                 }
             }
             if coord.is_none() && connecting.is_none() && reconnect_at.is_none_or(|t| BootInstant::now() >= t) {
@@ -341,9 +473,15 @@ impl Driver {
             }
 
             if let (Some(c), None) = (&coord, &lock_watch) {
-                match c.watch_lock().await {
-                    Ok(w) => lock_watch = Some(w),
-                    Err(e) => debug!("could not watch the lock: {e}"),
+                // Only a wake-up: never worth outliving the lease for.
+                let sent = BootInstant::now();
+                match tokio::time::timeout(self.await_limit(), c.watch_lock()).await {
+                    Ok(Ok(w)) => {
+                        self.acked(sent);
+                        lock_watch = Some(w);
+                    }
+                    Ok(Err(e)) => debug!("could not watch the lock: {e}"),
+                    Err(_) => debug!("arming the lock watch timed out"),
                 }
             }
 
@@ -353,8 +491,14 @@ impl Driver {
                 _ = &mut shutdown => break,
                 r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                     connecting = None;
+                    let (r, sent) = match r {
+                        Ok((r, sent)) => (Ok(r), sent),
+                        Err(e) => (Err(e), BootInstant::now()),
+                    };
                     match r {
                         Ok(Ok(c)) => {
+                            self.mem.lease.connected(c.negotiated_timeout(), sent);
+                            self.publish_guard();
                             info!(session = format!("0x{:x}", c.session_id()), timeout_ms = c.negotiated_timeout().as_millis() as u64, "coordinator session established");
                             self.status().counters.sessions += 1;
                             if self.cfg.lease_budget(c.negotiated_timeout()).is_none() {
@@ -392,37 +536,88 @@ impl Driver {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that a coordinator request sent at `sent` was answered.
+    /// Records that a coordinator request sent at `sent` was answered: the lease is renewed
+    /// from then, and the guard learns it at once.
     fn acked(&mut self, sent: BootInstant) {
-        if self.mem.last_ack_sent.is_none_or(|t| sent > t) {
-            self.mem.last_ack_sent = Some(sent);
+        self.mem.lease.renew(sent);
+        self.publish_guard();
+    }
+
+    /// The lease end in force: the session's, or failsafe's if later.
+    fn effective_until(&self) -> Option<BootInstant> {
+        self.mem.lease.until().max(self.mem.failsafe_until)
+    }
+
+    /// Whether the master may be active: seen active, or promoted by this agent and not seen
+    /// to step down since.
+    fn master_may_be_active(&self) -> bool {
+        self.mem.promoted.is_some() || self.status().master.is_some_and(|m| m.state == HaState::Active)
+    }
+
+    /// How long an await may take now (see [`crate::lease::await_limit`]).
+    fn await_limit(&self) -> Duration {
+        crate::lease::await_limit(
+            Duration::from_millis(self.cfg.coordinator.op_timeout_ms),
+            self.effective_until(),
+            BootInstant::now(),
+            self.master_may_be_active(),
+        )
+    }
+
+    /// Tells the lease guard the lease end in force and the token the master may be active with.
+    fn publish_guard(&self) {
+        let state = GuardState { until: self.effective_until(), armed: self.mem.promoted };
+        self.guard.send_if_modified(|g| {
+            let changed = *g != state;
+            *g = state;
+            changed
+        });
+    }
+
+    /// Runs one coordinator call under the await limit, renewing the lease if it is answered.
+    async fn coordinated<T>(
+        &mut self,
+        what: &str,
+        call: impl Future<Output = Result<T, ElectionError>>,
+    ) -> Result<T, String> {
+        let limit = self.await_limit();
+        let sent = BootInstant::now();
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(v)) => {
+                self.acked(sent);
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: no answer within {} ms", limit.as_millis())),
         }
     }
 
     /// One observe-decide-act-report cycle.
     async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
         let master = self.master_view(report);
+        self.mem.promoted = track_promoted(self.mem.promoted, master);
+        if let Some(c) = coord {
+            // The grant of the connection in use (see `Lease::connected`).
+            self.mem.lease.set_granted(c.negotiated_timeout());
+        }
+        self.publish_guard();
         let session = coord.map_or(SessionView::Connecting, |c| c.session());
         let connected = matches!(session, SessionView::Connected { .. });
-        // While our master is active, no read may outlast what is left of its lease, or the
+        // While our master may be active, no read may outlast what is left of its lease, or the
         // demotion would come late.
-        let read_limit = {
-            let left = self.effective_lease(coord, session).map(|u| u.saturating_since(BootInstant::now()));
-            let op = Duration::from_millis(self.cfg.coordinator.op_timeout_ms);
-            match (master, left) {
-                (Some(m), Some(left)) if m.state == HaState::Active => left.min(op).max(Duration::from_millis(1)),
-                _ => op,
-            }
-        };
+        let read_limit = self.await_limit();
         self.failsafe_start(master, coord);
         let mut lock = LockView::Unknown;
         let mut breadcrumb = BreadcrumbView::Unknown;
         let mut token_base = TokenBaseView::Unknown;
         if let (Some(c), true) = (coord, connected) {
             let sent = BootInstant::now();
-            match tokio::time::timeout(read_limit, c.read_lock_state()).await {
-                Ok(Ok((v, base))) => {
+            match tokio::time::timeout(read_limit, c.read_lock_with_record()).await {
+                Ok(Ok((v, base, record))) => {
                     self.acked(sent);
+                    if let (LockView::Peer { .. } | LockView::OursFromOldSession { .. }, Some(r)) = (&v, &record) {
+                        self.mem.saw_holder(&r.target);
+                    }
                     lock = v;
                     token_base = base;
                 }
@@ -434,6 +629,9 @@ impl Driver {
                 match tokio::time::timeout(read_limit, c.read_breadcrumb()).await {
                     Ok(Ok(b)) => {
                         self.acked(sent);
+                        if let BreadcrumbView::Present { crumb, .. } = &b {
+                            self.mem.saw_holder(&crumb.target);
+                        }
                         breadcrumb = b;
                     }
                     Ok(Err(e)) => debug!("reading the breadcrumb failed: {e}"),
@@ -444,7 +642,9 @@ impl Driver {
                 || (matches!(lock, LockView::Ours { .. }) && matches!(breadcrumb, BreadcrumbView::Missing))
                 || self.mem.members_age >= 50;
             if need_members && !matches!(lock, LockView::Unknown) {
+                let sent = BootInstant::now();
                 if let Ok(Ok(m)) = tokio::time::timeout(read_limit, c.members()).await {
+                    self.acked(sent);
                     self.mem.members = m;
                     self.mem.members_age = 0;
                     self.mem.members_read = true;
@@ -456,7 +656,7 @@ impl Driver {
         self.failsafe_collect().await;
         self.remember_tokens(&lock, &breadcrumb, master, session, now);
         // The lease: only while the session can still be alive on the ensemble.
-        let lease_until = self.session_lease(coord, session);
+        let lease_until = self.mem.lease.until();
         // Failsafe applies only while the coordinator cannot be read, never after it answered.
         let failsafe_until = match &lock {
             LockView::Unknown => self.mem.failsafe_until,
@@ -497,6 +697,9 @@ impl Driver {
             lock: lock.clone(),
             breadcrumb,
             members: self.mem.members.clone(),
+            peers: self.cfg.peer_targets(),
+            seen_holders: self.mem.seen_holders.clone(),
+            promoted: self.mem.promoted,
             lease_until,
             paused: self.status().paused,
             backoff_until: self.mem.backoff_until,
@@ -537,7 +740,9 @@ impl Driver {
         let master_after = self.execute(&decision, &obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_answer = Some((m, BootInstant::now()));
+            self.mem.promoted = track_promoted(self.mem.promoted, Some(m));
         }
+        self.publish_guard();
         self.failsafe_start(master, coord);
 
         let mut st = self.status();
@@ -575,22 +780,6 @@ impl Driver {
                 report.master
             }
         }
-    }
-
-    /// The session's lease: the send time of the last answered request plus the lease budget,
-    /// while the session can still be alive on the ensemble.
-    fn session_lease(&self, coord: Option<&Coordination>, session: SessionView) -> Option<BootInstant> {
-        match (coord, session) {
-            (Some(c), SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {
-                self.mem.last_ack_sent.and_then(|sent| self.cfg.lease_budget(c.negotiated_timeout()).map(|b| sent + b))
-            }
-            _ => None,
-        }
-    }
-
-    /// The later of the session's lease and failsafe's.
-    fn effective_lease(&self, coord: Option<&Coordination>, session: SessionView) -> Option<BootInstant> {
-        self.session_lease(coord, session).max(self.mem.failsafe_until)
     }
 
     /// Keeps the token history and the anti-flap clock from what this cycle read.
@@ -684,16 +873,18 @@ impl Driver {
         let granted =
             coord.map_or(Duration::from_millis(self.cfg.coordinator.session_timeout_ms), |c| c.negotiated_timeout());
         let Some(budget) = self.cfg.lease_budget(granted) else { return };
-        let quiet = self.mem.last_ack_sent.is_none_or(|sent| now.saturating_since(sent) >= budget / 2);
+        // Quiet: half the lease has passed since the last answered request (or there is none).
+        let quiet = self.mem.lease.left(now) <= budget / 2;
         let ttl = Duration::from_millis(self.cfg.failsafe.ttl_ms);
         let every = ttl / 4;
         if !quiet || self.mem.failsafe_last_sent.is_some_and(|t| now.saturating_since(t) < every) {
             return;
         }
-        let (http, secret, me, members) =
-            (self.peer_http.clone(), self.peer_secret.clone(), self.cfg.node_id.clone(), self.mem.members.clone());
+        let peers: Vec<String> = self.cfg.peers.iter().map(|p| p.node_id.clone()).collect();
+        let targets = crate::failsafe::round_targets(&self.cfg.node_id, &peers, &self.mem.members);
+        let (http, secret, me) = (self.peer_http.clone(), self.peer_secret.clone(), self.cfg.node_id.clone());
         let task = tokio::spawn(async move {
-            crate::failsafe::run_round(&http, secret.as_deref(), &me, token, ttl, &members, every).await
+            crate::failsafe::run_round(&http, secret.as_deref(), &me, token, ttl, targets, every).await
         });
         self.mem.failsafe_round = Some((now, task));
         self.mem.failsafe_last_sent = Some(now);
@@ -722,9 +913,8 @@ impl Driver {
                             target: self.cfg.own_target(),
                             peer_url: self.peer_url.clone(),
                         };
-                        match c.try_acquire(&record).await {
+                        match self.coordinated("contending", c.try_acquire(&record)).await {
                             Ok(Acquired::Won { token }) => {
-                                self.acked(started);
                                 let now = BootInstant::now();
                                 self.mem.phases = Phases {
                                     detect_ms: self
@@ -738,11 +928,10 @@ impl Driver {
                                 Ok(())
                             }
                             Ok(Acquired::HeldBy { node_id, token }) => {
-                                self.acked(started);
                                 debug!(%node_id, token = %token, "lost the race for the lock");
                                 Ok(())
                             }
-                            Err(e) => Err(format!("contending: {e}")),
+                            Err(e) => Err(e),
                         }
                     }
                 },
@@ -759,16 +948,29 @@ impl Driver {
                         target.token = *token;
                         let crumb =
                             Breadcrumb { node_id: self.cfg.node_id.clone(), token: *token, clean: false, target };
-                        match c.write_breadcrumb(&crumb, *lock_version, *expected_version).await {
-                            Ok(_) => {
-                                self.acked(started);
-                                Ok(())
-                            }
-                            Err(e) => Err(format!("writing the breadcrumb: {e}")),
-                        }
+                        self.coordinated(
+                            "writing the breadcrumb",
+                            c.write_breadcrumb(&crumb, *lock_version, *expected_version),
+                        )
+                        .await
+                        .map(|_| ())
                     }
                 },
                 Step::Promote { token } => {
+                    // The fence before this may have taken a while: the lease left must still
+                    // cover the whole promotion, or it waits for the next cycle's renewal (not a
+                    // failure: the breadcrumb is written, the next cycle promotes).
+                    let budget = self.cfg.promote_budget();
+                    let now = BootInstant::now();
+                    if !self.mem.lease.may_promote_for(now, budget) {
+                        info!(
+                            token = %token,
+                            "the lease left ({} ms) no longer covers a promotion ({} ms); promoting after it is renewed",
+                            self.mem.lease.left(now).as_millis(),
+                            budget.as_millis()
+                        );
+                        break;
+                    }
                     if let Some(hook) = &self.cfg.hooks.pre_promote {
                         if let Err(veto) =
                             crate::hooks::pre_promote(hook, &self.cfg.cluster, &self.cfg.node_id, *token).await
@@ -782,6 +984,10 @@ impl Driver {
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
                     self.mem.token_issued = Some(*token);
+                    // From the moment the request goes out the master may be active with this
+                    // token: the guard enforces the lease on it even if the answer is lost.
+                    self.mem.promoted = Some(self.mem.promoted.map_or(*token, |p| p.max(*token)));
+                    self.publish_guard();
                     match self.adapter.promote(*token, deadline).await {
                         Ok(status) => {
                             master_after = Some(status);
@@ -824,17 +1030,21 @@ impl Driver {
                                 floor = found;
                             }
                         }
-                        // czxid + base must be above the floor; the base never goes down.
-                        let needed = (floor.0 + 1).saturating_sub(*czxid);
-                        let base = current.map_or(needed, |(b, _)| b.max(needed));
-                        let record = TokenBase { base, floor, node_id: self.cfg.node_id.clone() };
-                        match c.set_token_base(&record, *czxid, *lock_version, current.map(|(b, v)| (b, v))).await {
-                            Ok(token) => {
-                                self.acked(started);
-                                info!(%token, base, %floor, "token base set: this acquisition's token is above every token found");
-                                Ok(())
-                            }
+                        // czxid + base must be above the floor; the base never goes down; all
+                        // of it checked (an overflow refuses, never wraps).
+                        match crate::tokens::base_above(*czxid, floor, current.map(|(b, _)| b)) {
                             Err(e) => Err(format!("setting the token base: {e}")),
+                            Ok(base) => {
+                                let record = TokenBase { base, floor, node_id: self.cfg.node_id.clone() };
+                                let set = c.set_token_base(&record, *czxid, *lock_version, *current);
+                                match self.coordinated("setting the token base", set).await {
+                                    Ok(token) => {
+                                        info!(%token, base, %floor, "token base set: this acquisition's token is above every token found");
+                                        Ok(())
+                                    }
+                                    Err(e) => Err(e),
+                                }
+                            }
                         }
                     }
                 },
@@ -858,7 +1068,7 @@ impl Driver {
                     }
                     match coord {
                         None => Err("no coordinator session".into()),
-                        Some(c) => c.release(*token).await.map(|_| ()).map_err(|e| format!("releasing the lock: {e}")),
+                        Some(c) => self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ()),
                     }
                 }
             };
@@ -910,13 +1120,33 @@ impl Driver {
     /// 500 ms; a master that cannot be asked is skipped), and who reported it.
     async fn peer_master_tokens(&self) -> (FencingToken, String) {
         let mut asks = tokio::task::JoinSet::new();
-        for m in self.mem.members.iter().filter(|m| m.node_id != self.cfg.node_id) {
-            let (http, target) = (self.http.clone(), m.target.clone());
+        // Every node that could have been active: configured peers, members, past holders.
+        let mut targets: Vec<FenceTarget> = Vec::new();
+        let candidates = self
+            .cfg
+            .peer_targets()
+            .into_iter()
+            .chain(self.mem.members.iter().map(|m| m.target.clone()))
+            .chain(self.mem.seen_holders.iter().cloned());
+        for t in candidates {
+            let own = t.node_id == self.cfg.node_id && same_machine(&t, &self.cfg.own_target());
+            if !own && !targets.iter().any(|x| x.node_id == t.node_id && same_machine(x, &t)) {
+                targets.push(t);
+            }
+        }
+        for target in targets {
+            let http = self.http.clone();
             asks.spawn(async move { ha_state(&http, &target).await.map(|s| (s.token, target.node_id)) });
         }
         let mut best = (FencingToken(0), String::from("none"));
         while let Some(joined) = asks.join_next().await {
             if let Ok(Some((token, node))) = joined {
+                // Anyone can answer `/ha/state`: a token above the usable bound is ignored, so
+                // it cannot raise the base for good (see `crate::tokens`).
+                let Some(token) = crate::tokens::from_peer(token) else {
+                    warn!(node = %node, %token, "ignoring a peer master's token above the highest usable token");
+                    continue;
+                };
                 if token > best.0 {
                     best = (token, format!("{node}'s master reports token {token}"));
                 }
@@ -934,7 +1164,7 @@ impl Driver {
     /// clean and release the lock in one multi), so the lock never frees while its master serves
     /// and the next active need not fence; then the session closes.
     async fn shut_down(&mut self, coord: Option<Coordination>) {
-        if self.status().token.is_some() {
+        if self.status().token.is_some() || self.mem.promoted.is_some() {
             match self.hand_over(coord.as_ref(), Duration::from_secs(3600)).await {
                 Ok(msg) => info!("{msg}"),
                 Err(e) => warn!("handover on shutdown: {e}"),
@@ -1012,47 +1242,38 @@ impl Driver {
     /// active, this node holds no lock, and the coordinator (when it answers) does not name a
     /// third node as active; then promises not to contend for the requested time.
     async fn answer_failsafe(&mut self, request: FailsafeRequest, coord: Option<&Coordination>) -> FailsafeResponse {
-        let me = self.cfg.node_id.clone();
-        let asker = request.node_id.clone();
-        let refuse = |reason: String| {
-            info!(asker = %asker, "failsafe confirmation refused: {reason}");
-            FailsafeResponse { node_id: me.clone(), accepted: false, reason }
+        let lock = match coord.filter(|c| matches!(c.session(), SessionView::Connected { .. })) {
+            None => LockRead::NoSession,
+            Some(c) => match self.coordinated("reading the lock", c.read_lock()).await {
+                Ok(v) => LockRead::Read(v),
+                Err(e) => LockRead::Failed(e),
+            },
         };
-        if request.node_id == self.cfg.node_id {
-            return refuse("the request names this node as the active".into());
-        }
-        let master = self.status().master;
-        if master.is_some_and(|m| m.state == HaState::Active) {
-            return refuse("this node's master is active".into());
-        }
-        if let Some((token, _)) = self.mem.held {
-            return refuse(format!("this node holds the lock with token {token}"));
-        }
-        if let Some(c) = coord.filter(|c| matches!(c.session(), SessionView::Connected { .. })) {
-            let limit = Duration::from_millis(self.cfg.coordinator.op_timeout_ms);
-            match tokio::time::timeout(limit, c.read_lock()).await {
-                Ok(Ok(LockView::Ours { token, .. })) => {
-                    return refuse(format!("this node holds the lock with token {token}"))
-                }
-                Ok(Ok(LockView::Peer { node_id, token })) if node_id != request.node_id => {
-                    return refuse(format!("the coordinator says {node_id} is active with token {token}"))
-                }
-                _ => {}
+        let facts = AnswerFacts {
+            me: &self.cfg.node_id,
+            request: &request,
+            master: self.status().master,
+            promoted: self.mem.promoted.is_some(),
+            held: self.mem.held.map(|(t, _)| t),
+            lock,
+        };
+        let answer = crate::failsafe::answer(&facts);
+        let me = self.cfg.node_id.clone();
+        match answer {
+            Answer::Refuse(reason) => {
+                info!(asker = %request.node_id, "failsafe confirmation refused: {reason}");
+                FailsafeResponse { node_id: me, accepted: false, reason }
             }
-        }
-        let period = Duration::from_millis(request.ttl_ms).min(crate::failsafe::MAX_PROMISE);
-        let until = BootInstant::now() + period;
-        match &mut self.mem.promised {
-            Some((who, at)) if *at >= until => {
-                *who = request.node_id.clone();
+            Answer::Confirm { period } => {
+                let until = BootInstant::now() + period;
+                self.mem.promised = Some(crate::failsafe::promise(self.mem.promised.take(), &request.node_id, until));
+                debug!(asker = %request.node_id, token = %request.token, "failsafe: confirmed; not contending for {} ms", period.as_millis());
+                FailsafeResponse {
+                    node_id: me,
+                    accepted: true,
+                    reason: format!("not active; will not contend for {} ms", period.as_millis()),
+                }
             }
-            slot => *slot = Some((request.node_id.clone(), until)),
-        }
-        debug!(asker = %request.node_id, token = %request.token, "failsafe: confirmed; not contending for {} ms", period.as_millis());
-        FailsafeResponse {
-            node_id: me,
-            accepted: true,
-            reason: format!("not active; will not contend for {} ms", period.as_millis()),
         }
     }
 
@@ -1124,27 +1345,54 @@ impl Driver {
     /// winner fences this node.
     async fn hand_over(&mut self, coord: Option<&Coordination>, period: Duration) -> Result<String, String> {
         self.mem.backoff_until = Some(BootInstant::now() + period);
-        let c = coord.ok_or("no coordinator session")?;
-        let (token, lock_version) = match c.read_lock().await.map_err(|e| format!("reading the lock: {e}"))? {
-            LockView::Ours { token, version } => (token, version),
-            _ => return Ok(format!("not active; staying out of the election for {} ms", period.as_millis())),
+        // The first read is bounded by the lease left like every other await while the master
+        // may be active; if it fails, the plan still demotes a master that may be active.
+        let lock = match coord {
+            Some(c) => self.coordinated("reading the lock", c.read_lock()).await.ok(),
+            None => None,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
-        if let Err(e) = self.adapter.demote(token, deadline).await {
-            let _ = c.release(token).await;
-            return Err(format!(
-                "demoting the master failed ({e}); released the lock with the breadcrumb unclean, so the next active will fence this node"
-            ));
+        let master = self.status().master;
+        let demote_deadline = Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+        let (c, token, lock_version) = match plan_handover(lock.as_ref(), self.mem.promoted, master) {
+            Handover::NotActive => {
+                return Ok(format!("not active; staying out of the election for {} ms", period.as_millis()))
+            }
+            Handover::DemoteOnly { token } => {
+                let deadline = tokio::time::Instant::now() + demote_deadline;
+                let demoted = self.adapter.demote(token, deadline).await;
+                return match demoted {
+                    Ok(s) => {
+                        self.master_stepped(s);
+                        Ok(format!(
+                            "the lock is not held by this session (or could not be read): demoted the master with \
+                             token {token}; staying out for {} ms",
+                            period.as_millis()
+                        ))
+                    }
+                    Err(e) => Err(format!("the lock could not be confirmed and demoting the master failed: {e}")),
+                };
+            }
+            Handover::StepDown { token, lock_version } => (coord.ok_or("no coordinator session")?, token, lock_version),
+        };
+        let deadline = tokio::time::Instant::now() + demote_deadline;
+        match self.adapter.demote(token, deadline).await {
+            Ok(s) => self.master_stepped(s),
+            Err(e) => {
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                return Err(format!(
+                    "demoting the master failed ({e}); released the lock with the breadcrumb unclean, so the next active will fence this node"
+                ));
+            }
         }
         self.status().counters.demotions += 1;
-        let crumb_version = match c.read_breadcrumb().await {
+        let crumb_version = match self.coordinated("reading the breadcrumb", c.read_breadcrumb()).await {
             Ok(BreadcrumbView::Present { crumb, version })
                 if crumb.node_id == self.cfg.node_id && crumb.token == token =>
             {
                 version
             }
             other => {
-                let _ = c.release(token).await;
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
                 return Err(format!(
                     "the breadcrumb is not ours ({other:?}); released the lock, the next active will fence"
                 ));
@@ -1153,16 +1401,25 @@ impl Driver {
         let mut target = self.cfg.own_target();
         target.token = token;
         let crumb = Breadcrumb { node_id: self.cfg.node_id.clone(), token, clean: true, target };
-        match c.step_down_cleanly(&crumb, token, lock_version, crumb_version).await {
+        let stepped = c.step_down_cleanly(&crumb, token, lock_version, crumb_version);
+        match self.coordinated("marking the breadcrumb clean", stepped).await {
             Ok(()) => Ok(format!(
                 "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
                 period.as_millis()
             )),
             Err(e) => {
-                let _ = c.release(token).await;
-                Err(format!("marking the breadcrumb clean failed ({e}); released the lock, the next active will fence"))
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                Err(format!("{e}; released the lock, the next active will fence"))
             }
         }
+    }
+
+    /// Records what the master answered to a demotion made outside a cycle.
+    fn master_stepped(&mut self, status: crate::model::MasterStatus) {
+        self.mem.master_answer = Some((status, BootInstant::now()));
+        self.mem.promoted = track_promoted(self.mem.promoted, Some(status));
+        self.status().master = Some(status);
+        self.publish_guard();
     }
 
     /// Starts a graceful failover to this node: checks it can take over, then asks the current
@@ -1185,8 +1442,8 @@ impl Driver {
 
     /// Asks the current active (through the peer API address it publishes) to hand over and
     /// stay out for a while. Nothing to do when nobody, or this node, is active.
-    async fn ask_to_cede(&self, c: &Coordination) -> Result<(), String> {
-        let Some((record, _meta)) = c.read_lock_record().await.map_err(|e| format!("reading the lock: {e}"))? else {
+    async fn ask_to_cede(&mut self, c: &Coordination) -> Result<(), String> {
+        let Some((record, _meta)) = self.coordinated("reading the lock", c.read_lock_record()).await? else {
             return Ok(()); // nobody is active: this node will contend on its next cycle
         };
         if record.node_id == self.cfg.node_id {

@@ -51,10 +51,9 @@
 //!
 //! # The lease
 //!
-//! A reply from the ensemble proves the session was alive when the request was processed, which
-//! is after it was sent. [`Coordination::last_ack_sent_at`] is the send time of the latest request
-//! that got a reply, so `last_ack_sent_at + negotiated_timeout` never ends later than the session
-//! can have been kept alive by what we observed. The agent derives its lease from it.
+//! This module keeps no lease: a reply proves the session was alive after its request was sent,
+//! and the caller, which knows when it sent each request, renews the one lease the agent has
+//! ([`crate::lease`]) from that send time.
 //!
 //! # Watches
 //!
@@ -63,7 +62,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use referee_fencing::FencingToken;
@@ -504,34 +503,6 @@ enum Failure<E> {
     TimedOut(Duration),
 }
 
-/// Errors that prove the ensemble processed the request within our live session.
-trait ServerAnswer {
-    fn answered_by_server(&self) -> bool;
-}
-
-impl ServerAnswer for zk::Error {
-    fn answered_by_server(&self) -> bool {
-        // Only errors the server itself returns for a processed request; connection and session
-        // errors, and errors the library raises locally, prove nothing.
-        matches!(
-            self,
-            zk::Error::NoNode
-                | zk::Error::NodeExists
-                | zk::Error::BadVersion
-                | zk::Error::NotEmpty
-                | zk::Error::NoAuth
-                | zk::Error::NoChildrenForEphemerals
-        )
-    }
-}
-
-impl ServerAnswer for zk::MultiWriteError {
-    fn answered_by_server(&self) -> bool {
-        // Per-operation failures are decoded from the server's reply.
-        matches!(self, zk::MultiWriteError::OperationFailed { .. })
-    }
-}
-
 /// A handle on the cluster's election znodes through one session. See the module docs.
 #[derive(Debug)]
 pub struct Coordination {
@@ -539,7 +510,6 @@ pub struct Coordination {
     cfg: CoordinationConfig,
     paths: Paths,
     session_id: i64,
-    last_ack: Mutex<Option<Instant>>,
 }
 
 impl Coordination {
@@ -556,8 +526,6 @@ impl Coordination {
             connector = connector.with_auth("digest", digest.as_bytes());
         }
         let limit = cfg.session_timeout + cfg.op_timeout;
-        // The session was created after this instant, which makes it our first acknowledgement.
-        let started = Instant::now();
         let client = match tokio::time::timeout(limit, connector.connect(&cfg.connect)).await {
             Err(_) => return Err(ElectionError::ConnectTimeout { connect: cfg.connect.clone(), after: limit }),
             Ok(Err(zk::Error::AuthFailed)) => return Err(ElectionError::AuthFailed),
@@ -576,7 +544,7 @@ impl Coordination {
         let session_id = client.session_id().0;
         tracing::info!(session = %format_args!("{session_id:#x}"), ?negotiated, cluster = %cfg.cluster, "coordinator session established");
         let paths = Paths::new(&cfg.cluster, &cfg.node_id);
-        let me = Coordination { client, cfg, paths, session_id, last_ack: Mutex::new(Some(started)) };
+        let me = Coordination { client, cfg, paths, session_id };
         me.ensure_parents().await?;
         Ok(me)
     }
@@ -629,13 +597,6 @@ impl Coordination {
     /// [`SessionWatch::current`] to miss nothing).
     pub fn session_watch(&self) -> SessionWatch {
         SessionWatch { states: self.client.state_watcher(), session_id: self.session_id }
-    }
-
-    /// When the latest request that got a reply was sent (monotonic clock). A reply proves the
-    /// session was alive after that instant. `None` never happens after `connect` (the session's
-    /// creation counts), but the type leaves room for a handle that has proved nothing.
-    pub fn last_ack_sent_at(&self) -> Option<Instant> {
-        *self.last_ack.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers this agent as a member: an ephemeral znode holding `member`.
@@ -745,10 +706,20 @@ impl Coordination {
 
     /// Who holds the lock, and the token base its token was computed with, read together.
     pub async fn read_lock_state(&self) -> Result<(LockView, TokenBaseView), ElectionError> {
+        let (lock, base, _) = self.read_lock_with_record().await?;
+        Ok((lock, base))
+    }
+
+    /// As [`Coordination::read_lock_state`], with the holder's record (how to fence it), if
+    /// the lock is held.
+    pub async fn read_lock_with_record(&self) -> Result<(LockView, TokenBaseView, Option<LockRecord>), ElectionError> {
         const OP: &str = "read the lock";
         match self.read_lock_and_base(OP).await? {
-            (None, base) => Ok((LockView::Free, base)),
-            (Some((data, meta)), base) => Ok((self.classify_lock(OP, &data, meta)?, base)),
+            (None, base) => Ok((LockView::Free, base, None)),
+            (Some((data, meta)), base) => {
+                let record: LockRecord = decode(&self.paths.lock, &data)?;
+                Ok((self.classify_lock(OP, &record, meta)?, base, Some(record)))
+            }
         }
     }
 
@@ -1039,16 +1010,15 @@ impl Coordination {
         Ok((lock, base))
     }
 
-    fn classify_lock(&self, op: &'static str, data: &[u8], meta: LockMeta) -> Result<LockView, ElectionError> {
+    fn classify_lock(&self, op: &'static str, holder: &LockRecord, meta: LockMeta) -> Result<LockView, ElectionError> {
         if meta.owner_session == self.session_id {
             self.ensure_live(op)?;
             return Ok(LockView::Ours { token: meta.token, version: meta.version });
         }
-        let holder: LockRecord = decode(&self.paths.lock, data)?;
         if holder.node_id == self.cfg.node_id {
             Ok(LockView::OursFromOldSession { token: meta.token })
         } else {
-            Ok(LockView::Peer { node_id: holder.node_id, token: meta.token })
+            Ok(LockView::Peer { node_id: holder.node_id.clone(), token: meta.token })
         }
     }
 
@@ -1112,9 +1082,8 @@ impl Coordination {
         Instant::now() + self.cfg.op_timeout
     }
 
-    /// Awaits a call issued at `sent` until `deadline`, recording the acknowledgement if the
-    /// ensemble answered.
-    async fn finish<T, E: ServerAnswer>(
+    /// Awaits a call issued at `sent` until `deadline`.
+    async fn finish<T, E>(
         &self,
         deadline: Instant,
         sent: Instant,
@@ -1122,23 +1091,9 @@ impl Coordination {
     ) -> Result<T, Failure<E>> {
         match tokio::time::timeout_at(deadline.into(), call).await {
             Err(_) => Err(Failure::TimedOut(deadline.saturating_duration_since(sent))),
-            Ok(Ok(value)) => {
-                self.acknowledged(sent);
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                if e.answered_by_server() {
-                    self.acknowledged(sent);
-                }
-                Err(Failure::Reply(e))
-            }
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failure::Reply(e)),
         }
-    }
-
-    fn acknowledged(&self, sent: Instant) {
-        let mut last = self.last_ack.lock().unwrap_or_else(PoisonError::into_inner);
-        // Replies may complete out of order across concurrent calls; keep the latest send time.
-        *last = (*last).max(Some(sent));
     }
 
     /// A reply is only worth acting on while its session lives. A handle has exactly one

@@ -19,16 +19,34 @@
 //! out of the election until its promise runs out, measured from when it received the request
 //! (which is after the active sent it), so the active's lease always ends first.
 //!
-//! Failsafe never outlives a session the coordinator says is gone: once the coordinator answers
-//! again, the lock (or its absence) decides, and a member still bound by a promise waits out
-//! at most one `ttl_ms` before contending.
+//! An expired session does not end failsafe by itself ([`after_session_end`]): the client
+//! library declares a session expired when it could not renew it in time, which in an outage
+//! says nothing about the lock, and even if the ensemble did expire it, every node that could
+//! take the lock has promised not to contend for longer than the confirmed extension. Once a
+//! lock read answers again, the lock (or its absence) decides, and a member still bound by a
+//! promise waits out at most one `ttl_ms` before contending.
+//!
+//! Who is asked is not the registered members alone ([`round_targets`]): every configured
+//! peer must be registered with a peer API address and confirm, so a node whose registration
+//! the coordinator lost (or never had) cannot be skipped.
+//!
+//! # Where this differs from Patroni's failsafe
+//!
+//! Patroni's primary keeps running while it can reach every member it last saw in the DCS
+//! through their REST API. Here the members asked are the configured peers (a member list that
+//! lost a node cannot shrink the round), a member confirms only while its own coordinator read
+//! (if it can make one) names no other holder and fails closed when that read fails, each
+//! confirmation carries a promise not to contend measured from its receipt (so the active's
+//! extension, measured from the send, always ends first), and the extension is cut by the
+//! demotion deadline and margin exactly as the session lease is.
 
 use std::time::Duration;
 
 use referee_fencing::FencingToken;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Member;
+use crate::clock::BootInstant;
+use crate::model::{LockView, MasterStatus, Member};
 
 /// The peer path of the failsafe confirmation.
 pub const PEER_FAILSAFE_PATH: &str = "/peer/failsafe";
@@ -71,34 +89,154 @@ pub enum RoundOutcome {
     Refused(String),
 }
 
-/// One round: asks every member but `me` at once and waits for all answers or `timeout`.
-///
-/// `members` must be the list as last read from the coordinator and must contain `me`: a list
-/// that does not was never read, and confirms nothing.
+/// Who one round asks: every configured peer, each by the peer API address it registered.
+/// `Err` (the round is refused without asking anyone) when a configured peer is not
+/// registered or publishes no address, or when the member list was never read (it then lacks
+/// `me`).
+pub fn round_targets(me: &str, peers: &[String], members: &[Member]) -> Result<Vec<(String, String)>, String> {
+    if !members.iter().any(|m| m.node_id == me) {
+        return Err("the member list was never read; nobody can be asked".into());
+    }
+    let mut targets = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let Some(member) = members.iter().find(|m| m.node_id == *peer) else {
+            return Err(format!("{peer} is not registered with the coordinator, so it cannot be asked"));
+        };
+        let Some(url) = &member.peer_url else {
+            return Err(format!("{peer} publishes no peer API address"));
+        };
+        targets.push((peer.clone(), url.clone()));
+    }
+    Ok(targets)
+}
+
+/// What the answering member could learn from the coordinator about the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockRead {
+    /// It has no connected session: the coordinator cannot be asked.
+    NoSession,
+    /// It asked, and the read failed or timed out.
+    Failed(String),
+    /// It read the lock.
+    Read(LockView),
+}
+
+/// What a member knows when an active peer asks it to confirm.
+#[derive(Debug, Clone)]
+pub struct AnswerFacts<'a> {
+    /// This (the answering) node.
+    pub me: &'a str,
+    /// The request.
+    pub request: &'a FailsafeRequest,
+    /// Its own master's state, `None` if it cannot be read.
+    pub master: Option<MasterStatus>,
+    /// Whether its own master may be active under this agent (it promoted it and has not seen
+    /// it step down since).
+    pub promoted: bool,
+    /// The lock this agent's session holds, as last known.
+    pub held: Option<FencingToken>,
+    /// Its coordinator read of the lock.
+    pub lock: LockRead,
+}
+
+/// A member's answer: confirm (promising not to contend for `period`) or refuse, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Not active, holds no lock, nobody else is named active: promise not to contend.
+    Confirm {
+        /// How long, from receipt.
+        period: Duration,
+    },
+    /// Why not.
+    Refuse(String),
+}
+
+/// The member's rule: confirm only when this node's master is known not to be active, this
+/// node holds no lock, and the coordinator, if it can be asked, names no third node active; a
+/// read that fails refuses (it could have named one).
+pub fn answer(facts: &AnswerFacts<'_>) -> Answer {
+    let request = facts.request;
+    if request.node_id == facts.me {
+        return Answer::Refuse("the request names this node as the active".into());
+    }
+    if !crate::tokens::within_limit(request.token) {
+        return Answer::Refuse(format!("the request carries token {}, above any usable token", request.token));
+    }
+    match facts.master {
+        Some(m) if m.state == referee_fencing::HaState::Active => {
+            return Answer::Refuse("this node's master is active".into())
+        }
+        None if facts.promoted => return Answer::Refuse("this node's master cannot be read and may be active".into()),
+        _ => {}
+    }
+    if let Some(token) = facts.held {
+        return Answer::Refuse(format!("this node holds the lock with token {token}"));
+    }
+    match &facts.lock {
+        LockRead::NoSession => {}
+        LockRead::Failed(why) => {
+            return Answer::Refuse(format!("this node could not read the lock ({why}), so it cannot vouch"))
+        }
+        LockRead::Read(LockView::Ours { token, .. }) => {
+            return Answer::Refuse(format!("this node holds the lock with token {token}"))
+        }
+        LockRead::Read(LockView::Peer { node_id, token }) if *node_id != request.node_id => {
+            return Answer::Refuse(format!("the coordinator says {node_id} is active with token {token}"))
+        }
+        LockRead::Read(_) => {}
+    }
+    Answer::Confirm { period: Duration::from_millis(request.ttl_ms).min(MAX_PROMISE) }
+}
+
+/// The promise kept after confirming to `asker` until `until`: the later of the one held and
+/// the new one (a longer promise is never shortened), naming the latest asker.
+pub fn promise(current: Option<(String, BootInstant)>, asker: &str, until: BootInstant) -> (String, BootInstant) {
+    match current {
+        Some((_, at)) if at >= until => (asker.to_string(), at),
+        _ => (asker.to_string(), until),
+    }
+}
+
+/// What an ended coordinator session leaves of this agent's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterSessionEnd {
+    /// Keep treating the lock this session held as possibly ours (only a lock read that answers
+    /// says it is gone).
+    pub keep_held: bool,
+    /// Keep the failsafe extension confirmed so far.
+    pub keep_failsafe: bool,
+}
+
+/// The rule for an ended session: with failsafe on, the lock held and the confirmed extension
+/// are kept until a lock read answers (see the module docs); without it the lock is history and
+/// the master is demoted at once (its lease ended with the session).
+pub fn after_session_end(failsafe_enabled: bool) -> AfterSessionEnd {
+    AfterSessionEnd { keep_held: failsafe_enabled, keep_failsafe: failsafe_enabled }
+}
+
+/// One round: asks every target of [`round_targets`] at once and waits for all answers or
+/// `timeout`; a refusal of `round_targets` refuses the round without asking.
 pub async fn run_round(
     http: &reqwest::Client,
     secret: Option<&str>,
     me: &str,
     token: FencingToken,
     ttl: Duration,
-    members: &[Member],
+    targets: Result<Vec<(String, String)>, String>,
     timeout: Duration,
 ) -> RoundOutcome {
-    if !members.iter().any(|m| m.node_id == me) {
-        return RoundOutcome::Refused("the member list was never read; nobody can be asked".into());
-    }
+    let targets = match targets {
+        Ok(t) => t,
+        Err(why) => return RoundOutcome::Refused(why),
+    };
     let request = FailsafeRequest { node_id: me.to_string(), token, ttl_ms: ttl.as_millis() as u64 };
     let mut asks = tokio::task::JoinSet::new();
-    for member in members.iter().filter(|m| m.node_id != me) {
-        let Some(url) = &member.peer_url else {
-            return RoundOutcome::Refused(format!("{} publishes no peer API address", member.node_id));
-        };
+    for (node, url) in targets {
         let mut call =
             http.post(format!("{}{PEER_FAILSAFE_PATH}", url.trim_end_matches('/'))).timeout(timeout).json(&request);
         if let Some(secret) = secret {
             call = call.bearer_auth(secret);
         }
-        let node = member.node_id.clone();
         asks.spawn(async move {
             let answer = match call.send().await {
                 Err(e) => return Err(format!("{node} did not answer: {e}")),
@@ -140,18 +278,118 @@ mod tests {
         }
     }
 
+    fn peers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn every_configured_peer_is_asked_and_must_be_registered() {
+        let members = [member("a", None), member("b", Some("http://b:1")), member("c", Some("http://c:1"))];
+        assert_eq!(
+            round_targets("a", &peers(&["b", "c"]), &members),
+            Ok(vec![("b".into(), "http://b:1".into()), ("c".into(), "http://c:1".into())])
+        );
+        let e = round_targets("a", &peers(&["b"]), &[]).unwrap_err();
+        assert!(e.contains("never read"), "{e}");
+        // A configured peer the coordinator does not list (its agent hung, its registration
+        // lost) cannot be skipped.
+        let e = round_targets("a", &peers(&["b", "d"]), &members).unwrap_err();
+        assert_eq!(e, "d is not registered with the coordinator, so it cannot be asked");
+        let e = round_targets("a", &peers(&["b"]), &[member("a", None), member("b", None)]).unwrap_err();
+        assert_eq!(e, "b publishes no peer API address");
+    }
+
+    #[test]
+    fn a_member_confirms_only_what_it_can_vouch_for() {
+        use referee_fencing::HaState;
+        let request = FailsafeRequest { node_id: "a".into(), token: FencingToken(45), ttl_ms: 4000 };
+        let standby = Some(MasterStatus { state: HaState::Standby, token: FencingToken(40) });
+        let facts = AnswerFacts {
+            me: "b",
+            request: &request,
+            master: standby,
+            promoted: false,
+            held: None,
+            lock: LockRead::NoSession,
+        };
+        let confirm = Answer::Confirm { period: Duration::from_secs(4) };
+        assert_eq!(answer(&facts), confirm);
+        let peer = |node: &str| LockRead::Read(LockView::Peer { node_id: node.into(), token: FencingToken(45) });
+        let refuse = |r: &str| Answer::Refuse(r.into());
+        let cases: Vec<(&str, AnswerFacts, Answer)> = vec![
+            ("coordinator names the asker", AnswerFacts { lock: peer("a"), ..facts.clone() }, confirm.clone()),
+            ("lock free", AnswerFacts { lock: LockRead::Read(LockView::Free), ..facts.clone() }, confirm.clone()),
+            (
+                "own lock read failed",
+                AnswerFacts { lock: LockRead::Failed("timed out".into()), ..facts.clone() },
+                refuse("this node could not read the lock (timed out), so it cannot vouch"),
+            ),
+            (
+                "coordinator names a third node",
+                AnswerFacts { lock: peer("c"), ..facts.clone() },
+                refuse("the coordinator says c is active with token 45"),
+            ),
+            (
+                "own master active",
+                AnswerFacts {
+                    master: Some(MasterStatus { state: HaState::Active, token: FencingToken(40) }),
+                    ..facts.clone()
+                },
+                refuse("this node's master is active"),
+            ),
+            (
+                "own master unreadable after a promotion",
+                AnswerFacts { master: None, promoted: true, ..facts.clone() },
+                refuse("this node's master cannot be read and may be active"),
+            ),
+            (
+                "holds the lock",
+                AnswerFacts { held: Some(FencingToken(46)), ..facts.clone() },
+                refuse("this node holds the lock with token 46"),
+            ),
+        ];
+        for (what, facts, expected) in cases {
+            assert_eq!(answer(&facts), expected, "{what}");
+        }
+        let me = FailsafeRequest { node_id: "b".into(), ..request.clone() };
+        assert_eq!(
+            answer(&AnswerFacts { request: &me, ..facts.clone() }),
+            refuse("the request names this node as the active")
+        );
+        let absurd = FailsafeRequest { token: FencingToken(u64::MAX), ..request.clone() };
+        assert!(matches!(answer(&AnswerFacts { request: &absurd, ..facts.clone() }), Answer::Refuse(_)));
+        let long = FailsafeRequest { ttl_ms: u64::MAX, ..request.clone() };
+        assert_eq!(answer(&AnswerFacts { request: &long, ..facts }), Answer::Confirm { period: MAX_PROMISE });
+    }
+
+    #[test]
+    fn a_promise_is_never_shortened_and_an_ended_session_keeps_failsafe_state() {
+        let at = |s| BootInstant::from_origin(Duration::from_secs(s));
+        assert_eq!(promise(None, "a", at(10)), ("a".into(), at(10)));
+        assert_eq!(promise(Some(("a".into(), at(20))), "c", at(10)), ("c".into(), at(20)));
+        assert_eq!(promise(Some(("a".into(), at(5))), "a", at(10)), ("a".into(), at(10)));
+        assert_eq!(after_session_end(true), AfterSessionEnd { keep_held: true, keep_failsafe: true });
+        assert_eq!(after_session_end(false), AfterSessionEnd { keep_held: false, keep_failsafe: false });
+    }
+
     #[tokio::test]
-    async fn a_list_without_this_node_or_a_member_without_address_confirms_nothing() {
+    async fn a_refused_target_list_asks_nobody() {
         let http = reqwest::Client::new();
-        let ttl = Duration::from_secs(4);
-        let t = Duration::from_secs(1);
-        let out = run_round(&http, None, "a", FencingToken(5), ttl, &[], t).await;
-        assert!(matches!(out, RoundOutcome::Refused(ref r) if r.contains("never read")), "{out:?}");
-        let members = [member("a", None), member("b", None)];
-        let out = run_round(&http, None, "a", FencingToken(5), ttl, &members, t).await;
-        assert!(matches!(out, RoundOutcome::Refused(ref r) if r.contains("b publishes no peer API")), "{out:?}");
+        let out = run_round(
+            &http,
+            None,
+            "a",
+            FencingToken(5),
+            Duration::from_secs(4),
+            Err("x".into()),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(out, RoundOutcome::Refused("x".into()));
         // Alone in the cluster: nobody else could take over.
-        let out = run_round(&http, None, "a", FencingToken(5), ttl, &members[..1], t).await;
+        let out =
+            run_round(&http, None, "a", FencingToken(5), Duration::from_secs(4), Ok(vec![]), Duration::from_secs(1))
+                .await;
         assert_eq!(out, RoundOutcome::Confirmed { members: 0 });
     }
 
@@ -161,9 +399,9 @@ mod tests {
         // A port nobody listens on: bind, learn it, drop.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}");
-        let members = [member("a", None), member("b", Some(&url))];
+        let targets = round_targets("a", &["b".to_string()], &[member("a", None), member("b", Some(&url))]);
         let out =
-            run_round(&http, Some("s"), "a", FencingToken(5), Duration::from_secs(4), &members, Duration::from_secs(1))
+            run_round(&http, Some("s"), "a", FencingToken(5), Duration::from_secs(4), targets, Duration::from_secs(1))
                 .await;
         assert!(matches!(out, RoundOutcome::Refused(ref r) if r.starts_with("b did not answer")), "{out:?}");
     }

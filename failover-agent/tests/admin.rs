@@ -901,7 +901,7 @@ async fn referee_admin_reads_an_agent_config_with_an_admin_section() -> Result<(
     std::fs::write(
         &config,
         format!(
-            "cluster: c\nnode_id: db1\ncoordinator: {{connect: \"{}\"}}\nmaster:\n  host: 127.0.0.1\n  port: 9001\n  \
+            "cluster: c\nnode_id: db1\npeers: [{{node_id: db2, host: 127.0.0.2, port: 9002}}]\ncoordinator: {{connect: \"{}\"}}\nmaster:\n  host: 127.0.0.1\n  port: 9001\n  \
              adapter: {{kind: http, url: \"http://127.0.0.1:9001\"}}\nfencing:\n  overall_timeout_ms: 3000\n  levels:\n    \
              - methods:\n        - {{kind: graceful, timeout_ms: 500}}\nprobes: {{listen: \"127.0.0.1:8301\"}}\n\
              admin:\n  listen: 127.0.0.1:8400\n  token_file: {}\n",

@@ -1,0 +1,302 @@
+//! The lease: the one authority on how long this agent's master may stay active without
+//! hearing from the coordinator.
+//!
+//! A reply from the ensemble proves this agent's session was alive when the request was
+//! processed, which is after it was *sent*. The ensemble expires the session no earlier than the
+//! granted session timeout after that, so a master that stops accepting writes by
+//!
+//! ```text
+//!   lease end = send time of the last answered request
+//!               + granted session timeout − S (staleness) − D (demote deadline) − margin
+//! ```
+//!
+//! has stopped before any peer can hold the lock. Everything that asks "may the master still be
+//! active?" asks this module: the decision core (demote at lease end, promote only if the lease
+//! covers the promotion), the probes `/lease` and `/active`, failsafe (which starts asking peers
+//! once half the lease has passed in silence), the bound on every await while the master may be
+//! active, and the guard task that demotes the master at lease end even if the decision loop is
+//! blocked.
+//!
+//! It is pure: time is an input, every instant is on the boot-time clock ([`BootInstant`]).
+
+use std::time::Duration;
+
+use referee_fencing::FencingToken;
+
+use crate::clock::BootInstant;
+
+/// What the lease formula subtracts from the granted session timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRule {
+    /// S: how far the server this agent talks to may lag the ensemble's leader.
+    pub staleness: Duration,
+    /// D: how long demoting the master may take.
+    pub demote_deadline: Duration,
+    /// Extra margin for clock rate differences and scheduling.
+    pub margin: Duration,
+}
+
+impl LeaseRule {
+    /// The lease each answered request buys under a granted session timeout; `None` when
+    /// nothing is left.
+    pub fn budget(&self, granted: Duration) -> Option<Duration> {
+        let spent = self.staleness.checked_add(self.demote_deadline)?.checked_add(self.margin)?;
+        granted.checked_sub(spent).filter(|d| !d.is_zero())
+    }
+}
+
+/// The session's lease, renewed by every answered coordinator request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    rule: LeaseRule,
+    /// The session timeout the coordinator granted on the connection in use now.
+    granted: Option<Duration>,
+    /// Send time of the latest answered request, and the granted timeout in effect then.
+    last_ack: Option<(BootInstant, Duration)>,
+}
+
+impl Lease {
+    /// No session yet: no lease.
+    pub fn new(rule: LeaseRule) -> Self {
+        Lease { rule, granted: None, last_ack: None }
+    }
+
+    /// The rule in force.
+    pub fn rule(&self) -> LeaseRule {
+        self.rule
+    }
+
+    /// Takes a new rule (a reloaded configuration); the evidence gathered stays.
+    pub fn set_rule(&mut self, rule: LeaseRule) {
+        self.rule = rule;
+    }
+
+    /// A connection was (re)established with this granted session timeout; `sent` is when the
+    /// connect request went out, and its answer counts as an acknowledgement.
+    ///
+    /// A later grant replaces an earlier one at once, also for the acknowledgements gathered
+    /// under the earlier one: the ensemble measures the session from its last touch with the
+    /// timeout it holds now, so a shorter grant after a reconnect shortens the lease at once.
+    pub fn connected(&mut self, granted: Duration, sent: BootInstant) {
+        self.granted = Some(granted);
+        self.renew(sent);
+    }
+
+    /// Takes the granted session timeout as the client reports it now (see
+    /// [`Lease::connected`]).
+    pub fn set_granted(&mut self, granted: Duration) {
+        self.granted = Some(granted);
+    }
+
+    /// A request sent at `sent` was answered. Replies may complete out of order: the latest
+    /// send time wins.
+    pub fn renew(&mut self, sent: BootInstant) {
+        let Some(granted) = self.granted else { return };
+        match self.last_ack {
+            Some((t, _)) if t > sent => {}
+            _ => self.last_ack = Some((sent, granted)),
+        }
+    }
+
+    /// The session is gone (expired or closed): no request of it proves anything any more.
+    pub fn session_ended(&mut self) {
+        self.granted = None;
+        self.last_ack = None;
+    }
+
+    /// The granted timeout in effect, if a session is connected.
+    pub fn granted(&self) -> Option<Duration> {
+        self.granted
+    }
+
+    /// What each answered request buys now.
+    pub fn budget(&self) -> Option<Duration> {
+        self.rule.budget(self.granted?)
+    }
+
+    /// When the lease ends; `None` without a session or with a grant that leaves nothing.
+    pub fn until(&self) -> Option<BootInstant> {
+        let (sent, granted_then) = self.last_ack?;
+        // The shorter of the grant the acknowledgement was made under and the one in force now.
+        let granted = self.granted?.min(granted_then);
+        Some(sent + self.rule.budget(granted)?)
+    }
+
+    /// Time left at `now` (zero when it ran out or there is none).
+    pub fn left(&self, now: BootInstant) -> Duration {
+        left_until(self.until(), now)
+    }
+
+    /// Whether the lease still holds at `now`.
+    pub fn is_valid(&self, now: BootInstant) -> bool {
+        !self.left(now).is_zero()
+    }
+
+    /// Whether a promotion that may take `d` from `now` ends inside the lease.
+    pub fn may_promote_for(&self, now: BootInstant, d: Duration) -> bool {
+        may_promote_for(self.until(), now, d)
+    }
+}
+
+/// Time left until `until` at `now`, zero without a lease.
+pub fn left_until(until: Option<BootInstant>, now: BootInstant) -> Duration {
+    until.map_or(Duration::ZERO, |u| u.saturating_since(now))
+}
+
+/// Whether something that may take `d` from `now` ends strictly before `until`.
+pub fn may_promote_for(until: Option<BootInstant>, now: BootInstant, d: Duration) -> bool {
+    left_until(until, now) > d
+}
+
+/// How long one await may take. While the master may be active, no await may outlast the
+/// lease left, or the demotion that must follow at lease end would come late; at least 1 ms,
+/// so that a call can still be tried (and the timeout, not a panic, ends it).
+pub fn await_limit(
+    op_timeout: Duration,
+    until: Option<BootInstant>,
+    now: BootInstant,
+    master_may_be_active: bool,
+) -> Duration {
+    if master_may_be_active {
+        op_timeout.min(left_until(until, now)).max(Duration::from_millis(1))
+    } else {
+        op_timeout
+    }
+}
+
+/// What the guard (the task that enforces the lease even if the decision loop is blocked)
+/// publishes: the lease end in force, and the token the master may be active with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuardState {
+    /// The later of the session's lease and failsafe's; `None`: no lease.
+    pub until: Option<BootInstant>,
+    /// The token this agent promoted its master with, while it may be active; `None` when the
+    /// master is known not to be active under this agent.
+    pub armed: Option<FencingToken>,
+}
+
+/// What the guard does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    /// Nothing may be active: wait for the next publication.
+    Idle,
+    /// Check again after this long (capped, so a suspended machine's clock is re-read soon).
+    WaitFor(Duration),
+    /// The lease ran out with the master possibly active: demote it with this token.
+    Demote(FencingToken),
+}
+
+/// The longest the guard sleeps between two looks at the boot clock.
+pub const GUARD_TICK: Duration = Duration::from_millis(20);
+
+/// The guard's rule: demote once the lease is out while the master may be active.
+pub fn guard_action(state: GuardState, now: BootInstant) -> GuardAction {
+    let Some(token) = state.armed else { return GuardAction::Idle };
+    let left = left_until(state.until, now);
+    if left.is_zero() {
+        GuardAction::Demote(token)
+    } else {
+        GuardAction::WaitFor(left.min(GUARD_TICK))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> BootInstant {
+        BootInstant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn rule() -> LeaseRule {
+        LeaseRule { staleness: ms(0), demote_deadline: ms(500), margin: ms(250) }
+    }
+
+    #[test]
+    fn renewed_from_the_send_time_of_answered_requests() {
+        let mut l = Lease::new(rule());
+        assert_eq!(l.until(), None, "no session, no lease");
+        l.renew(at(1000));
+        assert_eq!(l.until(), None, "an answer without a granted timeout proves nothing");
+        l.connected(ms(2500), at(1000));
+        assert_eq!(l.until(), Some(at(2750)));
+        l.renew(at(1500));
+        assert_eq!(l.until(), Some(at(3250)));
+        // An older request answered late does not move it back.
+        l.renew(at(1200));
+        assert_eq!(l.until(), Some(at(3250)));
+        assert_eq!(l.left(at(3000)), ms(250));
+        assert!(l.is_valid(at(3249)) && !l.is_valid(at(3250)));
+        l.session_ended();
+        assert_eq!(l.until(), None);
+        assert_eq!(l.left(at(1600)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_reconnect_with_a_shorter_grant_shortens_the_lease_at_once() {
+        let mut l = Lease::new(rule());
+        l.connected(ms(10_000), at(0));
+        l.renew(at(1000));
+        assert_eq!(l.until(), Some(at(1000 + 9250)));
+        // Reconnected to a server that grants 2500 ms: the lease follows it from now on, and
+        // the acknowledgement made under the longer grant counts for the shorter one.
+        l.set_granted(ms(2500));
+        assert_eq!(l.until(), Some(at(1000 + 1750)));
+        l.renew(at(2000));
+        assert_eq!(l.until(), Some(at(2000 + 1750)));
+        // A longer grant counts only for acknowledgements made under it.
+        l.set_granted(ms(4000));
+        assert_eq!(l.until(), Some(at(2000 + 1750)));
+        l.renew(at(2100));
+        assert_eq!(l.until(), Some(at(2100 + 3250)));
+        // A grant that leaves nothing: no lease.
+        l.set_granted(ms(700));
+        assert_eq!(l.until(), None);
+    }
+
+    #[test]
+    fn promotion_must_end_inside_the_lease() {
+        let mut l = Lease::new(rule());
+        l.connected(ms(2500), at(0));
+        // 1750 ms lease.
+        assert!(l.may_promote_for(at(0), ms(1000)));
+        assert!(l.may_promote_for(at(749), ms(1000)));
+        assert!(!l.may_promote_for(at(750), ms(1000)), "would end exactly at lease end");
+        assert!(!l.may_promote_for(at(2000), ms(1)));
+        assert!(!may_promote_for(None, at(0), Duration::ZERO), "no lease, no promotion");
+    }
+
+    #[test]
+    fn awaits_are_bounded_by_the_lease_while_the_master_may_be_active() {
+        let op = ms(800);
+        assert_eq!(await_limit(op, Some(at(1300)), at(1000), true), ms(300));
+        assert_eq!(await_limit(op, Some(at(5000)), at(1000), true), op);
+        assert_eq!(await_limit(op, Some(at(900)), at(1000), true), ms(1), "lease out: try once, at once");
+        assert_eq!(await_limit(op, None, at(1000), true), ms(1));
+        assert_eq!(await_limit(op, None, at(1000), false), op, "nothing to protect");
+    }
+
+    #[test]
+    fn the_guard_demotes_at_lease_end_only_while_armed() {
+        let armed = GuardState { until: Some(at(1000)), armed: Some(FencingToken(7)) };
+        assert_eq!(guard_action(armed, at(500)), GuardAction::WaitFor(GUARD_TICK));
+        assert_eq!(guard_action(armed, at(990)), GuardAction::WaitFor(ms(10)));
+        assert_eq!(guard_action(armed, at(1000)), GuardAction::Demote(FencingToken(7)));
+        let no_lease = GuardState { until: None, armed: Some(FencingToken(7)) };
+        assert_eq!(guard_action(no_lease, at(0)), GuardAction::Demote(FencingToken(7)));
+        let disarmed = GuardState { until: None, armed: None };
+        assert_eq!(guard_action(disarmed, at(5000)), GuardAction::Idle);
+    }
+
+    #[test]
+    fn the_budget_never_overflows() {
+        let huge = LeaseRule { staleness: Duration::MAX, demote_deadline: ms(1), margin: ms(1) };
+        assert_eq!(huge.budget(ms(2500)), None);
+        assert_eq!(rule().budget(ms(750)), None);
+        assert_eq!(rule().budget(ms(751)), Some(ms(1)));
+    }
+}
