@@ -581,7 +581,7 @@ probes:
         } else {
             String::new()
         };
-        let cfg = format!("{cfg}{admin}");
+        let cfg = format!("{cfg}{admin}{}", self.peers_yaml(i));
         let cfg = match self.spec.extra_agent_yaml.get(i) {
             Some(extra) => merge_yaml(&cfg, extra)?,
             None => cfg,
@@ -596,6 +596,24 @@ probes:
             &[("REFEREE_LOG", "info".into())],
             node.join("agent.log"),
         )
+    }
+
+    /// Agent `i`'s `peers` section: every other node, with how to fence its master (its HA
+    /// URL for the HTTP kinds; host and port otherwise) and its pidfile.
+    fn peers_yaml(&self, i: usize) -> String {
+        let mut out = String::from("peers:\n");
+        for (j, node) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
+            let port = self.ports[j].master;
+            out.push_str(&format!("  - node_id: {node}\n    host: 127.0.0.1\n    port: {port}\n"));
+            match self.spec.master {
+                MasterKind::LeasePolling | MasterKind::Plain => {
+                    out.push_str(&format!("    ha_url: \"http://127.0.0.1:{port}\"\n"))
+                }
+                MasterKind::Command => {}
+            }
+            out.push_str(&format!("    pidfile: {}\n", self.node_dir(j).join("master.pid").display()));
+        }
+        out
     }
 
     /// Whether node `i`'s agent answers `/active` with 200.
