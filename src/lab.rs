@@ -1379,4 +1379,94 @@ mod tests {
         let shared = [(0, ms(1), 12), (1, ms(2), 12)];
         assert!(overlapping_acks(&shared).expect("a shared token is a violation").contains("both acknowledged"));
     }
+
+    fn poll(node: usize, sent: u64, state: HaState, token: u64) -> Observed<HaStatus> {
+        let ms = Duration::from_millis;
+        Observed { node, sent: ms(sent), received: ms(sent + 1), what: HaStatus { state, token: FencingToken(token) } }
+    }
+
+    fn ack(node: usize, sent: u64, token: u64) -> Observed<u64> {
+        let ms = Duration::from_millis;
+        Observed { node, sent: ms(sent), received: ms(sent + 1), what: token }
+    }
+
+    #[test]
+    fn a_clean_handover_shows_one_active_at_a_time_and_no_late_acknowledgement() {
+        use HaState::{Active, Standby};
+        let ms = Duration::from_millis;
+        // a active under 5 until demoted with 6 between 20 and 31; b promoted with 6 after that.
+        let record = MasterRecord {
+            states: vec![
+                poll(0, 0, Active, 5),
+                poll(1, 0, Standby, 5),
+                poll(0, 10, Active, 5),
+                poll(1, 10, Standby, 5),
+                poll(0, 20, Active, 5),
+                poll(1, 20, Standby, 5),
+                poll(0, 30, Standby, 6),
+                poll(1, 30, Standby, 5),
+                poll(1, 40, Active, 6),
+                poll(0, 40, Standby, 6),
+                poll(1, 50, Active, 6),
+            ],
+            acks: vec![ack(0, 5, 5), ack(0, 25, 5), ack(1, 45, 6), ack(1, 55, 6)],
+        };
+        assert_eq!(record.certainly_active(0), vec![(ms(1), ms(20), FencingToken(5))]);
+        assert_eq!(record.certainly_active(1), vec![(ms(41), ms(50), FencingToken(6))]);
+        assert!(record.both_active().is_empty());
+        assert!(record.late_acks().is_empty());
+        assert!(record.check().is_ok());
+        let demoted = record.demoted(0).expect("a was demoted");
+        assert_eq!((demoted.after, demoted.by), (ms(20), ms(31)));
+        let promoted = record.promoted(1, None).expect("b was promoted");
+        assert_eq!((promoted.after, promoted.by), (ms(30), ms(41)));
+        assert!(record.promoted(1, Some(FencingToken(6))).is_none());
+    }
+
+    #[test]
+    fn a_deposed_master_that_keeps_serving_is_caught_on_both_counts() {
+        use HaState::{Active, Standby};
+        let ms = Duration::from_millis;
+        let record = MasterRecord {
+            states: vec![
+                poll(0, 0, Active, 5),
+                poll(1, 0, Standby, 5),
+                poll(1, 10, Active, 6),
+                poll(0, 10, Active, 5),
+                poll(1, 20, Active, 6),
+                poll(0, 20, Active, 5),
+                poll(0, 30, Standby, 5),
+            ],
+            // a's write sent at 12 went out after b's first acknowledgement arrived (at 9):
+            // late. a's write sent at 7 may have been taken before b's: not late.
+            acks: vec![ack(0, 1, 5), ack(1, 8, 6), ack(0, 7, 5), ack(0, 12, 5)],
+        };
+        assert_eq!(record.both_active(), vec![(ms(11), ms(20))]);
+        let late = record.late_acks();
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!((late[0].stale, late[0].successor), (ack(0, 12, 5), ack(1, 8, 6)));
+        let err = record.check().expect_err("split brain").to_string();
+        assert!(err.contains("1 stretches with two actives, 1 late acknowledgements"), "{err}");
+        assert!(err.contains("master a acknowledged writes under token 5"), "{err}");
+        // One token acknowledged by two masters is split brain whatever the times.
+        let shared = MasterRecord { states: vec![], acks: vec![ack(0, 0, 7), ack(1, 50, 7)] };
+        assert_eq!(shared.late_acks().len(), 2);
+    }
+
+    #[test]
+    fn a_single_active_answer_proves_no_stretch() {
+        use HaState::{Active, Standby};
+        // Polls straddling a handover can each see one active: no certain overlap.
+        let record = MasterRecord {
+            states: vec![
+                poll(0, 0, Standby, 5),
+                poll(1, 0, Active, 6),
+                poll(0, 10, Active, 5),
+                poll(1, 10, Standby, 6),
+            ],
+            acks: vec![],
+        };
+        assert!(record.certainly_active(0).is_empty() && record.certainly_active(1).is_empty());
+        assert!(record.both_active().is_empty());
+    }
 }
