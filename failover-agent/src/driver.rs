@@ -580,7 +580,13 @@ impl Driver {
         what: &str,
         call: impl Future<Output = Result<T, ElectionError>>,
     ) -> Result<T, String> {
-        let limit = self.await_limit();
+        // While the master may be active the lease left bounds the call; otherwise the election
+        // layer's own deadlines do (an acquisition may take several round trips), with a cap.
+        let limit = if self.master_may_be_active() {
+            self.await_limit()
+        } else {
+            Duration::from_millis(self.cfg.coordinator.op_timeout_ms.saturating_mul(8))
+        };
         let sent = BootInstant::now();
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(v)) => {
@@ -1220,6 +1226,12 @@ impl Driver {
             ControlRequest::Failsafe { request, reply } => {
                 let response = self.answer_failsafe(request, coord).await;
                 let _ = reply.send(response);
+            }
+            ControlRequest::PeerFence { token, reply } if !crate::tokens::within_limit(token) => {
+                // Recorded by the master, such a token would refuse every later promotion here.
+                let reason = format!("refusing to fence with token {token}, above the highest usable token");
+                warn!("{reason}");
+                let _ = reply.send(MethodOutcome::Failed { reason });
             }
             ControlRequest::PeerFence { token, reply } => {
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
