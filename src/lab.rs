@@ -1146,7 +1146,7 @@ impl MasterOracle {
         let record = Arc::new(Mutex::new(MasterRecord::default()));
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for node in 0..NODES.len() {
+        for (node, name) in NODES.iter().enumerate() {
             let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
             tasks.push(tokio::spawn(async move {
                 let url = format!("http://127.0.0.1:{}/ha/state", pair2.ports[node].master);
@@ -1170,7 +1170,7 @@ impl MasterOracle {
                 while !stop2.load(Ordering::Relaxed) {
                     n += 1;
                     let sent = started.elapsed();
-                    if let Ok(token) = pair2.write_token(node, "oracle", &format!("{}-{n}", NODES[node])).await {
+                    if let Ok(token) = pair2.write_token(node, "oracle", &format!("{name}-{n}")).await {
                         let received = started.elapsed();
                         let seen = Observed { node, sent, received, what: token };
                         record2.lock().unwrap_or_else(|p| p.into_inner()).acks.push(seen);

@@ -76,7 +76,8 @@ enum Command {
     /// healthy (health), print the status (state), promote or demote with `FENCE_TOKEN`.
     /// Without `--url`, acts on `TARGET_HA_URL`, so `demote` also serves as a `shell` fencing
     /// method. Exit codes: 0 done, 1 refused or not as asked, 2 usage, 3 no answer.
-    MasterCommand {
+    #[command(name = "master-command")]
+    DriveMaster {
         /// What to do.
         #[arg(value_enum)]
         action: MasterAction,
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
             Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }
-            Command::MasterCommand { action, url, timeout_ms } => Ok(run_master_command(action, url, timeout_ms).await),
+            Command::DriveMaster { action, url, timeout_ms } => Ok(run_master_command(action, url, timeout_ms).await),
             Command::Demo { scenario, exit_after } => run_demo(scenario, exit_after).await,
             // `referee admin` has documented exit codes of its own.
             Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
