@@ -4,6 +4,13 @@
 //!
 //! The end-to-end tests, the failover benchmark and the demo all stand on it. Children are
 //! killed and reaped when the pair is dropped, so nothing outlives it.
+//!
+//! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
+//! command adapter. Each agent's coordinator connection may go through the test kit's proxy,
+//! which a test can cut or black-hole. The oracles: [`Oracles`] (both agents' `/active` probes
+//! and a token-aware writer) and [`MasterOracle`], which asks the masters themselves (their own
+//! `/ha/state`, and a write to each with its send and receive times) and judges the record
+//! ([`MasterRecord::check`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +52,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
-// The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
 use referee_testkit::Proxy;
+// The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
 pub use referee_testkit::{apache_zookeeper_installed, free_port};
 
 /// A [`free_port`] for a child of the pair.
@@ -222,9 +229,9 @@ pub enum MasterKind {
     /// The demo master, managed over HTTP, with `--no-lease-poll`: a plain master that takes
     /// writes while active until someone demotes it, as most real masters do.
     Plain,
-    /// The demo master with `--no-lease-poll`, managed by the command adapter: the agent runs
-    /// `referee master-command health|state|promote|demote` and never speaks HTTP to it, and
-    /// peers fence it with the same program as a `shell` method (then `kill`).
+    /// The demo master with `--no-lease-poll`, managed by the command adapter: its agent drives
+    /// it only through `referee master-command health|state|promote|demote` runs, and peers
+    /// fence it with the same program as a `shell` method (then `kill`).
     Command,
 }
 
@@ -287,8 +294,8 @@ pub struct Pair {
     /// Ports per node.
     pub ports: Vec<NodePorts>,
     /// Per-agent proxies to the coordinator, when the spec asks for them ([`Pair::cut_agent`],
-    /// [`Pair::black_hole_agent`] and their inverses).
-    /// Each with the address its agent connects to, stable across cut and restore.
+    /// [`Pair::black_hole_agent`] and their inverses), each with the address its agent
+    /// connects to (stable across cut and restore).
     proxies: Vec<(String, tokio::sync::Mutex<Proxy>)>,
     spec: PairSpec,
     http: reqwest::Client,
