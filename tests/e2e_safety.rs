@@ -22,7 +22,9 @@
 //! - **Black-holed coordinator connection**: the active agent's connection to the coordinator
 //!   goes through the test kit's proxy, which is switched to a black hole (connections stay
 //!   open, nothing is answered). The agent must demote its master before its session can
-//!   expire, that is before the lock can leave it; the margin is printed.
+//!   expire, that is before the lock can leave it; the margin is printed. A variant asks the
+//!   agent to stop (SIGTERM) just as its lease runs out, so that the graceful handover's own
+//!   coordinator calls wait in the black hole.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,6 +176,17 @@ async fn wiped_coordinator_under_a_paused_agent(kind: CoordinatorKind, master: M
 /// before its session can expire (before the lock can leave it), and so before the other node
 /// promotes.
 async fn black_holed_active_agent(kind: CoordinatorKind, master: MasterKind) -> Result<()> {
+    black_holed(kind, master, false).await
+}
+
+/// As [`black_holed_active_agent`], and the agent is asked to stop (SIGTERM, a graceful
+/// handover) just before its lease runs out: the handover's coordinator calls go into the black
+/// hole too, and must not hold the master active past the lease.
+async fn stopped_inside_a_black_hole(kind: CoordinatorKind, master: MasterKind) -> Result<()> {
+    black_holed(kind, master, true).await
+}
+
+async fn black_holed(kind: CoordinatorKind, master: MasterKind, stop_at_lease_end: bool) -> Result<()> {
     let pair = Arc::new(Pair::start(spec(kind, master, true)).await?);
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
@@ -193,6 +206,20 @@ async fn black_holed_active_agent(kind: CoordinatorKind, master: MasterKind) -> 
 
     pair.black_hole_agent(old).await?;
     let holed_at = oracle.now();
+    if stop_at_lease_end {
+        // The agent's own probe server still answers: watch its lease run down.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = status(&pair, old).await;
+            if st["lease_left_ms"].as_u64().is_some_and(|left| left <= 150) {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the black-holed agent's lease never ran down: {st}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pair.agents[old].as_ref().context("the active's agent runs")?.signal(Signal::SIGTERM)?;
+        eprintln!("SIGTERM to agent {} at {:.1} ms, as its lease ran out", NODES[old], ms(oracle.now()));
+    }
     // The lock leaves the old session when the coordinator expires it: it was still held at
     // the send time of the last read that found it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -277,4 +304,6 @@ every_case! {
     wiped_coordinator_under_a_paused_agent_command_master: wiped_coordinator_under_a_paused_agent, Command;
     black_holed_active_agent_plain_master: black_holed_active_agent, Plain;
     black_holed_active_agent_command_master: black_holed_active_agent, Command;
+    stopped_inside_a_black_hole_plain_master: stopped_inside_a_black_hole, Plain;
+    stopped_inside_a_black_hole_command_master: stopped_inside_a_black_hole, Command;
 }
