@@ -108,7 +108,7 @@ impl Driver {
             request: &request,
             master: self.status().master,
             promoted: self.mem.promoted.is_some(),
-            held: self.mem.held.map(|(t, _)| t),
+            held: self.mem.tokens.held.map(|(t, _)| t),
             lock,
         };
         let answer = crate::failsafe::answer(&facts);

@@ -51,6 +51,7 @@ use crate::lease::{GuardAction, GuardState, Lease};
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
 use crate::status::{AgentStatus, Phases, Role};
+use crate::tokens::TokenHistory;
 use session::{run_lease_guard, Connecting};
 
 /// Why the agent stopped or could not start.
@@ -110,18 +111,10 @@ struct Memory {
     pending_failover: Option<(Reply, BootInstant, BootInstant)>,
     /// Whether the member list has been read at least once.
     members_read: bool,
-    /// The highest token seen from any acquisition other than the one held now: other
-    /// holders', breadcrumbs', masters', and our own finished ones. Kept across sessions, so a
-    /// coordinator that lost its data cannot hand out a token below it.
-    highest_seen: FencingToken,
-    /// The lock this session holds (token, version), as last read; kept while the coordinator
-    /// cannot be read, dropped when the lock or the session is known gone.
-    held: Option<(FencingToken, i32)>,
+    /// The token history (see [`TokenHistory`]), kept across sessions.
+    tokens: TokenHistory,
     /// The token the current acquisition has handed to a master.
     token_issued: Option<FencingToken>,
-    /// The lock token last seen, whoever held it, and when it last changed (anti-flap).
-    last_lock_token: Option<FencingToken>,
-    last_failover_at: Option<BootInstant>,
     /// Since when the master has been healthy without a break.
     healthy_since: Option<BootInstant>,
     /// No failback request before then.
@@ -158,11 +151,8 @@ impl Memory {
             last_reason: String::new(),
             pending_failover: None,
             members_read: false,
-            highest_seen: FencingToken(0),
-            held: None,
+            tokens: TokenHistory::default(),
             token_issued: None,
-            last_lock_token: None,
-            last_failover_at: None,
             healthy_since: None,
             failback_not_before: None,
             failsafe_until: None,
@@ -170,17 +160,6 @@ impl Memory {
             failsafe_last_sent: None,
             promised: None,
             master_answer: None,
-        }
-    }
-
-    /// Remembers a token from another acquisition. A token above the usable bound is refused
-    /// where it is found (see [`crate::tokens`]), never remembered: it would block every later
-    /// promotion of this agent.
-    fn saw(&mut self, token: FencingToken) {
-        if crate::tokens::within_limit(token) {
-            self.highest_seen = self.highest_seen.max(token);
-        } else {
-            warn!(%token, "ignoring a token above the highest usable token");
         }
     }
 
@@ -196,13 +175,6 @@ impl Memory {
             self.seen_holders.remove(0);
         }
         self.seen_holders.push(target);
-    }
-
-    /// The lock this session held is gone (or its token changed): it becomes history.
-    fn forget_held(&mut self) {
-        if let Some((token, _)) = self.held.take() {
-            self.saw(token);
-        }
     }
 }
 
@@ -514,7 +486,7 @@ impl Driver {
         // What the probes show: while the coordinator cannot be read, the lock this session
         // held is still ours for as long as a lease (the session's or failsafe's) covers it.
         let effective_until = lease_until.max(failsafe_until);
-        let (shown_lock, shown_token) = match (&lock, self.mem.held) {
+        let (shown_lock, shown_token) = match (&lock, self.mem.tokens.held) {
             (LockView::Unknown, Some((token, version))) if effective_until.is_some_and(|u| u > now) => {
                 (LockView::Ours { token, version }, Some(token))
             }

@@ -121,10 +121,10 @@ impl Driver {
             backoff_until: self.mem.backoff_until,
             failure: self.mem.failure.clone(),
             token_base,
-            token_floor: self.mem.highest_seen,
+            token_floor: self.mem.tokens.highest_seen,
             token_issued: self.mem.token_issued,
             failsafe_until,
-            last_failover_at: self.mem.last_failover_at,
+            last_failover_at: self.mem.tokens.last_failover_at,
             healthy_since: self.mem.healthy_since,
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
@@ -147,7 +147,8 @@ impl Driver {
         }
     }
 
-    /// Keeps the token history and the anti-flap clock from what this cycle read.
+    /// Keeps the token history and the anti-flap clock from what this cycle read (the rules are
+    /// [`TokenHistory::observe`]'s).
     pub(super) fn remember_tokens(
         &mut self,
         lock: &LockView,
@@ -156,46 +157,9 @@ impl Driver {
         session: SessionView,
         now: BootInstant,
     ) {
-        match lock {
-            LockView::Ours { token, version } => {
-                if self.mem.held.is_some_and(|(t, _)| t != *token) {
-                    self.mem.forget_held();
-                }
-                self.mem.held = Some((*token, *version));
-            }
-            // Unreadable: the lock may still be ours (with failsafe, even after the library
-            // gave the session up: only a lock read that answers says it is gone).
-            LockView::Unknown
-                if self.cfg.failsafe.enabled
-                    || matches!(session, SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {}
-            _ => self.mem.forget_held(),
-        }
-        let held = self.mem.held.map(|(t, _)| t);
-        match lock {
-            LockView::Peer { token, .. } | LockView::OursFromOldSession { token } => self.mem.saw(*token),
-            _ => {}
-        }
-        if let BreadcrumbView::Present { crumb, .. } = breadcrumb {
-            if Some(crumb.token) != held {
-                self.mem.saw(crumb.token);
-            }
-        }
-        if let Some(m) = master {
-            if Some(m.token) != held {
-                self.mem.saw(m.token);
-            }
-        }
-        let holder = match lock {
-            LockView::Ours { token, .. } | LockView::Peer { token, .. } | LockView::OursFromOldSession { token } => {
-                Some(*token)
-            }
-            LockView::Free | LockView::Unknown => None,
-        };
-        if let Some(token) = holder {
-            if self.mem.last_lock_token.is_some_and(|t| t != token) {
-                self.mem.last_failover_at = Some(now);
-            }
-            self.mem.last_lock_token = Some(token);
+        let keep_unread = self.cfg.failsafe.enabled;
+        for token in self.mem.tokens.observe(lock, breadcrumb, master, session, keep_unread, now) {
+            warn!(%token, "ignoring a token above the highest usable token");
         }
     }
 
@@ -230,7 +194,7 @@ impl Driver {
         if !self.cfg.failsafe.enabled || self.mem.failsafe_round.is_some() {
             return;
         }
-        let Some((token, _)) = self.mem.held else { return };
+        let Some((token, _)) = self.mem.tokens.held else { return };
         if !master.is_some_and(|m| m.state == HaState::Active && m.token == token) {
             return;
         }

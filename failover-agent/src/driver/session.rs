@@ -125,7 +125,7 @@ impl Driver {
         self.mem.lease.session_ended();
         let keep = crate::failsafe::after_session_end(self.cfg.failsafe.enabled);
         if !keep.keep_held {
-            self.mem.forget_held();
+            self.mem.tokens.forget_held();
         }
         if !keep.keep_failsafe {
             self.mem.failsafe_until = None;
