@@ -174,6 +174,9 @@ impl Driver {
             return message;
         }
         self.cfg = merged;
+        // The lease settings apply to the renewals already gathered too.
+        self.mem.lease.set_rule(self.cfg.lease_rule());
+        self.publish_guard();
         let applied = if live_changed {
             "applied the new lease, election and failsafe settings"
         } else {

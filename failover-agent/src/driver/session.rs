@@ -32,8 +32,10 @@ pub(super) async fn run_lease_guard(
                         demoted_for = Some(state);
                         let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
                         st.counters.demotions += 1;
-                        st.last_failure =
-                            Some(format!("the lease guard demoted the master at lease end (token {token})"));
+                        st.last_failure = Some(format!(
+                            "the lease (the session's, or the failsafe extension) ran out: the lease guard demoted \
+                             the master with token {token}"
+                        ));
                         info!(%token, state = ?s.state, "the lease guard demoted the master");
                         None
                     }
