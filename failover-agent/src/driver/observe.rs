@@ -176,7 +176,7 @@ impl Driver {
                 let until = sent + self.cfg.failsafe_lease();
                 self.mem.failsafe_until = Some(self.mem.failsafe_until.map_or(until, |u| u.max(until)));
                 self.status().counters.failsafe_confirmed += 1;
-                debug!(members, "failsafe: every other member confirmed it is not active");
+                debug!(members, "failsafe: every configured peer confirmed it is not active");
             }
             Some(RoundOutcome::Refused(why)) => {
                 warn!("failsafe: {why}; the master will be demoted when the current lease runs out");
