@@ -19,14 +19,14 @@ impl Driver {
         self.publish_guard();
         let session = coord.map_or(SessionView::Connecting, |c| c.session());
         let connected = matches!(session, SessionView::Connected { .. });
-        // While our master may be active, no read may outlast what is left of its lease, or the
-        // demotion would come late.
-        let read_limit = self.await_limit();
         self.failsafe_start(master, coord);
         let mut lock = LockView::Unknown;
         let mut breadcrumb = BreadcrumbView::Unknown;
         let mut token_base = TokenBaseView::Unknown;
         if let (Some(c), true) = (coord, connected) {
+            // While our master may be active, no read may outlast what is left of its lease, or
+            // the demotion would come late; each read is bounded afresh, by what is left then.
+            let read_limit = self.await_limit();
             let sent = BootInstant::now();
             match tokio::time::timeout(read_limit, c.read_lock_with_record()).await {
                 Ok(Ok((v, base, record))) => {
@@ -41,6 +41,7 @@ impl Driver {
                 Err(_) => debug!("reading the lock took longer than {read_limit:?}"),
             }
             if !matches!(lock, LockView::Unknown) {
+                let read_limit = self.await_limit();
                 let sent = BootInstant::now();
                 match tokio::time::timeout(read_limit, c.read_breadcrumb()).await {
                     Ok(Ok(b)) => {
@@ -59,7 +60,7 @@ impl Driver {
                 || self.mem.members_age >= 50;
             if need_members && !matches!(lock, LockView::Unknown) {
                 let sent = BootInstant::now();
-                if let Ok(Ok(m)) = tokio::time::timeout(read_limit, c.members()).await {
+                if let Ok(Ok(m)) = tokio::time::timeout(self.await_limit(), c.members()).await {
                     self.acked(sent);
                     self.mem.members = m;
                     self.mem.members_age = 0;
@@ -103,7 +104,7 @@ impl Driver {
             self.mem.promised = None;
         }
 
-        let obs = Observation {
+        Observation {
             now,
             node_id: self.cfg.node_id.clone(),
             own_target: self.cfg.own_target(),
@@ -129,8 +130,7 @@ impl Driver {
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.mem.promised.clone(),
-        };
-        obs
+        }
     }
 
     /// The master's state: what it answered to our last promote or demote, until a health
