@@ -2,6 +2,7 @@
 //! against the in-process coordinator and two small HTTP masters that record what they are
 //! told, in order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use referee_failover_agent::config::AgentConfig;
 use referee_fencing::{FencingToken, HaState, HaStatus, TokenRequest};
-use referee_testkit::{wait_until, TestServer};
+use referee_testkit::{wait_until, Proxy, TestServer};
 use tokio::sync::oneshot;
 
 /// A master speaking the HA protocol, logging every role change as `"<name> <role> <token>"`
@@ -21,6 +22,8 @@ struct FakeMaster {
     name: &'static str,
     state: Arc<Mutex<HaStatus>>,
     log: Arc<Mutex<Vec<String>>>,
+    /// `GET /ha/state` never answers while set (health still passes).
+    state_hangs: Arc<AtomicBool>,
 }
 
 impl FakeMaster {
@@ -30,11 +33,24 @@ impl FakeMaster {
         token: u64,
         log: Arc<Mutex<Vec<String>>>,
     ) -> Result<(Self, u16)> {
-        let me = FakeMaster { name, state: Arc::new(Mutex::new(HaStatus { state, token: FencingToken(token) })), log };
+        let me = FakeMaster {
+            name,
+            state: Arc::new(Mutex::new(HaStatus { state, token: FencingToken(token) })),
+            log,
+            state_hangs: Arc::default(),
+        };
         let app =
             Router::new()
                 .route("/ha/health", get(|| async { "ok" }))
-                .route("/ha/state", get(|State(m): State<FakeMaster>| async move { Json(*m.state.lock().unwrap()) }))
+                .route(
+                    "/ha/state",
+                    get(|State(m): State<FakeMaster>| async move {
+                        if m.state_hangs.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        Json(*m.state.lock().unwrap())
+                    }),
+                )
                 .route(
                     "/ha/active",
                     post(|State(m): State<FakeMaster>, Json(r): Json<TokenRequest>| async move {
@@ -130,5 +146,38 @@ async fn a_holder_without_breadcrumb_fences_the_configured_peer_first() -> Resul
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
     ensure!(a.status().state == HaState::Standby, "shutting down hands over: {:?}", a.status());
+    server.stop().await
+}
+
+/// The active's master answers its health checks but not `GET /ha/state`, and the coordinator
+/// becomes unreachable: the agent cannot see its master's role, yet must demote it at lease end,
+/// while the coordinator still holds the agent's session (before any peer could take over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_state_cannot_be_read_is_demoted_before_the_session_expires() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut proxy = Proxy::start(server.addr).await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(referee_failover_agent::driver::run(cfg, probes, async move {
+        let _ = stopped.await;
+    }));
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let sessions = server.session_ids();
+    ensure!(sessions.len() == 1, "one agent, one session: {sessions:?}");
+
+    a.state_hangs.store(true, Ordering::SeqCst);
+    proxy.cut();
+    wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
+    // The ensemble expires the session only a whole session timeout after the last request it
+    // answered; the lease ended well before that.
+    ensure!(server.session_ids() == sessions, "the session was gone before the master was demoted");
+    ensure!(log.lock().unwrap().last().is_some_and(|e| e.starts_with("a standby ")), "{:?}", log.lock().unwrap());
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
     server.stop().await
 }
