@@ -124,7 +124,7 @@ impl PeerSettings {
 /// Failsafe mode (off by default).
 ///
 /// When the coordinator cannot be reached and the session's lease has run out, an active agent
-/// normally demotes its master. With failsafe on, it instead asks every other member's agent,
+/// normally demotes its master. With failsafe on, it instead asks every configured peer's agent,
 /// over the peer API, to confirm that it is not active; each that confirms also promises not to
 /// contend for `ttl_ms`. While every member confirms, the master stays active for
 /// `ttl_ms − lease.demote_deadline_ms − lease.margin_ms` after each round was sent; one

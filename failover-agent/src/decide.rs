@@ -581,20 +581,6 @@ fn hold(
             ),
         );
     }
-    // A promotion starts only while the lease left covers all of it: a master promoted after
-    // the lease ended could serve beside the next active.
-    let left = lease_left.unwrap_or(Duration::ZERO);
-    if left <= policy.promote_budget {
-        return decision(
-            vec![],
-            format!(
-                "holding the lock with token {token}, but the lease left ({} ms) does not cover a promotion ({} ms); \
-                 waiting for the coordinator to renew it",
-                ms(left),
-                ms(policy.promote_budget)
-            ),
-        );
-    }
     match obs.token_base {
         TokenBaseView::Unknown => {
             return decision(
@@ -627,6 +613,20 @@ fn hold(
             );
         }
         TokenBaseView::Present { .. } => {}
+    }
+    // A promotion starts only while the lease left covers all of it: a master promoted after
+    // the lease ended could serve beside the next active.
+    let left = lease_left.unwrap_or(Duration::ZERO);
+    if left <= policy.promote_budget {
+        return decision(
+            vec![],
+            format!(
+                "holding the lock with token {token}, but the lease left ({} ms) does not cover a promotion ({} ms); \
+                 waiting for the coordinator to renew it",
+                ms(left),
+                ms(policy.promote_budget)
+            ),
+        );
     }
     match &obs.breadcrumb {
         BreadcrumbView::Unknown => crumb_unknown(),

@@ -1,13 +1,14 @@
 //! Failsafe mode: keeping an active master through a coordinator outage, as long as every
-//! other member confirms it is not active.
+//! other node confirms it is not active.
 //!
 //! Without failsafe an active agent that cannot reach the coordinator demotes its master when
 //! its lease runs out, because it cannot tell an outage of the coordinator from its own
-//! isolation. With failsafe it asks instead: every other member's agent is sent
+//! isolation. With failsafe it asks instead: every configured peer's agent (and any other
+//! registered member's) is sent
 //! `POST /peer/failsafe` with this node's id, token and the promise period `ttl_ms`.
 //!
 //! ```text
-//!  active (coordinator unreachable)                 each other member's agent
+//!  active (coordinator unreachable)                 each other node's agent
 //!  ── round sent at t ──▶ POST /peer/failsafe ──▶  not active, holds no lock?
 //!                                                   yes: promise not to contend until receipt + ttl
 //!  ◀── every member accepted ──────────────────────  {accepted: true}
@@ -28,7 +29,8 @@
 //!
 //! Who is asked is not the registered members alone ([`round_targets`]): every configured
 //! peer must be registered with a peer API address and confirm, so a node whose registration
-//! the coordinator lost (or never had) cannot be skipped.
+//! the coordinator lost (or never had) cannot be skipped; a registered member missing from the
+//! configuration is asked too.
 //!
 //! # Where this differs from Patroni's failsafe
 //!
@@ -89,10 +91,10 @@ pub enum RoundOutcome {
     Refused(String),
 }
 
-/// Who one round asks: every configured peer, each by the peer API address it registered.
-/// `Err` (the round is refused without asking anyone) when a configured peer is not
-/// registered or publishes no address, or when the member list was never read (it then lacks
-/// `me`).
+/// Who one round asks: every configured peer, each by the peer API address it registered,
+/// then every other registered member. `Err` (the round is refused without asking anyone) when
+/// a configured peer is not registered, when a node to ask publishes no address, or when the
+/// member list was never read (it then lacks `me`).
 pub fn round_targets(me: &str, peers: &[String], members: &[Member]) -> Result<Vec<(String, String)>, String> {
     if !members.iter().any(|m| m.node_id == me) {
         return Err("the member list was never read; nobody can be asked".into());
@@ -106,6 +108,12 @@ pub fn round_targets(me: &str, peers: &[String], members: &[Member]) -> Result<V
             return Err(format!("{peer} publishes no peer API address"));
         };
         targets.push((peer.clone(), url.clone()));
+    }
+    for member in members.iter().filter(|m| m.node_id != me && !peers.contains(&m.node_id)) {
+        let Some(url) = &member.peer_url else {
+            return Err(format!("{} publishes no peer API address", member.node_id));
+        };
+        targets.push((member.node_id.clone(), url.clone()));
     }
     Ok(targets)
 }
@@ -288,6 +296,11 @@ mod tests {
         assert_eq!(
             round_targets("a", &peers(&["b", "c"]), &members),
             Ok(vec![("b".into(), "http://b:1".into()), ("c".into(), "http://c:1".into())])
+        );
+        // A registered member the configuration does not name is asked too.
+        assert_eq!(
+            round_targets("a", &peers(&["c"]), &members),
+            Ok(vec![("c".into(), "http://c:1".into()), ("b".into(), "http://b:1".into())])
         );
         let e = round_targets("a", &peers(&["b"]), &[]).unwrap_err();
         assert!(e.contains("never read"), "{e}");

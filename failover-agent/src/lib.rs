@@ -12,21 +12,25 @@
 //!   health monitor ──┐
 //!   master adapter ──┤                      ┌──▶ fence (referee-fencing)
 //!   coordinator  ────┼─▶ Observation ─▶ decide() ─▶ Steps ──┼──▶ promote / demote (adapter)
-//!   lease clock  ────┘     (driver)      (pure)             └──▶ lock / breadcrumb (election)
+//!   lease        ────┘     (driver)      (pure)             └──▶ lock / breadcrumb (election)
 //! ```
 //!
 //! # Layout
 //!
 //! - [`model`]: what the agent observes and the records it keeps in the coordinator.
-//! - [`decide`]: the pure decision core, one function with table tests.
+//! - [`decide`]: the pure decision core, one function with table tests, and the pure rules
+//!   around it (who to fence, the handover order, the promoted token).
+//! - [`lease`]: the one lease authority, the await limit and the lease guard's rule.
+//! - [`tokens`]: the bound on fencing tokens and the checked arithmetic on them.
 //! - [`clock`]: the boot-time clock every lease is measured on.
 //! - [`config`]: the YAML configuration and its timing rules (the lease formula).
 //! - [`health`]: the health monitor, a pure state machine with a polling driver.
 //! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
 //! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
 //! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
-//!   confirms it is not active.
-//! - [`driver`]: the loop that observes, decides and acts; [`driver::run`] is the entry point.
+//!   confirms it is not active (the members' answers and the round's targets, pure).
+//! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
+//!   control parts); [`driver::run`] is the entry point.
 //! - [`status`]: the report, history and metrics; [`probes`]: the HTTP server that serves them.
 
 #![deny(missing_docs)]

@@ -79,7 +79,7 @@ pub struct Counters {
     pub fences_indeterminate: u64,
     /// Coordinator sessions opened.
     pub sessions: u64,
-    /// Failsafe rounds every other member confirmed.
+    /// Failsafe rounds every configured peer confirmed.
     pub failsafe_confirmed: u64,
     /// Failsafe rounds some member did not confirm.
     pub failsafe_refused: u64,

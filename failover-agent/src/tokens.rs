@@ -25,6 +25,9 @@ use std::fmt;
 
 use referee_fencing::FencingToken;
 
+use crate::clock::BootInstant;
+use crate::model::{BreadcrumbView, LockView, MasterStatus, SessionView};
+
 /// The highest token the agent uses or accepts from a trusted source.
 pub const TOKEN_LIMIT: u64 = (i64::MAX as u64) / 2;
 
@@ -128,9 +131,142 @@ pub fn base_above(czxid: u64, floor: FencingToken, current: Option<u64>) -> Resu
     Ok(base)
 }
 
+/// What the agent remembers of tokens between cycles, across coordinator sessions: the
+/// highest token seen from any acquisition other than the one held, the lock this session
+/// holds, and when the active last changed (for anti-flap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenHistory {
+    /// The highest usable token seen from another acquisition: other holders', breadcrumbs',
+    /// masters', and this agent's own finished ones. A coordinator that lost its data cannot
+    /// hand out a token below it.
+    pub highest_seen: FencingToken,
+    /// The lock this session holds (token, version), as last read; kept while the lock cannot
+    /// be read and the session (or, with failsafe, the extension) may still hold it.
+    pub held: Option<(FencingToken, i32)>,
+    /// The lock token last seen, whoever held it.
+    pub last_lock_token: Option<FencingToken>,
+    /// When that token last changed.
+    pub last_failover_at: Option<BootInstant>,
+}
+
+impl TokenHistory {
+    /// Remembers a token from another acquisition; one above the bound is not remembered (it is
+    /// refused where it is found, and remembered it would block every later promotion). Returns
+    /// whether it was taken.
+    pub fn saw(&mut self, token: FencingToken) -> bool {
+        if within_limit(token) {
+            self.highest_seen = self.highest_seen.max(token);
+        }
+        within_limit(token)
+    }
+
+    /// The lock this session held is gone (or its token changed): it becomes history.
+    pub fn forget_held(&mut self) {
+        if let Some((token, _)) = self.held.take() {
+            self.saw(token);
+        }
+    }
+
+    /// Takes in one cycle's reads. `keep_unread` says an unreadable lock may still be ours
+    /// even without a live session (failsafe: only a lock read that answers says it is gone).
+    /// Returns the tokens ignored for being above the bound.
+    pub fn observe(
+        &mut self,
+        lock: &LockView,
+        breadcrumb: &BreadcrumbView,
+        master: Option<MasterStatus>,
+        session: SessionView,
+        keep_unread: bool,
+        now: BootInstant,
+    ) -> Vec<FencingToken> {
+        match lock {
+            LockView::Ours { token, version } => {
+                if self.held.is_some_and(|(t, _)| t != *token) {
+                    self.forget_held();
+                }
+                self.held = Some((*token, *version));
+            }
+            LockView::Unknown
+                if keep_unread
+                    || matches!(session, SessionView::Connected { .. } | SessionView::Disconnected { .. }) => {}
+            _ => self.forget_held(),
+        }
+        let held = self.held.map(|(t, _)| t);
+        let mut seen = Vec::new();
+        if let LockView::Peer { token, .. } | LockView::OursFromOldSession { token } = lock {
+            seen.push(*token);
+        }
+        if let BreadcrumbView::Present { crumb, .. } = breadcrumb {
+            if Some(crumb.token) != held {
+                seen.push(crumb.token);
+            }
+        }
+        if let Some(m) = master {
+            if Some(m.token) != held {
+                seen.push(m.token);
+            }
+        }
+        let ignored = seen.into_iter().filter(|t| !self.saw(*t)).collect();
+        let holder = match lock {
+            LockView::Ours { token, .. } | LockView::Peer { token, .. } | LockView::OursFromOldSession { token } => {
+                Some(*token)
+            }
+            LockView::Free | LockView::Unknown => None,
+        };
+        if let Some(token) = holder {
+            if self.last_lock_token.is_some_and(|t| t != token) {
+                self.last_failover_at = Some(now);
+            }
+            self.last_lock_token = Some(token);
+        }
+        ignored
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Breadcrumb;
+    use referee_fencing::{FenceTarget, HaState};
+    use std::time::Duration;
+
+    #[test]
+    fn history_keeps_the_highest_usable_token_and_the_lock_held() {
+        let t = FencingToken;
+        let now = BootInstant::from_origin(Duration::from_secs(100));
+        let connected = SessionView::Connected { session_id: 7 };
+        let crumb = |n: u64| BreadcrumbView::Present {
+            crumb: Breadcrumb {
+                node_id: "b".into(),
+                token: t(n),
+                clean: false,
+                target: FenceTarget::new("b", "h", 1, t(0)),
+            },
+            version: 1,
+        };
+        let standby = |n: u64| Some(MasterStatus { state: HaState::Standby, token: t(n) });
+        let mut h = TokenHistory::default();
+        // A peer's lock, a breadcrumb and the master all count.
+        let peer = LockView::Peer { node_id: "b".into(), token: t(40) };
+        assert!(h.observe(&peer, &crumb(38), standby(39), connected, false, now).is_empty());
+        assert_eq!(h.highest_seen, t(40));
+        // Our own lock's token is not history while we hold it, whoever shows it.
+        let ours = LockView::Ours { token: t(45), version: 0 };
+        h.observe(&ours, &BreadcrumbView::Missing, standby(45), connected, false, now);
+        assert_eq!((h.highest_seen, h.held), (t(40), Some((t(45), 0))));
+        assert_eq!(h.last_failover_at, Some(now), "the holder changed from 40 to 45");
+        // Unreadable while connected: still held. Gone: history.
+        h.observe(&LockView::Unknown, &BreadcrumbView::Unknown, None, connected, false, now);
+        assert_eq!(h.held, Some((t(45), 0)));
+        h.observe(&LockView::Unknown, &BreadcrumbView::Unknown, None, SessionView::Expired, true, now);
+        assert_eq!(h.held, Some((t(45), 0)), "failsafe keeps it until a read answers");
+        h.observe(&LockView::Unknown, &BreadcrumbView::Unknown, None, SessionView::Expired, false, now);
+        assert_eq!((h.highest_seen, h.held), (t(45), None));
+        // A token above the bound is ignored, and said so.
+        let ignored = h.observe(&LockView::Free, &crumb(u64::MAX), standby(46), connected, false, now);
+        assert_eq!(ignored, vec![t(u64::MAX)]);
+        assert_eq!(h.highest_seen, t(46));
+    }
 
     #[test]
     fn tokens_above_the_limit_are_refused_or_ignored() {

@@ -1,0 +1,283 @@
+//! Requests from operators and peers (cede, failover, pause, reload, failsafe confirmations,
+//! local fencing), carried out between cycles, and the orderly shutdown.
+
+use super::*;
+
+impl Driver {
+    /// On shutdown an active agent hands over cleanly (demote, confirm, then mark the breadcrumb
+    /// clean and release the lock in one multi), so the lock never frees while its master serves
+    /// and the next active need not fence; then the session closes.
+    pub(super) async fn shut_down(&mut self, coord: Option<Coordination>) {
+        if self.status().token.is_some() || self.mem.promoted.is_some() {
+            match self.hand_over(coord.as_ref(), Duration::from_secs(3600)).await {
+                Ok(msg) => info!("{msg}"),
+                Err(e) => warn!("handover on shutdown: {e}"),
+            }
+        }
+        if let Some(c) = coord {
+            if let Err(e) = c.close().await {
+                debug!("closing the coordinator session: {e}");
+            }
+        }
+        if let Some((reply, _, _)) = self.mem.pending_failover.take() {
+            let _ = reply.send(Err("the agent is shutting down".into()));
+        }
+        self.watchdog.stop();
+        info!("agent stopped");
+    }
+
+    /// Carries out an operator's or a peer's request.
+    pub(super) async fn handle_control(&mut self, request: ControlRequest, coord: Option<&Coordination>) {
+        match request {
+            ControlRequest::Pause { reply } => {
+                self.status().paused = true;
+                info!("paused by an operator: observing only");
+                let _ = reply.send(Ok("paused: the agent keeps reporting but takes no action".into()));
+            }
+            ControlRequest::Resume { reply } => {
+                self.status().paused = false;
+                info!("resumed by an operator");
+                let _ = reply.send(Ok("resumed".into()));
+            }
+            ControlRequest::Cede { period, reply } => {
+                let result = self.hand_over(coord, period).await;
+                match &result {
+                    Ok(m) => info!("{m}"),
+                    Err(e) => warn!("cede: {e}"),
+                }
+                let _ = reply.send(result);
+            }
+            ControlRequest::Failover { reply } => {
+                if let Err(why) = self.start_take_over(coord).await {
+                    let _ = reply.send(Err(why));
+                    return;
+                }
+                let now = BootInstant::now();
+                let deadline = now + Duration::from_millis(self.cfg.coordinator.session_timeout_ms * 4 + 10_000);
+                if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
+                    let _ = old.send(Err("superseded by a newer failover request".into()));
+                }
+            }
+            ControlRequest::Reload { config, reply } => {
+                let _ = reply.send(Ok(self.reload(*config)));
+            }
+            ControlRequest::Failsafe { request, reply } => {
+                let response = self.answer_failsafe(request, coord).await;
+                let _ = reply.send(response);
+            }
+            ControlRequest::PeerFence { token, reply } if !crate::tokens::within_limit(token) => {
+                // Recorded by the master, such a token would refuse every later promotion here.
+                let reason = format!("refusing to fence with token {token}, above the highest usable token");
+                warn!("{reason}");
+                let _ = reply.send(MethodOutcome::Failed { reason });
+            }
+            ControlRequest::PeerFence { token, reply } => {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+                let outcome = match self.adapter.demote(token, deadline).await {
+                    Ok(s) => MethodOutcome::Fenced {
+                        detail: format!("master demoted locally; it reports {:?} with token {}", s.state, s.token),
+                    },
+                    Err(e) if e.outcome_unknown() => {
+                        MethodOutcome::Indeterminate { reason: format!("demoting the master locally: {e}") }
+                    }
+                    Err(e) => MethodOutcome::Failed { reason: format!("demoting the master locally: {e}") },
+                };
+                info!(token = %token, "a peer asked to fence this node's master: {outcome:?}");
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Answers an active peer's failsafe round: confirms only if this node's master is not
+    /// active, this node holds no lock, and the coordinator (when it answers) does not name a
+    /// third node as active; then promises not to contend for the requested time.
+    pub(super) async fn answer_failsafe(
+        &mut self,
+        request: FailsafeRequest,
+        coord: Option<&Coordination>,
+    ) -> FailsafeResponse {
+        let lock = match coord.filter(|c| matches!(c.session(), SessionView::Connected { .. })) {
+            None => LockRead::NoSession,
+            Some(c) => match self.coordinated("reading the lock", c.read_lock()).await {
+                Ok(v) => LockRead::Read(v),
+                Err(e) => LockRead::Failed(e),
+            },
+        };
+        let facts = AnswerFacts {
+            me: &self.cfg.node_id,
+            request: &request,
+            master: self.status().master,
+            promoted: self.mem.promoted.is_some(),
+            held: self.mem.tokens.held.map(|(t, _)| t),
+            lock,
+        };
+        let answer = crate::failsafe::answer(&facts);
+        let me = self.cfg.node_id.clone();
+        match answer {
+            Answer::Refuse(reason) => {
+                info!(asker = %request.node_id, "failsafe confirmation refused: {reason}");
+                FailsafeResponse { node_id: me, accepted: false, reason }
+            }
+            Answer::Confirm { period } => {
+                let until = BootInstant::now() + period;
+                self.mem.promised = Some(crate::failsafe::promise(self.mem.promised.take(), &request.node_id, until));
+                debug!(asker = %request.node_id, token = %request.token, "failsafe: confirmed; not contending for {} ms", period.as_millis());
+                FailsafeResponse {
+                    node_id: me,
+                    accepted: true,
+                    reason: format!("not active; will not contend for {} ms", period.as_millis()),
+                }
+            }
+        }
+    }
+
+    /// Applies a new configuration: timing of the loop, lease and backoff change live; the
+    /// sections that bind resources (coordinator, master, health monitor, fencing, probes,
+    /// identity) need a restart and are left as they are.
+    pub(super) fn reload(&mut self, new: AgentConfig) -> String {
+        let mut restart = Vec::new();
+        let old = &self.cfg;
+        if old.cluster != new.cluster || old.node_id != new.node_id {
+            restart.push("cluster/node_id");
+        }
+        if format!("{:?}", old.coordinator) != format!("{:?}", new.coordinator) {
+            restart.push("coordinator");
+        }
+        if format!("{:?}", old.master) != format!("{:?}", new.master) {
+            restart.push("master");
+        }
+        if old.health != new.health {
+            restart.push("health");
+        }
+        if format!("{:?}", old.fencing) != format!("{:?}", new.fencing) {
+            restart.push("fencing");
+        }
+        if old.probes.listen != new.probes.listen {
+            restart.push("probes");
+        }
+        let live_changed = format!("{:?}{:?}{:?}", old.lease, old.election, old.failsafe)
+            != format!("{:?}{:?}{:?}", new.lease, new.election, new.failsafe);
+        let (cluster, node_id, coordinator, master, health, fencing, probes) = (
+            old.cluster.clone(),
+            old.node_id.clone(),
+            old.coordinator.clone(),
+            old.master.clone(),
+            old.health,
+            old.fencing.clone(),
+            old.probes.clone(),
+        );
+        let merged = AgentConfig { cluster, node_id, coordinator, master, health, fencing, probes, ..new };
+        // The live settings must still satisfy the timing rules with the settings kept.
+        if let Err(e) = merged.validate() {
+            let message = format!("configuration reload refused: {e}");
+            warn!("{message}");
+            return message;
+        }
+        self.cfg = merged;
+        // The lease settings apply to the renewals already gathered too.
+        self.mem.lease.set_rule(self.cfg.lease_rule());
+        self.publish_guard();
+        let applied = if live_changed {
+            "applied the new lease, election and failsafe settings"
+        } else {
+            "no live setting changed"
+        };
+        let message = if restart.is_empty() {
+            format!("configuration reloaded: {applied}")
+        } else {
+            format!(
+                "configuration reloaded: {applied}; changes to {} need a restart and were not applied",
+                restart.join(", ")
+            )
+        };
+        info!("{message}");
+        message
+    }
+
+    /// Starts a graceful failover to this node: checks it can take over, then asks the current
+    /// active (through its peer API) to cede. The reply waits for this node to become active.
+    pub(super) async fn start_take_over(&mut self, coord: Option<&Coordination>) -> Result<(), String> {
+        let (health, paused) = {
+            let st = self.status();
+            (st.health.clone(), st.paused)
+        };
+        if !health.is_healthy() {
+            return Err(format!("refusing a failover to this node: its master is not healthy ({health:?})"));
+        }
+        if paused {
+            return Err("refusing a failover to this node: it is paused".into());
+        }
+        let c = coord.ok_or("refusing a failover: this node has no coordinator session")?;
+        self.mem.backoff_until = None;
+        self.ask_to_cede(c).await
+    }
+
+    /// Asks the current active (through the peer API address it publishes) to hand over and
+    /// stay out for a while. Nothing to do when nobody, or this node, is active.
+    pub(super) async fn ask_to_cede(&mut self, c: &Coordination) -> Result<(), String> {
+        let Some((record, _meta)) = self.coordinated("reading the lock", c.read_lock_record()).await? else {
+            return Ok(()); // nobody is active: this node will contend on its next cycle
+        };
+        if record.node_id == self.cfg.node_id {
+            return Ok(());
+        }
+        let url = record.peer_url.ok_or_else(|| {
+            format!("the active node {} publishes no peer API address to ask it to cede", record.node_id)
+        })?;
+        // The active stays out just long enough for this node to notice the free lock and win
+        // it; should this node fail to, the cluster is not left without an active for long.
+        let period_ms = self.cfg.coordinator.op_timeout_ms * 2 + self.cfg.election.loop_interval_ms * 5;
+        let mut request = self
+            .peer_http
+            .post(format!("{}/admin/cede", url.trim_end_matches('/')))
+            .json(&serde_json::json!({ "period_ms": period_ms }));
+        if let Some(secret) = &self.cfg_peer_secret() {
+            request = request.bearer_auth(secret);
+        }
+        let answer = request
+            .timeout(Duration::from_millis(self.cfg.lease.demote_deadline_ms + self.cfg.coordinator.op_timeout_ms * 4))
+            .send()
+            .await
+            .map_err(|e| format!("asking {} to cede: {e}", record.node_id))?;
+        if !answer.status().is_success() {
+            let body = answer.text().await.unwrap_or_default();
+            return Err(format!("{} refused to cede: {body}", record.node_id));
+        }
+        Ok(())
+    }
+
+    /// The shared secret of the peer API, if configured.
+    pub(super) fn cfg_peer_secret(&self) -> Option<String> {
+        self.peer_secret.clone()
+    }
+
+    /// Answers a pending failover once this node is active, or when its deadline passes.
+    pub(super) fn settle_failover(&mut self) {
+        let Some((_, started, deadline)) = &self.mem.pending_failover else { return };
+        let (started, deadline) = (*started, *deadline);
+        let (role, token, phases) = {
+            let st = self.status();
+            (st.role, st.token, st.history.back().and_then(|t| t.phases))
+        };
+        let now = BootInstant::now();
+        let result = if role == Role::Active {
+            Ok(format!(
+                "{} is active with token {} after {} ms{}",
+                self.cfg.node_id,
+                token.map_or(0, |t| t.0),
+                now.saturating_since(started).as_millis(),
+                phases.map_or(String::new(), |p| format!(
+                    " (detect {} ms, elect {} ms, fence {} ms, promote {} ms)",
+                    p.detect_ms, p.elect_ms, p.fence_ms, p.promote_ms
+                ))
+            ))
+        } else if now >= deadline {
+            Err(format!("{} did not become active in time; last decision: {}", self.cfg.node_id, self.mem.last_reason))
+        } else {
+            return;
+        };
+        if let Some((reply, _, _)) = self.mem.pending_failover.take() {
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Executing: the steps of a decision, in order, each under a deadline, and the handover that
+//! the core plans ([`crate::decide::plan_handover`]). A failed step ends the sequence and is fed
+//! back in the next observation.
+
+use super::*;
+
+/// What a target's master answers on `GET /ha/state` within 500 ms, if it answers.
+async fn ha_state(http: &reqwest::Client, target: &FenceTarget) -> Option<HaStatus> {
+    let url = format!("{}/ha/state", target.ha_base_url());
+    match http.get(&url).timeout(Duration::from_millis(500)).send().await {
+        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+        _ => None,
+    }
+}
+
+impl Driver {
+    /// Carries out a decision's steps in order. Returns the master's status if a step changed it.
+    pub(super) async fn execute(
+        &mut self,
+        decision: &Decision,
+        obs: &Observation,
+        coord: Option<&Coordination>,
+    ) -> Option<crate::model::MasterStatus> {
+        let token_held = match obs.lock {
+            LockView::Ours { token, .. } => token,
+            _ => FencingToken(0),
+        };
+        let mut master_after = None;
+        for step in &decision.steps {
+            let started = BootInstant::now();
+            let result: Result<(), String> = match step {
+                Step::Contend => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let record = LockRecord {
+                            node_id: self.cfg.node_id.clone(),
+                            target: self.cfg.own_target(),
+                            peer_url: self.peer_url.clone(),
+                        };
+                        match self.coordinated("contending", c.try_acquire(&record)).await {
+                            Ok(Acquired::Won { token }) => {
+                                let now = BootInstant::now();
+                                self.mem.phases = Phases {
+                                    detect_ms: self
+                                        .mem
+                                        .free_seen_at
+                                        .map_or(0, |t| started.saturating_since(t).as_millis() as u64),
+                                    elect_ms: now.saturating_since(started).as_millis() as u64,
+                                    ..Phases::default()
+                                };
+                                info!(token = %token, "won the lock");
+                                Ok(())
+                            }
+                            Ok(Acquired::HeldBy { node_id, token }) => {
+                                debug!(%node_id, token = %token, "lost the race for the lock");
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                },
+                Step::Fence { targets, new_token, clean_claim } => {
+                    self.mem.token_issued = Some(*new_token);
+                    let r = self.fence_all(targets, *new_token, *clean_claim).await;
+                    self.mem.phases.fence_ms = started.elapsed().as_millis() as u64;
+                    r
+                }
+                Step::WriteBreadcrumb { token, lock_version, expected_version } => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let mut target = self.cfg.own_target();
+                        target.token = *token;
+                        let crumb =
+                            Breadcrumb { node_id: self.cfg.node_id.clone(), token: *token, clean: false, target };
+                        self.coordinated(
+                            "writing the breadcrumb",
+                            c.write_breadcrumb(&crumb, *lock_version, *expected_version),
+                        )
+                        .await
+                        .map(|_| ())
+                    }
+                },
+                Step::Promote { token } => {
+                    // The fence before this may have taken a while: the lease left must still
+                    // cover the whole promotion, or it waits for the next cycle's renewal (not a
+                    // failure: the breadcrumb is written, the next cycle promotes).
+                    let budget = self.cfg.promote_budget();
+                    let now = BootInstant::now();
+                    if !self.mem.lease.may_promote_for(now, budget) {
+                        info!(
+                            token = %token,
+                            "the lease left ({} ms) no longer covers a promotion ({} ms); promoting after it is renewed",
+                            self.mem.lease.left(now).as_millis(),
+                            budget.as_millis()
+                        );
+                        break;
+                    }
+                    if let Some(hook) = &self.cfg.hooks.pre_promote {
+                        if let Err(veto) =
+                            crate::hooks::pre_promote(hook, &self.cfg.cluster, &self.cfg.node_id, *token).await
+                        {
+                            warn!("{veto}");
+                            self.status().last_failure = Some(veto.clone());
+                            self.mem.failure = Some(StepFailure { token: token_held, reason: veto });
+                            break;
+                        }
+                    }
+                    let deadline =
+                        tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
+                    self.mem.token_issued = Some(*token);
+                    // From the moment the request goes out the master may be active with this
+                    // token: the guard enforces the lease on it even if the answer is lost.
+                    self.mem.promoted = Some(self.mem.promoted.map_or(*token, |p| p.max(*token)));
+                    self.publish_guard();
+                    match self.adapter.promote(*token, deadline).await {
+                        Ok(status) => {
+                            master_after = Some(status);
+                            self.mem.phases.promote_ms = started.elapsed().as_millis() as u64;
+                            self.status().counters.promotions += 1;
+                            info!(token = %token, "promoted the master");
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("promoting the master: {e}")),
+                    }
+                }
+                Step::Demote { token, best_effort } => {
+                    if *token == token_held {
+                        self.mem.token_issued = Some(*token);
+                    }
+                    let deadline =
+                        tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+                    match self.adapter.demote(*token, deadline).await {
+                        Ok(status) => {
+                            master_after = Some(status);
+                            self.status().counters.demotions += 1;
+                            info!(token = %token, "demoted the master");
+                            Ok(())
+                        }
+                        Err(e) if *best_effort => {
+                            warn!("demoting the master failed (continuing): {e}");
+                            Ok(())
+                        }
+                        Err(e) => Err(format!("demoting the master: {e}")),
+                    }
+                }
+                Step::SetTokenBase { czxid, floor, lock_version, current, consult_peers } => match coord {
+                    None => Err("no coordinator session".into()),
+                    Some(c) => {
+                        let mut floor = *floor;
+                        if *consult_peers {
+                            let (found, from) = self.peer_master_tokens().await;
+                            if found > floor {
+                                info!(token = %found, "a peer's master has seen a higher token: {from}");
+                                floor = found;
+                            }
+                        }
+                        // czxid + base must be above the floor; the base never goes down; all
+                        // of it checked (an overflow refuses, never wraps).
+                        match crate::tokens::base_above(*czxid, floor, current.map(|(b, _)| b)) {
+                            Err(e) => Err(format!("setting the token base: {e}")),
+                            Ok(base) => {
+                                let record = TokenBase { base, floor, node_id: self.cfg.node_id.clone() };
+                                let set = c.set_token_base(&record, *czxid, *lock_version, *current);
+                                match self.coordinated("setting the token base", set).await {
+                                    Ok(token) => {
+                                        info!(%token, base, %floor, "token base set: this acquisition's token is above every token found");
+                                        Ok(())
+                                    }
+                                    Err(e) => Err(e),
+                                }
+                            }
+                        }
+                    }
+                },
+                Step::RequestHandover { from } => {
+                    let period = Duration::from_millis(self.cfg.election.failback_after_ms);
+                    self.mem.failback_not_before = Some(BootInstant::now() + period);
+                    match coord {
+                        None => Err("no coordinator session".into()),
+                        Some(c) => match self.ask_to_cede(c).await {
+                            Ok(()) => {
+                                info!(node = %from, "asked the active to hand over to the preferred node");
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("asking {from} to hand over: {e}")),
+                        },
+                    }
+                }
+                Step::ReleaseLock { token, backoff } => {
+                    if !backoff.is_zero() {
+                        self.mem.backoff_until = Some(BootInstant::now() + *backoff);
+                    }
+                    match coord {
+                        None => Err("no coordinator session".into()),
+                        Some(c) => self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ()),
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                warn!("step failed: {reason}");
+                self.status().last_failure = Some(reason.clone());
+                if token_held.0 != 0 {
+                    self.mem.failure = Some(StepFailure { token: token_held, reason });
+                }
+                break;
+            }
+        }
+        master_after
+    }
+
+    /// Fences every target; a target that claims a clean step-down is first checked on its
+    /// master, and fenced only if the claim cannot be confirmed.
+    pub(super) async fn fence_all(
+        &mut self,
+        targets: &[FenceTarget],
+        new_token: FencingToken,
+        clean_claim: Option<FencingToken>,
+    ) -> Result<(), String> {
+        for target in targets {
+            if let Some(claim) = clean_claim {
+                if self.verify_standby(target, claim).await {
+                    info!(node = %target.node_id, "verified a clean step-down on its master; no fencing needed");
+                    continue;
+                }
+            }
+            let report = self.fencer.fence(target, new_token).await;
+            {
+                let mut st = self.status();
+                match &report.outcome {
+                    FenceOutcome::Fenced { .. } => st.counters.fences_fenced += 1,
+                    FenceOutcome::Failed { .. } => st.counters.fences_failed += 1,
+                    FenceOutcome::Indeterminate { .. } => st.counters.fences_indeterminate += 1,
+                }
+            }
+            if !report.outcome.permits_promotion() {
+                return Err(format!("fencing {}: {:?}", target.node_id, report.outcome));
+            }
+            info!(node = %target.node_id, "fenced: {:?}", report.outcome);
+        }
+        Ok(())
+    }
+
+    /// The highest token any other member's master reports (asked at once, each within
+    /// 500 ms; a master that cannot be asked is skipped), and who reported it.
+    pub(super) async fn peer_master_tokens(&self) -> (FencingToken, String) {
+        let mut asks = tokio::task::JoinSet::new();
+        // Every node that could have been active: configured peers, members, past holders.
+        let mut targets: Vec<FenceTarget> = Vec::new();
+        let candidates = self
+            .cfg
+            .peer_targets()
+            .into_iter()
+            .chain(self.mem.members.iter().map(|m| m.target.clone()))
+            .chain(self.mem.seen_holders.iter().cloned());
+        for t in candidates {
+            let own = t.node_id == self.cfg.node_id && same_machine(&t, &self.cfg.own_target());
+            if !own && !targets.iter().any(|x| x.node_id == t.node_id && same_machine(x, &t)) {
+                targets.push(t);
+            }
+        }
+        for target in targets {
+            let http = self.http.clone();
+            asks.spawn(async move { ha_state(&http, &target).await.map(|s| (s.token, target.node_id)) });
+        }
+        let mut best = (FencingToken(0), String::from("none"));
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(Some((token, node))) = joined {
+                // Anyone can answer `/ha/state`: a token above the usable bound is ignored, so
+                // it cannot raise the base for good (see `crate::tokens`).
+                let Some(token) = crate::tokens::from_peer(token) else {
+                    warn!(node = %node, %token, "ignoring a peer master's token above the highest usable token");
+                    continue;
+                };
+                if token > best.0 {
+                    best = (token, format!("{node}'s master reports token {token}"));
+                }
+            }
+        }
+        best
+    }
+
+    /// Whether the target's master reports standby with at least `claim`.
+    pub(super) async fn verify_standby(&self, target: &FenceTarget, claim: FencingToken) -> bool {
+        ha_state(&self.http, target).await.is_some_and(|s| s.state == HaState::Standby && s.token >= claim)
+    }
+
+    /// Hands the active role over gracefully and stays out of the election for `period`.
+    ///
+    /// Order matters: the master is demoted and confirms standby first; only then are the
+    /// breadcrumb marked clean and the lock released, in one multi through the lock's session.
+    /// If the demotion fails, the lock is released with the breadcrumb left unclean, so the next
+    /// winner fences this node.
+    pub(super) async fn hand_over(&mut self, coord: Option<&Coordination>, period: Duration) -> Result<String, String> {
+        self.mem.backoff_until = Some(BootInstant::now() + period);
+        // The first read is bounded by the lease left like every other await while the master
+        // may be active; if it fails, the plan still demotes a master that may be active.
+        let lock = match coord {
+            Some(c) => self.coordinated("reading the lock", c.read_lock()).await.ok(),
+            None => None,
+        };
+        let master = self.status().master;
+        let demote_deadline = Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+        let (c, token, lock_version) = match plan_handover(lock.as_ref(), self.mem.promoted, master) {
+            Handover::NotActive => {
+                return Ok(format!("not active; staying out of the election for {} ms", period.as_millis()))
+            }
+            Handover::DemoteOnly { token } => {
+                let deadline = tokio::time::Instant::now() + demote_deadline;
+                let demoted = self.adapter.demote(token, deadline).await;
+                return match demoted {
+                    Ok(s) => {
+                        self.master_stepped(s);
+                        Ok(format!(
+                            "the lock is not held by this session (or could not be read): demoted the master with \
+                             token {token}; staying out for {} ms",
+                            period.as_millis()
+                        ))
+                    }
+                    Err(e) => Err(format!("the lock could not be confirmed and demoting the master failed: {e}")),
+                };
+            }
+            Handover::StepDown { token, lock_version } => (coord.ok_or("no coordinator session")?, token, lock_version),
+        };
+        let deadline = tokio::time::Instant::now() + demote_deadline;
+        match self.adapter.demote(token, deadline).await {
+            Ok(s) => self.master_stepped(s),
+            Err(e) => {
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                return Err(format!(
+                    "demoting the master failed ({e}); released the lock with the breadcrumb unclean, so the next active will fence this node"
+                ));
+            }
+        }
+        self.status().counters.demotions += 1;
+        let crumb_version = match self.coordinated("reading the breadcrumb", c.read_breadcrumb()).await {
+            Ok(BreadcrumbView::Present { crumb, version })
+                if crumb.node_id == self.cfg.node_id && crumb.token == token =>
+            {
+                version
+            }
+            other => {
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                return Err(format!(
+                    "the breadcrumb is not ours ({other:?}); released the lock, the next active will fence"
+                ));
+            }
+        };
+        let mut target = self.cfg.own_target();
+        target.token = token;
+        let crumb = Breadcrumb { node_id: self.cfg.node_id.clone(), token, clean: true, target };
+        let stepped = c.step_down_cleanly(&crumb, token, lock_version, crumb_version);
+        match self.coordinated("marking the breadcrumb clean", stepped).await {
+            Ok(()) => Ok(format!(
+                "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
+                period.as_millis()
+            )),
+            Err(e) => {
+                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                Err(format!("{e}; released the lock, the next active will fence"))
+            }
+        }
+    }
+
+    /// Records what the master answered to a demotion made outside a cycle.
+    pub(super) fn master_stepped(&mut self, status: crate::model::MasterStatus) {
+        self.mem.master_answer = Some((status, BootInstant::now()));
+        self.mem.promoted = track_promoted(self.mem.promoted, Some(status));
+        self.status().master = Some(status);
+        self.publish_guard();
+    }
+}

@@ -1,0 +1,551 @@
+//! The agent's driver: observes, asks [`decide`] what to do, does it, reports, and waits for
+//! the next cycle. All judgement is in the decision core; this module only gathers facts and
+//! carries out steps, each under a deadline.
+//!
+//! ```text
+//!            ┌──────────── wake: timer, health change, lock watch, session change ─────────┐
+//!            ▼                                                                            │
+//!  observe (health report, lock, breadcrumb, members, lease) ─▶ decide ─▶ steps ─▶ report ┘
+//! ```
+//!
+//! The coordinator session is (re)made by a background task so that cycles never stop: while
+//! the coordinator is unreachable the lease still runs down and the master is still demoted in
+//! time. Every answered coordinator request renews the lease ([`crate::lease`]) from the moment
+//! it was *sent*, measured on the boot-time clock, and the lease guard, a task of its own,
+//! demotes the master at lease end even if this loop is blocked.
+//!
+//! # Layout
+//!
+//! - this module: the loop, the memory kept between cycles, and the lease plumbing every part
+//!   uses (renewal, the await limit, what the guard is told);
+//! - `session`: making sessions, their end, and the lease guard;
+//! - `observe`: reading everything the core looks at, and the history it needs;
+//! - `execute`: carrying out the steps of a decision, and the handover;
+//! - `control`: operators' and peers' requests, and shutdown.
+
+mod control;
+mod execute;
+mod observe;
+mod session;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use referee_fencing::{FenceOutcome, FenceTarget, Fencer, FencingToken, HaState, HaStatus, MethodOutcome};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::adapter::{build_adapter, MasterAdapter};
+use crate::clock::BootInstant;
+use crate::config::AgentConfig;
+use crate::control::ControlRequest;
+use crate::decide::{
+    decide, plan_handover, same_machine, track_promoted, Decision, Handover, Observation, Step, StepFailure,
+};
+use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
+use crate::failsafe::{Answer, AnswerFacts, FailsafeRequest, FailsafeResponse, LockRead, RoundOutcome};
+use crate::health::{run_health_monitor, HealthReport};
+use crate::lease::{GuardAction, GuardState, Lease};
+use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
+use crate::probes::{self, ProbeState};
+use crate::status::{AgentStatus, Phases, Role};
+use crate::tokens::TokenHistory;
+use session::{run_lease_guard, Connecting};
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The master adapter could not be built.
+    #[error("master adapter: {0}")]
+    Adapter(String),
+    /// The fencing configuration could not be loaded (a secret file, say).
+    #[error("fencing: {0}")]
+    Fencing(String),
+    /// The configuration is missing its fencing section.
+    #[error("no fencing configured; the agent will not run without it")]
+    NoFencing,
+    /// Another agent runs with this node id, or credentials are refused: retrying cannot help.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    /// The probe server failed.
+    #[error("probe server: {0}")]
+    Probes(std::io::Error),
+    /// The admin and peer API could not start.
+    #[error("admin API: {0}")]
+    Admin(String),
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What the driver remembers between cycles. Everything here is either a measurement (when the
+/// coordinator last answered) or the outcome of its own steps; none of it is a decision.
+struct Memory {
+    /// The session's lease, renewed from the send time of every answered request.
+    lease: Lease,
+    /// The token this agent promoted its master with while the master may be active with it
+    /// (see [`crate::decide::track_promoted`]).
+    promoted: Option<FencingToken>,
+    /// Every node seen holding the lock or named in a breadcrumb, with how to fence it; kept
+    /// across sessions, at most [`SEEN_HOLDERS_KEPT`] of them.
+    seen_holders: Vec<FenceTarget>,
+    /// The last failed step of the current acquisition.
+    failure: Option<StepFailure>,
+    /// Stay out of the election until then.
+    backoff_until: Option<BootInstant>,
+    /// Members as last read.
+    members: Vec<Member>,
+    /// Cycles since the members were read.
+    members_age: u32,
+    /// When the lock was first seen free (for the detect phase).
+    free_seen_at: Option<BootInstant>,
+    /// Phase timing of the promotion under way.
+    phases: Phases,
+    /// The last decision's reason, to log changes only.
+    last_reason: String,
+    /// An operator's failover to this node, answered once this node is active or the deadline
+    /// passes.
+    pending_failover: Option<(Reply, BootInstant, BootInstant)>,
+    /// Whether the member list has been read at least once.
+    members_read: bool,
+    /// The token history (see [`TokenHistory`]), kept across sessions.
+    tokens: TokenHistory,
+    /// The token the current acquisition has handed to a master.
+    token_issued: Option<FencingToken>,
+    /// Since when the master has been healthy without a break.
+    healthy_since: Option<BootInstant>,
+    /// No failback request before then.
+    failback_not_before: Option<BootInstant>,
+    /// Failsafe: the last confirmed round keeps the master active until then.
+    failsafe_until: Option<BootInstant>,
+    /// Failsafe: the round in flight and when it was sent.
+    failsafe_round: Option<(BootInstant, tokio::task::JoinHandle<RoundOutcome>)>,
+    /// Failsafe: when the last round was sent.
+    failsafe_last_sent: Option<BootInstant>,
+    /// A promise given to an active peer in failsafe mode: do not contend until then.
+    promised: Option<(String, BootInstant)>,
+    /// What the master answered to our last promote or demote, and when: newer than a health
+    /// report whose check may have started before it.
+    master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
+}
+
+/// How many past holders the agent keeps (a bound against a coordinator that keeps handing
+/// out new names).
+const SEEN_HOLDERS_KEPT: usize = 64;
+
+impl Memory {
+    fn new(lease: Lease) -> Self {
+        Memory {
+            lease,
+            promoted: None,
+            seen_holders: Vec::new(),
+            failure: None,
+            backoff_until: None,
+            members: Vec::new(),
+            members_age: 0,
+            free_seen_at: None,
+            phases: Phases::default(),
+            last_reason: String::new(),
+            pending_failover: None,
+            members_read: false,
+            tokens: TokenHistory::default(),
+            token_issued: None,
+            healthy_since: None,
+            failback_not_before: None,
+            failsafe_until: None,
+            failsafe_round: None,
+            failsafe_last_sent: None,
+            promised: None,
+            master_answer: None,
+        }
+    }
+
+    /// Remembers a node seen holding the lock (or named in a breadcrumb), for fencing when the
+    /// breadcrumb is lost.
+    fn saw_holder(&mut self, target: &FenceTarget) {
+        let mut target = target.clone();
+        target.token = FencingToken(0);
+        if self.seen_holders.iter().any(|t| t.node_id == target.node_id && same_machine(t, &target)) {
+            return;
+        }
+        if self.seen_holders.len() >= SEEN_HOLDERS_KEPT {
+            self.seen_holders.remove(0);
+        }
+        self.seen_holders.push(target);
+    }
+}
+
+/// Where an operator's request is answered.
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// The running agent.
+struct Driver {
+    cfg: AgentConfig,
+    adapter: Arc<dyn MasterAdapter>,
+    fencer: Fencer,
+    status: Arc<Mutex<AgentStatus>>,
+    /// For the masters' HA endpoints.
+    http: reqwest::Client,
+    /// For other agents' peer API (`admin.peer_tls` when configured).
+    peer_http: reqwest::Client,
+    mem: Memory,
+    /// This agent's admin/peer API base URL, published for peers.
+    peer_url: Option<String>,
+    /// The cluster's shared bearer secret for peer calls.
+    peer_secret: Option<String>,
+    /// Runs `on_role_change` hooks.
+    role_hooks: crate::hooks::RoleChangeHooks,
+    /// Fed after every cycle while the health monitor is alive.
+    watchdog: crate::watchdog::Watchdog,
+    /// What the lease guard enforces: published on every renewal and after every cycle.
+    guard: watch::Sender<GuardState>,
+}
+
+/// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
+/// the coordinator session, and the decision loop. On shutdown an active agent demotes its
+/// master before closing its session, so the lock is never released while the master serves.
+pub async fn run(
+    cfg: AgentConfig,
+    probe_listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (control_tx, control_rx) = mpsc::channel(16);
+    run_with_control(cfg, probe_listener, control_tx, control_rx, shutdown).await
+}
+
+/// As [`run`], taking operator and peer requests from `control` (the admin API, when the
+/// configuration has an `admin` section, sends through `control_tx`; so can the binary, for
+/// SIGHUP). The admin/peer API's address is published in the lock and membership records so
+/// peers can ask this agent to cede or to fence its master.
+pub async fn run_with_control(
+    cfg: AgentConfig,
+    probe_listener: tokio::net::TcpListener,
+    control_tx: mpsc::Sender<ControlRequest>,
+    control: mpsc::Receiver<ControlRequest>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
+    let fencer = Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?;
+    let status = Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // The admin and peer API: refused settings (secret, TLS) stop start-up here.
+    let (peer_url, peer_secret, admin_server) = match &cfg.admin {
+        None => (None, None, None),
+        Some(settings) => {
+            let server = crate::admin::AdminServer::new(settings, control_tx.clone(), status.clone())
+                .map_err(|e| AgentError::Admin(e.to_string()))?;
+            let listeners = crate::admin::AdminListeners::bind(settings)
+                .await
+                .map_err(|e| AgentError::Admin(format!("binding {}: {e}", settings.listen)))?;
+            let secret = settings.load_secret().map_err(|e| AgentError::Admin(e.to_string()))?;
+            status.lock().unwrap_or_else(|p| p.into_inner()).admin_addr = Some(settings.admin_url());
+            let handle = tokio::spawn(server.serve(listeners, stopped(stop_rx.clone())));
+            (Some(settings.peer_url()), Some(secret.expose().to_string()), Some(handle))
+        }
+    };
+    drop(control_tx);
+
+    let (health_tx, health_rx) = watch::channel(HealthReport::initial());
+    let monitor = tokio::spawn(run_health_monitor(adapter.clone(), cfg.health, health_tx, stopped(stop_rx.clone())));
+    let probe_state =
+        ProbeState { status: status.clone(), loop_interval: Duration::from_millis(cfg.election.loop_interval_ms) };
+    let probe_server = tokio::spawn(probes::serve(probe_listener, probe_state, stopped(stop_rx.clone())));
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let peer_http = match &cfg.admin {
+        Some(settings) => {
+            settings.peer_client(Duration::from_millis(500)).map_err(|e| AgentError::Admin(e.to_string()))?
+        }
+        None => http.clone(),
+    };
+    let role_hooks = crate::hooks::RoleChangeHooks::start(cfg.hooks.on_role_change.clone(), &cfg.cluster, &cfg.node_id);
+    let watchdog = crate::watchdog::Watchdog::open(
+        &cfg.watchdog,
+        std::env::var_os("NOTIFY_SOCKET").map(Into::into),
+        std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
+    )
+    .map_err(|e| AgentError::Adapter(format!("watchdog: {e}")))?;
+    let (guard_tx, guard_rx) = watch::channel(GuardState::default());
+    let guard = tokio::spawn(run_lease_guard(
+        adapter.clone(),
+        guard_rx,
+        Duration::from_millis(cfg.lease.demote_deadline_ms),
+        status.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let lease = Lease::new(cfg.lease_rule());
+    let mut driver = Driver {
+        cfg,
+        adapter,
+        fencer,
+        status,
+        http,
+        peer_http,
+        mem: Memory::new(lease),
+        peer_url,
+        peer_secret,
+        role_hooks,
+        watchdog,
+        guard: guard_tx,
+    };
+    let result = driver.run_loop(health_rx, control, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = guard.await;
+    let _ = monitor.await;
+    if let Ok(Err(e)) = probe_server.await {
+        warn!("probe server: {e}");
+    }
+    if let Some(handle) = admin_server {
+        if let Ok(Err(e)) = handle.await {
+            warn!("admin server: {e}");
+        }
+    }
+    result
+}
+
+impl Driver {
+    async fn run_loop(
+        &mut self,
+        mut health: watch::Receiver<HealthReport>,
+        mut control: mpsc::Receiver<ControlRequest>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let interval = Duration::from_millis(self.cfg.election.loop_interval_ms);
+        let mut coord: Option<Coordination> = None;
+        let mut session_watch: Option<SessionWatch> = None;
+        let mut lock_watch: Option<LockWatch> = None;
+        let mut connecting: Option<Connecting> = Some(self.start_connecting());
+        let mut reconnect_at: Option<BootInstant> = None;
+        loop {
+            // A session that expired is gone for good: drop it and make a new one.
+            if let Some(c) = &coord {
+                if matches!(c.session(), SessionView::Expired) {
+                    coord = None;
+                    session_watch = None;
+                    lock_watch = None;
+                    self.session_ended();
+                }
+            }
+            if coord.is_none() && connecting.is_none() && reconnect_at.is_none_or(|t| BootInstant::now() >= t) {
+                connecting = Some(self.start_connecting());
+            }
+
+            let report = health.borrow().clone();
+            self.cycle(&report, coord.as_ref()).await;
+            // Feed the watchdog only while the health monitor is alive too: a stuck monitor
+            // would leave the agent deciding on stale facts.
+            let monitor_alive = report.last_check_at.is_some_and(|t| {
+                t.elapsed()
+                    <= Duration::from_millis(3 * self.cfg.health.interval_ms.max(self.cfg.health.timeout_ms) + 1000)
+            });
+            if monitor_alive {
+                self.watchdog.feed(BootInstant::now());
+            }
+
+            if let (Some(c), None) = (&coord, &lock_watch) {
+                // Only a wake-up: never worth outliving the lease for.
+                let sent = BootInstant::now();
+                match tokio::time::timeout(self.await_limit(), c.watch_lock()).await {
+                    Ok(Ok(w)) => {
+                        self.acked(sent);
+                        lock_watch = Some(w);
+                    }
+                    Ok(Err(e)) => debug!("could not watch the lock: {e}"),
+                    Err(_) => debug!("arming the lock watch timed out"),
+                }
+            }
+
+            let sleep = tokio::time::sleep(interval);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                r = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                    connecting = None;
+                    let (r, sent) = match r {
+                        Ok((r, sent)) => (Ok(r), sent),
+                        Err(e) => (Err(e), BootInstant::now()),
+                    };
+                    match r {
+                        Ok(Ok(c)) => {
+                            self.session_made(&c, sent);
+                            session_watch = Some(c.session_watch());
+                            coord = Some(c);
+                            reconnect_at = None;
+                        }
+                        Ok(Err(e)) if e.recovery() == Recovery::Fatal => {
+                            self.status().last_decision = format!("refusing to run: {e}");
+                            return Err(AgentError::Coordinator(e.to_string()));
+                        }
+                        Ok(Err(e)) => {
+                            warn!("cannot reach the coordinator: {e}");
+                            reconnect_at = Some(BootInstant::now() + interval.max(Duration::from_millis(200)) * 5);
+                        }
+                        Err(_) => reconnect_at = Some(BootInstant::now() + interval * 5),
+                    }
+                }
+                Some(request) = control.recv() => self.handle_control(request, coord.as_ref()).await,
+                _ = health.changed() => {}
+                _ = async { lock_watch.as_mut().expect("guarded").changed().await }, if lock_watch.is_some() => {
+                    lock_watch = None;
+                }
+                _ = async { session_watch.as_mut().expect("guarded").changed().await }, if session_watch.is_some() => {}
+                _ = sleep => {}
+            }
+        }
+        self.shut_down(coord).await;
+        Ok(())
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a coordinator request sent at `sent` was answered: the lease is renewed
+    /// from then, and the guard learns it at once.
+    fn acked(&mut self, sent: BootInstant) {
+        self.mem.lease.renew(sent);
+        self.publish_guard();
+    }
+
+    /// The lease end in force: the session's, or failsafe's if later.
+    fn effective_until(&self) -> Option<BootInstant> {
+        self.mem.lease.until().max(self.mem.failsafe_until)
+    }
+
+    /// Whether the master may be active: seen active, or promoted by this agent and not seen
+    /// to step down since.
+    fn master_may_be_active(&self) -> bool {
+        self.mem.promoted.is_some() || self.status().master.is_some_and(|m| m.state == HaState::Active)
+    }
+
+    /// How long an await may take now (see [`crate::lease::await_limit`]).
+    fn await_limit(&self) -> Duration {
+        crate::lease::await_limit(
+            Duration::from_millis(self.cfg.coordinator.op_timeout_ms),
+            self.effective_until(),
+            BootInstant::now(),
+            self.master_may_be_active(),
+        )
+    }
+
+    /// Tells the lease guard the lease end in force and the token the master may be active with.
+    fn publish_guard(&self) {
+        let state = GuardState { until: self.effective_until(), armed: self.mem.promoted };
+        self.guard.send_if_modified(|g| {
+            let changed = *g != state;
+            *g = state;
+            changed
+        });
+    }
+
+    /// Runs one coordinator call under the await limit, renewing the lease if it is answered.
+    async fn coordinated<T>(
+        &mut self,
+        what: &str,
+        call: impl Future<Output = Result<T, ElectionError>>,
+    ) -> Result<T, String> {
+        // While the master may be active the lease left bounds the call; otherwise the election
+        // layer's own deadlines do (an acquisition may take several round trips), with a cap.
+        let limit = if self.master_may_be_active() {
+            self.await_limit()
+        } else {
+            Duration::from_millis(self.cfg.coordinator.op_timeout_ms.saturating_mul(8))
+        };
+        let sent = BootInstant::now();
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(v)) => {
+                self.acked(sent);
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: no answer within {} ms", limit.as_millis())),
+        }
+    }
+
+    /// One observe-decide-act-report cycle.
+    async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
+        let obs = self.observe(report, coord).await;
+        let (now, lease_until, failsafe_until) = (obs.now, obs.lease_until, obs.failsafe_until);
+        let lock = obs.lock.clone();
+        let held = match &lock {
+            LockView::Ours { token, .. } => Some(*token),
+            _ => None,
+        };
+        // What the probes show: while the coordinator cannot be read, the lock this session
+        // held is still ours for as long as a lease (the session's or failsafe's) covers it.
+        let effective_until = lease_until.max(failsafe_until);
+        let (shown_lock, shown_token) = match (&lock, self.mem.tokens.held) {
+            (LockView::Unknown, Some((token, version))) if effective_until.is_some_and(|u| u > now) => {
+                (LockView::Ours { token, version }, Some(token))
+            }
+            _ => (lock.clone(), held),
+        };
+        // Publish what was observed before acting, so the lease endpoint already names this
+        // acquisition's token while the master is being promoted (it asks for the lease then).
+        {
+            let mut st = self.status();
+            st.lock = shown_lock.clone();
+            st.token = shown_token;
+            st.lease_until = effective_until;
+            st.session = obs.session;
+        }
+        let decision = decide(&obs, &self.cfg.policy());
+        if decision.reason != self.mem.last_reason {
+            info!("{}", decision.reason);
+            self.mem.last_reason = decision.reason.clone();
+        }
+        let master_after = self.execute(&decision, &obs, coord).await;
+        if let Some(m) = master_after {
+            self.mem.master_answer = Some((m, BootInstant::now()));
+            self.mem.promoted = track_promoted(self.mem.promoted, Some(m));
+        }
+        self.publish_guard();
+        self.failsafe_start(obs.master, coord);
+
+        let mut st = self.status();
+        st.counters.cycles += 1;
+        st.health = obs.health.clone();
+        st.master = master_after.or(obs.master);
+        st.session = obs.session;
+        st.lock = shown_lock;
+        st.token = shown_token;
+        st.lease_until = effective_until;
+        st.members = self.mem.members.iter().map(|m| m.node_id.clone()).collect();
+        st.last_decision = decision.reason.clone();
+        st.last_cycle_at_ms = wall_ms();
+        st.last_cycle_at = Some(BootInstant::now());
+        let role = role_of(&st);
+        let phases = (role == Role::Active).then_some(self.mem.phases);
+        let (previous, token_now) = (st.role, st.token);
+        st.transition(role, wall_ms(), &decision.reason, phases);
+        drop(st);
+        if previous != role {
+            self.role_hooks.notify(previous, role, token_now);
+        }
+        self.settle_failover();
+    }
+}
+
+/// The role the report shows.
+fn role_of(st: &AgentStatus) -> Role {
+    use crate::model::Health;
+    match (&st.health, &st.lock, st.master) {
+        (Health::Initializing, _, _) => Role::Initializing,
+        (h, _, _) if !h.is_healthy() => Role::Unhealthy,
+        (_, LockView::Ours { token, .. }, Some(m)) if m.state == HaState::Active && m.token == *token => Role::Active,
+        (_, LockView::Ours { .. }, _) => Role::Promoting,
+        _ => Role::Standby,
+    }
+}

@@ -1,0 +1,183 @@
+//! The whole agent in process (health monitor, election, decision loop, fencing, lease guard)
+//! against the in-process coordinator and two small HTTP masters that record what they are
+//! told, in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use referee_failover_agent::config::AgentConfig;
+use referee_fencing::{FencingToken, HaState, HaStatus, TokenRequest};
+use referee_testkit::{wait_until, Proxy, TestServer};
+use tokio::sync::oneshot;
+
+/// A master speaking the HA protocol, logging every role change as `"<name> <role> <token>"`
+/// into a log shared by both masters, so the order across them is known.
+#[derive(Clone)]
+struct FakeMaster {
+    name: &'static str,
+    state: Arc<Mutex<HaStatus>>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// `GET /ha/state` never answers while set (health still passes).
+    state_hangs: Arc<AtomicBool>,
+}
+
+impl FakeMaster {
+    async fn start(
+        name: &'static str,
+        state: HaState,
+        token: u64,
+        log: Arc<Mutex<Vec<String>>>,
+    ) -> Result<(Self, u16)> {
+        let me = FakeMaster {
+            name,
+            state: Arc::new(Mutex::new(HaStatus { state, token: FencingToken(token) })),
+            log,
+            state_hangs: Arc::default(),
+        };
+        let app =
+            Router::new()
+                .route("/ha/health", get(|| async { "ok" }))
+                .route(
+                    "/ha/state",
+                    get(|State(m): State<FakeMaster>| async move {
+                        if m.state_hangs.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        Json(*m.state.lock().unwrap())
+                    }),
+                )
+                .route(
+                    "/ha/active",
+                    post(|State(m): State<FakeMaster>, Json(r): Json<TokenRequest>| async move {
+                        m.change(HaState::Active, r)
+                    }),
+                )
+                .route(
+                    "/ha/standby",
+                    post(|State(m): State<FakeMaster>, Json(r): Json<TokenRequest>| async move {
+                        m.change(HaState::Standby, r)
+                    }),
+                )
+                .with_state(me.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((me, port))
+    }
+
+    /// Promotion refuses a token below the highest seen, as a real master does.
+    fn change(&self, to: HaState, request: TokenRequest) -> (axum::http::StatusCode, Json<HaStatus>) {
+        let mut st = self.state.lock().unwrap();
+        if to == HaState::Active && request.token < st.token {
+            return (axum::http::StatusCode::CONFLICT, Json(*st));
+        }
+        st.state = to;
+        st.token = st.token.max(request.token);
+        let role = if to == HaState::Active { "active" } else { "standby" };
+        self.log.lock().unwrap().push(format!("{} {role} {}", self.name, request.token));
+        (axum::http::StatusCode::OK, Json(*st))
+    }
+
+    fn status(&self) -> HaStatus {
+        *self.state.lock().unwrap()
+    }
+}
+
+fn agent_config(coordinator: &str, own_port: u16, peer_port: u16) -> Result<AgentConfig> {
+    let yaml = format!(
+        r#"
+cluster: wiped
+node_id: a
+peers:
+  - {{node_id: b, host: 127.0.0.1, port: {peer_port}, ha_url: "http://127.0.0.1:{peer_port}"}}
+coordinator: {{connect: "{coordinator}", session_timeout_ms: 2500, op_timeout_ms: 800}}
+master:
+  host: 127.0.0.1
+  port: {own_port}
+  ha_url: "http://127.0.0.1:{own_port}"
+  adapter: {{kind: http, url: "http://127.0.0.1:{own_port}"}}
+health: {{interval_ms: 50, timeout_ms: 300, rise: 1, fall: 3}}
+election: {{loop_interval_ms: 50}}
+fencing:
+  overall_timeout_ms: 3000
+  levels:
+    - methods:
+        - {{kind: graceful, timeout_ms: 1000}}
+probes: {{listen: "127.0.0.1:1"}}
+"#
+    );
+    AgentConfig::from_yaml(&yaml).context("the test's agent configuration")
+}
+
+/// The coordinator lost everything (here: it is new) while b's master was active with token 5
+/// and b's agent was hung, so neither a breadcrumb nor b's membership exists. a wins the lock
+/// and must fence b, which it knows only from its configuration, before it promotes its own
+/// master, with a token above b's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_without_breadcrumb_fences_the_configured_peer_first() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (b, b_port) = FakeMaster::start("b", HaState::Active, 5, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&server.connect_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(referee_failover_agent::driver::run(cfg, probes, async move {
+        let _ = stopped.await;
+    }));
+
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let promoted = a.status().token;
+    let events = log.lock().unwrap().clone();
+    let fenced = events.iter().position(|e| e.starts_with("b standby "));
+    let active = events.iter().position(|e| *e == format!("a active {promoted}"));
+    ensure!(
+        matches!((fenced, active), (Some(f), Some(p)) if f < p),
+        "b was not fenced before a was promoted: {events:?}"
+    );
+    ensure!(b.status().state == HaState::Standby, "b's master still {:?}", b.status());
+    ensure!(promoted > FencingToken(5), "a was promoted with {promoted}, not above b's 5: {events:?}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    ensure!(a.status().state == HaState::Standby, "shutting down hands over: {:?}", a.status());
+    server.stop().await
+}
+
+/// The active's master answers its health checks but not `GET /ha/state`, and the coordinator
+/// becomes unreachable: the agent cannot see its master's role, yet must demote it at lease end,
+/// while the coordinator still holds the agent's session (before any peer could take over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_state_cannot_be_read_is_demoted_before_the_session_expires() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut proxy = Proxy::start(server.addr).await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(referee_failover_agent::driver::run(cfg, probes, async move {
+        let _ = stopped.await;
+    }));
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let sessions = server.session_ids();
+    ensure!(sessions.len() == 1, "one agent, one session: {sessions:?}");
+
+    a.state_hangs.store(true, Ordering::SeqCst);
+    proxy.cut();
+    wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
+    // The ensemble expires the session only a whole session timeout after the last request it
+    // answered; the lease ended well before that.
+    ensure!(server.session_ids() == sessions, "the session was gone before the master was demoted");
+    ensure!(log.lock().unwrap().last().is_some_and(|e| e.starts_with("a standby ")), "{:?}", log.lock().unwrap());
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    server.stop().await
+}
