@@ -218,21 +218,29 @@ async fn preferred_node_fails_back_and_anti_flap_spaces_failovers() -> Result<()
     // 4 s old; b demotes, marks its breadcrumb clean and releases, a promotes without fencing.
     pair.wait_for_active_node(0, Duration::from_secs(20)).await?;
     ensure!(fenced(&status(&pair, 0).await) == fenced_before, "a failback is a graceful handover, without fencing");
+    // Anti-flap counts from when an agent saw the active change (a new lock token), which it
+    // cannot see before it stepped down itself: each agent's own step-down is the earliest
+    // start of its interval, and the new active's promotion comes later than its lock (after
+    // fencing and a lease that covers the promotion), so neither is a fair reference.
     let promoted_at = |h: &Value| -> Option<i64> {
         h["transitions"].as_array()?.iter().rev().find(|t| t["to"] == "active").and_then(|t| t["at_ms"].as_i64())
+    };
+    let stepped_down_at = |h: &Value| -> Option<i64> {
+        h["transitions"].as_array()?.iter().rev().find(|t| t["from"] == "active").and_then(|t| t["at_ms"].as_i64())
     };
     let history = |i: usize| {
         let pair = pair.clone();
         async move { pair.agent_json(i, "/history").await.unwrap_or_default() }
     };
-    let a_active_at = promoted_at(&history(0).await).context("a's history shows its promotion")?;
-    let b_active_at = promoted_at(&history(1).await).context("b's history shows its promotion")?;
+    let a_history = history(0).await;
+    let a_active_at = promoted_at(&a_history).context("a's history shows its promotion")?;
     if first == 0 {
-        // b took over from a: a saw that failover and waits the minimum interval after it.
+        // b took over from a: a waits the minimum interval after it stepped down.
+        let a_left_at = stepped_down_at(&a_history).context("a's history shows its step-down")?;
         ensure!(
-            a_active_at - b_active_at >= interval.as_millis() as i64 - 100,
-            "the failback came {} ms after b took over, under the {interval:?} minimum",
-            a_active_at - b_active_at
+            a_active_at - a_left_at >= interval.as_millis() as i64 - 100,
+            "the failback came {} ms after a stepped down for b, under the {interval:?} minimum",
+            a_active_at - a_left_at
         );
     }
 
@@ -246,11 +254,13 @@ async fn preferred_node_fails_back_and_anti_flap_spaces_failovers() -> Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(held_back, "b's decisions never mentioned anti-flap");
-    let b_again_at = promoted_at(&history(1).await).context("b's history shows its second promotion")?;
+    let b_history = history(1).await;
+    let b_again_at = promoted_at(&b_history).context("b's history shows its second promotion")?;
+    let b_left_at = stepped_down_at(&b_history).context("b's history shows its handover")?;
     ensure!(
-        b_again_at - a_active_at >= interval.as_millis() as i64 - 100,
-        "b took over {} ms after a, under the {interval:?} minimum",
-        b_again_at - a_active_at
+        b_again_at - b_left_at >= interval.as_millis() as i64 - 100,
+        "b took over {} ms after it handed over to a, under the {interval:?} minimum",
+        b_again_at - b_left_at
     );
     oracles.check(interval + Duration::from_secs(3)).await?;
     Ok(())
