@@ -181,3 +181,44 @@ async fn a_master_whose_state_cannot_be_read_is_demoted_before_the_session_expir
     tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
     server.stop().await
 }
+
+/// Maintenance mode stops failovers, never the end of a lease: a paused active agent whose
+/// coordinator becomes unreachable still demotes its master while the session is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_agent_still_demotes_at_lease_end() -> Result<()> {
+    use referee_failover_agent::control::ControlRequest;
+    let server = TestServer::start().await?;
+    let mut proxy = Proxy::start(server.addr).await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let agent = tokio::spawn(referee_failover_agent::driver::run_with_control(
+        cfg,
+        probes,
+        control_tx.clone(),
+        control_rx,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let sessions = server.session_ids();
+    let (reply, paused) = oneshot::channel();
+    control_tx.send(ControlRequest::Pause { reply }).await?;
+    tokio::time::timeout(Duration::from_secs(5), paused)
+        .await?
+        .context("pause answered")?
+        .map_err(anyhow::Error::msg)?;
+
+    proxy.cut();
+    wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
+    ensure!(server.session_ids() == sessions, "the session was gone before the master was demoted");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    server.stop().await
+}
