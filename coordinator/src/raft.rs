@@ -183,7 +183,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        // Copy under the locks, serialise outside them: applying goes on meanwhile.
+        // Copy under the locks, serialise outside them: applying goes on meanwhile. The copy is
+        // O(1): the tree's maps are persistent and share every node with the live tree, which
+        // copies a node only when it next changes it. This is the seam a streamed on-disk
+        // snapshot plugs into: it gets the same point-in-time tree and writes it out at its pace.
         let (tree, last_applied, membership) = {
             let meta = self.meta();
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,7 +224,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut meta = self.meta();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
-            let zxid = Zxid(entry.log_id.index as i64);
+            // Log indexes past i64::MAX cannot occur (one entry a ns would take 292 years); saturate
+            // rather than wrap if one ever did.
+            let zxid = Zxid(i64::try_from(entry.log_id.index).unwrap_or(i64::MAX));
             meta.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Normal(ref txn) => st.apply(zxid, txn, now),
