@@ -1,0 +1,93 @@
+//! No client, however buggy or hostile, can starve the coordinator's other clients, leak its
+//! connections or lock new sessions out.
+//!
+//! 200 clients misbehave at once (never reading their socket while replies and notifications
+//! pile up, flooding pipelined requests, leaking sessions, sending paths that fill a packet)
+//! while 4 well-behaved clients run getData / setData / create one request at a time. Every
+//! well-behaved request must be answered, none of them may go without a reply for long, and once
+//! the abusers are gone the server must be back to its baseline connection count and take a new
+//! session. The bound on the gap is a liveness bound, far above any latency a healthy server
+//! shows; how fast the well-behaved clients are served under this load is measured by
+//! `coordinator-bench abuse`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use referee_testkit::abuse::{self, AbuseSpec, Misbehaviour};
+use referee_testkit::{within_for, TestServer};
+
+/// The longest a well-behaved client may go without a reply.
+const MAX_REPLY_GAP: Duration = Duration::from_secs(2);
+/// How long the abuse runs.
+const RUN: Duration = Duration::from_secs(12);
+/// How long the server may take to close what the abusers left behind.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+#[test]
+fn well_behaved_clients_are_served_while_200_clients_misbehave() -> Result<()> {
+    // The server gets a runtime of its own, as it has a process of its own in production: the
+    // load generator's 200 clients must compete with it for the CPU, not for its task queue.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coordinator")
+        .enable_all()
+        .build()?;
+    let server = server_rt.block_on(TestServer::start())?;
+    let load_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let outcome = load_rt.block_on(abuse_and_recover(&server));
+    let stopped = server_rt.block_on(server.stop());
+    outcome?;
+    stopped
+}
+
+async fn abuse_and_recover(server: &TestServer) -> Result<()> {
+    let port = server.addr.port();
+    let baseline = abuse::mntr_value(port, "zk_num_alive_connections").await?;
+    let spec = AbuseSpec::new(server.addr, RUN);
+    let report = abuse::run(&spec).await?;
+    let s = report.summary();
+    eprintln!("well-behaved: {s:?}");
+    for t in &report.abusers {
+        eprintln!("abusers: {t:?}");
+    }
+
+    // The abuse happened: every kind got sessions and sent requests (a test whose load
+    // silently failed to start would pass for nothing).
+    for kind in Misbehaviour::ALL {
+        let t = report.tally(kind);
+        ensure!(t.sessions > 0 && t.requests > 0, "the {kind} abusers never got going: {t:?}");
+    }
+    ensure!(report.tally(Misbehaviour::Floods).replies > 10_000, "the flood was no flood: {report:?}");
+
+    // The well-behaved clients were served throughout.
+    ensure!(s.errors == 0, "{} well-behaved requests failed:\n{}", s.errors, report.error_lines());
+    ensure!(
+        s.longest_gap <= MAX_REPLY_GAP,
+        "a well-behaved client went {:?} without a reply (bound {MAX_REPLY_GAP:?}): {s:?}",
+        s.longest_gap
+    );
+    ensure!(s.ops >= 100, "the well-behaved clients got only {} replies in {RUN:?}: {s:?}", s.ops);
+
+    // Once the abusers are gone, so are their connections, and new sessions are taken, from
+    // the honest address and from one the abusers used.
+    let mut alive = i64::MAX;
+    let settled = within_for(RECOVERY, "the abusers' connections to close", async {
+        loop {
+            alive = abuse::mntr_value(port, "zk_num_alive_connections").await?;
+            if alive <= baseline {
+                return Ok::<_, anyhow::Error>(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    settled
+        .with_context(|| format!("zk_num_alive_connections is {alive}, baseline {baseline}"))?
+        .context("asking mntr")?;
+    abuse::fresh_session(server.addr, IpAddr::V4(Ipv4Addr::LOCALHOST)).await.context("a new session after the abuse")?;
+    abuse::fresh_session(server.addr, spec.abuser_sources[0])
+        .await
+        .context("a new session from an abuser's address after the abuse")?;
+    Ok(())
+}
