@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use referee_testkit::abuse::{self, AbuseSpec, Misbehaviour};
 use referee_testkit::{within_for, TestServer};
 
@@ -51,43 +51,59 @@ async fn abuse_and_recover(server: &TestServer) -> Result<()> {
     for t in &report.abusers {
         eprintln!("abusers: {t:?}");
     }
-
-    // The abuse happened: every kind got sessions and sent requests (a test whose load
-    // silently failed to start would pass for nothing).
-    for kind in Misbehaviour::ALL {
-        let t = report.tally(kind);
-        ensure!(t.sessions > 0 && t.requests > 0, "the {kind} abusers never got going: {t:?}");
-    }
-    ensure!(report.tally(Misbehaviour::Floods).replies > 10_000, "the flood was no flood: {report:?}");
+    // Every broken promise is listed, not only the first.
+    let mut broken = Vec::new();
 
     // The well-behaved clients were served throughout.
-    ensure!(s.errors == 0, "{} well-behaved requests failed:\n{}", s.errors, report.error_lines());
-    ensure!(
-        s.longest_gap <= MAX_REPLY_GAP,
-        "a well-behaved client went {:?} without a reply (bound {MAX_REPLY_GAP:?}): {s:?}",
-        s.longest_gap
-    );
-    ensure!(s.ops >= 100, "the well-behaved clients got only {} replies in {RUN:?}: {s:?}", s.ops);
+    if s.errors != 0 {
+        broken.push(format!("{} well-behaved requests failed:\n{}", s.errors, report.error_lines()));
+    }
+    if s.longest_gap > MAX_REPLY_GAP {
+        broken
+            .push(format!("a well-behaved client went {:?} without a reply (bound {MAX_REPLY_GAP:?})", s.longest_gap));
+    }
+    if s.ops < 100 {
+        broken.push(format!("the well-behaved clients got only {} replies in {RUN:?}", s.ops));
+    }
+
+    // The abuse happened: every kind got sessions and sent requests, and the flooders had
+    // their whole window in flight (a test whose load silently failed to start would pass for
+    // nothing).
+    for kind in Misbehaviour::ALL {
+        let t = report.tally(kind);
+        if t.sessions == 0 || t.requests == 0 {
+            broken.push(format!("the {kind} abusers never got going: {t:?}"));
+        }
+    }
+    let flood = report.tally(Misbehaviour::Floods);
+    if flood.requests < (spec.flood_outstanding * flood.clients) as u64 {
+        broken.push(format!("the flooders never had {} requests in flight: {flood:?}", spec.flood_outstanding));
+    }
 
     // Once the abusers are gone, so are their connections, and new sessions are taken, from
     // the honest address and from one the abusers used.
-    let mut alive = i64::MAX;
+    // `mntr` itself may be slow to answer on a server still digging out; only the deadline
+    // decides.
+    let mut last = String::from("no answer yet");
     let settled = within_for(RECOVERY, "the abusers' connections to close", async {
         loop {
-            alive = abuse::mntr_value(port, "zk_num_alive_connections").await?;
-            if alive <= baseline {
-                return Ok::<_, anyhow::Error>(());
+            match abuse::mntr_value(port, "zk_num_alive_connections").await {
+                Ok(alive) if alive <= baseline => return,
+                Ok(alive) => last = format!("zk_num_alive_connections is {alive}, baseline {baseline}"),
+                Err(e) => last = format!("mntr failed: {e:#}"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    settled
-        .with_context(|| format!("zk_num_alive_connections is {alive}, baseline {baseline}"))?
-        .context("asking mntr")?;
-    abuse::fresh_session(server.addr, IpAddr::V4(Ipv4Addr::LOCALHOST)).await.context("a new session after the abuse")?;
-    abuse::fresh_session(server.addr, spec.abuser_sources[0])
-        .await
-        .context("a new session from an abuser's address after the abuse")?;
+    if let Err(e) = settled {
+        broken.push(format!("{e}: {last}"));
+    }
+    for source in [IpAddr::V4(Ipv4Addr::LOCALHOST), spec.abuser_sources[0]] {
+        if let Err(e) = abuse::fresh_session(server.addr, source).await {
+            broken.push(format!("no new session from {source} after the abuse: {e:#}"));
+        }
+    }
+    ensure!(broken.is_empty(), "{}", broken.join("\n"));
     Ok(())
 }
