@@ -114,10 +114,12 @@ pub struct AbuseSpec {
 
 impl AbuseSpec {
     /// The load the coordinator's robustness claim is stated for: 200 abusers against
-    /// ZooKeeper's default 1 MiB packet limit, each budget several times the limit it probes
-    /// (a server's outstanding-request limit, its queued-outbound limit plus the kernel's socket
-    /// buffers, its watch limit), spread over 10 source addresses so that no address exceeds
-    /// ZooKeeper's default of 60 connections.
+    /// ZooKeeper's default 1 MiB packet limit, spread over 10 source addresses so that no
+    /// address exceeds ZooKeeper's default of 60 connections. Each budget goes past the
+    /// coordinator's default per-connection limit it probes: 5,000 requests in flight against
+    /// 1,000 outstanding, 16 MiB of unread replies against 4 MiB of queued outbound bytes plus
+    /// the kernel's socket buffers (up to 4 MiB on Linux's default `tcp_wmem`), 12,000 watches
+    /// against 10,000, paths of a whole packet against 4 KiB.
     pub fn new(target: SocketAddr, duration: Duration) -> Self {
         AbuseSpec {
             target,
@@ -129,8 +131,8 @@ impl AbuseSpec {
             well_behaved_source: IpAddr::V4(Ipv4Addr::LOCALHOST),
             flood_outstanding: 5_000,
             flood_requests_per_connection: 2_000_000,
-            unread_reply_bytes: 12 << 20,
-            watches_per_connection: 2_000,
+            unread_reply_bytes: 16 << 20,
+            watches_per_connection: 12_000,
             unread_connections_per_client: 20,
             leaked_sessions_per_client: 1_000,
             huge_requests_per_client: 8,
