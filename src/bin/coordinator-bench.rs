@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use referee_testkit::abuse::{self, AbuseReport, AbuseSpec, WellBehavedSummary};
+use referee_testkit::abuse::{self, AbuseReport, AbuseSpec, Misbehaviour, WellBehavedSummary};
 use referee_testkit::{apache_zookeeper_installed, four_letter, free_port, ApacheZk, ApacheZkProfile, ScratchDir};
 
 #[derive(Parser)]
@@ -54,6 +54,34 @@ struct AbuseArgs {
     /// Also run the load against Apache ZooKeeper 3.8 (Debian's package) and compare.
     #[arg(long)]
     reference_zk: bool,
+    /// Run only these misbehaviours (repeat the option; default: all four), to see which one
+    /// hurts a server.
+    #[arg(long = "only", value_enum)]
+    only: Vec<Kind>,
+}
+
+/// The misbehaviours, as the command line names them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    /// Clients that never read their socket.
+    NeverReads,
+    /// Clients that flood pipelined requests.
+    Floods,
+    /// Clients that leak sessions.
+    LeaksSessions,
+    /// Clients that send paths filling a packet.
+    HugePaths,
+}
+
+impl From<Kind> for Misbehaviour {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::NeverReads => Misbehaviour::NeverReads,
+            Kind::Floods => Misbehaviour::Floods,
+            Kind::LeaksSessions => Misbehaviour::LeaksSessions,
+            Kind::HugePaths => Misbehaviour::HugePaths,
+        }
+    }
 }
 
 /// How long a server may take, after the abusers are gone, to be back to its baseline number
@@ -395,6 +423,9 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
     let spec_for = |target| {
         let mut spec = AbuseSpec::new(target, Duration::from_secs(args.seconds));
         spec.abusers = args.abusers;
+        if !args.only.is_empty() {
+            spec.misbehaviours = args.only.iter().map(|k| Misbehaviour::from(*k)).collect();
+        }
         spec
     };
     let shape = spec_for(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -410,11 +441,11 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
          {} send {}-byte paths), {} well-behaved clients from 127.0.0.1 (getData/setData/create, one at a time)",
         shape.abusers,
         shape.abuser_sources.len(),
-        shape.clients_of(abuse::Misbehaviour::NeverReads),
-        shape.clients_of(abuse::Misbehaviour::Floods),
+        shape.clients_of(Misbehaviour::NeverReads),
+        shape.clients_of(Misbehaviour::Floods),
         shape.flood_outstanding,
-        shape.clients_of(abuse::Misbehaviour::LeaksSessions),
-        shape.clients_of(abuse::Misbehaviour::HugePaths),
+        shape.clients_of(Misbehaviour::LeaksSessions),
+        shape.clients_of(Misbehaviour::HugePaths),
         shape.max_packet_bytes - abuse::wire::REQUEST_OVERHEAD,
         shape.well_behaved,
     );

@@ -83,8 +83,11 @@ pub struct AbuseSpec {
     pub target: SocketAddr,
     /// How long the abuse and the well-behaved clients run.
     pub duration: Duration,
-    /// Misbehaving clients in total, dealt out over [`Misbehaviour::ALL`] in turn.
+    /// Misbehaving clients in total, dealt out over `misbehaviours` in turn.
     pub abusers: usize,
+    /// The misbehaviours to run ([`Misbehaviour::ALL`] by default; fewer to see which one
+    /// hurts a server).
+    pub misbehaviours: Vec<Misbehaviour>,
     /// Well-behaved clients.
     pub well_behaved: usize,
     /// The server's packet limit (ZooKeeper's `jute.maxbuffer`): huge paths and `multiRead`
@@ -125,6 +128,7 @@ impl AbuseSpec {
             target,
             duration,
             abusers: 200,
+            misbehaviours: Misbehaviour::ALL.to_vec(),
             well_behaved: 4,
             max_packet_bytes: 0xfffff,
             abuser_sources: (1..=10).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 1, i))).collect(),
@@ -142,9 +146,11 @@ impl AbuseSpec {
 
     /// Abusers of one kind.
     pub fn clients_of(&self, kind: Misbehaviour) -> usize {
-        let i = Misbehaviour::ALL.iter().position(|k| *k == kind).expect("kind is in ALL");
-        let n = Misbehaviour::ALL.len();
-        self.abusers / n + usize::from(i < self.abusers % n)
+        let n = self.misbehaviours.len();
+        match self.misbehaviours.iter().position(|k| *k == kind) {
+            Some(i) => self.abusers / n + usize::from(i < self.abusers % n),
+            None => 0,
+        }
     }
 
     /// The size of the node non-readers read with `multiRead`.
@@ -330,9 +336,10 @@ pub async fn run(spec: &AbuseSpec) -> Result<AbuseReport> {
     let counters: Vec<Arc<Counters>> = Misbehaviour::ALL.iter().map(|_| Arc::new(Counters::default())).collect();
     let mut abusers = JoinSet::new();
     let tokio_end = tokio::time::Instant::from_std(end);
+    anyhow::ensure!(!spec.misbehaviours.is_empty() || spec.abusers == 0, "abusers without a misbehaviour");
     for i in 0..spec.abusers {
-        let kind_index = i % Misbehaviour::ALL.len();
-        let kind = Misbehaviour::ALL[kind_index];
+        let kind = spec.misbehaviours[i % spec.misbehaviours.len()];
+        let kind_index = Misbehaviour::ALL.iter().position(|k| *k == kind).expect("every kind is in ALL");
         let ctx = AbuserCtx {
             spec: spec.clone(),
             index: i,
