@@ -48,6 +48,18 @@ fn default_max_connections_per_address() -> u32 {
 fn default_handshake_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_outstanding_requests() -> usize {
+    1000
+}
+fn default_max_queued_outbound_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_watches_per_connection() -> usize {
+    10_000
+}
+fn default_max_path_bytes() -> usize {
+    4096
+}
 
 /// Coordinator settings (`config/coordinator.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -67,9 +79,26 @@ pub struct CoordinatorConfig {
     /// Largest session timeout granted; default 20 × tick.
     #[serde(default)]
     pub max_session_timeout_ms: Option<u64>,
-    /// Largest packet accepted from a client (ZooKeeper's jute.maxbuffer).
+    /// Largest packet accepted from a client (ZooKeeper's jute.maxbuffer), and largest reply
+    /// built for one: a request whose reply would be larger is answered with an error instead
+    /// (its connection goes on).
     #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: usize,
+    /// Requests one connection may have waiting for their replies; at the limit the server
+    /// stops reading from it until replies go out (ZooKeeper's maxOutstanding throttle).
+    #[serde(default = "default_max_outstanding_requests")]
+    pub max_outstanding_requests: usize,
+    /// Bytes of watch notifications that may wait for one client to read them; past it the
+    /// connection is closed (a client that does not read must not hold server memory).
+    #[serde(default = "default_max_queued_outbound_bytes")]
+    pub max_queued_outbound_bytes: usize,
+    /// Watches one connection may hold; a read that would leave one more is answered
+    /// QuotaExceeded and registers nothing.
+    #[serde(default = "default_max_watches_per_connection")]
+    pub max_watches_per_connection: usize,
+    /// Longest path, in bytes, a request may name; longer ones are answered BadArguments.
+    #[serde(default = "default_max_path_bytes")]
+    pub max_path_bytes: usize,
     /// Connections allowed from one client address (ZooKeeper's maxClientCnxns); 0 = unlimited.
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: u32,
@@ -81,7 +110,9 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub super_digest: Option<String>,
     /// Four-letter words answered on the client port (ZooKeeper's 4lw.commands.whitelist); `*`
-    /// enables every implemented one. By default all the read-only commands are on.
+    /// enables every implemented one. By default the cheap read-only ones are on; the ones
+    /// that walk every watch, session or file (`wchc`, `wchp`, `dump`, `dirs`) are off, as
+    /// Apache ZooKeeper's whitelist has them.
     #[serde(default = "default_four_letter_words")]
     pub four_letter_words: Vec<String>,
     /// Allow TTL nodes (ZooKeeper's zookeeper.extendedTypesEnabled, off by default there too).
@@ -95,7 +126,7 @@ pub struct CoordinatorConfig {
 }
 
 fn default_four_letter_words() -> Vec<String> {
-    crate::fourlw::IMPLEMENTED.iter().map(|s| s.to_string()).collect()
+    crate::fourlw::IMPLEMENTED.iter().filter(|w| !crate::fourlw::HEAVY.contains(w)).map(|s| s.to_string()).collect()
 }
 
 fn default_container_check_interval_ms() -> u64 {
@@ -112,6 +143,10 @@ impl CoordinatorConfig {
             min_session_timeout_ms: None,
             max_session_timeout_ms: None,
             max_packet_bytes: default_max_packet_bytes(),
+            max_outstanding_requests: default_max_outstanding_requests(),
+            max_queued_outbound_bytes: default_max_queued_outbound_bytes(),
+            max_watches_per_connection: default_max_watches_per_connection(),
+            max_path_bytes: default_max_path_bytes(),
             max_connections_per_address: default_max_connections_per_address(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             super_digest: None,
@@ -190,6 +225,36 @@ impl CoordinatorConfig {
                 ),
             );
         }
+        if !(1..=1_000_000).contains(&self.max_outstanding_requests) {
+            return invalid(
+                "max_outstanding_requests",
+                format!("is {}; use a value from 1 to 1000000 (default 1000)", self.max_outstanding_requests),
+            );
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.max_queued_outbound_bytes) {
+            return invalid(
+                "max_queued_outbound_bytes",
+                format!(
+                    "is {}; use a value from 65536 to 1073741824 (default 4194304)",
+                    self.max_queued_outbound_bytes
+                ),
+            );
+        }
+        if !(1..=10_000_000).contains(&self.max_watches_per_connection) {
+            return invalid(
+                "max_watches_per_connection",
+                format!("is {}; use a value from 1 to 10000000 (default 10000)", self.max_watches_per_connection),
+            );
+        }
+        if self.max_path_bytes < 64 || self.max_path_bytes > self.max_packet_bytes {
+            return invalid(
+                "max_path_bytes",
+                format!(
+                    "is {}; use a value from 64 to max_packet_bytes ({}) (default 4096)",
+                    self.max_path_bytes, self.max_packet_bytes
+                ),
+            );
+        }
         if self.handshake_timeout_ms == 0 {
             return invalid("handshake_timeout_ms", "is 0; give new connections some ms to say hello".into());
         }
@@ -244,6 +309,30 @@ mod tests {
         assert_eq!(c.negotiate_timeout(1_000_000), 40000);
         assert_eq!(c.negotiate_timeout(6000), 6000);
         assert_eq!(c.max_packet_bytes, 1_048_575);
+        assert_eq!(c.max_outstanding_requests, 1000);
+        assert_eq!(c.max_queued_outbound_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.max_watches_per_connection, 10_000);
+        assert_eq!(c.max_path_bytes, 4096);
+        for heavy in ["wchc", "wchp", "dump", "dirs"] {
+            assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
+        }
+        for light in ["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "isro", "wchs"] {
+            assert!(c.four_letter_word_enabled(light), "{light} is off by default");
+        }
+    }
+
+    #[test]
+    fn refuses_limits_out_of_range_naming_the_key() {
+        for (yaml, key) in [
+            ("max_outstanding_requests: 0", "max_outstanding_requests"),
+            ("max_queued_outbound_bytes: 10", "max_queued_outbound_bytes"),
+            ("max_watches_per_connection: 0", "max_watches_per_connection"),
+            ("max_path_bytes: 10", "max_path_bytes"),
+            ("max_path_bytes: 2000000", "max_path_bytes"),
+        ] {
+            let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! existing scripts and monitoring parse them unchanged. Commands outside the whitelist answer
 //! `<cmd> is not executed because it is not in the whitelist.`
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::CoordinatorConfig;
+use crate::proto::SessionId;
 use crate::state::ServerState;
+use crate::watch::ConnId;
 
 /// The version string reported to clients: the ZooKeeper release whose protocol and behaviour
 /// this server implements (clients gate features on it), then our own version.
@@ -18,6 +21,14 @@ pub const VERSION: &str = concat!("3.8.0-referee-", env!("CARGO_PKG_VERSION"), "
 /// The read-only commands this server implements, enabled by default.
 pub const IMPLEMENTED: [&str; 13] =
     ["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "isro", "wchs", "wchc", "wchp", "dump", "dirs"];
+
+/// The commands that walk every watch, session or file. Off unless the whitelist names them
+/// (Apache ZooKeeper's default whitelist is `srvr` alone), and even then they never hold the
+/// server's lock for the whole walk: see [`answer`].
+pub const HEAVY: [&str; 4] = ["wchc", "wchp", "dump", "dirs"];
+
+/// How many connections or sessions a heavy command copies per hold of the server's lock.
+const WALK_CHUNK: usize = 64;
 
 /// Commands ZooKeeper knows that change server state; recognised, never executed here.
 const RECOGNISED_ONLY: [&str; 5] = ["crst", "srst", "gtmk", "stmk", "hash"];
@@ -37,39 +48,49 @@ pub fn mode_name(standalone: bool, leader: bool) -> &'static str {
 }
 
 /// The answer to a command.
-pub fn answer(cmd: &str, config: &CoordinatorConfig, st: &ServerState, mode: &str) -> String {
+///
+/// The light commands take the server's lock once, for as long as it takes to read counters.
+/// The heavy ones never hold it across their walk: `dirs` reads the file system without it,
+/// `wchc`, `wchp` and `dump` copy a few connections or sessions per hold and let writers in
+/// between. Their output is therefore fuzzy under concurrent change, as Apache ZooKeeper's is
+/// (it walks concurrent maps without a global lock).
+pub fn answer(cmd: &str, config: &CoordinatorConfig, state: &Mutex<ServerState>, mode: &str) -> String {
     if !config.four_letter_word_enabled(cmd) || RECOGNISED_ONLY.contains(&cmd) {
         return format!("{cmd} is not executed because it is not in the whitelist.\n");
     }
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     match cmd {
         "ruok" => "imok".to_string(),
         "isro" => "rw".to_string(),
-        "srvr" => server_stats(st, mode),
+        "srvr" => server_stats(&lock(), mode),
         "stat" => {
+            let st = lock();
             let mut out = format!("Zookeeper version: {VERSION}\nClients:\n");
-            out.push_str(&connections(st, false));
+            out.push_str(&connections(&st, false));
             out.push('\n');
-            out.push_str(&server_stats(st, mode)["Zookeeper version: ".len() + VERSION.len() + 1..]);
+            out.push_str(&server_stats(&st, mode)["Zookeeper version: ".len() + VERSION.len() + 1..]);
             out
         }
         "cons" => {
-            let mut out = connections(st, true);
+            let mut out = connections(&lock(), true);
             out.push('\n');
             out
         }
-        "mntr" => monitor(st, mode),
+        "mntr" => monitor(&lock(), mode),
         "conf" => conf(config),
         "envi" => environment(),
-        "wchs" => format!(
-            "{} connections watching {} paths\nTotal watches:{}\n",
-            st.watches.conn_count(),
-            st.watches.path_count(),
-            st.watches.watch_count()
-        ),
+        "wchs" => {
+            let st = lock();
+            format!(
+                "{} connections watching {} paths\nTotal watches:{}\n",
+                st.watches.conn_count(),
+                st.watches.path_count(),
+                st.watches.watch_count()
+            )
+        }
         "wchc" => {
             let mut out = String::new();
-            for (conn, paths) in st.watches.by_connection() {
-                let session = st.conns.get(&conn).map_or(0, |c| c.session.0);
+            for (session, paths) in watches_by_session(state) {
                 out.push_str(&format!("0x{session:x}\n"));
                 for p in paths {
                     out.push_str(&format!("\t{p}\n"));
@@ -80,8 +101,7 @@ pub fn answer(cmd: &str, config: &CoordinatorConfig, st: &ServerState, mode: &st
         }
         "wchp" => {
             let mut by_path: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-            for (conn, paths) in st.watches.by_connection() {
-                let session = st.conns.get(&conn).map_or(0, |c| c.session.0);
+            for (session, paths) in watches_by_session(state) {
                 for p in paths {
                     by_path.entry(p).or_default().push(session);
                 }
@@ -96,13 +116,35 @@ pub fn answer(cmd: &str, config: &CoordinatorConfig, st: &ServerState, mode: &st
             out.push('\n');
             out
         }
-        "dump" => dump(st),
+        "dump" => dump(state),
         "dirs" => {
+            // Outside the lock: the walk touches only the file system.
             let size = dir_size(&config.data_dir);
             format!("datadir_size: {size}\nlogdir_size: {size}\n")
         }
         _ => format!("{cmd} is not executed because it is not in the whitelist.\n"),
     }
+}
+
+/// Every connection's watched paths with its session id, copied [`WALK_CHUNK`] connections per
+/// hold of the lock.
+fn watches_by_session(state: &Mutex<ServerState>) -> Vec<(i64, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut after: Option<ConnId> = None;
+    loop {
+        let chunk: Vec<(ConnId, i64, Vec<String>)> = {
+            let st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.watches
+                .by_connection_after(after, WALK_CHUNK)
+                .into_iter()
+                .map(|(conn, paths)| (conn, st.conns.get(&conn).map_or(0, |c| c.session.0), paths))
+                .collect()
+        };
+        let Some(last) = chunk.last().map(|(c, _, _)| *c) else { break };
+        after = Some(last);
+        out.extend(chunk.into_iter().map(|(_, session, paths)| (session, paths)));
+    }
+    out
 }
 
 fn server_stats(st: &ServerState, mode: &str) -> String {
@@ -212,25 +254,45 @@ fn environment() -> String {
     )
 }
 
-fn dump(st: &ServerState) -> String {
+fn dump(state: &Mutex<ServerState>) -> String {
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
-    let deadlines = st.tracker.deadlines();
+    let mut deadlines = Vec::new();
+    let mut after: Option<SessionId> = None;
+    loop {
+        let chunk = lock().tracker.deadlines_after(after, WALK_CHUNK);
+        let Some(last) = chunk.last().map(|(id, _)| *id) else { break };
+        after = Some(last);
+        deadlines.extend(chunk);
+    }
     let mut out = format!("SessionTracker dump:\nSession Sets ({})/({}):\n", deadlines.len(), deadlines.len());
     for (session, deadline) in deadlines {
         let left = deadline.saturating_duration_since(now);
         out.push_str(&format!("1 expire at {}:\n\t0x{:x}\n", format_date(wall_clock_after(left)), session.0));
     }
-    let with_ephemerals: Vec<_> = st.tree.sessions().filter(|(_, s)| !s.ephemerals.is_empty()).collect();
+    let mut with_ephemerals: Vec<(SessionId, Vec<String>)> = Vec::new();
+    let mut after: Option<SessionId> = None;
+    loop {
+        let chunk: Vec<(SessionId, Vec<String>)> = lock()
+            .tree
+            .sessions_after(after, WALK_CHUNK)
+            .map(|(id, s)| (id, s.ephemerals.iter().cloned().collect()))
+            .collect();
+        let Some(last) = chunk.last().map(|(id, _)| *id) else { break };
+        after = Some(last);
+        with_ephemerals.extend(chunk.into_iter().filter(|(_, e)| !e.is_empty()));
+    }
     out.push_str(&format!("ephemeral nodes dump:\nSessions with Ephemerals ({}):\n", with_ephemerals.len()));
-    for (id, s) in with_ephemerals {
+    for (id, paths) in with_ephemerals {
         out.push_str(&format!("0x{:x}:\n", id.0));
-        for p in &s.ephemerals {
+        for p in paths {
             out.push_str(&format!("\t{p}\n"));
         }
     }
-    out.push_str(&format!("Connections dump:\nConnections Sets (1)/({}):\n", st.conns.len()));
-    for c in st.conns.values() {
-        out.push_str(&format!("\tip: /{} sessionId: 0x{:x}\n", c.peer, c.session.0));
+    let conns: Vec<(std::net::SocketAddr, i64)> = lock().conns.values().map(|c| (c.peer, c.session.0)).collect();
+    out.push_str(&format!("Connections dump:\nConnections Sets (1)/({}):\n", conns.len()));
+    for (peer, session) in conns {
+        out.push_str(&format!("\tip: /{peer} sessionId: 0x{session:x}\n"));
     }
     out
 }
@@ -314,13 +376,40 @@ mod tests {
     }
 
     #[test]
+    fn dirs_walks_the_disk_without_the_servers_lock() {
+        let mut config = CoordinatorConfig::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+        config.four_letter_words = vec!["dirs".into()];
+        let state = std::sync::Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
+        // Hold the lock writers need for as long as `dirs` takes: it must answer regardless.
+        let held = state.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let walker = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(answer("dirs", &config, &state, "standalone"));
+            })
+        };
+        let out = rx.recv_timeout(Duration::from_secs(10)).expect("dirs waited for the server's lock");
+        drop(held);
+        walker.join().unwrap();
+        assert!(out.starts_with("datadir_size: "), "{out}");
+    }
+
+    #[test]
     fn whitelist_and_formats() {
         let mut config = CoordinatorConfig::new("/nonexistent");
-        let st = ServerState::default();
+        let st = Mutex::new(ServerState::new(false, Duration::from_millis(100)));
         assert_eq!(answer("ruok", &config, &st, "standalone"), "imok");
         let srvr = answer("srvr", &config, &st, "standalone");
         assert!(srvr.starts_with("Zookeeper version: 3.8.0-referee-"), "{srvr}");
         assert!(srvr.contains("\nMode: standalone\nNode count: 4\n"), "{srvr}");
+        for heavy in HEAVY {
+            assert_eq!(
+                answer(heavy, &config, &st, "standalone"),
+                format!("{heavy} is not executed because it is not in the whitelist.\n"),
+                "heavy commands are off by default"
+            );
+        }
         assert!(srvr.contains("\nZxid: 0x0\n"), "{srvr}");
         let stat = answer("stat", &config, &st, "standalone");
         assert!(stat.contains("Clients:\n\nLatency min/avg/max: 0/0.0000/0\n"), "{stat}");

@@ -13,7 +13,8 @@
 //! - [`jute`]: ZooKeeper's binary record encoding.
 //! - [`proto`]: opcodes, error codes, create modes, `Stat` and `ACL` records.
 //! - [`request`]: typed requests decoded from frames; replies and notifications encoded back.
-//! - `connection` (private): one client connection, its handshake and its ordered reply pipeline.
+//! - `connection` (private): one client connection: handshake, request reader, reply writer.
+//! - [`outbox`]: the notifications owed to one connection, bounded, in ZooKeeper's order.
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
 //! - [`state`]: the lock-protected server state the state machine applies to.
@@ -29,7 +30,7 @@
 //!  client ─▶ frame ─▶ request ─▶ connection ─┬─ read ─▶ tree (under the state lock) ─┐
 //!                                            └─ write ─▶ txn ─▶ raft log ─▶ apply ───┤
 //!                                                            watch events ◀──────────┤
-//!  client ◀──────────── replies in request order, notifications first ◀──────────────┘
+//!  client ◀──── replies in request order, each after the events it reflects ◀─────────┘
 //! ```
 //!
 //! The zxid of a write is the Raft index of its log entry; the wall-clock time and a new
@@ -43,6 +44,7 @@ mod connection;
 pub mod fourlw;
 pub mod frame;
 pub mod jute;
+pub mod outbox;
 pub mod path;
 pub mod proto;
 pub mod raft;

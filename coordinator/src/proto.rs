@@ -117,6 +117,8 @@ pub enum ErrorCode {
     NoWatcher,
     /// -123: dynamic reconfiguration is disabled.
     ReconfigDisabled,
+    /// -125: a quota was exceeded (here: the connection's watch limit).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -139,6 +141,7 @@ impl ErrorCode {
             ErrorCode::AuthFailed => -115,
             ErrorCode::NoWatcher => -121,
             ErrorCode::ReconfigDisabled => -123,
+            ErrorCode::QuotaExceeded => -125,
         }
     }
 }

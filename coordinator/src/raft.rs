@@ -221,7 +221,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut meta = self.meta();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
-            let zxid = Zxid(entry.log_id.index as i64);
+            // Log indexes past i64::MAX cannot occur (one entry a ns would take 292 years); saturate
+            // rather than wrap if one ever did.
+            let zxid = Zxid(i64::try_from(entry.log_id.index).unwrap_or(i64::MAX));
             meta.last_applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Normal(ref txn) => st.apply(zxid, txn, now),

@@ -61,7 +61,10 @@ impl Coordinator {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
-        let state = Arc::new(Mutex::new(ServerState::new(config.extended_types_enabled)));
+        let state = Arc::new(Mutex::new(ServerState::new(
+            config.extended_types_enabled,
+            Duration::from_millis(config.tick_ms),
+        )));
         let raft =
             Raft::new(NODE_ID, raft_config, LoneNetwork, MemLogStore::default(), StateMachine::new(state.clone()))
                 .await
@@ -182,7 +185,7 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     Txn { session, auth: Vec::new(), time_ms: now_ms(), op: TxnOp::CloseSession { expired: true } };
                 if let Err(e) = shared.raft.client_write(txn).await {
                     warn!(%session, "could not close expired session: {e}");
-                    shared.lock().tracker.close_failed(session);
+                    shared.lock().tracker.close_failed(session, Instant::now());
                 }
             });
         }

@@ -6,8 +6,15 @@
 //! connected touches their sessions; the leader proposes a close for every session it finds
 //! expired. A leader that has just taken office resets every deadline to now + timeout, as
 //! ZooKeeper's new leaders do, so no session expires for the time it took to elect one.
+//!
+//! Deadlines live in buckets one tick wide, as in ZooKeeper's `ExpiryQueue`: a session's
+//! deadline is rounded up to the next tick boundary and the session filed under it, a touch
+//! moves it to a later bucket, and finding the expired sessions takes the due buckets off the
+//! front of an ordered map. So the cost of an expiry pass is the number of sessions it expires,
+//! not the number of sessions open, however many a connect/disconnect loop mints; and no
+//! session ever expires before its deadline (rounding only goes later, by less than a tick).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::proto::SessionId;
@@ -15,55 +22,119 @@ use crate::proto::SessionId;
 #[derive(Debug, Clone)]
 struct Tracked {
     timeout: Duration,
-    deadline: Instant,
+    /// The bucket (tick number since `origin`) the session expires at.
+    bucket: u64,
     /// A close has been proposed; do not propose it again.
     closing: bool,
 }
 
 /// Deadlines of the open sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionTracker {
+    /// Bucket width.
+    tick: Duration,
+    /// Tick 0. Instants before it count as it.
+    origin: Instant,
     sessions: HashMap<SessionId, Tracked>,
+    /// Sessions by the bucket they expire at. Sessions being closed are in none.
+    buckets: BTreeMap<u64, BTreeSet<SessionId>>,
 }
 
 impl SessionTracker {
-    /// An empty tracker.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty tracker with buckets `tick` wide (the server's tick), counting from `origin`.
+    pub fn new(tick: Duration, origin: Instant) -> Self {
+        SessionTracker {
+            tick: tick.max(Duration::from_millis(1)),
+            origin,
+            sessions: HashMap::new(),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// The width of the buckets.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// The whole ticks from `origin` to `t` (0 for earlier instants).
+    fn ticks(&self, t: Instant) -> u64 {
+        let elapsed = t.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(elapsed / self.tick.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The bucket of a deadline `timeout` after `now`: the first tick boundary at or after it.
+    fn bucket_for(&self, now: Instant, timeout: Duration) -> u64 {
+        let deadline = now.saturating_duration_since(self.origin).saturating_add(timeout).as_nanos();
+        let tick = self.tick.as_nanos();
+        u64::try_from(deadline.div_ceil(tick)).unwrap_or(u64::MAX)
+    }
+
+    fn file(&mut self, id: SessionId, bucket: u64) {
+        self.buckets.entry(bucket).or_default().insert(id);
+    }
+
+    fn unfile(&mut self, id: SessionId, bucket: u64) {
+        if let Some(set) = self.buckets.get_mut(&bucket) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.buckets.remove(&bucket);
+            }
+        }
     }
 
     /// Starts tracking a session that was just opened (or learned from a snapshot).
     pub fn add(&mut self, id: SessionId, timeout: Duration, now: Instant) {
-        self.sessions.insert(id, Tracked { timeout, deadline: now + timeout, closing: false });
+        self.remove(id);
+        let bucket = self.bucket_for(now, timeout);
+        self.sessions.insert(id, Tracked { timeout, bucket, closing: false });
+        self.file(id, bucket);
     }
 
     /// Stops tracking a closed session.
     pub fn remove(&mut self, id: SessionId) {
-        self.sessions.remove(&id);
+        if let Some(t) = self.sessions.remove(&id) {
+            if !t.closing {
+                self.unfile(id, t.bucket);
+            }
+        }
+    }
+
+    /// Moves a live session to the bucket `timeout` after `now`, never to an earlier one.
+    fn extend(&mut self, id: SessionId, timeout: Option<Duration>, now: Instant) -> bool {
+        let Some(t) = self.sessions.get(&id) else { return false };
+        if t.closing {
+            return false;
+        }
+        let (old, timeout) = (t.bucket, timeout.unwrap_or(t.timeout));
+        let new = self.bucket_for(now, timeout);
+        if let Some(t) = self.sessions.get_mut(&id) {
+            t.timeout = timeout;
+            t.bucket = new;
+        }
+        if new != old {
+            self.unfile(id, old);
+            self.file(id, new);
+        }
+        true
     }
 
     /// Records that the session's client was heard from. False if the session is unknown or
-    /// already being closed: the caller must then treat it as expired.
+    /// already being closed: the caller must then treat it as expired (ZooKeeper's
+    /// `touchSession` answers SessionExpired then).
     pub fn touch(&mut self, id: SessionId, now: Instant) -> bool {
-        match self.sessions.get_mut(&id) {
-            Some(t) if !t.closing => {
-                t.deadline = t.deadline.max(now + t.timeout);
-                true
-            }
-            _ => false,
+        let later = match self.sessions.get(&id) {
+            Some(t) if !t.closing => self.bucket_for(now, t.timeout) > t.bucket,
+            _ => return false,
+        };
+        if later {
+            self.extend(id, None, now);
         }
+        true
     }
 
-    /// Sets a reconnected session's renegotiated timeout and touches it.
+    /// Sets a reconnected session's renegotiated timeout and gives it that long from now.
     pub fn reopen(&mut self, id: SessionId, timeout: Duration, now: Instant) -> bool {
-        match self.sessions.get_mut(&id) {
-            Some(t) if !t.closing => {
-                t.timeout = timeout;
-                t.deadline = now + timeout;
-                true
-            }
-            _ => false,
-        }
+        self.extend(id, Some(timeout), now)
     }
 
     /// Whether the session is tracked and not being closed.
@@ -71,40 +142,66 @@ impl SessionTracker {
         self.sessions.get(&id).is_some_and(|t| !t.closing)
     }
 
-    /// Sessions past their deadline, in id order, marked closing so each is returned once.
+    /// Sessions whose deadline has passed at `now`, in id order, marked closing so each is
+    /// returned once. Only the due buckets are looked at.
     pub fn take_expired(&mut self, now: Instant) -> Vec<SessionId> {
-        let mut out: Vec<SessionId> = self
-            .sessions
-            .iter_mut()
-            .filter(|(_, t)| !t.closing && t.deadline <= now)
-            .map(|(id, t)| {
+        let due = self.ticks(now);
+        let mut out = Vec::new();
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() > due {
+                break;
+            }
+            out.extend(entry.remove());
+        }
+        for id in &out {
+            if let Some(t) = self.sessions.get_mut(id) {
                 t.closing = true;
-                *id
-            })
-            .collect();
+            }
+        }
         out.sort();
         out
     }
 
-    /// A proposal to close the session failed; let a later pass try again.
-    pub fn close_failed(&mut self, id: SessionId) {
-        if let Some(t) = self.sessions.get_mut(&id) {
-            t.closing = false;
+    /// A proposal to close the session failed; let the next pass try again.
+    pub fn close_failed(&mut self, id: SessionId, now: Instant) {
+        let bucket = self.ticks(now);
+        let Some(t) = self.sessions.get_mut(&id) else { return };
+        if !t.closing {
+            return;
         }
+        t.closing = false;
+        t.bucket = bucket;
+        self.file(id, bucket);
     }
 
-    /// Gives every session a full timeout from now (a new leader's grace).
+    /// Gives every session that is not being closed a full timeout from now (a new leader's
+    /// grace).
     pub fn reset_all(&mut self, now: Instant) {
-        for t in self.sessions.values_mut() {
-            t.deadline = now + t.timeout;
+        self.buckets.clear();
+        let live: Vec<(SessionId, Duration)> =
+            self.sessions.iter().filter(|(_, t)| !t.closing).map(|(id, t)| (*id, t.timeout)).collect();
+        for (id, timeout) in live {
+            let bucket = self.bucket_for(now, timeout);
+            if let Some(t) = self.sessions.get_mut(&id) {
+                t.bucket = bucket;
+            }
+            self.file(id, bucket);
         }
     }
 
-    /// Every tracked session and its deadline, in id order (for `dump`).
-    pub fn deadlines(&self) -> Vec<(SessionId, Instant)> {
-        let mut out: Vec<_> = self.sessions.iter().map(|(id, t)| (*id, t.deadline)).collect();
-        out.sort();
-        out
+    /// Up to `max` tracked sessions after `after` in id order, each with the instant it expires
+    /// at (for `dump`, which walks them a few at a time).
+    pub fn deadlines_after(&self, after: Option<SessionId>, max: usize) -> Vec<(SessionId, Instant)> {
+        let mut ids: Vec<SessionId> =
+            self.sessions.keys().copied().filter(|id| after.is_none_or(|a| *id > a)).collect();
+        ids.sort();
+        ids.truncate(max);
+        ids.into_iter().filter_map(|id| self.sessions.get(&id).map(|t| (id, self.bucket_instant(t.bucket)))).collect()
+    }
+
+    fn bucket_instant(&self, bucket: u64) -> Instant {
+        let nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX).saturating_mul(bucket);
+        self.origin.checked_add(Duration::from_nanos(nanos)).unwrap_or(self.origin)
     }
 
     /// Number of tracked sessions.
@@ -122,30 +219,98 @@ impl SessionTracker {
 mod tests {
     use super::*;
 
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn expires_quiet_sessions_once() {
         let t0 = Instant::now();
-        let mut tr = SessionTracker::new();
+        let mut tr = SessionTracker::new(TICK, t0);
         let (a, b) = (SessionId(1), SessionId(2));
-        tr.add(a, Duration::from_secs(2), t0);
-        tr.add(b, Duration::from_secs(2), t0);
-        assert!(tr.take_expired(t0 + Duration::from_millis(1999)).is_empty());
-        assert!(tr.touch(b, t0 + Duration::from_secs(1)));
-        assert_eq!(tr.take_expired(t0 + Duration::from_secs(2)), vec![a]);
-        assert!(tr.take_expired(t0 + Duration::from_secs(2)).is_empty(), "returned once");
-        assert!(!tr.touch(a, t0 + Duration::from_secs(2)), "a closing session cannot be revived");
-        assert_eq!(tr.take_expired(t0 + Duration::from_secs(3)), vec![b]);
-        tr.close_failed(b);
-        assert_eq!(tr.take_expired(t0 + Duration::from_secs(3)), vec![b]);
+        tr.add(a, ms(2000), t0);
+        tr.add(b, ms(2000), t0);
+        assert!(tr.take_expired(t0 + ms(1999)).is_empty());
+        assert!(tr.touch(b, t0 + ms(1000)));
+        assert_eq!(tr.take_expired(t0 + ms(2000)), vec![a]);
+        assert!(tr.take_expired(t0 + ms(2000)).is_empty(), "returned once");
+        assert!(!tr.touch(a, t0 + ms(2000)), "a closing session cannot be revived");
+        assert!(!tr.is_live(a));
+        assert_eq!(tr.take_expired(t0 + ms(3000)), vec![b]);
+        tr.close_failed(b, t0 + ms(3000));
+        assert_eq!(tr.take_expired(t0 + ms(3000)), vec![b], "a failed close is retried on the next pass");
+        tr.remove(a);
+        tr.remove(b);
+        assert!(tr.is_empty());
+        assert!(tr.buckets.is_empty());
+    }
+
+    #[test]
+    fn deadlines_round_up_to_the_next_tick_never_down() {
+        // Table: (timeout, when added, earliest instant it may expire, first instant it must
+        // have expired), all in ms after t0. Rounding goes up to the next 100 ms boundary.
+        let cases = [(1000, 0, 1000, 1000), (1050, 0, 1050, 1100), (1000, 30, 1030, 1100), (999, 1, 1000, 1000)];
+        for (timeout, added, earliest, due) in cases {
+            let t0 = Instant::now();
+            let mut tr = SessionTracker::new(TICK, t0);
+            tr.add(SessionId(7), ms(timeout), t0 + ms(added));
+            assert!(
+                tr.take_expired(t0 + ms(earliest - 1)).is_empty(),
+                "timeout {timeout} added at {added}: expired before {earliest}"
+            );
+            let expired_by_due = !tr.take_expired(t0 + ms(due)).is_empty();
+            assert!(expired_by_due, "timeout {timeout} added at {added}: not expired at {due}");
+        }
+    }
+
+    #[test]
+    fn touch_moves_a_session_later_only() {
+        let t0 = Instant::now();
+        let mut tr = SessionTracker::new(TICK, t0);
+        let s = SessionId(3);
+        tr.add(s, ms(1000), t0);
+        for k in 1..=10 {
+            assert!(tr.touch(s, t0 + ms(500 * k)));
+        }
+        assert!(tr.take_expired(t0 + ms(5999)).is_empty());
+        assert_eq!(tr.take_expired(t0 + ms(6000)), vec![s]);
+        // A reopen with a shorter timeout applies from now.
+        let mut tr = SessionTracker::new(TICK, t0);
+        tr.add(s, ms(10_000), t0);
+        assert!(tr.reopen(s, ms(1000), t0 + ms(100)));
+        assert_eq!(tr.take_expired(t0 + ms(1100)), vec![s]);
+        assert!(!tr.reopen(SessionId(99), ms(1000), t0), "unknown sessions cannot be reopened");
+        assert!(!tr.touch(SessionId(99), t0), "unknown sessions are expired");
+    }
+
+    #[test]
+    fn an_expiry_pass_looks_only_at_due_buckets() {
+        let t0 = Instant::now();
+        let mut tr = SessionTracker::new(TICK, t0);
+        for i in 0..10_000 {
+            tr.add(SessionId(i + 1), ms(1000 + (i as u64 % 50) * 100), t0);
+        }
+        assert_eq!(tr.buckets.len(), 50, "sessions share buckets");
+        assert!(tr.take_expired(t0 + ms(999)).is_empty());
+        assert_eq!(tr.take_expired(t0 + ms(1000)).len(), 200);
+        assert_eq!(tr.buckets.len(), 49, "the due bucket is gone, the others untouched");
     }
 
     #[test]
     fn reset_all_grants_a_full_timeout() {
         let t0 = Instant::now();
-        let mut tr = SessionTracker::new();
-        tr.add(SessionId(1), Duration::from_secs(2), t0);
-        tr.reset_all(t0 + Duration::from_secs(10));
-        assert!(tr.take_expired(t0 + Duration::from_secs(11)).is_empty());
-        assert_eq!(tr.take_expired(t0 + Duration::from_secs(12)).len(), 1);
+        let mut tr = SessionTracker::new(TICK, t0);
+        tr.add(SessionId(1), ms(2000), t0);
+        tr.add(SessionId(2), ms(2000), t0);
+        assert_eq!(tr.take_expired(t0 + ms(2000)).len(), 2);
+        tr.add(SessionId(3), ms(2000), t0);
+        tr.reset_all(t0 + ms(10_000));
+        assert!(tr.take_expired(t0 + ms(11_999)).is_empty());
+        assert_eq!(tr.take_expired(t0 + ms(12_000)), vec![SessionId(3)], "closing sessions stay closing");
+        let dl = tr.deadlines_after(None, 10);
+        assert_eq!(dl.len(), 3);
+        assert_eq!(tr.deadlines_after(Some(SessionId(1)), 1).len(), 1);
     }
 }

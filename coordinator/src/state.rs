@@ -10,23 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
+use crate::outbox::{CloseReason, Outbox};
 use crate::proto::{perms, Id, SessionId, Zxid};
 use crate::request::encode_notification;
 use crate::session::SessionTracker;
 use crate::tree::{check_acl, DataTree, Effects};
 use crate::txn::{Txn, TxnOutcome};
 use crate::watch::{ConnId, WatchRegistry};
-
-/// What the server pushes to a connection outside the request/reply flow.
-#[derive(Debug)]
-pub enum Outbound {
-    /// An encoded watch notification.
-    Notification(Vec<u8>),
-    /// Close the connection (its session was closed or taken over by a newer connection).
-    Close(&'static str),
-}
 
 /// A live connection as the shared state knows it.
 #[derive(Debug)]
@@ -35,8 +25,8 @@ pub struct ConnEntry {
     pub session: SessionId,
     /// The identities it has authenticated as, for filtering notifications by READ.
     pub auth: Arc<[Id]>,
-    /// Where notifications go.
-    pub tx: mpsc::UnboundedSender<Outbound>,
+    /// Where notifications wait for the connection to send them, and how it is told to close.
+    pub outbox: Arc<Outbox>,
     /// The client's address.
     pub peer: std::net::SocketAddr,
     /// Per-connection statistics, for `cons`.
@@ -66,6 +56,9 @@ pub struct ConnStats {
     pub last_latency_ms: u64,
     /// Latency statistics of this connection.
     pub latency: Latency,
+    /// The server has stopped reading from the connection: `max_outstanding_requests` of its
+    /// requests wait for their replies.
+    pub throttled: bool,
 }
 
 /// Request latency statistics in ms (min/avg/max as ZooKeeper reports them).
@@ -86,8 +79,8 @@ impl Latency {
     pub fn record(&mut self, ms: u64) {
         self.min_ms = if self.count == 0 { ms } else { self.min_ms.min(ms) };
         self.max_ms = self.max_ms.max(ms);
-        self.total_ms += ms;
-        self.count += 1;
+        self.total_ms = self.total_ms.saturating_add(ms);
+        self.count = self.count.saturating_add(1);
     }
 
     /// Mean latency, 0 when nothing was counted.
@@ -136,26 +129,22 @@ pub struct ServerState {
     pub open_per_address: HashMap<std::net::IpAddr, u32>,
 }
 
-impl Default for ServerState {
-    fn default() -> Self {
+impl ServerState {
+    /// A fresh state; `extended_types` allows TTL nodes, `tick` is the width of the session
+    /// expiry buckets (the server's tick).
+    pub fn new(extended_types: bool, tick: Duration) -> Self {
+        let started = Instant::now();
+        let mut tree = DataTree::new();
+        tree.set_extended_types(extended_types);
         ServerState {
-            tree: DataTree::new(),
+            tree,
             watches: WatchRegistry::new(),
             conns: HashMap::new(),
-            tracker: SessionTracker::new(),
+            tracker: SessionTracker::new(tick, started),
             counters: Counters::default(),
-            started: Instant::now(),
+            started,
             open_per_address: HashMap::new(),
         }
-    }
-}
-
-impl ServerState {
-    /// A fresh state; `extended_types` allows TTL nodes.
-    pub fn new(extended_types: bool) -> Self {
-        let mut st = ServerState::default();
-        st.tree.set_extended_types(extended_types);
-        st
     }
 
     /// Applies a committed transaction and acts on its effects: notifications go out to the
@@ -177,7 +166,7 @@ impl ServerState {
             for conn in targets {
                 if let Some(c) = self.conns.get(&conn) {
                     if check_acl(&ev.acl, perms::READ, &c.auth).is_ok() {
-                        let _ = c.tx.send(Outbound::Notification(frame.clone()));
+                        c.outbox.push(ev.zxid, frame.clone());
                     }
                 }
             }
@@ -190,7 +179,7 @@ impl ServerState {
         if let Some(id) = fx.closed {
             self.tracker.remove(id);
             for c in self.conns.values().filter(|c| c.session == id) {
-                let _ = c.tx.send(Outbound::Close("session closed"));
+                c.outbox.close(CloseReason::SessionClosed);
             }
         }
     }
@@ -200,7 +189,7 @@ impl ServerState {
     pub fn install_tree(&mut self, mut tree: DataTree, now: Instant) {
         tree.set_extended_types(self.tree.extended_types());
         self.tree = tree;
-        self.tracker = SessionTracker::new();
+        self.tracker = SessionTracker::new(self.tracker.tick(), self.started);
         let sessions: Vec<(SessionId, i32)> = self.tree.sessions().map(|(id, s)| (id, s.timeout_ms)).collect();
         for (id, timeout) in sessions {
             self.tracker.add(id, Duration::from_millis(timeout.max(0) as u64), now);

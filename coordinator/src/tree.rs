@@ -389,6 +389,15 @@ impl DataTree {
         self.sessions.iter().map(|(k, v)| (*k, v))
     }
 
+    /// Up to `max` open sessions after `after`, in id order (for walks a few at a time).
+    pub fn sessions_after(&self, after: Option<SessionId>, max: usize) -> impl Iterator<Item = (SessionId, &Session)> {
+        let range = match after {
+            None => self.sessions.range(..),
+            Some(a) => self.sessions.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        };
+        range.take(max).map(|(k, v)| (*k, v))
+    }
+
     /// Number of znodes, `/` included.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
@@ -453,7 +462,7 @@ impl DataTree {
         let mut count = 0i32;
         let mut stack: Vec<String> = node.children.iter().map(|c| path::join(path, c)).collect();
         while let Some(p) = stack.pop() {
-            count += 1;
+            count = count.saturating_add(1);
             if let Some(n) = self.nodes.get(&p) {
                 stack.extend(n.children.iter().map(|c| path::join(&p, c)));
             }
@@ -461,7 +470,7 @@ impl DataTree {
         // ZooKeeper counts the keys of its node map below `path + "/"`; for the empty path that
         // includes its second key for the root, "/".
         if path.is_empty() {
-            count += 1;
+            count = count.saturating_add(1);
         }
         Ok(count)
     }
@@ -625,6 +634,11 @@ impl DataTree {
                 let parent_path = path::parent(path).to_string();
                 let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&parent.acl, perms::CREATE, &txn.auth)?;
+                // The parent's create counter numbers sequential children and feeds its
+                // cversion. At its maximum there is no next number: the create is refused
+                // (deterministically, on every server) rather than wrapping to a name or a
+                // version already used, or panicking inside the state machine.
+                let next_cversion = parent.stat.cversion.checked_add(1).ok_or(ErrorCode::BadArguments)?;
                 let mut final_path = path.clone();
                 if mode.is_sequential() {
                     final_path.push_str(&format!("{:010}", parent.stat.cversion));
@@ -648,7 +662,7 @@ impl DataTree {
                 self.save(&mut undo, &parent_path);
                 self.save(&mut undo, &final_path);
                 let parent = self.nodes.get_mut(&parent_path).expect("parent checked above");
-                parent.stat.cversion += 1;
+                parent.stat.cversion = next_cversion;
                 parent.stat.pzxid = zxid.0;
                 parent.children.insert(path::name(&final_path).to_string());
                 let parent_acl = parent.acl.clone();
@@ -1108,6 +1122,40 @@ mod tests {
         assert!(t.reap_candidates(i64::MAX).is_empty());
         let (out, _) = t.apply(Zxid(12), &reap("/zookeeper/quota", T0));
         assert_eq!(out.result, Err(ErrorCode::BadVersion), "plain nodes are never reaped");
+    }
+
+    #[test]
+    fn counters_at_their_maximum_never_panic_the_state_machine() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/p", 0));
+        // A parent whose create counter is at its maximum: no next sequential name exists, so
+        // every create under it is refused and the tree is left as it was.
+        t.nodes.get_mut("/p").unwrap().stat.cversion = i32::MAX;
+        let before = t.clone();
+        for flags in [0, 2] {
+            assert_eq!(err_op(&mut t, 3, s, create("/p/c", flags)), ErrorCode::BadArguments, "flags {flags}");
+        }
+        let mut after = t.clone();
+        after.last_zxid = before.last_zxid;
+        assert_eq!(after, before, "a refused create changes nothing");
+        // Inside a multi the refusal rolls back the ops before it.
+        let (out, fx) = t.apply(Zxid(4), &txn(s.0, TxnOp::Multi(vec![create("/q", 0), create("/p/c", 0)])));
+        assert_eq!(
+            out.result,
+            Ok(TxnReply::Multi(vec![OpResult::Error(0), OpResult::Error(ErrorCode::BadArguments.code())]))
+        );
+        assert!(fx.events.is_empty());
+        assert_eq!(t.exists("/q"), Err(ErrorCode::NoNode));
+        // Data and ACL versions wrap as ZooKeeper's Java ints do, and never panic.
+        t.nodes.get_mut("/p").unwrap().stat.version = i32::MAX;
+        t.nodes.get_mut("/p").unwrap().stat.aversion = i32::MAX;
+        let (r, _) = ok_op(&mut t, 5, s, WriteOp::SetData { path: "/p".into(), data: None, version: i32::MAX });
+        assert!(matches!(r, OpResult::DataSet { stat } if stat.version == i32::MIN));
+        let (r, _) =
+            ok_op(&mut t, 6, s, WriteOp::SetAcl { path: "/p".into(), acl: Acl::open_unsafe(), version: i32::MAX });
+        assert!(matches!(r, OpResult::AclSet { stat } if stat.aversion == i32::MIN));
+        // The reported child version of a node with a huge create counter wraps, not panics.
+        let _ = t.exists("/p").unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!
 //! A connection gets at most one notification per event, whatever number of its watches match.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::path;
 use crate::proto::EventType;
@@ -80,7 +80,8 @@ impl WatcherType {
 #[derive(Debug, Default)]
 pub struct WatchRegistry {
     by_path: HashMap<WatchKind, HashMap<String, HashSet<ConnId>>>,
-    by_conn: HashMap<ConnId, HashSet<(WatchKind, String)>>,
+    /// Ordered so the `wchc`/`wchp` commands can walk it a few connections at a time.
+    by_conn: BTreeMap<ConnId, HashSet<(WatchKind, String)>>,
 }
 
 impl WatchRegistry {
@@ -95,6 +96,16 @@ impl WatchRegistry {
         self.by_conn.entry(conn).or_default().insert((kind, path.to_string()));
     }
 
+    /// Whether the connection already holds this watch (registering it again adds nothing).
+    pub fn holds(&self, conn: ConnId, kind: WatchKind, path: &str) -> bool {
+        self.by_conn.get(&conn).is_some_and(|s| s.contains(&(kind, path.to_string())))
+    }
+
+    /// Number of watches the connection holds.
+    pub fn conn_watch_count(&self, conn: ConnId) -> usize {
+        self.by_conn.get(&conn).map_or(0, HashSet::len)
+    }
+
     fn take(&mut self, kind: WatchKind, path: &str, one_shot: bool, out: &mut Vec<ConnId>) {
         let Some(table) = self.by_path.get_mut(&kind) else { return };
         if one_shot {
@@ -102,6 +113,9 @@ impl WatchRegistry {
                 for c in conns {
                     if let Some(set) = self.by_conn.get_mut(&c) {
                         set.remove(&(kind, path.to_string()));
+                        if set.is_empty() {
+                            self.by_conn.remove(&c);
+                        }
                     }
                     out.push(c);
                 }
@@ -157,6 +171,9 @@ impl WatchRegistry {
             let key = (*kind, path.to_string());
             if self.by_conn.get_mut(&conn).is_some_and(|s| s.remove(&key)) {
                 removed = true;
+                if self.by_conn.get(&conn).is_some_and(HashSet::is_empty) {
+                    self.by_conn.remove(&conn);
+                }
                 if let Some(table) = self.by_path.get_mut(kind) {
                     if let Some(conns) = table.get_mut(path) {
                         conns.remove(&conn);
@@ -204,21 +221,24 @@ impl WatchRegistry {
         self.by_conn.values().filter(|s| !s.is_empty()).count()
     }
 
-    /// Watched paths per connection, for the `wchc` command.
-    pub fn by_connection(&self) -> Vec<(ConnId, Vec<String>)> {
-        let mut out: Vec<(ConnId, Vec<String>)> = self
-            .by_conn
-            .iter()
+    /// Watched paths of up to `max` connections after `after`, in connection order, for the
+    /// `wchc` and `wchp` commands, which walk the registry a few connections at a time so that
+    /// no walk holds the server's lock for long.
+    pub fn by_connection_after(&self, after: Option<ConnId>, max: usize) -> Vec<(ConnId, Vec<String>)> {
+        let range = match after {
+            None => self.by_conn.range(..),
+            Some(a) => self.by_conn.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        };
+        range
             .filter(|(_, s)| !s.is_empty())
+            .take(max)
             .map(|(c, s)| {
                 let mut paths: Vec<String> = s.iter().map(|(_, p)| p.clone()).collect();
                 paths.sort();
                 paths.dedup();
                 (*c, paths)
             })
-            .collect();
-        out.sort();
-        out
+            .collect()
     }
 }
 

@@ -265,7 +265,8 @@ async fn mntr_is_tab_separated_and_counts_what_is_there() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_envi_and_dirs() -> Result<()> {
-    let server = TestServer::start().await?;
+    // The walking words are off by default; these tests list every word.
+    let server = TestServer::start_with(|c| c.four_letter_words = vec!["*".into()]).await?;
     let conf = ask(server.addr, b"conf").await?;
     assert_eq!(
         keys(&conf, "="),
@@ -316,7 +317,8 @@ async fn conf_envi_and_dirs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wchs_wchc_wchp_reflect_registered_watches() -> Result<()> {
-    let server = TestServer::start().await?;
+    // The walking words are off by default; these tests list every word.
+    let server = TestServer::start_with(|c| c.four_letter_words = vec!["*".into()]).await?;
     assert_eq!(ask(server.addr, b"wchs").await?, "0 connections watching 0 paths\nTotal watches:0\n");
     assert_eq!(ask(server.addr, b"wchc").await?, "\n");
     assert_eq!(ask(server.addr, b"wchp").await?, "\n");
@@ -353,7 +355,8 @@ async fn wchs_wchc_wchp_reflect_registered_watches() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dump_lists_sessions_their_ephemerals_and_connections() -> Result<()> {
-    let server = TestServer::start().await?;
+    // The walking words are off by default; these tests list every word.
+    let server = TestServer::start_with(|c| c.four_letter_words = vec!["*".into()]).await?;
     let mut c = Plain::connect(server.addr).await?;
     assert_eq!(c.call(op::CREATE, &body::create("/d", b"", 0)).await?, 0);
     assert_eq!(c.call(op::CREATE, &body::create("/d/e2", b"", 1)).await?, 0);
@@ -489,6 +492,52 @@ async fn line_structure_matches_apache_zookeeper() -> Result<()> {
     assert!(unknown.is_empty(), "mntr keys Apache ZooKeeper does not have: {unknown:?}");
     assert_eq!(ask(apache_addr, b"ruok").await?, ask(server.addr, b"ruok").await?);
     assert_eq!(ask(apache_addr, b"isro").await?, ask(server.addr, b"isro").await?);
+    drop(clients);
+    server.stop().await
+}
+
+/// `wchc`, `wchp`, `dump` and `dirs` walk every watch, session or file: off by default, as in
+/// Apache ZooKeeper (its default whitelist is `srvr` alone); the cheap words stay on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walking_words_are_off_by_default() -> Result<()> {
+    let server = TestServer::start().await?;
+    for w in ["wchc", "wchp", "dump", "dirs"] {
+        assert_eq!(
+            ask(server.addr, w.as_bytes()).await?,
+            format!("{w} is not executed because it is not in the whitelist.\n")
+        );
+    }
+    for w in ["ruok", "srvr", "stat", "mntr", "conf", "cons", "envi", "isro", "wchs"] {
+        let answer = ask(server.addr, w.as_bytes()).await?;
+        assert!(!answer.contains("not executed"), "{w}: {answer}");
+    }
+    server.stop().await
+}
+
+/// The walking words copy a few connections or sessions per hold of the server's lock; across
+/// many such chunks they still list every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wchc_and_dump_list_every_connection_across_chunks() -> Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.four_letter_words = vec!["*".into()];
+        c.max_connections_per_address = 0;
+    })
+    .await?;
+    let mut clients = Vec::new();
+    for i in 0..150 {
+        let mut c = Raw::connect(server.addr, 30_000).await?;
+        assert_eq!(c.call(op::EXISTS, &body::path_watch(&format!("/w{i}"), true)).await?.err, err::NO_NODE);
+        clients.push(c);
+    }
+    let wchc = ask(server.addr, b"wchc").await?;
+    for (i, c) in clients.iter().enumerate() {
+        assert!(wchc.contains(&format!("0x{:x}\n\t/w{i}\n", c.session_id)), "session {i} missing: {wchc}");
+    }
+    let wchp = ask(server.addr, b"wchp").await?;
+    assert_eq!(wchp.lines().filter(|l| l.starts_with("/w")).count(), 150, "{wchp}");
+    let dump = ask(server.addr, b"dump").await?;
+    assert!(dump.starts_with("SessionTracker dump:\nSession Sets (150)/(150):\n"), "{}", &dump[..200.min(dump.len())]);
+    assert_eq!(dump.lines().filter(|l| l.starts_with("1 expire at ")).count(), 150);
     drop(clients);
     server.stop().await
 }

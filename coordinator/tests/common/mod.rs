@@ -4,6 +4,7 @@
 //! Each test file is its own crate and uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod raw;
 
 use std::future::Future;

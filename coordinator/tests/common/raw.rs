@@ -464,6 +464,12 @@ impl Raw {
         Ok(Raw { stream, next_xid: 1, session_id: 0, passwd: Vec::new(), timeout_ms: 0 })
     }
 
+    /// A raw connection over an already connected stream (one made with socket options).
+    pub fn from_stream(stream: TcpStream) -> Result<Raw> {
+        stream.set_nodelay(true)?;
+        Ok(Raw { stream, next_xid: 1, session_id: 0, passwd: Vec::new(), timeout_ms: 0 })
+    }
+
     /// A new session (fails unless the server grants one).
     pub async fn connect(addr: SocketAddr, timeout_ms: i32) -> Result<Raw> {
         let mut raw = Raw::tcp(addr).await?;

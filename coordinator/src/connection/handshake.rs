@@ -1,0 +1,136 @@
+//! The first frame of a connection: a four-letter word, or a ConnectRequest that creates or
+//! resumes a session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tracing::debug;
+
+use super::{now_ms, Shared};
+use crate::frame::{read_body, read_prefix};
+use crate::outbox::{CloseReason, Outbox};
+use crate::proto::{Id, SessionId};
+use crate::request::{encode_connect_response, ConnectRequest};
+use crate::state::{ConnEntry, ConnStats};
+use crate::txn::{Txn, TxnOp, TxnReply};
+use crate::watch::ConnId;
+
+/// A session established on a connection.
+pub(super) struct Established {
+    pub session: SessionId,
+    pub timeout: Duration,
+    /// The identities the connection starts with (its address).
+    pub auth: Arc<[Id]>,
+    pub outbox: Arc<Outbox>,
+}
+
+/// Runs the handshake. `Ok(None)`: nothing more to do on this connection (a four-letter word
+/// was answered, or the client left before saying anything).
+pub(super) async fn run(
+    shared: &Arc<Shared>,
+    id: ConnId,
+    peer: SocketAddr,
+    rd: &mut BufReader<OwnedReadHalf>,
+    wr: &mut BufWriter<OwnedWriteHalf>,
+) -> Result<Option<Established>, String> {
+    let max = shared.config.max_packet_bytes;
+    let limit = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let prefix = match tokio::time::timeout(limit, read_prefix(rd)).await {
+        Err(_) => return Err(format!("no ConnectRequest within {} ms (handshake_timeout_ms)", limit.as_millis())),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Ok(Some(p))) => p,
+    };
+    if let Some(cmd) = crate::fourlw::parse(prefix) {
+        let text = crate::fourlw::answer(cmd, &shared.config, &shared.state, shared.mode());
+        debug!(conn = id, %peer, cmd, "four-letter word");
+        wr.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
+        wr.flush().await.map_err(|e| e.to_string())?;
+        let _ = wr.shutdown().await;
+        return Ok(None);
+    }
+    let frame = tokio::time::timeout(limit, read_body(rd, prefix, max))
+        .await
+        .map_err(|_| format!("ConnectRequest not complete within {} ms (handshake_timeout_ms)", limit.as_millis()))?
+        .map_err(|e| e.to_string())?;
+    let connect = ConnectRequest::decode(&frame).map_err(|e| format!("malformed ConnectRequest: {e}"))?;
+
+    let Some((session, timeout_ms, password)) = open_session(shared, &connect).await? else {
+        // ZooKeeper's answer to an expired, unknown or wrongly authenticated session.
+        let frame = encode_connect_response(0, 0, &[0; 16], server_read_only(&connect));
+        let _ = wr.write_all(&frame).await;
+        let _ = wr.flush().await;
+        return Err(format!("session 0x{:x} is expired or unknown", connect.session_id));
+    };
+
+    // Every connection is authenticated by its address (ZooKeeper's ip provider).
+    let auth: Arc<[Id]> = Arc::from(vec![Id { scheme: "ip".into(), id: peer.ip().to_string() }]);
+    let outbox = Arc::new(Outbox::new(id, shared.config.max_queued_outbound_bytes));
+    {
+        let mut st = shared.lock();
+        // A newer connection takes the session over; the older one is closed, as in ZooKeeper.
+        for c in st.conns.values().filter(|c| c.session == session) {
+            c.outbox.close(CloseReason::SessionMoved);
+        }
+        let stats = ConnStats { established_ms: now_ms(), timeout_ms, ..ConnStats::default() };
+        st.conns.insert(id, ConnEntry { session, auth: auth.clone(), outbox: outbox.clone(), peer, stats });
+        st.counters.connections_accepted = st.counters.connections_accepted.saturating_add(1);
+    }
+    wr.write_all(&encode_connect_response(timeout_ms, session.0, &password, server_read_only(&connect)))
+        .await
+        .map_err(|e| e.to_string())?;
+    wr.flush().await.map_err(|e| e.to_string())?;
+    debug!(conn = id, %peer, session = %session, timeout_ms, "session established");
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    Ok(Some(Established { session, timeout, auth, outbox }))
+}
+
+/// The read-only byte of the ConnectResponse: present only if the client sent one, and then
+/// saying whether this server is read-only (it never is), as ZooKeeper writes it.
+fn server_read_only(c: &ConnectRequest) -> Option<bool> {
+    c.read_only.map(|_| false)
+}
+
+/// Creates a new session or resumes one. `None` means the client must be told its session is
+/// expired.
+async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option<(SessionId, i32, [u8; 16])>, String> {
+    let last = shared.lock().tree.last_zxid();
+    if c.last_zxid_seen > last.0 {
+        return Err(format!(
+            "client has seen zxid 0x{:x} but this server is at {last}; it must try another server",
+            c.last_zxid_seen
+        ));
+    }
+    let timeout_ms = shared.config.negotiate_timeout(c.timeout_ms);
+    if c.session_id == 0 {
+        let mut password = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut password);
+        let txn = Txn {
+            session: SessionId(0),
+            auth: Vec::new(),
+            time_ms: now_ms(),
+            op: TxnOp::CreateSession { timeout_ms, password },
+        };
+        let resp = shared.raft.client_write(txn).await.map_err(|e| format!("cannot create session: {e}"))?;
+        return match resp.data.result {
+            Ok(TxnReply::SessionCreated { session, timeout_ms, password }) => Ok(Some((session, timeout_ms, password))),
+            other => Err(format!("session creation answered {other:?}")),
+        };
+    }
+    let id = SessionId(c.session_id);
+    let mut st = shared.lock();
+    let Some(s) = st.tree.session(id) else { return Ok(None) };
+    if s.password[..] != c.password[..] {
+        return Ok(None);
+    }
+    let password = s.password;
+    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    if !st.tracker.reopen(id, timeout, Instant::now()) {
+        return Ok(None);
+    }
+    Ok(Some((id, timeout_ms, password)))
+}

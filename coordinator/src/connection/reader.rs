@@ -1,0 +1,312 @@
+//! The request reader: frames in, reply slots out, in request order.
+//!
+//! It never waits for a reply: writes are proposed as soon as they are read (once the session's
+//! earlier reads have run, so those reads do not see them) and every other request is queued
+//! for the writer. Its only waits are the socket, those earlier reads, the proposal hand-off to
+//! Raft and a full slot queue (back-pressure), and the connection's `select!` can drop it at any
+//! of them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use tokio::io::BufReader;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{now_ms, Conn, Queued, Slot, WriteReceiver};
+use crate::config::CoordinatorConfig;
+use crate::frame::read_frame;
+use crate::proto::{op, ErrorCode, Id, Zxid};
+use crate::request::{decode_header, ReadOp, Reply, Request};
+use crate::txn::{Txn, TxnOp, WriteOp};
+
+/// Why the reader stopped.
+pub(super) enum ReaderEnd {
+    /// The client closed its side between requests.
+    ClientClosed,
+    /// The reader stopped the connection (the reason is logged).
+    Stopped(String),
+}
+
+impl fmt::Display for ReaderEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReaderEnd::ClientClosed => write!(f, "the client closed its side"),
+            ReaderEnd::Stopped(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Reads requests until the client stops, something is wrong, or a request ends the
+/// connection; dropping `slots` on return tells the writer no more requests come.
+pub(super) async fn run(
+    conn: &Conn,
+    mut rd: BufReader<OwnedReadHalf>,
+    mut auth: Arc<[Id]>,
+    slots: mpsc::Sender<Queued>,
+) -> ReaderEnd {
+    let config = &conn.shared.config;
+    let mut throttled = false;
+    // Reads queued so far, and how many of them the writer has executed.
+    let mut reads_queued = 0u64;
+    let mut reads_done = conn.reads_done.subscribe();
+    loop {
+        let frame = match read_frame(&mut rd, config.max_packet_bytes).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return ReaderEnd::ClientClosed,
+            Err(e) => return ReaderEnd::Stopped(e.to_string()),
+        };
+        let arrived = Instant::now();
+        let (xid, opcode, body) = match decode_header(&frame) {
+            Ok(h) => h,
+            Err(e) => return ReaderEnd::Stopped(format!("malformed request header: {e}")),
+        };
+        let live = {
+            let mut st = conn.shared.lock();
+            st.counters.packets_received = st.counters.packets_received.saturating_add(1);
+            if let Some(c) = st.conns.get_mut(&conn.id) {
+                c.stats.received = c.stats.received.saturating_add(1);
+                c.stats.last_cxid = xid;
+            }
+            st.tracker.touch(conn.session, arrived)
+        };
+        let queued = |slot| Queued { at: arrived, op: op_name(opcode), slot };
+        if !live {
+            // ZooKeeper's touchSession: a session that is expired or being expired is not
+            // served. The client hears SessionExpired and the connection closes.
+            info!(conn = conn.id, session = %conn.session, "request from a session that is expired or being expired: answering SessionExpired and closing");
+            let refused = Slot::Answer { xid, zxid: None, result: Err(ErrorCode::SessionExpired) };
+            if queue(conn, &slots, queued(refused), &mut throttled).await {
+                queue(conn, &slots, queued(Slot::Close), &mut throttled).await;
+            }
+            return ReaderEnd::Stopped("the session is expired".into());
+        }
+        let req = match Request::decode(opcode, body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(conn = conn.id, peer = %conn.peer, opcode, "malformed request: {e}");
+                let refused = Slot::Answer { xid, zxid: None, result: Err(ErrorCode::MarshallingError) };
+                if !queue(conn, &slots, queued(refused), &mut throttled).await {
+                    return ReaderEnd::Stopped("the reply writer stopped".into());
+                }
+                continue;
+            }
+        };
+        if let Some(len) = longest_path(&req).filter(|len| *len > config.max_path_bytes) {
+            warn!(
+                conn = conn.id,
+                peer = %conn.peer,
+                opcode,
+                len,
+                limit = config.max_path_bytes,
+                "refusing a request naming a path longer than max_path_bytes"
+            );
+            let refused = Slot::Answer { xid, zxid: None, result: Err(ErrorCode::BadArguments) };
+            if !queue(conn, &slots, queued(refused), &mut throttled).await {
+                return ReaderEnd::Stopped("the reply writer stopped".into());
+            }
+            continue;
+        }
+        if req.is_write() && reads_done.wait_for(|done| *done >= reads_queued).await.is_err() {
+            // A write is proposed only after the session's earlier reads have run, so they do
+            // not see it.
+            return ReaderEnd::Stopped("the reply writer stopped".into());
+        }
+        let (slot, then_close) = match dispatch(conn, xid, req, &mut auth).await {
+            Ok(s) => s,
+            Err(why) => return ReaderEnd::Stopped(why),
+        };
+        if matches!(slot, Slot::Read { .. }) {
+            reads_queued += 1;
+        }
+        if !queue(conn, &slots, queued(slot), &mut throttled).await {
+            return ReaderEnd::Stopped("the reply writer stopped".into());
+        }
+        if let Some(why) = then_close {
+            queue(conn, &slots, queued(Slot::Close), &mut throttled).await;
+            return ReaderEnd::Stopped(why);
+        }
+    }
+}
+
+/// Queues a slot, waiting while `max_outstanding_requests` are queued: the reader stops
+/// reading until the writer catches up, so a client that floods requests is throttled at its
+/// own socket. False when the writer is gone.
+async fn queue(conn: &Conn, slots: &mpsc::Sender<Queued>, q: Queued, throttled: &mut bool) -> bool {
+    match slots.try_send(q) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(q)) => {
+            if !*throttled {
+                *throttled = true;
+                info!(
+                    conn = conn.id,
+                    peer = %conn.peer,
+                    limit = conn.shared.config.max_outstanding_requests,
+                    "max_outstanding_requests waiting for replies: not reading from this connection until they go out"
+                );
+            }
+            set_throttled(conn, true);
+            let sent = slots.send(q).await.is_ok();
+            set_throttled(conn, false);
+            sent
+        }
+    }
+}
+
+fn set_throttled(conn: &Conn, on: bool) {
+    if let Some(c) = conn.shared.lock().conns.get_mut(&conn.id) {
+        c.stats.throttled = on;
+    }
+}
+
+/// Decides what a decoded request becomes: its slot, and whether the connection closes after
+/// it (with the reason). Writes are proposed here.
+async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> Result<(Slot, Option<String>), String> {
+    Ok(match req {
+        Request::Auth { scheme, auth: credentials } => match authenticate(&conn.shared.config, &scheme, &credentials) {
+            Ok(ids) => {
+                let mut all: Vec<Id> = auth.to_vec();
+                for i in ids {
+                    if !all.contains(&i) {
+                        all.push(i);
+                    }
+                }
+                *auth = Arc::from(all);
+                if let Some(c) = conn.shared.lock().conns.get_mut(&conn.id) {
+                    c.auth = auth.clone();
+                }
+                (Slot::Answer { xid, zxid: Some(Zxid(0)), result: Ok(Reply::Empty) }, None)
+            }
+            Err(why) => {
+                warn!(conn = conn.id, peer = %conn.peer, "authentication with scheme {scheme:?} failed: {why}");
+                let mut st = conn.shared.lock();
+                st.counters.auth_failed = st.counters.auth_failed.saturating_add(1);
+                let refused = Slot::Answer { xid, zxid: Some(Zxid(0)), result: Err(ErrorCode::AuthFailed) };
+                (refused, Some(format!("authentication failed: {why}")))
+            }
+        },
+        Request::CloseSession => {
+            // The session's close, when applied, must not cut off the reply to this request.
+            conn.outbox.set_client_closing();
+            let rx = propose(conn, auth, TxnOp::CloseSession { expired: false }).await?;
+            (Slot::Write { xid, rx }, Some("the client closed its session".into()))
+        }
+        Request::Write(op) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Write(op)).await? }, None),
+        Request::Multi(ops) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Multi(ops)).await? }, None),
+        // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
+        Request::Sasl => (Slot::Answer { xid, zxid: Some(Zxid(0)), result: Ok(Reply::Token(None)) }, None),
+        Request::Unknown(opcode) => {
+            debug!(conn = conn.id, opcode, "unknown opcode");
+            (Slot::Answer { xid, zxid: Some(Zxid(-1)), result: Err(ErrorCode::Unimplemented) }, None)
+        }
+        Request::Sync { path } => (Slot::Sync { xid, path }, None),
+        req => (Slot::Read { xid, req, auth: auth.clone() }, None),
+    })
+}
+
+/// Hands a transaction to Raft; the returned receiver yields its outcome once applied.
+async fn propose(conn: &Conn, auth: &Arc<[Id]>, op: TxnOp) -> Result<WriteReceiver, String> {
+    let txn = Txn { session: conn.session, auth: auth.to_vec(), time_ms: now_ms(), op };
+    conn.shared.raft.client_write_ff(txn).await.map_err(|e| format!("cannot propose: {e}"))
+}
+
+/// The length in bytes of the longest path a request names, if it names any.
+fn longest_path(req: &Request) -> Option<usize> {
+    fn write_path(op: &WriteOp) -> usize {
+        match op {
+            WriteOp::Create { path, .. }
+            | WriteOp::Delete { path, .. }
+            | WriteOp::SetData { path, .. }
+            | WriteOp::SetAcl { path, .. }
+            | WriteOp::DeleteContainer { path }
+            | WriteOp::Check { path, .. } => path.len(),
+        }
+    }
+    match req {
+        Request::Exists { path, .. }
+        | Request::GetData { path, .. }
+        | Request::GetChildren { path, .. }
+        | Request::GetAcl { path }
+        | Request::Sync { path }
+        | Request::CheckWatches { path, .. }
+        | Request::RemoveWatches { path, .. }
+        | Request::GetAllChildrenNumber { path }
+        | Request::AddWatch { path, .. } => Some(path.len()),
+        Request::GetEphemerals { prefix } => Some(prefix.len()),
+        Request::Write(op) => Some(write_path(op)),
+        Request::Multi(ops) => ops.iter().map(write_path).max(),
+        Request::MultiRead(ops) => ops
+            .iter()
+            .map(|op| match op {
+                ReadOp::GetData(p) | ReadOp::GetChildren(p) => p.len(),
+            })
+            .max(),
+        Request::SetWatches { data, exist, child, persistent, recursive, .. } => {
+            [data, exist, child, persistent, recursive].into_iter().flatten().map(String::len).max()
+        }
+        Request::Ping
+        | Request::Auth { .. }
+        | Request::CloseSession
+        | Request::WhoAmI
+        | Request::Sasl
+        | Request::Refused(_)
+        | Request::Unknown(_) => None,
+    }
+}
+
+/// Checks credentials of an auth packet, returning the identities they establish, as Apache
+/// ZooKeeper's providers do: `digest` hashes whatever it is given (the user is the text before
+/// the first `:`, or all of it), `ip` adds nothing the connection does not already have.
+fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) -> Result<Vec<Id>, String> {
+    match scheme {
+        "digest" => {
+            let text = String::from_utf8_lossy(credentials);
+            let user = text.split_once(':').map_or(text.as_ref(), |(u, _)| u);
+            let digest = base64::engine::general_purpose::STANDARD
+                .encode(sha1_smol::Sha1::from(text.as_bytes()).digest().bytes());
+            let id = format!("{user}:{digest}");
+            let mut ids = Vec::new();
+            if config.super_digest.as_deref() == Some(id.as_str()) {
+                ids.push(Id { scheme: "super".into(), id: String::new() });
+            }
+            ids.push(Id { scheme: "digest".into(), id });
+            Ok(ids)
+        }
+        "ip" => Ok(Vec::new()),
+        other => Err(format!("unsupported auth scheme {other:?} (this server accepts digest and ip)")),
+    }
+}
+
+/// ZooKeeper's short operation names, as `cons` reports the last one.
+fn op_name(opcode: i32) -> &'static str {
+    match opcode {
+        op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => "CREA",
+        op::DELETE | op::DELETE_CONTAINER => "DELE",
+        op::EXISTS => "EXIS",
+        op::GET_DATA => "GETD",
+        op::SET_DATA => "SETD",
+        op::GET_ACL => "GETA",
+        op::SET_ACL => "SETA",
+        op::GET_CHILDREN | op::GET_CHILDREN2 => "GETC",
+        op::SYNC => "SYNC",
+        op::PING => "PING",
+        op::CHECK => "CHEC",
+        op::MULTI => "MULT",
+        op::MULTI_READ => "MLTR",
+        op::AUTH => "AUTH",
+        op::SET_WATCHES | op::SET_WATCHES2 => "SETW",
+        op::ADD_WATCH => "ADDW",
+        op::CHECK_WATCHES => "CHKW",
+        op::REMOVE_WATCHES => "REMW",
+        op::GET_EPHEMERALS => "GETE",
+        op::GET_ALL_CHILDREN_NUMBER => "GETN",
+        op::WHO_AM_I => "WHOA",
+        op::CLOSE_SESSION => "CLOS",
+        op::SASL => "SASL",
+        _ => "UNKN",
+    }
+}

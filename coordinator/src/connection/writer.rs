@@ -1,0 +1,197 @@
+//! The reply writer: one reply per slot, in request order, with the connection's notifications
+//! placed where ZooKeeper places them.
+//!
+//! The order rule (see [`crate::outbox`]): the notifications queued when a reply's state was
+//! read go out before the reply, later ones after it. For a read that cut is taken under the
+//! state lock, in the same critical section that executes the read; for a write it is the
+//! write's own zxid (every notification of a change up to and including the write precedes its
+//! reply). Between replies, notifications go out as they come.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::reads::{self, ReadCtx, Refusal};
+use super::{now_ms, Conn, Queued, Slot};
+use crate::proto::{op, ErrorCode};
+use crate::request::{encode_reply, Reply};
+use crate::txn::{OpResult, TxnOutcome, TxnReply};
+
+/// Bytes of a reply header (xid, zxid, err).
+const REPLY_HEADER_BYTES: usize = 16;
+
+/// Writes replies until a `Close` slot, the end of the slots (the reader stopped), or a socket
+/// error. Every await here is dropped with the connection.
+pub(super) async fn run(
+    conn: &Conn,
+    mut wr: BufWriter<OwnedWriteHalf>,
+    mut slots: mpsc::Receiver<Queued>,
+) -> Result<(), String> {
+    let result = pump(conn, &mut wr, &mut slots).await;
+    if result.is_ok() {
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    }
+    result
+}
+
+async fn pump(
+    conn: &Conn,
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    slots: &mut mpsc::Receiver<Queued>,
+) -> Result<(), String> {
+    let mut sent = 0u64;
+    let mut warned = [false; 2];
+    loop {
+        tokio::select! {
+            // A slot first: it takes the notifications owed before its reply itself.
+            biased;
+            next = slots.recv() => {
+                let Some(Queued { at, op, slot }) = next else { return Ok(()) };
+                let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else { return Ok(()) };
+                for f in &frames {
+                    wr.write_all(f).await.map_err(|e| e.to_string())?;
+                }
+                sent = sent.saturating_add(frames.len() as u64);
+                record(conn, op, at, reply_zxid, frames.len() as u64);
+            }
+            _ = conn.outbox.wait_queued() => {
+                let frames = conn.outbox.take(None);
+                for f in &frames {
+                    wr.write_all(f).await.map_err(|e| e.to_string())?;
+                }
+                sent = sent.saturating_add(frames.len() as u64);
+            }
+        }
+        if slots.is_empty() && conn.outbox.queued_bytes() == 0 {
+            wr.flush().await.map_err(|e| e.to_string())?;
+            let mut st = conn.shared.lock();
+            st.counters.packets_sent = st.counters.packets_sent.saturating_add(std::mem::take(&mut sent));
+        }
+    }
+}
+
+/// Turns a slot into the frames to send (notifications first, then the reply) and the reply's
+/// zxid; `None` for a `Close` slot.
+async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Option<(Vec<Vec<u8>>, i64)>, String> {
+    let max_body = conn.shared.config.max_packet_bytes.saturating_sub(REPLY_HEADER_BYTES);
+    let (mut frames, xid, zxid, result) = match slot {
+        Slot::Close => return Ok(None),
+        Slot::Read { xid, req, auth } => {
+            let mut cx = ReadCtx {
+                conn: conn.id,
+                session: conn.session,
+                auth: &auth,
+                max_body,
+                max_watches: conn.shared.config.max_watches_per_connection,
+                refused: None,
+            };
+            let (frames, zxid, result) = {
+                let mut st = conn.shared.lock();
+                // The cut: everything queued so far describes changes this read sees.
+                let mut frames = conn.outbox.take(None);
+                let result = reads::execute(&mut st, &mut cx, req, &mut frames);
+                (frames, st.tree.last_zxid(), result)
+            };
+            // The session's next write may now be proposed.
+            conn.reads_done.send_modify(|n| *n += 1);
+            if let Some(refusal) = cx.refused {
+                log_refusal(conn, xid, refusal, warned);
+            }
+            (frames, xid, zxid, result)
+        }
+        Slot::Write { xid, rx } => {
+            let outcome = match rx.await {
+                Ok(Ok(resp)) => resp.data,
+                Ok(Err(e)) => return Err(format!("write not accepted: {e}")),
+                Err(_) => return Err("replication stopped before the write was applied".into()),
+            };
+            let frames = conn.outbox.take(Some(outcome.zxid));
+            let zxid = outcome.zxid;
+            (frames, xid, zxid, write_result(outcome))
+        }
+        Slot::Sync { xid, path } => {
+            // A sync waits until this server has applied everything committed before it.
+            conn.shared.raft.ensure_linearizable().await.map_err(|e| format!("sync failed: {e}"))?;
+            let st = conn.shared.lock();
+            (conn.outbox.take(None), xid, st.tree.last_zxid(), Ok(Reply::Path(path)))
+        }
+        Slot::Answer { xid, zxid, result } => {
+            let st = conn.shared.lock();
+            (conn.outbox.take(None), xid, zxid.unwrap_or_else(|| st.tree.last_zxid()), result)
+        }
+    };
+    let mut reply = encode_reply(xid, zxid, &result);
+    // Every reply is bounded where it is built; this is the last guard for one that was not.
+    if reply.len() - 4 > conn.shared.config.max_packet_bytes {
+        log_refusal(conn, xid, Refusal::ReplyTooLarge { at_least: reply.len() - 4 }, warned);
+        reply = encode_reply(xid, zxid, &Err(ErrorCode::BadArguments));
+    }
+    frames.push(reply);
+    Ok(Some((frames, zxid.0)))
+}
+
+/// Logs a request refused by a limit, naming the limit: the first refusal of each kind on a
+/// connection at warn, later ones at debug, so a hostile client cannot flood the log.
+fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; 2]) {
+    let (kind, first) = match refusal {
+        Refusal::ReplyTooLarge { .. } => (0, !warned[0]),
+        Refusal::TooManyWatches => (1, !warned[1]),
+    };
+    warned[kind] = true;
+    let config = &conn.shared.config;
+    match refusal {
+        Refusal::ReplyTooLarge { at_least } if first => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            xid,
+            at_least,
+            limit = config.max_packet_bytes,
+            "refusing a read whose reply would pass max_packet_bytes (answered BadArguments)"
+        ),
+        Refusal::TooManyWatches if first => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            xid,
+            limit = config.max_watches_per_connection,
+            "refusing a read that would pass max_watches_per_connection (answered QuotaExceeded)"
+        ),
+        _ => tracing::debug!(conn = conn.id, xid, ?refusal, "read refused by a limit"),
+    }
+}
+
+/// The reply to a write, from its outcome.
+fn write_result(outcome: TxnOutcome) -> Result<Reply, ErrorCode> {
+    match outcome.result {
+        Err(code) => Err(code),
+        Ok(TxnReply::Op(r)) => match r {
+            OpResult::Created { opcode, path, stat, .. } => {
+                Ok(if opcode == op::CREATE { Reply::Create(path) } else { Reply::Create2(path, stat) })
+            }
+            OpResult::DataSet { stat } | OpResult::AclSet { stat } => Ok(Reply::Stat(stat)),
+            OpResult::Deleted | OpResult::Checked => Ok(Reply::Empty),
+            // Only multis report per-op errors; a single op's refusal is the outcome's error.
+            OpResult::Error(_) => Err(ErrorCode::SystemError),
+        },
+        Ok(TxnReply::Multi(results)) => Ok(Reply::Multi(results)),
+        Ok(TxnReply::SessionClosed) | Ok(TxnReply::Nothing) | Ok(TxnReply::SessionCreated { .. }) => Ok(Reply::Empty),
+    }
+}
+
+/// Records a reply in the connection's and the server's statistics.
+fn record(conn: &Conn, op: &'static str, at: Instant, zxid: i64, frames: u64) {
+    let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut st = conn.shared.lock();
+    st.counters.latency.record(ms);
+    if let Some(c) = st.conns.get_mut(&conn.id) {
+        c.stats.sent = c.stats.sent.saturating_add(frames);
+        c.stats.last_op = op;
+        c.stats.last_zxid = zxid;
+        c.stats.last_response_ms = now_ms();
+        c.stats.last_latency_ms = ms;
+        c.stats.latency.record(ms);
+    }
+}

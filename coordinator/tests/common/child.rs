@@ -1,0 +1,122 @@
+//! The coordinator as a child process (the `referee-coordinator` binary), for tests that
+//! measure the process from outside (its RSS) or that must see it exactly as a deployment runs.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use referee_testkit::{free_port, ScratchDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A running `referee-coordinator`, killed on drop.
+pub struct ChildServer {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    child: Child,
+    dir: ScratchDir,
+}
+
+impl ChildServer {
+    /// Starts the binary with test timings (50 ms ticks, session timeouts 200..=30000 ms) plus
+    /// `extra` YAML lines, and waits until it answers `ruok`.
+    pub async fn start(extra: &str) -> Result<Self> {
+        let dir = ScratchDir::new("cochild")?;
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = format!(
+            "listen: {addr}\ndata_dir: {}\ntick_ms: 50\nmin_session_timeout_ms: 200\nmax_session_timeout_ms: 30000\n{extra}",
+            dir.path("data").display()
+        );
+        let config_path = dir.path("coordinator.yaml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path("coordinator.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
+            .arg(&config_path)
+            .env("REFEREE_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting referee-coordinator")?;
+        let mut server = ChildServer { addr, child, dir };
+        let ready = referee_testkit::within_for(Duration::from_secs(20), "referee-coordinator to answer ruok", async {
+            loop {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    return Err(anyhow!("referee-coordinator exited with {status}"));
+                }
+                if server.four_letter("ruok").await.is_ok_and(|a| a == "imok") {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        match ready {
+            Ok(Ok(())) => Ok(server),
+            Ok(Err(e)) | Err(e) => bail!("{e}; its log:\n{}", server.log()),
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's resident set size in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS line in /proc/{}/status", self.pid()))
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("coordinator.log")).unwrap_or_default()
+    }
+
+    /// Sends a four-letter word and reads the answer until the server closes.
+    pub async fn four_letter(&self, cmd: &str) -> Result<String> {
+        four_letter(self.addr, cmd).await
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a four-letter word to `addr` and reads the answer until the server closes.
+pub async fn four_letter(addr: SocketAddr, cmd: &str) -> Result<String> {
+    super::within(&format!("the answer to {cmd}"), async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(cmd.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, anyhow::Error>(out)
+    })
+    .await?
+}
+
+/// One `mntr` value (`zk_<key>\t<value>`) as a number.
+pub async fn mntr(addr: SocketAddr, key: &str) -> Result<i64> {
+    let text = four_letter(addr, "mntr").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix('\t')))
+        .ok_or_else(|| anyhow!("mntr has no {key}: {text}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("mntr's {key} is not a number"))
+}

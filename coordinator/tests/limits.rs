@@ -1,0 +1,244 @@
+//! The per-connection limits, one test each: what a client over the limit gets (ZooKeeper's
+//! answer where it has one, else an error or a close naming the limit) and that everyone else
+//! is served meanwhile.
+//!
+//! | limit                        | over it                                             |
+//! |------------------------------|-----------------------------------------------------|
+//! | `max_packet_bytes` (replies) | the read is answered BadArguments, connection goes on |
+//! | `max_outstanding_requests`   | the server stops reading until replies go out        |
+//! | `max_queued_outbound_bytes`  | the connection is closed                             |
+//! | `max_watches_per_connection` | the read is answered QuotaExceeded, nothing registered |
+//! | `max_path_bytes`             | the request is answered BadArguments                 |
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::child::ChildServer;
+use common::raw::{body, err, op, Jute, Raw};
+use common::*;
+use referee_testkit::{wait_until, within_for, TestServer};
+use tokio::net::TcpSocket;
+
+const QUOTA_EXCEEDED: i32 = -125;
+
+/// A multiRead of `n` getData of `path`.
+fn multi_read(path: &str, n: usize) -> Vec<u8> {
+    let ops: Vec<(i32, Vec<u8>)> = (0..n).map(|_| (op::GET_DATA, body::path_watch(path, false))).collect();
+    body::multi(&ops)
+}
+
+/// One small request (7 KB) asking for a 400 MB reply: 400 getData of a 1 MB znode. The server
+/// must refuse it without building it (its RSS stays under 100 MB, where building it took
+/// 800 MB), answer BadArguments, keep the connection, and serve a second client meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_multiread_is_refused_without_being_built() -> Result<()> {
+    let mut server = ChildServer::start("").await?;
+    let mut hog = Raw::connect(server.addr, 10_000).await?;
+    let big = vec![b'x'; 1_000_000];
+    hog.call(op::CREATE, &body::create("/big", &big, 0)).await?.ok()?;
+    let rss_before = server.rss_kib()?;
+
+    // The second client writes and reads throughout.
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = Raw::connect(addr, 10_000).await?;
+            c.call(op::CREATE, &body::create("/other", b"0", 0)).await?.ok()?;
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds < 20 {
+                rounds += 1;
+                c.call(op::SET_DATA, &body::set_data("/other", rounds.to_string().as_bytes(), -1)).await?.ok()?;
+                let r = c.call(op::GET_DATA, &body::path_watch("/other", false)).await?;
+                let data = r.rd().buffer()?.unwrap_or_default();
+                ensure!(data == rounds.to_string().as_bytes(), "read {data:?} after writing {rounds}");
+            }
+            Ok::<_, anyhow::Error>(rounds)
+        })
+    };
+
+    let mut peak = rss_before;
+    for (round, n) in [400usize, 400, 20_000, 400, 50_000].into_iter().enumerate() {
+        let reply = hog.call(op::MULTI_READ, &multi_read("/big", n)).await.with_context(|| format!("round {round}"))?;
+        ensure!(
+            reply.err == err::BAD_ARGUMENTS,
+            "round {round}: a {n}-op multiRead of a 1 MB znode was answered {}",
+            reply.err
+        );
+        peak = peak.max(server.rss_kib()?);
+        ensure!(server.is_running(), "the server died");
+    }
+    // The connection goes on: a multiRead that fits is answered.
+    let fits = hog.call(op::MULTI_READ, &multi_read("/big", 1)).await?;
+    fits.ok()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = within("the second client", other).await???;
+    peak = peak.max(server.rss_kib()?);
+    println!(
+        "RSS before {rss_before} KiB, peak {peak} KiB; the second client did {rounds} write+read rounds meanwhile"
+    );
+    ensure!(peak < 100 * 1024, "the server's RSS reached {peak} KiB (limit 100 MiB); before: {rss_before} KiB");
+    let log = server.log();
+    ensure!(log.contains("max_packet_bytes"), "no log line names the limit:\n{log}");
+    Ok(())
+}
+
+/// A client that sends and does not read is throttled at its own socket: once
+/// `max_outstanding_requests` of its requests wait for replies the server stops reading from
+/// it, and when it reads again every reply arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_too_many_outstanding_requests_is_not_read() -> Result<()> {
+    const LIMIT: usize = 8;
+    let server = TestServer::start_with(|c| c.max_outstanding_requests = LIMIT).await?;
+    let mut setup = Raw::connect(server.addr, 10_000).await?;
+    setup.call(op::CREATE, &body::create("/wide", &vec![b'w'; 500_000], 0)).await?.ok()?;
+
+    // A small receive buffer, so the server's writer blocks after a few 500 KB replies.
+    let sock = TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let stream = within("connect", sock.connect(server.addr)).await??;
+    let mut flooder = Raw::from_stream(stream)?;
+    flooder.handshake(&common::raw::ConnectRequest::new_session(10_000)).await?;
+    let session = flooder.session_id;
+    const SENT: usize = 400;
+    let mut xids = Vec::new();
+    for _ in 0..SENT {
+        xids.push(flooder.send(op::GET_DATA, &body::path_watch("/wide", false)).await?);
+    }
+    let stats = |server: &TestServer| {
+        let st = server.state.lock().unwrap();
+        st.conns.values().find(|c| c.session.0 == session).map(|c| (c.stats.throttled, c.stats.received))
+    };
+    wait_until(DEADLINE, "the server to stop reading the flooding connection", || {
+        stats(&server).is_some_and(|(throttled, _)| throttled)
+    })
+    .await?;
+    let (_, received) = stats(&server).context("the connection is gone")?;
+    ensure!(received < 100, "the server had read {received} of {SENT} requests when it stopped reading");
+    // Others are served meanwhile.
+    setup.call(op::SET_DATA, &body::set_data("/wide", b"small", -1)).await?.ok()?;
+    // Reading again: every reply, in order.
+    for (i, x) in xids.into_iter().enumerate() {
+        let (r, _) = within_for(Duration::from_secs(30), "a reply", flooder.reply_to(x)).await??;
+        ensure!(r.err == 0, "reply {i}: err {}", r.err);
+    }
+    server.stop().await
+}
+
+/// A client that never reads while its watches fire is disconnected once the notifications
+/// waiting for it pass `max_queued_outbound_bytes`; the server and other clients carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_notifications_is_disconnected() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_queued_outbound_bytes = 64 * 1024).await?;
+    let mut writer = Raw::connect(server.addr, 10_000).await?;
+    writer.call(op::CREATE, &body::create("/flood", b"", 0)).await?.ok()?;
+
+    let sock = TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let stream = within("connect", sock.connect(server.addr)).await??;
+    let mut deaf = Raw::from_stream(stream)?;
+    deaf.handshake(&common::raw::ConnectRequest::new_session(30_000)).await?;
+    deaf.call(op::ADD_WATCH, &Jute::new().string("/flood").int(1).into_vec()).await?.ok()?;
+    let deaf_session = deaf.session_id;
+    let connected =
+        |server: &TestServer| server.state.lock().unwrap().conns.values().any(|c| c.session.0 == deaf_session);
+
+    // Each create fires a ~3 KB NodeCreated at the deaf client; it reads none of them.
+    let name = "n".repeat(3000);
+    let mut created = 0;
+    while connected(&server) {
+        created += 1;
+        if created > 20_000 {
+            bail!("still connected after {created} notifications");
+        }
+        let x = writer.send(op::CREATE, &body::create(&format!("/flood/{name}{created}"), b"", 0)).await?;
+        writer.reply_to(x).await?.0.ok()?;
+    }
+    println!("the deaf client was disconnected after {created} notifications");
+    // Its session is not closed by this (the client may reconnect and re-register).
+    ensure!(server.session_ids().contains(&deaf_session), "the session went with the connection");
+    writer.call(op::EXISTS, &body::path_watch("/flood", false)).await?.ok()?;
+    server.stop().await
+}
+
+/// A connection holds at most `max_watches_per_connection` watches: the read that would leave
+/// one more is answered QuotaExceeded and registers nothing; watches it already holds, and
+/// room made by a fired watch, are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_per_connection_are_limited() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_watches_per_connection = 3).await?;
+    let mut c = Raw::connect(server.addr, 10_000).await?;
+    for p in ["/a", "/b", "/c", "/d"] {
+        c.call(op::CREATE, &body::create(p, b"", 0)).await?.ok()?;
+    }
+    for p in ["/a", "/b", "/c"] {
+        c.call(op::GET_DATA, &body::path_watch(p, true)).await?.ok()?;
+    }
+    let watches = |server: &TestServer| server.state.lock().unwrap().watches.watch_count();
+    assert_eq!(watches(&server), 3);
+    let r = c.call(op::GET_DATA, &body::path_watch("/d", true)).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "a fourth watch was answered {}", r.err);
+    let r = c.call(op::EXISTS, &body::path_watch("/nonexistent", true)).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "a fourth exists watch was answered {}", r.err);
+    let r = c.call(op::GET_CHILDREN, &body::path_watch("/", true)).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "a fourth child watch was answered {}", r.err);
+    let r = c.call(op::ADD_WATCH, &Jute::new().string("/").int(1).into_vec()).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "a fourth persistent watch was answered {}", r.err);
+    let r = c.call(op::SET_WATCHES, &body::set_watches(server.last_zxid(), &["/d"], &[], &[], None)).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "SetWatches past the limit was answered {}", r.err);
+    assert_eq!(watches(&server), 3, "refused reads registered nothing");
+    // Reads without a watch, and a watch the connection already holds, go on.
+    c.call(op::GET_DATA, &body::path_watch("/d", false)).await?.ok()?;
+    c.call(op::GET_DATA, &body::path_watch("/a", true)).await?.ok()?;
+    // A fired watch makes room.
+    let (r, notes) = c.call_collect(op::SET_DATA, &body::set_data("/a", b"1", -1)).await?;
+    r.ok()?;
+    ensure!(notes.len() == 1, "expected the /a notification before the reply: {notes:?}");
+    c.call(op::GET_DATA, &body::path_watch("/d", true)).await?.ok()?;
+    assert_eq!(watches(&server), 3);
+    // Another connection has its own allowance.
+    let mut other = Raw::connect(server.addr, 10_000).await?;
+    other.call(op::GET_DATA, &body::path_watch("/a", true)).await?.ok()?;
+    assert_eq!(watches(&server), 4);
+    server.stop().await
+}
+
+/// Paths longer than `max_path_bytes` are refused with BadArguments before anything is stored
+/// (reads used to keep paths of up to 1 MB in the watch registry), and watches are never
+/// registered on invalid paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_invalid_paths_leave_nothing_behind() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(server.addr, 10_000).await?;
+    let long = format!("/{}", "p".repeat(5000));
+    let fits = format!("/{}", "p".repeat(4000));
+    let watches = |server: &TestServer| server.state.lock().unwrap().watches.watch_count();
+    for (opcode, b) in [
+        (op::GET_DATA, body::path_watch(&long, true)),
+        (op::EXISTS, body::path_watch(&long, true)),
+        (op::GET_CHILDREN, body::path_watch(&long, true)),
+        (op::CREATE, body::create(&long, b"", 0)),
+        (op::SET_WATCHES, body::set_watches(0, &[long.as_str()], &[], &[], None)),
+    ] {
+        let r = c.call(opcode, &b).await?;
+        ensure!(r.err == err::BAD_ARGUMENTS, "opcode {opcode} with a 5001-byte path was answered {}", r.err);
+    }
+    let r = c.call(op::MULTI_READ, &multi_read(&long, 1)).await?;
+    ensure!(r.err == err::BAD_ARGUMENTS, "multiRead with a 5001-byte path was answered {}", r.err);
+    assert_eq!(watches(&server), 0);
+    // Within the limit all is as before.
+    c.call(op::CREATE, &body::create(&fits, b"", 0)).await?.ok()?;
+    c.call(op::GET_DATA, &body::path_watch(&fits, true)).await?.ok()?;
+    assert_eq!(watches(&server), 1);
+    // An invalid path names no node (NoNode, as Apache ZooKeeper answers) and leaves no watch:
+    // none could ever fire.
+    for bad in ["/a/", "/a//b", "/a/./b", "relative"] {
+        let r = c.call(op::EXISTS, &body::path_watch(bad, true)).await?;
+        ensure!(r.err == err::NO_NODE, "exists({bad:?}) was answered {}", r.err);
+    }
+    assert_eq!(watches(&server), 1);
+    server.stop().await
+}
