@@ -8,7 +8,7 @@
 //! without limits is hurt, not killed outright, and the machine running the test survives).
 //!
 //! ```text
-//!             ┌─ NeverReads ×n ─── watches + multiRead replies it never reads, setData firing watches
+//!             ┌─ NeverReads ×n ─── multiRead replies or many watches, never read; setData firing watches
 //!  abusers ───┼─ Floods ×n ─────── thousands of pipelined requests outstanding
 //!  (one       ├─ LeaksSessions ×n─ connect, create an ephemeral, drop the socket; repeat
 //!   runtime)  └─ HugePaths ×n ──── requests with paths just under the packet limit
@@ -47,8 +47,9 @@ pub const ROOT: &str = "/referee-abuse";
 /// One way a client misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Misbehaviour {
-    /// Never reads its socket, while leaving watches (many paths, and one hot node whose
-    /// changes fire them) and asking for large `multiRead` replies.
+    /// Never reads its socket, while asking for large `multiRead` replies (half of them) or
+    /// leaving watches on many paths (the other half), and watching one hot node whose changes
+    /// they all fire.
     NeverReads,
     /// Keeps thousands of pipelined requests outstanding, reading replies as they come.
     Floods,
@@ -101,9 +102,9 @@ pub struct AbuseSpec {
     pub flood_outstanding: usize,
     /// Requests one flooder connection sends at most.
     pub flood_requests_per_connection: u64,
-    /// Reply bytes a non-reader asks for on each connection and never reads.
+    /// Reply bytes a reply-hoarding non-reader asks for on each connection and never reads.
     pub unread_reply_bytes: usize,
-    /// Distinct paths a non-reader leaves an exists-watch on, per connection.
+    /// Distinct paths a watch-hoarding non-reader leaves an exists-watch on, per connection.
     pub watches_per_connection: usize,
     /// Connections a non-reader opens at most (it opens another when the server closes one).
     pub unread_connections_per_client: u32,
@@ -509,12 +510,15 @@ impl AbuserCtx {
         }
     }
 
-    /// Per connection: exist-watches on many paths and on the hot node, `multiRead`s whose
-    /// replies add up to [`AbuseSpec::unread_reply_bytes`], then a setData of the hot node
-    /// (firing every non-reader's watch) with a new watch every 100 ms. Never a read. When the
-    /// server closes the connection, the next write fails and a new connection starts over.
+    /// Never reads. Half the non-readers hoard replies: per connection, `multiRead`s whose
+    /// replies add up to [`AbuseSpec::unread_reply_bytes`]. The other half hoard watches:
+    /// exist-watches on [`AbuseSpec::watches_per_connection`] paths. Both leave a watch on the
+    /// hot node first, then every 100 ms set its data (firing every non-reader's watch on it)
+    /// and watch it again. When the server closes the connection, a write fails and a new
+    /// connection starts over.
     async fn never_read(&self) {
         let spec = &self.spec;
+        let hoards_replies = (self.index / spec.misbehaviours.len().max(1)) % 2 == 0;
         let reads = spec.reads_per_multi();
         let reply_bytes = reads * (AbuseSpec::BIG_NODE_BYTES + MULTI_READ_RESULT_OVERHEAD);
         let multis = spec.unread_reply_bytes.div_ceil(reply_bytes);
@@ -525,22 +529,25 @@ impl AbuserCtx {
             let RawClient { mut sender, receiver, .. } = c;
             let result: Result<()> = async {
                 let mut burst = Vec::new();
-                let mut sent = 0u64;
-                for k in 0..spec.watches_per_connection {
-                    let path = format!("{ROOT}/unread-{}-{k}", self.index);
-                    sender.encode_into(&Request::Exists { path, watch: true }, &mut burst);
-                    sent += 1;
-                    if burst.len() > 32 << 10 {
-                        sender.write_frames(&std::mem::take(&mut burst)).await?;
+                sender.encode_into(&Request::Exists { path: hot_node(), watch: true }, &mut burst);
+                let mut sent = 1u64;
+                if hoards_replies {
+                    for _ in 0..multis {
+                        sender.encode_into(&multi, &mut burst);
+                        sent += 1;
+                    }
+                } else {
+                    for k in 0..spec.watches_per_connection {
+                        let path = format!("{ROOT}/unread-{}-{k}", self.index);
+                        sender.encode_into(&Request::Exists { path, watch: true }, &mut burst);
+                        sent += 1;
+                        if burst.len() > 32 << 10 {
+                            sender.write_frames(&std::mem::take(&mut burst)).await?;
+                        }
                     }
                 }
-                sender.encode_into(&Request::Exists { path: hot_node(), watch: true }, &mut burst);
                 sender.write_frames(&std::mem::take(&mut burst)).await?;
-                Counters::add(&self.counters.requests, sent + 1);
-                for _ in 0..multis {
-                    sender.send(&multi).await?;
-                    Counters::add(&self.counters.requests, 1);
-                }
+                Counters::add(&self.counters.requests, sent);
                 loop {
                     sender.encode_into(&Request::SetData { path: hot_node(), data: vec![b'h'; 8] }, &mut burst);
                     sender.encode_into(&Request::Exists { path: hot_node(), watch: true }, &mut burst);
