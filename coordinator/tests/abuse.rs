@@ -75,8 +75,9 @@ async fn abuse_and_recover(server: &TestServer) -> Result<()> {
             broken.push(format!("the {kind} abusers never got going: {t:?}"));
         }
     }
+    // (Flooders send in bursts of 64, so a full window is within a burst of the limit.)
     let flood = report.tally(Misbehaviour::Floods);
-    if flood.requests < (spec.flood_outstanding * flood.clients) as u64 {
+    if flood.requests < (spec.flood_outstanding.saturating_sub(64) * flood.clients) as u64 {
         broken.push(format!("the flooders never had {} requests in flight: {flood:?}", spec.flood_outstanding));
     }
 
