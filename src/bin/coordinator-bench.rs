@@ -276,12 +276,14 @@ struct Outcome {
 async fn measure(mut server: ServerUnderTest, spec_for: impl Fn(SocketAddr) -> AbuseSpec) -> Result<Outcome> {
     let name = server.name();
     let port = server.port();
+    println!("# {name}: load average before the run: {}", load_average());
     let baseline = abuse::mntr_value(port, "zk_num_alive_connections").await.ok();
     let spec = spec_for(SocketAddr::from(([127, 0, 0, 1], port)));
     eprintln!("# {name}: running the load for {:?} ...", spec.duration);
     let report = abuse::run(&spec).await.with_context(|| format!("running the load against {name}"))?;
     let summary = report.summary();
     let ended = Instant::now();
+    println!("# {name}: load average after the run: {}", load_average());
     let rss_peak_mib = proc_status_mib(server.pid(), "VmHWM:");
     let mut survived = server.alive();
     let recovered_in = if !survived {
@@ -414,6 +416,13 @@ fn machine() -> String {
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} cores ({cpu}), {mem} RAM, Linux {}, loopback", kernel.trim())
+}
+
+/// The 1, 5 and 15 minute load averages: on a shared machine they say how much of the CPU the
+/// run did not have to itself.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 async fn abuse_bench(args: AbuseArgs) -> Result<()> {
