@@ -183,7 +183,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        // Copy under the locks, serialise outside them: applying goes on meanwhile.
+        // Copy under the locks, serialise outside them: applying goes on meanwhile. The copy is
+        // O(1): the tree's maps are persistent and share every node with the live tree, which
+        // copies a node only when it next changes it. This is the seam a streamed on-disk
+        // snapshot plugs into: it gets the same point-in-time tree and writes it out at its pace.
         let (tree, last_applied, membership) = {
             let meta = self.meta();
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());

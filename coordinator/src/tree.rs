@@ -10,7 +10,7 @@
 //! Reads (`get_data`, `children`, ...) take the same tree under the server's lock, so a read that
 //! registers a watch cannot miss an event applied between the read and the registration.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -152,11 +152,14 @@ enum Undo {
 /// The replicated state: the znode tree and the session table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataTree {
-    nodes: HashMap<String, Node>,
-    sessions: BTreeMap<SessionId, Session>,
+    // Persistent (copy-on-write) maps: cloning the tree for a snapshot is O(1) and shares every
+    // node; the first change to a node after a clone copies that node alone. So a snapshot
+    // never stops the writers for longer than a few pointer copies.
+    nodes: imbl::HashMap<String, Node>,
+    sessions: imbl::OrdMap<SessionId, Session>,
     last_zxid: Zxid,
     /// Paths of containers and TTL nodes, the candidates for reaping.
-    reapable: BTreeSet<String>,
+    reapable: imbl::OrdSet<String>,
     /// Whether TTL nodes may be created (a server setting every member must share).
     #[serde(skip)]
     extended_types: bool,
@@ -309,7 +312,7 @@ impl DataTree {
     /// A tree holding `/`, `/zookeeper`, `/zookeeper/quota` and `/zookeeper/config`, as a fresh
     /// Apache ZooKeeper server does.
     pub fn new() -> Self {
-        let mut nodes = HashMap::new();
+        let mut nodes = imbl::HashMap::new();
         let mut root = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
         root.children.insert("zookeeper".into());
         let mut zk = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
@@ -321,9 +324,9 @@ impl DataTree {
         nodes.insert("/zookeeper/config".to_string(), Node::new(Some(Vec::new()), Acl::read_unsafe(), 0, 0, 0));
         DataTree {
             nodes,
-            sessions: BTreeMap::new(),
+            sessions: imbl::OrdMap::new(),
             last_zxid: Zxid(0),
-            reapable: BTreeSet::new(),
+            reapable: imbl::OrdSet::new(),
             extended_types: false,
         }
     }
@@ -391,11 +394,8 @@ impl DataTree {
 
     /// Up to `max` open sessions after `after`, in id order (for walks a few at a time).
     pub fn sessions_after(&self, after: Option<SessionId>, max: usize) -> impl Iterator<Item = (SessionId, &Session)> {
-        let range = match after {
-            None => self.sessions.range(..),
-            Some(a) => self.sessions.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-        };
-        range.take(max).map(|(k, v)| (*k, v))
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.sessions.range::<_, SessionId>((from, std::ops::Bound::Unbounded)).take(max).map(|(k, v)| (*k, v))
     }
 
     /// Number of znodes, `/` included.
@@ -1156,6 +1156,29 @@ mod tests {
         assert!(matches!(r, OpResult::AclSet { stat } if stat.aversion == i32::MIN));
         // The reported child version of a node with a huge create counter wraps, not panics.
         let _ = t.exists("/p").unwrap();
+    }
+
+    #[test]
+    fn a_copy_for_a_snapshot_shares_nodes_and_keeps_its_point_in_time() {
+        let (mut t, s) = with_session();
+        for i in 0..1000 {
+            ok_op(&mut t, 2 + i, s, create(&format!("/n{i}"), 0));
+        }
+        let copy = t.clone();
+        assert!(copy.nodes.ptr_eq(&t.nodes) && copy.sessions.ptr_eq(&t.sessions), "a copy shares the maps");
+        let frozen = serde_json::to_string(&copy).unwrap();
+        // Writes after the copy change the live tree only.
+        ok_op(&mut t, 2000, s, WriteOp::SetData { path: "/n1".into(), data: Some(b"new".to_vec()), version: -1 });
+        ok_op(&mut t, 2001, s, WriteOp::Delete { path: "/n2".into(), version: -1 });
+        ok_op(&mut t, 2002, s, create("/later", 1));
+        assert!(!copy.nodes.ptr_eq(&t.nodes));
+        assert_eq!(serde_json::to_string(&copy).unwrap(), frozen, "the copy is a point in time");
+        assert_eq!(copy.get_data("/n1", &[]).unwrap().0, Some(&b"d"[..]));
+        assert!(copy.exists("/n2").is_ok() && copy.exists("/later").is_err());
+        assert_eq!(t.get_data("/n1", &[]).unwrap().0, Some(&b"new"[..]));
+        // And it restores to exactly what it was.
+        let restored: DataTree = serde_json::from_str(&frozen).unwrap();
+        assert_eq!(restored, copy);
     }
 
     #[test]

@@ -50,13 +50,15 @@ async fn pump(
             // A slot first: it takes the notifications owed before its reply itself.
             biased;
             next = slots.recv() => {
-                let Some(Queued { at, op, slot }) = next else { return Ok(()) };
+                let Some(Queued { at, op, slot, _budget: budget }) = next else { return Ok(()) };
                 let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else { return Ok(()) };
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
                 sent = sent.saturating_add(frames.len() as u64);
                 record(conn, op, at, reply_zxid, frames.len() as u64);
+                // The request is answered: its bytes no longer count against the budget.
+                drop(budget);
             }
             _ = conn.outbox.wait_queued() => {
                 let frames = conn.outbox.take(None);
