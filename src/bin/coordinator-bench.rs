@@ -54,6 +54,10 @@ struct AbuseArgs {
     /// Also run the load against Apache ZooKeeper 3.8 (Debian's package) and compare.
     #[arg(long)]
     reference_zk: bool,
+    /// Watches each watch-hoarding non-reader leaves (default 1000; the coordinator allows
+    /// 10000 per connection), to measure what holding many watches costs a server.
+    #[arg(long)]
+    watches_per_connection: Option<usize>,
     /// Run only these misbehaviours (repeat the option; default: all four), to see which one
     /// hurts a server.
     #[arg(long = "only", value_enum)]
@@ -432,6 +436,9 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
     let spec_for = |target| {
         let mut spec = AbuseSpec::new(target, Duration::from_secs(args.seconds));
         spec.abusers = args.abusers;
+        if let Some(n) = args.watches_per_connection {
+            spec.watches_per_connection = n;
+        }
         if !args.only.is_empty() {
             spec.misbehaviours = args.only.iter().map(|k| Misbehaviour::from(*k)).collect();
         }
@@ -446,11 +453,14 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
     );
     println!("# machine: {}", machine());
     println!(
-        "# load: {} abusers from {} loopback addresses ({} never read, {} flood with {} requests in flight, {} leak sessions, \
-         {} send {}-byte paths), {} well-behaved clients from 127.0.0.1 (getData/setData/create, one at a time)",
+        "# load: {} abusers from {} loopback addresses ({} never read: half ask for {} MiB of replies, half leave {} \
+         watches; {} flood with {} requests in flight; {} leak sessions; {} send {}-byte paths), {} well-behaved \
+         clients from 127.0.0.1 (getData/setData/create, one at a time)",
         shape.abusers,
         shape.abuser_sources.len(),
         shape.clients_of(Misbehaviour::NeverReads),
+        shape.unread_reply_bytes >> 20,
+        shape.watches_per_connection,
         shape.clients_of(Misbehaviour::Floods),
         shape.flood_outstanding,
         shape.clients_of(Misbehaviour::LeaksSessions),
