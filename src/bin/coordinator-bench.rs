@@ -370,7 +370,7 @@ fn print_outcome(o: &Outcome) {
 
 fn print_table(ours: &Outcome, apache: &Outcome) {
     let (a, b) = (&ours.summary, &apache.summary);
-    let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}", x / y) } else { "-".into() };
+    let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.3}", x / y) } else { "-".into() };
     println!("| well-behaved clients | referee | apache-zk 3.8 | referee / apache |");
     println!("| --- | ---: | ---: | ---: |");
     println!("| ops/s | {:.0} | {:.0} | {} |", a.ops_per_sec, b.ops_per_sec, ratio(a.ops_per_sec, b.ops_per_sec));
@@ -446,9 +446,14 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
     };
     let shape = spec_for(SocketAddr::from(([127, 0, 0, 1], 0)));
     println!(
-        "# coordinator-bench abuse --seconds {} --abusers {}{}",
+        "# coordinator-bench abuse --seconds {} --abusers {}{}{}{}",
         args.seconds,
         args.abusers,
+        args.watches_per_connection.map(|n| format!(" --watches-per-connection {n}")).unwrap_or_default(),
+        args.only
+            .iter()
+            .filter_map(|k| clap::ValueEnum::to_possible_value(k).map(|v| format!(" --only {}", v.get_name())))
+            .collect::<String>(),
         if args.reference_zk { " --reference-zk" } else { "" }
     );
     println!("# machine: {}", machine());
