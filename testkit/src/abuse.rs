@@ -663,7 +663,8 @@ impl AbuserCtx {
             let due = self.start + every * k + every / 2;
             tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
             let prefix = format!("{ROOT}/huge-{}-{k}-", self.index);
-            let path = prefix.clone() + &"x".repeat(spec.max_packet_bytes - REQUEST_OVERHEAD - prefix.len());
+            let fill = spec.max_packet_bytes.saturating_sub(REQUEST_OVERHEAD + prefix.len());
+            let path = prefix + &"x".repeat(fill);
             let req = match k % 4 {
                 0 => Request::Exists { path, watch: true },
                 1 => Request::GetData { path, watch: true },
