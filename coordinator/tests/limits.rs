@@ -119,6 +119,9 @@ async fn a_connection_with_too_many_outstanding_requests_is_not_read() -> Result
     .await?;
     let (_, received) = stats(&server).context("the connection is gone")?;
     ensure!(received < 100, "the server had read {received} of {SENT} requests when it stopped reading");
+    // mntr reports the waiting requests.
+    let outstanding = common::child::mntr(server.addr, "zk_outstanding_requests").await?;
+    ensure!(outstanding as usize >= LIMIT, "mntr's zk_outstanding_requests is {outstanding} while throttled");
     // Others are served meanwhile.
     setup.call(op::SET_DATA, &body::set_data("/wide", b"small", -1)).await?.ok()?;
     // Reading again: every reply, in order.

@@ -8,7 +8,8 @@
 //!   requests, it stops reading until replies go out.
 //! - [`writer`]: turns each slot into its reply, in order: a read is executed when its turn
 //!   comes, so it sees every earlier write of the session; notifications go out in ZooKeeper's
-//!   order (see [`crate::outbox`]).
+//!   order (see [`crate::outbox`]). [`reads`] executes the reads, within the reply-size and
+//!   watch limits.
 //!
 //! ```text
 //!  socket ─▶ reader ─┬─ write ─▶ Raft (proposed now, in order) ──┐

@@ -77,6 +77,8 @@ pub(super) async fn run(
             st.counters.packets_received = st.counters.packets_received.saturating_add(1);
             if let Some(c) = st.conns.get_mut(&conn.id) {
                 c.stats.received = c.stats.received.saturating_add(1);
+                // Every request that gets this far gets exactly one reply, which takes it off.
+                c.stats.outstanding = c.stats.outstanding.saturating_add(1);
                 c.stats.last_cxid = xid;
             }
             st.tracker.touch(conn.session, arrived)

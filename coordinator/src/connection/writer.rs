@@ -190,6 +190,7 @@ fn record(conn: &Conn, op: &'static str, at: Instant, zxid: i64, frames: u64) {
     st.counters.latency.record(ms);
     if let Some(c) = st.conns.get_mut(&conn.id) {
         c.stats.sent = c.stats.sent.saturating_add(frames);
+        c.stats.outstanding = c.stats.outstanding.saturating_sub(1);
         c.stats.last_op = op;
         c.stats.last_zxid = zxid;
         c.stats.last_response_ms = now_ms();
