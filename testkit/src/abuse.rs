@@ -521,7 +521,7 @@ impl AbuserCtx {
     /// connection starts over.
     async fn never_read(&self) {
         let spec = &self.spec;
-        let hoards_replies = (self.index / spec.misbehaviours.len().max(1)) % 2 == 0;
+        let hoards_replies = (self.index / spec.misbehaviours.len().max(1)).is_multiple_of(2);
         let reads = spec.reads_per_multi();
         let reply_bytes = reads * (AbuseSpec::BIG_NODE_BYTES + MULTI_READ_RESULT_OVERHEAD);
         let multis = spec.unread_reply_bytes.div_ceil(reply_bytes);
