@@ -20,6 +20,8 @@
 //!   for a zookeeper-client session.
 //! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback, with
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
+//! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
+//!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
 //! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore,
 //!   black-hole (accept, then forward nothing) and heal, or arm with a [`Trap`] that drops one
 //!   frame together with its connection.
@@ -28,6 +30,7 @@
 //! errors wrap, returns an [`std::io::Error`].
 #![deny(missing_docs)]
 
+pub mod abuse;
 mod apache_zk;
 mod deadline;
 mod ports;
