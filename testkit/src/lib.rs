@@ -22,6 +22,7 @@
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
 //! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
 //!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
+//! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
 //! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore,
 //!   black-hole (accept, then forward nothing) and heal, or arm with a [`Trap`] that drops one
 //!   frame together with its connection.
@@ -33,6 +34,7 @@
 pub mod abuse;
 mod apache_zk;
 mod deadline;
+pub mod jute;
 mod ports;
 mod proxy;
 mod scratch_dir;
