@@ -110,6 +110,7 @@ impl LogStore {
     /// Opens the log in `opts.dir` (recovering it, see [`Wal::open`]) and starts its writer
     /// thread. Blocks on file I/O: call it at start-up, before serving.
     pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<LogStore, LogError> {
+        let dir = opts.dir.clone();
         let (wal, recovered) = Wal::open(fs, opts)?;
         let shared = Arc::new(Shared::default());
         {
@@ -207,6 +208,7 @@ impl LogStore {
 }
 
 impl Drop for LogStore {
+    /// Waits for the writer to write and sync what is queued (at most one batch's fsyncs).
     fn drop(&mut self) {
         // Closing the queue ends the writer once it has written (and synced) what is queued.
         drop(self.tx.take());

@@ -122,6 +122,12 @@ fn a_new_segment_is_in_its_directory_before_its_entries_are_synced() {
 }
 
 #[test]
+fn a_segment_size_too_small_for_a_record_is_refused() {
+    let e = fault_open(&FaultFs::new(), 100).unwrap_err();
+    assert!(matches!(e, LogError::SegmentTooSmall(100)), "{e}");
+}
+
+#[test]
 fn appends_out_of_sequence_are_refused() {
     let fs = FaultFs::new();
     let mut wal = written(&fs, 3, 1 << 20);

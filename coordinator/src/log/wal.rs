@@ -49,6 +49,20 @@ pub struct WalOptions {
     pub segment_bytes: u64,
 }
 
+impl WalOptions {
+    /// Options with segments of [`DEFAULT_SEGMENT_BYTES`].
+    pub fn new(dir: impl Into<PathBuf>, cluster_id: u64) -> Self {
+        WalOptions { dir: dir.into(), cluster_id, segment_bytes: DEFAULT_SEGMENT_BYTES }
+    }
+}
+
+/// Default segment size: ZooKeeper's default preallocation block, large enough that rolling
+/// (two extra fsyncs) is rare, small enough to purge in useful steps.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The smallest segment size accepted: a header and one small record.
+pub const MIN_SEGMENT_BYTES: u64 = 256;
+
 /// The small Raft state kept beside the log, replaced as one unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftMeta {
@@ -134,6 +148,9 @@ pub enum LogError {
         /// The index offered.
         got: u64,
     },
+    /// Options that cannot work.
+    #[error("segment_bytes is {0}; it must be at least {MIN_SEGMENT_BYTES}")]
+    SegmentTooSmall(u64),
     /// An earlier write or fsync failed; the log takes no more writes (an fsync is never
     /// retried, as a failed one may have dropped the dirty pages it was to write).
     #[error("the log stopped after an earlier failure and takes no more writes: {0}")]
@@ -200,8 +217,15 @@ impl Wal {
     /// Opens (or creates) the log in `opts.dir`, recovering what is there: a torn tail of the
     /// last segment is cut off with a warning; any other damage fails with the file and offset.
     pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<(Wal, Recovered), LogError> {
+        if opts.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(LogError::SegmentTooSmall(opts.segment_bytes));
+        }
         let dir = opts.dir.clone();
         fs.create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory's own entry must be durable before anything in it is.
+            fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
+        }
         let names = fs.list(&dir).map_err(io_err("listing", &dir))?;
         let mut removed = false;
         for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
