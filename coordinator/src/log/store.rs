@@ -123,11 +123,7 @@ impl LogStore {
         let writer = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || run_writer(wal, rx, &writer_shared))
-            .map_err(|source| LogError::Io {
-                what: "starting the writer thread for",
-                path: Default::default(),
-                source,
-            })?;
+            .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir, source })?;
         Ok(LogStore { shared, tx: Some(tx), writer: Some(writer) })
     }
 
