@@ -177,6 +177,39 @@ fn a_torn_last_record_is_cut_off_at_every_byte() {
     }
 }
 
+/// A writer for a test's own log output.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn cutting_a_torn_tail_is_logged_with_file_and_offset() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 2, 1 << 16));
+    let path = segment_path(1);
+    let spans = record_spans(&fs.read(&path).unwrap());
+    let (start, end) = spans[1];
+    fs.damage(&path, |d| d[start + 3..end].fill(0)).unwrap();
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let rec = tracing::subscriber::with_default(subscriber, || fault_open(&fs, 1 << 16).unwrap().1);
+    assert_eq!(ids(&rec.entries), [(1, 1)]);
+    let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("WARN"), "{logged}");
+    assert!(logged.contains("log-00000000000000000001"), "{logged}");
+    assert!(logged.contains(&format!("offset={start}")), "{logged}");
+}
+
 #[test]
 fn damage_before_the_tail_is_refused_with_file_and_offset() {
     let fs = FaultFs::new();
