@@ -51,6 +51,9 @@ fn default_handshake_timeout_ms() -> u64 {
 fn default_max_outstanding_requests() -> usize {
     1000
 }
+fn default_max_outstanding_request_bytes() -> usize {
+    4 * 1024 * 1024
+}
 fn default_max_queued_outbound_bytes() -> usize {
     4 * 1024 * 1024
 }
@@ -88,6 +91,11 @@ pub struct CoordinatorConfig {
     /// stops reading from it until replies go out (ZooKeeper's maxOutstanding throttle).
     #[serde(default = "default_max_outstanding_requests")]
     pub max_outstanding_requests: usize,
+    /// Bytes of one connection's requests that may wait for their replies; at the limit the
+    /// server stops reading from it, as for `max_outstanding_requests`. At least
+    /// `max_packet_bytes`.
+    #[serde(default = "default_max_outstanding_request_bytes")]
+    pub max_outstanding_request_bytes: usize,
     /// Bytes of watch notifications that may wait for one client to read them; past it the
     /// connection is closed (a client that does not read must not hold server memory).
     #[serde(default = "default_max_queued_outbound_bytes")]
@@ -144,6 +152,7 @@ impl CoordinatorConfig {
             max_session_timeout_ms: None,
             max_packet_bytes: default_max_packet_bytes(),
             max_outstanding_requests: default_max_outstanding_requests(),
+            max_outstanding_request_bytes: default_max_outstanding_request_bytes(),
             max_queued_outbound_bytes: default_max_queued_outbound_bytes(),
             max_watches_per_connection: default_max_watches_per_connection(),
             max_path_bytes: default_max_path_bytes(),
@@ -231,6 +240,18 @@ impl CoordinatorConfig {
                 format!("is {}; use a value from 1 to 1000000 (default 1000)", self.max_outstanding_requests),
             );
         }
+        if self.max_outstanding_request_bytes < self.max_packet_bytes
+            || self.max_outstanding_request_bytes > 1024 * 1024 * 1024
+        {
+            return invalid(
+                "max_outstanding_request_bytes",
+                format!(
+                    "is {}; use a value from max_packet_bytes ({}) to 1073741824 (default 4194304): a smaller one \
+                     could never admit the largest request",
+                    self.max_outstanding_request_bytes, self.max_packet_bytes
+                ),
+            );
+        }
         if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.max_queued_outbound_bytes) {
             return invalid(
                 "max_queued_outbound_bytes",
@@ -310,6 +331,7 @@ mod tests {
         assert_eq!(c.negotiate_timeout(6000), 6000);
         assert_eq!(c.max_packet_bytes, 1_048_575);
         assert_eq!(c.max_outstanding_requests, 1000);
+        assert_eq!(c.max_outstanding_request_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_queued_outbound_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
@@ -325,6 +347,7 @@ mod tests {
     fn refuses_limits_out_of_range_naming_the_key() {
         for (yaml, key) in [
             ("max_outstanding_requests: 0", "max_outstanding_requests"),
+            ("max_outstanding_request_bytes: 1000", "max_outstanding_request_bytes"),
             ("max_queued_outbound_bytes: 10", "max_queued_outbound_bytes"),
             ("max_watches_per_connection: 0", "max_watches_per_connection"),
             ("max_path_bytes: 10", "max_path_bytes"),

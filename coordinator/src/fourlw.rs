@@ -151,13 +151,14 @@ fn server_stats(st: &ServerState, mode: &str) -> String {
     let l = &st.counters.latency;
     format!(
         "Zookeeper version: {VERSION}\nLatency min/avg/max: {}/{:.4}/{}\nReceived: {}\nSent: {}\nConnections: {}\n\
-         Outstanding: 0\nZxid: 0x{:x}\nMode: {mode}\nNode count: {}\n",
+         Outstanding: {}\nZxid: 0x{:x}\nMode: {mode}\nNode count: {}\n",
         l.min_ms,
         l.avg_ms(),
         l.max_ms,
         st.counters.packets_received,
         st.counters.packets_sent,
         st.conns.len(),
+        st.outstanding_requests(),
         st.tree.last_zxid().0,
         st.tree.node_count(),
     )
@@ -171,9 +172,10 @@ fn connections(st: &ServerState, detailed: bool) -> String {
         let s = &c.stats;
         if detailed {
             out.push_str(&format!(
-                " /{}[1](queued=0,recved={},sent={},sid=0x{:x},lop={},est={},to={},lcxid=0x{:x},lzxid=0x{:x},\
+                " /{}[1](queued={},recved={},sent={},sid=0x{:x},lop={},est={},to={},lcxid=0x{:x},lzxid=0x{:x},\
                  lresp={},llat={},minlat={},avglat={:.0},maxlat={})\n",
                 c.peer,
+                s.outstanding,
                 s.received,
                 s.sent,
                 c.session.0,
@@ -189,7 +191,7 @@ fn connections(st: &ServerState, detailed: bool) -> String {
                 s.latency.max_ms,
             ));
         } else {
-            out.push_str(&format!(" /{}[1](queued=0,recved={},sent={})\n", c.peer, s.received, s.sent));
+            out.push_str(&format!(" /{}[1](queued={},recved={},sent={})\n", c.peer, s.outstanding, s.received, s.sent));
         }
     }
     out
@@ -207,7 +209,7 @@ fn monitor(st: &ServerState, mode: &str) -> String {
         ("zk_avg_latency", format!("{:.4}", l.avg_ms())),
         ("zk_min_latency", l.min_ms.to_string()),
         ("zk_max_latency", l.max_ms.to_string()),
-        ("zk_outstanding_requests", "0".to_string()),
+        ("zk_outstanding_requests", st.outstanding_requests().to_string()),
         ("zk_znode_count", st.tree.node_count().to_string()),
         ("zk_global_sessions", st.tree.sessions().count().to_string()),
         ("zk_local_sessions", "0".to_string()),

@@ -56,6 +56,9 @@ pub struct ConnStats {
     pub last_latency_ms: u64,
     /// Latency statistics of this connection.
     pub latency: Latency,
+    /// Requests read and not yet answered (`cons`'s `queued`, summed in `mntr`'s
+    /// `zk_outstanding_requests` and `srvr`'s `Outstanding`).
+    pub outstanding: u64,
     /// The server has stopped reading from the connection: `max_outstanding_requests` of its
     /// requests wait for their replies.
     pub throttled: bool,
@@ -108,6 +111,13 @@ pub struct Counters {
     pub auth_failed: u64,
     /// Request latency over all connections.
     pub latency: Latency,
+}
+
+impl ServerState {
+    /// Requests read from every connection and not yet answered.
+    pub fn outstanding_requests(&self) -> u64 {
+        self.conns.values().map(|c| c.stats.outstanding).fold(0, u64::saturating_add)
+    }
 }
 
 /// Everything the server shares between its Raft state machine and its connections.

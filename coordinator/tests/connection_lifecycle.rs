@@ -135,3 +135,40 @@ async fn a_session_being_expired_is_answered_session_expired_and_closed() -> Res
     ensure!(rest.is_empty(), "frames after SessionExpired: {rest:?}");
     server.stop().await
 }
+
+/// Server shutdown ends every connection through its own cleanup, wherever the connection is
+/// waiting: a writer blocked on a client that does not read (with its reader blocked behind the
+/// full reply queue), a handshake that never comes. A connection the server had to abort instead
+/// would keep its entry and its address slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_connections_blocked_anywhere_and_releases_them() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_outstanding_requests = 4).await?;
+    let mut setup = Raw::connect(server.addr, 10_000).await?;
+    setup.call(op::CREATE, &body::create("/wide", &vec![b'w'; 500_000], 0)).await?.ok()?;
+
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let stream = within("connect", sock.connect(server.addr)).await??;
+    let mut deaf = Raw::from_stream(stream)?;
+    deaf.handshake(&common::raw::ConnectRequest::new_session(10_000)).await?;
+    let session = deaf.session_id;
+    for _ in 0..200 {
+        deaf.send(op::GET_DATA, &body::path_watch("/wide", false)).await?;
+    }
+    referee_testkit::wait_until(DEADLINE, "the deaf connection to be throttled", || {
+        server.state.lock().unwrap().conns.values().any(|c| c.session.0 == session && c.stats.throttled)
+    })
+    .await?;
+    let _silent = Raw::tcp(server.addr).await?;
+    referee_testkit::wait_until(DEADLINE, "the silent connection to be accepted", || {
+        server.state.lock().unwrap().open_per_address.values().sum::<u32>() == 3
+    })
+    .await?;
+
+    let state = server.state.clone();
+    server.stop().await?;
+    let st = state.lock().unwrap();
+    ensure!(st.conns.is_empty(), "connections left behind by shutdown: {}", st.conns.len());
+    ensure!(st.open_per_address.is_empty(), "address slots left behind: {:?}", st.open_per_address);
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! |------------------------------|-----------------------------------------------------|
 //! | `max_packet_bytes` (replies) | the read is answered BadArguments, connection goes on |
 //! | `max_outstanding_requests`   | the server stops reading until replies go out        |
+//! | `max_outstanding_request_bytes` | the same, counted in bytes of waiting requests    |
 //! | `max_queued_outbound_bytes`  | the connection is closed                             |
 //! | `max_watches_per_connection` | the read is answered QuotaExceeded, nothing registered |
 //! | `max_path_bytes`             | the request is answered BadArguments                 |
@@ -118,6 +119,9 @@ async fn a_connection_with_too_many_outstanding_requests_is_not_read() -> Result
     .await?;
     let (_, received) = stats(&server).context("the connection is gone")?;
     ensure!(received < 100, "the server had read {received} of {SENT} requests when it stopped reading");
+    // mntr reports the waiting requests.
+    let outstanding = common::child::mntr(server.addr, "zk_outstanding_requests").await?;
+    ensure!(outstanding as usize >= LIMIT, "mntr's zk_outstanding_requests is {outstanding} while throttled");
     // Others are served meanwhile.
     setup.call(op::SET_DATA, &body::set_data("/wide", b"small", -1)).await?.ok()?;
     // Reading again: every reply, in order.
@@ -125,6 +129,52 @@ async fn a_connection_with_too_many_outstanding_requests_is_not_read() -> Result
         let (r, _) = within_for(Duration::from_secs(30), "a reply", flooder.reply_to(x)).await??;
         ensure!(r.err == 0, "reply {i}: err {}", r.err);
     }
+    server.stop().await
+}
+
+/// A client that sends large requests and reads no replies holds at most
+/// `max_outstanding_request_bytes` of them in the server: past it the server stops reading from
+/// that connection, long before `max_outstanding_requests` would, and serves others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_waiting_for_replies_are_bounded_in_bytes() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_outstanding_request_bytes = 2 * 1024 * 1024).await?;
+    let mut setup = Raw::connect(server.addr, 10_000).await?;
+    setup.call(op::CREATE, &body::create("/wide", &vec![b'w'; 500_000], 0)).await?.ok()?;
+
+    let sock = TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let stream = within("connect", sock.connect(server.addr)).await??;
+    let mut flooder = Raw::from_stream(stream)?;
+    flooder.handshake(&common::raw::ConnectRequest::new_session(10_000)).await?;
+    let session = flooder.session_id;
+    // Each request is about 525 KB (one getData of the 500 KB node and 25,000 of a missing one)
+    // and its reply about 825 KB, within max_packet_bytes.
+    let mut ops = vec![(op::GET_DATA, body::path_watch("/wide", false))];
+    ops.extend((0..25_000).map(|_| (op::GET_DATA, body::path_watch("/absent", false))));
+    let request = body::multi(&ops);
+    const SENT: usize = 60;
+    let stats = |server: &TestServer| {
+        let st = server.state.lock().unwrap();
+        st.conns.values().find(|c| c.session.0 == session).map(|c| (c.stats.throttled, c.stats.received))
+    };
+    let sending = async {
+        for _ in 0..SENT {
+            flooder.send(op::MULTI_READ, &request).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let throttled =
+        wait_until(DEADLINE, "the server to stop reading", || stats(&server).is_some_and(|(throttled, _)| throttled));
+    tokio::select! {
+        sent = sending => {
+            sent?;
+            bail!("the server read all {SENT} requests ({} MB) without stopping", SENT * request.len() / 1_000_000);
+        }
+        waited = throttled => waited?,
+    }
+    let (_, received) = stats(&server).context("the connection is gone")?;
+    ensure!(received < 30, "the server had read {received} of the {SENT} large requests when it stopped reading");
+    setup.call(op::SET_DATA, &body::set_data("/wide", b"small", -1)).await?.ok()?;
     server.stop().await
 }
 

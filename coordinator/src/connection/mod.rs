@@ -4,10 +4,12 @@
 //!   a ConnectRequest creates or resumes a session and registers the connection.
 //! - [`reader`]: reads and decodes requests, proposes writes at once (so a session's writes are
 //!   logged in its order) and queues a reply slot per request, in request order. At
-//!   `max_outstanding_requests` waiting slots it stops reading until replies go out.
+//!   `max_outstanding_requests` waiting slots, or `max_outstanding_request_bytes` of waiting
+//!   requests, it stops reading until replies go out.
 //! - [`writer`]: turns each slot into its reply, in order: a read is executed when its turn
 //!   comes, so it sees every earlier write of the session; notifications go out in ZooKeeper's
-//!   order (see [`crate::outbox`]).
+//!   order (see [`crate::outbox`]). [`reads`] executes the reads, within the reply-size and
+//!   watch limits.
 //!
 //! ```text
 //!  socket ─▶ reader ─┬─ write ─▶ Raft (proposed now, in order) ──┐
@@ -86,6 +88,8 @@ struct Conn {
     /// earlier read has run, so a read sees exactly the session's earlier writes, never a later
     /// one (ZooKeeper processes a session's requests in order).
     reads_done: watch::Sender<u64>,
+    /// Bytes of requests that may wait for their replies (`max_outstanding_request_bytes`).
+    request_bytes: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request's place in the reply order, with when it arrived and its short name (for `cons`).
@@ -93,6 +97,9 @@ struct Queued {
     at: std::time::Instant,
     op: &'static str,
     slot: Slot,
+    /// The request's bytes counted against `max_outstanding_request_bytes`, given back when
+    /// the reply has been written.
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What the writer does when a request's turn comes.
@@ -163,6 +170,7 @@ async fn run(
         timeout: established.timeout,
         outbox: established.outbox,
         reads_done: watch::channel(0).0,
+        request_bytes: Arc::new(tokio::sync::Semaphore::new(shared.config.max_outstanding_request_bytes)),
     };
 
     let (slots_tx, slots_rx) = mpsc::channel(shared.config.max_outstanding_requests);

@@ -49,7 +49,9 @@ pub(super) async fn run(
     slots: mpsc::Sender<Queued>,
 ) -> ReaderEnd {
     let config = &conn.shared.config;
+    // Whether each throttle has been logged on this connection (once each).
     let mut throttled = false;
+    let mut throttled_by_bytes = false;
     // Reads queued so far, and how many of them the writer has executed.
     let mut reads_queued = 0u64;
     let mut reads_done = conn.reads_done.subscribe();
@@ -59,6 +61,12 @@ pub(super) async fn run(
             Ok(None) => return ReaderEnd::ClientClosed,
             Err(e) => return ReaderEnd::Stopped(e.to_string()),
         };
+        // The request's bytes stay reserved until its reply is written: a client that sends
+        // large requests and reads no replies is stopped at max_outstanding_request_bytes.
+        let Some(budget) = reserve(conn, frame.len(), &mut throttled_by_bytes).await else {
+            return ReaderEnd::Stopped("the reply writer stopped".into());
+        };
+        let mut budget = Some(budget);
         let arrived = Instant::now();
         let (xid, opcode, body) = match decode_header(&frame) {
             Ok(h) => h,
@@ -69,11 +77,13 @@ pub(super) async fn run(
             st.counters.packets_received = st.counters.packets_received.saturating_add(1);
             if let Some(c) = st.conns.get_mut(&conn.id) {
                 c.stats.received = c.stats.received.saturating_add(1);
+                // Every request that gets this far gets exactly one reply, which takes it off.
+                c.stats.outstanding = c.stats.outstanding.saturating_add(1);
                 c.stats.last_cxid = xid;
             }
             st.tracker.touch(conn.session, arrived)
         };
-        let queued = |slot| Queued { at: arrived, op: op_name(opcode), slot };
+        let mut queued = |slot| Queued { at: arrived, op: op_name(opcode), slot, _budget: budget.take() };
         if !live {
             // ZooKeeper's touchSession: a session that is expired or being expired is not
             // served. The client hears SessionExpired and the connection closes.
@@ -128,6 +138,33 @@ pub(super) async fn run(
         if let Some(why) = then_close {
             queue(conn, &slots, queued(Slot::Close), &mut throttled).await;
             return ReaderEnd::Stopped(why);
+        }
+    }
+}
+
+/// Reserves `bytes` of the connection's request budget, waiting (and not reading) while the
+/// requests already waiting for replies hold it. `None` when the connection is ending.
+async fn reserve(conn: &Conn, bytes: usize, logged: &mut bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    // A frame is at most max_packet_bytes, and the budget at least that (checked at start-up),
+    // so every reservation can be granted once the earlier requests are answered.
+    let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+    match conn.request_bytes.clone().try_acquire_many_owned(n) {
+        Ok(p) => Some(p),
+        Err(tokio::sync::TryAcquireError::Closed) => None,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            if !*logged {
+                *logged = true;
+                info!(
+                    conn = conn.id,
+                    peer = %conn.peer,
+                    limit = conn.shared.config.max_outstanding_request_bytes,
+                    "max_outstanding_request_bytes of requests waiting for replies: not reading from this connection until they go out"
+                );
+            }
+            set_throttled(conn, true);
+            let permit = conn.request_bytes.clone().acquire_many_owned(n).await.ok();
+            set_throttled(conn, false);
+            permit
         }
     }
 }

@@ -50,13 +50,15 @@ async fn pump(
             // A slot first: it takes the notifications owed before its reply itself.
             biased;
             next = slots.recv() => {
-                let Some(Queued { at, op, slot }) = next else { return Ok(()) };
+                let Some(Queued { at, op, slot, _budget: budget }) = next else { return Ok(()) };
                 let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else { return Ok(()) };
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
                 sent = sent.saturating_add(frames.len() as u64);
                 record(conn, op, at, reply_zxid, frames.len() as u64);
+                // The request is answered: its bytes no longer count against the budget.
+                drop(budget);
             }
             _ = conn.outbox.wait_queued() => {
                 let frames = conn.outbox.take(None);
@@ -188,6 +190,7 @@ fn record(conn: &Conn, op: &'static str, at: Instant, zxid: i64, frames: u64) {
     st.counters.latency.record(ms);
     if let Some(c) = st.conns.get_mut(&conn.id) {
         c.stats.sent = c.stats.sent.saturating_add(frames);
+        c.stats.outstanding = c.stats.outstanding.saturating_sub(1);
         c.stats.last_op = op;
         c.stats.last_zxid = zxid;
         c.stats.last_response_ms = now_ms();
