@@ -192,13 +192,27 @@ impl Segment {
     }
 }
 
-/// What open found: the entries after the purge point, and the saved Raft state.
+/// A torn tail that open cut off (and logged as a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment it was in.
+    pub path: PathBuf,
+    /// Where the file now ends its records.
+    pub offset: u64,
+    /// What was found there.
+    pub reason: &'static str,
+}
+
+/// What open found: the entries after the purge point, the saved Raft state, and any torn
+/// tail it cut off.
 #[derive(Debug)]
 pub struct Recovered {
     /// Every entry after the purge point, in index order.
     pub entries: Vec<Entry<TypeConfig>>,
     /// Vote, committed and purge point.
     pub meta: RaftMeta,
+    /// The torn tail cut from the last segment, if there was one.
+    pub torn: Option<TornTail>,
 }
 
 /// The log's files. See the module documentation for the crash-safety ordering.
@@ -259,12 +273,14 @@ impl Wal {
 
         let mut wal = Wal { fs, opts, segments: Vec::new(), active: None, dirty: false };
         let mut entries = Vec::new();
+        let mut torn = None;
         let kept = &firsts[keep_from..];
         for (i, &first) in kept.iter().enumerate() {
             let last = i + 1 == kept.len();
             let expected = wal.segments.last().map(Segment::next_index);
-            let seg = wal.recover_segment(first, expected, last, &mut entries)?;
+            let (seg, cut) = wal.recover_segment(first, expected, last, &mut entries)?;
             wal.segments.push(seg);
+            torn = torn.or(cut);
         }
         if let (Some(purged), Some(first)) = (meta.last_purged, wal.segments.first()) {
             if first.first_index > purged.index + 1 {
@@ -291,7 +307,7 @@ impl Wal {
             wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
         }
         entries.retain(|e: &Entry<TypeConfig>| e.log_id.index >= purged_next);
-        Ok((wal, Recovered { entries, meta }))
+        Ok((wal, Recovered { entries, meta, torn }))
     }
 
     /// Reads one segment, checking its header and every record, and cuts a torn tail if it is
@@ -302,7 +318,7 @@ impl Wal {
         expected: Option<u64>,
         last: bool,
         entries: &mut Vec<Entry<TypeConfig>>,
-    ) -> Result<Segment, LogError> {
+    ) -> Result<(Segment, Option<TornTail>), LogError> {
         let path = self.opts.dir.join(segment_name(first));
         let corrupt =
             |offset: usize, reason: String| LogError::Corrupt { path: path.clone(), offset: offset as u64, reason };
@@ -368,7 +384,8 @@ impl Wal {
             f.preallocate(self.opts.segment_bytes.max(at as u64)).map_err(io_err("preallocating", &path))?;
             f.sync_data().map_err(io_err("syncing", &path))?;
         }
-        Ok(seg)
+        let cut = torn.map(|reason| TornTail { path, offset: at as u64, reason });
+        Ok((seg, cut))
     }
 
     /// The index the next appended entry must have, if the log has any segment.
