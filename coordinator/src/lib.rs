@@ -17,6 +17,7 @@
 //! - [`outbox`]: the notifications owed to one connection, bounded, in ZooKeeper's order.
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
+//! - [`log`]: the durable Raft log: checksummed segment files with group commit.
 //! - [`state`]: the lock-protected server state the state machine applies to.
 //! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
 //! - [`watch`]: watch registrations and which connections an event reaches.
@@ -44,6 +45,7 @@ mod connection;
 pub mod fourlw;
 pub mod frame;
 pub mod jute;
+pub mod log;
 pub mod outbox;
 pub mod path;
 pub mod proto;

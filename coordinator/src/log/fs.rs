@@ -1,0 +1,461 @@
+//! The file layer under the log: the few operations it needs, on the real filesystem
+//! ([`RealFs`]) or on an in-memory model of one that fails and loses power on command
+//! ([`FaultFs`]).
+//!
+//! The model is precise about what survives a power loss, because that is what the log's
+//! correctness rests on: file contents survive only up to the last `sync_data` of that file,
+//! and a name (created, renamed or removed) survives only once its directory was synced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// An open file of the log, written at explicit offsets.
+pub trait LogFile: Send + Debug {
+    /// Writes all of `buf` at `offset`, extending the file if needed.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes the contents and length durable (fdatasync).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts or extends the file to `len` bytes; extended bytes read as zeros.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Reserves space so the file is at least `len` bytes of zeros past its data, so later
+    /// appends neither change its size nor find the disk full.
+    fn preallocate(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// The directory operations of the log.
+pub trait FileSystem: Send + Sync + Debug {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the files directly in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates `path`, or empties it if it exists, for writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Opens an existing file for writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// The whole contents of `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the file `path`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the entries of `dir` (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real filesystem, through `std::fs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(std::fs::File);
+
+impl LogFile for RealFile {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, buf, offset)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let len_off = i64::try_from(len).map_err(|_| io::Error::other("preallocation size over i64"))?;
+            match nix::fcntl::fallocate(self.0.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len_off) {
+                Ok(()) => return Ok(()),
+                // Filesystems without fallocate: fall back to a sparse extension below.
+                Err(nix::errno::Errno::EOPNOTSUPP) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+        if self.0.metadata()?.len() < len {
+            self.0.set_len(len)?;
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// One file of the model: what a reader sees now, and what would survive a power loss.
+#[derive(Debug, Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Bumped by every crash; handles opened before it fail every call, as the process that
+    /// held them is gone.
+    epoch: u64,
+    inodes: Vec<Inode>,
+    names: BTreeMap<PathBuf, usize>,
+    durable_names: BTreeMap<PathBuf, usize>,
+    dirs: BTreeSet<PathBuf>,
+    fail_syncs: bool,
+    write_budget: Option<u64>,
+    hold_syncs: bool,
+    syncs_waiting: usize,
+    data_syncs: u64,
+    dir_syncs: u64,
+}
+
+#[derive(Debug, Default)]
+struct FaultInner {
+    state: Mutex<FaultState>,
+    changed: Condvar,
+}
+
+/// An in-memory filesystem for tests that fails fsyncs, runs out of space and loses power on
+/// command. Clones share one filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct FaultFs {
+    inner: Arc<FaultInner>,
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("the process holding this file crashed")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", path.display()))
+}
+
+impl FaultFs {
+    /// An empty filesystem.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on every fsync (file or directory) fails with an I/O error.
+    pub fn fail_syncs(&self) {
+        self.lock().fail_syncs = true;
+    }
+
+    /// The disk fills after `bytes` more bytes are written: the write that crosses the limit
+    /// writes only what fits and fails with "no space left on device".
+    pub fn fill_after(&self, bytes: u64) {
+        self.lock().write_budget = Some(bytes);
+    }
+
+    /// Makes every file fsync wait until [`FaultFs::release_syncs`] (or a crash).
+    pub fn hold_syncs(&self) {
+        self.lock().hold_syncs = true;
+    }
+
+    /// Lets held fsyncs complete.
+    pub fn release_syncs(&self) {
+        self.lock().hold_syncs = false;
+        self.inner.changed.notify_all();
+    }
+
+    /// How many file fsyncs are waiting on [`FaultFs::hold_syncs`].
+    pub fn syncs_waiting(&self) -> usize {
+        self.lock().syncs_waiting
+    }
+
+    /// Waits until `n` file fsyncs are held, or `limit` passes; whether they are.
+    pub fn wait_for_held_syncs(&self, n: usize, limit: std::time::Duration) -> bool {
+        let st = self.lock();
+        let (st, _) = self
+            .inner
+            .changed
+            .wait_timeout_while(st, limit, |st| st.syncs_waiting < n)
+            .unwrap_or_else(|p| p.into_inner());
+        st.syncs_waiting >= n
+    }
+
+    /// How many file fsyncs have completed.
+    pub fn data_syncs(&self) -> u64 {
+        self.lock().data_syncs
+    }
+
+    /// How many directory fsyncs have completed.
+    pub fn dir_syncs(&self) -> u64 {
+        self.lock().dir_syncs
+    }
+
+    /// Power loss: every file goes back to its last synced contents, every directory to its
+    /// last synced entries, faults are cleared, and handles opened before fail from now on.
+    pub fn crash(&self) {
+        let mut st = self.lock();
+        st.epoch += 1;
+        for inode in &mut st.inodes {
+            inode.data = inode.durable.clone();
+        }
+        st.names = st.durable_names.clone();
+        st.fail_syncs = false;
+        st.write_budget = None;
+        st.hold_syncs = false;
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+
+    /// Changes the contents of `path` as damage would, both now and after a crash.
+    pub fn damage(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        let inode = &mut st.inodes[ino];
+        f(&mut inode.data);
+        inode.durable = inode.data.clone();
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    fs: FaultFs,
+    ino: usize,
+    epoch: u64,
+}
+
+impl FaultFile {
+    fn state(&self) -> io::Result<MutexGuard<'_, FaultState>> {
+        let st = self.fs.lock();
+        if st.epoch != self.epoch {
+            return Err(crashed());
+        }
+        Ok(st)
+    }
+}
+
+impl LogFile for FaultFile {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let mut st = self.state()?;
+        let (n, full) = match st.write_budget {
+            Some(left) if (buf.len() as u64) > left => (left as usize, true),
+            _ => (buf.len(), false),
+        };
+        if let Some(left) = st.write_budget.as_mut() {
+            *left -= n as u64;
+        }
+        let data = &mut st.inodes[self.ino].data;
+        let start = offset as usize;
+        if data.len() < start + n {
+            data.resize(start + n, 0);
+        }
+        data[start..start + n].copy_from_slice(&buf[..n]);
+        if full {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut st = self.state()?;
+        if st.hold_syncs {
+            st.syncs_waiting += 1;
+            self.fs.inner.changed.notify_all();
+            while st.hold_syncs && st.epoch == self.epoch {
+                st = self.fs.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.syncs_waiting -= 1;
+            if st.epoch != self.epoch {
+                return Err(crashed());
+            }
+        }
+        if st.fail_syncs {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        let inode = &mut st.inodes[self.ino];
+        inode.durable = inode.data.clone();
+        st.data_syncs += 1;
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut st = self.state()?;
+        st.inodes[self.ino].data.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let mut st = self.state()?;
+        let data = &mut st.inodes[self.ino].data;
+        if (data.len() as u64) < len {
+            data.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for FaultFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Directories themselves are taken as durable: the log's directory is made once.
+        self.lock().dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.lock();
+        if !st.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(st
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let mut st = self.lock();
+        let ino = match st.names.get(path) {
+            Some(&ino) => {
+                st.inodes[ino].data.clear();
+                ino
+            }
+            None => {
+                st.inodes.push(Inode::default());
+                let ino = st.inodes.len() - 1;
+                st.names.insert(path.to_path_buf(), ino);
+                ino
+            }
+        };
+        Ok(Box::new(FaultFile { fs: self.clone(), ino, epoch: st.epoch }))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(FaultFile { fs: self.clone(), ino, epoch: st.epoch }))
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let st = self.lock();
+        let ino = *st.names.get(path).ok_or_else(|| not_found(path))?;
+        Ok(st.inodes[ino].data.clone())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
+        st.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.names.remove(path).map(drop).ok_or_else(|| not_found(path))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.fail_syncs {
+            return Err(io::Error::other("injected directory fsync failure"));
+        }
+        let in_dir = |p: &PathBuf| p.parent() == Some(dir);
+        let now: Vec<(PathBuf, usize)> =
+            st.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, i)| (p.clone(), *i)).collect();
+        st.durable_names.retain(|p, _| !in_dir(p));
+        st.durable_names.extend(now);
+        st.dir_syncs += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_only_synced_data_and_names() {
+        let fs = FaultFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.create(&dir.join("a")).unwrap();
+        a.write_at(0, b"hello").unwrap();
+        a.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        a.write_at(5, b" world").unwrap();
+        let mut b = fs.create(&dir.join("b")).unwrap();
+        b.write_at(0, b"unsynced name").unwrap();
+        b.sync_data().unwrap();
+        fs.crash();
+        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"hello");
+        assert!(fs.read(&dir.join("b")).is_err(), "a name never synced into its directory is lost");
+        assert!(a.write_at(0, b"x").is_err(), "handles from before the crash are dead");
+    }
+
+    #[test]
+    fn full_disk_writes_a_prefix_then_fails() {
+        let fs = FaultFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let mut a = fs.create(Path::new("/d/a")).unwrap();
+        fs.fill_after(3);
+        let e = a.write_at(0, b"abcdef").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(fs.read(Path::new("/d/a")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn real_fs_preallocates_zeros() {
+        let dir = referee_testkit::ScratchDir::new("fs-prealloc").unwrap();
+        let path = dir.path("f");
+        let mut f = RealFs.create(&path).unwrap();
+        f.write_at(0, b"abc").unwrap();
+        f.preallocate(4096).unwrap();
+        f.sync_data().unwrap();
+        RealFs.sync_dir(&dir.0).unwrap();
+        let data = RealFs.read(&path).unwrap();
+        assert_eq!(data.len(), 4096);
+        assert_eq!(&data[..3], b"abc");
+        assert!(data[3..].iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,32 @@
+//! The durable Raft log: segmented, checksummed, group-committed files behind openraft's
+//! `RaftLogStorage`, with the vote and commit point beside them.
+//!
+//! # Layout
+//!
+//! One layer a module, from the disk up:
+//!
+//! - [`fs`]: the file operations the log needs, on the real filesystem or on a model of one
+//!   that fails fsyncs, fills up and loses power on command (for tests).
+//! - [`crc32c`]: the checksum of records and headers.
+//! - [`record`]: the byte format of segment headers and records (no I/O).
+//! - [`wal`]: the segment files: recovery, append, sync, truncate, purge, the vote file, and
+//!   the ordering that makes each crash-safe.
+//! - [`store`]: [`LogStore`], the writer thread with group commit, and openraft's traits.
+//!
+//! ```text
+//!  openraft ─▶ store (queue) ─▶ writer thread ─▶ wal ─▶ record ─▶ fs ─▶ disk
+//!           ◀── flushed, after the fdatasync that covers the entries ◀──┘
+//! ```
+
+pub mod crc32c;
+pub mod fs;
+pub mod record;
+pub mod store;
+pub mod wal;
+
+#[cfg(test)]
+mod tests;
+
+pub use fs::{FaultFs, FileSystem, LogFile, RealFs};
+pub use store::{LogReader, LogStore};
+pub use wal::{LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};

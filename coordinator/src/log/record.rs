@@ -1,0 +1,221 @@
+//! The on-disk format of a segment: a fixed header, then records, then zeros.
+//!
+//! ```text
+//!  segment header (32 bytes, little-endian)
+//!   0  magic "RFWL"
+//!   4  format version (u32)
+//!   8  cluster id (u64)
+//!  16  index of the first entry (u64)
+//!  24  CRC-32C of bytes 0..24 (u32)
+//!  28  zero (u32)
+//!  record
+//!   0  payload length n (u32, 1..=MAX_RECORD_LEN)
+//!   4  CRC-32C of the length bytes and the payload (u32)
+//!   8  payload (n bytes: one openraft entry, JSON)
+//! ```
+//!
+//! The tail of a segment is zeros from preallocation, so a zero length word marks the end of
+//! the records. The checksum covers the length too, so a torn or flipped length is caught
+//! rather than followed. This module only encodes and decodes; what a bad record means is
+//! decided by recovery in [`super::wal`].
+
+use super::crc32c;
+
+/// The first four bytes of every segment.
+pub const SEGMENT_MAGIC: [u8; 4] = *b"RFWL";
+/// The format version this code writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The size of a segment header.
+pub const HEADER_LEN: usize = 32;
+/// The size of a record's length and checksum words.
+pub const RECORD_HEADER_LEN: usize = 8;
+/// The largest payload a record may hold; a longer length word is damage, not a record.
+pub const MAX_RECORD_LEN: u32 = 64 << 20;
+
+/// What a segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Format version the segment was written in.
+    pub version: u32,
+    /// The cluster the directory belongs to.
+    pub cluster_id: u64,
+    /// Index of the segment's first entry.
+    pub first_index: u64,
+}
+
+/// Why a segment header is unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Fewer than [`HEADER_LEN`] bytes.
+    #[error("the file is shorter than a segment header")]
+    Short,
+    /// Not a segment of this log.
+    #[error("the file does not start with the segment magic")]
+    BadMagic,
+    /// The header's checksum does not match.
+    #[error("the segment header's checksum does not match")]
+    BadChecksum,
+}
+
+impl SegmentHeader {
+    /// The header's 32 bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&SEGMENT_MAGIC);
+        b[4..8].copy_from_slice(&self.version.to_le_bytes());
+        b[8..16].copy_from_slice(&self.cluster_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.first_index.to_le_bytes());
+        let crc = crc32c::checksum(&b[0..24]);
+        b[24..28].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Reads a header from the start of `buf`. The version is returned as found: refusing a
+    /// newer one is the caller's decision, with the file's name in the message.
+    pub fn decode(buf: &[u8]) -> Result<Self, HeaderError> {
+        let b = buf.get(..HEADER_LEN).ok_or(HeaderError::Short)?;
+        if b[0..4] != SEGMENT_MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        if crc32c::checksum(&b[0..24]) != u32_at(b, 24) {
+            return Err(HeaderError::BadChecksum);
+        }
+        Ok(SegmentHeader { version: u32_at(b, 4), cluster_id: u64_at(b, 8), first_index: u64_at(b, 16) })
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::extend(crc32c::checksum(&len_bytes), payload)
+}
+
+/// Appends one record holding `payload` to `out`.
+///
+/// # Panics
+/// If `payload` is empty or longer than [`MAX_RECORD_LEN`]: the caller checks both, as
+/// neither can be written so that recovery reads it back.
+pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        !payload.is_empty() && payload.len() <= MAX_RECORD_LEN as usize,
+        "record payload of {} bytes is outside 1..={MAX_RECORD_LEN}",
+        payload.len()
+    );
+    let len_bytes = (payload.len() as u32).to_le_bytes();
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&record_crc(len_bytes, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What lies at an offset of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read<'a> {
+    /// A whole record with a matching checksum; the next one starts at `next`.
+    Record {
+        /// The record's payload.
+        payload: &'a [u8],
+        /// Offset just past the record.
+        next: usize,
+    },
+    /// A zero length word, or no bytes at all: the records end here.
+    End,
+    /// Something that is not a whole, intact record.
+    Bad(&'static str),
+}
+
+/// Reads the record at `at` in `buf`.
+pub fn read_record(buf: &[u8], at: usize) -> Read<'_> {
+    let Some(head) = buf.get(at..at + RECORD_HEADER_LEN) else {
+        return if buf[at.min(buf.len())..].iter().all(|&b| b == 0) {
+            Read::End
+        } else {
+            Read::Bad("a record header cut short")
+        };
+    };
+    let len = u32_at(head, 0);
+    if len == 0 {
+        return Read::End;
+    }
+    if len > MAX_RECORD_LEN {
+        return Read::Bad("a record length over the limit");
+    }
+    let end = at + RECORD_HEADER_LEN + len as usize;
+    let Some(payload) = buf.get(at + RECORD_HEADER_LEN..end) else {
+        return Read::Bad("a record cut short");
+    };
+    if record_crc(len.to_le_bytes(), payload) != u32_at(head, 4) {
+        return Read::Bad("a record checksum mismatch");
+    }
+    Read::Record { payload, next: end }
+}
+
+/// Whether an intact record starts anywhere in `buf` after `after`: a bad record followed
+/// by a good one is damage inside the log, not a torn tail.
+pub fn any_record_after(buf: &[u8], after: usize) -> bool {
+    (after + 1..buf.len().saturating_sub(RECORD_HEADER_LEN))
+        .any(|at| matches!(read_record(buf, at), Read::Record { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_header() {
+        let h = SegmentHeader { version: 1, cluster_id: 0x0102_0304_0506_0708, first_index: 42 };
+        let b = h.encode();
+        assert_eq!(
+            b,
+            [
+                b'R', b'F', b'W', b'L', 1, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 42, 0, 0, 0, 0, 0, 0, 0, 0x0e, 0xf6, 0x3b,
+                0x13, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        let mut bad = b;
+        bad[16] ^= 1;
+        assert_eq!(SegmentHeader::decode(&bad), Err(HeaderError::BadChecksum));
+        bad[0] = b'X';
+        assert_eq!(SegmentHeader::decode(&bad), Err(HeaderError::BadMagic));
+        assert_eq!(SegmentHeader::decode(&b[..31]), Err(HeaderError::Short));
+    }
+
+    #[test]
+    fn golden_record() {
+        let mut out = Vec::new();
+        encode_record(b"abc", &mut out);
+        // Length 3, then CRC-32C over [3, 0, 0, 0, 'a', 'b', 'c'], then the payload.
+        assert_eq!(out[..4], [3, 0, 0, 0]);
+        assert_eq!(u32_at(&out, 4), crc32c::checksum(&[3, 0, 0, 0, b'a', b'b', b'c']));
+        assert_eq!(out, [3, 0, 0, 0, 0xf8, 0x83, 0x14, 0x55, b'a', b'b', b'c']);
+        assert_eq!(read_record(&out, 0), Read::Record { payload: b"abc", next: 11 });
+    }
+
+    #[test]
+    fn reads_end_and_damage() {
+        let mut buf = Vec::new();
+        encode_record(b"one", &mut buf);
+        let first_end = buf.len();
+        encode_record(b"two", &mut buf);
+        buf.extend_from_slice(&[0u8; 20]);
+        assert_eq!(read_record(&buf, 0), Read::Record { payload: b"one", next: first_end });
+        assert_eq!(read_record(&buf, buf.len() - 20), Read::End);
+        assert_eq!(read_record(&buf, buf.len()), Read::End);
+        let mut flipped = buf.clone();
+        flipped[first_end - 1] ^= 0x20;
+        assert_eq!(read_record(&flipped, 0), Read::Bad("a record checksum mismatch"));
+        assert!(any_record_after(&flipped, 0), "the second record is still intact");
+        assert!(!any_record_after(&buf, first_end));
+        assert_eq!(read_record(&buf[..first_end - 1], 0), Read::Bad("a record cut short"));
+        assert_eq!(read_record(&[1, 0, 0], 0), Read::Bad("a record header cut short"));
+        assert_eq!(read_record(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], 0), Read::Bad("a record length over the limit"));
+    }
+}

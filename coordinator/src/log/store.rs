@@ -1,0 +1,372 @@
+//! The durable log store openraft talks to: [`LogStore`] queues appends to one writer thread,
+//! which writes them, fdatasyncs once for everything that queued meanwhile, and only then
+//! reports them flushed.
+//!
+//! ```text
+//!  openraft ── append(entries, LogFlushed) ──▶ cache (readable at once) ──▶ queue
+//!                                                                            │
+//!   writer thread: take everything queued ─▶ write records ─▶ one fdatasync ─┤
+//!                                                                            ▼
+//!  openraft ◀── LogFlushed::log_io_completed(Ok) for every entry of the batch
+//! ```
+//!
+//! This is ZooKeeper's `SyncRequestProcessor` batching: while one fdatasync runs, new appends
+//! queue, and the next fdatasync covers all of them. Truncation, purging and saving the vote
+//! go through the same queue, so they are ordered with the appends, and each first flushes
+//! the appends queued before it.
+//!
+//! A failed write or fsync stops the store for good: the failing batch and every later call
+//! get an error, which openraft treats as fatal. An fsync is never retried, because after a
+//! failed one the kernel may already have dropped the dirty pages it could not write.
+//!
+//! Entries are also kept in memory from the purge point on, for openraft's reads; the state
+//! machine's snapshots bound how many that is.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use tokio::sync::oneshot;
+
+use super::fs::FileSystem;
+use super::wal::{LogError, RaftMeta, Wal, WalOptions};
+use crate::raft::TypeConfig;
+
+/// Called once an append is durable (`Ok`) or has failed for good (`Err`).
+pub type AppendDone = Box<dyn FnOnce(Result<(), io::Error>) + Send>;
+
+/// At most this many queued commands are written under one fdatasync, as ZooKeeper's
+/// `maxBatchSize`; it bounds how long the first of them waits for the rest to be written.
+const MAX_BATCH: usize = 1000;
+
+enum Command {
+    Append { entries: Vec<Entry<TypeConfig>>, done: AppendDone },
+    Truncate { index: u64, reply: oneshot::Sender<Result<(), LogError>> },
+    Purge { meta: RaftMeta, reply: oneshot::Sender<Result<(), LogError>> },
+    SaveMeta { meta: RaftMeta, reply: oneshot::Sender<Result<(), LogError>> },
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    meta: RaftMeta,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    cache: Mutex<Cache>,
+    /// Why the store stopped taking writes, once it has.
+    stopped: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stop(&self, why: &LogError) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if stopped.is_none() {
+            tracing::error!(error = %why, "the Raft log failed and takes no more writes");
+            *stopped = Some(why.to_string());
+        }
+    }
+}
+
+/// The durable Raft log: openraft's [`RaftLogStorage`] over a [`Wal`] and a writer thread.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("stopped", &self.shared.stopped()).finish_non_exhaustive()
+    }
+}
+
+/// Reads entries for openraft, beside the store.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+fn stopped_io(why: &str) -> io::Error {
+    io::Error::other(format!("the Raft log stopped after an earlier failure: {why}"))
+}
+
+impl LogStore {
+    /// Opens the log in `opts.dir` (recovering it, see [`Wal::open`]) and starts its writer
+    /// thread. Blocks on file I/O: call it at start-up, before serving.
+    pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<LogStore, LogError> {
+        let dir = opts.dir.clone();
+        let (wal, recovered) = Wal::open(fs, opts)?;
+        let shared = Arc::new(Shared::default());
+        {
+            let mut cache = shared.cache();
+            cache.meta = recovered.meta;
+            cache.entries = recovered.entries.into_iter().map(|e| (e.log_id.index, e)).collect();
+        }
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || run_writer(wal, rx, &writer_shared))
+            .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir, source })?;
+        Ok(LogStore { shared, tx: Some(tx), writer: Some(writer) })
+    }
+
+    /// Why the store stopped taking writes, if it has.
+    pub fn stopped(&self) -> Option<String> {
+        self.shared.stopped()
+    }
+
+    /// A reader of the entries.
+    pub fn reader(&self) -> LogReader {
+        LogReader { shared: Arc::clone(&self.shared) }
+    }
+
+    /// The saved Raft state as of the last call (durable once that call returned).
+    pub fn meta(&self) -> RaftMeta {
+        self.shared.cache().meta.clone()
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), LogError> {
+        if let Some(why) = self.shared.stopped() {
+            return Err(LogError::Stopped(why));
+        }
+        let tx = self.tx.as_ref().expect("the queue lives as long as the store");
+        tx.send(cmd).map_err(|_| LogError::Stopped("the writer thread is gone".into()))
+    }
+
+    /// Queues `entries` after the last ones; `done` is called after the fdatasync that makes
+    /// them durable, or with the error that stopped the store. The entries are readable at
+    /// once, as openraft replicates entries before they are flushed locally.
+    pub fn submit_append(&self, entries: Vec<Entry<TypeConfig>>, done: AppendDone) -> Result<(), LogError> {
+        if let Some(why) = self.shared.stopped() {
+            return Err(LogError::Stopped(why));
+        }
+        {
+            let mut cache = self.shared.cache();
+            for e in &entries {
+                cache.entries.insert(e.log_id.index, e.clone());
+            }
+        }
+        self.send(Command::Append { entries, done })
+    }
+
+    async fn request(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<(), LogError>>) -> Command,
+    ) -> Result<(), LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(cmd(reply))?;
+        rx.await.map_err(|_| LogError::Stopped("the writer thread is gone".into()))?
+    }
+
+    /// Removes entry `index` and all later ones, durably.
+    pub async fn truncate_from(&self, index: u64) -> Result<(), LogError> {
+        let _ = self.shared.cache().entries.split_off(&index);
+        self.request(|reply| Command::Truncate { index, reply }).await
+    }
+
+    /// Purges entries up to and including `upto`, durably.
+    pub async fn purge_upto(&self, upto: LogId<u64>) -> Result<(), LogError> {
+        let meta = {
+            let mut cache = self.shared.cache();
+            cache.entries = cache.entries.split_off(&(upto.index + 1));
+            cache.meta.last_purged = Some(upto);
+            cache.meta.clone()
+        };
+        self.request(|reply| Command::Purge { meta, reply }).await
+    }
+
+    /// Changes the saved Raft state with `f` and returns once the change is durable.
+    pub async fn update_meta(&self, f: impl FnOnce(&mut RaftMeta)) -> Result<(), LogError> {
+        let meta = {
+            let mut cache = self.shared.cache();
+            f(&mut cache.meta);
+            cache.meta.clone()
+        };
+        self.request(|reply| Command::SaveMeta { meta, reply }).await
+    }
+}
+
+impl Drop for LogStore {
+    /// Waits for the writer to write and sync what is queued (at most one batch's fsyncs).
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has written (and synced) what is queued.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: batches, writes, syncs, reports.
+fn run_writer(mut wal: Wal, rx: mpsc::Receiver<Command>, shared: &Shared) {
+    let mut waiting: Vec<AppendDone> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        // Everything that queued while the last fdatasync ran joins this one.
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        for cmd in batch {
+            match cmd {
+                Command::Append { entries, done } => {
+                    if let Some(why) = shared.stopped() {
+                        done(Err(stopped_io(&why)));
+                        continue;
+                    }
+                    waiting.push(done);
+                    if let Err(e) = wal.append(&entries) {
+                        shared.stop(&e);
+                        fail_all(&mut waiting, &e.to_string());
+                    }
+                }
+                Command::Truncate { index, reply } => {
+                    let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.truncate(index)));
+                }
+                Command::Purge { meta, reply } => {
+                    let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.purge(&meta)));
+                }
+                Command::SaveMeta { meta, reply } => {
+                    let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.save_meta(&meta)));
+                }
+            }
+        }
+        flush(&mut wal, &mut waiting, shared);
+    }
+    flush(&mut wal, &mut waiting, shared);
+}
+
+fn fail_all(waiting: &mut Vec<AppendDone>, why: &str) {
+    for done in waiting.drain(..) {
+        done(Err(stopped_io(why)));
+    }
+}
+
+/// One fdatasync for every append written since the last, then their callbacks: never before.
+fn flush(wal: &mut Wal, waiting: &mut Vec<AppendDone>, shared: &Shared) {
+    if waiting.is_empty() {
+        return;
+    }
+    if let Some(why) = shared.stopped() {
+        fail_all(waiting, &why);
+        return;
+    }
+    match wal.sync() {
+        Ok(()) => {
+            for done in waiting.drain(..) {
+                done(Ok(()));
+            }
+        }
+        Err(e) => {
+            shared.stop(&e);
+            fail_all(waiting, &e.to_string());
+        }
+    }
+}
+
+fn after_flush(
+    wal: &mut Wal,
+    waiting: &mut Vec<AppendDone>,
+    shared: &Shared,
+    op: impl FnOnce(&mut Wal) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    flush(wal, waiting, shared);
+    if let Some(why) = shared.stopped() {
+        return Err(LogError::Stopped(why));
+    }
+    op(wal).inspect_err(|e| shared.stop(e))
+}
+
+type SErr = StorageError<u64>;
+
+fn write_err(e: &LogError) -> SErr {
+    StorageIOError::write_logs(AnyError::new(e)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        Ok(self.shared.cache().entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        self.reader().try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let cache = self.shared.cache();
+        let last_purged = cache.meta.last_purged;
+        let last = cache.entries.values().next_back().map(|e| e.log_id).or(last_purged);
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
+        let vote = *vote;
+        self.update_meta(|m| m.vote = Some(vote))
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
+        Ok(self.shared.cache().meta.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
+        self.update_meta(|m| m.committed = committed).await.map_err(|e| write_err(&e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        Ok(self.shared.cache().meta.committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        self.submit_append(entries, Box::new(move |r| callback.log_io_completed(r))).map_err(|e| write_err(&e))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.truncate_from(log_id.index).await.map_err(|e| write_err(&e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.purge_upto(log_id).await.map_err(|e| write_err(&e))
+    }
+}

@@ -1,0 +1,534 @@
+//! The log under faults: fsync failures, a full disk, power loss at chosen points, torn and
+//! damaged files; group commit; and the real filesystem.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+use super::record::{self, Read, SegmentHeader, HEADER_LEN};
+use super::*;
+use crate::proto::SessionId;
+use crate::raft::TypeConfig;
+use crate::txn::{Txn, TxnOp, WriteOp};
+
+const DEADLINE: Duration = referee_testkit::DEADLINE;
+const CLUSTER: u64 = 7;
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data/log")
+}
+
+fn opts(segment_bytes: u64) -> WalOptions {
+    WalOptions { dir: dir(), cluster_id: CLUSTER, segment_bytes }
+}
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId { leader_id: CommittedLeaderId::new(term, 1), index }
+}
+
+/// An entry whose payload says which term and index wrote it, so stale and new entries differ.
+fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Txn {
+            session: SessionId(0),
+            auth: Vec::new(),
+            time_ms: 0,
+            op: TxnOp::Write(WriteOp::Delete { path: format!("/t{term}/i{index}"), version: -1 }),
+        }),
+    }
+}
+
+fn ids(entries: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+    entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
+}
+
+fn fault_open(fs: &FaultFs, segment_bytes: u64) -> Result<(Wal, Recovered), LogError> {
+    Wal::open(Arc::new(fs.clone()), opts(segment_bytes))
+}
+
+/// A log of entries `1..=n` in term 1, synced.
+fn written(fs: &FaultFs, n: u64, segment_bytes: u64) -> Wal {
+    let (mut wal, rec) = fault_open(fs, segment_bytes).unwrap();
+    assert!(rec.entries.is_empty());
+    let entries: Vec<_> = (1..=n).map(|i| entry(1, i)).collect();
+    wal.append(&entries).unwrap();
+    wal.sync().unwrap();
+    wal
+}
+
+fn segment_path(first: u64) -> PathBuf {
+    dir().join(format!("log-{first:020}"))
+}
+
+/// Offsets and ends of the records of a segment file.
+fn record_spans(buf: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut at = HEADER_LEN;
+    while let Read::Record { next, .. } = record::read_record(buf, at) {
+        spans.push((at, next));
+        at = next;
+    }
+    spans
+}
+
+fn segment_files(fs: &FaultFs) -> Vec<String> {
+    let mut names: Vec<_> = fs.list(&dir()).unwrap().into_iter().filter(|n| n.starts_with("log-")).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn reopen_reads_back_what_was_synced() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 20, 1 << 20));
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 20).unwrap();
+    assert_eq!(ids(&rec.entries), (1..=20).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
+#[test]
+fn segments_roll_at_the_configured_size_and_read_back_in_order() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 30, 400));
+    let files = segment_files(&fs);
+    assert!(files.len() > 3, "400-byte segments hold a few entries each: {files:?}");
+    fs.crash();
+    let (mut wal, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(ids(&rec.entries), (1..=30).map(|i| (1, i)).collect::<Vec<_>>());
+    assert_eq!(wal.next_index(), Some(31));
+    wal.append(&[entry(1, 31)]).unwrap();
+    wal.sync().unwrap();
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(rec.entries.len(), 31);
+}
+
+#[test]
+fn a_new_segment_is_in_its_directory_before_its_entries_are_synced() {
+    let fs = FaultFs::new();
+    let (mut wal, _) = fault_open(&fs, 1 << 20).unwrap();
+    let dir_syncs = fs.dir_syncs();
+    wal.append(&[entry(1, 1)]).unwrap();
+    assert_eq!(fs.dir_syncs(), dir_syncs + 1, "starting the segment synced its directory");
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 20).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1)]);
+}
+
+#[test]
+fn a_segment_size_too_small_for_a_record_is_refused() {
+    let e = fault_open(&FaultFs::new(), 100).unwrap_err();
+    assert!(matches!(e, LogError::SegmentTooSmall(100)), "{e}");
+}
+
+#[test]
+fn appends_out_of_sequence_are_refused() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 3, 1 << 20);
+    let e = wal.append(&[entry(1, 5)]).unwrap_err();
+    assert!(matches!(e, LogError::OutOfSequence { expected: 4, got: 5 }), "{e}");
+}
+
+/// Every cut of the last record (from nothing written to all but its last byte), both as a
+/// short file and as a zero-filled preallocated tail, and a flipped bit in it: recovery drops
+/// exactly that record, and the log continues cleanly from there.
+#[test]
+fn a_torn_last_record_is_cut_off_at_every_byte() {
+    let base = FaultFs::new();
+    drop(written(&base, 3, 1 << 16));
+    let path = segment_path(1);
+    let pristine = base.read(&path).unwrap();
+    let spans = record_spans(&pristine);
+    assert_eq!(spans.len(), 3);
+    let (start, end) = spans[2];
+    // (what, the file, whether anything of the record is left to cut: a record of which no
+    // byte was written is simply absent).
+    let mut cases: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for cut in 0..(end - start) {
+        let mut zeroed = pristine.clone();
+        zeroed[start + cut..end].fill(0);
+        cases.push((format!("zeroed from byte {cut}"), zeroed, cut > 0));
+        cases.push((format!("file ends at byte {cut}"), pristine[..start + cut].to_vec(), cut > 0));
+    }
+    for bit in [0usize, 4, 8, end - start - 1] {
+        let mut flipped = pristine.clone();
+        flipped[start + bit] ^= 0x10;
+        cases.push((format!("bit flipped at byte {bit}"), flipped, true));
+    }
+    for (what, bytes, cut_expected) in cases {
+        let fs = FaultFs::new();
+        drop(written(&fs, 3, 1 << 16));
+        fs.damage(&path, |d| *d = bytes.clone()).unwrap();
+        let (mut wal, rec) = fault_open(&fs, 1 << 16).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(ids(&rec.entries), [(1, 1), (1, 2)], "{what}");
+        if cut_expected {
+            let torn = rec.torn.as_ref().unwrap_or_else(|| panic!("{what}: the cut is reported"));
+            assert_eq!((torn.path.as_path(), torn.offset), (path.as_path(), start as u64), "{what}");
+        } else {
+            assert_eq!(rec.torn, None, "{what}: nothing to cut");
+        }
+        let after = fs.read(&path).unwrap();
+        assert!(after[start..].iter().all(|&b| b == 0), "{what}: the torn bytes are gone from the file");
+        // The log goes on from the cut, and nothing of the torn record comes back.
+        wal.append(&[entry(2, 3), entry(2, 4)]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        fs.crash();
+        let (_, rec) = fault_open(&fs, 1 << 16).unwrap_or_else(|e| panic!("{what}, reopened: {e}"));
+        assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (2, 3), (2, 4)], "{what}");
+        assert_eq!(rec.torn, None, "{what}: a clean log reports no cut");
+    }
+}
+
+#[test]
+fn damage_before_the_tail_is_refused_with_file_and_offset() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 3, 1 << 16));
+    let path = segment_path(1);
+    let spans = record_spans(&fs.read(&path).unwrap());
+    let (start, _) = spans[1];
+    fs.damage(&path, |d| d[start + 9] ^= 0x01).unwrap();
+    let e = fault_open(&fs, 1 << 16).unwrap_err();
+    match &e {
+        LogError::Corrupt { path: p, offset, .. } => {
+            assert_eq!(p, &path);
+            assert_eq!(*offset, start as u64);
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let msg = e.to_string();
+    assert!(msg.contains("log-00000000000000000001") && msg.contains(&format!("byte {start}")), "{msg}");
+
+    // A zeroed record followed by an intact one is damage too, not an end.
+    let fs = FaultFs::new();
+    drop(written(&fs, 3, 1 << 16));
+    fs.damage(&path, |d| d[spans[1].0..spans[1].1].fill(0)).unwrap();
+    assert!(matches!(fault_open(&fs, 1 << 16), Err(LogError::Corrupt { offset, .. }) if offset == spans[1].0 as u64));
+}
+
+#[test]
+fn damage_at_the_end_of_an_older_segment_is_refused() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 12, 400));
+    let files = segment_files(&fs);
+    assert!(files.len() >= 2);
+    let first = dir().join(&files[0]);
+    let spans = record_spans(&fs.read(&first).unwrap());
+    let (start, end) = *spans.last().unwrap();
+    // Exactly what a torn tail looks like, but not in the last segment: synced data is gone.
+    fs.damage(&first, |d| d[start + 10..end].fill(0)).unwrap();
+    match fault_open(&fs, 400) {
+        Err(LogError::Corrupt { path, offset, .. }) => {
+            assert_eq!(path, first);
+            assert_eq!(offset, start as u64);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_segment_is_refused() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 12, 400));
+    let files = segment_files(&fs);
+    assert!(files.len() >= 3);
+    fs.remove(&dir().join(&files[1])).unwrap();
+    let e = fault_open(&fs, 400).unwrap_err();
+    assert!(matches!(&e, LogError::Corrupt { path, .. } if *path == dir().join(&files[2])), "{e}");
+}
+
+#[test]
+fn another_clusters_directory_or_a_newer_format_is_refused() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 2, 1 << 16));
+    let e = Wal::open(Arc::new(fs.clone()), WalOptions { cluster_id: 8, ..opts(1 << 16) }).unwrap_err();
+    assert!(matches!(e, LogError::ForeignCluster { found: 7, expected: 8, .. }), "{e}");
+    assert!(e.to_string().contains("log-00000000000000000001"), "{e}");
+
+    let newer = SegmentHeader { version: record::FORMAT_VERSION + 1, cluster_id: CLUSTER, first_index: 1 };
+    fs.damage(&segment_path(1), |d| d[..HEADER_LEN].copy_from_slice(&newer.encode())).unwrap();
+    let e = fault_open(&fs, 1 << 16).unwrap_err();
+    assert!(matches!(e, LogError::NewerFormat { found: 2, supported: 1, .. }), "{e}");
+
+    // The Raft state file carries the cluster id too.
+    let fs = FaultFs::new();
+    let (mut wal, _) = fault_open(&fs, 1 << 16).unwrap();
+    wal.save_meta(&RaftMeta { vote: Some(Vote::new(3, 1)), ..RaftMeta::default() }).unwrap();
+    let e = Wal::open(Arc::new(fs.clone()), WalOptions { cluster_id: 9, ..opts(1 << 16) }).unwrap_err();
+    assert!(matches!(&e, LogError::ForeignCluster { path, .. } if path.ends_with("raft-meta")), "{e}");
+}
+
+#[test]
+fn truncation_survives_a_crash_and_stale_entries_never_return() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 20, 400);
+    let before = segment_files(&fs).len();
+    wal.truncate(6).unwrap();
+    assert!(segment_files(&fs).len() < before, "whole segments after the cut are removed");
+    fs.crash();
+    let (mut wal, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(ids(&rec.entries), (1..=5).map(|i| (1, i)).collect::<Vec<_>>());
+    // A new term writes fewer entries where the old ones were; none of the old ones reappear.
+    wal.append(&[entry(2, 6)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(ids(&rec.entries).last(), Some(&(2, 6)));
+    assert_eq!(rec.entries.len(), 6);
+}
+
+#[test]
+fn truncating_everything_starts_over_at_that_index() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 5, 400);
+    wal.truncate(1).unwrap();
+    assert!(segment_files(&fs).is_empty());
+    wal.append(&[entry(3, 1)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(ids(&rec.entries), [(3, 1)]);
+}
+
+#[test]
+fn purge_persists_its_point_first_and_leftover_segments_are_removed_at_open() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 20, 400);
+    let purged = RaftMeta { last_purged: Some(log_id(1, 9)), ..RaftMeta::default() };
+    // The state a crash between the two purge steps leaves: the point saved, no file removed.
+    wal.save_meta(&purged).unwrap();
+    drop(wal);
+    fs.crash();
+    let (mut wal, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(rec.meta, purged);
+    assert_eq!(ids(&rec.entries), (10..=20).map(|i| (1, i)).collect::<Vec<_>>());
+    let first_left = segment_files(&fs)[0].clone();
+    let first_index: u64 = first_left["log-".len()..].parse().unwrap();
+    assert!(first_index <= 10, "the segment holding entry 10 stays: {first_left}");
+
+    // A purge past the end removes every segment; the log continues after the purge point.
+    wal.purge(&RaftMeta { last_purged: Some(log_id(1, 25)), ..RaftMeta::default() }).unwrap();
+    assert!(segment_files(&fs).is_empty());
+    wal.append(&[entry(2, 26)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 400).unwrap();
+    assert_eq!(ids(&rec.entries), [(2, 26)]);
+    assert_eq!(rec.meta.last_purged, Some(log_id(1, 25)));
+}
+
+// ---- the store: group commit, fatal failures, power loss --------------------------------
+
+fn store(fs: &FaultFs) -> LogStore {
+    LogStore::open(Arc::new(fs.clone()), opts(1 << 16)).unwrap()
+}
+
+/// Appends `entries` and returns a receiver of (index, fsyncs completed when it was called
+/// back, result).
+type Acks = mpsc::Receiver<(u64, u64, Result<(), String>)>;
+
+fn append(store: &LogStore, fs: &FaultFs, tx: &mpsc::Sender<(u64, u64, Result<(), String>)>, e: Entry<TypeConfig>) {
+    let (tx, fs, index) = (tx.clone(), fs.clone(), e.log_id.index);
+    store
+        .submit_append(
+            vec![e],
+            Box::new(move |r| {
+                let _ = tx.send((index, fs.data_syncs(), r.map_err(|e| e.to_string())));
+            }),
+        )
+        .unwrap();
+}
+
+fn ack(rx: &Acks) -> (u64, u64, Result<(), String>) {
+    rx.recv_timeout(DEADLINE).expect("an append was called back within the deadline")
+}
+
+#[test]
+fn appends_queued_during_an_fsync_share_the_next_one_and_none_is_acknowledged_early() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (tx, rx) = mpsc::channel();
+    append(&store, &fs, &tx, entry(1, 1));
+    assert_eq!(ack(&rx).2, Ok(()));
+
+    fs.hold_syncs();
+    append(&store, &fs, &tx, entry(1, 2));
+    assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the fsync of entry 2");
+    let base = fs.data_syncs();
+    const N: u64 = 50;
+    for i in 3..3 + N {
+        append(&store, &fs, &tx, entry(1, i));
+    }
+    assert!(rx.try_recv().is_err(), "nothing is acknowledged while its fsync is held");
+    fs.release_syncs();
+    let acks: Vec<_> = (0..=N).map(|_| ack(&rx)).collect();
+    assert_eq!(acks.iter().map(|a| a.0).collect::<Vec<_>>(), (2..3 + N).collect::<Vec<_>>(), "in order");
+    for (index, syncs_then, result) in &acks {
+        assert_eq!(result, &Ok(()));
+        let needed = if *index == 2 { base + 1 } else { base + 2 };
+        assert!(*syncs_then >= needed, "entry {index} acknowledged after {syncs_then} fsyncs, before its own");
+    }
+    // One fsync for entry 2, one for the 50 that queued behind it.
+    assert_eq!(fs.data_syncs() - base, 2, "{N} queued appends shared one fsync");
+    // Everything acknowledged survives a power loss.
+    drop(store);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(rec.entries.len() as u64, 2 + N);
+}
+
+#[test]
+fn a_failed_fsync_is_fatal_and_never_acknowledged() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (tx, rx) = mpsc::channel();
+    append(&store, &fs, &tx, entry(1, 1));
+    assert_eq!(ack(&rx).2, Ok(()));
+    fs.fail_syncs();
+    append(&store, &fs, &tx, entry(1, 2));
+    let (index, _, result) = ack(&rx);
+    assert_eq!(index, 2);
+    assert!(result.unwrap_err().contains("injected fsync failure"));
+    assert!(store.stopped().is_some());
+    // Every later write is refused, even once fsync would work again: it is never retried.
+    let e = store.submit_append(vec![entry(1, 3)], Box::new(|_| panic!("never called"))).unwrap_err();
+    assert!(matches!(e, LogError::Stopped(_)), "{e}");
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let e = rt.block_on(store.update_meta(|m| m.vote = Some(Vote::new(2, 1)))).unwrap_err();
+    assert!(matches!(e, LogError::Stopped(_)), "{e}");
+}
+
+#[test]
+fn a_full_disk_mid_record_is_fatal_and_recovery_cuts_the_partial_record() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (tx, rx) = mpsc::channel();
+    append(&store, &fs, &tx, entry(1, 1));
+    assert_eq!(ack(&rx).2, Ok(()));
+    fs.fill_after(10);
+    append(&store, &fs, &tx, entry(1, 2));
+    let (_, _, result) = ack(&rx);
+    assert!(result.unwrap_err().contains("no space left"));
+    assert!(store.stopped().is_some());
+    assert!(store.submit_append(vec![entry(1, 3)], Box::new(|_| ())).is_err());
+    drop(store);
+    // The partial record reached the page cache; say it also reached the disk.
+    fs.damage(&segment_path(1), |_| ()).unwrap();
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1)]);
+}
+
+#[test]
+fn power_loss_before_the_fsync_loses_only_unacknowledged_entries() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=5 {
+        append(&store, &fs, &tx, entry(1, i));
+    }
+    for _ in 1..=5 {
+        assert_eq!(ack(&rx).2, Ok(()));
+    }
+    fs.hold_syncs();
+    for i in 6..=8 {
+        append(&store, &fs, &tx, entry(1, i));
+    }
+    assert!(fs.wait_for_held_syncs(1, DEADLINE));
+    fs.crash();
+    // The writer's held fsync fails as its process is gone; nothing of 6..=8 was acknowledged.
+    let acks: Vec<_> = (6..=8).map(|_| ack(&rx)).collect();
+    assert!(acks.iter().all(|a| a.2.is_err()), "{acks:?}");
+    drop(store);
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(ids(&rec.entries), (1..=5).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn vote_committed_truncate_and_purge_are_durable_when_they_return() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=10 {
+        append(&store, &fs, &tx, entry(1, i));
+    }
+    store.update_meta(|m| m.vote = Some(Vote::new_committed(4, 2))).await.unwrap();
+    // The vote came after the appends in the queue, so they were flushed first.
+    for _ in 1..=10 {
+        assert_eq!(ack(&rx).2, Ok(()));
+    }
+    store.update_meta(|m| m.committed = Some(log_id(1, 3))).await.unwrap();
+    store.truncate_from(9).await.unwrap();
+    store.purge_upto(log_id(1, 2)).await.unwrap();
+    let want = store.meta();
+    // Power goes before the store is even dropped.
+    fs.crash();
+    drop(store);
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(rec.meta, want);
+    assert_eq!(rec.meta.vote, Some(Vote::new_committed(4, 2)));
+    assert_eq!(rec.meta.committed, Some(log_id(1, 3)));
+    assert_eq!(ids(&rec.entries), (3..=8).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
+// ---- the real filesystem ------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_real_filesystem_writes_reopens_and_reads_back() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    let scratch = referee_testkit::ScratchDir::new("raft-log").unwrap();
+    let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 4096 };
+    let (tx, rx) = mpsc::channel();
+    {
+        let store = LogStore::open(Arc::new(RealFs), o.clone()).unwrap();
+        for i in 1..=200 {
+            let tx = tx.clone();
+            store
+                .submit_append(vec![entry(1, i)], Box::new(move |r| tx.send(r.map_err(|e| e.to_string())).unwrap()))
+                .unwrap();
+        }
+        for _ in 1..=200 {
+            assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), Ok(()));
+        }
+        store.update_meta(|m| m.vote = Some(Vote::new(5, 1))).await.unwrap();
+    }
+    let names: Vec<_> = std::fs::read_dir(&o.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.len() > 3, "several 4 KiB segments and the Raft state: {names:?}");
+    let mut store = LogStore::open(Arc::new(RealFs), o).unwrap();
+    let got = store.try_get_log_entries(1..=200).await.unwrap();
+    assert_eq!(ids(&got), (1..=200).map(|i| (1, i)).collect::<Vec<_>>());
+    assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 200)));
+}
+
+/// openraft's own storage suite, with the coordinator's state machine beside the log.
+#[test]
+fn openraft_storage_suite() {
+    struct Builder;
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, crate::raft::StateMachine, referee_testkit::ScratchDir>
+        for Builder
+    {
+        async fn build(
+            &self,
+        ) -> Result<(referee_testkit::ScratchDir, LogStore, crate::raft::StateMachine), openraft::StorageError<u64>>
+        {
+            let scratch = referee_testkit::ScratchDir::new("raft-suite").expect("scratch dir");
+            let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 1 << 16 };
+            let store = LogStore::open(Arc::new(RealFs), o).expect("open log");
+            let state = crate::state::ServerState::new(false, Duration::from_millis(100));
+            let sm = crate::raft::StateMachine::new(Arc::new(Mutex::new(state)));
+            Ok((scratch, store, sm))
+        }
+    }
+    openraft::testing::Suite::test_all(Builder).unwrap();
+}

@@ -1,0 +1,571 @@
+//! The segmented log on disk: recovery at open, appends, fsync, truncation and purging, and
+//! the vote file. Synchronous and single-threaded; [`super::store`] runs it on the writer
+//! thread and batches the fsyncs.
+//!
+//! ```text
+//!  dir/
+//!    log-00000000000000000001   entries 1..=k      (header, records, zeros)
+//!    log-0000000000000000000k+1 entries k+1..      (the active segment, appended to)
+//!    raft-meta                  vote, committed, last purged (replaced atomically)
+//! ```
+//!
+//! # Ordering, and what a crash at any point leaves
+//!
+//! - A new segment is written under a `.tmp` name with its header, preallocated, synced,
+//!   renamed, and the directory synced, all before any entry goes into it; so a segment name
+//!   that survives a crash always has a whole header, and no acknowledged entry sits in a file
+//!   whose name could vanish. Leftover `.tmp` files are removed at open.
+//! - A segment is synced before the next one is started, so only the last segment can hold
+//!   unsynced (unacknowledged) bytes, and only its tail can be torn.
+//! - Truncation removes whole segments newest first, syncing the directory after each, then
+//!   cuts the segment holding the first removed entry and syncs it. A crash part-way leaves a
+//!   prefix of the old log: entries openraft will truncate again, never a hole, and never
+//!   stale entries after new ones (the cut is synced before any new append goes there).
+//! - Purging first persists the purge point in `raft-meta`, then removes the segments that
+//!   hold only purged entries. A crash part-way leaves files that recovery recognises as
+//!   purged (by the persisted point) and removes.
+//! - `raft-meta` is written to a temporary file, synced, renamed over the old one, and the
+//!   directory synced, so it is always either the old or the new version, whole.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{Entry, LogId, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::fs::{FileSystem, LogFile};
+use super::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN, MAX_RECORD_LEN};
+use crate::raft::TypeConfig;
+
+/// Where the log lives and how it is cut into segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// The log's directory; created if missing.
+    pub dir: PathBuf,
+    /// The cluster this directory belongs to; a directory of another cluster is refused.
+    pub cluster_id: u64,
+    /// Size a segment is preallocated to; the next entry that does not fit starts a new one.
+    pub segment_bytes: u64,
+}
+
+impl WalOptions {
+    /// Options with segments of [`DEFAULT_SEGMENT_BYTES`].
+    pub fn new(dir: impl Into<PathBuf>, cluster_id: u64) -> Self {
+        WalOptions { dir: dir.into(), cluster_id, segment_bytes: DEFAULT_SEGMENT_BYTES }
+    }
+}
+
+/// Default segment size: ZooKeeper's default preallocation block, large enough that rolling
+/// (two extra fsyncs) is rare, small enough to purge in useful steps.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// The smallest segment size accepted: a header and one small record.
+pub const MIN_SEGMENT_BYTES: u64 = 256;
+
+/// The small Raft state kept beside the log, replaced as one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMeta {
+    /// The last vote saved.
+    pub vote: Option<Vote<u64>>,
+    /// The last committed log id saved.
+    pub committed: Option<LogId<u64>>,
+    /// Entries up to and including this one are purged.
+    pub last_purged: Option<LogId<u64>>,
+}
+
+/// Why the log cannot open or cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file or directory it was on.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The log is damaged somewhere other than a torn tail; nothing is guessed or dropped.
+    #[error(
+        "the log is damaged in {} at byte {offset}: {reason}; refusing to start rather than lose \
+         acknowledged entries. Restore this server's data directory from a backup, or remove it \
+         and let the server rejoin from its peers",
+        path.display()
+    )]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damage in it.
+        offset: u64,
+        /// What was found there.
+        reason: String,
+    },
+    /// The directory holds another cluster's log.
+    #[error(
+        "{} belongs to cluster {found}, not to this cluster ({expected}); point the data \
+         directory at this cluster's own",
+        path.display()
+    )]
+    ForeignCluster {
+        /// The file whose header says so.
+        path: PathBuf,
+        /// The cluster id found.
+        found: u64,
+        /// This cluster's id.
+        expected: u64,
+    },
+    /// The directory was written by a newer format version.
+    #[error(
+        "{} is in log format version {found}; this build reads up to {supported}. Run the newer \
+         version that wrote it",
+        path.display()
+    )]
+    NewerFormat {
+        /// The file whose header says so.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// An entry that cannot be written as a record.
+    #[error("entry {index} cannot be logged: {reason}")]
+    BadEntry {
+        /// The entry's index.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// An append that does not continue the log: a bug in the caller, stopped before it can
+    /// leave a hole.
+    #[error("append of entry {got} out of sequence: the log continues at {expected}")]
+    OutOfSequence {
+        /// The index the log expects next.
+        expected: u64,
+        /// The index offered.
+        got: u64,
+    },
+    /// Options that cannot work.
+    #[error("segment_bytes is {0}; it must be at least {MIN_SEGMENT_BYTES}")]
+    SegmentTooSmall(u64),
+    /// An earlier write or fsync failed; the log takes no more writes (an fsync is never
+    /// retried, as a failed one may have dropped the dirty pages it was to write).
+    #[error("the log stopped after an earlier failure and takes no more writes: {0}")]
+    Stopped(String),
+}
+
+const META_NAME: &str = "raft-meta";
+const META_MAGIC: [u8; 4] = *b"RFMT";
+const TMP_SUFFIX: &str = ".tmp";
+const SEGMENT_PREFIX: &str = "log-";
+
+fn segment_name(first_index: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_index:020}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
+    move |source| LogError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    first_index: u64,
+    path: PathBuf,
+    /// Offset of the record of entry `first_index + i`.
+    offsets: Vec<u64>,
+    /// Where the next record goes.
+    end: u64,
+}
+
+impl Segment {
+    fn next_index(&self) -> u64 {
+        self.first_index + self.offsets.len() as u64
+    }
+}
+
+/// A torn tail that open cut off (and logged as a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment it was in.
+    pub path: PathBuf,
+    /// Where the file now ends its records.
+    pub offset: u64,
+    /// What was found there.
+    pub reason: &'static str,
+}
+
+/// What open found: the entries after the purge point, the saved Raft state, and any torn
+/// tail it cut off.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every entry after the purge point, in index order.
+    pub entries: Vec<Entry<TypeConfig>>,
+    /// Vote, committed and purge point.
+    pub meta: RaftMeta,
+    /// The torn tail cut from the last segment, if there was one.
+    pub torn: Option<TornTail>,
+}
+
+/// The log's files. See the module documentation for the crash-safety ordering.
+#[derive(Debug)]
+pub struct Wal {
+    fs: Arc<dyn FileSystem>,
+    opts: WalOptions,
+    segments: Vec<Segment>,
+    /// The last segment's file, open for appends.
+    active: Option<Box<dyn LogFile>>,
+    /// Whether `active` has writes not yet synced.
+    dirty: bool,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `opts.dir`, recovering what is there: a torn tail of the
+    /// last segment is cut off with a warning; any other damage fails with the file and offset.
+    pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<(Wal, Recovered), LogError> {
+        if opts.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(LogError::SegmentTooSmall(opts.segment_bytes));
+        }
+        let dir = opts.dir.clone();
+        fs.create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The directory's own entry must be durable before anything in it is.
+            fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
+        }
+        let names = fs.list(&dir).map_err(io_err("listing", &dir))?;
+        let mut removed = false;
+        for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
+            // A segment or meta file interrupted before its rename: never acknowledged.
+            let path = dir.join(name);
+            fs.remove(&path).map_err(io_err("removing", &path))?;
+            removed = true;
+        }
+        let meta = if names.iter().any(|n| n == META_NAME) {
+            read_meta(fs.as_ref(), &dir.join(META_NAME), opts.cluster_id)?
+        } else {
+            RaftMeta::default()
+        };
+        let purged_next = meta.last_purged.map_or(0, |l| l.index + 1);
+        let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        firsts.sort_unstable();
+
+        // Segments followed by one that starts at or before the purge point hold only purged
+        // entries: leftovers of a purge interrupted by a crash.
+        let mut keep_from = 0;
+        for (i, w) in firsts.windows(2).enumerate() {
+            if meta.last_purged.is_some() && w[1] <= purged_next {
+                keep_from = i + 1;
+            }
+        }
+        for &first in &firsts[..keep_from] {
+            let path = dir.join(segment_name(first));
+            fs.remove(&path).map_err(io_err("removing", &path))?;
+            removed = true;
+        }
+
+        let mut wal = Wal { fs, opts, segments: Vec::new(), active: None, dirty: false };
+        let mut entries = Vec::new();
+        let mut torn = None;
+        let kept = &firsts[keep_from..];
+        for (i, &first) in kept.iter().enumerate() {
+            let last = i + 1 == kept.len();
+            let expected = wal.segments.last().map(Segment::next_index);
+            let (seg, cut) = wal.recover_segment(first, expected, last, &mut entries)?;
+            wal.segments.push(seg);
+            torn = torn.or(cut);
+        }
+        if let (Some(purged), Some(first)) = (meta.last_purged, wal.segments.first()) {
+            if first.first_index > purged.index + 1 {
+                return Err(LogError::Corrupt {
+                    path: first.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "the log is purged up to {} but this first segment starts at {}: a segment is missing",
+                        purged.index, first.first_index
+                    ),
+                });
+            }
+        }
+        // A last segment holding only purged entries cannot be continued at the purge point.
+        if wal.segments.last().is_some_and(|s| s.next_index() < purged_next) {
+            let seg = wal.segments.pop().expect("checked above");
+            wal.fs.remove(&seg.path).map_err(io_err("removing", &seg.path))?;
+            removed = true;
+        }
+        if removed {
+            wal.fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
+        }
+        if let Some(seg) = wal.segments.last() {
+            wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
+        }
+        entries.retain(|e: &Entry<TypeConfig>| e.log_id.index >= purged_next);
+        Ok((wal, Recovered { entries, meta, torn }))
+    }
+
+    /// Reads one segment, checking its header and every record, and cuts a torn tail if it is
+    /// the last one.
+    fn recover_segment(
+        &mut self,
+        first: u64,
+        expected: Option<u64>,
+        last: bool,
+        entries: &mut Vec<Entry<TypeConfig>>,
+    ) -> Result<(Segment, Option<TornTail>), LogError> {
+        let path = self.opts.dir.join(segment_name(first));
+        let corrupt =
+            |offset: usize, reason: String| LogError::Corrupt { path: path.clone(), offset: offset as u64, reason };
+        let buf = self.fs.read(&path).map_err(io_err("reading", &path))?;
+        let header = SegmentHeader::decode(&buf).map_err(|e| corrupt(0, e.to_string()))?;
+        if header.version > FORMAT_VERSION {
+            return Err(LogError::NewerFormat { path, found: header.version, supported: FORMAT_VERSION });
+        }
+        if header.cluster_id != self.opts.cluster_id {
+            return Err(LogError::ForeignCluster { path, found: header.cluster_id, expected: self.opts.cluster_id });
+        }
+        if header.first_index != first {
+            return Err(corrupt(
+                16,
+                format!("the header says the first entry is {}, the name {first}", header.first_index),
+            ));
+        }
+        if let Some(expected) = expected.filter(|&e| e != first) {
+            return Err(corrupt(
+                0,
+                format!("this segment starts at entry {first} but the one before ends before {expected}"),
+            ));
+        }
+        let mut seg = Segment { first_index: first, path: path.clone(), offsets: Vec::new(), end: HEADER_LEN as u64 };
+        let mut at = HEADER_LEN;
+        let torn = loop {
+            let reason = match record::read_record(&buf, at) {
+                Read::Record { payload, next } => {
+                    let entry: Entry<TypeConfig> = serde_json::from_slice(payload)
+                        .map_err(|e| corrupt(at, format!("an intact record that is not a log entry: {e}")))?;
+                    if entry.log_id.index != seg.next_index() {
+                        return Err(corrupt(
+                            at,
+                            format!("entry {} where entry {} belongs", entry.log_id.index, seg.next_index()),
+                        ));
+                    }
+                    seg.offsets.push(at as u64);
+                    entries.push(entry);
+                    at = next;
+                    continue;
+                }
+                Read::End if buf[at..].iter().all(|&b| b == 0) => break None,
+                Read::End => "non-zero bytes after the end of the records",
+                Read::Bad(reason) => reason,
+            };
+            // Only the last segment can hold unsynced bytes, and only at its end; a bad record
+            // followed by an intact one is damage to synced data.
+            if !last || record::any_record_after(&buf, at) {
+                return Err(corrupt(at, reason.to_owned()));
+            }
+            break Some(reason);
+        };
+        seg.end = at as u64;
+        if let Some(reason) = torn {
+            tracing::warn!(
+                file = %path.display(),
+                offset = at,
+                reason,
+                "cutting off the torn tail of the log: the last write before the crash was not complete, so it was never acknowledged"
+            );
+            let mut f = self.fs.open(&path).map_err(io_err("opening", &path))?;
+            f.set_len(at as u64).map_err(io_err("truncating", &path))?;
+            f.preallocate(self.opts.segment_bytes.max(at as u64)).map_err(io_err("preallocating", &path))?;
+            f.sync_data().map_err(io_err("syncing", &path))?;
+        }
+        let cut = torn.map(|reason| TornTail { path, offset: at as u64, reason });
+        Ok((seg, cut))
+    }
+
+    /// The index the next appended entry must have, if the log has any segment.
+    pub fn next_index(&self) -> Option<u64> {
+        self.segments.last().map(Segment::next_index)
+    }
+
+    /// Writes `entries` after the last one; they are durable only after [`Wal::sync`].
+    pub fn append(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(), LogError> {
+        let mut pending = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            let payload = serde_json::to_vec(entry).map_err(|e| LogError::BadEntry { index, reason: e.to_string() })?;
+            if payload.len() > MAX_RECORD_LEN as usize {
+                return Err(LogError::BadEntry {
+                    index,
+                    reason: format!("{} bytes, over the record limit of {MAX_RECORD_LEN}", payload.len()),
+                });
+            }
+            let rec_len = (record::RECORD_HEADER_LEN + payload.len()) as u64;
+            match self.segments.last() {
+                None => self.start_segment(index)?,
+                Some(seg) if seg.next_index() != index => {
+                    return Err(LogError::OutOfSequence { expected: seg.next_index(), got: index })
+                }
+                Some(seg) => {
+                    let end = seg.end + pending.len() as u64;
+                    if !seg.offsets.is_empty() && end + rec_len > self.opts.segment_bytes {
+                        self.write_pending(&mut pending)?;
+                        // Synced before it is closed: only the last segment may hold unsynced
+                        // bytes, which is what lets recovery call damage elsewhere corruption.
+                        self.sync()?;
+                        self.start_segment(index)?;
+                    }
+                }
+            }
+            let seg = self.segments.last_mut().expect("a segment was started above");
+            seg.offsets.push(seg.end + pending.len() as u64);
+            record::encode_record(&payload, &mut pending);
+        }
+        self.write_pending(&mut pending)
+    }
+
+    fn write_pending(&mut self, pending: &mut Vec<u8>) -> Result<(), LogError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let seg = self.segments.last_mut().expect("pending bytes belong to a segment");
+        let file = self.active.as_mut().expect("the last segment is open");
+        file.write_at(seg.end, pending).map_err(io_err("writing", &seg.path))?;
+        seg.end += pending.len() as u64;
+        self.dirty = true;
+        pending.clear();
+        Ok(())
+    }
+
+    /// Makes every appended entry durable (one fdatasync of the last segment).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if let (true, Some(file), Some(seg)) = (self.dirty, self.active.as_mut(), self.segments.last()) {
+            file.sync_data().map_err(io_err("syncing", &seg.path))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_index: u64) -> Result<(), LogError> {
+        let dir = &self.opts.dir;
+        let path = dir.join(segment_name(first_index));
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_name(first_index)));
+        let header = SegmentHeader { version: FORMAT_VERSION, cluster_id: self.opts.cluster_id, first_index };
+        let mut f = self.fs.create(&tmp).map_err(io_err("creating", &tmp))?;
+        f.write_at(0, &header.encode()).map_err(io_err("writing", &tmp))?;
+        f.preallocate(self.opts.segment_bytes).map_err(io_err("preallocating", &tmp))?;
+        f.sync_data().map_err(io_err("syncing", &tmp))?;
+        self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
+        // The new name is durable before any entry written into the file is acknowledged.
+        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))?;
+        self.segments.push(Segment { first_index, path, offsets: Vec::new(), end: HEADER_LEN as u64 });
+        self.active = Some(f);
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Removes entry `index` and every later one, durably. The caller syncs appends first.
+    pub fn truncate(&mut self, index: u64) -> Result<(), LogError> {
+        let dir = self.opts.dir.clone();
+        while self.segments.last().is_some_and(|s| s.first_index >= index) {
+            let seg = self.segments.pop().expect("checked above");
+            self.active = None;
+            self.fs.remove(&seg.path).map_err(io_err("removing", &seg.path))?;
+            // Newest first, each removal durable before the next: a crash leaves a prefix.
+            self.fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
+        }
+        let Some(seg) = self.segments.last_mut() else {
+            return Ok(());
+        };
+        let mut file = match self.active.take() {
+            Some(f) => f,
+            None => self.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?,
+        };
+        if seg.next_index() > index {
+            let keep = (index - seg.first_index) as usize;
+            let cut = seg.offsets[keep];
+            seg.offsets.truncate(keep);
+            seg.end = cut;
+            // Cut and re-zero: stale records past the cut must not survive to be read after
+            // the new entries that will be written there.
+            file.set_len(cut).map_err(io_err("truncating", &seg.path))?;
+            file.preallocate(self.opts.segment_bytes.max(cut)).map_err(io_err("preallocating", &seg.path))?;
+            file.sync_data().map_err(io_err("syncing", &seg.path))?;
+        }
+        self.active = Some(file);
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Purges every entry up to and including `meta.last_purged`, saving `meta` first.
+    pub fn purge(&mut self, meta: &RaftMeta) -> Result<(), LogError> {
+        self.save_meta(meta)?;
+        let Some(purged) = meta.last_purged else { return Ok(()) };
+        let n = self.segments.iter().take_while(|s| s.next_index() <= purged.index + 1).count();
+        if n == 0 {
+            return Ok(());
+        }
+        if n == self.segments.len() {
+            self.active = None;
+            self.dirty = false;
+        }
+        for seg in self.segments.drain(..n) {
+            self.fs.remove(&seg.path).map_err(io_err("removing", &seg.path))?;
+        }
+        let dir = &self.opts.dir;
+        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
+    }
+
+    /// Replaces `raft-meta` atomically and durably.
+    pub fn save_meta(&mut self, meta: &RaftMeta) -> Result<(), LogError> {
+        let dir = &self.opts.dir;
+        let path = dir.join(META_NAME);
+        let tmp = dir.join(format!("{META_NAME}{TMP_SUFFIX}"));
+        let bytes = encode_meta(meta, self.opts.cluster_id);
+        let mut f = self.fs.create(&tmp).map_err(io_err("creating", &tmp))?;
+        f.write_at(0, &bytes).map_err(io_err("writing", &tmp))?;
+        f.sync_data().map_err(io_err("syncing", &tmp))?;
+        self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
+        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
+    }
+}
+
+/// `raft-meta`: magic, version, cluster id (16 bytes), then one record holding the JSON.
+fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&META_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&cluster_id.to_le_bytes());
+    let json = serde_json::to_vec(meta).expect("vote and log ids always serialise");
+    record::encode_record(&json, &mut out);
+    out
+}
+
+fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: u64) -> Result<RaftMeta, LogError> {
+    let buf = fs.read(path).map_err(io_err("reading", path))?;
+    let corrupt =
+        |offset: u64, reason: &str| LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() };
+    if buf.len() < 16 || buf[0..4] != META_MAGIC {
+        return Err(corrupt(0, "not a Raft state file (bad magic)"));
+    }
+    let version = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if version > FORMAT_VERSION {
+        return Err(LogError::NewerFormat { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&buf[8..16]);
+    let found = u64::from_le_bytes(id);
+    if found != cluster_id {
+        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected: cluster_id });
+    }
+    match record::read_record(&buf, 16) {
+        Read::Record { payload, .. } => serde_json::from_slice(payload)
+            .map_err(|e| corrupt(16, &format!("an intact record that is not the Raft state: {e}"))),
+        Read::End | Read::Bad(_) => Err(corrupt(16, "the Raft state record is damaged")),
+    }
+}
