@@ -104,8 +104,10 @@ struct Memory {
     free_seen_at: Option<BootInstant>,
     /// Phase timing of the promotion under way.
     phases: Phases,
-    /// The last decision's reason, to log changes only.
+    /// The last decision's reason.
     last_reason: String,
+    /// The last logged decision's key, to log changes of decision only (not of its numbers).
+    last_logged: crate::decide::LogKey,
     /// An operator's failover to this node, answered once this node is active or the deadline
     /// passes.
     pending_failover: Option<(Reply, BootInstant, BootInstant)>,
@@ -149,6 +151,7 @@ impl Memory {
             free_seen_at: None,
             phases: Phases::default(),
             last_reason: String::new(),
+            last_logged: crate::decide::LogKey::default(),
             pending_failover: None,
             members_read: false,
             tokens: TokenHistory::default(),
@@ -502,10 +505,12 @@ impl Driver {
             st.session = obs.session;
         }
         let decision = decide(&obs, &self.cfg.policy());
-        if decision.reason != self.mem.last_reason {
+        let key = decision.log_key();
+        if key != self.mem.last_logged {
             info!("{}", decision.reason);
-            self.mem.last_reason = decision.reason.clone();
+            self.mem.last_logged = key;
         }
+        self.mem.last_reason.clone_from(&decision.reason);
         let master_after = self.execute(&decision, &obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_answer = Some((m, BootInstant::now()));
