@@ -51,6 +51,7 @@ use crate::lease::{GuardAction, GuardState, Lease};
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
 use crate::status::{AgentStatus, Phases, Role};
+use crate::timeline::Mark;
 use crate::tokens::TokenHistory;
 use session::{run_lease_guard, Connecting};
 
@@ -104,6 +105,8 @@ struct Memory {
     free_seen_at: Option<BootInstant>,
     /// Phase timing of the promotion under way.
     phases: Phases,
+    /// The instants of the failover under way, for the role change it ends in.
+    timeline: crate::timeline::Recorder,
     /// The last decision's reason.
     last_reason: String,
     /// The last logged decision's key, to log changes of decision only (not of its numbers).
@@ -150,6 +153,7 @@ impl Memory {
             members_age: 0,
             free_seen_at: None,
             phases: Phases::default(),
+            timeline: crate::timeline::Recorder::default(),
             last_reason: String::new(),
             last_logged: crate::decide::LogKey::default(),
             pending_failover: None,
@@ -479,7 +483,9 @@ impl Driver {
 
     /// One observe-decide-act-report cycle.
     async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
+        let woke = Mark::now("cycle_started");
         let obs = self.observe(report, coord).await;
+        let observed = Mark::now("observed");
         let (now, lease_until, failsafe_until) = (obs.now, obs.lease_until, obs.failsafe_until);
         let lock = obs.lock.clone();
         let held = match &lock {
@@ -511,6 +517,21 @@ impl Driver {
             self.mem.last_logged = key;
         }
         self.mem.last_reason.clone_from(&decision.reason);
+        // A failover's timeline starts at the cycle that contends for a free lock (the new
+        // active's side) or gives up a held one (the old active's side, from its master's first
+        // failed check).
+        if decision.steps.iter().any(|s| matches!(s, Step::Contend)) {
+            self.mem.timeline.restart([
+                Mark { event: "standby_cycle_started".into(), ..woke },
+                Mark { event: "lock_seen_free".into(), ..observed },
+            ]);
+        } else if decision.steps.iter().any(|s| matches!(s, Step::ReleaseLock { .. })) {
+            let failed = report.failing_since.map(|t| Mark::at_boot("first_failed_check", t));
+            self.mem.timeline.restart(failed.into_iter().chain([
+                Mark { event: "active_cycle_started".into(), ..woke },
+                Mark { event: "step_down_decided".into(), ..observed },
+            ]));
+        }
         let master_after = self.execute(&decision, &obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_answer = Some((m, BootInstant::now()));
@@ -519,6 +540,7 @@ impl Driver {
         self.publish_guard();
         self.failsafe_start(obs.master, coord);
 
+        let mut recording = std::mem::take(&mut self.mem.timeline);
         let mut st = self.status();
         st.counters.cycles += 1;
         st.health = obs.health.clone();
@@ -534,8 +556,15 @@ impl Driver {
         let role = role_of(&st);
         let phases = (role == Role::Active).then_some(self.mem.phases);
         let (previous, token_now) = (st.role, st.token);
-        st.transition(role, wall_ms(), &decision.reason, phases);
+        // A failover's marks go with the role change it ends in: to active, or away from it.
+        let timeline = if previous != role && (previous == Role::Active || role == Role::Active) {
+            recording.take()
+        } else {
+            Vec::new()
+        };
+        st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
+        self.mem.timeline = recording;
         if previous != role {
             self.role_hooks.notify(previous, role, token_now);
         }
