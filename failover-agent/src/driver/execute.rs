@@ -50,6 +50,7 @@ impl Driver {
                                 };
                                 info!(token = %token, "won the lock");
                                 self.mem.timeline.mark(Mark::now("lock_acquired"));
+                                self.mem.cycle_again = true;
                                 Ok(())
                             }
                             Ok(Acquired::HeldBy { node_id, token }) => {

@@ -107,6 +107,9 @@ struct Memory {
     phases: Phases,
     /// The instants of the failover under way, for the role change it ends in.
     timeline: crate::timeline::Recorder,
+    /// The lock was just won: run the next cycle (fence, breadcrumb, promote) at once instead
+    /// of after the loop interval, which nothing else would cut short.
+    cycle_again: bool,
     /// The last decision's reason.
     last_reason: String,
     /// The last logged decision's key, to log changes of decision only (not of its numbers).
@@ -154,6 +157,7 @@ impl Memory {
             free_seen_at: None,
             phases: Phases::default(),
             timeline: crate::timeline::Recorder::default(),
+            cycle_again: false,
             last_reason: String::new(),
             last_logged: crate::decide::LogKey::default(),
             pending_failover: None,
@@ -374,7 +378,10 @@ impl Driver {
                 }
             }
 
-            let sleep = tokio::time::sleep(interval);
+            // Each cycle decides from scratch, so an early one is always safe; after winning the
+            // lock it saves the new active a whole interval before fencing and promoting.
+            let wait = if std::mem::take(&mut self.mem.cycle_again) { Duration::ZERO } else { interval };
+            let sleep = tokio::time::sleep(wait);
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
