@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use referee_examples::ha_master::EditAccepted;
 use referee_examples::verdict::{verify, AckRecord};
+use referee_failover_agent::timeline::{self, Mark};
 use thiserror::Error;
 
 use crate::lab::{CoordinatorKind, LabError, MasterKind, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES};
@@ -179,7 +180,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         Scenario::Switchover => "switching over with `referee admin failover`",
     };
     println!("\n>>> {what} on {}", NODES[active]);
-    let t0 = Instant::now();
+    let (t0, fault) = (Instant::now(), std::time::SystemTime::now());
     match opts.scenario {
         Scenario::Crash => shared.masters[active].signal(Signal::SIGKILL)?,
         Scenario::Hang => shared.masters[active].signal(Signal::SIGSTOP)?,
@@ -232,6 +233,21 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         became_active.as_millis(),
         first_ack.as_millis()
     );
+    // Every instant both agents recorded, joined with the fault and the first acknowledged
+    // write: consecutive phases that sum to the whole.
+    let acked = Mark::at("first write acknowledged", timeline::wall_us(fault + first_ack));
+    match shared.failover_marks(active, other, fault, vec![acked], Duration::from_secs(5)).await {
+        Ok(marks) => {
+            println!("\nEvery phase, {} -> {} (each from the mark before):", NODES[active], NODES[other]);
+            let mut total = Duration::ZERO;
+            for p in timeline::phases(&marks) {
+                total += p.duration;
+                println!("  {:>8.1} ms  {}", p.duration.as_secs_f64() * 1000.0, p.to);
+            }
+            println!("  {:>8.1} ms  total, from the fault", total.as_secs_f64() * 1000.0);
+        }
+        Err(e) => println!("  (no full timeline: {e})"),
+    }
 
     // Keep writing a little under the new active, then stop the client.
     tokio::time::sleep(Duration::from_millis(500)).await;

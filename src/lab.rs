@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use referee_failover_agent::timeline::{self, Mark};
 use referee_fencing::{FencingToken, HaState, HaStatus};
 use thiserror::Error;
 
@@ -755,6 +756,52 @@ probes:
     pub async fn agent_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
         let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
         self.http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The failover timeline after a fault at `fault` that moved the active role from node
+    /// `old` to node `new`: the marks both agents recorded in `/history` (the old one's role
+    /// change away from active, the new one's to active, each the first made after the fault),
+    /// plus the fault itself and `extra` marks the caller measured (the first acknowledged
+    /// write). Waits up to `limit` for the new agent's marks, which it records at the end of the
+    /// cycle that promoted.
+    pub async fn failover_marks(
+        &self,
+        old: usize,
+        new: usize,
+        fault: SystemTime,
+        extra: Vec<Mark>,
+        limit: Duration,
+    ) -> Result<Vec<Mark>, LabError> {
+        let fault_ms = fault.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let marks_of = |history: Option<serde_json::Value>, from_active: bool| -> Vec<Mark> {
+            let history = history.unwrap_or_default();
+            let Some(all) = history["transitions"].as_array() else { return Vec::new() };
+            all.iter()
+                .filter(|t| t["at_ms"].as_i64().is_some_and(|at| at >= fault_ms))
+                .find(|t| if from_active { t["from"] == "active" } else { t["to"] == "active" })
+                .and_then(|t| serde_json::from_value::<Vec<Mark>>(t["timeline"].clone()).ok())
+                .unwrap_or_default()
+        };
+        let end = Instant::now() + limit;
+        let promoted = loop {
+            let marks = marks_of(self.agent_json(new, "/history").await, false);
+            if !marks.is_empty() {
+                break marks;
+            }
+            if Instant::now() > end {
+                return Err(LabError::Timeout(format!("{}'s /history shows no timeline of its promotion", NODES[new])));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut marks = vec![Mark::at("fault", timeline::wall_us(fault))];
+        marks.extend(
+            marks_of(self.agent_json(old, "/history").await, true)
+                .into_iter()
+                .map(|m| Mark { event: format!("old active's agent: {}", m.event), ..m }),
+        );
+        marks.extend(promoted.into_iter().map(|m| Mark { event: format!("new active's agent: {}", m.event), ..m }));
+        marks.extend(extra);
+        Ok(marks)
     }
 
     /// Spawns a watcher that polls both `/active` probes every `every` and records any moment

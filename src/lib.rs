@@ -3,8 +3,10 @@
 //! - [`demo`]: `referee demo`, the whole story in one command.
 //! - [`lab`]: a master pair on loopback as real processes (coordinator, two demo masters, two
 //!   agents), with a split-brain watcher.
+//! - [`logging`]: the binaries' log set-up (`REFEREE_LOG`, colour only on a terminal).
 
 #![deny(missing_docs)]
 
 pub mod demo;
 pub mod lab;
+pub mod logging;

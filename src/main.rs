@@ -14,10 +14,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::server::Coordinator;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "referee", version, about = "High-availability failover: coordinator, agents and fencing")]
+#[command(
+    name = "referee",
+    version,
+    about = "High-availability failover: coordinator, agents and fencing",
+    after_help = "Environment:\n  REFEREE_LOG  log filter, e.g. `debug` or `info,referee_failover_agent=debug` \
+                  (default: info,openraft=warn,zookeeper_client=warn); logs go to stderr\n  NO_COLOR     \
+                  set to disable colour; colour is only used when stderr is a terminal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -111,13 +117,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("REFEREE_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,zookeeper_client=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    referee::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -5,13 +5,14 @@
 //! never interleave between masters).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{
     coordinator_available as available, CoordinatorKind, MasterKind, Oracles, Pair, PairSpec, Timings, NODES,
 };
+use referee_failover_agent::timeline::phases;
 
 fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
     PairSpec {
@@ -46,6 +47,7 @@ async fn master_crash(kind: CoordinatorKind) -> Result<()> {
     let (pair, first) = start(kind, false).await?;
     let other = 1 - first;
     let oracles = Oracles::start(&pair);
+    let fault = SystemTime::now();
     pair.masters[first].signal(Signal::SIGKILL)?;
     pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
     pair.write_within(other, "k", "v3", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
@@ -55,6 +57,32 @@ async fn master_crash(kind: CoordinatorKind) -> Result<()> {
     let last = history["transitions"].as_array().and_then(|t| t.last()).cloned().unwrap_or_default();
     ensure!(last["to"] == "active", "{history}");
     eprintln!("master crash failover {} -> {}: phases {}", NODES[first], NODES[other], last["phases"]);
+
+    // The timeline: both agents' marks in /history cover the failover in its causal order,
+    // and its phases add up to the whole span.
+    let marks = pair.failover_marks(first, other, fault, Vec::new(), Duration::from_secs(5)).await?;
+    let at = |event: &str| marks.iter().find(|m| m.event.ends_with(event)).map(|m| m.at_us);
+    let order = [
+        "fault",
+        "old active's agent: first_failed_check",
+        "old active's agent: lock_released",
+        "new active's agent: lock_acquired",
+        ": fenced",
+        "new active's agent: breadcrumb_written",
+        "new active's agent: promoted",
+    ];
+    let times: Vec<Option<i64>> = order.iter().map(|e| at(e)).collect();
+    ensure!(times.iter().all(Option::is_some), "marks missing from {marks:#?}");
+    ensure!(times.windows(2).all(|w| w[0] <= w[1]), "marks out of causal order: {marks:#?}");
+    let total: Duration = phases(&marks).iter().map(|p| p.duration).sum();
+    let (first_at, last_at) = (marks.iter().map(|m| m.at_us).min(), marks.iter().map(|m| m.at_us).max());
+    ensure!(
+        Some(total.as_micros() as i64) == first_at.zip(last_at).map(|(a, b)| b - a),
+        "phases do not sum to the span: {marks:#?}"
+    );
+    for p in phases(&marks) {
+        eprintln!("  {:>8.1} ms  {}", p.duration.as_secs_f64() * 1000.0, p.to);
+    }
     Ok(())
 }
 

@@ -225,6 +225,45 @@ impl fmt::Display for Decision {
     }
 }
 
+/// What a decision is, without the numbers that change from one cycle to the next: two
+/// decisions with equal keys are the same decision, told at different moments.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogKey {
+    steps: Vec<Step>,
+    sentence: String,
+}
+
+impl Decision {
+    /// The key to log by: the steps, and the sentence with every time span (`N ms`) blanked.
+    ///
+    /// Time spans are the only numbers in a reason that move while nothing changes (a lease
+    /// counting down, a backoff running out); tokens, node ids and versions stay, because a
+    /// change in them is a change of decision.
+    pub fn log_key(&self) -> LogKey {
+        LogKey { steps: self.steps.clone(), sentence: blank_time_spans(&self.reason) }
+    }
+}
+
+/// Replaces the number in every `N ms` with `_`.
+fn blank_time_spans(sentence: &str) -> String {
+    let mut out = String::with_capacity(sentence.len());
+    let mut rest = sentence;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let digits = rest[start..].find(|c: char| !c.is_ascii_digit()).map_or(rest.len(), |n| start + n);
+        // A number glued to a word before it ("db1") is a name, not a span.
+        let glued = rest[..start].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_');
+        out.push_str(&rest[..start]);
+        if !glued && rest[digits..].starts_with(" ms") {
+            out.push('_');
+        } else {
+            out.push_str(&rest[start..digits]);
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn decision(steps: Vec<Step>, reason: impl Into<String>) -> Decision {
     Decision { steps, reason: reason.into() }
 }
@@ -1411,5 +1450,37 @@ mod tests {
         check_with(asked, &policy, vec![], standing_by);
         // Not the preferred node.
         check_with(o, &Policy::with_backoff(BACKOFF), vec![], standing_by);
+    }
+
+    #[test]
+    fn the_log_key_ignores_time_spans_only() {
+        let d = |steps: Vec<Step>, reason: &str| Decision { steps, reason: reason.to_string() };
+        let same = [
+            ("active with token 7; lease 1748 ms left", "active with token 7; lease 12 ms left"),
+            ("the lock is free; backing off for 900 ms more", "the lock is free; backing off for 1 ms more"),
+            (
+                "the lock is free, but the active changed less than 30000 ms ago; anti-flap: waiting 2999 ms more",
+                "the lock is free, but the active changed less than 30000 ms ago; anti-flap: waiting 17 ms more",
+            ),
+            ("standing by: db1 is active with token 5", "standing by: db1 is active with token 5"),
+        ];
+        for (a, b) in same {
+            assert_eq!(d(vec![], a).log_key(), d(vec![], b).log_key(), "{a:?} vs {b:?}");
+        }
+        let different = [
+            ("active with token 7; lease 1748 ms left", "active with token 8; lease 1748 ms left"),
+            ("standing by: db1 is active with token 5", "standing by: db2 is active with token 5"),
+            ("node db1500 ms", "node db1 ms"),
+            ("active with token 7; lease 5 ms left", "demoting the master: its lease ran out"),
+        ];
+        for (a, b) in different {
+            assert_ne!(d(vec![], a).log_key(), d(vec![], b).log_key(), "{a:?} vs {b:?}");
+        }
+        // Same sentence, other steps: another decision.
+        let token = FencingToken(3);
+        assert_ne!(
+            d(vec![Step::Promote { token }], "x").log_key(),
+            d(vec![Step::Demote { token, best_effort: false }], "x").log_key()
+        );
     }
 }

@@ -325,6 +325,9 @@ pub struct HealthReport {
     pub last_problem: Option<HealthProblem>,
     /// Consecutive failed checks up to the last one.
     pub consecutive_failures: u32,
+    /// When the first of those failed checks ended (`None` after a pass): the start of a
+    /// failover's timeline.
+    pub failing_since: Option<BootInstant>,
     /// The role and token the master reported at the last check; `None` if it could not be
     /// read then (never a stale value).
     pub master: Option<MasterStatus>,
@@ -342,6 +345,7 @@ impl HealthReport {
             last_check_at: None,
             last_problem: None,
             consecutive_failures: 0,
+            failing_since: None,
             master: None,
             master_problem: None,
             last_transition: None,
@@ -421,6 +425,10 @@ pub async fn run_health_monitor(
             report.last_check_at = monitor.last_check_at();
             report.last_problem = monitor.last_problem().cloned();
             report.consecutive_failures = monitor.consecutive_failures();
+            report.failing_since = match monitor.consecutive_failures() {
+                0 => None,
+                _ => report.failing_since.or(Some(now)),
+            };
             report.master = master;
             report.master_problem = master_problem;
             if let Some(t) = transition {

@@ -45,6 +45,34 @@ impl LeaseRule {
     }
 }
 
+/// The warning an agent logs when the coordinator grants another session timeout than it asked
+/// for, or `None` when the grant is the request.
+///
+/// The granted timeout, not the requested one, is what the failover time is made of: a lost
+/// host's lock goes only when its session expires, and the lease is cut from the grant. Both
+/// effects are named so an operator reading the log knows what to change.
+pub fn grant_mismatch_warning(requested: Duration, granted: Duration, rule: &LeaseRule) -> Option<String> {
+    if requested == granted {
+        return None;
+    }
+    let (req, got) = (requested.as_millis(), granted.as_millis());
+    let effect = if granted > requested {
+        format!("a lost host now fails over {} ms later than configured", got - req)
+    } else {
+        format!("a lost host fails over {} ms sooner than configured, but the lease is shorter", req - got)
+    };
+    let lease = match rule.budget(granted) {
+        Some(b) => format!("each answered request buys a lease of {} ms", b.as_millis()),
+        None => "no lease is left, so this node will never stay active".to_string(),
+    };
+    Some(format!(
+        "the coordinator granted a session timeout of {got} ms, not the {req} ms asked for \
+         (coordinator.session_timeout_ms): host-loss failover happens at the granted timeout, so {effect}; \
+         {lease}. Set the coordinator's min_session_timeout_ms/max_session_timeout_ms (or tick_ms) so they \
+         admit {req} ms, or ask for {got} ms"
+    ))
+}
+
 /// The session's lease, renewed by every answered coordinator request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -298,5 +326,18 @@ mod tests {
         assert_eq!(huge.budget(ms(2500)), None);
         assert_eq!(rule().budget(ms(750)), None);
         assert_eq!(rule().budget(ms(751)), Some(ms(1)));
+    }
+
+    #[test]
+    fn a_grant_other_than_the_request_is_named_with_its_effect() {
+        assert_eq!(grant_mismatch_warning(ms(2500), ms(2500), &rule()), None);
+        let longer = grant_mismatch_warning(ms(2500), ms(4000), &rule()).expect("a longer grant warns");
+        for part in ["granted a session timeout of 4000 ms", "the 2500 ms asked for", "1500 ms later", "lease of"] {
+            assert!(longer.contains(part), "{part:?} missing from: {longer}");
+        }
+        let shorter = grant_mismatch_warning(ms(2500), ms(2000), &rule()).expect("a shorter grant warns");
+        assert!(shorter.contains("500 ms sooner"), "{shorter}");
+        let none_left = grant_mismatch_warning(ms(2500), ms(100), &rule()).expect("warns");
+        assert!(none_left.contains("never stay active"), "{none_left}");
     }
 }

@@ -32,6 +32,7 @@
 //! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
 //!   control parts); [`driver::run`] is the entry point.
 //! - [`status`]: the report, history and metrics; [`probes`]: the HTTP server that serves them.
+//! - [`timeline`]: the instants of a failover and the gap-free phases between them.
 
 #![deny(missing_docs)]
 
@@ -51,5 +52,6 @@ pub mod lease;
 pub mod model;
 pub mod probes;
 pub mod status;
+pub mod timeline;
 pub mod tokens;
 pub mod watchdog;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::clock::BootInstant;
 use crate::model::{Health, LockView, MasterStatus, SessionView};
+use crate::timeline::Mark;
 
 /// How many transitions `/history` keeps.
 pub const HISTORY_LEN: usize = 100;
@@ -47,6 +48,11 @@ pub struct Transition {
     pub token: Option<FencingToken>,
     /// For a promotion: how long each phase took.
     pub phases: Option<Phases>,
+    /// For a role change a failover made (to active, or away from it): the instants this agent
+    /// saw, from the first failed check or the lock seen free to the change
+    /// ([`crate::timeline`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Mark>,
 }
 
 /// Durations of a failover's phases, in ms.
@@ -169,7 +175,7 @@ impl AgentStatus {
     }
 
     /// Records a role change.
-    pub fn transition(&mut self, to: Role, at_ms: i64, reason: &str, phases: Option<Phases>) {
+    pub fn transition(&mut self, to: Role, at_ms: i64, reason: &str, phases: Option<Phases>, timeline: Vec<Mark>) {
         if to == self.role {
             return;
         }
@@ -180,6 +186,7 @@ impl AgentStatus {
             reason: reason.to_string(),
             token: self.token,
             phases,
+            timeline,
         });
         while self.history.len() > HISTORY_LEN {
             self.history.pop_front();
@@ -293,12 +300,12 @@ mod tests {
     #[test]
     fn history_is_bounded_and_records_changes_only() {
         let mut s = AgentStatus::new("c", "a");
-        s.transition(Role::Standby, 1, "standing by", None);
-        s.transition(Role::Standby, 2, "standing by", None);
+        s.transition(Role::Standby, 1, "standing by", None, Vec::new());
+        s.transition(Role::Standby, 2, "standing by", None, Vec::new());
         assert_eq!(s.history.len(), 1);
         for i in 0..300 {
             let to = if i % 2 == 0 { Role::Active } else { Role::Standby };
-            s.transition(to, i, "flip", None);
+            s.transition(to, i, "flip", None, Vec::new());
         }
         assert_eq!(s.history.len(), HISTORY_LEN);
         let m = s.metrics(BootInstant::now());

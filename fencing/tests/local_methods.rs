@@ -87,6 +87,32 @@ async fn kill_escalates_to_sigkill_when_sigterm_is_ignored() {
     assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
 }
 
+/// A stopped (SIGSTOPped, hung) master cannot act on SIGTERM until continued, so waiting out the
+/// grace for it only delays the failover: it gets SIGKILL at once, and never SIGTERM.
+#[tokio::test]
+async fn kill_sends_a_stopped_master_sigkill_at_once() {
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_until(Duration::from_secs(5), &format!("pid {pid} to stop"), || {
+        procfs::read_stat(pid).ok().flatten().is_some_and(|s| s.state == 'T')
+    })
+    .await
+    .unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pid = Some(pid);
+    t.start_time = Some(process_start_time(pid).unwrap());
+
+    let report = fencer(&kill_yaml(false, 4000)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("stopped") && detail.contains("signals sent: SIGKILL"), "{detail}");
+    assert!(!detail.contains("SIGTERM"), "a stopped master was sent SIGTERM: {detail}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+}
+
 #[tokio::test]
 async fn kill_never_signals_a_pid_reused_by_another_process() {
     // The target recorded pid P with start time S; the live process at P started at another

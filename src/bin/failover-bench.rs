@@ -11,13 +11,19 @@
 //! master, which a client retries every millisecond. Then the killed master is restarted and
 //! rejoins as standby before the next run. The soak mode writes steadily to the active for the
 //! given time with no fault and counts failovers, which must be zero.
+//!
+//! After each run the agents' `/history` timelines are joined with the fault and the first
+//! acknowledged write into consecutive phases; the end prints each phase's p50 and mean over
+//! the runs. The phases of one run sum to its total, so the means sum to the mean total.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
 use referee::lab::{apache_zookeeper_installed, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee_failover_agent::timeline::{phases, Mark};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Profile {
@@ -60,6 +66,24 @@ fn referee_bin() -> Result<std::path::PathBuf> {
         bail!("{} not found: build it first (cargo build --release)", bin.display());
     }
     Ok(bin)
+}
+
+/// An event name with the node names of this run replaced by their roles (`old`, `new`), so the
+/// same phase of different runs has one name.
+fn generic(event: &str, old: usize) -> String {
+    event
+        .split(' ')
+        .map(|w| {
+            if w == NODES[old] {
+                "old"
+            } else if w == NODES[1 - old] {
+                "new"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -124,6 +148,9 @@ async fn main() -> Result<()> {
     }
 
     let mut samples = Vec::with_capacity(args.runs);
+    // Phase durations by name, and the sum of their ends' offsets from the fault (to list them
+    // in the order they happen on average).
+    let mut table: BTreeMap<String, (Vec<Duration>, f64)> = BTreeMap::new();
     for run in 0..args.runs {
         let active = pair.wait_for_active(Duration::from_secs(60)).await?;
         let other = 1 - active;
@@ -139,7 +166,7 @@ async fn main() -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let t0 = Instant::now();
+        let (t0, fault) = (Instant::now(), SystemTime::now());
         pair.masters[active].signal(Signal::SIGKILL)?;
         let took = loop {
             if pair.write(other, "bench", &run.to_string()).await.is_ok() {
@@ -152,6 +179,18 @@ async fn main() -> Result<()> {
         };
         samples.push(took);
         println!("run {run:3}: {} -> {} in {:7.1} ms", NODES[active], NODES[other], took.as_secs_f64() * 1000.0);
+        let acked = Mark::at("first write acknowledged", referee_failover_agent::timeline::wall_us(fault + took));
+        let marks = pair.failover_marks(active, other, fault, vec![acked], Duration::from_secs(5)).await?;
+        let fault_us = referee_failover_agent::timeline::wall_us(fault);
+        let mut end_us = marks.iter().map(|m| m.at_us).collect::<Vec<_>>();
+        end_us.sort();
+        for (p, end) in phases(&marks).into_iter().zip(end_us.into_iter().skip(1)) {
+            // Node names alternate between runs; the phase is the same.
+            let name = format!("{} -> {}", generic(&p.from, active), generic(&p.to, active));
+            let entry = table.entry(name).or_default();
+            entry.0.push(p.duration);
+            entry.1 += (end - fault_us) as f64 / 1000.0;
+        }
         // Bring the killed master back as a standby.
         pair.masters[active].kill_now();
         let restarted = pair.start_master(active)?;
@@ -159,6 +198,19 @@ async fn main() -> Result<()> {
     }
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("\nphases (each from one mark to the next, in their mean order; runs = how many runs had it):");
+    println!("{:>4} {:>9} {:>9}  phase", "runs", "p50 ms", "mean ms");
+    let mut mean_sum = 0.0;
+    let mut rows: Vec<(String, Vec<Duration>, f64)> =
+        table.into_iter().map(|(name, (d, ends))| (name, d.clone(), ends / d.len() as f64)).collect();
+    rows.sort_by(|a, b| a.2.total_cmp(&b.2));
+    for (name, mut d, _) in rows {
+        d.sort();
+        let mean = d.iter().map(|x| ms(*x)).sum::<f64>() / d.len() as f64;
+        mean_sum += mean * d.len() as f64 / samples.len() as f64;
+        println!("{:>4} {:>9.1} {:>9.1}  {name}", d.len(), ms(percentile(&d, 0.5)), mean);
+    }
+    println!("sum of the phases' means (weighted by runs): {mean_sum:.1} ms");
     let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
     println!(
         "failover (kill -9 of the active master -> first acknowledged write), {} runs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms",

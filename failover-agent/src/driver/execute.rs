@@ -49,10 +49,13 @@ impl Driver {
                                     ..Phases::default()
                                 };
                                 info!(token = %token, "won the lock");
+                                self.mem.timeline.mark(Mark::now("lock_acquired"));
+                                self.mem.cycle_again = true;
                                 Ok(())
                             }
                             Ok(Acquired::HeldBy { node_id, token }) => {
                                 debug!(%node_id, token = %token, "lost the race for the lock");
+                                self.mem.timeline.mark(Mark::now("lock_race_lost"));
                                 Ok(())
                             }
                             Err(e) => Err(e),
@@ -63,6 +66,7 @@ impl Driver {
                     self.mem.token_issued = Some(*new_token);
                     let r = self.fence_all(targets, *new_token, *clean_claim).await;
                     self.mem.phases.fence_ms = started.elapsed().as_millis() as u64;
+                    self.mem.timeline.mark(Mark::now(if r.is_ok() { "fence_done" } else { "fence_failed" }));
                     r
                 }
                 Step::WriteBreadcrumb { token, lock_version, expected_version } => match coord {
@@ -72,12 +76,15 @@ impl Driver {
                         target.token = *token;
                         let crumb =
                             Breadcrumb { node_id: self.cfg.node_id.clone(), token: *token, clean: false, target };
-                        self.coordinated(
-                            "writing the breadcrumb",
-                            c.write_breadcrumb(&crumb, *lock_version, *expected_version),
-                        )
-                        .await
-                        .map(|_| ())
+                        let r = self
+                            .coordinated(
+                                "writing the breadcrumb",
+                                c.write_breadcrumb(&crumb, *lock_version, *expected_version),
+                            )
+                            .await
+                            .map(|_| ());
+                        self.mem.timeline.mark(Mark::now("breadcrumb_written"));
+                        r
                     }
                 },
                 Step::Promote { token } => {
@@ -116,6 +123,7 @@ impl Driver {
                         Ok(status) => {
                             master_after = Some(status);
                             self.mem.phases.promote_ms = started.elapsed().as_millis() as u64;
+                            self.mem.timeline.mark(Mark::now("promoted"));
                             self.status().counters.promotions += 1;
                             info!(token = %token, "promoted the master");
                             Ok(())
@@ -127,6 +135,7 @@ impl Driver {
                     if *token == token_held {
                         self.mem.token_issued = Some(*token);
                     }
+                    self.mem.timeline.mark(Mark::now("demote_sent"));
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
                     match self.adapter.demote(*token, deadline).await {
@@ -192,10 +201,26 @@ impl Driver {
                     }
                     match coord {
                         None => Err("no coordinator session".into()),
-                        Some(c) => self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ()),
+                        Some(c) => {
+                            let r = self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ());
+                            self.mem.timeline.mark(Mark::now("lock_released"));
+                            r
+                        }
                     }
                 }
             };
+            match step {
+                Step::Demote { .. } => {
+                    self.mem.timeline.mark(Mark::now(if result.is_ok() { "demote_done" } else { "demote_failed" }))
+                }
+                Step::SetTokenBase { .. } => self.mem.timeline.mark(Mark::now("token_base_set")),
+                Step::Contend
+                | Step::Fence { .. }
+                | Step::WriteBreadcrumb { .. }
+                | Step::Promote { .. }
+                | Step::RequestHandover { .. }
+                | Step::ReleaseLock { .. } => {}
+            }
             if let Err(reason) = result {
                 warn!("step failed: {reason}");
                 self.status().last_failure = Some(reason.clone());
@@ -223,7 +248,19 @@ impl Driver {
                     continue;
                 }
             }
+            self.mem.timeline.mark(Mark::now(format!("fence_started {}", target.node_id)));
             let report = self.fencer.fence(target, new_token).await;
+            // One mark per method attempt, at its end: the fence phase split by method.
+            for e in &report.events {
+                let end = e.started_at + e.duration;
+                let how = match e.outcome {
+                    MethodOutcome::Fenced { .. } => "fenced",
+                    MethodOutcome::Failed { .. } => "failed",
+                    MethodOutcome::Indeterminate { .. } => "indeterminate",
+                };
+                let what = format!("fence {} by {}: {how}", e.target, e.method);
+                self.mem.timeline.mark(Mark::at(what, crate::timeline::wall_us(end)));
+            }
             {
                 let mut st = self.status();
                 match &report.outcome {

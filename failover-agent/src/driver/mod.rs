@@ -51,6 +51,7 @@ use crate::lease::{GuardAction, GuardState, Lease};
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
 use crate::status::{AgentStatus, Phases, Role};
+use crate::timeline::Mark;
 use crate::tokens::TokenHistory;
 use session::{run_lease_guard, Connecting};
 
@@ -104,8 +105,15 @@ struct Memory {
     free_seen_at: Option<BootInstant>,
     /// Phase timing of the promotion under way.
     phases: Phases,
-    /// The last decision's reason, to log changes only.
+    /// The instants of the failover under way, for the role change it ends in.
+    timeline: crate::timeline::Recorder,
+    /// The lock was just won: run the next cycle (fence, breadcrumb, promote) at once instead
+    /// of after the loop interval, which nothing else would cut short.
+    cycle_again: bool,
+    /// The last decision's reason.
     last_reason: String,
+    /// The last logged decision's key, to log changes of decision only (not of its numbers).
+    last_logged: crate::decide::LogKey,
     /// An operator's failover to this node, answered once this node is active or the deadline
     /// passes.
     pending_failover: Option<(Reply, BootInstant, BootInstant)>,
@@ -148,7 +156,10 @@ impl Memory {
             members_age: 0,
             free_seen_at: None,
             phases: Phases::default(),
+            timeline: crate::timeline::Recorder::default(),
+            cycle_again: false,
             last_reason: String::new(),
+            last_logged: crate::decide::LogKey::default(),
             pending_failover: None,
             members_read: false,
             tokens: TokenHistory::default(),
@@ -367,7 +378,10 @@ impl Driver {
                 }
             }
 
-            let sleep = tokio::time::sleep(interval);
+            // Each cycle decides from scratch, so an early one is always safe; after winning the
+            // lock it saves the new active a whole interval before fencing and promoting.
+            let wait = if std::mem::take(&mut self.mem.cycle_again) { Duration::ZERO } else { interval };
+            let sleep = tokio::time::sleep(wait);
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -476,7 +490,9 @@ impl Driver {
 
     /// One observe-decide-act-report cycle.
     async fn cycle(&mut self, report: &HealthReport, coord: Option<&Coordination>) {
+        let woke = Mark::now("cycle_started");
         let obs = self.observe(report, coord).await;
+        let observed = Mark::now("observed");
         let (now, lease_until, failsafe_until) = (obs.now, obs.lease_until, obs.failsafe_until);
         let lock = obs.lock.clone();
         let held = match &lock {
@@ -502,9 +518,26 @@ impl Driver {
             st.session = obs.session;
         }
         let decision = decide(&obs, &self.cfg.policy());
-        if decision.reason != self.mem.last_reason {
+        let key = decision.log_key();
+        if key != self.mem.last_logged {
             info!("{}", decision.reason);
-            self.mem.last_reason = decision.reason.clone();
+            self.mem.last_logged = key;
+        }
+        self.mem.last_reason.clone_from(&decision.reason);
+        // A failover's timeline starts at the cycle that contends for a free lock (the new
+        // active's side) or gives up a held one (the old active's side, from its master's first
+        // failed check).
+        if decision.steps.iter().any(|s| matches!(s, Step::Contend)) {
+            self.mem.timeline.restart([
+                Mark { event: "standby_cycle_started".into(), ..woke },
+                Mark { event: "lock_seen_free".into(), ..observed },
+            ]);
+        } else if decision.steps.iter().any(|s| matches!(s, Step::ReleaseLock { .. })) {
+            let failed = report.failing_since.map(|t| Mark::at_boot("first_failed_check", t));
+            self.mem.timeline.restart(failed.into_iter().chain([
+                Mark { event: "active_cycle_started".into(), ..woke },
+                Mark { event: "step_down_decided".into(), ..observed },
+            ]));
         }
         let master_after = self.execute(&decision, &obs, coord).await;
         if let Some(m) = master_after {
@@ -514,6 +547,7 @@ impl Driver {
         self.publish_guard();
         self.failsafe_start(obs.master, coord);
 
+        let mut recording = std::mem::take(&mut self.mem.timeline);
         let mut st = self.status();
         st.counters.cycles += 1;
         st.health = obs.health.clone();
@@ -529,8 +563,15 @@ impl Driver {
         let role = role_of(&st);
         let phases = (role == Role::Active).then_some(self.mem.phases);
         let (previous, token_now) = (st.role, st.token);
-        st.transition(role, wall_ms(), &decision.reason, phases);
+        // A failover's marks go with the role change it ends in: to active, or away from it.
+        let timeline = if previous != role && (previous == Role::Active || role == Role::Active) {
+            recording.take()
+        } else {
+            Vec::new()
+        };
+        st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
+        self.mem.timeline = recording;
         if previous != role {
             self.role_hooks.notify(previous, role, token_now);
         }

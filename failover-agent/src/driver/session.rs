@@ -115,7 +115,12 @@ impl Driver {
             "coordinator session established"
         );
         self.status().counters.sessions += 1;
-        if self.cfg.lease_budget(c.negotiated_timeout()).is_none() {
+        let requested = Duration::from_millis(self.cfg.coordinator.session_timeout_ms);
+        if let Some(warning) =
+            crate::lease::grant_mismatch_warning(requested, c.negotiated_timeout(), &self.cfg.lease_rule())
+        {
+            warn!("{warning}");
+        } else if self.cfg.lease_budget(c.negotiated_timeout()).is_none() {
             warn!("the coordinator granted a session timeout of {} ms, which leaves no lease: this node will never stay active", c.negotiated_timeout().as_millis());
         }
     }

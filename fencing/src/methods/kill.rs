@@ -5,9 +5,10 @@
 //! master: a recorded pid must still have its recorded start time; a pidfile's pid must belong
 //! to a process that started before the pidfile was written; a bare pid without a start time
 //! is never trusted. Signals go through a pidfd opened after that check, so a pid reused in
-//! between cannot receive them. SIGTERM, a grace period, then SIGKILL; fenced only once every
-//! process is seen exited (an exited process that is nobody's reaped child yet is a zombie: it
-//! runs no code and holds no sockets, so it counts as gone).
+//! between cannot receive them. SIGTERM, a grace period, then SIGKILL (at once for a
+//! stopped process, which cannot act on SIGTERM); fenced only once every process is seen
+//! exited (an exited process that is nobody's reaped child yet is a zombie: it runs no code
+//! and holds no sockets, so it counts as gone).
 //!
 //! "Nothing found" is fenced only with positive evidence (the recorded process is gone, or
 //! nothing listens on the port); a target on another host is refused outright, because a pid
@@ -57,6 +58,8 @@ struct Victim {
     pidfd: Option<PidFd>,
     /// Which signal finished it, once it is gone.
     ended_by: Option<&'static str>,
+    /// Every signal sent to it, in order: the report names them.
+    sent: Vec<&'static str>,
 }
 
 impl Kill {
@@ -220,7 +223,7 @@ impl Kill {
         let mut report = Vec::new();
         for candidate in candidates {
             match open_verified(&candidate) {
-                Ok(Some(pidfd)) => victims.push(Victim { candidate, pidfd, ended_by: None }),
+                Ok(Some(pidfd)) => victims.push(Victim { candidate, pidfd, ended_by: None, sent: Vec::new() }),
                 Ok(None) => report.push(format!("pid {} ({}) was already gone", candidate.pid, candidate.source)),
                 Err(e) => {
                     return MethodOutcome::failed(format!(
@@ -231,21 +234,33 @@ impl Kill {
             }
         }
 
+        let mut stopped = Vec::new();
         for (signal, name, until) in [
             (Signal::SIGTERM, "SIGTERM", (Instant::now() + self.grace).min(deadline)),
             (Signal::SIGKILL, "SIGKILL", deadline),
         ] {
             for victim in victims.iter_mut().filter(|v| v.ended_by.is_none()) {
+                // A stopped process (SIGSTOP, or held by a tracer) cannot act on SIGTERM until
+                // something continues it, so a grace only delays the failover; SIGKILL ends a
+                // stopped process as it is. The state is read after the pidfd was verified, so
+                // it is this process's.
+                let (signal, name) = if signal == Signal::SIGTERM && is_stopped(&victim.candidate) {
+                    stopped.push(victim.candidate.pid);
+                    (Signal::SIGKILL, "SIGKILL")
+                } else {
+                    (signal, name)
+                };
                 if let Err(e) = send(victim, signal) {
                     return MethodOutcome::failed(format!(
                         "cannot send {name} to pid {} ({}): {e}",
                         victim.candidate.pid, victim.candidate.source
                     ));
                 }
+                victim.sent.push(name);
             }
             for victim in victims.iter_mut().filter(|v| v.ended_by.is_none()) {
                 if wait_gone(victim, until).await {
-                    victim.ended_by = Some(name);
+                    victim.ended_by = victim.sent.last().copied().or(Some(name));
                 }
             }
         }
@@ -265,10 +280,12 @@ impl Kill {
         }
         report.extend(victims.iter().map(|v| {
             format!(
-                "pid {} ({}) exited after {}",
+                "pid {} ({}){} exited after {} (signals sent: {})",
                 v.candidate.pid,
                 v.candidate.source,
-                v.ended_by.unwrap_or("a signal")
+                if stopped.contains(&v.candidate.pid) { " was stopped, so given no grace, and" } else { "" },
+                v.ended_by.unwrap_or("a signal"),
+                v.sent.join(", ")
             )
         }));
         MethodOutcome::fenced(report.join("; "))
@@ -338,6 +355,15 @@ fn open_verified(candidate: &Candidate) -> io::Result<Option<Option<PidFd>>> {
 /// Whether the candidate's (pid, start time) is still a live process.
 fn same_process_alive(candidate: &Candidate) -> io::Result<bool> {
     Ok(procfs::read_stat(candidate.pid)?.is_some_and(|s| s.start_time == candidate.start_time && !s.is_exited()))
+}
+
+/// Whether the candidate is stopped (`T`) or in a tracing stop (`t`); an unreadable state is
+/// taken as not stopped, which only keeps the usual grace.
+fn is_stopped(candidate: &Candidate) -> bool {
+    procfs::read_stat(candidate.pid)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.start_time == candidate.start_time && matches!(s.state, 'T' | 't'))
 }
 
 fn send(victim: &Victim, signal: Signal) -> io::Result<()> {
