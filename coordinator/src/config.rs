@@ -317,7 +317,14 @@ mod tests {
         for text in
             [include_str!("../../config/coordinator.yaml"), include_str!("../../config/coordinator-coord1.yaml")]
         {
-            CoordinatorConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+            let c = CoordinatorConfig::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+            // The failover agents ask for 2500 ms by default; a larger grant would delay every
+            // host-loss failover behind the timings their documentation gives.
+            assert_eq!(
+                c.negotiate_timeout(2500),
+                2500,
+                "a shipped config must grant the agents' default session timeout"
+            );
         }
     }
 
