@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::Coordinator;
+use referee_coordinator::server::{shutdown_signal, Coordinator};
 
 #[derive(Parser)]
 #[command(
@@ -167,7 +167,7 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
     let coordinator = Coordinator::start(config).await?;
-    coordinator.serve(listener, shutdown_signal()).await?;
+    coordinator.serve(listener, shutdown_signal("referee")).await?;
     Ok(())
 }
 
@@ -200,8 +200,14 @@ async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
             }
         }
     });
-    referee_failover_agent::driver::run_with_control(config, listener, control_tx, control_rx, shutdown_signal())
-        .await?;
+    referee_failover_agent::driver::run_with_control(
+        config,
+        listener,
+        control_tx,
+        control_rx,
+        shutdown_signal("referee"),
+    )
+    .await?;
     Ok(())
 }
 
@@ -251,27 +257,5 @@ async fn run_demo_master(
         std::fs::write(&pidfile, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
     }
-    referee_examples::ha_master::run(config, listener, shutdown_signal()).await
-}
-
-/// Completes on the first SIGINT or SIGTERM, which starts an orderly shutdown (an active agent
-/// hands over first). A second signal forces the process to exit at once.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down (a second signal forces exit)");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("referee: second signal, exiting now");
-        std::process::exit(130);
-    });
+    referee_examples::ha_master::run(config, listener, shutdown_signal("referee")).await
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::Coordinator;
+use referee_coordinator::server::{shutdown_signal, Coordinator};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -47,26 +47,6 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
     let coordinator = Coordinator::start(config).await?;
-    coordinator.serve(listener, shutdown_signal()).await?;
+    coordinator.serve(listener, shutdown_signal("referee-coordinator")).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down (a second signal forces exit)");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("referee-coordinator: second signal, exiting now");
-        std::process::exit(130);
-    });
 }

@@ -226,3 +226,27 @@ async fn reap_containers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// The shutdown future the `referee` binaries hand to their servers: completes on the first
+/// SIGINT or SIGTERM, which starts an orderly shutdown (an active agent hands over first); a
+/// second signal makes `program` exit at once. Never completes if the signals cannot be
+/// watched.
+pub async fn shutdown_signal(program: &'static str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down (a second signal forces exit)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("{program}: second signal, exiting now");
+        std::process::exit(130);
+    });
+}

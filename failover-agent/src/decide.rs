@@ -268,6 +268,12 @@ fn decision(steps: Vec<Step>, reason: impl Into<String>) -> Decision {
     Decision { steps, reason: reason.into() }
 }
 
+/// A holder that gives up: its master is demoted (best effort: it may never have become
+/// active) and the lock released with a backoff, so the other nodes may try.
+fn back_off(token: FencingToken, backoff: Duration, reason: String) -> Decision {
+    decision(vec![Step::Demote { token, best_effort: true }, Step::ReleaseLock { token, backoff }], reason)
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -546,11 +552,9 @@ fn hold(
     let backoff_after_failure = policy.backoff_after_failure;
     if let Some(f) = &obs.failure {
         if f.token == token {
-            return decision(
-                vec![
-                    Step::Demote { token, best_effort: true },
-                    Step::ReleaseLock { token, backoff: backoff_after_failure },
-                ],
+            return back_off(
+                token,
+                backoff_after_failure,
                 format!(
                     "promotion with token {token} failed ({}); releasing the lock and backing off {} ms",
                     f.reason,
@@ -609,11 +613,9 @@ fn hold(
         }
     });
     if let Err(e) = checked {
-        return decision(
-            vec![
-                Step::Demote { token, best_effort: true },
-                Step::ReleaseLock { token, backoff: backoff_after_failure },
-            ],
+        return back_off(
+            token,
+            backoff_after_failure,
             format!(
                 "refusing to promote with token {token}: {e}; releasing the lock and backing off {} ms",
                 ms(backoff_after_failure)
