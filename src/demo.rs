@@ -173,7 +173,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let writer = start_writer(shared.clone());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        print_status(&shared).await;
+        print_status(shared).await;
     }
 
     let what = match opts.scenario {
@@ -293,7 +293,7 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    print_status(&shared).await;
+    print_status(shared).await;
     let history = shared.agent_json(other, "/history").await.unwrap_or_default();
     let phases = history["transitions"]
         .as_array()
