@@ -4,7 +4,8 @@
 //! ([`Pair::start_on_hosts`]). Faults are the hosts' iptables drops, so packets vanish as on a
 //! cut cable: nothing is refused, every side learns only from its own deadlines.
 //!
-//! The masters are plain (`--no-lease-poll`): they take writes while active until someone
+//! Each scenario runs against the bundled coordinator and against Apache ZooKeeper 3.8, one
+//! server either way. The masters are plain (`--no-lease-poll`): they take writes while active until someone
 //! demotes them, so safety rests on the agents. Fencing between hosts is the graceful request
 //! over the network, then the same demotion through a management path the faults do not cut.
 //!
@@ -29,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use referee::lab::{
-    node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings, COORDINATOR_HOST,
-    NODES,
+    coordinator_available, node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings,
+    COORDINATOR_HOST, NODES,
 };
 use referee_fencing::HaState;
 use referee_testkit::{hosts_unavailable, skip, Hosts};
@@ -230,32 +231,36 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap() -> Result<()> {
-    fault_on_the_active_host(
-        Fault::FromCoordinator,
-        CoordinatorKind::Bundled,
-        "active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap",
-    )
-    .await
+/// One test per fault and coordinator kind.
+macro_rules! scenarios {
+    ($($name:ident: $fault:expr;)*) => {
+        mod bundled {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> Result<()> {
+                    fault_on_the_active_host($fault, CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
+                }
+            )*
+        }
+        mod apache_zookeeper {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> Result<()> {
+                    let test = concat!("apache_zookeeper::", stringify!($name));
+                    if !coordinator_available(CoordinatorKind::ApacheZooKeeper, test) {
+                        return Ok(());
+                    }
+                    fault_on_the_active_host($fault, CoordinatorKind::ApacheZooKeeper, test).await
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn black_holed_active_host_is_fenced_and_replaced() -> Result<()> {
-    fault_on_the_active_host(
-        Fault::BlackHole,
-        CoordinatorKind::Bundled,
-        "black_holed_active_host_is_fenced_and_replaced",
-    )
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn isolated_active_host_rejoins_as_standby_after_heal() -> Result<()> {
-    fault_on_the_active_host(
-        Fault::Isolated,
-        CoordinatorKind::Bundled,
-        "isolated_active_host_rejoins_as_standby_after_heal",
-    )
-    .await
+scenarios! {
+    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: Fault::FromCoordinator;
+    black_holed_active_host_is_fenced_and_replaced: Fault::BlackHole;
+    isolated_active_host_rejoins_as_standby_after_heal: Fault::Isolated;
 }
