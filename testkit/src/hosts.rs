@@ -37,12 +37,16 @@
 //!
 //! [`Hosts::black_hole`] drops everything to and from a host, the client included: its own
 //! `INPUT` drops all but loopback, every other host drops its source address, and its `OUTPUT`
-//! drops what it sends to the client, whose root namespace we never put rules in (a TCP sender
-//! there only sees silence). [`Hosts::isolate`] cuts a host off from every other host but not
-//! from the client, so a test can still see what a cut-off master acknowledges to clients on its
-//! side of the partition. Each change re-renders the whole rule set of every host from one
-//! [`Faults`] value and loads it with `iptables-restore`, so the rules on a host are always
-//! exactly what the faults say, whatever order they were switched in.
+//! drops what it sends to the client, because the root namespace gets no rules of ours. That
+//! one drop is on the sender: a TCP sender on the host still sees only silence (its connect
+//! times out, its data is never acknowledged); a UDP sender would get `EPERM`.
+//!
+//! [`Hosts::isolate`] cuts a host off from every other host but not from the client, so a test
+//! can still see what a cut-off master acknowledges to clients on its side of the partition.
+//!
+//! Each change re-renders the whole rule set of every host from one [`Faults`] value and loads
+//! it with `iptables-restore` (either backend, `nft` or `legacy`), so the rules on a host are
+//! always exactly what the faults say, whatever order they were switched in.
 //!
 //! # Names and cleanup
 //!
@@ -451,14 +455,20 @@ fn remove_stale() -> Result<()> {
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let Some(name) = line.split_whitespace().next() else { continue };
         if creator_pid(name).is_some_and(|pid| !alive(pid)) {
-            ip(&["netns", "del", name])?;
+            // Another harness starting at the same time may delete it first: only one still
+            // there after a failed deletion is an error.
+            if let Err(e) = ip(&["netns", "del", name]) {
+                ensure!(!Path::new("/run/netns").join(name).exists(), "removing a stale namespace: {e:#}");
+            }
         }
     }
     let links = std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")?;
     for entry in links.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if creator_pid(&name).is_some_and(|pid| !alive(pid)) && link_exists(&name) {
-            ip(&["link", "del", &name])?;
+        if creator_pid(&name).is_some_and(|pid| !alive(pid)) {
+            if let Err(e) = ip(&["link", "del", &name]) {
+                ensure!(!link_exists(&name), "removing a stale link: {e:#}");
+            }
         }
     }
     Ok(())
