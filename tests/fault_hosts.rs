@@ -15,7 +15,9 @@
 //! send and receive times and its token. A test fails, printing the masters' timeline, if both
 //! were certainly active at once, if a master acknowledged a write sent after the other had
 //! acknowledged one under a higher token, if the old master's demotion came after the new one's
-//! promotion, or if the end is anything but the new master active and the old one standby.
+//! promotion, if (where the client still reaches it) the old master's last acknowledgement did
+//! not come back before the new master's first write was sent, or if the end is anything but
+//! the new master active and the old one standby.
 //!
 //! - **Active host cut off from the coordinator's host only**: the client and the peer still
 //!   reach the old master; its agent must demote it before its session can expire.
@@ -220,6 +222,30 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<()> {
         record.timeline()
     );
     ensure!(fenced >= 1, "{} promoted without fencing {}\n{}", NODES[new], NODES[old], record.timeline());
+    if fault != Fault::BlackHole {
+        // The client still reached the old master, so it is seen to stop: its last
+        // acknowledgement under an older token came back before the new master was first
+        // asked for a write it acknowledged under its own.
+        let token = promoted.to.token.0;
+        let first_new = record.acks.iter().filter(|a| a.node == new && a.what == token).min_by_key(|a| a.sent);
+        let last_old = record.acks.iter().filter(|a| a.node == old && a.what < token).max_by_key(|a| a.received);
+        let (first_new, last_old) = first_new.zip(last_old).context("acknowledgements from both masters")?;
+        ensure!(
+            last_old.received < first_new.sent,
+            "master {} acknowledged a write (back at {:.1} ms) after master {} was asked for its first one at {:.1} ms\n{}",
+            NODES[old],
+            ms(last_old.received),
+            NODES[new],
+            ms(first_new.sent),
+            record.timeline()
+        );
+        eprintln!(
+            "master {} stopped acknowledging {:.1} ms before master {} started",
+            NODES[old],
+            ms(first_new.sent - last_old.received),
+            NODES[new]
+        );
+    }
     ensure!(
         last_state(&record, old, rejoined_at) == Some(HaState::Standby)
             && last_state(&record, new, rejoined_at) == Some(HaState::Active),
