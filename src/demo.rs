@@ -173,7 +173,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let writer = start_writer(shared.clone());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        print_status(shared).await;
+        print_status(&shared).await;
     }
 
     let what = match opts.scenario {
