@@ -20,6 +20,7 @@
 //! - [`log`]: the durable Raft log: checksummed segment files with group commit.
 //! - [`snapshot`]: snapshot files of the data tree, written beside the log and loaded at start.
 //! - [`datadir`]: the data directory's layout and the identity that ties it to one server.
+//! - [`dump`]: read-only listings of a data directory, for the `log dump` and `snapshot dump` tools.
 //! - [`state`]: the lock-protected server state the state machine applies to.
 //! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
 //! - [`watch`]: watch registrations and which connections an event reaches.
@@ -45,6 +46,7 @@
 pub mod config;
 mod connection;
 pub mod datadir;
+pub mod dump;
 pub mod fourlw;
 pub mod frame;
 pub mod jute;

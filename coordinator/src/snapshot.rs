@@ -469,3 +469,176 @@ impl SnapshotDir {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::FaultFs;
+    use crate::proto::{op, Acl, SessionId, Zxid};
+    use crate::txn::{Txn, TxnOp, TxnReply, WriteOp};
+
+    const CLUSTER: u64 = 0x5eed;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/data/snapshots")
+    }
+
+    /// A tree with a session, `n` znodes of 100 bytes and one ephemeral; last zxid `n + 2`.
+    fn tree(n: u64) -> DataTree {
+        let mut t = DataTree::new();
+        let open = Txn {
+            session: SessionId(0),
+            auth: vec![],
+            time_ms: 1,
+            op: TxnOp::CreateSession { timeout_ms: 5000, password: [7; 16] },
+        };
+        let (outcome, _) = t.apply(Zxid(1), &open);
+        let Ok(TxnReply::SessionCreated { session, .. }) = outcome.result else { panic!("{outcome:?}") };
+        let create = |path: String, flags| Txn {
+            session,
+            auth: vec![],
+            time_ms: 2,
+            op: TxnOp::Write(WriteOp::Create {
+                opcode: op::CREATE2,
+                path,
+                data: Some(vec![0xab; 100]),
+                acl: Acl::open_unsafe(),
+                flags,
+                ttl_ms: 0,
+            }),
+        };
+        for i in 0..n {
+            let (o, _) = t.apply(Zxid(i as i64 + 2), &create(format!("/n{i}"), 0));
+            assert!(o.result.is_ok(), "{o:?}");
+        }
+        let (o, _) = t.apply(Zxid(n as i64 + 2), &create("/eph".into(), 1));
+        assert!(o.result.is_ok(), "{o:?}");
+        t
+    }
+
+    fn header(index: u64) -> SnapshotHeader {
+        SnapshotHeader {
+            last_applied: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            membership: StoredMembership::default(),
+        }
+    }
+
+    fn open(fs: &FaultFs, keep: usize) -> SnapshotDir {
+        SnapshotDir::open(Arc::new(fs.clone()), dir(), CLUSTER, keep).unwrap()
+    }
+
+    fn names(fs: &FaultFs) -> Vec<String> {
+        let mut n = fs.list(&dir()).unwrap();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_whole_and_survives_a_crash() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        let t = tree(50);
+        let name = snaps.write(&header(52), &t).unwrap();
+        assert_eq!(name, "snapshot-00000000000000000052");
+        fs.crash();
+        let loaded = open(&fs, 3).load_newest(0).unwrap().expect("a snapshot");
+        assert_eq!(loaded.header, header(52));
+        assert_eq!(loaded.tree, t, "every znode, session and ephemeral is back");
+        let bytes = fs.read(&dir().join(&name)).unwrap();
+        assert_eq!(&bytes[0..4], b"RFSN");
+        assert_eq!(&bytes[bytes.len() - 4..], b"RFSE");
+        // Compact: 50 znodes of 100 bytes take little more than their data.
+        assert!(bytes.len() < 50 * 100 + 50 * 80 + 1024, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_full_disk_during_a_snapshot_leaves_no_snapshot_and_the_older_ones_intact() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        snaps.write(&header(10), &tree(8)).unwrap();
+        fs.fill_after(2000);
+        let e = snaps.write(&header(300), &tree(298)).unwrap_err().to_string();
+        assert!(e.contains("snapshot-00000000000000000300.tmp") && e.contains("no space"), "{e}");
+        assert_eq!(snaps.list().unwrap().len(), 1, "the failed snapshot never got its name");
+        fs.crash();
+        let again = open(&fs, 3);
+        assert_eq!(names(&fs), ["snapshot-00000000000000000010"], "the .tmp leftover is removed at open");
+        assert_eq!(again.load_newest(0).unwrap().unwrap().header, header(10));
+    }
+
+    #[test]
+    fn a_failed_fsync_during_a_snapshot_fails_it_before_it_is_named() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        fs.fail_syncs();
+        let e = snaps.write(&header(20), &tree(18)).unwrap_err().to_string();
+        assert!(e.contains("syncing") && e.contains(".tmp"), "{e}");
+        assert!(snaps.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_the_newest_files_are_kept() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        for i in 1..=5 {
+            snaps.write(&header(i * 10), &tree(2)).unwrap();
+        }
+        let kept: Vec<u64> = snaps.list().unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(kept, [50, 40, 30]);
+    }
+
+    #[test]
+    fn a_damaged_newest_snapshot_falls_back_only_if_the_log_covers_the_gap() {
+        for damage in [(|b: &mut Vec<u8>| b.truncate(b.len() / 2)) as fn(&mut Vec<u8>), |b: &mut Vec<u8>| {
+            let mid = b.len() / 2;
+            b[mid] ^= 0x01;
+        }] {
+            let fs = FaultFs::new();
+            let snaps = open(&fs, 3);
+            snaps.write(&header(10), &tree(8)).unwrap();
+            snaps.write(&header(20), &tree(18)).unwrap();
+            fs.damage(&dir().join(snapshot_name(20)), damage).unwrap();
+            let loaded = snaps.load_newest(10).unwrap().expect("the older snapshot");
+            assert_eq!(loaded.header, header(10));
+            let e = snaps.load_newest(15).unwrap_err().to_string();
+            assert!(
+                e.contains("snapshot-00000000000000000020") && e.contains("purged up to entry 15"),
+                "names the damaged file and the gap: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_purged_log_without_any_snapshot_is_refused() {
+        let fs = FaultFs::new();
+        let e = open(&fs, 3).load_newest(7).unwrap_err().to_string();
+        assert!(e.contains("no snapshot file is left") && e.contains("purged up to entry 7"), "{e}");
+        assert!(open(&fs, 3).load_newest(0).unwrap().is_none(), "a fresh directory has nothing to load");
+    }
+
+    #[test]
+    fn another_clusters_or_a_newer_snapshot_is_refused() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        let name = snaps.write(&header(10), &tree(1)).unwrap();
+        let other = SnapshotDir::open(Arc::new(fs.clone()), dir(), CLUSTER + 1, 3).unwrap();
+        let e = other.load_newest(0).unwrap_err().to_string();
+        assert!(e.contains("belongs to cluster") && e.contains(&name), "{e}");
+        fs.damage(&dir().join(&name), |b| b[4] = 9).unwrap();
+        let e = snaps.load_newest(0).unwrap_err().to_string();
+        assert!(e.contains("format version 9"), "{e}");
+    }
+
+    #[test]
+    fn golden_prefix_and_trailer() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        let name = snaps.write(&header(3), &DataTree::new()).unwrap();
+        let b = fs.read(&dir().join(name)).unwrap();
+        assert_eq!(b[0..16], [b'R', b'F', b'S', b'N', 1, 0, 0, 0, 0xed, 0x5e, 0, 0, 0, 0, 0, 0]);
+        let n = b.len();
+        let tree_len = u64::from_le_bytes(b[n - 16..n - 8].try_into().unwrap());
+        assert_eq!(tree_len, postcard::to_stdvec(&DataTree::new()).unwrap().len() as u64);
+        assert_eq!(u32::from_le_bytes(b[n - 8..n - 4].try_into().unwrap()), crc32c::checksum(&b[..n - 8]));
+    }
+}
