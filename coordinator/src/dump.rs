@@ -94,6 +94,10 @@ pub struct LogSummary {
     pub range: Option<(u64, u64)>,
     /// A torn tail at the end of the last segment: file and offset.
     pub torn: Option<(String, u64)>,
+    /// The last intact record: file, offset, index.
+    pub last_record: Option<(PathBuf, u64, u64)>,
+    /// Where the records of the last segment end: file, offset.
+    pub records_end: Option<(PathBuf, u64)>,
 }
 
 /// Resolves a data directory or a log directory to the log directory, printing the identity.
@@ -185,6 +189,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                             )?;
                             summary.entries += 1;
                             let idx = entry.log_id.index;
+                            summary.last_record = Some((file.clone(), at as u64, idx));
                             summary.range = Some(summary.range.map_or((idx, idx), |(lo, _)| (lo, idx)));
                         }
                         Err(e) => {
@@ -197,6 +202,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                     continue;
                 }
                 Read::End if buf[at..].iter().all(|&b| b == 0) => {
+                    summary.records_end = Some((file.clone(), at as u64));
                     writeln!(out, "  end of records at offset {at}; zeros to {}", buf.len())?;
                     break;
                 }
