@@ -357,13 +357,20 @@ impl SnapshotDir {
             offset: 0,
             buf: Vec::with_capacity(WRITE_BUFFER + 4096),
             crc: 0,
-            path: tmp,
+            path: tmp.clone(),
             failed: None,
         };
-        self.write_body(&mut w, header, tree)?;
-        let tmp = w.path.clone();
-        w.file.sync_data().map_err(io_err("syncing", &tmp))?;
+        let written =
+            self.write_body(&mut w, header, tree).and_then(|()| w.file.sync_data().map_err(io_err("syncing", &tmp)));
         drop(w);
+        if let Err(e) = written {
+            // A half-written file must not stay to fill a disk that is already full; a crash
+            // before this removal leaves it to the next open.
+            if let Err(rm) = self.fs.remove(&tmp) {
+                tracing::warn!(file = %tmp.display(), "could not remove a failed snapshot: {rm}");
+            }
+            return Err(e);
+        }
         let path = self.dir.join(&name);
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         // The name is durable before openraft is told the snapshot exists and purges the log.
@@ -559,7 +566,7 @@ mod tests {
         fs.fill_after(2000);
         let e = snaps.write(&header(300), &tree(298)).unwrap_err().to_string();
         assert!(e.contains("snapshot-00000000000000000300.tmp") && e.contains("no space"), "{e}");
-        assert_eq!(snaps.list().unwrap().len(), 1, "the failed snapshot never got its name");
+        assert_eq!(names(&fs), ["snapshot-00000000000000000010"], "the failed snapshot is removed, never named");
         fs.crash();
         let again = open(&fs, 3);
         assert_eq!(names(&fs), ["snapshot-00000000000000000010"], "the .tmp leftover is removed at open");
@@ -574,6 +581,7 @@ mod tests {
         let e = snaps.write(&header(20), &tree(18)).unwrap_err().to_string();
         assert!(e.contains("syncing") && e.contains(".tmp"), "{e}");
         assert!(snaps.list().unwrap().is_empty());
+        assert!(names(&fs).is_empty(), "the failed file is removed at once: {:?}", names(&fs));
     }
 
     #[test]
