@@ -9,7 +9,7 @@ use openraft::{Entry, EntryPayload};
 
 use crate::datadir::{read_identity, IDENTITY_NAME};
 use crate::log::record::{self, Read, SegmentHeader, HEADER_LEN};
-use crate::log::wal::{parse_segment_name, read_meta, META_NAME};
+use crate::log::wal::{decode_entry, parse_segment_name, read_meta, META_NAME};
 use crate::log::FileSystem;
 use crate::raft::TypeConfig;
 use crate::snapshot::{self, parse_snapshot_name};
@@ -179,7 +179,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
         loop {
             let reason = match record::read_record(&buf, at) {
                 Read::Record { payload, next } => {
-                    match serde_json::from_slice::<Entry<TypeConfig>>(payload) {
+                    match decode_entry(header.version, payload) {
                         Ok(entry) => {
                             let (kind, what) = describe(&entry);
                             writeln!(

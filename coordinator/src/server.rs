@@ -105,11 +105,13 @@ impl Coordinator {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
+        let began = Instant::now();
         let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, NODE_ID, random_cluster_id)?;
         let cluster_id = data.identity.cluster_id;
         let log_dir = data.log_dir();
         let log = LogStore::open(fs.clone(), WalOptions::new(&log_dir, cluster_id))?;
         let log_stopped = log.stop_watch();
+        let log_opened = began.elapsed();
         let recovered_upto = log.last_index();
         let purged_upto = log.meta().last_purged.map_or(0, |l| l.index);
         let state = Arc::new(Mutex::new(ServerState::new(
@@ -118,7 +120,7 @@ impl Coordinator {
         )));
         let snapshots = SnapshotDir::open(fs.clone(), data.snapshot_dir(), cluster_id, config.snapshots_to_keep)?;
         let sm = StateMachine::open(state.clone(), snapshots, purged_upto, (every / 10).max(1))?;
-        info!(dir = %config.data_dir.display(), cluster_id, log_upto = ?recovered_upto, "data directory opened");
+        let snapshot_loaded = began.elapsed() - log_opened;
         let raft = Raft::new(NODE_ID, raft_config, LoneNetwork, log, sm)
             .await
             .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
@@ -139,6 +141,15 @@ impl Coordinator {
                 .await
                 .map_err(|_| CoordinatorError::NoLeader(wait))?;
         }
+        info!(
+            dir = %config.data_dir.display(),
+            cluster_id,
+            log_upto = ?recovered_upto,
+            log_ms = log_opened.as_millis() as u64,
+            snapshot_ms = snapshot_loaded.as_millis() as u64,
+            total_ms = began.elapsed().as_millis() as u64,
+            "recovered the data directory and leads"
+        );
         Ok(Coordinator { shared: Arc::new(Shared { config: Arc::new(config), raft, state }), log_stopped, log_dir })
     }
 

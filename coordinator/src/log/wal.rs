@@ -181,6 +181,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> L
 #[derive(Debug)]
 struct Segment {
     first_index: u64,
+    /// The format its records are in; appends go only to a segment of the current one.
+    version: u32,
     path: PathBuf,
     /// Offset of the record of entry `first_index + i`.
     offsets: Vec<u64>,
@@ -344,12 +346,18 @@ impl Wal {
                 format!("this segment starts at entry {first} but the one before ends before {expected}"),
             ));
         }
-        let mut seg = Segment { first_index: first, path: path.clone(), offsets: Vec::new(), end: HEADER_LEN as u64 };
+        let mut seg = Segment {
+            first_index: first,
+            version: header.version,
+            path: path.clone(),
+            offsets: Vec::new(),
+            end: HEADER_LEN as u64,
+        };
         let mut at = HEADER_LEN;
         let torn = loop {
             let reason = match record::read_record(&buf, at) {
                 Read::Record { payload, next } => {
-                    let entry: Entry<TypeConfig> = serde_json::from_slice(payload)
+                    let entry = decode_entry(header.version, payload)
                         .map_err(|e| corrupt(at, format!("an intact record that is not a log entry: {e}")))?;
                     if entry.log_id.index != seg.next_index() {
                         return Err(corrupt(
@@ -400,7 +408,7 @@ impl Wal {
         let mut pending = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            let payload = serde_json::to_vec(entry).map_err(|e| LogError::BadEntry { index, reason: e.to_string() })?;
+            let payload = encode_entry(entry).map_err(|reason| LogError::BadEntry { index, reason })?;
             if payload.len() > MAX_RECORD_LEN as usize {
                 return Err(LogError::BadEntry {
                     index,
@@ -413,9 +421,17 @@ impl Wal {
                 Some(seg) if seg.next_index() != index => {
                     return Err(LogError::OutOfSequence { expected: seg.next_index(), got: index })
                 }
+                Some(seg) if seg.version != FORMAT_VERSION && seg.offsets.is_empty() => {
+                    // An empty segment of an older format: replaced (same name) by a new one.
+                    self.segments.pop();
+                    self.start_segment(index)?;
+                }
                 Some(seg) => {
                     let end = seg.end + pending.len() as u64;
-                    if !seg.offsets.is_empty() && end + rec_len > self.opts.segment_bytes {
+                    // A segment of an older format is closed rather than continued: a segment
+                    // holds records of one format, the one its header names.
+                    let older = seg.version != FORMAT_VERSION;
+                    if older || (!seg.offsets.is_empty() && end + rec_len > self.opts.segment_bytes) {
                         self.write_pending(&mut pending)?;
                         // Synced before it is closed: only the last segment may hold unsynced
                         // bytes, which is what lets recovery call damage elsewhere corruption.
@@ -465,7 +481,13 @@ impl Wal {
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         // The new name is durable before any entry written into the file is acknowledged.
         self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))?;
-        self.segments.push(Segment { first_index, path, offsets: Vec::new(), end: HEADER_LEN as u64 });
+        self.segments.push(Segment {
+            first_index,
+            version: FORMAT_VERSION,
+            path,
+            offsets: Vec::new(),
+            end: HEADER_LEN as u64,
+        });
         self.active = Some(f);
         self.dirty = false;
         Ok(())
@@ -534,6 +556,23 @@ impl Wal {
         f.sync_data().map_err(io_err("syncing", &tmp))?;
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
+    }
+}
+
+/// An entry as the payload of a record of the current format.
+pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(entry).map_err(|e| e.to_string())
+}
+
+/// An entry from the payload of a record of a segment in format `version`.
+pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, String> {
+    if version == 1 {
+        return serde_json::from_slice(payload).map_err(|e| e.to_string());
+    }
+    match postcard::take_from_bytes(payload) {
+        Ok((entry, [])) => Ok(entry),
+        Ok((_, rest)) => Err(format!("{} bytes left over after the entry", rest.len())),
+        Err(e) => Err(e.to_string()),
     }
 }
 
