@@ -282,7 +282,7 @@ impl Wal {
         for (i, &first) in kept.iter().enumerate() {
             let last = i + 1 == kept.len();
             let expected = wal.segments.last().map(Segment::next_index);
-            let (seg, cut) = wal.recover_segment(first, expected, last, &mut entries)?;
+            let (seg, cut) = wal.recover_segment(first, expected, last, purged_next, &mut entries)?;
             wal.segments.push(seg);
             torn = torn.or(cut);
         }
@@ -315,12 +315,14 @@ impl Wal {
     }
 
     /// Reads one segment, checking its header and every record, and cuts a torn tail if it is
-    /// the last one.
+    /// the last one. Records of purged entries (before `purged_next`) are checked but not
+    /// decoded: nobody reads them again, and a segment is purged only as a whole.
     fn recover_segment(
         &mut self,
         first: u64,
         expected: Option<u64>,
         last: bool,
+        purged_next: u64,
         entries: &mut Vec<Entry<TypeConfig>>,
     ) -> Result<(Segment, Option<TornTail>), LogError> {
         let path = self.opts.dir.join(segment_name(first));
@@ -356,6 +358,11 @@ impl Wal {
         let mut at = HEADER_LEN;
         let torn = loop {
             let reason = match record::read_record(&buf, at) {
+                Read::Record { next, .. } if seg.next_index() < purged_next => {
+                    seg.offsets.push(at as u64);
+                    at = next;
+                    continue;
+                }
                 Read::Record { payload, next } => {
                     let entry = decode_entry(header.version, payload)
                         .map_err(|e| corrupt(at, format!("an intact record that is not a log entry: {e}")))?;
