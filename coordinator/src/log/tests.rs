@@ -93,18 +93,18 @@ fn reopen_reads_back_what_was_synced() {
 #[test]
 fn segments_roll_at_the_configured_size_and_read_back_in_order() {
     let fs = FaultFs::new();
-    drop(written(&fs, 30, 400));
+    drop(written(&fs, 60, 400));
     let files = segment_files(&fs);
     assert!(files.len() > 3, "400-byte segments hold a few entries each: {files:?}");
     fs.crash();
     let (mut wal, rec) = fault_open(&fs, 400).unwrap();
-    assert_eq!(ids(&rec.entries), (1..=30).map(|i| (1, i)).collect::<Vec<_>>());
-    assert_eq!(wal.next_index(), Some(31));
-    wal.append(&[entry(1, 31)]).unwrap();
+    assert_eq!(ids(&rec.entries), (1..=60).map(|i| (1, i)).collect::<Vec<_>>());
+    assert_eq!(wal.next_index(), Some(61));
+    wal.append(&[entry(1, 61)]).unwrap();
     wal.sync().unwrap();
     fs.crash();
     let (_, rec) = fault_open(&fs, 400).unwrap();
-    assert_eq!(rec.entries.len(), 31);
+    assert_eq!(rec.entries.len(), 61);
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn damage_before_the_tail_is_refused_with_file_and_offset() {
 #[test]
 fn damage_at_the_end_of_an_older_segment_is_refused() {
     let fs = FaultFs::new();
-    drop(written(&fs, 12, 400));
+    drop(written(&fs, 40, 400));
     let files = segment_files(&fs);
     assert!(files.len() >= 2);
     let first = dir().join(&files[0]);
@@ -235,7 +235,7 @@ fn damage_at_the_end_of_an_older_segment_is_refused() {
 #[test]
 fn a_missing_segment_is_refused() {
     let fs = FaultFs::new();
-    drop(written(&fs, 12, 400));
+    drop(written(&fs, 40, 400));
     let files = segment_files(&fs);
     assert!(files.len() >= 3);
     fs.remove(&dir().join(&files[1])).unwrap();
@@ -254,7 +254,8 @@ fn another_clusters_directory_or_a_newer_format_is_refused() {
     let newer = SegmentHeader { version: record::FORMAT_VERSION + 1, cluster_id: CLUSTER, first_index: 1 };
     fs.damage(&segment_path(1), |d| d[..HEADER_LEN].copy_from_slice(&newer.encode())).unwrap();
     let e = fault_open(&fs, 1 << 16).unwrap_err();
-    assert!(matches!(e, LogError::NewerFormat { found: 2, supported: 1, .. }), "{e}");
+    let (found, supported) = (record::FORMAT_VERSION + 1, record::FORMAT_VERSION);
+    assert!(matches!(e, LogError::NewerFormat { found: f, supported: s, .. } if (f, s) == (found, supported)), "{e}");
 
     // The Raft state file carries the cluster id too.
     let fs = FaultFs::new();
@@ -487,7 +488,7 @@ async fn the_real_filesystem_writes_reopens_and_reads_back() {
     use openraft::storage::RaftLogStorage;
     use openraft::RaftLogReader;
     let scratch = referee_testkit::ScratchDir::new("raft-log").unwrap();
-    let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 4096 };
+    let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 1024 };
     let (tx, rx) = mpsc::channel();
     {
         let store = LogStore::open(Arc::new(RealFs), o.clone()).unwrap();
@@ -503,7 +504,7 @@ async fn the_real_filesystem_writes_reopens_and_reads_back() {
         store.update_meta(|m| m.vote = Some(Vote::new(5, 1))).await.unwrap();
     }
     let names: Vec<_> = std::fs::read_dir(&o.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(names.len() > 3, "several 4 KiB segments and the Raft state: {names:?}");
+    assert!(names.len() > 3, "several 1 KiB segments and the Raft state: {names:?}");
     let mut store = LogStore::open(Arc::new(RealFs), o).unwrap();
     let got = store.try_get_log_entries(1..=200).await.unwrap();
     assert_eq!(ids(&got), (1..=200).map(|i| (1, i)).collect::<Vec<_>>());
@@ -526,9 +527,67 @@ fn openraft_storage_suite() {
             let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 1 << 16 };
             let store = LogStore::open(Arc::new(RealFs), o).expect("open log");
             let state = crate::state::ServerState::new(false, Duration::from_millis(100));
-            let sm = crate::raft::StateMachine::new(Arc::new(Mutex::new(state)));
+            let snapshots = crate::snapshot::SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), CLUSTER, 3)
+                .expect("snapshot dir");
+            let sm = crate::raft::StateMachine::open(Arc::new(Mutex::new(state)), snapshots, 0, 1).expect("open sm");
             Ok((scratch, store, sm))
         }
     }
     openraft::testing::Suite::test_all(Builder).unwrap();
+}
+
+#[test]
+fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
+    let fs = FaultFs::new();
+    fs.create_dir_all(&dir()).unwrap();
+    let mut bytes = SegmentHeader { version: 1, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
+    for i in 1..=3 {
+        record::encode_record(&serde_json::to_vec(&entry(1, i)).unwrap(), &mut bytes);
+    }
+    bytes.resize(4096, 0);
+    let mut f = fs.create(&segment_path(1)).unwrap();
+    f.write_at(0, &bytes).unwrap();
+    f.sync_data().unwrap();
+    fs.sync_dir(&dir()).unwrap();
+
+    let (mut wal, rec) = fault_open(&fs, 4096).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(rec.entries[1], entry(1, 2));
+    // New entries go into a new segment of the current format, never into the JSON one.
+    wal.append(&[entry(1, 4)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, rec) = fault_open(&fs, 4096).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+}
+
+#[test]
+fn entries_are_compact_binary_records() {
+    let mut e = entry(1, 1);
+    if let EntryPayload::Normal(txn) = &mut e.payload {
+        txn.op = TxnOp::Write(WriteOp::SetData { path: "/p".into(), data: Some(vec![0xab; 100]), version: -1 });
+    }
+    let payload = wal::encode_entry(&e).unwrap();
+    assert!(payload.len() < 140, "100 bytes of data take {} bytes of record", payload.len());
+    assert_eq!(wal::decode_entry(record::FORMAT_VERSION, &payload).unwrap(), e);
+}
+
+/// The record payload of an entry, byte for byte: postcard's varints and variant indexes, in
+/// field order. A change here is a format change: bump `FORMAT_VERSION` and keep reading the
+/// old one.
+#[test]
+fn golden_entry_payloads() {
+    let blank = Entry::<TypeConfig> { log_id: log_id(2, 5), payload: EntryPayload::Blank };
+    assert_eq!(wal::encode_entry(&blank).unwrap(), [2, 1, 5, 0]);
+    let delete = Entry::<TypeConfig> {
+        log_id: log_id(1, 3),
+        payload: EntryPayload::Normal(Txn {
+            session: SessionId(0),
+            auth: Vec::new(),
+            time_ms: 0,
+            op: TxnOp::Write(WriteOp::Delete { path: "/a".into(), version: -1 }),
+        }),
+    };
+    // term, node, index | Normal | session, auth (empty), time | Write, Delete | "/a", version -1
+    assert_eq!(wal::encode_entry(&delete).unwrap(), [1, 1, 3, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1]);
 }

@@ -157,7 +157,8 @@ pub enum LogError {
     Stopped(String),
 }
 
-const META_NAME: &str = "raft-meta";
+/// The file holding the vote, commit point and purge point.
+pub const META_NAME: &str = "raft-meta";
 const META_MAGIC: [u8; 4] = *b"RFMT";
 const TMP_SUFFIX: &str = ".tmp";
 const SEGMENT_PREFIX: &str = "log-";
@@ -166,7 +167,8 @@ fn segment_name(first_index: u64) -> String {
     format!("{SEGMENT_PREFIX}{first_index:020}")
 }
 
-fn parse_segment_name(name: &str) -> Option<u64> {
+/// The first index in a segment file name, if it is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(SEGMENT_PREFIX)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
 }
@@ -179,6 +181,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> L
 #[derive(Debug)]
 struct Segment {
     first_index: u64,
+    /// The format its records are in; appends go only to a segment of the current one.
+    version: u32,
     path: PathBuf,
     /// Offset of the record of entry `first_index + i`.
     offsets: Vec<u64>,
@@ -249,7 +253,7 @@ impl Wal {
             removed = true;
         }
         let meta = if names.iter().any(|n| n == META_NAME) {
-            read_meta(fs.as_ref(), &dir.join(META_NAME), opts.cluster_id)?
+            read_meta(fs.as_ref(), &dir.join(META_NAME), Some(opts.cluster_id))?.1
         } else {
             RaftMeta::default()
         };
@@ -278,7 +282,7 @@ impl Wal {
         for (i, &first) in kept.iter().enumerate() {
             let last = i + 1 == kept.len();
             let expected = wal.segments.last().map(Segment::next_index);
-            let (seg, cut) = wal.recover_segment(first, expected, last, &mut entries)?;
+            let (seg, cut) = wal.recover_segment(first, expected, last, purged_next, &mut entries)?;
             wal.segments.push(seg);
             torn = torn.or(cut);
         }
@@ -311,12 +315,14 @@ impl Wal {
     }
 
     /// Reads one segment, checking its header and every record, and cuts a torn tail if it is
-    /// the last one.
+    /// the last one. Records of purged entries (before `purged_next`) are checked but not
+    /// decoded: nobody reads them again, and a segment is purged only as a whole.
     fn recover_segment(
         &mut self,
         first: u64,
         expected: Option<u64>,
         last: bool,
+        purged_next: u64,
         entries: &mut Vec<Entry<TypeConfig>>,
     ) -> Result<(Segment, Option<TornTail>), LogError> {
         let path = self.opts.dir.join(segment_name(first));
@@ -342,12 +348,23 @@ impl Wal {
                 format!("this segment starts at entry {first} but the one before ends before {expected}"),
             ));
         }
-        let mut seg = Segment { first_index: first, path: path.clone(), offsets: Vec::new(), end: HEADER_LEN as u64 };
+        let mut seg = Segment {
+            first_index: first,
+            version: header.version,
+            path: path.clone(),
+            offsets: Vec::new(),
+            end: HEADER_LEN as u64,
+        };
         let mut at = HEADER_LEN;
         let torn = loop {
             let reason = match record::read_record(&buf, at) {
+                Read::Record { next, .. } if seg.next_index() < purged_next => {
+                    seg.offsets.push(at as u64);
+                    at = next;
+                    continue;
+                }
                 Read::Record { payload, next } => {
-                    let entry: Entry<TypeConfig> = serde_json::from_slice(payload)
+                    let entry = decode_entry(header.version, payload)
                         .map_err(|e| corrupt(at, format!("an intact record that is not a log entry: {e}")))?;
                     if entry.log_id.index != seg.next_index() {
                         return Err(corrupt(
@@ -398,7 +415,7 @@ impl Wal {
         let mut pending = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            let payload = serde_json::to_vec(entry).map_err(|e| LogError::BadEntry { index, reason: e.to_string() })?;
+            let payload = encode_entry(entry).map_err(|reason| LogError::BadEntry { index, reason })?;
             if payload.len() > MAX_RECORD_LEN as usize {
                 return Err(LogError::BadEntry {
                     index,
@@ -411,9 +428,17 @@ impl Wal {
                 Some(seg) if seg.next_index() != index => {
                     return Err(LogError::OutOfSequence { expected: seg.next_index(), got: index })
                 }
+                Some(seg) if seg.version != FORMAT_VERSION && seg.offsets.is_empty() => {
+                    // An empty segment of an older format: replaced (same name) by a new one.
+                    self.segments.pop();
+                    self.start_segment(index)?;
+                }
                 Some(seg) => {
                     let end = seg.end + pending.len() as u64;
-                    if !seg.offsets.is_empty() && end + rec_len > self.opts.segment_bytes {
+                    // A segment of an older format is closed rather than continued: a segment
+                    // holds records of one format, the one its header names.
+                    let older = seg.version != FORMAT_VERSION;
+                    if older || (!seg.offsets.is_empty() && end + rec_len > self.opts.segment_bytes) {
                         self.write_pending(&mut pending)?;
                         // Synced before it is closed: only the last segment may hold unsynced
                         // bytes, which is what lets recovery call damage elsewhere corruption.
@@ -463,7 +488,13 @@ impl Wal {
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         // The new name is durable before any entry written into the file is acknowledged.
         self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))?;
-        self.segments.push(Segment { first_index, path, offsets: Vec::new(), end: HEADER_LEN as u64 });
+        self.segments.push(Segment {
+            first_index,
+            version: FORMAT_VERSION,
+            path,
+            offsets: Vec::new(),
+            end: HEADER_LEN as u64,
+        });
         self.active = Some(f);
         self.dirty = false;
         Ok(())
@@ -535,6 +566,23 @@ impl Wal {
     }
 }
 
+/// An entry as the payload of a record of the current format.
+pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(entry).map_err(|e| e.to_string())
+}
+
+/// An entry from the payload of a record of a segment in format `version`.
+pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, String> {
+    if version == 1 {
+        return serde_json::from_slice(payload).map_err(|e| e.to_string());
+    }
+    match postcard::take_from_bytes(payload) {
+        Ok((entry, [])) => Ok(entry),
+        Ok((_, rest)) => Err(format!("{} bytes left over after the entry", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `raft-meta`: magic, version, cluster id (16 bytes), then one record holding the JSON.
 fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
@@ -546,7 +594,9 @@ fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
     out
 }
 
-fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: u64) -> Result<RaftMeta, LogError> {
+/// Reads a `raft-meta` file: the cluster it belongs to and the state. With `cluster_id`, a file
+/// of another cluster is refused.
+pub fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: Option<u64>) -> Result<(u64, RaftMeta), LogError> {
     let buf = fs.read(path).map_err(io_err("reading", path))?;
     let corrupt =
         |offset: u64, reason: &str| LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() };
@@ -560,11 +610,12 @@ fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: u64) -> Result<RaftMe
     let mut id = [0u8; 8];
     id.copy_from_slice(&buf[8..16]);
     let found = u64::from_le_bytes(id);
-    if found != cluster_id {
-        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected: cluster_id });
+    if let Some(expected) = cluster_id.filter(|&c| c != found) {
+        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected });
     }
     match record::read_record(&buf, 16) {
         Read::Record { payload, .. } => serde_json::from_slice(payload)
+            .map(|meta| (found, meta))
             .map_err(|e| corrupt(16, &format!("an intact record that is not the Raft state: {e}"))),
         Read::End | Read::Bad(_) => Err(corrupt(16, "the Raft state record is damaged")),
     }

@@ -1,0 +1,99 @@
+//! `referee coordinator log dump` and `snapshot dump` as a user runs them: listings of a real
+//! data directory, and clear errors with distinct exit codes for bad input.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use referee_coordinator::config::CoordinatorConfig;
+use referee_coordinator::server::Coordinator;
+use referee_testkit::{connect, ScratchDir};
+use zookeeper_client as zk;
+
+fn referee(args: &[&str]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_referee")).args(args).output().context("running referee")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A data directory holding `/tool0..n`, a snapshot, and the log after it, of a stopped server.
+async fn data_dir(n: usize) -> Result<ScratchDir> {
+    let scratch = ScratchDir::new("coord-tools")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut cfg = CoordinatorConfig::new(scratch.path("data"));
+    cfg.listen = listener.local_addr()?;
+    cfg.snapshot_every_entries = 10;
+    let coord = Coordinator::start(cfg).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = listener.local_addr()?.to_string();
+    let server = tokio::spawn(coord.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let c = connect(&addr, Duration::from_secs(10)).await?;
+    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    for i in 0..n {
+        c.create(&format!("/tool{i}"), b"v", &opts).await?;
+    }
+    drop(c);
+    let _ = stop.send(());
+    server.await??;
+    Ok(scratch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_and_snapshot_dumps_list_a_data_directory() -> Result<()> {
+    let scratch = data_dir(25).await?;
+    let dir = scratch.path("data");
+    let out = referee(&["coordinator", "log", "dump", dir.to_str().unwrap()])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("data directory") && stdout.contains("summary:"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("create") && l.trim_end().ends_with("/tool24")),
+        "the last create is listed with its path:\n{stdout}"
+    );
+
+    let out = referee(&["coordinator", "snapshot", "dump", dir.to_str().unwrap()])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.starts_with("snapshot-") && first.contains("znodes"), "{stdout}");
+    let file = dir.join("snapshots").join(first.split(':').next().unwrap());
+    let out = referee(&["coordinator", "snapshot", "dump", file.to_str().unwrap()])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("  /zookeeper  ") && stdout.contains("summary:"), "{stdout}");
+
+    // A damaged snapshot: listed as damaged, exit 1.
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, bytes)?;
+    let out = referee(&["coordinator", "snapshot", "dump", file.to_str().unwrap()])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checksum") && stderr.contains(file.to_str().unwrap()), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_non_zero_exit() -> Result<()> {
+    let scratch = ScratchDir::new("coord-tools-bad")?;
+    let out = referee(&["coordinator", "log", "dump", scratch.0.to_str().unwrap()])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("neither a coordinator data directory"), "{stderr}");
+
+    let out = referee(&["coordinator", "snapshot", "dump", scratch.path("missing").to_str().unwrap()])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing"), "{stderr}");
+
+    let out = referee(&["coordinator"])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+    Ok(())
+}
