@@ -22,6 +22,8 @@
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
 //! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
 //!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
+//! - [`bench`]: a pipelined throughput load (N sessions with K requests in flight each, one
+//!   operation or a read/write mix) recording every reply's latency and arrival.
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
 //! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore,
 //!   black-hole (accept, then forward nothing) and heal, or arm with a [`Trap`] that drops one
@@ -33,6 +35,7 @@
 
 pub mod abuse;
 mod apache_zk;
+pub mod bench;
 mod deadline;
 pub mod jute;
 mod ports;
