@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! referee coordinator --config config/coordinator.yaml   # the bundled ZooKeeper-wire ensemble
+//! referee coordinator log dump DATA_DIR                  # list a coordinator's Raft log
+//! referee coordinator snapshot dump DATA_DIR_OR_FILE     # list its snapshots
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
 //! ```
 //!
@@ -54,12 +56,50 @@ enum MasterAction {
 }
 
 #[derive(Subcommand)]
+enum CoordinatorTool {
+    /// Inspect the Raft log of a data directory (read-only; works on a stopped server's).
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
+    /// Inspect snapshot files (read-only).
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// List every record (segment, offset, index, term, transaction kind, path) and a summary;
+    /// exits 1 if the log is damaged other than by a torn tail.
+    Dump {
+        /// The coordinator's data directory (`data_dir`), or its `log/` directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// List a snapshot file's sessions and znodes, or one line per snapshot of a directory;
+    /// exits 1 if a snapshot is damaged.
+    Dump {
+        /// A snapshot file, a data directory, or its `snapshots/` directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
-    /// Run a coordinator server (speaks the Apache ZooKeeper client protocol).
+    /// Run a coordinator server (speaks the Apache ZooKeeper client protocol), or inspect a
+    /// coordinator's data directory with `log dump` and `snapshot dump`.
+    #[command(args_conflicts_with_subcommands = true)]
     Coordinator {
-        /// Path of the coordinator's YAML configuration.
+        /// Path of the coordinator's YAML configuration (to run the server).
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        tool: Option<CoordinatorTool>,
     },
     /// Run the demo master (a master speaking the HA protocol, for the demo and tests).
     DemoMaster {
@@ -127,7 +167,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Coordinator { config } => run_coordinator(config).await.map(|()| 0),
+            Command::Coordinator { config: Some(config), tool: None } => run_coordinator(config).await.map(|()| 0),
+            Command::Coordinator { config: None, tool: Some(tool) } => run_coordinator_tool(tool),
+            Command::Coordinator { .. } => {
+                eprintln!(
+                    "referee coordinator: give --config FILE to run a server, or `log dump DIR` / `snapshot dump \
+                     PATH` to inspect a data directory"
+                );
+                Ok(2)
+            }
             Command::Agent { config } => run_agent(config).await.map(|()| 0),
             Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
@@ -169,6 +217,29 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let coordinator = Coordinator::start(config).await?;
     coordinator.serve(listener, shutdown_signal("referee")).await?;
     Ok(())
+}
+
+/// `log dump` and `snapshot dump`: the listing goes to stdout; damage exits 1 after listing
+/// what could be read, unreadable input exits 2.
+fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
+    use referee_coordinator::dump::{dump_log, dump_snapshots, DumpError};
+    use referee_coordinator::log::RealFs;
+    let mut out = std::io::stdout().lock();
+    let result = match tool {
+        CoordinatorTool::Log { action: LogAction::Dump { dir } } => dump_log(&RealFs, &dir, &mut out).map(drop),
+        CoordinatorTool::Snapshot { action: SnapshotAction::Dump { path } } => dump_snapshots(&RealFs, &path, &mut out),
+    };
+    match result {
+        Ok(()) => Ok(0),
+        Err(e @ DumpError::Damaged(_)) => {
+            eprintln!("referee coordinator: {e}");
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("referee coordinator: {e}");
+            Ok(2)
+        }
+    }
 }
 
 async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {

@@ -71,8 +71,22 @@ pub struct CoordinatorConfig {
     /// Client address to listen on (ZooKeeper's clientPortAddress:clientPort).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where durable state lives.
+    /// Where durable state lives: the identity file, the Raft log (`log/`) and the snapshots
+    /// (`snapshots/`). One directory per server; another cluster's or server's is refused.
     pub data_dir: PathBuf,
+    /// The cluster this server belongs to, written into its data directory on first start and
+    /// checked on every later one. Unset: a new data directory gets a random id, an existing
+    /// one keeps its own. Every server of an ensemble is given the same id.
+    #[serde(default)]
+    pub cluster_id: Option<u64>,
+    /// A snapshot of the tree is written after this many log entries (ZooKeeper's snapCount),
+    /// and the log before it is purged, keeping a margin back to the previous snapshot.
+    #[serde(default = "default_snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+    /// Snapshot files kept; older ones are removed once a new one is durable
+    /// (ZooKeeper's autopurge.snapRetainCount).
+    #[serde(default = "default_snapshots_to_keep")]
+    pub snapshots_to_keep: usize,
     /// Base time unit in ms (ZooKeeper's tickTime): session expiry is checked every tick.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
@@ -141,12 +155,23 @@ fn default_container_check_interval_ms() -> u64 {
     60_000
 }
 
+fn default_snapshot_every_entries() -> u64 {
+    100_000
+}
+
+fn default_snapshots_to_keep() -> usize {
+    3
+}
+
 impl CoordinatorConfig {
     /// A configuration with defaults, for tests and embedding.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
             listen: default_listen(),
             data_dir: data_dir.into(),
+            cluster_id: None,
+            snapshot_every_entries: default_snapshot_every_entries(),
+            snapshots_to_keep: default_snapshots_to_keep(),
             tick_ms: default_tick_ms(),
             min_session_timeout_ms: None,
             max_session_timeout_ms: None,
@@ -301,6 +326,25 @@ impl CoordinatorConfig {
                 format!("is {}; use a value from 10 to 3600000 (ms)", self.container_check_interval_ms),
             );
         }
+        if self.cluster_id == Some(0) {
+            return invalid("cluster_id", "is 0; give a non-zero id, or leave it out to have one generated".into());
+        }
+        if !(10..=100_000_000).contains(&self.snapshot_every_entries) {
+            return invalid(
+                "snapshot_every_entries",
+                format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_entries),
+            );
+        }
+        if !(2..=1000).contains(&self.snapshots_to_keep) {
+            return invalid(
+                "snapshots_to_keep",
+                format!(
+                    "is {}; use a value from 2 to 1000 (default 3): with one, a damaged snapshot has \
+                     nothing older to fall back on",
+                    self.snapshots_to_keep
+                ),
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "is empty; name a directory for durable state".into());
         }
@@ -342,6 +386,7 @@ mod tests {
         assert_eq!(c.max_queued_outbound_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
+        assert_eq!((c.cluster_id, c.snapshot_every_entries, c.snapshots_to_keep), (None, 100_000, 3));
         for heavy in ["wchc", "wchp", "dump", "dirs"] {
             assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
         }
@@ -359,6 +404,9 @@ mod tests {
             ("max_watches_per_connection: 0", "max_watches_per_connection"),
             ("max_path_bytes: 10", "max_path_bytes"),
             ("max_path_bytes: 2000000", "max_path_bytes"),
+            ("cluster_id: 0", "cluster_id"),
+            ("snapshot_every_entries: 1", "snapshot_every_entries"),
+            ("snapshots_to_keep: 1", "snapshots_to_keep"),
         ] {
             let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -18,6 +18,9 @@
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
 //! - [`log`]: the durable Raft log: checksummed segment files with group commit.
+//! - [`snapshot`]: snapshot files of the data tree, written beside the log and loaded at start.
+//! - [`datadir`]: the data directory's layout and the identity that ties it to one server.
+//! - [`dump`]: read-only listings of a data directory, for the `log dump` and `snapshot dump` tools.
 //! - [`state`]: the lock-protected server state the state machine applies to.
 //! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
 //! - [`watch`]: watch registrations and which connections an event reaches.
@@ -42,6 +45,8 @@
 
 pub mod config;
 mod connection;
+pub mod datadir;
+pub mod dump;
 pub mod fourlw;
 pub mod frame;
 pub mod jute;
@@ -53,6 +58,7 @@ pub mod raft;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod state;
 pub mod tree;
 pub mod txn;

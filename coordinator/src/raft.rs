@@ -2,7 +2,7 @@
 //! applies committed transactions to the shared [`ServerState`].
 //!
 //! ```text
-//!  connection ──Txn──▶ Raft::client_write ──▶ log store (append, flush)
+//!  connection ──Txn──▶ Raft::client_write ──▶ log store (append, fdatasync)
 //!                                                 │ committed
 //!                                                 ▼
 //!  connection ◀──TxnOutcome── state machine: ServerState::apply(zxid = log index)
@@ -10,26 +10,23 @@
 //! ```
 //!
 //! Every write, on every server, is applied here and only here, so the ensemble adds voters
-//! and learners to the same path rather than a second one. The log store keeps entries in memory
-//! behind openraft's storage traits; durability replaces it without touching the rest.
+//! and learners to the same path rather than a second one. The log is [`crate::log::LogStore`];
+//! the state machine's snapshots are files of [`crate::snapshot`], written without stopping
+//! the writers (from an O(1) copy of the tree) and loaded at start-up.
 
-use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::proto::Zxid;
+use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotHeader};
 use crate::state::ServerState;
-use crate::tree::DataTree;
 use crate::txn::{Txn, TxnOutcome, TxnReply};
 
 openraft::declare_raft_types!(
@@ -49,127 +46,52 @@ pub type Raft = openraft::Raft<TypeConfig>;
 type SErr = StorageError<u64>;
 
 #[derive(Debug, Default)]
-struct LogInner {
-    vote: Option<Vote<u64>>,
-    committed: Option<LogId<u64>>,
-    last_purged: Option<LogId<u64>>,
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
-}
-
-/// The Raft log, in memory.
-#[derive(Debug, Clone, Default)]
-pub struct MemLogStore {
-    inner: Arc<Mutex<LogInner>>,
-}
-
-impl MemLogStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl RaftLogReader<TypeConfig> for MemLogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        Ok(self.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for MemLogStore {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let inner = self.lock();
-        let last = inner.entries.values().next_back().map(|e| e.log_id).or(inner.last_purged);
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
-        self.lock().vote = Some(*vote);
-        Ok(())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
-        Ok(self.lock().vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
-        self.lock().committed = committed;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
-        Ok(self.lock().committed)
-    }
-
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        {
-            let mut inner = self.lock();
-            for e in entries {
-                inner.entries.insert(e.log_id.index, e);
-            }
-        }
-        callback.log_io_completed(Ok(()));
-        Ok(())
-    }
-
-    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let mut inner = self.lock();
-        let _ = inner.entries.split_off(&log_id.index);
-        Ok(())
-    }
-
-    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let mut inner = self.lock();
-        inner.last_purged = Some(log_id);
-        inner.entries = inner.entries.split_off(&(log_id.index + 1));
-        Ok(())
-    }
-}
-
-/// What a snapshot holds: the tree, and the log position and membership it reflects.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotBody {
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
-    tree: DataTree,
-}
-
-#[derive(Debug, Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
-    data: Vec<u8>,
-}
-
-#[derive(Debug, Default)]
 struct SmMeta {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
-    snapshot: Option<StoredSnapshot>,
-    snapshot_seq: u64,
+    /// The newest snapshot on disk, and its file name.
+    snapshot: Option<(SnapshotMeta<u64, BasicNode>, String)>,
+    /// After a failed snapshot, no new attempt before this index is applied.
+    retry_at: Option<u64>,
 }
 
-/// The state machine: applies committed entries to the shared [`ServerState`].
+/// The state machine: applies committed entries to the shared [`ServerState`] and keeps its
+/// snapshots on disk.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     state: Arc<Mutex<ServerState>>,
     meta: Arc<Mutex<SmMeta>>,
+    snapshots: Arc<SnapshotDir>,
+    /// Entries applied between a failed snapshot and the next attempt.
+    retry_gap: u64,
 }
 
 impl StateMachine {
-    /// A state machine over the server's shared state.
-    pub fn new(state: Arc<Mutex<ServerState>>) -> Self {
-        StateMachine { state, meta: Arc::new(Mutex::new(SmMeta::default())) }
+    /// A state machine over the server's shared state, restored from the newest usable snapshot
+    /// in `snapshots` (see [`SnapshotDir::load_newest`]; `log_purged_upto` is the log's purge
+    /// point, 0 for none). `retry_gap` entries pass between a failed snapshot and the next try.
+    /// Blocks on file I/O: call it at start-up.
+    pub fn open(
+        state: Arc<Mutex<ServerState>>,
+        snapshots: SnapshotDir,
+        log_purged_upto: u64,
+        retry_gap: u64,
+    ) -> Result<Self, SnapshotError> {
+        let mut meta = SmMeta::default();
+        if let Some(loaded) = snapshots.load_newest(log_purged_upto)? {
+            let nodes = loaded.tree.node_count();
+            state.lock().unwrap_or_else(|p| p.into_inner()).install_tree(loaded.tree, Instant::now());
+            meta.last_applied = loaded.header.last_applied;
+            meta.membership = loaded.header.membership.clone();
+            meta.snapshot = Some((snapshot_meta(&loaded.header, &loaded.name), loaded.name.clone()));
+            tracing::info!(snapshot = %snapshots.dir().join(&loaded.name).display(), nodes, "restored the tree from a snapshot");
+        }
+        Ok(StateMachine {
+            state,
+            meta: Arc::new(Mutex::new(meta)),
+            snapshots: Arc::new(snapshots),
+            retry_gap: retry_gap.max(1),
+        })
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, SmMeta> {
@@ -179,30 +101,84 @@ impl StateMachine {
     fn io_err(e: impl std::error::Error + 'static, verb: openraft::ErrorVerb) -> SErr {
         StorageIOError::new(openraft::ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
     }
+
+    /// The snapshot openraft already knows, or an empty one: what a skipped or failed build
+    /// reports, so that openraft neither moves its snapshot point nor purges the log.
+    fn unchanged(meta: &SmMeta) -> Snapshot<TypeConfig> {
+        let meta = match &meta.snapshot {
+            Some((m, _)) => m.clone(),
+            None => SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: String::new(),
+            },
+        };
+        Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) }
+    }
+}
+
+fn snapshot_meta(header: &SnapshotHeader, name: &str) -> SnapshotMeta<u64, BasicNode> {
+    SnapshotMeta {
+        last_log_id: header.last_applied,
+        last_membership: header.membership.clone(),
+        snapshot_id: name.to_owned(),
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Writes the tree as of now to a snapshot file and returns once it is durable: openraft
+    /// purges the log only after this returns a newer snapshot.
+    ///
+    /// A failure (full disk, failed fsync) must neither stop the service nor purge the log:
+    /// it is logged, the snapshot openraft already has is returned (so its snapshot point does
+    /// not move and nothing is purged), and the next attempt waits `retry_gap` entries.
+    /// Openraft treats an error returned from here as fatal, which is why none is.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        // Copy under the locks, serialise outside them: applying goes on meanwhile. The copy is
+        // Copy under the locks, write outside them: applying goes on meanwhile. The copy is
         // O(1): the tree's maps are persistent and share every node with the live tree, which
-        // copies a node only when it next changes it. This is the seam a streamed on-disk
-        // snapshot plugs into: it gets the same point-in-time tree and writes it out at its pace.
-        let (tree, last_applied, membership) = {
+        // copies a node only when it next changes it.
+        let (tree, header) = {
             let meta = self.meta();
+            let done = meta.snapshot.as_ref().and_then(|(m, _)| m.last_log_id);
+            let index = meta.last_applied.map_or(0, |l| l.index);
+            if meta.last_applied.is_none() || meta.last_applied == done || meta.retry_at.is_some_and(|r| index < r) {
+                return Ok(Self::unchanged(&meta));
+            }
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (st.tree.clone(), meta.last_applied, meta.membership.clone())
+            (st.tree.clone(), SnapshotHeader { last_applied: meta.last_applied, membership: meta.membership.clone() })
         };
-        let body = SnapshotBody { last_applied, membership: membership.clone(), tree };
-        let data = serde_json::to_vec(&body).map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?;
+        let dir = self.snapshots.clone();
+        let written = {
+            let header = header.clone();
+            tokio::task::spawn_blocking(move || dir.write(&header, &tree)).await
+        };
         let mut meta = self.meta();
-        meta.snapshot_seq += 1;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, meta.snapshot_seq),
-            None => format!("--{}", meta.snapshot_seq),
-        };
-        let smeta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        meta.snapshot = Some(StoredSnapshot { meta: smeta.clone(), data: data.clone() });
-        Ok(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(data)) })
+        match written {
+            Ok(Ok(name)) => {
+                let smeta = snapshot_meta(&header, &name);
+                tracing::info!(snapshot = %self.snapshots.dir().join(&name).display(), "snapshot written");
+                meta.snapshot = Some((smeta.clone(), name));
+                meta.retry_at = None;
+                // Openraft keeps only the meta of a snapshot it built; the data is the file,
+                // read back by `get_current_snapshot` when a follower needs it.
+                Ok(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(Vec::new())) })
+            }
+            Ok(Err(e)) => {
+                let retry_at = header.index() + self.retry_gap;
+                tracing::error!(
+                    index = header.index(),
+                    retry_at,
+                    "snapshot failed: {e}; the log is kept whole (nothing is purged) and service goes on"
+                );
+                meta.retry_at = Some(retry_at);
+                Ok(Self::unchanged(&meta))
+            }
+            Err(join) => {
+                tracing::error!("the snapshot writer did not finish: {join}; the log is kept whole");
+                meta.retry_at = Some(header.index() + self.retry_gap);
+                Ok(Self::unchanged(&meta))
+            }
+        }
     }
 }
 
@@ -253,31 +229,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// Installs a snapshot file received whole from the leader: checked, written durably
+    /// beside the others, then the tree is replaced.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody =
-            serde_json::from_slice(&data).map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?;
+        let dir = self.snapshots.clone();
+        let (header, tree, name) = tokio::task::spawn_blocking(move || dir.write_bytes(&data))
+            .await
+            .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?
+            .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?;
         let mut m = self.meta();
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.install_tree(body.tree, Instant::now());
+            st.install_tree(tree, Instant::now());
         }
-        m.last_applied = meta.last_log_id;
-        m.membership = meta.last_membership.clone();
-        m.snapshot = Some(StoredSnapshot { meta: meta.clone(), data });
+        m.last_applied = header.last_applied;
+        m.membership = header.membership.clone();
+        m.snapshot = Some((SnapshotMeta { snapshot_id: name.clone(), ..meta.clone() }, name));
+        m.retry_at = None;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        Ok(self
-            .meta()
-            .snapshot
-            .as_ref()
-            .map(|s| Snapshot { meta: s.meta.clone(), snapshot: Box::new(Cursor::new(s.data.clone())) }))
+        let Some((smeta, name)) = self.meta().snapshot.clone() else { return Ok(None) };
+        let data = self.snapshots.read(&name).map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?;
+        Ok(Some(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 

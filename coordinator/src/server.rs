@@ -1,8 +1,11 @@
 //! The coordinator server: starts replication, accepts client connections, expires sessions.
 //!
-//! [`Coordinator::start`] brings up the Raft node (a cluster of one voter until the ensemble
-//! exists) and waits until it leads; [`Coordinator::serve`] takes an already bound listener and a
-//! shutdown future, as a library should, and returns once every connection has stopped.
+//! [`Coordinator::start`] checks the data directory's identity, recovers the Raft log and the
+//! newest snapshot from it, brings up the Raft node (a cluster of one voter until the ensemble
+//! exists) and waits until it leads and has applied every entry it recovered;
+//! [`Coordinator::serve`] takes an already bound listener and a shutdown future, as a library
+//! should, and returns once every connection has stopped, or with an error as soon as the log
+//! cannot make writes durable any more.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,12 +17,15 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
+use crate::datadir::{random_cluster_id, DataDir, DataDirError};
+use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
 use crate::proto::SessionId;
-use crate::raft::{LoneNetwork, MemLogStore, Raft, StateMachine};
+use crate::raft::{LoneNetwork, Raft, StateMachine};
+use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::state::ServerState;
 use crate::txn::{Txn, TxnOp};
 
@@ -38,37 +44,84 @@ pub enum CoordinatorError {
     /// Socket error on the listener.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
+    /// The data directory belongs to someone else or cannot be used.
+    #[error("data directory refused: {0}")]
+    DataDir(#[from] DataDirError),
+    /// The Raft log cannot be recovered.
+    #[error("the Raft log cannot be opened: {0}")]
+    Log(#[from] LogError),
+    /// No usable snapshot, or one cannot be read.
+    #[error("the snapshots cannot be loaded: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The log could not make a write durable (failed fsync, full disk): the server stopped.
+    #[error(
+        "storage failed, the server stopped: {why}. No write was acknowledged without being \
+         durable: each acknowledgement waits for the fsync that covers it, and none came after \
+         this failure. Check the disk holding {} (free space, I/O errors in the kernel log), \
+         then restart the server: it recovers every acknowledged write from its log",
+        dir.display()
+    )]
+    Storage {
+        /// What failed, on which file.
+        why: String,
+        /// The log's directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// A running coordinator server.
 pub struct Coordinator {
     shared: Arc<Shared>,
+    /// Becomes `Some(why)` when the log stops taking writes.
+    log_stopped: watch::Receiver<Option<String>>,
+    log_dir: std::path::PathBuf,
 }
 
 /// This server's id in the Raft cluster (one voter until the ensemble exists).
 const NODE_ID: u64 = 1;
 
 impl Coordinator {
-    /// Starts replication and waits until this server leads (immediate for a single voter).
+    /// Starts replication on the real filesystem; see [`Coordinator::start_on`].
     pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        Self::start_on(config, Arc::new(RealFs)).await
+    }
+
+    /// Opens the data directory on `fs`, recovers the log and the newest snapshot, starts
+    /// replication, and waits until this server leads and has applied every recovered entry
+    /// (so no client reads a tree older than a write it was told is done). Blocks on file I/O
+    /// while recovering.
+    pub async fn start_on(config: CoordinatorConfig, fs: Arc<dyn FileSystem>) -> Result<Self, CoordinatorError> {
+        let every = config.snapshot_every_entries;
         let raft_config = openraft::Config {
             cluster_name: "referee-coordinator".into(),
             heartbeat_interval: 100,
             election_timeout_min: 300,
             election_timeout_max: 600,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
+            // The log reaches back past the previous snapshot (snapshots come every `every`
+            // entries, give or take an apply batch): a damaged newest snapshot can then be
+            // skipped for the one before, with the log replayed from there.
+            max_in_snapshot_log_to_keep: every + every / 4,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
+        let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, NODE_ID, random_cluster_id)?;
+        let cluster_id = data.identity.cluster_id;
+        let log_dir = data.log_dir();
+        let log = LogStore::open(fs.clone(), WalOptions::new(&log_dir, cluster_id))?;
+        let log_stopped = log.stop_watch();
+        let recovered_upto = log.last_index();
+        let purged_upto = log.meta().last_purged.map_or(0, |l| l.index);
         let state = Arc::new(Mutex::new(ServerState::new(
             config.extended_types_enabled,
             Duration::from_millis(config.tick_ms),
         )));
-        let raft =
-            Raft::new(NODE_ID, raft_config, LoneNetwork, MemLogStore::default(), StateMachine::new(state.clone()))
-                .await
-                .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        let snapshots = SnapshotDir::open(fs.clone(), data.snapshot_dir(), cluster_id, config.snapshots_to_keep)?;
+        let sm = StateMachine::open(state.clone(), snapshots, purged_upto, (every / 10).max(1))?;
+        info!(dir = %config.data_dir.display(), cluster_id, log_upto = ?recovered_upto, "data directory opened");
+        let raft = Raft::new(NODE_ID, raft_config, LoneNetwork, log, sm)
+            .await
+            .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
         if !raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))? {
             let members = std::collections::BTreeMap::from([(NODE_ID, BasicNode { addr: config.listen.to_string() })]);
             raft.initialize(members).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
@@ -78,7 +131,15 @@ impl Coordinator {
             .state(openraft::ServerState::Leader, "coordinator start")
             .await
             .map_err(|_| CoordinatorError::NoLeader(wait))?;
-        Ok(Coordinator { shared: Arc::new(Shared { config: Arc::new(config), raft, state }) })
+        // A leader commits (and so applies) every earlier entry once its first entry of the new
+        // term is committed; until then the tree may lack acknowledged writes.
+        if let Some(upto) = recovered_upto {
+            raft.wait(Some(wait))
+                .applied_index_at_least(Some(upto), "replaying the recovered log")
+                .await
+                .map_err(|_| CoordinatorError::NoLeader(wait))?;
+        }
+        Ok(Coordinator { shared: Arc::new(Shared { config: Arc::new(config), raft, state }), log_stopped, log_dir })
     }
 
     /// The shared state, for status reporting.
@@ -101,10 +162,18 @@ impl Coordinator {
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
+        let storage_failed = storage_failure(self.shared.raft.clone(), self.log_stopped.clone());
+        tokio::pin!(storage_failed);
+        let mut failure = None;
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                why = &mut storage_failed => {
+                    error!("storage failed, stopping: {why}");
+                    failure = Some(why);
+                    break;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if !self.admit(peer) {
@@ -131,7 +200,10 @@ impl Coordinator {
             tasks.abort_all();
         }
         let _ = self.shared.raft.shutdown().await;
-        Ok(())
+        match failure {
+            Some(why) => Err(CoordinatorError::Storage { why, dir: self.log_dir }),
+            None => Ok(()),
+        }
     }
 
     /// Per-address connection limit (ZooKeeper's maxClientCnxns), counted from accept to close.
@@ -146,6 +218,27 @@ impl Coordinator {
         }
         *open += 1;
         true
+    }
+}
+
+/// Completes with why once the log has stopped taking writes or replication has stopped on a
+/// storage error: from then on no write can be acknowledged, so the server must stop.
+async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<String>>) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Some(why) = log_stopped.borrow().clone() {
+            return why;
+        }
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return format!("replication stopped: {fatal}");
+        }
+        tokio::select! {
+            changed = log_stopped.changed() => if changed.is_err() { return std::future::pending().await },
+            changed = metrics.changed() => if changed.is_err() {
+                // The metrics sender is gone only when replication has stopped.
+                return "replication stopped".into();
+            },
+        }
     }
 }
 

@@ -144,6 +144,8 @@ struct FaultState {
     durable_names: BTreeMap<PathBuf, usize>,
     dirs: BTreeSet<PathBuf>,
     fail_syncs: bool,
+    /// Fsyncs of files and directories under this path fail.
+    fail_syncs_under: Option<PathBuf>,
     write_budget: Option<u64>,
     hold_syncs: bool,
     syncs_waiting: usize,
@@ -185,6 +187,11 @@ impl FaultFs {
     /// From now on every fsync (file or directory) fails with an I/O error.
     pub fn fail_syncs(&self) {
         self.lock().fail_syncs = true;
+    }
+
+    /// From now on every fsync of a file or directory under `dir` fails (the rest succeed).
+    pub fn fail_syncs_under(&self, dir: impl Into<PathBuf>) {
+        self.lock().fail_syncs_under = Some(dir.into());
     }
 
     /// The disk fills after `bytes` more bytes are written: the write that crosses the limit
@@ -240,6 +247,7 @@ impl FaultFs {
         }
         st.names = st.durable_names.clone();
         st.fail_syncs = false;
+        st.fail_syncs_under = None;
         st.write_budget = None;
         st.hold_syncs = false;
         drop(st);
@@ -309,7 +317,9 @@ impl LogFile for FaultFile {
                 return Err(crashed());
             }
         }
-        if st.fail_syncs {
+        let ino = self.ino;
+        let under = |d: &PathBuf| st.names.iter().any(|(p, &i)| i == ino && p.starts_with(d));
+        if st.fail_syncs || st.fail_syncs_under.as_ref().is_some_and(under) {
             return Err(io::Error::other("injected fsync failure"));
         }
         let inode = &mut st.inodes[self.ino];
@@ -397,7 +407,7 @@ impl FileSystem for FaultFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
-        if st.fail_syncs {
+        if st.fail_syncs || st.fail_syncs_under.as_ref().is_some_and(|d| dir.starts_with(d)) {
             return Err(io::Error::other("injected directory fsync failure"));
         }
         let in_dir = |p: &PathBuf| p.parent() == Some(dir);

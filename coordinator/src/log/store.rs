@@ -58,11 +58,19 @@ struct Cache {
     meta: RaftMeta,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     cache: Mutex<Cache>,
     /// Why the store stopped taking writes, once it has.
     stopped: Mutex<Option<String>>,
+    /// Tells watchers (the server, which then stops) why the store stopped.
+    stop_tx: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { cache: Mutex::default(), stopped: Mutex::default(), stop_tx: tokio::sync::watch::channel(None).0 }
+    }
 }
 
 impl Shared {
@@ -79,6 +87,7 @@ impl Shared {
         if stopped.is_none() {
             tracing::error!(error = %why, "the Raft log failed and takes no more writes");
             *stopped = Some(why.to_string());
+            self.stop_tx.send_replace(Some(why.to_string()));
         }
     }
 }
@@ -130,6 +139,17 @@ impl LogStore {
     /// Why the store stopped taking writes, if it has.
     pub fn stopped(&self) -> Option<String> {
         self.shared.stopped()
+    }
+
+    /// Watches the store: the value becomes `Some(why)` once it stops taking writes.
+    pub fn stop_watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.stop_tx.subscribe()
+    }
+
+    /// The index of the last entry, if the log holds any after its purge point.
+    pub fn last_index(&self) -> Option<u64> {
+        let cache = self.shared.cache();
+        cache.entries.keys().next_back().copied().or(cache.meta.last_purged.map(|l| l.index))
     }
 
     /// A reader of the entries.
@@ -345,8 +365,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.shared.cache().meta.vote)
     }
 
+    /// Remembers the commit point without syncing it: it becomes durable with the next vote or
+    /// purge. Openraft awaits this on every commit, and the commit point is only a hint for
+    /// replay at start-up (a leader recomputes it, and the state machine's snapshot bounds it
+    /// from below), so two fsyncs per commit would buy nothing and cost every write.
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
-        self.update_meta(|m| m.committed = committed).await.map_err(|e| write_err(&e))
+        if let Some(why) = self.shared.stopped() {
+            return Err(write_err(&LogError::Stopped(why)));
+        }
+        self.shared.cache().meta.committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {

@@ -526,7 +526,9 @@ fn openraft_storage_suite() {
             let o = WalOptions { dir: scratch.path("log"), cluster_id: CLUSTER, segment_bytes: 1 << 16 };
             let store = LogStore::open(Arc::new(RealFs), o).expect("open log");
             let state = crate::state::ServerState::new(false, Duration::from_millis(100));
-            let sm = crate::raft::StateMachine::new(Arc::new(Mutex::new(state)));
+            let snapshots = crate::snapshot::SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), CLUSTER, 3)
+                .expect("snapshot dir");
+            let sm = crate::raft::StateMachine::open(Arc::new(Mutex::new(state)), snapshots, 0, 1).expect("open sm");
             Ok((scratch, store, sm))
         }
     }

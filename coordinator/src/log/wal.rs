@@ -157,7 +157,8 @@ pub enum LogError {
     Stopped(String),
 }
 
-const META_NAME: &str = "raft-meta";
+/// The file holding the vote, commit point and purge point.
+pub const META_NAME: &str = "raft-meta";
 const META_MAGIC: [u8; 4] = *b"RFMT";
 const TMP_SUFFIX: &str = ".tmp";
 const SEGMENT_PREFIX: &str = "log-";
@@ -166,7 +167,8 @@ fn segment_name(first_index: u64) -> String {
     format!("{SEGMENT_PREFIX}{first_index:020}")
 }
 
-fn parse_segment_name(name: &str) -> Option<u64> {
+/// The first index in a segment file name, if it is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(SEGMENT_PREFIX)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
 }
@@ -249,7 +251,7 @@ impl Wal {
             removed = true;
         }
         let meta = if names.iter().any(|n| n == META_NAME) {
-            read_meta(fs.as_ref(), &dir.join(META_NAME), opts.cluster_id)?
+            read_meta(fs.as_ref(), &dir.join(META_NAME), Some(opts.cluster_id))?.1
         } else {
             RaftMeta::default()
         };
@@ -546,7 +548,9 @@ fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
     out
 }
 
-fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: u64) -> Result<RaftMeta, LogError> {
+/// Reads a `raft-meta` file: the cluster it belongs to and the state. With `cluster_id`, a file
+/// of another cluster is refused.
+pub fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: Option<u64>) -> Result<(u64, RaftMeta), LogError> {
     let buf = fs.read(path).map_err(io_err("reading", path))?;
     let corrupt =
         |offset: u64, reason: &str| LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() };
@@ -560,11 +564,12 @@ fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: u64) -> Result<RaftMe
     let mut id = [0u8; 8];
     id.copy_from_slice(&buf[8..16]);
     let found = u64::from_le_bytes(id);
-    if found != cluster_id {
-        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected: cluster_id });
+    if let Some(expected) = cluster_id.filter(|&c| c != found) {
+        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected });
     }
     match record::read_record(&buf, 16) {
         Read::Record { payload, .. } => serde_json::from_slice(payload)
+            .map(|meta| (found, meta))
             .map_err(|e| corrupt(16, &format!("an intact record that is not the Raft state: {e}"))),
         Read::End | Read::Bad(_) => Err(corrupt(16, "the Raft state record is damaged")),
     }

@@ -31,22 +31,31 @@ impl ChildServer {
         );
         let config_path = dir.path("coordinator.yaml");
         std::fs::write(&config_path, config)?;
+        let child = Self::spawn(&dir)?;
+        let mut server = ChildServer { addr, child, dir };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    fn spawn(dir: &ScratchDir) -> Result<Child> {
         let log = std::fs::File::create(dir.path("coordinator.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
-            .arg(&config_path)
+        Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
+            .arg(dir.path("coordinator.yaml"))
             .env("REFEREE_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("starting referee-coordinator")?;
-        let mut server = ChildServer { addr, child, dir };
+            .context("starting referee-coordinator")
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
         let ready = referee_testkit::within_for(Duration::from_secs(20), "referee-coordinator to answer ruok", async {
             loop {
-                if let Ok(Some(status)) = server.child.try_wait() {
+                if let Ok(Some(status)) = self.child.try_wait() {
                     return Err(anyhow!("referee-coordinator exited with {status}"));
                 }
-                if server.four_letter("ruok").await.is_ok_and(|a| a == "imok") {
+                if self.four_letter("ruok").await.is_ok_and(|a| a == "imok") {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -54,9 +63,39 @@ impl ChildServer {
         })
         .await;
         match ready {
-            Ok(Ok(())) => Ok(server),
-            Ok(Err(e)) | Err(e) => bail!("{e}; its log:\n{}", server.log()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => bail!("{e}; its log:\n{}", self.log()),
         }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("reaping the killed server")?;
+        Ok(())
+    }
+
+    /// Stops a running server (SIGKILL) and starts it again on the same configuration, data
+    /// directory and port; fails with its log if it does not come up.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            self.kill9()?;
+        }
+        self.child = Self::spawn(&self.dir)?;
+        self.wait_ready().await
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path("data")
+    }
+
+    /// Appends YAML lines to the configuration, for the next restart.
+    pub fn append_config(&self, lines: &str) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.path("coordinator.yaml"))?;
+        f.write_all(lines.as_bytes())?;
+        Ok(())
     }
 
     /// The child's process id.

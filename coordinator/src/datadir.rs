@@ -1,0 +1,298 @@
+//! The data directory: whose it is, and where the log and the snapshots live in it.
+//!
+//! ```text
+//!  data_dir/
+//!    identity      format version, cluster id, server id (written once, replaced atomically)
+//!    log/          the Raft log (see [`crate::log`])
+//!    snapshots/    snapshot files (see [`crate::snapshot`])
+//! ```
+//!
+//! A data directory belongs to one server of one cluster. Starting a server on another
+//! cluster's directory (a copied config, a wrong mount) would merge two histories and make
+//! acknowledged writes of either vanish, so [`DataDir::open`] refuses it before anything is
+//! read or written, with a message naming the file, what it holds and what was expected.
+
+use std::path::{Path, PathBuf};
+
+use crate::log::FileSystem;
+
+/// The data directory layout version this build writes and the newest it reads.
+pub const DATA_DIR_VERSION: u32 = 1;
+
+/// Name of the identity file in a data directory.
+pub const IDENTITY_NAME: &str = "identity";
+/// The first line of an identity file: what the file is, for a human who opens it.
+const IDENTITY_TITLE: &str = "referee coordinator data directory";
+
+/// Who a data directory belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Layout version of the directory.
+    pub version: u32,
+    /// The cluster it belongs to.
+    pub cluster_id: u64,
+    /// The server of that cluster it belongs to.
+    pub server_id: u64,
+}
+
+impl Identity {
+    /// The file's text: a title line, then `key: value` lines.
+    pub fn encode(&self) -> String {
+        format!(
+            "{IDENTITY_TITLE}\nformat_version: {}\ncluster_id: {}\nserver_id: {}\n",
+            self.version, self.cluster_id, self.server_id
+        )
+    }
+
+    /// Reads the file's text, or says what is wrong with it.
+    pub fn decode(text: &str) -> Result<Identity, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(IDENTITY_TITLE) {
+            return Err(format!("the first line is not {IDENTITY_TITLE:?}"));
+        }
+        let (mut version, mut cluster_id, mut server_id) = (None, None, None);
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line.split_once(':').ok_or_else(|| format!("{line:?} is not `key: value`"))?;
+            let value = value.trim();
+            let bad = |what| format!("{key} is {value:?}, not {what}");
+            match key.trim() {
+                "format_version" => version = Some(value.parse::<u32>().map_err(|_| bad("a version number"))?),
+                "cluster_id" => cluster_id = Some(value.parse::<u64>().map_err(|_| bad("a cluster id"))?),
+                "server_id" => server_id = Some(value.parse::<u64>().map_err(|_| bad("a server id"))?),
+                other => return Err(format!("unknown key {other:?}")),
+            }
+        }
+        match (version, cluster_id, server_id) {
+            (Some(version), Some(cluster_id), Some(server_id)) => Ok(Identity { version, cluster_id, server_id }),
+            _ => Err("format_version, cluster_id and server_id are all required".into()),
+        }
+    }
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The identity file is unreadable.
+    #[error(
+        "{} is not a readable identity file ({reason}); it names the cluster and server this \
+         data directory belongs to. Restore it from a backup, or point data_dir at this server's \
+         own directory",
+        path.display()
+    )]
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The directory belongs to another cluster or server.
+    #[error(
+        "{} says this data directory belongs to cluster {} server {}, but this server is \
+         cluster {} server {}; refusing to mix two histories. Point data_dir at this server's \
+         own directory (or, to start this server afresh, at an empty one)",
+        path.display(), found.cluster_id, found.server_id, expected_cluster, expected_server
+    )]
+    Foreign {
+        /// The identity file.
+        path: PathBuf,
+        /// What it holds.
+        found: Identity,
+        /// This server's cluster id.
+        expected_cluster: u64,
+        /// This server's id.
+        expected_server: u64,
+    },
+    /// A newer build wrote the directory.
+    #[error(
+        "{} says the data directory is in format version {found}; this build reads up to \
+         {supported}. Run the newer version that wrote it",
+        path.display()
+    )]
+    NewerVersion {
+        /// The identity file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// Durable state without an identity: not a directory this server made.
+    #[error(
+        "{} holds {found} but no identity file; it was not made by this server. Point data_dir \
+         at this server's own directory, or at an empty one",
+        path.display()
+    )]
+    Unowned {
+        /// The data directory.
+        path: PathBuf,
+        /// What was found in it.
+        found: String,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DataDirError + 'a {
+    move |source| DataDirError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// An opened data directory whose identity has been checked.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    /// The directory.
+    pub root: PathBuf,
+    /// Whose it is.
+    pub identity: Identity,
+}
+
+impl DataDir {
+    /// Opens `root` for server `server_id`: checks the identity file against `cluster_id` (when
+    /// given) and `server_id`, or, in an empty or new directory, writes one (with `cluster_id`,
+    /// else `new_cluster_id()`) durably before anything else is written there.
+    pub fn open(
+        fs: &dyn FileSystem,
+        root: &Path,
+        cluster_id: Option<u64>,
+        server_id: u64,
+        new_cluster_id: impl FnOnce() -> u64,
+    ) -> Result<DataDir, DataDirError> {
+        fs.create_dir_all(root).map_err(io_err("creating", root))?;
+        let names = fs.list(root).map_err(io_err("listing", root))?;
+        let path = root.join(IDENTITY_NAME);
+        if names.iter().any(|n| n == IDENTITY_NAME) {
+            let identity = read_identity(fs, &path)?;
+            if identity.version > DATA_DIR_VERSION {
+                return Err(DataDirError::NewerVersion { path, found: identity.version, supported: DATA_DIR_VERSION });
+            }
+            if cluster_id.is_some_and(|c| c != identity.cluster_id) || identity.server_id != server_id {
+                return Err(DataDirError::Foreign {
+                    path,
+                    found: identity,
+                    expected_cluster: cluster_id.unwrap_or(identity.cluster_id),
+                    expected_server: server_id,
+                });
+            }
+            return Ok(DataDir { root: root.to_path_buf(), identity });
+        }
+        if let Some(found) = names.iter().find(|n| matches!(n.as_str(), "log" | "snapshots")) {
+            return Err(DataDirError::Unowned { path: root.to_path_buf(), found: format!("{found}/") });
+        }
+        let identity =
+            Identity { version: DATA_DIR_VERSION, cluster_id: cluster_id.unwrap_or_else(new_cluster_id), server_id };
+        write_atomically(fs, root, IDENTITY_NAME, identity.encode().as_bytes())
+            .map_err(|(what, p, source)| DataDirError::Io { what, path: p, source })?;
+        tracing::info!(dir = %root.display(), cluster_id = identity.cluster_id, server_id, "new data directory");
+        Ok(DataDir { root: root.to_path_buf(), identity })
+    }
+
+    /// The Raft log's directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
+    /// The snapshots' directory.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+}
+
+/// Reads an identity file.
+pub fn read_identity(fs: &dyn FileSystem, path: &Path) -> Result<Identity, DataDirError> {
+    let bytes = fs.read(path).map_err(io_err("reading", path))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| DataDirError::BadIdentity { path: path.to_path_buf(), reason: "not UTF-8 text".into() })?;
+    Identity::decode(&text).map_err(|reason| DataDirError::BadIdentity { path: path.to_path_buf(), reason })
+}
+
+/// Writes `name` in `dir` as a whole or not at all: a temporary file, synced, renamed over the
+/// name, then the directory synced. On error: what failed, on which path.
+pub fn write_atomically(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), (&'static str, PathBuf, std::io::Error)> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = fs.create(&tmp).map_err(|e| ("creating", tmp.clone(), e))?;
+    f.write_at(0, bytes).map_err(|e| ("writing", tmp.clone(), e))?;
+    f.sync_data().map_err(|e| ("syncing", tmp.clone(), e))?;
+    drop(f);
+    fs.rename(&tmp, &path).map_err(|e| ("renaming", tmp.clone(), e))?;
+    fs.sync_dir(dir).map_err(|e| ("syncing directory", dir.to_path_buf(), e))
+}
+
+/// A fresh cluster id: random, never 0 (0 reads as "unset" to a human).
+pub fn random_cluster_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::FaultFs;
+
+    fn open(fs: &FaultFs, cluster: Option<u64>, server: u64) -> Result<DataDir, DataDirError> {
+        DataDir::open(fs, Path::new("/data"), cluster, server, || 77)
+    }
+
+    #[test]
+    fn golden_identity_text() {
+        let id = Identity { version: 1, cluster_id: 42, server_id: 3 };
+        assert_eq!(
+            id.encode(),
+            "referee coordinator data directory\nformat_version: 1\ncluster_id: 42\nserver_id: 3\n"
+        );
+        assert_eq!(Identity::decode(&id.encode()), Ok(id));
+        assert!(Identity::decode("something else\n").is_err());
+        assert!(Identity::decode("referee coordinator data directory\ncluster_id: 1\n").is_err());
+    }
+
+    #[test]
+    fn first_start_writes_the_identity_durably_and_later_starts_keep_it() {
+        let fs = FaultFs::new();
+        let d = open(&fs, None, 1).unwrap();
+        assert_eq!(d.identity, Identity { version: 1, cluster_id: 77, server_id: 1 });
+        fs.crash();
+        let again = open(&fs, None, 1).unwrap();
+        assert_eq!(again.identity.cluster_id, 77, "the generated id survived a power loss");
+        assert_eq!(open(&fs, Some(77), 1).unwrap().identity.cluster_id, 77);
+    }
+
+    #[test]
+    fn another_cluster_or_server_or_a_newer_version_is_refused_naming_the_file() {
+        let fs = FaultFs::new();
+        open(&fs, Some(5), 1).unwrap();
+        let e = open(&fs, Some(6), 1).unwrap_err().to_string();
+        assert!(e.contains("/data/identity") && e.contains("cluster 5") && e.contains("cluster 6"), "{e}");
+        let e = open(&fs, Some(5), 2).unwrap_err().to_string();
+        assert!(e.contains("server 1") && e.contains("server 2"), "{e}");
+        let newer = Identity { version: DATA_DIR_VERSION + 1, cluster_id: 5, server_id: 1 };
+        fs.damage(Path::new("/data/identity"), |b| *b = newer.encode().into_bytes()).unwrap();
+        let e = open(&fs, Some(5), 1).unwrap_err().to_string();
+        assert!(e.contains("format version 2") && e.contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn a_log_without_an_identity_is_refused() {
+        let fs = FaultFs::new();
+        fs.create_dir_all(Path::new("/data")).unwrap();
+        fs.create(Path::new("/data/log")).unwrap();
+        let e = open(&fs, None, 1).unwrap_err().to_string();
+        assert!(e.contains("no identity file"), "{e}");
+    }
+}
