@@ -1058,7 +1058,12 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     let command = format!(
         "coordinator-bench throughput --seconds {} --ops {} --shapes {} --servers {} --znodes {} --data-bytes {} --pool {}{}",
         args.seconds,
-        ops.iter().map(|o| o.name()).collect::<Vec<_>>().join(","),
+        ThroughputOp::all()
+            .into_iter()
+            .filter(|o| args.ops.contains(o))
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         args.shapes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
         clap::ValueEnum::to_possible_value(&args.servers).map(|v| v.get_name().to_string()).unwrap_or_default(),
         args.znodes,
