@@ -22,6 +22,8 @@
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
 //! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
 //!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
+//! - [`bench`]: a pipelined throughput load (N sessions with K requests in flight each, one
+//!   operation or a read/write mix) recording every reply's latency and arrival.
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
 //! - [`Hosts`]: simulated hosts, each a network namespace with its own address on one switch,
 //!   with partitions (both ways or one way), black holes and isolation as iptables drops, and
@@ -36,6 +38,7 @@
 
 pub mod abuse;
 mod apache_zk;
+pub mod bench;
 mod deadline;
 mod hosts;
 pub mod jute;
