@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::adapter::{AdapterError, HealthProblem, MasterAdapter, NoAnswer};
@@ -80,7 +80,8 @@ fn default_fall() -> u32 {
 ///
 /// A check may take longer than the interval; the next one then starts when it ends. A hung
 /// master is declared not responding after about `fall × max(interval_ms, timeout_ms)`; a
-/// crashed one (connection refused) after at most one interval.
+/// crashed one (connection refused) after at most one interval, or at once when the agent
+/// watches its process (`master.pidfile` set, see [`crate::exit_watch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
@@ -373,6 +374,20 @@ pub async fn run_health_monitor(
     reports: watch::Sender<HealthReport>,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_health_monitor_woken(adapter, config, Arc::new(Notify::new()), reports, shutdown).await
+}
+
+/// As [`run_health_monitor`], also checking at once whenever `check_now` is notified (by
+/// [`crate::exit_watch::watch_master_exits`] when the master's process exits). Such a check is
+/// an ordinary one: its result is counted by the same rules, so an early wake-up can bring a
+/// verdict sooner but never change what it is. The interval's checks go on as before.
+pub async fn run_health_monitor_woken(
+    adapter: Arc<dyn MasterAdapter>,
+    config: HealthConfig,
+    check_now: Arc<Notify>,
+    reports: watch::Sender<HealthReport>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut monitor = HealthMonitor::new(config.rise, config.fall);
     let mut ticks = tokio::time::interval(config.interval());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -383,6 +398,13 @@ pub async fn run_health_monitor(
             biased;
             _ = &mut shutdown => break,
             _ = ticks.tick() => {}
+            // A permit stored while a check ran is taken here, so a death during a check that
+            // still passed gets a check of its own right after.
+            _ = check_now.notified() => {
+                tracing::debug!("health check brought forward");
+                // The interval restarts from this check, as from any other.
+                ticks.reset();
+            }
         }
         let deadline = Instant::now() + config.timeout();
         let check = async {
