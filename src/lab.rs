@@ -804,6 +804,22 @@ probes:
         Ok(marks)
     }
 
+    /// `GET` on master `i`'s HTTP API (`/lease/status`, say), as JSON.
+    pub async fn master_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].master);
+        let response = self.http.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Agent `i`'s resident memory now and at its peak, from `/proc/PID/status`.
+    pub fn agent_memory(&self, i: usize) -> Option<ResidentMemory> {
+        let pid = self.agents.get(i)?.as_ref()?.pid();
+        ResidentMemory::of(pid)
+    }
+
     /// Spawns a watcher that polls both `/active` probes every `every` and records any moment
     /// when both answered 200.
     pub fn watch_split_brain(self: &Arc<Self>, every: Duration) -> SplitBrainWatch {
@@ -833,6 +849,36 @@ probes:
         });
         SplitBrainWatch { stop, seen, task }
     }
+}
+
+/// A process's resident memory (`VmRSS`, `VmHWM` in `/proc/PID/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident now, in KiB.
+    pub rss_kib: u64,
+    /// The peak resident size, in KiB.
+    pub peak_kib: u64,
+}
+
+impl ResidentMemory {
+    /// Reads it for `pid`; `None` if the process is gone or the kernel shows no such lines.
+    pub fn of(pid: u32) -> Option<ResidentMemory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(ResidentMemory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+    }
+}
+
+/// The load averages over 1, 5 and 15 minutes, as `/proc/loadavg` shows them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Writes to both masters in turn, as fast as they answer, and records which acknowledged what

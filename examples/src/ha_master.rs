@@ -27,6 +27,10 @@
 //!   otherwise `503 {"reason": ...}`. `seq` counts accepted writes since start, `token` is the
 //!   token the master was active under, for split-brain checks.
 //! - `GET /read?key=K`: `200 {"key", "value"}` or `404 {"reason": ...}`.
+//! - `GET /lease/status`: the lease as this master holds it ([`LeaseStatus`]): the token it is
+//!   for and the instant, on `CLOCK_BOOTTIME` in microseconds, after which the master takes no
+//!   write. A checker on the same host compares it with when another master took its first
+//!   write.
 //!
 //! # Journal mode: a small NameNode
 //!
@@ -271,6 +275,23 @@ pub struct ReadAnswer {
     pub value: serde_json::Value,
 }
 
+/// Answer to `GET /lease/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The master's role now.
+    pub role: HaState,
+    /// The token the master was last promoted with (the highest it has seen).
+    pub token: FencingToken,
+    /// The token of the lease held, if any.
+    pub lease_token: Option<FencingToken>,
+    /// End of the lease held, on `CLOCK_BOOTTIME` in microseconds: from then on no write is
+    /// accepted under it. `None` without a lease (no write is accepted then either, when a
+    /// lease is configured).
+    pub writable_until_boot_us: Option<u64>,
+    /// Whether a write would be accepted now.
+    pub writable: bool,
+}
+
 /// Body of every refusal: `{"reason": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -489,7 +510,8 @@ pub async fn run(
         .route("/test/unhealthy", post(switch_unhealthy))
         .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
-        .route("/read", get(read));
+        .route("/read", get(read))
+        .route("/lease/status", get(lease_status));
     if master.journaled.is_some() {
         app = app
             .route("/fs/mkdir", post(fs_mkdir))
@@ -570,6 +592,19 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
         tracing::info!(node = m.node(), %token, highest = %inner.token, ?was, "became standby");
     }
     Json(inner.status()).into_response()
+}
+
+async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {
+    let now = BootTime::now();
+    let mut inner = m.inner.lock().await;
+    let writable = inner.unwritable(now, &m.config).is_none();
+    Json(LeaseStatus {
+        role: inner.role(now, m.node()),
+        token: inner.token,
+        lease_token: inner.lease.map(|l| l.token),
+        writable_until_boot_us: inner.lease.map(|l| l.writable_until.0.as_micros() as u64),
+        writable,
+    })
 }
 
 async fn switch_unhealthy(State(m): State<Arc<Master>>, body: String) -> Response {
