@@ -851,13 +851,18 @@ probes:
     }
 }
 
-/// A process's resident memory (`VmRSS`, `VmHWM` in `/proc/PID/status`).
+/// A process's resident memory (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile` in `/proc/PID/status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResidentMemory {
     /// Resident now, in KiB.
     pub rss_kib: u64,
     /// The peak resident size, in KiB.
     pub peak_kib: u64,
+    /// Of `rss_kib`, anonymous memory (heap, stacks): the process's own.
+    pub anon_kib: u64,
+    /// Of `rss_kib`, pages of mapped files (the executable's code, libraries), shared with
+    /// every process that maps the same files.
+    pub file_kib: u64,
 }
 
 impl ResidentMemory {
@@ -870,7 +875,12 @@ impl ResidentMemory {
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         };
-        Some(ResidentMemory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+        Some(ResidentMemory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:")?,
+            file_kib: field("RssFile:")?,
+        })
     }
 }
 

@@ -284,9 +284,11 @@ pub struct LeaseStatus {
     pub token: FencingToken,
     /// The token of the lease held, if any.
     pub lease_token: Option<FencingToken>,
-    /// End of the lease held, on `CLOCK_BOOTTIME` in microseconds: from then on no write is
-    /// accepted under it. `None` without a lease (no write is accepted then either, when a
-    /// lease is configured).
+    /// End, on `CLOCK_BOOTTIME` in microseconds, of the last lease that granted time for the
+    /// token the master holds: no write has been or will be accepted at or after it unless a
+    /// later lease moves it. A lease answer of zero ends the lease at once, so it grants no
+    /// write and leaves this as it was (the end it reports is then later than the real one,
+    /// never earlier). `None` while no lease has granted time for this token.
     pub writable_until_boot_us: Option<u64>,
     /// Whether a write would be accepted now.
     pub writable: bool,
@@ -343,6 +345,8 @@ struct Inner {
     /// `Some(reason)` when switched unhealthy.
     unhealthy: Option<String>,
     lease: Option<Lease>,
+    /// The end of the last lease that granted time for `token` (see [`LeaseStatus`]).
+    granted_until: Option<BootTime>,
     store: BTreeMap<String, serde_json::Value>,
     seq: u64,
     /// Counts every change to standby, so that a promotion can tell it was demoted while it
@@ -418,6 +422,8 @@ impl Master {
         match written {
             Ok(()) => {
                 inner.token = token;
+                // A lease for the old token lets no write through any more.
+                inner.granted_until = None;
                 Ok(())
             }
             Err(e) => {
@@ -490,6 +496,7 @@ pub async fn run(
             token,
             unhealthy: None,
             lease: None,
+            granted_until: None,
             store: BTreeMap::new(),
             seq: 0,
             demotions: 0,
@@ -602,7 +609,7 @@ async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {
         role: inner.role(now, m.node()),
         token: inner.token,
         lease_token: inner.lease.map(|l| l.token),
-        writable_until_boot_us: inner.lease.map(|l| l.writable_until.0.as_micros() as u64),
+        writable_until_boot_us: inner.granted_until.map(|t| t.0.as_micros() as u64),
         writable,
     })
 }
@@ -689,6 +696,9 @@ async fn poll_lease(m: Arc<Master>, config: LeaseConfig) {
                 let writable_until = sent.plus(Duration::from_millis(grant.valid_for_ms));
                 inner.lease = Some(Lease { token: grant.token, writable_until });
                 let valid = grant.valid_for_ms > 0 && grant.token == inner.token;
+                if valid {
+                    inner.granted_until = Some(writable_until);
+                }
                 if valid != was_valid {
                     tracing::info!(node = m.node(), token = %grant.token, valid_for_ms = grant.valid_for_ms, "lease {}", if valid { "granted" } else { "withdrawn" });
                 }

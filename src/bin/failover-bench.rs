@@ -263,9 +263,12 @@ fn memory(pair: &Pair, when: &str) {
     for (i, node) in NODES.iter().enumerate() {
         match pair.agent_memory(i) {
             Some(m) => println!(
-                "# agent {node} resident memory {when}: {:.1} MiB (peak {:.1} MiB)",
+                "# agent {node} resident memory {when}: {:.1} MiB (peak {:.1} MiB): anonymous {:.1} MiB, \
+                 mapped files {:.1} MiB",
                 m.rss_kib as f64 / 1024.0,
-                m.peak_kib as f64 / 1024.0
+                m.peak_kib as f64 / 1024.0,
+                m.anon_kib as f64 / 1024.0,
+                m.file_kib as f64 / 1024.0
             ),
             None => println!("# agent {node} resident memory {when}: unknown (not running)"),
         }
