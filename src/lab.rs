@@ -190,6 +190,9 @@ pub struct Timings {
     pub tick_ms: u64,
     /// Graceful fence deadline.
     pub graceful_fence_ms: u64,
+    /// Whether the agents watch their master's process and check at once when it exits
+    /// (`health.watch_exit`); ZKFC has no such thing and sees a crash at its next check.
+    pub watch_exit: bool,
 }
 
 impl Timings {
@@ -203,6 +206,7 @@ impl Timings {
             loop_interval_ms: 100,
             tick_ms: 200,
             graceful_fence_ms: 500,
+            watch_exit: true,
         }
     }
 
@@ -217,6 +221,7 @@ impl Timings {
             loop_interval_ms: 1000,
             tick_ms: 2000,
             graceful_fence_ms: 5000,
+            watch_exit: false,
         }
     }
 }
@@ -547,6 +552,7 @@ master:
   timeout_ms: {htimeout}
   rise: 1
   fall: {fall}
+  watch_exit: {watch_exit}
 lease:
   demote_deadline_ms: 500
   margin_ms: 250
@@ -576,6 +582,7 @@ probes:
             },
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
+            watch_exit = t.watch_exit,
             loop_ms = t.loop_interval_ms,
             overall = t.graceful_fence_ms.max(1000) + 5000,
             probes = p.probes,

@@ -68,6 +68,10 @@ fn default_fall() -> u32 {
     3
 }
 
+fn default_watch_exit() -> bool {
+    true
+}
+
 /// `health:` in the agent's configuration.
 ///
 /// ```yaml
@@ -76,6 +80,7 @@ fn default_fall() -> u32 {
 ///   timeout_ms: 3000    # deadline of one check (default 3000)
 ///   rise: 2             # consecutive passes to become healthy (default 2)
 ///   fall: 3             # consecutive failures to stop being healthy (default 3)
+///   watch_exit: true    # check at once when the master's process exits (default true)
 /// ```
 ///
 /// A check may take longer than the interval; the next one then starts when it ends. A hung
@@ -97,6 +102,11 @@ pub struct HealthConfig {
     /// Consecutive failed checks needed to stop being healthy (a refusal needs only one).
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// With `master.pidfile` set, watch the master's process and check at once when it exits
+    /// ([`crate::exit_watch`]). Off, a crash is seen at the next interval's check, as
+    /// Hadoop's ZKFC sees it.
+    #[serde(default = "default_watch_exit")]
+    pub watch_exit: bool,
 }
 
 impl Default for HealthConfig {
@@ -106,6 +116,7 @@ impl Default for HealthConfig {
             timeout_ms: default_timeout_ms(),
             rise: default_rise(),
             fall: default_fall(),
+            watch_exit: default_watch_exit(),
         }
     }
 }
@@ -639,7 +650,9 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let c: HealthConfig = serde_yaml::from_str("{}").unwrap();
-        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3 });
+        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3, watch_exit: true });
+        let c: HealthConfig = serde_yaml::from_str("watch_exit: false").unwrap();
+        assert!(!c.watch_exit);
         assert!(c.validate().is_ok());
         // A timeout longer than the interval is allowed.
         let c: HealthConfig = serde_yaml::from_str("interval_ms: 100\ntimeout_ms: 500").unwrap();

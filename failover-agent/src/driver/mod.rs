@@ -268,7 +268,7 @@ pub async fn run_with_control(
     // With the master's pidfile known, its exit brings the next health check forward to the
     // moment it happens (the check still decides; see `exit_watch`).
     let check_now = Arc::new(tokio::sync::Notify::new());
-    let exit_watch = cfg.master.pidfile.clone().map(|pidfile| {
+    let exit_watch = cfg.master.pidfile.clone().filter(|_| cfg.health.watch_exit).map(|pidfile| {
         tokio::spawn(crate::exit_watch::watch_master_exits(
             pidfile,
             cfg.health.interval(),
