@@ -74,7 +74,9 @@ impl ProcessExit {
             let error = io::Error::last_os_error();
             return Err(match error.raw_os_error() {
                 Some(libc::ESRCH) => PidFdError::NoSuchProcess(pid),
-                Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EINVAL) => PidFdError::Unsupported(error),
+                // EINVAL is not among them: it also answers a pid that names a thread rather
+                // than a process, a pidfile's mistake to report, not a reason to stop watching.
+                Some(libc::ENOSYS) | Some(libc::EPERM) => PidFdError::Unsupported(error),
                 _ => PidFdError::Other { pid, error },
             });
         }
