@@ -174,7 +174,12 @@ pub async fn watch_master_exits(
                             reported = Some(exit.pid());
                             wake.notify_one();
                         }
-                        Err(e) => tracing::warn!(pid = exit.pid(), "cannot wait on the master's pidfd: {e}"),
+                        Err(e) => {
+                            // Not watched again until the pidfile names another pid; the
+                            // interval's checks still see this one die.
+                            tracing::warn!(pid = exit.pid(), "cannot wait on the master's pidfd: {e}");
+                            reported = Some(exit.pid());
+                        }
                     }
                     break;
                 }
@@ -185,8 +190,9 @@ pub async fn watch_master_exits(
                 }
             }
         }
-        // After an exit or a reactor error, wait for the pidfile to change before looking
-        // again, so that a reactor that keeps failing does not spin.
+        // After an exit or a reactor error the pid counts as reported, so the loop waits for the
+        // pidfile to name another one; the pause keeps a pidfile that keeps changing from
+        // spinning it.
         tokio::select! {
             biased;
             _ = &mut shutdown => return,
