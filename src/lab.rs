@@ -200,6 +200,9 @@ pub struct Timings {
     pub tick_ms: u64,
     /// Graceful fence deadline.
     pub graceful_fence_ms: u64,
+    /// Whether the agents watch their master's process and check at once when it exits
+    /// (`health.watch_exit`); ZKFC has no such thing and sees a crash at its next check.
+    pub watch_exit: bool,
 }
 
 impl Timings {
@@ -213,6 +216,7 @@ impl Timings {
             loop_interval_ms: 100,
             tick_ms: 200,
             graceful_fence_ms: 500,
+            watch_exit: true,
         }
     }
 
@@ -227,6 +231,7 @@ impl Timings {
             loop_interval_ms: 1000,
             tick_ms: 2000,
             graceful_fence_ms: 5000,
+            watch_exit: false,
         }
     }
 }
@@ -567,6 +572,7 @@ master:
   timeout_ms: {htimeout}
   rise: 1
   fall: {fall}
+  watch_exit: {watch_exit}
 lease:
   demote_deadline_ms: 500
   margin_ms: 250
@@ -596,6 +602,7 @@ probes:
             },
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
+            watch_exit = t.watch_exit,
             loop_ms = t.loop_interval_ms,
             overall = t.graceful_fence_ms.max(1000) + 5000,
             probes = p.probes,
@@ -825,6 +832,22 @@ probes:
         Ok(marks)
     }
 
+    /// `GET` on master `i`'s HTTP API (`/lease/status`, say), as JSON.
+    pub async fn master_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].master);
+        let response = self.http.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Agent `i`'s resident memory now and at its peak, from `/proc/PID/status`.
+    pub fn agent_memory(&self, i: usize) -> Option<ResidentMemory> {
+        let pid = self.agents.get(i)?.as_ref()?.pid();
+        ResidentMemory::of(pid)
+    }
+
     /// Spawns a watcher that polls both `/active` probes every `every` and records any moment
     /// when both answered 200.
     pub fn watch_split_brain(self: &Arc<Self>, every: Duration) -> SplitBrainWatch {
@@ -854,6 +877,46 @@ probes:
         });
         SplitBrainWatch { stop, seen, task }
     }
+}
+
+/// A process's resident memory (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile` in `/proc/PID/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident now, in KiB.
+    pub rss_kib: u64,
+    /// The peak resident size, in KiB.
+    pub peak_kib: u64,
+    /// Of `rss_kib`, anonymous memory (heap, stacks): the process's own.
+    pub anon_kib: u64,
+    /// Of `rss_kib`, pages of mapped files (the executable's code, libraries), shared with
+    /// every process that maps the same files.
+    pub file_kib: u64,
+}
+
+impl ResidentMemory {
+    /// Reads it for `pid`; `None` if the process is gone or the kernel shows no such lines.
+    pub fn of(pid: u32) -> Option<ResidentMemory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(ResidentMemory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:")?,
+            file_kib: field("RssFile:")?,
+        })
+    }
+}
+
+/// The load averages over 1, 5 and 15 minutes, as `/proc/loadavg` shows them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Writes to both masters in turn, as fast as they answer, and records which acknowledged what
