@@ -112,6 +112,16 @@ impl Proc {
             .map_err(|e| LabError::Child(format!("signalling {} with {sig}: {e}", self.name)))
     }
 
+    /// Whether it still runs (stopped counts as running; exited but not yet reaped does not).
+    pub fn alive(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            Ok(stat) => {
+                stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Whether it has exited (reaping it if so).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
@@ -1591,7 +1601,9 @@ impl Pair {
     /// same demotion through a management path that faults never cut: `referee master-command
     /// demote` run inside the peer's host with `ip netns exec`, as IPMI or a console server
     /// reaches a machine its network does not. That fence demotes rather than kills, so a
-    /// fenced master can rejoin as standby when its host heals.
+    /// fenced master can rejoin as standby when its host heals. A master that answers neither
+    /// (crashed, or frozen by SIGSTOP) is turned off last by the lab's power switch
+    /// ([`POWER_SWITCH`]), as STONITH would.
     ///
     /// Drop the pair before `hosts`: its processes are then stopped while they still have a
     /// network. `spec.proxied_agents` is refused: the hosts' faults replace the proxy.
@@ -1631,6 +1643,35 @@ impl Pair {
     }
 }
 
+/// The lab's power switch: what a PDU or IPMI "power off" does to a machine, done to the target
+/// master's process. It kills the process the fencer names (`TARGET_PID`, else the pid in
+/// `TARGET_PIDFILE`), unless that pid now belongs to another process (`TARGET_START_TIME`, in
+/// clock ticks since boot, differs),
+/// and reports fenced only once the process is gone or a zombie; a process that outlives three
+/// seconds of waiting is a failed fence. SIGKILL works on a stopped (SIGSTOP) process too.
+const POWER_SWITCH: &str = r#"
+pid="${TARGET_PID:-}"
+if [ -z "$pid" ] && [ -n "${TARGET_PIDFILE:-}" ]; then
+  pid=$(cat "$TARGET_PIDFILE") || exit 1
+fi
+if [ -z "$pid" ]; then echo "no pid or pidfile for the target: cannot tell which machine to turn off" >&2; exit 1; fi
+fields() { sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null; }
+s=$(fields) || exit 0
+set -- $s
+if [ -n "${TARGET_START_TIME:-}" ] && [ "${20}" != "$TARGET_START_TIME" ]; then exit 0; fi
+kill -KILL "$pid" 2>/dev/null
+i=0
+while [ "$i" -lt 300 ]; do
+  s=$(fields) || exit 0
+  set -- $s
+  [ "$1" = Z ] && exit 0
+  sleep 0.01
+  i=$((i + 1))
+done
+echo "process $pid is still there after SIGKILL" >&2
+exit 1
+"#;
+
 /// The `fencing` section of a node on hosts whose peer lives on `peer`: see
 /// [`Pair::start_on_hosts`].
 fn fencing_on_hosts(spec: &PairSpec, peer: &Host) -> Result<String, LabError> {
@@ -1653,7 +1694,17 @@ fn fencing_on_hosts(spec: &PairSpec, peer: &Host) -> Result<String, LabError> {
         "args": ["netns", "exec", peer.netns(), bin, "master-command", "demote"],
         "timeout_ms": program_timeout,
     });
-    let fencing = serde_json::json!({"fencing": {"levels": [{"methods": [first]}, {"methods": [management]}]}});
+    let sh = program_path("sh")?;
+    let power = serde_json::json!({
+        "kind": "shell",
+        "name": "power",
+        "program": sh,
+        "args": ["-c", POWER_SWITCH],
+        "timeout_ms": program_timeout,
+    });
+    let fencing = serde_json::json!({"fencing": {"levels": [
+        {"methods": [first]}, {"methods": [management]}, {"methods": [power]},
+    ]}});
     serde_yaml::to_string(&fencing).map_err(|e| LabError::Child(format!("fencing YAML: {e}")))
 }
 

@@ -26,11 +26,25 @@
 //! - **Active host isolated from every other host, then healed**: the client still reaches the
 //!   old master (a client on its side of the partition); after heal it rejoins as standby and
 //!   the new master stays the only active.
+//!
+//! Process faults on the same hosts, checked by the same oracle:
+//!
+//! - **Active master killed** (`kill -9`), and **active master frozen** (SIGSTOP for twice the
+//!   session timeout, then SIGCONT, as a long GC pause): neither answers the graceful request
+//!   nor the management path, so the new active turns it off with the lab's power switch
+//!   before it promotes; a frozen master never acknowledges a write when it wakes.
+//! - **Active agent killed**, and **active agent frozen** beyond its session timeout: the old
+//!   master, still serving, is demoted over the network before the other one is promoted; the
+//!   frozen agent, resumed, finds its session gone and stays standby.
+//! - **Coordinator killed and restarted** (`kill -9`, then started on its data directory) while
+//!   the pair runs: the writes go on, never on two masters under different tokens, and the end
+//!   has exactly one active.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
 use referee::lab::{
     coordinator_available, node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings,
     COORDINATOR_HOST, NODES,
@@ -49,6 +63,29 @@ enum Fault {
     BlackHole,
     /// Partitioned from every other host; the client still reaches it.
     Isolated,
+}
+
+/// The process faults of the scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessFault {
+    /// `kill -9` of the active master.
+    MasterKilled,
+    /// SIGSTOP of the active master for twice the session timeout, then SIGCONT.
+    MasterFrozen,
+    /// `kill -9` of the active agent.
+    AgentKilled,
+    /// SIGSTOP of the active agent for twice the session timeout, then SIGCONT.
+    AgentFrozen,
+}
+
+impl ProcessFault {
+    fn on_master(self) -> bool {
+        matches!(self, ProcessFault::MasterKilled | ProcessFault::MasterFrozen)
+    }
+
+    fn frozen(self) -> bool {
+        matches!(self, ProcessFault::MasterFrozen | ProcessFault::AgentFrozen)
+    }
 }
 
 fn spec(kind: CoordinatorKind) -> PairSpec {
@@ -257,15 +294,216 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<()> {
     Ok(())
 }
 
+async fn process_fault_on_the_active_node(fault: ProcessFault, kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+    let result = run_process_fault(&pair, fault).await;
+    // A frozen process left stopped would outlive the test's own clean-up.
+    for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
+        let _ = proc.signal(Signal::SIGCONT);
+    }
+    result
+}
+
+async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault) -> Result<()> {
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let new = 1 - old;
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == old)
+    })
+    .await?;
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let target = if fault.on_master() {
+        &pair.masters[old]
+    } else {
+        pair.agents[old].as_ref().context("the active agent runs")?
+    };
+    let signal = if fault.frozen() { Signal::SIGSTOP } else { Signal::SIGKILL };
+
+    let fault_at = oracle.now();
+    target.signal(signal)?;
+    let record = until_record(pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    let since = promoted.after;
+    until_record(pair, &oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
+        acknowledging_for(r, new, since) >= Duration::from_secs(1)
+    })
+    .await?;
+    let mut resumed_at = None;
+    if fault.frozen() {
+        // Frozen for twice the session timeout, counted from the fault, then woken: a frozen
+        // master (if the power switch had not turned it off) would resume believing it is active.
+        let wake = fault_at + 2 * session;
+        let now = oracle.now();
+        if wake > now {
+            tokio::time::sleep(wake - now).await;
+        }
+        resumed_at = Some(oracle.now());
+        target.signal(Signal::SIGCONT)?;
+    }
+    if fault == ProcessFault::AgentFrozen {
+        // The resumed agent finds its session gone and comes back as a standby.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = status(pair, old).await;
+            if s["session"]["state"] == "connected" && s["role"] == "standby" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("the resumed agent did not come back as standby within 30 s: {s}\n{}", logs(pair));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A second more of writes after the wake-up (or after the takeover) for a woken master to
+    // give itself away.
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(10), "a second of writes after the fault settled", |r| {
+        acknowledging_for(r, new, settle) >= Duration::from_secs(1)
+    })
+    .await?;
+    pair.wait_for_active_node(new, Duration::from_secs(5)).await?;
+    let fenced = status(pair, new).await["counters"]["fences_fenced"].as_u64().unwrap_or(0);
+    let history = pair.agent_json(new, "/history").await.unwrap_or_default();
+    let record = oracle.finish().await;
+    eprintln!(
+        "{fault:?} on node {} at {:.1} ms; master {} promoted between {:.1} and {:.1} ms{}; {} fenced {fenced} time(s)\n{}",
+        NODES[old],
+        ms(fault_at),
+        NODES[new],
+        ms(promoted.after),
+        ms(promoted.by),
+        resumed_at.map_or(String::new(), |t| format!("; resumed at {:.1} ms", ms(t))),
+        NODES[new],
+        record.timeline()
+    );
+    record.check()?;
+    ensure!(fenced >= 1, "{} promoted without fencing {}\n{}", NODES[new], NODES[old], record.timeline());
+    let token = promoted.to.token.0;
+    // Whatever the fault, the old master's last acknowledgement under an older token came
+    // back before the new master was first asked for a write it acknowledged under its own,
+    // and no acknowledgement of the old master's came back after that, wake-up included.
+    let first_new = record.acks.iter().filter(|a| a.node == new && a.what == token).min_by_key(|a| a.sent);
+    let first_new = first_new.context("the new master acknowledged writes under its token")?;
+    if let Some(late) = record.acks.iter().filter(|a| a.node == old).find(|a| a.received >= first_new.sent) {
+        bail!(
+            "master {} acknowledged a write (token {}, back at {:.1} ms) after master {} was asked for its first one at \
+             {:.1} ms\n{}",
+            NODES[old],
+            late.what,
+            ms(late.received),
+            NODES[new],
+            ms(first_new.sent),
+            record.timeline()
+        );
+    }
+    let method = history.to_string();
+    if fault.on_master() {
+        // It answered neither the graceful request nor the management path: only the power
+        // switch could fence it, and it is gone.
+        ensure!(method.contains("power"), "the new active did not fence with the power switch: {method}");
+        ensure!(
+            !pair.masters[old].alive(),
+            "master {} is still running after it was fenced\n{}",
+            NODES[old],
+            record.timeline()
+        );
+    } else {
+        // The old master was alive and reachable: it was demoted, and says standby.
+        let demoted = record.demoted(old).with_context(|| {
+            format!("master {} was never seen leaving the active role\n{}", NODES[old], record.timeline())
+        })?;
+        ensure!(
+            demoted.after < promoted.by,
+            "master {} was promoted by {:.1} ms while master {} was still active at {:.1} ms\n{}",
+            NODES[new],
+            ms(promoted.by),
+            NODES[old],
+            ms(demoted.after),
+            record.timeline()
+        );
+        ensure!(
+            last_state(&record, old, settle) == Some(HaState::Standby),
+            "the old master does not say standby at the end\n{}",
+            record.timeline()
+        );
+    }
+    ensure!(
+        last_state(&record, new, settle) == Some(HaState::Active),
+        "the new master does not say active at the end\n{}",
+        record.timeline()
+    );
+    Ok(())
+}
+
+async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let oracle = MasterOracle::start(&pair);
+    until_record(&pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == first)
+    })
+    .await?;
+    let killed_at = oracle.now();
+    pair.kill_coordinator();
+    pair.restart_coordinator(false).await?;
+    let restarted_at = oracle.now();
+    // Writes go on: some master acknowledges for two seconds after the restart, and the pair
+    // settles with one active.
+    until_record(&pair, &oracle, Duration::from_secs(30), "two seconds of writes after the restart", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, restarted_at) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    eprintln!(
+        "coordinator killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
+        ms(killed_at),
+        ms(restarted_at),
+        NODES[first],
+        NODES[active],
+        record.timeline()
+    );
+    record.check()?;
+    let end = oracle_end(&record);
+    ensure!(
+        last_state(&record, active, end) == Some(HaState::Active)
+            && last_state(&record, 1 - active, end) != Some(HaState::Active),
+        "the end is not exactly one active master ({})\n{}",
+        NODES[active],
+        record.timeline()
+    );
+    Ok(())
+}
+
+/// The last second of a record: where its final states are read.
+fn oracle_end(record: &MasterRecord) -> Duration {
+    let last = record.states.iter().map(|o| o.sent).max().unwrap_or_default();
+    last.saturating_sub(Duration::from_secs(1))
+}
+
 /// One test per fault and coordinator kind.
 macro_rules! scenarios {
-    ($($name:ident: $fault:expr;)*) => {
+    ($($name:ident: $run:ident($($arg:expr)?);)*) => {
         mod bundled {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() -> Result<()> {
-                    fault_on_the_active_host($fault, CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
+                    $run($($arg,)? CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
                 }
             )*
         }
@@ -278,7 +516,7 @@ macro_rules! scenarios {
                     if !coordinator_available(CoordinatorKind::ApacheZooKeeper, test) {
                         return Ok(());
                     }
-                    fault_on_the_active_host($fault, CoordinatorKind::ApacheZooKeeper, test).await
+                    $run($($arg,)? CoordinatorKind::ApacheZooKeeper, test).await
                 }
             )*
         }
@@ -286,7 +524,12 @@ macro_rules! scenarios {
 }
 
 scenarios! {
-    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: Fault::FromCoordinator;
-    black_holed_active_host_is_fenced_and_replaced: Fault::BlackHole;
-    isolated_active_host_rejoins_as_standby_after_heal: Fault::Isolated;
+    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator);
+    black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole);
+    isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated);
+    killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled);
+    frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen);
+    killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled);
+    frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen);
+    coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
 }

@@ -226,13 +226,14 @@ async fn shell_exit_zero_fences_with_target_facts_in_the_environment_only() {
     let marker = dir.path("pwned");
     let script = dir.script(
         "fence.sh",
-        "#!/bin/sh\nprintf '%s\\n' \"$TARGET_ID\" \"$TARGET_HOST\" \"$TARGET_PORT\" \"$TARGET_PID\" \"$TARGET_TOKEN\" \"$FENCE_TOKEN\" \"$EXTRA\" \"$1\" > \"$2\"\n",
+        "#!/bin/sh\nprintf '%s\\n' \"$TARGET_ID\" \"$TARGET_HOST\" \"$TARGET_PORT\" \"$TARGET_PID\" \"$TARGET_PIDFILE\" \"$TARGET_TOKEN\" \"$FENCE_TOKEN\" \"$EXTRA\" \"$1\" > \"$2\"\n",
     ).unwrap();
     let out_arg = out.to_str().unwrap();
     // A hostile node id and host: they must arrive verbatim and never be executed.
     let hostile_id = format!("n1$(touch {})", marker.display());
     let mut t = target(&hostile_id, "h; touch /nonexistent-dir/x", 6000);
     t.pid = Some(4242);
+    t.pidfile = Some("/run/db/master.pid".into());
 
     let report = fencer(&shell_yaml(&script, &["arg one", out_arg], 5000)).fence(&t, FencingToken(9)).await;
 
@@ -240,7 +241,17 @@ async fn shell_exit_zero_fences_with_target_facts_in_the_environment_only() {
     let lines: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
     assert_eq!(
         lines,
-        [hostile_id.as_str(), "h; touch /nonexistent-dir/x", "6000", "4242", "7", "9", "configured", "arg one"]
+        [
+            hostile_id.as_str(),
+            "h; touch /nonexistent-dir/x",
+            "6000",
+            "4242",
+            "/run/db/master.pid",
+            "7",
+            "9",
+            "configured",
+            "arg one"
+        ]
     );
     assert!(!marker.exists(), "a target fact was interpreted by a shell");
 }

@@ -20,6 +20,7 @@ pub(crate) const RESERVED_ENV: &[&str] = &[
     "TARGET_PORT",
     "TARGET_PID",
     "TARGET_START_TIME",
+    "TARGET_PIDFILE",
     "TARGET_HA_URL",
     "TARGET_TOKEN",
     "FENCE_TOKEN",
@@ -47,6 +48,9 @@ pub(crate) fn target_env(ctx: &Context<'_>) -> Vec<(String, String)> {
     }
     if let Some(start) = t.start_time {
         env.push(("TARGET_START_TIME".to_string(), start.to_string()));
+    }
+    if let Some(pidfile) = &t.pidfile {
+        env.push(("TARGET_PIDFILE".to_string(), pidfile.display().to_string()));
     }
     env
 }
