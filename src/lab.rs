@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use referee_examples::verdict::AckRecord;
 use referee_failover_agent::timeline::{self, Mark};
 use referee_fencing::{FencingToken, HaState, HaStatus};
 use thiserror::Error;
@@ -726,8 +727,18 @@ probes:
 
     /// Writes `key = value` to master `i`; returns the token it acknowledged the write under.
     pub async fn write_token(&self, i: usize, key: &str, value: &str) -> Result<u64, String> {
+        self.write_with_id(i, key, value, None).await
+    }
+
+    /// Writes `key = value` to master `i` under the client's `write_id` (a journalling master
+    /// records it with the edit, so an independent reader can find the write); returns the token
+    /// it acknowledged the write under.
+    pub async fn write_with_id(&self, i: usize, key: &str, value: &str, write_id: Option<&str>) -> Result<u64, String> {
         let url = format!("http://{}:{}/write", self.node_ip(i), self.ports[i].master);
-        let body = serde_json::json!({"key": key, "value": value});
+        let mut body = serde_json::json!({"key": key, "value": value});
+        if let Some(id) = write_id {
+            body["write_id"] = id.into();
+        }
         match self.http.post(url).json(&body).send().await {
             Ok(r) if r.status().is_success() => {
                 let v: serde_json::Value = r.json().await.map_err(|e| format!("unreadable acknowledgement: {e}"))?;
@@ -1079,6 +1090,9 @@ pub struct MasterRecord {
     pub states: Vec<Observed<HaStatus>>,
     /// Acknowledged writes, with the token each was acknowledged under.
     pub acks: Vec<Observed<u64>>,
+    /// The same acknowledgements by write id, for a journal verdict
+    /// ([`referee_examples::verdict::verify`]) when the masters journal their edits.
+    pub acked: Vec<AckRecord>,
 }
 
 impl MasterRecord {
@@ -1293,6 +1307,9 @@ impl MasterOracle {
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(MasterRecord::default()));
         let started = Instant::now();
+        // Write ids unique across the oracles of one process.
+        static ORACLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let oracle = ORACLES.fetch_add(1, Ordering::Relaxed);
         let mut tasks = Vec::new();
         for (node, name) in NODES.iter().enumerate() {
             let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
@@ -1318,10 +1335,13 @@ impl MasterOracle {
                 while !stop2.load(Ordering::Relaxed) {
                     n += 1;
                     let sent = started.elapsed();
-                    if let Ok(token) = pair2.write_token(node, "oracle", &format!("{name}-{n}")).await {
+                    let id = format!("oracle{oracle}-{name}-{n}");
+                    if let Ok(token) = pair2.write_with_id(node, "oracle", &id, Some(&id)).await {
                         let received = started.elapsed();
                         let seen = Observed { node, sent, received, what: token };
-                        record2.lock().unwrap_or_else(|p| p.into_inner()).acks.push(seen);
+                        let mut record = record2.lock().unwrap_or_else(|p| p.into_inner());
+                        record.acks.push(seen);
+                        record.acked.push(AckRecord { write_id: id, token: FencingToken(token) });
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -1767,6 +1787,7 @@ mod tests {
                 poll(1, 50, Active, 6),
             ],
             acks: vec![ack(0, 5, 5), ack(0, 25, 5), ack(1, 45, 6), ack(1, 55, 6)],
+            ..Default::default()
         };
         assert_eq!(record.certainly_active(0), vec![(ms(1), ms(20), FencingToken(5))]);
         assert_eq!(record.certainly_active(1), vec![(ms(41), ms(50), FencingToken(6))]);
@@ -1797,6 +1818,7 @@ mod tests {
             // a's write sent at 12 went out after b's first acknowledgement arrived (at 9):
             // late. a's write sent at 7 may have been taken before b's: not late.
             acks: vec![ack(0, 1, 5), ack(1, 8, 6), ack(0, 7, 5), ack(0, 12, 5)],
+            ..Default::default()
         };
         assert_eq!(record.both_active(), vec![(ms(11), ms(20))]);
         let late = record.late_acks();
@@ -1806,7 +1828,7 @@ mod tests {
         assert!(err.contains("1 stretches with two actives, 1 late acknowledgements"), "{err}");
         assert!(err.contains("master a acknowledged writes under token 5"), "{err}");
         // One token acknowledged by two masters is split brain whatever the times.
-        let shared = MasterRecord { states: vec![], acks: vec![ack(0, 0, 7), ack(1, 50, 7)] };
+        let shared = MasterRecord { states: vec![], acks: vec![ack(0, 0, 7), ack(1, 50, 7)], ..Default::default() };
         assert_eq!(shared.late_acks().len(), 2);
     }
 
@@ -1822,6 +1844,7 @@ mod tests {
                 poll(1, 10, Standby, 6),
             ],
             acks: vec![],
+            ..Default::default()
         };
         assert!(record.certainly_active(0).is_empty() && record.certainly_active(1).is_empty());
         assert!(record.both_active().is_empty());

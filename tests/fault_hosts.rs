@@ -37,8 +37,9 @@
 //!   master, still serving, is demoted over the network before the other one is promoted; the
 //!   frozen agent, resumed, finds its session gone and stays standby.
 //! - **Coordinator killed and restarted** (`kill -9`, then started on its data directory) while
-//!   the pair runs: the writes go on, never on two masters under different tokens, and the end
-//!   has exactly one active.
+//!   the pair runs, the masters journalling their edits in it: the writes go on, never on two
+//!   masters under different tokens, the end has exactly one active, and an independent reader
+//!   of the journal finds every acknowledged write once, under the token in force.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,9 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{
     coordinator_available, node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings,
-    COORDINATOR_HOST, NODES,
+    COORDINATOR_HOST, EPOCH_PATH, JOURNAL_PATH, NODES,
 };
+use referee_examples::verdict::verify;
 use referee_fencing::HaState;
 use referee_testkit::{hosts_unavailable, skip, Hosts};
 use serde_json::Value;
@@ -450,11 +452,12 @@ async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -
         return Ok(());
     }
     let hosts = Hosts::new(3)?;
-    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+    // The masters journal their edits in the coordinator: what the restart must keep.
+    let pair = Arc::new(Pair::start_on_hosts(PairSpec { journal: true, ..spec(kind) }, &hosts).await?);
     let first = pair.wait_for_active(Duration::from_secs(20)).await?;
     let oracle = MasterOracle::start(&pair);
-    until_record(&pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
-        r.acks.iter().any(|a| a.node == first)
+    until_record(&pair, &oracle, Duration::from_secs(10), "a hundred writes on the active master", |r| {
+        r.acks.iter().filter(|a| a.node == first).count() >= 100
     })
     .await?;
     let killed_at = oracle.now();
@@ -478,6 +481,21 @@ async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -
         record.timeline()
     );
     record.check()?;
+    // An independent reader of the journal: every write a master acknowledged, before the
+    // coordinator's crash or after, is there once, under the token in force when it was
+    // appended.
+    let verdict = verify(&pair.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &record.acked).await?;
+    eprintln!("{verdict}");
+    ensure!(
+        verdict.is_clean() && verdict.found == record.acked.len(),
+        "the journal does not hold what the masters acknowledged: {verdict}\n{}",
+        record.timeline()
+    );
+    ensure!(
+        record.acks.iter().any(|a| a.sent < killed_at) && record.acks.iter().any(|a| a.sent > restarted_at),
+        "no writes acknowledged on both sides of the restart\n{}",
+        record.timeline()
+    );
     let end = oracle_end(&record);
     ensure!(
         last_state(&record, active, end) == Some(HaState::Active)
