@@ -40,6 +40,8 @@
 //!   the pair runs, the masters journalling their edits in it: the writes go on, never on two
 //!   masters under different tokens, the end has exactly one active, and an independent reader
 //!   of the journal finds every acknowledged write once, under the token in force.
+//! - **Both agents started at the same instant**, five times on a fresh coordinator: exactly
+//!   one promotes its master, once, and the masters never both say active.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -507,6 +509,57 @@ async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -
     Ok(())
 }
 
+/// Rounds of [`simultaneous_start`].
+const START_ROUNDS: usize = 5;
+
+/// Both agents started at the same instant (back to back, before either can reach the
+/// coordinator), on a fresh coordinator each round: exactly one of them promotes its master,
+/// once, and the masters never both say active.
+async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let mut winners = [0usize; 2];
+    for round in 1..=START_ROUNDS {
+        let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+        let oracle = MasterOracle::start(&pair);
+        let record = until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes on one master", |r| {
+            (0..NODES.len()).any(|n| acknowledging_for(r, n, Duration::ZERO) >= Duration::from_secs(1))
+        })
+        .await?;
+        let active = (0..NODES.len())
+            .find(|&n| acknowledging_for(&record, n, Duration::ZERO) >= Duration::from_secs(1))
+            .context("the master that took writes")?;
+        let mut promotions = Vec::new();
+        for n in 0..NODES.len() {
+            promotions
+                .push(status(&pair, n).await["counters"]["promotions"].as_u64().context("an agent's promotions")?);
+        }
+        let record = oracle.finish().await;
+        record.check()?;
+        ensure!(
+            promotions.iter().sum::<u64>() == 1 && promotions[active] == 1,
+            "round {round}: the agents promoted {promotions:?} times (a, b) while master {} took writes\n{}\n{}",
+            NODES[active],
+            record.timeline(),
+            logs(&pair)
+        );
+        let end = oracle_end(&record);
+        ensure!(
+            last_state(&record, active, end) == Some(HaState::Active)
+                && last_state(&record, 1 - active, end) == Some(HaState::Standby),
+            "round {round}: the end is not master {} active and the other standby\n{}",
+            NODES[active],
+            record.timeline()
+        );
+        winners[active] += 1;
+    }
+    eprintln!("{START_ROUNDS} simultaneous starts: a won {}, b won {}", winners[0], winners[1]);
+    Ok(())
+}
+
 /// The last second of a record: where its final states are read.
 fn oracle_end(record: &MasterRecord) -> Duration {
     let last = record.states.iter().map(|o| o.sent).max().unwrap_or_default();
@@ -550,4 +603,5 @@ scenarios! {
     killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled);
     frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen);
     coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
+    agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
 }
