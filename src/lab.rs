@@ -855,12 +855,24 @@ probes:
 
     /// `GET` on master `i`'s HTTP API (`/lease/status`, say), as JSON.
     pub async fn master_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].master);
+        let url = format!("http://{}:{}{path}", self.node_ip(i), self.ports[i].master);
         let response = self.http.get(url).send().await.ok()?;
         if !response.status().is_success() {
             return None;
         }
         response.json().await.ok()
+    }
+
+    /// Switches master `i`'s health check answer (the demo master's `/test/unhealthy` and
+    /// `/test/healthy`).
+    pub async fn set_master_healthy(&self, i: usize, healthy: bool) -> Result<(), LabError> {
+        let which = if healthy { "healthy" } else { "unhealthy" };
+        let url = format!("http://{}:{}/test/{which}", self.node_ip(i), self.ports[i].master);
+        match self.http.post(url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(LabError::Child(format!("master {} refused /test/{which}: {}", NODES[i], r.status()))),
+            Err(e) => Err(LabError::Child(format!("master {} did not take /test/{which}: {e}", NODES[i]))),
+        }
     }
 
     /// Agent `i`'s resident memory now and at its peak, from `/proc/PID/status`.

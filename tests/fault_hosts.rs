@@ -40,6 +40,8 @@
 //!   the pair runs, the masters journalling their edits in it: the writes go on, never on two
 //!   masters under different tokens, the end has exactly one active, and an independent reader
 //!   of the journal finds every acknowledged write once, under the token in force.
+//! - **The active master's health flapping** for twelve seconds under a 3 s anti-flap
+//!   interval: failovers no closer than the interval, never two actives, one active at the end.
 //! - **Both agents started at the same instant**, five times on a fresh coordinator: exactly
 //!   one promotes its master, once, and the masters never both say active.
 
@@ -509,6 +511,88 @@ async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -
     Ok(())
 }
 
+/// Anti-flap interval of [`flapping_health`].
+const FLAP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The active master's health flaps for twelve seconds: whichever master is active is made
+/// unhealthy for 600 ms (longer than the agents need to count it failed), then healthy for
+/// 600 ms, again and again. With `min_failover_interval_ms` set, failovers are spaced by at least
+/// that interval, whatever the flapping does; the masters never both say active, and the pair
+/// ends with one active once the flapping stops.
+async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let extra = format!("election:\n  min_failover_interval_ms: {}\n", FLAP_INTERVAL.as_millis());
+    let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind) };
+    let pair = Arc::new(Pair::start_on_hosts(spec, &hosts).await?);
+    pair.wait_for_active(Duration::from_secs(20)).await?;
+    let oracle = MasterOracle::start(&pair);
+    let flapping = Duration::from_secs(12);
+    let half = Duration::from_millis(600);
+    let started = Instant::now();
+    let mut flaps = 0;
+    while started.elapsed() < flapping {
+        let actives = pair.actives().await;
+        if let [active] = actives[..] {
+            pair.set_master_healthy(active, false).await?;
+            tokio::time::sleep(half).await;
+            pair.set_master_healthy(active, true).await?;
+            flaps += 1;
+        }
+        tokio::time::sleep(half).await;
+    }
+    for n in 0..NODES.len() {
+        pair.set_master_healthy(n, true).await?;
+    }
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let settled = oracle.now();
+    until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes after the flapping", |r| {
+        acknowledging_for(r, active, settled) >= Duration::from_secs(1)
+    })
+    .await?;
+    let record = oracle.finish().await;
+    let promotions: Vec<_> = record
+        .role_changes()
+        .into_iter()
+        .filter(|c| c.to.state == HaState::Active && c.from.state != HaState::Active)
+        .collect();
+    eprintln!(
+        "{flaps} flaps of the active master's health in {flapping:?}: {} promotions, at {:?} ms\n{}",
+        promotions.len(),
+        promotions.iter().map(|c| ms(c.by).round()).collect::<Vec<_>>(),
+        record.timeline()
+    );
+    record.check()?;
+    ensure!(flaps >= 3, "only {flaps} flaps ran: the scenario did not exercise anti-flap\n{}", record.timeline());
+    // A promotion is seen within its poll's window ([after, by]); the interval counts from when
+    // the agent saw the active change, which precedes the previous promotion by at most the
+    // fencing and promotion time: half a second on these hosts.
+    let slack = Duration::from_millis(500);
+    for pair_of in promotions.windows(2) {
+        let gap = pair_of[1].by.saturating_sub(pair_of[0].after);
+        ensure!(
+            gap + slack >= FLAP_INTERVAL,
+            "two promotions {:.0} ms apart (masters {} then {}), under the {FLAP_INTERVAL:?} anti-flap interval\n{}",
+            ms(gap),
+            NODES[pair_of[0].node],
+            NODES[pair_of[1].node],
+            record.timeline()
+        );
+    }
+    let end = oracle_end(&record);
+    ensure!(
+        last_state(&record, active, end) == Some(HaState::Active)
+            && last_state(&record, 1 - active, end) != Some(HaState::Active),
+        "the end is not exactly one active master ({})\n{}",
+        NODES[active],
+        record.timeline()
+    );
+    Ok(())
+}
+
 /// Rounds of [`simultaneous_start`].
 const START_ROUNDS: usize = 5;
 
@@ -604,4 +688,5 @@ scenarios! {
     frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen);
     coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
     agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
+    flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();
 }
