@@ -25,6 +25,8 @@
 //! - [`bench`]: a pipelined throughput load (N sessions with K requests in flight each, one
 //!   operation or a read/write mix) recording every reply's latency and arrival.
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
+//! - [`linearizability`]: a checker of concurrent histories against a sequential model (Wing and
+//!   Gong's search with Lowe's memoisation), with a ZooKeeper znode register model.
 //! - [`Hosts`]: simulated hosts, each a network namespace with its own address on one switch,
 //!   with partitions (both ways or one way), black holes and isolation as iptables drops, and
 //!   [`hosts_unavailable`] saying why they cannot run here.
@@ -42,6 +44,7 @@ pub mod bench;
 mod deadline;
 mod hosts;
 pub mod jute;
+pub mod linearizability;
 mod ports;
 mod proxy;
 mod scratch_dir;
