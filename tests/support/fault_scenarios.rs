@@ -1,0 +1,691 @@
+//! The fault scenarios on simulated hosts, shared by the tests (`tests/fault_hosts.rs`, where
+//! each scenario is described) and the failover timing report (`fault-report`), which runs the
+//! measured ones many times. Each entry point for a test sets up its own hosts and pair and
+//! checks every rule; [`measure`] runs one scenario on given hosts and returns the time from the
+//! fault to the first write the new active master acknowledged.
+// Each including crate uses a part: the tests every scenario, the report the measured ones.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use referee::lab::{
+    node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings, COORDINATOR_HOST,
+    EPOCH_PATH, JOURNAL_PATH, NODES,
+};
+use referee_examples::verdict::verify;
+use referee_fencing::HaState;
+use referee_testkit::{hosts_unavailable, skip, Hosts};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Set by the report: no timelines on success, only on a failure.
+pub static QUIET: AtomicBool = AtomicBool::new(false);
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !QUIET.load(Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// The scenarios the timing report measures: each ends with the other master active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    /// A network fault on the active node's host.
+    Network(Fault),
+    /// A process fault on the active node.
+    Process(ProcessFault),
+}
+
+impl Measured {
+    /// Every measured scenario, in report order.
+    pub const ALL: [Measured; 7] = [
+        Measured::Process(ProcessFault::MasterKilled),
+        Measured::Process(ProcessFault::MasterFrozen),
+        Measured::Process(ProcessFault::AgentKilled),
+        Measured::Process(ProcessFault::AgentFrozen),
+        Measured::Network(Fault::FromCoordinator),
+        Measured::Network(Fault::BlackHole),
+        Measured::Network(Fault::Isolated),
+    ];
+
+    /// The scenario's name in the report and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Measured::Process(ProcessFault::MasterKilled) => "master-killed",
+            Measured::Process(ProcessFault::MasterFrozen) => "master-frozen",
+            Measured::Process(ProcessFault::AgentKilled) => "agent-killed",
+            Measured::Process(ProcessFault::AgentFrozen) => "agent-frozen",
+            Measured::Network(Fault::FromCoordinator) => "host-cut-from-coordinator",
+            Measured::Network(Fault::BlackHole) => "host-black-holed",
+            Measured::Network(Fault::Isolated) => "host-isolated",
+        }
+    }
+}
+
+/// Runs `scenario` once on `hosts` (at least three) with every check of its test; returns the
+/// time from the fault to the first write the new active master acknowledged.
+pub async fn measure(scenario: Measured, kind: CoordinatorKind, hosts: &Hosts) -> Result<Duration> {
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind), hosts).await?);
+    let result = match scenario {
+        Measured::Network(fault) => run(hosts, &pair, fault).await,
+        Measured::Process(fault) => run_process_fault(&pair, fault).await,
+    };
+    for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
+        let _ = proc.signal(Signal::SIGCONT);
+    }
+    hosts.heal_all()?;
+    result
+}
+
+/// The faults of the scenarios, each on the active node's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Partitioned from the coordinator's host only.
+    FromCoordinator,
+    /// Everything to and from it dropped.
+    BlackHole,
+    /// Partitioned from every other host; the client still reaches it.
+    Isolated,
+}
+
+/// The process faults of the scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessFault {
+    /// `kill -9` of the active master.
+    MasterKilled,
+    /// SIGSTOP of the active master for twice the session timeout, then SIGCONT.
+    MasterFrozen,
+    /// `kill -9` of the active agent.
+    AgentKilled,
+    /// SIGSTOP of the active agent for twice the session timeout, then SIGCONT.
+    AgentFrozen,
+}
+
+impl ProcessFault {
+    fn on_master(self) -> bool {
+        matches!(self, ProcessFault::MasterKilled | ProcessFault::MasterFrozen)
+    }
+
+    fn frozen(self) -> bool {
+        matches!(self, ProcessFault::MasterFrozen | ProcessFault::AgentFrozen)
+    }
+}
+
+fn spec(kind: CoordinatorKind) -> PairSpec {
+    PairSpec {
+        bin: referee_bin(),
+        coordinator: kind,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: Vec::new(),
+        admin: false,
+        journal: false,
+    }
+}
+
+/// The `referee` binary: cargo's for a test, else the one beside this executable.
+fn referee_bin() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_referee") {
+        Some(bin) => bin.into(),
+        None => std::env::current_exe().map(|me| me.with_file_name("referee")).unwrap_or_else(|_| "referee".into()),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn status(pair: &Pair, node: usize) -> Value {
+    pair.agent_json(node, "/status").await.unwrap_or_default()
+}
+
+fn logs(pair: &Pair) -> String {
+    format!(
+        "--- coordinator ---\n{}\n--- agent a ---\n{}\n--- agent b ---\n{}",
+        pair.coordinator_log_tail(10),
+        pair.agent_log_tail(0),
+        pair.agent_log_tail(1)
+    )
+}
+
+/// Waits until the record so far satisfies `cond`; returns that record. On timeout the error
+/// carries the timeline and the logs.
+async fn until_record(
+    pair: &Pair,
+    oracle: &MasterOracle,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&MasterRecord) -> bool,
+) -> Result<MasterRecord> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let record = oracle.snapshot();
+        if cond(&record) {
+            return Ok(record);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {limit:?} waiting for {what}\n--- masters ---\n{}\n{}",
+                record.timeline(),
+                logs(pair)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Master `node`'s last answer, if it was sent after `since`.
+fn last_state(record: &MasterRecord, node: usize, since: Duration) -> Option<HaState> {
+    record.states.iter().rev().find(|o| o.node == node).filter(|o| o.sent >= since).map(|o| o.what.state)
+}
+
+/// How long master `node` has been acknowledging writes sent after `since`.
+fn acknowledging_for(record: &MasterRecord, node: usize, since: Duration) -> Duration {
+    let mut acks = record.acks.iter().filter(|a| a.node == node && a.sent >= since);
+    match acks.next() {
+        Some(first) => acks.map(|a| a.received).max().unwrap_or(first.received) - first.received,
+        None => Duration::ZERO,
+    }
+}
+
+pub async fn fault_on_the_active_host(fault: Fault, kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+    let result = run(&hosts, &pair, fault).await;
+    // Faults off before the pair stops, so its processes stop with a network; the pair goes
+    // before the hosts (the hosts were made first, so they are dropped last).
+    hosts.heal_all()?;
+    result.map(|_| ())
+}
+
+/// Returns the time from the fault to the new master's first acknowledged write.
+async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<Duration> {
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let new = 1 - old;
+    let old_host = node_host(old);
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == old)
+    })
+    .await?;
+    let sessions_before =
+        status(pair, old).await["counters"]["sessions"].as_u64().context("the old agent's sessions")?;
+
+    let fault_at = oracle.now();
+    match fault {
+        Fault::FromCoordinator => hosts.partition(old_host, &[COORDINATOR_HOST])?,
+        Fault::BlackHole => hosts.black_hole(old_host)?,
+        Fault::Isolated => hosts.isolate(old_host)?,
+    }
+    let record = until_record(pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    // The fault stays while the new master takes writes for a second: a deposed master that
+    // kept serving clients on its side would acknowledge writes all that time.
+    let since = promoted.after;
+    until_record(pair, &oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
+        acknowledging_for(r, new, since) >= Duration::from_secs(1)
+    })
+    .await?;
+
+    hosts.heal(old_host)?;
+    let healed_at = oracle.now();
+    // The old node rejoins: its agent has a session again and is standby, its master says
+    // standby, and the new master is still the only active.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(pair, old).await;
+        let sessions = s["counters"]["sessions"].as_u64().unwrap_or(0);
+        if s["session"]["state"] == "connected" && sessions > sessions_before && s["role"] == "standby" {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the old node did not rejoin as standby within 30 s after heal: {s}\n{}", logs(pair));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rejoined_at = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(10), "both masters answering after the rejoin", |r| {
+        last_state(r, old, rejoined_at).is_some()
+            && acknowledging_for(r, new, rejoined_at) >= Duration::from_millis(500)
+    })
+    .await?;
+    pair.wait_for_active_node(new, Duration::from_secs(5)).await?;
+    let fenced = status(pair, new).await["counters"]["fences_fenced"].as_u64().unwrap_or(0);
+    let record = oracle.finish().await;
+
+    let demoted = record.demoted(old);
+    say!(
+        "{fault:?}: fault on host {old_host} (node {}) at {:.1} ms; master {} demoted between {} ; master {} promoted \
+         between {:.1} and {:.1} ms; healed at {:.1} ms, rejoined by {:.1} ms; {} fenced {fenced} time(s)\n{}",
+        NODES[old],
+        ms(fault_at),
+        NODES[old],
+        demoted.map_or("(not seen)".into(), |d| format!("{:.1} and {:.1} ms", ms(d.after), ms(d.by))),
+        NODES[new],
+        ms(promoted.after),
+        ms(promoted.by),
+        ms(healed_at),
+        ms(rejoined_at),
+        NODES[new],
+        record.timeline()
+    );
+    record.check()?;
+    let demoted = demoted.with_context(|| format!("master {} was never seen leaving the active role", NODES[old]))?;
+    // The old master stops before the new one starts: its demotion cannot have come after the
+    // new one's promotion.
+    ensure!(
+        demoted.after < promoted.by,
+        "master {} was promoted by {:.1} ms while master {} was still active at {:.1} ms\n{}",
+        NODES[new],
+        ms(promoted.by),
+        NODES[old],
+        ms(demoted.after),
+        record.timeline()
+    );
+    ensure!(fenced >= 1, "{} promoted without fencing {}\n{}", NODES[new], NODES[old], record.timeline());
+    if fault != Fault::BlackHole {
+        // The client still reached the old master, so it is seen to stop: its last
+        // acknowledgement under an older token came back before the new master was first
+        // asked for a write it acknowledged under its own.
+        let token = promoted.to.token.0;
+        let first_new = record.acks.iter().filter(|a| a.node == new && a.what == token).min_by_key(|a| a.sent);
+        let last_old = record.acks.iter().filter(|a| a.node == old && a.what < token).max_by_key(|a| a.received);
+        let (first_new, last_old) = first_new.zip(last_old).context("acknowledgements from both masters")?;
+        ensure!(
+            last_old.received < first_new.sent,
+            "master {} acknowledged a write (back at {:.1} ms) after master {} was asked for its first one at {:.1} ms\n{}",
+            NODES[old],
+            ms(last_old.received),
+            NODES[new],
+            ms(first_new.sent),
+            record.timeline()
+        );
+        say!(
+            "master {} stopped acknowledging {:.1} ms before master {} started",
+            NODES[old],
+            ms(first_new.sent - last_old.received),
+            NODES[new]
+        );
+    }
+    ensure!(
+        last_state(&record, old, rejoined_at) == Some(HaState::Standby)
+            && last_state(&record, new, rejoined_at) == Some(HaState::Active),
+        "the end is not master {} active and master {} standby\n{}",
+        NODES[new],
+        NODES[old],
+        record.timeline()
+    );
+    first_new_write(&record, new, promoted.to.token.0, fault_at)
+}
+
+/// From `fault_at` to the first write master `new` acknowledged under `token`.
+fn first_new_write(record: &MasterRecord, new: usize, token: u64, fault_at: Duration) -> Result<Duration> {
+    let first = record.acks.iter().filter(|a| a.node == new && a.what == token).map(|a| a.received).min();
+    let first = first.with_context(|| format!("master {} acknowledged no write under token {token}", NODES[new]))?;
+    Ok(first.saturating_sub(fault_at))
+}
+
+pub async fn process_fault_on_the_active_node(fault: ProcessFault, kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+    let result = run_process_fault(&pair, fault).await.map(|_| ());
+    // A frozen process left stopped would outlive the test's own clean-up.
+    for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
+        let _ = proc.signal(Signal::SIGCONT);
+    }
+    result
+}
+
+/// Returns the time from the fault to the new master's first acknowledged write.
+async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault) -> Result<Duration> {
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let new = 1 - old;
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == old)
+    })
+    .await?;
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let target = if fault.on_master() {
+        &pair.masters[old]
+    } else {
+        pair.agents[old].as_ref().context("the active agent runs")?
+    };
+    let signal = if fault.frozen() { Signal::SIGSTOP } else { Signal::SIGKILL };
+
+    let fault_at = oracle.now();
+    target.signal(signal)?;
+    let record = until_record(pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    let since = promoted.after;
+    until_record(pair, &oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
+        acknowledging_for(r, new, since) >= Duration::from_secs(1)
+    })
+    .await?;
+    let mut resumed_at = None;
+    if fault.frozen() {
+        // Frozen for twice the session timeout, counted from the fault, then woken: a frozen
+        // master (if the power switch had not turned it off) would resume believing it is active.
+        let wake = fault_at + 2 * session;
+        let now = oracle.now();
+        if wake > now {
+            tokio::time::sleep(wake - now).await;
+        }
+        resumed_at = Some(oracle.now());
+        target.signal(Signal::SIGCONT)?;
+    }
+    if fault == ProcessFault::AgentFrozen {
+        // The resumed agent finds its session gone and comes back as a standby.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = status(pair, old).await;
+            if s["session"]["state"] == "connected" && s["role"] == "standby" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("the resumed agent did not come back as standby within 30 s: {s}\n{}", logs(pair));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // A second more of writes after the wake-up (or after the takeover) for a woken master to
+    // give itself away.
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(10), "a second of writes after the fault settled", |r| {
+        acknowledging_for(r, new, settle) >= Duration::from_secs(1)
+    })
+    .await?;
+    pair.wait_for_active_node(new, Duration::from_secs(5)).await?;
+    let fenced = status(pair, new).await["counters"]["fences_fenced"].as_u64().unwrap_or(0);
+    let history = pair.agent_json(new, "/history").await.unwrap_or_default();
+    let record = oracle.finish().await;
+    say!(
+        "{fault:?} on node {} at {:.1} ms; master {} promoted between {:.1} and {:.1} ms{}; {} fenced {fenced} time(s)\n{}",
+        NODES[old],
+        ms(fault_at),
+        NODES[new],
+        ms(promoted.after),
+        ms(promoted.by),
+        resumed_at.map_or(String::new(), |t| format!("; resumed at {:.1} ms", ms(t))),
+        NODES[new],
+        record.timeline()
+    );
+    record.check()?;
+    ensure!(fenced >= 1, "{} promoted without fencing {}\n{}", NODES[new], NODES[old], record.timeline());
+    let token = promoted.to.token.0;
+    // Whatever the fault, the old master's last acknowledgement under an older token came
+    // back before the new master was first asked for a write it acknowledged under its own,
+    // and no acknowledgement of the old master's came back after that, wake-up included.
+    let first_new = record.acks.iter().filter(|a| a.node == new && a.what == token).min_by_key(|a| a.sent);
+    let first_new = first_new.context("the new master acknowledged writes under its token")?;
+    if let Some(late) = record.acks.iter().filter(|a| a.node == old).find(|a| a.received >= first_new.sent) {
+        bail!(
+            "master {} acknowledged a write (token {}, back at {:.1} ms) after master {} was asked for its first one at \
+             {:.1} ms\n{}",
+            NODES[old],
+            late.what,
+            ms(late.received),
+            NODES[new],
+            ms(first_new.sent),
+            record.timeline()
+        );
+    }
+    let method = history.to_string();
+    if fault.on_master() {
+        // It answered neither the graceful request nor the management path: only the power
+        // switch could fence it, and it is gone.
+        ensure!(method.contains("power"), "the new active did not fence with the power switch: {method}");
+        ensure!(
+            !pair.masters[old].alive(),
+            "master {} is still running after it was fenced\n{}",
+            NODES[old],
+            record.timeline()
+        );
+    } else {
+        // The old master was alive and reachable: it was demoted, and says standby.
+        let demoted = record.demoted(old).with_context(|| {
+            format!("master {} was never seen leaving the active role\n{}", NODES[old], record.timeline())
+        })?;
+        ensure!(
+            demoted.after < promoted.by,
+            "master {} was promoted by {:.1} ms while master {} was still active at {:.1} ms\n{}",
+            NODES[new],
+            ms(promoted.by),
+            NODES[old],
+            ms(demoted.after),
+            record.timeline()
+        );
+        ensure!(
+            last_state(&record, old, settle) == Some(HaState::Standby),
+            "the old master does not say standby at the end\n{}",
+            record.timeline()
+        );
+    }
+    ensure!(
+        last_state(&record, new, settle) == Some(HaState::Active),
+        "the new master does not say active at the end\n{}",
+        record.timeline()
+    );
+    first_new_write(&record, new, token, fault_at)
+}
+
+pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    // The masters journal their edits in the coordinator: what the restart must keep.
+    let pair = Arc::new(Pair::start_on_hosts(PairSpec { journal: true, ..spec(kind) }, &hosts).await?);
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let oracle = MasterOracle::start(&pair);
+    until_record(&pair, &oracle, Duration::from_secs(10), "a hundred writes on the active master", |r| {
+        r.acks.iter().filter(|a| a.node == first).count() >= 100
+    })
+    .await?;
+    let killed_at = oracle.now();
+    pair.kill_coordinator();
+    pair.restart_coordinator(false).await?;
+    let restarted_at = oracle.now();
+    // Writes go on: some master acknowledges for two seconds after the restart, and the pair
+    // settles with one active.
+    until_record(&pair, &oracle, Duration::from_secs(30), "two seconds of writes after the restart", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, restarted_at) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    say!(
+        "coordinator killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
+        ms(killed_at),
+        ms(restarted_at),
+        NODES[first],
+        NODES[active],
+        record.timeline()
+    );
+    record.check()?;
+    // An independent reader of the journal: every write a master acknowledged, before the
+    // coordinator's crash or after, is there once, under the token in force when it was
+    // appended.
+    let verdict = verify(&pair.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &record.acked).await?;
+    say!("{verdict}");
+    ensure!(
+        verdict.is_clean() && verdict.found == record.acked.len(),
+        "the journal does not hold what the masters acknowledged: {verdict}\n{}",
+        record.timeline()
+    );
+    ensure!(
+        record.acks.iter().any(|a| a.sent < killed_at) && record.acks.iter().any(|a| a.sent > restarted_at),
+        "no writes acknowledged on both sides of the restart\n{}",
+        record.timeline()
+    );
+    let end = oracle_end(&record);
+    ensure!(
+        last_state(&record, active, end) == Some(HaState::Active)
+            && last_state(&record, 1 - active, end) != Some(HaState::Active),
+        "the end is not exactly one active master ({})\n{}",
+        NODES[active],
+        record.timeline()
+    );
+    Ok(())
+}
+
+/// Anti-flap interval of [`flapping_health`].
+const FLAP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The active master's health flaps for twelve seconds: whichever master is active is made
+/// unhealthy for 600 ms (longer than the agents need to count it failed), then healthy for
+/// 600 ms, again and again. With `min_failover_interval_ms` set, failovers are spaced by at least
+/// that interval, whatever the flapping does; the masters never both say active, and the pair
+/// ends with one active once the flapping stops.
+pub async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let extra = format!("election:\n  min_failover_interval_ms: {}\n", FLAP_INTERVAL.as_millis());
+    let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind) };
+    let pair = Arc::new(Pair::start_on_hosts(spec, &hosts).await?);
+    pair.wait_for_active(Duration::from_secs(20)).await?;
+    let oracle = MasterOracle::start(&pair);
+    let flapping = Duration::from_secs(12);
+    let half = Duration::from_millis(600);
+    let started = Instant::now();
+    let mut flaps = 0;
+    while started.elapsed() < flapping {
+        let actives = pair.actives().await;
+        if let [active] = actives[..] {
+            pair.set_master_healthy(active, false).await?;
+            tokio::time::sleep(half).await;
+            pair.set_master_healthy(active, true).await?;
+            flaps += 1;
+        }
+        tokio::time::sleep(half).await;
+    }
+    for n in 0..NODES.len() {
+        pair.set_master_healthy(n, true).await?;
+    }
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let settled = oracle.now();
+    until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes after the flapping", |r| {
+        acknowledging_for(r, active, settled) >= Duration::from_secs(1)
+    })
+    .await?;
+    let record = oracle.finish().await;
+    let promotions: Vec<_> = record
+        .role_changes()
+        .into_iter()
+        .filter(|c| c.to.state == HaState::Active && c.from.state != HaState::Active)
+        .collect();
+    say!(
+        "{flaps} flaps of the active master's health in {flapping:?}: {} promotions, at {:?} ms\n{}",
+        promotions.len(),
+        promotions.iter().map(|c| ms(c.by).round()).collect::<Vec<_>>(),
+        record.timeline()
+    );
+    record.check()?;
+    ensure!(flaps >= 3, "only {flaps} flaps ran: the scenario did not exercise anti-flap\n{}", record.timeline());
+    // A promotion is seen within its poll's window ([after, by]); the interval counts from when
+    // the agent saw the active change, which precedes the previous promotion by at most the
+    // fencing and promotion time: half a second on these hosts.
+    let slack = Duration::from_millis(500);
+    for pair_of in promotions.windows(2) {
+        let gap = pair_of[1].by.saturating_sub(pair_of[0].after);
+        ensure!(
+            gap + slack >= FLAP_INTERVAL,
+            "two promotions {:.0} ms apart (masters {} then {}), under the {FLAP_INTERVAL:?} anti-flap interval\n{}",
+            ms(gap),
+            NODES[pair_of[0].node],
+            NODES[pair_of[1].node],
+            record.timeline()
+        );
+    }
+    let end = oracle_end(&record);
+    ensure!(
+        last_state(&record, active, end) == Some(HaState::Active)
+            && last_state(&record, 1 - active, end) != Some(HaState::Active),
+        "the end is not exactly one active master ({})\n{}",
+        NODES[active],
+        record.timeline()
+    );
+    Ok(())
+}
+
+/// Rounds of [`simultaneous_start`].
+const START_ROUNDS: usize = 5;
+
+/// Both agents started at the same instant (back to back, before either can reach the
+/// coordinator), on a fresh coordinator each round: exactly one of them promotes its master,
+/// once, and the masters never both say active.
+pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(3)?;
+    let mut winners = [0usize; 2];
+    for round in 1..=START_ROUNDS {
+        let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+        let oracle = MasterOracle::start(&pair);
+        let record = until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes on one master", |r| {
+            (0..NODES.len()).any(|n| acknowledging_for(r, n, Duration::ZERO) >= Duration::from_secs(1))
+        })
+        .await?;
+        let active = (0..NODES.len())
+            .find(|&n| acknowledging_for(&record, n, Duration::ZERO) >= Duration::from_secs(1))
+            .context("the master that took writes")?;
+        let mut promotions = Vec::new();
+        for n in 0..NODES.len() {
+            promotions
+                .push(status(&pair, n).await["counters"]["promotions"].as_u64().context("an agent's promotions")?);
+        }
+        let record = oracle.finish().await;
+        record.check()?;
+        ensure!(
+            promotions.iter().sum::<u64>() == 1 && promotions[active] == 1,
+            "round {round}: the agents promoted {promotions:?} times (a, b) while master {} took writes\n{}\n{}",
+            NODES[active],
+            record.timeline(),
+            logs(&pair)
+        );
+        let end = oracle_end(&record);
+        ensure!(
+            last_state(&record, active, end) == Some(HaState::Active)
+                && last_state(&record, 1 - active, end) == Some(HaState::Standby),
+            "round {round}: the end is not master {} active and the other standby\n{}",
+            NODES[active],
+            record.timeline()
+        );
+        winners[active] += 1;
+    }
+    say!("{START_ROUNDS} simultaneous starts: a won {}, b won {}", winners[0], winners[1]);
+    Ok(())
+}
+
+/// The last second of a record: where its final states are read.
+fn oracle_end(record: &MasterRecord) -> Duration {
+    let last = record.states.iter().map(|o| o.sent).max().unwrap_or_default();
+    last.saturating_sub(Duration::from_secs(1))
+}
