@@ -1367,6 +1367,33 @@ impl MasterOracle {
         self.started.elapsed()
     }
 
+    /// Waits until the record so far satisfies `cond`, checking every 10 ms; returns that
+    /// record. On timeout the error names `what` and carries the masters' timeline and
+    /// `context()` (the caller's logs, say).
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&MasterRecord) -> bool,
+        context: impl Fn() -> String,
+    ) -> Result<MasterRecord, LabError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let record = self.snapshot();
+            if cond(&record) {
+                return Ok(record);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "timed out after {limit:?} waiting for {what}\n--- masters ---\n{}\n{}",
+                    record.timeline(),
+                    context()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A copy of what has been recorded so far.
     pub fn snapshot(&self) -> MasterRecord {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()

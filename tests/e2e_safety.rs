@@ -71,22 +71,8 @@ async fn until_record(
     what: &str,
     cond: impl Fn(&MasterRecord) -> bool,
 ) -> Result<MasterRecord> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let record = oracle.snapshot();
-        if cond(&record) {
-            return Ok(record);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "timed out after {limit:?} waiting for {what}\n--- masters ---\n{}\n--- agent a ---\n{}\n--- agent b ---\n{}",
-                record.timeline(),
-                pair.agent_log_tail(0),
-                pair.agent_log_tail(1)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let logs = || format!("--- agent a ---\n{}\n--- agent b ---\n{}", pair.agent_log_tail(0), pair.agent_log_tail(1));
+    Ok(oracle.wait_for(limit, what, cond, logs).await?)
 }
 
 /// Whether master `node`'s last answer says standby.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{
-    node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings, COORDINATOR_HOST,
-    EPOCH_PATH, JOURNAL_PATH, NODES,
+    node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, RoleChange, Timings,
+    COORDINATOR_HOST, EPOCH_PATH, JOURNAL_PATH, NODES,
 };
 use referee_examples::verdict::verify;
 use referee_fencing::HaState;
@@ -164,21 +164,7 @@ async fn until_record(
     what: &str,
     cond: impl Fn(&MasterRecord) -> bool,
 ) -> Result<MasterRecord> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let record = oracle.snapshot();
-        if cond(&record) {
-            return Ok(record);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "timed out after {limit:?} waiting for {what}\n--- masters ---\n{}\n{}",
-                record.timeline(),
-                logs(pair)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    Ok(oracle.wait_for(limit, what, cond, || logs(pair)).await?)
 }
 
 /// Master `node`'s last answer, if it was sent after `since`.
@@ -228,18 +214,9 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<Duration> 
         Fault::BlackHole => hosts.black_hole(old_host)?,
         Fault::Isolated => hosts.isolate(old_host)?,
     }
-    let record = until_record(pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
-        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
-    })
-    .await?;
-    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
     // The fault stays while the new master takes writes for a second: a deposed master that
     // kept serving clients on its side would acknowledge writes all that time.
-    let since = promoted.after;
-    until_record(pair, &oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
-        acknowledging_for(r, new, since) >= Duration::from_secs(1)
-    })
-    .await?;
+    let promoted = takeover(pair, &oracle, new, fault_at).await?;
 
     hosts.heal(old_host)?;
     let healed_at = oracle.now();
@@ -332,6 +309,21 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<Duration> 
     first_new_write(&record, new, promoted.to.token.0, fault_at)
 }
 
+/// Waits until master `new` was promoted after `fault_at` and has then acknowledged writes for
+/// a second; returns its promotion.
+async fn takeover(pair: &Pair, oracle: &MasterOracle, new: usize, fault_at: Duration) -> Result<RoleChange> {
+    let record = until_record(pair, oracle, Duration::from_secs(30), "the other master to become active", |r| {
+        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
+    })
+    .await?;
+    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
+    until_record(pair, oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
+        acknowledging_for(r, new, promoted.after) >= Duration::from_secs(1)
+    })
+    .await?;
+    Ok(promoted)
+}
+
 /// From `fault_at` to the first write master `new` acknowledged under `token`.
 fn first_new_write(record: &MasterRecord, new: usize, token: u64, fault_at: Duration) -> Result<Duration> {
     let first = record.acks.iter().filter(|a| a.node == new && a.what == token).map(|a| a.received).min();
@@ -373,16 +365,7 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault) -> Result<Dura
 
     let fault_at = oracle.now();
     target.signal(signal)?;
-    let record = until_record(pair, &oracle, Duration::from_secs(30), "the other master to become active", |r| {
-        r.promoted(new, None).is_some_and(|c| c.after >= fault_at)
-    })
-    .await?;
-    let promoted = record.promoted(new, None).context("the promotion is in the record")?;
-    let since = promoted.after;
-    until_record(pair, &oracle, Duration::from_secs(15), "a second of writes on the new master", |r| {
-        acknowledging_for(r, new, since) >= Duration::from_secs(1)
-    })
-    .await?;
+    let promoted = takeover(pair, &oracle, new, fault_at).await?;
     let mut resumed_at = None;
     if fault.frozen() {
         // Frozen for twice the session timeout, counted from the fault, then woken: a frozen
