@@ -523,15 +523,7 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
         "no writes acknowledged on both sides of the restart\n{}",
         record.timeline()
     );
-    let end = oracle_end(&record);
-    ensure!(
-        last_state(&record, active, end) == Some(HaState::Active)
-            && last_state(&record, 1 - active, end) != Some(HaState::Active),
-        "the end is not exactly one active master ({})\n{}",
-        NODES[active],
-        record.timeline()
-    );
-    Ok(())
+    only_active_at_the_end(&record, active)
 }
 
 /// Anti-flap interval of [`flapping_health`].
@@ -605,15 +597,7 @@ pub async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
             record.timeline()
         );
     }
-    let end = oracle_end(&record);
-    ensure!(
-        last_state(&record, active, end) == Some(HaState::Active)
-            && last_state(&record, 1 - active, end) != Some(HaState::Active),
-        "the end is not exactly one active master ({})\n{}",
-        NODES[active],
-        record.timeline()
-    );
-    Ok(())
+    only_active_at_the_end(&record, active)
 }
 
 /// Rounds of [`simultaneous_start`].
@@ -664,6 +648,19 @@ pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()>
         winners[active] += 1;
     }
     say!("{START_ROUNDS} simultaneous starts: a won {}, b won {}", winners[0], winners[1]);
+    Ok(())
+}
+
+/// Master `active` says active in the last second of the record, and the other does not.
+fn only_active_at_the_end(record: &MasterRecord, active: usize) -> Result<()> {
+    let end = oracle_end(record);
+    ensure!(
+        last_state(record, active, end) == Some(HaState::Active)
+            && last_state(record, 1 - active, end) != Some(HaState::Active),
+        "the end is not exactly one active master ({})\n{}",
+        NODES[active],
+        record.timeline()
+    );
     Ok(())
 }
 
