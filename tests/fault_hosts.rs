@@ -42,6 +42,9 @@
 //!   of the journal finds every acknowledged write once, under the token in force.
 //! - **The active master's health flapping** for twelve seconds under a 3 s anti-flap
 //!   interval: failovers no closer than the interval, never two actives, one active at the end.
+//! - **The same faults with journalling masters** (their edits in the coordinator behind an
+//!   epoch znode, as the demo's): besides every check above, an independent reader of the
+//!   journal finds every acknowledged write once, and no entry under a token not in force.
 //! - **Both agents started at the same instant**, five times on a fresh coordinator: exactly
 //!   one promotes its master, once, and the masters never both say active.
 
@@ -58,13 +61,13 @@ use referee::lab::{coordinator_available, CoordinatorKind};
 
 /// One test per fault and coordinator kind.
 macro_rules! scenarios {
-    ($($name:ident: $run:ident($($arg:expr)?);)*) => {
+    ($($name:ident: $run:ident($($arg:expr),*);)*) => {
         mod bundled {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() -> Result<()> {
-                    $run($($arg,)? CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
+                    $run($($arg,)* CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
                 }
             )*
         }
@@ -77,7 +80,7 @@ macro_rules! scenarios {
                     if !coordinator_available(CoordinatorKind::ApacheZooKeeper, test) {
                         return Ok(());
                     }
-                    $run($($arg,)? CoordinatorKind::ApacheZooKeeper, test).await
+                    $run($($arg,)* CoordinatorKind::ApacheZooKeeper, test).await
                 }
             )*
         }
@@ -85,13 +88,18 @@ macro_rules! scenarios {
 }
 
 scenarios! {
-    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator);
-    black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole);
-    isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated);
-    killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled);
-    frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen);
-    killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled);
-    frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen);
+    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator, Masters::Plain);
+    black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole, Masters::Plain);
+    isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated, Masters::Plain);
+    killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Plain);
+    frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Plain);
+    killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled, Masters::Plain);
+    frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Plain);
+    journal_keeps_every_write_when_the_active_host_is_cut_off: fault_on_the_active_host(Fault::FromCoordinator, Masters::Journalling);
+    journal_keeps_every_write_when_the_active_host_is_black_holed: fault_on_the_active_host(Fault::BlackHole, Masters::Journalling);
+    journal_keeps_every_write_when_the_active_master_is_killed: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Journalling);
+    journal_keeps_every_write_when_the_active_master_is_frozen: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Journalling);
+    journal_keeps_every_write_when_the_active_agent_is_frozen: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Journalling);
     coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
     agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
     flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();

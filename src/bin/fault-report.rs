@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fault_scenarios::{measure, Measured, QUIET};
+use fault_scenarios::{measure, Masters, Measured, QUIET};
 use referee::lab::{load_average, CoordinatorKind, Timings};
 use referee_testkit::{hosts_unavailable, Hosts};
 
@@ -113,7 +113,7 @@ async fn main() -> Result<()> {
         let hosts = Hosts::new(3)?;
         let mut series = Series { scenario, times: Vec::new(), violations: Vec::new() };
         for run in 1..=args.runs {
-            match measure(scenario, kind, &hosts).await {
+            match measure(scenario, Masters::Plain, kind, &hosts).await {
                 Ok(t) => {
                     eprintln!("{} run {run}: {:.1} ms", scenario.name(), ms(t));
                     series.times.push(t);

@@ -70,11 +70,11 @@ impl Measured {
 
 /// Runs `scenario` once on `hosts` (at least three) with every check of its test; returns the
 /// time from the fault to the first write the new active master acknowledged.
-pub async fn measure(scenario: Measured, kind: CoordinatorKind, hosts: &Hosts) -> Result<Duration> {
-    let pair = Arc::new(Pair::start_on_hosts(spec(kind), hosts).await?);
+pub async fn measure(scenario: Measured, masters: Masters, kind: CoordinatorKind, hosts: &Hosts) -> Result<Duration> {
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), hosts).await?);
     let result = match scenario {
-        Measured::Network(fault) => run(hosts, &pair, fault).await,
-        Measured::Process(fault) => run_process_fault(&pair, fault).await,
+        Measured::Network(fault) => run(hosts, &pair, fault, masters).await,
+        Measured::Process(fault) => run_process_fault(&pair, fault, masters).await,
     };
     for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
         let _ = proc.signal(Signal::SIGCONT);
@@ -117,7 +117,17 @@ impl ProcessFault {
     }
 }
 
-fn spec(kind: CoordinatorKind) -> PairSpec {
+/// What the masters keep their edits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masters {
+    /// In memory: safety rests on the agents alone.
+    Plain,
+    /// In a journal in the coordinator, behind an epoch znode: at the end an independent reader
+    /// of the journal must find every acknowledged write once, under the token in force.
+    Journalling,
+}
+
+fn spec(kind: CoordinatorKind, masters: Masters) -> PairSpec {
     PairSpec {
         bin: referee_bin(),
         coordinator: kind,
@@ -126,7 +136,7 @@ fn spec(kind: CoordinatorKind) -> PairSpec {
         proxied_agents: false,
         extra_agent_yaml: Vec::new(),
         admin: false,
-        journal: false,
+        journal: masters == Masters::Journalling,
     }
 }
 
@@ -181,14 +191,14 @@ fn acknowledging_for(record: &MasterRecord, node: usize, since: Duration) -> Dur
     }
 }
 
-pub async fn fault_on_the_active_host(fault: Fault, kind: CoordinatorKind, test: &str) -> Result<()> {
+pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: CoordinatorKind, test: &str) -> Result<()> {
     if let Some(why) = hosts_unavailable() {
         skip(test, &why);
         return Ok(());
     }
     let hosts = Hosts::new(3)?;
-    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
-    let result = run(&hosts, &pair, fault).await;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
+    let result = run(&hosts, &pair, fault, masters).await;
     // Faults off before the pair stops, so its processes stop with a network; the pair goes
     // before the hosts (the hosts were made first, so they are dropped last).
     hosts.heal_all()?;
@@ -196,7 +206,7 @@ pub async fn fault_on_the_active_host(fault: Fault, kind: CoordinatorKind, test:
 }
 
 /// Returns the time from the fault to the new master's first acknowledged write.
-async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<Duration> {
+async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) -> Result<Duration> {
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     let old_host = node_host(old);
@@ -306,6 +316,9 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault) -> Result<Duration> 
         NODES[old],
         record.timeline()
     );
+    if masters == Masters::Journalling {
+        check_journal(pair, &record).await?;
+    }
     first_new_write(&record, new, promoted.to.token.0, fault_at)
 }
 
@@ -324,6 +337,19 @@ async fn takeover(pair: &Pair, oracle: &MasterOracle, new: usize, fault_at: Dura
     Ok(promoted)
 }
 
+/// An independent reader of the journal: every write a master acknowledged is there once, and
+/// no entry was appended under a token that was not in force.
+async fn check_journal(pair: &Pair, record: &MasterRecord) -> Result<()> {
+    let verdict = verify(&pair.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &record.acked).await?;
+    say!("{verdict}");
+    ensure!(
+        verdict.is_clean() && verdict.found == record.acked.len(),
+        "the journal does not hold what the masters acknowledged: {verdict}\n{}",
+        record.timeline()
+    );
+    Ok(())
+}
+
 /// From `fault_at` to the first write master `new` acknowledged under `token`.
 fn first_new_write(record: &MasterRecord, new: usize, token: u64, fault_at: Duration) -> Result<Duration> {
     let first = record.acks.iter().filter(|a| a.node == new && a.what == token).map(|a| a.received).min();
@@ -331,14 +357,19 @@ fn first_new_write(record: &MasterRecord, new: usize, token: u64, fault_at: Dura
     Ok(first.saturating_sub(fault_at))
 }
 
-pub async fn process_fault_on_the_active_node(fault: ProcessFault, kind: CoordinatorKind, test: &str) -> Result<()> {
+pub async fn process_fault_on_the_active_node(
+    fault: ProcessFault,
+    masters: Masters,
+    kind: CoordinatorKind,
+    test: &str,
+) -> Result<()> {
     if let Some(why) = hosts_unavailable() {
         skip(test, &why);
         return Ok(());
     }
     let hosts = Hosts::new(3)?;
-    let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
-    let result = run_process_fault(&pair, fault).await.map(|_| ());
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
+    let result = run_process_fault(&pair, fault, masters).await.map(|_| ());
     // A frozen process left stopped would outlive the test's own clean-up.
     for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
         let _ = proc.signal(Signal::SIGCONT);
@@ -347,7 +378,7 @@ pub async fn process_fault_on_the_active_node(fault: ProcessFault, kind: Coordin
 }
 
 /// Returns the time from the fault to the new master's first acknowledged write.
-async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault) -> Result<Duration> {
+async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Masters) -> Result<Duration> {
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     let oracle = MasterOracle::start(pair);
@@ -470,6 +501,9 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault) -> Result<Dura
         "the new master does not say active at the end\n{}",
         record.timeline()
     );
+    if masters == Masters::Journalling {
+        check_journal(pair, &record).await?;
+    }
     first_new_write(&record, new, token, fault_at)
 }
 
@@ -480,7 +514,7 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     }
     let hosts = Hosts::new(3)?;
     // The masters journal their edits in the coordinator: what the restart must keep.
-    let pair = Arc::new(Pair::start_on_hosts(PairSpec { journal: true, ..spec(kind) }, &hosts).await?);
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let first = pair.wait_for_active(Duration::from_secs(20)).await?;
     let oracle = MasterOracle::start(&pair);
     until_record(&pair, &oracle, Duration::from_secs(10), "a hundred writes on the active master", |r| {
@@ -511,13 +545,7 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     // An independent reader of the journal: every write a master acknowledged, before the
     // coordinator's crash or after, is there once, under the token in force when it was
     // appended.
-    let verdict = verify(&pair.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &record.acked).await?;
-    say!("{verdict}");
-    ensure!(
-        verdict.is_clean() && verdict.found == record.acked.len(),
-        "the journal does not hold what the masters acknowledged: {verdict}\n{}",
-        record.timeline()
-    );
+    check_journal(&pair, &record).await?;
     ensure!(
         record.acks.iter().any(|a| a.sent < killed_at) && record.acks.iter().any(|a| a.sent > restarted_at),
         "no writes acknowledged on both sides of the restart\n{}",
@@ -541,7 +569,7 @@ pub async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
     }
     let hosts = Hosts::new(3)?;
     let extra = format!("election:\n  min_failover_interval_ms: {}\n", FLAP_INTERVAL.as_millis());
-    let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind) };
+    let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind, Masters::Plain) };
     let pair = Arc::new(Pair::start_on_hosts(spec, &hosts).await?);
     pair.wait_for_active(Duration::from_secs(20)).await?;
     let oracle = MasterOracle::start(&pair);
@@ -614,7 +642,7 @@ pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()>
     let hosts = Hosts::new(3)?;
     let mut winners = [0usize; 2];
     for round in 1..=START_ROUNDS {
-        let pair = Arc::new(Pair::start_on_hosts(spec(kind), &hosts).await?);
+        let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Plain), &hosts).await?);
         let oracle = MasterOracle::start(&pair);
         let record = until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes on one master", |r| {
             (0..NODES.len()).any(|n| acknowledging_for(r, n, Duration::ZERO) >= Duration::from_secs(1))
