@@ -130,6 +130,11 @@ impl Driver {
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.mem.promised.clone(),
+            candidacy: self.cfg.own_candidacy(),
+            published: None,
+            candidates: Vec::new(),
+            lock_free_since: self.mem.free_seen_at,
+            allow_data_loss: false,
         }
     }
 
