@@ -9,7 +9,9 @@
 //! The HA protocol (paths and bodies from [`referee_fencing::protocol`]):
 //!
 //! - `GET /ha/health`: `200` when healthy, `503 {"reason": ...}` when switched unhealthy.
-//! - `GET /ha/state`: `{"state": "active" | "standby" | "initializing", "token": N}`.
+//! - `GET /ha/state`: `{"state": "active" | "standby" | "initializing", "token": N}`, and
+//!   with a journal `"position": P`, the last journal sequence number applied (the replication
+//!   position the agents' lag gate and ranking compare; absent before the first).
 //! - `POST /ha/active {"token": N}`: become active. Refused with `409` if `N` is lower than
 //!   the highest token seen, with `503` while initializing; an equal token is a retry and
 //!   answers `200` again. A higher token is written to the state file and synced to disk
@@ -547,10 +549,25 @@ async fn health(State(m): State<Arc<Master>>) -> Response {
     }
 }
 
+/// The body of `GET /ha/state`: the protocol's status and the optional replication position.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StateReport {
+    /// Role and token.
+    #[serde(flatten)]
+    pub status: HaStatus,
+    /// The last journal sequence number applied; absent without a journal or before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
 async fn state(State(m): State<Arc<Master>>) -> Response {
-    let mut inner = m.inner.lock().await;
-    inner.role(BootTime::now(), m.node());
-    Json(inner.status()).into_response()
+    let status = {
+        let mut inner = m.inner.lock().await;
+        inner.role(BootTime::now(), m.node());
+        inner.status()
+    };
+    let position = with_replica(&m, |r| r.applied()).flatten();
+    Json(StateReport { status, position }).into_response()
 }
 
 async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {

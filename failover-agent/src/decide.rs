@@ -612,7 +612,7 @@ pub fn plan_handover(
 /// cannot be read leaves it as it was.
 pub fn track_promoted(previous: Option<FencingToken>, master: Option<MasterStatus>) -> Option<FencingToken> {
     match master {
-        Some(MasterStatus { state: HaState::Active, token }) => Some(previous.map_or(token, |p| p.max(token))),
+        Some(MasterStatus { state: HaState::Active, token, .. }) => Some(previous.map_or(token, |p| p.max(token))),
         Some(_) => None,
         None => previous,
     }
@@ -839,7 +839,7 @@ mod tests {
     }
 
     fn member(node: &str) -> Member {
-        Member { node_id: node.into(), target: target(node), peer_url: None, probe_addr: None }
+        Member { node_id: node.into(), target: target(node), peer_url: None, probe_addr: None, candidacy: None }
     }
 
     fn now() -> BootInstant {
@@ -853,7 +853,7 @@ mod tests {
             node_id: "a".into(),
             own_target: target("a"),
             health: Health::Healthy,
-            master: Some(MasterStatus { state: HaState::Standby, token: t(0) }),
+            master: Some(MasterStatus { state: HaState::Standby, token: t(0), position: None }),
             session: SessionView::Connected { session_id: 7 },
             lock: LockView::Free,
             breadcrumb: BreadcrumbView::Missing,
@@ -890,7 +890,7 @@ mod tests {
     }
 
     fn active(token: u64) -> Option<MasterStatus> {
-        Some(MasterStatus { state: HaState::Active, token: t(token) })
+        Some(MasterStatus { state: HaState::Active, token: t(token), position: None })
     }
 
     fn ours(token: u64) -> LockView {
@@ -1277,7 +1277,7 @@ mod tests {
         refused(o, "the breadcrumb holds token 18446744073709551615, above the highest usable token");
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(u64::MAX - 1) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(u64::MAX - 1), position: None });
         refused(o, "this node's master holds token 18446744073709551614");
         let mut o = base();
         o.lock = ours(45);
@@ -1312,7 +1312,7 @@ mod tests {
         check(o, vec![], "holding the lock; the breadcrumb could not be read, waiting");
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0) });
+        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0), position: None });
         check(o, vec![], "holding the lock (token 45); the master is still initializing");
         let mut o = base();
         o.lock = ours(45);
@@ -1329,7 +1329,7 @@ mod tests {
 
     #[test]
     fn the_promoted_token_is_kept_while_the_master_may_be_active() {
-        let st = |state, n| Some(MasterStatus { state, token: t(n) });
+        let st = |state, n| Some(MasterStatus { state, token: t(n), position: None });
         let cases = [
             (None, st(HaState::Active, 30), Some(t(30))),
             (Some(t(30)), None, Some(t(30))),
@@ -1347,7 +1347,7 @@ mod tests {
     #[test]
     fn handover_demotes_first_and_never_waits_on_an_unreadable_lock() {
         let ours = LockView::Ours { token: t(45), version: 2 };
-        let standby = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        let standby = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
         let cases = [
             (Some(&ours), Some(t(45)), active(45), Handover::StepDown { token: t(45), lock_version: 2 }),
             (Some(&ours), None, standby, Handover::StepDown { token: t(45), lock_version: 2 }),
@@ -1394,7 +1394,7 @@ mod tests {
         o.lock = ours(3);
         o.token_base = TokenBaseView::Missing;
         o.token_floor = t(90);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(100) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(100), position: None });
         check(
             o,
             vec![Step::SetTokenBase { czxid: 3, floor: t(100), lock_version: 0, current: None, consult_peers: true }],
@@ -1425,7 +1425,7 @@ mod tests {
         // Our master showing exactly our token before we gave it is a coincidence, not ours.
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
         assert!(matches!(
             decide(&o, &Policy::with_backoff(BACKOFF)).steps[0],
             Step::SetTokenBase { floor: FencingToken(45), .. }

@@ -119,6 +119,11 @@ pub struct AgentStatus {
     pub paused: bool,
     /// The last decision's reason.
     pub last_decision: String,
+    /// Why this node is not taking over now ("why not"), as the last decision named it;
+    /// `None` while it is active or on its way.
+    pub blocker: Option<crate::candidacy::Blocker>,
+    /// The same, as a short sentence (for `referee admin status`).
+    pub why_not: Option<String>,
     /// The last step that failed, and why (kept until the next failure).
     pub last_failure: Option<String>,
     /// This agent's admin API base URL, when it serves one (for `referee admin`).
@@ -154,6 +159,8 @@ impl AgentStatus {
             members: Vec::new(),
             paused: false,
             last_decision: "starting".into(),
+            blocker: None,
+            why_not: None,
             last_failure: None,
             admin_addr: None,
             last_cycle_at_ms: 0,
@@ -173,8 +180,7 @@ impl AgentStatus {
     /// the lease has not run out. The one probe a load balancer should use.
     pub fn is_serving_active(&self, now: BootInstant) -> bool {
         let holds = matches!(self.lock, LockView::Ours { token, .. } if self.token == Some(token));
-        let master_active =
-            matches!(self.master, Some(MasterStatus { state: HaState::Active, token }) if Some(token) == self.token);
+        let master_active = matches!(self.master, Some(MasterStatus { state: HaState::Active, token, .. }) if Some(token) == self.token);
         holds && master_active && self.role == Role::Active && !self.lease_left(now).is_zero()
     }
 
@@ -261,6 +267,15 @@ impl AgentStatus {
             c.sessions.to_string(),
         );
         out.push_str(
+            "# HELP referee_agent_blocked 1 for the blocker that keeps this node from taking over now.\n\
+             # TYPE referee_agent_blocked gauge\n",
+        );
+        let current = self.blocker.as_ref().map(crate::candidacy::Blocker::name);
+        for name in crate::candidacy::Blocker::NAMES {
+            let on = u8::from(current == Some(name));
+            out.push_str(&format!("referee_agent_blocked{{{labels},blocker=\"{name}\"}} {on}\n"));
+        }
+        out.push_str(
             "# HELP referee_agent_failsafe_rounds_total Failsafe rounds by outcome.\n\
              # TYPE referee_agent_failsafe_rounds_total counter\n",
         );
@@ -289,14 +304,14 @@ mod tests {
         let mut s = AgentStatus::new("c", "a");
         s.token = Some(FencingToken(5));
         s.lock = LockView::Ours { token: FencingToken(5), version: 0 };
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5), position: None });
         s.role = Role::Active;
         s.lease_until = Some(now + Duration::from_millis(300));
         assert!(s.is_serving_active(now));
         assert!(!s.is_serving_active(now + Duration::from_millis(300)), "not once the lease is out");
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4), position: None });
         assert!(!s.is_serving_active(now), "not with an older token on the master");
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5), position: None });
         s.lock = LockView::Peer { node_id: "b".into(), token: FencingToken(6) };
         assert!(!s.is_serving_active(now), "not when a peer holds the lock");
     }
@@ -315,5 +330,29 @@ mod tests {
         let m = s.metrics(BootInstant::now());
         assert!(m.contains("referee_agent_active{cluster=\"c\",node=\"a\"} 0\n"), "{m}");
         assert!(m.contains("referee_agent_fences_total{cluster=\"c\",node=\"a\",outcome=\"failed\"} 0\n"), "{m}");
+    }
+
+    #[test]
+    fn one_gauge_per_blocker_name_with_the_current_one_set() {
+        let mut s = AgentStatus::new("c", "a");
+        let m = s.metrics(BootInstant::now());
+        for name in crate::candidacy::Blocker::NAMES {
+            assert!(
+                m.contains(&format!("referee_agent_blocked{{cluster=\"c\",node=\"a\",blocker=\"{name}\"}} 0\n")),
+                "{m}"
+            );
+        }
+        s.blocker = Some(crate::candidacy::Blocker::Lagging { behind: 9, max_lag: 1 });
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_blocked{cluster=\"c\",node=\"a\",blocker=\"lagging\"} 1\n"), "{m}");
+        assert_eq!(
+            m.matches("referee_agent_blocked{").filter(|_| true).count(),
+            crate::candidacy::Blocker::NAMES.len()
+        );
+        assert_eq!(
+            m.lines().filter(|l| l.starts_with("referee_agent_blocked{") && l.ends_with(" 1")).count(),
+            1,
+            "{m}"
+        );
     }
 }

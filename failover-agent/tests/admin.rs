@@ -735,6 +735,7 @@ async fn fake_member(
             target: FenceTarget::new(node, "127.0.0.1", 1, FencingToken(0)),
             peer_url: None,
             probe_addr: Some(probe_addr.to_string()),
+            candidacy: None,
         })
         .await?;
     Ok(FakeMember { _coord: coord, status, history, seen, _admin: admin })
@@ -956,6 +957,7 @@ async fn referee_admin_format_secures_the_cluster_tree() -> Result<()> {
         target: FenceTarget::new("a2", "127.0.0.1", 1, FencingToken(0)),
         peer_url: None,
         probe_addr: None,
+        candidacy: None,
     };
     assert!(intruder.register_member(&member).await.is_err(), "an agent without the credential may not register");
 

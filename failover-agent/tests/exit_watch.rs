@@ -42,7 +42,7 @@ impl MasterAdapter for ProcessAdapter {
     }
 
     fn state(&self, _deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1) }) })
+        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1), position: None }) })
     }
 
     fn promote(&self, _: FencingToken, _: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {

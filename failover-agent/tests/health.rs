@@ -142,7 +142,7 @@ async fn becomes_healthy_after_rise_checks_and_publishes_the_masters_status() {
     assert_eq!(monitor.reports.borrow().health, Health::Initializing);
     let report = monitor.wait_for(|r| r.health == Health::Healthy).await;
     assert_eq!(why(&report), "master healthy after 2 consecutive passing checks");
-    assert_eq!(report.master, Some(MasterStatus { state: HaState::Standby, token: FencingToken(4) }));
+    assert_eq!(report.master, Some(MasterStatus { state: HaState::Standby, token: FencingToken(4), position: None }));
     assert!(report.last_check_at.is_some());
     assert_eq!(report.last_problem, None);
     monitor.stop().await;
@@ -230,7 +230,7 @@ impl MasterAdapter for CountingAdapter {
     }
 
     fn state(&self, _deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1) }) })
+        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1), position: None }) })
     }
 
     fn promote(&self, _: FencingToken, _: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {

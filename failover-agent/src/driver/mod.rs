@@ -26,6 +26,7 @@
 mod control;
 mod execute;
 mod observe;
+mod publish;
 mod session;
 
 use std::future::Future;
@@ -213,6 +214,8 @@ struct Driver {
     watchdog: crate::watchdog::Watchdog,
     /// What the lease guard enforces: published on every renewal and after every cycle.
     guard: watch::Sender<GuardState>,
+    /// Positions and candidacies read and published.
+    pub_state: publish::Publication,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -326,6 +329,7 @@ pub async fn run_with_control(
         role_hooks,
         watchdog,
         guard: guard_tx,
+        pub_state: publish::Publication::default(),
     };
     let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
@@ -560,6 +564,7 @@ impl Driver {
             ]));
         }
         let master_after = self.execute(&decision, &obs, coord).await;
+        self.publish(&obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_answer = Some((m, BootInstant::now()));
             self.mem.promoted = track_promoted(self.mem.promoted, Some(m));
@@ -578,6 +583,8 @@ impl Driver {
         st.lease_until = effective_until;
         st.members = self.mem.members.iter().map(|m| m.node_id.clone()).collect();
         st.last_decision = decision.reason.clone();
+        st.why_not = decision.blocker.as_ref().map(ToString::to_string);
+        st.blocker = decision.blocker.clone();
         st.last_cycle_at_ms = wall_ms();
         st.last_cycle_at = Some(BootInstant::now());
         let role = role_of(&st);
