@@ -124,6 +124,11 @@ pub struct AgentStatus {
     pub blocker: Option<crate::candidacy::Blocker>,
     /// The same, as a short sentence (for `referee admin status`).
     pub why_not: Option<String>,
+    /// How far this node's master is behind the active's last published position (`None`
+    /// while either is unknown).
+    pub behind: Option<u64>,
+    /// The lag gate's limit (`election.max_lag`), if configured.
+    pub max_lag: Option<u64>,
     /// The last step that failed, and why (kept until the next failure).
     pub last_failure: Option<String>,
     /// This agent's admin API base URL, when it serves one (for `referee admin`).
@@ -161,6 +166,8 @@ impl AgentStatus {
             last_decision: "starting".into(),
             blocker: None,
             why_not: None,
+            behind: None,
+            max_lag: None,
             last_failure: None,
             admin_addr: None,
             last_cycle_at_ms: 0,

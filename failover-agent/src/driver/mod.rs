@@ -139,6 +139,8 @@ struct Memory {
     /// What the master answered to our last promote or demote, and when: newer than a health
     /// report whose check may have started before it.
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
+    /// The pending operator failover lifts the lag gate (`--allow-data-loss`).
+    allow_data_loss: bool,
 }
 
 /// How many past holders the agent keeps (a bound against a coordinator that keeps handing
@@ -172,6 +174,7 @@ impl Memory {
             failsafe_last_sent: None,
             promised: None,
             master_answer: None,
+            allow_data_loss: false,
         }
     }
 
@@ -585,6 +588,12 @@ impl Driver {
         st.last_decision = decision.reason.clone();
         st.why_not = decision.blocker.as_ref().map(ToString::to_string);
         st.blocker = decision.blocker.clone();
+        st.behind = obs
+            .candidacy
+            .position
+            .zip(obs.published.as_ref())
+            .map(|(own, p)| crate::candidacy::lag(own, p.record.position));
+        st.max_lag = self.cfg.election.max_lag;
         st.last_cycle_at_ms = wall_ms();
         st.last_cycle_at = Some(BootInstant::now());
         let role = role_of(&st);

@@ -142,7 +142,7 @@ impl Driver {
             published: self.published_view(),
             candidates: self.candidates(),
             lock_free_since: self.mem.free_seen_at,
-            allow_data_loss: false,
+            allow_data_loss: self.mem.pending_failover.is_some() && self.mem.allow_data_loss,
         }
     }
 
