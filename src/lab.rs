@@ -190,7 +190,9 @@ pub struct Timings {
     pub health_interval_ms: u64,
     /// Health check deadline.
     pub health_timeout_ms: u64,
-    /// Failed checks before a hung master counts as down.
+    /// Failed checks before a hung master counts as down (timed-out checks included: the lab
+    /// sets `health.slow_fall` to the same count, so a hung master is failed over as fast as
+    /// the timings say).
     pub health_fall: u32,
     /// Requested coordinator session timeout.
     pub session_timeout_ms: u64,
@@ -572,6 +574,7 @@ master:
   timeout_ms: {htimeout}
   rise: 1
   fall: {fall}
+  slow_fall: {fall}
   watch_exit: {watch_exit}
 lease:
   demote_deadline_ms: 500

@@ -102,6 +102,9 @@ pub struct AgentStatus {
     pub role: Role,
     /// Master health.
     pub health: Health,
+    /// The failed checks behind it: a slow master (timeouts, counted against `slow_fall`) is
+    /// told apart from a failing one (errors, counted against `fall`; a refusal at once).
+    pub checks: CheckCounts,
     /// Master's reported role and token.
     pub master: Option<MasterStatus>,
     /// Coordinator session.
@@ -148,6 +151,19 @@ pub struct AgentStatus {
     pub history: VecDeque<Transition>,
 }
 
+/// The health monitor's counts, as the last check left them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CheckCounts {
+    /// Consecutive failed checks, of any kind.
+    pub consecutive_failures: u32,
+    /// Of those, the consecutive timed-out (slow) ones up to the last.
+    pub consecutive_slow: u32,
+    /// Failed checks (other than timeouts) that end a healthy verdict (`health.fall`).
+    pub fall: u32,
+    /// Consecutive slow checks that end a healthy verdict (`health.slow_fall`).
+    pub slow_fall: u32,
+}
+
 impl AgentStatus {
     /// A fresh report.
     pub fn new(cluster: &str, node_id: &str) -> Self {
@@ -156,6 +172,7 @@ impl AgentStatus {
             node_id: node_id.into(),
             role: Role::Initializing,
             health: Health::Initializing,
+            checks: CheckCounts::default(),
             master: None,
             session: SessionView::Connecting,
             granted_session_timeout_ms: None,

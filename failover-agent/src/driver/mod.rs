@@ -579,6 +579,12 @@ impl Driver {
         let mut st = self.status();
         st.counters.cycles += 1;
         st.health = obs.health.clone();
+        st.checks = crate::status::CheckCounts {
+            consecutive_failures: report.consecutive_failures,
+            consecutive_slow: report.consecutive_slow,
+            fall: self.cfg.health.fall,
+            slow_fall: self.cfg.health.slow_fall,
+        };
         st.master = master_after.or(obs.master);
         st.session = obs.session;
         st.lock = shown_lock;
