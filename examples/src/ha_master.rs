@@ -56,6 +56,9 @@
 //!   served from the replayed state by active and standby alike (a standby's may lag by its
 //!   tailing delay).
 //! - `GET /journal/status`: `{"applied_seq", "era_token", "era_node"}` ([`JournalStatus`]).
+//! - `POST /test/pause-tail`, `POST /test/resume-tail`: stop and restart tailing the journal,
+//!   so a standby falls behind (its `position` stops) while the active goes on; a claim on
+//!   promotion still reads the journal to its end.
 //! - `POST /test/force-write {"key", "value", "write_id"?}`: a put that skips the role and
 //!   lease checks but not the journal's guard, so a test can make a deposed master try.
 //!
@@ -530,7 +533,9 @@ pub async fn run(
             .route("/fs/stat", get(fs_stat))
             .route("/fs/read", get(fs_read))
             .route("/journal/status", get(journal_status))
-            .route("/test/force-write", post(force_write));
+            .route("/test/force-write", post(force_write))
+            .route("/test/pause-tail", post(pause_tail))
+            .route("/test/resume-tail", post(resume_tail));
     }
     let app = app.with_state(master.clone());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
@@ -824,6 +829,8 @@ struct Journaled {
     /// Generated write ids: node, start time, counter.
     nonce: u128,
     next_write: AtomicU64,
+    /// The tailer skips its cycles while set (`POST /test/pause-tail`).
+    tail_paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -851,6 +858,7 @@ impl Journaled {
             replica: std::sync::Mutex::new(Replica::new()),
             nonce: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
             next_write: AtomicU64::new(0),
+            tail_paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1184,6 +1192,25 @@ impl Drop for WatchTask {
     }
 }
 
+async fn pause_tail(State(m): State<Arc<Master>>) -> Response {
+    set_tail_paused(&m, true)
+}
+
+async fn resume_tail(State(m): State<Arc<Master>>) -> Response {
+    set_tail_paused(&m, false)
+}
+
+fn set_tail_paused(m: &Master, paused: bool) -> Response {
+    match &m.journaled {
+        Some(j) => {
+            j.tail_paused.store(paused, Ordering::SeqCst);
+            tracing::info!(node = m.node(), paused, "journal tailing switched by a test");
+            Json(serde_json::json!({"tail_paused": paused})).into_response()
+        }
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
 /// Tails the journal forever (aborted at shutdown): each cycle reads every edit after the
 /// last applied one and applies it, then waits for the children watch or `tail_interval_ms`,
 /// whichever comes first. The interval guarantees the next cycle if a watch event is lost.
@@ -1194,6 +1221,11 @@ async fn tail_journal(m: Arc<Master>) {
     let interval = Duration::from_millis(j.journal.config().tail_interval_ms);
     let mut watch: Option<WatchTask> = None;
     loop {
+        if j.tail_paused.load(Ordering::SeqCst) {
+            // Paused by a test: the journal is not read, the next check comes an interval on.
+            tokio::time::sleep(interval.min(Duration::from_millis(100))).await;
+            continue;
+        }
         let after = j.replica().applied();
         let read = if watch.is_none() {
             j.journal.read_after_watching(after).await.map(|(entries, watcher)| {

@@ -1,0 +1,118 @@
+//! End-to-end tests of the failover policy with real processes: a pair of journaled demo
+//! masters (each reports its journal index as its replication position) whose agents publish
+//! the active's position and gate an automatic takeover on `election.max_lag`.
+//!
+//! Every wait is for an observable condition, bounded by a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use nix::sys::signal::Signal;
+use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use serde_json::Value;
+
+const MAX_LAG: u64 = 2;
+
+/// Polls `check` every 50 ms until it yields a value, or fails after `limit` naming `what`.
+async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(pair: &Pair, node: usize) -> Value {
+    pair.agent_json(node, "/status").await.unwrap_or_default()
+}
+
+async fn post_master(pair: &Pair, node: usize, path: &str) -> Result<()> {
+    let url = format!("http://127.0.0.1:{}{path}", pair.ports[node].master);
+    let answer = reqwest::Client::new().post(&url).send().await?;
+    ensure!(answer.status().is_success(), "POST {url} answered {}", answer.status());
+    Ok(())
+}
+
+/// With both masters reporting positions: the standby names its blocker and how far behind it
+/// is; made to lag beyond `max_lag`, it does not take over when the active's master dies, its
+/// status and metrics say it is lagging, `referee admin failover` refuses it with exit code 3
+/// and the lag, and `--allow-data-loss` promotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss() -> Result<()> {
+    let gate = format!("election:\n  max_lag: {MAX_LAG}\n  position_publish_interval_ms: 200\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator: CoordinatorKind::Bundled,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![gate.clone(), gate],
+        admin: true,
+        journal: true,
+    };
+    let pair = Arc::new(Pair::start(spec).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let standby = 1 - active;
+    pair.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+
+    // In step: the standby knows its position and the active's, and names what keeps it back.
+    let st = until(Duration::from_secs(10), "the standby to see the active's published position", || async {
+        let st = status(&pair, standby).await;
+        (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64().is_some()).then_some(st)
+    })
+    .await?;
+    ensure!(st["blocker"]["blocker"] == "lease_not_expired", "{st}");
+    ensure!(st["max_lag"] == MAX_LAG, "{st}");
+    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+    let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", NODES[standby]);
+    ensure!(metrics.contains(&gauge), "{metrics}");
+
+    // The standby stops tailing; the active goes on.
+    post_master(&pair, standby, "/test/pause-tail").await?;
+    for i in 0..(MAX_LAG + 3) {
+        pair.write_within(active, "k", &format!("v{}", i + 1), Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let behind = until(Duration::from_secs(10), "the standby to see itself lagging", || async {
+        status(&pair, standby).await["behind"].as_u64().filter(|b| *b > MAX_LAG)
+    })
+    .await?;
+
+    // The active's master dies: the lock is freed, but the lagging standby does not take it.
+    pair.masters[active].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(15), "the standby to be blocked by its lag on a free lock", || async {
+        let st = status(&pair, standby).await;
+        (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "lagging").then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby", "{st}");
+    ensure!(st["why_not"].as_str().unwrap_or("").starts_with("lagging by"), "{st}");
+    ensure!(!pair.is_active(standby).await, "a standby beyond max_lag must not be promoted automatically");
+    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+    ensure!(metrics.contains("blocker=\"lagging\"} 1"), "{metrics}");
+
+    // The operator: refused without the flag (exit 3, with the lag) ...
+    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby]]).await?;
+    ensure!(code == 3, "a failover to a lagging node is refused with exit 3, got {code}: {out} {err}");
+    ensure!(err.contains(&format!("is {behind} behind the active (max_lag {MAX_LAG})")), "{out} {err}");
+    ensure!(!pair.is_active(standby).await);
+    // ... and promoted with it, told how far behind the node was.
+    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby], "--allow-data-loss"]).await?;
+    ensure!(code == 0, "failover --allow-data-loss exited {code}: {out} {err}");
+    ensure!(out.contains(&format!("is {behind} behind the active")) && out.contains("--allow-data-loss"), "{out}");
+    pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
+    pair.write_within(standby, "k", "after", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
