@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 use serde_json::Value;
 
 const MAX_LAG: u64 = 2;
@@ -48,12 +48,14 @@ async fn post_master(pair: &Pair, node: usize, path: &str) -> Result<()> {
 /// is; made to lag beyond `max_lag`, it does not take over when the active's master dies, its
 /// status and metrics say it is lagging, `referee admin failover` refuses it with exit code 3
 /// and the lag, and `--allow-data-loss` promotes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss() -> Result<()> {
+async fn lag_gate(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "lag_gate") {
+        return Ok(());
+    }
     let gate = format!("election:\n  max_lag: {MAX_LAG}\n  position_publish_interval_ms: 200\n");
     let spec = PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator: CoordinatorKind::Bundled,
+        coordinator,
         timings: Timings::referee(),
         master: MasterKind::Plain,
         proxied_agents: false,
@@ -115,4 +117,14 @@ async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss(
     pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
     pair.write_within(standby, "k", "after", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_bundled() -> Result<()> {
+    lag_gate(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_apache_zookeeper() -> Result<()> {
+    lag_gate(CoordinatorKind::ApacheZooKeeper).await
 }

@@ -17,8 +17,9 @@ pub(super) struct Publication {
     pub(super) read_at: Option<BootInstant>,
     /// When this agent last published its master's position as the active.
     pub(super) position_sent_at: Option<BootInstant>,
-    /// The candidacy last written into this agent's member znode, and when.
-    pub(super) candidacy_sent: Option<(Candidacy, BootInstant)>,
+    /// The candidacy last written into this agent's member znode, when, and through which
+    /// session (a new session registers the member afresh, without it).
+    pub(super) candidacy_sent: Option<(Candidacy, BootInstant, i64)>,
 }
 
 impl Driver {
@@ -68,13 +69,13 @@ impl Driver {
     /// other node rewrites its candidacy when it changed (its position at most every interval).
     pub(super) async fn publish(&mut self, obs: &Observation, coord: Option<&Coordination>) {
         let Some(coord) = coord else { return };
-        if !matches!(obs.session, SessionView::Connected { .. }) {
-            return;
-        }
+        let SessionView::Connected { session_id } = obs.session else { return };
         let now = BootInstant::now();
         let interval = self.publish_interval();
         if let LockView::Ours { token, version } = obs.lock {
-            let master = self.mem.master_answer.map(|(m, _)| m).or(obs.master);
+            // As observed this cycle: a promote answer may carry no position; the next health
+            // check's state read does.
+            let master = obs.master;
             let position = master.filter(|m| m.state == HaState::Active && m.token == token).and_then(|m| m.position);
             let due = self.pub_state.position_sent_at.is_none_or(|t| now.saturating_since(t) >= interval);
             if let (Some(position), true) = (position, due) {
@@ -99,7 +100,8 @@ impl Driver {
         let mine = own_candidacy(obs, &self.cfg.policy());
         let changed = match &self.pub_state.candidacy_sent {
             None => true,
-            Some((last, at)) => {
+            Some((_, _, session)) if *session != session_id => true,
+            Some((last, at, _)) => {
                 let same_but_position = Candidacy { position: last.position, ..mine.clone() } == *last;
                 !same_but_position || (last.position != mine.position && now.saturating_since(*at) >= interval)
             }
@@ -112,7 +114,7 @@ impl Driver {
         match tokio::time::timeout(self.await_limit(), coord.publish_member(&member)).await {
             Ok(Ok(())) => {
                 self.acked(sent);
-                self.pub_state.candidacy_sent = Some((mine, now));
+                self.pub_state.candidacy_sent = Some((mine, now, session_id));
             }
             Ok(Err(e)) => debug!("publishing the candidacy failed: {e}"),
             Err(_) => debug!("publishing the candidacy took too long"),
