@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, CLUSTER_NODES, NODES};
 use serde_json::Value;
 
 const MAX_LAG: u64 = 2;
@@ -127,4 +127,77 @@ async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_apache_zookeeper() -> Result<()> {
     lag_gate(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters, one active and two standbys: one standby stops tailing the journal and falls
+/// behind. When the active's master dies, the more caught-up standby takes over; the lagging
+/// one, which ranks lower, waits its head start (`rank_delay_ms`), long enough here that only
+/// the ranking, not the race for the lock, decides.
+async fn three_masters(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "three_masters") {
+        return Ok(());
+    }
+    let ranked = "election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![ranked.clone(), ranked.clone(), ranked],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    // The lower node id would win an id tie-break: make it the one that lags.
+    let (lagging, caught_up) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    for n in [lagging, caught_up] {
+        until(Duration::from_secs(10), "each standby to be level with the published position", || async {
+            (status(&cluster, n).await["behind"].as_u64() == Some(0)).then_some(())
+        })
+        .await?;
+    }
+    post_master(&cluster, lagging, "/test/pause-tail").await?;
+    for i in 1..=3 {
+        cluster
+            .write_within(active, "k", &format!("v{i}"), Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    until(Duration::from_secs(10), "the lagging standby to see itself behind", || async {
+        status(&cluster, lagging).await["behind"].as_u64().filter(|b| *b >= 3)
+    })
+    .await?;
+    until(Duration::from_secs(10), "the other standby to be level", || async {
+        let st = status(&cluster, caught_up).await;
+        let published = status(&cluster, active).await["master"]["position"].as_u64();
+        (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+    })
+    .await?;
+
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(caught_up, Duration::from_secs(15)).await?;
+    // The lagging standby's report follows on its next cycle: it stands by behind the new active.
+    let st = until(Duration::from_secs(5), "the lagging standby to see the new active", || async {
+        let st = status(&cluster, lagging).await;
+        (st["blocker"]["blocker"] == "lease_not_expired" && st["blocker"]["holder"] == CLUSTER_NODES[caught_up])
+            .then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby", "the lagging standby stays standby: {st}");
+    ensure!(!cluster.is_active(lagging).await);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_the_more_caught_up_standby_wins_bundled() -> Result<()> {
+    three_masters(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_the_more_caught_up_standby_wins_apache_zookeeper() -> Result<()> {
+    three_masters(CoordinatorKind::ApacheZooKeeper).await
 }
