@@ -201,3 +201,58 @@ async fn three_masters_the_more_caught_up_standby_wins_bundled() -> Result<()> {
 async fn three_masters_the_more_caught_up_standby_wins_apache_zookeeper() -> Result<()> {
     three_masters(CoordinatorKind::ApacheZooKeeper).await
 }
+
+/// Three masters with priorities 1, 2 and 3 and equal positions: when the active's master
+/// dies, the standby with the higher priority takes over; the other waits its head start.
+async fn equal_positions_higher_priority(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "equal_positions_higher_priority") {
+        return Ok(());
+    }
+    let yaml =
+        |p: u32| format!("election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    // Priority is node index + 1: the higher-indexed standby is preferred.
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    let (lower, higher) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    // The active master's position, as it reports it itself.
+    let state = cluster.master_json(active, "/ha/state").await.unwrap_or_default();
+    let published = state["position"].as_u64();
+    ensure!(published.is_some(), "the active reports a position: {state}");
+    for n in [lower, higher] {
+        until(Duration::from_secs(10), "each standby to be level with the active", || async {
+            let st = status(&cluster, n).await;
+            (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+        })
+        .await?;
+    }
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(higher, Duration::from_secs(15)).await?;
+    until(Duration::from_secs(5), "the lower-priority standby to see the new active", || async {
+        let st = status(&cluster, lower).await;
+        (st["role"] == "standby" && st["blocker"]["holder"] == CLUSTER_NODES[higher]).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_equal_positions_higher_priority_wins_bundled() -> Result<()> {
+    equal_positions_higher_priority(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_equal_positions_higher_priority_wins_apache_zookeeper() -> Result<()> {
+    equal_positions_higher_priority(CoordinatorKind::ApacheZooKeeper).await
+}
