@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, CLUSTER_NODES, NODES};
+use referee_failover_agent::election::{Coordination, CoordinationConfig};
 use serde_json::Value;
 
 const MAX_LAG: u64 = 2;
@@ -255,4 +256,90 @@ async fn three_masters_equal_positions_higher_priority_wins_bundled() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_masters_equal_positions_higher_priority_wins_apache_zookeeper() -> Result<()> {
     equal_positions_higher_priority(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters with priorities 1, 2 and 3: the best standby's agent is SIGSTOPped (its
+/// session and its candidacy stay in the coordinator), then the active's master dies. The
+/// other standby names the stopped one as ranking higher, waits out its head start
+/// (`rank_delay_ms`, 1 s) and takes over, well before the stopped agent's 6 s session lapses.
+async fn a_stopped_best_candidate(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "a_stopped_best_candidate") {
+        return Ok(());
+    }
+    let yaml =
+        |p: u32| format!("election:\n  rank_delay_ms: 1000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings { session_timeout_ms: 6000, ..Timings::referee() },
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    let (next, best) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    let state = cluster.master_json(active, "/ha/state").await.unwrap_or_default();
+    let published = state["position"].as_u64();
+    ensure!(published.is_some(), "the active reports a position: {state}");
+    for n in [next, best] {
+        until(Duration::from_secs(10), "each standby to be level and to have published it", || async {
+            let st = status(&cluster, n).await;
+            (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+        })
+        .await?;
+    }
+    // Its candidacy in the coordinator (what the other standby ranks by) must be current
+    // before it stops: eligible, at the published position.
+    let observer = Coordination::connect(CoordinationConfig {
+        connect: cluster.coordinator_addr.clone(),
+        cluster: "lab".into(),
+        node_id: "observer".into(),
+        session_timeout: Duration::from_secs(6),
+        op_timeout: Duration::from_secs(1),
+        digest: None,
+    })
+    .await?;
+    until(Duration::from_secs(10), "the best standby's candidacy to be current", || async {
+        let members = observer.members().await.ok()?;
+        let c = members.into_iter().find(|m| m.node_id == CLUSTER_NODES[best])?.candidacy?;
+        (c.eligible && c.position.map(|p| p.0) == published).then_some(())
+    })
+    .await?;
+    let stopped = cluster.agents[best].as_ref().expect("the best standby's agent runs");
+    stopped.signal(Signal::SIGSTOP)?;
+    let killed = tokio::time::Instant::now();
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(5), "the next standby to name the stopped one as ranking higher", || async {
+        let st = status(&cluster, next).await;
+        (st["blocker"]["blocker"] == "out_ranked").then_some(st)
+    })
+    .await?;
+    ensure!(st["blocker"]["by"] == CLUSTER_NODES[best], "{st}");
+    cluster.wait_for_active_node(next, Duration::from_secs(10)).await?;
+    let took = killed.elapsed();
+    stopped.signal(Signal::SIGCONT)?;
+    ensure!(
+        took < Duration::from_secs(5),
+        "the next standby took over {took:?} after the kill, not before the stopped agent's session lapsed"
+    );
+    observer.close().await?;
+    eprintln!(
+        "a stopped best candidate delayed the takeover to {took:?} after the active's master died (rank_delay 1 s)"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_bundled() -> Result<()> {
+    a_stopped_best_candidate(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_apache_zookeeper() -> Result<()> {
+    a_stopped_best_candidate(CoordinatorKind::ApacheZooKeeper).await
 }
