@@ -343,3 +343,48 @@ async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_bundled
 async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_apache_zookeeper() -> Result<()> {
     a_stopped_best_candidate(CoordinatorKind::ApacheZooKeeper).await
 }
+
+/// Three masters, node `c` tagged `nofailover`: it is never the one promoted. With both other
+/// masters dead and the lock free, it stays standby and names the tag as its blocker.
+async fn nofailover_node(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "nofailover_node") {
+        return Ok(());
+    }
+    let plain = "election:\n  position_publish_interval_ms: 200\n".to_string();
+    let never = "election:\n  position_publish_interval_ms: 200\n  nofailover: true\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![plain.clone(), plain, never],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let first = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    ensure!(first != 2, "the nofailover node was promoted at start");
+    let second = 1 - first;
+    cluster.masters[first].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(second, Duration::from_secs(15)).await?;
+    cluster.masters[second].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(15), "node c to stand by on a free lock, naming nofailover", || async {
+        let st = status(&cluster, 2).await;
+        (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "nofailover").then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby" && st["health"]["state"] == "healthy", "{st}");
+    ensure!(!cluster.is_active(2).await, "a nofailover node must never be active");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nofailover_node_is_never_promoted_bundled() -> Result<()> {
+    nofailover_node(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nofailover_node_is_never_promoted_apache_zookeeper() -> Result<()> {
+    nofailover_node(CoordinatorKind::ApacheZooKeeper).await
+}
