@@ -388,3 +388,64 @@ async fn a_nofailover_node_is_never_promoted_bundled() -> Result<()> {
 async fn a_nofailover_node_is_never_promoted_apache_zookeeper() -> Result<()> {
     nofailover_node(CoordinatorKind::ApacheZooKeeper).await
 }
+
+/// Slow is not dead: the active master answers its health checks late (after the 300 ms
+/// health timeout) eight times in a row, more than `fall` (3) but fewer than `slow_fall` (30):
+/// it stays active, its status counting the slow checks. Killed, it is failed over at once.
+async fn slow_master(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "slow_master") {
+        return Ok(());
+    }
+    let slow_fall = "health:\n  slow_fall: 30\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![slow_fall.clone(), slow_fall],
+        admin: false,
+        journal: false,
+    };
+    let pair = Arc::new(Pair::start(spec).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let url = format!("http://127.0.0.1:{}/test/slow", pair.ports[active].master);
+    let answer =
+        reqwest::Client::new().post(&url).json(&serde_json::json!({"delay_ms": 600, "count": 8})).send().await?;
+    ensure!(answer.status().is_success(), "POST {url} answered {}", answer.status());
+    // Past `fall` slow checks in a row, and still active.
+    let st = until(Duration::from_secs(10), "the active's agent to count slow checks past fall", || async {
+        let st = status(&pair, active).await;
+        (st["checks"]["consecutive_slow"].as_u64() >= Some(4)).then_some(st)
+    })
+    .await?;
+    ensure!(st["health"]["state"] == "healthy" && st["checks"]["slow_fall"] == 30, "{st}");
+    ensure!(pair.actives().await == vec![active], "a slow master must not be failed over");
+    // The slow answers run out: the count resets, and the same node is still the only active.
+    until(Duration::from_secs(15), "the slow checks to end", || async {
+        (status(&pair, active).await["checks"]["consecutive_slow"].as_u64() == Some(0)).then_some(())
+    })
+    .await?;
+    ensure!(pair.actives().await == vec![active], "a slow master must not be failed over");
+    let st = status(&pair, active).await;
+    ensure!(st["counters"]["demotions"] == 0, "the slow master was never demoted: {st}");
+
+    // Killed, it is failed over at the usual speed.
+    let killed = tokio::time::Instant::now();
+    pair.masters[active].signal(Signal::SIGKILL)?;
+    pair.wait_for_active_node(1 - active, Duration::from_secs(10)).await?;
+    let took = killed.elapsed();
+    eprintln!("a killed master was failed over in {took:?}");
+    ensure!(took < Duration::from_secs(3), "a killed master is failed over at once, took {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_master_is_not_failed_over_but_a_killed_one_is_bundled() -> Result<()> {
+    slow_master(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_master_is_not_failed_over_but_a_killed_one_is_apache_zookeeper() -> Result<()> {
+    slow_master(CoordinatorKind::ApacheZooKeeper).await
+}

@@ -56,6 +56,8 @@
 //!   served from the replayed state by active and standby alike (a standby's may lag by its
 //!   tailing delay).
 //! - `GET /journal/status`: `{"applied_seq", "era_token", "era_node"}` ([`JournalStatus`]).
+//! - `POST /test/slow {"delay_ms", "count"}`: the next `count` `/ha/health` answers come
+//!   `delay_ms` late (a slow master, not a dead one).
 //! - `POST /test/pause-tail`, `POST /test/resume-tail`: stop and restart tailing the journal,
 //!   so a standby falls behind (its `position` stops) while the active goes on; a claim on
 //!   promotion still reads the journal to its end.
@@ -407,6 +409,8 @@ struct Master {
     poll_now: Notify,
     /// Journal mode (`journal:` configured).
     journaled: Option<Journaled>,
+    /// `POST /test/slow`: delay the next this-many `/ha/health` answers by this long.
+    slow_health: std::sync::Mutex<(Duration, u32)>,
 }
 
 impl Master {
@@ -509,6 +513,7 @@ pub async fn run(
         poll_now: Notify::new(),
         journaled,
         config,
+        slow_health: std::sync::Mutex::new((Duration::ZERO, 0)),
     });
     let addr = listener.local_addr().ok();
     tracing::info!(node = master.node(), ?addr, ?role, %token, "demo master started");
@@ -520,6 +525,7 @@ pub async fn run(
         .route(HA_ACTIVE_PATH, post(become_active))
         .route(HA_STANDBY_PATH, post(become_standby))
         .route("/test/unhealthy", post(switch_unhealthy))
+        .route("/test/slow", post(switch_slow))
         .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
         .route("/read", get(read))
@@ -548,6 +554,18 @@ pub async fn run(
 }
 
 async fn health(State(m): State<Arc<Master>>) -> Response {
+    let delay = {
+        let mut slow = m.slow_health.lock().unwrap_or_else(PoisonError::into_inner);
+        if slow.1 > 0 {
+            slow.1 -= 1;
+            Some(slow.0)
+        } else {
+            None
+        }
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     match &m.inner.lock().await.unhealthy {
         Some(reason) => refuse(StatusCode::SERVICE_UNAVAILABLE, reason.clone()),
         None => (StatusCode::OK, "ok").into_response(),
@@ -634,6 +652,25 @@ async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {
         writable_until_boot_us: inner.granted_until.map(|t| t.0.as_micros() as u64),
         writable,
     })
+}
+
+/// Body of `POST /test/slow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlowRequest {
+    delay_ms: u64,
+    count: u32,
+}
+
+/// `POST /test/slow {"delay_ms", "count"}`: the next `count` health answers come `delay_ms`
+/// late (an overloaded master, not a dead one).
+async fn switch_slow(
+    State(m): State<Arc<Master>>,
+    Json(SlowRequest { delay_ms, count }): Json<SlowRequest>,
+) -> Response {
+    tracing::warn!(node = m.node(), delay_ms, count, "health answers slowed down");
+    *m.slow_health.lock().unwrap_or_else(PoisonError::into_inner) = (Duration::from_millis(delay_ms), count);
+    StatusCode::OK.into_response()
 }
 
 async fn switch_unhealthy(State(m): State<Arc<Master>>, body: String) -> Response {
