@@ -201,7 +201,9 @@ pub struct Timings {
     pub health_interval_ms: u64,
     /// Health check deadline.
     pub health_timeout_ms: u64,
-    /// Failed checks before a hung master counts as down.
+    /// Failed checks before a hung master counts as down (timed-out checks included: the lab
+    /// sets `health.slow_fall` to the same count, so a hung master is failed over as fast as
+    /// the timings say).
     pub health_fall: u32,
     /// Requested coordinator session timeout.
     pub session_timeout_ms: u64,
@@ -338,6 +340,10 @@ pub const EPOCH_PATH: &str = "/demo/epoch";
 /// Node ids of the pair.
 pub const NODES: [&str; 2] = ["a", "b"];
 
+/// Node ids of a cluster started with [`Pair::start_cluster`], in order (a pair is its first
+/// two).
+pub const CLUSTER_NODES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
 impl Pair {
     /// Starts the coordinator, both masters and both agents, and waits until one node is
     /// active.
@@ -345,8 +351,29 @@ impl Pair {
         Pair::start_placed(spec, Placement::Loopback).await
     }
 
+    /// Like [`Pair::start`], with `nodes` masters and agents (2 to 5, named after
+    /// [`CLUSTER_NODES`]) on loopback: one active and the rest standbys. `extra_agent_yaml`
+    /// applies per node in that order. The split-brain watchers ([`Pair::watch_split_brain`],
+    /// [`MasterOracle`]) look at the first two nodes only.
+    pub async fn start_cluster(spec: PairSpec, nodes: usize) -> Result<Pair, LabError> {
+        if !(2..=CLUSTER_NODES.len()).contains(&nodes) {
+            return Err(LabError::Child(format!("a lab cluster has 2 to {} nodes, not {nodes}", CLUSTER_NODES.len())));
+        }
+        Pair::start_n(spec, Placement::Loopback, nodes).await
+    }
+
+    /// How many nodes this cluster has.
+    pub fn node_count(&self) -> usize {
+        self.ports.len()
+    }
+
     /// [`Pair::start`], with each process where `placement` puts it.
     async fn start_placed(spec: PairSpec, placement: Placement) -> Result<Pair, LabError> {
+        Pair::start_n(spec, placement, NODES.len()).await
+    }
+
+    /// The start of every kind of cluster: `nodes` nodes, each process where `placement` puts it.
+    async fn start_n(spec: PairSpec, placement: Placement, nodes: usize) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
         let port = child_port()?;
         let coordinator_addr = format!("{}:{port}", placement.ip(Role::Coordinator));
@@ -355,7 +382,7 @@ impl Pair {
             return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", coordinator.log_tail(15))));
         }
         let mut ports = Vec::new();
-        for _ in NODES {
+        for _ in 0..nodes {
             ports.push(NodePorts { master: child_port()?, probes: child_port()?, admin: child_port()? });
         }
         let http = reqwest::Client::builder()
@@ -380,17 +407,17 @@ impl Pair {
                 .coordinator_addr
                 .parse()
                 .map_err(|e| LabError::Child(format!("the coordinator address {}: {e}", pair.coordinator_addr)))?;
-            for _ in NODES {
+            for _ in 0..nodes {
                 let proxy =
                     Proxy::start(target).await.map_err(|e| LabError::Child(format!("starting a proxy: {e:#}")))?;
                 pair.proxies.push((proxy.addr.to_string(), tokio::sync::Mutex::new(proxy)));
             }
         }
-        for i in 0..NODES.len() {
+        for i in 0..nodes {
             let m = pair.start_master(i)?;
             pair.masters.push(m);
         }
-        for i in 0..NODES.len() {
+        for i in 0..nodes {
             let addr = format!("{}:{}", pair.node_ip(i), pair.ports[i].master);
             if let Err(e) = wait_for_port(&addr, Duration::from_secs(20), "a master").await {
                 // A child that fails to start: say why, from its own log; dropping the pair
@@ -402,7 +429,7 @@ impl Pair {
                 )));
             }
         }
-        for i in 0..NODES.len() {
+        for i in 0..nodes {
             let a = pair.start_agent(i)?;
             pair.agents.push(Some(a));
         }
@@ -412,7 +439,7 @@ impl Pair {
 
     fn proxy(&self, i: usize) -> Result<&tokio::sync::Mutex<Proxy>, LabError> {
         self.proxies.get(i).map(|(_, p)| p).ok_or_else(|| {
-            LabError::Child(format!("agent {} has no proxy: start the pair with proxied_agents", NODES[i]))
+            LabError::Child(format!("agent {} has no proxy: start the pair with proxied_agents", CLUSTER_NODES[i]))
         })
     }
 
@@ -425,7 +452,10 @@ impl Pair {
     /// Undoes [`Pair::cut_agent`].
     pub async fn restore_agent(&self, i: usize) -> Result<(), LabError> {
         let mut proxy = self.proxy(i)?.lock().await;
-        proxy.restore().await.map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", NODES[i])))
+        proxy
+            .restore()
+            .await
+            .map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", CLUSTER_NODES[i])))
     }
 
     /// Black-holes agent `i`'s coordinator connection: connections stay open and new ones are
@@ -471,7 +501,7 @@ impl Pair {
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
-        self.dir.0.join(NODES[i])
+        self.dir.0.join(CLUSTER_NODES[i])
     }
 
     /// Starts (or restarts) master `i`.
@@ -492,7 +522,7 @@ impl Pair {
         };
         let cfg = format!(
             "node_id: {}\nstate_file: {}\n{lease}{journal}",
-            NODES[i],
+            CLUSTER_NODES[i],
             node.join("master-state.json").display()
         );
         let path = node.join("master.yaml");
@@ -511,7 +541,7 @@ impl Pair {
         }
         self.placement.spawn(
             Role::Node(i),
-            &format!("master {}", NODES[i]),
+            &format!("master {}", CLUSTER_NODES[i]),
             &self.spec.bin,
             &args,
             &[("REFEREE_LOG", "info".into())],
@@ -583,6 +613,7 @@ master:
   timeout_ms: {htimeout}
   rise: 1
   fall: {fall}
+  slow_fall: {fall}
   watch_exit: {watch_exit}
 lease:
   demote_deadline_ms: 500
@@ -601,7 +632,7 @@ fencing:
 probes:
   listen: {ip}:{probes}
 "#,
-            id = NODES[i],
+            id = CLUSTER_NODES[i],
             coord = self.proxies.get(i).map_or(&self.coordinator_addr, |(addr, _)| addr),
             session = t.session_timeout_ms,
             op = (t.session_timeout_ms / 3).min(1000),
@@ -637,7 +668,7 @@ probes:
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
         self.placement.spawn(
             Role::Node(i),
-            &format!("agent {}", NODES[i]),
+            &format!("agent {}", CLUSTER_NODES[i]),
             &self.spec.bin,
             &["agent".into(), "--config".into(), path.display().to_string()],
             &[("REFEREE_LOG", "info".into())],
@@ -649,7 +680,7 @@ probes:
     /// URL for the HTTP kinds; host and port otherwise) and its pidfile.
     fn peers_yaml(&self, i: usize) -> String {
         let mut out = String::from("peers:\n");
-        for (j, node) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
+        for (j, node) in CLUSTER_NODES.iter().enumerate().take(self.node_count()).filter(|(j, _)| *j != i) {
             let (port, ip) = (self.ports[j].master, self.node_ip(j));
             out.push_str(&format!("  - node_id: {node}\n    host: {ip}\n    port: {port}\n"));
             match self.spec.master {
@@ -672,7 +703,11 @@ probes:
     /// Which nodes answer `/active` with 200 right now.
     pub async fn actives(&self) -> Vec<usize> {
         let (a, b) = tokio::join!(self.is_active(0), self.is_active(1));
-        [a, b].iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i).collect()
+        let mut each = vec![a, b];
+        for i in 2..self.node_count() {
+            each.push(self.is_active(i).await);
+        }
+        each.iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i).collect()
     }
 
     /// Waits until exactly one node is active; returns it.
@@ -704,7 +739,7 @@ probes:
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout(format!(
                     "node {} did not become the single active node within {limit:?}\n--- agent a ---\n{}\n--- agent b ---\n{}",
-                    NODES[node],
+                    CLUSTER_NODES[node],
                     self.agent_log_tail(0),
                     self.agent_log_tail(1)
                 )));
@@ -838,7 +873,10 @@ probes:
                 break marks;
             }
             if Instant::now() > end {
-                return Err(LabError::Timeout(format!("{}'s /history shows no timeline of its promotion", NODES[new])));
+                return Err(LabError::Timeout(format!(
+                    "{}'s /history shows no timeline of its promotion",
+                    CLUSTER_NODES[new]
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };

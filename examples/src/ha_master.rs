@@ -9,7 +9,9 @@
 //! The HA protocol (paths and bodies from [`referee_fencing::protocol`]):
 //!
 //! - `GET /ha/health`: `200` when healthy, `503 {"reason": ...}` when switched unhealthy.
-//! - `GET /ha/state`: `{"state": "active" | "standby" | "initializing", "token": N}`.
+//! - `GET /ha/state`: `{"state": "active" | "standby" | "initializing", "token": N}`, and
+//!   with a journal `"position": P`, the last journal sequence number applied (the replication
+//!   position the agents' lag gate and ranking compare; absent before the first).
 //! - `POST /ha/active {"token": N}`: become active. Refused with `409` if `N` is lower than
 //!   the highest token seen, with `503` while initializing; an equal token is a retry and
 //!   answers `200` again. A higher token is written to the state file and synced to disk
@@ -54,6 +56,11 @@
 //!   served from the replayed state by active and standby alike (a standby's may lag by its
 //!   tailing delay).
 //! - `GET /journal/status`: `{"applied_seq", "era_token", "era_node"}` ([`JournalStatus`]).
+//! - `POST /test/slow {"delay_ms", "count"}`: the next `count` `/ha/health` answers come
+//!   `delay_ms` late (a slow master, not a dead one).
+//! - `POST /test/pause-tail`, `POST /test/resume-tail`: stop and restart tailing the journal,
+//!   so a standby falls behind (its `position` stops) while the active goes on; a claim on
+//!   promotion still reads the journal to its end.
 //! - `POST /test/force-write {"key", "value", "write_id"?}`: a put that skips the role and
 //!   lease checks but not the journal's guard, so a test can make a deposed master try.
 //!
@@ -402,6 +409,8 @@ struct Master {
     poll_now: Notify,
     /// Journal mode (`journal:` configured).
     journaled: Option<Journaled>,
+    /// `POST /test/slow`: delay the next this-many `/ha/health` answers by this long.
+    slow_health: std::sync::Mutex<(Duration, u32)>,
 }
 
 impl Master {
@@ -504,6 +513,7 @@ pub async fn run(
         poll_now: Notify::new(),
         journaled,
         config,
+        slow_health: std::sync::Mutex::new((Duration::ZERO, 0)),
     });
     let addr = listener.local_addr().ok();
     tracing::info!(node = master.node(), ?addr, ?role, %token, "demo master started");
@@ -515,6 +525,7 @@ pub async fn run(
         .route(HA_ACTIVE_PATH, post(become_active))
         .route(HA_STANDBY_PATH, post(become_standby))
         .route("/test/unhealthy", post(switch_unhealthy))
+        .route("/test/slow", post(switch_slow))
         .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
         .route("/read", get(read))
@@ -528,7 +539,9 @@ pub async fn run(
             .route("/fs/stat", get(fs_stat))
             .route("/fs/read", get(fs_read))
             .route("/journal/status", get(journal_status))
-            .route("/test/force-write", post(force_write));
+            .route("/test/force-write", post(force_write))
+            .route("/test/pause-tail", post(pause_tail))
+            .route("/test/resume-tail", post(resume_tail));
     }
     let app = app.with_state(master.clone());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
@@ -541,16 +554,43 @@ pub async fn run(
 }
 
 async fn health(State(m): State<Arc<Master>>) -> Response {
+    let delay = {
+        let mut slow = m.slow_health.lock().unwrap_or_else(PoisonError::into_inner);
+        if slow.1 > 0 {
+            slow.1 -= 1;
+            Some(slow.0)
+        } else {
+            None
+        }
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     match &m.inner.lock().await.unhealthy {
         Some(reason) => refuse(StatusCode::SERVICE_UNAVAILABLE, reason.clone()),
         None => (StatusCode::OK, "ok").into_response(),
     }
 }
 
+/// The body of `GET /ha/state`: the protocol's status and the optional replication position.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StateReport {
+    /// Role and token.
+    #[serde(flatten)]
+    pub status: HaStatus,
+    /// The last journal sequence number applied; absent without a journal or before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
 async fn state(State(m): State<Arc<Master>>) -> Response {
-    let mut inner = m.inner.lock().await;
-    inner.role(BootTime::now(), m.node());
-    Json(inner.status()).into_response()
+    let status = {
+        let mut inner = m.inner.lock().await;
+        inner.role(BootTime::now(), m.node());
+        inner.status()
+    };
+    let position = with_replica(&m, |r| r.applied()).flatten();
+    Json(StateReport { status, position }).into_response()
 }
 
 async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
@@ -612,6 +652,25 @@ async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {
         writable_until_boot_us: inner.granted_until.map(|t| t.0.as_micros() as u64),
         writable,
     })
+}
+
+/// Body of `POST /test/slow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlowRequest {
+    delay_ms: u64,
+    count: u32,
+}
+
+/// `POST /test/slow {"delay_ms", "count"}`: the next `count` health answers come `delay_ms`
+/// late (an overloaded master, not a dead one).
+async fn switch_slow(
+    State(m): State<Arc<Master>>,
+    Json(SlowRequest { delay_ms, count }): Json<SlowRequest>,
+) -> Response {
+    tracing::warn!(node = m.node(), delay_ms, count, "health answers slowed down");
+    *m.slow_health.lock().unwrap_or_else(PoisonError::into_inner) = (Duration::from_millis(delay_ms), count);
+    StatusCode::OK.into_response()
 }
 
 async fn switch_unhealthy(State(m): State<Arc<Master>>, body: String) -> Response {
@@ -807,6 +866,8 @@ struct Journaled {
     /// Generated write ids: node, start time, counter.
     nonce: u128,
     next_write: AtomicU64,
+    /// The tailer skips its cycles while set (`POST /test/pause-tail`).
+    tail_paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -834,6 +895,7 @@ impl Journaled {
             replica: std::sync::Mutex::new(Replica::new()),
             nonce: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
             next_write: AtomicU64::new(0),
+            tail_paused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1167,6 +1229,25 @@ impl Drop for WatchTask {
     }
 }
 
+async fn pause_tail(State(m): State<Arc<Master>>) -> Response {
+    set_tail_paused(&m, true)
+}
+
+async fn resume_tail(State(m): State<Arc<Master>>) -> Response {
+    set_tail_paused(&m, false)
+}
+
+fn set_tail_paused(m: &Master, paused: bool) -> Response {
+    match &m.journaled {
+        Some(j) => {
+            j.tail_paused.store(paused, Ordering::SeqCst);
+            tracing::info!(node = m.node(), paused, "journal tailing switched by a test");
+            Json(serde_json::json!({"tail_paused": paused})).into_response()
+        }
+        None => refuse(StatusCode::NOT_FOUND, "no journal configured"),
+    }
+}
+
 /// Tails the journal forever (aborted at shutdown): each cycle reads every edit after the
 /// last applied one and applies it, then waits for the children watch or `tail_interval_ms`,
 /// whichever comes first. The interval guarantees the next cycle if a watch event is lost.
@@ -1177,6 +1258,11 @@ async fn tail_journal(m: Arc<Master>) {
     let interval = Duration::from_millis(j.journal.config().tail_interval_ms);
     let mut watch: Option<WatchTask> = None;
     loop {
+        if j.tail_paused.load(Ordering::SeqCst) {
+            // Paused by a test: the journal is not read, the next check comes an interval on.
+            tokio::time::sleep(interval.min(Duration::from_millis(100))).await;
+            continue;
+        }
         let after = j.replica().applied();
         let read = if watch.is_none() {
             j.journal.read_after_watching(after).await.map(|(entries, watcher)| {

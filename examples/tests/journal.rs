@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use referee_examples::ha_master::{self, EditAccepted, HaMasterConfig, JournalStatus, Refusal};
 use referee_examples::journal::{self, EditOp, JournalConfig};
 use referee_examples::namespace::{FileKind, FileStatus};
@@ -297,6 +297,12 @@ async fn the_standby_tails_edits_through_its_watch() -> Result<()> {
         assert_eq!(b.list("/x").await?, a.list("/x").await?, "after {path}");
     }
     assert_eq!(b.list("/x").await?, ["/x/other", "/x/y"]);
+    // Both report the journal index they applied as their replication position.
+    let last = b.journal_status().await?.applied_seq.context("b applied the edits")?;
+    for m in [&a, &b] {
+        let (code, body) = m.get("/ha/state").await?;
+        assert_eq!((code, &body["position"]), (StatusCode::OK, &json!(last)), "{}: {body}", m.name);
+    }
     let (code, body) = b.get("/fs/read?path=/x/other").await?;
     assert_eq!((code, body), (StatusCode::OK, json!({"path": "/x/other", "data": ""})));
     assert_eq!(b.get("/fs/stat?path=/x/y/z").await?.0, StatusCode::NOT_FOUND);

@@ -10,7 +10,9 @@
 //!
 //! | method and path        | listener      | what it does                                                        |
 //! |------------------------|---------------|---------------------------------------------------------------------|
-//! | `POST /admin/failover` | admin         | graceful failover to this node; answers when it is active           |
+//! | `POST /admin/failover` | admin         | graceful failover to this node; answers when it is active; body     |
+//! |                        |               | `{"allow_data_loss": true}` lifts the lag gate                      |
+//! | `POST /admin/unblock`  | admin         | clear an anti-flap block `{"by": "who asked"}`, logged with it      |
 //! | `POST /admin/cede`     | admin, peer   | hand over if active and stay out `{"period_ms": N}` (default 30 s)  |
 //! | `POST /admin/pause`    | admin         | maintenance: keep observing and reporting, take no action           |
 //! | `POST /admin/resume`   | admin         | leave maintenance                                                   |
@@ -562,8 +564,58 @@ async fn cede(State(s): State<AdminState>, body: Bytes) -> Response {
     s.operate("cede", s.request_timeout, |reply| ControlRequest::Cede { period, reply }).await
 }
 
-async fn failover(State(s): State<AdminState>) -> Response {
-    s.operate("failover", s.failover_timeout, |reply| ControlRequest::Failover { reply }).await
+/// Body of `POST /admin/failover`; it may be empty.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverBody {
+    #[serde(default)]
+    allow_data_loss: bool,
+}
+
+/// Body of `POST /admin/unblock`; it may be empty.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnblockBody {
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// An optional JSON body: empty is the default, anything else must parse (else why not).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("expected {shape}: {e}"))
+}
+
+fn bad_request(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(refusal(reason))).into_response()
+}
+
+async fn failover(State(s): State<AdminState>, body: Bytes) -> Response {
+    let FailoverBody { allow_data_loss } = match optional_body(&body, "{\"allow_data_loss\": true|false}") {
+        Ok(b) => b,
+        Err(why) => return bad_request(why),
+    };
+    s.operate("failover", s.failover_timeout, |reply| ControlRequest::Failover { allow_data_loss, reply }).await
+}
+
+async fn unblock(State(s): State<AdminState>, request: Request) -> Response {
+    let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
+    let body = match axum::body::to_bytes(request.into_body(), 4096).await {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("unreadable body: {e}")),
+    };
+    let UnblockBody { by } = match optional_body(&body, "{\"by\": \"who asks\"}") {
+        Ok(b) => b,
+        Err(why) => return bad_request(why),
+    };
+    let by = format!(
+        "{} from {}",
+        by.map_or_else(|| "(unnamed)".to_string(), |b| b.chars().take(128).collect()),
+        remote.as_deref().unwrap_or("?")
+    );
+    s.operate("unblock", s.request_timeout, |reply| ControlRequest::Unblock { by, reply }).await
 }
 
 async fn status(State(s): State<AdminState>) -> Response {
@@ -676,6 +728,7 @@ pub fn router(state: AdminState, surface: Surface) -> Router {
         Surface::Admin => {
             routes = routes
                 .route("/admin/failover", post(failover))
+                .route("/admin/unblock", post(unblock))
                 .route("/admin/pause", post(pause))
                 .route("/admin/resume", post(resume))
                 .route("/admin/history", get(history));

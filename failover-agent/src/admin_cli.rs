@@ -8,6 +8,8 @@
 //! ```text
 //! referee admin --config agent.yaml status                 every member's role, health, token, lease
 //! referee admin --config agent.yaml failover --to db2      graceful switchover; prints the timeline
+//!     [--allow-data-loss]                                  promote db2 even if it lags beyond max_lag
+//! referee admin --config agent.yaml unblock [--node db1]   clear an anti-flap block (logged with who asked)
 //! referee admin --config agent.yaml check-health db2       exit 0 when db2's master is healthy
 //! referee admin --config agent.yaml pause [--node db1]     maintenance: agents report but do not act
 //! referee admin --config agent.yaml resume [--node db1]
@@ -30,7 +32,7 @@
 //! | 0    | done; for `check-health`, the master is healthy                         |
 //! | 1    | `check-health`: the master is not healthy                               |
 //! | 2    | usage: bad arguments or configuration, unknown node                     |
-//! | 3    | refused: the target is unfit, an agent refused, the tree already exists |
+//! | 3    | refused: the target is unfit or lagging, an agent refused, the tree already exists |
 //! | 4    | the coordinator or an agent could not be reached                        |
 //! | 5    | timed out waiting for the outcome (it may still happen)                 |
 
@@ -91,7 +93,8 @@ pub struct AdminArgs {
 /// The subcommands of `referee admin`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
-    /// Every member's role, health, token, lease and last decision; `*` marks the lock holder.
+    /// Every member's role, health, token, lease, position, why it is not taking over, and last
+    /// decision; `*` marks the lock holder.
     Status,
     /// Graceful switchover to NODE: refused if NODE is unknown or unfit; waits until it is
     /// active and prints the timeline.
@@ -102,6 +105,17 @@ pub enum AdminCommand {
         /// How long to wait for NODE to become active, in ms.
         #[arg(long, default_value_t = 60_000, value_name = "MS")]
         wait_ms: u64,
+        /// Promote NODE even if it is further behind the active than `election.max_lag`: what
+        /// it lacks is lost. Without it, a lagging NODE is refused (exit code 3).
+        #[arg(long)]
+        allow_data_loss: bool,
+    },
+    /// Clear an anti-flap block, so a standby may take over a free lock at once; each agent
+    /// logs who asked.
+    Unblock {
+        /// Only this node (default: every member).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
     },
     /// Exit 0 when NODE's master is healthy, 1 when it is not.
     CheckHealth {
@@ -328,7 +342,10 @@ impl<'a> Session<'a> {
     async fn dispatch(&self) -> Result<Report, Failure> {
         match &self.args.command {
             AdminCommand::Status => self.status().await,
-            AdminCommand::Failover { to, wait_ms } => self.failover(to, Duration::from_millis(*wait_ms)).await,
+            AdminCommand::Failover { to, wait_ms, allow_data_loss } => {
+                self.failover(to, Duration::from_millis(*wait_ms), *allow_data_loss).await
+            }
+            AdminCommand::Unblock { node } => self.unblock(node.as_deref()).await,
             AdminCommand::CheckHealth { node } => self.check_health(node).await,
             AdminCommand::Pause { node } => self.pause_or_resume(true, node.as_deref()).await,
             AdminCommand::Resume { node } => self.pause_or_resume(false, node.as_deref()).await,
@@ -457,6 +474,16 @@ impl<'a> Session<'a> {
 
     /// POSTs to a member's admin API; the agent's message on success.
     async fn admin_post(&self, mv: &MemberView, path: &str, limit: Duration) -> Result<String, Failure> {
+        self.admin_post_body(mv, path, limit, None).await
+    }
+
+    async fn admin_post_body(
+        &self,
+        mv: &MemberView,
+        path: &str,
+        limit: Duration,
+        body: Option<Value>,
+    ) -> Result<String, Failure> {
         let node = &mv.member.node_id;
         let token = self.token.as_deref().ok_or_else(|| {
             fail(Exit::Usage, "no admin secret: give --token-file, --token-env or --config with an `admin` section")
@@ -465,7 +492,11 @@ impl<'a> Session<'a> {
             fail(Exit::Unreachable, format!("{node} publishes no admin address (admin_addr or peer_url)"))
         })?;
         let url = format!("{base}{path}");
-        let sent = self.http.post(&url).bearer_auth(token).timeout(limit).send().await;
+        let mut request = self.http.post(&url).bearer_auth(token).timeout(limit);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let sent = request.send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
@@ -503,9 +534,21 @@ impl<'a> Session<'a> {
                 let _ = writeln!(text, "cluster {}: lock free (no active node)", view.cluster);
             }
         }
-        let mut rows = vec![["", "NODE", "ROLE", "HEALTH", "TOKEN", "LEASE", "SESSION", "PAUSED", "LAST DECISION"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![[
+            "",
+            "NODE",
+            "ROLE",
+            "HEALTH",
+            "TOKEN",
+            "LEASE",
+            "SESSION",
+            "PAUSED",
+            "POSITION",
+            "WHY NOT",
+            "LAST DECISION",
+        ]
+        .map(String::from)
+        .to_vec()];
         let mut members = Vec::new();
         for mv in &view.members {
             let holds = view.lock.as_ref().is_some_and(|(n, _)| *n == mv.member.node_id);
@@ -523,6 +566,8 @@ impl<'a> Session<'a> {
                         if lease > 0 { format!("{lease} ms") } else { "-".into() },
                         session_text(s.get("session")),
                         if s.get("paused").and_then(Value::as_bool).unwrap_or(false) { "yes" } else { "no" }.into(),
+                        position_text(s),
+                        s.get("why_not").and_then(Value::as_str).unwrap_or("-").to_string(),
                         str_at(s, "last_decision"),
                     ]);
                 }
@@ -530,6 +575,8 @@ impl<'a> Session<'a> {
                     mark,
                     node,
                     "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -564,7 +611,7 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn failover(&self, to: &str, wait: Duration) -> Result<Report, Failure> {
+    async fn failover(&self, to: &str, wait: Duration, allow_data_loss: bool) -> Result<Report, Failure> {
         let view = self.cluster_view().await?;
         let target = self.find(&view, to)?;
         let st = target
@@ -584,9 +631,39 @@ impl<'a> Session<'a> {
         if let Some(why) = unfit(st) {
             return Err(fail(Exit::Refused, format!("refusing a failover to {to}: {why}")));
         }
+        // How far behind the target is: against the active's master as it reports now, else
+        // against the position the active last published (as the target's agent read it).
+        let active_status = view
+            .lock
+            .as_ref()
+            .and_then(|(holder, _)| view.members.iter().find(|m| m.member.node_id == *holder))
+            .and_then(|m| m.status.as_ref().ok());
+        let behind = match (active_status.and_then(master_position), master_position(st)) {
+            (Some(active), Some(target)) => Some(active.saturating_sub(target)),
+            _ => st.get("behind").and_then(Value::as_u64),
+        };
+        let max_lag = st.get("max_lag").and_then(Value::as_u64);
+        let lag = lag_text(to, behind, max_lag);
+        let lagging = matches!((behind, max_lag), (Some(b), Some(m)) if b > m);
+        if lagging && !allow_data_loss {
+            return Err(fail(
+                Exit::Refused,
+                format!(
+                    "refusing a failover to {to}: {lag}; promoting it would lose what it lacks. Pass \
+                     --allow-data-loss to promote it anyway"
+                ),
+            ));
+        }
+        let mut text = String::new();
+        if allow_data_loss && lagging {
+            let _ = writeln!(text, "{lag}: promoting it anyway (--allow-data-loss); what it lacks is lost");
+        } else if behind.is_some() {
+            let _ = writeln!(text, "{lag}");
+        }
         let started = wall_ms();
         let clock = std::time::Instant::now();
-        let message = self.admin_post(target, "/admin/failover", wait).await?;
+        let body = allow_data_loss.then(|| json!({"allow_data_loss": true}));
+        let message = self.admin_post_body(target, "/admin/failover", wait, body).await?;
         // The agent answers once it is active; confirm from its report that it serves.
         let deadline = clock + wait;
         let mut serving = false;
@@ -604,7 +681,7 @@ impl<'a> Session<'a> {
         // Clocks of different hosts differ a little; show what happened from just before.
         let timeline: Vec<&Value> =
             events.iter().filter(|e| e.get("at_ms").and_then(Value::as_i64).unwrap_or(0) >= started - 1000).collect();
-        let mut text = format!("failover to {to}: {message}\n");
+        let _ = writeln!(text, "failover to {to}: {message}");
         if !timeline.is_empty() {
             text.push_str("timeline (ms from the request):\n");
             for e in &timeline {
@@ -622,8 +699,48 @@ impl<'a> Session<'a> {
         Ok(Report {
             exit: Exit::Ok,
             text,
-            json: json!({"ok": true, "node": to, "message": message, "elapsed_ms": elapsed, "timeline": timeline}),
+            json: json!({
+                "ok": true,
+                "node": to,
+                "message": message,
+                "elapsed_ms": elapsed,
+                "behind": behind,
+                "max_lag": max_lag,
+                "data_loss_allowed": allow_data_loss,
+                "timeline": timeline,
+            }),
         })
+    }
+
+    async fn unblock(&self, only: Option<&str>) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let targets: Vec<&MemberView> = match only {
+            Some(node) => vec![self.find(&view, node)?],
+            None => view.members.iter().collect(),
+        };
+        if targets.is_empty() {
+            return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
+        }
+        let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        let body = json!({"by": format!("{who} (referee admin unblock)")});
+        let mut exit = Exit::Ok;
+        let mut text = String::new();
+        let mut results = Vec::new();
+        for mv in targets {
+            let node = &mv.member.node_id;
+            match self.admin_post_body(mv, "/admin/unblock", self.timeout, Some(body.clone())).await {
+                Ok(message) => {
+                    let _ = writeln!(text, "{node}: {message}");
+                    results.push(json!({"node": node, "ok": true, "message": message}));
+                }
+                Err(f) => {
+                    exit = exit.max(f.exit);
+                    let _ = writeln!(text, "{node}: FAILED: {}", f.reason);
+                    results.push(json!({"node": node, "ok": false, "reason": f.reason}));
+                }
+            }
+        }
+        Ok(Report { exit, text, json: json!({"ok": exit == Exit::Ok, "results": results}) })
     }
 
     async fn check_health(&self, node: &str) -> Result<Report, Failure> {
@@ -859,6 +976,28 @@ fn unfit(st: &Value) -> Option<String> {
         return Some(format!("it is {role}, not a standby ready to take over"));
     }
     None
+}
+
+/// The master's replication position in a `/status` report.
+fn master_position(st: &Value) -> Option<u64> {
+    st.get("master").and_then(|m| m.get("position")).and_then(Value::as_u64)
+}
+
+fn position_text(st: &Value) -> String {
+    match (master_position(st), st.get("behind").and_then(Value::as_u64)) {
+        (Some(p), Some(b)) if b > 0 => format!("{p} (-{b})"),
+        (Some(p), _) => p.to_string(),
+        (None, _) => "-".into(),
+    }
+}
+
+/// "db3 is N behind the active (max_lag M)".
+fn lag_text(node: &str, behind: Option<u64>, max_lag: Option<u64>) -> String {
+    let limit = max_lag.map_or(String::new(), |m| format!(" (max_lag {m})"));
+    match behind {
+        Some(b) => format!("{node} is {b} behind the active{limit}"),
+        None => format!("how far {node} is behind the active is not known{limit}"),
+    }
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {

@@ -270,6 +270,37 @@ pub struct ElectionSettings {
     /// also the least time between two such requests.
     #[serde(default = "default_failback_after_ms")]
     pub failback_after_ms: u64,
+    /// The lag gate: the most this node's master may be behind the active's published position
+    /// (in the master's own units: bytes of WAL, transactions, journal entries) and still take
+    /// over automatically. Absent: no gate. `referee admin failover --allow-data-loss` overrides
+    /// it. Only applies while both positions are known (a master that reports none is not
+    /// gated, as before positions existed).
+    #[serde(default)]
+    pub max_lag: Option<u64>,
+    /// How often the active's agent publishes its master's position in the coordinator.
+    #[serde(default = "default_position_publish_interval_ms")]
+    pub position_publish_interval_ms: u64,
+    /// The staleness bound of the lag gate: a published position this agent has not seen
+    /// renewed for longer is not trusted, and the gate blocks an automatic takeover.
+    #[serde(default = "default_position_max_age_ms")]
+    pub position_max_age_ms: u64,
+    /// The head start per rank: a standby with `r` better eligible candidates (more caught up,
+    /// or as caught up with a higher priority) contends only once the lock has been free this
+    /// long times `r`, so a dead best candidate delays the rest by a bounded time.
+    #[serde(default = "default_rank_delay_ms")]
+    pub rank_delay_ms: u64,
+    /// Whether a standby in another zone than the last active's may take over automatically.
+    #[serde(default)]
+    pub cross_zone: crate::candidacy::CrossZone,
+    /// This node's priority: among equally caught-up candidates the higher wins.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// This node's zone (datacenter, availability zone), for `cross_zone: deny`.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Never take over automatically nor by an operator's failover.
+    #[serde(default)]
+    pub nofailover: bool,
 }
 
 impl Default for ElectionSettings {
@@ -281,8 +312,29 @@ impl Default for ElectionSettings {
             min_failover_interval_ms: 0,
             preferred_node: None,
             failback_after_ms: default_failback_after_ms(),
+            max_lag: None,
+            position_publish_interval_ms: default_position_publish_interval_ms(),
+            position_max_age_ms: default_position_max_age_ms(),
+            rank_delay_ms: default_rank_delay_ms(),
+            cross_zone: crate::candidacy::CrossZone::Allow,
+            priority: default_priority(),
+            zone: None,
+            nofailover: false,
         }
     }
+}
+
+fn default_position_publish_interval_ms() -> u64 {
+    1000
+}
+fn default_position_max_age_ms() -> u64 {
+    30_000
+}
+fn default_rank_delay_ms() -> u64 {
+    1000
+}
+fn default_priority() -> u32 {
+    1
 }
 
 fn default_failback_after_ms() -> u64 {
@@ -479,6 +531,7 @@ impl AgentConfig {
                 ));
             }
         }
+        self.validate_candidacy(&name_ok)?;
         if self.failsafe.enabled {
             if self.admin.is_none() {
                 return Err(invalid(
@@ -497,6 +550,63 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the lag gate, the ranking and the node tags of the `election` section.
+    fn validate_candidacy(&self, name_ok: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let e = &self.election;
+        if e.position_publish_interval_ms < e.loop_interval_ms {
+            return Err(invalid(
+                "election.position_publish_interval_ms",
+                format!(
+                    "is {} ms, shorter than election.loop_interval_ms ({} ms); the position is published from the \
+                     decision loop, so raise it",
+                    e.position_publish_interval_ms, e.loop_interval_ms
+                ),
+            ));
+        }
+        // After the active dies its last position is at most one publish interval old, and the
+        // lock is free at most a session timeout later; the lowest-ranked standby then waits
+        // its head start. The gate must still trust the position by then, or every failover
+        // would need an operator.
+        let others = u64::try_from(self.peers.len()).unwrap_or(u64::MAX);
+        let needed = self
+            .coordinator
+            .session_timeout_ms
+            .saturating_add(e.position_publish_interval_ms.saturating_mul(2))
+            .saturating_add(e.rank_delay_ms.saturating_mul(others));
+        if e.position_max_age_ms < needed {
+            return Err(invalid(
+                "election.position_max_age_ms",
+                format!(
+                    "is {} ms; it must be at least coordinator.session_timeout_ms + twice \
+                     election.position_publish_interval_ms + election.rank_delay_ms per peer ({needed} ms), or the \
+                     position would go stale before a failover could use it",
+                    e.position_max_age_ms
+                ),
+            ));
+        }
+        if let Some(zone) = &e.zone {
+            if !name_ok(zone) {
+                return Err(invalid(
+                    "election.zone",
+                    format!("is {zone:?}; use 1-64 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+        }
+        if e.cross_zone == crate::candidacy::CrossZone::Deny && e.zone.is_none() {
+            return Err(invalid(
+                "election.cross_zone",
+                "is deny but election.zone is not set; give this node its zone (on every node), or allow",
+            ));
+        }
+        if e.nofailover && e.preferred_node.as_deref() == Some(self.node_id.as_str()) {
+            return Err(invalid(
+                "election.nofailover",
+                "is true on the preferred node; a node that must never be promoted cannot be preferred",
+            ));
         }
         Ok(())
     }
@@ -545,6 +655,22 @@ impl AgentConfig {
             failback_after: (self.election.preferred_node.as_deref() == Some(self.node_id.as_str()))
                 .then(|| Duration::from_millis(self.election.failback_after_ms)),
             promote_budget: self.promote_budget(),
+            candidacy: crate::candidacy::CandidacyPolicy {
+                max_lag: self.election.max_lag,
+                position_max_age: Duration::from_millis(self.election.position_max_age_ms),
+                cross_zone: self.election.cross_zone,
+                rank_delay: Duration::from_millis(self.election.rank_delay_ms),
+            },
+        }
+    }
+
+    /// This node's tags, with its master's position (the driver's to add).
+    pub fn own_candidacy(&self) -> crate::candidacy::OwnCandidacy {
+        crate::candidacy::OwnCandidacy {
+            position: None,
+            priority: self.election.priority,
+            zone: self.election.zone.clone(),
+            nofailover: self.election.nofailover,
         }
     }
 
@@ -696,5 +822,40 @@ probes: {listen: "127.0.0.1:8301"}
         assert_eq!(cfg.failsafe_lease(), Duration::from_millis(3250));
         let e = with("failsafe: {enabled: true, ttl_ms: 1000}\nadmin: {token_env: X}").unwrap_err().to_string();
         assert!(e.contains("failsafe.ttl_ms"), "{e}");
+    }
+
+    #[test]
+    fn candidacy_settings_default_validate_and_reach_the_policy() {
+        let with = |extra: &str| AgentConfig::from_yaml(&minimal().replace("probes:", &format!("{extra}\nprobes:")));
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        let p = cfg.policy().candidacy;
+        assert_eq!(p.max_lag, None, "no gate unless configured");
+        assert_eq!(p.cross_zone, crate::candidacy::CrossZone::Allow);
+        assert_eq!((p.rank_delay, p.position_max_age), (Duration::from_secs(1), Duration::from_secs(30)));
+        assert_eq!(cfg.own_candidacy(), crate::candidacy::OwnCandidacy { priority: 1, ..Default::default() });
+        let cfg =
+            with("election: {max_lag: 1048576, cross_zone: deny, zone: east, priority: 7, nofailover: true}").unwrap();
+        assert_eq!(cfg.policy().candidacy.max_lag, Some(1_048_576));
+        assert_eq!(cfg.policy().candidacy.cross_zone, crate::candidacy::CrossZone::Deny);
+        let own = cfg.own_candidacy();
+        assert_eq!((own.priority, own.zone.as_deref(), own.nofailover), (7, Some("east"), true));
+        let table = [
+            ("election: {cross_zone: deny}", "`election.cross_zone` is deny but election.zone is not set"),
+            ("election: {cross_zone: maybe}", "cross_zone"),
+            ("election: {zone: \"a b\"}", "`election.zone` is \"a b\""),
+            ("election: {max_lag: -1}", "max_lag"),
+            ("election: {position_publish_interval_ms: 50}", "`election.position_publish_interval_ms` is 50 ms"),
+            // 2500 + 2 × 1000 + 1 peer × 1000
+            ("election: {position_max_age_ms: 5000}", "must be at least coordinator.session_timeout_ms"),
+            (
+                "election: {preferred_node: a, nofailover: true}\nadmin: {token_env: X}",
+                "`election.nofailover` is true on the preferred node",
+            ),
+        ];
+        for (extra, expected) in table {
+            let e = with(extra).expect_err(extra).to_string();
+            assert!(e.contains(expected), "{extra}: {e}");
+        }
+        assert!(with("election: {position_max_age_ms: 5500}").is_ok());
     }
 }

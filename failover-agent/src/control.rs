@@ -31,7 +31,18 @@ pub enum ControlRequest {
     /// Become active gracefully: ask the current active to cede, then win the lock. Refused
     /// with why if this node is unhealthy or paused.
     Failover {
+        /// The operator accepts promoting this node even if it lags beyond `election.max_lag`
+        /// (`--allow-data-loss`): the lag gate is lifted for this failover only.
+        allow_data_loss: bool,
         /// Answered with the timeline when this node is active, or with why not.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Clear an anti-flap block: this node may contend for a free lock at once, as if the
+    /// active had not changed recently.
+    Unblock {
+        /// Who asked (as the operator's command says, and the address it came from), for the log.
+        by: String,
+        /// Answered with what was cleared.
         reply: oneshot::Sender<Result<String, String>>,
     },
     /// A new configuration (already validated): settings that can change live are applied,

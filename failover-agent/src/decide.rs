@@ -28,8 +28,14 @@
 //!    whoever the breadcrumb says was active (this node's id on another machine included), or,
 //!    with no breadcrumb, every configured peer, registered member and node ever seen holding
 //!    the lock; write our breadcrumb through the lock's session, then promote.
-//! 5. The lock is free, we are healthy and connected, not backing off, and the last failover
-//!    is at least the minimum interval ago (anti-flap): contend.
+//! 5. The lock is free, we are healthy and connected, not backing off, not tagged
+//!    `nofailover`, within the lag gate of the active's published position (and that position
+//!    fresh), in an allowed zone, the last failover is at least the minimum interval ago
+//!    (anti-flap), and no better eligible candidate still has its head start
+//!    ([`crate::candidacy`]): contend. An operator's failover skips anti-flap, the zone rule and
+//!    the ranking; only its explicit `allow_data_loss` skips the lag gate.
+//!
+//! Every decision that leaves this node short of the active role names its [`Blocker`].
 //! 6. A peer is active, and this is the preferred node with a master healthy for the failback
 //!    period: ask the active to hand over gracefully.
 
@@ -38,6 +44,7 @@ use std::time::Duration;
 
 use referee_fencing::{FenceTarget, FencingToken, HaState};
 
+use crate::candidacy::{self, Blocker, Candidacy, CandidacyPolicy, OwnCandidacy, PublishedView};
 use crate::clock::BootInstant;
 use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView, TokenBaseView};
 use crate::tokens::{self, TokenSource};
@@ -103,6 +110,16 @@ pub struct Observation {
     pub failback_not_before: Option<BootInstant>,
     /// A failsafe promise given to an active peer: do not contend for the lock until then.
     pub promised: Option<(String, BootInstant)>,
+    /// This node's tags and its master's position.
+    pub candidacy: OwnCandidacy,
+    /// The active's published position, as last read (`None`: none published, or unknown).
+    pub published: Option<PublishedView>,
+    /// The other standbys' published candidacies.
+    pub candidates: Vec<Candidacy>,
+    /// When this agent first saw the lock free (for the per-rank delay).
+    pub lock_free_since: Option<BootInstant>,
+    /// The operator's failover to this node overrides the lag gate (`--allow-data-loss`).
+    pub allow_data_loss: bool,
 }
 
 /// The configured rules the core applies (from the `election` section).
@@ -119,6 +136,8 @@ pub struct Policy {
     /// The longest a promotion may take (the `pre_promote` hook's deadline plus the master's):
     /// a promotion starts only while the lease left is longer.
     pub promote_budget: Duration,
+    /// The lag gate, the zone rule and the ranking.
+    pub candidacy: CandidacyPolicy,
 }
 
 impl Policy {
@@ -129,6 +148,7 @@ impl Policy {
             min_failover_interval: Duration::ZERO,
             failback_after: None,
             promote_budget: Duration::ZERO,
+            candidacy: CandidacyPolicy::default(),
         }
     }
 }
@@ -217,6 +237,9 @@ pub struct Decision {
     pub steps: Vec<Step>,
     /// Why, as one sentence for logs, `/status` and tests.
     pub reason: String,
+    /// What stops this node from taking over now ("why not"); `None` while it is active or
+    /// on its way to it.
+    pub blocker: Option<Blocker>,
 }
 
 impl fmt::Display for Decision {
@@ -265,7 +288,11 @@ fn blank_time_spans(sentence: &str) -> String {
 }
 
 fn decision(steps: Vec<Step>, reason: impl Into<String>) -> Decision {
-    Decision { steps, reason: reason.into() }
+    Decision { steps, reason: reason.into(), blocker: None }
+}
+
+fn blocked(blocker: Blocker, steps: Vec<Step>, reason: impl Into<String>) -> Decision {
+    Decision { steps, reason: reason.into(), blocker: Some(blocker) }
 }
 
 /// A holder that gives up: its master is demoted (best effort: it may never have become
@@ -276,6 +303,27 @@ fn back_off(token: FencingToken, backoff: Duration, reason: String) -> Decision 
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
+}
+
+fn ms64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The candidacy this node publishes: its tags, its master's position, and whether it would
+/// take over now, ranking aside (healthy, not paused, every gate of
+/// [`candidacy::gate`] passed). The active's own candidacy is never eligible: it has the role.
+pub fn own_candidacy(obs: &Observation, policy: &Policy) -> Candidacy {
+    let gated = candidacy::gate(&obs.candidacy, obs.published.as_ref(), &policy.candidacy, obs.now, false, false);
+    Candidacy {
+        node_id: obs.node_id.clone(),
+        position: obs.candidacy.position,
+        priority: obs.candidacy.priority,
+        zone: obs.candidacy.zone.clone(),
+        eligible: gated.is_none()
+            && obs.health.is_healthy()
+            && !obs.paused
+            && !matches!(obs.lock, LockView::Ours { .. }),
+    }
 }
 
 /// Decides what to do now.
@@ -309,7 +357,7 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
 
     // Rule 2: paused, nothing else is done.
     if obs.paused {
-        return decision(vec![], "paused: observing only, no failover will be made");
+        return blocked(Blocker::Paused, vec![], "paused: observing only, no failover will be made");
     }
 
     // Rule 3: an unhealthy master gives up the lock.
@@ -330,7 +378,11 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 format!("{why}; demoting it and releasing the lock (the next active will fence it)"),
             );
         }
-        return decision(vec![], format!("{why}; not contending for the lock"));
+        return blocked(
+            Blocker::Unhealthy { reason: why.clone() },
+            vec![],
+            format!("{why}; not contending for the lock"),
+        );
     }
 
     match &obs.lock {
@@ -343,9 +395,10 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     ms(left)
                 ),
             ),
-            _ => decision(vec![], "the lock could not be read; waiting for the coordinator"),
+            _ => blocked(Blocker::CoordinatorUnavailable, vec![], "the lock could not be read; waiting for the coordinator"),
         },
-        LockView::OursFromOldSession { token } => decision(
+        LockView::OursFromOldSession { token } => blocked(
+            Blocker::LeaseNotExpired { holder: obs.node_id.clone() },
             vec![],
             format!("the lock (token {token}) belongs to an older session of this agent; waiting for it to expire"),
         ),
@@ -367,14 +420,23 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     );
                 }
             }
-            decision(vec![], format!("standing by: {node_id} is active with token {token}"))
+            blocked(
+                Blocker::LeaseNotExpired { holder: node_id.clone() },
+                vec![],
+                format!("standing by: {node_id} is active with token {token}"),
+            )
         }
         LockView::Free => {
             if !connected {
-                return decision(vec![], "the lock is free but the coordinator session is not connected");
+                return blocked(
+                    Blocker::CoordinatorUnavailable,
+                    vec![],
+                    "the lock is free but the coordinator session is not connected",
+                );
             }
             if let Some((peer, until)) = obs.promised.as_ref().filter(|(_, until)| *until > obs.now) {
-                return decision(
+                return blocked(
+                    Blocker::Promised { to: peer.clone() },
                     vec![],
                     format!(
                         "the lock is free, but this node confirmed to {peer} (failsafe) that it would not contend for \
@@ -385,14 +447,28 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
             }
             if let Some(until) = obs.backoff_until {
                 if until > obs.now {
-                    return decision(
+                    let left = until.saturating_since(obs.now);
+                    return blocked(
+                        Blocker::BackingOff { left_ms: ms64(left) },
                         vec![],
-                        format!("the lock is free; backing off for {} ms more", ms(until.saturating_since(obs.now))),
+                        format!("the lock is free; backing off for {} ms more", ms(left)),
                     );
                 }
             }
+            if let Some(b) = candidacy::gate(
+                &obs.candidacy,
+                obs.published.as_ref(),
+                &policy.candidacy,
+                obs.now,
+                obs.failover_requested,
+                obs.allow_data_loss,
+            ) {
+                let reason = format!("the lock is free, but this node may not take over: {b}");
+                return blocked(b, vec![], reason);
+            }
             if let Some(wait) = anti_flap_wait(obs, policy).filter(|_| !obs.failover_requested) {
-                return decision(
+                return blocked(
+                    Blocker::AntiFlap { left_ms: ms64(wait) },
                     vec![],
                     format!(
                         "the lock is free, but the active changed less than {} ms ago; anti-flap: waiting {} ms more",
@@ -400,6 +476,15 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                         ms(wait)
                     ),
                 );
+            }
+            if !obs.failover_requested {
+                let me = own_candidacy(obs, policy);
+                if let Some(b) =
+                    candidacy::rank_wait(&me, &obs.candidates, &policy.candidacy, obs.lock_free_since, obs.now)
+                {
+                    let reason = format!("the lock is free, but {b}");
+                    return blocked(b, vec![], reason);
+                }
             }
             decision(vec![Step::Contend], "the lock is free and the master is healthy: contending")
         }
@@ -527,7 +612,7 @@ pub fn plan_handover(
 /// cannot be read leaves it as it was.
 pub fn track_promoted(previous: Option<FencingToken>, master: Option<MasterStatus>) -> Option<FencingToken> {
     match master {
-        Some(MasterStatus { state: HaState::Active, token }) => Some(previous.map_or(token, |p| p.max(token))),
+        Some(MasterStatus { state: HaState::Active, token, .. }) => Some(previous.map_or(token, |p| p.max(token))),
         Some(_) => None,
         None => previous,
     }
@@ -699,7 +784,8 @@ fn hold(
             } else {
                 format!("{} (token {}) did not step down cleanly: fencing it", crumb.node_id, crumb.token)
             };
-            decision(
+            blocked(
+                Blocker::FencingPending,
                 vec![
                     Step::Fence { targets: vec![target], new_token: token, clean_claim },
                     write,
@@ -724,7 +810,8 @@ fn hold(
                     }
                 })
                 .collect();
-            decision(
+            blocked(
+                Blocker::FencingPending,
                 vec![Step::Fence { targets, new_token: token, clean_claim: None }, write, Step::Promote { token }],
                 format!(
                     "won the lock with token {token}; no breadcrumb, so who was active is unknown: fencing every other \
@@ -752,7 +839,7 @@ mod tests {
     }
 
     fn member(node: &str) -> Member {
-        Member { node_id: node.into(), target: target(node), peer_url: None, probe_addr: None }
+        Member { node_id: node.into(), target: target(node), peer_url: None, probe_addr: None, candidacy: None }
     }
 
     fn now() -> BootInstant {
@@ -766,7 +853,7 @@ mod tests {
             node_id: "a".into(),
             own_target: target("a"),
             health: Health::Healthy,
-            master: Some(MasterStatus { state: HaState::Standby, token: t(0) }),
+            master: Some(MasterStatus { state: HaState::Standby, token: t(0), position: None }),
             session: SessionView::Connected { session_id: 7 },
             lock: LockView::Free,
             breadcrumb: BreadcrumbView::Missing,
@@ -787,6 +874,11 @@ mod tests {
             failover_requested: false,
             failback_not_before: None,
             promised: None,
+            candidacy: OwnCandidacy { position: None, priority: 1, zone: None, nofailover: false },
+            published: None,
+            candidates: vec![],
+            lock_free_since: None,
+            allow_data_loss: false,
         }
     }
 
@@ -798,7 +890,7 @@ mod tests {
     }
 
     fn active(token: u64) -> Option<MasterStatus> {
-        Some(MasterStatus { state: HaState::Active, token: t(token) })
+        Some(MasterStatus { state: HaState::Active, token: t(token), position: None })
     }
 
     fn ours(token: u64) -> LockView {
@@ -1185,7 +1277,7 @@ mod tests {
         refused(o, "the breadcrumb holds token 18446744073709551615, above the highest usable token");
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(u64::MAX - 1) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(u64::MAX - 1), position: None });
         refused(o, "this node's master holds token 18446744073709551614");
         let mut o = base();
         o.lock = ours(45);
@@ -1220,7 +1312,7 @@ mod tests {
         check(o, vec![], "holding the lock; the breadcrumb could not be read, waiting");
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0) });
+        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0), position: None });
         check(o, vec![], "holding the lock (token 45); the master is still initializing");
         let mut o = base();
         o.lock = ours(45);
@@ -1237,7 +1329,7 @@ mod tests {
 
     #[test]
     fn the_promoted_token_is_kept_while_the_master_may_be_active() {
-        let st = |state, n| Some(MasterStatus { state, token: t(n) });
+        let st = |state, n| Some(MasterStatus { state, token: t(n), position: None });
         let cases = [
             (None, st(HaState::Active, 30), Some(t(30))),
             (Some(t(30)), None, Some(t(30))),
@@ -1255,7 +1347,7 @@ mod tests {
     #[test]
     fn handover_demotes_first_and_never_waits_on_an_unreadable_lock() {
         let ours = LockView::Ours { token: t(45), version: 2 };
-        let standby = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        let standby = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
         let cases = [
             (Some(&ours), Some(t(45)), active(45), Handover::StepDown { token: t(45), lock_version: 2 }),
             (Some(&ours), None, standby, Handover::StepDown { token: t(45), lock_version: 2 }),
@@ -1302,7 +1394,7 @@ mod tests {
         o.lock = ours(3);
         o.token_base = TokenBaseView::Missing;
         o.token_floor = t(90);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(100) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(100), position: None });
         check(
             o,
             vec![Step::SetTokenBase { czxid: 3, floor: t(100), lock_version: 0, current: None, consult_peers: true }],
@@ -1333,7 +1425,7 @@ mod tests {
         // Our master showing exactly our token before we gave it is a coincidence, not ours.
         let mut o = base();
         o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45) });
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
         assert!(matches!(
             decide(&o, &Policy::with_backoff(BACKOFF)).steps[0],
             Step::SetTokenBase { floor: FencingToken(45), .. }
@@ -1454,9 +1546,202 @@ mod tests {
         check_with(o, &Policy::with_backoff(BACKOFF), vec![], standing_by);
     }
 
+    fn published_at(position: u64, zone: Option<&str>, age: Duration) -> Option<PublishedView> {
+        Some(PublishedView {
+            record: candidacy::ActivePosition {
+                node_id: "b".into(),
+                zone: zone.map(str::to_string),
+                position: candidacy::Position(position),
+                token: t(40),
+            },
+            changed_at: now() - age,
+        })
+    }
+
+    fn gated_policy() -> Policy {
+        Policy {
+            candidacy: CandidacyPolicy {
+                max_lag: Some(100),
+                position_max_age: Duration::from_secs(10),
+                cross_zone: candidacy::CrossZone::Deny,
+                rank_delay: Duration::from_secs(2),
+            },
+            min_failover_interval: Duration::from_secs(30),
+            ..Policy::with_backoff(BACKOFF)
+        }
+    }
+
+    fn rival(node: &str, position: Option<u64>, priority: u32, eligible: bool) -> Candidacy {
+        Candidacy {
+            node_id: node.into(),
+            position: position.map(candidacy::Position),
+            priority,
+            zone: Some("east".into()),
+            eligible,
+        }
+    }
+
+    /// Node `a` in zone east at position 1000, the active's published position 1000 (fresh),
+    /// the lock free for 1 s.
+    fn gated() -> Observation {
+        Observation {
+            candidacy: OwnCandidacy {
+                position: Some(candidacy::Position(1000)),
+                priority: 1,
+                zone: Some("east".into()),
+                nofailover: false,
+            },
+            published: published_at(1000, Some("east"), Duration::from_secs(1)),
+            lock_free_since: Some(now() - Duration::from_secs(1)),
+            ..base()
+        }
+    }
+
+    #[test]
+    fn every_blocker_is_named_with_time_as_an_input() {
+        let mut paused = gated();
+        paused.paused = true;
+        let mut unhealthy = gated();
+        unhealthy.health = Health::NotResponding("refused".into());
+        let mut peer = gated();
+        peer.lock = LockView::Peer { node_id: "b".into(), token: t(40) };
+        let mut old_session = gated();
+        old_session.lock = LockView::OursFromOldSession { token: t(40) };
+        let mut unknown = gated();
+        unknown.lock = LockView::Unknown;
+        let mut disconnected = gated();
+        disconnected.session = SessionView::Disconnected { session_id: 7 };
+        let mut promised = gated();
+        promised.promised = Some(("b".into(), now() + Duration::from_millis(700)));
+        let mut backing_off = gated();
+        backing_off.backoff_until = Some(now() + Duration::from_millis(300));
+        let mut nofailover = gated();
+        nofailover.candidacy.nofailover = true;
+        let mut lagging = gated();
+        lagging.candidacy.position = Some(candidacy::Position(850));
+        let mut stale = gated();
+        stale.published = published_at(1000, Some("east"), Duration::from_secs(12));
+        let mut other_zone = gated();
+        other_zone.candidacy.zone = Some("west".into());
+        let mut flapping = gated();
+        flapping.last_failover_at = Some(now() - Duration::from_secs(20));
+        let mut outranked = gated();
+        outranked.candidates = vec![rival("c", Some(1000), 5, true)];
+        let mut fencing = gated();
+        fencing.lock = ours(45);
+        fencing.breadcrumb = crumb("b", 40, false);
+        let table: Vec<(&str, Observation, Option<Blocker>)> = vec![
+            ("paused", paused, Some(Blocker::Paused)),
+            (
+                "unhealthy",
+                unhealthy,
+                Some(Blocker::Unhealthy { reason: "the master is not responding: refused".into() }),
+            ),
+            ("peer", peer, Some(Blocker::LeaseNotExpired { holder: "b".into() })),
+            ("old session", old_session, Some(Blocker::LeaseNotExpired { holder: "a".into() })),
+            ("unknown", unknown, Some(Blocker::CoordinatorUnavailable)),
+            ("disconnected", disconnected, Some(Blocker::CoordinatorUnavailable)),
+            ("promised", promised, Some(Blocker::Promised { to: "b".into() })),
+            ("backing off", backing_off, Some(Blocker::BackingOff { left_ms: 300 })),
+            ("nofailover", nofailover, Some(Blocker::Nofailover)),
+            ("lagging", lagging, Some(Blocker::Lagging { behind: 150, max_lag: 100 })),
+            ("stale", stale, Some(Blocker::PositionStale { age_ms: 12_000, max_age_ms: 10_000 })),
+            (
+                "other zone",
+                other_zone,
+                Some(Blocker::CrossZoneDenied { zone: "west".into(), active_zone: "east".into() }),
+            ),
+            ("anti-flap", flapping, Some(Blocker::AntiFlap { left_ms: 10_000 })),
+            ("outranked", outranked, Some(Blocker::OutRanked { by: "c".into(), rank: 1, left_ms: 1000 })),
+            ("fencing", fencing, Some(Blocker::FencingPending)),
+            ("free and best", gated(), None),
+        ];
+        for (name, obs, expected) in table {
+            let d = decide(&obs, &gated_policy());
+            assert_eq!(d.blocker, expected, "{name}: {}", d.reason);
+            // Blocked means no contention and no promotion.
+            let acts = d.steps.iter().any(|s| matches!(s, Step::Contend | Step::Promote { .. }));
+            assert_eq!(acts, expected.is_none() || expected == Some(Blocker::FencingPending), "{name}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn the_lag_gate_reads_as_a_sentence_and_yields_to_the_operator_only_with_data_loss_allowed() {
+        let mut o = gated();
+        o.candidacy.position = Some(candidacy::Position(850));
+        check_with(
+            o.clone(),
+            &gated_policy(),
+            vec![],
+            "the lock is free, but this node may not take over: lagging by 150 (max_lag 100)",
+        );
+        // An operator's failover alone does not lift the gate ...
+        o.failover_requested = true;
+        assert_eq!(decide(&o, &gated_policy()).blocker, Some(Blocker::Lagging { behind: 150, max_lag: 100 }));
+        // ... with data loss allowed it does, and anti-flap and ranking yield too.
+        o.allow_data_loss = true;
+        o.last_failover_at = Some(now() - Duration::from_secs(1));
+        o.candidates = vec![rival("c", Some(2000), 9, true)];
+        check_with(o, &gated_policy(), vec![Step::Contend], "the lock is free and the master is healthy: contending");
+    }
+
+    #[test]
+    fn ranking_in_the_core_waits_its_rank_then_contends() {
+        // (candidates, free for, contends?, blocker)
+        let table: Vec<(Vec<Candidacy>, Duration, Option<Blocker>)> = vec![
+            // More caught up: c waits out a's head start.
+            (vec![rival("c", Some(1010), 1, true)], Duration::from_secs(1), Some(out_ranked("c", 1, 1000))),
+            (vec![rival("c", Some(1010), 1, true)], Duration::from_secs(2), None),
+            // Ineligible candidates do not rank.
+            (vec![rival("c", Some(1010), 9, false)], Duration::ZERO, None),
+            // Less caught up or lower priority: no wait.
+            (vec![rival("c", Some(990), 9, true)], Duration::ZERO, None),
+            (vec![rival("c", Some(1000), 0, true)], Duration::ZERO, None),
+            // Two better candidates: rank 2, twice the delay.
+            (
+                vec![rival("c", Some(1010), 1, true), rival("d", Some(1000), 3, true)],
+                Duration::from_secs(3),
+                Some(out_ranked("c", 2, 1000)),
+            ),
+            (vec![rival("c", Some(1010), 1, true), rival("d", Some(1000), 3, true)], Duration::from_secs(4), None),
+        ];
+        for (candidates, free_for, expected) in table {
+            let mut o = gated();
+            o.candidates = candidates.clone();
+            o.lock_free_since = Some(now() - free_for);
+            let d = decide(&o, &gated_policy());
+            assert_eq!(d.blocker, expected, "{candidates:?} free for {free_for:?}: {}", d.reason);
+            let contend = if expected.is_none() { vec![Step::Contend] } else { vec![] };
+            assert_eq!(d.steps, contend);
+        }
+    }
+
+    fn out_ranked(by: &str, rank: usize, left_ms: u64) -> Blocker {
+        Blocker::OutRanked { by: by.into(), rank, left_ms }
+    }
+
+    #[test]
+    fn own_candidacy_is_eligible_only_when_it_would_contend_but_for_the_ranking() {
+        let p = gated_policy();
+        assert!(own_candidacy(&gated(), &p).eligible);
+        let mut lagging = gated();
+        lagging.candidacy.position = Some(candidacy::Position(1));
+        let mut unhealthy = gated();
+        unhealthy.health = Health::Initializing;
+        let mut holder = gated();
+        holder.lock = ours(45);
+        let mut paused = gated();
+        paused.paused = true;
+        for o in [lagging, unhealthy, holder, paused] {
+            assert!(!own_candidacy(&o, &p).eligible, "{o:?}");
+        }
+        let c = own_candidacy(&gated(), &p);
+        assert_eq!((c.node_id.as_str(), c.position, c.priority), ("a", Some(candidacy::Position(1000)), 1));
+    }
+
     #[test]
     fn the_log_key_ignores_time_spans_only() {
-        let d = |steps: Vec<Step>, reason: &str| Decision { steps, reason: reason.to_string() };
+        let d = |steps: Vec<Step>, reason: &str| Decision { steps, reason: reason.to_string(), blocker: None };
         let same = [
             ("active with token 7; lease 1748 ms left", "active with token 7; lease 12 ms left"),
             ("the lock is free; backing off for 900 ms more", "the lock is free; backing off for 1 ms more"),

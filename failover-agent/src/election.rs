@@ -8,8 +8,14 @@
 //! /referee/<cluster>/lock               EPHEMERAL   LockRecord  its czxid + the token base is the fencing token
 //! /referee/<cluster>/breadcrumb         PERSISTENT  Breadcrumb  the last active; never deleted
 //! /referee/<cluster>/token-base         PERSISTENT  TokenBase   added to every czxid; only ever raised
-//! /referee/<cluster>/members/<node_id>  EPHEMERAL   Member      one per live agent
+//! /referee/<cluster>/members/<node_id>  EPHEMERAL   Member      one per live agent, with its candidacy
+//! /referee/<cluster>/position           PERSISTENT  ActivePosition  the active's master's position
 //! ```
+//!
+//! The position is written only by the lock's holder, in a multi with a check of the lock's
+//! version, at the configured interval: its znode version moves on every write, which is how a
+//! standby tells a live publisher from a dead one. A standby's candidacy (its position,
+//! priority, zone, eligibility) is rewritten into its own member znode when it changes.
 //!
 //! # Tokens never go backwards
 //!
@@ -71,6 +77,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
+use crate::candidacy::ActivePosition;
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 
 /// The parent of every cluster's znodes.
@@ -481,6 +488,7 @@ struct Paths {
     members: String,
     member: String,
     token_base: String,
+    position: String,
 }
 
 impl Paths {
@@ -492,6 +500,7 @@ impl Paths {
             members: format!("{root}/members"),
             member: format!("{root}/members/{node_id}"),
             token_base: format!("{root}/token-base"),
+            position: format!("{root}/position"),
             cluster: root,
         }
     }
@@ -658,6 +667,78 @@ impl Coordination {
                 }
                 Ok(LockEvent::Created | LockEvent::Deleted | LockEvent::DataChanged) => {}
             }
+        }
+    }
+
+    /// Rewrites this agent's member znode (registered by this session) with `member`, its
+    /// candidacy included. Fails with [`ElectionError::Coordinator`] (`NoNode`) if the
+    /// registration is gone: the caller registers again.
+    pub async fn publish_member(&self, member: &Member) -> Result<(), ElectionError> {
+        const OP: &str = "publish the candidacy";
+        if member.node_id != self.cfg.node_id {
+            return Err(ElectionError::InvalidArgument(format!(
+                "member record names {:?} but this handle is node {:?}",
+                member.node_id, self.cfg.node_id
+            )));
+        }
+        let data = encode(member)?;
+        let sent = Instant::now();
+        let set = self.client.set_data(&self.paths.member, &data, None);
+        self.finish(self.deadline(), sent, set).await.map_err(|f| self.failure(OP, f))?;
+        Ok(())
+    }
+
+    /// Publishes the active's position while this session holds the lock: one multi of
+    /// `check(lock, lock_version)` and `setData(position)` (or `create` the first time). Fails
+    /// with [`ElectionError::LockNotHeld`] if the lock is gone or changed.
+    pub async fn publish_position(&self, record: &ActivePosition, lock_version: i32) -> Result<(), ElectionError> {
+        const OP: &str = "publish the position";
+        let data = encode(record)?;
+        // A version check alone cannot tell our lock from a peer's at the same version (see
+        // `write_breadcrumb`): the lock is first confirmed ours with the record's token.
+        self.confirm_holder(OP, record.token, lock_version).await?;
+        let persistent = self.options(zk::CreateMode::Persistent);
+        // Set first (the usual case); a missing znode is created, one created meanwhile by
+        // another holder is set again: two rounds at most.
+        for create in [false, true, false] {
+            let mut writer = self.client.new_multi_writer();
+            let staged = writer.add_check_version(&self.paths.lock, lock_version).and_then(|()| {
+                if create {
+                    writer.add_create(&self.paths.position, &data, &persistent)
+                } else {
+                    writer.add_set_data(&self.paths.position, &data, None)
+                }
+            });
+            staged.map_err(|source| ElectionError::Coordinator { op: OP, source })?;
+            let sent = Instant::now();
+            let committed = writer.commit();
+            match self.finish(self.deadline(), sent, committed).await {
+                Ok(_) => return Ok(()),
+                Err(Failure::Reply(zk::MultiWriteError::OperationFailed {
+                    index: 1,
+                    source: zk::Error::NoNode | zk::Error::NodeExists,
+                })) => continue,
+                Err(f) => {
+                    return Err(self.multi_failure(OP, f, record.token, lock_version, || ElectionError::Coordinator {
+                        op: OP,
+                        source: zk::Error::NodeExists,
+                    }))
+                }
+            }
+        }
+        Err(ElectionError::Coordinator { op: OP, source: zk::Error::NodeExists })
+    }
+
+    /// The active's published position and the znode's modification zxid (which moves on every
+    /// publication, even of the same position); `None` if none was ever published.
+    pub async fn read_position(&self) -> Result<Option<(ActivePosition, i64)>, ElectionError> {
+        const OP: &str = "read the position";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.position);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => Ok(Some((decode(&self.paths.position, &data)?, stat.mzxid))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
         }
     }
 

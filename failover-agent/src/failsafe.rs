@@ -283,6 +283,7 @@ mod tests {
             target: FenceTarget::new(node, "127.0.0.1", 1, FencingToken(0)),
             peer_url: peer_url.map(Into::into),
             probe_addr: None,
+            candidacy: None,
         }
     }
 
@@ -316,7 +317,7 @@ mod tests {
     fn a_member_confirms_only_what_it_can_vouch_for() {
         use referee_fencing::HaState;
         let request = FailsafeRequest { node_id: "a".into(), token: FencingToken(45), ttl_ms: 4000 };
-        let standby = Some(MasterStatus { state: HaState::Standby, token: FencingToken(40) });
+        let standby = Some(MasterStatus { state: HaState::Standby, token: FencingToken(40), position: None });
         let facts = AnswerFacts {
             me: "b",
             request: &request,
@@ -345,7 +346,7 @@ mod tests {
             (
                 "own master active",
                 AnswerFacts {
-                    master: Some(MasterStatus { state: HaState::Active, token: FencingToken(40) }),
+                    master: Some(MasterStatus { state: HaState::Active, token: FencingToken(40), position: None }),
                     ..facts.clone()
                 },
                 refuse("this node's master is active"),

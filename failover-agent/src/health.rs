@@ -23,8 +23,12 @@
 //!   the same load (HDFS-9311's flapping).
 //! - **Except a refused connection, which counts at once.** A crashed master's port refuses
 //!   immediately and for certain; nothing is gained by asking again, and waiting `fall`
-//!   intervals would only lengthen the failover. Timeouts and broken connections are the
+//!   intervals would only lengthen the failover. Broken connections and error answers are the
 //!   ambiguous failures the fall count exists for.
+//! - **Slow is not dead.** A check that times out counts only once `slow_fall` consecutive
+//!   checks have timed out (default far above `fall`): an overloaded master that answers late
+//!   must not be failed over as fast as a crashed one, whose standby would likely drown in
+//!   the same load (HDFS-9311). Timeouts neither count towards `fall` nor reset it.
 //! - A master that is not healthy moves straight to whatever the latest failure says
 //!   (unhealthy, not responding, monitor failed): it is already out of the running, so there
 //!   is nothing for a count to protect.
@@ -72,6 +76,10 @@ fn default_watch_exit() -> bool {
     true
 }
 
+fn default_slow_fall() -> u32 {
+    20
+}
+
 /// `health:` in the agent's configuration.
 ///
 /// ```yaml
@@ -80,11 +88,12 @@ fn default_watch_exit() -> bool {
 ///   timeout_ms: 3000    # deadline of one check (default 3000)
 ///   rise: 2             # consecutive passes to become healthy (default 2)
 ///   fall: 3             # consecutive failures to stop being healthy (default 3)
+///   slow_fall: 20       # consecutive timed-out checks to stop being healthy (default 20)
 ///   watch_exit: true    # check at once when the master's process exits (default true)
 /// ```
 ///
 /// A check may take longer than the interval; the next one then starts when it ends. A hung
-/// master is declared not responding after about `fall × max(interval_ms, timeout_ms)`; a
+/// master is declared not responding after about `slow_fall × max(interval_ms, timeout_ms)`; a
 /// crashed one (connection refused) after at most one interval, or at once when the agent
 /// watches its process (`master.pidfile` set, see [`crate::exit_watch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,9 +108,15 @@ pub struct HealthConfig {
     /// Consecutive passing checks needed to become healthy.
     #[serde(default = "default_rise")]
     pub rise: u32,
-    /// Consecutive failed checks needed to stop being healthy (a refusal needs only one).
+    /// Consecutive failed checks needed to stop being healthy (a refusal needs only one; a
+    /// timeout counts under `slow_fall` instead).
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// Consecutive timed-out checks needed to stop being healthy: a master that answers late
+    /// is slow, not dead, and is failed over only once it stayed slow this long. At least
+    /// `fall`.
+    #[serde(default = "default_slow_fall")]
+    pub slow_fall: u32,
     /// With `master.pidfile` set, watch the master's process and check at once when it exits
     /// ([`crate::exit_watch`]). Off, a crash is seen at the next interval's check, as
     /// Hadoop's ZKFC sees it.
@@ -116,6 +131,7 @@ impl Default for HealthConfig {
             timeout_ms: default_timeout_ms(),
             rise: default_rise(),
             fall: default_fall(),
+            slow_fall: default_slow_fall(),
             watch_exit: default_watch_exit(),
         }
     }
@@ -146,6 +162,16 @@ impl HealthConfig {
         }
         if self.fall == 0 {
             return err("fall", "must be at least 1");
+        }
+        if self.slow_fall < self.fall {
+            return Err(HealthConfigError {
+                field: "slow_fall",
+                reason: format!(
+                    "is {} but fall is {}; a timed-out check must not count sooner than a failed one: make it at \
+                     least fall",
+                    self.slow_fall, self.fall
+                ),
+            });
         }
         Ok(())
     }
@@ -185,15 +211,22 @@ impl fmt::Display for Transition {
 pub struct HealthMonitor {
     rise: u32,
     fall: u32,
+    /// `None`: timeouts count like any other failure (towards `fall`).
+    slow_fall: Option<u32>,
     health: Health,
     successes: u32,
     failures: u32,
+    /// Consecutive timed-out checks ending with the last one.
+    slow: u32,
+    /// Failed checks other than timeouts since the last pass.
+    hard: u32,
     last_check_at: Option<BootInstant>,
     last_problem: Option<HealthProblem>,
 }
 
 impl HealthMonitor {
-    /// A monitor in [`Health::Initializing`].
+    /// A monitor in [`Health::Initializing`], timeouts counted like other failures towards
+    /// `fall` (see [`HealthMonitor::with_slow_fall`]).
     ///
     /// # Panics
     ///
@@ -203,12 +236,36 @@ impl HealthMonitor {
         HealthMonitor {
             rise,
             fall,
+            slow_fall: None,
             health: Health::Initializing,
             successes: 0,
             failures: 0,
+            slow: 0,
+            hard: 0,
             last_check_at: None,
             last_problem: None,
         }
+    }
+
+    /// A monitor for `config`: its rise, fall and slow fall.
+    pub fn from_config(config: &HealthConfig) -> Self {
+        HealthMonitor::new(config.rise, config.fall).with_slow_fall(config.slow_fall)
+    }
+
+    /// Timed-out checks count only once `slow_fall` of them are consecutive.
+    ///
+    /// # Panics
+    ///
+    /// If `slow_fall` is below `fall` ([`HealthConfig::validate`] refuses that).
+    pub fn with_slow_fall(mut self, slow_fall: u32) -> Self {
+        assert!(slow_fall >= self.fall, "slow_fall ({slow_fall}) must be at least fall ({})", self.fall);
+        self.slow_fall = Some(slow_fall);
+        self
+    }
+
+    /// Consecutive timed-out checks up to now.
+    pub fn consecutive_slow(&self) -> u32 {
+        self.slow
     }
 
     /// The current verdict.
@@ -242,6 +299,8 @@ impl HealthMonitor {
         match result {
             Ok(()) => {
                 self.failures = 0;
+                self.slow = 0;
+                self.hard = 0;
                 self.successes = self.successes.saturating_add(1);
                 self.last_problem = None;
                 match self.health {
@@ -263,6 +322,13 @@ impl HealthMonitor {
                 self.failures = self.failures.saturating_add(1);
                 let target = verdict(&problem);
                 let refused = matches!(problem, HealthProblem::NotResponding { how: NoAnswer::Refused, .. });
+                let timed_out = matches!(problem, HealthProblem::NotResponding { how: NoAnswer::TimedOut, .. });
+                if timed_out {
+                    self.slow = self.slow.saturating_add(1);
+                } else {
+                    self.slow = 0;
+                    self.hard = self.hard.saturating_add(1);
+                }
                 self.last_problem = Some(problem);
                 if same_kind(&self.health, &target) {
                     return None;
@@ -271,7 +337,15 @@ impl HealthMonitor {
                     Health::Healthy if refused => {
                         format!("master {} at once (a refusal is not retried): {}", describe(&target), reason(&target))
                     }
-                    Health::Healthy if self.failures >= self.fall => format!(
+                    Health::Healthy if timed_out && self.slow_fall.is_some_and(|sf| self.slow >= sf) => format!(
+                        "master {} after {} consecutive slow checks (slow_fall {}): {}",
+                        describe(&target),
+                        self.slow,
+                        self.slow_fall.unwrap_or(self.slow),
+                        reason(&target)
+                    ),
+                    Health::Healthy if timed_out && self.slow_fall.is_some() => return None,
+                    Health::Healthy if self.slow_fall.map_or(self.failures, |_| self.hard) >= self.fall => format!(
                         "master {} after {} consecutive failed checks: {}",
                         describe(&target),
                         self.failures,
@@ -337,6 +411,8 @@ pub struct HealthReport {
     pub last_problem: Option<HealthProblem>,
     /// Consecutive failed checks up to the last one.
     pub consecutive_failures: u32,
+    /// Consecutive timed-out (slow) checks up to the last one.
+    pub consecutive_slow: u32,
     /// When the first of those failed checks ended (`None` after a pass): the start of a
     /// failover's timeline.
     pub failing_since: Option<BootInstant>,
@@ -357,6 +433,7 @@ impl HealthReport {
             last_check_at: None,
             last_problem: None,
             consecutive_failures: 0,
+            consecutive_slow: 0,
             failing_since: None,
             master: None,
             master_problem: None,
@@ -399,7 +476,7 @@ pub async fn run_health_monitor_woken(
     reports: watch::Sender<HealthReport>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut monitor = HealthMonitor::new(config.rise, config.fall);
+    let mut monitor = HealthMonitor::from_config(&config);
     let mut ticks = tokio::time::interval(config.interval());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -458,6 +535,7 @@ pub async fn run_health_monitor_woken(
             report.last_check_at = monitor.last_check_at();
             report.last_problem = monitor.last_problem().cloned();
             report.consecutive_failures = monitor.consecutive_failures();
+            report.consecutive_slow = monitor.consecutive_slow();
             report.failing_since = match monitor.consecutive_failures() {
                 0 => None,
                 _ => report.failing_since.or(Some(now)),
@@ -624,6 +702,63 @@ mod tests {
         }
     }
 
+    /// A case name, the checks' results, and the transition each causes.
+    type SlowCase = (&'static str, Vec<Result<(), HealthProblem>>, Vec<Option<Health>>);
+
+    #[test]
+    fn slow_is_not_dead_until_slow_fall_but_a_refusal_still_acts_at_once() {
+        // (name, steps, the transition each step causes), rise 1, fall 2, slow_fall 4.
+        let healthy = Some(Health::Healthy);
+        let nr = |r: &str| Some(Health::NotResponding(r.into()));
+        let cases: Vec<SlowCase> = vec![
+            (
+                "timeouts alone need slow_fall in a row",
+                vec![ok(), timed_out(), timed_out(), timed_out(), timed_out()],
+                vec![healthy.clone(), None, None, None, nr("timed out: no answer")],
+            ),
+            (
+                "a pass resets the slow count",
+                vec![ok(), timed_out(), timed_out(), timed_out(), ok(), timed_out(), timed_out(), timed_out()],
+                vec![healthy.clone(), None, None, None, None, None, None, None],
+            ),
+            (
+                "a refusal after slow checks acts at once",
+                vec![ok(), timed_out(), timed_out(), refused()],
+                vec![healthy.clone(), None, None, nr("connection refused: nothing listens")],
+            ),
+            (
+                "other failures keep fall, timeouts in between do not count towards it",
+                vec![ok(), sick("a"), timed_out(), sick("b")],
+                vec![healthy.clone(), None, None, Some(Health::Unhealthy("b".into()))],
+            ),
+            (
+                "an error breaks a slow streak",
+                vec![ok(), timed_out(), timed_out(), timed_out(), sick("a"), timed_out()],
+                vec![healthy.clone(), None, None, None, None, None],
+            ),
+        ];
+        for (name, steps, expected) in cases {
+            let mut m = HealthMonitor::new(1, 2).with_slow_fall(4);
+            let got: Vec<Option<Health>> =
+                steps.into_iter().enumerate().map(|(i, r)| m.record(r, at(i as u64)).map(|t| t.to)).collect();
+            assert_eq!(got, expected, "case: {name}");
+        }
+        let mut m =
+            HealthMonitor::from_config(&HealthConfig { rise: 1, fall: 1, slow_fall: 2, ..HealthConfig::default() });
+        m.record(ok(), at(0));
+        assert_eq!(m.record(timed_out(), at(1)), None);
+        assert_eq!(m.consecutive_slow(), 1);
+        let t = m.record(timed_out(), at(2)).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "master not responding after 2 consecutive slow checks (slow_fall 2): timed out: no answer"
+        );
+        let bad = HealthConfig { fall: 3, slow_fall: 2, ..HealthConfig::default() }.validate().unwrap_err();
+        assert_eq!(bad.field, "slow_fall");
+        assert!(bad.to_string().contains("make it at least fall"), "{bad}");
+        assert_eq!(HealthConfig::default().slow_fall, 20, "far above the default fall (3)");
+    }
+
     #[test]
     fn transitions_explain_themselves() {
         let mut m = HealthMonitor::new(1, 2);
@@ -650,7 +785,10 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let c: HealthConfig = serde_yaml::from_str("{}").unwrap();
-        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3, watch_exit: true });
+        assert_eq!(
+            c,
+            HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3, slow_fall: 20, watch_exit: true }
+        );
         let c: HealthConfig = serde_yaml::from_str("watch_exit: false").unwrap();
         assert!(!c.watch_exit);
         assert!(c.validate().is_ok());

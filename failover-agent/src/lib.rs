@@ -20,6 +20,8 @@
 //! - [`model`]: what the agent observes and the records it keeps in the coordinator.
 //! - [`decide`]: the pure decision core, one function with table tests, and the pure rules
 //!   around it (who to fence, the handover order, the promoted token).
+//! - [`candidacy`]: the replication position gate, node tags, the ranking of candidates and
+//!   the "why not" blocker.
 //! - [`lease`]: the one lease authority, the await limit and the lease guard's rule.
 //! - [`tokens`]: the bound on fencing tokens and the checked arithmetic on them.
 //! - [`clock`]: the boot-time clock every lease is measured on.
@@ -41,6 +43,7 @@
 pub mod adapter;
 pub mod admin;
 pub mod admin_cli;
+pub mod candidacy;
 pub mod clock;
 pub mod config;
 pub mod control;

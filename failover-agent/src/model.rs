@@ -35,6 +35,10 @@ pub struct MasterStatus {
     pub state: HaState,
     /// The highest token the master has accepted.
     pub token: FencingToken,
+    /// Its replication position (`"position"` in `GET /ha/state`), if it reports one: an
+    /// unknown position leaves the lag gate and the ranking as they were without positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<crate::candidacy::Position>,
 }
 
 /// What this agent's session with the coordinator looks like right now.
@@ -180,4 +184,8 @@ pub struct Member {
     pub peer_url: Option<String>,
     /// Its probe address (`host:port`), for `referee admin status`.
     pub probe_addr: Option<String>,
+    /// Its candidacy, while it is a standby that publishes one (absent from agents that
+    /// predate candidacies, and from the active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidacy: Option<crate::candidacy::Candidacy>,
 }

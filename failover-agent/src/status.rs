@@ -102,6 +102,9 @@ pub struct AgentStatus {
     pub role: Role,
     /// Master health.
     pub health: Health,
+    /// The failed checks behind it: a slow master (timeouts, counted against `slow_fall`) is
+    /// told apart from a failing one (errors, counted against `fall`; a refusal at once).
+    pub checks: CheckCounts,
     /// Master's reported role and token.
     pub master: Option<MasterStatus>,
     /// Coordinator session.
@@ -119,6 +122,16 @@ pub struct AgentStatus {
     pub paused: bool,
     /// The last decision's reason.
     pub last_decision: String,
+    /// Why this node is not taking over now ("why not"), as the last decision named it;
+    /// `None` while it is active or on its way.
+    pub blocker: Option<crate::candidacy::Blocker>,
+    /// The same, as a short sentence (for `referee admin status`).
+    pub why_not: Option<String>,
+    /// How far this node's master is behind the active's last published position (`None`
+    /// while either is unknown).
+    pub behind: Option<u64>,
+    /// The lag gate's limit (`election.max_lag`), if configured.
+    pub max_lag: Option<u64>,
     /// The last step that failed, and why (kept until the next failure).
     pub last_failure: Option<String>,
     /// This agent's admin API base URL, when it serves one (for `referee admin`).
@@ -138,6 +151,19 @@ pub struct AgentStatus {
     pub history: VecDeque<Transition>,
 }
 
+/// The health monitor's counts, as the last check left them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CheckCounts {
+    /// Consecutive failed checks, of any kind.
+    pub consecutive_failures: u32,
+    /// Of those, the consecutive timed-out (slow) ones up to the last.
+    pub consecutive_slow: u32,
+    /// Failed checks (other than timeouts) that end a healthy verdict (`health.fall`).
+    pub fall: u32,
+    /// Consecutive slow checks that end a healthy verdict (`health.slow_fall`).
+    pub slow_fall: u32,
+}
+
 impl AgentStatus {
     /// A fresh report.
     pub fn new(cluster: &str, node_id: &str) -> Self {
@@ -146,6 +172,7 @@ impl AgentStatus {
             node_id: node_id.into(),
             role: Role::Initializing,
             health: Health::Initializing,
+            checks: CheckCounts::default(),
             master: None,
             session: SessionView::Connecting,
             granted_session_timeout_ms: None,
@@ -154,6 +181,10 @@ impl AgentStatus {
             members: Vec::new(),
             paused: false,
             last_decision: "starting".into(),
+            blocker: None,
+            why_not: None,
+            behind: None,
+            max_lag: None,
             last_failure: None,
             admin_addr: None,
             last_cycle_at_ms: 0,
@@ -173,8 +204,7 @@ impl AgentStatus {
     /// the lease has not run out. The one probe a load balancer should use.
     pub fn is_serving_active(&self, now: BootInstant) -> bool {
         let holds = matches!(self.lock, LockView::Ours { token, .. } if self.token == Some(token));
-        let master_active =
-            matches!(self.master, Some(MasterStatus { state: HaState::Active, token }) if Some(token) == self.token);
+        let master_active = matches!(self.master, Some(MasterStatus { state: HaState::Active, token, .. }) if Some(token) == self.token);
         holds && master_active && self.role == Role::Active && !self.lease_left(now).is_zero()
     }
 
@@ -261,6 +291,15 @@ impl AgentStatus {
             c.sessions.to_string(),
         );
         out.push_str(
+            "# HELP referee_agent_blocked 1 for the blocker that keeps this node from taking over now.\n\
+             # TYPE referee_agent_blocked gauge\n",
+        );
+        let current = self.blocker.as_ref().map(crate::candidacy::Blocker::name);
+        for name in crate::candidacy::Blocker::NAMES {
+            let on = u8::from(current == Some(name));
+            out.push_str(&format!("referee_agent_blocked{{{labels},blocker=\"{name}\"}} {on}\n"));
+        }
+        out.push_str(
             "# HELP referee_agent_failsafe_rounds_total Failsafe rounds by outcome.\n\
              # TYPE referee_agent_failsafe_rounds_total counter\n",
         );
@@ -289,14 +328,14 @@ mod tests {
         let mut s = AgentStatus::new("c", "a");
         s.token = Some(FencingToken(5));
         s.lock = LockView::Ours { token: FencingToken(5), version: 0 };
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5), position: None });
         s.role = Role::Active;
         s.lease_until = Some(now + Duration::from_millis(300));
         assert!(s.is_serving_active(now));
         assert!(!s.is_serving_active(now + Duration::from_millis(300)), "not once the lease is out");
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4), position: None });
         assert!(!s.is_serving_active(now), "not with an older token on the master");
-        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5) });
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5), position: None });
         s.lock = LockView::Peer { node_id: "b".into(), token: FencingToken(6) };
         assert!(!s.is_serving_active(now), "not when a peer holds the lock");
     }
@@ -315,5 +354,29 @@ mod tests {
         let m = s.metrics(BootInstant::now());
         assert!(m.contains("referee_agent_active{cluster=\"c\",node=\"a\"} 0\n"), "{m}");
         assert!(m.contains("referee_agent_fences_total{cluster=\"c\",node=\"a\",outcome=\"failed\"} 0\n"), "{m}");
+    }
+
+    #[test]
+    fn one_gauge_per_blocker_name_with_the_current_one_set() {
+        let mut s = AgentStatus::new("c", "a");
+        let m = s.metrics(BootInstant::now());
+        for name in crate::candidacy::Blocker::NAMES {
+            assert!(
+                m.contains(&format!("referee_agent_blocked{{cluster=\"c\",node=\"a\",blocker=\"{name}\"}} 0\n")),
+                "{m}"
+            );
+        }
+        s.blocker = Some(crate::candidacy::Blocker::Lagging { behind: 9, max_lag: 1 });
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_blocked{cluster=\"c\",node=\"a\",blocker=\"lagging\"} 1\n"), "{m}");
+        assert_eq!(
+            m.matches("referee_agent_blocked{").filter(|_| true).count(),
+            crate::candidacy::Blocker::NAMES.len()
+        );
+        assert_eq!(
+            m.lines().filter(|l| l.starts_with("referee_agent_blocked{") && l.ends_with(" 1")).count(),
+            1,
+            "{m}"
+        );
     }
 }

@@ -244,7 +244,7 @@ mod tests {
             },
             version: 1,
         };
-        let standby = |n: u64| Some(MasterStatus { state: HaState::Standby, token: t(n) });
+        let standby = |n: u64| Some(MasterStatus { state: HaState::Standby, token: t(n), position: None });
         let mut h = TokenHistory::default();
         // A peer's lock, a breadcrumb and the master all count.
         let peer = LockView::Peer { node_id: "b".into(), token: t(40) };

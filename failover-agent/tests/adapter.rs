@@ -125,7 +125,7 @@ fn soon() -> Instant {
 }
 
 fn status(state: HaState, token: u64) -> MasterStatus {
-    MasterStatus { state, token: FencingToken(token) }
+    MasterStatus { state, token: FencingToken(token), position: None }
 }
 
 #[tokio::test]

@@ -37,7 +37,10 @@ enum Seen {
     Pause,
     Resume,
     Cede(Duration),
-    Failover,
+    /// With `allow_data_loss`.
+    Failover(bool),
+    /// Who asked, as the API stamped it.
+    Unblock(String),
     PeerFence(FencingToken),
     Failsafe(FailsafeRequest),
 }
@@ -66,7 +69,10 @@ fn stub_driver(
                 ControlRequest::Pause { reply } => (Seen::Pause, Some(reply), None, None),
                 ControlRequest::Resume { reply } => (Seen::Resume, Some(reply), None, None),
                 ControlRequest::Cede { period, reply } => (Seen::Cede(period), Some(reply), None, None),
-                ControlRequest::Failover { reply } => (Seen::Failover, Some(reply), None, None),
+                ControlRequest::Failover { allow_data_loss, reply } => {
+                    (Seen::Failover(allow_data_loss), Some(reply), None, None)
+                }
+                ControlRequest::Unblock { by, reply } => (Seen::Unblock(by), Some(reply), None, None),
                 ControlRequest::PeerFence { token, reply } => (Seen::PeerFence(token), None, Some(reply), None),
                 ControlRequest::Failsafe { request, reply } => (Seen::Failsafe(request), None, None, Some(reply)),
                 other => panic!("the admin API sent an unexpected request: {other:?}"),
@@ -100,7 +106,8 @@ fn ok_everything(seen: &Seen) -> Answer {
         Seen::Pause => Answer::Text(Ok("paused".into())),
         Seen::Resume => Answer::Text(Ok("resumed".into())),
         Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
-        Seen::Failover => Answer::Text(Ok("active now".into())),
+        Seen::Failover(_) => Answer::Text(Ok("active now".into())),
+        Seen::Unblock(_) => Answer::Text(Ok("anti-flap block cleared".into())),
         Seen::PeerFence(t) => Answer::Fence(MethodOutcome::fenced(format!("demoted with {t}"))),
         Seen::Failsafe(r) => Answer::Failsafe(FailsafeResponse {
             node_id: "db1".into(),
@@ -271,7 +278,8 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
         Seen::Pause => Answer::Text(Ok("paused: observing only".into())),
         Seen::Resume => Answer::Text(Err("not paused".into())),
         Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
-        Seen::Failover => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
+        Seen::Failover(_) => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
+        Seen::Unblock(_) => Answer::Text(Ok("anti-flap block cleared (900 ms were left)".into())),
         Seen::PeerFence(_) | Seen::Failsafe(_) => Answer::Hold,
     });
     let server = start("db1", control).await?;
@@ -299,8 +307,27 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
     let (code, body) = post(&url("/admin/failover"), Some(SECRET), None).await?;
     assert_eq!(code, 409);
     assert!(body["reason"].as_str().unwrap().contains("paused"), "{body}");
-    assert_eq!(seen.recv().await, Some(Seen::Failover));
-    assert!(seen.try_recv().is_err(), "the bad cede bodies never reached the driver");
+    assert_eq!(seen.recv().await, Some(Seen::Failover(false)));
+    let (code, _) = post(&url("/admin/failover"), Some(SECRET), Some(json!({"allow_data_loss": true}))).await?;
+    assert_eq!(code, 409);
+    assert_eq!(seen.recv().await, Some(Seen::Failover(true)));
+    for bad in [json!({"allow_data_loss": "yes"}), json!({"force": true})] {
+        let (code, body) = post(&url("/admin/failover"), Some(SECRET), Some(bad.clone())).await?;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+
+    let (code, body) = post(&url("/admin/unblock"), Some(SECRET), Some(json!({"by": "alice"}))).await?;
+    assert_eq!((code, body["message"].as_str()), (200, Some("anti-flap block cleared (900 ms were left)")));
+    match seen.recv().await {
+        Some(Seen::Unblock(by)) => assert!(by.starts_with("alice from 127.0.0.1:"), "{by}"),
+        other => panic!("expected an unblock, got {other:?}"),
+    }
+    let (code, _) = post(&url("/admin/unblock"), Some(SECRET), None).await?;
+    assert_eq!(code, 200);
+    assert!(matches!(seen.recv().await, Some(Seen::Unblock(by)) if by.starts_with("(unnamed) from ")));
+    let (code, _) = post(&url("/admin/unblock"), None, Some(json!({"by": "mallory"}))).await?;
+    assert_eq!(code, 401, "unblock needs the secret");
+    assert!(seen.try_recv().is_err(), "the bad cede and failover bodies never reached the driver");
 
     let status: Value = http().get(url("/admin/status")).bearer_auth(SECRET).send().await?.json().await?;
     assert_eq!((status["node_id"].as_str(), status["role"].as_str()), (Some("db1"), Some("initializing")));
@@ -735,6 +762,7 @@ async fn fake_member(
             target: FenceTarget::new(node, "127.0.0.1", 1, FencingToken(0)),
             peer_url: None,
             probe_addr: Some(probe_addr.to_string()),
+            candidacy: None,
         })
         .await?;
     Ok(FakeMember { _coord: coord, status, history, seen, _admin: admin })
@@ -760,7 +788,7 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     // db2 becomes active when asked, recording the handover in the histories.
     let db1_history = db1.history.clone();
     let mut db2 = fake_member(&zk_server, "db2", Role::Standby, Health::Healthy, move |s, st, hi| {
-        if *s == Seen::Failover {
+        if matches!(s, Seen::Failover(_)) {
             let now = now_ms();
             db1_history.lock().unwrap()["transitions"] =
                 json!([transition(now - 5, "active", "standby", Some(5), "ceded to db2")]);
@@ -849,10 +877,54 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     assert_eq!(out.exit, Exit::Ok, "{out:?}");
     assert!(out.stdout.contains("already active"));
 
+    // status shows positions and each node's "why not".
+    db1.status.lock().unwrap()["master"] = json!({"state": "active", "token": token.0, "position": 5000});
+    {
+        let mut st = db2.status.lock().unwrap();
+        st["master"] = json!({"state": "standby", "token": token.0, "position": 3800});
+        st["behind"] = json!(1200);
+        st["max_lag"] = json!(1000);
+        st["why_not"] = json!("db1 is active and its lease has not expired");
+    }
+    let out = run(&["status"]).await;
+    let row = out.stdout.lines().find(|l| l.contains(" db2 ")).unwrap_or_default().to_string();
+    assert!(out.stdout.lines().next().is_some_and(|_| out.stdout.contains("WHY NOT")), "{}", out.stdout);
+    assert!(row.contains("3800 (-1200)") && row.contains("db1 is active and its lease has not expired"), "{row}");
+
+    // failover to a lagging standby: refused with the lag (exit 3), nothing sent ...
+    let out = run(&["failover", "--to", "db2"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(
+        out.stderr.contains("db2 is 1200 behind the active (max_lag 1000)") && out.stderr.contains("--allow-data-loss"),
+        "{}",
+        out.stderr
+    );
+    assert!(db2.seen.try_recv().is_err(), "a refused failover reaches no agent");
+    // ... and with --allow-data-loss, it says how far behind and asks the agent to lift the gate.
+    let out = run(&["failover", "--to", "db2", "--allow-data-loss", "--json"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!((v["behind"].clone(), v["data_loss_allowed"].clone()), (json!(1200), json!(true)), "{v}");
+    assert_eq!(db2.seen.recv().await, Some(Seen::Failover(true)));
+    {
+        let mut st = db2.status.lock().unwrap();
+        st["role"] = json!("standby");
+        st["serving_active"] = json!(false);
+        st["master"]["position"] = json!(4900);
+    }
+
+    // unblock reaches the named node, which is told who asked.
+    let out = run(&["unblock", "--node", "db2"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("db2: anti-flap block cleared"), "{}", out.stdout);
+    assert!(
+        matches!(db2.seen.recv().await, Some(Seen::Unblock(by)) if by.contains("(referee admin unblock) from 127.0.0.1:"))
+    );
+
     // failover to the healthy standby: it is asked, becomes active, and the timeline shows it.
     let out = run(&["failover", "--to", "db2"]).await;
     assert_eq!(out.exit, Exit::Ok, "{out:?}");
-    assert_eq!(db2.seen.recv().await, Some(Seen::Failover));
+    assert_eq!(db2.seen.recv().await, Some(Seen::Failover(false)));
     assert!(out.stdout.contains("failover to db2: active now"), "{}", out.stdout);
     let ceded = out.stdout.find("db1  active -> standby").expect("db1 stepped down in the timeline");
     let promoted = out.stdout.find("db2  standby -> active  token 9").expect("db2 promoted in the timeline");
@@ -956,6 +1028,7 @@ async fn referee_admin_format_secures_the_cluster_tree() -> Result<()> {
         target: FenceTarget::new("a2", "127.0.0.1", 1, FencingToken(0)),
         peer_url: None,
         probe_addr: None,
+        candidacy: None,
     };
     assert!(intruder.register_member(&member).await.is_err(), "an agent without the credential may not register");
 

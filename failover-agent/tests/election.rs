@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use referee_failover_agent::candidacy::{ActivePosition, Candidacy, Position};
 use referee_failover_agent::election::{
     Acquired, Coordination, CoordinationConfig, ElectionError, LockEvent, Recovery, Released,
 };
@@ -59,6 +60,7 @@ fn member(node: &str) -> Member {
         target: target(node),
         peer_url: None,
         probe_addr: Some("127.0.0.1:7001".into()),
+        candidacy: None,
     }
 }
 
@@ -429,6 +431,41 @@ async fn digest_credential_secures_every_znode(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Only the lock holder publishes the active's position; every publication moves the znode's
+/// mzxid, even of the same position; a standby's candidacy is rewritten into its member znode
+/// and read back by the others.
+async fn positions_and_candidacies(addr: SocketAddr) -> Result<()> {
+    let a = connect(cfg(addr, "positions", "a")).await?;
+    let b = connect(cfg(addr, "positions", "b")).await?;
+    ensure!(b.read_position().await?.is_none(), "nothing published yet");
+    let token = win(&a).await?;
+    let at = |n: u64| ActivePosition { node_id: "a".into(), zone: Some("east".into()), position: Position(n), token };
+    a.publish_position(&at(10), 0).await?;
+    let (read, first) = b.read_position().await?.context("published")?;
+    ensure!(read == at(10), "{read:?}");
+    a.publish_position(&at(10), 0).await?;
+    let (read, second) = b.read_position().await?.context("published")?;
+    ensure!(read == at(10) && second > first, "a republication moves the mzxid: {first} then {second}");
+    // A standby cannot publish, even with the holder's lock version.
+    match b.publish_position(&at(99), 0).await {
+        Err(ElectionError::LockNotHeld { .. }) => {}
+        other => bail!("a standby published a position: {other:?}"),
+    }
+    ensure!(b.read_position().await?.context("published")?.0 == at(10));
+
+    b.register_member(&member("b")).await?;
+    a.register_member(&member("a")).await?;
+    let candidacy =
+        Candidacy { node_id: "b".into(), position: Some(Position(9)), priority: 3, zone: None, eligible: true };
+    b.publish_member(&Member { candidacy: Some(candidacy.clone()), ..member("b") }).await?;
+    let members = a.members().await?;
+    let read: Vec<Option<Candidacy>> = members.iter().map(|m| m.candidacy.clone()).collect();
+    ensure!(read == vec![None, Some(candidacy)], "{members:?}");
+    // A handle publishes only its own member.
+    ensure!(matches!(a.publish_member(&member("b")).await, Err(ElectionError::InvalidArgument(_))));
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         /// Each scenario against its own bundled coordinator.
@@ -476,4 +513,5 @@ scenarios!(
     negotiated_timeout_and_digest,
     token_base_lifts_every_later_token,
     digest_credential_secures_every_znode,
+    positions_and_candidacies,
 );

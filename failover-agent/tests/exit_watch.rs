@@ -42,7 +42,7 @@ impl MasterAdapter for ProcessAdapter {
     }
 
     fn state(&self, _deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1) }) })
+        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1), position: None }) })
     }
 
     fn promote(&self, _: FencingToken, _: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
@@ -115,8 +115,14 @@ async fn a_killed_master_is_checked_at_once_not_at_the_next_interval() -> Result
     let pidfile = dir.path("master.pid");
     let mut master = spawn_master(&pidfile)?;
     let adapter = Arc::new(ProcessAdapter { pid: std::sync::Mutex::new(master.id()), dead: NoAnswer::Refused });
-    let config =
-        HealthConfig { interval_ms: NEVER.as_millis() as u64, timeout_ms: 1000, rise: 1, fall: 3, watch_exit: true };
+    let config = HealthConfig {
+        interval_ms: NEVER.as_millis() as u64,
+        timeout_ms: 1000,
+        rise: 1,
+        fall: 3,
+        slow_fall: 3,
+        watch_exit: true,
+    };
     let mut running = start(adapter, config, pidfile);
     // The first check runs at start.
     within("the first check", running.reports.wait_for(|r| r.health == Health::Healthy)).await??;
@@ -150,8 +156,14 @@ async fn an_exit_brings_one_check_forward_and_fall_still_counts() -> Result<()> 
     // An ambiguous failure (a timeout) is held to the fall count: the wake-up must not change
     // that, only when the check happens.
     let adapter = Arc::new(ProcessAdapter { pid: std::sync::Mutex::new(first.id()), dead: NoAnswer::TimedOut });
-    let config =
-        HealthConfig { interval_ms: NEVER.as_millis() as u64, timeout_ms: 1000, rise: 1, fall: 3, watch_exit: true };
+    let config = HealthConfig {
+        interval_ms: NEVER.as_millis() as u64,
+        timeout_ms: 1000,
+        rise: 1,
+        fall: 3,
+        slow_fall: 3,
+        watch_exit: true,
+    };
     let mut running = start(adapter.clone(), config, pidfile.clone());
     within("the first check", running.reports.wait_for(|r| r.health == Health::Healthy)).await??;
 

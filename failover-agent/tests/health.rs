@@ -128,7 +128,7 @@ fn http(url: &str) -> Arc<dyn MasterAdapter> {
 }
 
 fn fast(rise: u32, fall: u32) -> HealthConfig {
-    HealthConfig { interval_ms: 20, timeout_ms: 1000, rise, fall, watch_exit: true }
+    HealthConfig { interval_ms: 20, timeout_ms: 1000, rise, fall, slow_fall: fall, watch_exit: true }
 }
 
 fn why(report: &HealthReport) -> String {
@@ -142,7 +142,7 @@ async fn becomes_healthy_after_rise_checks_and_publishes_the_masters_status() {
     assert_eq!(monitor.reports.borrow().health, Health::Initializing);
     let report = monitor.wait_for(|r| r.health == Health::Healthy).await;
     assert_eq!(why(&report), "master healthy after 2 consecutive passing checks");
-    assert_eq!(report.master, Some(MasterStatus { state: HaState::Standby, token: FencingToken(4) }));
+    assert_eq!(report.master, Some(MasterStatus { state: HaState::Standby, token: FencingToken(4), position: None }));
     assert!(report.last_check_at.is_some());
     assert_eq!(report.last_problem, None);
     monitor.stop().await;
@@ -191,7 +191,7 @@ async fn a_crashed_master_is_not_responding_at_once_despite_a_large_fall() {
 #[tokio::test]
 async fn a_hung_master_is_not_responding_after_fall_timeouts() {
     let master = Master::start().await;
-    let config = HealthConfig { interval_ms: 20, timeout_ms: 100, rise: 1, fall: 2, watch_exit: true };
+    let config = HealthConfig { interval_ms: 20, timeout_ms: 100, rise: 1, fall: 2, slow_fall: 2, watch_exit: true };
     let mut monitor = start_monitor(http(&master.url), config);
     monitor.wait_for(|r| r.health == Health::Healthy).await;
 
@@ -199,7 +199,7 @@ async fn a_hung_master_is_not_responding_after_fall_timeouts() {
     let start = Instant::now();
     let report = monitor.wait_for(|r| matches!(r.health, Health::NotResponding(_))).await;
     assert!(
-        why(&report).starts_with("master not responding after 2 consecutive failed checks: timed out"),
+        why(&report).starts_with("master not responding after 2 consecutive slow checks (slow_fall 2): timed out"),
         "{}",
         why(&report)
     );
@@ -209,10 +209,41 @@ async fn a_hung_master_is_not_responding_after_fall_timeouts() {
 }
 
 #[tokio::test]
+async fn a_slow_master_stays_healthy_until_slow_fall_timeouts() {
+    let master = Master::start().await;
+    let config = HealthConfig { interval_ms: 20, timeout_ms: 60, rise: 1, fall: 2, slow_fall: 1000, watch_exit: true };
+    let mut monitor = start_monitor(http(&master.url), config);
+    monitor.wait_for(|r| r.health == Health::Healthy).await;
+
+    master.set(HANG);
+    // Slow checks do not wake the receiver (the verdict does not change): look at the latest
+    // report until well past `fall` timeouts have been counted.
+    let slow = |r: &HealthReport| r.consecutive_slow;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow(&monitor.reports.borrow()) < 4 {
+        assert!(Instant::now() < deadline, "no slow checks counted: {:?}", *monitor.reports.borrow());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = monitor.reports.borrow().clone();
+    assert_eq!(report.health, Health::Healthy, "4 timeouts with fall 2 but slow_fall 1000: {report:?}");
+    assert!(report.consecutive_failures >= 4, "{report:?}");
+
+    // Answering again ends the slow streak.
+    master.set(HEALTHY);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow(&monitor.reports.borrow()) != 0 {
+        assert!(Instant::now() < deadline, "the slow count never reset");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(monitor.reports.borrow().health, Health::Healthy);
+    monitor.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_stops_the_monitor_even_during_a_hung_check() {
     let master = Master::start().await;
     master.set(HANG);
-    let config = HealthConfig { interval_ms: 20, timeout_ms: 60_000, rise: 1, fall: 1, watch_exit: true };
+    let config = HealthConfig { interval_ms: 20, timeout_ms: 60_000, rise: 1, fall: 1, slow_fall: 1, watch_exit: true };
     let monitor = start_monitor(http(&master.url), config);
     tokio::time::timeout(Duration::from_secs(10), master.knobs.hung.notified()).await.expect("a check hangs");
     monitor.stop().await;
@@ -230,7 +261,7 @@ impl MasterAdapter for CountingAdapter {
     }
 
     fn state(&self, _deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1) }) })
+        Box::pin(async { Ok(MasterStatus { state: HaState::Standby, token: FencingToken(1), position: None }) })
     }
 
     fn promote(&self, _: FencingToken, _: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 pub(crate) use referee_fencing::command::{run, CommandEnd};
-use referee_fencing::{FencingToken, HaStatus};
+use referee_fencing::FencingToken;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -200,8 +200,7 @@ fn failure(program: &str, end: CommandEnd) -> AdapterError {
 }
 
 fn parse_status(stdout: &str) -> Option<MasterStatus> {
-    let status: HaStatus = serde_json::from_str(stdout.trim()).ok()?;
-    Some(MasterStatus { state: status.state, token: status.token })
+    super::parse_state(stdout.trim().as_bytes())
 }
 
 fn output_snippet(text: &str) -> String {

@@ -8,7 +8,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use referee_fencing::protocol::{HA_ACTIVE_PATH, HA_HEALTH_PATH, HA_STANDBY_PATH, HA_STATE_PATH};
-use referee_fencing::{FencingToken, HaStatus, TokenRequest, UnhealthyReport};
+use referee_fencing::{FencingToken, TokenRequest, UnhealthyReport};
 use reqwest::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -229,8 +229,7 @@ async fn read_body(mut response: Response) -> Result<Vec<u8>, reqwest::Error> {
 }
 
 fn parse_status(body: &[u8]) -> Option<MasterStatus> {
-    let status: HaStatus = serde_json::from_slice(body).ok()?;
-    Some(MasterStatus { state: status.state, token: status.token })
+    super::parse_state(body)
 }
 
 /// The reason in a refusal: the `reason` of a JSON body, else the text itself, shortened.

@@ -46,6 +46,13 @@ use crate::model::MasterStatus;
 
 pub(crate) use command::{run as run_program, CommandEnd};
 pub use command::{CommandAdapter, CommandAdapterConfig};
+
+/// Parses a master's state answer: `{"state", "token"}` as [`referee_fencing::HaStatus`],
+/// with an optional `"position"` (a non-negative integer that only grows; absent or `null`:
+/// unknown, and the agent behaves as before positions existed). `None` if it does not parse.
+pub fn parse_state(body: &[u8]) -> Option<MasterStatus> {
+    serde_json::from_slice(body).ok()
+}
 pub use http::{HttpAdapter, HttpAdapterConfig};
 
 /// A boxed future borrowing the adapter: keeps [`MasterAdapter`] object-safe.
@@ -284,8 +291,27 @@ mod tests {
     use super::*;
     use referee_fencing::HaState;
 
+    #[test]
+    fn the_state_answer_may_carry_a_position() {
+        use crate::candidacy::Position;
+        let table: [(&str, Option<MasterStatus>); 6] = [
+            (r#"{"state":"standby","token":4}"#, Some(status(HaState::Standby, 4))),
+            (
+                r#"{"state":"active","token":4,"position":1234}"#,
+                Some(MasterStatus { state: HaState::Active, token: FencingToken(4), position: Some(Position(1234)) }),
+            ),
+            (r#"{"state":"standby","token":4,"position":null}"#, Some(status(HaState::Standby, 4))),
+            (r#"{"state":"standby","token":4,"lag":7}"#, Some(status(HaState::Standby, 4))),
+            (r#"{"state":"standby","token":4,"position":-1}"#, None),
+            (r#"{"state":"standby","token":4,"position":"12"}"#, None),
+        ];
+        for (body, expected) in table {
+            assert_eq!(parse_state(body.as_bytes()), expected, "{body}");
+        }
+    }
+
     fn status(state: HaState, token: u64) -> MasterStatus {
-        MasterStatus { state, token: FencingToken(token) }
+        MasterStatus { state, token: FencingToken(token), position: None }
     }
 
     #[test]

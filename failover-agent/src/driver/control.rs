@@ -47,8 +47,8 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
-            ControlRequest::Failover { reply } => {
-                if let Err(why) = self.start_take_over(coord).await {
+            ControlRequest::Failover { allow_data_loss, reply } => {
+                if let Err(why) = self.start_take_over(coord, allow_data_loss).await {
                     let _ = reply.send(Err(why));
                     return;
                 }
@@ -57,6 +57,26 @@ impl Driver {
                 if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
                     let _ = old.send(Err("superseded by a newer failover request".into()));
                 }
+                self.mem.allow_data_loss = allow_data_loss;
+            }
+            ControlRequest::Unblock { by, reply } => {
+                let now = BootInstant::now();
+                let interval = Duration::from_millis(self.cfg.election.min_failover_interval_ms);
+                let left = self
+                    .mem
+                    .tokens
+                    .last_failover_at
+                    .map(|t| interval.saturating_sub(now.saturating_since(t)))
+                    .filter(|d| !d.is_zero());
+                // Forgetting when the active last changed lifts anti-flap until it changes
+                // again; the next failover starts a new interval.
+                self.mem.tokens.last_failover_at = None;
+                let message = match left {
+                    Some(d) => format!("anti-flap block cleared ({} ms were left)", d.as_millis()),
+                    None => "no anti-flap block was in force; nothing to clear".to_string(),
+                };
+                info!(by = %by, "unblock asked by an operator: {message}");
+                let _ = reply.send(Ok(message));
             }
             ControlRequest::Reload { config, reply } => {
                 let _ = reply.send(Ok(self.reload(*config)));
@@ -196,11 +216,37 @@ impl Driver {
 
     /// Starts a graceful failover to this node: checks it can take over, then asks the current
     /// active (through its peer API) to cede. The reply waits for this node to become active.
-    pub(super) async fn start_take_over(&mut self, coord: Option<&Coordination>) -> Result<(), String> {
-        let (health, paused) = {
+    pub(super) async fn start_take_over(
+        &mut self,
+        coord: Option<&Coordination>,
+        allow_data_loss: bool,
+    ) -> Result<(), String> {
+        let (health, paused, master) = {
             let st = self.status();
-            (st.health.clone(), st.paused)
+            (st.health.clone(), st.paused, st.master)
         };
+        // The operator's failover skips anti-flap, the zone rule and the ranking, never
+        // `nofailover`; the lag gate only with `allow_data_loss`. Refused before the active is
+        // asked to cede, so a refused failover leaves the cluster as it was.
+        let own =
+            crate::candidacy::OwnCandidacy { position: master.and_then(|m| m.position), ..self.cfg.own_candidacy() };
+        let gate = crate::candidacy::gate(
+            &own,
+            self.published_view().as_ref(),
+            &self.cfg.policy().candidacy,
+            BootInstant::now(),
+            true,
+            allow_data_loss,
+        );
+        if let Some(blocker) = gate {
+            let hint = match blocker {
+                crate::candidacy::Blocker::Lagging { .. } | crate::candidacy::Blocker::PositionStale { .. } => {
+                    "; pass --allow-data-loss to promote it anyway, losing what it lacks"
+                }
+                _ => "",
+            };
+            return Err(format!("refusing a failover to this node: {blocker}{hint}"));
+        }
         if !health.is_healthy() {
             return Err(format!("refusing a failover to this node: its master is not healthy ({health:?})"));
         }

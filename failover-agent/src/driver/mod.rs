@@ -26,6 +26,7 @@
 mod control;
 mod execute;
 mod observe;
+mod publish;
 mod session;
 
 use std::future::Future;
@@ -138,6 +139,8 @@ struct Memory {
     /// What the master answered to our last promote or demote, and when: newer than a health
     /// report whose check may have started before it.
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
+    /// The pending operator failover lifts the lag gate (`--allow-data-loss`).
+    allow_data_loss: bool,
 }
 
 /// How many past holders the agent keeps (a bound against a coordinator that keeps handing
@@ -171,6 +174,7 @@ impl Memory {
             failsafe_last_sent: None,
             promised: None,
             master_answer: None,
+            allow_data_loss: false,
         }
     }
 
@@ -213,6 +217,8 @@ struct Driver {
     watchdog: crate::watchdog::Watchdog,
     /// What the lease guard enforces: published on every renewal and after every cycle.
     guard: watch::Sender<GuardState>,
+    /// Positions and candidacies read and published.
+    pub_state: publish::Publication,
 }
 
 /// Runs the agent until `shutdown` completes: health monitor, probe server on `probe_listener`,
@@ -326,6 +332,7 @@ pub async fn run_with_control(
         role_hooks,
         watchdog,
         guard: guard_tx,
+        pub_state: publish::Publication::default(),
     };
     let result = driver.run_loop(health_rx, control, shutdown).await;
     let _ = stop_tx.send(true);
@@ -560,6 +567,7 @@ impl Driver {
             ]));
         }
         let master_after = self.execute(&decision, &obs, coord).await;
+        self.publish(&obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_answer = Some((m, BootInstant::now()));
             self.mem.promoted = track_promoted(self.mem.promoted, Some(m));
@@ -571,6 +579,12 @@ impl Driver {
         let mut st = self.status();
         st.counters.cycles += 1;
         st.health = obs.health.clone();
+        st.checks = crate::status::CheckCounts {
+            consecutive_failures: report.consecutive_failures,
+            consecutive_slow: report.consecutive_slow,
+            fall: self.cfg.health.fall,
+            slow_fall: self.cfg.health.slow_fall,
+        };
         st.master = master_after.or(obs.master);
         st.session = obs.session;
         st.lock = shown_lock;
@@ -578,6 +592,14 @@ impl Driver {
         st.lease_until = effective_until;
         st.members = self.mem.members.iter().map(|m| m.node_id.clone()).collect();
         st.last_decision = decision.reason.clone();
+        st.why_not = decision.blocker.as_ref().map(ToString::to_string);
+        st.blocker = decision.blocker.clone();
+        st.behind = obs
+            .candidacy
+            .position
+            .zip(obs.published.as_ref())
+            .map(|(own, p)| crate::candidacy::lag(own, p.record.position));
+        st.max_lag = self.cfg.election.max_lag;
         st.last_cycle_at_ms = wall_ms();
         st.last_cycle_at = Some(BootInstant::now());
         let role = role_of(&st);

@@ -55,9 +55,14 @@ impl Driver {
                     Err(_) => debug!("reading the breadcrumb took longer than {read_limit:?}"),
                 }
             }
+            // A free lock is when the ranking applies: the candidacies are read fresh then.
             let need_members = !self.mem.members_read
                 || (matches!(lock, LockView::Ours { .. }) && matches!(breadcrumb, BreadcrumbView::Missing))
+                || matches!(lock, LockView::Free)
                 || self.mem.members_age >= 50;
+            if !matches!(lock, LockView::Unknown) {
+                self.read_publications(c, &lock).await;
+            }
             if need_members && !matches!(lock, LockView::Unknown) {
                 let sent = BootInstant::now();
                 if let Ok(Ok(m)) = tokio::time::timeout(self.await_limit(), c.members()).await {
@@ -130,6 +135,14 @@ impl Driver {
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.mem.promised.clone(),
+            candidacy: crate::candidacy::OwnCandidacy {
+                position: master.and_then(|m| m.position),
+                ..self.cfg.own_candidacy()
+            },
+            published: self.published_view(),
+            candidates: self.candidates(),
+            lock_free_since: self.mem.free_seen_at,
+            allow_data_loss: self.mem.pending_failover.is_some() && self.mem.allow_data_loss,
         }
     }
 

@@ -81,6 +81,7 @@ impl Driver {
             target: self.cfg.own_target(),
             peer_url: self.peer_url.clone(),
             probe_addr: Some(self.cfg.probes.listen.to_string()),
+            candidacy: None,
         }
     }
 
@@ -160,14 +161,14 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
         fn state(&self, _: tokio::time::Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-            Box::pin(async { Ok(MasterStatus { state: HaState::Active, token: FencingToken(7) }) })
+            Box::pin(async { Ok(MasterStatus { state: HaState::Active, token: FencingToken(7), position: None }) })
         }
         fn promote(
             &self,
             token: FencingToken,
             _: tokio::time::Instant,
         ) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
-            Box::pin(async move { Ok(MasterStatus { state: HaState::Active, token }) })
+            Box::pin(async move { Ok(MasterStatus { state: HaState::Active, token, position: None }) })
         }
         fn demote(
             &self,
@@ -175,7 +176,7 @@ mod tests {
             _: tokio::time::Instant,
         ) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
             let _ = self.0.send((token, BootInstant::now()));
-            Box::pin(async move { Ok(MasterStatus { state: HaState::Standby, token }) })
+            Box::pin(async move { Ok(MasterStatus { state: HaState::Standby, token, position: None }) })
         }
     }
 

@@ -1,0 +1,451 @@
+//! End-to-end tests of the failover policy with real processes: a pair of journaled demo
+//! masters (each reports its journal index as its replication position) whose agents publish
+//! the active's position and gate an automatic takeover on `election.max_lag`.
+//!
+//! Every wait is for an observable condition, bounded by a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use nix::sys::signal::Signal;
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, CLUSTER_NODES, NODES};
+use referee_failover_agent::election::{Coordination, CoordinationConfig};
+use serde_json::Value;
+
+const MAX_LAG: u64 = 2;
+
+/// Polls `check` every 50 ms until it yields a value, or fails after `limit` naming `what`.
+async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(pair: &Pair, node: usize) -> Value {
+    pair.agent_json(node, "/status").await.unwrap_or_default()
+}
+
+async fn post_master(pair: &Pair, node: usize, path: &str) -> Result<()> {
+    let url = format!("http://127.0.0.1:{}{path}", pair.ports[node].master);
+    let answer = reqwest::Client::new().post(&url).send().await?;
+    ensure!(answer.status().is_success(), "POST {url} answered {}", answer.status());
+    Ok(())
+}
+
+/// With both masters reporting positions: the standby names its blocker and how far behind it
+/// is; made to lag beyond `max_lag`, it does not take over when the active's master dies, its
+/// status and metrics say it is lagging, `referee admin failover` refuses it with exit code 3
+/// and the lag, and `--allow-data-loss` promotes it.
+async fn lag_gate(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "lag_gate") {
+        return Ok(());
+    }
+    let gate = format!("election:\n  max_lag: {MAX_LAG}\n  position_publish_interval_ms: 200\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![gate.clone(), gate],
+        admin: true,
+        journal: true,
+    };
+    let pair = Arc::new(Pair::start(spec).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let standby = 1 - active;
+    pair.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+
+    // In step: the standby knows its position and the active's, and names what keeps it back.
+    let st = until(Duration::from_secs(10), "the standby to see the active's published position", || async {
+        let st = status(&pair, standby).await;
+        (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64().is_some()).then_some(st)
+    })
+    .await?;
+    ensure!(st["blocker"]["blocker"] == "lease_not_expired", "{st}");
+    ensure!(st["max_lag"] == MAX_LAG, "{st}");
+    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+    let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", NODES[standby]);
+    ensure!(metrics.contains(&gauge), "{metrics}");
+
+    // The standby stops tailing; the active goes on.
+    post_master(&pair, standby, "/test/pause-tail").await?;
+    for i in 0..(MAX_LAG + 3) {
+        pair.write_within(active, "k", &format!("v{}", i + 1), Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let behind = until(Duration::from_secs(10), "the standby to see itself lagging", || async {
+        status(&pair, standby).await["behind"].as_u64().filter(|b| *b > MAX_LAG)
+    })
+    .await?;
+
+    // The active's master dies: the lock is freed, but the lagging standby does not take it.
+    pair.masters[active].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(15), "the standby to be blocked by its lag on a free lock", || async {
+        let st = status(&pair, standby).await;
+        (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "lagging").then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby", "{st}");
+    ensure!(st["why_not"].as_str().unwrap_or("").starts_with("lagging by"), "{st}");
+    ensure!(!pair.is_active(standby).await, "a standby beyond max_lag must not be promoted automatically");
+    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+    ensure!(metrics.contains("blocker=\"lagging\"} 1"), "{metrics}");
+
+    // The operator: refused without the flag (exit 3, with the lag) ...
+    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby]]).await?;
+    ensure!(code == 3, "a failover to a lagging node is refused with exit 3, got {code}: {out} {err}");
+    ensure!(err.contains(&format!("is {behind} behind the active (max_lag {MAX_LAG})")), "{out} {err}");
+    ensure!(!pair.is_active(standby).await);
+    // ... and promoted with it, told how far behind the node was.
+    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby], "--allow-data-loss"]).await?;
+    ensure!(code == 0, "failover --allow-data-loss exited {code}: {out} {err}");
+    ensure!(out.contains(&format!("is {behind} behind the active")) && out.contains("--allow-data-loss"), "{out}");
+    pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
+    pair.write_within(standby, "k", "after", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_bundled() -> Result<()> {
+    lag_gate(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_apache_zookeeper() -> Result<()> {
+    lag_gate(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters, one active and two standbys: one standby stops tailing the journal and falls
+/// behind. When the active's master dies, the more caught-up standby takes over; the lagging
+/// one, which ranks lower, waits its head start (`rank_delay_ms`), long enough here that only
+/// the ranking, not the race for the lock, decides.
+async fn three_masters(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "three_masters") {
+        return Ok(());
+    }
+    let ranked = "election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![ranked.clone(), ranked.clone(), ranked],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    // The lower node id would win an id tie-break: make it the one that lags.
+    let (lagging, caught_up) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    for n in [lagging, caught_up] {
+        until(Duration::from_secs(10), "each standby to be level with the published position", || async {
+            (status(&cluster, n).await["behind"].as_u64() == Some(0)).then_some(())
+        })
+        .await?;
+    }
+    post_master(&cluster, lagging, "/test/pause-tail").await?;
+    for i in 1..=3 {
+        cluster
+            .write_within(active, "k", &format!("v{i}"), Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    until(Duration::from_secs(10), "the lagging standby to see itself behind", || async {
+        status(&cluster, lagging).await["behind"].as_u64().filter(|b| *b >= 3)
+    })
+    .await?;
+    until(Duration::from_secs(10), "the other standby to be level", || async {
+        let st = status(&cluster, caught_up).await;
+        let published = status(&cluster, active).await["master"]["position"].as_u64();
+        (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+    })
+    .await?;
+
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(caught_up, Duration::from_secs(15)).await?;
+    // The lagging standby's report follows on its next cycle: it stands by behind the new active.
+    let st = until(Duration::from_secs(5), "the lagging standby to see the new active", || async {
+        let st = status(&cluster, lagging).await;
+        (st["blocker"]["blocker"] == "lease_not_expired" && st["blocker"]["holder"] == CLUSTER_NODES[caught_up])
+            .then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby", "the lagging standby stays standby: {st}");
+    ensure!(!cluster.is_active(lagging).await);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_the_more_caught_up_standby_wins_bundled() -> Result<()> {
+    three_masters(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_the_more_caught_up_standby_wins_apache_zookeeper() -> Result<()> {
+    three_masters(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters with priorities 1, 2 and 3 and equal positions: when the active's master
+/// dies, the standby with the higher priority takes over; the other waits its head start.
+async fn equal_positions_higher_priority(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "equal_positions_higher_priority") {
+        return Ok(());
+    }
+    let yaml =
+        |p: u32| format!("election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    // Priority is node index + 1: the higher-indexed standby is preferred.
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    let (lower, higher) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    // The active master's position, as it reports it itself.
+    let state = cluster.master_json(active, "/ha/state").await.unwrap_or_default();
+    let published = state["position"].as_u64();
+    ensure!(published.is_some(), "the active reports a position: {state}");
+    for n in [lower, higher] {
+        until(Duration::from_secs(10), "each standby to be level with the active", || async {
+            let st = status(&cluster, n).await;
+            (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+        })
+        .await?;
+    }
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(higher, Duration::from_secs(15)).await?;
+    until(Duration::from_secs(5), "the lower-priority standby to see the new active", || async {
+        let st = status(&cluster, lower).await;
+        (st["role"] == "standby" && st["blocker"]["holder"] == CLUSTER_NODES[higher]).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_equal_positions_higher_priority_wins_bundled() -> Result<()> {
+    equal_positions_higher_priority(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_equal_positions_higher_priority_wins_apache_zookeeper() -> Result<()> {
+    equal_positions_higher_priority(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters with priorities 1, 2 and 3: the best standby's agent is SIGSTOPped (its
+/// session and its candidacy stay in the coordinator), then the active's master dies. The
+/// other standby names the stopped one as ranking higher, waits out its head start
+/// (`rank_delay_ms`, 1 s) and takes over, well before the stopped agent's 6 s session lapses.
+async fn a_stopped_best_candidate(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "a_stopped_best_candidate") {
+        return Ok(());
+    }
+    let yaml =
+        |p: u32| format!("election:\n  rank_delay_ms: 1000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings { session_timeout_ms: 6000, ..Timings::referee() },
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
+    let (next, best) = (standbys[0], standbys[1]);
+    cluster.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    let state = cluster.master_json(active, "/ha/state").await.unwrap_or_default();
+    let published = state["position"].as_u64();
+    ensure!(published.is_some(), "the active reports a position: {state}");
+    for n in [next, best] {
+        until(Duration::from_secs(10), "each standby to be level and to have published it", || async {
+            let st = status(&cluster, n).await;
+            (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64() == published).then_some(())
+        })
+        .await?;
+    }
+    // Its candidacy in the coordinator (what the other standby ranks by) must be current
+    // before it stops: eligible, at the published position.
+    let observer = Coordination::connect(CoordinationConfig {
+        connect: cluster.coordinator_addr.clone(),
+        cluster: "lab".into(),
+        node_id: "observer".into(),
+        session_timeout: Duration::from_secs(6),
+        op_timeout: Duration::from_secs(1),
+        digest: None,
+    })
+    .await?;
+    until(Duration::from_secs(10), "the best standby's candidacy to be current", || async {
+        let members = observer.members().await.ok()?;
+        let c = members.into_iter().find(|m| m.node_id == CLUSTER_NODES[best])?.candidacy?;
+        (c.eligible && c.position.map(|p| p.0) == published).then_some(())
+    })
+    .await?;
+    let stopped = cluster.agents[best].as_ref().expect("the best standby's agent runs");
+    stopped.signal(Signal::SIGSTOP)?;
+    let killed = tokio::time::Instant::now();
+    cluster.masters[active].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(5), "the next standby to name the stopped one as ranking higher", || async {
+        let st = status(&cluster, next).await;
+        (st["blocker"]["blocker"] == "out_ranked").then_some(st)
+    })
+    .await?;
+    ensure!(st["blocker"]["by"] == CLUSTER_NODES[best], "{st}");
+    cluster.wait_for_active_node(next, Duration::from_secs(10)).await?;
+    let took = killed.elapsed();
+    stopped.signal(Signal::SIGCONT)?;
+    ensure!(
+        took < Duration::from_secs(5),
+        "the next standby took over {took:?} after the kill, not before the stopped agent's session lapsed"
+    );
+    observer.close().await?;
+    eprintln!(
+        "a stopped best candidate delayed the takeover to {took:?} after the active's master died (rank_delay 1 s)"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_bundled() -> Result<()> {
+    a_stopped_best_candidate(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_best_candidate_delays_the_next_only_by_its_head_start_apache_zookeeper() -> Result<()> {
+    a_stopped_best_candidate(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Three masters, node `c` tagged `nofailover`: it is never the one promoted. With both other
+/// masters dead and the lock free, it stays standby and names the tag as its blocker.
+async fn nofailover_node(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "nofailover_node") {
+        return Ok(());
+    }
+    let plain = "election:\n  position_publish_interval_ms: 200\n".to_string();
+    let never = "election:\n  position_publish_interval_ms: 200\n  nofailover: true\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![plain.clone(), plain, never],
+        admin: false,
+        journal: true,
+    };
+    let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
+    let first = cluster.wait_for_active(Duration::from_secs(30)).await?;
+    ensure!(first != 2, "the nofailover node was promoted at start");
+    let second = 1 - first;
+    cluster.masters[first].signal(Signal::SIGKILL)?;
+    cluster.wait_for_active_node(second, Duration::from_secs(15)).await?;
+    cluster.masters[second].signal(Signal::SIGKILL)?;
+    let st = until(Duration::from_secs(15), "node c to stand by on a free lock, naming nofailover", || async {
+        let st = status(&cluster, 2).await;
+        (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "nofailover").then_some(st)
+    })
+    .await?;
+    ensure!(st["role"] == "standby" && st["health"]["state"] == "healthy", "{st}");
+    ensure!(!cluster.is_active(2).await, "a nofailover node must never be active");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nofailover_node_is_never_promoted_bundled() -> Result<()> {
+    nofailover_node(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nofailover_node_is_never_promoted_apache_zookeeper() -> Result<()> {
+    nofailover_node(CoordinatorKind::ApacheZooKeeper).await
+}
+
+/// Slow is not dead: the active master answers its health checks late (after the 300 ms
+/// health timeout) eight times in a row, more than `fall` (3) but fewer than `slow_fall` (30):
+/// it stays active, its status counting the slow checks. Killed, it is failed over at once.
+async fn slow_master(coordinator: CoordinatorKind) -> Result<()> {
+    if !coordinator_available(coordinator, "slow_master") {
+        return Ok(());
+    }
+    let slow_fall = "health:\n  slow_fall: 30\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml: vec![slow_fall.clone(), slow_fall],
+        admin: false,
+        journal: false,
+    };
+    let pair = Arc::new(Pair::start(spec).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let url = format!("http://127.0.0.1:{}/test/slow", pair.ports[active].master);
+    let answer =
+        reqwest::Client::new().post(&url).json(&serde_json::json!({"delay_ms": 600, "count": 8})).send().await?;
+    ensure!(answer.status().is_success(), "POST {url} answered {}", answer.status());
+    // Past `fall` slow checks in a row, and still active.
+    let st = until(Duration::from_secs(10), "the active's agent to count slow checks past fall", || async {
+        let st = status(&pair, active).await;
+        (st["checks"]["consecutive_slow"].as_u64() >= Some(4)).then_some(st)
+    })
+    .await?;
+    ensure!(st["health"]["state"] == "healthy" && st["checks"]["slow_fall"] == 30, "{st}");
+    ensure!(pair.actives().await == vec![active], "a slow master must not be failed over");
+    // The slow answers run out: the count resets, and the same node is still the only active.
+    until(Duration::from_secs(15), "the slow checks to end", || async {
+        (status(&pair, active).await["checks"]["consecutive_slow"].as_u64() == Some(0)).then_some(())
+    })
+    .await?;
+    ensure!(pair.actives().await == vec![active], "a slow master must not be failed over");
+    let st = status(&pair, active).await;
+    ensure!(st["counters"]["demotions"] == 0, "the slow master was never demoted: {st}");
+
+    // Killed, it is failed over at the usual speed.
+    let killed = tokio::time::Instant::now();
+    pair.masters[active].signal(Signal::SIGKILL)?;
+    pair.wait_for_active_node(1 - active, Duration::from_secs(10)).await?;
+    let took = killed.elapsed();
+    eprintln!("a killed master was failed over in {took:?}");
+    ensure!(took < Duration::from_secs(3), "a killed master is failed over at once, took {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_master_is_not_failed_over_but_a_killed_one_is_bundled() -> Result<()> {
+    slow_master(CoordinatorKind::Bundled).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_master_is_not_failed_over_but_a_killed_one_is_apache_zookeeper() -> Result<()> {
+    slow_master(CoordinatorKind::ApacheZooKeeper).await
+}
