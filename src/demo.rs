@@ -40,6 +40,9 @@ pub enum Scenario {
     AgentCrash,
     /// A graceful manual failover with `referee admin failover --to`.
     Switchover,
+    /// `kill -9` of the coordinator under the write load, then a restart on the same data
+    /// directory: every acknowledged write must still be in the journal afterwards.
+    CoordinatorRestart,
 }
 
 /// What to run.
@@ -178,10 +181,81 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         Scenario::Hang => "hanging the active master (SIGSTOP)",
         Scenario::AgentCrash => "killing the active agent (kill -9)",
         Scenario::Switchover => "switching over with `referee admin failover`",
+        Scenario::CoordinatorRestart => "killing the coordinator (kill -9) under the write load, then restarting it",
     };
-    println!("\n>>> {what} on {}", NODES[active]);
+    let on =
+        if opts.scenario == Scenario::CoordinatorRestart { String::new() } else { format!(" on {}", NODES[active]) };
+    println!("\n>>> {what}{on}");
+    let final_active = match opts.scenario {
+        Scenario::CoordinatorRestart => restart_coordinator_under_load(&shared, &writer, active).await?,
+        _ => {
+            fail_over(&shared, &writer, opts.scenario, active).await?;
+            other
+        }
+    };
+
+    // Keep writing a little under the new active, then stop the client.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.stop.store(true, Ordering::Relaxed);
+    let _ = writer.task.await;
+
+    // The master that is not active (the deposed one after a failover) tries to write: the
+    // journal's epoch must refuse it.
+    let not_active = 1 - final_active;
+    let (deposed_refused, _restarted) = deposed_write_refused(&shared, not_active, opts.scenario).await?;
+    println!(
+        "\nThe {} master {} tried to write directly to the journal: {}",
+        if final_active == active { "standby" } else { "deposed" },
+        NODES[not_active],
+        if deposed_refused { "refused, as it must be" } else { "ACCEPTED (split brain!)" }
+    );
+
+    let acks: Vec<AckRecord> =
+        writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, a, _)| a.clone()).collect();
+    let verdict = verify(&shared.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &acks)
+        .await
+        .map_err(|e| DemoError::Scenario(format!("reading the journal for the verdict: {e:#}")))?;
+    let single_active = shared.actives().await == vec![final_active];
+    println!("\nVerdict from an independent reader of the journal:\n{verdict}");
+    println!("  client writes refused while no master could take them: {}", writer.refused.load(Ordering::Relaxed));
+    let ok = verdict.is_clean() && deposed_refused && single_active;
+    println!(
+        "\n{}",
+        if ok {
+            "VERDICT HOLDS: nothing acknowledged was lost, nothing stale was accepted, one active."
+        } else {
+            "VERDICT FAILED."
+        }
+    );
+
+    println!(
+        "\nTry, while it runs:\n  curl http://127.0.0.1:{}/status\n  curl -i http://127.0.0.1:{}/active\n  {} admin status --config {}\n  {} admin failover --to {} --config {}\n",
+        shared.ports[final_active].probes,
+        shared.ports[not_active].probes,
+        opts.bin.display(),
+        shared.node_path(final_active).join("agent.yaml").display(),
+        opts.bin.display(),
+        NODES[not_active],
+        shared.node_path(final_active).join("agent.yaml").display(),
+    );
+    match opts.exit_after {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            println!("Press Ctrl-C to stop; every process and file of the demo is then removed.");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    println!("Stopping.");
+    drop(shared);
+    Ok(ok)
+}
+
+/// Injects a master or agent failure (or asks for a switchover), waits until the other node is
+/// active and has acknowledged a write, and prints the failover timeline.
+async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: usize) -> Result<(), DemoError> {
+    let other = 1 - active;
     let (t0, fault) = (Instant::now(), std::time::SystemTime::now());
-    match opts.scenario {
+    match scenario {
         Scenario::Crash => shared.masters[active].signal(Signal::SIGKILL)?,
         Scenario::Hang => shared.masters[active].signal(Signal::SIGSTOP)?,
         Scenario::AgentCrash => {
@@ -195,6 +269,9 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
             if code != 0 {
                 return Err(DemoError::Scenario(format!("the switchover was refused: {}", err.trim())));
             }
+        }
+        Scenario::CoordinatorRestart => {
+            return Err(DemoError::Scenario("a coordinator restart is not a master failover".into()));
         }
     }
     shared.wait_for_active_node(other, Duration::from_secs(20)).await?;
@@ -216,7 +293,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    print_status(&shared).await;
+    print_status(shared).await;
     let history = shared.agent_json(other, "/history").await.unwrap_or_default();
     let phases = history["transitions"]
         .as_array()
@@ -249,57 +326,51 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         Err(e) => println!("  (no full timeline: {e})"),
     }
 
-    // Keep writing a little under the new active, then stop the client.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    writer.stop.store(true, Ordering::Relaxed);
-    let _ = writer.task.await;
+    Ok(())
+}
 
-    // The deposed master tries to write: the journal's epoch must refuse it.
-    let (deposed_refused, _restarted) = deposed_write_refused(&shared, active, opts.scenario).await?;
-    println!(
-        "\nThe deposed master {} tried to write directly to the journal: {}",
-        NODES[active],
-        if deposed_refused { "refused, as it must be" } else { "ACCEPTED (split brain!)" }
-    );
-
-    let acks: Vec<AckRecord> =
-        writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, a, _)| a.clone()).collect();
-    let verdict = verify(&shared.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &acks)
-        .await
-        .map_err(|e| DemoError::Scenario(format!("reading the journal for the verdict: {e:#}")))?;
-    let single_active = shared.actives().await == vec![other];
-    println!("\nVerdict from an independent reader of the journal:\n{verdict}");
-    println!("  client writes refused while no master could take them: {}", writer.refused.load(Ordering::Relaxed));
-    let ok = verdict.is_clean() && deposed_refused && single_active;
-    println!(
-        "\n{}",
-        if ok {
-            "VERDICT HOLDS: nothing acknowledged was lost, nothing stale was accepted, one active."
-        } else {
-            "VERDICT FAILED."
+/// Kills the coordinator under the write load and restarts it on the same data directory.
+/// Returns the node active once writes are acknowledged again: the same one when its agent's
+/// session survived the restart (the coordinator gives restored sessions a fresh timeout, so an
+/// agent that reconnects in time keeps its lock), the other one after a fenced failover if not.
+async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: usize) -> Result<usize, DemoError> {
+    let acked_before = writer.acks.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let t0 = Instant::now();
+    shared.kill_coordinator();
+    println!("  coordinator killed with {acked_before} writes acknowledged so far");
+    shared.restart_coordinator(false).await?;
+    let serving = t0.elapsed();
+    let back = t0 + serving;
+    let (node, first_ack) = loop {
+        let found = writer
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, _, at)| *at > back)
+            .map(|(node, _, at)| (*node, at.duration_since(t0)));
+        if let Some(found) = found {
+            break found;
         }
-    );
-
-    println!(
-        "\nTry, while it runs:\n  curl http://127.0.0.1:{}/status\n  curl -i http://127.0.0.1:{}/active\n  {} admin status --config {}\n  {} admin failover --to {} --config {}\n",
-        shared.ports[other].probes,
-        shared.ports[active].probes,
-        opts.bin.display(),
-        shared.node_path(other).join("agent.yaml").display(),
-        opts.bin.display(),
-        NODES[active],
-        shared.node_path(other).join("agent.yaml").display(),
-    );
-    match opts.exit_after {
-        Some(d) => tokio::time::sleep(d).await,
-        None => {
-            println!("Press Ctrl-C to stop; every process and file of the demo is then removed.");
-            let _ = tokio::signal::ctrl_c().await;
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(DemoError::Scenario("no master acknowledged a write after the coordinator restart".into()));
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let final_active = shared.wait_for_active(Duration::from_secs(20)).await?;
+    print_status(shared).await;
+    println!(
+        "  coordinator serving again after {} ms on the same data directory; first write acknowledged after {} ms, by {}",
+        serving.as_millis(),
+        first_ack.as_millis(),
+        NODES[node]
+    );
+    if final_active == active {
+        println!("  {} kept its session and its lock across the restart: no failover was needed", NODES[active]);
+    } else {
+        println!("  {}'s session did not survive the restart: {} took over", NODES[active], NODES[final_active]);
     }
-    println!("Stopping.");
-    drop(shared);
-    Ok(ok)
+    Ok(final_active)
 }
 
 /// Makes the deposed master try to write past its role check; true when the journal refused.

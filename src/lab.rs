@@ -4,6 +4,9 @@
 //!
 //! The end-to-end tests, the failover benchmark and the demo all stand on it. Children are
 //! killed and reaped when the pair is dropped, so nothing outlives it.
+//! [`Pair::start_on_hosts`] runs the same pair on simulated hosts (the test kit's [`Hosts`]):
+//! the coordinator on one, each node's master and agent on another, for faults of the network
+//! between machines.
 //!
 //! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
 //! command adapter. Each agent's coordinator connection may go through the test kit's proxy,
@@ -53,7 +56,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
-use referee_testkit::Proxy;
+use referee_testkit::{Host, Hosts, Proxy};
 // The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
 pub use referee_testkit::{apache_zookeeper_installed, free_port};
 
@@ -80,14 +83,21 @@ impl Proc {
         env: &[(&str, String)],
         log: PathBuf,
     ) -> Result<Proc, LabError> {
-        let file = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-        let err = file.try_clone().map_err(io("cloning a log handle"))?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(file).stderr(err);
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(io(format!("starting {name} ({})", program.display())))?;
+        Proc::spawn_command(name, cmd, log)
+    }
+
+    /// Spawns `cmd` (its program and arguments set, e.g. to run inside a simulated host) with
+    /// no stdin and its output to `log`.
+    pub fn spawn_command(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc, LabError> {
+        let file = std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let err = file.try_clone().map_err(io("cloning a log handle"))?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        let child = cmd.spawn().map_err(io(format!("starting {name} ({:?})", cmd.get_program())))?;
         Ok(Proc { name: name.into(), child, log })
     }
 
@@ -190,6 +200,9 @@ pub struct Timings {
     pub tick_ms: u64,
     /// Graceful fence deadline.
     pub graceful_fence_ms: u64,
+    /// Whether the agents watch their master's process and check at once when it exits
+    /// (`health.watch_exit`); ZKFC has no such thing and sees a crash at its next check.
+    pub watch_exit: bool,
 }
 
 impl Timings {
@@ -203,6 +216,7 @@ impl Timings {
             loop_interval_ms: 100,
             tick_ms: 200,
             graceful_fence_ms: 500,
+            watch_exit: true,
         }
     }
 
@@ -217,6 +231,7 @@ impl Timings {
             loop_interval_ms: 1000,
             tick_ms: 2000,
             graceful_fence_ms: 5000,
+            watch_exit: false,
         }
     }
 }
@@ -300,6 +315,8 @@ pub struct Pair {
     proxies: Vec<(String, tokio::sync::Mutex<Proxy>)>,
     spec: PairSpec,
     http: reqwest::Client,
+    /// Where each process runs: loopback, or a simulated host each.
+    placement: Placement,
 }
 
 /// The demo journal znode.
@@ -314,10 +331,15 @@ impl Pair {
     /// Starts the coordinator, both masters and both agents, and waits until one node is
     /// active.
     pub async fn start(spec: PairSpec) -> Result<Pair, LabError> {
+        Pair::start_placed(spec, Placement::Loopback).await
+    }
+
+    /// [`Pair::start`], with each process where `placement` puts it.
+    async fn start_placed(spec: PairSpec, placement: Placement) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
         let port = child_port()?;
-        let coordinator_addr = format!("127.0.0.1:{port}");
-        let coordinator = start_coordinator(&spec, &dir.0, port, 1)?;
+        let coordinator_addr = format!("{}:{port}", placement.ip(Role::Coordinator));
+        let coordinator = start_coordinator(&spec, &dir.0, port, 1, &placement)?;
         if let Err(e) = wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await {
             return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", coordinator.log_tail(15))));
         }
@@ -340,6 +362,7 @@ impl Pair {
             proxies: Vec::new(),
             spec,
             http,
+            placement,
         };
         if pair.spec.proxied_agents {
             let target: std::net::SocketAddr = pair
@@ -357,7 +380,7 @@ impl Pair {
             pair.masters.push(m);
         }
         for i in 0..NODES.len() {
-            let addr = format!("127.0.0.1:{}", pair.ports[i].master);
+            let addr = format!("{}:{}", pair.node_ip(i), pair.ports[i].master);
             if let Err(e) = wait_for_port(&addr, Duration::from_secs(20), "a master").await {
                 // A child that fails to start: say why, from its own log; dropping the pair
                 // then stops every other child.
@@ -423,7 +446,7 @@ impl Pair {
         }
         let start = self.coordinator_starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let port = self.coordinator_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
-        let proc = start_coordinator(&self.spec, &self.dir.0, port, start)?;
+        let proc = start_coordinator(&self.spec, &self.dir.0, port, start, &self.placement)?;
         *self.coordinator.lock().unwrap_or_else(|p| p.into_inner()) = proc;
         if let Err(e) = wait_for_serving(&self.coordinator_addr, Duration::from_secs(60)).await {
             return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", self.coordinator_log_tail(15))));
@@ -446,8 +469,8 @@ impl Pair {
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         // Every master is configured with the lease; `--no-lease-poll` makes a plain one
         // ignore it.
-        let lease =
-            format!("lease:\n  url: \"http://127.0.0.1:{}/lease\"\n  poll_interval_ms: 50\n", self.ports[i].probes);
+        let ip = self.node_ip(i);
+        let lease = format!("lease:\n  url: \"http://{ip}:{}/lease\"\n  poll_interval_ms: 50\n", self.ports[i].probes);
         let journal = if self.spec.journal {
             format!(
                 "journal:\n  connect: \"{}\"\n  path: {JOURNAL_PATH}\n  epoch_path: {EPOCH_PATH}\n  session_timeout_ms: 4000\n  op_timeout_ms: 1000\n",
@@ -468,14 +491,15 @@ impl Pair {
             "--config".into(),
             path.display().to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.ports[i].master),
+            format!("{ip}:{}", self.ports[i].master),
             "--pidfile".into(),
             node.join("master.pid").display().to_string(),
         ];
         if !self.spec.master.polls_lease() {
             args.push("--no-lease-poll".into());
         }
-        Proc::spawn(
+        self.placement.spawn(
+            Role::Node(i),
             &format!("master {}", NODES[i]),
             &self.spec.bin,
             &args,
@@ -491,7 +515,8 @@ impl Pair {
         let p = self.ports[i];
         let max_staleness = 0;
         let htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2);
-        let url = format!("http://127.0.0.1:{}", p.master);
+        let ip = self.node_ip(i);
+        let url = format!("http://{ip}:{}", p.master);
         let (adapter, first_fence) = match self.spec.master {
             MasterKind::LeasePolling | MasterKind::Plain => (
                 format!(
@@ -539,7 +564,7 @@ coordinator:
   op_timeout_ms: {op}
   max_staleness_ms: {max_staleness}
 master:
-  host: 127.0.0.1
+  host: {ip}
   port: {mport}
   pidfile: {pidfile}
 {adapter}health:
@@ -547,6 +572,7 @@ master:
   timeout_ms: {htimeout}
   rise: 1
   fall: {fall}
+  watch_exit: {watch_exit}
 lease:
   demote_deadline_ms: 500
   margin_ms: 250
@@ -562,7 +588,7 @@ fencing:
           timeout_ms: 3000
           grace_ms: 1000
 probes:
-  listen: 127.0.0.1:{probes}
+  listen: {ip}:{probes}
 "#,
             id = NODES[i],
             coord = self.proxies.get(i).map_or(&self.coordinator_addr, |(addr, _)| addr),
@@ -576,6 +602,7 @@ probes:
             },
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
+            watch_exit = t.watch_exit,
             loop_ms = t.loop_interval_ms,
             overall = t.graceful_fence_ms.max(1000) + 5000,
             probes = p.probes,
@@ -585,7 +612,7 @@ probes:
             if !token.exists() {
                 std::fs::write(&token, "lab-admin-secret\n").map_err(io("writing the admin token"))?;
             }
-            format!("admin:\n  listen: 127.0.0.1:{}\n  token_file: {}\n", p.admin, token.display())
+            format!("admin:\n  listen: {ip}:{}\n  token_file: {}\n", p.admin, token.display())
         } else {
             String::new()
         };
@@ -597,7 +624,8 @@ probes:
         let path = node.join("agent.yaml");
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
-        Proc::spawn(
+        self.placement.spawn(
+            Role::Node(i),
             &format!("agent {}", NODES[i]),
             &self.spec.bin,
             &["agent".into(), "--config".into(), path.display().to_string()],
@@ -611,11 +639,11 @@ probes:
     fn peers_yaml(&self, i: usize) -> String {
         let mut out = String::from("peers:\n");
         for (j, node) in NODES.iter().enumerate().filter(|(j, _)| *j != i) {
-            let port = self.ports[j].master;
-            out.push_str(&format!("  - node_id: {node}\n    host: 127.0.0.1\n    port: {port}\n"));
+            let (port, ip) = (self.ports[j].master, self.node_ip(j));
+            out.push_str(&format!("  - node_id: {node}\n    host: {ip}\n    port: {port}\n"));
             match self.spec.master {
                 MasterKind::LeasePolling | MasterKind::Plain => {
-                    out.push_str(&format!("    ha_url: \"http://127.0.0.1:{port}\"\n"))
+                    out.push_str(&format!("    ha_url: \"http://{ip}:{port}\"\n"))
                 }
                 MasterKind::Command => {}
             }
@@ -626,7 +654,7 @@ probes:
 
     /// Whether node `i`'s agent answers `/active` with 200.
     pub async fn is_active(&self, i: usize) -> bool {
-        let url = format!("http://127.0.0.1:{}/active", self.ports[i].probes);
+        let url = format!("http://{}:{}/active", self.node_ip(i), self.ports[i].probes);
         matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
@@ -688,7 +716,7 @@ probes:
 
     /// Writes `key = value` to master `i`; returns the token it acknowledged the write under.
     pub async fn write_token(&self, i: usize, key: &str, value: &str) -> Result<u64, String> {
-        let url = format!("http://127.0.0.1:{}/write", self.ports[i].master);
+        let url = format!("http://{}:{}/write", self.node_ip(i), self.ports[i].master);
         let body = serde_json::json!({"key": key, "value": value});
         match self.http.post(url).json(&body).send().await {
             Ok(r) if r.status().is_success() => {
@@ -714,13 +742,13 @@ probes:
 
     /// The HTTP status of `GET path` on node `i`'s agent probe server.
     pub async fn probe_status(&self, i: usize, path: &str) -> Option<u16> {
-        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        let url = format!("http://{}:{}{path}", self.node_ip(i), self.ports[i].probes);
         Some(self.http.get(url).send().await.ok()?.status().as_u16())
     }
 
     /// The body of `GET path` on node `i`'s agent probe server.
     pub async fn probe_text(&self, i: usize, path: &str) -> Option<String> {
-        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        let url = format!("http://{}:{}{path}", self.node_ip(i), self.ports[i].probes);
         self.http.get(url).send().await.ok()?.text().await.ok()
     }
 
@@ -754,7 +782,7 @@ probes:
 
     /// `GET` on node `i`'s agent probe server, as JSON.
     pub async fn agent_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].probes);
+        let url = format!("http://{}:{}{path}", self.node_ip(i), self.ports[i].probes);
         self.http.get(url).send().await.ok()?.json().await.ok()
     }
 
@@ -804,6 +832,22 @@ probes:
         Ok(marks)
     }
 
+    /// `GET` on master `i`'s HTTP API (`/lease/status`, say), as JSON.
+    pub async fn master_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports[i].master);
+        let response = self.http.get(url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Agent `i`'s resident memory now and at its peak, from `/proc/PID/status`.
+    pub fn agent_memory(&self, i: usize) -> Option<ResidentMemory> {
+        let pid = self.agents.get(i)?.as_ref()?.pid();
+        ResidentMemory::of(pid)
+    }
+
     /// Spawns a watcher that polls both `/active` probes every `every` and records any moment
     /// when both answered 200.
     pub fn watch_split_brain(self: &Arc<Self>, every: Duration) -> SplitBrainWatch {
@@ -833,6 +877,46 @@ probes:
         });
         SplitBrainWatch { stop, seen, task }
     }
+}
+
+/// A process's resident memory (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile` in `/proc/PID/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident now, in KiB.
+    pub rss_kib: u64,
+    /// The peak resident size, in KiB.
+    pub peak_kib: u64,
+    /// Of `rss_kib`, anonymous memory (heap, stacks): the process's own.
+    pub anon_kib: u64,
+    /// Of `rss_kib`, pages of mapped files (the executable's code, libraries), shared with
+    /// every process that maps the same files.
+    pub file_kib: u64,
+}
+
+impl ResidentMemory {
+    /// Reads it for `pid`; `None` if the process is gone or the kernel shows no such lines.
+    pub fn of(pid: u32) -> Option<ResidentMemory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(ResidentMemory {
+            rss_kib: field("VmRSS:")?,
+            peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:")?,
+            file_kib: field("RssFile:")?,
+        })
+    }
+}
+
+/// The load averages over 1, 5 and 15 minutes, as `/proc/loadavg` shows them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Writes to both masters in turn, as fast as they answer, and records which acknowledged what
@@ -1203,7 +1287,7 @@ impl MasterOracle {
         for (node, name) in NODES.iter().enumerate() {
             let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
             tasks.push(tokio::spawn(async move {
-                let url = format!("http://127.0.0.1:{}/ha/state", pair2.ports[node].master);
+                let url = format!("http://{}:{}/ha/state", pair2.node_ip(node), pair2.ports[node].master);
                 while !stop2.load(Ordering::Relaxed) {
                     let sent = started.elapsed();
                     let answer = match pair2.http.get(&url).send().await {
@@ -1286,8 +1370,15 @@ fn merge_yaml(base: &str, extra: &str) -> Result<String, LabError> {
 }
 
 /// Starts the coordinator on `port`; `start` numbers its log (the first start is 1).
-fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Result<Proc, LabError> {
-    let addr = format!("127.0.0.1:{port}");
+fn start_coordinator(
+    spec: &PairSpec,
+    dir: &Path,
+    port: u16,
+    start: usize,
+    placement: &Placement,
+) -> Result<Proc, LabError> {
+    let ip = placement.ip(Role::Coordinator);
+    let addr = format!("{ip}:{port}");
     let log = if start == 1 { String::new() } else { format!("-{start}") };
     let cdir = dir.join("coordinator");
     std::fs::create_dir_all(&cdir).map_err(io("creating the coordinator directory"))?;
@@ -1301,7 +1392,8 @@ fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Re
             );
             let path = cdir.join("coordinator.yaml");
             std::fs::write(&path, cfg).map_err(io("writing the coordinator config"))?;
-            let p = Proc::spawn(
+            let p = placement.spawn(
+                Role::Coordinator,
                 "coordinator",
                 &spec.bin,
                 &["coordinator".into(), "--config".into(), path.display().to_string()],
@@ -1313,7 +1405,7 @@ fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Re
         CoordinatorKind::ApacheZooKeeper => {
             let tick = spec.timings.tick_ms.min(1000);
             let cfg = format!(
-                "tickTime={tick}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                "tickTime={tick}\ndataDir={}\nclientPort={port}\nclientPortAddress={ip}\nadmin.enableServer=false\n\
                  4lw.commands.whitelist=*\nforceSync=no\nmaxClientCnxns=0\nminSessionTimeout={}\nmaxSessionTimeout=60000\n",
                 cdir.join("data").display(),
                 (tick * 2).min(spec.timings.session_timeout_ms)
@@ -1322,7 +1414,8 @@ fn start_coordinator(spec: &PairSpec, dir: &Path, port: u16, start: usize) -> Re
             std::fs::create_dir_all(cdir.join("data")).map_err(io("creating the data directory"))?;
             std::fs::write(&path, cfg).map_err(io("writing zoo.cfg"))?;
             let env: HashMap<&str, String> = HashMap::from([("ZOO_LOG_DIR", cdir.display().to_string())]);
-            let p = Proc::spawn(
+            let p = placement.spawn(
+                Role::Coordinator,
                 "apache zookeeper",
                 &Path::new(referee_testkit::APACHE_ZK_BIN).join("zkServer.sh"),
                 &["start-foreground".into(), path.display().to_string()],
@@ -1413,6 +1506,165 @@ impl Oracles {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pair on simulated hosts.
+
+/// The host the coordinator runs on, in [`Pair::start_on_hosts`].
+pub const COORDINATOR_HOST: usize = 1;
+
+/// The host node `i` (its master and its agent) runs on, in [`Pair::start_on_hosts`]: `a` on
+/// host 2, `b` on host 3.
+pub fn node_host(i: usize) -> usize {
+    i + 2
+}
+
+/// One of the pair's places: the coordinator, or node `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The coordinator.
+    Coordinator,
+    /// Node `i`'s master and agent.
+    Node(usize),
+}
+
+/// Where the pair's processes run and listen.
+#[derive(Debug, Clone)]
+enum Placement {
+    /// Every process in the test's own network namespace, on 127.0.0.1.
+    Loopback,
+    /// The coordinator on one simulated host, each node on another, each process listening on
+    /// its host's address; the test reaches them as the hosts' client.
+    Hosts {
+        /// The coordinator's host.
+        coordinator: Host,
+        /// Node `a`'s host, then `b`'s.
+        nodes: Vec<Host>,
+    },
+}
+
+impl Placement {
+    /// The address `role`'s processes listen on.
+    fn ip(&self, role: Role) -> String {
+        match (self, role) {
+            (Placement::Loopback, _) => "127.0.0.1".into(),
+            (Placement::Hosts { coordinator, .. }, Role::Coordinator) => coordinator.addr().to_string(),
+            (Placement::Hosts { nodes, .. }, Role::Node(i)) => nodes[i].addr().to_string(),
+        }
+    }
+
+    /// [`Proc::spawn`], inside `role`'s host when there is one.
+    fn spawn(
+        &self,
+        role: Role,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> Result<Proc, LabError> {
+        let mut cmd = match (self, role) {
+            (Placement::Loopback, _) => Command::new(program),
+            (Placement::Hosts { coordinator, .. }, Role::Coordinator) => coordinator.command(program),
+            (Placement::Hosts { nodes, .. }, Role::Node(i)) => nodes[i].command(program),
+        };
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn_command(name, cmd, log)
+    }
+}
+
+impl Pair {
+    /// Starts the pair on simulated hosts, one process group per host as on separate
+    /// machines: the coordinator on host [`COORDINATOR_HOST`] (1), node `a`'s master and agent
+    /// on host 2 and node `b`'s on host 3 ([`node_host`]), each listening on its host's address.
+    /// The test process reaches every one of them as the hosts' client, so the oracles work as
+    /// on loopback, and the faults are the hosts' ([`Hosts::partition`], [`Hosts::black_hole`],
+    /// [`Hosts::isolate`]).
+    ///
+    /// Fencing, as between machines: first what the loopback pair does first (the graceful
+    /// request, or for [`MasterKind::Command`] the `master-command demote` program), over the
+    /// hosts' network; then, instead of `kill` (which refuses a target on another host), the
+    /// same demotion through a management path that faults never cut: `referee master-command
+    /// demote` run inside the peer's host with `ip netns exec`, as IPMI or a console server
+    /// reaches a machine its network does not. That fence demotes rather than kills, so a
+    /// fenced master can rejoin as standby when its host heals.
+    ///
+    /// Drop the pair before `hosts`: its processes are then stopped while they still have a
+    /// network. `spec.proxied_agents` is refused: the hosts' faults replace the proxy.
+    pub async fn start_on_hosts(mut spec: PairSpec, hosts: &Hosts) -> Result<Pair, LabError> {
+        if spec.proxied_agents {
+            return Err(LabError::Child(
+                "a pair on simulated hosts takes no proxies: cut its links with the hosts' faults instead".into(),
+            ));
+        }
+        let needed = node_host(NODES.len() - 1);
+        if hosts.len() < needed {
+            return Err(LabError::Child(format!(
+                "a pair on simulated hosts needs {needed} hosts (coordinator, then one per node), not {}",
+                hosts.len()
+            )));
+        }
+        let nodes: Vec<Host> = (0..NODES.len()).map(|i| hosts.host(node_host(i)).clone()).collect();
+        // The fencing of a pair on hosts, under whatever the caller merges in.
+        let mut extra = Vec::new();
+        for (i, own) in nodes.iter().enumerate() {
+            let peer = &nodes[1 - i];
+            debug_assert_ne!(own, peer, "each node has a host of its own");
+            let fencing = fencing_on_hosts(&spec, peer)?;
+            extra.push(match spec.extra_agent_yaml.get(i) {
+                Some(caller) => merge_yaml(&fencing, caller)?,
+                None => fencing,
+            });
+        }
+        spec.extra_agent_yaml = extra;
+        let placement = Placement::Hosts { coordinator: hosts.host(COORDINATOR_HOST).clone(), nodes };
+        Pair::start_placed(spec, placement).await
+    }
+
+    /// The address node `i`'s master and agent listen on.
+    pub fn node_ip(&self, i: usize) -> String {
+        self.placement.ip(Role::Node(i))
+    }
+}
+
+/// The `fencing` section of a node on hosts whose peer lives on `peer`: see
+/// [`Pair::start_on_hosts`].
+fn fencing_on_hosts(spec: &PairSpec, peer: &Host) -> Result<String, LabError> {
+    let t = spec.timings;
+    let bin = spec.bin.display().to_string();
+    let program_timeout = t.graceful_fence_ms.max(1000);
+    let first = match spec.master {
+        MasterKind::LeasePolling | MasterKind::Plain => {
+            serde_json::json!({"kind": "graceful", "timeout_ms": t.graceful_fence_ms})
+        }
+        MasterKind::Command => serde_json::json!({
+            "kind": "shell", "program": bin, "args": ["master-command", "demote"], "timeout_ms": program_timeout,
+        }),
+    };
+    let ip = program_path("ip")?;
+    let management = serde_json::json!({
+        "kind": "shell",
+        "name": "management",
+        "program": ip,
+        "args": ["netns", "exec", peer.netns(), bin, "master-command", "demote"],
+        "timeout_ms": program_timeout,
+    });
+    let fencing = serde_json::json!({"fencing": {"levels": [{"methods": [first]}, {"methods": [management]}]}});
+    serde_yaml::to_string(&fencing).map_err(|e| LabError::Child(format!("fencing YAML: {e}")))
+}
+
+/// The absolute path of `program` on `PATH` (the `shell` fencing method takes no bare names).
+fn program_path(program: &str) -> Result<PathBuf, LabError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::Child(format!("`{program}` is not on PATH: install it")))
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ enum DemoScenario {
     AgentCrash,
     /// A graceful switchover with `referee admin failover`.
     Switchover,
+    /// kill -9 of the coordinator under load, then a restart on its data directory.
+    CoordinatorRestart,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -202,6 +204,7 @@ async fn run_demo(scenario: DemoScenario, exit_after: Option<u64>) -> anyhow::Re
         DemoScenario::Hang => Scenario::Hang,
         DemoScenario::AgentCrash => Scenario::AgentCrash,
         DemoScenario::Switchover => Scenario::Switchover,
+        DemoScenario::CoordinatorRestart => Scenario::CoordinatorRestart,
     };
     let bin = std::env::current_exe().context("locating this executable")?;
     let opts = DemoOptions { bin, scenario, exit_after: exit_after.map(std::time::Duration::from_secs) };

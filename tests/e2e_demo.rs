@@ -65,3 +65,8 @@ fn demo_agent_crash() -> Result<()> {
 fn demo_switchover() -> Result<()> {
     run_demo("switchover")
 }
+
+#[test]
+fn demo_coordinator_restart() -> Result<()> {
+    run_demo("coordinator-restart")
+}

@@ -175,6 +175,34 @@ both_coordinators!(master_hang, master_hang_bundled, master_hang_apache_zookeepe
 both_coordinators!(agent_crash, agent_crash_bundled, agent_crash_apache_zookeeper);
 both_coordinators!(agent_partitioned, agent_partitioned_bundled, agent_partitioned_apache_zookeeper);
 
+/// A crashed master is seen when its process exits, not at the next health check: with checks
+/// a minute apart, the other node still takes over within the deadline, because the old agent
+/// watches its master's pid (its pidfile) and checks at once when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_master_is_seen_without_waiting_for_the_check_interval() -> Result<()> {
+    if !available(CoordinatorKind::Bundled, "a_crashed_master_is_seen_without_waiting_for_the_check_interval") {
+        return Ok(());
+    }
+    let interval = Duration::from_secs(60);
+    let mut spec = spec(CoordinatorKind::Bundled, false);
+    spec.timings.health_interval_ms = interval.as_millis() as u64;
+    let pair = Arc::new(Pair::start(spec).await?);
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    pair.write_within(first, "k", "v1", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    let other = 1 - first;
+    let oracles = Oracles::start(&pair);
+    let killed = std::time::Instant::now();
+    pair.masters[first].signal(Signal::SIGKILL)?;
+    pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    pair.write_within(other, "k", "v2", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    ensure!(killed.elapsed() < interval, "the failover cannot have waited for a health check interval");
+    oracles.check(Duration::from_secs(2)).await?;
+    // The old agent's verdict came from a check, under the refusal rule.
+    let old = pair.agent_json(first, "/status").await.unwrap_or_default();
+    ensure!(old["health"].to_string().contains("connection refused"), "old agent's status: {old}");
+    Ok(())
+}
+
 /// The probes answer as documented on the active and on the standby, and a second agent with
 /// an existing node id refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -336,7 +336,7 @@ impl SnapshotDir {
             .into_iter()
             .filter_map(|n| parse_snapshot_name(&n).map(|i| (i, n)))
             .collect();
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         Ok(found)
     }
 

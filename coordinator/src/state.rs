@@ -86,6 +86,17 @@ impl Latency {
         self.count = self.count.saturating_add(1);
     }
 
+    /// Adds the requests another record counted.
+    pub fn merge(&mut self, other: &Latency) {
+        if other.count == 0 {
+            return;
+        }
+        self.min_ms = if self.count == 0 { other.min_ms } else { self.min_ms.min(other.min_ms) };
+        self.max_ms = self.max_ms.max(other.max_ms);
+        self.total_ms = self.total_ms.saturating_add(other.total_ms);
+        self.count = self.count.saturating_add(other.count);
+    }
+
     /// Mean latency, 0 when nothing was counted.
     pub fn avg_ms(&self) -> f64 {
         if self.count == 0 {

@@ -10,8 +10,9 @@
 //! Reads (`get_data`, `children`, ...) take the same tree under the server's lock, so a read that
 //! registers a watch cannot miss an event applied between the read and the registration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,21 +28,26 @@ const TTL_OWNER_MARK: i64 = 0xff00_0000_0000_0000u64 as i64;
 pub const MAX_TTL_MS: i64 = 0x00ff_ffff_ffff_ffff;
 
 /// One znode.
+///
+/// Kept small, because a tree holds many: the ACL is a list shared with every node that has
+/// the same one (the tree interns them, as ZooKeeper's `ReferenceCountedACLCache` does), and
+/// the child names are a persistent set, so copying a node with many children (when a snapshot
+/// still shares it) copies no names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// Data, `None` when created with a null buffer.
     pub data: Option<Vec<u8>>,
     /// The node's ACL.
-    pub acl: Vec<Acl>,
+    pub acl: Arc<[Acl]>,
     /// Stat; `data_length` and `num_children` are derived on read, and `cversion` here counts
     /// child creates (see [`Node::stat`]).
     pub stat: Stat,
     /// Child names.
-    pub children: BTreeSet<String>,
+    pub children: imbl::OrdSet<String>,
 }
 
 impl Node {
-    fn new(data: Option<Vec<u8>>, acl: Vec<Acl>, zxid: i64, time_ms: i64, owner: i64) -> Self {
+    fn new(data: Option<Vec<u8>>, acl: Arc<[Acl]>, zxid: i64, time_ms: i64, owner: i64) -> Self {
         Node {
             data,
             acl,
@@ -58,7 +64,7 @@ impl Node {
                 num_children: 0,
                 pzxid: zxid,
             },
-            children: BTreeSet::new(),
+            children: imbl::OrdSet::new(),
         }
     }
 
@@ -127,7 +133,7 @@ pub struct WatchEvent {
     pub zxid: Zxid,
     /// The ACL of the node the event is about (before deletion, for a delete), so a server can
     /// withhold the notification from connections without READ.
-    pub acl: Vec<Acl>,
+    pub acl: Arc<[Acl]>,
 }
 
 /// What applying one transaction did besides its reply, for the server to act on.
@@ -144,18 +150,25 @@ pub struct Effects {
 /// Undo record for rolling back a failed multi.
 enum Undo {
     /// The node at `path` was this before (None: it did not exist).
-    Node(String, Option<Node>),
+    Node(String, Option<Arc<Node>>),
     /// The session's ephemeral set contained the path (true) or not (false) before.
     Ephemeral(SessionId, String, bool),
 }
 
 /// The replicated state: the znode tree and the session table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TreeFields")]
 pub struct DataTree {
     // Persistent (copy-on-write) maps: cloning the tree for a snapshot is O(1) and shares every
     // node; the first change to a node after a clone copies that node alone. So a snapshot
     // never stops the writers for longer than a few pointer copies.
-    nodes: imbl::HashMap<String, Node>,
+    //
+    // A B-tree, not a hash trie, and each node behind its own pointer: a hash trie's levels are
+    // arrays of 32 slots, each as wide as a key and its value, allocated whole however few of
+    // them are used, which cost about 2.5 KB per znode at 100,000 znodes. A B-tree node is at
+    // least a third full and its slots hold a key and a pointer. The order is also the order a
+    // snapshot writes them in, the same on every server.
+    nodes: imbl::OrdMap<String, Arc<Node>>,
     sessions: imbl::OrdMap<SessionId, Session>,
     last_zxid: Zxid,
     /// Paths of containers and TTL nodes, the candidates for reaping.
@@ -163,17 +176,99 @@ pub struct DataTree {
     /// Whether TTL nodes may be created (a server setting every member must share).
     #[serde(skip)]
     extended_types: bool,
+    /// The distinct ACL lists the nodes share.
+    #[serde(skip)]
+    acls: AclCache,
+}
+
+/// The fields of a [`DataTree`] as its serialised form holds them; reading them back interns
+/// the nodes' ACLs again, so a tree restored from a snapshot shares them as the live one did.
+#[derive(Deserialize)]
+struct TreeFields {
+    nodes: imbl::OrdMap<String, Arc<Node>>,
+    sessions: imbl::OrdMap<SessionId, Session>,
+    last_zxid: Zxid,
+    reapable: imbl::OrdSet<String>,
+}
+
+impl From<TreeFields> for DataTree {
+    fn from(f: TreeFields) -> Self {
+        let mut acls = AclCache::default();
+        let nodes = f
+            .nodes
+            .into_iter()
+            .map(|(path, mut node)| {
+                let shared = acls.intern_shared(&node.acl);
+                if !Arc::ptr_eq(&shared, &node.acl) {
+                    Arc::make_mut(&mut node).acl = shared;
+                }
+                (path, node)
+            })
+            .collect();
+        DataTree {
+            nodes,
+            sessions: f.sessions,
+            last_zxid: f.last_zxid,
+            reapable: f.reapable,
+            extended_types: false,
+            acls,
+        }
+    }
+}
+
+/// The distinct ACL lists in use, each stored once and shared by every node that has it
+/// (ZooKeeper's `ReferenceCountedACLCache`). Lists no node holds any more are dropped when the
+/// cache has doubled since it was last swept, so a client that sets many different ACLs over
+/// time leaves no more behind than the tree uses.
+#[derive(Debug, Clone, Default)]
+struct AclCache {
+    lists: HashSet<Arc<[Acl]>>,
+    /// The size at which the next sweep happens.
+    sweep_at: usize,
+}
+
+/// The cache is not part of the tree's state: two trees with the same nodes are equal
+/// whatever their caches hold.
+impl PartialEq for AclCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AclCache {}
+
+impl AclCache {
+    /// The shared copy of `acl`.
+    fn intern(&mut self, acl: Vec<Acl>) -> Arc<[Acl]> {
+        if let Some(shared) = self.lists.get(acl.as_slice()) {
+            return shared.clone();
+        }
+        self.insert(Arc::from(acl))
+    }
+
+    /// The shared copy of an already allocated list (the list itself if it is the first).
+    fn intern_shared(&mut self, acl: &Arc<[Acl]>) -> Arc<[Acl]> {
+        if let Some(shared) = self.lists.get(&**acl) {
+            return shared.clone();
+        }
+        self.insert(acl.clone())
+    }
+
+    fn insert(&mut self, list: Arc<[Acl]>) -> Arc<[Acl]> {
+        if self.lists.len() >= self.sweep_at {
+            // Held only by the cache: no node has it any more.
+            self.lists.retain(|l| Arc::strong_count(l) > 1);
+            self.sweep_at = (self.lists.len() * 2).max(64);
+        }
+        self.lists.insert(list.clone());
+        list
+    }
 }
 
 impl Default for DataTree {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The identity every caller has.
-fn world_anyone() -> Id {
-    Id { scheme: "world".into(), id: "anyone".into() }
 }
 
 /// Whether an authenticated identity satisfies an ACL entry's id.
@@ -220,12 +315,14 @@ pub fn check_acl(acl: &[Acl], perm: i32, auth: &[Id]) -> Result<(), ErrorCode> {
     if acl.is_empty() {
         return Ok(());
     }
-    let anyone = world_anyone();
     for entry in acl {
         if entry.perms & perm == 0 {
             continue;
         }
-        if entry.id == anyone || auth.iter().any(|a| id_matches(&entry.id, a)) {
+        // Compared in place: this runs for every request, and building the `world:anyone`
+        // identity to compare with would allocate each time.
+        let anyone = entry.id.scheme == "world" && entry.id.id == "anyone";
+        if anyone || auth.iter().any(|a| id_matches(&entry.id, a)) {
             return Ok(());
         }
     }
@@ -312,22 +409,26 @@ impl DataTree {
     /// A tree holding `/`, `/zookeeper`, `/zookeeper/quota` and `/zookeeper/config`, as a fresh
     /// Apache ZooKeeper server does.
     pub fn new() -> Self {
-        let mut nodes = imbl::HashMap::new();
-        let mut root = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
+        let mut acls = AclCache::default();
+        let open = acls.intern(Acl::open_unsafe());
+        let mut nodes = imbl::OrdMap::new();
+        let mut root = Node::new(Some(Vec::new()), open.clone(), 0, 0, 0);
         root.children.insert("zookeeper".into());
-        let mut zk = Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0);
+        let mut zk = Node::new(Some(Vec::new()), open.clone(), 0, 0, 0);
         zk.children.insert("quota".into());
         zk.children.insert("config".into());
-        nodes.insert("/".to_string(), root);
-        nodes.insert("/zookeeper".to_string(), zk);
-        nodes.insert("/zookeeper/quota".to_string(), Node::new(Some(Vec::new()), Acl::open_unsafe(), 0, 0, 0));
-        nodes.insert("/zookeeper/config".to_string(), Node::new(Some(Vec::new()), Acl::read_unsafe(), 0, 0, 0));
+        nodes.insert("/".to_string(), Arc::new(root));
+        nodes.insert("/zookeeper".to_string(), Arc::new(zk));
+        nodes.insert("/zookeeper/quota".to_string(), Arc::new(Node::new(Some(Vec::new()), open, 0, 0, 0)));
+        let read = acls.intern(Acl::read_unsafe());
+        nodes.insert("/zookeeper/config".to_string(), Arc::new(Node::new(Some(Vec::new()), read, 0, 0, 0)));
         DataTree {
             nodes,
             sessions: imbl::OrdMap::new(),
             last_zxid: Zxid(0),
             reapable: imbl::OrdSet::new(),
             extended_types: false,
+            acls,
         }
     }
 
@@ -374,12 +475,12 @@ impl DataTree {
 
     /// A node by path.
     pub fn node(&self, path: &str) -> Option<&Node> {
-        self.nodes.get(path)
+        self.nodes.get(path).map(|n| &**n)
     }
 
     /// A node as reads look it up: ZooKeeper keeps the root under the empty path too.
     fn lookup(&self, path: &str) -> Option<&Node> {
-        self.nodes.get(if path.is_empty() { "/" } else { path })
+        self.nodes.get(if path.is_empty() { "/" } else { path }).map(|n| &**n)
     }
 
     /// A session by id.
@@ -436,7 +537,7 @@ impl DataTree {
         let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ | perms::ADMIN, auth)?;
         if check_acl(&node.acl, perms::ADMIN, auth).is_ok() {
-            return Ok((node.acl.clone(), node.stat()));
+            return Ok((node.acl.to_vec(), node.stat()));
         }
         let masked = node
             .acl
@@ -630,7 +731,7 @@ impl DataTree {
                 if !path.contains('/') || path.contains('\0') {
                     return Err(ErrorCode::BadArguments);
                 }
-                let acl = fixup_acl(acl, &txn.auth)?;
+                let acl = self.acls.intern(fixup_acl(acl, &txn.auth)?);
                 let parent_path = path::parent(path).to_string();
                 let parent = self.nodes.get(&parent_path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&parent.acl, perms::CREATE, &txn.auth)?;
@@ -661,14 +762,14 @@ impl DataTree {
                 }
                 self.save(&mut undo, &parent_path);
                 self.save(&mut undo, &final_path);
-                let parent = self.nodes.get_mut(&parent_path).expect("parent checked above");
+                let parent = Arc::make_mut(self.nodes.get_mut(&parent_path).expect("parent checked above"));
                 parent.stat.cversion = next_cversion;
                 parent.stat.pzxid = zxid.0;
                 parent.children.insert(path::name(&final_path).to_string());
                 let parent_acl = parent.acl.clone();
                 let node = Node::new(data.clone(), acl.clone(), zxid.0, txn.time_ms, owner);
                 let stat = node.stat();
-                self.nodes.insert(final_path.clone(), node);
+                self.nodes.insert(final_path.clone(), Arc::new(node));
                 if owner == CONTAINER_OWNER || mode.is_ttl() {
                     self.reapable.insert(final_path.clone());
                 }
@@ -716,7 +817,7 @@ impl DataTree {
                     return Err(ErrorCode::BadVersion);
                 }
                 self.save(&mut undo, path);
-                let node = self.nodes.get_mut(path).expect("node checked above");
+                let node = Arc::make_mut(self.nodes.get_mut(path).expect("node checked above"));
                 node.data = data.clone();
                 node.stat.version = node.stat.version.wrapping_add(1);
                 node.stat.mzxid = zxid.0;
@@ -735,11 +836,12 @@ impl DataTree {
                 let acl = fixup_acl(acl, &txn.auth)?;
                 let node = self.nodes.get(path).ok_or(ErrorCode::NoNode)?;
                 check_acl(&node.acl, perms::ADMIN, &txn.auth)?;
+                let acl = self.acls.intern(acl);
                 if *version != -1 && *version != node.stat.aversion {
                     return Err(ErrorCode::BadVersion);
                 }
                 self.save(&mut undo, path);
-                let node = self.nodes.get_mut(path).expect("node checked above");
+                let node = Arc::make_mut(self.nodes.get_mut(path).expect("node checked above"));
                 node.acl = acl;
                 node.stat.aversion = node.stat.aversion.wrapping_add(1);
                 Ok(OpResult::AclSet { stat: node.stat() })
@@ -805,13 +907,14 @@ impl DataTree {
                 }
             }
         }
-        let mut parent_acl = Vec::new();
+        let mut parent_acl: Arc<[Acl]> = Arc::from(Vec::new());
         if let Some(parent) = self.nodes.get_mut(&parent_path) {
+            let parent = Arc::make_mut(parent);
             parent.children.remove(path::name(path));
             parent.stat.pzxid = zxid.0;
             parent_acl = parent.acl.clone();
         }
-        events.push(WatchEvent { path: path.to_string(), kind: EventType::NodeDeleted, zxid, acl: node.acl });
+        events.push(WatchEvent { path: path.to_string(), kind: EventType::NodeDeleted, zxid, acl: node.acl.clone() });
         events.push(WatchEvent { path: parent_path, kind: EventType::NodeChildrenChanged, zxid, acl: parent_acl });
     }
 }
@@ -1130,7 +1233,7 @@ mod tests {
         ok_op(&mut t, 2, s, create("/p", 0));
         // A parent whose create counter is at its maximum: no next sequential name exists, so
         // every create under it is refused and the tree is left as it was.
-        t.nodes.get_mut("/p").unwrap().stat.cversion = i32::MAX;
+        Arc::make_mut(t.nodes.get_mut("/p").unwrap()).stat.cversion = i32::MAX;
         let before = t.clone();
         for flags in [0, 2] {
             assert_eq!(err_op(&mut t, 3, s, create("/p/c", flags)), ErrorCode::BadArguments, "flags {flags}");
@@ -1147,8 +1250,8 @@ mod tests {
         assert!(fx.events.is_empty());
         assert_eq!(t.exists("/q"), Err(ErrorCode::NoNode));
         // Data and ACL versions wrap as ZooKeeper's Java ints do, and never panic.
-        t.nodes.get_mut("/p").unwrap().stat.version = i32::MAX;
-        t.nodes.get_mut("/p").unwrap().stat.aversion = i32::MAX;
+        Arc::make_mut(t.nodes.get_mut("/p").unwrap()).stat.version = i32::MAX;
+        Arc::make_mut(t.nodes.get_mut("/p").unwrap()).stat.aversion = i32::MAX;
         let (r, _) = ok_op(&mut t, 5, s, WriteOp::SetData { path: "/p".into(), data: None, version: i32::MAX });
         assert!(matches!(r, OpResult::DataSet { stat } if stat.version == i32::MIN));
         let (r, _) =

@@ -27,6 +27,10 @@
 //!   otherwise `503 {"reason": ...}`. `seq` counts accepted writes since start, `token` is the
 //!   token the master was active under, for split-brain checks.
 //! - `GET /read?key=K`: `200 {"key", "value"}` or `404 {"reason": ...}`.
+//! - `GET /lease/status`: the lease as this master holds it ([`LeaseStatus`]): the token it is
+//!   for and the instant, on `CLOCK_BOOTTIME` in microseconds, after which the master takes no
+//!   write. A checker on the same host compares it with when another master took its first
+//!   write.
 //!
 //! # Journal mode: a small NameNode
 //!
@@ -271,6 +275,25 @@ pub struct ReadAnswer {
     pub value: serde_json::Value,
 }
 
+/// Answer to `GET /lease/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The master's role now.
+    pub role: HaState,
+    /// The token the master was last promoted with (the highest it has seen).
+    pub token: FencingToken,
+    /// The token of the lease held, if any.
+    pub lease_token: Option<FencingToken>,
+    /// End, on `CLOCK_BOOTTIME` in microseconds, of the last lease that granted time for the
+    /// token the master holds: no write has been or will be accepted at or after it unless a
+    /// later lease moves it. A lease answer of zero ends the lease at once, so it grants no
+    /// write and leaves this as it was (the end it reports is then later than the real one,
+    /// never earlier). `None` while no lease has granted time for this token.
+    pub writable_until_boot_us: Option<u64>,
+    /// Whether a write would be accepted now.
+    pub writable: bool,
+}
+
 /// Body of every refusal: `{"reason": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -322,6 +345,8 @@ struct Inner {
     /// `Some(reason)` when switched unhealthy.
     unhealthy: Option<String>,
     lease: Option<Lease>,
+    /// The end of the last lease that granted time for `token` (see [`LeaseStatus`]).
+    granted_until: Option<BootTime>,
     store: BTreeMap<String, serde_json::Value>,
     seq: u64,
     /// Counts every change to standby, so that a promotion can tell it was demoted while it
@@ -397,6 +422,8 @@ impl Master {
         match written {
             Ok(()) => {
                 inner.token = token;
+                // A lease for the old token lets no write through any more.
+                inner.granted_until = None;
                 Ok(())
             }
             Err(e) => {
@@ -469,6 +496,7 @@ pub async fn run(
             token,
             unhealthy: None,
             lease: None,
+            granted_until: None,
             store: BTreeMap::new(),
             seq: 0,
             demotions: 0,
@@ -489,7 +517,8 @@ pub async fn run(
         .route("/test/unhealthy", post(switch_unhealthy))
         .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
-        .route("/read", get(read));
+        .route("/read", get(read))
+        .route("/lease/status", get(lease_status));
     if master.journaled.is_some() {
         app = app
             .route("/fs/mkdir", post(fs_mkdir))
@@ -570,6 +599,19 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
         tracing::info!(node = m.node(), %token, highest = %inner.token, ?was, "became standby");
     }
     Json(inner.status()).into_response()
+}
+
+async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {
+    let now = BootTime::now();
+    let mut inner = m.inner.lock().await;
+    let writable = inner.unwritable(now, &m.config).is_none();
+    Json(LeaseStatus {
+        role: inner.role(now, m.node()),
+        token: inner.token,
+        lease_token: inner.lease.map(|l| l.token),
+        writable_until_boot_us: inner.granted_until.map(|t| t.0.as_micros() as u64),
+        writable,
+    })
 }
 
 async fn switch_unhealthy(State(m): State<Arc<Master>>, body: String) -> Response {
@@ -654,6 +696,9 @@ async fn poll_lease(m: Arc<Master>, config: LeaseConfig) {
                 let writable_until = sent.plus(Duration::from_millis(grant.valid_for_ms));
                 inner.lease = Some(Lease { token: grant.token, writable_until });
                 let valid = grant.valid_for_ms > 0 && grant.token == inner.token;
+                if valid {
+                    inner.granted_until = Some(writable_until);
+                }
                 if valid != was_valid {
                     tracing::info!(node = m.node(), token = %grant.token, valid_for_ms = grant.valid_for_ms, "lease {}", if valid { "granted" } else { "withdrawn" });
                 }

@@ -307,6 +307,55 @@ async fn no_write_is_accepted_after_the_lease_ends() {
     master.stop().await;
 }
 
+fn boot_us() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000
+}
+
+#[tokio::test]
+async fn lease_status_reports_the_end_of_the_last_lease_that_granted_time() {
+    let dir = ScratchDir::new("ha-master-lease-status").unwrap();
+    let (server, mut polls, addr) = start_lease_server(5, 200).await;
+    let config = HaMasterConfig {
+        lease: Some(LeaseConfig { url: format!("http://{addr}/lease"), poll_interval_ms: 20, timeout_ms: 5000 }),
+        ..HaMasterConfig::new(dir.path("state.json"))
+    };
+    let master = Running::start(config).await;
+    settle(&mut polls).await;
+    // A lease for a token the master was never promoted with grants it nothing.
+    let (code, status) = master.get("/lease/status").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(status["writable_until_boot_us"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["writable"], false, "{status}");
+
+    master.promote(5).await;
+    settle(&mut polls).await;
+    let before = boot_us();
+    let (_, status) = master.get("/lease/status").await;
+    assert_eq!((status["role"].as_str(), status["token"].as_u64()), (Some("active"), Some(5)), "{status}");
+    assert_eq!(status["writable"], true, "{status}");
+    let granted = status["writable_until_boot_us"].as_u64().expect("a granted lease's end");
+    // Counted from the poll's send time, so within 200 ms of now.
+    assert!(granted > before && granted <= before + 200_000, "{granted} vs now {before}");
+
+    // Withdrawn: no write any more, and the reported end stays that of the last grant with time,
+    // never earlier than when the master really stopped.
+    server.valid_for_ms.store(0, Ordering::SeqCst);
+    settle(&mut polls).await;
+    let (_, status) = master.get("/lease/status").await;
+    assert_eq!(status["writable"], false, "{status}");
+    let last = status["writable_until_boot_us"].as_u64().expect("the last grant's end");
+    assert!(last >= granted, "{last} < {granted}");
+    assert_eq!(master.write("k", 1).await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Demoted with a higher token: the old lease lets nothing through and is not reported.
+    master.demote(6).await;
+    let (_, status) = master.get("/lease/status").await;
+    assert_eq!(status["writable_until_boot_us"], serde_json::Value::Null, "{status}");
+    assert_eq!((status["role"].as_str(), status["token"].as_u64()), (Some("standby"), Some(6)), "{status}");
+    master.stop().await;
+}
+
 #[test]
 fn configuration_parses_with_defaults_and_refuses_unknown_fields() {
     let config: HaMasterConfig =

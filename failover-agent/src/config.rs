@@ -198,7 +198,9 @@ pub struct MasterSettings {
     /// Its HA endpoint base URL, if it speaks the HTTP protocol.
     #[serde(default)]
     pub ha_url: Option<String>,
-    /// Its pidfile, for the `kill` fencing method on this host.
+    /// Its pidfile, for the `kill` fencing method on this host. The agent also watches the
+    /// process it names and runs a health check the moment it exits
+    /// ([`crate::exit_watch`]), so a crash is seen at once rather than at the next check.
     #[serde(default)]
     pub pidfile: Option<PathBuf>,
     /// How the agent talks to it.

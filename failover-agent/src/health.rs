@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::adapter::{AdapterError, HealthProblem, MasterAdapter, NoAnswer};
@@ -68,6 +68,10 @@ fn default_fall() -> u32 {
     3
 }
 
+fn default_watch_exit() -> bool {
+    true
+}
+
 /// `health:` in the agent's configuration.
 ///
 /// ```yaml
@@ -76,11 +80,13 @@ fn default_fall() -> u32 {
 ///   timeout_ms: 3000    # deadline of one check (default 3000)
 ///   rise: 2             # consecutive passes to become healthy (default 2)
 ///   fall: 3             # consecutive failures to stop being healthy (default 3)
+///   watch_exit: true    # check at once when the master's process exits (default true)
 /// ```
 ///
 /// A check may take longer than the interval; the next one then starts when it ends. A hung
 /// master is declared not responding after about `fall × max(interval_ms, timeout_ms)`; a
-/// crashed one (connection refused) after at most one interval.
+/// crashed one (connection refused) after at most one interval, or at once when the agent
+/// watches its process (`master.pidfile` set, see [`crate::exit_watch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
@@ -96,6 +102,11 @@ pub struct HealthConfig {
     /// Consecutive failed checks needed to stop being healthy (a refusal needs only one).
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// With `master.pidfile` set, watch the master's process and check at once when it exits
+    /// ([`crate::exit_watch`]). Off, a crash is seen at the next interval's check, as
+    /// Hadoop's ZKFC sees it.
+    #[serde(default = "default_watch_exit")]
+    pub watch_exit: bool,
 }
 
 impl Default for HealthConfig {
@@ -105,6 +116,7 @@ impl Default for HealthConfig {
             timeout_ms: default_timeout_ms(),
             rise: default_rise(),
             fall: default_fall(),
+            watch_exit: default_watch_exit(),
         }
     }
 }
@@ -373,6 +385,20 @@ pub async fn run_health_monitor(
     reports: watch::Sender<HealthReport>,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_health_monitor_woken(adapter, config, Arc::new(Notify::new()), reports, shutdown).await
+}
+
+/// As [`run_health_monitor`], also checking at once whenever `check_now` is notified (by
+/// [`crate::exit_watch::watch_master_exits`] when the master's process exits). Such a check is
+/// an ordinary one: its result is counted by the same rules, so an early wake-up can bring a
+/// verdict sooner but never change what it is. The interval's checks go on as before.
+pub async fn run_health_monitor_woken(
+    adapter: Arc<dyn MasterAdapter>,
+    config: HealthConfig,
+    check_now: Arc<Notify>,
+    reports: watch::Sender<HealthReport>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut monitor = HealthMonitor::new(config.rise, config.fall);
     let mut ticks = tokio::time::interval(config.interval());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -383,6 +409,13 @@ pub async fn run_health_monitor(
             biased;
             _ = &mut shutdown => break,
             _ = ticks.tick() => {}
+            // A permit stored while a check ran is taken here, so a death during a check that
+            // still passed gets a check of its own right after.
+            _ = check_now.notified() => {
+                tracing::debug!("health check brought forward");
+                // The interval restarts from this check, as from any other.
+                ticks.reset();
+            }
         }
         let deadline = Instant::now() + config.timeout();
         let check = async {
@@ -617,7 +650,9 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let c: HealthConfig = serde_yaml::from_str("{}").unwrap();
-        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3 });
+        assert_eq!(c, HealthConfig { interval_ms: 1000, timeout_ms: 3000, rise: 2, fall: 3, watch_exit: true });
+        let c: HealthConfig = serde_yaml::from_str("watch_exit: false").unwrap();
+        assert!(!c.watch_exit);
         assert!(c.validate().is_ok());
         // A timeout longer than the interval is allowed.
         let c: HealthConfig = serde_yaml::from_str("interval_ms: 100\ntimeout_ms: 500").unwrap();

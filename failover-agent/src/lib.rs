@@ -25,6 +25,8 @@
 //! - [`clock`]: the boot-time clock every lease is measured on.
 //! - [`config`]: the YAML configuration and its timing rules (the lease formula).
 //! - [`health`]: the health monitor, a pure state machine with a polling driver.
+//! - [`exit_watch`]: the master's process watched through a pidfd, so that its death brings
+//!   the next health check forward to the moment it happens.
 //! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
 //! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
 //! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
@@ -45,6 +47,7 @@ pub mod control;
 pub mod decide;
 pub mod driver;
 pub mod election;
+pub mod exit_watch;
 pub mod failsafe;
 pub mod health;
 pub mod hooks;

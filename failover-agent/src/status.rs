@@ -106,6 +106,9 @@ pub struct AgentStatus {
     pub master: Option<MasterStatus>,
     /// Coordinator session.
     pub session: SessionView,
+    /// The session timeout the coordinator granted to the last session made (`None` before
+    /// the first): what a peer waits out before it can take the lock of this node.
+    pub granted_session_timeout_ms: Option<u64>,
     /// Lock holder.
     pub lock: LockView,
     /// Our token while we hold the lock.
@@ -145,6 +148,7 @@ impl AgentStatus {
             health: Health::Initializing,
             master: None,
             session: SessionView::Connecting,
+            granted_session_timeout_ms: None,
             lock: LockView::Unknown,
             token: None,
             members: Vec::new(),

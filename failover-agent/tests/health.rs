@@ -128,7 +128,7 @@ fn http(url: &str) -> Arc<dyn MasterAdapter> {
 }
 
 fn fast(rise: u32, fall: u32) -> HealthConfig {
-    HealthConfig { interval_ms: 20, timeout_ms: 1000, rise, fall }
+    HealthConfig { interval_ms: 20, timeout_ms: 1000, rise, fall, watch_exit: true }
 }
 
 fn why(report: &HealthReport) -> String {
@@ -191,7 +191,7 @@ async fn a_crashed_master_is_not_responding_at_once_despite_a_large_fall() {
 #[tokio::test]
 async fn a_hung_master_is_not_responding_after_fall_timeouts() {
     let master = Master::start().await;
-    let config = HealthConfig { interval_ms: 20, timeout_ms: 100, rise: 1, fall: 2 };
+    let config = HealthConfig { interval_ms: 20, timeout_ms: 100, rise: 1, fall: 2, watch_exit: true };
     let mut monitor = start_monitor(http(&master.url), config);
     monitor.wait_for(|r| r.health == Health::Healthy).await;
 
@@ -212,7 +212,7 @@ async fn a_hung_master_is_not_responding_after_fall_timeouts() {
 async fn shutdown_stops_the_monitor_even_during_a_hung_check() {
     let master = Master::start().await;
     master.set(HANG);
-    let config = HealthConfig { interval_ms: 20, timeout_ms: 60_000, rise: 1, fall: 1 };
+    let config = HealthConfig { interval_ms: 20, timeout_ms: 60_000, rise: 1, fall: 1, watch_exit: true };
     let monitor = start_monitor(http(&master.url), config);
     tokio::time::timeout(Duration::from_secs(10), master.knobs.hung.notified()).await.expect("a check hangs");
     monitor.stop().await;

@@ -51,6 +51,7 @@ mod pidfd;
 pub mod plan;
 pub mod procfs;
 pub mod protocol;
+mod sock_diag;
 mod target;
 mod token;
 

@@ -84,10 +84,8 @@ pub fn parse_listening_inodes(content: &str, port: u16) -> Vec<u64> {
         .collect()
 }
 
-/// Pids of processes holding a TCP socket listening on `port` in this network namespace.
-///
-/// Several pids are returned when workers share the listening socket; all of them serve.
-pub fn pids_listening_on(port: u16) -> io::Result<BTreeSet<u32>> {
+/// Socket inodes in LISTEN state on `port`, from `/proc/net/tcp` and `/proc/net/tcp6`.
+pub fn listening_inodes_from_tables(port: u16) -> io::Result<BTreeSet<u64>> {
     let mut inodes = BTreeSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match fs::read_to_string(table) {
@@ -97,6 +95,23 @@ pub fn pids_listening_on(port: u16) -> io::Result<BTreeSet<u32>> {
             Err(e) => return Err(e),
         }
     }
+    Ok(inodes)
+}
+
+/// Pids of processes holding a TCP socket listening on `port` in this network namespace.
+///
+/// Several pids are returned when workers share the listening socket; all of them serve.
+pub fn pids_listening_on(port: u16) -> io::Result<BTreeSet<u32>> {
+    // The kernel's socket-diagnostics netlink answers for listening sockets alone; the text
+    // tables walk every bucket of the established-connection hash, which takes tens of
+    // milliseconds on a large table whatever is in it, in the middle of a failover.
+    let inodes = match crate::sock_diag::listening_inodes(port) {
+        Ok(inodes) => inodes,
+        Err(e) => {
+            tracing::debug!("socket diagnostics unavailable ({e}); reading /proc/net/tcp instead");
+            listening_inodes_from_tables(port)?
+        }
+    };
     let mut pids = BTreeSet::new();
     if inodes.is_empty() {
         return Ok(pids);
@@ -213,6 +228,23 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let pids = pids_listening_on(port).unwrap();
         assert!(pids.contains(&std::process::id()), "{pids:?}");
+    }
+
+    #[test]
+    fn netlink_and_text_tables_agree_on_listeners() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        // A second listener on the same port through IPv6, where the host has it.
+        let v6 = std::net::TcpListener::bind(("::1", port)).ok();
+        // A connected socket from the same port is not a listener and must not be reported.
+        let _client = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let from_netlink = crate::sock_diag::listening_inodes(port).unwrap();
+        let from_tables = listening_inodes_from_tables(port).unwrap();
+        assert_eq!(from_netlink, from_tables);
+        assert_eq!(from_netlink.len(), 1 + usize::from(v6.is_some()), "{from_netlink:?}");
+        drop(v4);
+        drop(v6);
+        assert!(crate::sock_diag::listening_inodes(port).unwrap().is_empty());
     }
 
     #[test]

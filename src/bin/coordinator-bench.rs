@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use referee_testkit::abuse::{self, AbuseReport, AbuseSpec, Misbehaviour, WellBehavedSummary};
+use referee_testkit::bench::{self as tp, CellReport, Op, Shape};
 use referee_testkit::{apache_zookeeper_installed, four_letter, free_port, ApacheZk, ApacheZkProfile, ScratchDir};
 
 #[derive(Parser)]
@@ -41,6 +42,102 @@ struct Cli {
 enum BenchCommand {
     /// Well-behaved clients' service while many clients misbehave at once.
     Abuse(AbuseArgs),
+    /// Pipelined throughput and latency per operation and load shape, memory and start-up
+    /// with many znodes, against Apache ZooKeeper 3.8 in the same run.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Args)]
+struct ThroughputArgs {
+    /// How long each cell (one operation at one load shape) runs against each server.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The operations to measure, comma-separated (create must come with delete: delete
+    /// removes what create made).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = ThroughputOp::all())]
+    ops: Vec<ThroughputOp>,
+    /// Load shapes, comma-separated, each SESSIONSxOUTSTANDING (requests in flight per session).
+    #[arg(long, value_delimiter = ',', default_value = "1x1,1x16,16x1,16x16,64x1,64x16")]
+    shapes: Vec<Shape>,
+    /// Which servers to measure.
+    #[arg(long, value_enum, default_value_t = Servers::Both)]
+    servers: Servers,
+    /// Znodes (of --data-bytes) for the memory and restart measurement; 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    znodes: usize,
+    /// Bytes of data per znode created or set.
+    #[arg(long, default_value_t = 100)]
+    data_bytes: usize,
+    /// Nodes the reads and setData pick from.
+    #[arg(long, default_value_t = 1_000)]
+    pool: usize,
+    /// Also run one long cell (--stall-op at --stall-shape, on the --znodes nodes, after the
+    /// memory measurement) for this many seconds and report its longest time without a reply;
+    /// 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    stall_seconds: u64,
+    /// The operation of the stall run.
+    #[arg(long, value_enum, default_value_t = ThroughputOp::SetData)]
+    stall_op: ThroughputOp,
+    /// The load shape of the stall run.
+    #[arg(long, default_value = "16x16")]
+    stall_shape: Shape,
+    /// Also write the markdown tables to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+/// The operations, as the command line names them.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ThroughputOp {
+    /// create, persistent, fresh names.
+    Create,
+    /// setData on pool nodes.
+    SetData,
+    /// getData on pool nodes.
+    GetData,
+    /// exists on pool nodes.
+    Exists,
+    /// delete what the create cell of the same shape made.
+    Delete,
+    /// 90 % getData, 10 % setData.
+    Mix,
+}
+
+impl ThroughputOp {
+    fn all() -> Vec<ThroughputOp> {
+        use ThroughputOp::*;
+        vec![Create, SetData, GetData, Exists, Delete, Mix]
+    }
+
+    fn op(self) -> Op {
+        match self {
+            ThroughputOp::Create => Op::Create,
+            ThroughputOp::SetData => Op::SetData,
+            ThroughputOp::GetData => Op::GetData,
+            ThroughputOp::Exists => Op::Exists,
+            ThroughputOp::Delete => Op::Delete,
+            ThroughputOp::Mix => Op::Mix,
+        }
+    }
+}
+
+impl std::fmt::Display for ThroughputOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = clap::ValueEnum::to_possible_value(self).map(|v| v.get_name().to_string()).unwrap_or_default();
+        write!(f, "{name}")
+    }
+}
+
+/// Which servers a throughput run measures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Servers {
+    /// The bundled coordinator and Apache ZooKeeper.
+    Both,
+    /// The bundled coordinator only.
+    Referee,
+    /// Apache ZooKeeper only.
+    Apache,
 }
 
 #[derive(Args)]
@@ -96,6 +193,7 @@ const RECOVERY: Duration = Duration::from_secs(60);
 async fn main() -> Result<()> {
     match Cli::parse().command {
         BenchCommand::Abuse(args) => abuse_bench(args).await,
+        BenchCommand::Throughput(args) => throughput_bench(args).await,
     }
 }
 
@@ -167,29 +265,8 @@ fn referee_bin() -> Result<PathBuf> {
 }
 
 async fn start_referee() -> Result<ServerUnderTest> {
-    let dir = ScratchDir::new("coordinator-bench")?;
-    let port = free_port().context("choosing the coordinator's port")?;
-    let config = dir.path("coordinator.yaml");
-    // Defaults for everything but where it listens and keeps its data; the four-letter words
-    // the bench reads are named so that a narrower default list cannot hide them.
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\ndata_dir: {}\nfour_letter_words: [ruok, srvr, mntr]\n",
-            dir.path("data").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path("coordinator.log"))?;
-    let child = Command::new(referee_bin()?)
-        .arg("coordinator")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting referee coordinator")?;
-    let mut server = ServerUnderTest::Referee { child, port, dir };
+    let mut server = spawn_referee(ScratchDir::new("coordinator-bench")?, "")?;
+    let port = server.port();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if !server.alive() {
@@ -203,6 +280,49 @@ async fn start_referee() -> Result<ServerUnderTest> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts `referee coordinator` with its data in `dir` (a config with `extra` settings is
+/// written there the first time) and returns at once: the caller waits for it to serve.
+fn spawn_referee(dir: ScratchDir, extra: &str) -> Result<ServerUnderTest> {
+    let (child, port) = spawn_referee_in(&dir, extra)?;
+    Ok(ServerUnderTest::Referee { child, port, dir })
+}
+
+fn spawn_referee_in(dir: &ScratchDir, extra: &str) -> Result<(Child, u16)> {
+    let config = dir.path("coordinator.yaml");
+    let port = match std::fs::read_to_string(&config) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen: 127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .context("reading the port back from the coordinator's config")?,
+        Err(_) => {
+            let port = free_port().context("choosing the coordinator's port")?;
+            // Defaults for everything but where it listens and keeps its data; the four-letter
+            // words the bench reads are named so that a narrower default list cannot hide them.
+            std::fs::write(
+                &config,
+                format!(
+                    "listen: 127.0.0.1:{port}\ndata_dir: {}\nfour_letter_words: [ruok, srvr, mntr]\n{extra}",
+                    dir.path("data").display()
+                ),
+            )?;
+            port
+        }
+    };
+    // Appended, so that a restarted server's log follows the first run's.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path("coordinator.log"))?;
+    let child = Command::new(referee_bin()?)
+        .arg("coordinator")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting referee coordinator")?;
+    Ok((child, port))
 }
 
 async fn start_apache() -> Result<ServerUnderTest> {
@@ -513,6 +633,484 @@ async fn abuse_bench(args: AbuseArgs) -> Result<()> {
     }
     if !failed.is_empty() {
         bail!("the coordinator failed under abuse: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The file system a path lives on: the longest mount point of `/proc/self/mounts` that
+/// contains it, as (device, type).
+fn file_system_of(path: &std::path::Path) -> Result<(String, String)> {
+    let path = path.canonicalize().with_context(|| format!("resolving {}", path.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3).then(|| (f[0].to_string(), f[1].replace("\\040", " "), f[2].to_string()))
+        })
+        .filter(|(_, at, _)| path.starts_with(at))
+        .max_by_key(|(_, at, _)| at.len())
+        .map(|(dev, _, fs)| (dev, fs))
+        .with_context(|| format!("no mount holds {}", path.display()))
+}
+
+/// Refuses a data directory on memory: a server that need not reach the disk measures
+/// something other than what it would do in service.
+fn on_real_disk(path: &std::path::Path) -> Result<String> {
+    let (dev, fs) = file_system_of(path)?;
+    if matches!(fs.as_str(), "tmpfs" | "ramfs" | "devtmpfs") {
+        bail!("{} is on {fs}: the servers' data must be on a disk (set TMPDIR to a directory on one)", path.display());
+    }
+    let rotational = dev
+        .strip_prefix("/dev/")
+        .and_then(|d| std::fs::read_to_string(format!("/sys/class/block/{d}/queue/rotational")).ok())
+        .map(|r| if r.trim() == "1" { ", rotational" } else { ", not rotational" })
+        .unwrap_or("");
+    Ok(format!("{dev} {fs}{rotational}"))
+}
+
+/// What the throughput run measured of one server.
+struct ServerRun {
+    name: &'static str,
+    cells: Vec<CellReport>,
+    stall: Option<CellReport>,
+    /// Start-up of an empty server: process start to the first reply.
+    start_empty: Option<Duration>,
+    rss_idle_mib: Option<f64>,
+    /// RSS with the --znodes nodes, and how long creating them took.
+    rss_full_mib: Option<f64>,
+    fill_time: Option<Duration>,
+    /// Restart with the --znodes nodes: to the first reply, and whether the last node was there.
+    start_full: Option<(Duration, bool)>,
+    load: Vec<String>,
+}
+
+/// Starts a fresh server of `kind` and waits for its first reply, returning the server and
+/// the time from process start to that reply.
+async fn spawn_and_time(referee: bool) -> Result<(ServerUnderTest, Duration)> {
+    let spawned = Instant::now();
+    let mut server = if referee {
+        // No per-address connection limit, as Apache ZooKeeper is run with maxClientCnxns=0:
+        // every session of a cell comes from 127.0.0.1.
+        spawn_referee(ScratchDir::new("coordinator-bench")?, "max_connections_per_address: 0\n")?
+    } else {
+        if !apache_zookeeper_installed() {
+            bail!("measuring Apache ZooKeeper needs it installed (apt-get install zookeeper) with java on PATH");
+        }
+        let zk = tokio::task::spawn_blocking(|| ApacheZk::spawn(ApacheZkProfile::Stock)).await??;
+        let pid = zk.pid();
+        ServerUnderTest::Apache { zk, pid }
+    };
+    let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let first = tp::first_reply(target, "/", spawned, Duration::from_secs(60)).await;
+    if !server.alive() {
+        bail!("{} exited at start-up: {}", server.name(), server.log_tail());
+    }
+    let (took, _) = first.with_context(|| format!("{} did not serve: {}", server.name(), server.log_tail()))?;
+    Ok((server, took))
+}
+
+/// The data directory of a server, to check where it is.
+fn data_dir_of(server: &ServerUnderTest) -> PathBuf {
+    match server {
+        ServerUnderTest::Referee { dir, .. } => dir.0.clone(),
+        ServerUnderTest::Apache { zk, .. } => zk.data_dir(),
+    }
+}
+
+/// Kills a server as a crash would and starts it again on its data; returns the time from the
+/// new process's start to the first reply to `exists(probe)`, and whether `probe` was there.
+async fn restart_and_time(server: &mut ServerUnderTest, probe: &str) -> Result<(Duration, bool)> {
+    let spawned;
+    match server {
+        ServerUnderTest::Referee { child, dir, port } => {
+            let _ = child.kill();
+            let _ = child.wait();
+            spawned = Instant::now();
+            (*child, *port) = spawn_referee_in(dir, "")?;
+        }
+        ServerUnderTest::Apache { zk, pid } => {
+            spawned = Instant::now();
+            zk.restart()?;
+            *pid = zk.pid();
+        }
+    }
+    let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
+    tp::first_reply(target, probe, spawned, Duration::from_secs(120)).await
+}
+
+fn cell_line(name: &str, c: &CellReport) -> String {
+    format!(
+        "{name} {} {}: {} ops in {:.2} s = {:.0} ops/s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; \
+         longest stall {:.1} ms (at {:.2} s); errors {}",
+        c.op.name(),
+        c.shape,
+        c.ops,
+        c.elapsed.as_secs_f64(),
+        c.ops_per_sec(),
+        ms(c.percentile(0.5)),
+        ms(c.percentile(0.99)),
+        ms(c.percentile(0.999)),
+        ms(c.longest_stall),
+        c.stall_at.as_secs_f64(),
+        c.errors
+    )
+}
+
+/// Runs everything the throughput bench measures against one kind of server: first the
+/// memory and restart figures on a fresh server, then the cells on another fresh one.
+async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], ops: &[Op]) -> Result<ServerRun> {
+    let name = if referee { "referee" } else { "apache-zk" };
+    let mut run = ServerRun {
+        name,
+        cells: Vec::new(),
+        stall: None,
+        start_empty: None,
+        rss_idle_mib: None,
+        rss_full_mib: None,
+        fill_time: None,
+        start_full: None,
+        load: Vec::new(),
+    };
+    let data = |s: &ServerUnderTest| -> Result<()> {
+        println!("# {name}: data directory on {}", on_real_disk(&data_dir_of(s))?);
+        Ok(())
+    };
+
+    // Memory and restart, on a server that holds nothing else.
+    let (server, took) = spawn_and_time(referee).await?;
+    data(&server)?;
+    run.start_empty = Some(took);
+    run.rss_idle_mib = proc_status_mib(server.pid(), "VmRSS:");
+    println!(
+        "{name} start-up, empty: {:.0} ms to the first reply; idle RSS {}",
+        ms(took),
+        run.rss_idle_mib.map_or("unknown".into(), |m| format!("{m:.1} MiB"))
+    );
+    if args.znodes > 0 {
+        let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
+        let fill_shape = Shape { sessions: 16, outstanding: 16 };
+        let took = tp::fill(target, "/mem", args.znodes, args.data_bytes, fill_shape).await?;
+        run.fill_time = Some(took);
+        run.rss_full_mib = proc_status_mib(server.pid(), "VmRSS:");
+        println!(
+            "{name} with {} znodes of {} bytes (created in {:.1} s at {fill_shape}): RSS {}",
+            args.znodes,
+            args.data_bytes,
+            took.as_secs_f64(),
+            run.rss_full_mib.map_or("unknown".into(), |m| format!("{m:.1} MiB"))
+        );
+        if args.stall_seconds > 0 {
+            // On the full tree: what a snapshot of it costs the writers shows here.
+            let op = args.stall_op.op();
+            if op == Op::Delete {
+                bail!("--stall-op delete has nothing to delete: choose another operation");
+            }
+            tp::prepare(target, 0, args.data_bytes).await?;
+            let pool = tp::Pool::of((0..args.znodes).map(|i| format!("/mem/n{i}")).collect(), args.data_bytes);
+            println!("# {name}: load average before the stall run: {}", load_average());
+            let report =
+                tp::run_cell(target, op, args.stall_shape, Duration::from_secs(args.stall_seconds), &pool, 0, None)
+                    .await
+                    .with_context(|| format!("{name}: the stall run"))?;
+            println!(
+                "{name} stall run on the {} znodes ({} s): {}",
+                args.znodes,
+                args.stall_seconds,
+                cell_line(name, &report)
+            );
+            println!("# {name}: load average after the stall run: {}", load_average());
+            run.stall = Some(report);
+        }
+        let probe = format!("/mem/n{}", args.znodes - 1);
+        let mut server = server;
+        let timed = restart_and_time(&mut server, &probe).await?;
+        println!(
+            "{name} restart with {} znodes: {:.0} ms to the first reply; the last znode {} after the restart",
+            args.znodes,
+            ms(timed.0),
+            if timed.1 { "was there" } else { "was GONE" }
+        );
+        run.start_full = Some(timed);
+        drop(server);
+    } else {
+        drop(server);
+    }
+
+    // The cells, on a fresh server.
+    let (mut server, _) = spawn_and_time(referee).await?;
+    data(&server)?;
+    let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let pool = tp::prepare(target, args.pool, args.data_bytes).await?;
+    run.load.push(load_average());
+    println!("# {name}: load average before the cells: {}", load_average());
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut cell = 0;
+    for &shape in shapes {
+        let mut created = None;
+        for &op in ops {
+            cell += 1;
+            let to_delete = if op == Op::Delete { created.take() } else { None };
+            let report = tp::run_cell(target, op, shape, duration, &pool, cell, to_delete)
+                .await
+                .with_context(|| format!("{name}: {} at {shape}", op.name()))?;
+            println!("{}", cell_line(name, &report));
+            if op == Op::Create {
+                created = Some(report.created.clone());
+            }
+            run.cells.push(report);
+            if !server.alive() {
+                bail!("{name} died during the cells: {}", server.log_tail());
+            }
+        }
+    }
+    println!("# {name}: load average after the cells: {}", load_average());
+    run.load.push(load_average());
+    let _ = server.alive();
+    Ok(run)
+}
+
+fn ratio(x: f64, y: f64) -> String {
+    if y > 0.0 {
+        format!("{:.2}", x / y)
+    } else {
+        "-".into()
+    }
+}
+
+/// The markdown tables of a run; with both servers, side by side with ratios ours / Apache.
+fn throughput_tables(runs: &[ServerRun]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let (ours, theirs) = match runs {
+        [a, b] => (a, Some(b)),
+        [a] => (a, None),
+        _ => return out,
+    };
+    let lat = |c: &CellReport| {
+        format!("{:.2} / {:.2} / {:.2}", ms(c.percentile(0.5)), ms(c.percentile(0.99)), ms(c.percentile(0.999)))
+    };
+    match theirs {
+        Some(apache) => {
+            let _ = writeln!(
+                out,
+                "| op | sessions x in flight | {} ops/s | {} ops/s | ops/s ratio | {} p50 / p99 / p99.9 ms | {} p50 / p99 / p99.9 ms | p99 ratio | longest stall ms ({} / {}) | errors |",
+                ours.name, apache.name, ours.name, apache.name, ours.name, apache.name
+            );
+            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            for (a, b) in ours.cells.iter().zip(&apache.cells) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} / {:.0} | {} / {} |",
+                    a.op.name(),
+                    a.shape,
+                    a.ops_per_sec(),
+                    b.ops_per_sec(),
+                    ratio(a.ops_per_sec(), b.ops_per_sec()),
+                    lat(a),
+                    lat(b),
+                    ratio(ms(a.percentile(0.99)), ms(b.percentile(0.99))),
+                    ms(a.longest_stall),
+                    ms(b.longest_stall),
+                    a.errors,
+                    b.errors
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| op | sessions x in flight | {} ops/s | p50 / p99 / p99.9 ms | longest stall ms | errors |",
+                ours.name
+            );
+            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: |");
+            for a in &ours.cells {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {} | {:.0} | {} |",
+                    a.op.name(),
+                    a.shape,
+                    a.ops_per_sec(),
+                    lat(a),
+                    ms(a.longest_stall),
+                    a.errors
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let names: Vec<&str> = runs.iter().map(|r| r.name).collect();
+    let _ = writeln!(out, "| | {} |{}", names.join(" | "), if runs.len() == 2 { " ratio |" } else { "" });
+    let _ = writeln!(out, "| --- |{}", " ---: |".repeat(runs.len() + usize::from(runs.len() == 2)));
+    let row = |label: &str, v: &dyn Fn(&ServerRun) -> Option<f64>, digits: usize| {
+        let vals: Vec<Option<f64>> = runs.iter().map(v).collect();
+        let mut line = format!("| {label} |");
+        for x in &vals {
+            line += &x.map_or(" - |".to_string(), |x| format!(" {x:.digits$} |"));
+        }
+        if let [Some(a), Some(b)] = vals[..] {
+            line += &format!(" {} |", ratio(a, b));
+        } else if runs.len() == 2 {
+            line += " - |";
+        }
+        line
+    };
+    let _ = writeln!(out, "{}", row("start-up, empty (ms to first reply)", &|r| r.start_empty.map(ms), 0));
+    let _ = writeln!(out, "{}", row("RSS idle (MiB)", &|r| r.rss_idle_mib, 1));
+    let _ = writeln!(out, "{}", row("RSS with the znodes (MiB)", &|r| r.rss_full_mib, 1));
+    let _ = writeln!(out, "{}", row("creating the znodes (s, 16 x 16)", &|r| r.fill_time.map(|d| d.as_secs_f64()), 1));
+    let _ =
+        writeln!(out, "{}", row("restart with the znodes (ms to first reply)", &|r| r.start_full.map(|t| ms(t.0)), 0));
+    let kept: Vec<&str> = runs
+        .iter()
+        .map(|r| match r.start_full {
+            Some((_, true)) => "yes",
+            Some((_, false)) => "NO",
+            None => "-",
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| znodes still there after the restart | {} |{}",
+        kept.join(" | "),
+        if runs.len() == 2 { " |" } else { "" }
+    );
+    if runs.iter().any(|r| r.stall.is_some()) {
+        let _ = writeln!(out);
+        for r in runs {
+            if let Some(c) = &r.stall {
+                let _ = writeln!(
+                    out,
+                    "- stall run, {}: {} at {} for {:.0} s: {:.0} ops/s, p99 {:.2} ms, longest time without a reply {:.1} ms (at {:.1} s)",
+                    r.name,
+                    c.op.name(),
+                    c.shape,
+                    c.elapsed.as_secs_f64(),
+                    c.ops_per_sec(),
+                    ms(c.percentile(0.99)),
+                    ms(c.longest_stall),
+                    c.stall_at.as_secs_f64()
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The targets: every row at least 2x Apache's throughput with a p99 no worse, and the
+/// resource figures; each miss is named with its numbers.
+fn throughput_verdict(ours: &ServerRun, apache: &ServerRun) -> Vec<String> {
+    let mut misses = Vec::new();
+    for (a, b) in ours.cells.iter().zip(&apache.cells) {
+        let r = a.ops_per_sec() / b.ops_per_sec().max(f64::MIN_POSITIVE);
+        if r < 2.0 {
+            misses.push(format!(
+                "{} {}: {:.0} ops/s is x{r:.2} of Apache's {:.0}, not x2",
+                a.op.name(),
+                a.shape,
+                a.ops_per_sec(),
+                b.ops_per_sec()
+            ));
+        }
+        if a.percentile(0.99) > b.percentile(0.99) {
+            misses.push(format!(
+                "{} {}: p99 {:.2} ms is worse than Apache's {:.2} ms",
+                a.op.name(),
+                a.shape,
+                ms(a.percentile(0.99)),
+                ms(b.percentile(0.99))
+            ));
+        }
+    }
+    if let (Some(x), Some(y)) = (ours.rss_full_mib, apache.rss_full_mib) {
+        if x > y / 5.0 {
+            misses.push(format!("RSS with the znodes {x:.0} MiB is more than a fifth of Apache's {y:.0} MiB"));
+        }
+    }
+    if let Some((t, kept)) = ours.start_full {
+        if t > Duration::from_secs(1) {
+            misses.push(format!("restart with the znodes took {:.0} ms, not under 1 s", ms(t)));
+        }
+        if !kept {
+            misses.push("the znodes were gone after the restart".into());
+        }
+    }
+    if let Some(c) = &ours.stall {
+        if c.longest_stall > Duration::from_millis(50) {
+            misses.push(format!("the stall run went {:.0} ms without a reply, not under 50 ms", ms(c.longest_stall)));
+        }
+    }
+    misses
+}
+
+async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number of seconds");
+    }
+    if args.pool == 0 {
+        bail!("--pool must be at least 1");
+    }
+    let ops: Vec<Op> = Op::ALL.into_iter().filter(|op| args.ops.iter().any(|o| o.op() == *op)).collect();
+    if ops.contains(&Op::Delete) && !ops.contains(&Op::Create) {
+        bail!("--ops delete deletes what create made: add create");
+    }
+    let disk = on_real_disk(&std::env::temp_dir())?;
+    let command = format!(
+        "coordinator-bench throughput --seconds {} --ops {} --shapes {} --servers {} --znodes {} --data-bytes {} --pool {}{}",
+        args.seconds,
+        ThroughputOp::all()
+            .into_iter()
+            .filter(|o| args.ops.contains(o))
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.shapes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        clap::ValueEnum::to_possible_value(&args.servers).map(|v| v.get_name().to_string()).unwrap_or_default(),
+        args.znodes,
+        args.data_bytes,
+        args.pool,
+        if args.stall_seconds > 0 {
+            format!(" --stall-seconds {} --stall-op {} --stall-shape {}", args.stall_seconds, args.stall_op, args.stall_shape)
+        } else {
+            String::new()
+        }
+    );
+    let mut header = format!("# {command}\n# machine: {}\n# data directories: {disk}\n", machine());
+    header += &format!("# load average at the start: {}\n", load_average());
+    print!("{header}");
+    println!();
+    let mut runs = Vec::new();
+    if matches!(args.servers, Servers::Both | Servers::Referee) {
+        runs.push(throughput_of(true, &args, &args.shapes, &ops).await?);
+        println!();
+    }
+    if matches!(args.servers, Servers::Both | Servers::Apache) {
+        runs.push(throughput_of(false, &args, &args.shapes, &ops).await?);
+        println!();
+    }
+    let tables = throughput_tables(&runs);
+    println!("{tables}");
+    let mut verdict = String::new();
+    if let [ours, apache] = &runs[..] {
+        let misses = throughput_verdict(ours, apache);
+        if misses.is_empty() {
+            verdict = "targets: all met\n".into();
+        } else {
+            verdict = format!("targets missed ({}):\n", misses.len());
+            for m in misses {
+                verdict += &format!("- {m}\n");
+            }
+        }
+        print!("{verdict}");
+    }
+    if let Some(path) = &args.markdown {
+        let loads: Vec<String> = runs.iter().map(|r| format!("{}: {}", r.name, r.load.join(" -> "))).collect();
+        let text = format!(
+            "```text\n{}```\n\nLoad average (1, 5, 15 min) before and after each server's cells: {}.\n\n{tables}\n{verdict}",
+            header,
+            loads.join("; ")
+        );
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

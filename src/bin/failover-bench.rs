@@ -4,13 +4,26 @@
 //! ```text
 //! cargo run --release --bin failover-bench -- --runs 100 --timings referee
 //! cargo run --release --bin failover-bench -- --runs 100 --timings zkfc
-//! cargo run --release --bin failover-bench -- --soak-secs 600
+//! cargo run --release --bin failover-bench -- --runs 20 --fault partition
+//! cargo run --release --bin failover-bench -- --soak-secs 600 --cpu-load 2
 //! ```
 //!
 //! Each run: t0 = SIGKILL of the active master; t1 = the first write acknowledged by the other
 //! master, which a client retries every millisecond. Then the killed master is restarted and
 //! rejoins as standby before the next run. The soak mode writes steadily to the active for the
-//! given time with no fault and counts failovers, which must be zero.
+//! given time with no fault and counts failovers, which must be zero; `--cpu-load N` runs N
+//! busy loops beside the pair meanwhile (and only meanwhile).
+//!
+//! `--fault partition` cuts the active node off the coordinator instead: its agent's
+//! connections are black-holed (packets dropped, nothing refused), while its master keeps
+//! running and a client keeps writing to it. t1 is again the new active's first acknowledged
+//! write; the bench compares it with the session timeout the coordinator granted, and checks
+//! what the masters themselves say: the new master's first acknowledged write must have been
+//! sent no earlier than the end of the old master's lease, as the old master reports it
+//! (`GET /lease/status`), and than the old master's last acknowledgement. A violation fails the
+//! command. The partition is healed after each run and the old node rejoins as standby.
+//!
+//! Every mode prints the load average before and after, and the agents' resident memory.
 //!
 //! After each run the agents' `/history` timelines are joined with the fault and the first
 //! acknowledged write into consecutive phases; the end prints each phase's p50 and mean over
@@ -22,7 +35,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
-use referee::lab::{apache_zookeeper_installed, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{
+    apache_zookeeper_installed, load_average, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES,
+};
+use referee_failover_agent::clock::BootInstant;
 use referee_failover_agent::timeline::{phases, Mark};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -53,10 +69,24 @@ struct Args {
     /// Coordination service.
     #[arg(long, value_enum, default_value_t = Coord::Bundled)]
     coordinator: Coord,
+    /// The fault each run injects.
+    #[arg(long, value_enum, default_value_t = Fault::MasterCrash)]
+    fault: Fault,
     /// Instead of failovers: write steadily for this many seconds with no fault, and count
     /// failovers (must be zero).
     #[arg(long)]
     soak_secs: Option<u64>,
+    /// With `--soak-secs`: this many busy loops run beside the pair for the soak's length.
+    #[arg(long, default_value_t = 0)]
+    cpu_load: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL of the active master.
+    MasterCrash,
+    /// The active agent's coordinator connections black-holed; its master keeps running.
+    Partition,
 }
 
 fn referee_bin() -> Result<std::path::PathBuf> {
@@ -117,36 +147,49 @@ async fn main() -> Result<()> {
         coordinator,
         timings,
         master: MasterKind::LeasePolling,
-        proxied_agents: false,
+        proxied_agents: args.fault == Fault::Partition,
         extra_agent_yaml: Vec::new(),
         admin: false,
         journal: false,
     };
+    let load_before = load_average();
     let mut pair = Pair::start(spec).await?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);
+    println!("# load average (1, 5, 15 min) at start: {load_before}");
+    memory(&pair, "after start");
 
     if let Some(secs) = args.soak_secs {
-        let before = promotions(&pair).await;
-        let active = pair.wait_for_active(Duration::from_secs(30)).await?;
-        let (mut acked, mut refused) = (0u64, 0u64);
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut n = 0u64;
-        while Instant::now() < end {
-            n += 1;
-            match pair.write(active, "soak", &n.to_string()).await {
-                Ok(()) => acked += 1,
-                Err(_) => refused += 1,
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Bounded: the loops stop when the soak ends, whatever happens.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let burners: Vec<_> = (0..args.cpu_load)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        if args.cpu_load > 0 {
+            println!("# {} busy loops running beside the pair for the soak", args.cpu_load);
         }
-        let failovers = promotions(&pair).await - before;
-        println!("soak: {secs} s, writes acknowledged {acked}, refused {refused}, failovers {failovers}");
-        if failovers != 0 {
-            bail!("{failovers} failovers during a soak with no fault");
+        let result = soak(&pair, secs).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for b in burners {
+            let _ = b.join();
         }
-        return Ok(());
+        memory(&pair, "at the end");
+        println!("# load average at the end: {}", load_average());
+        return result;
     }
-
+    if args.fault == Fault::Partition {
+        let result = partitions(&pair, args.runs).await;
+        memory(&pair, "at the end");
+        println!("# load average at the end: {}", load_average());
+        return result;
+    }
     let mut samples = Vec::with_capacity(args.runs);
     // Phase durations by name, and the sum of their ends' offsets from the fault (to list them
     // in the order they happen on average).
@@ -155,17 +198,7 @@ async fn main() -> Result<()> {
         let active = pair.wait_for_active(Duration::from_secs(60)).await?;
         let other = 1 - active;
         // The standby must be ready (healthy, connected) before the fault.
-        let ready = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = pair.agent_json(other, "/status").await.unwrap_or_default();
-            if s["role"] == "standby" && s["session"]["state"] == "connected" {
-                break;
-            }
-            if Instant::now() > ready {
-                bail!("standby {} not ready: {s}", NODES[other]);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        standby_ready(&pair, other).await?;
         let (t0, fault) = (Instant::now(), SystemTime::now());
         pair.masters[active].signal(Signal::SIGKILL)?;
         let took = loop {
@@ -220,5 +253,221 @@ async fn main() -> Result<()> {
         ms(*samples.last().expect("at least one run")),
         mean
     );
+    memory(&pair, "at the end");
+    println!("# load average at the end: {}", load_average());
     Ok(())
+}
+
+/// Prints both agents' resident memory.
+fn memory(pair: &Pair, when: &str) {
+    for (i, node) in NODES.iter().enumerate() {
+        match pair.agent_memory(i) {
+            Some(m) => println!(
+                "# agent {node} resident memory {when}: {:.1} MiB (peak {:.1} MiB): anonymous {:.1} MiB, \
+                 mapped files {:.1} MiB",
+                m.rss_kib as f64 / 1024.0,
+                m.peak_kib as f64 / 1024.0,
+                m.anon_kib as f64 / 1024.0,
+                m.file_kib as f64 / 1024.0
+            ),
+            None => println!("# agent {node} resident memory {when}: unknown (not running)"),
+        }
+    }
+}
+
+/// Writes steadily to the active for `secs` with no fault; fails if any failover happened.
+async fn soak(pair: &Pair, secs: u64) -> Result<()> {
+    let before = promotions(pair).await;
+    let active = pair.wait_for_active(Duration::from_secs(30)).await?;
+    let (mut acked, mut refused) = (0u64, 0u64);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        n += 1;
+        match pair.write(active, "soak", &n.to_string()).await {
+            Ok(()) => acked += 1,
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failovers = promotions(pair).await - before;
+    println!("soak: {secs} s, writes acknowledged {acked}, refused {refused}, failovers {failovers}");
+    if failovers != 0 {
+        bail!("{failovers} failovers during a soak with no fault");
+    }
+    Ok(())
+}
+
+/// Now on `CLOCK_BOOTTIME`, in microseconds: the clock the masters state their leases on.
+fn boot_us() -> u64 {
+    BootInstant::now().saturating_since(BootInstant::from_origin(Duration::ZERO)).as_micros() as u64
+}
+
+/// What one partition run saw, all on `CLOCK_BOOTTIME` in microseconds.
+#[derive(Debug, Default)]
+struct PartitionRun {
+    /// When the active agent was cut off.
+    fault: u64,
+    /// The latest lease end the old master reported.
+    old_lease_end: Option<u64>,
+    /// The old master's last acknowledged write: (sent, answer received, token).
+    old_last_ack: Option<(u64, u64, u64)>,
+    /// The new master's first acknowledged write: (sent, answer received, token).
+    new_first_ack: Option<(u64, u64, u64)>,
+}
+
+/// The partition runs: see the module documentation.
+async fn partitions(pair: &Pair, runs: usize) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let ms = |us: i64| us as f64 / 1000.0;
+    let (mut totals, mut margins) = (Vec::new(), Vec::new());
+    let mut violations = Vec::new();
+    let mut granted_seen = std::collections::BTreeSet::new();
+    for run in 0..runs {
+        let active = pair.wait_for_active(Duration::from_secs(60)).await?;
+        let other = 1 - active;
+        standby_ready(pair, other).await?;
+        let granted = pair.agent_json(active, "/status").await.unwrap_or_default()["granted_session_timeout_ms"]
+            .as_u64()
+            .context("the active agent's /status shows no granted session timeout")?;
+        granted_seen.insert(granted);
+        pair.write_within(active, "partition", "before", Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow::anyhow!("the active master takes no write before the fault: {e}"))?;
+
+        let seen = Arc::new(Mutex::new(PartitionRun::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        // The old master, written to and asked for its lease throughout, so that its last
+        // acknowledgement and its final lease end are both known.
+        let old_writes = async {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let sent = boot_us();
+                if let Ok(token) = pair.write_token(active, "partition-old", &n.to_string()).await {
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).old_last_ack = Some((sent, boot_us(), token));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let old_lease = async {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(status) = pair.master_json(active, "/lease/status").await {
+                    if let Some(until) = status["writable_until_boot_us"].as_u64() {
+                        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        s.old_lease_end = s.old_lease_end.max(Some(until));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let new_writes = async {
+            let started = Instant::now();
+            let result = loop {
+                let sent = boot_us();
+                if let Ok(token) = pair.write_token(other, "partition-new", &run.to_string()).await {
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).new_first_ack = Some((sent, boot_us(), token));
+                    break Ok(());
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    break Err(anyhow::anyhow!("run {run}: no write acknowledged by {} within 60 s", NODES[other]));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            // Let the old side's loops see a little past the takeover, then stop them.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.store(true, Ordering::Relaxed);
+            result
+        };
+        seen.lock().unwrap_or_else(|p| p.into_inner()).fault = boot_us();
+        pair.black_hole_agent(active).await?;
+        let ((), (), result) = tokio::join!(old_writes, old_lease, new_writes);
+        result?;
+        let r = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        let (new_sent, new_received, new_token) = r.new_first_ack.context("no first acknowledgement recorded")?;
+        let total = new_received as i64 - r.fault as i64;
+        totals.push(total);
+        let lease_end = r.old_lease_end.context("the old master never reported a lease")?;
+        // The new master accepted its first write after this write was sent; the old one
+        // accepted nothing after its lease end. So the margin is a lower bound of the real one.
+        let margin = new_sent as i64 - lease_end as i64;
+        margins.push(margin);
+        let mut line = format!(
+            "run {run:3}: {} cut off -> {} took its first write in {:7.1} ms (granted session timeout {granted} ms, \
+             over it by {:6.1} ms); old lease ended {:6.1} ms after the cut, margin {:6.1} ms",
+            NODES[active],
+            NODES[other],
+            ms(total),
+            ms(total - granted as i64 * 1000),
+            ms(lease_end as i64 - r.fault as i64),
+            ms(margin),
+        );
+        if margin < 0 {
+            violations.push(format!(
+                "run {run}: {} took a write (token {new_token}) sent {:.1} ms before {}'s lease ended",
+                NODES[other],
+                ms(-margin),
+                NODES[active]
+            ));
+        }
+        if let Some((_, old_received, old_token)) = r.old_last_ack {
+            line.push_str(&format!(
+                "; old master's last ack {:6.1} ms after the cut",
+                ms(old_received as i64 - r.fault as i64)
+            ));
+            if old_received > new_sent {
+                violations.push(format!(
+                    "run {run}: {} acknowledged a write (token {old_token}) {:.1} ms after {} took one (token {new_token})",
+                    NODES[active],
+                    ms(old_received as i64 - new_sent as i64),
+                    NODES[other]
+                ));
+            }
+        }
+        println!("{line}");
+        // Heal, and wait for the old node to rejoin as a connected standby.
+        pair.heal_agent(active).await?;
+        standby_ready(pair, active).await?;
+    }
+    totals.sort();
+    margins.sort();
+    let pct = |v: &[i64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    let granted = granted_seen.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ");
+    println!(
+        "partition of the active agent -> first write acknowledged by the new active, {} runs: p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms (granted session timeout {granted} ms)",
+        totals.len(),
+        ms(pct(&totals, 0.5)),
+        ms(pct(&totals, 0.99)),
+        ms(*totals.last().expect("at least one run")),
+    );
+    println!(
+        "margin between the old master's lease end and the new master's first write: min {:.1} ms, p50 {:.1} ms, \
+         max {:.1} ms",
+        ms(margins[0]),
+        ms(pct(&margins, 0.5)),
+        ms(*margins.last().expect("at least one run")),
+    );
+    if !violations.is_empty() {
+        bail!("{} violations:\n{}", violations.len(), violations.join("\n"));
+    }
+    println!("no violations: every new active took its first write after the old master's lease ended");
+    Ok(())
+}
+
+/// Waits until node `i` is a healthy standby with a connected session.
+async fn standby_ready(pair: &Pair, i: usize) -> Result<()> {
+    let ready = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = pair.agent_json(i, "/status").await.unwrap_or_default();
+        if s["role"] == "standby" && s["session"]["state"] == "connected" {
+            return Ok(());
+        }
+        if Instant::now() > ready {
+            bail!("standby {} not ready: {s}", NODES[i]);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

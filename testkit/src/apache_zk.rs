@@ -39,6 +39,10 @@ pub enum ApacheZkProfile {
     Reference,
     /// Under the agent: a 200 ms tick, so sessions (400..=10000 ms) expire quickly.
     ShortSessions,
+    /// For throughput comparisons: every setting at ZooKeeper's default (2 s tick, each
+    /// transaction forced to disk before its reply: `forceSync=yes`) apart from
+    /// `maxClientCnxns=0`, so that many sessions from one address are allowed.
+    Stock,
 }
 
 /// A standalone Apache ZooKeeper server on loopback with every four-letter word enabled,
@@ -48,13 +52,22 @@ pub struct ApacheZk {
     /// Its client port.
     pub port: u16,
     dir: ScratchDir,
+    jvm_flags: Option<String>,
 }
 
 impl ApacheZk {
     /// Starts a server on a [`free_port`] and waits until it serves sessions. Blocking (it
     /// waits up to a minute for the JVM): call it from `spawn_blocking`.
     pub fn start(profile: ApacheZkProfile) -> Result<Self> {
-        let (tick_ms, session_limits, jvm_flags) = match profile {
+        let mut zk = Self::spawn(profile)?;
+        zk.wait_ready(Duration::from_secs(60))?;
+        Ok(zk)
+    }
+
+    /// Starts a server like [`start`](Self::start) but returns as soon as the process is
+    /// spawned, so that a caller can time how long it takes to serve.
+    pub fn spawn(profile: ApacheZkProfile) -> Result<Self> {
+        let (tick_ms, session_limits, jvm_flags, force_sync) = match profile {
             ApacheZkProfile::Reference => (
                 2000,
                 "",
@@ -62,8 +75,13 @@ impl ApacheZk {
                     "-Dzookeeper.extendedTypesEnabled=true -Dznode.container.checkIntervalMs=3600000 \
                      -Dzookeeper.DigestAuthenticationProvider.superDigest={SUPER_DIGEST}"
                 )),
+                "forceSync=no\n",
             ),
-            ApacheZkProfile::ShortSessions => (200, "minSessionTimeout=400\nmaxSessionTimeout=10000\n", None),
+            ApacheZkProfile::ShortSessions => {
+                (200, "minSessionTimeout=400\nmaxSessionTimeout=10000\n", None, "forceSync=no\n")
+            }
+            // ZooKeeper's default is forceSync=yes; leaving the line out keeps the default.
+            ApacheZkProfile::Stock => (2000, "", None, ""),
         };
         let dir = ScratchDir::new("apache-zk")?;
         let port = free_port().context("choosing Apache ZooKeeper's port")?;
@@ -73,25 +91,48 @@ impl ApacheZk {
             &cfg,
             format!(
                 "tickTime={tick_ms}\n{session_limits}dataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=*\nforceSync=no\nmaxClientCnxns=0\n",
+                 admin.enableServer=false\n4lw.commands.whitelist=*\n{force_sync}maxClientCnxns=0\n",
                 dir.path("data").display()
             ),
         )?;
-        let log = std::fs::File::create(dir.path("server.log"))?;
+        let child = Self::spawn_in(&dir, jvm_flags.as_deref())?;
+        Ok(ApacheZk { child, port, dir, jvm_flags })
+    }
+
+    fn spawn_in(dir: &ScratchDir, jvm_flags: Option<&str>) -> Result<Child> {
+        // Appended, so that the log of a restarted server keeps the first run's lines.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path("server.log"))?;
         let mut command = Command::new(Path::new(APACHE_ZK_BIN).join("zkServer.sh"));
-        command.arg("start-foreground").arg(&cfg).env("ZOO_LOG_DIR", &dir.0);
+        command.arg("start-foreground").arg(dir.path("zoo.cfg")).env("ZOO_LOG_DIR", &dir.0);
         if let Some(flags) = jvm_flags {
             command.env("SERVER_JVMFLAGS", flags);
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting zkServer.sh")?;
-        let mut zk = ApacheZk { child, port, dir };
-        zk.wait_ready(Duration::from_secs(60))?;
-        Ok(zk)
+        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("starting zkServer.sh")
+    }
+
+    /// Stops the server (SIGKILL, as a crash) and starts it again on the same data directory
+    /// and port, returning once the process is spawned; the caller waits for it to serve.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn_in(&self.dir, self.jvm_flags.as_deref())?;
+        Ok(())
+    }
+
+    /// The server's process id (`zkServer.sh start-foreground` execs the JVM, so it is the
+    /// JVM's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path("data")
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {

@@ -5,8 +5,8 @@
 //! The coordinator's, the agent's, the fencing crate's and the examples' integration tests take
 //! it as a dev-dependency; the root package takes it as a normal dependency because the lab,
 //! which `referee demo` runs, hands out ports with [`free_port`]. It calls the bundled
-//! coordinator (in-process), Debian's Apache ZooKeeper scripts (as a child process) and nothing
-//! else of the project.
+//! coordinator (in-process), Debian's Apache ZooKeeper scripts (as a child process), `ip` and
+//! `iptables-restore` (for simulated hosts) and nothing else of the project.
 //!
 //! # Layout
 //!
@@ -22,7 +22,12 @@
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
 //! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
 //!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
+//! - [`bench`]: a pipelined throughput load (N sessions with K requests in flight each, one
+//!   operation or a read/write mix) recording every reply's latency and arrival.
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
+//! - [`Hosts`]: simulated hosts, each a network namespace with its own address on one switch,
+//!   with partitions (both ways or one way), black holes and isolation as iptables drops, and
+//!   [`hosts_unavailable`] saying why they cannot run here.
 //! - [`Proxy`]: a TCP proxy to a ZooKeeper-wire server that a test can cut, restore,
 //!   black-hole (accept, then forward nothing) and heal, or arm with a [`Trap`] that drops one
 //!   frame together with its connection.
@@ -33,7 +38,9 @@
 
 pub mod abuse;
 mod apache_zk;
+pub mod bench;
 mod deadline;
+mod hosts;
 pub mod jute;
 mod ports;
 mod proxy;
@@ -45,6 +52,7 @@ pub use apache_zk::{
     apache_zookeeper_installed, four_letter, ApacheZk, ApacheZkProfile, APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
 pub use deadline::{wait_until, within, within_for, DEADLINE};
+pub use hosts::{hosts_unavailable, Faults, Host, Hosts, HOSTS_PREFIX};
 pub use ports::free_port;
 pub use proxy::{Proxy, Trap};
 pub use scratch_dir::ScratchDir;

@@ -7,8 +7,6 @@
 //! write's own zxid (every notification of a change up to and including the write precedes its
 //! reply). Between replies, notifications go out as they come.
 
-use std::time::Instant;
-
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -18,6 +16,7 @@ use super::reads::{self, ReadCtx, Refusal};
 use super::{now_ms, Conn, Queued, Slot};
 use crate::proto::{op, ErrorCode};
 use crate::request::{encode_reply, Reply};
+use crate::state::Latency;
 use crate::txn::{OpResult, TxnOutcome, TxnReply};
 
 /// Bytes of a reply header (xid, zxid, err).
@@ -38,25 +37,54 @@ pub(super) async fn run(
     result
 }
 
+/// Replies written whose statistics are not yet in the shared state: under load the writer
+/// takes the server's lock once per burst of replies rather than once per reply.
+#[derive(Default)]
+struct Unrecorded {
+    /// Frames (replies and notifications) written.
+    frames: u64,
+    /// Frames written with the replies (each reply and the notifications owed before it).
+    reply_frames: u64,
+    /// Replies written.
+    replies: u64,
+    latency: Latency,
+    /// The last reply's operation, zxid and latency.
+    last: Option<(&'static str, i64, u64)>,
+}
+
+/// Replies recorded at most this many at a time, so that `cons` and `mntr` lag a busy
+/// connection by no more than a burst.
+const RECORD_EVERY: u64 = 64;
+
 async fn pump(
     conn: &Conn,
     wr: &mut BufWriter<OwnedWriteHalf>,
     slots: &mut mpsc::Receiver<Queued>,
 ) -> Result<(), String> {
-    let mut sent = 0u64;
+    let mut pending = Unrecorded::default();
     let mut warned = [false; 2];
     loop {
         tokio::select! {
             // A slot first: it takes the notifications owed before its reply itself.
             biased;
             next = slots.recv() => {
-                let Some(Queued { at, op, slot, _budget: budget }) = next else { return Ok(()) };
-                let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else { return Ok(()) };
+                let Some(Queued { at, op, slot, _budget: budget }) = next else {
+                    record(conn, &mut pending);
+                    return Ok(());
+                };
+                let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else {
+                    record(conn, &mut pending);
+                    return Ok(());
+                };
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
-                sent = sent.saturating_add(frames.len() as u64);
-                record(conn, op, at, reply_zxid, frames.len() as u64);
+                let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                pending.frames = pending.frames.saturating_add(frames.len() as u64);
+                pending.reply_frames = pending.reply_frames.saturating_add(frames.len() as u64);
+                pending.replies += 1;
+                pending.latency.record(ms);
+                pending.last = Some((op, reply_zxid, ms));
                 // The request is answered: its bytes no longer count against the budget.
                 drop(budget);
             }
@@ -65,13 +93,15 @@ async fn pump(
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
-                sent = sent.saturating_add(frames.len() as u64);
+                pending.frames = pending.frames.saturating_add(frames.len() as u64);
             }
         }
         if slots.is_empty() && conn.outbox.queued_bytes() == 0 {
+            // Recorded before the flush: a client that has its replies finds them counted.
+            record(conn, &mut pending);
             wr.flush().await.map_err(|e| e.to_string())?;
-            let mut st = conn.shared.lock();
-            st.counters.packets_sent = st.counters.packets_sent.saturating_add(std::mem::take(&mut sent));
+        } else if pending.replies >= RECORD_EVERY {
+            record(conn, &mut pending);
         }
     }
 }
@@ -183,18 +213,25 @@ fn write_result(outcome: TxnOutcome) -> Result<Reply, ErrorCode> {
     }
 }
 
-/// Records a reply in the connection's and the server's statistics.
-fn record(conn: &Conn, op: &'static str, at: Instant, zxid: i64, frames: u64) {
-    let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+/// Records the replies written since the last call in the connection's and the server's
+/// statistics, under one lock.
+fn record(conn: &Conn, pending: &mut Unrecorded) {
+    if pending.frames == 0 && pending.replies == 0 {
+        return;
+    }
+    let p = std::mem::take(pending);
     let mut st = conn.shared.lock();
-    st.counters.latency.record(ms);
+    st.counters.packets_sent = st.counters.packets_sent.saturating_add(p.frames);
+    st.counters.latency.merge(&p.latency);
     if let Some(c) = st.conns.get_mut(&conn.id) {
-        c.stats.sent = c.stats.sent.saturating_add(frames);
-        c.stats.outstanding = c.stats.outstanding.saturating_sub(1);
-        c.stats.last_op = op;
-        c.stats.last_zxid = zxid;
-        c.stats.last_response_ms = now_ms();
-        c.stats.last_latency_ms = ms;
-        c.stats.latency.record(ms);
+        c.stats.sent = c.stats.sent.saturating_add(p.reply_frames);
+        c.stats.outstanding = c.stats.outstanding.saturating_sub(p.replies);
+        if let Some((op, zxid, ms)) = p.last {
+            c.stats.last_op = op;
+            c.stats.last_zxid = zxid;
+            c.stats.last_response_ms = now_ms();
+            c.stats.last_latency_ms = ms;
+        }
+        c.stats.latency.merge(&p.latency);
     }
 }

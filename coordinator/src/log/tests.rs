@@ -571,3 +571,23 @@ fn entries_are_compact_binary_records() {
     assert!(payload.len() < 140, "100 bytes of data take {} bytes of record", payload.len());
     assert_eq!(wal::decode_entry(record::FORMAT_VERSION, &payload).unwrap(), e);
 }
+
+/// The record payload of an entry, byte for byte: postcard's varints and variant indexes, in
+/// field order. A change here is a format change: bump `FORMAT_VERSION` and keep reading the
+/// old one.
+#[test]
+fn golden_entry_payloads() {
+    let blank = Entry::<TypeConfig> { log_id: log_id(2, 5), payload: EntryPayload::Blank };
+    assert_eq!(wal::encode_entry(&blank).unwrap(), [2, 1, 5, 0]);
+    let delete = Entry::<TypeConfig> {
+        log_id: log_id(1, 3),
+        payload: EntryPayload::Normal(Txn {
+            session: SessionId(0),
+            auth: Vec::new(),
+            time_ms: 0,
+            op: TxnOp::Write(WriteOp::Delete { path: "/a".into(), version: -1 }),
+        }),
+    };
+    // term, node, index | Normal | session, auth (empty), time | Write, Delete | "/a", version -1
+    assert_eq!(wal::encode_entry(&delete).unwrap(), [1, 1, 3, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1]);
+}

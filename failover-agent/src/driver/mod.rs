@@ -46,7 +46,7 @@ use crate::decide::{
 };
 use crate::election::{Acquired, Coordination, CoordinationConfig, ElectionError, LockWatch, Recovery, SessionWatch};
 use crate::failsafe::{Answer, AnswerFacts, FailsafeRequest, FailsafeResponse, LockRead, RoundOutcome};
-use crate::health::{run_health_monitor, HealthReport};
+use crate::health::{run_health_monitor_woken, HealthReport};
 use crate::lease::{GuardAction, GuardState, Lease};
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
 use crate::probes::{self, ProbeState};
@@ -265,7 +265,24 @@ pub async fn run_with_control(
     drop(control_tx);
 
     let (health_tx, health_rx) = watch::channel(HealthReport::initial());
-    let monitor = tokio::spawn(run_health_monitor(adapter.clone(), cfg.health, health_tx, stopped(stop_rx.clone())));
+    // With the master's pidfile known, its exit brings the next health check forward to the
+    // moment it happens (the check still decides; see `exit_watch`).
+    let check_now = Arc::new(tokio::sync::Notify::new());
+    let exit_watch = cfg.master.pidfile.clone().filter(|_| cfg.health.watch_exit).map(|pidfile| {
+        tokio::spawn(crate::exit_watch::watch_master_exits(
+            pidfile,
+            cfg.health.interval(),
+            check_now.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    let monitor = tokio::spawn(run_health_monitor_woken(
+        adapter.clone(),
+        cfg.health,
+        check_now,
+        health_tx,
+        stopped(stop_rx.clone()),
+    ));
     let probe_state =
         ProbeState { status: status.clone(), loop_interval: Duration::from_millis(cfg.election.loop_interval_ms) };
     let probe_server = tokio::spawn(probes::serve(probe_listener, probe_state, stopped(stop_rx.clone())));
@@ -314,6 +331,9 @@ pub async fn run_with_control(
     let _ = stop_tx.send(true);
     let _ = guard.await;
     let _ = monitor.await;
+    if let Some(handle) = exit_watch {
+        let _ = handle.await;
+    }
     if let Ok(Err(e)) = probe_server.await {
         warn!("probe server: {e}");
     }

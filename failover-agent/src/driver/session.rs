@@ -114,7 +114,11 @@ impl Driver {
             timeout_ms = c.negotiated_timeout().as_millis() as u64,
             "coordinator session established"
         );
-        self.status().counters.sessions += 1;
+        {
+            let mut st = self.status();
+            st.counters.sessions += 1;
+            st.granted_session_timeout_ms = Some(c.negotiated_timeout().as_millis() as u64);
+        }
         let requested = Duration::from_millis(self.cfg.coordinator.session_timeout_ms);
         if let Some(warning) =
             crate::lease::grant_mismatch_warning(requested, c.negotiated_timeout(), &self.cfg.lease_rule())

@@ -50,6 +50,11 @@ pub enum Request {
         /// New data.
         data: Vec<u8>,
     },
+    /// delete at any version.
+    Delete {
+        /// Node path.
+        path: String,
+    },
     /// multiRead of one getData per path.
     MultiReadData {
         /// The nodes to read.
@@ -69,6 +74,7 @@ impl Request {
             Request::Exists { .. } => opcode::EXISTS,
             Request::GetData { .. } => opcode::GET_DATA,
             Request::SetData { .. } => opcode::SET_DATA,
+            Request::Delete { .. } => opcode::DELETE,
             Request::MultiReadData { .. } => opcode::MULTI_READ,
             Request::Ping => opcode::PING,
             Request::CloseSession => opcode::CLOSE_SESSION,
@@ -84,6 +90,7 @@ impl Request {
             Request::Create { path, data, flags } => w.string(path).buffer(Some(data)).open_acl().int(*flags),
             Request::Exists { path, watch } | Request::GetData { path, watch } => w.string(path).boolean(*watch),
             Request::SetData { path, data } => w.string(path).buffer(Some(data)).int(-1),
+            Request::Delete { path } => w.string(path).int(-1),
             Request::MultiReadData { paths } => {
                 // Each op: MultiHeader{type, done = false, err = -1} and a GetDataRequest;
                 // the end: MultiHeader{-1, true, -1}.
@@ -177,6 +184,9 @@ mod tests {
         expected.extend_from_slice(&[0, 0, 0, 4, 0, 255, 255, 255, 255, 0, 0, 0, 2, b'/', b'a', 0]);
         expected.extend_from_slice(&[255, 255, 255, 255, 1, 255, 255, 255, 255]);
         assert_eq!(multi, expected);
+
+        let delete = Request::Delete { path: "/a".into() }.encode(9);
+        assert_eq!(delete, [0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 2, b'/', b'a', 255, 255, 255, 255]);
 
         assert_eq!(Request::Ping.encode(5), [255, 255, 255, 254, 0, 0, 0, 11]);
         assert_eq!(frame(&[1, 2]), [0, 0, 0, 2, 1, 2]);

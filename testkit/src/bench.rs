@@ -1,0 +1,497 @@
+//! A pipelined throughput load: N sessions, each keeping K requests in flight, run one
+//! operation (or a read/write mix) against a ZooKeeper-wire server for a fixed time, and every
+//! reply's latency and arrival instant is recorded.
+//!
+//! It speaks through the test kit's raw client ([`crate::abuse::client`]) and codec
+//! ([`crate::jute`]), written from the protocol rather than from the server under test, so the
+//! same bytes go to the bundled coordinator and to Apache ZooKeeper.
+//!
+//! Replies of one session come in request order (ZooKeeper's per-session FIFO), so each session
+//! matches replies to requests with a queue of send instants: the queue's capacity is the number
+//! of requests in flight, and a full queue is what makes the sender wait.
+//!
+//! Node layout: [`prepare`] makes `/tp` with a pool of nodes the reads and `setData` use
+//! (`/tp/pool/n{i}`); each `create` cell creates `/tp/c{cell}/s{session}-{seq}` and hands the
+//! names it created to the `delete` cell that follows, which deletes them in the same order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
+
+use crate::abuse::client::{ConnectOptions, RawClient, RawReceiver, RawSender};
+use crate::abuse::wire::{code, create_mode, Packet, Request};
+
+/// The operation a cell runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Create persistent nodes with the data size, each session its own names.
+    Create,
+    /// setData on random pool nodes.
+    SetData,
+    /// getData on random pool nodes.
+    GetData,
+    /// exists on random pool nodes.
+    Exists,
+    /// Delete the nodes the preceding create cell made, in their creation order.
+    Delete,
+    /// 90 % getData, 10 % setData on random pool nodes.
+    Mix,
+}
+
+impl Op {
+    /// Every operation, in the order a run measures them (create before delete, which
+    /// deletes what create made).
+    pub const ALL: [Op; 6] = [Op::Create, Op::SetData, Op::GetData, Op::Exists, Op::Delete, Op::Mix];
+
+    /// The name the command line and the tables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::SetData => "setData",
+            Op::GetData => "getData",
+            Op::Exists => "exists",
+            Op::Delete => "delete",
+            Op::Mix => "mix90/10",
+        }
+    }
+}
+
+/// How many sessions run a cell and how many requests each keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Sessions, each on its own connection.
+    pub sessions: usize,
+    /// Requests each session keeps in flight.
+    pub outstanding: usize,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.sessions, self.outstanding)
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('x').ok_or_else(|| format!("{s:?}: write SESSIONSxOUTSTANDING, e.g. 16x16"))?;
+        let parse = |v: &str, what: &str| match v.parse::<usize>() {
+            Ok(n) if (1..=4096).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?}: {what} must be a number from 1 to 4096")),
+        };
+        Ok(Shape { sessions: parse(a, "sessions")?, outstanding: parse(b, "outstanding requests")? })
+    }
+}
+
+/// The pool the reads and `setData` pick from, created by [`prepare`].
+#[derive(Debug, Clone)]
+pub struct Pool {
+    paths: Arc<Vec<String>>,
+    /// Bytes of data each node gets.
+    pub data_bytes: usize,
+}
+
+impl Pool {
+    /// A pool of nodes that already exist, each with `data_bytes` of data.
+    pub fn of(paths: Vec<String>, data_bytes: usize) -> Pool {
+        Pool { paths: Arc::new(paths), data_bytes }
+    }
+}
+
+/// What a cell measured.
+#[derive(Debug, Clone)]
+pub struct CellReport {
+    /// The operation.
+    pub op: Op,
+    /// The shape.
+    pub shape: Shape,
+    /// Replies received.
+    pub ops: u64,
+    /// Replies with an error code other than 0.
+    pub errors: u64,
+    /// From the common start to the last reply.
+    pub elapsed: Duration,
+    /// Every reply's latency, sorted, in microseconds.
+    latencies_us: Vec<u32>,
+    /// The longest time without any reply (from the start to the first one included).
+    pub longest_stall: Duration,
+    /// When the longest stall began, after the start.
+    pub stall_at: Duration,
+    /// The nodes a create cell made, per session in creation order.
+    pub created: Vec<Vec<String>>,
+}
+
+impl CellReport {
+    /// Replies per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.elapsed.is_zero() {
+            0.0
+        } else {
+            self.ops as f64 / self.elapsed.as_secs_f64()
+        }
+    }
+
+    /// The latency below which a fraction `q` (0..=1) of the replies came.
+    pub fn percentile(&self, q: f64) -> Duration {
+        if self.latencies_us.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies_us.len() as f64 * q).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
+        Duration::from_micros(u64::from(self.latencies_us[i]))
+    }
+}
+
+/// What one session did in a cell.
+struct SessionRun {
+    latencies_us: Vec<u32>,
+    /// Each reply's arrival, microseconds after the start.
+    replies_at_us: Vec<u32>,
+    errors: u64,
+    created: Vec<String>,
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// A small deterministic generator (xorshift64*) for picking pool nodes: the choice need not
+/// be random in any strong sense, only spread and cheap next to a request.
+struct Picker(u64);
+
+impl Picker {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below.max(1) as u64) as usize
+    }
+}
+
+/// Connects one session with a generous timeout (a throughput load must not lose its session
+/// to a slow server).
+pub async fn connect(target: SocketAddr) -> Result<RawClient> {
+    let opts = ConnectOptions { session_timeout_ms: 30_000, ..ConnectOptions::default() };
+    RawClient::connect(target, &opts).await
+}
+
+/// Creates `/tp`, `/tp/pool` and `pool_size` pool nodes of `data_bytes` each (pipelined, 64
+/// in flight).
+pub async fn prepare(target: SocketAddr, pool_size: usize, data_bytes: usize) -> Result<Pool> {
+    let mut c = connect(target).await?;
+    for path in ["/tp", "/tp/pool"] {
+        let (err, _) =
+            c.call(&Request::Create { path: path.into(), data: Vec::new(), flags: create_mode::PERSISTENT }).await?;
+        if err != code::OK {
+            bail!("creating {path}: error {err}");
+        }
+    }
+    let paths: Vec<String> = (0..pool_size).map(|i| format!("/tp/pool/n{i}")).collect();
+    let data = vec![b'p'; data_bytes];
+    let mut reqs = paths.clone().into_iter().map(move |path| Request::Create {
+        path,
+        data: data.clone(),
+        flags: create_mode::PERSISTENT,
+    });
+    let run = drive(c, 64, None, Instant::now(), move |_| reqs.next()).await?;
+    if run.errors > 0 {
+        bail!("{} of {pool_size} pool nodes could not be created", run.errors);
+    }
+    Ok(Pool { paths: Arc::new(paths), data_bytes })
+}
+
+/// Creates `count` nodes of `data_bytes` under a new `parent` with `shape` (no deadline: until
+/// all are made), returning how long it took.
+pub async fn fill(target: SocketAddr, parent: &str, count: usize, data_bytes: usize, shape: Shape) -> Result<Duration> {
+    let mut c = connect(target).await?;
+    let (err, _) =
+        c.call(&Request::Create { path: parent.into(), data: Vec::new(), flags: create_mode::PERSISTENT }).await?;
+    if err != code::OK {
+        bail!("creating {parent}: error {err}");
+    }
+    close(c).await;
+    let started = Instant::now();
+    let per = count.div_ceil(shape.sessions);
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..shape.sessions {
+        let c = connect(target).await?;
+        let data = vec![b'f'; data_bytes];
+        let parent = parent.to_string();
+        let range = (s * per)..((s + 1) * per).min(count);
+        let mut names = range.map(move |i| format!("{parent}/n{i}"));
+        tasks.spawn(drive(c, shape.outstanding, None, started, move |_| {
+            names.next().map(|path| Request::Create { path, data: data.clone(), flags: create_mode::PERSISTENT })
+        }));
+    }
+    let mut errors = 0;
+    while let Some(run) = tasks.join_next().await {
+        errors += run??.errors;
+    }
+    if errors > 0 {
+        bail!("{errors} of {count} nodes under {parent} could not be created");
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs one cell: `shape.sessions` sessions send `op` for `duration`, then wait for their last
+/// replies. `cell` numbers the create cell's parent node; `to_delete` is what the preceding
+/// create cell made (a delete cell needs it).
+pub async fn run_cell(
+    target: SocketAddr,
+    op: Op,
+    shape: Shape,
+    duration: Duration,
+    pool: &Pool,
+    cell: usize,
+    to_delete: Option<Vec<Vec<String>>>,
+) -> Result<CellReport> {
+    let parent = format!("/tp/c{cell}");
+    if op == Op::Create {
+        let mut c = connect(target).await?;
+        let (err, _) =
+            c.call(&Request::Create { path: parent.clone(), data: Vec::new(), flags: create_mode::PERSISTENT }).await?;
+        if err != code::OK {
+            bail!("creating {parent}: error {err}");
+        }
+        close(c).await;
+    }
+    let mut to_delete = match (op, to_delete) {
+        (Op::Delete, Some(lists)) => lists.into_iter().map(Some).collect::<Vec<_>>(),
+        (Op::Delete, None) => bail!("a delete cell deletes what the create cell before it made: run create too"),
+        (_, _) => Vec::new(),
+    };
+    to_delete.resize(shape.sessions, None);
+    let mut clients = Vec::with_capacity(shape.sessions);
+    for _ in 0..shape.sessions {
+        clients.push(connect(target).await.context("connecting a session for the cell")?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, (client, deletes)) in clients.into_iter().zip(to_delete).enumerate() {
+        let paths = pool.paths.clone();
+        let data = vec![b'd'; pool.data_bytes];
+        let parent = parent.clone();
+        let mut picker = Picker(0x9e37_79b9_7f4a_7c15 ^ ((s as u64 + 1) << 17) ^ (cell as u64));
+        let mut deletes = deletes.unwrap_or_default().into_iter();
+        let next = move |seq: u64| -> Option<Request> {
+            let pick = |p: &mut Picker| paths[p.next(paths.len())].clone();
+            Some(match op {
+                Op::Create => Request::Create {
+                    path: format!("{parent}/s{s}-{seq}"),
+                    data: data.clone(),
+                    flags: create_mode::PERSISTENT,
+                },
+                Op::SetData => Request::SetData { path: pick(&mut picker), data: data.clone() },
+                Op::GetData => Request::GetData { path: pick(&mut picker), watch: false },
+                Op::Exists => Request::Exists { path: pick(&mut picker), watch: false },
+                Op::Delete => Request::Delete { path: deletes.next()? },
+                Op::Mix => {
+                    if picker.next(10) == 0 {
+                        Request::SetData { path: pick(&mut picker), data: data.clone() }
+                    } else {
+                        Request::GetData { path: pick(&mut picker), watch: false }
+                    }
+                }
+            })
+        };
+        tasks.spawn(drive(client, shape.outstanding, Some(deadline), start, next));
+    }
+    // A server that stops answering must not hang the run: the drain after the deadline gets
+    // at most this long.
+    let limit = duration + Duration::from_secs(60);
+    let mut runs = Vec::new();
+    let joined = tokio::time::timeout(limit, async {
+        while let Some(run) = tasks.join_next().await {
+            runs.push(run??);
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match joined {
+        Ok(r) => r?,
+        Err(_) => bail!("the cell's sessions were not answered within {limit:?}"),
+    }
+    Ok(report(op, shape, runs))
+}
+
+fn report(op: Op, shape: Shape, runs: Vec<SessionRun>) -> CellReport {
+    let mut latencies_us = Vec::new();
+    let mut at = Vec::new();
+    let mut errors = 0;
+    let mut created = Vec::new();
+    for r in runs {
+        latencies_us.extend(r.latencies_us);
+        at.extend(r.replies_at_us);
+        errors += r.errors;
+        created.push(r.created);
+    }
+    latencies_us.sort_unstable();
+    at.sort_unstable();
+    let (mut longest, mut stall_at, mut prev) = (0u32, 0u32, 0u32);
+    for &t in &at {
+        if t - prev > longest {
+            longest = t - prev;
+            stall_at = prev;
+        }
+        prev = t;
+    }
+    CellReport {
+        op,
+        shape,
+        ops: at.len() as u64,
+        errors,
+        elapsed: Duration::from_micros(u64::from(prev)),
+        latencies_us,
+        longest_stall: Duration::from_micros(u64::from(longest)),
+        stall_at: Duration::from_micros(u64::from(stall_at)),
+        created,
+    }
+}
+
+/// Sends what `next(seq)` gives (seq counting from 0) with `window` in flight until `next`
+/// runs out or `deadline` passes, then takes the outstanding replies and closes the session.
+async fn drive(
+    client: RawClient,
+    window: usize,
+    deadline: Option<Instant>,
+    start: Instant,
+    mut next: impl FnMut(u64) -> Option<Request> + Send + 'static,
+) -> Result<SessionRun> {
+    let RawClient { mut sender, mut receiver, .. } = client;
+    // One entry per request in flight: its send instant and, for a create, its path. Capacity `window`: the sender waits for a free place before it sends.
+    let (tx, mut rx) = mpsc::channel::<(Instant, Option<String>)>(window);
+    let send = async move {
+        let mut seq = 0u64;
+        let mut out = Vec::new();
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let Some(req) = next(seq) else { break };
+            seq += 1;
+            let Ok(place) = tx.reserve().await else { break };
+            let created = match &req {
+                Request::Create { path, .. } => Some(path.clone()),
+                _ => None,
+            };
+            out.clear();
+            sender.encode_into(&req, &mut out);
+            place.send((Instant::now(), created));
+            sender.write_frames(&out).await?;
+        }
+        anyhow::Ok(sender)
+    };
+    let receive = async {
+        let mut run =
+            SessionRun { latencies_us: Vec::new(), replies_at_us: Vec::new(), errors: 0, created: Vec::new() };
+        while let Some((sent, created)) = rx.recv().await {
+            let err = loop {
+                match receiver.next().await? {
+                    None => bail!("the server closed the connection with requests in flight"),
+                    Some(Packet::Notification { .. }) => continue,
+                    Some(Packet::Reply { err, .. }) => break err,
+                }
+            };
+            let now = Instant::now();
+            run.latencies_us.push(micros(now - sent));
+            run.replies_at_us.push(micros(now - start));
+            if err == code::OK {
+                if let Some(path) = created {
+                    run.created.push(path);
+                }
+            } else {
+                run.errors += 1;
+            }
+        }
+        anyhow::Ok(run)
+    };
+    let (mut sender, run) = tokio::try_join!(send, receive)?;
+    close_halves(&mut sender, &mut receiver).await;
+    Ok(run)
+}
+
+/// Closes a session, waiting a bounded time for the server's answer.
+async fn close(mut c: RawClient) {
+    close_halves(&mut c.sender, &mut c.receiver).await;
+}
+
+async fn close_halves(sender: &mut RawSender, receiver: &mut RawReceiver) {
+    let closing = async {
+        sender.send(&Request::CloseSession).await?;
+        // Its reply (or the server closing the connection) ends the session.
+        while let Some(packet) = receiver.next().await? {
+            if matches!(packet, Packet::Reply { .. }) {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+}
+
+/// Times a server's start: calls `exists(path)` until it succeeds (a reply, whatever its
+/// result), from `spawned` on, at most `limit`; returns the time and whether the node exists.
+pub async fn first_reply(
+    target: SocketAddr,
+    path: &str,
+    spawned: Instant,
+    limit: Duration,
+) -> Result<(Duration, bool)> {
+    loop {
+        let attempt = async {
+            let opts = ConnectOptions {
+                session_timeout_ms: 30_000,
+                handshake_timeout: Duration::from_secs(2),
+                ..ConnectOptions::default()
+            };
+            let mut c = RawClient::connect(target, &opts).await?;
+            let (err, _) = c.call(&Request::Exists { path: path.into(), watch: false }).await?;
+            let at = spawned.elapsed();
+            close(c).await;
+            anyhow::Ok((at, err == code::OK))
+        };
+        if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            return Ok(done);
+        }
+        if spawned.elapsed() > limit {
+            bail!("no reply from {target} within {limit:?} of the start");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse_and_refuse_nonsense() {
+        assert_eq!("16x4".parse::<Shape>(), Ok(Shape { sessions: 16, outstanding: 4 }));
+        assert!("16".parse::<Shape>().unwrap_err().contains("SESSIONSxOUTSTANDING"));
+        assert!("0x1".parse::<Shape>().unwrap_err().contains("sessions"));
+        assert!("1xz".parse::<Shape>().unwrap_err().contains("outstanding"));
+    }
+
+    #[test]
+    fn report_finds_the_longest_stall_and_percentiles() {
+        let run = SessionRun {
+            latencies_us: vec![300, 100, 200, 400],
+            replies_at_us: vec![1_000, 2_000, 52_000, 53_000],
+            errors: 1,
+            created: vec!["/a".into()],
+        };
+        let r = report(Op::Create, Shape { sessions: 1, outstanding: 1 }, vec![run]);
+        assert_eq!(r.ops, 4);
+        assert_eq!(r.errors, 1);
+        assert_eq!(r.longest_stall, Duration::from_millis(50));
+        assert_eq!(r.stall_at, Duration::from_millis(2));
+        assert_eq!(r.elapsed, Duration::from_millis(53));
+        assert_eq!(r.percentile(0.5), Duration::from_micros(200));
+        assert_eq!(r.percentile(0.99), Duration::from_micros(400));
+        assert_eq!(r.created, vec![vec!["/a".to_string()]]);
+    }
+}
