@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::handshake::LocalIdentity;
+use super::handshake::{LocalIdentity, Sightings};
 use super::wire::{
     read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, WireError,
     MAX_FRAME_BYTES, MAX_HANDSHAKE_BYTES, PROTOCOL_VERSION,
@@ -58,6 +58,11 @@ pub struct LinkOptions {
     pub backoff_min: Duration,
     /// The longest back-off.
     pub backoff_max: Duration,
+    /// How long the process last heard for a peer's id must have been silent before a
+    /// different process answering at its address is taken for its restart rather than a
+    /// second server with the same id (see [`super::handshake::may_speak_for`]). The same as
+    /// the listener's [`super::ListenerOptions::live_window`].
+    pub live_window: Duration,
 }
 
 impl Default for LinkOptions {
@@ -69,6 +74,7 @@ impl Default for LinkOptions {
             stall: Duration::from_secs(3),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            live_window: Duration::from_secs(3),
         }
     }
 }
@@ -102,6 +108,25 @@ pub enum LinkError {
         addr: String,
         /// The peer's reason, as it sent it.
         refusal: Refusal,
+    },
+    /// The listener at the peer's address accepted as a different process than the one heard
+    /// speaking for the peer's id moments ago: two servers are configured with one id. The
+    /// connection is closed and nothing is sent on it.
+    #[error(
+        "peer {target} at {addr} answered as process {answered:#x}, but process {heard:#x} spoke for server \
+         {target} {silent_ms} ms ago: two live servers claim id {target}; give every server its own id"
+    )]
+    Duplicate {
+        /// The peer's id.
+        target: u64,
+        /// The address dialled.
+        addr: String,
+        /// The instance the listener accepted with.
+        answered: u64,
+        /// The instance heard before.
+        heard: u64,
+        /// How long ago it was heard.
+        silent_ms: u64,
     },
     /// The link's queue is full: the peer is slower than the requests for it.
     #[error("peer {target}: {bound} requests are already queued for it")]
@@ -156,9 +181,10 @@ impl LinkError {
     /// configuration or a restarted peer is picked up.
     pub fn kind(&self) -> FailureKind {
         match self {
-            LinkError::Unreachable { .. } | LinkError::Refused { .. } | LinkError::QueueFull { .. } => {
-                FailureKind::Unreachable
-            }
+            LinkError::Unreachable { .. }
+            | LinkError::Refused { .. }
+            | LinkError::Duplicate { .. }
+            | LinkError::QueueFull { .. } => FailureKind::Unreachable,
             LinkError::Broken { .. } | LinkError::WrongReply { .. } => FailureKind::Network,
             LinkError::TooLarge { .. } => FailureKind::PayloadTooLarge,
         }
@@ -176,13 +202,14 @@ pub struct PeerNetwork {
     local: LocalIdentity,
     addresses: Arc<AddressBook>,
     options: LinkOptions,
+    sightings: Arc<Sightings>,
     links: Arc<Mutex<HashMap<u64, Arc<Link>>>>,
 }
 
 impl PeerNetwork {
-    /// A factory dialling as `local`.
-    pub fn new(local: LocalIdentity, addresses: AddressBook, options: LinkOptions) -> Self {
-        PeerNetwork { local, addresses: Arc::new(addresses), options, links: Arc::default() }
+    /// A factory dialling as `local`. `sightings` is shared with this server's listener.
+    pub fn new(local: LocalIdentity, addresses: AddressBook, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
+        PeerNetwork { local, addresses: Arc::new(addresses), options, sightings, links: Arc::default() }
     }
 
     fn link(&self, target: u64, node: &BasicNode) -> Arc<Link> {
@@ -191,7 +218,7 @@ impl PeerNetwork {
             .entry(target)
             .or_insert_with(|| {
                 let addr = self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
-                Arc::new(Link::start(self.local, target, addr, self.options))
+                Arc::new(Link::start(self.local, target, addr, self.options, self.sightings.clone()))
             })
             .clone()
     }
@@ -226,9 +253,9 @@ impl Drop for Link {
 }
 
 impl Link {
-    fn start(local: LocalIdentity, target: u64, addr: String, options: LinkOptions) -> Link {
+    fn start(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Link {
         let (calls, rx) = mpsc::channel(options.queue.max(1));
-        let task = tokio::spawn(LinkTask::new(local, target, addr, options).run(rx));
+        let task = tokio::spawn(LinkTask::new(local, target, addr, options, sightings).run(rx));
         Link { calls, bound: options.queue.max(1), task }
     }
 }
@@ -242,6 +269,8 @@ struct Conn {
     pending: HashMap<u64, oneshot::Sender<Result<PeerReply, LinkError>>>,
     /// When a frame last arrived, or the first request of an idle spell went out.
     heard: Instant,
+    /// The peer's process instance, from its handshake reply.
+    instance: u64,
 }
 
 impl Drop for Conn {
@@ -255,6 +284,7 @@ struct LinkTask {
     target: u64,
     addr: String,
     options: LinkOptions,
+    sightings: Arc<Sightings>,
     conn: Option<Conn>,
     failures: u32,
     retry_at: Option<Instant>,
@@ -263,8 +293,18 @@ struct LinkTask {
 }
 
 impl LinkTask {
-    fn new(local: LocalIdentity, target: u64, addr: String, options: LinkOptions) -> Self {
-        LinkTask { local, target, addr, options, conn: None, failures: 0, retry_at: None, last_failure: None }
+    fn new(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
+        LinkTask {
+            local,
+            target,
+            addr,
+            options,
+            sightings,
+            conn: None,
+            failures: 0,
+            retry_at: None,
+            last_failure: None,
+        }
     }
 
     async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
@@ -326,7 +366,7 @@ impl LinkTask {
         // configuration error the operator must see once, clearly, not drowned in repeats.
         if self.last_failure.as_ref() != Some(&e) {
             match &e {
-                LinkError::Refused { .. } => tracing::error!(peer = self.target, "{e}"),
+                LinkError::Refused { .. } | LinkError::Duplicate { .. } => tracing::error!(peer = self.target, "{e}"),
                 _ => tracing::warn!(peer = self.target, "{e}"),
             }
         }
@@ -351,11 +391,22 @@ impl LinkTask {
         };
         write_frame(&mut writer, &hello.encode()).await.map_err(|e| unreachable(e.to_string()))?;
         let body = read_frame(&mut reader, MAX_HANDSHAKE_BYTES).await.map_err(|e| unreachable(e.to_string()))?;
-        match HelloReply::decode(&body).map_err(|e| unreachable(e.to_string()))? {
-            HelloReply::Accepted => {}
+        let instance = match HelloReply::decode(&body).map_err(|e| unreachable(e.to_string()))? {
+            HelloReply::Accepted { instance } => instance,
             HelloReply::Refused(refusal) => {
                 return Err(LinkError::Refused { target: self.target, addr: self.addr.clone(), refusal })
             }
+        };
+        // The dialler's half of duplicate-id detection: the listener checked who we are, we
+        // check who it is. Dropping the socket here closes it before anything is sent.
+        if let Err(heard) = self.sightings.admit(self.target, instance, Instant::now(), self.options.live_window) {
+            return Err(LinkError::Duplicate {
+                target: self.target,
+                addr: self.addr.clone(),
+                answered: instance,
+                heard: heard.instance,
+                silent_ms: heard.silent_for.as_millis() as u64,
+            });
         }
         let (tx, replies) = mpsc::channel(self.options.in_flight.max(1));
         let reader = tokio::spawn(async move {
@@ -370,7 +421,7 @@ impl LinkTask {
                 }
             }
         });
-        Ok(Conn { writer, replies, reader, next_id: 1, pending: HashMap::new(), heard: Instant::now() })
+        Ok(Conn { writer, replies, reader, next_id: 1, pending: HashMap::new(), heard: Instant::now(), instance })
     }
 
     async fn send(&mut self, call: Call) {
@@ -416,6 +467,7 @@ impl LinkTask {
         match msg {
             Some(Ok(PeerMessage::Reply { id, body })) => {
                 conn.heard = Instant::now();
+                self.sightings.saw(self.target, conn.instance, conn.heard);
                 // A reply whose caller has timed out is dropped here.
                 if let Some(tx) = conn.pending.remove(&id) {
                     let _ = tx.send(Ok(body));

@@ -2,8 +2,11 @@
 //! the driver reads the frame, looks up the connection already open for the dialler's id and
 //! how long it has been silent, and acts on the [`Verdict`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::wire::{Hello, HelloError, Refusal, PROTOCOL_VERSION};
 
@@ -25,7 +28,57 @@ impl LocalIdentity {
     }
 }
 
-/// The connection already open from the dialler's server id, if any.
+/// The process last heard speaking for each peer server id, from either direction: the
+/// instance a peer accepted our dial with (refreshed by every reply on that link) and the
+/// instance its own accepted dial named (refreshed by every frame on it). Shared by a server's
+/// [`super::PeerNetwork`] and its listener, so an impostor is recognised even when the real
+/// server never dials us (a follower does not dial its leader).
+#[derive(Debug, Default)]
+pub struct Sightings {
+    seen: Mutex<HashMap<u64, (u64, Instant)>>,
+}
+
+impl Sightings {
+    /// Records that server `id` spoke as process `instance` at `at`.
+    pub fn saw(&self, id: u64, instance: u64, at: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(id, (instance, at));
+    }
+
+    /// The process last heard for server `id` and how long ago, as of `now`.
+    pub fn active(&self, id: u64, now: Instant) -> Option<ActivePeer> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) })
+    }
+
+    /// Records process `instance` as server `id` if [`may_speak_for`] allows it, checked and
+    /// recorded under one lock: of two processes racing to claim one id (one dialling in, one
+    /// answering our dial), only the first is admitted. On refusal, returns the process heard.
+    pub fn admit(&self, id: u64, instance: u64, now: Instant, live_window: Duration) -> Result<(), ActivePeer> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let active =
+            seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) });
+        match active {
+            Some(a) if !may_speak_for(instance, a, live_window) => Err(a),
+            _ => {
+                seen.insert(id, (instance, now));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether process `instance` may speak for a server id whose last heard process is `active`:
+/// it is that same process, or that process has been silent for `live_window` (it is gone:
+/// Raft traffic flows far more often). Otherwise two live processes claim one id.
+///
+/// Both ends apply it: the listener to a dialler's [`Hello`], the dialler to the instance the
+/// listener accepts with, so a duplicate is refused whichever of the two ends it sits at.
+pub fn may_speak_for(instance: u64, active: ActivePeer, live_window: Duration) -> bool {
+    instance == active.instance || active.silent_for >= live_window
+}
+
+/// The process last heard speaking for the dialler's server id, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActivePeer {
     /// The instance number it introduced itself with.
@@ -50,11 +103,12 @@ pub enum Verdict {
 
 /// Decides on the handshake frame `body`.
 ///
-/// A second connection from a server id replaces the first when it comes from the same
-/// process (the dialler gave up on a stalled connection and dialled again) or when the first
-/// has been silent for `live_window` (its process is gone: a leader sends heartbeats far more
-/// often). A different process claiming an id whose connection is alive is a duplicate id:
-/// refused, so two servers with one id never both replicate.
+/// A dialler is accepted when no process was heard for its id, when it is that same process
+/// (it gave up on a stalled connection and dialled again), or when that process has been
+/// silent for `live_window` (it is gone: Raft traffic flows far more often). A different
+/// process claiming an id heard from within the window is a duplicate id: refused, so two
+/// servers with one id never both take part. `replaces` is set when an earlier process or
+/// connection was heard for the id: the driver closes that id's older inbound connection.
 pub fn decide(
     body: &[u8],
     local: &LocalIdentity,
@@ -85,9 +139,7 @@ pub fn decide(
     }
     match active {
         None => Verdict::Accept { hello, replaces: false },
-        Some(a) if a.instance == hello.instance || a.silent_for >= live_window => {
-            Verdict::Accept { hello, replaces: true }
-        }
+        Some(a) if may_speak_for(hello.instance, a, live_window) => Verdict::Accept { hello, replaces: true },
         Some(_) => Verdict::Refuse(Refusal::DuplicateServer { id: hello.from }),
     }
 }
@@ -164,5 +216,28 @@ mod tests {
         }
         // A garbled body after a good magic and version is refused as malformed.
         assert!(matches!(decide(&truncated, &LOCAL, &servers, None, WINDOW), Verdict::Refuse(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn sightings_admit_one_live_process_per_id() {
+        let t0 = Instant::now();
+        let s = Sightings::default();
+        assert_eq!(s.admit(2, 9, t0, WINDOW), Ok(()), "first process heard for the id");
+        assert_eq!(s.admit(2, 9, t0 + Duration::from_secs(1), WINDOW), Ok(()), "the same process again");
+        let heard = ActivePeer { instance: 9, silent_for: Duration::from_secs(1) };
+        assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(2), WINDOW), Err(heard), "another live process");
+        assert_eq!(s.admit(3, 10, t0 + Duration::from_secs(2), WINDOW), Ok(()), "another id is independent");
+        // Process 9 was last heard at t0 + 1s; a window later it counts as gone.
+        assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(4), WINDOW), Ok(()), "a restarted process after silence");
+        assert_eq!(
+            s.active(2, t0 + Duration::from_secs(4)),
+            Some(ActivePeer { instance: 10, silent_for: Duration::ZERO })
+        );
+        let heard = ActivePeer { instance: 10, silent_for: Duration::from_millis(500) };
+        assert_eq!(
+            s.admit(2, 9, t0 + Duration::from_millis(4500), WINDOW),
+            Err(heard),
+            "the old process is now the stranger"
+        );
     }
 }

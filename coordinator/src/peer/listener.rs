@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::handshake::{decide, ActivePeer, LocalIdentity, Verdict};
+use super::handshake::{decide, LocalIdentity, Sightings, Verdict};
 use super::wire::{
-    frame, read_frame, write_frame, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
+    frame, read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
     MAX_HANDSHAKE_BYTES,
 };
 use crate::raft::Raft;
@@ -59,8 +59,6 @@ impl Default for ListenerOptions {
 struct Registered {
     /// Tells this connection from a later one of the same id.
     serial: u64,
-    instance: u64,
-    last_frame: Arc<Mutex<Instant>>,
     abort: AbortHandle,
 }
 
@@ -71,12 +69,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves peer connections on `listener` until `shutdown` resolves, then closes them all.
-/// `servers` are the server ids allowed to connect.
+/// `servers` are the server ids allowed to connect; `sightings` is shared with this server's
+/// [`super::PeerNetwork`].
 pub async fn serve_peers(
     listener: TcpListener,
     raft: Raft,
     local: LocalIdentity,
     servers: BTreeSet<u64>,
+    sightings: Arc<Sightings>,
     options: ListenerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -112,6 +112,7 @@ pub async fn serve_peers(
         };
         serial += 1;
         let (raft, servers, registry) = (raft.clone(), servers.clone(), registry.clone());
+        let sightings = sightings.clone();
         let this = serial;
         // The task's abort handle goes into the registry once its handshake is accepted; the
         // channel hands it over, since the handle exists only after the spawn.
@@ -119,7 +120,8 @@ pub async fn serve_peers(
         let handle = conns.spawn(async move {
             let _permit = permit;
             let Ok(abort) = abort_rx.await else { return };
-            serve_conn(stream, peer_addr, raft, local, &servers, registry, this, abort, options).await;
+            let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options };
+            peer.serve(stream, peer_addr, raft, abort).await;
         });
         let _ = abort_tx.send(handle);
     }
@@ -142,120 +144,120 @@ impl Drop for Deregister {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_conn(
-    stream: TcpStream,
-    peer_addr: SocketAddr,
-    raft: Raft,
+/// What one connection's task knows.
+struct PeerConn<'a> {
     local: LocalIdentity,
-    servers: &BTreeSet<u64>,
+    servers: &'a BTreeSet<u64>,
     registry: Registry,
+    sightings: Arc<Sightings>,
     serial: u64,
-    abort: AbortHandle,
     options: ListenerOptions,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
-    let body = match tokio::time::timeout(options.handshake_timeout, read_frame(&mut reader, MAX_HANDSHAKE_BYTES)).await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer_addr, "peer handshake unreadable: {e}");
-            let _ = write_frame(&mut writer, &HelloReply::Refused(Refusal::NotAPeer).encode()).await;
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer_addr, "no peer handshake within {:?}", options.handshake_timeout);
-            return;
-        }
-    };
-    let last_frame = Arc::new(Mutex::new(Instant::now()));
-    let verdict = {
-        let mut reg = lock(&registry);
-        let now = Instant::now();
-        let active = |id: u64| {
-            reg.get(&id).map(|r| ActivePeer {
-                instance: r.instance,
-                silent_for: now.saturating_duration_since(*lock(&r.last_frame)),
-            })
-        };
-        let claimed = super::wire::Hello::decode(&body).map(|h| h.from).ok();
-        let verdict = decide(&body, &local, servers, claimed.and_then(active), options.live_window);
-        // Registered under the lock it was decided under: two diallers racing with one id
-        // cannot both be accepted.
-        if let Verdict::Accept { hello, replaces } = &verdict {
-            if let Some(old) = reg.insert(
-                hello.from,
-                Registered { serial, instance: hello.instance, last_frame: last_frame.clone(), abort },
-            ) {
-                if *replaces {
-                    old.abort.abort();
-                }
-            }
-        }
-        verdict
-    };
-    let from = match verdict {
-        Verdict::Accept { hello, replaces } => {
-            if write_frame(&mut writer, &HelloReply::Accepted.encode()).await.is_err() {
-                lock(&registry).remove(&hello.from);
-                return;
-            }
-            tracing::debug!(%peer_addr, peer = hello.from, replaces, "peer connection accepted");
-            hello.from
-        }
-        Verdict::Refuse(refusal) => {
-            tracing::warn!(%peer_addr, "refused a peer connection: {refusal}");
-            let _ = write_frame(&mut writer, &HelloReply::Refused(refusal).encode()).await;
-            return;
-        }
-    };
-    let _deregister = Deregister { registry, id: from, serial };
+}
 
-    let in_flight = options.in_flight.max(1);
-    let (reply_tx, mut reply_rx) = mpsc::channel::<Vec<u8>>(in_flight);
-    let mut writer_task = tokio::spawn(async move {
-        while let Some(body) = reply_rx.recv().await {
-            if write_frame(&mut writer, &body).await.is_err() {
+impl PeerConn<'_> {
+    async fn serve(self, stream: TcpStream, peer_addr: SocketAddr, raft: Raft, abort: AbortHandle) {
+        let PeerConn { local, servers, registry, sightings, serial, options } = self;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let body =
+            match tokio::time::timeout(options.handshake_timeout, read_frame(&mut reader, MAX_HANDSHAKE_BYTES)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer_addr, "peer handshake unreadable: {e}");
+                    let _ = write_frame(&mut writer, &HelloReply::Refused(Refusal::NotAPeer).encode()).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer_addr, "no peer handshake within {:?}", options.handshake_timeout);
+                    return;
+                }
+            };
+        let verdict = {
+            let mut reg = lock(&registry);
+            let now = Instant::now();
+            let claimed = Hello::decode(&body).map(|h| h.from).ok();
+            let active = claimed.and_then(|id| sightings.active(id, now));
+            let mut verdict = decide(&body, &local, servers, active, options.live_window);
+            if let Verdict::Accept { hello, .. } = &verdict {
+                // Checked again and recorded in one step: another process may have been heard
+                // for this id since `active` was read (one of our own links may have just
+                // reached it), and of two claimants only the first is admitted.
+                match sightings.admit(hello.from, hello.instance, now, options.live_window) {
+                    Ok(()) => {
+                        // One inbound connection per server id: an older one is a stalled
+                        // connection its dialler has given up on, or a process that has gone.
+                        if let Some(old) = reg.insert(hello.from, Registered { serial, abort }) {
+                            old.abort.abort();
+                        }
+                    }
+                    Err(_) => verdict = Verdict::Refuse(Refusal::DuplicateServer { id: hello.from }),
+                }
+            }
+            verdict
+        };
+        let from = match verdict {
+            Verdict::Accept { hello, replaces } => {
+                let accepted = HelloReply::Accepted { instance: local.instance }.encode();
+                if write_frame(&mut writer, &accepted).await.is_err() {
+                    return;
+                }
+                tracing::debug!(%peer_addr, peer = hello.from, replaces, "peer connection accepted");
+                hello.from
+            }
+            Verdict::Refuse(refusal) => {
+                tracing::warn!(%peer_addr, "refused a peer connection: {refusal}");
+                let _ = write_frame(&mut writer, &HelloReply::Refused(refusal).encode()).await;
                 return;
             }
-        }
-    });
-    let slots = Arc::new(Semaphore::new(in_flight));
-    let mut requests = JoinSet::new();
-    loop {
-        // A permit before the read: at the bound, nothing more is read and TCP pushes back.
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
-        let body = tokio::select! {
-            r = read_frame(&mut reader, MAX_FRAME_BYTES) => r,
-            _ = &mut writer_task => break,
         };
-        while requests.try_join_next().is_some() {}
-        let msg = match body.and_then(|b| PeerMessage::decode(&b)) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(%peer_addr, peer = from, "peer connection closed: {e}");
-                break;
-            }
-        };
-        *lock(&last_frame) = Instant::now();
-        let PeerMessage::Request { id, body } = msg else {
-            tracing::warn!(%peer_addr, peer = from, "a peer sent a reply on a connection it dialled; closing it");
-            break;
-        };
-        let (raft, reply_tx) = (raft.clone(), reply_tx.clone());
-        requests.spawn(async move {
-            let _permit = permit;
-            let reply = dispatch(&raft, body).await;
-            match (PeerMessage::Reply { id, body: reply }).encode() {
-                Ok(b) => {
-                    let _ = reply_tx.send(b).await;
+        let _deregister = Deregister { registry, id: from, serial };
+        let instance = Hello::decode(&body).map(|h| h.instance).unwrap_or_default();
+
+        let in_flight = options.in_flight.max(1);
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Vec<u8>>(in_flight);
+        let mut writer_task = tokio::spawn(async move {
+            while let Some(body) = reply_rx.recv().await {
+                if write_frame(&mut writer, &body).await.is_err() {
+                    return;
                 }
-                Err(e) => tracing::error!("a peer reply could not be encoded: {e}"),
             }
         });
+        let slots = Arc::new(Semaphore::new(in_flight));
+        let mut requests = JoinSet::new();
+        loop {
+            // A permit before the read: at the bound, nothing more is read and TCP pushes back.
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let body = tokio::select! {
+                r = read_frame(&mut reader, MAX_FRAME_BYTES) => r,
+                _ = &mut writer_task => break,
+            };
+            while requests.try_join_next().is_some() {}
+            let msg = match body.and_then(|b| PeerMessage::decode(&b)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(%peer_addr, peer = from, "peer connection closed: {e}");
+                    break;
+                }
+            };
+            sightings.saw(from, instance, Instant::now());
+            let PeerMessage::Request { id, body } = msg else {
+                tracing::warn!(%peer_addr, peer = from, "a peer sent a reply on a connection it dialled; closing it");
+                break;
+            };
+            let (raft, reply_tx) = (raft.clone(), reply_tx.clone());
+            requests.spawn(async move {
+                let _permit = permit;
+                let reply = dispatch(&raft, body).await;
+                match (PeerMessage::Reply { id, body: reply }).encode() {
+                    Ok(b) => {
+                        let _ = reply_tx.send(b).await;
+                    }
+                    Err(e) => tracing::error!("a peer reply could not be encoded: {e}"),
+                }
+            });
+        }
+        writer_task.abort();
     }
-    writer_task.abort();
 }
 
 /// Hands one request to the local Raft.

@@ -14,15 +14,19 @@
 //!
 //! A dialler states its cluster id, its server id and the server id it means to reach; a
 //! listener of another cluster, a wrong server, or one that already hears a live process with
-//! that id refuses with a reason the dialler logs as it came. A slow or silent peer costs its
-//! link's bounded queue and nothing else: calls to it fail at their deadline or at once when
-//! its queue is full, and the other peers' links go on.
+//! that id refuses with a reason the dialler logs as it came; a dialler that reaches a different
+//! process than the one it hears speaking for that id refuses it in turn (see
+//! [`handshake::may_speak_for`]). A duplicate id is seen by the servers that hear the real one,
+//! which always includes the leader.
+//!
+//! A slow or silent peer costs its link's bounded queue and nothing else: calls to it fail at
+//! their deadline or at once when its queue is full, and the other peers' links go on.
 
 pub mod client;
 pub mod handshake;
 pub mod listener;
 pub mod wire;
 
-pub use client::{LinkError, LinkOptions, PeerNetwork};
-pub use handshake::LocalIdentity;
+pub use client::{AddressBook, LinkError, LinkOptions, PeerNetwork};
+pub use handshake::{LocalIdentity, Sightings};
 pub use listener::{serve_peers, ListenerOptions};

@@ -213,7 +213,10 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
     /// The connection carries [`PeerMessage`]s from now on.
-    Accepted,
+    Accepted {
+        /// The listener's process instance (see [`Hello::instance`]).
+        instance: u64,
+    },
     /// The listener closes the connection after this frame.
     Refused(Refusal),
 }
