@@ -1,8 +1,10 @@
 //! Three coordinator servers configured as an ensemble (`servers` in their configuration),
 //! started in one process as `referee coordinator` starts them, one with `--init`: they elect a
 //! leader through their peer ports, and a write from a ZooKeeper client connected to the
-//! leader is applied on every server's tree.
+//! leader is applied on every server's tree; with the leader stopped, the other two elect a new
+//! one and its clients' writes are applied on both.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +31,64 @@ struct Running {
     task: JoinHandle<Result<(), CoordinatorError>>,
 }
 
+impl Running {
+    fn data(&self, path: &str) -> Option<Vec<u8>> {
+        let st = self.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
+        st.tree.node(path).and_then(|n| n.data().map(<[u8]>::to_vec))
+    }
+}
+
+/// The server every running server names as leader once that server has applied an entry of
+/// its own term, and how long that took to come about.
+async fn leader_of(running: &[Running]) -> Result<(u64, Duration)> {
+    let began = std::time::Instant::now();
+    loop {
+        let named: std::collections::BTreeSet<Option<u64>> =
+            running.iter().map(|r| r.raft.metrics().borrow().current_leader).collect();
+        if let [Some(l)] = named.iter().copied().collect::<Vec<_>>()[..] {
+            if let Some(r) = running.iter().find(|r| r.id == l) {
+                let m = r.raft.metrics().borrow().clone();
+                if m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term) {
+                    return Ok((l, began.elapsed()));
+                }
+            }
+        }
+        // Re-checked when any server's metrics change, never later than the deadline.
+        let left = DEADLINE.checked_sub(began.elapsed()).ok_or_else(|| anyhow!("no agreed leader: {named:?}"))?;
+        let mut rxs: Vec<_> = running.iter().map(|r| r.raft.metrics()).collect();
+        let mut changes: Vec<_> = rxs.iter_mut().map(|rx| Box::pin(rx.changed())).collect();
+        let any = std::future::poll_fn(|cx| {
+            for c in changes.iter_mut() {
+                if c.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        });
+        let _ = tokio::time::timeout(left, any).await;
+    }
+}
+
+/// Creates `path` through a ZooKeeper client of server `leader`, and checks every running
+/// server applies it.
+async fn write_and_check(running: &[Running], leader: u64, path: &str) -> Result<()> {
+    let r = running.iter().find(|r| r.id == leader).context("the leader is running")?;
+    let zk = connect(&r.client.to_string(), Duration::from_secs(10)).await?;
+    zk.create(path, b"replicated", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    let index = r.raft.metrics().borrow().last_applied.map(|l| l.index).context("the leader applied the write")?;
+    for r in running {
+        r.raft
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), "the client's write")
+            .await
+            .map_err(|e| anyhow!("server {} did not apply entry {index}: {e}", r.id))?;
+        assert_eq!(r.data(path).as_deref(), Some(&b"replicated"[..]), "server {} holds {path}", r.id);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_configured_servers_elect_a_leader_and_replicate_a_client_write() -> Result<()> {
+async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_survive_its_loss() -> Result<()> {
     let mut clients = Vec::new();
     let mut peers = Vec::new();
     let mut servers = Vec::new();
@@ -65,22 +123,24 @@ async fn three_configured_servers_elect_a_leader_and_replicate_a_client_write() 
         running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
     }
 
-    let leader_id = running[0].raft.metrics().borrow().current_leader.context("a leader is known after start")?;
-    let leader = running.iter().find(|r| r.id == leader_id).context("the leader is one of the servers")?;
-    let zk = connect(&leader.client.to_string(), Duration::from_secs(10)).await?;
-    zk.create("/ensemble", b"replicated", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
-    let index = leader.raft.metrics().borrow().last_applied.map(|l| l.index).context("the leader applied the write")?;
-    for r in &running {
-        r.raft
-            .wait(Some(DEADLINE))
-            .applied_index_at_least(Some(index), "the client's write")
-            .await
-            .map_err(|e| anyhow!("server {} did not apply entry {index}: {e}", r.id))?;
-        let st = r.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
-        let data = st.tree.node("/ensemble").and_then(|n| n.data().map(<[u8]>::to_vec));
-        assert_eq!(data.as_deref(), Some(&b"replicated"[..]), "server {} holds the write", r.id);
+    let (leader_id, _) = leader_of(&running).await?;
+    write_and_check(&running, leader_id, "/ensemble").await?;
+
+    // The leader stops (as on SIGTERM); the other two elect a new one, whose clients write.
+    let at = running.iter().position(|r| r.id == leader_id).context("the leader is one of the servers")?;
+    let old = running.remove(at);
+    let _ = old.stop.send(());
+    within_for(DEADLINE, "the old leader to stop", old.task).await??.map_err(|e| anyhow!("server {}: {e}", old.id))?;
+    let (new_leader, took) = leader_of(&running).await?;
+    assert_ne!(new_leader, leader_id, "a stopped server cannot lead");
+    eprintln!("server {leader_id} stopped; server {new_leader} leads after {took:?}");
+    write_and_check(&running, new_leader, "/after-leader-change").await?;
+    for path in ["/ensemble", "/after-leader-change"] {
+        for r in &running {
+            assert!(r.data(path).is_some(), "server {} lost {path}", r.id);
+        }
     }
-    drop(zk);
+
     for r in running {
         let _ = r.stop.send(());
         within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))?;
