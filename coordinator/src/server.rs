@@ -192,16 +192,7 @@ impl Coordinator {
                 // A restarted server restores its last vote, and with it possibly itself as
                 // leader of a term the others have left: it leads only once it has applied an
                 // entry of its own term, which a majority has then accepted.
-                .metrics(
-                    |m| match m.current_leader {
-                        None => false,
-                        Some(l) if l == m.id => {
-                            m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
-                        }
-                        Some(_) => true,
-                    },
-                    "an ensemble leader",
-                )
+                .metrics(leader_settled, "an ensemble leader")
                 .await
                 .map_err(|_| CoordinatorError::NoEnsembleLeader(ENSEMBLE_LEADER_WAIT))?
                 .current_leader;
@@ -389,11 +380,23 @@ async fn start_ensemble_node(
     Ok((raft, peers))
 }
 
+/// Whether a leader is known and settled: another server, or this one once it has applied an
+/// entry of its own term (which a majority then holds, with everything before it).
+fn leader_settled(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+    match m.current_leader {
+        None => false,
+        Some(l) if l == m.id => m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term),
+        Some(_) => true,
+    }
+}
+
 /// Adds `observers` as learners once this server leads, as the last step of initialising.
 /// Gives up (with the reason) if another server leads first: it must be done there.
 async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
     let me = raft.metrics().borrow().id;
-    let leader = raft.wait(Some(ENSEMBLE_LEADER_WAIT)).metrics(|m| m.current_leader.is_some(), "a leader").await;
+    // Not before this server's leadership has committed an entry: until then the initial
+    // membership may be uncommitted, and openraft refuses a second change on top of it.
+    let leader = raft.wait(Some(ENSEMBLE_LEADER_WAIT)).metrics(leader_settled, "a settled leader").await;
     let Ok(m) = leader else {
         warn!("no leader within {ENSEMBLE_LEADER_WAIT:?}; the observers were not added");
         return;

@@ -2,7 +2,8 @@
 //! started in one process as `referee coordinator` starts them, one with `--init`: they elect a
 //! leader through their peer ports, and a write from a ZooKeeper client connected to the
 //! leader is applied on every server's tree; with the leader stopped, the other two elect a new
-//! one and its clients' writes are applied on both.
+//! one and its clients' writes are applied on both. An observer listed in `servers` becomes an
+//! openraft learner: it applies the writes, and stopping it costs no quorum.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,18 +88,20 @@ async fn write_and_check(running: &[Running], leader: u64, path: &str) -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_survive_its_loss() -> Result<()> {
+/// Starts one server per entry of `roles` (ids 1, 2, ...) together, as separate processes would
+/// be, server 1 with `--init`; returns them serving, with their data directories.
+async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
     let mut clients = Vec::new();
     let mut peers = Vec::new();
     let mut servers = Vec::new();
-    for id in 1..=3u64 {
+    for (id, &role) in (1u64..).zip(roles) {
         let (c, p) = (TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?);
-        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role: Role::Voter });
+        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role });
         clients.push(c);
         peers.push(p);
     }
-    let dirs: Vec<ScratchDir> = (1..=3).map(|id| ScratchDir::new(&format!("ensemble-{id}"))).collect::<Result<_>>()?;
+    let dirs: Vec<ScratchDir> =
+        servers.iter().map(|s| ScratchDir::new(&format!("ensemble-{}", s.id))).collect::<Result<_>>()?;
     let mut starting = Vec::new();
     for (i, peer_listener) in peers.into_iter().enumerate() {
         let mut cfg = CoordinatorConfig::new(dirs[i].path("data"));
@@ -107,8 +110,7 @@ async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_sur
         cfg.listen = servers[i].client;
         cfg.servers = servers.clone();
         cfg.validate()?;
-        // Started together, as three processes would be: each waits for a leader, which needs
-        // a majority of them running.
+        // Started together: each waits for a leader, which needs a majority of the voters.
         let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
         starting.push(tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)));
     }
@@ -122,15 +124,53 @@ async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_sur
         }));
         running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
     }
+    Ok((running, dirs))
+}
 
+async fn stop(r: Running) -> Result<()> {
+    let _ = r.stop.send(());
+    within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_receives_writes_and_losing_it_costs_no_quorum() -> Result<()> {
+    let (mut running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    // The initialising server adds the observer as a learner once it leads.
+    let learners =
+        |r: &Running| r.raft.metrics().borrow().membership_config.membership().learner_ids().collect::<Vec<_>>();
+    running[0]
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(|m| m.membership_config.membership().learner_ids().any(|id| id == 4), "server 4 to be a learner")
+        .await?;
+    let voters = running[0].raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
+    assert_eq!((voters, learners(&running[0])), (vec![1, 2, 3], vec![4]));
+    write_and_check(&running, leader, "/seen-by-the-observer").await?;
+
+    let observer = running.pop().context("the observer runs")?;
+    assert_eq!(observer.id, 4);
+    stop(observer).await?;
+    // A voter stops too: two of three voters are a quorum, with or without the observer.
+    let follower = running.iter().position(|r| r.id != leader).context("a follower runs")?;
+    stop(running.remove(follower)).await?;
+    write_and_check(&running, leader, "/without-the-observer").await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_survive_its_loss() -> Result<()> {
+    let (mut running, _dirs) = start_ensemble(&[Role::Voter; 3]).await?;
     let (leader_id, _) = leader_of(&running).await?;
     write_and_check(&running, leader_id, "/ensemble").await?;
 
     // The leader stops (as on SIGTERM); the other two elect a new one, whose clients write.
     let at = running.iter().position(|r| r.id == leader_id).context("the leader is one of the servers")?;
     let old = running.remove(at);
-    let _ = old.stop.send(());
-    within_for(DEADLINE, "the old leader to stop", old.task).await??.map_err(|e| anyhow!("server {}: {e}", old.id))?;
+    stop(old).await?;
     let (new_leader, took) = leader_of(&running).await?;
     assert_ne!(new_leader, leader_id, "a stopped server cannot lead");
     eprintln!("server {leader_id} stopped; server {new_leader} leads after {took:?}");
@@ -142,8 +182,7 @@ async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_sur
     }
 
     for r in running {
-        let _ = r.stop.send(());
-        within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))?;
+        stop(r).await?;
     }
     Ok(())
 }
