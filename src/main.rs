@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! referee coordinator --config config/coordinator.yaml   # the bundled ZooKeeper-wire ensemble
+//! referee coordinator --config server1.yaml --init      # an ensemble's first start, on one server
 //! referee coordinator log dump DATA_DIR                  # list a coordinator's Raft log
 //! referee coordinator snapshot dump DATA_DIR_OR_FILE     # list its snapshots
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::{shutdown_signal, Coordinator};
+use referee_coordinator::server::{shutdown_signal, Coordinator, Startup};
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,10 @@ enum Command {
         /// Path of the coordinator's YAML configuration (to run the server).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Initialise the ensemble `servers` lists, once, when it first starts: give it to one
+        /// server; later starts rejoin from the log. A server running alone needs none.
+        #[arg(long, requires = "config")]
+        init: bool,
         #[command(subcommand)]
         tool: Option<CoordinatorTool>,
     },
@@ -169,8 +174,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Coordinator { config: Some(config), tool: None } => run_coordinator(config).await.map(|()| 0),
-            Command::Coordinator { config: None, tool: Some(tool) } => run_coordinator_tool(tool),
+            Command::Coordinator { config: Some(config), init, tool: None } => {
+                run_coordinator(config, init).await.map(|()| 0)
+            }
+            Command::Coordinator { config: None, tool: Some(tool), .. } => run_coordinator_tool(tool),
             Command::Coordinator { .. } => {
                 eprintln!(
                     "referee coordinator: give --config FILE to run a server, or `log dump DIR` / `snapshot dump \
@@ -212,12 +219,20 @@ async fn run_demo(scenario: DemoScenario, exit_after: Option<u64>) -> anyhow::Re
     Ok(if ok { 0 } else { 1 })
 }
 
-async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
+async fn run_coordinator(config_path: PathBuf, initialise: bool) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&config_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
-    let coordinator = Coordinator::start(config).await?;
+    let peer_listener = match config.this_server().filter(|_| config.is_ensemble()) {
+        Some(me) => Some(tokio::net::TcpListener::bind(me.peer).await.with_context(|| {
+            format!("cannot listen on the peer address {} (`servers` in {})", me.peer, config_path.display())
+        })?),
+        None => None,
+    };
+    let startup = Startup { initialise, peer_listener };
+    let fs = std::sync::Arc::new(referee_coordinator::log::RealFs);
+    let coordinator = Coordinator::start_with(config, fs, startup).await?;
     coordinator.serve(listener, shutdown_signal("referee")).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Unknown keys are refused (a typo must not silently fall back to a default) and impossible
 //! values are refused with the key named and what to change, never adjusted.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -145,6 +146,45 @@ pub struct CoordinatorConfig {
     /// (ZooKeeper's znode.container.checkIntervalMs).
     #[serde(default = "default_container_check_interval_ms")]
     pub container_check_interval_ms: u64,
+    /// This server's id among `servers` (ZooKeeper's myid). Unset: 1, the id of a single
+    /// server. Set only together with `servers`.
+    #[serde(default)]
+    pub server_id: Option<u64>,
+    /// The servers of the ensemble, this one included (ZooKeeper's `server.N` lines). Empty:
+    /// this server runs alone, as a one-voter cluster. Every server of an ensemble lists the
+    /// same servers.
+    #[serde(default)]
+    pub servers: Vec<ServerEntry>,
+}
+
+/// What a server does in the ensemble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Votes in elections and counts towards the write quorum (a ZooKeeper participant).
+    Voter,
+    /// Receives the log and serves clients but never votes nor counts towards a quorum (a
+    /// ZooKeeper observer; an openraft learner). Losing observers never costs quorum.
+    Observer,
+}
+
+/// One server of the ensemble (`servers:` list entry).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// The server's id: non-zero, unique, never reused for another data directory.
+    pub id: u64,
+    /// Where its clients connect (its `listen` address).
+    pub client: SocketAddr,
+    /// Where the other servers reach it for replication (ZooKeeper's quorum port).
+    pub peer: SocketAddr,
+    /// Voter or observer; voter when left out.
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Voter
 }
 
 fn default_four_letter_words() -> Vec<String> {
@@ -187,7 +227,64 @@ impl CoordinatorConfig {
             four_letter_words: default_four_letter_words(),
             extended_types_enabled: false,
             container_check_interval_ms: default_container_check_interval_ms(),
+            server_id: None,
+            servers: Vec::new(),
         }
+    }
+
+    /// This server's id: `server_id`, or 1 for a server running alone.
+    pub fn server_id(&self) -> u64 {
+        self.server_id.unwrap_or(1)
+    }
+
+    /// Whether this server runs in an ensemble of more than one server.
+    pub fn is_ensemble(&self) -> bool {
+        self.servers.len() > 1
+    }
+
+    /// This server's own entry in `servers` (present in a validated configuration that lists
+    /// servers).
+    pub fn this_server(&self) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.id == self.server_id())
+    }
+
+    /// The ids of the voters.
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.servers.iter().filter(|s| s.role == Role::Voter).map(|s| s.id).collect()
+    }
+
+    /// The ids of the observers (openraft learners).
+    pub fn observers(&self) -> BTreeSet<u64> {
+        self.servers.iter().filter(|s| s.role == Role::Observer).map(|s| s.id).collect()
+    }
+
+    /// Every server's peer address, by id.
+    pub fn peer_addresses(&self) -> BTreeMap<u64, String> {
+        self.servers.iter().map(|s| (s.id, s.peer.to_string())).collect()
+    }
+
+    /// Sound but unwise ensemble shapes, one sentence each, for the server to log at start.
+    pub fn advice(&self) -> Vec<String> {
+        let voters = self.voters().len();
+        let mut out = Vec::new();
+        if self.servers.is_empty() {
+            return out;
+        }
+        if voters.is_multiple_of(2) {
+            out.push(format!(
+                "servers lists {voters} voters, which survive the loss of {} of them, as {} voters do; \
+                 use 1, 3 or 5 voters (make one an observer, or add one)",
+                (voters - 1) / 2,
+                voters - 1
+            ));
+        } else if voters > 5 {
+            out.push(format!(
+                "servers lists {voters} voters: every write waits for {} of them; 3 or 5 voters with \
+                 observers for read capacity are advised",
+                voters / 2 + 1
+            ));
+        }
+        out
     }
 
     /// Parses and validates YAML text.
@@ -348,6 +445,80 @@ impl CoordinatorConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "is empty; name a directory for durable state".into());
         }
+        self.validate_servers()
+    }
+
+    /// The ensemble's rules: unique ids and addresses, this server listed with `listen` as its
+    /// client address, at least one voter, a shared cluster id.
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        if self.servers.is_empty() {
+            if let Some(id) = self.server_id {
+                return invalid(
+                    "server_id",
+                    format!("is {id} but `servers` is empty; list the ensemble's servers, or leave server_id out for a server running alone"),
+                );
+            }
+            return Ok(());
+        }
+        if self.server_id == Some(0) {
+            return invalid("server_id", "is 0; server ids start at 1".into());
+        }
+        let mut ids = BTreeSet::new();
+        let mut addrs: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        for s in &self.servers {
+            if s.id == 0 {
+                return invalid("servers", "lists a server with id 0; server ids start at 1".into());
+            }
+            if !ids.insert(s.id) {
+                return invalid("servers", format!("lists id {} twice; give every server its own id", s.id));
+            }
+            for (addr, what) in [
+                (s.client, format!("the client address of server {}", s.id)),
+                (s.peer, format!("the peer address of server {}", s.id)),
+            ] {
+                if let Some(first) = addrs.insert(addr, what.clone()) {
+                    return invalid(
+                        "servers",
+                        format!("gives {addr} as both {first} and {what}; every address must be different"),
+                    );
+                }
+                if addr.port() == 0 {
+                    return invalid(
+                        "servers",
+                        format!("gives {addr} as {what}; name a fixed port, the other servers must know it"),
+                    );
+                }
+            }
+        }
+        let me = self.server_id();
+        let Some(mine) = self.this_server() else {
+            let hint = if self.server_id.is_none() { " (server_id is unset, so 1)" } else { "" };
+            return invalid(
+                "server_id",
+                format!(
+                    "is {me}{hint}, which `servers` does not list (ids {ids:?}); set server_id to this server's id"
+                ),
+            );
+        };
+        if mine.client != self.listen {
+            return invalid(
+                "listen",
+                format!(
+                    "is {} but `servers` gives {} as server {me}'s client address; make them the same",
+                    self.listen, mine.client
+                ),
+            );
+        }
+        if self.voters().is_empty() {
+            return invalid("servers", "lists no voter; an ensemble needs 1, 3 or 5 voters to elect a leader".into());
+        }
+        if self.cluster_id.is_none() {
+            return invalid(
+                "cluster_id",
+                "is unset but `servers` lists an ensemble; give every server the same non-zero cluster_id (servers of different clusters refuse each other)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -410,6 +581,91 @@ mod tests {
         ] {
             let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
+
+    const ENSEMBLE: &str = "data_dir: /x
+cluster_id: 7
+server_id: 2
+listen: 127.0.0.1:2182
+servers:
+  - { id: 1, client: 127.0.0.1:2181, peer: 127.0.0.1:2881 }
+  - { id: 2, client: 127.0.0.1:2182, peer: 127.0.0.1:2882, role: voter }
+  - { id: 3, client: 127.0.0.1:2183, peer: 127.0.0.1:2883 }
+  - { id: 4, client: 127.0.0.1:2184, peer: 127.0.0.1:2884, role: observer }
+";
+
+    #[test]
+    fn an_ensemble_lists_voters_and_observers() {
+        let c = CoordinatorConfig::from_yaml(ENSEMBLE).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.is_ensemble());
+        assert_eq!(c.server_id(), 2);
+        assert_eq!(c.this_server().map(|s| s.peer.port()), Some(2882));
+        assert_eq!(c.voters(), BTreeSet::from([1, 2, 3]));
+        assert_eq!(c.observers(), BTreeSet::from([4]));
+        assert_eq!(c.peer_addresses().get(&4).map(String::as_str), Some("127.0.0.1:2884"));
+        assert_eq!(c.advice(), Vec::<String>::new());
+        let alone = CoordinatorConfig::from_yaml("data_dir: /x\n").unwrap();
+        assert!(!alone.is_ensemble());
+        assert_eq!((alone.server_id(), alone.this_server()), (1, None));
+        assert!(alone.advice().is_empty());
+    }
+
+    #[test]
+    fn the_commented_ensemble_in_the_shipped_config_is_valid() {
+        // Uncommenting the example's keys (and pointing listen at server 1) gives a valid ensemble.
+        let shipped = include_str!("../../config/coordinator.yaml");
+        let (_, ensemble) = shipped.split_once("# Ensemble").expect("the shipped config documents ensembles");
+        let example: String = ensemble
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| ["cluster_id:", "server_id:", "servers:", "  - { id:"].iter().any(|k| l.starts_with(k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{example}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.voters().len(), c.observers().len(), c.server_id()), (3, 1, 1));
+    }
+
+    #[test]
+    fn even_or_many_voters_are_advised_against() {
+        let four = ENSEMBLE.replace("role: observer", "role: voter");
+        let c = CoordinatorConfig::from_yaml(&four).unwrap_or_else(|e| panic!("{e}"));
+        let advice = c.advice().join("\n");
+        assert!(advice.contains("4 voters, which survive the loss of 1 of them, as 3 voters do"), "{advice}");
+    }
+
+    #[test]
+    fn refuses_a_broken_ensemble_naming_the_key_and_the_fix() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            (ENSEMBLE.replace("id: 3,", "id: 1,"), "`servers`", "lists id 1 twice"),
+            (ENSEMBLE.replace("id: 3,", "id: 0,"), "`servers`", "id 0"),
+            (ENSEMBLE.replace("2883", "2881"), "`servers`", "127.0.0.1:2881 as both the peer address of server 1"),
+            (
+                ENSEMBLE.replace("peer: 127.0.0.1:2884", "peer: 127.0.0.1:2183"),
+                "`servers`",
+                "the client address of server 3 and the peer address of server 4",
+            ),
+            (ENSEMBLE.replace("2884, role", "0, role"), "`servers`", "fixed port"),
+            (ENSEMBLE.replace("server_id: 2", "server_id: 9"), "`server_id`", "is 9, which `servers` does not list"),
+            (
+                ENSEMBLE.replace("server_id: 2\n", "").replace("id: 1,", "id: 5,"),
+                "`server_id`",
+                "is 1 (server_id is unset, so 1)",
+            ),
+            (ENSEMBLE.replace("listen: 127.0.0.1:2182", "listen: 127.0.0.1:2999"), "`listen`", "make them the same"),
+            (ENSEMBLE.replace("cluster_id: 7\n", ""), "`cluster_id`", "the same non-zero cluster_id"),
+            (
+                "data_dir: /x\ncluster_id: 7\nlisten: 127.0.0.1:2181\nservers:\n  - { id: 1, client: 127.0.0.1:2181, peer: 127.0.0.1:2881, role: observer }\n".into(),
+                "`servers`",
+                "lists no voter",
+            ),
+            (ENSEMBLE.replace("role: observer", "role: judge"), "unknown variant", "judge"),
+            (ENSEMBLE.replace("role: observer", "rank: 2"), "unknown field", "rank"),
+            ("data_dir: /x\nserver_id: 2\n".into(), "`server_id`", "`servers` is empty"),
+        ];
+        for (yaml, key, problem) in cases {
+            let e = CoordinatorConfig::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(problem), "want {key} / {problem}, got: {e}\n{yaml}");
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`outbox`]: the notifications owed to one connection, bounded, in ZooKeeper's order.
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
+//! - [`peer`]: the server-to-server transport carrying Raft messages between ensemble members.
 //! - [`log`]: the durable Raft log: checksummed segment files with group commit.
 //! - [`snapshot`]: snapshot files of the data tree, written beside the log and loaded at start.
 //! - [`datadir`]: the data directory's layout and the identity that ties it to one server.
@@ -53,6 +54,7 @@ pub mod jute;
 pub mod log;
 pub mod outbox;
 pub mod path;
+pub mod peer;
 pub mod proto;
 pub mod raft;
 pub mod request;

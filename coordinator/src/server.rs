@@ -1,8 +1,9 @@
 //! The coordinator server: starts replication, accepts client connections, expires sessions.
 //!
 //! [`Coordinator::start`] checks the data directory's identity, recovers the Raft log and the
-//! newest snapshot from it, brings up the Raft node (a cluster of one voter until the ensemble
-//! exists) and waits until it leads and has applied every entry it recovered;
+//! newest snapshot from it, brings up the Raft node (a cluster of one voter, or one member of
+//! the ensemble `servers` lists, talking to the others through [`crate::peer`]) and waits until
+//! it leads and has applied every entry it recovered (in an ensemble: until a leader is known);
 //! [`Coordinator::serve`] takes an already bound listener and a shutdown future, as a library
 //! should, and returns once every connection has stopped, or with an error as soon as the log
 //! cannot make writes durable any more.
@@ -23,6 +24,7 @@ use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
 use crate::datadir::{random_cluster_id, DataDir, DataDirError};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
+use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::proto::SessionId;
 use crate::raft::{LoneNetwork, Raft, StateMachine};
 use crate::snapshot::{SnapshotDir, SnapshotError};
@@ -41,6 +43,13 @@ pub enum CoordinatorError {
     /// The node did not become leader in time.
     #[error("this server did not become leader within {0:?}")]
     NoLeader(Duration),
+    /// An ensemble server heard of no leader in time.
+    #[error(
+        "no leader was elected within {0:?}: a majority of the voters in `servers` must be running and \
+         reachable on their peer addresses. If this ensemble has never been initialised, start one \
+         server with `referee coordinator --config FILE --init`"
+    )]
+    NoEnsembleLeader(Duration),
     /// Socket error on the listener.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
@@ -75,10 +84,29 @@ pub struct Coordinator {
     /// Becomes `Some(why)` when the log stops taking writes.
     log_stopped: watch::Receiver<Option<String>>,
     log_dir: std::path::PathBuf,
+    /// The peer listener of an ensemble server, stopped after replication.
+    peers: Option<PeerService>,
 }
 
-/// This server's id in the Raft cluster (one voter until the ensemble exists).
-const NODE_ID: u64 = 1;
+/// A running peer listener.
+struct PeerService {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How a server starts, beyond its configuration.
+#[derive(Debug, Default)]
+pub struct Startup {
+    /// Initialise the ensemble's membership (the voters of `servers`) if this server's data
+    /// directory holds none yet. Needed once, on one server, when an ensemble first starts;
+    /// later starts rejoin from the log. A server running alone initialises itself always.
+    pub initialise: bool,
+    /// The bound peer listener of an ensemble server; bound from `servers` when `None`.
+    pub peer_listener: Option<TcpListener>,
+}
+
+/// How long an ensemble server waits at start for a leader to be elected or found.
+const ENSEMBLE_LEADER_WAIT: Duration = Duration::from_secs(60);
 
 impl Coordinator {
     /// Starts replication on the real filesystem; see [`Coordinator::start_on`].
@@ -91,6 +119,22 @@ impl Coordinator {
     /// (so no client reads a tree older than a write it was told is done). Blocks on file I/O
     /// while recovering.
     pub async fn start_on(config: CoordinatorConfig, fs: Arc<dyn FileSystem>) -> Result<Self, CoordinatorError> {
+        Self::start_with(config, fs, Startup::default()).await
+    }
+
+    /// As [`Coordinator::start_on`], with the ensemble's start-up choices. An ensemble server
+    /// (one whose `servers` lists others) serves its peers from here on and waits until a
+    /// leader is known; only the leader's clients can write for now (a follower refuses the
+    /// writes, session creation included, as it cannot forward them yet).
+    pub async fn start_with(
+        config: CoordinatorConfig,
+        fs: Arc<dyn FileSystem>,
+        startup: Startup,
+    ) -> Result<Self, CoordinatorError> {
+        for advice in config.advice() {
+            warn!("{advice}");
+        }
+        let node_id = config.server_id();
         let every = config.snapshot_every_entries;
         let raft_config = openraft::Config {
             cluster_name: "referee-coordinator".into(),
@@ -106,7 +150,7 @@ impl Coordinator {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
         let began = Instant::now();
-        let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, NODE_ID, random_cluster_id)?;
+        let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, node_id, random_cluster_id)?;
         let cluster_id = data.identity.cluster_id;
         let log_dir = data.log_dir();
         let log = LogStore::open(fs.clone(), WalOptions::new(&log_dir, cluster_id))?;
@@ -121,21 +165,44 @@ impl Coordinator {
         let snapshots = SnapshotDir::open(fs.clone(), data.snapshot_dir(), cluster_id, config.snapshots_to_keep)?;
         let sm = StateMachine::open(state.clone(), snapshots, purged_upto, (every / 10).max(1))?;
         let snapshot_loaded = began.elapsed() - log_opened;
-        let raft = Raft::new(NODE_ID, raft_config, LoneNetwork, log, sm)
-            .await
-            .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))? {
-            let members = std::collections::BTreeMap::from([(NODE_ID, BasicNode { addr: config.listen.to_string() })]);
-            raft.initialize(members).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
-        }
+        let (raft, peers) = if config.is_ensemble() {
+            let (raft, peers) = start_ensemble_node(&config, cluster_id, raft_config, log, sm, startup).await?;
+            (raft, Some(peers))
+        } else {
+            let raft = Raft::new(node_id, raft_config, LoneNetwork, log, sm)
+                .await
+                .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+            if !raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))? {
+                let members =
+                    std::collections::BTreeMap::from([(node_id, BasicNode { addr: config.listen.to_string() })]);
+                raft.initialize(members).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+            }
+            (raft, None)
+        };
         let wait = Duration::from_secs(10);
-        raft.wait(Some(wait))
-            .state(openraft::ServerState::Leader, "coordinator start")
-            .await
-            .map_err(|_| CoordinatorError::NoLeader(wait))?;
+        if peers.is_none() {
+            raft.wait(Some(wait))
+                .state(openraft::ServerState::Leader, "coordinator start")
+                .await
+                .map_err(|_| CoordinatorError::NoLeader(wait))?;
+        } else {
+            info!(server_id = node_id, "waiting for the ensemble to elect a leader");
+            let leader = raft
+                .wait(Some(ENSEMBLE_LEADER_WAIT))
+                // A restarted server restores its last vote, and with it possibly itself as
+                // leader of a term the others have left: it leads only once it has applied an
+                // entry of its own term, which a majority has then accepted.
+                .metrics(leader_settled, "an ensemble leader")
+                .await
+                .map_err(|_| CoordinatorError::NoEnsembleLeader(ENSEMBLE_LEADER_WAIT))?
+                .current_leader;
+            info!(server_id = node_id, leader = ?leader, "the ensemble has a leader");
+        }
         // A leader commits (and so applies) every earlier entry once its first entry of the new
-        // term is committed; until then the tree may lack acknowledged writes.
-        if let Some(upto) = recovered_upto {
+        // term is committed; until then the tree may lack acknowledged writes. A follower's
+        // recovered tail may be one the leader replaces, so it does not wait for it.
+        let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if let (Some(upto), true) = (recovered_upto, leads) {
             raft.wait(Some(wait))
                 .applied_index_at_least(Some(upto), "replaying the recovered log")
                 .await
@@ -148,9 +215,16 @@ impl Coordinator {
             log_ms = log_opened.as_millis() as u64,
             snapshot_ms = snapshot_loaded.as_millis() as u64,
             total_ms = began.elapsed().as_millis() as u64,
-            "recovered the data directory and leads"
+            leads,
+            "recovered the data directory"
         );
-        Ok(Coordinator { shared: Arc::new(Shared { config: Arc::new(config), raft, state }), log_stopped, log_dir })
+        let shared = Arc::new(Shared { config: Arc::new(config), raft, state });
+        Ok(Coordinator { shared, log_stopped, log_dir, peers })
+    }
+
+    /// The Raft node, for status reporting and for tests that wait on replication.
+    pub fn raft(&self) -> Raft {
+        self.shared.raft.clone()
     }
 
     /// The shared state, for status reporting.
@@ -211,6 +285,11 @@ impl Coordinator {
             tasks.abort_all();
         }
         let _ = self.shared.raft.shutdown().await;
+        // Peers are served until replication has stopped: a leader handing over still talks.
+        if let Some(peers) = self.peers {
+            let _ = peers.stop.send(());
+            let _ = peers.task.await;
+        }
         match failure {
             Some(why) => Err(CoordinatorError::Storage { why, dir: self.log_dir }),
             None => Ok(()),
@@ -229,6 +308,108 @@ impl Coordinator {
         }
         *open += 1;
         true
+    }
+}
+
+/// Brings up this server's Raft node in the ensemble of `config.servers`: serves its peer port
+/// and dials the others through [`PeerNetwork`], and initialises the membership when asked to
+/// and the log holds none. Observers are added as learners by the initialising server once it
+/// leads.
+async fn start_ensemble_node(
+    config: &CoordinatorConfig,
+    cluster_id: u64,
+    raft_config: Arc<openraft::Config>,
+    log: LogStore,
+    sm: StateMachine,
+    startup: Startup,
+) -> Result<(Raft, PeerService), CoordinatorError> {
+    let node_id = config.server_id();
+    // A validated ensemble configuration lists this server.
+    let me = config.this_server().ok_or_else(|| CoordinatorError::Raft("this server is not in `servers`".into()))?;
+    let listener = match startup.peer_listener {
+        Some(l) => l,
+        None => TcpListener::bind(me.peer).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on the peer address {} (servers, id {node_id}): {e}", me.peer),
+            )
+        })?,
+    };
+    let local = LocalIdentity::new(cluster_id, node_id);
+    let sightings = Arc::new(Sightings::default());
+    let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone());
+    let raft =
+        Raft::new(node_id, raft_config, network, log, sm).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let servers = config.servers.iter().map(|s| s.id).collect();
+    info!(peer_address = %me.peer, server_id = node_id, cluster_id, "serving the ensemble's peers");
+    let task = tokio::spawn(serve_peers(
+        listener,
+        raft.clone(),
+        local,
+        servers,
+        sightings,
+        ListenerOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let peers = PeerService { stop, task };
+    let initialised = raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+    if initialised {
+        if startup.initialise {
+            info!("the ensemble is already initialised; --init has nothing to do");
+        }
+    } else if startup.initialise {
+        let voters: std::collections::BTreeMap<u64, BasicNode> = config
+            .servers
+            .iter()
+            .filter(|s| s.role == crate::config::Role::Voter)
+            .map(|s| (s.id, BasicNode { addr: s.peer.to_string() }))
+            .collect();
+        info!(voters = ?voters.keys().collect::<Vec<_>>(), "initialising the ensemble");
+        raft.initialize(voters).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+        let observers: Vec<_> =
+            config.servers.iter().filter(|s| s.role == crate::config::Role::Observer).cloned().collect();
+        if !observers.is_empty() {
+            tokio::spawn(add_observers(raft.clone(), observers));
+        }
+    } else {
+        info!("this server's log holds no membership yet: waiting to be reached by the ensemble's leader (start one server with --init the first time)");
+    }
+    Ok((raft, peers))
+}
+
+/// Whether a leader is known and settled: another server, or this one once it has applied an
+/// entry of its own term (which a majority then holds, with everything before it).
+fn leader_settled(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+    match m.current_leader {
+        None => false,
+        Some(l) if l == m.id => m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term),
+        Some(_) => true,
+    }
+}
+
+/// Adds `observers` as learners once this server leads, as the last step of initialising.
+/// Gives up (with the reason) if another server leads first: it must be done there.
+async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
+    let me = raft.metrics().borrow().id;
+    // Not before this server's leadership has committed an entry: until then the initial
+    // membership may be uncommitted, and openraft refuses a second change on top of it.
+    let leader = raft.wait(Some(ENSEMBLE_LEADER_WAIT)).metrics(leader_settled, "a settled leader").await;
+    let Ok(m) = leader else {
+        warn!("no leader within {ENSEMBLE_LEADER_WAIT:?}; the observers were not added");
+        return;
+    };
+    if m.current_leader != Some(me) {
+        warn!(leader = ?m.current_leader, "another server leads: the observers in `servers` were not added as learners");
+        return;
+    }
+    for o in observers {
+        match raft.add_learner(o.id, BasicNode { addr: o.peer.to_string() }, false).await {
+            Ok(_) => info!(observer = o.id, "observer added as a learner"),
+            Err(e) => warn!(observer = o.id, "could not add the observer as a learner: {e}"),
+        }
     }
 }
 

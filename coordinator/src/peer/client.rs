@@ -1,0 +1,581 @@
+//! The dialling side: openraft's network factory and one link per peer.
+//!
+//! ```text
+//!  openraft replication / election ─▶ PeerClient::call ─try_send─▶ [bounded queue] ─▶ link task
+//!        ▲                                                                   │ frames with ids
+//!        └────────── oneshot reply (or Timeout at the RPC's hard TTL) ◀──── reader ◀── socket
+//! ```
+//!
+//! Each peer has one link task owning at most one TCP connection. Requests are pipelined over
+//! it with ids: openraft runs a replication stream, elections and snapshot chunks to the same
+//! peer at once, and a vote must not wait behind a slow append. What a peer can cost is
+//! bounded: the queue holds [`LinkOptions::queue`] calls (a full queue fails the call at once,
+//! it never waits), and at most [`LinkOptions::in_flight`] requests are outstanding on the
+//! connection. A connection on which requests are outstanding and nothing has arrived for
+//! [`LinkOptions::stall`] is dropped (a partition that drops packets never closes TCP), and the
+//! link dials again. After a failed dial or a refused handshake the link waits a bounded
+//! exponential back-off before the next, failing calls meanwhile without touching the network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::handshake::{LocalIdentity, Sightings};
+use super::wire::{
+    read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, WireError,
+    MAX_FRAME_BYTES, MAX_HANDSHAKE_BYTES, PROTOCOL_VERSION,
+};
+use crate::raft::TypeConfig;
+
+/// The limits and timings of every link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkOptions {
+    /// Calls waiting for the link task; one more fails at once.
+    pub queue: usize,
+    /// Requests sent and not yet answered on a connection.
+    pub in_flight: usize,
+    /// How long a dial and handshake may take.
+    pub connect_timeout: Duration,
+    /// How long requests may be outstanding with nothing arriving before the connection is
+    /// given up. Longer than a peer takes to answer one request (an fsync, a snapshot chunk).
+    pub stall: Duration,
+    /// The first back-off after a failed dial.
+    pub backoff_min: Duration,
+    /// The longest back-off.
+    pub backoff_max: Duration,
+    /// How long the process last heard for a peer's id must have been silent before a
+    /// different process answering at its address is taken for its restart rather than a
+    /// second server with the same id (see [`super::handshake::may_speak_for`]). The same as
+    /// the listener's [`super::ListenerOptions::live_window`].
+    pub live_window: Duration,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            queue: 64,
+            in_flight: 32,
+            connect_timeout: Duration::from_secs(1),
+            stall: Duration::from_secs(3),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            live_window: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The back-off after `failures` consecutive failed dials (at least 1): doubling from `min`,
+/// never more than `max`.
+pub fn backoff_delay(failures: u32, min: Duration, max: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    min.saturating_mul(1u32 << doublings).min(max)
+}
+
+/// Why a call to a peer failed before an answer came back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The peer could not be dialled, or the link is backing off after that.
+    #[error("peer {target} at {addr} is unreachable: {why}")]
+    Unreachable {
+        /// The peer's id.
+        target: u64,
+        /// The address dialled.
+        addr: String,
+        /// The dial's failure.
+        why: String,
+    },
+    /// The peer refused the handshake; the link keeps dialling (the configuration may be fixed).
+    #[error("peer {target} at {addr} refused the connection: {refusal}")]
+    Refused {
+        /// The peer's id.
+        target: u64,
+        /// The address dialled.
+        addr: String,
+        /// The peer's reason, as it sent it.
+        refusal: Refusal,
+    },
+    /// The listener at the peer's address accepted as a different process than the one heard
+    /// speaking for the peer's id moments ago: two servers are configured with one id. The
+    /// connection is closed and nothing is sent on it.
+    #[error(
+        "peer {target} at {addr} answered as process {answered:#x}, but process {heard:#x} spoke for server \
+         {target} {silent_ms} ms ago: two live servers claim id {target}; give every server its own id"
+    )]
+    Duplicate {
+        /// The peer's id.
+        target: u64,
+        /// The address dialled.
+        addr: String,
+        /// The instance the listener accepted with.
+        answered: u64,
+        /// The instance heard before.
+        heard: u64,
+        /// How long ago it was heard.
+        silent_ms: u64,
+    },
+    /// The link's queue is full: the peer is slower than the requests for it.
+    #[error("peer {target}: {bound} requests are already queued for it")]
+    QueueFull {
+        /// The peer's id.
+        target: u64,
+        /// The queue's bound.
+        bound: usize,
+    },
+    /// The connection broke (or was given up) with the request outstanding.
+    #[error("peer {target}: connection lost: {why}")]
+    Broken {
+        /// The peer's id.
+        target: u64,
+        /// What happened.
+        why: String,
+    },
+    /// The request does not fit in one frame.
+    #[error("peer {target}: a request of {bytes} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge {
+        /// The peer's id.
+        target: u64,
+        /// The encoded request's size.
+        bytes: usize,
+        /// The frame limit.
+        max: usize,
+    },
+    /// The peer answered with a reply of another kind than the request.
+    #[error("peer {target} answered a {asked} request with another kind of reply")]
+    WrongReply {
+        /// The peer's id.
+        target: u64,
+        /// The request's kind.
+        asked: RPCTypes,
+    },
+}
+
+/// How openraft is told about a [`LinkError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Back off before retrying: the peer is down, refusing, or saturated.
+    Unreachable,
+    /// Retry at once: the connection broke, the next call dials again.
+    Network,
+    /// Send fewer entries.
+    PayloadTooLarge,
+}
+
+impl LinkError {
+    /// How openraft should react. A refusal is reported as unreachable, never as permanent:
+    /// openraft backs off and calls again, and the link dials again, so a corrected
+    /// configuration or a restarted peer is picked up.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            LinkError::Unreachable { .. }
+            | LinkError::Refused { .. }
+            | LinkError::Duplicate { .. }
+            | LinkError::QueueFull { .. } => FailureKind::Unreachable,
+            LinkError::Broken { .. } | LinkError::WrongReply { .. } => FailureKind::Network,
+            LinkError::TooLarge { .. } => FailureKind::PayloadTooLarge,
+        }
+    }
+}
+
+/// The address of each peer, by server id. A peer missing here is dialled at the address its
+/// Raft membership entry names.
+pub type AddressBook = BTreeMap<u64, String>;
+
+/// openraft's network factory: one [`PeerClient`] per call of `new_client`, sharing one link per
+/// peer. Dropping the factory (when its Raft shuts down) ends the links and their connections.
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    local: LocalIdentity,
+    addresses: Arc<AddressBook>,
+    options: LinkOptions,
+    sightings: Arc<Sightings>,
+    links: Arc<Mutex<HashMap<u64, Arc<Link>>>>,
+}
+
+impl PeerNetwork {
+    /// A factory dialling as `local`. `sightings` is shared with this server's listener.
+    pub fn new(local: LocalIdentity, addresses: AddressBook, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
+        PeerNetwork { local, addresses: Arc::new(addresses), options, sightings, links: Arc::default() }
+    }
+
+    fn link(&self, target: u64, node: &BasicNode) -> Arc<Link> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .entry(target)
+            .or_insert_with(|| {
+                let addr = self.addresses.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
+                Arc::new(Link::start(self.local, target, addr, self.options, self.sightings.clone()))
+            })
+            .clone()
+    }
+}
+
+impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient { local_id: self.local.server_id, target, link: self.link(target, node) }
+    }
+}
+
+/// One call waiting for the link task.
+struct Call {
+    request: PeerRequest,
+    reply: oneshot::Sender<Result<PeerReply, LinkError>>,
+}
+
+/// The handle on one peer's link task; the task ends when the last handle is dropped.
+#[derive(Debug)]
+struct Link {
+    calls: mpsc::Sender<Call>,
+    bound: usize,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Link {
+    fn start(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Link {
+        let (calls, rx) = mpsc::channel(options.queue.max(1));
+        let task = tokio::spawn(LinkTask::new(local, target, addr, options, sightings).run(rx));
+        Link { calls, bound: options.queue.max(1), task }
+    }
+}
+
+/// An open, accepted connection.
+struct Conn {
+    writer: OwnedWriteHalf,
+    replies: mpsc::Receiver<Result<PeerMessage, WireError>>,
+    reader: JoinHandle<()>,
+    next_id: u64,
+    pending: HashMap<u64, oneshot::Sender<Result<PeerReply, LinkError>>>,
+    /// When a frame last arrived, or the first request of an idle spell went out.
+    heard: Instant,
+    /// The peer's process instance, from its handshake reply.
+    instance: u64,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct LinkTask {
+    local: LocalIdentity,
+    target: u64,
+    addr: String,
+    options: LinkOptions,
+    sightings: Arc<Sightings>,
+    conn: Option<Conn>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The error of the last failed dial, returned while backing off and logged on a change.
+    last_failure: Option<LinkError>,
+}
+
+impl LinkTask {
+    fn new(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
+        LinkTask {
+            local,
+            target,
+            addr,
+            options,
+            sightings,
+            conn: None,
+            failures: 0,
+            retry_at: None,
+            last_failure: None,
+        }
+    }
+
+    async fn run(mut self, mut calls: mpsc::Receiver<Call>) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                let Some(call) = calls.recv().await else { return };
+                self.dial_and_send(call).await;
+                continue;
+            };
+            let room = conn.pending.len() < self.options.in_flight;
+            let stall_at = conn.heard + self.options.stall;
+            let waiting = !conn.pending.is_empty();
+            tokio::select! {
+                call = calls.recv(), if room => match call {
+                    Some(call) => self.send(call).await,
+                    None => return,
+                },
+                msg = conn.replies.recv() => self.on_reply(msg),
+                _ = tokio::time::sleep_until(stall_at), if waiting => {
+                    let why = format!("no reply for {:?} with requests outstanding", self.options.stall);
+                    tracing::warn!(peer = self.target, addr = %self.addr, "{why}; dialling again");
+                    self.drop_conn(why);
+                }
+            }
+        }
+    }
+
+    async fn dial_and_send(&mut self, call: Call) {
+        if call.reply.is_closed() {
+            return;
+        }
+        if let (Some(at), Some(e)) = (self.retry_at, &self.last_failure) {
+            if Instant::now() < at {
+                let _ = call.reply.send(Err(e.clone()));
+                return;
+            }
+        }
+        match tokio::time::timeout(self.options.connect_timeout, self.dial()).await {
+            Ok(Ok(conn)) => {
+                if self.last_failure.take().is_some() {
+                    tracing::info!(peer = self.target, addr = %self.addr, "peer connection established again");
+                }
+                self.failures = 0;
+                self.retry_at = None;
+                self.conn = Some(conn);
+                self.send(call).await;
+            }
+            Ok(Err(e)) => self.dial_failed(e, call),
+            Err(_) => {
+                let why = format!("no handshake within {:?}", self.options.connect_timeout);
+                let e = LinkError::Unreachable { target: self.target, addr: self.addr.clone(), why };
+                self.dial_failed(e, call)
+            }
+        }
+    }
+
+    fn dial_failed(&mut self, e: LinkError, call: Call) {
+        // The reason is logged when it changes, not at every retry: a refusal names a
+        // configuration error the operator must see once, clearly, not drowned in repeats.
+        if self.last_failure.as_ref() != Some(&e) {
+            match &e {
+                LinkError::Refused { .. } | LinkError::Duplicate { .. } => tracing::error!(peer = self.target, "{e}"),
+                _ => tracing::warn!(peer = self.target, "{e}"),
+            }
+        }
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff_delay(self.failures, self.options.backoff_min, self.options.backoff_max);
+        self.retry_at = Some(Instant::now() + delay);
+        self.last_failure = Some(e.clone());
+        let _ = call.reply.send(Err(e));
+    }
+
+    async fn dial(&self) -> Result<Conn, LinkError> {
+        let unreachable = |why: String| LinkError::Unreachable { target: self.target, addr: self.addr.clone(), why };
+        let stream = TcpStream::connect(&self.addr).await.map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            cluster_id: self.local.cluster_id,
+            from: self.local.server_id,
+            to: self.target,
+            instance: self.local.instance,
+        };
+        write_frame(&mut writer, &hello.encode()).await.map_err(|e| unreachable(e.to_string()))?;
+        let body = read_frame(&mut reader, MAX_HANDSHAKE_BYTES).await.map_err(|e| unreachable(e.to_string()))?;
+        let instance = match HelloReply::decode(&body).map_err(|e| unreachable(e.to_string()))? {
+            HelloReply::Accepted { instance } => instance,
+            HelloReply::Refused(refusal) => {
+                return Err(LinkError::Refused { target: self.target, addr: self.addr.clone(), refusal })
+            }
+        };
+        // The dialler's half of duplicate-id detection: the listener checked who we are, we
+        // check who it is. Dropping the socket here closes it before anything is sent.
+        if let Err(heard) = self.sightings.admit(self.target, instance, Instant::now(), self.options.live_window) {
+            return Err(LinkError::Duplicate {
+                target: self.target,
+                addr: self.addr.clone(),
+                answered: instance,
+                heard: heard.instance,
+                silent_ms: heard.silent_for.as_millis() as u64,
+            });
+        }
+        let (tx, replies) = mpsc::channel(self.options.in_flight.max(1));
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = match read_frame(&mut reader, MAX_FRAME_BYTES).await {
+                    Ok(body) => PeerMessage::decode(&body),
+                    Err(e) => Err(e),
+                };
+                let end = msg.is_err();
+                if tx.send(msg).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Conn { writer, replies, reader, next_id: 1, pending: HashMap::new(), heard: Instant::now(), instance })
+    }
+
+    async fn send(&mut self, call: Call) {
+        // A caller that gave up (its deadline passed while queued) is not sent for.
+        if call.reply.is_closed() {
+            return;
+        }
+        // Only called with a connection open; should it have just closed, the call fails
+        // like any call on a lost connection and the next one dials.
+        let Some(conn) = self.conn.as_mut() else {
+            let _ = call.reply.send(Err(LinkError::Broken { target: self.target, why: "not connected".into() }));
+            return;
+        };
+        let id = conn.next_id;
+        conn.next_id += 1;
+        let body = match (PeerMessage::Request { id, body: call.request }).encode() {
+            Ok(b) if b.len() <= MAX_FRAME_BYTES => b,
+            Ok(b) => {
+                let e = LinkError::TooLarge { target: self.target, bytes: b.len(), max: MAX_FRAME_BYTES };
+                let _ = call.reply.send(Err(e));
+                return;
+            }
+            Err(e) => {
+                let _ = call.reply.send(Err(LinkError::Broken { target: self.target, why: e.to_string() }));
+                return;
+            }
+        };
+        if conn.pending.is_empty() {
+            conn.heard = Instant::now();
+        }
+        conn.pending.insert(id, call.reply);
+        // A peer that stops reading fills the socket's buffer and blocks this write: bounded
+        // like a silent connection.
+        match tokio::time::timeout(self.options.stall, write_frame(&mut conn.writer, &body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.drop_conn(e.to_string()),
+            Err(_) => self.drop_conn(format!("a request could not be written for {:?}", self.options.stall)),
+        }
+    }
+
+    fn on_reply(&mut self, msg: Option<Result<PeerMessage, WireError>>) {
+        let Some(conn) = self.conn.as_mut() else { return };
+        match msg {
+            Some(Ok(PeerMessage::Reply { id, body })) => {
+                conn.heard = Instant::now();
+                self.sightings.saw(self.target, conn.instance, conn.heard);
+                // A reply whose caller has timed out is dropped here.
+                if let Some(tx) = conn.pending.remove(&id) {
+                    let _ = tx.send(Ok(body));
+                }
+            }
+            Some(Ok(PeerMessage::Request { .. })) => {
+                self.drop_conn("the peer sent a request on a connection it accepted".into());
+            }
+            Some(Err(e)) => self.drop_conn(e.to_string()),
+            None => self.drop_conn("the connection closed".into()),
+        }
+    }
+
+    /// Closes the connection; every outstanding request fails with `why`.
+    fn drop_conn(&mut self, why: String) {
+        let Some(conn) = self.conn.take() else { return };
+        tracing::debug!(peer = self.target, addr = %self.addr, outstanding = conn.pending.len(), "peer connection closed: {why}");
+        let mut conn = conn;
+        for (_, tx) in conn.pending.drain() {
+            let _ = tx.send(Err(LinkError::Broken { target: self.target, why: why.clone() }));
+        }
+    }
+}
+
+/// One peer as openraft sees it; cheap to create, all share the peer's link.
+#[derive(Debug)]
+pub struct PeerClient {
+    local_id: u64,
+    target: u64,
+    link: Arc<Link>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
+
+impl PeerClient {
+    /// Sends `request` and waits for its reply, at most the RPC's hard TTL.
+    async fn call<E: std::error::Error>(&self, request: PeerRequest, option: &RPCOption) -> RpcResult<PeerReply, E> {
+        let kind = request.kind();
+        let ttl = option.hard_ttl();
+        let (tx, rx) = oneshot::channel();
+        let entries = match &request {
+            PeerRequest::AppendEntries(r) => r.entries.len() as u64,
+            PeerRequest::Vote(_) | PeerRequest::InstallSnapshot(_) => 0,
+        };
+        let failed = |e: LinkError| -> RPCError<u64, BasicNode, E> {
+            match e.kind() {
+                FailureKind::Unreachable => RPCError::Unreachable(Unreachable::new(&e)),
+                FailureKind::Network => RPCError::Network(NetworkError::new(&e)),
+                // Half the entries fit where all did not; openraft retries with that many.
+                FailureKind::PayloadTooLarge => RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2).max(1)).with_source_error(&e),
+                ),
+            }
+        };
+        match self.link.calls.try_send(Call { request, reply: tx }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(failed(LinkError::QueueFull { target: self.target, bound: self.link.bound }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(failed(LinkError::Broken { target: self.target, why: "the link has stopped".into() }))
+            }
+        }
+        let timeout =
+            || RPCError::Timeout(Timeout { action: kind, id: self.local_id, target: self.target, timeout: ttl });
+        match tokio::time::timeout(ttl, rx).await {
+            Err(_) => Err(timeout()),
+            Ok(Err(_)) => Err(failed(LinkError::Broken { target: self.target, why: "the link has stopped".into() })),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(e))) => Err(failed(e)),
+        }
+    }
+
+    fn wrong_reply<E: std::error::Error>(&self, asked: RPCTypes) -> RPCError<u64, BasicNode, E> {
+        RPCError::Network(NetworkError::new(&LinkError::WrongReply { target: self.target, asked }))
+    }
+}
+
+impl openraft::RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerReply::AppendEntries(Ok(r)) => Ok(r),
+            PeerReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.wrong_reply(RPCTypes::AppendEntries)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        match self.call(PeerRequest::InstallSnapshot(rpc), &option).await? {
+            PeerReply::InstallSnapshot(Ok(r)) => Ok(r),
+            PeerReply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.wrong_reply(RPCTypes::InstallSnapshot)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
+        match self.call(PeerRequest::Vote(rpc), &option).await? {
+            PeerReply::Vote(Ok(r)) => Ok(r),
+            PeerReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.wrong_reply(RPCTypes::Vote)),
+        }
+    }
+}

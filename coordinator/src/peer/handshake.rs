@@ -1,0 +1,243 @@
+//! The listener's handshake decision: whether a [`Hello`] may open a peer connection. Pure:
+//! the driver reads the frame, looks up the connection already open for the dialler's id and
+//! how long it has been silent, and acts on the [`Verdict`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::wire::{Hello, HelloError, Refusal, PROTOCOL_VERSION};
+
+/// Who this server is, as the handshake states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalIdentity {
+    /// The cluster this server belongs to (from its data directory's identity).
+    pub cluster_id: u64,
+    /// This server's id.
+    pub server_id: u64,
+    /// A random number drawn when this process started, told to the servers it dials.
+    pub instance: u64,
+}
+
+impl LocalIdentity {
+    /// The identity of a process starting now, with a fresh random instance number.
+    pub fn new(cluster_id: u64, server_id: u64) -> Self {
+        LocalIdentity { cluster_id, server_id, instance: rand::random() }
+    }
+}
+
+/// The process last heard speaking for each peer server id, from either direction: the
+/// instance a peer accepted our dial with (refreshed by every reply on that link) and the
+/// instance its own accepted dial named (refreshed by every frame on it). Shared by a server's
+/// [`super::PeerNetwork`] and its listener, so an impostor is recognised even when the real
+/// server never dials us (a follower does not dial its leader).
+#[derive(Debug, Default)]
+pub struct Sightings {
+    seen: Mutex<HashMap<u64, (u64, Instant)>>,
+}
+
+impl Sightings {
+    /// Records that server `id` spoke as process `instance` at `at`.
+    pub fn saw(&self, id: u64, instance: u64, at: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(id, (instance, at));
+    }
+
+    /// The process last heard for server `id` and how long ago, as of `now`.
+    pub fn active(&self, id: u64, now: Instant) -> Option<ActivePeer> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) })
+    }
+
+    /// Records process `instance` as server `id` if [`may_speak_for`] allows it, checked and
+    /// recorded under one lock: of two processes racing to claim one id (one dialling in, one
+    /// answering our dial), only the first is admitted. On refusal, returns the process heard.
+    pub fn admit(&self, id: u64, instance: u64, now: Instant, live_window: Duration) -> Result<(), ActivePeer> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let active =
+            seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) });
+        match active {
+            Some(a) if !may_speak_for(instance, a, live_window) => Err(a),
+            _ => {
+                seen.insert(id, (instance, now));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether process `instance` may speak for a server id whose last heard process is `active`:
+/// it is that same process, or that process has been silent for `live_window` (it is gone:
+/// Raft traffic flows far more often). Otherwise two live processes claim one id.
+///
+/// Both ends apply it: the listener to a dialler's [`Hello`], the dialler to the instance the
+/// listener accepts with, so a duplicate is refused whichever of the two ends it sits at.
+pub fn may_speak_for(instance: u64, active: ActivePeer, live_window: Duration) -> bool {
+    instance == active.instance || active.silent_for >= live_window
+}
+
+/// The process last heard speaking for the dialler's server id, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivePeer {
+    /// The instance number it introduced itself with.
+    pub instance: u64,
+    /// How long since a frame last arrived on it.
+    pub silent_for: Duration,
+}
+
+/// What the listener does with a handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accept it; `replaces` says whether the connection open for that id is closed first.
+    Accept {
+        /// The dialler's introduction.
+        hello: Hello,
+        /// Whether an older connection from the same id is closed in its favour.
+        replaces: bool,
+    },
+    /// Send the refusal and close.
+    Refuse(Refusal),
+}
+
+/// Decides on the handshake frame `body`.
+///
+/// A dialler is accepted when no process was heard for its id, when it is that same process
+/// (it gave up on a stalled connection and dialled again), or when that process has been
+/// silent for `live_window` (it is gone: Raft traffic flows far more often). A different
+/// process claiming an id heard from within the window is a duplicate id: refused, so two
+/// servers with one id never both take part. `replaces` is set when an earlier process or
+/// connection was heard for the id: the driver closes that id's older inbound connection.
+pub fn decide(
+    body: &[u8],
+    local: &LocalIdentity,
+    servers: &BTreeSet<u64>,
+    active: Option<ActivePeer>,
+    live_window: Duration,
+) -> Verdict {
+    let hello = match Hello::decode(body) {
+        Ok(h) => h,
+        Err(HelloError::NotAPeer) => return Verdict::Refuse(Refusal::NotAPeer),
+        Err(HelloError::Version(theirs)) => {
+            return Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION, theirs })
+        }
+        Err(HelloError::Malformed(why)) => return Verdict::Refuse(Refusal::Malformed(why)),
+    };
+    if hello.cluster_id != local.cluster_id {
+        return Verdict::Refuse(Refusal::WrongCluster { ours: local.cluster_id, theirs: hello.cluster_id });
+    }
+    if hello.to != local.server_id {
+        return Verdict::Refuse(Refusal::NotThisServer { ours: local.server_id, believed: hello.to });
+    }
+    // A dialler claiming this server's own id is another process configured with our id.
+    if hello.from == local.server_id {
+        return Verdict::Refuse(Refusal::DuplicateServer { id: hello.from });
+    }
+    if !servers.contains(&hello.from) {
+        return Verdict::Refuse(Refusal::UnknownServer { id: hello.from });
+    }
+    match active {
+        None => Verdict::Accept { hello, replaces: false },
+        Some(a) if may_speak_for(hello.instance, a, live_window) => Verdict::Accept { hello, replaces: true },
+        Some(_) => Verdict::Refuse(Refusal::DuplicateServer { id: hello.from }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: LocalIdentity = LocalIdentity { cluster_id: 77, server_id: 1, instance: 5 };
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    fn hello(cluster_id: u64, from: u64, to: u64, instance: u64) -> Vec<u8> {
+        Hello { version: PROTOCOL_VERSION, cluster_id, from, to, instance }.encode()
+    }
+
+    fn accept(from: u64, instance: u64, replaces: bool) -> Verdict {
+        Verdict::Accept { hello: Hello { version: PROTOCOL_VERSION, cluster_id: 77, from, to: 1, instance }, replaces }
+    }
+
+    #[test]
+    fn every_handshake_gets_the_verdict_its_fields_call_for() {
+        let servers = BTreeSet::from([1, 2, 3]);
+        let live = |instance| Some(ActivePeer { instance, silent_for: Duration::from_millis(100) });
+        let gone = |instance| Some(ActivePeer { instance, silent_for: WINDOW });
+        let mut other_version = hello(77, 2, 1, 9);
+        other_version[4..6].copy_from_slice(&2u16.to_be_bytes());
+        let mut truncated = hello(77, 2, 1, 9);
+        truncated.truncate(7);
+        let cases: Vec<(&str, Vec<u8>, Option<ActivePeer>, Verdict)> = vec![
+            ("a known server, first connection", hello(77, 2, 1, 9), None, accept(2, 9, false)),
+            ("the same process dials again", hello(77, 2, 1, 9), live(9), accept(2, 9, true)),
+            ("a restarted process after silence", hello(77, 2, 1, 10), gone(9), accept(2, 10, true)),
+            (
+                "another live process with the same id",
+                hello(77, 2, 1, 10),
+                live(9),
+                Verdict::Refuse(Refusal::DuplicateServer { id: 2 }),
+            ),
+            (
+                "a dialler claiming our own id",
+                hello(77, 1, 1, 9),
+                None,
+                Verdict::Refuse(Refusal::DuplicateServer { id: 1 }),
+            ),
+            (
+                "wrong cluster",
+                hello(78, 2, 1, 9),
+                None,
+                Verdict::Refuse(Refusal::WrongCluster { ours: 77, theirs: 78 }),
+            ),
+            ("unknown server", hello(77, 4, 1, 9), None, Verdict::Refuse(Refusal::UnknownServer { id: 4 })),
+            (
+                "dialled the wrong address",
+                hello(77, 2, 3, 9),
+                None,
+                Verdict::Refuse(Refusal::NotThisServer { ours: 1, believed: 3 }),
+            ),
+            (
+                "another protocol version",
+                other_version,
+                None,
+                Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION, theirs: 2 }),
+            ),
+            (
+                "a ZooKeeper connect request",
+                vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                None,
+                Verdict::Refuse(Refusal::NotAPeer),
+            ),
+            ("empty", vec![], None, Verdict::Refuse(Refusal::NotAPeer)),
+        ];
+        for (what, body, active, want) in cases {
+            assert_eq!(decide(&body, &LOCAL, &servers, active, WINDOW), want, "{what}");
+        }
+        // A garbled body after a good magic and version is refused as malformed.
+        assert!(matches!(decide(&truncated, &LOCAL, &servers, None, WINDOW), Verdict::Refuse(Refusal::Malformed(_))));
+    }
+
+    #[test]
+    fn sightings_admit_one_live_process_per_id() {
+        let t0 = Instant::now();
+        let s = Sightings::default();
+        assert_eq!(s.admit(2, 9, t0, WINDOW), Ok(()), "first process heard for the id");
+        assert_eq!(s.admit(2, 9, t0 + Duration::from_secs(1), WINDOW), Ok(()), "the same process again");
+        let heard = ActivePeer { instance: 9, silent_for: Duration::from_secs(1) };
+        assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(2), WINDOW), Err(heard), "another live process");
+        assert_eq!(s.admit(3, 10, t0 + Duration::from_secs(2), WINDOW), Ok(()), "another id is independent");
+        // Process 9 was last heard at t0 + 1s; a window later it counts as gone.
+        assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(4), WINDOW), Ok(()), "a restarted process after silence");
+        assert_eq!(
+            s.active(2, t0 + Duration::from_secs(4)),
+            Some(ActivePeer { instance: 10, silent_for: Duration::ZERO })
+        );
+        let heard = ActivePeer { instance: 10, silent_for: Duration::from_millis(500) };
+        assert_eq!(
+            s.admit(2, 9, t0 + Duration::from_millis(4500), WINDOW),
+            Err(heard),
+            "the old process is now the stranger"
+        );
+    }
+}

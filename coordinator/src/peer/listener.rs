@@ -1,0 +1,270 @@
+//! The listening side: accepts peer connections on the peer port, decides each handshake (see
+//! [`super::handshake`]) and hands the requests to the local Raft.
+//!
+//! ```text
+//!  peer ─▶ accept (≤ max_connections) ─▶ handshake ─▶ reader ─┬─▶ Raft::append_entries ─┐
+//!                                                             ├─▶ Raft::vote ───────────┤ (≤ in_flight
+//!                                                             └─▶ Raft::install_snapshot┘  per connection)
+//!  peer ◀────────────────────────── writer ◀── replies, tagged with the request's id ◀──┘
+//! ```
+//!
+//! Requests on one connection are handled concurrently, up to a bound; when it is reached the
+//! reader stops reading, and TCP pushes back on the dialler, whose own bounds then fail its
+//! calls. Every connection ends when the serve future's shutdown fires.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::handshake::{decide, LocalIdentity, Sightings, Verdict};
+use super::wire::{
+    frame, read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
+    MAX_HANDSHAKE_BYTES,
+};
+use crate::raft::Raft;
+
+/// The limits of a peer listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerOptions {
+    /// Peer connections held at once; more are refused with [`Refusal::Busy`].
+    pub max_connections: usize,
+    /// Requests handled at once on one connection.
+    pub in_flight: usize,
+    /// How long a dialler has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// How long a connection must have been silent for another process claiming its server id
+    /// to replace it (see [`decide`]).
+    pub live_window: Duration,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions {
+            max_connections: 32,
+            in_flight: 32,
+            handshake_timeout: Duration::from_secs(2),
+            live_window: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The accepted connection of one server id.
+struct Registered {
+    /// Tells this connection from a later one of the same id.
+    serial: u64,
+    abort: AbortHandle,
+}
+
+type Registry = Arc<Mutex<HashMap<u64, Registered>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves peer connections on `listener` until `shutdown` resolves, then closes them all.
+/// `servers` are the server ids allowed to connect; `sightings` is shared with this server's
+/// [`super::PeerNetwork`].
+pub async fn serve_peers(
+    listener: TcpListener,
+    raft: Raft,
+    local: LocalIdentity,
+    servers: BTreeSet<u64>,
+    sightings: Arc<Sightings>,
+    options: ListenerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let servers = Arc::new(servers);
+    let registry: Registry = Arc::default();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    let mut serial = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        while conns.try_join_next().is_some() {}
+        let (stream, peer_addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: the next accept may succeed.
+                tracing::warn!("accepting a peer connection failed: {e}");
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // A fresh socket's send buffer is empty: this write does not block the loop.
+            let refusal = HelloReply::Refused(Refusal::Busy { limit: options.max_connections }).encode();
+            if let Ok(f) = frame(&refusal) {
+                let _ = stream.try_write(&f);
+            }
+            tracing::warn!(%peer_addr, limit = options.max_connections, "refused a peer connection: at the limit");
+            continue;
+        };
+        serial += 1;
+        let (raft, servers, registry) = (raft.clone(), servers.clone(), registry.clone());
+        let sightings = sightings.clone();
+        let this = serial;
+        // The task's abort handle goes into the registry once its handshake is accepted; the
+        // channel hands it over, since the handle exists only after the spawn.
+        let (abort_tx, abort_rx) = tokio::sync::oneshot::channel();
+        let handle = conns.spawn(async move {
+            let _permit = permit;
+            let Ok(abort) = abort_rx.await else { return };
+            let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options };
+            peer.serve(stream, peer_addr, raft, abort).await;
+        });
+        let _ = abort_tx.send(handle);
+    }
+    conns.shutdown().await;
+}
+
+/// Removes the connection's registration when its task ends, unless a later one took its place.
+struct Deregister {
+    registry: Registry,
+    id: u64,
+    serial: u64,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        let mut reg = lock(&self.registry);
+        if reg.get(&self.id).is_some_and(|r| r.serial == self.serial) {
+            reg.remove(&self.id);
+        }
+    }
+}
+
+/// What one connection's task knows.
+struct PeerConn<'a> {
+    local: LocalIdentity,
+    servers: &'a BTreeSet<u64>,
+    registry: Registry,
+    sightings: Arc<Sightings>,
+    serial: u64,
+    options: ListenerOptions,
+}
+
+impl PeerConn<'_> {
+    async fn serve(self, stream: TcpStream, peer_addr: SocketAddr, raft: Raft, abort: AbortHandle) {
+        let PeerConn { local, servers, registry, sightings, serial, options } = self;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let body =
+            match tokio::time::timeout(options.handshake_timeout, read_frame(&mut reader, MAX_HANDSHAKE_BYTES)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer_addr, "peer handshake unreadable: {e}");
+                    let _ = write_frame(&mut writer, &HelloReply::Refused(Refusal::NotAPeer).encode()).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer_addr, "no peer handshake within {:?}", options.handshake_timeout);
+                    return;
+                }
+            };
+        let verdict = {
+            let mut reg = lock(&registry);
+            let now = Instant::now();
+            let claimed = Hello::decode(&body).map(|h| h.from).ok();
+            let active = claimed.and_then(|id| sightings.active(id, now));
+            let mut verdict = decide(&body, &local, servers, active, options.live_window);
+            if let Verdict::Accept { hello, .. } = &verdict {
+                // Checked again and recorded in one step: another process may have been heard
+                // for this id since `active` was read (one of our own links may have just
+                // reached it), and of two claimants only the first is admitted.
+                match sightings.admit(hello.from, hello.instance, now, options.live_window) {
+                    Ok(()) => {
+                        // One inbound connection per server id: an older one is a stalled
+                        // connection its dialler has given up on, or a process that has gone.
+                        if let Some(old) = reg.insert(hello.from, Registered { serial, abort }) {
+                            old.abort.abort();
+                        }
+                    }
+                    Err(_) => verdict = Verdict::Refuse(Refusal::DuplicateServer { id: hello.from }),
+                }
+            }
+            verdict
+        };
+        let from = match verdict {
+            Verdict::Accept { hello, replaces } => {
+                let accepted = HelloReply::Accepted { instance: local.instance }.encode();
+                if write_frame(&mut writer, &accepted).await.is_err() {
+                    return;
+                }
+                tracing::debug!(%peer_addr, peer = hello.from, replaces, "peer connection accepted");
+                hello.from
+            }
+            Verdict::Refuse(refusal) => {
+                tracing::warn!(%peer_addr, "refused a peer connection: {refusal}");
+                let _ = write_frame(&mut writer, &HelloReply::Refused(refusal).encode()).await;
+                return;
+            }
+        };
+        let _deregister = Deregister { registry, id: from, serial };
+        let instance = Hello::decode(&body).map(|h| h.instance).unwrap_or_default();
+
+        let in_flight = options.in_flight.max(1);
+        let (reply_tx, mut reply_rx) = mpsc::channel::<Vec<u8>>(in_flight);
+        let mut writer_task = tokio::spawn(async move {
+            while let Some(body) = reply_rx.recv().await {
+                if write_frame(&mut writer, &body).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let slots = Arc::new(Semaphore::new(in_flight));
+        let mut requests = JoinSet::new();
+        loop {
+            // A permit before the read: at the bound, nothing more is read and TCP pushes back.
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let body = tokio::select! {
+                r = read_frame(&mut reader, MAX_FRAME_BYTES) => r,
+                _ = &mut writer_task => break,
+            };
+            while requests.try_join_next().is_some() {}
+            let msg = match body.and_then(|b| PeerMessage::decode(&b)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(%peer_addr, peer = from, "peer connection closed: {e}");
+                    break;
+                }
+            };
+            sightings.saw(from, instance, Instant::now());
+            let PeerMessage::Request { id, body } = msg else {
+                tracing::warn!(%peer_addr, peer = from, "a peer sent a reply on a connection it dialled; closing it");
+                break;
+            };
+            let (raft, reply_tx) = (raft.clone(), reply_tx.clone());
+            requests.spawn(async move {
+                let _permit = permit;
+                let reply = dispatch(&raft, body).await;
+                match (PeerMessage::Reply { id, body: reply }).encode() {
+                    Ok(b) => {
+                        let _ = reply_tx.send(b).await;
+                    }
+                    Err(e) => tracing::error!("a peer reply could not be encoded: {e}"),
+                }
+            });
+        }
+        writer_task.abort();
+    }
+}
+
+/// Hands one request to the local Raft.
+async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerReply {
+    match request {
+        PeerRequest::AppendEntries(r) => PeerReply::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::Vote(r) => PeerReply::Vote(raft.vote(r).await),
+        PeerRequest::InstallSnapshot(r) => PeerReply::InstallSnapshot(raft.install_snapshot(r).await),
+    }
+}

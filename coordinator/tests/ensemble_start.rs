@@ -1,0 +1,188 @@
+//! Three coordinator servers configured as an ensemble (`servers` in their configuration),
+//! started in one process as `referee coordinator` starts them, one with `--init`: they elect a
+//! leader through their peer ports, and a write from a ZooKeeper client connected to the
+//! leader is applied on every server's tree; with the leader stopped, the other two elect a new
+//! one and its clients' writes are applied on both. An observer listed in `servers` becomes an
+//! openraft learner: it applies the writes, and stopping it costs no quorum.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use referee_coordinator::config::{CoordinatorConfig, Role, ServerEntry};
+use referee_coordinator::log::RealFs;
+use referee_coordinator::raft::Raft;
+use referee_coordinator::server::{Coordinator, CoordinatorError, Startup};
+use referee_testkit::{connect, within_for, ScratchDir};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Running {
+    id: u64,
+    client: SocketAddr,
+    raft: Raft,
+    coordinator_state: Arc<std::sync::Mutex<referee_coordinator::state::ServerState>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), CoordinatorError>>,
+}
+
+impl Running {
+    fn data(&self, path: &str) -> Option<Vec<u8>> {
+        let st = self.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
+        st.tree.node(path).and_then(|n| n.data().map(<[u8]>::to_vec))
+    }
+}
+
+/// The server every running server names as leader once that server has applied an entry of
+/// its own term, and how long that took to come about.
+async fn leader_of(running: &[Running]) -> Result<(u64, Duration)> {
+    let began = std::time::Instant::now();
+    loop {
+        let named: std::collections::BTreeSet<Option<u64>> =
+            running.iter().map(|r| r.raft.metrics().borrow().current_leader).collect();
+        if let [Some(l)] = named.iter().copied().collect::<Vec<_>>()[..] {
+            if let Some(r) = running.iter().find(|r| r.id == l) {
+                let m = r.raft.metrics().borrow().clone();
+                if m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term) {
+                    return Ok((l, began.elapsed()));
+                }
+            }
+        }
+        // Re-checked when any server's metrics change, never later than the deadline.
+        let left = DEADLINE.checked_sub(began.elapsed()).ok_or_else(|| anyhow!("no agreed leader: {named:?}"))?;
+        let mut rxs: Vec<_> = running.iter().map(|r| r.raft.metrics()).collect();
+        let mut changes: Vec<_> = rxs.iter_mut().map(|rx| Box::pin(rx.changed())).collect();
+        let any = std::future::poll_fn(|cx| {
+            for c in changes.iter_mut() {
+                if c.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        });
+        let _ = tokio::time::timeout(left, any).await;
+    }
+}
+
+/// Creates `path` through a ZooKeeper client of server `leader`, and checks every running
+/// server applies it.
+async fn write_and_check(running: &[Running], leader: u64, path: &str) -> Result<()> {
+    let r = running.iter().find(|r| r.id == leader).context("the leader is running")?;
+    let zk = connect(&r.client.to_string(), Duration::from_secs(10)).await?;
+    zk.create(path, b"replicated", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    let index = r.raft.metrics().borrow().last_applied.map(|l| l.index).context("the leader applied the write")?;
+    for r in running {
+        r.raft
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), "the client's write")
+            .await
+            .map_err(|e| anyhow!("server {} did not apply entry {index}: {e}", r.id))?;
+        assert_eq!(r.data(path).as_deref(), Some(&b"replicated"[..]), "server {} holds {path}", r.id);
+    }
+    Ok(())
+}
+
+/// Starts one server per entry of `roles` (ids 1, 2, ...) together, as separate processes would
+/// be, server 1 with `--init`; returns them serving, with their data directories.
+async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
+    let mut clients = Vec::new();
+    let mut peers = Vec::new();
+    let mut servers = Vec::new();
+    for (id, &role) in (1u64..).zip(roles) {
+        let (c, p) = (TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?);
+        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role });
+        clients.push(c);
+        peers.push(p);
+    }
+    let dirs: Vec<ScratchDir> =
+        servers.iter().map(|s| ScratchDir::new(&format!("ensemble-{}", s.id))).collect::<Result<_>>()?;
+    let mut starting = Vec::new();
+    for (i, peer_listener) in peers.into_iter().enumerate() {
+        let mut cfg = CoordinatorConfig::new(dirs[i].path("data"));
+        cfg.cluster_id = Some(7);
+        cfg.server_id = Some(servers[i].id);
+        cfg.listen = servers[i].client;
+        cfg.servers = servers.clone();
+        cfg.validate()?;
+        // Started together: each waits for a leader, which needs a majority of the voters.
+        let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
+        starting.push(tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)));
+    }
+    let mut running = Vec::new();
+    for ((start, listener), entry) in starting.into_iter().zip(clients).zip(&servers) {
+        let coordinator = within_for(DEADLINE, "a server to start", start).await???;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (raft, coordinator_state) = (coordinator.raft(), coordinator.state());
+        let task = tokio::spawn(coordinator.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
+    }
+    Ok((running, dirs))
+}
+
+async fn stop(r: Running) -> Result<()> {
+    let _ = r.stop.send(());
+    within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_receives_writes_and_losing_it_costs_no_quorum() -> Result<()> {
+    let (mut running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    // The initialising server adds the observer as a learner once it leads.
+    let learners =
+        |r: &Running| r.raft.metrics().borrow().membership_config.membership().learner_ids().collect::<Vec<_>>();
+    running[0]
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(|m| m.membership_config.membership().learner_ids().any(|id| id == 4), "server 4 to be a learner")
+        .await?;
+    let voters = running[0].raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
+    assert_eq!((voters, learners(&running[0])), (vec![1, 2, 3], vec![4]));
+    write_and_check(&running, leader, "/seen-by-the-observer").await?;
+
+    let observer = running.pop().context("the observer runs")?;
+    assert_eq!(observer.id, 4);
+    stop(observer).await?;
+    // A voter stops too: two of three voters are a quorum, with or without the observer.
+    let follower = running.iter().position(|r| r.id != leader).context("a follower runs")?;
+    stop(running.remove(follower)).await?;
+    write_and_check(&running, leader, "/without-the-observer").await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_survive_its_loss() -> Result<()> {
+    let (mut running, _dirs) = start_ensemble(&[Role::Voter; 3]).await?;
+    let (leader_id, _) = leader_of(&running).await?;
+    write_and_check(&running, leader_id, "/ensemble").await?;
+
+    // The leader stops (as on SIGTERM); the other two elect a new one, whose clients write.
+    let at = running.iter().position(|r| r.id == leader_id).context("the leader is one of the servers")?;
+    let old = running.remove(at);
+    stop(old).await?;
+    let (new_leader, took) = leader_of(&running).await?;
+    assert_ne!(new_leader, leader_id, "a stopped server cannot lead");
+    eprintln!("server {leader_id} stopped; server {new_leader} leads after {took:?}");
+    write_and_check(&running, new_leader, "/after-leader-change").await?;
+    for path in ["/ensemble", "/after-leader-change"] {
+        for r in &running {
+            assert!(r.data(path).is_some(), "server {} lost {path}", r.id);
+        }
+    }
+
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
