@@ -72,11 +72,10 @@ impl Cached {
         Ok(Cached { log_id: entry.log_id, payload: payload.into_boxed_slice() })
     }
 
-    fn decode(&self) -> Result<Entry<TypeConfig>, SErr> {
-        decode_entry(FORMAT_VERSION, &self.payload).map_err(|reason| {
-            let e =
-                LogError::BadEntry { index: self.log_id.index, reason: format!("cached copy unreadable: {reason}") };
-            StorageIOError::read_logs(AnyError::new(&e)).into()
+    fn decode(&self) -> Result<Entry<TypeConfig>, LogError> {
+        decode_entry(FORMAT_VERSION, &self.payload).map_err(|reason| LogError::BadEntry {
+            index: self.log_id.index,
+            reason: format!("cached copy unreadable: {reason}"),
         })
     }
 }
@@ -369,7 +368,12 @@ impl RaftLogReader<TypeConfig> for LogReader {
         // Decoded outside the lock: the writer and the appender take it meanwhile.
         let cached: Vec<(LogId<u64>, Box<[u8]>)> =
             self.shared.cache().entries.range(range).map(|(_, c)| (c.log_id, c.payload.clone())).collect();
-        cached.into_iter().map(|(log_id, payload)| Cached { log_id, payload }.decode()).collect()
+        let mut out = Vec::with_capacity(cached.len());
+        for (log_id, payload) in cached {
+            let entry = Cached { log_id, payload }.decode();
+            out.push(entry.map_err(|e| SErr::from(StorageIOError::read_logs(AnyError::new(&e))))?);
+        }
+        Ok(out)
     }
 }
 
