@@ -997,6 +997,9 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
     out
 }
 
+/// The coordinator's RSS with the --znodes nodes must stay under this, whatever Apache's is.
+const RSS_FULL_LIMIT_MIB: f64 = 120.0;
+
 /// The targets: every row at least 2x Apache's throughput with a p99 no worse, and the
 /// resource figures; each miss is named with its numbers.
 fn throughput_verdict(ours: &ServerRun, apache: &ServerRun) -> Vec<String> {
@@ -1025,6 +1028,11 @@ fn throughput_verdict(ours: &ServerRun, apache: &ServerRun) -> Vec<String> {
     if let (Some(x), Some(y)) = (ours.rss_full_mib, apache.rss_full_mib) {
         if x > y / 5.0 {
             misses.push(format!("RSS with the znodes {x:.0} MiB is more than a fifth of Apache's {y:.0} MiB"));
+        }
+    }
+    if let Some(x) = ours.rss_full_mib {
+        if x >= RSS_FULL_LIMIT_MIB {
+            misses.push(format!("RSS with the znodes {x:.0} MiB is not under {RSS_FULL_LIMIT_MIB:.0} MiB"));
         }
     }
     if let Some((t, kept)) = ours.start_full {
