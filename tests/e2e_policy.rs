@@ -34,6 +34,21 @@ where
     }
 }
 
+/// Plain masters on the referee timings, each node's agent given its YAML; journalling when
+/// `journal` (the masters then report their journal index as their position).
+fn spec(coordinator: CoordinatorKind, extra_agent_yaml: Vec<String>, journal: bool) -> PairSpec {
+    PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        coordinator,
+        timings: Timings::referee(),
+        master: MasterKind::Plain,
+        proxied_agents: false,
+        extra_agent_yaml,
+        admin: false,
+        journal,
+    }
+}
+
 async fn status(pair: &Pair, node: usize) -> Value {
     pair.agent_json(node, "/status").await.unwrap_or_default()
 }
@@ -54,16 +69,7 @@ async fn lag_gate(coordinator: CoordinatorKind) -> Result<()> {
         return Ok(());
     }
     let gate = format!("election:\n  max_lag: {MAX_LAG}\n  position_publish_interval_ms: 200\n");
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
-        timings: Timings::referee(),
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![gate.clone(), gate],
-        admin: true,
-        journal: true,
-    };
+    let spec = PairSpec { admin: true, ..spec(coordinator, vec![gate.clone(), gate], true) };
     let pair = Arc::new(Pair::start(spec).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;
     let standby = 1 - active;
@@ -139,16 +145,7 @@ async fn three_masters(coordinator: CoordinatorKind) -> Result<()> {
         return Ok(());
     }
     let ranked = "election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n".to_string();
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
-        timings: Timings::referee(),
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![ranked.clone(), ranked.clone(), ranked],
-        admin: false,
-        journal: true,
-    };
+    let spec = spec(coordinator, vec![ranked.clone(), ranked.clone(), ranked], true);
     let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
     let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
     let standbys: Vec<usize> = (0..3).filter(|n| *n != active).collect();
@@ -211,16 +208,7 @@ async fn equal_positions_higher_priority(coordinator: CoordinatorKind) -> Result
     }
     let yaml =
         |p: u32| format!("election:\n  rank_delay_ms: 4000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
-        timings: Timings::referee(),
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
-        admin: false,
-        journal: true,
-    };
+    let spec = spec(coordinator, vec![yaml(1), yaml(2), yaml(3)], true);
     let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
     let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
     // Priority is node index + 1: the higher-indexed standby is preferred.
@@ -269,14 +257,8 @@ async fn a_stopped_best_candidate(coordinator: CoordinatorKind) -> Result<()> {
     let yaml =
         |p: u32| format!("election:\n  rank_delay_ms: 1000\n  position_publish_interval_ms: 200\n  priority: {p}\n");
     let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
         timings: Timings { session_timeout_ms: 6000, ..Timings::referee() },
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![yaml(1), yaml(2), yaml(3)],
-        admin: false,
-        journal: true,
+        ..spec(coordinator, vec![yaml(1), yaml(2), yaml(3)], true)
     };
     let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
     let active = cluster.wait_for_active(Duration::from_secs(30)).await?;
@@ -352,16 +334,7 @@ async fn nofailover_node(coordinator: CoordinatorKind) -> Result<()> {
     }
     let plain = "election:\n  position_publish_interval_ms: 200\n".to_string();
     let never = "election:\n  position_publish_interval_ms: 200\n  nofailover: true\n".to_string();
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
-        timings: Timings::referee(),
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![plain.clone(), plain, never],
-        admin: false,
-        journal: true,
-    };
+    let spec = spec(coordinator, vec![plain.clone(), plain, never], true);
     let cluster = Arc::new(Pair::start_cluster(spec, 3).await?);
     let first = cluster.wait_for_active(Duration::from_secs(30)).await?;
     ensure!(first != 2, "the nofailover node was promoted at start");
@@ -397,16 +370,7 @@ async fn slow_master(coordinator: CoordinatorKind) -> Result<()> {
         return Ok(());
     }
     let slow_fall = "health:\n  slow_fall: 30\n".to_string();
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        coordinator,
-        timings: Timings::referee(),
-        master: MasterKind::Plain,
-        proxied_agents: false,
-        extra_agent_yaml: vec![slow_fall.clone(), slow_fall],
-        admin: false,
-        journal: false,
-    };
+    let spec = spec(coordinator, vec![slow_fall.clone(), slow_fall], false);
     let pair = Arc::new(Pair::start(spec).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;
     let url = format!("http://127.0.0.1:{}/test/slow", pair.ports[active].master);

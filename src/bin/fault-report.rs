@@ -193,7 +193,8 @@ fn parse_runs(txt: &str) -> Result<(String, Vec<Series>)> {
         match rest.strip_prefix("FAILED ") {
             Some(why) => all[i].violations.push(why.to_string()),
             None => {
-                let value: f64 = rest.parse().with_context(|| format!("line {}: `{rest}` is not a time in ms", n + 2))?;
+                let value: f64 =
+                    rest.parse().with_context(|| format!("line {}: `{rest}` is not a time in ms", n + 2))?;
                 all[i].times.push(Duration::from_secs_f64(value / 1000.0));
             }
         }
