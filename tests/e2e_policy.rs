@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, CLUSTER_NODES, NODES};
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, CLUSTER_NODES};
 use referee_failover_agent::election::{Coordination, CoordinationConfig};
 use serde_json::Value;
 
@@ -60,80 +60,112 @@ async fn post_master(pair: &Pair, node: usize, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// With both masters reporting positions: the standby names its blocker and how far behind it
-/// is; made to lag beyond `max_lag`, it does not take over when the active's master dies, its
-/// status and metrics say it is lagging, `referee admin failover` refuses it with exit code 3
-/// and the lag, and `--allow-data-loss` promotes it.
-async fn lag_gate(coordinator: CoordinatorKind) -> Result<()> {
+/// With every master reporting positions: each standby names its blocker and how far behind
+/// it is; made to lag beyond `max_lag`, no standby takes over when the active's master dies,
+/// each one's status and metrics say it is lagging, `referee admin failover` refuses one with
+/// exit code 3 and its lag, and `--allow-data-loss` promotes it. Run with a pair and with three
+/// masters (both standbys lagging).
+async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
     if !coordinator_available(coordinator, "lag_gate") {
         return Ok(());
     }
     let gate = format!("election:\n  max_lag: {MAX_LAG}\n  position_publish_interval_ms: 200\n");
-    let spec = PairSpec { admin: true, ..spec(coordinator, vec![gate.clone(), gate], true) };
-    let pair = Arc::new(Pair::start(spec).await?);
+    let spec = PairSpec { admin: true, ..spec(coordinator, vec![gate; nodes], true) };
+    let pair = Arc::new(Pair::start_cluster(spec, nodes).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;
-    let standby = 1 - active;
+    let standbys: Vec<usize> = (0..nodes).filter(|&n| n != active).collect();
     pair.write_within(active, "k", "v0", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
 
-    // In step: the standby knows its position and the active's, and names what keeps it back.
-    let st = until(Duration::from_secs(10), "the standby to see the active's published position", || async {
-        let st = status(&pair, standby).await;
-        (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64().is_some()).then_some(st)
-    })
-    .await?;
-    ensure!(st["blocker"]["blocker"] == "lease_not_expired", "{st}");
-    ensure!(st["max_lag"] == MAX_LAG, "{st}");
-    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
-    let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", NODES[standby]);
-    ensure!(metrics.contains(&gauge), "{metrics}");
+    // In step: each standby knows its position and the active's, and names what keeps it back.
+    for &standby in &standbys {
+        let st = until(Duration::from_secs(10), "the standby to see the active's published position", || async {
+            let st = status(&pair, standby).await;
+            (st["behind"].as_u64() == Some(0) && st["master"]["position"].as_u64().is_some()).then_some(st)
+        })
+        .await?;
+        ensure!(st["blocker"]["blocker"] == "lease_not_expired", "{st}");
+        ensure!(st["max_lag"] == MAX_LAG, "{st}");
+        let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+        let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", CLUSTER_NODES[standby]);
+        ensure!(metrics.contains(&gauge), "{metrics}");
+    }
 
-    // The standby stops tailing; the active goes on.
-    post_master(&pair, standby, "/test/pause-tail").await?;
+    // Every standby stops tailing; the active goes on.
+    for &standby in &standbys {
+        post_master(&pair, standby, "/test/pause-tail").await?;
+    }
     for i in 0..(MAX_LAG + 3) {
         pair.write_within(active, "k", &format!("v{}", i + 1), Duration::from_secs(5))
             .await
             .map_err(anyhow::Error::msg)?;
     }
-    let behind = until(Duration::from_secs(10), "the standby to see itself lagging", || async {
-        status(&pair, standby).await["behind"].as_u64().filter(|b| *b > MAX_LAG)
-    })
-    .await?;
+    let mut behind = Vec::new();
+    for &standby in &standbys {
+        behind.push(
+            until(Duration::from_secs(10), "the standby to see itself lagging", || async {
+                status(&pair, standby).await["behind"].as_u64().filter(|b| *b > MAX_LAG)
+            })
+            .await?,
+        );
+    }
 
-    // The active's master dies: the lock is freed, but the lagging standby does not take it.
+    // The active's master dies: the lock is freed, but no lagging standby takes it, and each
+    // one says why.
     pair.masters[active].signal(Signal::SIGKILL)?;
-    let st = until(Duration::from_secs(15), "the standby to be blocked by its lag on a free lock", || async {
-        let st = status(&pair, standby).await;
-        (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "lagging").then_some(st)
-    })
-    .await?;
-    ensure!(st["role"] == "standby", "{st}");
-    ensure!(st["why_not"].as_str().unwrap_or("").starts_with("lagging by"), "{st}");
-    ensure!(!pair.is_active(standby).await, "a standby beyond max_lag must not be promoted automatically");
-    let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
-    ensure!(metrics.contains("blocker=\"lagging\"} 1"), "{metrics}");
+    for &standby in &standbys {
+        let st = until(Duration::from_secs(15), "the standby to be blocked by its lag on a free lock", || async {
+            let st = status(&pair, standby).await;
+            (st["lock"]["holder"] == "free" && st["blocker"]["blocker"] == "lagging").then_some(st)
+        })
+        .await?;
+        ensure!(st["role"] == "standby", "{st}");
+        ensure!(st["why_not"].as_str().unwrap_or("").starts_with("lagging by"), "{st}");
+        let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
+        ensure!(metrics.contains("blocker=\"lagging\"} 1"), "{metrics}");
+    }
+    for &standby in &standbys {
+        ensure!(!pair.is_active(standby).await, "a standby beyond max_lag must not be promoted automatically");
+    }
 
-    // The operator: refused without the flag (exit 3, with the lag) ...
-    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby]]).await?;
+    // The operator picks the first standby: refused without the flag (exit 3, with the lag) ...
+    let (target, behind) = (standbys[0], behind[0]);
+    let name = CLUSTER_NODES[target];
+    let (code, out, err) = pair.admin(target, &["failover", "--to", name]).await?;
     ensure!(code == 3, "a failover to a lagging node is refused with exit 3, got {code}: {out} {err}");
     ensure!(err.contains(&format!("is {behind} behind the active (max_lag {MAX_LAG})")), "{out} {err}");
-    ensure!(!pair.is_active(standby).await);
+    ensure!(!pair.is_active(target).await);
     // ... and promoted with it, told how far behind the node was.
-    let (code, out, err) = pair.admin(standby, &["failover", "--to", NODES[standby], "--allow-data-loss"]).await?;
+    let (code, out, err) = pair.admin(target, &["failover", "--to", name, "--allow-data-loss"]).await?;
     ensure!(code == 0, "failover --allow-data-loss exited {code}: {out} {err}");
     ensure!(out.contains(&format!("is {behind} behind the active")) && out.contains("--allow-data-loss"), "{out}");
-    pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
-    pair.write_within(standby, "k", "after", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    pair.wait_for_active_node(target, Duration::from_secs(10)).await?;
+    pair.write_within(target, "k", "after", Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+    for &other in &standbys[1..] {
+        ensure!(!pair.is_active(other).await, "{} became active beside {name}", CLUSTER_NODES[other]);
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_bundled() -> Result<()> {
-    lag_gate(CoordinatorKind::Bundled).await
+    lag_gate(CoordinatorKind::Bundled, 2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_standby_is_not_promoted_unless_the_operator_allows_data_loss_apache_zookeeper() -> Result<()> {
-    lag_gate(CoordinatorKind::ApacheZooKeeper).await
+    lag_gate(CoordinatorKind::ApacheZooKeeper, 2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_with_both_standbys_lagging_fail_over_only_when_the_operator_allows_data_loss_bundled(
+) -> Result<()> {
+    lag_gate(CoordinatorKind::Bundled, 3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_with_both_standbys_lagging_fail_over_only_when_the_operator_allows_data_loss_apache_zookeeper(
+) -> Result<()> {
+    lag_gate(CoordinatorKind::ApacheZooKeeper, 3).await
 }
 
 /// Three masters, one active and two standbys: one standby stops tailing the journal and falls

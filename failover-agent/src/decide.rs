@@ -100,7 +100,8 @@ pub struct Observation {
     /// Failsafe mode's lease: until then every other member's agent has confirmed it is not
     /// active and will not contend. Only set while failsafe is enabled and confirmed.
     pub failsafe_until: Option<BootInstant>,
-    /// When this agent last saw the active node change (a new lock token), for anti-flap.
+    /// When this agent last saw the active node change (a new lock token, or itself leaving the
+    /// active role), for anti-flap.
     pub last_failover_at: Option<BootInstant>,
     /// Since when the master has been healthy without a break; `None` while it is not.
     pub healthy_since: Option<BootInstant>,

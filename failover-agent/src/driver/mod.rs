@@ -613,6 +613,12 @@ impl Driver {
         };
         st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
+        if previous == Role::Active && role != Role::Active {
+            // Leaving the active role is a change of active this agent saw, whether or not it
+            // ever sees the next holder's token: anti-flap counts from it, so a node that handed
+            // over or stepped down does not take the role straight back.
+            self.mem.tokens.last_failover_at = Some(BootInstant::now());
+        }
         self.mem.timeline = recording;
         if previous != role {
             self.role_hooks.notify(previous, role, token_now);
