@@ -38,12 +38,15 @@ pub fn parse(prefix: [u8; 4]) -> Option<&'static str> {
     IMPLEMENTED.iter().chain(RECOGNISED_ONLY.iter()).copied().find(|c| c.as_bytes() == prefix)
 }
 
-/// What the server is in the ensemble, as `srvr`'s `Mode:` line reports it.
-pub fn mode_name(standalone: bool, leader: bool) -> &'static str {
-    match (standalone, leader) {
-        (true, _) => "standalone",
-        (false, true) => "leader",
-        (false, false) => "follower",
+/// What the server is in the ensemble, as `srvr`'s `Mode:` line reports it (and `mntr`'s
+/// `zk_server_state`): ZooKeeper's `standalone`, `leader`, `follower` or `observer` (a Raft
+/// learner).
+pub fn mode_name(standalone: bool, leader: bool, learner: bool) -> &'static str {
+    match (standalone, leader, learner) {
+        (true, _, _) => "standalone",
+        (false, true, _) => "leader",
+        (false, false, true) => "observer",
+        (false, false, false) => "follower",
     }
 }
 

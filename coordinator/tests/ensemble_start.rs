@@ -3,7 +3,8 @@
 //! leader through their peer ports, and a write from a ZooKeeper client connected to the
 //! leader is applied on every server's tree; with the leader stopped, the other two elect a new
 //! one and its clients' writes are applied on both. An observer listed in `servers` becomes an
-//! openraft learner: it applies the writes, and stopping it costs no quorum.
+//! openraft learner: it applies the writes, and stopping it costs no quorum. Each server's
+//! `srvr` and `mntr` name its role: leader, follower or observer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -147,6 +148,18 @@ async fn an_observer_receives_writes_and_losing_it_costs_no_quorum() -> Result<(
     let voters = running[0].raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
     assert_eq!((voters, learners(&running[0])), (vec![1, 2, 3], vec![4]));
     write_and_check(&running, leader, "/seen-by-the-observer").await?;
+    // Each server names its role as ZooKeeper's servers do, so `zkServer.sh status` reads it.
+    for r in &running {
+        let want = match r.id {
+            4 => "observer",
+            id if id == leader => "leader",
+            _ => "follower",
+        };
+        let srvr = referee_testkit::four_letter(r.client.port(), "srvr")?;
+        assert!(srvr.contains(&format!("\nMode: {want}\n")), "server {}: {srvr}", r.id);
+        let mntr = referee_testkit::four_letter(r.client.port(), "mntr")?;
+        assert!(mntr.contains(&format!("zk_server_state\t{want}\n")), "server {}: {mntr}", r.id);
+    }
 
     let observer = running.pop().context("the observer runs")?;
     assert_eq!(observer.id, 4);

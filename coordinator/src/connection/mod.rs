@@ -55,11 +55,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// `standalone`, `leader` or `follower`, as `srvr` reports it.
+    /// `standalone`, `leader`, `follower` or `observer`, as `srvr` reports it.
     pub fn mode(&self) -> &'static str {
-        let leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
-        crate::fourlw::mode_name(voters <= 1, leader)
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let standalone = membership.voter_ids().count() <= 1 && membership.learner_ids().next().is_none();
+        crate::fourlw::mode_name(
+            standalone,
+            m.state == openraft::ServerState::Leader,
+            m.state == openraft::ServerState::Learner,
+        )
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {
