@@ -473,10 +473,6 @@ impl<'a> Session<'a> {
     }
 
     /// POSTs to a member's admin API; the agent's message on success.
-    async fn admin_post(&self, mv: &MemberView, path: &str, limit: Duration) -> Result<String, Failure> {
-        self.admin_post_body(mv, path, limit, None).await
-    }
-
     async fn admin_post_body(
         &self,
         mv: &MemberView,
@@ -713,34 +709,9 @@ impl<'a> Session<'a> {
     }
 
     async fn unblock(&self, only: Option<&str>) -> Result<Report, Failure> {
-        let view = self.cluster_view().await?;
-        let targets: Vec<&MemberView> = match only {
-            Some(node) => vec![self.find(&view, node)?],
-            None => view.members.iter().collect(),
-        };
-        if targets.is_empty() {
-            return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
-        }
         let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
         let body = json!({"by": format!("{who} (referee admin unblock)")});
-        let mut exit = Exit::Ok;
-        let mut text = String::new();
-        let mut results = Vec::new();
-        for mv in targets {
-            let node = &mv.member.node_id;
-            match self.admin_post_body(mv, "/admin/unblock", self.timeout, Some(body.clone())).await {
-                Ok(message) => {
-                    let _ = writeln!(text, "{node}: {message}");
-                    results.push(json!({"node": node, "ok": true, "message": message}));
-                }
-                Err(f) => {
-                    exit = exit.max(f.exit);
-                    let _ = writeln!(text, "{node}: FAILED: {}", f.reason);
-                    results.push(json!({"node": node, "ok": false, "reason": f.reason}));
-                }
-            }
-        }
-        Ok(Report { exit, text, json: json!({"ok": exit == Exit::Ok, "results": results}) })
+        self.post_to_members(only, "/admin/unblock", Some(body)).await
     }
 
     async fn check_health(&self, node: &str) -> Result<Report, Failure> {
@@ -763,6 +734,13 @@ impl<'a> Session<'a> {
     }
 
     async fn pause_or_resume(&self, pause: bool, only: Option<&str>) -> Result<Report, Failure> {
+        let path = if pause { "/admin/pause" } else { "/admin/resume" };
+        self.post_to_members(only, path, None).await
+    }
+
+    /// POSTs `path` (with `body`, if any) to the admin API of member `only`, or of every member,
+    /// reporting each answer; the exit code is the worst of them.
+    async fn post_to_members(&self, only: Option<&str>, path: &str, body: Option<Value>) -> Result<Report, Failure> {
         let view = self.cluster_view().await?;
         let targets: Vec<&MemberView> = match only {
             Some(node) => vec![self.find(&view, node)?],
@@ -771,13 +749,12 @@ impl<'a> Session<'a> {
         if targets.is_empty() {
             return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
         }
-        let path = if pause { "/admin/pause" } else { "/admin/resume" };
         let mut exit = Exit::Ok;
         let mut text = String::new();
         let mut results = Vec::new();
         for mv in targets {
             let node = &mv.member.node_id;
-            match self.admin_post(mv, path, self.timeout).await {
+            match self.admin_post_body(mv, path, self.timeout, body.clone()).await {
                 Ok(message) => {
                     let _ = writeln!(text, "{node}: {message}");
                     results.push(json!({"node": node, "ok": true, "message": message}));

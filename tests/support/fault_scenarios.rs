@@ -177,6 +177,23 @@ async fn until_record(
     Ok(oracle.wait_for(limit, what, cond, || logs(pair)).await?)
 }
 
+/// Waits up to 30 s until agent `node` is connected with more than `sessions_before` sessions
+/// counted and reports standby.
+async fn until_standby(pair: &Pair, node: usize, sessions_before: u64, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(pair, node).await;
+        let sessions = s["counters"]["sessions"].as_u64().unwrap_or(0);
+        if s["session"]["state"] == "connected" && sessions > sessions_before && s["role"] == "standby" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after 30 s waiting for {what}: {s}\n{}", logs(pair));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Master `node`'s last answer, if it was sent after `since`.
 fn last_state(record: &MasterRecord, node: usize, since: Duration) -> Option<HaState> {
     record.states.iter().rev().find(|o| o.node == node).filter(|o| o.sent >= since).map(|o| o.what.state)
@@ -232,18 +249,7 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) ->
     let healed_at = oracle.now();
     // The old node rejoins: its agent has a session again and is standby, its master says
     // standby, and the new master is still the only active.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(pair, old).await;
-        let sessions = s["counters"]["sessions"].as_u64().unwrap_or(0);
-        if s["session"]["state"] == "connected" && sessions > sessions_before && s["role"] == "standby" {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!("the old node did not rejoin as standby within 30 s after heal: {s}\n{}", logs(pair));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_standby(pair, old, sessions_before, "the old node to rejoin as standby after heal").await?;
     let rejoined_at = oracle.now();
     until_record(pair, &oracle, Duration::from_secs(10), "both masters answering after the rejoin", |r| {
         last_state(r, old, rejoined_at).is_some()
@@ -411,17 +417,7 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Maste
     }
     if fault == ProcessFault::AgentFrozen {
         // The resumed agent finds its session gone and comes back as a standby.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = status(pair, old).await;
-            if s["session"]["state"] == "connected" && s["role"] == "standby" {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!("the resumed agent did not come back as standby within 30 s: {s}\n{}", logs(pair));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_standby(pair, old, 0, "the resumed agent to come back as standby").await?;
     }
     // A second more of writes after the wake-up (or after the takeover) for a woken master to
     // give itself away.
