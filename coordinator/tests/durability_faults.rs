@@ -56,9 +56,15 @@ async fn client(r: &Running) -> Result<zk::Client> {
     connect(&r.addr, Duration::from_secs(10)).await
 }
 
+/// Finished snapshots only: a `.tmp` is one still being written, or one whose fsync failed
+/// (removed at the next open).
 fn snapshot_files(fs: &FaultFs) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs.list(Path::new("/data/snapshots")).unwrap().into_iter().filter(|n| n.starts_with("snapshot-")).collect();
+    let mut names: Vec<String> = fs
+        .list(Path::new("/data/snapshots"))
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("snapshot-") && !n.ends_with(".tmp"))
+        .collect();
     names.sort();
     names
 }
