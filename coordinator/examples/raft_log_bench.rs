@@ -78,7 +78,7 @@ impl FileSystem for CountingFs {
 fn entry(index: u64) -> Entry<referee_coordinator::raft::TypeConfig> {
     Entry {
         log_id: LogId { leader_id: CommittedLeaderId::new(1, 1), index },
-        payload: EntryPayload::Normal(Txn {
+        payload: EntryPayload::Normal(vec![Txn {
             session: SessionId(0x100),
             auth: Vec::new(),
             time_ms: 1_700_000_000_000,
@@ -87,7 +87,7 @@ fn entry(index: u64) -> Entry<referee_coordinator::raft::TypeConfig> {
                 data: Some(vec![b'x'; 100]),
                 version: -1,
             }),
-        }),
+        }]),
     }
 }
 

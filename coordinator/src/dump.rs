@@ -14,7 +14,7 @@ use crate::log::FileSystem;
 use crate::raft::TypeConfig;
 use crate::snapshot::{self, parse_snapshot_name};
 use crate::tree::DataTree;
-use crate::txn::{TxnOp, WriteOp};
+use crate::txn::{Txn, TxnOp, WriteOp};
 
 /// Why a dump could not list everything.
 #[derive(Debug, thiserror::Error)]
@@ -48,25 +48,27 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DumpError + '_ {
 }
 
 /// What a transaction does and the path it is about, for listings.
-pub fn describe(entry: &Entry<TypeConfig>) -> (String, String) {
+pub fn describe(entry: &Entry<TypeConfig>) -> Vec<(String, String)> {
     match &entry.payload {
-        EntryPayload::Blank => ("blank".into(), String::new()),
+        EntryPayload::Blank => vec![("blank".into(), String::new())],
         EntryPayload::Membership(m) => {
             let voters: Vec<String> = m.voter_ids().map(|v| v.to_string()).collect();
-            ("membership".into(), format!("voters {}", voters.join(",")))
+            vec![("membership".into(), format!("voters {}", voters.join(",")))]
         }
-        EntryPayload::Normal(txn) => {
-            let session = format!("session 0x{:x}", txn.session.0);
-            match &txn.op {
-                TxnOp::CreateSession { timeout_ms, .. } => ("createSession".into(), format!("timeout {timeout_ms} ms")),
-                TxnOp::CloseSession { expired: false } => ("closeSession".into(), session),
-                TxnOp::CloseSession { expired: true } => ("expireSession".into(), session),
-                TxnOp::Write(op) => describe_write(op),
-                TxnOp::Multi(ops) => {
-                    let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();
-                    (format!("multi({})", ops.len()), paths.join(" "))
-                }
-            }
+        EntryPayload::Normal(batch) => batch.iter().map(describe_txn).collect(),
+    }
+}
+
+fn describe_txn(txn: &Txn) -> (String, String) {
+    let session = format!("session 0x{:x}", txn.session.0);
+    match &txn.op {
+        TxnOp::CreateSession { timeout_ms, .. } => ("createSession".into(), format!("timeout {timeout_ms} ms")),
+        TxnOp::CloseSession { expired: false } => ("closeSession".into(), session),
+        TxnOp::CloseSession { expired: true } => ("expireSession".into(), session),
+        TxnOp::Write(op) => describe_write(op),
+        TxnOp::Multi(ops) => {
+            let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();
+            (format!("multi({})", ops.len()), paths.join(" "))
         }
     }
 }
@@ -181,12 +183,16 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                 Read::Record { payload, next } => {
                     match decode_entry(header.version, payload) {
                         Ok(entry) => {
-                            let (kind, what) = describe(&entry);
-                            writeln!(
-                                out,
-                                "  {at:>10}  {:>10}  {:>6}  {kind:<16} {what}",
-                                entry.log_id.index, entry.log_id.leader_id.term
-                            )?;
+                            // A batch of several transactions lists each on a line of its own;
+                            // the lines after the first leave the offset blank.
+                            for (i, (kind, what)) in describe(&entry).into_iter().enumerate() {
+                                let offset = if i == 0 { at.to_string() } else { String::new() };
+                                writeln!(
+                                    out,
+                                    "  {offset:>10}  {:>10}  {:>6}  {kind:<16} {what}",
+                                    entry.log_id.index, entry.log_id.leader_id.term
+                                )?;
+                            }
                             summary.entries += 1;
                             let idx = entry.log_id.index;
                             summary.last_record = Some((file.clone(), at as u64, idx));

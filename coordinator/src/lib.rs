@@ -16,6 +16,7 @@
 //! - `connection` (private): one client connection: handshake, request reader, reply writer.
 //! - [`outbox`]: the notifications owed to one connection, bounded, in ZooKeeper's order.
 //! - [`txn`]: the transaction every write becomes in the replicated log.
+//! - [`propose`]: gathers the writes that queue behind one fdatasync into the next log entry.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
 //! - [`peer`]: the server-to-server transport carrying Raft messages between ensemble members.
 //! - [`log`]: the durable Raft log: checksummed segment files with group commit.
@@ -33,12 +34,12 @@
 //!
 //! ```text
 //!  client ─▶ frame ─▶ request ─▶ connection ─┬─ read ─▶ tree (under the state lock) ─┐
-//!                                            └─ write ─▶ txn ─▶ raft log ─▶ apply ───┤
+//!                                            └─ write ─▶ txn ─▶ propose ─▶ raft log ─▶ apply ─┤
 //!                                                            watch events ◀──────────┤
 //!  client ◀──── replies in request order, each after the events it reflects ◀─────────┘
 //! ```
 //!
-//! The zxid of a write is the Raft index of its log entry; the wall-clock time and a new
+//! Zxids are dense, one per transaction, counted as the log is applied; the wall-clock time and a new
 //! session's password are stamped into the transaction before it is logged, so applying the log
 //! is deterministic on every server.
 
@@ -55,6 +56,7 @@ pub mod log;
 pub mod outbox;
 pub mod path;
 pub mod peer;
+pub mod propose;
 pub mod proto;
 pub mod raft;
 pub mod request;

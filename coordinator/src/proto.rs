@@ -9,8 +9,8 @@ use std::fmt;
 
 use crate::jute::{DecodeError, Reader, Writer};
 
-/// A transaction id: the Raft log index of the entry that made a change. Clients only compare
-/// zxids, so any strictly increasing number serves; the log index is one every server agrees on.
+/// A transaction id: one per applied transaction, counted in log order (see [`crate::raft`]).
+/// Clients only compare zxids, so any strictly increasing number every server agrees on serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Zxid(pub i64);

@@ -2,12 +2,18 @@
 //! applies committed transactions to the shared [`ServerState`].
 //!
 //! ```text
-//!  connection ──Txn──▶ Raft::client_write ──▶ log store (append, fdatasync)
-//!                                                 │ committed
-//!                                                 ▼
-//!  connection ◀──TxnOutcome── state machine: ServerState::apply(zxid = log index)
-//!                                                 └──▶ watch notifications to connections
+//!  connection ──Txn──▶ Proposer ──TxnBatch──▶ Raft ──▶ log store (append, fdatasync)
+//!                                                          │ committed
+//!                                                          ▼
+//!  connection ◀──TxnOutcome── state machine: ServerState::apply, one zxid per Txn
+//!                                                          └──▶ watch notifications
 //! ```
+//!
+//! Zxids are dense: every transaction, and every entry without one (a leader's blank entry, a
+//! membership change), takes the zxid after the tree's last. Every server applies the same
+//! entries in the same order from the same snapshot, so every server computes the same zxids.
+//! A log written when each entry held one transaction (zxid = log index) replays to the same
+//! zxids under this rule.
 //!
 //! Every write, on every server, is applied here and only here, so the ensemble adds voters
 //! and learners to the same path rather than a second one. The log is [`crate::log::LogStore`];
@@ -27,18 +33,40 @@ use openraft::{
 use crate::proto::Zxid;
 use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotHeader};
 use crate::state::ServerState;
-use crate::txn::{Txn, TxnOutcome, TxnReply};
+use crate::txn::{BatchOutcome, Txn, TxnBatch, TxnOutcome};
 
 openraft::declare_raft_types!(
-    /// Raft types of the coordinator: transactions in, outcomes out.
+    /// Raft types of the coordinator: batches of transactions in, their outcomes out.
     pub TypeConfig:
-        D = Txn,
-        R = TxnOutcome,
+        D = TxnBatch,
+        R = BatchOutcome,
         NodeId = u64,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
 );
+
+openraft::declare_raft_types!(
+    /// The Raft types of log formats 1 and 2, whose entries held one transaction each: what
+    /// their records decode as, before [`upgrade_entry`].
+    pub SingleTxnConfig:
+        D = Txn,
+        R = TxnOutcome,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = Entry<SingleTxnConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// An entry of log formats 1 and 2 as an entry of today's: its transaction as a batch of one.
+pub fn upgrade_entry(old: Entry<SingleTxnConfig>) -> Entry<TypeConfig> {
+    let payload = match old.payload {
+        EntryPayload::Blank => EntryPayload::Blank,
+        EntryPayload::Normal(txn) => EntryPayload::Normal(vec![txn]),
+        EntryPayload::Membership(m) => EntryPayload::Membership(m),
+    };
+    Entry { log_id: old.log_id, payload }
+}
 
 /// The Raft handle of a coordinator server.
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -190,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((meta.last_applied, meta.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<TxnOutcome>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, SErr>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -200,23 +228,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut meta = self.meta();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
-            // Log indexes past i64::MAX cannot occur (one entry a ns would take 292 years); saturate
-            // rather than wrap if one ever did.
-            let zxid = Zxid(i64::try_from(entry.log_id.index).unwrap_or(i64::MAX));
             meta.last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Normal(ref txn) => st.apply(zxid, txn, now),
+            let outcomes = match entry.payload {
+                EntryPayload::Normal(ref batch) => {
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for txn in batch {
+                        let zxid = next_zxid(st.tree.last_zxid());
+                        outcomes.push(st.apply(zxid, txn, now));
+                    }
+                    outcomes
+                }
                 EntryPayload::Blank => {
+                    let zxid = next_zxid(st.tree.last_zxid());
                     st.tree.apply_empty(zxid);
-                    TxnOutcome { zxid, result: Ok(TxnReply::Nothing) }
+                    Vec::new()
                 }
                 EntryPayload::Membership(ref m) => {
+                    let zxid = next_zxid(st.tree.last_zxid());
                     st.tree.apply_empty(zxid);
                     meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    TxnOutcome { zxid, result: Ok(TxnReply::Nothing) }
+                    Vec::new()
                 }
             };
-            out.push(outcome);
+            out.push(outcomes);
         }
         Ok(out)
     }
@@ -259,6 +293,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = self.snapshots.read(&name).map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?;
         Ok(Some(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(data)) }))
     }
+}
+
+/// The zxid after `last`. Zxids past i64::MAX cannot occur (one a nanosecond would take 292
+/// years); saturate rather than wrap if one ever did.
+fn next_zxid(last: Zxid) -> Zxid {
+    Zxid(last.0.saturating_add(1))
 }
 
 /// Network of a single-voter cluster: there is nobody to talk to. The ensemble replaces it with

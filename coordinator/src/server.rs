@@ -25,6 +25,7 @@ use crate::connection::{self, now_ms, Shared};
 use crate::datadir::{random_cluster_id, DataDir, DataDirError};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
+use crate::propose::Proposer;
 use crate::proto::SessionId;
 use crate::raft::{LoneNetwork, Raft, StateMachine};
 use crate::snapshot::{SnapshotDir, SnapshotError};
@@ -218,13 +219,19 @@ impl Coordinator {
             leads,
             "recovered the data directory"
         );
-        let shared = Arc::new(Shared { config: Arc::new(config), raft, state });
+        let proposer = Proposer::spawn(raft.clone());
+        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, state });
         Ok(Coordinator { shared, log_stopped, log_dir, peers })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
     pub fn raft(&self) -> Raft {
         self.shared.raft.clone()
+    }
+
+    /// The proposer every write of this server goes through, for its counts.
+    pub fn proposer(&self) -> Proposer {
+        self.shared.proposer.clone()
     }
 
     /// The shared state, for status reporting.
@@ -468,7 +475,7 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             tokio::spawn(async move {
                 let txn =
                     Txn { session, auth: Vec::new(), time_ms: now_ms(), op: TxnOp::CloseSession { expired: true } };
-                if let Err(e) = shared.raft.client_write(txn).await {
+                if let Err(e) = shared.proposer.write(txn).await {
                     warn!(%session, "could not close expired session: {e}");
                     shared.lock().tracker.close_failed(session, Instant::now());
                 }
@@ -501,8 +508,8 @@ async fn reap_containers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 time_ms: now,
                 op: TxnOp::Write(crate::txn::WriteOp::DeleteContainer { path: path.clone() }),
             };
-            match shared.raft.client_write(txn).await {
-                Ok(resp) => debug!(path, result = ?resp.data.result, "reaped"),
+            match shared.proposer.write(txn).await {
+                Ok(outcome) => debug!(path, result = ?outcome.result, "reaped"),
                 Err(e) => {
                     warn!(path, "could not reap: {e}");
                     break;

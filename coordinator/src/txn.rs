@@ -7,12 +7,22 @@
 //! validated at apply, so a refused write consumes a zxid exactly as in Apache ZooKeeper, whose
 //! replies clients and differential tests compare.
 //!
+//! A Raft entry carries a [`TxnBatch`]: the transactions its server gathered while the previous
+//! entry was being made durable (see [`crate::propose`]). Each is applied in order under a zxid
+//! of its own, one more than the last, so zxids stay dense and every server computes the same.
+//!
 //! The format is serde-encoded and versioned by variant name; new variants may be added, existing
 //! ones keep their fields, so a durable log written by one release is read by the next.
 
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{Acl, CreateMode, ErrorCode, Id, SessionId, Stat, Zxid};
+
+/// What one Raft entry carries: transactions applied in order, each under its own zxid.
+pub type TxnBatch = Vec<Txn>;
+
+/// What applying a [`TxnBatch`] answered: one outcome per transaction, in order.
+pub type BatchOutcome = Vec<TxnOutcome>;
 
 /// One write, as logged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +40,7 @@ pub struct Txn {
 /// The operation of a [`Txn`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    /// Open a session with an already negotiated timeout; its id derives from the log index.
+    /// Open a session with an already negotiated timeout; its id derives from its zxid.
     CreateSession {
         /// Negotiated session timeout.
         timeout_ms: i32,
@@ -46,6 +56,20 @@ pub enum TxnOp {
     Write(WriteOp),
     /// Several write operations applied atomically under one zxid.
     Multi(Vec<WriteOp>),
+}
+
+impl Txn {
+    /// About how many bytes the transaction takes in the log: what batches are bounded by.
+    pub fn approx_len(&self) -> usize {
+        const FIXED: usize = 48;
+        let ids: usize = self.auth.iter().map(|i| i.scheme.len() + i.id.len()).sum();
+        let op = match &self.op {
+            TxnOp::CreateSession { .. } | TxnOp::CloseSession { .. } => 0,
+            TxnOp::Write(w) => w.approx_len(),
+            TxnOp::Multi(ops) => ops.iter().map(WriteOp::approx_len).sum(),
+        };
+        FIXED + ids + op
+    }
 }
 
 /// A single write operation, also the element of a multi.
@@ -106,10 +130,28 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    fn approx_len(&self) -> usize {
+        const FIXED: usize = 16;
+        let acl_len = |acl: &[Acl]| acl.iter().map(|a| 8 + a.id.scheme.len() + a.id.id.len()).sum::<usize>();
+        FIXED
+            + match self {
+                WriteOp::Create { path, data, acl, .. } => {
+                    path.len() + data.as_ref().map_or(0, Vec::len) + acl_len(acl)
+                }
+                WriteOp::SetData { path, data, .. } => path.len() + data.as_ref().map_or(0, Vec::len),
+                WriteOp::SetAcl { path, acl, .. } => path.len() + acl_len(acl),
+                WriteOp::Delete { path, .. } | WriteOp::DeleteContainer { path } | WriteOp::Check { path, .. } => {
+                    path.len()
+                }
+            }
+    }
+}
+
 /// What applying a [`Txn`] answered, returned to the proposer through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnOutcome {
-    /// The zxid the transaction was applied at (its log index).
+    /// The zxid the transaction was applied at.
     pub zxid: Zxid,
     /// The reply, or the error of a refused single operation.
     pub result: Result<TxnReply, ErrorCode>,

@@ -1,6 +1,8 @@
 //! Storage faults under a whole coordinator, on the log's fault-injecting filesystem: a failed
 //! log fsync stops the server with one error and acknowledges nothing it could not make
-//! durable; a failed snapshot neither stops service nor purges the log.
+//! durable; a failed snapshot neither stops service nor purges the log. Writes that queue
+//! behind one fdatasync share the next log entry, each under its own zxid, in each session's
+//! order, and a restart replays them to the same zxids.
 
 mod common;
 
@@ -13,6 +15,8 @@ use common::*;
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::log::wal::read_meta;
 use referee_coordinator::log::{FaultFs, FileSystem};
+use referee_coordinator::propose::Proposer;
+use referee_coordinator::raft::Raft;
 use referee_coordinator::server::{Coordinator, CoordinatorError};
 use referee_testkit::{connect, within_for};
 use tokio::sync::oneshot;
@@ -21,6 +25,8 @@ use zookeeper_client as zk;
 
 struct Running {
     addr: String,
+    proposer: Proposer,
+    raft: Raft,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), CoordinatorError>>,
 }
@@ -45,11 +51,12 @@ async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
     cfg.snapshot_every_entries = snapshot_every;
     cfg.validate()?;
     let coord = Coordinator::start_on(cfg, Arc::new(fs.clone())).await.context("starting on the fault filesystem")?;
+    let (proposer, raft) = (coord.proposer(), coord.raft());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(coord.serve(listener, async move {
         let _ = stopped.await;
     }));
-    Ok(Running { addr: addr.to_string(), stop: Some(stop), task })
+    Ok(Running { addr: addr.to_string(), proposer, raft, stop: Some(stop), task })
 }
 
 async fn client(r: &Running) -> Result<zk::Client> {
@@ -137,6 +144,86 @@ async fn a_failed_snapshot_neither_stops_service_nor_purges_the_log() -> Result<
         }
     })
     .await?;
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_order() -> Result<()> {
+    const CLIENTS: usize = 4;
+    const EACH: usize = 25;
+    let fs = FaultFs::new();
+    let server = start(&fs, 100_000).await?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(client(&server).await?);
+    }
+    clients[0].create("/q", b"", PERSISTENT).await?;
+    let before = server.proposer.stats();
+    let entries_before = server.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let syncs_before = fs.data_syncs();
+
+    // Every fdatasync waits while the clients pipeline their creates: the writes pile up
+    // behind the first one's sync. The client sends requests in call order.
+    fs.hold_syncs();
+    let prefixes: Vec<String> = (0..CLIENTS).map(|c| format!("/q/c{c}-")).collect();
+    let writes: Vec<_> = clients
+        .iter()
+        .zip(&prefixes)
+        .enumerate()
+        .flat_map(|(c, (cl, prefix))| (0..EACH).map(move |i| (c, i, cl.create(prefix, b"", PERSISTENT_SEQ))))
+        .collect();
+    within("every write to reach the proposer", async {
+        loop {
+            let now = server.proposer.stats();
+            if now.queued + (now.txns - before.txns) >= (CLIENTS * EACH) as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    fs.release_syncs();
+    let mut made = Vec::new();
+    for (c, i, w) in writes {
+        let (stat, sequence) = within("a queued write", w).await?.with_context(|| format!("client {c} write {i}"))?;
+        made.push((c, i, format!("/q/c{c}-{sequence}"), stat.czxid));
+    }
+
+    let after = server.proposer.stats();
+    let batches = after.batches - before.batches;
+    let entries = server.raft.metrics().borrow().last_log_index.unwrap_or(0) - entries_before;
+    assert_eq!(after.txns - before.txns, (CLIENTS * EACH) as u64);
+    assert!(batches <= 4, "{} writes queued behind one fdatasync took {batches} batches", CLIENTS * EACH);
+    assert_eq!(entries, batches, "one log entry per batch");
+    assert!(
+        fs.data_syncs() - syncs_before <= batches + 2,
+        "{} fdatasyncs for {batches} batches",
+        fs.data_syncs() - syncs_before
+    );
+    // Each transaction has a zxid of its own, dense across the batches.
+    let mut zxids: Vec<i64> = made.iter().map(|m| m.3).collect();
+    zxids.sort_unstable();
+    zxids.dedup();
+    assert_eq!(zxids.len(), CLIENTS * EACH, "every write has its own zxid");
+    assert_eq!(zxids[zxids.len() - 1] - zxids[0], (CLIENTS * EACH - 1) as i64, "the zxids are dense: {zxids:?}");
+    // A session's writes were applied in the order it sent them.
+    for c in 0..CLIENTS {
+        let mine: Vec<&(usize, usize, String, i64)> = made.iter().filter(|m| m.0 == c).collect();
+        assert!(mine.windows(2).all(|w| w[0].3 < w[1].3 && w[0].2 < w[1].2), "client {c} out of order: {mine:?}");
+    }
+
+    // Power loss, then a start on what the disk kept: the batches replay to the same zxids.
+    server.stop().await?;
+    fs.crash();
+    let server = start(&fs, 100_000).await?;
+    let c = client(&server).await?;
+    for (_, _, path, czxid) in &made {
+        let stat = c.check_stat(path).await?.with_context(|| format!("{path} survived"))?;
+        assert_eq!(stat.czxid, *czxid, "{path} replayed to another zxid");
+    }
+    let (stat, _) = c.create("/after", b"", PERSISTENT).await?;
+    assert!(stat.czxid > zxids[zxids.len() - 1], "zxids go on from where the log left off");
     server.stop().await?;
     Ok(())
 }

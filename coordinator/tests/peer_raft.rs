@@ -186,10 +186,11 @@ impl Ensemble {
     /// Proposes creating `path` with `data` on `leader`; returns the entry's log index.
     async fn write(&self, leader: u64, path: &str, data: &[u8]) -> Result<u64> {
         let reply =
-            within_for(DEADLINE, "a write to commit", self.nodes[&leader].raft.client_write(create(path, data)))
+            within_for(DEADLINE, "a write to commit", self.nodes[&leader].raft.client_write(vec![create(path, data)]))
                 .await?
                 .map_err(|e| anyhow!("write of {path} failed: {e}"))?;
-        reply.data.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
+        let outcome = reply.data.into_iter().next().ok_or_else(|| anyhow!("no outcome for the create of {path}"))?;
+        outcome.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
         Ok(reply.log_id.index)
     }
 
@@ -242,7 +243,8 @@ fn create(path: &str, data: &[u8]) -> Txn {
 /// neither the leader nor any other running node applies anything.
 async fn proposal_does_not_commit(e: &Ensemble, leader: u64, path: &str) -> Result<()> {
     let before: BTreeMap<u64, Option<u64>> = e.nodes.iter().map(|(&id, n)| (id, n.last_applied())).collect();
-    let r = tokio::time::timeout(NO_QUORUM_WAIT, e.nodes[&leader].raft.client_write(create(path, b"minority"))).await;
+    let r =
+        tokio::time::timeout(NO_QUORUM_WAIT, e.nodes[&leader].raft.client_write(vec![create(path, b"minority")])).await;
     match r {
         Err(_) => {}
         Ok(Ok(reply)) => bail!("a write committed without a quorum at {:?}", reply.log_id),

@@ -115,8 +115,8 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
             time_ms: now_ms(),
             op: TxnOp::CreateSession { timeout_ms, password },
         };
-        let resp = shared.raft.client_write(txn).await.map_err(|e| format!("cannot create session: {e}"))?;
-        return match resp.data.result {
+        let outcome = shared.proposer.write(txn).await.map_err(|e| format!("cannot create session: {e}"))?;
+        return match outcome.result {
             Ok(TxnReply::SessionCreated { session, timeout_ms, password }) => Ok(Some((session, timeout_ms, password))),
             other => Err(format!("session creation answered {other:?}")),
         };

@@ -42,7 +42,7 @@ use tracing::{debug, info};
 use crate::config::CoordinatorConfig;
 use crate::outbox::Outbox;
 use crate::proto::{ErrorCode, Id, SessionId, Zxid};
-use crate::raft::{Raft, TypeConfig};
+use crate::raft::Raft;
 use crate::request::{Reply, Request};
 use crate::state::ServerState;
 use crate::watch::ConnId;
@@ -51,6 +51,8 @@ use crate::watch::ConnId;
 pub(crate) struct Shared {
     pub config: Arc<CoordinatorConfig>,
     pub raft: Raft,
+    /// Where every write of this server is submitted.
+    pub proposer: Proposer,
     pub state: Arc<Mutex<ServerState>>,
 }
 
@@ -78,7 +80,7 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-type WriteReceiver = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
+use crate::propose::{Proposer, WriteReceiver};
 
 /// A connection with an established session, as its reader and writer share it.
 struct Conn {

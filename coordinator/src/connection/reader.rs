@@ -16,9 +16,10 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{now_ms, Conn, Queued, Slot, WriteReceiver};
+use super::{now_ms, Conn, Queued, Slot};
 use crate::config::CoordinatorConfig;
 use crate::frame::read_frame;
+use crate::propose::WriteReceiver;
 use crate::proto::{op, ErrorCode, Id, Zxid};
 use crate::request::{decode_header, ReadOp, Reply, Request};
 use crate::txn::{Txn, TxnOp, WriteOp};
@@ -229,11 +230,11 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
         Request::CloseSession => {
             // The session's close, when applied, must not cut off the reply to this request.
             conn.outbox.set_client_closing();
-            let rx = propose(conn, auth, TxnOp::CloseSession { expired: false }).await?;
+            let rx = propose(conn, auth, TxnOp::CloseSession { expired: false });
             (Slot::Write { xid, rx }, Some("the client closed its session".into()))
         }
-        Request::Write(op) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Write(op)).await? }, None),
-        Request::Multi(ops) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Multi(ops)).await? }, None),
+        Request::Write(op) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Write(op)) }, None),
+        Request::Multi(ops) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Multi(ops)) }, None),
         // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
         Request::Sasl => (Slot::Answer { xid, zxid: Some(Zxid(0)), result: Ok(Reply::Token(None)) }, None),
         Request::Unknown(opcode) => {
@@ -245,10 +246,11 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
     })
 }
 
-/// Hands a transaction to Raft; the returned receiver yields its outcome once applied.
-async fn propose(conn: &Conn, auth: &Arc<[Id]>, op: TxnOp) -> Result<WriteReceiver, String> {
+/// Queues a transaction behind this session's earlier ones; the returned receiver yields its
+/// outcome once applied.
+fn propose(conn: &Conn, auth: &Arc<[Id]>, op: TxnOp) -> WriteReceiver {
     let txn = Txn { session: conn.session, auth: auth.to_vec(), time_ms: now_ms(), op };
-    conn.shared.raft.client_write_ff(txn).await.map_err(|e| format!("cannot propose: {e}"))
+    conn.shared.proposer.submit(txn)
 }
 
 /// The length in bytes of the longest path a request names, if it names any.

@@ -137,7 +137,7 @@ async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Opti
         }
         Slot::Write { xid, rx } => {
             let outcome = match rx.await {
-                Ok(Ok(resp)) => resp.data,
+                Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => return Err(format!("write not accepted: {e}")),
                 Err(_) => return Err("replication stopped before the write was applied".into()),
             };

@@ -11,7 +11,8 @@
 //!  record
 //!   0  payload length n (u32, 1..=MAX_RECORD_LEN)
 //!   4  CRC-32C of the length bytes and the payload (u32)
-//!   8  payload (n bytes: one openraft entry; postcard in format 2, JSON in format 1)
+//!   8  payload (n bytes: one openraft entry; postcard of a transaction batch in format 3,
+//!      postcard of one transaction in format 2, JSON of one in format 1)
 //! ```
 //!
 //! The tail of a segment is zeros from preallocation, so a zero length word marks the end of
@@ -23,10 +24,10 @@ use super::crc32c;
 
 /// The first four bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"RFWL";
-/// The format version this code writes and the newest it reads. Version 2 encodes entries
-/// with postcard (compact binary: a znode's data is its bytes, not a JSON array of numbers);
-/// version 1 segments, whose entries are JSON, are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes and the newest it reads. Version 3 entries carry a
+/// batch of transactions; version 2 entries (postcard: a znode's data is its bytes, not a JSON
+/// array of numbers) and version 1 entries (JSON) carry one each, and are still read.
+pub const FORMAT_VERSION: u32 = 3;
 /// The size of a segment header.
 pub const HEADER_LEN: usize = 32;
 /// The size of a record's length and checksum words.

@@ -33,13 +33,19 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
 fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Txn {
+        payload: EntryPayload::Normal(vec![Txn {
             session: SessionId(0),
             auth: Vec::new(),
             time_ms: 0,
             op: TxnOp::Write(WriteOp::Delete { path: format!("/t{term}/i{index}"), version: -1 }),
-        }),
+        }]),
     }
+}
+
+/// [`entry`] as formats 1 and 2 held it: one transaction, not a batch.
+fn single_txn_entry(term: u64, index: u64) -> Entry<crate::raft::SingleTxnConfig> {
+    let Entry { log_id, payload: EntryPayload::Normal(mut batch) } = entry(term, index) else { unreachable!() };
+    Entry { log_id, payload: EntryPayload::Normal(batch.remove(0)) }
 }
 
 fn ids(entries: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
@@ -542,7 +548,7 @@ fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
     fs.create_dir_all(&dir()).unwrap();
     let mut bytes = SegmentHeader { version: 1, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
     for i in 1..=3 {
-        record::encode_record(&serde_json::to_vec(&entry(1, i)).unwrap(), &mut bytes);
+        record::encode_record(&serde_json::to_vec(&single_txn_entry(1, i)).unwrap(), &mut bytes);
     }
     bytes.resize(4096, 0);
     let mut f = fs.create(&segment_path(1)).unwrap();
@@ -564,8 +570,8 @@ fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
 #[test]
 fn entries_are_compact_binary_records() {
     let mut e = entry(1, 1);
-    if let EntryPayload::Normal(txn) = &mut e.payload {
-        txn.op = TxnOp::Write(WriteOp::SetData { path: "/p".into(), data: Some(vec![0xab; 100]), version: -1 });
+    if let EntryPayload::Normal(batch) = &mut e.payload {
+        batch[0].op = TxnOp::Write(WriteOp::SetData { path: "/p".into(), data: Some(vec![0xab; 100]), version: -1 });
     }
     let payload = wal::encode_entry(&e).unwrap();
     assert!(payload.len() < 140, "100 bytes of data take {} bytes of record", payload.len());
@@ -581,13 +587,18 @@ fn golden_entry_payloads() {
     assert_eq!(wal::encode_entry(&blank).unwrap(), [2, 1, 5, 0]);
     let delete = Entry::<TypeConfig> {
         log_id: log_id(1, 3),
-        payload: EntryPayload::Normal(Txn {
+        payload: EntryPayload::Normal(vec![Txn {
             session: SessionId(0),
             auth: Vec::new(),
             time_ms: 0,
             op: TxnOp::Write(WriteOp::Delete { path: "/a".into(), version: -1 }),
-        }),
+        }]),
     };
-    // term, node, index | Normal | session, auth (empty), time | Write, Delete | "/a", version -1
-    assert_eq!(wal::encode_entry(&delete).unwrap(), [1, 1, 3, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1]);
+    // term, node, index | Normal | batch of 1 | session, auth (empty), time | Write, Delete |
+    // "/a", version -1
+    assert_eq!(wal::encode_entry(&delete).unwrap(), [1, 1, 3, 1, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1]);
+    // Format 2 held one transaction an entry, without the batch length; it reads as a batch of one.
+    let format_2 = [1, 1, 3, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1];
+    assert_eq!(wal::decode_entry(2, &format_2).unwrap(), delete);
+    assert!(wal::decode_entry(3, &format_2).is_err(), "a format 2 record is not read as format 3");
 }

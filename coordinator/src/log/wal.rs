@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fs::{FileSystem, LogFile};
 use super::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN, MAX_RECORD_LEN};
-use crate::raft::TypeConfig;
+use crate::raft::{upgrade_entry, TypeConfig};
 
 /// Where the log lives and how it is cut into segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,15 +571,21 @@ pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(entry).map_err(|e| e.to_string())
 }
 
-/// An entry from the payload of a record of a segment in format `version`.
+/// An entry from the payload of a record of a segment in format `version`: JSON of a single
+/// transaction in format 1, postcard of a single transaction in format 2, postcard of a batch
+/// in format 3.
 pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, String> {
-    if version == 1 {
-        return serde_json::from_slice(payload).map_err(|e| e.to_string());
+    fn postcard_whole<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+        match postcard::take_from_bytes(payload) {
+            Ok((entry, [])) => Ok(entry),
+            Ok((_, rest)) => Err(format!("{} bytes left over after the entry", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }
     }
-    match postcard::take_from_bytes(payload) {
-        Ok((entry, [])) => Ok(entry),
-        Ok((_, rest)) => Err(format!("{} bytes left over after the entry", rest.len())),
-        Err(e) => Err(e.to_string()),
+    match version {
+        1 => serde_json::from_slice(payload).map(upgrade_entry).map_err(|e| e.to_string()),
+        2 => postcard_whole(payload).map(upgrade_entry),
+        _ => postcard_whole(payload),
     }
 }
 

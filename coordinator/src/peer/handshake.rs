@@ -165,7 +165,8 @@ mod tests {
         let live = |instance| Some(ActivePeer { instance, silent_for: Duration::from_millis(100) });
         let gone = |instance| Some(ActivePeer { instance, silent_for: WINDOW });
         let mut other_version = hello(77, 2, 1, 9);
-        other_version[4..6].copy_from_slice(&2u16.to_be_bytes());
+        let theirs = PROTOCOL_VERSION + 1;
+        other_version[4..6].copy_from_slice(&theirs.to_be_bytes());
         let mut truncated = hello(77, 2, 1, 9);
         truncated.truncate(7);
         let cases: Vec<(&str, Vec<u8>, Option<ActivePeer>, Verdict)> = vec![
@@ -201,7 +202,7 @@ mod tests {
                 "another protocol version",
                 other_version,
                 None,
-                Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION, theirs: 2 }),
+                Verdict::Refuse(Refusal::Version { ours: PROTOCOL_VERSION, theirs }),
             ),
             (
                 "a ZooKeeper connect request",

@@ -26,7 +26,8 @@ use crate::raft::TypeConfig;
 pub const MAGIC: [u8; 4] = *b"RFPR";
 
 /// The version of the peer protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: log entries carry a batch of transactions.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame body either side sends or accepts. It holds a snapshot chunk (openraft
 /// sends 3 MiB by default) or a batch of log entries with room to spare; a larger batch of
