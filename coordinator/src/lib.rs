@@ -18,7 +18,8 @@
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`propose`]: gathers the writes that queue behind one fdatasync into the next log entry.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
-//! - [`peer`]: the server-to-server transport carrying Raft messages between ensemble members.
+//! - [`peer`]: the server-to-server transport carrying Raft messages, forwarded writes, session
+//!   liveness reports and read-index requests between ensemble members.
 //! - [`log`]: the durable Raft log: checksummed segment files with group commit.
 //! - [`snapshot`]: snapshot files of the data tree, written beside the log and loaded at start.
 //! - [`datadir`]: the data directory's layout and the identity that ties it to one server.

@@ -24,6 +24,7 @@ use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
 use crate::datadir::{random_cluster_id, DataDir, DataDirError};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
+use crate::peer::wire::PeerRequest;
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
@@ -93,6 +94,8 @@ pub struct Coordinator {
 struct PeerService {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// The links to the other servers, for forwarded writes and liveness reports.
+    network: PeerNetwork,
 }
 
 /// How a server starts, beyond its configuration.
@@ -125,8 +128,8 @@ impl Coordinator {
 
     /// As [`Coordinator::start_on`], with the ensemble's start-up choices. An ensemble server
     /// (one whose `servers` lists others) serves its peers from here on and waits until a
-    /// leader is known; only the leader's clients can write for now (a follower refuses the
-    /// writes, session creation included, as it cannot forward them yet).
+    /// leader is known; a follower's or observer's clients write through it (see
+    /// [`crate::propose`]).
     pub async fn start_with(
         config: CoordinatorConfig,
         fs: Arc<dyn FileSystem>,
@@ -167,7 +170,8 @@ impl Coordinator {
         let sm = StateMachine::open(state.clone(), snapshots, purged_upto, (every / 10).max(1))?;
         let snapshot_loaded = began.elapsed() - log_opened;
         let (raft, peers) = if config.is_ensemble() {
-            let (raft, peers) = start_ensemble_node(&config, cluster_id, raft_config, log, sm, startup).await?;
+            let (raft, peers) =
+                start_ensemble_node(&config, cluster_id, raft_config, log, sm, state.clone(), startup).await?;
             (raft, Some(peers))
         } else {
             let raft = Raft::new(node_id, raft_config, LoneNetwork, log, sm)
@@ -219,7 +223,7 @@ impl Coordinator {
             leads,
             "recovered the data directory"
         );
-        let proposer = Proposer::spawn(raft.clone());
+        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
         let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, state });
         Ok(Coordinator { shared, log_stopped, log_dir, peers })
     }
@@ -252,6 +256,9 @@ impl Coordinator {
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
+        if let Some(peers) = &self.peers {
+            tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+        }
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
         let storage_failed = storage_failure(self.shared.raft.clone(), self.log_stopped.clone());
@@ -328,6 +335,7 @@ async fn start_ensemble_node(
     raft_config: Arc<openraft::Config>,
     log: LogStore,
     sm: StateMachine,
+    state: Arc<Mutex<ServerState>>,
     startup: Startup,
 ) -> Result<(Raft, PeerService), CoordinatorError> {
     let node_id = config.server_id();
@@ -345,14 +353,16 @@ async fn start_ensemble_node(
     let local = LocalIdentity::new(cluster_id, node_id);
     let sightings = Arc::new(Sightings::default());
     let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone());
-    let raft =
-        Raft::new(node_id, raft_config, network, log, sm).await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+    let raft = Raft::new(node_id, raft_config, network.clone(), log, sm)
+        .await
+        .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let servers = config.servers.iter().map(|s| s.id).collect();
     info!(peer_address = %me.peer, server_id = node_id, cluster_id, "serving the ensemble's peers");
     let task = tokio::spawn(serve_peers(
         listener,
         raft.clone(),
+        state,
         local,
         servers,
         sightings,
@@ -361,7 +371,7 @@ async fn start_ensemble_node(
             let _ = stopped.await;
         },
     ));
-    let peers = PeerService { stop, task };
+    let peers = PeerService { stop, task, network };
     let initialised = raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
     if initialised {
         if startup.initialise {
@@ -480,6 +490,37 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared.lock().tracker.close_failed(session, Instant::now());
                 }
             });
+        }
+    }
+}
+
+/// Every tick, a server that does not lead tells the leader which sessions its clients were
+/// heard from since the last report, so that the leader, which alone expires sessions, keeps
+/// them. A report lost on the way is not resent: the next one follows a tick later, and a
+/// session's timeout is at least two ticks.
+async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+    let tick = shared.lock().tracker.tick();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let heard = shared.lock().tracker.take_heard();
+        let leader = {
+            let m = shared.raft.metrics();
+            let m = m.borrow();
+            match (m.state, m.current_leader) {
+                (openraft::ServerState::Leader, _) | (_, None) => None,
+                (_, Some(l)) => Some(l),
+            }
+        };
+        let (Some(leader), false) = (leader, heard.is_empty()) else { continue };
+        let n = heard.len();
+        if let Err(e) = network.request(leader, PeerRequest::Touch(heard), tick).await {
+            debug!(leader, sessions = n, "a liveness report did not reach the leader: {e}");
         }
     }
 }

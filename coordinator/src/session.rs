@@ -38,6 +38,9 @@ pub struct SessionTracker {
     sessions: HashMap<SessionId, Tracked>,
     /// Sessions by the bucket they expire at. Sessions being closed are in none.
     buckets: BTreeMap<u64, BTreeSet<SessionId>>,
+    /// Sessions heard from since [`SessionTracker::take_heard`] last ran: what a follower
+    /// reports to the leader, which alone expires sessions.
+    heard: BTreeSet<SessionId>,
 }
 
 impl SessionTracker {
@@ -48,6 +51,7 @@ impl SessionTracker {
             origin,
             sessions: HashMap::new(),
             buckets: BTreeMap::new(),
+            heard: BTreeSet::new(),
         }
     }
 
@@ -129,12 +133,22 @@ impl SessionTracker {
         if later {
             self.extend(id, None, now);
         }
+        self.heard.insert(id);
         true
     }
 
     /// Sets a reconnected session's renegotiated timeout and gives it that long from now.
     pub fn reopen(&mut self, id: SessionId, timeout: Duration, now: Instant) -> bool {
-        self.extend(id, Some(timeout), now)
+        let open = self.extend(id, Some(timeout), now);
+        if open {
+            self.heard.insert(id);
+        }
+        open
+    }
+
+    /// The sessions heard from since the last call, forgetting them.
+    pub fn take_heard(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.heard).into_iter().collect()
     }
 
     /// Whether the session is tracked and not being closed.

@@ -4,7 +4,10 @@
 //! leader is applied on every server's tree; with the leader stopped, the other two elect a new
 //! one and its clients' writes are applied on both. An observer listed in `servers` becomes an
 //! openraft learner: it applies the writes, and stopping it costs no quorum. Each server's
-//! `srvr` and `mntr` name its role: leader, follower or observer.
+//! `srvr` and `mntr` name its role: leader, follower or observer. Clients of a follower or an
+//! observer write through it (forwarded to the leader), read their own writes there, get the
+//! watch events of writes made elsewhere, `sync`, and keep their sessions alive past their
+//! timeout while connected there (the server reports them to the leader, which alone expires).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,6 +113,10 @@ async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ScratchDir>
         cfg.server_id = Some(servers[i].id);
         cfg.listen = servers[i].client;
         cfg.servers = servers.clone();
+        // Short ticks, so that sessions of a few hundred ms are granted and tests of their
+        // expiry take well under a second a timeout.
+        cfg.tick_ms = 100;
+        cfg.min_session_timeout_ms = Some(400);
         cfg.validate()?;
         // Started together: each waits for a leader, which needs a majority of the voters.
         let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
@@ -194,6 +201,82 @@ async fn three_configured_servers_elect_a_leader_replicate_client_writes_and_sur
         }
     }
 
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_followers_and_observers_write_read_watch_sync_and_keep_their_sessions() -> Result<()> {
+    const SESSION: Duration = Duration::from_millis(600);
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let (running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    running[0]
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(|m| m.membership_config.membership().learner_ids().any(|id| id == 4), "server 4 to be a learner")
+        .await?;
+    let follower = running.iter().find(|r| r.id != leader && r.id != 4).context("a follower runs")?;
+    let observer = running.iter().find(|r| r.id == 4).context("the observer runs")?;
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+
+    // A session opened on a follower writes there, and reads its own writes there at once.
+    let fz = within_for(DEADLINE, "a session on a follower", connect(&follower.client.to_string(), SESSION)).await??;
+    let fz_id = fz.session().id().0;
+    fz.create("/f", b"one", &persistent).await.context("a create through a follower")?;
+    fz.create("/f/eph", b"", &ephemeral).await.context("an ephemeral through a follower")?;
+    let (data, _) = fz.get_data("/f").await?;
+    assert_eq!(data, b"one", "a follower's client reads its own write there");
+    for i in 0..20 {
+        fz.set_data("/f", format!("v{i}").as_bytes(), None).await?;
+    }
+    assert_eq!(fz.get_data("/f").await?.0, b"v19", "twenty pipelined writes applied in order");
+    assert_eq!(at_leader.data("/f/eph").as_deref(), Some(&b""[..]), "the leader holds the follower's ephemeral");
+
+    // An observer's client watches; a write through the leader fires the watch on the observer.
+    let oz =
+        within_for(DEADLINE, "a session on the observer", connect(&observer.client.to_string(), SESSION)).await??;
+    let (_, _, watcher) = oz.get_and_watch_data("/f").await?;
+    let lz = within_for(DEADLINE, "a session on the leader", connect(&at_leader.client.to_string(), SESSION)).await??;
+    lz.set_data("/f", b"from-the-leader", None).await?;
+    let event = within_for(DEADLINE, "the observer's watch to fire", watcher.changed()).await?;
+    assert_eq!((event.event_type, event.path.as_str()), (zk::EventType::NodeDataChanged, "/f"));
+    assert_eq!(oz.get_data("/f").await?.0, b"from-the-leader", "the watch fired after the write was applied there");
+
+    // The observer's client writes too; after `sync`, the follower's client sees it.
+    oz.create("/from-the-observer", b"o", &persistent).await.context("a create through the observer")?;
+    fz.sync("/").await.context("sync on a follower")?;
+    assert_eq!(fz.get_data("/from-the-observer").await?.0, b"o", "sync on a follower catches up with the leader");
+
+    // The follower's session outlives several of its timeouts while its client pings the
+    // follower only: the follower reports it to the leader, which alone expires sessions.
+    let began = std::time::Instant::now();
+    while began.elapsed() < SESSION * 4 {
+        tokio::time::sleep(SESSION / 4).await;
+        assert!(at_leader.data("/f/eph").is_some(), "the leader expired a session alive on a follower");
+    }
+    assert!(fz.check_stat("/f/eph").await?.is_some(), "the session and its ephemeral are alive");
+
+    // Closing the session through the follower removes its ephemeral everywhere.
+    drop(fz);
+    within_for(DEADLINE, "the closed session's ephemeral to go", async {
+        while running.iter().any(|r| r.data("/f/eph").is_some()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let sessions = at_leader
+        .coordinator_state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tree
+        .session(referee_coordinator::proto::SessionId(fz_id))
+        .is_some();
+    assert!(!sessions, "the closed session is gone from the leader's tree");
+    drop((oz, lz));
     for r in running {
         stop(r).await?;
     }

@@ -82,6 +82,7 @@ async fn start_node(id: u64, listener: TcpListener, dir: &ScratchDir, addrs: &BT
     let listener = tokio::spawn(serve_peers(
         listener,
         raft.clone(),
+        state.clone(),
         local,
         servers,
         sightings.clone(),

@@ -250,7 +250,7 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
 /// outcome once applied.
 fn propose(conn: &Conn, auth: &Arc<[Id]>, op: TxnOp) -> WriteReceiver {
     let txn = Txn { session: conn.session, auth: auth.to_vec(), time_ms: now_ms(), op };
-    conn.shared.proposer.submit(txn)
+    conn.shared.proposer.submit(conn.id, txn)
 }
 
 /// The length in bytes of the longest path a request names, if it names any.

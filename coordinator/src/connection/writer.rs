@@ -147,7 +147,7 @@ async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Opti
         }
         Slot::Sync { xid, path } => {
             // A sync waits until this server has applied everything committed before it.
-            conn.shared.raft.ensure_linearizable().await.map_err(|e| format!("sync failed: {e}"))?;
+            conn.shared.proposer.barrier().await.map_err(|e| format!("sync failed: {e}"))?;
             let st = conn.shared.lock();
             (conn.outbox.take(None), xid, st.tree.last_zxid(), Ok(Reply::Path(path)))
         }

@@ -224,6 +224,35 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// Sends `request` to server `target` (at its configured peer address) outside Raft and
+    /// waits for the reply, at most `deadline`: how followers forward writes, report session
+    /// liveness and ask for a read index.
+    pub async fn request(&self, target: u64, request: PeerRequest, deadline: Duration) -> Result<PeerReply, LinkError> {
+        let Some(addr) = self.addresses.get(&target).cloned() else {
+            return Err(LinkError::Unreachable {
+                target,
+                addr: String::new(),
+                why: "it is not in this server's `servers` list".into(),
+            });
+        };
+        let link = self.link(target, &BasicNode { addr });
+        let (tx, rx) = oneshot::channel();
+        match link.calls.try_send(Call { request, reply: tx }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(LinkError::QueueFull { target, bound: link.bound }),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(LinkError::Broken { target, why: "the link has stopped".into() })
+            }
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Err(_) => Err(LinkError::Broken { target, why: format!("no reply within {deadline:?}") }),
+            Ok(Err(_)) => Err(LinkError::Broken { target, why: "the link has stopped".into() }),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
+
 impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
@@ -503,14 +532,18 @@ pub struct PeerClient {
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
 
 impl PeerClient {
-    /// Sends `request` and waits for its reply, at most the RPC's hard TTL.
-    async fn call<E: std::error::Error>(&self, request: PeerRequest, option: &RPCOption) -> RpcResult<PeerReply, E> {
-        let kind = request.kind();
+    /// Sends `request` (a Raft RPC of `kind`) and waits for its reply, at most the RPC's hard TTL.
+    async fn call<E: std::error::Error>(
+        &self,
+        request: PeerRequest,
+        kind: RPCTypes,
+        option: &RPCOption,
+    ) -> RpcResult<PeerReply, E> {
         let ttl = option.hard_ttl();
         let (tx, rx) = oneshot::channel();
         let entries = match &request {
             PeerRequest::AppendEntries(r) => r.entries.len() as u64,
-            PeerRequest::Vote(_) | PeerRequest::InstallSnapshot(_) => 0,
+            _ => 0,
         };
         let failed = |e: LinkError| -> RPCError<u64, BasicNode, E> {
             match e.kind() {
@@ -552,7 +585,7 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
-        match self.call(PeerRequest::AppendEntries(rpc), &option).await? {
+        match self.call(PeerRequest::AppendEntries(rpc), RPCTypes::AppendEntries, &option).await? {
             PeerReply::AppendEntries(Ok(r)) => Ok(r),
             PeerReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.wrong_reply(RPCTypes::AppendEntries)),
@@ -564,7 +597,7 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
-        match self.call(PeerRequest::InstallSnapshot(rpc), &option).await? {
+        match self.call(PeerRequest::InstallSnapshot(rpc), RPCTypes::InstallSnapshot, &option).await? {
             PeerReply::InstallSnapshot(Ok(r)) => Ok(r),
             PeerReply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.wrong_reply(RPCTypes::InstallSnapshot)),
@@ -572,7 +605,7 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
-        match self.call(PeerRequest::Vote(rpc), &option).await? {
+        match self.call(PeerRequest::Vote(rpc), RPCTypes::Vote, &option).await? {
             PeerReply::Vote(Ok(r)) => Ok(r),
             PeerReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.wrong_reply(RPCTypes::Vote)),

@@ -11,6 +11,11 @@
 //! Requests on one connection are handled concurrently, up to a bound; when it is reached the
 //! reader stops reading, and TCP pushes back on the dialler, whose own bounds then fail its
 //! calls. Every connection ends when the serve future's shutdown fires.
+//!
+//! Beside Raft's own messages a follower sends its clients' writes (entered into the log in
+//! the order they arrive: a forwarded batch is handed to Raft before the next frame is read),
+//! the sessions it heard from (touched in the session tracker, which only the leader acts on)
+//! and read-index requests for `sync`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -18,17 +23,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::raft::ClientWriteResult;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::handshake::{decide, LocalIdentity, Sightings, Verdict};
+use super::wire::Forwarded;
 use super::wire::{
     frame, read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
     MAX_HANDSHAKE_BYTES,
 };
-use crate::raft::Raft;
+use crate::raft::{Raft, TypeConfig};
+use crate::state::ServerState;
 
 /// The limits of a peer listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +79,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Serves peer connections on `listener` until `shutdown` resolves, then closes them all.
 /// `servers` are the server ids allowed to connect; `sightings` is shared with this server's
 /// [`super::PeerNetwork`].
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_peers(
     listener: TcpListener,
     raft: Raft,
+    state: Arc<Mutex<ServerState>>,
     local: LocalIdentity,
     servers: BTreeSet<u64>,
     sightings: Arc<Sightings>,
@@ -111,7 +121,7 @@ pub async fn serve_peers(
             continue;
         };
         serial += 1;
-        let (raft, servers, registry) = (raft.clone(), servers.clone(), registry.clone());
+        let (raft, state, servers, registry) = (raft.clone(), state.clone(), servers.clone(), registry.clone());
         let sightings = sightings.clone();
         let this = serial;
         // The task's abort handle goes into the registry once its handshake is accepted; the
@@ -121,7 +131,7 @@ pub async fn serve_peers(
             let _permit = permit;
             let Ok(abort) = abort_rx.await else { return };
             let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options };
-            peer.serve(stream, peer_addr, raft, abort).await;
+            peer.serve(stream, peer_addr, raft, state, abort).await;
         });
         let _ = abort_tx.send(handle);
     }
@@ -155,7 +165,14 @@ struct PeerConn<'a> {
 }
 
 impl PeerConn<'_> {
-    async fn serve(self, stream: TcpStream, peer_addr: SocketAddr, raft: Raft, abort: AbortHandle) {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        peer_addr: SocketAddr,
+        raft: Raft,
+        state: Arc<Mutex<ServerState>>,
+        abort: AbortHandle,
+    ) {
         let PeerConn { local, servers, registry, sightings, serial, options } = self;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
@@ -244,10 +261,17 @@ impl PeerConn<'_> {
                 tracing::warn!(%peer_addr, peer = from, "a peer sent a reply on a connection it dialled; closing it");
                 break;
             };
-            let (raft, reply_tx) = (raft.clone(), reply_tx.clone());
+            let (raft, state, reply_tx) = (raft.clone(), state.clone(), reply_tx.clone());
+            let entered = match body {
+                PeerRequest::Forward(batch) => Entered::Forward(raft.client_write_ff(batch).await),
+                other => Entered::Other(other),
+            };
             requests.spawn(async move {
                 let _permit = permit;
-                let reply = dispatch(&raft, body).await;
+                let reply = match entered {
+                    Entered::Forward(entered) => forwarded(entered).await,
+                    Entered::Other(body) => dispatch(&raft, &state, body).await,
+                };
                 match (PeerMessage::Reply { id, body: reply }).encode() {
                     Ok(b) => {
                         let _ = reply_tx.send(b).await;
@@ -260,11 +284,46 @@ impl PeerConn<'_> {
     }
 }
 
+/// The leader's answer to a forwarded batch, once applied.
+async fn forwarded(
+    entered: Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>,
+) -> PeerReply {
+    let result = match entered {
+        Err(fatal) => Err(fatal.to_string()),
+        Ok(rx) => match rx.await {
+            Ok(Ok(resp)) => Ok(Forwarded { applied_index: resp.log_id.index, outcomes: resp.data }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the leader stopped with the batch in flight".into()),
+        },
+    };
+    PeerReply::Forward(result)
+}
+
+/// A request as the reader took it: a forwarded batch already handed to Raft, or any other.
+enum Entered {
+    Forward(Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>),
+    Other(PeerRequest),
+}
+
 /// Hands one request to the local Raft.
-async fn dispatch(raft: &Raft, request: PeerRequest) -> PeerReply {
+async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest) -> PeerReply {
     match request {
         PeerRequest::AppendEntries(r) => PeerReply::AppendEntries(raft.append_entries(r).await),
         PeerRequest::Vote(r) => PeerReply::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => PeerReply::InstallSnapshot(raft.install_snapshot(r).await),
+        PeerRequest::Touch(sessions) => {
+            let now = std::time::Instant::now();
+            let mut st = lock(state);
+            for id in sessions {
+                st.tracker.touch(id, now);
+            }
+            PeerReply::Touch
+        }
+        PeerRequest::ReadIndex => PeerReply::ReadIndex(match raft.ensure_linearizable().await {
+            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Err(e) => Err(e.to_string()),
+        }),
+        // The reader hands forwarded batches to Raft itself (see `Entered`).
+        PeerRequest::Forward(_) => PeerReply::Forward(Err("a forwarded batch reached the wrong handler".into())),
     }
 }

@@ -19,7 +19,9 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::proto::SessionId;
 use crate::raft::TypeConfig;
+use crate::txn::{BatchOutcome, TxnBatch};
 
 /// The first four bytes of every handshake: a connection that does not start with them is
 /// not a Referee peer (a ZooKeeper client on the wrong port, a port scanner).
@@ -244,17 +246,26 @@ pub enum PeerRequest {
     Vote(VoteRequest<u64>),
     /// One chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower's or observer's clients' writes, for the leader to put in its log as one
+    /// entry. Batches from one server are entered in the order they arrive.
+    Forward(TxnBatch),
+    /// The sessions whose clients this server heard from since its last report: the leader,
+    /// which alone expires sessions, counts them as alive.
+    Touch(Vec<SessionId>),
+    /// A read-index barrier for `sync`: the leader confirms it still leads and answers the
+    /// index every earlier committed write is applied at.
+    ReadIndex,
 }
 
-impl PeerRequest {
-    /// The request's kind, for logs and errors.
-    pub fn kind(&self) -> openraft::network::RPCTypes {
-        match self {
-            PeerRequest::AppendEntries(_) => openraft::network::RPCTypes::AppendEntries,
-            PeerRequest::Vote(_) => openraft::network::RPCTypes::Vote,
-            PeerRequest::InstallSnapshot(_) => openraft::network::RPCTypes::InstallSnapshot,
-        }
-    }
+/// What the leader answers a [`PeerRequest::Forward`]: the outcome of each transaction, and a
+/// log index the forwarding server must have applied before it answers its clients (so a
+/// client reads its own write there).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// Applied on the leader at or before this index.
+    pub applied_index: u64,
+    /// One outcome per transaction, in order.
+    pub outcomes: BatchOutcome,
 }
 
 /// The answer to a [`PeerRequest`] of the same kind.
@@ -266,6 +277,13 @@ pub enum PeerReply {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     /// The answer to [`PeerRequest::InstallSnapshot`].
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The answer to [`PeerRequest::Forward`]; an error says why the leader could not
+    /// (it may no longer lead: the writes' fate is then unknown).
+    Forward(Result<Forwarded, String>),
+    /// The answer to [`PeerRequest::Touch`].
+    Touch,
+    /// The answer to [`PeerRequest::ReadIndex`].
+    ReadIndex(Result<u64, String>),
 }
 
 /// A frame after the handshake. Requests carry an id the dialler chose, unique on the
