@@ -86,6 +86,8 @@ pub struct Coordinator {
     log_dir: std::path::PathBuf,
     /// The peer listener of an ensemble server, stopped after replication.
     peers: Option<PeerService>,
+    /// The bound admin HTTP listener (`admin_listen`), served from [`Coordinator::serve`].
+    admin: Option<TcpListener>,
 }
 
 /// A running peer listener.
@@ -218,13 +220,19 @@ impl Coordinator {
             leads,
             "recovered the data directory"
         );
+        let admin = crate::admin::bind(&config).await?;
         let shared = Arc::new(Shared { config: Arc::new(config), raft, state });
-        Ok(Coordinator { shared, log_stopped, log_dir, peers })
+        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
     pub fn raft(&self) -> Raft {
         self.shared.raft.clone()
+    }
+
+    /// The bound address of the admin HTTP listener, if `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state, for status reporting.
@@ -235,7 +243,7 @@ impl Coordinator {
     /// Serves clients on `listener` until `shutdown` completes, then closes every connection,
     /// stops replication and returns.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), CoordinatorError> {
@@ -245,6 +253,23 @@ impl Coordinator {
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
+        if let Some(admin) = self.admin.take() {
+            let ctx = crate::admin::AdminContext::new(
+                self.shared.config.clone(),
+                self.shared.raft.clone(),
+                self.shared.state.clone(),
+            );
+            let mut stop = stop_rx.clone();
+            info!(address = %admin.local_addr()?, "admin HTTP listener serving");
+            tasks.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::admin::serve(admin, ctx, stopped).await {
+                    warn!("the admin HTTP listener failed: {e}");
+                }
+            });
+        }
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
         let storage_failed = storage_failure(self.shared.raft.clone(), self.log_stopped.clone());
