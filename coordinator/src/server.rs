@@ -136,6 +136,8 @@ impl Coordinator {
         for advice in config.advice() {
             warn!("{advice}");
         }
+        // Bound before replication starts, so a taken port fails the start with nothing to undo.
+        let admin = crate::admin::bind(&config).await?;
         let node_id = config.server_id();
         let every = config.snapshot_every_entries;
         let raft_config = openraft::Config {
@@ -220,7 +222,6 @@ impl Coordinator {
             leads,
             "recovered the data directory"
         );
-        let admin = crate::admin::bind(&config).await?;
         let shared = Arc::new(Shared { config: Arc::new(config), raft, state });
         Ok(Coordinator { shared, log_stopped, log_dir, peers, admin })
     }

@@ -5,8 +5,9 @@
 //!   and its `/metrics` serves the same numbers and Raft's progress to Prometheus, moving with
 //!   the writes;
 //! - `/members` adds a server as an observer (it then applies the writes), promotes it to
-//!   voter and removes another voter (writes still commit on the smaller ensemble); a
-//!   follower sends the caller to the leader; bad requests are refused naming the field.
+//!   voter, removes another voter (writes still commit on the smaller ensemble) and adds a
+//!   server as a voter at once; a follower sends the caller to the leader; bad requests are
+//!   refused naming the field.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,24 +70,27 @@ fn config_of(dir: &ScratchDir, me: &ServerEntry, servers: &[ServerEntry]) -> Res
     Ok(cfg)
 }
 
-/// Starts `p` with `servers` in its configuration; resolves once it knows a leader.
-fn start(
-    p: Prepared,
-    servers: &[ServerEntry],
-    initialise: bool,
-) -> Result<(JoinHandle<Result<Coordinator, CoordinatorError>>, TcpListener, ServerEntry, ScratchDir)> {
+/// A server starting: its start-up resolves once it knows a leader.
+struct Starting {
+    task: JoinHandle<Result<Coordinator, CoordinatorError>>,
+    client: TcpListener,
+    entry: ServerEntry,
+    dir: ScratchDir,
+}
+
+/// Starts `p` with `servers` in its configuration.
+fn start(p: Prepared, servers: &[ServerEntry], initialise: bool) -> Result<Starting> {
     let dir = ScratchDir::new(&format!("members-{}", p.entry.id))?;
     let cfg = config_of(&dir, &p.entry, servers)?;
     let startup = Startup { initialise, peer_listener: Some(p.peer) };
-    Ok((tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)), p.client, p.entry, dir))
+    let task = tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup));
+    Ok(Starting { task, client: p.client, entry: p.entry, dir })
 }
 
-async fn serve(
-    starting: JoinHandle<Result<Coordinator, CoordinatorError>>,
-    client: TcpListener,
-    entry: &ServerEntry,
-) -> Result<Running> {
-    let coordinator = within_for(DEADLINE, "a server to start", starting).await???;
+/// Serves a started server's clients; returns its running handle and its data directory.
+async fn serve(s: Starting) -> Result<(Running, ScratchDir)> {
+    let Starting { task, client, entry, dir } = s;
+    let coordinator = within_for(DEADLINE, "a server to start", task).await???;
     let admin = coordinator.admin_addr().context("admin_listen is set")?;
     assert_eq!(Some(admin), entry.admin, "the admin listener binds the configured address");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -94,7 +98,7 @@ async fn serve(
     let task = tokio::spawn(coordinator.serve(client, async move {
         let _ = stopped.await;
     }));
-    Ok(Running { id: entry.id, client: entry.client, admin, raft, state, stop, task })
+    Ok((Running { id: entry.id, client: entry.client, admin, raft, state, stop, task }, dir))
 }
 
 /// Starts one server per role (ids 1, 2, ...), server 1 with `--init`.
@@ -104,16 +108,14 @@ async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ServerEntry
         prepared.push(prepare(id, role).await?);
     }
     let servers: Vec<ServerEntry> = prepared.iter().map(|p| p.entry.clone()).collect();
-    let mut starting = Vec::new();
-    let mut dirs = Vec::new();
-    for (i, p) in prepared.into_iter().enumerate() {
-        let (task, client, entry, dir) = start(p, &servers, i == 0)?;
-        starting.push((task, client, entry));
-        dirs.push(dir);
-    }
+    let starting: Vec<Starting> =
+        prepared.into_iter().enumerate().map(|(i, p)| start(p, &servers, i == 0)).collect::<Result<_>>()?;
     let mut running = Vec::new();
-    for (task, client, entry) in starting {
-        running.push(serve(task, client, &entry).await?);
+    let mut dirs = Vec::new();
+    for s in starting {
+        let (r, dir) = serve(s).await?;
+        running.push(r);
+        dirs.push(dir);
     }
     Ok((running, servers, dirs))
 }
@@ -336,14 +338,15 @@ async fn servers_join_get_promoted_and_leave_through_the_admin_api() -> Result<(
     let mut all = servers.clone();
     all.push(newcomer.entry.clone());
     let entry4 = newcomer.entry.clone();
-    let (starting, client4, _, dir4) = start(newcomer, &all, false)?;
-    dirs.push(dir4);
+    let starting = start(newcomer, &all, false)?;
     let (status, body) = post(l_admin, member_json(&entry4, "observer")).await?;
     assert_eq!(status, 200, "{body}");
     let m: Members = serde_json::from_str(&body)?;
     let four = m.members.iter().find(|m| m.id == 4).context("server 4 is a member")?;
     assert_eq!((four.role.as_str(), four.client, four.admin), ("observer", Some(entry4.client), entry4.admin));
-    running.push(serve(starting, client4, &entry4).await?);
+    let (four, dir4) = serve(starting).await?;
+    running.push(four);
+    dirs.push(dir4);
     write_and_check(&running, leader, "/seen-by-the-newcomer").await?;
 
     // Promoted to voter; the leader's view lists four voters with their lag.
@@ -366,6 +369,23 @@ async fn servers_join_get_promoted_and_leave_through_the_admin_api() -> Result<(
     let at = running.iter().position(|r| r.id == gone).context("it runs")?;
     stop(running.remove(at)).await?;
     write_and_check(&running, leader, "/after-the-removal").await?;
+
+    // A fifth server joins as a voter at once: it catches up as a learner, then votes.
+    let fifth = prepare(5, Role::Voter).await?;
+    let mut all = all.clone();
+    all.push(fifth.entry.clone());
+    let entry5 = fifth.entry.clone();
+    let starting = start(fifth, &all, false)?;
+    let (status, body) = post(l_admin, member_json(&entry5, "voter")).await?;
+    assert_eq!(status, 200, "{body}");
+    let (five, dir5) = serve(starting).await?;
+    running.push(five);
+    dirs.push(dir5);
+    let m = members(l_admin).await?;
+    let voters: Vec<u64> = m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect();
+    let want: Vec<u64> = [1, 2, 3, 4, 5].into_iter().filter(|id| *id != gone).collect();
+    assert_eq!(voters, want, "{m:?}");
+    write_and_check(&running, leader, "/with-the-fifth").await?;
 
     for r in running {
         stop(r).await?;
