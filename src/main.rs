@@ -344,7 +344,8 @@ async fn run_members(action: MembersAction) -> i32 {
             return 1;
         }
     };
-    let mut server = target.server.clone();
+    // `--server http://h:p` means the same as `--server h:p`.
+    let mut server = target.server.trim_start_matches("http://").trim_end_matches('/').to_string();
     for attempt in 0..2 {
         let mut request = http.request(method.clone(), format!("http://{server}{path}"));
         if let Some(body) = &body {
