@@ -5,6 +5,7 @@
 //! referee coordinator --config server1.yaml --init      # an ensemble's first start, on one server
 //! referee coordinator log dump DATA_DIR                  # list a coordinator's Raft log
 //! referee coordinator snapshot dump DATA_DIR_OR_FILE     # list its snapshots
+//! referee coordinator members list --server ADMIN_ADDR  # the ensemble's members (add, remove too)
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
 //! ```
 //!
@@ -69,6 +70,72 @@ enum CoordinatorTool {
     Snapshot {
         #[command(subcommand)]
         action: SnapshotAction,
+    },
+    /// List, add or remove ensemble members through a server's admin HTTP listener
+    /// (`admin_listen`). A server that does not lead names the leader, and the request is sent
+    /// there once. Exit codes: 0 done, 1 refused or unreachable, 2 bad arguments.
+    Members {
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+}
+
+/// Which server's admin listener to ask, and for how long.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// The admin address (`admin_listen`) of any server of the ensemble, as HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// Deadline of each request, in milliseconds (a new member must catch up with the log
+    /// before it counts as added; the server gives up after 30 s).
+    #[arg(long, default_value_t = 35_000)]
+    timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MemberRole {
+    /// Votes and counts towards the write quorum.
+    Voter,
+    /// Receives the log and serves clients, never votes (an openraft learner).
+    Observer,
+}
+
+#[derive(Subcommand)]
+enum MembersAction {
+    /// Print the membership: each member's id, role, addresses and, from the leader, its lag.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Add a server (started first, without --init, with `servers` listing the ensemble and
+    /// itself), or promote an observer with `--role voter`.
+    Add {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The new server's `server_id`.
+        #[arg(long)]
+        id: u64,
+        /// Its client address (its `listen`).
+        #[arg(long)]
+        client: std::net::SocketAddr,
+        /// Its peer address.
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        /// Its role.
+        #[arg(long, value_enum, default_value_t = MemberRole::Observer)]
+        role: MemberRole,
+        /// Its admin address (its `admin_listen`), if it has one.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Remove a voter or an observer (not the leader: stop it first, then remove it through
+    /// the new leader).
+    Remove {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The member's server id.
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -177,6 +244,9 @@ fn main() -> ExitCode {
             Command::Coordinator { config: Some(config), init, tool: None } => {
                 run_coordinator(config, init).await.map(|()| 0)
             }
+            Command::Coordinator { config: None, tool: Some(CoordinatorTool::Members { action }), .. } => {
+                Ok(run_members(action).await)
+            }
             Command::Coordinator { config: None, tool: Some(tool), .. } => run_coordinator_tool(tool),
             Command::Coordinator { .. } => {
                 eprintln!(
@@ -237,6 +307,132 @@ async fn run_coordinator(config_path: PathBuf, initialise: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// `members list|add|remove`: one request to the admin listener at `--server`, sent once more
+/// to the leader if that server names one. Returns the exit code: 0 done, 1 refused or
+/// unreachable, 2 bad arguments (the server's 400, which names the field).
+async fn run_members(action: MembersAction) -> i32 {
+    use referee_coordinator::admin::{AddMember, Members, RefusalBody};
+    use referee_coordinator::config::Role;
+    let (target, method, path, body, done) = match action {
+        MembersAction::List { target } => (target, reqwest::Method::GET, "/members".to_string(), None, None),
+        MembersAction::Add { target, id, client, peer, role, admin } => {
+            let role = match role {
+                MemberRole::Voter => Role::Voter,
+                MemberRole::Observer => Role::Observer,
+            };
+            let verb = match role {
+                Role::Voter => "as a voter",
+                Role::Observer => "as an observer",
+            };
+            let body = AddMember { id, client, peer, role, admin };
+            (
+                target,
+                reqwest::Method::POST,
+                "/members".to_string(),
+                Some(body),
+                Some(format!("server {id} added {verb}")),
+            )
+        }
+        MembersAction::Remove { target, id } => {
+            (target, reqwest::Method::DELETE, format!("/members/{id}"), None, Some(format!("server {id} removed")))
+        }
+    };
+    let http = match reqwest::Client::builder().timeout(std::time::Duration::from_millis(target.timeout_ms)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("referee coordinator members: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    // `--server http://h:p` means the same as `--server h:p`.
+    let mut server = target.server.trim_start_matches("http://").trim_end_matches('/').to_string();
+    for attempt in 0..2 {
+        let mut request = http.request(method.clone(), format!("http://{server}{path}"));
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "referee coordinator members: no answer from the admin listener at {server}: {e}. Check the \
+                     address and that the server has `admin_listen` set"
+                );
+                return 1;
+            }
+        };
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            match serde_json::from_str::<Members>(&text) {
+                Ok(members) => {
+                    if let Some(done) = &done {
+                        println!("{done}");
+                    }
+                    print!("{}", members_table(&members));
+                    return 0;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "referee coordinator members: {server} answered something else than members ({e}): {text}"
+                    );
+                    return 1;
+                }
+            }
+        }
+        let refusal: Option<RefusalBody> = serde_json::from_str(&text).ok();
+        let why = refusal.as_ref().map_or_else(|| text.trim().to_string(), |r| r.error.clone());
+        match (status.as_u16(), refusal.as_ref().and_then(|r| r.leader_admin)) {
+            (421, Some(leader)) if attempt == 0 => {
+                eprintln!("referee coordinator members: {server} does not lead; asking the leader at {leader}");
+                server = leader.to_string();
+            }
+            (400, _) => {
+                eprintln!("referee coordinator members: refused by {server}: {why}");
+                return 2;
+            }
+            _ => {
+                eprintln!("referee coordinator members: refused by {server} ({status}): {why}");
+                return 1;
+            }
+        }
+    }
+    1
+}
+
+/// The membership as a table, the leader marked with `*`.
+fn members_table(m: &referee_coordinator::admin::Members) -> String {
+    let opt = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+    let num = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    let mut out = format!(
+        "asked server {}; leader: {}{}\n{:<4} {:<9} {:<22} {:<22} {:<22} {:>8} {:>6}\n",
+        m.this_server,
+        num(m.leader),
+        if m.changing { " (a membership change is being committed)" } else { "" },
+        "id",
+        "role",
+        "peer",
+        "client",
+        "admin",
+        "matched",
+        "lag"
+    );
+    for member in &m.members {
+        let id = format!("{}{}", member.id, if Some(member.id) == m.leader { "*" } else { "" });
+        out.push_str(&format!(
+            "{:<4} {:<9} {:<22} {:<22} {:<22} {:>8} {:>6}\n",
+            id,
+            member.role,
+            member.peer,
+            opt(member.client),
+            opt(member.admin),
+            num(member.matched),
+            num(member.lag)
+        ));
+    }
+    out
+}
+
 /// `log dump` and `snapshot dump`: the listing goes to stdout; damage exits 1 after listing
 /// what could be read, unreadable input exits 2.
 fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
@@ -246,6 +442,7 @@ fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
     let result = match tool {
         CoordinatorTool::Log { action: LogAction::Dump { dir } } => dump_log(&RealFs, &dir, &mut out).map(drop),
         CoordinatorTool::Snapshot { action: SnapshotAction::Dump { path } } => dump_snapshots(&RealFs, &path, &mut out),
+        CoordinatorTool::Members { .. } => unreachable!("members is run by run_members"),
     };
     match result {
         Ok(()) => Ok(0),

@@ -155,10 +155,17 @@ pub struct CoordinatorConfig {
     /// same servers.
     #[serde(default)]
     pub servers: Vec<ServerEntry>,
+    /// Address of the admin HTTP listener (ZooKeeper's admin.serverAddress:admin.serverPort),
+    /// off when left out. It serves `GET /metrics` (Prometheus text), `GET /members` (the
+    /// ensemble's membership as JSON, with each member's replication lag on the leader), and on
+    /// the leader `POST /members` and `DELETE /members/{id}` to add and remove servers; see
+    /// [`crate::admin`]. It has no authentication: bind it to loopback or a management network.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// What a server does in the ensemble.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Votes in elections and counts towards the write quorum (a ZooKeeper participant).
@@ -181,6 +188,10 @@ pub struct ServerEntry {
     /// Voter or observer; voter when left out.
     #[serde(default = "default_role")]
     pub role: Role,
+    /// Its admin HTTP address (its `admin_listen`), if it has one: where a follower sends an
+    /// admin client that asked it for something only the leader does.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
 }
 
 fn default_role() -> Role {
@@ -229,6 +240,7 @@ impl CoordinatorConfig {
             container_check_interval_ms: default_container_check_interval_ms(),
             server_id: None,
             servers: Vec::new(),
+            admin_listen: None,
         }
     }
 
@@ -442,6 +454,12 @@ impl CoordinatorConfig {
                 ),
             );
         }
+        if self.admin_listen == Some(self.listen) {
+            return invalid(
+                "admin_listen",
+                format!("is {}, the client address `listen` too; give the admin listener its own port", self.listen),
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "is empty; name a directory for durable state".into());
         }
@@ -473,10 +491,14 @@ impl CoordinatorConfig {
             if !ids.insert(s.id) {
                 return invalid("servers", format!("lists id {} twice; give every server its own id", s.id));
             }
+            let admin = s.admin.map(|a| (a, format!("the admin address of server {}", s.id)));
             for (addr, what) in [
                 (s.client, format!("the client address of server {}", s.id)),
                 (s.peer, format!("the peer address of server {}", s.id)),
-            ] {
+            ]
+            .into_iter()
+            .chain(admin)
+            {
                 if let Some(first) = addrs.insert(addr, what.clone()) {
                     return invalid(
                         "servers",
@@ -509,6 +531,16 @@ impl CoordinatorConfig {
                     self.listen, mine.client
                 ),
             );
+        }
+        if let (Some(listen), Some(listed)) = (self.admin_listen, mine.admin) {
+            if listen != listed {
+                return invalid(
+                    "admin_listen",
+                    format!(
+                        "is {listen} but `servers` gives {listed} as server {me}'s admin address; make them the same"
+                    ),
+                );
+            }
         }
         if self.voters().is_empty() {
             return invalid("servers", "lists no voter; an ensemble needs 1, 3 or 5 voters to elect a leader".into());
@@ -605,6 +637,12 @@ servers:
         assert_eq!(c.observers(), BTreeSet::from([4]));
         assert_eq!(c.peer_addresses().get(&4).map(String::as_str), Some("127.0.0.1:2884"));
         assert_eq!(c.advice(), Vec::<String>::new());
+        assert_eq!(c.admin_listen, None, "the admin listener is off unless configured");
+        let with_admin = ENSEMBLE.replace("role: voter }", "role: voter, admin: 127.0.0.1:8082 }")
+            + "admin_listen: 127.0.0.1:8082\n";
+        let c = CoordinatorConfig::from_yaml(&with_admin).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.admin_listen.map(|a| a.port()), Some(8082));
+        assert_eq!(c.this_server().and_then(|s| s.admin).map(|a| a.port()), Some(8082));
         let alone = CoordinatorConfig::from_yaml("data_dir: /x\n").unwrap();
         assert!(!alone.is_ensemble());
         assert_eq!((alone.server_id(), alone.this_server()), (1, None));
@@ -619,11 +657,15 @@ servers:
         let example: String = ensemble
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| ["cluster_id:", "server_id:", "servers:", "  - { id:"].iter().any(|k| l.starts_with(k)))
+            .filter(|l| {
+                ["cluster_id:", "server_id:", "servers:", "  - { id:", "admin_listen:"].iter().any(|k| l.starts_with(k))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let c = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{example}")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.voters().len(), c.observers().len(), c.server_id()), (3, 1, 1));
+        assert_eq!(c.admin_listen, c.this_server().and_then(|s| s.admin), "server 1's admin address is its own");
+        assert!(c.admin_listen.is_some());
     }
 
     #[test]
@@ -662,6 +704,18 @@ servers:
             (ENSEMBLE.replace("role: observer", "role: judge"), "unknown variant", "judge"),
             (ENSEMBLE.replace("role: observer", "rank: 2"), "unknown field", "rank"),
             ("data_dir: /x\nserver_id: 2\n".into(), "`server_id`", "`servers` is empty"),
+            (
+                ENSEMBLE.replace("2883 }", "2883, admin: 127.0.0.1:2881 }"),
+                "`servers`",
+                "127.0.0.1:2881 as both the peer address of server 1 and the admin address of server 3",
+            ),
+            (
+                ENSEMBLE.replace("role: voter }", "role: voter, admin: 127.0.0.1:8082 }")
+                    + "admin_listen: 127.0.0.1:8092\n",
+                "`admin_listen`",
+                "gives 127.0.0.1:8082 as server 2's admin address",
+            ),
+            (ENSEMBLE.to_string() + "admin_listen: 127.0.0.1:2182\n", "`admin_listen`", "its own port"),
         ];
         for (yaml, key, problem) in cases {
             let e = CoordinatorConfig::from_yaml(&yaml).unwrap_err().to_string();

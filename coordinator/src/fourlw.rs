@@ -9,6 +9,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openraft::{BasicNode, RaftMetrics};
+
 use crate::config::CoordinatorConfig;
 use crate::proto::SessionId;
 use crate::state::ServerState;
@@ -57,7 +59,16 @@ pub fn mode_name(standalone: bool, leader: bool, learner: bool) -> &'static str 
 /// `wchc`, `wchp` and `dump` copy a few connections or sessions per hold and let writers in
 /// between. Their output is therefore fuzzy under concurrent change, as Apache ZooKeeper's is
 /// (it walks concurrent maps without a global lock).
-pub fn answer(cmd: &str, config: &CoordinatorConfig, state: &Mutex<ServerState>, mode: &str) -> String {
+///
+/// `ensemble` is the leader's view of its followers ([`ensemble_stats`]); `mntr` reports it
+/// when given, which only a leader can.
+pub fn answer(
+    cmd: &str,
+    config: &CoordinatorConfig,
+    state: &Mutex<ServerState>,
+    mode: &str,
+    ensemble: Option<&EnsembleStats>,
+) -> String {
     if !config.four_letter_word_enabled(cmd) || RECOGNISED_ONLY.contains(&cmd) {
         return format!("{cmd} is not executed because it is not in the whitelist.\n");
     }
@@ -79,7 +90,7 @@ pub fn answer(cmd: &str, config: &CoordinatorConfig, state: &Mutex<ServerState>,
             out.push('\n');
             out
         }
-        "mntr" => monitor(&lock(), mode),
+        "mntr" => monitor_values(&lock(), mode, ensemble).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect(),
         "conf" => conf(config),
         "envi" => environment(),
         "wchs" => {
@@ -200,11 +211,94 @@ fn connections(st: &ServerState, detailed: bool) -> String {
     out
 }
 
-fn monitor(st: &ServerState, mode: &str) -> String {
+/// How far a follower's matched log index may trail the leader's last log index for the
+/// follower to count as synced: one AppendEntries batch (openraft's `max_payload_entries`
+/// default). A follower within it is receiving the stream as fast as the leader appends; one
+/// further behind is catching up (from the log or a snapshot) and would not count towards a
+/// quorum's speed. ZooKeeper's leader counts a learner synced once it has finished its initial
+/// sync and is in the forwarding set; this is the closest Raft reading of that.
+///
+/// The matched index is what the follower last acknowledged, so a follower that stopped while
+/// synced stays counted as synced until the leader appends more than this many entries.
+pub const SYNCED_LAG_ENTRIES: u64 = 300;
+
+/// One other member of the ensemble as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Its server id.
+    pub id: u64,
+    /// Whether it votes (else it is an observer, an openraft learner).
+    pub voter: bool,
+    /// The highest log index the leader knows it holds; `None` before its first acknowledgement.
+    pub matched: Option<u64>,
+    /// Entries it trails the leader's last log index by; `None` while `matched` is.
+    pub lag: Option<u64>,
+    /// Whether it is synced: `lag` at most [`SYNCED_LAG_ENTRIES`].
+    pub synced: bool,
+}
+
+/// The leader's view of its followers, as Apache ZooKeeper's leader reports it in `mntr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsembleStats {
+    /// The leader's last log index.
+    pub last_log_index: u64,
+    /// Every member but the leader, by id.
+    pub replicas: Vec<Replica>,
+}
+
+impl EnsembleStats {
+    /// Voters and observers other than the leader (`zk_followers`, `zk_learners`).
+    pub fn followers(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Synced voters other than the leader (`zk_synced_followers`).
+    pub fn synced_followers(&self) -> usize {
+        self.replicas.iter().filter(|r| r.voter && r.synced).count()
+    }
+
+    /// Synced observers (`zk_synced_observers`).
+    pub fn synced_observers(&self) -> usize {
+        self.replicas.iter().filter(|r| !r.voter && r.synced).count()
+    }
+}
+
+/// The leader's [`EnsembleStats`] from its Raft metrics; `None` on any server that does not
+/// lead (openraft reports replication progress only on the leader), as ZooKeeper's followers
+/// and observers omit these keys.
+pub fn ensemble_stats(m: &RaftMetrics<u64, BasicNode>) -> Option<EnsembleStats> {
+    if m.state != openraft::ServerState::Leader {
+        return None;
+    }
+    let progress = m.replication.as_ref()?;
+    let last = m.last_log_index.unwrap_or(0);
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let replicas = membership
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != m.id)
+        .map(|id| {
+            let matched = progress.get(&id).copied().flatten().map(|l| l.index);
+            let lag = matched.map(|i| last.saturating_sub(i));
+            Replica {
+                id,
+                voter: voters.contains(&id),
+                matched,
+                lag,
+                synced: lag.is_some_and(|l| l <= SYNCED_LAG_ENTRIES),
+            }
+        })
+        .collect();
+    Some(EnsembleStats { last_log_index: last, replicas })
+}
+
+/// The `mntr` keys and values in ZooKeeper's order, the leader's ensemble keys last.
+pub fn monitor_values(st: &ServerState, mode: &str, ensemble: Option<&EnsembleStats>) -> Vec<(&'static str, String)> {
     let l = &st.counters.latency;
     let ephemerals: usize = st.tree.sessions().map(|(_, s)| s.ephemerals.len()).sum();
     let (open_fds, max_fds) = file_descriptors();
-    let lines: Vec<(&str, String)> = vec![
+    let mut lines: Vec<(&str, String)> = vec![
         ("zk_version", VERSION.to_string()),
         ("zk_server_state", mode.to_string()),
         ("zk_ephemerals_count", ephemerals.to_string()),
@@ -226,7 +320,23 @@ fn monitor(st: &ServerState, mode: &str) -> String {
         ("zk_auth_failed_count", st.counters.auth_failed.to_string()),
         ("zk_connection_rejected", st.counters.connections_rejected.to_string()),
     ];
-    lines.into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+    if let Some(e) = ensemble.filter(|_| mode == "leader") {
+        // ZooKeeper 3.5 names the count `zk_followers`, 3.6 and later `zk_learners`; both are
+        // given so monitoring written for either reads it.
+        lines.extend([
+            ("zk_learners", e.followers().to_string()),
+            ("zk_followers", e.followers().to_string()),
+            ("zk_synced_followers", e.synced_followers().to_string()),
+            // A non-voting follower is a ZooKeeper participant outside the voting view, which
+            // exists only mid-reconfiguration; every non-voting member here is an observer.
+            ("zk_synced_non_voting_followers", "0".to_string()),
+            ("zk_synced_observers", e.synced_observers().to_string()),
+            // ZooKeeper counts learners mid-way through their initial sync; a Raft follower
+            // catching up is simply one that is not synced, so none is ever pending.
+            ("zk_pending_syncs", "0".to_string()),
+        ]);
+    }
+    lines
 }
 
 fn conf(config: &CoordinatorConfig) -> String {
@@ -373,6 +483,67 @@ mod tests {
         assert_eq!(parse([0, 0, 0, 45]), None);
     }
 
+    /// Leader 1's metrics: voters 1-3, observer 4, `matched` per member, last log index 1000.
+    fn leader_metrics(matched: &[(u64, Option<u64>)]) -> RaftMetrics<u64, BasicNode> {
+        use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
+        let nodes: std::collections::BTreeMap<u64, BasicNode> =
+            (1..=4).map(|id| (id, BasicNode { addr: format!("127.0.0.1:{}", 2880 + id) })).collect();
+        let membership = Membership::new(vec![[1, 2, 3].into()], nodes);
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = openraft::ServerState::Leader;
+        m.current_leader = Some(1);
+        m.last_log_index = Some(1000);
+        m.membership_config = std::sync::Arc::new(StoredMembership::new(None, membership));
+        let log_id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        m.replication = Some(matched.iter().map(|&(id, i)| (id, i.map(log_id))).collect());
+        m
+    }
+
+    #[test]
+    fn the_leader_counts_followers_and_the_synced_ones_within_one_batch() {
+        let all_synced = leader_metrics(&[(1, Some(1000)), (2, Some(1000)), (3, Some(700)), (4, Some(999))]);
+        let e = ensemble_stats(&all_synced).expect("a leader reports its ensemble");
+        assert_eq!(
+            (e.followers(), e.synced_followers(), e.synced_observers()),
+            (3, 2, 1),
+            "the leader is not its own follower; 300 behind is still synced"
+        );
+        assert_eq!(
+            e.replicas.iter().map(|r| (r.id, r.voter, r.lag)).collect::<Vec<_>>(),
+            vec![(2, true, Some(0)), (3, true, Some(300)), (4, false, Some(1))]
+        );
+
+        // One voter 301 behind, one never acknowledged, the observer unknown to replication yet.
+        let lagging = leader_metrics(&[(1, Some(1000)), (2, Some(699)), (3, None)]);
+        let e = ensemble_stats(&lagging).expect("a leader reports its ensemble");
+        assert_eq!((e.followers(), e.synced_followers(), e.synced_observers()), (3, 0, 0));
+
+        let mut follower = all_synced.clone();
+        follower.state = openraft::ServerState::Follower;
+        assert_eq!(ensemble_stats(&follower), None, "only the leader knows its followers' progress");
+    }
+
+    #[test]
+    fn mntr_gives_the_ensemble_keys_on_the_leader_only() {
+        let config = CoordinatorConfig::new("/nonexistent");
+        let st = Mutex::new(ServerState::new(false, Duration::from_millis(100)));
+        let e = ensemble_stats(&leader_metrics(&[(2, Some(1000)), (3, Some(10)), (4, Some(1000))]));
+        let leader = answer("mntr", &config, &st, "leader", e.as_ref());
+        for line in [
+            "zk_followers\t3\n",
+            "zk_learners\t3\n",
+            "zk_synced_followers\t1\n",
+            "zk_synced_non_voting_followers\t0\n",
+            "zk_synced_observers\t1\n",
+            "zk_pending_syncs\t0\n",
+        ] {
+            assert!(leader.contains(line), "{line:?} missing from {leader}");
+        }
+        // A follower's answer lacks them even if handed stale numbers.
+        let follower = answer("mntr", &config, &st, "follower", e.as_ref());
+        assert!(!follower.contains("synced") && !follower.contains("zk_followers"), "{follower}");
+    }
+
     #[test]
     fn dates_read_like_java() {
         assert_eq!(format_date(0), "Thu Jan 01 00:00:00 UTC 1970");
@@ -391,7 +562,7 @@ mod tests {
         let walker = {
             let state = state.clone();
             std::thread::spawn(move || {
-                let _ = tx.send(answer("dirs", &config, &state, "standalone"));
+                let _ = tx.send(answer("dirs", &config, &state, "standalone", None));
             })
         };
         let out = rx.recv_timeout(Duration::from_secs(10)).expect("dirs waited for the server's lock");
@@ -404,32 +575,35 @@ mod tests {
     fn whitelist_and_formats() {
         let mut config = CoordinatorConfig::new("/nonexistent");
         let st = Mutex::new(ServerState::new(false, Duration::from_millis(100)));
-        assert_eq!(answer("ruok", &config, &st, "standalone"), "imok");
-        let srvr = answer("srvr", &config, &st, "standalone");
+        assert_eq!(answer("ruok", &config, &st, "standalone", None), "imok");
+        let srvr = answer("srvr", &config, &st, "standalone", None);
         assert!(srvr.starts_with("Zookeeper version: 3.8.0-referee-"), "{srvr}");
         assert!(srvr.contains("\nMode: standalone\nNode count: 4\n"), "{srvr}");
         for heavy in HEAVY {
             assert_eq!(
-                answer(heavy, &config, &st, "standalone"),
+                answer(heavy, &config, &st, "standalone", None),
                 format!("{heavy} is not executed because it is not in the whitelist.\n"),
                 "heavy commands are off by default"
             );
         }
         assert!(srvr.contains("\nZxid: 0x0\n"), "{srvr}");
-        let stat = answer("stat", &config, &st, "standalone");
+        let stat = answer("stat", &config, &st, "standalone", None);
         assert!(stat.contains("Clients:\n\nLatency min/avg/max: 0/0.0000/0\n"), "{stat}");
-        assert_eq!(answer("wchs", &config, &st, "standalone"), "0 connections watching 0 paths\nTotal watches:0\n");
-        assert!(answer("envi", &config, &st, "standalone").contains("\nzookeeper.version=3.8.0-referee-"));
-        assert!(answer("mntr", &config, &st, "standalone").contains("zk_server_state\tstandalone\n"));
         assert_eq!(
-            answer("crst", &config, &st, "standalone"),
+            answer("wchs", &config, &st, "standalone", None),
+            "0 connections watching 0 paths\nTotal watches:0\n"
+        );
+        assert!(answer("envi", &config, &st, "standalone", None).contains("\nzookeeper.version=3.8.0-referee-"));
+        assert!(answer("mntr", &config, &st, "standalone", None).contains("zk_server_state\tstandalone\n"));
+        assert_eq!(
+            answer("crst", &config, &st, "standalone", None),
             "crst is not executed because it is not in the whitelist.\n"
         );
         config.four_letter_words = vec!["srvr".into()];
         assert_eq!(
-            answer("ruok", &config, &st, "standalone"),
+            answer("ruok", &config, &st, "standalone", None),
             "ruok is not executed because it is not in the whitelist.\n"
         );
-        assert!(answer("srvr", &config, &st, "standalone").contains("Mode: standalone"));
+        assert!(answer("srvr", &config, &st, "standalone", None).contains("Mode: standalone"));
     }
 }

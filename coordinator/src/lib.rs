@@ -31,6 +31,7 @@
 //! - [`path`]: ZooKeeper's path rules.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`fourlw`]: the four-letter words (`ruok`, `srvr`, `mntr`, ...) on the client port.
+//! - [`admin`]: the admin HTTP listener: Prometheus `/metrics` and the ensemble's `/members`.
 //! - [`server`]: start-up, the accept loop, session expiry, shutdown.
 //!
 //! ```text
@@ -46,6 +47,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 mod connection;
 pub mod datadir;

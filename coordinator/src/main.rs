@@ -1,7 +1,9 @@
-//! `referee-coordinator CONFIG.yaml`: the coordinator alone, without the rest of the suite.
+//! `referee-coordinator [--init] CONFIG.yaml`: the coordinator alone, without the rest of the
+//! suite.
 //!
-//! The same server `referee coordinator --config` runs; this binary exists so the coordinator's
-//! own end-to-end tests can run it as a child process (and measure it as one) without building
+//! The same server `referee coordinator --config` runs, `--init` included (given once, to one
+//! server, when an ensemble first starts); this binary exists so the coordinator's own
+//! end-to-end tests can run it as a child process (and measure it as one) without building
 //! the agents and fencing. SIGINT or SIGTERM stops it; a second signal exits at once.
 
 use std::path::PathBuf;
@@ -9,7 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::{shutdown_signal, Coordinator};
+use referee_coordinator::log::RealFs;
+use referee_coordinator::server::{shutdown_signal, Coordinator, Startup};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -20,9 +23,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut args = std::env::args_os().skip(1);
-    let (Some(config), None) = (args.next(), args.next()) else {
-        eprintln!("usage: referee-coordinator CONFIG.yaml");
+    let Some((config, initialise)) = parse_args(std::env::args_os().skip(1)) else {
+        eprintln!(
+            "usage: referee-coordinator [--init] CONFIG.yaml\n  --init  initialise the ensemble `servers` lists, \
+             once, on one server, when it first starts"
+        );
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -32,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(PathBuf::from(config))) {
+    match runtime.block_on(run(config, initialise)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("referee-coordinator: {e:#}");
@@ -41,12 +46,55 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+/// The configuration path and whether `--init` was given, in either order; `None` for anything
+/// else (a usage error).
+fn parse_args(args: impl Iterator<Item = std::ffi::OsString>) -> Option<(PathBuf, bool)> {
+    let mut config = None;
+    let mut initialise = false;
+    for arg in args {
+        if arg == "--init" && !initialise {
+            initialise = true;
+        } else if config.is_none() && !arg.to_string_lossy().starts_with('-') {
+            config = Some(PathBuf::from(arg));
+        } else {
+            return None;
+        }
+    }
+    config.map(|c| (c, initialise))
+}
+
+async fn run(config_path: PathBuf, initialise: bool) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&config_path)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
-    let coordinator = Coordinator::start(config).await?;
+    let peer_listener = match config.this_server().filter(|_| config.is_ensemble()) {
+        Some(me) => Some(tokio::net::TcpListener::bind(me.peer).await.with_context(|| {
+            format!("cannot listen on the peer address {} (`servers` in {})", me.peer, config_path.display())
+        })?),
+        None => None,
+    };
+    let startup = Startup { initialise, peer_listener };
+    let coordinator = Coordinator::start_with(config, std::sync::Arc::new(RealFs), startup).await?;
     coordinator.serve(listener, shutdown_signal("referee-coordinator")).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    fn parse(args: &[&str]) -> Option<(String, bool)> {
+        parse_args(args.iter().map(std::ffi::OsString::from)).map(|(p, i)| (p.display().to_string(), i))
+    }
+
+    #[test]
+    fn takes_a_config_and_an_optional_init_in_either_order() {
+        assert_eq!(parse(&["c.yaml"]), Some(("c.yaml".into(), false)));
+        assert_eq!(parse(&["--init", "c.yaml"]), Some(("c.yaml".into(), true)));
+        assert_eq!(parse(&["c.yaml", "--init"]), Some(("c.yaml".into(), true)));
+        for bad in [&[][..], &["--init"], &["a.yaml", "b.yaml"], &["--init", "--init", "c.yaml"], &["--config", "c"]] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -88,6 +88,8 @@ pub struct Coordinator {
     log_dir: std::path::PathBuf,
     /// The peer listener of an ensemble server, stopped after replication.
     peers: Option<PeerService>,
+    /// The bound admin HTTP listener (`admin_listen`), served from [`Coordinator::serve`].
+    admin: Option<TcpListener>,
 }
 
 /// A running peer listener.
@@ -138,6 +140,8 @@ impl Coordinator {
         for advice in config.advice() {
             warn!("{advice}");
         }
+        // Bound before replication starts, so a taken port fails the start with nothing to undo.
+        let admin = crate::admin::bind(&config).await?;
         let node_id = config.server_id();
         let every = config.snapshot_every_entries;
         let raft_config = openraft::Config {
@@ -225,7 +229,7 @@ impl Coordinator {
         );
         let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
         let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, state });
-        Ok(Coordinator { shared, log_stopped, log_dir, peers })
+        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
@@ -238,6 +242,11 @@ impl Coordinator {
         self.shared.proposer.clone()
     }
 
+    /// The bound address of the admin HTTP listener, if `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared state, for status reporting.
     pub fn state(&self) -> Arc<Mutex<ServerState>> {
         self.shared.state.clone()
@@ -246,7 +255,7 @@ impl Coordinator {
     /// Serves clients on `listener` until `shutdown` completes, then closes every connection,
     /// stops replication and returns.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), CoordinatorError> {
@@ -258,6 +267,23 @@ impl Coordinator {
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+        }
+        if let Some(admin) = self.admin.take() {
+            let ctx = crate::admin::AdminContext::new(
+                self.shared.config.clone(),
+                self.shared.raft.clone(),
+                self.shared.state.clone(),
+            );
+            let mut stop = stop_rx.clone();
+            info!(address = %admin.local_addr()?, "admin HTTP listener serving");
+            tasks.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::admin::serve(admin, ctx, stopped).await {
+                    warn!("the admin HTTP listener failed: {e}");
+                }
+            });
         }
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);

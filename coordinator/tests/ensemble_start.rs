@@ -100,7 +100,7 @@ async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ScratchDir>
     let mut servers = Vec::new();
     for (id, &role) in (1u64..).zip(roles) {
         let (c, p) = (TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?);
-        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role });
+        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role, admin: None });
         clients.push(c);
         peers.push(p);
     }

@@ -1,0 +1,719 @@
+//! The admin HTTP listener (`admin_listen`): metrics for Prometheus and the ensemble's
+//! membership, read and changed at run time.
+//!
+//! ```text
+//!  GET    /metrics       ─▶ mntr's numbers + Raft progress, Prometheus text format 0.0.4
+//!  GET    /members       ─▶ the membership as JSON (each member's lag on the leader)
+//!  POST   /members       ─▶ plan_add ─▶ add_learner (blocking) [─▶ change_membership: voter]
+//!  DELETE /members/{id}  ─▶ plan_remove ─▶ change_membership (RemoveVoters / RemoveNodes)
+//! ```
+//!
+//! Every membership change is decided by a pure function of the current membership and the
+//! request ([`plan_add`], [`plan_remove`]) and carried out by openraft on the leader. A
+//! server that does not lead answers 421 Misdirected Request naming the leader and its admin
+//! address when it knows them, so the client can ask there (`referee coordinator members`
+//! does, once). Bad input is answered 400 with the field named and what to do; every call
+//! ends within [`ADMIN_DEADLINE`] (504 past it, saying what state it left behind).
+//!
+//! What openraft keeps for a member is its peer address (`BasicNode::addr`), the address the
+//! peer transport dials. Client and admin addresses come from `servers` in this server's
+//! configuration, or from the request that added the member when this server took it; a
+//! member known neither way shows them as `null`.
+//!
+//! The listener has no authentication: bind it to loopback or a management network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{CoordinatorConfig, Role};
+use crate::fourlw::{ensemble_stats, monitor_values, EnsembleStats};
+use crate::raft::Raft;
+use crate::state::ServerState;
+
+/// How long one admin call may take, membership changes included (a new member must catch up
+/// with the log before it counts as added).
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The Prometheus text exposition format version served on `/metrics`.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin listener reads and acts on.
+#[derive(Clone)]
+pub struct AdminContext {
+    config: Arc<CoordinatorConfig>,
+    raft: Raft,
+    state: Arc<Mutex<ServerState>>,
+    /// Client and admin addresses of members added through this server, which openraft does
+    /// not keep (it keeps the peer address only).
+    told: Arc<Mutex<BTreeMap<u64, Addresses>>>,
+}
+
+/// A member's client and admin addresses, as far as they are known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Addresses {
+    client: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl AdminContext {
+    /// The context of a server's admin listener.
+    pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>) -> Self {
+        AdminContext { config, raft, state, told: Arc::default() }
+    }
+
+    fn addresses(&self, id: u64) -> Addresses {
+        if let Some(s) = self.config.servers.iter().find(|s| s.id == id) {
+            return Addresses { client: Some(s.client), admin: s.admin };
+        }
+        if id == self.config.server_id() {
+            return Addresses { client: Some(self.config.listen), admin: self.config.admin_listen };
+        }
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied().unwrap_or_default()
+    }
+
+    fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The refusal a server that does not lead gives, naming the leader it knows.
+    fn not_leader(&self, leader: Option<u64>) -> Refusal {
+        Refusal::NotLeader { leader, leader_admin: leader.and_then(|l| self.addresses(l).admin) }
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: AdminContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/members", get(list_members).post(add_member))
+        .route("/members/:id", delete(remove_member))
+        .with_state(ctx);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Why an admin request was not carried out; each maps to one HTTP status.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed or names an impossible change (400).
+    #[error("`{field}` {problem}")]
+    BadRequest {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// This server does not lead; only the leader changes the membership (421).
+    #[error("this server does not lead; send the request to the leader ({})", leader_hint(*leader, *leader_admin))]
+    NotLeader {
+        /// The leader this server knows of.
+        leader: Option<u64>,
+        /// Its admin address, when known.
+        leader_admin: Option<SocketAddr>,
+    },
+    /// Another change is still being committed (409).
+    #[error("another membership change is in progress: {0}; retry once it has committed")]
+    Busy(String),
+    /// The change did not complete within [`ADMIN_DEADLINE`] (504).
+    #[error("{0}")]
+    Timeout(String),
+    /// Replication failed (500).
+    #[error("replication failed: {0}")]
+    Raft(String),
+}
+
+fn leader_hint(leader: Option<u64>, admin: Option<SocketAddr>) -> String {
+    match (leader, admin) {
+        (Some(l), Some(a)) => format!("server {l}, admin address {a}"),
+        (Some(l), None) => format!("server {l}, whose admin address this server does not know"),
+        (None, _) => "none is known yet; retry shortly".into(),
+    }
+}
+
+/// The JSON body of every refusal.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefusalBody {
+    /// The sentence saying what is wrong and what to do.
+    pub error: String,
+    /// The request field at fault, for a 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The leader's id, for a 421.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
+    /// The leader's admin address, for a 421.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_admin: Option<SocketAddr>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::Busy(_) => StatusCode::CONFLICT,
+            Refusal::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut body = RefusalBody { error: self.to_string(), field: None, leader: None, leader_admin: None };
+        match self {
+            Refusal::BadRequest { field, .. } => body.field = Some(field.to_string()),
+            Refusal::NotLeader { leader, leader_admin } => (body.leader, body.leader_admin) = (leader, leader_admin),
+            Refusal::Busy(_) | Refusal::Timeout(_) | Refusal::Raft(_) => {}
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> Refusal {
+    Refusal::BadRequest { field, problem: problem.into() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The membership and the pure decisions on it.
+
+/// The membership as openraft holds it: voters, observers (learners) and their peer addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Voter ids.
+    pub voters: BTreeSet<u64>,
+    /// Every member's peer address (voters and observers), by id.
+    pub peers: BTreeMap<u64, String>,
+    /// Whether a joint configuration is being committed.
+    pub changing: bool,
+}
+
+impl MembershipView {
+    /// The view of a server's Raft metrics.
+    pub fn of(m: &RaftMetrics<u64, BasicNode>) -> Self {
+        let membership = m.membership_config.membership();
+        MembershipView {
+            voters: membership.voter_ids().collect(),
+            peers: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
+            changing: membership.get_joint_config().len() > 1,
+        }
+    }
+
+    fn role(&self, id: u64) -> Option<Role> {
+        match (self.voters.contains(&id), self.peers.contains_key(&id)) {
+            (true, _) => Some(Role::Voter),
+            (false, true) => Some(Role::Observer),
+            (false, false) => None,
+        }
+    }
+}
+
+/// `POST /members`: the server to add (or the observer to promote to voter).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// Its server id (its `server_id`): non-zero, not a member yet (unless promoting).
+    pub id: u64,
+    /// Its client address (its `listen`).
+    pub client: SocketAddr,
+    /// Its peer address, which the other servers dial.
+    pub peer: SocketAddr,
+    /// `voter` or `observer`.
+    pub role: Role,
+    /// Its admin address (its `admin_listen`), if it has one.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// What an accepted `POST /members` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddPlan {
+    /// Add a new observer: a learner, once caught up with the log.
+    AddObserver {
+        /// The new member.
+        id: u64,
+        /// Its peer address.
+        peer: String,
+    },
+    /// Add a new voter: a learner first, caught up, then a voter.
+    AddVoter {
+        /// The new member.
+        id: u64,
+        /// Its peer address.
+        peer: String,
+    },
+    /// Make an observer a voter.
+    Promote {
+        /// The observer.
+        id: u64,
+    },
+}
+
+/// Decides what `POST /members` does to the membership `view`, or why it must not.
+pub fn plan_add(view: &MembershipView, req: &AddMember) -> Result<AddPlan, Refusal> {
+    if req.id == 0 {
+        return Err(bad("id", "is 0; server ids start at 1: use the new server's `server_id`"));
+    }
+    for (field, addr) in [("client", req.client), ("peer", req.peer)].into_iter().chain(req.admin.map(|a| ("admin", a)))
+    {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(bad(field, format!("is {addr}; give the address the other servers and clients can reach")));
+        }
+    }
+    let peer = req.peer.to_string();
+    match view.role(req.id) {
+        Some(Role::Voter) => {
+            Err(bad("id", format!("{} is already a voter; pick an unused id, or remove it first", req.id)))
+        }
+        Some(Role::Observer) if req.role == Role::Observer => {
+            Err(bad("id", format!("{} is already an observer; pick an unused id, or remove it first", req.id)))
+        }
+        Some(Role::Observer) if view.peers.get(&req.id) != Some(&peer) => Err(bad(
+            "peer",
+            format!(
+                "is {peer} but observer {} has peer address {}; promoting keeps the address: give the same one",
+                req.id,
+                view.peers.get(&req.id).map_or("?", String::as_str)
+            ),
+        )),
+        Some(Role::Observer) => Ok(AddPlan::Promote { id: req.id }),
+        None => {
+            if let Some((other, _)) = view.peers.iter().find(|(_, p)| **p == peer) {
+                return Err(bad(
+                    "peer",
+                    format!("is {peer}, the peer address of member {other}; every server needs its own"),
+                ));
+            }
+            Ok(match req.role {
+                Role::Voter => AddPlan::AddVoter { id: req.id, peer },
+                Role::Observer => AddPlan::AddObserver { id: req.id, peer },
+            })
+        }
+    }
+}
+
+/// What an accepted `DELETE /members/{id}` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemovePlan {
+    /// Remove a voter (and its node entry).
+    RemoveVoter(u64),
+    /// Remove an observer.
+    RemoveObserver(u64),
+}
+
+/// Decides what `DELETE /members/{id}` does on leader `me`, or why it must not.
+pub fn plan_remove(view: &MembershipView, me: u64, id: &str) -> Result<RemovePlan, Refusal> {
+    let id: u64 =
+        id.parse().map_err(|_| bad("id", format!("is {id:?}; give the numeric server id of the member to remove")))?;
+    match view.role(id) {
+        None => Err(bad(
+            "id",
+            format!("{id} is not a member (members: {:?}); nothing to remove", view.peers.keys().collect::<Vec<_>>()),
+        )),
+        Some(Role::Observer) => Ok(RemovePlan::RemoveObserver(id)),
+        Some(Role::Voter) if view.voters.len() == 1 => Err(bad(
+            "id",
+            format!("{id} is the last voter; an ensemble needs one. Add another voter before removing it"),
+        )),
+        // Openraft 0.9 cannot hand leadership over, and a leader that removes itself stays
+        // leader of a membership it is not in until it is stopped.
+        Some(Role::Voter) if id == me => Err(bad(
+            "id",
+            format!(
+                "{id} is this server, the leader; stop it so another voter takes over, then remove it through \
+                 the new leader"
+            ),
+        )),
+        Some(Role::Voter) => Ok(RemovePlan::RemoveVoter(id)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: thin drivers around the plans.
+
+/// One member in `GET /members`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Server id.
+    pub id: u64,
+    /// `voter` or `observer`.
+    pub role: String,
+    /// Peer address, as openraft holds it.
+    pub peer: String,
+    /// Client address, when known.
+    pub client: Option<SocketAddr>,
+    /// Admin address, when known.
+    pub admin: Option<SocketAddr>,
+    /// On the leader: the highest log index the member is known to hold (the leader's own
+    /// last index for itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+    /// On the leader: entries it trails the leader by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// The body of `GET /members` (and of a successful change).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Members {
+    /// The server answering.
+    pub this_server: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Whether a membership change is being committed.
+    pub changing: bool,
+    /// Every member, by id.
+    pub members: Vec<MemberInfo>,
+}
+
+fn members_of(ctx: &AdminContext, m: &RaftMetrics<u64, BasicNode>) -> Members {
+    let view = MembershipView::of(m);
+    let stats = ensemble_stats(m);
+    let members = view
+        .peers
+        .iter()
+        .map(|(&id, peer)| {
+            let a = ctx.addresses(id);
+            let (matched, lag) = match &stats {
+                Some(_) if id == m.id => (m.last_log_index, Some(0)),
+                Some(s) => s.replicas.iter().find(|r| r.id == id).map_or((None, None), |r| (r.matched, r.lag)),
+                None => (None, None),
+            };
+            let role = if view.voters.contains(&id) { "voter" } else { "observer" };
+            MemberInfo { id, role: role.into(), peer: peer.clone(), client: a.client, admin: a.admin, matched, lag }
+        })
+        .collect();
+    Members { this_server: m.id, leader: m.current_leader, changing: view.changing, members }
+}
+
+async fn list_members(State(ctx): State<AdminContext>) -> Json<Members> {
+    Json(members_of(&ctx, &ctx.metrics()))
+}
+
+async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) -> Result<Json<Members>, Refusal> {
+    let req: AddMember = serde_json::from_slice(&body).map_err(|e| {
+        bad(
+            "body",
+            format!(
+                "is not a valid member: {e}; send {{\"id\": N, \"client\": \"host:port\", \"peer\": \"host:port\", \
+                 \"role\": \"voter\" or \"observer\", \"admin\": \"host:port\" (optional)}}"
+            ),
+        )
+    })?;
+    let m = ctx.metrics();
+    if m.current_leader != Some(m.id) {
+        return Err(ctx.not_leader(m.current_leader));
+    }
+    let plan = plan_add(&MembershipView::of(&m), &req)?;
+    info!(?plan, "membership change requested");
+    ctx.told
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(req.id, Addresses { client: Some(req.client), admin: req.admin });
+    let work = async {
+        match &plan {
+            AddPlan::AddObserver { id, peer } => {
+                ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await.map(drop)
+            }
+            AddPlan::AddVoter { id, peer } => {
+                // A voter counts towards the quorum at once: it joins caught up, or the writes
+                // after it would wait for it to fetch the whole log.
+                ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await?;
+                ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.map(drop)
+            }
+            AddPlan::Promote { id } => {
+                ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.map(drop)
+            }
+        }
+    };
+    match tokio::time::timeout(ADMIN_DEADLINE, work).await {
+        Ok(result) => result.map_err(|e| write_refusal(&ctx, e))?,
+        Err(_) => {
+            return Err(Refusal::Timeout(format!(
+                "server {} did not catch up with the log within {ADMIN_DEADLINE:?}; it may have been added as \
+                 an observer meanwhile (see GET /members): start it (its `servers` must list this ensemble) and \
+                 repeat the request, or remove it with DELETE /members/{}",
+                req.id, req.id
+            )))
+        }
+    }
+    info!(?plan, "membership changed");
+    Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Result<Json<Members>, Refusal> {
+    let m = ctx.metrics();
+    if m.current_leader != Some(m.id) {
+        return Err(ctx.not_leader(m.current_leader));
+    }
+    let plan = plan_remove(&MembershipView::of(&m), m.id, &id)?;
+    info!(?plan, "membership change requested");
+    let change = match plan {
+        RemovePlan::RemoveVoter(id) => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+        RemovePlan::RemoveObserver(id) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+    };
+    match tokio::time::timeout(ADMIN_DEADLINE, ctx.raft.change_membership(change, false)).await {
+        Ok(result) => result.map(drop).map_err(|e| write_refusal(&ctx, e))?,
+        Err(_) => {
+            return Err(Refusal::Timeout(format!(
+                "the removal was not committed within {ADMIN_DEADLINE:?}: a majority of the voters may be \
+                 unreachable. See GET /members for where it stands"
+            )))
+        }
+    }
+    info!(?plan, "membership changed");
+    Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+fn write_refusal(ctx: &AdminContext, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Refusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ctx.not_leader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            use openraft::error::ChangeMembershipError as C;
+            match c {
+                C::InProgress(p) => Refusal::Busy(p.to_string()),
+                C::EmptyMembership(e) => bad("id", format!("would leave no voter ({e})")),
+                C::LearnerNotFound(l) => bad("id", format!("{l}: add it as an observer first")),
+            }
+        }
+        RaftError::Fatal(f) => {
+            warn!("membership change failed: {f}");
+            Refusal::Raft(f.to_string())
+        }
+    }
+}
+
+async fn metrics(State(ctx): State<AdminContext>) -> Response {
+    let m = ctx.metrics();
+    let ensemble = ensemble_stats(&m);
+    let mode = mode_of(&m);
+    let values = {
+        let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        monitor_values(&st, mode, ensemble.as_ref())
+    };
+    let text = prometheus_text(&values, &m, ensemble.as_ref());
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
+}
+
+fn mode_of(m: &RaftMetrics<u64, BasicNode>) -> &'static str {
+    let membership = m.membership_config.membership();
+    let standalone = membership.voter_ids().count() <= 1 && membership.learner_ids().next().is_none();
+    crate::fourlw::mode_name(
+        standalone,
+        m.state == openraft::ServerState::Leader,
+        m.state == openraft::ServerState::Learner,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text.
+
+/// The `mntr` keys that only ever grow; every other numeric one is a gauge.
+const COUNTERS: [&str; 4] = ["packets_sent", "packets_received", "auth_failed_count", "connection_rejected"];
+
+/// Renders `mntr`'s values (ZooKeeper's Prometheus names: the key without `zk_`) and Raft's
+/// progress (`referee_coordinator_raft_*`) in the Prometheus text format 0.0.4. Non-numeric
+/// `mntr` values (the version, the server state) are left out; the state is
+/// `referee_coordinator_raft_is_leader` and the role gauges.
+pub fn prometheus_text(
+    mntr: &[(&'static str, String)],
+    m: &RaftMetrics<u64, BasicNode>,
+    ensemble: Option<&EnsembleStats>,
+) -> String {
+    let mut out = String::new();
+    for (key, value) in mntr {
+        let name = key.strip_prefix("zk_").unwrap_or(key);
+        if value.parse::<f64>().is_err() {
+            continue;
+        }
+        let kind = if COUNTERS.contains(&name) { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} ZooKeeper mntr {key}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+    let raft = [
+        ("raft_term", "The Raft term this server is in.", m.current_term),
+        ("raft_last_log_index", "The last index in this server's Raft log.", m.last_log_index.unwrap_or(0)),
+        (
+            "raft_applied_index",
+            "The last log index applied to this server's tree (its zxid).",
+            m.last_applied.map_or(0, |l| l.index),
+        ),
+        ("raft_is_leader", "1 on the leader, else 0.", u64::from(m.state == openraft::ServerState::Leader)),
+    ];
+    for (name, help, value) in raft {
+        let _ = writeln!(
+            out,
+            "# HELP referee_coordinator_{name} {help}\n# TYPE referee_coordinator_{name} gauge\n\
+             referee_coordinator_{name} {value}"
+        );
+    }
+    if let Some(e) = ensemble {
+        let _ = writeln!(
+            out,
+            "# HELP referee_coordinator_raft_matched_index The highest log index the leader knows a member holds.\n\
+             # TYPE referee_coordinator_raft_matched_index gauge"
+        );
+        for r in e.replicas.iter().filter(|r| r.matched.is_some()) {
+            let _ = writeln!(
+                out,
+                "referee_coordinator_raft_matched_index{{server=\"{}\"}} {}",
+                r.id,
+                r.matched.unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP referee_coordinator_raft_replication_lag Entries a member trails the leader's log by.\n\
+             # TYPE referee_coordinator_raft_replication_lag gauge"
+        );
+        for r in e.replicas.iter() {
+            if let Some(lag) = r.lag {
+                let _ = writeln!(out, "referee_coordinator_raft_replication_lag{{server=\"{}\"}} {lag}", r.id);
+            }
+        }
+    }
+    out
+}
+
+/// Binds `admin_listen` if configured.
+pub async fn bind(config: &CoordinatorConfig) -> std::io::Result<Option<TcpListener>> {
+    let Some(addr) = config.admin_listen else { return Ok(None) };
+    TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on the admin address {addr} (`admin_listen`): {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(voters: &[u64], observers: &[u64]) -> MembershipView {
+        MembershipView {
+            voters: voters.iter().copied().collect(),
+            peers: voters.iter().chain(observers).map(|&id| (id, format!("127.0.0.1:{}", 2880 + id))).collect(),
+            changing: false,
+        }
+    }
+
+    fn add(id: u64, peer_port: u16, role: Role) -> AddMember {
+        AddMember {
+            id,
+            client: SocketAddr::from(([127, 0, 0, 1], 2180 + peer_port)),
+            peer: SocketAddr::from(([127, 0, 0, 1], peer_port)),
+            role,
+            admin: None,
+        }
+    }
+
+    fn field(r: Result<impl std::fmt::Debug, Refusal>) -> (&'static str, String) {
+        match r {
+            Err(Refusal::BadRequest { field, problem }) => (field, problem),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn adding_decides_from_the_membership() {
+        let v = view(&[1, 2, 3], &[4]);
+        assert_eq!(
+            plan_add(&v, &add(5, 2885, Role::Voter)),
+            Ok(AddPlan::AddVoter { id: 5, peer: "127.0.0.1:2885".into() })
+        );
+        assert_eq!(
+            plan_add(&v, &add(5, 2885, Role::Observer)),
+            Ok(AddPlan::AddObserver { id: 5, peer: "127.0.0.1:2885".into() })
+        );
+        assert_eq!(plan_add(&v, &add(4, 2884, Role::Voter)), Ok(AddPlan::Promote { id: 4 }));
+
+        let (f, why) = field(plan_add(&v, &add(0, 2885, Role::Voter)));
+        assert_eq!(f, "id");
+        assert!(why.contains("is 0"), "{why}");
+        let (f, why) = field(plan_add(&v, &add(2, 2885, Role::Voter)));
+        assert!(f == "id" && why.contains("2 is already a voter"), "{why}");
+        let (f, why) = field(plan_add(&v, &add(4, 2884, Role::Observer)));
+        assert!(f == "id" && why.contains("already an observer"), "{why}");
+        let (f, why) = field(plan_add(&v, &add(4, 2899, Role::Voter)));
+        assert!(f == "peer" && why.contains("127.0.0.1:2884"), "{why}");
+        let (f, why) = field(plan_add(&v, &add(5, 2883, Role::Voter)));
+        assert!(f == "peer" && why.contains("member 3"), "{why}");
+        let mut unspecified = add(5, 2885, Role::Voter);
+        unspecified.client = "0.0.0.0:2185".parse().unwrap();
+        assert_eq!(field(plan_add(&v, &unspecified)).0, "client");
+    }
+
+    #[test]
+    fn removing_keeps_a_voter_and_the_leader() {
+        let v = view(&[1, 2, 3], &[4]);
+        assert_eq!(plan_remove(&v, 1, "2"), Ok(RemovePlan::RemoveVoter(2)));
+        assert_eq!(plan_remove(&v, 1, "4"), Ok(RemovePlan::RemoveObserver(4)));
+        let (f, why) = field(plan_remove(&v, 1, "1"));
+        assert!(f == "id" && why.contains("the leader"), "{why}");
+        let (f, why) = field(plan_remove(&v, 1, "9"));
+        assert!(f == "id" && why.contains("not a member"), "{why}");
+        let (f, why) = field(plan_remove(&v, 1, "two"));
+        assert!(f == "id" && why.contains("numeric"), "{why}");
+        let (f, why) = field(plan_remove(&view(&[1], &[4]), 4, "1"));
+        assert!(f == "id" && why.contains("last voter"), "{why}");
+    }
+
+    #[test]
+    fn prometheus_text_names_types_and_labels_every_sample() {
+        let mntr = vec![
+            ("zk_version", "3.8.0-referee".to_string()),
+            ("zk_server_state", "leader".to_string()),
+            ("zk_znode_count", "7".to_string()),
+            ("zk_avg_latency", "0.5000".to_string()),
+            ("zk_packets_received", "12".to_string()),
+        ];
+        let mut m = RaftMetrics::new_initial(1);
+        m.current_term = 3;
+        m.last_log_index = Some(40);
+        m.state = openraft::ServerState::Leader;
+        let e = EnsembleStats {
+            last_log_index: 40,
+            replicas: vec![
+                crate::fourlw::Replica { id: 2, voter: true, matched: Some(38), lag: Some(2), synced: true },
+                crate::fourlw::Replica { id: 3, voter: true, matched: None, lag: None, synced: false },
+            ],
+        };
+        let text = prometheus_text(&mntr, &m, Some(&e));
+        for line in [
+            "# TYPE znode_count gauge\nznode_count 7\n",
+            "avg_latency 0.5000\n",
+            "# TYPE packets_received counter\npackets_received 12\n",
+            "# TYPE referee_coordinator_raft_term gauge\nreferee_coordinator_raft_term 3\n",
+            "referee_coordinator_raft_last_log_index 40\n",
+            "referee_coordinator_raft_is_leader 1\n",
+            "referee_coordinator_raft_matched_index{server=\"2\"} 38\n",
+            "referee_coordinator_raft_replication_lag{server=\"2\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        assert!(!text.contains("version") && !text.contains("server_state"), "{text}");
+        assert!(!text.contains("server=\"3\""), "an unacknowledged member has no sample: {text}");
+        // Every sample line is `name[{labels}] number`, after its own HELP and TYPE.
+        let mut typed = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap_or_default().to_string());
+            } else if !line.starts_with("# HELP ") {
+                let (name, value) = line.rsplit_once(' ').expect("name value");
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+                assert!(typed.contains(name.split('{').next().unwrap_or_default()), "untyped sample {line}");
+            }
+        }
+    }
+}
