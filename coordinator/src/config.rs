@@ -80,10 +80,11 @@ pub struct CoordinatorConfig {
     /// one keeps its own. Every server of an ensemble is given the same id.
     #[serde(default)]
     pub cluster_id: Option<u64>,
-    /// A snapshot of the tree is written after this many log entries (ZooKeeper's snapCount),
-    /// and the log before it is purged, keeping a margin back to the previous snapshot.
-    #[serde(default = "default_snapshot_every_entries")]
-    pub snapshot_every_entries: u64,
+    /// A snapshot of the tree is written after this many transactions (ZooKeeper's snapCount;
+    /// a log entry carries a batch of them), and the log before it is purged, keeping a margin
+    /// back to the previous snapshot. Also read under its former name `snapshot_every_entries`.
+    #[serde(default = "default_snapshot_every_txns", alias = "snapshot_every_entries")]
+    pub snapshot_every_txns: u64,
     /// Snapshot files kept; older ones are removed once a new one is durable
     /// (ZooKeeper's autopurge.snapRetainCount).
     #[serde(default = "default_snapshots_to_keep")]
@@ -206,7 +207,7 @@ fn default_container_check_interval_ms() -> u64 {
     60_000
 }
 
-fn default_snapshot_every_entries() -> u64 {
+fn default_snapshot_every_txns() -> u64 {
     100_000
 }
 
@@ -221,7 +222,7 @@ impl CoordinatorConfig {
             listen: default_listen(),
             data_dir: data_dir.into(),
             cluster_id: None,
-            snapshot_every_entries: default_snapshot_every_entries(),
+            snapshot_every_txns: default_snapshot_every_txns(),
             snapshots_to_keep: default_snapshots_to_keep(),
             tick_ms: default_tick_ms(),
             min_session_timeout_ms: None,
@@ -438,10 +439,10 @@ impl CoordinatorConfig {
         if self.cluster_id == Some(0) {
             return invalid("cluster_id", "is 0; give a non-zero id, or leave it out to have one generated".into());
         }
-        if !(10..=100_000_000).contains(&self.snapshot_every_entries) {
+        if !(10..=100_000_000).contains(&self.snapshot_every_txns) {
             return invalid(
-                "snapshot_every_entries",
-                format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_entries),
+                "snapshot_every_txns",
+                format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_txns),
             );
         }
         if !(2..=1000).contains(&self.snapshots_to_keep) {
@@ -589,7 +590,7 @@ mod tests {
         assert_eq!(c.max_queued_outbound_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
-        assert_eq!((c.cluster_id, c.snapshot_every_entries, c.snapshots_to_keep), (None, 100_000, 3));
+        assert_eq!((c.cluster_id, c.snapshot_every_txns, c.snapshots_to_keep), (None, 100_000, 3));
         for heavy in ["wchc", "wchp", "dump", "dirs"] {
             assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
         }
@@ -608,7 +609,7 @@ mod tests {
             ("max_path_bytes: 10", "max_path_bytes"),
             ("max_path_bytes: 2000000", "max_path_bytes"),
             ("cluster_id: 0", "cluster_id"),
-            ("snapshot_every_entries: 1", "snapshot_every_entries"),
+            ("snapshot_every_txns: 1", "snapshot_every_txns"),
             ("snapshots_to_keep: 1", "snapshots_to_keep"),
         ] {
             let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();
