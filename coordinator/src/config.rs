@@ -147,6 +147,16 @@ pub struct CoordinatorConfig {
     /// (ZooKeeper's znode.container.checkIntervalMs).
     #[serde(default = "default_container_check_interval_ms")]
     pub container_check_interval_ms: u64,
+    /// The staleness bound of an ensemble server: a follower or observer that has accepted
+    /// nothing from a leader for this long, or a leader that has had no quorum confirm it for
+    /// this long, closes its clients' connections and refuses new sessions until contact
+    /// resumes (ZooKeeper's syncLimit × tickTime for a follower). What its clients read is then
+    /// never staler than this plus one check (at most 100 ms). Agents on such an ensemble set
+    /// `coordinator.max_staleness_ms` to at least this plus `tick_ms` (the liveness report
+    /// interval) plus the longest gap between their own answered requests. Ignored by a
+    /// server alone.
+    #[serde(default = "default_max_leader_silence_ms")]
+    pub max_leader_silence_ms: u64,
     /// This server's id among `servers` (ZooKeeper's myid). Unset: 1, the id of a single
     /// server. Set only together with `servers`.
     #[serde(default)]
@@ -203,6 +213,10 @@ fn default_four_letter_words() -> Vec<String> {
     crate::fourlw::IMPLEMENTED.iter().filter(|w| !crate::fourlw::HEAVY.contains(w)).map(|s| s.to_string()).collect()
 }
 
+fn default_max_leader_silence_ms() -> u64 {
+    1000
+}
+
 fn default_container_check_interval_ms() -> u64 {
     60_000
 }
@@ -239,6 +253,7 @@ impl CoordinatorConfig {
             four_letter_words: default_four_letter_words(),
             extended_types_enabled: false,
             container_check_interval_ms: default_container_check_interval_ms(),
+            max_leader_silence_ms: default_max_leader_silence_ms(),
             server_id: None,
             servers: Vec::new(),
             admin_listen: None,
@@ -429,6 +444,15 @@ impl CoordinatorConfig {
                     ),
                 );
             }
+        }
+        if !(300..=60_000).contains(&self.max_leader_silence_ms) {
+            return invalid(
+                "max_leader_silence_ms",
+                format!(
+                    "is {}; use a value from 300 (three leader heartbeats) to 60000 (ms)",
+                    self.max_leader_silence_ms
+                ),
+            );
         }
         if !(10..=3_600_000).contains(&self.container_check_interval_ms) {
             return invalid(

@@ -274,6 +274,7 @@ impl Coordinator {
         tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+            tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
         }
         if let Some(admin) = self.admin.take() {
             let ctx = crate::admin::AdminContext::new(
@@ -523,6 +524,60 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared.lock().tracker.close_failed(session, Instant::now());
                 }
             });
+        }
+    }
+}
+
+/// Keeps the staleness bound (see [`crate::staleness`]): a leader proves its contact with a
+/// quorum by a read-index round every quarter of the bound, a follower's is recorded by the peer
+/// listener; past the bound, every client connection is closed and new sessions are refused
+/// until contact resumes.
+async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use crate::staleness::{verdict, Verdict};
+    let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
+    let every = (bound / 4).min(Duration::from_millis(100));
+    let contact = shared.lock().leader_contact.clone();
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first round at once: a leader that took long to start must not refuse its first
+    // clients for want of a round it has not had the chance to make.
+    let mut last_round: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let leads = shared.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if leads && last_round.is_none_or(|t| t.elapsed() >= bound / 4) {
+            last_round = Some(Instant::now());
+            let started = Instant::now();
+            if let Ok(Ok(_)) = tokio::time::timeout(bound / 2, shared.raft.ensure_linearizable()).await {
+                contact.heard(started);
+            }
+        }
+        let now = Instant::now();
+        let mut st = shared.lock();
+        match (verdict(contact.silent_for(now), bound), st.refusing_clients.is_some()) {
+            (Verdict::Refuse { silent_for }, false) => {
+                let silent_ms = silent_for.as_millis() as u64;
+                let why = crate::outbox::CloseReason::NoLeaderContact { silent_ms };
+                warn!(
+                    silent_ms,
+                    bound_ms = bound.as_millis() as u64,
+                    connections = st.conns.len(),
+                    "no contact with a leader: closing every client connection and refusing new sessions until contact resumes"
+                );
+                for c in st.conns.values() {
+                    c.outbox.close(why);
+                }
+                st.refusing_clients = Some(why.to_string());
+            }
+            (Verdict::Serve, true) => {
+                info!("contact with a leader is back: taking clients again");
+                st.refusing_clients = None;
+            }
+            _ => {}
         }
     }
 }
