@@ -485,7 +485,10 @@ async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<Str
     }
 }
 
-/// Every tick, the leader closes sessions whose clients have gone quiet for their timeout.
+/// Every tick, the leader closes sessions whose clients have gone quiet for their timeout. A
+/// new leader expires nothing until it has applied an entry of its own term (by then it has
+/// applied every session the old leader opened or closed), and then gives every session a fresh
+/// timeout, as ZooKeeper's does: it cannot know when other servers last heard from their clients.
 async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(shared.config.tick_ms);
     let mut metrics = shared.raft.metrics();
@@ -499,7 +502,11 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = metrics.changed() => {}
             _ = interval.tick() => {}
         }
-        let is_leader = metrics.borrow().state == openraft::ServerState::Leader;
+        let is_leader = {
+            let m = metrics.borrow();
+            m.state == openraft::ServerState::Leader
+                && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
+        };
         if !is_leader {
             was_leader = false;
             continue;
