@@ -28,6 +28,8 @@
 //! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
 //! - [`watch`]: watch registrations and which connections an event reaches.
 //! - [`session`]: session liveness, with time as an input.
+//! - [`liveness`]: on a server that does not lead, no reply outruns the leader's knowledge of
+//!   its session.
 //! - [`staleness`]: the bound on how stale an ensemble server's answers may be.
 //! - [`path`]: ZooKeeper's path rules.
 //! - [`config`]: the YAML configuration and its validation.
@@ -56,6 +58,7 @@ pub mod dump;
 pub mod fourlw;
 pub mod frame;
 pub mod jute;
+pub mod liveness;
 pub mod log;
 pub mod outbox;
 pub mod path;

@@ -24,7 +24,7 @@ use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
 use crate::datadir::{random_cluster_id, DataDir, DataDirError};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
-use crate::peer::wire::PeerRequest;
+use crate::peer::wire::{PeerReply, PeerRequest};
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
@@ -234,7 +234,8 @@ impl Coordinator {
             "recovered the data directory"
         );
         let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
-        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, state });
+        let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::default()));
+        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state });
         Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due })
     }
 
@@ -604,21 +605,30 @@ async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, mut stop: 
     }
 }
 
-/// Every tick, a server that does not lead tells the leader which sessions its clients were
-/// heard from since the last report, so that the leader, which alone expires sessions, keeps
-/// them. A report lost on the way is not resent: the next one follows a tick later, and a
-/// session's timeout is at least two ticks.
+/// A server that does not lead tells the leader, every [`crate::liveness::REPORT_EVERY`] or at
+/// once when a reply waits for it, which sessions its clients were heard from since the last
+/// report, so that the leader, which alone expires sessions, keeps them; each acknowledged
+/// report releases the replies it covers (see [`crate::liveness`]). A report lost on the way is
+/// not resent: the next one names the sessions heard since, and waiting replies ask for it.
 async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
-    let tick = shared.lock().tracker.tick();
-    let mut interval = tokio::time::interval(tick);
+    use crate::liveness::REPORT_EVERY;
+    let Some(gate) = shared.liveness.clone() else { return };
+    let mut interval = tokio::time::interval(REPORT_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tidied = Instant::now();
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = interval.tick() => {}
+            _ = gate.report_requested() => {}
         }
         let heard = shared.lock().tracker.take_heard();
+        if tidied.elapsed() >= Duration::from_secs(10) {
+            tidied = Instant::now();
+            let st = shared.lock();
+            gate.retain(|s| st.tree.session(s).is_some());
+        }
         let leader = {
             let m = shared.raft.metrics();
             let m = m.borrow();
@@ -628,9 +638,12 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
             }
         };
         let (Some(leader), false) = (leader, heard.is_empty()) else { continue };
-        let n = heard.len();
-        if let Err(e) = network.request(leader, PeerRequest::Touch(heard), tick).await {
-            debug!(leader, sessions = n, "a liveness report did not reach the leader: {e}");
+        let sent = Instant::now();
+        let deadline = Duration::from_millis(shared.config.max_leader_silence_ms);
+        match network.request(leader, PeerRequest::Touch(heard.clone()), deadline).await {
+            Ok(PeerReply::Touch { expired }) => gate.acknowledged(&heard, &expired, sent),
+            Ok(_) => warn!(leader, "the leader answered a liveness report with another reply"),
+            Err(e) => debug!(leader, sessions = heard.len(), "a liveness report did not reach the leader: {e}"),
         }
     }
 }

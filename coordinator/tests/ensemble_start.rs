@@ -320,3 +320,42 @@ async fn a_server_cut_off_from_the_rest_drops_its_clients_within_its_staleness_b
     assert!(srvr.contains("Mode: "), "four-letter words are still answered: {srvr}");
     stop(follower).await
 }
+
+/// A reply from a follower is a promise to the client that the ensemble will not expire its
+/// session for a session timeout after it sent the request (less a small slack): the leader
+/// must have heard of the session by then. Checked on the leader's own expiry deadline after
+/// each reply, with idle gaps longer than the follower's report interval between requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_reply_never_outruns_the_leaders_knowledge_of_the_session() -> Result<()> {
+    const SESSION: Duration = Duration::from_millis(2000);
+    let (running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let fz = within_for(DEADLINE, "a session on a follower", connect(&follower.client.to_string(), SESSION)).await??;
+    let session = referee_coordinator::proto::SessionId(fz.session().id().0);
+    let granted = Duration::from_millis(u64::try_from(fz.session_timeout().as_millis())?);
+    for i in 0..12u64 {
+        // Idle for 60 to 280 ms: several report intervals, so the session is not in the
+        // reports that happen to be in flight.
+        tokio::time::sleep(Duration::from_millis(60 + (i * 37) % 220)).await;
+        let sent = std::time::Instant::now();
+        fz.check_stat("/").await?;
+        let deadline = {
+            let st = at_leader.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
+            st.tracker.deadlines_after(None, usize::MAX).into_iter().find(|(s, _)| *s == session).map(|(_, d)| d)
+        }
+        .context("the leader tracks the session")?;
+        let promised = sent + granted - referee_coordinator::liveness::SLACK;
+        assert!(
+            deadline >= promised,
+            "request {i}: the leader would expire the session {:?} before the client may count on it",
+            promised - deadline
+        );
+    }
+    drop(fz);
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}

@@ -127,15 +127,21 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
         };
     }
     let id = SessionId(c.session_id);
-    let mut st = shared.lock();
-    let Some(s) = st.tree.session(id) else { return Ok(None) };
-    if s.password[..] != c.password[..] {
-        return Ok(None);
-    }
-    let password = s.password;
-    let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
-    if !st.tracker.reopen(id, timeout, Instant::now()) {
-        return Ok(None);
-    }
+    let arrived = Instant::now();
+    let password = {
+        let mut st = shared.lock();
+        let Some(s) = st.tree.session(id) else { return Ok(None) };
+        if s.password[..] != c.password[..] {
+            return Ok(None);
+        }
+        let password = s.password;
+        let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+        if !st.tracker.reopen(id, timeout, arrived) {
+            return Ok(None);
+        }
+        password
+    };
+    // The resumed session's ConnectResponse renews the client's idea of it, as a reply does.
+    shared.liveness_covered(id, arrived).await?;
     Ok(Some((id, timeout_ms, password)))
 }

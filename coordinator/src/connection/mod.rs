@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     pub raft: Raft,
     /// Where every write of this server is submitted.
     pub proposer: Proposer,
+    /// Holds a reply on a server that does not lead until the leader knows its session alive;
+    /// `None` for a server alone.
+    pub liveness: Option<Arc<crate::liveness::LivenessGate>>,
     pub state: Arc<Mutex<ServerState>>,
 }
 
@@ -68,6 +71,19 @@ impl Shared {
             m.state == openraft::ServerState::Leader,
             m.state == openraft::ServerState::Learner,
         )
+    }
+
+    /// Whether this server leads the ensemble (or runs alone).
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Waits until a reply to `session`'s request that arrived at `arrived` may go out (see
+    /// [`crate::liveness`]); at once on a server alone or a leader.
+    pub async fn liveness_covered(&self, session: SessionId, arrived: std::time::Instant) -> Result<(), String> {
+        let Some(gate) = &self.liveness else { return Ok(()) };
+        let limit = Duration::from_millis(self.config.max_leader_silence_ms);
+        gate.wait_covered(session, arrived, limit, || self.leads()).await.map_err(|e| e.to_string())
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {

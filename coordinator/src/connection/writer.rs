@@ -76,6 +76,8 @@ async fn pump(
                     record(conn, &mut pending);
                     return Ok(());
                 };
+                // No reply tells the client its session was alive before the leader knows it.
+                conn.shared.liveness_covered(conn.session, at).await?;
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }

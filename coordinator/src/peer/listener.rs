@@ -334,10 +334,8 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
         PeerRequest::Touch(sessions) => {
             let now = std::time::Instant::now();
             let mut st = lock(state);
-            for id in sessions {
-                st.tracker.touch(id, now);
-            }
-            PeerReply::Touch
+            let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, now)).collect();
+            PeerReply::Touch { expired }
         }
         PeerRequest::ReadIndex => PeerReply::ReadIndex(match raft.ensure_linearizable().await {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),

@@ -280,8 +280,12 @@ pub enum PeerReply {
     /// The answer to [`PeerRequest::Forward`]; an error says why the leader could not
     /// (it may no longer lead: the writes' fate is then unknown).
     Forward(Result<Forwarded, String>),
-    /// The answer to [`PeerRequest::Touch`].
-    Touch,
+    /// The answer to [`PeerRequest::Touch`]: the sessions of the report the leader no longer
+    /// holds alive (expired or being expired).
+    Touch {
+        /// Those sessions.
+        expired: Vec<SessionId>,
+    },
     /// The answer to [`PeerRequest::ReadIndex`].
     ReadIndex(Result<u64, String>),
 }
