@@ -3,6 +3,9 @@
 //! (values, Stat fields, sequential names, error messages, ACLs, watch events), and the status
 //! tooling (`srvr` on a raw socket, `FourLetterWordMain`, `zkServer.sh status`).
 //!
+//! The zkCli scenarios run a second time through a follower of a three-server ensemble started
+//! in-process (`common::ensemble`), with the same expectations.
+//!
 //! Each test drives one zkCli process per session through a pipe: a command is written, then a
 //! marker command (`stat` of a node that never exists) whose error line closes that command's
 //! output, so every command's lines are known exactly without sleeping. stderr is merged into
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use base64::Engine;
+use common::ensemble::ThreeVoters;
 use common::*;
 use referee_coordinator::fourlw::format_date;
 use referee_testkit::{
@@ -192,6 +196,11 @@ async fn server() -> Result<TestServer> {
     TestServer::start_with(|c| c.super_digest = Some(SUPER_DIGEST.to_string())).await
 }
 
+/// Three voters configured as [`server`] is, for the scenarios to run through a follower.
+async fn ensemble() -> Result<ThreeVoters> {
+    ThreeVoters::start(|c| c.super_digest = Some(SUPER_DIGEST.to_string())).await
+}
+
 /// A reference Apache ZooKeeper server (same super digest), to run the same scenario against, so
 /// that every expectation here is known to be Apache's behaviour too.
 async fn apache() -> Result<(ApacheZk, SocketAddr)> {
@@ -212,6 +221,19 @@ async fn zkcli_creates_reads_and_writes_nodes() -> Result<()> {
     let (_apache, addr) = apache().await?;
     nodes_scenario(addr).await.context("against Apache ZooKeeper")?;
     server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zkcli_creates_reads_and_writes_nodes_through_a_follower() -> Result<()> {
+    if !installed("zkcli_creates_reads_and_writes_nodes_through_a_follower") {
+        return Ok(());
+    }
+    let ensemble = ensemble().await?;
+    let follower = ensemble.follower();
+    let sid = nodes_scenario(follower.client).await.context("through a follower")?;
+    // zkCli's session ended with it, on the follower's tree as on every other.
+    wait_until(DEADLINE, "zkCli's session to close", || !follower.session_ids().contains(&sid)).await?;
+    ensemble.stop().await
 }
 
 /// Returns zkCli's session id (the owner of its ephemeral).
@@ -294,6 +316,16 @@ async fn zkcli_acls_auth_and_insufficient_permission() -> Result<()> {
     server.stop().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zkcli_acls_auth_and_insufficient_permission_through_a_follower() -> Result<()> {
+    if !installed("zkcli_acls_auth_and_insufficient_permission_through_a_follower") {
+        return Ok(());
+    }
+    let ensemble = ensemble().await?;
+    acl_scenario(ensemble.follower().client).await.context("through a follower")?;
+    ensemble.stop().await
+}
+
 async fn acl_scenario(addr: SocketAddr) -> Result<()> {
     let (owner, other) = tokio::try_join!(ZkCli::start(addr), ZkCli::start(addr))?;
     let (mut owner, mut other) = (owner, other);
@@ -351,6 +383,16 @@ async fn zkcli_watches_see_changes_made_by_another_client() -> Result<()> {
     let (_apache, addr) = apache().await?;
     watch_scenario(addr).await.context("against Apache ZooKeeper")?;
     server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zkcli_watches_see_changes_made_by_another_client_through_a_follower() -> Result<()> {
+    if !installed("zkcli_watches_see_changes_made_by_another_client_through_a_follower") {
+        return Ok(());
+    }
+    let ensemble = ensemble().await?;
+    watch_scenario(ensemble.follower().client).await.context("through a follower")?;
+    ensemble.stop().await
 }
 
 async fn watch_scenario(addr: SocketAddr) -> Result<()> {
