@@ -14,6 +14,18 @@
 //!   with it, costs no quorum.
 //! - **A session survives a leader change**: a client whose session was on the leader reconnects
 //!   to another server within its timeout; its session and ephemeral live on.
+//!
+//! On simulated hosts (the test kit's [`Hosts`]: one network namespace per server, addresses in
+//! 10.213.0.0/16, no default route; the test reaches them through the hosts' client link), which
+//! need root and skip loudly without it:
+//!
+//! - **A follower cut off from the others** closes its client's connection within its staleness
+//!   bound (`max_leader_silence_ms`) and refuses new sessions; the majority side goes on; healed,
+//!   the follower serves again with the majority's writes.
+//! - **Linearizability**: clients doing compare-and-set and `sync`-then-read on one znode
+//!   through different servers while the leader is killed and restarted, then the new leader is
+//!   cut off from the other servers (its clients still reach it); the history is checked with
+//!   the test kit's checker, which prints it on a violation.
 
 #[path = "support/ensemble.rs"]
 mod ensemble;
@@ -348,8 +360,22 @@ async fn a_session_and_its_ephemeral_survive_a_leader_change_when_the_client_rec
     .await?;
     eprintln!("session 0x{sid:x} reconnected {:?} after its server, the leader, was killed", killed.elapsed());
     expect(zk.session().id().0 == sid, || "the client kept its session id".into())?;
+    // The client may have reconnected before the others elected a leader: a request then may
+    // lose its connection (ZooKeeper's ConnectionLoss, outcome unknown), and the client
+    // reconnects again with the same session. It retries, as ZooKeeper clients do.
+    let write = within_for(SESSION, "a write of the session after the leader change", async {
+        loop {
+            match zk.create("/after", b"", PERSISTENT).await {
+                Ok(_) | Err(zk::Error::NodeExists) => return Ok(()),
+                Err(zk::Error::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    write.await?.context("the session writes after the leader change")?;
+    eprintln!("session 0x{sid:x} wrote {:?} after the kill", killed.elapsed());
     ensure!(zk.check_stat("/owner").await?.is_some(), "the ephemeral survived the leader change");
-    zk.create("/after", b"", PERSISTENT).await.context("the session writes after the leader change")?;
+    expect(zk.session().id().0 == sid, || "the client kept its session id".into())?;
     // Past two session timeouts on the new server, the session and its ephemeral are alive.
     tokio::time::sleep(SESSION * 2).await;
     let observer = session(&ens.connect_string(&rest), SESSION).await?;
@@ -555,4 +581,75 @@ async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kil
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
     verdict(&history, &events.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the_majority_goes_on() -> Result<()> {
+    const TEST: &str = "a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the_majority_goes_on";
+    const SILENCE: Duration = Duration::from_millis(1000);
+    // The bound, one check interval (100 ms) and the time for the close to reach the client.
+    const SLACK: Duration = Duration::from_millis(600);
+    let Some(hosts) = hosts_or_skip(TEST, 3)? else { return Ok(()) };
+    let host_list: Vec<_> = hosts.iter().cloned().collect();
+    let extra = format!("max_leader_silence_ms: {}\n", SILENCE.as_millis());
+    let ens = Ensemble::start_on_hosts(&VOTERS, &host_list, &extra).await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let cut = others(&[1, 2, 3], &[leader])[0];
+    let majority = others(&[1, 2, 3], &[cut]);
+
+    let on_cut = session(&ens.client(cut).to_string(), Duration::from_secs(10)).await?;
+    on_cut.create("/before", b"b", PERSISTENT).await?;
+    let mut states = on_cut.state_watcher();
+    let on_majority = session(&ens.connect_string(&majority), Duration::from_secs(10)).await?;
+
+    hosts.isolate(cut as usize)?;
+    let isolated = Instant::now();
+    // The follower hears no leader: within its bound it closes its clients' connections.
+    let state = within_for(SILENCE * 5, "the cut-off follower to close its client's connection", async {
+        loop {
+            let s = states.changed().await;
+            if s != zk::SessionState::SyncConnected {
+                return s;
+            }
+        }
+    })
+    .await?;
+    let closed_after = isolated.elapsed();
+    eprintln!("server {cut} cut off: its client saw {state:?} {closed_after:?} later (bound {SILENCE:?})");
+    ensure!(closed_after <= SILENCE + SLACK, "the cut-off follower served for {closed_after:?}, bound {SILENCE:?}");
+    // ... and refuses new sessions while cut off.
+    match tokio::time::timeout(Duration::from_secs(3), session(&ens.client(cut).to_string(), Duration::from_secs(4)))
+        .await
+    {
+        Ok(Ok(_)) => bail!("server {cut} granted a new session while cut off from the leader"),
+        Ok(Err(_)) | Err(_) => {}
+    }
+    // The majority side goes on: writes and synced reads.
+    for i in 0..20 {
+        on_majority.create(&format!("/during-{i}"), b"m", PERSISTENT).await.context("a write on the majority side")?;
+    }
+    on_majority.sync("/").await?;
+    ensure!(on_majority.check_stat("/during-19").await?.is_some(), "the majority side reads its writes");
+
+    // Healed, the follower catches up and serves again.
+    hosts.heal_all()?;
+    let healed = Instant::now();
+    let back = within_for(Duration::from_secs(15), "the healed follower to grant a session", async {
+        loop {
+            if let Ok(Ok(zk)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                session(&ens.client(cut).to_string(), Duration::from_secs(4)),
+            )
+            .await
+            {
+                return zk;
+            }
+        }
+    })
+    .await?;
+    eprintln!("server {cut} serves again {:?} after the heal", healed.elapsed());
+    back.sync("/").await?;
+    assert_eq!(back.get_data("/during-19").await?.0, b"m", "the healed follower serves the majority's writes");
+    assert_eq!(back.get_data("/before").await?.0, b"b");
+    Ok(())
 }
