@@ -24,8 +24,9 @@
 //!   the follower serves again with the majority's writes.
 //! - **Linearizability**: clients doing compare-and-set and `sync`-then-read on one znode
 //!   through different servers while the leader is killed and restarted, then the new leader is
-//!   cut off from the other servers (its clients still reach it); the history is checked with
-//!   the test kit's checker, which prints it on a violation.
+//!   cut off from the other servers (its clients still reach it), then a follower, each for at
+//!   least 3 s; the history is checked with the test kit's checker, which prints it on a
+//!   violation.
 
 #[path = "support/ensemble.rs"]
 mod ensemble;
@@ -539,6 +540,8 @@ mod linearizable {
 async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition() -> Result<()> {
     use linearizable::*;
     const TEST: &str = "compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition";
+    /// How long each cut lasts at least.
+    const FAULT_WINDOW: Duration = Duration::from_secs(3);
     let Some(hosts) = hosts_or_skip(TEST, 3)? else { return Ok(()) };
     let host_list: Vec<_> = hosts.iter().cloned().collect();
     let mut ens = Ensemble::start_on_hosts(&VOTERS, &host_list, "").await?;
@@ -570,11 +573,26 @@ async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kil
     // The leader now cut off from the other servers; the clients still reach it.
     let (cut, _) = ens.leader_among(&[1, 2, 3]).await?;
     hosts.isolate(cut as usize)?;
+    let isolated_at = Instant::now();
     events.push(format!("leader {cut} isolated at {:?}", started.elapsed()));
     answered_grow(&history, 200, "200 answered operations with the leader isolated").await?;
+    // The cut lasts past the staleness bound, whatever the clients' pace.
+    tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
     hosts.heal_all()?;
     events.push(format!("healed at {:?}", started.elapsed()));
     answered_grow(&history, 100, "100 answered operations after the heal").await?;
+
+    // Then a follower cut off: its clients' synced reads must not return its stale tree.
+    let (now_leading, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let follower = others(&[1, 2, 3], &[now_leading])[0];
+    hosts.isolate(follower as usize)?;
+    let isolated_at = Instant::now();
+    events.push(format!("follower {follower} isolated at {:?}", started.elapsed()));
+    answered_grow(&history, 200, "200 answered operations with a follower isolated").await?;
+    tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
+    hosts.heal_all()?;
+    events.push(format!("healed at {:?}", started.elapsed()));
+    answered_grow(&history, 100, "100 answered operations after the second heal").await?;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         within_for(Duration::from_secs(10), "a client to stop", c).await??;
