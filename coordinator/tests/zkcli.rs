@@ -3,8 +3,9 @@
 //! (values, Stat fields, sequential names, error messages, ACLs, watch events), and the status
 //! tooling (`srvr` on a raw socket, `FourLetterWordMain`, `zkServer.sh status`).
 //!
-//! The zkCli scenarios run a second time through a follower of a three-server ensemble started
-//! in-process (`common::ensemble`), with the same expectations.
+//! The zkCli scenarios and the status tools run a second time through a follower of a three-server
+//! ensemble started in-process (`common::ensemble`), with the same expectations (the status tools
+//! then say `Mode: follower`).
 //!
 //! Each test drives one zkCli process per session through a pipe: a command is written, then a
 //! marker command (`stat` of a node that never exists) whose error line closes that command's
@@ -444,10 +445,27 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
         return Ok(());
     }
     let server = server().await?;
-    let port = server.addr.port();
+    status_scenario(server.addr.port(), "standalone").await?;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tools_see_a_follower() -> Result<()> {
+    if !installed("status_tools_see_a_follower") {
+        return Ok(());
+    }
+    let ensemble = ensemble().await?;
+    status_scenario(ensemble.follower().client.port(), "follower").await?;
+    ensemble.stop().await
+}
+
+/// `srvr`, `FourLetterWordMain` and `zkServer.sh status` against the server on `port`, which
+/// must say it is in `mode`.
+async fn status_scenario(port: u16, mode: &str) -> Result<()> {
+    let mode_line = format!("Mode: {mode}");
     // srvr on a raw socket, as `zkServer.sh status` reads it.
     let ours = four_letter(port, "srvr")?;
-    assert!(ours.lines().any(|l| l == "Mode: standalone"), "{ours}");
+    assert!(ours.lines().any(|l| l == mode_line), "{ours}");
 
     // Apache's FourLetterWordMain, which zkServer.sh runs: the same lines (counters aside).
     let out = Command::new("java")
@@ -472,7 +490,7 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
             .collect()
     };
     assert_eq!(shape(&theirs), shape(&ours), "FourLetterWordMain printed:\n{theirs}");
-    assert!(theirs.lines().any(|l| l == "Mode: standalone"), "{theirs}");
+    assert!(theirs.lines().any(|l| l == mode_line), "{theirs}");
 
     // zkServer.sh status itself, with a zoo.cfg naming our port.
     let dir = ScratchDir::new("zkserver-status")?;
@@ -487,6 +505,6 @@ async fn status_tools_see_a_standalone_server() -> Result<()> {
     let out = within_for(START, "zkServer.sh status", out).await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "zkServer.sh status failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().last(), Some("Mode: standalone"), "{stdout}");
-    server.stop().await
+    assert_eq!(stdout.lines().last(), Some(mode_line.as_str()), "{stdout}");
+    Ok(())
 }
