@@ -24,7 +24,7 @@ async fn data_dir(n: usize) -> Result<ScratchDir> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mut cfg = CoordinatorConfig::new(scratch.path("data"));
     cfg.listen = listener.local_addr()?;
-    cfg.snapshot_every_entries = 10;
+    cfg.snapshot_every_txns = 10;
     let coord = Coordinator::start(cfg).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = listener.local_addr()?.to_string();

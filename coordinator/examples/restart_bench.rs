@@ -27,7 +27,7 @@ const RESTARTS: usize = 3;
 fn config(dir: &Path, snapshot_every: u64) -> CoordinatorConfig {
     let mut cfg = CoordinatorConfig::new(dir);
     cfg.listen = ([127, 0, 0, 1], 0).into();
-    cfg.snapshot_every_entries = snapshot_every;
+    cfg.snapshot_every_txns = snapshot_every;
     cfg
 }
 

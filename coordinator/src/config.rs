@@ -80,10 +80,11 @@ pub struct CoordinatorConfig {
     /// one keeps its own. Every server of an ensemble is given the same id.
     #[serde(default)]
     pub cluster_id: Option<u64>,
-    /// A snapshot of the tree is written after this many log entries (ZooKeeper's snapCount),
-    /// and the log before it is purged, keeping a margin back to the previous snapshot.
-    #[serde(default = "default_snapshot_every_entries")]
-    pub snapshot_every_entries: u64,
+    /// A snapshot of the tree is written after this many transactions (ZooKeeper's snapCount;
+    /// a log entry carries a batch of them), and the log before it is purged, keeping a margin
+    /// back to the previous snapshot. Also read under its former name `snapshot_every_entries`.
+    #[serde(default = "default_snapshot_every_txns", alias = "snapshot_every_entries")]
+    pub snapshot_every_txns: u64,
     /// Snapshot files kept; older ones are removed once a new one is durable
     /// (ZooKeeper's autopurge.snapRetainCount).
     #[serde(default = "default_snapshots_to_keep")]
@@ -146,6 +147,16 @@ pub struct CoordinatorConfig {
     /// (ZooKeeper's znode.container.checkIntervalMs).
     #[serde(default = "default_container_check_interval_ms")]
     pub container_check_interval_ms: u64,
+    /// The staleness bound of an ensemble server: a follower or observer that has accepted
+    /// nothing from a leader for this long, or a leader that has had no quorum confirm it for
+    /// this long, closes its clients' connections and refuses new sessions until contact
+    /// resumes (ZooKeeper's syncLimit × tickTime for a follower). What its clients read is then
+    /// never staler than this plus one check (at most 100 ms). Agents on such an ensemble set
+    /// `coordinator.max_staleness_ms` to at least this plus `tick_ms` (the liveness report
+    /// interval) plus the longest gap between their own answered requests. Ignored by a
+    /// server alone.
+    #[serde(default = "default_max_leader_silence_ms")]
+    pub max_leader_silence_ms: u64,
     /// This server's id among `servers` (ZooKeeper's myid). Unset: 1, the id of a single
     /// server. Set only together with `servers`.
     #[serde(default)]
@@ -202,11 +213,15 @@ fn default_four_letter_words() -> Vec<String> {
     crate::fourlw::IMPLEMENTED.iter().filter(|w| !crate::fourlw::HEAVY.contains(w)).map(|s| s.to_string()).collect()
 }
 
+fn default_max_leader_silence_ms() -> u64 {
+    1000
+}
+
 fn default_container_check_interval_ms() -> u64 {
     60_000
 }
 
-fn default_snapshot_every_entries() -> u64 {
+fn default_snapshot_every_txns() -> u64 {
     100_000
 }
 
@@ -221,7 +236,7 @@ impl CoordinatorConfig {
             listen: default_listen(),
             data_dir: data_dir.into(),
             cluster_id: None,
-            snapshot_every_entries: default_snapshot_every_entries(),
+            snapshot_every_txns: default_snapshot_every_txns(),
             snapshots_to_keep: default_snapshots_to_keep(),
             tick_ms: default_tick_ms(),
             min_session_timeout_ms: None,
@@ -238,6 +253,7 @@ impl CoordinatorConfig {
             four_letter_words: default_four_letter_words(),
             extended_types_enabled: false,
             container_check_interval_ms: default_container_check_interval_ms(),
+            max_leader_silence_ms: default_max_leader_silence_ms(),
             server_id: None,
             servers: Vec::new(),
             admin_listen: None,
@@ -429,6 +445,15 @@ impl CoordinatorConfig {
                 );
             }
         }
+        if !(300..=60_000).contains(&self.max_leader_silence_ms) {
+            return invalid(
+                "max_leader_silence_ms",
+                format!(
+                    "is {}; use a value from 300 (three leader heartbeats) to 60000 (ms)",
+                    self.max_leader_silence_ms
+                ),
+            );
+        }
         if !(10..=3_600_000).contains(&self.container_check_interval_ms) {
             return invalid(
                 "container_check_interval_ms",
@@ -438,10 +463,10 @@ impl CoordinatorConfig {
         if self.cluster_id == Some(0) {
             return invalid("cluster_id", "is 0; give a non-zero id, or leave it out to have one generated".into());
         }
-        if !(10..=100_000_000).contains(&self.snapshot_every_entries) {
+        if !(10..=100_000_000).contains(&self.snapshot_every_txns) {
             return invalid(
-                "snapshot_every_entries",
-                format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_entries),
+                "snapshot_every_txns",
+                format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_txns),
             );
         }
         if !(2..=1000).contains(&self.snapshots_to_keep) {
@@ -589,7 +614,7 @@ mod tests {
         assert_eq!(c.max_queued_outbound_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
-        assert_eq!((c.cluster_id, c.snapshot_every_entries, c.snapshots_to_keep), (None, 100_000, 3));
+        assert_eq!((c.cluster_id, c.snapshot_every_txns, c.snapshots_to_keep), (None, 100_000, 3));
         for heavy in ["wchc", "wchp", "dump", "dirs"] {
             assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
         }
@@ -608,7 +633,7 @@ mod tests {
             ("max_path_bytes: 10", "max_path_bytes"),
             ("max_path_bytes: 2000000", "max_path_bytes"),
             ("cluster_id: 0", "cluster_id"),
-            ("snapshot_every_entries: 1", "snapshot_every_entries"),
+            ("snapshot_every_txns: 1", "snapshot_every_txns"),
             ("snapshots_to_keep: 1", "snapshots_to_keep"),
         ] {
             let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();

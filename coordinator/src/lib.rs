@@ -28,6 +28,7 @@
 //! - [`tree`]: the data tree, a deterministic `apply(zxid, txn) -> (outcome, effects)`.
 //! - [`watch`]: watch registrations and which connections an event reaches.
 //! - [`session`]: session liveness, with time as an input.
+//! - [`staleness`]: the bound on how stale an ensemble server's answers may be.
 //! - [`path`]: ZooKeeper's path rules.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`fourlw`]: the four-letter words (`ruok`, `srvr`, `mntr`, ...) on the client port.
@@ -66,6 +67,7 @@ pub mod request;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+pub mod staleness;
 pub mod state;
 pub mod tree;
 pub mod txn;

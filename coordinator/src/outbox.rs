@@ -29,6 +29,11 @@ pub enum CloseReason {
     SessionMoved,
     /// The session was closed or expired.
     SessionClosed,
+    /// This server has lost contact with the ensemble for longer than its staleness bound.
+    NoLeaderContact {
+        /// How long it had been without contact.
+        silent_ms: u64,
+    },
     /// Notifications waiting for the client passed `max_queued_outbound_bytes`: it is not
     /// reading.
     OutboundQueueFull {
@@ -42,6 +47,11 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::SessionMoved => write!(f, "session moved to a newer connection"),
             CloseReason::SessionClosed => write!(f, "session closed"),
+            CloseReason::NoLeaderContact { silent_ms } => write!(
+                f,
+                "this server has had no contact with a leader for {silent_ms} ms (max_leader_silence_ms): its \
+                 answers could be stale; the client should reconnect to another server"
+            ),
             CloseReason::OutboundQueueFull { limit } => write!(
                 f,
                 "the client is not reading: notifications queued for it passed {limit} bytes \

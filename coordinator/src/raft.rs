@@ -79,8 +79,13 @@ struct SmMeta {
     membership: StoredMembership<u64, BasicNode>,
     /// The newest snapshot on disk, and its file name.
     snapshot: Option<(SnapshotMeta<u64, BasicNode>, String)>,
-    /// After a failed snapshot, no new attempt before this index is applied.
-    retry_at: Option<u64>,
+    /// Transactions applied since the tree was last copied for a snapshot (an entry without
+    /// transactions counts as one).
+    txns_since: u64,
+    /// A snapshot is asked for once `txns_since` reaches this.
+    due_at: u64,
+    /// One has been asked for and has not finished.
+    requested: bool,
 }
 
 /// The state machine: applies committed entries to the shared [`ServerState`] and keeps its
@@ -90,22 +95,38 @@ pub struct StateMachine {
     state: Arc<Mutex<ServerState>>,
     meta: Arc<Mutex<SmMeta>>,
     snapshots: Arc<SnapshotDir>,
-    /// Entries applied between a failed snapshot and the next attempt.
-    retry_gap: u64,
+    policy: SnapshotPolicy,
+    /// Notified when a snapshot is due; see [`StateMachine::snapshot_due`].
+    due: Arc<tokio::sync::Notify>,
+}
+
+/// When the state machine asks for snapshots. Counted in transactions, as ZooKeeper's snapCount
+/// is, not in log entries: an entry carries a batch of anywhere from one to thousands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// A snapshot after this many transactions.
+    pub every_txns: u64,
+    /// After a failed snapshot, this many more transactions before the next attempt.
+    pub retry_gap_txns: u64,
+}
+
+impl SnapshotPolicy {
+    /// Snapshots only when openraft or a test asks for one.
+    pub const NEVER: SnapshotPolicy = SnapshotPolicy { every_txns: u64::MAX, retry_gap_txns: u64::MAX };
 }
 
 impl StateMachine {
     /// A state machine over the server's shared state, restored from the newest usable snapshot
     /// in `snapshots` (see [`SnapshotDir::load_newest`]; `log_purged_upto` is the log's purge
-    /// point, 0 for none). `retry_gap` entries pass between a failed snapshot and the next try.
-    /// Blocks on file I/O: call it at start-up.
+    /// point, 0 for none), asking for snapshots as `policy` says (see
+    /// [`StateMachine::snapshot_due`]). Blocks on file I/O: call it at start-up.
     pub fn open(
         state: Arc<Mutex<ServerState>>,
         snapshots: SnapshotDir,
         log_purged_upto: u64,
-        retry_gap: u64,
+        policy: SnapshotPolicy,
     ) -> Result<Self, SnapshotError> {
-        let mut meta = SmMeta::default();
+        let mut meta = SmMeta { due_at: policy.every_txns.max(1), ..SmMeta::default() };
         if let Some(loaded) = snapshots.load_newest(log_purged_upto)? {
             let nodes = loaded.tree.node_count();
             state.lock().unwrap_or_else(|p| p.into_inner()).install_tree(loaded.tree, Instant::now());
@@ -118,8 +139,19 @@ impl StateMachine {
             state,
             meta: Arc::new(Mutex::new(meta)),
             snapshots: Arc::new(snapshots),
-            retry_gap: retry_gap.max(1),
+            policy: SnapshotPolicy {
+                every_txns: policy.every_txns.max(1),
+                retry_gap_txns: policy.retry_gap_txns.max(1),
+            },
+            due: Arc::default(),
         })
+    }
+
+    /// Notified each time the policy says a snapshot is due: the server then asks openraft
+    /// for one (`raft.trigger().snapshot()`), which calls [`RaftSnapshotBuilder::build_snapshot`]
+    /// and purges the log behind it.
+    pub fn snapshot_due(&self) -> Arc<tokio::sync::Notify> {
+        self.due.clone()
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, SmMeta> {
@@ -132,7 +164,8 @@ impl StateMachine {
 
     /// The snapshot openraft already knows, or an empty one: what a skipped or failed build
     /// reports, so that openraft neither moves its snapshot point nor purges the log.
-    fn unchanged(meta: &SmMeta) -> Snapshot<TypeConfig> {
+    fn unchanged(meta: &mut SmMeta) -> Snapshot<TypeConfig> {
+        meta.requested = false;
         let meta = match &meta.snapshot {
             Some((m, _)) => m.clone(),
             None => SnapshotMeta {
@@ -159,21 +192,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     ///
     /// A failure (full disk, failed fsync) must neither stop the service nor purge the log:
     /// it is logged, the snapshot openraft already has is returned (so its snapshot point does
-    /// not move and nothing is purged), and the next attempt waits `retry_gap` entries.
+    /// not move and nothing is purged), and the next attempt waits the policy's retry gap.
     /// Openraft treats an error returned from here as fatal, which is why none is.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         // Copy under the locks, write outside them: applying goes on meanwhile. The copy is
         // O(1): the tree's maps are persistent and share every node with the live tree, which
         // copies a node only when it next changes it.
-        let (tree, header) = {
-            let meta = self.meta();
+        let (tree, header, taken) = {
+            let mut meta = self.meta();
             let done = meta.snapshot.as_ref().and_then(|(m, _)| m.last_log_id);
-            let index = meta.last_applied.map_or(0, |l| l.index);
-            if meta.last_applied.is_none() || meta.last_applied == done || meta.retry_at.is_some_and(|r| index < r) {
-                return Ok(Self::unchanged(&meta));
+            if meta.last_applied.is_none() || meta.last_applied == done {
+                return Ok(Self::unchanged(&mut meta));
             }
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (st.tree.clone(), SnapshotHeader { last_applied: meta.last_applied, membership: meta.membership.clone() })
+            let header = SnapshotHeader { last_applied: meta.last_applied, membership: meta.membership.clone() };
+            (st.tree.clone(), header, meta.txns_since)
         };
         let dir = self.snapshots.clone();
         let written = {
@@ -181,30 +214,33 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             tokio::task::spawn_blocking(move || dir.write(&header, &tree)).await
         };
         let mut meta = self.meta();
+        let retry_at = meta.txns_since.saturating_add(self.policy.retry_gap_txns);
         match written {
             Ok(Ok(name)) => {
                 let smeta = snapshot_meta(&header, &name);
                 tracing::info!(snapshot = %self.snapshots.dir().join(&name).display(), "snapshot written");
                 meta.snapshot = Some((smeta.clone(), name));
-                meta.retry_at = None;
+                // What was applied while the file was written counts toward the next one.
+                meta.txns_since -= taken.min(meta.txns_since);
+                meta.due_at = self.policy.every_txns;
+                meta.requested = false;
                 // Openraft keeps only the meta of a snapshot it built; the data is the file,
                 // read back by `get_current_snapshot` when a follower needs it.
                 Ok(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(Vec::new())) })
             }
             Ok(Err(e)) => {
-                let retry_at = header.index() + self.retry_gap;
                 tracing::error!(
                     index = header.index(),
-                    retry_at,
+                    retry_after_txns = self.policy.retry_gap_txns,
                     "snapshot failed: {e}; the log is kept whole (nothing is purged) and service goes on"
                 );
-                meta.retry_at = Some(retry_at);
-                Ok(Self::unchanged(&meta))
+                meta.due_at = retry_at;
+                Ok(Self::unchanged(&mut meta))
             }
             Err(join) => {
                 tracing::error!("the snapshot writer did not finish: {join}; the log is kept whole");
-                meta.retry_at = Some(header.index() + self.retry_gap);
-                Ok(Self::unchanged(&meta))
+                meta.due_at = retry_at;
+                Ok(Self::unchanged(&mut meta))
             }
         }
     }
@@ -250,7 +286,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Vec::new()
                 }
             };
+            meta.txns_since = meta.txns_since.saturating_add(outcomes.len().max(1) as u64);
             out.push(outcomes);
+        }
+        if !meta.requested && meta.txns_since >= meta.due_at {
+            meta.requested = true;
+            self.due.notify_one();
         }
         Ok(out)
     }
@@ -284,7 +325,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         m.last_applied = header.last_applied;
         m.membership = header.membership.clone();
         m.snapshot = Some((SnapshotMeta { snapshot_id: name.clone(), ..meta.clone() }, name));
-        m.retry_at = None;
+        m.txns_since = 0;
+        m.due_at = self.policy.every_txns;
         Ok(())
     }
 

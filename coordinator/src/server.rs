@@ -28,7 +28,7 @@ use crate::peer::wire::PeerRequest;
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
-use crate::raft::{LoneNetwork, Raft, StateMachine};
+use crate::raft::{LoneNetwork, Raft, SnapshotPolicy, StateMachine};
 use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::state::ServerState;
 use crate::txn::{Txn, TxnOp};
@@ -90,6 +90,8 @@ pub struct Coordinator {
     peers: Option<PeerService>,
     /// The bound admin HTTP listener (`admin_listen`), served from [`Coordinator::serve`].
     admin: Option<TcpListener>,
+    /// Notified when the state machine has applied `snapshot_every_txns` transactions.
+    snapshot_due: Arc<tokio::sync::Notify>,
 }
 
 /// A running peer listener.
@@ -143,16 +145,18 @@ impl Coordinator {
         // Bound before replication starts, so a taken port fails the start with nothing to undo.
         let admin = crate::admin::bind(&config).await?;
         let node_id = config.server_id();
-        let every = config.snapshot_every_entries;
+        let every = config.snapshot_every_txns;
         let raft_config = openraft::Config {
             cluster_name: "referee-coordinator".into(),
             heartbeat_interval: 100,
             election_timeout_min: 300,
             election_timeout_max: 600,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
-            // The log reaches back past the previous snapshot (snapshots come every `every`
-            // entries, give or take an apply batch): a damaged newest snapshot can then be
-            // skipped for the one before, with the log replayed from there.
+            // Snapshots are counted in transactions by the state machine, which asks for them
+            // (`snapshot_when_due`); openraft's own policy counts entries, which are batches.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            // The log reaches back past the previous snapshot (snapshots come at most every
+            // `every` entries, fewer when entries hold several transactions): a damaged newest
+            // snapshot can then be skipped for the one before, with the log replayed from there.
             max_in_snapshot_log_to_keep: every + every / 4,
             ..Default::default()
         };
@@ -171,7 +175,9 @@ impl Coordinator {
             Duration::from_millis(config.tick_ms),
         )));
         let snapshots = SnapshotDir::open(fs.clone(), data.snapshot_dir(), cluster_id, config.snapshots_to_keep)?;
-        let sm = StateMachine::open(state.clone(), snapshots, purged_upto, (every / 10).max(1))?;
+        let policy = SnapshotPolicy { every_txns: every, retry_gap_txns: (every / 10).max(1) };
+        let sm = StateMachine::open(state.clone(), snapshots, purged_upto, policy)?;
+        let snapshot_due = sm.snapshot_due();
         let snapshot_loaded = began.elapsed() - log_opened;
         let (raft, peers) = if config.is_ensemble() {
             let (raft, peers) =
@@ -229,7 +235,7 @@ impl Coordinator {
         );
         let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
         let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, state });
-        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin })
+        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
@@ -265,8 +271,10 @@ impl Coordinator {
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
+        tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+            tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
         }
         if let Some(admin) = self.admin.take() {
             let ctx = crate::admin::AdminContext::new(
@@ -516,6 +524,75 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     shared.lock().tracker.close_failed(session, Instant::now());
                 }
             });
+        }
+    }
+}
+
+/// Keeps the staleness bound (see [`crate::staleness`]): a leader proves its contact with a
+/// quorum by a read-index round every quarter of the bound, a follower's is recorded by the peer
+/// listener; past the bound, every client connection is closed and new sessions are refused
+/// until contact resumes.
+async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use crate::staleness::{verdict, Verdict};
+    let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
+    let every = (bound / 4).min(Duration::from_millis(100));
+    let contact = shared.lock().leader_contact.clone();
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first round at once: a leader that took long to start must not refuse its first
+    // clients for want of a round it has not had the chance to make.
+    let mut last_round: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let leads = shared.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if leads && last_round.is_none_or(|t| t.elapsed() >= bound / 4) {
+            last_round = Some(Instant::now());
+            let started = Instant::now();
+            if let Ok(Ok(_)) = tokio::time::timeout(bound / 2, shared.raft.ensure_linearizable()).await {
+                contact.heard(started);
+            }
+        }
+        let now = Instant::now();
+        let mut st = shared.lock();
+        match (verdict(contact.silent_for(now), bound), st.refusing_clients.is_some()) {
+            (Verdict::Refuse { silent_for }, false) => {
+                let silent_ms = silent_for.as_millis() as u64;
+                let why = crate::outbox::CloseReason::NoLeaderContact { silent_ms };
+                warn!(
+                    silent_ms,
+                    bound_ms = bound.as_millis() as u64,
+                    connections = st.conns.len(),
+                    "no contact with a leader: closing every client connection and refusing new sessions until contact resumes"
+                );
+                for c in st.conns.values() {
+                    c.outbox.close(why);
+                }
+                st.refusing_clients = Some(why.to_string());
+            }
+            (Verdict::Serve, true) => {
+                info!("contact with a leader is back: taking clients again");
+                st.refusing_clients = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Asks openraft for a snapshot each time the state machine says one is due.
+async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = due.notified() => {}
+        }
+        if let Err(e) = raft.trigger().snapshot().await {
+            warn!("could not ask for a snapshot: {e}");
+            return;
         }
     }
 }

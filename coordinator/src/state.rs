@@ -14,6 +14,7 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::proto::{perms, Id, SessionId, Zxid};
 use crate::request::encode_notification;
 use crate::session::SessionTracker;
+use crate::staleness::LeaderContact;
 use crate::tree::{check_acl, DataTree, Effects};
 use crate::txn::{Txn, TxnOutcome};
 use crate::watch::{ConnId, WatchRegistry};
@@ -148,6 +149,10 @@ pub struct ServerState {
     pub started: Instant,
     /// Open sockets per client address, for the per-address limit.
     pub open_per_address: HashMap<std::net::IpAddr, u32>,
+    /// The last proof of contact with a leader (see [`crate::staleness`]).
+    pub leader_contact: Arc<LeaderContact>,
+    /// Set while this server refuses clients for want of contact: why.
+    pub refusing_clients: Option<String>,
 }
 
 impl ServerState {
@@ -165,6 +170,8 @@ impl ServerState {
             counters: Counters::default(),
             started,
             open_per_address: HashMap::new(),
+            leader_contact: Arc::default(),
+            refusing_clients: None,
         }
     }
 

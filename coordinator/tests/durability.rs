@@ -82,7 +82,7 @@ async fn check_acknowledged(client: &zk::Client, base: &str, progress: &Progress
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_write_survives_kill_9_at_varying_points() -> Result<()> {
     // Small snapshot interval: snapshots are written and the log purged during the rounds.
-    let mut server = ChildServer::start("snapshot_every_entries: 150\n").await?;
+    let mut server = ChildServer::start("snapshot_every_txns: 150\n").await?;
     const WRITERS: usize = 6;
     let mut history: Vec<(String, Progress)> = Vec::new();
     for (round, kill_after) in [1usize, 40, 333, 900].into_iter().enumerate() {
@@ -249,7 +249,7 @@ async fn damage_before_the_log_tail_is_refused_naming_file_and_offset() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_newest_snapshot_falls_back_to_an_older_one_or_start_is_refused() -> Result<()> {
-    let mut server = ChildServer::start("snapshot_every_entries: 20\n").await?;
+    let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
     write_some(&server, 120).await?;
     server.kill9()?;
     let dir = server.data_dir().join("snapshots");

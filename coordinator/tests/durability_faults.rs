@@ -2,7 +2,8 @@
 //! log fsync stops the server with one error and acknowledges nothing it could not make
 //! durable; a failed snapshot neither stops service nor purges the log. Writes that queue
 //! behind one fdatasync share the next log entry, each under its own zxid, in each session's
-//! order, and a restart replays them to the same zxids.
+//! order, snapshots come every so many transactions however they are batched, and a restart
+//! replays them to the same zxids.
 
 mod common;
 
@@ -48,7 +49,7 @@ async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
     cfg.tick_ms = 50;
     cfg.min_session_timeout_ms = Some(200);
     cfg.max_session_timeout_ms = Some(30_000);
-    cfg.snapshot_every_entries = snapshot_every;
+    cfg.snapshot_every_txns = snapshot_every;
     cfg.validate()?;
     let coord = Coordinator::start_on(cfg, Arc::new(fs.clone())).await.context("starting on the fault filesystem")?;
     let (proposer, raft) = (coord.proposer(), coord.raft());
@@ -152,8 +153,10 @@ async fn a_failed_snapshot_neither_stops_service_nor_purges_the_log() -> Result<
 async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_order() -> Result<()> {
     const CLIENTS: usize = 4;
     const EACH: usize = 25;
+    // Snapshots are counted in transactions: the 100 writes are a handful of entries, and
+    // still make two snapshots due.
     let fs = FaultFs::new();
-    let server = start(&fs, 100_000).await?;
+    let server = start(&fs, 40).await?;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(client(&server).await?);
@@ -213,7 +216,15 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
         assert!(mine.windows(2).all(|w| w[0].3 < w[1].3 && w[0].2 < w[1].2), "client {c} out of order: {mine:?}");
     }
 
-    // Power loss, then a start on what the disk kept: the batches replay to the same zxids.
+    within("a snapshot after 40 transactions in a few entries", async {
+        while snapshot_files(&fs).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+
+    // Power loss, then a start on what the disk kept: the snapshot and the batches after it
+    // replay to the same zxids.
     server.stop().await?;
     fs.crash();
     let server = start(&fs, 100_000).await?;

@@ -8,14 +8,16 @@
 //! observer write through it (forwarded to the leader), read their own writes there, get the
 //! watch events of writes made elsewhere, `sync`, and keep their sessions alive past their
 //! timeout while connected there (the server reports them to the leader, which alone expires).
+//! A server cut off from the rest closes its clients' connections and refuses new sessions
+//! within its staleness bound, and still answers four-letter words.
 
 mod common;
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use common::ensemble::{leader_of, start_ensemble, stop, Running};
-use referee_coordinator::config::Role;
+use referee_coordinator::config::{CoordinatorConfig, Role};
 use referee_testkit::{connect, within_for};
 use zookeeper_client as zk;
 
@@ -180,4 +182,38 @@ async fn clients_of_followers_and_observers_write_read_watch_sync_and_keep_their
         stop(r).await?;
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cut_off_from_the_rest_drops_its_clients_within_its_staleness_bound() -> Result<()> {
+    let bound = Duration::from_millis(CoordinatorConfig::new("/unused").max_leader_silence_ms);
+    let (mut running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    let at = running.iter().position(|r| r.id != leader).context("a follower runs")?;
+    let follower = running.remove(at);
+    let mut client = common::raw::Raw::connect(follower.client, 4000).await.context("a session on a follower")?;
+
+    // The other two stop: the follower hears from no leader again.
+    let cut = std::time::Instant::now();
+    for r in running {
+        stop(r).await?;
+    }
+    let closed = client.read_frame_for(bound + Duration::from_secs(3)).await;
+    let after = cut.elapsed();
+    ensure!(matches!(closed, Ok(None)), "the follower's client was not disconnected: {closed:?}");
+    // Silence counts from the last heartbeat before the cut (they come every 100 ms).
+    assert!(
+        after + Duration::from_millis(200) >= bound,
+        "disconnected after {after:?}, well before the bound of {bound:?}"
+    );
+    eprintln!(
+        "a follower cut off dropped its client {} ms after the cut (bound {} ms)",
+        after.as_millis(),
+        bound.as_millis()
+    );
+    let refused = common::raw::Raw::connect(follower.client, 4000).await;
+    assert!(refused.is_err(), "a server without contact granted a new session");
+    let srvr = referee_testkit::four_letter(follower.client.port(), "srvr")?;
+    assert!(srvr.contains("Mode: "), "four-letter words are still answered: {srvr}");
+    stop(follower).await
 }

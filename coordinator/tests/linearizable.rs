@@ -124,7 +124,7 @@ async fn answered_grow(history: &History, more: usize, what: &str) -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conditional_writes_and_synced_reads_stay_linearizable_across_kill_9() -> Result<()> {
     // Snapshots every 100 entries, so that recovery runs through snapshot and log both.
-    let mut server = ChildServer::start("snapshot_every_entries: 100\n").await?;
+    let mut server = ChildServer::start("snapshot_every_txns: 100\n").await?;
     let addr = server.addr.to_string();
     connect(&addr, Duration::from_secs(4)).await?.create(PATH, b"0", PERSISTENT).await?;
 

@@ -20,7 +20,7 @@ use openraft::{BasicNode, Vote};
 use referee_coordinator::log::{LogStore, RealFs, WalOptions};
 use referee_coordinator::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use referee_coordinator::proto::{Acl, SessionId};
-use referee_coordinator::raft::{Raft, StateMachine};
+use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine};
 use referee_coordinator::snapshot::SnapshotDir;
 use referee_coordinator::state::ServerState;
 use referee_coordinator::txn::{Txn, TxnOp, WriteOp};
@@ -72,7 +72,7 @@ async fn start_node(id: u64, listener: TcpListener, dir: &ScratchDir, addrs: &BT
     let purged = log.meta().last_purged.map_or(0, |l| l.index);
     let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
     let snapshots = SnapshotDir::open(fs, dir.path("snapshots"), CLUSTER, 2)?;
-    let sm = StateMachine::open(state.clone(), snapshots, purged, 100)?;
+    let sm = StateMachine::open(state.clone(), snapshots, purged, SnapshotPolicy::NEVER)?;
     let local = LocalIdentity::new(CLUSTER, id);
     let sightings = Arc::new(Sightings::default());
     let network = PeerNetwork::new(local, addrs.clone(), LinkOptions::default(), sightings.clone());

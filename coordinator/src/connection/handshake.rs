@@ -59,6 +59,10 @@ pub(super) async fn run(
         .map_err(|_| format!("ConnectRequest not complete within {} ms (handshake_timeout_ms)", limit.as_millis()))?
         .map_err(|e| e.to_string())?;
     let connect = ConnectRequest::decode(&frame).map_err(|e| format!("malformed ConnectRequest: {e}"))?;
+    // Cut off from the ensemble: no session here (the client tries its next server).
+    if let Some(why) = shared.lock().refusing_clients.clone() {
+        return Err(format!("refusing the session: {why}"));
+    }
 
     let Some((session, timeout_ms, password)) = open_session(shared, &connect).await? else {
         // ZooKeeper's answer to an expired, unknown or wrongly authenticated session.

@@ -20,8 +20,8 @@
 //! failed one the kernel may already have dropped the dirty pages it could not write.
 //!
 //! Entries are also kept in memory from the purge point on, for openraft's reads; the state
-//! machine's snapshots bound how many that is (up to 1.25 × `snapshot_every_entries`, 125,000
-//! by default). They are kept encoded, as the records' payloads, and decoded when read: one
+//! machine's snapshots bound how many that is (up to 1.25 × `snapshot_every_txns` entries,
+//! 125,000 by default, each a batch of transactions). They are kept encoded, as the records' payloads, and decoded when read: one
 //! allocation of about 150 bytes for a 100-byte setData instead of the decoded entry's eight or
 //! so (path, data, ACL and identity strings), which took about 400 bytes more per entry, most
 //! of the server's memory with 100,000 znodes.

@@ -535,7 +535,13 @@ fn openraft_storage_suite() {
             let state = crate::state::ServerState::new(false, Duration::from_millis(100));
             let snapshots = crate::snapshot::SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), CLUSTER, 3)
                 .expect("snapshot dir");
-            let sm = crate::raft::StateMachine::open(Arc::new(Mutex::new(state)), snapshots, 0, 1).expect("open sm");
+            let sm = crate::raft::StateMachine::open(
+                Arc::new(Mutex::new(state)),
+                snapshots,
+                0,
+                crate::raft::SnapshotPolicy::NEVER,
+            )
+            .expect("open sm");
             Ok((scratch, store, sm))
         }
     }

@@ -263,7 +263,17 @@ impl PeerConn<'_> {
             };
             let (raft, state, reply_tx) = (raft.clone(), state.clone(), reply_tx.clone());
             let entered = match body {
-                PeerRequest::Forward(batch) => Entered::Forward(raft.client_write_ff(batch).await),
+                PeerRequest::Forward(batch) => {
+                    // A forwarded write is a sign of life of its session, as a report is.
+                    {
+                        let now = std::time::Instant::now();
+                        let mut st = lock(&state);
+                        for txn in batch.iter().filter(|t| t.session.0 != 0) {
+                            st.tracker.touch(txn.session, now);
+                        }
+                    }
+                    Entered::Forward(raft.client_write_ff(batch).await)
+                }
                 other => Entered::Other(other),
             };
             requests.spawn(async move {
@@ -308,7 +318,17 @@ enum Entered {
 /// Hands one request to the local Raft.
 async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest) -> PeerReply {
     match request {
-        PeerRequest::AppendEntries(r) => PeerReply::AppendEntries(raft.append_entries(r).await),
+        PeerRequest::AppendEntries(r) => {
+            let arrived = std::time::Instant::now();
+            let reply = raft.append_entries(r).await;
+            // Accepted from a current leader (entries, a heartbeat, or a conflict it will
+            // repair): contact, for the staleness bound. A stale leader's is not.
+            if matches!(&reply, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+                let contact = lock(state).leader_contact.clone();
+                contact.heard(arrived);
+            }
+            PeerReply::AppendEntries(reply)
+        }
         PeerRequest::Vote(r) => PeerReply::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => PeerReply::InstallSnapshot(raft.install_snapshot(r).await),
         PeerRequest::Touch(sessions) => {
