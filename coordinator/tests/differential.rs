@@ -430,7 +430,11 @@ async fn differential(test: &str, shape: Ours) -> Result<()> {
     }
     let seeds: Vec<u64> = match std::env::var("REFEREE_DIFF_SEED") {
         Ok(s) => vec![s.parse().context("REFEREE_DIFF_SEED must be a number")?],
-        Err(_) => vec![20261122, 7],
+        // Through a follower every write is replicated to three servers' disks: one seed.
+        Err(_) => match shape {
+            Ours::Standalone => vec![20261122, 7],
+            Ours::Follower => vec![20261122],
+        },
     };
     let ops: usize = std::env::var("REFEREE_DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     for seed in seeds {
