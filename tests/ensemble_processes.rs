@@ -14,6 +14,8 @@
 //!   with it, costs no quorum.
 //! - **A session survives a leader change**: a client whose session was on the leader reconnects
 //!   to another server within its timeout; its session and ephemeral live on.
+//! - **A session lost with the leader** (its client knew only the leader) is expired by the new
+//!   leader, no sooner than its timeout after the kill, and its ephemeral deleted.
 //!
 //! On simulated hosts (the test kit's [`Hosts`]: one network namespace per server, addresses in
 //! 10.213.0.0/16, no default route; the test reaches them through the hosts' client link), which
@@ -668,5 +670,35 @@ async fn a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the
     back.sync("/").await?;
     assert_eq!(back.get_data("/during-19").await?.0, b"m", "the healed follower serves the majority's writes");
     assert_eq!(back.get_data("/before").await?.0, b"b");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_lost_with_the_leader_is_expired_by_the_new_one() -> Result<()> {
+    const SESSION: Duration = Duration::from_secs(2);
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    // A client that knows only the leader: killed with it, it never reconnects.
+    let doomed = session(&ens.client(leader).to_string(), SESSION).await?;
+    doomed.create("/doomed", b"", EPHEMERAL).await?;
+    let rest = others(&[1, 2, 3], &[leader]);
+    let watcher = session(&ens.connect_string(&rest), Duration::from_secs(10)).await?;
+    watcher.sync("/").await?;
+    let (_, gone) = watcher.check_and_watch_stat("/doomed").await?;
+
+    ens.kill9(leader)?;
+    let killed = Instant::now();
+    // The new leader learns the session from the replicated tree and expires it: at most its
+    // timeout after the election plus the liveness report and tick intervals.
+    let event =
+        within_for(SESSION + FAILOVER_BOUND, "the lost session's ephemeral to be deleted", gone.changed()).await?;
+    ensure!(event.event_type == zk::EventType::NodeDeleted, "the ephemeral's watch fired with {event:?}");
+    eprintln!("the session lost with the leader expired {:?} after the kill (timeout {SESSION:?})", killed.elapsed());
+    ensure!(
+        killed.elapsed() >= SESSION,
+        "the session expired {:?} after the kill, before its timeout",
+        killed.elapsed()
+    );
+    drop(doomed);
     Ok(())
 }
