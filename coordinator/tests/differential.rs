@@ -11,6 +11,10 @@
 //! become the slot of the session that owns them; child lists are sorted (ZooKeeper returns them
 //! in hash order). Notifications are compared by type and path (ZooKeeper 3.8 sends zxid -1).
 //!
+//! The same histories run a second time through a follower of a three-server ensemble started
+//! in-process (`common::ensemble`): writes forwarded to the leader, reads and notifications from
+//! the follower's own tree, and still every reply as Apache ZooKeeper's.
+//!
 //! A failure prints the seed and the first diverging request. `REFEREE_DIFF_SEED` replays one
 //! seed; `REFEREE_DIFF_OPS` changes the length.
 
@@ -21,9 +25,11 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
+use common::ensemble::ThreeVoters;
 use common::raw::{body, Jute, Notification, Raw, Rd};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use referee_coordinator::config::CoordinatorConfig;
 use referee_testkit::{
     apache_zookeeper_installed, skip, ApacheZk, ApacheZkProfile, TestServer, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
@@ -388,35 +394,74 @@ async fn authenticate(sides: &mut [Side; 2]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_histories_match_apache_zookeeper() -> Result<()> {
+    differential("random_histories_match_apache_zookeeper", Ours::Standalone).await
+}
+
+/// The same histories through a follower of a three-server ensemble: its clients' writes go
+/// through the leader, their reads and notifications come from the follower's tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_histories_through_a_follower_match_apache_zookeeper() -> Result<()> {
+    differential("random_histories_through_a_follower_match_apache_zookeeper", Ours::Follower).await
+}
+
+/// Which of our servers the sessions talk to.
+#[derive(Debug, Clone, Copy)]
+enum Ours {
+    /// One server alone.
+    Standalone,
+    /// A follower of three voters.
+    Follower,
+}
+
+/// Our server configured as the differential needs it, whichever shape it runs in.
+fn configure(c: &mut CoordinatorConfig) {
+    c.extended_types_enabled = true;
+    c.container_check_interval_ms = 3_600_000;
+    c.super_digest = Some(SUPER_DIGEST.to_string());
+    c.max_connections_per_address = 0;
+    c.min_session_timeout_ms = Some(200);
+    c.max_session_timeout_ms = Some(30_000);
+}
+
+async fn differential(test: &str, shape: Ours) -> Result<()> {
     if !apache_zookeeper_installed() {
-        skip("random_histories_match_apache_zookeeper", APACHE_ZK_MISSING);
+        skip(test, APACHE_ZK_MISSING);
         return Ok(());
     }
     let seeds: Vec<u64> = match std::env::var("REFEREE_DIFF_SEED") {
         Ok(s) => vec![s.parse().context("REFEREE_DIFF_SEED must be a number")?],
-        Err(_) => vec![20261122, 7],
+        // Through a follower every write is replicated to three servers' disks: one seed.
+        Err(_) => match shape {
+            Ours::Standalone => vec![20261122, 7],
+            Ours::Follower => vec![20261122],
+        },
     };
     let ops: usize = std::env::var("REFEREE_DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     for seed in seeds {
         // Fresh servers on both sides for each seed.
         let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
-        let ours = TestServer::start_with(|c| {
-            c.extended_types_enabled = true;
-            c.container_check_interval_ms = 3_600_000;
-            c.super_digest = Some(SUPER_DIGEST.to_string());
-            c.max_connections_per_address = 0;
-        })
-        .await?;
         let apache_addr: SocketAddr = apache.connect_string().parse()?;
-        let result = compare(seed, ops, ours.addr, apache_addr).await;
-        ours.stop().await?;
+        let result = match shape {
+            Ours::Standalone => {
+                let ours = TestServer::start_with(configure).await?;
+                let result = compare(seed, ops, ours.addr, apache_addr).await;
+                ours.stop().await?;
+                result
+            }
+            Ours::Follower => {
+                let ours = ThreeVoters::start(configure).await?;
+                let result = compare(seed, ops, ours.follower().client, apache_addr).await;
+                ours.stop().await?;
+                result
+            }
+        };
         if let Err(e) = result {
             bail!(
-                "seed {seed} diverged (replay with REFEREE_DIFF_SEED={seed}): {e:#}\nApache log tail:\n{}",
+                "seed {seed} diverged against {shape:?} (replay with REFEREE_DIFF_SEED={seed}): {e:#}\nApache log tail:\n{}",
                 apache.log_tail()
             );
         }
-        eprintln!("seed {seed}: {ops} requests matched Apache ZooKeeper");
+        eprintln!("seed {seed}: {ops} requests through {shape:?} matched Apache ZooKeeper");
     }
     Ok(())
 }

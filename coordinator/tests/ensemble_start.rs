@@ -11,72 +11,17 @@
 //! A server cut off from the rest closes its clients' connections and refuses new sessions
 //! within its staleness bound, and still answers four-letter words.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
 mod common;
 
+use std::time::Duration;
+
 use anyhow::{anyhow, ensure, Context, Result};
-use referee_coordinator::config::{CoordinatorConfig, Role, ServerEntry};
-use referee_coordinator::log::RealFs;
-use referee_coordinator::raft::Raft;
-use referee_coordinator::server::{Coordinator, CoordinatorError, Startup};
-use referee_testkit::{connect, within_for, ScratchDir};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use common::ensemble::{leader_of, start_ensemble, stop, Running};
+use referee_coordinator::config::{CoordinatorConfig, Role};
+use referee_testkit::{connect, within_for};
 use zookeeper_client as zk;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Running {
-    id: u64,
-    client: SocketAddr,
-    raft: Raft,
-    coordinator_state: Arc<std::sync::Mutex<referee_coordinator::state::ServerState>>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), CoordinatorError>>,
-}
-
-impl Running {
-    fn data(&self, path: &str) -> Option<Vec<u8>> {
-        let st = self.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
-        st.tree.node(path).and_then(|n| n.data().map(<[u8]>::to_vec))
-    }
-}
-
-/// The server every running server names as leader once that server has applied an entry of
-/// its own term, and how long that took to come about.
-async fn leader_of(running: &[Running]) -> Result<(u64, Duration)> {
-    let began = std::time::Instant::now();
-    loop {
-        let named: std::collections::BTreeSet<Option<u64>> =
-            running.iter().map(|r| r.raft.metrics().borrow().current_leader).collect();
-        if let [Some(l)] = named.iter().copied().collect::<Vec<_>>()[..] {
-            if let Some(r) = running.iter().find(|r| r.id == l) {
-                let m = r.raft.metrics().borrow().clone();
-                if m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term) {
-                    return Ok((l, began.elapsed()));
-                }
-            }
-        }
-        // Re-checked when any server's metrics change, never later than the deadline.
-        let left = DEADLINE.checked_sub(began.elapsed()).ok_or_else(|| anyhow!("no agreed leader: {named:?}"))?;
-        let mut rxs: Vec<_> = running.iter().map(|r| r.raft.metrics()).collect();
-        let mut changes: Vec<_> = rxs.iter_mut().map(|rx| Box::pin(rx.changed())).collect();
-        let any = std::future::poll_fn(|cx| {
-            for c in changes.iter_mut() {
-                if c.as_mut().poll(cx).is_ready() {
-                    return std::task::Poll::Ready(());
-                }
-            }
-            std::task::Poll::Pending
-        });
-        let _ = tokio::time::timeout(left, any).await;
-    }
-}
 
 /// Creates `path` through a ZooKeeper client of server `leader`, and checks every running
 /// server applies it.
@@ -94,54 +39,6 @@ async fn write_and_check(running: &[Running], leader: u64, path: &str) -> Result
         assert_eq!(r.data(path).as_deref(), Some(&b"replicated"[..]), "server {} holds {path}", r.id);
     }
     Ok(())
-}
-
-/// Starts one server per entry of `roles` (ids 1, 2, ...) together, as separate processes would
-/// be, server 1 with `--init`; returns them serving, with their data directories.
-async fn start_ensemble(roles: &[Role]) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
-    let mut clients = Vec::new();
-    let mut peers = Vec::new();
-    let mut servers = Vec::new();
-    for (id, &role) in (1u64..).zip(roles) {
-        let (c, p) = (TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?);
-        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role, admin: None });
-        clients.push(c);
-        peers.push(p);
-    }
-    let dirs: Vec<ScratchDir> =
-        servers.iter().map(|s| ScratchDir::new(&format!("ensemble-{}", s.id))).collect::<Result<_>>()?;
-    let mut starting = Vec::new();
-    for (i, peer_listener) in peers.into_iter().enumerate() {
-        let mut cfg = CoordinatorConfig::new(dirs[i].path("data"));
-        cfg.cluster_id = Some(7);
-        cfg.server_id = Some(servers[i].id);
-        cfg.listen = servers[i].client;
-        cfg.servers = servers.clone();
-        // Short ticks, so that sessions of a few hundred ms are granted and tests of their
-        // expiry take well under a second a timeout.
-        cfg.tick_ms = 100;
-        cfg.min_session_timeout_ms = Some(400);
-        cfg.validate()?;
-        // Started together: each waits for a leader, which needs a majority of the voters.
-        let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
-        starting.push(tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)));
-    }
-    let mut running = Vec::new();
-    for ((start, listener), entry) in starting.into_iter().zip(clients).zip(&servers) {
-        let coordinator = within_for(DEADLINE, "a server to start", start).await???;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (raft, coordinator_state) = (coordinator.raft(), coordinator.state());
-        let task = tokio::spawn(coordinator.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
-    }
-    Ok((running, dirs))
-}
-
-async fn stop(r: Running) -> Result<()> {
-    let _ = r.stop.send(());
-    within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod ensemble;
 pub mod raw;
 
 use std::future::Future;

@@ -1,0 +1,704 @@
+//! The coordinator ensemble as real processes: each server a `referee coordinator --config`
+//! child with its own data directory (`support/ensemble.rs`), killed with SIGKILL as a crash
+//! would, restarted on its data directory, and observed only as clients and operators see it.
+//!
+//! - **Leader killed under write load**: writers connected through different servers; a new
+//!   leader serves within a bound (printed), and every acknowledged write is on every server
+//!   afterwards, the restarted one included (checked through each server with `sync` and
+//!   `getData`).
+//! - **A minority killed**: service goes on through the two remaining servers.
+//! - **A majority killed**: writes through the survivor fail and none of them is applied there;
+//!   restarted, the ensemble serves again with every acknowledged write.
+//! - **Every server killed at once** and restarted: every acknowledged write is there.
+//! - **An observer** (a fourth server) serves reads and forwards writes; killing it, and a voter
+//!   with it, costs no quorum.
+//! - **A session survives a leader change**: a client whose session was on the leader reconnects
+//!   to another server within its timeout; its session and ephemeral live on.
+//! - **A session lost with the leader** (its client knew only the leader) is expired by the new
+//!   leader, no sooner than its timeout after the kill, and its ephemeral deleted.
+//!
+//! On simulated hosts (the test kit's [`Hosts`]: one network namespace per server, addresses in
+//! 10.213.0.0/16, no default route; the test reaches them through the hosts' client link), which
+//! need root and skip loudly without it:
+//!
+//! - **A follower cut off from the others** closes its client's connection within its staleness
+//!   bound (`max_leader_silence_ms`) and refuses new sessions; the majority side goes on; healed,
+//!   the follower serves again with the majority's writes.
+//! - **Linearizability**: clients doing compare-and-set and `sync`-then-read on one znode
+//!   through different servers while the leader is killed and restarted, then the new leader is
+//!   cut off from the other servers (its clients still reach it), then a follower, each for at
+//!   least 3 s; the history is checked with the test kit's checker, which prints it on a
+//!   violation.
+
+#[path = "support/ensemble.rs"]
+mod ensemble;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use ensemble::{check_present, expect, holds_session, session, Ensemble, Role, EPHEMERAL, PERSISTENT};
+use referee_testkit::{hosts_unavailable, skip, within_for, Hosts};
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+/// How long one client operation may take before it counts as failed.
+const OP_DEADLINE: Duration = Duration::from_secs(3);
+/// The longest a new leader may take to serve a write after the old one is killed.
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+const VOTERS: [Role; 3] = [Role::Voter; 3];
+
+/// One write a writer made: its path and data, when it was called and, if acknowledged, when.
+#[derive(Debug, Clone)]
+struct Write {
+    path: String,
+    data: Vec<u8>,
+    call: Duration,
+    acked: Option<Duration>,
+}
+
+/// Writers creating `/w/r{round}-s{server}-{n}` as fast as they are answered, each first
+/// through its own server, after any failure through a new session on every server.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Write>>>,
+    started: Instant,
+}
+
+impl Load {
+    /// Starts one writer per server of `through`; `round` keeps paths apart from other loads'.
+    async fn start(ensemble: &Ensemble, through: &[u64], round: u32) -> Result<Load> {
+        let all: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
+        let every = ensemble.connect_string(&all);
+        let zk = session(&ensemble.client(through[0]).to_string(), Duration::from_secs(4)).await?;
+        match zk.create("/w", b"", PERSISTENT).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => bail!("creating /w: {e}"),
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks = through
+            .iter()
+            .map(|&id| {
+                let prefix = format!("/w/r{round}-s{id}-");
+                tokio::spawn(writer(prefix, ensemble.client(id).to_string(), every.clone(), started, stop.clone()))
+            })
+            .collect();
+        Ok(Load { stop, tasks, started })
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the writers and returns every write they made.
+    async fn finish(self) -> Result<Vec<Write>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(within_for(OP_DEADLINE * 4, "a writer to stop", t).await??);
+        }
+        Ok(all)
+    }
+}
+
+async fn writer(prefix: String, own: String, every: String, started: Instant, stop: Arc<AtomicBool>) -> Vec<Write> {
+    let mut done = Vec::new();
+    let mut client: Option<zk::Client> = None;
+    let mut target = own;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = &client else {
+            match tokio::time::timeout(OP_DEADLINE, session(&target, Duration::from_secs(4))).await {
+                Ok(Ok(c)) => client = Some(c),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+            continue;
+        };
+        n += 1;
+        let (path, data) = (format!("{prefix}{n}"), format!("{prefix}{n}:data").into_bytes());
+        let call = started.elapsed();
+        let answer = tokio::time::timeout(OP_DEADLINE, c.create(&path, &data, PERSISTENT)).await;
+        let acked = matches!(answer, Ok(Ok(_))).then(|| started.elapsed());
+        if acked.is_none() {
+            // Failed or unanswered: its effect is unknown. The next write goes on a new
+            // session, on whichever server answers, so it cannot overtake this one.
+            client = None;
+            target = every.clone();
+        }
+        done.push(Write { path, data, call, acked });
+    }
+    done
+}
+
+fn acked(writes: &[Write]) -> Vec<(String, Vec<u8>)> {
+    writes.iter().filter(|w| w.acked.is_some()).map(|w| (w.path.clone(), w.data.clone())).collect()
+}
+
+/// Waits until `/w` has `more` children more than now, as server `via` sees it after `sync`.
+/// (The writers report only when stopped; the count through a server is the progress a client
+/// can see.)
+async fn writes_grow(via: SocketAddr, more: usize, what: &str) -> Result<()> {
+    let zk = session(&via.to_string(), Duration::from_secs(4)).await?;
+    let count = || async {
+        zk.sync("/w").await?;
+        Ok::<_, zk::Error>(zk.get_children("/w").await?.0.len())
+    };
+    let start = count().await?;
+    within_for(Duration::from_secs(30), what, async {
+        while count().await.unwrap_or(0) < start + more {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Checks every acknowledged write through every server of `ids`.
+async fn check_everywhere(ensemble: &Ensemble, ids: &[u64], acked: &[(String, Vec<u8>)]) -> Result<()> {
+    for &id in ids {
+        check_present(ensemble.client(id), acked).await.with_context(|| format!("through server {id}"))?;
+    }
+    Ok(())
+}
+
+fn others(ids: &[u64], but: &[u64]) -> Vec<u64> {
+    ids.iter().copied().filter(|id| !but.contains(id)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_under_write_load_a_new_one_serves_and_no_acknowledged_write_is_lost() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let load = Load::start(&ens, &[1, 2, 3], 1).await?;
+    writes_grow(ens.client(leader), 100, "100 writes before the kill").await?;
+
+    let killed_at = load.elapsed();
+    ens.kill9(leader)?;
+    let rest = others(&[1, 2, 3], &[leader]);
+    let (new_leader, _) = ens.leader_among(&rest).await?;
+    writes_grow(ens.client(new_leader), 100, "100 writes after the kill").await?;
+    let writes = load.finish().await?;
+
+    // The first write called after the kill and acknowledged: the outage a client sees.
+    let first = writes.iter().filter(|w| w.call > killed_at).filter_map(|w| w.acked).min();
+    let outage = first.context("no write called after the kill was acknowledged")? - killed_at;
+    let acked = acked(&writes);
+    eprintln!(
+        "leader {leader} killed; server {new_leader} leads; the first write called after the kill was acknowledged \
+         {outage:?} after it; {} writes, {} acknowledged",
+        writes.len(),
+        acked.len()
+    );
+    ensure!(outage < FAILOVER_BOUND, "no write was served for {outage:?} after the leader was killed");
+
+    ens.restart(&[leader]).await?;
+    check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let follower = others(&[1, 2, 3], &[leader])[0];
+    let rest = others(&[1, 2, 3], &[follower]);
+    let before = Load::start(&ens, &[1, 2, 3], 1).await?;
+    writes_grow(ens.client(leader), 50, "50 writes before the kill").await?;
+    let mut all = acked(&before.finish().await?);
+
+    ens.kill9(follower)?;
+    let after = Load::start(&ens, &rest, 2).await?;
+    writes_grow(ens.client(rest[1]), 100, "100 writes with a follower killed").await?;
+    let writes = after.finish().await?;
+    let acked_now = acked(&writes);
+    for id in &rest {
+        let own = acked_now.iter().filter(|(p, _)| p.starts_with(&format!("/w/r2-s{id}-"))).count();
+        eprintln!("server {id} acknowledged {own} writes of its writer with server {follower} killed");
+        ensure!(own > 0, "server {id} acknowledged no write of its own writer with server {follower} killed");
+    }
+    all.extend(acked_now);
+    check_everywhere(&ens, &rest, &all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_majority_killed_writes_fail_and_restarted_the_ensemble_serves_everything_acknowledged() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let load = Load::start(&ens, &[1, 2, 3], 1).await?;
+    writes_grow(ens.client(leader), 50, "50 writes before the kill").await?;
+    let acked_before = acked(&load.finish().await?);
+
+    // The leader survives alone: it may append to its log but must never commit or apply.
+    let writer = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
+    let reader = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
+    let killed = others(&[1, 2, 3], &[leader]);
+    for &id in &killed {
+        ens.kill9(id)?;
+    }
+    let failed: Vec<String> = (1..=3).map(|k| format!("/w/without-quorum-{k}")).collect();
+    for path in &failed {
+        match tokio::time::timeout(Duration::from_secs(2), writer.create(path, b"x", PERSISTENT)).await {
+            Ok(Ok(_)) => bail!("{path} was acknowledged with two of three voters killed"),
+            Ok(Err(e)) => eprintln!("{path} without a quorum: {e}"),
+            Err(_) => eprintln!("{path} without a quorum: no answer in 2 s"),
+        }
+    }
+    // Reads are served from the survivor's tree (or refused once it counts itself cut off):
+    // none of the failed writes may be in it.
+    for path in &failed {
+        if let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_secs(2), reader.check_stat(path)).await {
+            bail!("{path} was applied on server {leader} without a quorum");
+        }
+    }
+    drop((writer, reader));
+
+    ens.restart(&killed).await?;
+    let (new_leader, took) = ens.leader_among(&[1, 2, 3]).await?;
+    eprintln!("restarted {killed:?}: server {new_leader} leads after {took:?}");
+    let after = Load::start(&ens, &[1, 2, 3], 2).await?;
+    writes_grow(ens.client(new_leader), 50, "50 writes after the restart").await?;
+    let mut all = acked_before;
+    all.extend(acked(&after.finish().await?));
+    check_everywhere(&ens, &[1, 2, 3], &all).await?;
+    // A write that failed may still take effect (its entry may be in the survivor's log), but
+    // nobody was told it succeeded; say how many did.
+    let zk = session(&ens.client(new_leader).to_string(), Duration::from_secs(4)).await?;
+    let mut applied = 0;
+    for path in &failed {
+        applied += usize::from(zk.check_stat(path).await?.is_some());
+    }
+    eprintln!("{applied} of {} writes that failed without a quorum were applied after the restart", failed.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_server_killed_at_once_and_restarted_keeps_every_acknowledged_write() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let load = Load::start(&ens, &[1, 2, 3], 1).await?;
+    writes_grow(ens.client(leader), 150, "150 writes before the kill").await?;
+    // Killed while the writers still write: the last acknowledged writes are the ones at risk.
+    for id in [1, 2, 3] {
+        ens.kill9(id)?;
+    }
+    let acked = acked(&load.finish().await?);
+    ens.restart(&[1, 2, 3]).await?;
+    let (new_leader, took) = ens.leader_among(&[1, 2, 3]).await?;
+    eprintln!(
+        "all killed with {} writes acknowledged; server {new_leader} leads {took:?} after the restart",
+        acked.len()
+    );
+    check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_observer_serves_reads_forwards_writes_and_killing_it_costs_no_quorum() -> Result<()> {
+    let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
+    expect(ens.mode(4).await.as_deref() == Some("observer"), || "server 4 says it observes".into())?;
+    let observer = session(&ens.client(4).to_string(), Duration::from_secs(4)).await?;
+    let at_leader = session(&ens.client(leader).to_string(), Duration::from_secs(4)).await?;
+
+    // A write through the observer is forwarded; the leader's client sees it after sync.
+    observer.create("/through-the-observer", b"o", PERSISTENT).await.context("a create through the observer")?;
+    assert_eq!(observer.get_data("/through-the-observer").await?.0, b"o", "the observer's client reads its write");
+    at_leader.sync("/").await?;
+    assert_eq!(at_leader.get_data("/through-the-observer").await?.0, b"o", "the write reached the leader");
+    // A write through the leader is read on the observer after sync.
+    at_leader.create("/through-the-leader", b"l", PERSISTENT).await?;
+    observer.sync("/").await?;
+    assert_eq!(observer.get_data("/through-the-leader").await?.0, b"l", "the observer serves the leader's write");
+
+    // The observer and one voter killed: two voters of three are a quorum without it.
+    ens.kill9(4)?;
+    let follower = others(&[1, 2, 3], &[leader])[0];
+    ens.kill9(follower)?;
+    let rest = others(&[1, 2, 3], &[follower]);
+    let load = Load::start(&ens, &rest, 1).await?;
+    writes_grow(ens.client(leader), 50, "50 writes with the observer and a voter killed").await?;
+    let acked = acked(&load.finish().await?);
+    check_everywhere(&ens, &rest, &acked).await?;
+    // Restarted, the observer catches up.
+    ens.restart(&[4]).await?;
+    check_present(ens.client(4), &acked).await.context("through the restarted observer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_and_its_ephemeral_survive_a_leader_change_when_the_client_reconnects_in_time() -> Result<()> {
+    const SESSION: Duration = Duration::from_secs(4);
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let all = ens.connect_string(&[1, 2, 3]);
+    // A client given all three addresses picks one at random: new sessions until one is on the
+    // leader (each miss closed at once).
+    let mut on_leader = None;
+    for _ in 0..40 {
+        let zk = session(&all, SESSION).await?;
+        if holds_session(ens.client(leader), zk.session().id().0).await? {
+            on_leader = Some(zk);
+            break;
+        }
+    }
+    let zk = on_leader.context("no session landed on the leader in 40 tries")?;
+    let sid = zk.session().id().0;
+    zk.create("/owner", b"", EPHEMERAL).await?;
+
+    ens.kill9(leader)?;
+    let killed = Instant::now();
+    let rest = others(&[1, 2, 3], &[leader]);
+    // The client reconnects by itself to one of the others, with its session.
+    within_for(SESSION, "the client to reconnect to another server", async {
+        loop {
+            let mut held = false;
+            for &id in &rest {
+                held |= holds_session(ens.client(id), sid).await.unwrap_or(false);
+            }
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    eprintln!("session 0x{sid:x} reconnected {:?} after its server, the leader, was killed", killed.elapsed());
+    expect(zk.session().id().0 == sid, || "the client kept its session id".into())?;
+    // The client may have reconnected before the others elected a leader: a request then may
+    // lose its connection (ZooKeeper's ConnectionLoss, outcome unknown), and the client
+    // reconnects again with the same session. It retries, as ZooKeeper clients do.
+    let write = within_for(SESSION, "a write of the session after the leader change", async {
+        loop {
+            match zk.create("/after", b"", PERSISTENT).await {
+                Ok(_) | Err(zk::Error::NodeExists) => return Ok(()),
+                Err(zk::Error::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    write.await?.context("the session writes after the leader change")?;
+    eprintln!("session 0x{sid:x} wrote {:?} after the kill", killed.elapsed());
+    ensure!(zk.check_stat("/owner").await?.is_some(), "the ephemeral survived the leader change");
+    expect(zk.session().id().0 == sid, || "the client kept its session id".into())?;
+    // Past two session timeouts on the new server, the session and its ephemeral are alive.
+    tokio::time::sleep(SESSION * 2).await;
+    let observer = session(&ens.connect_string(&rest), SESSION).await?;
+    observer.sync("/").await?;
+    ensure!(observer.check_stat("/owner").await?.is_some(), "the ephemeral outlived two session timeouts");
+    let state = zk.state();
+    expect(state == zk::SessionState::SyncConnected, || format!("the session is {state:?}"))?;
+    Ok(())
+}
+
+/// Simulated hosts for `servers` servers, or `None` after a loud skip when this machine cannot
+/// make them (they need root).
+fn hosts_or_skip(test: &str, servers: usize) -> Result<Option<Hosts>> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(None);
+    }
+    Ok(Some(Hosts::new(servers)?))
+}
+
+mod linearizable {
+    //! Several clients drive one znode with compare-and-set (`setData` with the version they
+    //! last saw, sometimes a stale one) and `sync`-then-`getData` reads, each through its own
+    //! server first, while the leader is killed and restarted and then a server is cut off
+    //! from the others; the whole history must be one sequential register's.
+
+    use super::*;
+    use referee_testkit::linearizability::{check, Operation, Register, RegisterInput, RegisterOutput, Verdict};
+    use std::sync::Mutex;
+
+    pub const PATH: &str = "/register";
+    /// How long one operation may take before it counts as unanswered.
+    const LIN_OP_DEADLINE: Duration = Duration::from_secs(2);
+
+    pub type History = Arc<Mutex<Vec<Operation<RegisterInput, RegisterOutput>>>>;
+
+    /// One client: operations one after another until `stop`, on a session first on `own`,
+    /// after any operation without an answer on a new session on `every`.
+    pub async fn client_loop(
+        id: usize,
+        own: String,
+        every: String,
+        started: Instant,
+        stop: Arc<AtomicBool>,
+        history: History,
+    ) {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut session_now: Option<zk::Client> = None;
+        let mut target = own;
+        let mut seen_version = 0i32;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(client) = &session_now else {
+                match tokio::time::timeout(LIN_OP_DEADLINE, session(&target, Duration::from_secs(4))).await {
+                    Ok(Ok(c)) => session_now = Some(c),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                continue;
+            };
+            n += 1;
+            let value = (id as u64) << 32 | n;
+            let input = match rand(2) {
+                0 => RegisterInput::Read,
+                // Mostly the version this client last saw, sometimes another one. Never -1,
+                // which ZooKeeper reads as "any version": an unconditional set.
+                _ => RegisterInput::CompareAndSet {
+                    value,
+                    expected: match (rand(4), seen_version) {
+                        (0, 0) => 1,
+                        (0, v) => v - 1,
+                        (_, v) => v,
+                    },
+                },
+            };
+            let call = started.elapsed();
+            let answer = tokio::time::timeout(LIN_OP_DEADLINE, run(client, input)).await;
+            let returned = started.elapsed();
+            let Ok(Ok(output)) = answer else {
+                // No answer: its effect may come at any later time or never (a read without one
+                // explains nothing and is left out). The next operation goes on a new session.
+                if input != RegisterInput::Read {
+                    history.lock().unwrap().push(Operation { client: id, call, returned: None, input });
+                }
+                session_now = None;
+                target = every.clone();
+                continue;
+            };
+            match output {
+                RegisterOutput::Read { version, .. } | RegisterOutput::Set { version } => seen_version = version,
+                RegisterOutput::BadVersion => {}
+            }
+            history.lock().unwrap().push(Operation { client: id, call, returned: Some((returned, output)), input });
+        }
+    }
+
+    async fn run(client: &zk::Client, input: RegisterInput) -> Result<RegisterOutput, zk::Error> {
+        match input {
+            RegisterInput::Read => {
+                client.sync(PATH).await?;
+                let (data, stat) = client.get_data(PATH).await?;
+                let value = std::str::from_utf8(&data).ok().and_then(|t| t.parse().ok()).unwrap_or(u64::MAX);
+                Ok(RegisterOutput::Read { value, version: stat.version })
+            }
+            RegisterInput::Write(value) => {
+                let stat = client.set_data(PATH, value.to_string().as_bytes(), None).await?;
+                Ok(RegisterOutput::Set { version: stat.version })
+            }
+            RegisterInput::CompareAndSet { value, expected } => {
+                match client.set_data(PATH, value.to_string().as_bytes(), Some(expected)).await {
+                    Ok(stat) => Ok(RegisterOutput::Set { version: stat.version }),
+                    Err(zk::Error::BadVersion) => Ok(RegisterOutput::BadVersion),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Waits until the history has grown by `more` answered operations.
+    pub async fn answered_grow(history: &History, more: usize, what: &str) -> Result<()> {
+        let answered = |h: &History| h.lock().unwrap().iter().filter(|o| o.returned.is_some()).count();
+        let target = answered(history) + more;
+        within_for(Duration::from_secs(60), what, async {
+            while answered(history) < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// Prints the history's make-up and checks it.
+    pub fn verdict(history: &[Operation<RegisterInput, RegisterOutput>], events: &str) -> Result<()> {
+        let count = |f: fn(&RegisterOutput) -> bool| {
+            history.iter().filter(|o| o.returned.as_ref().is_some_and(|(_, out)| f(out))).count()
+        };
+        let (reads, sets, refused) = (
+            count(|o| matches!(o, RegisterOutput::Read { .. })),
+            count(|o| matches!(o, RegisterOutput::Set { .. })),
+            count(|o| matches!(o, RegisterOutput::BadVersion)),
+        );
+        let unanswered = history.iter().filter(|o| o.returned.is_none()).count();
+        eprintln!(
+            "{} operations ({events}): {reads} reads, {sets} sets, {refused} BadVersion, {unanswered} without an answer",
+            history.len()
+        );
+        ensure!(sets > 0 && refused > 0 && reads > 0, "the history lacks a kind of operation: nothing to check");
+        match check(&Register { initial: 0 }, history) {
+            Verdict::Linearizable => Ok(()),
+            Verdict::Violation(text) => bail!("not linearizable ({events}):\n{text}"),
+            Verdict::Undecided { steps } => bail!("the checker gave up after {steps} steps"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition() -> Result<()> {
+    use linearizable::*;
+    const TEST: &str = "compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition";
+    /// How long each cut lasts at least.
+    const FAULT_WINDOW: Duration = Duration::from_secs(3);
+    let Some(hosts) = hosts_or_skip(TEST, 3)? else { return Ok(()) };
+    let host_list: Vec<_> = hosts.iter().cloned().collect();
+    let mut ens = Ensemble::start_on_hosts(&VOTERS, &host_list, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    session(&ens.client(leader).to_string(), Duration::from_secs(4)).await?.create(PATH, b"0", PERSISTENT).await?;
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history: History = Arc::default();
+    let every = ens.connect_string(&[1, 2, 3]);
+    let clients: Vec<_> = (0..5usize)
+        .map(|i| {
+            let own = ens.client(1 + (i as u64 % 3)).to_string();
+            tokio::spawn(client_loop(i, own, every.clone(), started, stop.clone(), history.clone()))
+        })
+        .collect();
+    let mut events = Vec::new();
+    answered_grow(&history, 200, "200 answered operations before the kill").await?;
+
+    events.push(format!("leader {leader} killed at {:?}", started.elapsed()));
+    ens.kill9(leader)?;
+    let (next, _) = ens.leader_among(&others(&[1, 2, 3], &[leader])).await?;
+    events.push(format!("server {next} leads"));
+    answered_grow(&history, 100, "100 answered operations with the leader killed").await?;
+    ens.restart(&[leader]).await?;
+    events.push(format!("server {leader} restarted at {:?}", started.elapsed()));
+    answered_grow(&history, 100, "100 answered operations after the restart").await?;
+
+    // The leader now cut off from the other servers; the clients still reach it.
+    let (cut, _) = ens.leader_among(&[1, 2, 3]).await?;
+    hosts.isolate(cut as usize)?;
+    let isolated_at = Instant::now();
+    events.push(format!("leader {cut} isolated at {:?}", started.elapsed()));
+    answered_grow(&history, 200, "200 answered operations with the leader isolated").await?;
+    // The cut lasts past the staleness bound, whatever the clients' pace.
+    tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
+    hosts.heal_all()?;
+    events.push(format!("healed at {:?}", started.elapsed()));
+    answered_grow(&history, 100, "100 answered operations after the heal").await?;
+
+    // Then a follower cut off: its clients' synced reads must not return its stale tree.
+    let (now_leading, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let follower = others(&[1, 2, 3], &[now_leading])[0];
+    hosts.isolate(follower as usize)?;
+    let isolated_at = Instant::now();
+    events.push(format!("follower {follower} isolated at {:?}", started.elapsed()));
+    answered_grow(&history, 200, "200 answered operations with a follower isolated").await?;
+    tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
+    hosts.heal_all()?;
+    events.push(format!("healed at {:?}", started.elapsed()));
+    answered_grow(&history, 100, "100 answered operations after the second heal").await?;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        within_for(Duration::from_secs(10), "a client to stop", c).await??;
+    }
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    verdict(&history, &events.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the_majority_goes_on() -> Result<()> {
+    const TEST: &str = "a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the_majority_goes_on";
+    const SILENCE: Duration = Duration::from_millis(1000);
+    // The bound, one check interval (100 ms) and the time for the close to reach the client.
+    const SLACK: Duration = Duration::from_millis(600);
+    let Some(hosts) = hosts_or_skip(TEST, 3)? else { return Ok(()) };
+    let host_list: Vec<_> = hosts.iter().cloned().collect();
+    let extra = format!("max_leader_silence_ms: {}\n", SILENCE.as_millis());
+    let ens = Ensemble::start_on_hosts(&VOTERS, &host_list, &extra).await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let cut = others(&[1, 2, 3], &[leader])[0];
+    let majority = others(&[1, 2, 3], &[cut]);
+
+    let on_cut = session(&ens.client(cut).to_string(), Duration::from_secs(10)).await?;
+    on_cut.create("/before", b"b", PERSISTENT).await?;
+    let mut states = on_cut.state_watcher();
+    let on_majority = session(&ens.connect_string(&majority), Duration::from_secs(10)).await?;
+
+    hosts.isolate(cut as usize)?;
+    let isolated = Instant::now();
+    // The follower hears no leader: within its bound it closes its clients' connections.
+    let state = within_for(SILENCE * 5, "the cut-off follower to close its client's connection", async {
+        loop {
+            let s = states.changed().await;
+            if s != zk::SessionState::SyncConnected {
+                return s;
+            }
+        }
+    })
+    .await?;
+    let closed_after = isolated.elapsed();
+    eprintln!("server {cut} cut off: its client saw {state:?} {closed_after:?} later (bound {SILENCE:?})");
+    ensure!(closed_after <= SILENCE + SLACK, "the cut-off follower served for {closed_after:?}, bound {SILENCE:?}");
+    // ... and refuses new sessions while cut off.
+    let cut_addr = ens.client(cut).to_string();
+    let again = session(&cut_addr, Duration::from_secs(4));
+    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), again).await {
+        bail!("server {cut} granted a new session while cut off from the leader");
+    }
+    // The majority side goes on: writes and synced reads.
+    for i in 0..20 {
+        on_majority.create(&format!("/during-{i}"), b"m", PERSISTENT).await.context("a write on the majority side")?;
+    }
+    on_majority.sync("/").await?;
+    ensure!(on_majority.check_stat("/during-19").await?.is_some(), "the majority side reads its writes");
+
+    // Healed, the follower catches up and serves again.
+    hosts.heal_all()?;
+    let healed = Instant::now();
+    let back = within_for(Duration::from_secs(15), "the healed follower to grant a session", async {
+        loop {
+            if let Ok(Ok(zk)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                session(&ens.client(cut).to_string(), Duration::from_secs(4)),
+            )
+            .await
+            {
+                return zk;
+            }
+        }
+    })
+    .await?;
+    eprintln!("server {cut} serves again {:?} after the heal", healed.elapsed());
+    back.sync("/").await?;
+    assert_eq!(back.get_data("/during-19").await?.0, b"m", "the healed follower serves the majority's writes");
+    assert_eq!(back.get_data("/before").await?.0, b"b");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_lost_with_the_leader_is_expired_by_the_new_one() -> Result<()> {
+    const SESSION: Duration = Duration::from_secs(2);
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    // A client that knows only the leader: killed with it, it never reconnects.
+    let doomed = session(&ens.client(leader).to_string(), SESSION).await?;
+    doomed.create("/doomed", b"", EPHEMERAL).await?;
+    let rest = others(&[1, 2, 3], &[leader]);
+    let watcher = session(&ens.connect_string(&rest), Duration::from_secs(10)).await?;
+    watcher.sync("/").await?;
+    let (_, gone) = watcher.check_and_watch_stat("/doomed").await?;
+
+    ens.kill9(leader)?;
+    let killed = Instant::now();
+    // The new leader learns the session from the replicated tree and expires it: at most its
+    // timeout after the election plus the liveness report and tick intervals.
+    let event =
+        within_for(SESSION + FAILOVER_BOUND, "the lost session's ephemeral to be deleted", gone.changed()).await?;
+    ensure!(event.event_type == zk::EventType::NodeDeleted, "the ephemeral's watch fired with {event:?}");
+    eprintln!("the session lost with the leader expired {:?} after the kill (timeout {SESSION:?})", killed.elapsed());
+    ensure!(
+        killed.elapsed() >= SESSION,
+        "the session expired {:?} after the kill, before its timeout",
+        killed.elapsed()
+    );
+    drop(doomed);
+    Ok(())
+}

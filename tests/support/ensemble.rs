@@ -1,0 +1,325 @@
+//! A coordinator ensemble of real processes: each server its own `referee coordinator --config`
+//! child with its own data directory, on loopback or on a simulated host of the test kit's
+//! [`Hosts`] (one network namespace each). Servers are killed with SIGKILL on drop, and can be
+//! killed and restarted (on the same configuration and data directory) at any time.
+//!
+//! Everything a test learns about the servers it learns as a client or an operator would: the
+//! four-letter words on the client port (`ruok` for "serving", `srvr`'s `Mode:` for the role,
+//! `cons` for which server holds a session) and ZooKeeper clients.
+// Each including test uses a part.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use referee_testkit::{free_port, within_for, Host, ScratchDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+/// How long a server may take to start serving, or an ensemble to agree on a leader.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The role a server is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Votes and counts towards the write quorum.
+    Voter,
+    /// Receives the log and serves clients, never votes.
+    Observer,
+}
+
+impl Role {
+    fn yaml(self) -> &'static str {
+        match self {
+            Role::Voter => "voter",
+            Role::Observer => "observer",
+        }
+    }
+}
+
+/// One server of the ensemble: its addresses, its configuration file and, while it runs, its
+/// process.
+pub struct Server {
+    /// Its id (1, 2, ...).
+    pub id: u64,
+    /// Where its clients connect.
+    pub client: SocketAddr,
+    /// Where the other servers reach it.
+    pub peer: SocketAddr,
+    /// Its configured role.
+    pub role: Role,
+    config: PathBuf,
+    log: PathBuf,
+    /// The simulated host it runs on, if any.
+    host: Option<Host>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Whether its process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn spawn(&mut self, init: bool) -> Result<()> {
+        ensure!(self.child.is_none(), "server {} is already running", self.id);
+        let bin = env!("CARGO_BIN_EXE_referee");
+        let mut cmd = match &self.host {
+            Some(host) => host.command(bin),
+            None => Command::new(bin),
+        };
+        cmd.args(["coordinator", "--config"]).arg(&self.config);
+        if init {
+            cmd.arg("--init");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        cmd.env("REFEREE_LOG", "info,openraft=warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().with_context(|| format!("starting server {}", self.id))?);
+        Ok(())
+    }
+
+    /// Kills its process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().with_context(|| format!("server {} is not running", self.id))?;
+        child.kill().with_context(|| format!("SIGKILL to server {}", self.id))?;
+        child.wait().with_context(|| format!("reaping server {}", self.id))?;
+        Ok(())
+    }
+
+    /// Everything it logged so far, over all its runs.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The ensemble: its servers (ids from 1) and the directory holding their configurations, data
+/// and logs.
+pub struct Ensemble {
+    /// The servers, server 1 first.
+    pub servers: Vec<Server>,
+    dir: ScratchDir,
+}
+
+impl Ensemble {
+    /// Starts one server per role on loopback, server 1 with `--init`, each configuration with
+    /// `extra` YAML lines, and waits until every one serves.
+    pub async fn start(roles: &[Role], extra: &str) -> Result<Ensemble> {
+        let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let addrs = roles.iter().map(|_| Ok((at(free_port()?), at(free_port()?)))).collect::<Result<Vec<_>>>()?;
+        Self::start_at(roles, addrs, vec![None; roles.len()], extra).await
+    }
+
+    /// Starts one server per role, server `i` on host `i` of `hosts` listening on that host's
+    /// address, as [`Ensemble::start`] does.
+    pub async fn start_on_hosts(roles: &[Role], hosts: &[Host], extra: &str) -> Result<Ensemble> {
+        ensure!(hosts.len() >= roles.len(), "{} hosts for {} servers", hosts.len(), roles.len());
+        let addrs = hosts.iter().map(|h| (SocketAddr::from((h.addr(), 2181)), SocketAddr::from((h.addr(), 2888))));
+        let hosts = hosts.iter().take(roles.len()).cloned().map(Some).collect();
+        Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra).await
+    }
+
+    async fn start_at(
+        roles: &[Role],
+        addrs: Vec<(SocketAddr, SocketAddr)>,
+        hosts: Vec<Option<Host>>,
+        extra: &str,
+    ) -> Result<Ensemble> {
+        let dir = ScratchDir::new("ensemble-proc")?;
+        let list: String = (1u64..)
+            .zip(roles.iter().zip(&addrs))
+            .map(|(id, (role, (client, peer)))| {
+                format!("  - {{ id: {id}, client: {client}, peer: {peer}, role: {} }}\n", role.yaml())
+            })
+            .collect();
+        let mut servers = Vec::new();
+        for ((id, (&role, (client, peer))), host) in (1u64..).zip(roles.iter().zip(addrs)).zip(hosts) {
+            // Short ticks and sessions, so that expiry and failover fit a test's time.
+            let yaml = format!(
+                "listen: {client}\ndata_dir: {}\ncluster_id: 21\nserver_id: {id}\ntick_ms: 100\n\
+                 min_session_timeout_ms: 400\nmax_session_timeout_ms: 30000\nmax_connections_per_address: 0\n\
+                 {extra}servers:\n{list}",
+                dir.path(&format!("data{id}")).display()
+            );
+            let config = dir.path(&format!("server{id}.yaml"));
+            std::fs::write(&config, yaml)?;
+            let log = dir.path(&format!("server{id}.log"));
+            servers.push(Server { id, client, peer, role, config, log, host, child: None });
+        }
+        let mut ensemble = Ensemble { servers, dir };
+        for s in &mut ensemble.servers {
+            let init = s.id == 1;
+            s.spawn(init)?;
+        }
+        let ids: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
+        ensemble.wait_serving(&ids).await?;
+        Ok(ensemble)
+    }
+
+    /// Server `id`.
+    pub fn server(&mut self, id: u64) -> &mut Server {
+        let at = self.servers.iter().position(|s| s.id == id).unwrap_or_else(|| panic!("no server {id}"));
+        &mut self.servers[at]
+    }
+
+    /// The client address of server `id`.
+    pub fn client(&self, id: u64) -> SocketAddr {
+        self.servers.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("no server {id}")).client
+    }
+
+    /// A connect string naming servers `ids`.
+    pub fn connect_string(&self, ids: &[u64]) -> String {
+        ids.iter().map(|&id| self.client(id).to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The ids of the running servers.
+    pub fn running(&mut self) -> Vec<u64> {
+        self.servers.iter_mut().filter_map(|s| s.is_running().then_some(s.id)).collect()
+    }
+
+    /// Kills server `id` with SIGKILL.
+    pub fn kill9(&mut self, id: u64) -> Result<()> {
+        self.server(id).kill9()
+    }
+
+    /// Starts the stopped servers `ids` again on their configurations and data directories
+    /// (without `--init`) and waits until each serves.
+    pub async fn restart(&mut self, ids: &[u64]) -> Result<()> {
+        for &id in ids {
+            self.server(id).spawn(false)?;
+        }
+        self.wait_serving(ids).await
+    }
+
+    /// Waits until every server of `ids` answers `ruok` (it answers only once it serves
+    /// clients, which it does once it knows a leader).
+    pub async fn wait_serving(&mut self, ids: &[u64]) -> Result<()> {
+        let began = Instant::now();
+        for &id in ids {
+            let addr = self.client(id);
+            let left = START_DEADLINE.saturating_sub(began.elapsed());
+            let ready = within_for(left, &format!("server {id} to answer ruok"), async {
+                loop {
+                    if !self.server(id).is_running() {
+                        bail!("server {id} exited");
+                    }
+                    if four_letter(addr, "ruok").await.is_ok_and(|a| a == "imok") {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) | Err(e) => bail!("{e}; its log:\n{}", self.server(id).log()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The role server `id` reports in `srvr` (`leader`, `follower`, `observer`), if it answers.
+    pub async fn mode(&self, id: u64) -> Option<String> {
+        let srvr = four_letter(self.client(id), "srvr").await.ok()?;
+        srvr.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+    }
+
+    /// Waits until exactly one server of `among` says it leads and every other one of them
+    /// answers as follower or observer; returns it and how long that took.
+    pub async fn leader_among(&self, among: &[u64]) -> Result<(u64, Duration)> {
+        let began = Instant::now();
+        let mut last = Vec::new();
+        while began.elapsed() < START_DEADLINE {
+            let mut modes = Vec::new();
+            for &id in among {
+                modes.push((id, self.mode(id).await));
+            }
+            let leaders: Vec<u64> =
+                modes.iter().filter(|(_, m)| m.as_deref() == Some("leader")).map(|(id, _)| *id).collect();
+            let others_follow =
+                modes.iter().all(|(_, m)| matches!(m.as_deref(), Some("leader" | "follower" | "observer")));
+            if let ([leader], true) = (&leaders[..], others_follow) {
+                return Ok((*leader, began.elapsed()));
+            }
+            last = modes;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("no single leader among {among:?} within {START_DEADLINE:?}; modes: {last:?}")
+    }
+
+    /// Every server's log, for a failure's explanation.
+    pub fn logs(&self) -> String {
+        self.servers.iter().map(|s| format!("--- server {} ---\n{}\n", s.id, s.log())).collect()
+    }
+
+    /// The directory holding the configurations, data and logs.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+}
+
+/// Sends a four-letter word to `addr` and reads the answer until the server closes, within 2 s.
+pub async fn four_letter(addr: SocketAddr, word: &str) -> Result<String> {
+    within_for(Duration::from_secs(2), &format!("the answer to {word} from {addr}"), async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(word.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, anyhow::Error>(out)
+    })
+    .await?
+}
+
+/// A session on `connect_string` with `timeout`, established within 10 s.
+pub async fn session(connect_string: &str, timeout: Duration) -> Result<zk::Client> {
+    referee_testkit::connect(connect_string, timeout).await
+}
+
+/// `CreateMode::Persistent` with `world:anyone` ALL.
+pub static PERSISTENT: &zk::CreateOptions<'static> = &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+/// `CreateMode::Ephemeral` with `world:anyone` ALL.
+pub static EPHEMERAL: &zk::CreateOptions<'static> = &zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+
+/// Checks through server `addr` alone, after a `sync`, that every `(path, data)` of `acked` is
+/// there with that data; fails naming the first one missing or different.
+pub async fn check_present(addr: SocketAddr, acked: &[(String, Vec<u8>)]) -> Result<()> {
+    let zk = session(&addr.to_string(), Duration::from_secs(10)).await?;
+    within_for(Duration::from_secs(10), "sync", zk.sync("/")).await?.with_context(|| format!("sync on {addr}"))?;
+    for (path, data) in acked {
+        let got = within_for(Duration::from_secs(10), "getData", zk.get_data(path)).await?;
+        match got {
+            Ok((d, _)) if &d == data => {}
+            Ok((d, _)) => bail!("{addr}: {path} holds {d:?}, acknowledged as {data:?}"),
+            Err(e) => bail!("{addr}: acknowledged {path} is missing: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `sid` is a session held by a connection to `addr` (its `cons`).
+pub async fn holds_session(addr: SocketAddr, sid: i64) -> Result<bool> {
+    let cons = four_letter(addr, "cons").await?;
+    Ok(cons.contains(&format!("sid=0x{sid:x},")))
+}
+
+/// Fails with `what` unless `cond` is true.
+pub fn expect(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(anyhow!(what()))
+    }
+}
