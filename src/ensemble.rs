@@ -284,10 +284,14 @@ pub struct Observation {
     pub pid: PidState,
     /// What `srvr` said, `None` if it did not answer.
     pub mode: Option<Mode>,
+    /// The leader its admin listener's `GET /members` names; `None` if it names none or did
+    /// not answer. (`srvr` says `follower` before a follower has heard from any leader.)
+    pub leader_named: Option<u64>,
 }
 
-/// Whether an observed ensemble serves: every server answers `srvr` and exactly one leads (a
-/// lone server: says standalone). `Err` is the reason it does not, as a sentence.
+/// Whether an observed ensemble serves: every server answers `srvr`, exactly one leads (a
+/// lone server: says standalone) and, in an ensemble, every server names that one as its
+/// leader. `Ok` is the leader's id; `Err` the reason it does not serve, as a sentence.
 pub fn assess(observed: &[Observation]) -> Result<u64, String> {
     let silent: Vec<String> = observed.iter().filter(|o| o.mode.is_none()).map(|o| o.id.to_string()).collect();
     if !silent.is_empty() {
@@ -295,10 +299,20 @@ pub fn assess(observed: &[Observation]) -> Result<u64, String> {
     }
     let leaders: Vec<u64> =
         observed.iter().filter(|o| matches!(o.mode, Some(Mode::Leader | Mode::Standalone))).map(|o| o.id).collect();
-    match leaders.as_slice() {
-        [one] => Ok(*one),
-        [] => Err("no server leads".to_string()),
-        many => Err(format!("{} servers say they lead ({many:?})", many.len())),
+    let leader = match leaders.as_slice() {
+        [one] => *one,
+        [] => return Err("no server leads".to_string()),
+        many => return Err(format!("{} servers say they lead ({many:?})", many.len())),
+    };
+    if observed.len() == 1 {
+        return Ok(leader);
+    }
+    let unaware: Vec<String> =
+        observed.iter().filter(|o| o.leader_named != Some(leader)).map(|o| o.id.to_string()).collect();
+    if unaware.is_empty() {
+        Ok(leader)
+    } else {
+        Err(format!("server {} does not name server {leader} as its leader yet", unaware.join(", ")))
     }
 }
 
@@ -453,8 +467,32 @@ fn ask_mode(addr: SocketAddr) -> Option<Mode> {
     parse_mode(&answer)
 }
 
+/// Asks the admin listener at `addr` which leader it knows (`GET /members`, one HTTP/1.1
+/// request on a connection closed after it), with a short deadline.
+fn ask_leader(addr: SocketAddr) -> Option<u64> {
+    let limit = Duration::from_millis(500);
+    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    stream.write_all(format!("GET /members HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str::<referee_coordinator::admin::Members>(body).ok()?.leader
+}
+
 fn observe(dir: &Path, plan: &Plan) -> Vec<Observation> {
-    plan.servers.iter().map(|s| Observation { id: s.id, pid: pid_state(dir, s.id), mode: ask_mode(s.client) }).collect()
+    plan.servers
+        .iter()
+        .map(|s| Observation {
+            id: s.id,
+            pid: pid_state(dir, s.id),
+            mode: ask_mode(s.client),
+            leader_named: if plan.standalone() { None } else { ask_leader(s.admin) },
+        })
+        .collect()
 }
 
 fn table(plan: &Plan, observed: &[Observation]) -> String {
@@ -853,10 +891,20 @@ mod tests {
 
     #[test]
     fn an_ensemble_serves_when_all_answer_and_one_leads() {
-        let obs = |id, mode: Option<Mode>| Observation { id, pid: PidState::Alive(100 + id as u32), mode };
+        let named = |id, mode: Option<Mode>, leader_named| Observation {
+            id,
+            pid: PidState::Alive(100 + id as u32),
+            mode,
+            leader_named,
+        };
+        let obs = |id, mode| named(id, mode, Some(2));
         let serving = [obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Observer))];
         assert_eq!(assess(&serving), Ok(2));
-        assert_eq!(assess(&[obs(1, Some(Mode::Standalone))]), Ok(1));
+        assert_eq!(assess(&[named(1, Some(Mode::Standalone), None)]), Ok(1));
+        // A follower that has not heard from the leader yet.
+        let catching_up =
+            [named(1, Some(Mode::Follower), None), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))];
+        assert_eq!(assess(&catching_up), Err("server 1 does not name server 2 as its leader yet".into()));
         assert_eq!(
             assess(&[obs(1, None), obs(2, Some(Mode::Leader)), obs(3, None)]),
             Err("server 1, 3 not answering".into())
