@@ -164,6 +164,26 @@ async fn up_status_write_read_rejoin_down_purge() -> Result<()> {
     let (code, _, err) = ensemble("up", &dir, &["--servers", "5"])?;
     ensure!(code == Some(2) && err.contains("does not change the server count"), "{code:?}: {err}");
 
+    // A server killed behind the tool's back: status names the stale pidfile and exits 1, and
+    // `up` starts that server alone again.
+    let pid3: u32 = std::fs::read_to_string(dir.join("server-3.pid"))?.trim().parse()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid3)?), nix::sys::signal::Signal::SIGKILL)?;
+    within_for(DEADLINE, "server 3 to die", async {
+        while alive(pid3) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let (code, out, _) = ensemble("status", &dir, &[])?;
+    ensure!(code == Some(1) && out.contains(&format!("names pid {pid3}, which is gone")), "{code:?}:\n{out}");
+    let (code, out, err) = ensemble("up", &dir, &["--servers", "3"])?;
+    ensure!(code == Some(0) && out.contains("started server 3\n"), "restart exited {code:?}:\n{out}\n{err}");
+    let first_pids = pids(&dir);
+    ensure!(
+        first_pids.len() == 3 && first_pids.iter().all(|&p| alive(p)) && !first_pids.contains(&pid3),
+        "{first_pids:?}"
+    );
+
     let (code, out, err) = ensemble("down", &dir, &[])?;
     ensure!(code == Some(0), "down exited {code:?}:\n{out}\n{err}");
     ensure!(out.contains("stopped server 1, 2, 3") && out.contains("data kept in"), "{out}");
