@@ -108,7 +108,7 @@ enum EnsembleAction {
         base_port: Option<u16>,
     },
     /// Each server's pid, mode (as `srvr` says, like `zkServer.sh status`) and client address;
-    /// exit 0 if every server answers and one leads, 1 otherwise.
+    /// exit 0 if every server answers, one leads and every server names it, 1 otherwise.
     Status {
         #[command(flatten)]
         dir: EnsembleDir,
