@@ -1,6 +1,7 @@
 //! Support shared by the `referee` binary and the suite's end-to-end tests and benchmarks.
 //!
 //! - [`demo`]: `referee demo`, the whole story in one command.
+//! - [`ensemble`]: `referee coordinator ensemble up|status|down`, a local ensemble of processes.
 //! - [`lab`]: a master pair on loopback as real processes (coordinator, two demo masters, two
 //!   agents), with a split-brain watcher.
 //! - [`logging`]: the binaries' log set-up (`REFEREE_LOG`, colour only on a terminal).
@@ -8,5 +9,6 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+pub mod ensemble;
 pub mod lab;
 pub mod logging;

@@ -6,6 +6,7 @@
 //! referee coordinator log dump DATA_DIR                  # list a coordinator's Raft log
 //! referee coordinator snapshot dump DATA_DIR_OR_FILE     # list its snapshots
 //! referee coordinator members list --server ADMIN_ADDR  # the ensemble's members (add, remove too)
+//! referee coordinator ensemble up --servers 3            # a whole ensemble on this machine (status, down)
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
 //! ```
 //!
@@ -78,6 +79,56 @@ enum CoordinatorTool {
         #[command(subcommand)]
         action: MembersAction,
     },
+    /// Run a whole ensemble on this machine as background processes of this executable:
+    /// `up`, `status`, `down`. Exit codes: 0 done (status: serving), 1 failed (status: not
+    /// serving), 2 bad arguments.
+    Ensemble {
+        #[command(subcommand)]
+        action: EnsembleAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnsembleAction {
+    /// Write one configuration per server, start the servers that are not running (the first
+    /// time, server 1 with --init), wait until one leads, print the connect string. An
+    /// existing directory rejoins with its data; `up` on a running ensemble does nothing.
+    Up {
+        /// Voters: 1, 3, 5 or 7 (writes wait for a majority; 1 runs standalone).
+        #[arg(long)]
+        servers: u8,
+        /// Observers (serve clients, never vote): 0 to 9.
+        #[arg(long, default_value_t = 0)]
+        observers: u8,
+        #[command(flatten)]
+        dir: EnsembleDir,
+        /// Client port of server 1; the others follow, peers at +20, admin listeners at +40
+        /// (default: clients at 2181, peers at 2888, admin at 8080).
+        #[arg(long)]
+        base_port: Option<u16>,
+    },
+    /// Each server's pid, mode (as `srvr` says, like `zkServer.sh status`) and client address;
+    /// exit 0 if every server answers, one leads and every server names it, 1 otherwise.
+    Status {
+        #[command(flatten)]
+        dir: EnsembleDir,
+    },
+    /// Stop every server (SIGTERM, SIGKILL after 10 s), keeping the data unless --purge.
+    Down {
+        #[command(flatten)]
+        dir: EnsembleDir,
+        /// Also remove the data, configurations and logs (asks nothing).
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+/// Where an ensemble lives.
+#[derive(clap::Args)]
+struct EnsembleDir {
+    /// The ensemble directory (default: ./referee-ensemble).
+    #[arg(long, default_value = referee::ensemble::DEFAULT_DIR)]
+    dir: PathBuf,
 }
 
 /// Which server's admin listener to ask, and for how long.
@@ -246,6 +297,10 @@ fn main() -> ExitCode {
             }
             Command::Coordinator { config: None, tool: Some(CoordinatorTool::Members { action }), .. } => {
                 Ok(run_members(action).await)
+            }
+            Command::Coordinator { config: None, tool: Some(CoordinatorTool::Ensemble { action }), .. } => {
+                // Blocking work (processes, pidfiles, short TCP asks) away from the runtime's workers.
+                tokio::task::spawn_blocking(move || run_ensemble(action)).await.context("the ensemble command")
             }
             Command::Coordinator { config: None, tool: Some(tool), .. } => run_coordinator_tool(tool),
             Command::Coordinator { .. } => {
@@ -433,6 +488,26 @@ fn members_table(m: &referee_coordinator::admin::Members) -> String {
     out
 }
 
+/// `ensemble up|status|down`; returns the exit code: 0 done, 1 failed, 2 bad arguments.
+fn run_ensemble(action: EnsembleAction) -> i32 {
+    use referee::ensemble::{down, status, up, UpOptions};
+    let result = match action {
+        EnsembleAction::Up { servers, observers, dir, base_port } => match std::env::current_exe() {
+            Ok(exe) => up(&UpOptions { dir: dir.dir, voters: servers, observers, base_port, exe }),
+            Err(e) => {
+                eprintln!("referee coordinator ensemble: cannot locate this executable to start the servers: {e}");
+                return 1;
+            }
+        },
+        EnsembleAction::Status { dir } => status(&dir.dir),
+        EnsembleAction::Down { dir, purge } => down(&dir.dir, purge),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("referee coordinator ensemble: {e}");
+        e.exit_code()
+    })
+}
+
 /// `log dump` and `snapshot dump`: the listing goes to stdout; damage exits 1 after listing
 /// what could be read, unreadable input exits 2.
 fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
@@ -443,6 +518,7 @@ fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
         CoordinatorTool::Log { action: LogAction::Dump { dir } } => dump_log(&RealFs, &dir, &mut out).map(drop),
         CoordinatorTool::Snapshot { action: SnapshotAction::Dump { path } } => dump_snapshots(&RealFs, &path, &mut out),
         CoordinatorTool::Members { .. } => unreachable!("members is run by run_members"),
+        CoordinatorTool::Ensemble { .. } => unreachable!("ensemble is run by run_ensemble"),
     };
     match result {
         Ok(()) => Ok(0),
