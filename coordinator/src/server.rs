@@ -154,10 +154,10 @@ impl Coordinator {
             // Snapshots are counted in transactions by the state machine, which asks for them
             // (`snapshot_when_due`); openraft's own policy counts entries, which are batches.
             snapshot_policy: openraft::SnapshotPolicy::Never,
-            // The log reaches back past the previous snapshot (snapshots come at most every
-            // `every` entries, fewer when entries hold several transactions): a damaged newest
-            // snapshot can then be skipped for the one before, with the log replayed from there.
-            max_in_snapshot_log_to_keep: every + every / 4,
+            // The log store keeps the log back to the snapshot before the newest
+            // (`purging_one_snapshot_late`), so a damaged newest snapshot can be skipped.
+            // Openraft counts the log from the newest: a follower behind it gets the snapshot.
+            max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
@@ -165,7 +165,7 @@ impl Coordinator {
         let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, node_id, random_cluster_id)?;
         let cluster_id = data.identity.cluster_id;
         let log_dir = data.log_dir();
-        let log = LogStore::open(fs.clone(), WalOptions::new(&log_dir, cluster_id))?;
+        let log = LogStore::open(fs.clone(), WalOptions::new(&log_dir, cluster_id))?.purging_one_snapshot_late();
         let log_stopped = log.stop_watch();
         let log_opened = began.elapsed();
         let recovered_upto = log.last_index();

@@ -58,10 +58,11 @@ async fn client_loop(id: usize, addr: String, started: Instant, stop: Arc<Atomic
         let input = match rand(3) {
             0 => RegisterInput::Read,
             1 => RegisterInput::Write(value),
-            // Mostly the version this client last saw, sometimes one that is surely stale.
+            // Mostly the version this client last saw, sometimes one that is surely stale (never
+            // -1, which ZooKeeper reads as "any version").
             _ => RegisterInput::CompareAndSet {
                 value,
-                expected: if rand(4) == 0 { seen_version.wrapping_sub(1) } else { seen_version },
+                expected: if rand(4) == 0 && seen_version > 0 { seen_version - 1 } else { seen_version },
             },
         };
         let call = started.elapsed();

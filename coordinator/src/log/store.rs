@@ -20,8 +20,8 @@
 //! failed one the kernel may already have dropped the dirty pages it could not write.
 //!
 //! Entries are also kept in memory from the purge point on, for openraft's reads; the state
-//! machine's snapshots bound how many that is (up to 1.25 × `snapshot_every_txns` entries,
-//! 125,000 by default, each a batch of transactions). They are kept encoded, as the records' payloads, and decoded when read: one
+//! machine's snapshots bound how many that is (back to the snapshot before the newest: at most
+//! two `snapshot_every_txns` of transactions, 200,000 by default). They are kept encoded, as the records' payloads, and decoded when read: one
 //! allocation of about 150 bytes for a 100-byte setData instead of the decoded entry's eight or
 //! so (path, data, ACL and identity strings), which took about 400 bytes more per entry, most
 //! of the server's memory with 100,000 znodes.
@@ -125,6 +125,10 @@ pub struct LogStore {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
+    /// Purges lag one request behind (see [`LogStore::purging_one_snapshot_late`]).
+    lagging_purge: bool,
+    /// The purge asked for last and not yet carried out, when purges lag.
+    deferred_purge: Option<LogId<u64>>,
 }
 
 impl Debug for LogStore {
@@ -166,7 +170,7 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || run_writer(wal, rx, &writer_shared))
             .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir, source })?;
-        Ok(LogStore { shared, tx: Some(tx), writer: Some(writer) })
+        Ok(LogStore { shared, tx: Some(tx), writer: Some(writer), lagging_purge: false, deferred_purge: None })
     }
 
     /// Why the store stopped taking writes, if it has.
@@ -237,6 +241,16 @@ impl LogStore {
     pub async fn truncate_from(&self, index: u64) -> Result<(), LogError> {
         let _ = self.shared.cache().entries.split_off(&index);
         self.request(|reply| Command::Truncate { index, reply }).await
+    }
+
+    /// Makes openraft's purges lag one request behind: openraft purges up to each new
+    /// snapshot, and this store then purges only up to the one before. So the log always
+    /// reaches back to the snapshot before the newest (a damaged newest snapshot can be skipped
+    /// for it), however many transactions each entry holds, and no further: a count of entries
+    /// to keep would be millions of transactions when entries are large batches.
+    pub fn purging_one_snapshot_late(mut self) -> Self {
+        self.lagging_purge = true;
+        self
     }
 
     /// Purges entries up to and including `upto`, durably.
@@ -441,6 +455,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        self.purge_upto(log_id).await.map_err(|e| write_err(&e))
+        let upto = if self.lagging_purge {
+            match self.deferred_purge.replace(log_id) {
+                Some(previous) if previous.index < log_id.index => previous,
+                _ => return Ok(()),
+            }
+        } else {
+            log_id
+        };
+        self.purge_upto(upto).await.map_err(|e| write_err(&e))
     }
 }
