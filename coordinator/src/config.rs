@@ -151,10 +151,9 @@ pub struct CoordinatorConfig {
     /// nothing from a leader for this long, or a leader that has had no quorum confirm it for
     /// this long, closes its clients' connections and refuses new sessions until contact
     /// resumes (ZooKeeper's syncLimit × tickTime for a follower). What its clients read is then
-    /// never staler than this plus one check (at most 100 ms). Agents on such an ensemble set
-    /// `coordinator.max_staleness_ms` to at least this plus `tick_ms` (the liveness report
-    /// interval) plus the longest gap between their own answered requests. Ignored by a
-    /// server alone.
+    /// never staler than this plus one check (at most 100 ms). Session liveness has its own,
+    /// tighter bound (see [`crate::liveness`]): agents on such an ensemble set
+    /// `coordinator.max_staleness_ms` to 100. Ignored by a server alone.
     #[serde(default = "default_max_leader_silence_ms")]
     pub max_leader_silence_ms: u64,
     /// This server's id among `servers` (ZooKeeper's myid). Unset: 1, the id of a single
