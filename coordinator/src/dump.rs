@@ -65,6 +65,7 @@ fn describe_txn(txn: &Txn) -> (String, String) {
         TxnOp::CreateSession { timeout_ms, .. } => ("createSession".into(), format!("timeout {timeout_ms} ms")),
         TxnOp::CloseSession { expired: false } => ("closeSession".into(), session),
         TxnOp::CloseSession { expired: true } => ("expireSession".into(), session),
+        TxnOp::MoveSession { to_server } => ("moveSession".into(), format!("{session} to server {to_server}")),
         TxnOp::Write(op) => describe_write(op),
         TxnOp::Multi(ops) => {
             let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();

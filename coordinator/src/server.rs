@@ -170,10 +170,11 @@ impl Coordinator {
         let log_opened = began.elapsed();
         let recovered_upto = log.last_index();
         let purged_upto = log.meta().last_purged.map_or(0, |l| l.index);
-        let state = Arc::new(Mutex::new(ServerState::new(
-            config.extended_types_enabled,
-            Duration::from_millis(config.tick_ms),
-        )));
+        let state = {
+            let mut st = ServerState::new(config.extended_types_enabled, Duration::from_millis(config.tick_ms));
+            st.server_id = node_id;
+            Arc::new(Mutex::new(st))
+        };
         let snapshots = SnapshotDir::open(fs.clone(), data.snapshot_dir(), cluster_id, config.snapshots_to_keep)?;
         let policy = SnapshotPolicy { every_txns: every, retry_gap_txns: (every / 10).max(1) };
         let sm = StateMachine::open(state.clone(), snapshots, purged_upto, policy)?;

@@ -18,6 +18,7 @@ use crate::staleness::LeaderContact;
 use crate::tree::{check_acl, DataTree, Effects};
 use crate::txn::{Txn, TxnOutcome};
 use crate::watch::{ConnId, WatchRegistry};
+use tracing::debug;
 
 /// A live connection as the shared state knows it.
 #[derive(Debug)]
@@ -153,6 +154,8 @@ pub struct ServerState {
     pub leader_contact: Arc<LeaderContact>,
     /// Set while this server refuses clients for want of contact: why.
     pub refusing_clients: Option<String>,
+    /// This server's id in its ensemble (1 alone), for the sessions that move away from it.
+    pub server_id: u64,
 }
 
 impl ServerState {
@@ -172,6 +175,7 @@ impl ServerState {
             open_per_address: HashMap::new(),
             leader_contact: Arc::default(),
             refusing_clients: None,
+            server_id: 1,
         }
     }
 
@@ -202,6 +206,12 @@ impl ServerState {
         if let Some(id) = fx.opened {
             if let Some(s) = self.tree.session(id) {
                 self.tracker.add(id, Duration::from_millis(s.timeout_ms.max(0) as u64), now);
+            }
+        }
+        if let Some((id, to)) = fx.moved.filter(|(_, to)| *to != self.server_id) {
+            debug!(session = %id, to_server = to, "the session moved to another server: closing its connections here");
+            for c in self.conns.values().filter(|c| c.session == id) {
+                c.outbox.close(CloseReason::SessionMoved);
             }
         }
         if let Some(id) = fx.closed {

@@ -145,6 +145,8 @@ pub struct Effects {
     pub opened: Option<SessionId>,
     /// A session that was closed or expired.
     pub closed: Option<SessionId>,
+    /// A session whose client reconnected to this server id.
+    pub moved: Option<(SessionId, u64)>,
 }
 
 /// Undo record for rolling back a failed multi.
@@ -629,6 +631,14 @@ impl DataTree {
                     Err(ErrorCode::SessionExpired)
                 } else {
                     self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)
+                }
+            }
+            TxnOp::MoveSession { to_server } => {
+                if self.sessions.contains_key(&txn.session) {
+                    fx.moved = Some((txn.session, *to_server));
+                    Ok(TxnReply::Nothing)
+                } else {
+                    Err(ErrorCode::SessionExpired)
                 }
             }
         };

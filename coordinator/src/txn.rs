@@ -56,6 +56,12 @@ pub enum TxnOp {
     Write(WriteOp),
     /// Several write operations applied atomically under one zxid.
     Multi(Vec<WriteOp>),
+    /// The issuing session reconnected to server `to_server`: every other server closes its
+    /// connections of the session (ZooKeeper's SessionMoved). Changes nothing in the tree.
+    MoveSession {
+        /// The server the session's client is connected to now.
+        to_server: u64,
+    },
 }
 
 impl Txn {
@@ -64,7 +70,7 @@ impl Txn {
         const FIXED: usize = 48;
         let ids: usize = self.auth.iter().map(|i| i.scheme.len() + i.id.len()).sum();
         let op = match &self.op {
-            TxnOp::CreateSession { .. } | TxnOp::CloseSession { .. } => 0,
+            TxnOp::CreateSession { .. } | TxnOp::CloseSession { .. } | TxnOp::MoveSession { .. } => 0,
             TxnOp::Write(w) => w.approx_len(),
             TxnOp::Multi(ops) => ops.iter().map(WriteOp::approx_len).sum(),
         };

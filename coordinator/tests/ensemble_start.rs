@@ -256,3 +256,31 @@ async fn a_followers_reply_never_outruns_the_leaders_knowledge_of_the_session() 
     }
     Ok(())
 }
+
+/// A client that resumes its session on another server keeps it there, and the connection it
+/// left on the first server is closed (ZooKeeper's SessionMoved), wherever the two are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_on_another_server_closes_its_old_connection() -> Result<()> {
+    let (running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    let followers: Vec<&Running> = running.iter().filter(|r| r.id != leader).collect();
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    for (from, to) in [(followers[0], followers[1]), (followers[1], at_leader), (at_leader, followers[0])] {
+        let mut old = common::raw::Raw::connect(from.client, 4000).await.context("a session")?;
+        let new = common::raw::Raw::resume(to.client, old.session_id, &old.passwd.clone(), 4000)
+            .await
+            .with_context(|| format!("resuming on server {}", to.id))?;
+        let closed = old.read_frame_for(Duration::from_secs(5)).await;
+        ensure!(
+            matches!(closed, Ok(None)),
+            "server {}'s old connection was not closed after the move to server {}: {closed:?}",
+            from.id,
+            to.id
+        );
+        drop(new);
+    }
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}

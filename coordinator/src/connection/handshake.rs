@@ -143,5 +143,16 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
     };
     // The resumed session's ConnectResponse renews the client's idea of it, as a reply does.
     shared.liveness_covered(id, arrived).await?;
+    if shared.config.is_ensemble() {
+        // Every other server closes its connections of the session (SessionMoved); nothing
+        // waits for it: the client is served here from now on either way.
+        let txn = Txn {
+            session: id,
+            auth: Vec::new(),
+            time_ms: now_ms(),
+            op: TxnOp::MoveSession { to_server: shared.config.server_id() },
+        };
+        drop(shared.proposer.submit(0, txn));
+    }
     Ok(Some((id, timeout_ms, password)))
 }

@@ -77,7 +77,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves peer connections on `listener` until `shutdown` resolves, then closes them all.
-/// `servers` are the server ids allowed to connect; `sightings` is shared with this server's
+/// `servers` are the server ids allowed to connect, with the members of the current Raft
+/// membership; `sightings` is shared with this server's
 /// [`super::PeerNetwork`].
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_peers(
@@ -121,7 +122,19 @@ pub async fn serve_peers(
             continue;
         };
         serial += 1;
-        let (raft, state, servers, registry) = (raft.clone(), state.clone(), servers.clone(), registry.clone());
+        // The configured servers, and every member the ensemble has added since (a voter added
+        // at run time must reach the others when it campaigns).
+        let servers: Arc<BTreeSet<u64>> = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let members: Vec<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+            if members.iter().all(|id| servers.contains(id)) {
+                servers.clone()
+            } else {
+                Arc::new(servers.iter().copied().chain(members).collect())
+            }
+        };
+        let (raft, state, registry) = (raft.clone(), state.clone(), registry.clone());
         let sightings = sightings.clone();
         let this = serial;
         // The task's abort handle goes into the registry once its handshake is accepted; the
