@@ -500,23 +500,13 @@ fn write_refusal(ctx: &AdminContext, e: RaftError<u64, ClientWriteError<u64, Bas
 async fn metrics(State(ctx): State<AdminContext>) -> Response {
     let m = ctx.metrics();
     let ensemble = ensemble_stats(&m);
-    let mode = mode_of(&m);
+    let mode = crate::fourlw::mode_of(&m);
     let values = {
         let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
         monitor_values(&st, mode, ensemble.as_ref())
     };
     let text = prometheus_text(&values, &m, ensemble.as_ref());
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
-}
-
-fn mode_of(m: &RaftMetrics<u64, BasicNode>) -> &'static str {
-    let membership = m.membership_config.membership();
-    let standalone = membership.voter_ids().count() <= 1 && membership.learner_ids().next().is_none();
-    crate::fourlw::mode_name(
-        standalone,
-        m.state == openraft::ServerState::Leader,
-        m.state == openraft::ServerState::Learner,
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

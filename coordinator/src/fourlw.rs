@@ -40,6 +40,14 @@ pub fn parse(prefix: [u8; 4]) -> Option<&'static str> {
     IMPLEMENTED.iter().chain(RECOGNISED_ONLY.iter()).copied().find(|c| c.as_bytes() == prefix)
 }
 
+/// [`mode_name`] of a server whose Raft metrics are `m`: standalone when it is the only voter
+/// and there are no learners.
+pub fn mode_of(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> &'static str {
+    let membership = m.membership_config.membership();
+    let standalone = membership.voter_ids().count() <= 1 && membership.learner_ids().next().is_none();
+    mode_name(standalone, m.state == openraft::ServerState::Leader, m.state == openraft::ServerState::Learner)
+}
+
 /// What the server is in the ensemble, as `srvr`'s `Mode:` line reports it (and `mntr`'s
 /// `zk_server_state`): ZooKeeper's `standalone`, `leader`, `follower` or `observer` (a Raft
 /// learner).

@@ -62,15 +62,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// `standalone`, `leader`, `follower` or `observer`, as `srvr` reports it.
     pub fn mode(&self) -> &'static str {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let membership = m.membership_config.membership();
-        let standalone = membership.voter_ids().count() <= 1 && membership.learner_ids().next().is_none();
-        crate::fourlw::mode_name(
-            standalone,
-            m.state == openraft::ServerState::Leader,
-            m.state == openraft::ServerState::Learner,
-        )
+        crate::fourlw::mode_of(&self.raft.metrics().borrow())
     }
 
     /// Whether this server leads the ensemble (or runs alone).
