@@ -59,15 +59,27 @@ use anyhow::Result;
 use fault_scenarios::*;
 use referee::lab::{coordinator_available, CoordinatorKind};
 
-/// One test per fault and coordinator kind.
+/// One test per fault and coordinator kind: `every` scenario on the three kinds, `single` ones
+/// on a coordinator alone (bundled and Apache ZooKeeper), `ensemble` ones on the bundled
+/// ensemble only.
 macro_rules! scenarios {
-    ($($name:ident: $run:ident($($arg:expr),*);)*) => {
+    (
+        every { $($name:ident: $run:ident($($arg:expr),*);)* }
+        single { $($sname:ident: $srun:ident($($sarg:expr),*);)* }
+        ensemble { $($ename:ident: $erun:ident($($earg:expr),*);)* }
+    ) => {
         mod bundled {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() -> Result<()> {
                     $run($($arg,)* CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $sname() -> Result<()> {
+                    $srun($($sarg,)* CoordinatorKind::Bundled, concat!("bundled::", stringify!($sname))).await
                 }
             )*
         }
@@ -83,24 +95,58 @@ macro_rules! scenarios {
                     $run($($arg,)* CoordinatorKind::ApacheZooKeeper, test).await
                 }
             )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $sname() -> Result<()> {
+                    let test = concat!("apache_zookeeper::", stringify!($sname));
+                    if !coordinator_available(CoordinatorKind::ApacheZooKeeper, test) {
+                        return Ok(());
+                    }
+                    $srun($($sarg,)* CoordinatorKind::ApacheZooKeeper, test).await
+                }
+            )*
+        }
+        mod bundled_ensemble {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> Result<()> {
+                    let test = concat!("bundled_ensemble::", stringify!($name));
+                    $run($($arg,)* CoordinatorKind::BundledEnsemble, test).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $ename() -> Result<()> {
+                    let test = concat!("bundled_ensemble::", stringify!($ename));
+                    $erun($($earg,)* CoordinatorKind::BundledEnsemble, test).await
+                }
+            )*
         }
     };
 }
 
 scenarios! {
-    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator, Masters::Plain);
-    black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole, Masters::Plain);
-    isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated, Masters::Plain);
-    killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Plain);
-    frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Plain);
-    killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled, Masters::Plain);
-    frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Plain);
-    journal_keeps_every_write_when_the_active_host_is_cut_off: fault_on_the_active_host(Fault::FromCoordinator, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_host_is_black_holed: fault_on_the_active_host(Fault::BlackHole, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_master_is_killed: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_master_is_frozen: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_agent_is_frozen: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Journalling);
-    coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
-    agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
-    flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();
+    every {
+        active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator, Masters::Plain);
+        black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole, Masters::Plain);
+        isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated, Masters::Plain);
+        killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Plain);
+        frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Plain);
+        killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled, Masters::Plain);
+        frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Plain);
+        journal_keeps_every_write_when_the_active_host_is_cut_off: fault_on_the_active_host(Fault::FromCoordinator, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_host_is_black_holed: fault_on_the_active_host(Fault::BlackHole, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_master_is_killed: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_master_is_frozen: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_agent_is_frozen: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Journalling);
+        coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
+        agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
+        flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();
+    }
+    single {}
+    ensemble {
+        coordinator_leader_killed_during_a_failover_leaves_one_active: coordinator_leader_killed_during_a_failover();
+        coordinator_leader_cut_off_from_its_peers_drops_its_clients_and_is_replaced: coordinator_leader_partitioned_from_its_peers();
+    }
 }
