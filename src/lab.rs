@@ -6,7 +6,10 @@
 //! killed and reaped when the pair is dropped, so nothing outlives it.
 //! [`Pair::start_on_hosts`] runs the same pair on simulated hosts (the test kit's [`Hosts`]):
 //! the coordinator on one, each node's master and agent on another, for faults of the network
-//! between machines.
+//! between machines; or, with [`CoordinatorKind::BundledEnsemble`], three coordinator servers
+//! on hosts 1 to 3 and the nodes on hosts 4 and 5, each server killable, freezable and
+//! restartable on its own ([`Pair::kill_coordinator_server`], [`Pair::coordinator_mode`]
+//! for which one leads).
 //!
 //! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
 //! command adapter. Each agent's coordinator connection may go through the test kit's proxy,
@@ -1918,6 +1921,9 @@ impl Pair {
     /// Starts the pair on simulated hosts, one process group per host as on separate
     /// machines: the coordinator on host [`COORDINATOR_HOST`] (1), node `a`'s master and agent
     /// on host 2 and node `b`'s on host 3 ([`node_host`]), each listening on its host's address.
+    /// With [`CoordinatorKind::BundledEnsemble`], five hosts: the coordinator's servers on
+    /// hosts 1, 2 and 3 ([`Pair::coordinator_host`]), node `a` on host 4 and node `b` on host 5
+    /// ([`Pair::node_host`]); the agents and the journals connect to all three servers.
     /// The test process reaches every one of them as the hosts' client, so the oracles work as
     /// on loopback, and the faults are the hosts' ([`Hosts::partition`], [`Hosts::black_hole`],
     /// [`Hosts::isolate`]).

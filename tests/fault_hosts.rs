@@ -5,7 +5,11 @@
 //! cut cable: nothing is refused, every side learns only from its own deadlines.
 //!
 //! Each scenario runs against the bundled coordinator and against Apache ZooKeeper 3.8, one
-//! server either way. The masters are plain (`--no-lease-poll`): they take writes while active until someone
+//! server either way, and against the bundled coordinator as a three-server ensemble
+//! (`bundled_ensemble::`): its servers on hosts 1, 2 and 3, node `a` on host 4 and node `b` on
+//! host 5, the agents and journals given all three servers' addresses (and
+//! `max_staleness_ms: 100`, as agents on an ensemble must). There "the coordinator's host" is
+//! each of the three, and the coordinator restart restarts every server at once. The masters are plain (`--no-lease-poll`): they take writes while active until someone
 //! demotes them, so safety rests on the agents. Fencing between hosts is the graceful request
 //! over the network, then the same demotion through a management path the faults do not cut.
 //!
@@ -47,6 +51,22 @@
 //!   journal finds every acknowledged write once, and no entry under a token not in force.
 //! - **Both agents started at the same instant**, five times on a fresh coordinator: exactly
 //!   one promotes its master, once, and the masters never both say active.
+//!
+//! On the ensemble only, with journalling masters:
+//!
+//! - **The coordinator's leader killed during a failover**: the active master is killed, then
+//!   at once the leader (`kill -9`), so the whole takeover runs across the leader change: the
+//!   checks of a killed master above, every acknowledged write in the journal, and the failover
+//!   (the master's kill to the new master's first acknowledged write) within a bound; the
+//!   figure is printed.
+//! - **The coordinator's servers restarted one by one** (each `kill -9`, started again and
+//!   back with a leader before the next), the leader among them: the checks of the restart
+//!   above.
+//! - **The coordinator's leader cut off from the other servers** (not from the agents or the
+//!   masters): it holds no session within `max_leader_silence_ms` (plus slack) and takes none
+//!   back while cut off, the other two elect a leader, both agents are connected again, writes
+//!   go on with no split brain and one active at the end, the journal holds every acknowledged
+//!   write; healed, the old leader rejoins. The figures are printed.
 
 //!
 //! The scenarios themselves are in `support/fault_scenarios.rs`, shared with the failover
@@ -148,5 +168,6 @@ scenarios! {
     ensemble {
         coordinator_leader_killed_during_a_failover_leaves_one_active: coordinator_leader_killed_during_a_failover();
         coordinator_leader_cut_off_from_its_peers_drops_its_clients_and_is_replaced: coordinator_leader_partitioned_from_its_peers();
+        coordinator_servers_restarted_one_by_one_under_the_pair: coordinator_rolling_restart_under_the_pair();
     }
 }

@@ -527,7 +527,27 @@ async fn run_process_fault(
     first_new_write(&record, new, token, fault_at)
 }
 
+/// How a coordinator is restarted under the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Every server killed at once (`kill -9`), then every one started again.
+    AllAtOnce,
+    /// One server after the other (an ensemble's rolling restart): each killed, started again
+    /// and serving before the next is killed, so a majority serves throughout but clients on
+    /// the killed server move, and the leader is among those killed.
+    Rolling,
+}
+
 pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    restart_coordinator_under_the_pair(Restart::AllAtOnce, kind, test).await
+}
+
+pub async fn coordinator_rolling_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    restart_coordinator_under_the_pair(Restart::Rolling, kind, test).await
+}
+
+async fn restart_coordinator_under_the_pair(how: Restart, kind: CoordinatorKind, test: &str) -> Result<()> {
     if let Some(why) = hosts_unavailable() {
         skip(test, &why);
         return Ok(());
@@ -542,8 +562,27 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     })
     .await?;
     let killed_at = oracle.now();
-    pair.kill_coordinator();
-    pair.restart_coordinator(false).await?;
+    match how {
+        Restart::AllAtOnce => {
+            pair.kill_coordinator();
+            pair.restart_coordinator(false).await?;
+        }
+        Restart::Rolling => {
+            let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+            for k in 0..pair.coordinator_servers() {
+                pair.restart_coordinator_server(k).await?;
+                // The next is killed only once the restarted one is back in an ensemble with
+                // a leader, so a majority serves throughout.
+                let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+                say!(
+                    "coordinator server {} restarted at {:.1} ms; server {} leads",
+                    k + 1,
+                    ms(oracle.now()),
+                    leader + 1
+                );
+            }
+        }
+    }
     let restarted_at = oracle.now();
     // Writes go on: some master acknowledges for two seconds after the restart, and the pair
     // settles with one active.
@@ -554,7 +593,7 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     let active = pair.wait_for_active(Duration::from_secs(10)).await?;
     let record = oracle.finish().await;
     say!(
-        "coordinator killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
+        "coordinator {how:?}: killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
         ms(killed_at),
         ms(restarted_at),
         NODES[first],
