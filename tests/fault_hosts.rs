@@ -62,6 +62,9 @@
 //! - **The coordinator's servers restarted one by one** (each `kill -9`, started again and
 //!   back with a leader before the next), the leader among them: the checks of the restart
 //!   above.
+//! - **The coordinator's leader frozen** (SIGSTOP for twice the session timeout, then SIGCONT):
+//!   the others elect a leader and the agents move there; resumed, it rejoins; no split brain,
+//!   one active at the end, every acknowledged write in the journal.
 //! - **The coordinator's leader cut off from the other servers** (not from the agents or the
 //!   masters): it holds no session within `max_leader_silence_ms` (plus slack) and takes none
 //!   back while cut off, the other two elect a leader, both agents are connected again, writes
@@ -169,5 +172,6 @@ scenarios! {
         coordinator_leader_killed_during_a_failover_leaves_one_active: coordinator_leader_killed_during_a_failover();
         coordinator_leader_cut_off_from_its_peers_drops_its_clients_and_is_replaced: coordinator_leader_partitioned_from_its_peers();
         coordinator_servers_restarted_one_by_one_under_the_pair: coordinator_rolling_restart_under_the_pair();
+        coordinator_leader_frozen_and_resumed_rejoins_without_split_brain: coordinator_leader_frozen_and_resumed();
     }
 }

@@ -926,3 +926,76 @@ async fn until_connected(pair: &Pair, node: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The coordinator's leader frozen (SIGSTOP) for twice the agents' session timeout, as a long
+/// GC pause or a stalled VM, then resumed: the other two elect a leader and the agents move
+/// there while it sleeps; woken, it finds itself deposed and rejoins. Writes go on with no split
+/// brain and one active at the end, and the journal holds every acknowledged write.
+pub async fn coordinator_leader_frozen_and_resumed(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(hosts_needed(kind))?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
+    let result = run_leader_freeze(&pair).await;
+    // A server left stopped would outlive the test's own clean-up.
+    for k in 0..pair.coordinator_servers() {
+        let _ = pair.signal_coordinator_server(k, Signal::SIGCONT);
+    }
+    result
+}
+
+async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+    let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(10), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == first)
+    })
+    .await?;
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let frozen_at = oracle.now();
+    pair.signal_coordinator_server(leader, Signal::SIGSTOP)?;
+    let new_leader = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
+    let elected = oracle.now() - frozen_at;
+    for node in 0..NODES.len() {
+        until_connected(pair, node).await?;
+    }
+    // Frozen for twice the session timeout, counted from the freeze: every session it held
+    // has moved or expired by then.
+    let wake = frozen_at + 2 * session;
+    let now = oracle.now();
+    if wake > now {
+        tokio::time::sleep(wake - now).await;
+    }
+    let resumed_at = oracle.now();
+    pair.signal_coordinator_server(leader, Signal::SIGCONT)?;
+    let leader_after = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(30), "two seconds of writes after the resumption", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, settle) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    say!(
+        "coordinator server {} (leader) frozen at {:.1} ms; server {} led {:.1} ms later; resumed at {:.1} ms; \
+         server {} leads the three after; active before: {}, after: {}\n{}",
+        leader + 1,
+        ms(frozen_at),
+        new_leader + 1,
+        ms(elected),
+        ms(resumed_at),
+        leader_after + 1,
+        NODES[first],
+        NODES[active],
+        record.timeline()
+    );
+    record.check()?;
+    only_active_at_the_end(&record, active)?;
+    check_journal(pair, &record).await
+}
