@@ -1,7 +1,8 @@
 //! `fault-report`: the failover timing report on simulated hosts.
 //!
 //! Runs the measured fault scenarios of `tests/fault_hosts.rs` (the same code, with every one
-//! of their checks) many times each, on three network namespaces (root, `ip`, `iptables`), and
+//! of their checks) many times each, on three network namespaces (five with `--coordinator
+//! ensemble`: a three-server bundled ensemble on hosts 1 to 3; root, `ip`, `iptables`), and
 //! records for every run the time from the fault to the first write the new active master
 //! acknowledged. Writes `OUT.md` (percentiles per scenario beside ZKFC's and Patroni's figures
 //! from their defaults), `OUT.svg` (every run on a log time axis) and `OUT.txt` (each run's
