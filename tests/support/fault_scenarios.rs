@@ -416,8 +416,10 @@ async fn run_process_fault(
 
     let fault_at = oracle.now();
     target.signal(signal)?;
+    let mut leader_killed_at = None;
     if let Some(leader) = coordinator_leader {
         pair.kill_coordinator_server(leader);
+        leader_killed_at = Some(oracle.now());
         say!(
             "coordinator server {} (the leader, on host {}) killed at {:.1} ms, {:.1} ms after the fault",
             leader + 1,
@@ -427,6 +429,21 @@ async fn run_process_fault(
         );
     }
     let promoted = takeover(pair, &oracle, new, fault_at).await?;
+    if let (Some(leader), Some(killed_at)) = (coordinator_leader, leader_killed_at) {
+        // The takeover ran across the leader change: the new master was still standby when
+        // the leader died.
+        ensure!(
+            promoted.after >= killed_at,
+            "master {} was promoted (by {:.1} ms) before the coordinator's leader was killed at {:.1} ms: the \
+             scenario did not kill the leader during the failover",
+            NODES[new],
+            ms(promoted.by),
+            ms(killed_at)
+        );
+        let others: Vec<usize> = (0..pair.coordinator_servers()).filter(|&k| k != leader).collect();
+        let successor = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
+        say!("coordinator server {} leads the survivors", successor + 1);
+    }
     let mut resumed_at = None;
     if fault.frozen() {
         // Frozen for twice the session timeout, counted from the fault, then woken: a frozen
