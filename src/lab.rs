@@ -6,7 +6,10 @@
 //! killed and reaped when the pair is dropped, so nothing outlives it.
 //! [`Pair::start_on_hosts`] runs the same pair on simulated hosts (the test kit's [`Hosts`]):
 //! the coordinator on one, each node's master and agent on another, for faults of the network
-//! between machines.
+//! between machines; or, with [`CoordinatorKind::BundledEnsemble`], three coordinator servers
+//! on hosts 1 to 3 and the nodes on hosts 4 and 5, each server killable, freezable and
+//! restartable on its own ([`Pair::kill_coordinator_server`], [`Pair::coordinator_mode`]
+//! for which one leads).
 //!
 //! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
 //! command adapter. Each agent's coordinator connection may go through the test kit's proxy,
@@ -192,6 +195,33 @@ pub enum CoordinatorKind {
     Bundled,
     /// Apache ZooKeeper from Debian's package, standalone.
     ApacheZooKeeper,
+    /// `referee coordinator` as an ensemble of [`ENSEMBLE_SERVERS`] voters, each agent and
+    /// journal given every server's client address; only on simulated hosts (one host per
+    /// server, see [`Pair::start_on_hosts`]).
+    BundledEnsemble,
+}
+
+/// The servers of a [`CoordinatorKind::BundledEnsemble`].
+pub const ENSEMBLE_SERVERS: usize = 3;
+
+impl CoordinatorKind {
+    /// How many coordinator servers the kind runs.
+    pub fn servers(self) -> usize {
+        match self {
+            CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 1,
+            CoordinatorKind::BundledEnsemble => ENSEMBLE_SERVERS,
+        }
+    }
+
+    /// The agents' `coordinator.max_staleness_ms`: on an ensemble a follower holds each reply
+    /// until the leader knew the session alive within 100 ms, so the agents count that much
+    /// staleness into their lease; a server alone answers from what it knows.
+    fn max_staleness_ms(self) -> u64 {
+        match self {
+            CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 0,
+            CoordinatorKind::BundledEnsemble => 100,
+        }
+    }
 }
 
 /// The timings of a pair: Referee's defaults, or ZKFC's for comparison.
@@ -295,6 +325,15 @@ pub struct PairSpec {
     pub journal: bool,
 }
 
+/// The ports of one coordinator server.
+#[derive(Debug, Clone, Copy)]
+struct CoordinatorPorts {
+    /// Where its clients connect.
+    client: u16,
+    /// Where the other servers of an ensemble reach it (unused by a server alone).
+    peer: u16,
+}
+
 /// The ports of one node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodePorts {
@@ -310,11 +349,14 @@ pub struct NodePorts {
 pub struct Pair {
     /// Scratch directory with configs, logs and state.
     pub dir: LabDir,
-    /// The coordinator process (replaced when it is restarted).
-    coordinator: std::sync::Mutex<Proc>,
-    /// How many times the coordinator was started.
+    /// The coordinator's processes, one per server (each replaced when it is restarted).
+    coordinators: Vec<std::sync::Mutex<Proc>>,
+    /// How many times a coordinator server was started, all servers counted (names its logs).
     coordinator_starts: std::sync::atomic::AtomicUsize,
-    /// `host:port` of the coordinator.
+    /// Each coordinator server's client and peer ports, server 1 first.
+    coordinator_ports: Vec<CoordinatorPorts>,
+    /// The connect string of the coordinator: `host:port` of a server alone, every server's
+    /// `host:port` comma-separated for an ensemble.
     pub coordinator_addr: String,
     /// The masters, `a` then `b`.
     pub masters: Vec<Proc>,
@@ -375,12 +417,36 @@ impl Pair {
     /// The start of every kind of cluster: `nodes` nodes, each process where `placement` puts it.
     async fn start_n(spec: PairSpec, placement: Placement, nodes: usize) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
-        let port = child_port()?;
-        let coordinator_addr = format!("{}:{port}", placement.ip(Role::Coordinator));
-        let coordinator = start_coordinator(&spec, &dir.0, port, 1, &placement)?;
-        if let Err(e) = wait_for_serving(&coordinator_addr, Duration::from_secs(60)).await {
-            return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", coordinator.log_tail(15))));
+        let servers = spec.coordinator.servers();
+        if servers > 1 && matches!(placement, Placement::Loopback) {
+            return Err(LabError::Child(
+                "a coordinator ensemble runs only on simulated hosts: start the pair with Pair::start_on_hosts".into(),
+            ));
         }
+        let mut coordinator_ports = Vec::new();
+        for _ in 0..servers {
+            coordinator_ports.push(CoordinatorPorts { client: child_port()?, peer: child_port()? });
+        }
+        let addrs: Vec<String> = (0..servers)
+            .map(|k| format!("{}:{}", placement.ip(Role::Coordinator(k)), coordinator_ports[k].client))
+            .collect();
+        let coordinator_addr = addrs.join(",");
+        // Every server starts before any is waited for: an ensemble serves only once a
+        // majority runs. Server 1 alone initialises the ensemble.
+        let mut coordinators = Vec::new();
+        for k in 0..servers {
+            coordinators.push(start_coordinator(&spec, &dir.0, &coordinator_ports, k, 1, k == 0, &placement)?);
+        }
+        for (k, addr) in addrs.iter().enumerate() {
+            if let Err(e) = wait_for_serving(addr, Duration::from_secs(60)).await {
+                return Err(LabError::Child(format!(
+                    "{e}\n--- {} log ---\n{}",
+                    coordinators[k].name,
+                    coordinators[k].log_tail(15)
+                )));
+            }
+        }
+        let coordinators = coordinators.into_iter().map(std::sync::Mutex::new).collect();
         let mut ports = Vec::new();
         for _ in 0..nodes {
             ports.push(NodePorts { master: child_port()?, probes: child_port()?, admin: child_port()? });
@@ -391,8 +457,9 @@ impl Pair {
             .map_err(|e| LabError::Child(format!("http client: {e}")))?;
         let mut pair = Pair {
             dir,
-            coordinator: std::sync::Mutex::new(coordinator),
+            coordinators,
             coordinator_starts: std::sync::atomic::AtomicUsize::new(1),
+            coordinator_ports,
             coordinator_addr,
             masters: Vec::new(),
             agents: Vec::new(),
@@ -471,33 +538,138 @@ impl Pair {
         Ok(())
     }
 
-    /// Kills the coordinator with SIGKILL: every connection to it drops at once.
+    /// Kills every coordinator server with SIGKILL: every connection to them drops at once.
     pub fn kill_coordinator(&self) {
-        self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).kill_now();
+        for k in 0..self.coordinators.len() {
+            self.kill_coordinator_server(k);
+        }
     }
 
     /// Stops the coordinator if it runs, deletes its data directory when `wipe` (it then
     /// knows no session, no lock, no breadcrumb and no token base, as after losing its disk),
-    /// starts it again on the same address and waits until it serves.
+    /// starts it again on the same address and waits until it serves. An ensemble is stopped
+    /// and started whole; `wipe` is refused for it (the servers would have to be initialised
+    /// afresh, which is not a restart).
     pub async fn restart_coordinator(&self, wipe: bool) -> Result<(), LabError> {
         self.kill_coordinator();
-        let data = self.dir.0.join("coordinator").join("data");
-        if wipe && data.exists() {
-            std::fs::remove_dir_all(&data).map_err(io("wiping the coordinator's data"))?;
+        if wipe {
+            if self.coordinators.len() > 1 {
+                return Err(LabError::Child("wiping an ensemble's data is not a restart: start a new pair".into()));
+            }
+            let data = self.dir.0.join("coordinator").join("data");
+            if data.exists() {
+                std::fs::remove_dir_all(&data).map_err(io("wiping the coordinator's data"))?;
+            }
         }
-        let start = self.coordinator_starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let port = self.coordinator_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
-        let proc = start_coordinator(&self.spec, &self.dir.0, port, start, &self.placement)?;
-        *self.coordinator.lock().unwrap_or_else(|p| p.into_inner()) = proc;
-        if let Err(e) = wait_for_serving(&self.coordinator_addr, Duration::from_secs(60)).await {
-            return Err(LabError::Child(format!("{e}\n--- coordinator log ---\n{}", self.coordinator_log_tail(15))));
+        for k in 0..self.coordinators.len() {
+            self.spawn_coordinator_server(k)?;
+        }
+        for k in 0..self.coordinators.len() {
+            self.wait_coordinator_server(k).await?;
         }
         Ok(())
     }
 
-    /// The last lines of the coordinator's log.
+    /// How many coordinator servers the pair has (1, or [`ENSEMBLE_SERVERS`]).
+    pub fn coordinator_servers(&self) -> usize {
+        self.coordinators.len()
+    }
+
+    /// The client address (`host:port`) of coordinator server `k` (from 0).
+    pub fn coordinator_server_addr(&self, k: usize) -> String {
+        format!("{}:{}", self.placement.ip(Role::Coordinator(k)), self.coordinator_ports[k].client)
+    }
+
+    /// Kills coordinator server `k` with SIGKILL and reaps it (nothing if it is not running).
+    pub fn kill_coordinator_server(&self, k: usize) {
+        self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).kill_now();
+    }
+
+    /// Sends `sig` to coordinator server `k` (SIGSTOP freezes it, SIGCONT resumes it).
+    pub fn signal_coordinator_server(&self, k: usize, sig: Signal) -> Result<(), LabError> {
+        self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).signal(sig)
+    }
+
+    /// Kills coordinator server `k` if it runs, starts it again on its configuration and data
+    /// directory (never initialising anything) and waits until it serves.
+    pub async fn restart_coordinator_server(&self, k: usize) -> Result<(), LabError> {
+        self.kill_coordinator_server(k);
+        self.spawn_coordinator_server(k)?;
+        self.wait_coordinator_server(k).await
+    }
+
+    fn spawn_coordinator_server(&self, k: usize) -> Result<(), LabError> {
+        let start = self.coordinator_starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let proc =
+            start_coordinator(&self.spec, &self.dir.0, &self.coordinator_ports, k, start, false, &self.placement)?;
+        *self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()) = proc;
+        Ok(())
+    }
+
+    async fn wait_coordinator_server(&self, k: usize) -> Result<(), LabError> {
+        if let Err(e) = wait_for_serving(&self.coordinator_server_addr(k), Duration::from_secs(60)).await {
+            let tail = self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).log_tail(15);
+            return Err(LabError::Child(format!("{e}\n--- coordinator server {} log ---\n{tail}", k + 1)));
+        }
+        Ok(())
+    }
+
+    /// The `Mode:` coordinator server `k` reports in `srvr` (`leader`, `follower`,
+    /// `standalone`, ...), if it answers within a second.
+    pub async fn coordinator_mode(&self, k: usize) -> Option<String> {
+        let srvr = self.coordinator_four_letter(k, "srvr").await?;
+        srvr.lines().find_map(|l| l.strip_prefix("Mode: ")).map(|m| m.trim().to_string())
+    }
+
+    /// Waits until exactly one coordinator server of `among` says it leads and every other one
+    /// of them answers as a follower; returns the leader.
+    pub async fn wait_for_coordinator_leader(&self, among: &[usize], limit: Duration) -> Result<usize, LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut modes = Vec::new();
+            for &k in among {
+                modes.push((k, self.coordinator_mode(k).await));
+            }
+            let leaders: Vec<usize> =
+                modes.iter().filter(|(_, m)| m.as_deref() == Some("leader")).map(|(k, _)| *k).collect();
+            let others_follow = modes.iter().all(|(_, m)| matches!(m.as_deref(), Some("leader" | "follower")));
+            if let ([leader], true) = (&leaders[..], others_follow) {
+                return Ok(*leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "no single coordinator leader among servers {:?} within {limit:?}; modes: {modes:?}",
+                    among.iter().map(|k| k + 1).collect::<Vec<_>>()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The four-letter word `word`'s answer from coordinator server `k`, if it answers within a
+    /// second (an empty answer when it closes the connection without one).
+    pub async fn coordinator_four_letter(&self, k: usize, word: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ask = async {
+            let mut s = tokio::net::TcpStream::connect(self.coordinator_server_addr(k)).await.ok()?;
+            s.write_all(word.as_bytes()).await.ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            Some(out)
+        };
+        tokio::time::timeout(Duration::from_secs(1), ask).await.ok().flatten()
+    }
+
+    /// The last lines of the coordinator's log (every server's, for an ensemble).
     pub fn coordinator_log_tail(&self, lines: usize) -> String {
-        self.coordinator.lock().unwrap_or_else(|p| p.into_inner()).log_tail(lines)
+        let tail = |k: usize| self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).log_tail(lines);
+        if self.coordinators.len() == 1 {
+            return tail(0);
+        }
+        (0..self.coordinators.len())
+            .map(|k| format!("--- coordinator server {} ---\n{}", k + 1, tail(k)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
@@ -554,7 +726,7 @@ impl Pair {
         let t = self.spec.timings;
         let node = self.node_dir(i);
         let p = self.ports[i];
-        let max_staleness = 0;
+        let max_staleness = self.spec.coordinator.max_staleness_ms();
         let htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2);
         let ip = self.node_ip(i);
         let url = format!("http://{ip}:{}", p.master);
@@ -1477,19 +1649,62 @@ fn merge_yaml(base: &str, extra: &str) -> Result<String, LabError> {
 }
 
 /// Starts the coordinator on `port`; `start` numbers its log (the first start is 1).
+/// Starts coordinator server `k` of `ports` (server `k + 1` of an ensemble), the `start`th
+/// coordinator start of the pair; `init` makes it initialise a new ensemble (server 1's first
+/// start only).
 fn start_coordinator(
     spec: &PairSpec,
     dir: &Path,
-    port: u16,
+    ports: &[CoordinatorPorts],
+    k: usize,
     start: usize,
+    init: bool,
     placement: &Placement,
 ) -> Result<Proc, LabError> {
-    let ip = placement.ip(Role::Coordinator);
+    let ip = placement.ip(Role::Coordinator(k));
+    let port = ports[k].client;
     let addr = format!("{ip}:{port}");
     let log = if start == 1 { String::new() } else { format!("-{start}") };
     let cdir = dir.join("coordinator");
     std::fs::create_dir_all(&cdir).map_err(io("creating the coordinator directory"))?;
     match spec.coordinator {
+        CoordinatorKind::BundledEnsemble => {
+            let tick = spec.timings.tick_ms.min(1000);
+            let servers: String = ports
+                .iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    let host = placement.ip(Role::Coordinator(j));
+                    format!(
+                        "  - {{ id: {}, client: \"{host}:{}\", peer: \"{host}:{}\", role: voter }}\n",
+                        j + 1,
+                        p.client,
+                        p.peer
+                    )
+                })
+                .collect();
+            let id = k + 1;
+            let cfg = format!(
+                "listen: {addr}\ndata_dir: {}\ncluster_id: 7\nserver_id: {id}\ntick_ms: {tick}\nmin_session_timeout_ms: {}\n\
+                 max_session_timeout_ms: 60000\nmax_connections_per_address: 0\nservers:\n{servers}",
+                cdir.join(format!("data{id}")).display(),
+                (tick * 2).min(spec.timings.session_timeout_ms),
+            );
+            let path = cdir.join(format!("coordinator{id}.yaml"));
+            std::fs::write(&path, cfg).map_err(io("writing a coordinator server's config"))?;
+            let mut args = vec!["coordinator".into(), "--config".into(), path.display().to_string()];
+            if init {
+                args.push("--init".into());
+            }
+            placement.spawn(
+                Role::Coordinator(k),
+                &format!("coordinator server {id}"),
+                &spec.bin,
+                &args,
+                &[("REFEREE_LOG", "info,openraft=warn".into())],
+                cdir.join(format!("coordinator{id}{log}.log")),
+            )
+        }
         CoordinatorKind::Bundled => {
             let cfg = format!(
                 "listen: {addr}\ndata_dir: {}\ntick_ms: {}\nmin_session_timeout_ms: {}\nmax_session_timeout_ms: 60000\n",
@@ -1500,7 +1715,7 @@ fn start_coordinator(
             let path = cdir.join("coordinator.yaml");
             std::fs::write(&path, cfg).map_err(io("writing the coordinator config"))?;
             let p = placement.spawn(
-                Role::Coordinator,
+                Role::Coordinator(k),
                 "coordinator",
                 &spec.bin,
                 &["coordinator".into(), "--config".into(), path.display().to_string()],
@@ -1522,7 +1737,7 @@ fn start_coordinator(
             std::fs::write(&path, cfg).map_err(io("writing zoo.cfg"))?;
             let env: HashMap<&str, String> = HashMap::from([("ZOO_LOG_DIR", cdir.display().to_string())]);
             let p = placement.spawn(
-                Role::Coordinator,
+                Role::Coordinator(k),
                 "apache zookeeper",
                 &Path::new(referee_testkit::APACHE_ZK_BIN).join("zkServer.sh"),
                 &["start-foreground".into(), path.display().to_string()],
@@ -1618,20 +1833,38 @@ impl Oracles {
 // ---------------------------------------------------------------------------------------------
 // The pair on simulated hosts.
 
-/// The host the coordinator runs on, in [`Pair::start_on_hosts`].
+/// The host the coordinator runs on, in [`Pair::start_on_hosts`] with a coordinator alone.
 pub const COORDINATOR_HOST: usize = 1;
 
-/// The host node `i` (its master and its agent) runs on, in [`Pair::start_on_hosts`]: `a` on
-/// host 2, `b` on host 3.
+/// The host node `i` (its master and its agent) runs on, in [`Pair::start_on_hosts`] with a
+/// coordinator alone: `a` on host 2, `b` on host 3. [`Pair::node_host`] answers for every kind.
 pub fn node_host(i: usize) -> usize {
     i + 2
 }
 
-/// One of the pair's places: the coordinator, or node `i`.
+/// The host coordinator server `k` (from 0) runs on, in [`Pair::start_on_hosts`] with
+/// `kind`: host 1, then for an ensemble hosts 2 and 3.
+pub fn coordinator_host_of(kind: CoordinatorKind, k: usize) -> usize {
+    debug_assert!(k < kind.servers(), "{kind:?} has no coordinator server {}", k + 1);
+    COORDINATOR_HOST + k
+}
+
+/// The host node `i` runs on, in [`Pair::start_on_hosts`] with `kind`: after the coordinator's
+/// hosts (`a` on host 2 and `b` on host 3 with a server alone; hosts 4 and 5 with an ensemble).
+pub fn node_host_of(kind: CoordinatorKind, i: usize) -> usize {
+    COORDINATOR_HOST + kind.servers() + i
+}
+
+/// How many hosts [`Pair::start_on_hosts`] needs with `kind`.
+pub fn hosts_needed(kind: CoordinatorKind) -> usize {
+    node_host_of(kind, NODES.len() - 1)
+}
+
+/// One of the pair's places: coordinator server `k`, or node `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
-    /// The coordinator.
-    Coordinator,
+    /// Coordinator server `k` (from 0; only 0 for a server alone).
+    Coordinator(usize),
     /// Node `i`'s master and agent.
     Node(usize),
 }
@@ -1641,11 +1874,11 @@ enum Role {
 enum Placement {
     /// Every process in the test's own network namespace, on 127.0.0.1.
     Loopback,
-    /// The coordinator on one simulated host, each node on another, each process listening on
-    /// its host's address; the test reaches them as the hosts' client.
+    /// Each coordinator server on a simulated host, each node on another, each process
+    /// listening on its host's address; the test reaches them as the hosts' client.
     Hosts {
-        /// The coordinator's host.
-        coordinator: Host,
+        /// Each coordinator server's host, server 1's first.
+        coordinators: Vec<Host>,
         /// Node `a`'s host, then `b`'s.
         nodes: Vec<Host>,
     },
@@ -1656,7 +1889,7 @@ impl Placement {
     fn ip(&self, role: Role) -> String {
         match (self, role) {
             (Placement::Loopback, _) => "127.0.0.1".into(),
-            (Placement::Hosts { coordinator, .. }, Role::Coordinator) => coordinator.addr().to_string(),
+            (Placement::Hosts { coordinators, .. }, Role::Coordinator(k)) => coordinators[k].addr().to_string(),
             (Placement::Hosts { nodes, .. }, Role::Node(i)) => nodes[i].addr().to_string(),
         }
     }
@@ -1673,7 +1906,7 @@ impl Placement {
     ) -> Result<Proc, LabError> {
         let mut cmd = match (self, role) {
             (Placement::Loopback, _) => Command::new(program),
-            (Placement::Hosts { coordinator, .. }, Role::Coordinator) => coordinator.command(program),
+            (Placement::Hosts { coordinators, .. }, Role::Coordinator(k)) => coordinators[k].command(program),
             (Placement::Hosts { nodes, .. }, Role::Node(i)) => nodes[i].command(program),
         };
         cmd.args(args);
@@ -1688,6 +1921,9 @@ impl Pair {
     /// Starts the pair on simulated hosts, one process group per host as on separate
     /// machines: the coordinator on host [`COORDINATOR_HOST`] (1), node `a`'s master and agent
     /// on host 2 and node `b`'s on host 3 ([`node_host`]), each listening on its host's address.
+    /// With [`CoordinatorKind::BundledEnsemble`], five hosts: the coordinator's servers on
+    /// hosts 1, 2 and 3 ([`Pair::coordinator_host`]), node `a` on host 4 and node `b` on host 5
+    /// ([`Pair::node_host`]); the agents and the journals connect to all three servers.
     /// The test process reaches every one of them as the hosts' client, so the oracles work as
     /// on loopback, and the faults are the hosts' ([`Hosts::partition`], [`Hosts::black_hole`],
     /// [`Hosts::isolate`]).
@@ -1710,14 +1946,16 @@ impl Pair {
                 "a pair on simulated hosts takes no proxies: cut its links with the hosts' faults instead".into(),
             ));
         }
-        let needed = node_host(NODES.len() - 1);
+        let kind = spec.coordinator;
+        let needed = hosts_needed(kind);
         if hosts.len() < needed {
             return Err(LabError::Child(format!(
-                "a pair on simulated hosts needs {needed} hosts (coordinator, then one per node), not {}",
+                "a pair on simulated hosts with {kind:?} needs {needed} hosts (one per coordinator server, then one \
+                 per node), not {}",
                 hosts.len()
             )));
         }
-        let nodes: Vec<Host> = (0..NODES.len()).map(|i| hosts.host(node_host(i)).clone()).collect();
+        let nodes: Vec<Host> = (0..NODES.len()).map(|i| hosts.host(node_host_of(kind, i)).clone()).collect();
         // The fencing of a pair on hosts, under whatever the caller merges in.
         let mut extra = Vec::new();
         for (i, own) in nodes.iter().enumerate() {
@@ -1730,13 +1968,30 @@ impl Pair {
             });
         }
         spec.extra_agent_yaml = extra;
-        let placement = Placement::Hosts { coordinator: hosts.host(COORDINATOR_HOST).clone(), nodes };
+        let coordinators = (0..kind.servers()).map(|k| hosts.host(coordinator_host_of(kind, k)).clone()).collect();
+        let placement = Placement::Hosts { coordinators, nodes };
         Pair::start_placed(spec, placement).await
     }
 
     /// The address node `i`'s master and agent listen on.
     pub fn node_ip(&self, i: usize) -> String {
         self.placement.ip(Role::Node(i))
+    }
+
+    /// The host node `i` runs on, for a pair started with [`Pair::start_on_hosts`].
+    pub fn node_host(&self, i: usize) -> usize {
+        node_host_of(self.spec.coordinator, i)
+    }
+
+    /// The host coordinator server `k` (from 0) runs on, for a pair started with
+    /// [`Pair::start_on_hosts`].
+    pub fn coordinator_host(&self, k: usize) -> usize {
+        coordinator_host_of(self.spec.coordinator, k)
+    }
+
+    /// The hosts of every coordinator server, for a pair started with [`Pair::start_on_hosts`].
+    pub fn coordinator_hosts(&self) -> Vec<usize> {
+        (0..self.coordinator_servers()).map(|k| self.coordinator_host(k)).collect()
     }
 }
 

@@ -5,7 +5,11 @@
 //! cut cable: nothing is refused, every side learns only from its own deadlines.
 //!
 //! Each scenario runs against the bundled coordinator and against Apache ZooKeeper 3.8, one
-//! server either way. The masters are plain (`--no-lease-poll`): they take writes while active until someone
+//! server either way, and against the bundled coordinator as a three-server ensemble
+//! (`bundled_ensemble::`): its servers on hosts 1, 2 and 3, node `a` on host 4 and node `b` on
+//! host 5, the agents and journals given all three servers' addresses (and
+//! `max_staleness_ms: 100`, as agents on an ensemble must). There "the coordinator's host" is
+//! each of the three, and the coordinator restart restarts every server at once. The masters are plain (`--no-lease-poll`): they take writes while active until someone
 //! demotes them, so safety rests on the agents. Fencing between hosts is the graceful request
 //! over the network, then the same demotion through a management path the faults do not cut.
 //!
@@ -47,6 +51,25 @@
 //!   journal finds every acknowledged write once, and no entry under a token not in force.
 //! - **Both agents started at the same instant**, five times on a fresh coordinator: exactly
 //!   one promotes its master, once, and the masters never both say active.
+//!
+//! On the ensemble only, with journalling masters:
+//!
+//! - **The coordinator's leader killed during a failover**: the active master is killed, then
+//!   at once the leader (`kill -9`), so the whole takeover runs across the leader change: the
+//!   checks of a killed master above, every acknowledged write in the journal, and the failover
+//!   (the master's kill to the new master's first acknowledged write) within a bound; the
+//!   figure is printed.
+//! - **The coordinator's servers restarted one by one** (each `kill -9`, started again and
+//!   back with a leader before the next), the leader among them: the checks of the restart
+//!   above.
+//! - **The coordinator's leader frozen** (SIGSTOP for twice the session timeout, then SIGCONT):
+//!   the others elect a leader and the agents move there; resumed, it rejoins; no split brain,
+//!   one active at the end, every acknowledged write in the journal.
+//! - **The coordinator's leader cut off from the other servers** (not from the agents or the
+//!   masters): it holds no session within `max_leader_silence_ms` (plus slack) and takes none
+//!   back while cut off, the other two elect a leader, both agents are connected again, writes
+//!   go on with no split brain and one active at the end, the journal holds every acknowledged
+//!   write; healed, the old leader rejoins. The figures are printed.
 
 //!
 //! The scenarios themselves are in `support/fault_scenarios.rs`, shared with the failover
@@ -59,15 +82,27 @@ use anyhow::Result;
 use fault_scenarios::*;
 use referee::lab::{coordinator_available, CoordinatorKind};
 
-/// One test per fault and coordinator kind.
+/// One test per fault and coordinator kind: `every` scenario on the three kinds, `single` ones
+/// on a coordinator alone (bundled and Apache ZooKeeper), `ensemble` ones on the bundled
+/// ensemble only.
 macro_rules! scenarios {
-    ($($name:ident: $run:ident($($arg:expr),*);)*) => {
+    (
+        every { $($name:ident: $run:ident($($arg:expr),*);)* }
+        single { $($sname:ident: $srun:ident($($sarg:expr),*);)* }
+        ensemble { $($ename:ident: $erun:ident($($earg:expr),*);)* }
+    ) => {
         mod bundled {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() -> Result<()> {
                     $run($($arg,)* CoordinatorKind::Bundled, concat!("bundled::", stringify!($name))).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $sname() -> Result<()> {
+                    $srun($($sarg,)* CoordinatorKind::Bundled, concat!("bundled::", stringify!($sname))).await
                 }
             )*
         }
@@ -83,24 +118,60 @@ macro_rules! scenarios {
                     $run($($arg,)* CoordinatorKind::ApacheZooKeeper, test).await
                 }
             )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $sname() -> Result<()> {
+                    let test = concat!("apache_zookeeper::", stringify!($sname));
+                    if !coordinator_available(CoordinatorKind::ApacheZooKeeper, test) {
+                        return Ok(());
+                    }
+                    $srun($($sarg,)* CoordinatorKind::ApacheZooKeeper, test).await
+                }
+            )*
+        }
+        mod bundled_ensemble {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> Result<()> {
+                    let test = concat!("bundled_ensemble::", stringify!($name));
+                    $run($($arg,)* CoordinatorKind::BundledEnsemble, test).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $ename() -> Result<()> {
+                    let test = concat!("bundled_ensemble::", stringify!($ename));
+                    $erun($($earg,)* CoordinatorKind::BundledEnsemble, test).await
+                }
+            )*
         }
     };
 }
 
 scenarios! {
-    active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator, Masters::Plain);
-    black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole, Masters::Plain);
-    isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated, Masters::Plain);
-    killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Plain);
-    frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Plain);
-    killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled, Masters::Plain);
-    frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Plain);
-    journal_keeps_every_write_when_the_active_host_is_cut_off: fault_on_the_active_host(Fault::FromCoordinator, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_host_is_black_holed: fault_on_the_active_host(Fault::BlackHole, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_master_is_killed: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_master_is_frozen: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Journalling);
-    journal_keeps_every_write_when_the_active_agent_is_frozen: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Journalling);
-    coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
-    agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
-    flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();
+    every {
+        active_host_cut_off_from_the_coordinator_host_hands_over_without_overlap: fault_on_the_active_host(Fault::FromCoordinator, Masters::Plain);
+        black_holed_active_host_is_fenced_and_replaced: fault_on_the_active_host(Fault::BlackHole, Masters::Plain);
+        isolated_active_host_rejoins_as_standby_after_heal: fault_on_the_active_host(Fault::Isolated, Masters::Plain);
+        killed_master_is_powered_off_and_replaced: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Plain);
+        frozen_master_never_acknowledges_when_it_wakes: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Plain);
+        killed_agent_gets_its_master_demoted_before_the_takeover: process_fault_on_the_active_node(ProcessFault::AgentKilled, Masters::Plain);
+        frozen_agent_resumes_as_standby: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Plain);
+        journal_keeps_every_write_when_the_active_host_is_cut_off: fault_on_the_active_host(Fault::FromCoordinator, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_host_is_black_holed: fault_on_the_active_host(Fault::BlackHole, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_master_is_killed: process_fault_on_the_active_node(ProcessFault::MasterKilled, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_master_is_frozen: process_fault_on_the_active_node(ProcessFault::MasterFrozen, Masters::Journalling);
+        journal_keeps_every_write_when_the_active_agent_is_frozen: process_fault_on_the_active_node(ProcessFault::AgentFrozen, Masters::Journalling);
+        coordinator_killed_and_restarted_under_the_pair: coordinator_restart_under_the_pair();
+        agents_started_at_the_same_instant_elect_exactly_one: simultaneous_start();
+        flapping_health_fails_over_no_faster_than_anti_flap_allows: flapping_health();
+    }
+    single {}
+    ensemble {
+        coordinator_leader_killed_during_a_failover_leaves_one_active: coordinator_leader_killed_during_a_failover();
+        coordinator_leader_cut_off_from_its_peers_drops_its_clients_and_is_replaced: coordinator_leader_partitioned_from_its_peers();
+        coordinator_servers_restarted_one_by_one_under_the_pair: coordinator_rolling_restart_under_the_pair();
+        coordinator_leader_frozen_and_resumed_rejoins_without_split_brain: coordinator_leader_frozen_and_resumed();
+    }
 }

@@ -1,7 +1,8 @@
 //! `fault-report`: the failover timing report on simulated hosts.
 //!
 //! Runs the measured fault scenarios of `tests/fault_hosts.rs` (the same code, with every one
-//! of their checks) many times each, on three network namespaces (root, `ip`, `iptables`), and
+//! of their checks) many times each, on three network namespaces (five with `--coordinator
+//! ensemble`: a three-server bundled ensemble on hosts 1 to 3; root, `ip`, `iptables`), and
 //! records for every run the time from the fault to the first write the new active master
 //! acknowledged. Writes `OUT.md` (percentiles per scenario beside ZKFC's and Patroni's figures
 //! from their defaults), `OUT.svg` (every run on a log time axis) and `OUT.txt` (each run's
@@ -24,7 +25,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fault_scenarios::{measure, Masters, Measured, QUIET};
-use referee::lab::{load_average, CoordinatorKind, Timings};
+use referee::lab::{hosts_needed, load_average, CoordinatorKind, Timings};
 use referee_testkit::{hosts_unavailable, Hosts};
 
 #[derive(Parser, Debug)]
@@ -40,7 +41,8 @@ struct Args {
     /// agent-killed, agent-frozen, host-cut-from-coordinator, host-black-holed, host-isolated.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// The coordinator: the bundled one or Apache ZooKeeper 3.8.
+    /// The coordinator: the bundled one alone, the bundled one as a three-server ensemble (five
+    /// hosts), or Apache ZooKeeper 3.8.
     #[arg(long, value_enum, default_value = "bundled")]
     coordinator: Coordinator,
     /// Output path without extension: writes OUT.md, OUT.svg and OUT.txt.
@@ -54,6 +56,7 @@ struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Coordinator {
     Bundled,
+    Ensemble,
     Apache,
 }
 
@@ -108,6 +111,7 @@ async fn main() -> Result<()> {
     };
     let kind = match args.coordinator {
         Coordinator::Bundled => CoordinatorKind::Bundled,
+        Coordinator::Ensemble => CoordinatorKind::BundledEnsemble,
         Coordinator::Apache => CoordinatorKind::ApacheZooKeeper,
     };
     if let CoordinatorKind::ApacheZooKeeper = kind {
@@ -119,7 +123,7 @@ async fn main() -> Result<()> {
     let load_before = load_average();
     let mut all = Vec::new();
     for scenario in scenarios {
-        let hosts = Hosts::new(3)?;
+        let hosts = Hosts::new(hosts_needed(kind))?;
         let mut series = Series { scenario, times: Vec::new(), violations: Vec::new() };
         for run in 1..=args.runs {
             match measure(scenario, Masters::Plain, kind, &hosts).await {
@@ -139,6 +143,7 @@ async fn main() -> Result<()> {
     let label = match kind {
         CoordinatorKind::Bundled => "bundled coordinator",
         CoordinatorKind::ApacheZooKeeper => "Apache ZooKeeper 3.8",
+        CoordinatorKind::BundledEnsemble => "bundled coordinator, a three-server ensemble",
     };
     let header = format!(
         "fault-report --runs {} --coordinator {:?}: {label}, load average {load_before} -> {load_after}",

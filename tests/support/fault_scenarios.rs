@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{
-    node_host, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, RoleChange, Timings,
-    COORDINATOR_HOST, EPOCH_PATH, JOURNAL_PATH, NODES,
+    hosts_needed, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, RoleChange, Timings,
+    EPOCH_PATH, JOURNAL_PATH, NODES,
 };
 use referee_examples::verdict::verify;
 use referee_fencing::HaState;
@@ -68,13 +68,13 @@ impl Measured {
     }
 }
 
-/// Runs `scenario` once on `hosts` (at least three) with every check of its test; returns the
+/// Runs `scenario` once on `hosts` (as many as [`hosts_needed`] says for `kind`) with every check of its test; returns the
 /// time from the fault to the first write the new active master acknowledged.
 pub async fn measure(scenario: Measured, masters: Masters, kind: CoordinatorKind, hosts: &Hosts) -> Result<Duration> {
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), hosts).await?);
     let result = match scenario {
         Measured::Network(fault) => run(hosts, &pair, fault, masters).await,
-        Measured::Process(fault) => run_process_fault(&pair, fault, masters).await,
+        Measured::Process(fault) => run_process_fault(&pair, fault, masters, false).await,
     };
     for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
         let _ = proc.signal(Signal::SIGCONT);
@@ -86,7 +86,7 @@ pub async fn measure(scenario: Measured, masters: Masters, kind: CoordinatorKind
 /// The faults of the scenarios, each on the active node's host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Partitioned from the coordinator's host only.
+    /// Partitioned from the coordinator's hosts only (every server's, for an ensemble).
     FromCoordinator,
     /// Everything to and from it dropped.
     BlackHole,
@@ -213,7 +213,7 @@ pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: Coor
         skip(test, &why);
         return Ok(());
     }
-    let hosts = Hosts::new(3)?;
+    let hosts = Hosts::new(hosts_needed(kind))?;
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
     let result = run(&hosts, &pair, fault, masters).await;
     // Faults off before the pair stops, so its processes stop with a network; the pair goes
@@ -226,7 +226,7 @@ pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: Coor
 async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) -> Result<Duration> {
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
-    let old_host = node_host(old);
+    let old_host = pair.node_host(old);
     let oracle = MasterOracle::start(pair);
     until_record(pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
         r.acks.iter().any(|a| a.node == old)
@@ -237,7 +237,7 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) ->
 
     let fault_at = oracle.now();
     match fault {
-        Fault::FromCoordinator => hosts.partition(old_host, &[COORDINATOR_HOST])?,
+        Fault::FromCoordinator => hosts.partition(old_host, &pair.coordinator_hosts())?,
         Fault::BlackHole => hosts.black_hole(old_host)?,
         Fault::Isolated => hosts.isolate(old_host)?,
     }
@@ -373,9 +373,9 @@ pub async fn process_fault_on_the_active_node(
         skip(test, &why);
         return Ok(());
     }
-    let hosts = Hosts::new(3)?;
+    let hosts = Hosts::new(hosts_needed(kind))?;
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
-    let result = run_process_fault(&pair, fault, masters).await.map(|_| ());
+    let result = run_process_fault(&pair, fault, masters, false).await.map(|_| ());
     // A frozen process left stopped would outlive the test's own clean-up.
     for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
         let _ = proc.signal(Signal::SIGCONT);
@@ -383,8 +383,16 @@ pub async fn process_fault_on_the_active_node(
     result
 }
 
-/// Returns the time from the fault to the new master's first acknowledged write.
-async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Masters) -> Result<Duration> {
+/// Returns the time from the fault to the new master's first acknowledged write. With
+/// `kill_coordinator_leader` (an ensemble's), the coordinator's leader is killed with SIGKILL
+/// right after the fault, so that the whole takeover (the old agent giving up, the new one
+/// taking the lock, fencing and promoting) runs across the coordinator's leader change.
+async fn run_process_fault(
+    pair: &Arc<Pair>,
+    fault: ProcessFault,
+    masters: Masters,
+    kill_coordinator_leader: bool,
+) -> Result<Duration> {
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     let oracle = MasterOracle::start(pair);
@@ -392,6 +400,12 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Maste
         r.acks.iter().any(|a| a.node == old)
     })
     .await?;
+    let coordinator_leader = if kill_coordinator_leader {
+        let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+        Some(pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?)
+    } else {
+        None
+    };
     let session = Duration::from_millis(Timings::referee().session_timeout_ms);
     let target = if fault.on_master() {
         &pair.masters[old]
@@ -402,7 +416,34 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Maste
 
     let fault_at = oracle.now();
     target.signal(signal)?;
+    let mut leader_killed_at = None;
+    if let Some(leader) = coordinator_leader {
+        pair.kill_coordinator_server(leader);
+        leader_killed_at = Some(oracle.now());
+        say!(
+            "coordinator server {} (the leader, on host {}) killed at {:.1} ms, {:.1} ms after the fault",
+            leader + 1,
+            pair.coordinator_host(leader),
+            ms(oracle.now()),
+            ms(oracle.now() - fault_at)
+        );
+    }
     let promoted = takeover(pair, &oracle, new, fault_at).await?;
+    if let (Some(leader), Some(killed_at)) = (coordinator_leader, leader_killed_at) {
+        // The takeover ran across the leader change: the new master was still standby when
+        // the leader died.
+        ensure!(
+            promoted.after >= killed_at,
+            "master {} was promoted (by {:.1} ms) before the coordinator's leader was killed at {:.1} ms: the \
+             scenario did not kill the leader during the failover",
+            NODES[new],
+            ms(promoted.by),
+            ms(killed_at)
+        );
+        let others: Vec<usize> = (0..pair.coordinator_servers()).filter(|&k| k != leader).collect();
+        let successor = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
+        say!("coordinator server {} leads the survivors", successor + 1);
+    }
     let mut resumed_at = None;
     if fault.frozen() {
         // Frozen for twice the session timeout, counted from the fault, then woken: a frozen
@@ -503,12 +544,32 @@ async fn run_process_fault(pair: &Arc<Pair>, fault: ProcessFault, masters: Maste
     first_new_write(&record, new, token, fault_at)
 }
 
+/// How a coordinator is restarted under the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Every server killed at once (`kill -9`), then every one started again.
+    AllAtOnce,
+    /// One server after the other (an ensemble's rolling restart): each killed, started again
+    /// and serving before the next is killed, so a majority serves throughout but clients on
+    /// the killed server move, and the leader is among those killed.
+    Rolling,
+}
+
 pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    restart_coordinator_under_the_pair(Restart::AllAtOnce, kind, test).await
+}
+
+pub async fn coordinator_rolling_restart_under_the_pair(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    restart_coordinator_under_the_pair(Restart::Rolling, kind, test).await
+}
+
+async fn restart_coordinator_under_the_pair(how: Restart, kind: CoordinatorKind, test: &str) -> Result<()> {
     if let Some(why) = hosts_unavailable() {
         skip(test, &why);
         return Ok(());
     }
-    let hosts = Hosts::new(3)?;
+    let hosts = Hosts::new(hosts_needed(kind))?;
     // The masters journal their edits in the coordinator: what the restart must keep.
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let first = pair.wait_for_active(Duration::from_secs(20)).await?;
@@ -518,8 +579,27 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     })
     .await?;
     let killed_at = oracle.now();
-    pair.kill_coordinator();
-    pair.restart_coordinator(false).await?;
+    match how {
+        Restart::AllAtOnce => {
+            pair.kill_coordinator();
+            pair.restart_coordinator(false).await?;
+        }
+        Restart::Rolling => {
+            let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+            for k in 0..pair.coordinator_servers() {
+                pair.restart_coordinator_server(k).await?;
+                // The next is killed only once the restarted one is back in an ensemble with
+                // a leader, so a majority serves throughout.
+                let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+                say!(
+                    "coordinator server {} restarted at {:.1} ms; server {} leads",
+                    k + 1,
+                    ms(oracle.now()),
+                    leader + 1
+                );
+            }
+        }
+    }
     let restarted_at = oracle.now();
     // Writes go on: some master acknowledges for two seconds after the restart, and the pair
     // settles with one active.
@@ -530,7 +610,7 @@ pub async fn coordinator_restart_under_the_pair(kind: CoordinatorKind, test: &st
     let active = pair.wait_for_active(Duration::from_secs(10)).await?;
     let record = oracle.finish().await;
     say!(
-        "coordinator killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
+        "coordinator {how:?}: killed at {:.1} ms, serving again at {:.1} ms; active before: {}, after: {}\n{}",
         ms(killed_at),
         ms(restarted_at),
         NODES[first],
@@ -563,7 +643,7 @@ pub async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
         skip(test, &why);
         return Ok(());
     }
-    let hosts = Hosts::new(3)?;
+    let hosts = Hosts::new(hosts_needed(kind))?;
     let extra = format!("election:\n  min_failover_interval_ms: {}\n", FLAP_INTERVAL.as_millis());
     let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind, Masters::Plain) };
     let pair = Arc::new(Pair::start_on_hosts(spec, &hosts).await?);
@@ -635,7 +715,7 @@ pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()>
         skip(test, &why);
         return Ok(());
     }
-    let hosts = Hosts::new(3)?;
+    let hosts = Hosts::new(hosts_needed(kind))?;
     let mut winners = [0usize; 2];
     for round in 1..=START_ROUNDS {
         let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Plain), &hosts).await?);
@@ -692,4 +772,247 @@ fn only_active_at_the_end(record: &MasterRecord, active: usize) -> Result<()> {
 fn oracle_end(record: &MasterRecord) -> Duration {
     let last = record.states.iter().map(|o| o.sent).max().unwrap_or_default();
     last.saturating_sub(Duration::from_secs(1))
+}
+
+/// The longest a failover may take, from the active master's kill to the new master's first
+/// acknowledged write, when the coordinator's leader is killed during it: a new coordinator
+/// leader, every session moved to a surviving server, and the takeover itself, on loaded CI
+/// machines.
+pub const FAILOVER_BOUND_ACROSS_LEADER_KILL: Duration = Duration::from_secs(15);
+
+fn require_ensemble(kind: CoordinatorKind) -> Result<()> {
+    ensure!(kind.servers() > 1, "this scenario needs a coordinator ensemble, not {kind:?}");
+    Ok(())
+}
+
+/// An ensemble's coordinator leader killed during a failover: the active master is killed,
+/// then at once the coordinator's leader, while the standby's agent is taking over. The
+/// process-fault checks all hold (the old master powered off before the new one promotes,
+/// never two actives, no late acknowledgement, the new master active at the end), the journal
+/// holds every acknowledged write once under the token in force, and the failover completes
+/// within [`FAILOVER_BOUND_ACROSS_LEADER_KILL`].
+pub async fn coordinator_leader_killed_during_a_failover(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(hosts_needed(kind))?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
+    let took = run_process_fault(&pair, ProcessFault::MasterKilled, Masters::Journalling, true).await?;
+    eprintln!(
+        "failover across the coordinator leader's kill: {:.1} ms from the master's kill to the new master's first \
+         acknowledged write (bound {FAILOVER_BOUND_ACROSS_LEADER_KILL:?})",
+        ms(took)
+    );
+    ensure!(
+        took <= FAILOVER_BOUND_ACROSS_LEADER_KILL,
+        "the failover took {:.1} ms, over the bound of {FAILOVER_BOUND_ACROSS_LEADER_KILL:?}\n{}",
+        ms(took),
+        logs(&pair)
+    );
+    Ok(())
+}
+
+/// The coordinator servers' `max_leader_silence_ms` (their default).
+const MAX_LEADER_SILENCE: Duration = Duration::from_millis(1000);
+
+/// Slack on [`MAX_LEADER_SILENCE`] for the server's check interval (100 ms), the test's
+/// polling and a loaded machine.
+const SILENCE_SLACK: Duration = Duration::from_millis(1000);
+
+/// How many client sessions coordinator server `k` holds (its `cons`), if it answers.
+async fn sessions_on(pair: &Pair, k: usize) -> Option<usize> {
+    let cons = pair.coordinator_four_letter(k, "cons").await?;
+    Some(cons.lines().filter(|l| l.contains("sid=0x") && !l.contains("sid=0x0,")).count())
+}
+
+/// The coordinator's leader cut off from the other coordinator servers (its clients, the
+/// agents and masters, still reach it): within `max_leader_silence_ms` it drops its clients,
+/// the other two elect a new leader, every agent has a session there, writes go on with no
+/// split brain and exactly one active at the end, and the journal holds every acknowledged
+/// write once. Healed, the old leader rejoins as a follower.
+pub async fn coordinator_leader_partitioned_from_its_peers(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(hosts_needed(kind))?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
+    let result = run_leader_partition(&hosts, &pair).await;
+    hosts.heal_all()?;
+    result
+}
+
+async fn run_leader_partition(hosts: &Hosts, pair: &Arc<Pair>) -> Result<()> {
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+    let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(10), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == first)
+    })
+    .await?;
+    let sessions_before = sessions_on(pair, leader).await.context("the leader answers cons")?;
+
+    let leader_host = pair.coordinator_host(leader);
+    let other_hosts: Vec<usize> = others.iter().map(|&k| pair.coordinator_host(k)).collect();
+    let cut_at = oracle.now();
+    hosts.partition(leader_host, &other_hosts)?;
+    // The cut-off leader drops its clients once no quorum has confirmed it for
+    // max_leader_silence_ms, and takes none back while cut off.
+    let bound = MAX_LEADER_SILENCE + SILENCE_SLACK;
+    let dropped = loop {
+        if sessions_on(pair, leader).await == Some(0) {
+            break oracle.now() - cut_at;
+        }
+        if oracle.now() - cut_at > bound {
+            bail!(
+                "coordinator server {} still holds sessions {:.1} ms after it was cut off from the others \
+                 (bound {bound:?})\n{}",
+                leader + 1,
+                ms(oracle.now() - cut_at),
+                logs(pair)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let new_leader = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
+    let elected = oracle.now() - cut_at;
+    // Every agent has a session on the majority's side, and writes go on for two seconds.
+    for node in 0..NODES.len() {
+        until_connected(pair, node).await?;
+    }
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(30), "two seconds of writes after the agents reconnected", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, settle) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let still_cut_off = sessions_on(pair, leader).await;
+    let record = oracle.finish().await;
+    say!(
+        "coordinator server {} (leader, host {leader_host}, {sessions_before} sessions) cut off from servers {:?} at \
+         {:.1} ms: it held no session {:.1} ms later; server {} led {:.1} ms after the cut; active before: {}, \
+         after: {}\n{}",
+        leader + 1,
+        others.iter().map(|k| k + 1).collect::<Vec<_>>(),
+        ms(cut_at),
+        ms(dropped),
+        new_leader + 1,
+        ms(elected),
+        NODES[first],
+        NODES[active],
+        record.timeline()
+    );
+    eprintln!(
+        "the cut-off coordinator leader dropped its {sessions_before} sessions within {:.1} ms; a new leader \
+         within {:.1} ms",
+        ms(dropped),
+        ms(elected)
+    );
+    record.check()?;
+    ensure!(
+        still_cut_off == Some(0),
+        "the cut-off coordinator server {} holds sessions again ({still_cut_off:?}) while cut off",
+        leader + 1
+    );
+    only_active_at_the_end(&record, active)?;
+    check_journal(pair, &record).await?;
+    // Healed, the old leader rejoins the majority as a follower.
+    hosts.heal(leader_host)?;
+    // (waiting for one leader among all three also waits for every other to say follower)
+    let leader_after_heal = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    say!("healed: coordinator server {} leads, server {} is back", leader_after_heal + 1, leader + 1);
+    Ok(())
+}
+
+/// Waits up to 30 s until agent `node` says its session is connected.
+async fn until_connected(pair: &Pair, node: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(pair, node).await;
+        if s["session"]["state"] == "connected" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after 30 s waiting for agent {} to be connected: {s}\n{}", NODES[node], logs(pair));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The coordinator's leader frozen (SIGSTOP) for twice the agents' session timeout, as a long
+/// GC pause or a stalled VM, then resumed: the other two elect a leader and the agents move
+/// there while it sleeps; woken, it finds itself deposed and rejoins. Writes go on with no split
+/// brain and one active at the end, and the journal holds every acknowledged write.
+pub async fn coordinator_leader_frozen_and_resumed(kind: CoordinatorKind, test: &str) -> Result<()> {
+    require_ensemble(kind)?;
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(());
+    }
+    let hosts = Hosts::new(hosts_needed(kind))?;
+    let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
+    let result = run_leader_freeze(&pair).await;
+    // A server left stopped would outlive the test's own clean-up.
+    for k in 0..pair.coordinator_servers() {
+        let _ = pair.signal_coordinator_server(k, Signal::SIGCONT);
+    }
+    result
+}
+
+async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
+    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+    let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
+    let oracle = MasterOracle::start(pair);
+    until_record(pair, &oracle, Duration::from_secs(10), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == first)
+    })
+    .await?;
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let frozen_at = oracle.now();
+    pair.signal_coordinator_server(leader, Signal::SIGSTOP)?;
+    let new_leader = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
+    let elected = oracle.now() - frozen_at;
+    for node in 0..NODES.len() {
+        until_connected(pair, node).await?;
+    }
+    // Frozen for twice the session timeout, counted from the freeze: every session it held
+    // has moved or expired by then.
+    let wake = frozen_at + 2 * session;
+    let now = oracle.now();
+    if wake > now {
+        tokio::time::sleep(wake - now).await;
+    }
+    let resumed_at = oracle.now();
+    pair.signal_coordinator_server(leader, Signal::SIGCONT)?;
+    let leader_after = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(30), "two seconds of writes after the resumption", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, settle) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    say!(
+        "coordinator server {} (leader) frozen at {:.1} ms; server {} led {:.1} ms later; resumed at {:.1} ms; \
+         server {} leads the three after; active before: {}, after: {}\n{}",
+        leader + 1,
+        ms(frozen_at),
+        new_leader + 1,
+        ms(elected),
+        ms(resumed_at),
+        leader_after + 1,
+        NODES[first],
+        NODES[active],
+        record.timeline()
+    );
+    record.check()?;
+    only_active_at_the_end(&record, active)?;
+    check_journal(pair, &record).await
 }
