@@ -128,7 +128,9 @@ async fn every_acknowledged_write_survives_kill_9_at_varying_points() -> Result<
                 .with_context(|| format!("round {round}, killed after {acked} acknowledgements"))?;
         }
     }
-    let snapshots = std::fs::read_dir(server.data_dir().join("snapshots"))?.count();
+    let snapshots = std::fs::read_dir(server.data_dir().join("snapshots"))?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_none_or(|x| x != "tmp")))
+        .count();
     assert!(snapshots >= 1, "the rounds wrote enough entries to take snapshots");
     Ok(())
 }
@@ -253,7 +255,9 @@ async fn a_damaged_newest_snapshot_falls_back_to_an_older_one_or_start_is_refuse
     write_some(&server, 120).await?;
     server.kill9()?;
     let dir = server.data_dir().join("snapshots");
+    // Finished snapshots only: a `.tmp` is one the kill interrupted (removed at the next start).
     let mut snaps: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    snaps.retain(|p| p.extension().is_none_or(|e| e != "tmp"));
     snaps.sort();
     ensure!(snaps.len() >= 2, "expected several snapshots, found {snaps:?}");
     let newest = snaps.last().unwrap().clone();
