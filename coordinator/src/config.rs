@@ -633,6 +633,9 @@ mod tests {
             ("max_path_bytes: 2000000", "max_path_bytes"),
             ("cluster_id: 0", "cluster_id"),
             ("snapshot_every_txns: 1", "snapshot_every_txns"),
+            ("snapshot_every_entries: 1", "snapshot_every_txns"),
+            ("max_leader_silence_ms: 100", "max_leader_silence_ms"),
+            ("max_leader_silence_ms: 600000", "max_leader_silence_ms"),
             ("snapshots_to_keep: 1", "snapshots_to_keep"),
         ] {
             let e = CoordinatorConfig::from_yaml(&format!("data_dir: /x\n{yaml}\n")).unwrap_err().to_string();

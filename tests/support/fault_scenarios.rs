@@ -850,7 +850,21 @@ pub async fn coordinator_leader_partitioned_from_its_peers(kind: CoordinatorKind
     result
 }
 
-async fn run_leader_partition(hosts: &Hosts, pair: &Arc<Pair>) -> Result<()> {
+/// Where the ensemble's leader scenarios start: the pair with an active master taking writes
+/// under the oracle, and which coordinator server leads.
+struct LeaderScene {
+    /// The active node.
+    first: usize,
+    /// Every coordinator server.
+    all: Vec<usize>,
+    /// The one that leads.
+    leader: usize,
+    /// The others.
+    others: Vec<usize>,
+    oracle: MasterOracle,
+}
+
+async fn leader_scene(pair: &Arc<Pair>) -> Result<LeaderScene> {
     let first = pair.wait_for_active(Duration::from_secs(20)).await?;
     let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
     let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
@@ -860,6 +874,11 @@ async fn run_leader_partition(hosts: &Hosts, pair: &Arc<Pair>) -> Result<()> {
         r.acks.iter().any(|a| a.node == first)
     })
     .await?;
+    Ok(LeaderScene { first, all, leader, others, oracle })
+}
+
+async fn run_leader_partition(hosts: &Hosts, pair: &Arc<Pair>) -> Result<()> {
+    let LeaderScene { first, all, leader, others, oracle } = leader_scene(pair).await?;
     let sessions_before = sessions_on(pair, leader).await.context("the leader answers cons")?;
 
     let leader_host = pair.coordinator_host(leader);
@@ -970,15 +989,7 @@ pub async fn coordinator_leader_frozen_and_resumed(kind: CoordinatorKind, test: 
 }
 
 async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
-    let first = pair.wait_for_active(Duration::from_secs(20)).await?;
-    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
-    let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
-    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
-    let oracle = MasterOracle::start(pair);
-    until_record(pair, &oracle, Duration::from_secs(10), "the active master to take writes", |r| {
-        r.acks.iter().any(|a| a.node == first)
-    })
-    .await?;
+    let LeaderScene { first, all, leader, others, oracle } = leader_scene(pair).await?;
     let session = Duration::from_millis(Timings::referee().session_timeout_ms);
     let frozen_at = oracle.now();
     pair.signal_coordinator_server(leader, Signal::SIGSTOP)?;
