@@ -420,7 +420,10 @@ async fn watch_scenario(addr: SocketAddr) -> Result<()> {
     cli.wait_event("state:SyncConnected type:NodeChildrenChanged path:/x", DEADLINE).await?;
 
     // removewatches: later changes to /w are not told; a fresh watch on /x proves events flow.
+    // The Java client tells its own watcher that the watch is gone; it may print that notice
+    // after the command's prompt, so wait for it before counting later events.
     cli.expect("removewatches /w", &[]).await?;
+    cli.wait_event("state:SyncConnected type:PersistentWatchRemoved path:/w", DEADLINE).await?;
     let before = cli.events.len();
     writer.set_data("/w", b"2", None).await?;
     writer.delete("/w/child", None).await?;
