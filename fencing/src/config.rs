@@ -134,6 +134,25 @@ pub struct GracefulConfig {
     pub name: Option<String>,
     /// Deadline for the step-down request and its confirmation together.
     pub timeout_ms: u64,
+    /// Deadline for the TCP connection to the master alone (default
+    /// [`GracefulConfig::DEFAULT_CONNECT_TIMEOUT_MS`], never above `timeout_ms`). A host that is
+    /// up answers a connection request within a round trip, and a lost SYN is sent again only
+    /// after a second, so a connection not made by then means a host that is down or cut off:
+    /// the chain moves on to the next method instead of waiting out the whole `timeout_ms`.
+    /// Raise it above twice the round-trip time between the hosts on a wide-area link.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl GracefulConfig {
+    /// The connection deadline when none is configured: far above a LAN's round trip, far below
+    /// the kernel's first SYN retransmission.
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 100;
+
+    /// The connection deadline in effect.
+    pub fn connect_timeout_ms(&self) -> u64 {
+        self.connect_timeout_ms.unwrap_or(Self::DEFAULT_CONNECT_TIMEOUT_MS).min(self.timeout_ms)
+    }
 }
 
 /// Arguments of `kind: agent`.
@@ -678,7 +697,9 @@ impl Checker {
             format!("{timeout} ms exceeds overall_timeout_ms {overall_ms}; lower it or raise the overall deadline")
         })?;
         match method {
-            MethodConfig::Graceful(_) => Ok(()),
+            MethodConfig::Graceful(c) => self.ensure(c.connect_timeout_ms != Some(0), "connect_timeout_ms", || {
+                "must be greater than 0 (leave it out for the default of 100 ms)".into()
+            }),
             MethodConfig::Agent(c) => {
                 self.ensure(!c.peers.is_empty(), "peers", || {
                     "must map at least one node id to its agent's peer URL".into()

@@ -138,6 +138,52 @@ async fn graceful_against_a_closed_port_fails() {
     assert!(reason.contains("cannot connect"), "{reason}");
 }
 
+/// A port whose listener's accept queue is full, so the kernel drops further connection
+/// requests unanswered, as a black-holed or dead host does. Returns the port and what holds it.
+async fn port_dropping_connection_requests() -> (u16, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => return (addr.port(), listener, held),
+        }
+    }
+    panic!("the accept queue of a listener with backlog 0 never filled after {} connections", held.len());
+}
+
+#[tokio::test]
+async fn graceful_against_a_host_that_drops_the_connection_request_fails_at_the_connect_timeout() {
+    let (port, _listener, _held) = port_dropping_connection_requests().await;
+    let t = target("n1", "127.0.0.1", port);
+    for (yaml, at_least) in [
+        (GRACEFUL.to_string(), Duration::ZERO),
+        (
+            GRACEFUL.replace("timeout_ms: 600\n", "timeout_ms: 600\n        connect_timeout_ms: 300\n"),
+            Duration::from_millis(300),
+        ),
+    ] {
+        let started = Instant::now();
+        let report = fencer(&yaml).fence(&t, FencingToken(12)).await;
+        let elapsed = started.elapsed();
+        // Failed, not indeterminate: the request was never delivered, so it fenced nothing.
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{yaml}\n{report:#?}") };
+        assert!(reason.contains("no answer to the connection request"), "{reason}");
+        // Given up at the connection deadline, well before the method's 600 ms.
+        assert!(elapsed >= at_least && elapsed < Duration::from_millis(550), "{yaml}\n{elapsed:?}");
+    }
+}
+
+#[test]
+fn graceful_connect_timeout_of_zero_is_refused() {
+    let yaml = GRACEFUL.replace("timeout_ms: 600\n", "timeout_ms: 600\n        connect_timeout_ms: 0\n");
+    let e = Fencer::from_yaml_str(&yaml).unwrap_err().to_string();
+    assert!(e.contains("connect_timeout_ms") && e.contains("greater than 0"), "{e}");
+}
+
 // ----- agent ----------------------------------------------------------------------------
 
 #[derive(Clone)]

@@ -6,24 +6,38 @@
 //! carrying the old one, even from its own confused agent. The confirmation comes from the
 //! answer to the POST when it carries an [`HaStatus`], otherwise from `GET /ha/state`.
 
-use crate::config::GracefulConfig;
+use std::time::Duration;
+
+use crate::config::{ConfigError, GracefulConfig};
 use crate::methods::{body_snippet, http_error, Context};
 use crate::outcome::MethodOutcome;
 use crate::protocol::{HaState, HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
 
 #[derive(Debug)]
-pub(crate) struct Graceful;
+pub(crate) struct Graceful {
+    /// The method's own client: the shared one's settings plus the connection deadline, so an
+    /// unreachable host fails the method in `connect_timeout_ms` rather than at its deadline.
+    http: reqwest::Client,
+}
 
 impl Graceful {
-    pub(crate) fn new(_config: &GracefulConfig) -> Self {
-        Graceful
+    pub(crate) fn new(
+        config: &GracefulConfig,
+        err: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms()))
+            .build()
+            .map_err(|e| err("connect_timeout_ms", format!("cannot build the HTTP client: {e}")))?;
+        Ok(Graceful { http })
     }
 
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
         let base = ctx.target.ha_base_url();
         let url = format!("{base}{HA_STANDBY_PATH}");
         let sent =
-            ctx.http.post(&url).timeout(ctx.remaining()).json(&TokenRequest { token: ctx.new_token }).send().await;
+            self.http.post(&url).timeout(ctx.remaining()).json(&TokenRequest { token: ctx.new_token }).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => return http_error(&format!("POST {url}"), &e),
@@ -49,7 +63,7 @@ impl Graceful {
 
     async fn state(&self, ctx: &Context<'_>, base: &str) -> Result<HaStatus, MethodOutcome> {
         let url = format!("{base}{HA_STATE_PATH}");
-        let response = ctx
+        let response = self
             .http
             .get(&url)
             .timeout(ctx.remaining())

@@ -114,7 +114,7 @@ impl Method {
         err: &dyn Fn(&'static str, String) -> ConfigError,
     ) -> Result<Method, ConfigError> {
         Ok(match config {
-            MethodConfig::Graceful(c) => Method::Graceful(graceful::Graceful::new(c)),
+            MethodConfig::Graceful(c) => Method::Graceful(graceful::Graceful::new(c, err)?),
             MethodConfig::Agent(c) => Method::Agent(agent::Agent::new(c, err)?),
             MethodConfig::Kill(c) => Method::Kill(kill::Kill::new(c)),
             MethodConfig::Ssh(c) => Method::Ssh(ssh::Ssh::new(c)),
@@ -189,7 +189,12 @@ impl Method {
 /// A request that never connected changed nothing: failed. A request that timed out, or broke
 /// after it was sent, may have been acted on: indeterminate.
 pub(crate) fn http_error(what: &str, e: &reqwest::Error) -> MethodOutcome {
-    if e.is_timeout() {
+    // A connection never made delivered nothing: the target is certainly not fenced by it.
+    if e.is_connect() && e.is_timeout() {
+        MethodOutcome::failed(format!(
+            "{what}: cannot connect: no answer to the connection request in time (host down or traffic dropped)"
+        ))
+    } else if e.is_timeout() {
         MethodOutcome::indeterminate(format!("{what}: no answer before the deadline"))
     } else if e.is_connect() {
         MethodOutcome::failed(format!("{what}: cannot connect: {}", error_chain(e)))
