@@ -399,148 +399,12 @@ fn hosts_or_skip(test: &str, servers: usize) -> Result<Option<Hosts>> {
     Ok(Some(Hosts::new(servers)?))
 }
 
-mod linearizable {
-    //! Several clients drive one znode with compare-and-set (`setData` with the version they
-    //! last saw, sometimes a stale one) and `sync`-then-`getData` reads, each through its own
-    //! server first, while the leader is killed and restarted and then a server is cut off
-    //! from the others; the whole history must be one sequential register's.
-
-    use super::*;
-    use referee_testkit::linearizability::{check, Operation, Register, RegisterInput, RegisterOutput, Verdict};
-    use std::sync::Mutex;
-
-    pub const PATH: &str = "/register";
-    /// How long one operation may take before it counts as unanswered.
-    const LIN_OP_DEADLINE: Duration = Duration::from_secs(2);
-
-    pub type History = Arc<Mutex<Vec<Operation<RegisterInput, RegisterOutput>>>>;
-
-    /// One client: operations one after another until `stop`, on a session first on `own`,
-    /// after any operation without an answer on a new session on `every`.
-    pub async fn client_loop(
-        id: usize,
-        own: String,
-        every: String,
-        started: Instant,
-        stop: Arc<AtomicBool>,
-        history: History,
-    ) {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut rand = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let mut session_now: Option<zk::Client> = None;
-        let mut target = own;
-        let mut seen_version = 0i32;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let Some(client) = &session_now else {
-                match tokio::time::timeout(LIN_OP_DEADLINE, session(&target, Duration::from_secs(4))).await {
-                    Ok(Ok(c)) => session_now = Some(c),
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-                continue;
-            };
-            n += 1;
-            let value = (id as u64) << 32 | n;
-            let input = match rand(2) {
-                0 => RegisterInput::Read,
-                // Mostly the version this client last saw, sometimes another one. Never -1,
-                // which ZooKeeper reads as "any version": an unconditional set.
-                _ => RegisterInput::CompareAndSet {
-                    value,
-                    expected: match (rand(4), seen_version) {
-                        (0, 0) => 1,
-                        (0, v) => v - 1,
-                        (_, v) => v,
-                    },
-                },
-            };
-            let call = started.elapsed();
-            let answer = tokio::time::timeout(LIN_OP_DEADLINE, run(client, input)).await;
-            let returned = started.elapsed();
-            let Ok(Ok(output)) = answer else {
-                // No answer: its effect may come at any later time or never (a read without one
-                // explains nothing and is left out). The next operation goes on a new session.
-                if input != RegisterInput::Read {
-                    history.lock().unwrap().push(Operation { client: id, call, returned: None, input });
-                }
-                session_now = None;
-                target = every.clone();
-                continue;
-            };
-            match output {
-                RegisterOutput::Read { version, .. } | RegisterOutput::Set { version } => seen_version = version,
-                RegisterOutput::BadVersion => {}
-            }
-            history.lock().unwrap().push(Operation { client: id, call, returned: Some((returned, output)), input });
-        }
-    }
-
-    async fn run(client: &zk::Client, input: RegisterInput) -> Result<RegisterOutput, zk::Error> {
-        match input {
-            RegisterInput::Read => {
-                client.sync(PATH).await?;
-                let (data, stat) = client.get_data(PATH).await?;
-                let value = std::str::from_utf8(&data).ok().and_then(|t| t.parse().ok()).unwrap_or(u64::MAX);
-                Ok(RegisterOutput::Read { value, version: stat.version })
-            }
-            RegisterInput::Write(value) => {
-                let stat = client.set_data(PATH, value.to_string().as_bytes(), None).await?;
-                Ok(RegisterOutput::Set { version: stat.version })
-            }
-            RegisterInput::CompareAndSet { value, expected } => {
-                match client.set_data(PATH, value.to_string().as_bytes(), Some(expected)).await {
-                    Ok(stat) => Ok(RegisterOutput::Set { version: stat.version }),
-                    Err(zk::Error::BadVersion) => Ok(RegisterOutput::BadVersion),
-                    Err(e) => Err(e),
-                }
-            }
-        }
-    }
-
-    /// Waits until the history has grown by `more` answered operations.
-    pub async fn answered_grow(history: &History, more: usize, what: &str) -> Result<()> {
-        let answered = |h: &History| h.lock().unwrap().iter().filter(|o| o.returned.is_some()).count();
-        let target = answered(history) + more;
-        within_for(Duration::from_secs(60), what, async {
-            while answered(history) < target {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-    }
-
-    /// Prints the history's make-up and checks it.
-    pub fn verdict(history: &[Operation<RegisterInput, RegisterOutput>], events: &str) -> Result<()> {
-        let count = |f: fn(&RegisterOutput) -> bool| {
-            history.iter().filter(|o| o.returned.as_ref().is_some_and(|(_, out)| f(out))).count()
-        };
-        let (reads, sets, refused) = (
-            count(|o| matches!(o, RegisterOutput::Read { .. })),
-            count(|o| matches!(o, RegisterOutput::Set { .. })),
-            count(|o| matches!(o, RegisterOutput::BadVersion)),
-        );
-        let unanswered = history.iter().filter(|o| o.returned.is_none()).count();
-        eprintln!(
-            "{} operations ({events}): {reads} reads, {sets} sets, {refused} BadVersion, {unanswered} without an answer",
-            history.len()
-        );
-        ensure!(sets > 0 && refused > 0 && reads > 0, "the history lacks a kind of operation: nothing to check");
-        match check(&Register { initial: 0 }, history) {
-            Verdict::Linearizable => Ok(()),
-            Verdict::Violation(text) => bail!("not linearizable ({events}):\n{text}"),
-            Verdict::Undecided { steps } => bail!("the checker gave up after {steps} steps"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition() -> Result<()> {
-    use linearizable::*;
+    use referee_testkit::register_workload::{answered_grow, verdict, History, RegisterClient};
+    const PATH: &str = "/register";
+    /// How long the history may take to grow by the operations a phase waits for.
+    const GROW: Duration = Duration::from_secs(60);
     const TEST: &str = "compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition";
     /// How long each cut lasts at least.
     const FAULT_WINDOW: Duration = Duration::from_secs(3);
@@ -556,33 +420,40 @@ async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kil
     let every = ens.connect_string(&[1, 2, 3]);
     let clients: Vec<_> = (0..5usize)
         .map(|i| {
-            let own = ens.client(1 + (i as u64 % 3)).to_string();
-            tokio::spawn(client_loop(i, own, every.clone(), started, stop.clone(), history.clone()))
+            let client = RegisterClient {
+                id: i,
+                path: PATH.into(),
+                first: ens.client(1 + (i as u64 % 3)).to_string(),
+                then: every.clone(),
+                unconditional_writes: false,
+                op_deadline: Duration::from_secs(2),
+            };
+            tokio::spawn(client.run(started, stop.clone(), history.clone()))
         })
         .collect();
     let mut events = Vec::new();
-    answered_grow(&history, 200, "200 answered operations before the kill").await?;
+    answered_grow(&history, 200, GROW, "200 answered operations before the kill").await?;
 
     events.push(format!("leader {leader} killed at {:?}", started.elapsed()));
     ens.kill9(leader)?;
     let (next, _) = ens.leader_among(&others(&[1, 2, 3], &[leader])).await?;
     events.push(format!("server {next} leads"));
-    answered_grow(&history, 100, "100 answered operations with the leader killed").await?;
+    answered_grow(&history, 100, GROW, "100 answered operations with the leader killed").await?;
     ens.restart(&[leader]).await?;
     events.push(format!("server {leader} restarted at {:?}", started.elapsed()));
-    answered_grow(&history, 100, "100 answered operations after the restart").await?;
+    answered_grow(&history, 100, GROW, "100 answered operations after the restart").await?;
 
     // The leader now cut off from the other servers; the clients still reach it.
     let (cut, _) = ens.leader_among(&[1, 2, 3]).await?;
     hosts.isolate(cut as usize)?;
     let isolated_at = Instant::now();
     events.push(format!("leader {cut} isolated at {:?}", started.elapsed()));
-    answered_grow(&history, 200, "200 answered operations with the leader isolated").await?;
+    answered_grow(&history, 200, GROW, "200 answered operations with the leader isolated").await?;
     // The cut lasts past the staleness bound, whatever the clients' pace.
     tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
     hosts.heal_all()?;
     events.push(format!("healed at {:?}", started.elapsed()));
-    answered_grow(&history, 100, "100 answered operations after the heal").await?;
+    answered_grow(&history, 100, GROW, "100 answered operations after the heal").await?;
 
     // Then a follower cut off: its clients' synced reads must not return its stale tree.
     let (now_leading, _) = ens.leader_among(&[1, 2, 3]).await?;
@@ -590,11 +461,11 @@ async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kil
     hosts.isolate(follower as usize)?;
     let isolated_at = Instant::now();
     events.push(format!("follower {follower} isolated at {:?}", started.elapsed()));
-    answered_grow(&history, 200, "200 answered operations with a follower isolated").await?;
+    answered_grow(&history, 200, GROW, "200 answered operations with a follower isolated").await?;
     tokio::time::sleep_until(Instant::now().max(isolated_at + FAULT_WINDOW)).await;
     hosts.heal_all()?;
     events.push(format!("healed at {:?}", started.elapsed()));
-    answered_grow(&history, 100, "100 answered operations after the second heal").await?;
+    answered_grow(&history, 100, GROW, "100 answered operations after the second heal").await?;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         within_for(Duration::from_secs(10), "a client to stop", c).await??;

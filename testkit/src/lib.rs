@@ -26,7 +26,8 @@
 //!   operation or a read/write mix) recording every reply's latency and arrival.
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
 //! - [`linearizability`]: a checker of concurrent histories against a sequential model (Wing and
-//!   Gong's search with Lowe's memoisation), with a ZooKeeper znode register model.
+//!   Gong's search with Lowe's memoisation), with a ZooKeeper znode register model, and
+//!   [`register_workload`], the clients that record such a history against a real server.
 //! - [`Hosts`]: simulated hosts, each a network namespace with its own address on one switch,
 //!   with partitions (both ways or one way), black holes and isolation as iptables drops, and
 //!   [`hosts_unavailable`] saying why they cannot run here.
@@ -47,6 +48,7 @@ pub mod jute;
 pub mod linearizability;
 mod ports;
 mod proxy;
+pub mod register_workload;
 mod scratch_dir;
 mod skip;
 mod test_server;
