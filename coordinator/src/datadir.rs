@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  data_dir/
-//!    identity      format version, cluster id, server id (written once, replaced atomically)
+//!    identity      format version, cluster id, server id, incarnation (written once,
+//!                  replaced atomically)
+//!    peers         the incarnation each peer's data directory was first heard with
 //!    log/          the Raft log (see [`crate::log`])
 //!    snapshots/    snapshot files (see [`crate::snapshot`])
 //! ```
@@ -12,7 +14,9 @@
 //! acknowledged writes of either vanish, so [`DataDir::open`] refuses it before anything is
 //! read or written, with a message naming the file, what it holds and what was expected.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::log::FileSystem;
 
@@ -33,15 +37,23 @@ pub struct Identity {
     pub cluster_id: u64,
     /// The server of that cluster it belongs to.
     pub server_id: u64,
+    /// A random number drawn when the directory was made, never 0: a directory wiped and made
+    /// again for the same server has another one, which tells its peers that this server
+    /// forgot its votes and its log ([`KnownPeers`]). 0 in a directory made before it existed.
+    pub incarnation: u64,
 }
 
 impl Identity {
     /// The file's text: a title line, then `key: value` lines.
     pub fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{IDENTITY_TITLE}\nformat_version: {}\ncluster_id: {}\nserver_id: {}\n",
             self.version, self.cluster_id, self.server_id
-        )
+        );
+        if self.incarnation != 0 {
+            text.push_str(&format!("incarnation: {}\n", self.incarnation));
+        }
+        text
     }
 
     /// Reads the file's text, or says what is wrong with it.
@@ -50,7 +62,7 @@ impl Identity {
         if lines.next() != Some(IDENTITY_TITLE) {
             return Err(format!("the first line is not {IDENTITY_TITLE:?}"));
         }
-        let (mut version, mut cluster_id, mut server_id) = (None, None, None);
+        let (mut version, mut cluster_id, mut server_id, mut incarnation) = (None, None, None, 0);
         for line in lines.filter(|l| !l.trim().is_empty()) {
             let (key, value) = line.split_once(':').ok_or_else(|| format!("{line:?} is not `key: value`"))?;
             let value = value.trim();
@@ -59,11 +71,14 @@ impl Identity {
                 "format_version" => version = Some(value.parse::<u32>().map_err(|_| bad("a version number"))?),
                 "cluster_id" => cluster_id = Some(value.parse::<u64>().map_err(|_| bad("a cluster id"))?),
                 "server_id" => server_id = Some(value.parse::<u64>().map_err(|_| bad("a server id"))?),
+                "incarnation" => incarnation = value.parse::<u64>().map_err(|_| bad("an incarnation number"))?,
                 other => return Err(format!("unknown key {other:?}")),
             }
         }
         match (version, cluster_id, server_id) {
-            (Some(version), Some(cluster_id), Some(server_id)) => Ok(Identity { version, cluster_id, server_id }),
+            (Some(version), Some(cluster_id), Some(server_id)) => {
+                Ok(Identity { version, cluster_id, server_id, incarnation })
+            }
             _ => Err("format_version, cluster_id and server_id are all required".into()),
         }
     }
@@ -127,6 +142,19 @@ pub enum DataDirError {
         /// The newest this build reads.
         supported: u32,
     },
+    /// The peers file is unreadable.
+    #[error(
+        "{} is not a readable peers file ({reason}); it remembers which data directory each peer \
+         server was first heard with. Restore it from a backup, or remove it to learn the peers \
+         again from their next handshakes",
+        path.display()
+    )]
+    BadPeers {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Durable state without an identity: not a directory this server made.
     #[error(
         "{} holds {found} but no identity file; it was not made by this server. Point data_dir \
@@ -186,11 +214,21 @@ impl DataDir {
         if let Some(found) = names.iter().find(|n| matches!(n.as_str(), "log" | "snapshots")) {
             return Err(DataDirError::Unowned { path: root.to_path_buf(), found: format!("{found}/") });
         }
-        let identity =
-            Identity { version: DATA_DIR_VERSION, cluster_id: cluster_id.unwrap_or_else(new_cluster_id), server_id };
+        let identity = Identity {
+            version: DATA_DIR_VERSION,
+            cluster_id: cluster_id.unwrap_or_else(new_cluster_id),
+            server_id,
+            incarnation: random_cluster_id(),
+        };
         write_atomically(fs, root, IDENTITY_NAME, identity.encode().as_bytes())
             .map_err(|(what, p, source)| DataDirError::Io { what, path: p, source })?;
-        tracing::info!(dir = %root.display(), cluster_id = identity.cluster_id, server_id, "new data directory");
+        tracing::info!(
+            dir = %root.display(),
+            cluster_id = identity.cluster_id,
+            server_id,
+            incarnation = identity.incarnation,
+            "new data directory"
+        );
         Ok(DataDir { root: root.to_path_buf(), identity })
     }
 
@@ -231,6 +269,99 @@ pub fn write_atomically(
     fs.sync_dir(dir).map_err(|e| ("syncing directory", dir.to_path_buf(), e))
 }
 
+/// The name of the file of [`KnownPeers`] in a data directory.
+pub const PEERS_NAME: &str = "peers";
+/// The first line of the peers file.
+const PEERS_TITLE: &str = "referee coordinator: the data directory incarnation of each peer, as first heard";
+
+/// The incarnation of each peer's data directory ([`Identity::incarnation`]) as this server
+/// first heard it, kept in the data directory's `peers` file.
+///
+/// A server whose data directory was wiped starts again with an empty log and no memory of the
+/// votes it cast: let back in under its old id, it could vote twice in one term and help elect
+/// a leader without the entries it once acknowledged, losing committed writes. Its new
+/// directory has a new incarnation, so every peer that knew the old one refuses it; it may
+/// rejoin only as a new member, under a new id.
+#[derive(Debug)]
+pub struct KnownPeers {
+    /// Where the file lives; `None` keeps the memory in this process only.
+    file: Option<(Arc<dyn FileSystem>, PathBuf)>,
+    known: Mutex<BTreeMap<u64, u64>>,
+}
+
+/// A peer presented a data directory other than the one it was first heard with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplacedDataDir {
+    /// The incarnation first heard.
+    pub known: u64,
+    /// The incarnation presented now.
+    pub presented: u64,
+}
+
+impl KnownPeers {
+    /// A memory that lasts as long as this process (for tests).
+    pub fn in_memory() -> KnownPeers {
+        KnownPeers { file: None, known: Mutex::default() }
+    }
+
+    /// Reads the peers file of the data directory `root` (none yet: nobody known).
+    pub fn open(fs: Arc<dyn FileSystem>, root: &Path) -> Result<KnownPeers, DataDirError> {
+        let path = root.join(PEERS_NAME);
+        let names = fs.list(root).map_err(io_err("listing", root))?;
+        let mut known = BTreeMap::new();
+        if names.iter().any(|n| n == PEERS_NAME) {
+            let bytes = fs.read(&path).map_err(io_err("reading", &path))?;
+            let bad = |reason: String| DataDirError::BadPeers { path: path.clone(), reason };
+            let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+            let mut lines = text.lines();
+            if lines.next() != Some(PEERS_TITLE) {
+                return Err(bad(format!("the first line is not {PEERS_TITLE:?}")));
+            }
+            for line in lines.filter(|l| !l.trim().is_empty()) {
+                let parsed = line
+                    .split_once(':')
+                    .and_then(|(id, inc)| Some((id.trim().parse::<u64>().ok()?, inc.trim().parse::<u64>().ok()?)));
+                let (id, incarnation) =
+                    parsed.ok_or_else(|| bad(format!("{line:?} is not `server id: incarnation`")))?;
+                known.insert(id, incarnation);
+            }
+        }
+        Ok(KnownPeers { file: Some((fs, root.to_path_buf())), known: Mutex::new(known) })
+    }
+
+    /// Checks that server `id` presents the data directory it was first heard with; the first
+    /// time, remembers it (durably, before answering). An incarnation of 0 (a directory made
+    /// before incarnations existed) cannot be told apart and is let through.
+    pub fn check(&self, id: u64, incarnation: u64) -> Result<(), ReplacedDataDir> {
+        if incarnation == 0 {
+            return Ok(());
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        match known.get(&id) {
+            Some(&k) if k == incarnation => Ok(()),
+            Some(&k) => Err(ReplacedDataDir { known: k, presented: incarnation }),
+            None => {
+                known.insert(id, incarnation);
+                if let Some((fs, root)) = &self.file {
+                    let mut text = format!("{PEERS_TITLE}\n");
+                    for (id, inc) in known.iter() {
+                        text.push_str(&format!("{id}: {inc}\n"));
+                    }
+                    // A memory that cannot be kept still protects this process's lifetime;
+                    // the next start learns the peer again from its first handshake.
+                    if let Err((what, path, e)) = write_atomically(fs.as_ref(), root, PEERS_NAME, text.as_bytes()) {
+                        tracing::warn!(
+                            "{what} {}: {e}; server {id}'s data directory is remembered until restart only",
+                            path.display()
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A fresh cluster id: random, never 0 (0 reads as "unset" to a human).
 pub fn random_cluster_id() -> u64 {
     loop {
@@ -252,12 +383,16 @@ mod tests {
 
     #[test]
     fn golden_identity_text() {
-        let id = Identity { version: 1, cluster_id: 42, server_id: 3 };
+        let id = Identity { version: 1, cluster_id: 42, server_id: 3, incarnation: 9 };
         assert_eq!(
             id.encode(),
-            "referee coordinator data directory\nformat_version: 1\ncluster_id: 42\nserver_id: 3\n"
+            "referee coordinator data directory\nformat_version: 1\ncluster_id: 42\nserver_id: 3\nincarnation: 9\n"
         );
         assert_eq!(Identity::decode(&id.encode()), Ok(id));
+        // A directory made before incarnations existed reads as incarnation 0, and stays so.
+        let old = "referee coordinator data directory\nformat_version: 1\ncluster_id: 42\nserver_id: 3\n";
+        assert_eq!(Identity::decode(old), Ok(Identity { incarnation: 0, ..id }));
+        assert_eq!(Identity { incarnation: 0, ..id }.encode(), old);
         assert!(Identity::decode("something else\n").is_err());
         assert!(Identity::decode("referee coordinator data directory\ncluster_id: 1\n").is_err());
     }
@@ -266,10 +401,18 @@ mod tests {
     fn first_start_writes_the_identity_durably_and_later_starts_keep_it() {
         let fs = FaultFs::new();
         let d = open(&fs, None, 1).unwrap();
-        assert_eq!(d.identity, Identity { version: 1, cluster_id: 77, server_id: 1 });
+        assert_eq!(
+            d.identity,
+            Identity { version: 1, cluster_id: 77, server_id: 1, incarnation: d.identity.incarnation }
+        );
+        assert_ne!(d.identity.incarnation, 0);
         fs.crash();
         let again = open(&fs, None, 1).unwrap();
         assert_eq!(again.identity.cluster_id, 77, "the generated id survived a power loss");
+        assert_eq!(again.identity.incarnation, d.identity.incarnation, "so did the incarnation");
+        // The same server's directory made afresh (wiped) has another incarnation.
+        let wiped = FaultFs::new();
+        assert_ne!(open(&wiped, Some(77), 1).unwrap().identity.incarnation, d.identity.incarnation);
         assert_eq!(open(&fs, Some(77), 1).unwrap().identity.cluster_id, 77);
     }
 
@@ -281,7 +424,7 @@ mod tests {
         assert!(e.contains("/data/identity") && e.contains("cluster 5") && e.contains("cluster 6"), "{e}");
         let e = open(&fs, Some(5), 2).unwrap_err().to_string();
         assert!(e.contains("server 1") && e.contains("server 2"), "{e}");
-        let newer = Identity { version: DATA_DIR_VERSION + 1, cluster_id: 5, server_id: 1 };
+        let newer = Identity { version: DATA_DIR_VERSION + 1, cluster_id: 5, server_id: 1, incarnation: 3 };
         fs.damage(Path::new("/data/identity"), |b| *b = newer.encode().into_bytes()).unwrap();
         let e = open(&fs, Some(5), 1).unwrap_err().to_string();
         assert!(e.contains("format version 2") && e.contains("newer"), "{e}");
@@ -294,5 +437,29 @@ mod tests {
         fs.create(Path::new("/data/log")).unwrap();
         let e = open(&fs, None, 1).unwrap_err().to_string();
         assert!(e.contains("no identity file"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_is_known_by_its_first_data_directory_across_restarts_and_power_loss() {
+        let fs: Arc<FaultFs> = Arc::new(FaultFs::new());
+        let root = Path::new("/data");
+        open(&fs, Some(77), 1).unwrap();
+        let known = KnownPeers::open(fs.clone(), root).unwrap();
+        assert_eq!(known.check(2, 500), Ok(()), "first heard: learned");
+        assert_eq!(known.check(3, 600), Ok(()));
+        assert_eq!(known.check(2, 500), Ok(()), "the same directory again");
+        assert_eq!(known.check(2, 0), Ok(()), "a directory older than incarnations cannot be told apart");
+        assert_eq!(known.check(2, 501), Err(ReplacedDataDir { known: 500, presented: 501 }));
+        // Learned durably: after a power loss and a restart the wiped server is still refused.
+        fs.crash();
+        let again = KnownPeers::open(fs.clone(), root).unwrap();
+        assert_eq!(again.check(2, 501), Err(ReplacedDataDir { known: 500, presented: 501 }));
+        assert_eq!(again.check(3, 600), Ok(()));
+        // A damaged file stops the start with the file named, rather than forgetting.
+        let mut f = fs.create(&root.join(PEERS_NAME)).unwrap();
+        f.write_at(0, b"referee coordinator: something else\n").unwrap();
+        drop(f);
+        let e = KnownPeers::open(fs.clone(), root).unwrap_err().to_string();
+        assert!(e.contains("/data/peers") && e.contains("not a readable peers file"), "{e}");
     }
 }

@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
-use crate::datadir::{random_cluster_id, DataDir, DataDirError};
+use crate::datadir::{random_cluster_id, DataDir, DataDirError, KnownPeers};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
 use crate::peer::wire::{PeerReply, PeerRequest};
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
@@ -181,8 +181,9 @@ impl Coordinator {
         let snapshot_due = sm.snapshot_due();
         let snapshot_loaded = began.elapsed() - log_opened;
         let (raft, peers) = if config.is_ensemble() {
-            let (raft, peers) =
-                start_ensemble_node(&config, cluster_id, raft_config, log, sm, state.clone(), startup).await?;
+            let known_peers = KnownPeers::open(fs.clone(), &data.root)?;
+            let me = (cluster_id, data.identity.incarnation, known_peers);
+            let (raft, peers) = start_ensemble_node(&config, me, raft_config, log, sm, state.clone(), startup).await?;
             (raft, Some(peers))
         } else {
             let raft = Raft::new(node_id, raft_config, LoneNetwork, log, sm)
@@ -367,7 +368,7 @@ impl Coordinator {
 /// leads.
 async fn start_ensemble_node(
     config: &CoordinatorConfig,
-    cluster_id: u64,
+    (cluster_id, incarnation, known_peers): (u64, u64, KnownPeers),
     raft_config: Arc<openraft::Config>,
     log: LogStore,
     sm: StateMachine,
@@ -386,8 +387,8 @@ async fn start_ensemble_node(
             )
         })?,
     };
-    let local = LocalIdentity::new(cluster_id, node_id);
-    let sightings = Arc::new(Sightings::default());
+    let local = LocalIdentity::new(cluster_id, node_id, incarnation);
+    let sightings = Arc::new(Sightings::new(known_peers));
     let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone());
     let raft = Raft::new(node_id, raft_config, network.clone(), log, sm)
         .await

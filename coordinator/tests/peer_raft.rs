@@ -6,7 +6,8 @@
 //! leader stopped a new one is elected within a deadline and holds the old entries and takes
 //! new writes; a minority cannot commit (the proposal times out and nothing is applied), and
 //! the entry commits once a majority is back; a second process claiming a live server's id is
-//! refused at either end of a connection, with the reason.
+//! refused at either end of a connection, with the reason, and so is a server that comes back
+//! under its old id with its data wiped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -65,15 +66,27 @@ fn raft_config() -> Result<Arc<openraft::Config>> {
     Ok(Arc::new(config.validate()?))
 }
 
-/// Starts server `id` of `CLUSTER` on `listener` from `dir`, dialling peers at `addrs`.
-async fn start_node(id: u64, listener: TcpListener, dir: &ScratchDir, addrs: &BTreeMap<u64, String>) -> Result<Node> {
+/// The data directory incarnation of server `id`'s first directory.
+fn incarnation_of(id: u64) -> u64 {
+    1000 + id
+}
+
+/// Starts server `id` of `CLUSTER` on `listener` from `dir` (of data directory incarnation
+/// `incarnation`), dialling peers at `addrs`.
+async fn start_node(
+    id: u64,
+    listener: TcpListener,
+    dir: &ScratchDir,
+    incarnation: u64,
+    addrs: &BTreeMap<u64, String>,
+) -> Result<Node> {
     let fs = Arc::new(RealFs);
     let log = LogStore::open(fs.clone(), WalOptions::new(dir.path("log"), CLUSTER))?;
     let purged = log.meta().last_purged.map_or(0, |l| l.index);
     let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
     let snapshots = SnapshotDir::open(fs, dir.path("snapshots"), CLUSTER, 2)?;
     let sm = StateMachine::open(state.clone(), snapshots, purged, SnapshotPolicy::NEVER)?;
-    let local = LocalIdentity::new(CLUSTER, id);
+    let local = LocalIdentity::new(CLUSTER, id, incarnation);
     let sightings = Arc::new(Sightings::default());
     let network = PeerNetwork::new(local, addrs.clone(), LinkOptions::default(), sightings.clone());
     let raft = Raft::new(id, raft_config()?, network, log, sm).await?;
@@ -130,7 +143,7 @@ impl Ensemble {
         }
         let mut nodes = BTreeMap::new();
         for (id, l) in listeners {
-            nodes.insert(id, start_node(id, l, &dirs[&id], &addrs).await?);
+            nodes.insert(id, start_node(id, l, &dirs[&id], incarnation_of(id), &addrs).await?);
         }
         let members: BTreeMap<u64, BasicNode> =
             addrs.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect();
@@ -141,7 +154,18 @@ impl Ensemble {
     /// Restarts stopped server `id` from its data directory on its old peer address.
     async fn restart(&mut self, id: u64) -> Result<()> {
         let l = TcpListener::bind(&self.addrs[&id]).await.context("binding the old peer address")?;
-        let node = start_node(id, l, &self.dirs[&id], &self.addrs).await?;
+        let node = start_node(id, l, &self.dirs[&id], incarnation_of(id), &self.addrs).await?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Starts stopped server `id` again on its old peer address, from an empty data directory
+    /// (a new incarnation), as after its disk was wiped or replaced.
+    async fn restart_wiped(&mut self, id: u64) -> Result<()> {
+        let dir = ScratchDir::new(&format!("peer-raft-{id}-wiped"))?;
+        let l = TcpListener::bind(&self.addrs[&id]).await.context("binding the old peer address")?;
+        let node = start_node(id, l, &dir, incarnation_of(id) + 1000, &self.addrs).await?;
+        self.dirs.insert(id, dir);
         self.nodes.insert(id, node);
         Ok(())
     }
@@ -334,7 +358,7 @@ async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> R
     let leader_node = BasicNode { addr: e.addrs[&leader].clone() };
 
     // Dialling in: an impostor with the follower's id dials the leader and is refused.
-    let impostor = LocalIdentity::new(CLUSTER, real);
+    let impostor = LocalIdentity::new(CLUSTER, real, incarnation_of(real));
     let mut net = PeerNetwork::new(impostor, e.addrs.clone(), LinkOptions::default(), Arc::default());
     let err = net.new_client(leader, &leader_node).await.vote(vote_from(real), option.clone()).await.unwrap_err();
     let msg = err.to_string();
@@ -346,7 +370,7 @@ async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> R
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let mut addrs = e.addrs.clone();
     addrs.insert(real, l.local_addr()?.to_string());
-    let fake = start_node(real, l, &dir, &addrs).await?;
+    let fake = start_node(real, l, &dir, incarnation_of(real), &addrs).await?;
     let leader_side = &e.nodes[&leader];
     let mut net = PeerNetwork::new(leader_side.local, addrs, LinkOptions::default(), leader_side.sightings.clone());
     let real_node = BasicNode { addr: e.addrs[&real].clone() };
@@ -360,10 +384,57 @@ async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> R
     e.applied_everywhere(i, "/b", b"two").await?;
 
     // Another cluster is refused too, with both ids named.
-    let stranger = LocalIdentity::new(CLUSTER + 1, real);
+    let stranger = LocalIdentity::new(CLUSTER + 1, real, incarnation_of(real));
     let mut net = PeerNetwork::new(stranger, e.addrs.clone(), LinkOptions::default(), Arc::default());
     let err = net.new_client(leader, &leader_node).await.vote(vote_from(real), option).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("wrong cluster id"), "the stranger is told why: {msg}");
+    e.stop_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_data_was_wiped_is_refused_under_its_old_id_at_either_end() -> Result<()> {
+    let mut e = Ensemble::start(3).await?;
+    let (leader, _) = e.agreed_leader(None).await?;
+    let wiped = e.follower(leader);
+    let kept = (1..=3).find(|&id| id != leader && id != wiped).context("a third server")?;
+    // Every server has now heard every other one, with its data directory.
+    let i = e.write(leader, "/a", b"one").await?;
+    e.applied_everywhere(i, "/a", b"one").await?;
+
+    // The follower loses its disk and comes back under its old id and address, with an empty
+    // log and no memory of its votes.
+    e.stop(wiped).await?;
+    e.restart_wiped(wiped).await?;
+    let option = RPCOption::new(Duration::from_secs(2));
+
+    // Dialling in: the wiped server asks the leader for a vote and is refused, told why.
+    let node = BasicNode { addr: e.addrs[&leader].clone() };
+    let mut net = PeerNetwork::new(e.nodes[&wiped].local, e.addrs.clone(), LinkOptions::default(), Arc::default());
+    let err = net.new_client(leader, &node).await.vote(vote_from(wiped), option.clone()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("server {wiped} presents a new data directory")), "refused with the reason: {msg}");
+    assert!(msg.contains("new member"), "and told what to do: {msg}");
+
+    // Dialled: the leader's own process reaches the wiped server and sends it nothing.
+    let leader_side = &e.nodes[&leader];
+    let mut net =
+        PeerNetwork::new(leader_side.local, e.addrs.clone(), LinkOptions::default(), leader_side.sightings.clone());
+    let node = BasicNode { addr: e.addrs[&wiped].clone() };
+    let err = net.new_client(wiped, &node).await.vote(vote_from(leader), option).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("is not spoken to") && msg.contains("new data directory"), "the dialler says why: {msg}");
+
+    // The other two go on; the wiped server is sent none of the log under its old id.
+    let i = e.write(leader, "/b", b"two").await?;
+    let kept_node = &e.nodes[&kept];
+    within_for(DEADLINE, "the kept follower to apply the write", async {
+        while kept_node.last_applied() < Some(i) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    let w = &e.nodes[&wiped];
+    assert!(w.last_applied().unwrap_or(0) < i && w.data("/a").is_none(), "the wiped server received the log");
     e.stop_all().await
 }

@@ -128,6 +128,17 @@ pub enum LinkError {
         /// How long ago it was heard.
         silent_ms: u64,
     },
+    /// The peer answered from another data directory than the one it was first heard with:
+    /// it lost its data, and is not spoken to under its old id.
+    #[error("peer {target} at {addr} is not spoken to: {refusal}")]
+    ReplacedDataDir {
+        /// The peer's id.
+        target: u64,
+        /// The address dialled.
+        addr: String,
+        /// Why, as a listener would say it.
+        refusal: Refusal,
+    },
     /// The link's queue is full: the peer is slower than the requests for it.
     #[error("peer {target}: {bound} requests are already queued for it")]
     QueueFull {
@@ -184,6 +195,7 @@ impl LinkError {
             LinkError::Unreachable { .. }
             | LinkError::Refused { .. }
             | LinkError::Duplicate { .. }
+            | LinkError::ReplacedDataDir { .. }
             | LinkError::QueueFull { .. } => FailureKind::Unreachable,
             LinkError::Broken { .. } | LinkError::WrongReply { .. } => FailureKind::Network,
             LinkError::TooLarge { .. } => FailureKind::PayloadTooLarge,
@@ -395,7 +407,9 @@ impl LinkTask {
         // configuration error the operator must see once, clearly, not drowned in repeats.
         if self.last_failure.as_ref() != Some(&e) {
             match &e {
-                LinkError::Refused { .. } | LinkError::Duplicate { .. } => tracing::error!(peer = self.target, "{e}"),
+                LinkError::Refused { .. } | LinkError::Duplicate { .. } | LinkError::ReplacedDataDir { .. } => {
+                    tracing::error!(peer = self.target, "{e}")
+                }
                 _ => tracing::warn!(peer = self.target, "{e}"),
             }
         }
@@ -417,15 +431,25 @@ impl LinkTask {
             from: self.local.server_id,
             to: self.target,
             instance: self.local.instance,
+            incarnation: self.local.incarnation,
         };
         write_frame(&mut writer, &hello.encode()).await.map_err(|e| unreachable(e.to_string()))?;
         let body = read_frame(&mut reader, MAX_HANDSHAKE_BYTES).await.map_err(|e| unreachable(e.to_string()))?;
-        let instance = match HelloReply::decode(&body).map_err(|e| unreachable(e.to_string()))? {
-            HelloReply::Accepted { instance } => instance,
+        let (instance, incarnation) = match HelloReply::decode(&body).map_err(|e| unreachable(e.to_string()))? {
+            HelloReply::Accepted { instance, incarnation } => (instance, incarnation),
             HelloReply::Refused(refusal) => {
                 return Err(LinkError::Refused { target: self.target, addr: self.addr.clone(), refusal })
             }
         };
+        // A server whose data was wiped may not come back under its old id, whichever end
+        // dials: nothing is sent to it.
+        if let Err(r) = self.sightings.check_data_dir(self.target, incarnation) {
+            return Err(LinkError::ReplacedDataDir {
+                target: self.target,
+                addr: self.addr.clone(),
+                refusal: Refusal::ReplacedDataDir { id: self.target, known: r.known, presented: r.presented },
+            });
+        }
         // The dialler's half of duplicate-id detection: the listener checked who we are, we
         // check who it is. Dropping the socket here closes it before anything is sent.
         if let Err(heard) = self.sightings.admit(self.target, instance, Instant::now(), self.options.live_window) {

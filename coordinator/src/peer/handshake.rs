@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::wire::{Hello, HelloError, Refusal, PROTOCOL_VERSION};
+use crate::datadir::{KnownPeers, ReplacedDataDir};
 
 /// Who this server is, as the handshake states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,12 +20,15 @@ pub struct LocalIdentity {
     pub server_id: u64,
     /// A random number drawn when this process started, told to the servers it dials.
     pub instance: u64,
+    /// This server's data directory incarnation.
+    pub incarnation: u64,
 }
 
 impl LocalIdentity {
-    /// The identity of a process starting now, with a fresh random instance number.
-    pub fn new(cluster_id: u64, server_id: u64) -> Self {
-        LocalIdentity { cluster_id, server_id, instance: rand::random() }
+    /// The identity of a process starting now on a data directory of `incarnation`, with a
+    /// fresh random instance number.
+    pub fn new(cluster_id: u64, server_id: u64, incarnation: u64) -> Self {
+        LocalIdentity { cluster_id, server_id, instance: rand::random(), incarnation }
     }
 }
 
@@ -32,13 +36,33 @@ impl LocalIdentity {
 /// instance a peer accepted our dial with (refreshed by every reply on that link) and the
 /// instance its own accepted dial named (refreshed by every frame on it). Shared by a server's
 /// [`super::PeerNetwork`] and its listener, so an impostor is recognised even when the real
-/// server never dials us (a follower does not dial its leader).
-#[derive(Debug, Default)]
+/// server never dials us (a follower does not dial its leader). It also holds the data
+/// directory each peer was first heard with ([`KnownPeers`]), checked from both directions.
+#[derive(Debug)]
 pub struct Sightings {
     seen: Mutex<HashMap<u64, (u64, Instant)>>,
+    data_dirs: KnownPeers,
+}
+
+impl Default for Sightings {
+    /// Sightings whose memory of data directories lasts as long as the process.
+    fn default() -> Self {
+        Sightings::new(KnownPeers::in_memory())
+    }
 }
 
 impl Sightings {
+    /// Sightings checking peers' data directories against `data_dirs`.
+    pub fn new(data_dirs: KnownPeers) -> Self {
+        Sightings { seen: Mutex::default(), data_dirs }
+    }
+
+    /// Checks that server `id` presents the data directory it was first heard with
+    /// ([`KnownPeers::check`]).
+    pub fn check_data_dir(&self, id: u64, incarnation: u64) -> Result<(), ReplacedDataDir> {
+        self.data_dirs.check(id, incarnation)
+    }
+
     /// Records that server `id` spoke as process `instance` at `at`.
     pub fn saw(&self, id: u64, instance: u64, at: Instant) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,15 +172,18 @@ pub fn decide(
 mod tests {
     use super::*;
 
-    const LOCAL: LocalIdentity = LocalIdentity { cluster_id: 77, server_id: 1, instance: 5 };
+    const LOCAL: LocalIdentity = LocalIdentity { cluster_id: 77, server_id: 1, instance: 5, incarnation: 9 };
     const WINDOW: Duration = Duration::from_secs(3);
 
     fn hello(cluster_id: u64, from: u64, to: u64, instance: u64) -> Vec<u8> {
-        Hello { version: PROTOCOL_VERSION, cluster_id, from, to, instance }.encode()
+        Hello { version: PROTOCOL_VERSION, cluster_id, from, to, instance, incarnation: 40 + from }.encode()
     }
 
     fn accept(from: u64, instance: u64, replaces: bool) -> Verdict {
-        Verdict::Accept { hello: Hello { version: PROTOCOL_VERSION, cluster_id: 77, from, to: 1, instance }, replaces }
+        Verdict::Accept {
+            hello: Hello { version: PROTOCOL_VERSION, cluster_id: 77, from, to: 1, instance, incarnation: 40 + from },
+            replaces,
+        }
     }
 
     #[test]

@@ -208,6 +208,19 @@ impl PeerConn<'_> {
             let claimed = Hello::decode(&body).map(|h| h.from).ok();
             let active = claimed.and_then(|id| sightings.active(id, now));
             let mut verdict = decide(&body, &local, servers, active, options.live_window);
+            // A server whose data was wiped may not come back under its old id. Checked over a
+            // duplicate verdict too: a wiped server restarted at once is the likelier story.
+            if matches!(verdict, Verdict::Accept { .. } | Verdict::Refuse(Refusal::DuplicateServer { .. })) {
+                if let Ok(hello) = Hello::decode(&body) {
+                    if let Err(r) = sightings.check_data_dir(hello.from, hello.incarnation) {
+                        verdict = Verdict::Refuse(Refusal::ReplacedDataDir {
+                            id: hello.from,
+                            known: r.known,
+                            presented: r.presented,
+                        });
+                    }
+                }
+            }
             if let Verdict::Accept { hello, .. } = &verdict {
                 // Checked again and recorded in one step: another process may have been heard
                 // for this id since `active` was read (one of our own links may have just
@@ -227,12 +240,18 @@ impl PeerConn<'_> {
         };
         let from = match verdict {
             Verdict::Accept { hello, replaces } => {
-                let accepted = HelloReply::Accepted { instance: local.instance }.encode();
+                let accepted =
+                    HelloReply::Accepted { instance: local.instance, incarnation: local.incarnation }.encode();
                 if write_frame(&mut writer, &accepted).await.is_err() {
                     return;
                 }
                 tracing::debug!(%peer_addr, peer = hello.from, replaces, "peer connection accepted");
                 hello.from
+            }
+            Verdict::Refuse(refusal @ Refusal::ReplacedDataDir { .. }) => {
+                tracing::error!(%peer_addr, "refused a peer connection: {refusal}");
+                let _ = write_frame(&mut writer, &HelloReply::Refused(refusal).encode()).await;
+                return;
             }
             Verdict::Refuse(refusal) => {
                 tracing::warn!(%peer_addr, "refused a peer connection: {refusal}");

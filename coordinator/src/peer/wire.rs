@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 4] = *b"RFPR";
 
 /// The version of the peer protocol this build speaks.
 /// Version 2: log entries carry a batch of transactions.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest frame body either side sends or accepts. It holds a snapshot chunk (openraft
 /// sends 3 MiB by default) or a batch of log entries with room to spare; a larger batch of
@@ -113,6 +113,9 @@ pub struct Hello {
     /// A random number the dialler's process drew at start: two processes claiming one server
     /// id tell themselves apart by it.
     pub instance: u64,
+    /// The dialler's data directory incarnation ([`crate::datadir::Identity::incarnation`]): a
+    /// server whose data was wiped presents another one.
+    pub incarnation: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -121,6 +124,7 @@ struct HelloBody {
     from: u64,
     to: u64,
     instance: u64,
+    incarnation: u64,
 }
 
 /// Why a handshake frame could not be read as a [`Hello`].
@@ -139,7 +143,13 @@ impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&self.version.to_be_bytes());
-        let body = HelloBody { cluster_id: self.cluster_id, from: self.from, to: self.to, instance: self.instance };
+        let body = HelloBody {
+            cluster_id: self.cluster_id,
+            from: self.from,
+            to: self.to,
+            instance: self.instance,
+            incarnation: self.incarnation,
+        };
         // Serializing plain integers into a Vec cannot fail.
         out.extend(postcard::to_stdvec(&body).expect("a hello encodes"));
         out
@@ -155,7 +165,14 @@ impl Hello {
             return Err(HelloError::Version(version));
         }
         let b: HelloBody = postcard::from_bytes(&body[6..]).map_err(|e| HelloError::Malformed(e.to_string()))?;
-        Ok(Hello { version, cluster_id: b.cluster_id, from: b.from, to: b.to, instance: b.instance })
+        Ok(Hello {
+            version,
+            cluster_id: b.cluster_id,
+            from: b.from,
+            to: b.to,
+            instance: b.instance,
+            incarnation: b.incarnation,
+        })
     }
 }
 
@@ -204,6 +221,21 @@ pub enum Refusal {
         /// The claimed id.
         id: u64,
     },
+    /// The dialler presents another data directory than the one its id was first heard with.
+    #[error(
+        "server {id} presents a new data directory (incarnation {presented}; it was first heard with {known}): \
+         its data was wiped or replaced, so it has forgotten the votes it cast and the entries it acknowledged. \
+         It may rejoin only as a new member: remove it (`referee coordinator members remove {id}`), then add \
+         it under a new id with an empty data directory"
+    )]
+    ReplacedDataDir {
+        /// The dialler's id.
+        id: u64,
+        /// The incarnation first heard for it.
+        known: u64,
+        /// The incarnation it presents.
+        presented: u64,
+    },
     /// The listener holds as many peer connections as it allows.
     #[error("this server already holds its limit of {limit} peer connections")]
     Busy {
@@ -219,6 +251,8 @@ pub enum HelloReply {
     Accepted {
         /// The listener's process instance (see [`Hello::instance`]).
         instance: u64,
+        /// The listener's data directory incarnation (see [`Hello::incarnation`]).
+        incarnation: u64,
     },
     /// The listener closes the connection after this frame.
     Refused(Refusal),
