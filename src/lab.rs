@@ -681,6 +681,24 @@ impl Pair {
         }
     }
 
+    /// The coordinator server (from 0) agent `i`'s session is connected to: its session id, from
+    /// the agent's `/status`, looked up in each server's `cons`. `None` when the agent has no
+    /// connected session or no server lists it.
+    pub async fn agent_coordinator_server(&self, i: usize) -> Option<usize> {
+        let status = self.agent_json(i, "/status").await?;
+        if status["session"]["state"] != "connected" {
+            return None;
+        }
+        // `cons` prints a session id as the hex of its 64 bits, as `{:x}` does for an i64.
+        let needle = format!("sid=0x{:x},", status["session"]["session_id"].as_i64()?);
+        for k in 0..self.coordinator_servers() {
+            if self.coordinator_four_letter(k, "cons").await.is_some_and(|cons| cons.contains(&needle)) {
+                return Some(k);
+            }
+        }
+        None
+    }
+
     /// The four-letter word `word`'s answer from coordinator server `k`, if it answers within a
     /// second (an empty answer when it closes the connection without one).
     pub async fn coordinator_four_letter(&self, k: usize, word: &str) -> Option<String> {
