@@ -53,8 +53,9 @@ pub enum Scenario {
     /// the journal afterwards.
     CoordinatorRestart,
     /// `kill -9` of the coordinator ensemble's leader under the write load: the other two elect
-    /// a leader, the agents move their sessions there, and the pair keeps its active (no
-    /// failover); the killed server is restarted and rejoins as a follower. Ensemble only.
+    /// a leader, the agents' sessions live on (moving off the killed server if they were on it),
+    /// and the pair keeps its active (no failover); the killed server is restarted and rejoins
+    /// as a follower. Ensemble only.
     CoordinatorLeaderCrash,
 }
 
@@ -172,16 +173,22 @@ async fn describe_coordinator(pair: &Pair) -> String {
     format!("Coordinator: a {}-server ensemble: {}", pair.coordinator_servers(), servers.join(", "))
 }
 
-/// Which coordinator server each agent's session is on: `a on server 2, b on server 1`.
-async fn describe_sessions(pair: &Pair) -> String {
-    let mut out = Vec::new();
-    for (i, node) in NODES.iter().enumerate() {
-        out.push(match pair.agent_coordinator_server(i).await {
-            Some(k) => format!("{node} on server {}", k + 1),
-            None => format!("{node} not connected"),
-        });
+/// Which coordinator server (from 0) each agent's session is on, `None` when not connected.
+async fn sessions(pair: &Pair) -> Vec<Option<usize>> {
+    let mut on = Vec::new();
+    for i in 0..NODES.len() {
+        on.push(pair.agent_coordinator_server(i).await);
     }
-    out.join(", ")
+    on
+}
+
+/// [`sessions`] as text: `a on server 2, b on server 1`.
+fn describe_sessions(on: &[Option<usize>]) -> String {
+    let each = NODES.iter().zip(on).map(|(node, k)| match k {
+        Some(k) => format!("{node} on server {}", k + 1),
+        None => format!("{node} not connected"),
+    });
+    each.collect::<Vec<_>>().join(", ")
 }
 
 /// Runs the demo; `Ok(true)` when the verdict holds.
@@ -466,11 +473,8 @@ async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize)
     let leader = shared.wait_for_coordinator_leader(&all, Duration::from_secs(20)).await?;
     let token = |s: serde_json::Value| s["token"].as_u64();
     let token_before = token(shared.agent_json(active, "/status").await.unwrap_or_default());
-    let mut before = Vec::new();
-    for i in 0..NODES.len() {
-        before.push(shared.agent_coordinator_server(i).await);
-    }
-    println!("  agents' sessions before: {}", describe_sessions(shared).await);
+    let before = sessions(shared).await;
+    println!("  agents' sessions before: {}", describe_sessions(&before));
     let acked_before = writer.acks.lock().unwrap_or_else(|p| p.into_inner()).len();
     let t0 = Instant::now();
     shared.kill_coordinator_server(leader);
@@ -481,17 +485,14 @@ async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize)
     // Both agents' sessions live on: each is connected again, on a surviving server.
     let deadline = t0 + Duration::from_secs(20);
     let (after, settled) = loop {
-        let mut on = Vec::new();
-        for i in 0..NODES.len() {
-            on.push(shared.agent_coordinator_server(i).await);
-        }
+        let on = sessions(shared).await;
         if on.iter().all(|k| k.is_some_and(|k| k != leader)) {
             break (on, t0.elapsed());
         }
         if Instant::now() > deadline {
             return Err(DemoError::Scenario(format!(
                 "the agents' sessions did not move off the killed server within 20 s: {}",
-                describe_sessions(shared).await
+                describe_sessions(&on)
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

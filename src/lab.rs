@@ -19,10 +19,10 @@
 //! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
 //! command adapter. On loopback each agent's coordinator connections may go through the test
 //! kit's proxies, one per server, which a test can cut or black-hole together
-//! ([`Pair::cut_agent`], [`Pair::black_hole_agent`]). The oracles: [`Oracles`] (both agents' `/active` probes
-//! and a token-aware writer) and [`MasterOracle`], which asks the masters themselves (their own
-//! `/ha/state`, and a write to each with its send and receive times) and judges the record
-//! ([`MasterRecord::check`]).
+//! ([`Pair::cut_agent`], [`Pair::black_hole_agent`]). The oracles: [`Oracles`] (both agents'
+//! `/active` probes and a token-aware writer) and [`MasterOracle`], which asks the masters
+//! themselves (their own `/ha/state`, and a write to each with its send and receive times) and
+//! judges the record ([`MasterRecord::check`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! End-to-end safety of failover for masters that do not enforce a lease themselves, with real
-//! processes, against the bundled coordinator and against Apache ZooKeeper 3.8.
+//! processes, against the bundled coordinator (one server, and a three-server ensemble) and
+//! against Apache ZooKeeper 3.8.
 //!
 //! A master that polls its agent's `/lease` stops taking writes on its own when its agent
 //! hangs; most masters do not. These tests run the pair with two such kinds: the demo master
@@ -25,6 +26,13 @@
 //!   expire, that is before the lock can leave it; the margin is printed. A variant asks the
 //!   agent to stop (SIGTERM) just as its lease runs out, so that the graceful handover's own
 //!   coordinator calls wait in the black hole.
+//! - **Coordinator leader killed** (three-server ensemble only): the coordinator's leader is
+//!   killed with SIGKILL while the active master takes writes; the pair must keep its active
+//!   under the same token (no failover), and the killed server, restarted, rejoins as a follower.
+//!
+//! The scenarios run against one bundled server and Apache ZooKeeper; the black-hole ones and
+//! the leader kill also against the bundled three-server ensemble on loopback, where each
+//! agent's proxies (one per server) are black-holed together.
 
 use std::sync::Arc;
 use std::time::Duration;
