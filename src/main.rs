@@ -8,6 +8,7 @@
 //! referee coordinator members list --server ADMIN_ADDR  # the ensemble's members (add, remove too)
 //! referee coordinator ensemble up --servers 3            # a whole ensemble on this machine (status, down)
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
+//! referee demo --scenario coordinator-leader-crash       # the demo, on a three-server ensemble
 //! ```
 //!
 //! The binary only parses arguments, sets up logging and signals, and calls the libraries.
