@@ -1,9 +1,17 @@
-//! `referee demo`: the whole story in one command. A coordinator, two NameNode-style demo
-//! masters whose edit journal lives in the coordinator, and two failover agents start as real
-//! processes on loopback (the `referee` binary re-executes itself for every role); a client
-//! writes continuously to whichever master the agents' `/active` probes name; a failure is
-//! injected; the failover timeline is printed; the deposed master is made to try to write; and
-//! an independent reader of the journal (not the masters) gives the verdict.
+//! `referee demo`: the whole story in one command. A coordinator (by default a three-server
+//! Raft ensemble, or one server with `--coordinator single`), two NameNode-style demo masters
+//! whose edit journal lives in the coordinator, and two failover agents start as real processes
+//! on loopback (the `referee` binary re-executes itself for every role); a client writes
+//! continuously to whichever master the agents' `/active` probes name; a failure is injected
+//! (a master, an agent, the whole coordinator, or the coordinator's leader alone); the timeline
+//! is printed; the master that is not active is made to try to write; and an independent reader
+//! of the journal (not the masters) gives the verdict.
+//!
+//! ```text
+//!   start (coordinator servers, masters, agents) ──► client writes to whoever is /active
+//!        ──► inject the scenario's failure ──► wait for the outcome, print its timeline
+//!        ──► the other master forces a write (must be refused) ──► journal verdict ──► stop
+//! ```
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,9 +48,15 @@ pub enum Scenario {
     AgentCrash,
     /// A graceful manual failover with `referee admin failover --to`.
     Switchover,
-    /// `kill -9` of the coordinator under the write load, then a restart on the same data
-    /// directory: every acknowledged write must still be in the journal afterwards.
+    /// `kill -9` of the coordinator (every server of an ensemble at once) under the write load,
+    /// then a restart on the same data directories: every acknowledged write must still be in
+    /// the journal afterwards.
     CoordinatorRestart,
+    /// `kill -9` of the coordinator ensemble's leader under the write load: the other two elect
+    /// a leader, the agents' sessions live on (moving off the killed server if they were on it),
+    /// and the pair keeps its active (no failover); the killed server is restarted and rejoins
+    /// as a follower. Ensemble only.
+    CoordinatorLeaderCrash,
 }
 
 /// What to run.
@@ -52,6 +66,9 @@ pub struct DemoOptions {
     pub bin: PathBuf,
     /// The failure to inject.
     pub scenario: Scenario,
+    /// The coordinator: [`CoordinatorKind::BundledEnsemble`] (three servers) or
+    /// [`CoordinatorKind::Bundled`] (one).
+    pub coordinator: CoordinatorKind,
     /// Exit this long after the verdict instead of waiting for Ctrl-C.
     pub exit_after: Option<Duration>,
 }
@@ -142,14 +159,61 @@ async fn print_status(pair: &Pair) {
     println!("{line}");
 }
 
+/// The coordinator servers, their addresses and modes, for the printout: `server 1 on
+/// 127.0.0.1:PORT (leader), ...`, or the one server's address.
+async fn describe_coordinator(pair: &Pair) -> String {
+    if pair.coordinator_servers() == 1 {
+        return format!("Coordinator: one server on {}", pair.coordinator_addr);
+    }
+    let mut servers = Vec::new();
+    for k in 0..pair.coordinator_servers() {
+        let mode = pair.coordinator_mode(k).await.unwrap_or_else(|| "down".into());
+        servers.push(format!("server {} on {} ({mode})", k + 1, pair.coordinator_server_addr(k)));
+    }
+    format!("Coordinator: a {}-server ensemble: {}", pair.coordinator_servers(), servers.join(", "))
+}
+
+/// Which coordinator server (from 0) each agent's session is on, `None` when not connected.
+async fn sessions(pair: &Pair) -> Vec<Option<usize>> {
+    let mut on = Vec::new();
+    for i in 0..NODES.len() {
+        on.push(pair.agent_coordinator_server(i).await);
+    }
+    on
+}
+
+/// [`sessions`] as text: `a on server 2, b on server 1`.
+fn describe_sessions(on: &[Option<usize>]) -> String {
+    let each = NODES.iter().zip(on).map(|(node, k)| match k {
+        Some(k) => format!("{node} on server {}", k + 1),
+        None => format!("{node} not connected"),
+    });
+    each.collect::<Vec<_>>().join(", ")
+}
+
 /// Runs the demo; `Ok(true)` when the verdict holds.
 pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
+    if opts.coordinator == CoordinatorKind::ApacheZooKeeper {
+        return Err(DemoError::Scenario(
+            "the demo runs the bundled coordinator: choose --coordinator ensemble or single".into(),
+        ));
+    }
+    if opts.scenario == Scenario::CoordinatorLeaderCrash && opts.coordinator.servers() == 1 {
+        return Err(DemoError::Scenario(
+            "--scenario coordinator-leader-crash needs a coordinator ensemble: run it with --coordinator ensemble"
+                .into(),
+        ));
+    }
+    let coordinator = match opts.coordinator.servers() {
+        1 => "a coordinator".to_string(),
+        n => format!("a {n}-server coordinator ensemble"),
+    };
     println!(
-        "Referee demo: a coordinator, two demo masters (edit journal in the coordinator) and two agents on loopback."
+        "Referee demo: {coordinator}, two demo masters (edit journal in the coordinator) and two agents on loopback."
     );
     let spec = PairSpec {
         bin: opts.bin.clone(),
-        coordinator: CoordinatorKind::Bundled,
+        coordinator: opts.coordinator,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,
         proxied_agents: false,
@@ -160,14 +224,13 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let started = Instant::now();
     let pair = Pair::start(spec).await?;
     let active = pair.wait_for_active(Duration::from_secs(30)).await?;
+    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+    if all.len() > 1 {
+        pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    }
     let other = 1 - active;
-    println!(
-        "Started in {} ms (files in {}). Coordinator on {}; {} is active.",
-        started.elapsed().as_millis(),
-        pair.dir.0.display(),
-        pair.coordinator_addr,
-        NODES[active]
-    );
+    println!("Started in {} ms (files in {}).", started.elapsed().as_millis(), pair.dir.0.display());
+    println!("{}; {} is active.", describe_coordinator(&pair).await, NODES[active]);
     mkdir_demo(&pair, active).await?;
     let shared = Arc::new(pair);
     let writer = start_writer(shared.clone());
@@ -181,14 +244,29 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         Scenario::Hang => "hanging the active master (SIGSTOP)",
         Scenario::AgentCrash => "killing the active agent (kill -9)",
         Scenario::Switchover => "switching over with `referee admin failover`",
+        Scenario::CoordinatorRestart if shared.coordinator_servers() > 1 => {
+            "killing every coordinator server at once (kill -9) under the write load, then restarting them all"
+        }
         Scenario::CoordinatorRestart => "killing the coordinator (kill -9) under the write load, then restarting it",
+        Scenario::CoordinatorLeaderCrash => "killing the coordinator's leader (kill -9) under the write load",
     };
-    let on =
-        if opts.scenario == Scenario::CoordinatorRestart { String::new() } else { format!(" on {}", NODES[active]) };
+    let on = match opts.scenario {
+        Scenario::CoordinatorRestart | Scenario::CoordinatorLeaderCrash => String::new(),
+        Scenario::Crash | Scenario::Hang | Scenario::AgentCrash | Scenario::Switchover => {
+            format!(" on {}", NODES[active])
+        }
+    };
     println!("\n>>> {what}{on}");
+    // Whether the scenario's own claim held, beside the verdict (the leader crash: no failover).
+    let mut scenario_held = true;
     let final_active = match opts.scenario {
         Scenario::CoordinatorRestart => restart_coordinator_under_load(&shared, &writer, active).await?,
-        _ => {
+        Scenario::CoordinatorLeaderCrash => {
+            let (now_active, kept) = crash_coordinator_leader(&shared, &writer, active).await?;
+            scenario_held = kept;
+            now_active
+        }
+        Scenario::Crash | Scenario::Hang | Scenario::AgentCrash | Scenario::Switchover => {
             fail_over(&shared, &writer, opts.scenario, active).await?;
             other
         }
@@ -218,7 +296,10 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     let single_active = shared.actives().await == vec![final_active];
     println!("\nVerdict from an independent reader of the journal:\n{verdict}");
     println!("  client writes refused while no master could take them: {}", writer.refused.load(Ordering::Relaxed));
-    let ok = verdict.is_clean() && deposed_refused && single_active;
+    if !scenario_held {
+        println!("  the coordinator leader's crash caused a failover, which it must not");
+    }
+    let ok = verdict.is_clean() && deposed_refused && single_active && scenario_held;
     println!(
         "\n{}",
         if ok {
@@ -270,8 +351,8 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
                 return Err(DemoError::Scenario(format!("the switchover was refused: {}", err.trim())));
             }
         }
-        Scenario::CoordinatorRestart => {
-            return Err(DemoError::Scenario("a coordinator restart is not a master failover".into()));
+        Scenario::CoordinatorRestart | Scenario::CoordinatorLeaderCrash => {
+            return Err(DemoError::Scenario("a coordinator failure is not a master failover".into()));
         }
     }
     shared.wait_for_active_node(other, Duration::from_secs(20)).await?;
@@ -337,8 +418,14 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
     let acked_before = writer.acks.lock().unwrap_or_else(|p| p.into_inner()).len();
     let t0 = Instant::now();
     shared.kill_coordinator();
-    println!("  coordinator killed with {acked_before} writes acknowledged so far");
+    let servers = shared.coordinator_servers();
+    let which = if servers == 1 { "coordinator".to_string() } else { format!("all {servers} coordinator servers") };
+    println!("  {which} killed with {acked_before} writes acknowledged so far");
     shared.restart_coordinator(false).await?;
+    if servers > 1 {
+        let all: Vec<usize> = (0..servers).collect();
+        shared.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    }
     let serving = t0.elapsed();
     let back = t0 + serving;
     let (node, first_ack) = loop {
@@ -359,9 +446,13 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
     };
     let final_active = shared.wait_for_active(Duration::from_secs(20)).await?;
     print_status(shared).await;
+    if servers > 1 {
+        println!("  {}", describe_coordinator(shared).await);
+    }
     println!(
-        "  coordinator serving again after {} ms on the same data directory; first write acknowledged after {} ms, by {}",
+        "  coordinator serving again after {} ms on the same data {}; first write acknowledged after {} ms, by {}",
         serving.as_millis(),
+        if servers == 1 { "directory" } else { "directories" },
         first_ack.as_millis(),
         NODES[node]
     );
@@ -371,6 +462,114 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
         println!("  {}'s session did not survive the restart: {} took over", NODES[active], NODES[final_active]);
     }
     Ok(final_active)
+}
+
+/// Kills the coordinator ensemble's leader under the write load, waits for a new leader, for
+/// both agents' sessions on surviving servers and for writes to be acknowledged again, then
+/// restarts the killed server and waits until it follows. Returns the node active at the end,
+/// and whether it is the one active before under the same token (no failover happened).
+async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize) -> Result<(usize, bool), DemoError> {
+    let all: Vec<usize> = (0..shared.coordinator_servers()).collect();
+    let leader = shared.wait_for_coordinator_leader(&all, Duration::from_secs(20)).await?;
+    let token = |s: serde_json::Value| s["token"].as_u64();
+    let token_before = token(shared.agent_json(active, "/status").await.unwrap_or_default());
+    let before = sessions(shared).await;
+    println!("  agents' sessions before: {}", describe_sessions(&before));
+    let acked_before = writer.acks.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let t0 = Instant::now();
+    shared.kill_coordinator_server(leader);
+    println!("  coordinator server {} (the leader) killed with {acked_before} writes acknowledged so far", leader + 1);
+    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
+    let successor = shared.wait_for_coordinator_leader(&others, Duration::from_secs(20)).await?;
+    let elected = t0.elapsed();
+    // Both agents' sessions live on: each is connected again, on a surviving server.
+    let deadline = t0 + Duration::from_secs(20);
+    let (after, settled) = loop {
+        let on = sessions(shared).await;
+        if on.iter().all(|k| k.is_some_and(|k| k != leader)) {
+            break (on, t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Scenario(format!(
+                "the agents' sessions did not move off the killed server within 20 s: {}",
+                describe_sessions(&on)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let first_ack = loop {
+        let found = writer
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, _, at)| *at > t0 + elected)
+            .map(|(node, _, at)| (*node, at.duration_since(t0)));
+        if let Some(found) = found {
+            break found;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(DemoError::Scenario("no master acknowledged a write after the new leader was elected".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The longest the client went without an acknowledgement, from the kill until now.
+    let gap = {
+        let acks = writer.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = t0;
+        let mut longest = Duration::ZERO;
+        for (_, _, at) in acks.iter().filter(|(_, _, at)| *at > t0) {
+            longest = longest.max(at.duration_since(last));
+            last = *at;
+        }
+        longest
+    };
+    let final_active = shared.wait_for_active(Duration::from_secs(20)).await?;
+    let token_after = token(shared.agent_json(final_active, "/status").await.unwrap_or_default());
+    print_status(shared).await;
+    println!("  server {} leads after {} ms", successor + 1, elected.as_millis());
+    let sessions: Vec<String> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, node)| match (before[i], after[i]) {
+            (Some(b), Some(a)) if b == a => format!("{node} still on server {}", a + 1),
+            (Some(b), Some(a)) => format!("{node} moved from server {} to server {}", b + 1, a + 1),
+            (None, Some(a)) => format!("{node} on server {}", a + 1),
+            (_, None) => format!("{node} not connected"),
+        })
+        .collect();
+    println!("  agents' sessions, both alive {} ms after the kill: {}", settled.as_millis(), sessions.join(", "));
+    println!(
+        "  first write acknowledged {} ms after the kill, by {}; longest stretch without an acknowledged write: {} ms",
+        first_ack.1.as_millis(),
+        NODES[first_ack.0],
+        gap.as_millis()
+    );
+    let kept = final_active == active && token_after == token_before;
+    if kept {
+        println!(
+            "  {} stayed active under token {}: no failover, the agents' sessions outlived the leader",
+            NODES[active],
+            token_before.map_or("-".into(), |t| t.to_string())
+        );
+    } else {
+        println!(
+            "  the pair changed its active: {} (token {:?}) before, {} (token {:?}) after",
+            NODES[active], token_before, NODES[final_active], token_after
+        );
+    }
+
+    let t1 = Instant::now();
+    shared.restart_coordinator_server(leader).await?;
+    let leader_after = shared.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
+    let mode = shared.coordinator_mode(leader).await.unwrap_or_else(|| "down".into());
+    println!(
+        "  coordinator server {} restarted on its data directory: {mode} after {} ms (server {} leads)",
+        leader + 1,
+        t1.elapsed().as_millis(),
+        leader_after + 1
+    );
+    Ok((final_active, kept))
 }
 
 /// Makes the deposed master try to write past its role check; true when the journal refused.

@@ -4,19 +4,25 @@
 //!
 //! The end-to-end tests, the failover benchmark and the demo all stand on it. Children are
 //! killed and reaped when the pair is dropped, so nothing outlives it.
+//!
+//! The coordinator is one bundled server, Apache ZooKeeper, or
+//! ([`CoordinatorKind::BundledEnsemble`]) three bundled servers forming a Raft ensemble, each
+//! killable, freezable and restartable on its own ([`Pair::kill_coordinator_server`],
+//! [`Pair::restart_coordinator_server`]; [`Pair::coordinator_mode`] and
+//! [`Pair::wait_for_coordinator_leader`] for which one leads). On loopback every server has its
+//! own client and peer port on 127.0.0.1, and the agents and journals connect to all three.
 //! [`Pair::start_on_hosts`] runs the same pair on simulated hosts (the test kit's [`Hosts`]):
 //! the coordinator on one, each node's master and agent on another, for faults of the network
-//! between machines; or, with [`CoordinatorKind::BundledEnsemble`], three coordinator servers
-//! on hosts 1 to 3 and the nodes on hosts 4 and 5, each server killable, freezable and
-//! restartable on its own ([`Pair::kill_coordinator_server`], [`Pair::coordinator_mode`]
-//! for which one leads).
+//! between machines; or, with an ensemble, the servers on hosts 1 to 3 and the nodes on hosts
+//! 4 and 5.
 //!
 //! The masters come in three kinds ([`MasterKind`]): lease-polling, plain, and managed by the
-//! command adapter. Each agent's coordinator connection may go through the test kit's proxy,
-//! which a test can cut or black-hole. The oracles: [`Oracles`] (both agents' `/active` probes
-//! and a token-aware writer) and [`MasterOracle`], which asks the masters themselves (their own
-//! `/ha/state`, and a write to each with its send and receive times) and judges the record
-//! ([`MasterRecord::check`]).
+//! command adapter. On loopback each agent's coordinator connections may go through the test
+//! kit's proxies, one per server, which a test can cut or black-hole together
+//! ([`Pair::cut_agent`], [`Pair::black_hole_agent`]). The oracles: [`Oracles`] (both agents'
+//! `/active` probes and a token-aware writer) and [`MasterOracle`], which asks the masters
+//! themselves (their own `/ha/state`, and a write to each with its send and receive times) and
+//! judges the record ([`MasterRecord::check`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,8 +202,8 @@ pub enum CoordinatorKind {
     /// Apache ZooKeeper from Debian's package, standalone.
     ApacheZooKeeper,
     /// `referee coordinator` as an ensemble of [`ENSEMBLE_SERVERS`] voters, each agent and
-    /// journal given every server's client address; only on simulated hosts (one host per
-    /// server, see [`Pair::start_on_hosts`]).
+    /// journal given every server's client address: on loopback (each server its own client and
+    /// peer port on 127.0.0.1), or one simulated host per server ([`Pair::start_on_hosts`]).
     BundledEnsemble,
 }
 
@@ -365,13 +371,26 @@ pub struct Pair {
     /// Ports per node.
     pub ports: Vec<NodePorts>,
     /// Per-agent proxies to the coordinator, when the spec asks for them ([`Pair::cut_agent`],
-    /// [`Pair::black_hole_agent`] and their inverses), each with the address its agent
-    /// connects to (stable across cut and restore).
-    proxies: Vec<(String, tokio::sync::Mutex<Proxy>)>,
+    /// [`Pair::black_hole_agent`] and their inverses): one per coordinator server each.
+    proxies: Vec<AgentProxies>,
     spec: PairSpec,
     http: reqwest::Client,
     /// Where each process runs: loopback, or a simulated host each.
     placement: Placement,
+}
+
+/// One agent's proxies to the coordinator, one per server (server 1's first), and the connect
+/// string naming them, stable across cut and restore.
+struct AgentProxies {
+    connect: String,
+    each: Vec<tokio::sync::Mutex<Proxy>>,
+}
+
+impl AgentProxies {
+    fn new(each: Vec<Proxy>) -> AgentProxies {
+        let connect = each.iter().map(|p| p.addr.to_string()).collect::<Vec<_>>().join(",");
+        AgentProxies { connect, each: each.into_iter().map(tokio::sync::Mutex::new).collect() }
+    }
 }
 
 /// The demo journal znode.
@@ -418,11 +437,6 @@ impl Pair {
     async fn start_n(spec: PairSpec, placement: Placement, nodes: usize) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
         let servers = spec.coordinator.servers();
-        if servers > 1 && matches!(placement, Placement::Loopback) {
-            return Err(LabError::Child(
-                "a coordinator ensemble runs only on simulated hosts: start the pair with Pair::start_on_hosts".into(),
-            ));
-        }
         let mut coordinator_ports = Vec::new();
         for _ in 0..servers {
             coordinator_ports.push(CoordinatorPorts { client: child_port()?, peer: child_port()? });
@@ -470,14 +484,22 @@ impl Pair {
             placement,
         };
         if pair.spec.proxied_agents {
-            let target: std::net::SocketAddr = pair
-                .coordinator_addr
-                .parse()
-                .map_err(|e| LabError::Child(format!("the coordinator address {}: {e}", pair.coordinator_addr)))?;
+            // One proxy per agent and server: the agent's connect string lists its own proxies,
+            // so cutting them all cuts it from the whole ensemble, wherever its session lives.
+            let mut targets = Vec::new();
+            for addr in &addrs {
+                let target: std::net::SocketAddr =
+                    addr.parse().map_err(|e| LabError::Child(format!("the coordinator address {addr}: {e}")))?;
+                targets.push(target);
+            }
             for _ in 0..nodes {
-                let proxy =
-                    Proxy::start(target).await.map_err(|e| LabError::Child(format!("starting a proxy: {e:#}")))?;
-                pair.proxies.push((proxy.addr.to_string(), tokio::sync::Mutex::new(proxy)));
+                let mut each = Vec::new();
+                for &target in &targets {
+                    let proxy =
+                        Proxy::start(target).await.map_err(|e| LabError::Child(format!("starting a proxy: {e:#}")))?;
+                    each.push(proxy);
+                }
+                pair.proxies.push(AgentProxies::new(each));
             }
         }
         for i in 0..nodes {
@@ -504,37 +526,50 @@ impl Pair {
         Ok(pair)
     }
 
-    fn proxy(&self, i: usize) -> Result<&tokio::sync::Mutex<Proxy>, LabError> {
-        self.proxies.get(i).map(|(_, p)| p).ok_or_else(|| {
+    /// Agent `i`'s proxies, one per coordinator server.
+    fn proxies_of(&self, i: usize) -> Result<&[tokio::sync::Mutex<Proxy>], LabError> {
+        self.proxies.get(i).map(|p| &p.each[..]).ok_or_else(|| {
             LabError::Child(format!("agent {} has no proxy: start the pair with proxied_agents", CLUSTER_NODES[i]))
         })
     }
 
-    /// Cuts agent `i` off the coordinator: its connections drop and new ones are refused.
+    /// Cuts agent `i` off the coordinator (every server of an ensemble): its connections drop
+    /// and new ones are refused.
     pub async fn cut_agent(&self, i: usize) -> Result<(), LabError> {
-        self.proxy(i)?.lock().await.cut();
+        for proxy in self.proxies_of(i)? {
+            proxy.lock().await.cut();
+        }
         Ok(())
     }
 
     /// Undoes [`Pair::cut_agent`].
     pub async fn restore_agent(&self, i: usize) -> Result<(), LabError> {
-        let mut proxy = self.proxy(i)?.lock().await;
-        proxy
-            .restore()
-            .await
-            .map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", CLUSTER_NODES[i])))
+        for proxy in self.proxies_of(i)? {
+            proxy
+                .lock()
+                .await
+                .restore()
+                .await
+                .map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", CLUSTER_NODES[i])))?;
+        }
+        Ok(())
     }
 
-    /// Black-holes agent `i`'s coordinator connection: connections stay open and new ones are
-    /// accepted, but nothing passes either way, so the agent learns only from its deadlines.
+    /// Black-holes agent `i`'s coordinator connections (to every server of an ensemble):
+    /// connections stay open and new ones are accepted, but nothing passes either way, so the
+    /// agent learns only from its deadlines.
     pub async fn black_hole_agent(&self, i: usize) -> Result<(), LabError> {
-        self.proxy(i)?.lock().await.black_hole();
+        for proxy in self.proxies_of(i)? {
+            proxy.lock().await.black_hole();
+        }
         Ok(())
     }
 
     /// Undoes [`Pair::black_hole_agent`].
     pub async fn heal_agent(&self, i: usize) -> Result<(), LabError> {
-        self.proxy(i)?.lock().await.heal();
+        for proxy in self.proxies_of(i)? {
+            proxy.lock().await.heal();
+        }
         Ok(())
     }
 
@@ -644,6 +679,24 @@ impl Pair {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The coordinator server (from 0) agent `i`'s session is connected to: its session id, from
+    /// the agent's `/status`, looked up in each server's `cons`. `None` when the agent has no
+    /// connected session or no server lists it.
+    pub async fn agent_coordinator_server(&self, i: usize) -> Option<usize> {
+        let status = self.agent_json(i, "/status").await?;
+        if status["session"]["state"] != "connected" {
+            return None;
+        }
+        // `cons` prints a session id as the hex of its 64 bits, as `{:x}` does for an i64.
+        let needle = format!("sid=0x{:x},", status["session"]["session_id"].as_i64()?);
+        for k in 0..self.coordinator_servers() {
+            if self.coordinator_four_letter(k, "cons").await.is_some_and(|cons| cons.contains(&needle)) {
+                return Some(k);
+            }
+        }
+        None
     }
 
     /// The four-letter word `word`'s answer from coordinator server `k`, if it answers within a
@@ -805,7 +858,7 @@ probes:
   listen: {ip}:{probes}
 "#,
             id = CLUSTER_NODES[i],
-            coord = self.proxies.get(i).map_or(&self.coordinator_addr, |(addr, _)| addr),
+            coord = self.proxies.get(i).map_or(&self.coordinator_addr, |p| &p.connect),
             session = t.session_timeout_ms,
             op = (t.session_timeout_ms / 3).min(1000),
             mport = p.master,

@@ -8,6 +8,7 @@
 //! referee coordinator members list --server ADMIN_ADDR  # the ensemble's members (add, remove too)
 //! referee coordinator ensemble up --servers 3            # a whole ensemble on this machine (status, down)
 //! referee agent --config config/agent-db1.yaml           # the failover agent beside a master
+//! referee demo --scenario coordinator-leader-crash       # the demo, on a three-server ensemble
 //! ```
 //!
 //! The binary only parses arguments, sets up logging and signals, and calls the libraries.
@@ -44,8 +45,20 @@ enum DemoScenario {
     AgentCrash,
     /// A graceful switchover with `referee admin failover`.
     Switchover,
-    /// kill -9 of the coordinator under load, then a restart on its data directory.
+    /// kill -9 of the coordinator (every server of an ensemble at once) under load, then a
+    /// restart on the data directories.
     CoordinatorRestart,
+    /// kill -9 of the coordinator ensemble's leader under load: no failover; the killed server
+    /// restarts and rejoins as a follower (needs --coordinator ensemble).
+    CoordinatorLeaderCrash,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoCoordinator {
+    /// One bundled coordinator server.
+    Single,
+    /// Three bundled coordinator servers forming a Raft ensemble.
+    Ensemble,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -259,12 +272,15 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
-    /// Run the demo: a coordinator, two masters and two agents; a failure; a fenced failover;
-    /// a verdict from an independent reader of the journal.
+    /// Run the demo: a coordinator (three servers by default), two masters and two agents; a
+    /// failure; a fenced failover; a verdict from an independent reader of the journal.
     Demo {
         /// The failure to inject.
         #[arg(long, value_enum, default_value_t = DemoScenario::Crash)]
         scenario: DemoScenario,
+        /// The coordinator: a three-server ensemble, or one server.
+        #[arg(long, value_enum, default_value_t = DemoCoordinator::Ensemble)]
+        coordinator: DemoCoordinator,
         /// Exit this many seconds after the verdict (exit status 0 only if it holds) instead of
         /// waiting for Ctrl-C.
         #[arg(long, value_name = "SECONDS")]
@@ -315,7 +331,7 @@ fn main() -> ExitCode {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }
             Command::DriveMaster { action, url, timeout_ms } => Ok(run_master_command(action, url, timeout_ms).await),
-            Command::Demo { scenario, exit_after } => run_demo(scenario, exit_after).await,
+            Command::Demo { scenario, coordinator, exit_after } => run_demo(scenario, coordinator, exit_after).await,
             // `referee admin` has documented exit codes of its own.
             Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
         }
@@ -329,17 +345,27 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_demo(scenario: DemoScenario, exit_after: Option<u64>) -> anyhow::Result<i32> {
+async fn run_demo(
+    scenario: DemoScenario,
+    coordinator: DemoCoordinator,
+    exit_after: Option<u64>,
+) -> anyhow::Result<i32> {
     use referee::demo::{DemoOptions, Scenario};
+    use referee::lab::CoordinatorKind;
     let scenario = match scenario {
         DemoScenario::Crash => Scenario::Crash,
         DemoScenario::Hang => Scenario::Hang,
         DemoScenario::AgentCrash => Scenario::AgentCrash,
         DemoScenario::Switchover => Scenario::Switchover,
         DemoScenario::CoordinatorRestart => Scenario::CoordinatorRestart,
+        DemoScenario::CoordinatorLeaderCrash => Scenario::CoordinatorLeaderCrash,
+    };
+    let coordinator = match coordinator {
+        DemoCoordinator::Single => CoordinatorKind::Bundled,
+        DemoCoordinator::Ensemble => CoordinatorKind::BundledEnsemble,
     };
     let bin = std::env::current_exe().context("locating this executable")?;
-    let opts = DemoOptions { bin, scenario, exit_after: exit_after.map(std::time::Duration::from_secs) };
+    let opts = DemoOptions { bin, scenario, coordinator, exit_after: exit_after.map(std::time::Duration::from_secs) };
     let ok = referee::demo::run(opts).await?;
     Ok(if ok { 0 } else { 1 })
 }

@@ -1,6 +1,7 @@
 //! The demo, run unattended for each scenario: the verdict must hold (zero lost, zero stale,
 //! one active at the end; the command exits 0 only then) and no process it started may outlive
-//! it.
+//! it. By default it runs on a three-server coordinator ensemble; `--coordinator single` keeps
+//! the one-server story.
 
 use std::process::Command;
 
@@ -18,9 +19,13 @@ fn processes_mentioning(dir: &str) -> Vec<String> {
     out
 }
 
-fn run_demo(scenario: &str) -> Result<()> {
+/// Runs `referee demo --scenario SCENARIO ARGS --exit-after 0`, checks the verdict and the
+/// clean-up, and returns what it printed.
+fn run_demo_with(scenario: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_referee"))
-        .args(["demo", "--scenario", scenario, "--exit-after", "0"])
+        .args(["demo", "--scenario", scenario])
+        .args(args)
+        .args(["--exit-after", "0"])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
@@ -43,30 +48,87 @@ fn run_demo(scenario: &str) -> Result<()> {
     let left = processes_mentioning(&dir);
     ensure!(left.is_empty(), "processes outlived the demo: {left:?}");
     ensure!(!std::path::Path::new(&dir).exists(), "the demo removes its files: {dir}");
+    Ok(stdout.into_owned())
+}
+
+/// [`run_demo_with`] on the default coordinator, which must be the three-server ensemble with
+/// one leader named.
+fn run_demo(scenario: &str) -> Result<String> {
+    let stdout = run_demo_with(scenario, &[])?;
+    let servers = stdout.lines().find(|l| l.starts_with("Coordinator: a 3-server ensemble: server 1 on 127.0.0.1:"));
+    ensure!(
+        servers.is_some_and(|l| l.matches("(leader)").count() == 1 && l.matches("(follower)").count() == 2),
+        "the demo names the three servers and the one that leads: {stdout}"
+    );
+    Ok(stdout)
+}
+
+/// The default run: the crash scenario on the ensemble, with a failover timeline.
+#[test]
+fn demo_crash() -> Result<()> {
+    let stdout = run_demo("crash")?;
+    ensure!(stdout.contains("Failover timeline"), "{stdout}");
     Ok(())
 }
 
 #[test]
-fn demo_crash() -> Result<()> {
-    run_demo("crash")
+fn demo_crash_on_a_single_coordinator_server() -> Result<()> {
+    let stdout = run_demo_with("crash", &["--coordinator", "single"])?;
+    ensure!(stdout.contains("Coordinator: one server on 127.0.0.1:"), "{stdout}");
+    ensure!(!stdout.contains("ensemble"), "{stdout}");
+    Ok(())
 }
 
 #[test]
 fn demo_hang() -> Result<()> {
-    run_demo("hang")
+    run_demo("hang").map(drop)
 }
 
 #[test]
 fn demo_agent_crash() -> Result<()> {
-    run_demo("agent-crash")
+    run_demo("agent-crash").map(drop)
 }
 
 #[test]
 fn demo_switchover() -> Result<()> {
-    run_demo("switchover")
+    run_demo("switchover").map(drop)
+}
+
+/// Every server of the ensemble killed at once and restarted: nothing acknowledged is lost.
+#[test]
+fn demo_coordinator_restart() -> Result<()> {
+    let stdout = run_demo("coordinator-restart")?;
+    ensure!(stdout.contains("all 3 coordinator servers killed"), "{stdout}");
+    ensure!(stdout.contains("serving again after"), "{stdout}");
+    Ok(())
 }
 
 #[test]
-fn demo_coordinator_restart() -> Result<()> {
-    run_demo("coordinator-restart")
+fn demo_coordinator_restart_on_a_single_coordinator_server() -> Result<()> {
+    let stdout = run_demo_with("coordinator-restart", &["--coordinator", "single"])?;
+    ensure!(stdout.contains("  coordinator killed with"), "{stdout}");
+    Ok(())
+}
+
+/// The coordinator's leader killed: a new leader, no failover, the killed server back as a
+/// follower.
+#[test]
+fn demo_coordinator_leader_crash() -> Result<()> {
+    let stdout = run_demo("coordinator-leader-crash")?;
+    ensure!(stdout.contains("(the leader) killed"), "{stdout}");
+    ensure!(stdout.contains("no failover"), "{stdout}");
+    ensure!(stdout.contains("restarted on its data directory: follower"), "{stdout}");
+    Ok(())
+}
+
+/// The leader-crash scenario needs an ensemble, and says so.
+#[test]
+fn demo_coordinator_leader_crash_is_refused_on_a_single_server() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_referee"))
+        .args(["demo", "--scenario", "coordinator-leader-crash", "--coordinator", "single", "--exit-after", "0"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the demo must refuse: {stderr}");
+    ensure!(stderr.contains("--coordinator ensemble"), "{stderr}");
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! End-to-end tests of a master pair as real processes: the coordinator, two demo masters and
-//! two failover agents on loopback, against the bundled coordinator and against Apache
-//! ZooKeeper 3.8. Throughout each scenario two oracles run: both agents' `/active` probes are
+//! two failover agents on loopback, against the bundled coordinator (one server, and a
+//! three-server ensemble) and against Apache ZooKeeper 3.8. Throughout each scenario two oracles run: both agents' `/active` probes are
 //! polled (never 200 on both), and both masters are written to continuously (acknowledgements
 //! never interleave between masters).
 
@@ -156,8 +156,8 @@ async fn agent_partitioned(kind: CoordinatorKind) -> Result<()> {
     Ok(())
 }
 
-macro_rules! both_coordinators {
-    ($name:ident, $bundled:ident, $apache:ident) => {
+macro_rules! every_coordinator {
+    ($name:ident, $bundled:ident, $apache:ident, $ensemble:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $bundled() -> Result<()> {
             $name(CoordinatorKind::Bundled).await
@@ -167,13 +167,23 @@ macro_rules! both_coordinators {
         async fn $apache() -> Result<()> {
             $name(CoordinatorKind::ApacheZooKeeper).await
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $ensemble() -> Result<()> {
+            $name(CoordinatorKind::BundledEnsemble).await
+        }
     };
 }
 
-both_coordinators!(master_crash, master_crash_bundled, master_crash_apache_zookeeper);
-both_coordinators!(master_hang, master_hang_bundled, master_hang_apache_zookeeper);
-both_coordinators!(agent_crash, agent_crash_bundled, agent_crash_apache_zookeeper);
-both_coordinators!(agent_partitioned, agent_partitioned_bundled, agent_partitioned_apache_zookeeper);
+every_coordinator!(master_crash, master_crash_bundled, master_crash_apache_zookeeper, master_crash_bundled_ensemble);
+every_coordinator!(master_hang, master_hang_bundled, master_hang_apache_zookeeper, master_hang_bundled_ensemble);
+every_coordinator!(agent_crash, agent_crash_bundled, agent_crash_apache_zookeeper, agent_crash_bundled_ensemble);
+every_coordinator!(
+    agent_partitioned,
+    agent_partitioned_bundled,
+    agent_partitioned_apache_zookeeper,
+    agent_partitioned_bundled_ensemble
+);
 
 /// A crashed master is seen when its process exits, not at the next health check: with checks
 /// a minute apart, the other node still takes over within the deadline, because the old agent
@@ -285,7 +295,12 @@ async fn sigterm_hands_over(kind: CoordinatorKind) -> Result<()> {
     Ok(())
 }
 
-both_coordinators!(sigterm_hands_over, sigterm_hands_over_bundled, sigterm_hands_over_apache_zookeeper);
+every_coordinator!(
+    sigterm_hands_over,
+    sigterm_hands_over_bundled,
+    sigterm_hands_over_apache_zookeeper,
+    sigterm_hands_over_bundled_ensemble
+);
 
 /// A `pre_promote` hook that fails vetoes the promotion: the node that won the lock releases it
 /// and backs off instead of promoting; with the hook allowing it again, it promotes.

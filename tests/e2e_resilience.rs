@@ -192,6 +192,15 @@ macro_rules! both_coordinators {
 
 both_coordinators!(tokens_keep_increasing_after_a_wipe, failsafe_rides_out_a_coordinator_outage);
 
+/// The three-server ensemble: every server killed at once is the outage. (A wipe is not run on
+/// it: an ensemble that lost every server's data is a new ensemble, not a restart.)
+mod bundled_ensemble {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failsafe_rides_out_a_coordinator_outage() -> anyhow::Result<()> {
+        super::failsafe_rides_out_a_coordinator_outage(super::CoordinatorKind::BundledEnsemble).await
+    }
+}
+
 /// The preferred node takes the role back gracefully once its master has been healthy for the
 /// failback period, and anti-flap keeps the next failover at least the minimum interval after
 /// the last one.

@@ -1,5 +1,6 @@
 //! End-to-end safety of failover for masters that do not enforce a lease themselves, with real
-//! processes, against the bundled coordinator and against Apache ZooKeeper 3.8.
+//! processes, against the bundled coordinator (one server, and a three-server ensemble) and
+//! against Apache ZooKeeper 3.8.
 //!
 //! A master that polls its agent's `/lease` stops taking writes on its own when its agent
 //! hangs; most masters do not. These tests run the pair with two such kinds: the demo master
@@ -25,6 +26,13 @@
 //!   expire, that is before the lock can leave it; the margin is printed. A variant asks the
 //!   agent to stop (SIGTERM) just as its lease runs out, so that the graceful handover's own
 //!   coordinator calls wait in the black hole.
+//! - **Coordinator leader killed** (three-server ensemble only): the coordinator's leader is
+//!   killed with SIGKILL while the active master takes writes; the pair must keep its active
+//!   under the same token (no failover), and the killed server, restarted, rejoins as a follower.
+//!
+//! The scenarios run against one bundled server and Apache ZooKeeper; the black-hole ones and
+//! the leader kill also against the bundled three-server ensemble on loopback, where each
+//! agent's proxies (one per server) are black-holed together.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,6 +267,110 @@ async fn black_holed(kind: CoordinatorKind, master: MasterKind, stop_at_lease_en
     );
     ensure!(before_promotion > 0.0, "the old master was demoted after the new one was promoted");
     Ok(())
+}
+
+/// The coordinator ensemble's leader is killed (kill -9) while the pair runs and the active
+/// master takes writes: the other two servers elect a leader and the agents move their sessions
+/// there within their timeout, so the lock and its token stay where they were. The other master
+/// is never promoted, never two actives, every write is acknowledged under the same token, and
+/// the same master acknowledges writes again after the new leader is elected. Restarted on its
+/// data directory, the killed server rejoins as a follower.
+///
+/// The active agent's lease (session timeout - staleness - demotion deadline - margin, 1650 ms
+/// with the lab's timings) may run out while its session moves, if the election and the move
+/// take longer; the agent then demotes its master and promotes it again under the same token
+/// once its session answers. That is safe and is reported, not failed: what must not happen
+/// is a failover.
+async fn coordinator_leader_killed(master: MasterKind) -> Result<()> {
+    let pair = Arc::new(Pair::start(spec(CoordinatorKind::BundledEnsemble, master, false)).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let all: Vec<usize> = (0..pair.coordinator_servers()).collect();
+    let leader = pair.wait_for_coordinator_leader(&all, Duration::from_secs(20)).await?;
+    let others: Vec<usize> = all.iter().copied().filter(|&k| k != leader).collect();
+    let oracle = MasterOracle::start(&pair);
+    let record = until_record(&pair, &oracle, Duration::from_secs(5), "the active master to take writes", |r| {
+        r.acks.iter().any(|a| a.node == active)
+    })
+    .await?;
+    let token = record.acks.iter().find(|a| a.node == active).map(|a| a.what).context("an acknowledged write")?;
+
+    let killed_at = oracle.now();
+    pair.kill_coordinator_server(leader);
+    let successor = pair.wait_for_coordinator_leader(&others, Duration::from_secs(20)).await?;
+    let elected = oracle.now();
+    let record = until_record(&pair, &oracle, Duration::from_secs(10), "a second of writes after the election", |r| {
+        acknowledging_for(r, active, elected) >= Duration::from_secs(1)
+    })
+    .await?;
+    // The longest the active master went without acknowledging a write, across the kill.
+    let mut acked: Vec<Duration> =
+        record.acks.iter().filter(|a| a.node == active && a.sent >= killed_at).map(|a| a.received).collect();
+    acked.sort();
+    let mut longest_gap = acked.first().map_or(Duration::ZERO, |first| first.saturating_sub(killed_at));
+    for w in acked.windows(2) {
+        longest_gap = longest_gap.max(w[1] - w[0]);
+    }
+
+    // The killed server, restarted on its data directory, rejoins as a follower.
+    pair.restart_coordinator_server(leader).await?;
+    let leader_after = pair.wait_for_coordinator_leader(&all, Duration::from_secs(20)).await?;
+    let rejoined = pair.coordinator_mode(leader).await;
+    let record = oracle.finish().await;
+    let blip = record.demoted(active).map_or("none".to_string(), |d| {
+        format!("demoted by {:.1} ms, after the lease ran out, and promoted again under the same token", ms(d.by))
+    });
+    eprintln!(
+        "{master:?}: coordinator server {} (the leader) killed at {:.1} ms; server {} led {:.1} ms later; master {} \
+         kept token {token}, longest stretch without an acknowledged write {:.1} ms (lease blip: {blip}); \
+         restarted, server {} is {rejoined:?} (server {} leads)",
+        leader + 1,
+        ms(killed_at),
+        successor + 1,
+        ms(elected - killed_at),
+        NODES[active],
+        ms(longest_gap),
+        leader + 1,
+        leader_after + 1,
+    );
+    record.check()?;
+    ensure!(
+        record.promoted(1 - active, None).is_none(),
+        "master {} was promoted: the coordinator leader's crash caused a failover\n{}",
+        NODES[1 - active],
+        record.timeline()
+    );
+    let moved: Vec<_> = record.acks.iter().filter(|a| a.what != token).collect();
+    ensure!(moved.is_empty(), "writes acknowledged under another token than {token}: {moved:?}");
+    ensure!(pair.actives().await == vec![active], "node {} is no longer the single active", NODES[active]);
+    ensure!(
+        leader_after != leader && rejoined.as_deref() == Some("follower"),
+        "the restarted server {} is {rejoined:?} (server {} leads); it should have rejoined as a follower",
+        leader + 1,
+        leader_after + 1
+    );
+    Ok(())
+}
+
+mod bundled_ensemble {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn coordinator_leader_killed_plain_master() -> anyhow::Result<()> {
+        super::coordinator_leader_killed(super::MasterKind::Plain).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn coordinator_leader_killed_command_master() -> anyhow::Result<()> {
+        super::coordinator_leader_killed(super::MasterKind::Command).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn black_holed_active_agent_plain_master() -> anyhow::Result<()> {
+        super::black_holed_active_agent(super::CoordinatorKind::BundledEnsemble, super::MasterKind::Plain).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stopped_inside_a_black_hole_command_master() -> anyhow::Result<()> {
+        super::stopped_inside_a_black_hole(super::CoordinatorKind::BundledEnsemble, super::MasterKind::Command).await
+    }
 }
 
 macro_rules! every_case {
