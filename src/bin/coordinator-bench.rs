@@ -19,6 +19,12 @@
 //! next to this binary, with its default settings apart from its port and data directory.
 //! The exit status is non-zero if the coordinator failed a well-behaved request, died, kept the
 //! abusers' connections or refused a new session afterwards.
+//!
+//! `throughput`: pipelined sessions (SESSIONSxOUTSTANDING) send one operation for a few seconds
+//! per cell, against the coordinator and against Apache ZooKeeper (stock settings, its
+//! transaction log forced to disk as ours is) in the same run, with the memory, start-up,
+//! restart and longest-stall figures; `--ensemble 3` runs both as three-server ensembles on
+//! loopback instead, each cell's sessions spread over the servers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -27,9 +33,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use referee::ensemble::{render_config, Plan, PlannedServer, Role as EnsembleRole};
 use referee_testkit::abuse::{self, AbuseReport, AbuseSpec, Misbehaviour, WellBehavedSummary};
 use referee_testkit::bench::{self as tp, CellReport, Op, Shape};
-use referee_testkit::{apache_zookeeper_installed, four_letter, free_port, ApacheZk, ApacheZkProfile, ScratchDir};
+use referee_testkit::{
+    apache_zookeeper_installed, four_letter, free_port, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, ScratchDir,
+};
 
 #[derive(Parser)]
 #[command(name = "coordinator-bench", about = "Benchmarks of the bundled coordinator on loopback")]
@@ -85,6 +94,12 @@ struct ThroughputArgs {
     /// Also write the markdown tables to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Voting servers per coordination service: 1 (a server alone) or an ensemble of 3 or 5 on
+    /// loopback, ours against Apache ZooKeeper's with the same count. The cells' sessions are
+    /// spread over the servers (session i on server i mod N), memory is the sum over the
+    /// servers, and the restart kills every server at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    ensemble: u8,
 }
 
 /// The operations, as the command line names them.
@@ -197,60 +212,90 @@ async fn main() -> Result<()> {
     }
 }
 
-/// A server the load runs against.
+/// A coordination service the load runs against: one server, or an ensemble's.
 enum ServerUnderTest {
-    /// `referee coordinator` as a child process, with its scratch directory.
-    Referee { child: Child, port: u16, dir: ScratchDir },
+    /// `referee coordinator` as child processes (one per server, server 1 first), with their
+    /// scratch directory.
+    Referee { children: Vec<Child>, ports: Vec<u16>, dir: ScratchDir },
     /// Apache ZooKeeper's JVM, found by its listening port.
     Apache { zk: ApacheZk, pid: u32 },
+    /// Apache ZooKeeper ensemble's JVMs.
+    ApacheEnsemble { zk: ApacheZkEnsemble },
 }
 
 impl ServerUnderTest {
     fn name(&self) -> &'static str {
         match self {
             ServerUnderTest::Referee { .. } => "referee",
-            ServerUnderTest::Apache { .. } => "apache-zk",
+            ServerUnderTest::Apache { .. } | ServerUnderTest::ApacheEnsemble { .. } => "apache-zk",
         }
     }
 
+    /// Every server's client port, server 1 first.
+    fn ports(&self) -> Vec<u16> {
+        match self {
+            ServerUnderTest::Referee { ports, .. } => ports.clone(),
+            ServerUnderTest::Apache { zk, .. } => vec![zk.port],
+            ServerUnderTest::ApacheEnsemble { zk } => zk.ports(),
+        }
+    }
+
+    /// Server 1's client port.
     fn port(&self) -> u16 {
+        self.ports()[0]
+    }
+
+    /// Every server's address, server 1 first: where the load goes.
+    fn targets(&self) -> Vec<SocketAddr> {
+        self.ports().into_iter().map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect()
+    }
+
+    /// Every server's process id.
+    fn pids(&self) -> Vec<u32> {
         match self {
-            ServerUnderTest::Referee { port, .. } => *port,
-            ServerUnderTest::Apache { zk, .. } => zk.port,
+            ServerUnderTest::Referee { children, .. } => children.iter().map(Child::id).collect(),
+            ServerUnderTest::Apache { pid, .. } => vec![*pid],
+            ServerUnderTest::ApacheEnsemble { zk } => zk.pids(),
         }
     }
 
-    fn pid(&self) -> u32 {
-        match self {
-            ServerUnderTest::Referee { child, .. } => child.id(),
-            ServerUnderTest::Apache { pid, .. } => *pid,
-        }
+    /// A `kB` field of `/proc/<pid>/status` summed over the servers, in MiB.
+    fn status_mib(&self, field: &str) -> Option<f64> {
+        self.pids().into_iter().map(|pid| proc_status_mib(pid, field)).sum()
     }
 
     fn alive(&mut self) -> bool {
         match self {
-            ServerUnderTest::Referee { child, .. } => matches!(child.try_wait(), Ok(None)),
+            ServerUnderTest::Referee { children, .. } => children.iter_mut().all(|c| matches!(c.try_wait(), Ok(None))),
             ServerUnderTest::Apache { pid, .. } => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            ServerUnderTest::ApacheEnsemble { zk } => zk.running(),
         }
     }
 
     fn log_tail(&self) -> String {
         match self {
-            ServerUnderTest::Referee { dir, .. } => {
-                let text = std::fs::read_to_string(dir.path("coordinator.log")).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            }
+            ServerUnderTest::Referee { dir, ports, .. } => (1..=ports.len())
+                .map(|id| {
+                    let text =
+                        std::fs::read_to_string(dir.path(&referee_log_name(ports.len(), id))).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!("--- server {id} ---\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             ServerUnderTest::Apache { zk, .. } => zk.log_tail(),
+            ServerUnderTest::ApacheEnsemble { zk } => zk.log_tail(),
         }
     }
 }
 
 impl Drop for ServerUnderTest {
     fn drop(&mut self) {
-        if let ServerUnderTest::Referee { child, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let ServerUnderTest::Referee { children, .. } = self {
+            for child in children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
@@ -265,7 +310,7 @@ fn referee_bin() -> Result<PathBuf> {
 }
 
 async fn start_referee() -> Result<ServerUnderTest> {
-    let mut server = spawn_referee(ScratchDir::new("coordinator-bench")?, "")?;
+    let mut server = spawn_referee(ScratchDir::new("coordinator-bench")?, 1, "")?;
     let port = server.port();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -282,47 +327,97 @@ async fn start_referee() -> Result<ServerUnderTest> {
     }
 }
 
-/// Starts `referee coordinator` with its data in `dir` (a config with `extra` settings is
-/// written there the first time) and returns at once: the caller waits for it to serve.
-fn spawn_referee(dir: ScratchDir, extra: &str) -> Result<ServerUnderTest> {
-    let (child, port) = spawn_referee_in(&dir, extra)?;
-    Ok(ServerUnderTest::Referee { child, port, dir })
+/// Starts `referee coordinator` with its data in `dir`, `servers` of them (1, or an ensemble
+/// of 3 or 5 voters), and returns at once: the caller waits for it to serve. Their configs,
+/// with `extra` settings, are written there the first time; server 1 then initialises the
+/// ensemble.
+fn spawn_referee(dir: ScratchDir, servers: usize, extra: &str) -> Result<ServerUnderTest> {
+    let (children, ports) = spawn_referee_in(&dir, servers, extra)?;
+    Ok(ServerUnderTest::Referee { children, ports, dir })
 }
 
-fn spawn_referee_in(dir: &ScratchDir, extra: &str) -> Result<(Child, u16)> {
-    let config = dir.path("coordinator.yaml");
-    let port = match std::fs::read_to_string(&config) {
-        Ok(text) => text
+/// The log file of server `id` of `servers`.
+fn referee_log_name(servers: usize, id: usize) -> String {
+    if servers == 1 {
+        "coordinator.log".into()
+    } else {
+        format!("coordinator-{id}.log")
+    }
+}
+
+fn spawn_referee_in(dir: &ScratchDir, servers: usize, extra: &str) -> Result<(Vec<Child>, Vec<u16>)> {
+    let config_of =
+        |id: usize| if servers == 1 { dir.path("coordinator.yaml") } else { dir.path(&format!("server-{id}.yaml")) };
+    let first_start = !config_of(1).exists();
+    if first_start {
+        write_referee_configs(dir, servers, extra)?;
+    }
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for id in 1..=servers {
+        let config = config_of(id);
+        let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        let port = text
             .lines()
             .find_map(|l| l.strip_prefix("listen: 127.0.0.1:"))
             .and_then(|p| p.trim().parse().ok())
-            .context("reading the port back from the coordinator's config")?,
-        Err(_) => {
-            let port = free_port().context("choosing the coordinator's port")?;
-            // Defaults for everything but where it listens and keeps its data; the four-letter
-            // words the bench reads are named so that a narrower default list cannot hide them.
-            std::fs::write(
-                &config,
-                format!(
-                    "listen: 127.0.0.1:{port}\ndata_dir: {}\nfour_letter_words: [ruok, srvr, mntr]\n{extra}",
-                    dir.path("data").display()
-                ),
-            )?;
-            port
+            .context("reading the port back from the coordinator's config")?;
+        // Appended, so that a restarted server's log follows the first run's.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.path(&referee_log_name(servers, id)))?;
+        let mut command = Command::new(referee_bin()?);
+        command.arg("coordinator").arg("--config").arg(&config);
+        if first_start && servers > 1 && id == 1 {
+            command.arg("--init");
         }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting referee coordinator")?;
+        children.push(child);
+        ports.push(port);
+    }
+    Ok((children, ports))
+}
+
+/// Writes the configs of `servers` servers into `dir`: defaults for everything but where each
+/// listens and keeps its data; the four-letter words the bench reads are named so that a
+/// narrower default list cannot hide them.
+fn write_referee_configs(dir: &ScratchDir, servers: usize, extra: &str) -> Result<()> {
+    let words = "four_letter_words: [ruok, srvr, mntr]\n";
+    if servers == 1 {
+        let port = free_port().context("choosing the coordinator's port")?;
+        let data = dir.path("data");
+        std::fs::write(
+            dir.path("coordinator.yaml"),
+            format!("listen: 127.0.0.1:{port}\ndata_dir: {}\n{words}{extra}", data.display()),
+        )?;
+        return Ok(());
+    }
+    let at = |what: &str| -> Result<SocketAddr> {
+        let port = free_port().with_context(|| format!("choosing a {what} port"))?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    // Appended, so that a restarted server's log follows the first run's.
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path("coordinator.log"))?;
-    let child = Command::new(referee_bin()?)
-        .arg("coordinator")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting referee coordinator")?;
-    Ok((child, port))
+    let mut planned = Vec::new();
+    for id in 1..=servers as u64 {
+        planned.push(PlannedServer {
+            id,
+            role: EnsembleRole::Voter,
+            client: at("client")?,
+            peer: at("peer")?,
+            admin: at("admin")?,
+        });
+    }
+    let plan = Plan { voters: servers as u8, observers: 0, base_port: None, servers: planned };
+    let cluster_id = u64::from(plan.servers[0].client.port()) << 16 | u64::from(std::process::id() as u16);
+    for server in &plan.servers {
+        let data = dir.path(&format!("data-{}", server.id));
+        let config = render_config(&plan, cluster_id, server, &data);
+        std::fs::write(dir.path(&format!("server-{}.yaml", server.id)), format!("{config}{words}{extra}"))?;
+    }
+    Ok(())
 }
 
 async fn start_apache() -> Result<ServerUnderTest> {
@@ -408,7 +503,7 @@ async fn measure(mut server: ServerUnderTest, spec_for: impl Fn(SocketAddr) -> A
     let summary = report.summary();
     let ended = Instant::now();
     println!("# {name}: load average after the run: {}", load_average());
-    let rss_peak_mib = proc_status_mib(server.pid(), "VmHWM:");
+    let rss_peak_mib = server.status_mib("VmHWM:");
     let mut survived = server.alive();
     let recovered_in = if !survived {
         Err("server died".to_string())
@@ -687,19 +782,23 @@ struct ServerRun {
 
 /// Starts a fresh server of `kind` and waits for its first reply, returning the server and
 /// the time from process start to that reply.
-async fn spawn_and_time(referee: bool) -> Result<(ServerUnderTest, Duration)> {
+async fn spawn_and_time(referee: bool, servers: usize) -> Result<(ServerUnderTest, Duration)> {
     let spawned = Instant::now();
     let mut server = if referee {
         // No per-address connection limit, as Apache ZooKeeper is run with maxClientCnxns=0:
         // every session of a cell comes from 127.0.0.1.
-        spawn_referee(ScratchDir::new("coordinator-bench")?, "max_connections_per_address: 0\n")?
+        spawn_referee(ScratchDir::new("coordinator-bench")?, servers, "max_connections_per_address: 0\n")?
     } else {
         if !apache_zookeeper_installed() {
             bail!("measuring Apache ZooKeeper needs it installed (apt-get install zookeeper) with java on PATH");
         }
-        let zk = tokio::task::spawn_blocking(|| ApacheZk::spawn(ApacheZkProfile::Stock)).await??;
-        let pid = zk.pid();
-        ServerUnderTest::Apache { zk, pid }
+        if servers == 1 {
+            let zk = tokio::task::spawn_blocking(|| ApacheZk::spawn(ApacheZkProfile::Stock)).await??;
+            let pid = zk.pid();
+            ServerUnderTest::Apache { zk, pid }
+        } else {
+            ServerUnderTest::ApacheEnsemble { zk: ApacheZkEnsemble::spawn(servers)? }
+        }
     };
     let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
     let first = tp::first_reply(target, "/", spawned, Duration::from_secs(60)).await;
@@ -715,24 +814,32 @@ fn data_dir_of(server: &ServerUnderTest) -> PathBuf {
     match server {
         ServerUnderTest::Referee { dir, .. } => dir.0.clone(),
         ServerUnderTest::Apache { zk, .. } => zk.data_dir(),
+        ServerUnderTest::ApacheEnsemble { zk } => zk.data_dir(),
     }
 }
 
-/// Kills a server as a crash would and starts it again on its data; returns the time from the
-/// new process's start to the first reply to `exists(probe)`, and whether `probe` was there.
+/// Kills every server as a power loss would and starts them again on their data; returns the
+/// time from the new processes' start to server 1's first reply to `exists(probe)`, and
+/// whether `probe` was there.
 async fn restart_and_time(server: &mut ServerUnderTest, probe: &str) -> Result<(Duration, bool)> {
     let spawned;
     match server {
-        ServerUnderTest::Referee { child, dir, port } => {
-            let _ = child.kill();
-            let _ = child.wait();
+        ServerUnderTest::Referee { children, dir, ports } => {
+            for child in children.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             spawned = Instant::now();
-            (*child, *port) = spawn_referee_in(dir, "")?;
+            (*children, *ports) = spawn_referee_in(dir, ports.len(), "")?;
         }
         ServerUnderTest::Apache { zk, pid } => {
             spawned = Instant::now();
             zk.restart()?;
             *pid = zk.pid();
+        }
+        ServerUnderTest::ApacheEnsemble { zk } => {
+            spawned = Instant::now();
+            zk.restart_all()?;
         }
     }
     let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
@@ -777,22 +884,28 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
         Ok(())
     };
 
+    let servers = usize::from(args.ensemble);
     // Memory and restart, on a server that holds nothing else.
-    let (server, took) = spawn_and_time(referee).await?;
+    let (server, took) = spawn_and_time(referee, servers).await?;
     data(&server)?;
     run.start_empty = Some(took);
-    run.rss_idle_mib = proc_status_mib(server.pid(), "VmRSS:");
+    run.rss_idle_mib = server.status_mib("VmRSS:");
     println!(
         "{name} start-up, empty: {:.0} ms to the first reply; idle RSS {}",
         ms(took),
         run.rss_idle_mib.map_or("unknown".into(), |m| format!("{m:.1} MiB"))
     );
     if args.znodes > 0 {
-        let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
+        let targets = server.targets();
+        let target = targets[0];
         let fill_shape = Shape { sessions: 16, outstanding: 16 };
-        let took = tp::fill(target, "/mem", args.znodes, args.data_bytes, fill_shape).await?;
+        let took = tp::fill(&targets, "/mem", args.znodes, args.data_bytes, fill_shape).await?;
         run.fill_time = Some(took);
-        run.rss_full_mib = proc_status_mib(server.pid(), "VmRSS:");
+        let last = format!("/mem/n{}", args.znodes - 1);
+        for &t in &targets {
+            tp::await_node(t, &last, Duration::from_secs(60)).await?;
+        }
+        run.rss_full_mib = server.status_mib("VmRSS:");
         println!(
             "{name} with {} znodes of {} bytes (created in {:.1} s at {fill_shape}): RSS {}",
             args.znodes,
@@ -810,7 +923,7 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
             let pool = tp::Pool::of((0..args.znodes).map(|i| format!("/mem/n{i}")).collect(), args.data_bytes);
             println!("# {name}: load average before the stall run: {}", load_average());
             let report =
-                tp::run_cell(target, op, args.stall_shape, Duration::from_secs(args.stall_seconds), &pool, 0, None)
+                tp::run_cell(&targets, op, args.stall_shape, Duration::from_secs(args.stall_seconds), &pool, 0, None)
                     .await
                     .with_context(|| format!("{name}: the stall run"))?;
             println!(
@@ -838,10 +951,14 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
     }
 
     // The cells, on a fresh server.
-    let (mut server, _) = spawn_and_time(referee).await?;
+    let (mut server, _) = spawn_and_time(referee, servers).await?;
     data(&server)?;
-    let target = SocketAddr::from(([127, 0, 0, 1], server.port()));
-    let pool = tp::prepare(target, args.pool, args.data_bytes).await?;
+    let targets = server.targets();
+    let pool = tp::prepare(targets[0], args.pool, args.data_bytes).await?;
+    let last = format!("/tp/pool/n{}", args.pool - 1);
+    for &t in &targets {
+        tp::await_node(t, &last, Duration::from_secs(60)).await?;
+    }
     run.load.push(load_average());
     println!("# {name}: load average before the cells: {}", load_average());
     let duration = Duration::from_secs_f64(args.seconds);
@@ -851,7 +968,7 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
         for &op in ops {
             cell += 1;
             let to_delete = if op == Op::Delete { created.take() } else { None };
-            let report = tp::run_cell(target, op, shape, duration, &pool, cell, to_delete)
+            let report = tp::run_cell(&targets, op, shape, duration, &pool, cell, to_delete)
                 .await
                 .with_context(|| format!("{name}: {} at {shape}", op.name()))?;
             println!("{}", cell_line(name, &report));
@@ -997,12 +1114,14 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
     out
 }
 
-/// The coordinator's RSS with the --znodes nodes must stay under this, whatever Apache's is.
+/// The coordinator's RSS with the --znodes nodes must stay under this per server, whatever
+/// Apache's is.
 const RSS_FULL_LIMIT_MIB: f64 = 120.0;
 
 /// The targets: every row at least 2x Apache's throughput with a p99 no worse, and the
 /// resource figures; each miss is named with its numbers.
-fn throughput_verdict(ours: &ServerRun, apache: &ServerRun) -> Vec<String> {
+fn throughput_verdict(ours: &ServerRun, apache: &ServerRun, servers: usize) -> Vec<String> {
+    let rss_limit = RSS_FULL_LIMIT_MIB * servers as f64;
     let mut misses = Vec::new();
     for (a, b) in ours.cells.iter().zip(&apache.cells) {
         let r = a.ops_per_sec() / b.ops_per_sec().max(f64::MIN_POSITIVE);
@@ -1031,8 +1150,8 @@ fn throughput_verdict(ours: &ServerRun, apache: &ServerRun) -> Vec<String> {
         }
     }
     if let Some(x) = ours.rss_full_mib {
-        if x >= RSS_FULL_LIMIT_MIB {
-            misses.push(format!("RSS with the znodes {x:.0} MiB is not under {RSS_FULL_LIMIT_MIB:.0} MiB"));
+        if x >= rss_limit {
+            misses.push(format!("RSS with the znodes {x:.0} MiB is not under {rss_limit:.0} MiB"));
         }
     }
     if let Some((t, kept)) = ours.start_full {
@@ -1058,13 +1177,16 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     if args.pool == 0 {
         bail!("--pool must be at least 1");
     }
+    if !matches!(args.ensemble, 1 | 3 | 5) {
+        bail!("--ensemble {}: give 1 (a server alone), 3 or 5 (an ensemble of voters)", args.ensemble);
+    }
     let ops: Vec<Op> = Op::ALL.into_iter().filter(|op| args.ops.iter().any(|o| o.op() == *op)).collect();
     if ops.contains(&Op::Delete) && !ops.contains(&Op::Create) {
         bail!("--ops delete deletes what create made: add create");
     }
     let disk = on_real_disk(&std::env::temp_dir())?;
     let command = format!(
-        "coordinator-bench throughput --seconds {} --ops {} --shapes {} --servers {} --znodes {} --data-bytes {} --pool {}{}",
+        "coordinator-bench throughput --seconds {} --ops {} --shapes {} --servers {} --znodes {} --data-bytes {} --pool {}{}{}",
         args.seconds,
         ThroughputOp::all()
             .into_iter()
@@ -1081,7 +1203,8 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
             format!(" --stall-seconds {} --stall-op {} --stall-shape {}", args.stall_seconds, args.stall_op, args.stall_shape)
         } else {
             String::new()
-        }
+        },
+        if args.ensemble > 1 { format!(" --ensemble {}", args.ensemble) } else { String::new() }
     );
     let mut header = format!("# {command}\n# machine: {}\n# data directories: {disk}\n", machine());
     header += &format!("# load average at the start: {}\n", load_average());
@@ -1100,7 +1223,7 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     println!("{tables}");
     let mut verdict = String::new();
     if let [ours, apache] = &runs[..] {
-        let misses = throughput_verdict(ours, apache);
+        let misses = throughput_verdict(ours, apache, usize::from(args.ensemble));
         if misses.is_empty() {
             verdict = "targets: all met\n".into();
         } else {

@@ -1,5 +1,6 @@
-//! Apache ZooKeeper from Debian's `zookeeper` package, standalone on loopback: the reference the
-//! coordinator is compared with, and a second coordination service for the agent.
+//! Apache ZooKeeper from Debian's `zookeeper` package on loopback, standalone ([`ApacheZk`]: the
+//! reference the coordinator is compared with, and a second coordination service for the agent)
+//! or as an ensemble ([`ApacheZkEnsemble`], the reference for the bundled ensemble).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -167,6 +168,135 @@ impl Drop for ApacheZk {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An Apache ZooKeeper ensemble of `n` voting servers on loopback, every setting at ZooKeeper's
+/// default (as [`ApacheZkProfile::Stock`]: 2 s tick, `forceSync=yes`, `initLimit=10`,
+/// `syncLimit=5`) apart from `maxClientCnxns=0`, stopped on drop.
+pub struct ApacheZkEnsemble {
+    servers: Vec<EnsembleMember>,
+}
+
+struct EnsembleMember {
+    child: Child,
+    port: u16,
+    dir: ScratchDir,
+}
+
+impl ApacheZkEnsemble {
+    /// Writes every server's `zoo.cfg` and `myid` and starts them all, returning as soon as the
+    /// processes are spawned; [`wait_ready`](Self::wait_ready) waits until each serves.
+    pub fn spawn(n: usize) -> Result<Self> {
+        if n < 3 || n.is_multiple_of(2) {
+            bail!("an Apache ZooKeeper ensemble needs an odd number of servers, at least 3 (not {n})");
+        }
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let port = || free_port().context("choosing Apache ZooKeeper's ports");
+            ports.push((port()?, port()?, port()?));
+        }
+        let server_lines: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, quorum, election))| format!("server.{}=127.0.0.1:{quorum}:{election}\n", i + 1))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (client, _, _)) in ports.iter().enumerate() {
+            let dir = ScratchDir::new(&format!("apache-zk-{}", i + 1))?;
+            std::fs::create_dir_all(dir.path("data"))?;
+            std::fs::write(dir.path("data").join("myid"), format!("{}\n", i + 1))?;
+            std::fs::write(
+                dir.path("zoo.cfg"),
+                format!(
+                    "tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={client}\n\
+                     clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n\
+                     maxClientCnxns=0\n{server_lines}",
+                    dir.path("data").display()
+                ),
+            )?;
+            let child = ApacheZk::spawn_in(&dir, None)?;
+            servers.push(EnsembleMember { child, port: *client, dir });
+        }
+        Ok(ApacheZkEnsemble { servers })
+    }
+
+    /// Waits until every server answers `srvr` with a mode (leader or follower). Blocking: call
+    /// it from `spawn_blocking`.
+    pub fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        for i in 0..self.servers.len() {
+            loop {
+                if let Some(status) = self.servers[i].child.try_wait()? {
+                    bail!("Apache ZooKeeper server {} exited with {status}: {}", i + 1, self.log_tail());
+                }
+                let mode = four_letter(self.servers[i].port, "srvr").unwrap_or_default();
+                if mode.contains("Mode: leader") || mode.contains("Mode: follower") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("Apache ZooKeeper server {} was not serving within {limit:?}: {}", i + 1, self.log_tail());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every server at once (SIGKILL, as a power loss) and starts them again on their data
+    /// directories, returning once the processes are spawned.
+    pub fn restart_all(&mut self) -> Result<()> {
+        for s in &mut self.servers {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        for s in &mut self.servers {
+            s.child = ApacheZk::spawn_in(&s.dir, None)?;
+        }
+        Ok(())
+    }
+
+    /// Every server's client port, server 1 first.
+    pub fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+
+    /// Every server's process id (the JVM's), server 1 first.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|s| s.child.id()).collect()
+    }
+
+    /// Whether every server process is still running.
+    pub fn running(&mut self) -> bool {
+        self.servers.iter_mut().all(|s| matches!(s.child.try_wait(), Ok(None)))
+    }
+
+    /// Server 1's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.servers[0].dir.path("data")
+    }
+
+    /// The last lines of each server's log.
+    pub fn log_tail(&self) -> String {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let text = std::fs::read_to_string(s.dir.path("server.log")).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!("--- server {} ---\n{}", i + 1, lines[lines.len().saturating_sub(10)..].join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ApacheZkEnsemble {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
     }
 }
 

@@ -204,8 +204,16 @@ pub async fn prepare(target: SocketAddr, pool_size: usize, data_bytes: usize) ->
 }
 
 /// Creates `count` nodes of `data_bytes` under a new `parent` with `shape` (no deadline: until
-/// all are made), returning how long it took.
-pub async fn fill(target: SocketAddr, parent: &str, count: usize, data_bytes: usize, shape: Shape) -> Result<Duration> {
+/// all are made), returning how long it took. Session `i` connects to `targets[i % len]`, so an
+/// ensemble's servers share the sessions as its clients would.
+pub async fn fill(
+    targets: &[SocketAddr],
+    parent: &str,
+    count: usize,
+    data_bytes: usize,
+    shape: Shape,
+) -> Result<Duration> {
+    let target = first(targets)?;
     let mut c = connect(target).await?;
     let (err, _) =
         c.call(&Request::Create { path: parent.into(), data: Vec::new(), flags: create_mode::PERSISTENT }).await?;
@@ -217,7 +225,7 @@ pub async fn fill(target: SocketAddr, parent: &str, count: usize, data_bytes: us
     let per = count.div_ceil(shape.sessions);
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..shape.sessions {
-        let c = connect(target).await?;
+        let c = connect(targets[s % targets.len()]).await?;
         let data = vec![b'f'; data_bytes];
         let parent = parent.to_string();
         let range = (s * per)..((s + 1) * per).min(count);
@@ -237,10 +245,10 @@ pub async fn fill(target: SocketAddr, parent: &str, count: usize, data_bytes: us
 }
 
 /// Runs one cell: `shape.sessions` sessions send `op` for `duration`, then wait for their last
-/// replies. `cell` numbers the create cell's parent node; `to_delete` is what the preceding
-/// create cell made (a delete cell needs it).
+/// replies. Session `i` connects to `targets[i % len]`. `cell` numbers the create cell's parent
+/// node; `to_delete` is what the preceding create cell made (a delete cell needs it).
 pub async fn run_cell(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     op: Op,
     shape: Shape,
     duration: Duration,
@@ -250,7 +258,7 @@ pub async fn run_cell(
 ) -> Result<CellReport> {
     let parent = format!("/tp/c{cell}");
     if op == Op::Create {
-        let mut c = connect(target).await?;
+        let mut c = connect(first(targets)?).await?;
         let (err, _) =
             c.call(&Request::Create { path: parent.clone(), data: Vec::new(), flags: create_mode::PERSISTENT }).await?;
         if err != code::OK {
@@ -265,8 +273,14 @@ pub async fn run_cell(
     };
     to_delete.resize(shape.sessions, None);
     let mut clients = Vec::with_capacity(shape.sessions);
-    for _ in 0..shape.sessions {
-        clients.push(connect(target).await.context("connecting a session for the cell")?);
+    for s in 0..shape.sessions {
+        clients.push(connect(targets[s % targets.len()]).await.context("connecting a session for the cell")?);
+    }
+    if op == Op::Create && targets.len() > 1 {
+        // The parent was made through the first server: every other one must have it first.
+        for &t in &targets[1..] {
+            await_node(t, &parent, Duration::from_secs(30)).await?;
+        }
     }
     let start = Instant::now();
     let deadline = start + duration;
@@ -431,6 +445,27 @@ async fn close_halves(sender: &mut RawSender, receiver: &mut RawReceiver) {
         anyhow::Ok(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+}
+
+/// The first of `targets`; an empty list is a caller's mistake, named.
+fn first(targets: &[SocketAddr]) -> Result<SocketAddr> {
+    targets.first().copied().context("no server to send the load to")
+}
+
+/// Waits until `target` answers that `path` exists (a server of an ensemble catching up with a
+/// write made through another one), at most `limit`.
+pub async fn await_node(target: SocketAddr, path: &str, limit: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let (_, there) = first_reply(target, path, started, limit).await?;
+        if there {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            bail!("{target} did not have {path} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Times a server's start: calls `exists(path)` until it succeeds (a reply, whatever its

@@ -18,7 +18,8 @@
 //!   `REFEREE_REQUIRE_ALL_TESTS` (as in CI).
 //! - [`TestServer`]: the bundled coordinator in-process on an ephemeral port, with [`connect`]
 //!   for a zookeeper-client session.
-//! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback, with
+//! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback (or
+//!   [`ApacheZkEnsemble`], several servers), with
 //!   [`apache_zookeeper_installed`] and [`four_letter`].
 //! - [`abuse`]: a misbehaviour load generator (never-reading, flooding, session-leaking and
 //!   huge-path clients beside timed well-behaved ones) with the raw pipelining client it uses.
@@ -54,7 +55,8 @@ mod skip;
 mod test_server;
 
 pub use apache_zk::{
-    apache_zookeeper_installed, four_letter, ApacheZk, ApacheZkProfile, APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
+    apache_zookeeper_installed, four_letter, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, APACHE_ZK_BIN,
+    APACHE_ZK_MISSING, SUPER_DIGEST,
 };
 pub use deadline::{wait_until, within, within_for, DEADLINE};
 pub use hosts::{hosts_unavailable, Faults, Host, Hosts, HOSTS_PREFIX};
