@@ -205,6 +205,11 @@ pub enum CoordinatorKind {
     /// journal given every server's client address: on loopback (each server its own client and
     /// peer port on 127.0.0.1), or one simulated host per server ([`Pair::start_on_hosts`]).
     BundledEnsemble,
+    /// The same voters, and beside each node a coordinator observer (on the node's host, on
+    /// simulated hosts) that the node's agent and journal connect to alone, as clients at a
+    /// site away from the voters use a local observer: it serves their reads, forwards their
+    /// writes and reports their sessions' liveness, and never votes.
+    BundledEnsembleWithObservers,
 }
 
 /// The servers of a [`CoordinatorKind::BundledEnsemble`].
@@ -215,7 +220,15 @@ impl CoordinatorKind {
     pub fn servers(self) -> usize {
         match self {
             CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 1,
-            CoordinatorKind::BundledEnsemble => ENSEMBLE_SERVERS,
+            CoordinatorKind::BundledEnsemble | CoordinatorKind::BundledEnsembleWithObservers => ENSEMBLE_SERVERS,
+        }
+    }
+
+    /// How many observers the kind runs beside `nodes` nodes (one each, or none).
+    pub fn observers(self, nodes: usize) -> usize {
+        match self {
+            CoordinatorKind::BundledEnsembleWithObservers => nodes,
+            _ => 0,
         }
     }
 
@@ -225,7 +238,7 @@ impl CoordinatorKind {
     fn max_staleness_ms(self) -> u64 {
         match self {
             CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 0,
-            CoordinatorKind::BundledEnsemble => 100,
+            CoordinatorKind::BundledEnsemble | CoordinatorKind::BundledEnsembleWithObservers => 100,
         }
     }
 }
@@ -361,9 +374,12 @@ pub struct Pair {
     coordinator_starts: std::sync::atomic::AtomicUsize,
     /// Each coordinator server's client and peer ports, server 1 first.
     coordinator_ports: Vec<CoordinatorPorts>,
-    /// The connect string of the coordinator: `host:port` of a server alone, every server's
+    /// The connect string of the coordinator: `host:port` of a server alone, every voter's
     /// `host:port` comma-separated for an ensemble.
     pub coordinator_addr: String,
+    /// What each node's agent and journal connect to: its observer where the kind has them,
+    /// else [`Pair::coordinator_addr`].
+    node_connect: Vec<String>,
     /// The masters, `a` then `b`.
     pub masters: Vec<Proc>,
     /// The agents, `a` then `b`.
@@ -436,7 +452,9 @@ impl Pair {
     /// The start of every kind of cluster: `nodes` nodes, each process where `placement` puts it.
     async fn start_n(spec: PairSpec, placement: Placement, nodes: usize) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
-        let servers = spec.coordinator.servers();
+        let voters = spec.coordinator.servers();
+        // Voters first, then one observer beside each node (when the kind has them).
+        let servers = voters + spec.coordinator.observers(nodes);
         let mut coordinator_ports = Vec::new();
         for _ in 0..servers {
             coordinator_ports.push(CoordinatorPorts { client: child_port()?, peer: child_port()? });
@@ -444,7 +462,9 @@ impl Pair {
         let addrs: Vec<String> = (0..servers)
             .map(|k| format!("{}:{}", placement.ip(Role::Coordinator(k)), coordinator_ports[k].client))
             .collect();
-        let coordinator_addr = addrs.join(",");
+        let coordinator_addr = addrs[..voters].join(",");
+        let node_connect: Vec<String> =
+            (0..nodes).map(|i| addrs.get(voters + i).cloned().unwrap_or_else(|| coordinator_addr.clone())).collect();
         // Every server starts before any is waited for: an ensemble serves only once a
         // majority runs. Server 1 alone initialises the ensemble.
         let mut coordinators = Vec::new();
@@ -475,6 +495,7 @@ impl Pair {
             coordinator_starts: std::sync::atomic::AtomicUsize::new(1),
             coordinator_ports,
             coordinator_addr,
+            node_connect,
             masters: Vec::new(),
             agents: Vec::new(),
             ports,
@@ -486,13 +507,13 @@ impl Pair {
         if pair.spec.proxied_agents {
             // One proxy per agent and server: the agent's connect string lists its own proxies,
             // so cutting them all cuts it from the whole ensemble, wherever its session lives.
-            let mut targets = Vec::new();
-            for addr in &addrs {
-                let target: std::net::SocketAddr =
-                    addr.parse().map_err(|e| LabError::Child(format!("the coordinator address {addr}: {e}")))?;
-                targets.push(target);
-            }
-            for _ in 0..nodes {
+            for i in 0..nodes {
+                let mut targets = Vec::new();
+                for addr in pair.node_connect[i].split(',') {
+                    let target: std::net::SocketAddr =
+                        addr.parse().map_err(|e| LabError::Child(format!("the coordinator address {addr}: {e}")))?;
+                    targets.push(target);
+                }
                 let mut each = Vec::new();
                 for &target in &targets {
                     let proxy =
@@ -605,9 +626,17 @@ impl Pair {
         Ok(())
     }
 
-    /// How many coordinator servers the pair has (1, or [`ENSEMBLE_SERVERS`]).
+    /// How many voting coordinator servers the pair has (1, or [`ENSEMBLE_SERVERS`]): servers
+    /// 0 to this less one. Observers, where the kind has them, come after them
+    /// ([`Pair::coordinator_observer`]).
     pub fn coordinator_servers(&self) -> usize {
-        self.coordinators.len()
+        self.spec.coordinator.servers()
+    }
+
+    /// The coordinator server (from 0) of the observer beside node `i`, if the kind has them.
+    pub fn coordinator_observer(&self, i: usize) -> Option<usize> {
+        let k = self.coordinator_servers() + i;
+        (k < self.coordinators.len()).then_some(k)
     }
 
     /// The client address (`host:port`) of coordinator server `k` (from 0).
@@ -681,7 +710,7 @@ impl Pair {
         }
     }
 
-    /// The coordinator server (from 0) agent `i`'s session is connected to: its session id, from
+    /// The coordinator server (from 0, observers included) agent `i`'s session is connected to: its session id, from
     /// the agent's `/status`, looked up in each server's `cons`. `None` when the agent has no
     /// connected session or no server lists it.
     pub async fn agent_coordinator_server(&self, i: usize) -> Option<usize> {
@@ -691,7 +720,7 @@ impl Pair {
         }
         // `cons` prints a session id as the hex of its 64 bits, as `{:x}` does for an i64.
         let needle = format!("sid=0x{:x},", status["session"]["session_id"].as_i64()?);
-        for k in 0..self.coordinator_servers() {
+        for k in 0..self.coordinators.len() {
             if self.coordinator_four_letter(k, "cons").await.is_some_and(|cons| cons.contains(&needle)) {
                 return Some(k);
             }
@@ -740,7 +769,7 @@ impl Pair {
         let journal = if self.spec.journal {
             format!(
                 "journal:\n  connect: \"{}\"\n  path: {JOURNAL_PATH}\n  epoch_path: {EPOCH_PATH}\n  session_timeout_ms: 4000\n  op_timeout_ms: 1000\n",
-                self.coordinator_addr
+                self.node_connect[i]
             )
         } else {
             String::new()
@@ -858,7 +887,7 @@ probes:
   listen: {ip}:{probes}
 "#,
             id = CLUSTER_NODES[i],
-            coord = self.proxies.get(i).map_or(&self.coordinator_addr, |p| &p.connect),
+            coord = self.proxies.get(i).map_or(&self.node_connect[i], |p| &p.connect),
             session = t.session_timeout_ms,
             op = (t.session_timeout_ms / 3).min(1000),
             mport = p.master,
@@ -1721,18 +1750,20 @@ fn start_coordinator(
     let cdir = dir.join("coordinator");
     std::fs::create_dir_all(&cdir).map_err(io("creating the coordinator directory"))?;
     match spec.coordinator {
-        CoordinatorKind::BundledEnsemble => {
+        CoordinatorKind::BundledEnsemble | CoordinatorKind::BundledEnsembleWithObservers => {
             let tick = spec.timings.tick_ms.min(1000);
+            let voters = spec.coordinator.servers();
             let servers: String = ports
                 .iter()
                 .enumerate()
                 .map(|(j, p)| {
                     let host = placement.ip(Role::Coordinator(j));
                     format!(
-                        "  - {{ id: {}, client: \"{host}:{}\", peer: \"{host}:{}\", role: voter }}\n",
+                        "  - {{ id: {}, client: \"{host}:{}\", peer: \"{host}:{}\", role: {} }}\n",
                         j + 1,
                         p.client,
-                        p.peer
+                        p.peer,
+                        if j < voters { "voter" } else { "observer" }
                     )
                 })
                 .collect();
@@ -1896,10 +1927,16 @@ pub fn node_host(i: usize) -> usize {
 }
 
 /// The host coordinator server `k` (from 0) runs on, in [`Pair::start_on_hosts`] with
-/// `kind`: host 1, then for an ensemble hosts 2 and 3.
+/// `kind`: host 1, then for an ensemble hosts 2 and 3; an observer on its node's host.
 pub fn coordinator_host_of(kind: CoordinatorKind, k: usize) -> usize {
-    debug_assert!(k < kind.servers(), "{kind:?} has no coordinator server {}", k + 1);
-    COORDINATOR_HOST + k
+    let voters = kind.servers();
+    debug_assert!(k < voters + kind.observers(NODES.len()), "{kind:?} has no coordinator server {}", k + 1);
+    if k < voters {
+        COORDINATOR_HOST + k
+    } else {
+        // An observer lives on the host of the node it serves.
+        node_host_of(kind, k - voters)
+    }
 }
 
 /// The host node `i` runs on, in [`Pair::start_on_hosts`] with `kind`: after the coordinator's
@@ -2021,7 +2058,8 @@ impl Pair {
             });
         }
         spec.extra_agent_yaml = extra;
-        let coordinators = (0..kind.servers()).map(|k| hosts.host(coordinator_host_of(kind, k)).clone()).collect();
+        let servers = kind.servers() + kind.observers(NODES.len());
+        let coordinators = (0..servers).map(|k| hosts.host(coordinator_host_of(kind, k)).clone()).collect();
         let placement = Placement::Hosts { coordinators, nodes };
         Pair::start_placed(spec, placement).await
     }

@@ -9,7 +9,10 @@
 //! (`bundled_ensemble::`): its servers on hosts 1, 2 and 3, node `a` on host 4 and node `b` on
 //! host 5, the agents and journals given all three servers' addresses (and
 //! `max_staleness_ms: 100`, as agents on an ensemble must). There "the coordinator's host" is
-//! each of the three, and the coordinator restart restarts every server at once. The masters are plain (`--no-lease-poll`): they take writes while active until someone
+//! each of the three, and the coordinator restart restarts every server at once. The same again
+//! with a coordinator observer beside each node, on its host (`bundled_ensemble_observers::`):
+//! each agent and journal connects to its own observer alone, which forwards their writes and
+//! reports their sessions' liveness to the voters' leader. The masters are plain (`--no-lease-poll`): they take writes while active until someone
 //! demotes them, so safety rests on the agents. Fencing between hosts is the graceful request
 //! over the network, then the same demotion through a management path the faults do not cut.
 //!
@@ -143,6 +146,23 @@ macro_rules! scenarios {
                 async fn $ename() -> Result<()> {
                     let test = concat!("bundled_ensemble::", stringify!($ename));
                     $erun($($earg,)* CoordinatorKind::BundledEnsemble, test).await
+                }
+            )*
+        }
+        mod bundled_ensemble_observers {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() -> Result<()> {
+                    let test = concat!("bundled_ensemble_observers::", stringify!($name));
+                    $run($($arg,)* CoordinatorKind::BundledEnsembleWithObservers, test).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $ename() -> Result<()> {
+                    let test = concat!("bundled_ensemble_observers::", stringify!($ename));
+                    $erun($($earg,)* CoordinatorKind::BundledEnsembleWithObservers, test).await
                 }
             )*
         }

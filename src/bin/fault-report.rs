@@ -57,6 +57,8 @@ struct Args {
 enum Coordinator {
     Bundled,
     Ensemble,
+    /// The three-server ensemble with an observer beside each node, which its agent uses.
+    EnsembleObservers,
     Apache,
 }
 
@@ -112,6 +114,7 @@ async fn main() -> Result<()> {
     let kind = match args.coordinator {
         Coordinator::Bundled => CoordinatorKind::Bundled,
         Coordinator::Ensemble => CoordinatorKind::BundledEnsemble,
+        Coordinator::EnsembleObservers => CoordinatorKind::BundledEnsembleWithObservers,
         Coordinator::Apache => CoordinatorKind::ApacheZooKeeper,
     };
     if let CoordinatorKind::ApacheZooKeeper = kind {
@@ -144,6 +147,9 @@ async fn main() -> Result<()> {
         CoordinatorKind::Bundled => "bundled coordinator",
         CoordinatorKind::ApacheZooKeeper => "Apache ZooKeeper 3.8",
         CoordinatorKind::BundledEnsemble => "bundled coordinator, a three-server ensemble",
+        CoordinatorKind::BundledEnsembleWithObservers => {
+            "bundled coordinator, a three-server ensemble and an observer beside each node"
+        }
     };
     let header = format!(
         "fault-report --runs {} --coordinator {:?}: {label}, load average {load_before} -> {load_after}",

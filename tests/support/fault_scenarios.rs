@@ -249,8 +249,35 @@ pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: Coor
     result.map(|_| ())
 }
 
+/// Where the pair has an observer beside each node, checks that each is one (`srvr` says so)
+/// and that its node's agent holds its session there, as the layout promises.
+async fn agents_on_their_observers(pair: &Pair) -> Result<()> {
+    for i in 0..NODES.len() {
+        let Some(k) = pair.coordinator_observer(i) else { continue };
+        let mode = pair.coordinator_mode(k).await;
+        ensure!(mode.as_deref() == Some("observer"), "coordinator server {} beside node {i} says {mode:?}", k + 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let on = pair.agent_coordinator_server(i).await;
+            if on == Some(k) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "agent {} holds its session on server {:?}, not on its observer {}",
+                NODES[i],
+                on.map(|s| s + 1),
+                k + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Returns the time from the fault to the new master's first acknowledged write.
 async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) -> Result<Duration> {
+    agents_on_their_observers(pair).await?;
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     let old_host = pair.node_host(old);
@@ -412,6 +439,7 @@ async fn run_process_fault(
     masters: Masters,
     kill_coordinator_leader: bool,
 ) -> Result<Duration> {
+    agents_on_their_observers(pair).await?;
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     let oracle = MasterOracle::start(pair);
