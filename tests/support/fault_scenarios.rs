@@ -252,7 +252,7 @@ pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: Coor
 /// Where the pair has an observer beside each node, checks that each is one (`srvr` says so)
 /// and that its node's agent holds its session there, as the layout promises.
 async fn agents_on_their_observers(pair: &Pair) -> Result<()> {
-    for i in 0..NODES.len() {
+    for (i, node) in NODES.iter().enumerate() {
         let Some(k) = pair.coordinator_observer(i) else { continue };
         let mode = pair.coordinator_mode(k).await;
         ensure!(mode.as_deref() == Some("observer"), "coordinator server {} beside node {i} says {mode:?}", k + 1);
@@ -264,8 +264,7 @@ async fn agents_on_their_observers(pair: &Pair) -> Result<()> {
             }
             ensure!(
                 Instant::now() < deadline,
-                "agent {} holds its session on server {:?}, not on its observer {}",
-                NODES[i],
+                "agent {node} holds its session on server {:?}, not on its observer {}",
                 on.map(|s| s + 1),
                 k + 1
             );
