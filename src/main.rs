@@ -18,8 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::server::{shutdown_signal, Coordinator, Startup};
+use referee_coordinator::server::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -309,7 +308,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Coordinator { config: Some(config), init, tool: None } => {
-                run_coordinator(config, init).await.map(|()| 0)
+                referee_coordinator::run::run_from_config(&config, init, "referee")
+                    .await
+                    .map(|()| 0)
+                    .map_err(Into::into)
             }
             Command::Coordinator { config: None, tool: Some(CoordinatorTool::Members { action }), .. } => {
                 Ok(run_members(action).await)
@@ -368,24 +370,6 @@ async fn run_demo(
     let opts = DemoOptions { bin, scenario, coordinator, exit_after: exit_after.map(std::time::Duration::from_secs) };
     let ok = referee::demo::run(opts).await?;
     Ok(if ok { 0 } else { 1 })
-}
-
-async fn run_coordinator(config_path: PathBuf, initialise: bool) -> anyhow::Result<()> {
-    let config = CoordinatorConfig::load(&config_path)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
-    let peer_listener = match config.this_server().filter(|_| config.is_ensemble()) {
-        Some(me) => Some(tokio::net::TcpListener::bind(me.peer).await.with_context(|| {
-            format!("cannot listen on the peer address {} (`servers` in {})", me.peer, config_path.display())
-        })?),
-        None => None,
-    };
-    let startup = Startup { initialise, peer_listener };
-    let fs = std::sync::Arc::new(referee_coordinator::log::RealFs);
-    let coordinator = Coordinator::start_with(config, fs, startup).await?;
-    coordinator.serve(listener, shutdown_signal("referee")).await?;
-    Ok(())
 }
 
 /// `members list|add|remove`: one request to the admin listener at `--server`, sent once more

@@ -36,6 +36,7 @@
 //! - [`fourlw`]: the four-letter words (`ruok`, `srvr`, `mntr`, ...) on the client port.
 //! - [`admin`]: the admin HTTP listener: Prometheus `/metrics` and the ensemble's `/members`.
 //! - [`server`]: start-up, the accept loop, session expiry, shutdown.
+//! - [`run`]: a coordinator process's life from its configuration file, for both binaries.
 //!
 //! ```text
 //!  client ─▶ frame ─▶ request ─▶ connection ─┬─ read ─▶ tree (under the state lock) ─┐
@@ -67,6 +68,7 @@ pub mod propose;
 pub mod proto;
 pub mod raft;
 pub mod request;
+pub mod run;
 pub mod server;
 pub mod session;
 pub mod snapshot;

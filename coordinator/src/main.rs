@@ -9,10 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use referee_coordinator::config::CoordinatorConfig;
-use referee_coordinator::log::RealFs;
-use referee_coordinator::server::{shutdown_signal, Coordinator, Startup};
+use referee_coordinator::run::run_from_config;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -37,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, initialise)) {
+    match runtime.block_on(run_from_config(&config, initialise, "referee-coordinator")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("referee-coordinator: {e:#}");
@@ -61,23 +58,6 @@ fn parse_args(args: impl Iterator<Item = std::ffi::OsString>) -> Option<(PathBuf
         }
     }
     config.map(|c| (c, initialise))
-}
-
-async fn run(config_path: PathBuf, initialise: bool) -> anyhow::Result<()> {
-    let config = CoordinatorConfig::load(&config_path)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (`listen` in {})", config.listen, config_path.display()))?;
-    let peer_listener = match config.this_server().filter(|_| config.is_ensemble()) {
-        Some(me) => Some(tokio::net::TcpListener::bind(me.peer).await.with_context(|| {
-            format!("cannot listen on the peer address {} (`servers` in {})", me.peer, config_path.display())
-        })?),
-        None => None,
-    };
-    let startup = Startup { initialise, peer_listener };
-    let coordinator = Coordinator::start_with(config, std::sync::Arc::new(RealFs), startup).await?;
-    coordinator.serve(listener, shutdown_signal("referee-coordinator")).await?;
-    Ok(())
 }
 
 #[cfg(test)]
