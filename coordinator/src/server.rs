@@ -455,20 +455,29 @@ fn replay_if_sole_voter(log: &LogStore, sm: &StateMachine, me: u64) -> Result<Op
     if !sm.sole_voter(me, newer.as_ref()) {
         return Ok(None);
     }
-    let mut failed = None;
-    let entries = pending.iter().map_while(|e| match decode(e) {
-        Ok(entry) => Some(entry),
-        Err(err) => {
-            failed = Some(err);
-            None
-        }
-    });
-    let applied = sm.replay(entries);
-    match failed {
-        Some(err) => Err(err.into()),
-        None => Ok(Some(applied)),
-    }
+    // Decoded on a second thread while this one applies: the two take about as long.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<openraft::Entry<crate::raft::TypeConfig>>>(4);
+        let pending = &pending;
+        let decoder = scope.spawn(move || -> Result<(), LogError> {
+            for chunk in pending.chunks(DECODE_CHUNK) {
+                let decoded = chunk.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                if tx.send(decoded).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let applied = sm.replay(rx.iter().flatten());
+        // A decoding failure ends the stream early: what came before it is applied, and the
+        // start fails naming the entry.
+        decoder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok(Some(applied))
+    })
 }
+
+/// Entries decoded at a time while the log is replayed at start-up.
+const DECODE_CHUNK: usize = 64;
 
 /// Brings up this server's Raft node in the ensemble of `config.servers`: serves its peer port
 /// and dials the others through [`PeerNetwork`], and initialises the membership when asked to
