@@ -238,3 +238,55 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
     server.stop().await?;
     Ok(())
 }
+
+/// A lone server comes back as the leader it was, without an election (its term does not
+/// move), having applied its whole log before its start returns; and one stopped in the middle
+/// of a campaign (its saved vote for itself not yet committed) campaigns again and leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_server_restarts_leading_with_its_log_applied_before_it_answers() -> Result<()> {
+    use referee_coordinator::log::{LogStore, WalOptions};
+    let fs = FaultFs::new();
+    let server = start(&fs, 100_000).await?;
+    let c = client(&server).await?;
+    for i in 0..50 {
+        c.create(&format!("/n{i}"), b"x", PERSISTENT).await?;
+    }
+    let before = server.raft.metrics().borrow().clone();
+    drop(c);
+    server.stop().await?;
+    fs.crash();
+
+    let server = start(&fs, 100_000).await?;
+    let after = server.raft.metrics().borrow().clone();
+    assert_eq!(after.state, openraft::ServerState::Leader);
+    assert_eq!(after.current_term, before.current_term, "restored as the leader it was, not elected again");
+    assert!(
+        after.last_applied >= before.last_applied,
+        "the log was applied before the start returned: {:?} < {:?}",
+        after.last_applied,
+        before.last_applied
+    );
+    let c = client(&server).await?;
+    for i in 0..50 {
+        assert!(c.check_stat(&format!("/n{i}")).await?.is_some(), "/n{i} is gone after the restart");
+    }
+    drop(c);
+    server.stop().await?;
+
+    // A vote for itself in a later term, not committed: what a crash mid-campaign leaves.
+    let (cluster_id, _) = read_meta(&fs, Path::new("/data/log/raft-meta"), None)?;
+    {
+        let store = LogStore::open(Arc::new(fs.clone()), WalOptions::new("/data/log", cluster_id))?;
+        let term = after.current_term + 1;
+        store.update_meta(|m| m.vote = Some(openraft::Vote::new(term, after.id))).await?;
+    }
+    let server = start(&fs, 100_000).await?;
+    let campaigned = server.raft.metrics().borrow().clone();
+    assert_eq!(campaigned.state, openraft::ServerState::Leader);
+    assert!(campaigned.current_term > after.current_term + 1, "a new campaign: {campaigned:?}");
+    let c = client(&server).await?;
+    assert!(c.check_stat("/n49").await?.is_some(), "/n49 is gone after the campaign");
+    drop(c);
+    server.stop().await?;
+    Ok(())
+}

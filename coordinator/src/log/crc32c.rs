@@ -1,18 +1,21 @@
 //! CRC-32C (Castagnoli), the checksum of every log record and header.
 //!
-//! Table-driven, one byte a step: the log checksums each record once when it is written and
-//! once at start-up, so this is never the bottleneck next to an fdatasync. The polynomial is
-//! the reflected 0x82F63B78, the one iSCSI, ext4 and most storage formats use, chosen for its
-//! better burst-error detection than CRC-32 (IEEE).
+//! Table-driven, eight bytes a step ("slicing-by-8"): start-up checks every record of the log
+//! and the whole newest snapshot (tens of megabytes with 100,000 znodes), which one byte a
+//! step took about 3 ns a byte, a visible share of a restart; eight tables make it several
+//! times faster without platform-specific code. The polynomial is the reflected 0x82F63B78,
+//! the one iSCSI, ext4 and most storage formats use, chosen for its better burst-error
+//! detection than CRC-32 (IEEE).
 
 /// The reflected Castagnoli polynomial.
 const POLY: u32 = 0x82F6_3B78;
 
-/// One entry per byte value, built at compile time.
-const TABLE: [u32; 256] = build_table();
+/// `TABLES[0]` is the classic one-byte table; `TABLES[k][b]` is the CRC of byte `b` followed
+/// by `k` zero bytes, so eight bytes can be folded in with eight independent lookups.
+static TABLES: [[u32; 256]; 8] = build_tables();
 
-const fn build_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
+const fn build_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut crc = i as u32;
@@ -21,18 +24,41 @@ const fn build_table() -> [u32; 256] {
             crc = if crc & 1 == 1 { (crc >> 1) ^ POLY } else { crc >> 1 };
             bit += 1;
         }
-        table[i] = crc;
+        t[0][i] = crc;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
 }
 
 /// Continues a CRC-32C over `data`; start with `0`. `extend(extend(0, a), b)` equals
 /// `checksum(a ++ b)`.
 pub fn extend(crc: u32, data: &[u8]) -> u32 {
+    let t = &TABLES;
     let mut c = !crc;
-    for &b in data {
-        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    let mut chunks = data.chunks_exact(8);
+    for w in &mut chunks {
+        let lo = c ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        c = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][w[4] as usize]
+            ^ t[2][w[5] as usize]
+            ^ t[1][w[6] as usize]
+            ^ t[0][w[7] as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
     }
     !c
 }
@@ -54,6 +80,24 @@ mod tests {
         // RFC 3720 B.4: 32 bytes of zeros, and 32 bytes of 0xff.
         assert_eq!(checksum(&[0u8; 32]), 0x8A91_36AA);
         assert_eq!(checksum(&[0xffu8; 32]), 0x62A8_AB43);
+    }
+
+    /// The eight-byte step agrees with the one-byte definition at every length and alignment.
+    #[test]
+    fn eight_bytes_a_step_matches_one_byte_a_step() {
+        fn bytewise(data: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in data {
+                c = TABLES[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+            }
+            !c
+        }
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..9 {
+            for end in start..data.len() {
+                assert_eq!(checksum(&data[start..end]), bytewise(&data[start..end]), "{start}..{end}");
+            }
+        }
     }
 
     #[test]

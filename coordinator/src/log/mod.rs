@@ -29,4 +29,4 @@ mod tests;
 
 pub use fs::{FaultFs, FileSystem, LogFile, RealFs};
 pub use store::{LogReader, LogStore};
-pub use wal::{LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};
+pub use wal::{EncodedEntry, LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};

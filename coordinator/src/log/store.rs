@@ -39,8 +39,7 @@ use openraft::{AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, St
 use tokio::sync::oneshot;
 
 use super::fs::FileSystem;
-use super::record::FORMAT_VERSION;
-use super::wal::{decode_entry, encode_entry, LogError, RaftMeta, Wal, WalOptions};
+use super::wal::{EncodedEntry, LogError, PurgedSegments, RaftMeta, Wal, WalOptions};
 use crate::raft::TypeConfig;
 
 /// Called once an append is durable (`Ok`) or has failed for good (`Err`).
@@ -50,39 +49,19 @@ pub type AppendDone = Box<dyn FnOnce(Result<(), io::Error>) + Send>;
 /// `maxBatchSize`; it bounds how long the first of them waits for the rest to be written.
 const MAX_BATCH: usize = 1000;
 
+/// An fdatasync of the log that takes this long is logged.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
+
 enum Command {
-    Append { entries: Vec<Entry<TypeConfig>>, done: AppendDone },
+    Append { entries: Vec<EncodedEntry>, done: AppendDone },
     Truncate { index: u64, reply: oneshot::Sender<Result<(), LogError>> },
     Purge { meta: RaftMeta, reply: oneshot::Sender<Result<(), LogError>> },
     SaveMeta { meta: RaftMeta, reply: oneshot::Sender<Result<(), LogError>> },
 }
 
-/// An entry as the cache keeps it: its log id, and the entry encoded as a record's payload
-/// of the current format ([`encode_entry`]).
-#[derive(Debug)]
-struct Cached {
-    log_id: LogId<u64>,
-    payload: Box<[u8]>,
-}
-
-impl Cached {
-    fn encode(entry: &Entry<TypeConfig>) -> Result<Cached, LogError> {
-        let index = entry.log_id.index;
-        let payload = encode_entry(entry).map_err(|reason| LogError::BadEntry { index, reason })?;
-        Ok(Cached { log_id: entry.log_id, payload: payload.into_boxed_slice() })
-    }
-
-    fn decode(&self) -> Result<Entry<TypeConfig>, LogError> {
-        decode_entry(FORMAT_VERSION, &self.payload).map_err(|reason| LogError::BadEntry {
-            index: self.log_id.index,
-            reason: format!("cached copy unreadable: {reason}"),
-        })
-    }
-}
-
 #[derive(Debug, Default)]
 struct Cache {
-    entries: BTreeMap<u64, Cached>,
+    entries: BTreeMap<u64, EncodedEntry>,
     meta: RaftMeta,
 }
 
@@ -155,11 +134,8 @@ impl LogStore {
         let (wal, recovered) = Wal::open(fs, opts)?;
         let shared = Arc::new(Shared::default());
         {
-            let entries = recovered
-                .entries
-                .iter()
-                .map(|e| Ok((e.log_id.index, Cached::encode(e)?)))
-                .collect::<Result<BTreeMap<_, _>, LogError>>()?;
+            let entries: BTreeMap<u64, EncodedEntry> =
+                recovered.entries.into_iter().map(|e| (e.log_id.index, e)).collect();
             let mut cache = shared.cache();
             cache.meta = recovered.meta;
             cache.entries = entries;
@@ -189,6 +165,12 @@ impl LogStore {
         cache.entries.keys().next_back().copied().or(cache.meta.last_purged.map(|l| l.index))
     }
 
+    /// The entries after `index` (every one for `None`), still encoded, in index order.
+    pub fn encoded_after(&self, index: Option<u64>) -> Vec<EncodedEntry> {
+        let from = index.map_or(0, |i| i.saturating_add(1));
+        self.shared.cache().entries.range(from..).map(|(_, e)| e.clone()).collect()
+    }
+
     /// A reader of the entries.
     pub fn reader(&self) -> LogReader {
         LogReader { shared: Arc::clone(&self.shared) }
@@ -214,18 +196,21 @@ impl LogStore {
         if let Some(why) = self.shared.stopped() {
             return Err(LogError::Stopped(why));
         }
-        // Encoded before the lock is taken; an entry that cannot be encoded cannot be logged
-        // either, and stops the store as a failed write would.
-        let cached = entries.iter().map(Cached::encode).collect::<Result<Vec<_>, _>>().inspect_err(|e| {
-            self.shared.stop(e);
-        })?;
+        // Encoded once, before the lock is taken, for the in-memory copy and the writer both;
+        // an entry that cannot be encoded cannot be logged either, and stops the store as a
+        // failed write would.
+        let encoded = entries
+            .iter()
+            .map(|e| EncodedEntry::encode(e).map_err(|reason| LogError::BadEntry { index: e.log_id.index, reason }))
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|e| self.shared.stop(e))?;
         {
             let mut cache = self.shared.cache();
-            for c in cached {
-                cache.entries.insert(c.log_id.index, c);
+            for c in &encoded {
+                cache.entries.insert(c.log_id.index, c.clone());
             }
         }
-        self.send(Command::Append { entries, done })
+        self.send(Command::Append { entries: encoded, done })
     }
 
     async fn request(
@@ -306,7 +291,7 @@ fn run_writer(mut wal: Wal, rx: mpsc::Receiver<Command>, shared: &Shared) {
                         continue;
                     }
                     waiting.push(done);
-                    if let Err(e) = wal.append(&entries) {
+                    if let Err(e) = wal.append_encoded(&entries) {
                         shared.stop(&e);
                         fail_all(&mut waiting, &e.to_string());
                     }
@@ -315,7 +300,8 @@ fn run_writer(mut wal: Wal, rx: mpsc::Receiver<Command>, shared: &Shared) {
                     let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.truncate(index)));
                 }
                 Command::Purge { meta, reply } => {
-                    let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.purge(&meta)));
+                    let purged = after_flush(&mut wal, &mut waiting, shared, |w| w.purge_point(&meta));
+                    let _ = reply.send(purged.map(remove_aside));
                 }
                 Command::SaveMeta { meta, reply } => {
                     let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.save_meta(&meta)));
@@ -342,7 +328,14 @@ fn flush(wal: &mut Wal, waiting: &mut Vec<AppendDone>, shared: &Shared) {
         fail_all(waiting, &why);
         return;
     }
-    match wal.sync() {
+    let started = std::time::Instant::now();
+    let synced = wal.sync();
+    let took = started.elapsed();
+    if took >= SLOW_SYNC {
+        // Every write waiting for this fsync waits this long: a cause of reply stalls.
+        tracing::info!(took_ms = took.as_millis() as u64, appends = waiting.len(), "slow fdatasync of the log");
+    }
+    match synced {
         Ok(()) => {
             for done in waiting.drain(..) {
                 done(Ok(()));
@@ -355,12 +348,29 @@ fn flush(wal: &mut Wal, waiting: &mut Vec<AppendDone>, shared: &Shared) {
     }
 }
 
-fn after_flush(
+/// Removes purged segments on a thread of their own, so the appends queued behind the purge
+/// do not wait for it. A failure costs disk space only (open removes purged segments it finds)
+/// and is logged.
+fn remove_aside(purged: PurgedSegments) {
+    if purged.is_empty() {
+        return;
+    }
+    let remove = move || {
+        if let Err(e) = purged.remove() {
+            tracing::warn!("could not remove purged log segments (the next start removes them): {e}");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("raft-log-purge".into()).spawn(remove) {
+        tracing::warn!("could not start a thread to remove purged log segments (the next start removes them): {e}");
+    }
+}
+
+fn after_flush<T>(
     wal: &mut Wal,
     waiting: &mut Vec<AppendDone>,
     shared: &Shared,
-    op: impl FnOnce(&mut Wal) -> Result<(), LogError>,
-) -> Result<(), LogError> {
+    op: impl FnOnce(&mut Wal) -> Result<T, LogError>,
+) -> Result<T, LogError> {
     flush(wal, waiting, shared);
     if let Some(why) = shared.stopped() {
         return Err(LogError::Stopped(why));
@@ -379,12 +389,15 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        // Decoded outside the lock: the writer and the appender take it meanwhile.
-        let cached: Vec<(LogId<u64>, Box<[u8]>)> =
-            self.shared.cache().entries.range(range).map(|(_, c)| (c.log_id, c.payload.clone())).collect();
+        // Decoded outside the lock (the copies share the bytes): the writer and the appender
+        // take it meanwhile.
+        let cached: Vec<EncodedEntry> = self.shared.cache().entries.range(range).map(|(_, c)| c.clone()).collect();
         let mut out = Vec::with_capacity(cached.len());
-        for (log_id, payload) in cached {
-            let entry = Cached { log_id, payload }.decode();
+        for c in cached {
+            let entry = c.decode().map_err(|reason| LogError::BadEntry {
+                index: c.log_id.index,
+                reason: format!("the in-memory copy is unreadable: {reason}"),
+            });
             out.push(entry.map_err(|e| SErr::from(StorageIOError::read_logs(AnyError::new(&e))))?);
         }
         Ok(out)

@@ -48,7 +48,11 @@ fn single_txn_entry(term: u64, index: u64) -> Entry<crate::raft::SingleTxnConfig
     Entry { log_id, payload: EntryPayload::Normal(batch.remove(0)) }
 }
 
-fn ids(entries: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+fn ids(entries: &[EncodedEntry]) -> Vec<(u64, u64)> {
+    for e in entries {
+        // What recovery read without decoding agrees with the decoded entry.
+        assert_eq!(e.decode().expect("a recovered entry decodes").log_id, e.log_id);
+    }
     entries.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect()
 }
 
@@ -513,7 +517,8 @@ async fn the_real_filesystem_writes_reopens_and_reads_back() {
     assert!(names.len() > 3, "several 1 KiB segments and the Raft state: {names:?}");
     let mut store = LogStore::open(Arc::new(RealFs), o).unwrap();
     let got = store.try_get_log_entries(1..=200).await.unwrap();
-    assert_eq!(ids(&got), (1..=200).map(|i| (1, i)).collect::<Vec<_>>());
+    let got: Vec<(u64, u64)> = got.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect();
+    assert_eq!(got, (1..=200).map(|i| (1, i)).collect::<Vec<_>>());
     assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
     assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 200)));
 }
@@ -564,7 +569,7 @@ fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
 
     let (mut wal, rec) = fault_open(&fs, 4096).unwrap();
     assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)]);
-    assert_eq!(rec.entries[1], entry(1, 2));
+    assert_eq!(rec.entries[1].decode().unwrap(), entry(1, 2));
     // New entries go into a new segment of the current format, never into the JSON one.
     wal.append(&[entry(1, 4)]).unwrap();
     wal.sync().unwrap();
@@ -607,4 +612,25 @@ fn golden_entry_payloads() {
     let format_2 = [1, 1, 3, 1, 0, 0, 0, 2, 1, 2, b'/', b'a', 1];
     assert_eq!(wal::decode_entry(2, &format_2).unwrap(), delete);
     assert!(wal::decode_entry(3, &format_2).is_err(), "a format 2 record is not read as format 3");
+}
+
+/// Recovery reads an entry's log id, and the start-up replay its kind, without decoding it:
+/// both must agree with the decoded entry for every kind of payload.
+#[test]
+fn an_encoded_entry_tells_its_log_id_and_kind_without_being_decoded() {
+    use std::collections::BTreeSet;
+    let membership = openraft::Membership::new(vec![BTreeSet::from([1u64, 2, 3])], None);
+    let cases = [
+        (Entry { log_id: log_id(3, 7), payload: EntryPayload::Blank }, false),
+        (entry(3, 8), false),
+        (Entry { log_id: log_id(4, 9), payload: EntryPayload::Membership(membership) }, true),
+    ];
+    for (e, is_membership) in cases {
+        let encoded = EncodedEntry::encode(&e).unwrap();
+        let read = EncodedEntry::from_record(record::FORMAT_VERSION, &encoded.payload).unwrap();
+        assert_eq!(read.log_id, e.log_id);
+        assert_eq!(read.is_membership(), is_membership, "{e:?}");
+        assert_eq!(read.decode().unwrap(), e);
+    }
+    assert!(EncodedEntry::from_record(record::FORMAT_VERSION, &[0xff]).is_err(), "a truncated log id is refused");
 }

@@ -157,6 +157,42 @@ pub enum LogError {
     Stopped(String),
 }
 
+/// Segment files that hold only purged entries, no longer part of the log: see
+/// [`Wal::purge_point`].
+#[derive(Debug)]
+pub struct PurgedSegments {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    upto: u64,
+    paths: Vec<PathBuf>,
+}
+
+impl PurgedSegments {
+    /// Whether there is nothing to remove.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Removes the files and syncs the directory.
+    pub fn remove(self) -> Result<(), LogError> {
+        if self.paths.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        for path in &self.paths {
+            self.fs.remove(path).map_err(io_err("removing", path))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(io_err("syncing directory", &self.dir))?;
+        tracing::info!(
+            upto = self.upto,
+            segments = self.paths.len(),
+            took_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "purged log segments removed"
+        );
+        Ok(())
+    }
+}
+
 /// The file holding the vote, commit point and purge point.
 pub const META_NAME: &str = "raft-meta";
 const META_MAGIC: [u8; 4] = *b"RFMT";
@@ -207,12 +243,73 @@ pub struct TornTail {
     pub reason: &'static str,
 }
 
+/// A log entry kept encoded: its log id, and the entry as a record payload of the current
+/// format ([`encode_entry`]). What recovery returns and what the store keeps in memory: one
+/// allocation of about 150 bytes for a 100-byte setData, decoded only when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEntry {
+    /// The entry's log id, read without decoding the rest.
+    pub log_id: LogId<u64>,
+    /// The entry, encoded in the current format; shared between the store's in-memory copy
+    /// and the writer, and with readers while they decode it.
+    pub payload: Arc<[u8]>,
+}
+
+/// The first field of an encoded entry: postcard writes a struct's fields one after the other
+/// without names or lengths, so this reads an entry's log id and leaves its payload undecoded.
+#[derive(Deserialize)]
+struct EntryHead {
+    log_id: LogId<u64>,
+}
+
+/// An encoded entry's log id and the index of its payload's variant (postcard writes an
+/// enum's variant index first, as a varint, as it writes a `u32`).
+#[derive(Deserialize)]
+struct EntryKind {
+    _log_id: LogId<u64>,
+    variant: u32,
+}
+
+/// The variant index of `EntryPayload::Membership` (after `Blank` and `Normal`).
+const MEMBERSHIP_VARIANT: u32 = 2;
+
+impl EncodedEntry {
+    /// Encodes `entry` in the current format.
+    pub fn encode(entry: &Entry<TypeConfig>) -> Result<EncodedEntry, String> {
+        Ok(EncodedEntry { log_id: entry.log_id, payload: encode_entry(entry)?.into() })
+    }
+
+    /// Takes a record payload of a segment in `version` as it is when it is of the current
+    /// format (reading only its log id); an older format's is decoded and encoded again.
+    pub fn from_record(version: u32, payload: &[u8]) -> Result<EncodedEntry, String> {
+        if version == FORMAT_VERSION {
+            let (head, _) = postcard::take_from_bytes::<EntryHead>(payload).map_err(|e| e.to_string())?;
+            Ok(EncodedEntry { log_id: head.log_id, payload: payload.into() })
+        } else {
+            EncodedEntry::encode(&decode_entry(version, payload)?)
+        }
+    }
+
+    /// Whether the entry changes the membership, read without decoding it.
+    pub fn is_membership(&self) -> bool {
+        postcard::take_from_bytes::<EntryKind>(&self.payload).is_ok_and(|(k, _)| k.variant == MEMBERSHIP_VARIANT)
+    }
+
+    /// The entry, decoded.
+    pub fn decode(&self) -> Result<Entry<TypeConfig>, String> {
+        decode_entry(FORMAT_VERSION, &self.payload)
+    }
+}
+
 /// What open found: the entries after the purge point, the saved Raft state, and any torn
 /// tail it cut off.
 #[derive(Debug)]
 pub struct Recovered {
-    /// Every entry after the purge point, in index order.
-    pub entries: Vec<Entry<TypeConfig>>,
+    /// Every entry after the purge point, in index order, still encoded: open checks each
+    /// record's checksum, length and log id, and leaves decoding to whoever reads the entry
+    /// (decoding 100,000 transactions, and encoding them again for the store, took a third
+    /// of a restart).
+    pub entries: Vec<EncodedEntry>,
     /// Vote, committed and purge point.
     pub meta: RaftMeta,
     /// The torn tail cut from the last segment, if there was one.
@@ -310,7 +407,7 @@ impl Wal {
         if let Some(seg) = wal.segments.last() {
             wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
         }
-        entries.retain(|e: &Entry<TypeConfig>| e.log_id.index >= purged_next);
+        entries.retain(|e: &EncodedEntry| e.log_id.index >= purged_next);
         Ok((wal, Recovered { entries, meta, torn }))
     }
 
@@ -323,7 +420,7 @@ impl Wal {
         expected: Option<u64>,
         last: bool,
         purged_next: u64,
-        entries: &mut Vec<Entry<TypeConfig>>,
+        entries: &mut Vec<EncodedEntry>,
     ) -> Result<(Segment, Option<TornTail>), LogError> {
         let path = self.opts.dir.join(segment_name(first));
         let corrupt =
@@ -364,7 +461,7 @@ impl Wal {
                     continue;
                 }
                 Read::Record { payload, next } => {
-                    let entry = decode_entry(header.version, payload)
+                    let entry = EncodedEntry::from_record(header.version, payload)
                         .map_err(|e| corrupt(at, format!("an intact record that is not a log entry: {e}")))?;
                     if entry.log_id.index != seg.next_index() {
                         return Err(corrupt(
@@ -377,7 +474,7 @@ impl Wal {
                     at = next;
                     continue;
                 }
-                Read::End if buf[at..].iter().all(|&b| b == 0) => break None,
+                Read::End if all_zero(&buf[at..]) => break None,
                 Read::End => "non-zero bytes after the end of the records",
                 Read::Bad(reason) => reason,
             };
@@ -412,10 +509,20 @@ impl Wal {
 
     /// Writes `entries` after the last one; they are durable only after [`Wal::sync`].
     pub fn append(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(), LogError> {
+        let encoded = entries
+            .iter()
+            .map(|e| EncodedEntry::encode(e).map_err(|reason| LogError::BadEntry { index: e.log_id.index, reason }))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_encoded(&encoded)
+    }
+
+    /// As [`Wal::append`], for entries already encoded (the store encodes each entry once, for
+    /// its in-memory copy and for this).
+    pub fn append_encoded(&mut self, entries: &[EncodedEntry]) -> Result<(), LogError> {
         let mut pending = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            let payload = encode_entry(entry).map_err(|reason| LogError::BadEntry { index, reason })?;
+            let payload = &entry.payload;
             if payload.len() > MAX_RECORD_LEN as usize {
                 return Err(LogError::BadEntry {
                     index,
@@ -449,7 +556,7 @@ impl Wal {
             }
             let seg = self.segments.last_mut().expect("a segment was started above");
             seg.offsets.push(seg.end + pending.len() as u64);
-            record::encode_record(&payload, &mut pending);
+            record::encode_record(payload, &mut pending);
         }
         self.write_pending(&mut pending)
     }
@@ -477,6 +584,7 @@ impl Wal {
     }
 
     fn start_segment(&mut self, first_index: u64) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
         let dir = &self.opts.dir;
         let path = dir.join(segment_name(first_index));
         let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_name(first_index)));
@@ -497,6 +605,12 @@ impl Wal {
         });
         self.active = Some(f);
         self.dirty = false;
+        // Appends queued behind the writer wait for this (two fsyncs and a preallocation).
+        tracing::info!(
+            segment = %self.segments.last().map_or_else(String::new, |s| s.path.display().to_string()),
+            took_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "log segment started"
+        );
         Ok(())
     }
 
@@ -535,21 +649,37 @@ impl Wal {
 
     /// Purges every entry up to and including `meta.last_purged`, saving `meta` first.
     pub fn purge(&mut self, meta: &RaftMeta) -> Result<(), LogError> {
+        self.purge_point(meta)?.remove()
+    }
+
+    /// The first half of [`Wal::purge`]: saves `meta` (with the purge point) and lets go of the
+    /// segments that hold only purged entries, returning them for [`PurgedSegments::remove`].
+    /// The store removes them on another thread, so appends do not wait for the removals
+    /// (which took 60 ms and more for a 64 MiB segment); a crash before they are removed
+    /// leaves files that open recognises as purged and removes.
+    pub fn purge_point(&mut self, meta: &RaftMeta) -> Result<PurgedSegments, LogError> {
+        let started = std::time::Instant::now();
         self.save_meta(meta)?;
-        let Some(purged) = meta.last_purged else { return Ok(()) };
-        let n = self.segments.iter().take_while(|s| s.next_index() <= purged.index + 1).count();
-        if n == 0 {
-            return Ok(());
-        }
-        if n == self.segments.len() {
+        let mut purged = PurgedSegments {
+            fs: self.fs.clone(),
+            dir: self.opts.dir.clone(),
+            upto: meta.last_purged.map_or(0, |l| l.index),
+            paths: Vec::new(),
+        };
+        let Some(last) = meta.last_purged else { return Ok(purged) };
+        let n = self.segments.iter().take_while(|s| s.next_index() <= last.index + 1).count();
+        if n == self.segments.len() && n > 0 {
             self.active = None;
             self.dirty = false;
         }
-        for seg in self.segments.drain(..n) {
-            self.fs.remove(&seg.path).map_err(io_err("removing", &seg.path))?;
-        }
-        let dir = &self.opts.dir;
-        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
+        purged.paths = self.segments.drain(..n).map(|s| s.path).collect();
+        tracing::info!(
+            upto = purged.upto,
+            segments_to_remove = n,
+            took_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "log purge point saved"
+        );
+        Ok(purged)
     }
 
     /// Replaces `raft-meta` atomically and durably.
@@ -564,6 +694,13 @@ impl Wal {
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
     }
+}
+
+/// Whether every byte of `bytes` is zero: the rest of a preallocated segment, tens of
+/// megabytes at start-up, compared a block at a time (a byte at a time took about 1 ns a byte).
+fn all_zero(bytes: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// An entry as the payload of a record of the current format.
@@ -598,6 +735,17 @@ fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
     let json = serde_json::to_vec(meta).expect("vote and log ids always serialise");
     record::encode_record(&json, &mut out);
     out
+}
+
+/// The purge point saved in the log directory `dir` (0 if nothing is purged, or there is no
+/// log yet), read without opening the log: what the snapshot to load depends on.
+pub fn saved_purge_point(fs: &dyn FileSystem, dir: &Path, cluster_id: u64) -> Result<u64, LogError> {
+    let Ok(names) = fs.list(dir) else { return Ok(0) };
+    if !names.iter().any(|n| n == META_NAME) {
+        return Ok(0);
+    }
+    let (_, meta) = read_meta(fs, &dir.join(META_NAME), Some(cluster_id))?;
+    Ok(meta.last_purged.map_or(0, |l| l.index))
 }
 
 /// Reads a `raft-meta` file: the cluster it belongs to and the state. With `cluster_id`, a file
