@@ -358,22 +358,7 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     shared.wait_for_active_node(other, Duration::from_secs(20)).await?;
     let became_active = t0.elapsed();
     // The first write the new active acknowledged.
-    let first_ack = loop {
-        let found = writer
-            .acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(node, _, at)| *node == other && *at > t0)
-            .map(|(_, _, at)| at.duration_since(t0));
-        if let Some(d) = found {
-            break d;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            return Err(DemoError::Scenario("the new active acknowledged no write".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (_, first_ack) = first_ack_after(writer, Some(other), t0, t0, "on the new active").await?;
     print_status(shared).await;
     let history = shared.agent_json(other, "/history").await.unwrap_or_default();
     let phases = history["transitions"]
@@ -410,6 +395,33 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     Ok(())
 }
 
+/// The first write acknowledged after `after` (by `node`, if given): the node that acknowledged
+/// it and when, counted from `t0`; an error naming `what` if none comes within 20 s of `t0`.
+async fn first_ack_after(
+    writer: &Writer,
+    node: Option<usize>,
+    after: Instant,
+    t0: Instant,
+    what: &str,
+) -> Result<(usize, Duration), DemoError> {
+    loop {
+        let found = writer
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(n, _, at)| *at > after && node.map_or(true, |want| *n == want))
+            .map(|(node, _, at)| (*node, at.duration_since(t0)));
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(DemoError::Scenario(format!("no master acknowledged a write {what}")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Kills the coordinator under the write load and restarts it on the same data directory.
 /// Returns the node active once writes are acknowledged again: the same one when its agent's
 /// session survived the restart (the coordinator gives restored sessions a fresh timeout, so an
@@ -428,22 +440,7 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
     }
     let serving = t0.elapsed();
     let back = t0 + serving;
-    let (node, first_ack) = loop {
-        let found = writer
-            .acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(_, _, at)| *at > back)
-            .map(|(node, _, at)| (*node, at.duration_since(t0)));
-        if let Some(found) = found {
-            break found;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            return Err(DemoError::Scenario("no master acknowledged a write after the coordinator restart".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (node, first_ack) = first_ack_after(writer, None, back, t0, "after the coordinator restart").await?;
     let final_active = shared.wait_for_active(Duration::from_secs(20)).await?;
     print_status(shared).await;
     if servers > 1 {
@@ -497,22 +494,7 @@ async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize)
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let first_ack = loop {
-        let found = writer
-            .acks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(_, _, at)| *at > t0 + elected)
-            .map(|(node, _, at)| (*node, at.duration_since(t0)));
-        if let Some(found) = found {
-            break found;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            return Err(DemoError::Scenario("no master acknowledged a write after the new leader was elected".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let first_ack = first_ack_after(writer, None, t0 + elected, t0, "after the new leader was elected").await?;
     // The longest the client went without an acknowledgement, from the kill until now.
     let gap = {
         let acks = writer.acks.lock().unwrap_or_else(|p| p.into_inner());
