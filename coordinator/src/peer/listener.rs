@@ -304,14 +304,22 @@ impl PeerConn<'_> {
                             st.tracker.touch(txn.session, now);
                         }
                     }
-                    Entered::Forward(raft.client_write_ff(batch).await)
+                    Entered::Forward(tokio::time::Instant::now(), raft.client_write_ff(batch).await)
                 }
                 other => Entered::Other(other),
             };
             requests.spawn(async move {
                 let _permit = permit;
                 let reply = match entered {
-                    Entered::Forward(entered) => forwarded(entered).await,
+                    Entered::Forward(started, entered) => {
+                        let reply = forwarded(entered).await;
+                        tracing::debug!(
+                            peer = from,
+                            commit_us = started.elapsed().as_micros() as u64,
+                            "forwarded batch applied"
+                        );
+                        reply
+                    }
                     Entered::Other(body) => dispatch(&raft, &state, body).await,
                 };
                 match (PeerMessage::Reply { id, body: reply }).encode() {
@@ -343,7 +351,10 @@ async fn forwarded(
 
 /// A request as the reader took it: a forwarded batch already handed to Raft, or any other.
 enum Entered {
-    Forward(Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>),
+    Forward(
+        tokio::time::Instant,
+        Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>,
+    ),
     Other(PeerRequest),
 }
 
