@@ -107,7 +107,28 @@ struct Pending {
     /// The connection that submitted it, 0 for the server's own.
     origin: u64,
     txn: Txn,
-    done: oneshot::Sender<Result<TxnOutcome, ProposeError>>,
+    done: Waiter,
+}
+
+/// Where a write's outcome goes: to a connection, or, for a batch forwarded here by another
+/// server, with the index of the entry that holds it (the forwarder waits to apply it).
+enum Waiter {
+    Plain(oneshot::Sender<Result<TxnOutcome, ProposeError>>),
+    Indexed(oneshot::Sender<Result<(u64, TxnOutcome), ProposeError>>),
+}
+
+impl Waiter {
+    /// Sends the outcome of a write in the entry at `index`, or why it has none.
+    fn send(self, result: Result<TxnOutcome, ProposeError>, index: u64) {
+        match self {
+            Waiter::Plain(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Indexed(tx) => {
+                let _ = tx.send(result.map(|o| (index, o)));
+            }
+        }
+    }
 }
 
 /// The handle every writer of a server submits through. Cheap to clone.
@@ -210,13 +231,29 @@ impl Proposer {
     /// submitted before it; the receiver yields its outcome once applied here.
     pub fn submit(&self, origin: u64, txn: Txn) -> WriteReceiver {
         let (done, rx) = oneshot::channel();
+        self.enqueue(Pending { origin, txn, done: Waiter::Plain(done) });
+        rx
+    }
+
+    /// [`Proposer::submit`] for a write another server forwarded here: its outcome comes with
+    /// the index of the entry that holds it.
+    pub fn submit_forwarded(
+        &self,
+        origin: u64,
+        txn: Txn,
+    ) -> oneshot::Receiver<Result<(u64, TxnOutcome), ProposeError>> {
+        let (done, rx) = oneshot::channel();
+        self.enqueue(Pending { origin, txn, done: Waiter::Indexed(done) });
+        rx
+    }
+
+    fn enqueue(&self, pending: Pending) {
         self.counts.queued.fetch_add(1, Ordering::Relaxed);
-        // A send fails only when the proposer has stopped; `done` is then dropped, and the
-        // receiver reports that as `Stopped`.
-        if self.queue.send(Pending { origin, txn, done }).is_err() {
+        // A send fails only when the proposer has stopped; the waiter is then dropped, and
+        // the receiver reports that as `Stopped`.
+        if self.queue.send(pending).is_err() {
             self.counts.queued.fetch_sub(1, Ordering::Relaxed);
         }
-        rx
     }
 
     /// Submits the server's own `txn` and waits for its outcome.
@@ -372,7 +409,7 @@ async fn run(
                             let result = applied.await;
                             drop(slot);
                             match result {
-                                Ok(Ok(resp)) => fan_out(waiters, resp.data),
+                                Ok(Ok(resp)) => fan_out(waiters, resp.data, resp.log_id.index),
                                 Ok(Err(e)) => fail(&failed, &origins, &propose_error(e), waiters),
                                 Err(_) => fail(&failed, &origins, &ProposeError::Stopped, waiters),
                             }
@@ -383,8 +420,6 @@ async fn run(
         }
     }
 }
-
-type Waiter = oneshot::Sender<Result<TxnOutcome, ProposeError>>;
 
 /// A forwarded batch as the leader answered it (or did not).
 struct ForwardResult {
@@ -411,7 +446,7 @@ impl Held {
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for p in self.queue.drain(..) {
             if p.origin != 0 && failed.set.contains(&p.origin) {
-                let _ = p.done.send(Err(ProposeError::Raft("an earlier write of this connection failed".into())));
+                p.done.send(Err(ProposeError::Raft("an earlier write of this connection failed".into())), 0);
             } else {
                 kept.push_back(p);
             }
@@ -560,7 +595,7 @@ fn resolved(
                     "forwarded batch"
                 );
                 match applied {
-                    Ok(_) => fan_out(waiters, forwarded.outcomes),
+                    Ok(_) => fan_out(waiters, forwarded.outcomes, forwarded.applied_index),
                     Err(e) => {
                         let e = ProposeError::Raft(format!("the leader's entry was not applied here in time: {e}"));
                         fail(&failed, &origins, &e, waiters)
@@ -584,9 +619,10 @@ async fn forward_batch(net: &PeerNetwork, leader: u64, txns: TxnBatch) -> Result
     }
 }
 
-/// Hands outcome i to waiter i. A count that does not match is a bug; the waiters without an
-/// outcome are told the write's fate is unknown rather than given another's.
-fn fan_out(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, outcomes: Vec<TxnOutcome>) {
+/// Hands outcome i to waiter i, all of the entry at `index`. A count that does not match is a
+/// bug; the waiters without an outcome are told the write's fate is unknown rather than given
+/// another's.
+fn fan_out(waiters: Vec<Waiter>, outcomes: Vec<TxnOutcome>, index: u64) {
     if outcomes.len() != waiters.len() {
         tracing::error!(
             batch = waiters.len(),
@@ -596,13 +632,13 @@ fn fan_out(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, outc
     }
     let mut outcomes = outcomes.into_iter();
     for w in waiters {
-        let _ = w.send(outcomes.next().ok_or_else(|| ProposeError::Raft("no outcome for this write".into())));
+        w.send(outcomes.next().ok_or_else(|| ProposeError::Raft("no outcome for this write".into())), index);
     }
 }
 
-fn answer_all(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, e: &ProposeError) {
+fn answer_all(waiters: Vec<Waiter>, e: &ProposeError) {
     for w in waiters {
-        let _ = w.send(Err(e.clone()));
+        w.send(Err(e.clone()), 0);
     }
 }
 
@@ -626,7 +662,7 @@ mod tests {
             time_ms: 0,
             op: TxnOp::MoveSession { to_server: 1 },
         };
-        Pending { origin, txn, done: oneshot::channel().0 }
+        Pending { origin, txn, done: Waiter::Plain(oneshot::channel().0) }
     }
 
     fn held(writes: &[(u64, i64)], busy: &[u64]) -> Held {
@@ -672,7 +708,7 @@ mod tests {
     fn writes_of_a_failed_connection_are_answered_at_once_and_never_batched() {
         let mut h = held(&[(7, 1), (8, 2)], &[]);
         let (done, mut rx) = oneshot::channel();
-        h.queue.push_back(Pending { done, ..pending(7, 3) });
+        h.queue.push_back(Pending { done: Waiter::Plain(done), ..pending(7, 3) });
         let mut failed = Failed::default();
         failed.add(7);
         h.drop_failed(&failed);
