@@ -321,17 +321,14 @@ async fn run(
     let mut open = true;
     loop {
         // Answered at once, without waiting for anything: writes of failed connections.
-        held.drop_failed(&lock(&failed));
+        held.drop_failed(&lock(&failed), &counts);
         if held.queue.is_empty() {
             if !open && forwards.is_empty() {
                 return;
             }
             tokio::select! {
                 p = queue.recv(), if open => match p {
-                    Some(p) => {
-                        counts.queued.fetch_sub(1, Ordering::Relaxed);
-                        held.queue.push_back(p)
-                    }
+                    Some(p) => held.queue.push_back(p),
                     None => open = false,
                 },
                 Some(r) = forwards.join_next(), if !forwards.is_empty() => {
@@ -344,7 +341,7 @@ async fn run(
         match (route(&raft, forward.is_some()), &forward) {
             (Route::Forward(leader), Some(net)) => {
                 if forwards.len() >= MAX_FORWARDS_IN_FLIGHT {
-                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open, &counts)).await;
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
                     continue;
                 }
                 // A batch this server entered as leader must be resolved before any write of
@@ -352,14 +349,14 @@ async fn run(
                 if in_flight.available_permits() < MAX_IN_FLIGHT {
                     let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
                 }
-                gather(&mut held, &mut queue, &counts);
-                held.drop_failed(&lock(&failed));
+                gather(&mut held, &mut queue);
+                held.drop_failed(&lock(&failed), &counts);
                 let batch = held.take_batch();
                 if batch.is_empty() {
                     if forwards.is_empty() {
                         continue;
                     }
-                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open, &counts)).await;
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
                     continue;
                 }
                 count(&counts, batch.len());
@@ -374,12 +371,13 @@ async fn run(
                 });
             }
             (Route::NoLeader, _) | (Route::Forward(_), None) => {
-                gather(&mut held, &mut queue, &counts);
+                gather(&mut held, &mut queue);
                 let batch = held.take_batch();
                 if batch.is_empty() {
-                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open, &counts)).await;
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
                     continue;
                 }
+                counts.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                 let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
                 fail(&failed, &origins, &ProposeError::NotLeader { leader: None }, waiters_of(batch));
             }
@@ -387,14 +385,13 @@ async fn run(
                 // Waiting for a slot before gathering is what makes batches: whatever arrives
                 // while the slots are taken joins this one.
                 let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
-                gather(&mut held, &mut queue, &counts);
-                held.drop_failed(&lock(&failed));
+                gather(&mut held, &mut queue);
+                held.drop_failed(&lock(&failed), &counts);
                 let batch = held.take_batch();
                 if batch.is_empty() {
                     drop(slot);
                     if !forwards.is_empty() {
-                        wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open, &counts))
-                            .await;
+                        wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
                     }
                     continue;
                 }
@@ -439,13 +436,14 @@ struct Held {
 
 impl Held {
     /// Fails, at once, every held write of a connection that already lost one.
-    fn drop_failed(&mut self, failed: &Failed) {
+    fn drop_failed(&mut self, failed: &Failed, counts: &Counts) {
         if failed.set.is_empty() {
             return;
         }
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for p in self.queue.drain(..) {
             if p.origin != 0 && failed.set.contains(&p.origin) {
+                counts.queued.fetch_sub(1, Ordering::Relaxed);
                 p.done.send(Err(ProposeError::Raft("an earlier write of this connection failed".into())), 0);
             } else {
                 kept.push_back(p);
@@ -493,16 +491,16 @@ impl Held {
 }
 
 /// Moves what is queued now behind what is held.
-fn gather(held: &mut Held, queue: &mut mpsc::UnboundedReceiver<Pending>, counts: &Counts) {
+fn gather(held: &mut Held, queue: &mut mpsc::UnboundedReceiver<Pending>) {
     while held.queue.len() < MAX_BATCH_TXNS * 4 {
         let Ok(p) = queue.try_recv() else { break };
-        counts.queued.fetch_sub(1, Ordering::Relaxed);
         held.queue.push_back(p);
     }
 }
 
 fn count(counts: &Counts, n: usize) {
     let n = n as u64;
+    counts.queued.fetch_sub(n, Ordering::Relaxed);
     counts.batches.fetch_add(1, Ordering::Relaxed);
     counts.txns.fetch_add(n, Ordering::Relaxed);
     counts.largest.fetch_max(n, Ordering::Relaxed);
@@ -530,7 +528,7 @@ async fn wait_for_forward(
     forwards: &mut JoinSet<ForwardResult>,
     held: &mut Held,
     failed: &Arc<std::sync::Mutex<Failed>>,
-    (queue, open, counts): (&mut mpsc::UnboundedReceiver<Pending>, &mut bool, &Counts),
+    (queue, open): (&mut mpsc::UnboundedReceiver<Pending>, &mut bool),
 ) {
     if forwards.is_empty() {
         // Nothing can come back to unblock a held write: no connection is waiting on a forward.
@@ -544,10 +542,7 @@ async fn wait_for_forward(
                 return;
             }
             p = queue.recv(), if *open => match p {
-                Some(p) => {
-                    counts.queued.fetch_sub(1, Ordering::Relaxed);
-                    held.queue.push_back(p)
-                }
+                Some(p) => held.queue.push_back(p),
                 None => *open = false,
             },
             else => return,
@@ -711,7 +706,7 @@ mod tests {
         h.queue.push_back(Pending { done: Waiter::Plain(done), ..pending(7, 3) });
         let mut failed = Failed::default();
         failed.add(7);
-        h.drop_failed(&failed);
+        h.drop_failed(&failed, &Counts::default());
         assert_eq!(tags(&h.take_batch()), [2]);
         assert!(matches!(rx.try_recv(), Ok(Err(ProposeError::Raft(_)))));
     }
