@@ -18,12 +18,32 @@
 //! writes are applied in the order its connection submitted them.
 //!
 //! On a follower or observer of an ensemble the batch is forwarded to the leader over the peer
-//! transport instead, one at a time (two in flight could reach the leader in either order
-//! across a reconnect), and its outcomes are handed back only once this server has applied the
-//! leader's entry, so a client reads its own write wherever it is connected. A batch whose
-//! fate is unknown (the leader lost, the link broken) fails each of its writes with
-//! [`ProposeError`], which closes their connections; later writes already queued from those
-//! connections are failed too, never entered behind a write that may not have been.
+//! transport instead, up to [`MAX_FORWARDS_IN_FLIGHT`] batches at once, under one rule: two
+//! forwards in flight never hold writes of the same connection. A write whose connection has
+//! a write in an unanswered forward is held back, with every later write of that connection,
+//! until the leader has answered; the server's own writes (origin 0, among them a session
+//! resumed here, whose earlier connection may still have writes in flight)
+//! go only when nothing is in flight, and nothing goes behind them until they are answered.
+//! So the order in which forwards reach the leader, across reconnects and leader changes
+//! alike, can never reorder one connection's writes: no connection has two in the air. (Two
+//! forwards may reach the leader in either order: the link is one queue, but each forward is
+//! sent from its own task.)
+//!
+//! ```text
+//!  queue ─▶ held (FIFO) ─ take_batch: skip connections busy in a forward ─▶ forward k ──▶ leader
+//!                   ▲                                                       forward k+1 ─▶ leader
+//!                   └──── leader's answer: the batch's connections free again ◀──┘
+//!                         (then, in its own task: wait until applied here, answer the clients)
+//! ```
+//!
+//! A forward's outcomes are handed back only once this server has applied the leader's entry,
+//! so a client reads its own write wherever it is connected; that wait overlaps the next
+//! forwards (a later write of the same connection is answered after it regardless: the
+//! connection answers its requests in order). A batch whose fate is unknown (the leader lost,
+//! the link broken) fails each of its writes with [`ProposeError`], which closes their
+//! connections; the connections are marked failed before they are freed, so their later
+//! writes, held back meanwhile, are failed too, never entered behind a write that may not
+//! have been.
 //!
 //! Bounds: at most [`MAX_IN_FLIGHT`] batches are handed to Raft and not yet applied; a batch
 //! holds at most [`MAX_BATCH_TXNS`] transactions and about [`MAX_BATCH_BYTES`] bytes (so a record
@@ -37,11 +57,12 @@ use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
 
-use crate::peer::wire::{PeerReply, PeerRequest};
+use crate::peer::wire::{Forwarded, PeerReply, PeerRequest};
 use crate::peer::PeerNetwork;
 use crate::raft::Raft;
-use crate::txn::{BatchOutcome, Txn, TxnBatch, TxnOutcome};
+use crate::txn::{Txn, TxnBatch, TxnOutcome};
 
 /// Batches handed to Raft and not yet applied. Two let the next batch reach Raft while the
 /// previous one waits on its quorum; more only split what would have been one batch.
@@ -50,6 +71,10 @@ pub const MAX_IN_FLIGHT: usize = 2;
 pub const MAX_BATCH_TXNS: usize = 2048;
 /// A batch is closed once its transactions' estimated size reaches this.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Forwarded batches sent to the leader and not yet answered. Each holds writes of other
+/// connections than the rest (see the module docs), so this bounds only what one follower
+/// asks of the leader's link at once.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 4;
 /// How long a forwarded batch may take to be answered by the leader and applied here.
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(4);
 /// Connections remembered as failed; past this many the oldest are forgotten (their
@@ -82,7 +107,28 @@ struct Pending {
     /// The connection that submitted it, 0 for the server's own.
     origin: u64,
     txn: Txn,
-    done: oneshot::Sender<Result<TxnOutcome, ProposeError>>,
+    done: Waiter,
+}
+
+/// Where a write's outcome goes: to a connection, or, for a batch forwarded here by another
+/// server, with the index of the entry that holds it (the forwarder waits to apply it).
+enum Waiter {
+    Plain(oneshot::Sender<Result<TxnOutcome, ProposeError>>),
+    Indexed(oneshot::Sender<Result<(u64, TxnOutcome), ProposeError>>),
+}
+
+impl Waiter {
+    /// Sends the outcome of a write in the entry at `index`, or why it has none.
+    fn send(self, result: Result<TxnOutcome, ProposeError>, index: u64) {
+        match self {
+            Waiter::Plain(tx) => {
+                let _ = tx.send(result);
+            }
+            Waiter::Indexed(tx) => {
+                let _ = tx.send(result.map(|o| (index, o)));
+            }
+        }
+    }
 }
 
 /// The handle every writer of a server submits through. Cheap to clone.
@@ -185,13 +231,29 @@ impl Proposer {
     /// submitted before it; the receiver yields its outcome once applied here.
     pub fn submit(&self, origin: u64, txn: Txn) -> WriteReceiver {
         let (done, rx) = oneshot::channel();
+        self.enqueue(Pending { origin, txn, done: Waiter::Plain(done) });
+        rx
+    }
+
+    /// [`Proposer::submit`] for a write another server forwarded here: its outcome comes with
+    /// the index of the entry that holds it.
+    pub fn submit_forwarded(
+        &self,
+        origin: u64,
+        txn: Txn,
+    ) -> oneshot::Receiver<Result<(u64, TxnOutcome), ProposeError>> {
+        let (done, rx) = oneshot::channel();
+        self.enqueue(Pending { origin, txn, done: Waiter::Indexed(done) });
+        rx
+    }
+
+    fn enqueue(&self, pending: Pending) {
         self.counts.queued.fetch_add(1, Ordering::Relaxed);
-        // A send fails only when the proposer has stopped; `done` is then dropped, and the
-        // receiver reports that as `Stopped`.
-        if self.queue.send(Pending { origin, txn, done }).is_err() {
+        // A send fails only when the proposer has stopped; the waiter is then dropped, and
+        // the receiver reports that as `Stopped`.
+        if self.queue.send(pending).is_err() {
             self.counts.queued.fetch_sub(1, Ordering::Relaxed);
         }
-        rx
     }
 
     /// Submits the server's own `txn` and waits for its outcome.
@@ -243,8 +305,9 @@ impl Failed {
     }
 }
 
-/// Takes what is queued into batches and hands each to Raft, at most [`MAX_IN_FLIGHT`] at once
-/// (one at a time when forwarding).
+/// Takes what is queued into batches and hands each to Raft, at most [`MAX_IN_FLIGHT`] at once,
+/// or forwards each to the leader, at most [`MAX_FORWARDS_IN_FLIGHT`] at once and never two
+/// holding writes of one connection (see the module docs).
 async fn run(
     raft: Raft,
     forward: Option<PeerNetwork>,
@@ -253,110 +316,308 @@ async fn run(
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let failed = Arc::new(std::sync::Mutex::new(Failed::default()));
-    while let Some(first) = queue.recv().await {
-        // Waiting for a slot before gathering is what makes batches: whatever arrives while
-        // the slots are taken joins this one.
-        let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
-        let mut bytes = first.txn.approx_len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_TXNS && bytes < MAX_BATCH_BYTES {
-            let Ok(p) = queue.try_recv() else { break };
-            bytes += p.txn.approx_len();
-            batch.push(p);
-        }
-        let n = batch.len() as u64;
-        counts.queued.fetch_sub(n, Ordering::Relaxed);
-        {
-            let failed = failed.lock().unwrap_or_else(|p| p.into_inner());
-            batch.retain_mut(|p| {
-                if p.origin != 0 && failed.set.contains(&p.origin) {
-                    let (done, _) = oneshot::channel();
-                    let done = std::mem::replace(&mut p.done, done);
-                    let _ = done.send(Err(ProposeError::Raft("an earlier write of this connection failed".into())));
-                    return false;
+    let mut held = Held::default();
+    let mut forwards: JoinSet<ForwardResult> = JoinSet::new();
+    let mut open = true;
+    loop {
+        // Answered at once, without waiting for anything: writes of failed connections.
+        held.drop_failed(&lock(&failed), &counts);
+        if held.queue.is_empty() {
+            if !open && forwards.is_empty() {
+                return;
+            }
+            tokio::select! {
+                p = queue.recv(), if open => match p {
+                    Some(p) => held.queue.push_back(p),
+                    None => open = false,
+                },
+                Some(r) = forwards.join_next(), if !forwards.is_empty() => {
+                    resolved(&raft, &mut held, &failed, r);
                 }
-                true
-            });
-        }
-        if batch.is_empty() {
+                else => {}
+            }
             continue;
         }
-        let n = batch.len() as u64;
-        counts.batches.fetch_add(1, Ordering::Relaxed);
-        counts.txns.fetch_add(n, Ordering::Relaxed);
-        counts.largest.fetch_max(n, Ordering::Relaxed);
-        let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
-        let (txns, waiters): (TxnBatch, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
-        let fail = {
-            let failed = failed.clone();
-            move |e: &ProposeError, waiters| {
-                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                origins.iter().for_each(|&o| f.add(o));
-                drop(f);
-                answer_all(waiters, e);
-            }
-        };
         match (route(&raft, forward.is_some()), &forward) {
             (Route::Forward(leader), Some(net)) => {
-                // Waited for here: the next batch is forwarded only after this one is answered.
-                let result = forward_batch(&raft, net, leader, txns).await;
-                drop(slot);
-                match result {
-                    Ok(outcomes) => fan_out(waiters, outcomes),
-                    Err(e) => fail(&e, waiters),
+                if forwards.len() >= MAX_FORWARDS_IN_FLIGHT {
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
+                    continue;
                 }
+                // A batch this server entered as leader must be resolved before any write of
+                // its connections goes to another leader.
+                if in_flight.available_permits() < MAX_IN_FLIGHT {
+                    let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+                }
+                gather(&mut held, &mut queue);
+                held.drop_failed(&lock(&failed), &counts);
+                let batch = held.take_batch();
+                if batch.is_empty() {
+                    if forwards.is_empty() {
+                        continue;
+                    }
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
+                    continue;
+                }
+                count(&counts, batch.len());
+                let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
+                held.busy.extend(origins.iter().copied());
+                let (txns, waiters): (TxnBatch, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
+                let net = net.clone();
+                forwards.spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let result = forward_batch(&net, leader, txns).await;
+                    ForwardResult { origins, waiters, started, result }
+                });
             }
             (Route::NoLeader, _) | (Route::Forward(_), None) => {
-                fail(&ProposeError::NotLeader { leader: None }, waiters)
-            }
-            (Route::Local, _) => match raft.client_write_ff(txns).await {
-                Err(fatal) => fail(&ProposeError::Raft(fatal.to_string()), waiters),
-                Ok(applied) => {
-                    tokio::spawn(async move {
-                        let result = applied.await;
-                        drop(slot);
-                        match result {
-                            Ok(Ok(resp)) => fan_out(waiters, resp.data),
-                            Ok(Err(e)) => fail(&propose_error(e), waiters),
-                            Err(_) => fail(&ProposeError::Stopped, waiters),
-                        }
-                    });
+                gather(&mut held, &mut queue);
+                let batch = held.take_batch();
+                if batch.is_empty() {
+                    wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
+                    continue;
                 }
-            },
+                counts.queued.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
+                fail(&failed, &origins, &ProposeError::NotLeader { leader: None }, waiters_of(batch));
+            }
+            (Route::Local, _) => {
+                // Waiting for a slot before gathering is what makes batches: whatever arrives
+                // while the slots are taken joins this one.
+                let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
+                gather(&mut held, &mut queue);
+                held.drop_failed(&lock(&failed), &counts);
+                let batch = held.take_batch();
+                if batch.is_empty() {
+                    drop(slot);
+                    if !forwards.is_empty() {
+                        wait_for_forward(&raft, &mut forwards, &mut held, &failed, (&mut queue, &mut open)).await;
+                    }
+                    continue;
+                }
+                count(&counts, batch.len());
+                let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
+                let (txns, waiters): (TxnBatch, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
+                match raft.client_write_ff(txns).await {
+                    Err(fatal) => fail(&failed, &origins, &ProposeError::Raft(fatal.to_string()), waiters),
+                    Ok(applied) => {
+                        let failed = failed.clone();
+                        tokio::spawn(async move {
+                            let result = applied.await;
+                            drop(slot);
+                            match result {
+                                Ok(Ok(resp)) => fan_out(waiters, resp.data, resp.log_id.index),
+                                Ok(Err(e)) => fail(&failed, &origins, &propose_error(e), waiters),
+                                Err(_) => fail(&failed, &origins, &ProposeError::Stopped, waiters),
+                            }
+                        });
+                    }
+                }
+            }
         }
     }
 }
 
-/// Sends a batch to the leader and waits until this server has applied the leader's entry.
-async fn forward_batch(
+/// A forwarded batch as the leader answered it (or did not).
+struct ForwardResult {
+    origins: Vec<u64>,
+    waiters: Vec<Waiter>,
+    started: tokio::time::Instant,
+    result: Result<Forwarded, ProposeError>,
+}
+
+/// The writes not yet in a batch, in submission order, and the connections with a write in a
+/// forwarded batch the leader has not answered yet.
+#[derive(Default)]
+struct Held {
+    queue: VecDeque<Pending>,
+    busy: BTreeSet<u64>,
+}
+
+impl Held {
+    /// Fails, at once, every held write of a connection that already lost one.
+    fn drop_failed(&mut self, failed: &Failed, counts: &Counts) {
+        if failed.set.is_empty() {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for p in self.queue.drain(..) {
+            if p.origin != 0 && failed.set.contains(&p.origin) {
+                counts.queued.fetch_sub(1, Ordering::Relaxed);
+                p.done.send(Err(ProposeError::Raft("an earlier write of this connection failed".into())), 0);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        self.queue = kept;
+    }
+
+    /// The next batch, in submission order, leaving held what may not go yet: every write of a
+    /// connection with a write in an unanswered forward (and every later write of that
+    /// connection); the server's own writes (origin 0) only when nothing else is in flight,
+    /// and nothing behind them until they are answered.
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        if self.busy.contains(&0) {
+            return batch;
+        }
+        let mut blocked: BTreeSet<u64> = BTreeSet::new();
+        let mut barrier = false;
+        let mut bytes = 0;
+        let mut kept = VecDeque::new();
+        for p in self.queue.drain(..) {
+            let full = batch.len() >= MAX_BATCH_TXNS || bytes >= MAX_BATCH_BYTES;
+            let go = !full
+                && !barrier
+                && if p.origin == 0 {
+                    self.busy.is_empty() && blocked.is_empty()
+                } else {
+                    !self.busy.contains(&p.origin) && !blocked.contains(&p.origin)
+                };
+            if go {
+                bytes += p.txn.approx_len();
+                batch.push(p);
+            } else {
+                if p.origin == 0 {
+                    barrier = true;
+                }
+                blocked.insert(p.origin);
+                kept.push_back(p);
+            }
+        }
+        self.queue = kept;
+        batch
+    }
+}
+
+/// Moves what is queued now behind what is held.
+fn gather(held: &mut Held, queue: &mut mpsc::UnboundedReceiver<Pending>) {
+    while held.queue.len() < MAX_BATCH_TXNS * 4 {
+        let Ok(p) = queue.try_recv() else { break };
+        held.queue.push_back(p);
+    }
+}
+
+fn count(counts: &Counts, n: usize) {
+    let n = n as u64;
+    counts.queued.fetch_sub(n, Ordering::Relaxed);
+    counts.batches.fetch_add(1, Ordering::Relaxed);
+    counts.txns.fetch_add(n, Ordering::Relaxed);
+    counts.largest.fetch_max(n, Ordering::Relaxed);
+}
+
+fn waiters_of(batch: Vec<Pending>) -> Vec<Waiter> {
+    batch.into_iter().map(|p| p.done).collect()
+}
+
+fn lock(failed: &std::sync::Mutex<Failed>) -> std::sync::MutexGuard<'_, Failed> {
+    failed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks the connections of a batch failed, then fails its writes.
+fn fail(failed: &std::sync::Mutex<Failed>, origins: &[u64], e: &ProposeError, waiters: Vec<Waiter>) {
+    let mut f = lock(failed);
+    origins.iter().for_each(|&o| f.add(o));
+    drop(f);
+    answer_all(waiters, e);
+}
+
+/// Waits for the next forward to be answered (taking in what is submitted meanwhile).
+async fn wait_for_forward(
     raft: &Raft,
-    net: &PeerNetwork,
-    leader: u64,
-    txns: TxnBatch,
-) -> Result<BatchOutcome, ProposeError> {
-    let started = tokio::time::Instant::now();
+    forwards: &mut JoinSet<ForwardResult>,
+    held: &mut Held,
+    failed: &Arc<std::sync::Mutex<Failed>>,
+    (queue, open): (&mut mpsc::UnboundedReceiver<Pending>, &mut bool),
+) {
+    if forwards.is_empty() {
+        // Nothing can come back to unblock a held write: no connection is waiting on a forward.
+        held.busy.clear();
+        return;
+    }
+    loop {
+        tokio::select! {
+            Some(r) = forwards.join_next(), if !forwards.is_empty() => {
+                resolved(raft, held, failed, r);
+                return;
+            }
+            p = queue.recv(), if *open => match p {
+                Some(p) => held.queue.push_back(p),
+                None => *open = false,
+            },
+            else => return,
+        }
+    }
+}
+
+/// A forward was answered: its connections may send again. A failure marks them failed
+/// first, so their held writes are failed rather than sent; a success hands the outcomes back
+/// once this server has applied the leader's entry, while the next batches go out.
+fn resolved(
+    raft: &Raft,
+    held: &mut Held,
+    failed: &Arc<std::sync::Mutex<Failed>>,
+    r: Result<ForwardResult, tokio::task::JoinError>,
+) {
+    let Ok(ForwardResult { origins, waiters, started, result }) = r else {
+        // A forward task ends only by returning; cancelled means the runtime is stopping.
+        held.busy.clear();
+        return;
+    };
+    match result {
+        Err(e) => {
+            fail(failed, &origins, &e, waiters);
+            origins.iter().for_each(|o| {
+                held.busy.remove(o);
+            });
+        }
+        Ok(forwarded) => {
+            origins.iter().for_each(|o| {
+                held.busy.remove(o);
+            });
+            let answered = started.elapsed();
+            let (raft, failed) = (raft.clone(), failed.clone());
+            tokio::spawn(async move {
+                let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
+                let applied = raft
+                    .wait(Some(left))
+                    .applied_index_at_least(Some(forwarded.applied_index), "a forwarded batch applied here")
+                    .await;
+                tracing::debug!(
+                    writes = waiters.len(),
+                    leader_reply_us = answered.as_micros() as u64,
+                    local_apply_us = started.elapsed().saturating_sub(answered).as_micros() as u64,
+                    "forwarded batch"
+                );
+                match applied {
+                    Ok(_) => fan_out(waiters, forwarded.outcomes, forwarded.applied_index),
+                    Err(e) => {
+                        let e = ProposeError::Raft(format!("the leader's entry was not applied here in time: {e}"));
+                        fail(&failed, &origins, &e, waiters)
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Sends a batch to the leader and returns its answer: the entry's index and the outcomes.
+async fn forward_batch(net: &PeerNetwork, leader: u64, txns: TxnBatch) -> Result<Forwarded, ProposeError> {
     let reply = net
         .request(leader, PeerRequest::Forward(txns), FORWARD_DEADLINE)
         .await
         .map_err(|e| ProposeError::Raft(format!("forwarding to the leader: {e}")))?;
-    let forwarded = match reply {
-        PeerReply::Forward(Ok(f)) => f,
-        PeerReply::Forward(Err(why)) => {
-            return Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}")))
-        }
-        _ => return Err(ProposeError::Raft(format!("the leader ({leader}) answered a forward with another reply"))),
-    };
-    let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
-    raft.wait(Some(left))
-        .applied_index_at_least(Some(forwarded.applied_index), "a forwarded batch applied here")
-        .await
-        .map_err(|e| ProposeError::Raft(format!("the leader's entry was not applied here in time: {e}")))?;
-    Ok(forwarded.outcomes)
+    match reply {
+        PeerReply::Forward(Ok(f)) => Ok(f),
+        PeerReply::Forward(Err(why)) => Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}"))),
+        _ => Err(ProposeError::Raft(format!("the leader ({leader}) answered a forward with another reply"))),
+    }
 }
 
-/// Hands outcome i to waiter i. A count that does not match is a bug; the waiters without an
-/// outcome are told the write's fate is unknown rather than given another's.
-fn fan_out(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, outcomes: Vec<TxnOutcome>) {
+/// Hands outcome i to waiter i, all of the entry at `index`. A count that does not match is a
+/// bug; the waiters without an outcome are told the write's fate is unknown rather than given
+/// another's.
+fn fan_out(waiters: Vec<Waiter>, outcomes: Vec<TxnOutcome>, index: u64) {
     if outcomes.len() != waiters.len() {
         tracing::error!(
             batch = waiters.len(),
@@ -366,13 +627,13 @@ fn fan_out(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, outc
     }
     let mut outcomes = outcomes.into_iter();
     for w in waiters {
-        let _ = w.send(outcomes.next().ok_or_else(|| ProposeError::Raft("no outcome for this write".into())));
+        w.send(outcomes.next().ok_or_else(|| ProposeError::Raft("no outcome for this write".into())), index);
     }
 }
 
-fn answer_all(waiters: Vec<oneshot::Sender<Result<TxnOutcome, ProposeError>>>, e: &ProposeError) {
+fn answer_all(waiters: Vec<Waiter>, e: &ProposeError) {
     for w in waiters {
-        let _ = w.send(Err(e.clone()));
+        w.send(Err(e.clone()), 0);
     }
 }
 
@@ -380,5 +641,73 @@ fn propose_error(e: ClientWriteError<u64, openraft::BasicNode>) -> ProposeError 
     match e {
         ClientWriteError::ForwardToLeader(f) => ProposeError::NotLeader { leader: f.leader_id },
         other => ProposeError::Raft(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::TxnOp;
+
+    /// A held write of connection `origin`, tagged with `tag` (its session id) to follow it.
+    fn pending(origin: u64, tag: i64) -> Pending {
+        let txn = Txn {
+            session: crate::proto::SessionId(tag),
+            auth: Vec::new(),
+            time_ms: 0,
+            op: TxnOp::MoveSession { to_server: 1 },
+        };
+        Pending { origin, txn, done: Waiter::Plain(oneshot::channel().0) }
+    }
+
+    fn held(writes: &[(u64, i64)], busy: &[u64]) -> Held {
+        Held { queue: writes.iter().map(|&(o, t)| pending(o, t)).collect(), busy: busy.iter().copied().collect() }
+    }
+
+    fn tags(ps: &[Pending]) -> Vec<i64> {
+        ps.iter().map(|p| p.txn.session.0).collect()
+    }
+
+    #[test]
+    fn a_connection_busy_in_a_forward_is_held_back_with_all_its_later_writes_and_the_rest_go_in_order() {
+        let mut h = held(&[(7, 1), (8, 2), (7, 3), (9, 4), (8, 5)], &[7]);
+        let batch = h.take_batch();
+        assert_eq!(tags(&batch), [2, 4, 5]);
+        assert_eq!(tags(&Vec::from(std::mem::take(&mut h.queue))), [1, 3]);
+    }
+
+    #[test]
+    fn nothing_of_a_batch_goes_twice_and_a_free_queue_goes_whole() {
+        let mut h = held(&[(7, 1), (8, 2), (7, 3)], &[]);
+        assert_eq!(tags(&h.take_batch()), [1, 2, 3]);
+        assert!(h.queue.is_empty());
+        assert!(h.take_batch().is_empty());
+    }
+
+    #[test]
+    fn the_servers_own_write_waits_for_every_forward_and_holds_everything_behind_it() {
+        // Something in flight: the server's write and all after it wait; what came before goes.
+        let mut h = held(&[(8, 1), (0, 2), (9, 3), (8, 4)], &[7]);
+        assert_eq!(tags(&h.take_batch()), [1]);
+        assert_eq!(h.queue.len(), 3);
+        // Nothing in flight: it goes, with what follows, in order.
+        h.busy.clear();
+        assert_eq!(tags(&h.take_batch()), [2, 3, 4]);
+        // While it is in flight (origin 0 busy), nothing goes.
+        let mut h = held(&[(8, 5)], &[0]);
+        assert!(h.take_batch().is_empty());
+        assert_eq!(h.queue.len(), 1);
+    }
+
+    #[test]
+    fn writes_of_a_failed_connection_are_answered_at_once_and_never_batched() {
+        let mut h = held(&[(7, 1), (8, 2)], &[]);
+        let (done, mut rx) = oneshot::channel();
+        h.queue.push_back(Pending { done: Waiter::Plain(done), ..pending(7, 3) });
+        let mut failed = Failed::default();
+        failed.add(7);
+        h.drop_failed(&failed, &Counts::default());
+        assert_eq!(tags(&h.take_batch()), [2]);
+        assert!(matches!(rx.try_recv(), Ok(Err(ProposeError::Raft(_)))));
     }
 }

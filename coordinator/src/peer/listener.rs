@@ -12,10 +12,13 @@
 //! reader stops reading, and TCP pushes back on the dialler, whose own bounds then fail its
 //! calls. Every connection ends when the serve future's shutdown fires.
 //!
-//! Beside Raft's own messages a follower sends its clients' writes (entered into the log in
-//! the order they arrive: a forwarded batch is handed to Raft before the next frame is read),
-//! the sessions it heard from (touched in the session tracker, which only the leader acts on)
-//! and read-index requests for `sync`.
+//! Beside Raft's own messages a follower sends its clients' writes. Their transactions are
+//! queued, in the order they arrive (before the next frame is read), on one proposer shared by
+//! every peer connection, so the batches forwarded by all followers while an entry is being
+//! made durable share the next entry instead of taking one each (see [`crate::propose`]); the
+//! reply names the entry's index, which the follower applies before answering its clients.
+//! A follower also sends the sessions it heard from (touched in the session tracker, which
+//! only the leader acts on) and read-index requests for `sync`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -23,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::raft::ClientWriteResult;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
@@ -35,8 +37,10 @@ use super::wire::{
     frame, read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
     MAX_HANDSHAKE_BYTES,
 };
-use crate::raft::{Raft, TypeConfig};
+use crate::propose::{ProposeError, Proposer};
+use crate::raft::Raft;
 use crate::state::ServerState;
+use crate::txn::TxnOutcome;
 
 /// The limits of a peer listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub async fn serve_peers(
     shutdown: impl Future<Output = ()>,
 ) {
     let servers = Arc::new(servers);
+    // Local only: a server that does not lead refuses what is forwarded to it.
+    let proposer = Proposer::spawn(raft.clone(), None);
     let registry: Registry = Arc::default();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut conns = JoinSet::new();
@@ -135,7 +141,7 @@ pub async fn serve_peers(
             }
         };
         let (raft, state, registry) = (raft.clone(), state.clone(), registry.clone());
-        let sightings = sightings.clone();
+        let (sightings, proposer) = (sightings.clone(), proposer.clone());
         let this = serial;
         // The task's abort handle goes into the registry once its handshake is accepted; the
         // channel hands it over, since the handle exists only after the spawn.
@@ -143,7 +149,7 @@ pub async fn serve_peers(
         let handle = conns.spawn(async move {
             let _permit = permit;
             let Ok(abort) = abort_rx.await else { return };
-            let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options };
+            let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options, proposer };
             peer.serve(stream, peer_addr, raft, state, abort).await;
         });
         let _ = abort_tx.send(handle);
@@ -175,6 +181,8 @@ struct PeerConn<'a> {
     sightings: Arc<Sightings>,
     serial: u64,
     options: ListenerOptions,
+    /// Where forwarded writes are queued for Raft.
+    proposer: Proposer,
 }
 
 impl PeerConn<'_> {
@@ -186,7 +194,7 @@ impl PeerConn<'_> {
         state: Arc<Mutex<ServerState>>,
         abort: AbortHandle,
     ) {
-        let PeerConn { local, servers, registry, sightings, serial, options } = self;
+        let PeerConn { local, servers, registry, sightings, serial, options, proposer } = self;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let body =
@@ -304,14 +312,26 @@ impl PeerConn<'_> {
                             st.tracker.touch(txn.session, now);
                         }
                     }
-                    Entered::Forward(raft.client_write_ff(batch).await)
+                    // The batch's own origin: if one of its writes fails, the rest of it still
+                    // queued is failed too (the follower closes their connections).
+                    let origin = NEXT_FORWARD_ORIGIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let outcomes = batch.into_iter().map(|t| proposer.submit_forwarded(origin, t)).collect();
+                    Entered::Forward(tokio::time::Instant::now(), outcomes)
                 }
                 other => Entered::Other(other),
             };
             requests.spawn(async move {
                 let _permit = permit;
                 let reply = match entered {
-                    Entered::Forward(entered) => forwarded(entered).await,
+                    Entered::Forward(started, entered) => {
+                        let reply = forwarded(entered).await;
+                        tracing::debug!(
+                            peer = from,
+                            commit_us = started.elapsed().as_micros() as u64,
+                            "forwarded batch applied"
+                        );
+                        reply
+                    }
                     Entered::Other(body) => dispatch(&raft, &state, body).await,
                 };
                 match (PeerMessage::Reply { id, body: reply }).encode() {
@@ -326,24 +346,34 @@ impl PeerConn<'_> {
     }
 }
 
-/// The leader's answer to a forwarded batch, once applied.
-async fn forwarded(
-    entered: Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>,
-) -> PeerReply {
-    let result = match entered {
-        Err(fatal) => Err(fatal.to_string()),
-        Ok(rx) => match rx.await {
-            Ok(Ok(resp)) => Ok(Forwarded { applied_index: resp.log_id.index, outcomes: resp.data }),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the leader stopped with the batch in flight".into()),
-        },
-    };
-    PeerReply::Forward(result)
+/// The origins the proposer knows forwarded batches by: one per batch, above every connection
+/// id of this server.
+static NEXT_FORWARD_ORIGIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 63);
+
+type ForwardedOutcome = oneshot::Receiver<Result<(u64, TxnOutcome), ProposeError>>;
+
+/// The leader's answer to a forwarded batch, once every write of it is applied: the outcomes,
+/// and the index of the last entry holding one of them. A write without an outcome makes the
+/// whole batch's fate unknown to the follower.
+async fn forwarded(outcomes: Vec<ForwardedOutcome>) -> PeerReply {
+    let mut applied_index = 0;
+    let mut out = Vec::with_capacity(outcomes.len());
+    for rx in outcomes {
+        match rx.await {
+            Ok(Ok((index, outcome))) => {
+                applied_index = applied_index.max(index);
+                out.push(outcome);
+            }
+            Ok(Err(e)) => return PeerReply::Forward(Err(e.to_string())),
+            Err(_) => return PeerReply::Forward(Err("the leader stopped with the batch in flight".into())),
+        }
+    }
+    PeerReply::Forward(Ok(Forwarded { applied_index, outcomes: out }))
 }
 
-/// A request as the reader took it: a forwarded batch already handed to Raft, or any other.
+/// A request as the reader took it: a forwarded batch already queued for Raft, or any other.
 enum Entered {
-    Forward(Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>, openraft::error::Fatal<u64>>),
+    Forward(tokio::time::Instant, Vec<ForwardedOutcome>),
     Other(PeerRequest),
 }
 

@@ -15,7 +15,7 @@ use referee_coordinator::log::RealFs;
 use referee_coordinator::raft::Raft;
 use referee_coordinator::server::{Coordinator, CoordinatorError, Startup};
 use referee_coordinator::state::ServerState;
-use referee_testkit::{within_for, ScratchDir};
+use referee_testkit::{within_for, Proxy, ScratchDir};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -94,12 +94,37 @@ pub async fn start_ensemble_with(
     roles: &[Role],
     adjust: impl Fn(&mut CoordinatorConfig),
 ) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
+    let (running, dirs, _) = start(roles, adjust, false).await?;
+    Ok((running, dirs))
+}
+
+/// [`start_ensemble_with`], each server's peer port behind a [`Proxy`] (`proxies[i]` is server
+/// i+1's): every peer connection to that server goes through it, and cutting it breaks them.
+pub async fn start_ensemble_behind_proxies(
+    roles: &[Role],
+    adjust: impl Fn(&mut CoordinatorConfig),
+) -> Result<(Vec<Running>, Vec<ScratchDir>, Vec<Proxy>)> {
+    start(roles, adjust, true).await
+}
+
+async fn start(
+    roles: &[Role],
+    adjust: impl Fn(&mut CoordinatorConfig),
+    proxied: bool,
+) -> Result<(Vec<Running>, Vec<ScratchDir>, Vec<Proxy>)> {
     let mut clients = Vec::new();
     let mut peers = Vec::new();
     let mut servers = Vec::new();
+    let mut proxies = Vec::new();
     for (id, &role) in (1u64..).zip(roles) {
         let (c, p) = (TcpListener::bind("127.0.0.1:0").await?, TcpListener::bind("127.0.0.1:0").await?);
-        servers.push(ServerEntry { id, client: c.local_addr()?, peer: p.local_addr()?, role, admin: None });
+        let mut peer = p.local_addr()?;
+        if proxied {
+            let proxy = Proxy::start(peer).await?;
+            peer = proxy.addr;
+            proxies.push(proxy);
+        }
+        servers.push(ServerEntry { id, client: c.local_addr()?, peer, role, admin: None });
         clients.push(c);
         peers.push(p);
     }
@@ -132,7 +157,7 @@ pub async fn start_ensemble_with(
         }));
         running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
     }
-    Ok((running, dirs))
+    Ok((running, dirs, proxies))
 }
 
 /// Stops a server as on SIGTERM, and checks it stopped cleanly.
