@@ -236,11 +236,7 @@ fn acknowledging_for(record: &MasterRecord, node: usize, since: Duration) -> Dur
 }
 
 pub async fn fault_on_the_active_host(fault: Fault, masters: Masters, kind: CoordinatorKind, test: &str) -> Result<()> {
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
     let result = run(&hosts, &pair, fault, masters).await;
     // Faults off before the pair stops, so its processes stop with a network; the pair goes
@@ -414,11 +410,7 @@ pub async fn process_fault_on_the_active_node(
     kind: CoordinatorKind,
     test: &str,
 ) -> Result<()> {
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, masters), &hosts).await?);
     let result = run_process_fault(&pair, fault, masters, false).await.map(|_| ());
     // A frozen process left stopped would outlive the test's own clean-up.
@@ -597,11 +589,7 @@ pub async fn coordinator_rolling_restart_under_the_pair(kind: CoordinatorKind, t
 }
 
 async fn restart_coordinator_under_the_pair(how: Restart, kind: CoordinatorKind, test: &str) -> Result<()> {
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     // The masters journal their edits in the coordinator: what the restart must keep.
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let first = pair.wait_for_active(Duration::from_secs(20)).await?;
@@ -671,11 +659,7 @@ const FLAP_INTERVAL: Duration = Duration::from_secs(3);
 /// that interval, whatever the flapping does; the masters never both say active, and the pair
 /// ends with one active once the flapping stops.
 pub async fn flapping_health(kind: CoordinatorKind, test: &str) -> Result<()> {
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let extra = format!("election:\n  min_failover_interval_ms: {}\n", FLAP_INTERVAL.as_millis());
     let spec = PairSpec { extra_agent_yaml: vec![extra.clone(), extra], ..spec(kind, Masters::Plain) };
     let pair = Arc::new(Pair::start_on_hosts(spec, &hosts).await?);
@@ -743,11 +727,7 @@ const START_ROUNDS: usize = 5;
 /// coordinator), on a fresh coordinator each round: exactly one of them promotes its master,
 /// once, and the masters never both say active.
 pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()> {
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let mut winners = [0usize; 2];
     for round in 1..=START_ROUNDS {
         let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Plain), &hosts).await?);
@@ -812,6 +792,16 @@ fn oracle_end(record: &MasterRecord) -> Duration {
 /// machines.
 pub const FAILOVER_BOUND_ACROSS_LEADER_KILL: Duration = Duration::from_secs(15);
 
+/// The simulated hosts a scenario with `kind` needs, or `None` (said loudly, as a skip of
+/// `test`) where they cannot be made here.
+fn hosts_or_skip(kind: CoordinatorKind, test: &str) -> Result<Option<Hosts>> {
+    if let Some(why) = hosts_unavailable() {
+        skip(test, &why);
+        return Ok(None);
+    }
+    Ok(Some(Hosts::new(hosts_needed(kind))?))
+}
+
 fn require_ensemble(kind: CoordinatorKind) -> Result<()> {
     ensure!(kind.servers() > 1, "this scenario needs a coordinator ensemble, not {kind:?}");
     Ok(())
@@ -825,11 +815,7 @@ fn require_ensemble(kind: CoordinatorKind) -> Result<()> {
 /// within [`FAILOVER_BOUND_ACROSS_LEADER_KILL`].
 pub async fn coordinator_leader_killed_during_a_failover(kind: CoordinatorKind, test: &str) -> Result<()> {
     require_ensemble(kind)?;
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let took = run_process_fault(&pair, ProcessFault::MasterKilled, Masters::Journalling, true).await?;
     eprintln!(
@@ -866,11 +852,7 @@ async fn sessions_on(pair: &Pair, k: usize) -> Option<usize> {
 /// write once. Healed, the old leader rejoins as a follower.
 pub async fn coordinator_leader_partitioned_from_its_peers(kind: CoordinatorKind, test: &str) -> Result<()> {
     require_ensemble(kind)?;
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let result = run_leader_partition(&hosts, &pair).await;
     hosts.heal_all()?;
@@ -1001,11 +983,7 @@ async fn until_connected(pair: &Pair, node: usize) -> Result<()> {
 /// brain and one active at the end, and the journal holds every acknowledged write.
 pub async fn coordinator_leader_frozen_and_resumed(kind: CoordinatorKind, test: &str) -> Result<()> {
     require_ensemble(kind)?;
-    if let Some(why) = hosts_unavailable() {
-        skip(test, &why);
-        return Ok(());
-    }
-    let hosts = Hosts::new(hosts_needed(kind))?;
+    let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
     let result = run_leader_freeze(&pair).await;
     // A server left stopped would outlive the test's own clean-up.
