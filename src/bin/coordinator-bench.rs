@@ -860,8 +860,18 @@ fn cell_line(name: &str, c: &CellReport) -> String {
         ms(c.percentile(0.999)),
         ms(c.longest_stall),
         c.stall_at.as_secs_f64(),
-        c.errors
+        errors(c)
     )
+}
+
+/// A cell's errors, and the connections the server closed during it (each one's requests in
+/// flight are among the errors): "0", or "12 (3 connections closed by the server)".
+fn errors(c: &CellReport) -> String {
+    match c.closed {
+        0 => c.errors.to_string(),
+        1 => format!("{} (1 connection closed by the server)", c.errors),
+        n => format!("{} ({n} connections closed by the server)", c.errors),
+    }
 }
 
 /// Runs everything the throughput bench measures against one kind of server: first the
@@ -1029,8 +1039,8 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     ratio(ms(a.percentile(0.99)), ms(b.percentile(0.99))),
                     ms(a.longest_stall),
                     ms(b.longest_stall),
-                    a.errors,
-                    b.errors
+                    errors(a),
+                    errors(b)
                 );
             }
         }
@@ -1050,7 +1060,7 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     a.ops_per_sec(),
                     lat(a),
                     ms(a.longest_stall),
-                    a.errors
+                    errors(a)
                 );
             }
         }

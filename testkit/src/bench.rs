@@ -111,8 +111,11 @@ pub struct CellReport {
     pub shape: Shape,
     /// Replies received.
     pub ops: u64,
-    /// Replies with an error code other than 0.
+    /// Replies with an error code other than 0, and requests in flight on a connection the
+    /// server closed (their fate unknown).
     pub errors: u64,
+    /// Connections the server closed or reset during the cell (each session connected again).
+    pub closed: u32,
     /// From the common start to the last reply.
     pub elapsed: Duration,
     /// Every reply's latency, sorted, in microseconds.
@@ -151,6 +154,8 @@ struct SessionRun {
     /// Each reply's arrival, microseconds after the start.
     replies_at_us: Vec<u32>,
     errors: u64,
+    /// Connections the server closed or reset during the run (the session connected again).
+    closed: u32,
     created: Vec<String>,
 }
 
@@ -196,7 +201,7 @@ pub async fn prepare(target: SocketAddr, pool_size: usize, data_bytes: usize) ->
         data: data.clone(),
         flags: create_mode::PERSISTENT,
     });
-    let run = drive(c, 64, None, Instant::now(), move |_| reqs.next()).await?;
+    let run = drive(target, c, 64, None, Instant::now(), move |_| reqs.next()).await?;
     if run.errors > 0 {
         bail!("{} of {pool_size} pool nodes could not be created", run.errors);
     }
@@ -225,12 +230,13 @@ pub async fn fill(
     let per = count.div_ceil(shape.sessions);
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..shape.sessions {
-        let c = connect(targets[s % targets.len()]).await?;
+        let target = targets[s % targets.len()];
+        let c = connect(target).await?;
         let data = vec![b'f'; data_bytes];
         let parent = parent.to_string();
         let range = (s * per)..((s + 1) * per).min(count);
         let mut names = range.map(move |i| format!("{parent}/n{i}"));
-        tasks.spawn(drive(c, shape.outstanding, None, started, move |_| {
+        tasks.spawn(drive(target, c, shape.outstanding, None, started, move |_| {
             names.next().map(|path| Request::Create { path, data: data.clone(), flags: create_mode::PERSISTENT })
         }));
     }
@@ -312,7 +318,7 @@ pub async fn run_cell(
                 }
             })
         };
-        tasks.spawn(drive(client, shape.outstanding, Some(deadline), start, next));
+        tasks.spawn(drive(targets[s % targets.len()], client, shape.outstanding, Some(deadline), start, next));
     }
     // A server that stops answering must not hang the run: the drain after the deadline gets
     // at most this long.
@@ -336,8 +342,10 @@ fn report(op: Op, shape: Shape, runs: Vec<SessionRun>) -> CellReport {
     let mut latencies_us = Vec::new();
     let mut at = Vec::new();
     let mut errors = 0;
+    let mut closed = 0;
     let mut created = Vec::new();
     for r in runs {
+        closed += r.closed;
         latencies_us.extend(r.latencies_us);
         at.extend(r.replies_at_us);
         errors += r.errors;
@@ -358,6 +366,7 @@ fn report(op: Op, shape: Shape, runs: Vec<SessionRun>) -> CellReport {
         shape,
         ops: at.len() as u64,
         errors,
+        closed,
         elapsed: Duration::from_micros(u64::from(prev)),
         latencies_us,
         longest_stall: Duration::from_micros(u64::from(longest)),
@@ -368,26 +377,84 @@ fn report(op: Op, shape: Shape, runs: Vec<SessionRun>) -> CellReport {
 
 /// Sends what `next(seq)` gives (seq counting from 0) with `window` in flight until `next`
 /// runs out or `deadline` passes, then takes the outstanding replies and closes the session.
+///
+/// With a deadline (a timed cell), a connection the server closes or resets is part of what is
+/// measured, not the end of the run: the requests in flight on it count as errors (their fate
+/// is unknown), and the session connects again to `target` and goes on until the deadline, as
+/// a real client would. Without one (preparing nodes that must all exist), it fails the run.
 async fn drive(
+    target: SocketAddr,
     client: RawClient,
     window: usize,
     deadline: Option<Instant>,
     start: Instant,
     mut next: impl FnMut(u64) -> Option<Request> + Send + 'static,
 ) -> Result<SessionRun> {
+    let mut run =
+        SessionRun { latencies_us: Vec::new(), replies_at_us: Vec::new(), errors: 0, closed: 0, created: Vec::new() };
+    let mut seq = 0u64;
+    let mut client = client;
+    loop {
+        match drive_connection(client, window, deadline, start, &mut seq, &mut next, &mut run).await? {
+            Ended::Done => return Ok(run),
+            Ended::Closed { in_flight, why } => {
+                let Some(deadline) = deadline else {
+                    bail!("the server closed the connection with {in_flight} requests in flight: {why}");
+                };
+                run.errors += in_flight;
+                run.closed += 1;
+                client = loop {
+                    if Instant::now() >= deadline {
+                        return Ok(run);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, connect(target)).await {
+                        Ok(Ok(c)) => break c,
+                        // Refused or unanswered: try again shortly, while the cell lasts.
+                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(10).min(left)).await,
+                        Err(_) => return Ok(run),
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// How one connection of a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Every request was answered and the session closed.
+    Done,
+    /// The server closed or reset the connection with `in_flight` requests unanswered.
+    Closed { in_flight: u64, why: String },
+}
+
+/// One connection's part of [`drive`]: sends and receives until `next` runs out, the deadline
+/// passes or the server closes the connection.
+async fn drive_connection(
+    client: RawClient,
+    window: usize,
+    deadline: Option<Instant>,
+    start: Instant,
+    seq: &mut u64,
+    next: &mut (impl FnMut(u64) -> Option<Request> + Send),
+    run: &mut SessionRun,
+) -> Result<Ended> {
     let RawClient { mut sender, mut receiver, .. } = client;
-    // One entry per request in flight: its send instant and, for a create, its path. Capacity `window`: the sender waits for a free place before it sends.
+    // One entry per request in flight: its send instant and, for a create, its path. Capacity
+    // `window`: the sender waits for a free place before it sends.
     let (tx, mut rx) = mpsc::channel::<(Instant, Option<String>)>(window);
-    let send = async move {
-        let mut seq = 0u64;
+    let send = async {
         let mut out = Vec::new();
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let Some(req) = next(seq) else { break };
-            seq += 1;
+            // A free place first, then the request: a request taken from `next` is always sent
+            // (a delete cell's list is not skipped over when the connection closes).
             let Ok(place) = tx.reserve().await else { break };
+            let Some(req) = next(*seq) else { break };
+            *seq += 1;
             let created = match &req {
                 Request::Create { path, .. } => Some(path.clone()),
                 _ => None,
@@ -395,19 +462,33 @@ async fn drive(
             out.clear();
             sender.encode_into(&req, &mut out);
             place.send((Instant::now(), created));
-            sender.write_frames(&out).await?;
+            if sender.write_frames(&out).await.is_err() {
+                // The receiving side sees the close and counts what was in flight.
+                break;
+            }
         }
-        anyhow::Ok(sender)
+        drop(tx);
     };
     let receive = async {
-        let mut run =
-            SessionRun { latencies_us: Vec::new(), replies_at_us: Vec::new(), errors: 0, created: Vec::new() };
         while let Some((sent, created)) = rx.recv().await {
-            let err = loop {
-                match receiver.next().await? {
-                    None => bail!("the server closed the connection with requests in flight"),
-                    Some(Packet::Notification { .. }) => continue,
-                    Some(Packet::Reply { err, .. }) => break err,
+            let answer = loop {
+                match receiver.next().await {
+                    Ok(Some(Packet::Notification { .. })) => continue,
+                    Ok(Some(Packet::Reply { err, .. })) => break Ok(err),
+                    Ok(None) => break Err("closed by the server".to_string()),
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            let err = match answer {
+                Ok(err) => err,
+                Err(why) => {
+                    // This request and every one queued behind it went unanswered.
+                    rx.close();
+                    let mut in_flight = 1;
+                    while rx.recv().await.is_some() {
+                        in_flight += 1;
+                    }
+                    return Ended::Closed { in_flight, why };
                 }
             };
             let now = Instant::now();
@@ -421,11 +502,13 @@ async fn drive(
                 run.errors += 1;
             }
         }
-        anyhow::Ok(run)
+        Ended::Done
     };
-    let (mut sender, run) = tokio::try_join!(send, receive)?;
-    close_halves(&mut sender, &mut receiver).await;
-    Ok(run)
+    let ((), ended) = tokio::join!(send, receive);
+    if ended == Ended::Done {
+        close_halves(&mut sender, &mut receiver).await;
+    }
+    Ok(ended)
 }
 
 /// Closes a session, waiting a bounded time for the server's answer.
@@ -517,6 +600,7 @@ mod tests {
             latencies_us: vec![300, 100, 200, 400],
             replies_at_us: vec![1_000, 2_000, 52_000, 53_000],
             errors: 1,
+            closed: 0,
             created: vec!["/a".into()],
         };
         let r = report(Op::Create, Shape { sessions: 1, outstanding: 1 }, vec![run]);
@@ -528,5 +612,73 @@ mod tests {
         assert_eq!(r.percentile(0.5), Duration::from_micros(200));
         assert_eq!(r.percentile(0.99), Duration::from_micros(400));
         assert_eq!(r.created, vec![vec!["/a".to_string()]]);
+    }
+
+    /// A server that answers every request with OK and an empty body, and closes the first
+    /// connection it accepts after `close_after` replies.
+    async fn closes_first_connection(close_after: usize) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for conn in 0u32.. {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut read_frame = async |sock: &mut tokio::net::TcpStream| {
+                        let len = sock.read_i32().await.ok()?;
+                        let mut payload = vec![0; usize::try_from(len).ok()?];
+                        sock.read_exact(&mut payload).await.ok()?;
+                        Some(payload)
+                    };
+                    read_frame(&mut sock).await?;
+                    let granted =
+                        crate::jute::Jute::new().int(0).int(30_000).long(i64::from(conn) + 1).buffer(Some(&[0; 16]));
+                    sock.write_all(&crate::jute::frame(&granted.into_vec())).await.ok()?;
+                    for replied in 0.. {
+                        if conn == 0 && replied == close_after {
+                            return None;
+                        }
+                        let req = read_frame(&mut sock).await?;
+                        let xid = i32::from_be_bytes(req.get(..4)?.try_into().ok()?);
+                        let reply = crate::jute::Jute::new().int(xid).long(1).int(0).into_vec();
+                        sock.write_all(&crate::jute::frame(&reply)).await.ok()?;
+                    }
+                    Some(())
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_counts_its_requests_in_flight_and_the_session_goes_on() {
+        let addr = closes_first_connection(20).await;
+        let pool = Pool::of(vec!["/tp/pool/n0".into()], 4);
+        let cell = run_cell(
+            &[addr],
+            Op::GetData,
+            Shape { sessions: 1, outstanding: 4 },
+            Duration::from_millis(300),
+            &pool,
+            0,
+            None,
+        )
+        .await
+        .expect("the cell goes on after the server closes a connection");
+        assert_eq!(cell.closed, 1, "one connection was closed by the server");
+        // Up to 4 were in flight when it closed (how many the sender had written by then).
+        assert!(
+            (1..=4).contains(&cell.errors),
+            "the requests in flight on the closed connection are errors: {}",
+            cell.errors
+        );
+        assert!(cell.ops > 20, "the session connected again and went on: {} replies", cell.ops);
+    }
+
+    #[tokio::test]
+    async fn preparing_nodes_fails_when_the_server_closes_the_connection() {
+        let addr = closes_first_connection(3).await;
+        let err = prepare(addr, 10, 4).await.expect_err("a closed connection must fail the preparation");
+        assert!(err.to_string().contains("closed the connection"), "{err:#}");
     }
 }
