@@ -624,7 +624,7 @@ mod tests {
             for conn in 0u32.. {
                 let Ok((mut sock, _)) = listener.accept().await else { return };
                 tokio::spawn(async move {
-                    let mut read_frame = async |sock: &mut tokio::net::TcpStream| {
+                    let read_frame = async |sock: &mut tokio::net::TcpStream| {
                         let len = sock.read_i32().await.ok()?;
                         let mut payload = vec![0; usize::try_from(len).ok()?];
                         sock.read_exact(&mut payload).await.ok()?;
