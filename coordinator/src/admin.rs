@@ -17,8 +17,9 @@
 //!
 //! What openraft keeps for a member is its peer address (`BasicNode::addr`), the address the
 //! peer transport dials. Client and admin addresses come from `servers` in this server's
-//! configuration, or from the request that added the member when this server took it; a
-//! member known neither way shows them as `null`.
+//! configuration, or from `/zookeeper/config`, which the leader rewrites through the log after
+//! every change made here (see [`crate::members_config`]): a member added at run time is known
+//! with its addresses on every server. A member known neither way shows them as `null`.
 //!
 //! The listener has no authentication: bind it to loopback or a management network.
 
@@ -43,12 +44,19 @@ use tracing::{info, warn};
 
 use crate::config::{CoordinatorConfig, Role};
 use crate::fourlw::{ensemble_stats, monitor_values, EnsembleStats};
+use crate::members_config::{self, MemberLine, MemberRole};
+use crate::propose::Proposer;
+use crate::proto::SessionId;
 use crate::raft::Raft;
 use crate::state::ServerState;
+use crate::txn::{Txn, TxnOp};
 
 /// How long one admin call may take, membership changes included (a new member must catch up
 /// with the log before it counts as added).
 pub const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long writing the members into `/zookeeper/config` may take.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The Prometheus text exposition format version served on `/metrics`.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -59,9 +67,7 @@ pub struct AdminContext {
     config: Arc<CoordinatorConfig>,
     raft: Raft,
     state: Arc<Mutex<ServerState>>,
-    /// Client and admin addresses of members added through this server, which openraft does
-    /// not keep (it keeps the peer address only).
-    told: Arc<Mutex<BTreeMap<u64, Addresses>>>,
+    proposer: Proposer,
 }
 
 /// A member's client and admin addresses, as far as they are known.
@@ -73,18 +79,28 @@ struct Addresses {
 
 impl AdminContext {
     /// The context of a server's admin listener.
-    pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>) -> Self {
-        AdminContext { config, raft, state, told: Arc::default() }
+    pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>, proposer: Proposer) -> Self {
+        AdminContext { config, raft, state, proposer }
     }
 
     fn addresses(&self, id: u64) -> Addresses {
-        if let Some(s) = self.config.servers.iter().find(|s| s.id == id) {
-            return Addresses { client: Some(s.client), admin: s.admin };
+        let published = published_members(&self.state);
+        known_addresses(&self.config, &published, id)
+    }
+
+    /// Rewrites `/zookeeper/config` with every member of the membership this server now has,
+    /// `added` (a member just added, with the addresses its request gave) among them.
+    async fn publish_members(&self, added: Option<(u64, Addresses)>) {
+        let published = published_members(&self.state);
+        let lines = member_lines(&MembershipView::of(&self.metrics()), |id| match added {
+            Some((a, addresses)) if a == id => addresses,
+            _ => known_addresses(&self.config, &published, id),
+        });
+        match tokio::time::timeout(PUBLISH_DEADLINE, self.proposer.write(ensemble_config_txn(lines))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!("the members' addresses were not written to /zookeeper/config: {e}"),
+            Err(_) => warn!("the members' addresses were not written to /zookeeper/config within {PUBLISH_DEADLINE:?}"),
         }
-        if id == self.config.server_id() {
-            return Addresses { client: Some(self.config.listen), admin: self.config.admin_listen };
-        }
-        self.told.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied().unwrap_or_default()
     }
 
     fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
@@ -94,6 +110,83 @@ impl AdminContext {
     /// The refusal a server that does not lead gives, naming the leader it knows.
     fn not_leader(&self, leader: Option<u64>) -> Refusal {
         Refusal::NotLeader { leader, leader_admin: leader.and_then(|l| self.addresses(l).admin) }
+    }
+}
+
+/// The members `/zookeeper/config` names, as this server has applied it.
+pub fn published_members(state: &Mutex<ServerState>) -> BTreeMap<u64, MemberLine> {
+    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+    match st.tree.get_data("/zookeeper/config", &[]) {
+        Ok((Some(data), _)) => members_config::parse(&String::from_utf8_lossy(data)),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// A member's addresses: from this server's `servers`, itself, or `/zookeeper/config`.
+fn known_addresses(config: &CoordinatorConfig, published: &BTreeMap<u64, MemberLine>, id: u64) -> Addresses {
+    if let Some(s) = config.servers.iter().find(|s| s.id == id) {
+        return Addresses { client: Some(s.client), admin: s.admin };
+    }
+    if id == config.server_id() {
+        return Addresses { client: Some(config.listen), admin: config.admin_listen };
+    }
+    published.get(&id).map_or_else(Addresses::default, |m| Addresses { client: m.client, admin: m.admin })
+}
+
+/// The lines of `/zookeeper/config` for a membership, with each member's addresses.
+fn member_lines(view: &MembershipView, addresses: impl Fn(u64) -> Addresses) -> Vec<MemberLine> {
+    view.peers
+        .iter()
+        .map(|(&id, peer)| {
+            let a = addresses(id);
+            let role = if view.voters.contains(&id) { MemberRole::Participant } else { MemberRole::Observer };
+            MemberLine { id, role, peer: peer.clone(), client: a.client, admin: a.admin }
+        })
+        .collect()
+}
+
+/// The server-issued transaction that writes `members` into `/zookeeper/config`.
+fn ensemble_config_txn(members: Vec<MemberLine>) -> Txn {
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Txn { session: SessionId(0), auth: Vec::new(), time_ms, op: TxnOp::EnsembleConfig { members } }
+}
+
+/// Writes the members into `/zookeeper/config` once this server leads an ensemble whose
+/// `/zookeeper/config` was never written (a new ensemble, or one whose data predates it), from
+/// the membership and this server's `servers`. Returns when written, when it already was, or
+/// when `stop` completes; a server that never leads just waits.
+pub async fn publish_initial_members(ctx: AdminContext, stop: impl Future<Output = ()>) {
+    let work = async {
+        let mut metrics = ctx.raft.metrics();
+        loop {
+            let written = {
+                let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.tree.exists("/zookeeper/config").is_ok_and(|stat| stat.version > 0)
+            };
+            if written {
+                return;
+            }
+            let leads = {
+                let m = metrics.borrow_and_update();
+                m.current_leader == Some(m.id)
+                    && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
+                    && m.membership_config.membership().get_joint_config().len() == 1
+            };
+            if leads {
+                ctx.publish_members(None).await;
+                info!("the members' addresses were written to /zookeeper/config");
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = stop => {}
     }
 }
 
@@ -420,10 +513,6 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     }
     let plan = plan_add(&MembershipView::of(&m), &req)?;
     info!(?plan, "membership change requested");
-    ctx.told
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(req.id, Addresses { client: Some(req.client), admin: req.admin });
     let work = async {
         match &plan {
             AddPlan::AddObserver { id, peer } => {
@@ -452,6 +541,7 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
         }
     }
     info!(?plan, "membership changed");
+    ctx.publish_members(Some((req.id, Addresses { client: Some(req.client), admin: req.admin }))).await;
     Ok(Json(members_of(&ctx, &ctx.metrics())))
 }
 
@@ -476,6 +566,7 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
         }
     }
     info!(?plan, "membership changed");
+    ctx.publish_members(None).await;
     Ok(Json(members_of(&ctx, &ctx.metrics())))
 }
 

@@ -66,6 +66,10 @@ fn describe_txn(txn: &Txn) -> (String, String) {
         TxnOp::CloseSession { expired: false } => ("closeSession".into(), session),
         TxnOp::CloseSession { expired: true } => ("expireSession".into(), session),
         TxnOp::MoveSession { to_server } => ("moveSession".into(), format!("{session} to server {to_server}")),
+        TxnOp::EnsembleConfig { members } => {
+            let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
+            ("ensembleConfig".into(), format!("members {}", ids.join(",")))
+        }
         TxnOp::Write(op) => describe_write(op),
         TxnOp::Multi(ops) => {
             let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();

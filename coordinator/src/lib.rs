@@ -34,6 +34,7 @@
 //! - [`path`]: ZooKeeper's path rules.
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`fourlw`]: the four-letter words (`ruok`, `srvr`, `mntr`, ...) on the client port.
+//! - [`members_config`]: the members and their addresses in `/zookeeper/config`.
 //! - [`admin`]: the admin HTTP listener: Prometheus `/metrics` and the ensemble's `/members`.
 //! - [`server`]: start-up, the accept loop, session expiry, shutdown.
 //! - [`run`]: a coordinator process's life from its configuration file, for both binaries.
@@ -61,6 +62,7 @@ pub mod frame;
 pub mod jute;
 pub mod liveness;
 pub mod log;
+pub mod members_config;
 pub mod outbox;
 pub mod path;
 pub mod peer;

@@ -324,12 +324,20 @@ impl Coordinator {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
         }
+        let ctx = crate::admin::AdminContext::new(
+            self.shared.config.clone(),
+            self.shared.raft.clone(),
+            self.shared.state.clone(),
+            self.shared.proposer.clone(),
+        );
+        if self.peers.is_some() {
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tasks.spawn(crate::admin::publish_initial_members(ctx.clone(), stopped));
+        }
         if let Some(admin) = self.admin.take() {
-            let ctx = crate::admin::AdminContext::new(
-                self.shared.config.clone(),
-                self.shared.raft.clone(),
-                self.shared.state.clone(),
-            );
             let mut stop = stop_rx.clone();
             info!(address = %admin.local_addr()?, "admin HTTP listener serving");
             tasks.spawn(async move {

@@ -641,8 +641,36 @@ impl DataTree {
                     Err(ErrorCode::SessionExpired)
                 }
             }
+            TxnOp::EnsembleConfig { members } => self.set_ensemble_config(members, txn, zxid, &mut fx.events),
         };
         (TxnOutcome { zxid, result }, fx)
+    }
+
+    /// Writes the members' text into `/zookeeper/config`, as a setData would, firing its data
+    /// watches. Only the servers issue it: a client's session never does.
+    fn set_ensemble_config(
+        &mut self,
+        members: &[crate::members_config::MemberLine],
+        txn: &Txn,
+        zxid: Zxid,
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<TxnReply, ErrorCode> {
+        const CONFIG: &str = "/zookeeper/config";
+        if txn.session.0 != 0 {
+            return Err(ErrorCode::NoAuth);
+        }
+        let node = Arc::make_mut(self.nodes.get_mut(CONFIG).ok_or(ErrorCode::NoNode)?);
+        node.data = Some(crate::members_config::render(members, zxid.0).into_bytes());
+        node.stat.version = node.stat.version.wrapping_add(1);
+        node.stat.mzxid = zxid.0;
+        node.stat.mtime = txn.time_ms;
+        events.push(WatchEvent {
+            path: CONFIG.to_string(),
+            kind: EventType::NodeDataChanged,
+            zxid,
+            acl: node.acl.clone(),
+        });
+        Ok(TxnReply::Nothing)
     }
 
     fn session_is_open(&self, session: SessionId) -> bool {
@@ -984,6 +1012,32 @@ mod tests {
         assert!(fx.events.is_empty(), "a refused write fires nothing");
         assert_eq!(out.zxid, Zxid(zxid), "a refused write still has its zxid");
         out.result.expect_err("expected a refusal")
+    }
+
+    #[test]
+    fn the_ensemble_config_is_written_by_servers_only_and_fires_data_watches() {
+        use crate::members_config::{parse, MemberLine, MemberRole};
+        let (mut t, s) = with_session();
+        let members = vec![MemberLine {
+            id: 5,
+            role: MemberRole::Observer,
+            peer: "127.0.0.1:2885".into(),
+            client: Some("127.0.0.1:2185".parse().unwrap()),
+            admin: None,
+        }];
+        let op = TxnOp::EnsembleConfig { members: members.clone() };
+        let (out, fx) = t.apply(Zxid(2), &txn(s.0, op.clone()));
+        assert_eq!(out.result, Err(ErrorCode::NoAuth), "a client's session may not write it");
+        assert!(fx.events.is_empty());
+        let (out, fx) = t.apply(Zxid(3), &txn(0, op));
+        assert_eq!(out.result, Ok(TxnReply::Nothing));
+        assert_eq!(fx.events.len(), 1);
+        assert_eq!((fx.events[0].path.as_str(), fx.events[0].kind), ("/zookeeper/config", EventType::NodeDataChanged));
+        let (data, stat) = t.get_data("/zookeeper/config", &[]).unwrap();
+        let text = String::from_utf8(data.unwrap().to_vec()).unwrap();
+        assert_eq!((stat.version, stat.mzxid), (1, 3));
+        assert!(text.ends_with("\nversion=3"), "{text}");
+        assert_eq!(parse(&text).into_values().collect::<Vec<_>>(), members);
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub enum TxnOp {
         /// The server the session's client is connected to now.
         to_server: u64,
     },
+    /// The ensemble's members with their addresses, written by the leader (session 0 only) into
+    /// `/zookeeper/config` (see [`crate::members_config`]).
+    EnsembleConfig {
+        /// Every member, voters and observers.
+        members: Vec<crate::members_config::MemberLine>,
+    },
 }
 
 impl Txn {
@@ -73,6 +79,7 @@ impl Txn {
             TxnOp::CreateSession { .. } | TxnOp::CloseSession { .. } | TxnOp::MoveSession { .. } => 0,
             TxnOp::Write(w) => w.approx_len(),
             TxnOp::Multi(ops) => ops.iter().map(WriteOp::approx_len).sum(),
+            TxnOp::EnsembleConfig { members } => members.iter().map(|m| 64 + m.peer.len()).sum(),
         };
         FIXED + ids + op
     }

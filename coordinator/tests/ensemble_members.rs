@@ -387,6 +387,32 @@ async fn servers_join_get_promoted_and_leave_through_the_admin_api() -> Result<(
     assert_eq!(voters, want, "{m:?}");
     write_and_check(&running, leader, "/with-the-fifth").await?;
 
+    // Servers 1 to 3 were configured before 4 and 5 existed: they know the newcomers'
+    // addresses from /zookeeper/config, which the leader wrote through the log (and which
+    // the write just checked came after).
+    for r in running.iter().filter(|r| r.id <= 3 && r.id != leader) {
+        let m = members(r.admin).await?;
+        for e in [&entry4, &entry5] {
+            let seen =
+                m.members.iter().find(|m| m.id == e.id).with_context(|| format!("server {} lists {}", r.id, e.id))?;
+            assert_eq!(
+                (seen.client, seen.admin),
+                (Some(e.client), e.admin),
+                "server {} on server {}: {m:?}",
+                e.id,
+                r.id
+            );
+        }
+        let zk = connect(&r.client.to_string(), Duration::from_secs(10)).await?;
+        let (data, _) = zk.get_data("/zookeeper/config").await?;
+        let text = String::from_utf8(data)?;
+        assert!(
+            text.contains(&format!("server.5={}:{}:participant;{}\n", entry5.peer, entry5.peer.port(), entry5.client)),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("server.{gone}=")), "the removed member is gone: {text}");
+    }
+
     for r in running {
         stop(r).await?;
     }

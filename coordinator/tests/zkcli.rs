@@ -216,11 +216,11 @@ async fn zkcli_creates_reads_and_writes_nodes() -> Result<()> {
         return Ok(());
     }
     let server = server().await?;
-    let sid = nodes_scenario(server.addr).await.context("against this server")?;
+    let sid = nodes_scenario(server.addr, &[""]).await.context("against this server")?;
     // zkCli's session ended with it.
     wait_until(DEADLINE, "zkCli's session to close", || !server.session_ids().contains(&sid)).await?;
     let (_apache, addr) = apache().await?;
-    nodes_scenario(addr).await.context("against Apache ZooKeeper")?;
+    nodes_scenario(addr, &[""]).await.context("against Apache ZooKeeper")?;
     server.stop().await
 }
 
@@ -231,14 +231,19 @@ async fn zkcli_creates_reads_and_writes_nodes_through_a_follower() -> Result<()>
     }
     let ensemble = ensemble().await?;
     let follower = ensemble.follower();
-    let sid = nodes_scenario(follower.client).await.context("through a follower")?;
+    // An ensemble's /zookeeper/config names its members, one line each, then its version.
+    let config = String::from_utf8(follower.data("/zookeeper/config").context("/zookeeper/config")?)?;
+    let lines: Vec<&str> = config.lines().collect();
+    assert_eq!(lines.len(), 4, "three members and the version: {config}");
+    let sid = nodes_scenario(follower.client, &lines).await.context("through a follower")?;
     // zkCli's session ended with it, on the follower's tree as on every other.
     wait_until(DEADLINE, "zkCli's session to close", || !follower.session_ids().contains(&sid)).await?;
     ensemble.stop().await
 }
 
-/// Returns zkCli's session id (the owner of its ephemeral).
-async fn nodes_scenario(addr: SocketAddr) -> Result<i64> {
+/// Returns zkCli's session id (the owner of its ephemeral). `config` is what zkCli's `config`
+/// prints: one empty line for a server alone, as Apache ZooKeeper's standalone server.
+async fn nodes_scenario(addr: SocketAddr, config: &[&str]) -> Result<i64> {
     let mut cli = ZkCli::start(addr).await?;
     let check = connect(&addr.to_string(), Duration::from_secs(10)).await?;
 
@@ -289,8 +294,7 @@ async fn nodes_scenario(addr: SocketAddr) -> Result<i64> {
     cli.expect("getAllChildrenNumber /zookeeper", &["2"]).await?;
     cli.expect("sync /a", &["Sync is OK"]).await?;
     cli.expect("whoami", &["Auth scheme: User", "ip: 127.0.0.1"]).await?;
-    // Standalone: /zookeeper/config is empty, printed as one empty line.
-    cli.expect("config", &[""]).await?;
+    cli.expect("config", config).await?;
 
     cli.expect("delete /a", &["Node not empty: /a"]).await?;
     cli.expect("delete -v 7 /a/e", &["version No is not valid : /a/e"]).await?;

@@ -180,6 +180,14 @@ impl ThreeVoters {
     pub async fn start(adjust: impl Fn(&mut CoordinatorConfig)) -> Result<ThreeVoters> {
         let (running, dirs) = start_ensemble_with(&[Role::Voter; 3], adjust).await?;
         let (leader, _) = leader_of(&running).await?;
+        // The first leader writes the members into /zookeeper/config: every server has it
+        // before a test reads the tree, so no test sees it arrive midway.
+        within_for(ENSEMBLE_DEADLINE, "/zookeeper/config written on every server", async {
+            while running.iter().any(|r| r.data("/zookeeper/config").is_none_or(|d| d.is_empty())) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await?;
         Ok(ThreeVoters { running, leader, _dirs: dirs })
     }
 
