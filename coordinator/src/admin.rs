@@ -68,6 +68,8 @@ pub struct AdminContext {
     raft: Raft,
     state: Arc<Mutex<ServerState>>,
     proposer: Proposer,
+    /// Held while `/zookeeper/config` is read and rewritten.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A member's client and admin addresses, as far as they are known.
@@ -80,7 +82,7 @@ struct Addresses {
 impl AdminContext {
     /// The context of a server's admin listener.
     pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>, proposer: Proposer) -> Self {
-        AdminContext { config, raft, state, proposer }
+        AdminContext { config, raft, state, proposer, publishing: Arc::default() }
     }
 
     fn addresses(&self, id: u64) -> Addresses {
@@ -89,18 +91,29 @@ impl AdminContext {
     }
 
     /// Rewrites `/zookeeper/config` with every member of the membership this server now has,
-    /// `added` (a member just added, with the addresses its request gave) among them.
-    async fn publish_members(&self, added: Option<(u64, Addresses)>) {
+    /// `added` (a member just added, with the addresses its request gave) among them, unless it
+    /// already says exactly that. One rewrite at a time, each reading what the last one wrote,
+    /// so a rewrite never drops addresses another has just written. Whether the node now says it.
+    async fn publish_members(&self, added: Option<(u64, Addresses)>) -> bool {
+        let _one_at_a_time = self.publishing.lock().await;
         let published = published_members(&self.state);
         let lines = member_lines(&MembershipView::of(&self.metrics()), |id| match added {
             Some((a, addresses)) if a == id => addresses,
             _ => known_addresses(&self.config, &published, id),
         });
+        if lines.iter().map(|l| (l.id, l)).eq(published.iter().map(|(&id, l)| (id, l))) {
+            return true;
+        }
+        let ids: Vec<u64> = lines.iter().map(|l| l.id).collect();
         match tokio::time::timeout(PUBLISH_DEADLINE, self.proposer.write(ensemble_config_txn(lines))).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                info!(members = ?ids, "the members and their addresses were written to /zookeeper/config");
+                return true;
+            }
             Ok(Err(e)) => warn!("the members' addresses were not written to /zookeeper/config: {e}"),
             Err(_) => warn!("the members' addresses were not written to /zookeeper/config within {PUBLISH_DEADLINE:?}"),
         }
+        false
     }
 
     fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
@@ -153,31 +166,26 @@ fn ensemble_config_txn(members: Vec<MemberLine>) -> Txn {
     Txn { session: SessionId(0), auth: Vec::new(), time_ms, op: TxnOp::EnsembleConfig { members } }
 }
 
-/// Writes the members into `/zookeeper/config` once this server leads an ensemble whose
-/// `/zookeeper/config` was never written (a new ensemble, or one whose data predates it), from
-/// the membership and this server's `servers`. Returns when written, when it already was, or
-/// when `stop` completes; a server that never leads just waits.
-pub async fn publish_initial_members(ctx: AdminContext, stop: impl Future<Output = ()>) {
+/// Keeps `/zookeeper/config` in step with the membership while this server leads: at the
+/// first leadership of a new ensemble (from its `servers`), when observers of `servers` are
+/// added after it, after a leader change that interrupted a rewrite, and for data that predates
+/// the node. Looked at once per (term, membership) this server leads settled in, not per entry.
+/// Returns when `stop` completes.
+pub async fn keep_members_published(ctx: AdminContext, stop: impl Future<Output = ()>) {
     let work = async {
         let mut metrics = ctx.raft.metrics();
+        let mut looked_at = None;
         loop {
-            let written = {
-                let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.tree.exists("/zookeeper/config").is_ok_and(|stat| stat.version > 0)
-            };
-            if written {
-                return;
-            }
-            let leads = {
+            let due = {
                 let m = metrics.borrow_and_update();
-                m.current_leader == Some(m.id)
+                let settled = m.current_leader == Some(m.id)
                     && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
-                    && m.membership_config.membership().get_joint_config().len() == 1
+                    && m.membership_config.membership().get_joint_config().len() == 1;
+                settled.then(|| (m.current_term, *m.membership_config.log_id()))
             };
-            if leads {
-                ctx.publish_members(None).await;
-                info!("the members' addresses were written to /zookeeper/config");
-                return;
+            // A failed rewrite is tried again at the next change of the metrics.
+            if due.is_some() && due != looked_at && ctx.publish_members(None).await {
+                looked_at = due;
             }
             if metrics.changed().await.is_err() {
                 return;
@@ -542,6 +550,8 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     }
     info!(?plan, "membership changed");
     ctx.publish_members(Some((req.id, Addresses { client: Some(req.client), admin: req.admin }))).await;
+    // A failed rewrite is logged, and the change stands: the member is listed at the leader's
+    // next rewrite, its client and admin addresses then known only where `servers` lists it.
     Ok(Json(members_of(&ctx, &ctx.metrics())))
 }
 

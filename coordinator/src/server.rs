@@ -335,7 +335,7 @@ impl Coordinator {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            tasks.spawn(crate::admin::publish_initial_members(ctx.clone(), stopped));
+            tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped));
         }
         if let Some(admin) = self.admin.take() {
             let mut stop = stop_rx.clone();

@@ -56,6 +56,20 @@ async fn an_observer_receives_writes_and_losing_it_costs_no_quorum() -> Result<(
     let voters = running[0].raft.metrics().borrow().membership_config.membership().voter_ids().collect::<Vec<_>>();
     assert_eq!((voters, learners(&running[0])), (vec![1, 2, 3], vec![4]));
     write_and_check(&running, leader, "/seen-by-the-observer").await?;
+    // The leader lists every member in /zookeeper/config, the observer added after the voters
+    // among them, and every server applies it.
+    let observer_line = "server.4=";
+    within_for(DEADLINE, "/zookeeper/config to name the observer everywhere", async {
+        let named = |r: &Running| {
+            let text = String::from_utf8(r.data("/zookeeper/config").unwrap_or_default()).unwrap_or_default();
+            text.lines().filter(|l| l.starts_with("server.")).count() == 4
+                && text.lines().any(|l| l.starts_with(observer_line) && l.contains(":observer;"))
+        };
+        while !running.iter().all(named) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
     // Each server names its role as ZooKeeper's servers do, so `zkServer.sh status` reads it.
     for r in &running {
         let want = match r.id {
