@@ -1791,12 +1791,9 @@ fn start_coordinator(
                 &format!("coordinator server {id}"),
                 &spec.bin,
                 &args,
-                // Session expiries and connection ends at debug: the fault report's phase breakdown reads
-                // them.
-                &[(
-                    "REFEREE_LOG",
-                    "info,openraft=warn,referee_coordinator::server=debug,referee_coordinator::connection=debug".into(),
-                )],
+                // The leader's session expiries at debug: the fault report's phase breakdown
+                // reads them.
+                &[("REFEREE_LOG", "info,openraft=warn,referee_coordinator::server=debug".into())],
                 cdir.join(format!("coordinator{id}{log}.log")),
             )
         }

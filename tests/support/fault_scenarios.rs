@@ -402,8 +402,9 @@ impl Scene {
         Scene { old_session, servers, leader }
     }
 
-    /// One line: the marks of both agents, the coordinator's log lines about the old session,
-    /// and the first acknowledged write, each at its ms after the fault.
+    /// One line: when the fault was fully applied, the leader's expiry of the old session (from
+    /// its log), the marks of both agents and the first acknowledged write, each at its ms
+    /// after the fault.
     async fn breakdown(
         &self,
         pair: &Pair,
@@ -423,17 +424,10 @@ impl Scene {
         if let Some(session) = self.old_session {
             let needle = format!("0x{session:x}");
             for k in 0..pair.coordinator_servers() {
-                for line in pair.coordinator_server_log(k).lines().filter(|l| l.contains(&needle)) {
-                    let what = if line.contains("session expired") {
-                        "expired"
-                    } else if line.contains("connection closed") || line.contains("stopped reading") {
-                        "connection ended"
-                    } else {
-                        continue;
-                    };
-                    if let Some(at) = log_line_us(line, fault_us).filter(|at| *at >= fault_us - 5_000_000) {
-                        marks.push(Mark::at(format!("server {} {what}", k + 1), at));
-                    }
+                let log = pair.coordinator_server_log(k);
+                let expiries = log.lines().filter(|l| l.contains("session expired") && l.contains(&needle));
+                for at in expiries.filter_map(|l| log_line_us(l, fault_us)).filter(|at| *at >= fault_us) {
+                    marks.push(Mark::at(format!("server {} expired the old session", k + 1), at));
                 }
             }
         }
