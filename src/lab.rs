@@ -754,6 +754,12 @@ impl Pair {
             .join("\n")
     }
 
+    /// Coordinator server `k`'s whole log so far.
+    pub fn coordinator_server_log(&self, k: usize) -> String {
+        let log = self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).log.clone();
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
     fn node_dir(&self, i: usize) -> PathBuf {
         self.dir.0.join(CLUSTER_NODES[i])
     }
@@ -1785,7 +1791,9 @@ fn start_coordinator(
                 &format!("coordinator server {id}"),
                 &spec.bin,
                 &args,
-                &[("REFEREE_LOG", "info,openraft=warn".into())],
+                // The leader's session expiries at debug: the fault report's phase breakdown
+                // reads them.
+                &[("REFEREE_LOG", "info,openraft=warn,referee_coordinator::server=debug".into())],
                 cdir.join(format!("coordinator{id}{log}.log")),
             )
         }

@@ -7,22 +7,31 @@
 //! expired. A leader that has just taken office resets every deadline to now + timeout, as
 //! ZooKeeper's new leaders do, so no session expires for the time it took to elect one.
 //!
-//! Deadlines live in buckets one tick wide, as in ZooKeeper's `ExpiryQueue`: a session's
-//! deadline is rounded up to the next tick boundary and the session filed under it, a touch
-//! moves it to a later bucket, and finding the expired sessions takes the due buckets off the
-//! front of an ordered map. So the cost of an expiry pass is the number of sessions it expires,
-//! not the number of sessions open, however many a connect/disconnect loop mints; and no
-//! session ever expires before its deadline (rounding only goes later, by less than a tick).
+//! Deadlines live in buckets, as in ZooKeeper's `ExpiryQueue`: a session's deadline is rounded
+//! up to the next bucket boundary and the session filed under it, a touch moves it to a later
+//! bucket, and finding the expired sessions takes the due buckets off the front of an ordered
+//! map. So the cost of an expiry pass is the number of sessions it expires, not the number of
+//! sessions open, however many a connect/disconnect loop mints; and no session ever expires
+//! before its deadline (rounding only goes later).
+//!
+//! A bucket is [`RESOLUTION`] wide, not a tick as in ZooKeeper: the rounding is added to every
+//! host-loss failover (a lost client's lock goes when its session expires), and a tick-wide
+//! bucket added up to a whole tick (2 s by default, 200 ms in a failover-tuned ensemble) on top
+//! of the session timeout. Finer buckets only mean a busy session is re-filed more often.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::proto::SessionId;
 
+/// The widest a deadline bucket gets, whatever the tick: a session expires at most this long
+/// after its deadline (plus the time to the leader's next expiry pass).
+pub const RESOLUTION: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone)]
 struct Tracked {
     timeout: Duration,
-    /// The bucket (tick number since `origin`) the session expires at.
+    /// The bucket (bucket number since `origin`) the session expires at.
     bucket: u64,
     /// A close has been proposed; do not propose it again.
     closing: bool,
@@ -31,9 +40,9 @@ struct Tracked {
 /// Deadlines of the open sessions.
 #[derive(Debug)]
 pub struct SessionTracker {
-    /// Bucket width.
+    /// Bucket width: the tick, at most [`RESOLUTION`].
     tick: Duration,
-    /// Tick 0. Instants before it count as it.
+    /// Bucket 0. Instants before it count as it.
     origin: Instant,
     sessions: HashMap<SessionId, Tracked>,
     /// Sessions by the bucket they expire at. Sessions being closed are in none.
@@ -44,10 +53,11 @@ pub struct SessionTracker {
 }
 
 impl SessionTracker {
-    /// An empty tracker with buckets `tick` wide (the server's tick), counting from `origin`.
+    /// An empty tracker for a server with this tick, counting from `origin`; its buckets are
+    /// the tick wide, or [`RESOLUTION`] if that is narrower.
     pub fn new(tick: Duration, origin: Instant) -> Self {
         SessionTracker {
-            tick: tick.max(Duration::from_millis(1)),
+            tick: tick.clamp(Duration::from_millis(1), RESOLUTION),
             origin,
             sessions: HashMap::new(),
             buckets: BTreeMap::new(),
@@ -55,18 +65,25 @@ impl SessionTracker {
         }
     }
 
-    /// The width of the buckets.
+    /// The width of the buckets (a tick for [`SessionTracker::new`] that keeps them so).
     pub fn tick(&self) -> Duration {
         self.tick
     }
 
-    /// The whole ticks from `origin` to `t` (0 for earlier instants).
+    /// When the earliest deadline falls (rounded up to its bucket), if any session is not
+    /// already being closed: an expiry pass before then finds nothing, so a driver may sleep
+    /// until it.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.buckets.keys().next().map(|b| self.bucket_instant(*b))
+    }
+
+    /// The whole buckets from `origin` to `t` (0 for earlier instants).
     fn ticks(&self, t: Instant) -> u64 {
         let elapsed = t.saturating_duration_since(self.origin).as_nanos();
         u64::try_from(elapsed / self.tick.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The bucket of a deadline `timeout` after `now`: the first tick boundary at or after it.
+    /// The bucket of a deadline `timeout` after `now`: the first bucket boundary at or after it.
     fn bucket_for(&self, now: Instant, timeout: Duration) -> u64 {
         let deadline = now.saturating_duration_since(self.origin).saturating_add(timeout).as_nanos();
         let tick = self.tick.as_nanos();
@@ -262,10 +279,10 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_round_up_to_the_next_tick_never_down() {
+    fn deadlines_round_up_to_the_next_bucket_never_down() {
         // Table: (timeout, when added, earliest instant it may expire, first instant it must
-        // have expired), all in ms after t0. Rounding goes up to the next 100 ms boundary.
-        let cases = [(1000, 0, 1000, 1000), (1050, 0, 1050, 1100), (1000, 30, 1030, 1100), (999, 1, 1000, 1000)];
+        // have expired), all in ms after t0. Rounding goes up to the next 10 ms boundary.
+        let cases = [(1000, 0, 1000, 1000), (1055, 0, 1055, 1060), (1000, 33, 1033, 1040), (999, 1, 1000, 1000)];
         for (timeout, added, earliest, due) in cases {
             let t0 = Instant::now();
             let mut tr = SessionTracker::new(TICK, t0);
@@ -276,6 +293,34 @@ mod tests {
             );
             let expired_by_due = !tr.take_expired(t0 + ms(due)).is_empty();
             assert!(expired_by_due, "timeout {timeout} added at {added}: not expired at {due}");
+        }
+    }
+
+    #[test]
+    fn a_coarse_tick_does_not_delay_expiry_beyond_the_resolution() {
+        // A lost client's session must go within RESOLUTION of its timeout, whatever the tick:
+        // rounding to a 2 s (or 200 ms) tick boundary delayed every host-loss failover by up to
+        // a tick. Table: (tick, timeout, when last heard), in ms after t0.
+        let cases = [(2000, 2500, 0), (2000, 2500, 1130), (200, 2500, 7), (200, 2500, 1943), (5, 2500, 3)];
+        for (tick, timeout, heard) in cases {
+            let t0 = Instant::now();
+            let mut tr = SessionTracker::new(ms(tick), t0);
+            let s = SessionId(5);
+            tr.add(s, ms(timeout), t0);
+            assert!(tr.touch(s, t0 + ms(heard)));
+            let deadline = t0 + ms(heard + timeout);
+            assert!(
+                tr.take_expired(deadline - ms(1)).is_empty(),
+                "tick {tick}, heard at {heard}: expired before the timeout"
+            );
+            let next = tr.next_deadline().expect("a deadline");
+            assert!(next >= deadline && next <= deadline + RESOLUTION, "tick {tick}, heard at {heard}: next deadline");
+            assert_eq!(
+                tr.take_expired(deadline + RESOLUTION),
+                vec![s],
+                "tick {tick}, heard at {heard}: not expired within {RESOLUTION:?} of the timeout"
+            );
+            assert_eq!(tr.next_deadline(), None, "a closing session has no deadline");
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fault_scenarios::{measure, Masters, Measured, QUIET};
+use fault_scenarios::{measure, Masters, Measured, PHASES, QUIET};
 use referee::lab::{hosts_needed, load_average, CoordinatorKind, Timings};
 use referee_testkit::{hosts_unavailable, Hosts};
 
@@ -48,6 +48,11 @@ struct Args {
     /// Output path without extension: writes OUT.md, OUT.svg and OUT.txt.
     #[arg(long, default_value = "bench/failover-faults")]
     out: PathBuf,
+    /// After each network-fault run, prints where its time went: both agents' failover marks,
+    /// the coordinator servers' log lines about the old session, the first acknowledged write,
+    /// each in ms after the fault (and which server led and held each session).
+    #[arg(long)]
+    phases: bool,
     /// Runs nothing: renders OUT.md and OUT.svg again from an earlier run's OUT.txt.
     #[arg(long)]
     render: bool,
@@ -123,6 +128,7 @@ async fn main() -> Result<()> {
         }
     }
     QUIET.store(true, Ordering::Relaxed);
+    PHASES.store(args.phases, Ordering::Relaxed);
     let load_before = load_average();
     let mut all = Vec::new();
     for scenario in scenarios {

@@ -6,9 +6,10 @@
 // Each including crate uses a part: the tests every scenario, the report the measured ones.
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
@@ -24,6 +25,8 @@ use tokio::time::Instant;
 
 /// Set by the report: no timelines on success, only on a failure.
 pub static QUIET: AtomicBool = AtomicBool::new(false);
+/// Set by the report's `--phases`: after each network fault run, print where the time went.
+pub static PHASES: AtomicBool = AtomicBool::new(false);
 
 macro_rules! say {
     ($($arg:tt)*) => {
@@ -284,12 +287,15 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) ->
     let sessions_before =
         status(pair, old).await["counters"]["sessions"].as_u64().context("the old agent's sessions")?;
 
-    let fault_at = oracle.now();
+    let scene = if PHASES.load(Ordering::Relaxed) { Some(Scene::observe(pair, old, new).await) } else { None };
+    let (fault_at, fault_wall) = (oracle.now(), SystemTime::now());
     match fault {
         Fault::FromCoordinator => hosts.partition(old_host, &pair.coordinator_hosts())?,
         Fault::BlackHole => hosts.black_hole(old_host)?,
         Fault::Isolated => hosts.isolate(old_host)?,
     }
+    // The rules go onto one host after another: until the last is loaded the fault is partial.
+    let applied_in = oracle.now().saturating_sub(fault_at);
     // The fault stays while the new master takes writes for a second: a deposed master that
     // kept serving clients on its side would acknowledge writes all that time.
     let promoted = takeover(pair, &oracle, new, fault_at).await?;
@@ -366,7 +372,91 @@ async fn run(hosts: &Hosts, pair: &Arc<Pair>, fault: Fault, masters: Masters) ->
     if masters == Masters::Journalling {
         check_journal(pair, &record).await?;
     }
-    first_new_write(&record, new, promoted.to.token.0, fault_at)
+    let took = first_new_write(&record, new, promoted.to.token.0, fault_at)?;
+    if let Some(scene) = scene {
+        eprintln!("{}", scene.breakdown(pair, old, new, fault_wall, applied_in, took).await);
+    }
+    Ok(took)
+}
+
+/// Where the sessions were before a fault, for the phase breakdown.
+struct Scene {
+    /// The old active agent's session id.
+    old_session: Option<i64>,
+    /// The coordinator server (from 0) each agent's session is on, old then new.
+    servers: [Option<usize>; 2],
+    /// The coordinator server that led.
+    leader: Option<usize>,
+}
+
+impl Scene {
+    async fn observe(pair: &Pair, old: usize, new: usize) -> Scene {
+        let old_session = status(pair, old).await["session"]["session_id"].as_i64();
+        let servers = [pair.agent_coordinator_server(old).await, pair.agent_coordinator_server(new).await];
+        let mut leader = None;
+        for k in 0..pair.coordinator_servers() {
+            if pair.coordinator_mode(k).await.as_deref() == Some("leader") {
+                leader = Some(k);
+            }
+        }
+        Scene { old_session, servers, leader }
+    }
+
+    /// One line: when the fault was fully applied, the leader's expiry of the old session (from
+    /// its log), the marks of both agents and the first acknowledged write, each at its ms
+    /// after the fault.
+    async fn breakdown(
+        &self,
+        pair: &Pair,
+        old: usize,
+        new: usize,
+        fault: SystemTime,
+        applied_in: Duration,
+        took: Duration,
+    ) -> String {
+        use referee_failover_agent::timeline::{wall_us, Mark};
+        let fault_us = wall_us(fault);
+        let extra = vec![
+            Mark::at("fault applied", fault_us + applied_in.as_micros() as i64),
+            Mark::at("first write acked", fault_us + took.as_micros() as i64),
+        ];
+        let mut marks = pair.failover_marks(old, new, fault, extra, Duration::from_secs(5)).await.unwrap_or_default();
+        if let Some(session) = self.old_session {
+            let needle = format!("0x{session:x}");
+            for k in 0..pair.coordinator_servers() {
+                let log = pair.coordinator_server_log(k);
+                let expiries = log.lines().filter(|l| l.contains("session expired") && l.contains(&needle));
+                for at in expiries.filter_map(|l| log_line_us(l, fault_us)).filter(|at| *at >= fault_us) {
+                    marks.push(Mark::at(format!("server {} expired the old session", k + 1), at));
+                }
+            }
+        }
+        marks.sort_by_key(|m| m.at_us);
+        let name = |k: Option<usize>| k.map_or("?".to_string(), |k| (k + 1).to_string());
+        let mut out = format!(
+            "phases: leader {}, old session on {}, new on {}:",
+            name(self.leader),
+            name(self.servers[0]),
+            name(self.servers[1])
+        );
+        for m in marks {
+            let _ = write!(out, " | {} {:+.0}", m.event, (m.at_us - fault_us) as f64 / 1000.0);
+        }
+        out
+    }
+}
+
+/// The wall-clock µs of a log line stamped `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), placed on the
+/// day of `near_us` (a run lasts seconds; a line from another day is misplaced, not misread).
+fn log_line_us(line: &str, near_us: i64) -> Option<i64> {
+    let stamp = line.split_whitespace().next()?;
+    let tod = stamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = tod.split(':');
+    let (h, m, s) = (parts.next()?.parse::<i64>().ok()?, parts.next()?.parse::<i64>().ok()?, parts.next()?);
+    let s = s.parse::<f64>().ok()?;
+    let day_us = 86_400_000_000i64;
+    let tod_us = (h * 3600 + m * 60) * 1_000_000 + (s * 1e6) as i64;
+    Some(near_us - near_us.rem_euclid(day_us) + tod_us)
 }
 
 /// Waits until master `new` was promoted after `fault_at` and has then acknowledged writes for
