@@ -622,14 +622,19 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(shared.config.tick_ms);
     let mut metrics = shared.raft.metrics();
     let mut was_leader = false;
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Woken at any change of the Raft metrics (a change of leader resets the deadlines), at
+        // least every tick, and on the leader at the earliest deadline (its bucket's end). Only
+        // the leader takes the expired sessions off, so only it may wake for them: a follower
+        // woken for a deadline already past would wake again at once.
+        let wake = tokio::time::Instant::now() + tick;
+        let next = if was_leader { shared.lock().tracker.next_deadline() } else { None };
+        let wake = next.map_or(wake, |n| wake.min(tokio::time::Instant::from_std(n)));
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = metrics.changed() => {}
-            _ = interval.tick() => {}
+            () = tokio::time::sleep_until(wake) => {}
         }
         let is_leader = {
             let m = metrics.borrow();
@@ -657,7 +662,9 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     Txn { session, auth: Vec::new(), time_ms: now_ms(), op: TxnOp::CloseSession { expired: true } };
                 if let Err(e) = shared.proposer.write(txn).await {
                     warn!(%session, "could not close expired session: {e}");
-                    shared.lock().tracker.close_failed(session, Instant::now());
+                    // Tried again a tick later, not at once: a close that fails fast (no quorum)
+                    // must not spin the expiry loop.
+                    shared.lock().tracker.close_failed(session, Instant::now() + tick);
                 }
             });
         }
