@@ -714,7 +714,7 @@ mod tests {
         assert!(may_dial(ms(10), None, None, None), "never failed: dial");
         assert!(!may_dial(ms(10), retry, failed, None), "backing off, peer not heard: wait");
         assert!(!may_dial(ms(10), retry, failed, Some(ms(0))), "heard no later than the failure: wait");
-        assert!(!may_dial(ms(10), retry, failed, Some(t0.checked_sub(Duration::from_millis(5)).unwrap_or(t0))));
+        assert!(!may_dial(ms(20), retry, Some(ms(10)), Some(ms(5))), "heard only before the failure: wait");
         assert!(may_dial(ms(10), retry, failed, Some(ms(5))), "heard after the failure: dial at once");
         assert!(may_dial(ms(250), retry, failed, None), "back-off over: dial");
     }
