@@ -25,6 +25,13 @@
 //! transaction log forced to disk as ours is) in the same run, with the memory, start-up,
 //! restart and longest-stall figures; `--ensemble 3` runs both as three-server ensembles on
 //! loopback instead, each cell's sessions spread over the servers.
+//!
+//! `failover --ensemble 3 --kills 10`: kills the leader of an ensemble on loopback with SIGKILL,
+//! again and again (the killed server restarted in between), and times from each kill until a
+//! surviving server says `Mode: leader` (`srvr`), and until a create through a surviving server
+//! is acknowledged: every `--retry-ms` a fresh connection (new session, raw client, no
+//! reconnect logic in the way) to each survivor tries one. The servers log at `info`, with the
+//! moments of their elections, in the scratch directory kept with `--keep`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -54,6 +61,9 @@ enum BenchCommand {
     /// Pipelined throughput and latency per operation and load shape, memory and start-up
     /// with many znodes, against Apache ZooKeeper 3.8 in the same run.
     Throughput(ThroughputArgs),
+    /// How fast an ensemble recovers from kill -9 of its leader: until another server says it
+    /// leads, and until a raw write through a surviving server is acknowledged.
+    Failover(FailoverArgs),
 }
 
 #[derive(Args)]
@@ -209,6 +219,7 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         BenchCommand::Abuse(args) => abuse_bench(args).await,
         BenchCommand::Throughput(args) => throughput_bench(args).await,
+        BenchCommand::Failover(args) => failover_bench(args).await,
     }
 }
 
@@ -1252,6 +1263,237 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
             loads.join("; ")
         );
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    /// Voting servers in the ensemble.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    ensemble: u8,
+    /// How many times the leader is killed (the killed server is restarted after each).
+    #[arg(long, default_value_t = 10)]
+    kills: u32,
+    /// How often a fresh write is tried through each surviving server after a kill.
+    #[arg(long, default_value_t = 10)]
+    retry_ms: u64,
+    /// Keep the scratch directory (configs, data, the servers' logs) and print where it is.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One kill's figures.
+struct FailoverRound {
+    killed: usize,
+    /// The server that then said it leads, and when after the kill.
+    leader: (usize, Duration),
+    /// The server through which the first write was acknowledged, and when after the kill.
+    write: (usize, Duration),
+}
+
+/// The longest a kill may take to be recovered from before the bench gives up.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Spawns server `id` of `servers` again on its config and data directory in `dir`, its log
+/// appended to the first run's.
+fn respawn_referee(dir: &ScratchDir, servers: usize, id: usize) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path(&referee_log_name(servers, id)))?;
+    Command::new(referee_bin()?)
+        .arg("coordinator")
+        .arg("--config")
+        .arg(dir.path(&format!("server-{id}.yaml")))
+        .env("REFEREE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("restarting server {id}"))
+}
+
+/// The `Mode:` server at `port` reports, if it answers within a second.
+async fn mode_of(port: u16) -> Option<String> {
+    let answer = tokio::time::timeout(Duration::from_secs(1), srvr(port)).await.ok()?.ok()?;
+    answer.lines().find_map(|l| l.strip_prefix("Mode: ")).map(str::to_string)
+}
+
+/// Waits until exactly one of the servers (1-based ids, `ports[id - 1]`) of `among` says it
+/// leads and every other one follows; returns it.
+async fn settled_leader(ports: &[u16], among: &[usize]) -> Result<usize> {
+    let began = Instant::now();
+    loop {
+        let mut leaders = Vec::new();
+        let mut all_answer = true;
+        for &id in among {
+            match mode_of(ports[id - 1]).await.as_deref() {
+                Some("leader") => leaders.push(id),
+                Some("follower") => {}
+                _ => all_answer = false,
+            }
+        }
+        if let ([leader], true) = (&leaders[..], all_answer) {
+            return Ok(*leader);
+        }
+        if began.elapsed() > FAILOVER_LIMIT {
+            bail!("no single leader among servers {among:?} within {FAILOVER_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `srvr` on every server of `among` every 10 ms until one says it leads; returns it and
+/// when, after `killed_at`.
+async fn first_leader(ports: &[u16], among: &[usize], killed_at: Instant) -> Result<(usize, Duration)> {
+    loop {
+        for &id in among {
+            if mode_of(ports[id - 1]).await.as_deref() == Some("leader") {
+                return Ok((id, killed_at.elapsed()));
+            }
+        }
+        if killed_at.elapsed() > FAILOVER_LIMIT {
+            bail!("no server of {among:?} said it leads within {FAILOVER_LIMIT:?} of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One attempt: a new session on `port` and one create of `path`; whether it was acknowledged.
+async fn raw_write(port: u16, path: String) -> bool {
+    let opts = abuse::ConnectOptions {
+        session_timeout_ms: 4_000,
+        handshake_timeout: Duration::from_secs(2),
+        ..abuse::ConnectOptions::default()
+    };
+    let attempt = async {
+        let mut c = abuse::RawClient::connect(SocketAddr::from(([127, 0, 0, 1], port)), &opts).await?;
+        let (err, _) = c.call(&abuse::wire::Request::Create { path, data: b"f".to_vec(), flags: 0 }).await?;
+        anyhow::Ok(err == 0)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(3), attempt).await, Ok(Ok(true)))
+}
+
+/// Starts a write attempt through every server of `among` every `every`, each on a fresh
+/// connection and without waiting for the earlier ones, until one is acknowledged; returns the
+/// server and when, after `killed_at`.
+async fn first_write(
+    ports: &[u16],
+    among: &[usize],
+    round: u32,
+    every: Duration,
+    killed_at: Instant,
+) -> Result<(usize, Duration)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(every);
+    let mut n = 0u64;
+    let won = loop {
+        tokio::select! {
+            won = rx.recv() => break won,
+            _ = tick.tick() => {
+                if killed_at.elapsed() > FAILOVER_LIMIT {
+                    bail!("no write through {among:?} was acknowledged within {FAILOVER_LIMIT:?} of the kill");
+                }
+                for &id in among {
+                    n += 1;
+                    let (tx, port, path) = (tx.clone(), ports[id - 1], format!("/failover/k{round}-s{id}-{n}"));
+                    attempts.spawn(async move {
+                        if raw_write(port, path).await {
+                            let _ = tx.send((id, killed_at.elapsed()));
+                        }
+                    });
+                }
+            }
+        }
+    };
+    attempts.abort_all();
+    won.context("the write attempts stopped")
+}
+
+/// Waits until restarted server `restarted` serves a write made through `leader` after its
+/// restart, and then past the peers' live window: the next kill must find a whole ensemble,
+/// not one still taking its restarted member back.
+async fn caught_up(ports: &[u16], leader: usize, restarted: usize, round: u32) -> Result<()> {
+    let path = format!("/failover/restarted-{round}");
+    let mut c = tp::connect(SocketAddr::from(([127, 0, 0, 1], ports[leader - 1]))).await?;
+    c.call(&abuse::wire::Request::Create { path: path.clone(), data: Vec::new(), flags: 0 }).await?;
+    drop(c);
+    tp::await_node(SocketAddr::from(([127, 0, 0, 1], ports[restarted - 1])), &path, FAILOVER_LIMIT).await?;
+    tokio::time::sleep(RESTART_SETTLE).await;
+    Ok(())
+}
+
+/// How long after a restarted server has caught up the next kill waits: longer than the peers'
+/// live window (3 s), within which a new process for a server id just heard is taken for a
+/// duplicate rather than a restart.
+const RESTART_SETTLE: Duration = Duration::from_secs(4);
+
+/// Minimum, median and maximum of `xs`, in milliseconds.
+fn spread_ms(xs: &[Duration]) -> String {
+    let mut v: Vec<f64> = xs.iter().map(|d| ms(*d)).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => "-".into(),
+        n => format!("{:.0} / {:.0} / {:.0}", v[0], v[n / 2], v[n - 1]),
+    }
+}
+
+async fn failover_bench(args: FailoverArgs) -> Result<()> {
+    let servers = usize::from(args.ensemble);
+    let every = Duration::from_millis(args.retry_ms.max(1));
+    let dir = ScratchDir::new("coordinator-bench-failover")?;
+    // The servers log at info (the default), elections included, for a breakdown of a kill.
+    let (children, ports) = spawn_referee_in(&dir, servers, "")?;
+    let mut ensemble = ServerUnderTest::Referee { children, ports: ports.clone(), dir };
+    let all: Vec<usize> = (1..=servers).collect();
+    println!("failover: {servers} servers on loopback, {} kills; {}", args.kills, machine());
+    let mut leader = settled_leader(&ports, &all).await.with_context(|| ensemble.log_tail())?;
+    // The parent of every write, made once through the first leader.
+    let mut c = tp::connect(SocketAddr::from(([127, 0, 0, 1], ports[leader - 1]))).await?;
+    c.call(&abuse::wire::Request::Create { path: "/failover".into(), data: Vec::new(), flags: 0 }).await?;
+    drop(c);
+    let mut rounds = Vec::new();
+    for round in 1..=args.kills {
+        let ServerUnderTest::Referee { children, dir, .. } = &mut ensemble else { unreachable!("started above") };
+        let load = load_average();
+        let victim = &mut children[leader - 1];
+        victim.kill().with_context(|| format!("SIGKILL to server {leader}"))?;
+        let killed_at = Instant::now();
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        victim.wait()?;
+        let rest: Vec<usize> = all.iter().copied().filter(|&id| id != leader).collect();
+        let (new_leader, write) =
+            tokio::join!(first_leader(&ports, &rest, killed_at), first_write(&ports, &rest, round, every, killed_at));
+        let r = FailoverRound { killed: leader, leader: new_leader?, write: write? };
+        println!(
+            "kill {round}: server {} killed at unix {}.{:03} (load {load}); server {} says it leads after {:.0} ms; \
+             first write acknowledged through server {} after {:.0} ms",
+            r.killed,
+            wall.as_secs(),
+            wall.subsec_millis(),
+            r.leader.0,
+            ms(r.leader.1),
+            r.write.0,
+            ms(r.write.1)
+        );
+        children[leader - 1] = respawn_referee(dir, servers, leader)?;
+        let restarted = leader;
+        leader = settled_leader(&ports, &all).await.with_context(|| ensemble.log_tail())?;
+        caught_up(&ports, leader, restarted, round).await.with_context(|| ensemble.log_tail())?;
+        rounds.push(r);
+    }
+    let leads: Vec<Duration> = rounds.iter().map(|r| r.leader.1).collect();
+    let writes: Vec<Duration> = rounds.iter().map(|r| r.write.1).collect();
+    println!();
+    println!("| after kill -9 of the leader ({} kills), ms | min / median / max |", rounds.len());
+    println!("|---|---|");
+    println!("| a survivor says `Mode: leader` | {} |", spread_ms(&leads));
+    println!("| first raw write acknowledged through a survivor | {} |", spread_ms(&writes));
+    println!("load average after the run: {}", load_average());
+    if args.keep {
+        if let ServerUnderTest::Referee { dir, .. } = &mut ensemble {
+            let kept = std::mem::replace(&mut dir.0, PathBuf::new());
+            println!("servers' logs kept in {}", kept.display());
+        }
     }
     Ok(())
 }

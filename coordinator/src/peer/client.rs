@@ -14,7 +14,11 @@
 //! connection. A connection on which requests are outstanding and nothing has arrived for
 //! [`LinkOptions::stall`] is dropped (a partition that drops packets never closes TCP), and the
 //! link dials again. After a failed dial or a refused handshake the link waits a bounded
-//! exponential back-off before the next, failing calls meanwhile without touching the network.
+//! exponential back-off before the next, failing calls meanwhile without touching the network,
+//! unless the peer is heard from meanwhile (it dialled this server): then it is back, and the
+//! next call dials at once ([`may_dial`]). The back-off is capped low, a few heartbeats: a dead
+//! peer costs one refused or unanswered dial per cap, and a healed one is not left unreached for
+//! seconds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -49,14 +53,16 @@ pub struct LinkOptions {
     pub queue: usize,
     /// Requests sent and not yet answered on a connection.
     pub in_flight: usize,
-    /// How long a dial and handshake may take.
+    /// How long a dial and handshake may take: a round trip or two on a LAN. Longer means a
+    /// dropped SYN, which the kernel resends only after a second: a fresh dial is quicker.
     pub connect_timeout: Duration,
     /// How long requests may be outstanding with nothing arriving before the connection is
     /// given up. Longer than a peer takes to answer one request (an fsync, a snapshot chunk).
     pub stall: Duration,
     /// The first back-off after a failed dial.
     pub backoff_min: Duration,
-    /// The longest back-off.
+    /// The longest back-off: the longest a peer that comes back without dialling this server
+    /// may wait to be dialled again (plus a dial).
     pub backoff_max: Duration,
     /// How long the process last heard for a peer's id must have been silent before a
     /// different process answering at its address is taken for its restart rather than a
@@ -70,10 +76,10 @@ impl Default for LinkOptions {
         LinkOptions {
             queue: 64,
             in_flight: 32,
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
             stall: Duration::from_secs(3),
             backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(250),
             live_window: Duration::from_secs(3),
         }
     }
@@ -84,6 +90,23 @@ impl Default for LinkOptions {
 pub fn backoff_delay(failures: u32, min: Duration, max: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(31);
     min.saturating_mul(1u32 << doublings).min(max)
+}
+
+/// Whether a link without a connection dials for a call at `now`: when it is not backing off
+/// (`retry_at` is `None` or past), or when the peer has been heard from (`heard_at`: it dialled
+/// this server, or answered) after the dial that failed (`failed_at`). A peer heard from is
+/// back: waiting out the rest of the back-off would only leave it unreached.
+pub fn may_dial(
+    now: Instant,
+    retry_at: Option<Instant>,
+    failed_at: Option<Instant>,
+    heard_at: Option<Instant>,
+) -> bool {
+    match retry_at {
+        None => true,
+        Some(at) if now >= at => true,
+        Some(_) => matches!((failed_at, heard_at), (Some(failed), Some(heard)) if heard > failed),
+    }
 }
 
 /// Why a call to a peer failed before an answer came back.
@@ -237,6 +260,12 @@ impl PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// How long ago server `id` was last heard on any connection between the two (any frame:
+    /// heartbeats, entries, snapshot chunks, replies), or `None` if never.
+    pub fn silent_for(&self, id: u64) -> Option<Duration> {
+        self.sightings.active(id, Instant::now()).map(|a| a.silent_for)
+    }
+
     /// Sends `request` to server `target` (at its configured peer address) outside Raft and
     /// waits for the reply, at most `deadline`: how followers forward writes, report session
     /// liveness and ask for a read index.
@@ -329,6 +358,8 @@ struct LinkTask {
     conn: Option<Conn>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the last dial failed.
+    failed_at: Option<Instant>,
     /// The error of the last failed dial, returned while backing off and logged on a change.
     last_failure: Option<LinkError>,
 }
@@ -344,6 +375,7 @@ impl LinkTask {
             conn: None,
             failures: 0,
             retry_at: None,
+            failed_at: None,
             last_failure: None,
         }
     }
@@ -377,8 +409,16 @@ impl LinkTask {
         if call.reply.is_closed() {
             return;
         }
-        if let (Some(at), Some(e)) = (self.retry_at, &self.last_failure) {
-            if Instant::now() < at {
+        if let Some(e) = &self.last_failure {
+            let now = Instant::now();
+            let heard_at = self.sightings.active(self.target, now).map(|a| now - a.silent_for);
+            // Only a peer that could not be reached is dialled early when heard from: one that
+            // refused (a configuration error, a duplicate id) is alive and would refuse again.
+            let failed_at = match e {
+                LinkError::Unreachable { .. } => self.failed_at,
+                _ => None,
+            };
+            if !may_dial(now, self.retry_at, failed_at, heard_at) {
                 let _ = call.reply.send(Err(e.clone()));
                 return;
             }
@@ -390,6 +430,7 @@ impl LinkTask {
                 }
                 self.failures = 0;
                 self.retry_at = None;
+                self.failed_at = None;
                 self.conn = Some(conn);
                 self.send(call).await;
             }
@@ -415,7 +456,9 @@ impl LinkTask {
         }
         self.failures = self.failures.saturating_add(1);
         let delay = backoff_delay(self.failures, self.options.backoff_min, self.options.backoff_max);
-        self.retry_at = Some(Instant::now() + delay);
+        let now = Instant::now();
+        self.failed_at = Some(now);
+        self.retry_at = Some(now + delay);
         self.last_failure = Some(e.clone());
         let _ = call.reply.send(Err(e));
     }
@@ -603,7 +646,17 @@ impl PeerClient {
     }
 }
 
+/// How long openraft's replication to a peer pauses after the link reports it unreachable,
+/// before calling again. The link keeps its own back-off (calls meanwhile fail at once, without
+/// touching the network) and dials at once when the peer is heard from, so a short pause costs
+/// nothing and keeps a healed peer from waiting out openraft's default of 500 ms.
+pub const REPLICATION_PAUSE: Duration = Duration::from_millis(50);
+
 impl openraft::RaftNetwork<TypeConfig> for PeerClient {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_PAUSE))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -634,5 +687,35 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
             PeerReply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.wrong_reply(RPCTypes::Vote)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_from_the_minimum_and_stays_within_a_few_heartbeats() {
+        let o = LinkOptions::default();
+        let delays: Vec<u64> =
+            (1..=8).map(|n| backoff_delay(n, o.backoff_min, o.backoff_max).as_millis() as u64).collect();
+        assert_eq!(delays, [50, 100, 200, 250, 250, 250, 250, 250]);
+        assert_eq!(backoff_delay(u32::MAX, o.backoff_min, o.backoff_max), o.backoff_max, "no overflow");
+        // A peer back after a partition is dialled again within the cap plus a dial: a few
+        // hundred milliseconds, not seconds.
+        assert!(o.backoff_max + o.connect_timeout <= Duration::from_millis(750), "{o:?}");
+    }
+
+    #[test]
+    fn a_backing_off_link_dials_at_once_for_a_peer_heard_from_after_the_failure() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (failed, retry) = (Some(ms(0)), Some(ms(250)));
+        assert!(may_dial(ms(10), None, None, None), "never failed: dial");
+        assert!(!may_dial(ms(10), retry, failed, None), "backing off, peer not heard: wait");
+        assert!(!may_dial(ms(10), retry, failed, Some(ms(0))), "heard no later than the failure: wait");
+        assert!(!may_dial(ms(20), retry, Some(ms(10)), Some(ms(5))), "heard only before the failure: wait");
+        assert!(may_dial(ms(10), retry, failed, Some(ms(5))), "heard after the failure: dial at once");
+        assert!(may_dial(ms(250), retry, failed, None), "back-off over: dial");
     }
 }
