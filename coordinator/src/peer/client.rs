@@ -572,7 +572,12 @@ impl LinkTask {
             Some(Ok(PeerMessage::Request { .. })) => {
                 self.drop_conn("the peer sent a request on a connection it accepted".into());
             }
-            Some(Err(e)) => self.drop_conn(e.to_string()),
+            Some(Err(e)) => {
+                if e.is_hang_up() {
+                    self.sightings.hung_up(self.target, conn.instance);
+                }
+                self.drop_conn(e.to_string())
+            }
             None => self.drop_conn("the connection closed".into()),
         }
     }

@@ -40,8 +40,27 @@ impl LocalIdentity {
 /// directory each peer was first heard with ([`KnownPeers`]), checked from both directions.
 #[derive(Debug)]
 pub struct Sightings {
-    seen: Mutex<HashMap<u64, (u64, Instant)>>,
+    seen: Mutex<HashMap<u64, Seen>>,
     data_dirs: KnownPeers,
+}
+
+/// The process last heard for one id.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    instance: u64,
+    at: Instant,
+    /// It closed a connection to this server (FIN or reset) and has not been heard since.
+    hung_up: bool,
+}
+
+impl Seen {
+    fn as_of(&self, now: Instant) -> ActivePeer {
+        ActivePeer {
+            instance: self.instance,
+            silent_for: now.saturating_duration_since(self.at),
+            hung_up: self.hung_up,
+        }
+    }
 }
 
 impl Default for Sightings {
@@ -66,13 +85,24 @@ impl Sightings {
     /// Records that server `id` spoke as process `instance` at `at`.
     pub fn saw(&self, id: u64, instance: u64, at: Instant) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(id, (instance, at));
+        seen.insert(id, Seen { instance, at, hung_up: false });
+    }
+
+    /// Records that process `instance` of server `id` closed or reset a connection to this
+    /// server: when a process ends, killed or not, its kernel closes its sockets, so another
+    /// process may speak for the id at once (a restart) rather than after the live window. A
+    /// frame from the same process afterwards ([`Sightings::saw`]) shows it alive again.
+    pub fn hung_up(&self, id: u64, instance: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get_mut(&id).filter(|s| s.instance == instance) {
+            s.hung_up = true;
+        }
     }
 
     /// The process last heard for server `id` and how long ago, as of `now`.
     pub fn active(&self, id: u64, now: Instant) -> Option<ActivePeer> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) })
+        seen.get(&id).map(|s| s.as_of(now))
     }
 
     /// Records process `instance` as server `id` if [`may_speak_for`] allows it, checked and
@@ -80,12 +110,10 @@ impl Sightings {
     /// answering our dial), only the first is admitted. On refusal, returns the process heard.
     pub fn admit(&self, id: u64, instance: u64, now: Instant, live_window: Duration) -> Result<(), ActivePeer> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let active =
-            seen.get(&id).map(|&(instance, at)| ActivePeer { instance, silent_for: now.saturating_duration_since(at) });
-        match active {
+        match seen.get(&id).map(|s| s.as_of(now)) {
             Some(a) if !may_speak_for(instance, a, live_window) => Err(a),
             _ => {
-                seen.insert(id, (instance, now));
+                seen.insert(id, Seen { instance, at: now, hung_up: false });
                 Ok(())
             }
         }
@@ -93,13 +121,15 @@ impl Sightings {
 }
 
 /// Whether process `instance` may speak for a server id whose last heard process is `active`:
-/// it is that same process, or that process has been silent for `live_window` (it is gone:
-/// Raft traffic flows far more often). Otherwise two live processes claim one id.
+/// it is that same process, or that process is gone: it hung up on this server and has not
+/// been heard since (its process ended and its kernel closed its sockets: a restart), or it has
+/// been silent for `live_window` (a host that vanished closes nothing; Raft traffic flows far
+/// more often). Otherwise two live processes claim one id.
 ///
 /// Both ends apply it: the listener to a dialler's [`Hello`], the dialler to the instance the
 /// listener accepts with, so a duplicate is refused whichever of the two ends it sits at.
 pub fn may_speak_for(instance: u64, active: ActivePeer, live_window: Duration) -> bool {
-    instance == active.instance || active.silent_for >= live_window
+    instance == active.instance || active.hung_up || active.silent_for >= live_window
 }
 
 /// The process last heard speaking for the dialler's server id, if any.
@@ -109,6 +139,8 @@ pub struct ActivePeer {
     pub instance: u64,
     /// How long since a frame last arrived on it.
     pub silent_for: Duration,
+    /// Whether it has closed a connection to this server since (see [`Sightings::hung_up`]).
+    pub hung_up: bool,
 }
 
 /// What the listener does with a handshake.
@@ -189,8 +221,8 @@ mod tests {
     #[test]
     fn every_handshake_gets_the_verdict_its_fields_call_for() {
         let servers = BTreeSet::from([1, 2, 3]);
-        let live = |instance| Some(ActivePeer { instance, silent_for: Duration::from_millis(100) });
-        let gone = |instance| Some(ActivePeer { instance, silent_for: WINDOW });
+        let live = |instance| Some(ActivePeer { instance, silent_for: Duration::from_millis(100), hung_up: false });
+        let gone = |instance| Some(ActivePeer { instance, silent_for: WINDOW, hung_up: false });
         let mut other_version = hello(77, 2, 1, 9);
         let theirs = PROTOCOL_VERSION + 1;
         other_version[4..6].copy_from_slice(&theirs.to_be_bytes());
@@ -252,20 +284,39 @@ mod tests {
         let s = Sightings::default();
         assert_eq!(s.admit(2, 9, t0, WINDOW), Ok(()), "first process heard for the id");
         assert_eq!(s.admit(2, 9, t0 + Duration::from_secs(1), WINDOW), Ok(()), "the same process again");
-        let heard = ActivePeer { instance: 9, silent_for: Duration::from_secs(1) };
+        let heard = ActivePeer { instance: 9, silent_for: Duration::from_secs(1), hung_up: false };
         assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(2), WINDOW), Err(heard), "another live process");
         assert_eq!(s.admit(3, 10, t0 + Duration::from_secs(2), WINDOW), Ok(()), "another id is independent");
         // Process 9 was last heard at t0 + 1s; a window later it counts as gone.
         assert_eq!(s.admit(2, 10, t0 + Duration::from_secs(4), WINDOW), Ok(()), "a restarted process after silence");
         assert_eq!(
             s.active(2, t0 + Duration::from_secs(4)),
-            Some(ActivePeer { instance: 10, silent_for: Duration::ZERO })
+            Some(ActivePeer { instance: 10, silent_for: Duration::ZERO, hung_up: false })
         );
-        let heard = ActivePeer { instance: 10, silent_for: Duration::from_millis(500) };
+        let heard = ActivePeer { instance: 10, silent_for: Duration::from_millis(500), hung_up: false };
         assert_eq!(
             s.admit(2, 9, t0 + Duration::from_millis(4500), WINDOW),
             Err(heard),
             "the old process is now the stranger"
         );
+    }
+
+    #[test]
+    fn a_process_that_hung_up_may_be_replaced_at_once_until_it_is_heard_again() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Sightings::default();
+        assert_eq!(s.admit(2, 9, t0, WINDOW), Ok(()));
+        s.hung_up(2, 10);
+        assert!(s.admit(2, 10, t0 + ms(100), WINDOW).is_err(), "another process's hang-up says nothing of 9");
+        // Process 9 hangs up, then is heard again on another connection: it lives.
+        s.hung_up(2, 9);
+        s.saw(2, 9, t0 + ms(200));
+        assert!(s.admit(2, 10, t0 + ms(300), WINDOW).is_err(), "heard again after its hang-up");
+        // Process 9 hangs up and stays silent: a restart is admitted well within the window.
+        s.hung_up(2, 9);
+        assert!(s.active(2, t0 + ms(400)).is_some_and(|a| a.hung_up));
+        assert_eq!(s.admit(2, 10, t0 + ms(400), WINDOW), Ok(()), "its restart, at once");
+        assert!(s.admit(2, 9, t0 + ms(500), WINDOW).is_err(), "the old process is now the stranger");
     }
 }

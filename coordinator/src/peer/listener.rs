@@ -292,6 +292,9 @@ impl PeerConn<'_> {
             let msg = match body.and_then(|b| PeerMessage::decode(&b)) {
                 Ok(m) => m,
                 Err(e) => {
+                    if e.is_hang_up() {
+                        sightings.hung_up(from, instance);
+                    }
                     tracing::debug!(%peer_addr, peer = from, "peer connection closed: {e}");
                     break;
                 }

@@ -83,6 +83,20 @@ pub fn frame(body: &[u8]) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+impl WireError {
+    /// Whether the peer closed or reset the connection: what a read sees when the process at
+    /// the other end ended (its kernel closes its sockets) or hung up.
+    pub fn is_hang_up(&self) -> bool {
+        matches!(
+            self,
+            WireError::Io(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            )
+        )
+    }
+}
+
 /// Reads one frame's body, refusing one longer than `max` before allocating for it.
 pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: usize) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
