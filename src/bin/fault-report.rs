@@ -38,7 +38,8 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     runs: u32,
     /// Scenarios to run, comma-separated (default: all): master-killed, master-frozen,
-    /// agent-killed, agent-frozen, host-cut-from-coordinator, host-black-holed, host-isolated.
+    /// agent-killed, agent-frozen, host-cut-from-coordinator, host-black-holed, host-isolated, and on
+    /// an ensemble master-and-coordinator-leader-killed.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// The coordinator: the bundled one alone, the bundled one as a three-server ensemble (five
@@ -103,8 +104,14 @@ async fn main() -> Result<()> {
     if let Some(why) = hosts_unavailable() {
         bail!("simulated hosts cannot run here: {why}");
     }
+    let kind = match args.coordinator {
+        Coordinator::Bundled => CoordinatorKind::Bundled,
+        Coordinator::Ensemble => CoordinatorKind::BundledEnsemble,
+        Coordinator::EnsembleObservers => CoordinatorKind::BundledEnsembleWithObservers,
+        Coordinator::Apache => CoordinatorKind::ApacheZooKeeper,
+    };
     let scenarios: Vec<Measured> = if args.scenarios.is_empty() {
-        Measured::ALL.to_vec()
+        Measured::ALL.into_iter().filter(|m| m.runs_on(kind)).collect()
     } else {
         args.scenarios
             .iter()
@@ -116,12 +123,9 @@ async fn main() -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    let kind = match args.coordinator {
-        Coordinator::Bundled => CoordinatorKind::Bundled,
-        Coordinator::Ensemble => CoordinatorKind::BundledEnsemble,
-        Coordinator::EnsembleObservers => CoordinatorKind::BundledEnsembleWithObservers,
-        Coordinator::Apache => CoordinatorKind::ApacheZooKeeper,
-    };
+    if let Some(m) = scenarios.iter().find(|m| !m.runs_on(kind)) {
+        bail!("scenario `{}` needs a coordinator ensemble: use --coordinator ensemble or ensemble-observers", m.name());
+    }
     if let CoordinatorKind::ApacheZooKeeper = kind {
         if !referee::lab::apache_zookeeper_installed() {
             bail!("Apache ZooKeeper is not installed: apt-get install zookeeper, or use --coordinator bundled");
@@ -232,7 +236,7 @@ fn target(s: Measured) -> Option<Duration> {
     match s {
         Measured::Process(ProcessFault::MasterKilled) => Some(Duration::from_millis(300)),
         Measured::Network(_) => Some(session() + Duration::from_millis(300)),
-        Measured::Process(_) => None,
+        Measured::Process(_) | Measured::MasterKilledWithCoordinatorLeader => None,
     }
 }
 

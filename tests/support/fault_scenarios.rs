@@ -43,11 +43,14 @@ pub enum Measured {
     Network(Fault),
     /// A process fault on the active node.
     Process(ProcessFault),
+    /// The active master killed, then at once the coordinator ensemble's leader, so the whole
+    /// takeover runs across the leader change (an ensemble only).
+    MasterKilledWithCoordinatorLeader,
 }
 
 impl Measured {
     /// Every measured scenario, in report order.
-    pub const ALL: [Measured; 7] = [
+    pub const ALL: [Measured; 8] = [
         Measured::Process(ProcessFault::MasterKilled),
         Measured::Process(ProcessFault::MasterFrozen),
         Measured::Process(ProcessFault::AgentKilled),
@@ -55,7 +58,16 @@ impl Measured {
         Measured::Network(Fault::FromCoordinator),
         Measured::Network(Fault::BlackHole),
         Measured::Network(Fault::Isolated),
+        Measured::MasterKilledWithCoordinatorLeader,
     ];
+
+    /// Whether the scenario can run on coordinator `kind`.
+    pub fn runs_on(self, kind: CoordinatorKind) -> bool {
+        match self {
+            Measured::MasterKilledWithCoordinatorLeader => kind.servers() > 1,
+            _ => true,
+        }
+    }
 
     /// The scenario's name in the report and on the command line.
     pub fn name(self) -> &'static str {
@@ -67,6 +79,7 @@ impl Measured {
             Measured::Network(Fault::FromCoordinator) => "host-cut-from-coordinator",
             Measured::Network(Fault::BlackHole) => "host-black-holed",
             Measured::Network(Fault::Isolated) => "host-isolated",
+            Measured::MasterKilledWithCoordinatorLeader => "master-and-coordinator-leader-killed",
         }
     }
 }
@@ -78,6 +91,9 @@ pub async fn measure(scenario: Measured, masters: Masters, kind: CoordinatorKind
     let result = match scenario {
         Measured::Network(fault) => run(hosts, &pair, fault, masters).await,
         Measured::Process(fault) => run_process_fault(&pair, fault, masters, false).await,
+        Measured::MasterKilledWithCoordinatorLeader => {
+            run_process_fault(&pair, ProcessFault::MasterKilled, masters, true).await
+        }
     };
     for proc in pair.masters.iter().chain(pair.agents.iter().flatten()) {
         let _ = proc.signal(Signal::SIGCONT);
