@@ -359,7 +359,9 @@ impl Hosts {
             .collect();
         std::thread::scope(|scope| {
             let loads: Vec<_> = changed.iter().map(|(h, rules)| scope.spawn(|| self.load(h, rules))).collect();
-            loads.into_iter().try_for_each(|l| l.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rules load panicked"))))
+            loads
+                .into_iter()
+                .try_for_each(|l| l.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rules load panicked"))))
         })?;
         *faults = next;
         Ok(())
