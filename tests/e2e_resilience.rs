@@ -100,7 +100,10 @@ async fn tokens_keep_increasing_after_a_wipe(kind: CoordinatorKind) -> Result<()
 /// Failsafe mode: with the coordinator gone, the active keeps serving past its session's lease
 /// while every peer confirms it is not active; once a peer stops answering, it demotes.
 async fn failsafe_rides_out_a_coordinator_outage(kind: CoordinatorKind) -> Result<()> {
-    let failsafe = "failsafe:\n  enabled: true\n  ttl_ms: 3000\n";
+    // A 5 s ttl: each confirmed round keeps the master active 4.25 s past its sending (the ttl
+    // less the 500 ms demotion deadline and 250 ms margin), so a round answered late on a
+    // loaded machine does not end the extension before the next one is confirmed.
+    let failsafe = "failsafe:\n  enabled: true\n  ttl_ms: 5000\n";
     let pair = Arc::new(Pair::start(spec(kind, true, failsafe)).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;
     let standby = 1 - active;
