@@ -105,7 +105,7 @@ pub const CAMPAIGN_STAGGER: Duration = Duration::from_millis(100);
 /// stagger by server id (0 to 3 steps of [`CAMPAIGN_STAGGER`]) so that two followers rarely
 /// split the vote.
 pub fn campaign_wait(lease: Duration, server_id: u64) -> Duration {
-    lease + CAMPAIGN_MARGIN + CAMPAIGN_STAGGER * (server_id.saturating_sub(1) % 4) as u32
+    lease + CAMPAIGN_MARGIN + CAMPAIGN_STAGGER * (server_id % 4) as u32
 }
 
 /// Whether a voting follower campaigns now: it has heard a leader (`since_contact`, `None` if
@@ -143,8 +143,8 @@ mod tests {
         let lease = Duration::from_millis(600);
         let ms = Duration::from_millis;
         let waits: Vec<Duration> = (1..=4).map(|id| campaign_wait(lease, id)).collect();
-        assert_eq!(waits, [ms(650), ms(750), ms(850), ms(950)]);
-        let wait = waits[1];
+        assert_eq!(waits, [ms(750), ms(850), ms(950), ms(650)]);
+        let wait = waits[0];
         assert!(!campaign_due(None, None, wait), "never heard a leader: openraft's timer decides");
         assert!(!campaign_due(Some(ms(749)), None, wait), "the leader's lease may still hold");
         assert!(campaign_due(Some(ms(750)), None, wait));
