@@ -118,15 +118,6 @@ pub struct Startup {
     pub peer_listener: Option<TcpListener>,
 }
 
-/// How often a Raft leader sends heartbeats, in milliseconds.
-const HEARTBEAT_MS: u64 = 100;
-/// The shortest election timeout, in milliseconds.
-const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
-/// The longest election timeout, in milliseconds. Openraft 0.9 also takes it as the voters'
-/// lease on their leader: a voter refuses every vote until it has not heard the leader for this
-/// long (see [`crate::staleness::campaign_wait`]).
-const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
-
 /// How long an ensemble server waits at start for a leader to be elected or found.
 const ENSEMBLE_LEADER_WAIT: Duration = Duration::from_secs(60);
 
@@ -162,9 +153,9 @@ impl Coordinator {
         let every = config.snapshot_every_txns;
         let raft_config = openraft::Config {
             cluster_name: "referee-coordinator".into(),
-            heartbeat_interval: HEARTBEAT_MS,
-            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
             // Snapshots are counted in transactions by the state machine, which asks for them
             // (`snapshot_when_due`); openraft's own policy counts entries, which are batches.
             snapshot_policy: openraft::SnapshotPolicy::Never,
@@ -332,8 +323,6 @@ impl Coordinator {
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
-            tasks.spawn(campaign_when_leader_lapses(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
-            tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
         let ctx = crate::admin::AdminContext::new(
             self.shared.config.clone(),
@@ -732,98 +721,6 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 st.refusing_clients = None;
             }
             _ => {}
-        }
-    }
-}
-
-/// How often a follower looks at its last contact with the leader, for [`campaign_when_leader_lapses`].
-const CAMPAIGN_CHECK: Duration = Duration::from_millis(20);
-
-/// A voting follower whose leader has been silent past the voters' lease on it, plus a stagger
-/// of its own, campaigns at once (see [`crate::staleness::campaign_due`]), instead of waiting
-/// out a whole election timeout more, as openraft 0.9 would. Candidates, leaders and learners
-/// are left to openraft. Silence is counted from the last AppendEntries accepted from a leader
-/// (the staleness bound's contact) and from the last frame of any kind from the leader this
-/// server knows (a snapshot being installed sends no AppendEntries, but it is a leader at work),
-/// and from the last change of term seen here (a vote granted to another candidate: its
-/// election is under way and must not be overtaken).
-async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
-    use crate::staleness::{campaign_due, campaign_wait};
-    let id = shared.raft.metrics().borrow().id;
-    let wait = campaign_wait(Duration::from_millis(ELECTION_TIMEOUT_MAX_MS), id);
-    let contact = shared.lock().leader_contact.clone();
-    let mut interval = tokio::time::interval(CAMPAIGN_CHECK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut campaigned: Option<Instant> = None;
-    let mut term = (shared.raft.metrics().borrow().current_term, Instant::now());
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
-        let now = Instant::now();
-        let (follows, leader) = {
-            let m = shared.raft.metrics();
-            let m = m.borrow();
-            if m.current_term != term.0 {
-                term = (m.current_term, now);
-            }
-            let voter = m.membership_config.membership().voter_ids().any(|v| v == m.id);
-            (m.state == openraft::ServerState::Follower && voter, m.current_leader)
-        };
-        if !follows {
-            continue;
-        }
-        let heard_leader = leader.and_then(|l| network.silent_for(l));
-        let since_contact = contact.since_contact(now).map(|c| {
-            let c = c.min(now - term.1);
-            heard_leader.map_or(c, |h| c.min(h))
-        });
-        if !campaign_due(since_contact, campaigned.map(|t| now - t), wait) {
-            continue;
-        }
-        campaigned = Some(now);
-        info!(
-            silent_ms = since_contact.unwrap_or_default().as_millis() as u64,
-            wait_ms = wait.as_millis() as u64,
-            leader = ?leader,
-            "no word from the leader past its lease: campaigning"
-        );
-        if let Err(e) = shared.raft.trigger().elect().await {
-            warn!("could not start an election: {e}");
-            return;
-        }
-    }
-}
-
-/// Logs each change of this server's Raft role, term or known leader, and when a new leader has
-/// applied the first entry of its term (it serves from then on): with the servers' logs side by
-/// side, a failover reads as detection, election and first commit.
-async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
-    let mut metrics = raft.metrics();
-    let mut last = None;
-    let mut settled_term = None;
-    loop {
-        let (now, applied_own_term) = {
-            let m = metrics.borrow_and_update();
-            let own = m.state == openraft::ServerState::Leader
-                && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term);
-            ((m.state, m.current_term, m.current_leader), own.then_some(m.current_term))
-        };
-        if last != Some(now) {
-            let (state, term, leader) = now;
-            info!(state = ?state, term, leader = ?leader, "Raft role changed");
-            last = Some(now);
-        }
-        if applied_own_term.is_some() && settled_term != applied_own_term {
-            settled_term = applied_own_term;
-            info!(term = now.1, "leading: the first entry of this term is applied");
-        }
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }

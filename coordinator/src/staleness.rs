@@ -16,14 +16,6 @@
 //!
 //! [`LeaderContact`] is shared, lock-free, between the peer listener that records contact and
 //! the guard that acts on it; [`verdict`] is the pure decision.
-//!
-//! The same record tells a voting follower when its leader has gone quiet for good. Openraft
-//! 0.9 campaigns only after the voters' lease on the leader (its `election_timeout_max`) *plus*
-//! a whole election timeout, counted in 150 ms ticks: 0.9 to 1.35 s after the last heartbeat
-//! with a 300 to 600 ms timeout. A voter may grant a vote as soon as its lease has lapsed, so
-//! a follower campaigns once the lease and a stagger of its own have passed ([`campaign_due`],
-//! [`campaign_wait`]). Elections are always safe in Raft; the lease still protects a live
-//! leader from a disruptive candidate, and nothing here changes the staleness bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,14 +39,6 @@ impl LeaderContact {
     pub fn heard(&self, at: Instant) {
         let ms = u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX - 1) + 1;
         self.last.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    /// How long before `now` the last contact was, or `None` if there has been none yet.
-    pub fn since_contact(&self, now: Instant) -> Option<Duration> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(now.saturating_duration_since(self.origin).saturating_sub(Duration::from_millis(ms - 1))),
-        }
     }
 
     /// How long before `now` the last contact was; since this server started when there has
@@ -89,34 +73,6 @@ pub fn verdict(silent_for: Duration, bound: Duration) -> Verdict {
     }
 }
 
-/// How long after the voters' lease the first of them campaigns (see [`campaign_wait`]): the
-/// voters heard the leader's last heartbeat within a few milliseconds of each other, so each
-/// one's lease has lapsed by then.
-pub const CAMPAIGN_MARGIN: Duration = Duration::from_millis(50);
-
-/// The step between the voters' campaign delays (see [`campaign_wait`]): longer than a vote's
-/// round trip and the election's first commit on a loaded server, so a voter that campaigns
-/// first has won (and been heard) before the next one starts. A shorter step was measured to
-/// let the second campaign overtake the first one's victory on a busy machine.
-pub const CAMPAIGN_STAGGER: Duration = Duration::from_millis(100);
-
-/// How long a voting follower waits after its last contact with a leader before it campaigns:
-/// the voters' `lease` on that leader (they refuse any vote before it lapses), a margin, and a
-/// stagger by server id (0 to 3 steps of [`CAMPAIGN_STAGGER`]) so that two followers rarely
-/// split the vote.
-pub fn campaign_wait(lease: Duration, server_id: u64) -> Duration {
-    lease + CAMPAIGN_MARGIN + CAMPAIGN_STAGGER * (server_id % 4) as u32
-}
-
-/// Whether a voting follower campaigns now: it has heard a leader (`since_contact`, `None` if
-/// never: a server that has not found its ensemble yet leaves elections to openraft's own
-/// timer), that leader has been silent for `wait`, and this server has not campaigned within
-/// `wait` either (`since_campaign`), so a lost election is not retried faster than openraft
-/// would.
-pub fn campaign_due(since_contact: Option<Duration>, since_campaign: Option<Duration>, wait: Duration) -> bool {
-    since_contact.is_some_and(|s| s >= wait) && since_campaign.is_none_or(|c| c >= wait)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,25 +90,6 @@ mod tests {
             "an older proof is ignored"
         );
         assert_eq!(c.silent_for(t0 + Duration::from_millis(400)), Duration::ZERO, "never negative");
-        assert_eq!(c.since_contact(t0 + Duration::from_millis(700)), Some(Duration::from_millis(200)));
-        assert_eq!(LeaderContact::default().since_contact(t0), None, "no contact yet");
-    }
-
-    #[test]
-    fn a_follower_campaigns_once_the_lease_and_its_stagger_have_passed_and_not_again_at_once() {
-        let lease = Duration::from_millis(600);
-        let ms = Duration::from_millis;
-        let waits: Vec<Duration> = (1..=4).map(|id| campaign_wait(lease, id)).collect();
-        assert_eq!(waits, [ms(750), ms(850), ms(950), ms(650)]);
-        let wait = waits[0];
-        assert!(!campaign_due(None, None, wait), "never heard a leader: openraft's timer decides");
-        assert!(!campaign_due(Some(ms(749)), None, wait), "the leader's lease may still hold");
-        assert!(campaign_due(Some(ms(750)), None, wait));
-        assert!(!campaign_due(Some(ms(900)), Some(ms(100)), wait), "campaigned 100 ms ago");
-        assert!(campaign_due(Some(ms(1500)), Some(ms(750)), wait), "the last campaign was lost");
-        // Before openraft's own timer (the lease plus a whole election timeout of at least
-        // 300 ms), and never before the lease has lapsed.
-        assert!(waits.iter().all(|w| *w <= lease + ms(350) && *w > lease), "{waits:?}");
     }
 
     #[test]
