@@ -76,7 +76,7 @@ impl Default for LinkOptions {
         LinkOptions {
             queue: 64,
             in_flight: 32,
-            connect_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
             stall: Duration::from_secs(3),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(250),
@@ -706,9 +706,10 @@ mod tests {
             (1..=8).map(|n| backoff_delay(n, o.backoff_min, o.backoff_max).as_millis() as u64).collect();
         assert_eq!(delays, [50, 100, 200, 250, 250, 250, 250, 250]);
         assert_eq!(backoff_delay(u32::MAX, o.backoff_min, o.backoff_max), o.backoff_max, "no overflow");
-        // A peer back after a partition is dialled again within the cap plus a dial: a few
-        // hundred milliseconds, not seconds.
-        assert!(o.backoff_max + o.connect_timeout <= Duration::from_millis(750), "{o:?}");
+        // A peer back after a partition is dialled again within the cap plus a dial. The dial
+        // keeps a whole second: on a loaded machine a handshake can take more than half of one,
+        // and a failed dial fails the forwarded writes waiting on it.
+        assert!(o.backoff_max + o.connect_timeout <= Duration::from_millis(1250), "{o:?}");
     }
 
     #[test]
