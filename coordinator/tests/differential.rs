@@ -424,6 +424,7 @@ fn configure(c: &mut CoordinatorConfig) {
 }
 
 async fn differential(test: &str, shape: Ours) -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info,openraft=warn");
     if !apache_zookeeper_installed() {
         skip(test, APACHE_ZK_MISSING);
         return Ok(());

@@ -30,6 +30,16 @@ pub static PERSISTENT_SEQ: &zk::CreateOptions<'static> =
 pub static EPHEMERAL_SEQ: &zk::CreateOptions<'static> =
     &zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
 
+/// Sends the in-process servers' logs at `filter` (an `EnvFilter` directive, overridden by
+/// `RUST_LOG`) to the test's captured output, so a failing test shows what the servers saw
+/// (why a connection was closed, a leader change) and a passing one stays quiet.
+pub fn capture_server_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // A second call in the same test binary finds the subscriber already set: fine.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().with_ansi(false).try_init();
+}
+
 /// Awaits `fut`, failing with `what` if it takes longer than [`DEADLINE`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
     within_for(DEADLINE, what, fut).await
