@@ -743,14 +743,17 @@ async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, mut stop: 
 /// A server that does not lead tells the leader, every [`crate::liveness::REPORT_EVERY`] or at
 /// once when a reply waits for it, which sessions its clients were heard from since the last
 /// report, so that the leader, which alone expires sessions, keeps them; each acknowledged
-/// report releases the replies it covers (see [`crate::liveness`]). A report lost on the way is
-/// not resent: the next one names the sessions heard since, and waiting replies ask for it.
+/// report releases the replies it covers (see [`crate::liveness`]). A report that fails (no
+/// leader known, the link down, no answer within half the staleness bound) is not lost: its
+/// sessions go into the next one, which waiting replies ask for at once.
 async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
     use crate::liveness::REPORT_EVERY;
     let Some(gate) = shared.liveness.clone() else { return };
     let mut interval = tokio::time::interval(REPORT_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tidied = Instant::now();
+    // Whether the last report failed: a run of failures is logged once.
+    let mut failing = false;
     loop {
         tokio::select! {
             biased;
@@ -772,13 +775,41 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
                 (_, Some(l)) => Some(l),
             }
         };
-        let (Some(leader), false) = (leader, heard.is_empty()) else { continue };
+        if heard.is_empty() {
+            continue;
+        }
+        let Some(leader) = leader else {
+            // No leader to tell yet (an election): the next report carries them.
+            shared.lock().tracker.heard_again(&heard);
+            continue;
+        };
         let sent = Instant::now();
-        let deadline = Duration::from_millis(shared.config.max_leader_silence_ms);
-        match network.request(leader, PeerRequest::Touch(heard.clone()), deadline).await {
-            Ok(PeerReply::Touch { expired }) => gate.acknowledged(&heard, &expired, sent),
-            Ok(_) => warn!(leader, "the leader answered a liveness report with another reply"),
-            Err(e) => debug!(leader, sessions = heard.len(), "a liveness report did not reach the leader: {e}"),
+        // Half the bound a waiting reply may wait: a report lost on a connection that died
+        // without a word is sent again in time for it.
+        let deadline = Duration::from_millis(shared.config.max_leader_silence_ms) / 2;
+        let failure = match network.request(leader, PeerRequest::Touch(heard.clone()), deadline).await {
+            Ok(PeerReply::Touch { expired }) => {
+                gate.acknowledged(&heard, &expired, sent);
+                None
+            }
+            Ok(_) => Some("the leader answered with another reply".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        match (failure, failing) {
+            (Some(why), was) => {
+                // Sent again with the next report, not forgotten: a reply waiting on one of
+                // these sessions would otherwise wait out its bound and close its connection.
+                shared.lock().tracker.heard_again(&heard);
+                if !was {
+                    info!(leader, sessions = heard.len(), "liveness reports do not reach the leader: {why}");
+                }
+                failing = true;
+            }
+            (None, true) => {
+                info!(leader, "liveness reports reach the leader again");
+                failing = false;
+            }
+            (None, false) => {}
         }
     }
 }

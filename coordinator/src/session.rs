@@ -168,6 +168,17 @@ impl SessionTracker {
         std::mem::take(&mut self.heard).into_iter().collect()
     }
 
+    /// Puts back sessions taken by [`SessionTracker::take_heard`] whose report did not reach
+    /// the leader, so the next report carries them: the replies waiting on the leader's
+    /// knowledge of them are released by that one. Sessions closed meanwhile are left out.
+    pub fn heard_again(&mut self, sessions: &[SessionId]) {
+        for id in sessions {
+            if self.is_live(*id) {
+                self.heard.insert(*id);
+            }
+        }
+    }
+
     /// Whether the session is tracked and not being closed.
     pub fn is_live(&self, id: SessionId) -> bool {
         self.sessions.get(&id).is_some_and(|t| !t.closing)
@@ -276,6 +287,25 @@ mod tests {
         tr.remove(b);
         assert!(tr.is_empty());
         assert!(tr.buckets.is_empty());
+    }
+
+    #[test]
+    fn sessions_of_a_failed_report_go_into_the_next_one_unless_closed_meanwhile() {
+        let t0 = Instant::now();
+        let mut tr = SessionTracker::new(TICK, t0);
+        let (a, b, c) = (SessionId(1), SessionId(2), SessionId(3));
+        for s in [a, b, c] {
+            tr.add(s, ms(2000), t0);
+        }
+        assert!(tr.touch(a, t0 + ms(10)) && tr.touch(b, t0 + ms(10)));
+        let report = tr.take_heard();
+        assert_eq!(report, [a, b]);
+        assert!(tr.take_heard().is_empty(), "taken");
+        // The report failed; meanwhile c was heard and b expired.
+        assert!(tr.touch(c, t0 + ms(20)));
+        tr.remove(b);
+        tr.heard_again(&report);
+        assert_eq!(tr.take_heard(), [a, c], "a goes again with c; b is gone");
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use common::ensemble::{leader_of, start_ensemble, stop, Running};
+use common::ensemble::{leader_of, start_ensemble, start_ensemble_behind_proxies, stop, Running};
 use referee_coordinator::config::{CoordinatorConfig, Role};
 use referee_testkit::{connect, within_for};
 use zookeeper_client as zk;
@@ -265,6 +265,51 @@ async fn a_followers_reply_never_outruns_the_leaders_knowledge_of_the_session() 
         );
     }
     drop(fz);
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// A follower's report of the sessions it heard from that fails (its link to the leader broken
+/// for a moment) is sent again once the link is back: the reply that waits on it goes out,
+/// instead of waiting out the staleness bound and closing its client's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liveness_report_lost_to_a_broken_link_is_sent_again() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    // A bound well beyond the cut and the link's redial, so only a report that is never sent
+    // again can close the connection.
+    let bound = Duration::from_millis(4000);
+    let (running, _dirs, mut proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |c| {
+        c.max_leader_silence_ms = bound.as_millis() as u64;
+    })
+    .await?;
+    let (leader, _) = leader_of(&running).await?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    let mut client = common::raw::Raw::connect(follower.client, 10_000).await.context("a session on a follower")?;
+    let exists = common::raw::body::path_watch("/", false);
+    let first = client.call(common::raw::op::EXISTS, &exists).await?;
+    ensure!(first.err == 0, "exists before the cut: {first:?}");
+
+    // Idle past the slack, so the read below needs a report of its own.
+    tokio::time::sleep(referee_coordinator::liveness::SLACK * 3).await;
+    // Every peer connection into the leader (the follower's reports among them) is cut; the
+    // leader's heartbeats to the follower still pass. The read waits for a report, which fails.
+    let into_leader = &mut proxies[leader as usize - 1];
+    into_leader.cut();
+    let asked = std::time::Instant::now();
+    let xid = client.send(common::raw::op::EXISTS, &exists).await?;
+    // The cut lasts a few report intervals: the report the read asked for at once is lost.
+    tokio::time::sleep(referee_coordinator::liveness::REPORT_EVERY * 20).await;
+    into_leader.restore().await?;
+    let answered = client.reply_to(xid).await;
+    let waited = asked.elapsed();
+    let (reply, _) =
+        answered.with_context(|| format!("the read's reply, {} ms after it was sent", waited.as_millis()))?;
+    ensure!(reply.err == 0, "the read after the link came back: {reply:?}");
+    ensure!(waited < bound, "the read waited {waited:?}, the whole bound");
+    eprintln!("a read that waited on a lost report was answered {} ms after it was sent", waited.as_millis());
+    drop(client);
     for r in running {
         stop(r).await?;
     }
