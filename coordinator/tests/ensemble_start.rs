@@ -316,6 +316,31 @@ async fn a_liveness_report_lost_to_a_broken_link_is_sent_again() -> Result<()> {
     Ok(())
 }
 
+/// An idle session closed by its client on a follower gets its reply: the close needs no word
+/// from the leader on the session's liveness (the leader no longer holds the session once the
+/// close is applied, so such a word never comes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_closed_on_a_follower_gets_its_reply() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    let (running, _dirs) = start_ensemble(&[Role::Voter; 3]).await?;
+    let (leader, _) = leader_of(&running).await?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    for round in 0..3 {
+        let mut client = common::raw::Raw::connect(follower.client, 10_000).await.context("a session on a follower")?;
+        // Idle past the slack and a few reports: no report in flight names the session.
+        tokio::time::sleep(referee_coordinator::liveness::SLACK * 3).await;
+        let asked = std::time::Instant::now();
+        let reply = client.call(common::raw::op::CLOSE_SESSION, &[]).await.with_context(|| {
+            format!("round {round}: the reply to closeSession, {} ms after it was sent", asked.elapsed().as_millis())
+        })?;
+        ensure!(reply.err == 0, "round {round}: closeSession: {reply:?}");
+    }
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
 /// A client that resumes its session on another server keeps it there, and the connection it
 /// left on the first server is closed (ZooKeeper's SessionMoved), wherever the two are, even
 /// when it resumes before that server has applied the session's creation.

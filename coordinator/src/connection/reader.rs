@@ -321,7 +321,7 @@ fn authenticate(config: &CoordinatorConfig, scheme: &str, credentials: &[u8]) ->
 }
 
 /// ZooKeeper's short operation names, as `cons` reports the last one.
-fn op_name(opcode: i32) -> &'static str {
+pub(super) fn op_name(opcode: i32) -> &'static str {
     match opcode {
         op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => "CREA",
         op::DELETE | op::DELETE_CONTAINER => "DELE",

@@ -77,7 +77,11 @@ async fn pump(
                     return Ok(());
                 };
                 // No reply tells the client its session was alive before the leader knows it.
-                conn.shared.liveness_covered(conn.session, at).await?;
+                // The reply to closeSession promises nothing of the kind, and no word would come:
+                // once the close is applied, the leader no longer holds the session.
+                if op != super::reader::op_name(crate::proto::op::CLOSE_SESSION) {
+                    conn.shared.liveness_covered(conn.session, at).await?;
+                }
                 for f in &frames {
                     wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
