@@ -118,6 +118,15 @@ pub struct Startup {
     pub peer_listener: Option<TcpListener>,
 }
 
+/// How often a Raft leader sends heartbeats, in milliseconds.
+const HEARTBEAT_MS: u64 = 100;
+/// The shortest election timeout, in milliseconds.
+const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+/// The longest election timeout, in milliseconds. Openraft 0.9 also takes it as the voters'
+/// lease on their leader: a voter refuses every vote until it has not heard the leader for this
+/// long (see [`crate::staleness::LEASE`]).
+const ELECTION_TIMEOUT_MAX_MS: u64 = crate::staleness::LEASE.as_millis() as u64;
+
 /// How long an ensemble server waits at start for a leader to be elected or found.
 const ENSEMBLE_LEADER_WAIT: Duration = Duration::from_secs(60);
 
@@ -153,9 +162,9 @@ impl Coordinator {
         let every = config.snapshot_every_txns;
         let raft_config = openraft::Config {
             cluster_name: "referee-coordinator".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
             // Snapshots are counted in transactions by the state machine, which asks for them
             // (`snapshot_when_due`); openraft's own policy counts entries, which are batches.
             snapshot_policy: openraft::SnapshotPolicy::Never,
@@ -163,6 +172,9 @@ impl Coordinator {
             // (`purging_one_snapshot_late`), so a damaged newest snapshot can be skipped.
             // Openraft counts the log from the newest: a follower behind it gets the snapshot.
             max_in_snapshot_log_to_keep: 0,
+            // In an ensemble, elections are called after a pre-vote (`campaign_when_leader_lapses`);
+            // a server alone elects itself.
+            enable_elect: !config.is_ensemble(),
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
@@ -323,6 +335,8 @@ impl Coordinator {
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
+            tasks.spawn(campaign_when_leader_lapses(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+            tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
         let ctx = crate::admin::AdminContext::new(
             self.shared.config.clone(),
@@ -502,6 +516,7 @@ async fn start_ensemble_node(
     startup: Startup,
 ) -> Result<(Raft, PeerService), CoordinatorError> {
     let node_id = config.server_id();
+    state.lock().unwrap_or_else(|p| p.into_inner()).log_end = Some(log.reader());
     // A validated ensemble configuration lists this server.
     let me = config.this_server().ok_or_else(|| CoordinatorError::Raft("this server is not in `servers`".into()))?;
     let listener = match startup.peer_listener {
@@ -721,6 +736,150 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 st.refusing_clients = None;
             }
             _ => {}
+        }
+    }
+}
+
+/// How often a voter looks at its last contact with the leader, for [`campaign_when_leader_lapses`].
+const CAMPAIGN_CHECK: Duration = Duration::from_millis(20);
+
+/// How long a pre-vote waits for the other voters' answers: a round trip on a LAN, with room
+/// for a loaded server. A voter that has not answered by then counts as a no.
+const PRE_VOTE_DEADLINE: Duration = Duration::from_millis(300);
+
+/// Elections in an ensemble, where openraft's own timer is off (see [`crate::staleness`]): a
+/// voting follower or candidate whose leader has been silent past the voters' lease on it, plus
+/// a stagger of its own ([`crate::staleness::campaign_due`]), asks the other voters for a
+/// pre-vote, and calls the election only with a quorum of yeses. Leaders and learners do
+/// nothing here. Silence is counted from the last AppendEntries accepted from a leader (the
+/// staleness bound's contact; from this task's start if there was none), from the last frame
+/// of any kind from the leader this server knows (a snapshot being installed sends no
+/// AppendEntries, but it is a leader at work), and from the last change of term seen here (a
+/// vote granted to another candidate: its election is under way and must not be overtaken).
+async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+    use crate::staleness::{campaign_due, campaign_wait, quorum_granted, LEASE};
+    let id = shared.raft.metrics().borrow().id;
+    let wait = campaign_wait(LEASE, id);
+    let contact = shared.lock().leader_contact.clone();
+    let started = Instant::now();
+    let mut interval = tokio::time::interval(CAMPAIGN_CHECK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut campaigned: Option<Instant> = None;
+    let mut term = (shared.raft.metrics().borrow().current_term, Instant::now());
+    // Whether the last pre-vote was refused: a run of refusals (a server cut off from the rest)
+    // is logged once.
+    let mut refused = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let now = Instant::now();
+        let (contends, leader, configs) = {
+            let m = shared.raft.metrics();
+            let m = m.borrow();
+            if m.current_term != term.0 {
+                term = (m.current_term, now);
+            }
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == m.id);
+            let state = matches!(m.state, openraft::ServerState::Follower | openraft::ServerState::Candidate);
+            (voter && state, m.current_leader, membership.get_joint_config().clone())
+        };
+        if !contends {
+            continue;
+        }
+        let heard_leader = leader.and_then(|l| network.silent_for(l));
+        let mut silent = contact.since_contact(now).unwrap_or(now - started).min(now - term.1);
+        if let Some(h) = heard_leader {
+            silent = silent.min(h);
+        }
+        if !campaign_due(silent, campaigned.map(|t| now - t), wait) {
+            continue;
+        }
+        campaigned = Some(now);
+        let granted = pre_vote(&shared, &network, id, &configs).await;
+        if !quorum_granted(&configs, &granted) {
+            if !refused {
+                info!(
+                    silent_ms = silent.as_millis() as u64,
+                    granted = ?granted,
+                    "no word from the leader past its lease, but no quorum of voters would vote: not campaigning"
+                );
+            }
+            refused = true;
+            continue;
+        }
+        refused = false;
+        info!(
+            silent_ms = silent.as_millis() as u64,
+            wait_ms = wait.as_millis() as u64,
+            leader = ?leader,
+            granted = ?granted,
+            "no word from the leader past its lease and a quorum would vote: campaigning"
+        );
+        if let Err(e) = shared.raft.trigger().elect().await {
+            warn!("could not start an election: {e}");
+            return;
+        }
+    }
+}
+
+/// Asks every other voter of `configs` for a pre-vote (see [`crate::staleness::pre_vote_grant`])
+/// and returns the voters that granted it, this server (`id`) among them.
+async fn pre_vote(
+    shared: &Shared,
+    network: &PeerNetwork,
+    id: u64,
+    configs: &[std::collections::BTreeSet<u64>],
+) -> std::collections::BTreeSet<u64> {
+    let mut granted = std::collections::BTreeSet::from([id]);
+    let last_log_id = shared.lock().log_end.as_ref().and_then(|l| l.last_log_id());
+    let others: std::collections::BTreeSet<u64> = configs.iter().flatten().copied().filter(|v| *v != id).collect();
+    let mut asks = JoinSet::new();
+    for voter in others {
+        let network = network.clone();
+        asks.spawn(async move {
+            let reply = network.request(voter, PeerRequest::PreVote { last_log_id }, PRE_VOTE_DEADLINE).await;
+            (voter, matches!(reply, Ok(PeerReply::PreVote { granted: true })))
+        });
+    }
+    while let Some(answer) = asks.join_next().await {
+        if let Ok((voter, true)) = answer {
+            granted.insert(voter);
+        }
+    }
+    granted
+}
+
+/// Logs each change of this server's Raft role, term or known leader, and when a new leader has
+/// applied the first entry of its term (it serves from then on): with the servers' logs side by
+/// side, a failover reads as detection, election and first commit.
+async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    let mut settled_term = None;
+    loop {
+        let (now, applied_own_term) = {
+            let m = metrics.borrow_and_update();
+            let own = m.state == openraft::ServerState::Leader
+                && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term);
+            ((m.state, m.current_term, m.current_leader), own.then_some(m.current_term))
+        };
+        if last != Some(now) {
+            let (state, term, leader) = now;
+            info!(state = ?state, term, leader = ?leader, "Raft role changed");
+            last = Some(now);
+        }
+        if applied_own_term.is_some() && settled_term != applied_own_term {
+            settled_term = applied_own_term;
+            info!(term = now.1, "leading: the first entry of this term is applied");
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }

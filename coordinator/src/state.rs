@@ -156,6 +156,9 @@ pub struct ServerState {
     pub refusing_clients: Option<String>,
     /// This server's id in its ensemble (1 alone), for the sessions that move away from it.
     pub server_id: u64,
+    /// Where this server's Raft log ends, for pre-votes (see [`crate::staleness`]); `None`
+    /// until an ensemble's log is open.
+    pub log_end: Option<crate::log::LogReader>,
 }
 
 impl ServerState {
@@ -176,6 +179,7 @@ impl ServerState {
             leader_contact: Arc::default(),
             refusing_clients: None,
             server_id: 1,
+            log_end: None,
         }
     }
 

@@ -316,6 +316,59 @@ async fn a_liveness_report_lost_to_a_broken_link_is_sent_again() -> Result<()> {
     Ok(())
 }
 
+/// A follower cut off from the leader (its heartbeats no longer arrive) asks the other voters
+/// for a pre-vote, hears no, and campaigns not: its term stays the leader's. When the cut heals
+/// it follows the same leader in the same term and catches up, instead of deposing it with a
+/// higher term for an election it cannot win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_healed_rejoins_without_deposing_the_leader() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    let (running, _dirs, mut proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |_| {}).await?;
+    let (leader, _) = leader_of(&running).await?;
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    let term = at_leader.raft.metrics().borrow().current_term;
+    write_and_check(&running, leader, "/before-the-cut").await?;
+
+    // Nothing reaches the follower's peer port: no heartbeats, no entries. What it sends
+    // (pre-votes, votes) still reaches the others.
+    let into_follower = &mut proxies[follower.id as usize - 1];
+    into_follower.cut();
+    // Several campaign waits (at most 950 ms each): time for openraft's timer, or a campaign
+    // without a pre-vote, to have raised the follower's term more than once.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let cut_term = follower.raft.metrics().borrow().current_term;
+    // The other two go on committing.
+    let zk = connect(&at_leader.client.to_string(), Duration::from_secs(10)).await?;
+    zk.create("/during-the-cut", b"x", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    drop(zk);
+    into_follower.restore().await?;
+
+    // Healed: the same leader, the same term, the follower caught up.
+    within_for(DEADLINE, "the follower to catch up with the leader", async {
+        loop {
+            let applied = |r: &Running| r.raft.metrics().borrow().last_applied.map(|l| l.index);
+            if follower.data("/during-the-cut").is_some() && applied(follower) >= applied(at_leader) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let now = at_leader.raft.metrics().borrow().clone();
+    ensure!(cut_term == term, "the cut-off follower raised its term from {term} to {cut_term}");
+    ensure!(
+        now.state == openraft::ServerState::Leader && now.current_term == term,
+        "the leader was deposed by the healed follower: {:?} in term {} (was leader in term {term})",
+        now.state,
+        now.current_term
+    );
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
 /// An idle session closed by its client on a follower gets its reply: the close needs no word
 /// from the leader on the session's liveness (the leader no longer holds the session once the
 /// close is applied, so such a word never comes).

@@ -122,6 +122,15 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
+impl LogReader {
+    /// The id of the last entry in the log (appended, durable or not), or of the last purged
+    /// one when the log is empty after a snapshot: where the log ends, as a vote compares it.
+    pub fn last_log_id(&self) -> Option<LogId<u64>> {
+        let cache = self.shared.cache();
+        cache.entries.values().next_back().map(|c| c.log_id).or(cache.meta.last_purged)
+    }
+}
+
 fn stopped_io(why: &str) -> io::Error {
     io::Error::other(format!("the Raft log stopped after an earlier failure: {why}"))
 }
@@ -417,10 +426,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let cache = self.shared.cache();
-        let last_purged = cache.meta.last_purged;
-        let last = cache.entries.values().next_back().map(|c| c.log_id).or(last_purged);
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        let last_purged = self.shared.cache().meta.last_purged;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: self.reader().last_log_id() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

@@ -402,6 +402,19 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
             let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, now)).collect();
             PeerReply::Touch { expired }
         }
+        PeerRequest::PreVote { last_log_id } => {
+            let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;
+            let (contact, log_end) = {
+                let st = lock(state);
+                (st.leader_contact.clone(), st.log_end.clone())
+            };
+            let silent = contact.since_contact(std::time::Instant::now());
+            // A server without its log open yet cannot say: no.
+            let granted = log_end.is_some_and(|l| {
+                crate::staleness::pre_vote_grant(leads, silent, crate::staleness::LEASE, &last_log_id, &l.last_log_id())
+            });
+            PeerReply::PreVote { granted }
+        }
         PeerRequest::ReadIndex => PeerReply::ReadIndex(match raft.ensure_linearizable().await {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),
             Err(e) => Err(e.to_string()),

@@ -28,8 +28,9 @@ use crate::txn::{BatchOutcome, TxnBatch};
 pub const MAGIC: [u8; 4] = *b"RFPR";
 
 /// The version of the peer protocol this build speaks.
-/// Version 2: log entries carry a batch of transactions.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 2: log entries carry a batch of transactions. Version 3: the handshake carries the
+/// data directory's incarnation. Version 4: the pre-vote ([`PeerRequest::PreVote`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest frame body either side sends or accepts. It holds a snapshot chunk (openraft
 /// sends 3 MiB by default) or a batch of log entries with room to spare; a larger batch of
@@ -303,6 +304,12 @@ pub enum PeerRequest {
     /// A read-index barrier for `sync`: the leader confirms it still leads and answers the
     /// index every earlier committed write is applied at.
     ReadIndex,
+    /// A voter's question before it campaigns: would this server vote for a candidate whose
+    /// log ends at `last_log_id`? Asked without raising any term (see [`crate::staleness`]).
+    PreVote {
+        /// The end of the asker's log.
+        last_log_id: Option<openraft::LogId<u64>>,
+    },
 }
 
 /// What the leader answers a [`PeerRequest::Forward`]: the outcome of each transaction, and a
@@ -336,6 +343,11 @@ pub enum PeerReply {
     },
     /// The answer to [`PeerRequest::ReadIndex`].
     ReadIndex(Result<u64, String>),
+    /// The answer to [`PeerRequest::PreVote`]: whether this server would grant the vote.
+    PreVote {
+        /// It would.
+        granted: bool,
+    },
 }
 
 /// A frame after the handshake. Requests carry an id the dialler chose, unique on the
