@@ -101,7 +101,8 @@ pub struct Coordinator {
 
 /// A running peer listener.
 struct PeerService {
-    stop: tokio::sync::oneshot::Sender<()>,
+    /// Stops the peer listener and the elections (see [`campaign_when_leader_lapses`]).
+    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     /// The links to the other servers, for forwarded writes and liveness reports.
     network: PeerNetwork,
@@ -335,7 +336,6 @@ impl Coordinator {
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
-            tasks.spawn(campaign_when_leader_lapses(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
         let ctx = crate::admin::AdminContext::new(
@@ -405,7 +405,7 @@ impl Coordinator {
         let _ = self.shared.raft.shutdown().await;
         // Peers are served until replication has stopped: a leader handing over still talks.
         if let Some(peers) = self.peers {
-            let _ = peers.stop.send(());
+            peers.stop.send_replace(true);
             let _ = peers.task.await;
         }
         match failure {
@@ -534,21 +534,20 @@ async fn start_ensemble_node(
     let raft = Raft::new(node_id, raft_config, network.clone(), log, sm)
         .await
         .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = watch::channel(false);
     let servers = config.servers.iter().map(|s| s.id).collect();
     info!(peer_address = %me.peer, server_id = node_id, cluster_id, "serving the ensemble's peers");
-    let task = tokio::spawn(serve_peers(
-        listener,
-        raft.clone(),
-        state,
-        local,
-        servers,
-        sightings,
-        ListenerOptions::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    // Elections run from here on, before this server has a leader to wait for: the first one
+    // of a new ensemble, if its servers start one after another, is called again by them.
+    let elections = campaign_when_leader_lapses(raft.clone(), state.clone(), network.clone(), stopped.clone());
+    let mut stopped = stopped;
+    let serving =
+        serve_peers(listener, raft.clone(), state, local, servers, sightings, ListenerOptions::default(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    let task = tokio::spawn(async move {
+        tokio::join!(serving, elections);
+    });
     let peers = PeerService { stop, task, network };
     let initialised = raft.is_initialized().await.map_err(|e| CoordinatorError::Raft(e.to_string()))?;
     if initialised {
@@ -756,16 +755,22 @@ const PRE_VOTE_DEADLINE: Duration = Duration::from_millis(300);
 /// of any kind from the leader this server knows (a snapshot being installed sends no
 /// AppendEntries, but it is a leader at work), and from the last change of term seen here (a
 /// vote granted to another candidate: its election is under way and must not be overtaken).
-async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+async fn campaign_when_leader_lapses(
+    raft: Raft,
+    state: Arc<Mutex<ServerState>>,
+    network: PeerNetwork,
+    mut stop: watch::Receiver<bool>,
+) {
     use crate::staleness::{campaign_due, campaign_wait, quorum_granted, LEASE};
-    let id = shared.raft.metrics().borrow().id;
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    let id = raft.metrics().borrow().id;
     let wait = campaign_wait(LEASE, id);
-    let contact = shared.lock().leader_contact.clone();
+    let contact = lock().leader_contact.clone();
     let started = Instant::now();
     let mut interval = tokio::time::interval(CAMPAIGN_CHECK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut campaigned: Option<Instant> = None;
-    let mut term = (shared.raft.metrics().borrow().current_term, Instant::now());
+    let mut term = (raft.metrics().borrow().current_term, Instant::now());
     // Whether the last pre-vote was refused: a run of refusals (a server cut off from the rest)
     // is logged once.
     let mut refused = false;
@@ -777,7 +782,7 @@ async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, 
         }
         let now = Instant::now();
         let (contends, leader, configs) = {
-            let m = shared.raft.metrics();
+            let m = raft.metrics();
             let m = m.borrow();
             if m.current_term != term.0 {
                 term = (m.current_term, now);
@@ -799,7 +804,8 @@ async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, 
             continue;
         }
         campaigned = Some(now);
-        let granted = pre_vote(&shared, &network, id, &configs).await;
+        let last_log_id = lock().log_end.as_ref().and_then(|l| l.last_log_id());
+        let granted = pre_vote(&network, id, last_log_id, &configs).await;
         if !quorum_granted(&configs, &granted) {
             if !refused {
                 info!(
@@ -819,7 +825,7 @@ async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, 
             granted = ?granted,
             "no word from the leader past its lease and a quorum would vote: campaigning"
         );
-        if let Err(e) = shared.raft.trigger().elect().await {
+        if let Err(e) = raft.trigger().elect().await {
             warn!("could not start an election: {e}");
             return;
         }
@@ -827,15 +833,15 @@ async fn campaign_when_leader_lapses(shared: Arc<Shared>, network: PeerNetwork, 
 }
 
 /// Asks every other voter of `configs` for a pre-vote (see [`crate::staleness::pre_vote_grant`])
-/// and returns the voters that granted it, this server (`id`) among them.
+/// for a log ending at `last_log_id`, and returns the voters that granted it, this server
+/// (`id`) among them.
 async fn pre_vote(
-    shared: &Shared,
     network: &PeerNetwork,
     id: u64,
+    last_log_id: Option<openraft::LogId<u64>>,
     configs: &[std::collections::BTreeSet<u64>],
 ) -> std::collections::BTreeSet<u64> {
     let mut granted = std::collections::BTreeSet::from([id]);
-    let last_log_id = shared.lock().log_end.as_ref().and_then(|l| l.last_log_id());
     let others: std::collections::BTreeSet<u64> = configs.iter().flatten().copied().filter(|v| *v != id).collect();
     let mut asks = JoinSet::new();
     for voter in others {
