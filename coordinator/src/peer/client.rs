@@ -59,6 +59,9 @@ pub struct LinkOptions {
     /// How long requests may be outstanding with nothing arriving before the connection is
     /// given up. Longer than a peer takes to answer one request (an fsync, a snapshot chunk).
     pub stall: Duration,
+    /// How long a TCP connect may go unanswered before another is started beside it (see
+    /// [`connect_again_and_again`]): a few round trips on a LAN.
+    pub reconnect_every: Duration,
     /// The first back-off after a failed dial.
     pub backoff_min: Duration,
     /// The longest back-off: the longest a peer that comes back without dialling this server
@@ -78,6 +81,7 @@ impl Default for LinkOptions {
             in_flight: 32,
             connect_timeout: Duration::from_secs(1),
             stall: Duration::from_secs(3),
+            reconnect_every: Duration::from_millis(100),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(250),
             live_window: Duration::from_secs(3),
@@ -106,6 +110,26 @@ pub fn may_dial(
         None => true,
         Some(at) if now >= at => true,
         Some(_) => matches!((failed_at, heard_at), (Some(failed), Some(heard)) if heard > failed),
+    }
+}
+
+/// Opens a TCP connection to `addr`, starting another attempt every `every` while the earlier
+/// ones have neither connected nor failed, and keeping the first to connect (the caller bounds
+/// the whole). A SYN dropped by a partition is resent by the kernel only after a second, so a
+/// single attempt begun just before the partition heals waits out that second; a fresh one goes
+/// through at once. The first attempt to fail (the port closed: nobody listens) fails the dial.
+async fn connect_again_and_again(addr: &str, every: Duration) -> std::io::Result<TcpStream> {
+    let mut attempts = tokio::task::JoinSet::new();
+    loop {
+        let to = addr.to_string();
+        attempts.spawn(async move { TcpStream::connect(to).await });
+        tokio::select! {
+            // Dropping the set aborts the attempts still pending.
+            Some(done) = attempts.join_next() => {
+                return done.unwrap_or_else(|e| Err(std::io::Error::other(format!("a connection attempt stopped: {e}"))))
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 
@@ -465,7 +489,9 @@ impl LinkTask {
 
     async fn dial(&self) -> Result<Conn, LinkError> {
         let unreachable = |why: String| LinkError::Unreachable { target: self.target, addr: self.addr.clone(), why };
-        let stream = TcpStream::connect(&self.addr).await.map_err(|e| unreachable(e.to_string()))?;
+        let stream = connect_again_and_again(&self.addr, self.options.reconnect_every)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let hello = Hello {
@@ -710,6 +736,19 @@ mod tests {
         // keeps a whole second: on a loaded machine a handshake can take more than half of one,
         // and a failed dial fails the forwarded writes waiting on it.
         assert!(o.backoff_max + o.connect_timeout <= Duration::from_millis(1250), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_reaches_a_listener_and_fails_at_once_on_a_closed_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let every = Duration::from_millis(100);
+        let stream = tokio::time::timeout(Duration::from_secs(5), connect_again_and_again(&addr, every)).await;
+        assert!(matches!(stream, Ok(Ok(_))), "{stream:?}");
+        drop(listener);
+        // Nobody listens now: the first attempt's refusal ends the dial, no retry behind it.
+        let refused = tokio::time::timeout(Duration::from_secs(5), connect_again_and_again(&addr, every)).await;
+        assert!(matches!(refused, Ok(Err(_))), "{refused:?}");
     }
 
     #[test]
