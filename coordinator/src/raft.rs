@@ -32,6 +32,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership,
 };
 
+use crate::log::store::Durable;
 use crate::proto::Zxid;
 use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotHeader};
 use crate::state::ServerState;
@@ -106,6 +107,9 @@ pub struct StateMachine {
     policy: SnapshotPolicy,
     /// Notified when a snapshot is due; see [`StateMachine::snapshot_due`].
     due: Arc<tokio::sync::Notify>,
+    /// When set, an entry is applied only once the log holds it durably (see
+    /// [`crate::log::LogStore::pipelining_as_leader`]).
+    durable: Option<Durable>,
 }
 
 /// When the state machine asks for snapshots. Counted in transactions, as ZooKeeper's snapCount
@@ -152,7 +156,15 @@ impl StateMachine {
                 retry_gap_txns: policy.retry_gap_txns.max(1),
             },
             due: Arc::default(),
+            durable: None,
         })
+    }
+
+    /// Applies entries only once `durable` says the log holds them on disk: required when the
+    /// log store reports a leader's entries flushed before their fdatasync.
+    pub fn applying_only_durable(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     /// Notified each time the policy says a snapshot is due: the server then asks openraft
@@ -364,6 +376,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable, entries.last()) {
+            // A leader's own entries may be committed before its own fdatasync has finished;
+            // nobody hears of them from here before it has.
+            durable.wait_past(last.log_id.index).await.map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?;
+        }
         let started = Instant::now();
         let (out, txns, lock_wait) = self.apply_entries(entries);
         let took = started.elapsed();

@@ -206,6 +206,10 @@ impl Coordinator {
             let (log, log_took) = log?;
             Ok::<_, CoordinatorError>((log.purging_one_snapshot_late(), sm?, log_took))
         })?;
+        // The leader's fdatasync runs while its entries go to the followers; applies wait for
+        // it (`LogStore::pipelining_as_leader`, and `holding_commits_to` below for followers).
+        let log = log.pipelining_as_leader(node_id);
+        let sm = sm.applying_only_durable(log.durable());
         debug_assert_eq!(log.meta().last_purged.map_or(0, |l| l.index), purged_upto);
         let log_stopped = log.stop_watch();
         let recovered_upto = log.last_index();
@@ -530,7 +534,8 @@ async fn start_ensemble_node(
     };
     let local = LocalIdentity::new(cluster_id, node_id, incarnation);
     let sightings = Arc::new(Sightings::new(known_peers));
-    let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone());
+    let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone())
+        .holding_commits_to(log.durable());
     let raft = Raft::new(node_id, raft_config, network.clone(), log, sm)
         .await
         .map_err(|e| CoordinatorError::Raft(e.to_string()))?;

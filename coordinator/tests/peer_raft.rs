@@ -5,7 +5,8 @@
 //! Checked: a write proposed on the leader is applied on every node's state machine; with the
 //! leader stopped a new one is elected within a deadline and holds the old entries and takes
 //! new writes; a minority cannot commit (the proposal times out and nothing is applied), and
-//! the entry commits once a majority is back; a second process claiming a live server's id is
+//! the entry commits once a majority is back; a leader's fdatasync overlaps its followers', and
+//! nothing is applied anywhere before it ends; a second process claiming a live server's id is
 //! refused at either end of a connection, with the reason, and so is a server that comes back
 //! under its old id with its data wiped.
 
@@ -18,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use openraft::{BasicNode, Vote};
-use referee_coordinator::log::{LogStore, RealFs, WalOptions};
+use referee_coordinator::log::{FaultFs, FileSystem, LogStore, RealFs, WalOptions};
 use referee_coordinator::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use referee_coordinator::proto::{Acl, SessionId};
 use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine};
@@ -52,6 +53,9 @@ struct Node {
 struct Ensemble {
     addrs: BTreeMap<u64, String>,
     dirs: BTreeMap<u64, ScratchDir>,
+    /// Each server's filesystem: the real one, or a fault-injecting one of its own.
+    fs: BTreeMap<u64, Arc<dyn FileSystem>>,
+    faults: BTreeMap<u64, FaultFs>,
     nodes: BTreeMap<u64, Node>,
 }
 
@@ -72,23 +76,27 @@ fn incarnation_of(id: u64) -> u64 {
 }
 
 /// Starts server `id` of `CLUSTER` on `listener` from `dir` (of data directory incarnation
-/// `incarnation`), dialling peers at `addrs`.
+/// `incarnation`), dialling peers at `addrs`, its files on `fs`. Wired as the server wires it:
+/// the leader's fdatasync overlaps replication, and applies and the commit index sent to
+/// followers wait for it.
 async fn start_node(
     id: u64,
     listener: TcpListener,
     dir: &ScratchDir,
     incarnation: u64,
     addrs: &BTreeMap<u64, String>,
+    fs: Arc<dyn FileSystem>,
 ) -> Result<Node> {
-    let fs = Arc::new(RealFs);
-    let log = LogStore::open(fs.clone(), WalOptions::new(dir.path("log"), CLUSTER))?;
+    let log = LogStore::open(fs.clone(), WalOptions::new(dir.path("log"), CLUSTER))?.pipelining_as_leader(id);
     let purged = log.meta().last_purged.map_or(0, |l| l.index);
     let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
     let snapshots = SnapshotDir::open(fs, dir.path("snapshots"), CLUSTER, 2)?;
-    let sm = StateMachine::open(state.clone(), snapshots, purged, SnapshotPolicy::NEVER)?;
+    let sm = StateMachine::open(state.clone(), snapshots, purged, SnapshotPolicy::NEVER)?
+        .applying_only_durable(log.durable());
     let local = LocalIdentity::new(CLUSTER, id, incarnation);
     let sightings = Arc::new(Sightings::default());
-    let network = PeerNetwork::new(local, addrs.clone(), LinkOptions::default(), sightings.clone());
+    let network = PeerNetwork::new(local, addrs.clone(), LinkOptions::default(), sightings.clone())
+        .holding_commits_to(log.durable());
     let raft = Raft::new(id, raft_config()?, network, log, sm).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let servers: BTreeSet<u64> = addrs.keys().copied().collect();
@@ -132,6 +140,12 @@ impl Node {
 impl Ensemble {
     /// Starts `n` voters (ids 1..=n) and initialises their membership once, on server 1.
     async fn start(n: u64) -> Result<Ensemble> {
+        Self::start_on(n, false).await
+    }
+
+    /// As [`Ensemble::start`], each server on a fault-injecting filesystem of its own when
+    /// `faults`, in [`Ensemble::faults`].
+    async fn start_on(n: u64, faults: bool) -> Result<Ensemble> {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         let mut dirs = BTreeMap::new();
@@ -141,20 +155,31 @@ impl Ensemble {
             listeners.insert(id, l);
             dirs.insert(id, ScratchDir::new(&format!("peer-raft-{id}"))?);
         }
+        let mut fs: BTreeMap<u64, Arc<dyn FileSystem>> = BTreeMap::new();
+        let mut fault_fs = BTreeMap::new();
+        for &id in addrs.keys() {
+            if faults {
+                let f = FaultFs::new();
+                fs.insert(id, Arc::new(f.clone()));
+                fault_fs.insert(id, f);
+            } else {
+                fs.insert(id, Arc::new(RealFs));
+            }
+        }
         let mut nodes = BTreeMap::new();
         for (id, l) in listeners {
-            nodes.insert(id, start_node(id, l, &dirs[&id], incarnation_of(id), &addrs).await?);
+            nodes.insert(id, start_node(id, l, &dirs[&id], incarnation_of(id), &addrs, fs[&id].clone()).await?);
         }
         let members: BTreeMap<u64, BasicNode> =
             addrs.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect();
         nodes[&1].raft.initialize(members).await.context("initialising the membership")?;
-        Ok(Ensemble { addrs, dirs, nodes })
+        Ok(Ensemble { addrs, dirs, fs, faults: fault_fs, nodes })
     }
 
     /// Restarts stopped server `id` from its data directory on its old peer address.
     async fn restart(&mut self, id: u64) -> Result<()> {
         let l = TcpListener::bind(&self.addrs[&id]).await.context("binding the old peer address")?;
-        let node = start_node(id, l, &self.dirs[&id], incarnation_of(id), &self.addrs).await?;
+        let node = start_node(id, l, &self.dirs[&id], incarnation_of(id), &self.addrs, self.fs[&id].clone()).await?;
         self.nodes.insert(id, node);
         Ok(())
     }
@@ -164,7 +189,7 @@ impl Ensemble {
     async fn restart_wiped(&mut self, id: u64) -> Result<()> {
         let dir = ScratchDir::new(&format!("peer-raft-{id}-wiped"))?;
         let l = TcpListener::bind(&self.addrs[&id]).await.context("binding the old peer address")?;
-        let node = start_node(id, l, &dir, incarnation_of(id) + 1000, &self.addrs).await?;
+        let node = start_node(id, l, &dir, incarnation_of(id) + 1000, &self.addrs, self.fs[&id].clone()).await?;
         self.dirs.insert(id, dir);
         self.nodes.insert(id, node);
         Ok(())
@@ -316,6 +341,67 @@ async fn three_peers_replicate_elect_a_new_leader_and_never_commit_without_a_maj
     e.stop_all().await
 }
 
+/// The leader's fdatasync of an entry runs while its followers store the entry and answer, as
+/// a ZooKeeper leader logs a proposal while it sends it: the leader takes in their
+/// acknowledgements with its own fdatasync held. And while it is held, nothing is applied and
+/// the write is not answered anywhere, though both followers hold the entry durably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_entry_reaches_the_followers_during_its_own_fsync_and_nothing_applies_before_it_ends() -> Result<()> {
+    let e = Ensemble::start_on(3, true).await?;
+    let (leader, _) = e.agreed_leader(None).await?;
+    let i = e.write(leader, "/a", b"one").await?;
+    e.applied_everywhere(i, "/a", b"one").await?;
+    let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
+
+    e.faults[&leader].hold_syncs();
+    let raft = e.nodes[&leader].raft.clone();
+    let mut write = tokio::spawn(async move { raft.client_write(vec![create("/b", b"two")]).await });
+    let entry = i + 1;
+    let held = async {
+        for f in &followers {
+            e.nodes[f]
+                .raft
+                .wait(Some(DEADLINE))
+                .log_index_at_least(Some(entry), "the entry to reach a follower while the leader's fsync is held")
+                .await
+                .map_err(|err| anyhow!("server {f} did not receive entry {entry} during the leader's fsync: {err}"))?;
+        }
+        e.nodes[&leader]
+            .raft
+            .wait(Some(DEADLINE))
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_some_and(|r| {
+                        followers.iter().all(|f| r.get(f).is_some_and(|l| l.is_some_and(|l| l.index >= entry)))
+                    })
+                },
+                "both followers to acknowledge the entry",
+            )
+            .await
+            .map_err(|err| anyhow!("the followers' acknowledgements did not reach the leader: {err}"))?;
+        // A quorum holds the entry durably, the leader counts itself in: yet for five heartbeat
+        // rounds nobody applies it and the write is not answered, as the leader's copy is not on
+        // its disk.
+        let window = tokio::time::timeout(Duration::from_millis(500), &mut write).await;
+        assert!(window.is_err(), "the write was answered before the leader's fsync: {window:?}");
+        for (id, n) in &e.nodes {
+            assert!(n.last_applied() < Some(entry), "server {id} applied entry {entry} before the leader's fsync");
+            assert_eq!(n.data("/b"), None, "server {id} shows /b before the leader's fsync");
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let checked = held.await;
+    // Released whatever happened, or the leader's log writer would never let the test end.
+    e.faults[&leader].release_syncs();
+    checked?;
+    let reply = within_for(DEADLINE, "the write once the leader's fsync is done", write)
+        .await??
+        .map_err(|err| anyhow!("the write failed: {err}"))?;
+    assert_eq!(reply.log_id.index, entry);
+    e.applied_everywhere(entry, "/b", b"two").await?;
+    e.stop_all().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_peers_survive_two_losses_and_stop_committing_at_the_third() -> Result<()> {
     let mut e = Ensemble::start(5).await?;
@@ -370,7 +456,7 @@ async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> R
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let mut addrs = e.addrs.clone();
     addrs.insert(real, l.local_addr()?.to_string());
-    let fake = start_node(real, l, &dir, incarnation_of(real), &addrs).await?;
+    let fake = start_node(real, l, &dir, incarnation_of(real), &addrs, Arc::new(RealFs)).await?;
     let leader_side = &e.nodes[&leader];
     let mut net = PeerNetwork::new(leader_side.local, addrs, LinkOptions::default(), leader_side.sightings.clone());
     let real_node = BasicNode { addr: e.addrs[&real].clone() };

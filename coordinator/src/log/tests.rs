@@ -491,6 +491,82 @@ async fn vote_committed_truncate_and_purge_are_durable_when_they_return() {
     assert_eq!(ids(&rec.entries), (3..=8).map(|i| (1, i)).collect::<Vec<_>>());
 }
 
+// ---- a leader's pipelined appends ----------------------------------------------------------
+
+#[test]
+fn only_a_leaders_own_entries_of_its_elected_term_count_as_its_own() {
+    use store::leaders_own_entries;
+    let mine = |term| log_id(term, 5); // `log_id` makes entries of leader 1
+    let elected = Some(Vote::new_committed(3, 1));
+    assert!(leaders_own_entries(1, elected, [mine(3), mine(3)].into_iter()));
+    // A follower of leader 1 appending leader 1's entries: not its own.
+    assert!(!leaders_own_entries(2, elected, [mine(3)].into_iter()));
+    // A candidate (vote not granted by a quorum) never leads.
+    assert!(!leaders_own_entries(1, Some(Vote::new(3, 1)), [mine(3)].into_iter()));
+    // Its own entries of an earlier term, sent back by a later leader: not of the vote in force.
+    assert!(!leaders_own_entries(1, Some(Vote::new_committed(4, 1)), [mine(3)].into_iter()));
+    assert!(!leaders_own_entries(1, elected, [mine(3), mine(2)].into_iter()));
+    // Term 0: the first entry of a new ensemble, before any election; and no vote at all.
+    assert!(!leaders_own_entries(1, Some(Vote::new_committed(0, 1)), [mine(0)].into_iter()));
+    assert!(!leaders_own_entries(1, None, [mine(3)].into_iter()));
+}
+
+#[tokio::test]
+async fn the_durable_end_moves_only_after_an_fsync_and_bounds_the_commit_sent_to_followers() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let durable = store.durable();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=3 {
+        append(&store, &fs, &tx, entry(1, i));
+    }
+    for _ in 1..=3 {
+        assert_eq!(ack(&rx).2, Ok(()));
+    }
+    assert_eq!(durable.end(), 4, "entries 1 to 3 are durable");
+
+    fs.hold_syncs();
+    append(&store, &fs, &tx, entry(1, 4));
+    append(&store, &fs, &tx, entry(1, 5));
+    let held = fs.clone();
+    assert!(tokio::task::spawn_blocking(move || held.wait_for_held_syncs(1, DEADLINE)).await.unwrap());
+    assert_eq!(durable.end(), 4, "written is not durable");
+    // A commit index already durable goes as it is; one past the durable log, once the wait
+    // is over, goes as the last durable entry.
+    let patience = Duration::from_millis(30);
+    assert_eq!(durable.commit_to_send(Some(log_id(1, 2)), patience).await, Some(log_id(1, 2)));
+    assert_eq!(durable.commit_to_send(Some(log_id(1, 5)), patience).await, Some(log_id(1, 3)));
+    assert_eq!(durable.commit_to_send(None, patience).await, None);
+    let waiting = tokio::spawn({
+        let durable = durable.clone();
+        async move { durable.wait_past(5).await.map_err(|e| e.to_string()) }
+    });
+    // A commit index whose fsync ends within the wait goes whole.
+    let sending = tokio::spawn({
+        let durable = durable.clone();
+        async move { durable.commit_to_send(Some(log_id(1, 5)), DEADLINE).await }
+    });
+    assert!(!waiting.is_finished(), "entry 5 is not durable while its fsync is held");
+    fs.release_syncs();
+    within(waiting).await.unwrap().unwrap();
+    assert_eq!(within(sending).await.unwrap(), Some(log_id(1, 5)));
+    assert_eq!(durable.end(), 6);
+
+    // Truncation takes the end back with it.
+    store.truncate_from(4).await.unwrap();
+    assert_eq!(durable.end(), 4);
+
+    // A failed fsync: waiters are told the entry may never be durable.
+    fs.fail_syncs();
+    append(&store, &fs, &tx, entry(2, 4));
+    let e = within(durable.wait_past(4)).await.unwrap_err();
+    assert!(e.to_string().contains("injected fsync failure"), "{e}");
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f).await.expect("within the deadline")
+}
+
 // ---- the real filesystem ------------------------------------------------------------------
 
 #[tokio::test]

@@ -44,6 +44,7 @@ use super::wire::{
     read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, WireError,
     MAX_FRAME_BYTES, MAX_HANDSHAKE_BYTES, PROTOCOL_VERSION,
 };
+use crate::log::store::Durable;
 use crate::raft::TypeConfig;
 
 /// The limits and timings of every link.
@@ -263,12 +264,30 @@ pub struct PeerNetwork {
     options: LinkOptions,
     sightings: Arc<Sightings>,
     links: Arc<Mutex<HashMap<u64, Arc<Link>>>>,
+    /// When set, the commit index sent to followers is held to this server's durable log.
+    durable: Option<Durable>,
 }
+
+/// How long an AppendEntries may wait for the leader's own fdatasync of the commit index it
+/// carries, before it goes with the last durable one instead (the next message carries the
+/// rest). Well under openraft's deadline for the call, its heartbeat interval.
+pub const COMMIT_PATIENCE: Duration = Duration::from_millis(20);
 
 impl PeerNetwork {
     /// A factory dialling as `local`. `sightings` is shared with this server's listener.
     pub fn new(local: LocalIdentity, addresses: AddressBook, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
-        PeerNetwork { local, addresses: Arc::new(addresses), options, sightings, links: Arc::default() }
+        PeerNetwork { local, addresses: Arc::new(addresses), options, sightings, links: Arc::default(), durable: None }
+    }
+
+    /// Never tells a follower of a commit index past what this server's log holds durably
+    /// (waiting up to [`COMMIT_PATIENCE`] for it): required when the log store reports a
+    /// leader's entries flushed before their fdatasync
+    /// ([`crate::log::LogStore::pipelining_as_leader`]), so that no follower applies, and
+    /// answers a client for, an entry a crash of the leader could still take back from a
+    /// quorum.
+    pub fn holding_commits_to(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     fn link(&self, target: u64, node: &BasicNode) -> Arc<Link> {
@@ -322,7 +341,12 @@ impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient { local_id: self.local.server_id, target, link: self.link(target, node) }
+        PeerClient {
+            local_id: self.local.server_id,
+            target,
+            link: self.link(target, node),
+            durable: self.durable.clone(),
+        }
     }
 }
 
@@ -625,6 +649,7 @@ pub struct PeerClient {
     local_id: u64,
     target: u64,
     link: Arc<Link>,
+    durable: Option<Durable>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
@@ -690,9 +715,12 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        if let Some(durable) = &self.durable {
+            rpc.leader_commit = durable.commit_to_send(rpc.leader_commit, COMMIT_PATIENCE).await;
+        }
         match self.call(PeerRequest::AppendEntries(rpc), RPCTypes::AppendEntries, &option).await? {
             PeerReply::AppendEntries(Ok(r)) => Ok(r),
             PeerReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
