@@ -71,6 +71,13 @@ struct Cache {
     meta: RaftMeta,
 }
 
+impl Cache {
+    /// The id of the last entry, or of the last purged one when none is left after it.
+    fn last_log_id(&self) -> Option<LogId<u64>> {
+        self.entries.values().next_back().map(|c| c.log_id).or(self.meta.last_purged)
+    }
+}
+
 /// How far the log is durable: every entry below `end` is on disk (fdatasynced), unless
 /// `stopped`, after which nothing more ever becomes durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -150,8 +157,7 @@ impl LogReader {
     /// The id of the last entry in the log (appended, durable or not), or of the last purged
     /// one when the log is empty after a snapshot: where the log ends, as a vote compares it.
     pub fn last_log_id(&self) -> Option<LogId<u64>> {
-        let cache = self.shared.cache();
-        cache.entries.values().next_back().map(|c| c.log_id).or(cache.meta.last_purged)
+        self.shared.cache().last_log_id()
     }
 }
 
@@ -236,8 +242,7 @@ impl LogStore {
             cache.meta = recovered.meta;
             cache.entries = entries;
             // What was read back from the files counts as durable, as it does for ZooKeeper.
-            let end = cache.entries.keys().next_back().or(cache.meta.last_purged.as_ref().map(|l| &l.index));
-            let end = end.map_or(0, |i| i + 1);
+            let end = cache.last_log_id().map_or(0, |l| l.index + 1);
             shared.durable_tx.send_replace(Durability { end, stopped: false });
         }
         let (tx, rx) = mpsc::channel();
@@ -268,8 +273,7 @@ impl LogStore {
 
     /// The index of the last entry, if the log holds any after its purge point.
     pub fn last_index(&self) -> Option<u64> {
-        let cache = self.shared.cache();
-        cache.entries.keys().next_back().copied().or(cache.meta.last_purged.map(|l| l.index))
+        self.shared.cache().last_log_id().map(|l| l.index)
     }
 
     /// The entries after `index` (every one for `None`), still encoded, in index order.
