@@ -631,3 +631,7 @@ async fn run_demo_master(
     }
     referee_examples::ha_master::run(config, listener, shutdown_signal("referee")).await
 }
+
+/// Every role's allocator (why: the comment on the dependency in `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
