@@ -46,6 +46,9 @@ impl LogFile for CountingFile {
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         self.inner.preallocate(len)
     }
+    fn initialise(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.initialise(offset, len)
+    }
 }
 
 impl FileSystem for CountingFs {

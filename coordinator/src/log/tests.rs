@@ -91,6 +91,50 @@ fn segment_files(fs: &FaultFs) -> Vec<String> {
     names
 }
 
+/// Where the records of the active segment end, read from the file.
+fn records_end(fs: &FaultFs, first: u64) -> usize {
+    let buf = fs.read(&segment_path(first)).unwrap();
+    record_spans(&buf).last().map_or(HEADER_LEN, |&(_, end)| end)
+}
+
+#[test]
+fn zeros_are_written_ahead_of_the_records_and_never_over_them() {
+    let fs = FaultFs::new();
+    let segment = 1 << 20;
+    let (mut wal, _) = fault_open(&fs, segment).unwrap();
+    let ahead = wal::INITIALISE_AHEAD;
+    let mut next = 1;
+    loop {
+        let batch: Vec<_> = (next..next + 50).map(|i| entry(1, i)).collect();
+        next += 50;
+        wal.append(&batch).unwrap();
+        wal.sync().unwrap();
+        // The zeros start where the first records ended and run at least half a step past
+        // the last record, and not much further: a step at a time, not the whole segment.
+        let end = records_end(&fs, 1) as u64;
+        let zeroed_to = HEADER_LEN as u64 + fs.initialised_bytes();
+        assert!(zeroed_to >= end + ahead / 2 - 4096, "zeros end at {zeroed_to}, records at {end}");
+        assert!(zeroed_to <= end + ahead + 8192, "zeros end at {zeroed_to}, records at {end}");
+        if end > 400 << 10 {
+            break;
+        }
+    }
+    // A cut and new records after it: the zeros follow the cut, the records read back.
+    wal.truncate(next - 30).unwrap();
+    let tail: Vec<_> = (next - 30..next + 20).map(|i| entry(2, i)).collect();
+    wal.append(&tail).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, segment).unwrap();
+    let want: Vec<_> = (1..next - 30).map(|i| (1, i)).chain((next - 30..next + 20).map(|i| (2, i))).collect();
+    assert_eq!(ids(&rec.entries), want);
+    // A segment smaller than a step: zeros stop at its end, the file keeps its size.
+    let fs = FaultFs::new();
+    drop(written(&fs, 10, 8192));
+    assert_eq!(fs.read(&segment_path(1)).unwrap().len(), 8192);
+}
+
 #[test]
 fn reopen_reads_back_what_was_synced() {
     let fs = FaultFs::new();

@@ -56,6 +56,13 @@ impl WalOptions {
     }
 }
 
+/// How far ahead of its records the active segment is written with zeros (in steps of half
+/// this). A preallocated block that was never written is an unwritten extent: the first
+/// fdatasync after a record lands in one also writes the extent's metadata, which made an
+/// fdatasync of a 9 KB batch take about 0.24 ms instead of 0.16 ms on this project's bench
+/// machine. Writing zeros ahead pays that once per 64 KiB instead of once per 4 KiB block.
+pub const INITIALISE_AHEAD: u64 = 128 << 10;
+
 /// Default segment size: ZooKeeper's default preallocation block, large enough that rolling
 /// (two extra fsyncs) is rare, small enough to purge in useful steps.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -326,6 +333,9 @@ pub struct Wal {
     active: Option<Box<dyn LogFile>>,
     /// Whether `active` has writes not yet synced.
     dirty: bool,
+    /// How far the active segment's blocks are written (records or zeros), so that records
+    /// land in initialised blocks: see [`INITIALISE_AHEAD`].
+    initialised: u64,
 }
 
 impl Wal {
@@ -372,7 +382,7 @@ impl Wal {
             removed = true;
         }
 
-        let mut wal = Wal { fs, opts, segments: Vec::new(), active: None, dirty: false };
+        let mut wal = Wal { fs, opts, segments: Vec::new(), active: None, dirty: false, initialised: 0 };
         let mut entries = Vec::new();
         let mut torn = None;
         let kept = &firsts[keep_from..];
@@ -406,6 +416,7 @@ impl Wal {
         }
         if let Some(seg) = wal.segments.last() {
             wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
+            wal.initialised = seg.end;
         }
         entries.retain(|e: &EncodedEntry| e.log_id.index >= purged_next);
         Ok((wal, Recovered { entries, meta, torn }))
@@ -567,6 +578,16 @@ impl Wal {
         }
         let seg = self.segments.last_mut().expect("pending bytes belong to a segment");
         let file = self.active.as_mut().expect("the last segment is open");
+        let end = seg.end + pending.len() as u64;
+        if end + INITIALISE_AHEAD / 2 > self.initialised {
+            // Zeros first, past the records about to be written, never over them.
+            let from = self.initialised.max(end);
+            let to = (end + INITIALISE_AHEAD).next_multiple_of(4096).min(self.opts.segment_bytes);
+            if to > from {
+                file.initialise(from, to - from).map_err(io_err("initialising", &seg.path))?;
+            }
+            self.initialised = to.max(end);
+        }
         file.write_at(seg.end, pending).map_err(io_err("writing", &seg.path))?;
         seg.end += pending.len() as u64;
         self.dirty = true;
@@ -605,6 +626,7 @@ impl Wal {
         });
         self.active = Some(f);
         self.dirty = false;
+        self.initialised = HEADER_LEN as u64;
         // Appends queued behind the writer wait for this (two fsyncs and a preallocation).
         tracing::info!(
             segment = %self.segments.last().map_or_else(String::new, |s| s.path.display().to_string()),
@@ -644,6 +666,7 @@ impl Wal {
         }
         self.active = Some(file);
         self.dirty = false;
+        self.initialised = seg.end;
         Ok(())
     }
 
