@@ -24,7 +24,9 @@
 //! per cell, against the coordinator and against Apache ZooKeeper (stock settings, its
 //! transaction log forced to disk as ours is) in the same run, with the memory, start-up,
 //! restart and longest-stall figures; `--ensemble 3` runs both as three-server ensembles on
-//! loopback instead, each cell's sessions spread over the servers.
+//! loopback instead, each cell's sessions spread over the servers. The memory figures come
+//! from one server at a time; for the cells both are up, and each cell runs on one and then
+//! on the other, the order swapped from cell to cell.
 //!
 //! `failover --ensemble 3 --kills 10`: kills the leader of an ensemble on loopback with SIGKILL,
 //! again and again (the killed server restarted in between), and times from each kill until a
@@ -885,12 +887,10 @@ fn errors(c: &CellReport) -> String {
     }
 }
 
-/// Runs everything the throughput bench measures against one kind of server: first the
-/// memory and restart figures on a fresh server, then the cells on another fresh one.
-async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], ops: &[Op]) -> Result<ServerRun> {
-    let name = if referee { "referee" } else { "apache-zk" };
-    let mut run = ServerRun {
-        name,
+/// A server's figures before any cell: ready for [`memory_of`] and the cells.
+fn new_run(referee: bool) -> ServerRun {
+    ServerRun {
+        name: if referee { "referee" } else { "apache-zk" },
         cells: Vec::new(),
         stall: None,
         start_empty: None,
@@ -899,14 +899,20 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
         fill_time: None,
         start_full: None,
         load: Vec::new(),
-    };
-    let data = |s: &ServerUnderTest| -> Result<()> {
-        println!("# {name}: data directory on {}", on_real_disk(&data_dir_of(s))?);
-        Ok(())
-    };
+    }
+}
 
+fn print_data_dir(name: &str, server: &ServerUnderTest) -> Result<()> {
+    println!("# {name}: data directory on {}", on_real_disk(&data_dir_of(server))?);
+    Ok(())
+}
+
+/// Start-up, memory with --znodes nodes, the stall run on them and the restart, on a server
+/// of its own that is stopped afterwards.
+async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) -> Result<()> {
+    let name = run.name;
+    let data = |s: &ServerUnderTest| print_data_dir(name, s);
     let servers = usize::from(args.ensemble);
-    // Memory and restart, on a server that holds nothing else.
     let (server, took) = spawn_and_time(referee, servers).await?;
     data(&server)?;
     run.start_empty = Some(took);
@@ -971,41 +977,74 @@ async fn throughput_of(referee: bool, args: &ThroughputArgs, shapes: &[Shape], o
         drop(server);
     }
 
-    // The cells, on a fresh server.
-    let (mut server, _) = spawn_and_time(referee, servers).await?;
-    data(&server)?;
+    Ok(())
+}
+
+/// A fresh server for the cells, with the pool the reads and setData pick from.
+struct CellServer {
+    server: ServerUnderTest,
+    targets: Vec<SocketAddr>,
+    pool: tp::Pool,
+}
+
+async fn cell_server(referee: bool, args: &ThroughputArgs) -> Result<CellServer> {
+    let (server, _) = spawn_and_time(referee, usize::from(args.ensemble)).await?;
+    print_data_dir(if referee { "referee" } else { "apache-zk" }, &server)?;
     let targets = server.targets();
     let pool = tp::prepare(targets[0], args.pool, args.data_bytes).await?;
     let last = format!("/tp/pool/n{}", args.pool - 1);
     for &t in &targets {
         tp::await_node(t, &last, Duration::from_secs(60)).await?;
     }
-    run.load.push(load_average());
-    println!("# {name}: load average before the cells: {}", load_average());
+    Ok(CellServer { server, targets, pool })
+}
+
+/// Every cell on every server in `runs`, all of them up at once: each cell runs on one
+/// server, then on the other, the order swapped from one cell to the next, so that a machine
+/// that slows down or speeds up during the run weighs on both alike (one server's cells after
+/// the other's would hand all of that drift to the second).
+async fn run_cells(runs: &mut [(bool, ServerRun)], args: &ThroughputArgs, shapes: &[Shape], ops: &[Op]) -> Result<()> {
+    let mut up = Vec::new();
+    for (referee, _) in runs.iter() {
+        up.push(cell_server(*referee, args).await?);
+    }
+    let load = load_average();
+    println!("# load average before the cells: {load}");
+    for (_, run) in runs.iter_mut() {
+        run.load.push(load.clone());
+    }
     let duration = Duration::from_secs_f64(args.seconds);
     let mut cell = 0;
     for &shape in shapes {
-        let mut created = None;
+        let mut created: Vec<Option<Vec<Vec<String>>>> = vec![None; runs.len()];
         for &op in ops {
             cell += 1;
-            let to_delete = if op == Op::Delete { created.take() } else { None };
-            let report = tp::run_cell(&targets, op, shape, duration, &pool, cell, to_delete)
-                .await
-                .with_context(|| format!("{name}: {} at {shape}", op.name()))?;
-            println!("{}", cell_line(name, &report));
-            if op == Op::Create {
-                created = Some(report.created.clone());
-            }
-            run.cells.push(report);
-            if !server.alive() {
-                bail!("{name} died during the cells: {}", server.log_tail());
+            let order: Vec<usize> =
+                if cell % 2 == 1 { (0..runs.len()).collect() } else { (0..runs.len()).rev().collect() };
+            for i in order {
+                let (run, at) = (&mut runs[i].1, &mut up[i]);
+                let name = run.name;
+                let to_delete = if op == Op::Delete { created[i].take() } else { None };
+                let report = tp::run_cell(&at.targets, op, shape, duration, &at.pool, cell, to_delete)
+                    .await
+                    .with_context(|| format!("{name}: {} at {shape}", op.name()))?;
+                println!("{}", cell_line(name, &report));
+                if op == Op::Create {
+                    created[i] = Some(report.created.clone());
+                }
+                run.cells.push(report);
+                if !at.server.alive() {
+                    bail!("{name} died during the cells: {}", at.server.log_tail());
+                }
             }
         }
     }
-    println!("# {name}: load average after the cells: {}", load_average());
-    run.load.push(load_average());
-    let _ = server.alive();
-    Ok(run)
+    let load = load_average();
+    println!("# load average after the cells: {load}");
+    for (_, run) in runs.iter_mut() {
+        run.load.push(load.clone());
+    }
+    Ok(())
 }
 
 fn ratio(x: f64, y: f64) -> String {
@@ -1233,13 +1272,18 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     println!();
     let mut runs = Vec::new();
     if matches!(args.servers, Servers::Both | Servers::Referee) {
-        runs.push(throughput_of(true, &args, &args.shapes, &ops).await?);
-        println!();
+        runs.push((true, new_run(true)));
     }
     if matches!(args.servers, Servers::Both | Servers::Apache) {
-        runs.push(throughput_of(false, &args, &args.shapes, &ops).await?);
+        runs.push((false, new_run(false)));
+    }
+    for (referee, run) in &mut runs {
+        memory_of(*referee, &args, run).await?;
         println!();
     }
+    run_cells(&mut runs, &args, &args.shapes, &ops).await?;
+    println!();
+    let runs: Vec<ServerRun> = runs.into_iter().map(|(_, run)| run).collect();
     let tables = throughput_tables(&runs);
     println!("{tables}");
     let mut verdict = String::new();
@@ -1256,9 +1300,10 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
         print!("{verdict}");
     }
     if let Some(path) = &args.markdown {
-        let loads: Vec<String> = runs.iter().map(|r| format!("{}: {}", r.name, r.load.join(" -> "))).collect();
+        let loads: Vec<String> = runs.first().map(|r| r.load.join(" -> ")).into_iter().collect();
         let text = format!(
-            "```text\n{}```\n\nLoad average (1, 5, 15 min) before and after each server's cells: {}.\n\n{tables}\n{verdict}",
+            "```text\n{}```\n\nLoad average (1, 5, 15 min) before and after the cells (each cell run on one \
+             server and then on the other, the order swapped from cell to cell): {}.\n\n{tables}\n{verdict}",
             header,
             loads.join("; ")
         );
