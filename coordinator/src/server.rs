@@ -256,8 +256,11 @@ impl Coordinator {
         phases.done("Raft started", &[]);
         let wait = Duration::from_secs(10);
         if peers.is_none() {
+            // Leading, and the tree holds every entry up to its own first one of the term (the
+            // initial membership and the leader's blank entry on a fresh server): before that
+            // a four-letter word or a first client would see a tree still catching up.
             raft.wait(Some(wait))
-                .state(openraft::ServerState::Leader, "coordinator start")
+                .metrics(|m| m.state == openraft::ServerState::Leader && leader_settled(m), "coordinator start")
                 .await
                 .map_err(|_| CoordinatorError::NoLeader(wait))?;
         } else {
