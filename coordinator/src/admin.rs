@@ -166,6 +166,9 @@ fn ensemble_config_txn(members: Vec<MemberLine>) -> Txn {
     Txn { session: SessionId(0), auth: Vec::new(), time_ms, op: TxnOp::EnsembleConfig { members } }
 }
 
+/// How long after a failed rewrite of `/zookeeper/config` it is tried again.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Keeps `/zookeeper/config` in step with the membership while this server leads: at the
 /// first leadership of a new ensemble (from its `servers`), when observers of `servers` are
 /// added after it, after a leader change that interrupted a rewrite, and for data that predates
@@ -173,22 +176,23 @@ fn ensemble_config_txn(members: Vec<MemberLine>) -> Txn {
 /// Returns when `stop` completes.
 pub async fn keep_members_published(ctx: AdminContext, stop: impl Future<Output = ()>) {
     let work = async {
-        let mut metrics = ctx.raft.metrics();
+        let mut role = crate::role::RoleWatch::new(&ctx.raft);
         let mut looked_at = None;
         loop {
             let due = {
-                let m = metrics.borrow_and_update();
-                let settled = m.current_leader == Some(m.id)
-                    && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
-                    && m.membership_config.membership().get_joint_config().len() == 1;
-                settled.then(|| (m.current_term, *m.membership_config.log_id()))
+                let r = role.current();
+                let members = role.membership();
+                let settled = r.settled && members.membership().get_joint_config().len() == 1;
+                settled.then(|| (r.term, *members.log_id()))
             };
-            // A failed rewrite is tried again at the next change of the metrics.
             if due.is_some() && due != looked_at && ctx.publish_members(None).await {
                 looked_at = due;
             }
-            if metrics.changed().await.is_err() {
-                return;
+            // A failed rewrite is tried again after a while, or at the next change of the role.
+            let retry = due.is_some() && due != looked_at;
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(PUBLISH_RETRY), if retry => {}
             }
         }
     };

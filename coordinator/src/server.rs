@@ -32,6 +32,7 @@ use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, Peer
 use crate::propose::Proposer;
 use crate::proto::SessionId;
 use crate::raft::{LoneNetwork, Raft, SnapshotPolicy, StateMachine};
+use crate::role::RoleWatch;
 use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::state::ServerState;
 use crate::txn::{Txn, TxnOp};
@@ -617,20 +618,26 @@ async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
 
 /// Completes with why once the log has stopped taking writes or replication has stopped on a
 /// storage error: from then on no write can be acknowledged, so the server must stop.
+///
+/// Raft's fatal errors end its core, which drops the senders of its metrics: that is what is
+/// watched (through [`RoleWatch`], which is not woken by every write), and the reason is then
+/// read from the full metrics.
 async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<String>>) -> String {
-    let mut metrics = raft.metrics();
+    let mut role = RoleWatch::new(&raft);
     loop {
         if let Some(why) = log_stopped.borrow().clone() {
             return why;
         }
-        if let Err(fatal) = &metrics.borrow().running_state {
+        if let Err(fatal) = &raft.metrics().borrow().running_state {
             return format!("replication stopped: {fatal}");
         }
         tokio::select! {
             changed = log_stopped.changed() => if changed.is_err() { return std::future::pending().await },
-            changed = metrics.changed() => if changed.is_err() {
-                // The metrics sender is gone only when replication has stopped.
-                return "replication stopped".into();
+            changed = role.changed() => if changed.is_err() {
+                return match &raft.metrics().borrow().running_state {
+                    Err(fatal) => format!("replication stopped: {fatal}"),
+                    Ok(()) => "replication stopped".into(),
+                };
             },
         }
     }
@@ -642,27 +649,23 @@ async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<Str
 /// timeout, as ZooKeeper's does: it cannot know when other servers last heard from their clients.
 async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(shared.config.tick_ms);
-    let mut metrics = shared.raft.metrics();
+    let mut role = RoleWatch::new(&shared.raft);
     let mut was_leader = false;
     loop {
-        // Woken at any change of the Raft metrics (a change of leader resets the deadlines), at
-        // least every tick, and on the leader at the earliest deadline (its bucket's end). Only
-        // the leader takes the expired sessions off, so only it may wake for them: a follower
-        // woken for a deadline already past would wake again at once.
+        // Woken at any change of this server's role (a change of leader resets the deadlines),
+        // at least every tick, and on the leader at the earliest deadline (its bucket's end).
+        // Only the leader takes the expired sessions off, so only it may wake for them: a
+        // follower woken for a deadline already past would wake again at once.
         let wake = tokio::time::Instant::now() + tick;
         let next = if was_leader { shared.lock().tracker.next_deadline() } else { None };
         let wake = next.map_or(wake, |n| wake.min(tokio::time::Instant::from_std(n)));
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            _ = metrics.changed() => {}
+            _ = role.changed() => {}
             () = tokio::time::sleep_until(wake) => {}
         }
-        let is_leader = {
-            let m = metrics.borrow();
-            m.state == openraft::ServerState::Leader
-                && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term)
-        };
+        let is_leader = role.current().settled;
         if !is_leader {
             was_leader = false;
             continue;
@@ -871,15 +874,13 @@ async fn pre_vote(
 /// applied the first entry of its term (it serves from then on): with the servers' logs side by
 /// side, a failover reads as detection, election and first commit.
 async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
-    let mut metrics = raft.metrics();
+    let mut role = RoleWatch::new(&raft);
     let mut last = None;
     let mut settled_term = None;
     loop {
         let (now, applied_own_term) = {
-            let m = metrics.borrow_and_update();
-            let own = m.state == openraft::ServerState::Leader
-                && m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term);
-            ((m.state, m.current_term, m.current_leader), own.then_some(m.current_term))
+            let r = role.current();
+            ((r.state, r.term, r.leader), r.settled.then_some(r.term))
         };
         if last != Some(now) {
             let (state, term, leader) = now;
@@ -893,7 +894,7 @@ async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = role.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -23,6 +23,7 @@ use referee_coordinator::log::{FaultFs, FileSystem, LogStore, RealFs, WalOptions
 use referee_coordinator::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use referee_coordinator::proto::{Acl, SessionId};
 use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine};
+use referee_coordinator::role::RoleWatch;
 use referee_coordinator::snapshot::SnapshotDir;
 use referee_coordinator::state::ServerState;
 use referee_coordinator::txn::{Txn, TxnOp, WriteOp};
@@ -522,5 +523,55 @@ async fn a_server_whose_data_was_wiped_is_refused_under_its_old_id_at_either_end
     .await?;
     let w = &e.nodes[&wiped];
     assert!(w.last_applied().unwrap_or(0) < i && w.data("/a").is_none(), "the wiped server received the log");
+    e.stop_all().await
+}
+
+/// Whether `changed` is ready at its first poll.
+async fn ready_now<F: std::future::Future>(changed: F) -> bool {
+    tokio::time::timeout(Duration::ZERO, changed).await.is_ok()
+}
+
+/// The server's long-running watchers follow its role through [`RoleWatch`]: writes do not wake
+/// it (openraft's full metrics, sent again at every step, do), a change of leader does, and a
+/// new leader is seen to settle once it has applied an entry of its own term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_watch_sleeps_through_writes_and_wakes_for_a_new_leader() -> Result<()> {
+    let mut e = Ensemble::start(3).await?;
+    let (leader, _) = e.agreed_leader(None).await?;
+    let i = e.write(leader, "/settle", b"0").await?;
+    e.applied_everywhere(i, "/settle", b"0").await?;
+    let follower = e.follower(leader);
+    let mut on_leader = RoleWatch::new(&e.nodes[&leader].raft);
+    let mut on_follower = RoleWatch::new(&e.nodes[&follower].raft);
+    let mut full = e.nodes[&follower].raft.metrics();
+    let role = on_leader.current();
+    assert!(role.leads() && role.settled, "the leader has applied an entry of its term: {role:?}");
+    let role = on_follower.current();
+    assert!(!role.leads() && !role.settled && role.leader == Some(leader), "{role:?}");
+    full.borrow_and_update();
+
+    let mut last = 0;
+    for n in 0..20 {
+        let path = format!("/w{n}");
+        last = e.write(leader, &path, b"x").await?;
+    }
+    e.applied_everywhere(last, "/w19", b"x").await?;
+    assert!(ready_now(full.changed()).await, "the writes changed openraft's full metrics");
+    assert!(!ready_now(on_follower.changed()).await, "20 writes woke the follower's role watch");
+    assert!(!ready_now(on_leader.changed()).await, "20 writes woke the leader's role watch");
+
+    e.stop(leader).await?;
+    within_for(DEADLINE, "the follower's role watch to wake for the lost leader", on_follower.changed()).await??;
+    let (second, _) = e.agreed_leader(Some(leader)).await?;
+    let mut on_second = RoleWatch::new(&e.nodes[&second].raft);
+    let settled = async {
+        while !on_second.current().settled {
+            on_second.changed().await?;
+        }
+        anyhow::Ok(())
+    };
+    within_for(DEADLINE, "the new leader's role watch to see it settled", settled).await??;
+    let role = on_second.current();
+    assert!(role.leads() && role.term > 1 && role.leader == Some(second), "{role:?}");
     e.stop_all().await
 }
