@@ -69,12 +69,63 @@ enum Command {
 struct Cache {
     entries: BTreeMap<u64, EncodedEntry>,
     meta: RaftMeta,
+    /// The latest entries as openraft appended them, decoded, until a reader takes them.
+    fresh: Fresh,
 }
 
 impl Cache {
     /// The id of the last entry, or of the last purged one when none is left after it.
     fn last_log_id(&self) -> Option<LogId<u64>> {
         self.entries.values().next_back().map(|c| c.log_id).or(self.meta.last_purged)
+    }
+}
+
+/// The most entries [`Fresh`] keeps.
+pub(super) const FRESH_ENTRIES: usize = 64;
+/// The most bytes (of their encoded size) [`Fresh`] keeps.
+const FRESH_BYTES: usize = 8 << 20;
+
+/// Entries just appended, kept decoded until their first read, which takes them instead of
+/// decoding the in-memory copy.
+///
+/// Why: the first reader of an entry is, on a server alone and on a follower, the state
+/// machine, which applies it within a few milliseconds; decoding a batch there (a path, data
+/// and identities allocated per transaction) lay between the fdatasync and the replies. On a
+/// leader of an ensemble a replication stream usually reads it first, and the state machine
+/// decodes it as before. Bounded by [`FRESH_ENTRIES`] and [`FRESH_BYTES`], the oldest dropped
+/// first (they are decoded when read, as every entry was); cut with the log on a truncation
+/// and a purge, so an entry here is always the one the in-memory copy holds at its index.
+#[derive(Debug, Default)]
+struct Fresh {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Fresh {
+    fn insert(&mut self, entry: Entry<TypeConfig>, bytes: usize) {
+        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, bytes)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        while self.entries.len() > FRESH_ENTRIES || self.bytes > FRESH_BYTES {
+            let Some((_, (_, dropped))) = self.entries.pop_first() else { break };
+            self.bytes -= dropped;
+        }
+    }
+
+    fn take(&mut self, index: u64) -> Option<Entry<TypeConfig>> {
+        let (entry, bytes) = self.entries.remove(&index)?;
+        self.bytes -= bytes;
+        Some(entry)
+    }
+
+    /// Keeps only the entries from `index` on (`keep_after`), or only those before it.
+    fn cut(&mut self, index: u64, keep_after: bool) {
+        let after = self.entries.split_off(&index);
+        if keep_after {
+            self.entries = after;
+        }
+        self.bytes = self.entries.values().map(|(_, b)| b).sum();
     }
 }
 
@@ -329,6 +380,12 @@ impl LogStore {
         LogReader { shared: Arc::clone(&self.shared) }
     }
 
+    /// The indexes of the entries kept decoded for their first read (see `Fresh`).
+    #[cfg(test)]
+    pub(super) fn fresh_indexes(&self) -> Vec<u64> {
+        self.shared.cache().fresh.entries.keys().copied().collect()
+    }
+
     /// The saved Raft state as of the last call (durable once that call returned).
     pub fn meta(&self) -> RaftMeta {
         self.shared.cache().meta.clone()
@@ -359,8 +416,9 @@ impl LogStore {
             .inspect_err(|e| self.shared.stop(e))?;
         {
             let mut cache = self.shared.cache();
-            for c in &encoded {
+            for (c, entry) in encoded.iter().zip(entries) {
                 cache.entries.insert(c.log_id.index, c.clone());
+                cache.fresh.insert(entry, c.payload.len());
             }
         }
         self.send(Command::Append { entries: encoded, done })
@@ -377,7 +435,11 @@ impl LogStore {
 
     /// Removes entry `index` and all later ones, durably.
     pub async fn truncate_from(&self, index: u64) -> Result<(), LogError> {
-        let _ = self.shared.cache().entries.split_off(&index);
+        {
+            let mut cache = self.shared.cache();
+            let _ = cache.entries.split_off(&index);
+            cache.fresh.cut(index, false);
+        }
         self.request(|reply| Command::Truncate { index, reply }).await
     }
 
@@ -396,6 +458,7 @@ impl LogStore {
         let meta = {
             let mut cache = self.shared.cache();
             cache.entries = cache.entries.split_off(&(upto.index + 1));
+            cache.fresh.cut(upto.index + 1, true);
             cache.meta.last_purged = Some(upto);
             cache.meta.clone()
         };
@@ -554,11 +617,22 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        // Decoded outside the lock (the copies share the bytes): the writer and the appender
-        // take it meanwhile.
-        let cached: Vec<EncodedEntry> = self.shared.cache().entries.range(range).map(|(_, c)| c.clone()).collect();
+        // Taken decoded where a fresh entry waits (see `Fresh`); the rest decoded outside the
+        // lock (the copies share the bytes): the writer and the appender take it meanwhile.
+        let cached: Vec<Result<Entry<TypeConfig>, EncodedEntry>> = {
+            let mut cache = self.shared.cache();
+            let Cache { entries, fresh, .. } = &mut *cache;
+            entries.range(range).map(|(&i, c)| fresh.take(i).ok_or_else(|| c.clone())).collect()
+        };
         let mut out = Vec::with_capacity(cached.len());
         for c in cached {
+            let c = match c {
+                Ok(entry) => {
+                    out.push(entry);
+                    continue;
+                }
+                Err(c) => c,
+            };
             let entry = c.decode().map_err(|reason| LogError::BadEntry {
                 index: c.log_id.index,
                 reason: format!("the in-memory copy is unreadable: {reason}"),

@@ -535,6 +535,59 @@ async fn vote_committed_truncate_and_purge_are_durable_when_they_return() {
     assert_eq!(ids(&rec.entries), (3..=8).map(|i| (1, i)).collect::<Vec<_>>());
 }
 
+/// Appends `entries` through `store` and waits for each to be acknowledged.
+fn append_all(store: &LogStore, fs: &FaultFs, entries: impl IntoIterator<Item = Entry<TypeConfig>>) {
+    let (tx, rx) = mpsc::channel();
+    let mut n = 0;
+    for e in entries {
+        append(store, fs, &tx, e);
+        n += 1;
+    }
+    for _ in 0..n {
+        assert_eq!(ack(&rx).2, Ok(()));
+    }
+}
+
+#[tokio::test]
+async fn appended_entries_are_read_once_as_appended_then_from_the_encoded_copy() {
+    use openraft::RaftLogReader;
+    use store::FRESH_ENTRIES;
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let mut reader = store.reader();
+    append_all(&store, &fs, (1..=10).map(|i| entry(1, i)));
+    assert_eq!(store.fresh_indexes(), (1..=10).collect::<Vec<_>>(), "kept decoded for their first read");
+
+    let got = reader.try_get_log_entries(3..=5).await.unwrap();
+    assert_eq!(got, (3..=5).map(|i| entry(1, i)).collect::<Vec<_>>());
+    assert_eq!(store.fresh_indexes(), [1, 2, 6, 7, 8, 9, 10], "the first read took them");
+    // Read again, with others: the taken ones decoded from the in-memory copy, the same.
+    let got = reader.try_get_log_entries(1..=10).await.unwrap();
+    assert_eq!(got, (1..=10).map(|i| entry(1, i)).collect::<Vec<_>>());
+    assert!(store.fresh_indexes().is_empty());
+
+    // Truncated with the log; the new entries at those indexes are what is read.
+    append_all(&store, &fs, (11..=14).map(|i| entry(1, i)));
+    store.truncate_from(12).await.unwrap();
+    assert_eq!(store.fresh_indexes(), [11]);
+    append_all(&store, &fs, (12..=13).map(|i| entry(2, i)));
+    let got = reader.try_get_log_entries(11..).await.unwrap();
+    assert_eq!(got, vec![entry(1, 11), entry(2, 12), entry(2, 13)]);
+
+    // Purged with the log.
+    append_all(&store, &fs, (14..=16).map(|i| entry(2, i)));
+    store.purge_upto(log_id(2, 14)).await.unwrap();
+    assert_eq!(store.fresh_indexes(), [15, 16]);
+
+    // Bounded: the oldest go first, and are still read (decoded).
+    let last = 16 + 2 * FRESH_ENTRIES as u64;
+    append_all(&store, &fs, (17..=last).map(|i| entry(2, i)));
+    let fresh = store.fresh_indexes();
+    assert_eq!(fresh, (last + 1 - FRESH_ENTRIES as u64..=last).collect::<Vec<_>>());
+    let got = reader.try_get_log_entries(15..=last).await.unwrap();
+    assert_eq!(got, (15..=last).map(|i| entry(2, i)).collect::<Vec<_>>());
+}
+
 // ---- a leader's pipelined appends ----------------------------------------------------------
 
 #[test]
