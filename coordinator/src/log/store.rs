@@ -30,7 +30,9 @@
 //! two `snapshot_every_txns` of transactions, 200,000 by default). They are kept encoded, as the records' payloads, and decoded when read: one
 //! allocation of about 150 bytes for a 100-byte setData instead of the decoded entry's eight or
 //! so (path, data, ACL and identity strings), which took about 400 bytes more per entry, most
-//! of the server's memory with 100,000 znodes.
+//! of the server's memory with 100,000 znodes. Only the newest entries, until their first read,
+//! are also kept as openraft appended them (`Fresh`), so that the state machine does not decode
+//! what it was just handed.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
