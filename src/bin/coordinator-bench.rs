@@ -112,6 +112,12 @@ struct ThroughputArgs {
     /// servers, and the restart kills every server at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     ensemble: u8,
+    /// Keep our servers' logs in this directory (created if missing) before their scratch
+    /// directories are removed: `memory-*.log` (start-up, memory, the stall run, the restart)
+    /// and `cells-*.log`. Set REFEREE_LOG=info to have more in them than warnings; the stall
+    /// run's start is printed in seconds since the Unix epoch, to place its longest gap in them.
+    #[arg(long)]
+    server_logs: Option<PathBuf>,
 }
 
 /// The operations, as the command line names them.
@@ -902,6 +908,26 @@ fn new_run(referee: bool) -> ServerRun {
     }
 }
 
+/// Copies our servers' logs into `to` (if given) as `{phase}-{log name}`; Apache's are not
+/// ours to keep.
+fn keep_referee_logs(server: &ServerUnderTest, to: Option<&std::path::Path>, phase: &str) -> Result<()> {
+    let (Some(to), ServerUnderTest::Referee { dir, ports, .. }) = (to, server) else { return Ok(()) };
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for id in 1..=ports.len() {
+        let name = referee_log_name(ports.len(), id);
+        let kept = to.join(format!("{phase}-{name}"));
+        std::fs::copy(dir.path(&name), &kept)
+            .with_context(|| format!("copying the server's log to {}", kept.display()))?;
+        println!("# referee: server log kept in {}", kept.display());
+    }
+    Ok(())
+}
+
+/// Now, in seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn print_data_dir(name: &str, server: &ServerUnderTest) -> Result<()> {
     println!("# {name}: data directory on {}", on_real_disk(&data_dir_of(server))?);
     Ok(())
@@ -949,6 +975,7 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
             tp::prepare(target, 0, args.data_bytes).await?;
             let pool = tp::Pool::of((0..args.znodes).map(|i| format!("/mem/n{i}")).collect(), args.data_bytes);
             println!("# {name}: load average before the stall run: {}", load_average());
+            println!("# {name}: the stall run starts at {:.3} s since the Unix epoch", unix_now());
             let report =
                 tp::run_cell(&targets, op, args.stall_shape, Duration::from_secs(args.stall_seconds), &pool, 0, None)
                     .await
@@ -972,11 +999,10 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
             if timed.1 { "was there" } else { "was GONE" }
         );
         run.start_full = Some(timed);
-        drop(server);
+        keep_referee_logs(&server, args.server_logs.as_deref(), "memory")?;
     } else {
-        drop(server);
+        keep_referee_logs(&server, args.server_logs.as_deref(), "memory")?;
     }
-
     Ok(())
 }
 
@@ -1043,6 +1069,9 @@ async fn run_cells(runs: &mut [(bool, ServerRun)], args: &ThroughputArgs, shapes
     println!("# load average after the cells: {load}");
     for (_, run) in runs.iter_mut() {
         run.load.push(load.clone());
+    }
+    for at in &up {
+        keep_referee_logs(&at.server, args.server_logs.as_deref(), "cells")?;
     }
     Ok(())
 }
