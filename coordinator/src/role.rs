@@ -67,8 +67,8 @@ impl Role {
     }
 }
 
-/// Whether the last applied entry is of `term`.
-fn settled_in(term: u64, last_applied: Option<LogId<u64>>) -> bool {
+/// Whether the last applied entry is of `term`: for a leader of `term`, whether it is settled.
+pub(crate) fn settled_in(term: u64, last_applied: Option<LogId<u64>>) -> bool {
     last_applied.is_some_and(|a| a.leader_id.get_term() == term)
 }
 

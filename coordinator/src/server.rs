@@ -588,7 +588,7 @@ async fn start_ensemble_node(
 fn leader_settled(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
     match m.current_leader {
         None => false,
-        Some(l) if l == m.id => m.last_applied.is_some_and(|a| a.leader_id.get_term() == m.current_term),
+        Some(l) if l == m.id => crate::role::settled_in(m.current_term, m.last_applied),
         Some(_) => true,
     }
 }
@@ -624,20 +624,18 @@ async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
 /// read from the full metrics.
 async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<String>>) -> String {
     let mut role = RoleWatch::new(&raft);
+    let fatal = || raft.metrics().borrow().running_state.as_ref().err().map(|f| format!("replication stopped: {f}"));
     loop {
         if let Some(why) = log_stopped.borrow().clone() {
             return why;
         }
-        if let Err(fatal) = &raft.metrics().borrow().running_state {
-            return format!("replication stopped: {fatal}");
+        if let Some(why) = fatal() {
+            return why;
         }
         tokio::select! {
             changed = log_stopped.changed() => if changed.is_err() { return std::future::pending().await },
             changed = role.changed() => if changed.is_err() {
-                return match &raft.metrics().borrow().running_state {
-                    Err(fatal) => format!("replication stopped: {fatal}"),
-                    Ok(()) => "replication stopped".into(),
-                };
+                return fatal().unwrap_or_else(|| "replication stopped".into());
             },
         }
     }

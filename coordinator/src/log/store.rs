@@ -121,12 +121,19 @@ impl Fresh {
         Some(entry)
     }
 
-    /// Keeps only the entries from `index` on (`keep_after`), or only those before it.
-    fn cut(&mut self, index: u64, keep_after: bool) {
-        let after = self.entries.split_off(&index);
-        if keep_after {
-            self.entries = after;
-        }
+    /// Drops the entries from `index` on, as a truncation does.
+    fn truncate_from(&mut self, index: u64) {
+        let _ = self.entries.split_off(&index);
+        self.recount();
+    }
+
+    /// Drops the entries before `index`, as a purge does.
+    fn purge_before(&mut self, index: u64) {
+        self.entries = self.entries.split_off(&index);
+        self.recount();
+    }
+
+    fn recount(&mut self) {
         self.bytes = self.entries.values().map(|(_, b)| b).sum();
     }
 }
@@ -440,7 +447,7 @@ impl LogStore {
         {
             let mut cache = self.shared.cache();
             let _ = cache.entries.split_off(&index);
-            cache.fresh.cut(index, false);
+            cache.fresh.truncate_from(index);
         }
         self.request(|reply| Command::Truncate { index, reply }).await
     }
@@ -460,7 +467,7 @@ impl LogStore {
         let meta = {
             let mut cache = self.shared.cache();
             cache.entries = cache.entries.split_off(&(upto.index + 1));
-            cache.fresh.cut(upto.index + 1, true);
+            cache.fresh.purge_before(upto.index + 1);
             cache.meta.last_purged = Some(upto);
             cache.meta.clone()
         };
@@ -628,18 +635,16 @@ impl RaftLogReader<TypeConfig> for LogReader {
         };
         let mut out = Vec::with_capacity(cached.len());
         for c in cached {
-            let c = match c {
-                Ok(entry) => {
-                    out.push(entry);
-                    continue;
-                }
-                Err(c) => c,
-            };
-            let entry = c.decode().map_err(|reason| LogError::BadEntry {
-                index: c.log_id.index,
-                reason: format!("the in-memory copy is unreadable: {reason}"),
+            out.push(match c {
+                Ok(entry) => entry,
+                Err(c) => c.decode().map_err(|reason| {
+                    let e = LogError::BadEntry {
+                        index: c.log_id.index,
+                        reason: format!("the in-memory copy is unreadable: {reason}"),
+                    };
+                    SErr::from(StorageIOError::read_logs(AnyError::new(&e)))
+                })?,
             });
-            out.push(entry.map_err(|e| SErr::from(StorageIOError::read_logs(AnyError::new(&e))))?);
         }
         Ok(out)
     }
