@@ -1273,6 +1273,10 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     if ops.contains(&Op::Delete) && !ops.contains(&Op::Create) {
         bail!("--ops delete deletes what create made: add create");
     }
+    if let Some(dir) = &args.server_logs {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--server-logs {}: cannot create that directory", dir.display()))?;
+    }
     let disk = on_real_disk(&std::env::temp_dir())?;
     let command = format!(
         "coordinator-bench throughput --seconds {} --ops {} --shapes {} --servers {} --znodes {} --data-bytes {} --pool {}{}{}",
