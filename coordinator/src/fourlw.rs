@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::{BasicNode, RaftMetrics};
 
 use crate::config::CoordinatorConfig;
+use crate::log::ProposalSizes;
 use crate::proto::SessionId;
 use crate::state::ServerState;
 use crate::watch::ConnId;
@@ -171,7 +172,7 @@ fn watches_by_session(state: &Mutex<ServerState>) -> Vec<(i64, Vec<String>)> {
 
 fn server_stats(st: &ServerState, mode: &str) -> String {
     let l = &st.counters.latency;
-    format!(
+    let mut out = format!(
         "Zookeeper version: {VERSION}\nLatency min/avg/max: {}/{:.4}/{}\nReceived: {}\nSent: {}\nConnections: {}\n\
          Outstanding: {}\nZxid: 0x{:x}\nMode: {mode}\nNode count: {}\n",
         l.min_ms,
@@ -183,7 +184,17 @@ fn server_stats(st: &ServerState, mode: &str) -> String {
         st.outstanding_requests(),
         st.tree.last_zxid().0,
         st.tree.node_count(),
-    )
+    );
+    if mode == "leader" {
+        let p = proposal_sizes(st);
+        out.push_str(&format!("Proposal sizes last/min/max: {}/{}/{}\n", p.last, p.min, p.max));
+    }
+    out
+}
+
+/// The leader's [`ProposalSizes`]: what it appended as the leader of its term.
+fn proposal_sizes(st: &ServerState) -> ProposalSizes {
+    st.log_end.as_ref().map(|l| l.proposal_sizes()).unwrap_or_default()
 }
 
 fn connections(st: &ServerState, detailed: bool) -> String {
@@ -342,6 +353,12 @@ pub fn monitor_values(st: &ServerState, mode: &str, ensemble: Option<&EnsembleSt
             // ZooKeeper counts learners mid-way through their initial sync; a Raft follower
             // catching up is simply one that is not synced, so none is ever pending.
             ("zk_pending_syncs", "0".to_string()),
+        ]);
+        let p = proposal_sizes(st);
+        lines.extend([
+            ("zk_last_proposal_size", p.last.to_string()),
+            ("zk_max_proposal_size", p.max.to_string()),
+            ("zk_min_proposal_size", p.min.to_string()),
         ]);
     }
     lines
@@ -550,6 +567,16 @@ mod tests {
         // A follower's answer lacks them even if handed stale numbers.
         let follower = answer("mntr", &config, &st, "follower", e.as_ref());
         assert!(!follower.contains("synced") && !follower.contains("zk_followers"), "{follower}");
+        // Before its first proposal a leader gives -1 for their sizes, as ZooKeeper's does.
+        for line in ["zk_last_proposal_size\t-1\n", "zk_max_proposal_size\t-1\n", "zk_min_proposal_size\t-1\n"] {
+            assert!(leader.contains(line), "{line:?} missing from {leader}");
+            assert!(!follower.contains(line.split('\t').next().unwrap_or_default()), "{follower}");
+        }
+        let srvr = answer("srvr", &config, &st, "leader", None);
+        assert!(srvr.ends_with("\nProposal sizes last/min/max: -1/-1/-1\n"), "{srvr}");
+        for mode in ["standalone", "follower", "observer"] {
+            assert!(!answer("srvr", &config, &st, mode, None).contains("Proposal sizes"), "{mode}");
+        }
     }
 
     #[test]

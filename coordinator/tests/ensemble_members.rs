@@ -259,6 +259,25 @@ async fn the_leader_reports_its_followers_in_mntr_and_metrics() -> Result<()> {
     assert_eq!(f.get("znode_count"), after.get("znode_count"), "the follower applied the same tree");
     assert!(!f.keys().any(|k| k.contains("matched_index")), "only the leader knows matched indexes");
 
+    // The sizes of the leader's proposals (the entries it appended as leader, the create's
+    // among them), as ZooKeeper's leader gives them in mntr and srvr; the others have none.
+    let on_leader = mntr(l)?;
+    let size = |k: &str| -> Result<i64> {
+        on_leader.get(k).with_context(|| format!("{k} in {on_leader:?}"))?.parse().context("a proposal size")
+    };
+    let (last, min, max) =
+        (size("zk_last_proposal_size")?, size("zk_min_proposal_size")?, size("zk_max_proposal_size")?);
+    assert!(0 < min && min <= last && last <= max, "last/min/max {last}/{min}/{max}");
+    let srvr = referee_testkit::four_letter(l.client.port(), "srvr")?;
+    let line = format!("Proposal sizes last/min/max: {last}/{min}/{max}");
+    assert!(srvr.lines().any(|l| l == line), "{line:?} in {srvr}");
+    assert_eq!(after.get("last_proposal_size"), Some(&(last as f64)), "the metrics give it too");
+    for r in running.iter().filter(|r| r.id != leader) {
+        assert!(!mntr(r)?.contains_key("zk_last_proposal_size"), "server {} is no leader", r.id);
+        let srvr = referee_testkit::four_letter(r.client.port(), "srvr")?;
+        assert!(!srvr.contains("Proposal sizes"), "server {} is no leader: {srvr}", r.id);
+    }
+
     for r in running {
         stop(r).await?;
     }

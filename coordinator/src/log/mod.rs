@@ -28,5 +28,5 @@ pub mod wal;
 mod tests;
 
 pub use fs::{FaultFs, FileSystem, LogFile, RealFs};
-pub use store::{LogReader, LogStore};
+pub use store::{LogReader, LogStore, ProposalSizes};
 pub use wal::{EncodedEntry, LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};

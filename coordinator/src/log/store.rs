@@ -73,12 +73,50 @@ struct Cache {
     meta: RaftMeta,
     /// The latest entries as openraft appended them, decoded, until a reader takes them.
     fresh: Fresh,
+    /// The sizes of the entries this server appended as the leader.
+    proposals: ProposalSizes,
 }
 
 impl Cache {
     /// The id of the last entry, or of the last purged one when none is left after it.
     fn last_log_id(&self) -> Option<LogId<u64>> {
         self.entries.values().next_back().map(|c| c.log_id).or(self.meta.last_purged)
+    }
+}
+
+/// The sizes of the entries a server appended as the leader of its current term: its
+/// proposals, in ZooKeeper's word, which its leader reports in `srvr` (`Proposal sizes
+/// last/min/max`) and `mntr` (`zk_last_proposal_size`, ...). In bytes of the entry as logged
+/// and replicated (its record's payload); -1 before the first, as ZooKeeper reports them. A
+/// new term starts them afresh, as each of ZooKeeper's leaderships does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProposalSizes {
+    /// The term these are of; 0 before any.
+    pub term: u64,
+    /// The last entry's size.
+    pub last: i64,
+    /// The smallest.
+    pub min: i64,
+    /// The largest.
+    pub max: i64,
+}
+
+impl Default for ProposalSizes {
+    fn default() -> Self {
+        ProposalSizes { term: 0, last: -1, min: -1, max: -1 }
+    }
+}
+
+impl ProposalSizes {
+    /// Counts an entry of `bytes` appended as the leader of `term`.
+    pub fn record(&mut self, term: u64, bytes: usize) {
+        if term != self.term {
+            *self = ProposalSizes { term, ..ProposalSizes::default() };
+        }
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.last = bytes;
+        self.min = if self.min < 0 { bytes } else { self.min.min(bytes) };
+        self.max = self.max.max(bytes);
     }
 }
 
@@ -218,6 +256,11 @@ impl LogReader {
     /// one when the log is empty after a snapshot: where the log ends, as a vote compares it.
     pub fn last_log_id(&self) -> Option<LogId<u64>> {
         self.shared.cache().last_log_id()
+    }
+
+    /// The sizes of the entries this server appended as the leader of its latest term.
+    pub fn proposal_sizes(&self) -> ProposalSizes {
+        self.shared.cache().proposals
     }
 }
 
@@ -412,6 +455,12 @@ impl LogStore {
     /// them durable, or with the error that stopped the store. The entries are readable at
     /// once, as openraft replicates entries before they are flushed locally.
     pub fn submit_append(&self, entries: Vec<Entry<TypeConfig>>, done: AppendDone) -> Result<(), LogError> {
+        self.submit(entries, done, false)
+    }
+
+    /// [`LogStore::submit_append`]; `own` says the entries are this server's as the leader,
+    /// counted in its [`ProposalSizes`].
+    fn submit(&self, entries: Vec<Entry<TypeConfig>>, done: AppendDone, own: bool) -> Result<(), LogError> {
         if let Some(why) = self.shared.stopped() {
             return Err(LogError::Stopped(why));
         }
@@ -426,6 +475,9 @@ impl LogStore {
         {
             let mut cache = self.shared.cache();
             for (c, entry) in encoded.iter().zip(entries) {
+                if own {
+                    cache.proposals.record(c.log_id.leader_id.term, c.payload.len());
+                }
                 cache.entries.insert(c.log_id.index, c.clone());
                 cache.fresh.insert(entry, c.payload.len());
             }
@@ -707,11 +759,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if self.own_as_leader(&entries) {
             // Durable later (see `pipelining_as_leader`); a failure stops the store, and the
             // server with it.
-            self.submit_append(entries, Box::new(|_| {})).map_err(|e| write_err(&e))?;
+            self.submit(entries, Box::new(|_| {}), true).map_err(|e| write_err(&e))?;
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        self.submit_append(entries, Box::new(move |r| callback.log_io_completed(r))).map_err(|e| write_err(&e))
+        self.submit(entries, Box::new(move |r| callback.log_io_completed(r)), false).map_err(|e| write_err(&e))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {

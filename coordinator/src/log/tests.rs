@@ -591,6 +591,18 @@ async fn appended_entries_are_read_once_as_appended_then_from_the_encoded_copy()
 // ---- a leader's pipelined appends ----------------------------------------------------------
 
 #[test]
+fn proposal_sizes_count_one_leaderships_entries_and_start_afresh_with_a_new_term() {
+    let mut p = store::ProposalSizes::default();
+    assert_eq!((p.last, p.min, p.max), (-1, -1, -1), "none yet, as ZooKeeper reports it");
+    for bytes in [120, 40, 900, 300] {
+        p.record(3, bytes);
+    }
+    assert_eq!((p.term, p.last, p.min, p.max), (3, 300, 40, 900));
+    p.record(4, 77);
+    assert_eq!((p.term, p.last, p.min, p.max), (4, 77, 77, 77), "a new leadership starts afresh");
+}
+
+#[test]
 fn only_a_leaders_own_entries_of_its_elected_term_count_as_its_own() {
     use store::leaders_own_entries;
     let mine = |term| log_id(term, 5); // `log_id` makes entries of leader 1
