@@ -908,11 +908,10 @@ fn new_run(referee: bool) -> ServerRun {
     }
 }
 
-/// Copies our servers' logs into `to` (if given) as `{phase}-{log name}`; Apache's are not
-/// ours to keep.
+/// Copies our servers' logs into `to` (if given; made at the start of the run) as
+/// `{phase}-{log name}`; Apache's are not ours to keep.
 fn keep_referee_logs(server: &ServerUnderTest, to: Option<&std::path::Path>, phase: &str) -> Result<()> {
     let (Some(to), ServerUnderTest::Referee { dir, ports, .. }) = (to, server) else { return Ok(()) };
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for id in 1..=ports.len() {
         let name = referee_log_name(ports.len(), id);
         let kept = to.join(format!("{phase}-{name}"));
@@ -939,7 +938,7 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
     let name = run.name;
     let data = |s: &ServerUnderTest| print_data_dir(name, s);
     let servers = usize::from(args.ensemble);
-    let (server, took) = spawn_and_time(referee, servers).await?;
+    let (mut server, took) = spawn_and_time(referee, servers).await?;
     data(&server)?;
     run.start_empty = Some(took);
     run.rss_idle_mib = server.status_mib("VmRSS:");
@@ -990,7 +989,6 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
             run.stall = Some(report);
         }
         let probe = format!("/mem/n{}", args.znodes - 1);
-        let mut server = server;
         let timed = restart_and_time(&mut server, &probe).await?;
         println!(
             "{name} restart with {} znodes: {:.0} ms to the first reply; the last znode {} after the restart",
@@ -999,11 +997,8 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
             if timed.1 { "was there" } else { "was GONE" }
         );
         run.start_full = Some(timed);
-        keep_referee_logs(&server, args.server_logs.as_deref(), "memory")?;
-    } else {
-        keep_referee_logs(&server, args.server_logs.as_deref(), "memory")?;
     }
-    Ok(())
+    keep_referee_logs(&server, args.server_logs.as_deref(), "memory")
 }
 
 /// A fresh server for the cells, with the pool the reads and setData pick from.
