@@ -23,10 +23,11 @@
 //! `throughput`: pipelined sessions (SESSIONSxOUTSTANDING) send one operation for a few seconds
 //! per cell, against the coordinator and against Apache ZooKeeper (stock settings, its
 //! transaction log forced to disk as ours is) in the same run, with the memory, start-up,
-//! restart and longest-stall figures; `--ensemble 3` runs both as three-server ensembles on
-//! loopback instead, each cell's sessions spread over the servers. The memory figures come
-//! from one server at a time; for the cells both are up, and each cell runs on one and then
-//! on the other, the order swapped from cell to cell.
+//! restart and longest-stall figures, and the CPU time per reply of each server (its
+//! processes' user and system time over the cell) and of the clients; `--ensemble 3` runs both
+//! as three-server ensembles on loopback instead, each cell's sessions spread over the
+//! servers. The memory figures come from one server at a time; for the cells both are up, and
+//! each cell runs on one and then on the other, the order swapped from cell to cell.
 //!
 //! `failover --ensemble 3 --kills 10`: kills the leader of an ensemble on loopback with SIGKILL,
 //! again and again (the killed server restarted in between), and times from each kill until a
@@ -278,6 +279,11 @@ impl ServerUnderTest {
         }
     }
 
+    /// The CPU time the servers' processes have used so far, summed over them.
+    fn cpu(&self) -> Option<Duration> {
+        self.pids().into_iter().map(|pid| proc_cpu(&pid.to_string())).sum()
+    }
+
     /// A `kB` field of `/proc/<pid>/status` summed over the servers, in MiB.
     fn status_mib(&self, field: &str) -> Option<f64> {
         self.pids().into_iter().map(|pid| proc_status_mib(pid, field)).sum()
@@ -486,6 +492,24 @@ fn pid_listening_on(port: u16) -> Result<u32> {
         }
     }
     bail!("no process holds the socket listening on port {port}")
+}
+
+/// CPU time (user and system) process `pid` (a number, or `self`) has used so far, its threads
+/// included, those that ended too: utime and stime of `/proc/<pid>/stat`.
+fn proc_cpu(pid: &str) -> Option<Duration> {
+    let ticks = stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&t| t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_sec as f64))
+}
+
+/// utime + stime, in clock ticks, from the text of a `/proc/<pid>/stat`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name, in parentheses, may hold spaces and parentheses: count the fields from
+    // the last closing one. The state is field 3; utime and stime are fields 14 and 15.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A `kB` field of `/proc/<pid>/status` in MiB.
@@ -783,11 +807,56 @@ fn on_real_disk(path: &std::path::Path) -> Result<String> {
     Ok(format!("{dev} {fs}{rotational}"))
 }
 
+/// One cell on one server: what the clients saw, and the CPU time used meanwhile.
+struct Cell {
+    report: CellReport,
+    /// CPU time of the server's processes (summed over an ensemble's) from just before the
+    /// cell's sessions connect to just after they close.
+    server_cpu: Option<Duration>,
+    /// CPU time of this bench's own process (the clients) over the same span.
+    client_cpu: Option<Duration>,
+}
+
+impl Cell {
+    /// Runs `work` (one cell against `server`) and measures the CPU time both sides used.
+    async fn measure(
+        server: &ServerUnderTest,
+        work: impl std::future::Future<Output = Result<CellReport>>,
+    ) -> Result<Cell> {
+        let before = (server.cpu(), proc_cpu("self"));
+        let report = work.await?;
+        let used = |after: Option<Duration>, before: Option<Duration>| Some(after?.saturating_sub(before?));
+        Ok(Cell { server_cpu: used(server.cpu(), before.0), client_cpu: used(proc_cpu("self"), before.1), report })
+    }
+
+    /// CPU time per reply, in µs.
+    fn per_op_us(&self, cpu: Option<Duration>) -> Option<f64> {
+        let cpu = cpu?;
+        (self.report.ops > 0).then(|| cpu.as_secs_f64() * 1e6 / self.report.ops as f64)
+    }
+
+    fn server_us_per_op(&self) -> Option<f64> {
+        self.per_op_us(self.server_cpu)
+    }
+
+    /// The cell's line: what the clients saw, then the CPU per reply of the server and of the
+    /// clients.
+    fn line(&self, name: &str) -> String {
+        let us = |x: Option<f64>| x.map_or("unknown".to_string(), |x| format!("{x:.1} µs"));
+        format!(
+            "{}; CPU per reply: server {}, clients {}",
+            cell_line(name, &self.report),
+            us(self.server_us_per_op()),
+            us(self.per_op_us(self.client_cpu))
+        )
+    }
+}
+
 /// What the throughput run measured of one server.
 struct ServerRun {
     name: &'static str,
-    cells: Vec<CellReport>,
-    stall: Option<CellReport>,
+    cells: Vec<Cell>,
+    stall: Option<Cell>,
     /// Start-up of an empty server: process start to the first reply.
     start_empty: Option<Duration>,
     rss_idle_mib: Option<f64>,
@@ -975,18 +1044,16 @@ async fn memory_of(referee: bool, args: &ThroughputArgs, run: &mut ServerRun) ->
             let pool = tp::Pool::of((0..args.znodes).map(|i| format!("/mem/n{i}")).collect(), args.data_bytes);
             println!("# {name}: load average before the stall run: {}", load_average());
             println!("# {name}: the stall run starts at {:.3} s since the Unix epoch", unix_now());
-            let report =
-                tp::run_cell(&targets, op, args.stall_shape, Duration::from_secs(args.stall_seconds), &pool, 0, None)
+            let stall = Duration::from_secs(args.stall_seconds);
+            let cell = Cell::measure(&server, async {
+                tp::run_cell(&targets, op, args.stall_shape, stall, &pool, 0, None)
                     .await
-                    .with_context(|| format!("{name}: the stall run"))?;
-            println!(
-                "{name} stall run on the {} znodes ({} s): {}",
-                args.znodes,
-                args.stall_seconds,
-                cell_line(name, &report)
-            );
+                    .with_context(|| format!("{name}: the stall run"))
+            })
+            .await?;
+            println!("{name} stall run on the {} znodes ({} s): {}", args.znodes, args.stall_seconds, cell.line(name));
             println!("# {name}: load average after the stall run: {}", load_average());
-            run.stall = Some(report);
+            run.stall = Some(cell);
         }
         let probe = format!("/mem/n{}", args.znodes - 1);
         let timed = restart_and_time(&mut server, &probe).await?;
@@ -1046,14 +1113,17 @@ async fn run_cells(runs: &mut [(bool, ServerRun)], args: &ThroughputArgs, shapes
                 let (run, at) = (&mut runs[i].1, &mut up[i]);
                 let name = run.name;
                 let to_delete = if op == Op::Delete { created[i].take() } else { None };
-                let report = tp::run_cell(&at.targets, op, shape, duration, &at.pool, cell, to_delete)
-                    .await
-                    .with_context(|| format!("{name}: {} at {shape}", op.name()))?;
-                println!("{}", cell_line(name, &report));
+                let measured = Cell::measure(&at.server, async {
+                    tp::run_cell(&at.targets, op, shape, duration, &at.pool, cell, to_delete)
+                        .await
+                        .with_context(|| format!("{name}: {} at {shape}", op.name()))
+                })
+                .await?;
+                println!("{}", measured.line(name));
                 if op == Op::Create {
-                    created[i] = Some(report.created.clone());
+                    created[i] = Some(measured.report.created.clone());
                 }
-                run.cells.push(report);
+                run.cells.push(measured);
                 if !at.server.alive() {
                     bail!("{name} died during the cells: {}", at.server.log_tail());
                 }
@@ -1091,18 +1161,21 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
     let lat = |c: &CellReport| {
         format!("{:.2} / {:.2} / {:.2}", ms(c.percentile(0.5)), ms(c.percentile(0.99)), ms(c.percentile(0.999)))
     };
+    let cpu = |c: &Cell| c.server_us_per_op().map_or("-".to_string(), |us| format!("{us:.1}"));
     match theirs {
         Some(apache) => {
             let _ = writeln!(
                 out,
-                "| op | sessions x in flight | {} ops/s | {} ops/s | ops/s ratio | {} p50 / p99 / p99.9 ms | {} p50 / p99 / p99.9 ms | p99 ratio | longest stall ms ({} / {}) | errors |",
-                ours.name, apache.name, ours.name, apache.name, ours.name, apache.name
+                "| op | sessions x in flight | {} ops/s | {} ops/s | ops/s ratio | {} p50 / p99 / p99.9 ms | {} p50 / p99 / p99.9 ms | p99 ratio | longest stall ms ({} / {}) | server CPU µs per reply ({} / {}) | CPU ratio | errors |",
+                ours.name, apache.name, ours.name, apache.name, ours.name, apache.name, ours.name, apache.name
             );
-            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-            for (a, b) in ours.cells.iter().zip(&apache.cells) {
+            let _ =
+                writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            for (x, y) in ours.cells.iter().zip(&apache.cells) {
+                let (a, b) = (&x.report, &y.report);
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} / {:.0} | {} / {} |",
+                    "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} / {:.0} | {} / {} | {} | {} / {} |",
                     a.op.name(),
                     a.shape,
                     a.ops_per_sec(),
@@ -1113,6 +1186,12 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     ratio(ms(a.percentile(0.99)), ms(b.percentile(0.99))),
                     ms(a.longest_stall),
                     ms(b.longest_stall),
+                    cpu(x),
+                    cpu(y),
+                    match (x.server_us_per_op(), y.server_us_per_op()) {
+                        (Some(p), Some(q)) => ratio(p, q),
+                        _ => "-".into(),
+                    },
                     errors(a),
                     errors(b)
                 );
@@ -1121,19 +1200,21 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "| op | sessions x in flight | {} ops/s | p50 / p99 / p99.9 ms | longest stall ms | errors |",
+                "| op | sessions x in flight | {} ops/s | p50 / p99 / p99.9 ms | longest stall ms | server CPU µs per reply | errors |",
                 ours.name
             );
-            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: |");
-            for a in &ours.cells {
+            let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+            for x in &ours.cells {
+                let a = &x.report;
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {} | {:.0} | {} |",
+                    "| {} | {} | {:.0} | {} | {:.0} | {} | {} |",
                     a.op.name(),
                     a.shape,
                     a.ops_per_sec(),
                     lat(a),
                     ms(a.longest_stall),
+                    cpu(x),
                     errors(a)
                 );
             }
@@ -1179,10 +1260,11 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
     if runs.iter().any(|r| r.stall.is_some()) {
         let _ = writeln!(out);
         for r in runs {
-            if let Some(c) = &r.stall {
+            if let Some(cell) = &r.stall {
+                let c = &cell.report;
                 let _ = writeln!(
                     out,
-                    "- stall run, {}: {} at {} for {:.0} s: {:.0} ops/s, p99 {:.2} ms, longest time without a reply {:.1} ms (at {:.1} s)",
+                    "- stall run, {}: {} at {} for {:.0} s: {:.0} ops/s, p99 {:.2} ms, longest time without a reply {:.1} ms (at {:.1} s), server CPU {} µs per reply",
                     r.name,
                     c.op.name(),
                     c.shape,
@@ -1190,7 +1272,8 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     c.ops_per_sec(),
                     ms(c.percentile(0.99)),
                     ms(c.longest_stall),
-                    c.stall_at.as_secs_f64()
+                    c.stall_at.as_secs_f64(),
+                    cell.server_us_per_op().map_or("-".to_string(), |us| format!("{us:.1}"))
                 );
             }
         }
@@ -1207,7 +1290,7 @@ const RSS_FULL_LIMIT_MIB: f64 = 120.0;
 fn throughput_verdict(ours: &ServerRun, apache: &ServerRun, servers: usize) -> Vec<String> {
     let rss_limit = RSS_FULL_LIMIT_MIB * servers as f64;
     let mut misses = Vec::new();
-    for (a, b) in ours.cells.iter().zip(&apache.cells) {
+    for (a, b) in ours.cells.iter().zip(&apache.cells).map(|(x, y)| (&x.report, &y.report)) {
         let r = a.ops_per_sec() / b.ops_per_sec().max(f64::MIN_POSITIVE);
         if r < 2.0 {
             misses.push(format!(
@@ -1246,7 +1329,7 @@ fn throughput_verdict(ours: &ServerRun, apache: &ServerRun, servers: usize) -> V
             misses.push("the znodes were gone after the restart".into());
         }
     }
-    if let Some(c) = &ours.stall {
+    if let Some(c) = ours.stall.as_ref().map(|c| &c.report) {
         if c.longest_stall > Duration::from_millis(50) {
             misses.push(format!("the stall run went {:.0} ms without a reply, not under 50 ms", ms(c.longest_stall)));
         }
@@ -1569,4 +1652,33 @@ async fn failover_bench(args: FailoverArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (java (main) x) S 1 4242 4242 0 -1 4194560 25000 0 12 0 1234 567 0 0 20 0 40 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(stat_cpu_ticks("4242 (cut short) S 1 2 3"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis at all"), None);
+    }
+
+    #[test]
+    fn this_process_cpu_time_grows_while_it_computes() {
+        let first = proc_cpu("self").expect("/proc/self/stat is readable on Linux");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        // Computes until the count moves on (a tick is 10 ms on Linux); a field that is not
+        // the CPU time would stay put and run into the deadline.
+        while proc_cpu("self").expect("/proc/self/stat is readable") <= first {
+            assert!(Instant::now() < deadline, "10 s of computing and the CPU time stayed at {first:?}");
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        assert_eq!(proc_cpu("no-such-process"), None);
+    }
 }
