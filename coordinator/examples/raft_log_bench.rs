@@ -40,6 +40,9 @@ impl LogFile for CountingFile {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.sync_data()
     }
+    fn write_back(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_back(offset, len)
+    }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
