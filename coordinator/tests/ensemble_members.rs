@@ -261,17 +261,31 @@ async fn the_leader_reports_its_followers_in_mntr_and_metrics() -> Result<()> {
 
     // The sizes of the leader's proposals (the entries it appended as leader, the create's
     // among them), as ZooKeeper's leader gives them in mntr and srvr; the others have none.
-    let on_leader = mntr(l)?;
-    let size = |k: &str| -> Result<i64> {
-        on_leader.get(k).with_context(|| format!("{k} in {on_leader:?}"))?.parse().context("a proposal size")
+    // The leader may append entries of its own between two reads (the members' znode, a
+    // session's close), so mntr, srvr and the metrics are compared from a round of reads
+    // between two mntr readings that agree.
+    let sizes = |m: &BTreeMap<String, String>| -> Result<(i64, i64, i64)> {
+        let size = |k: &str| -> Result<i64> {
+            m.get(k).with_context(|| format!("{k} in {m:?}"))?.parse().context("a proposal size")
+        };
+        Ok((size("zk_last_proposal_size")?, size("zk_min_proposal_size")?, size("zk_max_proposal_size")?))
     };
-    let (last, min, max) =
-        (size("zk_last_proposal_size")?, size("zk_min_proposal_size")?, size("zk_max_proposal_size")?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ((last, min, max), srvr, metrics) = loop {
+        let first = sizes(&mntr(l)?)?;
+        let srvr = referee_testkit::four_letter(l.client.port(), "srvr")?;
+        let metrics = scrape(l.admin).await?;
+        if sizes(&mntr(l)?)? == first {
+            break (first, srvr, metrics);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the leader's proposal sizes changed between every two readings for 10 s");
+        }
+    };
     assert!(0 < min && min <= last && last <= max, "last/min/max {last}/{min}/{max}");
-    let srvr = referee_testkit::four_letter(l.client.port(), "srvr")?;
     let line = format!("Proposal sizes last/min/max: {last}/{min}/{max}");
     assert!(srvr.lines().any(|l| l == line), "{line:?} in {srvr}");
-    assert_eq!(after.get("last_proposal_size"), Some(&(last as f64)), "the metrics give it too");
+    assert_eq!(metrics.get("last_proposal_size"), Some(&(last as f64)), "the metrics give it too");
     for r in running.iter().filter(|r| r.id != leader) {
         assert!(!mntr(r)?.contains_key("zk_last_proposal_size"), "server {} is no leader", r.id);
         let srvr = referee_testkit::four_letter(r.client.port(), "srvr")?;
