@@ -1273,7 +1273,7 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     ms(c.percentile(0.99)),
                     ms(c.longest_stall),
                     c.stall_at.as_secs_f64(),
-                    cell.server_us_per_op().map_or("-".to_string(), |us| format!("{us:.1}"))
+                    cpu(cell)
                 );
             }
         }
