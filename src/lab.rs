@@ -186,9 +186,10 @@ impl LabDir {
     /// For files whose fsyncs must not wait on the disk.
     pub fn in_memory(tag: &str) -> Result<LabDir, LabError> {
         let shm = Path::new("/dev/shm");
-        match shm.is_dir() {
-            true => LabDir::under(shm, tag).or_else(|_| LabDir::new(tag)),
-            false => LabDir::new(tag),
+        if shm.is_dir() {
+            LabDir::under(shm, tag).or_else(|_| LabDir::new(tag))
+        } else {
+            LabDir::new(tag)
         }
     }
 
@@ -810,8 +811,8 @@ impl Pair {
     /// can stall an fsync for most of a second: then the first holder's precautionary fence
     /// of the standby at start-up (no breadcrumb yet) outlasts the 500 ms graceful level and
     /// rightly kills a healthy standby, which leaves a scenario one master short before its
-    /// fault. The fsyncs still run; only the disk's latency is left out. Shipped configs
-    /// size the graceful level to the master's slowest demotion (see `config/`).
+    /// fault. The fsyncs still run; only the disk's latency is left out. The shipped agent
+    /// configs tell operators to size the graceful level to their master's slowest demotion.
     pub fn start_master(&self, i: usize) -> Result<Proc, LabError> {
         let node = self.node_dir(i);
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
