@@ -578,7 +578,7 @@ impl Pair {
     }
 
     /// Agent `i`'s log lines about fencing.
-    fn agent_fence_lines(&self, i: usize) -> String {
+    pub fn agent_fence_lines(&self, i: usize) -> String {
         let log = std::fs::read_to_string(self.node_dir(i).join("agent.log")).unwrap_or_default();
         log.lines()
             .filter(|l| l.contains("fenc"))

@@ -97,6 +97,13 @@ async fn master_hang(kind: CoordinatorKind) -> Result<()> {
     pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
     oracles.check(Duration::from_secs(6)).await?;
     ensure!(fences_by(&pair, other).await >= 1, "the hung master must have been fenced");
+    // The new active says why the graceful level did not do it, and what to raise if the
+    // master was only slow.
+    let fencing = pair.agent_fence_lines(other);
+    ensure!(
+        fencing.contains("did not confirm within") && fencing.contains("raise that method's timeout_ms"),
+        "the new active's log does not say the graceful step-down went unanswered:\n{fencing}"
+    );
     // The kill fencing method ended the stopped process.
     let pair_mut = Arc::get_mut(&mut pair).expect("oracles stopped");
     let status = pair_mut.masters[first].wait_exit(Duration::from_secs(5))?;

@@ -203,6 +203,23 @@ pub struct FenceReport {
     pub events: Vec<FenceEvent>,
 }
 
+impl FenceReport {
+    /// The graceful step-down that went unanswered before a later level fenced the target, if
+    /// there was one: the target's master took the connection but did not confirm in time, and
+    /// a stronger method (a kill, say) did the job. A hung master is fenced rightly this way;
+    /// so is a healthy one that is merely slow to step down (its fsync of the new token on a
+    /// slow disk), which a longer graceful timeout would have spared.
+    pub fn graceful_unanswered(&self) -> Option<&FenceEvent> {
+        let FenceOutcome::Fenced { level, .. } = self.outcome else { return None };
+        self.events.iter().find(|e| {
+            e.operation == Operation::Fence
+                && e.kind == MethodKind::Graceful
+                && e.level < level
+                && matches!(e.outcome, MethodOutcome::Indeterminate { .. })
+        })
+    }
+}
+
 /// Everything one [`crate::Fencer::unfence`] call did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnfenceReport {
@@ -228,6 +245,42 @@ pub enum UnfenceOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attempt(level: usize, kind: MethodKind, outcome: MethodOutcome) -> FenceEvent {
+        FenceEvent {
+            operation: Operation::Fence,
+            level,
+            kind,
+            method: kind.as_str().into(),
+            target: "b".into(),
+            outcome,
+            started_at: UNIX_EPOCH,
+            duration: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn a_graceful_step_down_left_unanswered_before_a_kill_is_named() {
+        let slow = attempt(0, MethodKind::Graceful, MethodOutcome::indeterminate("no answer before the deadline"));
+        let kill = attempt(1, MethodKind::Kill, MethodOutcome::fenced("pid 7 exited after SIGTERM"));
+        let report = |outcome: FenceOutcome, events: Vec<FenceEvent>| FenceReport { outcome, events };
+        let by_kill = FenceOutcome::Fenced { level: 1, methods: vec!["kill".into()] };
+
+        let r = report(by_kill.clone(), vec![slow.clone(), kill.clone()]);
+        assert_eq!(r.graceful_unanswered(), Some(&slow));
+        // A refused connection is a master that is down, not a slow one.
+        let refused = attempt(0, MethodKind::Graceful, MethodOutcome::failed("connection refused"));
+        assert_eq!(report(by_kill.clone(), vec![refused, kill.clone()]).graceful_unanswered(), None);
+        // Fenced by the graceful level itself, or not fenced at all: nothing to name.
+        let answered = attempt(0, MethodKind::Graceful, MethodOutcome::fenced("standby holding token 9"));
+        let by_graceful = FenceOutcome::Fenced { level: 0, methods: vec!["graceful".into()] };
+        assert_eq!(report(by_graceful, vec![answered]).graceful_unanswered(), None);
+        let undecided = FenceOutcome::Indeterminate { reason: "every level timed out".into() };
+        assert_eq!(report(undecided, vec![slow.clone()]).graceful_unanswered(), None);
+        // Another kind that timed out is not a graceful step-down.
+        let ssh = attempt(0, MethodKind::Ssh, MethodOutcome::indeterminate("ssh timed out"));
+        assert_eq!(report(by_kill, vec![ssh, kill]).graceful_unanswered(), None);
+    }
 
     // The event is what the agent stores in its history and serves over its API: pin it.
     #[test]

@@ -273,6 +273,18 @@ impl Driver {
                 return Err(format!("fencing {}: {:?}", target.node_id, report.outcome));
             }
             info!(node = %target.node_id, "fenced: {:?}", report.outcome);
+            if let Some(slow) = report.graceful_unanswered() {
+                warn!(
+                    node = %target.node_id,
+                    "{}'s master was asked to step down (method {:?}) and did not confirm within {} ms; it was {} \
+                     instead: right for a hung master; if it was healthy and only slow to step down (its fsync of the \
+                     new token on a slow disk, say), raise that method's timeout_ms above its slowest step-down",
+                    target.node_id,
+                    slow.method,
+                    slow.duration.as_millis(),
+                    report.outcome
+                );
+            }
         }
         Ok(())
     }
