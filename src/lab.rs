@@ -124,12 +124,7 @@ impl Proc {
 
     /// Whether it still runs (stopped counts as running; exited but not yet reaped does not).
     pub fn alive(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
-            Ok(stat) => {
-                stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-            }
-            Err(_) => false,
-        }
+        referee_fencing::procfs::read_stat(self.child.id()).ok().flatten().is_some_and(|s| !s.is_exited())
     }
 
     /// Whether it has exited (reaping it if so).

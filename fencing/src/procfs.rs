@@ -20,6 +20,9 @@ pub struct ProcStat {
     /// Field 22: start time in clock ticks since boot. A pid is reused only by a process
     /// with a different start time, so (pid, start time) names one process for all time.
     pub start_time: u64,
+    /// Fields 14 and 15: user and system CPU time so far, in clock ticks, its threads
+    /// included (for measuring, not for fencing).
+    pub cpu_ticks: u64,
 }
 
 impl ProcStat {
@@ -41,7 +44,9 @@ pub fn parse_stat(content: &str) -> Option<ProcStat> {
     let state = rest.first()?.chars().next()?;
     let pgid = rest.get(5 - 3)?.parse().ok()?;
     let start_time = rest.get(22 - 3)?.parse().ok()?;
-    Some(ProcStat { state, pgid, start_time })
+    let utime: u64 = rest.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = rest.get(15 - 3)?.parse().ok()?;
+    Some(ProcStat { state, pgid, start_time, cpu_ticks: utime + stime })
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` when no process has this pid.
@@ -200,6 +205,14 @@ mod tests {
         assert_eq!(stat.start_time, 987654);
         assert!(!stat.is_exited());
         assert!(parse_stat("12 (x) Z 1").is_none());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (java (main) x) S 1 4242 4242 0 -1 4194560 25000 0 12 0 1234 567 0 0 20 0 40 0 987654";
+        assert_eq!(parse_stat(stat).map(|s| s.cpu_ticks), Some(1234 + 567));
+        assert_eq!(parse_stat("4242 (cut short) S 1 2 3"), None);
+        assert_eq!(parse_stat("no parenthesis at all"), None);
     }
 
     #[test]

@@ -281,7 +281,7 @@ impl ServerUnderTest {
 
     /// The CPU time the servers' processes have used so far, summed over them.
     fn cpu(&self) -> Option<Duration> {
-        self.pids().into_iter().map(|pid| proc_cpu(&pid.to_string())).sum()
+        self.pids().into_iter().map(proc_cpu).sum()
     }
 
     /// A `kB` field of `/proc/<pid>/status` summed over the servers, in MiB.
@@ -494,22 +494,12 @@ fn pid_listening_on(port: u16) -> Result<u32> {
     bail!("no process holds the socket listening on port {port}")
 }
 
-/// CPU time (user and system) process `pid` (a number, or `self`) has used so far, its threads
-/// included, those that ended too: utime and stime of `/proc/<pid>/stat`.
-fn proc_cpu(pid: &str) -> Option<Duration> {
-    let ticks = stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+/// CPU time (user and system) process `pid` has used so far, its threads included, those
+/// that ended too (`/proc/<pid>/stat`).
+fn proc_cpu(pid: u32) -> Option<Duration> {
+    let ticks = referee_fencing::procfs::read_stat(pid).ok().flatten()?.cpu_ticks;
     let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|&t| t > 0)?;
     Some(Duration::from_secs_f64(ticks as f64 / ticks_per_sec as f64))
-}
-
-/// utime + stime, in clock ticks, from the text of a `/proc/<pid>/stat`.
-fn stat_cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name, in parentheses, may hold spaces and parentheses: count the fields from
-    // the last closing one. The state is field 3; utime and stime are fields 14 and 15.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
 }
 
 /// A `kB` field of `/proc/<pid>/status` in MiB.
@@ -823,10 +813,14 @@ impl Cell {
         server: &ServerUnderTest,
         work: impl std::future::Future<Output = Result<CellReport>>,
     ) -> Result<Cell> {
-        let before = (server.cpu(), proc_cpu("self"));
+        let before = (server.cpu(), proc_cpu(std::process::id()));
         let report = work.await?;
         let used = |after: Option<Duration>, before: Option<Duration>| Some(after?.saturating_sub(before?));
-        Ok(Cell { server_cpu: used(server.cpu(), before.0), client_cpu: used(proc_cpu("self"), before.1), report })
+        Ok(Cell {
+            server_cpu: used(server.cpu(), before.0),
+            client_cpu: used(proc_cpu(std::process::id()), before.1),
+            report,
+        })
     }
 
     /// CPU time per reply, in µs.
@@ -1659,26 +1653,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (java (main) x) S 1 4242 4242 0 -1 4194560 25000 0 12 0 1234 567 0 0 20 0 40 0";
-        assert_eq!(stat_cpu_ticks(stat), Some(1234 + 567));
-        assert_eq!(stat_cpu_ticks("4242 (cut short) S 1 2 3"), None);
-        assert_eq!(stat_cpu_ticks("no parenthesis at all"), None);
-    }
-
-    #[test]
     fn this_process_cpu_time_grows_while_it_computes() {
-        let first = proc_cpu("self").expect("/proc/self/stat is readable on Linux");
+        let first = proc_cpu(std::process::id()).expect("/proc/self/stat is readable on Linux");
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut x = 0u64;
         // Computes until the count moves on (a tick is 10 ms on Linux); a field that is not
         // the CPU time would stay put and run into the deadline.
-        while proc_cpu("self").expect("/proc/self/stat is readable") <= first {
+        while proc_cpu(std::process::id()).expect("/proc/self/stat is readable") <= first {
             assert!(Instant::now() < deadline, "10 s of computing and the CPU time stayed at {first:?}");
             for i in 0..100_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
         }
-        assert_eq!(proc_cpu("no-such-process"), None);
+        assert_eq!(proc_cpu(u32::MAX), None, "no process has that pid");
     }
 }
