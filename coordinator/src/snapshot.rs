@@ -508,6 +508,12 @@ impl SnapshotDir {
                 fallback: "no older snapshot reaches it".into(),
             });
         }
+        if !damaged.is_empty() {
+            tracing::warn!(
+                "no usable snapshot, but nothing is purged from the log: start-up replays the whole log \
+                 from its first entry"
+            );
+        }
         Ok(None)
     }
 }

@@ -13,7 +13,7 @@ use common::child::ChildServer;
 use common::raw::{body, op, Raw};
 use common::*;
 use referee_coordinator::dump::dump_log;
-use referee_coordinator::log::RealFs;
+use referee_coordinator::log::{wal, RealFs};
 use referee_testkit::{connect, within_for};
 use tokio::sync::watch;
 use zookeeper_client as zk;
@@ -249,16 +249,48 @@ async fn damage_before_the_log_tail_is_refused_naming_file_and_offset() -> Resul
     Ok(())
 }
 
+/// The log's purge point saved in `server`'s data directory: 0 while nothing is purged.
+fn saved_purge_point(server: &ChildServer) -> Result<u64> {
+    let identity = std::fs::read_to_string(server.data_dir().join("identity"))?;
+    let cluster_id: u64 = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster_id: "))
+        .ok_or_else(|| anyhow!("no cluster id in {identity}"))?
+        .parse()?;
+    Ok(wal::saved_purge_point(&RealFs, &server.data_dir().join("log"), cluster_id)?)
+}
+
+/// The finished snapshot files in `server`'s data directory, oldest first; a `.tmp` is one
+/// being written, or one a kill interrupted (removed at the next start).
+fn finished_snapshots(server: &ChildServer) -> Result<Vec<std::path::PathBuf>> {
+    let dir = server.data_dir().join("snapshots");
+    let mut snaps: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    snaps.retain(|p| p.extension().is_none_or(|e| e != "tmp"));
+    snaps.sort();
+    Ok(snaps)
+}
+
+/// Waits until `cond` holds of the running server's files, failing after [`DEADLINE`].
+async fn wait_for_files(what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    within_for(DEADLINE, what, async {
+        while !cond()? {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_newest_snapshot_falls_back_to_an_older_one_or_start_is_refused() -> Result<()> {
     let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
     write_some(&server, 120).await?;
+    // Snapshots are taken in the background, and the log is purged one snapshot late: a kill
+    // right after the writes may come before any purge is saved, and then a whole log would
+    // rightly stand in for every snapshot (the test below). Here the log must be purged.
+    wait_for_files("the log to be purged behind a snapshot", || Ok(saved_purge_point(&server)? > 0)).await?;
     server.kill9()?;
-    let dir = server.data_dir().join("snapshots");
-    // Finished snapshots only: a `.tmp` is one the kill interrupted (removed at the next start).
-    let mut snaps: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    snaps.retain(|p| p.extension().is_none_or(|e| e != "tmp"));
-    snaps.sort();
+    let snaps = finished_snapshots(&server)?;
     ensure!(snaps.len() >= 2, "expected several snapshots, found {snaps:?}");
     let newest = snaps.last().unwrap().clone();
     damage(&newest, |b| {
@@ -274,11 +306,34 @@ async fn a_damaged_newest_snapshot_falls_back_to_an_older_one_or_start_is_refuse
     assert_eq!(count_present(&server, 120).await?, 120, "nothing is lost by the fallback");
 
     server.kill9()?;
-    for s in std::fs::read_dir(&dir)? {
-        damage(&s?.path(), |b| b.truncate(b.len() - 3))?;
+    // Every finished snapshot; a `.tmp` the kill left (perhaps empty) is removed at start.
+    for s in finished_snapshots(&server)? {
+        damage(&s, |b| b.truncate(b.len() - 3))?;
     }
     let e = server.restart().await.expect_err("no usable snapshot and a purged log").to_string();
     assert!(e.contains("purged up to entry") && e.contains("Refusing to start"), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_log_stands_in_for_every_damaged_snapshot() -> Result<()> {
+    // One snapshot (at 20 of about 32 transactions): the log is kept back to the snapshot
+    // before the newest, so with a single one nothing is purged.
+    let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
+    write_some(&server, 30).await?;
+    wait_for_files("the first snapshot", || Ok(!finished_snapshots(&server)?.is_empty())).await?;
+    server.kill9()?;
+    let snaps = finished_snapshots(&server)?;
+    ensure!(snaps.len() == 1, "expected one snapshot, found {snaps:?}");
+    assert_eq!(saved_purge_point(&server)?, 0, "the log is not purged up to the only snapshot");
+    damage(&snaps[0], |b| b.truncate(b.len() - 3))?;
+    server.restart().await.context("the whole log replaces the damaged snapshot")?;
+    let log = server.log();
+    assert!(
+        log.contains("skipping a damaged snapshot") && log.contains("replays the whole log"),
+        "the damaged snapshot and the replay from the first entry are logged: {log}"
+    );
+    assert_eq!(count_present(&server, 30).await?, 30, "nothing is lost");
     Ok(())
 }
 
