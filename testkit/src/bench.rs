@@ -7,8 +7,9 @@
 //! same bytes go to the bundled coordinator and to Apache ZooKeeper.
 //!
 //! Replies of one session come in request order (ZooKeeper's per-session FIFO), so each session
-//! matches replies to requests with a queue of send instants: the queue's capacity is the number
-//! of requests in flight, and a full queue is what makes the sender wait.
+//! matches replies to requests with a queue of send instants. A session's window of K places
+//! is what makes its sender wait: a place is taken before a request is sent and given back when
+//! its reply has come, so at most K requests are ever in flight.
 //!
 //! Node layout: [`prepare`] makes `/tp` with a pool of nodes the reads and `setData` use
 //! (`/tp/pool/n{i}`); each `create` cell creates `/tp/c{cell}/s{session}-{seq}` and hands the
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::abuse::client::{ConnectOptions, RawClient, RawReceiver, RawSender};
 use crate::abuse::wire::{code, create_mode, Packet, Request};
@@ -441,9 +442,11 @@ async fn drive_connection(
     run: &mut SessionRun,
 ) -> Result<Ended> {
     let RawClient { mut sender, mut receiver, .. } = client;
-    // One entry per request in flight: its send instant and, for a create, its path. Capacity
-    // `window`: the sender waits for a free place before it sends.
-    let (tx, mut rx) = mpsc::channel::<(Instant, Option<String>)>(window);
+    // A place in the window is taken before a request is sent and given back when its reply
+    // has come, so at most `window` requests are ever in flight. The queue holds their send
+    // instants and, for a create, their paths, in request order.
+    let places = Semaphore::new(window);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<String>)>();
     let send = async {
         let mut out = Vec::new();
         loop {
@@ -451,8 +454,10 @@ async fn drive_connection(
                 break;
             }
             // A free place first, then the request: a request taken from `next` is always sent
-            // (a delete cell's list is not skipped over when the connection closes).
-            let Ok(place) = tx.reserve().await else { break };
+            // (a delete cell's list is not skipped over when the connection closes). The
+            // receiver closes the window when the connection closes.
+            let Ok(place) = places.acquire().await else { break };
+            place.forget();
             let Some(req) = next(*seq) else { break };
             *seq += 1;
             let created = match &req {
@@ -461,8 +466,7 @@ async fn drive_connection(
             };
             out.clear();
             sender.encode_into(&req, &mut out);
-            place.send((Instant::now(), created));
-            if sender.write_frames(&out).await.is_err() {
+            if tx.send((Instant::now(), created)).is_err() || sender.write_frames(&out).await.is_err() {
                 // The receiving side sees the close and counts what was in flight.
                 break;
             }
@@ -483,6 +487,7 @@ async fn drive_connection(
                 Ok(err) => err,
                 Err(why) => {
                     // This request and every one queued behind it went unanswered.
+                    places.close();
                     rx.close();
                     let mut in_flight = 1;
                     while rx.recv().await.is_some() {
@@ -491,6 +496,7 @@ async fn drive_connection(
                     return Ended::Closed { in_flight, why };
                 }
             };
+            places.add_permits(1);
             let now = Instant::now();
             run.latencies_us.push(micros(now - sent));
             run.replies_at_us.push(micros(now - start));
@@ -673,6 +679,69 @@ mod tests {
             cell.errors
         );
         assert!(cell.ops > 20, "the session connected again and went on: {} replies", cell.ops);
+    }
+
+    /// A server that answers in bursts: it takes requests until none has come for 50 ms, then
+    /// answers all it holds. What it held at most on one connection is what the client had in
+    /// flight at most.
+    async fn holds_requests_until_quiet(most_held: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for conn in 1i64.. {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                tokio::spawn(serve_holding(sock, conn, most_held.clone()));
+            }
+        });
+        addr
+    }
+
+    async fn serve_holding(
+        sock: tokio::net::TcpStream,
+        session: i64,
+        most_held: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Option<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+        async fn read_frame(sock: &mut BufReader<tokio::net::TcpStream>) -> Option<Vec<u8>> {
+            let len = sock.read_i32().await.ok()?;
+            let mut payload = vec![0; usize::try_from(len).ok()?];
+            sock.read_exact(&mut payload).await.ok()?;
+            Some(payload)
+        }
+        let mut sock = BufReader::new(sock);
+        read_frame(&mut sock).await?;
+        let granted = crate::jute::Jute::new().int(0).int(30_000).long(session).buffer(Some(&[0; 16]));
+        sock.write_all(&crate::jute::frame(&granted.into_vec())).await.ok()?;
+        loop {
+            let mut held = vec![read_frame(&mut sock).await?];
+            while let Ok(next) = tokio::time::timeout(Duration::from_millis(50), read_frame(&mut sock)).await {
+                held.push(next?);
+            }
+            most_held.fetch_max(held.len(), std::sync::atomic::Ordering::SeqCst);
+            for req in held {
+                let xid = i32::from_be_bytes(req.get(..4)?.try_into().ok()?);
+                let reply = crate::jute::Jute::new().int(xid).long(1).int(0).into_vec();
+                sock.write_all(&crate::jute::frame(&reply)).await.ok()?;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_never_has_more_requests_in_flight_than_its_shape_says() {
+        for outstanding in [1, 4] {
+            let most_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let addr = holds_requests_until_quiet(most_held.clone()).await;
+            let pool = Pool::of(vec!["/tp/pool/n0".into()], 4);
+            let shape = Shape { sessions: 1, outstanding };
+            run_cell(&[addr], Op::GetData, shape, Duration::from_millis(300), &pool, 0, None)
+                .await
+                .expect("the cell runs");
+            assert_eq!(
+                most_held.load(std::sync::atomic::Ordering::SeqCst),
+                outstanding,
+                "the server held this many requests of one session at once, for {outstanding} in flight"
+            );
+        }
     }
 
     #[tokio::test]
