@@ -681,7 +681,7 @@ mod tests {
         assert!(cell.ops > 20, "the session connected again and went on: {} replies", cell.ops);
     }
 
-    /// A server that answers in bursts: it takes requests until none has come for 50 ms, then
+    /// A server that answers in bursts: it takes requests until none has come for 100 ms, then
     /// answers all it holds. What it held at most on one connection is what the client had in
     /// flight at most.
     async fn holds_requests_until_quiet(most_held: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
@@ -714,7 +714,7 @@ mod tests {
         sock.write_all(&crate::jute::frame(&granted.into_vec())).await.ok()?;
         loop {
             let mut held = vec![read_frame(&mut sock).await?];
-            while let Ok(next) = tokio::time::timeout(Duration::from_millis(50), read_frame(&mut sock)).await {
+            while let Ok(next) = tokio::time::timeout(Duration::from_millis(100), read_frame(&mut sock)).await {
                 held.push(next?);
             }
             most_held.fetch_max(held.len(), std::sync::atomic::Ordering::SeqCst);
@@ -733,9 +733,9 @@ mod tests {
             let addr = holds_requests_until_quiet(most_held.clone()).await;
             let pool = Pool::of(vec!["/tp/pool/n0".into()], 4);
             let shape = Shape { sessions: 1, outstanding };
-            run_cell(&[addr], Op::GetData, shape, Duration::from_millis(300), &pool, 0, None)
-                .await
-                .expect("the cell runs");
+            // About ten bursts: the window is filled in at least one however the client is
+            // scheduled, and never overfilled.
+            run_cell(&[addr], Op::GetData, shape, Duration::from_secs(1), &pool, 0, None).await.expect("the cell runs");
             assert_eq!(
                 most_held.load(std::sync::atomic::Ordering::SeqCst),
                 outstanding,
