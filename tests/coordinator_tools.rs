@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::server::Coordinator;
+use referee_coordinator::snapshot::parse_snapshot_name;
 use referee_testkit::{connect, wait_until, ScratchDir, DEADLINE};
 use zookeeper_client as zk;
 
@@ -40,8 +41,9 @@ async fn data_dir(n: usize) -> Result<ScratchDir> {
     // Snapshots are written in the background: stop only once one is finished.
     let snapshots = scratch.path("data").join("snapshots");
     wait_until(DEADLINE, "a finished snapshot", || {
-        std::fs::read_dir(&snapshots)
-            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_str().is_some_and(|n| !n.ends_with(".tmp")))))
+        std::fs::read_dir(&snapshots).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_str().and_then(parse_snapshot_name).is_some()))
+        })
     })
     .await?;
     let _ = stop.send(());

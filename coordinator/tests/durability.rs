@@ -12,9 +12,11 @@ use anyhow::{anyhow, ensure, Context, Result};
 use common::child::ChildServer;
 use common::raw::{body, op, Raw};
 use common::*;
+use referee_coordinator::datadir::{read_identity, IDENTITY_NAME};
 use referee_coordinator::dump::dump_log;
 use referee_coordinator::log::{wal, RealFs};
-use referee_testkit::{connect, within_for};
+use referee_coordinator::snapshot::parse_snapshot_name;
+use referee_testkit::{connect, wait_until, within_for};
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
@@ -251,34 +253,18 @@ async fn damage_before_the_log_tail_is_refused_naming_file_and_offset() -> Resul
 
 /// The log's purge point saved in `server`'s data directory: 0 while nothing is purged.
 fn saved_purge_point(server: &ChildServer) -> Result<u64> {
-    let identity = std::fs::read_to_string(server.data_dir().join("identity"))?;
-    let cluster_id: u64 = identity
-        .lines()
-        .find_map(|l| l.strip_prefix("cluster_id: "))
-        .ok_or_else(|| anyhow!("no cluster id in {identity}"))?
-        .parse()?;
-    Ok(wal::saved_purge_point(&RealFs, &server.data_dir().join("log"), cluster_id)?)
+    let identity = read_identity(&RealFs, &server.data_dir().join(IDENTITY_NAME))?;
+    Ok(wal::saved_purge_point(&RealFs, &server.data_dir().join("log"), identity.cluster_id)?)
 }
 
-/// The finished snapshot files in `server`'s data directory, oldest first; a `.tmp` is one
-/// being written, or one a kill interrupted (removed at the next start).
+/// The finished snapshot files in `server`'s data directory, oldest first (not a `.tmp` being
+/// written, or one a kill interrupted, which the next start removes).
 fn finished_snapshots(server: &ChildServer) -> Result<Vec<std::path::PathBuf>> {
     let dir = server.data_dir().join("snapshots");
     let mut snaps: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    snaps.retain(|p| p.extension().is_none_or(|e| e != "tmp"));
+    snaps.retain(|p| p.file_name().and_then(|n| n.to_str()).and_then(parse_snapshot_name).is_some());
     snaps.sort();
     Ok(snaps)
-}
-
-/// Waits until `cond` holds of the running server's files, failing after [`DEADLINE`].
-async fn wait_for_files(what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    within_for(DEADLINE, what, async {
-        while !cond()? {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +274,8 @@ async fn a_damaged_newest_snapshot_falls_back_to_an_older_one_or_start_is_refuse
     // Snapshots are taken in the background, and the log is purged one snapshot late: a kill
     // right after the writes may come before any purge is saved, and then a whole log would
     // rightly stand in for every snapshot (the test below). Here the log must be purged.
-    wait_for_files("the log to be purged behind a snapshot", || Ok(saved_purge_point(&server)? > 0)).await?;
+    wait_until(DEADLINE, "the log to be purged behind a snapshot", || saved_purge_point(&server).is_ok_and(|p| p > 0))
+        .await?;
     server.kill9()?;
     let snaps = finished_snapshots(&server)?;
     ensure!(snaps.len() >= 2, "expected several snapshots, found {snaps:?}");
@@ -321,7 +308,7 @@ async fn a_whole_log_stands_in_for_every_damaged_snapshot() -> Result<()> {
     // before the newest, so with a single one nothing is purged.
     let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
     write_some(&server, 30).await?;
-    wait_for_files("the first snapshot", || Ok(!finished_snapshots(&server)?.is_empty())).await?;
+    wait_until(DEADLINE, "the first snapshot", || finished_snapshots(&server).is_ok_and(|s| !s.is_empty())).await?;
     server.kill9()?;
     let snaps = finished_snapshots(&server)?;
     ensure!(snaps.len() == 1, "expected one snapshot, found {snaps:?}");
