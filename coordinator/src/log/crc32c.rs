@@ -1,11 +1,12 @@
 //! CRC-32C (Castagnoli), the checksum of every log record and header.
 //!
-//! Table-driven, eight bytes a step ("slicing-by-8"): start-up checks every record of the log
-//! and the whole newest snapshot (tens of megabytes with 100,000 znodes), which one byte a
-//! step took about 3 ns a byte, a visible share of a restart; eight tables make it several
-//! times faster without platform-specific code. The polynomial is the reflected 0x82F63B78,
-//! the one iSCSI, ext4 and most storage formats use, chosen for its better burst-error
-//! detection than CRC-32 (IEEE).
+//! On x86-64 processors with SSE4.2 (every one of the last fifteen years) the processor's own
+//! CRC-32C instruction takes eight bytes a step, about 0.1 ns a byte: every snapshot is
+//! checksummed whole as it is written (tens of megabytes with 100,000 znodes, in the
+//! background but on the cores that answer clients) and again at start-up. Elsewhere it is
+//! table-driven, eight bytes a step ("slicing-by-8"), about 0.5 ns a byte; one byte a step
+//! took about 3 ns. The polynomial is the reflected 0x82F63B78, the one iSCSI, ext4 and most
+//! storage formats use, chosen for its better burst-error detection than CRC-32 (IEEE).
 
 /// The reflected Castagnoli polynomial.
 const POLY: u32 = 0x82F6_3B78;
@@ -43,6 +44,34 @@ const fn build_tables() -> [[u32; 256]; 8] {
 /// Continues a CRC-32C over `data`; start with `0`. `extend(extend(0, a), b)` equals
 /// `checksum(a ++ b)`.
 pub fn extend(crc: u32, data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the processor has SSE4.2, as checked just above.
+        return unsafe { extend_sse42(crc, data) };
+    }
+    extend_tables(crc, data)
+}
+
+/// [`extend`] with the processor's CRC-32C instruction (the same polynomial).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn extend_sse42(crc: u32, data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut c = u64::from(!crc);
+    let mut chunks = data.chunks_exact(8);
+    for w in &mut chunks {
+        c = _mm_crc32_u64(c, u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+    }
+    // The instruction leaves the CRC in the low 32 bits.
+    let mut c = c as u32;
+    for &b in chunks.remainder() {
+        c = _mm_crc32_u8(c, b);
+    }
+    !c
+}
+
+/// [`extend`] with the tables, on any processor.
+fn extend_tables(crc: u32, data: &[u8]) -> u32 {
     let t = &TABLES;
     let mut c = !crc;
     let mut chunks = data.chunks_exact(8);
@@ -96,6 +125,20 @@ mod tests {
         for start in 0..9 {
             for end in start..data.len() {
                 assert_eq!(checksum(&data[start..end]), bytewise(&data[start..end]), "{start}..{end}");
+            }
+        }
+    }
+
+    /// Both ways of computing it agree at every length, alignment and starting value; on a
+    /// processor without SSE4.2 this compares the tables with themselves.
+    #[test]
+    fn the_processors_instruction_matches_the_tables() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+        for start in 0..9 {
+            for end in start..data.len() {
+                for crc in [0, 0xdead_beef] {
+                    assert_eq!(extend(crc, &data[start..end]), extend_tables(crc, &data[start..end]), "{start}..{end}");
+                }
             }
         }
     }
