@@ -219,7 +219,8 @@ impl Write for FileWriter {
 
 /// The tree's encoder writes into the [`FileWriter`]'s buffer directly. Through `io::Write`
 /// postcard hands over every varint and every byte as a call of its own, each copied with a
-/// `memmove` of unknown length: with many znodes that was most of a snapshot's CPU time, taken
+/// `memmove` of unknown length: that was about half of a snapshot's CPU time (100,000 znodes
+/// took 84 to 96 ms to encode and checksum; 40 to 53 now, with the processor's CRC-32C), taken
 /// from the writes the server answers meanwhile. The bytes are the same.
 struct TreeEncoder<'a>(&'a mut FileWriter);
 
