@@ -370,9 +370,10 @@ async fn run(
                 held.busy.extend(origins.iter().copied());
                 let (txns, waiters): (TxnBatch, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
                 let net = net.clone();
+                let raft = raft.clone();
                 forwards.spawn(async move {
                     let started = tokio::time::Instant::now();
-                    let result = forward_batch(&net, leader, txns).await;
+                    let result = forward_batch(&raft, &net, leader, txns).await;
                     ForwardResult { origins, waiters, started, result }
                 });
             }
@@ -630,12 +631,21 @@ fn resolved(
     }
 }
 
-/// Sends a batch to the leader and returns its answer: the entry's index and the outcomes.
-async fn forward_batch(net: &PeerNetwork, leader: u64, txns: TxnBatch) -> Result<Forwarded, ProposeError> {
-    let reply = net
-        .request(leader, PeerRequest::Forward(txns), FORWARD_DEADLINE)
-        .await
-        .map_err(|e| ProposeError::Raft(format!("forwarding to the leader: {e}")))?;
+/// Sends a batch to the leader and returns its answer: the entry's index and the outcomes. It
+/// waits for at most [`FORWARD_DEADLINE`], and no longer than `leader` leads as far as this
+/// server knows: once another leader (or none) is known here, the batch's fate is unknown (the
+/// old leader may have logged it, and the new one may commit it), so it fails like a forward
+/// on a broken link, closing its connections.
+async fn forward_batch(raft: &Raft, net: &PeerNetwork, leader: u64, txns: TxnBatch) -> Result<Forwarded, ProposeError> {
+    let request = net.request(leader, PeerRequest::Forward(txns), FORWARD_DEADLINE);
+    let reply = tokio::select! {
+        reply = request => reply.map_err(|e| ProposeError::Raft(format!("forwarding to the leader: {e}")))?,
+        _ = crate::role::leader_replaced(raft, leader) => {
+            return Err(ProposeError::Raft(format!(
+                "the leader ({leader}) was replaced while this write was forwarded to it: its fate is unknown"
+            )))
+        }
+    };
     match reply {
         PeerReply::Forward(Ok(f)) => Ok(f),
         PeerReply::Forward(Err(why)) => Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}"))),

@@ -72,6 +72,24 @@ pub(crate) fn settled_in(term: u64, last_applied: Option<LogId<u64>>) -> bool {
     last_applied.is_some_and(|a| a.leader_id.get_term() == term)
 }
 
+/// Returns once the leader this server knows of is no longer `leader` (another one, or none
+/// during an election): from then on a request in flight to `leader` is not worth waiting for.
+/// A frozen leader keeps its connections open and answers nothing, so without this a request
+/// to it waits out its whole deadline after the ensemble has moved on. Woken only by changes of
+/// the server metrics (role, vote, leader), not by writes; never returns if Raft stops (the
+/// caller's own deadline ends the wait then).
+pub async fn leader_replaced(raft: &Raft, leader: u64) {
+    let mut server = raft.server_metrics();
+    loop {
+        if server.borrow_and_update().current_leader != Some(leader) {
+            return;
+        }
+        if server.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Follows one server's [`Role`]: see the module docs.
 pub struct RoleWatch {
     server: watch::Receiver<RaftServerMetrics<u64, BasicNode>>,

@@ -770,7 +770,7 @@ async fn campaign_when_leader_lapses(
     network: PeerNetwork,
     mut stop: watch::Receiver<bool>,
 ) {
-    use crate::staleness::{campaign_due, campaign_wait, quorum_granted, LEASE};
+    use crate::staleness::{campaign_due, campaign_wait, quorum_granted, still_lapsed, ElectionView, LEASE};
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let id = raft.metrics().borrow().id;
     let wait = campaign_wait(LEASE, id);
@@ -813,8 +813,27 @@ async fn campaign_when_leader_lapses(
             continue;
         }
         campaigned = Some(now);
+        let view = |at: Instant| {
+            let m = raft.metrics();
+            let m = m.borrow();
+            ElectionView { term: m.current_term, leader: m.current_leader, since_contact: contact.since_contact(at) }
+        };
+        let decided = view(now);
         let last_log_id = lock().log_end.as_ref().and_then(|l| l.last_log_id());
         let granted = pre_vote(&network, id, last_log_id, &configs).await;
+        let answered = Instant::now();
+        let after = view(answered);
+        if !still_lapsed(&decided, &after, answered - now) {
+            info!(
+                term = after.term,
+                leader = ?after.leader,
+                waited_ms = (answered - now).as_millis() as u64,
+                "the ensemble moved on while the pre-vote was answered (a new term, a leader named or heard): \
+                 not campaigning"
+            );
+            refused = false;
+            continue;
+        }
         if !quorum_granted(&configs, &granted) {
             if !refused {
                 info!(
@@ -843,7 +862,9 @@ async fn campaign_when_leader_lapses(
 
 /// Asks every other voter of `configs` for a pre-vote (see [`crate::staleness::pre_vote_grant`])
 /// for a log ending at `last_log_id`, and returns the voters that granted it, this server
-/// (`id`) among them.
+/// (`id`) among them: as soon as they are a quorum, or when every voter has answered or its
+/// deadline passed. (Waiting on a voter that cannot answer, a frozen one, only widens the
+/// window in which another voter's election overtakes this one.)
 async fn pre_vote(
     network: &PeerNetwork,
     id: u64,
@@ -863,6 +884,9 @@ async fn pre_vote(
     while let Some(answer) = asks.join_next().await {
         if let Ok((voter, true)) = answer {
             granted.insert(voter);
+            if crate::staleness::quorum_granted(configs, &granted) {
+                break;
+            }
         }
     }
     granted
@@ -959,7 +983,19 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
         // Half the bound a waiting reply may wait: a report lost on a connection that died
         // without a word is sent again in time for it.
         let deadline = Duration::from_millis(shared.config.max_leader_silence_ms) / 2;
-        let failure = match network.request(leader, PeerRequest::Touch(heard.clone()), deadline).await {
+        // A report to a leader that has since been replaced (a frozen one answers nothing) is
+        // given up at once: its sessions go to the new leader with the next report, instead of
+        // after this one's deadline, while every reply on this server waits for them.
+        let request = network.request(leader, PeerRequest::Touch(heard.clone()), deadline);
+        let answer = tokio::select! {
+            answer = request => answer,
+            _ = crate::role::leader_replaced(&shared.raft, leader) => {
+                debug!(leader, sessions = heard.len(), "the leader changed while a liveness report was in flight: sending it to the new one");
+                shared.lock().tracker.heard_again(&heard);
+                continue;
+            }
+        };
+        let failure = match answer {
             Ok(PeerReply::Touch { expired }) => {
                 gate.acknowledged(&heard, &expired, sent);
                 None

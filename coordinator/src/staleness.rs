@@ -32,7 +32,9 @@
 //!    its own does, without raising any term. A voter says yes when it does not lead, has
 //!    heard no leader for the lease either, and the asker's log is at least as up to date as
 //!    its own ([`pre_vote_grant`]). Only with a quorum of yeses, itself included, in every
-//!    configuration of the membership ([`quorum_granted`]), does it call the election.
+//!    configuration of the membership ([`quorum_granted`]), does it call the election, and
+//!    only if its term and leader are still the ones it decided under and no leader was heard
+//!    while it waited ([`still_lapsed`]). It stops waiting at the quorum's last yes.
 //!
 //! A follower cut off from the rest hears no yes, keeps its term, and rejoins the leader it
 //! left when the cut heals. Elections are always safe in Raft; the pre-vote only decides when
@@ -150,6 +152,30 @@ pub fn pre_vote_grant<L: PartialOrd>(
     !leads && silent.is_none_or(|s| s >= lease) && asker_last >= own_last
 }
 
+/// What a voter knew when it decided to ask for a pre-vote, and knows again when the answers
+/// are in: its term, the leader it knew of, and when it last heard from a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionView {
+    /// The Raft term the server is in.
+    pub term: u64,
+    /// The leader it knows of in that term, if any.
+    pub leader: Option<u64>,
+    /// How long before the view was taken it last heard from a leader; `None` if never.
+    pub since_contact: Option<Duration>,
+}
+
+/// Whether a pre-vote granted by a quorum may still start an election: only when nothing
+/// changed while the answers were awaited (`taken_apart`, the time between the two views). A
+/// pre-vote waits up to its deadline on a voter that does not answer (a frozen one), and
+/// meanwhile another voter may have won an election: the term moved on, or a leader was
+/// named, or heard. Starting an election then deposes the leader the ensemble just elected,
+/// and once more each time the same race repeats, for as long as the silent voter stays
+/// silent.
+pub fn still_lapsed(before: &ElectionView, after: &ElectionView, taken_apart: Duration) -> bool {
+    let heard_since = after.since_contact.is_some_and(|s| s < taken_apart);
+    after.term == before.term && after.leader == before.leader && !heard_since
+}
+
 /// Whether the voters in `granted` (the asker among them) are a majority of every voter set in
 /// `configs` (one, or two while a membership change is joint).
 pub fn quorum_granted(configs: &[std::collections::BTreeSet<u64>], granted: &std::collections::BTreeSet<u64>) -> bool {
@@ -215,6 +241,29 @@ mod tests {
         }
         assert!(pre_vote_grant(false, None, lease, &Some((1u64, 1u64)), &None), "an empty log is behind any");
         assert!(!pre_vote_grant(false, None, lease, &None, &Some((1u64, 1u64))), "an empty asker is behind");
+    }
+
+    #[test]
+    fn a_granted_pre_vote_starts_no_election_once_the_ensemble_has_moved_on() {
+        let ms = Duration::from_millis;
+        let view = |term, leader, since_contact| ElectionView { term, leader, since_contact };
+        // Decided at term 1 under leader 1, silent 860 ms; the answers took 300 ms.
+        let before = view(1, Some(1), Some(ms(860)));
+        let apart = ms(300);
+        // Table: (view when the answers are in, still lapsed, why).
+        let cases = [
+            (view(1, Some(1), Some(ms(1160))), true, "nothing changed: the leader is still silent"),
+            (view(2, Some(2), Some(ms(40))), false, "another voter won the election meanwhile"),
+            (view(2, None, Some(ms(1160))), false, "this voter granted another's vote: an election is under way"),
+            (view(1, None, Some(ms(1160))), false, "the leader it knew is no longer named"),
+            (view(1, Some(1), Some(ms(120))), false, "the leader was heard again while it waited"),
+            (view(1, Some(1), Some(ms(300))), true, "heard last just before it decided"),
+        ];
+        for (after, lapsed, why) in cases {
+            assert_eq!(still_lapsed(&before, &after, apart), lapsed, "{why}");
+        }
+        let never = view(0, None, None);
+        assert!(still_lapsed(&never, &never, apart), "a new ensemble's first election");
     }
 
     #[test]

@@ -344,13 +344,23 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Opens a session with a deadline of the session timeout plus one op timeout.
+///
+/// A server silent for a fifth of the session timeout is given up for another, as the failover
+/// agent does (`referee_failover_agent::election::connection_idle_limit`): a frozen coordinator
+/// server keeps its connections open, and with the client library's default (two fifths, tried
+/// twice) the journal's writes stopped for about 3 s of a 4 s session while its leader was
+/// frozen, though the two other servers had elected a new one within a second.
 pub async fn connect_session(
     connect: &str,
     session_timeout: Duration,
     op_timeout: Duration,
 ) -> anyhow::Result<zk::Client> {
     let limit = session_timeout + op_timeout;
-    let connecting = zk::Client::connector().with_session_timeout(session_timeout).connect(connect);
+    let idle_limit = (session_timeout / 5).max(Duration::from_millis(50));
+    let connecting = zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(idle_limit)
+        .connect(connect);
     let client = tokio::time::timeout(limit, connecting)
         .await
         .map_err(|_| anyhow::anyhow!("no session with the coordinator at {connect} within {limit:?}"))?

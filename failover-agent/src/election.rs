@@ -119,6 +119,22 @@ pub struct CoordinationConfig {
     pub digest: Option<String>,
 }
 
+/// How long the agent's connection to one coordinator server may go without a byte from it
+/// before the client gives that server up and resumes the session on another: a fifth of the
+/// requested session timeout (the client pings after three eighths of this in silence).
+///
+/// The client library's own default is two fifths, 1 s of a 2.5 s session. A server that is
+/// frozen (SIGSTOP, a stalled VM) keeps its TCP connections open, so silence is the only sign,
+/// and the library tries the same server once more before the next. Twice the default is 2 s,
+/// past the lease the session buys (1.65 s of a 2.5 s session with the default demote deadline
+/// and margin), so an agent on a frozen coordinator server demoted its master before it reached
+/// a live one. Twice a fifth is 1 s, inside the lease: the session moves, the lease is renewed,
+/// and the master stays active. A server merely slow for that long costs a reconnection, never
+/// the session.
+pub fn connection_idle_limit(session_timeout: Duration) -> Duration {
+    (session_timeout / 5).max(Duration::from_millis(50))
+}
+
 impl fmt::Debug for CoordinationConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The digest's password never reaches a log line.
@@ -529,7 +545,9 @@ impl Coordination {
     /// `op_timeout` per missing parent.
     pub async fn connect(cfg: CoordinationConfig) -> Result<Self, ElectionError> {
         cfg.validate()?;
-        let mut connector = zk::Client::connector().with_session_timeout(cfg.session_timeout);
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_connection_timeout(connection_idle_limit(cfg.session_timeout));
         if let Some(digest) = &cfg.digest {
             // Given to the connector, the credential is re-sent on every reconnection.
             connector = connector.with_auth("digest", digest.as_bytes());
@@ -1269,6 +1287,21 @@ mod tests {
             change(&mut c);
             assert!(matches!(c.validate(), Err(ElectionError::Config(_))), "{what} was accepted");
         }
+    }
+
+    #[test]
+    fn a_frozen_server_is_given_up_twice_within_the_lease() {
+        let ms = Duration::from_millis;
+        // The library tries a silent server a second time before the next one: both waits
+        // must fit in the lease, with room for an election and a round trip on a live server.
+        let rule = crate::lease::LeaseRule { staleness: ms(100), demote_deadline: ms(500), margin: ms(250) };
+        for session in [ms(2500), ms(4000), ms(10_000)] {
+            let lease = rule.budget(session).expect("the lease is not empty");
+            let twice = 2 * connection_idle_limit(session);
+            assert!(twice + ms(500) <= lease, "session {session:?}: twice {twice:?} leaves too little of {lease:?}");
+        }
+        assert_eq!(connection_idle_limit(ms(2500)), ms(500));
+        assert_eq!(connection_idle_limit(ms(100)), ms(50), "never below 50 ms");
     }
 
     #[test]

@@ -245,6 +245,20 @@ fn last_state(record: &MasterRecord, node: usize, since: Duration) -> Option<HaS
     record.states.iter().rev().find(|o| o.node == node).filter(|o| o.sent >= since).map(|o| o.what.state)
 }
 
+/// The longest stretch of `from..to` in which no master acknowledged a write (by the times the
+/// acknowledgements arrived).
+fn longest_without_acks(record: &MasterRecord, from: Duration, to: Duration) -> Duration {
+    let mut times: Vec<Duration> = record.acks.iter().map(|a| a.received).filter(|t| *t > from && *t < to).collect();
+    times.sort();
+    let mut longest = Duration::ZERO;
+    let mut last = from;
+    for t in times.into_iter().chain([to]) {
+        longest = longest.max(t - last);
+        last = t;
+    }
+    longest
+}
+
 /// How long master `node` has been acknowledging writes sent after `since`.
 fn acknowledging_for(record: &MasterRecord, node: usize, since: Duration) -> Duration {
     let mut acks = record.acks.iter().filter(|a| a.node == node && a.sent >= since);
@@ -1106,15 +1120,38 @@ async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
     pair.signal_coordinator_server(leader, Signal::SIGSTOP)?;
     let new_leader = pair.wait_for_coordinator_leader(&others, Duration::from_secs(30)).await?;
     let elected = oracle.now() - frozen_at;
+    // Frozen for twice the session timeout, counted from the freeze: every session it held
+    // has moved or expired by then. Until then the two others keep the leader they elected:
+    // one that hears its leader never campaigns against it, so no election follows the first
+    // (each one would drop every client of the two and fail their writes).
+    let wake = frozen_at + 2 * session;
+    let mut lapses = Vec::new();
+    while oracle.now() < wake {
+        let at = oracle.now() - frozen_at;
+        let mut modes = Vec::new();
+        for &k in &others {
+            modes.push((k + 1, pair.coordinator_mode(k).await));
+        }
+        let leaders: Vec<usize> =
+            modes.iter().filter(|(_, m)| m.as_deref() == Some("leader")).map(|(k, _)| *k - 1).collect();
+        if leaders != [new_leader] {
+            lapses.push(format!("{:.1} ms: {modes:?}", ms(at)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        lapses.is_empty(),
+        "server {} was elected {:.1} ms after the freeze, but the survivors did not keep it as their leader while \
+         server {} stayed frozen ({} samples of their modes without it, the first: {:?}; server, mode)\n{}",
+        new_leader + 1,
+        ms(elected),
+        leader + 1,
+        lapses.len(),
+        lapses.iter().take(5).collect::<Vec<_>>(),
+        logs(pair)
+    );
     for node in 0..NODES.len() {
         until_connected(pair, node).await?;
-    }
-    // Frozen for twice the session timeout, counted from the freeze: every session it held
-    // has moved or expired by then.
-    let wake = frozen_at + 2 * session;
-    let now = oracle.now();
-    if wake > now {
-        tokio::time::sleep(wake - now).await;
     }
     let resumed_at = oracle.now();
     pair.signal_coordinator_server(leader, Signal::SIGCONT)?;
@@ -1126,9 +1163,11 @@ async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
     .await?;
     let active = pair.wait_for_active(Duration::from_secs(10)).await?;
     let record = oracle.finish().await;
+    let gap = longest_without_acks(&record, frozen_at, resumed_at);
     say!(
         "coordinator server {} (leader) frozen at {:.1} ms; server {} led {:.1} ms later; resumed at {:.1} ms; \
-         server {} leads the three after; active before: {}, after: {}\n{}",
+         server {} leads the three after; active before: {}, after: {}; longest time without an acknowledged \
+         write while it was frozen: {:.1} ms\n{}",
         leader + 1,
         ms(frozen_at),
         new_leader + 1,
@@ -1137,9 +1176,19 @@ async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
         leader_after + 1,
         NODES[first],
         NODES[active],
+        ms(gap),
         record.timeline()
     );
     record.check()?;
+    // The agents' sessions move to the two others well inside their leases (each gives a
+    // silent server up after a fifth of the session timeout), so the pair goes on taking
+    // writes; a gap as long as a session timeout is a failover or a stalled ensemble.
+    ensure!(
+        gap < session,
+        "no write was acknowledged for {:.1} ms while the coordinator leader was frozen (session timeout {session:?})\n{}",
+        ms(gap),
+        logs(pair)
+    );
     only_active_at_the_end(&record, active)?;
     check_journal(pair, &record).await
 }
