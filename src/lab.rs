@@ -668,6 +668,11 @@ impl Pair {
         self.spec.coordinator.servers()
     }
 
+    /// How many coordinator servers the pair runs, observers included.
+    pub fn coordinator_count(&self) -> usize {
+        self.coordinators.len()
+    }
+
     /// The coordinator server (from 0) of the observer beside node `i`, if the kind has them.
     pub fn coordinator_observer(&self, i: usize) -> Option<usize> {
         let k = self.coordinator_servers() + i;

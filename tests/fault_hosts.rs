@@ -66,8 +66,15 @@
 //!   back with a leader before the next), the leader among them: the checks of the restart
 //!   above.
 //! - **The coordinator's leader frozen** (SIGSTOP for twice the session timeout, then SIGCONT):
-//!   the others elect a leader and the agents move there; resumed, it rejoins; no split brain,
-//!   one active at the end, every acknowledged write in the journal.
+//!   the others elect a leader and keep it while the old one is frozen (sampled every 20 ms),
+//!   the agents move there, and a master acknowledges writes again within a session timeout;
+//!   resumed, it rejoins; no split brain, one active at the end, every acknowledged write in
+//!   the journal.
+//! - **The server holding the active agent's session frozen** (a follower or the leader, the
+//!   same way): given all three voters, the agent moves its session within its lease, so its
+//!   master is never demoted and writes go on within a session timeout; given its observer
+//!   alone, the agent demotes its master at lease end and the other node takes over. Either
+//!   way no split brain and every acknowledged write in the journal.
 //! - **The coordinator's leader cut off from the other servers** (not from the agents or the
 //!   masters): it holds no session within `max_leader_silence_ms` (plus slack) and takes none
 //!   back while cut off, the other two elect a leader, both agents are connected again, writes
@@ -193,5 +200,6 @@ scenarios! {
         coordinator_leader_cut_off_from_its_peers_drops_its_clients_and_is_replaced: coordinator_leader_partitioned_from_its_peers();
         coordinator_servers_restarted_one_by_one_under_the_pair: coordinator_rolling_restart_under_the_pair();
         coordinator_leader_frozen_and_resumed_rejoins_without_split_brain: coordinator_leader_frozen_and_resumed();
+        coordinator_server_of_the_active_agent_frozen_costs_no_failover_where_it_can_move: coordinator_server_of_the_active_agent_frozen();
     }
 }

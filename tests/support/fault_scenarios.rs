@@ -1102,15 +1102,138 @@ async fn until_connected(pair: &Pair, node: usize) -> Result<()> {
 /// there while it sleeps; woken, it finds itself deposed and rejoins. Writes go on with no split
 /// brain and one active at the end, and the journal holds every acknowledged write.
 pub async fn coordinator_leader_frozen_and_resumed(kind: CoordinatorKind, test: &str) -> Result<()> {
+    on_ensemble_resuming_servers(kind, test, |pair| async move { run_leader_freeze(&pair).await }).await
+}
+
+/// Starts the journalling pair on an ensemble, plays `scene` on it, then resumes every
+/// coordinator server, observers included, whatever the scene did: a server left stopped
+/// would outlive the test's own clean-up.
+async fn on_ensemble_resuming_servers<F, Fut>(kind: CoordinatorKind, test: &str, scene: F) -> Result<()>
+where
+    F: FnOnce(Arc<Pair>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     require_ensemble(kind)?;
     let Some(hosts) = hosts_or_skip(kind, test)? else { return Ok(()) };
     let pair = Arc::new(Pair::start_on_hosts(spec(kind, Masters::Journalling), &hosts).await?);
-    let result = run_leader_freeze(&pair).await;
-    // A server left stopped would outlive the test's own clean-up.
-    for k in 0..pair.coordinator_servers() {
+    let result = scene(pair.clone()).await;
+    for k in 0..pair.coordinator_count() {
         let _ = pair.signal_coordinator_server(k, Signal::SIGCONT);
     }
     result
+}
+
+/// The coordinator server that holds the active agent's session frozen (SIGSTOP) for twice
+/// the session timeout, then resumed: a follower, or the leader, whichever the agent's client
+/// chose. A frozen server keeps its connections open, so the agent learns of it only from
+/// silence. Given all three voters, it moves its session to another within its lease (it
+/// gives a silent server up after a fifth of the session timeout): the master is never
+/// demoted, and writes go on within a session timeout. Given its observer alone, it has
+/// nowhere to go: it demotes its master at lease end, and the other node takes over.
+pub async fn coordinator_server_of_the_active_agent_frozen(kind: CoordinatorKind, test: &str) -> Result<()> {
+    on_ensemble_resuming_servers(kind, test, |pair| async move { run_agent_server_freeze(&pair).await }).await
+}
+
+/// How a scene with a frozen coordinator server ends (see [`resume_frozen`]).
+struct Resumed {
+    /// When the server was resumed.
+    at: Duration,
+    /// The ensemble's leader after.
+    leader: usize,
+    /// The active master after.
+    active: usize,
+    /// The masters' record of the whole scene.
+    record: MasterRecord,
+    /// The longest time without an acknowledged write from the freeze to the resumption.
+    gap: Duration,
+}
+
+/// Resumes frozen coordinator server `server`, waits for a leader among `all`, two seconds of
+/// writes and an active master, and ends the oracle's record.
+async fn resume_frozen(
+    pair: &Pair,
+    oracle: MasterOracle,
+    server: usize,
+    all: &[usize],
+    frozen_at: Duration,
+) -> Result<Resumed> {
+    let at = oracle.now();
+    pair.signal_coordinator_server(server, Signal::SIGCONT)?;
+    let leader = pair.wait_for_coordinator_leader(all, Duration::from_secs(30)).await?;
+    let settle = oracle.now();
+    until_record(pair, &oracle, Duration::from_secs(30), "two seconds of writes after the resumption", |r| {
+        (0..NODES.len()).any(|n| acknowledging_for(r, n, settle) >= Duration::from_secs(2))
+    })
+    .await?;
+    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    let gap = longest_without_acks(&record, frozen_at, at);
+    Ok(Resumed { at, leader, active, record, gap })
+}
+
+async fn run_agent_server_freeze(pair: &Arc<Pair>) -> Result<()> {
+    let LeaderScene { first, all, oracle, .. } = leader_scene(pair).await?;
+    let alone = pair.coordinator_observer(first).is_some();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        if let Some(k) = pair.agent_coordinator_server(first).await {
+            break k;
+        }
+        ensure!(Instant::now() < deadline, "agent {} holds no session on any server\n{}", NODES[first], logs(pair));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let role = pair.coordinator_mode(server).await;
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let frozen_at = oracle.now();
+    pair.signal_coordinator_server(server, Signal::SIGSTOP)?;
+    let wake = frozen_at + 2 * session;
+    let now = oracle.now();
+    if wake > now {
+        tokio::time::sleep(wake - now).await;
+    }
+    let Resumed { at: resumed_at, active, record, gap, .. } =
+        resume_frozen(pair, oracle, server, &all, frozen_at).await?;
+    say!(
+        "coordinator server {} ({}) held agent {}'s session{}; frozen at {:.1} ms, resumed at {:.1} ms; active \
+         before: {}, after: {}; longest time without an acknowledged write while it was frozen: {:.1} ms\n{}",
+        server + 1,
+        role.as_deref().unwrap_or("mode unknown"),
+        NODES[first],
+        if alone { ", its only server" } else { "" },
+        ms(frozen_at),
+        ms(resumed_at),
+        NODES[first],
+        NODES[active],
+        ms(gap),
+        record.timeline()
+    );
+    record.check()?;
+    only_active_at_the_end(&record, active)?;
+    if alone {
+        ensure!(
+            active != first,
+            "agent {} could reach no server but its frozen observer, yet its master is the active one at the end\n{}",
+            NODES[first],
+            logs(pair)
+        );
+    } else {
+        let demoted = record.role_changes().into_iter().find(|c| c.node == first && c.from.state == HaState::Active);
+        ensure!(
+            demoted.is_none() && active == first,
+            "agent {} could move its session to two live servers, yet its master was demoted ({demoted:?}; active at \
+             the end: {})\n{}",
+            NODES[first],
+            NODES[active],
+            logs(pair)
+        );
+        ensure!(
+            gap < session,
+            "no write was acknowledged for {:.1} ms while the agent's server was frozen (session timeout {session:?})\n{}",
+            ms(gap),
+            logs(pair)
+        );
+    }
+    check_journal(pair, &record).await
 }
 
 async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
@@ -1153,17 +1276,8 @@ async fn run_leader_freeze(pair: &Arc<Pair>) -> Result<()> {
     for node in 0..NODES.len() {
         until_connected(pair, node).await?;
     }
-    let resumed_at = oracle.now();
-    pair.signal_coordinator_server(leader, Signal::SIGCONT)?;
-    let leader_after = pair.wait_for_coordinator_leader(&all, Duration::from_secs(30)).await?;
-    let settle = oracle.now();
-    until_record(pair, &oracle, Duration::from_secs(30), "two seconds of writes after the resumption", |r| {
-        (0..NODES.len()).any(|n| acknowledging_for(r, n, settle) >= Duration::from_secs(2))
-    })
-    .await?;
-    let active = pair.wait_for_active(Duration::from_secs(10)).await?;
-    let record = oracle.finish().await;
-    let gap = longest_without_acks(&record, frozen_at, resumed_at);
+    let Resumed { at: resumed_at, leader: leader_after, active, record, gap } =
+        resume_frozen(pair, oracle, leader, &all, frozen_at).await?;
     say!(
         "coordinator server {} (leader) frozen at {:.1} ms; server {} led {:.1} ms later; resumed at {:.1} ms; \
          server {} leads the three after; active before: {}, after: {}; longest time without an acknowledged \
