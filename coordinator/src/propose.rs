@@ -202,7 +202,15 @@ impl Proposer {
         };
         let (leader, net) = leader;
         let started = tokio::time::Instant::now();
-        let index = match net.request(leader, PeerRequest::ReadIndex, FORWARD_DEADLINE).await {
+        // As a forward: a leader replaced meanwhile (a frozen one answers nothing) is not
+        // waited on; the caller closes the connection, and the client asks again elsewhere.
+        let asked = tokio::select! {
+            reply = net.request(leader, PeerRequest::ReadIndex, FORWARD_DEADLINE) => reply,
+            _ = crate::role::leader_replaced(&self.raft, leader) => {
+                return Err(ProposeError::Raft(format!("the leader ({leader}) was replaced while asked for its read index")))
+            }
+        };
+        let index = match asked {
             Ok(PeerReply::ReadIndex(Ok(index))) => index,
             Ok(PeerReply::ReadIndex(Err(why))) => {
                 return Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}")))
