@@ -232,6 +232,32 @@ async fn a_newer_connection_takes_the_session_over() -> Result<()> {
     server.stop().await
 }
 
+/// A resumed session keeps the timeout it was created with, whatever the reconnecting client
+/// asks for: the ConnectResponse grants it again, and the session expires by it. (Apache
+/// ZooKeeper renegotiates it with the server reconnected to; a lease computed from the first
+/// grant, as the failover agent's is, would then no longer bound the session's life.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_keeps_the_timeout_it_was_created_with() -> Result<()> {
+    let server = TestServer::start().await?;
+    let first = Raw::connect(server.addr, 1000).await?;
+    assert_eq!(first.timeout_ms, 1000);
+    let (id, passwd) = (first.session_id, first.passwd.clone());
+    for asked in [20_000, 200] {
+        let again = Raw::resume(server.addr, id, &passwd, asked).await?;
+        assert_eq!(again.timeout_ms, 1000, "resumed asking for {asked} ms");
+    }
+    let mut last = Raw::resume(server.addr, id, &passwd, 20_000).await?;
+    last.call(op::CREATE, &body::create("/kept-timeout", b"", 1)).await?.ok()?;
+    drop((first, last));
+    // Expired by the 1 s it was created with (with room for a loaded machine), long before the
+    // 20 s the last connection asked for.
+    wait_until(Duration::from_secs(8), "the session expired by its first timeout", || {
+        !server.session_ids().contains(&id)
+    })
+    .await?;
+    server.stop().await
+}
+
 /// A client that has seen a zxid ahead of this server must try another server: the connection
 /// is closed without a ConnectResponse and without creating or touching a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

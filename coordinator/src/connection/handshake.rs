@@ -110,8 +110,8 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
             c.last_zxid_seen
         ));
     }
-    let timeout_ms = shared.config.negotiate_timeout(c.timeout_ms);
     if c.session_id == 0 {
+        let timeout_ms = shared.config.negotiate_timeout(c.timeout_ms);
         let mut password = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut password);
         let txn = Txn {
@@ -134,18 +134,22 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
         shared.proposer.barrier().await.map_err(|e| format!("cannot check session {id} with the leader: {e}"))?;
     }
     let arrived = Instant::now();
-    let password = {
+    // A resumed session keeps the timeout it was created with, whatever this client asks for
+    // now and whichever server it reaches: Apache ZooKeeper renegotiates it here, but a lease
+    // computed from the first grant (as the failover agent's is) must go on bounding the
+    // session's life, and every server of an ensemble expires it by the same figure.
+    let (password, timeout_ms) = {
         let mut st = shared.lock();
         let Some(s) = st.tree.session(id) else { return Ok(None) };
         if s.password[..] != c.password[..] {
             return Ok(None);
         }
-        let password = s.password;
+        let (password, timeout_ms) = (s.password, s.timeout_ms);
         let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
         if !st.tracker.reopen(id, timeout, arrived) {
             return Ok(None);
         }
-        password
+        (password, timeout_ms)
     };
     // The resumed session's ConnectResponse renews the client's idea of it, as a reply does.
     shared.liveness_covered(id, arrived).await?;
