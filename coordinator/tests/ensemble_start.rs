@@ -394,9 +394,10 @@ async fn an_idle_session_closed_on_a_follower_gets_its_reply() -> Result<()> {
     Ok(())
 }
 
-/// A client that resumes its session on another server keeps it there, and the connection it
-/// left on the first server is closed (ZooKeeper's SessionMoved), wherever the two are, even
-/// when it resumes before that server has applied the session's creation.
+/// A client that resumes its session on another server keeps it there, with the timeout it was
+/// first granted whatever it asks for now, and the connection it left on the first server is
+/// closed (ZooKeeper's SessionMoved), wherever the two are, even when it resumes before that
+/// server has applied the session's creation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumed_on_another_server_closes_its_old_connection() -> Result<()> {
     let (running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter]).await?;
@@ -406,11 +407,20 @@ async fn a_session_resumed_on_another_server_closes_its_old_connection() -> Resu
     // Resumed at once, often before the other server has applied the session's creation: it
     // must catch up with the leader rather than call the session unknown.
     let moves = [(followers[0], followers[1]), (followers[1], at_leader), (at_leader, followers[0])];
-    for (from, to) in moves.into_iter().cycle().take(12) {
-        let mut old = common::raw::Raw::connect(from.client, 4000).await.context("a session")?;
-        let new = common::raw::Raw::resume(to.client, old.session_id, &old.passwd.clone(), 4000)
+    for (round, (from, to)) in moves.into_iter().cycle().take(12).enumerate() {
+        // Granted as asked (these servers grant 400 to 2000 ms), then asked for others in range.
+        let mut old = common::raw::Raw::connect(from.client, 1500).await.context("a session")?;
+        ensure!(old.timeout_ms == 1500, "a new session asking for 1500 ms was granted {} ms", old.timeout_ms);
+        let asked = [1500, 600, 2000][round % 3];
+        let new = common::raw::Raw::resume(to.client, old.session_id, &old.passwd.clone(), asked)
             .await
             .with_context(|| format!("resuming on server {}", to.id))?;
+        ensure!(
+            new.timeout_ms == 1500,
+            "resumed on server {} asking for {asked} ms: granted {} ms, not its first grant",
+            to.id,
+            new.timeout_ms
+        );
         let closed = old.read_frame_for(Duration::from_secs(5)).await;
         ensure!(
             matches!(closed, Ok(None)),
