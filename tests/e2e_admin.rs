@@ -29,7 +29,8 @@ async fn fenced(pair: &Pair, node: usize) -> u64 {
 }
 
 /// `referee admin failover --to` swaps the roles without a remote fence and prints the
-/// timeline; `status` shows both members; a failover to an unknown node is refused.
+/// timeline (with `--dry-run` it only prints the plan); `status` shows both members; a failover
+/// to an unknown node is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_failover_swaps_roles_without_fencing() -> Result<()> {
     let (pair, active) = pair().await?;
@@ -39,6 +40,14 @@ async fn manual_failover_swaps_roles_without_fencing() -> Result<()> {
     for node in NODES {
         ensure!(out.contains(node), "status lists {node}: {out}");
     }
+    // A dry run prints the plan and changes nothing (a failover sent would have returned only
+    // once the standby served as active).
+    let (code, out, err) = pair.admin(active, &["failover", "--to", NODES[standby], "--dry-run"]).await?;
+    ensure!(code == 0, "failover --dry-run exited {code}: {out} {err}");
+    ensure!(out.contains("would go ahead; nothing was sent") && out.contains(NODES[active]), "the plan: {out}");
+    ensure!(pair.is_active(active).await && !pair.is_active(standby).await, "a dry run moves nothing");
+    pair.write_within(active, "k", "dry", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+
     let (code, out, err) = pair.admin(active, &["failover", "--to", NODES[standby]]).await?;
     ensure!(code == 0, "failover exited {code}: {out} {err}");
     pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;

@@ -109,6 +109,10 @@ pub enum AdminCommand {
         /// it lacks is lost. Without it, a lagging NODE is refused (exit code 3).
         #[arg(long)]
         allow_data_loss: bool,
+        /// Run every check and print what the failover would do, without asking any agent to
+        /// act: exit 0 if it would go ahead, 3 (with why) if it would be refused.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Clear an anti-flap block, so a standby may take over a free lock at once; each agent
     /// logs who asked.
@@ -342,8 +346,8 @@ impl<'a> Session<'a> {
     async fn dispatch(&self) -> Result<Report, Failure> {
         match &self.args.command {
             AdminCommand::Status => self.status().await,
-            AdminCommand::Failover { to, wait_ms, allow_data_loss } => {
-                self.failover(to, Duration::from_millis(*wait_ms), *allow_data_loss).await
+            AdminCommand::Failover { to, wait_ms, allow_data_loss, dry_run } => {
+                self.failover(to, Duration::from_millis(*wait_ms), *allow_data_loss, *dry_run).await
             }
             AdminCommand::Unblock { node } => self.unblock(node.as_deref()).await,
             AdminCommand::CheckHealth { node } => self.check_health(node).await,
@@ -607,7 +611,13 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn failover(&self, to: &str, wait: Duration, allow_data_loss: bool) -> Result<Report, Failure> {
+    async fn failover(
+        &self,
+        to: &str,
+        wait: Duration,
+        allow_data_loss: bool,
+        dry_run: bool,
+    ) -> Result<Report, Failure> {
         let view = self.cluster_view().await?;
         let target = self.find(&view, to)?;
         let st = target
@@ -655,6 +665,9 @@ impl<'a> Session<'a> {
             let _ = writeln!(text, "{lag}: promoting it anyway (--allow-data-loss); what it lacks is lost");
         } else if behind.is_some() {
             let _ = writeln!(text, "{lag}");
+        }
+        if dry_run {
+            return Ok(failover_plan(to, view.lock.as_ref(), text, behind, max_lag, allow_data_loss && lagging));
         }
         let started = wall_ms();
         let clock = std::time::Instant::now();
@@ -933,6 +946,47 @@ struct MemberView {
 
 fn probe_url(mv: &MemberView, path: &str) -> String {
     format!("http://{}{path}", mv.member.probe_addr.as_deref().unwrap_or_default())
+}
+
+/// What `failover --dry-run` reports once every check has passed: the steps the failover would
+/// take, with nothing sent. `said` is what the checks already printed (the lag).
+fn failover_plan(
+    to: &str,
+    lock: Option<&(String, i64)>,
+    said: String,
+    behind: Option<u64>,
+    max_lag: Option<u64>,
+    loses_data: bool,
+) -> Report {
+    let mut text = said;
+    let _ = writeln!(text, "dry run: a failover to {to} would go ahead; nothing was sent");
+    let steps = match lock {
+        Some((holder, token)) => vec![
+            format!("{holder} (active, token {token}) demotes its master and, once it confirms standby, releases the lock cleanly"),
+            format!("{to} takes the lock, checks {holder}'s clean step-down (or fences it), and promotes its master with a higher token"),
+        ],
+        None => vec![format!("nobody holds the lock: {to} takes it, fences the last active if its step-down was not clean, and promotes its master")],
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let _ = writeln!(text, "  {}. {step}", i + 1);
+    }
+    if loses_data {
+        let _ = writeln!(text, "  what {to} lacks of the active's data is lost (--allow-data-loss)");
+    }
+    Report {
+        exit: Exit::Ok,
+        text,
+        json: json!({
+            "ok": true,
+            "dry_run": true,
+            "node": to,
+            "active": lock.map(|(n, t)| json!({"node_id": n, "token": t})),
+            "behind": behind,
+            "max_lag": max_lag,
+            "data_loss_allowed": loses_data,
+            "steps": steps,
+        }),
+    }
 }
 
 /// Why a node cannot take over, from its report; `None` when it can.

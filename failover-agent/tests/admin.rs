@@ -900,6 +900,26 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
         out.stderr
     );
     assert!(db2.seen.try_recv().is_err(), "a refused failover reaches no agent");
+    // A dry run checks the same and is refused the same, ...
+    let out = run(&["failover", "--to", "db2", "--dry-run"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stderr.contains("db2 is 1200 behind the active (max_lag 1000)"), "{}", out.stderr);
+    // ... and where the failover would go ahead, it prints the plan and sends nothing.
+    let out = run(&["failover", "--to", "db2", "--allow-data-loss", "--dry-run", "--json"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!((v["dry_run"].clone(), v["data_loss_allowed"].clone()), (json!(true), json!(true)), "{v}");
+    assert_eq!(v["active"], json!({"node_id": "db1", "token": token.0}), "{v}");
+    assert!(v["steps"][0].as_str().unwrap().starts_with("db1 (active, token"), "{v}");
+    let out = run(&["failover", "--to", "db2", "--allow-data-loss", "--dry-run"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(
+        out.stdout.contains("dry run: a failover to db2 would go ahead; nothing was sent")
+            && out.stdout.contains("what db2 lacks of the active's data is lost"),
+        "{}",
+        out.stdout
+    );
+    assert!(db2.seen.try_recv().is_err() && db1.seen.try_recv().is_err(), "a dry run reaches no agent");
     // ... and with --allow-data-loss, it says how far behind and asks the agent to lift the gate.
     let out = run(&["failover", "--to", "db2", "--allow-data-loss", "--json"]).await;
     assert_eq!(out.exit, Exit::Ok, "{out:?}");
