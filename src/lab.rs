@@ -1002,6 +1002,11 @@ probes:
         out
     }
 
+    /// The coordinator connect string node `i`'s agent is given.
+    pub fn coordinator_connect(&self, i: usize) -> &str {
+        &self.node_connect[i]
+    }
+
     /// Whether node `i`'s agent answers `/active` with 200.
     pub async fn is_active(&self, i: usize) -> bool {
         let url = format!("http://{}:{}/active", self.node_ip(i), self.ports[i].probes);

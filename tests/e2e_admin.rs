@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use zookeeper_client as zk;
 
 async fn pair() -> Result<(Arc<Pair>, usize)> {
     let spec = PairSpec {
@@ -58,6 +59,53 @@ async fn manual_failover_swaps_roles_without_fencing() -> Result<()> {
 
     let (code, out, err) = pair.admin(active, &["failover", "--to", "nosuchnode"]).await?;
     ensure!(code == 2, "a failover to an unknown node is refused with exit 2, got {code}: {out} {err}");
+    Ok(())
+}
+
+/// `referee admin failover --at` leaves the switchover to the standby's agent: `status` shows
+/// it meanwhile, the agent starts it once its time has come (never before), gracefully (no
+/// remote fence), and takes the record so nothing is left scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_switchover_runs_at_its_time() -> Result<()> {
+    let (pair, active) = pair().await?;
+    let standby = 1 - active;
+    let asked = std::time::Instant::now();
+    let (code, out, err) = pair.admin(active, &["failover", "--to", NODES[standby], "--at", "+3s"]).await?;
+    ensure!(code == 0, "failover --at exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(standby, &["status"]).await?;
+    ensure!(
+        code == 0 && out.contains(&format!("switchover to {} scheduled for", NODES[standby])),
+        "status: {out} {err}"
+    );
+    pair.wait_for_active_node(standby, Duration::from_secs(20)).await?;
+    // Its time is 3 s after the request was made, which was after `asked`.
+    ensure!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "the switchover ran {:?} after it was asked for 3 s",
+        asked.elapsed()
+    );
+    ensure!(fenced(&pair, standby).await == 0, "a scheduled switchover is graceful: no remote fence");
+    pair.write_within(standby, "k", "scheduled", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    ensure!(pair.write(active, "k", "old").await.is_err(), "the old active refuses writes");
+    let (code, out, err) = pair.admin(standby, &["status"]).await?;
+    ensure!(code == 0 && !out.contains("scheduled for"), "nothing is left scheduled: {out} {err}");
+
+    // One found past its window (its agent was down) is cleared by a standby, never run late.
+    let zk = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(pair.coordinator_connect(active))
+        .await?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let missed = serde_json::json!({"to": NODES[active], "at_ms": now_ms - 120_000, "allow_data_loss": false,
+        "requested_by": "test", "requested_at_ms": now_ms - 180_000});
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    zk.create("/referee/lab/switchover", &serde_json::to_vec(&missed)?, &open).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while zk.check_stat("/referee/lab/switchover").await?.is_some() {
+        ensure!(std::time::Instant::now() < deadline, "a missed switchover was not cleared within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(pair.is_active(standby).await && !pair.is_active(active).await, "a missed switchover moves nothing");
     Ok(())
 }
 

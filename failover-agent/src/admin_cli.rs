@@ -46,8 +46,9 @@ use zookeeper_client as zk;
 
 use crate::admin::AdminSettings;
 use crate::config::AgentConfig;
-use crate::election::ROOT;
+use crate::election::{ROOT, SWITCHOVER};
 use crate::model::{LockRecord, Member, TokenBase};
+use crate::schedule::{self, ScheduledSwitchover};
 
 /// `referee admin`'s arguments; the binary embeds them as a subcommand.
 #[derive(Debug, Clone, Args)]
@@ -97,11 +98,20 @@ pub enum AdminCommand {
     /// decision; `*` marks the lock holder.
     Status,
     /// Graceful switchover to NODE: refused if NODE is unknown or unfit; waits until it is
-    /// active and prints the timeline.
+    /// active and prints the timeline. With `--at`, checks now and leaves the switchover to
+    /// NODE's agent at that time; `--cancel` withdraws a scheduled one.
     Failover {
         /// The node to make active.
-        #[arg(long, value_name = "NODE")]
-        to: String,
+        #[arg(long, value_name = "NODE", required_unless_present = "cancel")]
+        to: Option<String>,
+        /// Schedule the switchover instead of making it now: `+90s`, `+15m`, `+2h`, or a UTC
+        /// time such as `2026-12-04T02:00:00Z`, within a week. NODE's agent starts it then
+        /// (up to a minute late, else it is dropped as missed), with the checks made afresh.
+        #[arg(long, value_name = "TIME", conflicts_with = "dry_run")]
+        at: Option<String>,
+        /// Withdraw the scheduled switchover, if there is one.
+        #[arg(long, conflicts_with_all = ["to", "at", "dry_run", "allow_data_loss"])]
+        cancel: bool,
         /// How long to wait for NODE to become active, in ms.
         #[arg(long, default_value_t = 60_000, value_name = "MS")]
         wait_ms: u64,
@@ -346,8 +356,22 @@ impl<'a> Session<'a> {
     async fn dispatch(&self) -> Result<Report, Failure> {
         match &self.args.command {
             AdminCommand::Status => self.status().await,
-            AdminCommand::Failover { to, wait_ms, allow_data_loss, dry_run } => {
-                self.failover(to, Duration::from_millis(*wait_ms), *allow_data_loss, *dry_run).await
+            AdminCommand::Failover { cancel: true, .. } => self.cancel_switchover().await,
+            AdminCommand::Failover { to, at, wait_ms, allow_data_loss, dry_run, .. } => {
+                let to = to.as_deref().ok_or_else(|| fail(Exit::Usage, "failover needs --to NODE (or --cancel)"))?;
+                let at = match at {
+                    Some(text) => {
+                        Some(schedule::parse_at(text, wall_ms()).map_err(|e| fail(Exit::Usage, format!("--at: {e}")))?)
+                    }
+                    None => None,
+                };
+                let how = Switchover {
+                    wait: Duration::from_millis(*wait_ms),
+                    allow_data_loss: *allow_data_loss,
+                    dry_run: *dry_run,
+                    at,
+                };
+                self.failover(to, how).await
             }
             AdminCommand::Unblock { node } => self.unblock(node.as_deref()).await,
             AdminCommand::CheckHealth { node } => self.check_health(node).await,
@@ -443,6 +467,15 @@ impl<'a> Session<'a> {
             Err(zk::Error::NoNode) => None,
             Err(e) => return Err(unexpected("read the lock", e)),
         };
+        let path = format!("{root}/{SWITCHOVER}");
+        let switchover = match self.zk_call("read the scheduled switchover", client.get_data(&path)).await? {
+            // Unreadable, it is shown (and refuses another) rather than hiding the cluster.
+            Ok((data, _)) => Some(serde_json::from_slice::<ScheduledSwitchover>(&data).map_err(|e| {
+                format!("{path} holds an unreadable scheduled switchover ({e}); `failover --cancel` removes it")
+            })),
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(unexpected("read the scheduled switchover", e)),
+        };
         drop(client);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, m) in members.iter().enumerate() {
@@ -463,7 +496,7 @@ impl<'a> Session<'a> {
             }
         }
         let members = members.into_iter().zip(statuses).map(|(member, status)| MemberView { member, status }).collect();
-        Ok(ClusterView { cluster: cluster.to_string(), lock, members })
+        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover })
     }
 
     /// The base URL of a member's admin API.
@@ -597,8 +630,23 @@ impl<'a> Session<'a> {
             }));
         }
         text.push_str(&table(&rows));
+        let switchover = match &view.switchover {
+            Some(Ok(s)) => {
+                let _ = writeln!(text, "{}", scheduled_text(s));
+                json!(s)
+            }
+            Some(Err(why)) => {
+                let _ = writeln!(text, "{why}");
+                json!({"unreadable": why})
+            }
+            None => Value::Null,
+        };
         let lock = view.lock.as_ref().map(|(node, token)| json!({"node_id": node, "token": token}));
-        Ok(Report { exit: Exit::Ok, text, json: json!({"cluster": view.cluster, "lock": lock, "members": members}) })
+        Ok(Report {
+            exit: Exit::Ok,
+            text,
+            json: json!({"cluster": view.cluster, "lock": lock, "members": members, "switchover": switchover}),
+        })
     }
 
     fn find<'v>(&self, view: &'v ClusterView, node: &str) -> Result<&'v MemberView, Failure> {
@@ -611,13 +659,8 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn failover(
-        &self,
-        to: &str,
-        wait: Duration,
-        allow_data_loss: bool,
-        dry_run: bool,
-    ) -> Result<Report, Failure> {
+    async fn failover(&self, to: &str, how: Switchover) -> Result<Report, Failure> {
+        let Switchover { wait, allow_data_loss, dry_run, at } = how;
         let view = self.cluster_view().await?;
         let target = self.find(&view, to)?;
         let st = target
@@ -668,6 +711,9 @@ impl<'a> Session<'a> {
         }
         if dry_run {
             return Ok(failover_plan(to, view.lock.as_ref(), text, behind, max_lag, allow_data_loss && lagging));
+        }
+        if let Some(at_ms) = at {
+            return self.schedule_switchover(&view, to, at_ms, allow_data_loss, text).await;
         }
         let started = wall_ms();
         let clock = std::time::Instant::now();
@@ -721,8 +767,114 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// Records a switchover to `to` at `at_ms` for its agent to carry out (see
+    /// [`crate::schedule`]); refused while another is scheduled.
+    async fn schedule_switchover(
+        &self,
+        view: &ClusterView,
+        to: &str,
+        at_ms: i64,
+        allow_data_loss: bool,
+        said: String,
+    ) -> Result<Report, Failure> {
+        match &view.switchover {
+            Some(Ok(s)) => {
+                return Err(fail(
+                    Exit::Refused,
+                    format!("{}; withdraw it first with `failover --cancel`", scheduled_text(s)),
+                ))
+            }
+            Some(Err(why)) => return Err(fail(Exit::Refused, why.clone())),
+            None => {}
+        }
+        let record = ScheduledSwitchover {
+            to: to.to_string(),
+            at_ms,
+            allow_data_loss,
+            requested_by: operator(),
+            requested_at_ms: wall_ms(),
+        };
+        let data =
+            serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding the record: {e}")))?;
+        let path = format!("{ROOT}/{}/{SWITCHOVER}", view.cluster);
+        // The cluster's ACL when it is secured (see `format`), open otherwise, as the agents'.
+        let secured = [
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
+        ];
+        let options = match &self.digest {
+            Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
+            None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        };
+        let client = self.zk_client().await?;
+        match self.zk_call("record the switchover", client.create(&path, &data, &options)).await? {
+            Ok(_) => {}
+            Err(zk::Error::NodeExists) => {
+                return Err(fail(
+                    Exit::Refused,
+                    "another switchover was scheduled meanwhile; see `status`, or `failover --cancel`",
+                ))
+            }
+            Err(zk::Error::NoAuth) => {
+                return Err(fail(
+                    Exit::Refused,
+                    format!("{path}: this credential may not create it; give the cluster's --digest"),
+                ))
+            }
+            Err(e) => return Err(fail(Exit::Unreachable, format!("recording the switchover at {path}: {e}"))),
+        }
+        let mut text = said;
+        let _ = writeln!(
+            text,
+            "{}; {to}'s agent starts it then, checking again; withdraw it with `failover --cancel`",
+            scheduled_text(&record)
+        );
+        Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "scheduled": record}) })
+    }
+
+    /// Deletes the scheduled switchover, whichever it is.
+    async fn cancel_switchover(&self) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let path = format!("{ROOT}/{cluster}/{SWITCHOVER}");
+        let client = self.zk_client().await?;
+        let found = match self.zk_call("read the switchover", client.get_data(&path)).await? {
+            Ok((data, stat)) => Some((serde_json::from_slice::<ScheduledSwitchover>(&data).ok(), stat.version)),
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
+        };
+        let Some((record, version)) = found else {
+            return Ok(Report {
+                exit: Exit::Ok,
+                text: "no switchover is scheduled; nothing to cancel\n".into(),
+                json: json!({"ok": true, "cancelled": null}),
+            });
+        };
+        match self.zk_call("delete the switchover", client.delete(&path, Some(version))).await? {
+            Ok(()) => {}
+            Err(zk::Error::NoNode | zk::Error::BadVersion) => {
+                return Err(fail(
+                    Exit::Refused,
+                    "the scheduled switchover started or changed meanwhile; see `status` and `history`",
+                ))
+            }
+            Err(zk::Error::NoAuth) => {
+                return Err(fail(
+                    Exit::Refused,
+                    format!("{path}: this credential may not delete it; give the cluster's --digest"),
+                ))
+            }
+            Err(e) => return Err(fail(Exit::Unreachable, format!("deleting {path}: {e}"))),
+        }
+        let what = record.as_ref().map_or_else(|| "an unreadable scheduled switchover".to_string(), scheduled_text);
+        Ok(Report {
+            exit: Exit::Ok,
+            text: format!("cancelled: {what}\n"),
+            json: json!({"ok": true, "cancelled": record}),
+        })
+    }
+
     async fn unblock(&self, only: Option<&str>) -> Result<Report, Failure> {
-        let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        let who = operator();
         let body = json!({"by": format!("{who} (referee admin unblock)")});
         self.post_to_members(only, "/admin/unblock", Some(body)).await
     }
@@ -936,6 +1088,31 @@ struct ClusterView {
     /// The holder's node id and token (the lock's czxid plus the token base).
     lock: Option<(String, i64)>,
     members: Vec<MemberView>,
+    /// The switchover scheduled, if any (or why its record cannot be read).
+    switchover: Option<Result<ScheduledSwitchover, String>>,
+}
+
+/// How `failover` goes about it.
+#[derive(Debug, Clone, Copy)]
+struct Switchover {
+    wait: Duration,
+    allow_data_loss: bool,
+    dry_run: bool,
+    /// Scheduled for then (ms since the Unix epoch) instead of now.
+    at: Option<i64>,
+}
+
+/// "switchover to db2 scheduled for 2026-12-04T02:00:00.000Z (in 90 s), asked by ops".
+fn scheduled_text(s: &ScheduledSwitchover) -> String {
+    let left = (s.at_ms - wall_ms()) / 1000;
+    let when = if left >= 0 { format!("in {left} s") } else { format!("{} s ago", -left) };
+    let loss = if s.allow_data_loss { ", allowing data loss" } else { "" };
+    format!("switchover to {} scheduled for {} ({when}{loss}), asked by {}", s.to, utc(s.at_ms), s.requested_by)
+}
+
+/// The operator's login name, for the records and logs of what they asked.
+fn operator() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
 }
 
 struct MemberView {

@@ -79,9 +79,13 @@ use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
 use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
+use crate::schedule::ScheduledSwitchover;
 
 /// The parent of every cluster's znodes.
 pub const ROOT: &str = "/referee";
+
+/// The name, under `/referee/<cluster>`, of the scheduled switchover's record.
+pub const SWITCHOVER: &str = "switchover";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -505,6 +509,7 @@ struct Paths {
     member: String,
     token_base: String,
     position: String,
+    switchover: String,
 }
 
 impl Paths {
@@ -517,6 +522,7 @@ impl Paths {
             member: format!("{root}/members/{node_id}"),
             token_base: format!("{root}/token-base"),
             position: format!("{root}/position"),
+            switchover: format!("{root}/{SWITCHOVER}"),
             cluster: root,
         }
     }
@@ -795,6 +801,31 @@ impl Coordination {
         }
         members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(members)
+    }
+
+    /// The scheduled switchover (see [`crate::schedule`]) with its version, if one is recorded.
+    pub async fn read_switchover(&self) -> Result<Option<(ScheduledSwitchover, i32)>, ElectionError> {
+        const OP: &str = "read the scheduled switchover";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.switchover);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => Ok(Some((decode(&self.paths.switchover, &data)?, stat.version))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// Deletes the scheduled switchover read at `version`: false when it changed or went
+    /// meanwhile (cancelled or replaced), so one record is acted on at most once.
+    pub async fn take_switchover(&self, version: i32) -> Result<bool, ElectionError> {
+        const OP: &str = "take the scheduled switchover";
+        let sent = Instant::now();
+        let deleted = self.client.delete(&self.paths.switchover, Some(version));
+        match self.finish(self.deadline(), sent, deleted).await {
+            Ok(()) => Ok(true),
+            Err(Failure::Reply(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Err(f) => Err(self.failure(OP, f)),
+        }
     }
 
     /// Who holds the lock. Ownership is decided by the lock's `ephemeralOwner` against this

@@ -35,6 +35,8 @@
 //!   confirms it is not active (the members' answers and the round's targets, pure).
 //! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
 //!   control parts); [`driver::run`] is the entry point.
+//! - [`schedule`]: switchovers scheduled for a wall-clock time (the record, `--at`, and when
+//!   the target acts, pure).
 //! - [`status`]: the report, history and metrics; [`probes`]: the HTTP server that serves them.
 //! - [`timeline`]: the instants of a failover and the gap-free phases between them.
 
@@ -57,6 +59,7 @@ pub mod hooks;
 pub mod lease;
 pub mod model;
 pub mod probes;
+pub mod schedule;
 pub mod status;
 pub mod timeline;
 pub mod tokens;

@@ -982,6 +982,103 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     zk_server.stop().await
 }
 
+/// `failover --at` checks the target now, records the switchover for its agent and sends
+/// nothing; `status` shows it; a second is refused while it stands, and so is an unfit target
+/// or a bad time; `--cancel` withdraws it. An agent takes a record once, and only at the
+/// version it read.
+#[tokio::test]
+async fn referee_admin_schedules_shows_and_cancels_a_switchover() -> Result<()> {
+    let zk_server = TestServer::start().await?;
+    let dir = ScratchDir::new("admin-cli-schedule")?;
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, SECRET)?;
+    let mut db1 = fake_member(&zk_server, "db1", Role::Active, Health::Healthy, |s, _, _| ok_everything(s)).await?;
+    let mut db2 = fake_member(&zk_server, "db2", Role::Standby, Health::Healthy, |s, _, _| ok_everything(s)).await?;
+    let _db3 = fake_member(&zk_server, "db3", Role::Unhealthy, Health::Unhealthy("disk full".into()), |s, _, _| {
+        ok_everything(s)
+    })
+    .await?;
+    let holder = Coordination::connect(coordination(&zk_server, "c", "db1", None)).await?;
+    let record = LockRecord {
+        node_id: "db1".into(),
+        target: FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+    };
+    let Acquired::Won { .. } = holder.try_acquire(&record).await? else { panic!("db1 must win the free lock") };
+
+    let connect = zk_server.connect_string();
+    let token_arg = token_file.to_str().unwrap();
+    let base = ["--coordinator", connect.as_str(), "--cluster", "c", "--token-file", token_arg];
+    let run = |extra: &'static [&'static str]| {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        async move { cli(&args).await }
+    };
+
+    let asked = now_ms();
+    let out = run(&["failover", "--to", "db2", "--at", "+1h"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(
+        out.stdout.contains("switchover to db2 scheduled for") && out.stdout.contains("--cancel"),
+        "{}",
+        out.stdout
+    );
+    assert!(db1.seen.try_recv().is_err() && db2.seen.try_recv().is_err(), "scheduling asks no agent to act");
+    let (scheduled, version) = holder.read_switchover().await?.context("the record is in the coordinator")?;
+    assert_eq!(scheduled.to, "db2");
+    assert!((scheduled.at_ms - asked - 3_600_000).abs() < 10_000, "at {} for a request at {asked}", scheduled.at_ms);
+
+    let out = run(&["status", "--json"]).await;
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(v["switchover"]["to"], json!("db2"), "{v}");
+    let out = run(&["status"]).await;
+    assert!(out.stdout.contains("switchover to db2 scheduled for"), "{}", out.stdout);
+
+    // One at a time; an unfit target or a bad time is refused before anything is recorded.
+    let out = run(&["failover", "--to", "db2", "--at", "+2h"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stderr.contains("withdraw it first"), "{}", out.stderr);
+    let out = run(&["failover", "--to", "db3", "--at", "+2h"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stderr.contains("not healthy (unhealthy: disk full)"), "{}", out.stderr);
+    for bad in [&["failover", "--to", "db2", "--at", "tomorrow"][..], &["failover", "--to", "db2", "--at", "+9d"][..]] {
+        let out = run(bad).await;
+        assert_eq!(out.exit, Exit::Usage, "{bad:?}: {out:?}");
+        assert!(out.stderr.contains("--at"), "{}", out.stderr);
+    }
+    assert_eq!(holder.read_switchover().await?.map(|(r, v)| (r.at_ms, v)), Some((scheduled.at_ms, version)));
+
+    // An agent takes the record only at the version it read, and only once.
+    assert!(!holder.take_switchover(version + 1).await?, "a record changed since the read is left alone");
+    assert!(holder.take_switchover(version).await?);
+    assert!(!holder.take_switchover(version).await?, "taken once");
+
+    // --cancel withdraws one; with none it says so.
+    let out = run(&["failover", "--to", "db2", "--at", "+30m"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    let out = run(&["failover", "--cancel"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("cancelled: switchover to db2"), "{}", out.stdout);
+    assert!(holder.read_switchover().await?.is_none());
+    let out = run(&["failover", "--cancel"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("nothing to cancel"), "{}", out.stdout);
+
+    // A record nobody can read is shown, refuses another, and --cancel removes it.
+    let raw = zk::Client::connect(&connect).await?;
+    raw.create("/referee/c/switchover", b"garbage", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
+        .await?;
+    let out = run(&["status"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("unreadable scheduled switchover"), "{}", out.stdout);
+    let out = run(&["failover", "--to", "db2", "--at", "+30m"]).await;
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    let out = run(&["failover", "--cancel"]).await;
+    assert!(out.exit == Exit::Ok && out.stdout.contains("an unreadable scheduled switchover"), "{out:?}");
+    assert_eq!(raw.check_stat("/referee/c/switchover").await?, None);
+    drop(holder);
+    zk_server.stop().await
+}
+
 #[tokio::test]
 async fn referee_admin_reads_an_agent_config_with_an_admin_section() -> Result<()> {
     let zk_server = TestServer::start().await?;

@@ -53,7 +53,7 @@ impl Driver {
                     return;
                 }
                 let now = BootInstant::now();
-                let deadline = now + Duration::from_millis(self.cfg.coordinator.session_timeout_ms * 4 + 10_000);
+                let deadline = now + self.failover_wait();
                 if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
                     let _ = old.send(Err("superseded by a newer failover request".into()));
                 }
@@ -295,6 +295,74 @@ impl Driver {
     /// The shared secret of the peer API, if configured.
     pub(super) fn cfg_peer_secret(&self) -> Option<String> {
         self.peer_secret.clone()
+    }
+
+    /// How long a failover to this node may take before it is answered as failed.
+    fn failover_wait(&self) -> Duration {
+        Duration::from_millis(self.cfg.coordinator.session_timeout_ms * 4 + 10_000)
+    }
+
+    /// Every [`SCHEDULE_READ_EVERY`] cycles, a standby reads the scheduled switchover; when its
+    /// time has come and it names this node, the agent takes the record (so it runs once) and
+    /// takes over as on an operator's failover, with the same checks; a missed one it clears
+    /// (see [`crate::schedule`]).
+    pub(super) async fn check_schedule(&mut self, coord: Option<&Coordination>) {
+        use crate::schedule::{due, Due};
+        self.mem.schedule_age = self.mem.schedule_age.saturating_add(1);
+        let Some(c) = coord else { return };
+        let standby = self.status().role == Role::Standby;
+        if self.mem.schedule_age < SCHEDULE_READ_EVERY
+            || !standby
+            || self.mem.pending_failover.is_some()
+            || !matches!(c.session(), SessionView::Connected { .. })
+        {
+            return;
+        }
+        self.mem.schedule_age = 0;
+        let (record, version) = match c.read_switchover().await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                debug!("reading the scheduled switchover: {e}");
+                return;
+            }
+        };
+        let at = record.at_ms;
+        match due(&record, &self.cfg.node_id, wall_ms()) {
+            Due::NotMine | Due::Wait(_) => {}
+            Due::Missed(late_ms) => {
+                if let Ok(true) = c.take_switchover(version).await {
+                    warn!(to = %record.to, at_ms = at, late_ms, asked_by = %record.requested_by,
+                        "a scheduled switchover was found after its window had passed: dropped, not carried out");
+                }
+            }
+            Due::Run => {
+                match c.take_switchover(version).await {
+                    Ok(true) => {}
+                    Ok(false) => return, // cancelled or replaced since the read
+                    Err(e) => {
+                        warn!("taking the scheduled switchover: {e}; trying again at the next read");
+                        return;
+                    }
+                }
+                info!(at_ms = at, asked_by = %record.requested_by, "scheduled switchover to this node: starting");
+                if let Err(why) = self.start_take_over(coord, record.allow_data_loss).await {
+                    warn!(asked_by = %record.requested_by, "scheduled switchover to this node not carried out: {why}");
+                    return;
+                }
+                let (reply, answer) = oneshot::channel();
+                tokio::spawn(async move {
+                    match answer.await {
+                        Ok(Ok(done)) => info!("scheduled switchover done: {done}"),
+                        Ok(Err(why)) => warn!("scheduled switchover failed: {why}"),
+                        Err(_) => {}
+                    }
+                });
+                let now = BootInstant::now();
+                self.mem.pending_failover = Some((reply, now, now + self.failover_wait()));
+                self.mem.allow_data_loss = record.allow_data_loss;
+            }
+        }
     }
 
     /// Answers a pending failover once this node is active, or when its deadline passes.

@@ -102,6 +102,8 @@ struct Memory {
     members: Vec<Member>,
     /// Cycles since the members were read.
     members_age: u32,
+    /// Cycles since the scheduled switchover was read.
+    schedule_age: u32,
     /// When the lock was first seen free (for the detect phase).
     free_seen_at: Option<BootInstant>,
     /// Phase timing of the promotion under way.
@@ -156,6 +158,7 @@ impl Memory {
             failure: None,
             backoff_until: None,
             members: Vec::new(),
+            schedule_age: 0,
             members_age: 0,
             free_seen_at: None,
             phases: Phases::default(),
@@ -382,6 +385,7 @@ impl Driver {
 
             let report = health.borrow().clone();
             self.cycle(&report, coord.as_ref()).await;
+            self.check_schedule(coord.as_ref()).await;
             // Feed the watchdog only while the health monitor is alive too: a stuck monitor
             // would leave the agent deciding on stale facts.
             let monitor_alive = report.last_check_at.is_some_and(|t| {
@@ -626,6 +630,10 @@ impl Driver {
         self.settle_failover();
     }
 }
+
+/// How often (in cycles) a standby reads the scheduled switchover: about a second at the
+/// default loop interval.
+const SCHEDULE_READ_EVERY: u32 = 10;
 
 /// The role the report shows.
 fn role_of(st: &AgentStatus) -> Role {
