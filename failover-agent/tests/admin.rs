@@ -768,6 +768,39 @@ async fn fake_member(
     Ok(FakeMember { _coord: coord, status, history, seen, _admin: admin })
 }
 
+/// Takes the free lock of cluster `c` as `node`, through the election layer itself.
+async fn hold_lock(server: &TestServer, node: &str) -> Result<(Coordination, FencingToken)> {
+    let holder = Coordination::connect(coordination(server, "c", node, None)).await?;
+    let record = LockRecord {
+        node_id: node.into(),
+        target: FenceTarget::new(node, "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+    };
+    let Acquired::Won { token } = holder.try_acquire(&record).await? else {
+        anyhow::bail!("{node} must win the free lock")
+    };
+    Ok((holder, token))
+}
+
+/// `referee admin` against cluster `c` of one coordinator, with the admin token in a file.
+struct AdminCli {
+    base: Vec<String>,
+}
+
+impl AdminCli {
+    fn new(connect: &str, token_file: &std::path::Path) -> Self {
+        let base = ["--coordinator", connect, "--cluster", "c", "--token-file", &token_file.display().to_string()]
+            .map(String::from)
+            .to_vec();
+        AdminCli { base }
+    }
+
+    async fn run(&self, extra: &[&str]) -> Outcome {
+        let args: Vec<&str> = self.base.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+        cli(&args).await
+    }
+}
+
 fn transition(at_ms: i64, from: &str, to: &str, token: Option<u64>, reason: &str) -> Value {
     json!({"at_ms": at_ms, "from": from, "to": to, "reason": reason, "token": token,
            "phases": if to == "active" { json!({"detect_ms": 1, "elect_ms": 2, "fence_ms": 30, "promote_ms": 4}) } else { Value::Null }})
@@ -808,13 +841,7 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
         })
         .await?;
     // db1 holds the lock, through the election layer itself.
-    let holder = Coordination::connect(coordination(&zk_server, "c", "db1", None)).await?;
-    let record = LockRecord {
-        node_id: "db1".into(),
-        target: FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)),
-        peer_url: None,
-    };
-    let Acquired::Won { token } = holder.try_acquire(&record).await? else { panic!("db1 must win the free lock") };
+    let (holder, token) = hold_lock(&zk_server, "db1").await?;
     {
         let mut st = db1.status.lock().unwrap();
         st["token"] = json!(token.0);
@@ -823,12 +850,8 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     }
 
     let connect = zk_server.connect_string();
-    let token_arg = token_file.to_str().unwrap();
-    let base = ["--coordinator", connect.as_str(), "--cluster", "c", "--token-file", token_arg];
-    let run = |extra: &'static [&'static str]| {
-        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
-        async move { cli(&args).await }
-    };
+    let admin = AdminCli::new(&connect, &token_file);
+    let run = |extra: &'static [&'static str]| admin.run(extra);
 
     // status: a table with every member, the holder marked.
     let out = run(&["status"]).await;
@@ -998,21 +1021,10 @@ async fn referee_admin_schedules_shows_and_cancels_a_switchover() -> Result<()> 
         ok_everything(s)
     })
     .await?;
-    let holder = Coordination::connect(coordination(&zk_server, "c", "db1", None)).await?;
-    let record = LockRecord {
-        node_id: "db1".into(),
-        target: FenceTarget::new("db1", "127.0.0.1", 1, FencingToken(0)),
-        peer_url: None,
-    };
-    let Acquired::Won { .. } = holder.try_acquire(&record).await? else { panic!("db1 must win the free lock") };
-
+    let (holder, _) = hold_lock(&zk_server, "db1").await?;
     let connect = zk_server.connect_string();
-    let token_arg = token_file.to_str().unwrap();
-    let base = ["--coordinator", connect.as_str(), "--cluster", "c", "--token-file", token_arg];
-    let run = |extra: &'static [&'static str]| {
-        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
-        async move { cli(&args).await }
-    };
+    let admin = AdminCli::new(&connect, &token_file);
+    let run = |extra: &'static [&'static str]| admin.run(extra);
 
     let asked = now_ms();
     let out = run(&["failover", "--to", "db2", "--at", "+1h"]).await;
