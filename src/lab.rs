@@ -152,6 +152,28 @@ impl Proc {
         }
     }
 
+    /// How it stands, for failure messages: running (with its state letter), or how it ended
+    /// (read from its unreaped zombie: nothing reaps a child before `Drop` or `wait_exit`), so
+    /// a process that died unexpectedly says whether a signal or its own exit ended it.
+    pub fn fate(&self) -> String {
+        let pid = self.child.id();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return format!("pid {pid}: reaped");
+        };
+        // Fields after the command's closing parenthesis start at field 3 (the state); field
+        // 52 is the exit status as waitpid reports it.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let state = fields.first().copied().unwrap_or("?");
+        if state != "Z" && state != "X" {
+            return format!("pid {pid}: running (state {state})");
+        }
+        match fields.get(49).and_then(|c| c.parse::<i32>().ok()) {
+            Some(code) if code & 0x7f != 0 => format!("pid {pid}: killed by signal {}", code & 0x7f),
+            Some(code) => format!("pid {pid}: exited with code {}", (code >> 8) & 0xff),
+            None => format!("pid {pid}: exited"),
+        }
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -1051,14 +1073,31 @@ probes:
             }
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout(format!(
-                    "node {} did not become the single active node within {limit:?}\n--- agent a ---\n{}\n--- agent b ---\n{}",
+                    "node {} did not become the single active node within {limit:?}\n--- processes ---\n{}\n--- agent a ---\n{}\n--- agent b ---\n{}",
                     CLUSTER_NODES[node],
+                    self.fates(),
                     self.agent_log_tail(0),
                     self.agent_log_tail(1)
                 )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// How every master and agent stands (see [`Proc::fate`]), with the end of each master's log.
+    pub fn fates(&self) -> String {
+        let mut out = Vec::new();
+        for (i, m) in self.masters.iter().enumerate() {
+            out.push(format!("master {}: {}; its log ends:\n{}", CLUSTER_NODES[i], m.fate(), m.log_tail(5)));
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            out.push(format!(
+                "agent {}: {}",
+                CLUSTER_NODES[i],
+                a.as_ref().map_or("not running".to_string(), Proc::fate)
+            ));
+        }
+        out.join("\n")
     }
 
     /// The tail of agent `i`'s log.
@@ -2225,6 +2264,35 @@ fn program_path(program: &str) -> Result<PathBuf, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until `p`'s fate says `want`, up to 10 s.
+    fn fate_becomes(p: &Proc, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fate = p.fate();
+            if fate.contains(want) || Instant::now() >= deadline {
+                return fate;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_process_fate_tells_a_signal_from_its_own_exit() {
+        let dir = LabDir::new("lab-fate").unwrap();
+        let mut sleeper = Command::new("sleep");
+        sleeper.arg("30");
+        let sleeper = Proc::spawn_command("sleeper", sleeper, dir.0.join("sleep.log")).unwrap();
+        assert!(sleeper.fate().contains("running"), "{}", sleeper.fate());
+        sleeper.signal(Signal::SIGKILL).unwrap();
+        let fate = fate_becomes(&sleeper, "killed by signal 9");
+        assert!(fate.ends_with("killed by signal 9"), "{fate}");
+        let mut quitter = Command::new("sh");
+        quitter.args(["-c", "exit 3"]);
+        let quitter = Proc::spawn_command("quitter", quitter, dir.0.join("exit.log")).unwrap();
+        let fate = fate_becomes(&quitter, "exited");
+        assert!(fate.ends_with("exited with code 3"), "{fate}");
+    }
 
     #[test]
     fn acknowledgements_may_change_hands_many_times_but_never_go_back_in_epoch() {
