@@ -157,20 +157,15 @@ impl Proc {
     /// a process that died unexpectedly says whether a signal or its own exit ended it.
     pub fn fate(&self) -> String {
         let pid = self.child.id();
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return format!("pid {pid}: reaped");
-        };
-        // Fields after the command's closing parenthesis start at field 3 (the state); field
-        // 52 is the exit status as waitpid reports it.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let state = fields.first().copied().unwrap_or("?");
-        if state != "Z" && state != "X" {
-            return format!("pid {pid}: running (state {state})");
-        }
-        match fields.get(49).and_then(|c| c.parse::<i32>().ok()) {
-            Some(code) if code & 0x7f != 0 => format!("pid {pid}: killed by signal {}", code & 0x7f),
-            Some(code) => format!("pid {pid}: exited with code {}", (code >> 8) & 0xff),
-            None => format!("pid {pid}: exited"),
+        match referee_fencing::procfs::read_stat(pid) {
+            Ok(None) => format!("pid {pid}: reaped"),
+            Err(e) => format!("pid {pid}: unreadable ({e})"),
+            Ok(Some(stat)) if !stat.is_exited() => format!("pid {pid}: running (state {})", stat.state),
+            Ok(Some(stat)) => match stat.exit_code {
+                Some(code) if code & 0x7f != 0 => format!("pid {pid}: killed by signal {}", code & 0x7f),
+                Some(code) => format!("pid {pid}: exited with code {}", (code >> 8) & 0xff),
+                None => format!("pid {pid}: exited"),
+            },
         }
     }
 

@@ -467,7 +467,7 @@ impl<'a> Session<'a> {
             Err(zk::Error::NoNode) => None,
             Err(e) => return Err(unexpected("read the lock", e)),
         };
-        let path = format!("{root}/{SWITCHOVER}");
+        let path = switchover_path(cluster);
         let switchover = match self.zk_call("read the scheduled switchover", client.get_data(&path)).await? {
             // Unreadable, it is shown (and refuses another) rather than hiding the cluster.
             Ok((data, _)) => Some(serde_json::from_slice::<ScheduledSwitchover>(&data).map_err(|e| {
@@ -796,12 +796,9 @@ impl<'a> Session<'a> {
         };
         let data =
             serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding the record: {e}")))?;
-        let path = format!("{ROOT}/{}/{SWITCHOVER}", view.cluster);
+        let path = switchover_path(&view.cluster);
         // The cluster's ACL when it is secured (see `format`), open otherwise, as the agents'.
-        let secured = [
-            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
-            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
-        ];
+        let secured = cluster_acl();
         let options = match &self.digest {
             Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
             None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
@@ -815,13 +812,7 @@ impl<'a> Session<'a> {
                     "another switchover was scheduled meanwhile; see `status`, or `failover --cancel`",
                 ))
             }
-            Err(zk::Error::NoAuth) => {
-                return Err(fail(
-                    Exit::Refused,
-                    format!("{path}: this credential may not create it; give the cluster's --digest"),
-                ))
-            }
-            Err(e) => return Err(fail(Exit::Unreachable, format!("recording the switchover at {path}: {e}"))),
+            Err(e) => return Err(write_failure(&path, "create", e)),
         }
         let mut text = said;
         let _ = writeln!(
@@ -835,7 +826,7 @@ impl<'a> Session<'a> {
     /// Deletes the scheduled switchover, whichever it is.
     async fn cancel_switchover(&self) -> Result<Report, Failure> {
         let (_, cluster) = self.coordinates()?;
-        let path = format!("{ROOT}/{cluster}/{SWITCHOVER}");
+        let path = switchover_path(cluster);
         let client = self.zk_client().await?;
         let found = match self.zk_call("read the switchover", client.get_data(&path)).await? {
             Ok((data, stat)) => Some((serde_json::from_slice::<ScheduledSwitchover>(&data).ok(), stat.version)),
@@ -857,13 +848,7 @@ impl<'a> Session<'a> {
                     "the scheduled switchover started or changed meanwhile; see `status` and `history`",
                 ))
             }
-            Err(zk::Error::NoAuth) => {
-                return Err(fail(
-                    Exit::Refused,
-                    format!("{path}: this credential may not delete it; give the cluster's --digest"),
-                ))
-            }
-            Err(e) => return Err(fail(Exit::Unreachable, format!("deleting {path}: {e}"))),
+            Err(e) => return Err(write_failure(&path, "delete", e)),
         }
         let what = record.as_ref().map_or_else(|| "an unreadable scheduled switchover".to_string(), scheduled_text);
         Ok(Report {
@@ -1001,10 +986,7 @@ impl<'a> Session<'a> {
             _ => return Err(fail(Exit::Usage, "the digest credential must look like user:password")),
         };
         let client = self.zk_client().await?;
-        let cluster_acl = [
-            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
-            zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone()),
-        ];
+        let cluster_acl = cluster_acl();
         let root_acl = [
             zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
             zk::Acl::new(zk::Permission::READ | zk::Permission::CREATE, zk::AuthId::anyone()),
@@ -1108,6 +1090,28 @@ fn scheduled_text(s: &ScheduledSwitchover) -> String {
     let when = if left >= 0 { format!("in {left} s") } else { format!("{} s ago", -left) };
     let loss = if s.allow_data_loss { ", allowing data loss" } else { "" };
     format!("switchover to {} scheduled for {} ({when}{loss}), asked by {}", s.to, utc(s.at_ms), s.requested_by)
+}
+
+/// Where the scheduled switchover of `cluster` is recorded.
+fn switchover_path(cluster: &str) -> String {
+    format!("{ROOT}/{cluster}/{SWITCHOVER}")
+}
+
+/// A cluster's ACL when it is secured: the authenticated credential may do everything,
+/// everyone else may read.
+fn cluster_acl() -> [zk::Acl; 2] {
+    [zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()), zk::Acl::new(zk::Permission::READ, zk::AuthId::anyone())]
+}
+
+/// A failed write of `path`: refused (exit 3) when the credential lacks the right, else the
+/// coordinator's error (exit 4).
+fn write_failure(path: &str, verb: &str, e: zk::Error) -> Failure {
+    match e {
+        zk::Error::NoAuth => {
+            fail(Exit::Refused, format!("{path}: this credential may not {verb} it; give the cluster's --digest"))
+        }
+        e => fail(Exit::Unreachable, format!("{path}: could not {verb} it: {e}")),
+    }
 }
 
 /// The operator's login name, for the records and logs of what they asked.

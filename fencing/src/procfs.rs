@@ -23,6 +23,9 @@ pub struct ProcStat {
     /// Fields 14 and 15: user and system CPU time so far, in clock ticks, its threads
     /// included (for measuring, not for fencing).
     pub cpu_ticks: u64,
+    /// Field 52: the exit status as `waitpid` reports it, meaningful once the process has
+    /// exited (a zombie not yet reaped); `None` where the kernel does not show it.
+    pub exit_code: Option<i32>,
 }
 
 impl ProcStat {
@@ -46,7 +49,8 @@ pub fn parse_stat(content: &str) -> Option<ProcStat> {
     let start_time = rest.get(22 - 3)?.parse().ok()?;
     let utime: u64 = rest.get(14 - 3)?.parse().ok()?;
     let stime: u64 = rest.get(15 - 3)?.parse().ok()?;
-    Some(ProcStat { state, pgid, start_time, cpu_ticks: utime + stime })
+    let exit_code = rest.get(52 - 3).and_then(|c| c.parse().ok());
+    Some(ProcStat { state, pgid, start_time, cpu_ticks: utime + stime, exit_code })
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` when no process has this pid.
