@@ -68,7 +68,7 @@ enum MasterAction {
     State,
     /// Make the master active with `FENCE_TOKEN`.
     Promote,
-    /// Make the master standby, telling it `FENCE_TOKEN`.
+    /// Make the master standby, telling it `FENCE_TOKEN` (exit 0 once it holds that token).
     Demote,
 }
 

@@ -12,13 +12,14 @@
 //! | `health` | `GET /ha/health` | `200` | exit 1, the reason as the last line of stderr |
 //! | `state` | `GET /ha/state` | the status JSON on stdout | exit 1 |
 //! | `promote` | `POST /ha/active {"token": FENCE_TOKEN}` | active with that token; status on stdout | exit 1 with the master's reason |
-//! | `demote` | `POST /ha/standby {"token": FENCE_TOKEN}` | standby; status on stdout | exit 1 with the master's reason |
+//! | `demote` | `POST /ha/standby {"token": FENCE_TOKEN}` | standby holding that token or a higher one; status on stdout | exit 1 with the master's reason |
 //!
 //! Exit 2 means the invocation itself is wrong (no URL, no or a malformed `FENCE_TOKEN`), 3
 //! that the master did not answer. Without `--url`, the master is the one `TARGET_HA_URL` names:
 //! that is what the `shell` fencing method sets, so `master-command demote` is also a fencing
 //! method that demotes the old master with the new token ("fenced" only once it reports
-//! standby).
+//! standby holding the new token: a standby with an older one could still take a delayed
+//! promotion carrying it).
 
 use std::fmt;
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub enum Action {
     State,
     /// Make the master active with `FENCE_TOKEN`.
     Promote,
-    /// Make the master standby, telling it `FENCE_TOKEN`.
+    /// Make the master standby, telling it `FENCE_TOKEN` (exit 0 once it holds that token).
     Demote,
 }
 
@@ -141,8 +142,10 @@ pub async fn run(url: &str, action: Action, token: Result<FencingToken, String>,
     let wrong = match (action, reported.state) {
         (Action::Promote, HaState::Active) if Ok(reported.token) == token => None,
         (Action::Promote, _) => Some("active with the new token"),
-        (Action::Demote, HaState::Standby) => None,
-        (Action::Demote, _) => Some("standby"),
+        // As the `graceful` fencing method: standby with an older token could still take a
+        // delayed promotion carrying it, so it is not a step-down to report as done.
+        (Action::Demote, HaState::Standby) if token.as_ref().is_ok_and(|t| reported.token >= *t) => None,
+        (Action::Demote, _) => Some("standby holding the new token"),
         (Action::Health | Action::State, _) => None,
     };
     let json = serde_json::to_string(&reported).unwrap_or_default();

@@ -55,3 +55,35 @@ async fn every_action_follows_the_command_adapter_contract() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// A master (or a wrapper around one) that steps down but keeps an older token could still
+/// take a delayed promotion carrying it: `demote` does not report that as done.
+#[tokio::test]
+async fn demote_fails_when_the_master_keeps_an_older_token() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    // Answers every request with standby at token 3, whatever token it was sent.
+    let master = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let mut request = vec![0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let body = r#"{"state":"standby","token":3}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+
+    let kept = run(&url, Action::Demote, Ok(FencingToken(3)), LIMIT).await;
+    assert_eq!(kept.code, 0, "standby holding the token sent: {kept:?}");
+    let older = run(&url, Action::Demote, Ok(FencingToken(9)), LIMIT).await;
+    assert_eq!(older.code, 1, "standby still at token 3 after a demote with 9: {older:?}");
+    assert!(older.stderr.contains("not standby holding the new token"), "{older:?}");
+    assert_eq!(status(&older.stdout), HaStatus { state: HaState::Standby, token: FencingToken(3) });
+    master.abort();
+    Ok(())
+}

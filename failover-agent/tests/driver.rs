@@ -24,6 +24,9 @@ struct FakeMaster {
     log: Arc<Mutex<Vec<String>>>,
     /// `GET /ha/state` never answers while set (health still passes).
     state_hangs: Arc<AtomicBool>,
+    /// While set, a step-down does not record the token it came with (a master, or a wrapper
+    /// around one, that does not keep tokens on standby).
+    forgets_tokens: Arc<AtomicBool>,
 }
 
 impl FakeMaster {
@@ -38,6 +41,7 @@ impl FakeMaster {
             state: Arc::new(Mutex::new(HaStatus { state, token: FencingToken(token) })),
             log,
             state_hangs: Arc::default(),
+            forgets_tokens: Arc::default(),
         };
         let app =
             Router::new()
@@ -77,7 +81,9 @@ impl FakeMaster {
             return (axum::http::StatusCode::CONFLICT, Json(*st));
         }
         st.state = to;
-        st.token = st.token.max(request.token);
+        if to == HaState::Active || !self.forgets_tokens.load(Ordering::SeqCst) {
+            st.token = st.token.max(request.token);
+        }
         let role = if to == HaState::Active { "active" } else { "standby" };
         self.log.lock().unwrap().push(format!("{} {role} {}", self.name, request.token));
         (axum::http::StatusCode::OK, Json(*st))
@@ -217,6 +223,60 @@ async fn a_paused_agent_still_demotes_at_lease_end() -> Result<()> {
     proxy.cut();
     wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
     ensure!(server.session_ids() == sessions, "the session was gone before the master was demoted");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    server.stop().await
+}
+
+/// A peer asks this agent to fence its master with the peer's new token: the master's
+/// step-down counts only once the master has recorded that token. A master that steps down
+/// but keeps an older token could still accept a delayed promotion carrying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_fence_is_fenced_only_when_the_master_records_the_new_token() -> Result<()> {
+    use referee_failover_agent::control::ControlRequest;
+    use referee_fencing::MethodOutcome;
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&server.connect_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let agent = tokio::spawn(referee_failover_agent::driver::run_with_control(
+        cfg,
+        probes,
+        control_tx.clone(),
+        control_rx,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let promoted = a.status().token;
+    let peer_fence = |token: FencingToken| {
+        let control_tx = control_tx.clone();
+        async move {
+            let (reply, answered) = oneshot::channel();
+            control_tx.send(ControlRequest::PeerFence { token, reply }).await?;
+            tokio::time::timeout(Duration::from_secs(5), answered).await?.context("the fence answered")
+        }
+    };
+
+    a.forgets_tokens.store(true, Ordering::SeqCst);
+    let newer = FencingToken(promoted.0 + 100);
+    let outcome = peer_fence(newer).await?;
+    ensure!(a.status() == HaStatus { state: HaState::Standby, token: promoted }, "{:?}", a.status());
+    ensure!(
+        matches!(&outcome, MethodOutcome::Failed { reason } if reason.contains("below the new token")),
+        "a standby still holding token {promoted} reported as fenced for {newer}: {outcome:?}"
+    );
+
+    a.forgets_tokens.store(false, Ordering::SeqCst);
+    let outcome = peer_fence(newer).await?;
+    ensure!(matches!(outcome, MethodOutcome::Fenced { .. }), "{outcome:?}");
+    ensure!(a.status() == HaStatus { state: HaState::Standby, token: newer }, "{:?}", a.status());
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;

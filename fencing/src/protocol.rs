@@ -48,6 +48,30 @@ pub struct HaStatus {
     pub token: FencingToken,
 }
 
+impl HaStatus {
+    /// Whether this state, reported after a step-down to `new_token`, proves the step-down took
+    /// hold: standby **and** holding a token at least `new_token`. A standby that kept a lower
+    /// token could still accept a delayed promotion carrying it, so it is not fenced.
+    pub fn judge_step_down(&self, new_token: FencingToken) -> MethodOutcome {
+        match self.state {
+            HaState::Standby if self.token >= new_token => {
+                MethodOutcome::fenced(format!("master confirmed standby holding token {}", self.token))
+            }
+            HaState::Standby => MethodOutcome::failed(format!(
+                "master is standby but recorded token {} below the new token {new_token}: it could still accept a stale promotion",
+                self.token
+            )),
+            HaState::Active => MethodOutcome::failed(format!(
+                "master still reports active (token {}) after the step-down request",
+                self.token
+            )),
+            HaState::Initializing => {
+                MethodOutcome::failed(format!("master reports initializing (token {}), not standby", self.token))
+            }
+        }
+    }
+}
+
 /// Body of `POST /ha/active` and `POST /ha/standby`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {

@@ -94,8 +94,13 @@ impl Driver {
             ControlRequest::PeerFence { token, reply } => {
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
                 let outcome = match self.adapter.demote(token, deadline).await {
-                    Ok(s) => MethodOutcome::Fenced {
-                        detail: format!("master demoted locally; it reports {:?} with token {}", s.state, s.token),
+                    // Standby is not enough: as for `graceful`, the master must hold the new
+                    // token, or a delayed promotion with an older one could still take.
+                    Ok(s) => match (HaStatus { state: s.state, token: s.token }).judge_step_down(token) {
+                        MethodOutcome::Fenced { detail } => {
+                            MethodOutcome::Fenced { detail: format!("master demoted locally: {detail}") }
+                        }
+                        refused => refused,
                     },
                     Err(e) if e.outcome_unknown() => {
                         MethodOutcome::Indeterminate { reason: format!("demoting the master locally: {e}") }

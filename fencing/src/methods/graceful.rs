@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::{ConfigError, GracefulConfig};
 use crate::methods::{body_snippet, http_error, Context};
 use crate::outcome::MethodOutcome;
-use crate::protocol::{HaState, HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
+use crate::protocol::{HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
 
 #[derive(Debug)]
 pub(crate) struct Graceful {
@@ -58,7 +58,7 @@ impl Graceful {
                 Err(outcome) => return outcome,
             },
         };
-        judge(confirmed, ctx)
+        confirmed.judge_step_down(ctx.new_token)
     }
 
     async fn state(&self, ctx: &Context<'_>, base: &str) -> Result<HaStatus, MethodOutcome> {
@@ -85,25 +85,5 @@ impl Graceful {
         response.json::<HaStatus>().await.map_err(|e| {
             MethodOutcome::indeterminate(format!("step-down accepted but GET {url} did not return a state: {e}"))
         })
-    }
-}
-
-/// Whether a reported state proves the step-down took hold.
-fn judge(state: HaStatus, ctx: &Context<'_>) -> MethodOutcome {
-    match state.state {
-        HaState::Standby if state.token >= ctx.new_token => {
-            MethodOutcome::fenced(format!("master confirmed standby holding token {}", state.token))
-        }
-        HaState::Standby => MethodOutcome::failed(format!(
-            "master is standby but recorded token {} below the new token {}: it could still accept a stale promotion",
-            state.token, ctx.new_token
-        )),
-        HaState::Active => MethodOutcome::failed(format!(
-            "master still reports active (token {}) after the step-down request",
-            state.token
-        )),
-        HaState::Initializing => {
-            MethodOutcome::failed(format!("master reports initializing (token {}), not standby", state.token))
-        }
     }
 }
