@@ -525,6 +525,28 @@ async fn http_accepted_is_fenced_only_once_the_status_reports_off() {
     assert!(matches!(only_outcome(&report), MethodOutcome::Indeterminate { .. }), "{report:#?}");
 }
 
+/// A device that answers 200 at once may still switch off later (or not at all): with a
+/// status URL configured, the answer is confirmed like a 202's, as fence agents check the
+/// outlet's state after "off".
+#[tokio::test]
+async fn http_2xx_with_a_status_url_is_fenced_only_once_the_status_reports_off() {
+    set_pdu_key();
+    let with_status_url = |base: &str, timeout_ms| {
+        http_yaml(&format!("{base}/sync/{{node_id}}"), true, timeout_ms)
+            .replace("        status:\n", &format!("        status:\n          url: '{base}/status/{{node_id}}'\n"))
+    };
+    let (base, state) = pdu(2).await;
+    let report = fencer(&with_status_url(&base, 3000)).fence(&target("n1", "127.0.0.1", 1), FencingToken(3)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("confirmed"), "{detail}");
+    assert_eq!(state.polls.load(Ordering::SeqCst), 3, "two 'on' answers, then 'off'");
+
+    let (base, _) = pdu(u32::MAX).await;
+    let report = fencer(&with_status_url(&base, 600)).fence(&target("n1", "127.0.0.1", 1), FencingToken(3)).await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("last status: /outlet/power is \"on\""), "{reason}");
+}
+
 #[tokio::test]
 async fn http_timeout_is_indeterminate_at_the_deadline() {
     set_pdu_key();

@@ -1,9 +1,11 @@
 //! `http`: ask a STONITH device, PDU or cloud API to power the target off.
 //!
-//! A 2xx answer other than 202 means the API did it synchronously: fenced. A 202 Accepted
-//! only means "will do": the status is then polled (the configured status URL, else the
-//! `Location` header) until it reports the configured off value; fenced only then. Without a
-//! status configuration a 202 is indeterminate. Errors from the API (4xx, 5xx) are failures.
+//! A 202 Accepted only means "will do": the status is then polled (the configured status URL,
+//! else the `Location` header) until it reports the configured off value; fenced only then.
+//! Without a status configuration a 202 is indeterminate. Any other 2xx answer means the API
+//! did it synchronously: fenced, unless a status URL is configured, which is then polled the
+//! same way (a device may answer at once and switch off later). Errors from the API (4xx,
+//! 5xx) are failures.
 //! With `tls`, requests go through the method's own client (private CA, client certificate).
 
 use std::collections::BTreeMap;
@@ -99,6 +101,11 @@ impl Http {
             return self.poll(ctx, location).await;
         }
         if status.is_success() {
+            // A device may answer at once and switch off later, or not at all: where a status
+            // URL is configured, its word is what counts.
+            if self.status.as_ref().is_some_and(|s| s.url.is_some()) {
+                return self.poll(ctx, None).await;
+            }
             return MethodOutcome::fenced(format!("{what} answered {status}"));
         }
         MethodOutcome::failed(format!("{what} answered {status}: {}", body_snippet(response).await))
