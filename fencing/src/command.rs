@@ -4,7 +4,9 @@
 //! hooks. The program is executed directly (never through a
 //! local shell), in a new process group. When it exits, or when the deadline passes, the whole
 //! group is killed with SIGKILL, so nothing it started in the background outlives the attempt.
-//! If the attempt is abandoned (its future dropped), a guard kills the group too.
+//! If the attempt is abandoned (its future dropped), a guard kills the group too. A leader that
+//! SIGKILL does not end at once (uninterruptible sleep, a frozen cgroup) is abandoned after
+//! `REAP_GRACE`, so [`run`] returns within its deadline plus that grace and `PIPE_DRAIN`.
 //!
 //! Ordering that matters: the group is killed **before** the leader is reaped. Until the
 //! leader is reaped its pid (which is the group id) cannot be reused, so `killpg` can only
@@ -12,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -26,8 +29,14 @@ use crate::pidfd::PidFd;
 const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
 /// How long to wait for output pipes to close once the group is dead. Only a process that
-/// escaped the group (e.g. with `setsid`) can hold them longer.
+/// escaped the group (e.g. with `setsid`), or one that SIGKILL has not ended yet, can hold them
+/// longer; what was read by then is kept.
 const PIPE_DRAIN: Duration = Duration::from_millis(200);
+
+/// How long to wait for the leader to be reaped once the group was sent SIGKILL. A process
+/// that SIGKILL cannot end at once (uninterruptible sleep, a frozen cgroup) is abandoned after
+/// it, so `run` returns at most this much (plus [`PIPE_DRAIN`]) after its deadline.
+const REAP_GRACE: Duration = Duration::from_secs(1);
 
 /// How a command run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,14 +128,24 @@ pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -
         }
     };
     group.kill();
-    // The leader is dead or dying now; reaping returns promptly.
-    let status = child.wait().await;
+    // The leader is dead or dying now, so reaping normally returns at once. But SIGKILL only
+    // takes effect when the process next runs, and one in uninterruptible sleep (a dead NFS
+    // server) or frozen by a cgroup freezer may never: the reap is bounded, and past it the
+    // child is abandoned (dropping it leaves the zombie to tokio's orphan reaper).
+    let reaped = tokio::time::timeout(REAP_GRACE, child.wait()).await;
     let drain_until = Instant::now() + PIPE_DRAIN;
     let stdout = collect(stdout, drain_until).await;
     let stderr = collect(stderr, drain_until).await;
-    if !exited {
-        return CommandEnd::TimedOut { stderr };
-    }
+    let status = match reaped {
+        Ok(status) if exited => status,
+        Ok(_) => return CommandEnd::TimedOut { stderr },
+        Err(_) => {
+            tracing::warn!(
+                "`{program}` (pid {pid}) outlived SIGKILL by {REAP_GRACE:?} after its deadline (uninterruptible sleep or frozen?); abandoned"
+            );
+            return CommandEnd::TimedOut { stderr };
+        }
+    };
     match status {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
@@ -140,37 +159,43 @@ pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -
     }
 }
 
-type TailTask = Option<tokio::task::JoinHandle<String>>;
+/// A pipe being read in the background, and the tail read so far.
+struct TailTask {
+    task: tokio::task::JoinHandle<()>,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+}
 
 /// Reads a pipe to its end, keeping the last [`OUTPUT_TAIL_BYTES`].
-fn tail_reader<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> TailTask {
+fn tail_reader<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Option<TailTask> {
     let mut pipe = pipe?;
-    Some(tokio::spawn(async move {
-        let mut tail: VecDeque<u8> = VecDeque::new();
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let kept = Arc::clone(&tail);
+    let task = tokio::spawn(async move {
         let mut buf = [0u8; 4096];
         while let Ok(n) = pipe.read(&mut buf).await {
             if n == 0 {
                 break;
             }
+            let mut tail = kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             tail.extend(&buf[..n]);
             let excess = tail.len().saturating_sub(OUTPUT_TAIL_BYTES);
             tail.drain(..excess);
         }
-        String::from_utf8_lossy(tail.make_contiguous()).into_owned()
-    }))
+    });
+    Some(TailTask { task, tail })
 }
 
-async fn collect(task: TailTask, until: Instant) -> String {
-    let Some(mut task) = task else {
+/// The tail of a pipe once it closed, or what was read of it by `until`: a process that is
+/// not dead (frozen, or escaped from the group) may hold the pipe open for ever.
+async fn collect(reader: Option<TailTask>, until: Instant) -> String {
+    let Some(TailTask { mut task, tail }) = reader else {
         return String::new();
     };
-    tokio::select! {
-        out = &mut task => out.unwrap_or_default(),
-        _ = tokio::time::sleep_until(until) => {
-            task.abort();
-            String::new()
-        }
+    if tokio::time::timeout_at(until, &mut task).await.is_err() {
+        task.abort();
     }
+    let mut tail = tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    String::from_utf8_lossy(tail.make_contiguous()).into_owned()
 }
 
 /// The last line of `text` that is not blank, shortened, for use in a reason sentence.
@@ -208,6 +233,73 @@ mod tests {
         let end = run(&sh("sleep 30"), &[], start + Duration::from_millis(300)).await;
         assert!(matches!(end, CommandEnd::TimedOut { .. }), "{end:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A cgroup-v1 freezer cgroup of this test's own, thawed and removed when dropped (also
+    /// when the test fails), so nothing it froze is left behind.
+    struct FreezerCgroup {
+        path: std::path::PathBuf,
+    }
+
+    impl FreezerCgroup {
+        const HIERARCHY: &'static str = "/sys/fs/cgroup/freezer";
+
+        fn create() -> std::io::Result<FreezerCgroup> {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(Self::HIERARCHY).join(format!("referee-test-{}-{n}", std::process::id()));
+            std::fs::create_dir(&path)?;
+            Ok(FreezerCgroup { path })
+        }
+
+        fn read(&self, file: &str) -> String {
+            std::fs::read_to_string(self.path.join(file)).unwrap_or_default().trim().to_string()
+        }
+    }
+
+    impl Drop for FreezerCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.path.join("freezer.state"), "THAWED");
+            // Thawed, the members die of the SIGKILL still pending for them; an empty cgroup can
+            // be removed.
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while !self.read("cgroup.procs").is_empty() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Err(e) = std::fs::remove_dir(&self.path) {
+                eprintln!("cannot remove test cgroup {}: {e}", self.path.display());
+            }
+        }
+    }
+
+    /// A frozen program (cgroup-v1 freezer; a program in uninterruptible sleep behaves alike)
+    /// does not die of SIGKILL, so its leader is never reaped: `run` must still end at its
+    /// deadline, plus the bounded grace for the reap, rather than hang its caller.
+    #[tokio::test]
+    async fn a_command_that_survives_sigkill_still_ends_by_its_deadline() {
+        const TEST: &str = "command frozen by a cgroup";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new(FreezerCgroup::HIERARCHY).is_dir() {
+            referee_testkit::skip(TEST, &format!("needs root and a cgroup-v1 freezer at {}", FreezerCgroup::HIERARCHY));
+            return;
+        }
+        let cgroup = FreezerCgroup::create().expect("a freezer cgroup");
+        // The shell moves itself into the cgroup and freezes it, itself included.
+        let script =
+            "echo $$ > \"$CG/cgroup.procs\" && echo freezing >&2 && echo FROZEN > \"$CG/freezer.state\" && sleep 100";
+        let env = [("CG".to_string(), cgroup.path.display().to_string())];
+        let budget = Duration::from_millis(300);
+        let limit = budget + REAP_GRACE + PIPE_DRAIN + Duration::from_secs(2);
+
+        let start = Instant::now();
+        let end = tokio::time::timeout(limit, run(&sh(script), &env, start + budget)).await;
+
+        let end = end.unwrap_or_else(|_| panic!("run did not return within {limit:?} of a {budget:?} deadline"));
+        // What it wrote before it froze is reported, though it still holds the pipe open.
+        assert_eq!(end, CommandEnd::TimedOut { stderr: "freezing\n".into() });
+        // The case under test did happen: the program was frozen and outlived its SIGKILL.
+        assert_eq!(cgroup.read("freezer.state"), "FROZEN");
+        assert!(!cgroup.read("cgroup.procs").is_empty(), "the frozen program is gone");
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! Parsing is kept in pure functions over the file contents so it can be tested on fixed
 //! text; the thin readers around them only open files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 
 /// What `/proc/<pid>/stat` says about a process that matters for fencing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,40 @@ pub fn read_stat(pid: u32) -> io::Result<Option<ProcStat>> {
     }
 }
 
+/// Whether a process has a pid that `/proc` shows no entry for, by the answer of
+/// `kill(pid, 0)`. `/proc` hides other users' processes when mounted with `hidepid=2`, so a
+/// missing entry alone does not prove a process gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidPresence {
+    /// ESRCH: no process has the pid.
+    Gone,
+    /// EPERM: a process has the pid, but this agent may neither signal nor inspect it.
+    Forbidden,
+    /// A process has the pid and may be signalled, but `/proc` does not show it.
+    Hidden,
+    /// The probe failed for another reason.
+    Unknown(Errno),
+}
+
+/// Reads the answer of `kill(pid, 0)` (pure: see [`probe_pid`]).
+pub fn pid_presence(probe: nix::Result<()>) -> PidPresence {
+    match probe {
+        Err(Errno::ESRCH) => PidPresence::Gone,
+        Err(Errno::EPERM) => PidPresence::Forbidden,
+        Ok(()) => PidPresence::Hidden,
+        Err(e) => PidPresence::Unknown(e),
+    }
+}
+
+/// Probes `pid` with `kill(pid, 0)`, which checks existence and permission and sends nothing.
+pub fn probe_pid(pid: u32) -> PidPresence {
+    // A pid beyond i32 would reach kill(2) negative, naming a process group.
+    match i32::try_from(pid) {
+        Ok(raw) if raw > 0 => pid_presence(kill(Pid::from_raw(raw), None)),
+        _ => PidPresence::Unknown(Errno::EINVAL),
+    }
+}
+
 /// The start time (clock ticks since boot, `/proc/<pid>/stat` field 22) of a live process.
 ///
 /// Agents record this next to their master's pid and publish both, so that `kill` on the
@@ -107,44 +145,168 @@ pub fn listening_inodes_from_tables(port: u16) -> io::Result<BTreeSet<u64>> {
     Ok(inodes)
 }
 
-/// Pids of processes holding a TCP socket listening on `port` in this network namespace.
-///
-/// Several pids are returned when workers share the listening socket; all of them serve.
-pub fn pids_listening_on(port: u16) -> io::Result<BTreeSet<u32>> {
+/// What a walk over every `/proc/<pid>/fd` saw of the socket inodes it looked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdWalk {
+    /// The socket inodes looked for.
+    pub wanted: BTreeSet<u64>,
+    /// For each wanted inode that was found, the pids holding it.
+    pub holders: BTreeMap<u64, BTreeSet<u32>>,
+    /// Processes whose descriptors could not be read for a reason other than having exited
+    /// (the agent may not look at another user's process, or `/proc` hides it), with the errno.
+    pub unreadable: Vec<(u32, i32)>,
+}
+
+impl FdWalk {
+    /// Wanted inodes that no process was seen holding.
+    pub fn unattributed(&self) -> BTreeSet<u64> {
+        self.wanted.iter().copied().filter(|inode| !self.holders.contains_key(inode)).collect()
+    }
+}
+
+/// Why the holders of a port's listening sockets are not known.
+#[derive(Debug, thiserror::Error)]
+pub enum PortScanError {
+    /// The socket tables or `/proc` could not be read.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A socket listens on the port, but no process visible to this agent holds it.
+    #[error(transparent)]
+    Unattributed(#[from] UnattributedListeners),
+}
+
+/// Sockets listening on a port that no process visible to this agent holds: the port is
+/// **not** free, and whoever serves on it is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.sentence())]
+pub struct UnattributedListeners {
+    /// The port.
+    pub port: u16,
+    /// The listening sockets' inodes.
+    pub inodes: BTreeSet<u64>,
+    /// Processes whose descriptors could not be read, with the errno (see [`FdWalk`]).
+    pub unreadable: Vec<(u32, i32)>,
+}
+
+impl UnattributedListeners {
+    fn sentence(&self) -> String {
+        const NAMED: usize = 3;
+        let inodes: Vec<String> = self.inodes.iter().map(u64::to_string).collect();
+        let why = if self.unreadable.is_empty() {
+            "no process listed in /proc holds it (is /proc mounted with hidepid?)".to_string()
+        } else {
+            let named: Vec<String> = self
+                .unreadable
+                .iter()
+                .take(NAMED)
+                .map(|(pid, errno)| format!("pid {pid}: {}", io::Error::from_raw_os_error(*errno)))
+                .collect();
+            let more = self.unreadable.len().saturating_sub(NAMED);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            format!(
+                "the descriptors of processes this agent may not inspect could not be read ({}{more})",
+                named.join(", ")
+            )
+        };
+        format!(
+            "a socket listens on port {} (inode {}) but its process cannot be seen: {why}; run the agent as root or as the master's user, or find the master by its pidfile or with the graceful method",
+            self.port,
+            inodes.join(", ")
+        )
+    }
+}
+
+/// Decides who holds the sockets that listened on `port` from what the walk saw and which of
+/// them `still_listening` after it. Pure: the readers are in [`pids_listening_on`].
+pub fn attribute_listeners(
+    port: u16,
+    walk: &FdWalk,
+    still_listening: &BTreeSet<u64>,
+) -> Result<BTreeSet<u32>, UnattributedListeners> {
+    // A socket nobody was seen holding and that still listens is served by someone: not
+    // being able to see who is no evidence that nobody does. Unreadable entries alone do not
+    // decide it: with `hidepid=2` other users' processes are not listed at all, so the walk
+    // meets no error, and with every socket attributed the unreadable ones do not matter.
+    let hidden: BTreeSet<u64> = walk.unattributed().intersection(still_listening).copied().collect();
+    if !hidden.is_empty() {
+        return Err(UnattributedListeners { port, inodes: hidden, unreadable: walk.unreadable.clone() });
+    }
+    Ok(walk.holders.values().flatten().copied().collect())
+}
+
+/// Socket inodes in LISTEN state on `port`: by socket diagnostics, else from the text tables.
+fn listening_inodes(port: u16) -> io::Result<BTreeSet<u64>> {
     // The kernel's socket-diagnostics netlink answers for listening sockets alone; the text
     // tables walk every bucket of the established-connection hash, which takes tens of
     // milliseconds on a large table whatever is in it, in the middle of a failover.
-    let inodes = match crate::sock_diag::listening_inodes(port) {
-        Ok(inodes) => inodes,
+    match crate::sock_diag::listening_inodes(port) {
+        Ok(inodes) => Ok(inodes),
         Err(e) => {
             tracing::debug!("socket diagnostics unavailable ({e}); reading /proc/net/tcp instead");
-            listening_inodes_from_tables(port)?
+            listening_inodes_from_tables(port)
         }
-    };
-    let mut pids = BTreeSet::new();
-    if inodes.is_empty() {
-        return Ok(pids);
     }
-    let wanted: BTreeSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+}
+
+/// Whether an error reading a `/proc/<pid>` entry means only that the process (or the
+/// descriptor) is gone.
+fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Walks every `/proc/<pid>/fd` for the sockets `wanted`.
+fn walk_fds(wanted: BTreeSet<u64>) -> io::Result<FdWalk> {
+    let links: BTreeMap<String, u64> = wanted.iter().map(|i| (format!("socket:[{i}]"), *i)).collect();
+    let mut walk = FdWalk { wanted, ..FdWalk::default() };
     for entry in fs::read_dir("/proc")? {
+        // An entry that cannot be listed leaves its sockets unattributed, which is reported.
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        // Processes exit and fds close while we walk; an unreadable entry is skipped.
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
+        // Processes exit and fds close while we walk: those are skipped. Anything else
+        // unreadable is recorded, since the process may hold the socket.
+        let fds = match fs::read_dir(entry.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => {
+                walk.unreadable.push((pid, e.raw_os_error().unwrap_or(libc::EIO)));
+                continue;
+            }
         };
         for fd in fds.flatten() {
-            if let Ok(link) = fs::read_link(fd.path()) {
-                if link.to_str().is_some_and(|l| wanted.contains(l)) {
-                    pids.insert(pid);
+            match fs::read_link(fd.path()) {
+                Ok(link) => {
+                    if let Some(inode) = link.to_str().and_then(|l| links.get(l)) {
+                        walk.holders.entry(*inode).or_default().insert(pid);
+                    }
+                }
+                Err(e) if is_gone(&e) => {}
+                Err(e) => {
+                    walk.unreadable.push((pid, e.raw_os_error().unwrap_or(libc::EIO)));
                     break;
                 }
             }
         }
     }
-    Ok(pids)
+    Ok(walk)
+}
+
+/// Pids of processes holding a TCP socket listening on `port` in this network namespace; an
+/// empty set means no socket listens on it.
+///
+/// Several pids are returned when workers share the listening socket; all of them serve. A
+/// listening socket whose holder cannot be seen (another user's process when not root, `/proc`
+/// mounted with `hidepid`) is [`PortScanError::Unattributed`], never an empty set.
+pub fn pids_listening_on(port: u16) -> Result<BTreeSet<u32>, PortScanError> {
+    let inodes = listening_inodes(port)?;
+    if inodes.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let walk = walk_fds(inodes)?;
+    // A socket not found was closed during the walk or is hidden: a second look tells which.
+    let still_listening = if walk.unattributed().is_empty() { BTreeSet::new() } else { listening_inodes(port)? };
+    Ok(attribute_listeners(port, &walk, &still_listening)?)
 }
 
 /// Pids of live (not exited) processes whose process group is `pgid`.
@@ -262,6 +424,76 @@ mod tests {
         drop(v4);
         drop(v6);
         assert!(crate::sock_diag::listening_inodes(port).unwrap().is_empty());
+    }
+
+    fn walk(wanted: &[u64], holders: &[(u64, u32)], unreadable: &[(u32, i32)]) -> FdWalk {
+        let mut walk = FdWalk { wanted: wanted.iter().copied().collect(), ..FdWalk::default() };
+        for (inode, pid) in holders {
+            walk.holders.entry(*inode).or_default().insert(*pid);
+        }
+        walk.unreadable = unreadable.to_vec();
+        walk
+    }
+
+    #[test]
+    fn listeners_are_attributed_when_every_socket_has_a_holder() {
+        // Two workers share the IPv4 socket; a third process holds the IPv6 one. Unreadable
+        // processes do not matter once every socket is accounted for.
+        let seen = walk(&[11, 12], &[(11, 100), (11, 101), (12, 102)], &[(7, libc::EACCES)]);
+        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::new()), Ok(BTreeSet::from([100, 101, 102])));
+    }
+
+    #[test]
+    fn a_socket_closed_during_the_walk_is_not_a_hidden_listener() {
+        let seen = walk(&[11, 12], &[(11, 100)], &[(7, libc::EACCES)]);
+        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::from([11])), Ok(BTreeSet::from([100])));
+        let seen = walk(&[11], &[], &[]);
+        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::new()), Ok(BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_listener_behind_an_unreadable_process_is_not_a_free_port() {
+        let seen = walk(&[11, 12], &[(11, 100)], &[(7, libc::EACCES), (8, libc::EPERM)]);
+        let hidden = attribute_listeners(80, &seen, &BTreeSet::from([11, 12])).unwrap_err();
+        assert_eq!(
+            hidden,
+            UnattributedListeners {
+                port: 80,
+                inodes: BTreeSet::from([12]),
+                unreadable: vec![(7, libc::EACCES), (8, libc::EPERM)]
+            }
+        );
+        let sentence = hidden.to_string();
+        assert!(sentence.contains("port 80 (inode 12)") && sentence.contains("pid 7: Permission denied"), "{sentence}");
+        assert!(sentence.contains("run the agent as root or as the master's user"), "{sentence}");
+    }
+
+    #[test]
+    fn a_listener_no_listed_process_holds_is_not_a_free_port() {
+        // With /proc mounted hidepid=2 another user's processes are not listed at all, so the
+        // walk meets no error: the socket that is still listening is all there is to go by.
+        let seen = walk(&[11], &[], &[]);
+        let hidden = attribute_listeners(80, &seen, &BTreeSet::from([11])).unwrap_err();
+        assert!(hidden.unreadable.is_empty());
+        assert!(hidden.to_string().contains("hidepid"), "{hidden}");
+    }
+
+    #[test]
+    fn only_esrch_proves_a_pid_gone() {
+        assert_eq!(pid_presence(Err(Errno::ESRCH)), PidPresence::Gone);
+        assert_eq!(pid_presence(Err(Errno::EPERM)), PidPresence::Forbidden);
+        assert_eq!(pid_presence(Ok(())), PidPresence::Hidden);
+        assert_eq!(pid_presence(Err(Errno::EINVAL)), PidPresence::Unknown(Errno::EINVAL));
+    }
+
+    #[test]
+    fn a_reaped_child_is_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(probe_pid(pid), PidPresence::Gone);
+        assert_eq!(probe_pid(0), PidPresence::Unknown(Errno::EINVAL));
+        assert_eq!(probe_pid(u32::MAX), PidPresence::Unknown(Errno::EINVAL));
     }
 
     #[test]

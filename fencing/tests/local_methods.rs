@@ -3,12 +3,12 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{alive, fencer, target};
 use referee_fencing::procfs::{self, process_start_time};
-use referee_fencing::{ConfigError, FenceOutcome, Fencer, FencingToken, MethodKind, MethodOutcome};
-use referee_testkit::{free_port, wait_until, ScratchDir};
+use referee_fencing::{ConfigError, FenceOutcome, FenceTarget, Fencer, FencingToken, MethodKind, MethodOutcome};
+use referee_testkit::{free_port, skip, wait_until, within, ScratchDir};
 use tokio::process::{Child, Command};
 
 const HELPER_ENV: &str = "RFENCE_TEST_LISTEN_PORT";
@@ -196,6 +196,170 @@ async fn kill_uses_the_pidfile_and_is_fenced_when_nothing_runs() {
     let report = f.fence(&t, FencingToken(8)).await;
     let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(detail.contains("not running"), "{detail}");
+}
+
+/// A forward step of the wall clock after the master started (NTP's first sync after boot, a
+/// VM resumed) moves the kernel's boot time with it, so a live master reads as started after
+/// its own pidfile was written, exactly as a process that reused the pid would. Neither reading
+/// proves the master gone: the process is not signalled, and with nothing else known kill fails.
+#[tokio::test]
+async fn kill_does_not_take_a_clock_step_for_proof_that_the_master_is_gone() {
+    let dir = ScratchDir::new("pidfile-clock-step").unwrap();
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    let pidfile = dir.path("master.pid");
+    std::fs::write(&pidfile, format!("{pid}\n")).unwrap();
+    // Written 30 s before the process started, as it reads after the clock stepped 30 s forward.
+    let file = std::fs::File::options().write(true).open(&pidfile).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(30)).unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pidfile = Some(pidfile);
+
+    let report = fencer(&kill_yaml(false, 200)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains(&format!("pidfile pid {pid}")) && reason.contains("clock"), "{reason}");
+    assert!(alive(pid), "the pidfile's live process was signalled");
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().await.unwrap();
+}
+
+const AS_NOBODY_ENV: &str = "RFENCE_TEST_FENCE_AS_NOBODY";
+
+/// The unprivileged user the fencer runs as in the restricted-view tests.
+const NOBODY: libc::uid_t = 65534;
+
+/// Not a test of its own: when re-executed with `AS_NOBODY_ENV` set to a JSON `(target,
+/// find_by_port)`, this process fences the target with `kill` and prints the method outcome as
+/// `OUTCOME: {json}` (after the harness's "test ... " on the same line). [`fence_as_nobody`]
+/// runs it under another user's view of `/proc`.
+#[test]
+fn helper_fence_as_nobody() {
+    let Ok(spec) = std::env::var(AS_NOBODY_ENV) else {
+        return;
+    };
+    let (t, find_by_port): (FenceTarget, bool) = serde_json::from_str(&spec).expect("helper spec");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(fencer(&kill_yaml(find_by_port, 200)).fence(&t, FencingToken(8)));
+    println!("OUTCOME: {}", serde_json::to_string(only_outcome(&report)).unwrap());
+}
+
+/// Runs [`helper_fence_as_nobody`] as uid and gid [`NOBODY`] (so it cannot read root's
+/// `/proc/<pid>/fd`), and with `hidepid`, in a mount namespace of its own where `/proc` is
+/// mounted `hidepid=2` (root's processes are not even listed). Returns the outcome's kind
+/// (`fenced`, `failed`, `indeterminate`) and its sentence, or `None` once it skipped loudly.
+async fn fence_as_nobody(test: &str, t: &FenceTarget, find_by_port: bool, hidepid: bool) -> Option<(String, String)> {
+    if !common::require(test, true, &[], "root (to run the fencer as another user)") {
+        return None;
+    }
+    // A copy of this test binary where the other user may run it: the build directory may
+    // sit under a directory only root may enter.
+    let copy = ScratchDir::new("fence-as-nobody").unwrap();
+    let exe = copy.path("local_methods");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut command = Command::new(&exe);
+    command
+        .args(["--exact", "helper_fence_as_nobody", "--nocapture", "--test-threads=1"])
+        .env(AS_NOBODY_ENV, serde_json::to_string(&(t, find_by_port)).unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: the closure makes only raw system calls, which are safe after fork.
+    unsafe { command.pre_exec(move || become_nobody(hidepid)) };
+    let output = match within("the fencer running as nobody", command.output()).await.unwrap() {
+        Ok(output) => output,
+        Err(e) => {
+            let view = if hidepid { " with /proc mounted hidepid=2" } else { "" };
+            skip(test, &format!("cannot run this test binary as uid {NOBODY}{view}: {e}"));
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.split_once("OUTCOME: ").map(|(_, json)| json)) else {
+        panic!("the helper printed no outcome: {output:?}");
+    };
+    let outcome: serde_json::Value = serde_json::from_str(line).unwrap();
+    let kind = outcome["outcome"].as_str().unwrap().to_string();
+    let sentence = outcome.get("detail").or(outcome.get("reason")).and_then(|s| s.as_str()).unwrap().to_string();
+    Some((kind, sentence))
+}
+
+/// Drops to [`NOBODY`], first remounting `/proc` with `hidepid=2` in a new mount namespace
+/// when `hidepid`. Runs between fork and exec: raw system calls only.
+fn become_nobody(hidepid: bool) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: plain system calls with valid NUL-terminated strings or null pointers.
+    unsafe {
+        if hidepid {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Private first, so the new /proc mount does not propagate to the host's namespace.
+            let null = std::ptr::null();
+            check(libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), 0, c"hidepid=2".as_ptr().cast()))?;
+        }
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(NOBODY))?;
+        check(libc::setuid(NOBODY))?;
+    }
+    Ok(())
+}
+
+/// A fencer that may not read the master's `/proc/<pid>/fd` (another user's process, or one
+/// `/proc` hides) sees a socket listening on the port with no process behind it. That is not
+/// "nothing listens": kill must not fence on it, and must say how to give it the view it needs.
+#[tokio::test]
+async fn kill_does_not_take_a_listener_it_cannot_attribute_for_a_free_port() {
+    // The listener is this test process, which runs as root.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = target("n1", "127.0.0.1", port);
+    for hidepid in [false, true] {
+        let test = format!("kill as nobody, hidepid {hidepid}");
+        let Some((kind, sentence)) = fence_as_nobody(&test, &t, true, hidepid).await else {
+            continue;
+        };
+        assert_eq!(kind, "failed", "hidepid {hidepid}: {sentence}");
+        assert!(
+            sentence.contains(&format!("port {port}")) && sentence.contains("run the agent as root"),
+            "hidepid {hidepid}: {sentence}"
+        );
+    }
+    drop(listener);
+}
+
+/// With `/proc` mounted `hidepid=2`, another user's live master has no `/proc/<pid>`: that is
+/// not proof it exited. `kill(pid, 0)` tells a gone pid (ESRCH) from a hidden one (EPERM).
+#[tokio::test]
+async fn kill_does_not_take_a_hidden_master_for_a_dead_one() {
+    let dir = ScratchDir::new("pidfile-hidden").unwrap();
+    let mut child = spawn("sleep", &["1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    std::fs::write(dir.path("master.pid"), format!("{pid}\n")).unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pidfile = Some(dir.path("master.pid"));
+    t.pid = Some(pid);
+    t.start_time = Some(process_start_time(pid).unwrap());
+    // With the port searched too, "nothing listens on the port" is true but must not
+    // outweigh a live process that may be the master.
+    for find_by_port in [false, true] {
+        let test = format!("kill under hidepid, find_by_port {find_by_port}");
+        let Some((kind, sentence)) = fence_as_nobody(&test, &t, find_by_port, true).await else {
+            break;
+        };
+        assert_eq!(kind, "failed", "find_by_port {find_by_port}: {sentence}");
+        assert!(
+            sentence.contains(&format!("pidfile pid {pid} exists"))
+                && sentence.contains(&format!("recorded pid {pid} exists")),
+            "find_by_port {find_by_port}: {sentence}"
+        );
+    }
+    assert!(alive(pid), "the hidden master was signalled");
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().await.unwrap();
 }
 
 #[tokio::test]

@@ -11,8 +11,13 @@
 //! and holds no sockets, so it counts as gone).
 //!
 //! "Nothing found" is fenced only with positive evidence (the recorded process is gone, or
-//! nothing listens on the port); a target on another host is refused outright, because a pid
-//! or an empty port on this host says nothing about another machine.
+//! nothing listens on the port) and no doubt left; a target on another host is refused
+//! outright, because a pid or an empty port on this host says nothing about another machine.
+//! What this agent cannot see is never evidence: a pid without a `/proc` entry is gone only
+//! if `kill(pid, 0)` says ESRCH (`hidepid` hides other users' processes), a listener whose
+//! process cannot be seen is not a free port, and a pidfile older than its live process may
+//! mean a stepped clock rather than a reused pid. Such doubts leave the attempt failed (or
+//! indeterminate once something was signalled), never fenced.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -28,7 +33,7 @@ use crate::config::KillConfig;
 use crate::methods::Context;
 use crate::outcome::MethodOutcome;
 use crate::pidfd::PidFd;
-use crate::procfs::{self, ProcStat};
+use crate::procfs::{self, PidPresence, PortScanError, ProcStat};
 
 /// Tolerance when comparing a process's start with its pidfile's modification time: boot
 /// time is known to the second only.
@@ -95,8 +100,22 @@ impl Kill {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
+        // A doubt about a pid that is also an identified candidate is settled by ending it.
+        let doubts: Vec<&str> = found
+            .doubts
+            .iter()
+            .filter(|d| !d.pid.is_some_and(|pid| found.candidates.contains_key(&pid)))
+            .map(|d| d.why.as_str())
+            .collect();
         if found.candidates.is_empty() {
-            return if found.evidence.is_empty() {
+            return if !doubts.is_empty() {
+                // Evidence from other sources does not outweigh a doubt: "nothing listens on
+                // the port" is true of a master that has not bound it yet.
+                MethodOutcome::failed(format!(
+                    "cannot rule out that the master runs on this host, so nothing was signalled: {}",
+                    doubts.join("; ")
+                ))
+            } else if found.evidence.is_empty() {
                 MethodOutcome::failed(format!(
                     "cannot identify the master process on this host: {}",
                     found.unknown.join("; ")
@@ -105,12 +124,17 @@ impl Kill {
                 MethodOutcome::fenced(format!("no master process runs on this host: {}", found.evidence.join("; ")))
             };
         }
+        let doubts = doubts.join("; ");
         let outcome = self.terminate(found.candidates.into_values().collect(), ctx.deadline).await;
         let MethodOutcome::Fenced { detail } = outcome else {
             return outcome;
         };
+        if !doubts.is_empty() {
+            return MethodOutcome::indeterminate(format!("{detail}, but the master may yet run here: {doubts}"));
+        }
         if self.find_by_port {
-            // A supervisor may already have started a new master on the port.
+            // A supervisor may already have started a new master on the port. A listener
+            // whose process cannot be seen is an error here too, never a free port.
             match procfs::pids_listening_on(t.port) {
                 Ok(pids) if pids.is_empty() => {}
                 Ok(pids) => {
@@ -150,19 +174,21 @@ impl Kill {
                     path.display()
                 )),
                 Ok(Some(pid)) => match read(pid)? {
-                    None => found
-                        .evidence
-                        .push(format!("pidfile pid {pid} is not running")),
+                    None => found.not_in_proc(pid, &format!("pidfile pid {pid}")),
                     Some(stat) if stat.is_exited() => found
                         .evidence
                         .push(format!("pidfile pid {pid} has exited")),
                     Some(stat) => match started_after(stat.start_time, path) {
-                        Ok(true) => found.evidence.push(format!(
-                            "pidfile pid {pid} belongs to a process started after the pidfile was written (pid reused; the master is gone)"
+                        // The wall clock may have been stepped forward since the master
+                        // started (NTP's first sync, a VM resumed): boot time moves with it,
+                        // and a live master reads as started after its own pidfile.
+                        Ok(true) => found.doubt(pid, format!(
+                            "pidfile pid {pid} reads as started after {} was written: either the pid was reused or the clock was stepped since the master started, so it is not signalled (record the master's pid and start time, or use the graceful method)",
+                            path.display()
                         )),
                         Ok(false) => found.add(pid, stat, format!("pidfile {}", path.display())),
-                        Err(e) => found.unknown.push(format!(
-                            "cannot compare pid {pid} with its pidfile: {e}"
+                        Err(e) => found.doubt(pid, format!(
+                            "cannot compare live pid {pid} with its pidfile, so it is not signalled: {e}"
                         )),
                     },
                 },
@@ -178,9 +204,7 @@ impl Kill {
                     .unknown
                     .push(format!("pid {pid} is never signalled")),
                 Some(expected) => match read(pid)? {
-                    None => found
-                        .evidence
-                        .push(format!("recorded pid {pid} is not running")),
+                    None => found.not_in_proc(pid, &format!("recorded pid {pid}")),
                     Some(stat) if stat.start_time != expected => found.evidence.push(format!(
                         "pid {pid} now belongs to another process (started at tick {}, the master started at tick {expected}); the recorded master is gone",
                         stat.start_time
@@ -211,7 +235,10 @@ impl Kill {
                         }
                     }
                 }
-                Err(e) => found.unknown.push(format!("cannot scan listening sockets: {e}")),
+                Err(PortScanError::Unattributed(hidden)) => {
+                    found.doubts.push(Doubt { pid: None, why: hidden.to_string() })
+                }
+                Err(PortScanError::Io(e)) => found.unknown.push(format!("cannot scan listening sockets: {e}")),
             }
         }
         Ok(found)
@@ -300,11 +327,42 @@ struct Found {
     evidence: Vec<String>,
     /// Sources that gave no usable answer.
     unknown: Vec<String>,
+    /// Signs that the master may be running here which could not be resolved (a live pid
+    /// that may be it, a listener whose process cannot be seen): each rules out "fenced".
+    doubts: Vec<Doubt>,
+}
+
+/// A sign that the master may still run here, with the pid it is about, if any.
+struct Doubt {
+    pid: Option<u32>,
+    why: String,
 }
 
 impl Found {
     fn add(&mut self, pid: u32, stat: ProcStat, source: String) {
         self.candidates.entry(pid).or_insert(Candidate { pid, start_time: stat.start_time, source });
+    }
+
+    fn doubt(&mut self, pid: u32, why: String) {
+        self.doubts.push(Doubt { pid: Some(pid), why });
+    }
+
+    /// Records what a pid that has no `/proc` entry means: gone only when `kill(pid, 0)`
+    /// agrees, since `/proc` mounted with `hidepid=2` hides other users' live processes.
+    fn not_in_proc(&mut self, pid: u32, named: &str) {
+        const REMEDY: &str = "run the agent as root or as the master's user, or use the graceful method";
+        match procfs::probe_pid(pid) {
+            PidPresence::Gone => self.evidence.push(format!("{named} is not running")),
+            PidPresence::Forbidden => self.doubt(pid, format!(
+                "{named} exists (kill(pid, 0): EPERM) but this agent may neither see it in /proc nor signal it, so it may be the master; {REMEDY}"
+            )),
+            PidPresence::Hidden => self.doubt(pid, format!(
+                "{named} exists but /proc does not show it (hidepid?), so it may be the master; {REMEDY}"
+            )),
+            PidPresence::Unknown(e) => self.doubt(pid, format!(
+                "{named} has no /proc entry and kill(pid, 0) failed ({e}), so whether it runs is unknown"
+            )),
+        }
     }
 }
 
@@ -325,8 +383,9 @@ fn read_pidfile(path: &Path) -> io::Result<Option<u32>> {
     }
 }
 
-/// Whether a process with this start time started after `pidfile` was last written, which
-/// means it cannot be the process that wrote it.
+/// Whether a process with this start time reads as started after `pidfile` was last written.
+/// Then it is not the writer (the pid was reused), or the wall clock was stepped forward since
+/// the writer started (boot time moves with the clock): not signalled, and no proof either way.
 fn started_after(start_ticks: u64, pidfile: &Path) -> io::Result<bool> {
     let started = procfs::start_time_to_wall(start_ticks)?;
     let written = procfs::modified(pidfile)?;
