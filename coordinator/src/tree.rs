@@ -36,6 +36,7 @@ pub const MAX_TTL_MS: i64 = 0x00ff_ffff_ffff_ffff;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// Data, `None` when created with a null buffer.
+    #[serde(with = "serde_bytes")]
     pub data: Option<Vec<u8>>,
     /// The node's ACL.
     pub acl: Arc<[Acl]>,
@@ -976,6 +977,30 @@ mod tests {
             acl: Acl::open_unsafe(),
             flags,
             ttl_ms: 0,
+        }
+    }
+
+    /// A node's data is encoded as a plain sequence of bytes would be (postcard: a length, then
+    /// the bytes; JSON: an array of numbers), so snapshots keep their format.
+    #[test]
+    fn a_nodes_data_encodes_as_a_plain_byte_sequence() {
+        #[derive(Serialize)]
+        struct PlainNode<'a> {
+            data: &'a Option<Vec<u8>>,
+            acl: &'a Arc<[Acl]>,
+            stat: &'a Stat,
+            children: &'a imbl::OrdSet<String>,
+        }
+        for data in [None, Some(Vec::new()), Some(vec![0, 1, 127, 128, 255]), Some(vec![0xab; 300])] {
+            let mut node = Node::new(data, Acl::open_unsafe().into(), 5, T0, 7);
+            node.children.insert("child".into());
+            let plain = PlainNode { data: &node.data, acl: &node.acl, stat: &node.stat, children: &node.children };
+            let bytes = postcard::to_stdvec(&node).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&plain).unwrap());
+            assert_eq!(postcard::from_bytes::<Node>(&bytes).unwrap(), node);
+            let json = serde_json::to_string(&node).unwrap();
+            assert_eq!(json, serde_json::to_string(&plain).unwrap());
+            assert_eq!(serde_json::from_str::<Node>(&json).unwrap(), node);
         }
     }
 

@@ -95,6 +95,7 @@ pub enum WriteOp {
         /// The requested path (before any sequence suffix).
         path: String,
         /// Node data (`None` when the client sent a null buffer).
+        #[serde(with = "serde_bytes")]
         data: Option<Vec<u8>>,
         /// Requested ACL.
         acl: Vec<Acl>,
@@ -115,6 +116,7 @@ pub enum WriteOp {
         /// Node path.
         path: String,
         /// New data (`None` when the client sent a null buffer).
+        #[serde(with = "serde_bytes")]
         data: Option<Vec<u8>>,
         /// Expected version, -1 for any.
         version: i32,

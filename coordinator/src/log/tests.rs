@@ -799,6 +799,43 @@ fn golden_entry_payloads() {
     assert!(wal::decode_entry(3, &format_2).is_err(), "a format 2 record is not read as format 3");
 }
 
+/// Node data is a length and the bytes themselves, as postcard writes a sequence of bytes; a
+/// null buffer is `None`'s tag alone.
+#[test]
+fn golden_data_payloads() {
+    let txn = |op| Txn { session: SessionId(0), auth: Vec::new(), time_ms: 0, op: TxnOp::Write(op) };
+    let writes = Entry::<TypeConfig> {
+        log_id: log_id(1, 4),
+        payload: EntryPayload::Normal(vec![
+            txn(WriteOp::SetData { path: "/a".into(), data: Some(vec![7, 0, 255]), version: 2 }),
+            txn(WriteOp::SetData { path: "/a".into(), data: None, version: -1 }),
+            txn(WriteOp::Create {
+                opcode: 1,
+                path: "/b".into(),
+                data: Some(Vec::new()),
+                acl: Vec::new(),
+                flags: 0,
+                ttl_ms: 0,
+            }),
+        ]),
+    };
+    #[rustfmt::skip]
+    let expected = [
+        1, 1, 4, 1, 3, // term, node, index | Normal | batch of 3
+        0, 0, 0, 2, 2, 2, b'/', b'a', 1, 3, 7, 0, 255, 4, // setData "/a" [7, 0, 255] version 2
+        0, 0, 0, 2, 2, 2, b'/', b'a', 0, 1, // setData "/a" null version -1
+        0, 0, 0, 2, 0, 2, 2, b'/', b'b', 1, 0, 0, 0, 0, // create(1) "/b" empty, no ACL, flags 0, ttl 0
+    ];
+    assert_eq!(wal::encode_entry(&writes).unwrap(), expected);
+    assert_eq!(wal::decode_entry(record::FORMAT_VERSION, &expected).unwrap(), writes);
+    // Format 1 wrote JSON, the data as an array of numbers.
+    let json = br#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":4},"payload":{"Normal":
+        {"session":0,"auth":[],"time_ms":0,"op":{"Write":{"SetData":{"path":"/a","data":[7,0,255],"version":2}}}}}}"#;
+    let EntryPayload::Normal(first) = &writes.payload else { unreachable!() };
+    let single = Entry::<TypeConfig> { log_id: log_id(1, 4), payload: EntryPayload::Normal(vec![first[0].clone()]) };
+    assert_eq!(wal::decode_entry(1, json).unwrap(), single);
+}
+
 /// Recovery reads an entry's log id, and the start-up replay its kind, without decoding it:
 /// both must agree with the decoded entry for every kind of payload.
 #[test]
