@@ -120,6 +120,38 @@ probes: {{listen: "127.0.0.1:1"}}
     AgentConfig::from_yaml(&yaml).context("the test's agent configuration")
 }
 
+/// The agent run in process with a handle on its control channel, as the admin API has.
+struct ControlledAgent {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), referee_failover_agent::driver::AgentError>>,
+}
+
+impl ControlledAgent {
+    async fn start(
+        cfg: AgentConfig,
+    ) -> Result<(tokio::sync::mpsc::Sender<referee_failover_agent::control::ControlRequest>, ControlledAgent)> {
+        let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(referee_failover_agent::driver::run_with_control(
+            cfg,
+            probes,
+            control_tx.clone(),
+            control_rx,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok((control_tx, ControlledAgent { stop, task }))
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.context("the agent stops")???;
+        Ok(())
+    }
+}
+
 /// The coordinator lost everything (here: it is new) while b's master was active with token 5
 /// and b's agent was hung, so neither a breadcrumb nor b's membership exists. a wins the lock
 /// and must fence b, which it knows only from its configuration, before it promotes its own
@@ -199,18 +231,7 @@ async fn a_paused_agent_still_demotes_at_lease_end() -> Result<()> {
     let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
     let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
     let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
-    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
-    let agent = tokio::spawn(referee_failover_agent::driver::run_with_control(
-        cfg,
-        probes,
-        control_tx.clone(),
-        control_rx,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (control_tx, agent) = ControlledAgent::start(cfg).await?;
     wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
     let sessions = server.session_ids();
     let (reply, paused) = oneshot::channel();
@@ -224,8 +245,7 @@ async fn a_paused_agent_still_demotes_at_lease_end() -> Result<()> {
     wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
     ensure!(server.session_ids() == sessions, "the session was gone before the master was demoted");
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    agent.stop().await?;
     server.stop().await
 }
 
@@ -241,18 +261,7 @@ async fn a_peer_fence_is_fenced_only_when_the_master_records_the_new_token() -> 
     let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
     let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
     let cfg = agent_config(&server.connect_string(), a_port, b_port)?;
-    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
-    let agent = tokio::spawn(referee_failover_agent::driver::run_with_control(
-        cfg,
-        probes,
-        control_tx.clone(),
-        control_rx,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (control_tx, agent) = ControlledAgent::start(cfg).await?;
     wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
     let promoted = a.status().token;
     let peer_fence = |token: FencingToken| {
@@ -278,7 +287,6 @@ async fn a_peer_fence_is_fenced_only_when_the_master_records_the_new_token() -> 
     ensure!(matches!(outcome, MethodOutcome::Fenced { .. }), "{outcome:?}");
     ensure!(a.status() == HaStatus { state: HaState::Standby, token: newer }, "{:?}", a.status());
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), agent).await.context("the agent stops")???;
+    agent.stop().await?;
     server.stop().await
 }
