@@ -626,3 +626,111 @@ async fn a_session_lost_with_the_leader_is_expired_by_the_new_one() -> Result<()
     drop(doomed);
     Ok(())
 }
+
+/// A raw session on one server that asks `exists` of its own ephemeral, one request at a time,
+/// and records when each request that was answered without error was sent: every such answer
+/// tells a client (a failover agent) that its session was alive when it sent the request.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Instant>>,
+}
+
+impl Prober {
+    /// Connects to `server` with a session of `timeout`, creates `path` as its ephemeral, and
+    /// starts asking.
+    async fn start(server: SocketAddr, timeout: Duration, path: &str) -> Result<Prober> {
+        use referee_testkit::abuse::wire::{create_mode, Request};
+        use referee_testkit::abuse::{ConnectOptions, RawClient};
+        let opts = ConnectOptions { session_timeout_ms: timeout.as_millis() as i32, ..ConnectOptions::default() };
+        let mut raw = RawClient::connect(server, &opts).await?;
+        let create = Request::Create { path: path.into(), data: Vec::new(), flags: create_mode::EPHEMERAL };
+        let (err, _) = raw.call(&create).await?;
+        ensure!(err == 0, "creating {path} through {server} failed with error {err}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stopping, path) = (stop.clone(), path.to_string());
+        let task = tokio::spawn(async move {
+            let mut answered = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let exists = Request::Exists { path: path.clone(), watch: false };
+                match tokio::time::timeout(Duration::from_secs(30), raw.call(&exists)).await {
+                    Ok(Ok((0, _))) => answered.push(sent),
+                    // An error reply renews nothing; a closed connection ends the probe.
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answered
+        });
+        Ok(Prober { stop, task })
+    }
+
+    /// Stops asking; the send times of the answered requests.
+    async fn finish(self) -> Result<Vec<Instant>> {
+        self.stop.store(true, Ordering::Relaxed);
+        within_for(Duration::from_secs(40), "a prober to stop", self.task).await?.context("a prober panicked")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_server_on_the_minority_side_answers_a_session_the_majority_may_have_expired() -> Result<()> {
+    const TEST: &str = "no_server_on_the_minority_side_answers_a_session_the_majority_may_have_expired";
+    const SESSION: Duration = Duration::from_secs(3);
+    /// What an agent counts as the staleness of a reply from a bundled ensemble
+    /// (`max_staleness_ms` in its configuration).
+    const STALENESS: Duration = Duration::from_millis(100);
+    let Some(hosts) = hosts_or_skip(TEST, 4)? else { return Ok(()) };
+    let host_list: Vec<_> = hosts.iter().cloned().collect();
+    // A generous staleness bound: what a reply promises must not rest on it.
+    let roles = [Role::Voter, Role::Voter, Role::Voter, Role::Observer];
+    let ens = Ensemble::start_on_hosts(&roles, &host_list, "max_leader_silence_ms: 5000\n").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let majority = others(&[1, 2, 3], &[leader]);
+    // One session on the leader, one on the observer: the partition leaves both with the leader.
+    let on_leader = Prober::start(ens.client(leader), SESSION, "/on-leader").await?;
+    let on_observer = Prober::start(ens.client(4), SESSION, "/on-observer").await?;
+    let watcher = session(&ens.connect_string(&majority), Duration::from_secs(10)).await?;
+    watcher.sync("/").await?;
+    let (_, leader_gone) = watcher.check_and_watch_stat("/on-leader").await?;
+    let (_, observer_gone) = watcher.check_and_watch_stat("/on-observer").await?;
+
+    let cut: Vec<usize> = majority.iter().map(|&id| id as usize).collect();
+    hosts.partition(leader as usize, &cut)?;
+    hosts.partition(4, &cut)?;
+    let cut_at = Instant::now();
+    // The majority elects a leader, which gives every session a fresh timeout and, hearing
+    // nothing of these two, expires them.
+    let mut expired = Vec::new();
+    for (gone, what) in [(leader_gone, "the old leader's"), (observer_gone, "the observer's")] {
+        let event = within_for(SESSION * 5, "the majority to expire a minority-side session", gone.changed()).await?;
+        ensure!(event.event_type == zk::EventType::NodeDeleted, "{what} ephemeral's watch fired with {event:?}");
+        expired.push((Instant::now(), what));
+    }
+    // A request in flight is answered, or fails when the server gives up on it.
+    let answered = [("the old leader", on_leader.finish().await?), ("the observer", on_observer.finish().await?)];
+    hosts.heal_all()?;
+    let mut late_answers = Vec::new();
+    for ((server, answered), (seen_gone, _)) in answered.iter().zip(&expired) {
+        // The session was expired no later than the majority's watch saw it; a request sent
+        // after `seen_gone - SESSION + STALENESS` promised the client its session beyond that.
+        let limit = *seen_gone - SESSION + STALENESS;
+        let last = answered.last().map(|t| t.saturating_duration_since(cut_at));
+        eprintln!(
+            "{server}: {} answers, the last to a request sent {last:?} after the cut; the majority expired the session by {:?}",
+            answered.len(),
+            seen_gone.saturating_duration_since(cut_at)
+        );
+        if let Some(late) = answered.iter().find(|t| **t > limit) {
+            late_answers.push(format!(
+                "{server} answered a request sent {:?} after the cut, though the majority expired its session by {:?} \
+                 (its client counts on it until {:?})",
+                late.saturating_duration_since(cut_at),
+                seen_gone.saturating_duration_since(cut_at),
+                (*late + SESSION - STALENESS).saturating_duration_since(cut_at)
+            ));
+        }
+    }
+    ensure!(late_answers.is_empty(), "{}", late_answers.join("; "));
+    Ok(())
+}

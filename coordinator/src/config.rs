@@ -148,12 +148,15 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_container_check_interval_ms")]
     pub container_check_interval_ms: u64,
     /// The staleness bound of an ensemble server: a follower or observer that has accepted
-    /// nothing from a leader for this long, or a leader that has had no quorum confirm it for
-    /// this long, closes its clients' connections and refuses new sessions until contact
-    /// resumes (ZooKeeper's syncLimit × tickTime for a follower). What its clients read is then
-    /// never staler than this plus one check (at most 100 ms). Session liveness has its own,
-    /// tighter bound (see [`crate::liveness`]): agents on such an ensemble set
-    /// `coordinator.max_staleness_ms` to 100. Ignored by a server alone.
+    /// nothing from a leader for this long, or had none of its liveness reports acknowledged
+    /// (a leader acknowledges them only while a quorum confirms it), or a leader that has had
+    /// no quorum confirm it for this long, closes its clients' connections and refuses new
+    /// sessions until contact resumes (ZooKeeper's syncLimit × tickTime for a follower). What
+    /// its clients read is then never staler than this plus one check (at most 100 ms). It is
+    /// also the longest a reply waits for its session's liveness to be confirmed. Session
+    /// liveness has its own, tighter bound, whatever this one is (see [`crate::liveness`]):
+    /// agents on such an ensemble set `coordinator.max_staleness_ms` to 100. Ignored by a
+    /// server alone.
     #[serde(default = "default_max_leader_silence_ms")]
     pub max_leader_silence_ms: u64,
     /// This server's id among `servers` (ZooKeeper's myid). Unset: 1, the id of a single

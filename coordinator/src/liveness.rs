@@ -23,8 +23,27 @@
 //! [`SLACK`] for a bundled ensemble (`coordinator.max_staleness_ms`). A session the leader no
 //! longer holds (expired, or being expired) is never covered: its reply waits until the close
 //! reaches this server through the log, which ends the connection, or until the wait's
-//! deadline, which ends it too. The leader itself touches sessions as their requests arrive and
-//! never waits.
+//! deadline, which ends it too.
+//!
+//! "The leader" must still be the ensemble's. A leader cut off from the majority goes on
+//! believing it leads (Raft lets it), and its heartbeats keep the followers on its side of the
+//! cut believing it too, while the majority elects another leader that expires every session
+//! it hears nothing of. So a leader's word counts only under a [`Proof`]: the start of a
+//! read-index round in which a quorum of voters confirmed its term. No later leader can have
+//! been elected before that instant (the quorum that elects one shares a voter with the quorum
+//! that confirmed, and that voter confirmed first), and a new leader gives every session a
+//! fresh timeout when it takes over. Hence:
+//!
+//! - the leader acknowledges a report only once a round that started after the report
+//!   arrived has been confirmed ([`QuorumProof::wait_proven`]; the leader proves itself every
+//!   [`PROVE_EVERY`]), and refuses it if it does not lead or no such round succeeds in time;
+//! - the leader's own replies wait, as a follower's do, until a round that started no earlier
+//!   than `arrival − SLACK` has been confirmed in its current term ([`proves`]). A new leader
+//!   has none before it has applied an entry of its own term (a read-index round waits for
+//!   that), so it does not serve before it is settled either.
+//!
+//! A reply from any server of an ensemble thus promises no more than the ensemble keeps: the
+//! session outlives the request's sending by its timeout less [`SLACK`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +57,94 @@ use crate::proto::SessionId;
 pub const SLACK: Duration = Duration::from_millis(100);
 /// How often a server that does not lead reports the sessions it heard from.
 pub const REPORT_EVERY: Duration = Duration::from_millis(25);
+/// How often a leader of an ensemble runs a read-index round to prove it still leads. A round
+/// is one heartbeat round trip to the voters; a reply waits for one only when the last
+/// confirmed round started more than [`SLACK`] before its request arrived.
+pub const PROVE_EVERY: Duration = Duration::from_millis(25);
+
+/// A leader's proof that it led at an instant: a quorum of voters confirmed its `term` in a
+/// read-index round that started at `started` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    /// The term confirmed.
+    pub term: u64,
+    /// When the confirmed round started.
+    pub started: Instant,
+}
+
+/// Whether `proof` shows that this server, leading `term` now, still led at `since`: no later
+/// leader can have been elected before then.
+pub fn proves(proof: Option<Proof>, term: u64, since: Instant) -> bool {
+    proof.is_some_and(|p| p.term == term && p.started >= since)
+}
+
+/// Why a leader could not prove it led after an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unproven {
+    /// This server does not lead (any more).
+    #[error("this server does not lead")]
+    NotLeading,
+    /// No read-index round was confirmed by a quorum in time.
+    #[error("no quorum confirmed this leader within {0:?}")]
+    NoQuorum(Duration),
+}
+
+/// A leader's latest [`Proof`], shared by the task that proves it and everyone who relies on
+/// it; a waiter is woken by each new proof.
+#[derive(Debug)]
+pub struct QuorumProof {
+    last: watch::Sender<Option<Proof>>,
+}
+
+impl Default for QuorumProof {
+    fn default() -> Self {
+        QuorumProof { last: watch::Sender::new(None) }
+    }
+}
+
+impl QuorumProof {
+    /// A quorum confirmed `term` in a round that started at `started`. A proof of an older
+    /// term, or an earlier start, never replaces a newer one.
+    pub fn confirmed(&self, term: u64, started: Instant) {
+        self.last.send_if_modified(|last| {
+            let newer = last.is_none_or(|p| (term, started) > (p.term, p.started));
+            if newer {
+                *last = Some(Proof { term, started });
+            }
+            newer
+        });
+    }
+
+    /// The latest proof.
+    pub fn last(&self) -> Option<Proof> {
+        *self.last.borrow()
+    }
+
+    /// Waits until a proof shows that this server, leading in the term `leading()` gives
+    /// (`None` when it does not lead), led at `since`; gives up when it does not lead, or after
+    /// `limit`.
+    pub async fn wait_proven(
+        &self,
+        leading: impl Fn() -> Option<u64>,
+        since: Instant,
+        limit: Duration,
+    ) -> Result<(), Unproven> {
+        let mut proofs = self.last.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let Some(term) = leading() else { return Err(Unproven::NotLeading) };
+            if proves(*proofs.borrow_and_update(), term, since) {
+                return Ok(());
+            }
+            // Woken by each new proof, and every round's interval in case the role changed.
+            let wake = deadline.min(tokio::time::Instant::now() + PROVE_EVERY * 4);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Unproven::NoQuorum(limit));
+            }
+            let _ = tokio::time::timeout_at(wake, proofs.changed()).await;
+        }
+    }
+}
 
 /// Which sessions the leader has confirmed alive, and when the confirming report was sent.
 #[derive(Debug)]
@@ -47,11 +154,14 @@ pub struct LivenessGate {
     acks: watch::Sender<u64>,
     /// Asks the reporter for a report now.
     report_now: Notify,
+    /// This server's proof of leadership, for its replies while it leads.
+    proof: std::sync::Arc<QuorumProof>,
 }
 
-impl Default for LivenessGate {
-    fn default() -> Self {
-        LivenessGate { confirmed: Mutex::default(), acks: watch::Sender::new(0), report_now: Notify::new() }
+impl LivenessGate {
+    /// A gate whose replies, while this server leads, rest on `proof`.
+    pub fn new(proof: std::sync::Arc<QuorumProof>) -> Self {
+        LivenessGate { confirmed: Mutex::default(), acks: watch::Sender::new(0), report_now: Notify::new(), proof }
     }
 }
 
@@ -98,30 +208,46 @@ impl LivenessGate {
         self.confirmed().retain(|s, _| keep(*s));
     }
 
-    /// Waits until [`LivenessGate::covered`] holds or `leads()` does (a leader needs no
-    /// report), asking the reporter for a report at once; gives up after `limit`.
+    /// Whether a reply to a request that arrived at `arrived` may go out from a leader of
+    /// `term`: it proved it led no earlier than `arrival − SLACK`.
+    pub fn leader_covers(&self, term: u64, arrived: Instant) -> bool {
+        proves(self.proof.last(), term, arrived.checked_sub(SLACK).unwrap_or(arrived))
+    }
+
+    /// Waits until the reply may go out: while this server leads (`leading()` gives its term),
+    /// until [`LivenessGate::leader_covers`] holds; otherwise until [`LivenessGate::covered`]
+    /// does, asking the reporter for a report at once. Gives up after `limit`.
     pub async fn wait_covered(
         &self,
         session: SessionId,
         arrived: Instant,
         limit: Duration,
-        leads: impl Fn() -> bool,
+        leading: impl Fn() -> Option<u64>,
     ) -> Result<(), NotConfirmed> {
         let began = tokio::time::Instant::now();
         let mut acks = self.acks.subscribe();
+        let mut proofs = self.proof.last.subscribe();
         loop {
-            if leads() || self.covered(session, arrived) {
-                return Ok(());
+            match leading() {
+                Some(term) if self.leader_covers(term, arrived) => return Ok(()),
+                Some(_) => {}
+                None if self.covered(session, arrived) => return Ok(()),
+                None => self.report_now.notify_one(),
             }
-            self.report_now.notify_one();
             let left = limit.saturating_sub(began.elapsed());
-            // Woken by the next acknowledged report, or at least every REPORT_EVERY (in case
-            // this server was made leader meanwhile).
+            // Woken by the next acknowledged report or proof, or at least every REPORT_EVERY
+            // × 4 (in case this server's role changed meanwhile).
             let wait = left.min(REPORT_EVERY * 4);
             if left.is_zero() {
                 return Err(NotConfirmed { session, waited: began.elapsed() });
             }
-            let _ = tokio::time::timeout(wait, acks.changed()).await;
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    _ = acks.changed() => {}
+                    _ = proofs.changed() => {}
+                }
+            })
+            .await;
         }
     }
 
@@ -135,9 +261,13 @@ impl LivenessGate {
 mod tests {
     use super::*;
 
+    fn gate() -> LivenessGate {
+        LivenessGate::new(std::sync::Arc::default())
+    }
+
     #[test]
     fn a_reply_is_covered_only_by_a_report_sent_within_the_slack_before_its_request() {
-        let gate = LivenessGate::default();
+        let gate = gate();
         let s = SessionId(7);
         let t0 = Instant::now();
         let arrived = t0 + Duration::from_millis(500);
@@ -154,19 +284,78 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reply_asks_for_a_report_and_goes_once_acknowledged() {
-        let gate = std::sync::Arc::new(LivenessGate::default());
+        let gate = std::sync::Arc::new(gate());
         let s = SessionId(9);
         let arrived = Instant::now();
         let waiter = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.wait_covered(s, arrived, Duration::from_secs(5), || false).await })
+            tokio::spawn(async move { gate.wait_covered(s, arrived, Duration::from_secs(5), || None).await })
         };
         tokio::time::timeout(Duration::from_secs(5), gate.report_requested()).await.expect("a report was asked for");
         gate.acknowledged(&[s], &[], Instant::now());
         let released = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("released").expect("no panic");
         assert_eq!(released, Ok(()));
-        let refused = gate.wait_covered(SessionId(10), Instant::now(), Duration::from_millis(30), || false).await;
+        let refused = gate.wait_covered(SessionId(10), Instant::now(), Duration::from_millis(30), || None).await;
         assert!(matches!(refused, Err(NotConfirmed { session: SessionId(10), .. })), "{refused:?}");
-        assert_eq!(gate.wait_covered(SessionId(10), Instant::now(), Duration::from_millis(30), || true).await, Ok(()));
+    }
+
+    #[test]
+    fn a_proof_covers_only_its_own_term_from_its_start_on_and_never_moves_back() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let proof = QuorumProof::default();
+        assert!(!proves(proof.last(), 1, t0), "no round confirmed yet: a new leader is not settled");
+        proof.confirmed(3, t0 + ms(100));
+        assert!(proves(proof.last(), 3, t0 + ms(100)));
+        assert!(!proves(proof.last(), 3, t0 + ms(101)), "a round that started before the instant proves nothing of it");
+        assert!(!proves(proof.last(), 4, t0), "a proof of an earlier term says nothing of this one");
+        proof.confirmed(3, t0 + ms(50));
+        assert_eq!(proof.last(), Some(Proof { term: 3, started: t0 + ms(100) }), "an older round is ignored");
+        proof.confirmed(2, t0 + ms(900));
+        assert_eq!(proof.last(), Some(Proof { term: 3, started: t0 + ms(100) }), "an older term is ignored");
+        proof.confirmed(4, t0 + ms(60));
+        assert_eq!(proof.last(), Some(Proof { term: 4, started: t0 + ms(60) }), "a newer term replaces it");
+    }
+
+    #[tokio::test]
+    async fn a_leaders_reply_waits_for_a_proof_no_older_than_the_slack_before_its_request() {
+        let proof = std::sync::Arc::new(QuorumProof::default());
+        let gate = std::sync::Arc::new(LivenessGate::new(proof.clone()));
+        let s = SessionId(11);
+        let arrived = Instant::now();
+        // A proof from before the slack, or of the term this server led before, covers nothing.
+        proof.confirmed(5, arrived - SLACK - Duration::from_millis(1));
+        assert!(!gate.leader_covers(5, arrived));
+        let waiter = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.wait_covered(s, arrived, Duration::from_secs(5), || Some(6)).await })
+        };
+        proof.confirmed(6, arrived - SLACK);
+        let released = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("released").expect("no panic");
+        assert_eq!(released, Ok(()), "a proof of the current term within the slack releases the reply");
+        // A leader that cannot prove itself (cut off from the quorum) holds its replies.
+        let later = Instant::now() + SLACK + Duration::from_millis(1);
+        let held = gate.wait_covered(s, later, Duration::from_millis(60), || Some(6)).await;
+        assert!(matches!(held, Err(NotConfirmed { .. })), "{held:?}");
+    }
+
+    #[tokio::test]
+    async fn a_report_is_acknowledged_only_after_a_round_that_started_after_it_arrived() {
+        let proof = std::sync::Arc::new(QuorumProof::default());
+        let received = Instant::now();
+        proof.confirmed(2, received - Duration::from_millis(1));
+        let waiter = {
+            let proof = proof.clone();
+            tokio::spawn(async move { proof.wait_proven(|| Some(2), received, Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a round that started before the report proves nothing of it");
+        proof.confirmed(2, received + Duration::from_millis(3));
+        let proven = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("answered").expect("no panic");
+        assert_eq!(proven, Ok(()));
+        assert_eq!(proof.wait_proven(|| None, received, Duration::from_secs(5)).await, Err(Unproven::NotLeading));
+        let late = Instant::now() + Duration::from_secs(1);
+        let unproven = proof.wait_proven(|| Some(2), late, Duration::from_millis(40)).await;
+        assert!(matches!(unproven, Err(Unproven::NoQuorum(_))), "{unproven:?}");
     }
 }

@@ -298,7 +298,8 @@ impl Coordinator {
             "recovered the data directory"
         );
         let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
-        let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::default()));
+        let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
+        let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
         let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state });
         Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began: phases.began })
     }
@@ -343,6 +344,7 @@ impl Coordinator {
         tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+            tasks.spawn(prove_leadership(self.shared.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
             tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
@@ -694,37 +696,91 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Keeps the staleness bound (see [`crate::staleness`]): a leader proves its contact with a
-/// quorum by a read-index round every quarter of the bound, a follower's is recorded by the peer
-/// listener; past the bound, every client connection is closed and new sessions are refused
-/// until contact resumes.
-async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    use crate::staleness::{verdict, Verdict};
-    let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
-    let every = (bound / 4).min(Duration::from_millis(100));
-    let contact = shared.lock().leader_contact.clone();
-    let mut interval = tokio::time::interval(every);
+/// How long a leader's read-index round may take before it counts as failed: a heartbeat round
+/// trip, with room for a loaded server.
+const PROVE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A leader of an ensemble proves, every [`crate::liveness::PROVE_EVERY`], that it still leads:
+/// a read-index round, whose confirmation by a quorum is recorded with the round's start and
+/// term (the [`crate::liveness::QuorumProof`] its replies and its acknowledgements of liveness
+/// reports rest on) and as its contact for the staleness bound. Rounds run one at a time.
+async fn prove_leadership(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let (proof, contact) = {
+        let st = shared.lock();
+        (st.quorum_proof.clone(), st.leader_contact.clone())
+    };
+    let mut interval = tokio::time::interval(crate::liveness::PROVE_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first round at once: a leader that took long to start must not refuse its first
-    // clients for want of a round it has not had the chance to make.
-    let mut last_round: Option<Instant> = None;
+    // Whether the last round failed: a run of failures is logged once.
+    let mut failing = false;
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = interval.tick() => {}
         }
-        let leads = shared.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if leads && last_round.is_none_or(|t| t.elapsed() >= bound / 4) {
-            last_round = Some(Instant::now());
-            let started = Instant::now();
-            if let Ok(Ok(_)) = tokio::time::timeout(bound / 2, shared.raft.ensure_linearizable()).await {
+        let Some(term) = shared.leading() else {
+            failing = false;
+            continue;
+        };
+        let started = Instant::now();
+        // A round confirms the leader's vote as the voters hold it when they answer: if the
+        // term moved on meanwhile, the proof is recorded under the older term it was begun
+        // in, and proves nothing of the newer one.
+        match tokio::time::timeout(PROVE_DEADLINE, shared.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                proof.confirmed(term, started);
                 contact.heard(started);
+                if failing {
+                    info!(term, "a quorum confirms this leader again");
+                    failing = false;
+                }
             }
+            Ok(Err(e)) if !failing => {
+                info!(term, "no quorum confirms this leader: its replies wait until one does: {e}");
+                failing = true;
+            }
+            Err(_) if !failing => {
+                info!(
+                    term,
+                    "no quorum confirmed this leader within {PROVE_DEADLINE:?}: its replies wait until one does"
+                );
+                failing = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keeps the staleness bound (see [`crate::staleness`]): a leader's contact is its last
+/// proof of leadership ([`prove_leadership`]); a follower's or observer's is the older of the
+/// last AppendEntries it accepted (recorded by the peer listener) and the last liveness report
+/// the leader acknowledged (which it does only under a proof: a leader cut off from the
+/// majority, still heartbeating the servers on its side, acknowledges none). Past the bound,
+/// every client connection is closed and new sessions are refused until contact resumes.
+async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    use crate::staleness::{verdict, Verdict};
+    let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
+    let every = (bound / 4).min(Duration::from_millis(100));
+    let (contact, reported) = {
+        let st = shared.lock();
+        (st.leader_contact.clone(), st.report_contact.clone())
+    };
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
         }
         let now = Instant::now();
+        let silent = match shared.leading() {
+            Some(_) => contact.silent_for(now),
+            None => contact.silent_for(now).max(reported.silent_for(now)),
+        };
         let mut st = shared.lock();
-        match (verdict(contact.silent_for(now), bound), st.refusing_clients.is_some()) {
+        match (verdict(silent, bound), st.refusing_clients.is_some()) {
             (Verdict::Refuse { silent_for }, false) => {
                 let silent_ms = silent_for.as_millis() as u64;
                 let why = crate::outbox::CloseReason::NoLeaderContact { silent_ms };
@@ -940,13 +996,18 @@ async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, mut stop: 
 /// once when a reply waits for it, which sessions its clients were heard from since the last
 /// report, so that the leader, which alone expires sessions, keeps them; each acknowledged
 /// report releases the replies it covers (see [`crate::liveness`]). A report that fails (no
-/// leader known, the link down, no answer within half the staleness bound) is not lost: its
-/// sessions go into the next one, which waiting replies ask for at once.
+/// leader known, the link down, no answer within half the staleness bound, the leader unable
+/// to prove it still leads) is not lost: its sessions go into the next one, which waiting
+/// replies ask for at once. With no session to report, an empty report is sent once a quarter
+/// of the staleness bound (at most 100 ms) has passed without an acknowledged one: each
+/// acknowledgement is this server's proof that the leader it follows is the ensemble's.
 async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
     use crate::liveness::REPORT_EVERY;
     let Some(gate) = shared.liveness.clone() else { return };
     let mut interval = tokio::time::interval(REPORT_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probe_every = (Duration::from_millis(shared.config.max_leader_silence_ms) / 4).min(Duration::from_millis(100));
+    let reported = shared.lock().report_contact.clone();
     let mut tidied = Instant::now();
     // Whether the last report failed: a run of failures is logged once.
     let mut failing = false;
@@ -971,7 +1032,8 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
                 (_, Some(l)) => Some(l),
             }
         };
-        if heard.is_empty() {
+        let probe_due = reported.since_contact(Instant::now()).is_none_or(|s| s >= probe_every);
+        if heard.is_empty() && !probe_due {
             continue;
         }
         let Some(leader) = leader else {
@@ -998,8 +1060,10 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
         let failure = match answer {
             Ok(PeerReply::Touch { expired }) => {
                 gate.acknowledged(&heard, &expired, sent);
+                reported.heard(sent);
                 None
             }
+            Ok(PeerReply::TouchRefused { why }) => Some(format!("the leader refused it: {why}")),
             Ok(_) => Some("the leader answered with another reply".to_string()),
             Err(e) => Some(e.to_string()),
         };

@@ -6,7 +6,9 @@
 //! an ensemble keeps the time of its last proof of contact:
 //!
 //! - a follower or observer: the last AppendEntries (a heartbeat or entries) it accepted from a
-//!   leader;
+//!   leader, and the last liveness report that leader acknowledged, whichever is older (a
+//!   leader cut off from the majority still heartbeats the servers on its side, but
+//!   acknowledges no report: see [`crate::liveness`]);
 //! - a leader: the start of the last read-index round a quorum confirmed.
 //!
 //! When that is older than `max_leader_silence_ms`, the server closes its clients'

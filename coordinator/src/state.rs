@@ -152,6 +152,11 @@ pub struct ServerState {
     pub open_per_address: HashMap<std::net::IpAddr, u32>,
     /// The last proof of contact with a leader (see [`crate::staleness`]).
     pub leader_contact: Arc<LeaderContact>,
+    /// When this server, not leading, last sent a liveness report the leader acknowledged:
+    /// proof that the leader it follows is the ensemble's (see [`crate::liveness`]).
+    pub report_contact: Arc<LeaderContact>,
+    /// This server's proof of leadership while it leads (see [`crate::liveness`]).
+    pub quorum_proof: Arc<crate::liveness::QuorumProof>,
     /// Set while this server refuses clients for want of contact: why.
     pub refusing_clients: Option<String>,
     /// This server's id in its ensemble (1 alone), for the sessions that move away from it.
@@ -177,6 +182,8 @@ impl ServerState {
             started,
             open_per_address: HashMap::new(),
             leader_contact: Arc::default(),
+            report_contact: Arc::default(),
+            quorum_proof: Arc::default(),
             refusing_clients: None,
             server_id: 1,
             log_end: None,

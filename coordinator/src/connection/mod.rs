@@ -70,12 +70,19 @@ impl Shared {
         self.raft.metrics().borrow().state == openraft::ServerState::Leader
     }
 
+    /// The term this server leads, if it leads.
+    pub fn leading(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+    }
+
     /// Waits until a reply to `session`'s request that arrived at `arrived` may go out (see
-    /// [`crate::liveness`]); at once on a server alone or a leader.
+    /// [`crate::liveness`]); at once on a server alone.
     pub async fn liveness_covered(&self, session: SessionId, arrived: std::time::Instant) -> Result<(), String> {
         let Some(gate) = &self.liveness else { return Ok(()) };
         let limit = Duration::from_millis(self.config.max_leader_silence_ms);
-        gate.wait_covered(session, arrived, limit, || self.leads()).await.map_err(|e| e.to_string())
+        gate.wait_covered(session, arrived, limit, || self.leading()).await.map_err(|e| e.to_string())
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, ServerState> {

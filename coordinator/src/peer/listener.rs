@@ -380,6 +380,10 @@ enum Entered {
     Other(PeerRequest),
 }
 
+/// How long a leader waits for a proof of its leadership before it refuses a liveness report:
+/// a few proof rounds. The reporter sends the sessions again with its next report.
+const TOUCH_PROOF_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Hands one request to the local Raft.
 async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest) -> PeerReply {
     match request {
@@ -397,10 +401,24 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
         PeerRequest::Vote(r) => PeerReply::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => PeerReply::InstallSnapshot(raft.install_snapshot(r).await),
         PeerRequest::Touch(sessions) => {
-            let now = std::time::Instant::now();
-            let mut st = lock(state);
-            let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, now)).collect();
-            PeerReply::Touch { expired }
+            // Acknowledged only once a quorum has confirmed this leader in a round that started
+            // after the report arrived (see `crate::liveness`): a leader cut off from the
+            // majority must not keep sessions alive that the majority's leader will expire.
+            let received = std::time::Instant::now();
+            let (expired, proof) = {
+                let mut st = lock(state);
+                let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, received)).collect();
+                (expired, st.quorum_proof.clone())
+            };
+            let leading = || {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+            };
+            match proof.wait_proven(leading, received, TOUCH_PROOF_WAIT).await {
+                Ok(()) => PeerReply::Touch { expired },
+                Err(e) => PeerReply::TouchRefused { why: e.to_string() },
+            }
         }
         PeerRequest::PreVote { last_log_id } => {
             let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;

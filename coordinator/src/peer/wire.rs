@@ -29,8 +29,11 @@ pub const MAGIC: [u8; 4] = *b"RFPR";
 
 /// The version of the peer protocol this build speaks.
 /// Version 2: log entries carry a batch of transactions. Version 3: the handshake carries the
-/// data directory's incarnation. Version 4: the pre-vote ([`PeerRequest::PreVote`]).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// data directory's incarnation. Version 4: the pre-vote ([`PeerRequest::PreVote`]). Version 5:
+/// a leader acknowledges a liveness report only under a proof of its leadership, and refuses
+/// it otherwise ([`PeerReply::TouchRefused`]); a server of an older version would acknowledge
+/// one without.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame body either side sends or accepts. It holds a snapshot chunk (openraft
 /// sends 3 MiB by default) or a batch of log entries with room to spare; a larger batch of
@@ -347,6 +350,12 @@ pub enum PeerReply {
     PreVote {
         /// It would.
         granted: bool,
+    },
+    /// The answer to [`PeerRequest::Touch`] from a server that could not prove it leads the
+    /// ensemble (see [`crate::liveness`]): the report counts for nothing.
+    TouchRefused {
+        /// Why.
+        why: String,
     },
 }
 
