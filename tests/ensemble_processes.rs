@@ -24,6 +24,11 @@
 //! - **A follower cut off from the others** closes its client's connection within its staleness
 //!   bound (`max_leader_silence_ms`) and refuses new sessions; the majority side goes on; healed,
 //!   the follower serves again with the majority's writes.
+//! - **The leader and an observer cut off from the other two voters**, a raw session on each:
+//!   no request sent later than the majority's expiry of its session, less its timeout, plus the
+//!   agents' 100 ms staleness, is answered (a leader's word counts only while a quorum confirms
+//!   it, even with a generous `max_leader_silence_ms`), and both servers end their client's
+//!   connection within that bound.
 //! - **Linearizability**: clients doing compare-and-set and `sync`-then-read on one znode
 //!   through different servers while the leader is killed and restarted, then the new leader is
 //!   cut off from the other servers (its clients still reach it), then a follower, each for at
@@ -628,11 +633,19 @@ async fn a_session_lost_with_the_leader_is_expired_by_the_new_one() -> Result<()
 }
 
 /// A raw session on one server that asks `exists` of its own ephemeral, one request at a time,
-/// and records when each request that was answered without error was sent: every such answer
-/// tells a client (a failover agent) that its session was alive when it sent the request.
+/// until the server closes the connection, and records when each request answered without
+/// error was sent: every such answer tells a client (a failover agent) that its session was
+/// alive when it sent the request.
 struct Prober {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Instant>>,
+    task: tokio::task::JoinHandle<Probed>,
+}
+
+/// What a [`Prober`] saw.
+struct Probed {
+    /// When each request answered without error was sent.
+    answered: Vec<Instant>,
+    /// When the connection ended (closed, or a request unanswered for 30 s).
+    ended: Instant,
 }
 
 impl Prober {
@@ -646,30 +659,29 @@ impl Prober {
         let create = Request::Create { path: path.into(), data: Vec::new(), flags: create_mode::EPHEMERAL };
         let (err, _) = raw.call(&create).await?;
         ensure!(err == 0, "creating {path} through {server} failed with error {err}");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stopping, path) = (stop.clone(), path.to_string());
+        let path = path.to_string();
         let task = tokio::spawn(async move {
             let mut answered = Vec::new();
-            while !stopping.load(Ordering::Relaxed) {
+            loop {
                 let sent = Instant::now();
                 let exists = Request::Exists { path: path.clone(), watch: false };
                 match tokio::time::timeout(Duration::from_secs(30), raw.call(&exists)).await {
                     Ok(Ok((0, _))) => answered.push(sent),
-                    // An error reply renews nothing; a closed connection ends the probe.
+                    // An error reply renews nothing.
                     Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => break,
+                    Ok(Err(_)) | Err(_) => return Probed { answered, ended: Instant::now() },
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            answered
         });
-        Ok(Prober { stop, task })
+        Ok(Prober { task })
     }
 
-    /// Stops asking; the send times of the answered requests.
-    async fn finish(self) -> Result<Vec<Instant>> {
-        self.stop.store(true, Ordering::Relaxed);
-        within_for(Duration::from_secs(40), "a prober to stop", self.task).await?.context("a prober panicked")
+    /// Waits for the server to end the connection.
+    async fn ended(self) -> Result<Probed> {
+        within_for(Duration::from_secs(40), "a server to end a prober's connection", self.task)
+            .await?
+            .context("a prober panicked")
     }
 }
 
@@ -680,11 +692,17 @@ async fn no_server_on_the_minority_side_answers_a_session_the_majority_may_have_
     /// What an agent counts as the staleness of a reply from a bundled ensemble
     /// (`max_staleness_ms` in its configuration).
     const STALENESS: Duration = Duration::from_millis(100);
+    /// The servers' staleness bound (`max_leader_silence_ms`): generous, since what a reply
+    /// promises must not rest on it.
+    const SILENCE: Duration = Duration::from_secs(5);
+    /// One check of the bound (100 ms) and the close's way to the client, with room for a
+    /// loaded machine.
+    const CLOSE_SLACK: Duration = Duration::from_millis(1000);
     let Some(hosts) = hosts_or_skip(TEST, 4)? else { return Ok(()) };
     let host_list: Vec<_> = hosts.iter().cloned().collect();
-    // A generous staleness bound: what a reply promises must not rest on it.
     let roles = [Role::Voter, Role::Voter, Role::Voter, Role::Observer];
-    let ens = Ensemble::start_on_hosts(&roles, &host_list, "max_leader_silence_ms: 5000\n").await?;
+    let extra = format!("max_leader_silence_ms: {}\n", SILENCE.as_millis());
+    let ens = Ensemble::start_on_hosts(&roles, &host_list, &extra).await?;
     let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
     let majority = others(&[1, 2, 3], &[leader]);
     // One session on the leader, one on the observer: the partition leaves both with the leader.
@@ -707,21 +725,24 @@ async fn no_server_on_the_minority_side_answers_a_session_the_majority_may_have_
         ensure!(event.event_type == zk::EventType::NodeDeleted, "{what} ephemeral's watch fired with {event:?}");
         expired.push((Instant::now(), what));
     }
-    // A request in flight is answered, or fails when the server gives up on it.
-    let answered = [("the old leader", on_leader.finish().await?), ("the observer", on_observer.finish().await?)];
+    // Neither server answers any more: each ends the connection within its staleness bound
+    // (the leader for want of a quorum, the observer for want of acknowledged reports).
+    let probed = [("the old leader", on_leader.ended().await?), ("the observer", on_observer.ended().await?)];
     hosts.heal_all()?;
     let mut late_answers = Vec::new();
-    for ((server, answered), (seen_gone, _)) in answered.iter().zip(&expired) {
+    for ((server, probed), (seen_gone, _)) in probed.iter().zip(&expired) {
         // The session was expired no later than the majority's watch saw it; a request sent
         // after `seen_gone - SESSION + STALENESS` promised the client its session beyond that.
         let limit = *seen_gone - SESSION + STALENESS;
-        let last = answered.last().map(|t| t.saturating_duration_since(cut_at));
+        let last = probed.answered.last().map(|t| t.saturating_duration_since(cut_at));
+        let ended = probed.ended.saturating_duration_since(cut_at);
         eprintln!(
-            "{server}: {} answers, the last to a request sent {last:?} after the cut; the majority expired the session by {:?}",
-            answered.len(),
+            "{server}: {} answers, the last to a request sent {last:?} after the cut; the majority expired the \
+             session by {:?}; the connection ended {ended:?} after the cut",
+            probed.answered.len(),
             seen_gone.saturating_duration_since(cut_at)
         );
-        if let Some(late) = answered.iter().find(|t| **t > limit) {
+        if let Some(late) = probed.answered.iter().find(|t| **t > limit) {
             late_answers.push(format!(
                 "{server} answered a request sent {:?} after the cut, though the majority expired its session by {:?} \
                  (its client counts on it until {:?})",
@@ -729,6 +750,10 @@ async fn no_server_on_the_minority_side_answers_a_session_the_majority_may_have_
                 seen_gone.saturating_duration_since(cut_at),
                 (*late + SESSION - STALENESS).saturating_duration_since(cut_at)
             ));
+        }
+        if ended > SILENCE + CLOSE_SLACK {
+            late_answers
+                .push(format!("{server} kept its client's connection {ended:?} after the cut (bound {SILENCE:?})"));
         }
     }
     ensure!(late_answers.is_empty(), "{}", late_answers.join("; "));
