@@ -29,7 +29,8 @@
 //! believing it leads (Raft lets it), and its heartbeats keep the followers on its side of the
 //! cut believing it too, while the majority elects another leader that expires every session
 //! it hears nothing of. So a leader's word counts only under a [`Proof`]: the start of a
-//! read-index round in which a quorum of voters confirmed its term. No later leader can have
+//! round of empty AppendEntries carrying its vote, which a quorum of voters accepted (a voter
+//! accepts it only while it holds no newer vote). No later leader can have
 //! been elected before that instant (the quorum that elects one shares a voter with the quorum
 //! that confirmed, and that voter confirmed first), and a new leader gives every session a
 //! fresh timeout when it takes over. Hence:
@@ -39,8 +40,8 @@
 //!   [`PROVE_EVERY`]), and refuses it if it does not lead or no such round succeeds in time;
 //! - the leader's own replies wait, as a follower's do, until a round that started no earlier
 //!   than `arrival − SLACK` has been confirmed in its current term ([`proves`]). A new leader
-//!   has none before it has applied an entry of its own term (a read-index round waits for
-//!   that), so it does not serve before it is settled either.
+//!   proves nothing before it has applied an entry of its own term, so it does not serve
+//!   before it is settled either.
 //!
 //! A reply from any server of an ensemble thus promises no more than the ensemble keeps: the
 //! session outlives the request's sending by its timeout less [`SLACK`].
@@ -57,13 +58,13 @@ use crate::proto::SessionId;
 pub const SLACK: Duration = Duration::from_millis(100);
 /// How often a server that does not lead reports the sessions it heard from.
 pub const REPORT_EVERY: Duration = Duration::from_millis(25);
-/// How often a leader of an ensemble runs a read-index round to prove it still leads. A round
+/// How often a leader of an ensemble runs a proof round to show it still leads. A round
 /// is one heartbeat round trip to the voters; a reply waits for one only when the last
 /// confirmed round started more than [`SLACK`] before its request arrived.
 pub const PROVE_EVERY: Duration = Duration::from_millis(25);
 
 /// A leader's proof that it led at an instant: a quorum of voters confirmed its `term` in a
-/// read-index round that started at `started` (see the module docs).
+/// proof round that started at `started` (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Proof {
     /// The term confirmed.
@@ -84,7 +85,7 @@ pub enum Unproven {
     /// This server does not lead (any more).
     #[error("this server does not lead")]
     NotLeading,
-    /// No read-index round was confirmed by a quorum in time.
+    /// No proof round was confirmed by a quorum in time.
     #[error("no quorum confirmed this leader within {0:?}")]
     NoQuorum(Duration),
 }

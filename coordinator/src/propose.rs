@@ -205,7 +205,7 @@ impl Proposer {
         // As a forward: a leader replaced meanwhile (a frozen one answers nothing) is not
         // waited on; the caller closes the connection, and the client asks again elsewhere.
         let asked = tokio::select! {
-            reply = net.request(leader, PeerRequest::ReadIndex, FORWARD_DEADLINE) => reply,
+            reply = net.request(&self.raft, leader, PeerRequest::ReadIndex, FORWARD_DEADLINE) => reply,
             _ = crate::role::leader_replaced(&self.raft, leader) => {
                 return Err(ProposeError::Raft(format!("the leader ({leader}) was replaced while asked for its read index")))
             }
@@ -645,7 +645,7 @@ fn resolved(
 /// old leader may have logged it, and the new one may commit it), so it fails like a forward
 /// on a broken link, closing its connections.
 async fn forward_batch(raft: &Raft, net: &PeerNetwork, leader: u64, txns: TxnBatch) -> Result<Forwarded, ProposeError> {
-    let request = net.request(leader, PeerRequest::Forward(txns), FORWARD_DEADLINE);
+    let request = net.request(raft, leader, PeerRequest::Forward(txns), FORWARD_DEADLINE);
     let reply = tokio::select! {
         reply = request => reply.map_err(|e| ProposeError::Raft(format!("forwarding to the leader: {e}")))?,
         _ = crate::role::leader_replaced(raft, leader) => {

@@ -72,6 +72,11 @@ pub(crate) fn settled_in(term: u64, last_applied: Option<LogId<u64>>) -> bool {
     last_applied.is_some_and(|a| a.leader_id.get_term() == term)
 }
 
+/// The term a server with these metrics leads, if it leads and is settled in it.
+pub(crate) fn settled_term(m: &openraft::RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    (m.state == ServerState::Leader && settled_in(m.current_term, m.last_applied)).then_some(m.current_term)
+}
+
 /// Returns once the leader this server knows of is no longer `leader` (another one, or none
 /// during an election): from then on a request in flight to `leader` is not worth waiting for.
 /// A frozen leader keeps its connections open and answers nothing, so without this a request

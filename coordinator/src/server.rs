@@ -344,7 +344,7 @@ impl Coordinator {
         tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
-            tasks.spawn(prove_leadership(self.shared.clone(), stop_rx.clone()));
+            tasks.spawn(prove_leadership(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
             tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
@@ -696,15 +696,16 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// How long a leader's read-index round may take before it counts as failed: a heartbeat round
+/// How long a leader's proof round may take before it counts as failed: a heartbeat round
 /// trip, with room for a loaded server.
 const PROVE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// A leader of an ensemble proves, every [`crate::liveness::PROVE_EVERY`], that it still leads:
-/// a read-index round, whose confirmation by a quorum is recorded with the round's start and
-/// term (the [`crate::liveness::QuorumProof`] its replies and its acknowledgements of liveness
-/// reports rest on) and as its contact for the staleness bound. Rounds run one at a time.
-async fn prove_leadership(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// A leader of an ensemble proves, every [`crate::liveness::PROVE_EVERY`], that it still leads
+/// ([`prove_once`]); each proof is recorded with its round's start and term (the
+/// [`crate::liveness::QuorumProof`] its replies and its acknowledgements of liveness reports
+/// rest on) and as its contact for the staleness bound. Rounds run one at a time, and only once
+/// the leader is settled (it has applied an entry of its term).
+async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
     let (proof, contact) = {
         let st = shared.lock();
         (st.quorum_proof.clone(), st.leader_contact.clone())
@@ -724,32 +725,92 @@ async fn prove_leadership(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             continue;
         };
         let started = Instant::now();
-        // A round confirms the leader's vote as the voters hold it when they answer: if the
-        // term moved on meanwhile, the proof is recorded under the older term it was begun
-        // in, and proves nothing of the newer one.
-        match tokio::time::timeout(PROVE_DEADLINE, shared.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => {
-                proof.confirmed(term, started);
+        match tokio::time::timeout(PROVE_DEADLINE, prove_once(&shared, &network)).await {
+            Ok(Ok(proven)) => {
+                // Recorded under the term the round carried, which may be older than `term`
+                // if this server was elected again meanwhile: it then proves nothing of the
+                // newer one.
+                proof.confirmed(proven.min(term), started);
                 contact.heard(started);
                 if failing {
                     info!(term, "a quorum confirms this leader again");
                     failing = false;
                 }
             }
-            Ok(Err(e)) if !failing => {
-                info!(term, "no quorum confirms this leader: its replies wait until one does: {e}");
+            Ok(Err(why)) if !failing => {
+                info!(term, "no quorum confirms this leader, so its replies wait until one does: {why}");
                 failing = true;
             }
             Err(_) if !failing => {
                 info!(
                     term,
-                    "no quorum confirmed this leader within {PROVE_DEADLINE:?}: its replies wait until one does"
+                    "no quorum confirmed this leader within {PROVE_DEADLINE:?}, so its replies wait until one does"
                 );
                 failing = true;
             }
             _ => {}
         }
     }
+}
+
+/// One proof round: this leader's vote, sent to every other voter as an empty AppendEntries
+/// (no previous entry, no commit index: it changes nothing in a follower's log or commit, as a
+/// heartbeat does not), until a quorum of every voter configuration, this server included,
+/// has accepted it; the term proven. A voter accepts it only while it holds no newer vote, so
+/// no leader of a later term can have been elected before the round started (the voters that
+/// elect one would include one that accepted this vote first, and a vote never goes back).
+///
+/// openraft's own read-index round (`Raft::ensure_linearizable`) does the same, but logs an
+/// error for every voter that fails to answer before the quorum does: with one voter down,
+/// dozens of lines a second at this round's pace. Here a link that is down is the link's to
+/// report, once.
+async fn prove_once(shared: &Shared, network: &PeerNetwork) -> Result<u64, String> {
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    let (id, vote, configs) = {
+        let m = shared.raft.metrics();
+        let m = m.borrow();
+        (m.id, m.vote, m.membership_config.membership().get_joint_config().clone())
+    };
+    if !vote.is_committed() {
+        return Err("this server's vote is not committed yet".into());
+    }
+    let term = vote.leader_id().get_term();
+    let mut granted: std::collections::BTreeSet<u64> = [id].into();
+    if crate::staleness::quorum_granted(&configs, &granted) {
+        return Ok(term);
+    }
+    let voters: std::collections::BTreeSet<u64> = configs.iter().flatten().copied().filter(|v| *v != id).collect();
+    let mut answers = JoinSet::new();
+    for target in voters {
+        let (network, raft, rpc) = (
+            network.clone(),
+            shared.raft.clone(),
+            AppendEntriesRequest { vote, prev_log_id: None, entries: Vec::new(), leader_commit: None },
+        );
+        answers.spawn(async move {
+            let request = PeerRequest::AppendEntries(rpc);
+            (target, network.request(&raft, target, request, PROVE_DEADLINE).await)
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(answer) = answers.join_next().await {
+        let Ok((target, reply)) = answer else { continue };
+        match reply {
+            Ok(PeerReply::AppendEntries(Ok(AppendEntriesResponse::HigherVote(newer)))) => {
+                return Err(format!("voter {target} holds a newer vote ({newer})"));
+            }
+            Ok(PeerReply::AppendEntries(Ok(_))) => {
+                granted.insert(target);
+                if crate::staleness::quorum_granted(&configs, &granted) {
+                    return Ok(term);
+                }
+            }
+            Ok(PeerReply::AppendEntries(Err(e))) => failed.push(format!("voter {target}: {e}")),
+            Ok(_) => failed.push(format!("voter {target} answered with another reply")),
+            Err(e) => failed.push(format!("voter {target}: {e}")),
+        }
+    }
+    Err(format!("confirmed by {granted:?} only; {}", failed.join("; ")))
 }
 
 /// Keeps the staleness bound (see [`crate::staleness`]): a leader's contact is its last
@@ -876,7 +937,7 @@ async fn campaign_when_leader_lapses(
         };
         let decided = view(now);
         let last_log_id = lock().log_end.as_ref().and_then(|l| l.last_log_id());
-        let granted = pre_vote(&network, id, last_log_id, &configs).await;
+        let granted = pre_vote(&raft, &network, id, last_log_id, &configs).await;
         let answered = Instant::now();
         let after = view(answered);
         if !still_lapsed(&decided, &after, answered - now) {
@@ -922,6 +983,7 @@ async fn campaign_when_leader_lapses(
 /// deadline passed. (Waiting on a voter that cannot answer, a frozen one, only widens the
 /// window in which another voter's election overtakes this one.)
 async fn pre_vote(
+    raft: &Raft,
     network: &PeerNetwork,
     id: u64,
     last_log_id: Option<openraft::LogId<u64>>,
@@ -931,9 +993,9 @@ async fn pre_vote(
     let others: std::collections::BTreeSet<u64> = configs.iter().flatten().copied().filter(|v| *v != id).collect();
     let mut asks = JoinSet::new();
     for voter in others {
-        let network = network.clone();
+        let (network, raft) = (network.clone(), raft.clone());
         asks.spawn(async move {
-            let reply = network.request(voter, PeerRequest::PreVote { last_log_id }, PRE_VOTE_DEADLINE).await;
+            let reply = network.request(&raft, voter, PeerRequest::PreVote { last_log_id }, PRE_VOTE_DEADLINE).await;
             (voter, matches!(reply, Ok(PeerReply::PreVote { granted: true })))
         });
     }
@@ -1048,7 +1110,7 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
         // A report to a leader that has since been replaced (a frozen one answers nothing) is
         // given up at once: its sessions go to the new leader with the next report, instead of
         // after this one's deadline, while every reply on this server waits for them.
-        let request = network.request(leader, PeerRequest::Touch(heard.clone()), deadline);
+        let request = network.request(&shared.raft, leader, PeerRequest::Touch(heard.clone()), deadline);
         let answer = tokio::select! {
             answer = request => answer,
             _ = crate::role::leader_replaced(&shared.raft, leader) => {

@@ -9,7 +9,8 @@
 //!   leader, and the last liveness report that leader acknowledged, whichever is older (a
 //!   leader cut off from the majority still heartbeats the servers on its side, but
 //!   acknowledges no report: see [`crate::liveness`]);
-//! - a leader: the start of the last read-index round a quorum confirmed.
+//! - a leader: the start of the last proof round a quorum of voters confirmed (see
+//!   [`crate::liveness`]).
 //!
 //! When that is older than `max_leader_silence_ms`, the server closes its clients'
 //! connections and refuses new sessions until contact resumes: its clients reconnect to a

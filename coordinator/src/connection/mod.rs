@@ -70,11 +70,10 @@ impl Shared {
         self.raft.metrics().borrow().state == openraft::ServerState::Leader
     }
 
-    /// The term this server leads, if it leads.
+    /// The term this server leads, if it leads and is settled in it (it has applied an entry
+    /// of that term: see [`crate::role::Role::settled`]).
     pub fn leading(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+        crate::role::settled_term(&self.raft.metrics().borrow())
     }
 
     /// Waits until a reply to `session`'s request that arrived at `arrived` may go out (see

@@ -309,18 +309,27 @@ impl PeerNetwork {
         self.sightings.active(id, Instant::now()).map(|a| a.silent_for)
     }
 
-    /// Sends `request` to server `target` (at its configured peer address) outside Raft and
-    /// waits for the reply, at most `deadline`: how followers forward writes, report session
-    /// liveness and ask for a read index.
-    pub async fn request(&self, target: u64, request: PeerRequest, deadline: Duration) -> Result<PeerReply, LinkError> {
-        let Some(addr) = self.addresses.get(&target).cloned() else {
+    /// Sends `request` to server `target` outside Raft and waits for the reply, at most
+    /// `deadline`: how followers forward writes, report session liveness and ask for a read
+    /// index, and how voters ask for pre-votes and a leader proves it leads. The address is the
+    /// configured one, or else the one the ensemble's membership (`raft`) gives: a server
+    /// added after this one was configured.
+    pub async fn request(
+        &self,
+        raft: &crate::raft::Raft,
+        target: u64,
+        request: PeerRequest,
+        deadline: Duration,
+    ) -> Result<PeerReply, LinkError> {
+        let node = raft.metrics().borrow().membership_config.membership().get_node(&target).cloned();
+        if !self.addresses.contains_key(&target) && node.is_none() {
             return Err(LinkError::Unreachable {
                 target,
                 addr: String::new(),
-                why: "it is not in this server's `servers` list".into(),
+                why: "it is neither in this server's `servers` list nor a member of the ensemble".into(),
             });
-        };
-        let link = self.link(target, &BasicNode { addr });
+        }
+        let link = self.link(target, &node.unwrap_or(BasicNode { addr: String::new() }));
         let (tx, rx) = oneshot::channel();
         match link.calls.try_send(Call { request, reply: tx }) {
             Ok(()) => {}

@@ -410,11 +410,7 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
                 let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, received)).collect();
                 (expired, st.quorum_proof.clone())
             };
-            let leading = || {
-                let m = raft.metrics();
-                let m = m.borrow();
-                (m.state == openraft::ServerState::Leader).then_some(m.current_term)
-            };
+            let leading = || crate::role::settled_term(&raft.metrics().borrow());
             match proof.wait_proven(leading, received, TOUCH_PROOF_WAIT).await {
                 Ok(()) => PeerReply::Touch { expired },
                 Err(e) => PeerReply::TouchRefused { why: e.to_string() },
