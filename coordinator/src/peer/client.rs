@@ -711,15 +711,21 @@ impl PeerClient {
     }
 }
 
-/// How long openraft's replication to a peer pauses after the link reports it unreachable,
-/// before calling again. The link keeps its own back-off (calls meanwhile fail at once, without
-/// touching the network) and dials at once when the peer is heard from, so a short pause costs
-/// nothing and keeps a healed peer from waiting out openraft's default of 500 ms.
+/// How long openraft's replication to a peer first pauses after the link reports it
+/// unreachable, before calling again; each further failure doubles the pause, up to
+/// [`REPLICATION_PAUSE_MAX`]. The link keeps its own back-off (calls meanwhile fail at once,
+/// without touching the network) and dials at once when the peer is heard from, so a short
+/// pause costs nothing and keeps a healed peer from waiting out openraft's default of 500 ms.
 pub const REPLICATION_PAUSE: Duration = Duration::from_millis(50);
+
+/// The longest pause of openraft's replication to an unreachable peer: the link's own back-off
+/// cap. openraft logs every failed call as an error, so a peer that stays down costs four
+/// lines a second, not twenty.
+pub const REPLICATION_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 impl openraft::RaftNetwork<TypeConfig> for PeerClient {
     fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_PAUSE))
+        openraft::network::Backoff::new((1..).map(|n| backoff_delay(n, REPLICATION_PAUSE, REPLICATION_PAUSE_MAX)))
     }
 
     async fn append_entries(
