@@ -35,9 +35,13 @@
 //! that confirmed, and that voter confirmed first), and a new leader gives every session a
 //! fresh timeout when it takes over. Hence:
 //!
-//! - the leader acknowledges a report only once a round that started after the report
-//!   arrived has been confirmed ([`QuorumProof::wait_proven`]; the leader proves itself every
-//!   [`PROVE_EVERY`]), and refuses it if it does not lead or no such round succeeds in time;
+//! - the leader acknowledges a report only under a confirmed round that started no more than
+//!   [`PROOF_AGE`] before the report arrived ([`QuorumProof::wait_proven`]; the leader proves
+//!   itself every [`PROVE_EVERY`], so it usually has one at once), and refuses it if it does
+//!   not lead or no such round succeeds in time. The reporter counts the report as sent
+//!   [`PROOF_AGE`] earlier than it was: a report it sent at `s` proves the session alive to
+//!   no later leader than one elected after `s − PROOF_AGE`, and covers the requests that
+//!   arrived until `s − PROOF_AGE + SLACK`;
 //! - the leader's own replies wait, as a follower's do, until a round that started no earlier
 //!   than `arrival − SLACK` has been confirmed in its current term ([`proves`]). A new leader
 //!   proves nothing before it has applied an entry of its own term, so it does not serve
@@ -58,6 +62,10 @@ use crate::proto::SessionId;
 pub const SLACK: Duration = Duration::from_millis(100);
 /// How often a server that does not lead reports the sessions it heard from.
 pub const REPORT_EVERY: Duration = Duration::from_millis(25);
+/// How long before a liveness report arrived the leader's proof may have started for the
+/// leader to acknowledge it (see the module docs): two proof intervals, so that a report is
+/// acknowledged at once, and a report still covers the requests of the half [`SLACK`] after it.
+pub const PROOF_AGE: Duration = Duration::from_millis(50);
 /// How often a leader of an ensemble runs a proof round to show it still leads. A round
 /// is one heartbeat round trip to the voters; a reply waits for one only when the last
 /// confirmed round started more than [`SLACK`] before its request arrived.
@@ -189,8 +197,10 @@ impl LivenessGate {
     }
 
     /// The leader acknowledged a report of `sessions` sent at `sent`, naming `expired` as no
-    /// longer alive there.
+    /// longer alive there. The report counts as sent [`PROOF_AGE`] earlier (see the module
+    /// docs).
     pub fn acknowledged(&self, sessions: &[SessionId], expired: &[SessionId], sent: Instant) {
+        let sent = sent.checked_sub(PROOF_AGE).unwrap_or(sent);
         let mut confirmed = self.confirmed();
         for s in sessions {
             if expired.contains(s) {
@@ -225,6 +235,13 @@ impl LivenessGate {
         limit: Duration,
         leading: impl Fn() -> Option<u64>,
     ) -> Result<(), NotConfirmed> {
+        let covered = |leading: Option<u64>| match leading {
+            Some(term) => self.leader_covers(term, arrived),
+            None => self.covered(session, arrived),
+        };
+        if covered(leading()) {
+            return Ok(());
+        }
         let began = tokio::time::Instant::now();
         let mut acks = self.acks.subscribe();
         let mut proofs = self.proof.last.subscribe();
@@ -273,9 +290,11 @@ mod tests {
         let t0 = Instant::now();
         let arrived = t0 + Duration::from_millis(500);
         assert!(!gate.covered(s, arrived), "never reported");
-        gate.acknowledged(&[s], &[], arrived - SLACK - Duration::from_millis(1));
-        assert!(!gate.covered(s, arrived), "a report sent before the slack does not cover");
-        gate.acknowledged(&[s], &[], arrived - SLACK);
+        // A report counts as sent PROOF_AGE before it was (the leader's proof may be that old).
+        let earliest = arrived - SLACK + PROOF_AGE;
+        gate.acknowledged(&[s], &[], earliest - Duration::from_millis(1));
+        assert!(!gate.covered(s, arrived), "a report sent before the slack, less the proof's age, does not cover");
+        gate.acknowledged(&[s], &[], earliest);
         assert!(gate.covered(s, arrived));
         gate.acknowledged(&[s], &[], t0);
         assert!(gate.covered(s, arrived), "an older acknowledgement never moves the confirmation back");

@@ -401,9 +401,10 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
         PeerRequest::Vote(r) => PeerReply::Vote(raft.vote(r).await),
         PeerRequest::InstallSnapshot(r) => PeerReply::InstallSnapshot(raft.install_snapshot(r).await),
         PeerRequest::Touch(sessions) => {
-            // Acknowledged only once a quorum has confirmed this leader in a round that started
-            // after the report arrived (see `crate::liveness`): a leader cut off from the
-            // majority must not keep sessions alive that the majority's leader will expire.
+            // Acknowledged only under a quorum's confirmation of this leader in a round that
+            // started no more than PROOF_AGE before the report arrived (see `crate::liveness`):
+            // a leader cut off from the majority must not keep sessions alive that the
+            // majority's leader will expire.
             let received = std::time::Instant::now();
             let (expired, proof) = {
                 let mut st = lock(state);
@@ -411,7 +412,8 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
                 (expired, st.quorum_proof.clone())
             };
             let leading = || crate::role::settled_term(&raft.metrics().borrow());
-            match proof.wait_proven(leading, received, TOUCH_PROOF_WAIT).await {
+            let since = received.checked_sub(crate::liveness::PROOF_AGE).unwrap_or(received);
+            match proof.wait_proven(leading, since, TOUCH_PROOF_WAIT).await {
                 Ok(()) => PeerReply::Touch { expired },
                 Err(e) => PeerReply::TouchRefused { why: e.to_string() },
             }
