@@ -4,6 +4,8 @@
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable holding the log filter (`tracing` `EnvFilter` syntax, e.g.
@@ -21,8 +23,9 @@ pub fn colour_wanted(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool
     stderr_is_terminal && !no_color.is_some_and(|v| !v.is_empty())
 }
 
-/// Sends `tracing` output to stderr, filtered by [`FILTER_ENV`] (or [`DEFAULT_FILTER`]). A
-/// filter that does not parse is reported on stderr and the default used, so a typo never
+/// Sends `tracing` output to stderr, filtered by [`FILTER_ENV`] (or [`DEFAULT_FILTER`]), less
+/// openraft's repeats of a peer link's failure ([`referee_coordinator::peer::QuietLinkFailures`]).
+/// A filter that does not parse is reported on stderr and the default used, so a typo never
 /// silences a daemon.
 pub fn init() {
     let filter = match std::env::var(FILTER_ENV) {
@@ -33,7 +36,13 @@ pub fn init() {
         }),
     };
     let colour = colour_wanted(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .finish()
+        .with(referee_coordinator::peer::QuietLinkFailures)
+        .init();
 }
 
 #[cfg(test)]

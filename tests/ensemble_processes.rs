@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use ensemble::{check_present, expect, holds_session, session, Ensemble, Role, EPHEMERAL, PERSISTENT};
-use referee_testkit::{hosts_unavailable, skip, within_for, Hosts};
+use referee_testkit::{hosts_unavailable, skip, wait_until, within_for, Hosts};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
@@ -223,11 +223,28 @@ async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
     writes_grow(ens.client(leader), 50, "50 writes before the kill").await?;
     let mut all = acked(&before.finish().await?);
 
+    let logged_before_kill = ens.server(leader).log().len();
     ens.kill9(follower)?;
     let after = Load::start(&ens, &rest, 2).await?;
     writes_grow(ens.client(rest[1]), 100, "100 writes with a follower killed").await?;
     let writes = after.finish().await?;
     let acked_now = acked(&writes);
+    // The leader says once that the follower is unreachable; openraft's repeats of it at every
+    // retry of its replication (twenty lines a second) stay out of the log.
+    let unreachable = format!("peer {follower} at ");
+    wait_until(Duration::from_secs(10), "the leader logs the killed follower as unreachable", || {
+        let log = ens.server(leader).log();
+        log[logged_before_kill..].lines().any(|l| l.contains(&unreachable) && l.contains(" is unreachable: "))
+    })
+    .await?;
+    let log = ens.server(leader).log();
+    let about: Vec<&str> = log[logged_before_kill..].lines().filter(|l| l.contains(&unreachable)).collect();
+    ensure!(
+        about.len() <= 2 && about.iter().all(|l| !l.contains("openraft")),
+        "the leader logged {} lines about server {follower} being down since it was killed:\n{}",
+        about.len(),
+        about.join("\n")
+    );
     for id in &rest {
         let own = acked_now.iter().filter(|(p, _)| p.starts_with(&format!("/w/r2-s{id}-"))).count();
         eprintln!("server {id} acknowledged {own} writes of its writer with server {follower} killed");

@@ -419,6 +419,10 @@ struct LinkTask {
     failed_at: Option<Instant>,
     /// The error of the last failed dial, returned while backing off and logged on a change.
     last_failure: Option<LinkError>,
+    /// When the first of the dials failing since the last connection failed.
+    down_since: Option<Instant>,
+    /// When the failure was last logged.
+    logged_at: Option<Instant>,
 }
 
 impl LinkTask {
@@ -434,6 +438,8 @@ impl LinkTask {
             retry_at: None,
             failed_at: None,
             last_failure: None,
+            down_since: None,
+            logged_at: None,
         }
     }
 
@@ -483,8 +489,11 @@ impl LinkTask {
         match tokio::time::timeout(self.options.connect_timeout, self.dial()).await {
             Ok(Ok(conn)) => {
                 if self.last_failure.take().is_some() {
-                    tracing::info!(peer = self.target, addr = %self.addr, "peer connection established again");
+                    let down = self.down_since.map(|t| t.elapsed()).unwrap_or_default();
+                    tracing::info!(peer = self.target, addr = %self.addr, "peer connection established again after {}", Secs(down));
                 }
+                self.down_since = None;
+                self.logged_at = None;
                 self.failures = 0;
                 self.retry_at = None;
                 self.failed_at = None;
@@ -501,19 +510,24 @@ impl LinkTask {
     }
 
     fn dial_failed(&mut self, e: LinkError, call: Call) {
-        // The reason is logged when it changes, not at every retry: a refusal names a
-        // configuration error the operator must see once, clearly, not drowned in repeats.
-        if self.last_failure.as_ref() != Some(&e) {
+        // The reason is logged when it changes, and while it lasts once every STILL_DOWN_EVERY,
+        // not at every retry: a refusal names a configuration error the operator must see
+        // clearly, not drowned in repeats (openraft's own repeats are dropped, `super::noise`).
+        let now = Instant::now();
+        let down_since = *self.down_since.get_or_insert(now);
+        let changed = self.last_failure.as_ref() != Some(&e);
+        if changed || self.logged_at.is_none_or(|at| now.duration_since(at) >= STILL_DOWN_EVERY) {
+            let lasting = if changed { String::new() } else { format!(" (for {})", Secs(now - down_since)) };
             match &e {
                 LinkError::Refused { .. } | LinkError::Duplicate { .. } | LinkError::ReplacedDataDir { .. } => {
-                    tracing::error!(peer = self.target, "{e}")
+                    tracing::error!(peer = self.target, "{e}{lasting}")
                 }
-                _ => tracing::warn!(peer = self.target, "{e}"),
+                _ => tracing::warn!(peer = self.target, "{e}{lasting}"),
             }
+            self.logged_at = Some(now);
         }
         self.failures = self.failures.saturating_add(1);
         let delay = backoff_delay(self.failures, self.options.backoff_min, self.options.backoff_max);
-        let now = Instant::now();
         self.failed_at = Some(now);
         self.retry_at = Some(now + delay);
         self.last_failure = Some(e.clone());
@@ -711,6 +725,19 @@ impl PeerClient {
     }
 }
 
+/// How often a link logs a failure that lasts (the first time at once, and whenever the reason
+/// changes).
+pub const STILL_DOWN_EVERY: Duration = Duration::from_secs(60);
+
+/// A duration as seconds with one decimal, for log lines.
+struct Secs(Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} s", self.0.as_secs_f64())
+    }
+}
+
 /// How long openraft's replication to a peer first pauses after the link reports it
 /// unreachable, before calling again; each further failure doubles the pause, up to
 /// [`REPLICATION_PAUSE_MAX`]. The link keeps its own back-off (calls meanwhile fail at once,
@@ -719,8 +746,8 @@ impl PeerClient {
 pub const REPLICATION_PAUSE: Duration = Duration::from_millis(50);
 
 /// The longest pause of openraft's replication to an unreachable peer: the link's own back-off
-/// cap. openraft logs every failed call as an error, so a peer that stays down costs four
-/// lines a second, not twenty.
+/// cap. openraft logs every failed call (dropped from the log by [`super::noise`]); pausing
+/// longer spares the work, not only the lines.
 pub const REPLICATION_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 impl openraft::RaftNetwork<TypeConfig> for PeerClient {

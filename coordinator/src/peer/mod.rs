@@ -11,6 +11,7 @@
 //! - [`handshake`]: the listener's pure decision on a dialler's introduction.
 //! - [`client`]: openraft's `RaftNetworkFactory`: one link per peer with its own bounds.
 //! - [`listener`]: accepts peers and hands their requests to the local Raft.
+//! - [`noise`]: keeps openraft from repeating in the log what a link reports once.
 //!
 //! A dialler states its cluster id, its server id and the server id it means to reach; a
 //! listener of another cluster, a wrong server, or one that already hears a live process with
@@ -25,8 +26,10 @@
 pub mod client;
 pub mod handshake;
 pub mod listener;
+pub mod noise;
 pub mod wire;
 
 pub use client::{AddressBook, LinkError, LinkOptions, PeerNetwork};
 pub use handshake::{LocalIdentity, Sightings};
 pub use listener::{serve_peers, ListenerOptions};
+pub use noise::QuietLinkFailures;
