@@ -516,7 +516,7 @@ impl LinkTask {
         let now = Instant::now();
         let down_since = *self.down_since.get_or_insert(now);
         let changed = self.last_failure.as_ref() != Some(&e);
-        if changed || self.logged_at.is_none_or(|at| now.duration_since(at) >= STILL_DOWN_EVERY) {
+        if failure_log_due(changed, self.logged_at, now) {
             let lasting = if changed { String::new() } else { format!(" (for {})", Secs(now - down_since)) };
             match &e {
                 LinkError::Refused { .. } | LinkError::Duplicate { .. } | LinkError::ReplacedDataDir { .. } => {
@@ -729,6 +729,12 @@ impl PeerClient {
 /// changes).
 pub const STILL_DOWN_EVERY: Duration = Duration::from_secs(60);
 
+/// Whether a link logs a failed dial: when the reason `changed`, else when the failure was
+/// last logged at least [`STILL_DOWN_EVERY`] before `now` (or never).
+pub fn failure_log_due(changed: bool, logged_at: Option<Instant>, now: Instant) -> bool {
+    changed || logged_at.is_none_or(|at| now.saturating_duration_since(at) >= STILL_DOWN_EVERY)
+}
+
 /// A duration as seconds with one decimal, for log lines.
 struct Secs(Duration);
 
@@ -794,6 +800,18 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lasting_failure_is_logged_at_once_then_once_a_minute_and_at_every_change_of_reason() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        assert!(failure_log_due(false, None, t0), "never logged yet");
+        assert!(failure_log_due(true, Some(t0), t0 + second), "the reason changed");
+        assert!(!failure_log_due(false, Some(t0), t0 + second), "a retry a second later");
+        assert!(!failure_log_due(false, Some(t0), t0 + STILL_DOWN_EVERY - second));
+        assert!(failure_log_due(false, Some(t0), t0 + STILL_DOWN_EVERY), "the reminder");
+        assert!(!failure_log_due(false, Some(t0 + second), t0), "a clock read out of order logs nothing");
+    }
 
     #[test]
     fn back_off_doubles_from_the_minimum_and_stays_within_a_few_heartbeats() {
