@@ -5,9 +5,10 @@
 //! twenty lines a second whatever the back-off. The peer's link already says what an operator
 //! needs, once: that the peer became unreachable and why, a reminder every
 //! [`super::client::STILL_DOWN_EVERY`] while it stays so, and when it is back. [`QuietLinkFailures`] is
-//! a `tracing` layer that drops openraft's repeats of a failure the link reported; every other
-//! openraft line (a storage error during replication, a timeout of a peer that is connected)
-//! goes through.
+//! a `tracing` layer that drops openraft's repeats of a failure the link reported (a peer
+//! unreachable, refusing the handshake, answering under another process's id or from another
+//! data directory); every other openraft line (a storage error during replication, a timeout
+//! of a peer that is connected) goes through.
 
 use std::fmt::Write as _;
 
@@ -19,13 +20,19 @@ use tracing_subscriber::layer::{Context, Layer};
 /// failed call.
 pub const UNREACHABLE: &str = " is unreachable: ";
 
+/// Texts of the link's other failures at dialling, which it logs itself, as errors (a
+/// configuration the operator must fix): [`super::LinkError::Refused`],
+/// [`super::LinkError::ReplacedDataDir`] and [`super::LinkError::Duplicate`].
+pub const REFUSED: [&str; 3] = [" refused the connection: ", " is not spoken to: ", " two live servers claim id "];
+
 /// openraft's line for each pause of replication to a peer it could not reach.
 pub const PAUSED: &str = "backoff mode: drain events";
 
 /// Whether a line logged under `target` with the rendered fields `text` only repeats a
 /// failure to reach a peer that the peer's link logs itself.
 pub fn repeats_link_failure(target: &str, text: &str) -> bool {
-    target.starts_with("openraft") && (text.contains(UNREACHABLE) || text.contains(PAUSED))
+    target.starts_with("openraft")
+        && (text.contains(UNREACHABLE) || text.contains(PAUSED) || REFUSED.iter().any(|r| text.contains(r)))
 }
 
 /// The `tracing` layer dropping the lines [`repeats_link_failure`] names; add it to the
@@ -67,6 +74,7 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+    use crate::peer::wire::Refusal;
     use crate::peer::LinkError;
 
     /// A writer the test reads back.
@@ -126,5 +134,37 @@ mod tests {
         assert!(e.to_string().contains(UNREACHABLE), "{e}");
         assert!(repeats_link_failure("openraft::replication", &e.to_string()));
         assert!(!repeats_link_failure("referee_coordinator::peer::client", &e.to_string()));
+    }
+
+    #[test]
+    fn openraft_lines_about_a_refusing_peer_are_dropped_and_the_links_own_kept() {
+        let refused = [
+            LinkError::Refused {
+                target: 2,
+                addr: "a:1".into(),
+                refusal: Refusal::WrongCluster { ours: 0xb1, theirs: 0x6e },
+            },
+            LinkError::ReplacedDataDir {
+                target: 2,
+                addr: "a:1".into(),
+                refusal: Refusal::ReplacedDataDir { id: 2, known: 7, presented: 9 },
+            },
+            LinkError::Duplicate { target: 2, addr: "a:1".into(), answered: 1, heard: 2, silent_ms: 40 },
+        ];
+        for e in refused {
+            let quoted = format!("Unreachable node: referee_coordinator::peer::client::LinkError: {e}");
+            assert!(repeats_link_failure("openraft::replication", &quoted), "{e}");
+            let out = logged(|| {
+                tracing::error!(target: "openraft::replication", err = %quoted, "RPCError");
+                tracing::error!(target: "openraft::core::raft_core", error = %quoted, target_id = 2, "while requesting vote");
+                tracing::error!(target: "referee_coordinator::peer::client", peer = 2, "{e}");
+            });
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 1, "{out}");
+            assert!(lines[0].contains("referee_coordinator::peer::client"), "{out}");
+        }
+        // A broken connection is openraft's to report: the link does not log it.
+        let broken = LinkError::Broken { target: 2, why: "reset by peer".into() };
+        assert!(!repeats_link_failure("openraft::replication", &broken.to_string()));
     }
 }
