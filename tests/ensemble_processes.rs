@@ -7,6 +7,8 @@
 //!   afterwards, the restarted one included (checked through each server with `sync` and
 //!   `getData`).
 //! - **A minority killed**: service goes on through the two remaining servers.
+//! - **A follower back on a wiped data directory** under its old id is refused by the others,
+//!   serves nobody, and costs the leader's log one line naming the fix while writes go on.
 //! - **A majority killed**: writes through the survivor fail and none of them is applied there;
 //!   restarted, the ensemble serves again with every acknowledged write.
 //! - **Every server killed at once** and restarted: every acknowledged write is there.
@@ -272,6 +274,56 @@ async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_back_on_a_wiped_data_directory_is_refused_and_costs_the_leaders_log_a_line() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let wiped = others(&[1, 2, 3], &[leader])[0];
+    let rest = others(&[1, 2, 3], &[wiped]);
+    let before = Load::start(&ens, &[1, 2, 3], 1).await?;
+    writes_grow(ens.client(leader), 50, "50 writes before the kill").await?;
+    let mut all = acked(&before.finish().await?);
+
+    // Its disk replaced: the same id and addresses, an empty data directory, no `--init`.
+    ens.kill9(wiped)?;
+    ens.wipe(wiped)?;
+    let logged_before = ens.server(leader).log().len();
+    ens.start_only(wiped)?;
+    let load = Load::start(&ens, &rest, 2).await?;
+    let about_it = format!("peer {wiped} at ");
+    wait_until(Duration::from_secs(10), "the leader logs that the wiped server is not spoken to", || {
+        let log = ens.server(leader).log();
+        log[logged_before..].lines().any(|l| l.contains(&about_it) && l.contains(" is not spoken to: "))
+    })
+    .await?;
+    // Replication to it is retried at every heartbeat and every write, each retry refused; until
+    // now openraft logged each refusal again, four lines a retry.
+    writes_grow(ens.client(leader), 300, "300 writes with the wiped server refused").await?;
+    let acked_now = acked(&load.finish().await?);
+    ensure!(!acked_now.is_empty(), "no write was acknowledged with server {wiped} refused");
+
+    let log = ens.server(leader).log();
+    let about: Vec<&str> = log[logged_before..].lines().filter(|l| l.contains(&about_it)).collect();
+    eprintln!("the leader's lines about server {wiped} since it came back wiped:\n{}", about.join("\n"));
+    ensure!(
+        about.len() <= 3 && about.iter().all(|l| !l.contains("openraft")),
+        "the leader logged {} lines about server {wiped} since it came back wiped:\n{}",
+        about.len(),
+        about.join("\n")
+    );
+    let refusal = about.iter().find(|l| l.contains(" is not spoken to: ")).context("no refusal line")?;
+    ensure!(
+        refusal.contains(&format!("referee coordinator members remove {wiped}")),
+        "the refusal does not say how to bring the server back as a new member: {refusal}"
+    );
+    // Refused under its old id, it never learns a leader, so it serves nobody.
+    ensure!(ens.server(wiped).is_running(), "the wiped server exited:\n{}", ens.server(wiped).log());
+    let mode = ens.mode(wiped).await;
+    ensure!(mode.is_none(), "the wiped server answers as {mode:?} under its old id");
+    all.extend(acked_now);
+    check_everywhere(&ens, &rest, &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

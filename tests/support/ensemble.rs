@@ -195,6 +195,19 @@ impl Ensemble {
         self.server(id).kill9()
     }
 
+    /// Deletes stopped server `id`'s data directory, as a replaced disk would.
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        ensure!(!self.server(id).is_running(), "server {id} is running");
+        let data = self.dir.path(&format!("data{id}"));
+        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))
+    }
+
+    /// Starts stopped server `id` again on its configuration (without `--init`), without
+    /// waiting for it to serve: one its peers refuse never does.
+    pub fn start_only(&mut self, id: u64) -> Result<()> {
+        self.server(id).spawn(false)
+    }
+
     /// Starts the stopped servers `ids` again on their configurations and data directories
     /// (without `--init`) and waits until each serves.
     pub async fn restart(&mut self, ids: &[u64]) -> Result<()> {
