@@ -242,6 +242,64 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
 /// A lone server comes back as the leader it was, without an election (its term does not
 /// move), having applied its whole log before its start returns; and one stopped in the middle
 /// of a campaign (its saved vote for itself not yet committed) campaigns again and leads.
+/// Lets every held fsync go when a test ends, however it ends: a server whose log writer
+/// waits on a held fsync forever would keep the test's runtime from shutting down.
+struct ReleaseSyncs(FaultFs);
+
+impl Drop for ReleaseSyncs {
+    fn drop(&mut self) {
+        self.0.release_syncs();
+    }
+}
+
+/// A client that pipelines is answered as far as its writes are applied: the reply to a write
+/// goes out while the session's next write, a batch behind it, still waits for its fdatasync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_applied_write_is_answered_while_its_next_write_waits_for_the_disk() -> Result<()> {
+    let fs = FaultFs::new();
+    let server = start(&fs, 1_000_000).await?;
+    let c = client(&server).await?;
+    c.create("/p", b"", PERSISTENT).await?;
+    let before = server.proposer.stats();
+
+    // The first write's batch is in its fdatasync when the second arrives, so the second is a
+    // batch of its own, behind it.
+    fs.hold_syncs();
+    let _release = ReleaseSyncs(fs.clone());
+    let first = c.create("/p/first", b"1", PERSISTENT);
+    let held = fs.clone();
+    let in_sync = tokio::task::spawn_blocking(move || held.wait_for_held_syncs(1, Duration::from_secs(10))).await?;
+    anyhow::ensure!(in_sync, "the first write never reached its fdatasync");
+    let second = c.create("/p/second", b"2", PERSISTENT);
+    within_for(Duration::from_secs(10), "the second write to reach the proposer", async {
+        loop {
+            let now = server.proposer.stats();
+            if now.queued + (now.txns - before.txns) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+
+    // The first batch's fdatasync completes; the second's is held.
+    fs.let_held_syncs_through(1);
+    let (stat, _) = within_for(Duration::from_secs(5), "the reply to the applied first write", first)
+        .await?
+        .context("the first write")?;
+    let held = fs.clone();
+    let second_held = tokio::task::spawn_blocking(move || held.wait_for_held_syncs(1, Duration::from_secs(10))).await?;
+    anyhow::ensure!(second_held, "the second write is not waiting for its fdatasync");
+
+    fs.release_syncs();
+    let (later, _) =
+        within_for(Duration::from_secs(10), "the second write", second).await?.context("the second write")?;
+    anyhow::ensure!(stat.czxid < later.czxid, "the writes were applied out of order: {stat:?} then {later:?}");
+    drop(c);
+    server.stop().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_server_restarts_leading_with_its_log_applied_before_it_answers() -> Result<()> {
     use referee_coordinator::log::{LogStore, WalOptions};

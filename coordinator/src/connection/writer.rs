@@ -6,6 +6,11 @@
 //! state lock, in the same critical section that executes the read; for a write it is the
 //! write's own zxid (every notification of a change up to and including the write precedes its
 //! reply). Between replies, notifications go out as they come.
+//!
+//! Replies are buffered while more are ready and sent when none is: before the writer waits
+//! for a request's outcome (a write's commit, a sync's barrier, the leader's word on the
+//! session), it sends what it holds, so a pipelining client's applied writes are answered
+//! while its next batch is still on its way to the disk.
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -61,7 +66,7 @@ async fn pump(
     wr: &mut BufWriter<OwnedWriteHalf>,
     slots: &mut mpsc::Receiver<Queued>,
 ) -> Result<(), String> {
-    let mut pending = Unrecorded::default();
+    let mut out = Out { wr, pending: Unrecorded::default() };
     let mut warned = [false; 2];
     loop {
         tokio::select! {
@@ -69,23 +74,24 @@ async fn pump(
             biased;
             next = slots.recv() => {
                 let Some(Queued { at, op, slot, _budget: budget }) = next else {
-                    record(conn, &mut pending);
+                    record(conn, &mut out.pending);
                     return Ok(());
                 };
-                let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned).await? else {
-                    record(conn, &mut pending);
+                let Some((frames, reply_zxid)) = resolve(conn, slot, &mut warned, &mut out).await? else {
+                    record(conn, &mut out.pending);
                     return Ok(());
                 };
                 // No reply tells the client its session was alive before the leader knows it.
                 // The reply to closeSession promises nothing of the kind, and no word would come:
                 // once the close is applied, the leader no longer holds the session.
                 if op != super::reader::op_name(crate::proto::op::CLOSE_SESSION) {
-                    conn.shared.liveness_covered(conn.session, at).await?;
+                    out.wait(conn, conn.shared.liveness_covered(conn.session, at)).await??;
                 }
                 for f in &frames {
-                    wr.write_all(f).await.map_err(|e| e.to_string())?;
+                    out.wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
                 let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let pending = &mut out.pending;
                 pending.frames = pending.frames.saturating_add(frames.len() as u64);
                 pending.reply_frames = pending.reply_frames.saturating_add(frames.len() as u64);
                 pending.replies += 1;
@@ -97,24 +103,59 @@ async fn pump(
             _ = conn.outbox.wait_queued() => {
                 let frames = conn.outbox.take(None);
                 for f in &frames {
-                    wr.write_all(f).await.map_err(|e| e.to_string())?;
+                    out.wr.write_all(f).await.map_err(|e| e.to_string())?;
                 }
-                pending.frames = pending.frames.saturating_add(frames.len() as u64);
+                out.pending.frames = out.pending.frames.saturating_add(frames.len() as u64);
             }
         }
         if slots.is_empty() && conn.outbox.queued_bytes() == 0 {
-            // Recorded before the flush: a client that has its replies finds them counted.
-            record(conn, &mut pending);
-            wr.flush().await.map_err(|e| e.to_string())?;
-        } else if pending.replies >= RECORD_EVERY {
-            record(conn, &mut pending);
+            out.flush(conn).await?;
+        } else if out.pending.replies >= RECORD_EVERY {
+            record(conn, &mut out.pending);
+        }
+    }
+}
+
+/// The socket's buffered writer and the statistics of what was written to it.
+struct Out<'a> {
+    wr: &'a mut BufWriter<OwnedWriteHalf>,
+    pending: Unrecorded,
+}
+
+impl Out<'_> {
+    /// Sends what is buffered, its statistics recorded first: a client that has its replies
+    /// finds them counted.
+    async fn flush(&mut self, conn: &Conn) -> Result<(), String> {
+        record(conn, &mut self.pending);
+        self.wr.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Awaits `fut`, first sending what is buffered if it is not ready at once: the replies
+    /// already written (to the writes of an earlier batch, say) never wait for a later
+    /// request's outcome, which may wait for a disk, a leader or a quorum.
+    async fn wait<F: std::future::Future>(&mut self, conn: &Conn, fut: F) -> Result<F::Output, String> {
+        let mut fut = std::pin::pin!(fut);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+        match first {
+            std::task::Poll::Ready(v) => Ok(v),
+            std::task::Poll::Pending => {
+                if !self.wr.buffer().is_empty() {
+                    self.flush(conn).await?;
+                }
+                Ok(fut.await)
+            }
         }
     }
 }
 
 /// Turns a slot into the frames to send (notifications first, then the reply) and the reply's
 /// zxid; `None` for a `Close` slot.
-async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Option<(Vec<Vec<u8>>, i64)>, String> {
+async fn resolve(
+    conn: &Conn,
+    slot: Slot,
+    warned: &mut [bool; 2],
+    out: &mut Out<'_>,
+) -> Result<Option<(Vec<Vec<u8>>, i64)>, String> {
     let max_body = conn.shared.config.max_packet_bytes.saturating_sub(REPLY_HEADER_BYTES);
     let (mut frames, xid, zxid, result) = match slot {
         Slot::Close => return Ok(None),
@@ -142,7 +183,7 @@ async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Opti
             (frames, xid, zxid, result)
         }
         Slot::Write { xid, rx } => {
-            let outcome = match rx.await {
+            let outcome = match out.wait(conn, rx).await? {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => return Err(format!("write not accepted: {e}")),
                 Err(_) => return Err("replication stopped before the write was applied".into()),
@@ -153,7 +194,7 @@ async fn resolve(conn: &Conn, slot: Slot, warned: &mut [bool; 2]) -> Result<Opti
         }
         Slot::Sync { xid, path } => {
             // A sync waits until this server has applied everything committed before it.
-            conn.shared.proposer.barrier().await.map_err(|e| format!("sync failed: {e}"))?;
+            out.wait(conn, conn.shared.proposer.barrier()).await?.map_err(|e| format!("sync failed: {e}"))?;
             let st = conn.shared.lock();
             (conn.outbox.take(None), xid, st.tree.last_zxid(), Ok(Reply::Path(path)))
         }

@@ -191,6 +191,8 @@ struct FaultState {
     fail_syncs_under: Option<PathBuf>,
     write_budget: Option<u64>,
     hold_syncs: bool,
+    /// Held fsyncs still to be let through one at a time ([`FaultFs::let_held_syncs_through`]).
+    let_through: usize,
     syncs_waiting: usize,
     data_syncs: u64,
     dir_syncs: u64,
@@ -252,7 +254,16 @@ impl FaultFs {
 
     /// Lets held fsyncs complete.
     pub fn release_syncs(&self) {
-        self.lock().hold_syncs = false;
+        let mut st = self.lock();
+        st.hold_syncs = false;
+        st.let_through = 0;
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+
+    /// Lets the next `n` held fsyncs (waiting now or to come) complete, and holds the rest.
+    pub fn let_held_syncs_through(&self, n: usize) {
+        self.lock().let_through += n;
         self.inner.changed.notify_all();
     }
 
@@ -300,6 +311,7 @@ impl FaultFs {
         st.fail_syncs_under = None;
         st.write_budget = None;
         st.hold_syncs = false;
+        st.let_through = 0;
         drop(st);
         self.inner.changed.notify_all();
     }
@@ -359,8 +371,11 @@ impl LogFile for FaultFile {
         if st.hold_syncs {
             st.syncs_waiting += 1;
             self.fs.inner.changed.notify_all();
-            while st.hold_syncs && st.epoch == self.epoch {
+            while st.hold_syncs && st.let_through == 0 && st.epoch == self.epoch {
                 st = self.fs.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.hold_syncs && st.let_through > 0 && st.epoch == self.epoch {
+                st.let_through -= 1;
             }
             st.syncs_waiting -= 1;
             if st.epoch != self.epoch {
