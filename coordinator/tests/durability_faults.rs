@@ -3,7 +3,8 @@
 //! durable; a failed snapshot neither stops service nor purges the log. Writes that queue
 //! behind one fdatasync share the next log entry, each under its own zxid, in each session's
 //! order, snapshots come every so many transactions however they are batched, and a restart
-//! replays them to the same zxids.
+//! replays them to the same zxids. A session's applied write is answered while its next write
+//! still waits for its own fdatasync.
 
 mod common;
 
