@@ -17,7 +17,7 @@ use common::*;
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::log::wal::read_meta;
 use referee_coordinator::log::{FaultFs, FileSystem};
-use referee_coordinator::propose::Proposer;
+use referee_coordinator::propose::{Proposer, ProposerStats};
 use referee_coordinator::raft::Raft;
 use referee_coordinator::server::{Coordinator, CoordinatorError};
 use referee_testkit::{connect, within_for};
@@ -63,6 +63,26 @@ async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
 
 async fn client(r: &Running) -> Result<zk::Client> {
     connect(&r.addr, Duration::from_secs(10)).await
+}
+
+/// Waits until `n` writes submitted since `before` are in the proposer (queued or batched).
+async fn reached_proposer(server: &Running, before: &ProposerStats, n: u64) -> Result<()> {
+    within("the writes to reach the proposer", async {
+        loop {
+            let now = server.proposer.stats();
+            if now.queued + (now.txns - before.txns) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Whether an fsync is held on `fs` within 10 s (the wait blocks, so it runs off the runtime).
+async fn one_sync_held(fs: &FaultFs) -> Result<bool> {
+    let fs = fs.clone();
+    Ok(tokio::task::spawn_blocking(move || fs.wait_for_held_syncs(1, Duration::from_secs(10))).await?)
 }
 
 /// Finished snapshots only: a `.tmp` is one still being written, or one whose fsync failed
@@ -177,16 +197,7 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
         .enumerate()
         .flat_map(|(c, (cl, prefix))| (0..EACH).map(move |i| (c, i, cl.create(prefix, b"", PERSISTENT_SEQ))))
         .collect();
-    within("every write to reach the proposer", async {
-        loop {
-            let now = server.proposer.stats();
-            if now.queued + (now.txns - before.txns) >= (CLIENTS * EACH) as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await?;
+    reached_proposer(&server, &before, (CLIENTS * EACH) as u64).await?;
     fs.release_syncs();
     let mut made = Vec::new();
     for (c, i, w) in writes {
@@ -240,9 +251,6 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
     Ok(())
 }
 
-/// A lone server comes back as the leader it was, without an election (its term does not
-/// move), having applied its whole log before its start returns; and one stopped in the middle
-/// of a campaign (its saved vote for itself not yet committed) campaigns again and leads.
 /// Lets every held fsync go when a test ends, however it ends: a server whose log writer
 /// waits on a held fsync forever would keep the test's runtime from shutting down.
 struct ReleaseSyncs(FaultFs);
@@ -268,29 +276,16 @@ async fn a_sessions_applied_write_is_answered_while_its_next_write_waits_for_the
     fs.hold_syncs();
     let _release = ReleaseSyncs(fs.clone());
     let first = c.create("/p/first", b"1", PERSISTENT);
-    let held = fs.clone();
-    let in_sync = tokio::task::spawn_blocking(move || held.wait_for_held_syncs(1, Duration::from_secs(10))).await?;
-    anyhow::ensure!(in_sync, "the first write never reached its fdatasync");
+    anyhow::ensure!(one_sync_held(&fs).await?, "the first write never reached its fdatasync");
     let second = c.create("/p/second", b"2", PERSISTENT);
-    within_for(Duration::from_secs(10), "the second write to reach the proposer", async {
-        loop {
-            let now = server.proposer.stats();
-            if now.queued + (now.txns - before.txns) >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await?;
+    reached_proposer(&server, &before, 2).await?;
 
     // The first batch's fdatasync completes; the second's is held.
     fs.let_held_syncs_through(1);
     let (stat, _) = within_for(Duration::from_secs(5), "the reply to the applied first write", first)
         .await?
         .context("the first write")?;
-    let held = fs.clone();
-    let second_held = tokio::task::spawn_blocking(move || held.wait_for_held_syncs(1, Duration::from_secs(10))).await?;
-    anyhow::ensure!(second_held, "the second write is not waiting for its fdatasync");
+    anyhow::ensure!(one_sync_held(&fs).await?, "the second write is not waiting for its fdatasync");
 
     fs.release_syncs();
     let (later, _) =
@@ -301,6 +296,9 @@ async fn a_sessions_applied_write_is_answered_while_its_next_write_waits_for_the
     Ok(())
 }
 
+/// A lone server comes back as the leader it was, without an election (its term does not
+/// move), having applied its whole log before its start returns; and one stopped in the middle
+/// of a campaign (its saved vote for itself not yet committed) campaigns again and leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_server_restarts_leading_with_its_log_applied_before_it_answers() -> Result<()> {
     use referee_coordinator::log::{LogStore, WalOptions};

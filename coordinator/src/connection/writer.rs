@@ -12,6 +12,9 @@
 //! session), it sends what it holds, so a pipelining client's applied writes are answered
 //! while its next batch is still on its way to the disk.
 
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -133,12 +136,11 @@ impl Out<'_> {
     /// Awaits `fut`, first sending what is buffered if it is not ready at once: the replies
     /// already written (to the writes of an earlier batch, say) never wait for a later
     /// request's outcome, which may wait for a disk, a leader or a quorum.
-    async fn wait<F: std::future::Future>(&mut self, conn: &Conn, fut: F) -> Result<F::Output, String> {
+    async fn wait<F: Future>(&mut self, conn: &Conn, fut: F) -> Result<F::Output, String> {
         let mut fut = std::pin::pin!(fut);
-        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
-        match first {
-            std::task::Poll::Ready(v) => Ok(v),
-            std::task::Poll::Pending => {
+        match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+            Poll::Ready(v) => Ok(v),
+            Poll::Pending => {
                 if !self.wr.buffer().is_empty() {
                     self.flush(conn).await?;
                 }
