@@ -95,6 +95,45 @@ struct SmMeta {
     due_at: u64,
     /// One has been asked for and has not finished.
     requested: bool,
+    /// A snapshot's file is being written.
+    building: bool,
+}
+
+impl SmMeta {
+    /// Whether the policy wants a snapshot that is not being written already.
+    fn snapshot_wanted(&self) -> bool {
+        !self.building && self.txns_since >= self.due_at
+    }
+
+    /// Notifies `due` if a snapshot is wanted and none is asked for yet.
+    fn ask_if_wanted(&mut self, due: &tokio::sync::Notify) {
+        if !self.requested && self.snapshot_wanted() {
+            self.requested = true;
+            due.notify_one();
+        }
+    }
+}
+
+/// What the server's snapshot task waits on (see [`StateMachine::snapshot_due`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotDue {
+    meta: Arc<Mutex<SmMeta>>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl SnapshotDue {
+    /// Completes when the state machine asks for a snapshot (one notification is kept if
+    /// nobody waits).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Whether the policy wants a snapshot now and none is being written: openraft ignores
+    /// a request that reaches it while it still counts the last build as running, so the
+    /// task asks again while this holds.
+    pub fn wanted(&self) -> bool {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).snapshot_wanted()
+    }
 }
 
 /// The state machine: applies committed entries to the shared [`ServerState`] and keeps its
@@ -167,11 +206,12 @@ impl StateMachine {
         self
     }
 
-    /// Notified each time the policy says a snapshot is due: the server then asks openraft
-    /// for one (`raft.trigger().snapshot()`), which calls [`RaftSnapshotBuilder::build_snapshot`]
-    /// and purges the log behind it.
-    pub fn snapshot_due(&self) -> Arc<tokio::sync::Notify> {
-        self.due.clone()
+    /// Notified each time the policy says a snapshot is due: as transactions are applied,
+    /// and as a snapshot finishes if those applied while it was written already make the next
+    /// one due. The server then asks openraft for one (`raft.trigger().snapshot()`), which
+    /// calls [`RaftSnapshotBuilder::build_snapshot`] and purges the log behind it.
+    pub fn snapshot_due(&self) -> SnapshotDue {
+        SnapshotDue { meta: self.meta.clone(), notify: self.due.clone() }
     }
 
     /// Applies `entries` in order under the state lock; returns each entry's outcomes, the
@@ -214,10 +254,7 @@ impl StateMachine {
             txns += outcomes.len() as u64;
             out.push(outcomes);
         }
-        if !meta.requested && meta.txns_since >= meta.due_at {
-            meta.requested = true;
-            self.due.notify_one();
-        }
+        meta.ask_if_wanted(&self.due);
         (out, txns, locked)
     }
 
@@ -308,6 +345,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             }
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let header = SnapshotHeader { last_applied: meta.last_applied, membership: meta.membership.clone() };
+            meta.building = true;
             (st.tree.clone(), header, meta.txns_since)
         };
         let copied = asked.elapsed();
@@ -325,8 +363,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             }
         };
         let mut meta = self.meta();
+        meta.building = false;
         let retry_at = meta.txns_since.saturating_add(self.policy.retry_gap_txns);
-        match written {
+        let built = match written {
             Ok(Ok(name)) => {
                 let smeta = snapshot_meta(&header, &name);
                 tracing::info!(
@@ -343,7 +382,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 meta.requested = false;
                 // Openraft keeps only the meta of a snapshot it built; the data is the file,
                 // read back by `get_current_snapshot` when a follower needs it.
-                Ok(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(Vec::new())) })
+                Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(Vec::new())) }
             }
             Ok(Err(e)) => {
                 tracing::error!(
@@ -352,14 +391,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     "snapshot failed: {e}; the log is kept whole (nothing is purged) and service goes on"
                 );
                 meta.due_at = retry_at;
-                Ok(Self::unchanged(&mut meta))
+                Self::unchanged(&mut meta)
             }
             Err(join) => {
                 tracing::error!("the snapshot writer did not finish: {join}; the log is kept whole");
                 meta.due_at = retry_at;
-                Ok(Self::unchanged(&mut meta))
+                Self::unchanged(&mut meta)
             }
-        }
+        };
+        // What was applied while the file was written may make the next one due already: no
+        // later apply need come to ask for it (with no writes, none would).
+        meta.ask_if_wanted(&self.due);
+        Ok(built)
     }
 }
 
@@ -515,5 +558,57 @@ impl openraft::RaftNetwork<TypeConfig> for LoneNetwork {
         openraft::error::RPCError<u64, BasicNode, openraft::error::RaftError<u64>>,
     > {
         Err(unreachable_peer())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::log::fs::RealFs;
+
+    fn blanks(from: u64, n: u64) -> Vec<Entry<TypeConfig>> {
+        (from..from + n)
+            .map(|i| Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Blank })
+            .collect()
+    }
+
+    async fn notified_within(due: &SnapshotDue, wait: Duration) -> bool {
+        tokio::time::timeout(wait, due.notified()).await.is_ok()
+    }
+
+    /// Transactions applied while a snapshot is written count toward the next one. When they
+    /// already make it due as that snapshot finishes, it is asked for then: waiting for the
+    /// next apply would take no snapshot (and purge nothing) for as long as no write comes.
+    #[tokio::test]
+    async fn a_snapshot_already_due_when_the_last_one_finishes_is_asked_for_at_once() {
+        let scratch = referee_testkit::ScratchDir::new("sm-policy").expect("scratch dir");
+        let snapshots = SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), 7, 3).expect("snapshot dir");
+        let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
+        let policy = SnapshotPolicy { every_txns: 10, retry_gap_txns: 1 };
+        let mut sm = StateMachine::open(state, snapshots, 0, policy).expect("open");
+        let due = sm.snapshot_due();
+
+        sm.apply(blanks(1, 10)).await.expect("apply");
+        assert!(notified_within(&due, Duration::from_secs(5)).await, "due after 10 transactions");
+
+        // The tree is copied on the build's first poll; 30 more are applied while it is written.
+        let mut builder = sm.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let first = build.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(first.is_pending(), "the file is written on its own thread");
+        sm.apply(blanks(11, 30)).await.expect("apply");
+        assert!(!due.wanted(), "no second snapshot while one is written");
+        let built = build.await.expect("snapshot built");
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(10), "the snapshot holds the copy's entries");
+
+        assert!(due.wanted(), "30 transactions since the copy, every 10 asked for");
+        assert!(notified_within(&due, Duration::from_secs(5)).await, "the next snapshot is asked for without a write");
     }
 }

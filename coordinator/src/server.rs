@@ -31,7 +31,7 @@ use crate::peer::wire::{PeerReply, PeerRequest};
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
-use crate::raft::{LoneNetwork, Raft, SnapshotPolicy, StateMachine};
+use crate::raft::{LoneNetwork, Raft, SnapshotDue, SnapshotPolicy, StateMachine};
 use crate::role::RoleWatch;
 use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::state::ServerState;
@@ -95,7 +95,7 @@ pub struct Coordinator {
     /// The bound admin HTTP listener (`admin_listen`), served from [`Coordinator::serve`].
     admin: Option<TcpListener>,
     /// Notified when the state machine has applied `snapshot_every_txns` transactions.
-    snapshot_due: Arc<tokio::sync::Notify>,
+    snapshot_due: SnapshotDue,
     /// When start-up began, for the time to serving.
     began: Instant,
 }
@@ -1039,13 +1039,22 @@ async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Asks openraft for a snapshot each time the state machine says one is due.
-async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, mut stop: watch::Receiver<bool>) {
+/// How often the snapshot task looks again whether a snapshot is wanted.
+const SNAPSHOT_RECHECK: Duration = Duration::from_secs(1);
+
+/// Asks openraft for a snapshot each time the state machine says one is due, and again every
+/// [`SNAPSHOT_RECHECK`] while one is wanted and none is being written: openraft ignores a
+/// request that reaches it before it has taken in the end of the last build.
+async fn snapshot_when_due(raft: Raft, due: SnapshotDue, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = due.notified() => {}
+            _ = tokio::time::sleep(SNAPSHOT_RECHECK) => {}
+        }
+        if !due.wanted() {
+            continue;
         }
         if let Err(e) = raft.trigger().snapshot().await {
             warn!("could not ask for a snapshot: {e}");
