@@ -17,7 +17,7 @@ use common::*;
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::log::wal::read_meta;
 use referee_coordinator::log::{FaultFs, FileSystem};
-use referee_coordinator::propose::{Proposer, ProposerStats};
+use referee_coordinator::propose::{Proposer, ProposerStats, MAX_IN_FLIGHT};
 use referee_coordinator::raft::Raft;
 use referee_coordinator::server::{Coordinator, CoordinatorError};
 use referee_testkit::{connect, within_for};
@@ -63,6 +63,16 @@ async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
 
 async fn client(r: &Running) -> Result<zk::Client> {
     connect(&r.addr, Duration::from_secs(10)).await
+}
+
+/// Waits until the proposer has cut `n` batches since `before`.
+async fn batches_cut(server: &Running, before: &ProposerStats, n: u64) -> Result<()> {
+    within("the proposer to cut a batch", async {
+        while server.proposer.stats().batches - before.batches < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
 }
 
 /// Waits until `n` writes submitted since `before` are in the proposer (queued or batched).
@@ -187,17 +197,28 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
     let entries_before = server.raft.metrics().borrow().last_log_index.unwrap_or(0);
     let syncs_before = fs.data_syncs();
 
-    // Every fdatasync waits while the clients pipeline their creates: the writes pile up
-    // behind the first one's sync. The client sends requests in call order.
+    // Every fdatasync waits. One write from each client in turn, each cut into a batch of its
+    // own before the next is sent, fills every batch Raft may hold unapplied; the rest of the
+    // clients' pipelined creates then queue behind them. The client sends requests in call
+    // order.
     fs.hold_syncs();
+    let _release = ReleaseSyncs(fs.clone());
     let prefixes: Vec<String> = (0..CLIENTS).map(|c| format!("/q/c{c}-")).collect();
-    let writes: Vec<_> = clients
-        .iter()
-        .zip(&prefixes)
-        .enumerate()
-        .flat_map(|(c, (cl, prefix))| (0..EACH).map(move |i| (c, i, cl.create(prefix, b"", PERSISTENT_SEQ))))
-        .collect();
+    let mut writes = Vec::new();
+    for (c, (cl, prefix)) in clients.iter().zip(&prefixes).enumerate().take(MAX_IN_FLIGHT) {
+        writes.push((c, 0, cl.create(prefix, b"", PERSISTENT_SEQ)));
+        batches_cut(&server, &before, c as u64 + 1).await?;
+    }
+    let first_wave = writes.len();
+    for (c, (cl, prefix)) in clients.iter().zip(&prefixes).enumerate() {
+        let from = usize::from(c < first_wave);
+        writes.extend((from..EACH).map(|i| (c, i, cl.create(prefix, b"", PERSISTENT_SEQ))));
+    }
     reached_proposer(&server, &before, (CLIENTS * EACH) as u64).await?;
+    let held = server.proposer.stats();
+    assert_eq!(held.batches - before.batches, MAX_IN_FLIGHT as u64, "every batch Raft may hold is in flight");
+    let behind = (CLIENTS * EACH - first_wave) as u64;
+    assert_eq!(held.queued, behind, "the rest queue behind the held fdatasync");
     fs.release_syncs();
     let mut made = Vec::new();
     for (c, i, w) in writes {
@@ -209,7 +230,13 @@ async fn writes_queued_behind_one_fdatasync_share_the_next_entry_in_session_orde
     let batches = after.batches - before.batches;
     let entries = server.raft.metrics().borrow().last_log_index.unwrap_or(0) - entries_before;
     assert_eq!(after.txns - before.txns, (CLIENTS * EACH) as u64);
-    assert!(batches <= 4, "{} writes queued behind one fdatasync took {batches} batches", CLIENTS * EACH);
+    assert_eq!(
+        after.batches - held.batches,
+        1,
+        "the {behind} writes queued behind the held fdatasync share one batch (largest batch {})",
+        after.largest_batch
+    );
+    assert_eq!(after.largest_batch, behind, "the batch after the release holds every queued write");
     assert_eq!(entries, batches, "one log entry per batch");
     assert!(
         fs.data_syncs() - syncs_before <= batches + 2,
