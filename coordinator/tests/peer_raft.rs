@@ -6,7 +6,8 @@
 //! leader stopped a new one is elected within a deadline and holds the old entries and takes
 //! new writes; a minority cannot commit (the proposal times out and nothing is applied), and
 //! the entry commits once a majority is back; a leader's fdatasync overlaps its followers', and
-//! nothing is applied anywhere before it ends; a second process claiming a live server's id is
+//! nothing is applied anywhere before it ends; a leader that died before that fdatasync, all
+//! servers restarted, never leads its old term again (the trees would part); a second process claiming a live server's id is
 //! refused at either end of a connection, with the reason, and so is a server that comes back
 //! under its old id with its data wiped.
 
@@ -400,6 +401,70 @@ async fn a_leaders_entry_reaches_the_followers_during_its_own_fsync_and_nothing_
         .map_err(|err| anyhow!("the write failed: {err}"))?;
     assert_eq!(reply.log_id.index, entry);
     e.applied_everywhere(entry, "/b", b"two").await?;
+    e.stop_all().await
+}
+
+/// The leader's own entries count toward a quorum before its fdatasync: when it dies before
+/// that fdatasync, its followers may hold an entry of its term that its disk lost. Restarted
+/// with every other server, it must not take up its old term again: as that term's leader it
+/// would write a different entry under the same log id, which the followers take for the one
+/// they hold, so the servers' trees part. It campaigns for a new term instead, and the entry
+/// its followers kept is in every tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_unsynced_entries_never_leads_their_term_again() -> Result<()> {
+    let mut e = Ensemble::start_on(3, true).await?;
+    let (leader, _) = e.agreed_leader(None).await?;
+    let i = e.write(leader, "/a", b"one").await?;
+    e.applied_everywhere(i, "/a", b"one").await?;
+    let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
+
+    // The leader's fdatasync of /b is held; both followers store /b durably and answer.
+    e.faults[&leader].hold_syncs();
+    let raft = e.nodes[&leader].raft.clone();
+    let write = tokio::spawn(async move { raft.client_write(vec![create("/b", b"two")]).await });
+    let entry = i + 1;
+    for f in &followers {
+        e.nodes[f]
+            .raft
+            .wait(Some(DEADLINE))
+            .log_index_at_least(Some(entry), "the entry to reach a follower while the leader's fsync is held")
+            .await
+            .map_err(|err| anyhow!("server {f} did not receive entry {entry}: {err}"))?;
+    }
+    // The leader's machine loses power before its fdatasync: /b is not on its disk, and the
+    // write was never answered.
+    e.faults[&leader].crash();
+    let unanswered = within_for(DEADLINE, "the write to fail with the leader's log", write).await??;
+    assert!(unanswered.is_err(), "a write the leader never made durable was answered: {unanswered:?}");
+    let crashed = e.nodes.remove(&leader).expect("the leader runs");
+    let _ = crashed.stop.map(|stop| stop.send(()));
+    let _ = crashed.raft.shutdown().await;
+    within_for(DEADLINE, "the crashed leader's peer listener to stop", crashed.listener).await??;
+    for f in &followers {
+        e.stop(*f).await?;
+    }
+
+    // Everyone starts again at once.
+    for id in [leader, followers[0], followers[1]] {
+        e.restart(id).await?;
+    }
+    let (now, _) = e.agreed_leader(None).await?;
+    let c = e.write(now, "/c", b"three").await?;
+    for (id, n) in &e.nodes {
+        n.raft
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(c), "the write after the restart to be applied")
+            .await
+            .map_err(|err| anyhow!("server {id} did not apply entry {c}: {err}"))?;
+    }
+    // Each server's /b and /c.
+    type Held = (Option<Vec<u8>>, Option<Vec<u8>>);
+    let trees: BTreeMap<u64, Held> = e.nodes.iter().map(|(&id, n)| (id, (n.data("/b"), n.data("/c")))).collect();
+    let first = trees.values().next().cloned();
+    assert!(trees.values().all(|t| Some(t) == first.as_ref()), "the servers' trees parted: {trees:?}");
+    e.applied_everywhere(c, "/b", b"two").await?;
+    let term = e.nodes[&now].raft.metrics().borrow().current_term;
+    assert!(term > 1, "the ensemble leads term {term}, the lost entry's");
     e.stop_all().await
 }
 

@@ -410,8 +410,28 @@ impl LogStore {
     /// So whatever a client is told, and whatever a follower applies, is on this server's disk
     /// and on a quorum's: a leader that crashes before its fdatasync has acknowledged nothing
     /// that depends on it.
+    ///
+    /// What it costs at a restart: the followers may hold entries of this server's term that
+    /// its own disk lost (made, sent and stored by them, its fdatasync cut short by the crash).
+    /// Openraft restores a server whose saved vote is its own committed one as the leader of
+    /// that term, at once; it would then write different entries under the log ids of the lost
+    /// ones, which the followers take for those they hold, and the servers' trees would part.
+    /// So a saved vote of this server's own leadership is read back as a vote for itself not
+    /// yet granted: the server campaigns for a new term, and a new leader's first entry settles
+    /// the old term's entries wherever they are.
     pub fn pipelining_as_leader(mut self, node_id: u64) -> Self {
         self.pipelining_as = Some(node_id);
+        let mut cache = self.shared.cache();
+        let led = cache.meta.vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(node_id));
+        if let Some(vote) = led {
+            let term = vote.leader_id().term;
+            cache.meta.vote = Some(Vote::new(term, node_id));
+            tracing::info!(
+                term,
+                "this server led term {term} when it stopped: it campaigns for a new term rather than lead that one again"
+            );
+        }
+        drop(cache);
         self
     }
 
