@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// outgoing connection or another port-0 bind) before the child binds it. So ports come from
 /// below the kernel's ephemeral range, which neither uses, each handed out at most once per
 /// process, starting at a point derived from the pid so concurrent test binaries spread apart.
+/// Processes that run at once (the demo's tests start several demos, each choosing its own
+/// ports) may still start close together, so each port is also claimed for the whole machine
+/// while the process lives (see [`claim`]).
 pub fn free_port() -> std::io::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -20,7 +23,7 @@ pub fn free_port() -> std::io::Result<u16> {
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (low + n % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && claim(port) {
             return Ok(port);
         }
     }
@@ -28,4 +31,66 @@ pub fn free_port() -> std::io::Result<u16> {
         std::io::ErrorKind::AddrNotAvailable,
         format!("no free loopback port between {low} and {high}"),
     ))
+}
+
+/// Claims `port` for this process among the processes of this machine that use [`free_port`]:
+/// a file named after the port in a shared directory, created only if absent, holds the
+/// claimant's pid. A claim whose process is gone is taken over. False if another live process
+/// holds it. Without the directory (a read-only temporary directory) every port counts as
+/// claimed, as before claims existed.
+fn claim(port: u16) -> bool {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join("referee-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => return f.write_all(me.to_string().as_bytes()).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                match holder {
+                    Some(pid) if pid != me && std::path::Path::new(&format!("/proc/{pid}")).exists() => return false,
+                    // Our own earlier claim, or one being written just now: leave it.
+                    Some(pid) if pid == me => return false,
+                    None => return false,
+                    // Its process is gone: take it over.
+                    Some(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_is_handed_out_once_and_claimed_for_this_process() {
+        let a = free_port().unwrap();
+        let b = free_port().unwrap();
+        assert_ne!(a, b);
+        let held = std::env::temp_dir().join("referee-ports").join(a.to_string());
+        assert_eq!(std::fs::read_to_string(held).unwrap(), std::process::id().to_string());
+        assert!(!claim(a), "a port this process claimed is not claimed again");
+    }
+
+    #[test]
+    fn a_claim_of_a_process_that_is_gone_is_taken_over() {
+        let dir = std::env::temp_dir().join("referee-ports");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Pids above the kernel's limit (at most 2^22) belong to no process.
+        let port = 9_999u16;
+        std::fs::write(dir.join(port.to_string()), "4194305").unwrap();
+        assert!(claim(port));
+        assert_eq!(std::fs::read_to_string(dir.join(port.to_string())).unwrap(), std::process::id().to_string());
+        let _ = std::fs::remove_file(dir.join(port.to_string()));
+    }
 }
