@@ -23,7 +23,7 @@ use openraft::{BasicNode, Vote};
 use referee_coordinator::log::{FaultFs, FileSystem, LogStore, RealFs, WalOptions};
 use referee_coordinator::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use referee_coordinator::proto::{Acl, SessionId};
-use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine};
+use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine, TypeConfig};
 use referee_coordinator::role::RoleWatch;
 use referee_coordinator::snapshot::SnapshotDir;
 use referee_coordinator::state::ServerState;
@@ -343,31 +343,58 @@ async fn three_peers_replicate_elect_a_new_leader_and_never_commit_without_a_maj
     e.stop_all().await
 }
 
+/// What a client write on a Raft node ends with.
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, BasicNode>>,
+>;
+
+/// A write of /b proposed on the leader while its fdatasyncs are held, and stored by both
+/// followers: see [`b_held_on_the_leader`].
+struct HeldWrite {
+    leader: u64,
+    followers: Vec<u64>,
+    /// The log index of /b's entry.
+    entry: u64,
+    write: JoinHandle<WriteResult>,
+}
+
+/// Starts three nodes on fault filesystems, writes /a and waits until every node applied it,
+/// then holds the leader's fdatasyncs, proposes /b on it and waits until both followers hold
+/// its entry. The syncs stay held on success; on failure they are released, or the leader's
+/// log writer would never let the test end.
+async fn b_held_on_the_leader() -> Result<(Ensemble, HeldWrite)> {
+    let e = Ensemble::start_on(3, true).await?;
+    let (leader, _) = e.agreed_leader(None).await?;
+    let i = e.write(leader, "/a", b"one").await?;
+    e.applied_everywhere(i, "/a", b"one").await?;
+    let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
+    e.faults[&leader].hold_syncs();
+    let raft = e.nodes[&leader].raft.clone();
+    let write = tokio::spawn(async move { raft.client_write(vec![create("/b", b"two")]).await });
+    let entry = i + 1;
+    for f in &followers {
+        let stored = e.nodes[f]
+            .raft
+            .wait(Some(DEADLINE))
+            .log_index_at_least(Some(entry), "the entry to reach a follower while the leader's fsync is held")
+            .await;
+        if let Err(err) = stored {
+            e.faults[&leader].release_syncs();
+            bail!("server {f} did not receive entry {entry} during the leader's fsync: {err}");
+        }
+    }
+    Ok((e, HeldWrite { leader, followers, entry, write }))
+}
+
 /// The leader's fdatasync of an entry runs while its followers store the entry and answer, as
 /// a ZooKeeper leader logs a proposal while it sends it: the leader takes in their
 /// acknowledgements with its own fdatasync held. And while it is held, nothing is applied and
 /// the write is not answered anywhere, though both followers hold the entry durably.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_entry_reaches_the_followers_during_its_own_fsync_and_nothing_applies_before_it_ends() -> Result<()> {
-    let e = Ensemble::start_on(3, true).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
-    let i = e.write(leader, "/a", b"one").await?;
-    e.applied_everywhere(i, "/a", b"one").await?;
-    let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
-
-    e.faults[&leader].hold_syncs();
-    let raft = e.nodes[&leader].raft.clone();
-    let mut write = tokio::spawn(async move { raft.client_write(vec![create("/b", b"two")]).await });
-    let entry = i + 1;
+    let (e, HeldWrite { leader, followers, entry, mut write }) = b_held_on_the_leader().await?;
     let held = async {
-        for f in &followers {
-            e.nodes[f]
-                .raft
-                .wait(Some(DEADLINE))
-                .log_index_at_least(Some(entry), "the entry to reach a follower while the leader's fsync is held")
-                .await
-                .map_err(|err| anyhow!("server {f} did not receive entry {entry} during the leader's fsync: {err}"))?;
-        }
         e.nodes[&leader]
             .raft
             .wait(Some(DEADLINE))
@@ -412,25 +439,8 @@ async fn a_leaders_entry_reaches_the_followers_during_its_own_fsync_and_nothing_
 /// its followers kept is in every tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_lost_its_unsynced_entries_never_leads_their_term_again() -> Result<()> {
-    let mut e = Ensemble::start_on(3, true).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
-    let i = e.write(leader, "/a", b"one").await?;
-    e.applied_everywhere(i, "/a", b"one").await?;
-    let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
-
-    // The leader's fdatasync of /b is held; both followers store /b durably and answer.
-    e.faults[&leader].hold_syncs();
-    let raft = e.nodes[&leader].raft.clone();
-    let write = tokio::spawn(async move { raft.client_write(vec![create("/b", b"two")]).await });
-    let entry = i + 1;
-    for f in &followers {
-        e.nodes[f]
-            .raft
-            .wait(Some(DEADLINE))
-            .log_index_at_least(Some(entry), "the entry to reach a follower while the leader's fsync is held")
-            .await
-            .map_err(|err| anyhow!("server {f} did not receive entry {entry}: {err}"))?;
-    }
+    // The leader's fdatasync of /b is held; both followers store /b durably.
+    let (mut e, HeldWrite { leader, followers, write, .. }) = b_held_on_the_leader().await?;
     // The leader's machine loses power before its fdatasync: /b is not on its disk, and the
     // write was never answered.
     e.faults[&leader].crash();
