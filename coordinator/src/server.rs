@@ -94,7 +94,7 @@ pub struct Coordinator {
     peers: Option<PeerService>,
     /// The bound admin HTTP listener (`admin_listen`), served from [`Coordinator::serve`].
     admin: Option<TcpListener>,
-    /// Notified when the state machine has applied `snapshot_every_txns` transactions.
+    /// Says when the state machine wants a snapshot (see [`StateMachine::snapshot_due`]).
     snapshot_due: SnapshotDue,
     /// When start-up began, for the time to serving.
     began: Instant,

@@ -40,7 +40,7 @@ pub fn free_port() -> std::io::Result<u16> {
 /// claimed, as before claims existed.
 fn claim(port: u16) -> bool {
     use std::io::Write;
-    let dir = std::env::temp_dir().join("referee-ports");
+    let dir = claims_dir();
     if std::fs::create_dir_all(&dir).is_err() {
         return true;
     }
@@ -50,22 +50,25 @@ fn claim(port: u16) -> bool {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => return f.write_all(me.to_string().as_bytes()).is_ok(),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Ours already, another live process's, or one being written just now (no pid
+                // yet): left alone. Only a claim whose process is gone is taken over.
                 let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
-                match holder {
-                    Some(pid) if pid != me && std::path::Path::new(&format!("/proc/{pid}")).exists() => return false,
-                    // Our own earlier claim, or one being written just now: leave it.
-                    Some(pid) if pid == me => return false,
-                    None => return false,
-                    // Its process is gone: take it over.
-                    Some(_) => {
-                        let _ = std::fs::remove_file(&path);
-                    }
+                let gone =
+                    holder.is_some_and(|pid| pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if !gone {
+                    return false;
                 }
+                let _ = std::fs::remove_file(&path);
             }
             Err(_) => return true,
         }
     }
     false
+}
+
+/// Where the claims of [`claim`] are kept.
+fn claims_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("referee-ports")
 }
 
 #[cfg(test)]
@@ -77,14 +80,14 @@ mod tests {
         let a = free_port().unwrap();
         let b = free_port().unwrap();
         assert_ne!(a, b);
-        let held = std::env::temp_dir().join("referee-ports").join(a.to_string());
+        let held = claims_dir().join(a.to_string());
         assert_eq!(std::fs::read_to_string(held).unwrap(), std::process::id().to_string());
         assert!(!claim(a), "a port this process claimed is not claimed again");
     }
 
     #[test]
     fn a_claim_of_a_process_that_is_gone_is_taken_over() {
-        let dir = std::env::temp_dir().join("referee-ports");
+        let dir = claims_dir();
         std::fs::create_dir_all(&dir).unwrap();
         // Pids above the kernel's limit (at most 2^22) belong to no process.
         let port = 9_999u16;
