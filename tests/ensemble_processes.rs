@@ -12,6 +12,10 @@
 //! - **A majority killed**: writes through the survivor fail and none of them is applied there;
 //!   restarted, the ensemble serves again with every acknowledged write.
 //! - **Every server killed at once** and restarted: every acknowledged write is there.
+//! - **A leader restarted without the end of its log** (torn off its disk as a power cut during
+//!   its fdatasync leaves it, while both followers hold it), started before them: a follower
+//!   leads (the old leader asking for votes is no word from a leader), and every acknowledged
+//!   write is on every server.
 //! - **An observer** (a fourth server) serves reads and forwards writes; killing it, and a voter
 //!   with it, costs no quorum.
 //! - **A session survives a leader change**: a client whose session was on the leader reconnects
@@ -46,7 +50,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use ensemble::{check_present, expect, holds_session, session, Ensemble, Role, EPHEMERAL, PERSISTENT};
+use ensemble::{check_present, expect, holds_session, session, Ensemble, Role, EPHEMERAL, PERSISTENT, START_DEADLINE};
+use referee_coordinator::dump::dump_log;
+use referee_coordinator::log::RealFs;
 use referee_testkit::{hosts_unavailable, skip, wait_until, within_for, Hosts};
 use tokio::time::Instant;
 use zookeeper_client as zk;
@@ -394,6 +400,76 @@ async fn every_server_killed_at_once_and_restarted_keeps_every_acknowledged_writ
         "all killed with {} writes acknowledged; server {new_leader} leads {took:?} after the restart",
         acked.len()
     );
+    check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
+}
+
+/// The last intact record of the log in data directory `dir`: its file, offset and index.
+fn last_record(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64, u64)> {
+    let summary = dump_log(&RealFs, dir, &mut std::io::sink())?;
+    summary.last_record.with_context(|| format!("no record in the log of {}", dir.display()))
+}
+
+/// A leader whose disk lost the end of its log restarts with its followers, which hold that
+/// end: what a power failure leaves when it comes during the leader's fdatasync of entries
+/// that reached the followers first (a leader sends its entries before its own fdatasync
+/// ends). Its shorter log can win no vote, so one of the followers must lead; the followers
+/// must not wait on the old leader because they still hear from it (it asks them for votes).
+/// The old leader is server 1, whose turn to campaign comes first after a restart: the
+/// followers' only chance is to campaign themselves. Every acknowledged write is then on every
+/// server, the ones the old leader's disk lost included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_restarted_without_the_end_of_its_log_gives_way_to_a_follower_that_holds_it() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    ensure!(leader == 1, "server 1 initialised the ensemble and should lead it first; server {leader} does");
+    let zk = session(&ens.client(leader).to_string(), Duration::from_secs(4)).await?;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let (path, data) = (format!("/t{i}"), format!("v{i}").into_bytes());
+        zk.create(&path, &data, PERSISTENT).await.with_context(|| format!("creating {path}"))?;
+        acked.push((path, data));
+    }
+    // Every server has applied them (each answers them after its own `sync`).
+    check_everywhere(&ens, &[1, 2, 3], &acked).await?;
+    drop(zk);
+    for id in [1, 2, 3] {
+        ens.kill9(id)?;
+    }
+    // The end the followers both hold goes from the leader's log: each of its records from
+    // that index on is cut in its payload, as a write the power cut short leaves it (start-up
+    // cuts such a torn tail off).
+    let data = |id: u64| ens.dir().join(format!("data{id}"));
+    let held = last_record(&data(2))?.2.min(last_record(&data(3))?.2);
+    let mut torn = 0;
+    loop {
+        let (file, offset, index) = last_record(&data(1))?;
+        if index < held {
+            break;
+        }
+        let mut bytes = std::fs::read(&file)?;
+        let from = usize::try_from(offset)? + 12;
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(from, |p| p + 1).max(from);
+        bytes[from..end].fill(0);
+        std::fs::write(&file, bytes)?;
+        torn += 1;
+    }
+    eprintln!("the followers hold the log to index {held}; {torn} record(s) torn off the old leader's");
+    // The old leader starts first (as when its peers' machines boot later) and is asking for
+    // votes by the time they start.
+    let waiting = "waiting for the ensemble to elect a leader";
+    let before = ens.server(1).log().matches(waiting).count();
+    ens.start_only(1)?;
+    within_for(START_DEADLINE, "the old leader to start", async {
+        while ens.servers[0].log().matches(waiting).count() == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    ens.restart(&[2, 3]).await.with_context(|| ens.logs())?;
+    ens.wait_serving(&[1]).await.with_context(|| ens.logs())?;
+    let (new_leader, took) = ens.leader_among(&[1, 2, 3]).await.with_context(|| ens.logs())?;
+    eprintln!("server {new_leader} leads {took:?} after the restart");
+    ensure!(new_leader != 1, "server 1 leads with a log shorter than its followers'");
     check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
 }
 

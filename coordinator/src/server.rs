@@ -879,9 +879,13 @@ const PRE_VOTE_DEADLINE: Duration = Duration::from_millis(300);
 /// pre-vote, and calls the election only with a quorum of yeses. Leaders and learners do
 /// nothing here. Silence is counted from the last AppendEntries accepted from a leader (the
 /// staleness bound's contact; from this task's start if there was none), from the last frame
-/// of any kind from the leader this server knows (a snapshot being installed sends no
-/// AppendEntries, but it is a leader at work), and from the last change of term seen here (a
-/// vote granted to another candidate: its election is under way and must not be overtaken).
+/// only a leader sends (AppendEntries, accepted or not, or a snapshot chunk: a snapshot being
+/// installed is a leader at work) from the leader this server knows, and from the last change
+/// of term seen here (a vote granted to another candidate: its election is under way and must
+/// not be overtaken). Other frames from that server do not count: a leader restarted without
+/// its leadership (see [`crate::log::LogStore::pipelining_as_leader`]) asks for pre-votes, and
+/// if its log lost entries its followers hold, it can win no vote; were its requests word from
+/// their leader, neither follower would campaign and nobody would ever lead.
 async fn campaign_when_leader_lapses(
     raft: Raft,
     state: Arc<Mutex<ServerState>>,
@@ -922,7 +926,7 @@ async fn campaign_when_leader_lapses(
         if !contends {
             continue;
         }
-        let heard_leader = leader.and_then(|l| network.silent_for(l));
+        let heard_leader = leader.and_then(|l| network.leading_silent_for(l));
         let mut silent = contact.since_contact(now).unwrap_or(now - started).min(now - term.1);
         if let Some(h) = heard_leader {
             silent = silent.min(h);

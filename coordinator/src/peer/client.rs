@@ -303,10 +303,10 @@ impl PeerNetwork {
 }
 
 impl PeerNetwork {
-    /// How long ago server `id` was last heard on any connection between the two (any frame:
-    /// heartbeats, entries, snapshot chunks, replies), or `None` if never.
-    pub fn silent_for(&self, id: u64) -> Option<Duration> {
-        self.sightings.active(id, Instant::now()).map(|a| a.silent_for)
+    /// How long ago server `id` last sent this server a frame only a leader sends (entries, a
+    /// heartbeat, a snapshot chunk), or `None` if it never did: see [`Sightings::saw_leading`].
+    pub fn leading_silent_for(&self, id: u64) -> Option<Duration> {
+        self.sightings.leading_silent_for(id, Instant::now())
     }
 
     /// Sends `request` to server `target` outside Raft and waits for the reply, at most

@@ -51,6 +51,8 @@ struct Seen {
     at: Instant,
     /// It closed a connection to this server (FIN or reset) and has not been heard since.
     hung_up: bool,
+    /// When this process last sent a frame only a leader sends (see [`Sightings::saw_leading`]).
+    led: Option<Instant>,
 }
 
 impl Seen {
@@ -84,8 +86,30 @@ impl Sightings {
 
     /// Records that server `id` spoke as process `instance` at `at`.
     pub fn saw(&self, id: u64, instance: u64, at: Instant) {
+        self.record(id, instance, at, false);
+    }
+
+    /// Records that server `id` spoke as process `instance` at `at` with a frame only a leader
+    /// sends: entries or a heartbeat, or a chunk of a snapshot. Other frames (a request for a
+    /// pre-vote or a vote, a reply) show the process alive, not leading: a leader restarted
+    /// without its leadership asks its old followers for votes, and if that counted as word
+    /// from their leader, they would never campaign themselves.
+    pub fn saw_leading(&self, id: u64, instance: u64, at: Instant) {
+        self.record(id, instance, at, true);
+    }
+
+    fn record(&self, id: u64, instance: u64, at: Instant, leading: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(id, Seen { instance, at, hung_up: false });
+        // What a process did as leader is its own: a new process of the id has done nothing yet.
+        let led = seen.get(&id).filter(|s| s.instance == instance).and_then(|s| s.led);
+        seen.insert(id, Seen { instance, at, hung_up: false, led: if leading { Some(at) } else { led } });
+    }
+
+    /// How long before `now` server `id` last sent a frame only a leader sends
+    /// ([`Sightings::saw_leading`]), as the process last heard for it; `None` if it never did.
+    pub fn leading_silent_for(&self, id: u64, now: Instant) -> Option<Duration> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&id).and_then(|s| s.led).map(|led| now.saturating_duration_since(led))
     }
 
     /// Records that process `instance` of server `id` closed or reset a connection to this
@@ -113,7 +137,8 @@ impl Sightings {
         match seen.get(&id).map(|s| s.as_of(now)) {
             Some(a) if !may_speak_for(instance, a, live_window) => Err(a),
             _ => {
-                seen.insert(id, Seen { instance, at: now, hung_up: false });
+                let led = seen.get(&id).filter(|s| s.instance == instance).and_then(|s| s.led);
+                seen.insert(id, Seen { instance, at: now, hung_up: false, led });
                 Ok(())
             }
         }
@@ -318,5 +343,29 @@ mod tests {
         assert!(s.active(2, t0 + ms(400)).is_some_and(|a| a.hung_up));
         assert_eq!(s.admit(2, 10, t0 + ms(400), WINDOW), Ok(()), "its restart, at once");
         assert!(s.admit(2, 9, t0 + ms(500), WINDOW).is_err(), "the old process is now the stranger");
+    }
+
+    #[test]
+    fn only_frames_a_leader_sends_count_as_leading_and_only_for_the_process_that_sent_them() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Sightings::default();
+        assert_eq!(s.admit(1, 9, t0, WINDOW), Ok(()));
+        assert_eq!(s.leading_silent_for(1, t0 + ms(10)), None, "a handshake is no leadership");
+        s.saw_leading(1, 9, t0 + ms(100));
+        // Pre-votes and replies afterwards show the process alive, not leading.
+        s.saw(1, 9, t0 + ms(700));
+        assert_eq!(s.active(1, t0 + ms(800)).map(|a| a.silent_for), Some(ms(100)));
+        assert_eq!(s.leading_silent_for(1, t0 + ms(800)), Some(ms(700)), "silent as leader since its last heartbeat");
+        assert_eq!(s.admit(1, 9, t0 + ms(900), WINDOW), Ok(()), "another connection of the same process");
+        assert_eq!(s.leading_silent_for(1, t0 + ms(900)), Some(ms(800)), "its record as leader is kept");
+        // Its restart (it hung up first) has led nothing, whatever the old process did.
+        s.hung_up(1, 9);
+        assert_eq!(s.admit(1, 10, t0 + ms(1000), WINDOW), Ok(()));
+        s.saw(1, 10, t0 + ms(1100));
+        assert_eq!(s.leading_silent_for(1, t0 + ms(1200)), None, "the restarted process has sent no entries");
+        s.saw_leading(1, 10, t0 + ms(1300));
+        assert_eq!(s.leading_silent_for(1, t0 + ms(1400)), Some(ms(100)));
+        assert_eq!(s.leading_silent_for(2, t0 + ms(1400)), None, "another id is independent");
     }
 }

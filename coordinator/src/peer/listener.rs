@@ -299,7 +299,15 @@ impl PeerConn<'_> {
                     break;
                 }
             };
-            sightings.saw(from, instance, Instant::now());
+            let leading = matches!(
+                msg,
+                PeerMessage::Request { body: PeerRequest::AppendEntries(_) | PeerRequest::InstallSnapshot(_), .. }
+            );
+            if leading {
+                sightings.saw_leading(from, instance, Instant::now());
+            } else {
+                sightings.saw(from, instance, Instant::now());
+            }
             let PeerMessage::Request { id, body } = msg else {
                 tracing::warn!(%peer_addr, peer = from, "a peer sent a reply on a connection it dialled; closing it");
                 break;
