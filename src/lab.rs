@@ -729,8 +729,14 @@ impl Pair {
 
     async fn wait_coordinator_server(&self, k: usize) -> Result<(), LabError> {
         if let Err(e) = wait_for_serving(&self.coordinator_server_addr(k), Duration::from_secs(60)).await {
-            let tail = self.coordinators[k].lock().unwrap_or_else(|p| p.into_inner()).log_tail(15);
-            return Err(LabError::Child(format!("{e}\n--- coordinator server {} log ---\n{tail}", k + 1)));
+            // A server waits on its peers to serve: their logs say why as often as its own.
+            let tails: String = (0..self.coordinators.len())
+                .map(|j| {
+                    let tail = self.coordinators[j].lock().unwrap_or_else(|p| p.into_inner()).log_tail(15);
+                    format!("\n--- coordinator server {} log ---\n{tail}", j + 1)
+                })
+                .collect();
+            return Err(LabError::Child(format!("{e}{tails}")));
         }
         Ok(())
     }
