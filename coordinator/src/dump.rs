@@ -212,7 +212,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                     at = next;
                     continue;
                 }
-                Read::End if buf[at..].iter().all(|&b| b == 0) => {
+                Read::End if record::all_zero(&buf[at..]) => {
                     summary.records_end = Some((file.clone(), at as u64));
                     writeln!(out, "  end of records at offset {at}; zeros to {}", buf.len())?;
                     break;

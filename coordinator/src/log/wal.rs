@@ -35,7 +35,7 @@ use openraft::{Entry, LogId, Vote};
 use serde::{Deserialize, Serialize};
 
 use super::fs::{FileSystem, LogFile};
-use super::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN, MAX_RECORD_LEN};
+use super::record::{self, all_zero, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN, MAX_RECORD_LEN};
 use crate::raft::{upgrade_entry, TypeConfig};
 
 /// Where the log lives and how it is cut into segments.
@@ -717,13 +717,6 @@ impl Wal {
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
         self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
     }
-}
-
-/// Whether every byte of `bytes` is zero: the rest of a preallocated segment, tens of
-/// megabytes at start-up, compared a block at a time (a byte at a time took about 1 ns a byte).
-fn all_zero(bytes: &[u8]) -> bool {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// An entry as the payload of a record of the current format.
