@@ -229,14 +229,13 @@ impl Coordinator {
         let replayed = replay_if_sole_voter(&log, &sm, node_id)?;
         let (entries, txns) = replayed.unwrap_or_default();
         phases.done("log replayed", &[("entries", entries), ("txns", txns)]);
-        // A sole voter that is not the committed leader of its saved term (stopped mid-election,
-        // or stopped leading: the log store reads its old leadership back as a vote not yet
-        // granted, see `LogStore::pipelining_as_leader`) would wait out an election timeout
-        // (300 to 600 ms) with nobody to hear from, so it campaigns at once (always safe: an
-        // election only ever replaces a leader through a new term).
-        let vote = log.meta().vote;
-        let campaign_at_once = replayed.is_some()
-            && vote.is_some_and(|v| !(v.is_committed() && v.leader_id().voted_for() == Some(node_id)));
+        // A sole voter with a saved vote is never the committed leader of its saved term here
+        // (stopped mid-election, or stopped leading: the log store has read its old leadership
+        // back as a vote not yet granted, see `LogStore::pipelining_as_leader` above). It would
+        // wait out an election timeout (300 to 600 ms) with nobody to hear from, so it
+        // campaigns at once (always safe: an election only ever replaces a leader through a new
+        // term).
+        let campaign_at_once = replayed.is_some() && log.meta().vote.is_some();
         let (raft, peers) = if config.is_ensemble() {
             let known_peers = KnownPeers::open(fs.clone(), &data.root)?;
             let me = (cluster_id, data.identity.incarnation, known_peers);

@@ -271,10 +271,13 @@ impl LogReader {
 /// earlier term of `me` sent back by another leader) is not.
 pub fn leaders_own_entries(me: u64, vote: Option<Vote<u64>>, mut ids: impl Iterator<Item = LogId<u64>>) -> bool {
     let Some(vote) = vote else { return false };
-    vote.is_committed()
-        && vote.leader_id().voted_for() == Some(me)
-        && vote.leader_id().term > 0
-        && ids.all(|id| id.leader_id == *vote.leader_id())
+    own_leadership(&vote, me) && vote.leader_id().term > 0 && ids.all(|id| id.leader_id == *vote.leader_id())
+}
+
+/// Whether `vote` is server `me`'s own elected leadership: committed (a quorum granted it) and
+/// naming `me`.
+fn own_leadership(vote: &Vote<u64>, me: u64) -> bool {
+    vote.is_committed() && vote.leader_id().voted_for() == Some(me)
 }
 
 /// How far a [`LogStore`] is durable. Cheap to clone.
@@ -422,7 +425,7 @@ impl LogStore {
     pub fn pipelining_as_leader(mut self, node_id: u64) -> Self {
         self.pipelining_as = Some(node_id);
         let mut cache = self.shared.cache();
-        let led = cache.meta.vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(node_id));
+        let led = cache.meta.vote.filter(|v| own_leadership(v, node_id));
         if let Some(vote) = led {
             let term = vote.leader_id().term;
             cache.meta.vote = Some(Vote::new(term, node_id));

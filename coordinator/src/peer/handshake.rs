@@ -100,9 +100,8 @@ impl Sightings {
 
     fn record(&self, id: u64, instance: u64, at: Instant, leading: bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        // What a process did as leader is its own: a new process of the id has done nothing yet.
-        let led = seen.get(&id).filter(|s| s.instance == instance).and_then(|s| s.led);
-        seen.insert(id, Seen { instance, at, hung_up: false, led: if leading { Some(at) } else { led } });
+        let led = if leading { Some(at) } else { led_by(&seen, id, instance) };
+        seen.insert(id, Seen { instance, at, hung_up: false, led });
     }
 
     /// How long before `now` server `id` last sent a frame only a leader sends
@@ -137,12 +136,19 @@ impl Sightings {
         match seen.get(&id).map(|s| s.as_of(now)) {
             Some(a) if !may_speak_for(instance, a, live_window) => Err(a),
             _ => {
-                let led = seen.get(&id).filter(|s| s.instance == instance).and_then(|s| s.led);
+                let led = led_by(&seen, id, instance);
                 seen.insert(id, Seen { instance, at: now, hung_up: false, led });
                 Ok(())
             }
         }
     }
+}
+
+/// When process `instance` of server `id` last sent a frame only a leader sends, as `seen`
+/// records it. What a process did as leader is its own: a new process of the id has done
+/// nothing yet.
+fn led_by(seen: &HashMap<u64, Seen>, id: u64, instance: u64) -> Option<Instant> {
+    seen.get(&id).filter(|s| s.instance == instance).and_then(|s| s.led)
 }
 
 /// Whether process `instance` may speak for a server id whose last heard process is `active`:
