@@ -226,6 +226,9 @@ pub enum Mode {
     Observer,
     /// A server running alone.
     Standalone,
+    /// Running, but not serving: it has not found the ensemble's leader since it started (it
+    /// answers `srvr` as ZooKeeper's servers do then).
+    NotServing,
     /// Something this tool does not know, as `srvr` wrote it.
     Other(String),
 }
@@ -237,13 +240,18 @@ impl fmt::Display for Mode {
             Mode::Follower => "follower",
             Mode::Observer => "observer",
             Mode::Standalone => "standalone",
+            Mode::NotServing => "not serving",
             Mode::Other(other) => other,
         })
     }
 }
 
-/// The `Mode:` line of a `srvr` answer, if it has one.
+/// The `Mode:` line of a `srvr` answer, if it has one; [`Mode::NotServing`] for the answer of
+/// a server that is not serving.
 pub fn parse_mode(srvr: &str) -> Option<Mode> {
+    if srvr == referee_coordinator::fourlw::NOT_SERVING {
+        return Some(Mode::NotServing);
+    }
     let mode = srvr.lines().find_map(|l| l.strip_prefix("Mode:"))?.trim();
     Some(match mode {
         "leader" => Mode::Leader,
@@ -296,6 +304,14 @@ pub fn assess(observed: &[Observation]) -> Result<u64, String> {
     let silent: Vec<String> = observed.iter().filter(|o| o.mode.is_none()).map(|o| o.id.to_string()).collect();
     if !silent.is_empty() {
         return Err(format!("server {} not answering", silent.join(", ")));
+    }
+    let waiting: Vec<String> =
+        observed.iter().filter(|o| o.mode == Some(Mode::NotServing)).map(|o| o.id.to_string()).collect();
+    if !waiting.is_empty() {
+        return Err(format!(
+            "server {} running but not serving: no leader found yet (its log says what it waits for)",
+            waiting.join(", ")
+        ));
     }
     let leaders: Vec<u64> =
         observed.iter().filter(|o| matches!(o.mode, Some(Mode::Leader | Mode::Standalone))).map(|o| o.id).collect();
@@ -886,7 +902,9 @@ mod tests {
         assert_eq!(parse_mode(srvr), Some(Mode::Follower));
         assert_eq!(parse_mode("Mode: leader\n"), Some(Mode::Leader));
         assert_eq!(parse_mode("Mode: read-only\n"), Some(Mode::Other("read-only".into())));
-        assert_eq!(parse_mode("This ZooKeeper instance is not currently serving requests\n"), None);
+        assert_eq!(parse_mode("This ZooKeeper instance is not currently serving requests\n"), Some(Mode::NotServing));
+        assert_eq!(Mode::NotServing.to_string(), "not serving");
+        assert_eq!(parse_mode("imok"), None);
     }
 
     #[test]
@@ -908,6 +926,10 @@ mod tests {
         assert_eq!(
             assess(&[obs(1, None), obs(2, Some(Mode::Leader)), obs(3, None)]),
             Err("server 1, 3 not answering".into())
+        );
+        assert_eq!(
+            assess(&[obs(1, Some(Mode::NotServing)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))]),
+            Err("server 1 running but not serving: no leader found yet (its log says what it waits for)".into())
         );
         assert_eq!(
             assess(&[obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Follower))]),

@@ -16,6 +16,10 @@
 //!   its fdatasync leaves it, while both followers hold it), started before them: a follower
 //!   leads (the old leader asking for votes is no word from a leader), and every acknowledged
 //!   write is on every server.
+//! - **A server with no leader to find** (the others are down) keeps running for as long as it
+//!   takes, as ZooKeeper's servers do: it answers four-letter words as a server that is not
+//!   serving, closes a client's ConnectRequest unanswered, logs what it waits for, and serves
+//!   the ensemble's data once a majority is back.
 //! - **An observer** (a fourth server) serves reads and forwards writes; killing it, and a voter
 //!   with it, costs no quorum.
 //! - **A session survives a leader change**: a client whose session was on the leader reconnects
@@ -471,6 +475,70 @@ async fn a_leader_restarted_without_the_end_of_its_log_gives_way_to_a_follower_t
     eprintln!("server {new_leader} leads {took:?} after the restart");
     ensure!(new_leader != 1, "server 1 leads with a log shorter than its followers'");
     check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
+}
+
+/// What a server with no leader to find does: it waits, however long, instead of exiting (a
+/// server whose peers boot later, or one waiting to be added as a member, must not need its
+/// service manager to restart it). Meanwhile its client port answers as ZooKeeper's does when
+/// it is not serving: `ruok` says it runs, `srvr` (what `zkServer.sh status` reads) and `mntr`
+/// say it is not serving, `isro` says `null`, and a client's ConnectRequest is closed
+/// unanswered, so the client tries its next server. Its log says why it waits. Once a majority
+/// of the voters is back, it serves the ensemble's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_with_no_leader_to_find_waits_answering_as_not_serving_and_serves_once_a_majority_is_back(
+) -> Result<()> {
+    use referee_testkit::jute::{frame, ConnectRequest};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const NOT_SERVING: &str = "This ZooKeeper instance is not currently serving requests\n";
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let zk = session(&ens.client(leader).to_string(), Duration::from_secs(4)).await?;
+    let kept = vec![("/kept".to_string(), b"before the kill".to_vec())];
+    zk.create(&kept[0].0, &kept[0].1, PERSISTENT).await?;
+    drop(zk);
+    for id in [1, 2, 3] {
+        ens.kill9(id)?;
+    }
+    let report = "no leader yet: a leader needs 2 of the voters 1, 2, 3 running and reachable";
+    let reported_before = ens.server(3).log().matches(report).count();
+    ens.start_only(3)?;
+    let alone = ens.client(3);
+    let answered = within_for(START_DEADLINE, "server 3 to answer srvr", async {
+        loop {
+            if let Ok(a) = ensemble::four_letter(alone, "srvr").await {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    expect(answered == NOT_SERVING, || format!("srvr of a server without a leader: {answered:?}"))?;
+    expect(ensemble::four_letter(alone, "ruok").await? == "imok", || "ruok: the process runs".into())?;
+    expect(ensemble::four_letter(alone, "isro").await? == "null", || "isro of a server not serving".into())?;
+    expect(ensemble::four_letter(alone, "mntr").await? == NOT_SERVING, || "mntr of a server not serving".into())?;
+    // A client's ConnectRequest is closed with no ConnectResponse.
+    let mut raw = tokio::net::TcpStream::connect(alone).await?;
+    raw.write_all(&frame(&ConnectRequest::new_session(4000).encode())).await?;
+    let mut reply = Vec::new();
+    within_for(OP_DEADLINE, "server 3 to close a session's connection", raw.read_to_end(&mut reply)).await??;
+    expect(reply.is_empty(), || format!("a server without a leader answered a ConnectRequest with {reply:?}"))?;
+    // It logs the wait, with what it lacks, and goes on waiting.
+    within_for(Duration::from_secs(20), "server 3 to report its wait for a leader", async {
+        while ens.servers[2].log().matches(report).count() == reported_before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .with_context(|| ens.server(3).log())?;
+    expect(ens.server(3).is_running(), || format!("server 3 exited:\n{}", ens.server(3).log()))?;
+    expect(ensemble::four_letter(alone, "srvr").await? == NOT_SERVING, || "still not serving".into())?;
+    // A second voter makes a majority: the two elect a leader and serve what was acknowledged.
+    ens.restart(&[2]).await.with_context(|| ens.logs())?;
+    ens.wait_serving(&[3]).await.with_context(|| ens.logs())?;
+    let (new_leader, took) = ens.leader_among(&[2, 3]).await.with_context(|| ens.logs())?;
+    eprintln!("servers 2 and 3: server {new_leader} leads {took:?} after server 2 started");
+    check_present(alone, &kept).await?;
+    check_present(ens.client(2), &kept).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,6 +33,11 @@ pub const HEAVY: [&str; 4] = ["wchc", "wchp", "dump", "dirs"];
 /// How many connections or sessions a heavy command copies per hold of the server's lock.
 const WALK_CHUNK: usize = 64;
 
+/// Apache ZooKeeper's answer, line and all, to the commands that report on a server which is
+/// not serving (it is looking for a leader): what `zkServer.sh status` and monitoring read as
+/// "not serving".
+pub const NOT_SERVING: &str = "This ZooKeeper instance is not currently serving requests\n";
+
 /// Commands ZooKeeper knows that change server state; recognised, never executed here.
 const RECOGNISED_ONLY: [&str; 5] = ["crst", "srst", "gtmk", "stmk", "hash"];
 
@@ -68,6 +73,9 @@ pub fn mode_name(standalone: bool, leader: bool, learner: bool) -> &'static str 
 /// `wchc`, `wchp` and `dump` copy a few connections or sessions per hold and let writers in
 /// between. Their output is therefore fuzzy under concurrent change, as Apache ZooKeeper's is
 /// (it walks concurrent maps without a global lock).
+///
+/// An ensemble server that has not found a leader since it started answers with
+/// [`answer_not_serving`] instead.
 ///
 /// `ensemble` is the leader's view of its followers ([`ensemble_stats`]); `mntr` reports it
 /// when given, which only a leader can.
@@ -146,6 +154,23 @@ pub fn answer(
             format!("datadir_size: {size}\nlogdir_size: {size}\n")
         }
         _ => format!("{cmd} is not executed because it is not in the whitelist.\n"),
+    }
+}
+
+/// The answer to a command while the server is not serving (an ensemble server that has not
+/// found a leader since it started), as Apache ZooKeeper's while it looks for one: the
+/// whitelist first, then `ruok` says the process is up (`imok`), `envi` describes it, `isro`
+/// says `null` (neither read-only nor read-write), and every other command says
+/// [`NOT_SERVING`]. Takes no lock.
+pub fn answer_not_serving(cmd: &str, config: &CoordinatorConfig) -> String {
+    if !config.four_letter_word_enabled(cmd) || RECOGNISED_ONLY.contains(&cmd) {
+        return format!("{cmd} is not executed because it is not in the whitelist.\n");
+    }
+    match cmd {
+        "ruok" => "imok".to_string(),
+        "envi" => environment(),
+        "isro" => "null".to_string(),
+        _ => NOT_SERVING.to_string(),
     }
 }
 
@@ -640,5 +665,27 @@ mod tests {
             "ruok is not executed because it is not in the whitelist.\n"
         );
         assert!(answer("srvr", &config, &st, "standalone", None).contains("Mode: standalone"));
+    }
+
+    #[test]
+    fn a_server_awaiting_its_leader_answers_as_zookeeper_does_when_not_serving() {
+        let mut config = CoordinatorConfig::new("/nonexistent");
+        config.four_letter_words = IMPLEMENTED.iter().map(|w| w.to_string()).collect();
+        let ask = |w| answer_not_serving(w, &config);
+        assert_eq!(ask("ruok"), "imok");
+        assert_eq!(ask("isro"), "null");
+        assert!(ask("envi").contains("\nzookeeper.version=3.8.0-referee-"));
+        for w in ["srvr", "stat", "mntr", "conf", "cons", "wchs", "wchc", "wchp", "dump", "dirs"] {
+            assert_eq!(ask(w), "This ZooKeeper instance is not currently serving requests\n", "{w}");
+        }
+        // The whitelist still comes first.
+        config.four_letter_words = vec!["srvr".into()];
+        for w in ["ruok", "crst"] {
+            assert_eq!(
+                answer_not_serving(w, &config),
+                format!("{w} is not executed because it is not in the whitelist.\n")
+            );
+        }
+        assert_eq!(answer_not_serving("srvr", &config), NOT_SERVING);
     }
 }

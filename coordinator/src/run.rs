@@ -56,7 +56,7 @@ pub async fn run_from_config(config_path: &Path, initialise: bool, program: &'st
         None => None,
     };
     let startup = Startup { initialise, peer_listener };
-    let coordinator = Coordinator::start_with(config, Arc::new(RealFs), startup).await?;
+    let coordinator = Coordinator::launch(config, Arc::new(RealFs), startup).await?;
     coordinator.serve(listener, shutdown_signal(program)).await?;
     Ok(())
 }

@@ -10,6 +10,12 @@
 //! [`Coordinator::serve`] takes an already bound listener and a shutdown future, as a library
 //! should, and returns once every connection has stopped, or with an error as soon as the log
 //! cannot make writes durable any more.
+//!
+//! An ensemble server started by [`Coordinator::launch`] instead serves its client port while
+//! it waits for a leader, for as long as that takes, as ZooKeeper's servers do: sessions are
+//! refused (their clients try another server) and four-letter words answered as by a server
+//! that is not serving ([`crate::fourlw::NOT_SERVING`]), and the wait is logged with what the
+//! server knows of its peers at growing intervals.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,13 +55,6 @@ pub enum CoordinatorError {
     /// The node did not become leader in time.
     #[error("this server did not become leader within {0:?}")]
     NoLeader(Duration),
-    /// An ensemble server heard of no leader in time.
-    #[error(
-        "no leader was elected within {0:?}: a majority of the voters in `servers` must be running and \
-         reachable on their peer addresses. If this ensemble has never been initialised, start one \
-         server with `referee coordinator --config FILE --init`"
-    )]
-    NoEnsembleLeader(Duration),
     /// Socket error on the listener.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
@@ -98,6 +97,9 @@ pub struct Coordinator {
     snapshot_due: SnapshotDue,
     /// When start-up began, for the time to serving.
     began: Instant,
+    /// Set while an ensemble server launched by [`Coordinator::launch`] has yet to find a
+    /// leader: what it waits for.
+    awaiting: Option<AwaitingLeader>,
 }
 
 /// A running peer listener.
@@ -129,8 +131,15 @@ const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
 /// long (see [`crate::staleness::LEASE`]).
 const ELECTION_TIMEOUT_MAX_MS: u64 = crate::staleness::LEASE.as_millis() as u64;
 
-/// How long an ensemble server waits at start for a leader to be elected or found.
-const ENSEMBLE_LEADER_WAIT: Duration = Duration::from_secs(60);
+/// How long an ensemble server waits for a leader before it first logs the wait, with what it
+/// knows of its peers; each later report comes twice as long after the last one, up to
+/// [`LEADERLESS_REPORT_MAX`]. An election takes about a second.
+const LEADERLESS_REPORT_FIRST: Duration = Duration::from_secs(5);
+/// The longest time between two reports of a wait for a leader.
+const LEADERLESS_REPORT_MAX: Duration = Duration::from_secs(60);
+/// How often a server waiting for its leader looks for contact with it, which its Raft metrics
+/// do not show.
+const CONTACT_POLL: Duration = Duration::from_millis(20);
 
 impl Coordinator {
     /// Starts replication on the real filesystem; see [`Coordinator::start_on`].
@@ -148,9 +157,26 @@ impl Coordinator {
 
     /// As [`Coordinator::start_on`], with the ensemble's start-up choices. An ensemble server
     /// (one whose `servers` lists others) serves its peers from here on and waits until a
-    /// leader is known; a follower's or observer's clients write through it (see
-    /// [`crate::propose`]).
+    /// leader is known, however long that takes; a follower's or observer's clients write
+    /// through it (see [`crate::propose`]).
     pub async fn start_with(
+        config: CoordinatorConfig,
+        fs: Arc<dyn FileSystem>,
+        startup: Startup,
+    ) -> Result<Self, CoordinatorError> {
+        let mut coordinator = Self::launch(config, fs, startup).await?;
+        if let Some(awaiting) = coordinator.awaiting.take() {
+            let network = coordinator.peers.as_ref().map(|p| p.network.clone());
+            awaiting.wait(&coordinator.shared, network).await?;
+        }
+        Ok(coordinator)
+    }
+
+    /// As [`Coordinator::start_with`], except that an ensemble server returns before a leader
+    /// is known: [`Coordinator::serve`] then answers on the client port while it waits (as a
+    /// server that is not serving, see the module's description) and takes sessions once the
+    /// ensemble has a leader. How the `referee coordinator` command starts.
+    pub async fn launch(
         config: CoordinatorConfig,
         fs: Arc<dyn FileSystem>,
         startup: Startup,
@@ -255,53 +281,32 @@ impl Coordinator {
             (raft, None)
         };
         phases.done("Raft started", &[]);
-        let wait = Duration::from_secs(10);
+        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
+        let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
+        let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
+        let data_dir = config.data_dir.clone();
+        let awaiting_leader = std::sync::atomic::AtomicBool::new(peers.is_some());
+        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state, awaiting_leader });
+        let began = phases.began;
+        let mut awaiting = AwaitingLeader { phases, recovered_upto, cluster_id, data_dir };
         if peers.is_none() {
             // Leading, and the tree holds every entry up to its own first one of the term (the
             // initial membership and the leader's blank entry on a fresh server): before that
             // a four-letter word or a first client would see a tree still catching up.
-            raft.wait(Some(wait))
+            let wait = Duration::from_secs(10);
+            shared
+                .raft
+                .wait(Some(wait))
                 .metrics(|m| m.state == openraft::ServerState::Leader && leader_settled(m), "coordinator start")
                 .await
                 .map_err(|_| CoordinatorError::NoLeader(wait))?;
+            awaiting.phases.done("leader known", &[("term", shared.raft.metrics().borrow().current_term)]);
+            awaiting.recovered(&shared).await?;
         } else {
-            info!(server_id = node_id, "waiting for the ensemble to elect a leader");
-            let leader = raft
-                .wait(Some(ENSEMBLE_LEADER_WAIT))
-                // A restarted server restores its last vote, and with it possibly itself as
-                // leader of a term the others have left: it leads only once it has applied an
-                // entry of its own term, which a majority has then accepted.
-                .metrics(leader_settled, "an ensemble leader")
-                .await
-                .map_err(|_| CoordinatorError::NoEnsembleLeader(ENSEMBLE_LEADER_WAIT))?
-                .current_leader;
-            info!(server_id = node_id, leader = ?leader, "the ensemble has a leader");
+            shared.lock().refusing_clients = Some("this server has not yet found the ensemble's leader".into());
         }
-        phases.done("leader known", &[("term", raft.metrics().borrow().current_term)]);
-        // A leader commits (and so applies) every earlier entry once its first entry of the new
-        // term is committed; until then the tree may lack acknowledged writes. A follower's
-        // recovered tail may be one the leader replaces, so it does not wait for it.
-        let leads = raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if let (Some(upto), true) = (recovered_upto, leads) {
-            raft.wait(Some(wait))
-                .applied_index_at_least(Some(upto), "replaying the recovered log")
-                .await
-                .map_err(|_| CoordinatorError::NoLeader(wait))?;
-        }
-        phases.done("recovered log applied", &[]);
-        info!(
-            dir = %config.data_dir.display(),
-            cluster_id,
-            log_upto = ?recovered_upto,
-            total_ms = phases.total_ms(),
-            leads,
-            "recovered the data directory"
-        );
-        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
-        let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
-        let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
-        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state });
-        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began: phases.began })
+        let awaiting = peers.is_some().then_some(awaiting);
+        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began, awaiting })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
@@ -333,19 +338,48 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let local = listener.local_addr()?;
-        info!(
-            address = %local,
-            since_start_ms = self.began.elapsed().as_millis() as u64,
-            "coordinator serving ZooKeeper clients"
-        );
+        let awaiting = self.awaiting.take();
+        if awaiting.is_none() {
+            info!(
+                address = %local,
+                since_start_ms = self.began.elapsed().as_millis() as u64,
+                "coordinator serving ZooKeeper clients"
+            );
+        } else {
+            info!(address = %local, "client port open: sessions are refused until the ensemble has a leader");
+        }
         let mut tasks = JoinSet::new();
+        let (start_failed_tx, mut start_failed) = tokio::sync::oneshot::channel::<CoordinatorError>();
         tasks.spawn(expire_sessions(self.shared.clone(), stop_rx.clone()));
         tasks.spawn(reap_containers(self.shared.clone(), stop_rx.clone()));
         tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(prove_leadership(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
-            tasks.spawn(guard_staleness(self.shared.clone(), stop_rx.clone()));
+            let (shared, network, mut stop) = (self.shared.clone(), peers.network.clone(), stop_rx.clone());
+            let began = self.began;
+            tasks.spawn(async move {
+                if let Some(awaiting) = awaiting {
+                    tokio::select! {
+                        found = awaiting.wait(&shared, Some(network)) => match found {
+                            Ok(()) => {}
+                            // Replication stopped: `storage_failure` below says why.
+                            Err(CoordinatorError::Raft(_)) => return,
+                            Err(e) => {
+                                let _ = start_failed_tx.send(e);
+                                return;
+                            }
+                        },
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    info!(
+                        address = %local,
+                        since_start_ms = began.elapsed().as_millis() as u64,
+                        "coordinator serving ZooKeeper clients"
+                    );
+                }
+                guard_staleness(shared, stop).await
+            });
             tasks.spawn(log_role_changes(self.shared.raft.clone(), stop_rx.clone()));
         }
         let ctx = crate::admin::AdminContext::new(
@@ -378,6 +412,7 @@ impl Coordinator {
         let storage_failed = storage_failure(self.shared.raft.clone(), self.log_stopped.clone());
         tokio::pin!(storage_failed);
         let mut failure = None;
+        let (mut start_pending, mut start_failure) = (true, None);
         loop {
             tokio::select! {
                 biased;
@@ -386,6 +421,15 @@ impl Coordinator {
                     error!("storage failed, stopping: {why}");
                     failure = Some(why);
                     break;
+                }
+                failed = &mut start_failed, if start_pending => {
+                    start_pending = false;
+                    // Closed without a word: the start is done, or there was nothing to wait for.
+                    if let Ok(e) = failed {
+                        error!("start-up failed, stopping: {e}");
+                        start_failure = Some(e);
+                        break;
+                    }
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
@@ -418,9 +462,10 @@ impl Coordinator {
             peers.stop.send_replace(true);
             let _ = peers.task.await;
         }
-        match failure {
-            Some(why) => Err(CoordinatorError::Storage { why, dir: self.log_dir }),
-            None => Ok(()),
+        match (failure, start_failure) {
+            (Some(why), _) => Err(CoordinatorError::Storage { why, dir: self.log_dir }),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(()),
         }
     }
 
@@ -438,6 +483,155 @@ impl Coordinator {
         true
     }
 }
+
+/// What a server still does at start once Raft runs: find a leader (an ensemble server), and
+/// see the log it recovered applied if it leads.
+struct AwaitingLeader {
+    phases: StartPhases,
+    recovered_upto: Option<u64>,
+    cluster_id: u64,
+    data_dir: std::path::PathBuf,
+}
+
+impl AwaitingLeader {
+    /// Waits, for as long as it takes, until the ensemble has a settled leader (see
+    /// [`leader_settled`]) that this process has heard from, reporting the wait at growing
+    /// intervals with what this server knows of its peers through `network`; then as
+    /// [`AwaitingLeader::recovered`]. Clears the server's refusal of clients when done. Fails
+    /// only if replication stops meanwhile.
+    ///
+    /// Heard from, because a restarted server restores its last vote, and with it the leader
+    /// it followed, who may be gone: a follower has found its leader once it has accepted
+    /// AppendEntries from it (the staleness bound's contact). A restarted leader is settled
+    /// only once it has applied an entry of its own new term, which a majority then holds.
+    async fn wait(mut self, shared: &Shared, network: Option<PeerNetwork>) -> Result<(), CoordinatorError> {
+        let raft = &shared.raft;
+        let me = raft.metrics().borrow().id;
+        let contact = shared.lock().leader_contact.clone();
+        let found = |m: &openraft::RaftMetrics<u64, BasicNode>| {
+            leader_settled(m) && (m.current_leader == Some(me) || contact.since_contact(Instant::now()).is_some())
+        };
+        info!(server_id = me, "waiting for the ensemble to elect a leader");
+        let began = Instant::now();
+        let mut report_in = LEADERLESS_REPORT_FIRST;
+        let mut report_at = began + report_in;
+        let mut metrics = raft.metrics();
+        let leader = loop {
+            {
+                let m = metrics.borrow_and_update();
+                if found(&m) {
+                    break m.current_leader;
+                }
+            }
+            // Contact is not in the metrics: it is looked at again after a while.
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return Err(CoordinatorError::Raft("replication stopped while waiting for a leader".into()));
+                },
+                () = tokio::time::sleep(CONTACT_POLL) => {}
+            }
+            if Instant::now() >= report_at {
+                let m = raft.metrics().borrow().clone();
+                let heard = |id| network.as_ref().and_then(|n| n.heard_from(id));
+                let peers = shared.config.servers.iter().filter(|s| s.id != me).map(|s| (s.id, heard(s.id)));
+                warn!(
+                    server_id = me,
+                    waited_s = began.elapsed().as_secs(),
+                    term = m.current_term,
+                    last_log_index = m.last_log_index.unwrap_or(0),
+                    "{}",
+                    leaderless_report(me, &m.membership_config.membership().voter_ids().collect(), peers)
+                );
+                report_in = (report_in * 2).min(LEADERLESS_REPORT_MAX);
+                report_at = Instant::now() + report_in;
+            }
+        };
+        info!(server_id = me, leader = ?leader, waited_ms = began.elapsed().as_millis() as u64, "the ensemble has a leader");
+        self.phases.done("leader known", &[("term", raft.metrics().borrow().current_term)]);
+        self.recovered(shared).await?;
+        shared.lock().refusing_clients = None;
+        shared.awaiting_leader.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Once a leader is known: if this server leads, waits until it has applied every entry it
+    /// recovered (a leader commits, and so applies, every earlier entry once its first entry of
+    /// the new term is committed; until then the tree may lack acknowledged writes). A
+    /// follower's recovered tail may be one the leader replaces, so it does not wait for it.
+    async fn recovered(&mut self, shared: &Shared) -> Result<(), CoordinatorError> {
+        let leads = shared.leads();
+        if let (Some(upto), true) = (self.recovered_upto, leads) {
+            let wait = Duration::from_secs(10);
+            shared
+                .raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(upto), "replaying the recovered log")
+                .await
+                .map_err(|_| CoordinatorError::NoLeader(wait))?;
+        }
+        self.phases.done("recovered log applied", &[]);
+        info!(
+            dir = %self.data_dir.display(),
+            cluster_id = self.cluster_id,
+            log_upto = ?self.recovered_upto,
+            total_ms = self.phases.total_ms(),
+            leads,
+            "recovered the data directory"
+        );
+        Ok(())
+    }
+}
+
+/// What an ensemble server waiting for a leader says about it: who it has heard from lately
+/// (`peers`: each other server with how long ago it last sent a frame, `None` if never since
+/// this process started), whether that makes a majority of `voters`, and, when its log holds
+/// no membership at all, how a server gets one.
+fn leaderless_report(
+    me: u64,
+    voters: &std::collections::BTreeSet<u64>,
+    peers: impl Iterator<Item = (u64, Option<Duration>)>,
+) -> String {
+    let (mut heard, mut silent) = (Vec::new(), Vec::new());
+    let mut reachable_voters = usize::from(voters.contains(&me));
+    for (id, ago) in peers {
+        match ago.filter(|a| *a <= PEER_HEARD_LATELY) {
+            Some(a) => {
+                heard.push(format!("{id} ({} ms ago)", a.as_millis()));
+                reachable_voters += usize::from(voters.contains(&id));
+            }
+            None => silent.push(id.to_string()),
+        }
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    let peers = format!("heard lately from servers: {}; not heard from: {}", list(&heard), list(&silent));
+    let still = "still waiting: sessions are refused and four-letter words say this server is not serving";
+    if voters.is_empty() {
+        return format!(
+            "no leader yet: this server's log holds no membership, so it waits to be reached by the ensemble's \
+             leader. For a new ensemble, start one server with `referee coordinator --config FILE --init`; to \
+             add this server to a running ensemble, use `referee coordinator members add` there; {peers}; {still}"
+        );
+    }
+    let need = voters.len() / 2 + 1;
+    let voter_list: Vec<String> = voters.iter().map(u64::to_string).collect();
+    let quorum = if reachable_voters >= need {
+        format!(
+            "{reachable_voters} of the voters {} are reachable, a majority: an election should follow",
+            voter_list.join(", ")
+        )
+    } else {
+        format!(
+            "a leader needs {need} of the voters {} running and reachable on their peer addresses, and {reachable_voters} are",
+            voter_list.join(", ")
+        )
+    };
+    format!("no leader yet: {quorum}; {peers}; {still}")
+}
+
+/// How recent a frame from a peer must be for a report of a wait for a leader to count the
+/// peer as reachable: a few of the heartbeats and pre-vote rounds that flow between live
+/// servers.
+const PEER_HEARD_LATELY: Duration = Duration::from_secs(3);
 
 /// Start-up phases, each logged with its duration as it ends (`REFEREE_LOG=info` shows them),
 /// so a slow start names its slow step.
@@ -596,14 +790,14 @@ fn leader_settled(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
 }
 
 /// Adds `observers` as learners once this server leads, as the last step of initialising.
-/// Gives up (with the reason) if another server leads first: it must be done there.
+/// Gives up (with the reason) if another server leads first: it must be done there, and
+/// quietly if replication stops first.
 async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
     let me = raft.metrics().borrow().id;
     // Not before this server's leadership has committed an entry: until then the initial
     // membership may be uncommitted, and openraft refuses a second change on top of it.
-    let leader = raft.wait(Some(ENSEMBLE_LEADER_WAIT)).metrics(leader_settled, "a settled leader").await;
-    let Ok(m) = leader else {
-        warn!("no leader within {ENSEMBLE_LEADER_WAIT:?}; the observers were not added");
+    // As long as it takes: the start waits for the same leader, and reports the wait.
+    let Ok(m) = raft.wait(None).metrics(leader_settled, "a settled leader").await else {
         return;
     };
     if m.current_leader != Some(me) {
@@ -1218,4 +1412,42 @@ pub async fn shutdown_signal(program: &'static str) {
         eprintln!("{program}: second signal, exiting now");
         std::process::exit(130);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_for_a_leader_is_reported_with_who_is_heard_and_what_a_majority_needs() {
+        let voters = std::collections::BTreeSet::from([1, 2, 3]);
+        let ms = Duration::from_millis;
+        // Alone: itself is one of the two voters a leader needs.
+        let alone = leaderless_report(3, &voters, [(1, None), (2, Some(ms(9_000)))].into_iter());
+        assert!(
+            alone.starts_with(
+                "no leader yet: a leader needs 2 of the voters 1, 2, 3 running and reachable on their peer \
+                 addresses, and 1 are; heard lately from servers: none; not heard from: 1, 2; still waiting"
+            ),
+            "{alone}"
+        );
+        // A peer heard lately makes a majority with it.
+        let two = leaderless_report(3, &voters, [(1, None), (2, Some(ms(200)))].into_iter());
+        assert!(
+            two.contains("2 of the voters 1, 2, 3 are reachable, a majority: an election should follow")
+                && two.contains("heard lately from servers: 2 (200 ms ago); not heard from: 1;"),
+            "{two}"
+        );
+        // An observer heard lately is no voter.
+        let with_observer = leaderless_report(1, &voters, [(2, None), (3, None), (4, Some(ms(10)))].into_iter());
+        assert!(with_observer.contains("and 1 are; heard lately from servers: 4 (10 ms ago)"), "{with_observer}");
+        // No membership at all: how a server gets one.
+        let fresh = leaderless_report(4, &Default::default(), [(1, Some(ms(100)))].into_iter());
+        assert!(
+            fresh.contains("holds no membership")
+                && fresh.contains("`referee coordinator --config FILE --init`")
+                && fresh.contains("`referee coordinator members add`"),
+            "{fresh}"
+        );
+    }
 }

@@ -4,8 +4,9 @@
 //! killed and restarted (on the same configuration and data directory) at any time.
 //!
 //! Everything a test learns about the servers it learns as a client or an operator would: the
-//! four-letter words on the client port (`ruok` for "serving", `srvr`'s `Mode:` for the role,
-//! `cons` for which server holds a session) and ZooKeeper clients.
+//! four-letter words on the client port (`srvr`'s `Mode:` for "serving" and the role, as
+//! `zkServer.sh status` reads it; `cons` for which server holds a session) and ZooKeeper
+//! clients.
 // Each including test uses a part.
 #![allow(dead_code)]
 
@@ -217,19 +218,19 @@ impl Ensemble {
         self.wait_serving(ids).await
     }
 
-    /// Waits until every server of `ids` answers `ruok` (it answers only once it serves
-    /// clients, which it does once it knows a leader).
+    /// Waits until every server of `ids` serves: its `srvr` has a `Mode:` line, which it has
+    /// once it knows a leader (before that it answers that it is not serving, and `ruok` says
+    /// only that it runs).
     pub async fn wait_serving(&mut self, ids: &[u64]) -> Result<()> {
         let began = Instant::now();
         for &id in ids {
-            let addr = self.client(id);
             let left = START_DEADLINE.saturating_sub(began.elapsed());
-            let ready = within_for(left, &format!("server {id} to answer ruok"), async {
+            let ready = within_for(left, &format!("server {id} to serve"), async {
                 loop {
                     if !self.server(id).is_running() {
                         bail!("server {id} exited");
                     }
-                    if four_letter(addr, "ruok").await.is_ok_and(|a| a == "imok") {
+                    if self.mode(id).await.is_some() {
                         return Ok(());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

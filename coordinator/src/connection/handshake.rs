@@ -46,8 +46,12 @@ pub(super) async fn run(
         Ok(Ok(Some(p))) => p,
     };
     if let Some(cmd) = crate::fourlw::parse(prefix) {
-        let ensemble = crate::fourlw::ensemble_stats(&shared.raft.metrics().borrow());
-        let text = crate::fourlw::answer(cmd, &shared.config, &shared.state, shared.mode(), ensemble.as_ref());
+        let text = if shared.awaiting_leader.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::fourlw::answer_not_serving(cmd, &shared.config)
+        } else {
+            let ensemble = crate::fourlw::ensemble_stats(&shared.raft.metrics().borrow());
+            crate::fourlw::answer(cmd, &shared.config, &shared.state, shared.mode(), ensemble.as_ref())
+        };
         debug!(conn = id, %peer, cmd, "four-letter word");
         wr.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
         wr.flush().await.map_err(|e| e.to_string())?;

@@ -309,6 +309,12 @@ impl PeerNetwork {
         self.sightings.leading_silent_for(id, Instant::now())
     }
 
+    /// How long ago server `id` last sent this server any frame, or `None` if it never did, or
+    /// its process has hung up since: for reports on who can be reached.
+    pub fn heard_from(&self, id: u64) -> Option<Duration> {
+        self.sightings.active(id, Instant::now()).filter(|a| !a.hung_up).map(|a| a.silent_for)
+    }
+
     /// Sends `request` to server `target` outside Raft and waits for the reply, at most
     /// `deadline`: how followers forward writes, report session liveness and ask for a read
     /// index, and how voters ask for pre-votes and a leader proves it leads. The address is the
