@@ -183,11 +183,15 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
         )?;
         writeln!(out, "  {:>10}  {:>10}  {:>6}  {:<16} path", "offset", "index", "term", "kind")?;
         let mut at = HEADER_LEN;
+        // The entry the next record holds, and the last term read: what a record after a bad
+        // one would carry (see `could_follow`).
+        let (mut next, mut term) = (header.first_index, 0);
         loop {
             let reason = match record::read_record(&buf, at) {
-                Read::Record { payload, next } => {
+                Read::Record { payload, next: after } => {
                     match decode_entry(header.version, payload) {
                         Ok(entry) => {
+                            (next, term) = (entry.log_id.index + 1, entry.log_id.leader_id.term);
                             // A batch of several transactions lists each on a line of its own;
                             // the lines after the first leave the offset blank.
                             for (i, (kind, what)) in describe(&entry).into_iter().enumerate() {
@@ -209,7 +213,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                             damage.push(format!("{} at offset {at}: {why}", file.display()));
                         }
                     }
-                    at = next;
+                    at = after;
                     continue;
                 }
                 Read::End if record::all_zero(&buf[at..]) => {
@@ -220,7 +224,8 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                 Read::End => "non-zero bytes after the end of the records",
                 Read::Bad(reason) => reason,
             };
-            if last && !record::any_record_after(&buf, at) {
+            let follows = crate::log::wal::could_follow(header.version, at, next, term);
+            if last && !record::any_record_after(&buf, at, follows) {
                 writeln!(out, "  torn tail at offset {at}: {reason} (start-up cuts it off: never acknowledged)")?;
                 summary.torn = Some((name.clone(), at as u64));
             } else {

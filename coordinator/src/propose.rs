@@ -14,7 +14,7 @@
 //! proposer does the same one level up, by putting them in one entry ([`TxnBatch`]). Each
 //! transaction still gets its own zxid when applied (see [`crate::raft`]). Before it cuts a
 //! batch, it lets the writes already on their way (connections woken by the same readiness
-//! event) join it ([`settle`]).
+//! event) join it (`settle`).
 //!
 //! Order: the queue is FIFO and batches go to Raft in the order they are made, so a session's
 //! writes are applied in the order its connection submitted them.
@@ -83,7 +83,7 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// asks of the leader's link at once.
 pub const MAX_FORWARDS_IN_FLIGHT: usize = 4;
 /// The most times the proposer yields, before cutting a batch, to let writes already on
-/// their way join it (see [`settle`]).
+/// their way join it (see `settle`).
 pub const SETTLE_YIELDS: usize = 8;
 /// How long a forwarded batch may take to be answered by the leader and applied here.
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(4);

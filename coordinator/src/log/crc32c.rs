@@ -97,35 +97,61 @@ pub fn checksum(data: &[u8]) -> u32 {
     extend(0, data)
 }
 
-/// [`extend`] over `n` zero bytes, in about 32 x log2(n) steps rather than `n`: the check of a
-/// torn log tail tries candidate records at many offsets, and a candidate's claimed length can
-/// reach megabytes into the zeros of a preallocated segment.
+/// [`extend`] over `n` zero bytes, in at most 32 x log2(n) steps rather than `n`: the check of
+/// a torn log tail tries candidate records at many offsets, and a candidate's claimed length
+/// can reach megabytes into the zeros of a preallocated segment.
+pub fn extend_zeros(crc: u32, n: u64) -> u32 {
+    !shift(!crc, n)
+}
+
+/// The CRC-32C of `a ++ b` from the CRC-32C of `a`, that of `b` and the length of `b`, in at
+/// most 32 x log2(len_b) steps: how a checksum over any stretch of a buffer is had from
+/// checksums of its prefixes.
 ///
-/// Feeding a zero byte changes the CRC's register by a linear map over GF(2); the map for
-/// `n` zero bytes is that one's `n`-th power, taken by repeated squaring. Each map is kept as
-/// the images of the register's 32 bits.
-pub fn extend_zeros(crc: u32, mut n: u64) -> u32 {
-    // The map that feeds one zero bit: shift right, and fold the polynomial in for a low one.
-    let mut map = [0u32; 32];
-    map[0] = POLY;
-    for (bit, image) in map.iter_mut().enumerate().skip(1) {
-        *image = 1 << (bit - 1);
-    }
-    // Eight bits: one byte.
-    for _ in 0..3 {
-        map = square(&map);
-    }
-    let mut register = !crc;
-    while n > 0 {
-        if n & 1 == 1 {
-            register = apply(&map, register);
+/// The register after `a ++ b` is the register after `a` fed `len_b` zero bytes, plus (over
+/// GF(2)) what `b` alone does to a zero register; the inversions on the way in and out of
+/// [`extend`] cancel in that sum.
+pub fn combine(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    shift(crc_a, len_b) ^ crc_b
+}
+
+/// A checksum `crc` moved past `n` bytes: for the checksums `c_a` of `a` and `c_b` of `b`,
+/// `shift(c_a, b.len()) ^ c_b` is that of `a ++ b` ([`combine`]), so the checksum of the
+/// stretch `b` is that of `a ++ b` plus `shift(c_a, b.len())`. In at most 32 x log2(n) steps:
+/// `crc` fed `n` zero bytes through the register's linear map, that map's `n`-th power
+/// applied as the product of its powers of two (`zero_byte_powers`).
+pub fn shift(mut v: u32, n: u64) -> u32 {
+    for (k, map) in zero_byte_powers().iter().enumerate().take(64 - n.leading_zeros() as usize) {
+        if n >> k & 1 == 1 {
+            v = apply(map, v);
         }
-        n >>= 1;
-        if n > 0 {
+    }
+    v
+}
+
+/// The maps of 1, 2, 4, ... 2^63 zero bytes on the register, each kept as the images of its 32
+/// bits: feeding a zero byte changes the register by a linear map over GF(2), and the map of
+/// `2^(k+1)` bytes is the square of that of `2^k`. Built once, in about 64 x 1,024 steps.
+fn zero_byte_powers() -> &'static [[u32; 32]; 64] {
+    static POWERS: std::sync::OnceLock<[[u32; 32]; 64]> = std::sync::OnceLock::new();
+    POWERS.get_or_init(|| {
+        // The map that feeds one zero bit: shift right, and fold the polynomial in for a low one.
+        let mut map = [0u32; 32];
+        map[0] = POLY;
+        for (bit, image) in map.iter_mut().enumerate().skip(1) {
+            *image = 1 << (bit - 1);
+        }
+        // Eight bits: one byte.
+        for _ in 0..3 {
             map = square(&map);
         }
-    }
-    !register
+        let mut powers = [[0u32; 32]; 64];
+        for power in &mut powers {
+            *power = map;
+            map = square(&map);
+        }
+        powers
+    })
 }
 
 /// The image of `v` under `map`.
@@ -198,6 +224,21 @@ mod tests {
         }
         // RFC 3720 B.4's 32 zero bytes, from the start.
         assert_eq!(extend_zeros(0, 32), 0x8A91_36AA);
+    }
+
+    #[test]
+    fn combining_two_checksums_gives_that_of_the_concatenation() {
+        let data: Vec<u8> = (0..5_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        for split in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000, 4095, 4096, 4999, 5000] {
+            let (a, b) = data.split_at(split);
+            assert_eq!(combine(checksum(a), checksum(b), b.len() as u64), checksum(&data), "split at {split}");
+        }
+        // And a stretch's checksum from two prefixes', as the torn-tail check takes them.
+        let prefix = |p: usize| checksum(&data[..p]);
+        for (a, b) in [(0usize, 5000usize), (3, 4), (100, 4100), (4095, 4097), (17, 17)] {
+            let stretch = prefix(b) ^ shift(prefix(a), (b - a) as u64);
+            assert_eq!(stretch, checksum(&data[a..b]), "{a}..{b}");
+        }
     }
 
     #[test]

@@ -280,6 +280,28 @@ struct EntryKind {
 /// The variant index of `EntryPayload::Membership` (after `Blank` and `Normal`).
 const MEMBERSHIP_VARIANT: u32 = 2;
 
+/// Whether a record at offset `at` whose payload begins with `prefix` (up to
+/// [`record::PAYLOAD_PREFIX`] bytes) could be one that follows a bad record at offset `bad`
+/// in a segment of format `version`, where entry `next` belonged after entries of terms up to
+/// `term`: it must open an entry of a term no lower, whose index is above `next` by no more
+/// than the records that fit between the two offsets, since a segment holds its entries in
+/// order, one after the other (a truncation zeros what it cuts off), each record a header and
+/// at least a byte. Older formats (JSON, single transactions) are not looked into: anything
+/// may follow.
+///
+/// So the search for an intact record after a bad one ([`record::any_record_after`])
+/// checksums the records of a torn write and the rare stretch of their bytes that happens to
+/// read as such an entry, not every offset of them.
+pub fn could_follow(version: u32, bad: usize, next: u64, term: u64) -> impl Fn(usize, &[u8]) -> bool {
+    move |at: usize, prefix: &[u8]| {
+        let most = next.saturating_add((at.saturating_sub(bad) / (record::RECORD_HEADER_LEN + 1)) as u64);
+        version != FORMAT_VERSION
+            || postcard::take_from_bytes::<EntryHead>(prefix).is_ok_and(|(head, _)| {
+                head.log_id.leader_id.term >= term && (next + 1..=most).contains(&head.log_id.index)
+            })
+    }
+}
+
 impl EncodedEntry {
     /// Encodes `entry` in the current format.
     pub fn encode(entry: &Entry<TypeConfig>) -> Result<EncodedEntry, String> {
@@ -491,7 +513,9 @@ impl Wal {
             };
             // Only the last segment can hold unsynced bytes, and only at its end; a bad record
             // followed by an intact one is damage to synced data.
-            if !last || record::any_record_after(&buf, at) {
+            let term = entries.last().map_or(0, |e| e.log_id.leader_id.term);
+            let follows = could_follow(header.version, at, seg.next_index(), term);
+            if !last || record::any_record_after(&buf, at, follows) {
                 return Err(corrupt(at, reason.to_owned()));
             }
             break Some(reason);

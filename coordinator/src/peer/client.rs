@@ -61,7 +61,7 @@ pub struct LinkOptions {
     /// given up. Longer than a peer takes to answer one request (an fsync, a snapshot chunk).
     pub stall: Duration,
     /// How long a TCP connect may go unanswered before another is started beside it (see
-    /// [`connect_again_and_again`]): a few round trips on a LAN.
+    /// `connect_again_and_again`): a few round trips on a LAN.
     pub reconnect_every: Duration,
     /// The first back-off after a failed dial.
     pub backoff_min: Duration,
