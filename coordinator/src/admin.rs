@@ -606,11 +606,11 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
     let m = ctx.metrics();
     let ensemble = ensemble_stats(&m);
     let mode = crate::fourlw::mode_of(&m);
-    let values = {
+    let (values, serving) = {
         let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        monitor_values(&st, mode, ensemble.as_ref())
+        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none())
     };
-    let text = prometheus_text(&values, &m, ensemble.as_ref());
+    let text = prometheus_text(&values, &m, ensemble.as_ref(), serving);
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
 }
 
@@ -623,11 +623,15 @@ const COUNTERS: [&str; 4] = ["packets_sent", "packets_received", "auth_failed_co
 /// Renders `mntr`'s values (ZooKeeper's Prometheus names: the key without `zk_`) and Raft's
 /// progress (`referee_coordinator_raft_*`) in the Prometheus text format 0.0.4. Non-numeric
 /// `mntr` values (the version, the server state) are left out; the state is
-/// `referee_coordinator_raft_is_leader` and the role gauges.
+/// `referee_coordinator_raft_is_leader` and the role gauges. `serving` says whether the server
+/// takes sessions: not while it has found no leader since it started, nor while it is past its
+/// staleness bound (its process is up, its four-letter words may answer, its clients go
+/// elsewhere).
 pub fn prometheus_text(
     mntr: &[(&'static str, String)],
     m: &RaftMetrics<u64, BasicNode>,
     ensemble: Option<&EnsembleStats>,
+    serving: bool,
 ) -> String {
     let mut out = String::new();
     for (key, value) in mntr {
@@ -647,6 +651,11 @@ pub fn prometheus_text(
             m.last_applied.map_or(0, |l| l.index),
         ),
         ("raft_is_leader", "1 on the leader, else 0.", u64::from(m.state == openraft::ServerState::Leader)),
+        (
+            "serving",
+            "1 while this server takes sessions; 0 while it has found no leader since it started or is past its staleness bound.",
+            u64::from(serving),
+        ),
     ];
     for (name, help, value) in raft {
         let _ = writeln!(
@@ -784,7 +793,7 @@ mod tests {
                 crate::fourlw::Replica { id: 3, voter: true, matched: None, lag: None, synced: false },
             ],
         };
-        let text = prometheus_text(&mntr, &m, Some(&e));
+        let text = prometheus_text(&mntr, &m, Some(&e), true);
         for line in [
             "# TYPE znode_count gauge\nznode_count 7\n",
             "avg_latency 0.5000\n",
@@ -792,6 +801,7 @@ mod tests {
             "# TYPE referee_coordinator_raft_term gauge\nreferee_coordinator_raft_term 3\n",
             "referee_coordinator_raft_last_log_index 40\n",
             "referee_coordinator_raft_is_leader 1\n",
+            "# TYPE referee_coordinator_serving gauge\nreferee_coordinator_serving 1\n",
             "referee_coordinator_raft_matched_index{server=\"2\"} 38\n",
             "referee_coordinator_raft_replication_lag{server=\"2\"} 2\n",
         ] {
@@ -799,6 +809,8 @@ mod tests {
         }
         assert!(!text.contains("version") && !text.contains("server_state"), "{text}");
         assert!(!text.contains("server=\"3\""), "an unacknowledged member has no sample: {text}");
+        let refusing = prometheus_text(&mntr, &m, None, false);
+        assert!(refusing.contains("\nreferee_coordinator_serving 0\n"), "{refusing}");
         // Every sample line is `name[{labels}] number`, after its own HELP and TYPE.
         let mut typed = BTreeSet::new();
         for line in text.lines() {
