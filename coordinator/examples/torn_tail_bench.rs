@@ -32,6 +32,8 @@ fn main() {
     println!("| records | txns each | data | first torn index | remains | with the filter | without |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (records, per, data, first) in [
+        // Nothing torn: the walk over the segment's zeros alone.
+        (0, 1, "small", 1_000),
         (1_000, 1, "small", 1_000),
         (4_000, 1, "small", 1_000),
         (4_000, 1, "small", 3),
