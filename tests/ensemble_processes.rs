@@ -538,7 +538,19 @@ async fn a_server_with_no_leader_to_find_waits_answering_as_not_serving_and_serv
     let (new_leader, took) = ens.leader_among(&[2, 3]).await.with_context(|| ens.logs())?;
     eprintln!("servers 2 and 3: server {new_leader} leads {took:?} after server 2 started");
     check_present(alone, &kept).await?;
-    check_present(ens.client(2), &kept).await
+    check_present(ens.client(2), &kept).await?;
+    // Found after a long wait, the leader is contact enough: neither server closes its
+    // clients for a silence counted from before it served.
+    let (serving, dropped) = ("coordinator serving ZooKeeper clients", "no contact with a leader");
+    for id in [2, 3] {
+        let log = ens.server(id).log();
+        let this_run = &log[log.rfind("waiting for the ensemble to elect a leader").unwrap_or(0)..];
+        let after_serving = this_run.find(serving).map_or("", |at| &this_run[at..]);
+        expect(!after_serving.is_empty() && !after_serving.contains(dropped), || {
+            format!("server {id} dropped its clients once it served, or never served:\n{this_run}")
+        })?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1013,8 +1013,15 @@ async fn prove_once(shared: &Shared, network: &PeerNetwork) -> Result<u64, Strin
 /// the leader acknowledged (which it does only under a proof: a leader cut off from the
 /// majority, still heartbeating the servers on its side, acknowledges none). Past the bound,
 /// every client connection is closed and new sessions are refused until contact resumes.
+///
+/// It starts once the server has found its leader, which is contact enough: silence is counted
+/// from then at the earliest. Counted from the process's start, as before any contact, a
+/// server that took longer than the bound to find its leader (its recovery and the election)
+/// refused the first sessions it was offered and dropped its clients as soon as it served,
+/// until its first liveness report was acknowledged.
 async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     use crate::staleness::{verdict, Verdict};
+    let began = Instant::now();
     let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
     let every = (bound / 4).min(Duration::from_millis(100));
     let (contact, reported) = {
@@ -1033,7 +1040,8 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let silent = match shared.leading() {
             Some(_) => contact.silent_for(now),
             None => contact.silent_for(now).max(reported.silent_for(now)),
-        };
+        }
+        .min(now.saturating_duration_since(began));
         let mut st = shared.lock();
         match (verdict(silent, bound), st.refusing_clients.is_some()) {
             (Verdict::Refuse { silent_for }, false) => {
