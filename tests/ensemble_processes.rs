@@ -490,7 +490,9 @@ async fn a_server_with_no_leader_to_find_waits_answering_as_not_serving_and_serv
     use referee_testkit::jute::{frame, ConnectRequest};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const NOT_SERVING: &str = "This ZooKeeper instance is not currently serving requests\n";
-    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    // A staleness bound of 3 s: server 3 waits longer than that for its leader (its first
+    // report comes 5 s in), while a loaded machine's late heartbeat cannot pass for a drop.
+    let mut ens = Ensemble::start(&VOTERS, "max_leader_silence_ms: 3000\n").await?;
     let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
     let zk = session(&ens.client(leader).to_string(), Duration::from_secs(4)).await?;
     let kept = vec![("/kept".to_string(), b"before the kill".to_vec())];
