@@ -531,7 +531,7 @@ impl AwaitingLeader {
                 () = tokio::time::sleep(CONTACT_POLL) => {}
             }
             if Instant::now() >= report_at {
-                let m = raft.metrics().borrow().clone();
+                let m = metrics.borrow();
                 let heard = |id| network.as_ref().and_then(|n| n.heard_from(id));
                 let peers = shared.config.servers.iter().filter(|s| s.id != me).map(|s| (s.id, heard(s.id)));
                 warn!(
@@ -592,16 +592,19 @@ fn leaderless_report(
     peers: impl Iterator<Item = (u64, Option<Duration>)>,
 ) -> String {
     let (mut heard, mut silent) = (Vec::new(), Vec::new());
-    let mut reachable_voters = usize::from(voters.contains(&me));
+    let mut reachable: std::collections::BTreeSet<u64> = voters.iter().copied().filter(|&v| v == me).collect();
     for (id, ago) in peers {
         match ago.filter(|a| *a <= PEER_HEARD_LATELY) {
             Some(a) => {
                 heard.push(format!("{id} ({} ms ago)", a.as_millis()));
-                reachable_voters += usize::from(voters.contains(&id));
+                if voters.contains(&id) {
+                    reachable.insert(id);
+                }
             }
             None => silent.push(id.to_string()),
         }
     }
+    let reachable_voters = reachable.len();
     let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     let peers = format!("heard lately from servers: {}; not heard from: {}", list(&heard), list(&silent));
     let still = "still waiting: sessions are refused and four-letter words say this server is not serving";
@@ -614,7 +617,7 @@ fn leaderless_report(
     }
     let need = voters.len() / 2 + 1;
     let voter_list: Vec<String> = voters.iter().map(u64::to_string).collect();
-    let quorum = if reachable_voters >= need {
+    let quorum = if crate::staleness::quorum_granted(std::slice::from_ref(voters), &reachable) {
         format!(
             "{reachable_voters} of the voters {} are reachable, a majority: an election should follow",
             voter_list.join(", ")
