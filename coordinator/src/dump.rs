@@ -184,7 +184,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
         writeln!(out, "  {:>10}  {:>10}  {:>6}  {:<16} path", "offset", "index", "term", "kind")?;
         let mut at = HEADER_LEN;
         // The entry the next record holds, and the last term read: what a record after a bad
-        // one would carry (see `could_follow`).
+        // one would carry (see `could_prove_damage`).
         let (mut next, mut term) = (header.first_index, 0);
         loop {
             let reason = match record::read_record(&buf, at) {
@@ -224,8 +224,8 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                 Read::End => "non-zero bytes after the end of the records",
                 Read::Bad(reason) => reason,
             };
-            let follows = crate::log::wal::could_follow(header.version, at, next, term);
-            if last && !record::any_record_after(&buf, at, follows) {
+            let proves = crate::log::wal::could_prove_damage(&buf, header.version, at, next, term);
+            if last && !record::any_record_after(&buf, at, proves) {
                 writeln!(out, "  torn tail at offset {at}: {reason} (start-up cuts it off: never acknowledged)")?;
                 summary.torn = Some((name.clone(), at as u64));
             } else {

@@ -213,6 +213,10 @@ pub struct FaultFs {
     inner: Arc<FaultInner>,
 }
 
+/// The unit in which [`FaultFs::crash_persisting`] loses or keeps unsynced data: a page of
+/// the page cache, written to the disk as a whole.
+pub const PAGE: usize = 4096;
+
 fn crashed() -> io::Error {
     io::Error::other("the process holding this file crashed")
 }
@@ -314,6 +318,35 @@ impl FaultFs {
         st.let_through = 0;
         drop(st);
         self.inner.changed.notify_all();
+    }
+
+    /// Power loss while written pages were on their way to the disk: of every 4 KiB page
+    /// ([`PAGE`]) of a file whose contents differ from its last synced ones, those `reached`
+    /// names (by the file's path and the page's number) survive and the others go back, in no
+    /// particular order, as a disk may write the pages of one write in any order. Then as
+    /// [`FaultFs::crash`].
+    pub fn crash_persisting(&self, reached: impl Fn(&Path, usize) -> bool) {
+        let mut st = self.lock();
+        let paths: BTreeMap<usize, PathBuf> = st.names.iter().map(|(p, &i)| (i, p.clone())).collect();
+        for (ino, inode) in st.inodes.iter_mut().enumerate() {
+            let Some(path) = paths.get(&ino) else { continue };
+            let len = inode.data.len().max(inode.durable.len());
+            let mut after = inode.durable.clone();
+            after.resize(len, 0);
+            // Whether a page past the synced end reached the disk, and the file's size with it.
+            let mut grew = false;
+            for (page, start) in (0..len).step_by(PAGE).enumerate() {
+                let end = (start + PAGE).min(inode.data.len());
+                if start < end && inode.data[start..end] != after[start..end] && reached(path, page) {
+                    after[start..end].copy_from_slice(&inode.data[start..end]);
+                    grew |= end > inode.durable.len();
+                }
+            }
+            after.truncate(if grew { len } else { inode.durable.len() });
+            inode.durable = after;
+        }
+        drop(st);
+        self.crash();
     }
 
     /// Changes the contents of `path` as damage would, both now and after a crash.

@@ -11,8 +11,10 @@
 //!  record
 //!   0  payload length n (u32, 1..=MAX_RECORD_LEN)
 //!   4  CRC-32C of the length bytes and the payload (u32)
-//!   8  payload (n bytes: one openraft entry; postcard of a transaction batch in format 3,
-//!      postcard of one transaction in format 2, JSON of one in format 1)
+//!   8  payload (n bytes: one openraft entry; in format 4 how far back in the segment the
+//!      write that holds the record began (a varint), then postcard of the entry, whose
+//!      normal payload is a transaction batch; the entry alone in format 3, postcard of one
+//!      transaction in format 2, JSON of one in format 1)
 //! ```
 //!
 //! The tail of a segment is zeros from preallocation, so a zero length word marks the end of
@@ -24,10 +26,13 @@ use super::crc32c;
 
 /// The first four bytes of every segment.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"RFWL";
-/// The format version this code writes and the newest it reads. Version 3 entries carry a
-/// batch of transactions; version 2 entries (postcard: a znode's data is its bytes, not a JSON
-/// array of numbers) and version 1 entries (JSON) carry one each, and are still read.
-pub const FORMAT_VERSION: u32 = 3;
+/// The format version this code writes and the newest it reads. Version 4 records say where
+/// the write that holds them began, so that recovery tells the remains of an unsynced write
+/// from damage (`super::wal::could_prove_damage`); version 3 records hold the entry alone,
+/// and carry a batch of transactions as version 4's do; version 2 entries (postcard: a
+/// znode's data is its bytes, not a JSON array of numbers) and version 1 entries (JSON) carry
+/// one each. All are still read.
+pub const FORMAT_VERSION: u32 = 4;
 /// The size of a segment header.
 pub const HEADER_LEN: usize = 32;
 /// The size of a record's length and checksum words.
@@ -107,15 +112,21 @@ fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
 /// If `payload` is empty or longer than [`MAX_RECORD_LEN`]: the caller checks both, as
 /// neither can be written so that recovery reads it back.
 pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
-    assert!(
-        !payload.is_empty() && payload.len() <= MAX_RECORD_LEN as usize,
-        "record payload of {} bytes is outside 1..={MAX_RECORD_LEN}",
-        payload.len()
-    );
-    let len_bytes = (payload.len() as u32).to_le_bytes();
+    encode_record_of(&[payload], out);
+}
+
+/// Appends one record whose payload is `parts` one after the other, as [`encode_record`].
+///
+/// # Panics
+/// As [`encode_record`], for the parts' total length.
+pub fn encode_record_of(parts: &[&[u8]], out: &mut Vec<u8>) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    assert!(len > 0 && len <= MAX_RECORD_LEN as usize, "record payload of {len} bytes is outside 1..={MAX_RECORD_LEN}");
+    let len_bytes = (len as u32).to_le_bytes();
+    let crc = parts.iter().fold(crc32c::checksum(&len_bytes), |crc, part| crc32c::extend(crc, part));
     out.extend_from_slice(&len_bytes);
-    out.extend_from_slice(&record_crc(len_bytes, payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    parts.iter().for_each(|part| out.extend_from_slice(part));
 }
 
 /// What lies at an offset of a segment.
@@ -159,7 +170,7 @@ pub fn read_record(buf: &[u8], at: usize) -> Read<'_> {
 /// How many of a candidate record's first payload bytes the `could_open` filter of
 /// [`any_record_after`] is shown (fewer where the candidate is shorter), with the candidate's
 /// offset.
-pub const PAYLOAD_PREFIX: usize = 32;
+pub const PAYLOAD_PREFIX: usize = 48;
 
 /// Whether an intact record starts anywhere in `buf` after `after`, among the candidates
 /// whose offset and first payload bytes (up to [`PAYLOAD_PREFIX`]) `could_open` accepts: a

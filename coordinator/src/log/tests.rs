@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
+use super::fs::PAGE;
 use super::record::{self, Read, SegmentHeader, HEADER_LEN};
 use super::*;
 use crate::proto::SessionId;
@@ -60,13 +61,14 @@ fn fault_open(fs: &FaultFs, segment_bytes: u64) -> Result<(Wal, Recovered), LogE
     Wal::open(Arc::new(fs.clone()), opts(segment_bytes))
 }
 
-/// A log of entries `1..=n` in term 1, synced.
+/// A log of entries `1..=n` in term 1, each written and synced on its own.
 fn written(fs: &FaultFs, n: u64, segment_bytes: u64) -> Wal {
     let (mut wal, rec) = fault_open(fs, segment_bytes).unwrap();
     assert!(rec.entries.is_empty());
-    let entries: Vec<_> = (1..=n).map(|i| entry(1, i)).collect();
-    wal.append(&entries).unwrap();
-    wal.sync().unwrap();
+    for i in 1..=n {
+        wal.append(&[entry(1, i)]).unwrap();
+        wal.sync().unwrap();
+    }
     wal
 }
 
@@ -264,6 +266,114 @@ fn damage_before_the_tail_is_refused_with_file_and_offset() {
     drop(written(&fs, 3, 1 << 16));
     fs.damage(&path, |d| d[spans[1].0..spans[1].1].fill(0)).unwrap();
     assert!(matches!(fault_open(&fs, 1 << 16), Err(LogError::Corrupt { offset, .. }) if offset == spans[1].0 as u64));
+}
+
+/// A log of entries `1..=synced` in term 1, synced in writes of `per_write`, then entries up
+/// to `written` in one more write that is not synced; where that last write begins and ends.
+fn with_unsynced_write(fs: &FaultFs, synced: u64, per_write: u64, written: u64) -> (usize, usize) {
+    let (mut wal, _) = fault_open(fs, 1 << 20).unwrap();
+    for first in (1..=synced).step_by(per_write as usize) {
+        wal.append(&(first..=(first + per_write - 1).min(synced)).map(|i| entry(1, i)).collect::<Vec<_>>()).unwrap();
+        wal.sync().unwrap();
+    }
+    let start = records_end(fs, 1);
+    wal.append(&(synced + 1..=written).map(|i| entry(1, i)).collect::<Vec<_>>()).unwrap();
+    (start, records_end(fs, 1))
+}
+
+/// A power cut while a write is on its way to the disk can leave any of its pages and lose the
+/// others, in no order (a disk writes the pages of one write as it pleases). Nothing of that
+/// write was acknowledged, as its fdatasync had not returned: whichever of its pages survive,
+/// start-up keeps every entry synced before it and the intact records at its start, cuts the
+/// rest, and goes on; it never refuses the log for the hole.
+#[test]
+fn a_power_cut_that_keeps_any_pages_of_an_unsynced_write_loses_only_that_write() {
+    let path = segment_path(1);
+    let (start, end) = with_unsynced_write(&FaultFs::new(), 30, 10, 600);
+    let first_page = start / PAGE;
+    let pages = (end - 1) / PAGE + 1 - first_page;
+    assert!((4..=8).contains(&pages), "the unsynced write spans {pages} pages");
+    for kept in 0u32..1 << pages {
+        let what = format!("pages kept {kept:0pages$b} of the write at {start}..{end}");
+        let fs = FaultFs::new();
+        with_unsynced_write(&fs, 30, 10, 600);
+        fs.crash_persisting(|p, page| p == path && page >= first_page && kept & (1 << (page - first_page)) != 0);
+        // Read independently of recovery: the intact records the file starts with.
+        let intact = record_spans(&fs.read(&path).unwrap()).len() as u64;
+        assert!(intact >= 30, "{what}: a synced entry is gone from the file");
+        // `log dump` takes the remains for a torn write too.
+        let dumped = crate::dump::dump_log(&fs, &dir(), &mut std::io::sink())
+            .unwrap_or_else(|e| panic!("{what}: the dump calls it damage: {e}"));
+        assert_eq!(dumped.entries, intact, "{what}");
+        let (mut wal, rec) = fault_open(&fs, 1 << 20).unwrap_or_else(|e| panic!("{what}: start-up refused: {e}"));
+        assert_eq!(ids(&rec.entries), (1..=intact).map(|i| (1, i)).collect::<Vec<_>>(), "{what}");
+        let cut = records_end(&fs, 1);
+        assert!(fs.read(&path).unwrap()[cut..].iter().all(|&b| b == 0), "{what}: the rest of the write is gone");
+        // The log goes on from the cut, and nothing of the lost write comes back.
+        wal.append(&[entry(2, intact + 1)]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        fs.crash();
+        let (_, rec) = fault_open(&fs, 1 << 20).unwrap_or_else(|e| panic!("{what}, reopened: {e}"));
+        let mut want: Vec<_> = (1..=intact).map(|i| (1, i)).collect();
+        want.push((2, intact + 1));
+        assert_eq!(ids(&rec.entries), want, "{what}, reopened");
+        assert_eq!(rec.torn, None, "{what}: a clean log reports no cut");
+    }
+}
+
+/// Damage to a write that was synced, followed by records of a later write, is refused,
+/// whichever pages of an unsynced write after it survived: a later write proves the damaged
+/// one was synced before it began.
+#[test]
+fn damage_to_a_synced_write_is_refused_whatever_survives_of_the_unsynced_one() {
+    let path = segment_path(1);
+    for kept in [0u32, 1, 0b10, 0b1111_1111] {
+        let fs = FaultFs::new();
+        let (start, _) = with_unsynced_write(&fs, 30, 10, 600);
+        let first_page = start / PAGE;
+        fs.crash_persisting(|p, page| p == path && page >= first_page && kept & (1 << (page - first_page)) != 0);
+        // Entry 15 (in the second synced write) is zeroed, as a lost sector would leave it.
+        let spans = record_spans(&fs.read(&path).unwrap());
+        let (bad, bad_end) = spans[14];
+        fs.damage(&path, |d| d[bad..bad_end].fill(0)).unwrap();
+        match fault_open(&fs, 1 << 20) {
+            Err(LogError::Corrupt { path: p, offset, .. }) => assert_eq!((p, offset), (path.clone(), bad as u64)),
+            other => panic!("pages kept {kept:b}: expected Corrupt at {bad}, got {other:?}"),
+        }
+    }
+}
+
+/// What proves a bad record damage rather than the remains of the last write: an intact record
+/// of a later write, and only one whose write began where a write's first record is.
+#[test]
+fn only_a_record_of_a_later_write_proves_damage() {
+    let fs = FaultFs::new();
+    let (mut wal, _) = fault_open(&fs, 1 << 16).unwrap();
+    for write in [&[1, 2][..], &[3, 4], &[5]] {
+        wal.append(&write.iter().map(|&i| entry(1, i)).collect::<Vec<_>>()).unwrap();
+        wal.sync().unwrap();
+    }
+    let mut buf = fs.read(&segment_path(1)).unwrap();
+    let spans = record_spans(&buf);
+    let bad = spans[0].0;
+    let prefix = |buf: &[u8], at: usize| buf[at + 8..(at + 8 + record::PAYLOAD_PREFIX).min(buf.len())].to_vec();
+    {
+        let proves = wal::could_prove_damage(&buf, record::FORMAT_VERSION, bad, 1, 1);
+        assert!(!proves(spans[1].0, &prefix(&buf, spans[1].0)), "entry 2 is of the bad record's own write");
+        assert!(proves(spans[2].0, &prefix(&buf, spans[2].0)), "entry 3 opens a later write");
+        assert!(proves(spans[3].0, &prefix(&buf, spans[3].0)), "entry 4 is the second record of a later write");
+    }
+    // Entry 4's record copied past the end: the write it names would have begun inside entry
+    // 5's record, where no write's first record is.
+    let (start, end) = spans[3];
+    let copy_at = spans[4].1 + 16;
+    let record = buf[start..end].to_vec();
+    buf[copy_at..copy_at + record.len()].copy_from_slice(&record);
+    let proves = wal::could_prove_damage(&buf, record::FORMAT_VERSION, bad, 1, 1);
+    assert!(!proves(copy_at, &prefix(&buf, copy_at)), "a record whose write began nowhere proves nothing");
+    // Format 3 did not say where writes began: any record after the bad one proves damage.
+    assert!(wal::could_prove_damage(&buf, 3, bad, 1, 1)(spans[1].0, &prefix(&buf, spans[1].0)[1..]));
 }
 
 #[test]
@@ -505,9 +615,13 @@ fn a_torn_write_of_thousands_of_entries_is_searched_in_linear_work_and_cut() {
     const COMBINED_COST: u64 = 64;
     let work = |n: u64| {
         let fs = FaultFs::new();
-        let (mut wal, _) = fault_open(&fs, 64 << 20).unwrap();
-        wal.append(&(1..=n).map(|i| set_data_entry(1, i)).collect::<Vec<_>>()).unwrap();
-        wal.sync().unwrap();
+        let (mut wal, _) = fault_open(&fs, 8 << 20).unwrap();
+        // In writes of 50: records of writes after the first bad record's are the ones the
+        // search must checksum.
+        for first in (1..=n).step_by(50) {
+            wal.append(&(first..=(first + 49).min(n)).map(|i| set_data_entry(1, i)).collect::<Vec<_>>()).unwrap();
+            wal.sync().unwrap();
+        }
         drop(wal);
         let path = segment_path(1);
         let spans = record_spans(&fs.read(&path).unwrap());
@@ -515,10 +629,10 @@ fn a_torn_write_of_thousands_of_entries_is_searched_in_linear_work_and_cut() {
         fs.damage(&path, |d| spans[2..].iter().for_each(|&(start, _)| d[start + 4] ^= 0xff)).unwrap();
         let buf = fs.read(&path).unwrap();
         let (bad, remains) = (spans[2].0, (spans[spans.len() - 1].1 - spans[2].0) as u64);
-        let scan = record::scan_after(&buf, bad, wal::could_follow(record::FORMAT_VERSION, bad, 3, 1));
+        let scan = record::scan_after(&buf, bad, wal::could_prove_damage(&buf, record::FORMAT_VERSION, bad, 3, 1));
         assert!(!scan.found, "{scan:?}");
         // Start-up cuts the torn write off, keeping the two whole entries.
-        let (_, rec) = fault_open(&fs, 64 << 20).unwrap();
+        let (_, rec) = fault_open(&fs, 8 << 20).unwrap();
         assert_eq!(ids(&rec.entries), [(1, 1), (1, 2)]);
         assert_eq!(rec.torn.map(|t| t.offset), Some(bad as u64));
         (remains, scan.checksummed + COMBINED_COST * scan.combined)
@@ -813,6 +927,38 @@ fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
     assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3), (1, 4)]);
 }
 
+/// A log written by the build before format 4 (records of the entry alone) is read, its
+/// torn tail judged by its own format's rule, and continued in a new segment of format 4.
+#[test]
+fn a_format_3_segment_is_still_read_judged_and_continued() {
+    let fs = FaultFs::new();
+    fs.create_dir_all(&dir()).unwrap();
+    let mut bytes = SegmentHeader { version: 3, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
+    for i in 1..=3 {
+        record::encode_record(&wal::encode_entry(&entry(1, i)).unwrap(), &mut bytes);
+    }
+    let end = bytes.len();
+    // A torn fourth record: its length and checksum written, its payload not.
+    bytes.extend_from_slice(&[40, 0, 0, 0, 9, 9, 9, 9]);
+    bytes.resize(4096, 0);
+    let mut f = fs.create(&segment_path(1)).unwrap();
+    f.write_at(0, &bytes).unwrap();
+    f.sync_data().unwrap();
+    fs.sync_dir(&dir()).unwrap();
+
+    let (mut wal, rec) = fault_open(&fs, 4096).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(rec.torn.map(|t| t.offset), Some(end as u64));
+    wal.append(&[entry(1, 4)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert_eq!(segment_files(&fs).len(), 2, "entry 4 went into a new segment");
+    let newer = SegmentHeader::decode(&fs.read(&segment_path(4)).unwrap()).unwrap();
+    assert_eq!(newer.version, record::FORMAT_VERSION);
+    let (_, rec) = fault_open(&fs, 4096).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+}
+
 #[test]
 fn entries_are_compact_binary_records() {
     let mut e = entry(1, 1);
@@ -821,7 +967,7 @@ fn entries_are_compact_binary_records() {
     }
     let payload = wal::encode_entry(&e).unwrap();
     assert!(payload.len() < 140, "100 bytes of data take {} bytes of record", payload.len());
-    assert_eq!(wal::decode_entry(record::FORMAT_VERSION, &payload).unwrap(), e);
+    assert_eq!(wal::decode_entry(wal::ENTRY_FORMAT, &payload).unwrap(), e);
 }
 
 /// The record payload of an entry, byte for byte: postcard's varints and variant indexes, in
@@ -877,7 +1023,7 @@ fn golden_data_payloads() {
         0, 0, 0, 2, 0, 2, 2, b'/', b'b', 1, 0, 0, 0, 0, // create(1) "/b" empty, no ACL, flags 0, ttl 0
     ];
     assert_eq!(wal::encode_entry(&writes).unwrap(), expected);
-    assert_eq!(wal::decode_entry(record::FORMAT_VERSION, &expected).unwrap(), writes);
+    assert_eq!(wal::decode_entry(wal::ENTRY_FORMAT, &expected).unwrap(), writes);
     // Format 1 wrote JSON, the data as an array of numbers.
     let json = br#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":4},"payload":{"Normal":
         {"session":0,"auth":[],"time_ms":0,"op":{"Write":{"SetData":{"path":"/a","data":[7,0,255],"version":2}}}}}}"#;
@@ -899,10 +1045,44 @@ fn an_encoded_entry_tells_its_log_id_and_kind_without_being_decoded() {
     ];
     for (e, is_membership) in cases {
         let encoded = EncodedEntry::encode(&e).unwrap();
-        let read = EncodedEntry::from_record(record::FORMAT_VERSION, &encoded.payload).unwrap();
-        assert_eq!(read.log_id, e.log_id);
-        assert_eq!(read.is_membership(), is_membership, "{e:?}");
-        assert_eq!(read.decode().unwrap(), e);
+        // A record of format 3 is the entry; one of format 4 starts with where its write began.
+        let format_4: Vec<u8> = [&[0x81, 0x01][..], &encoded.payload].concat();
+        for (version, record) in [(wal::ENTRY_FORMAT, &encoded.payload[..]), (record::FORMAT_VERSION, &format_4[..])] {
+            let read = EncodedEntry::from_record(version, record).unwrap();
+            assert_eq!(read.log_id, e.log_id);
+            assert_eq!(read.is_membership(), is_membership, "{e:?}");
+            assert_eq!(read.decode().unwrap(), e);
+            assert_eq!(read.payload, encoded.payload, "format {version}: the entry alone is kept");
+        }
     }
-    assert!(EncodedEntry::from_record(record::FORMAT_VERSION, &[0xff]).is_err(), "a truncated log id is refused");
+    assert!(EncodedEntry::from_record(wal::ENTRY_FORMAT, &[0xff]).is_err(), "a truncated log id is refused");
+    assert!(EncodedEntry::from_record(record::FORMAT_VERSION, &[0xff]).is_err(), "a truncated varint is refused");
+    assert!(EncodedEntry::from_record(record::FORMAT_VERSION, &[0x05, 0xff]).is_err(), "a truncated log id is refused");
+}
+
+/// A record of format 4 is how far back in the segment its write began (a varint), then the
+/// entry as format 3 holds it: 0 for a write's first record, the bytes of the records before
+/// it in the write for the others.
+#[test]
+fn golden_record_payloads_say_where_their_write_began() {
+    let fs = FaultFs::new();
+    let (mut wal, _) = fault_open(&fs, 1 << 16).unwrap();
+    wal.append(&[entry(1, 1), entry(1, 2), entry(1, 3)]).unwrap();
+    wal.sync().unwrap();
+    wal.append(&[entry(1, 4)]).unwrap();
+    wal.append(&[entry(1, 5)]).unwrap();
+    wal.sync().unwrap();
+    let buf = fs.read(&segment_path(1)).unwrap();
+    let spans = record_spans(&buf);
+    assert_eq!(spans.len(), 5);
+    let len = |i: usize| spans[i].1 - spans[i].0;
+    // Two appends before one sync are one write.
+    let backs = [0, len(0), len(0) + len(1), 0, len(3)];
+    for (i, &(start, _)) in spans.iter().enumerate() {
+        let Read::Record { payload, .. } = record::read_record(&buf, start) else { unreachable!() };
+        let mut want = vec![u8::try_from(backs[i]).expect("under 128 bytes back")];
+        want.extend(wal::encode_entry(&entry(1, i as u64 + 1)).unwrap());
+        assert_eq!(payload, want, "record {i}");
+        assert_eq!(wal::decode_entry(record::FORMAT_VERSION, payload).unwrap(), entry(1, i as u64 + 1));
+    }
 }

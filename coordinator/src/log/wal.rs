@@ -17,6 +17,14 @@
 //!   whose name could vanish. Leftover `.tmp` files are removed at open.
 //! - A segment is synced before the next one is started, so only the last segment can hold
 //!   unsynced (unacknowledged) bytes, and only its tail can be torn.
+//! - Appends are written, synced, and only then written again: the unsynced bytes are one
+//!   write, the last. A power cut can keep any of its pages and lose others (a disk writes
+//!   the pages of one write in any order), so its remains may have holes with intact records
+//!   after them. Each record of format 4 says where its write began, which tells those
+//!   remains, cut off at start, from damage to synced data, which is refused: a bad record
+//!   is damage only if an intact record of a later write follows it
+//!   ([`could_prove_damage`]). Damage inside the last write itself looks like its remains and
+//!   is cut as they are, as a torn last record always was.
 //! - Truncation removes whole segments newest first, syncing the directory after each, then
 //!   cuts the segment holding the first removed entry and syncs it. A crash part-way leaves a
 //!   prefix of the old log: entries openraft will truncate again, never a hole, and never
@@ -250,14 +258,15 @@ pub struct TornTail {
     pub reason: &'static str,
 }
 
-/// A log entry kept encoded: its log id, and the entry as a record payload of the current
-/// format ([`encode_entry`]). What recovery returns and what the store keeps in memory: one
+/// A log entry kept encoded: its log id, and the entry as a record payload of
+/// [`ENTRY_FORMAT`] ([`encode_entry`]; a record of the current format adds where its write
+/// began). What recovery returns and what the store keeps in memory: one
 /// allocation of about 150 bytes for a 100-byte setData, decoded only when read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEntry {
     /// The entry's log id, read without decoding the rest.
     pub log_id: LogId<u64>,
-    /// The entry, encoded in the current format; shared between the store's in-memory copy
+    /// The entry, encoded in [`ENTRY_FORMAT`]; shared between the store's in-memory copy
     /// and the writer, and with readers while they decode it.
     pub payload: Arc<[u8]>,
 }
@@ -277,28 +286,77 @@ struct EntryKind {
     variant: u32,
 }
 
+/// The format whose record payload is an entry as [`EncodedEntry`] holds it (postcard of the
+/// entry, a batch of transactions in its normal payload); format 4's adds in front of it where
+/// its write began.
+pub const ENTRY_FORMAT: u32 = 3;
+
+/// The part of a record payload of a segment in `version` (3 or later) that is the entry:
+/// format 4's starts with how far back its write began (a varint), which is skipped.
+fn entry_of_record(version: u32, payload: &[u8]) -> Result<&[u8], String> {
+    if version == ENTRY_FORMAT {
+        return Ok(payload);
+    }
+    postcard::take_from_bytes::<u64>(payload).map(|(_, entry)| entry).map_err(|e| format!("where its write began: {e}"))
+}
+
+/// The longest varint of how far back a record's write began.
+const BACK_MAX_LEN: usize = 10;
+
 /// The variant index of `EntryPayload::Membership` (after `Blank` and `Normal`).
 const MEMBERSHIP_VARIANT: u32 = 2;
 
 /// Whether a record at offset `at` whose payload begins with `prefix` (up to
-/// [`record::PAYLOAD_PREFIX`] bytes) could be one that follows a bad record at offset `bad`
-/// in a segment of format `version`, where entry `next` belonged after entries of terms up to
-/// `term`: it must open an entry of a term no lower, whose index is above `next` by no more
-/// than the records that fit between the two offsets, since a segment holds its entries in
-/// order, one after the other (a truncation zeros what it cuts off), each record a header and
-/// at least a byte. Older formats (JSON, single transactions) are not looked into: anything
-/// may follow.
+/// [`record::PAYLOAD_PREFIX`] bytes), if it is intact, proves that a bad record at offset
+/// `bad` in a segment of format `version` is damage to synced data rather than the remains of
+/// the last write before a crash. Entry `next` belonged at `bad`, after entries of terms up to
+/// `term`.
+///
+/// - Such a record follows the bad one: it opens an entry of a term no lower, whose index is
+///   above `next` by no more than the records that fit between the two offsets, since a
+///   segment holds its entries in order, one after the other (a truncation zeros what it cuts
+///   off), each record a header and at least a byte.
+/// - In format 4, it also belongs to a later write than the bad record: its write began after
+///   `bad`. The log writes, syncs, and only then writes again, so a later write means the bad
+///   record's was synced. Records of the bad record's own write prove nothing: a power cut can
+///   leave any of that write's pages and lose others (a disk writes them in any order), and
+///   none of it was acknowledged, its sync not having returned. Where the write began must
+///   look like it in `buf`: the first record of a write, one that says so and ends at or
+///   before this one (which keeps stray bytes of the remains from passing for records).
+/// - Formats 1 and 2 (JSON, single transactions) are not looked into: any intact record after
+///   a bad one is damage, as is any of format 3, which does not say where writes began.
 ///
 /// So the search for an intact record after a bad one ([`record::any_record_after`])
-/// checksums the records of a torn write and the rare stretch of their bytes that happens to
-/// read as such an entry, not every offset of them.
-pub fn could_follow(version: u32, bad: usize, next: u64, term: u64) -> impl Fn(usize, &[u8]) -> bool {
+/// checksums the records of later writes (none after a crash's torn write) and the rare
+/// stretch of bytes that happens to read as one, not every offset of a torn write.
+pub fn could_prove_damage<'a>(
+    buf: &'a [u8],
+    version: u32,
+    bad: usize,
+    next: u64,
+    term: u64,
+) -> impl Fn(usize, &[u8]) -> bool + 'a {
+    // Whether a write's first record could begin at `began`, before a record at `at`: its
+    // payload starts with a zero "began 0 bytes back", and it ends by `at`.
+    let opens_write = move |began: usize, at: usize| {
+        began == at
+            || buf.get(began..began + record::RECORD_HEADER_LEN + 1).is_some_and(|head| {
+                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                head[record::RECORD_HEADER_LEN] == 0 && len > 0 && began + record::RECORD_HEADER_LEN + len <= at
+            })
+    };
     move |at: usize, prefix: &[u8]| {
         let most = next.saturating_add((at.saturating_sub(bad) / (record::RECORD_HEADER_LEN + 1)) as u64);
-        version != FORMAT_VERSION
-            || postcard::take_from_bytes::<EntryHead>(prefix).is_ok_and(|(head, _)| {
-                head.log_id.leader_id.term >= term && (next + 1..=most).contains(&head.log_id.index)
-            })
+        let follows =
+            |head: EntryHead| head.log_id.leader_id.term >= term && (next + 1..=most).contains(&head.log_id.index);
+        match version {
+            FORMAT_VERSION => postcard::take_from_bytes::<(u64, EntryHead)>(prefix).is_ok_and(|((back, head), _)| {
+                at.checked_sub(back as usize).is_some_and(|began| began > bad && opens_write(began, at))
+                    && follows(head)
+            }),
+            3 => postcard::take_from_bytes::<EntryHead>(prefix).is_ok_and(|(head, _)| follows(head)),
+            _ => true,
+        }
     }
 }
 
@@ -308,12 +366,14 @@ impl EncodedEntry {
         Ok(EncodedEntry { log_id: entry.log_id, payload: encode_entry(entry)?.into() })
     }
 
-    /// Takes a record payload of a segment in `version` as it is when it is of the current
-    /// format (reading only its log id); an older format's is decoded and encoded again.
+    /// Takes a record payload of a segment in `version` as it is when its entry is in the
+    /// current format (reading only its log id); an older format's is decoded and encoded
+    /// again.
     pub fn from_record(version: u32, payload: &[u8]) -> Result<EncodedEntry, String> {
-        if version == FORMAT_VERSION {
-            let (head, _) = postcard::take_from_bytes::<EntryHead>(payload).map_err(|e| e.to_string())?;
-            Ok(EncodedEntry { log_id: head.log_id, payload: payload.into() })
+        if version >= ENTRY_FORMAT {
+            let entry = entry_of_record(version, payload)?;
+            let (head, _) = postcard::take_from_bytes::<EntryHead>(entry).map_err(|e| e.to_string())?;
+            Ok(EncodedEntry { log_id: head.log_id, payload: entry.into() })
         } else {
             EncodedEntry::encode(&decode_entry(version, payload)?)
         }
@@ -326,7 +386,7 @@ impl EncodedEntry {
 
     /// The entry, decoded.
     pub fn decode(&self) -> Result<Entry<TypeConfig>, String> {
-        decode_entry(FORMAT_VERSION, &self.payload)
+        decode_entry(ENTRY_FORMAT, &self.payload)
     }
 }
 
@@ -358,11 +418,18 @@ pub struct Wal {
     /// How far the active segment's blocks are written (records or zeros), so that records
     /// land in initialised blocks: see [`INITIALISE_AHEAD`].
     initialised: u64,
+    /// Where in the active segment the writes since the last sync began: the end of its
+    /// records when they were last synced. Each record says how far back this is, so that
+    /// recovery knows which records were written after a sync and which before it
+    /// ([`could_prove_damage`]).
+    write_began: u64,
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `opts.dir`, recovering what is there: a torn tail of the
-    /// last segment is cut off with a warning; any other damage fails with the file and offset.
+    /// Opens (or creates) the log in `opts.dir`, recovering what is there: the remains of the
+    /// last segment's last write (from its first bad record on, where no intact record of a
+    /// later write follows) are cut off with a warning; any other damage fails with the file
+    /// and offset.
     pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<(Wal, Recovered), LogError> {
         if opts.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(LogError::SegmentTooSmall(opts.segment_bytes));
@@ -404,7 +471,8 @@ impl Wal {
             removed = true;
         }
 
-        let mut wal = Wal { fs, opts, segments: Vec::new(), active: None, dirty: false, initialised: 0 };
+        let mut wal =
+            Wal { fs, opts, segments: Vec::new(), active: None, dirty: false, initialised: 0, write_began: 0 };
         let mut entries = Vec::new();
         let mut torn = None;
         let kept = &firsts[keep_from..];
@@ -439,6 +507,7 @@ impl Wal {
         if let Some(seg) = wal.segments.last() {
             wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
             wal.initialised = seg.end;
+            wal.write_began = seg.end;
         }
         entries.retain(|e: &EncodedEntry| e.log_id.index >= purged_next);
         Ok((wal, Recovered { entries, meta, torn }))
@@ -511,11 +580,11 @@ impl Wal {
                 Read::End => "non-zero bytes after the end of the records",
                 Read::Bad(reason) => reason,
             };
-            // Only the last segment can hold unsynced bytes, and only at its end; a bad record
-            // followed by an intact one is damage to synced data.
+            // Only the last segment can hold unsynced bytes, and only in its last write; a bad
+            // record followed by an intact one of a later write is damage to synced data.
             let term = entries.last().map_or(0, |e| e.log_id.leader_id.term);
-            let follows = could_follow(header.version, at, seg.next_index(), term);
-            if !last || record::any_record_after(&buf, at, follows) {
+            let proves = could_prove_damage(&buf, header.version, at, seg.next_index(), term);
+            if !last || record::any_record_after(&buf, at, proves) {
                 return Err(corrupt(at, reason.to_owned()));
             }
             break Some(reason);
@@ -558,13 +627,17 @@ impl Wal {
         for entry in entries {
             let index = entry.log_id.index;
             let payload = &entry.payload;
-            if payload.len() > MAX_RECORD_LEN as usize {
+            if payload.len() + BACK_MAX_LEN > MAX_RECORD_LEN as usize {
                 return Err(LogError::BadEntry {
                     index,
-                    reason: format!("{} bytes, over the record limit of {MAX_RECORD_LEN}", payload.len()),
+                    reason: format!(
+                        "{} bytes, over the record limit of {}",
+                        payload.len(),
+                        MAX_RECORD_LEN as usize - BACK_MAX_LEN
+                    ),
                 });
             }
-            let rec_len = (record::RECORD_HEADER_LEN + payload.len()) as u64;
+            let rec_len = (record::RECORD_HEADER_LEN + BACK_MAX_LEN + payload.len()) as u64;
             match self.segments.last() {
                 None => self.start_segment(index)?,
                 Some(seg) if seg.next_index() != index => {
@@ -590,8 +663,11 @@ impl Wal {
                 }
             }
             let seg = self.segments.last_mut().expect("a segment was started above");
-            seg.offsets.push(seg.end + pending.len() as u64);
-            record::encode_record(payload, &mut pending);
+            let at = seg.end + pending.len() as u64;
+            seg.offsets.push(at);
+            let mut back = [0u8; BACK_MAX_LEN];
+            let back = postcard::to_slice(&(at - self.write_began), &mut back).expect("a u64 varint fits 10 bytes");
+            record::encode_record_of(&[back, payload], &mut pending);
         }
         self.write_pending(&mut pending)
     }
@@ -625,6 +701,8 @@ impl Wal {
             file.sync_data().map_err(io_err("syncing", &seg.path))?;
             self.dirty = false;
         }
+        // The next write begins where this sync ended, whatever it covered.
+        self.write_began = self.segments.last().map_or(HEADER_LEN as u64, |s| s.end);
         Ok(())
     }
 
@@ -651,6 +729,7 @@ impl Wal {
         self.active = Some(f);
         self.dirty = false;
         self.initialised = HEADER_LEN as u64;
+        self.write_began = HEADER_LEN as u64;
         // Appends queued behind the writer wait for this (two fsyncs and a preallocation).
         tracing::info!(
             segment = %self.segments.last().map_or_else(String::new, |s| s.path.display().to_string()),
@@ -691,6 +770,7 @@ impl Wal {
         self.active = Some(file);
         self.dirty = false;
         self.initialised = seg.end;
+        self.write_began = seg.end;
         Ok(())
     }
 
@@ -743,14 +823,14 @@ impl Wal {
     }
 }
 
-/// An entry as the payload of a record of the current format.
+/// An entry as [`EncodedEntry`] holds it: the payload of a record of [`ENTRY_FORMAT`].
 pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(entry).map_err(|e| e.to_string())
 }
 
 /// An entry from the payload of a record of a segment in format `version`: JSON of a single
 /// transaction in format 1, postcard of a single transaction in format 2, postcard of a batch
-/// in format 3.
+/// in format 3, and in format 4 after where its write began.
 pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, String> {
     fn postcard_whole<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
         match postcard::take_from_bytes(payload) {
@@ -762,7 +842,7 @@ pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, S
     match version {
         1 => serde_json::from_slice(payload).map(upgrade_entry).map_err(|e| e.to_string()),
         2 => postcard_whole(payload).map(upgrade_entry),
-        _ => postcard_whole(payload),
+        _ => postcard_whole(entry_of_record(version, payload)?),
     }
 }
 
