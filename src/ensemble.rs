@@ -226,8 +226,9 @@ pub enum Mode {
     Observer,
     /// A server running alone.
     Standalone,
-    /// Running, but not serving: it has not found the ensemble's leader since it started (it
-    /// answers `srvr` as ZooKeeper's servers do then).
+    /// Running, but not serving: it has not found the ensemble's leader since it started, or
+    /// has had no contact with it past its staleness bound (it answers `srvr` as ZooKeeper's
+    /// servers do while they look for a leader).
     NotServing,
     /// Something this tool does not know, as `srvr` wrote it.
     Other(String),
@@ -309,7 +310,8 @@ pub fn assess(observed: &[Observation]) -> Result<u64, String> {
         observed.iter().filter(|o| o.mode == Some(Mode::NotServing)).map(|o| o.id.to_string()).collect();
     if !waiting.is_empty() {
         return Err(format!(
-            "server {} running but not serving: no leader found yet (its log says what it waits for)",
+            "server {} running but not serving: no leader found since it started, or none heard from within its \
+             staleness bound (its log says which, and what it waits for)",
             waiting.join(", ")
         ));
     }
@@ -929,7 +931,9 @@ mod tests {
         );
         assert_eq!(
             assess(&[obs(1, Some(Mode::NotServing)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))]),
-            Err("server 1 running but not serving: no leader found yet (its log says what it waits for)".into())
+            Err("server 1 running but not serving: no leader found since it started, or none heard from within its \
+                 staleness bound (its log says which, and what it waits for)"
+                .into())
         );
         assert_eq!(
             assess(&[obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Follower))]),

@@ -783,6 +783,9 @@ async fn a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the
     if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), again).await {
         bail!("server {cut} granted a new session while cut off from the leader");
     }
+    // ... and says so, as a ZooKeeper server that has lost its leader does.
+    let srvr = ensemble::four_letter(ens.client(cut), "srvr").await?;
+    ensure!(srvr == referee_coordinator::fourlw::NOT_SERVING, "srvr of server {cut} while cut off: {srvr:?}");
     // The majority side goes on: writes and synced reads.
     for i in 0..20 {
         on_majority.create(&format!("/during-{i}"), b"m", PERSISTENT).await.context("a write on the majority side")?;
@@ -807,6 +810,8 @@ async fn a_partitioned_follower_stops_serving_within_its_staleness_bound_and_the
     })
     .await?;
     eprintln!("server {cut} grants a raw session {granted:?} after the heal");
+    let mode = ens.mode(cut).await;
+    ensure!(mode.as_deref() == Some("follower"), "server {cut} serves again, and says it follows: {mode:?}");
     let back = within_for(Duration::from_secs(15), "the healed follower to grant a session", async {
         loop {
             if let Ok(Ok(zk)) = tokio::time::timeout(

@@ -74,8 +74,8 @@ pub fn mode_name(standalone: bool, leader: bool, learner: bool) -> &'static str 
 /// between. Their output is therefore fuzzy under concurrent change, as Apache ZooKeeper's is
 /// (it walks concurrent maps without a global lock).
 ///
-/// An ensemble server that has not found a leader since it started answers with
-/// [`answer_not_serving`] instead.
+/// An ensemble server that has not found a leader since it started, or has had no contact with
+/// one past its staleness bound, answers with [`answer_not_serving`] instead.
 ///
 /// `ensemble` is the leader's view of its followers ([`ensemble_stats`]); `mntr` reports it
 /// when given, which only a leader can.
@@ -158,7 +158,8 @@ pub fn answer(
 }
 
 /// The answer to a command while the server is not serving (an ensemble server that has not
-/// found a leader since it started), as Apache ZooKeeper's while it looks for one: the
+/// found a leader since it started, or has lost contact with its leader past its staleness
+/// bound), as Apache ZooKeeper's while it looks for one: the
 /// whitelist first, then `ruok` says the process is up (`imok`), `envi` describes it, `isro`
 /// says `null` (neither read-only nor read-write), and every other command says
 /// [`NOT_SERVING`]. Takes no lock.

@@ -15,7 +15,10 @@
 //! it waits for a leader, for as long as that takes, as ZooKeeper's servers do: sessions are
 //! refused (their clients try another server) and four-letter words answered as by a server
 //! that is not serving ([`crate::fourlw::NOT_SERVING`]), and the wait is logged with what the
-//! server knows of its peers at growing intervals.
+//! server knows of its peers at growing intervals. A server that serves and then loses contact
+//! with its leader past its staleness bound answers the same way until contact resumes
+//! (`guard_staleness`), as a ZooKeeper server that has lost its leader does while it looks
+//! for one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -285,8 +288,8 @@ impl Coordinator {
         let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
         let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
         let data_dir = config.data_dir.clone();
-        let awaiting_leader = std::sync::atomic::AtomicBool::new(peers.is_some());
-        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state, awaiting_leader });
+        let not_serving = std::sync::atomic::AtomicBool::new(peers.is_some());
+        let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state, not_serving });
         let began = phases.began;
         let mut awaiting = AwaitingLeader { phases, recovered_upto, cluster_id, data_dir };
         if peers.is_none() {
@@ -550,7 +553,7 @@ impl AwaitingLeader {
         self.phases.done("leader known", &[("term", raft.metrics().borrow().current_term)]);
         self.recovered(shared).await?;
         shared.lock().refusing_clients = None;
-        shared.awaiting_leader.store(false, std::sync::atomic::Ordering::Relaxed);
+        shared.not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -1015,7 +1018,8 @@ async fn prove_once(shared: &Shared, network: &PeerNetwork) -> Result<u64, Strin
 /// last AppendEntries it accepted (recorded by the peer listener) and the last liveness report
 /// the leader acknowledged (which it does only under a proof: a leader cut off from the
 /// majority, still heartbeating the servers on its side, acknowledges none). Past the bound,
-/// every client connection is closed and new sessions are refused until contact resumes.
+/// every client connection is closed, new sessions are refused and four-letter words answer
+/// that the server is not serving, until contact resumes.
 ///
 /// It starts once the server has found its leader, which is contact enough: silence is counted
 /// from then at the earliest. Counted from the process's start, as before any contact, a
@@ -1060,10 +1064,12 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     c.outbox.close(why);
                 }
                 st.refusing_clients = Some(why.to_string());
+                shared.not_serving.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             (Verdict::Serve, true) => {
                 info!("contact with a leader is back: taking clients again");
                 st.refusing_clients = None;
+                shared.not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
             }
             _ => {}
         }

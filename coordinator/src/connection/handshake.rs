@@ -46,7 +46,7 @@ pub(super) async fn run(
         Ok(Ok(Some(p))) => p,
     };
     if let Some(cmd) = crate::fourlw::parse(prefix) {
-        let text = if shared.awaiting_leader.load(std::sync::atomic::Ordering::Relaxed) {
+        let text = if shared.not_serving.load(std::sync::atomic::Ordering::Relaxed) {
             crate::fourlw::answer_not_serving(cmd, &shared.config)
         } else {
             let ensemble = crate::fourlw::ensemble_stats(&shared.raft.metrics().borrow());

@@ -57,11 +57,12 @@ pub(crate) struct Shared {
     /// `None` for a server alone.
     pub liveness: Option<Arc<crate::liveness::LivenessGate>>,
     pub state: Arc<Mutex<ServerState>>,
-    /// Set while an ensemble server has not yet found a leader since it started: it refuses
-    /// sessions (`refusing_clients` says why) and answers four-letter words as ZooKeeper's
+    /// Set while an ensemble server refuses sessions for want of a leader (`refusing_clients`
+    /// says why): before it has found one since it started, and while it has had no contact
+    /// with one past its staleness bound. It then answers four-letter words as ZooKeeper's
     /// servers do when they are not serving ([`crate::fourlw::answer_not_serving`]). Outside
     /// the state's lock, as `ruok` and `dirs` take none.
-    pub awaiting_leader: std::sync::atomic::AtomicBool,
+    pub not_serving: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
