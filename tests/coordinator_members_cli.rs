@@ -1,6 +1,7 @@
 //! `referee coordinator members` against three real `referee coordinator` processes (one started
 //! with `--init`), each with an admin listener: it lists the members from any server, follows a
-//! follower's answer to the leader, adds a fourth server as an observer and removes it, and
+//! follower's answer to the leader, adds a fourth server as an observer (which waits, not
+//! serving, until it is added, then serves) and removes it, and
 //! exits 2 on bad arguments (its own or the server's 400) and 1 when nobody answers.
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use referee_coordinator::admin::Members;
-use referee_testkit::{free_port, within_for, ScratchDir};
+use referee_testkit::{free_port, wait_until, within_for, ScratchDir};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -111,6 +112,11 @@ async fn members_lists_follows_the_leader_adds_and_removes() -> Result<()> {
     let four = addrs(4)?;
     let with_four = format!("{servers}{}", entry(&four, "observer"));
     let _fourth = start(&dir, &four, &with_four, false)?;
+    // Until it is added its log holds no membership, so it has no leader to find: it waits,
+    // running, and answers as a ZooKeeper server that is not serving.
+    let srvr_of_four = || referee_testkit::four_letter(four.client.port(), "srvr");
+    wait_until(DEADLINE, "server 4 to answer srvr", || srvr_of_four().is_ok()).await?;
+    assert_eq!(srvr_of_four()?, referee_coordinator::fourlw::NOT_SERVING, "server 4 before it is added");
     let (client, peer, admin) = (four.client.to_string(), four.peer.to_string(), four.admin.to_string());
     let add = ["add", "--server", &f_admin, "--id", "4", "--client", &client, "--peer", &peer, "--admin", &admin];
     let (code, out, err) = members_cli(&add).await?;
@@ -118,6 +124,11 @@ async fn members_lists_follows_the_leader_adds_and_removes() -> Result<()> {
     assert!(err.contains("does not lead; asking the leader"), "{err}");
     assert!(out.contains("server 4 added as an observer"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("4 ") && l.contains("observer")), "{out}");
+    // Added, it finds the leader and serves as an observer.
+    wait_until(DEADLINE, "server 4 to serve as an observer", || {
+        srvr_of_four().is_ok_and(|s| s.contains("\nMode: observer\n"))
+    })
+    .await?;
 
     // Refusals: the server's 400 (via the leader) and the CLI's own bad arguments exit 2.
     let (code, _, err) = members_cli(&[&add[..3], &["--id", "0"][..], &add[5..]].concat()).await?;
