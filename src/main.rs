@@ -341,10 +341,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("referee: {e:#}");
+            eprintln!("referee: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text is already in what
+/// came before it is left out (most of the libraries' errors say in one message what failed and
+/// why, and also keep the why as their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn run_demo(
@@ -635,3 +652,22 @@ async fn run_demo_master(
 /// Every role's allocator (why: the comment on the dependency in `Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use referee_coordinator::datadir::DataDirError;
+    use referee_coordinator::server::CoordinatorError;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let in_use = DataDirError::InUse { path: "/d".into(), holder: Some(7) };
+        let e = anyhow::Error::from(CoordinatorError::from(in_use)).context("starting the coordinator");
+        let line = one_line(&e);
+        assert!(line.starts_with("starting the coordinator: data directory refused: /d is in use"), "{line}");
+        assert_eq!(line.matches("/d is in use").count(), 1, "{line}");
+        // Causes not already said are kept, outermost first.
+        let e = anyhow::anyhow!("the port is taken").context("binding").context("starting");
+        assert_eq!(one_line(&e), "starting: binding: the port is taken");
+    }
+}

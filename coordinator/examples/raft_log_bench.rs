@@ -79,6 +79,9 @@ impl FileSystem for CountingFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         RealFs.sync_dir(dir)
     }
+    fn lock(&self, path: &Path) -> io::Result<referee_coordinator::log::FileLock> {
+        RealFs.lock(path)
+    }
 }
 
 fn entry(index: u64) -> Entry<referee_coordinator::raft::TypeConfig> {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  data_dir/
+//!    lock          locked while a server uses the directory; holds its process id
 //!    identity      format version, cluster id, server id, incarnation (written once,
 //!                  replaced atomically)
 //!    peers         the incarnation each peer's data directory was first heard with
@@ -13,6 +14,12 @@
 //! cluster's directory (a copied config, a wrong mount) would merge two histories and make
 //! acknowledged writes of either vanish, so [`DataDir::open`] refuses it before anything is
 //! read or written, with a message naming the file, what it holds and what was expected.
+//!
+//! A data directory is used by one process at a time. A second server started on a directory
+//! in use (two configurations with one `data_dir`, a manual start beside a service manager's)
+//! would append to the same log and overwrite the other's acknowledged writes, so
+//! [`DataDir::open`] first locks `lock` and refuses a directory whose lock another process
+//! holds, naming it. The kernel lets go of the lock when its process ends, killed or not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +29,9 @@ use crate::log::FileSystem;
 
 /// The data directory layout version this build writes and the newest it reads.
 pub const DATA_DIR_VERSION: u32 = 1;
+
+/// Name of the lock file in a data directory.
+pub const LOCK_NAME: &str = "lock";
 
 /// Name of the identity file in a data directory.
 pub const IDENTITY_NAME: &str = "identity";
@@ -155,6 +165,20 @@ pub enum DataDirError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another process uses the directory.
+    #[error(
+        "{} is in use by another coordinator process{}: two servers on one data directory would \
+         overwrite each other's log and lose acknowledged writes. Stop that process, or point \
+         data_dir at this server's own directory",
+        path.display(),
+        holder.map_or(String::new(), |pid| format!(" (pid {pid}, from its lock file)"))
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+        /// The process id the lock file names, if it names one.
+        holder: Option<u32>,
+    },
     /// Durable state without an identity: not a directory this server made.
     #[error(
         "{} holds {found} but no identity file; it was not made by this server. Point data_dir \
@@ -173,13 +197,16 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     move |source| DataDirError::Io { what, path: path.to_path_buf(), source }
 }
 
-/// An opened data directory whose identity has been checked.
+/// An opened data directory whose identity has been checked, locked for this process while
+/// any clone of it lives.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     /// The directory.
     pub root: PathBuf,
     /// Whose it is.
     pub identity: Identity,
+    /// The directory's lock ([`LOCK_NAME`]).
+    pub lock: Arc<crate::log::FileLock>,
 }
 
 impl DataDir {
@@ -194,6 +221,15 @@ impl DataDir {
         new_cluster_id: impl FnOnce() -> u64,
     ) -> Result<DataDir, DataDirError> {
         fs.create_dir_all(root).map_err(io_err("creating", root))?;
+        let lock_path = root.join(LOCK_NAME);
+        let lock = match fs.lock(&lock_path) {
+            Ok(lock) => Arc::new(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let holder = fs.read(&lock_path).ok().and_then(|b| String::from_utf8(b).ok()?.trim().parse().ok());
+                return Err(DataDirError::InUse { path: root.to_path_buf(), holder });
+            }
+            Err(e) => return Err(io_err("locking", &lock_path)(e)),
+        };
         let names = fs.list(root).map_err(io_err("listing", root))?;
         let path = root.join(IDENTITY_NAME);
         if names.iter().any(|n| n == IDENTITY_NAME) {
@@ -209,7 +245,7 @@ impl DataDir {
                     expected_server: server_id,
                 });
             }
-            return Ok(DataDir { root: root.to_path_buf(), identity });
+            return Ok(DataDir { root: root.to_path_buf(), identity, lock });
         }
         if let Some(found) = names.iter().find(|n| matches!(n.as_str(), "log" | "snapshots")) {
             return Err(DataDirError::Unowned { path: root.to_path_buf(), found: format!("{found}/") });
@@ -229,7 +265,7 @@ impl DataDir {
             incarnation = identity.incarnation,
             "new data directory"
         );
-        Ok(DataDir { root: root.to_path_buf(), identity })
+        Ok(DataDir { root: root.to_path_buf(), identity, lock })
     }
 
     /// The Raft log's directory.
@@ -413,7 +449,42 @@ mod tests {
         // The same server's directory made afresh (wiped) has another incarnation.
         let wiped = FaultFs::new();
         assert_ne!(open(&wiped, Some(77), 1).unwrap().identity.incarnation, d.identity.incarnation);
+        drop(again);
         assert_eq!(open(&fs, Some(77), 1).unwrap().identity.cluster_id, 77);
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_naming_the_process_until_it_lets_go() {
+        let fs = FaultFs::new();
+        let first = open(&fs, None, 1).unwrap();
+        let e = open(&fs, None, 1).unwrap_err();
+        assert!(
+            matches!(&e, DataDirError::InUse { path, holder: Some(pid) } if path == Path::new("/data") && *pid == std::process::id()),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("/data is in use") && msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        // A clone is the same holder; the lock goes with the last of them.
+        let clone = first.clone();
+        drop(first);
+        assert!(matches!(open(&fs, None, 1), Err(DataDirError::InUse { .. })));
+        drop(clone);
+        let second = open(&fs, None, 1).unwrap();
+        // A process that dies lets go of its lock.
+        fs.crash();
+        open(&fs, None, 1).unwrap();
+        drop(second);
+    }
+
+    #[test]
+    fn the_real_lock_is_refused_to_a_second_holder_and_released_on_drop() {
+        let scratch = referee_testkit::ScratchDir::new("datadir-lock").unwrap();
+        let root = scratch.path("data");
+        let first = DataDir::open(&crate::log::RealFs, &root, None, 1, || 5).unwrap();
+        let e = DataDir::open(&crate::log::RealFs, &root, None, 1, || 5).unwrap_err();
+        assert!(matches!(e, DataDirError::InUse { holder: Some(pid), .. } if pid == std::process::id()), "{e:?}");
+        drop(first);
+        DataDir::open(&crate::log::RealFs, &root, None, 1, || 5).unwrap();
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Coordinator {
     /// Set while an ensemble server launched by [`Coordinator::launch`] has yet to find a
     /// leader: what it waits for.
     awaiting: Option<AwaitingLeader>,
+    /// The data directory's lock, held until the server is dropped (see [`crate::datadir`]).
+    _data_lock: Arc<crate::log::FileLock>,
 }
 
 /// A running peer listener.
@@ -309,7 +311,8 @@ impl Coordinator {
             shared.lock().refusing_clients = Some("this server has not yet found the ensemble's leader".into());
         }
         let awaiting = peers.is_some().then_some(awaiting);
-        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began, awaiting })
+        let _data_lock = data.lock;
+        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began, awaiting, _data_lock })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.

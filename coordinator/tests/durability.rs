@@ -413,6 +413,63 @@ async fn another_clusters_or_a_newer_data_directory_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A second server pointed at a data directory a running one uses (two configurations with one
+/// `data_dir`, a manual start beside a service manager's) would append to the same log and
+/// overwrite the first one's acknowledged writes. It must refuse at once, naming the directory
+/// and the process that holds it, and touch nothing: the first goes on serving, and after a
+/// restart every write it acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_data_directory_in_use_refuses_and_touches_nothing() -> Result<()> {
+    let mut server = ChildServer::start("").await?;
+    write_some(&server, 5).await?;
+    let scratch = referee_testkit::ScratchDir::new("second-server")?;
+    let port = referee_testkit::free_port()?;
+    let config = scratch.path("second.yaml");
+    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\ndata_dir: {}\n", server.data_dir().display()))?;
+    let log = scratch.path("second.log");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    // It must exit on its own, soon; a second server that keeps running is the failure.
+    let exited = within_for(Duration::from_secs(10), "the second server to exit", async {
+        loop {
+            if let Some(status) = second.try_wait()? {
+                return Ok::<_, std::io::Error>(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = match exited {
+        Ok(status) => status?,
+        Err(e) => {
+            let _ = second.kill();
+            let _ = second.wait();
+            return Err(e.context(format!("a second server on {} kept running", server.data_dir().display())));
+        }
+    };
+    let stderr = std::fs::read_to_string(&log)?;
+    ensure!(!status.success(), "the second server exited with {status}: {stderr}");
+    ensure!(
+        stderr.contains(&server.data_dir().display().to_string())
+            && stderr.contains("in use")
+            && stderr.contains(&server.pid().to_string()),
+        "the refusal names the directory and the process holding it: {stderr}"
+    );
+    // The first goes on, and keeps everything.
+    let c = connect(&server.addr.to_string(), Duration::from_secs(10)).await?;
+    c.create("/after", b"x", PERSISTENT).await?;
+    drop(c);
+    server.restart().await?;
+    assert_eq!(count_present(&server, 5).await?, 5, "every write acknowledged before");
+    let c = connect(&server.addr.to_string(), Duration::from_secs(10)).await?;
+    ensure!(c.check_stat("/after").await?.is_some(), "the write acknowledged after the refusal");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_dump_lists_every_write_with_its_path() -> Result<()> {
     let mut server = ChildServer::start("").await?;

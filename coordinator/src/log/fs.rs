@@ -54,6 +54,17 @@ pub trait FileSystem: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file `path` (created if missing) for as long as the
+    /// returned guard lives, and writes this process's id into the file. Fails with
+    /// [`io::ErrorKind::WouldBlock`] at once if another holder has it: another process, or
+    /// another guard of this one. A process that ends, killed or not, lets go of its locks.
+    fn lock(&self, path: &Path) -> io::Result<FileLock>;
+}
+
+/// An exclusive lock taken by [`FileSystem::lock`], held until it is dropped.
+#[derive(Debug)]
+pub struct FileLock {
+    _held: Box<dyn Debug + Send + Sync>,
 }
 
 /// The real filesystem, through `std::fs`.
@@ -168,6 +179,23 @@ impl FileSystem for RealFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
+
+    /// An advisory `flock`, which the kernel releases when the process ends: no stale lock
+    /// is left behind by a crash.
+    fn lock(&self, path: &Path) -> io::Result<FileLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => locked,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another process"))
+            }
+            Err((_, errno)) => return Err(io::Error::from(errno)),
+        };
+        locked.set_len(0)?;
+        std::os::unix::fs::FileExt::write_all_at(&*locked, format!("{}\n", std::process::id()).as_bytes(), 0)?;
+        Ok(FileLock { _held: Box::new(locked) })
+    }
 }
 
 /// One file of the model: what a reader sees now, and what would survive a power loss.
@@ -198,6 +226,8 @@ struct FaultState {
     dir_syncs: u64,
     /// Bytes written by `initialise`.
     initialised: u64,
+    /// Files locked by [`FileSystem::lock`], until their guards drop or the power goes.
+    locks: BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -311,6 +341,8 @@ impl FaultFs {
             inode.data = inode.durable.clone();
         }
         st.names = st.durable_names.clone();
+        // The process holding the locks is gone with the power.
+        st.locks.clear();
         st.fail_syncs = false;
         st.fail_syncs_under = None;
         st.write_budget = None;
@@ -521,6 +553,21 @@ impl FileSystem for FaultFs {
         st.names.remove(path).map(drop).ok_or_else(|| not_found(path))
     }
 
+    fn lock(&self, path: &Path) -> io::Result<FileLock> {
+        let mut st = self.lock();
+        if !st.locks.insert(path.to_path_buf()) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another holder"));
+        }
+        if !st.names.contains_key(path) {
+            st.inodes.push(Inode::default());
+            let ino = st.inodes.len() - 1;
+            st.names.insert(path.to_path_buf(), ino);
+        }
+        let ino = st.names[path];
+        st.inodes[ino].data = format!("{}\n", std::process::id()).into_bytes();
+        Ok(FileLock { _held: Box::new(FaultLock { fs: self.clone(), path: path.to_path_buf(), epoch: st.epoch }) })
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         if st.fail_syncs || st.fail_syncs_under.as_ref().is_some_and(|d| dir.starts_with(d)) {
@@ -533,6 +580,23 @@ impl FileSystem for FaultFs {
         st.durable_names.extend(now);
         st.dir_syncs += 1;
         Ok(())
+    }
+}
+
+/// A lock of the [`FaultFs`], released when dropped unless a crash took it already.
+#[derive(Debug)]
+struct FaultLock {
+    fs: FaultFs,
+    path: PathBuf,
+    epoch: u64,
+}
+
+impl Drop for FaultLock {
+    fn drop(&mut self) {
+        let mut st = self.fs.lock();
+        if st.epoch == self.epoch {
+            st.locks.remove(&self.path);
+        }
     }
 }
 

@@ -27,6 +27,6 @@ pub mod wal;
 #[cfg(test)]
 mod tests;
 
-pub use fs::{FaultFs, FileSystem, LogFile, RealFs};
+pub use fs::{FaultFs, FileLock, FileSystem, LogFile, RealFs};
 pub use store::{LogReader, LogStore, ProposalSizes};
 pub use wal::{EncodedEntry, LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};
