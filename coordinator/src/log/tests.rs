@@ -902,19 +902,28 @@ fn openraft_storage_suite() {
     openraft::testing::Suite::test_all(Builder).unwrap();
 }
 
-#[test]
-fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
+/// A filesystem holding one segment of format `version`, from entry 1, whose records are
+/// `records` (then zeros to 4 KiB), synced as an older build left it.
+fn older_segment(version: u32, records: &[u8]) -> FaultFs {
     let fs = FaultFs::new();
     fs.create_dir_all(&dir()).unwrap();
-    let mut bytes = SegmentHeader { version: 1, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
-    for i in 1..=3 {
-        record::encode_record(&serde_json::to_vec(&single_txn_entry(1, i)).unwrap(), &mut bytes);
-    }
+    let mut bytes = SegmentHeader { version, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
+    bytes.extend_from_slice(records);
     bytes.resize(4096, 0);
     let mut f = fs.create(&segment_path(1)).unwrap();
     f.write_at(0, &bytes).unwrap();
     f.sync_data().unwrap();
     fs.sync_dir(&dir()).unwrap();
+    fs
+}
+
+#[test]
+fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
+    let mut records = Vec::new();
+    for i in 1..=3 {
+        record::encode_record(&serde_json::to_vec(&single_txn_entry(1, i)).unwrap(), &mut records);
+    }
+    let fs = older_segment(1, &records);
 
     let (mut wal, rec) = fault_open(&fs, 4096).unwrap();
     assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)]);
@@ -931,20 +940,14 @@ fn a_format_1_segment_of_json_entries_is_still_read_and_continued() {
 /// torn tail judged by its own format's rule, and continued in a new segment of format 4.
 #[test]
 fn a_format_3_segment_is_still_read_judged_and_continued() {
-    let fs = FaultFs::new();
-    fs.create_dir_all(&dir()).unwrap();
-    let mut bytes = SegmentHeader { version: 3, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
+    let mut records = Vec::new();
     for i in 1..=3 {
-        record::encode_record(&wal::encode_entry(&entry(1, i)).unwrap(), &mut bytes);
+        record::encode_record(&wal::encode_entry(&entry(1, i)).unwrap(), &mut records);
     }
-    let end = bytes.len();
+    let end = HEADER_LEN + records.len();
     // A torn fourth record: its length and checksum written, its payload not.
-    bytes.extend_from_slice(&[40, 0, 0, 0, 9, 9, 9, 9]);
-    bytes.resize(4096, 0);
-    let mut f = fs.create(&segment_path(1)).unwrap();
-    f.write_at(0, &bytes).unwrap();
-    f.sync_data().unwrap();
-    fs.sync_dir(&dir()).unwrap();
+    records.extend_from_slice(&[40, 0, 0, 0, 9, 9, 9, 9]);
+    let fs = older_segment(3, &records);
 
     let (mut wal, rec) = fault_open(&fs, 4096).unwrap();
     assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)]);
