@@ -21,8 +21,8 @@
 use std::time::Instant;
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-use referee_coordinator::log::record::{any_record_after, encode_record_of, FORMAT_VERSION};
-use referee_coordinator::log::wal::could_prove_damage;
+use referee_coordinator::log::record::{any_record_after, FORMAT_VERSION};
+use referee_coordinator::log::wal::{could_prove_damage, encode_entry_record};
 use referee_coordinator::log::EncodedEntry;
 use referee_coordinator::proto::SessionId;
 use referee_coordinator::raft::TypeConfig;
@@ -97,10 +97,8 @@ fn torn_segment(records: u64, per: usize, data: &str, first: u64, one_write: boo
         let encoded = EncodedEntry::encode(&entry).expect("an entry encodes");
         let at = buf.len();
         // How far back the record's write began: at the first record, or at the record itself.
-        let mut back = [0u8; 10];
-        let back = postcard::to_slice(&if one_write { (at - HEADER) as u64 } else { 0 }, &mut back)
-            .expect("a u64 varint fits 10 bytes");
-        encode_record_of(&[back, &encoded.payload], &mut buf);
+        let back = if one_write { (at - HEADER) as u64 } else { 0 };
+        encode_entry_record(back, &encoded.payload, &mut buf);
         buf[at + 4] ^= 0xff;
     }
     let remains = buf.len() - HEADER;

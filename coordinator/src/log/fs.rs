@@ -554,18 +554,16 @@ impl FileSystem for FaultFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<FileLock> {
-        let mut st = self.lock();
-        if !st.locks.insert(path.to_path_buf()) {
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another holder"));
-        }
-        if !st.names.contains_key(path) {
-            st.inodes.push(Inode::default());
-            let ino = st.inodes.len() - 1;
-            st.names.insert(path.to_path_buf(), ino);
-        }
-        let ino = st.names[path];
-        st.inodes[ino].data = format!("{}\n", std::process::id()).into_bytes();
-        Ok(FileLock { _held: Box::new(FaultLock { fs: self.clone(), path: path.to_path_buf(), epoch: st.epoch }) })
+        let epoch = {
+            let mut st = self.lock();
+            if !st.locks.insert(path.to_path_buf()) {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another holder"));
+            }
+            st.epoch
+        };
+        let held = FaultLock { fs: self.clone(), path: path.to_path_buf(), epoch };
+        self.create(path)?.write_at(0, format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(FileLock { _held: Box::new(held) })
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -129,6 +129,12 @@ pub fn encode_record_of(parts: &[&[u8]], out: &mut Vec<u8>) {
     parts.iter().for_each(|part| out.extend_from_slice(part));
 }
 
+/// The payload length the length word at `at` claims, if `buf` holds that word: what a
+/// filter may look at before any checksum.
+pub fn claimed_len(buf: &[u8], at: usize) -> Option<u32> {
+    buf.get(at..at + 4).map(|word| u32_at(word, 0))
+}
+
 /// What lies at an offset of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read<'a> {

@@ -303,6 +303,17 @@ fn entry_of_record(version: u32, payload: &[u8]) -> Result<&[u8], String> {
 /// The longest varint of how far back a record's write began.
 const BACK_MAX_LEN: usize = 10;
 
+/// Appends a record of the current format to `out`: how far `back` from the record its write
+/// began, then `entry` (as [`EncodedEntry`] holds it).
+///
+/// # Panics
+/// As [`record::encode_record`].
+pub fn encode_entry_record(back: u64, entry: &[u8], out: &mut Vec<u8>) {
+    let mut buf = [0u8; BACK_MAX_LEN];
+    let back = postcard::to_slice(&back, &mut buf).expect("a u64 varint fits 10 bytes");
+    record::encode_record_of(&[back, entry], out);
+}
+
 /// The variant index of `EntryPayload::Membership` (after `Blank` and `Normal`).
 const MEMBERSHIP_VARIANT: u32 = 2;
 
@@ -339,11 +350,11 @@ pub fn could_prove_damage<'a>(
     // Whether a write's first record could begin at `began`, before a record at `at`: its
     // payload starts with a zero "began 0 bytes back", and it ends by `at`.
     let opens_write = move |began: usize, at: usize| {
+        let payload = began + record::RECORD_HEADER_LEN;
         began == at
-            || buf.get(began..began + record::RECORD_HEADER_LEN + 1).is_some_and(|head| {
-                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                head[record::RECORD_HEADER_LEN] == 0 && len > 0 && began + record::RECORD_HEADER_LEN + len <= at
-            })
+            || record::claimed_len(buf, began)
+                .zip(buf.get(payload))
+                .is_some_and(|(len, &back)| back == 0 && len > 0 && payload + len as usize <= at)
     };
     move |at: usize, prefix: &[u8]| {
         let most = next.saturating_add((at.saturating_sub(bad) / (record::RECORD_HEADER_LEN + 1)) as u64);
@@ -665,9 +676,7 @@ impl Wal {
             let seg = self.segments.last_mut().expect("a segment was started above");
             let at = seg.end + pending.len() as u64;
             seg.offsets.push(at);
-            let mut back = [0u8; BACK_MAX_LEN];
-            let back = postcard::to_slice(&(at - self.write_began), &mut back).expect("a u64 varint fits 10 bytes");
-            record::encode_record_of(&[back, payload], &mut pending);
+            encode_entry_record(at - self.write_began, payload, &mut pending);
         }
         self.write_pending(&mut pending)
     }
