@@ -258,6 +258,12 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
     let status = pair.agent_json(active, "/status").await.unwrap_or_default();
     ensure!(lease["valid_for_ms"].as_u64().unwrap_or(0) > 0, "{lease}");
     ensure!(lease["token"] == status["token"], "lease {lease} vs status {status}");
+    // Every server grants what the session was granted, so the lease counts on the grant.
+    ensure!(
+        status["lease_session_timeout_ms"].as_u64().is_some()
+            && status["lease_session_timeout_ms"] == status["granted_session_timeout_ms"],
+        "status {status}"
+    );
     let standby_lease = pair.agent_json(standby, "/lease").await.unwrap_or_default();
     ensure!(standby_lease["valid_for_ms"] == 0, "{standby_lease}");
 

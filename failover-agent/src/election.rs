@@ -68,7 +68,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use referee_fencing::FencingToken;
@@ -541,6 +541,20 @@ pub struct Coordination {
     cfg: CoordinationConfig,
     paths: Paths,
     session_id: i64,
+    /// The lowest session timeout any server would grant this session on a reconnection
+    /// ([`crate::grants`]), kept by the survey task.
+    lowest_grant: Arc<Mutex<Duration>>,
+    _survey: AbortOnDrop,
+}
+
+/// A task that ends with its owner.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Coordination {
@@ -577,7 +591,15 @@ impl Coordination {
         let session_id = client.session_id().0;
         tracing::info!(session = %format_args!("{session_id:#x}"), ?negotiated, cluster = %cfg.cluster, "coordinator session established");
         let paths = Paths::new(&cfg.cluster, &cfg.node_id);
-        let me = Coordination { client, cfg, paths, session_id };
+        let lowest_grant = Arc::new(Mutex::new(negotiated));
+        let survey = crate::grants::spawn_survey(
+            &cfg.connect,
+            negotiated,
+            cfg.op_timeout,
+            client.state_watcher(),
+            lowest_grant.clone(),
+        );
+        let me = Coordination { client, cfg, paths, session_id, lowest_grant, _survey: AbortOnDrop(survey) };
         me.ensure_parents().await?;
         Ok(me)
     }
@@ -614,6 +636,15 @@ impl Coordination {
     /// The session timeout the ensemble granted (not the one requested).
     pub fn negotiated_timeout(&self) -> Duration {
         self.client.session_timeout()
+    }
+
+    /// The session timeout the lease counts on: the lowest any server of the connect string
+    /// would grant this session on a reconnection, as far as they have answered
+    /// ([`crate::grants`]; Apache ZooKeeper grants a session's timeout anew, within its own
+    /// bounds, at every reconnection). Never above [`Coordination::negotiated_timeout`].
+    pub fn lease_timeout(&self) -> Duration {
+        let lowest = *self.lowest_grant.lock().unwrap_or_else(PoisonError::into_inner);
+        lowest.min(self.negotiated_timeout())
     }
 
     /// The node id this handle registers and acquires as.

@@ -31,6 +31,8 @@
 //!   the next health check forward to the moment it happens.
 //! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
 //! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
+//! - [`grants`]: the session timeout each server of the ensemble would grant on a
+//!   reconnection, the lowest of which the lease counts on (the survey's rules are pure).
 //! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
 //!   confirms it is not active (the members' answers and the round's targets, pure).
 //! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
@@ -54,6 +56,7 @@ pub mod driver;
 pub mod election;
 pub mod exit_watch;
 pub mod failsafe;
+pub mod grants;
 pub mod health;
 pub mod hooks;
 pub mod lease;

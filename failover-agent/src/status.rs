@@ -112,6 +112,10 @@ pub struct AgentStatus {
     /// The session timeout the coordinator granted to the last session made (`None` before
     /// the first): what a peer waits out before it can take the lock of this node.
     pub granted_session_timeout_ms: Option<u64>,
+    /// The session timeout the lease counts on: the lowest any server of the coordinator
+    /// would grant the session on a reconnection, below the grant when the servers' bounds
+    /// differ (`None` without a session).
+    pub lease_session_timeout_ms: Option<u64>,
     /// Lock holder.
     pub lock: LockView,
     /// Our token while we hold the lock.
@@ -176,6 +180,7 @@ impl AgentStatus {
             master: None,
             session: SessionView::Connecting,
             granted_session_timeout_ms: None,
+            lease_session_timeout_ms: None,
             lock: LockView::Unknown,
             token: None,
             members: Vec::new(),

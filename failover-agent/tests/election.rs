@@ -17,7 +17,8 @@ use referee_failover_agent::model::{
 };
 use referee_fencing::{FenceTarget, FencingToken};
 use referee_testkit::{
-    apache_zookeeper_installed, skip, within, ApacheZk, ApacheZkProfile, Proxy, TestServer, Trap, APACHE_ZK_MISSING,
+    apache_zookeeper_installed, four_letter, skip, wait_until, within, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
+    Proxy, TestServer, Trap, APACHE_ZK_MISSING,
 };
 
 /// Settings for a handle on `cluster` as `node`: 4 s sessions, 2 s calls.
@@ -515,3 +516,82 @@ scenarios!(
     digest_credential_secures_every_znode,
     positions_and_candidacies,
 );
+
+/// Whether Apache's `cons` answer lists a connection of `session` and, if so, the session
+/// timeout that connection holds (its `to=`).
+fn connection_timeout_in(cons: &str, session: i64) -> Option<Duration> {
+    let sid = format!("sid={session:#x},");
+    let line = cons.lines().find(|l| l.contains(&sid))?;
+    let to = line.split("to=").nth(1)?.split([',', ')']).next()?;
+    to.parse().ok().map(Duration::from_millis)
+}
+
+/// Apache ZooKeeper grants a session's timeout anew, within its own bounds, each time the client
+/// reconnects, and expires the session on the timeout of the connection it holds: a session
+/// granted 6 s by one server lives on 1.5 s once it moves to a server whose
+/// `maxSessionTimeout` is 1.5 s. The lease must never count on more than the session lives on,
+/// whichever server of the ensemble the client moves to.
+#[tokio::test]
+async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Result<()> {
+    const NAME: &str = "the_lease_counts_on_the_lowest_timeout_any_server_would_grant";
+    if !apache_zookeeper_installed() {
+        skip(NAME, APACHE_ZK_MISSING);
+        return Ok(());
+    }
+    // Server 1 admits the 6 s asked for; servers 2 and 3 at most 1.5 s.
+    let generous = "tickTime=200\nminSessionTimeout=400\nmaxSessionTimeout=20000\n".to_string();
+    let strict = "tickTime=200\nminSessionTimeout=400\nmaxSessionTimeout=1500\n".to_string();
+    let mut zk = tokio::task::spawn_blocking(move || -> Result<ApacheZkEnsemble> {
+        let mut zk = ApacheZkEnsemble::spawn_with(&[generous, strict.clone(), strict])?;
+        zk.wait_ready(Duration::from_secs(90))?;
+        Ok(zk)
+    })
+    .await??;
+    let ports = zk.ports();
+    let servers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let asked = Duration::from_secs(6);
+    let settings = CoordinationConfig {
+        connect: servers,
+        session_timeout: asked,
+        op_timeout: Duration::from_secs(1),
+        ..cfg("127.0.0.1:1".parse()?, "renegotiate", "a")
+    };
+    // The client picks a server at random: connect until the session lands on server 1.
+    let mut tries = 0;
+    let h = loop {
+        let h = connect(settings.clone()).await?;
+        if connection_timeout_in(&four_letter(ports[0], "cons")?, h.session_id()).is_some() {
+            break h;
+        }
+        h.close().await?;
+        tries += 1;
+        ensure!(tries < 60, "no session landed on server 1 in {tries} tries");
+    };
+    ensure!(h.negotiated_timeout() == asked, "server 1 granted {:?}", h.negotiated_timeout());
+    // The handle asks every server before the session moves, and counts on the lowest.
+    wait_until(Duration::from_secs(10), "the lease to count on server 2's and 3's grant", || {
+        h.lease_timeout() == Duration::from_millis(1500)
+    })
+    .await
+    .with_context(|| format!("the lease counts on {:?}", h.lease_timeout()))?;
+
+    // Server 1 dies; the client moves to server 2 or 3, which grants the session 1.5 s.
+    zk.kill(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lives_on = loop {
+        let held =
+            ports[1..].iter().find_map(|p| connection_timeout_in(&four_letter(*p, "cons").ok()?, h.session_id()));
+        if let Some(to) = held {
+            break to;
+        }
+        ensure!(Instant::now() < deadline, "the session reached neither server 2 nor 3: {}", zk.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(lives_on == Duration::from_millis(1500), "the session moved with a timeout of {lives_on:?}");
+    ensure!(
+        h.lease_timeout() <= lives_on,
+        "the lease counts on a session timeout of {:?}, but the session now lives on {lives_on:?}",
+        h.lease_timeout()
+    );
+    Ok(())
+}

@@ -188,6 +188,15 @@ impl ApacheZkEnsemble {
     /// Writes every server's `zoo.cfg` and `myid` and starts them all, returning as soon as the
     /// processes are spawned; [`wait_ready`](Self::wait_ready) waits until each serves.
     pub fn spawn(n: usize) -> Result<Self> {
+        Self::spawn_with(&vec![String::new(); n])
+    }
+
+    /// Starts an ensemble of `settings.len()` servers like [`spawn`](Self::spawn), with
+    /// `settings[i]` appended to server `i + 1`'s `zoo.cfg` (a later line overrides an earlier
+    /// one: `tickTime=200\nmaxSessionTimeout=1500\n` gives that server a short tick and a lower
+    /// bound on session timeouts than the others).
+    pub fn spawn_with(settings: &[String]) -> Result<Self> {
+        let n = settings.len();
         if n < 3 || n.is_multiple_of(2) {
             bail!("an Apache ZooKeeper ensemble needs an odd number of servers, at least 3 (not {n})");
         }
@@ -211,8 +220,9 @@ impl ApacheZkEnsemble {
                 format!(
                     "tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={client}\n\
                      clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\n\
-                     maxClientCnxns=0\n{server_lines}",
-                    dir.path("data").display()
+                     maxClientCnxns=0\n{server_lines}{extra}",
+                    dir.path("data").display(),
+                    extra = settings[i],
                 ),
             )?;
             let child = ApacheZk::spawn_in(&dir, None)?;
@@ -254,6 +264,13 @@ impl ApacheZkEnsemble {
             s.child = ApacheZk::spawn_in(&s.dir, None)?;
         }
         Ok(())
+    }
+
+    /// Stops server `i + 1` (SIGKILL, as a crash); the others go on.
+    pub fn kill(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let _ = s.child.kill();
+        let _ = s.child.wait();
     }
 
     /// Every server's client port, server 1 first.

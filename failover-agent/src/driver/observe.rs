@@ -12,9 +12,21 @@ impl Driver {
     pub(super) async fn observe(&mut self, report: &HealthReport, coord: Option<&Coordination>) -> Observation {
         let master = self.master_view(report);
         self.mem.promoted = track_promoted(self.mem.promoted, master);
-        if let Some(c) = coord {
-            // The grant of the connection in use (see `Lease::connected`).
-            self.mem.lease.set_granted(c.negotiated_timeout());
+        let lease_timeout = coord.map(|c| c.lease_timeout());
+        if let Some(t) = lease_timeout {
+            // The lowest grant the session may be living on (see `Lease::connected`).
+            self.mem.lease.set_granted(t);
+        }
+        let lease_ms = lease_timeout.map(|t| t.as_millis() as u64);
+        let before = std::mem::replace(&mut self.status().lease_session_timeout_ms, lease_ms);
+        if let Some(t) = lease_timeout.filter(|_| before.is_some() && before != lease_ms) {
+            if self.cfg.lease_budget(t).is_none() {
+                warn!(
+                    "a server of the coordinator would grant this session {} ms on a reconnection, which leaves no \
+                     lease: this node will not stay active. Give every server the same session timeout bounds",
+                    t.as_millis()
+                );
+            }
         }
         self.publish_guard();
         let session = coord.map_or(SessionView::Connecting, |c| c.session());
@@ -213,7 +225,7 @@ impl Driver {
         }
         let now = BootInstant::now();
         let granted =
-            coord.map_or(Duration::from_millis(self.cfg.coordinator.session_timeout_ms), |c| c.negotiated_timeout());
+            coord.map_or(Duration::from_millis(self.cfg.coordinator.session_timeout_ms), |c| c.lease_timeout());
         let Some(budget) = self.cfg.lease_budget(granted) else { return };
         // Quiet: half the lease has passed since the last answered request (or there is none).
         let quiet = self.mem.lease.left(now) <= budget / 2;

@@ -108,7 +108,7 @@ impl Driver {
     /// A new session is up: the lease starts from its connect's send time under the timeout it
     /// was granted.
     pub(super) fn session_made(&mut self, c: &Coordination, sent: BootInstant) {
-        self.mem.lease.connected(c.negotiated_timeout(), sent);
+        self.mem.lease.connected(c.lease_timeout(), sent);
         self.publish_guard();
         info!(
             session = format!("0x{:x}", c.session_id()),
