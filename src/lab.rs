@@ -237,17 +237,30 @@ pub enum CoordinatorKind {
     /// site away from the voters use a local observer: it serves their reads, forwards their
     /// writes and reports their sessions' liveness, and never votes.
     BundledEnsembleWithObservers,
+    /// Apache ZooKeeper from Debian's package as an ensemble of [`ENSEMBLE_SERVERS`] servers
+    /// on loopback (the lab's tick, `syncLimit=2`), server `k` granting sessions at most
+    /// `max_session_ms[k]`: servers with different bounds, over which a session's timeout is
+    /// granted anew each time it moves.
+    ApacheEnsemble {
+        /// Each server's `maxSessionTimeout`, server 1's first.
+        max_session_ms: [u64; ENSEMBLE_SERVERS],
+    },
 }
 
-/// The servers of a [`CoordinatorKind::BundledEnsemble`].
+/// The servers of a [`CoordinatorKind::BundledEnsemble`] or [`CoordinatorKind::ApacheEnsemble`].
 pub const ENSEMBLE_SERVERS: usize = 3;
+
+/// The `syncLimit` of a [`CoordinatorKind::ApacheEnsemble`]: how many ticks a follower may lag.
+const APACHE_SYNC_LIMIT: u64 = 2;
 
 impl CoordinatorKind {
     /// How many coordinator servers the kind runs.
     pub fn servers(self) -> usize {
         match self {
             CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 1,
-            CoordinatorKind::BundledEnsemble | CoordinatorKind::BundledEnsembleWithObservers => ENSEMBLE_SERVERS,
+            CoordinatorKind::BundledEnsemble
+            | CoordinatorKind::BundledEnsembleWithObservers
+            | CoordinatorKind::ApacheEnsemble { .. } => ENSEMBLE_SERVERS,
         }
     }
 
@@ -261,12 +274,19 @@ impl CoordinatorKind {
 
     /// The agents' `coordinator.max_staleness_ms`: on an ensemble a follower holds each reply
     /// until the leader knew the session alive within 100 ms, so the agents count that much
-    /// staleness into their lease; a server alone answers from what it knows.
-    fn max_staleness_ms(self) -> u64 {
+    /// staleness into their lease; a server alone answers from what it knows. An Apache
+    /// ZooKeeper follower may lag its leader by `syncLimit` ticks.
+    fn max_staleness_ms(self, tick_ms: u64) -> u64 {
         match self {
             CoordinatorKind::Bundled | CoordinatorKind::ApacheZooKeeper => 0,
             CoordinatorKind::BundledEnsemble | CoordinatorKind::BundledEnsembleWithObservers => 100,
+            CoordinatorKind::ApacheEnsemble { .. } => APACHE_SYNC_LIMIT * tick_ms.min(1000),
         }
+    }
+
+    /// Whether the kind is Apache ZooKeeper's.
+    pub fn is_apache(self) -> bool {
+        matches!(self, CoordinatorKind::ApacheZooKeeper | CoordinatorKind::ApacheEnsemble { .. })
     }
 }
 
@@ -378,6 +398,8 @@ struct CoordinatorPorts {
     client: u16,
     /// Where the other servers of an ensemble reach it (unused by a server alone).
     peer: u16,
+    /// Where an Apache ZooKeeper ensemble's servers elect their leader (unused otherwise).
+    election: u16,
 }
 
 /// The ports of one node.
@@ -473,6 +495,17 @@ impl Pair {
         self.ports.len()
     }
 
+    /// Like [`Pair::start`] with proxied agents, every session beginning on coordinator server
+    /// 1: each agent's proxies to the other servers refuse connections until a node is active,
+    /// and are restored before this returns. So every agent's first grant is server 1's, and a
+    /// session moves to the others only when a test makes it.
+    pub async fn start_on_first_coordinator_server(spec: PairSpec) -> Result<Pair, LabError> {
+        if !spec.proxied_agents {
+            return Err(LabError::Child("starting on the first coordinator server needs proxied_agents".into()));
+        }
+        Pair::start_full(spec, Placement::Loopback, NODES.len(), true).await
+    }
+
     /// [`Pair::start`], with each process where `placement` puts it.
     async fn start_placed(spec: PairSpec, placement: Placement) -> Result<Pair, LabError> {
         Pair::start_n(spec, placement, NODES.len()).await
@@ -480,13 +513,28 @@ impl Pair {
 
     /// The start of every kind of cluster: `nodes` nodes, each process where `placement` puts it.
     async fn start_n(spec: PairSpec, placement: Placement, nodes: usize) -> Result<Pair, LabError> {
+        Pair::start_full(spec, placement, nodes, false).await
+    }
+
+    /// [`Pair::start_n`], the agents reaching coordinator server 1 alone until a node is
+    /// active when `first_server_only`.
+    async fn start_full(
+        spec: PairSpec,
+        placement: Placement,
+        nodes: usize,
+        first_server_only: bool,
+    ) -> Result<Pair, LabError> {
         let dir = LabDir::new("pair")?;
         let voters = spec.coordinator.servers();
         // Voters first, then one observer beside each node (when the kind has them).
         let servers = voters + spec.coordinator.observers(nodes);
         let mut coordinator_ports = Vec::new();
         for _ in 0..servers {
-            coordinator_ports.push(CoordinatorPorts { client: child_port()?, peer: child_port()? });
+            coordinator_ports.push(CoordinatorPorts {
+                client: child_port()?,
+                peer: child_port()?,
+                election: child_port()?,
+            });
         }
         let addrs: Vec<String> = (0..servers)
             .map(|k| format!("{}:{}", placement.ip(Role::Coordinator(k)), coordinator_ports[k].client))
@@ -553,6 +601,13 @@ impl Pair {
                 pair.proxies.push(AgentProxies::new(each));
             }
         }
+        if first_server_only {
+            for i in 0..nodes {
+                for k in 1..pair.proxies_of(i)?.len() {
+                    pair.cut_agent_server(i, k).await?;
+                }
+            }
+        }
         for i in 0..nodes {
             let m = pair.start_master(i)?;
             pair.masters.push(m);
@@ -574,6 +629,13 @@ impl Pair {
             pair.agents.push(Some(a));
         }
         pair.wait_for_active(Duration::from_secs(30)).await?;
+        if first_server_only {
+            for i in 0..nodes {
+                for k in 1..pair.proxies_of(i)?.len() {
+                    pair.restore_agent_server(i, k).await?;
+                }
+            }
+        }
         // Every scenario starts from live masters. The first holder fences every other node
         // (no breadcrumb yet); one that was slow to confirm its demotion was killed for it.
         if let Some(i) = (0..nodes).find(|&i| !pair.masters[i].alive()) {
@@ -613,6 +675,27 @@ impl Pair {
             proxy.lock().await.cut();
         }
         Ok(())
+    }
+
+    /// Cuts agent `i` off coordinator server `k` (from 0) alone: its connection there drops and
+    /// new ones are refused, so its session moves to another server.
+    pub async fn cut_agent_server(&self, i: usize, k: usize) -> Result<(), LabError> {
+        let proxy =
+            self.proxies_of(i)?.get(k).ok_or_else(|| LabError::Child(format!("no coordinator server {}", k + 1)))?;
+        proxy.lock().await.cut();
+        Ok(())
+    }
+
+    /// Undoes [`Pair::cut_agent_server`].
+    pub async fn restore_agent_server(&self, i: usize, k: usize) -> Result<(), LabError> {
+        let proxy =
+            self.proxies_of(i)?.get(k).ok_or_else(|| LabError::Child(format!("no coordinator server {}", k + 1)))?;
+        proxy
+            .lock()
+            .await
+            .restore()
+            .await
+            .map_err(|e| LabError::Child(format!("restoring agent {}'s proxy: {e:#}", CLUSTER_NODES[i])))
     }
 
     /// Undoes [`Pair::cut_agent`].
@@ -885,7 +968,7 @@ impl Pair {
         let t = self.spec.timings;
         let node = self.node_dir(i);
         let p = self.ports[i];
-        let max_staleness = self.spec.coordinator.max_staleness_ms();
+        let max_staleness = self.spec.coordinator.max_staleness_ms(self.spec.timings.tick_ms);
         let htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2);
         let ip = self.node_ip(i);
         let url = format!("http://{ip}:{}", p.master);
@@ -1909,6 +1992,40 @@ fn start_coordinator(
             )?;
             Ok(p)
         }
+        CoordinatorKind::ApacheEnsemble { max_session_ms } => {
+            let tick = spec.timings.tick_ms.min(1000);
+            let id = k + 1;
+            let servers: String = ports
+                .iter()
+                .enumerate()
+                .map(|(j, p)| {
+                    format!("server.{}={}:{}:{}\n", j + 1, placement.ip(Role::Coordinator(j)), p.peer, p.election)
+                })
+                .collect();
+            let data = cdir.join(format!("data{id}"));
+            std::fs::create_dir_all(&data).map_err(io("creating the data directory"))?;
+            std::fs::write(data.join("myid"), format!("{id}\n")).map_err(io("writing myid"))?;
+            let cfg = format!(
+                "tickTime={tick}\ninitLimit=10\nsyncLimit={APACHE_SYNC_LIMIT}\ndataDir={}\nclientPort={port}\n\
+                 clientPortAddress={ip}\nadmin.enableServer=false\n4lw.commands.whitelist=*\nforceSync=no\n\
+                 maxClientCnxns=0\nminSessionTimeout={}\nmaxSessionTimeout={}\n{servers}",
+                data.display(),
+                (tick * 2).min(spec.timings.session_timeout_ms),
+                max_session_ms[k],
+            );
+            let path = cdir.join(format!("zoo{id}.cfg"));
+            std::fs::write(&path, cfg).map_err(io("writing zoo.cfg"))?;
+            let logs = cdir.join(format!("zk{id}"));
+            std::fs::create_dir_all(&logs).map_err(io("creating a log directory"))?;
+            placement.spawn(
+                Role::Coordinator(k),
+                &format!("apache zookeeper server {id}"),
+                &Path::new(referee_testkit::APACHE_ZK_BIN).join("zkServer.sh"),
+                &["start-foreground".into(), path.display().to_string()],
+                &[("ZOO_LOG_DIR", logs.display().to_string())],
+                cdir.join(format!("zookeeper{id}{log}.log")),
+            )
+        }
         CoordinatorKind::ApacheZooKeeper => {
             let tick = spec.timings.tick_ms.min(1000);
             let cfg = format!(
@@ -1974,7 +2091,7 @@ pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabErro
 /// [`skip`](referee_testkit::skip)ped loudly, or fails when `REFEREE_REQUIRE_ALL_TESTS` is set
 /// (as in CI).
 pub fn coordinator_available(kind: CoordinatorKind, test: &str) -> bool {
-    if kind == CoordinatorKind::ApacheZooKeeper && !apache_zookeeper_installed() {
+    if kind.is_apache() && !apache_zookeeper_installed() {
         referee_testkit::skip(&format!("{test} against Apache ZooKeeper"), referee_testkit::APACHE_ZK_MISSING);
         return false;
     }

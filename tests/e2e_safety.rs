@@ -26,6 +26,11 @@
 //!   expire, that is before the lock can leave it; the margin is printed. A variant asks the
 //!   agent to stop (SIGTERM) just as its lease runs out, so that the graceful handover's own
 //!   coordinator calls wait in the black hole.
+//! - **Black-holed after moving to a server granting less** (an Apache ZooKeeper ensemble
+//!   whose servers 2 and 3 cap sessions at 2.5 s while server 1 grants the 6 s asked for): both
+//!   sessions begin on server 1, server 1 dies, the active's session moves to a follower that
+//!   grants it 2.5 s, and its connection is black-holed. The agent must demote its master before
+//!   the 2.5 s session can expire, not by the lease a 6 s grant would give.
 //! - **Coordinator leader killed** (three-server ensemble only): the coordinator's leader is
 //!   killed with SIGKILL while the active master takes writes; the pair must keep its active
 //!   under the same token (no failover), and the killed server, restarted, rejoins as a follower.
@@ -182,6 +187,16 @@ async fn stopped_inside_a_black_hole(kind: CoordinatorKind, master: MasterKind) 
 
 async fn black_holed(kind: CoordinatorKind, master: MasterKind, stop_at_lease_end: bool) -> Result<()> {
     let pair = Arc::new(Pair::start(spec(kind, master, true)).await?);
+    black_hole_the_active(pair, kind, master, stop_at_lease_end).await
+}
+
+/// The black-hole scenario on a running pair with proxied agents.
+async fn black_hole_the_active(
+    pair: Arc<Pair>,
+    kind: CoordinatorKind,
+    master: MasterKind,
+    stop_at_lease_end: bool,
+) -> Result<()> {
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     let new = 1 - old;
     // A session of the test's own, straight to the coordinator, watches who owns the lock.
@@ -267,6 +282,70 @@ async fn black_holed(kind: CoordinatorKind, master: MasterKind, stop_at_lease_en
     );
     ensure!(before_promotion > 0.0, "the old master was demoted after the new one was promoted");
     Ok(())
+}
+
+/// The session timeout an Apache ZooKeeper server's `cons` lists for `session`'s connection.
+fn connection_timeout_ms(cons: &str, session: i64) -> Option<u64> {
+    let line = cons.lines().find(|l| l.contains(&format!("sid={session:#x},")))?;
+    line.split("to=").nth(1)?.split([',', ')']).next()?.parse().ok()
+}
+
+/// Apache ZooKeeper grants a session's timeout anew each time the session moves to another
+/// server, within that server's bounds, and a follower reports the session's liveness to the
+/// leader with that timeout. Here server 1 admits the 6 s the agents ask for and servers 2 and
+/// 3 at most 2.5 s: both sessions begin on server 1 (granted 6 s), server 1 dies, the active's
+/// session moves to the follower of the two left, where it lives on 2.5 s, and its coordinator
+/// connection is black-holed. A lease counted from the 6 s grant keeps the master active for 4.85 s after the
+/// last answer, long after the session expired and the peer took the lock; the agent must demote
+/// its master before the session can expire, as in the black-hole scenario.
+async fn black_holed_after_moving_to_a_server_granting_less(master: MasterKind) -> Result<()> {
+    let kind = CoordinatorKind::ApacheEnsemble { max_session_ms: [60_000, 2_500, 2_500] };
+    if !coordinator_available(kind, &format!("black_holed_after_moving_to_a_server_granting_less ({master:?})")) {
+        return Ok(());
+    }
+    let spec =
+        PairSpec { timings: Timings { session_timeout_ms: 6000, ..Timings::referee() }, ..spec(kind, master, true) };
+    let pair = Arc::new(Pair::start_on_first_coordinator_server(spec).await?);
+    let old = pair.wait_for_active(Duration::from_secs(20)).await?;
+    for (node, name) in NODES.iter().enumerate() {
+        let granted = status(&pair, node).await["granted_session_timeout_ms"].clone();
+        ensure!(granted == 6000, "agent {name}'s session began with a grant of {granted}, not server 1's 6000");
+    }
+    // The agent has asked every server what it would grant, and counts on the lowest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&pair, old).await["lease_session_timeout_ms"] != 2500 {
+        ensure!(
+            Instant::now() < deadline,
+            "agent {} never counted its lease on servers 2 and 3's grant: {}",
+            NODES[old],
+            status(&pair, old).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Server 1 dies, and the active's session moves to a follower among servers 2 and 3 (cut
+    // from the leader if it lands there: the leader keeps a session it serves itself on the
+    // timeout it was created with), which grants it 2.5 s.
+    pair.kill_coordinator_server(0);
+    let leader = pair.wait_for_coordinator_leader(&[1, 2], Duration::from_secs(20)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        match pair.agent_coordinator_server(old).await {
+            Some(k) if k == leader => pair.cut_agent_server(old, k).await?,
+            Some(k) => break k,
+            None => {}
+        }
+        ensure!(Instant::now() < deadline, "agent {}'s session never reached the follower", NODES[old]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let session = status(&pair, old).await["session"]["session_id"].as_i64().context("the active's session id")?;
+    let cons = pair.coordinator_four_letter(server, "cons").await.unwrap_or_default();
+    ensure!(
+        connection_timeout_ms(&cons, session) == Some(2500),
+        "the session moved to server {} with another timeout than 2500 ms:\n{cons}",
+        server + 1
+    );
+    pair.wait_for_active_node(old, Duration::from_secs(10)).await?;
+    black_hole_the_active(pair, kind, master, false).await
 }
 
 /// The coordinator ensemble's leader is killed (kill -9) while the pair runs and the active
@@ -370,6 +449,13 @@ mod bundled_ensemble {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn stopped_inside_a_black_hole_command_master() -> anyhow::Result<()> {
         super::stopped_inside_a_black_hole(super::CoordinatorKind::BundledEnsemble, super::MasterKind::Command).await
+    }
+}
+
+mod apache_ensemble {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn black_holed_after_moving_to_a_server_granting_less_plain_master() -> anyhow::Result<()> {
+        super::black_holed_after_moving_to_a_server_granting_less(super::MasterKind::Plain).await
     }
 }
 

@@ -3,10 +3,11 @@
 //!
 //! Apache ZooKeeper negotiates a session's timeout anew each time the client reconnects: the
 //! server it reaches clamps the timeout the client asks for (the one granted last) into that
-//! server's own `minSessionTimeout`..`maxSessionTimeout`, and from then on expires the session
-//! that long after its last touch. The servers of one ensemble may have different bounds, so a
-//! session granted 6 s by one server lives on 1.5 s once it moves to a server whose maximum is
-//! 1.5 s, and the client library tells nobody. A lease cut from the first grant would then
+//! server's own `minSessionTimeout`..`maxSessionTimeout`, and a follower reports the session's
+//! liveness to the leader with that timeout, which expires the session that long after its last
+//! touch. The servers of one ensemble may have different bounds, so a session granted 6 s by one
+//! server lives on 1.5 s once it moves to a follower whose maximum is 1.5 s, and the client
+//! library tells nobody. A lease cut from the first grant would then
 //! outlive the session: a peer could hold the lock while this node's master still took writes.
 //!
 //! So the agent asks every server. It opens a short session on each, asking for what its own

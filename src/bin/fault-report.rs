@@ -160,6 +160,7 @@ async fn main() -> Result<()> {
         CoordinatorKind::BundledEnsembleWithObservers => {
             "bundled coordinator, a three-server ensemble and an observer beside each node"
         }
+        CoordinatorKind::ApacheEnsemble { .. } => "Apache ZooKeeper 3.8, a three-server ensemble",
     };
     let header = format!(
         "fault-report --runs {} --coordinator {:?}: {label}, load average {load_before} -> {load_after}",
