@@ -162,35 +162,40 @@ pub fn spawn_survey(
         let mut warned = None;
         loop {
             let (asked, servers) = survey.to_ask();
-            let mut unanswered = false;
-            if !servers.is_empty() {
+            let wait = if servers.is_empty() {
+                REFRESH
+            } else {
                 let mut probes = JoinSet::new();
                 for s in servers {
                     let server = survey.servers()[s].clone();
                     probes.spawn(async move { (s, probe(&server, asked, op_timeout).await) });
                 }
+                // Each answer counts as it comes: a silent server costs the others nothing.
                 while let Some(done) = probes.join_next().await {
                     let Ok((s, result)) = done else { continue };
                     match result {
-                        Ok(granted) => survey.answered(s, asked, granted),
-                        Err(why) => {
-                            unanswered = true;
-                            tracing::debug!(server = %survey.servers()[s], %why, "could not ask a coordinator server what session timeout it grants");
+                        Ok(granted) => {
+                            survey.answered(s, asked, granted);
+                            *lowest.lock().unwrap_or_else(PoisonError::into_inner) = survey.lowest();
                         }
+                        Err(why) => tracing::debug!(
+                            server = %survey.servers()[s], %why,
+                            "could not ask a coordinator server what session timeout it grants"
+                        ),
                     }
                 }
-                *lowest.lock().unwrap_or_else(PoisonError::into_inner) = survey.lowest();
                 let disagreement = survey.disagreement();
                 if disagreement.is_some() && disagreement != warned {
                     tracing::warn!("{}", disagreement.as_deref().unwrap_or_default());
                 }
                 warned = disagreement;
-                if !unanswered {
-                    // An answer may have lowered the chain: ask again at once if so.
+                if survey.to_ask().0 != asked {
+                    // The chain went lower: ask there at once.
                     continue;
                 }
-            }
-            let wait = if unanswered { RETRY } else { REFRESH };
+                // Whoever is left did not answer.
+                RETRY
+            };
             tokio::select! {
                 ended = reconnected(&mut states) => {
                     if ended {
@@ -199,7 +204,7 @@ pub fn spawn_survey(
                     survey.refresh();
                 }
                 _ = tokio::time::sleep(wait) => {
-                    if !unanswered {
+                    if wait == REFRESH {
                         survey.refresh();
                     }
                 }
@@ -208,14 +213,13 @@ pub fn spawn_survey(
     })
 }
 
-/// Waits for the session to reconnect (true: it ended instead).
+/// Waits for the session to reconnect (true: it ended instead). The watcher reports changes
+/// only, so a connected state is a reconnection; cancel-safe.
 async fn reconnected(states: &mut zk::StateWatcher) -> bool {
-    let mut was_disconnected = false;
     loop {
         match states.changed().await {
-            zk::SessionState::Disconnected => was_disconnected = true,
-            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly if was_disconnected => return false,
-            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
+            zk::SessionState::Disconnected => {}
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return false,
             zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => return true,
         }
     }
