@@ -280,6 +280,20 @@ impl AgentStatus {
             "gauge",
             u8::from(matches!(self.session, SessionView::Connected { .. })).to_string(),
         );
+        let seconds = |ms: Option<u64>| format!("{:.3}", ms.unwrap_or(0) as f64 / 1000.0);
+        gauge(
+            "referee_agent_granted_session_timeout_seconds",
+            "Session timeout the coordinator granted the last session made (0 before the first).",
+            "gauge",
+            seconds(self.granted_session_timeout_ms),
+        );
+        gauge(
+            "referee_agent_lease_session_timeout_seconds",
+            "Session timeout the lease counts on: the lowest any coordinator server would grant the session on \
+             a reconnection, below the grant when the servers' bounds differ (0 without a session).",
+            "gauge",
+            seconds(self.lease_session_timeout_ms),
+        );
         gauge("referee_agent_paused", "1 while failover is paused.", "gauge", u8::from(self.paused).to_string());
         gauge("referee_agent_cycles_total", "Decision cycles run.", "counter", c.cycles.to_string());
         gauge(
@@ -359,6 +373,12 @@ mod tests {
         let m = s.metrics(BootInstant::now());
         assert!(m.contains("referee_agent_active{cluster=\"c\",node=\"a\"} 0\n"), "{m}");
         assert!(m.contains("referee_agent_fences_total{cluster=\"c\",node=\"a\",outcome=\"failed\"} 0\n"), "{m}");
+        assert!(m.contains("referee_agent_lease_session_timeout_seconds{cluster=\"c\",node=\"a\"} 0.000\n"), "{m}");
+        s.granted_session_timeout_ms = Some(6000);
+        s.lease_session_timeout_ms = Some(2500);
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_granted_session_timeout_seconds{cluster=\"c\",node=\"a\"} 6.000\n"), "{m}");
+        assert!(m.contains("referee_agent_lease_session_timeout_seconds{cluster=\"c\",node=\"a\"} 2.500\n"), "{m}");
     }
 
     #[test]
