@@ -250,6 +250,11 @@ pub enum CoordinatorKind {
 /// The servers of a [`CoordinatorKind::BundledEnsemble`] or [`CoordinatorKind::ApacheEnsemble`].
 pub const ENSEMBLE_SERVERS: usize = 3;
 
+/// An Apache ZooKeeper ensemble whose servers all have the lab's session bounds (as the one
+/// server of [`CoordinatorKind::ApacheZooKeeper`]).
+pub const APACHE_ENSEMBLE: CoordinatorKind =
+    CoordinatorKind::ApacheEnsemble { max_session_ms: [60_000; ENSEMBLE_SERVERS] };
+
 /// The `syncLimit` of a [`CoordinatorKind::ApacheEnsemble`]: how many ticks a follower may lag.
 const APACHE_SYNC_LIMIT: u64 = 2;
 

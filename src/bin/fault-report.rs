@@ -43,7 +43,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// The coordinator: the bundled one alone, the bundled one as a three-server ensemble (five
-    /// hosts), or Apache ZooKeeper 3.8.
+    /// hosts), or Apache ZooKeeper 3.8 alone or as a three-server ensemble.
     #[arg(long, value_enum, default_value = "bundled")]
     coordinator: Coordinator,
     /// Output path without extension: writes OUT.md, OUT.svg and OUT.txt.
@@ -66,6 +66,8 @@ enum Coordinator {
     /// The three-server ensemble with an observer beside each node, which its agent uses.
     EnsembleObservers,
     Apache,
+    /// Apache ZooKeeper as a three-server ensemble (`syncLimit=2` at the lab's tick).
+    ApacheEnsemble,
 }
 
 /// One scenario's runs.
@@ -109,6 +111,7 @@ async fn main() -> Result<()> {
         Coordinator::Ensemble => CoordinatorKind::BundledEnsemble,
         Coordinator::EnsembleObservers => CoordinatorKind::BundledEnsembleWithObservers,
         Coordinator::Apache => CoordinatorKind::ApacheZooKeeper,
+        Coordinator::ApacheEnsemble => referee::lab::APACHE_ENSEMBLE,
     };
     let scenarios: Vec<Measured> = if args.scenarios.is_empty() {
         Measured::ALL.into_iter().filter(|m| m.runs_on(kind)).collect()
@@ -124,12 +127,14 @@ async fn main() -> Result<()> {
             .collect::<Result<_>>()?
     };
     if let Some(m) = scenarios.iter().find(|m| !m.runs_on(kind)) {
-        bail!("scenario `{}` needs a coordinator ensemble: use --coordinator ensemble or ensemble-observers", m.name());
+        bail!(
+            "scenario `{}` needs a coordinator ensemble: use --coordinator ensemble, ensemble-observers or \
+             apache-ensemble",
+            m.name()
+        );
     }
-    if let CoordinatorKind::ApacheZooKeeper = kind {
-        if !referee::lab::apache_zookeeper_installed() {
-            bail!("Apache ZooKeeper is not installed: apt-get install zookeeper, or use --coordinator bundled");
-        }
+    if kind.is_apache() && !referee::lab::apache_zookeeper_installed() {
+        bail!("Apache ZooKeeper is not installed: apt-get install zookeeper, or use --coordinator bundled");
     }
     QUIET.store(true, Ordering::Relaxed);
     PHASES.store(args.phases, Ordering::Relaxed);
