@@ -303,13 +303,35 @@ async fn black_holed_after_moving_to_a_server_granting_less(master: MasterKind) 
     if !coordinator_available(kind, &format!("black_holed_after_moving_to_a_server_granting_less ({master:?})")) {
         return Ok(());
     }
-    let spec =
-        PairSpec { timings: Timings { session_timeout_ms: 6000, ..Timings::referee() }, ..spec(kind, master, true) };
+    // The agents are not told the ensemble's staleness (syncLimit 2 × tickTime 200 ms): they
+    // must learn it from the servers.
+    let unset = "coordinator:\n  max_staleness_ms: 0\n".to_string();
+    let spec = PairSpec {
+        timings: Timings { session_timeout_ms: 6000, ..Timings::referee() },
+        extra_agent_yaml: vec![unset.clone(), unset],
+        ..spec(kind, master, true)
+    };
     let pair = Arc::new(Pair::start_on_first_coordinator_server(spec).await?);
     let old = pair.wait_for_active(Duration::from_secs(20)).await?;
     for (node, name) in NODES.iter().enumerate() {
         let granted = status(&pair, node).await["granted_session_timeout_ms"].clone();
         ensure!(granted == 6000, "agent {name}'s session began with a grant of {granted}, not server 1's 6000");
+    }
+    for (node, name) in NODES.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(&pair, node).await["staleness_ms"] != 400 {
+            ensure!(
+                Instant::now() < deadline,
+                "agent {name} never counted the staleness its servers say they may have: {}",
+                status(&pair, node).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = std::fs::read_to_string(pair.node_path(node).join("agent.log")).unwrap_or_default();
+        ensure!(
+            log.contains("may lag its leader by 400 ms"),
+            "agent {name} did not say its setting fell short:\n{log}"
+        );
     }
     // The agent has asked every server what it would grant, and counts on the lowest.
     let deadline = Instant::now() + Duration::from_secs(10);

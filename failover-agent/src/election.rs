@@ -545,6 +545,9 @@ pub struct Coordination {
     /// ([`crate::grants`]), kept by the survey task.
     lowest_grant: Arc<Mutex<Duration>>,
     _survey: AbortOnDrop,
+    /// What each server says of its staleness ([`crate::staleness`]), kept by its own task.
+    staleness: Arc<Mutex<Vec<(String, crate::staleness::Implied)>>>,
+    _staleness_check: AbortOnDrop,
 }
 
 /// A task that ends with its owner.
@@ -599,7 +602,19 @@ impl Coordination {
             client.state_watcher(),
             lowest_grant.clone(),
         );
-        let me = Coordination { client, cfg, paths, session_id, lowest_grant, _survey: AbortOnDrop(survey) };
+        let staleness = Arc::new(Mutex::new(Vec::new()));
+        let check =
+            crate::staleness::spawn_check(&cfg.connect, cfg.op_timeout, client.state_watcher(), staleness.clone());
+        let me = Coordination {
+            client,
+            cfg,
+            paths,
+            session_id,
+            lowest_grant,
+            _survey: AbortOnDrop(survey),
+            staleness,
+            _staleness_check: AbortOnDrop(check),
+        };
         me.ensure_parents().await?;
         Ok(me)
     }
@@ -645,6 +660,12 @@ impl Coordination {
     pub fn lease_timeout(&self) -> Duration {
         let lowest = *self.lowest_grant.lock().unwrap_or_else(PoisonError::into_inner);
         lowest.min(self.negotiated_timeout())
+    }
+
+    /// What each server of the connect string last said of its staleness, in its order (empty
+    /// until the first answers).
+    pub fn staleness_reports(&self) -> Vec<(String, crate::staleness::Implied)> {
+        self.staleness.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The node id this handle registers and acquires as.

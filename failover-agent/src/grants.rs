@@ -158,6 +158,8 @@ pub fn spawn_survey(
     lowest: Arc<Mutex<Duration>>,
 ) -> JoinHandle<()> {
     let mut survey = GrantSurvey::new(connect, first);
+    // The state now is not a change: only a reconnection from here on is.
+    states.state();
     tokio::spawn(async move {
         let mut warned = None;
         loop {
@@ -215,7 +217,7 @@ pub fn spawn_survey(
 
 /// Waits for the session to reconnect (true: it ended instead). The watcher reports changes
 /// only, so a connected state is a reconnection; cancel-safe.
-async fn reconnected(states: &mut zk::StateWatcher) -> bool {
+pub(crate) async fn reconnected(states: &mut zk::StateWatcher) -> bool {
     loop {
         match states.changed().await {
             zk::SessionState::Disconnected => {}

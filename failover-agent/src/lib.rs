@@ -33,6 +33,8 @@
 //! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
 //! - [`grants`]: the session timeout each server of the ensemble would grant on a
 //!   reconnection, the lowest of which the lease counts on (the survey's rules are pure).
+//! - [`staleness`]: how stale each coordinator server says it may be (`srvr`, `conf`), which
+//!   the lease counts when it is more than `coordinator.max_staleness_ms`.
 //! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
 //!   confirms it is not active (the members' answers and the round's targets, pure).
 //! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
@@ -63,6 +65,7 @@ pub mod lease;
 pub mod model;
 pub mod probes;
 pub mod schedule;
+pub mod staleness;
 pub mod status;
 pub mod timeline;
 pub mod tokens;

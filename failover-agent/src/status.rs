@@ -116,6 +116,9 @@ pub struct AgentStatus {
     /// would grant the session on a reconnection, below the grant when the servers' bounds
     /// differ (`None` without a session).
     pub lease_session_timeout_ms: Option<u64>,
+    /// The staleness the lease counts (S): `coordinator.max_staleness_ms`, or more where the
+    /// coordinator's servers say they may lag their leader by more.
+    pub staleness_ms: u64,
     /// Lock holder.
     pub lock: LockView,
     /// Our token while we hold the lock.
@@ -181,6 +184,7 @@ impl AgentStatus {
             session: SessionView::Connecting,
             granted_session_timeout_ms: None,
             lease_session_timeout_ms: None,
+            staleness_ms: 0,
             lock: LockView::Unknown,
             token: None,
             members: Vec::new(),

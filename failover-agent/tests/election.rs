@@ -15,6 +15,7 @@ use referee_failover_agent::election::{
 use referee_failover_agent::model::{
     Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView,
 };
+use referee_failover_agent::staleness::Implied;
 use referee_fencing::{FenceTarget, FencingToken};
 use referee_testkit::{
     apache_zookeeper_installed, four_letter, skip, wait_until, within, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
@@ -467,6 +468,18 @@ async fn positions_and_candidacies(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A server alone says it answers from what it knows: no staleness to count.
+async fn a_server_alone_says_it_is_not_stale(addr: SocketAddr) -> Result<()> {
+    let h = connect(cfg(addr, "staleness", "a")).await?;
+    let server = addr.to_string();
+    wait_until(Duration::from_secs(10), "the server to say what it is", || {
+        h.staleness_reports() == vec![(server.clone(), Implied::Standalone)]
+    })
+    .await
+    .with_context(|| format!("reports: {:?}", h.staleness_reports()))?;
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         /// Each scenario against its own bundled coordinator.
@@ -515,6 +528,7 @@ scenarios!(
     token_base_lifts_every_later_token,
     digest_credential_secures_every_znode,
     positions_and_candidacies,
+    a_server_alone_says_it_is_not_stale,
 );
 
 /// Whether Apache's `cons` answer lists a connection of `session` and, if so, the session
@@ -556,6 +570,16 @@ async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Resu
         op_timeout: Duration::from_secs(1),
         ..cfg("127.0.0.1:1".parse()?, "renegotiate", "a")
     };
+    // Each server says it may lag its leader by syncLimit (5) × tickTime (200 ms).
+    let each = ports.iter().map(|p| (format!("127.0.0.1:{p}"), Implied::Member(Duration::from_millis(1000))));
+    let expected: Vec<(String, Implied)> = each.collect();
+    let first = connect(settings.clone()).await?;
+    wait_until(Duration::from_secs(10), "every server to say how stale it may be", || {
+        first.staleness_reports() == expected
+    })
+    .await
+    .with_context(|| format!("reports: {:?}", first.staleness_reports()))?;
+    first.close().await?;
     // The client picks a server at random: connect until the session lands on server 1.
     let mut tries = 0;
     let h = loop {

@@ -15,7 +15,9 @@
 //!
 //! Frames are ZooKeeper's: a 4-byte big-endian length, then the body. The first frame each way
 //! is the connect request or response, which has no header; every later one starts with its
-//! xid (and a request with its opcode after that).
+//! xid (and a request with its opcode after that). A connection whose first four bytes cannot
+//! be a frame's length (over 16 MiB: a four-letter word, or its plain-text answer) is passed on
+//! as it arrives, through the same gate.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -223,13 +225,42 @@ impl Drop for Proxy {
     }
 }
 
-async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Vec<u8>> {
+/// The longest frame the proxy takes for one: ZooKeeper's are at most `jute.maxbuffer` (1 MiB by
+/// default) and some bytes.
+const MAX_FRAME: usize = 16 << 20;
+
+/// The next unit to forward: a frame, or, once the four bytes read cannot be a frame's length
+/// (a four-letter word, or its plain-text answer), those four bytes and then whatever arrives
+/// as it arrives: `raw` then stays set,
+/// as such a connection never speaks ZooKeeper's framed protocol. End of stream is an error.
+async fn read_frame(s: &mut (impl AsyncReadExt + Unpin), raw: &mut bool) -> std::io::Result<Vec<u8>> {
+    if *raw {
+        let more = read_chunk(s).await?;
+        if more.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(more);
+    }
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await?;
     let mut frame = len.to_vec();
-    frame.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    let body = u32::from_be_bytes(len) as usize;
+    if body > MAX_FRAME {
+        // Not waiting for more: a four-letter word is all its client sends.
+        *raw = true;
+        return Ok(frame);
+    }
+    frame.resize(4 + body, 0);
     s.read_exact(&mut frame[4..]).await?;
     Ok(frame)
+}
+
+/// Whatever has arrived, up to 64 KiB (empty at the end of the stream).
+async fn read_chunk(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Vec<u8>> {
+    let mut more = vec![0u8; 64 << 10];
+    let n = s.read(&mut more).await?;
+    more.truncate(n);
+    Ok(more)
 }
 
 /// The big-endian i32 at byte `at` of `frame`, if the frame is that long.
@@ -244,13 +275,14 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>, gate: 
     let doomed: Arc<Mutex<Option<i32>>> = Arc::default();
     let (doomed_up, traps_up, gate_up) = (doomed.clone(), traps.clone(), gate.clone());
     let up = async move {
-        let Ok(first) = read_frame(&mut cr).await else { return };
+        let mut raw = false;
+        let Ok(first) = read_frame(&mut cr, &mut raw).await else { return };
         gate_up.pass().await;
         if sw.write_all(&first).await.is_err() {
             return;
         }
         loop {
-            let Ok(f) = read_frame(&mut cr).await else { return };
+            let Ok(f) = read_frame(&mut cr, &mut raw).await else { return };
             if i32_at(&f, 8) == Some(OP_MULTI) {
                 if traps_up.take(Trap::DropMultiRequest) {
                     traps_up.spring();
@@ -267,13 +299,14 @@ async fn forward(client: TcpStream, server: TcpStream, traps: Arc<Traps>, gate: 
         }
     };
     let down = async move {
-        let Ok(first) = read_frame(&mut sr).await else { return };
+        let mut raw = false;
+        let Ok(first) = read_frame(&mut sr, &mut raw).await else { return };
         gate.pass().await;
         if cw.write_all(&first).await.is_err() {
             return;
         }
         loop {
-            let Ok(f) = read_frame(&mut sr).await else { return };
+            let Ok(f) = read_frame(&mut sr, &mut raw).await else { return };
             let xid = i32_at(&f, 4);
             let swallow = match xid {
                 Some(XID_NOTIFICATION) => traps.take(Trap::CutAtNotification),
@@ -324,6 +357,26 @@ mod tests {
         tokio::time::timeout(Duration::ZERO, fut).await.is_err()
     }
 
+    /// A four-letter word and its plain-text answer are not frames: they pass whole.
+    #[tokio::test]
+    async fn a_four_letter_word_and_its_answer_pass() -> Result<()> {
+        let server = TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = Proxy::start(server.local_addr()?).await?;
+        let mut client = TcpStream::connect(proxy.addr).await?;
+        client.write_all(b"srvr").await?;
+        let (mut conn, _) = within("the proxied connection", server.accept()).await??;
+        let mut word = [0u8; 4];
+        within("the word", conn.read_exact(&mut word)).await??;
+        assert_eq!(&word, b"srvr");
+        let answer = "Zookeeper version: 3.8.0\nMode: standalone\nNode count: 5\n".repeat(50);
+        conn.write_all(answer.as_bytes()).await?;
+        drop(conn);
+        let mut got = String::new();
+        within("the answer", client.read_to_string(&mut got)).await??;
+        assert_eq!(got, answer);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_black_hole_holds_every_frame_and_new_connection_until_healed() -> Result<()> {
         let server = TcpListener::bind("127.0.0.1:0").await?;
@@ -331,9 +384,9 @@ mod tests {
         let mut client = TcpStream::connect(proxy.addr).await?;
         client.write_all(&frame(b"hello")).await?;
         let (mut conn, _) = within("the proxied connection", server.accept()).await??;
-        assert_eq!(within("the first frame up", read_frame(&mut conn)).await??, frame(b"hello"));
+        assert_eq!(within("the first frame up", read_frame(&mut conn, &mut false)).await??, frame(b"hello"));
         conn.write_all(&frame(b"welcome")).await?;
-        assert_eq!(within("the first frame down", read_frame(&mut client)).await??, frame(b"welcome"));
+        assert_eq!(within("the first frame down", read_frame(&mut client, &mut false)).await??, frame(b"welcome"));
 
         proxy.black_hole();
         // Both directions of the established connection, and a connection made inside the
@@ -343,15 +396,18 @@ mod tests {
         let mut late = TcpStream::connect(proxy.addr).await?;
         late.write_all(&frame(b"late")).await?;
         wait_until(DEADLINE, "two frames and a connection held", || proxy.held() == 3).await?;
-        assert!(nothing_yet(read_frame(&mut conn)).await, "a frame went up through the black hole");
-        assert!(nothing_yet(read_frame(&mut client)).await, "a frame came down through the black hole");
+        assert!(nothing_yet(read_frame(&mut conn, &mut false)).await, "a frame went up through the black hole");
+        assert!(nothing_yet(read_frame(&mut client, &mut false)).await, "a frame came down through the black hole");
         assert!(nothing_yet(server.accept()).await, "a connection reached the server through the black hole");
 
         proxy.heal();
-        assert_eq!(within("the held frame up", read_frame(&mut conn)).await??, frame(b"up"));
-        assert_eq!(within("the held frame down", read_frame(&mut client)).await??, frame(b"down"));
+        assert_eq!(within("the held frame up", read_frame(&mut conn, &mut false)).await??, frame(b"up"));
+        assert_eq!(within("the held frame down", read_frame(&mut client, &mut false)).await??, frame(b"down"));
         let (mut late_conn, _) = within("the held connection", server.accept()).await??;
-        assert_eq!(within("the late connection's frame", read_frame(&mut late_conn)).await??, frame(b"late"));
+        assert_eq!(
+            within("the late connection's frame", read_frame(&mut late_conn, &mut false)).await??,
+            frame(b"late")
+        );
         assert_eq!(proxy.held(), 0);
         Ok(())
     }

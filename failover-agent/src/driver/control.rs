@@ -199,8 +199,10 @@ impl Driver {
             return message;
         }
         self.cfg = merged;
-        // The lease settings apply to the renewals already gathered too.
-        self.mem.lease.set_rule(self.cfg.lease_rule());
+        // The lease settings apply to the renewals already gathered too. The staleness counted
+        // never drops here: the next observation recounts it from the servers' reports.
+        let staleness = self.mem.lease.rule().staleness.max(self.cfg.lease_rule().staleness);
+        self.mem.lease.set_rule(crate::lease::LeaseRule { staleness, ..self.cfg.lease_rule() });
         self.publish_guard();
         let applied = if live_changed {
             "applied the new lease, election and failsafe settings"

@@ -88,6 +88,8 @@ fn wall_ms() -> i64 {
 struct Memory {
     /// The session's lease, renewed from the send time of every answered request.
     lease: Lease,
+    /// The warnings last logged for servers that may be staler than `max_staleness_ms`.
+    staleness_warnings: Vec<String>,
     /// The token this agent promoted its master with while the master may be active with it
     /// (see [`crate::decide::track_promoted`]).
     promoted: Option<FencingToken>,
@@ -153,6 +155,7 @@ impl Memory {
     fn new(lease: Lease) -> Self {
         Memory {
             lease,
+            staleness_warnings: Vec::new(),
             promoted: None,
             seen_holders: Vec::new(),
             failure: None,

@@ -4,6 +4,28 @@
 use super::*;
 
 impl Driver {
+    /// Makes the lease count the larger of `coordinator.max_staleness_ms` and the staleness the
+    /// coordinator's servers say they may have ([`crate::staleness`]), warning once for each
+    /// server the setting falls short of.
+    fn count_staleness(&mut self, reports: &[(String, crate::staleness::Implied)]) {
+        let configured = Duration::from_millis(self.cfg.coordinator.max_staleness_ms);
+        let staleness = crate::staleness::effective(configured, reports);
+        let rule = crate::lease::LeaseRule { staleness, ..self.cfg.lease_rule() };
+        if self.mem.lease.rule() != rule {
+            self.mem.lease.set_rule(rule);
+            self.publish_guard();
+        }
+        self.status().staleness_ms = staleness.as_millis() as u64;
+        let warnings: Vec<String> = reports
+            .iter()
+            .filter_map(|(server, said)| crate::staleness::shortfall_warning(server, said, configured))
+            .collect();
+        for w in warnings.iter().filter(|w| !self.mem.staleness_warnings.contains(w)) {
+            warn!("{w}");
+        }
+        self.mem.staleness_warnings = warnings;
+    }
+
     /// Observes everything the decision core looks at, afresh: the master (its last answer or
     /// the health report), the session and its lease, the lock with its token base, the
     /// breadcrumb, the members now and then; and keeps the history the core needs (tokens
@@ -12,6 +34,9 @@ impl Driver {
     pub(super) async fn observe(&mut self, report: &HealthReport, coord: Option<&Coordination>) -> Observation {
         let master = self.master_view(report);
         self.mem.promoted = track_promoted(self.mem.promoted, master);
+        if let Some(c) = coord {
+            self.count_staleness(&c.staleness_reports());
+        }
         let lease_timeout = coord.map(|c| c.lease_timeout());
         if let Some(t) = lease_timeout {
             // The lowest grant the session may be living on (see `Lease::connected`).
@@ -20,7 +45,7 @@ impl Driver {
         let lease_ms = lease_timeout.map(|t| t.as_millis() as u64);
         let before = std::mem::replace(&mut self.status().lease_session_timeout_ms, lease_ms);
         if let Some(t) = lease_timeout.filter(|_| before.is_some() && before != lease_ms) {
-            if self.cfg.lease_budget(t).is_none() {
+            if self.mem.lease.rule().budget(t).is_none() {
                 warn!(
                     "a server of the coordinator would grant this session {} ms on a reconnection, which leaves no \
                      lease: this node will not stay active. Give every server the same session timeout bounds",
@@ -226,7 +251,7 @@ impl Driver {
         let now = BootInstant::now();
         let granted =
             coord.map_or(Duration::from_millis(self.cfg.coordinator.session_timeout_ms), |c| c.lease_timeout());
-        let Some(budget) = self.cfg.lease_budget(granted) else { return };
+        let Some(budget) = self.mem.lease.rule().budget(granted) else { return };
         // Quiet: half the lease has passed since the last answered request (or there is none).
         let quiet = self.mem.lease.left(now) <= budget / 2;
         let ttl = Duration::from_millis(self.cfg.failsafe.ttl_ms);

@@ -122,10 +122,10 @@ impl Driver {
         }
         let requested = Duration::from_millis(self.cfg.coordinator.session_timeout_ms);
         if let Some(warning) =
-            crate::lease::grant_mismatch_warning(requested, c.negotiated_timeout(), &self.cfg.lease_rule())
+            crate::lease::grant_mismatch_warning(requested, c.negotiated_timeout(), &self.mem.lease.rule())
         {
             warn!("{warning}");
-        } else if self.cfg.lease_budget(c.negotiated_timeout()).is_none() {
+        } else if self.mem.lease.rule().budget(c.negotiated_timeout()).is_none() {
             warn!("the coordinator granted a session timeout of {} ms, which leaves no lease: this node will never stay active", c.negotiated_timeout().as_millis());
         }
     }
