@@ -99,6 +99,10 @@ async fn members_lists_follows_the_leader_adds_and_removes() -> Result<()> {
     let leader = m.leader.context("a leader")?;
     let follower = a.iter().find(|s| s.id != leader).context("a follower")?;
     let f_admin = follower.admin.to_string();
+    // The follower answers from what it knows: wait until it has heard from the leader too
+    // (server 1 may name it a moment before the follower does).
+    let seen = settled(follower.admin, &[1, 2, 3]).await?;
+    assert_eq!(seen.leader, Some(leader), "the follower names another leader");
 
     let (code, out, err) = members_cli(&["list", "--server", &f_admin]).await?;
     assert_eq!(code, 0, "{err}");

@@ -90,6 +90,8 @@ struct Memory {
     lease: Lease,
     /// The warnings last logged for servers that may be staler than `max_staleness_ms`.
     staleness_warnings: Vec<String>,
+    /// The most staleness any coordinator server has said it may have since the start.
+    servers_staleness: Duration,
     /// The token this agent promoted its master with while the master may be active with it
     /// (see [`crate::decide::track_promoted`]).
     promoted: Option<FencingToken>,
@@ -156,6 +158,7 @@ impl Memory {
         Memory {
             lease,
             staleness_warnings: Vec::new(),
+            servers_staleness: Duration::ZERO,
             promoted: None,
             seen_holders: Vec::new(),
             failure: None,

@@ -4,12 +4,15 @@
 use super::*;
 
 impl Driver {
-    /// Makes the lease count the larger of `coordinator.max_staleness_ms` and the staleness the
-    /// coordinator's servers say they may have ([`crate::staleness`]), warning once for each
-    /// server the setting falls short of.
+    /// Makes the lease count the larger of `coordinator.max_staleness_ms` and the most staleness
+    /// the coordinator's servers have said they may have since the agent started
+    /// ([`crate::staleness`]; kept across sessions, so a new session's first moments, before its
+    /// servers have answered, count it too), warning once for each server the setting falls
+    /// short of.
     fn count_staleness(&mut self, reports: &[(String, crate::staleness::Implied)]) {
         let configured = Duration::from_millis(self.cfg.coordinator.max_staleness_ms);
-        let staleness = crate::staleness::effective(configured, reports);
+        self.mem.servers_staleness = crate::staleness::effective(self.mem.servers_staleness, reports);
+        let staleness = configured.max(self.mem.servers_staleness);
         let rule = crate::lease::LeaseRule { staleness, ..self.cfg.lease_rule() };
         if self.mem.lease.rule() != rule {
             self.mem.lease.set_rule(rule);
