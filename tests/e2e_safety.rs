@@ -284,12 +284,6 @@ async fn black_hole_the_active(
     Ok(())
 }
 
-/// The session timeout an Apache ZooKeeper server's `cons` lists for `session`'s connection.
-fn connection_timeout_ms(cons: &str, session: i64) -> Option<u64> {
-    let line = cons.lines().find(|l| l.contains(&format!("sid={session:#x},")))?;
-    line.split("to=").nth(1)?.split([',', ')']).next()?.parse().ok()
-}
-
 /// Apache ZooKeeper grants a session's timeout anew each time the session moves to another
 /// server, within that server's bounds, and a follower reports the session's liveness to the
 /// leader with that timeout. Here server 1 admits the 6 s the agents ask for and servers 2 and
@@ -362,7 +356,7 @@ async fn black_holed_after_moving_to_a_server_granting_less(master: MasterKind) 
     let session = status(&pair, old).await["session"]["session_id"].as_i64().context("the active's session id")?;
     let cons = pair.coordinator_four_letter(server, "cons").await.unwrap_or_default();
     ensure!(
-        connection_timeout_ms(&cons, session) == Some(2500),
+        referee_testkit::cons_session_timeout(&cons, session) == Some(Duration::from_millis(2500)),
         "the session moved to server {} with another timeout than 2500 ms:\n{cons}",
         server + 1
     );

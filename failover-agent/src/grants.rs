@@ -57,8 +57,7 @@ impl GrantSurvey {
     /// A survey of the servers of `connect` (a comma-separated `host:port` list) for a session
     /// first granted `first`.
     pub fn new(connect: &str, first: Duration) -> Self {
-        let servers = connect.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        GrantSurvey { first, servers, answers: BTreeMap::new(), stale: BTreeSet::new() }
+        GrantSurvey { first, servers: servers_of(connect), answers: BTreeMap::new(), stale: BTreeSet::new() }
     }
 
     /// The servers, in the connect string's order.
@@ -146,6 +145,11 @@ impl GrantSurvey {
             each.join(", ")
         ))
     }
+}
+
+/// The servers of a connect string (a comma-separated `host:port` list), as written there.
+pub fn servers_of(connect: &str) -> Vec<String> {
+    connect.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
 /// Surveys the servers for a session first granted `first` whose states `states` follows, in a

@@ -111,7 +111,7 @@ pub fn spawn_check(
     mut states: zookeeper_client::StateWatcher,
     reports: Arc<Mutex<Vec<(String, Implied)>>>,
 ) -> JoinHandle<()> {
-    let servers: Vec<String> = connect.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let servers = crate::grants::servers_of(connect);
     // The state now is not a change: only a reconnection from here on is.
     states.state();
     tokio::spawn(async move {

@@ -18,8 +18,8 @@ use referee_failover_agent::model::{
 use referee_failover_agent::staleness::Implied;
 use referee_fencing::{FenceTarget, FencingToken};
 use referee_testkit::{
-    apache_zookeeper_installed, four_letter, skip, wait_until, within, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
-    Proxy, TestServer, Trap, APACHE_ZK_MISSING,
+    apache_zookeeper_installed, cons_session_timeout, four_letter, skip, wait_until, within, ApacheZk,
+    ApacheZkEnsemble, ApacheZkProfile, Proxy, TestServer, Trap, APACHE_ZK_MISSING,
 };
 
 /// Settings for a handle on `cluster` as `node`: 4 s sessions, 2 s calls.
@@ -531,15 +531,6 @@ scenarios!(
     a_server_alone_says_it_is_not_stale,
 );
 
-/// Whether Apache's `cons` answer lists a connection of `session` and, if so, the session
-/// timeout that connection holds (its `to=`).
-fn connection_timeout_in(cons: &str, session: i64) -> Option<Duration> {
-    let sid = format!("sid={session:#x},");
-    let line = cons.lines().find(|l| l.contains(&sid))?;
-    let to = line.split("to=").nth(1)?.split([',', ')']).next()?;
-    to.parse().ok().map(Duration::from_millis)
-}
-
 /// Apache ZooKeeper grants a session's timeout anew, within its own bounds, each time the client
 /// reconnects, and expires the session on the timeout of the connection it holds: a session
 /// granted 6 s by one server lives on 1.5 s once it moves to a server whose
@@ -584,7 +575,7 @@ async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Resu
     let mut tries = 0;
     let h = loop {
         let h = connect(settings.clone()).await?;
-        if connection_timeout_in(&four_letter(ports[0], "cons")?, h.session_id()).is_some() {
+        if cons_session_timeout(&four_letter(ports[0], "cons")?, h.session_id()).is_some() {
             break h;
         }
         h.close().await?;
@@ -603,8 +594,7 @@ async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Resu
     zk.kill(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     let lives_on = loop {
-        let held =
-            ports[1..].iter().find_map(|p| connection_timeout_in(&four_letter(*p, "cons").ok()?, h.session_id()));
+        let held = ports[1..].iter().find_map(|p| cons_session_timeout(&four_letter(*p, "cons").ok()?, h.session_id()));
         if let Some(to) = held {
             break to;
         }

@@ -317,6 +317,13 @@ impl Drop for ApacheZkEnsemble {
     }
 }
 
+/// The session timeout a `cons` answer lists for `session`'s connection (its `to=`), if it lists
+/// one: what the server granted that connection.
+pub fn cons_session_timeout(cons: &str, session: i64) -> Option<Duration> {
+    let line = cons.lines().find(|l| l.contains(&format!("sid={session:#x},")))?;
+    line.split("to=").nth(1)?.split([',', ')']).next()?.parse().ok().map(Duration::from_millis)
+}
+
 /// Sends a four-letter word to `127.0.0.1:port` and reads the answer until the server closes
 /// (at most 5 s per read).
 pub fn four_letter(port: u16, cmd: &str) -> Result<String> {

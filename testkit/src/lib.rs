@@ -55,8 +55,8 @@ mod skip;
 mod test_server;
 
 pub use apache_zk::{
-    apache_zookeeper_installed, four_letter, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, APACHE_ZK_BIN,
-    APACHE_ZK_MISSING, SUPER_DIGEST,
+    apache_zookeeper_installed, cons_session_timeout, four_letter, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
+    APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
 pub use deadline::{wait_until, within, within_for, DEADLINE};
 pub use hosts::{hosts_unavailable, Faults, Host, Hosts, HOSTS_PREFIX};
