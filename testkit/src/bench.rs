@@ -7,20 +7,20 @@
 //! same bytes go to the bundled coordinator and to Apache ZooKeeper.
 //!
 //! Replies of one session come in request order (ZooKeeper's per-session FIFO), so each session
-//! matches replies to requests with a queue of send instants. A session's window of K places
-//! is what makes its sender wait: a place is taken before a request is sent and given back when
-//! its reply has come, so at most K requests are ever in flight.
+//! matches replies to requests with a queue of send instants. A session sends only while fewer
+//! than K requests are in flight, so at most K ever are: it fills its window in one write, then
+//! takes every reply one read brought and replaces them in the next write.
 //!
 //! Node layout: [`prepare`] makes `/tp` with a pool of nodes the reads and `setData` use
 //! (`/tp/pool/n{i}`); each `create` cell creates `/tp/c{cell}/s{session}-{seq}` and hands the
 //! names it created to the `delete` cell that follows, which deletes them in the same order.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tokio::sync::{mpsc, Semaphore};
 
 use crate::abuse::client::{ConnectOptions, RawClient, RawReceiver, RawSender};
 use crate::abuse::wire::{code, create_mode, Packet, Request};
@@ -432,6 +432,12 @@ enum Ended {
 
 /// One connection's part of [`drive`]: sends and receives until `next` runs out, the deadline
 /// passes or the server closes the connection.
+///
+/// One loop does both, so that the client costs as little CPU per reply as it can (on a
+/// machine it shares with the server under test, every microsecond the client spends is one
+/// the server does not get): it fills the window and sends every new request in one write,
+/// then waits for one reply and takes every further reply the same read brought, each of which
+/// frees a place for the next write. At most `window` requests are ever in flight.
 async fn drive_connection(
     client: RawClient,
     window: usize,
@@ -442,79 +448,78 @@ async fn drive_connection(
     run: &mut SessionRun,
 ) -> Result<Ended> {
     let RawClient { mut sender, mut receiver, .. } = client;
-    // A place in the window is taken before a request is sent and given back when its reply
-    // has come, so at most `window` requests are ever in flight. The queue holds their send
-    // instants and, for a create, their paths, in request order.
-    let places = Semaphore::new(window);
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<String>)>();
-    let send = async {
-        let mut out = Vec::new();
-        loop {
+    // Send instants and, for a create, paths of the requests in flight, in request order
+    // (replies come in request order).
+    let mut in_flight: VecDeque<(Instant, Option<String>)> = VecDeque::with_capacity(window);
+    let mut out = Vec::new();
+    let mut sending = true;
+    loop {
+        while sending && in_flight.len() < window {
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                sending = false;
                 break;
             }
-            // A free place first, then the request: a request taken from `next` is always sent
-            // (a delete cell's list is not skipped over when the connection closes). The
-            // receiver closes the window when the connection closes.
-            let Ok(place) = places.acquire().await else { break };
-            place.forget();
-            let Some(req) = next(*seq) else { break };
+            // A request taken from `next` is always sent (a delete cell's list is not skipped
+            // over when the connection closes): it counts as in flight from here.
+            let Some(req) = next(*seq) else {
+                sending = false;
+                break;
+            };
             *seq += 1;
             let created = match &req {
                 Request::Create { path, .. } => Some(path.clone()),
                 _ => None,
             };
-            out.clear();
             sender.encode_into(&req, &mut out);
-            if tx.send((Instant::now(), created)).is_err() || sender.write_frames(&out).await.is_err() {
-                // The receiving side sees the close and counts what was in flight.
-                break;
-            }
+            in_flight.push_back((Instant::now(), created));
         }
-        drop(tx);
-    };
-    let receive = async {
-        while let Some((sent, created)) = rx.recv().await {
-            let answer = loop {
-                match receiver.next().await {
-                    Ok(Some(Packet::Notification { .. })) => continue,
-                    Ok(Some(Packet::Reply { err, .. })) => break Ok(err),
-                    Ok(None) => break Err("closed by the server".to_string()),
-                    Err(e) => break Err(e.to_string()),
+        if !out.is_empty() {
+            if let Err(e) = sender.write_frames(&out).await {
+                return Ok(Ended::Closed { in_flight: in_flight.len() as u64, why: e.to_string() });
+            }
+            out.clear();
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        // One reply, waited for; then every reply already read with it.
+        let mut packet = receiver.next().await;
+        loop {
+            let err = match packet {
+                Ok(Some(Packet::Notification { .. })) => None,
+                Ok(Some(Packet::Reply { err, .. })) => Some(err),
+                Ok(None) => {
+                    return Ok(Ended::Closed {
+                        in_flight: in_flight.len() as u64,
+                        why: "closed by the server".to_string(),
+                    })
                 }
+                Err(e) => return Ok(Ended::Closed { in_flight: in_flight.len() as u64, why: e.to_string() }),
             };
-            let err = match answer {
-                Ok(err) => err,
-                Err(why) => {
-                    // This request and every one queued behind it went unanswered.
-                    places.close();
-                    rx.close();
-                    let mut in_flight = 1;
-                    while rx.recv().await.is_some() {
-                        in_flight += 1;
+            if let Some(err) = err {
+                let Some((sent, created)) = in_flight.pop_front() else {
+                    bail!("the server sent a reply with no request in flight");
+                };
+                let now = Instant::now();
+                run.latencies_us.push(micros(now - sent));
+                run.replies_at_us.push(micros(now - start));
+                if err == code::OK {
+                    if let Some(path) = created {
+                        run.created.push(path);
                     }
-                    return Ended::Closed { in_flight, why };
+                } else {
+                    run.errors += 1;
                 }
-            };
-            places.add_permits(1);
-            let now = Instant::now();
-            run.latencies_us.push(micros(now - sent));
-            run.replies_at_us.push(micros(now - start));
-            if err == code::OK {
-                if let Some(path) = created {
-                    run.created.push(path);
-                }
-            } else {
-                run.errors += 1;
             }
+            packet = match receiver.next_buffered() {
+                Ok(Some(p)) => Ok(Some(p)),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
         }
-        Ended::Done
-    };
-    let ((), ended) = tokio::join!(send, receive);
-    if ended == Ended::Done {
-        close_halves(&mut sender, &mut receiver).await;
     }
-    Ok(ended)
+    close_halves(&mut sender, &mut receiver).await;
+    Ok(Ended::Done)
 }
 
 /// Closes a session, waiting a bounded time for the server's answer.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 
@@ -167,6 +167,19 @@ impl RawReceiver {
         }
     }
 
+    /// The next packet if the whole of it has already been read from the socket, without
+    /// reading more: a pipelining caller takes every reply one read brought before it sends
+    /// again, and so sends the requests that replace them in one write.
+    pub fn next_buffered(&mut self) -> Result<Option<Packet>> {
+        match whole_frame(self.rd.buffer(), self.max_frame_bytes)? {
+            None => Ok(None),
+            Some((packet, used)) => {
+                std::pin::Pin::new(&mut self.rd).consume(used);
+                Ok(Some(packet))
+            }
+        }
+    }
+
     async fn read_payload(&mut self) -> Result<Option<Vec<u8>>> {
         let mut len = [0u8; 4];
         match self.rd.read_exact(&mut len).await {
@@ -182,8 +195,56 @@ impl RawReceiver {
     }
 }
 
+/// The first packet of `buffered` and the bytes it takes, if a whole frame is there; a length
+/// over `max_frame_bytes` fails at once, before its body has arrived.
+fn whole_frame(buffered: &[u8], max_frame_bytes: usize) -> Result<Option<(Packet, usize)>> {
+    let Some(len) = buffered.get(..4) else { return Ok(None) };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    ensure!(len <= max_frame_bytes, "the server sent a {len}-byte frame (limit {max_frame_bytes})");
+    let Some(payload) = buffered.get(4..4 + len) else { return Ok(None) };
+    Ok(Some((Packet::decode(payload)?, 4 + len)))
+}
+
 /// Whether an I/O error means the peer closed or reset the connection.
 pub(crate) fn closed(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(xid: i32, err: i32, body: &[u8]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&xid.to_be_bytes());
+        payload.extend_from_slice(&7i64.to_be_bytes());
+        payload.extend_from_slice(&err.to_be_bytes());
+        payload.extend_from_slice(body);
+        frame(&payload)
+    }
+
+    #[test]
+    fn a_buffered_frame_is_taken_only_when_whole() {
+        let mut two = reply(1, 0, b"abc");
+        let first_len = two.len();
+        two.extend(reply(2, -101, b""));
+        let (packet, used) = whole_frame(&two, 1024).unwrap().expect("the first frame is whole");
+        assert_eq!(used, first_len);
+        assert!(matches!(packet, Packet::Reply { xid: 1, err: 0, ref body, .. } if body == b"abc"), "{packet:?}");
+        let (packet, used) = whole_frame(&two[first_len..], 1024).unwrap().expect("the second frame is whole");
+        assert_eq!(used, two.len() - first_len);
+        assert!(matches!(packet, Packet::Reply { xid: 2, err: -101, .. }), "{packet:?}");
+        // Short of the length word, or of the body: nothing yet, and nothing consumed.
+        for cut in [0, 3, 4, first_len - 1] {
+            assert!(whole_frame(&two[..cut], 1024).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_buffered_length_over_the_limit_fails_before_its_body_comes() {
+        let claim = 5_000u32.to_be_bytes();
+        let err = whole_frame(&claim, 1024).unwrap_err().to_string();
+        assert!(err.contains("5000-byte frame (limit 1024)"), "{err}");
+    }
 }
