@@ -213,6 +213,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     );
     let spec = PairSpec {
         bin: opts.bin.clone(),
+        lean_agent: None,
         coordinator: opts.coordinator,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,

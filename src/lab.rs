@@ -380,6 +380,9 @@ impl MasterKind {
 pub struct PairSpec {
     /// The `referee` binary.
     pub bin: PathBuf,
+    /// The lean `referee-agent` executable to run the agents with (`referee-agent --config`);
+    /// `None` runs them as `referee agent --config`. Both run the same agent.
+    pub lean_agent: Option<PathBuf>,
     /// The coordinator.
     pub coordinator: CoordinatorKind,
     /// Timings.
@@ -1085,14 +1088,25 @@ probes:
         let path = node.join("agent.yaml");
         std::fs::create_dir_all(&node).map_err(io("creating a node directory"))?;
         std::fs::write(&path, cfg).map_err(io("writing an agent config"))?;
+        let (program, args) = self.agent_command(&path);
         self.placement.spawn(
             Role::Node(i),
             &format!("agent {}", CLUSTER_NODES[i]),
-            &self.spec.bin,
-            &["agent".into(), "--config".into(), path.display().to_string()],
+            program,
+            &args,
             &[("REFEREE_LOG", "info".into())],
             node.join("agent.log"),
         )
+    }
+
+    /// The program and arguments that run an agent on the configuration at `config`, as the
+    /// spec asks: the lean `referee-agent`, or `referee agent`.
+    pub fn agent_command(&self, config: &Path) -> (&Path, Vec<String>) {
+        let config = config.display().to_string();
+        match &self.spec.lean_agent {
+            Some(lean) => (lean, vec!["--config".into(), config]),
+            None => (&self.spec.bin, vec!["agent".into(), "--config".into(), config]),
+        }
     }
 
     /// Agent `i`'s `peers` section: every other node, with how to fence its master (its HA

@@ -1,5 +1,5 @@
-//! Log set-up shared by the binaries: the `REFEREE_LOG` filter, and colour only where a person
-//! reads it.
+//! Log set-up shared by the binaries: the `REFEREE_LOG` filter, colour only where a person reads
+//! it, the one line a fatal error is printed as, and a binary's start (logs, then the runtime).
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -15,6 +15,25 @@ pub const FILTER_ENV: &str = "REFEREE_LOG";
 /// The filter used when [`FILTER_ENV`] is unset: the suite at `info`, the chatty dependencies at
 /// `warn`.
 pub const DEFAULT_FILTER: &str = "info,openraft=warn,zookeeper_client=warn";
+
+/// A binary's start: logging set up ([`init`]), then the multi-threaded async runtime. `None`
+/// when the runtime cannot start, after saying why on stderr under `program`'s name.
+pub fn start(program: &str) -> Option<tokio::runtime::Runtime> {
+    init();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// What the binaries' `--help` says of the environment they read.
+pub const ENV_HELP: &str = "Environment:\n  REFEREE_LOG  log filter, e.g. `debug` or \
+                            `info,referee_failover_agent=debug` (default: \
+                            info,openraft=warn,zookeeper_client=warn); logs go to stderr\n  NO_COLOR     \
+                            set to disable colour; colour is only used when stderr is a terminal";
 
 /// Whether log lines get ANSI colour codes: only on a terminal, and never when `NO_COLOR` is set
 /// to anything non-empty (the no-color.org convention). A file or a pipe (journald, a log
@@ -45,6 +64,23 @@ pub fn init() {
         .init();
 }
 
+/// A fatal error and its causes on one line, as the binaries print it, each said once: a cause
+/// whose text is already in what came before it is left out (most of the libraries' errors say
+/// in one message what failed and why, and also keep the why as their source).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +101,26 @@ mod tests {
                 "terminal {terminal}, NO_COLOR {no_color:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_help_names_the_variables_and_the_default_filter() {
+        for said in [FILTER_ENV, DEFAULT_FILTER, "NO_COLOR"] {
+            assert!(ENV_HELP.contains(said), "--help must say {said}: {ENV_HELP}");
+        }
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        use referee_coordinator::datadir::DataDirError;
+        use referee_coordinator::server::CoordinatorError;
+        let in_use = DataDirError::InUse { path: "/d".into(), holder: Some(7) };
+        let e = anyhow::Error::from(CoordinatorError::from(in_use)).context("starting the coordinator");
+        let line = one_line(&e);
+        assert!(line.starts_with("starting the coordinator: data directory refused: /d is in use"), "{line}");
+        assert_eq!(line.matches("/d is in use").count(), 1, "{line}");
+        // Causes not already said are kept, outermost first.
+        let e = anyhow::anyhow!("the port is taken").context("binding").context("starting");
+        assert_eq!(one_line(&e), "starting: binding: the port is taken");
     }
 }

@@ -25,9 +25,7 @@ use referee_coordinator::server::shutdown_signal;
     name = "referee",
     version,
     about = "High-availability failover: coordinator, agents and fencing",
-    after_help = "Environment:\n  REFEREE_LOG  log filter, e.g. `debug` or `info,referee_failover_agent=debug` \
-                  (default: info,openraft=warn,zookeeper_client=warn); logs go to stderr\n  NO_COLOR     \
-                  set to disable colour; colour is only used when stderr is a terminal"
+    after_help = referee::logging::ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -297,13 +295,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    referee::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("referee: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = referee::logging::start("referee") else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -328,7 +321,7 @@ fn main() -> ExitCode {
                 );
                 Ok(2)
             }
-            Command::Agent { config } => run_agent(config).await.map(|()| 0),
+            Command::Agent { config } => referee::agent::run(&config, "referee").await.map(|()| 0),
             Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }
@@ -341,27 +334,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("referee: {}", one_line(&e));
+            eprintln!("referee: {}", referee::logging::one_line(&e));
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line, each said once: a cause whose text is already in what
-/// came before it is left out (most of the libraries' errors say in one message what failed and
-/// why, and also keep the why as their source).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 async fn run_demo(
@@ -560,46 +536,6 @@ fn run_coordinator_tool(tool: CoordinatorTool) -> anyhow::Result<i32> {
     }
 }
 
-async fn run_agent(config_path: PathBuf) -> anyhow::Result<()> {
-    use referee_failover_agent::config::AgentConfig;
-    use referee_failover_agent::control::ControlRequest;
-    let config = AgentConfig::load(&config_path)?;
-    let listener = tokio::net::TcpListener::bind(config.probes.listen).await.with_context(|| {
-        format!("cannot listen on {} (`probes.listen` in {})", config.probes.listen, config_path.display())
-    })?;
-    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
-    // SIGHUP: re-read and validate the configuration, then apply what can change live.
-    let reload_tx = control_tx.clone();
-    let path = config_path.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        while hup.recv().await.is_some() {
-            match AgentConfig::load(&path) {
-                Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
-                Ok(new) => {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    if reload_tx.send(ControlRequest::Reload { config: Box::new(new), reply }).await.is_err() {
-                        return;
-                    }
-                    if let Ok(Ok(msg)) = answer.await {
-                        tracing::info!("SIGHUP: {msg}");
-                    }
-                }
-            }
-        }
-    });
-    referee_failover_agent::driver::run_with_control(
-        config,
-        listener,
-        control_tx,
-        control_rx,
-        shutdown_signal("referee"),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn run_master_command(action: MasterAction, url: Option<String>, timeout_ms: u64) -> i32 {
     use referee_examples::ha_command::{master_url, run, token_from_env, Action};
     let action = match action {
@@ -652,22 +588,3 @@ async fn run_demo_master(
 /// Every role's allocator (why: the comment on the dependency in `Cargo.toml`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-    use referee_coordinator::datadir::DataDirError;
-    use referee_coordinator::server::CoordinatorError;
-
-    #[test]
-    fn one_line_says_each_cause_once() {
-        let in_use = DataDirError::InUse { path: "/d".into(), holder: Some(7) };
-        let e = anyhow::Error::from(CoordinatorError::from(in_use)).context("starting the coordinator");
-        let line = one_line(&e);
-        assert!(line.starts_with("starting the coordinator: data directory refused: /d is in use"), "{line}");
-        assert_eq!(line.matches("/d is in use").count(), 1, "{line}");
-        // Causes not already said are kept, outermost first.
-        let e = anyhow::anyhow!("the port is taken").context("binding").context("starting");
-        assert_eq!(one_line(&e), "starting: binding: the port is taken");
-    }
-}

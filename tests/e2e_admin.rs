@@ -12,6 +12,7 @@ use zookeeper_client as zk;
 async fn pair() -> Result<(Arc<Pair>, usize)> {
     let spec = PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
+        lean_agent: None,
         coordinator: CoordinatorKind::Bundled,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,

@@ -17,6 +17,8 @@ use referee_failover_agent::timeline::phases;
 fn spec(coordinator: CoordinatorKind, proxied_agents: bool) -> PairSpec {
     PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
+        // The lean executable an operator deploys beside a master (the same agent as `referee agent`).
+        lean_agent: Some(env!("CARGO_BIN_EXE_referee-agent").into()),
         coordinator,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,
@@ -274,10 +276,11 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
         config.replace(&format!("listen: 127.0.0.1:{}", pair.ports[0].probes), &format!("listen: 127.0.0.1:{port}"));
     let path = pair.node_path(0).join("agent-duplicate.yaml");
     std::fs::write(&path, dup)?;
+    let (program, args) = pair.agent_command(&path);
     let mut second = referee::lab::Proc::spawn(
         "duplicate agent",
-        pair.bin(),
-        &["agent".into(), "--config".into(), path.display().to_string()],
+        program,
+        &args,
         &[],
         pair.node_path(0).join("agent-duplicate.log"),
     )?;

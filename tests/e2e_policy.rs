@@ -39,6 +39,7 @@ where
 fn spec(coordinator: CoordinatorKind, extra_agent_yaml: Vec<String>, journal: bool) -> PairSpec {
     PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
+        lean_agent: None,
         coordinator,
         timings: Timings::referee(),
         master: MasterKind::Plain,

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 fn spec(coordinator: CoordinatorKind, admin: bool, extra: &str) -> PairSpec {
     PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
+        lean_agent: None,
         coordinator,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,

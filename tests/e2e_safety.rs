@@ -57,6 +57,7 @@ const LOCK: &str = "/referee/lab/lock";
 fn spec(coordinator: CoordinatorKind, master: MasterKind, proxied_agents: bool) -> PairSpec {
     PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
+        lean_agent: None,
         coordinator,
         timings: Timings::referee(),
         master,

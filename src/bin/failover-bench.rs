@@ -90,8 +90,18 @@ enum Fault {
 }
 
 fn referee_bin() -> Result<std::path::PathBuf> {
+    beside_me("referee")
+}
+
+/// The agents run as the lean `referee-agent`, as an operator deploys them: the resident memory
+/// printed is that executable's.
+fn lean_agent_bin() -> Result<std::path::PathBuf> {
+    beside_me("referee-agent")
+}
+
+fn beside_me(name: &str) -> Result<std::path::PathBuf> {
     let me = std::env::current_exe().context("locating this executable")?;
-    let bin = me.with_file_name("referee");
+    let bin = me.with_file_name(name);
     if !bin.exists() {
         bail!("{} not found: build it first (cargo build --release)", bin.display());
     }
@@ -144,6 +154,7 @@ async fn main() -> Result<()> {
     };
     let spec = PairSpec {
         bin: referee_bin()?,
+        lean_agent: Some(lean_agent_bin()?),
         coordinator,
         timings,
         master: MasterKind::LeasePolling,
@@ -194,11 +205,17 @@ async fn main() -> Result<()> {
     // Phase durations by name, and the sum of their ends' offsets from the fault (to list them
     // in the order they happen on average).
     let mut table: BTreeMap<String, (Vec<Duration>, f64)> = BTreeMap::new();
+    let mut phase = Phase::seeded();
     for run in 0..args.runs {
         let active = pair.wait_for_active(Duration::from_secs(60)).await?;
         let other = 1 - active;
         // The standby must be ready (healthy, connected) before the fault.
         standby_ready(&pair, other).await?;
+        // A crash comes at no particular moment of the active agent's health-check cycle: the
+        // fault waits a random part of one check interval, so the runs sample every phase of it.
+        // Without this, the loop fell into step with the checks: every run with ZKFC's timings
+        // (no exit watch, a check a second) waited a whole interval, 998 ms at the median.
+        tokio::time::sleep(phase.within(Duration::from_millis(timings.health_interval_ms))).await;
         let (t0, fault) = (Instant::now(), SystemTime::now());
         pair.masters[active].signal(Signal::SIGKILL)?;
         let took = loop {
@@ -458,6 +475,26 @@ async fn partitions(pair: &Pair, runs: usize) -> Result<()> {
 }
 
 /// Waits until node `i` is a healthy standby with a connected session.
+/// Spreads the faults over the health-check cycle (xorshift64*, seeded from the clock: the
+/// spread need not be random in any strong sense, only unrelated to the agents' timers).
+struct Phase(u64);
+
+impl Phase {
+    fn seeded() -> Phase {
+        let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        Phase(nanos | 1)
+    }
+
+    /// A duration drawn evenly from `[0, interval)`.
+    fn within(&mut self, interval: Duration) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1);
+        Duration::from_micros(self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % us)
+    }
+}
+
 async fn standby_ready(pair: &Pair, i: usize) -> Result<()> {
     let ready = Instant::now() + Duration::from_secs(30);
     loop {
@@ -469,5 +506,25 @@ async fn standby_ready(pair: &Pair, i: usize) -> Result<()> {
             bail!("standby {} not ready: {s}", NODES[i]);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_spread_over_the_whole_check_interval() {
+        let mut phase = Phase(0x1234_5678_9abc_def1);
+        let interval = Duration::from_millis(1000);
+        let mut tenths = [0u32; 10];
+        for _ in 0..2000 {
+            let d = phase.within(interval);
+            assert!(d < interval, "{d:?} is not within {interval:?}");
+            tenths[(d.as_millis() / 100) as usize] += 1;
+        }
+        // Evenly spread: every tenth of the interval gets about 200 of the 2,000.
+        assert!(tenths.iter().all(|&n| (120..=280).contains(&n)), "{tenths:?}");
+        assert_eq!(phase.within(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -149,6 +149,8 @@ pub enum Masters {
 fn spec(kind: CoordinatorKind, masters: Masters) -> PairSpec {
     PairSpec {
         bin: referee_bin(),
+        // The agents run as an operator deploys them on a master's host: the lean executable.
+        lean_agent: Some(lean_agent_bin()),
         coordinator: kind,
         timings: Timings::referee(),
         master: MasterKind::Plain,
@@ -164,6 +166,15 @@ fn referee_bin() -> std::path::PathBuf {
     match option_env!("CARGO_BIN_EXE_referee") {
         Some(bin) => bin.into(),
         None => std::env::current_exe().map(|me| me.with_file_name("referee")).unwrap_or_else(|_| "referee".into()),
+    }
+}
+
+fn lean_agent_bin() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_referee-agent") {
+        Some(bin) => bin.into(),
+        None => std::env::current_exe()
+            .map(|me| me.with_file_name("referee-agent"))
+            .unwrap_or_else(|_| "referee-agent".into()),
     }
 }
 

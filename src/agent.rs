@@ -1,0 +1,57 @@
+//! `referee agent`: one failover agent beside a master, until SIGTERM or SIGINT, re-reading its
+//! configuration on SIGHUP. Both the `referee` binary and the lean `referee-agent` run it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use referee_failover_agent::config::{AgentConfig, ConfigError};
+use referee_failover_agent::control::ControlRequest;
+
+/// Runs the agent configured in `config_path` until a stop signal; `program` names the binary in
+/// the log line a signal prints.
+pub async fn run(config_path: &Path, program: &'static str) -> anyhow::Result<()> {
+    let config = load(config_path)?;
+    let listener = tokio::net::TcpListener::bind(config.probes.listen).await.with_context(|| {
+        format!("cannot listen on {} (`probes.listen` in {})", config.probes.listen, config_path.display())
+    })?;
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    // SIGHUP: re-read and validate the configuration, then apply what can change live.
+    let reload_tx = control_tx.clone();
+    let path: PathBuf = config_path.to_path_buf();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match load(&path) {
+                Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+                Ok(new) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if reload_tx.send(ControlRequest::Reload { config: Box::new(new), reply }).await.is_err() {
+                        return;
+                    }
+                    if let Ok(Ok(msg)) = answer.await {
+                        tracing::info!("SIGHUP: {msg}");
+                    }
+                }
+            }
+        }
+    });
+    referee_failover_agent::driver::run_with_control(
+        config,
+        listener,
+        control_tx,
+        control_rx,
+        referee_coordinator::server::shutdown_signal(program),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reads and validates the configuration, naming the file in every refusal (a read error
+/// already does).
+fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+    AgentConfig::load(path).map_err(|e| match e {
+        ConfigError::Read { .. } => anyhow::Error::from(e),
+        other => anyhow::anyhow!("{other} (in {})", path.display()),
+    })
+}
