@@ -40,6 +40,7 @@ use referee::lab::{
 };
 use referee_failover_agent::clock::BootInstant;
 use referee_failover_agent::timeline::{phases, Mark};
+use referee_testkit::bench::Picker;
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Profile {
@@ -205,7 +206,8 @@ async fn main() -> Result<()> {
     // Phase durations by name, and the sum of their ends' offsets from the fault (to list them
     // in the order they happen on average).
     let mut table: BTreeMap<String, (Vec<Duration>, f64)> = BTreeMap::new();
-    let mut phase = Phase::seeded();
+    let seed = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let mut phase = Picker::new(seed);
     for run in 0..args.runs {
         let active = pair.wait_for_active(Duration::from_secs(60)).await?;
         let other = 1 - active;
@@ -215,7 +217,7 @@ async fn main() -> Result<()> {
         // fault waits a random part of one check interval, so the runs sample every phase of it.
         // Without this, the loop fell into step with the checks: every run with ZKFC's timings
         // (no exit watch, a check a second) waited a whole interval, 998 ms at the median.
-        tokio::time::sleep(phase.within(Duration::from_millis(timings.health_interval_ms))).await;
+        tokio::time::sleep(fault_phase(&mut phase, Duration::from_millis(timings.health_interval_ms))).await;
         let (t0, fault) = (Instant::now(), SystemTime::now());
         pair.masters[active].signal(Signal::SIGKILL)?;
         let took = loop {
@@ -474,27 +476,13 @@ async fn partitions(pair: &Pair, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Waits until node `i` is a healthy standby with a connected session.
-/// Spreads the faults over the health-check cycle (xorshift64*, seeded from the clock: the
-/// spread need not be random in any strong sense, only unrelated to the agents' timers).
-struct Phase(u64);
-
-impl Phase {
-    fn seeded() -> Phase {
-        let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        Phase(nanos | 1)
-    }
-
-    /// A duration drawn evenly from `[0, interval)`.
-    fn within(&mut self, interval: Duration) -> Duration {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1);
-        Duration::from_micros(self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % us)
-    }
+/// A moment drawn evenly from `[0, interval)`, to spread the faults over the health-check
+/// cycle: unrelated to the agents' timers is all it needs to be.
+fn fault_phase(picker: &mut Picker, interval: Duration) -> Duration {
+    Duration::from_micros(picker.next(usize::try_from(interval.as_micros()).unwrap_or(usize::MAX)) as u64)
 }
 
+/// Waits until node `i` is a healthy standby with a connected session.
 async fn standby_ready(pair: &Pair, i: usize) -> Result<()> {
     let ready = Instant::now() + Duration::from_secs(30);
     loop {
@@ -515,16 +503,16 @@ mod tests {
 
     #[test]
     fn faults_are_spread_over_the_whole_check_interval() {
-        let mut phase = Phase(0x1234_5678_9abc_def1);
+        let mut phase = Picker::new(0x1234_5678_9abc_def1);
         let interval = Duration::from_millis(1000);
         let mut tenths = [0u32; 10];
         for _ in 0..2000 {
-            let d = phase.within(interval);
+            let d = fault_phase(&mut phase, interval);
             assert!(d < interval, "{d:?} is not within {interval:?}");
             tenths[(d.as_millis() / 100) as usize] += 1;
         }
         // Evenly spread: every tenth of the interval gets about 200 of the 2,000.
         assert!(tenths.iter().all(|&n| (120..=280).contains(&n)), "{tenths:?}");
-        assert_eq!(phase.within(Duration::ZERO), Duration::ZERO);
+        assert_eq!(fault_phase(&mut phase, Duration::ZERO), Duration::ZERO);
     }
 }

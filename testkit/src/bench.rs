@@ -164,12 +164,19 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// A small deterministic generator (xorshift64*) for picking pool nodes: the choice need not
-/// be random in any strong sense, only spread and cheap next to a request.
-struct Picker(u64);
+/// A small deterministic generator (xorshift64*) for picking pool nodes (and, in the failover
+/// bench, the moment of a fault): the choice need not be random in any strong sense, only
+/// spread and cheap next to a request.
+pub struct Picker(u64);
 
 impl Picker {
-    fn next(&mut self, below: usize) -> usize {
+    /// A generator started from `seed` (made odd: a zero state would stay zero).
+    pub fn new(seed: u64) -> Picker {
+        Picker(seed | 1)
+    }
+
+    /// A number drawn evenly from `0..below` (0 when `below` is 0).
+    pub fn next(&mut self, below: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -512,9 +519,8 @@ async fn drive_connection(
                 }
             }
             packet = match receiver.next_buffered() {
-                Ok(Some(p)) => Ok(Some(p)),
                 Ok(None) => break,
-                Err(e) => Err(e),
+                more => more,
             };
         }
     }

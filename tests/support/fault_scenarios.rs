@@ -163,18 +163,19 @@ fn spec(kind: CoordinatorKind, masters: Masters) -> PairSpec {
 
 /// The `referee` binary: cargo's for a test, else the one beside this executable.
 fn referee_bin() -> std::path::PathBuf {
-    match option_env!("CARGO_BIN_EXE_referee") {
-        Some(bin) => bin.into(),
-        None => std::env::current_exe().map(|me| me.with_file_name("referee")).unwrap_or_else(|_| "referee".into()),
-    }
+    built_or_beside(option_env!("CARGO_BIN_EXE_referee"), "referee")
 }
 
 fn lean_agent_bin() -> std::path::PathBuf {
-    match option_env!("CARGO_BIN_EXE_referee-agent") {
+    built_or_beside(option_env!("CARGO_BIN_EXE_referee-agent"), "referee-agent")
+}
+
+/// The executable cargo built for a test (`built`), or, in `fault-report`, the one named `name`
+/// beside it.
+fn built_or_beside(built: Option<&str>, name: &str) -> std::path::PathBuf {
+    match built {
         Some(bin) => bin.into(),
-        None => std::env::current_exe()
-            .map(|me| me.with_file_name("referee-agent"))
-            .unwrap_or_else(|_| "referee-agent".into()),
+        None => std::env::current_exe().map(|me| me.with_file_name(name)).unwrap_or_else(|_| name.into()),
     }
 }
 
