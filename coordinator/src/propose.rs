@@ -141,6 +141,24 @@ impl Waiter {
     }
 }
 
+/// A proposer's places for batches handed to Raft and not yet applied, at most
+/// [`MAX_IN_FLIGHT`]; shared so that others can see how many are taken. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BatchSlots(Arc<Semaphore>);
+
+impl Default for BatchSlots {
+    fn default() -> Self {
+        BatchSlots(Arc::new(Semaphore::new(MAX_IN_FLIGHT)))
+    }
+}
+
+impl BatchSlots {
+    /// How many batches are handed to Raft and not yet applied.
+    pub fn in_flight(&self) -> usize {
+        MAX_IN_FLIGHT.saturating_sub(self.0.available_permits())
+    }
+}
+
 /// The handle every writer of a server submits through. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
@@ -180,12 +198,12 @@ pub struct ProposerStats {
 impl Proposer {
     /// Starts the proposer of `raft` on the current runtime; `forward` is the ensemble's peer
     /// network, through which a server that does not lead sends its batches to the leader
-    /// (`None` for a server alone). It stops when every handle is dropped, after answering what
-    /// it holds.
-    pub fn spawn(raft: Raft, forward: Option<PeerNetwork>) -> Self {
+    /// (`None` for a server alone); `slots` are its places for batches in flight (see
+    /// [`BatchSlots`]). It stops when every handle is dropped, after answering what it holds.
+    pub fn spawn(raft: Raft, forward: Option<PeerNetwork>, slots: BatchSlots) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
-        tokio::spawn(run(raft.clone(), forward.clone(), rx, counts.clone()));
+        tokio::spawn(run(raft.clone(), forward.clone(), rx, counts.clone(), slots.0));
         Proposer { queue, counts, raft, forward }
     }
 
@@ -331,8 +349,8 @@ async fn run(
     forward: Option<PeerNetwork>,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     counts: Arc<Counts>,
+    in_flight: Arc<Semaphore>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let failed = Arc::new(std::sync::Mutex::new(Failed::default()));
     let mut held = Held::default();
     let mut forwards: JoinSet<ForwardResult> = JoinSet::new();

@@ -241,6 +241,17 @@ impl Coordinator {
         // The leader's fdatasync runs while its entries go to the followers; applies wait for
         // it (`LogStore::pipelining_as_leader`, and `holding_commits_to` below for followers).
         let log = log.pipelining_as_leader(node_id);
+        // A server alone waits for no follower: its appends are synced by their caller when the
+        // writer thread is idle and no other batch of writes is on its way
+        // (`LogStore::syncing_own_entries_inline`).
+        let slots = crate::propose::BatchSlots::default();
+        let log = match config.is_ensemble() {
+            true => log,
+            false => {
+                let slots = slots.clone();
+                log.syncing_own_entries_inline(move || slots.in_flight() <= 1)
+            }
+        };
         let sm = sm.applying_only_durable(log.durable());
         debug_assert_eq!(log.meta().last_purged.map_or(0, |l| l.index), purged_upto);
         let log_stopped = log.stop_watch();
@@ -286,7 +297,7 @@ impl Coordinator {
             (raft, None)
         };
         phases.done("Raft started", &[]);
-        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()));
+        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()), slots);
         let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
         let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
         let data_dir = config.data_dir.clone();

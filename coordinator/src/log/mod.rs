@@ -17,6 +17,9 @@
 //!  openraft ─▶ store (queue) ─▶ writer thread ─▶ wal ─▶ record ─▶ fs ─▶ disk
 //!           ◀── flushed, after the fdatasync that covers the entries ◀──┘
 //! ```
+//!
+//! An append that finds the writer thread idle, nothing queued and its runtime with a worker
+//! to spare skips the queue: its caller writes and syncs it (`store`'s module docs say when).
 
 pub mod crc32c;
 pub mod fs;

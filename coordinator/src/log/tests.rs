@@ -593,6 +593,112 @@ fn a_full_disk_mid_record_is_fatal_and_recovery_cuts_the_partial_record() {
     assert_eq!(ids(&rec.entries), [(1, 1)]);
 }
 
+/// A Tokio runtime with two idle workers: a store called from it finds a worker to spare.
+fn idle_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap()
+}
+
+/// Appends `e` and returns the name of the thread that called it back, once it has.
+fn append_on(store: &LogStore, e: Entry<TypeConfig>) -> mpsc::Receiver<(Option<String>, Result<(), String>)> {
+    let (tx, rx) = mpsc::channel();
+    store
+        .submit_append(
+            vec![e],
+            Box::new(move |r| {
+                let _ = tx.send((std::thread::current().name().map(String::from), r.map_err(|e| e.to_string())));
+            }),
+        )
+        .unwrap();
+    rx
+}
+
+#[test]
+fn an_append_that_finds_the_writer_idle_is_synced_by_its_caller_and_stays_in_order() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let rt = idle_runtime();
+    let caller = std::thread::current().name().map(String::from);
+    let writer = Some("raft-log-writer".to_string());
+    rt.block_on(async {
+        // Idle: written and synced before submit returns, on the caller's thread.
+        let before = fs.data_syncs();
+        let first = append_on(&store, entry(1, 1));
+        assert_eq!(first.try_recv(), Ok((caller.clone(), Ok(()))), "called back before submit returned");
+        assert!(fs.data_syncs() > before, "synced before it returned");
+        assert_eq!(store.durable().end(), 2, "durable at once");
+
+        // Something queued for the writer thread (a vote whose fsync is held): the next append
+        // queues behind it rather than overtake it, and is acknowledged only once both are done.
+        fs.hold_syncs();
+        let saving = store.update_meta(|m| m.vote = Some(Vote::new(1, 1)));
+        let behind = async {
+            assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the vote's fsync");
+            let second = append_on(&store, entry(1, 2));
+            assert!(second.try_recv().is_err(), "not acknowledged while the fsync before it is held");
+            fs.release_syncs();
+            second.recv_timeout(DEADLINE).expect("the second append was called back")
+        };
+        // The vote is queued when `saving` is first polled, before `behind` runs.
+        let (saved, second) = tokio::join!(saving, behind);
+        assert_eq!(saved.map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(second, (writer.clone(), Ok(())), "queued behind the vote, written by the thread");
+
+        // Idle again: the caller syncs the third itself.
+        let third = append_on(&store, entry(1, 3));
+        assert_eq!(third.try_recv(), Ok((caller.clone(), Ok(()))));
+    });
+    drop(store);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)], "every acknowledged append, in order");
+    assert_eq!(rec.meta.vote, Some(Vote::new(1, 1)));
+}
+
+#[test]
+fn a_failed_fsync_of_an_append_synced_by_its_caller_is_fatal_and_never_acknowledged() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let rt = idle_runtime();
+    rt.block_on(async {
+        assert_eq!(append_on(&store, entry(1, 1)).try_recv().map(|a| a.1), Ok(Ok(())));
+        fs.fail_syncs();
+        let (_, result) = append_on(&store, entry(1, 2)).try_recv().expect("called back before submit returned");
+        assert!(result.unwrap_err().contains("injected fsync failure"));
+        assert!(store.stopped().is_some());
+        assert_eq!(store.durable().end(), 2, "entry 2 never counts as durable");
+        let e = store.submit_append(vec![entry(1, 3)], Box::new(|_| panic!("never called"))).unwrap_err();
+        assert!(matches!(e, LogError::Stopped(_)), "{e}");
+    });
+}
+
+#[test]
+fn a_runtime_has_a_worker_to_spare_only_with_a_whole_worker_idle_over_a_window() {
+    use super::store::{SpareWorker, LOAD_WINDOW};
+    let t0 = std::time::Instant::now();
+    let ms = Duration::from_millis;
+    let mut two = SpareWorker::default();
+    assert!(two.observe(t0, ms(100), 2), "nothing measured yet: spare");
+    // Within a window the last judgement holds, whatever the busy time says.
+    assert!(two.observe(t0 + LOAD_WINDOW / 2, ms(10_000), 2));
+    // 10 ms of two workers: 12 ms busy leaves 8 ms idle, less than a worker's 10 ms.
+    let t1 = t0 + ms(10);
+    assert!(!two.observe(t1, ms(112), 2), "busy");
+    assert!(!two.observe(t1 + LOAD_WINDOW / 2, ms(112), 2), "still judged busy within the window");
+    // The next 10 ms: 10 ms busy leaves exactly one worker idle.
+    let t2 = t1 + ms(10);
+    assert!(two.observe(t2, ms(122), 2), "a whole worker idle");
+    // 10.001 ms busy of 20 ms: not quite.
+    assert!(!two.observe(t2 + ms(10), ms(122) + Duration::from_micros(10_001), 2));
+
+    // A clock read out of order neither panics nor starts a window.
+    assert!(!two.observe(t0, ms(0), 2));
+
+    // One worker (a current-thread runtime): never, idle or not.
+    let mut one = SpareWorker::default();
+    assert!(!one.observe(t0, ms(0), 1));
+    assert!(!one.observe(t0 + ms(10), ms(0), 1));
+}
+
 /// A setData of 100 bytes of small values (as a counter or a bitmap stored in a znode holds):
 /// bytes that read as short length words and small varints at many offsets.
 fn set_data_entry(term: u64, index: u64) -> Entry<TypeConfig> {

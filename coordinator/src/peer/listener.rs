@@ -97,7 +97,7 @@ pub async fn serve_peers(
 ) {
     let servers = Arc::new(servers);
     // Local only: a server that does not lead refuses what is forwarded to it.
-    let proposer = Proposer::spawn(raft.clone(), None);
+    let proposer = Proposer::spawn(raft.clone(), None, crate::propose::BatchSlots::default());
     let registry: Registry = Arc::default();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut conns = JoinSet::new();
