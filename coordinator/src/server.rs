@@ -245,12 +245,11 @@ impl Coordinator {
         // writer thread is idle and no other batch of writes is on its way
         // (`LogStore::syncing_own_entries_inline`).
         let slots = crate::propose::BatchSlots::default();
-        let log = match config.is_ensemble() {
-            true => log,
-            false => {
-                let slots = slots.clone();
-                log.syncing_own_entries_inline(move || slots.in_flight() <= 1)
-            }
+        let log = if config.is_ensemble() {
+            log
+        } else {
+            let slots = slots.clone();
+            log.syncing_own_entries_inline(move || slots.in_flight() <= 1)
         };
         let sm = sm.applying_only_durable(log.durable());
         debug_assert_eq!(log.meta().last_purged.map_or(0, |l| l.index), purged_upto);

@@ -553,19 +553,11 @@ impl LogStore {
                 cache.fresh.insert(entry, c.payload.len());
             }
         }
-        let may_inline = match (&self.own_inline, own) {
-            (_, false) => true,
-            (Some(alone), true) => alone(),
-            // A leader of an ensemble: its fdatasync runs while the entries go to the followers.
-            (None, true) => false,
-        };
-        let done = match may_inline {
-            true => match self.append_if_idle(&encoded, done) {
-                Some(done) => done,
-                None => return Ok(()),
-            },
-            false => done,
-        };
+        // A leader of an ensemble (no `own_inline`) always queues: its fdatasync runs while the
+        // entries go to the followers.
+        let may_inline = !own || self.own_inline.as_ref().is_some_and(|alone| alone());
+        let queued = if may_inline { self.append_if_idle(&encoded, done) } else { Some(done) };
+        let Some(done) = queued else { return Ok(()) };
         self.send(Command::Append { entries: encoded, done })
     }
 
