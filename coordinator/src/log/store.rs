@@ -529,6 +529,21 @@ impl LogStore {
         self.submit(entries, done, false)
     }
 
+    /// [`LogStore::submit_append`] of entries this server appends as the leader, as openraft's
+    /// `append` hands them over when [`LogStore::pipelining_as_leader`] finds them its own.
+    #[cfg(test)]
+    pub(super) fn submit_own(&self, entries: Vec<Entry<TypeConfig>>, done: AppendDone) -> Result<(), LogError> {
+        self.submit(entries, done, true)
+    }
+
+    /// Whether the writer thread has nothing queued and does not hold the files: an append now
+    /// may be synced by its caller. (The thread calls a batch's appends back before it lets
+    /// the files go.)
+    #[cfg(test)]
+    pub(super) fn writer_idle(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) == 0 && self.files.try_lock().is_ok()
+    }
+
     /// [`LogStore::submit_append`]; `own` says the entries are this server's as the leader,
     /// counted in its [`ProposalSizes`].
     fn submit(&self, entries: Vec<Entry<TypeConfig>>, done: AppendDone, own: bool) -> Result<(), LogError> {

@@ -598,17 +598,25 @@ fn idle_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap()
 }
 
+/// Who called an append back (the thread's name) and with what.
+type CalledBack = mpsc::Receiver<(Option<String>, Result<(), String>)>;
+
 /// Appends `e` and returns the name of the thread that called it back, once it has.
-fn append_on(store: &LogStore, e: Entry<TypeConfig>) -> mpsc::Receiver<(Option<String>, Result<(), String>)> {
+fn append_on(store: &LogStore, e: Entry<TypeConfig>) -> CalledBack {
+    called_back_on(|done| store.submit_append(vec![e], done))
+}
+
+/// [`append_on`] of entries the server appends as the leader.
+fn own_append_on(store: &LogStore, e: Entry<TypeConfig>) -> CalledBack {
+    called_back_on(|done| store.submit_own(vec![e], done))
+}
+
+fn called_back_on(submit: impl FnOnce(super::store::AppendDone) -> Result<(), LogError>) -> CalledBack {
     let (tx, rx) = mpsc::channel();
-    store
-        .submit_append(
-            vec![e],
-            Box::new(move |r| {
-                let _ = tx.send((std::thread::current().name().map(String::from), r.map_err(|e| e.to_string())));
-            }),
-        )
-        .unwrap();
+    submit(Box::new(move |r| {
+        let _ = tx.send((std::thread::current().name().map(String::from), r.map_err(|e| e.to_string())));
+    }))
+    .unwrap();
     rx
 }
 
@@ -643,7 +651,8 @@ fn an_append_that_finds_the_writer_idle_is_synced_by_its_caller_and_stays_in_ord
         assert_eq!(saved.map_err(|e| e.to_string()), Ok(()));
         assert_eq!(second, (writer.clone(), Ok(())), "queued behind the vote, written by the thread");
 
-        // Idle again: the caller syncs the third itself.
+        // Idle again (once the thread has let the files go): the caller syncs the third itself.
+        wait_until_writer_idle(&store);
         let third = append_on(&store, entry(1, 3));
         assert_eq!(third.try_recv(), Ok((caller.clone(), Ok(()))));
     });
@@ -652,6 +661,59 @@ fn an_append_that_finds_the_writer_idle_is_synced_by_its_caller_and_stays_in_ord
     let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
     assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3)], "every acknowledged append, in order");
     assert_eq!(rec.meta.vote, Some(Vote::new(1, 1)));
+}
+
+/// Waits, up to [`DEADLINE`], for the writer thread to be idle (see `LogStore::writer_idle`).
+fn wait_until_writer_idle(store: &LogStore) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !store.writer_idle() {
+        assert!(std::time::Instant::now() < deadline, "the writer thread stayed busy");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_leaders_own_entries_are_synced_by_their_caller_only_while_the_server_says_it_may() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rt = idle_runtime();
+    let caller = std::thread::current().name().map(String::from);
+    let writer = Some("raft-log-writer".to_string());
+    let called_back_by = |rx: CalledBack| {
+        let (thread, result) = rx.recv_timeout(DEADLINE).expect("called back");
+        assert_eq!(result, Ok(()));
+        thread
+    };
+
+    // A server alone: its own entries go inline while the rule says so (one batch in flight),
+    // to the writer thread when it does not; entries from a leader go inline either way.
+    let fs = FaultFs::new();
+    let may = Arc::new(AtomicBool::new(true));
+    let rule = Arc::clone(&may);
+    let alone = store(&fs).syncing_own_entries_inline(move || rule.load(Ordering::SeqCst));
+    rt.block_on(async {
+        assert_eq!(called_back_by(own_append_on(&alone, entry(1, 1))), caller, "alone, one batch: inline");
+        may.store(false, Ordering::SeqCst);
+        assert_eq!(called_back_by(own_append_on(&alone, entry(1, 2))), writer, "more batches: queued");
+        // The thread calls back before it lets the files go; an append meanwhile would queue.
+        wait_until_writer_idle(&alone);
+        assert_eq!(called_back_by(append_on(&alone, entry(1, 3))), caller, "not its own: inline");
+        may.store(true, Ordering::SeqCst);
+        assert_eq!(called_back_by(own_append_on(&alone, entry(1, 4))), caller);
+    });
+    drop(alone);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2), (1, 3), (1, 4)], "every acknowledged append, in order");
+
+    // A leader of an ensemble (no rule given): its own entries always queue, so that their
+    // fdatasync runs while they go to the followers.
+    let fs = FaultFs::new();
+    let leader = store(&fs);
+    rt.block_on(async {
+        assert_eq!(called_back_by(own_append_on(&leader, entry(1, 1))), writer, "an ensemble's leader: queued");
+        wait_until_writer_idle(&leader);
+        assert_eq!(called_back_by(append_on(&leader, entry(1, 2))), caller, "a follower's append: inline");
+    });
 }
 
 #[test]
