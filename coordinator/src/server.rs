@@ -241,6 +241,10 @@ impl Coordinator {
         // The leader's fdatasync runs while its entries go to the followers; applies wait for
         // it (`LogStore::pipelining_as_leader`, and `holding_commits_to` below for followers).
         let log = log.pipelining_as_leader(node_id);
+        // A voter of an ensemble refuses no vote for a lease on a leader it has not heard since
+        // it started (`LogStore::free_to_vote_at_start`; the pre-vote keeps elections away
+        // from a working leader).
+        let log = if config.is_ensemble() { log.free_to_vote_at_start(node_id) } else { log };
         // A server alone waits for no follower: its appends are synced by their caller when the
         // writer thread is idle and no other batch of writes is on its way
         // (`LogStore::syncing_own_entries_inline`).
@@ -1097,8 +1101,10 @@ const CAMPAIGN_CHECK: Duration = Duration::from_millis(20);
 const PRE_VOTE_DEADLINE: Duration = Duration::from_millis(300);
 
 /// Elections in an ensemble, where openraft's own timer is off (see [`crate::staleness`]): a
-/// voting follower or candidate whose leader has been silent past the voters' lease on it, plus
-/// a stagger of its own ([`crate::staleness::campaign_due`]), asks the other voters for a
+/// voting follower or candidate whose leader has been silent past the voters' lease on it (no
+/// lease before it has heard of any leader since it started, see
+/// [`crate::staleness::lease_to_wait`]), plus a stagger of its own
+/// ([`crate::staleness::campaign_due`]), asks the other voters for a
 /// pre-vote, and calls the election only with a quorum of yeses. Leaders and learners do
 /// nothing here. Silence is counted from the last AppendEntries accepted from a leader (the
 /// staleness bound's contact; from this task's start if there was none), from the last frame
@@ -1115,16 +1121,21 @@ async fn campaign_when_leader_lapses(
     network: PeerNetwork,
     mut stop: watch::Receiver<bool>,
 ) {
-    use crate::staleness::{campaign_due, campaign_wait, quorum_granted, still_lapsed, ElectionView, LEASE};
+    use crate::staleness::{
+        campaign_due, campaign_wait, lease_to_wait, quorum_granted, still_lapsed, ElectionView, LEASE,
+    };
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let id = raft.metrics().borrow().id;
-    let wait = campaign_wait(LEASE, id);
     let contact = lock().leader_contact.clone();
     let started = Instant::now();
     let mut interval = tokio::time::interval(CAMPAIGN_CHECK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut campaigned: Option<Instant> = None;
     let mut term = (raft.metrics().borrow().current_term, Instant::now());
+    let first_term = term.0;
+    // Whether this server has heard of a leader or seen an election since it started: until
+    // then it waits out no lease (see `crate::staleness::lease_to_wait`).
+    let mut heard = false;
     // Whether the last pre-vote was refused: a run of refusals (a server cut off from the rest)
     // is logged once.
     let mut refused = false;
@@ -1150,10 +1161,12 @@ async fn campaign_when_leader_lapses(
             continue;
         }
         let heard_leader = leader.and_then(|l| network.leading_silent_for(l));
+        heard = heard || heard_leader.is_some() || contact.since_contact(now).is_some() || term.0 != first_term;
         let mut silent = contact.since_contact(now).unwrap_or(now - started).min(now - term.1);
         if let Some(h) = heard_leader {
             silent = silent.min(h);
         }
+        let wait = campaign_wait(lease_to_wait(LEASE, heard), id);
         if !campaign_due(silent, campaigned.map(|t| now - t), wait) {
             continue;
         }
@@ -1179,12 +1192,14 @@ async fn campaign_when_leader_lapses(
             refused = false;
             continue;
         }
+        let lapsed =
+            if heard { "no word from the leader past its lease" } else { "no leader heard since this server started" };
         if !quorum_granted(&configs, &granted) {
             if !refused {
                 info!(
                     silent_ms = silent.as_millis() as u64,
                     granted = ?granted,
-                    "no word from the leader past its lease, but no quorum of voters would vote: not campaigning"
+                    "{lapsed}, but no quorum of voters would vote: not campaigning"
                 );
             }
             refused = true;
@@ -1196,7 +1211,7 @@ async fn campaign_when_leader_lapses(
             wait_ms = wait.as_millis() as u64,
             leader = ?leader,
             granted = ?granted,
-            "no word from the leader past its lease and a quorum would vote: campaigning"
+            "{lapsed} and a quorum would vote: campaigning"
         );
         if let Err(e) = raft.trigger().elect().await {
             warn!("could not start an election: {e}");

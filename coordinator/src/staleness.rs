@@ -29,8 +29,9 @@
 //! behind in the log, cannot even win. So in an ensemble openraft's own timer is off, and a
 //! voting follower or candidate campaigns itself:
 //!
-//! 1. once the leader has been silent past the voters' lease, a margin and a stagger by server
-//!    id ([`campaign_wait`]), and it has not campaigned within that wait;
+//! 1. once the leader has been silent past the voters' lease (no lease before it has heard of
+//!    any leader since it started: [`lease_to_wait`]), a margin and a stagger by server id
+//!    ([`campaign_wait`]), and it has not campaigned within that wait;
 //! 2. after a pre-vote: it asks every other voter whether it would vote for a log ending where
 //!    its own does, without raising any term. A voter says yes when it does not lead, has
 //!    heard no leader for the lease either, and the asker's log is at least as up to date as
@@ -130,6 +131,22 @@ pub fn campaign_wait(lease: Duration, server_id: u64) -> Duration {
     lease + CAMPAIGN_MARGIN + CAMPAIGN_STAGGER * (server_id.saturating_sub(1) % 4) as u32
 }
 
+/// The lease a voting follower waits out before it campaigns ([`campaign_wait`]): the voters'
+/// `lease` on their leader once this server has heard of a leader or seen an election since it
+/// started (`heard`), and none before. Nobody holds a lease on a leader this server has not
+/// heard: the voters that started with it read their votes back as not yet granted
+/// ([`crate::log::LogStore::free_to_vote_at_start`]), and a voter that hears a leader refuses
+/// the pre-vote ([`pre_vote_grant`]). So an ensemble restarted as a whole elects a leader as
+/// soon as a quorum is up, and a voter restarted alone asks in vain until the leader's first
+/// heartbeat reaches it, each refusal costing nobody a term.
+pub fn lease_to_wait(lease: Duration, heard: bool) -> Duration {
+    if heard {
+        lease
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Whether a voting follower or candidate asks for a pre-vote now: no leader has been heard
 /// for `silent` (counted from this server's start if none ever was, and from the last change of
 /// term seen here: an election under way must not be overtaken), at least `wait`, and this
@@ -220,6 +237,27 @@ mod tests {
         // Before openraft's own timer (the lease plus a whole election timeout of at least
         // 300 ms), and never before the lease has lapsed.
         assert!(waits.iter().all(|w| *w <= lease + ms(350) && *w > lease), "{waits:?}");
+    }
+
+    #[test]
+    fn a_voter_that_has_heard_no_leader_since_it_started_waits_out_no_lease() {
+        let lease = Duration::from_millis(600);
+        let ms = Duration::from_millis;
+        for id in 1..=5 {
+            let fresh = campaign_wait(lease_to_wait(lease, false), id);
+            let heard = campaign_wait(lease_to_wait(lease, true), id);
+            assert_eq!(heard, campaign_wait(lease, id));
+            assert_eq!(heard - fresh, lease, "server {id}: only the lease is skipped, not the stagger");
+            assert!(fresh >= CAMPAIGN_MARGIN, "server {id}: {fresh:?}");
+        }
+        // The stagger still orders a whole ensemble's first campaigns by id.
+        let first: Vec<Duration> = (1..=3).map(|id| campaign_wait(lease_to_wait(lease, false), id)).collect();
+        assert!(first.windows(2).all(|w| w[1] - w[0] == CAMPAIGN_STAGGER), "{first:?}");
+        // And a refused one is asked again no sooner than its wait.
+        let wait = first[0];
+        assert!(campaign_due(wait, None, wait));
+        assert!(!campaign_due(wait * 2, Some(wait - ms(1)), wait));
+        assert!(campaign_due(wait * 2, Some(wait), wait));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use openraft::{BasicNode, Vote};
@@ -89,7 +90,9 @@ async fn start_node(
     addrs: &BTreeMap<u64, String>,
     fs: Arc<dyn FileSystem>,
 ) -> Result<Node> {
-    let log = LogStore::open(fs.clone(), WalOptions::new(dir.path("log"), CLUSTER))?.pipelining_as_leader(id);
+    let log = LogStore::open(fs.clone(), WalOptions::new(dir.path("log"), CLUSTER))?
+        .pipelining_as_leader(id)
+        .free_to_vote_at_start(id);
     let purged = log.meta().last_purged.map_or(0, |l| l.index);
     let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
     let snapshots = SnapshotDir::open(fs, dir.path("snapshots"), CLUSTER, 2)?;
@@ -235,6 +238,30 @@ impl Ensemble {
         }
     }
 
+    /// Waits for an agreed leader (see [`Ensemble::agreed_leader`]) and creates `path` with
+    /// `data` on it, as a client would: a node that turns out to lead no longer (on a loaded
+    /// machine a second election can follow the first) is asked again once a leader is agreed.
+    /// Returns the leader that took the write and the entry's log index.
+    async fn lead_and_write(&self, path: &str, data: &[u8]) -> Result<(u64, u64)> {
+        let began = Instant::now();
+        loop {
+            let (leader, _) = self.agreed_leader(None).await?;
+            let proposed = self.nodes[&leader].raft.client_write(vec![create(path, data)]);
+            match within_for(DEADLINE, "a write to commit", proposed).await? {
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if began.elapsed() < DEADLINE => {
+                    eprintln!("server {leader} no longer leads (it names {:?}): asking the next leader", f.leader_id);
+                }
+                Err(e) => bail!("write of {path} failed: {e}"),
+                Ok(reply) => {
+                    let outcome =
+                        reply.data.into_iter().next().ok_or_else(|| anyhow!("no outcome for the create of {path}"))?;
+                    outcome.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
+                    return Ok((leader, reply.log_id.index));
+                }
+            }
+        }
+    }
+
     /// Proposes creating `path` with `data` on `leader`; returns the entry's log index.
     async fn write(&self, leader: u64, path: &str, data: &[u8]) -> Result<u64> {
         let reply =
@@ -314,9 +341,8 @@ async fn proposal_does_not_commit(e: &Ensemble, leader: u64, path: &str) -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_replicate_elect_a_new_leader_and_never_commit_without_a_majority() -> Result<()> {
     let mut e = Ensemble::start(3).await?;
-    let (leader, took) = e.agreed_leader(None).await?;
-    eprintln!("first leader: server {leader} after {took:?}");
-    let i = e.write(leader, "/a", b"one").await?;
+    let (leader, i) = e.lead_and_write("/a", b"one").await?;
+    eprintln!("first leader: server {leader}");
     e.applied_everywhere(i, "/a", b"one").await?;
 
     e.stop(leader).await?;
@@ -335,8 +361,7 @@ async fn three_peers_replicate_elect_a_new_leader_and_never_commit_without_a_maj
     // With a majority back, the entry the leader kept commits: a timed-out write was never
     // a definite failure. New writes commit too, on both running nodes.
     e.restart(follower).await?;
-    let (third, _) = e.agreed_leader(None).await?;
-    let i = e.write(third, "/d", b"four").await?;
+    let (_, i) = e.lead_and_write("/d", b"four").await?;
     e.applied_everywhere(i, "/d", b"four").await?;
     e.applied_everywhere(i, "/c", b"minority").await?;
     e.applied_everywhere(i, "/a", b"one").await?;
@@ -365,8 +390,7 @@ struct HeldWrite {
 /// log writer would never let the test end.
 async fn b_held_on_the_leader() -> Result<(Ensemble, HeldWrite)> {
     let e = Ensemble::start_on(3, true).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
-    let i = e.write(leader, "/a", b"one").await?;
+    let (leader, i) = e.lead_and_write("/a", b"one").await?;
     e.applied_everywhere(i, "/a", b"one").await?;
     let followers: Vec<u64> = e.nodes.keys().copied().filter(|&id| id != leader).collect();
     e.faults[&leader].hold_syncs();
@@ -458,8 +482,7 @@ async fn a_leader_that_lost_its_unsynced_entries_never_leads_their_term_again() 
     for id in [leader, followers[0], followers[1]] {
         e.restart(id).await?;
     }
-    let (now, _) = e.agreed_leader(None).await?;
-    let c = e.write(now, "/c", b"three").await?;
+    let (now, c) = e.lead_and_write("/c", b"three").await?;
     for (id, n) in &e.nodes {
         n.raft
             .wait(Some(DEADLINE))
@@ -481,8 +504,7 @@ async fn a_leader_that_lost_its_unsynced_entries_never_leads_their_term_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_peers_survive_two_losses_and_stop_committing_at_the_third() -> Result<()> {
     let mut e = Ensemble::start(5).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
-    let i = e.write(leader, "/a", b"one").await?;
+    let (leader, i) = e.lead_and_write("/a", b"one").await?;
     e.applied_everywhere(i, "/a", b"one").await?;
 
     e.stop(leader).await?;
@@ -511,10 +533,9 @@ fn vote_from(id: u64) -> VoteRequest<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> Result<()> {
     let e = Ensemble::start(3).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
+    let (leader, i) = e.lead_and_write("/a", b"one").await?;
     // The leader hears every follower at each heartbeat, so it knows each one is alive.
     let real = e.follower(leader);
-    let i = e.write(leader, "/a", b"one").await?;
     e.applied_everywhere(i, "/a", b"one").await?;
     let option = RPCOption::new(Duration::from_secs(2));
     let leader_node = BasicNode { addr: e.addrs[&leader].clone() };
@@ -557,11 +578,10 @@ async fn a_second_process_with_a_live_servers_id_is_refused_at_either_end() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_data_was_wiped_is_refused_under_its_old_id_at_either_end() -> Result<()> {
     let mut e = Ensemble::start(3).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
+    let (leader, i) = e.lead_and_write("/a", b"one").await?;
     let wiped = e.follower(leader);
     let kept = (1..=3).find(|&id| id != leader && id != wiped).context("a third server")?;
     // Every server has now heard every other one, with its data directory.
-    let i = e.write(leader, "/a", b"one").await?;
     e.applied_everywhere(i, "/a", b"one").await?;
 
     // The follower loses its disk and comes back under its old id and address, with an empty
@@ -612,8 +632,7 @@ async fn ready_now<F: std::future::Future>(changed: F) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_watch_sleeps_through_writes_and_wakes_for_a_new_leader() -> Result<()> {
     let mut e = Ensemble::start(3).await?;
-    let (leader, _) = e.agreed_leader(None).await?;
-    let i = e.write(leader, "/settle", b"0").await?;
+    let (leader, i) = e.lead_and_write("/settle", b"0").await?;
     e.applied_everywhere(i, "/settle", b"0").await?;
     let follower = e.follower(leader);
     let mut on_leader = RoleWatch::new(&e.nodes[&leader].raft);

@@ -464,6 +464,37 @@ impl LogStore {
         self
     }
 
+    /// Reads a saved vote for another server's leadership back as a vote for that server not
+    /// yet granted, for a voter of an ensemble.
+    ///
+    /// Openraft refuses every vote while its vote is a granted one and it has heard that
+    /// leader within the voters' lease ([`crate::staleness::LEASE`]), and at a start, not
+    /// knowing when it last heard the leader, it counts as if it had heard it at that very
+    /// instant. When a whole ensemble restarts, no voter would then vote for anybody until
+    /// the lease ran out after its own start: 600 ms of the restart's 1.2 s with 100,000
+    /// znodes, with the leader long gone.
+    ///
+    /// Nothing needs that lease here. Safety never rests on it (a leader's word counts only
+    /// under a quorum's confirmation, see [`crate::liveness`]), and what it is for, that a
+    /// voter who cannot hear a working leader does not depose it, the pre-vote does already:
+    /// a candidate calls an election only once a quorum of voters has heard no leader for the
+    /// lease, or none at all since it started ([`crate::staleness::pre_vote_grant`]). The
+    /// vote keeps its term and its candidate, so this server still votes for no other
+    /// candidate of that term than openraft allows, and the leader's next AppendEntries
+    /// carries its granted vote back. Until then this server names no leader.
+    pub fn free_to_vote_at_start(self, node_id: u64) -> Self {
+        let mut cache = self.shared.cache();
+        let granted = cache.meta.vote.filter(|v| v.is_committed() && !own_leadership(v, node_id));
+        if let Some(vote) = granted {
+            let leader_id = vote.leader_id();
+            if let Some(leader) = leader_id.voted_for() {
+                cache.meta.vote = Some(Vote::new(leader_id.term, leader));
+            }
+        }
+        drop(cache);
+        self
+    }
+
     /// Lets this server's own entries as leader be written and synced by their caller when the
     /// writer thread is idle, as every other append is (see [`LogStore::submit`]), and when
     /// `alone` says no other of them is on its way (the proposer has one batch in flight).

@@ -867,6 +867,34 @@ async fn vote_committed_truncate_and_purge_are_durable_when_they_return() {
     assert_eq!(ids(&rec.entries), (3..=8).map(|i| (1, i)).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn a_voter_reads_a_granted_vote_back_not_yet_granted_and_for_the_same_candidate() {
+    use openraft::storage::RaftLogStorage;
+    // (saved, read back by server 1 as a voter of an ensemble, as a leader pipelining too)
+    let cases = [
+        (Some(Vote::new_committed(4, 2)), Some(Vote::new(4, 2)), Some(Vote::new(4, 2))),
+        (Some(Vote::new(4, 2)), Some(Vote::new(4, 2)), Some(Vote::new(4, 2))),
+        (Some(Vote::new_committed(4, 1)), Some(Vote::new_committed(4, 1)), Some(Vote::new(4, 1))),
+        (Some(Vote::new(4, 1)), Some(Vote::new(4, 1)), Some(Vote::new(4, 1))),
+        (None, None, None),
+    ];
+    for (saved, voter, both) in cases {
+        let fs = FaultFs::new();
+        let s = store(&fs);
+        s.update_meta(|m| m.vote = saved).await.unwrap();
+        drop(s);
+        let mut s = store(&fs).free_to_vote_at_start(1);
+        assert_eq!(s.read_vote().await.unwrap(), voter, "saved {saved:?}");
+        drop(s);
+        let mut s = store(&fs).pipelining_as_leader(1).free_to_vote_at_start(1);
+        assert_eq!(s.read_vote().await.unwrap(), both, "saved {saved:?}");
+        drop(s);
+        // Nothing is written at the read-back: the saved vote is as it was.
+        let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+        assert_eq!(rec.meta.vote, saved);
+    }
+}
+
 /// Appends `entries` through `store` and waits for each to be acknowledged.
 fn append_all(store: &LogStore, fs: &FaultFs, entries: impl IntoIterator<Item = Entry<TypeConfig>>) {
     let (tx, rx) = mpsc::channel();
