@@ -606,11 +606,14 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
     let m = ctx.metrics();
     let ensemble = ensemble_stats(&m);
     let mode = crate::fourlw::mode_of(&m);
-    let (values, serving) = {
+    let (values, serving, counters) = {
         let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none())
+        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none(), st.counters.clone())
     };
-    let text = prometheus_text(&values, &m, ensemble.as_ref(), serving);
+    let mut text = prometheus_text(&values, &m, ensemble.as_ref(), serving);
+    if ensemble.is_some() {
+        text.push_str(&election_counters(&counters));
+    }
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response()
 }
 
@@ -688,6 +691,27 @@ pub fn prometheus_text(
                 let _ = writeln!(out, "referee_coordinator_raft_replication_lag{{server=\"{}\"}} {lag}", r.id);
             }
         }
+    }
+    out
+}
+
+/// The elections an ensemble server took part in as a candidate, as Prometheus counters: its
+/// pre-votes (see [`crate::staleness`]), those no quorum granted, and the elections it called.
+/// A voter cut off from its leader shows a growing count of refused pre-votes and no
+/// elections; one that keeps calling elections is a leader being deposed again and again.
+pub fn election_counters(c: &crate::state::Counters) -> String {
+    let counters = [
+        ("pre_votes_asked_total", "Pre-votes this server asked for, its leader silent.", c.pre_votes_asked),
+        ("pre_votes_refused_total", "Pre-votes of this server no quorum granted.", c.pre_votes_refused),
+        ("elections_called_total", "Elections this server called after a granted pre-vote.", c.elections_called),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP referee_coordinator_{name} {help}\n# TYPE referee_coordinator_{name} counter\n\
+             referee_coordinator_{name} {value}"
+        );
     }
     out
 }
@@ -793,8 +817,17 @@ mod tests {
                 crate::fourlw::Replica { id: 3, voter: true, matched: None, lag: None, synced: false },
             ],
         };
-        let text = prometheus_text(&mntr, &m, Some(&e), true);
+        let counters = crate::state::Counters {
+            pre_votes_asked: 5,
+            pre_votes_refused: 4,
+            elections_called: 1,
+            ..Default::default()
+        };
+        let text = prometheus_text(&mntr, &m, Some(&e), true) + &election_counters(&counters);
         for line in [
+            "# TYPE referee_coordinator_pre_votes_asked_total counter\nreferee_coordinator_pre_votes_asked_total 5\n",
+            "referee_coordinator_pre_votes_refused_total 4\n",
+            "referee_coordinator_elections_called_total 1\n",
             "# TYPE znode_count gauge\nznode_count 7\n",
             "avg_latency 0.5000\n",
             "# TYPE packets_received counter\npackets_received 12\n",

@@ -1181,7 +1181,15 @@ async fn campaign_when_leader_lapses(
         let granted = pre_vote(&raft, &network, id, last_log_id, &configs).await;
         let answered = Instant::now();
         let after = view(answered);
-        if !still_lapsed(&decided, &after, answered - now) {
+        let quorum = quorum_granted(&configs, &granted);
+        let lapsed_still = still_lapsed(&decided, &after, answered - now);
+        {
+            let counters = &mut lock().counters;
+            counters.pre_votes_asked += 1;
+            counters.pre_votes_refused += u64::from(!quorum);
+            counters.elections_called += u64::from(quorum && lapsed_still);
+        }
+        if !lapsed_still {
             info!(
                 term = after.term,
                 leader = ?after.leader,
@@ -1194,7 +1202,7 @@ async fn campaign_when_leader_lapses(
         }
         let lapsed =
             if heard { "no word from the leader past its lease" } else { "no leader heard since this server started" };
-        if !quorum_granted(&configs, &granted) {
+        if !quorum {
             if !refused {
                 info!(
                     silent_ms = silent.as_millis() as u64,

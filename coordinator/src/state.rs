@@ -124,6 +124,13 @@ pub struct Counters {
     pub auth_failed: u64,
     /// Request latency over all connections.
     pub latency: Latency,
+    /// Pre-votes this server asked for as a voter whose leader had gone silent (see
+    /// [`crate::staleness`]), counted when the answers are in.
+    pub pre_votes_asked: u64,
+    /// Of those, the ones no quorum granted.
+    pub pre_votes_refused: u64,
+    /// Elections this server called, each after a quorum granted its pre-vote.
+    pub elections_called: u64,
 }
 
 impl ServerState {

@@ -9,14 +9,15 @@
 //! watch events of writes made elsewhere, `sync`, and keep their sessions alive past their
 //! timeout while connected there (the server reports them to the leader, which alone expires).
 //! A server cut off from the rest closes its clients' connections and refuses new sessions
-//! within its staleness bound, and still answers four-letter words.
+//! within its staleness bound, and still answers four-letter words. A voter restarted where it
+//! cannot hear the leader asks for pre-votes at once, is refused, and deposes nobody.
 
 mod common;
 
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use common::ensemble::{leader_of, start_ensemble, start_ensemble_behind_proxies, stop, Running};
+use common::ensemble::{launch_again, leader_of, start_ensemble, start_ensemble_behind_proxies, stop, Running};
 use referee_coordinator::config::{CoordinatorConfig, Role};
 use referee_testkit::{connect, within_for};
 use zookeeper_client as zk;
@@ -369,6 +370,82 @@ async fn a_follower_cut_off_and_healed_rejoins_without_deposing_the_leader() -> 
         now.state,
         now.current_term
     );
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// A voter restarted where it cannot hear the leader (nothing reaches its peer port) has heard
+/// no leader since it started, so it waits out no lease: it asks the other voters for a
+/// pre-vote at once and again, the one that hears the leader refuses, and it calls no election
+/// (its saved vote, read back as not yet granted, would let it grant one, but nobody asks).
+/// Healed, it follows the same leader in the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_out_of_the_leaders_reach_asks_at_once_and_deposes_nobody() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    let (mut running, _dirs, mut proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |_| {}).await?;
+    let (leader, _) = leader_of(&running).await?;
+    write_and_check(&running, leader, "/before-the-restart").await?;
+    let term = running.iter().find(|r| r.id == leader).context("the leader runs")?.raft.metrics().borrow().current_term;
+    // Stopped with a log as long as the others', so that only the leader's heartbeats, which
+    // the others hear and it does not, set the voters apart.
+    let last_index = |r: &Running| r.raft.metrics().borrow().last_log_index;
+    within_for(DEADLINE, "every server to hold the whole log and the test's session closed", async {
+        loop {
+            let at_leader = running.iter().find(|r| r.id == leader).and_then(last_index);
+            if running.iter().all(|r| r.session_ids().is_empty() && last_index(r) == at_leader) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let at = running.iter().position(|r| r.id != leader).context("a follower runs")?;
+    let follower = running.remove(at);
+    let (id, config, peer_listen) = (follower.id, follower.config.clone(), follower.peer_listen);
+    stop(follower).await?;
+
+    proxies[id as usize - 1].cut();
+    let restarted = launch_again(config, peer_listen).await?;
+    let counters = |r: &Running| {
+        let c = r.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).counters.clone();
+        (c.pre_votes_asked, c.pre_votes_refused, c.elections_called)
+    };
+    within_for(DEADLINE, "the restarted voter to be refused two pre-votes, or to call an election", async {
+        while counters(&restarted).1 < 2 && counters(&restarted).2 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let (asked, refused, called) = counters(&restarted);
+    ensure!(called == 0, "the restarted voter called an election: {asked} pre-votes asked, {refused} refused");
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let zk = connect(&at_leader.client.to_string(), Duration::from_secs(10)).await?;
+    zk.create("/while-out-of-reach", b"x", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    drop(zk);
+    proxies[id as usize - 1].restore().await?;
+
+    within_for(DEADLINE, "the restarted voter to catch up with the leader", async {
+        while restarted.data("/while-out-of-reach").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let (asked, refused, called) = counters(&restarted);
+    let now = at_leader.raft.metrics().borrow().clone();
+    let its_term = restarted.raft.metrics().borrow().current_term;
+    ensure!(
+        called == 0 && its_term == term,
+        "the restarted voter called {called} elections ({asked} pre-votes asked, {refused} refused): term {term} -> {its_term}"
+    );
+    ensure!(
+        now.state == openraft::ServerState::Leader && now.current_term == term,
+        "the leader was deposed: {:?} in term {} (was leader in term {term})",
+        now.state,
+        now.current_term
+    );
+    running.push(restarted);
     for r in running {
         stop(r).await?;
     }

@@ -33,6 +33,10 @@ pub struct Running {
     pub raft: Raft,
     /// Its state: the tree it applied, its connections.
     pub coordinator_state: Arc<std::sync::Mutex<ServerState>>,
+    /// Its configuration, for [`launch_again`].
+    pub config: CoordinatorConfig,
+    /// Where its peer listener is bound (behind a proxy, the proxy's target).
+    pub peer_listen: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), CoordinatorError>>,
 }
@@ -131,6 +135,7 @@ async fn start(
     let dirs: Vec<ScratchDir> =
         servers.iter().map(|s| ScratchDir::new(&format!("ensemble-{}", s.id))).collect::<Result<_>>()?;
     let mut starting = Vec::new();
+    let mut configs = Vec::new();
     for (i, peer_listener) in peers.into_iter().enumerate() {
         let mut cfg = CoordinatorConfig::new(dirs[i].path("data"));
         cfg.cluster_id = Some(7);
@@ -144,20 +149,42 @@ async fn start(
         adjust(&mut cfg);
         cfg.validate()?;
         // Started together: each waits for a leader, which needs a majority of the voters.
+        configs.push((cfg.clone(), peer_listener.local_addr()?));
         let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
         starting.push(tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)));
     }
     let mut running = Vec::new();
-    for ((start, listener), entry) in starting.into_iter().zip(clients).zip(&servers) {
+    for ((start, listener), (config, peer_listen)) in starting.into_iter().zip(clients).zip(configs) {
         let coordinator = within_for(ENSEMBLE_DEADLINE, "a server to start", start).await???;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (raft, coordinator_state) = (coordinator.raft(), coordinator.state());
-        let task = tokio::spawn(coordinator.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        running.push(Running { id: entry.id, client: entry.client, raft, coordinator_state, stop, task });
+        running.push(serving(coordinator, listener, config, peer_listen));
     }
     Ok((running, dirs, proxies))
+}
+
+/// Serves `coordinator`'s clients on `listener` until [`stop`].
+fn serving(
+    coordinator: Coordinator,
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    peer_listen: SocketAddr,
+) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (raft, coordinator_state) = (coordinator.raft(), coordinator.state());
+    let (id, client) = (config.server_id(), config.listen);
+    let task = tokio::spawn(coordinator.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Running { id, client, raft, coordinator_state, config, peer_listen, stop, task }
+}
+
+/// Starts a stopped server again from its data directory, on its own ports, as a restarted
+/// process would be, without waiting for it to find a leader (`referee coordinator` serves
+/// while it waits: [`Coordinator::launch`]).
+pub async fn launch_again(config: CoordinatorConfig, peer_listen: SocketAddr) -> Result<Running> {
+    let (listener, peer_listener) = (TcpListener::bind(config.listen).await?, TcpListener::bind(peer_listen).await?);
+    let startup = Startup { initialise: false, peer_listener: Some(peer_listener) };
+    let coordinator = Coordinator::launch(config.clone(), Arc::new(RealFs), startup).await?;
+    Ok(serving(coordinator, listener, config, peer_listen))
 }
 
 /// Stops a server as on SIGTERM, and checks it stopped cleanly.
