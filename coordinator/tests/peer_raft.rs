@@ -252,12 +252,7 @@ impl Ensemble {
                     eprintln!("server {leader} no longer leads (it names {:?}): asking the next leader", f.leader_id);
                 }
                 Err(e) => bail!("write of {path} failed: {e}"),
-                Ok(reply) => {
-                    let outcome =
-                        reply.data.into_iter().next().ok_or_else(|| anyhow!("no outcome for the create of {path}"))?;
-                    outcome.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
-                    return Ok((leader, reply.log_id.index));
-                }
+                Ok(reply) => return Ok((leader, created(reply, path)?)),
             }
         }
     }
@@ -268,9 +263,7 @@ impl Ensemble {
             within_for(DEADLINE, "a write to commit", self.nodes[&leader].raft.client_write(vec![create(path, data)]))
                 .await?
                 .map_err(|e| anyhow!("write of {path} failed: {e}"))?;
-        let outcome = reply.data.into_iter().next().ok_or_else(|| anyhow!("no outcome for the create of {path}"))?;
-        outcome.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
-        Ok(reply.log_id.index)
+        created(reply, path)
     }
 
     /// Waits until every running node has applied `index`, then checks each holds `path` = `data`.
@@ -300,6 +293,13 @@ impl Ensemble {
         }
         Ok(())
     }
+}
+
+/// The log index of the create of `path` that `reply` answers, if the tree took it.
+fn created(reply: openraft::raft::ClientWriteResponse<TypeConfig>, path: &str) -> Result<u64> {
+    let outcome = reply.data.into_iter().next().ok_or_else(|| anyhow!("no outcome for the create of {path}"))?;
+    outcome.result.map_err(|e| anyhow!("create {path} failed in the tree: {e:?}"))?;
+    Ok(reply.log_id.index)
 }
 
 fn create(path: &str, data: &[u8]) -> Txn {

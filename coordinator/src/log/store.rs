@@ -484,12 +484,8 @@ impl LogStore {
     /// carries its granted vote back. Until then this server names no leader.
     pub fn free_to_vote_at_start(self, node_id: u64) -> Self {
         let mut cache = self.shared.cache();
-        let granted = cache.meta.vote.filter(|v| v.is_committed() && !own_leadership(v, node_id));
-        if let Some(vote) = granted {
-            let leader_id = vote.leader_id();
-            if let Some(leader) = leader_id.voted_for() {
-                cache.meta.vote = Some(Vote::new(leader_id.term, leader));
-            }
+        if let Some(vote) = cache.meta.vote.as_mut().filter(|v| v.is_committed() && !own_leadership(v, node_id)) {
+            vote.committed = false;
         }
         drop(cache);
         self
