@@ -1144,7 +1144,7 @@ fn ratio(x: f64, y: f64) -> String {
 }
 
 /// The markdown tables of a run; with both servers, side by side with ratios ours / Apache.
-fn throughput_tables(runs: &[ServerRun]) -> String {
+fn throughput_tables(runs: &[ServerRun], cell: Duration) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let (ours, theirs) = match runs {
@@ -1174,7 +1174,11 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
                     a.shape,
                     a.ops_per_sec(),
                     b.ops_per_sec(),
-                    ratio(a.ops_per_sec(), b.ops_per_sec()),
+                    if RowFigures::of(a, b, cell).not_compared(cell) {
+                        "not compared".to_string()
+                    } else {
+                        ratio(a.ops_per_sec(), b.ops_per_sec())
+                    },
                     lat(a),
                     lat(b),
                     ratio(ms(a.percentile(0.99)), ms(b.percentile(0.99))),
@@ -1279,31 +1283,101 @@ fn throughput_tables(runs: &[ServerRun]) -> String {
 /// Apache's is.
 const RSS_FULL_LIMIT_MIB: f64 = 120.0;
 
+/// One row of the comparison: the same cell (operation and shape) on our server and on Apache's.
+struct RowFigures {
+    op: &'static str,
+    shape: String,
+    ours_ops: f64,
+    theirs_ops: f64,
+    ours_p99: Duration,
+    theirs_p99: Duration,
+    /// Apache's longest time without a reply in the cell, and when it began.
+    theirs_stall: Duration,
+    theirs_stall_at: Duration,
+    /// From Apache's last reply to the cell's end, for a cell whose sessions run to its end (all
+    /// but delete, whose sessions stop when they run out of nodes): zero when it answered to
+    /// the end.
+    theirs_quiet_end: Duration,
+}
+
+impl RowFigures {
+    fn of(ours: &CellReport, theirs: &CellReport, cell: Duration) -> RowFigures {
+        let runs_to_the_end = ours.op != Op::Delete;
+        RowFigures {
+            op: ours.op.name(),
+            shape: ours.shape.to_string(),
+            ours_ops: ours.ops_per_sec(),
+            theirs_ops: theirs.ops_per_sec(),
+            ours_p99: ours.percentile(0.99),
+            theirs_p99: theirs.percentile(0.99),
+            theirs_stall: theirs.longest_stall,
+            theirs_stall_at: theirs.stall_at,
+            theirs_quiet_end: if runs_to_the_end { cell.saturating_sub(theirs.elapsed) } else { Duration::ZERO },
+        }
+    }
+
+    /// Whether Apache's cell measured a stall rather than the server ([`reference_stalled`]).
+    fn not_compared(&self, cell: Duration) -> bool {
+        reference_stalled(self.theirs_stall, self.theirs_quiet_end, cell)
+    }
+}
+
+/// Whether a reference cell measured a stall rather than the server: it went longer than a
+/// fifth of the cell without a single reply (an election, a follower stuck behind its leader),
+/// between two replies or from its last reply to the cell's end. Its throughput is then not a
+/// figure to divide by, in either direction.
+fn reference_stalled(stall: Duration, quiet_end: Duration, cell: Duration) -> bool {
+    stall.max(quiet_end) > cell / 5
+}
+
+/// One row's misses: under 2x Apache's throughput, a worse p99, or, when Apache's cell stalled
+/// (see [`reference_stalled`]), not compared at all, which is a miss too: no ratio is claimed
+/// from such a cell, and the line says to run it again.
+fn row_verdict(row: &RowFigures, cell: Duration) -> Vec<String> {
+    let (op, shape) = (row.op, &row.shape);
+    if row.not_compared(cell) && row.theirs_quiet_end > row.theirs_stall {
+        return vec![format!(
+            "{op} {shape}: not compared: Apache's last reply came {:.1} s before the end of the {:.0} s cell; \
+             run the cell again (--ops and --shapes)",
+            row.theirs_quiet_end.as_secs_f64(),
+            cell.as_secs_f64()
+        )];
+    }
+    if row.not_compared(cell) {
+        return vec![format!(
+            "{op} {shape}: not compared: Apache went {:.0} ms without a reply (from {:.1} s into a {:.0} s cell), \
+             so its {:.0} ops/s measure that stall; run the cell again (--ops and --shapes)",
+            ms(row.theirs_stall),
+            row.theirs_stall_at.as_secs_f64(),
+            cell.as_secs_f64(),
+            row.theirs_ops
+        )];
+    }
+    let mut misses = Vec::new();
+    let r = row.ours_ops / row.theirs_ops.max(f64::MIN_POSITIVE);
+    if r < 2.0 {
+        misses.push(format!(
+            "{op} {shape}: {:.0} ops/s is x{r:.2} of Apache's {:.0}, not x2",
+            row.ours_ops, row.theirs_ops
+        ));
+    }
+    if row.ours_p99 > row.theirs_p99 {
+        misses.push(format!(
+            "{op} {shape}: p99 {:.2} ms is worse than Apache's {:.2} ms",
+            ms(row.ours_p99),
+            ms(row.theirs_p99)
+        ));
+    }
+    misses
+}
+
 /// The targets: every row at least 2x Apache's throughput with a p99 no worse, and the
-/// resource figures; each miss is named with its numbers.
-fn throughput_verdict(ours: &ServerRun, apache: &ServerRun, servers: usize) -> Vec<String> {
+/// resource figures; each miss is named with its numbers. `cell` is the length of one cell.
+fn throughput_verdict(ours: &ServerRun, apache: &ServerRun, servers: usize, cell: Duration) -> Vec<String> {
     let rss_limit = RSS_FULL_LIMIT_MIB * servers as f64;
     let mut misses = Vec::new();
     for (a, b) in ours.cells.iter().zip(&apache.cells).map(|(x, y)| (&x.report, &y.report)) {
-        let r = a.ops_per_sec() / b.ops_per_sec().max(f64::MIN_POSITIVE);
-        if r < 2.0 {
-            misses.push(format!(
-                "{} {}: {:.0} ops/s is x{r:.2} of Apache's {:.0}, not x2",
-                a.op.name(),
-                a.shape,
-                a.ops_per_sec(),
-                b.ops_per_sec()
-            ));
-        }
-        if a.percentile(0.99) > b.percentile(0.99) {
-            misses.push(format!(
-                "{} {}: p99 {:.2} ms is worse than Apache's {:.2} ms",
-                a.op.name(),
-                a.shape,
-                ms(a.percentile(0.99)),
-                ms(b.percentile(0.99))
-            ));
-        }
+        misses.extend(row_verdict(&RowFigures::of(a, b, cell), cell));
     }
     if let (Some(x), Some(y)) = (ours.rss_full_mib, apache.rss_full_mib) {
         if x > y / 5.0 {
@@ -1389,11 +1463,12 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     run_cells(&mut runs, &args, &args.shapes, &ops).await?;
     println!();
     let runs: Vec<ServerRun> = runs.into_iter().map(|(_, run)| run).collect();
-    let tables = throughput_tables(&runs);
+    let tables = throughput_tables(&runs, Duration::from_secs_f64(args.seconds));
     println!("{tables}");
     let mut verdict = String::new();
     if let [ours, apache] = &runs[..] {
-        let misses = throughput_verdict(ours, apache, usize::from(args.ensemble));
+        let misses =
+            throughput_verdict(ours, apache, usize::from(args.ensemble), Duration::from_secs_f64(args.seconds));
         if misses.is_empty() {
             verdict = "targets: all met\n".into();
         } else {
@@ -1651,6 +1726,70 @@ async fn failover_bench(args: FailoverArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(ours_ops: f64, theirs_ops: f64, theirs_stall_ms: u64) -> RowFigures {
+        RowFigures {
+            op: "setData",
+            shape: "1x1".into(),
+            ours_ops,
+            theirs_ops,
+            ours_p99: Duration::from_micros(800),
+            theirs_p99: Duration::from_millis(8),
+            theirs_stall: Duration::from_millis(theirs_stall_ms),
+            theirs_stall_at: Duration::from_millis(210),
+            theirs_quiet_end: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_row_where_apache_stalled_is_not_compared_and_never_counts_as_met() {
+        let cell = Duration::from_secs(5);
+        // Run 18's row: Apache answered 5 writes a second around a 30 s stall.
+        let misses = row_verdict(&row(2_028.0, 5.0, 30_257), cell);
+        assert_eq!(misses.len(), 1, "one line, no ratio claimed: {misses:?}");
+        assert!(misses[0].contains("not compared") && misses[0].contains("30257 ms"), "{}", misses[0]);
+        // The same stall excuses nothing where ours is the slower one either.
+        let misses = row_verdict(&row(1.0, 5.0, 30_257), cell);
+        assert!(misses[0].contains("not compared"), "{misses:?}");
+    }
+
+    #[test]
+    fn a_row_where_apache_ran_normally_is_judged_on_its_ratio_and_p99() {
+        let cell = Duration::from_secs(5);
+        assert!(row_verdict(&row(2_028.0, 915.0, 15), cell).is_empty(), "x2.22 with a better p99 is met");
+        let misses = row_verdict(&row(2_028.0, 1_164.0, 20), cell);
+        assert_eq!(misses, vec!["setData 1x1: 2028 ops/s is x1.74 of Apache's 1164, not x2".to_string()]);
+        let mut worse = row(3_000.0, 1_000.0, 20);
+        worse.ours_p99 = Duration::from_millis(9);
+        assert_eq!(
+            row_verdict(&worse, cell),
+            vec!["setData 1x1: p99 9.00 ms is worse than Apache's 8.00 ms".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_row_where_apache_stopped_answering_before_the_end_is_not_compared() {
+        let cell = Duration::from_secs(5);
+        // A rerun of run 18's row: the server closed the session's connection, and its last
+        // reply came at 2.39 s of the 5 s cell, with no gap between replies over 11 ms.
+        let mut quiet = row(1_997.0, 753.0, 11);
+        quiet.theirs_quiet_end = Duration::from_millis(2_610);
+        let misses = row_verdict(&quiet, cell);
+        assert_eq!(misses.len(), 1, "{misses:?}");
+        assert!(misses[0].contains("not compared") && misses[0].contains("2.6 s before the end"), "{}", misses[0]);
+        quiet.theirs_quiet_end = Duration::from_millis(40);
+        assert!(row_verdict(&quiet, cell).is_empty(), "a last reply 40 ms before the end is the drain: x2.65 is met");
+    }
+
+    #[test]
+    fn a_stall_counts_against_the_reference_only_past_a_fifth_of_the_cell() {
+        let cell = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        assert!(!reference_stalled(ms(1_000), ms(0), cell), "a fifth of the cell exactly is still a figure");
+        assert!(reference_stalled(ms(1_001), ms(0), cell));
+        assert!(reference_stalled(ms(10), ms(1_001), cell));
+        assert!(!reference_stalled(ms(110), ms(30), cell), "Apache's usual worst gap in a cell");
+    }
 
     #[test]
     fn this_process_cpu_time_grows_while_it_computes() {
