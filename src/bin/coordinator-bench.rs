@@ -1335,23 +1335,23 @@ fn reference_stalled(stall: Duration, quiet_end: Duration, cell: Duration) -> bo
 /// from such a cell, and the line says to run it again.
 fn row_verdict(row: &RowFigures, cell: Duration) -> Vec<String> {
     let (op, shape) = (row.op, &row.shape);
-    if row.not_compared(cell) && row.theirs_quiet_end > row.theirs_stall {
-        return vec![format!(
-            "{op} {shape}: not compared: Apache's last reply came {:.1} s before the end of the {:.0} s cell; \
-             run the cell again (--ops and --shapes)",
-            row.theirs_quiet_end.as_secs_f64(),
-            cell.as_secs_f64()
-        )];
-    }
     if row.not_compared(cell) {
-        return vec![format!(
-            "{op} {shape}: not compared: Apache went {:.0} ms without a reply (from {:.1} s into a {:.0} s cell), \
-             so its {:.0} ops/s measure that stall; run the cell again (--ops and --shapes)",
-            ms(row.theirs_stall),
-            row.theirs_stall_at.as_secs_f64(),
-            cell.as_secs_f64(),
-            row.theirs_ops
-        )];
+        let (secs, stall) = (cell.as_secs_f64(), row.theirs_stall);
+        let why = if row.theirs_quiet_end > stall {
+            format!(
+                "Apache's last reply came {:.1} s before the end of the {secs:.0} s cell",
+                row.theirs_quiet_end.as_secs_f64()
+            )
+        } else {
+            format!(
+                "Apache went {:.0} ms without a reply (from {:.1} s into a {secs:.0} s cell), so its {:.0} ops/s \
+                 measure that stall",
+                ms(stall),
+                row.theirs_stall_at.as_secs_f64(),
+                row.theirs_ops
+            )
+        };
+        return vec![format!("{op} {shape}: not compared: {why}; run the cell again (--ops and --shapes)")];
     }
     let mut misses = Vec::new();
     let r = row.ours_ops / row.theirs_ops.max(f64::MIN_POSITIVE);
