@@ -226,6 +226,50 @@ async fn leader_killed_under_write_load_a_new_one_serves_and_no_acknowledged_wri
     check_everywhere(&ens, &[1, 2, 3], &acked).await.with_context(|| ens.logs())
 }
 
+/// A follower down while the leader took snapshots comes back with a log that ends before the
+/// leader's newest snapshot: the leader sends it the snapshot, which reaches past the end of
+/// its log, and its next entries must continue right after it. (Its log store used to defer
+/// that purge, one snapshot late, and refuse the next entry as out of sequence: the follower
+/// stopped. A nemesis run found it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_leaders_snapshot_installs_it_and_follows_on() -> Result<()> {
+    // One snapshot while the follower is down, none after it: a second snapshot sent to it
+    // would carry out the first purge, deferred, and hide the fault.
+    let mut ens = Ensemble::start(&VOTERS, "snapshot_every_txns: 200\n").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let follower = others(&[1, 2, 3], &[leader])[0];
+    let zk = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
+    let mut acked = Vec::new();
+    let write = async |name: String, acked: &mut Vec<(String, Vec<u8>)>| -> Result<()> {
+        let data = name.as_bytes().to_vec();
+        within_for(OP_DEADLINE, "a create", zk.create(&name, &data, PERSISTENT)).await??;
+        acked.push((name, data));
+        Ok(())
+    };
+    // The follower's log holds entries of its own before it goes.
+    for i in 0..20 {
+        write(format!("/before-{i}"), &mut acked).await?;
+    }
+    check_present(ens.client(follower), &acked).await?;
+    ens.kill9(follower)?;
+    // The leader snapshots once meanwhile, at about 200 transactions.
+    for i in 0..300 {
+        write(format!("/while-down-{i}"), &mut acked).await?;
+    }
+    ens.restart(&[follower]).await?;
+    for i in 0..50 {
+        write(format!("/after-{i}"), &mut acked).await?;
+    }
+    let follows = check_present(ens.client(follower), &acked).await;
+    let log = ens.server(follower).log();
+    ensure!(
+        follows.is_ok() && ens.server(follower).is_running(),
+        "the follower did not follow on after the snapshot ({follows:?}); its log:\n{log}"
+    );
+    ensure!(log.contains("installed a snapshot from the leader"), "the follower was sent no snapshot; its log:\n{log}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
     let mut ens = Ensemble::start(&VOTERS, "").await?;
@@ -679,7 +723,7 @@ fn hosts_or_skip(test: &str, servers: usize) -> Result<Option<Hosts>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kill_and_a_partition() -> Result<()> {
-    use referee_testkit::register_workload::{answered_grow, verdict, History, RegisterClient};
+    use referee_testkit::register_workload::{answered_grow, verdict, History, Keys, RegisterClient};
     const PATH: &str = "/register";
     /// How long the history may take to grow by the operations a phase waits for.
     const GROW: Duration = Duration::from_secs(60);
@@ -701,6 +745,7 @@ async fn compare_and_set_and_synced_reads_stay_linearizable_through_a_leader_kil
             let client = RegisterClient {
                 id: i,
                 path: PATH.into(),
+                keys: Keys::One,
                 first: ens.client(1 + (i as u64 % 3)).to_string(),
                 then: every.clone(),
                 unconditional_writes: false,

@@ -465,10 +465,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?
             .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Write))?;
         let mut m = self.meta();
+        let nodes = tree.node_count();
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.install_tree(tree, Instant::now());
         }
+        tracing::info!(
+            snapshot = %self.snapshots.dir().join(&name).display(),
+            last_applied = ?header.last_applied.map(|l| l.index),
+            nodes,
+            "installed a snapshot from the leader"
+        );
         m.last_applied = header.last_applied;
         m.membership = header.membership.clone();
         m.snapshot = Some((SnapshotMeta { snapshot_id: name.clone(), ..meta.clone() }, name));

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use common::child::ChildServer;
 use common::PERSISTENT;
 use referee_testkit::connect;
-use referee_testkit::register_workload::{answered_grow, verdict, History, RegisterClient};
+use referee_testkit::register_workload::{answered_grow, verdict, History, Keys, RegisterClient};
 use tokio::time::Instant;
 
 const PATH: &str = "/register";
@@ -43,6 +43,7 @@ async fn conditional_writes_and_synced_reads_stay_linearizable_across_kill_9() -
             let client = RegisterClient {
                 id,
                 path: PATH.into(),
+                keys: Keys::One,
                 first: addr.clone(),
                 then: addr.clone(),
                 unconditional_writes: true,

@@ -28,7 +28,9 @@
 //! - [`jute`]: ZooKeeper's wire records, encoded and decoded independently of the server's codec.
 //! - [`linearizability`]: a checker of concurrent histories against a sequential model (Wing and
 //!   Gong's search with Lowe's memoisation), with a ZooKeeper znode register model, and
-//!   [`register_workload`], the clients that record such a history against a real server.
+//!   [`register_workload`], the clients that record such a history against a real server;
+//!   [`session_order`], readers that keep one session through reconnects and check that it
+//!   never sees a znode's version go back.
 //! - [`Hosts`]: simulated hosts, each a network namespace with its own address on one switch,
 //!   with partitions (both ways or one way), black holes and isolation as iptables drops, and
 //!   [`hosts_unavailable`] saying why they cannot run here.
@@ -51,6 +53,7 @@ mod ports;
 mod proxy;
 pub mod register_workload;
 mod scratch_dir;
+pub mod session_order;
 mod skip;
 mod test_server;
 

@@ -92,6 +92,14 @@ impl Server {
         Ok(())
     }
 
+    /// Sends `signal` to its process: SIGSTOP freezes it as a long pause would (its sockets
+    /// stay open, nothing answers), SIGCONT resumes it.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let child = self.child.as_ref().with_context(|| format!("server {} is not running", self.id))?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, signal).with_context(|| format!("{signal} to server {}", self.id))
+    }
+
     /// Everything it logged so far, over all its runs.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

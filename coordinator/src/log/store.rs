@@ -662,7 +662,8 @@ impl LogStore {
     /// snapshot, and this store then purges only up to the one before. So the log always
     /// reaches back to the snapshot before the newest (a damaged newest snapshot can be skipped
     /// for it), however many transactions each entry holds, and no further: a count of entries
-    /// to keep would be millions of transactions when entries are large batches.
+    /// to keep would be millions of transactions when entries are large batches. A purge past
+    /// the log's end, after a snapshot installed from the leader, is done at once.
     pub fn purging_one_snapshot_late(mut self) -> Self {
         self.lagging_purge = true;
         self
@@ -995,7 +996,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
         let upto = if self.lagging_purge {
-            match self.deferred_purge.replace(log_id) {
+            let previous = self.deferred_purge.replace(log_id);
+            // A purge past the log's end (a snapshot from the leader that reaches beyond what
+            // this server holds, installed or found at a start) is done at once: openraft's next
+            // append comes right after it, and nothing of the log before it is worth keeping (it
+            // could not replay up to the snapshot anyway).
+            let past_end = self.shared.cache().last_log_id().is_none_or(|last| log_id.index > last.index);
+            match previous {
+                _ if past_end => log_id,
                 Some(previous) if previous.index < log_id.index => previous,
                 _ => return Ok(()),
             }

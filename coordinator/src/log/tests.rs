@@ -1285,3 +1285,57 @@ fn golden_record_payloads_say_where_their_write_began() {
         assert_eq!(wal::decode_entry(record::FORMAT_VERSION, payload).unwrap(), entry(1, i as u64 + 1));
     }
 }
+
+/// Purges lag one snapshot behind: a purge up to a snapshot inside the log purges only up to
+/// the one before, so the log reaches back to the snapshot before the newest.
+#[tokio::test]
+async fn a_lagging_purge_keeps_the_log_back_to_the_snapshot_before_the_newest() {
+    use openraft::storage::RaftLogStorage;
+    let fs = FaultFs::new();
+    let mut store = store(&fs).purging_one_snapshot_late();
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=10 {
+        append(&store, &fs, &tx, entry(1, i));
+        assert_eq!(ack(&rx).2, Ok(()));
+    }
+    store.purge(log_id(1, 4)).await.unwrap();
+    assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, None, "the first purge waits");
+    store.purge(log_id(1, 8)).await.unwrap();
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 4)), Some(log_id(1, 10))));
+    drop(store);
+    let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+    assert_eq!(ids(&rec.entries), (5..=10).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
+/// A snapshot from the leader that reaches past the end of a follower's log (the follower was
+/// cut off while the leader snapshotted) leaves nothing of the log worth keeping, and openraft
+/// appends the leader's next entry right after the snapshot: the purge up to it is done at
+/// once, lagging or not, so the log continues there. Deferred, the next append was refused as
+/// out of sequence ("append of entry 21 out of sequence: the log continues at 11") and the
+/// follower stopped. The same purge comes at a start that finds a snapshot past the log's end.
+#[tokio::test]
+async fn a_purge_past_the_end_of_the_log_is_done_at_once_and_the_log_continues_after_it() {
+    use openraft::storage::RaftLogStorage;
+    for earlier in [None, Some(log_id(1, 4))] {
+        let fs = FaultFs::new();
+        let mut store = store(&fs).purging_one_snapshot_late();
+        let (tx, rx) = mpsc::channel();
+        for i in 1..=10 {
+            append(&store, &fs, &tx, entry(1, i));
+            assert_eq!(ack(&rx).2, Ok(()));
+        }
+        if let Some(p) = earlier {
+            store.purge(p).await.unwrap();
+        }
+        store.purge(log_id(2, 20)).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(2, 20)), Some(log_id(2, 20))));
+        append(&store, &fs, &tx, entry(2, 21));
+        assert_eq!(ack(&rx), (21, fs.data_syncs(), Ok(())), "after a purge up to 20 (earlier purge {earlier:?})");
+        drop(store);
+        let (_, rec) = fault_open(&fs, 1 << 16).unwrap();
+        assert_eq!(rec.meta.last_purged, Some(log_id(2, 20)));
+        assert_eq!(ids(&rec.entries), [(2, 21)]);
+    }
+}
