@@ -1,4 +1,5 @@
-//! The coordinator ensemble under a nemesis: three voters and an observer, each a real
+//! The coordinator ensemble under a nemesis: three voters (five with `REFEREE_NEMESIS_VOTERS=5`)
+//! and an observer, each a real
 //! `referee coordinator` process on its own simulated host, while clients do compare-and-set and
 //! `sync`-then-read through every server and a seeded random schedule of faults runs, one after
 //! another:
@@ -10,7 +11,8 @@
 //! - a server cut off from every other server, its clients still reaching it;
 //! - one link cut both ways, or one way only (the bridge and asymmetric partitions, where a
 //!   server hears some peers and not others);
-//! - the leader and another voter killed (no quorum), then both restarted;
+//! - the leader and enough other voters to lose the quorum killed (on five voters, half the
+//!   time only one other: the quorum holds), then restarted;
 //! - every server killed at once, then all restarted.
 //!
 //! One round in five joins a process fault on one server (killed, frozen or stuttering) with a
@@ -51,9 +53,8 @@ use referee_testkit::session_order::{monotonic, Seen, SessionReader};
 use referee_testkit::{hosts_unavailable, skip, within_for, Hosts};
 use tokio::time::Instant;
 
-const SERVERS: [Role; 4] = [Role::Voter, Role::Voter, Role::Voter, Role::Observer];
-const VOTERS: [u64; 3] = [1, 2, 3];
-const ALL: [u64; 4] = [1, 2, 3, 4];
+/// Voters unless `REFEREE_NEMESIS_VOTERS` says 5.
+const DEFAULT_VOTERS: u64 = 3;
 const PATH: &str = "/nemesis";
 /// How long the clients stay on one znode.
 const KEY_PERIOD: Duration = Duration::from_secs(2);
@@ -75,8 +76,25 @@ const FAULT_MS: (u64, u64) = (300, 4000);
 /// The pause between one fault's recovery and the next fault, in milliseconds.
 const QUIET_MS: (u64, u64) = (200, 1500);
 
+/// The servers: voters `1..=n` and one observer after them, each on the host of its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Topology {
+    voters: Vec<u64>,
+    all: Vec<u64>,
+}
+
+impl Topology {
+    fn new(voters: u64) -> Topology {
+        Topology { voters: (1..=voters).collect(), all: (1..=voters + 1).collect() }
+    }
+
+    fn roles(&self) -> Vec<Role> {
+        self.all.iter().map(|s| if self.voters.contains(s) { Role::Voter } else { Role::Observer }).collect()
+    }
+}
+
 /// One fault of the schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fault {
     Kill(u64),
     Freeze(u64),
@@ -89,7 +107,8 @@ enum Fault {
         from: u64,
         to: u64,
     },
-    KillTwoVoters(u64, u64),
+    /// Voters killed together (a majority, or on five voters sometimes two), then restarted.
+    KillVoters(Vec<u64>),
     KillAll,
 }
 
@@ -102,18 +121,18 @@ impl fmt::Display for Fault {
             Fault::Isolate(s) => write!(f, "cut server {s} off from the others"),
             Fault::Cut(a, b) => write!(f, "cut the link between servers {a} and {b}"),
             Fault::OneWay { from, to } => write!(f, "drop what server {from} sends to server {to}"),
-            Fault::KillTwoVoters(a, b) => write!(f, "kill -9 voters {a} and {b}"),
+            Fault::KillVoters(v) => write!(f, "kill -9 voters {v:?}"),
             Fault::KillAll => write!(f, "kill -9 every server"),
         }
     }
 }
 
-/// The schedule's random numbers: xorshift64*, from the seed alone.
-struct Schedule(u64);
+/// The schedule: xorshift64* random numbers from the seed alone, and the servers.
+struct Schedule(u64, Topology);
 
 impl Schedule {
-    fn new(seed: u64) -> Schedule {
-        Schedule(seed.max(1))
+    fn new(seed: u64, topology: Topology) -> Schedule {
+        Schedule(seed.max(1), topology)
     }
 
     fn next(&mut self) -> u64 {
@@ -138,8 +157,9 @@ impl Schedule {
     /// The next round's faults, with `leader` leading now: one fault, or one in five rounds a
     /// process fault on one server together with a network fault among the others.
     fn round(&mut self, leader: u64) -> Vec<Fault> {
-        let target = if self.below(2) == 0 { leader } else { self.pick(&ALL) };
-        let rest: Vec<u64> = ALL.iter().copied().filter(|&s| s != target).collect();
+        let all = self.1.all.clone();
+        let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
+        let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
         if self.below(5) == 0 {
             let process = match self.below(3) {
                 0 => Fault::Kill(target),
@@ -166,8 +186,16 @@ impl Schedule {
             8 if self.below(2) == 0 => Fault::OneWay { from: target, to: other },
             8 => Fault::OneWay { from: other, to: target },
             9 | 10 => {
-                let voters: Vec<u64> = VOTERS.iter().copied().filter(|&s| s != leader).collect();
-                Fault::KillTwoVoters(leader, self.pick(&voters))
+                let mut others: Vec<u64> = self.1.voters.iter().copied().filter(|&s| s != leader).collect();
+                let n = self.1.voters.len();
+                // The leader and enough others to lose the quorum; on five, sometimes one other.
+                let more = if n >= 5 && self.below(2) == 0 { 1 } else { n / 2 };
+                let mut killed = vec![leader];
+                for _ in 0..more {
+                    let i = self.below(others.len() as u64) as usize;
+                    killed.push(others.remove(i));
+                }
+                Fault::KillVoters(killed)
             }
             _ => Fault::KillAll,
         };
@@ -180,8 +208,8 @@ fn describe(faults: &[Fault]) -> String {
     faults.iter().map(Fault::to_string).collect::<Vec<_>>().join(" and ")
 }
 
-/// The run's length and seed, from the environment.
-fn settings() -> Result<(Duration, u64)> {
+/// The run's length, seed and voters, from the environment.
+fn settings() -> Result<(Duration, u64, u64)> {
     let seconds =
         match std::env::var("REFEREE_NEMESIS_SECONDS") {
             Ok(v) => v.trim().parse::<u64>().ok().filter(|&s| s > 0).with_context(|| {
@@ -203,7 +231,16 @@ fn settings() -> Result<(Duration, u64)> {
             now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
         }
     };
-    Ok((Duration::from_secs(seconds), seed))
+    let voters = match std::env::var("REFEREE_NEMESIS_VOTERS") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| [3, 5].contains(n))
+            .with_context(|| format!("REFEREE_NEMESIS_VOTERS is {v:?}: give 3 or 5"))?,
+        Err(_) => DEFAULT_VOTERS,
+    };
+    Ok((Duration::from_secs(seconds), seed, voters))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,12 +252,16 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
         skip(TEST, &why);
         return Ok(());
     }
-    let (length, seed) = settings()?;
-    eprintln!("nemesis seed {seed:#x} (replay with REFEREE_NEMESIS_SEED={seed:#x}), faults for {length:?}");
-    let hosts = Hosts::new(SERVERS.len())?;
+    let (length, seed, voters) = settings()?;
+    eprintln!(
+        "nemesis seed {seed:#x} (replay with REFEREE_NEMESIS_SEED={seed:#x}), faults for {length:?}, {voters} voters \
+         and an observer"
+    );
+    let topology = Topology::new(voters);
+    let hosts = Hosts::new(topology.all.len())?;
     let host_list: Vec<_> = hosts.iter().cloned().collect();
-    let mut ens = Ensemble::start_on_hosts(&SERVERS, &host_list, "").await?;
-    let outcome = run(&mut ens, &hosts, length, seed).await;
+    let mut ens = Ensemble::start_on_hosts(&topology.roles(), &host_list, "").await?;
+    let outcome = run(&mut ens, &hosts, &topology, length, seed).await;
     if outcome.is_err() {
         for s in &ens.servers {
             let log = s.log();
@@ -234,9 +275,10 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     outcome.with_context(|| format!("nemesis seed {seed:#x} (replay with REFEREE_NEMESIS_SEED={seed:#x})"))
 }
 
-async fn run(ens: &mut Ensemble, hosts: &Hosts, length: Duration, seed: u64) -> Result<()> {
+async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Duration, seed: u64) -> Result<()> {
+    let (voters, all) = (&topology.voters[..], &topology.all[..]);
     let keys = Keys::rotating_for(length + RECOVERY, KEY_PERIOD);
-    let (leader, _) = ens.leader_among(&VOTERS).await?;
+    let (leader, _) = ens.leader_among(voters).await?;
     let setup = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
     within_for(Duration::from_secs(30), "the znodes to be created", create_keys(&setup, PATH, keys)).await??;
     drop(setup);
@@ -244,14 +286,14 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, length: Duration, seed: u64) -> 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::default();
-    let every = ens.connect_string(&ALL);
+    let every = ens.connect_string(all);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let client = RegisterClient {
                 id: i,
                 path: PATH.into(),
                 keys,
-                first: ens.client(ALL[i % ALL.len()]).to_string(),
+                first: ens.client(all[i % all.len()]).to_string(),
                 then: every.clone(),
                 unconditional_writes: false,
                 op_deadline: OP_DEADLINE,
@@ -275,11 +317,11 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, length: Duration, seed: u64) -> 
         .collect();
     answered_grow(&history, 100, RECOVERY, "100 answered operations before the first fault").await?;
 
-    let mut schedule = Schedule::new(seed);
+    let mut schedule = Schedule::new(seed, topology.clone());
     let mut events = Vec::new();
     while started.elapsed() < length {
-        every_server_running(ens)?;
-        let (leader, _) = ens.leader_among(&VOTERS).await?;
+        every_server_running(ens, all)?;
+        let (leader, _) = ens.leader_among(voters).await?;
         let faults = schedule.round(leader);
         let fault = describe(&faults);
         let lasting = schedule.millis(FAULT_MS);
@@ -287,19 +329,19 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, length: Duration, seed: u64) -> 
         let event = format!("{:.1} s: {fault} ({leader} leading) for {lasting:.1?}", at.as_secs_f64());
         eprintln!("{event}");
         events.push(event);
-        for &f in &faults {
-            inflict(ens, hosts, f).with_context(|| format!("inflicting: {f}"))?;
+        for f in &faults {
+            inflict(ens, hosts, all, f).with_context(|| format!("inflicting: {f}"))?;
         }
         hold(ens, &faults, lasting).await.with_context(|| format!("holding: {fault}"))?;
-        for &f in faults.iter().rev() {
-            lift(ens, hosts, f).await.with_context(|| format!("lifting: {f}"))?;
+        for f in faults.iter().rev() {
+            lift(ens, hosts, all, f).await.with_context(|| format!("lifting: {f}"))?;
         }
-        ens.wait_serving(&ALL).await.with_context(|| format!("every server serving again after: {fault}"))?;
+        ens.wait_serving(all).await.with_context(|| format!("every server serving again after: {fault}"))?;
         let what = format!("{RECOVERED_AFTER} answered operations after: {fault}");
         answered_grow(&history, RECOVERED_AFTER, RECOVERY, &what).await?;
         tokio::time::sleep(schedule.millis(QUIET_MS)).await;
     }
-    every_server_running(ens)?;
+    every_server_running(ens, all)?;
     stop.store(true, Ordering::Relaxed);
     for c in clients.into_iter().chain(readers) {
         within_for(Duration::from_secs(10), "a client to stop", c).await??;
@@ -315,30 +357,27 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, length: Duration, seed: u64) -> 
         sessions.len()
     );
     ensure!(checked > 0, "the readers read nothing: nothing to check");
-    servers_agree(ens, keys, used).await
+    servers_agree(ens, all, keys, used).await
 }
 
 /// Fails naming the servers that exited on their own (no fault of the schedule is running).
-fn every_server_running(ens: &mut Ensemble) -> Result<()> {
+fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
     let running = ens.running();
-    let exited: Vec<u64> = ALL.iter().copied().filter(|s| !running.contains(s)).collect();
+    let exited: Vec<u64> = all.iter().copied().filter(|s| !running.contains(s)).collect();
     ensure!(exited.is_empty(), "server(s) {exited:?} exited on their own");
     Ok(())
 }
 
 /// Starts `fault`.
-fn inflict(ens: &mut Ensemble, hosts: &Hosts, fault: Fault) -> Result<()> {
-    match fault {
+fn inflict(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault) -> Result<()> {
+    match *fault {
         Fault::Kill(s) => ens.kill9(s),
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGSTOP),
         Fault::Isolate(s) => hosts.isolate(s as usize),
         Fault::Cut(a, b) => hosts.partition(a as usize, &[b as usize]),
         Fault::OneWay { from, to } => hosts.partition_one_way(from as usize, to as usize),
-        Fault::KillTwoVoters(a, b) => {
-            ens.kill9(a)?;
-            ens.kill9(b)
-        }
-        Fault::KillAll => ALL.iter().try_for_each(|&s| ens.kill9(s)),
+        Fault::KillVoters(ref v) => v.iter().try_for_each(|&s| ens.kill9(s)),
+        Fault::KillAll => all.iter().try_for_each(|&s| ens.kill9(s)),
     }
 }
 
@@ -367,13 +406,13 @@ async fn hold(ens: &mut Ensemble, faults: &[Fault], lasting: Duration) -> Result
 
 /// Ends `fault`: what was killed is restarted on its data directory, what was frozen resumed,
 /// every network fault lifted.
-async fn lift(ens: &mut Ensemble, hosts: &Hosts, fault: Fault) -> Result<()> {
-    match fault {
+async fn lift(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault) -> Result<()> {
+    match *fault {
         Fault::Kill(s) => ens.restart(&[s]).await,
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGCONT),
         Fault::Isolate(_) | Fault::Cut(..) | Fault::OneWay { .. } => hosts.heal_all(),
-        Fault::KillTwoVoters(a, b) => ens.restart(&[a, b]).await,
-        Fault::KillAll => ens.restart(&ALL).await,
+        Fault::KillVoters(ref v) => ens.restart(v).await,
+        Fault::KillAll => ens.restart(all).await,
     }
 }
 
@@ -382,9 +421,9 @@ type Held = (Vec<u8>, i32);
 
 /// Every server, asked alone after a `sync`, holds the same data and version for each of the
 /// first `used` keys.
-async fn servers_agree(ens: &Ensemble, keys: Keys, used: u64) -> Result<()> {
+async fn servers_agree(ens: &Ensemble, all: &[u64], keys: Keys, used: u64) -> Result<()> {
     let mut first: Option<(u64, Vec<Held>)> = None;
-    for id in ALL {
+    for &id in all {
         let zk = session(&ens.client(id).to_string(), Duration::from_secs(10)).await?;
         within_for(Duration::from_secs(10), "sync", zk.sync(PATH)).await?.with_context(|| format!("sync on {id}"))?;
         let mut held = Vec::new();
@@ -411,6 +450,6 @@ async fn servers_agree(ens: &Ensemble, keys: Keys, used: u64) -> Result<()> {
         }
     }
     ensure!(first.is_some(), "no server was asked");
-    eprintln!("all {} servers hold the same data and version for the first {used} znodes", ALL.len());
+    eprintln!("all {} servers hold the same data and version for the first {used} znodes", all.len());
     Ok(())
 }

@@ -149,6 +149,8 @@ pub struct StateMachine {
     /// When set, an entry is applied only once the log holds it durably (see
     /// [`crate::log::LogStore::pipelining_as_leader`]).
     durable: Option<Durable>,
+    /// The last entry of the newest snapshot on disk (0 for none).
+    on_disk: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// When the state machine asks for snapshots. Counted in transactions, as ZooKeeper's snapCount
@@ -178,7 +180,9 @@ impl StateMachine {
         policy: SnapshotPolicy,
     ) -> Result<Self, SnapshotError> {
         let mut meta = SmMeta { due_at: policy.every_txns.max(1), ..SmMeta::default() };
+        let mut on_disk = 0;
         if let Some(loaded) = snapshots.load_newest(log_purged_upto)? {
+            on_disk = loaded.header.last_applied.map_or(0, |l| l.index);
             let nodes = loaded.tree.node_count();
             state.lock().unwrap_or_else(|p| p.into_inner()).install_tree(loaded.tree, Instant::now());
             meta.last_applied = loaded.header.last_applied;
@@ -196,7 +200,24 @@ impl StateMachine {
             },
             due: Arc::default(),
             durable: None,
+            on_disk: Arc::new(tokio::sync::watch::channel(on_disk).0),
         })
+    }
+
+    /// The last entry of the newest snapshot on disk (0 for none), updated as each snapshot,
+    /// built here or installed from the leader, is written durably.
+    pub fn snapshots_on_disk(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.on_disk.subscribe()
+    }
+
+    /// Records that a snapshot up to `last` is on disk.
+    fn snapshot_on_disk(&self, last: Option<LogId<u64>>) {
+        let index = last.map_or(0, |l| l.index);
+        self.on_disk.send_if_modified(|on_disk| {
+            let newer = index > *on_disk;
+            *on_disk = (*on_disk).max(index);
+            newer
+        });
     }
 
     /// Applies entries only once `durable` says the log holds them on disk: required when the
@@ -375,6 +396,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     total_ms = asked.elapsed().as_millis() as u64,
                     "snapshot written"
                 );
+                self.snapshot_on_disk(smeta.last_log_id);
                 meta.snapshot = Some((smeta.clone(), name));
                 // What was applied while the file was written counts toward the next one.
                 meta.txns_since -= taken.min(meta.txns_since);
@@ -470,6 +492,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.install_tree(tree, Instant::now());
         }
+        self.snapshot_on_disk(header.last_applied);
         tracing::info!(
             snapshot = %self.snapshots.dir().join(&name).display(),
             last_applied = ?header.last_applied.map(|l| l.index),

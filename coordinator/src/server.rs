@@ -140,6 +140,10 @@ const ELECTION_TIMEOUT_MAX_MS: u64 = crate::staleness::LEASE.as_millis() as u64;
 /// knows of its peers; each later report comes twice as long after the last one, up to
 /// [`LEADERLESS_REPORT_MAX`]. An election takes about a second.
 const LEADERLESS_REPORT_FIRST: Duration = Duration::from_secs(5);
+/// How long the log's purge past its end waits for the snapshot it purges behind to be on disk
+/// (see [`LogStore::purging_past_its_end_after`]): a snapshot of 100,000 znodes is written in
+/// well under a second; past this, the server stops rather than purge without it.
+const SNAPSHOT_ON_DISK_PATIENCE: Duration = Duration::from_secs(60);
 /// The longest time between two reports of a wait for a leader.
 const LEADERLESS_REPORT_MAX: Duration = Duration::from_secs(60);
 /// How often a server waiting for its leader looks for contact with it, which its Raft metrics
@@ -236,7 +240,11 @@ impl Coordinator {
             let log = log.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             // The log's error first: a damaged log is the more telling of the two.
             let (log, log_took) = log?;
-            Ok::<_, CoordinatorError>((log.purging_one_snapshot_late(), sm?, log_took))
+            let sm = sm?;
+            let log = log
+                .purging_one_snapshot_late()
+                .purging_past_its_end_after(sm.snapshots_on_disk(), SNAPSHOT_ON_DISK_PATIENCE);
+            Ok::<_, CoordinatorError>((log, sm, log_took))
         })?;
         // The leader's fdatasync runs while its entries go to the followers; applies wait for
         // it (`LogStore::pipelining_as_leader`, and `holding_commits_to` below for followers).

@@ -250,6 +250,9 @@ pub struct LogStore {
     lagging_purge: bool,
     /// The purge asked for last and not yet carried out, when purges lag.
     deferred_purge: Option<LogId<u64>>,
+    /// The last entry of the newest snapshot on disk, and how long a purge past the log's end
+    /// waits for it to reach the purge point (see [`LogStore::purging_past_its_end_after`]).
+    snapshots: Option<(tokio::sync::watch::Receiver<u64>, Duration)>,
     /// This server's id, when its own entries as leader are reported flushed at once.
     pipelining_as: Option<u64>,
     /// Whether one of this server's own entries as leader, about to be appended, is the only
@@ -387,6 +390,7 @@ impl LogStore {
             writer: Some(writer),
             lagging_purge: false,
             deferred_purge: None,
+            snapshots: None,
             pipelining_as: None,
             own_inline: None,
             load: Mutex::default(),
@@ -669,6 +673,25 @@ impl LogStore {
         self
     }
 
+    /// Makes a purge past the log's end wait, at most `patience`, until `snapshots` (the last
+    /// entry of the newest snapshot on disk) reaches its point.
+    ///
+    /// Why: on a follower, openraft asks for the purge up to a snapshot received from the
+    /// leader as soon as it has handed the snapshot to the state machine, not once the state
+    /// machine has written it. Purged before the snapshot is durable, a crash between the two
+    /// would leave the server with neither the entries nor the snapshot holding them: it could
+    /// not start again on its data directory. A purge within the log waits for nothing: the
+    /// entries it removes are already in a snapshot on disk (openraft purges behind snapshots
+    /// the state machine built and wrote, and the store lags one snapshot behind those).
+    pub fn purging_past_its_end_after(
+        mut self,
+        snapshots: tokio::sync::watch::Receiver<u64>,
+        patience: Duration,
+    ) -> Self {
+        self.snapshots = Some((snapshots, patience));
+        self
+    }
+
     /// Purges entries up to and including `upto`, durably.
     pub async fn purge_upto(&self, upto: LogId<u64>) -> Result<(), LogError> {
         let meta = {
@@ -679,6 +702,20 @@ impl LogStore {
             cache.meta.clone()
         };
         self.request(|reply| Command::Purge { meta, reply }).await
+    }
+
+    /// Waits until the newest snapshot on disk reaches entry `index`, if this store was told
+    /// where to look (see [`LogStore::purging_past_its_end_after`]).
+    async fn snapshot_on_disk(&self, index: u64) -> Result<(), LogError> {
+        let Some((snapshots, patience)) = &self.snapshots else { return Ok(()) };
+        let mut rx = snapshots.clone();
+        let started = Instant::now();
+        let reached = tokio::time::timeout(*patience, async { rx.wait_for(|&on_disk| on_disk >= index).await.is_ok() });
+        if reached.await.unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(LogError::SnapshotNotDurable { index, waited_ms: started.elapsed().as_millis() })
+        }
     }
 
     /// Changes the saved Raft state with `f` and returns once the change is durable.
@@ -1002,6 +1039,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // append comes right after it, and nothing of the log before it is worth keeping (it
             // could not replay up to the snapshot anyway).
             let past_end = self.shared.cache().last_log_id().is_none_or(|last| log_id.index > last.index);
+            if past_end {
+                self.snapshot_on_disk(log_id.index).await.map_err(|e| write_err(&e))?;
+            }
             match previous {
                 _ if past_end => log_id,
                 Some(previous) if previous.index < log_id.index => previous,

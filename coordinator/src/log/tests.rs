@@ -1339,3 +1339,44 @@ async fn a_purge_past_the_end_of_the_log_is_done_at_once_and_the_log_continues_a
         assert_eq!(ids(&rec.entries), [(2, 21)]);
     }
 }
+
+/// A purge past the log's end waits until the snapshot it purges behind is on disk (openraft
+/// asks for it as soon as it hands a received snapshot to the state machine), and gives up,
+/// purging nothing, if it is not there in time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_purge_past_the_end_waits_for_its_snapshot_on_disk_and_gives_up_purging_nothing() {
+    use openraft::storage::RaftLogStorage;
+    let fs = FaultFs::new();
+    let (on_disk, rx) = tokio::sync::watch::channel(0u64);
+    let mut waiting = store(&fs).purging_one_snapshot_late().purging_past_its_end_after(rx, DEADLINE);
+    append_all(&waiting, &fs, (1..=10).map(|i| entry(1, i)));
+    // Within the log: no wait, even with no snapshot on disk (it lags, and the entries it would
+    // remove are behind snapshots the state machine wrote itself).
+    waiting.purge(log_id(1, 4)).await.unwrap();
+
+    let purge = tokio::spawn(async move {
+        let done = waiting.purge(log_id(2, 20)).await;
+        (waiting, done)
+    });
+    // The purge waits on the snapshot (a second receiver), and has saved nothing meanwhile.
+    while on_disk.receiver_count() < 2 {
+        assert!(!purge.is_finished(), "the purge past the end finished without waiting for its snapshot");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fault_open(&fs, 1 << 16).unwrap().1.meta.last_purged, None);
+    on_disk.send_replace(20);
+    let (mut purged, done) = purge.await.unwrap();
+    done.unwrap();
+    assert_eq!(purged.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(2, 20)));
+    assert_eq!(fault_open(&fs, 1 << 16).unwrap().1.meta.last_purged, Some(log_id(2, 20)));
+
+    // Never on disk: the purge fails once its patience is spent, and the log is as it was.
+    let fs = FaultFs::new();
+    let (_on_disk, rx) = tokio::sync::watch::channel(0u64);
+    let mut given_up = store(&fs).purging_one_snapshot_late().purging_past_its_end_after(rx, Duration::from_millis(50));
+    append_all(&given_up, &fs, (1..=10).map(|i| entry(1, i)));
+    let err = given_up.purge(log_id(2, 20)).await.unwrap_err().to_string();
+    assert!(err.contains("the snapshot up to entry 20 was not on disk within"), "{err}");
+    let state = given_up.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(log_id(1, 10))));
+}

@@ -163,6 +163,18 @@ pub enum LogError {
         /// The index offered.
         got: u64,
     },
+    /// A purge past the log's end whose snapshot was not made durable in time: purged
+    /// without it, the entries up to it would be on no disk of this server.
+    #[error(
+        "the snapshot up to entry {index} was not on disk within {waited_ms} ms, so the log was not purged \
+         past its end to it"
+    )]
+    SnapshotNotDurable {
+        /// The purge point: the snapshot's last entry.
+        index: u64,
+        /// How long the purge waited for it.
+        waited_ms: u128,
+    },
     /// Options that cannot work.
     #[error("segment_bytes is {0}; it must be at least {MIN_SEGMENT_BYTES}")]
     SegmentTooSmall(u64),
