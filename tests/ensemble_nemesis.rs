@@ -29,8 +29,11 @@
 //! them, readers that keep one session through the faults (it moves between servers, as the
 //! client library reconnects it) read without `sync`: no session may see a znode's version go
 //! back (`session_order`), which a lagging server would show if it took a session that has seen
-//! more than it holds. And every server, asked on its own after a `sync`, holds the same data
-//! and version for every znode.
+//! more than it holds. Watchers follow a znode written every 20 ms by its notifications alone,
+//! each in one session through the faults: once they are over, each must be notified of one
+//! last write within [`NOTIFIED_WITHIN`], which it cannot be if it ever lost a notification.
+//! And every server, asked on its own after a `sync`, holds the same data and version for
+//! every znode.
 //!
 //! `REFEREE_NEMESIS_SECONDS` sets how long faults are injected (default 40);
 //! `REFEREE_NEMESIS_SEED` replays a schedule. The seed is printed first and named by any
@@ -46,12 +49,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use ensemble::{session, Ensemble, Role};
+use ensemble::{session, Ensemble, Role, PERSISTENT};
 use nix::sys::signal::Signal;
 use referee_testkit::register_workload::{answered_grow, create_keys, verdict, History, Keys, RegisterClient};
-use referee_testkit::session_order::{monotonic, Seen, SessionReader};
+use referee_testkit::session_order::{monotonic, DataWatcher, Seen, SessionReader, Watched};
 use referee_testkit::{hosts_unavailable, skip, within_for, Hosts};
 use tokio::time::Instant;
+use zookeeper_client as zk;
 
 /// Voters unless `REFEREE_NEMESIS_VOTERS` says 5.
 const DEFAULT_VOTERS: u64 = 3;
@@ -63,6 +67,13 @@ const CLIENTS: usize = 6;
 const READERS: usize = 2;
 /// Their session timeout: longer than any fault, so their sessions move rather than end.
 const READER_SESSION: Duration = Duration::from_secs(12);
+/// The znode the watchers follow, written every [`WATCHED_EVERY`].
+const WATCHED: &str = "/nemesis-watched";
+const WATCHED_EVERY: Duration = Duration::from_millis(20);
+/// Watchers that follow it by notifications alone (see `session_order`), each in one session.
+const WATCHERS: usize = 2;
+/// How long a watcher may take to be notified of the last write, once the faults are over.
+const NOTIFIED_WITHIN: Duration = Duration::from_secs(15);
 /// How long one client operation may take before it counts as unanswered.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// How long, once a fault is lifted, the clients may wait for answers again: a whole ensemble
@@ -281,6 +292,8 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
     let (leader, _) = ens.leader_among(voters).await?;
     let setup = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
     within_for(Duration::from_secs(30), "the znodes to be created", create_keys(&setup, PATH, keys)).await??;
+    within_for(Duration::from_secs(10), "the watched znode to be created", setup.create(WATCHED, b"0", PERSISTENT))
+        .await??;
     drop(setup);
 
     let started = Instant::now();
@@ -315,6 +328,19 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
             tokio::spawn(reader.run(started, stop.clone(), seen.clone()))
         })
         .collect();
+    let watchers: Vec<_> = (0..WATCHERS)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::watch::channel(Watched::default());
+            let watcher = DataWatcher {
+                path: WATCHED.into(),
+                connect: every.clone(),
+                session_timeout: READER_SESSION,
+                op_deadline: OP_DEADLINE,
+            };
+            (tokio::spawn(watcher.run(stop.clone(), tx)), rx)
+        })
+        .collect();
+    let watched_writer = tokio::spawn(write_watched(every.clone(), stop.clone()));
     answered_grow(&history, 100, RECOVERY, "100 answered operations before the first fault").await?;
 
     let mut schedule = Schedule::new(seed, topology.clone());
@@ -342,9 +368,33 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
         tokio::time::sleep(schedule.millis(QUIET_MS)).await;
     }
     every_server_running(ens, all)?;
+    // The faults are over: a last write to the watched znode must reach every watcher.
+    let last = last_watched_write(&every).await?;
+    for (i, (_, seen)) in watchers.iter().enumerate() {
+        let mut seen = seen.clone();
+        let notified = async { seen.wait_for(|w| w.version >= last).await.is_ok() };
+        let reached = within_for(NOTIFIED_WITHIN, "a watcher to be notified", notified).await;
+        let now = *seen.borrow();
+        ensure!(
+            matches!(reached, Ok(true)),
+            "watcher {i} was not notified of the last write (version {last}) within {NOTIFIED_WITHIN:?}: it last read \
+             version {} after {} notifications in {} session(s), so a notification was lost",
+            now.version,
+            now.notifications,
+            now.sessions
+        );
+        eprintln!(
+            "watcher {i}: {} notifications in {} session(s), notified of the last write (version {last})",
+            now.notifications, now.sessions
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for c in clients.into_iter().chain(readers) {
         within_for(Duration::from_secs(10), "a client to stop", c).await??;
+    }
+    within_for(Duration::from_secs(10), "the watched znode's writer to stop", watched_writer).await??;
+    for (w, _) in watchers {
+        within_for(Duration::from_secs(10), "a watcher to stop", w).await??;
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
     let used = history.iter().map(|r| r.key).max().unwrap_or(0) + 1;
@@ -358,6 +408,43 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
     );
     ensure!(checked > 0, "the readers read nothing: nothing to check");
     servers_agree(ens, all, keys, used).await
+}
+
+/// Writes the watched znode every [`WATCHED_EVERY`] until `stop`, in one session while it lasts.
+async fn write_watched(connect: String, stop: Arc<AtomicBool>) {
+    let mut session: Option<zk::Client> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(WATCHED_EVERY).await;
+        let Some(client) = &session else {
+            session = tokio::time::timeout(OP_DEADLINE, session_to(&connect)).await.ok().and_then(|c| c.ok());
+            continue;
+        };
+        n += 1;
+        let written = tokio::time::timeout(OP_DEADLINE, client.set_data(WATCHED, n.to_string().as_bytes(), None)).await;
+        if !matches!(written, Ok(Ok(_))) && client.state().is_terminated() {
+            session = None;
+        }
+    }
+}
+
+async fn session_to(connect: &str) -> Result<zk::Client> {
+    session(connect, READER_SESSION).await
+}
+
+/// One more write to the watched znode, acknowledged; its version.
+async fn last_watched_write(connect: &str) -> Result<i32> {
+    within_for(RECOVERY, "the last write to the watched znode", async {
+        loop {
+            if let Ok(Ok(zk)) = tokio::time::timeout(OP_DEADLINE, session_to(connect)).await {
+                if let Ok(Ok(stat)) = tokio::time::timeout(OP_DEADLINE, zk.set_data(WATCHED, b"last", None)).await {
+                    return stat.version;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
 }
 
 /// Fails naming the servers that exited on their own (no fault of the schedule is running).

@@ -8,6 +8,10 @@
 //! znode of a [`Keys`] rotation with plain `getData` (no `sync`: those reads may be stale, but
 //! within a session never staler than what it has already seen). [`monotonic`] then checks that
 //! no session saw a znode's version go down.
+//!
+//! A [`DataWatcher`] follows a znode by its watches alone, which a session keeps across
+//! servers (the client library sets them again on the server it reconnects to): one
+//! notification lost anywhere leaves it behind for good.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +104,90 @@ impl SessionReader {
                 // A lost connection or a read not answered in time: the library reconnects the
                 // same session, to this server or another, unless it has expired.
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+/// What a [`DataWatcher`] has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// The data version of its last read (-1 before the first).
+    pub version: i32,
+    /// Data-changed notifications received.
+    pub notifications: u64,
+    /// Sessions it has had (more than one only if one expired or could not be made).
+    pub sessions: u64,
+}
+
+/// A client that follows one znode by its watches alone: it reads the znode with a data watch,
+/// waits for the notification, reads it again with a new watch, and so on, in one session
+/// for as long as the session lives. It never reads without a notification, so a watch lost
+/// once (dropped by a server, not set again on the server a reconnect reaches, or spent on a
+/// change without a notification sent) leaves it behind for good: a write made after the
+/// faults, which it must then be notified of within a bound, shows whether one was lost. (A
+/// notification only delayed, its watch kept, is caught up by the next change: not seen.)
+#[derive(Debug, Clone)]
+pub struct DataWatcher {
+    /// The znode, which exists before the watcher starts.
+    pub path: String,
+    /// The servers its sessions may use.
+    pub connect: String,
+    /// The session timeout it asks for (longer than any fault).
+    pub session_timeout: Duration,
+    /// How long one read may take before it is asked again.
+    pub op_deadline: Duration,
+}
+
+impl DataWatcher {
+    /// Follows the znode until `stop`, publishing what it has seen on `seen`.
+    pub async fn run(self, stop: Arc<AtomicBool>, seen: tokio::sync::watch::Sender<Watched>) {
+        let mut session: Option<zk::Client> = None;
+        let mut watched = Watched { version: -1, ..Watched::default() };
+        while !stop.load(Ordering::Relaxed) {
+            let Some(client) = &session else {
+                let connect = crate::connect(&self.connect, self.session_timeout);
+                match tokio::time::timeout(self.op_deadline * 2, connect).await {
+                    Ok(Ok(c)) => {
+                        session = Some(c);
+                        watched.sessions += 1;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                continue;
+            };
+            let (version, watcher) =
+                match tokio::time::timeout(self.op_deadline, client.get_and_watch_data(&self.path)).await {
+                    Ok(Ok((_, stat, watcher))) => (stat.version, watcher),
+                    _ => {
+                        if client.state().is_terminated() {
+                            session = None;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        continue;
+                    }
+                };
+            watched.version = version;
+            seen.send_replace(watched);
+            let changed = watcher.changed();
+            tokio::pin!(changed);
+            // Waits for the notification, looking up now and then only to notice `stop`.
+            let event = loop {
+                tokio::select! {
+                    event = &mut changed => break Some(event),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if stop.load(Ordering::Relaxed) {
+                            break None;
+                        }
+                    }
+                }
+            };
+            match event {
+                Some(e) if e.event_type == zk::EventType::NodeDataChanged => watched.notifications += 1,
+                // The session ended (its watches with it): a new one reads afresh.
+                Some(e) if e.event_type == zk::EventType::Session => session = None,
+                Some(_) | None => {}
             }
         }
     }
