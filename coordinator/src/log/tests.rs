@@ -1293,11 +1293,7 @@ async fn a_lagging_purge_keeps_the_log_back_to_the_snapshot_before_the_newest() 
     use openraft::storage::RaftLogStorage;
     let fs = FaultFs::new();
     let mut store = store(&fs).purging_one_snapshot_late();
-    let (tx, rx) = mpsc::channel();
-    for i in 1..=10 {
-        append(&store, &fs, &tx, entry(1, i));
-        assert_eq!(ack(&rx).2, Ok(()));
-    }
+    append_all(&store, &fs, (1..=10).map(|i| entry(1, i)));
     store.purge(log_id(1, 4)).await.unwrap();
     assert_eq!(store.get_log_state().await.unwrap().last_purged_log_id, None, "the first purge waits");
     store.purge(log_id(1, 8)).await.unwrap();
@@ -1320,11 +1316,8 @@ async fn a_purge_past_the_end_of_the_log_is_done_at_once_and_the_log_continues_a
     for earlier in [None, Some(log_id(1, 4))] {
         let fs = FaultFs::new();
         let mut store = store(&fs).purging_one_snapshot_late();
+        append_all(&store, &fs, (1..=10).map(|i| entry(1, i)));
         let (tx, rx) = mpsc::channel();
-        for i in 1..=10 {
-            append(&store, &fs, &tx, entry(1, i));
-            assert_eq!(ack(&rx).2, Ok(()));
-        }
         if let Some(p) = earlier {
             store.purge(p).await.unwrap();
         }
