@@ -13,7 +13,9 @@
 //! server that does not lead answers 421 Misdirected Request naming the leader and its admin
 //! address when it knows them, so the client can ask there (`referee coordinator members`
 //! does, once). Bad input is answered 400 with the field named and what to do; every call
-//! ends within [`ADMIN_DEADLINE`] (504 past it, saying what state it left behind).
+//! ends within [`ADMIN_DEADLINE`] (504 past it, saying what state it left behind). A change
+//! on top of a joint configuration is refused (409): the leader completes that one first
+//! ([`complete_interrupted_changes`]), whoever proposed it.
 //!
 //! What openraft keeps for a member is its peer address (`BasicNode::addr`), the address the
 //! peer transport dials. Client and admin addresses come from `servers` in this server's
@@ -202,6 +204,62 @@ pub async fn keep_members_published(ctx: AdminContext, stop: impl Future<Output 
     }
 }
 
+/// How long after a failed attempt to complete a joint configuration it is tried again.
+const COMPLETE_RETRY: Duration = Duration::from_millis(500);
+
+/// The voters a settled leader completes the configuration `joint` to: its last set, the goal
+/// of the change that proposed it, or `None` when it is not joint.
+pub fn completion(joint: &[BTreeSet<u64>]) -> Option<BTreeSet<u64>> {
+    match joint {
+        [_, .., goal] => Some(goal.clone()),
+        _ => None,
+    }
+}
+
+/// Completes, while this server leads settled, a joint configuration that no call of its own
+/// will complete: openraft proposes a change's second step from the call that proposed the
+/// first, so a leader that dies (or a call dropped) between the two leaves the ensemble needing
+/// a majority of both voter sets for good. Tried again every [`COMPLETE_RETRY`] until the
+/// configuration is no longer joint; a call of this server's own finishing first makes the
+/// attempt a no-op. Returns when `stop` completes.
+pub async fn complete_interrupted_changes(raft: Raft, stop: impl Future<Output = ()>) {
+    let work = async {
+        let mut role = crate::role::RoleWatch::new(&raft);
+        loop {
+            let goal = {
+                let settled = role.current().settled;
+                let members = role.membership();
+                completion(members.membership().get_joint_config()).filter(|_| settled).map(|g| (g, members))
+            };
+            if let Some((voters, members)) = &goal {
+                let change = ChangeMembers::ReplaceAllVoters(voters.clone());
+                match tokio::time::timeout(ADMIN_DEADLINE, raft.change_membership(change, false)).await {
+                    Ok(Ok(_)) => info!(
+                        voters = ?voters,
+                        was = %members.membership(),
+                        "completed a membership change left joint (its leader died or its call was dropped half-way)"
+                    ),
+                    Ok(Err(e)) => {
+                        warn!("completing the joint membership {} failed: {e}; trying again", members.membership())
+                    }
+                    Err(_) => warn!(
+                        "completing the joint membership {} took over {ADMIN_DEADLINE:?}; trying again",
+                        members.membership()
+                    ),
+                }
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(COMPLETE_RETRY), if goal.is_some() => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = stop => {}
+    }
+}
+
 /// Serves the admin endpoints on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -318,6 +376,20 @@ impl MembershipView {
         }
     }
 
+    /// Refuses a change on top of one in progress: while the configuration is joint a server
+    /// counts as a voter in either set, so no new change could be decided from it. The leader
+    /// completes it ([`complete_interrupted_changes`]) if no call of its own does.
+    fn not_changing(&self) -> Result<(), Refusal> {
+        if !self.changing {
+            return Ok(());
+        }
+        Err(Refusal::Busy(
+            "the configuration is joint, and the leader completes it (GET /members shows `changing: false` once \
+             it has)"
+                .into(),
+        ))
+    }
+
     fn role(&self, id: u64) -> Option<Role> {
         match (self.voters.contains(&id), self.peers.contains_key(&id)) {
             (true, _) => Some(Role::Voter),
@@ -379,6 +451,7 @@ pub fn plan_add(view: &MembershipView, req: &AddMember) -> Result<AddPlan, Refus
             return Err(bad(field, format!("is {addr}; give the address the other servers and clients can reach")));
         }
     }
+    view.not_changing()?;
     let peer = req.peer.to_string();
     match view.role(req.id) {
         Some(Role::Voter) => {
@@ -424,6 +497,7 @@ pub enum RemovePlan {
 pub fn plan_remove(view: &MembershipView, me: u64, id: &str) -> Result<RemovePlan, Refusal> {
     let id: u64 =
         id.parse().map_err(|_| bad("id", format!("is {id:?}; give the numeric server id of the member to remove")))?;
+    view.not_changing()?;
     match view.role(id) {
         None => Err(bad(
             "id",
@@ -751,6 +825,33 @@ mod tests {
             Err(Refusal::BadRequest { field, problem }) => (field, problem),
             other => panic!("expected a 400, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_joint_configuration_is_completed_to_its_last_voter_set() {
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(completion(&[set(&[1, 2, 3])]), None, "a uniform configuration has nothing to complete");
+        assert_eq!(completion(&[]), None);
+        assert_eq!(completion(&[set(&[1, 2, 3]), set(&[1, 2, 3, 4])]), Some(set(&[1, 2, 3, 4])), "a promotion");
+        assert_eq!(completion(&[set(&[1, 2, 3, 4]), set(&[1, 2, 3])]), Some(set(&[1, 2, 3])), "a removal");
+        assert_eq!(completion(&[set(&[1]), set(&[1, 2]), set(&[2, 3])]), Some(set(&[2, 3])));
+    }
+
+    #[test]
+    fn no_change_is_decided_on_top_of_a_joint_configuration() {
+        let mut v = view(&[1, 2, 3, 4], &[5]);
+        v.changing = true;
+        for r in [plan_add(&v, &add(6, 2886, Role::Observer)).map(drop), plan_remove(&v, 1, "5").map(drop)] {
+            match r {
+                Err(Refusal::Busy(why)) => assert!(why.contains("joint") && why.contains("changing: false"), "{why}"),
+                other => panic!("expected a 409, got {other:?}"),
+            }
+        }
+        // Bad input is still named first.
+        assert_eq!(field(plan_remove(&v, 1, "five")).0, "id");
+        assert_eq!(field(plan_add(&v, &add(0, 2886, Role::Observer))).0, "id");
+        v.changing = false;
+        assert!(plan_add(&v, &add(6, 2886, Role::Observer)).is_ok());
     }
 
     #[test]

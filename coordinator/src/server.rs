@@ -422,6 +422,11 @@ impl Coordinator {
                 let _ = stop.wait_for(|s| *s).await;
             };
             tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped));
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tasks.spawn(crate::admin::complete_interrupted_changes(self.shared.raft.clone(), stopped));
         }
         if let Some(admin) = self.admin.take() {
             let mut stop = stop_rx.clone();

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use referee_coordinator::admin::Members;
 use referee_testkit::{free_port, within_for, Host, ScratchDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,6 +53,8 @@ pub struct Server {
     pub client: SocketAddr,
     /// Where the other servers reach it.
     pub peer: SocketAddr,
+    /// Its admin listener (`admin_listen`): the membership, read and changed.
+    pub admin: SocketAddr,
     /// Its configured role.
     pub role: Role,
     config: PathBuf,
@@ -115,12 +118,44 @@ impl Drop for Server {
     }
 }
 
+/// The addresses of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Where its clients connect.
+    pub client: SocketAddr,
+    /// Where the other servers reach it.
+    pub peer: SocketAddr,
+    /// Its admin listener.
+    pub admin: SocketAddr,
+}
+
+impl Addrs {
+    /// The well-known ports on `host`'s address.
+    pub fn on(host: &Host) -> Addrs {
+        let at = |port| SocketAddr::from((host.addr(), port));
+        Addrs { client: at(2181), peer: at(2888), admin: at(8080) }
+    }
+
+    /// Its line in a configuration's `servers`, as server `id` with `role`.
+    pub fn entry(&self, id: u64, role: Role) -> String {
+        format!(
+            "  - {{ id: {id}, client: {}, peer: {}, admin: {}, role: {} }}\n",
+            self.client,
+            self.peer,
+            self.admin,
+            role.yaml()
+        )
+    }
+}
+
 /// The ensemble: its servers (ids from 1) and the directory holding their configurations, data
 /// and logs.
 pub struct Ensemble {
     /// The servers, server 1 first.
     pub servers: Vec<Server>,
     dir: ScratchDir,
+    /// YAML lines every configuration has.
+    extra: String,
 }
 
 impl Ensemble {
@@ -128,7 +163,10 @@ impl Ensemble {
     /// `extra` YAML lines, and waits until every one serves.
     pub async fn start(roles: &[Role], extra: &str) -> Result<Ensemble> {
         let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
-        let addrs = roles.iter().map(|_| Ok((at(free_port()?), at(free_port()?)))).collect::<Result<Vec<_>>>()?;
+        let addrs = roles
+            .iter()
+            .map(|_| Ok(Addrs { client: at(free_port()?), peer: at(free_port()?), admin: at(free_port()?) }))
+            .collect::<Result<Vec<_>>>()?;
         Self::start_at(roles, addrs, vec![None; roles.len()], extra).await
     }
 
@@ -136,39 +174,19 @@ impl Ensemble {
     /// address, as [`Ensemble::start`] does.
     pub async fn start_on_hosts(roles: &[Role], hosts: &[Host], extra: &str) -> Result<Ensemble> {
         ensure!(hosts.len() >= roles.len(), "{} hosts for {} servers", hosts.len(), roles.len());
-        let addrs = hosts.iter().map(|h| (SocketAddr::from((h.addr(), 2181)), SocketAddr::from((h.addr(), 2888))));
+        let addrs = hosts.iter().map(Addrs::on);
         let hosts = hosts.iter().take(roles.len()).cloned().map(Some).collect();
         Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra).await
     }
 
-    async fn start_at(
-        roles: &[Role],
-        addrs: Vec<(SocketAddr, SocketAddr)>,
-        hosts: Vec<Option<Host>>,
-        extra: &str,
-    ) -> Result<Ensemble> {
+    async fn start_at(roles: &[Role], addrs: Vec<Addrs>, hosts: Vec<Option<Host>>, extra: &str) -> Result<Ensemble> {
         let dir = ScratchDir::new("ensemble-proc")?;
-        let list: String = (1u64..)
-            .zip(roles.iter().zip(&addrs))
-            .map(|(id, (role, (client, peer)))| {
-                format!("  - {{ id: {id}, client: {client}, peer: {peer}, role: {} }}\n", role.yaml())
-            })
-            .collect();
-        let mut servers = Vec::new();
-        for ((id, (&role, (client, peer))), host) in (1u64..).zip(roles.iter().zip(addrs)).zip(hosts) {
-            // Short ticks and sessions, so that expiry and failover fit a test's time.
-            let yaml = format!(
-                "listen: {client}\ndata_dir: {}\ncluster_id: 21\nserver_id: {id}\ntick_ms: 100\n\
-                 min_session_timeout_ms: 400\nmax_session_timeout_ms: 30000\nmax_connections_per_address: 0\n\
-                 {extra}servers:\n{list}",
-                dir.path(&format!("data{id}")).display()
-            );
-            let config = dir.path(&format!("server{id}.yaml"));
-            std::fs::write(&config, yaml)?;
-            let log = dir.path(&format!("server{id}.log"));
-            servers.push(Server { id, client, peer, role, config, log, host, child: None });
+        let list: String = (1u64..).zip(roles.iter().zip(&addrs)).map(|(id, (role, a))| a.entry(id, *role)).collect();
+        let mut ensemble = Ensemble { servers: Vec::new(), dir, extra: extra.to_string() };
+        for ((id, (&role, a)), host) in (1u64..).zip(roles.iter().zip(addrs)).zip(hosts) {
+            let server = ensemble.configure(id, role, a, host, &list)?;
+            ensemble.servers.push(server);
         }
-        let mut ensemble = Ensemble { servers, dir };
         for s in &mut ensemble.servers {
             let init = s.id == 1;
             s.spawn(init)?;
@@ -176,6 +194,36 @@ impl Ensemble {
         let ids: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
         ensemble.wait_serving(&ids).await?;
         Ok(ensemble)
+    }
+
+    /// Writes server `id`'s configuration (listing `servers`, YAML lines) and returns it,
+    /// not running.
+    fn configure(&self, id: u64, role: Role, a: Addrs, host: Option<Host>, servers: &str) -> Result<Server> {
+        // Short ticks and sessions, so that expiry and failover fit a test's time.
+        let yaml = format!(
+            "listen: {}\nadmin_listen: {}\ndata_dir: {}\ncluster_id: 21\nserver_id: {id}\ntick_ms: 100\n\
+             min_session_timeout_ms: 400\nmax_session_timeout_ms: 30000\nmax_connections_per_address: 0\n\
+             {}servers:\n{servers}",
+            a.client,
+            a.admin,
+            self.dir.path(&format!("data{id}")).display(),
+            self.extra
+        );
+        let config = self.dir.path(&format!("server{id}.yaml"));
+        std::fs::write(&config, yaml)?;
+        let log = self.dir.path(&format!("server{id}.log"));
+        Ok(Server { id, client: a.client, peer: a.peer, admin: a.admin, role, config, log, host, child: None })
+    }
+
+    /// Configures a new server `id` at `a` (on `host`, if any), its `servers` the running
+    /// members' entries (`servers`) and its own, and starts it without waiting: until the
+    /// ensemble adds it, it waits for a leader to reach it.
+    pub fn start_new(&mut self, id: u64, role: Role, a: Addrs, host: Option<Host>, servers: &str) -> Result<()> {
+        ensure!(self.servers.iter().all(|s| s.id != id), "server {id} exists");
+        let list = format!("{servers}{}", a.entry(id, role));
+        let server = self.configure(id, role, a, host, &list)?;
+        self.servers.push(server);
+        self.server(id).spawn(false)
     }
 
     /// Server `id`.
@@ -280,6 +328,14 @@ impl Ensemble {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("no single leader among {among:?} within {START_DEADLINE:?}; modes: {last:?}")
+    }
+
+    /// The membership as server `id`'s admin listener reports it (`GET /members`), within 2 s.
+    pub async fn members(&self, id: u64) -> Result<Members> {
+        let admin = self.servers.iter().find(|s| s.id == id).with_context(|| format!("no server {id}"))?.admin;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let answer = http.get(format!("http://{admin}/members")).send().await?.error_for_status()?;
+        Ok(answer.json::<Members>().await?)
     }
 
     /// Every server's log, for a failure's explanation.

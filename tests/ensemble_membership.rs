@@ -1,0 +1,103 @@
+//! Membership changes of a coordinator ensemble of real processes (`support/ensemble.rs`),
+//! interrupted as operators meet them: the leader killed half-way through a change.
+//!
+//! Openraft changes the voters in two steps, a joint configuration (old and new voters both
+//! needed for a quorum) and then the new one alone; the second step is proposed by the call
+//! that proposed the first. A leader that dies between the two leaves the joint configuration
+//! in the log, committed by its successor's first entry, and nobody to finish it: the ensemble
+//! would need a majority of both sets for good, and an operator's repeated request would be
+//! refused (the new voter already counts as one). The leader that finds a joint
+//! configuration it did not start completes it.
+//!
+//! - **Promoting an observer, the leader killed after proposing the joint configuration**
+//!   (both followers frozen, so that it cannot commit it, then resumed once the leader is dead):
+//!   the next leader completes the change, the observer votes, and writes go on.
+
+#[path = "support/ensemble.rs"]
+mod ensemble;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ensemble::{session, Ensemble, Role, PERSISTENT};
+use nix::sys::signal::Signal;
+use referee_coordinator::admin::Members;
+use referee_testkit::within_for;
+
+/// How long the ensemble may take to settle a membership after a fault.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The voters and whether a change is in progress, as `members` says.
+fn shape(m: &Members) -> (Vec<u64>, bool) {
+    (m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect(), m.changing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leader() -> Result<()> {
+    let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
+
+    // Frozen followers: the joint configuration is appended on the leader (and sent, waiting in
+    // the followers' sockets) but cannot commit.
+    for &f in &followers {
+        ens.server(f).signal(Signal::SIGSTOP)?;
+    }
+    let four = ens.server(4);
+    let body = serde_json::json!({
+        "id": 4, "client": four.client, "peer": four.peer, "admin": four.admin, "role": "voter",
+    });
+    let url = format!("http://{}/members", ens.server(leader).admin);
+    let request = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        anyhow::Ok(http.post(url).json(&body).send().await?.status())
+    });
+    within_for(Duration::from_secs(10), "the leader to propose the joint configuration", async {
+        loop {
+            if ens.members(leader).await.is_ok_and(|m| m.changing) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+
+    // The leader dies with its call half done; the followers take up the joint configuration.
+    ens.kill9(leader)?;
+    let answer = within_for(Duration::from_secs(10), "the request to end with the leader", request).await??;
+    assert!(answer.is_err(), "the request to the killed leader was answered: {answer:?}");
+    for &f in &followers {
+        ens.server(f).signal(Signal::SIGCONT)?;
+    }
+    ens.restart(&[leader]).await?;
+
+    // The next leader completes the change: four voters, no change in progress.
+    let mut last = None;
+    let settled = within_for(SETTLE, "the membership to settle on four voters", async {
+        loop {
+            if let Ok((now, _)) = ens.leader_among(&[1, 2, 3, 4]).await {
+                if let Ok(m) = ens.members(now).await {
+                    let seen = shape(&m);
+                    if seen == (vec![1, 2, 3, 4], false) {
+                        return now;
+                    }
+                    last = Some(seen);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("the leader's membership stayed (voters, changing) = {last:?}"))?;
+    assert_eq!(ens.mode(4).await.as_deref(), Some("follower"), "server 4 votes, so it reports itself a follower");
+    let completed = ens.servers.iter().find(|s| s.log().contains("completed a membership change left joint"));
+    assert!(completed.is_some(), "no server says it completed the joint configuration:\n{}", ens.logs());
+
+    // Writes go on, through the promoted server as well.
+    let zk = session(&ens.client(4).to_string(), Duration::from_secs(10)).await?;
+    zk.create("/after-the-promotion", b"4", PERSISTENT).await.context("a create through server 4")?;
+    let at_leader = session(&ens.client(settled).to_string(), Duration::from_secs(10)).await?;
+    at_leader.sync("/").await?;
+    assert_eq!(at_leader.get_data("/after-the-promotion").await?.0, b"4");
+    Ok(())
+}
