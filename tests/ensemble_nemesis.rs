@@ -13,10 +13,18 @@
 //!   server hears some peers and not others);
 //! - the leader and enough other voters to lose the quorum killed (on five voters, half the
 //!   time only one other: the quorum holds), then restarted;
-//! - every server killed at once, then all restarted.
+//! - every server killed at once, then all restarted;
+//! - a membership change asked of the leader's admin listener, as an operator would: the
+//!   observer promoted to voter, a voter removed (then stopped and its data directory wiped),
+//!   a new server under a new id added on the freed host as an observer or a voter; half the
+//!   time with another fault of this list asked for just before or just after it (a leader
+//!   killed half-way through a change among them). Once that fault is lifted the change is
+//!   asked again until the leader's membership shows it done, none in progress, within
+//!   [`RECOVERY`].
 //!
 //! One round in five joins a process fault on one server (killed, frozen or stuttering) with a
-//! network fault among the others. Half of the faults aim at the leader of the moment. Each
+//! network fault among the others; one in six is a membership change. Half of the faults aim
+//! at the leader of the moment. Each
 //! round lasts 0.3 to 4 s, often longer than the servers' election timeout and staleness bound,
 //! so a frozen or cut-off leader is deposed and comes back to a newer term.
 //!
@@ -43,14 +51,17 @@
 #[path = "support/ensemble.rs"]
 mod ensemble;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use ensemble::{session, Ensemble, Role, PERSISTENT};
+use ensemble::{session, Addrs, Ensemble, Role, PERSISTENT};
 use nix::sys::signal::Signal;
+use referee_coordinator::admin::Members;
 use referee_testkit::register_workload::{answered_grow, create_keys, verdict, History, Keys, RegisterClient};
 use referee_testkit::session_order::{monotonic, DataWatcher, Seen, SessionReader, Watched};
 use referee_testkit::{hosts_unavailable, skip, within_for, Hosts};
@@ -74,6 +85,8 @@ const WATCHED_EVERY: Duration = Duration::from_millis(20);
 const WATCHERS: usize = 2;
 /// How long a watcher may take to be notified of the last write, once the faults are over.
 const NOTIFIED_WITHIN: Duration = Duration::from_secs(15);
+/// How long the test waits for an admin listener's answer to a membership request.
+const ADMIN_CALL: Duration = Duration::from_secs(10);
 /// How long one client operation may take before it counts as unanswered.
 const OP_DEADLINE: Duration = Duration::from_secs(2);
 /// How long, once a fault is lifted, the clients may wait for answers again: a whole ensemble
@@ -87,20 +100,118 @@ const FAULT_MS: (u64, u64) = (300, 4000);
 /// The pause between one fault's recovery and the next fault, in milliseconds.
 const QUIET_MS: (u64, u64) = (200, 1500);
 
-/// The servers: voters `1..=n` and one observer after them, each on the host of its number.
+/// The ensemble as it stands: voters and observers by id, and the host each runs on. It starts
+/// as voters `1..=n` and one observer after them, each on the host of its number; the
+/// membership changes of the schedule move it from n voters and an observer to n + 1 voters
+/// (the observer promoted), to n voters and a spare host (a voter removed, stopped and its data
+/// directory wiped), and back (a new server, under a new id, added on the spare host as an
+/// observer, or as a voter, which a removal then follows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Topology {
     voters: Vec<u64>,
-    all: Vec<u64>,
+    observers: Vec<u64>,
+    host_of: BTreeMap<u64, usize>,
+    /// The voters it starts with.
+    base: usize,
+    /// The hosts, numbered from 1.
+    hosts: usize,
+    /// The id the next server added gets: a wiped server comes back as a new member.
+    next_id: u64,
 }
 
 impl Topology {
     fn new(voters: u64) -> Topology {
-        Topology { voters: (1..=voters).collect(), all: (1..=voters + 1).collect() }
+        let all = 1..=voters + 1;
+        Topology {
+            voters: (1..=voters).collect(),
+            observers: vec![voters + 1],
+            host_of: all.clone().map(|s| (s, s as usize)).collect(),
+            base: voters as usize,
+            hosts: all.count(),
+            next_id: voters + 2,
+        }
+    }
+
+    /// Every member, voters and observers, by id.
+    fn members(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.voters.iter().chain(&self.observers).copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    fn role(&self, id: u64) -> Role {
+        if self.voters.contains(&id) {
+            Role::Voter
+        } else {
+            Role::Observer
+        }
     }
 
     fn roles(&self) -> Vec<Role> {
-        self.all.iter().map(|s| if self.voters.contains(s) { Role::Voter } else { Role::Observer }).collect()
+        self.members().into_iter().map(|s| self.role(s)).collect()
+    }
+
+    /// The host member `id` runs on.
+    fn host(&self, id: u64) -> usize {
+        self.host_of[&id]
+    }
+
+    /// A host no member runs on.
+    fn spare_host(&self) -> Option<usize> {
+        (1..=self.hosts).find(|h| !self.host_of.values().any(|v| v == h))
+    }
+
+    /// Every member's line of a configuration's `servers`.
+    fn entries(&self, hosts: &Hosts) -> String {
+        self.members().into_iter().map(|s| Addrs::on(hosts.host(self.host(s))).entry(s, self.role(s))).collect()
+    }
+
+    /// What it is once `change` is done.
+    fn apply(&mut self, change: &Change) {
+        match *change {
+            Change::Promote(o) => {
+                self.observers.retain(|&s| s != o);
+                self.voters.push(o);
+            }
+            Change::Remove(v) => {
+                self.voters.retain(|&s| s != v);
+                self.host_of.remove(&v);
+            }
+            Change::Add { id, host, role } => {
+                match role {
+                    Role::Voter => self.voters.push(id),
+                    Role::Observer => self.observers.push(id),
+                }
+                self.host_of.insert(id, host);
+                self.next_id = id + 1;
+            }
+        }
+        self.voters.sort_unstable();
+    }
+}
+
+/// A change of the membership, asked of the leader's admin listener as an operator would
+/// (`POST /members`, `DELETE /members/ID`), while other faults may be in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// The observer made a voter.
+    Promote(u64),
+    /// A voter (not the leader when asked) removed, then stopped and its data directory wiped.
+    Remove(u64),
+    /// A new server, started on a spare host, added.
+    Add { id: u64, host: usize, role: Role },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Promote(o) => write!(f, "promote observer {o} to voter"),
+            Change::Remove(v) => write!(f, "remove voter {v}"),
+            Change::Add { id, host, role: Role::Voter } => write!(f, "add server {id} on host {host} as a voter"),
+            Change::Add { id, host, role: Role::Observer } => {
+                write!(f, "add server {id} on host {host} as an observer")
+            }
+        }
     }
 }
 
@@ -121,6 +232,9 @@ enum Fault {
     /// Voters killed together (a majority, or on five voters sometimes two), then restarted.
     KillVoters(Vec<u64>),
     KillAll,
+    /// A membership change, asked for when the round starts and seen through after its other
+    /// fault is lifted.
+    Change(Change),
 }
 
 impl fmt::Display for Fault {
@@ -134,16 +248,17 @@ impl fmt::Display for Fault {
             Fault::OneWay { from, to } => write!(f, "drop what server {from} sends to server {to}"),
             Fault::KillVoters(v) => write!(f, "kill -9 voters {v:?}"),
             Fault::KillAll => write!(f, "kill -9 every server"),
+            Fault::Change(c) => write!(f, "{c}"),
         }
     }
 }
 
-/// The schedule: xorshift64* random numbers from the seed alone, and the servers.
-struct Schedule(u64, Topology);
+/// The schedule: xorshift64* random numbers from the seed alone.
+struct Schedule(u64);
 
 impl Schedule {
-    fn new(seed: u64, topology: Topology) -> Schedule {
-        Schedule(seed.max(1), topology)
+    fn new(seed: u64) -> Schedule {
+        Schedule(seed.max(1))
     }
 
     fn next(&mut self) -> u64 {
@@ -165,13 +280,23 @@ impl Schedule {
         from[self.below(from.len() as u64) as usize]
     }
 
-    /// The next round's faults, with `leader` leading now: one fault, or one in five rounds a
-    /// process fault on one server together with a network fault among the others.
-    fn round(&mut self, leader: u64) -> Vec<Fault> {
-        let all = self.1.all.clone();
-        let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
-        let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
+    /// The next round's faults, on ensemble `t` with `leader` leading now: one fault; or one
+    /// round in five a process fault on one server together with a network fault among the
+    /// others; or one in six a membership change, half the time with a fault asked for just
+    /// before or just after it (a leader killed half-way through a change among them).
+    fn round(&mut self, t: &Topology, leader: u64) -> Vec<Fault> {
+        if self.below(6) == 0 {
+            let change = Fault::Change(self.change(t, leader));
+            return match self.below(4) {
+                0 | 1 => vec![change],
+                2 => vec![change, self.single(t, leader)],
+                _ => vec![self.single(t, leader), change],
+            };
+        }
+        let all = t.members();
         if self.below(5) == 0 {
+            let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
+            let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
             let process = match self.below(3) {
                 0 => Fault::Kill(target),
                 1 => Fault::Freeze(target),
@@ -187,8 +312,16 @@ impl Schedule {
             };
             return vec![process, network];
         }
+        vec![self.single(t, leader)]
+    }
+
+    /// One fault, half the time aimed at the leader.
+    fn single(&mut self, t: &Topology, leader: u64) -> Fault {
+        let all = t.members();
+        let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
+        let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
         let other = self.pick(&rest);
-        let fault = match self.below(12) {
+        match self.below(12) {
             0 | 1 => Fault::Kill(target),
             2 | 3 => Fault::Freeze(target),
             4 => Fault::Stutter(target),
@@ -197,8 +330,8 @@ impl Schedule {
             8 if self.below(2) == 0 => Fault::OneWay { from: target, to: other },
             8 => Fault::OneWay { from: other, to: target },
             9 | 10 => {
-                let mut others: Vec<u64> = self.1.voters.iter().copied().filter(|&s| s != leader).collect();
-                let n = self.1.voters.len();
+                let mut others: Vec<u64> = t.voters.iter().copied().filter(|&s| s != leader).collect();
+                let n = t.voters.len();
                 // The leader and enough others to lose the quorum; on five, sometimes one other.
                 let more = if n >= 5 && self.below(2) == 0 { 1 } else { n / 2 };
                 let mut killed = vec![leader];
@@ -209,8 +342,21 @@ impl Schedule {
                 Fault::KillVoters(killed)
             }
             _ => Fault::KillAll,
-        };
-        vec![fault]
+        }
+    }
+
+    /// The membership change that moves `t` on (see [`Topology`]).
+    fn change(&mut self, t: &Topology, leader: u64) -> Change {
+        if let Some(&o) = t.observers.first() {
+            return Change::Promote(o);
+        }
+        if t.voters.len() > t.base {
+            let others: Vec<u64> = t.voters.iter().copied().filter(|&s| s != leader).collect();
+            return Change::Remove(self.pick(&others));
+        }
+        let host = t.spare_host().expect("n voters and no observer leave a host spare");
+        let role = if self.below(2) == 0 { Role::Voter } else { Role::Observer };
+        Change::Add { id: t.next_id, host, role }
     }
 }
 
@@ -269,10 +415,10 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
          and an observer"
     );
     let topology = Topology::new(voters);
-    let hosts = Hosts::new(topology.all.len())?;
+    let hosts = Hosts::new(topology.hosts)?;
     let host_list: Vec<_> = hosts.iter().cloned().collect();
     let mut ens = Ensemble::start_on_hosts(&topology.roles(), &host_list, "").await?;
-    let outcome = run(&mut ens, &hosts, &topology, length, seed).await;
+    let outcome = run(&mut ens, &hosts, topology, length, seed).await;
     if outcome.is_err() {
         for s in &ens.servers {
             let log = s.log();
@@ -286,10 +432,11 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     outcome.with_context(|| format!("nemesis seed {seed:#x} (replay with REFEREE_NEMESIS_SEED={seed:#x})"))
 }
 
-async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Duration, seed: u64) -> Result<()> {
-    let (voters, all) = (&topology.voters[..], &topology.all[..]);
+async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: Duration, seed: u64) -> Result<()> {
+    // Every host's client address: the members come and go, the hosts stay.
+    let all = &topology.members()[..];
     let keys = Keys::rotating_for(length + RECOVERY, KEY_PERIOD);
-    let (leader, _) = ens.leader_among(voters).await?;
+    let (leader, _) = ens.leader_among(&topology.voters).await?;
     let setup = session(&ens.client(leader).to_string(), Duration::from_secs(10)).await?;
     within_for(Duration::from_secs(30), "the znodes to be created", create_keys(&setup, PATH, keys)).await??;
     within_for(Duration::from_secs(10), "the watched znode to be created", setup.create(WATCHED, b"0", PERSISTENT))
@@ -343,30 +490,44 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
     let watched_writer = tokio::spawn(write_watched(every.clone(), stop.clone()));
     answered_grow(&history, 100, RECOVERY, "100 answered operations before the first fault").await?;
 
-    let mut schedule = Schedule::new(seed, topology.clone());
-    let mut events = Vec::new();
+    let mut schedule = Schedule::new(seed);
+    let (mut events, mut rounds) = (Vec::new(), 0);
     while started.elapsed() < length {
-        every_server_running(ens, all)?;
-        let (leader, _) = ens.leader_among(voters).await?;
-        let faults = schedule.round(leader);
+        every_server_running(ens, &topology.members())?;
+        let (leader, _) = ens.leader_among(&topology.voters).await?;
+        let faults = schedule.round(&topology, leader);
         let fault = describe(&faults);
         let lasting = schedule.millis(FAULT_MS);
         let at = started.elapsed();
         let event = format!("{:.1} s: {fault} ({leader} leading) for {lasting:.1?}", at.as_secs_f64());
         eprintln!("{event}");
         events.push(event);
+        rounds += 1;
         for f in &faults {
-            inflict(ens, hosts, all, f).with_context(|| format!("inflicting: {f}"))?;
+            inflict(ens, hosts, &topology, leader, f).with_context(|| format!("inflicting: {f}"))?;
         }
         hold(ens, &faults, lasting).await.with_context(|| format!("holding: {fault}"))?;
+        let leaving =
+            faults.iter().find_map(|f| if let Fault::Change(Change::Remove(v)) = f { Some(*v) } else { None });
         for f in faults.iter().rev() {
-            lift(ens, hosts, all, f).await.with_context(|| format!("lifting: {f}"))?;
+            lift(ens, hosts, &topology.members(), f, leaving).await.with_context(|| format!("lifting: {f}"))?;
         }
-        ens.wait_serving(all).await.with_context(|| format!("every server serving again after: {fault}"))?;
+        for f in &faults {
+            if let Fault::Change(change) = f {
+                let asked = see_through(ens, hosts, &topology, change).await.with_context(|| format!("{change}"))?;
+                topology.apply(change);
+                let event = format!("  {change}: done (asked again {asked} times); voters {:?}", topology.voters);
+                eprintln!("{event}");
+                events.push(event);
+            }
+        }
+        let members = topology.members();
+        ens.wait_serving(&members).await.with_context(|| format!("every server serving again after: {fault}"))?;
         let what = format!("{RECOVERED_AFTER} answered operations after: {fault}");
         answered_grow(&history, RECOVERED_AFTER, RECOVERY, &what).await?;
         tokio::time::sleep(schedule.millis(QUIET_MS)).await;
     }
+    let all = &topology.members()[..];
     every_server_running(ens, all)?;
     // The faults are over: a last write to the watched znode must reach every watcher.
     let last = last_watched_write(&every).await?;
@@ -398,7 +559,7 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, topology: &Topology, length: Dur
     }
     let history = std::mem::take(&mut *history.lock().unwrap());
     let used = history.iter().map(|r| r.key).max().unwrap_or(0) + 1;
-    verdict(&history, &format!("{} faults", events.len())).with_context(|| events.join("\n"))?;
+    verdict(&history, &format!("{rounds} rounds of faults")).with_context(|| events.join("\n"))?;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let sessions: std::collections::BTreeSet<i64> = seen.iter().map(|r| r.session).collect();
     let checked = monotonic(&seen).with_context(|| events.join("\n"))?;
@@ -455,17 +616,143 @@ fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// Starts `fault`.
-fn inflict(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault) -> Result<()> {
+/// Starts `fault` on ensemble `t`, `leader` leading: a membership change is asked of the
+/// leader's admin listener (its answer is not awaited; [`see_through`] follows it up).
+fn inflict(ens: &mut Ensemble, hosts: &Hosts, t: &Topology, leader: u64, fault: &Fault) -> Result<()> {
+    let on = |s: u64| t.host(s);
     match *fault {
         Fault::Kill(s) => ens.kill9(s),
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGSTOP),
-        Fault::Isolate(s) => hosts.isolate(s as usize),
-        Fault::Cut(a, b) => hosts.partition(a as usize, &[b as usize]),
-        Fault::OneWay { from, to } => hosts.partition_one_way(from as usize, to as usize),
+        Fault::Isolate(s) => hosts.isolate(on(s)),
+        Fault::Cut(a, b) => hosts.partition(on(a), &[on(b)]),
+        Fault::OneWay { from, to } => hosts.partition_one_way(on(from), on(to)),
         Fault::KillVoters(ref v) => v.iter().try_for_each(|&s| ens.kill9(s)),
-        Fault::KillAll => all.iter().try_for_each(|&s| ens.kill9(s)),
+        Fault::KillAll => t.members().iter().try_for_each(|&s| ens.kill9(s)),
+        Fault::Change(ref change) => {
+            if let Change::Add { id, host, role } = *change {
+                let h = hosts.host(host);
+                ens.start_new(id, role, Addrs::on(h), Some(h.clone()), &t.entries(hosts))?;
+            }
+            let (admin, call) = (ens.server(leader).admin, AdminCall::of(change, t, hosts));
+            tokio::spawn(async move { call.ask(admin).await });
+            Ok(())
+        }
     }
+}
+
+/// One membership request to an admin listener.
+#[derive(Debug, Clone)]
+enum AdminCall {
+    /// `POST /members` with this body.
+    Add(serde_json::Value),
+    /// `DELETE /members/ID`.
+    Remove(u64),
+}
+
+impl AdminCall {
+    /// The request that asks for `change` on ensemble `t`.
+    fn of(change: &Change, t: &Topology, hosts: &Hosts) -> AdminCall {
+        let add = |id: u64, host: usize, role: &str| {
+            let a = Addrs::on(hosts.host(host));
+            AdminCall::Add(serde_json::json!({
+                "id": id, "client": a.client, "peer": a.peer, "admin": a.admin, "role": role,
+            }))
+        };
+        match *change {
+            Change::Promote(o) => add(o, t.host(o), "voter"),
+            Change::Remove(v) => AdminCall::Remove(v),
+            Change::Add { id, host, role: Role::Voter } => add(id, host, "voter"),
+            Change::Add { id, host, role: Role::Observer } => add(id, host, "observer"),
+        }
+    }
+
+    /// Asks the admin listener at `admin`: the status and body of its answer.
+    async fn ask(self, admin: SocketAddr) -> Result<(u16, String)> {
+        let http = reqwest::Client::builder().timeout(ADMIN_CALL).build()?;
+        let request = match self {
+            AdminCall::Add(body) => http.post(format!("http://{admin}/members")).json(&body),
+            AdminCall::Remove(id) => http.delete(format!("http://{admin}/members/{id}")),
+        };
+        let answer = request.send().await?;
+        Ok((answer.status().as_u16(), answer.text().await?))
+    }
+}
+
+/// The leader as the members name it, and its membership; `None` while they name none, or
+/// one that does not answer as the leader.
+async fn leader_members(ens: &Ensemble, members: &[u64]) -> Option<(u64, Members)> {
+    for &id in members {
+        let Some(leader) = ens.members(id).await.ok().and_then(|m| m.leader) else { continue };
+        if !members.contains(&leader) {
+            continue;
+        }
+        if let Ok(m) = ens.members(leader).await {
+            if m.this_server == leader && m.leader == Some(leader) {
+                return Some((leader, m));
+            }
+        }
+    }
+    None
+}
+
+/// Whether the leader's membership `m` shows `change` done, and no change in progress.
+fn done(m: &Members, change: &Change) -> bool {
+    let role = |id: u64| m.members.iter().find(|x| x.id == id).map(|x| x.role.as_str());
+    !m.changing
+        && match *change {
+            Change::Promote(o) => role(o) == Some("voter"),
+            Change::Remove(v) => role(v).is_none(),
+            Change::Add { id, role: Role::Voter, .. } => role(id) == Some("voter"),
+            Change::Add { id, role: Role::Observer, .. } => role(id) == Some("observer"),
+        }
+}
+
+/// Follows `change` up once the round's other faults are lifted, as an operator would: asks
+/// the leader again until its membership shows the change done and none in progress, within
+/// [`RECOVERY`] (a voter to remove that leads by then is stopped first, as the refusal says).
+/// Then a removed voter is stopped and its data directory wiped, and a new server must serve.
+/// How many times it asked after the first.
+async fn see_through(ens: &mut Ensemble, hosts: &Hosts, t: &Topology, change: &Change) -> Result<usize> {
+    let call = AdminCall::of(change, t, hosts);
+    let members = t.members();
+    let began = Instant::now();
+    let mut asked = 0;
+    let mut last = String::from("no leader named yet");
+    loop {
+        ensure!(began.elapsed() < RECOVERY, "not done within {RECOVERY:?}; last: {last}");
+        if let Some((leader, m)) = leader_members(ens, &members).await {
+            if done(&m, change) {
+                break;
+            }
+            let voters: Vec<u64> = m.members.iter().filter(|x| x.role == "voter").map(|x| x.id).collect();
+            last = format!("leader {leader}, voters {voters:?}, changing {}", m.changing);
+            if !m.changing {
+                if *change == Change::Remove(leader) {
+                    // The leader cannot remove itself: stopped, it gives way to another.
+                    ens.kill9(leader)?;
+                    last = format!("voter {leader} to remove leads: stopped it");
+                } else {
+                    asked += 1;
+                    match call.clone().ask(ens.server(leader).admin).await {
+                        Ok((status, body)) => last = format!("{last}; asked again: {status} {body}"),
+                        Err(e) => last = format!("{last}; asked again: {e:#}"),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match *change {
+        Change::Remove(v) => {
+            if ens.server(v).is_running() {
+                ens.kill9(v)?;
+            }
+            ens.wipe(v)?;
+        }
+        Change::Add { id, .. } => ens.wait_serving(&[id]).await?,
+        Change::Promote(_) => {}
+    }
+    Ok(asked)
 }
 
 /// Lets `faults` last `lasting`, resuming and freezing again the stuttering servers meanwhile
@@ -492,14 +779,30 @@ async fn hold(ens: &mut Ensemble, faults: &[Fault], lasting: Duration) -> Result
 }
 
 /// Ends `fault`: what was killed is restarted on its data directory, what was frozen resumed,
-/// every network fault lifted.
-async fn lift(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault) -> Result<()> {
+/// every network fault lifted (`all`: the members). A membership change is seen through
+/// afterwards ([`see_through`]); a voter the round removes is restarted without waiting for
+/// it to serve: once its removal has committed no leader reaches it again.
+async fn lift(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault, leaving: Option<u64>) -> Result<()> {
+    let restart = |ens: &mut Ensemble, ids: &[u64]| -> Result<Vec<u64>> {
+        ids.iter().try_for_each(|&s| ens.start_only(s))?;
+        Ok(ids.iter().copied().filter(|&s| Some(s) != leaving).collect())
+    };
     match *fault {
-        Fault::Kill(s) => ens.restart(&[s]).await,
+        Fault::Kill(s) => {
+            let serving = restart(ens, &[s])?;
+            ens.wait_serving(&serving).await
+        }
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGCONT),
         Fault::Isolate(_) | Fault::Cut(..) | Fault::OneWay { .. } => hosts.heal_all(),
-        Fault::KillVoters(ref v) => ens.restart(v).await,
-        Fault::KillAll => ens.restart(all).await,
+        Fault::KillVoters(ref v) => {
+            let serving = restart(ens, v)?;
+            ens.wait_serving(&serving).await
+        }
+        Fault::KillAll => {
+            let serving = restart(ens, all)?;
+            ens.wait_serving(&serving).await
+        }
+        Fault::Change(_) => Ok(()),
     }
 }
 

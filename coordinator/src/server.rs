@@ -652,7 +652,9 @@ fn leaderless_report(
     let voter_list: Vec<String> = voters.iter().map(u64::to_string).collect();
     let quorum = if crate::staleness::quorum_granted(std::slice::from_ref(voters), &reachable) {
         format!(
-            "{reachable_voters} of the voters {} are reachable, a majority: an election should follow",
+            "{reachable_voters} of the voters {} are reachable, a majority: an election should follow (if none \
+             does, this server may have been removed from the ensemble while it was away, and its log not told: \
+             `referee coordinator members list` on another server shows the members)",
             voter_list.join(", ")
         )
     } else {
@@ -1501,6 +1503,7 @@ mod tests {
         let two = leaderless_report(3, &voters, [(1, None), (2, Some(ms(200)))].into_iter());
         assert!(
             two.contains("2 of the voters 1, 2, 3 are reachable, a majority: an election should follow")
+                && two.contains("may have been removed from the ensemble")
                 && two.contains("heard lately from servers: 2 (200 ms ago); not heard from: 1;"),
             "{two}"
         );

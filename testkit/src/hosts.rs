@@ -74,13 +74,18 @@ pub const HOSTS_PREFIX: &str = "rfh";
 /// The address of the client (the test process) on every [`Hosts`] subnet.
 const CLIENT_OCTET: u8 = 254;
 
+/// Whether this process's effective user is root, as namespaces and mounts need.
+pub fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid: real effective saved fs".
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
+    euid == Some("0")
+}
+
 /// Why [`Hosts`] cannot run here, or `None` when it can: it needs root and the `ip` and
 /// `iptables-restore` programs. A test passes the reason to [`skip`](crate::skip).
 pub fn hosts_unavailable() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid: real effective saved fs": namespaces need the effective uid to be root.
-    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1));
-    if euid != Some("0") {
+    if !running_as_root() {
         return Some("simulated hosts need root (network namespaces, veth pairs, iptables)".into());
     }
     for (program, arg, package) in [("ip", "-V", "iproute2"), ("iptables-restore", "--version", "iptables")] {

@@ -62,7 +62,7 @@ pub use apache_zk::{
     APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
 pub use deadline::{wait_until, within, within_for, DEADLINE};
-pub use hosts::{hosts_unavailable, Faults, Host, Hosts, HOSTS_PREFIX};
+pub use hosts::{hosts_unavailable, running_as_root, Faults, Host, Hosts, HOSTS_PREFIX};
 pub use ports::free_port;
 pub use proxy::{Proxy, Trap};
 pub use scratch_dir::ScratchDir;

@@ -22,7 +22,14 @@ impl ChildServer {
     /// Starts the binary with test timings (50 ms ticks, session timeouts 200..=30000 ms) plus
     /// `extra` YAML lines, and waits until it answers `ruok`.
     pub async fn start(extra: &str) -> Result<Self> {
+        Self::start_prepared(extra, |_| Ok(())).await
+    }
+
+    /// As [`ChildServer::start`], with `prepare` run on the scratch directory first (the data
+    /// directory is its `data`).
+    pub async fn start_prepared(extra: &str, prepare: impl FnOnce(&ScratchDir) -> Result<()>) -> Result<Self> {
         let dir = ScratchDir::new("cochild")?;
+        prepare(&dir)?;
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = format!(
@@ -73,6 +80,20 @@ impl ChildServer {
         self.child.kill().context("SIGKILL")?;
         self.child.wait().context("reaping the killed server")?;
         Ok(())
+    }
+
+    /// Waits up to `limit` for the server to exit on its own; its exit status.
+    pub async fn exited_within(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let began = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if began.elapsed() > limit {
+                bail!("referee-coordinator still runs after {limit:?}; its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops a running server (SIGKILL) and starts it again on the same configuration, data

@@ -1,0 +1,152 @@
+//! A full disk under a real `referee-coordinator`: its data directory a tmpfs mounted with a
+//! size limit (so this needs root, and skips loudly without it), filled by clients writing
+//! large znodes. The server must stop on its own with one message saying what failed and what
+//! to do, never acknowledge a write it could not make durable, and, given room, start again on
+//! the same directory with every acknowledged write.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::child::ChildServer;
+use common::*;
+use referee_testkit::{connect, running_as_root, skip, within_for};
+
+/// The tmpfs's size: one log segment (64 MiB, allocated whole when it is opened) and some room,
+/// not enough for the next segment.
+const DISK_MIB: u64 = 80;
+/// Less room beside the segment than one snapshot of 20 znodes takes.
+const SNAPSHOT_DISK_MIB: u64 = 68;
+/// Each znode's data: a quarter of a MiB, so that the disk fills within a few hundred writes.
+const DATA_BYTES: usize = 256 << 10;
+const WRITERS: usize = 4;
+
+/// A tmpfs mounted with a size limit, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, mib: u64) -> Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "referee-test"]).arg(at))?;
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Gives it `mib` MiB in all, its files kept.
+    fn resize(&self, mib: u64) -> Result<()> {
+        run(Command::new("mount").args(["-o", &format!("remount,size={mib}m")]).arg(&self.0))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Creates `/full-{writer}-{i}` one after another until a create fails; records each
+/// acknowledged path.
+async fn write_until_refused(
+    server: std::net::SocketAddr,
+    writer: usize,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> Result<()> {
+    let c = connect(&server.to_string(), Duration::from_secs(10)).await?;
+    let data = vec![b'f'; DATA_BYTES];
+    for i in 0.. {
+        let path = format!("/full-{writer}-{i}");
+        if c.create(&path, &data, PERSISTENT).await.is_err() {
+            return Ok(());
+        }
+        acked.lock().unwrap().push(path);
+    }
+    Ok(())
+}
+
+/// Starts a server with `extra` configuration on a tmpfs of `disk_mib`, fills it with
+/// [`WRITERS`] clients until the server stops, checks how it stopped, gives the tmpfs room and
+/// starts the server again: every acknowledged write must be there. The server's log of the
+/// first run.
+async fn fill_stop_and_recover(test: &str, extra: &str, disk_mib: u64) -> Result<Option<String>> {
+    if !running_as_root() {
+        skip(test, "needs root to mount a size-limited tmpfs as the server's data directory");
+        return Ok(None);
+    }
+    let mut mounted = None;
+    let mut server = ChildServer::start_prepared(extra, |dir| {
+        mounted = Some(Tmpfs::mount(&dir.path("data"), disk_mib)?);
+        Ok(())
+    })
+    .await?;
+    let disk = mounted.context("the data directory's tmpfs")?;
+
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let writers: Vec<_> =
+        (0..WRITERS).map(|w| tokio::spawn(write_until_refused(server.addr, w, acked.clone()))).collect();
+    let status = server.exited_within(Duration::from_secs(60)).await?;
+    for w in writers {
+        within_for(Duration::from_secs(20), "a writer to see the server gone", w).await???;
+    }
+    let log = server.log();
+    ensure!(!status.success(), "the server exited with {status} on a full disk; its log:\n{log}");
+    // Its last word, on stderr (openraft's threads may log after it): what failed, on which
+    // file, that nothing unsynced was acknowledged, what to do.
+    let last = log.lines().rev().find(|l| l.starts_with("referee-coordinator: ")).unwrap_or_default();
+    for needed in ["storage failed, the server stopped", "No space left on device", "/data/log/", "restart the server"]
+    {
+        ensure!(last.contains(needed), "the server's last line does not say {needed:?}: {last:?}; its log:\n{log}");
+    }
+    ensure!(
+        last.contains("No write was acknowledged without being durable"),
+        "the last line does not say what became of the writes: {last:?}"
+    );
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    ensure!(acked.len() > 100, "only {} writes acknowledged before the disk filled", acked.len());
+    eprintln!("{} writes of {DATA_BYTES} bytes acknowledged, then: {last}", acked.len());
+
+    // Room again: the same directory starts, with every acknowledged write.
+    disk.resize(4 * disk_mib)?;
+    server.restart().await.context("starting again on the same data directory with room")?;
+    let c = connect(&server.addr.to_string(), Duration::from_secs(10)).await?;
+    for path in &acked {
+        let stat = c.check_stat(path).await?.with_context(|| format!("{path} was acknowledged and is gone"))?;
+        ensure!(stat.data_length as usize == DATA_BYTES, "{path} holds {} bytes", stat.data_length);
+    }
+    c.create("/after-the-disk-had-room", b"ok", PERSISTENT).await.context("a write after the restart")?;
+    server.kill9()?;
+    drop(disk);
+    Ok(Some(log))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_server_and_with_room_again_every_acknowledged_write_is_there() -> Result<()> {
+    const TEST: &str = "a_full_disk_stops_the_server_and_with_room_again_every_acknowledged_write_is_there";
+    fill_stop_and_recover(TEST, "", DISK_MIB).await.map(drop)
+}
+
+/// A snapshot every 20 writes (5 MiB and more each) on a disk with about 4 MiB beside the log:
+/// each finds no room, is logged and given up (its temporary file removed) without stopping
+/// anything, until the log itself finds no room; nothing of it may stand in the way of the
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_finds_the_disk_full_is_given_up_and_the_log_keeps_everything() -> Result<()> {
+    const TEST: &str = "a_snapshot_that_finds_the_disk_full_is_given_up_and_the_log_keeps_everything";
+    let Some(log) = fill_stop_and_recover(TEST, "snapshot_every_txns: 20\n", SNAPSHOT_DISK_MIB).await? else {
+        return Ok(());
+    };
+    let failed = log.lines().find(|l| l.contains("snapshot failed") && l.contains("No space left on device"));
+    ensure!(failed.is_some(), "no snapshot failed for want of room; the server's log:\n{log}");
+    ensure!(!log.contains("could not remove a failed snapshot"), "a failed snapshot was left behind:\n{log}");
+    Ok(())
+}
