@@ -15,8 +15,9 @@
 //!   time only one other: the quorum holds), then restarted;
 //! - every server killed at once, then all restarted;
 //! - a membership change asked of the leader's admin listener, as an operator would: the
-//!   observer promoted to voter, a voter removed (then stopped and its data directory wiped),
-//!   a new server under a new id added on the freed host as an observer or a voter; half the
+//!   observer promoted to voter, a voter removed (left running through one more round, its
+//!   clients still reaching it, as an operator slow to stop it would leave it; then stopped and
+//!   its data directory wiped), a new server under a new id added on the freed host as an observer or a voter; half the
 //!   time with another fault of this list asked for just before or just after it (a leader
 //!   killed half-way through a change among them). Once that fault is lifted the change is
 //!   asked again until the leader's membership shows it done, none in progress, within
@@ -492,6 +493,9 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
 
     let mut schedule = Schedule::new(seed);
     let (mut events, mut rounds) = (Vec::new(), 0);
+    // A removed voter left running through the next round (as an operator slow to stop it
+    // would), with the round it was removed in.
+    let mut lingering: Option<(u64, usize)> = None;
     while started.elapsed() < length {
         every_server_running(ens, &topology.members())?;
         let (leader, _) = ens.leader_among(&topology.voters).await?;
@@ -503,6 +507,13 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
         eprintln!("{event}");
         events.push(event);
         rounds += 1;
+        if let Some((v, _)) =
+            lingering.filter(|_| faults.iter().any(|f| matches!(f, Fault::Change(Change::Add { .. }))))
+        {
+            // The new server takes its host.
+            retire(ens, v)?;
+            lingering = None;
+        }
         for f in &faults {
             inflict(ens, hosts, &topology, leader, f).with_context(|| format!("inflicting: {f}"))?;
         }
@@ -516,6 +527,9 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
             if let Fault::Change(change) = f {
                 let asked = see_through(ens, hosts, &topology, change).await.with_context(|| format!("{change}"))?;
                 topology.apply(change);
+                if let Change::Remove(v) = *change {
+                    lingering = Some((v, rounds));
+                }
                 let event = format!("  {change}: done (asked again {asked} times); voters {:?}", topology.voters);
                 eprintln!("{event}");
                 events.push(event);
@@ -526,6 +540,13 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
         let what = format!("{RECOVERED_AFTER} answered operations after: {fault}");
         answered_grow(&history, RECOVERED_AFTER, RECOVERY, &what).await?;
         tokio::time::sleep(schedule.millis(QUIET_MS)).await;
+        if let Some((v, _)) = lingering.filter(|&(_, removed_in)| removed_in < rounds) {
+            retire(ens, v)?;
+            lingering = None;
+        }
+    }
+    if let Some((v, _)) = lingering {
+        retire(ens, v)?;
     }
     let all = &topology.members()[..];
     every_server_running(ens, all)?;
@@ -710,7 +731,7 @@ fn done(m: &Members, change: &Change) -> bool {
 /// Follows `change` up once the round's other faults are lifted, as an operator would: asks
 /// the leader again until its membership shows the change done and none in progress, within
 /// [`RECOVERY`] (a voter to remove that leads by then is stopped first, as the refusal says).
-/// Then a removed voter is stopped and its data directory wiped, and a new server must serve.
+/// Then a new server must serve; a removed voter is left running for a round ([`retire`]).
 /// How many times it asked after the first.
 async fn see_through(ens: &mut Ensemble, hosts: &Hosts, t: &Topology, change: &Change) -> Result<usize> {
     let call = AdminCall::of(change, t, hosts);
@@ -742,17 +763,18 @@ async fn see_through(ens: &mut Ensemble, hosts: &Hosts, t: &Topology, change: &C
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    match *change {
-        Change::Remove(v) => {
-            if ens.server(v).is_running() {
-                ens.kill9(v)?;
-            }
-            ens.wipe(v)?;
-        }
-        Change::Add { id, .. } => ens.wait_serving(&[id]).await?,
-        Change::Promote(_) => {}
+    if let Change::Add { id, .. } = *change {
+        ens.wait_serving(&[id]).await?;
     }
     Ok(asked)
+}
+
+/// Stops removed server `v`, if it still runs, and wipes its data directory: its host is free.
+fn retire(ens: &mut Ensemble, v: u64) -> Result<()> {
+    if ens.server(v).is_running() {
+        ens.kill9(v)?;
+    }
+    ens.wipe(v)
 }
 
 /// Lets `faults` last `lasting`, resuming and freezing again the stuttering servers meanwhile
