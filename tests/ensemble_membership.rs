@@ -1,5 +1,5 @@
-//! Membership changes of a coordinator ensemble of real processes (`support/ensemble.rs`),
-//! interrupted as operators meet them: the leader killed half-way through a change.
+//! Membership changes of a coordinator ensemble of real processes (`support/ensemble.rs`) that
+//! touch the leader: the leader killed half-way through a change, and the leader removed.
 //!
 //! Openraft changes the voters in two steps, a joint configuration (old and new voters both
 //! needed for a quorum) and then the new one alone; the second step is proposed by the call
@@ -10,16 +10,22 @@
 //! configuration it did not start completes it.
 //!
 //! - **Promoting an observer, the leader killed after proposing the joint configuration**
-//!   (both followers frozen, so that it cannot commit it, then resumed once the leader is dead):
-//!   the next leader completes the change, the observer votes, and writes go on.
+//!   (one follower and the observer frozen, so that it reaches the other follower but cannot
+//!   commit, then resumed once the leader is dead): the next leader completes the change, the
+//!   observer votes, and writes go on.
+//! - **Removing the leader** under a writer's load: the call is answered once the change is
+//!   committed, the leader steps down, another voter leads the membership without it, and every
+//!   acknowledged write is on both voters left.
 
 #[path = "support/ensemble.rs"]
 mod ensemble;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ensemble::{session, Ensemble, Role, PERSISTENT};
+use ensemble::{check_present, session, Ensemble, Role, PERSISTENT};
 use nix::sys::signal::Signal;
 use referee_coordinator::admin::Members;
 use referee_testkit::within_for;
@@ -38,9 +44,11 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
     let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
 
-    // Frozen followers: the joint configuration is appended on the leader (and sent, waiting in
-    // the followers' sockets) but cannot commit.
-    for &f in &followers {
+    // One follower and the observer frozen: the joint configuration reaches the leader and the
+    // other follower, a majority of the old voters but not of the new ones, so it cannot
+    // commit.
+    let (holds, frozen) = (followers[0], [followers[1], 4]);
+    for &f in &frozen {
         ens.server(f).signal(Signal::SIGSTOP)?;
     }
     let four = ens.server(4);
@@ -52,9 +60,9 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         anyhow::Ok(http.post(url).json(&body).send().await?.status())
     });
-    within_for(Duration::from_secs(10), "the leader to propose the joint configuration", async {
+    within_for(Duration::from_secs(10), "the running follower to hold the joint configuration", async {
         loop {
-            if ens.members(leader).await.is_ok_and(|m| m.changing) {
+            if ens.members(holds).await.is_ok_and(|m| m.changing) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -62,11 +70,12 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
     })
     .await?;
 
-    // The leader dies with its call half done; the followers take up the joint configuration.
+    // The leader dies with its call half done; whoever leads next holds the joint
+    // configuration (the follower without it cannot win a vote against the two with it).
     ens.kill9(leader)?;
     let answer = within_for(Duration::from_secs(10), "the request to end with the leader", request).await??;
     assert!(answer.is_err(), "the request to the killed leader was answered: {answer:?}");
-    for &f in &followers {
+    for &f in &frozen {
         ens.server(f).signal(Signal::SIGCONT)?;
     }
     ens.restart(&[leader]).await?;
@@ -99,5 +108,94 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
     let at_leader = session(&ens.client(settled).to_string(), Duration::from_secs(10)).await?;
     at_leader.sync("/").await?;
     assert_eq!(at_leader.get_data("/after-the-promotion").await?.0, b"4");
+    Ok(())
+}
+
+/// The paths a writer had acknowledged.
+type Acked = Arc<Mutex<Vec<String>>>;
+
+/// Writes `/w-{i}` through `connect` until `stop`, in one session while it lasts, recording
+/// each acknowledged path.
+async fn write_until(connect: String, stop: Arc<AtomicBool>, acked: Acked) {
+    let mut zk: Option<zookeeper_client::Client> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = &zk else {
+            zk = tokio::time::timeout(Duration::from_secs(2), session(&connect, Duration::from_secs(10)))
+                .await
+                .ok()
+                .and_then(|c| c.ok());
+            continue;
+        };
+        i += 1;
+        let path = format!("/w-{i}");
+        match tokio::time::timeout(Duration::from_secs(2), c.create(&path, b"w", PERSISTENT)).await {
+            Ok(Ok(_)) => acked.lock().unwrap().push(path),
+            _ if c.state().is_terminated() => zk = None,
+            _ => {}
+        }
+    }
+}
+
+/// Waits until `acked` holds `more` paths more than it does now.
+async fn acked_grow(acked: &Acked, more: usize, what: &str) -> Result<()> {
+    let want = acked.lock().unwrap().len() + more;
+    within_for(SETTLE, what, async {
+        while acked.lock().unwrap().len() < want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknowledged_write() -> Result<()> {
+    let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let writer = tokio::spawn(write_until(ens.connect_string(&[rest[0], rest[1], 4]), stop.clone(), acked.clone()));
+    acked_grow(&acked, 20, "20 writes before the removal").await?;
+
+    let url = format!("http://{}/members/{leader}", ens.server(leader).admin);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let answer = http.delete(url).send().await?;
+    let (status, removed) = (answer.status(), tokio::time::Instant::now());
+    let body = answer.text().await?;
+    assert!(status.is_success(), "removing the leader: {status} {body}");
+
+    // Another voter leads a membership without the old leader.
+    let mut last = None;
+    let next = within_for(SETTLE, "another voter to lead without the removed one", async {
+        loop {
+            if let Ok((now, _)) = ens.leader_among(&[rest[0], rest[1], 4]).await {
+                if let Ok(m) = ens.members(now).await {
+                    let seen = shape(&m);
+                    if seen == (rest.clone(), false) && !m.members.iter().any(|x| x.id == leader) {
+                        return now;
+                    }
+                    last = Some(seen);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("the membership stayed (voters, changing) = {last:?}"))?;
+    assert_ne!(next, leader);
+    eprintln!("server {next} leads {:?} after server {leader}'s removal", removed.elapsed());
+    // The removed server leads nothing: it says it is not serving, or no leader.
+    let old_mode = ens.mode(leader).await;
+    assert_ne!(old_mode.as_deref(), Some("leader"), "the removed server still says it leads");
+
+    // Writes go on through the others, and every acknowledged one is on both voters left.
+    acked_grow(&acked, 20, "20 writes after the removal").await?;
+    stop.store(true, Ordering::Relaxed);
+    within_for(Duration::from_secs(10), "the writer to stop", writer).await??;
+    let acked: Vec<(String, Vec<u8>)> = acked.lock().unwrap().iter().map(|p| (p.clone(), b"w".to_vec())).collect();
+    for &id in &rest {
+        check_present(ens.client(id), &acked).await.with_context(|| format!("on server {id}"))?;
+    }
     Ok(())
 }

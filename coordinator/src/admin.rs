@@ -487,14 +487,17 @@ pub fn plan_add(view: &MembershipView, req: &AddMember) -> Result<AddPlan, Refus
 /// What an accepted `DELETE /members/{id}` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemovePlan {
-    /// Remove a voter (and its node entry).
+    /// Remove a voter (and its node entry), the leader included.
     RemoveVoter(u64),
     /// Remove an observer.
     RemoveObserver(u64),
 }
 
-/// Decides what `DELETE /members/{id}` does on leader `me`, or why it must not.
-pub fn plan_remove(view: &MembershipView, me: u64, id: &str) -> Result<RemovePlan, Refusal> {
+/// Decides what `DELETE /members/{id}` does, or why it must not. The leader may remove
+/// itself: its node leaves the membership with it (`retain` false), so openraft's leader steps
+/// down once the change is committed and applied, and the other voters elect one of them
+/// (no server hears a leader any more, so their pre-votes are granted).
+pub fn plan_remove(view: &MembershipView, id: &str) -> Result<RemovePlan, Refusal> {
     let id: u64 =
         id.parse().map_err(|_| bad("id", format!("is {id:?}; give the numeric server id of the member to remove")))?;
     view.not_changing()?;
@@ -507,15 +510,6 @@ pub fn plan_remove(view: &MembershipView, me: u64, id: &str) -> Result<RemovePla
         Some(Role::Voter) if view.voters.len() == 1 => Err(bad(
             "id",
             format!("{id} is the last voter; an ensemble needs one. Add another voter before removing it"),
-        )),
-        // Openraft 0.9 cannot hand leadership over, and a leader that removes itself stays
-        // leader of a membership it is not in until it is stopped.
-        Some(Role::Voter) if id == me => Err(bad(
-            "id",
-            format!(
-                "{id} is this server, the leader; stop it so another voter takes over, then remove it through \
-                 the new leader"
-            ),
         )),
         Some(Role::Voter) => Ok(RemovePlan::RemoveVoter(id)),
     }
@@ -638,7 +632,7 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
     if m.current_leader != Some(m.id) {
         return Err(ctx.not_leader(m.current_leader));
     }
-    let plan = plan_remove(&MembershipView::of(&m), m.id, &id)?;
+    let plan = plan_remove(&MembershipView::of(&m), &id)?;
     info!(?plan, "membership change requested");
     let change = match plan {
         RemovePlan::RemoveVoter(id) => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
@@ -841,14 +835,14 @@ mod tests {
     fn no_change_is_decided_on_top_of_a_joint_configuration() {
         let mut v = view(&[1, 2, 3, 4], &[5]);
         v.changing = true;
-        for r in [plan_add(&v, &add(6, 2886, Role::Observer)).map(drop), plan_remove(&v, 1, "5").map(drop)] {
+        for r in [plan_add(&v, &add(6, 2886, Role::Observer)).map(drop), plan_remove(&v, "5").map(drop)] {
             match r {
                 Err(Refusal::Busy(why)) => assert!(why.contains("joint") && why.contains("changing: false"), "{why}"),
                 other => panic!("expected a 409, got {other:?}"),
             }
         }
         // Bad input is still named first.
-        assert_eq!(field(plan_remove(&v, 1, "five")).0, "id");
+        assert_eq!(field(plan_remove(&v, "five")).0, "id");
         assert_eq!(field(plan_add(&v, &add(0, 2886, Role::Observer))).0, "id");
         v.changing = false;
         assert!(plan_add(&v, &add(6, 2886, Role::Observer)).is_ok());
@@ -884,17 +878,17 @@ mod tests {
     }
 
     #[test]
-    fn removing_keeps_a_voter_and_the_leader() {
+    fn removing_keeps_a_voter() {
         let v = view(&[1, 2, 3], &[4]);
-        assert_eq!(plan_remove(&v, 1, "2"), Ok(RemovePlan::RemoveVoter(2)));
-        assert_eq!(plan_remove(&v, 1, "4"), Ok(RemovePlan::RemoveObserver(4)));
-        let (f, why) = field(plan_remove(&v, 1, "1"));
-        assert!(f == "id" && why.contains("the leader"), "{why}");
-        let (f, why) = field(plan_remove(&v, 1, "9"));
+        assert_eq!(plan_remove(&v, "2"), Ok(RemovePlan::RemoveVoter(2)));
+        assert_eq!(plan_remove(&v, "4"), Ok(RemovePlan::RemoveObserver(4)));
+        // The leader too (whichever server asks): it steps down once its removal commits.
+        assert_eq!(plan_remove(&v, "1"), Ok(RemovePlan::RemoveVoter(1)));
+        let (f, why) = field(plan_remove(&v, "9"));
         assert!(f == "id" && why.contains("not a member"), "{why}");
-        let (f, why) = field(plan_remove(&v, 1, "two"));
+        let (f, why) = field(plan_remove(&v, "two"));
         assert!(f == "id" && why.contains("numeric"), "{why}");
-        let (f, why) = field(plan_remove(&view(&[1], &[4]), 4, "1"));
+        let (f, why) = field(plan_remove(&view(&[1], &[4]), "1"));
         assert!(f == "id" && why.contains("last voter"), "{why}");
     }
 
