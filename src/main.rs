@@ -189,8 +189,8 @@ enum MembersAction {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
-    /// Remove a voter or an observer (not the leader: stop it first, then remove it through
-    /// the new leader).
+    /// Remove a voter or an observer (the leader too: it steps down once its removal is
+    /// committed, and the other voters elect one of them).
     Remove {
         #[command(flatten)]
         target: AdminTarget,

@@ -15,14 +15,14 @@
 //!   time only one other: the quorum holds), then restarted;
 //! - every server killed at once, then all restarted;
 //! - a membership change asked of the leader's admin listener, as an operator would: the
-//!   observer promoted to voter; a voter removed, half the time the leader (which steps down
-//!   once its removal commits), left running through one more round with its clients still
-//!   reaching it, as an operator slow to stop it would leave it, then stopped and its data
-//!   directory wiped; a new server under a new id added on the freed host as an observer or a
-//!   voter. Half the time with another fault of this list asked for just before or just after
-//!   it (a leader killed half-way through a change among them). Once that fault is lifted the
-//!   change is asked again until the leader's membership shows it done, none in progress,
-//!   within [`RECOVERY`].
+//!   observer promoted to voter (or, one time in three, removed); a voter removed, half the
+//!   time the leader (which steps down once its removal commits); each removed server left
+//!   running through one more round with its clients still reaching it, as an operator slow to
+//!   stop it would leave it, then stopped and its data directory wiped; a new server under a
+//!   new id added on the freed host as an observer or a voter. Half the time with another
+//!   fault of this list asked for just before or just after it (a leader killed half-way
+//!   through a change among them). Once that fault is lifted the change is asked again until
+//!   the leader's membership shows it done, none in progress, within [`RECOVERY`].
 //!
 //! One round in five joins a process fault on one server (killed, frozen or stuttering) with a
 //! network fault among the others; one in six is a membership change. Half of the faults aim
@@ -105,9 +105,9 @@ const QUIET_MS: (u64, u64) = (200, 1500);
 /// The ensemble as it stands: voters and observers by id, and the host each runs on. It starts
 /// as voters `1..=n` and one observer after them, each on the host of its number; the
 /// membership changes of the schedule move it from n voters and an observer to n + 1 voters
-/// (the observer promoted), to n voters and a spare host (a voter removed, stopped and its data
-/// directory wiped), and back (a new server, under a new id, added on the spare host as an
-/// observer, or as a voter, which a removal then follows).
+/// (the observer promoted), to n voters and a spare host (a voter removed, or the observer,
+/// stopped and its data directory wiped), and back (a new server, under a new id, added on the
+/// spare host as an observer, or as a voter, which a removal then follows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Topology {
     voters: Vec<u64>,
@@ -177,6 +177,7 @@ impl Topology {
             }
             Change::Remove(v) => {
                 self.voters.retain(|&s| s != v);
+                self.observers.retain(|&s| s != v);
                 self.host_of.remove(&v);
             }
             Change::Add { id, host, role } => {
@@ -198,7 +199,8 @@ impl Topology {
 enum Change {
     /// The observer made a voter.
     Promote(u64),
-    /// A voter (half the time the leader) removed, then stopped and its data directory wiped.
+    /// A voter (half the time the leader) or the observer removed, then stopped and its data
+    /// directory wiped.
     Remove(u64),
     /// A new server, started on a spare host, added.
     Add { id: u64, host: usize, role: Role },
@@ -208,7 +210,7 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Change::Promote(o) => write!(f, "promote observer {o} to voter"),
-            Change::Remove(v) => write!(f, "remove voter {v}"),
+            Change::Remove(v) => write!(f, "remove server {v}"),
             Change::Add { id, host, role: Role::Voter } => write!(f, "add server {id} on host {host} as a voter"),
             Change::Add { id, host, role: Role::Observer } => {
                 write!(f, "add server {id} on host {host} as an observer")
@@ -350,7 +352,8 @@ impl Schedule {
     /// The membership change that moves `t` on (see [`Topology`]).
     fn change(&mut self, t: &Topology, leader: u64) -> Change {
         if let Some(&o) = t.observers.first() {
-            return Change::Promote(o);
+            // Mostly promoted; sometimes removed, its host freed for a new server.
+            return if self.below(3) == 0 { Change::Remove(o) } else { Change::Promote(o) };
         }
         if t.voters.len() > t.base {
             // Half the time the leader, which steps down once its removal commits.
