@@ -15,7 +15,8 @@
 //!   observer votes, and writes go on.
 //! - **Removing the leader** under a writer's load: the call is answered once the change is
 //!   committed, the leader steps down, another voter leads the membership without it, and every
-//!   acknowledged write is on both voters left.
+//!   acknowledged write is on both voters left. Restarted, the removed server serves nobody
+//!   and says it was removed.
 
 #[path = "support/ensemble.rs"]
 mod ensemble;
@@ -197,5 +198,25 @@ async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknow
     for &id in &rest {
         check_present(ens.client(id), &acked).await.with_context(|| format!("on server {id}"))?;
     }
+
+    // Restarted, the removed server finds no leader and says why, whether or not its log got
+    // the change that removed it.
+    ens.kill9(leader)?;
+    let before = ens.server(leader).log().len();
+    ens.start_only(leader)?;
+    let said = within_for(SETTLE, "the restarted removed server to say it was removed", async {
+        loop {
+            let log = ens.server(leader).log();
+            if let Some(line) =
+                log[before..].lines().find(|l| l.contains("was removed") || l.contains("have been removed"))
+            {
+                return line.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
+    assert!(ens.mode(leader).await.is_none(), "the removed server serves: {said}");
+    eprintln!("the removed server says: {said}");
     Ok(())
 }

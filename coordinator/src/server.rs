@@ -573,7 +573,12 @@ impl AwaitingLeader {
                     term = m.current_term,
                     last_log_index = m.last_log_index.unwrap_or(0),
                     "{}",
-                    leaderless_report(me, &m.membership_config.membership().voter_ids().collect(), peers)
+                    leaderless_report(
+                        me,
+                        &m.membership_config.membership().voter_ids().collect(),
+                        &m.membership_config.membership().nodes().map(|(id, _)| *id).collect(),
+                        peers
+                    )
                 );
                 report_in = (report_in * 2).min(LEADERLESS_REPORT_MAX);
                 report_at = Instant::now() + report_in;
@@ -617,13 +622,24 @@ impl AwaitingLeader {
 
 /// What an ensemble server waiting for a leader says about it: who it has heard from lately
 /// (`peers`: each other server with how long ago it last sent a frame, `None` if never since
-/// this process started), whether that makes a majority of `voters`, and, when its log holds
-/// no membership at all, how a server gets one.
+/// this process started), whether that makes a majority of `voters`, when its log holds no
+/// membership at all how a server gets one, and when the membership its log holds does not
+/// list it among its `members` (voters and observers), that it was removed.
 fn leaderless_report(
     me: u64,
     voters: &std::collections::BTreeSet<u64>,
+    members: &std::collections::BTreeSet<u64>,
     peers: impl Iterator<Item = (u64, Option<Duration>)>,
 ) -> String {
+    if !members.is_empty() && !members.contains(&me) {
+        let list: Vec<String> = members.iter().map(u64::to_string).collect();
+        return format!(
+            "no leader, and none will come: this server ({me}) is not a member of the ensemble its log holds \
+             (members {}), so it was removed and no leader sends it anything. Stop it; to bring it back, wipe its \
+             data directory and add it under a new id (`referee coordinator members add` on the ensemble)",
+            list.join(", ")
+        );
+    }
     let (mut heard, mut silent) = (Vec::new(), Vec::new());
     let mut reachable: std::collections::BTreeSet<u64> = voters.iter().copied().filter(|&v| v == me).collect();
     for (id, ago) in peers {
@@ -1491,7 +1507,8 @@ mod tests {
         let voters = std::collections::BTreeSet::from([1, 2, 3]);
         let ms = Duration::from_millis;
         // Alone: itself is one of the two voters a leader needs.
-        let alone = leaderless_report(3, &voters, [(1, None), (2, Some(ms(9_000)))].into_iter());
+        let members = voters.iter().copied().chain([4]).collect();
+        let alone = leaderless_report(3, &voters, &members, [(1, None), (2, Some(ms(9_000)))].into_iter());
         assert!(
             alone.starts_with(
                 "no leader yet: a leader needs 2 of the voters 1, 2, 3 running and reachable on their peer \
@@ -1500,7 +1517,7 @@ mod tests {
             "{alone}"
         );
         // A peer heard lately makes a majority with it.
-        let two = leaderless_report(3, &voters, [(1, None), (2, Some(ms(200)))].into_iter());
+        let two = leaderless_report(3, &voters, &members, [(1, None), (2, Some(ms(200)))].into_iter());
         assert!(
             two.contains("2 of the voters 1, 2, 3 are reachable, a majority: an election should follow")
                 && two.contains("may have been removed from the ensemble")
@@ -1508,15 +1525,24 @@ mod tests {
             "{two}"
         );
         // An observer heard lately is no voter.
-        let with_observer = leaderless_report(1, &voters, [(2, None), (3, None), (4, Some(ms(10)))].into_iter());
+        let with_observer =
+            leaderless_report(1, &voters, &members, [(2, None), (3, None), (4, Some(ms(10)))].into_iter());
         assert!(with_observer.contains("and 1 are; heard lately from servers: 4 (10 ms ago)"), "{with_observer}");
         // No membership at all: how a server gets one.
-        let fresh = leaderless_report(4, &Default::default(), [(1, Some(ms(100)))].into_iter());
+        let fresh = leaderless_report(4, &Default::default(), &Default::default(), [(1, Some(ms(100)))].into_iter());
         assert!(
             fresh.contains("holds no membership")
                 && fresh.contains("`referee coordinator --config FILE --init`")
                 && fresh.contains("`referee coordinator members add`"),
             "{fresh}"
+        );
+        // A membership without it: it was removed, and nothing it can reach changes that.
+        let removed = leaderless_report(5, &voters, &members, [(1, Some(ms(10))), (2, Some(ms(10)))].into_iter());
+        assert!(
+            removed.contains("none will come")
+                && removed.contains("not a member of the ensemble its log holds (members 1, 2, 3, 4)")
+                && removed.contains("add it under a new id"),
+            "{removed}"
         );
     }
 }
