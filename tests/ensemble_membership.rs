@@ -21,12 +21,10 @@
 #[path = "support/ensemble.rs"]
 mod ensemble;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ensemble::{check_present, session, Ensemble, Role, PERSISTENT};
+use ensemble::{acked, check_everywhere, session, writes_grow, Ensemble, Load, Role, PERSISTENT};
 use nix::sys::signal::Signal;
 use referee_coordinator::admin::Members;
 use referee_testkit::within_for;
@@ -112,52 +110,13 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
     Ok(())
 }
 
-/// The paths a writer had acknowledged.
-type Acked = Arc<Mutex<Vec<String>>>;
-
-/// Writes `/w-{i}` through `connect` until `stop`, in one session while it lasts, recording
-/// each acknowledged path.
-async fn write_until(connect: String, stop: Arc<AtomicBool>, acked: Acked) {
-    let mut zk: Option<zookeeper_client::Client> = None;
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(c) = &zk else {
-            zk = tokio::time::timeout(Duration::from_secs(2), session(&connect, Duration::from_secs(10)))
-                .await
-                .ok()
-                .and_then(|c| c.ok());
-            continue;
-        };
-        i += 1;
-        let path = format!("/w-{i}");
-        match tokio::time::timeout(Duration::from_secs(2), c.create(&path, b"w", PERSISTENT)).await {
-            Ok(Ok(_)) => acked.lock().unwrap().push(path),
-            _ if c.state().is_terminated() => zk = None,
-            _ => {}
-        }
-    }
-}
-
-/// Waits until `acked` holds `more` paths more than it does now.
-async fn acked_grow(acked: &Acked, more: usize, what: &str) -> Result<()> {
-    let want = acked.lock().unwrap().len() + more;
-    within_for(SETTLE, what, async {
-        while acked.lock().unwrap().len() < want {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknowledged_write() -> Result<()> {
     let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
     let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
     let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::default();
-    let writer = tokio::spawn(write_until(ens.connect_string(&[rest[0], rest[1], 4]), stop.clone(), acked.clone()));
-    acked_grow(&acked, 20, "20 writes before the removal").await?;
+    let load = Load::start(&ens, &[rest[0], rest[1], 4], 1).await?;
+    writes_grow(ens.client(leader), 20, "20 writes before the removal").await?;
 
     let url = format!("http://{}/members/{leader}", ens.server(leader).admin);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -191,13 +150,9 @@ async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknow
     assert_ne!(old_mode.as_deref(), Some("leader"), "the removed server still says it leads");
 
     // Writes go on through the others, and every acknowledged one is on both voters left.
-    acked_grow(&acked, 20, "20 writes after the removal").await?;
-    stop.store(true, Ordering::Relaxed);
-    within_for(Duration::from_secs(10), "the writer to stop", writer).await??;
-    let acked: Vec<(String, Vec<u8>)> = acked.lock().unwrap().iter().map(|p| (p.clone(), b"w".to_vec())).collect();
-    for &id in &rest {
-        check_present(ens.client(id), &acked).await.with_context(|| format!("on server {id}"))?;
-    }
+    writes_grow(ens.client(next), 20, "20 writes after the removal").await?;
+    let acked = acked(&load.finish().await?);
+    check_everywhere(&ens, &rest, &acked).await?;
 
     // Restarted, the removed server finds no leader and says why, whether or not its log got
     // the change that removed it.

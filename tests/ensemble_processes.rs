@@ -55,15 +55,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use ensemble::{check_present, expect, holds_session, session, Ensemble, Role, EPHEMERAL, PERSISTENT, START_DEADLINE};
+use ensemble::{
+    acked, check_everywhere, check_present, expect, holds_session, session, writes_grow, Ensemble, Load, Role,
+    EPHEMERAL, OP_DEADLINE, PERSISTENT, START_DEADLINE,
+};
 use referee_coordinator::dump::dump_log;
 use referee_coordinator::log::RealFs;
 use referee_testkit::{hosts_unavailable, skip, wait_until, within_for, Hosts};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
-/// How long one client operation may take before it counts as failed.
-const OP_DEADLINE: Duration = Duration::from_secs(3);
 /// The longest a new leader may take to serve a write after the old one is killed, as a client
 /// with its own reconnect logic sees it.
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
@@ -74,119 +75,6 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 /// own campaign, openraft waits the lease plus a whole election timeout in 150 ms ticks.
 const NEW_LEADER_BOUND: Duration = Duration::from_millis(1500);
 const VOTERS: [Role; 3] = [Role::Voter; 3];
-
-/// One write a writer made: its path and data, when it was called and, if acknowledged, when.
-#[derive(Debug, Clone)]
-struct Write {
-    path: String,
-    data: Vec<u8>,
-    call: Duration,
-    acked: Option<Duration>,
-}
-
-/// Writers creating `/w/r{round}-s{server}-{n}` as fast as they are answered, each first
-/// through its own server, after any failure through a new session on every server.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<Write>>>,
-    started: Instant,
-}
-
-impl Load {
-    /// Starts one writer per server of `through`; `round` keeps paths apart from other loads'.
-    async fn start(ensemble: &Ensemble, through: &[u64], round: u32) -> Result<Load> {
-        let all: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
-        let every = ensemble.connect_string(&all);
-        let zk = session(&ensemble.client(through[0]).to_string(), Duration::from_secs(4)).await?;
-        match zk.create("/w", b"", PERSISTENT).await {
-            Ok(_) | Err(zk::Error::NodeExists) => {}
-            Err(e) => bail!("creating /w: {e}"),
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let tasks = through
-            .iter()
-            .map(|&id| {
-                let prefix = format!("/w/r{round}-s{id}-");
-                tokio::spawn(writer(prefix, ensemble.client(id).to_string(), every.clone(), started, stop.clone()))
-            })
-            .collect();
-        Ok(Load { stop, tasks, started })
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Stops the writers and returns every write they made.
-    async fn finish(self) -> Result<Vec<Write>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            all.extend(within_for(OP_DEADLINE * 4, "a writer to stop", t).await??);
-        }
-        Ok(all)
-    }
-}
-
-async fn writer(prefix: String, own: String, every: String, started: Instant, stop: Arc<AtomicBool>) -> Vec<Write> {
-    let mut done = Vec::new();
-    let mut client: Option<zk::Client> = None;
-    let mut target = own;
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(c) = &client else {
-            match tokio::time::timeout(OP_DEADLINE, session(&target, Duration::from_secs(4))).await {
-                Ok(Ok(c)) => client = Some(c),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-            continue;
-        };
-        n += 1;
-        let (path, data) = (format!("{prefix}{n}"), format!("{prefix}{n}:data").into_bytes());
-        let call = started.elapsed();
-        let answer = tokio::time::timeout(OP_DEADLINE, c.create(&path, &data, PERSISTENT)).await;
-        let acked = matches!(answer, Ok(Ok(_))).then(|| started.elapsed());
-        if acked.is_none() {
-            // Failed or unanswered: its effect is unknown. The next write goes on a new
-            // session, on whichever server answers, so it cannot overtake this one.
-            client = None;
-            target = every.clone();
-        }
-        done.push(Write { path, data, call, acked });
-    }
-    done
-}
-
-fn acked(writes: &[Write]) -> Vec<(String, Vec<u8>)> {
-    writes.iter().filter(|w| w.acked.is_some()).map(|w| (w.path.clone(), w.data.clone())).collect()
-}
-
-/// Waits until `/w` has `more` children more than now, as server `via` sees it after `sync`.
-/// (The writers report only when stopped; the count through a server is the progress a client
-/// can see.)
-async fn writes_grow(via: SocketAddr, more: usize, what: &str) -> Result<()> {
-    let zk = session(&via.to_string(), Duration::from_secs(4)).await?;
-    let count = || async {
-        zk.sync("/w").await?;
-        Ok::<_, zk::Error>(zk.get_children("/w").await?.0.len())
-    };
-    let start = count().await?;
-    within_for(Duration::from_secs(30), what, async {
-        while count().await.unwrap_or(0) < start + more {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
-
-/// Checks every acknowledged write through every server of `ids`.
-async fn check_everywhere(ensemble: &Ensemble, ids: &[u64], acked: &[(String, Vec<u8>)]) -> Result<()> {
-    for &id in ids {
-        check_present(ensemble.client(id), acked).await.with_context(|| format!("through server {id}"))?;
-    }
-    Ok(())
-}
 
 fn others(ids: &[u64], but: &[u64]) -> Vec<u64> {
     ids.iter().copied().filter(|id| !but.contains(id)).collect()

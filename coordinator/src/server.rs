@@ -417,24 +417,13 @@ impl Coordinator {
             self.shared.proposer.clone(),
         );
         if self.peers.is_some() {
-            let mut stop = stop_rx.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped));
-            let mut stop = stop_rx.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            tasks.spawn(crate::admin::complete_interrupted_changes(self.shared.raft.clone(), stopped));
+            tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped(&stop_rx)));
+            tasks.spawn(crate::admin::complete_interrupted_changes(self.shared.raft.clone(), stopped(&stop_rx)));
         }
         if let Some(admin) = self.admin.take() {
-            let mut stop = stop_rx.clone();
             info!(address = %admin.local_addr()?, "admin HTTP listener serving");
+            let stopped = stopped(&stop_rx);
             tasks.spawn(async move {
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
                 if let Err(e) = crate::admin::serve(admin, ctx, stopped).await {
                     warn!("the admin HTTP listener failed: {e}");
                 }
@@ -565,6 +554,7 @@ impl AwaitingLeader {
             }
             if Instant::now() >= report_at {
                 let m = metrics.borrow();
+                let membership = m.membership_config.membership();
                 let heard = |id| network.as_ref().and_then(|n| n.heard_from(id));
                 let peers = shared.config.servers.iter().filter(|s| s.id != me).map(|s| (s.id, heard(s.id)));
                 warn!(
@@ -575,8 +565,8 @@ impl AwaitingLeader {
                     "{}",
                     leaderless_report(
                         me,
-                        &m.membership_config.membership().voter_ids().collect(),
-                        &m.membership_config.membership().nodes().map(|(id, _)| *id).collect(),
+                        &membership.voter_ids().collect(),
+                        &membership.nodes().map(|(id, _)| *id).collect(),
                         peers
                     )
                 );
@@ -617,6 +607,14 @@ impl AwaitingLeader {
             "recovered the data directory"
         );
         Ok(())
+    }
+}
+
+/// Completes once `stop` says the server stops (or its sender is gone).
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
     }
 }
 

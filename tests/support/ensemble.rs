@@ -13,6 +13,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -347,6 +349,128 @@ impl Ensemble {
     pub fn dir(&self) -> &std::path::Path {
         &self.dir.0
     }
+}
+
+/// How long one client operation of a [`Load`] may take before it counts as failed.
+pub const OP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// One write a writer made: its path and data, when it was called and, if acknowledged, when.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The znode created.
+    pub path: String,
+    /// Its data.
+    pub data: Vec<u8>,
+    /// When the create was called, from the load's start.
+    pub call: Duration,
+    /// When it was acknowledged, if it was.
+    pub acked: Option<Duration>,
+}
+
+/// Writers creating `/w/r{round}-s{server}-{n}` as fast as they are answered, each first
+/// through its own server, after any failure through a new session on every server.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Write>>>,
+    started: Instant,
+}
+
+impl Load {
+    /// Starts one writer per server of `through`; `round` keeps paths apart from other loads'.
+    pub async fn start(ensemble: &Ensemble, through: &[u64], round: u32) -> Result<Load> {
+        let all: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
+        let every = ensemble.connect_string(&all);
+        let zk = session(&ensemble.client(through[0]).to_string(), Duration::from_secs(4)).await?;
+        match zk.create("/w", b"", PERSISTENT).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(e) => bail!("creating /w: {e}"),
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks = through
+            .iter()
+            .map(|&id| {
+                let prefix = format!("/w/r{round}-s{id}-");
+                tokio::spawn(writer(prefix, ensemble.client(id).to_string(), every.clone(), started, stop.clone()))
+            })
+            .collect();
+        Ok(Load { stop, tasks, started })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the writers and returns every write they made.
+    pub async fn finish(self) -> Result<Vec<Write>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(within_for(OP_DEADLINE * 4, "a writer to stop", t).await??);
+        }
+        Ok(all)
+    }
+}
+
+/// One writer of a [`Load`].
+async fn writer(prefix: String, own: String, every: String, started: Instant, stop: Arc<AtomicBool>) -> Vec<Write> {
+    let mut done = Vec::new();
+    let mut client: Option<zk::Client> = None;
+    let mut target = own;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(c) = &client else {
+            match tokio::time::timeout(OP_DEADLINE, session(&target, Duration::from_secs(4))).await {
+                Ok(Ok(c)) => client = Some(c),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+            continue;
+        };
+        n += 1;
+        let (path, data) = (format!("{prefix}{n}"), format!("{prefix}{n}:data").into_bytes());
+        let call = started.elapsed();
+        let answer = tokio::time::timeout(OP_DEADLINE, c.create(&path, &data, PERSISTENT)).await;
+        let acked = matches!(answer, Ok(Ok(_))).then(|| started.elapsed());
+        if acked.is_none() {
+            // Failed or unanswered: its effect is unknown. The next write goes on a new
+            // session, on whichever server answers, so it cannot overtake this one.
+            client = None;
+            target = every.clone();
+        }
+        done.push(Write { path, data, call, acked });
+    }
+    done
+}
+
+/// The acknowledged writes of `writes`, as `(path, data)`.
+pub fn acked(writes: &[Write]) -> Vec<(String, Vec<u8>)> {
+    writes.iter().filter(|w| w.acked.is_some()).map(|w| (w.path.clone(), w.data.clone())).collect()
+}
+
+/// Waits until `/w` has `more` children more than now, as server `via` sees it after `sync`.
+/// (The writers report only when stopped; the count through a server is the progress a client
+/// can see.)
+pub async fn writes_grow(via: SocketAddr, more: usize, what: &str) -> Result<()> {
+    let zk = session(&via.to_string(), Duration::from_secs(4)).await?;
+    let count = || async {
+        zk.sync("/w").await?;
+        Ok::<_, zk::Error>(zk.get_children("/w").await?.0.len())
+    };
+    let start = count().await?;
+    within_for(Duration::from_secs(30), what, async {
+        while count().await.unwrap_or(0) < start + more {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Checks every acknowledged write through every server of `ids`.
+pub async fn check_everywhere(ensemble: &Ensemble, ids: &[u64], acked: &[(String, Vec<u8>)]) -> Result<()> {
+    for &id in ids {
+        check_present(ensemble.client(id), acked).await.with_context(|| format!("through server {id}"))?;
+    }
+    Ok(())
 }
 
 /// Sends a four-letter word to `addr` and reads the answer until the server closes, within 2 s.
