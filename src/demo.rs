@@ -35,6 +35,10 @@ pub enum DemoError {
     /// Something did not happen as the scenario expects.
     #[error("{0}")]
     Scenario(String),
+    /// SIGINT or SIGTERM arrived before the verdict; every process and file of the demo was
+    /// removed.
+    #[error("stopped by {0} before the verdict")]
+    Interrupted(&'static str),
 }
 
 /// The failure the demo injects.
@@ -78,6 +82,37 @@ struct Writer {
     acks: Arc<Mutex<Vec<(usize, AckRecord, Instant)>>>,
     refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Writer {
+    /// A demo stopped half-way does not leave its client writing (and holding the pair).
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// SIGINT and SIGTERM, listened for from the start: the demo stops on either at any point,
+/// removing every process and file it made, not only at its final Ctrl-C.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<StopSignals, DemoError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen =
+            |kind| signal(kind).map_err(|e| DemoError::Scenario(format!("cannot listen for SIGINT and SIGTERM: {e}")));
+        Ok(StopSignals { int: listen(SignalKind::interrupt())?, term: listen(SignalKind::terminate())? })
+    }
+
+    /// The name of the first of the two to arrive.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// Writes files continuously to whichever master is active, recording every acknowledgement.
@@ -204,6 +239,33 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
                 .into(),
         ));
     }
+    let mut stop = StopSignals::listen()?;
+    let (ok, pair) = tokio::select! {
+        shown = demonstrate(&opts) => shown?,
+        signal = stop.next() => {
+            // Dropping the demonstration drops the pair: its processes are killed, its files removed.
+            println!("\n{signal}: stopping; every process and file of the demo is removed.");
+            return Err(DemoError::Interrupted(signal));
+        }
+    };
+    match opts.exit_after {
+        Some(d) => tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            signal = stop.next() => println!("\n{signal}: stopping."),
+        },
+        None => {
+            println!("Press Ctrl-C to stop; every process and file of the demo is then removed.");
+            stop.next().await;
+        }
+    }
+    println!("Stopping.");
+    drop(pair);
+    Ok(ok)
+}
+
+/// Starts the pair, injects the failure, prints the verdict; returns whether it holds, with the
+/// pair still running for the operator to look at.
+async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError> {
     let coordinator = match opts.coordinator.servers() {
         1 => "a coordinator".to_string(),
         n => format!("a {n}-server coordinator ensemble"),
@@ -234,7 +296,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     println!("{}; {} is active.", describe_coordinator(&pair).await, NODES[active]);
     mkdir_demo(&pair, active).await?;
     let shared = Arc::new(pair);
-    let writer = start_writer(shared.clone());
+    let mut writer = start_writer(shared.clone());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         print_status(&shared).await;
@@ -276,7 +338,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
     // Keep writing a little under the new active, then stop the client.
     tokio::time::sleep(Duration::from_millis(500)).await;
     writer.stop.store(true, Ordering::Relaxed);
-    let _ = writer.task.await;
+    let _ = (&mut writer.task).await;
 
     // The master that is not active (the deposed one after a failover) tries to write: the
     // journal's epoch must refuse it.
@@ -320,16 +382,7 @@ pub async fn run(opts: DemoOptions) -> Result<bool, DemoError> {
         NODES[not_active],
         shared.node_path(final_active).join("agent.yaml").display(),
     );
-    match opts.exit_after {
-        Some(d) => tokio::time::sleep(d).await,
-        None => {
-            println!("Press Ctrl-C to stop; every process and file of the demo is then removed.");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    println!("Stopping.");
-    drop(shared);
-    Ok(ok)
+    Ok((ok, shared))
 }
 
 /// Injects a master or agent failure (or asks for a switchover), waits until the other node is

@@ -132,3 +132,78 @@ fn demo_coordinator_leader_crash_is_refused_on_a_single_server() -> Result<()> {
     ensure!(stderr.contains("--coordinator ensemble"), "{stderr}");
     Ok(())
 }
+
+/// Stops a demo with `signal` once it has printed a line starting with `after`, and checks that
+/// it stops everything it started and removes its files, as the Ctrl-C it asks for at the end
+/// does: an operator who interrupts it half-way, or a supervisor that sends SIGTERM, must not
+/// be left with coordinator servers, masters and agents holding ports.
+fn interrupt_demo(signal: nix::sys::signal::Signal, after: &str) -> Result<()> {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_referee"))
+        .args(["demo", "--exit-after", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.lines().any(|l| l.starts_with(after)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push_str(&(line + "\n")),
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("the demo never printed a line starting with {after:?}:\n{seen}");
+            }
+        }
+    }
+    let dir =
+        seen.split("(files in ").nth(1).and_then(|rest| rest.split(')').next()).map(str::to_string).unwrap_or_default();
+    ensure!(!dir.is_empty(), "the demo names its directory: {seen}");
+    nix::sys::signal::kill(pid, signal)?;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the demo did not stop within 30 s of {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    seen.extend(lines.try_iter().map(|l| l + "\n"));
+    let left = processes_mentioning(&dir);
+    for pid in &left {
+        // Leave the machine as it was, whatever the verdict.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.parse()?), nix::sys::signal::Signal::SIGKILL);
+    }
+    ensure!(left.is_empty(), "processes outlived the demo stopped by {signal} ({status}): {left:?}\n{seen}");
+    ensure!(!std::path::Path::new(&dir).exists(), "the demo stopped by {signal} left its files: {dir}\n{seen}");
+    ensure!(!status.success(), "a demo stopped before its verdict does not exit 0: {status}\n{seen}");
+    ensure!(seen.contains(&format!("{signal}: stopping")), "it says why it stops: {seen}");
+    Ok(())
+}
+
+/// Ctrl-C once the pair has started, before the failure is injected.
+#[test]
+fn demo_interrupted_before_the_failure_stops_everything_it_started() -> Result<()> {
+    interrupt_demo(nix::sys::signal::Signal::SIGINT, "Started in ")
+}
+
+/// SIGTERM while the failure is being injected and the failover runs.
+#[test]
+fn demo_terminated_during_the_failover_stops_everything_it_started() -> Result<()> {
+    interrupt_demo(nix::sys::signal::Signal::SIGTERM, ">>> ")
+}
