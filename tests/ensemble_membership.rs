@@ -175,3 +175,80 @@ async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknow
     eprintln!("the removed server says: {said}");
     Ok(())
 }
+
+/// An operator's request dropped half-way (the HTTP client gone while the joint configuration
+/// waits for a quorum) does not leave the change to the leader's completion: the leader
+/// carries both steps out whoever waits for them, and nothing else proposes a configuration
+/// meanwhile (no completion, no attempt refused as in progress).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_whose_caller_hung_up_half_way_is_finished_by_the_leader_itself() -> Result<()> {
+    let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
+
+    // As in the leader's crash above: the joint configuration cannot commit while one follower
+    // and the observer are frozen.
+    let (holds, frozen) = (followers[0], [followers[1], 4]);
+    for &f in &frozen {
+        ens.server(f).signal(Signal::SIGSTOP)?;
+    }
+    let four = ens.server(4);
+    let body = serde_json::json!({
+        "id": 4, "client": four.client, "peer": four.peer, "admin": four.admin, "role": "voter",
+    });
+    let url = format!("http://{}/members", ens.server(leader).admin);
+    let request = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        anyhow::Ok(http.post(url).json(&body).send().await?.status())
+    });
+    within_for(Duration::from_secs(10), "the running follower to hold the joint configuration", async {
+        loop {
+            if ens.members(holds).await.is_ok_and(|m| m.changing) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    // The caller hangs up: its connection is closed. The listener notices before the frozen
+    // servers resume (a wait, not a condition: nothing outside the server shows it noticed).
+    request.abort();
+    let _ = request.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for &f in &frozen {
+        ens.server(f).signal(Signal::SIGCONT)?;
+    }
+
+    let mut last = None;
+    within_for(SETTLE, "the membership to settle on four voters", async {
+        loop {
+            if let Ok(m) = ens.members(leader).await {
+                let seen = shape(&m);
+                if seen == (vec![1, 2, 3, 4], false) {
+                    return;
+                }
+                last = Some(seen);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("the leader's membership stayed (voters, changing) = {last:?}"))?;
+    // The configuration shows settled once its last entry is appended; the leader's own task
+    // says it is done once that entry is committed.
+    let server = ens.server(leader);
+    within_for(SETTLE, "the leader to say it finished the change itself", async {
+        while !server.log().contains("membership changed") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .with_context(|| server.log())?;
+    let log = server.log();
+    assert!(
+        !log.contains("completed a membership change left joint"),
+        "the leader left its own change to the completion:\n{log}"
+    );
+    assert!(!log.contains("completing the joint membership"), "the completion raced the leader's own change:\n{log}");
+    Ok(())
+}

@@ -72,6 +72,10 @@ pub struct AdminContext {
     proposer: Proposer,
     /// Held while `/zookeeper/config` is read and rewritten.
     publishing: Arc<tokio::sync::Mutex<()>>,
+    /// Held from a membership change's first step to its last, by the task that carries it out
+    /// ([`change_to_the_end`]) or by the completion of one left joint: one change at a time on
+    /// this server, and never a completion racing a change of its own.
+    changing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A member's client and admin addresses, as far as they are known.
@@ -84,7 +88,19 @@ struct Addresses {
 impl AdminContext {
     /// The context of a server's admin listener.
     pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>, proposer: Proposer) -> Self {
-        AdminContext { config, raft, state, proposer, publishing: Arc::default() }
+        AdminContext { config, raft, state, proposer, publishing: Arc::default(), changing: Arc::default() }
+    }
+
+    /// This server's change lock, or 409 while one of its changes is being carried out (it
+    /// may outlive the call that asked for it: see [`change_to_the_end`]).
+    fn one_change_at_a_time(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, Refusal> {
+        self.changing.clone().try_lock_owned().map_err(|_| {
+            Refusal::Busy(
+                "this server is still carrying out an earlier change (GET /members shows `changing: false` once it \
+                 is done)"
+                    .into(),
+            )
+        })
     }
 
     fn addresses(&self, id: u64) -> Addresses {
@@ -216,28 +232,31 @@ pub fn completion(joint: &[BTreeSet<u64>]) -> Option<BTreeSet<u64>> {
     }
 }
 
-/// Completes, while this server leads settled, a joint configuration that no call of its own
+/// Completes, while this server leads settled, a joint configuration that no change of its own
 /// will complete: openraft proposes a change's second step from the call that proposed the
-/// first, so a leader that dies (or a call dropped) between the two leaves the ensemble needing
-/// a majority of both voter sets for good. Tried again every [`COMPLETE_RETRY`] until the
-/// configuration is no longer joint; a call of this server's own finishing first makes the
-/// attempt a no-op. Returns when `stop` completes.
-pub async fn complete_interrupted_changes(raft: Raft, stop: impl Future<Output = ()>) {
+/// first, so a leader that dies between the two leaves the ensemble needing a majority of both
+/// voter sets for good. Tried again every [`COMPLETE_RETRY`] until the configuration is no
+/// longer joint; never while a change of this server's own is being carried out (it finishes
+/// its own, see [`change_to_the_end`]). Returns when `stop` completes.
+pub async fn complete_interrupted_changes(ctx: AdminContext, stop: impl Future<Output = ()>) {
+    let raft = &ctx.raft;
     let work = async {
-        let mut role = crate::role::RoleWatch::new(&raft);
+        let mut role = crate::role::RoleWatch::new(raft);
         loop {
             let goal = {
                 let settled = role.current().settled;
                 let members = role.membership();
                 completion(members.membership().get_joint_config()).filter(|_| settled).map(|g| (g, members))
             };
-            if let Some((voters, members)) = &goal {
+            // A change of this server's own holds the lock from its first step to its last.
+            let ours = goal.as_ref().and_then(|_| ctx.changing.clone().try_lock_owned().ok());
+            if let (Some((voters, members)), Some(_ours)) = (&goal, ours) {
                 let change = ChangeMembers::ReplaceAllVoters(voters.clone());
                 match tokio::time::timeout(ADMIN_DEADLINE, raft.change_membership(change, false)).await {
                     Ok(Ok(_)) => info!(
                         voters = ?voters,
                         was = %members.membership(),
-                        "completed a membership change left joint (its leader died or its call was dropped half-way)"
+                        "completed a membership change left joint (the leader that proposed it died half-way)"
                     ),
                     Ok(Err(e)) => {
                         warn!("completing the joint membership {} failed: {e}; trying again", members.membership())
@@ -591,8 +610,10 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     if m.current_leader != Some(m.id) {
         return Err(ctx.not_leader(m.current_leader));
     }
-    let plan = plan_add(&MembershipView::of(&m), &req)?;
+    let ours = ctx.one_change_at_a_time()?;
+    let plan = plan_add(&MembershipView::of(&ctx.metrics()), &req)?;
     info!(?plan, "membership change requested");
+    let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
     let work = async {
         match &plan {
             AddPlan::AddObserver { id, peer } => {
@@ -600,16 +621,19 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
             }
             AddPlan::AddVoter { id, peer } => {
                 // A voter counts towards the quorum at once: it joins caught up, or the writes
-                // after it would wait for it to fetch the whole log.
+                // after it would wait for it to fetch the whole log. (Dropped while it catches
+                // up, the call leaves an observer, which the timeout's answer says.)
                 ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await?;
-                ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.map(drop)
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+                change_to_the_end(&ctx, change, ours, deadline).await
             }
             AddPlan::Promote { id } => {
-                ctx.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false).await.map(drop)
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+                change_to_the_end(&ctx, change, ours, deadline).await
             }
         }
     };
-    match tokio::time::timeout(ADMIN_DEADLINE, work).await {
+    match tokio::time::timeout_at(deadline, work).await {
         Ok(result) => result.map_err(|e| write_refusal(&ctx, e))?,
         Err(_) => {
             return Err(Refusal::Timeout(format!(
@@ -620,7 +644,10 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
             )))
         }
     }
-    info!(?plan, "membership changed");
+    if let AddPlan::AddObserver { .. } = plan {
+        // A change of voters says so from its own task (`change_to_the_end`).
+        info!(?plan, "membership changed");
+    }
     ctx.publish_members(Some((req.id, Addresses { client: Some(req.client), admin: req.admin }))).await;
     // A failed rewrite is logged, and the change stands: the member is listed at the leader's
     // next rewrite, its client and admin addresses then known only where `servers` lists it.
@@ -632,13 +659,15 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
     if m.current_leader != Some(m.id) {
         return Err(ctx.not_leader(m.current_leader));
     }
-    let plan = plan_remove(&MembershipView::of(&m), &id)?;
+    let ours = ctx.one_change_at_a_time()?;
+    let plan = plan_remove(&MembershipView::of(&ctx.metrics()), &id)?;
     info!(?plan, "membership change requested");
     let change = match plan {
         RemovePlan::RemoveVoter(id) => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
         RemovePlan::RemoveObserver(id) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
     };
-    match tokio::time::timeout(ADMIN_DEADLINE, ctx.raft.change_membership(change, false)).await {
+    let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
+    match tokio::time::timeout_at(deadline, change_to_the_end(&ctx, change, ours, deadline)).await {
         Ok(result) => result.map(drop).map_err(|e| write_refusal(&ctx, e))?,
         Err(_) => {
             return Err(Refusal::Timeout(format!(
@@ -647,9 +676,45 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
             )))
         }
     }
-    info!(?plan, "membership changed");
     ctx.publish_members(None).await;
     Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+/// Carries `change` out in a task of its own, which holds `ours` (this server's change lock)
+/// until both of openraft's steps are done or have failed: the second step (the new voters
+/// alone) is proposed by the call that proposed the first, so a call dropped in between (the
+/// HTTP client gone, the deadline passed) would leave the configuration joint. Waits for the
+/// task until `deadline`; the task itself gives up a change not committed by twice that,
+/// leaving a joint configuration to the completion ([`complete_interrupted_changes`]).
+async fn change_to_the_end(
+    ctx: &AdminContext,
+    change: ChangeMembers<u64, BasicNode>,
+    ours: tokio::sync::OwnedMutexGuard<()>,
+    deadline: tokio::time::Instant,
+) -> Result<(), RaftError<u64, ClientWriteError<u64, BasicNode>>> {
+    let raft = ctx.raft.clone();
+    let task = tokio::spawn(async move {
+        let _ours = ours;
+        let outcome = tokio::time::timeout_at(deadline + ADMIN_DEADLINE, raft.change_membership(change.clone(), false));
+        match outcome.await {
+            Ok(done) => {
+                if done.is_ok() {
+                    info!(?change, "membership changed");
+                }
+                Some(done.map(drop))
+            }
+            Err(_) => {
+                warn!(?change, "a membership change was not committed within {:?}; given up", ADMIN_DEADLINE * 2);
+                None
+            }
+        }
+    });
+    match task.await {
+        Ok(Some(done)) => done,
+        // Past the caller's deadline, which answers first.
+        Ok(None) => std::future::pending().await,
+        Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Panicked)),
+    }
 }
 
 fn write_refusal(ctx: &AdminContext, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Refusal {

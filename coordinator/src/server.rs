@@ -418,7 +418,7 @@ impl Coordinator {
         );
         if self.peers.is_some() {
             tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped(&stop_rx)));
-            tasks.spawn(crate::admin::complete_interrupted_changes(self.shared.raft.clone(), stopped(&stop_rx)));
+            tasks.spawn(crate::admin::complete_interrupted_changes(ctx.clone(), stopped(&stop_rx)));
         }
         if let Some(admin) = self.admin.take() {
             info!(address = %admin.local_addr()?, "admin HTTP listener serving");
