@@ -614,6 +614,7 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     let plan = plan_add(&MembershipView::of(&ctx.metrics()), &req)?;
     info!(?plan, "membership change requested");
     let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
+    let added = Some((req.id, Addresses { client: Some(req.client), admin: req.admin }));
     let work = async {
         match &plan {
             AddPlan::AddObserver { id, peer } => {
@@ -625,11 +626,11 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
                 // up, the call leaves an observer, which the timeout's answer says.)
                 ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await?;
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                change_to_the_end(&ctx, change, ours, deadline).await
+                change_to_the_end(&ctx, change, added, ours, deadline).await
             }
             AddPlan::Promote { id } => {
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                change_to_the_end(&ctx, change, ours, deadline).await
+                change_to_the_end(&ctx, change, added, ours, deadline).await
             }
         }
     };
@@ -645,12 +646,11 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
         }
     }
     if let AddPlan::AddObserver { .. } = plan {
-        // A change of voters says so from its own task (`change_to_the_end`).
+        // A change of voters says so, and publishes the members, from its own task
+        // (`change_to_the_end`).
         info!(?plan, "membership changed");
+        ctx.publish_members(added).await;
     }
-    ctx.publish_members(Some((req.id, Addresses { client: Some(req.client), admin: req.admin }))).await;
-    // A failed rewrite is logged, and the change stands: the member is listed at the leader's
-    // next rewrite, its client and admin addresses then known only where `servers` lists it.
     Ok(Json(members_of(&ctx, &ctx.metrics())))
 }
 
@@ -667,7 +667,7 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
         RemovePlan::RemoveObserver(id) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
     };
     let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
-    match tokio::time::timeout_at(deadline, change_to_the_end(&ctx, change, ours, deadline)).await {
+    match tokio::time::timeout_at(deadline, change_to_the_end(&ctx, change, None, ours, deadline)).await {
         Ok(result) => result.map(drop).map_err(|e| write_refusal(&ctx, e))?,
         Err(_) => {
             return Err(Refusal::Timeout(format!(
@@ -676,7 +676,6 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
             )))
         }
     }
-    ctx.publish_members(None).await;
     Ok(Json(members_of(&ctx, &ctx.metrics())))
 }
 
@@ -685,21 +684,28 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
 /// alone) is proposed by the call that proposed the first, so a call dropped in between (the
 /// HTTP client gone, the deadline passed) would leave the configuration joint. Waits for the
 /// task until `deadline`; the task itself gives up a change not committed by twice that,
-/// leaving a joint configuration to the completion ([`complete_interrupted_changes`]).
+/// leaving a joint configuration to the completion ([`complete_interrupted_changes`]). Once
+/// the change is made, the task rewrites `/zookeeper/config`, with `added`'s addresses.
 async fn change_to_the_end(
     ctx: &AdminContext,
     change: ChangeMembers<u64, BasicNode>,
+    added: Option<(u64, Addresses)>,
     ours: tokio::sync::OwnedMutexGuard<()>,
     deadline: tokio::time::Instant,
 ) -> Result<(), RaftError<u64, ClientWriteError<u64, BasicNode>>> {
-    let raft = ctx.raft.clone();
+    let ctx = ctx.clone();
     let task = tokio::spawn(async move {
         let _ours = ours;
-        let outcome = tokio::time::timeout_at(deadline + ADMIN_DEADLINE, raft.change_membership(change.clone(), false));
+        let outcome =
+            tokio::time::timeout_at(deadline + ADMIN_DEADLINE, ctx.raft.change_membership(change.clone(), false));
         match outcome.await {
             Ok(done) => {
                 if done.is_ok() {
                     info!(?change, "membership changed");
+                    // A failed rewrite is logged, and the change stands: the member is listed
+                    // at the leader's next rewrite, its client and admin addresses then known
+                    // only where `servers` lists it.
+                    ctx.publish_members(added).await;
                 }
                 Some(done.map(drop))
             }
