@@ -29,6 +29,9 @@ pub fn start(program: &str) -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// How long the binaries wait, once their work is done, for the runtime's threads to stop.
+pub const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the binaries' `--help` says of the environment they read.
 pub const ENV_HELP: &str = "Environment:\n  REFEREE_LOG  log filter, e.g. `debug` or \
                             `info,referee_failover_agent=debug` (default: \

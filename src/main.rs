@@ -331,6 +331,9 @@ fn main() -> ExitCode {
             Command::Admin(args) => Ok(referee_failover_agent::admin_cli::run(args).await),
         }
     });
+    // Bounded: a coordinator stopped by a stalled disk may leave a thread in an fdatasync that
+    // never returns, and the process exits all the same.
+    runtime.shutdown_timeout(referee::logging::RUNTIME_SHUTDOWN);
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -89,6 +89,13 @@ pub struct CoordinatorConfig {
     /// (ZooKeeper's autopurge.snapRetainCount).
     #[serde(default = "default_snapshots_to_keep")]
     pub snapshots_to_keep: usize,
+    /// How long an fdatasync of the log (or of the saved vote) may go without returning before
+    /// the server takes its disk for stalled and stops, as it does when an fsync fails: a
+    /// leader whose disk hangs would otherwise hold every write of the ensemble, while it still
+    /// sends heartbeats that keep the others from electing another. 0 never stops (ZooKeeper's
+    /// fsync.warningthresholdms only warns); an fdatasync over 20 ms is logged either way.
+    #[serde(default = "default_log_sync_stall_ms")]
+    pub log_sync_stall_ms: u64,
     /// Base time unit in ms (ZooKeeper's tickTime): session expiry is checked every tick.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
@@ -231,7 +238,16 @@ fn default_snapshots_to_keep() -> usize {
     3
 }
 
+fn default_log_sync_stall_ms() -> u64 {
+    5_000
+}
+
 impl CoordinatorConfig {
+    /// How long an fdatasync may hang before the server stops (`log_sync_stall_ms`), if ever.
+    pub fn log_sync_stall(&self) -> Option<std::time::Duration> {
+        (self.log_sync_stall_ms != 0).then(|| std::time::Duration::from_millis(self.log_sync_stall_ms))
+    }
+
     /// A configuration with defaults, for tests and embedding.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
@@ -240,6 +256,7 @@ impl CoordinatorConfig {
             cluster_id: None,
             snapshot_every_txns: default_snapshot_every_txns(),
             snapshots_to_keep: default_snapshots_to_keep(),
+            log_sync_stall_ms: default_log_sync_stall_ms(),
             tick_ms: default_tick_ms(),
             min_session_timeout_ms: None,
             max_session_timeout_ms: None,
@@ -471,6 +488,15 @@ impl CoordinatorConfig {
                 format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_txns),
             );
         }
+        if self.log_sync_stall_ms != 0 && !(500..=3_600_000).contains(&self.log_sync_stall_ms) {
+            return invalid(
+                "log_sync_stall_ms",
+                format!(
+                    "is {}; use 0 (never stop on a slow disk) or a value from 500 to 3600000 ms (default 5000)",
+                    self.log_sync_stall_ms
+                ),
+            );
+        }
         if !(2..=1000).contains(&self.snapshots_to_keep) {
             return invalid(
                 "snapshots_to_keep",
@@ -617,6 +643,7 @@ mod tests {
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
         assert_eq!((c.cluster_id, c.snapshot_every_txns, c.snapshots_to_keep), (None, 100_000, 3));
+        assert_eq!(c.log_sync_stall(), Some(std::time::Duration::from_secs(5)));
         for heavy in ["wchc", "wchp", "dump", "dirs"] {
             assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
         }
@@ -637,6 +664,8 @@ mod tests {
             ("cluster_id: 0", "cluster_id"),
             ("snapshot_every_txns: 1", "snapshot_every_txns"),
             ("snapshot_every_entries: 1", "snapshot_every_txns"),
+            ("log_sync_stall_ms: 100", "log_sync_stall_ms"),
+            ("log_sync_stall_ms: 4000000", "log_sync_stall_ms"),
             ("max_leader_silence_ms: 100", "max_leader_silence_ms"),
             ("max_leader_silence_ms: 600000", "max_leader_silence_ms"),
             ("snapshots_to_keep: 1", "snapshots_to_keep"),

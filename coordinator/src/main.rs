@@ -38,7 +38,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_from_config(&config, initialise, "referee-coordinator")) {
+    let result = runtime.block_on(run_from_config(&config, initialise, "referee-coordinator"));
+    // Bounded: a server stopped by a stalled disk may leave a thread in an fdatasync that
+    // never returns, and the process exits all the same.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("referee-coordinator: {e:#}");

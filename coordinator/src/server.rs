@@ -91,6 +91,8 @@ pub struct Coordinator {
     shared: Arc<Shared>,
     /// Becomes `Some(why)` when the log stops taking writes.
     log_stopped: watch::Receiver<Option<String>>,
+    /// Stops the log when an fdatasync hangs (see [`watch_for_stalled_syncs`]).
+    stall: crate::log::StallWatch,
     log_dir: std::path::PathBuf,
     /// The peer listener of an ensemble server, stopped after replication.
     peers: Option<PeerService>,
@@ -266,6 +268,7 @@ impl Coordinator {
         let sm = sm.applying_only_durable(log.durable());
         debug_assert_eq!(log.meta().last_purged.map_or(0, |l| l.index), purged_upto);
         let log_stopped = log.stop_watch();
+        let stall = log.stall_watch();
         let recovered_upto = log.last_index();
         let snapshot_due = sm.snapshot_due();
         let nodes = state.lock().unwrap_or_else(|p| p.into_inner()).tree.node_count() as u64;
@@ -334,7 +337,7 @@ impl Coordinator {
         }
         let awaiting = peers.is_some().then_some(awaiting);
         let _data_lock = data.lock;
-        Ok(Coordinator { shared, log_stopped, log_dir, peers, admin, snapshot_due, began, awaiting, _data_lock })
+        Ok(Coordinator { shared, log_stopped, stall, log_dir, peers, admin, snapshot_due, began, awaiting, _data_lock })
     }
 
     /// The Raft node, for status reporting and for tests that wait on replication.
@@ -429,6 +432,9 @@ impl Coordinator {
                 }
             });
         }
+        if let Some(limit) = self.shared.config.log_sync_stall() {
+            tasks.spawn(watch_for_stalled_syncs(self.stall.clone(), limit, stopped(&stop_rx)));
+        }
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
         let storage_failed = storage_failure(self.shared.raft.clone(), self.log_stopped.clone());
@@ -472,17 +478,28 @@ impl Coordinator {
             }
         }
         info!("coordinator shutting down");
+        let storage_failed = failure.is_some();
+        if storage_failed {
+            // No write can be acknowledged any more: replication stops first, so that a
+            // leader's heartbeats end and the others elect one of them at once, not after the
+            // connections' drain.
+            stop_replication(&self.shared.raft).await;
+        }
         let _ = stop_tx.send(true);
         let drain = Duration::from_secs(5);
         if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
             warn!("connections did not close within {drain:?}; aborting them");
             tasks.abort_all();
         }
-        let _ = self.shared.raft.shutdown().await;
+        if !storage_failed {
+            stop_replication(&self.shared.raft).await;
+        }
         // Peers are served until replication has stopped: a leader handing over still talks.
         if let Some(peers) = self.peers {
             peers.stop.send_replace(true);
-            let _ = peers.task.await;
+            if tokio::time::timeout(SHUTDOWN_STEP, peers.task).await.is_err() {
+                warn!("the peer listener did not stop within {SHUTDOWN_STEP:?}; stopping without it");
+            }
         }
         match (failure, start_failure) {
             (Some(why), _) => Err(CoordinatorError::Storage { why, dir: self.log_dir }),
@@ -861,6 +878,37 @@ async fn add_observers(raft: Raft, observers: Vec<crate::config::ServerEntry>) {
             Ok(_) => info!(observer = o.id, "observer added as a learner"),
             Err(e) => warn!(observer = o.id, "could not add the observer as a learner: {e}"),
         }
+    }
+}
+
+/// How long each step of a stop (replication, then the peer listener) may take.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Stops Raft's core, within [`SHUTDOWN_STEP`]: after a stalled disk it may be waiting in an
+/// fdatasync that never returns, and the server stops all the same.
+async fn stop_replication(raft: &Raft) {
+    if tokio::time::timeout(SHUTDOWN_STEP, raft.shutdown()).await.is_err() {
+        warn!("replication did not stop within {SHUTDOWN_STEP:?}; stopping without it");
+    }
+}
+
+/// Stops the log once one of its fdatasyncs has gone `limit` without returning, which stops
+/// the server (see [`storage_failure`]): a leader whose disk hangs still sends heartbeats, so
+/// the others would never elect another, and every write of the ensemble would wait on that
+/// disk. Looks ten times per `limit` (at least every 50 ms, at most every second).
+async fn watch_for_stalled_syncs(stall: crate::log::StallWatch, limit: Duration, stop: impl Future<Output = ()>) {
+    let every = (limit / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let watch = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if stall.stop_if_stalled(limit) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = watch => {}
+        () = stop => {}
     }
 }
 

@@ -43,6 +43,10 @@ impl Running {
 }
 
 async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
+    start_with(fs, snapshot_every, |_| {}).await
+}
+
+async fn start_with(fs: &FaultFs, snapshot_every: u64, adjust: impl Fn(&mut CoordinatorConfig)) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut cfg = CoordinatorConfig::new("/data");
@@ -51,6 +55,7 @@ async fn start(fs: &FaultFs, snapshot_every: u64) -> Result<Running> {
     cfg.min_session_timeout_ms = Some(200);
     cfg.max_session_timeout_ms = Some(30_000);
     cfg.snapshot_every_txns = snapshot_every;
+    adjust(&mut cfg);
     cfg.validate()?;
     let coord = Coordinator::start_on(cfg, Arc::new(fs.clone())).await.context("starting on the fault filesystem")?;
     let (proposer, raft) = (coord.proposer(), coord.raft());
@@ -141,6 +146,33 @@ async fn a_failed_log_fsync_stops_the_server_and_nothing_unsynced_was_acknowledg
     assert!(c.check_stat("/before").await?.is_some(), "the acknowledged write survived");
     assert!(c.check_stat("/after").await?.is_none(), "the unacknowledged write was never durable");
     server.stop().await?;
+    Ok(())
+}
+
+/// A disk that hangs rather than fails: a lone server's write is synced by the task that
+/// appends it (its runtime has a worker to spare), so that task waits in the fdatasync. Past
+/// `log_sync_stall_ms` the server stops all the same, with one message, and acknowledges
+/// nothing more, even once the fdatasync returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_server_whose_disk_stalls_stops_within_its_bound() -> Result<()> {
+    let fs = FaultFs::new();
+    let server = start_with(&fs, 100_000, |c| c.log_sync_stall_ms = 500).await?;
+    let c = client(&server).await?;
+    c.create("/before", b"1", PERSISTENT).await?;
+    fs.hold_syncs();
+    let stalled = tokio::time::Instant::now();
+    let after = tokio::spawn(async move { c.create("/after", b"2", PERSISTENT).await });
+    let ended = within_for(Duration::from_secs(20), "the server to stop by itself", server.task).await;
+    let took = stalled.elapsed();
+    fs.release_syncs();
+    let e = ended??.expect_err("the server stops with an error").to_string();
+    assert!(
+        e.contains("has not returned for") && e.contains("log_sync_stall_ms is 500 ms") && e.contains("restart"),
+        "one message naming the stall and what to do: {e}"
+    );
+    assert!(took >= Duration::from_millis(500), "stopped {took:?} into the stall, before its bound");
+    let after = within_for(Duration::from_secs(10), "the write during the stall to end", after).await??;
+    assert!(after.is_err(), "a write whose fsync stalled was acknowledged: {after:?}");
     Ok(())
 }
 

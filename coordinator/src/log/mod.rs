@@ -31,5 +31,5 @@ pub mod wal;
 mod tests;
 
 pub use fs::{FaultFs, FileLock, FileSystem, LogFile, RealFs};
-pub use store::{LogReader, LogStore, ProposalSizes};
+pub use store::{LogReader, LogStore, ProposalSizes, StallWatch};
 pub use wal::{EncodedEntry, LogError, RaftMeta, Recovered, TornTail, Wal, WalOptions};

@@ -47,7 +47,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -206,6 +207,10 @@ struct Shared {
     stop_tx: tokio::sync::watch::Sender<Option<String>>,
     /// Commands sent to the writer thread and not yet written by it.
     queued: AtomicUsize,
+    /// When the fdatasync running now began, in nanoseconds after `epoch` plus one; 0 while
+    /// none runs. Read by [`StallWatch`].
+    sync_began: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for Shared {
@@ -216,6 +221,8 @@ impl Default for Shared {
             stopped: Mutex::default(),
             stop_tx: tokio::sync::watch::channel(None).0,
             queued: AtomicUsize::new(0),
+            sync_began: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -227,6 +234,24 @@ impl Shared {
 
     fn stopped(&self) -> Option<String> {
         self.stopped.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `sync` (an operation that ends in an fsync) with its start marked for
+    /// [`StallWatch`].
+    fn timing_sync<T>(&self, sync: impl FnOnce() -> T) -> T {
+        let began = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        self.sync_began.store(began, Ordering::Release);
+        let out = sync();
+        self.sync_began.store(0, Ordering::Release);
+        out
+    }
+
+    /// How long the fdatasync running now has been running, if one is.
+    fn sync_running_for(&self) -> Option<Duration> {
+        match self.sync_began.load(Ordering::Acquire) {
+            0 => None,
+            began => Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(began - 1))),
+        }
     }
 
     fn stop(&self, why: &LogError) {
@@ -243,6 +268,8 @@ impl Shared {
 /// The durable Raft log: openraft's [`RaftLogStorage`] over a [`Wal`] and a writer thread.
 pub struct LogStore {
     shared: Arc<Shared>,
+    /// The log's directory, for messages.
+    dir: PathBuf,
     files: Arc<Mutex<Files>>,
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
@@ -382,9 +409,10 @@ impl LogStore {
         let writer = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || run_writer(&writer_files, rx, &writer_shared))
-            .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir, source })?;
+            .map_err(|source| LogError::Io { what: "starting the writer thread for", path: dir.clone(), source })?;
         Ok(LogStore {
             shared,
+            dir,
             files,
             tx: Some(tx),
             writer: Some(writer),
@@ -405,6 +433,11 @@ impl LogStore {
     /// Watches the store: the value becomes `Some(why)` once it stops taking writes.
     pub fn stop_watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.shared.stop_tx.subscribe()
+    }
+
+    /// A handle that stops the store once an fdatasync has run too long (see [`StallWatch`]).
+    pub fn stall_watch(&self) -> StallWatch {
+        StallWatch { shared: Arc::clone(&self.shared), dir: self.dir.clone() }
     }
 
     /// The index of the last entry, if the log holds any after its purge point.
@@ -730,12 +763,43 @@ impl LogStore {
 }
 
 impl Drop for LogStore {
-    /// Waits for the writer to write and sync what is queued (at most one batch's fsyncs).
+    /// Waits for the writer to write and sync what is queued (at most one batch's fsyncs),
+    /// unless the store has stopped: its writer may then be stuck in a stalled fdatasync, and
+    /// ends on its own once that returns, writing nothing more.
     fn drop(&mut self) {
         // Closing the queue ends the writer once it has written (and synced) what is queued.
         drop(self.tx.take());
         if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+            if self.shared.stopped().is_none() {
+                let _ = writer.join();
+            }
+        }
+    }
+}
+
+/// Stops a log store whose fdatasync has not returned for too long: a disk that hangs instead
+/// of failing. Once stopped, the store fails every write as after a failed fsync, and the
+/// server stops (see [`LogStore::stop_watch`]). Cheap to clone.
+#[derive(Clone)]
+pub struct StallWatch {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+}
+
+impl StallWatch {
+    /// How long the fdatasync running now has been running, if one is.
+    pub fn sync_running_for(&self) -> Option<Duration> {
+        self.shared.sync_running_for()
+    }
+
+    /// Stops the store if an fdatasync has been running longer than `limit`; whether it did.
+    pub fn stop_if_stalled(&self, limit: Duration) -> bool {
+        match self.shared.sync_running_for() {
+            Some(waited) if waited > limit => {
+                self.shared.stop(&LogError::SyncStalled { dir: self.dir.clone(), waited, limit });
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -822,7 +886,7 @@ impl Files {
             return;
         }
         let started = Instant::now();
-        let synced = self.wal.sync();
+        let synced = shared.timing_sync(|| self.wal.sync());
         let took = started.elapsed();
         if took >= SLOW_SYNC {
             // Every write waiting for this fsync waits this long: a cause of reply stalls.
@@ -832,6 +896,12 @@ impl Files {
                 "slow fdatasync of the log"
             );
         }
+        // Stopped meanwhile (the fdatasync stalled past its bound): nothing more is
+        // acknowledged, even what this fdatasync covered in the end.
+        let synced = match (synced, shared.stopped()) {
+            (Ok(()), Some(why)) => Err(LogError::Stopped(why)),
+            (synced, _) => synced,
+        };
         match synced {
             Ok(()) => {
                 if let Some(end) = self.wal.next_index() {
@@ -863,7 +933,7 @@ impl Files {
         if let Some(why) = shared.stopped() {
             return Err(LogError::Stopped(why));
         }
-        op(&mut self.wal).inspect_err(|e| shared.stop(e))
+        shared.timing_sync(|| op(&mut self.wal)).inspect_err(|e| shared.stop(e))
     }
 }
 

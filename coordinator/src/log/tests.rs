@@ -572,6 +572,39 @@ fn a_failed_fsync_is_fatal_and_never_acknowledged() {
     assert!(matches!(e, LogError::Stopped(_)), "{e}");
 }
 
+/// A disk that hangs rather than fails: once an fdatasync has run past the bound, the store
+/// stops as after a failed fsync, acknowledges nothing more (not even what that fdatasync
+/// covered once it returns), and is dropped without waiting for the writer stuck in it.
+#[test]
+fn an_fsync_stalled_past_its_bound_stops_the_store_which_drops_without_waiting_for_it() {
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let stall = store.stall_watch();
+    let (tx, rx) = mpsc::channel();
+    append(&store, &fs, &tx, entry(1, 1));
+    assert_eq!(ack(&rx).2, Ok(()));
+    assert_eq!(stall.sync_running_for(), None, "no fdatasync runs between appends");
+
+    fs.hold_syncs();
+    append(&store, &fs, &tx, entry(1, 2));
+    assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the fsync of entry 2");
+    assert!(stall.sync_running_for().is_some(), "the held fdatasync counts as running");
+    assert!(!stall.stop_if_stalled(Duration::from_secs(3600)), "within its bound");
+    assert!(store.stopped().is_none());
+    assert!(stall.stop_if_stalled(Duration::ZERO), "past its bound");
+    let why = store.stopped().expect("the store stopped");
+    assert!(why.contains("has not returned for") && why.contains("/data/log"), "{why}");
+    let e = store.submit_append(vec![entry(1, 3)], Box::new(|_| panic!("never called"))).unwrap_err();
+    assert!(matches!(e, LogError::Stopped(_)), "{e}");
+
+    // Dropped with the writer still in the held fdatasync: it returns at once.
+    drop(store);
+    fs.release_syncs();
+    let (index, _, result) = ack(&rx);
+    assert_eq!(index, 2);
+    assert!(result.unwrap_err().contains("has not returned for"), "entry 2 is not acknowledged after the stop");
+}
+
 #[test]
 fn a_full_disk_mid_record_is_fatal_and_recovery_cuts_the_partial_record() {
     let fs = FaultFs::new();

@@ -103,6 +103,23 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
+    /// An fdatasync has not returned for longer than the configured bound: the disk hangs.
+    #[error(
+        "an fdatasync in {} has not returned for {} ms (log_sync_stall_ms is {} ms): the disk is \
+         stalled, and this server stops rather than hold every write of the ensemble while it \
+         still counts as up",
+        dir.display(),
+        waited.as_millis(),
+        limit.as_millis()
+    )]
+    SyncStalled {
+        /// The log's directory.
+        dir: PathBuf,
+        /// How long the fdatasync had been running.
+        waited: std::time::Duration,
+        /// The bound it passed.
+        limit: std::time::Duration,
+    },
     /// The log is damaged somewhere other than a torn tail; nothing is guessed or dropped.
     #[error(
         "the log is damaged in {} at byte {offset}: {reason}; refusing to start rather than lose \

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use referee_coordinator::config::{CoordinatorConfig, Role, ServerEntry};
-use referee_coordinator::log::RealFs;
+use referee_coordinator::log::{FileSystem, RealFs};
 use referee_coordinator::raft::Raft;
 use referee_coordinator::server::{Coordinator, CoordinatorError, Startup};
 use referee_coordinator::state::ServerState;
@@ -42,6 +42,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits up to `limit` for the server to stop by itself (it is not asked to); the error it
+    /// stopped with.
+    pub async fn stopped_by_itself(self, limit: Duration) -> Result<CoordinatorError> {
+        // Dropped, the stop sender would ask the server to stop: it is kept until the end.
+        let Running { id, stop, task, .. } = self;
+        let ended = within_for(limit, "the server to stop by itself", task).await;
+        drop(stop);
+        match ended?? {
+            Ok(()) => Err(anyhow!("server {id} stopped without an error")),
+            Err(e) => Ok(e),
+        }
+    }
+
     /// The data of `path` in its tree, if the node exists.
     pub fn data(&self, path: &str) -> Option<Vec<u8>> {
         let st = self.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,7 +111,17 @@ pub async fn start_ensemble_with(
     roles: &[Role],
     adjust: impl Fn(&mut CoordinatorConfig),
 ) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
-    let (running, dirs, _) = start(roles, adjust, false).await?;
+    let (running, dirs, _) = start(roles, adjust, false, &|_| Arc::new(RealFs)).await?;
+    Ok((running, dirs))
+}
+
+/// [`start_ensemble_with`], server i+1 on filesystem `fs(i)` (a fault-injecting one, say).
+pub async fn start_ensemble_on(
+    roles: &[Role],
+    adjust: impl Fn(&mut CoordinatorConfig),
+    fs: &dyn Fn(usize) -> Arc<dyn FileSystem>,
+) -> Result<(Vec<Running>, Vec<ScratchDir>)> {
+    let (running, dirs, _) = start(roles, adjust, false, fs).await?;
     Ok((running, dirs))
 }
 
@@ -108,13 +131,14 @@ pub async fn start_ensemble_behind_proxies(
     roles: &[Role],
     adjust: impl Fn(&mut CoordinatorConfig),
 ) -> Result<(Vec<Running>, Vec<ScratchDir>, Vec<Proxy>)> {
-    start(roles, adjust, true).await
+    start(roles, adjust, true, &|_| Arc::new(RealFs)).await
 }
 
 async fn start(
     roles: &[Role],
     adjust: impl Fn(&mut CoordinatorConfig),
     proxied: bool,
+    fs: &dyn Fn(usize) -> Arc<dyn FileSystem>,
 ) -> Result<(Vec<Running>, Vec<ScratchDir>, Vec<Proxy>)> {
     let mut clients = Vec::new();
     let mut peers = Vec::new();
@@ -151,7 +175,7 @@ async fn start(
         // Started together: each waits for a leader, which needs a majority of the voters.
         configs.push((cfg.clone(), peer_listener.local_addr()?));
         let startup = Startup { initialise: i == 0, peer_listener: Some(peer_listener) };
-        starting.push(tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup)));
+        starting.push(tokio::spawn(Coordinator::start_with(cfg, fs(i), startup)));
     }
     let mut running = Vec::new();
     for ((start, listener), (config, peer_listen)) in starting.into_iter().zip(clients).zip(configs) {
