@@ -89,11 +89,12 @@ pub struct CoordinatorConfig {
     /// (ZooKeeper's autopurge.snapRetainCount).
     #[serde(default = "default_snapshots_to_keep")]
     pub snapshots_to_keep: usize,
-    /// How long an fdatasync of the log (or of the saved vote) may go without returning before
-    /// the server takes its disk for stalled and stops, as it does when an fsync fails: a
-    /// leader whose disk hangs would otherwise hold every write of the ensemble, while it still
-    /// sends heartbeats that keep the others from electing another. 0 never stops (ZooKeeper's
-    /// fsync.warningthresholdms only warns); an fdatasync over 20 ms is logged either way.
+    /// How long a write or fdatasync of the log (or of the saved vote) may go without
+    /// returning before the server takes its disk for stalled and stops, as it does when an
+    /// fsync fails: a leader whose disk hangs would otherwise hold every write of the ensemble,
+    /// while it still sends heartbeats that keep the others from electing another. 0 never
+    /// stops (ZooKeeper's fsync.warningthresholdms only warns); an fdatasync over 20 ms is
+    /// logged either way.
     #[serde(default = "default_log_sync_stall_ms")]
     pub log_sync_stall_ms: u64,
     /// Base time unit in ms (ZooKeeper's tickTime): session expiry is checked every tick.
@@ -243,7 +244,7 @@ fn default_log_sync_stall_ms() -> u64 {
 }
 
 impl CoordinatorConfig {
-    /// How long an fdatasync may hang before the server stops (`log_sync_stall_ms`), if ever.
+    /// How long a write or fdatasync of the log may hang before the server stops (`log_sync_stall_ms`), if ever.
     pub fn log_sync_stall(&self) -> Option<std::time::Duration> {
         (self.log_sync_stall_ms != 0).then(|| std::time::Duration::from_millis(self.log_sync_stall_ms))
     }

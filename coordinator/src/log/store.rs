@@ -207,9 +207,9 @@ struct Shared {
     stop_tx: tokio::sync::watch::Sender<Option<String>>,
     /// Commands sent to the writer thread and not yet written by it.
     queued: AtomicUsize,
-    /// When the fdatasync running now began, in nanoseconds after `epoch` plus one; 0 while
-    /// none runs. Read by [`StallWatch`].
-    sync_began: AtomicU64,
+    /// When the write or fdatasync of the files running now began, in nanoseconds after
+    /// `epoch` plus one; 0 while none runs. Read by [`StallWatch`].
+    io_began: AtomicU64,
     epoch: Instant,
 }
 
@@ -221,7 +221,7 @@ impl Default for Shared {
             stopped: Mutex::default(),
             stop_tx: tokio::sync::watch::channel(None).0,
             queued: AtomicUsize::new(0),
-            sync_began: AtomicU64::new(0),
+            io_began: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -236,19 +236,19 @@ impl Shared {
         self.stopped.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Runs `sync` (an operation that ends in an fsync) with its start marked for
-    /// [`StallWatch`].
-    fn timing_sync<T>(&self, sync: impl FnOnce() -> T) -> T {
+    /// Runs `io` (a write to the files, or an operation that ends in an fsync) with its start
+    /// marked for [`StallWatch`].
+    fn timing_io<T>(&self, io: impl FnOnce() -> T) -> T {
         let began = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        self.sync_began.store(began, Ordering::Release);
-        let out = sync();
-        self.sync_began.store(0, Ordering::Release);
+        self.io_began.store(began, Ordering::Release);
+        let out = io();
+        self.io_began.store(0, Ordering::Release);
         out
     }
 
-    /// How long the fdatasync running now has been running, if one is.
-    fn sync_running_for(&self) -> Option<Duration> {
-        match self.sync_began.load(Ordering::Acquire) {
+    /// How long the write or fdatasync running now has been running, if one is.
+    fn io_running_for(&self) -> Option<Duration> {
+        match self.io_began.load(Ordering::Acquire) {
             0 => None,
             began => Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(began - 1))),
         }
@@ -435,7 +435,8 @@ impl LogStore {
         self.shared.stop_tx.subscribe()
     }
 
-    /// A handle that stops the store once an fdatasync has run too long (see [`StallWatch`]).
+    /// A handle that stops the store once a write or fdatasync has run too long (see
+    /// [`StallWatch`]).
     pub fn stall_watch(&self) -> StallWatch {
         StallWatch { shared: Arc::clone(&self.shared), dir: self.dir.clone() }
     }
@@ -777,8 +778,8 @@ impl Drop for LogStore {
     }
 }
 
-/// Stops a log store whose fdatasync has not returned for too long: a disk that hangs instead
-/// of failing. Once stopped, the store fails every write as after a failed fsync, and the
+/// Stops a log store whose write or fdatasync has not returned for too long: a disk that
+/// hangs instead of failing (a frozen filesystem blocks the write already). Once stopped, the store fails every write as after a failed fsync, and the
 /// server stops (see [`LogStore::stop_watch`]). Cheap to clone.
 #[derive(Clone)]
 pub struct StallWatch {
@@ -787,14 +788,15 @@ pub struct StallWatch {
 }
 
 impl StallWatch {
-    /// How long the fdatasync running now has been running, if one is.
-    pub fn sync_running_for(&self) -> Option<Duration> {
-        self.shared.sync_running_for()
+    /// How long the write or fdatasync running now has been running, if one is.
+    pub fn io_running_for(&self) -> Option<Duration> {
+        self.shared.io_running_for()
     }
 
-    /// Stops the store if an fdatasync has been running longer than `limit`; whether it did.
+    /// Stops the store if a write or fdatasync has been running longer than `limit`; whether
+    /// it did.
     pub fn stop_if_stalled(&self, limit: Duration) -> bool {
-        match self.shared.sync_running_for() {
+        match self.shared.io_running_for() {
             Some(waited) if waited > limit => {
                 self.shared.stop(&LogError::SyncStalled { dir: self.dir.clone(), waited, limit });
                 true
@@ -864,7 +866,7 @@ impl Files {
             return;
         }
         self.waiting.push(done);
-        if let Err(e) = self.wal.append_encoded(entries) {
+        if let Err(e) = shared.timing_io(|| self.wal.append_encoded(entries)) {
             shared.stop(&e);
             self.fail_all(&e.to_string());
         }
@@ -886,7 +888,7 @@ impl Files {
             return;
         }
         let started = Instant::now();
-        let synced = shared.timing_sync(|| self.wal.sync());
+        let synced = shared.timing_io(|| self.wal.sync());
         let took = started.elapsed();
         if took >= SLOW_SYNC {
             // Every write waiting for this fsync waits this long: a cause of reply stalls.
@@ -933,7 +935,7 @@ impl Files {
         if let Some(why) = shared.stopped() {
             return Err(LogError::Stopped(why));
         }
-        shared.timing_sync(|| op(&mut self.wal)).inspect_err(|e| shared.stop(e))
+        shared.timing_io(|| op(&mut self.wal)).inspect_err(|e| shared.stop(e))
     }
 }
 

@@ -583,12 +583,12 @@ fn an_fsync_stalled_past_its_bound_stops_the_store_which_drops_without_waiting_f
     let (tx, rx) = mpsc::channel();
     append(&store, &fs, &tx, entry(1, 1));
     assert_eq!(ack(&rx).2, Ok(()));
-    assert_eq!(stall.sync_running_for(), None, "no fdatasync runs between appends");
+    assert_eq!(stall.io_running_for(), None, "no fdatasync runs between appends");
 
     fs.hold_syncs();
     append(&store, &fs, &tx, entry(1, 2));
     assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the fsync of entry 2");
-    assert!(stall.sync_running_for().is_some(), "the held fdatasync counts as running");
+    assert!(stall.io_running_for().is_some(), "the held fdatasync counts as running");
     assert!(!stall.stop_if_stalled(Duration::from_secs(3600)), "within its bound");
     assert!(store.stopped().is_none());
     assert!(stall.stop_if_stalled(Duration::ZERO), "past its bound");

@@ -103,9 +103,10 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    /// An fdatasync has not returned for longer than the configured bound: the disk hangs.
+    /// A write or fdatasync has not returned for longer than the configured bound: the disk
+    /// hangs.
     #[error(
-        "an fdatasync in {} has not returned for {} ms (log_sync_stall_ms is {} ms): the disk is \
+        "a write or fdatasync in {} has not returned for {} ms (log_sync_stall_ms is {} ms): the disk is \
          stalled, and this server stops rather than hold every write of the ensemble while it \
          still counts as up",
         dir.display(),
@@ -115,7 +116,7 @@ pub enum LogError {
     SyncStalled {
         /// The log's directory.
         dir: PathBuf,
-        /// How long the fdatasync had been running.
+        /// How long the write or fdatasync had been running.
         waited: std::time::Duration,
         /// The bound it passed.
         limit: std::time::Duration,
