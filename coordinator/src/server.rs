@@ -91,7 +91,7 @@ pub struct Coordinator {
     shared: Arc<Shared>,
     /// Becomes `Some(why)` when the log stops taking writes.
     log_stopped: watch::Receiver<Option<String>>,
-    /// Stops the log when an fdatasync hangs (see [`watch_for_stalled_syncs`]).
+    /// Stops the log when a write or fdatasync of it hangs (`log_sync_stall_ms`).
     stall: crate::log::StallWatch,
     log_dir: std::path::PathBuf,
     /// The peer listener of an ensemble server, stopped after replication.
@@ -432,8 +432,13 @@ impl Coordinator {
                 }
             });
         }
+        // A leader whose disk hangs still sends heartbeats, so the others would never elect
+        // another, and every write of the ensemble would wait on that disk: past the bound the
+        // log stops, which stops the server (`storage_failure`).
         if let Some(limit) = self.shared.config.log_sync_stall() {
-            tasks.spawn(watch_for_stalled_syncs(self.stall.clone(), limit, stopped(&stop_rx)));
+            if let Err(e) = self.stall.watch_on_a_thread(limit) {
+                warn!("cannot watch the log for a hung disk (log_sync_stall_ms): {e}");
+            }
         }
         let mut next_conn: u64 = 1;
         tokio::pin!(shutdown);
@@ -889,26 +894,6 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 async fn stop_replication(raft: &Raft) {
     if tokio::time::timeout(SHUTDOWN_STEP, raft.shutdown()).await.is_err() {
         warn!("replication did not stop within {SHUTDOWN_STEP:?}; stopping without it");
-    }
-}
-
-/// Stops the log once one of its fdatasyncs has gone `limit` without returning, which stops
-/// the server (see [`storage_failure`]): a leader whose disk hangs still sends heartbeats, so
-/// the others would never elect another, and every write of the ensemble would wait on that
-/// disk. Looks ten times per `limit` (at least every 50 ms, at most every second).
-async fn watch_for_stalled_syncs(stall: crate::log::StallWatch, limit: Duration, stop: impl Future<Output = ()>) {
-    let every = (limit / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let watch = async {
-        loop {
-            tokio::time::sleep(every).await;
-            if stall.stop_if_stalled(limit) {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        () = watch => {}
-        () = stop => {}
     }
 }
 

@@ -164,12 +164,23 @@ impl Ensemble {
     /// Starts one server per role on loopback, server 1 with `--init`, each configuration with
     /// `extra` YAML lines, and waits until every one serves.
     pub async fn start(roles: &[Role], extra: &str) -> Result<Ensemble> {
+        Ok(Self::start_prepared(roles, extra, |_| Ok(())).await?.0)
+    }
+
+    /// [`Ensemble::start`], with `prepare` run on the ensemble's directory before any server
+    /// starts (server `id`'s data goes in `data{id}` there: a filesystem may be mounted on it);
+    /// returns what `prepare` made beside the ensemble.
+    pub async fn start_prepared<T>(
+        roles: &[Role],
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path) -> Result<T>,
+    ) -> Result<(Ensemble, T)> {
         let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
         let addrs = roles
             .iter()
             .map(|_| Ok(Addrs { client: at(free_port()?), peer: at(free_port()?), admin: at(free_port()?) }))
             .collect::<Result<Vec<_>>>()?;
-        Self::start_at(roles, addrs, vec![None; roles.len()], extra).await
+        Self::start_at(roles, addrs, vec![None; roles.len()], extra, prepare).await
     }
 
     /// Starts one server per role, server `i` on host `i` of `hosts` listening on that host's
@@ -178,11 +189,18 @@ impl Ensemble {
         ensure!(hosts.len() >= roles.len(), "{} hosts for {} servers", hosts.len(), roles.len());
         let addrs = hosts.iter().map(Addrs::on);
         let hosts = hosts.iter().take(roles.len()).cloned().map(Some).collect();
-        Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra).await
+        Ok(Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra, |_| Ok(())).await?.0)
     }
 
-    async fn start_at(roles: &[Role], addrs: Vec<Addrs>, hosts: Vec<Option<Host>>, extra: &str) -> Result<Ensemble> {
+    async fn start_at<T>(
+        roles: &[Role],
+        addrs: Vec<Addrs>,
+        hosts: Vec<Option<Host>>,
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path) -> Result<T>,
+    ) -> Result<(Ensemble, T)> {
         let dir = ScratchDir::new("ensemble-proc")?;
+        let prepared = prepare(&dir.0)?;
         let list: String = (1u64..).zip(roles.iter().zip(&addrs)).map(|(id, (role, a))| a.entry(id, *role)).collect();
         let mut ensemble = Ensemble { servers: Vec::new(), dir, extra: extra.to_string() };
         for ((id, (&role, a)), host) in (1u64..).zip(roles.iter().zip(addrs)).zip(hosts) {
@@ -195,7 +213,7 @@ impl Ensemble {
         }
         let ids: Vec<u64> = ensemble.servers.iter().map(|s| s.id).collect();
         ensemble.wait_serving(&ids).await?;
-        Ok(ensemble)
+        Ok((ensemble, prepared))
     }
 
     /// Writes server `id`'s configuration (listing `servers`, YAML lines) and returns it,

@@ -793,6 +793,26 @@ impl StallWatch {
         self.shared.io_running_for()
     }
 
+    /// Watches on a thread of its own, every tenth of `limit` (50 ms to 1 s), until the store
+    /// stops or is dropped. Not a task: a runtime one of whose workers waits in a hung write
+    /// (a follower's appends are written by the task that receives them) may not fire its
+    /// timers until that write returns.
+    pub fn watch_on_a_thread(&self, limit: Duration) -> io::Result<()> {
+        let every = (limit / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let (shared, dir) = (Arc::downgrade(&self.shared), self.dir.clone());
+        let watch = move || loop {
+            std::thread::sleep(every);
+            let Some(shared) = shared.upgrade() else { return };
+            if shared.stopped().is_some() {
+                return;
+            }
+            if (StallWatch { shared, dir: dir.clone() }).stop_if_stalled(limit) {
+                return;
+            }
+        };
+        std::thread::Builder::new().name("raft-log-stall-watch".into()).spawn(watch).map(drop)
+    }
+
     /// Stops the store if a write or fdatasync has been running longer than `limit`; whether
     /// it did.
     pub fn stop_if_stalled(&self, limit: Duration) -> bool {
