@@ -11,68 +11,20 @@
 //! voter leads, the writes go on through it, and every acknowledged write is on both; thawed,
 //! the old leader's process ends.
 
+#[path = "support/disks.rs"]
+mod disks;
 #[path = "support/ensemble.rs"]
 mod ensemble;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use disks::Disks;
 use ensemble::{acked, check_everywhere, writes_grow, Ensemble, Load, Role};
 use referee_testkit::{running_as_root, skip, within_for};
 
 /// The servers' bound on a hung write or fdatasync of the log.
 const STALL_MS: u64 = 1_000;
-/// Each server's filesystem: a 64 MiB log segment and room for snapshots.
-const DISK_MIB: u64 = 256;
-
-/// An ext4 image per server, mounted on its data directory; thawed and unmounted on drop.
-struct Disks(Vec<PathBuf>);
-
-impl Disks {
-    fn mount(dir: &Path, servers: u64) -> Result<Disks> {
-        let mut disks = Disks(Vec::new());
-        for id in 1..=servers {
-            let (image, at) = (dir.join(format!("disk{id}.img")), dir.join(format!("data{id}")));
-            std::fs::File::create(&image)?.set_len(DISK_MIB << 20)?;
-            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?;
-            std::fs::create_dir_all(&at)?;
-            run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&at))?;
-            disks.0.push(at);
-        }
-        Ok(disks)
-    }
-
-    fn at(&self, id: u64) -> Result<&Path> {
-        let i = usize::try_from(id)?.checked_sub(1).context("server ids start at 1")?;
-        self.0.get(i).map(PathBuf::as_path).with_context(|| format!("no disk for server {id}"))
-    }
-
-    /// Freezes server `id`'s filesystem: every write to it blocks until [`Disks::thaw`].
-    fn freeze(&self, id: u64) -> Result<()> {
-        run(Command::new("fsfreeze").arg("-f").arg(self.at(id)?))
-    }
-
-    fn thaw(&self, id: u64) -> Result<()> {
-        run(Command::new("fsfreeze").arg("-u").arg(self.at(id)?))
-    }
-}
-
-impl Drop for Disks {
-    fn drop(&mut self) {
-        for at in &self.0 {
-            let _ = Command::new("fsfreeze").arg("-u").arg(at).output();
-            let _ = Command::new("umount").arg("-l").arg(at).status();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
 
 /// Starts three voters, each on a disk of its own, and a writer through each of `through`
 /// (chosen once the leader is known); `None` when not root (the test then skips, loudly).
@@ -82,7 +34,7 @@ async fn start(test: &str, through: impl Fn(u64) -> Vec<u64>) -> Result<Option<(
         return Ok(None);
     }
     let extra = format!("log_sync_stall_ms: {STALL_MS}\n");
-    let (ens, disks) = Ensemble::start_prepared(&[Role::Voter; 3], &extra, |dir| Disks::mount(dir, 3)).await?;
+    let (ens, disks) = Ensemble::start_prepared(&[Role::Voter; 3], &extra, |dir| Disks::mount(dir, 1..=3)).await?;
     let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
     let load = Load::start(&ens, &through(leader), 1).await?;
     writes_grow(ens.client(through(leader)[0]), 20, "20 writes before a disk hangs").await?;

@@ -6,6 +6,10 @@
 //!
 //! - a server killed with SIGKILL, restarted on its data directory later;
 //! - a server frozen with SIGSTOP (its sockets open, nothing answered), resumed with SIGCONT;
+//! - a server's disk hung: its data directory is a filesystem of its own (an ext4 image on a
+//!   loop device), frozen with `fsfreeze` for at least [`STALL_MS`] and a second, so that its
+//!   writes block in the kernel; the server stops itself past `log_sync_stall_ms`, and is
+//!   restarted once the disk is thawed;
 //! - a server stuttering: frozen 60 ms and running 40 ms, over and over, so that it lags
 //!   without going silent long enough to be given up;
 //! - a server cut off from every other server, its clients still reaching it;
@@ -50,6 +54,8 @@
 //! failure; it fixes the faults, their order, targets and lengths, not how the processes
 //! interleave. Needs root for the simulated hosts and skips loudly without it.
 
+#[path = "support/disks.rs"]
+mod disks;
 #[path = "support/ensemble.rs"]
 mod ensemble;
 
@@ -61,6 +67,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use disks::Disks;
 use ensemble::{session, Addrs, Ensemble, Role, PERSISTENT};
 use nix::sys::signal::Signal;
 use referee_coordinator::admin::Members;
@@ -101,6 +108,14 @@ const DEFAULT_SECONDS: u64 = 40;
 const FAULT_MS: (u64, u64) = (300, 4000);
 /// The pause between one fault's recovery and the next fault, in milliseconds.
 const QUIET_MS: (u64, u64) = (200, 1500);
+/// The servers' `log_sync_stall_ms`: past it a server whose disk hangs stops itself.
+const STALL_MS: u64 = 1500;
+/// Servers with an id up to this have a disk of their own, which can hang.
+const DISKS_UP_TO: u64 = 16;
+/// What a server whose disk hung says before it stops.
+const STALL_SAID: &str = "has not returned for";
+/// What a server says each time it starts.
+const STARTED: &str = "phase=\"data directory opened\"";
 
 /// The ensemble as it stands: voters and observers by id, and the host each runs on. It starts
 /// as voters `1..=n` and one observer after them, each on the host of its number; the
@@ -224,6 +239,8 @@ impl fmt::Display for Change {
 enum Fault {
     Kill(u64),
     Freeze(u64),
+    /// Its disk frozen (`fsfreeze`): every write to it blocks until thawed.
+    Hang(u64),
     /// Frozen and resumed over and over (60 ms stopped, 40 ms running): a server that lags
     /// without ever going silent for long.
     Stutter(u64),
@@ -246,6 +263,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::Kill(s) => write!(f, "kill -9 server {s}"),
             Fault::Freeze(s) => write!(f, "freeze server {s}"),
+            Fault::Hang(s) => write!(f, "hang the disk of server {s}"),
             Fault::Stutter(s) => write!(f, "stutter server {s}"),
             Fault::Isolate(s) => write!(f, "cut server {s} off from the others"),
             Fault::Cut(a, b) => write!(f, "cut the link between servers {a} and {b}"),
@@ -325,7 +343,7 @@ impl Schedule {
         let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
         let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
         let other = self.pick(&rest);
-        match self.below(12) {
+        match self.below(13) {
             0 | 1 => Fault::Kill(target),
             2 | 3 => Fault::Freeze(target),
             4 => Fault::Stutter(target),
@@ -345,7 +363,9 @@ impl Schedule {
                 }
                 Fault::KillVoters(killed)
             }
-            _ => Fault::KillAll,
+            11 => Fault::KillAll,
+            _ if target <= DISKS_UP_TO => Fault::Hang(target),
+            _ => Fault::Freeze(target),
         }
     }
 
@@ -423,8 +443,12 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     let topology = Topology::new(voters);
     let hosts = Hosts::new(topology.hosts)?;
     let host_list: Vec<_> = hosts.iter().cloned().collect();
-    let mut ens = Ensemble::start_on_hosts(&topology.roles(), &host_list, "").await?;
-    let outcome = run(&mut ens, &hosts, topology, length, seed).await;
+    let stall = format!("log_sync_stall_ms: {STALL_MS}\n");
+    let (mut ens, disks) = Ensemble::start_on_hosts_prepared(&topology.roles(), &host_list, &stall, |dir| {
+        Disks::mount(dir, 1..=DISKS_UP_TO)
+    })
+    .await?;
+    let outcome = run(&mut ens, &hosts, &disks, topology, length, seed).await;
     if outcome.is_err() {
         for s in &ens.servers {
             let log = s.log();
@@ -438,7 +462,14 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     outcome.with_context(|| format!("nemesis seed {seed:#x} (replay with REFEREE_NEMESIS_SEED={seed:#x})"))
 }
 
-async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: Duration, seed: u64) -> Result<()> {
+async fn run(
+    ens: &mut Ensemble,
+    hosts: &Hosts,
+    disks: &Disks,
+    mut topology: Topology,
+    length: Duration,
+    seed: u64,
+) -> Result<()> {
     // Every host's client address: the members come and go, the hosts stay.
     let all = &topology.members()[..];
     let keys = Keys::rotating_for(length + RECOVERY, KEY_PERIOD);
@@ -502,11 +533,15 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
     // would), with the round it was removed in.
     let mut lingering: Option<(u64, usize)> = None;
     while started.elapsed() < length {
-        every_server_running(ens, &topology.members())?;
+        every_server_running(ens, &topology.members()).await?;
         let (leader, _) = ens.leader_among(&topology.voters).await?;
         let faults = schedule.round(&topology, leader);
         let fault = describe(&faults);
-        let lasting = schedule.millis(FAULT_MS);
+        let mut lasting = schedule.millis(FAULT_MS);
+        if faults.iter().any(|f| matches!(f, Fault::Hang(_))) {
+            // Long enough for the server to stop itself if it was writing.
+            lasting = lasting.max(Duration::from_millis(STALL_MS + 1000));
+        }
         let at = started.elapsed();
         let event = format!("{:.1} s: {fault} ({leader} leading) for {lasting:.1?}", at.as_secs_f64());
         eprintln!("{event}");
@@ -520,13 +555,13 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
             lingering = None;
         }
         for f in &faults {
-            inflict(ens, hosts, &topology, leader, f).with_context(|| format!("inflicting: {f}"))?;
+            inflict(ens, hosts, disks, &topology, leader, f).with_context(|| format!("inflicting: {f}"))?;
         }
         hold(ens, &faults, lasting).await.with_context(|| format!("holding: {fault}"))?;
         let leaving =
             faults.iter().find_map(|f| if let Fault::Change(Change::Remove(v)) = f { Some(*v) } else { None });
         for f in faults.iter().rev() {
-            lift(ens, hosts, &topology.members(), f, leaving).await.with_context(|| format!("lifting: {f}"))?;
+            lift(ens, hosts, disks, &topology.members(), f, leaving).await.with_context(|| format!("lifting: {f}"))?;
         }
         for f in &faults {
             if let Fault::Change(change) = f {
@@ -554,7 +589,7 @@ async fn run(ens: &mut Ensemble, hosts: &Hosts, mut topology: Topology, length: 
         retire(ens, v)?;
     }
     let all = &topology.members()[..];
-    every_server_running(ens, all)?;
+    every_server_running(ens, all).await?;
     // The faults are over: a last write to the watched znode must reach every watcher.
     let last = last_watched_write(&every).await?;
     for (i, (_, seen)) in watchers.iter().enumerate() {
@@ -634,21 +669,38 @@ async fn last_watched_write(connect: &str) -> Result<i32> {
     .await
 }
 
-/// Fails naming the servers that exited on their own (no fault of the schedule is running).
-fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
+/// Fails naming the servers that exited on their own (no fault of the schedule is running),
+/// but for one that stopped itself as its disk hung (its last words say so), which is
+/// restarted: its disk may have been thawed just as it found the hang too long.
+async fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
     let running = ens.running();
     let exited: Vec<u64> = all.iter().copied().filter(|s| !running.contains(s)).collect();
+    let (hung, exited): (Vec<u64>, Vec<u64>) = exited.into_iter().partition(|&s| stopped_as_its_disk_hung(ens, s));
     ensure!(exited.is_empty(), "server(s) {exited:?} exited on their own");
-    Ok(())
+    for &s in &hung {
+        eprintln!("  server {s} stopped itself as its disk hung: restarted");
+        // Reaped (it has exited), then started again.
+        ens.kill9(s)?;
+        ens.start_only(s)?;
+    }
+    ens.wait_serving(&hung).await
+}
+
+/// Whether server `id`'s log since it last started says it stopped as its disk hung.
+fn stopped_as_its_disk_hung(ens: &mut Ensemble, id: u64) -> bool {
+    let log = ens.server(id).log();
+    let since = log.rfind(STARTED).unwrap_or(0);
+    log[since..].contains(STALL_SAID)
 }
 
 /// Starts `fault` on ensemble `t`, `leader` leading: a membership change is asked of the
 /// leader's admin listener (its answer is not awaited; [`see_through`] follows it up).
-fn inflict(ens: &mut Ensemble, hosts: &Hosts, t: &Topology, leader: u64, fault: &Fault) -> Result<()> {
+fn inflict(ens: &mut Ensemble, hosts: &Hosts, disks: &Disks, t: &Topology, leader: u64, fault: &Fault) -> Result<()> {
     let on = |s: u64| t.host(s);
     match *fault {
         Fault::Kill(s) => ens.kill9(s),
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGSTOP),
+        Fault::Hang(s) => disks.freeze(s),
         Fault::Isolate(s) => hosts.isolate(on(s)),
         Fault::Cut(a, b) => hosts.partition(on(a), &[on(b)]),
         Fault::OneWay { from, to } => hosts.partition_one_way(on(from), on(to)),
@@ -802,7 +854,14 @@ async fn hold(ens: &mut Ensemble, faults: &[Fault], lasting: Duration) -> Result
 /// every network fault lifted (`all`: the members). A membership change is seen through
 /// afterwards ([`see_through`]); a voter the round removes is restarted without waiting for
 /// it to serve: once its removal has committed no leader reaches it again.
-async fn lift(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault, leaving: Option<u64>) -> Result<()> {
+async fn lift(
+    ens: &mut Ensemble,
+    hosts: &Hosts,
+    disks: &Disks,
+    all: &[u64],
+    fault: &Fault,
+    leaving: Option<u64>,
+) -> Result<()> {
     let restart = |ens: &mut Ensemble, ids: &[u64]| -> Result<Vec<u64>> {
         ids.iter().try_for_each(|&s| ens.start_only(s))?;
         Ok(ids.iter().copied().filter(|&s| Some(s) != leaving).collect())
@@ -813,6 +872,27 @@ async fn lift(ens: &mut Ensemble, hosts: &Hosts, all: &[u64], fault: &Fault, lea
             ens.wait_serving(&serving).await
         }
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGCONT),
+        Fault::Hang(s) => {
+            disks.thaw(s)?;
+            if !stopped_as_its_disk_hung(ens, s) {
+                // It was not writing long enough to stop: it goes on as it was.
+                eprintln!("  server {s} did not stop: its writes did not hang long enough");
+                return ens.wait_serving(&[s]).await;
+            }
+            // It stopped itself: once thawed its process ends, and it is started again.
+            let server = ens.server(s);
+            within_for(RECOVERY, "the server whose disk hung to end", async {
+                while server.is_running() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await?;
+            eprintln!("  server {s} stopped itself as its disk hung: restarted once thawed");
+            // Reaped (it has exited), then started again.
+            ens.kill9(s)?;
+            let serving = restart(ens, &[s])?;
+            ens.wait_serving(&serving).await
+        }
         Fault::Isolate(_) | Fault::Cut(..) | Fault::OneWay { .. } => hosts.heal_all(),
         Fault::KillVoters(ref v) => {
             let serving = restart(ens, v)?;

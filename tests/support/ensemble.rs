@@ -186,10 +186,20 @@ impl Ensemble {
     /// Starts one server per role, server `i` on host `i` of `hosts` listening on that host's
     /// address, as [`Ensemble::start`] does.
     pub async fn start_on_hosts(roles: &[Role], hosts: &[Host], extra: &str) -> Result<Ensemble> {
+        Ok(Self::start_on_hosts_prepared(roles, hosts, extra, |_| Ok(())).await?.0)
+    }
+
+    /// [`Ensemble::start_on_hosts`], with `prepare` run as [`Ensemble::start_prepared`] runs it.
+    pub async fn start_on_hosts_prepared<T>(
+        roles: &[Role],
+        hosts: &[Host],
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path) -> Result<T>,
+    ) -> Result<(Ensemble, T)> {
         ensure!(hosts.len() >= roles.len(), "{} hosts for {} servers", hosts.len(), roles.len());
         let addrs = hosts.iter().map(Addrs::on);
         let hosts = hosts.iter().take(roles.len()).cloned().map(Some).collect();
-        Ok(Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra, |_| Ok(())).await?.0)
+        Self::start_at(roles, addrs.take(roles.len()).collect(), hosts, extra, prepare).await
     }
 
     async fn start_at<T>(
@@ -276,7 +286,13 @@ impl Ensemble {
     pub fn wipe(&mut self, id: u64) -> Result<()> {
         ensure!(!self.server(id).is_running(), "server {id} is running");
         let data = self.dir.path(&format!("data{id}"));
-        std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))
+        // What it holds, not the directory itself: a filesystem may be mounted on it.
+        for entry in std::fs::read_dir(&data).with_context(|| format!("reading {}", data.display()))? {
+            let path = entry?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Starts stopped server `id` again on its configuration (without `--init`), without

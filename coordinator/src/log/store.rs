@@ -778,6 +778,40 @@ impl Drop for LogStore {
     }
 }
 
+/// Whether the write or fdatasync running now has hung, from a watch's own looks at it: it must
+/// have been seen running at more than `looks` looks in a row, and for longer than `limit`. A
+/// pause of the whole process (SIGSTOP, a virtual machine paused) stops the looks as well, so
+/// a write caught in one is not taken for a hung disk once the process runs again.
+#[derive(Debug, Default)]
+pub(crate) struct Sightings {
+    /// Which write (its start, as `Shared::io_began` has it) was seen, and how many times.
+    began: u64,
+    seen: u32,
+}
+
+impl Sightings {
+    /// One look: `began` is the running write's start (0: none runs), `running_for` how long it
+    /// has run. Returns how long it has run once it counts as hung.
+    pub(crate) fn look(
+        &mut self,
+        began: u64,
+        running_for: Option<Duration>,
+        looks: u32,
+        limit: Duration,
+    ) -> Option<Duration> {
+        if began == 0 {
+            *self = Sightings::default();
+            return None;
+        }
+        if began == self.began {
+            self.seen = self.seen.saturating_add(1);
+        } else {
+            *self = Sightings { began, seen: 1 };
+        }
+        running_for.filter(|&r| self.seen > looks && r > limit)
+    }
+}
+
 /// Stops a log store whose write or fdatasync has not returned for too long: a disk that
 /// hangs instead of failing (a frozen filesystem blocks the write already). Once stopped, the store fails every write as after a failed fsync, and the
 /// server stops (see [`LogStore::stop_watch`]). Cheap to clone.
@@ -799,14 +833,18 @@ impl StallWatch {
     /// timers until that write returns.
     pub fn watch_on_a_thread(&self, limit: Duration) -> io::Result<()> {
         let every = (limit / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let looks = u32::try_from(limit.as_millis() / every.as_millis().max(1)).unwrap_or(u32::MAX);
         let (shared, dir) = (Arc::downgrade(&self.shared), self.dir.clone());
+        let mut sightings = Sightings::default();
         let watch = move || loop {
             std::thread::sleep(every);
             let Some(shared) = shared.upgrade() else { return };
             if shared.stopped().is_some() {
                 return;
             }
-            if (StallWatch { shared, dir: dir.clone() }).stop_if_stalled(limit) {
+            let began = shared.io_began.load(Ordering::Acquire);
+            if let Some(waited) = sightings.look(began, shared.io_running_for(), looks, limit) {
+                shared.stop(&LogError::SyncStalled { dir: dir.clone(), waited, limit });
                 return;
             }
         };

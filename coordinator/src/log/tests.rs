@@ -605,6 +605,39 @@ fn an_fsync_stalled_past_its_bound_stops_the_store_which_drops_without_waiting_f
     assert!(result.unwrap_err().contains("has not returned for"), "entry 2 is not acknowledged after the stop");
 }
 
+/// A write counts as hung only once the watch has seen it running at more than `looks` looks
+/// in a row and for longer than the bound: a pause of the whole process, which the watch
+/// sleeps through too, is not a hung disk however long the write's clock says it ran.
+#[test]
+fn a_write_counts_as_hung_only_after_enough_looks_in_a_row() {
+    use super::store::Sightings;
+    let (limit, ms) = (Duration::from_millis(1000), Duration::from_millis);
+    let mut s = Sightings::default();
+    // Seen first 1.8 s into it (the process was paused): not yet.
+    assert_eq!(s.look(7, Some(ms(1800)), 10, limit), None);
+    for i in 1..10 {
+        assert_eq!(s.look(7, Some(ms(1800 + 100 * i)), 10, limit), None, "look {}", i + 1);
+    }
+    // The eleventh look in a row at the same write, past the bound: hung.
+    assert_eq!(s.look(7, Some(ms(2800)), 10, limit), Some(ms(2800)));
+
+    // Another write each time, or none in between: never.
+    let mut s = Sightings::default();
+    for began in 1..=30 {
+        assert_eq!(s.look(began, Some(ms(5000)), 10, limit), None);
+    }
+    let mut s = Sightings::default();
+    for i in 0..30 {
+        let (began, running) = if i % 2 == 0 { (3, Some(ms(5000))) } else { (0, None) };
+        assert_eq!(s.look(began, running, 10, limit), None);
+    }
+    // Enough looks, but within the bound (the looks came quicker than planned): not yet.
+    let mut s = Sightings::default();
+    for _ in 0..20 {
+        assert_eq!(s.look(9, Some(ms(900)), 10, limit), None);
+    }
+}
+
 #[test]
 fn a_full_disk_mid_record_is_fatal_and_recovery_cuts_the_partial_record() {
     let fs = FaultFs::new();
