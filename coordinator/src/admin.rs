@@ -745,11 +745,20 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
     let m = ctx.metrics();
     let ensemble = ensemble_stats(&m);
     let mode = crate::fourlw::mode_of(&m);
-    let (values, serving, counters) = {
+    let (values, serving, counters, slow_syncs) = {
         let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none(), st.counters.clone())
+        let slow_syncs = st.log_end.as_ref().map_or(0, |l| l.slow_syncs());
+        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none(), st.counters.clone(), slow_syncs)
     };
     let mut text = prometheus_text(&values, &m, ensemble.as_ref(), serving);
+    // ZooKeeper counts these as fsync_threshold_exceed_count over JMX, not in mntr.
+    let _ = writeln!(
+        text,
+        "# HELP referee_coordinator_log_slow_fdatasyncs_total fdatasyncs of the log that took a second or more \
+         (ZooKeeper's fsync.warningthresholdms at its default).\n\
+         # TYPE referee_coordinator_log_slow_fdatasyncs_total counter\n\
+         referee_coordinator_log_slow_fdatasyncs_total {slow_syncs}"
+    );
     if ensemble.is_some() {
         text.push_str(&election_counters(&counters));
     }

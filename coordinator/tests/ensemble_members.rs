@@ -239,6 +239,11 @@ async fn the_leader_reports_its_followers_in_mntr_and_metrics() -> Result<()> {
 
     let before = scrape(l.admin).await?;
     assert_eq!(before.get("referee_coordinator_raft_is_leader"), Some(&1.0));
+    assert_eq!(
+        before.get("referee_coordinator_log_slow_fdatasyncs_total"),
+        Some(&0.0),
+        "no fdatasync of the log took a second"
+    );
     assert_eq!(before.get("synced_followers"), Some(&2.0));
     for id in 2..=4 {
         if id != leader {

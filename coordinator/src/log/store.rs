@@ -71,6 +71,9 @@ const MAX_BATCH: usize = 1000;
 
 /// An fdatasync of the log that takes this long is logged.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
+/// An fdatasync this long is counted (`referee_coordinator_log_slow_fdatasyncs_total` on
+/// `/metrics`) and warned of, as ZooKeeper's `fsync.warningthresholdms` does at its default.
+pub const SYNC_WARNING: std::time::Duration = std::time::Duration::from_millis(1000);
 
 enum Command {
     Append { entries: Vec<EncodedEntry>, done: AppendDone },
@@ -211,6 +214,8 @@ struct Shared {
     /// `epoch` plus one; 0 while none runs. Read by [`StallWatch`].
     io_began: AtomicU64,
     epoch: Instant,
+    /// fdatasyncs of the log that took [`SYNC_WARNING`] or longer.
+    slow_syncs: AtomicU64,
 }
 
 impl Default for Shared {
@@ -223,6 +228,7 @@ impl Default for Shared {
             queued: AtomicUsize::new(0),
             io_began: AtomicU64::new(0),
             epoch: Instant::now(),
+            slow_syncs: AtomicU64::new(0),
         }
     }
 }
@@ -312,6 +318,11 @@ impl LogReader {
     /// The sizes of the entries this server appended as the leader of its latest term.
     pub fn proposal_sizes(&self) -> ProposalSizes {
         self.shared.cache().proposals
+    }
+
+    /// How many fdatasyncs of the log took [`SYNC_WARNING`] or longer since the server started.
+    pub fn slow_syncs(&self) -> u64 {
+        self.shared.slow_syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -948,7 +959,14 @@ impl Files {
         let started = Instant::now();
         let synced = shared.timing_io(|| self.wal.sync());
         let took = started.elapsed();
-        if took >= SLOW_SYNC {
+        if took >= SYNC_WARNING {
+            shared.slow_syncs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                appends = self.waiting.len(),
+                "fdatasync of the log took over {SYNC_WARNING:?}: every write waited for it; the disk may be failing"
+            );
+        } else if took >= SLOW_SYNC {
             // Every write waiting for this fsync waits this long: a cause of reply stalls.
             tracing::info!(
                 took_ms = took.as_millis() as u64,

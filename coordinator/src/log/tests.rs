@@ -605,6 +605,32 @@ fn an_fsync_stalled_past_its_bound_stops_the_store_which_drops_without_waiting_f
     assert!(result.unwrap_err().contains("has not returned for"), "entry 2 is not acknowledged after the stop");
 }
 
+/// An fdatasync of a second or more is counted, as ZooKeeper's `fsyncThresholdExceedCount`
+/// counts them, and acknowledged all the same.
+#[test]
+fn an_fdatasync_of_a_second_or_more_is_counted() {
+    use super::store::SYNC_WARNING;
+    let fs = FaultFs::new();
+    let store = store(&fs);
+    let (stall, reader) = (store.stall_watch(), store.reader());
+    let (tx, rx) = mpsc::channel();
+    append(&store, &fs, &tx, entry(1, 1));
+    assert_eq!(ack(&rx).2, Ok(()));
+    assert_eq!(reader.slow_syncs(), 0);
+
+    fs.hold_syncs();
+    append(&store, &fs, &tx, entry(1, 2));
+    assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the fsync of entry 2");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while stall.io_running_for() <= Some(SYNC_WARNING) {
+        assert!(std::time::Instant::now() < deadline, "the held fdatasync never ran {SYNC_WARNING:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs.release_syncs();
+    assert_eq!(ack(&rx).2, Ok(()), "a slow fdatasync still acknowledges");
+    assert_eq!(reader.slow_syncs(), 1);
+}
+
 /// A write counts as hung only once the watch has seen it running at more than `looks` looks
 /// in a row and for longer than the bound: a pause of the whole process, which the watch
 /// sleeps through too, is not a hung disk however long the write's clock says it ran.
