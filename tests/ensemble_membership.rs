@@ -37,15 +37,23 @@ fn shape(m: &Members) -> (Vec<u64>, bool) {
     (m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect(), m.changing)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leader() -> Result<()> {
+/// Three voters and an observer whose promotion the leader has been asked for, with one
+/// follower and the observer frozen: the joint configuration reaches the leader and the other
+/// follower (seen through its admin listener), a majority of the old voters but not of the new
+/// ones, so it cannot commit.
+struct HeldPromotion {
+    ens: Ensemble,
+    leader: u64,
+    /// The follower and the observer frozen.
+    frozen: [u64; 2],
+    /// The operator's request, waiting for its answer.
+    request: tokio::task::JoinHandle<Result<reqwest::StatusCode>>,
+}
+
+async fn promotion_held() -> Result<HeldPromotion> {
     let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
     let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
-
-    // One follower and the observer frozen: the joint configuration reaches the leader and the
-    // other follower, a majority of the old voters but not of the new ones, so it cannot
-    // commit.
     let (holds, frozen) = (followers[0], [followers[1], 4]);
     for &f in &frozen {
         ens.server(f).signal(Signal::SIGSTOP)?;
@@ -68,6 +76,12 @@ async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leade
         }
     })
     .await?;
+    Ok(HeldPromotion { ens, leader, frozen, request })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_cut_off_by_the_leaders_crash_is_completed_by_the_next_leader() -> Result<()> {
+    let HeldPromotion { mut ens, leader, frozen, request } = promotion_held().await?;
 
     // The leader dies with its call half done; whoever leads next holds the joint
     // configuration (the follower without it cannot win a vote against the two with it).
@@ -182,34 +196,7 @@ async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknow
 /// meanwhile (no completion, no attempt refused as in progress).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promotion_whose_caller_hung_up_half_way_is_finished_by_the_leader_itself() -> Result<()> {
-    let mut ens = Ensemble::start(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer], "").await?;
-    let (leader, _) = ens.leader_among(&[1, 2, 3, 4]).await?;
-    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&s| s != leader).collect();
-
-    // As in the leader's crash above: the joint configuration cannot commit while one follower
-    // and the observer are frozen.
-    let (holds, frozen) = (followers[0], [followers[1], 4]);
-    for &f in &frozen {
-        ens.server(f).signal(Signal::SIGSTOP)?;
-    }
-    let four = ens.server(4);
-    let body = serde_json::json!({
-        "id": 4, "client": four.client, "peer": four.peer, "admin": four.admin, "role": "voter",
-    });
-    let url = format!("http://{}/members", ens.server(leader).admin);
-    let request = tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        anyhow::Ok(http.post(url).json(&body).send().await?.status())
-    });
-    within_for(Duration::from_secs(10), "the running follower to hold the joint configuration", async {
-        loop {
-            if ens.members(holds).await.is_ok_and(|m| m.changing) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await?;
+    let HeldPromotion { mut ens, leader, frozen, request } = promotion_held().await?;
     // The caller hangs up: its connection is closed. The listener notices before the frozen
     // servers resume (a wait, not a condition: nothing outside the server shows it noticed).
     request.abort();

@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::ensemble::{launch_again, leader_of, start_ensemble, start_ensemble_behind_proxies, stop, Running};
 use referee_coordinator::config::{CoordinatorConfig, Role};
 use referee_testkit::{connect, within_for};
@@ -32,11 +32,7 @@ async fn write_and_check(running: &[Running], leader: u64, path: &str) -> Result
     zk.create(path, b"replicated", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
     let index = r.raft.metrics().borrow().last_applied.map(|l| l.index).context("the leader applied the write")?;
     for r in running {
-        r.raft
-            .wait(Some(DEADLINE))
-            .applied_index_at_least(Some(index), "the client's write")
-            .await
-            .map_err(|e| anyhow!("server {} did not apply entry {index}: {e}", r.id))?;
+        r.applied(index, "the client's write").await?;
         assert_eq!(r.data(path).as_deref(), Some(&b"replicated"[..]), "server {} holds {path}", r.id);
     }
     Ok(())

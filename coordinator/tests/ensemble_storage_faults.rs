@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::ensemble::{leader_of, start_ensemble_on, stop, Running};
 use common::PERSISTENT;
 use referee_coordinator::config::Role;
@@ -140,11 +140,7 @@ async fn every_write_on(running: &[Running], acked: &[String]) -> Result<()> {
     let l = running.iter().find(|r| r.id == leader).context("the leader runs")?;
     let index = l.raft.metrics().borrow().last_applied.map(|a| a.index).context("the leader applied entries")?;
     for r in running {
-        r.raft
-            .wait(Some(DEADLINE))
-            .applied_index_at_least(Some(index), "the leader's last entry")
-            .await
-            .map_err(|e| anyhow!("server {} did not apply entry {index}: {e}", r.id))?;
+        r.applied(index, "the leader's last entry").await?;
         let lost: Vec<&String> = acked.iter().filter(|p| r.data(p).is_none()).collect();
         ensure!(lost.is_empty(), "server {} lacks {} acknowledged writes: {lost:?}", r.id, lost.len());
     }

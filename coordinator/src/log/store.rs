@@ -794,7 +794,7 @@ impl Drop for LogStore {
 /// pause of the whole process (SIGSTOP, a virtual machine paused) stops the looks as well, so
 /// a write caught in one is not taken for a hung disk once the process runs again.
 #[derive(Debug, Default)]
-pub(crate) struct Sightings {
+pub struct Sightings {
     /// Which write (its start, as `Shared::io_began` has it) was seen, and how many times.
     began: u64,
     seen: u32,
@@ -803,13 +803,7 @@ pub(crate) struct Sightings {
 impl Sightings {
     /// One look: `began` is the running write's start (0: none runs), `running_for` how long it
     /// has run. Returns how long it has run once it counts as hung.
-    pub(crate) fn look(
-        &mut self,
-        began: u64,
-        running_for: Option<Duration>,
-        looks: u32,
-        limit: Duration,
-    ) -> Option<Duration> {
+    pub fn look(&mut self, began: u64, running_for: Option<Duration>, looks: u32, limit: Duration) -> Option<Duration> {
         if began == 0 {
             *self = Sightings::default();
             return None;
@@ -850,28 +844,21 @@ impl StallWatch {
         let watch = move || loop {
             std::thread::sleep(every);
             let Some(shared) = shared.upgrade() else { return };
-            if shared.stopped().is_some() {
-                return;
-            }
-            let began = shared.io_began.load(Ordering::Acquire);
-            if let Some(waited) = sightings.look(began, shared.io_running_for(), looks, limit) {
-                shared.stop(&LogError::SyncStalled { dir: dir.clone(), waited, limit });
+            let watch = StallWatch { shared, dir: dir.clone() };
+            if watch.shared.stopped().is_some() || watch.look(&mut sightings, looks, limit) {
                 return;
             }
         };
         std::thread::Builder::new().name("raft-log-stall-watch".into()).spawn(watch).map(drop)
     }
 
-    /// Stops the store if a write or fdatasync has been running longer than `limit`; whether
-    /// it did.
-    pub fn stop_if_stalled(&self, limit: Duration) -> bool {
-        match self.shared.io_running_for() {
-            Some(waited) if waited > limit => {
-                self.shared.stop(&LogError::SyncStalled { dir: self.dir.clone(), waited, limit });
-                true
-            }
-            _ => false,
-        }
+    /// One look at the write or fdatasync running now (see [`Sightings`]): stops the store
+    /// once it counts as hung, and says whether it did.
+    pub fn look(&self, sightings: &mut Sightings, looks: u32, limit: Duration) -> bool {
+        let began = self.shared.io_began.load(Ordering::Acquire);
+        let Some(waited) = sightings.look(began, self.shared.io_running_for(), looks, limit) else { return false };
+        self.shared.stop(&LogError::SyncStalled { dir: self.dir.clone(), waited, limit });
+        true
     }
 }
 

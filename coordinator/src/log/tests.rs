@@ -589,9 +589,10 @@ fn an_fsync_stalled_past_its_bound_stops_the_store_which_drops_without_waiting_f
     append(&store, &fs, &tx, entry(1, 2));
     assert!(fs.wait_for_held_syncs(1, DEADLINE), "the writer reached the fsync of entry 2");
     assert!(stall.io_running_for().is_some(), "the held fdatasync counts as running");
-    assert!(!stall.stop_if_stalled(Duration::from_secs(3600)), "within its bound");
+    let mut sightings = super::store::Sightings::default();
+    assert!(!stall.look(&mut sightings, 0, Duration::from_secs(3600)), "within its bound");
     assert!(store.stopped().is_none());
-    assert!(stall.stop_if_stalled(Duration::ZERO), "past its bound");
+    assert!(stall.look(&mut sightings, 0, Duration::ZERO), "past its bound, seen at more looks than asked");
     let why = store.stopped().expect("the store stopped");
     assert!(why.contains("has not returned for") && why.contains("/data/log"), "{why}");
     let e = store.submit_append(vec![entry(1, 3)], Box::new(|_| panic!("never called"))).unwrap_err();

@@ -61,6 +61,17 @@ impl Running {
         st.tree.node(path).and_then(|n| n.data().map(<[u8]>::to_vec))
     }
 
+    /// Waits, up to [`ENSEMBLE_DEADLINE`], until it has applied entry `index` (`what` says
+    /// which).
+    pub async fn applied(&self, index: u64, what: &str) -> Result<()> {
+        self.raft
+            .wait(Some(ENSEMBLE_DEADLINE))
+            .applied_index_at_least(Some(index), what)
+            .await
+            .map(drop)
+            .map_err(|e| anyhow!("server {} did not apply entry {index} ({what}): {e}", self.id))
+    }
+
     /// The ids of the sessions its replicated tree holds.
     pub fn session_ids(&self) -> Vec<i64> {
         let st = self.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
