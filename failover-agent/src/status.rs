@@ -48,9 +48,9 @@ pub struct Transition {
     pub token: Option<FencingToken>,
     /// For a promotion: how long each phase took.
     pub phases: Option<Phases>,
-    /// For a role change a failover made (to active, or away from it): the instants this agent
-    /// saw, from the first failed check or the lock seen free to the change
-    /// ([`crate::timeline`]).
+    /// For a role change a failover made (to active, away from it, or out of a promotion given
+    /// up, whose fence the next attempt counts on): the instants this agent saw, from the first
+    /// failed check or the lock seen free to the change ([`crate::timeline`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Mark>,
 }

@@ -27,6 +27,8 @@ struct FakeMaster {
     /// While set, a step-down does not record the token it came with (a master, or a wrapper
     /// around one, that does not keep tokens on standby).
     forgets_tokens: Arc<AtomicBool>,
+    /// Promotions refused (503) before one is taken.
+    refusals_left: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl FakeMaster {
@@ -42,6 +44,7 @@ impl FakeMaster {
             log,
             state_hangs: Arc::default(),
             forgets_tokens: Arc::default(),
+            refusals_left: Arc::default(),
         };
         let app =
             Router::new()
@@ -77,6 +80,11 @@ impl FakeMaster {
     /// Promotion refuses a token below the highest seen, as a real master does.
     fn change(&self, to: HaState, request: TokenRequest) -> (axum::http::StatusCode, Json<HaStatus>) {
         let mut st = self.state.lock().unwrap();
+        let refuse = |left: u32| left.checked_sub(1);
+        if to == HaState::Active && self.refusals_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, refuse).is_ok()
+        {
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(*st));
+        }
         if to == HaState::Active && request.token < st.token {
             return (axum::http::StatusCode::CONFLICT, Json(*st));
         }
@@ -131,6 +139,14 @@ impl ControlledAgent {
         cfg: AgentConfig,
     ) -> Result<(tokio::sync::mpsc::Sender<referee_failover_agent::control::ControlRequest>, ControlledAgent)> {
         let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(cfg, probes).await
+    }
+
+    /// The same, serving its probes (`/history` among them) on `probes`.
+    async fn start_on(
+        cfg: AgentConfig,
+        probes: tokio::net::TcpListener,
+    ) -> Result<(tokio::sync::mpsc::Sender<referee_failover_agent::control::ControlRequest>, ControlledAgent)> {
         let (stop, stopped) = oneshot::channel::<()>();
         let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
         let task = tokio::spawn(referee_failover_agent::driver::run_with_control(
@@ -286,6 +302,48 @@ async fn a_peer_fence_is_fenced_only_when_the_master_records_the_new_token() -> 
     let outcome = peer_fence(newer).await?;
     ensure!(matches!(outcome, MethodOutcome::Fenced { .. }), "{outcome:?}");
     ensure!(a.status() == HaStatus { state: HaState::Standby, token: newer }, "{:?}", a.status());
+
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// A promotion given up after its fence: a wins the lock, fences b, writes its breadcrumb, and
+/// its master refuses the promotion, so a releases the lock and backs off. Its next acquisition
+/// finds its own breadcrumb and rightly fences no one. The fence that made the promotion safe
+/// happened in the abandoned attempt, and `/history` must still show it: an operator reading
+/// why a became active, with b's master turned off, must find who fenced it and how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_given_up_after_its_fence_keeps_the_fence_in_the_history() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (b, b_port) = FakeMaster::start("b", HaState::Active, 5, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    a.refusals_left.store(1, Ordering::SeqCst);
+    let mut cfg = agent_config(&server.connect_string(), a_port, b_port)?;
+    cfg.election.backoff_after_failure_ms = 300;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let history_url = format!("http://{}/history", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    ensure!(a.refusals_left.load(Ordering::SeqCst) == 0, "the first promotion was not refused");
+    ensure!(b.status().state == HaState::Standby, "b's master still {:?}", b.status());
+    let history: serde_json::Value = reqwest::get(&history_url).await?.json().await?;
+    let transitions = history["transitions"].as_array().context("/history lists transitions")?.clone();
+    let promoted = transitions
+        .iter()
+        .rposition(|t| t["to"] == "active")
+        .with_context(|| format!("no promotion in the history: {history}"))?;
+    ensure!(
+        transitions[promoted]["reason"].as_str().is_some_and(|r| r.contains("no fencing needed")),
+        "the promotion was expected to follow an abandoned attempt of a's own: {history}"
+    );
+    let fence_shown = transitions[..=promoted].iter().any(|t| {
+        t["timeline"].as_array().is_some_and(|marks| {
+            marks.iter().any(|m| m["event"].as_str().is_some_and(|e| e.starts_with("fence b by graceful: fenced")))
+        })
+    });
+    ensure!(fence_shown, "the history up to a's promotion does not show b fenced: {history}");
 
     agent.stop().await?;
     server.stop().await

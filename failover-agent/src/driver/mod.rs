@@ -571,10 +571,17 @@ impl Driver {
             ]);
         } else if decision.steps.iter().any(|s| matches!(s, Step::ReleaseLock { .. })) {
             let failed = report.failing_since.map(|t| Mark::at_boot("first_failed_check", t));
-            self.mem.timeline.restart(failed.into_iter().chain([
+            let marks = failed.into_iter().chain([
                 Mark { event: "active_cycle_started".into(), ..woke },
                 Mark { event: "step_down_decided".into(), ..observed },
-            ]));
+            ]);
+            // A promotion given up goes on with its own recording: its fence is part of it.
+            let promoting = self.status().role == Role::Promoting;
+            if promoting && self.mem.timeline.recording() {
+                marks.for_each(|m| self.mem.timeline.mark(m));
+            } else {
+                self.mem.timeline.restart(marks);
+            }
         }
         let master_after = self.execute(&decision, &obs, coord).await;
         self.publish(&obs, coord).await;
@@ -615,12 +622,10 @@ impl Driver {
         let role = role_of(&st);
         let phases = (role == Role::Active).then_some(self.mem.phases);
         let (previous, token_now) = (st.role, st.token);
-        // A failover's marks go with the role change it ends in: to active, or away from it.
-        let timeline = if previous != role && (previous == Role::Active || role == Role::Active) {
-            recording.take()
-        } else {
-            Vec::new()
-        };
+        // A failover's marks go with the role change it ends in: to active, away from it, or
+        // out of a promotion given up (whose fence the next attempt counts on and skips).
+        let ends_failover = previous == Role::Active || previous == Role::Promoting || role == Role::Active;
+        let timeline = if previous != role && ends_failover { recording.take() } else { Vec::new() };
         st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
         if previous == Role::Active && role != Role::Active {
