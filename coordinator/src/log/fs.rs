@@ -243,6 +243,11 @@ pub struct FaultFs {
     inner: Arc<FaultInner>,
 }
 
+/// How long a held fsync waits before it fails: longer than any test holds one on purpose, so
+/// that a test that ends early without releasing its hold (a failed assertion) fails instead
+/// of waiting for ever in the drop of the log, which joins its writer.
+const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The unit in which [`FaultFs::crash_persisting`] loses or keeps unsynced data: a page of
 /// the page cache, written to the disk as a whole.
 pub const PAGE: usize = 4096;
@@ -281,7 +286,8 @@ impl FaultFs {
         self.lock().write_budget = Some(bytes);
     }
 
-    /// Makes every file fsync wait until [`FaultFs::release_syncs`] (or a crash).
+    /// Makes every file fsync wait until [`FaultFs::release_syncs`] (or a crash; or, failing,
+    /// after a minute, in case the test never releases it).
     pub fn hold_syncs(&self) {
         self.lock().hold_syncs = true;
     }
@@ -436,8 +442,13 @@ impl LogFile for FaultFile {
         if st.hold_syncs {
             st.syncs_waiting += 1;
             self.fs.inner.changed.notify_all();
-            while st.hold_syncs && st.let_through == 0 && st.epoch == self.epoch {
-                st = self.fs.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            let until = std::time::Instant::now() + HOLD_LIMIT;
+            let mut timed_out = false;
+            while st.hold_syncs && st.let_through == 0 && st.epoch == self.epoch && !timed_out {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                let (next, waited) = self.fs.inner.changed.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner());
+                st = next;
+                timed_out = waited.timed_out();
             }
             if st.hold_syncs && st.let_through > 0 && st.epoch == self.epoch {
                 st.let_through -= 1;
@@ -445,6 +456,12 @@ impl LogFile for FaultFile {
             st.syncs_waiting -= 1;
             if st.epoch != self.epoch {
                 return Err(crashed());
+            }
+            if timed_out && st.hold_syncs && st.let_through == 0 {
+                return Err(io::Error::other(format!(
+                    "an fsync held by the test was not released within {HOLD_LIMIT:?}: a test that ended \
+                     early without releasing it (see its failure above)"
+                )));
             }
         }
         let ino = self.ino;
