@@ -10,6 +10,11 @@
 //! `log_sync_stall_ms`, the leader stops on its own with one message naming the stall, another
 //! voter leads, the writes go on through it, and every acknowledged write is on both; thawed,
 //! the old leader's process ends.
+//!
+//! A disk filled to its last block instead: a follower goes on appending to the log segment
+//! it allocated ahead, and at the next election cannot save its vote, without which it may
+//! not take part. It stops with one message naming the file and the full disk; the other two
+//! elect and go on; given room, it starts again and catches up, every acknowledged write kept.
 
 #[path = "support/disks.rs"]
 mod disks;
@@ -133,6 +138,54 @@ async fn a_follower_whose_disk_hangs_stops_while_the_others_go_on() -> Result<()
     };
     hang_until_it_stops(&ens, &disks, follower, on).await?;
     every_write_kept_and_ended(&mut ens, load, &rest, follower).await?;
+    drop(ens);
+    drop(disks);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_whose_disk_fills_stops_at_the_next_vote_and_comes_back_with_room() -> Result<()> {
+    const TEST: &str = "a_follower_whose_disk_fills_stops_at_the_next_vote_and_comes_back_with_room";
+    let others = |leader: u64| vec![leader, if leader == 1 { 3 } else { 1 }];
+    let Some((mut ens, disks, leader, load)) = start(TEST, others).await? else { return Ok(()) };
+    let full = [1, 2, 3].into_iter().find(|s| !others(leader).contains(s)).context("a follower")?;
+    // Following the leader (its vote of this term saved) before its disk fills.
+    writes_grow(ens.client(full), 10, "10 writes seen through the follower before its disk fills").await?;
+    let filled = disks.fill(full)?;
+    eprintln!("server {full}'s disk filled with {} MiB", filled >> 20);
+    writes_grow(ens.client(leader), 20, "20 writes with a follower's disk full").await?;
+    ensure!(ens.running().contains(&full), "server {full} stopped before any vote:\n{}", ens.server(full).log());
+
+    // An election: the leader killed and started again. The full follower must save a vote
+    // (its own, or one it grants) before it takes part.
+    ens.kill9(leader)?;
+    ens.start_only(leader)?;
+    let server = ens.server(full);
+    within_for(Duration::from_secs(20), "the full follower to stop", async {
+        while server.is_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .with_context(|| server.log())?;
+    let log = server.log();
+    let last = log.lines().rev().find(|l| l.starts_with("referee: ")).unwrap_or_default();
+    for needed in ["storage failed, the server stopped", "No space left on device", "raft-meta", "restart the server"] {
+        ensure!(last.contains(needed), "its last words do not say {needed:?}: {last:?}; its log:\n{log}");
+    }
+    let rest = others(leader);
+    let (next, _) = ens.leader_among(&rest).await?;
+    writes_grow(ens.client(next), 20, "20 writes after the full follower stopped").await?;
+
+    // Room again: it starts on the same directory, catches up and holds every write.
+    disks.unfill(full)?;
+    ens.kill9(full)?;
+    ens.start_only(full)?;
+    ens.wait_serving(&[full]).await?;
+    let writes = load.finish().await?;
+    let acked = acked(&writes);
+    ensure!(acked.len() >= 60, "only {} writes acknowledged", acked.len());
+    check_everywhere(&ens, &[1, 2, 3], &acked).await?;
     drop(ens);
     drop(disks);
     Ok(())

@@ -10,6 +10,11 @@
 //!   loop device), frozen with `fsfreeze` for at least [`STALL_MS`] and a second, so that its
 //!   writes block in the kernel; the server stops itself past `log_sync_stall_ms`, and is
 //!   restarted once the disk is thawed;
+//! - a server's disk filled to its last block: whatever it writes next that needs a block (a
+//!   vote, a snapshot, a new log segment) fails with "no space left"; a server that stops on
+//!   it is restarted once the room is given back. Every server takes a snapshot every
+//!   [`SNAPSHOT_EVERY`] entries, so snapshots fail on full disks, logs are purged behind them,
+//!   and servers that lagged or restarted catch up from a snapshot sent by the leader;
 //! - a server stuttering: frozen 60 ms and running 40 ms, over and over, so that it lags
 //!   without going silent long enough to be given up;
 //! - a server cut off from every other server, its clients still reaching it;
@@ -28,7 +33,8 @@
 //!   through a change among them). Once that fault is lifted the change is asked again until
 //!   the leader's membership shows it done, none in progress, within [`RECOVERY`].
 //!
-//! One round in five joins a process fault on one server (killed, frozen or stuttering) with a
+//! One round in five joins a process fault on one server (killed, frozen, stuttering or its
+//! disk filled) with a
 //! network fault among the others; one in six is a membership change. Half of the faults aim
 //! at the leader of the moment. Each
 //! round lasts 0.3 to 4 s, often longer than the servers' election timeout and staleness bound,
@@ -114,6 +120,10 @@ const STALL_MS: u64 = 1500;
 const DISKS_UP_TO: u64 = 16;
 /// What a server whose disk hung says before it stops.
 const STALL_SAID: &str = "has not returned for";
+/// What a server logs as soon as it stops on a failure of its storage (full or failing).
+const STORAGE_STOP_SAID: &str = "storage failed, stopping";
+/// The servers' `snapshot_every_txns`: a snapshot every few seconds of the clients' writes.
+const SNAPSHOT_EVERY: u64 = 500;
 /// What a server says each time it starts.
 const STARTED: &str = "phase=\"data directory opened\"";
 
@@ -241,6 +251,8 @@ enum Fault {
     Freeze(u64),
     /// Its disk frozen (`fsfreeze`): every write to it blocks until thawed.
     Hang(u64),
+    /// Its disk filled to the last block: every write that needs one fails with ENOSPC.
+    Fill(u64),
     /// Frozen and resumed over and over (60 ms stopped, 40 ms running): a server that lags
     /// without ever going silent for long.
     Stutter(u64),
@@ -264,6 +276,7 @@ impl fmt::Display for Fault {
             Fault::Kill(s) => write!(f, "kill -9 server {s}"),
             Fault::Freeze(s) => write!(f, "freeze server {s}"),
             Fault::Hang(s) => write!(f, "hang the disk of server {s}"),
+            Fault::Fill(s) => write!(f, "fill the disk of server {s}"),
             Fault::Stutter(s) => write!(f, "stutter server {s}"),
             Fault::Isolate(s) => write!(f, "cut server {s} off from the others"),
             Fault::Cut(a, b) => write!(f, "cut the link between servers {a} and {b}"),
@@ -319,9 +332,10 @@ impl Schedule {
         if self.below(5) == 0 {
             let target = if self.below(2) == 0 { leader } else { self.pick(&all) };
             let rest: Vec<u64> = all.iter().copied().filter(|&s| s != target).collect();
-            let process = match self.below(3) {
+            let process = match self.below(4) {
                 0 => Fault::Kill(target),
                 1 => Fault::Freeze(target),
+                2 if target <= DISKS_UP_TO => Fault::Fill(target),
                 _ => Fault::Stutter(target),
             };
             let a = self.pick(&rest);
@@ -364,7 +378,8 @@ impl Schedule {
                 Fault::KillVoters(killed)
             }
             11 => Fault::KillAll,
-            _ if target <= DISKS_UP_TO => Fault::Hang(target),
+            _ if target <= DISKS_UP_TO && self.below(2) == 0 => Fault::Hang(target),
+            _ if target <= DISKS_UP_TO => Fault::Fill(target),
             _ => Fault::Freeze(target),
         }
     }
@@ -443,8 +458,8 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     let topology = Topology::new(voters);
     let hosts = Hosts::new(topology.hosts)?;
     let host_list: Vec<_> = hosts.iter().cloned().collect();
-    let stall = format!("log_sync_stall_ms: {STALL_MS}\n");
-    let (mut ens, disks) = Ensemble::start_on_hosts_prepared(&topology.roles(), &host_list, &stall, |dir| {
+    let storage = format!("log_sync_stall_ms: {STALL_MS}\nsnapshot_every_txns: {SNAPSHOT_EVERY}\n");
+    let (mut ens, disks) = Ensemble::start_on_hosts_prepared(&topology.roles(), &host_list, &storage, |dir| {
         Disks::mount(dir, 1..=DISKS_UP_TO)
     })
     .await?;
@@ -452,8 +467,12 @@ async fn a_seeded_schedule_of_kills_freezes_and_partitions_leaves_every_znode_li
     if outcome.is_err() {
         for s in &ens.servers {
             let log = s.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- server {}: last {} lines of its log ---", s.id, tail.len());
+            // Snapshots come every second or so, and would fill the tail.
+            let routine = |l: &&str| {
+                ["snapshot file written", "snapshot written", "log purge point saved"].iter().any(|r| l.contains(r))
+            };
+            let tail: Vec<&str> = log.lines().rev().filter(|l| !routine(l)).take(60).collect();
+            eprintln!("--- server {}: last {} lines of its log but snapshots ---", s.id, tail.len());
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
@@ -675,22 +694,51 @@ async fn last_watched_write(connect: &str) -> Result<i32> {
 async fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
     let running = ens.running();
     let exited: Vec<u64> = all.iter().copied().filter(|s| !running.contains(s)).collect();
-    let (hung, exited): (Vec<u64>, Vec<u64>) = exited.into_iter().partition(|&s| stopped_as_its_disk_hung(ens, s));
+    let (stopped, exited): (Vec<u64>, Vec<u64>) = exited.into_iter().partition(|&s| stopped_on_its_storage(ens, s));
     ensure!(exited.is_empty(), "server(s) {exited:?} exited on their own");
-    for &s in &hung {
-        eprintln!("  server {s} stopped itself as its disk hung: restarted");
+    for &s in &stopped {
+        eprintln!("  server {s} stopped itself on a failure of its storage: restarted");
         // Reaped (it has exited), then started again.
         ens.kill9(s)?;
         ens.start_only(s)?;
     }
-    ens.wait_serving(&hung).await
+    ens.wait_serving(&stopped).await
 }
 
-/// Whether server `id`'s log since it last started says it stopped as its disk hung.
-fn stopped_as_its_disk_hung(ens: &mut Ensemble, id: u64) -> bool {
+/// Whether server `id`'s log since it last started says it stopped on its storage: its disk
+/// hung (said at once by its stall watch), or a write failed.
+fn stopped_on_its_storage(ens: &mut Ensemble, id: u64) -> bool {
     let log = ens.server(id).log();
     let since = log.rfind(STARTED).unwrap_or(0);
-    log[since..].contains(STALL_SAID)
+    [STALL_SAID, STORAGE_STOP_SAID].iter().any(|said| log[since..].contains(said))
+}
+
+/// Once its disk is back, server `s` goes on as it was or, if it stopped itself on its
+/// storage, ends and is started again (`what` says how its disk failed).
+async fn back_from_disk_fault(ens: &mut Ensemble, s: u64, what: &str, serving: &[u64]) -> Result<()> {
+    if !stopped_on_its_storage(ens, s) {
+        match ens.wait_serving(serving).await {
+            Ok(()) => {
+                eprintln!("  server {s} did not stop: it wrote nothing that needed the disk meanwhile");
+                return Ok(());
+            }
+            // Unless it stopped just as its disk came back.
+            Err(e) if !stopped_on_its_storage(ens, s) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let server = ens.server(s);
+    within_for(RECOVERY, "the server that stopped on its disk to end", async {
+        while server.is_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    eprintln!("  server {s} stopped itself as its disk {what}: restarted once its disk was back");
+    // Reaped (it has exited), then started again.
+    ens.kill9(s)?;
+    ens.start_only(s)?;
+    ens.wait_serving(serving).await
 }
 
 /// Starts `fault` on ensemble `t`, `leader` leading: a membership change is asked of the
@@ -701,6 +749,7 @@ fn inflict(ens: &mut Ensemble, hosts: &Hosts, disks: &Disks, t: &Topology, leade
         Fault::Kill(s) => ens.kill9(s),
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGSTOP),
         Fault::Hang(s) => disks.freeze(s),
+        Fault::Fill(s) => disks.fill(s).map(|_| ()),
         Fault::Isolate(s) => hosts.isolate(on(s)),
         Fault::Cut(a, b) => hosts.partition(on(a), &[on(b)]),
         Fault::OneWay { from, to } => hosts.partition_one_way(on(from), on(to)),
@@ -872,26 +921,16 @@ async fn lift(
             ens.wait_serving(&serving).await
         }
         Fault::Freeze(s) | Fault::Stutter(s) => ens.server(s).signal(Signal::SIGCONT),
-        Fault::Hang(s) => {
-            disks.thaw(s)?;
-            if !stopped_as_its_disk_hung(ens, s) {
-                // It was not writing long enough to stop: it goes on as it was.
-                eprintln!("  server {s} did not stop: its writes did not hang long enough");
-                return ens.wait_serving(&[s]).await;
-            }
-            // It stopped itself: once thawed its process ends, and it is started again.
-            let server = ens.server(s);
-            within_for(RECOVERY, "the server whose disk hung to end", async {
-                while server.is_running() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await?;
-            eprintln!("  server {s} stopped itself as its disk hung: restarted once thawed");
-            // Reaped (it has exited), then started again.
-            ens.kill9(s)?;
-            let serving = restart(ens, &[s])?;
-            ens.wait_serving(&serving).await
+        Fault::Hang(s) | Fault::Fill(s) => {
+            let what = if let Fault::Hang(_) = fault {
+                disks.thaw(s)?;
+                "hung"
+            } else {
+                disks.unfill(s)?;
+                "filled"
+            };
+            let serving: Vec<u64> = [s].into_iter().filter(|&s| Some(s) != leaving).collect();
+            back_from_disk_fault(ens, s, what, &serving).await
         }
         Fault::Isolate(_) | Fault::Cut(..) | Fault::OneWay { .. } => hosts.heal_all(),
         Fault::KillVoters(ref v) => {

@@ -1,7 +1,8 @@
 //! A filesystem of its own under each server's data directory, which a test can freeze: an
 //! ext4 image mounted through a loop device (so this needs root), frozen with `fsfreeze`, which
 //! blocks every write to it in the kernel as a disk that stops answering does (the writer then
-//! sits in uninterruptible sleep, and not even SIGKILL ends it until the thaw).
+//! sits in uninterruptible sleep, and not even SIGKILL ends it until the thaw), or fill to
+//! its last block.
 // Each including test uses a part.
 #![allow(dead_code)]
 
@@ -52,7 +53,45 @@ impl Disks {
     pub fn thaw(&self, id: u64) -> Result<()> {
         run(Command::new("fsfreeze").arg("-u").arg(self.at(id)?))
     }
+
+    /// Fills server `id`'s filesystem to its last block (root's reserve included, as the
+    /// servers run as root) with a file beside its data; returns how many bytes it took.
+    /// Whatever the server writes next that needs a new block fails with "no space left".
+    pub fn fill(&self, id: u64) -> Result<u64> {
+        use nix::errno::Errno;
+        use nix::fcntl::{fallocate, FallocateFlags};
+        use std::os::fd::AsRawFd;
+        let path = self.at(id)?.join(FILLER);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut len = file.metadata()?.len();
+        let start = len;
+        // Halving chunks down to one block: each ENOSPC leaves less room than the chunk.
+        let mut chunk: u64 = 64 << 20;
+        while chunk >= 4096 {
+            match fallocate(file.as_raw_fd(), FallocateFlags::empty(), len as i64, chunk as i64) {
+                Ok(()) => len += chunk,
+                Err(Errno::ENOSPC) => chunk /= 2,
+                Err(e) => return Err(e).with_context(|| format!("filling {}", path.display())),
+            }
+        }
+        Ok(len - start)
+    }
+
+    /// Gives server `id`'s filesystem its room again (removes what [`Disks::fill`] wrote).
+    pub fn unfill(&self, id: u64) -> Result<()> {
+        let path = self.at(id)?.join(FILLER);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
+
+/// The file that fills a disk, at the top of the server's data directory (which holds its
+/// `log/` and `snapshots/` and reads nothing else there).
+const FILLER: &str = "filler";
 
 impl Drop for Disks {
     fn drop(&mut self) {
