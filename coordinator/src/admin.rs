@@ -252,7 +252,9 @@ pub async fn complete_interrupted_changes(ctx: AdminContext, stop: impl Future<O
             let ours = goal.as_ref().and_then(|_| ctx.changing.clone().try_lock_owned().ok());
             if let (Some((voters, members)), Some(_ours)) = (&goal, ours) {
                 let change = ChangeMembers::ReplaceAllVoters(voters.clone());
-                match tokio::time::timeout(ADMIN_DEADLINE, raft.change_membership(change, false)).await {
+                let term = role.current().term;
+                let completed = while_leading(&ctx, term, raft.change_membership(change, false));
+                match tokio::time::timeout(ADMIN_DEADLINE, completed).await {
                     Ok(Ok(_)) => info!(
                         voters = ?voters,
                         was = %members.membership(),
@@ -611,6 +613,7 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
         return Err(ctx.not_leader(m.current_leader));
     }
     let ours = ctx.one_change_at_a_time()?;
+    let term = m.current_term;
     let plan = plan_add(&MembershipView::of(&ctx.metrics()), &req)?;
     info!(?plan, "membership change requested");
     let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
@@ -618,13 +621,15 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     let work = async {
         match &plan {
             AddPlan::AddObserver { id, peer } => {
-                ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await.map(drop)
+                while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true))
+                    .await
+                    .map(drop)
             }
             AddPlan::AddVoter { id, peer } => {
                 // A voter counts towards the quorum at once: it joins caught up, or the writes
                 // after it would wait for it to fetch the whole log. (Dropped while it catches
                 // up, the call leaves an observer, which the timeout's answer says.)
-                ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true).await?;
+                while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true)).await?;
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
                 change_to_the_end(&ctx, change, added, ours, deadline).await
             }
@@ -694,10 +699,13 @@ async fn change_to_the_end(
     deadline: tokio::time::Instant,
 ) -> Result<(), RaftError<u64, ClientWriteError<u64, BasicNode>>> {
     let ctx = ctx.clone();
+    let term = ctx.metrics().current_term;
     let task = tokio::spawn(async move {
         let _ours = ours;
-        let outcome =
-            tokio::time::timeout_at(deadline + ADMIN_DEADLINE, ctx.raft.change_membership(change.clone(), false));
+        let outcome = tokio::time::timeout_at(
+            deadline + ADMIN_DEADLINE,
+            while_leading(&ctx, term, ctx.raft.change_membership(change.clone(), false)),
+        );
         match outcome.await {
             Ok(done) => {
                 if done.is_ok() {
@@ -720,6 +728,31 @@ async fn change_to_the_end(
         // Past the caller's deadline, which answers first.
         Ok(None) => std::future::pending().await,
         Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Panicked)),
+    }
+}
+
+/// Runs `step` (a membership change of openraft's, proposed by this server as leader of
+/// `term`) until it ends or this server stops leading that term, whichever comes first; then
+/// `ForwardToLeader`. Openraft answers a change once this server applies its entry, and a
+/// server that lost its leadership and then installed a snapshot from the next leader never
+/// applies that entry itself: the change's call would wait for ever, holding this server's
+/// change lock (every later change refused as in progress, the completion of a joint
+/// configuration held back) long after the next leader has taken it over.
+async fn while_leading<T>(
+    ctx: &AdminContext,
+    term: u64,
+    step: impl Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>>,
+) -> Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>> {
+    tokio::select! {
+        done = step => done,
+        leader = crate::role::no_longer_leading(&ctx.raft, term) => {
+            warn!(term, new_leader = ?leader, "this server stopped leading during a membership change: the leader \
+                   of the next term completes or drops it");
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(openraft::error::ForwardToLeader {
+                leader_id: leader,
+                leader_node: None,
+            })))
+        }
     }
 }
 

@@ -437,18 +437,35 @@ async fn run(
                 count(&counts, batch.len());
                 let origins: Vec<u64> = batch.iter().map(|p| p.origin).collect();
                 let (txns, waiters): (TxnBatch, Vec<_>) = batch.into_iter().map(|p| (p.txn, p.done)).unzip();
+                // The term the batch is proposed in: if this server stops leading it before
+                // the batch is answered, its fate is unknown here (see `no_longer_leading`).
+                let term = crate::role::leading_term(&raft);
                 match raft.client_write_ff(txns).await {
                     Err(fatal) => fail(&failed, &origins, &ProposeError::Raft(fatal.to_string()), waiters),
                     Ok(applied) => {
                         let failed = failed.clone();
+                        let raft = raft.clone();
                         tokio::spawn(async move {
-                            let result = applied.await;
-                            drop(slot);
-                            match result {
-                                Ok(Ok(resp)) => fan_out(waiters, resp.data, resp.log_id.index),
-                                Ok(Err(e)) => fail(&failed, &origins, &propose_error(e), waiters),
-                                Err(_) => fail(&failed, &origins, &ProposeError::Stopped, waiters),
+                            let lost = async {
+                                match term {
+                                    Some(term) => crate::role::no_longer_leading(&raft, term).await,
+                                    None => crate::role::current_leader(&raft),
+                                }
+                            };
+                            tokio::select! {
+                                biased;
+                                result = applied => match result {
+                                    Ok(Ok(resp)) => fan_out(waiters, resp.data, resp.log_id.index),
+                                    Ok(Err(e)) => fail(&failed, &origins, &propose_error(e), waiters),
+                                    Err(_) => fail(&failed, &origins, &ProposeError::Stopped, waiters),
+                                },
+                                // Committed or not, it is not known here: the connections close,
+                                // and their clients check.
+                                leader = lost => fail(&failed, &origins, &ProposeError::NotLeader { leader }, waiters),
                             }
+                            // Freed once the connections are marked failed: a later write of
+                            // theirs is never entered behind one of unknown fate.
+                            drop(slot);
                         });
                     }
                 }

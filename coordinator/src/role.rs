@@ -95,6 +95,39 @@ pub async fn leader_replaced(raft: &Raft, leader: u64) {
     }
 }
 
+/// The term this server leads now, if it leads.
+pub fn leading_term(raft: &Raft) -> Option<u64> {
+    let server = raft.server_metrics();
+    let m = server.borrow();
+    (m.state == ServerState::Leader).then(|| m.vote.leader_id().get_term())
+}
+
+/// The leader this server knows of now.
+pub fn current_leader(raft: &Raft) -> Option<u64> {
+    raft.server_metrics().borrow().current_leader
+}
+
+/// Returns once this server no longer leads `term` (it stepped down, or another term began,
+/// even one it leads again), with the leader it knows of then. Openraft answers an entry this
+/// server proposed only once this server applies it, and one that lost its leadership and
+/// installed the next leader's snapshot never applies it itself: a caller waiting for that
+/// answer waits for ever unless it also waits for this. Woken only by changes of the server
+/// metrics; never returns if Raft stops.
+pub async fn no_longer_leading(raft: &Raft, term: u64) -> Option<u64> {
+    let mut server = raft.server_metrics();
+    loop {
+        {
+            let m = server.borrow_and_update();
+            if m.state != ServerState::Leader || m.vote.leader_id().get_term() != term {
+                return m.current_leader;
+            }
+        }
+        if server.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Follows one server's [`Role`]: see the module docs.
 pub struct RoleWatch {
     server: watch::Receiver<RaftServerMetrics<u64, BasicNode>>,
