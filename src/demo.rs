@@ -3,7 +3,8 @@
 //! whose edit journal lives in the coordinator, and two failover agents start as real processes
 //! on loopback (the `referee` binary re-executes itself for every role); a client writes
 //! continuously to whichever master the agents' `/active` probes name; a failure is injected
-//! (a master, an agent, the whole coordinator, or the coordinator's leader alone); the timeline
+//! (a master, an agent, the active node cut off from the coordinator, the whole coordinator, or
+//! the coordinator's leader alone); the timeline
 //! is printed; the master that is not active is made to try to write; and an independent reader
 //! of the journal (not the masters) gives the verdict.
 //!
@@ -24,7 +25,9 @@ use referee_examples::verdict::{verify, AckRecord};
 use referee_failover_agent::timeline::{self, Mark};
 use thiserror::Error;
 
-use crate::lab::{CoordinatorKind, LabError, MasterKind, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES};
+use crate::lab::{
+    boot_us, CoordinatorKind, LabError, MasterKind, Pair, PairSpec, Timings, EPOCH_PATH, JOURNAL_PATH, NODES,
+};
 
 /// Why the demo stopped.
 #[derive(Debug, Error)]
@@ -50,6 +53,12 @@ pub enum Scenario {
     Hang,
     /// `kill -9` of the active agent: takeover after its session expires.
     AgentCrash,
+    /// The active node cut off from the coordinator: its agent's connections black-holed
+    /// (nothing passes, nothing is refused), its agent and master still running and the master
+    /// written to directly throughout. The master stops taking writes at the end of its lease,
+    /// as it reports itself, and the other node takes over once the coordinator has expired the
+    /// cut-off agent's session: the masters' own acknowledgements must not overlap.
+    Partition,
     /// A graceful manual failover with `referee admin failover --to`.
     Switchover,
     /// `kill -9` of the coordinator (every server of an ensemble at once) under the write load,
@@ -77,11 +86,31 @@ pub struct DemoOptions {
     pub exit_after: Option<Duration>,
 }
 
+/// A write a master acknowledged: which master, what it answered, when it was sent and when the
+/// answer came.
+struct Ack {
+    node: usize,
+    rec: AckRecord,
+    sent: Instant,
+    received: Instant,
+}
+
+/// Every acknowledgement of the demo's clients, for the verdict.
+type Acks = Arc<Mutex<Vec<Ack>>>;
+
 struct Writer {
     stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<(usize, AckRecord, Instant)>>>,
+    acks: Acks,
     refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Stops the client and waits for its last write.
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for Writer {
@@ -115,16 +144,16 @@ impl StopSignals {
     }
 }
 
-/// Writes files continuously to whichever master is active, recording every acknowledgement.
-fn start_writer(pair: Arc<Pair>) -> Writer {
+/// Writes files continuously (`/demo/NAME-000001`, ...) to whichever master is active, or to
+/// master `to` alone, recording every acknowledgement in `acks`.
+fn start_writer(pair: Arc<Pair>, to: Option<usize>, name: &'static str, acks: Acks) -> Writer {
     let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(AtomicU64::new(0));
     let (stop2, acks2, refused2) = (stop.clone(), acks.clone(), refused.clone());
     let task = tokio::spawn(async move {
         let http = reqwest::Client::builder().timeout(Duration::from_millis(800)).build().expect("http client");
         let mut n = 0u64;
-        let mut target: Option<usize> = None;
+        let mut target: Option<usize> = to;
         while !stop2.load(Ordering::Relaxed) {
             let node = match target {
                 Some(t) => t,
@@ -138,23 +167,25 @@ fn start_writer(pair: Arc<Pair>) -> Writer {
             };
             n += 1;
             let body = serde_json::json!({
-                "path": format!("/demo/file-{n:06}"),
+                "path": format!("/demo/{name}-{n:06}"),
                 "data": format!("edit {n}"),
-                "write_id": format!("w-{n}"),
+                "write_id": format!("{name}-{n}"),
             });
             let url = format!("http://127.0.0.1:{}/fs/create", pair.ports[node].master);
+            let sent = Instant::now();
             match http.post(url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<EditAccepted>().await {
                     Ok(ack) => {
                         let rec = AckRecord::from(&ack);
-                        acks2.lock().unwrap_or_else(|p| p.into_inner()).push((node, rec, Instant::now()));
+                        let ack = Ack { node, rec, sent, received: Instant::now() };
+                        acks2.lock().unwrap_or_else(|p| p.into_inner()).push(ack);
                         target = Some(node);
                     }
-                    Err(_) => target = None,
+                    Err(_) => target = to,
                 },
                 _ => {
                     refused2.fetch_add(1, Ordering::Relaxed);
-                    target = None;
+                    target = to;
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -279,7 +310,8 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
         coordinator: opts.coordinator,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,
-        proxied_agents: false,
+        // The partition cuts the active agent's coordinator connections at its proxies.
+        proxied_agents: opts.scenario == Scenario::Partition,
         extra_agent_yaml: Vec::new(),
         admin: true,
         journal: true,
@@ -296,7 +328,7 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
     println!("{}; {} is active.", describe_coordinator(&pair).await, NODES[active]);
     mkdir_demo(&pair, active).await?;
     let shared = Arc::new(pair);
-    let mut writer = start_writer(shared.clone());
+    let mut writer = start_writer(shared.clone(), None, "file", Acks::default());
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         print_status(&shared).await;
@@ -306,6 +338,9 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
         Scenario::Crash => "killing the active master (kill -9)",
         Scenario::Hang => "hanging the active master (SIGSTOP)",
         Scenario::AgentCrash => "killing the active agent (kill -9)",
+        Scenario::Partition => {
+            "cutting the active node off the coordinator (its agent's connections black-holed; its master runs on, written to directly)"
+        }
         Scenario::Switchover => "switching over with `referee admin failover`",
         Scenario::CoordinatorRestart if shared.coordinator_servers() > 1 => {
             "killing every coordinator server at once (kill -9) under the write load, then restarting them all"
@@ -315,7 +350,7 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
     };
     let on = match opts.scenario {
         Scenario::CoordinatorRestart | Scenario::CoordinatorLeaderCrash => String::new(),
-        Scenario::Crash | Scenario::Hang | Scenario::AgentCrash | Scenario::Switchover => {
+        Scenario::Crash | Scenario::Hang | Scenario::AgentCrash | Scenario::Partition | Scenario::Switchover => {
             format!(" on {}", NODES[active])
         }
     };
@@ -329,6 +364,10 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
             scenario_held = kept;
             now_active
         }
+        Scenario::Partition => {
+            scenario_held = partition(&shared, &writer, active).await?;
+            other
+        }
         Scenario::Crash | Scenario::Hang | Scenario::AgentCrash | Scenario::Switchover => {
             fail_over(&shared, &writer, opts.scenario, active).await?;
             other
@@ -337,8 +376,7 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
 
     // Keep writing a little under the new active, then stop the client.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    writer.stop.store(true, Ordering::Relaxed);
-    let _ = (&mut writer.task).await;
+    writer.stop().await;
 
     // The master that is not active (the deposed one after a failover) tries to write: the
     // journal's epoch must refuse it.
@@ -352,15 +390,17 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
     );
 
     let acks: Vec<AckRecord> =
-        writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, a, _)| a.clone()).collect();
+        writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|a| a.rec.clone()).collect();
     let verdict = verify(&shared.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &acks)
         .await
         .map_err(|e| DemoError::Scenario(format!("reading the journal for the verdict: {e:#}")))?;
     let single_active = shared.actives().await == vec![final_active];
     println!("\nVerdict from an independent reader of the journal:\n{verdict}");
     println!("  client writes refused while no master could take them: {}", writer.refused.load(Ordering::Relaxed));
-    if !scenario_held {
-        println!("  the coordinator leader's crash caused a failover, which it must not");
+    match opts.scenario {
+        _ if scenario_held => {}
+        Scenario::Partition => println!("  the two masters' acknowledgements overlapped, which they must not"),
+        _ => println!("  the coordinator leader's crash caused a failover, which it must not"),
     }
     let ok = verdict.is_clean() && deposed_refused && single_active && scenario_held;
     println!(
@@ -393,6 +433,7 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     match scenario {
         Scenario::Crash => shared.masters[active].signal(Signal::SIGKILL)?,
         Scenario::Hang => shared.masters[active].signal(Signal::SIGSTOP)?,
+        Scenario::Partition => shared.black_hole_agent(active).await?,
         Scenario::AgentCrash => {
             if let Some(agent) = shared.agents[active].as_ref() {
                 agent.signal(Signal::SIGKILL)?;
@@ -449,6 +490,122 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     Ok(())
 }
 
+/// Cuts the active node off the coordinator ([`fail_over`] with [`Scenario::Partition`], which
+/// waits for the other node to take over and prints the timeline) while a second client writes
+/// to the cut-off node's master directly and its lease is read off that master; then prints
+/// what the two masters themselves answered, heals the cut and waits for the old node to
+/// rejoin as a connected standby. Returns whether the masters' answers show no overlap: the
+/// old master's last acknowledgement came before the new master's first write was sent, and so
+/// did the end of the old master's lease as it reported it.
+async fn partition(shared: &Arc<Pair>, writer: &Writer, active: usize) -> Result<bool, DemoError> {
+    let other = 1 - active;
+    let status = shared.agent_json(active, "/status").await.unwrap_or_default();
+    let granted = status["granted_session_timeout_ms"].as_u64();
+    let mut direct = start_writer(shared.clone(), Some(active), "direct", writer.acks.clone());
+    let stop_lease = Arc::new(AtomicBool::new(false));
+    let lease = {
+        let (shared, stop) = (shared.clone(), stop_lease.clone());
+        tokio::spawn(async move {
+            let mut end: Option<u64> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(status) = shared.master_json(active, "/lease/status").await {
+                    end = end.max(status["writable_until_boot_us"].as_u64());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            end
+        })
+    };
+    let (cut, cut_boot) = (Instant::now(), boot_us());
+    let took_over = fail_over(shared, writer, Scenario::Partition, active).await;
+    // A little past the takeover, so that a write the old master still took would be seen.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    direct.stop().await;
+    stop_lease.store(true, Ordering::Relaxed);
+    let lease_end = lease.await.ok().flatten();
+    let old_refused = direct.refused.load(Ordering::Relaxed);
+    took_over?;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (old_after_cut, old_last, new_first) = {
+        let acks = writer.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let old = acks.iter().filter(|a| a.node == active);
+        let old_after_cut = old.clone().filter(|a| a.received > cut).count();
+        let old_last = old.map(|a| a.received).max();
+        let new_first = acks.iter().filter(|a| a.node == other).map(|a| a.sent).min();
+        (old_after_cut, old_last, new_first)
+    };
+    let new_first =
+        new_first.ok_or_else(|| DemoError::Scenario(format!("{}'s master acknowledged no write", NODES[other])))?;
+    println!("\nWhat the two masters themselves answered (times from the cut):");
+    match old_last {
+        Some(last) => println!(
+            "  {}'s master acknowledged {old_after_cut} writes sent to it after the cut, the last at {:.1} ms{}, \
+             and refused the {old_refused} sent after that",
+            NODES[active],
+            ms(last.saturating_duration_since(cut)),
+            if old_after_cut == 0 { " (before the cut)" } else { "" }
+        ),
+        None => println!("  {}'s master acknowledged no write", NODES[active]),
+    }
+    // The old master's lease end, on the boot clock it reports it on, counted from the cut.
+    let lease_ended = lease_end.map(|end| Duration::from_micros(end.saturating_sub(cut_boot)));
+    match lease_ended {
+        Some(at) => {
+            println!("  {}'s master's lease ended at {:.1} ms, as the master reports it", NODES[active], ms(at))
+        }
+        None => println!("  {}'s master reported no lease", NODES[active]),
+    }
+    let new_sent = new_first.saturating_duration_since(cut);
+    println!(
+        "  {}'s master acknowledged its first write, sent at {:.1} ms (granted session timeout {} ms)",
+        NODES[other],
+        ms(new_sent),
+        granted.map_or("unknown".into(), |g| g.to_string())
+    );
+    let after_last = old_last.map_or(true, |last| last < new_first);
+    let after_lease = lease_ended.is_some_and(|at| at < new_sent);
+    let held = after_last && after_lease;
+    if held {
+        println!(
+            "  {}'s first write was sent {:.1} ms after {}'s lease ended: never two masters taking writes",
+            NODES[other],
+            ms(new_sent - lease_ended.unwrap_or_default()),
+            NODES[active]
+        );
+    } else {
+        println!(
+            "  OVERLAP: {}'s first write was sent {} {}'s last acknowledgement and {} its lease ended",
+            NODES[other],
+            if after_last { "after" } else { "BEFORE" },
+            NODES[active],
+            if after_lease { "after" } else { "BEFORE (or no lease was reported)" }
+        );
+    }
+
+    let healed = Instant::now();
+    shared.heal_agent(active).await?;
+    loop {
+        let s = shared.agent_json(active, "/status").await.unwrap_or_default();
+        if s["role"] == "standby" && s["session"]["state"] == "connected" {
+            break;
+        }
+        if healed.elapsed() > Duration::from_secs(30) {
+            return Err(DemoError::Scenario(format!(
+                "{} did not rejoin as a connected standby within 30 s of the heal: {s}",
+                NODES[active]
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "  the cut healed: {} back as a connected standby after {} ms",
+        NODES[active],
+        healed.elapsed().as_millis()
+    );
+    Ok(held)
+}
+
 /// The first write acknowledged after `after` (by `node`, if given): the node that acknowledged
 /// it and when, counted from `t0`; an error naming `what` if none comes within 20 s of `t0`.
 async fn first_ack_after(
@@ -464,8 +621,8 @@ async fn first_ack_after(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(n, _, at)| *at > after && node.map_or(true, |want| *n == want))
-            .map(|(node, _, at)| (*node, at.duration_since(t0)));
+            .find(|a| a.received > after && node.map_or(true, |want| a.node == want))
+            .map(|a| (a.node, a.received.duration_since(t0)));
         if let Some(found) = found {
             return Ok(found);
         }
@@ -554,9 +711,9 @@ async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize)
         let acks = writer.acks.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = t0;
         let mut longest = Duration::ZERO;
-        for (_, _, at) in acks.iter().filter(|(_, _, at)| *at > t0) {
+        for at in acks.iter().map(|a| a.received).filter(|at| *at > t0) {
             longest = longest.max(at.duration_since(last));
-            last = *at;
+            last = at;
         }
         longest
     };

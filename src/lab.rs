@@ -1438,6 +1438,13 @@ impl ResidentMemory {
     }
 }
 
+/// Now on `CLOCK_BOOTTIME`, in microseconds: the clock the demo masters state their leases on
+/// (`writable_until_boot_us` in their `/lease/status`).
+pub fn boot_us() -> u64 {
+    use referee_failover_agent::clock::BootInstant;
+    BootInstant::now().saturating_since(BootInstant::from_origin(Duration::ZERO)).as_micros() as u64
+}
+
 /// The load averages over 1, 5 and 15 minutes, as `/proc/loadavg` shows them.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -40,6 +40,9 @@ enum DemoScenario {
     Hang,
     /// kill -9 of the active agent.
     AgentCrash,
+    /// The active node cut off from the coordinator (its agent's connections black-holed), its
+    /// master running on: it stops at its lease end, the other node takes over.
+    Partition,
     /// A graceful switchover with `referee admin failover`.
     Switchover,
     /// kill -9 of the coordinator (every server of an ensemble at once) under load, then a
@@ -354,6 +357,7 @@ async fn run_demo(
         DemoScenario::Crash => Scenario::Crash,
         DemoScenario::Hang => Scenario::Hang,
         DemoScenario::AgentCrash => Scenario::AgentCrash,
+        DemoScenario::Partition => Scenario::Partition,
         DemoScenario::Switchover => Scenario::Switchover,
         DemoScenario::CoordinatorRestart => Scenario::CoordinatorRestart,
         DemoScenario::CoordinatorLeaderCrash => Scenario::CoordinatorLeaderCrash,

@@ -89,6 +89,19 @@ fn demo_agent_crash() -> Result<()> {
     run_demo("agent-crash").map(drop)
 }
 
+/// The active node cut off from the coordinator, its master still running and written to: it
+/// stops at its lease end, as it reports itself, before the other master takes a write, and
+/// the healed node comes back as a standby.
+#[test]
+fn demo_partition() -> Result<()> {
+    let stdout = run_demo("partition")?;
+    ensure!(stdout.contains("never two masters taking writes"), "{stdout}");
+    ensure!(!stdout.contains("OVERLAP"), "{stdout}");
+    ensure!(stdout.contains("as the master reports it"), "{stdout}");
+    ensure!(stdout.contains("back as a connected standby"), "{stdout}");
+    Ok(())
+}
+
 #[test]
 fn demo_switchover() -> Result<()> {
     run_demo("switchover").map(drop)

@@ -36,9 +36,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
 use referee::lab::{
-    apache_zookeeper_installed, load_average, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES,
+    apache_zookeeper_installed, boot_us, load_average, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES,
 };
-use referee_failover_agent::clock::BootInstant;
 use referee_failover_agent::timeline::{phases, Mark};
 use referee_testkit::bench::Picker;
 
@@ -315,11 +314,6 @@ async fn soak(pair: &Pair, secs: u64) -> Result<()> {
         bail!("{failovers} failovers during a soak with no fault");
     }
     Ok(())
-}
-
-/// Now on `CLOCK_BOOTTIME`, in microseconds: the clock the masters state their leases on.
-fn boot_us() -> u64 {
-    BootInstant::now().saturating_since(BootInstant::from_origin(Duration::ZERO)).as_micros() as u64
 }
 
 /// What one partition run saw, all on `CLOCK_BOOTTIME` in microseconds.
