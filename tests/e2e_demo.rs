@@ -98,6 +98,8 @@ fn demo_partition() -> Result<()> {
     ensure!(stdout.contains("never two masters taking writes"), "{stdout}");
     ensure!(!stdout.contains("OVERLAP"), "{stdout}");
     ensure!(stdout.contains("as the master reports it"), "{stdout}");
+    // The old agent's own record of the moment, in the joined timeline.
+    ensure!(stdout.contains("old active's agent: lease_ended"), "{stdout}");
     ensure!(stdout.contains("back as a connected standby"), "{stdout}");
     Ok(())
 }

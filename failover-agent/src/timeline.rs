@@ -2,8 +2,9 @@
 //!
 //! Each agent records the instants it sees ([`Mark`]s, on the wall clock so that marks from the
 //! old active's agent, the new active's agent and a benchmark on the same host line up): the old
-//! agent from its master's first failed check to the lock's release, the new one from the cycle
-//! that found the lock free to its master's promotion. `/history` serves them with the role
+//! agent from its master's first failed check to the lock's release (or, cut off from the
+//! coordinator, the end of its lease, `lease_ended`), the new one from the cycle that found the
+//! lock free to its master's promotion. `/history` serves them with the role
 //! change they led to; [`phases`] turns any set of marks into consecutive phases, so the phases
 //! cover the whole span with no gap and sum to its total by construction.
 //!

@@ -203,17 +203,54 @@ async fn a_holder_without_breadcrumb_fences_the_configured_peer_first() -> Resul
     server.stop().await
 }
 
+/// Polls the agent's `/history` until a transition matches `wanted` (within 10 s); returns the
+/// latest such transition and the whole history.
+async fn history_showing(
+    url: &str,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(serde_json::Value, serde_json::Value)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let history: serde_json::Value = reqwest::get(url).await?.json().await?;
+        let found = history["transitions"].as_array().and_then(|all| all.iter().rev().find(|t| wanted(t)).cloned());
+        match found {
+            Some(t) => return Ok((t, history)),
+            None if tokio::time::Instant::now() > deadline => anyhow::bail!("no {what} in /history: {history}"),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The in-process coordinator behind a proxy the test can cut, both fake masters on standby,
+/// and node a's agent configuration reaching the coordinator through the proxy.
+struct CutOff {
+    server: TestServer,
+    proxy: Proxy,
+    /// Both masters' role changes, in order.
+    log: Arc<Mutex<Vec<String>>>,
+    a: FakeMaster,
+    cfg: AgentConfig,
+}
+
+impl CutOff {
+    async fn start() -> Result<CutOff> {
+        let server = TestServer::start().await?;
+        let proxy = Proxy::start(server.addr).await?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+        let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+        let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+        Ok(CutOff { server, proxy, log, a, cfg })
+    }
+}
+
 /// The active's master answers its health checks but not `GET /ha/state`, and the coordinator
 /// becomes unreachable: the agent cannot see its master's role, yet must demote it at lease end,
 /// while the coordinator still holds the agent's session (before any peer could take over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_state_cannot_be_read_is_demoted_before_the_session_expires() -> Result<()> {
-    let server = TestServer::start().await?;
-    let mut proxy = Proxy::start(server.addr).await?;
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
-    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
-    let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+    let CutOff { server, mut proxy, log, a, cfg } = CutOff::start().await?;
     let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(referee_failover_agent::driver::run(cfg, probes, async move {
@@ -236,17 +273,44 @@ async fn a_master_whose_state_cannot_be_read_is_demoted_before_the_session_expir
     server.stop().await
 }
 
+/// An active cut off from the coordinator steps down at the end of its lease, and `/history`
+/// says when: its role change away from active carries a `lease_ended` mark, after the cut and
+/// no later than the change itself. Without it, an operator (or the demo's timeline) sees the
+/// step-down but not the moment the master stopped being allowed to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_marks_its_lease_end_in_the_history() -> Result<()> {
+    let CutOff { server, mut proxy, a, cfg, .. } = CutOff::start().await?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let history_url = format!("http://{}/history", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+
+    let wall_us = || referee_failover_agent::timeline::wall_us(std::time::SystemTime::now());
+    let cut_us = wall_us();
+    proxy.cut();
+    wait_until(Duration::from_secs(10), "a's master to be demoted", || a.status().state == HaState::Standby).await?;
+    // The step-down, as /history shows it once the decision loop has seen the master demoted.
+    let (step_down, history) = history_showing(&history_url, "a step-down", |t| t["from"] == "active").await?;
+    let lease_ended = step_down["timeline"]
+        .as_array()
+        .and_then(|marks| marks.iter().find(|m| m["event"] == "lease_ended"))
+        .and_then(|m| m["at_us"].as_i64())
+        .with_context(|| format!("the step-down shows no lease_ended mark: {history}"))?;
+    let changed_us = step_down["at_ms"].as_i64().context("the step-down has a time")? * 1000;
+    ensure!(lease_ended > cut_us, "the lease ended {} µs before the cut: {history}", cut_us - lease_ended);
+    // at_ms is whole milliseconds: allow for its rounding.
+    ensure!(lease_ended <= changed_us + 1000, "the lease ended after the step-down: {history}");
+
+    agent.stop().await?;
+    server.stop().await
+}
+
 /// Maintenance mode stops failovers, never the end of a lease: a paused active agent whose
 /// coordinator becomes unreachable still demotes its master while the session is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_agent_still_demotes_at_lease_end() -> Result<()> {
     use referee_failover_agent::control::ControlRequest;
-    let server = TestServer::start().await?;
-    let mut proxy = Proxy::start(server.addr).await?;
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
-    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
-    let cfg = agent_config(&proxy.addr.to_string(), a_port, b_port)?;
+    let CutOff { server, mut proxy, a, cfg, .. } = CutOff::start().await?;
     let (control_tx, agent) = ControlledAgent::start(cfg).await?;
     wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
     let sessions = server.session_ids();
@@ -328,7 +392,8 @@ async fn a_promotion_given_up_after_its_fence_keeps_the_fence_in_the_history() -
     wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
     ensure!(a.refusals_left.load(Ordering::SeqCst) == 0, "the first promotion was not refused");
     ensure!(b.status().state == HaState::Standby, "b's master still {:?}", b.status());
-    let history: serde_json::Value = reqwest::get(&history_url).await?.json().await?;
+    // The master answers active before the cycle that promoted it records the role change.
+    let (_, history) = history_showing(&history_url, "a promotion", |t| t["to"] == "active").await?;
     let transitions = history["transitions"].as_array().context("/history lists transitions")?.clone();
     let promoted = transitions
         .iter()

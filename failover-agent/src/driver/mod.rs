@@ -562,22 +562,28 @@ impl Driver {
         }
         self.mem.last_reason.clone_from(&decision.reason);
         // A failover's timeline starts at the cycle that contends for a free lock (the new
-        // active's side) or gives up a held one (the old active's side, from its master's first
-        // failed check).
+        // active's side) or steps down (the old active's side, from its master's first failed
+        // check): gives up a held lock, or demotes an active master with no lock it can release
+        // (the coordinator lost, the lease run out).
+        let role_before = self.status().role;
+        let steps_down = decision.steps.iter().any(|s| match s {
+            Step::ReleaseLock { .. } => true,
+            Step::Demote { .. } => role_before == Role::Active,
+            _ => false,
+        });
         if decision.steps.iter().any(|s| matches!(s, Step::Contend)) {
             self.mem.timeline.restart([
                 Mark { event: "standby_cycle_started".into(), ..woke },
                 Mark { event: "lock_seen_free".into(), ..observed },
             ]);
-        } else if decision.steps.iter().any(|s| matches!(s, Step::ReleaseLock { .. })) {
+        } else if steps_down {
             let failed = report.failing_since.map(|t| Mark::at_boot("first_failed_check", t));
             let marks = failed.into_iter().chain([
                 Mark { event: "active_cycle_started".into(), ..woke },
                 Mark { event: "step_down_decided".into(), ..observed },
             ]);
             // A promotion given up goes on with its own recording: its fence is part of it.
-            let promoting = self.status().role == Role::Promoting;
-            if promoting && self.mem.timeline.recording() {
+            if role_before == Role::Promoting && self.mem.timeline.recording() {
                 marks.for_each(|m| self.mem.timeline.mark(m));
             } else {
                 self.mem.timeline.restart(marks);
@@ -625,7 +631,14 @@ impl Driver {
         // A failover's marks go with the role change it ends in: to active, away from it, or
         // out of a promotion given up (whose fence the next attempt counts on and skips).
         let ends_failover = previous == Role::Active || previous == Role::Promoting || role == Role::Active;
-        let timeline = if previous != role && ends_failover { recording.take() } else { Vec::new() };
+        let mut timeline = if previous != role && ends_failover { recording.take() } else { Vec::new() };
+        // Leaving the active role with the lease run out (the lease guard may have demoted the
+        // master before this cycle): when the master stopped being allowed to serve.
+        if previous == Role::Active && role != Role::Active {
+            if let Some(until) = effective_until.filter(|until| *until <= now) {
+                timeline.insert(0, Mark::at_boot("lease_ended", until));
+            }
+        }
         st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
         if previous == Role::Active && role != Role::Active {
