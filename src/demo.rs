@@ -585,19 +585,7 @@ async fn partition(shared: &Arc<Pair>, writer: &Writer, active: usize) -> Result
 
     let healed = Instant::now();
     shared.heal_agent(active).await?;
-    loop {
-        let s = shared.agent_json(active, "/status").await.unwrap_or_default();
-        if s["role"] == "standby" && s["session"]["state"] == "connected" {
-            break;
-        }
-        if healed.elapsed() > Duration::from_secs(30) {
-            return Err(DemoError::Scenario(format!(
-                "{} did not rejoin as a connected standby within 30 s of the heal: {s}",
-                NODES[active]
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared.wait_for_connected_standby(active, Duration::from_secs(30)).await?;
     println!(
         "  the cut healed: {} back as a connected standby after {} ms",
         NODES[active],

@@ -1187,6 +1187,25 @@ probes:
         }
     }
 
+    /// Waits until node `i`'s agent is a standby with a connected session (back from a cut, or
+    /// restarted, and ready to take over).
+    pub async fn wait_for_connected_standby(&self, i: usize, limit: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.agent_json(i, "/status").await.unwrap_or_default();
+            if s["role"] == "standby" && s["session"]["state"] == "connected" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "agent {} was not a connected standby within {limit:?}: {s}",
+                    CLUSTER_NODES[i]
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// How every master and agent stands (see [`Proc::fate`]), with the end of each master's log.
     pub fn fates(&self) -> String {
         let mut out = Vec::new();

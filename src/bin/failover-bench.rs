@@ -476,19 +476,9 @@ fn fault_phase(picker: &mut Picker, interval: Duration) -> Duration {
     Duration::from_micros(picker.next(usize::try_from(interval.as_micros()).unwrap_or(usize::MAX)) as u64)
 }
 
-/// Waits until node `i` is a healthy standby with a connected session.
+/// Waits until node `i` is a standby with a connected session.
 async fn standby_ready(pair: &Pair, i: usize) -> Result<()> {
-    let ready = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = pair.agent_json(i, "/status").await.unwrap_or_default();
-        if s["role"] == "standby" && s["session"]["state"] == "connected" {
-            return Ok(());
-        }
-        if Instant::now() > ready {
-            bail!("standby {} not ready: {s}", NODES[i]);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Ok(pair.wait_for_connected_standby(i, Duration::from_secs(30)).await?)
 }
 
 #[cfg(test)]

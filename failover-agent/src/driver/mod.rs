@@ -632,16 +632,15 @@ impl Driver {
         // out of a promotion given up (whose fence the next attempt counts on and skips).
         let ends_failover = previous == Role::Active || previous == Role::Promoting || role == Role::Active;
         let mut timeline = if previous != role && ends_failover { recording.take() } else { Vec::new() };
+        let left_active = previous == Role::Active && role != Role::Active;
         // Leaving the active role with the lease run out (the lease guard may have demoted the
         // master before this cycle): when the master stopped being allowed to serve.
-        if previous == Role::Active && role != Role::Active {
-            if let Some(until) = effective_until.filter(|until| *until <= now) {
-                timeline.insert(0, Mark::at_boot("lease_ended", until));
-            }
+        if let Some(until) = effective_until.filter(|until| left_active && *until <= now) {
+            timeline.insert(0, Mark::at_boot("lease_ended", until));
         }
         st.transition(role, wall_ms(), &decision.reason, phases, timeline);
         drop(st);
-        if previous == Role::Active && role != Role::Active {
+        if left_active {
             // Leaving the active role is a change of active this agent saw, whether or not it
             // ever sees the next holder's token: anti-flap counts from it, so a node that handed
             // over or stepped down does not take the role straight back.
