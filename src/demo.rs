@@ -455,26 +455,43 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     // The first write the new active acknowledged.
     let (_, first_ack) = first_ack_after(writer, Some(other), t0, t0, "on the new active").await?;
     print_status(shared).await;
-    let history = shared.agent_json(other, "/history").await.unwrap_or_default();
-    let phases = history["transitions"]
-        .as_array()
-        .and_then(|t| t.iter().rev().find(|x| x["to"] == "active"))
-        .map(|x| x["phases"].clone())
-        .unwrap_or_default();
-    println!("\nFailover timeline ({} -> {}):", NODES[active], NODES[other]);
-    for key in ["detect_ms", "elect_ms", "fence_ms", "promote_ms"] {
-        println!("  {:<8} {:>6} ms", key.trim_end_matches("_ms"), phases[key].as_u64().unwrap_or(0));
-    }
-    println!(
-        "  {} active after {} ms; first write acknowledged by it after {} ms",
-        NODES[other],
-        became_active.as_millis(),
-        first_ack.as_millis()
-    );
     // Every instant both agents recorded, joined with the fault and the first acknowledged
     // write: consecutive phases that sum to the whole.
     let acked = Mark::at("first write acknowledged", timeline::wall_us(fault + first_ack));
-    match shared.failover_marks(active, other, fault, vec![acked], Duration::from_secs(5)).await {
+    let marks = shared.failover_marks(active, other, fault, vec![acked], Duration::from_secs(5)).await;
+    println!("\nFailover timeline ({} -> {}), from the fault:", NODES[active], NODES[other]);
+    match &marks {
+        Ok(marks) => {
+            for (phase, took) in summary(marks) {
+                let took = took.map_or_else(|| "-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+                println!("  {:<12} {:>8} ms", phase, took);
+            }
+        }
+        Err(_) => {
+            // The new active's own phases, from when it saw the lock free.
+            let history = shared.agent_json(other, "/history").await.unwrap_or_default();
+            let phases = history["transitions"]
+                .as_array()
+                .and_then(|t| t.iter().rev().find(|x| x["to"] == "active"))
+                .map(|x| x["phases"].clone())
+                .unwrap_or_default();
+            for key in ["detect_ms", "elect_ms", "fence_ms", "promote_ms"] {
+                println!("  {:<12} {:>8} ms", key.trim_end_matches("_ms"), phases[key].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    // When its agent saw the master promoted, where recorded; else when this demo saw it.
+    let promoted = marks.as_ref().ok().and_then(|marks| {
+        let at = marks.iter().find(|m| m.event == "new active's agent: promoted")?.at_us;
+        Some(Duration::from_micros(at.saturating_sub(timeline::wall_us(fault)).max(0) as u64))
+    });
+    println!(
+        "  {} active after {:.1} ms; first write acknowledged by it after {:.1} ms",
+        NODES[other],
+        promoted.unwrap_or(became_active).as_secs_f64() * 1000.0,
+        first_ack.as_secs_f64() * 1000.0
+    );
+    match marks {
         Ok(marks) => {
             println!("\nEvery phase, {} -> {} (each from the mark before):", NODES[active], NODES[other]);
             let mut total = Duration::ZERO;
@@ -488,6 +505,36 @@ async fn fail_over(shared: &Pair, writer: &Writer, scenario: Scenario, active: u
     }
 
     Ok(())
+}
+
+/// A failover's joined marks ([`Pair::failover_marks`]) cut into the phases an operator asks
+/// about, each from the end of the one before, so they sum to the time from the fault to the
+/// first acknowledged write: detect (until the new active's agent saw the lock free: the old
+/// side's detection and release, or the session's expiry), elect (the lock won), fence (the
+/// old active fenced), promote (its master active) and the first write. A phase whose mark is
+/// missing shows as `None`, its time counted in the next phase.
+fn summary(marks: &[Mark]) -> Vec<(&'static str, Option<Duration>)> {
+    let at =
+        |event: &str, after: i64| marks.iter().filter(|m| m.event == event && m.at_us >= after).map(|m| m.at_us).min();
+    let Some(mut from) = at("fault", i64::MIN) else { return Vec::new() };
+    let steps = [
+        ("detect", "new active's agent: lock_seen_free"),
+        ("elect", "new active's agent: lock_acquired"),
+        ("fence", "new active's agent: fence_done"),
+        ("promote", "new active's agent: promoted"),
+        ("first write", "first write acknowledged"),
+    ];
+    steps
+        .iter()
+        .map(|&(phase, event)| {
+            let took = at(event, from).map(|end| {
+                let took = Duration::from_micros(end.saturating_sub(from).max(0) as u64);
+                from = end;
+                took
+            });
+            (phase, took)
+        })
+        .collect()
 }
 
 /// Cuts the active node off the coordinator ([`fail_over`] with [`Scenario::Partition`], which
@@ -774,4 +821,56 @@ async fn deposed_write_refused(
     let body = serde_json::json!({"key": "deposed", "value": "must not land", "write_id": "deposed-write"});
     let r = reqwest::Client::new().post(url).json(&body).send().await;
     Ok((!matches!(r, Ok(ref r) if r.status().is_success()), restarted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(event: &str, at_ms: i64) -> Mark {
+        Mark::at(event, at_ms * 1000)
+    }
+
+    #[test]
+    fn the_summary_counts_from_the_fault_and_sums_to_the_first_write() {
+        let marks = [
+            mark("fault", 1000),
+            mark("old active's agent: lease_ended", 2585),
+            mark("new active's agent: standby_cycle_started", 3445),
+            mark("new active's agent: lock_seen_free", 3446),
+            mark("new active's agent: lock_acquired", 3448),
+            mark("new active's agent: fence_done", 3451),
+            mark("new active's agent: promoted", 3455),
+            mark("first write acknowledged", 3467),
+        ];
+        let ms = |v: u64| Some(Duration::from_millis(v));
+        let phases = summary(&marks);
+        assert_eq!(
+            phases,
+            vec![("detect", ms(2446)), ("elect", ms(2)), ("fence", ms(3)), ("promote", ms(4)), ("first write", ms(12))]
+        );
+        let total: Duration = phases.iter().filter_map(|(_, d)| *d).sum();
+        assert_eq!(total, Duration::from_millis(2467));
+    }
+
+    #[test]
+    fn a_missing_mark_folds_its_phase_into_the_next() {
+        // No fence was needed: the fence's time (none) and the breadcrumb's go to promote.
+        let marks = [
+            mark("fault", 0),
+            mark("new active's agent: lock_seen_free", 20),
+            mark("new active's agent: lock_acquired", 22),
+            mark("new active's agent: promoted", 27),
+            mark("first write acknowledged", 30),
+        ];
+        let phases = summary(&marks);
+        assert_eq!(phases[2], ("fence", None));
+        assert_eq!(phases[3], ("promote", Some(Duration::from_millis(5))));
+        // Marks from before the fault (a stale recording) are never counted.
+        let stale =
+            [mark("new active's agent: lock_seen_free", -5), mark("fault", 0), mark("first write acknowledged", 9)];
+        assert_eq!(summary(&stale)[0], ("detect", None));
+        assert_eq!(summary(&stale)[4], ("first write", Some(Duration::from_millis(9))));
+        assert!(summary(&[]).is_empty(), "no fault, no summary");
+    }
 }

@@ -1317,11 +1317,12 @@ probes:
     }
 
     /// The failover timeline after a fault at `fault` that moved the active role from node
-    /// `old` to node `new`: the marks both agents recorded in `/history` (the old one's role
-    /// change away from active, the new one's to active, each the first made after the fault),
-    /// plus the fault itself and `extra` marks the caller measured (the first acknowledged
-    /// write). Waits up to `limit` for the new agent's marks, which it records at the end of the
-    /// cycle that promoted.
+    /// `old` to node `new`: the marks both agents recorded in `/history` (the new one's first
+    /// role change to active made after the fault; the old one's role changes made after the
+    /// fault, all of them, since a master whose state cannot be read goes from active to
+    /// promoting and only then steps down), plus the fault itself and `extra` marks the caller
+    /// measured (the first acknowledged write). Waits up to `limit` for the new agent's marks,
+    /// which it records at the end of the cycle that promoted.
     pub async fn failover_marks(
         &self,
         old: usize,
@@ -1331,18 +1332,21 @@ probes:
         limit: Duration,
     ) -> Result<Vec<Mark>, LabError> {
         let fault_ms = fault.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let marks_of = |history: Option<serde_json::Value>, from_active: bool| -> Vec<Mark> {
+        let marks_of = |history: Option<serde_json::Value>, promoted: bool| -> Vec<Mark> {
             let history = history.unwrap_or_default();
             let Some(all) = history["transitions"].as_array() else { return Vec::new() };
-            all.iter()
-                .filter(|t| t["at_ms"].as_i64().is_some_and(|at| at >= fault_ms))
-                .find(|t| if from_active { t["from"] == "active" } else { t["to"] == "active" })
-                .and_then(|t| serde_json::from_value::<Vec<Mark>>(t["timeline"].clone()).ok())
-                .unwrap_or_default()
+            let after_fault = all.iter().filter(|t| t["at_ms"].as_i64().is_some_and(|at| at >= fault_ms));
+            let timeline = |t: &serde_json::Value| serde_json::from_value::<Vec<Mark>>(t["timeline"].clone()).ok();
+            if promoted {
+                after_fault.into_iter().find(|t| t["to"] == "active").and_then(timeline).unwrap_or_default()
+            } else {
+                // Each recording is handed to one role change, so none is counted twice.
+                after_fault.take_while(|t| t["to"] != "active").filter_map(timeline).flatten().collect()
+            }
         };
         let end = Instant::now() + limit;
         let promoted = loop {
-            let marks = marks_of(self.agent_json(new, "/history").await, false);
+            let marks = marks_of(self.agent_json(new, "/history").await, true);
             if !marks.is_empty() {
                 break marks;
             }
@@ -1356,7 +1360,7 @@ probes:
         };
         let mut marks = vec![Mark::at("fault", timeline::wall_us(fault))];
         marks.extend(
-            marks_of(self.agent_json(old, "/history").await, true)
+            marks_of(self.agent_json(old, "/history").await, false)
                 .into_iter()
                 .map(|m| Mark { event: format!("old active's agent: {}", m.event), ..m }),
         );

@@ -102,10 +102,21 @@ async fn master_hang(kind: CoordinatorKind) -> Result<()> {
     let (mut pair, first) = start(kind, false).await?;
     let other = 1 - first;
     let oracles = Oracles::start(&pair);
+    let fault = SystemTime::now();
     pair.masters[first].signal(Signal::SIGSTOP)?;
     pair.wait_for_active_node(other, Duration::from_secs(15)).await?;
     oracles.check(Duration::from_secs(6)).await?;
     ensure!(fences_by(&pair, other).await >= 1, "the hung master must have been fenced");
+    // The old agent's side of the timeline: its master's state unreadable, it went from active
+    // to promoting and only then stepped down; its demotion of the stopped master failed, and
+    // says so, before it released the lock.
+    let marks = pair.failover_marks(first, other, fault, Vec::new(), Duration::from_secs(5)).await?;
+    let at = |event: &str| marks.iter().find(|m| m.event == event).map(|m| m.at_us);
+    let old_side = ["first_failed_check", "demote_sent", "demote_failed", "lock_released"]
+        .map(|e| at(&format!("old active's agent: {e}")));
+    ensure!(old_side.iter().all(Option::is_some), "the old agent's step-down is missing from {marks:#?}");
+    ensure!(old_side.windows(2).all(|w| w[0] <= w[1]), "the old agent's marks out of order: {marks:#?}");
+    ensure!(at("old active's agent: demote_done").is_none(), "a failed demotion marked done: {marks:#?}");
     // The new active says why the graceful level did not do it, and what to raise if the
     // master was only slow.
     let fencing = pair.agent_fence_lines(other);

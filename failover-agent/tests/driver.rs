@@ -305,6 +305,49 @@ async fn an_active_cut_off_marks_its_lease_end_in_the_history() -> Result<()> {
     server.stop().await
 }
 
+/// An active asked to cede (a switchover's first half) hands over, and `/history` shows how:
+/// its role change away from active carries the request, the demotion and the lock's release,
+/// in that order, and the request no earlier than it was made. Without them a switchover's
+/// timeline starts at the new active's cycle, with the old side's time unaccounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_that_cedes_shows_its_handover_in_the_history() -> Result<()> {
+    use referee_failover_agent::control::ControlRequest;
+    // The proxy is kept (never cut): dropping it would cut the agent off.
+    let CutOff { server, proxy: _proxy, a, cfg, .. } = CutOff::start().await?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let history_url = format!("http://{}/history", probes.local_addr()?);
+    let (control_tx, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+
+    let asked_us = referee_failover_agent::timeline::wall_us(std::time::SystemTime::now());
+    let (reply, ceded) = oneshot::channel();
+    control_tx.send(ControlRequest::Cede { period: Duration::from_secs(30), reply }).await?;
+    let message = tokio::time::timeout(Duration::from_secs(10), ceded)
+        .await?
+        .context("cede answered")?
+        .map_err(anyhow::Error::msg)?;
+    ensure!(message.contains("handed over"), "the handover: {message}");
+    ensure!(a.status().state == HaState::Standby, "a's master after the cede: {:?}", a.status());
+
+    let (step_down, history) = history_showing(&history_url, "a step-down", |t| t["from"] == "active").await?;
+    let events: Vec<(String, i64)> = step_down["timeline"]
+        .as_array()
+        .map(|marks| {
+            marks.iter().filter_map(|m| Some((m["event"].as_str()?.to_owned(), m["at_us"].as_i64()?))).collect()
+        })
+        .unwrap_or_default();
+    let at = |name: &str| events.iter().find(|(e, _)| e == name).map(|(_, t)| *t);
+    let order = ["cede_requested", "demote_sent", "demote_done", "lock_released"].map(at);
+    let [Some(requested), Some(sent), Some(done), Some(released)] = order else {
+        anyhow::bail!("the step-down's timeline lacks the handover's marks: {events:?} in {history}");
+    };
+    ensure!(requested >= asked_us, "the request is marked before it was made: {events:?}");
+    ensure!(requested <= sent && sent <= done && done <= released, "the handover's marks out of order: {events:?}");
+
+    agent.stop().await?;
+    server.stop().await
+}
+
 /// Maintenance mode stops failovers, never the end of a lease: a paused active agent whose
 /// coordinator becomes unreachable still demotes its master while the session is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ impl Driver {
     /// and the next active need not fence; then the session closes.
     pub(super) async fn shut_down(&mut self, coord: Option<Coordination>) {
         if self.status().token.is_some() || self.mem.promoted.is_some() {
-            match self.hand_over(coord.as_ref(), Duration::from_secs(3600)).await {
+            match self.hand_over(coord.as_ref(), Duration::from_secs(3600), "shutdown_requested").await {
                 Ok(msg) => info!("{msg}"),
                 Err(e) => warn!("handover on shutdown: {e}"),
             }
@@ -40,7 +40,7 @@ impl Driver {
                 let _ = reply.send(Ok("resumed".into()));
             }
             ControlRequest::Cede { period, reply } => {
-                let result = self.hand_over(coord, period).await;
+                let result = self.hand_over(coord, period, "cede_requested").await;
                 match &result {
                     Ok(m) => info!("{m}"),
                     Err(e) => warn!("cede: {e}"),

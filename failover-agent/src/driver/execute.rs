@@ -138,7 +138,10 @@ impl Driver {
                     self.mem.timeline.mark(Mark::now("demote_sent"));
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
-                    match self.adapter.demote(*token, deadline).await {
+                    let demoted = self.adapter.demote(*token, deadline).await;
+                    // A best-effort demotion that failed goes on, and is marked as failed.
+                    self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
+                    match demoted {
                         Ok(status) => {
                             master_after = Some(status);
                             self.status().counters.demotions += 1;
@@ -210,11 +213,9 @@ impl Driver {
                 }
             };
             match step {
-                Step::Demote { .. } => {
-                    self.mem.timeline.mark(Mark::now(if result.is_ok() { "demote_done" } else { "demote_failed" }))
-                }
                 Step::SetTokenBase { .. } => self.mem.timeline.mark(Mark::now("token_base_set")),
                 Step::Contend
+                | Step::Demote { .. }
                 | Step::Fence { .. }
                 | Step::WriteBreadcrumb { .. }
                 | Step::Promote { .. }
@@ -339,8 +340,18 @@ impl Driver {
     /// breadcrumb marked clean and the lock released, in one multi through the lock's session.
     /// If the demotion fails, the lock is released with the breadcrumb left unclean, so the next
     /// winner fences this node.
-    pub(super) async fn hand_over(&mut self, coord: Option<&Coordination>, period: Duration) -> Result<String, String> {
+    ///
+    /// An active's handover is recorded as a failover's first half (`why` names what asked
+    /// for it, `cede_requested` or `shutdown_requested`): the role change away from active
+    /// that the next cycle sees carries the request, the demotion and the lock's release.
+    pub(super) async fn hand_over(
+        &mut self,
+        coord: Option<&Coordination>,
+        period: Duration,
+        why: &'static str,
+    ) -> Result<String, String> {
         self.mem.backoff_until = Some(BootInstant::now() + period);
+        let asked = Mark::now(why);
         // The first read is bounded by the lease left like every other await while the master
         // may be active; if it fails, the plan still demotes a master that may be active.
         let lock = match coord {
@@ -354,8 +365,10 @@ impl Driver {
                 return Ok(format!("not active; staying out of the election for {} ms", period.as_millis()))
             }
             Handover::DemoteOnly { token } => {
+                self.record_handover([asked, Mark::now("demote_sent")]);
                 let deadline = tokio::time::Instant::now() + demote_deadline;
                 let demoted = self.adapter.demote(token, deadline).await;
+                self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
                 return match demoted {
                     Ok(s) => {
                         self.master_stepped(s);
@@ -370,11 +383,14 @@ impl Driver {
             }
             Handover::StepDown { token, lock_version } => (coord.ok_or("no coordinator session")?, token, lock_version),
         };
+        self.record_handover([asked, Mark::now("demote_sent")]);
         let deadline = tokio::time::Instant::now() + demote_deadline;
-        match self.adapter.demote(token, deadline).await {
+        let demoted = self.adapter.demote(token, deadline).await;
+        self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
+        match demoted {
             Ok(s) => self.master_stepped(s),
             Err(e) => {
-                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                self.release_recorded(c, token).await;
                 return Err(format!(
                     "demoting the master failed ({e}); released the lock with the breadcrumb unclean, so the next active will fence this node"
                 ));
@@ -388,7 +404,7 @@ impl Driver {
                 version
             }
             other => {
-                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                self.release_recorded(c, token).await;
                 return Err(format!(
                     "the breadcrumb is not ours ({other:?}); released the lock, the next active will fence"
                 ));
@@ -399,15 +415,35 @@ impl Driver {
         let crumb = Breadcrumb { node_id: self.cfg.node_id.clone(), token, clean: true, target };
         let stepped = c.step_down_cleanly(&crumb, token, lock_version, crumb_version);
         match self.coordinated("marking the breadcrumb clean", stepped).await {
-            Ok(()) => Ok(format!(
-                "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
-                period.as_millis()
-            )),
+            Ok(()) => {
+                self.mem.timeline.mark(Mark::now("lock_released"));
+                Ok(format!(
+                    "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
+                    period.as_millis()
+                ))
+            }
             Err(e) => {
-                let _ = self.coordinated("releasing the lock", c.release(token)).await;
+                self.release_recorded(c, token).await;
                 Err(format!("{e}; released the lock, the next active will fence"))
             }
         }
+    }
+
+    /// Starts recording a handover; a promotion given up this way goes on with its own
+    /// recording (its fence is part of it), as in the cycle.
+    fn record_handover(&mut self, marks: [Mark; 2]) {
+        if self.status().role == Role::Promoting && self.mem.timeline.recording() {
+            marks.into_iter().for_each(|m| self.mem.timeline.mark(m));
+        } else {
+            self.mem.timeline.restart(marks);
+        }
+    }
+
+    /// Releases the lock after a handover went wrong (the breadcrumb left unclean, so the next
+    /// active fences this node), marking the release in the handover's recording.
+    async fn release_recorded(&mut self, c: &Coordination, token: FencingToken) {
+        let released = self.coordinated("releasing the lock", c.release(token)).await;
+        self.mem.timeline.mark(Mark::now(if released.is_ok() { "lock_released" } else { "lock_release_failed" }));
     }
 
     /// Records what the master answered to a demotion made outside a cycle.
