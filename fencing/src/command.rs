@@ -1,6 +1,6 @@
 //! Running an external program under a deadline, with its whole process group contained.
 //!
-//! Used by `shell`, `ssh` and `isolate`, and by the failover agent for its command adapter and
+//! Used by `shell`, `ssh`, `isolate` and `fence_agent`, and by the failover agent for its command adapter and
 //! hooks. The program is executed directly (never through a
 //! local shell), in a new process group. When it exits, or when the deadline passes, the whole
 //! group is killed with SIGKILL, so nothing it started in the background outlives the attempt.
@@ -91,6 +91,18 @@ impl Drop for GroupGuard {
 
 /// Runs `argv` with extra environment `env` until it exits or `deadline` passes.
 pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -> CommandEnd {
+    run_with_input(argv, env, None, deadline).await
+}
+
+/// [`run`], with `input` written to the program's standard input, which is then closed (it
+/// reads end of file after it). Without input, standard input is `/dev/null`. A program that
+/// exits without reading all of it is not an error: what counts is how it ended.
+pub async fn run_with_input(
+    argv: &[String],
+    env: &[(String, String)],
+    input: Option<Vec<u8>>,
+    deadline: Instant,
+) -> CommandEnd {
     let Some((program, args)) = argv.split_first() else {
         return CommandEnd::SpawnFailed { error: "empty command".into() };
     };
@@ -98,7 +110,7 @@ pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -
     command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -113,6 +125,14 @@ pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -
     let mut group = GroupGuard { pgid: Some(Pid::from_raw(pid as i32)) };
     let stdout = tail_reader(child.stdout.take());
     let stderr = tail_reader(child.stderr.take());
+    // Written from its own task, so a program that never reads cannot block this one; the
+    // pipe closes when the task ends (or with the child, which owns nothing of it then).
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&input).await;
+        });
+    }
 
     // Wait for the leader's exit without reaping it (see the module comment).
     let exited = match PidFd::open(pid) {

@@ -77,6 +77,10 @@ pub enum MethodConfig {
     Isolate(IsolateConfig),
     /// `kind: token`: raise the token floor of a token-enforcing resource.
     Token(TokenConfig),
+    /// `kind: fence_agent`: power the target off with a fence agent of the Pacemaker and
+    /// Red Hat cluster suites (`fence_ipmilan`, `fence_virsh`, `fence_aws`, ...).
+    #[serde(rename = "fence_agent")]
+    FenceAgent(FenceAgentConfig),
 }
 
 impl MethodConfig {
@@ -91,6 +95,7 @@ impl MethodConfig {
             MethodConfig::Http(_) => MethodKind::Http,
             MethodConfig::Isolate(_) => MethodKind::Isolate,
             MethodConfig::Token(_) => MethodKind::Token,
+            MethodConfig::FenceAgent(_) => MethodKind::FenceAgent,
         }
     }
 
@@ -105,6 +110,7 @@ impl MethodConfig {
             MethodConfig::Http(c) => &c.name,
             MethodConfig::Isolate(c) => &c.name,
             MethodConfig::Token(c) => &c.name,
+            MethodConfig::FenceAgent(c) => &c.name,
         };
         name.clone().unwrap_or_else(|| self.kind().as_str().to_string())
     }
@@ -120,6 +126,7 @@ impl MethodConfig {
             MethodConfig::Http(c) => c.timeout_ms,
             MethodConfig::Isolate(c) => c.timeout_ms,
             MethodConfig::Token(c) => c.timeout_ms,
+            MethodConfig::FenceAgent(c) => c.timeout_ms,
         }
     }
 }
@@ -388,6 +395,65 @@ pub struct ShellConfig {
     /// `FENCE_TOKEN` and cannot be overridden here.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// Arguments of `kind: fence_agent`: a program that speaks the fence agents' standard
+/// interface (options as `name=value` lines on standard input, `action=off` to power off,
+/// `action=status` answering with exit 0 for on and 2 for off).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceAgentConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the power-off and its confirmation; on expiry the agent's whole process
+    /// group is killed.
+    pub timeout_ms: u64,
+    /// Absolute path of the fence agent (`/usr/sbin/fence_ipmilan`).
+    pub agent: PathBuf,
+    /// `off` (the default: the node stays down until an operator brings it back) or `reboot`.
+    #[serde(default)]
+    pub action: FenceAgentAction,
+    /// Options for every target, without the leading dashes (`ip`, `username`, `lanplus`,
+    /// `plug`, ...). `{node_id}` and `{host}` in a value are replaced by the target's.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Options for one node, by node id, over `options` (each node's BMC address, say).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, BTreeMap<String, String>>,
+    /// After `off` exited 0, ask `action=status` and count the target fenced only if it
+    /// answers off (exit 2). Default true; a reboot is never checked this way (the node is
+    /// expected back on).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// File holding the device's password, sent as `password=` on standard input (never in
+    /// the arguments or the environment, where other users of the host can read it).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the password instead.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// What a fence agent is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceAgentAction {
+    /// Power off and stay off.
+    #[default]
+    Off,
+    /// Power off and on again.
+    Reboot,
+}
+
+impl FenceAgentAction {
+    /// The action's name on the agent's standard input.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceAgentAction::Off => "off",
+            FenceAgentAction::Reboot => "reboot",
+        }
+    }
 }
 
 /// Arguments of `kind: http`.
@@ -819,7 +885,50 @@ impl Checker {
                 self.headers(&c.headers)?;
                 self.secret(&c.secret_file, &c.secret_env, false)
             }
+            MethodConfig::FenceAgent(c) => {
+                self.ensure(c.agent.is_absolute(), "agent", || {
+                    format!("`{}` must be an absolute path (it is executed directly)", c.agent.display())
+                })?;
+                self.secret(&c.secret_file, &c.secret_env, false)?;
+                let all = c.options.iter().map(|o| ("options", o));
+                let per_node = c.nodes.values().flat_map(|options| options.iter().map(|o| ("nodes", o)));
+                for (field, (name, value)) in all.chain(per_node) {
+                    self.fence_agent_option(field, name, value)?;
+                }
+                for node in c.nodes.keys() {
+                    self.ensure(!node.is_empty(), "nodes", || "a node id must not be empty".into())?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// A fence agent reads one `name=value` a line: a name must be a plain option name, and
+    /// neither may break the line or set what the method sets itself.
+    fn fence_agent_option(&self, field: &'static str, name: &str, value: &str) -> Result<(), ConfigError> {
+        let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        self.ensure(plain, field, || format!("`{name}` is not an option name (letters, digits, `_` and `-`)"))?;
+        let set_here = crate::methods::fence_agent::SET_BY_METHOD;
+        self.ensure(!set_here.contains(&name.replace('-', "_").as_str()), field, || {
+            format!(
+                "`{name}` is set by the method: the action by `action`, the password by `secret_file` or `secret_env` \
+                 (never written inline)"
+            )
+        })?;
+        self.ensure(!value.contains(['\n', '\r', '\0']), field, || {
+            format!("the value of `{name}` must be one line (a line break would start another option)")
+        })?;
+        if let Some(bad) = value.match_indices('{').find_map(|(i, _)| {
+            let rest = &value[i + 1..];
+            let end = rest.find('}')?;
+            let word = &rest[..end];
+            (word != "node_id" && word != "host").then(|| word.to_string())
+        }) {
+            return Err(
+                self.err(field, format!("unknown placeholder `{{{bad}}}` in `{name}`; allowed: {{node_id}}, {{host}}"))
+            );
+        }
+        Ok(())
     }
 
     fn url(&self, field: &'static str, url: &str) -> Result<(), ConfigError> {

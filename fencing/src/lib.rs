@@ -4,7 +4,8 @@
 //! breadcrumb shows another node was active: `Fencer::fence(old_active, new_token)` must
 //! return [`FenceOutcome::Fenced`] before the agent promotes its own master. It calls out to
 //! the old master's HA endpoint, the old host's agent, local processes, `ssh`, configured
-//! programs, STONITH/PDU/cloud HTTP APIs, the firewall, and token-enforcing resources. Entry
+//! programs, STONITH/PDU/cloud HTTP APIs, Pacemaker's fence agents, the firewall, and
+//! token-enforcing resources. Entry
 //! points: [`FencingConfig::from_yaml_str`], [`Fencer::new`], [`Fencer::fence`],
 //! [`Fencer::unfence`]; [`FencingToken`] and the wire types in [`protocol`] are shared with the
 //! agent and the masters.
@@ -17,7 +18,7 @@
 //!          │  ▲                                                  │
 //!          │  └──────────────── record(MethodOutcome) ◀──────────┘
 //!          ▼
-//!   methods: graceful · agent · kill · ssh · shell · http · isolate · token
+//!   methods: graceful · agent · kill · ssh · shell · http · isolate · token · fence_agent
 //!          │
 //!          ▼
 //!   FenceReport { outcome: Fenced | Failed | Indeterminate, events: [FenceEvent] }

@@ -25,6 +25,9 @@ pub enum MethodKind {
     Isolate,
     /// Raise the token floor of a resource that enforces fencing tokens.
     Token,
+    /// Power the target off with a Pacemaker / Red Hat cluster fence agent.
+    #[serde(rename = "fence_agent")]
+    FenceAgent,
 }
 
 impl MethodKind {
@@ -39,6 +42,7 @@ impl MethodKind {
             MethodKind::Http => "http",
             MethodKind::Isolate => "isolate",
             MethodKind::Token => "token",
+            MethodKind::FenceAgent => "fence_agent",
         }
     }
 }

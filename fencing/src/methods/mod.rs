@@ -16,6 +16,7 @@ use crate::target::FenceTarget;
 use crate::token::FencingToken;
 
 pub(crate) mod agent;
+pub(crate) mod fence_agent;
 pub(crate) mod graceful;
 pub(crate) mod http;
 pub(crate) mod isolate;
@@ -86,6 +87,7 @@ pub(crate) enum Method {
     Http(http::Http),
     Isolate(isolate::Isolate),
     Token(token::TokenFloor),
+    FenceAgent(fence_agent::FenceAgent),
 }
 
 /// What every method gets besides the target.
@@ -122,6 +124,7 @@ impl Method {
             MethodConfig::Http(c) => Method::Http(http::Http::new(c, err)?),
             MethodConfig::Isolate(c) => Method::Isolate(isolate::Isolate::new(c)),
             MethodConfig::Token(c) => Method::Token(token::TokenFloor::new(c, err)?),
+            MethodConfig::FenceAgent(c) => Method::FenceAgent(fence_agent::FenceAgent::new(c, err)?),
         })
     }
 
@@ -136,6 +139,7 @@ impl Method {
             Method::Http(_) => MethodKind::Http,
             Method::Isolate(_) => MethodKind::Isolate,
             Method::Token(_) => MethodKind::Token,
+            Method::FenceAgent(_) => MethodKind::FenceAgent,
         }
     }
 
@@ -150,6 +154,7 @@ impl Method {
             Method::Http(m) => m.fence(ctx).await,
             Method::Isolate(m) => m.fence(ctx).await,
             Method::Token(m) => m.fence(ctx).await,
+            Method::FenceAgent(m) => m.fence(ctx).await,
         }
     }
 
@@ -165,7 +170,8 @@ impl Method {
             | Method::Ssh(_)
             | Method::Shell(_)
             | Method::Http(_)
-            | Method::Token(_) => false,
+            | Method::Token(_)
+            | Method::FenceAgent(_) => false,
         }
     }
 
@@ -179,7 +185,8 @@ impl Method {
             | Method::Ssh(_)
             | Method::Shell(_)
             | Method::Http(_)
-            | Method::Token(_) => MethodOutcome::fenced("nothing to undo"),
+            | Method::Token(_)
+            | Method::FenceAgent(_) => MethodOutcome::fenced("nothing to undo"),
         }
     }
 }
