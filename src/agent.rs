@@ -47,6 +47,48 @@ pub async fn run(config_path: &Path, program: &'static str) -> anyhow::Result<()
     Ok(())
 }
 
+/// `--check-fencing`: asks every fencing method whether it could fence each configured peer,
+/// fencing nothing (the master's HA endpoint answers, the ssh login works, the power device
+/// reads the node on, ...), and prints what each found. Run on the agent's host, with its
+/// configuration, so the checks go the way a fence would. Returns the exit code: 0 when no
+/// method has a problem, 1 otherwise.
+pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
+    use referee_fencing::{Fencer, Readiness};
+    let config = load(config_path)?;
+    let fencing = config.fencing.clone().context("the configuration has no `fencing` section")?;
+    let fencer = Fencer::new(fencing).with_context(|| format!("the fencing section of {}", config_path.display()))?;
+    let targets = config.peer_targets();
+    println!(
+        "Fencing checks from {} ({}) against {} peer(s); nothing is fenced:",
+        config.node_id,
+        config_path.display(),
+        targets.len()
+    );
+    let mut problems = 0;
+    for target in &targets {
+        println!("{} ({}):", target.node_id, target.host);
+        let report = fencer.check(target).await;
+        for c in &report.checks {
+            let (word, text) = match &c.readiness {
+                Readiness::Ready { detail } => ("ready", detail),
+                Readiness::Problem { reason } => {
+                    problems += 1;
+                    ("PROBLEM", reason)
+                }
+                Readiness::Unchecked { why } => ("unchecked", why),
+            };
+            println!("  level {}  {:<12} {:<10} {text}", c.level + 1, c.method, word);
+        }
+    }
+    if problems == 0 {
+        println!("No problem found.");
+        Ok(0)
+    } else {
+        println!("{problems} problem(s): fencing may fail when it is needed; fix them before relying on it.");
+        Ok(1)
+    }
+}
+
 /// Reads and validates the configuration, naming the file in every refusal (a read error
 /// already does).
 fn load(path: &Path) -> anyhow::Result<AgentConfig> {

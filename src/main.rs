@@ -293,6 +293,11 @@ enum Command {
         /// Path of the agent's YAML configuration.
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the fencing chain against every configured peer instead of running, fencing
+        /// nothing (the master's HA endpoint answers, the ssh login works, the power device reads
+        /// the node on, ...); exit 0 when no method has a problem, 1 otherwise.
+        #[arg(long)]
+        check_fencing: bool,
     },
 }
 
@@ -324,7 +329,12 @@ fn main() -> ExitCode {
                 );
                 Ok(2)
             }
-            Command::Agent { config } => referee::agent::run(&config, "referee").await.map(|()| 0),
+            Command::Agent { config, check_fencing: true } => {
+                referee::agent::check_fencing(&config).await.map(i32::from)
+            }
+            Command::Agent { config, check_fencing: false } => {
+                referee::agent::run(&config, "referee").await.map(|()| 0)
+            }
             Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }

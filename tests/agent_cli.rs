@@ -73,3 +73,78 @@ fn an_unknown_key_is_named_with_its_file() -> Result<()> {
     }
     Ok(())
 }
+
+/// An agent configuration for node a with peer b on `peer_host`, fencing with `methods` (YAML
+/// list items, indented for the level).
+fn fencing_config(dir: &ScratchDir, methods: &str) -> Result<std::path::PathBuf> {
+    let path = dir.path("agent.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"cluster: check
+node_id: a
+peers:
+  - {{node_id: b, host: 127.0.0.1, port: 1, ha_url: "http://127.0.0.1:1"}}
+coordinator: {{connect: "127.0.0.1:1", session_timeout_ms: 2500}}
+master:
+  host: 127.0.0.1
+  port: 2
+  adapter: {{kind: http, url: "http://127.0.0.1:2"}}
+fencing:
+  overall_timeout_ms: 5000
+  levels:
+    - methods:
+{methods}
+probes: {{listen: "127.0.0.1:0"}}
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Both executables' `--check-fencing` on `config`: exit code and standard output of each.
+fn check_fencing(config: &Path) -> Result<Vec<(Option<i32>, String)>> {
+    let mut results = Vec::new();
+    for (program, mut args) in both(config) {
+        args.push("--check-fencing".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&program, &args)?;
+        results.push((out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    Ok(results)
+}
+
+/// `--check-fencing` asks every method about every peer, fences nothing, prints what each
+/// found, and exits 0 only when nothing would fail. It never starts the agent.
+#[test]
+fn check_fencing_reports_each_method_and_exits_by_what_it_found() -> Result<()> {
+    let dir = ScratchDir::new("agent-cli-check")?;
+    let log = dir.path("agent.log");
+    // A fence agent whose device reads the node on, logging the actions it is asked for.
+    let agent =
+        dir.script("fence_on", &format!("#!/bin/sh\nsed -n 's/^action=//p' >> '{}'\nexit 0\n", log.display()))?;
+    let program = dir.script("fence-db", "#!/bin/sh\nexit 0\n")?;
+    let methods = format!(
+        "        - {{kind: fence_agent, timeout_ms: 2000, agent: {}}}\n        - {{kind: shell, timeout_ms: 2000, program: {}}}\n",
+        agent.display(),
+        program.display()
+    );
+    for (code, stdout) in check_fencing(&fencing_config(&dir, &methods)?)? {
+        ensure!(code == Some(0), "exit {code:?}\n{stdout}");
+        ensure!(stdout.contains("b (127.0.0.1):") && stdout.contains("No problem found"), "{stdout}");
+        ensure!(stdout.matches(" ready ").count() == 2, "{stdout}");
+    }
+    ensure!(std::fs::read_to_string(&log)? == "status\nstatus\n", "only the status was asked");
+
+    // The master's HA endpoint is closed and the program is gone: exit 1, both named.
+    let methods = format!(
+        "        - {{kind: graceful, timeout_ms: 1000}}\n        - {{kind: shell, timeout_ms: 2000, program: {}}}\n",
+        dir.path("gone").display()
+    );
+    for (code, stdout) in check_fencing(&fencing_config(&dir, &methods)?)? {
+        ensure!(code == Some(1), "exit {code:?}\n{stdout}");
+        ensure!(stdout.matches("PROBLEM").count() == 2 && stdout.contains("2 problem(s)"), "{stdout}");
+        ensure!(stdout.contains("cannot connect") && stdout.contains("No such file"), "{stdout}");
+    }
+    Ok(())
+}

@@ -6,7 +6,10 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, FencingConfig};
 use crate::methods::{Context, Method};
-use crate::outcome::{FenceEvent, FenceOutcome, FenceReport, MethodOutcome, Operation, UnfenceOutcome, UnfenceReport};
+use crate::outcome::{
+    CheckReport, FenceEvent, FenceOutcome, FenceReport, MethodCheck, MethodOutcome, Operation, Readiness,
+    UnfenceOutcome, UnfenceReport,
+};
 use crate::plan::{FencePlan, PlannedMethod, Step};
 use crate::target::FenceTarget;
 use crate::token::FencingToken;
@@ -117,6 +120,28 @@ impl Fencer {
             }
         }
         FenceReport { outcome, events }
+    }
+
+    /// Asks every method whether it could fence `target`, without fencing anything: the
+    /// master's HA endpoint answers, the ssh login works, the power device reads the node on,
+    /// and so on ([`Readiness`]). Each check runs under its method's deadline, one after the
+    /// other in the chain's order, all of them whatever the others found. For an operator
+    /// (`referee agent --check-fencing`), so a broken fence device shows before it is needed.
+    pub async fn check(&self, target: &FenceTarget) -> CheckReport {
+        let mut checks = Vec::new();
+        for (level, methods) in self.levels.iter().enumerate() {
+            for (index, (name, method)) in methods.iter().enumerate() {
+                let budget = Duration::from_millis(self.config.levels[level].methods[index].timeout_ms());
+                let deadline = Instant::now() + budget;
+                let ctx = Context { http: &self.http, target, new_token: target.token, deadline };
+                let readiness = match tokio::time::timeout_at(deadline + CLEANUP_ALLOWANCE, method.check(&ctx)).await {
+                    Ok(readiness) => readiness,
+                    Err(_) => Readiness::Problem { reason: format!("no answer within {} ms", budget.as_millis()) },
+                };
+                checks.push(MethodCheck { level, method: name.clone(), kind: method.kind(), readiness });
+            }
+        }
+        CheckReport { node_id: target.node_id.clone(), checks }
     }
 
     /// Undoes the reversible methods (firewall isolation) for `target`, so a repaired node

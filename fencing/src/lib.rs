@@ -59,7 +59,8 @@ mod token;
 pub use config::{ConfigError, FencingConfig, LevelConfig, MethodConfig};
 pub use fencer::{Fencer, CLEANUP_ALLOWANCE};
 pub use outcome::{
-    FenceEvent, FenceOutcome, FenceReport, MethodKind, MethodOutcome, Operation, UnfenceOutcome, UnfenceReport,
+    CheckReport, FenceEvent, FenceOutcome, FenceReport, MethodCheck, MethodKind, MethodOutcome, Operation, Readiness,
+    UnfenceOutcome, UnfenceReport,
 };
 pub use plan::FencePlan;
 pub use procfs::process_start_time;

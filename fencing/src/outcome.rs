@@ -246,6 +246,57 @@ pub enum UnfenceOutcome {
     },
 }
 
+/// What a method's check found, asked without fencing anything ([`crate::Fencer::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "readiness", rename_all = "lowercase")]
+pub enum Readiness {
+    /// What the method needs answered: the device, host or endpoint it would act through.
+    Ready {
+        /// What was seen, e.g. "ssh login to db2 as referee works".
+        detail: String,
+    },
+    /// The method would not work as configured, or not for this target.
+    Problem {
+        /// What is wrong, and what to change where known.
+        reason: String,
+    },
+    /// Nothing can be tried without doing it (raising a token floor), or there is nothing to
+    /// reach from here (a kill of this host's processes).
+    Unchecked {
+        /// Why.
+        why: String,
+    },
+}
+
+/// One method's check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MethodCheck {
+    /// Level index, from 0.
+    pub level: usize,
+    /// The method's name.
+    pub method: String,
+    /// The method's kind.
+    pub kind: MethodKind,
+    /// What the check found.
+    pub readiness: Readiness,
+}
+
+/// Every method's check for one target, in the order the chain would run them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// The node checked.
+    pub node_id: String,
+    /// One per method.
+    pub checks: Vec<MethodCheck>,
+}
+
+impl CheckReport {
+    /// Whether some method would not work.
+    pub fn has_problem(&self) -> bool {
+        self.checks.iter().any(|c| matches!(c.readiness, Readiness::Problem { .. }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use common::{fencer, never, serve, serve_tls, target, Pki};
 use referee_fencing::{
     FenceReport, Fencer, FencingToken, HaState, HaStatus, MethodOutcome, PeerFenceOutcome, PeerFenceRequest,
-    PeerFenceResponse, TokenFloorRequest, TokenFloorResponse, TokenRequest,
+    PeerFenceResponse, Readiness, TokenFloorRequest, TokenFloorResponse, TokenRequest,
 };
 use referee_testkit::ScratchDir;
 
@@ -237,6 +237,14 @@ async fn agent_is_fenced_when_the_authenticated_peer_fences_with_the_new_token()
     let dir = ScratchDir::new("agent").unwrap();
     std::fs::write(dir.path("secret"), "s3cret\n").unwrap();
     let (url, state) = peer("s3cret", answer(PeerFenceOutcome::Fenced, "master stopped")).await;
+    // Checked first: the peer answers, and is asked to fence nothing.
+    let check = fencer(&agent_yaml(&url, &dir.path("secret"))).check(&target("n1", "127.0.0.1", 1)).await;
+    let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(detail.contains("peer API") && detail.contains("answers"), "{detail}");
+    assert!(state.received.lock().unwrap().is_empty(), "the check fenced");
+    let check = fencer(&agent_yaml(&url, &dir.path("secret"))).check(&target("n9", "127.0.0.1", 1)).await;
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(reason.contains("no peer URL configured for node `n9`"), "{reason}");
     let report =
         fencer(&agent_yaml(&url, &dir.path("secret"))).fence(&target("n1", "127.0.0.1", 1), FencingToken(21)).await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{closed_port, fencer, require, target};
-use referee_fencing::{FenceOutcome, FencingToken, MethodOutcome, UnfenceOutcome};
+use referee_fencing::{FenceOutcome, FencingToken, MethodOutcome, Readiness, UnfenceOutcome};
 use referee_testkit::{free_port, wait_until, ScratchDir};
 
 /// A real sshd on 127.0.0.1, accepting a generated key for root. Killed on drop.
@@ -123,6 +123,11 @@ async fn ssh_runs_a_remote_kill_and_verify_command() {
         &[stop.to_str().unwrap(), pidfile.to_str().unwrap(), "{fence_token}", token_file.to_str().unwrap()],
         8000,
     );
+    // Checked first: the login works, and the check runs nothing but `true` (the master lives).
+    let check = fencer(&yaml).check(&target("n1", "127.0.0.1", 5432)).await;
+    let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(detail.contains("ssh login to 127.0.0.1 as root works"), "{detail}");
+    assert!(master.try_wait().unwrap().is_none() && !token_file.exists(), "the check fenced");
     let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 5432), FencingToken(44)).await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");
     use std::os::unix::process::ExitStatusExt;
@@ -161,6 +166,9 @@ async fn ssh_to_an_unreachable_target_fails_within_its_deadline() {
     let started = Instant::now();
     let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 5432), FencingToken(44)).await;
     let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("could not reach"), "{reason}");
+    let check = fencer(&yaml).check(&target("n1", "127.0.0.1", 5432)).await;
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
     assert!(reason.contains("could not reach"), "{reason}");
     assert!(started.elapsed() < Duration::from_millis(3000 + 500));
 
@@ -296,6 +304,12 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
 
     let f = fencer(&isolate_local_yaml(&ns.name));
     let t = target("n1", NS_ADDR, port);
+    // Checked first: the firewall can be listed where the rules would go, and none is added.
+    let check = f.check(&t).await;
+    let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(detail.contains("lists the firewall rules on this host"), "{detail}");
+    assert_eq!(ns.tagged_rules("n1"), 0);
+    assert!(echoes_on(&mut established, quick), "the check cut the connection");
     let report = f.fence(&t, FencingToken(50)).await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");
     assert_eq!(ns.tagged_rules("n1"), 4);
@@ -354,4 +368,7 @@ async fn isolate_against_an_unreachable_host_fails_and_never_pretends() {
     assert!(started.elapsed() < Duration::from_millis(3500));
     let unfenced = fencer(&yaml).unfence(&target("n1", "127.0.0.1", 5432)).await;
     assert!(matches!(unfenced.outcome, UnfenceOutcome::Incomplete { .. }), "{unfenced:#?}");
+    let check = fencer(&yaml).check(&target("n1", "127.0.0.1", 5432)).await;
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(reason.contains("could not reach"), "{reason}");
 }

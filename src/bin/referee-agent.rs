@@ -18,6 +18,10 @@ struct Cli {
     /// Path of the agent's YAML configuration.
     #[arg(long, short)]
     config: PathBuf,
+    /// Check the fencing chain against every configured peer instead of running, fencing
+    /// nothing; exit 0 when no method has a problem, 1 otherwise.
+    #[arg(long)]
+    check_fencing: bool,
 }
 
 fn main() -> ExitCode {
@@ -26,6 +30,15 @@ fn main() -> ExitCode {
     let Some(runtime) = referee::logging::start("referee-agent") else {
         return ExitCode::FAILURE;
     };
+    if cli.check_fencing {
+        return match runtime.block_on(referee::agent::check_fencing(&cli.config)) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("referee-agent: {}", referee::logging::one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(referee::agent::run(&cli.config, "referee-agent")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

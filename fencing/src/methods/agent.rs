@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::methods::{body_snippet, http_error, load_secret, tls_client, Context, Secret};
-use crate::outcome::MethodOutcome;
+use crate::methods::{body_snippet, http_error, load_secret, problem, tls_client, Context, Secret};
+use crate::outcome::{MethodOutcome, Readiness};
 use crate::protocol::{PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse, PEER_FENCE_PATH};
 
 #[derive(Debug)]
@@ -35,6 +35,19 @@ impl Agent {
             secret,
             client,
         })
+    }
+
+    /// The target's agent answers at its peer URL (any HTTP answer: the request carries no
+    /// fence and no secret).
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let Some(base) = self.peers.get(&ctx.target.node_id) else {
+            return Readiness::Problem { reason: format!("no peer URL configured for node `{}`", ctx.target.node_id) };
+        };
+        let client = self.client.as_ref().unwrap_or(ctx.http);
+        match client.get(format!("{base}/")).timeout(ctx.remaining()).send().await {
+            Ok(r) => Readiness::Ready { detail: format!("the agent's peer API at {base} answers ({})", r.status()) },
+            Err(e) => problem(http_error(&format!("GET {base}/"), &e)),
+        }
     }
 
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {

@@ -26,8 +26,8 @@ use std::time::Duration;
 use crate::command::{self, CommandEnd};
 use crate::config::{ConfigError, FenceAgentAction, FenceAgentConfig};
 use crate::methods::shell::suffix;
-use crate::methods::{load_secret, Context, Secret};
-use crate::outcome::MethodOutcome;
+use crate::methods::{load_secret, problem, Context, Secret};
+use crate::outcome::{MethodOutcome, Readiness};
 
 /// Options the method sets itself, which the configuration cannot (names with `-` read as
 /// `_`): the action from `action`, the password from `secret_file` or `secret_env`, the
@@ -164,6 +164,34 @@ impl FenceAgent {
             return MethodOutcome::fenced(format!("`{agent}` action={action} exited 0"));
         }
         self.confirm_off(ctx).await
+    }
+
+    /// The device answers `action=status` for the target, and reads it on: a node whose
+    /// device reads off is not the one running the master (the wrong plug or address?).
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let agent = &self.agent;
+        match self.run("status", ctx).await {
+            Ok(CommandEnd::Exited { code: 0, .. }) => {
+                Readiness::Ready { detail: format!("`{agent}` action=status: the device reads the power on") }
+            }
+            Ok(CommandEnd::Exited { code: 2, .. }) => Readiness::Problem {
+                reason: format!(
+                    "`{agent}` action=status: the device reads the power OFF for a node that should be running: \
+                     check its address or plug"
+                ),
+            },
+            Ok(CommandEnd::Exited { code, stderr, .. }) => Readiness::Problem {
+                reason: format!("`{agent}` action=status exited {code} ({}){}", exit_meaning(code), suffix(&stderr)),
+            },
+            Ok(CommandEnd::Signalled { signal, .. }) => {
+                Readiness::Problem { reason: format!("`{agent}` action=status was terminated by signal {signal}") }
+            }
+            Ok(CommandEnd::TimedOut { stderr }) => Readiness::Problem {
+                reason: format!("`{agent}` action=status did not finish before its deadline{}", suffix(&stderr)),
+            },
+            Ok(CommandEnd::SpawnFailed { error }) => Readiness::Problem { reason: error },
+            Err(refused) => problem(refused),
+        }
     }
 
     /// Asks `action=status` until the device says off (exit 2) or the deadline passes.

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use crate::config::{ConfigError, GracefulConfig};
-use crate::methods::{body_snippet, http_error, Context};
-use crate::outcome::MethodOutcome;
+use crate::methods::{body_snippet, http_error, problem, Context};
+use crate::outcome::{MethodOutcome, Readiness};
 use crate::protocol::{HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
 
 #[derive(Debug)]
@@ -59,6 +59,26 @@ impl Graceful {
             },
         };
         confirmed.judge_step_down(ctx.new_token)
+    }
+
+    /// The master's HA endpoint answers with its state.
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let base = ctx.target.ha_base_url();
+        let url = format!("{base}{HA_STATE_PATH}");
+        let response = match self.http.get(&url).timeout(ctx.remaining()).send().await {
+            Ok(r) => r,
+            Err(e) => return problem(http_error(&format!("GET {url}"), &e)),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Readiness::Problem { reason: format!("GET {url} answered {status}") };
+        }
+        match response.json::<HaStatus>().await {
+            Ok(s) => {
+                Readiness::Ready { detail: format!("GET {url}: the master is {:?} with token {}", s.state, s.token) }
+            }
+            Err(e) => Readiness::Problem { reason: format!("GET {url} did not return a state: {e}") },
+        }
     }
 
     async fn state(&self, ctx: &Context<'_>, base: &str) -> Result<HaStatus, MethodOutcome> {

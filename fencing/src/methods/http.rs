@@ -14,8 +14,8 @@ use std::time::Duration;
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use crate::config::{ConfigError, HttpConfig, HttpStatusConfig};
-use crate::methods::{body_snippet, http_error, load_secret, tls_client, Context, Secret};
-use crate::outcome::MethodOutcome;
+use crate::methods::{body_snippet, http_error, load_secret, problem, tls_client, Context, Secret};
+use crate::outcome::{MethodOutcome, Readiness};
 
 #[derive(Debug)]
 pub(crate) struct Http {
@@ -109,6 +109,37 @@ impl Http {
             return MethodOutcome::fenced(format!("{what} answered {status}"));
         }
         MethodOutcome::failed(format!("{what} answered {status}: {}", body_snippet(response).await))
+    }
+
+    /// The status endpoint, when one is configured, reads the target's state; the power-off
+    /// request itself is never sent.
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let Some(status) = &self.status else {
+            return Readiness::Unchecked { why: "no `status` to read without sending the power-off".into() };
+        };
+        let Some(template) = &status.url else {
+            return Readiness::Unchecked { why: "no `status.url` to read without sending the power-off".into() };
+        };
+        let url = expand_url(template, &ctx.target.node_id);
+        let response = match self.request(ctx, HttpMethod::GET, &url).send().await {
+            Ok(r) => r,
+            Err(e) => return problem(http_error(&format!("GET {url}"), &e)),
+        };
+        if !response.status().is_success() {
+            return Readiness::Problem { reason: format!("GET {url} answered {}", response.status()) };
+        }
+        match response.json::<serde_json::Value>().await {
+            Ok(body) => match body.pointer(&status.pointer) {
+                Some(value) if value_matches(value, &status.off_value) => Readiness::Problem {
+                    reason: format!("GET {url}: {} is already {value}: is this the target's outlet?", status.pointer),
+                },
+                Some(value) => Readiness::Ready { detail: format!("GET {url}: {} is {value}", status.pointer) },
+                None => {
+                    Readiness::Problem { reason: format!("GET {url}: {} is absent from the status", status.pointer) }
+                }
+            },
+            Err(e) => Readiness::Problem { reason: format!("GET {url}: unreadable status body: {e}") },
+        }
     }
 
     /// Polls the status endpoint until it reports off or the deadline passes.

@@ -16,8 +16,8 @@ use crate::command::{self, CommandEnd};
 use crate::config::{FirewallBackend, IsolateConfig, Via};
 use crate::methods::shell::suffix;
 use crate::methods::ssh::{never_connected, quote, SshLogin};
-use crate::methods::Context;
-use crate::outcome::MethodOutcome;
+use crate::methods::{problem, Context};
+use crate::outcome::{MethodOutcome, Readiness};
 use crate::target::is_plain_identifier;
 
 #[derive(Debug)]
@@ -158,6 +158,18 @@ impl Isolate {
                     CommandEnd::SpawnFailed { error } => Err(MethodOutcome::failed(error)),
                 }
             }
+        }
+    }
+
+    /// The firewall can be read where the rules would go (over ssh, or on this host).
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let place = match &self.runner {
+            Runner::Local => "this host".to_string(),
+            Runner::Ssh(_) => ctx.target.host.clone(),
+        };
+        match self.listing(ctx).await {
+            Ok(_) => Readiness::Ready { detail: format!("`{} -S` lists the firewall rules on {place}", self.program) },
+            Err(outcome) => problem(outcome),
         }
     }
 

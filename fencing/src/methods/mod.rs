@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{tls_field, ClientTlsConfig, ConfigError, MethodConfig};
-use crate::outcome::{MethodKind, MethodOutcome};
+use crate::outcome::{MethodKind, MethodOutcome, Readiness};
 use crate::target::FenceTarget;
 use crate::token::FencingToken;
 
@@ -158,6 +158,26 @@ impl Method {
         }
     }
 
+    /// Whether the method could fence the target, found without fencing it.
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        match self {
+            Method::Graceful(m) => m.check(ctx).await,
+            Method::Agent(m) => m.check(ctx).await,
+            Method::Kill(_) => Readiness::Unchecked {
+                why: "acts on this host's processes, found when it fences (a peer's master is fenced by its own agent)"
+                    .into(),
+            },
+            Method::Ssh(m) => m.check(ctx).await,
+            Method::Shell(m) => m.check(),
+            Method::Http(m) => m.check(ctx).await,
+            Method::Isolate(m) => m.check(ctx).await,
+            Method::Token(_) => {
+                Readiness::Unchecked { why: "raising a token floor cannot be tried without raising it".into() }
+            }
+            Method::FenceAgent(m) => m.check(ctx).await,
+        }
+    }
+
     /// Whether [`Method::unfence`] does anything.
     pub(crate) fn is_reversible(&self) -> bool {
         match self {
@@ -188,6 +208,14 @@ impl Method {
             | Method::Token(_)
             | Method::FenceAgent(_) => MethodOutcome::fenced("nothing to undo"),
         }
+    }
+}
+
+/// A method's failure to reach what it acts through, as a check's finding.
+pub(crate) fn problem(outcome: MethodOutcome) -> Readiness {
+    match outcome {
+        MethodOutcome::Fenced { detail } => Readiness::Ready { detail },
+        MethodOutcome::Failed { reason } | MethodOutcome::Indeterminate { reason } => Readiness::Problem { reason },
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::command::{self, last_line, CommandEnd};
 use crate::config::ShellConfig;
 use crate::methods::Context;
-use crate::outcome::MethodOutcome;
+use crate::outcome::{MethodOutcome, Readiness};
 
 /// Environment variables the fencer sets from the target; the configuration cannot set them.
 pub(crate) const RESERVED_ENV: &[&str] = &[
@@ -60,6 +60,19 @@ impl Shell {
         let mut argv = vec![config.program.to_string_lossy().into_owned()];
         argv.extend(config.args.iter().cloned());
         Shell { argv, env: config.env.clone() }
+    }
+
+    /// The program is there and executable; running it would fence.
+    pub(crate) fn check(&self) -> Readiness {
+        use std::os::unix::fs::PermissionsExt;
+        let program = &self.argv[0];
+        match std::fs::metadata(program) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                Readiness::Ready { detail: format!("`{program}` is an executable file (not run: running it fences)") }
+            }
+            Ok(_) => Readiness::Problem { reason: format!("`{program}` is not an executable file") },
+            Err(e) => Readiness::Problem { reason: format!("`{program}`: {e}") },
+        }
     }
 
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use crate::command::{self, CommandEnd};
 use crate::config::{HostKeyChecking, SshConfig, SshLoginConfig};
 use crate::methods::shell::suffix;
-use crate::methods::Context;
-use crate::outcome::MethodOutcome;
+use crate::methods::{problem, Context};
+use crate::outcome::{MethodOutcome, Readiness};
 use crate::target::is_plain_host;
 
 /// How to log in to a target host.
@@ -100,6 +100,16 @@ impl SshLogin {
             )));
         }
         Ok(command::run(&self.argv(host, remote_command), &[], ctx.deadline).await)
+    }
+}
+
+impl SshLogin {
+    /// Whether this login to `host` works: `true` run there, nothing else.
+    pub(crate) async fn check(&self, host: &str, ctx: &Context<'_>) -> Readiness {
+        match self.run(host, "true", ctx).await.and_then(|end| classify(end, "`true`")) {
+            Ok(_) => Readiness::Ready { detail: format!("ssh login to {host} as {} works", self.user) },
+            Err(outcome) => problem(outcome),
+        }
     }
 }
 
@@ -194,6 +204,11 @@ impl Ssh {
             words.push(quote(&w));
         }
         Ok(words.join(" "))
+    }
+
+    /// The login works; the command itself is the target's to have.
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        self.login.check(&ctx.target.host, ctx).await
     }
 
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
