@@ -35,6 +35,8 @@
 //!   reconnection, the lowest of which the lease counts on (the survey's rules are pure).
 //! - [`staleness`]: how stale each coordinator server says it may be (`srvr`, `conf`), which
 //!   the lease counts when it is more than `coordinator.max_staleness_ms`.
+//! - [`fence_checks`]: the fencing chain checked against every peer while nothing needs
+//!   fencing, problems logged and served as they appear and go.
 //! - [`failsafe`]: keeping an active master through a coordinator outage while every peer
 //!   confirms it is not active (the members' answers and the round's targets, pure).
 //! - [`driver`]: the loop that observes, decides and acts (session, observe, execute and
@@ -58,6 +60,7 @@ pub mod driver;
 pub mod election;
 pub mod exit_watch;
 pub mod failsafe;
+pub mod fence_checks;
 pub mod grants;
 pub mod health;
 pub mod hooks;

@@ -147,6 +147,9 @@ pub struct AgentStatus {
     pub last_cycle_at_ms: i64,
     /// Counters.
     pub counters: Counters,
+    /// The last round of fencing checks against every peer (`None` before the first, or with
+    /// `fencing.check_interval_ms: 0`).
+    pub fencing_checks: Option<crate::fence_checks::FencingChecks>,
     /// Lease end on the boot clock; not serialised (the lease left is, at answer time).
     #[serde(skip)]
     pub lease_until: Option<BootInstant>,
@@ -198,6 +201,7 @@ impl AgentStatus {
             admin_addr: None,
             last_cycle_at_ms: 0,
             counters: Counters::default(),
+            fencing_checks: None,
             lease_until: None,
             last_cycle_at: None,
             history: VecDeque::new(),
@@ -313,6 +317,20 @@ impl AgentStatus {
             "counter",
             c.sessions.to_string(),
         );
+        if let Some(checks) = &self.fencing_checks {
+            gauge(
+                "referee_agent_fencing_check_problems",
+                "Fencing methods whose last check against a peer found a problem (0: the chain would work).",
+                "gauge",
+                checks.problems.to_string(),
+            );
+            gauge(
+                "referee_agent_fencing_check_timestamp_seconds",
+                "When the last round of fencing checks ended, in seconds since the Unix epoch.",
+                "gauge",
+                format!("{:.3}", checks.at_ms as f64 / 1000.0),
+            );
+        }
         out.push_str(
             "# HELP referee_agent_blocked 1 for the blocker that keeps this node from taking over now.\n\
              # TYPE referee_agent_blocked gauge\n",

@@ -102,7 +102,20 @@ impl FakeMaster {
     }
 }
 
+/// The fencing section of [`agent_config`]: the peer's master asked to step down.
+const GRACEFUL_ONLY: &str = "fencing:
+  overall_timeout_ms: 3000
+  levels:
+    - methods:
+        - {kind: graceful, timeout_ms: 1000}
+";
+
 fn agent_config(coordinator: &str, own_port: u16, peer_port: u16) -> Result<AgentConfig> {
+    agent_config_fencing(coordinator, own_port, peer_port, GRACEFUL_ONLY)
+}
+
+/// [`agent_config`] with its own `fencing` section.
+fn agent_config_fencing(coordinator: &str, own_port: u16, peer_port: u16, fencing: &str) -> Result<AgentConfig> {
     let yaml = format!(
         r#"
 cluster: wiped
@@ -117,12 +130,7 @@ master:
   adapter: {{kind: http, url: "http://127.0.0.1:{own_port}"}}
 health: {{interval_ms: 50, timeout_ms: 300, rise: 1, fall: 3}}
 election: {{loop_interval_ms: 50}}
-fencing:
-  overall_timeout_ms: 3000
-  levels:
-    - methods:
-        - {{kind: graceful, timeout_ms: 1000}}
-probes: {{listen: "127.0.0.1:1"}}
+{fencing}probes: {{listen: "127.0.0.1:1"}}
 "#
     );
     AgentConfig::from_yaml(&yaml).context("the test's agent configuration")
@@ -343,6 +351,70 @@ async fn an_active_that_cedes_shows_its_handover_in_the_history() -> Result<()> 
     };
     ensure!(requested >= asked_us, "the request is marked before it was made: {events:?}");
     ensure!(requested <= sent && sent <= done && done <= released, "the handover's marks out of order: {events:?}");
+
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// The fencing chain is checked while nothing needs fencing: a method that would fail shows
+/// in `/status` and `/metrics` within a check interval, and is cleared once it would work;
+/// the peer's master is never fenced by a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fencing_chain_is_checked_while_nothing_needs_fencing() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let dir = referee_testkit::ScratchDir::new("fence-checks")?;
+    let program = dir.path("fence-b");
+    let fencing = format!(
+        "fencing:\n  overall_timeout_ms: 3000\n  check_interval_ms: 1000\n  levels:\n    - methods:\n        - {{kind: graceful, timeout_ms: 1000}}\n    - methods:\n        - {{kind: shell, timeout_ms: 1000, program: {}}}\n",
+        program.display()
+    );
+    let cfg = agent_config_fencing(&server.connect_string(), a_port, b_port, &fencing)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    // a takes the lock and, finding no breadcrumb, fences b once before it promotes; what b's
+    // master is told from then on is the checks' doing.
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let told_b = || log.lock().unwrap().iter().filter(|e| e.starts_with("b ")).count();
+    let told_b_before = told_b();
+
+    let checks = |pred: fn(&serde_json::Value) -> bool, what: &'static str| {
+        let url = format!("{base}/status");
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let status: serde_json::Value = reqwest::get(&url).await?.json().await?;
+                let checks = status["fencing_checks"].clone();
+                if pred(&checks) {
+                    return anyhow::Ok(checks);
+                }
+                ensure!(tokio::time::Instant::now() < deadline, "no {what} in /status: {status}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The program is missing: one problem, named, on the shell method; graceful is ready.
+    let found = checks(|c| c["problems"] == 1, "fencing check problem").await?;
+    let methods = found["peers"][0]["checks"].as_array().context("the checks of peer b")?.clone();
+    ensure!(found["peers"][0]["node_id"] == "b", "{found}");
+    ensure!(methods[0]["readiness"] == "ready", "graceful against b's master: {found}");
+    ensure!(methods[0]["detail"].as_str().is_some_and(|d| d.contains("/ha/state")), "{found}");
+    ensure!(methods[1]["readiness"] == "problem", "{found}");
+    ensure!(methods[1]["reason"].as_str().is_some_and(|r| r.contains("fence-b")), "{found}");
+    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    ensure!(metrics.contains("referee_agent_fencing_check_problems{cluster=\"wiped\",node=\"a\"} 1\n"), "{metrics}");
+
+    // Once the program is there, the next round clears it.
+    dir.script("fence-b", "#!/bin/sh\nexit 0\n")?;
+    checks(|c| c["problems"] == 0, "cleared fencing check").await?;
+    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    ensure!(metrics.contains("referee_agent_fencing_check_problems{cluster=\"wiped\",node=\"a\"} 0\n"), "{metrics}");
+    // The checks fenced nothing: b's master was never told to step down.
+    ensure!(told_b() == told_b_before, "the checks told b's master to change: {:?}", log.lock().unwrap());
+    ensure!(b.status().state == HaState::Standby, "b's master: {:?}", b.status());
 
     agent.stop().await?;
     server.stop().await

@@ -28,6 +28,16 @@ pub struct FencingConfig {
     pub node_delay_ms: BTreeMap<String, u64>,
     /// Levels tried in order until one fences the target.
     pub levels: Vec<LevelConfig>,
+    /// How often the failover agent checks, without fencing, that every method could fence
+    /// every configured peer ([`crate::Fencer::check`]), as Pacemaker monitors its STONITH
+    /// devices: a problem is logged when it appears and shown in `/status` and `/metrics`
+    /// until it is gone. 0 turns the checks off.
+    #[serde(default = "default_check_interval_ms")]
+    pub check_interval_ms: u64,
+}
+
+fn default_check_interval_ms() -> u64 {
+    60_000
 }
 
 /// One fencing level: methods that must **all** fence for the level to fence.
@@ -694,6 +704,16 @@ impl FencingConfig {
         }
         if self.levels.is_empty() {
             return Err(ConfigError::Empty);
+        }
+        if self.check_interval_ms != 0 && self.check_interval_ms < 1000 {
+            return Err(ConfigError::Field {
+                field: "check_interval_ms",
+                problem: format!(
+                    "{} ms would ask the fence devices more than once a second; use 1000 or more, or 0 to turn the \
+                     checks off",
+                    self.check_interval_ms
+                ),
+            });
         }
         if self.delay_ms >= self.overall_timeout_ms {
             return Err(ConfigError::Field {

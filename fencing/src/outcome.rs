@@ -277,7 +277,8 @@ pub struct MethodCheck {
     pub method: String,
     /// The method's kind.
     pub kind: MethodKind,
-    /// What the check found.
+    /// What the check found (`readiness` and its `detail`, `reason` or `why`, beside the rest).
+    #[serde(flatten)]
     pub readiness: Readiness,
 }
 

@@ -209,7 +209,7 @@ type Reply = oneshot::Sender<Result<String, String>>;
 struct Driver {
     cfg: AgentConfig,
     adapter: Arc<dyn MasterAdapter>,
-    fencer: Fencer,
+    fencer: Arc<Fencer>,
     status: Arc<Mutex<AgentStatus>>,
     /// For the masters' HA endpoints.
     http: reqwest::Client,
@@ -255,7 +255,8 @@ pub async fn run_with_control(
 ) -> Result<(), AgentError> {
     let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
     let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
-    let fencer = Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?;
+    let check_interval = Duration::from_millis(fencing.check_interval_ms);
+    let fencer = Arc::new(Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?);
     let status = Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -327,6 +328,15 @@ pub async fn run_with_control(
         status.clone(),
         stopped(stop_rx.clone()),
     ));
+    let fence_checks = (!check_interval.is_zero()).then(|| {
+        tokio::spawn(crate::fence_checks::run(
+            fencer.clone(),
+            cfg.peer_targets(),
+            check_interval,
+            status.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let lease = Lease::new(cfg.lease_rule());
     let mut driver = Driver {
         cfg,
@@ -347,6 +357,9 @@ pub async fn run_with_control(
     let _ = stop_tx.send(true);
     let _ = guard.await;
     let _ = monitor.await;
+    if let Some(handle) = fence_checks {
+        let _ = handle.await;
+    }
     if let Some(handle) = exit_watch {
         let _ = handle.await;
     }

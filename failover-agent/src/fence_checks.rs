@@ -1,0 +1,195 @@
+//! The fencing chain checked while nothing needs fencing, as Pacemaker monitors its STONITH
+//! devices: every `fencing.check_interval_ms` the agent asks every method whether it could
+//! fence every configured peer ([`referee_fencing::Fencer::check`], which fences nothing),
+//! publishes the reports in `/status` and `/metrics`, and logs a problem when it appears and
+//! again when it is gone. A dead BMC, an expired ssh key or a renamed PDU outlet then shows
+//! days before the failover that would have needed it, not during it.
+//!
+//! ```text
+//!   every interval ──▶ Fencer::check(peer) for each peer ──▶ status.fencing_checks
+//!                                   │
+//!                                   └──▶ changes(previous, now) (pure) ──▶ warn / info lines
+//! ```
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use referee_fencing::{CheckReport, FenceTarget, Fencer, Readiness};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::status::AgentStatus;
+
+/// How long after start-up the first check runs: soon enough to show a broken chain at
+/// once, after the agent's own start has settled.
+pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(2);
+
+/// The last round of checks, as `/status` serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FencingChecks {
+    /// When the round ended (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Methods with a problem, over every peer.
+    pub problems: usize,
+    /// One report per configured peer.
+    pub peers: Vec<CheckReport>,
+}
+
+/// What changed between two rounds, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A method has a problem it did not have (or another one).
+    Problem {
+        /// The peer.
+        node_id: String,
+        /// The method's name.
+        method: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A method that had a problem has none now.
+    Cleared {
+        /// The peer.
+        node_id: String,
+        /// The method's name.
+        method: String,
+    },
+}
+
+/// The changes from `previous` (none before the first round) to `now`: each problem once when
+/// it appears or its reason changes, each recovery once.
+pub fn changes(previous: Option<&[CheckReport]>, now: &[CheckReport]) -> Vec<Change> {
+    let problem_of = |reports: &[CheckReport], node: &str, level: usize, method: &str| -> Option<String> {
+        let report = reports.iter().find(|r| r.node_id == node)?;
+        let check = report.checks.iter().find(|c| c.level == level && c.method == method)?;
+        match &check.readiness {
+            Readiness::Problem { reason } => Some(reason.clone()),
+            Readiness::Ready { .. } | Readiness::Unchecked { .. } => None,
+        }
+    };
+    let mut out = Vec::new();
+    for report in now {
+        for check in &report.checks {
+            let before = previous.and_then(|p| problem_of(p, &report.node_id, check.level, &check.method));
+            let (node_id, method) = (report.node_id.clone(), check.method.clone());
+            match (&check.readiness, before) {
+                (Readiness::Problem { reason }, Some(old)) if *reason == old => {}
+                (Readiness::Problem { reason }, _) => {
+                    out.push(Change::Problem { node_id, method, reason: reason.clone() })
+                }
+                (_, Some(_)) => out.push(Change::Cleared { node_id, method }),
+                (_, None) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Checks every target every `interval` (the first after [`FIRST_CHECK_AFTER`]) until
+/// `stopped`, publishing each round in `status`.
+pub async fn run(
+    fencer: Arc<Fencer>,
+    targets: Vec<FenceTarget>,
+    interval: Duration,
+    status: Arc<Mutex<AgentStatus>>,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    let mut next = tokio::time::Instant::now() + FIRST_CHECK_AFTER;
+    let mut previous: Option<Vec<CheckReport>> = None;
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        let mut peers = Vec::with_capacity(targets.len());
+        for target in &targets {
+            tokio::select! {
+                () = &mut stopped => return,
+                report = fencer.check(target) => peers.push(report),
+            }
+        }
+        for change in changes(previous.as_deref(), &peers) {
+            match change {
+                Change::Problem { node_id, method, reason } => {
+                    warn!(peer = %node_id, %method, "fencing check: {reason}; fencing {node_id} may fail when it is needed")
+                }
+                Change::Cleared { node_id, method } => {
+                    info!(peer = %node_id, %method, "fencing check: the problem is gone")
+                }
+            }
+        }
+        let problems = peers.iter().map(|r| r.checks.iter().filter(|c| is_problem(&c.readiness)).count()).sum();
+        let at_ms = crate::timeline::wall_us(std::time::SystemTime::now()) / 1000;
+        status.lock().unwrap_or_else(|p| p.into_inner()).fencing_checks =
+            Some(FencingChecks { at_ms, problems, peers: peers.clone() });
+        previous = Some(peers);
+        next = tokio::time::Instant::now() + interval;
+    }
+}
+
+fn is_problem(readiness: &Readiness) -> bool {
+    matches!(readiness, Readiness::Problem { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use referee_fencing::{MethodCheck, MethodKind};
+
+    fn report(node: &str, readiness: &[Readiness]) -> CheckReport {
+        CheckReport {
+            node_id: node.into(),
+            checks: readiness
+                .iter()
+                .enumerate()
+                .map(|(level, r)| MethodCheck {
+                    level,
+                    method: format!("m{level}"),
+                    kind: MethodKind::Shell,
+                    readiness: r.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn ready() -> Readiness {
+        Readiness::Ready { detail: "ok".into() }
+    }
+
+    fn problem(why: &str) -> Readiness {
+        Readiness::Problem { reason: why.into() }
+    }
+
+    #[test]
+    fn a_problem_is_told_once_when_it_appears_and_once_when_it_is_gone() {
+        let first = [report("b", &[ready(), problem("login refused")])];
+        assert_eq!(
+            changes(None, &first),
+            [Change::Problem { node_id: "b".into(), method: "m1".into(), reason: "login refused".into() }]
+        );
+        // The same problem again: nothing new to say.
+        assert!(changes(Some(&first), &first).is_empty());
+        // Another reason is said; a recovery too.
+        let second = [report("b", &[ready(), problem("timed out")])];
+        assert_eq!(
+            changes(Some(&first), &second),
+            [Change::Problem { node_id: "b".into(), method: "m1".into(), reason: "timed out".into() }]
+        );
+        let third = [report("b", &[ready(), ready()])];
+        assert_eq!(changes(Some(&second), &third), [Change::Cleared { node_id: "b".into(), method: "m1".into() }]);
+        assert!(changes(Some(&third), &third).is_empty());
+    }
+
+    #[test]
+    fn peers_and_unchecked_methods_are_told_apart() {
+        let unchecked = Readiness::Unchecked { why: "token".into() };
+        let before = [report("b", &[problem("x")]), report("c", &[ready()])];
+        let now = [report("b", &[problem("x")]), report("c", &[problem("x")]), report("d", &[unchecked])];
+        assert_eq!(
+            changes(Some(&before), &now),
+            [Change::Problem { node_id: "c".into(), method: "m0".into(), reason: "x".into() }]
+        );
+    }
+}
