@@ -577,6 +577,7 @@ impl<'a> Session<'a> {
             "SESSION",
             "PAUSED",
             "POSITION",
+            "FENCING",
             "WHY NOT",
             "LAST DECISION",
         ]
@@ -600,6 +601,7 @@ impl<'a> Session<'a> {
                         session_text(s.get("session")),
                         if s.get("paused").and_then(Value::as_bool).unwrap_or(false) { "yes" } else { "no" }.into(),
                         position_text(s),
+                        fencing_text(s),
                         s.get("why_not").and_then(Value::as_str).unwrap_or("-").to_string(),
                         str_at(s, "last_decision"),
                     ]);
@@ -608,6 +610,7 @@ impl<'a> Session<'a> {
                     mark,
                     node,
                     "unreachable".into(),
+                    "-".into(),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -630,6 +633,11 @@ impl<'a> Session<'a> {
             }));
         }
         text.push_str(&table(&rows));
+        for mv in &view.members {
+            for line in mv.status.as_ref().map(fencing_problems).unwrap_or_default() {
+                let _ = writeln!(text, "{} {line}", mv.member.node_id);
+            }
+        }
         let switchover = match &view.switchover {
             Some(Ok(s)) => {
                 let _ = writeln!(text, "{}", scheduled_text(s));
@@ -1193,6 +1201,38 @@ fn unfit(st: &Value) -> Option<String> {
 /// The master's replication position in a `/status` report.
 fn master_position(st: &Value) -> Option<u64> {
     st.get("master").and_then(|m| m.get("position")).and_then(Value::as_u64)
+}
+
+/// The FENCING column: what the member's last round of fencing checks found.
+fn fencing_text(s: &Value) -> String {
+    match s.get("fencing_checks").filter(|c| !c.is_null()) {
+        None => "-".into(),
+        Some(c) => match c.get("problems").and_then(Value::as_u64) {
+            Some(0) => "ok".into(),
+            Some(1) => "1 problem".into(),
+            Some(n) => format!("{n} problems"),
+            None => "?".into(),
+        },
+    }
+}
+
+/// One line for each problem the member's fencing checks found: whom it could not fence, by
+/// which method, and why.
+fn fencing_problems(s: &Value) -> Vec<String> {
+    let peers = s.pointer("/fencing_checks/peers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut lines = Vec::new();
+    for peer in &peers {
+        let node = peer.get("node_id").and_then(Value::as_str).unwrap_or("?");
+        for check in peer.get("checks").and_then(Value::as_array).into_iter().flatten() {
+            if check.get("readiness").and_then(Value::as_str) == Some("problem") {
+                let level = check.get("level").and_then(Value::as_u64).unwrap_or(0) + 1;
+                let method = check.get("method").and_then(Value::as_str).unwrap_or("?");
+                let reason = check.get("reason").and_then(Value::as_str).unwrap_or("");
+                lines.push(format!("may not be able to fence {node}: level {level} {method}: {reason}"));
+            }
+        }
+    }
+    lines
 }
 
 fn position_text(st: &Value) -> String {

@@ -909,10 +909,32 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
         st["max_lag"] = json!(1000);
         st["why_not"] = json!("db1 is active and its lease has not expired");
     }
+    // ... and what each member's fencing checks found: none yet, all well, or the problems.
+    db1.status.lock().unwrap()["fencing_checks"] = json!({"at_ms": 1, "problems": 0, "peers": []});
+    db3.status.lock().unwrap()["fencing_checks"] = json!({"at_ms": 1, "problems": 1, "peers": [
+        {"node_id": "db1", "checks": [
+            {"level": 0, "method": "graceful", "kind": "graceful", "readiness": "ready", "detail": "answers"},
+            {"level": 1, "method": "ssh", "kind": "ssh", "readiness": "problem", "reason": "ssh could not reach db1"}
+        ]}
+    ]});
     let out = run(&["status"]).await;
-    let row = out.stdout.lines().find(|l| l.contains(" db2 ")).unwrap_or_default().to_string();
+    let row = |node: &str| {
+        let row = out.stdout.lines().skip(1).find(|l| l.split_whitespace().take(2).any(|w| w == node));
+        row.unwrap_or_default().to_string()
+    };
     assert!(out.stdout.lines().next().is_some_and(|_| out.stdout.contains("WHY NOT")), "{}", out.stdout);
-    assert!(row.contains("3800 (-1200)") && row.contains("db1 is active and its lease has not expired"), "{row}");
+    assert!(out.stdout.contains("FENCING"), "{}", out.stdout);
+    let db2_row = row("db2");
+    assert!(
+        db2_row.contains("3800 (-1200)") && db2_row.contains("db1 is active and its lease has not expired"),
+        "{db2_row}"
+    );
+    assert!(row("db1").contains(" ok ") && row("db3").contains(" 1 problem "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("db3 may not be able to fence db1: level 2 ssh: ssh could not reach db1"),
+        "{}",
+        out.stdout
+    );
 
     // failover to a lagging standby: refused with the lag (exit 3), nothing sent ...
     let out = run(&["failover", "--to", "db2"]).await;
