@@ -126,7 +126,8 @@ impl Fencer {
     /// master's HA endpoint answers, the ssh login works, the power device reads the node on,
     /// and so on ([`Readiness`]). Each check runs under its method's deadline, one after the
     /// other in the chain's order, all of them whatever the others found. For an operator
-    /// (`referee agent --check-fencing`), so a broken fence device shows before it is needed.
+    /// (`referee agent --check-fencing`) and the failover agent's periodic checks, so a broken
+    /// fence device shows before it is needed.
     pub async fn check(&self, target: &FenceTarget) -> CheckReport {
         let mut checks = Vec::new();
         for (level, methods) in self.levels.iter().enumerate() {

@@ -260,8 +260,7 @@ pub enum Readiness {
         /// What is wrong, and what to change where known.
         reason: String,
     },
-    /// Nothing can be tried without doing it (raising a token floor), or there is nothing to
-    /// reach from here (a kill of this host's processes).
+    /// Nothing can be tried without doing it (raising a token floor).
     Unchecked {
         /// Why.
         why: String,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{alive, fencer, target};
 use referee_fencing::procfs::{self, process_start_time};
-use referee_fencing::{ConfigError, FenceOutcome, FenceTarget, Fencer, FencingToken, MethodKind, MethodOutcome};
+use referee_fencing::{
+    ConfigError, FenceOutcome, FenceTarget, Fencer, FencingToken, MethodKind, MethodOutcome, Readiness,
+};
 use referee_testkit::{free_port, skip, wait_until, within, ScratchDir};
 use tokio::process::{Child, Command};
 
@@ -57,6 +59,16 @@ async fn kill_terminates_the_recorded_process_with_sigterm() {
     let mut t = target("n1", "127.0.0.1", common::closed_port());
     t.pid = Some(pid);
     t.start_time = Some(process_start_time(pid).unwrap());
+
+    // Checked first: the process is found the way a fence finds it, and left running.
+    let check = fencer(&kill_yaml(false, 2000)).check(&t).await;
+    let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(detail.contains(&format!("would signal pid {pid} (recorded pid)")), "{detail}");
+    assert!(alive(pid), "the check signalled the master");
+    // A target on another host cannot be killed from here, and the check says so.
+    let check = fencer(&kill_yaml(false, 2000)).check(&target("n1", "db9.example", 1)).await;
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(reason.contains("is not this host"), "{reason}");
 
     let report = fencer(&kill_yaml(false, 2000)).fence(&t, FencingToken(8)).await;
 

@@ -30,8 +30,8 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use crate::config::KillConfig;
-use crate::methods::Context;
-use crate::outcome::MethodOutcome;
+use crate::methods::{problem, Context};
+use crate::outcome::{MethodOutcome, Readiness};
 use crate::pidfd::PidFd;
 use crate::procfs::{self, PidPresence, PortScanError, ProcStat};
 
@@ -149,6 +149,49 @@ impl Kill {
             }
         }
         MethodOutcome::fenced(detail)
+    }
+
+    /// What a fence would find, found the same way and nothing signalled: the processes it
+    /// would end, that none runs (and why that is known), or why it would fail.
+    pub(crate) fn check(&self, ctx: &Context<'_>) -> Readiness {
+        let t = ctx.target;
+        if !self.is_local(&t.host) {
+            return Readiness::Problem {
+                reason: format!(
+                    "target host `{}` is not this host; kill only fences processes here (use ssh, agent or a power \
+                     method for a peer on another host, or list other names of this host in local_hosts)",
+                    t.host
+                ),
+            };
+        }
+        let found = match self.find(ctx) {
+            Ok(found) => found,
+            Err(outcome) => return problem(outcome),
+        };
+        let doubts: Vec<&str> = found
+            .doubts
+            .iter()
+            .filter(|d| !d.pid.is_some_and(|pid| found.candidates.contains_key(&pid)))
+            .map(|d| d.why.as_str())
+            .collect();
+        if !found.candidates.is_empty() {
+            let named: Vec<String> =
+                found.candidates.values().map(|c| format!("pid {} ({})", c.pid, c.source)).collect();
+            return Readiness::Ready { detail: format!("would signal {} (not signalled)", named.join(", ")) };
+        }
+        if !doubts.is_empty() {
+            Readiness::Problem {
+                reason: format!("cannot rule out that the master runs on this host: {}", doubts.join("; ")),
+            }
+        } else if found.evidence.is_empty() {
+            Readiness::Problem {
+                reason: format!("cannot identify the master process on this host: {}", found.unknown.join("; ")),
+            }
+        } else {
+            Readiness::Ready {
+                detail: format!("no master process runs on this host now: {}", found.evidence.join("; ")),
+            }
+        }
     }
 
     /// Identifies the master's processes and collects what is known about them.

@@ -163,10 +163,7 @@ impl Method {
         match self {
             Method::Graceful(m) => m.check(ctx).await,
             Method::Agent(m) => m.check(ctx).await,
-            Method::Kill(_) => Readiness::Unchecked {
-                why: "acts on this host's processes, found when it fences (a peer's master is fenced by its own agent)"
-                    .into(),
-            },
+            Method::Kill(m) => m.check(ctx),
             Method::Ssh(m) => m.check(ctx).await,
             Method::Shell(m) => m.check(),
             Method::Http(m) => m.check(ctx).await,
