@@ -60,9 +60,9 @@ pub enum Change {
 /// The changes from `previous` (none before the first round) to `now`: each problem once when
 /// it appears or its reason changes, each recovery once.
 pub fn changes(previous: Option<&[CheckReport]>, now: &[CheckReport]) -> Vec<Change> {
-    let problem_of = |reports: &[CheckReport], node: &str, level: usize, method: &str| -> Option<String> {
+    let problem_of = |reports: &[CheckReport], node: &str, level: usize, index: usize| -> Option<String> {
         let report = reports.iter().find(|r| r.node_id == node)?;
-        let check = report.checks.iter().find(|c| c.level == level && c.method == method)?;
+        let check = report.checks.iter().find(|c| c.level == level && c.index == index)?;
         match &check.readiness {
             Readiness::Problem { reason } => Some(reason.clone()),
             Readiness::Ready { .. } | Readiness::Unchecked { .. } => None,
@@ -71,7 +71,7 @@ pub fn changes(previous: Option<&[CheckReport]>, now: &[CheckReport]) -> Vec<Cha
     let mut out = Vec::new();
     for report in now {
         for check in &report.checks {
-            let before = previous.and_then(|p| problem_of(p, &report.node_id, check.level, &check.method));
+            let before = previous.and_then(|p| problem_of(p, &report.node_id, check.level, check.index));
             let (node_id, method) = (report.node_id.clone(), check.method.clone());
             match (&check.readiness, before) {
                 (Readiness::Problem { reason }, Some(old)) if *reason == old => {}
@@ -146,6 +146,7 @@ mod tests {
                 .enumerate()
                 .map(|(level, r)| MethodCheck {
                     level,
+                    index: 0,
                     method: format!("m{level}"),
                     kind: MethodKind::Shell,
                     readiness: r.clone(),
@@ -180,6 +181,29 @@ mod tests {
         let third = [report("b", &[ready(), ready()])];
         assert_eq!(changes(Some(&second), &third), [Change::Cleared { node_id: "b".into(), method: "m1".into() }]);
         assert!(changes(Some(&third), &third).is_empty());
+    }
+
+    #[test]
+    fn two_methods_of_one_name_in_a_level_are_told_apart() {
+        let level = |first: Readiness, second: Readiness| {
+            let check = |index, readiness| MethodCheck {
+                level: 0,
+                index,
+                method: "shell".into(),
+                kind: MethodKind::Shell,
+                readiness,
+            };
+            [CheckReport { node_id: "b".into(), checks: vec![check(0, first), check(1, second)] }]
+        };
+        let before = level(ready(), problem("x"));
+        let now = level(problem("x"), ready());
+        assert_eq!(
+            changes(Some(&before), &now),
+            [
+                Change::Problem { node_id: "b".into(), method: "shell".into(), reason: "x".into() },
+                Change::Cleared { node_id: "b".into(), method: "shell".into() },
+            ]
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Fencer {
                     Ok(readiness) => readiness,
                     Err(_) => Readiness::Problem { reason: format!("no answer within {} ms", budget.as_millis()) },
                 };
-                checks.push(MethodCheck { level, method: name.clone(), kind: method.kind(), readiness });
+                checks.push(MethodCheck { level, index, method: name.clone(), kind: method.kind(), readiness });
             }
         }
         CheckReport { node_id: target.node_id.clone(), checks }

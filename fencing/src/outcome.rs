@@ -272,6 +272,8 @@ pub enum Readiness {
 pub struct MethodCheck {
     /// Level index, from 0.
     pub level: usize,
+    /// The method's index within its level, from 0.
+    pub index: usize,
     /// The method's name.
     pub method: String,
     /// The method's kind.
