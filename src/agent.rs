@@ -89,6 +89,50 @@ pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
     }
 }
 
+/// `--unfence NODE`: undoes what the reversible methods of the fencing chain put in place for
+/// the configured peer NODE (the firewall rules of `isolate`, the power-off of a `fence_agent`
+/// with `action: off`), as Pacemaker's unfencing does, and prints what each did. For an
+/// operator who has repaired the node: its master comes back holding no lock, and the tokens
+/// refuse anything it tries under its old one. Returns the exit code: 0 when everything was
+/// undone (or nothing is reversible), 1 otherwise.
+pub async fn unfence(config_path: &Path, node: &str) -> anyhow::Result<u8> {
+    use referee_fencing::{Fencer, MethodOutcome, UnfenceOutcome};
+    let config = load(config_path)?;
+    let fencing = config.fencing.clone().context("the configuration has no `fencing` section")?;
+    let fencer = Fencer::new(fencing).with_context(|| format!("the fencing section of {}", config_path.display()))?;
+    let targets = config.peer_targets();
+    let Some(target) = targets.iter().find(|t| t.node_id == node) else {
+        let known: Vec<&str> = targets.iter().map(|t| t.node_id.as_str()).collect();
+        anyhow::bail!(
+            "`{node}` is not a configured peer of {} (peers: {}); unfence names the node that was fenced",
+            config.node_id,
+            known.join(", ")
+        );
+    };
+    let report = fencer.unfence(target).await;
+    if report.events.is_empty() {
+        println!("No method of the fencing chain is reversible: nothing to undo for {node}.");
+    }
+    for e in &report.events {
+        let (word, text) = match &e.outcome {
+            MethodOutcome::Fenced { detail } => ("undone", detail),
+            MethodOutcome::Failed { reason } => ("FAILED", reason),
+            MethodOutcome::Indeterminate { reason } => ("UNKNOWN", reason),
+        };
+        println!("  level {}  {:<12} {:<8} {text}", e.level + 1, e.method, word);
+    }
+    match report.outcome {
+        UnfenceOutcome::Unfenced => {
+            println!("{node} unfenced.");
+            Ok(0)
+        }
+        UnfenceOutcome::Incomplete { reason } => {
+            println!("{node} is not wholly unfenced: {reason}");
+            Ok(1)
+        }
+    }
+}
+
 /// Reads and validates the configuration, naming the file in every refusal (a read error
 /// already does).
 fn load(path: &Path) -> anyhow::Result<AgentConfig> {

@@ -296,8 +296,13 @@ enum Command {
         /// Check the fencing chain against every configured peer instead of running, fencing
         /// nothing (the master's HA endpoint answers, the ssh login works, the power device reads
         /// the node on, ...); exit 0 when no method has a problem, 1 otherwise.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "unfence")]
         check_fencing: bool,
+        /// Undo what the reversible fencing methods put in place for the configured peer NODE
+        /// (isolate's firewall rules, a fence agent's power-off) instead of running, once the
+        /// node is repaired; exit 0 when everything was undone, 1 otherwise.
+        #[arg(long, value_name = "NODE")]
+        unfence: Option<String>,
     },
 }
 
@@ -329,12 +334,13 @@ fn main() -> ExitCode {
                 );
                 Ok(2)
             }
-            Command::Agent { config, check_fencing: true } => {
+            Command::Agent { config, check_fencing: true, .. } => {
                 referee::agent::check_fencing(&config).await.map(i32::from)
             }
-            Command::Agent { config, check_fencing: false } => {
-                referee::agent::run(&config, "referee").await.map(|()| 0)
+            Command::Agent { config, unfence: Some(node), .. } => {
+                referee::agent::unfence(&config, &node).await.map(i32::from)
             }
+            Command::Agent { config, .. } => referee::agent::run(&config, "referee").await.map(|()| 0),
             Command::DemoMaster { config, listen, pidfile, no_lease_poll } => {
                 run_demo_master(config, listen, pidfile, no_lease_poll).await.map(|()| 0)
             }

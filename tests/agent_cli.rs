@@ -148,3 +148,42 @@ fn check_fencing_reports_each_method_and_exits_by_what_it_found() -> Result<()> 
     }
     Ok(())
 }
+
+/// `--unfence NODE` undoes the reversible methods for a configured peer (here a fence agent's
+/// power-off: the device is powered on) and exits 0; a node that is not a peer is refused with
+/// the peers named; it cannot be asked together with `--check-fencing`.
+#[test]
+fn unfence_powers_a_peer_back_on_and_refuses_an_unknown_node() -> Result<()> {
+    let dir = ScratchDir::new("agent-cli-unfence")?;
+    let state = dir.path("power");
+    std::fs::write(&state, "off")?;
+    let agent = dir.script(
+        "fence_file",
+        &format!(
+            "#!/bin/sh\nstate='{}'\ncase \"$(sed -n 's/^action=//p')\" in\n  on) echo on > \"$state\" ;;\n  off) echo off > \"$state\" ;;\n  status) [ \"$(cat \"$state\")\" = off ] && exit 2 || exit 0 ;;\n  *) exit 2 ;;\nesac\n",
+            state.display()
+        ),
+    )?;
+    let config = fencing_config(
+        &dir,
+        &format!("        - {{kind: fence_agent, timeout_ms: 2000, agent: {}}}\n", agent.display()),
+    )?;
+    for (program, mut args) in both(&config) {
+        std::fs::write(&state, "off")?;
+        args.extend(["--unfence".into(), "b".into()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&program, &argv)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.code() == Some(0), "{program} {argv:?}: {:?}\n{stdout}", out.status);
+        ensure!(stdout.contains("undone") && stdout.contains("b unfenced."), "{stdout}");
+        ensure!(std::fs::read_to_string(&state)?.trim() == "on", "the device was not powered on");
+
+        let mut unknown = both(&config).into_iter().find(|(p, _)| *p == program).map(|(_, a)| a).unwrap_or_default();
+        unknown.extend(["--unfence".into(), "zz".into()]);
+        refused(&program, &unknown, 1, &["`zz` is not a configured peer", "peers: b"])?;
+        let mut both_asked = args.clone();
+        both_asked.push("--check-fencing".into());
+        refused(&program, &both_asked, 2, &["cannot be used with"])?;
+    }
+    Ok(())
+}

@@ -173,6 +173,10 @@ async fn debians_fence_dummy_is_powered_off_and_confirmed() {
     let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(detail.contains("confirms the power is off"), "{detail}");
     assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "off");
+    // Unfenced: powered on again, and confirmed.
+    let report = fencer(&yaml(&agent, 8000, &extra)).unfence(&target("db1", "h1", 8020)).await;
+    assert!(matches!(report.outcome, referee_fencing::UnfenceOutcome::Unfenced), "{report:#?}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "on");
 
     // A device that never reaches off (`type: fail`; the agent waits for it up to its own
     // 20 s power timeout): cut off at the method's deadline, never fenced.
@@ -180,4 +184,45 @@ async fn debians_fence_dummy_is_powered_off_and_confirmed() {
     let report = fencer(&yaml(&agent, 2000, extra)).fence(&target("db1", "h1", 8020), FencingToken(9)).await;
     let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(reason.contains("did not finish before its deadline"), "{reason}");
+}
+
+/// Unfencing a node powered off by a fence agent powers it back on (`action=on`) and confirms
+/// it with `status`, as Pacemaker unfences; a chain whose agent reboots has nothing to undo.
+#[tokio::test]
+async fn unfencing_powers_the_node_back_on_and_confirms_it() {
+    let dir = ScratchDir::new("fence-agent-unfence").unwrap();
+    let (agent, log) =
+        scripted_agent(&dir, r#"echo off > "$state""#, r#"[ "$(cat "$state")" = off ] && exit 2 || exit 0"#);
+    // The scripted agent knows off and status; give it `on` as well.
+    let script = std::fs::read_to_string(&agent)
+        .unwrap()
+        .replace("  *) exit 2 ;;", "  on) echo on > \"$state\" ;;\n  *) exit 2 ;;");
+    std::fs::write(&agent, script).unwrap();
+    let f = fencer(&yaml(&agent, 3000, ""));
+    let t = target("db2", "h2", 8020);
+    assert!(f.fence(&t, FencingToken(9)).await.outcome.permits_promotion());
+    assert_eq!(std::fs::read_to_string(dir.path("power")).unwrap().trim(), "off");
+
+    let report = f.unfence(&t).await;
+    assert!(matches!(report.outcome, referee_fencing::UnfenceOutcome::Unfenced), "{report:#?}");
+    let MethodOutcome::Fenced { detail } = &report.events[0].outcome else { panic!("{report:#?}") };
+    assert!(detail.contains("confirms the power is on"), "{detail}");
+    assert_eq!(std::fs::read_to_string(dir.path("power")).unwrap().trim(), "on");
+    let actions: Vec<String> = runs(&log).iter().filter_map(|r| r.lines().nth(1).map(str::to_string)).collect();
+    assert_eq!(actions, ["action=off", "action=status", "action=on", "action=status"]);
+
+    // A device that refuses the login: not unfenced, and says why.
+    let refusing_dir = ScratchDir::new("fence-agent-unfence-refused").unwrap();
+    let (refusing, _) = scripted_agent(&refusing_dir, "exit 0", "exit 0");
+    let script = std::fs::read_to_string(&refusing)
+        .unwrap()
+        .replace("  *) exit 2 ;;", "  on) echo 'Failed: login' >&2; exit 3 ;;\n  *) exit 2 ;;");
+    std::fs::write(&refusing, script).unwrap();
+    let report = fencer(&yaml(&refusing, 3000, "")).unfence(&t).await;
+    let referee_fencing::UnfenceOutcome::Incomplete { reason } = &report.outcome else { panic!("{report:#?}") };
+    assert!(reason.contains("exited 3 (login refused)"), "{reason}");
+
+    // A rebooted node came back by itself: nothing to undo, nothing run.
+    let report = fencer(&yaml(&agent, 3000, "        action: reboot\n")).unfence(&t).await;
+    assert!(matches!(report.outcome, referee_fencing::UnfenceOutcome::Unfenced) && report.events.is_empty());
 }

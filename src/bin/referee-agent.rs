@@ -20,8 +20,12 @@ struct Cli {
     config: PathBuf,
     /// Check the fencing chain against every configured peer instead of running, fencing
     /// nothing; exit 0 when no method has a problem, 1 otherwise.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "unfence")]
     check_fencing: bool,
+    /// Undo what the reversible fencing methods put in place for the configured peer NODE
+    /// instead of running, once the node is repaired; exit 0 when everything was undone.
+    #[arg(long, value_name = "NODE")]
+    unfence: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -30,8 +34,13 @@ fn main() -> ExitCode {
     let Some(runtime) = referee::logging::start("referee-agent") else {
         return ExitCode::FAILURE;
     };
-    if cli.check_fencing {
-        return match runtime.block_on(referee::agent::check_fencing(&cli.config)) {
+    let tool = match (cli.check_fencing, &cli.unfence) {
+        (true, _) => Some(runtime.block_on(referee::agent::check_fencing(&cli.config))),
+        (false, Some(node)) => Some(runtime.block_on(referee::agent::unfence(&cli.config, node))),
+        (false, None) => None,
+    };
+    if let Some(result) = tool {
+        return match result {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("referee-agent: {}", referee::logging::one_line(&e));

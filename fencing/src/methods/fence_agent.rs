@@ -194,6 +194,54 @@ impl FenceAgent {
         }
     }
 
+    /// Whether [`FenceAgent::unfence`] does anything: a node powered off stays off until it is
+    /// powered on; a rebooted one came back by itself.
+    pub(crate) fn is_reversible(&self) -> bool {
+        self.action == FenceAgentAction::Off
+    }
+
+    /// Powers the target back on (`action=on`), confirmed by `action=status` reading on
+    /// (exit 0) when `verify` is set, as Pacemaker unfences a node. `Fenced` here means
+    /// "verified on".
+    pub(crate) async fn unfence(&self, ctx: &Context<'_>) -> MethodOutcome {
+        let agent = &self.agent;
+        match self.run("on", ctx).await {
+            Err(refused) => return refused,
+            Ok(CommandEnd::Exited { code: 0, .. }) => {}
+            Ok(CommandEnd::Exited { code, stderr, .. }) => {
+                return judge_action(agent, "on", code, &stderr)
+                    .unwrap_or_else(|| MethodOutcome::failed("unreachable: exit 0 is success"))
+            }
+            Ok(CommandEnd::Signalled { signal, .. }) => {
+                return MethodOutcome::indeterminate(format!("`{agent}` action=on was terminated by signal {signal}"))
+            }
+            Ok(CommandEnd::TimedOut { stderr }) => {
+                return MethodOutcome::indeterminate(format!(
+                    "`{agent}` action=on did not finish before its deadline{}",
+                    suffix(&stderr)
+                ))
+            }
+            Ok(CommandEnd::SpawnFailed { error }) => return MethodOutcome::failed(error),
+        }
+        if !self.verify {
+            return MethodOutcome::fenced(format!("`{agent}` action=on exited 0"));
+        }
+        match self.run("status", ctx).await {
+            Ok(CommandEnd::Exited { code: 0, .. }) => MethodOutcome::fenced(format!(
+                "`{agent}` action=on exited 0, and action=status confirms the power is on (exit 0)"
+            )),
+            Ok(CommandEnd::Exited { code, stderr, .. }) => MethodOutcome::indeterminate(format!(
+                "`{agent}` action=on exited 0, but action=status exited {code} ({}){}",
+                exit_meaning(code),
+                suffix(&stderr)
+            )),
+            Ok(_) => {
+                MethodOutcome::indeterminate(format!("`{agent}` action=on exited 0, but its status could not be read"))
+            }
+            Err(refused) => refused,
+        }
+    }
+
     /// Asks `action=status` until the device says off (exit 2) or the deadline passes.
     async fn confirm_off(&self, ctx: &Context<'_>) -> MethodOutcome {
         let agent = &self.agent;

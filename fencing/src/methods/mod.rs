@@ -179,16 +179,18 @@ impl Method {
     pub(crate) fn is_reversible(&self) -> bool {
         match self {
             Method::Isolate(_) => true,
-            // Killing, powering off and raising a token floor are not undone by the fencer:
-            // the node comes back through its own restart and rejoins as standby.
+            // A fence agent's power-off is undone by powering on, as Pacemaker unfences.
+            Method::FenceAgent(m) => m.is_reversible(),
+            // Killing, powering off through an HTTP API and raising a token floor are not
+            // undone by the fencer: the node comes back through its own restart and rejoins as
+            // standby.
             Method::Graceful(_)
             | Method::Agent(_)
             | Method::Kill(_)
             | Method::Ssh(_)
             | Method::Shell(_)
             | Method::Http(_)
-            | Method::Token(_)
-            | Method::FenceAgent(_) => false,
+            | Method::Token(_) => false,
         }
     }
 
@@ -196,6 +198,7 @@ impl Method {
     pub(crate) async fn unfence(&self, ctx: &Context<'_>) -> MethodOutcome {
         match self {
             Method::Isolate(m) => m.unfence(ctx).await,
+            Method::FenceAgent(m) if m.is_reversible() => m.unfence(ctx).await,
             Method::Graceful(_)
             | Method::Agent(_)
             | Method::Kill(_)
