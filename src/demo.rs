@@ -225,6 +225,39 @@ async fn print_status(pair: &Pair) {
     println!("{line}");
 }
 
+/// What node `i`'s agent found when it last checked its fencing chain against its peer, without
+/// fencing anything (its first round runs two seconds after it starts; waited for up to five).
+async fn print_fencing_checks(pair: &Pair, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let checks = loop {
+        let s = pair.agent_json(i, "/status").await.unwrap_or_default();
+        if !s["fencing_checks"].is_null() || Instant::now() > deadline {
+            break s["fencing_checks"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(peers) = checks["peers"].as_array() else {
+        println!("  ({}'s agent has not checked its fencing chain yet)", NODES[i]);
+        return;
+    };
+    for peer in peers {
+        println!(
+            "{}'s fencing chain against {}, checked without fencing:",
+            NODES[i],
+            peer["node_id"].as_str().unwrap_or("?")
+        );
+        for c in peer["checks"].as_array().into_iter().flatten() {
+            let said = ["detail", "reason", "why"].iter().find_map(|k| c[*k].as_str()).unwrap_or("");
+            println!(
+                "  level {}  {:<9} {:<9} {said}",
+                c["level"].as_u64().unwrap_or(0) + 1,
+                c["method"].as_str().unwrap_or("?"),
+                c["readiness"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
 /// The coordinator servers, their addresses and modes, for the printout: `server 1 on
 /// 127.0.0.1:PORT (leader), ...`, or the one server's address.
 async fn describe_coordinator(pair: &Pair) -> String {
@@ -333,6 +366,7 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
         tokio::time::sleep(Duration::from_millis(700)).await;
         print_status(&shared).await;
     }
+    print_fencing_checks(&shared, other).await;
 
     let what = match opts.scenario {
         Scenario::Crash => "killing the active master (kill -9)",

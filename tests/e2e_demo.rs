@@ -63,11 +63,17 @@ fn run_demo(scenario: &str) -> Result<String> {
     Ok(stdout)
 }
 
-/// The default run: the crash scenario on the ensemble, with a failover timeline.
+/// The default run: the crash scenario on the ensemble, with the standby's fencing chain checked
+/// beforehand (graceful and kill ready, the active's master found and not signalled) and a
+/// failover timeline.
 #[test]
 fn demo_crash() -> Result<()> {
     let stdout = run_demo("crash")?;
     ensure!(stdout.contains("Failover timeline"), "{stdout}");
+    ensure!(stdout.contains("fencing chain against") && stdout.contains("checked without fencing"), "{stdout}");
+    let check = |method: &str| stdout.lines().any(|l| l.contains(&format!(" {method} ")) && l.contains(" ready "));
+    ensure!(check("graceful") && check("kill"), "{stdout}");
+    ensure!(stdout.contains("would signal pid") && stdout.contains("(not signalled)"), "{stdout}");
     Ok(())
 }
 
