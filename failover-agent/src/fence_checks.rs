@@ -2,7 +2,7 @@
 //! devices: every `fencing.check_interval_ms` the agent asks every method whether it could
 //! fence every configured peer ([`referee_fencing::Fencer::check`], which fences nothing),
 //! publishes the reports in `/status` and `/metrics`, and logs a problem when it appears and
-//! again when it is gone. A dead BMC, an expired ssh key or a renamed PDU outlet then shows
+//! again when it is gone. Checks give way to fences: a round that overlapped one is dropped. A dead BMC, an expired ssh key or a renamed PDU outlet then shows
 //! days before the failover that would have needed it, not during it.
 //!
 //! ```text
@@ -103,12 +103,19 @@ pub async fn run(
             () = &mut stopped => return,
             () = tokio::time::sleep_until(next) => {}
         }
+        let begun = fencer.acts_begun();
         let mut peers = Vec::with_capacity(targets.len());
         for target in &targets {
             tokio::select! {
                 () = &mut stopped => return,
                 report = fencer.check(target) => peers.push(report),
             }
+        }
+        // A round that gave way to a fence says nothing of the chain: the next one will.
+        if fencer.acts_begun() != begun {
+            tracing::debug!("fencing checks gave way to a fence; the round is not counted");
+            next = tokio::time::Instant::now() + interval;
+            continue;
         }
         for change in changes(previous.as_deref(), &peers) {
             match change {

@@ -22,12 +22,44 @@ pub const CLEANUP_ALLOWANCE: Duration = Duration::from_millis(250);
 /// Fences targets according to a validated [`FencingConfig`].
 ///
 /// Cheap to share behind an `Arc`; [`Fencer::fence`] takes `&self` and keeps no state
-/// between calls.
+/// between calls but the count of fences and unfences begun, which [`Fencer::check`] gives
+/// way to.
 #[derive(Debug)]
 pub struct Fencer {
     config: FencingConfig,
     levels: Vec<Vec<(String, Method)>>,
     http: reqwest::Client,
+    /// Fences and unfences begun so far, and how many are running.
+    acts: Acts,
+}
+
+/// Fences and unfences in progress, for checks to give way to: a device busy with a check
+/// (one BMC session of the few it allows, say) must never slow a fence down.
+#[derive(Debug, Default)]
+struct Acts {
+    begun: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicU64,
+    started: tokio::sync::Notify,
+}
+
+/// Marks a fence or unfence as running while it lives.
+struct Acting<'a>(&'a Acts);
+
+impl Drop for Acting<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Acts {
+    /// A fence or unfence begins: checks in flight are abandoned, none starts until it ends.
+    fn begin(&self) -> Acting<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.running.fetch_add(1, SeqCst);
+        self.begun.fetch_add(1, SeqCst);
+        self.started.notify_waiters();
+        Acting(self)
+    }
 }
 
 impl Fencer {
@@ -51,7 +83,7 @@ impl Fencer {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().map_err(|e| {
             ConfigError::Field { field: "levels", problem: format!("cannot build the HTTP client: {e}") }
         })?;
-        Ok(Fencer { config, levels, http })
+        Ok(Fencer { config, levels, http, acts: Acts::default() })
     }
 
     /// Parses, validates and prepares a YAML fencing section.
@@ -69,6 +101,7 @@ impl Fencer {
     /// Returns within `overall_timeout_ms` (plus at most [`CLEANUP_ALLOWANCE`]). **Only
     /// [`FenceOutcome::Fenced`] permits promotion**; see [`crate::plan`] for how levels add up.
     pub async fn fence(&self, target: &FenceTarget, new_token: FencingToken) -> FenceReport {
+        let _acting = self.acts.begin();
         let start = Instant::now();
         let overall = Duration::from_millis(self.config.overall_timeout_ms);
         let delay = Duration::from_millis(self.config.delay_for(&target.node_id));
@@ -128,16 +161,34 @@ impl Fencer {
     /// other in the chain's order, all of them whatever the others found. For an operator
     /// (`referee agent --check-fencing`) and the failover agent's periodic checks, so a broken
     /// fence device shows before it is needed.
+    ///
+    /// A check gives way to a fence or unfence of this fencer: one in flight when either begins
+    /// is abandoned (its process group killed, its request dropped), and none starts while one
+    /// runs; those methods read unchecked, and [`Fencer::acts_begun`] tells a caller that a
+    /// round overlapped one.
     pub async fn check(&self, target: &FenceTarget) -> CheckReport {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut checks = Vec::new();
         for (level, methods) in self.levels.iter().enumerate() {
             for (index, (name, method)) in methods.iter().enumerate() {
                 let budget = Duration::from_millis(self.config.levels[level].methods[index].timeout_ms());
                 let deadline = Instant::now() + budget;
                 let ctx = Context { http: &self.http, target, new_token: target.token, deadline };
-                let readiness = match tokio::time::timeout_at(deadline + CLEANUP_ALLOWANCE, method.check(&ctx)).await {
-                    Ok(readiness) => readiness,
-                    Err(_) => Readiness::Problem { reason: format!("no answer within {} ms", budget.as_millis()) },
+                // Registered before the count is read, so a fence that begins in between is seen.
+                let started = self.acts.started.notified();
+                tokio::pin!(started);
+                started.as_mut().enable();
+                let gave_way = || Readiness::Unchecked { why: "a fence or unfence is running; not checked now".into() };
+                let readiness = if self.acts.running.load(SeqCst) > 0 {
+                    gave_way()
+                } else {
+                    tokio::select! {
+                        checked = tokio::time::timeout_at(deadline + CLEANUP_ALLOWANCE, method.check(&ctx)) => match checked {
+                            Ok(readiness) => readiness,
+                            Err(_) => Readiness::Problem { reason: format!("no answer within {} ms", budget.as_millis()) },
+                        },
+                        () = &mut started => gave_way(),
+                    }
                 };
                 checks.push(MethodCheck { level, index, method: name.clone(), kind: method.kind(), readiness });
             }
@@ -145,9 +196,16 @@ impl Fencer {
         CheckReport { node_id: target.node_id.clone(), checks }
     }
 
+    /// How many fences and unfences this fencer has begun: a caller that reads it before and
+    /// after a round of [`Fencer::check`] knows whether the round gave way to one.
+    pub fn acts_begun(&self) -> u64 {
+        self.acts.begun.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Undoes the reversible methods (firewall isolation) for `target`, so a repaired node
     /// can serve again. Every reversible method is tried, whatever the others did.
     pub async fn unfence(&self, target: &FenceTarget) -> UnfenceReport {
+        let _acting = self.acts.begin();
         let mut events = Vec::new();
         let mut first_problem = None;
         for (level, methods) in self.levels.iter().enumerate() {

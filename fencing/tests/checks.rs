@@ -147,3 +147,57 @@ async fn what_would_fail_is_named_method_by_method() {
     let Readiness::Problem { reason } = readiness(&report, MethodKind::FenceAgent) else { panic!("{report:#?}") };
     assert!(reason.contains("reads the power OFF"), "{reason}");
 }
+
+/// A check gives way to a fence: a slow device's status question in flight is abandoned (its
+/// process killed) the moment a fence begins, the fence runs at once, and a caller can tell the
+/// round overlapped it.
+#[tokio::test]
+async fn a_check_in_flight_gives_way_to_a_fence() {
+    let dir = ScratchDir::new("check-gives-way").unwrap();
+    let (state, pidfile) = (dir.path("power"), dir.path("status.pid"));
+    std::fs::write(&state, "on").unwrap();
+    // The device answers status slowly while the power is on; off is quick.
+    let agent = dir
+        .script(
+            "fence_slow",
+            &format!(
+                "#!/bin/sh\nstate='{}'\ncase \"$(sed -n 's/^action=//p')\" in\n  off) echo off > \"$state\" ;;\n  status) [ \"$(cat \"$state\")\" = off ] && exit 2\n    echo $$ > '{}'; sleep 30; exit 0 ;;\n  *) exit 2 ;;\nesac\n",
+                state.display(),
+                pidfile.display()
+            ),
+        )
+        .unwrap();
+    let yaml = format!(
+        "overall_timeout_ms: 25000\nlevels:\n  - methods:\n      - kind: fence_agent\n        timeout_ms: 20000\n        agent: {}\n",
+        agent.display()
+    );
+    let f = std::sync::Arc::new(fencer(&yaml));
+    let t = target("db2", "h2", 8020);
+    let begun = f.acts_begun();
+    let check = tokio::spawn({
+        let (f, t) = (f.clone(), t.clone());
+        async move { f.check(&t).await }
+    });
+    referee_testkit::wait_until(std::time::Duration::from_secs(10), "the slow status to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await
+    .unwrap();
+    let status_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+
+    let started = std::time::Instant::now();
+    let report = f.fence(&t, FencingToken(9)).await;
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the fence waited: {:?}", started.elapsed());
+    let checked = tokio::time::timeout(std::time::Duration::from_secs(5), check).await.unwrap().unwrap();
+    let Readiness::Unchecked { why } = &checked.checks[0].readiness else { panic!("{checked:#?}") };
+    assert!(why.contains("a fence or unfence is running"), "{why}");
+    assert_eq!(f.acts_begun(), begun + 1);
+    // The abandoned status question is gone, its process group killed.
+    referee_testkit::wait_until(std::time::Duration::from_secs(5), "the abandoned status process to end", || {
+        !std::path::Path::new(&format!("/proc/{status_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{status_pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    })
+    .await
+    .unwrap();
+}
