@@ -53,10 +53,8 @@ pub async fn run(config_path: &Path, program: &'static str) -> anyhow::Result<()
 /// configuration, so the checks go the way a fence would. Returns the exit code: 0 when no
 /// method has a problem, 1 otherwise.
 pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
-    use referee_fencing::{Fencer, Readiness};
-    let config = load(config_path)?;
-    let fencing = config.fencing.clone().context("the configuration has no `fencing` section")?;
-    let fencer = Fencer::new(fencing).with_context(|| format!("the fencing section of {}", config_path.display()))?;
+    use referee_fencing::Readiness;
+    let (config, fencer) = fencer_of(config_path)?;
     let targets = config.peer_targets();
     println!(
         "Fencing checks from {} ({}) against {} peer(s); nothing is fenced:",
@@ -96,10 +94,8 @@ pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
 /// refuse anything it tries under its old one. Returns the exit code: 0 when everything was
 /// undone (or nothing is reversible), 1 otherwise.
 pub async fn unfence(config_path: &Path, node: &str) -> anyhow::Result<u8> {
-    use referee_fencing::{Fencer, MethodOutcome, UnfenceOutcome};
-    let config = load(config_path)?;
-    let fencing = config.fencing.clone().context("the configuration has no `fencing` section")?;
-    let fencer = Fencer::new(fencing).with_context(|| format!("the fencing section of {}", config_path.display()))?;
+    use referee_fencing::{MethodOutcome, UnfenceOutcome};
+    let (config, fencer) = fencer_of(config_path)?;
     let targets = config.peer_targets();
     let Some(target) = targets.iter().find(|t| t.node_id == node) else {
         let known: Vec<&str> = targets.iter().map(|t| t.node_id.as_str()).collect();
@@ -131,6 +127,15 @@ pub async fn unfence(config_path: &Path, node: &str) -> anyhow::Result<u8> {
             Ok(1)
         }
     }
+}
+
+/// The agent's configuration and the fencer its `fencing` section makes, for the fencing tools.
+fn fencer_of(config_path: &Path) -> anyhow::Result<(AgentConfig, referee_fencing::Fencer)> {
+    let config = load(config_path)?;
+    let fencing = config.fencing.clone().context("the configuration has no `fencing` section")?;
+    let fencer = referee_fencing::Fencer::new(fencing)
+        .with_context(|| format!("the fencing section of {}", config_path.display()))?;
+    Ok((config, fencer))
 }
 
 /// Reads and validates the configuration, naming the file in every refusal (a read error

@@ -1181,6 +1181,17 @@ mod tests {
     }
 
     #[test]
+    fn a_check_interval_under_a_second_is_refused_and_zero_turns_checks_off() {
+        let yaml = |ms: &str| {
+            format!("overall_timeout_ms: 5000\n{ms}levels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n")
+        };
+        let e = err(&yaml("check_interval_ms: 500\n"));
+        assert!(e.contains("check_interval_ms") && e.contains("1000 or more, or 0"), "{e}");
+        assert_eq!(FencingConfig::from_yaml_str(&yaml("check_interval_ms: 0\n")).unwrap().check_interval_ms, 0);
+        assert_eq!(FencingConfig::from_yaml_str(&yaml("")).unwrap().check_interval_ms, 60_000);
+    }
+
+    #[test]
     fn the_shipped_example_is_valid() {
         let yaml = include_str!("../fencing.example.yaml");
         let c = FencingConfig::from_yaml_str(yaml).unwrap();

@@ -139,8 +139,7 @@ impl Driver {
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
                     let demoted = self.adapter.demote(*token, deadline).await;
-                    // A best-effort demotion that failed goes on, and is marked as failed.
-                    self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
+                    self.mark_demotion(demoted.is_ok());
                     match demoted {
                         Ok(status) => {
                             master_after = Some(status);
@@ -368,7 +367,7 @@ impl Driver {
                 self.record_handover([asked, Mark::now("demote_sent")]);
                 let deadline = tokio::time::Instant::now() + demote_deadline;
                 let demoted = self.adapter.demote(token, deadline).await;
-                self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
+                self.mark_demotion(demoted.is_ok());
                 return match demoted {
                     Ok(s) => {
                         self.master_stepped(s);
@@ -386,7 +385,7 @@ impl Driver {
         self.record_handover([asked, Mark::now("demote_sent")]);
         let deadline = tokio::time::Instant::now() + demote_deadline;
         let demoted = self.adapter.demote(token, deadline).await;
-        self.mem.timeline.mark(Mark::now(if demoted.is_ok() { "demote_done" } else { "demote_failed" }));
+        self.mark_demotion(demoted.is_ok());
         match demoted {
             Ok(s) => self.master_stepped(s),
             Err(e) => {
@@ -437,6 +436,12 @@ impl Driver {
         } else {
             self.mem.timeline.restart(marks);
         }
+    }
+
+    /// Marks how a demotion ended in the recording: `demote_done`, or `demote_failed` (a
+    /// best-effort one goes on after it, marked as failed all the same).
+    fn mark_demotion(&mut self, done: bool) {
+        self.mem.timeline.mark(Mark::now(if done { "demote_done" } else { "demote_failed" }));
     }
 
     /// Releases the lock after a handover went wrong (the breadcrumb left unclean, so the next

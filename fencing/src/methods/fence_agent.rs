@@ -134,31 +134,28 @@ impl FenceAgent {
         Ok(command::run_with_input(std::slice::from_ref(&self.agent), &[], Some(input), ctx.deadline).await)
     }
 
+    /// Runs `action` (`off`, `reboot`, `on`): `None` once it exited 0, else the outcome.
+    async fn act(&self, action: &str, ctx: &Context<'_>) -> Option<MethodOutcome> {
+        let agent = &self.agent;
+        match self.run(action, ctx).await {
+            Err(refused) => Some(refused),
+            Ok(CommandEnd::Exited { code, stderr, .. }) => judge_action(agent, action, code, &stderr),
+            Ok(CommandEnd::Signalled { signal, stderr }) => Some(MethodOutcome::indeterminate(format!(
+                "`{agent}` action={action} was terminated by signal {signal}{}",
+                suffix(&stderr)
+            ))),
+            Ok(CommandEnd::TimedOut { stderr }) => Some(MethodOutcome::indeterminate(format!(
+                "`{agent}` action={action} did not finish before its deadline; its process group was killed{}",
+                suffix(&stderr)
+            ))),
+            Ok(CommandEnd::SpawnFailed { error }) => Some(MethodOutcome::failed(error)),
+        }
+    }
+
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
         let (agent, action) = (&self.agent, self.action.as_str());
-        let end = match self.run(action, ctx).await {
-            Ok(end) => end,
-            Err(refused) => return refused,
-        };
-        match end {
-            CommandEnd::Exited { code, stderr, .. } => {
-                if let Some(outcome) = judge_action(agent, action, code, &stderr) {
-                    return outcome;
-                }
-            }
-            CommandEnd::Signalled { signal, stderr } => {
-                return MethodOutcome::indeterminate(format!(
-                    "`{agent}` action={action} was terminated by signal {signal}{}",
-                    suffix(&stderr)
-                ))
-            }
-            CommandEnd::TimedOut { stderr } => {
-                return MethodOutcome::indeterminate(format!(
-                    "`{agent}` action={action} did not finish before its deadline; its process group was killed{}",
-                    suffix(&stderr)
-                ))
-            }
-            CommandEnd::SpawnFailed { error } => return MethodOutcome::failed(error),
+        if let Some(outcome) = self.act(action, ctx).await {
+            return outcome;
         }
         if self.action == FenceAgentAction::Reboot || !self.verify {
             return MethodOutcome::fenced(format!("`{agent}` action={action} exited 0"));
@@ -205,23 +202,8 @@ impl FenceAgent {
     /// "verified on".
     pub(crate) async fn unfence(&self, ctx: &Context<'_>) -> MethodOutcome {
         let agent = &self.agent;
-        match self.run("on", ctx).await {
-            Err(refused) => return refused,
-            Ok(CommandEnd::Exited { code: 0, .. }) => {}
-            Ok(CommandEnd::Exited { code, stderr, .. }) => {
-                return judge_action(agent, "on", code, &stderr)
-                    .unwrap_or_else(|| MethodOutcome::failed("unreachable: exit 0 is success"))
-            }
-            Ok(CommandEnd::Signalled { signal, .. }) => {
-                return MethodOutcome::indeterminate(format!("`{agent}` action=on was terminated by signal {signal}"))
-            }
-            Ok(CommandEnd::TimedOut { stderr }) => {
-                return MethodOutcome::indeterminate(format!(
-                    "`{agent}` action=on did not finish before its deadline{}",
-                    suffix(&stderr)
-                ))
-            }
-            Ok(CommandEnd::SpawnFailed { error }) => return MethodOutcome::failed(error),
+        if let Some(outcome) = self.act("on", ctx).await {
+            return outcome;
         }
         if !self.verify {
             return MethodOutcome::fenced(format!("`{agent}` action=on exited 0"));

@@ -88,41 +88,28 @@ impl Kill {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| normalise_host(&name) == host).unwrap_or(false)
     }
 
+    /// Why `host` cannot be fenced from here, when it is not this host.
+    fn elsewhere(&self, host: &str) -> Option<String> {
+        (!self.is_local(host)).then(|| {
+            format!(
+                "target host `{host}` is not this host; kill only fences processes here (use ssh, agent or a power \
+                 method for a peer on another host, or list other names of this host in local_hosts)"
+            )
+        })
+    }
+
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
         let t = ctx.target;
-        if !self.is_local(&t.host) {
-            return MethodOutcome::failed(format!(
-                "target host `{}` is not this host; kill only fences processes here (list other names of this host in local_hosts)",
-                t.host
-            ));
+        if let Some(reason) = self.elsewhere(&t.host) {
+            return MethodOutcome::failed(reason);
         }
         let found = match self.find(ctx) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
-        // A doubt about a pid that is also an identified candidate is settled by ending it.
-        let doubts: Vec<&str> = found
-            .doubts
-            .iter()
-            .filter(|d| !d.pid.is_some_and(|pid| found.candidates.contains_key(&pid)))
-            .map(|d| d.why.as_str())
-            .collect();
+        let doubts = found.open_doubts();
         if found.candidates.is_empty() {
-            return if !doubts.is_empty() {
-                // Evidence from other sources does not outweigh a doubt: "nothing listens on
-                // the port" is true of a master that has not bound it yet.
-                MethodOutcome::failed(format!(
-                    "cannot rule out that the master runs on this host, so nothing was signalled: {}",
-                    doubts.join("; ")
-                ))
-            } else if found.evidence.is_empty() {
-                MethodOutcome::failed(format!(
-                    "cannot identify the master process on this host: {}",
-                    found.unknown.join("; ")
-                ))
-            } else {
-                MethodOutcome::fenced(format!("no master process runs on this host: {}", found.evidence.join("; ")))
-            };
+            return found.nothing_to_signal(&doubts);
         }
         let doubts = doubts.join("; ");
         let outcome = self.terminate(found.candidates.into_values().collect(), ctx.deadline).await;
@@ -154,44 +141,19 @@ impl Kill {
     /// What a fence would find, found the same way and nothing signalled: the processes it
     /// would end, that none runs (and why that is known), or why it would fail.
     pub(crate) fn check(&self, ctx: &Context<'_>) -> Readiness {
-        let t = ctx.target;
-        if !self.is_local(&t.host) {
-            return Readiness::Problem {
-                reason: format!(
-                    "target host `{}` is not this host; kill only fences processes here (use ssh, agent or a power \
-                     method for a peer on another host, or list other names of this host in local_hosts)",
-                    t.host
-                ),
-            };
+        if let Some(reason) = self.elsewhere(&ctx.target.host) {
+            return Readiness::Problem { reason };
         }
         let found = match self.find(ctx) {
             Ok(found) => found,
             Err(outcome) => return problem(outcome),
         };
-        let doubts: Vec<&str> = found
-            .doubts
-            .iter()
-            .filter(|d| !d.pid.is_some_and(|pid| found.candidates.contains_key(&pid)))
-            .map(|d| d.why.as_str())
-            .collect();
-        if !found.candidates.is_empty() {
-            let named: Vec<String> =
-                found.candidates.values().map(|c| format!("pid {} ({})", c.pid, c.source)).collect();
-            return Readiness::Ready { detail: format!("would signal {} (not signalled)", named.join(", ")) };
+        if found.candidates.is_empty() {
+            // What a fence would answer without signalling anything, as a finding.
+            return problem(found.nothing_to_signal(&found.open_doubts()));
         }
-        if !doubts.is_empty() {
-            Readiness::Problem {
-                reason: format!("cannot rule out that the master runs on this host: {}", doubts.join("; ")),
-            }
-        } else if found.evidence.is_empty() {
-            Readiness::Problem {
-                reason: format!("cannot identify the master process on this host: {}", found.unknown.join("; ")),
-            }
-        } else {
-            Readiness::Ready {
-                detail: format!("no master process runs on this host now: {}", found.evidence.join("; ")),
-            }
-        }
+        let named: Vec<String> = found.candidates.values().map(|c| format!("pid {} ({})", c.pid, c.source)).collect();
+        Readiness::Ready { detail: format!("would signal {} (not signalled)", named.join(", ")) }
     }
 
     /// Identifies the master's processes and collects what is known about them.
@@ -373,6 +335,38 @@ struct Found {
     /// Signs that the master may be running here which could not be resolved (a live pid
     /// that may be it, a listener whose process cannot be seen): each rules out "fenced".
     doubts: Vec<Doubt>,
+}
+
+impl Found {
+    /// The doubts left open: one about a pid that is also an identified candidate is settled
+    /// by ending it.
+    fn open_doubts(&self) -> Vec<&str> {
+        self.doubts
+            .iter()
+            .filter(|d| !d.pid.is_some_and(|pid| self.candidates.contains_key(&pid)))
+            .map(|d| d.why.as_str())
+            .collect()
+    }
+
+    /// The outcome when no process was identified: fenced only with positive evidence and no
+    /// doubt left open.
+    fn nothing_to_signal(&self, doubts: &[&str]) -> MethodOutcome {
+        if !doubts.is_empty() {
+            // Evidence from other sources does not outweigh a doubt: "nothing listens on the
+            // port" is true of a master that has not bound it yet.
+            MethodOutcome::failed(format!(
+                "cannot rule out that the master runs on this host, so nothing was signalled: {}",
+                doubts.join("; ")
+            ))
+        } else if self.evidence.is_empty() {
+            MethodOutcome::failed(format!(
+                "cannot identify the master process on this host: {}",
+                self.unknown.join("; ")
+            ))
+        } else {
+            MethodOutcome::fenced(format!("no master process runs on this host: {}", self.evidence.join("; ")))
+        }
+    }
 }
 
 /// A sign that the master may still run here, with the pid it is about, if any.
