@@ -1354,25 +1354,33 @@ async fn log_role_changes(raft: Raft, mut stop: watch::Receiver<bool>) {
 
 /// How often the snapshot task looks again whether a snapshot is wanted.
 const SNAPSHOT_RECHECK: Duration = Duration::from_secs(1);
+/// How soon it asks again when a snapshot it asked for has not begun; doubled on each try up
+/// to [`SNAPSHOT_RECHECK`].
+const SNAPSHOT_RETRY_FIRST: Duration = Duration::from_millis(5);
 
-/// Asks openraft for a snapshot each time the state machine says one is due, and again every
-/// [`SNAPSHOT_RECHECK`] while one is wanted and none is being written: openraft ignores a
-/// request that reaches it before it has taken in the end of the last build.
+/// Asks openraft for a snapshot each time the state machine says one is due. Openraft ignores a
+/// request that reaches it before it has taken in the end of the last build, which is exactly
+/// when a build that took long finds the next one due already: while one stays wanted and none
+/// is being written, the task asks again after 5 ms, then 10, 20, ... up to every
+/// [`SNAPSHOT_RECHECK`], rather than letting a busy server's log grow for a second more.
 async fn snapshot_when_due(raft: Raft, due: SnapshotDue, mut stop: watch::Receiver<bool>) {
+    let mut again = SNAPSHOT_RECHECK;
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = due.notified() => {}
-            _ = tokio::time::sleep(SNAPSHOT_RECHECK) => {}
+            _ = tokio::time::sleep(again) => {}
         }
         if !due.wanted() {
+            again = SNAPSHOT_RECHECK;
             continue;
         }
         if let Err(e) = raft.trigger().snapshot().await {
             warn!("could not ask for a snapshot: {e}");
             return;
         }
+        again = if again >= SNAPSHOT_RECHECK { SNAPSHOT_RETRY_FIRST } else { (again * 2).min(SNAPSHOT_RECHECK) };
     }
 }
 

@@ -14,13 +14,18 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use common::child::ChildServer;
 use common::*;
-use referee_testkit::{connect, running_as_root, skip, within_for};
+use referee_testkit::{connect, running_as_root, skip, wait_until, within_for};
+use tokio::sync::watch;
 
 /// The tmpfs's size: one log segment (64 MiB, allocated whole when it is opened) and some room,
 /// not enough for the next segment.
 const DISK_MIB: u64 = 80;
-/// Less room beside the segment than one snapshot of 20 znodes takes.
-const SNAPSHOT_DISK_MIB: u64 = 68;
+/// About 7 MiB beside the segment: room for a first snapshot of 20 znodes (5 MiB), never for a
+/// later one beside it.
+const SNAPSHOT_DISK_MIB: u64 = 71;
+/// Where the writers of the snapshot test wait for a snapshot to have failed: a quarter of the
+/// segment in, with snapshots of 120 znodes (30 MiB) due and no room for one.
+const PAUSE_AFTER_WRITES: usize = 120;
 /// Each znode's data: a quarter of a MiB, so that the disk fills within a few hundred writes.
 const DATA_BYTES: usize = 256 << 10;
 const WRITERS: usize = 4;
@@ -56,15 +61,21 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Creates `/full-{writer}-{i}` one after another until a create fails; records each
-/// acknowledged path.
+/// acknowledged path. Once `pause.0` writes are acknowledged in all, waits for `pause.1` to
+/// read true before the next.
 async fn write_until_refused(
     server: std::net::SocketAddr,
     writer: usize,
     acked: Arc<Mutex<Vec<String>>>,
+    pause: (usize, watch::Receiver<bool>),
 ) -> Result<()> {
+    let (pause_after, mut go_on) = pause;
     let c = connect(&server.to_string(), Duration::from_secs(10)).await?;
     let data = vec![b'f'; DATA_BYTES];
     for i in 0.. {
+        if acked.lock().unwrap().len() >= pause_after {
+            go_on.wait_for(|go| *go).await?;
+        }
         let path = format!("/full-{writer}-{i}");
         if c.create(&path, &data, PERSISTENT).await.is_err() {
             return Ok(());
@@ -78,7 +89,17 @@ async fn write_until_refused(
 /// [`WRITERS`] clients until the server stops, checks how it stopped, gives the tmpfs room and
 /// starts the server again: every acknowledged write must be there. The server's log of the
 /// first run.
-async fn fill_stop_and_recover(test: &str, extra: &str, disk_mib: u64) -> Result<Option<String>> {
+///
+/// With `pause_until`, the writers stop after [`PAUSE_AFTER_WRITES`] writes until a line of
+/// the server's log holds every string it names (within 60 s), then go on: how a test makes
+/// sure that something the server does in the background happened before the disk is full,
+/// however slowly the machine runs it.
+async fn fill_stop_and_recover(
+    test: &str,
+    extra: &str,
+    disk_mib: u64,
+    pause_until: Option<&[&str]>,
+) -> Result<Option<String>> {
     if !running_as_root() {
         skip(test, "needs root to mount a size-limited tmpfs as the server's data directory");
         return Ok(None);
@@ -92,8 +113,21 @@ async fn fill_stop_and_recover(test: &str, extra: &str, disk_mib: u64) -> Result
     let disk = mounted.context("the data directory's tmpfs")?;
 
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let writers: Vec<_> =
-        (0..WRITERS).map(|w| tokio::spawn(write_until_refused(server.addr, w, acked.clone()))).collect();
+    let (go_on, paused) = watch::channel(pause_until.is_none());
+    let pause_after = if pause_until.is_some() { PAUSE_AFTER_WRITES } else { usize::MAX };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(write_until_refused(server.addr, w, acked.clone(), (pause_after, paused.clone()))))
+        .collect();
+    if let Some(wanted) = pause_until {
+        let what = format!("{PAUSE_AFTER_WRITES} writes acknowledged, then a line of the server's log with {wanted:?}");
+        wait_until(Duration::from_secs(60), &what, || {
+            acked.lock().unwrap().len() >= PAUSE_AFTER_WRITES
+                && server.log().lines().any(|l| wanted.iter().all(|w| l.contains(w)))
+        })
+        .await
+        .with_context(|| format!("the server's log:\n{}", server.log()))?;
+        go_on.send_replace(true);
+    }
     let status = server.exited_within(Duration::from_secs(60)).await?;
     for w in writers {
         within_for(Duration::from_secs(20), "a writer to see the server gone", w).await???;
@@ -132,21 +166,22 @@ async fn fill_stop_and_recover(test: &str, extra: &str, disk_mib: u64) -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_server_and_with_room_again_every_acknowledged_write_is_there() -> Result<()> {
     const TEST: &str = "a_full_disk_stops_the_server_and_with_room_again_every_acknowledged_write_is_there";
-    fill_stop_and_recover(TEST, "", DISK_MIB).await.map(drop)
+    fill_stop_and_recover(TEST, "", DISK_MIB, None).await.map(drop)
 }
 
-/// A snapshot every 20 writes (5 MiB and more each) on a disk with about 4 MiB beside the log:
-/// each finds no room, is logged and given up (its temporary file removed) without stopping
-/// anything, until the log itself finds no room; nothing of it may stand in the way of the
-/// restart.
+/// A snapshot every 20 writes (5 MiB and more each) on a disk with about 7 MiB beside the log:
+/// the first may fit, every later one finds no room, is logged and given up (its temporary file
+/// removed) without stopping anything, until the log itself finds no room; nothing of it may
+/// stand in the way of the restart. The writers wait a quarter of the way in until a snapshot
+/// has failed, which on a loaded machine may take longer than filling the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_finds_the_disk_full_is_given_up_and_the_log_keeps_everything() -> Result<()> {
     const TEST: &str = "a_snapshot_that_finds_the_disk_full_is_given_up_and_the_log_keeps_everything";
-    let Some(log) = fill_stop_and_recover(TEST, "snapshot_every_txns: 20\n", SNAPSHOT_DISK_MIB).await? else {
+    const FAILED: &[&str] = &["snapshot failed", "No space left on device"];
+    let extra = "snapshot_every_txns: 20\n";
+    let Some(log) = fill_stop_and_recover(TEST, extra, SNAPSHOT_DISK_MIB, Some(FAILED)).await? else {
         return Ok(());
     };
-    let failed = log.lines().find(|l| l.contains("snapshot failed") && l.contains("No space left on device"));
-    ensure!(failed.is_some(), "no snapshot failed for want of room; the server's log:\n{log}");
     ensure!(!log.contains("could not remove a failed snapshot"), "a failed snapshot was left behind:\n{log}");
     Ok(())
 }
