@@ -268,9 +268,7 @@ async fn fence_as_nobody(test: &str, t: &FenceTarget, find_by_port: bool, hidepi
     // A copy of this test binary where the other user may run it: the build directory may
     // sit under a directory only root may enter.
     let copy = ScratchDir::new("fence-as-nobody").unwrap();
-    let exe = copy.path("local_methods");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exe = copy.install(&std::env::current_exe().unwrap(), "local_methods").unwrap();
     let mut command = Command::new(&exe);
     command
         .args(["--exact", "helper_fence_as_nobody", "--nocapture", "--test-threads=1"])

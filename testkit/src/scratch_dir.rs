@@ -1,6 +1,6 @@
 //! Scratch directories.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,11 +30,33 @@ impl ScratchDir {
     }
 
     /// Writes `body` to `name` inside the directory as an executable script and returns its
-    /// path.
+    /// path (see [`ScratchDir::install`] for how it is written).
     pub fn script(&self, name: &str, body: &str) -> Result<PathBuf> {
+        let source = self.path(&format!(".{name}.source"));
+        std::fs::write(&source, body).with_context(|| format!("writing {}", source.display()))?;
+        let path = self.install(&source, name)?;
+        let _ = std::fs::remove_file(&source);
+        Ok(path)
+    }
+
+    /// Copies `from` to `name` inside the directory, executable, and returns its path.
+    ///
+    /// The copy is written by a `cp` child, never by this process: a file this process holds
+    /// open for writing is inherited by every child another thread forks meanwhile (until that
+    /// child's exec closes it), and running the file while one holds it fails with "Text file
+    /// busy". Tests spawn processes from many threads at once; this way no copy of a write
+    /// descriptor for the new file ever exists in them.
+    pub fn install(&self, from: &Path, name: &str) -> Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let path = self.path(name);
-        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        let status = std::process::Command::new("cp")
+            .arg("--")
+            .arg(from)
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running cp to write {}", path.display()))?;
+        anyhow::ensure!(status.success(), "cp {} {} exited with {status}", from.display(), path.display());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("making {} executable", path.display()))?;
         Ok(path)
