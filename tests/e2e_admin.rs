@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 use zookeeper_client as zk;
@@ -138,5 +138,65 @@ async fn pause_stops_failover_and_resume_restores_it() -> Result<()> {
     let (code, out, err) = pair.admin(standby, &["resume"]).await?;
     ensure!(code == 0, "resume exited {code}: {out} {err}");
     pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// `referee admin check-fencing` has each agent check its fencing chain at once, also with the
+/// periodic rounds off: exit 0 and a line per method while the chain would work; exit 1 naming
+/// the method that would not (the standby's master stopped: the graceful level gets no answer
+/// from it); exit 0 again once it is repaired. Nothing is fenced on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_fencing_asks_each_agent_for_a_round_now() -> Result<()> {
+    let no_periodic = "fencing:\n  check_interval_ms: 0\n".to_string();
+    let spec = PairSpec {
+        bin: env!("CARGO_BIN_EXE_referee").into(),
+        lean_agent: None,
+        coordinator: CoordinatorKind::Bundled,
+        timings: Timings::referee(),
+        master: MasterKind::LeasePolling,
+        proxied_agents: false,
+        extra_agent_yaml: vec![no_periodic.clone(), no_periodic],
+        admin: true,
+        journal: false,
+    };
+    let pair = Pair::start(spec).await?;
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let standby = 1 - active;
+    let fences_before = fenced(&pair, 0).await + fenced(&pair, 1).await;
+    for i in 0..2 {
+        let st = pair.agent_json(i, "/status").await.context("an agent's /status")?;
+        ensure!(st["fencing_checks"].is_null(), "no periodic round, none asked for yet: {st}");
+    }
+
+    let (code, out, err) = pair.admin(active, &["check-fencing"]).await?;
+    ensure!(code == 0, "check-fencing exited {code}: {out} {err}");
+    for (i, node) in NODES.iter().enumerate() {
+        let peer = NODES[1 - i];
+        ensure!(out.contains(&format!("{node}: no problem")), "{out}");
+        for method in ["level 1  graceful", "level 2  kill"] {
+            let line = out.lines().find(|l| l.contains(&format!("-> {peer}  {method}")));
+            ensure!(line.is_some_and(|l| l.contains(" ready ")), "{node}'s {method} against {peer}: {out}");
+        }
+        let st = pair.agent_json(i, "/status").await.context("an agent's /status")?;
+        ensure!(st["fencing_checks"]["problems"] == 0, "the round asked for is in {node}'s status: {st}");
+    }
+
+    // The standby's master stops answering: the active's graceful level could not fence it.
+    pair.masters[standby].signal(Signal::SIGSTOP)?;
+    let (code, out, err) = pair.admin(active, &["check-fencing", "--node", NODES[active], "--json"]).await?;
+    pair.masters[standby].signal(Signal::SIGCONT)?;
+    ensure!(code == 1, "check-fencing with a problem exited {code}: {out} {err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let results = v["results"].as_array().map_or(0, Vec::len);
+    ensure!(results == 1 && v["results"][0]["node"] == NODES[active], "only the node asked: {v}");
+    let graceful = &v["results"][0]["checks"]["peers"][0]["checks"][0];
+    ensure!(graceful["method"] == "graceful" && graceful["readiness"] == "problem", "{v}");
+
+    // Repaired: the next round asked for is clean again.
+    let (code, out, err) = pair.admin(active, &["check-fencing", "--node", NODES[active]]).await?;
+    ensure!(code == 0, "check-fencing after the repair exited {code}: {out} {err}");
+    let fences_after = fenced(&pair, 0).await + fenced(&pair, 1).await;
+    ensure!(fences_after == fences_before, "checks fenced something: {fences_before} fences, then {fences_after}");
+    ensure!(pair.is_active(active).await, "the active stayed active");
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! | `POST /admin/resume`   | admin         | leave maintenance                                                   |
 //! | `GET /admin/status`    | admin, peer   | the agent's report, as the probes' `/status`                        |
 //! | `GET /admin/history`   | admin         | recent role changes with failover phase durations                   |
+//! | `POST /admin/check-fencing` | admin    | a round of fencing checks now, fencing nothing; answers the round   |
 //! | `POST /peer/fence`     | admin, peer   | [`PEER_FENCE_PATH`]: fence the local master with the new token      |
 //! | `POST /peer/failsafe`  | admin, peer   | confirm this node is not active and promise not to contend a while  |
 //!
@@ -79,6 +80,7 @@ use tracing::{debug, info, warn};
 use crate::clock::BootInstant;
 use crate::control::ControlRequest;
 use crate::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
+use crate::fence_checks::{CheckNow, CheckNowError, Round};
 use crate::status::AgentStatus;
 
 /// The admin listener's default address: loopback, so only local operators reach it.
@@ -421,8 +423,11 @@ pub struct AdminState {
     pub secret: BearerSecret,
     /// Deadline for pause, resume, cede and peer fence answers.
     pub request_timeout: Duration,
-    /// Deadline for a failover's answer.
+    /// Deadline for a failover's answer, and for a round of fencing checks asked for.
     pub failover_timeout: Duration,
+    /// Asks the agent's fencing checks for a round (`POST /admin/check-fencing`); `None` where
+    /// the agent runs none.
+    pub check_now: Option<CheckNow>,
 }
 
 impl AdminState {
@@ -633,6 +638,36 @@ async fn history(State(s): State<AdminState>) -> Response {
     Json(json!({"transitions": s.read().history})).into_response()
 }
 
+/// `POST /admin/check-fencing`: a round of fencing checks now, against every configured peer,
+/// fencing nothing. 200 with the round (as `/status` shows it under `fencing_checks`); 409 when
+/// a fence began during it (the checks gave way; ask again); 503 when the agent runs no checks
+/// or is stopping; 504 when no round ended within `admin.failover_timeout_ms`.
+async fn check_fencing(State(s): State<AdminState>) -> Response {
+    let Some(checks) = &s.check_now else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(refusal("this agent runs no fencing checks (it has no fencing chain to check)".into())),
+        )
+            .into_response();
+    };
+    match checks.round(s.failover_timeout).await {
+        Ok(Round::Done(round)) => Json(round).into_response(),
+        Ok(Round::GaveWay) => (
+            StatusCode::CONFLICT,
+            Json(refusal(
+                "a fence began during the round and the checks gave way to it; ask again once it is over".into(),
+            )),
+        )
+            .into_response(),
+        Err(e @ CheckNowError::NotRunning) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(refusal(e.to_string()))).into_response()
+        }
+        Err(e @ CheckNowError::TimedOut(_)) => {
+            (StatusCode::GATEWAY_TIMEOUT, Json(refusal(e.to_string()))).into_response()
+        }
+    }
+}
+
 fn fence_answer(code: StatusCode, outcome: PeerFenceOutcome, reason: String) -> Response {
     (code, Json(PeerFenceResponse { outcome, reason })).into_response()
 }
@@ -731,7 +766,8 @@ pub fn router(state: AdminState, surface: Surface) -> Router {
                 .route("/admin/unblock", post(unblock))
                 .route("/admin/pause", post(pause))
                 .route("/admin/resume", post(resume))
-                .route("/admin/history", get(history));
+                .route("/admin/history", get(history))
+                .route("/admin/check-fencing", post(check_fencing));
         }
         Surface::Peer => {}
     }
@@ -794,8 +830,16 @@ impl AdminServer {
             secret,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             failover_timeout: Duration::from_millis(settings.failover_timeout_ms),
+            check_now: None,
         };
         Ok(AdminServer { state, tls, separate_peer: settings.peer_listen.is_some() })
+    }
+
+    /// Serves `POST /admin/check-fencing` through `checks` (without it, that request is
+    /// answered 503: the agent checks no fencing).
+    pub fn with_fence_checks(mut self, checks: CheckNow) -> Self {
+        self.state.check_now = Some(checks);
+        self
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open requests

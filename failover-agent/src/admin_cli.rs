@@ -14,6 +14,7 @@
 //! referee admin --config agent.yaml pause [--node db1]     maintenance: agents report but do not act
 //! referee admin --config agent.yaml resume [--node db1]
 //! referee admin --config agent.yaml history [--node db1]
+//! referee admin --config agent.yaml check-fencing [--node db1]   each agent checks its fencing chain now
 //! referee admin --config agent.yaml format [--force]       create and secure /referee/<cluster>
 //! ```
 //!
@@ -30,7 +31,7 @@
 //! | code | meaning                                                                 |
 //! |------|-------------------------------------------------------------------------|
 //! | 0    | done; for `check-health`, the master is healthy                         |
-//! | 1    | `check-health`: the master is not healthy                               |
+//! | 1    | `check-health`: the master is not healthy; `check-fencing`: a problem   |
 //! | 2    | usage: bad arguments or configuration, unknown node                     |
 //! | 3    | refused: the target is unfit or lagging, an agent refused, the tree already exists |
 //! | 4    | the coordinator or an agent could not be reached                        |
@@ -49,6 +50,10 @@ use crate::config::AgentConfig;
 use crate::election::{ROOT, SWITCHOVER};
 use crate::model::{LockRecord, Member, TokenBase};
 use crate::schedule::{self, ScheduledSwitchover};
+
+/// How long `check-fencing` waits for an agent's round: a little over the agent's own default
+/// limit (`admin.failover_timeout_ms`), as every method may take its whole deadline.
+const CHECK_FENCING_WAIT: Duration = Duration::from_secs(65);
 
 /// `referee admin`'s arguments; the binary embeds them as a subcommand.
 #[derive(Debug, Clone, Args)]
@@ -154,6 +159,14 @@ pub enum AdminCommand {
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
     },
+    /// Ask each agent (or NODE's) to check its fencing chain against every peer now, fencing
+    /// nothing, and print every method's answer: exit 0 when every method is ready, 1 when one
+    /// has a problem (fencing may fail when it is needed).
+    CheckFencing {
+        /// Only this node's agent (default: every member).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
     /// Create `/referee/<cluster>` and its `members` child readable by everyone and writable
     /// only with the cluster's digest credential (like `hdfs zkfc -formatZK`).
     Format {
@@ -168,7 +181,7 @@ pub enum AdminCommand {
 pub enum Exit {
     /// Done; `check-health`: healthy.
     Ok,
-    /// `check-health`: not healthy.
+    /// `check-health`: not healthy; `check-fencing`: a method has a problem.
     CheckFailed,
     /// Bad arguments or configuration, or an unknown node.
     Usage,
@@ -378,6 +391,7 @@ impl<'a> Session<'a> {
             AdminCommand::Pause { node } => self.pause_or_resume(true, node.as_deref()).await,
             AdminCommand::Resume { node } => self.pause_or_resume(false, node.as_deref()).await,
             AdminCommand::History { node } => self.history(node.as_deref()).await,
+            AdminCommand::CheckFencing { node } => self.check_fencing(node.as_deref()).await,
             AdminCommand::Format { force } => self.format(*force).await,
         }
     }
@@ -517,6 +531,19 @@ impl<'a> Session<'a> {
         limit: Duration,
         body: Option<Value>,
     ) -> Result<String, Failure> {
+        let answer = self.admin_post_json(mv, path, limit, body).await?;
+        Ok(answer.get("message").and_then(Value::as_str).unwrap_or("").to_string())
+    }
+
+    /// POSTs `path` (with `body`, if any) to `mv`'s admin API: its answer's body on success, or
+    /// what went wrong mapped to an exit code.
+    async fn admin_post_json(
+        &self,
+        mv: &MemberView,
+        path: &str,
+        limit: Duration,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
         let node = &mv.member.node_id;
         let token = self.token.as_deref().ok_or_else(|| {
             fail(Exit::Usage, "no admin secret: give --token-file, --token-env or --config with an `admin` section")
@@ -544,7 +571,7 @@ impl<'a> Session<'a> {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         let said = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or("").to_string();
         match code.as_u16() {
-            200..=299 => Ok(said("message")),
+            200..=299 => Ok(body),
             401 => Err(fail(Exit::Refused, format!("{node} refused the admin secret (401): {}", said("reason")))),
             404 => Err(fail(
                 Exit::Unreachable,
@@ -891,6 +918,43 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// Asks each member's agent (or `only`'s) for a round of fencing checks and prints it; the
+    /// exit code is the worst of them, a problem counting as a failed check.
+    async fn check_fencing(&self, only: Option<&str>) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let targets: Vec<&MemberView> = match only {
+            Some(node) => vec![self.find(&view, node)?],
+            None => view.members.iter().collect(),
+        };
+        if targets.is_empty() {
+            return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
+        }
+        // A round can take every method's own deadline, one after another.
+        let limit = self.timeout.max(CHECK_FENCING_WAIT);
+        let mut exit = Exit::Ok;
+        let mut text = String::new();
+        let mut results = Vec::new();
+        for mv in targets {
+            let node = &mv.member.node_id;
+            match self.admin_post_json(mv, "/admin/check-fencing", limit, None).await {
+                Ok(round) => {
+                    let problems = round.get("problems").and_then(Value::as_u64).unwrap_or(0);
+                    if problems > 0 {
+                        exit = exit.max(Exit::CheckFailed);
+                    }
+                    text.push_str(&check_round_text(node, &round));
+                    results.push(json!({"node": node, "ok": problems == 0, "checks": round}));
+                }
+                Err(f) => {
+                    exit = exit.max(f.exit);
+                    let _ = writeln!(text, "{node}: FAILED: {}", f.reason);
+                    results.push(json!({"node": node, "ok": false, "reason": f.reason}));
+                }
+            }
+        }
+        Ok(Report { exit, text, json: json!({"ok": exit == Exit::Ok, "results": results}) })
+    }
+
     async fn pause_or_resume(&self, pause: bool, only: Option<&str>) -> Result<Report, Failure> {
         let path = if pause { "/admin/pause" } else { "/admin/resume" };
         self.post_to_members(only, path, None).await
@@ -1214,6 +1278,37 @@ fn fencing_text(s: &Value) -> String {
             None => "?".into(),
         },
     }
+}
+
+/// A member's round of fencing checks: a heading, then a line per method and peer.
+fn check_round_text(node: &str, round: &Value) -> String {
+    let problems = round.get("problems").and_then(Value::as_u64).unwrap_or(0);
+    let verdict = match problems {
+        0 => "no problem".to_string(),
+        1 => "1 problem: fencing may fail when it is needed".to_string(),
+        n => format!("{n} problems: fencing may fail when it is needed"),
+    };
+    let mut text = format!("{node}: {verdict}\n");
+    let peers = round.get("peers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if peers.is_empty() {
+        text.push_str("  (no peers configured)\n");
+    }
+    for peer in &peers {
+        let target = peer.get("node_id").and_then(Value::as_str).unwrap_or("?");
+        for check in peer.get("checks").and_then(Value::as_array).into_iter().flatten() {
+            let level = check.get("level").and_then(Value::as_u64).unwrap_or(0) + 1;
+            let method = check.get("method").and_then(Value::as_str).unwrap_or("?");
+            let said = |key: &str| check.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+            let (word, detail) = match check.get("readiness").and_then(Value::as_str) {
+                Some("ready") => ("ready", said("detail")),
+                Some("problem") => ("PROBLEM", said("reason")),
+                Some("unchecked") => ("unchecked", said("why")),
+                _ => ("?", String::new()),
+            };
+            let _ = writeln!(text, "  -> {target}  level {level}  {method:<12} {word:<10} {detail}");
+        }
+    }
+    text
 }
 
 /// One line for each problem the member's fencing checks found: whom it could not fence, by

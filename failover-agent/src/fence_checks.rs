@@ -2,8 +2,11 @@
 //! devices: every `fencing.check_interval_ms` the agent asks every method whether it could
 //! fence every configured peer ([`referee_fencing::Fencer::check`], which fences nothing),
 //! publishes the reports in `/status` and `/metrics`, and logs a problem when it appears and
-//! again when it is gone. Checks give way to fences: a round that overlapped one is dropped. A dead BMC, an expired ssh key or a renamed PDU outlet then shows
-//! days before the failover that would have needed it, not during it.
+//! again when it is gone. A dead BMC, an expired ssh key or a renamed PDU outlet then shows
+//! days before the failover that would have needed it, not during it. Checks give way to
+//! fences: a round that overlapped one is dropped. An operator can ask for a round at once
+//! through the admin API ([`CheckNow`], `referee admin check-fencing`), also when the periodic
+//! rounds are off.
 //!
 //! ```text
 //!   every interval ──▶ Fencer::check(peer) for each peer ──▶ status.fencing_checks
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use referee_fencing::{CheckReport, FenceTarget, Fencer, Readiness};
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::status::AgentStatus;
@@ -86,22 +90,78 @@ pub fn changes(previous: Option<&[CheckReport]>, now: &[CheckReport]) -> Vec<Cha
     out
 }
 
-/// Checks every target every `interval` (the first after [`FIRST_CHECK_AFTER`]) until
-/// `stopped`, publishing each round in `status`.
+/// Asks the checking task for a round now (the admin API's `POST /admin/check-fencing`) and
+/// waits for it: what an operator who has just repaired a BMC or replaced an ssh key runs to
+/// see the chain ready again, without waiting for the next round.
+#[derive(Debug, Clone)]
+pub struct CheckNow {
+    asks: mpsc::Sender<oneshot::Sender<Round>>,
+}
+
+/// How an asked-for round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Round {
+    /// Every method of every peer was checked; the round is in `/status` as well.
+    Done(FencingChecks),
+    /// A fence or unfence began during the round, and the checks gave way to it: the round
+    /// says nothing of the chain.
+    GaveWay,
+}
+
+/// Why an asked-for round has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckNowError {
+    /// The agent is stopping (or its checking task is gone).
+    #[error("the agent's fencing checks are not running (it is stopping)")]
+    NotRunning,
+    /// No round ended within the caller's deadline; it may still be running.
+    #[error("no round of fencing checks ended within {0:?}; a method may be slow to answer")]
+    TimedOut(Duration),
+}
+
+impl CheckNow {
+    /// A handle and the receiving end for [`run`].
+    pub fn channel() -> (CheckNow, mpsc::Receiver<oneshot::Sender<Round>>) {
+        let (asks, rx) = mpsc::channel(16);
+        (CheckNow { asks }, rx)
+    }
+
+    /// Runs a round that begins after this call (one already running is not taken as the
+    /// answer) and returns it, within `limit`.
+    pub async fn round(&self, limit: Duration) -> Result<Round, CheckNowError> {
+        let (reply, answer) = oneshot::channel();
+        let asked = async {
+            self.asks.send(reply).await.map_err(|_| CheckNowError::NotRunning)?;
+            answer.await.map_err(|_| CheckNowError::NotRunning)
+        };
+        tokio::time::timeout(limit, asked).await.map_err(|_| CheckNowError::TimedOut(limit))?
+    }
+}
+
+/// Checks every target every `interval` (the first after [`FIRST_CHECK_AFTER`]; none when
+/// `interval` is zero) and whenever `asks` brings a request, until `stopped`, publishing each
+/// round in `status`. Requests that arrive during a round are answered by the next one.
 pub async fn run(
     fencer: Arc<Fencer>,
     targets: Vec<FenceTarget>,
     interval: Duration,
     status: Arc<Mutex<AgentStatus>>,
+    mut asks: mpsc::Receiver<oneshot::Sender<Round>>,
     stopped: impl Future<Output = ()>,
 ) {
     tokio::pin!(stopped);
+    let periodic = !interval.is_zero();
     let mut next = tokio::time::Instant::now() + FIRST_CHECK_AFTER;
     let mut previous: Option<Vec<CheckReport>> = None;
     loop {
+        let mut waiting = Vec::new();
         tokio::select! {
             () = &mut stopped => return,
-            () = tokio::time::sleep_until(next) => {}
+            () = tokio::time::sleep_until(next), if periodic => {}
+            Some(reply) = asks.recv() => waiting.push(reply),
+        }
+        while let Ok(reply) = asks.try_recv() {
+            waiting.push(reply);
         }
         let begun = fencer.acts_begun();
         let mut peers = Vec::with_capacity(targets.len());
@@ -111,10 +171,15 @@ pub async fn run(
                 report = fencer.check(target) => peers.push(report),
             }
         }
+        if periodic {
+            next = tokio::time::Instant::now() + interval;
+        }
         // A round that gave way to a fence says nothing of the chain: the next one will.
         if fencer.acts_begun() != begun {
             tracing::debug!("fencing checks gave way to a fence; the round is not counted");
-            next = tokio::time::Instant::now() + interval;
+            for reply in waiting {
+                let _ = reply.send(Round::GaveWay);
+            }
             continue;
         }
         for change in changes(previous.as_deref(), &peers) {
@@ -129,10 +194,12 @@ pub async fn run(
         }
         let problems = peers.iter().map(|r| r.checks.iter().filter(|c| is_problem(&c.readiness)).count()).sum();
         let at_ms = crate::timeline::wall_us(std::time::SystemTime::now()) / 1000;
-        status.lock().unwrap_or_else(|p| p.into_inner()).fencing_checks =
-            Some(FencingChecks { at_ms, problems, peers: peers.clone() });
+        let round = FencingChecks { at_ms, problems, peers: peers.clone() };
+        status.lock().unwrap_or_else(|p| p.into_inner()).fencing_checks = Some(round.clone());
+        for reply in waiting {
+            let _ = reply.send(Round::Done(round.clone()));
+        }
         previous = Some(peers);
-        next = tokio::time::Instant::now() + interval;
     }
 }
 

@@ -16,6 +16,7 @@ use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
 use referee_failover_agent::control::ControlRequest;
 use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
 use referee_failover_agent::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
+use referee_failover_agent::fence_checks::{CheckNow, FencingChecks, Round};
 use referee_failover_agent::model::{Health, LockRecord, Member, SessionView};
 use referee_failover_agent::status::{AgentStatus, Role};
 use referee_fencing::config::ClientTlsConfig;
@@ -164,6 +165,7 @@ async fn start_with(
     separate_peer: bool,
     control: mpsc::Sender<ControlRequest>,
     status: Arc<Mutex<AgentStatus>>,
+    checks: Option<CheckNow>,
 ) -> Result<Running> {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     settings.listen = admin.local_addr()?;
@@ -175,7 +177,10 @@ async fn start_with(
         None
     };
     let peer_addr = settings.peer_listen;
-    let server = AdminServer::new(&settings, control, status)?;
+    let mut server = AdminServer::new(&settings, control, status)?;
+    if let Some(checks) = checks {
+        server = server.with_fence_checks(checks);
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let addr = settings.listen;
     let task = tokio::spawn(server.serve(AdminListeners { admin, peer }, async move {
@@ -187,7 +192,7 @@ async fn start_with(
 async fn start(node: &str, control: mpsc::Sender<ControlRequest>) -> Result<Running> {
     let dir = ScratchDir::new("admin")?;
     let s = settings(&dir);
-    start_with(s, dir, false, control, Arc::new(Mutex::new(AgentStatus::new("c", node)))).await
+    start_with(s, dir, false, control, Arc::new(Mutex::new(AgentStatus::new("c", node))), None).await
 }
 
 fn http() -> reqwest::Client {
@@ -214,7 +219,15 @@ async fn missing_or_wrong_credentials_get_401_and_reach_nothing() -> Result<()> 
     let (control, mut seen) = stub_driver(ok_everything);
     let server = start("db1", control).await?;
     let fence = json!({"target_node_id": "db1", "token": 5});
-    for path in ["/admin/failover", "/admin/cede", "/admin/pause", "/admin/resume", "/peer/fence", "/no/such/path"] {
+    for path in [
+        "/admin/failover",
+        "/admin/cede",
+        "/admin/pause",
+        "/admin/resume",
+        "/admin/check-fencing",
+        "/peer/fence",
+        "/no/such/path",
+    ] {
         for token in [None, Some("wrong"), Some(""), Some("s3cret-admin-toke"), Some("s3cret-admin-token-and-more")] {
             let (code, body) = post(&server.url(path), token, Some(fence.clone())).await?;
             assert_eq!(code, 401, "{path} with {token:?}: {body}");
@@ -237,6 +250,55 @@ async fn missing_or_wrong_credentials_get_401_and_reach_nothing() -> Result<()> 
     let resp =
         http().post(server.url("/admin/resume")).header("Authorization", format!("bearer {SECRET}")).send().await?;
     assert_eq!(resp.status().as_u16(), 200);
+    server.stop().await
+}
+
+/// `POST /admin/check-fencing` answers the round the agent's checking task ran for it: 200 with
+/// the round, 409 when the checks gave way to a fence, 503 without a checking task (or with
+/// one that stopped), 504 when no round ends within `failover_timeout_ms`.
+#[tokio::test]
+async fn a_round_of_fencing_checks_is_answered_as_it_ended() -> Result<()> {
+    let path = "/admin/check-fencing";
+    let (control, _seen) = stub_driver(ok_everything);
+    let server = start("db1", control).await?;
+    let (code, body) = post(&server.url(path), Some(SECRET), None).await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("no fencing checks")), "{body}");
+    server.stop().await?;
+
+    // A checking task that answers the asks in turn as the script says; `None`: no answer.
+    let rounds =
+        [Some(Round::Done(FencingChecks { at_ms: 7, problems: 1, peers: Vec::new() })), Some(Round::GaveWay), None];
+    let (checks, mut asks) = CheckNow::channel();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        for round in rounds {
+            let Some(reply) = asks.recv().await else { return };
+            match round {
+                Some(round) => drop(reply.send(round)),
+                None => kept.push(reply),
+            }
+        }
+        // The unanswered ask is kept until the next one comes; then the task stops, and that
+        // one finds nobody to answer it.
+        let _ = asks.recv().await;
+        drop(kept);
+    });
+    let dir = ScratchDir::new("admin-checks")?;
+    let status = Arc::new(Mutex::new(AgentStatus::new("c", "db1")));
+    let (control, _seen) = stub_driver(ok_everything);
+    let server = start_with(settings(&dir), dir, false, control, status, Some(checks)).await?;
+    let (code, body) = post(&server.url(path), Some(SECRET), None).await?;
+    assert_eq!((code, &body["at_ms"], &body["problems"]), (200, &json!(7), &json!(1)), "{body}");
+    let (code, body) = post(&server.url(path), Some(SECRET), None).await?;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("gave way")), "{body}");
+    let (code, body) = post(&server.url(path), Some(SECRET), None).await?;
+    assert_eq!(code, 504, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("800ms")), "{body}");
+    let (code, body) = post(&server.url(path), Some(SECRET), None).await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("not running")), "{body}");
     server.stop().await
 }
 
@@ -436,7 +498,7 @@ async fn the_agent_fencing_method_fences_through_the_peer_listener() -> Result<(
     let dir = ScratchDir::new("admin-peer")?;
     let s = settings(&dir);
     let secret_file = s.token_file.clone().unwrap();
-    let server = start_with(s, dir, true, control, Arc::new(Mutex::new(AgentStatus::new("c", "db1")))).await?;
+    let server = start_with(s, dir, true, control, Arc::new(Mutex::new(AgentStatus::new("c", "db1"))), None).await?;
     let peer = server.peer.expect("a peer listener");
     let yaml = format!(
         "overall_timeout_ms: 3000\nlevels:\n  - methods:\n      - kind: agent\n        timeout_ms: 1000\n        \
@@ -532,7 +594,8 @@ async fn tls_round_trip_and_required_client_certificates() -> Result<()> {
     });
     let (control, mut seen) = stub_driver(ok_everything);
     let status = Arc::new(Mutex::new(AgentStatus::new("c", "db1")));
-    let server = start_with(s.clone(), ScratchDir::new("admin-tls-1")?, false, control.clone(), status.clone()).await?;
+    let server =
+        start_with(s.clone(), ScratchDir::new("admin-tls-1")?, false, control.clone(), status.clone(), None).await?;
     let https = format!("https://{}", server.admin);
     let resp = tls_client(&pki, false)?.post(format!("{https}/admin/pause")).bearer_auth(SECRET).send().await?;
     assert_eq!(resp.status().as_u16(), 200);
@@ -544,7 +607,7 @@ async fn tls_round_trip_and_required_client_certificates() -> Result<()> {
 
     // With a client CA, a client must present a certificate it signed.
     s.tls.as_mut().unwrap().client_ca_file = Some(pki.ca_file.clone());
-    let server = start_with(s, ScratchDir::new("admin-tls-2")?, false, control, status).await?;
+    let server = start_with(s, ScratchDir::new("admin-tls-2")?, false, control, status, None).await?;
     let https = format!("https://{}", server.admin);
     let refused = tls_client(&pki, false)?.post(format!("{https}/admin/resume")).bearer_auth(SECRET).send().await;
     assert!(refused.is_err(), "a client without a certificate must be refused: {refused:?}");
@@ -588,7 +651,7 @@ async fn peer_client_with_peer_tls_reaches_a_peer_listener_requiring_client_cert
     });
     let (control, mut seen) = stub_driver(ok_everything);
     let status = Arc::new(Mutex::new(AgentStatus::new("c", "db1")));
-    let server = start_with(s.clone(), ScratchDir::new("admin-peer-tls-1")?, true, control, status).await?;
+    let server = start_with(s.clone(), ScratchDir::new("admin-peer-tls-1")?, true, control, status, None).await?;
     let peer = format!("https://{}", server.peer.expect("a peer listener"));
     let caller = |tls: Option<ClientTlsConfig>| -> Result<reqwest::Client> {
         let mut me = settings(&dir);

@@ -263,12 +263,16 @@ pub async fn run_with_control(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Rounds of fencing checks: periodic unless `check_interval_ms` is 0, and asked for through
+    // the admin API.
+    let (ask_checks, check_asks) = crate::fence_checks::CheckNow::channel();
     // The admin and peer API: refused settings (secret, TLS) stop start-up here.
     let (peer_url, peer_secret, admin_server) = match &cfg.admin {
         None => (None, None, None),
         Some(settings) => {
             let server = crate::admin::AdminServer::new(settings, control_tx.clone(), status.clone())
-                .map_err(|e| AgentError::Admin(e.to_string()))?;
+                .map_err(|e| AgentError::Admin(e.to_string()))?
+                .with_fence_checks(ask_checks.clone());
             let listeners = crate::admin::AdminListeners::bind(settings)
                 .await
                 .map_err(|e| AgentError::Admin(format!("binding {}: {e}", settings.listen)))?;
@@ -328,12 +332,17 @@ pub async fn run_with_control(
         status.clone(),
         stopped(stop_rx.clone()),
     ));
-    let fence_checks = (!check_interval.is_zero()).then(|| {
+    // Only the admin API holds a handle to ask for rounds: without one and without periodic
+    // rounds, there is nothing to run.
+    let askable = cfg.admin.is_some();
+    drop(ask_checks);
+    let fence_checks = (!check_interval.is_zero() || askable).then(|| {
         tokio::spawn(crate::fence_checks::run(
             fencer.clone(),
             cfg.peer_targets(),
             check_interval,
             status.clone(),
+            check_asks,
             stopped(stop_rx.clone()),
         ))
     });
