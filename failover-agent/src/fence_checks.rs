@@ -163,7 +163,10 @@ pub async fn run(
         while let Ok(reply) = asks.try_recv() {
             waiting.push(reply);
         }
+        // Read before the round: an act running now, or one begun by the end, means the
+        // methods gave way to it.
         let begun = fencer.acts_begun();
+        let acting = fencer.acting();
         let mut peers = Vec::with_capacity(targets.len());
         for target in &targets {
             tokio::select! {
@@ -174,8 +177,9 @@ pub async fn run(
         if periodic {
             next = tokio::time::Instant::now() + interval;
         }
-        // A round that gave way to a fence says nothing of the chain: the next one will.
-        if fencer.acts_begun() != begun {
+        // A round that gave way to a fence says nothing of the chain (its methods read
+        // "unchecked", and a problem would seem gone): the next one will.
+        if acting || fencer.acts_begun() != begun {
             tracing::debug!("fencing checks gave way to a fence; the round is not counted");
             for reply in waiting {
                 let _ = reply.send(Round::GaveWay);

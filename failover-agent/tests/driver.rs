@@ -420,6 +420,60 @@ async fn the_fencing_chain_is_checked_while_nothing_needs_fencing() -> Result<()
     server.stop().await
 }
 
+/// A round of checks that runs while a fence is under way says nothing of the chain (every
+/// method of the fencer gives way to the fence and reads "unchecked"): it is answered as having
+/// given way, and neither published nor compared with the last, so no problem reads as gone
+/// because a fence was running. Once the fence is over, a round is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_asked_for_during_a_fence_gives_way_to_it() -> Result<()> {
+    use referee_failover_agent::fence_checks::{run, CheckNow, Round};
+    use referee_failover_agent::status::AgentStatus;
+    use referee_fencing::{FenceTarget, Fencer, Readiness};
+
+    let dir = referee_testkit::ScratchDir::new("check-during-fence")?;
+    let release = dir.path("release");
+    // The fence runs until the test lets it end.
+    let program = dir.script(
+        "slow-fence",
+        &format!("#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.02; done\nexit 0\n", release.display()),
+    )?;
+    let yaml = format!(
+        "overall_timeout_ms: 30000\nlevels:\n  - methods:\n      - {{kind: shell, timeout_ms: 20000, program: {}}}\n",
+        program.display()
+    );
+    let fencer = Arc::new(Fencer::from_yaml_str(&yaml)?);
+    let target = FenceTarget::new("b", "127.0.0.1", 1, FencingToken(3));
+    let status = Arc::new(Mutex::new(AgentStatus::new("c", "a")));
+    let (checks, asks) = CheckNow::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(fencer.clone(), vec![target.clone()], Duration::ZERO, status.clone(), asks, async {
+        let _ = stopped.await;
+    }));
+
+    let begun = fencer.acts_begun();
+    let fence = tokio::spawn({
+        let (fencer, target) = (fencer.clone(), target.clone());
+        async move { fencer.fence(&target, FencingToken(4)).await }
+    });
+    wait_until(Duration::from_secs(10), "the fence to begin", || fencer.acts_begun() == begun + 1).await?;
+    let during = checks.round(Duration::from_secs(10)).await?;
+    ensure!(during == Round::GaveWay, "a round during the fence: {during:?}");
+    ensure!(status.lock().unwrap().fencing_checks.is_none(), "a round that gave way was published");
+
+    std::fs::write(&release, "")?;
+    let report = tokio::time::timeout(Duration::from_secs(10), fence).await??;
+    ensure!(report.outcome.permits_promotion(), "{report:?}");
+    let Round::Done(after) = checks.round(Duration::from_secs(10)).await? else {
+        anyhow::bail!("a round with no fence under way gave way")
+    };
+    let readiness = &after.peers[0].checks[0].readiness;
+    ensure!(matches!(readiness, Readiness::Ready { .. }), "the shell method after the fence: {readiness:?}");
+    ensure!(status.lock().unwrap().fencing_checks.as_ref() == Some(&after), "the round is in the status");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await??;
+    Ok(())
+}
+
 /// Maintenance mode stops failovers, never the end of a lease: a paused active agent whose
 /// coordinator becomes unreachable still demotes its master while the session is still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

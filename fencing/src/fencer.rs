@@ -197,9 +197,15 @@ impl Fencer {
     }
 
     /// How many fences and unfences this fencer has begun: a caller that reads it before and
-    /// after a round of [`Fencer::check`] knows whether the round gave way to one.
+    /// after a round of [`Fencer::check`] knows whether the round gave way to one that began
+    /// during it ([`Fencer::acting`] says whether one was running when it began).
     pub fn acts_begun(&self) -> u64 {
         self.acts.begun.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether a fence or unfence of this fencer is running now.
+    pub fn acting(&self) -> bool {
+        self.acts.running.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// Undoes the reversible methods (firewall isolation) for `target`, so a repaired node
