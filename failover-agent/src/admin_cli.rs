@@ -141,7 +141,8 @@ pub enum AdminCommand {
         /// The node to check.
         node: String,
     },
-    /// Maintenance mode: the agents keep observing and reporting but take no action.
+    /// Maintenance mode: the agents keep observing and reporting but take no action, until
+    /// resumed (or restarted: the pause lives in each agent's process).
     Pause {
         /// Only this node (default: every member).
         #[arg(long, value_name = "NODE")]
