@@ -103,8 +103,8 @@ pub struct CheckNow {
 pub enum Round {
     /// Every method of every peer was checked; the round is in `/status` as well.
     Done(FencingChecks),
-    /// A fence or unfence began during the round, and the checks gave way to it: the round
-    /// says nothing of the chain.
+    /// A fence or unfence was running when the round began or began during it, and the
+    /// checks gave way to it: the round says nothing of the chain.
     GaveWay,
 }
 
