@@ -200,3 +200,51 @@ async fn check_fencing_asks_each_agent_for_a_round_now() -> Result<()> {
     ensure!(pair.is_active(active).await, "the active stayed active");
     Ok(())
 }
+
+/// The whole cluster's pause is kept in the coordinator: an agent restarted during maintenance
+/// comes back paused and makes no failover (the active's master killed meanwhile); resuming it
+/// alone is refused while the cluster is paused; `resume` ends the pause for every member, and
+/// the failover follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
+    let (mut pair, active) = pair().await?;
+    let standby = 1 - active;
+    let (code, out, err) = pair.admin(active, &["pause"]).await?;
+    ensure!(code == 0 && out.contains("paused"), "pause exited {code}: {out} {err}");
+
+    // The standby's agent is restarted during the maintenance.
+    {
+        let lab = Arc::get_mut(&mut pair).context("the pair has one owner")?;
+        let agent = lab.agents[standby].as_mut().context("the standby's agent")?;
+        agent.signal(Signal::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(10))?;
+        lab.agents[standby] = Some(lab.start_agent(standby)?);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = pair.agent_json(standby, "/status").await.unwrap_or_default();
+        if st["paused"] == true && st["cluster_paused_by"].is_string() {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "the restarted agent is not paused: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Paused, it takes no failover: observe for three health-check rounds and two loop
+    // intervals over the normal failover time.
+    pair.masters[active].signal(Signal::SIGKILL)?;
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < watch_until {
+        ensure!(!pair.is_active(standby).await, "an agent restarted during a cluster pause took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (code, out, err) = pair.admin(standby, &["resume", "--node", NODES[standby]]).await?;
+    ensure!(code == 3 && err.contains("whole cluster is paused"), "resume of one member exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(standby, &["resume"]).await?;
+    ensure!(code == 0 && out.contains("resumed"), "resume exited {code}: {out} {err}");
+    pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
+    let st = pair.agent_json(standby, "/status").await.unwrap_or_default();
+    ensure!(st["paused"] == false && st["cluster_paused_by"].is_null(), "{st}");
+    Ok(())
+}

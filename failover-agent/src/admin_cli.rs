@@ -12,6 +12,7 @@
 //! referee admin --config agent.yaml unblock [--node db1]   clear an anti-flap block (logged with who asked)
 //! referee admin --config agent.yaml check-health db2       exit 0 when db2's master is healthy
 //! referee admin --config agent.yaml pause [--node db1]     maintenance: agents report but do not act
+//!                                                          (the cluster's is kept in the coordinator)
 //! referee admin --config agent.yaml resume [--node db1]
 //! referee admin --config agent.yaml history [--node db1]
 //! referee admin --config agent.yaml check-fencing [--node db1]   each agent checks its fencing chain now
@@ -47,8 +48,8 @@ use zookeeper_client as zk;
 
 use crate::admin::AdminSettings;
 use crate::config::AgentConfig;
-use crate::election::{ROOT, SWITCHOVER};
-use crate::model::{LockRecord, Member, TokenBase};
+use crate::election::{PAUSE, ROOT, SWITCHOVER};
+use crate::model::{LockRecord, Member, PauseRecord, TokenBase};
 use crate::schedule::{self, ScheduledSwitchover};
 
 /// How long `check-fencing` waits for an agent's round: a little over the agent's own default
@@ -141,8 +142,9 @@ pub enum AdminCommand {
         /// The node to check.
         node: String,
     },
-    /// Maintenance mode: the agents keep observing and reporting but take no action, until
-    /// resumed (or restarted: the pause lives in each agent's process).
+    /// Maintenance mode: the agents keep observing and reporting but take no action. The whole
+    /// cluster's pause is kept in the coordinator (agents restarted meanwhile stay paused);
+    /// one node's (`--node`) lives in its agent's process until resumed or restarted.
     Pause {
         /// Only this node (default: every member).
         #[arg(long, value_name = "NODE")]
@@ -627,7 +629,7 @@ impl<'a> Session<'a> {
                         s.get("token").and_then(Value::as_u64).map_or("-".into(), |t| t.to_string()),
                         if lease > 0 { format!("{lease} ms") } else { "-".into() },
                         session_text(s.get("session")),
-                        if s.get("paused").and_then(Value::as_bool).unwrap_or(false) { "yes" } else { "no" }.into(),
+                        paused_text(s),
                         position_text(s),
                         fencing_text(s),
                         s.get("why_not").and_then(Value::as_str).unwrap_or("-").to_string(),
@@ -956,9 +958,75 @@ impl<'a> Session<'a> {
         Ok(Report { exit, text, json: json!({"ok": exit == Exit::Ok, "results": results}) })
     }
 
+    /// Pauses or resumes `only`, or the whole cluster. The whole cluster's pause is recorded in
+    /// the coordinator first (`/referee/<cluster>/pause`), so agents restarted during it, or
+    /// away when it was asked for, stay paused; each member is then told at once. One member
+    /// alone is paused in its agent's process only; resuming one while the cluster is paused is
+    /// refused.
     async fn pause_or_resume(&self, pause: bool, only: Option<&str>) -> Result<Report, Failure> {
         let path = if pause { "/admin/pause" } else { "/admin/resume" };
-        self.post_to_members(only, path, None).await
+        let (_, cluster) = self.coordinates()?;
+        let record_path = pause_path(cluster);
+        let client = self.zk_client().await?;
+        let said = match only {
+            Some(node) if !pause => {
+                if let Some(p) = self.read_pause_record(&client, &record_path).await? {
+                    return Err(fail(
+                        Exit::Refused,
+                        format!(
+                            "the whole cluster is paused (by {} at {}); `resume` without --node resumes every member, {node} included",
+                            p.requested_by,
+                            utc(p.at_ms)
+                        ),
+                    ));
+                }
+                String::new()
+            }
+            Some(_) => String::new(),
+            None if pause => {
+                let record = PauseRecord { requested_by: operator(), at_ms: wall_ms() };
+                let data = serde_json::to_vec(&record)
+                    .map_err(|e| fail(Exit::Unreachable, format!("encoding the record: {e}")))?;
+                let secured = cluster_acl();
+                let options = match &self.digest {
+                    Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
+                    None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+                };
+                match self.zk_call("record the pause", client.create(&record_path, &data, &options)).await? {
+                    Ok(_) | Err(zk::Error::NodeExists) => {}
+                    Err(e) => return Err(write_failure(&record_path, "create", e)),
+                }
+                format!("cluster {cluster}: paused ({record_path}); agents restarted meanwhile stay paused until `resume`\n")
+            }
+            None => {
+                match self.zk_call("delete the pause record", client.delete(&record_path, None)).await? {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(write_failure(&record_path, "delete", e)),
+                }
+                format!("cluster {cluster}: resumed ({record_path} removed)\n")
+            }
+        };
+        let mut report = self.post_to_members(only, path, None).await?;
+        report.text.insert_str(0, &said);
+        if only.is_none() {
+            if let Some(obj) = report.json.as_object_mut() {
+                obj.insert("cluster_paused".into(), json!(pause));
+                obj.insert("record".into(), json!(record_path));
+            }
+        }
+        Ok(report)
+    }
+
+    /// The cluster's pause record, if there is one (an unreadable one is named as such).
+    async fn read_pause_record(&self, client: &zk::Client, path: &str) -> Result<Option<PauseRecord>, Failure> {
+        match self.zk_call("read the pause record", client.get_data(path)).await? {
+            Ok((data, _)) => Ok(Some(
+                serde_json::from_slice(&data)
+                    .unwrap_or_else(|e| PauseRecord { requested_by: format!("an unreadable record ({e})"), at_ms: 0 }),
+            )),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
+        }
     }
 
     /// POSTs `path` (with `body`, if any) to the admin API of member `only`, or of every member,
@@ -1170,6 +1238,10 @@ fn switchover_path(cluster: &str) -> String {
     format!("{ROOT}/{cluster}/{SWITCHOVER}")
 }
 
+fn pause_path(cluster: &str) -> String {
+    format!("{ROOT}/{cluster}/{PAUSE}")
+}
+
 /// A cluster's ACL when it is secured: the authenticated credential may do everything,
 /// everyone else may read.
 fn cluster_acl() -> [zk::Acl; 2] {
@@ -1266,6 +1338,17 @@ fn unfit(st: &Value) -> Option<String> {
 /// The master's replication position in a `/status` report.
 fn master_position(st: &Value) -> Option<u64> {
     st.get("master").and_then(|m| m.get("position")).and_then(Value::as_u64)
+}
+
+/// The PAUSED column: "no", "yes" (this member alone) or "cluster" (the whole cluster's pause).
+fn paused_text(s: &Value) -> String {
+    if s.get("cluster_paused_by").is_some_and(|b| !b.is_null()) {
+        "cluster".into()
+    } else if s.get("paused").and_then(Value::as_bool).unwrap_or(false) {
+        "yes".into()
+    } else {
+        "no".into()
+    }
 }
 
 /// The FENCING column: what the member's last round of fencing checks found.

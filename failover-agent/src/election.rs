@@ -10,6 +10,8 @@
 //! /referee/<cluster>/token-base         PERSISTENT  TokenBase   added to every czxid; only ever raised
 //! /referee/<cluster>/members/<node_id>  EPHEMERAL   Member      one per live agent, with its candidacy
 //! /referee/<cluster>/position           PERSISTENT  ActivePosition  the active's master's position
+//! /referee/<cluster>/switchover         PERSISTENT  ScheduledSwitchover  one scheduled by an operator
+//! /referee/<cluster>/pause              PERSISTENT  PauseRecord while the whole cluster is paused
 //! ```
 //!
 //! The position is written only by the lock's holder, in a multi with a check of the lock's
@@ -78,7 +80,9 @@ use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
-use crate::model::{Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView};
+use crate::model::{
+    Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, PauseRecord, SessionView, TokenBase, TokenBaseView,
+};
 use crate::schedule::ScheduledSwitchover;
 
 /// The parent of every cluster's znodes.
@@ -86,6 +90,8 @@ pub const ROOT: &str = "/referee";
 
 /// The name, under `/referee/<cluster>`, of the scheduled switchover's record.
 pub const SWITCHOVER: &str = "switchover";
+/// The cluster's pause record under `/referee/<cluster>` (see [`crate::model::PauseRecord`]).
+pub const PAUSE: &str = "pause";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -510,6 +516,7 @@ struct Paths {
     token_base: String,
     position: String,
     switchover: String,
+    pause: String,
 }
 
 impl Paths {
@@ -523,6 +530,7 @@ impl Paths {
             token_base: format!("{root}/token-base"),
             position: format!("{root}/position"),
             switchover: format!("{root}/{SWITCHOVER}"),
+            pause: format!("{root}/{PAUSE}"),
             cluster: root,
         }
     }
@@ -862,6 +870,23 @@ impl Coordination {
         let read = self.client.get_data(&self.paths.switchover);
         match self.finish(self.deadline(), sent, read).await {
             Ok((data, stat)) => Ok(Some((decode(&self.paths.switchover, &data)?, stat.version))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// The cluster's pause record, if the cluster is paused. A record that cannot be decoded
+    /// counts as a pause (by "an unreadable record"): an operator's `resume` removes it, and
+    /// until then no agent acts on a guess.
+    pub async fn read_pause(&self) -> Result<Option<PauseRecord>, ElectionError> {
+        const OP: &str = "read the cluster's pause record";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.pause);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, _)) => Ok(Some(decode(&self.paths.pause, &data).unwrap_or_else(|e| PauseRecord {
+                requested_by: format!("an unreadable record at {} ({e})", self.paths.pause),
+                at_ms: 0,
+            }))),
             Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
             Err(f) => Err(self.failure(OP, f)),
         }

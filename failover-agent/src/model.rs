@@ -134,6 +134,18 @@ pub enum BreadcrumbView {
     },
 }
 
+/// What `/referee/<cluster>/pause` holds while the whole cluster is in maintenance mode
+/// (`referee admin pause` without `--node`): every agent, restarted ones included, observes
+/// and reports but makes no failover until `referee admin resume` deletes it. Kept in the
+/// coordinator, as Patroni keeps its pause in the DCS, so that a restart does not end it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// Who paused the cluster (user and host, as `referee admin` names them).
+    pub requested_by: String,
+    /// When (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
 /// What `/referee/<cluster>/token-base` holds: the number added to every lock's czxid to make
 /// its fencing token, and why it was set to that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,8 +125,10 @@ pub struct AgentStatus {
     pub token: Option<FencingToken>,
     /// Members of the cluster.
     pub members: Vec<String>,
-    /// Whether failover is paused.
+    /// Whether failover is paused (by a request to this agent, or with the whole cluster).
     pub paused: bool,
+    /// Who paused the whole cluster, while its pause record is there.
+    pub cluster_paused_by: Option<String>,
     /// The last decision's reason.
     pub last_decision: String,
     /// Why this node is not taking over now ("why not"), as the last decision named it;
@@ -192,6 +194,7 @@ impl AgentStatus {
             token: None,
             members: Vec::new(),
             paused: false,
+            cluster_paused_by: None,
             last_decision: "starting".into(),
             blocker: None,
             why_not: None,

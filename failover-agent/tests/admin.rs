@@ -1068,19 +1068,40 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     assert_eq!(v["transitions"].as_array().unwrap().len(), 1);
     assert_eq!(v["transitions"][0]["node"], json!("db2"));
 
-    // pause reaches every member; a wrong secret is refused by each (exit 3).
+    // pause reaches every member and is recorded in the coordinator; one member cannot be
+    // resumed alone while the whole cluster is paused (exit 3, nothing sent); resume reaches
+    // every member and removes the record; one member alone is paused and resumed in its agent.
     let out = run(&["pause"]).await;
     assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    assert!(out.stdout.contains("cluster c: paused (/referee/c/pause)"), "{}", out.stdout);
     for m in [&mut db1, &mut db2, &mut db3] {
         assert_eq!(m.seen.recv().await, Some(Seen::Pause));
     }
+    let record = Coordination::connect(coordination(&zk_server, "c", "reader", None)).await?.read_pause().await?;
+    assert!(record.is_some_and(|r| !r.requested_by.is_empty() && r.at_ms > 0), "the cluster's pause is recorded");
     let out = run(&["resume", "--node", "db3"]).await;
-    assert_eq!(out.exit, Exit::Ok);
+    assert_eq!(out.exit, Exit::Refused, "{out:?}");
+    assert!(out.stderr.contains("the whole cluster is paused"), "{}", out.stderr);
+    assert!(db3.seen.try_recv().is_err(), "nothing was sent");
+    let out = run(&["resume"]).await;
+    assert_eq!(out.exit, Exit::Ok, "{out:?}");
+    for m in [&mut db1, &mut db2, &mut db3] {
+        assert_eq!(m.seen.recv().await, Some(Seen::Resume));
+    }
+    let record = Coordination::connect(coordination(&zk_server, "c", "reader", None)).await?.read_pause().await?;
+    assert!(record.is_none(), "resume removes the record");
+    assert_eq!(run(&["pause", "--node", "db3"]).await.exit, Exit::Ok);
+    assert_eq!(db3.seen.recv().await, Some(Seen::Pause));
+    assert_eq!(run(&["resume", "--node", "db3"]).await.exit, Exit::Ok);
     assert_eq!(db3.seen.recv().await, Some(Seen::Resume));
     std::fs::write(&token_file, "not-the-secret")?;
     let out = run(&["pause", "--json"]).await;
     assert_eq!(out.exit, Exit::Refused, "{out:?}");
     assert!(out.stdout.contains("401"), "{}", out.stdout);
+    // The record, which the coordinator's ACL guards, is made: the agents read it within a
+    // second, and the output says so.
+    let v: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!((&v["cluster_paused"], &v["record"]), (&json!(true), &json!("/referee/c/pause")), "{v}");
     assert!(db1.seen.try_recv().is_err() && db2.seen.try_recv().is_err());
 
     // An unreachable coordinator is exit 4.

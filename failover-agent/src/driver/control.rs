@@ -30,14 +30,30 @@ impl Driver {
     pub(super) async fn handle_control(&mut self, request: ControlRequest, coord: Option<&Coordination>) {
         match request {
             ControlRequest::Pause { reply } => {
-                self.status().paused = true;
+                self.mem.operator_paused = true;
                 info!("paused by an operator: observing only");
+                self.apply_pause();
                 let _ = reply.send(Ok("paused: the agent keeps reporting but takes no action".into()));
             }
             ControlRequest::Resume { reply } => {
-                self.status().paused = false;
+                self.mem.operator_paused = false;
                 info!("resumed by an operator");
-                let _ = reply.send(Ok("resumed".into()));
+                // The cluster's record may have just been deleted (`referee admin resume`):
+                // read it now rather than stay paused on the last reading.
+                if let Some(c) = coord {
+                    if let Ok(record) = c.read_pause().await {
+                        self.mem.cluster_pause = record;
+                    }
+                }
+                self.apply_pause();
+                let answer = match &self.mem.cluster_pause {
+                    None => "resumed".to_string(),
+                    Some(p) => format!(
+                        "resumed here, but the whole cluster stays paused (by {}); `referee admin resume` without --node ends that",
+                        p.requested_by
+                    ),
+                };
+                let _ = reply.send(Ok(answer));
             }
             ControlRequest::Cede { period, reply } => {
                 let result = self.hand_over(coord, period, "cede_requested").await;
@@ -370,6 +386,44 @@ impl Driver {
                 self.mem.allow_data_loss = record.allow_data_loss;
             }
         }
+    }
+
+    /// Every [`SCHEDULE_READ_EVERY`] cycles, and at once in a new session, reads whether the
+    /// whole cluster is paused (`/referee/<cluster>/pause`); the last reading stands while the
+    /// coordinator cannot be read.
+    pub(super) async fn read_cluster_pause(&mut self, coord: Option<&Coordination>) {
+        self.mem.pause_age = self.mem.pause_age.saturating_add(1);
+        let Some(c) = coord else { return };
+        if !matches!(c.session(), SessionView::Connected { .. })
+            || (self.mem.pause_read && self.mem.pause_age < SCHEDULE_READ_EVERY)
+        {
+            return;
+        }
+        self.mem.pause_age = 0;
+        match c.read_pause().await {
+            Ok(record) => {
+                self.mem.pause_read = true;
+                self.mem.cluster_pause = record;
+                self.apply_pause();
+            }
+            Err(e) => debug!("reading the cluster's pause record: {e}"),
+        }
+    }
+
+    /// Sets the status's pause from the operator's request and the cluster's record, saying
+    /// when the cluster's pause begins or ends here.
+    pub(super) fn apply_pause(&mut self) {
+        let by = self.mem.cluster_pause.as_ref().map(|p| p.requested_by.clone());
+        let paused = self.mem.operator_paused || by.is_some();
+        let mut st = self.status();
+        if st.cluster_paused_by != by {
+            match &by {
+                Some(who) => info!(by = %who, "the cluster is paused: observing only"),
+                None => info!("the cluster's pause is over"),
+            }
+        }
+        st.paused = paused;
+        st.cluster_paused_by = by;
     }
 
     /// Answers a pending failover once this node is active, or when its deadline passes.

@@ -108,6 +108,14 @@ struct Memory {
     members_age: u32,
     /// Cycles since the scheduled switchover was read.
     schedule_age: u32,
+    /// Paused by an operator's request to this agent (`/admin/pause`), until `/admin/resume`.
+    operator_paused: bool,
+    /// The cluster's pause record as last read (see [`crate::model::PauseRecord`]).
+    cluster_pause: Option<crate::model::PauseRecord>,
+    /// Cycles since the pause record was read.
+    pause_age: u32,
+    /// Whether it has been read in the current session.
+    pause_read: bool,
     /// When the lock was first seen free (for the detect phase).
     free_seen_at: Option<BootInstant>,
     /// Phase timing of the promotion under way.
@@ -165,6 +173,10 @@ impl Memory {
             backoff_until: None,
             members: Vec::new(),
             schedule_age: 0,
+            operator_paused: false,
+            cluster_pause: None,
+            pause_age: 0,
+            pause_read: false,
             members_age: 0,
             free_seen_at: None,
             phases: Phases::default(),
@@ -412,6 +424,8 @@ impl Driver {
             }
 
             let report = health.borrow().clone();
+            // Before deciding: a cluster paused while this agent was away must stay paused.
+            self.read_cluster_pause(coord.as_ref()).await;
             self.cycle(&report, coord.as_ref()).await;
             self.check_schedule(coord.as_ref()).await;
             // Feed the watchdog only while the health monitor is alive too: a stuck monitor

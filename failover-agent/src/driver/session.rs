@@ -109,6 +109,7 @@ impl Driver {
     /// was granted.
     pub(super) fn session_made(&mut self, c: &Coordination, sent: BootInstant) {
         self.mem.lease.connected(c.lease_timeout(), sent);
+        self.mem.pause_read = false;
         self.publish_guard();
         info!(
             session = format!("0x{:x}", c.session_id()),
