@@ -10,6 +10,11 @@ use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 use zookeeper_client as zk;
 
 async fn pair() -> Result<(Arc<Pair>, usize)> {
+    pair_with(Vec::new()).await
+}
+
+/// As [`pair`], each agent's generated configuration merged with its entry of `extra_agent_yaml`.
+async fn pair_with(extra_agent_yaml: Vec<String>) -> Result<(Arc<Pair>, usize)> {
     let spec = PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
         lean_agent: None,
@@ -17,7 +22,7 @@ async fn pair() -> Result<(Arc<Pair>, usize)> {
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,
         proxied_agents: false,
-        extra_agent_yaml: Vec::new(),
+        extra_agent_yaml,
         admin: true,
         journal: false,
     };
@@ -148,19 +153,7 @@ async fn pause_stops_failover_and_resume_restores_it() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_fencing_asks_each_agent_for_a_round_now() -> Result<()> {
     let no_periodic = "fencing:\n  check_interval_ms: 0\n".to_string();
-    let spec = PairSpec {
-        bin: env!("CARGO_BIN_EXE_referee").into(),
-        lean_agent: None,
-        coordinator: CoordinatorKind::Bundled,
-        timings: Timings::referee(),
-        master: MasterKind::LeasePolling,
-        proxied_agents: false,
-        extra_agent_yaml: vec![no_periodic.clone(), no_periodic],
-        admin: true,
-        journal: false,
-    };
-    let pair = Pair::start(spec).await?;
-    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let (pair, active) = pair_with(vec![no_periodic.clone(), no_periodic]).await?;
     let standby = 1 - active;
     let fences_before = fenced(&pair, 0).await + fenced(&pair, 1).await;
     for i in 0..2 {

@@ -925,13 +925,7 @@ impl<'a> Session<'a> {
     /// exit code is the worst of them, a problem counting as a failed check.
     async fn check_fencing(&self, only: Option<&str>) -> Result<Report, Failure> {
         let view = self.cluster_view().await?;
-        let targets: Vec<&MemberView> = match only {
-            Some(node) => vec![self.find(&view, node)?],
-            None => view.members.iter().collect(),
-        };
-        if targets.is_empty() {
-            return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
-        }
+        let targets = self.targets(&view, only)?;
         // A round can take every method's own deadline, one after another.
         let limit = self.timeout.max(CHECK_FENCING_WAIT);
         let mut exit = Exit::Ok;
@@ -1029,17 +1023,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// POSTs `path` (with `body`, if any) to the admin API of member `only`, or of every member,
-    /// reporting each answer; the exit code is the worst of them.
-    async fn post_to_members(&self, only: Option<&str>, path: &str, body: Option<Value>) -> Result<Report, Failure> {
-        let view = self.cluster_view().await?;
+    /// Member `only`, or every member; refused for an unknown node or a cluster without any.
+    fn targets<'v>(&self, view: &'v ClusterView, only: Option<&str>) -> Result<Vec<&'v MemberView>, Failure> {
         let targets: Vec<&MemberView> = match only {
-            Some(node) => vec![self.find(&view, node)?],
+            Some(node) => vec![self.find(view, node)?],
             None => view.members.iter().collect(),
         };
         if targets.is_empty() {
             return Err(fail(Exit::Usage, format!("cluster {} has no members", view.cluster)));
         }
+        Ok(targets)
+    }
+
+    /// POSTs `path` (with `body`, if any) to the admin API of member `only`, or of every member,
+    /// reporting each answer; the exit code is the worst of them.
+    async fn post_to_members(&self, only: Option<&str>, path: &str, body: Option<Value>) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let targets = self.targets(&view, only)?;
         let mut exit = Exit::Ok;
         let mut text = String::new();
         let mut results = Vec::new();
