@@ -60,7 +60,10 @@ async fn hang_until_it_stops(
     let checked = async {
         let server = ens.servers.iter().find(|s| s.id == id).with_context(|| format!("no server {id}"))?;
         within_for(Duration::from_secs(20), "the server to say its disk hangs", async {
-            while !server.log().contains("has not returned for") {
+            // Its own line: a follower passes a leader's reason on in lines of its own.
+            let said =
+                |l: &str| l.contains(" ERROR referee_coordinator::log::store: ") && l.contains("has not returned for");
+            while !server.log().lines().any(said) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

@@ -118,10 +118,13 @@ const QUIET_MS: (u64, u64) = (200, 1500);
 const STALL_MS: u64 = 1500;
 /// Servers with an id up to this have a disk of their own, which can hang.
 const DISKS_UP_TO: u64 = 16;
-/// What a server whose disk hung says before it stops.
-const STALL_SAID: &str = "has not returned for";
+/// What a server logs at once when its own log stops taking writes: its disk hung (its stall
+/// watch says "has not returned for") or a write of the log failed. Whole, with the level and
+/// the target, because a follower passes a leader's reason on in its own lines (a forwarded
+/// write's error).
+const LOG_STOP_SAID: &str = " ERROR referee_coordinator::log::store: the Raft log failed and takes no more writes";
 /// What a server logs as soon as it stops on a failure of its storage (full or failing).
-const STORAGE_STOP_SAID: &str = "storage failed, stopping";
+const STORAGE_STOP_SAID: &str = " ERROR referee_coordinator::server: storage failed, stopping";
 /// The servers' `snapshot_every_txns`: a snapshot every few seconds of the clients' writes.
 const SNAPSHOT_EVERY: u64 = 500;
 /// What a server says each time it starts.
@@ -708,9 +711,34 @@ async fn every_server_running(ens: &mut Ensemble, all: &[u64]) -> Result<()> {
 /// Whether server `id`'s log since it last started says it stopped on its storage: its disk
 /// hung (said at once by its stall watch), or a write failed.
 fn stopped_on_its_storage(ens: &mut Ensemble, id: u64) -> bool {
-    let log = ens.server(id).log();
+    said_it_stops_on_its_storage(&ens.server(id).log())
+}
+
+/// Whether `log`, a server's log, says since its last start that the server stopped on its own
+/// storage.
+fn said_it_stops_on_its_storage(log: &str) -> bool {
     let since = log.rfind(STARTED).unwrap_or(0);
-    [STALL_SAID, STORAGE_STOP_SAID].iter().any(|said| log[since..].contains(said))
+    [LOG_STOP_SAID, STORAGE_STOP_SAID].iter().any(|said| log[since..].contains(said))
+}
+
+#[test]
+fn a_stop_is_read_from_the_servers_own_lines_not_from_an_error_it_passes_on() {
+    let start = "2026-12-06T10:28:00.000000Z  INFO referee_coordinator::server: start-up phase done \
+                 phase=\"data directory opened\" took_ms=\"0.2\" figures=\"\"\n";
+    // A follower forwarding writes to a leader whose disk hung passes the leader's reason on.
+    let forwarded = "2026-12-06T10:28:05.000000Z  INFO referee_coordinator::connection: closed connection: \
+        cannot create session: replication failed with the write in flight: the leader (3) answered: \
+        replication stopped: a write or fdatasync in /d/data3/log has not returned for 1500 ms \
+        (log_sync_stall_ms is 1500 ms) conn=14 peer=10.213.53.254:40820\n";
+    assert!(!said_it_stops_on_its_storage(&format!("{start}{forwarded}")));
+    let hung = "2026-12-06T10:28:06.000000Z ERROR referee_coordinator::log::store: the Raft log failed and \
+        takes no more writes error=a write or fdatasync in /d/data1/log has not returned for 1500 ms\n";
+    assert!(said_it_stops_on_its_storage(&format!("{start}{forwarded}{hung}")));
+    let failed = "2026-12-06T10:28:06.000000Z ERROR referee_coordinator::server: storage failed, stopping: \
+        replication stopped: No space left on device (os error 28)\n";
+    assert!(said_it_stops_on_its_storage(&format!("{start}{failed}")));
+    // Only since the last start.
+    assert!(!said_it_stops_on_its_storage(&format!("{hung}{start}")));
 }
 
 /// Once its disk is back, server `s` goes on as it was or, if it stopped itself on its
