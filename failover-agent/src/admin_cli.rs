@@ -835,14 +835,8 @@ impl<'a> Session<'a> {
         let data =
             serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding the record: {e}")))?;
         let path = switchover_path(&view.cluster);
-        // The cluster's ACL when it is secured (see `format`), open otherwise, as the agents'.
-        let secured = cluster_acl();
-        let options = match &self.digest {
-            Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
-            None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-        };
         let client = self.zk_client().await?;
-        match self.zk_call("record the switchover", client.create(&path, &data, &options)).await? {
+        match self.zk_call("record the switchover", self.create_record(&client, &path, &data)).await? {
             Ok(_) => {}
             Err(zk::Error::NodeExists) => {
                 return Err(fail(
@@ -981,12 +975,7 @@ impl<'a> Session<'a> {
                 let record = PauseRecord { requested_by: operator(), at_ms: wall_ms() };
                 let data = serde_json::to_vec(&record)
                     .map_err(|e| fail(Exit::Unreachable, format!("encoding the record: {e}")))?;
-                let secured = cluster_acl();
-                let options = match &self.digest {
-                    Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
-                    None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-                };
-                match self.zk_call("record the pause", client.create(&record_path, &data, &options)).await? {
+                match self.zk_call("record the pause", self.create_record(&client, &record_path, &data)).await? {
                     Ok(_) | Err(zk::Error::NodeExists) => {}
                     Err(e) => return Err(write_failure(&record_path, "create", e)),
                 }
@@ -1009,6 +998,17 @@ impl<'a> Session<'a> {
             }
         }
         Ok(report)
+    }
+
+    /// Creates a persistent record of the cluster's (a scheduled switchover, the pause) under
+    /// the cluster's ACL when it is secured (see `format`), open otherwise, as the agents' own.
+    async fn create_record(&self, client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
+        let secured = cluster_acl();
+        let options = match &self.digest {
+            Some(_) => zk::CreateMode::Persistent.with_acls(zk::Acls::new(&secured)),
+            None => zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        };
+        client.create(path, data, &options).await.map(|_| ())
     }
 
     /// The cluster's pause record, if there is one (an unreadable one is named as such).
