@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use disks::Disks;
-use ensemble::{acked, check_everywhere, writes_grow, Ensemble, Load, Role};
+use ensemble::{acked, check_everywhere, writes_grow, Ensemble, Load, Role, LOG_STOP_SAID};
 use referee_testkit::{running_as_root, skip, within_for};
 
 /// The servers' bound on a hung write or fdatasync of the log.
@@ -60,9 +60,7 @@ async fn hang_until_it_stops(
     let checked = async {
         let server = ens.servers.iter().find(|s| s.id == id).with_context(|| format!("no server {id}"))?;
         within_for(Duration::from_secs(20), "the server to say its disk hangs", async {
-            // Its own line: a follower passes a leader's reason on in lines of its own.
-            let said =
-                |l: &str| l.contains(" ERROR referee_coordinator::log::store: ") && l.contains("has not returned for");
+            let said = |l: &str| l.contains(LOG_STOP_SAID) && l.contains("has not returned for");
             while !server.log().lines().any(said) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

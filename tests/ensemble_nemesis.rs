@@ -74,7 +74,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use disks::Disks;
-use ensemble::{session, Addrs, Ensemble, Role, PERSISTENT};
+use ensemble::{session, Addrs, Ensemble, Role, LOG_STOP_SAID, PERSISTENT};
 use nix::sys::signal::Signal;
 use referee_coordinator::admin::Members;
 use referee_testkit::register_workload::{answered_grow, create_keys, verdict, History, Keys, RegisterClient};
@@ -118,12 +118,8 @@ const QUIET_MS: (u64, u64) = (200, 1500);
 const STALL_MS: u64 = 1500;
 /// Servers with an id up to this have a disk of their own, which can hang.
 const DISKS_UP_TO: u64 = 16;
-/// What a server logs at once when its own log stops taking writes: its disk hung (its stall
-/// watch says "has not returned for") or a write of the log failed. Whole, with the level and
-/// the target, because a follower passes a leader's reason on in its own lines (a forwarded
-/// write's error).
-const LOG_STOP_SAID: &str = " ERROR referee_coordinator::log::store: the Raft log failed and takes no more writes";
-/// What a server logs as soon as it stops on a failure of its storage (full or failing).
+/// What a server logs as soon as it stops on a failure of its storage (full or failing);
+/// whole, as [`LOG_STOP_SAID`].
 const STORAGE_STOP_SAID: &str = " ERROR referee_coordinator::server: storage failed, stopping";
 /// The servers' `snapshot_every_txns`: a snapshot every few seconds of the clients' writes.
 const SNAPSHOT_EVERY: u64 = 500;

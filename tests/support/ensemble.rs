@@ -28,6 +28,12 @@ use zookeeper_client as zk;
 /// How long a server may take to start serving, or an ensemble to agree on a leader.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// What a server logs at once when its own Raft log stops taking writes: its disk hung (the
+/// reason then says "has not returned for") or a write of the log failed. With the level and
+/// the target, because a follower passes a leader's reason on in lines of its own (a
+/// forwarded write's error), and only this line is the server's own.
+pub const LOG_STOP_SAID: &str = " ERROR referee_coordinator::log::store: the Raft log failed and takes no more writes";
+
 /// The role a server is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
