@@ -6,7 +6,8 @@
 //!   leader serves within a bound (printed), and every acknowledged write is on every server
 //!   afterwards, the restarted one included (checked through each server with `sync` and
 //!   `getData`).
-//! - **A minority killed**: service goes on through the two remaining servers; the follower
+//! - **A minority killed**: service goes on through the two remaining servers, `sync` included
+//!   (without a line in the leader's log per `sync` about the voter that is down); the follower
 //!   restarted (twice, once killed again at once) deposes nobody: the leader stays in its term.
 //! - **A follower back on a wiped data directory** under its old id is refused by the others,
 //!   serves nobody, and costs the leader's log one line naming the fix while writes go on.
@@ -75,6 +76,13 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 /// own campaign, openraft waits the lease plus a whole election timeout in 150 ms ticks.
 const NEW_LEADER_BOUND: Duration = Duration::from_millis(1500);
 const VOTERS: [Role; 3] = [Role::Voter; 3];
+/// How many `sync`s each of the two remaining servers serves while a voter is down.
+const SYNCS_WITH_A_VOTER_DOWN: usize = 50;
+/// The most warnings and errors a leader may log about a frozen voter while it serves `sync`s,
+/// however many there are: the link's own lines (its queue full, the connection given up, the
+/// dial that found no answer) and openraft's four for a replication call that timed out while
+/// the peer was still connected (3 or 7 lines in five runs).
+const MOST_LINES_ABOUT_A_FROZEN_VOTER: usize = 12;
 
 fn others(ids: &[u64], but: &[u64]) -> Vec<u64> {
     ids.iter().copied().filter(|id| !but.contains(id)).collect()
@@ -190,6 +198,28 @@ async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
         about.len(),
         about.join("\n")
     );
+    // `sync` with a voter down, through the leader and through the other follower: each is a
+    // read-index round in which the leader proves it still leads. The voter that cannot answer
+    // is its link's to report, once (above), not a line per `sync`.
+    let logged_before_syncs = ens.server(leader).log().len();
+    for id in &rest {
+        let client = session(&ens.connect_string(&[*id]), Duration::from_secs(5)).await?;
+        for n in 0..SYNCS_WITH_A_VOTER_DOWN {
+            within_for(OP_DEADLINE, "sync", client.sync("/"))
+                .await?
+                .with_context(|| format!("sync {n} through server {id} with server {follower} killed"))?;
+        }
+    }
+    let log = ens.server(leader).log();
+    let noisy: Vec<&str> =
+        log[logged_before_syncs..].lines().filter(|l| l.contains(" ERROR ") || l.contains(" WARN ")).collect();
+    ensure!(
+        noisy.len() <= 2,
+        "the leader logged {} warnings or errors while serving {} syncs with server {follower} down:\n{}",
+        noisy.len(),
+        2 * SYNCS_WITH_A_VOTER_DOWN,
+        noisy.join("\n")
+    );
     for id in &rest {
         let own = acked_now.iter().filter(|(p, _)| p.starts_with(&format!("/w/r2-s{id}-"))).count();
         eprintln!("server {id} acknowledged {own} writes of its writer with server {follower} killed");
@@ -231,6 +261,63 @@ async fn a_minority_killed_service_goes_on_through_the_rest() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn syncs_served_while_a_voter_is_frozen_cost_no_line_each_in_the_leaders_log() -> Result<()> {
+    let mut ens = Ensemble::start(&VOTERS, "").await?;
+    let (leader, _) = ens.leader_among(&[1, 2, 3]).await?;
+    let frozen = others(&[1, 2, 3], &[leader])[0];
+    let other = others(&[1, 2, 3], &[leader, frozen])[0];
+    let mut clients = Vec::new();
+    for id in [leader, other] {
+        clients.push((id, session(&ens.connect_string(&[id]), Duration::from_secs(5)).await?));
+    }
+    let froze_at = ens.server(leader).log().len();
+    ens.server(frozen).signal(nix::sys::signal::Signal::SIGSTOP)?;
+    // Syncs go on until the leader's link to the frozen voter has filled its queue (every call
+    // to it fails at once from then on) and given its connection up, then for as many again.
+    let full = format!("peer {frozen}: ");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut synced, mut more) = (0usize, None);
+    while more.is_none_or(|m| synced < m) {
+        for (id, client) in &clients {
+            within_for(OP_DEADLINE, "sync", client.sync("/"))
+                .await?
+                .with_context(|| format!("sync {synced} through server {id} with server {frozen} frozen"))?;
+            synced += 1;
+        }
+        if more.is_none() {
+            let log = ens.server(leader).log();
+            let since = &log[froze_at..];
+            let filled = since.lines().any(|l| l.contains(&full) && l.contains(" requests are already queued for it"));
+            if filled && since.contains("with requests outstanding; dialling again") {
+                more = Some(2 * synced);
+            } else if Instant::now() > deadline {
+                bail!("the leader's link to frozen server {frozen} neither filled nor gave up within 20 s:\n{since}");
+            }
+        }
+    }
+    ens.server(frozen).signal(nix::sys::signal::Signal::SIGCONT)?;
+    let log = ens.server(leader).log();
+    let noisy: Vec<&str> = log[froze_at..].lines().filter(|l| l.contains(" ERROR ") || l.contains(" WARN ")).collect();
+    eprintln!(
+        "{synced} syncs served with server {frozen} frozen; the leader logged {} warnings or errors",
+        noisy.len()
+    );
+    ensure!(
+        noisy.len() <= MOST_LINES_ABOUT_A_FROZEN_VOTER,
+        "the leader logged {} warnings or errors while serving {synced} syncs with server {frozen} frozen:\n{}",
+        noisy.len(),
+        noisy.join("\n")
+    );
+    // Thawed, it follows again: a write made through the leader is read through it.
+    let written = (String::from("/after-the-thaw"), b"x".to_vec());
+    let (_, client) = &clients[0];
+    within_for(OP_DEADLINE, "a write through the leader", client.create(&written.0, &written.1, PERSISTENT))
+        .await?
+        .context("a write through the leader after the thaw")?;
+    check_present(ens.client(frozen), &[written]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

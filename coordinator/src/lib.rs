@@ -18,6 +18,7 @@
 //! - [`txn`]: the transaction every write becomes in the replicated log.
 //! - [`propose`]: gathers the writes that queue behind one fdatasync into the next log entry.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
+//! - [`read_index`]: how an ensemble's leader proves it still leads, and answers `sync`.
 //! - [`role`]: a server's Raft role for its long-running tasks, woken only when it changes.
 //! - [`peer`]: the server-to-server transport carrying Raft messages, forwarded writes, session
 //!   liveness reports and read-index requests between ensemble members.
@@ -70,6 +71,7 @@ pub mod peer;
 pub mod propose;
 pub mod proto;
 pub mod raft;
+pub mod read_index;
 pub mod request;
 pub mod role;
 pub mod run;

@@ -64,6 +64,7 @@ use tokio::task::JoinSet;
 use crate::peer::wire::{Forwarded, PeerReply, PeerRequest};
 use crate::peer::PeerNetwork;
 use crate::raft::Raft;
+use crate::read_index::{ReadIndex, ReadIndexError};
 use crate::txn::{Txn, TxnBatch, TxnOutcome};
 
 /// Batches handed to Raft and not yet applied. With one request in flight per session, the
@@ -166,6 +167,7 @@ pub struct Proposer {
     counts: Arc<Counts>,
     raft: Raft,
     forward: Option<PeerNetwork>,
+    read_index: Option<ReadIndex>,
 }
 
 #[derive(Debug, Default)]
@@ -198,33 +200,52 @@ pub struct ProposerStats {
 impl Proposer {
     /// Starts the proposer of `raft` on the current runtime; `forward` is the ensemble's peer
     /// network, through which a server that does not lead sends its batches to the leader
-    /// (`None` for a server alone); `slots` are its places for batches in flight (see
+    /// (`None` for a server alone); `read_index` is how it answers a `sync` while it leads
+    /// an ensemble (`None` alone); `slots` are its places for batches in flight (see
     /// [`BatchSlots`]). It stops when every handle is dropped, after answering what it holds.
-    pub fn spawn(raft: Raft, forward: Option<PeerNetwork>, slots: BatchSlots) -> Self {
+    pub fn spawn(raft: Raft, forward: Option<PeerNetwork>, read_index: Option<ReadIndex>, slots: BatchSlots) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
         tokio::spawn(run(raft.clone(), forward.clone(), rx, counts.clone(), slots.0));
-        Proposer { queue, counts, raft, forward }
+        Proposer { queue, counts, raft, forward, read_index }
     }
 
     /// `sync`: returns once this server has applied every write committed before the call,
-    /// asking the leader for its read index when this server does not lead.
+    /// within [`FORWARD_DEADLINE`]: the read index is its own while it leads (see
+    /// [`crate::read_index`]), the leader's when it does not.
     pub async fn barrier(&self) -> Result<(), ProposeError> {
-        let leader = match (route(&self.raft, self.forward.is_some()), &self.forward) {
-            (Route::Forward(leader), Some(net)) => (leader, net),
-            (Route::NoLeader, _) | (Route::Forward(_), None) => return Err(ProposeError::NotLeader { leader: None }),
-            (Route::Local, _) => {
+        let started = tokio::time::Instant::now();
+        let index = match (route(&self.raft, self.forward.is_some()), &self.forward, &self.read_index) {
+            (Route::Local, _, Some(read_index)) => read_index.at_leader(&self.raft).await.map_err(|e| match e {
+                ReadIndexError::NotLeader { leader } => ProposeError::NotLeader { leader },
+                e => ProposeError::Raft(e.to_string()),
+            })?,
+            (Route::Local, _, None) => {
+                // A server alone: it is its own quorum, and openraft's round sends nothing.
                 return match self.raft.ensure_linearizable().await {
                     Ok(_) => Ok(()),
                     Err(openraft::error::RaftError::APIError(
                         openraft::error::CheckIsLeaderError::ForwardToLeader(f),
                     )) => Err(ProposeError::NotLeader { leader: f.leader_id }),
                     Err(e) => Err(ProposeError::Raft(e.to_string())),
-                }
+                };
+            }
+            (Route::Forward(leader), Some(net), _) => self.leaders_read_index(leader, net).await?,
+            (Route::NoLeader, _, _) | (Route::Forward(_), None, _) => {
+                return Err(ProposeError::NotLeader { leader: None })
             }
         };
-        let (leader, net) = leader;
-        let started = tokio::time::Instant::now();
+        let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "the read index applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::Raft(format!("the read index was not applied here in time: {e}")))
+    }
+
+    /// Asks `leader` for its read index.
+    async fn leaders_read_index(&self, leader: u64, net: &PeerNetwork) -> Result<u64, ProposeError> {
         // As a forward: a leader replaced meanwhile (a frozen one answers nothing) is not
         // waited on; the caller closes the connection, and the client asks again elsewhere.
         let asked = tokio::select! {
@@ -233,23 +254,14 @@ impl Proposer {
                 return Err(ProposeError::Raft(format!("the leader ({leader}) was replaced while asked for its read index")))
             }
         };
-        let index = match asked {
-            Ok(PeerReply::ReadIndex(Ok(index))) => index,
+        match asked {
+            Ok(PeerReply::ReadIndex(Ok(index))) => Ok(index),
             Ok(PeerReply::ReadIndex(Err(why))) => {
-                return Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}")))
+                Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}")))
             }
-            Ok(_) => {
-                return Err(ProposeError::Raft(format!("the leader ({leader}) answered a sync with another reply")))
-            }
-            Err(e) => return Err(ProposeError::Raft(format!("asking the leader for its read index: {e}"))),
-        };
-        let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "the leader's read index applied here")
-            .await
-            .map(|_| ())
-            .map_err(|e| ProposeError::Raft(format!("the leader's read index was not applied here in time: {e}")))
+            Ok(_) => Err(ProposeError::Raft(format!("the leader ({leader}) answered a sync with another reply"))),
+            Err(e) => Err(ProposeError::Raft(format!("asking the leader for its read index: {e}"))),
+        }
     }
 
     /// Counts of what was submitted and batched.

@@ -41,6 +41,7 @@ use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, Peer
 use crate::propose::Proposer;
 use crate::proto::SessionId;
 use crate::raft::{LoneNetwork, Raft, SnapshotDue, SnapshotPolicy, StateMachine};
+use crate::read_index::PROVE_DEADLINE;
 use crate::role::RoleWatch;
 use crate::snapshot::{SnapshotDir, SnapshotError};
 use crate::state::ServerState;
@@ -311,7 +312,8 @@ impl Coordinator {
             (raft, None)
         };
         phases.done("Raft started", &[]);
-        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()), slots);
+        let read_index = state.lock().unwrap_or_else(|p| p.into_inner()).read_index.clone();
+        let proposer = Proposer::spawn(raft.clone(), peers.as_ref().map(|p| p.network.clone()), read_index, slots);
         let proof = state.lock().unwrap_or_else(|p| p.into_inner()).quorum_proof.clone();
         let liveness = peers.as_ref().map(|_| Arc::new(crate::liveness::LivenessGate::new(proof)));
         let data_dir = config.data_dir.clone();
@@ -810,6 +812,8 @@ async fn start_ensemble_node(
     let sightings = Arc::new(Sightings::new(known_peers));
     let network = PeerNetwork::new(local, config.peer_addresses(), LinkOptions::default(), sightings.clone())
         .holding_commits_to(log.durable());
+    state.lock().unwrap_or_else(|p| p.into_inner()).read_index =
+        Some(crate::read_index::ReadIndex::new(network.clone(), log.reader()));
     let raft = Raft::new(node_id, raft_config, network.clone(), log, sm)
         .await
         .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
@@ -975,12 +979,8 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// How long a leader's proof round may take before it counts as failed: a heartbeat round
-/// trip, with room for a loaded server.
-const PROVE_DEADLINE: Duration = Duration::from_secs(1);
-
 /// A leader of an ensemble proves, every [`crate::liveness::PROVE_EVERY`], that it still leads
-/// ([`prove_once`]); each proof is recorded with its round's start and term (the
+/// ([`crate::read_index::prove_once`]); each proof is recorded with its round's start and term (the
 /// [`crate::liveness::QuorumProof`] its replies and its acknowledgements of liveness reports
 /// rest on) and as its contact for the staleness bound. Rounds run one at a time, and only once
 /// the leader is settled (it has applied an entry of its term).
@@ -1004,7 +1004,7 @@ async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: w
             continue;
         };
         let started = Instant::now();
-        match tokio::time::timeout(PROVE_DEADLINE, prove_once(&shared, &network)).await {
+        match tokio::time::timeout(PROVE_DEADLINE, crate::read_index::prove_once(&shared.raft, &network)).await {
             Ok(Ok(proven)) => {
                 // Recorded under the term the round carried, which may be older than `term`
                 // if this server was elected again meanwhile: it then proves nothing of the
@@ -1030,66 +1030,6 @@ async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: w
             _ => {}
         }
     }
-}
-
-/// One proof round: this leader's vote, sent to every other voter as an empty AppendEntries
-/// (no previous entry, no commit index: it changes nothing in a follower's log or commit, as a
-/// heartbeat does not), until a quorum of every voter configuration, this server included,
-/// has accepted it; the term proven. A voter accepts it only while it holds no newer vote, so
-/// no leader of a later term can have been elected before the round started (the voters that
-/// elect one would include one that accepted this vote first, and a vote never goes back).
-///
-/// openraft's own read-index round (`Raft::ensure_linearizable`) does the same, but logs an
-/// error for every voter that fails to answer before the quorum does: with one voter down,
-/// dozens of lines a second at this round's pace. Here a link that is down is the link's to
-/// report, once.
-async fn prove_once(shared: &Shared, network: &PeerNetwork) -> Result<u64, String> {
-    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
-    let (id, vote, configs) = {
-        let m = shared.raft.metrics();
-        let m = m.borrow();
-        (m.id, m.vote, m.membership_config.membership().get_joint_config().clone())
-    };
-    if !vote.is_committed() {
-        return Err("this server's vote is not committed yet".into());
-    }
-    let term = vote.leader_id().get_term();
-    let mut granted: std::collections::BTreeSet<u64> = [id].into();
-    if crate::staleness::quorum_granted(&configs, &granted) {
-        return Ok(term);
-    }
-    let voters: std::collections::BTreeSet<u64> = configs.iter().flatten().copied().filter(|v| *v != id).collect();
-    let mut answers = JoinSet::new();
-    for target in voters {
-        let (network, raft, rpc) = (
-            network.clone(),
-            shared.raft.clone(),
-            AppendEntriesRequest { vote, prev_log_id: None, entries: Vec::new(), leader_commit: None },
-        );
-        answers.spawn(async move {
-            let request = PeerRequest::AppendEntries(rpc);
-            (target, network.request(&raft, target, request, PROVE_DEADLINE).await)
-        });
-    }
-    let mut failed = Vec::new();
-    while let Some(answer) = answers.join_next().await {
-        let Ok((target, reply)) = answer else { continue };
-        match reply {
-            Ok(PeerReply::AppendEntries(Ok(AppendEntriesResponse::HigherVote(newer)))) => {
-                return Err(format!("voter {target} holds a newer vote ({newer})"));
-            }
-            Ok(PeerReply::AppendEntries(Ok(_))) => {
-                granted.insert(target);
-                if crate::staleness::quorum_granted(&configs, &granted) {
-                    return Ok(term);
-                }
-            }
-            Ok(PeerReply::AppendEntries(Err(e))) => failed.push(format!("voter {target}: {e}")),
-            Ok(_) => failed.push(format!("voter {target} answered with another reply")),
-            Err(e) => failed.push(format!("voter {target}: {e}")),
-        }
-    }
-    Err(format!("confirmed by {granted:?} only; {}", failed.join("; ")))
 }
 
 /// Keeps the staleness bound (see [`crate::staleness`]): a leader's contact is its last

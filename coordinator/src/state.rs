@@ -171,6 +171,9 @@ pub struct ServerState {
     /// Where this server's Raft log ends, for pre-votes (see [`crate::staleness`]); `None`
     /// until an ensemble's log is open.
     pub log_end: Option<crate::log::LogReader>,
+    /// How this server answers a read index while it leads (see [`crate::read_index`]);
+    /// `None` for a server alone, and until an ensemble's peers are set up.
+    pub read_index: Option<crate::read_index::ReadIndex>,
 }
 
 impl ServerState {
@@ -194,6 +197,7 @@ impl ServerState {
             refusing_clients: None,
             server_id: 1,
             log_end: None,
+            read_index: None,
         }
     }
 

@@ -19,8 +19,14 @@
 //! next call dials at once ([`may_dial`]). The back-off is capped low, a few heartbeats: a dead
 //! peer costs one refused or unanswered dial per cap, and a healed one is not left unreached for
 //! seconds.
+//!
+//! The link says what goes wrong with its peer itself, once and then once a minute while it
+//! lasts (see [`super::noise`] for openraft's repeats): a dial that fails, a connection given up,
+//! a full queue. A call that waits out its deadline while the link has no connection (it is
+//! dialling) fails as the peer unreachable, not as a timeout of a connected peer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -339,7 +345,7 @@ impl PeerNetwork {
         let (tx, rx) = oneshot::channel();
         match link.calls.try_send(Call { request, reply: tx }) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(LinkError::QueueFull { target, bound: link.bound }),
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(link.queue_full()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(LinkError::Broken { target, why: "the link has stopped".into() })
             }
@@ -377,6 +383,13 @@ struct Link {
     calls: mpsc::Sender<Call>,
     bound: usize,
     task: JoinHandle<()>,
+    target: u64,
+    addr: String,
+    /// Whether the link task holds a connection (a call that times out without one is the
+    /// link's failure to report, see [`PeerClient::call`]).
+    connected: Arc<AtomicBool>,
+    /// When the link last logged its queue full (see [`Link::queue_full`]).
+    full_logged_at: Mutex<Option<Instant>>,
 }
 
 impl Drop for Link {
@@ -388,8 +401,25 @@ impl Drop for Link {
 impl Link {
     fn start(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Link {
         let (calls, rx) = mpsc::channel(options.queue.max(1));
-        let task = tokio::spawn(LinkTask::new(local, target, addr, options, sightings).run(rx));
-        Link { calls, bound: options.queue.max(1), task }
+        let connected = Arc::new(AtomicBool::new(false));
+        let task =
+            tokio::spawn(LinkTask::new(local, target, addr.clone(), options, sightings, connected.clone()).run(rx));
+        Link { calls, bound: options.queue.max(1), task, target, addr, connected, full_logged_at: Mutex::new(None) }
+    }
+
+    /// The error of a call that found the queue full. The link says so itself, once and then
+    /// at most every [`STILL_DOWN_EVERY`] while it lasts: a peer that answers nothing (a
+    /// frozen process) fills the queue, and every call after that, from openraft's replication
+    /// or the leader's proof rounds, fails at once until the link gives the connection up.
+    fn queue_full(&self) -> LinkError {
+        let e = LinkError::QueueFull { target: self.target, bound: self.bound };
+        let now = Instant::now();
+        let mut logged_at = self.full_logged_at.lock().unwrap_or_else(|p| p.into_inner());
+        if failure_log_due(false, *logged_at, now) {
+            *logged_at = Some(now);
+            tracing::warn!(peer = self.target, "{e}: calls to it fail at once until it answers");
+        }
+        e
     }
 }
 
@@ -429,10 +459,19 @@ struct LinkTask {
     down_since: Option<Instant>,
     /// When the failure was last logged.
     logged_at: Option<Instant>,
+    /// Whether `conn` is open, for the callers (see [`Link::connected`]).
+    connected: Arc<AtomicBool>,
 }
 
 impl LinkTask {
-    fn new(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Self {
+    fn new(
+        local: LocalIdentity,
+        target: u64,
+        addr: String,
+        options: LinkOptions,
+        sightings: Arc<Sightings>,
+        connected: Arc<AtomicBool>,
+    ) -> Self {
         LinkTask {
             local,
             target,
@@ -446,6 +485,7 @@ impl LinkTask {
             last_failure: None,
             down_since: None,
             logged_at: None,
+            connected,
         }
     }
 
@@ -504,6 +544,7 @@ impl LinkTask {
                 self.retry_at = None;
                 self.failed_at = None;
                 self.conn = Some(conn);
+                self.connected.store(true, Ordering::Relaxed);
                 self.send(call).await;
             }
             Ok(Err(e)) => self.dial_failed(e, call),
@@ -664,6 +705,7 @@ impl LinkTask {
     /// Closes the connection; every outstanding request fails with `why`.
     fn drop_conn(&mut self, why: String) {
         let Some(conn) = self.conn.take() else { return };
+        self.connected.store(false, Ordering::Relaxed);
         tracing::debug!(peer = self.target, addr = %self.addr, outstanding = conn.pending.len(), "peer connection closed: {why}");
         let mut conn = conn;
         for (_, tx) in conn.pending.drain() {
@@ -709,9 +751,7 @@ impl PeerClient {
         };
         match self.link.calls.try_send(Call { request, reply: tx }) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(failed(LinkError::QueueFull { target: self.target, bound: self.link.bound }))
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(failed(self.link.queue_full())),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(failed(LinkError::Broken { target: self.target, why: "the link has stopped".into() }))
             }
@@ -719,6 +759,13 @@ impl PeerClient {
         let timeout =
             || RPCError::Timeout(Timeout { action: kind, id: self.local_id, target: self.target, timeout: ttl });
         match tokio::time::timeout(ttl, rx).await {
+            // Waited out in the queue while the link has no connection (it is dialling, after
+            // losing one): the link reports that itself, and openraft pauses before calling
+            // again rather than timing out call after call.
+            Err(_) if !self.link.connected.load(Ordering::Relaxed) => {
+                let why = format!("no connection to it within {ttl:?}: the link is dialling it");
+                Err(failed(LinkError::Unreachable { target: self.target, addr: self.link.addr.clone(), why }))
+            }
             Err(_) => Err(timeout()),
             Ok(Err(_)) => Err(failed(LinkError::Broken { target: self.target, why: "the link has stopped".into() })),
             Ok(Ok(Ok(reply))) => Ok(reply),
@@ -843,6 +890,26 @@ mod tests {
         // Nobody listens now: the first attempt's refusal ends the dial, no retry behind it.
         let refused = tokio::time::timeout(Duration::from_secs(5), connect_again_and_again(&addr, every)).await;
         assert!(matches!(refused, Ok(Err(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_waits_out_its_deadline_while_the_link_dials_fails_as_the_peer_unreachable() {
+        use openraft::{RaftNetwork, RaftNetworkFactory};
+        // A frozen peer's kernel accepts the connection; nothing answers the handshake.
+        let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = frozen.local_addr().unwrap().to_string();
+        let options = LinkOptions { connect_timeout: Duration::from_secs(10), ..LinkOptions::default() };
+        let local = LocalIdentity::new(7, 1, 1);
+        let mut net = PeerNetwork::new(local, [(2, addr.clone())].into(), options, Arc::default());
+        let mut client = net.new_client(2, &BasicNode { addr }).await;
+        let vote = VoteRequest { vote: openraft::Vote::new(3, 1), last_log_id: None };
+        let err = client.vote(vote, RPCOption::new(Duration::from_millis(100))).await.unwrap_err();
+        // openraft pauses before calling again, and its line about the failure is dropped:
+        // the link reports the peer itself.
+        let RPCError::Unreachable(e) = &err else { panic!("a timeout of a connected peer: {err:?}") };
+        let text = e.to_string();
+        assert!(text.contains(super::super::noise::UNREACHABLE) && text.contains("dialling"), "{text}");
+        drop(frozen);
     }
 
     #[test]

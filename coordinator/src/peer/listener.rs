@@ -97,7 +97,7 @@ pub async fn serve_peers(
 ) {
     let servers = Arc::new(servers);
     // Local only: a server that does not lead refuses what is forwarded to it.
-    let proposer = Proposer::spawn(raft.clone(), None, crate::propose::BatchSlots::default());
+    let proposer = Proposer::spawn(raft.clone(), None, None, crate::propose::BatchSlots::default());
     let registry: Registry = Arc::default();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut conns = JoinSet::new();
@@ -439,10 +439,14 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
             });
             PeerReply::PreVote { granted }
         }
-        PeerRequest::ReadIndex => PeerReply::ReadIndex(match raft.ensure_linearizable().await {
-            Ok(read) => Ok(read.map_or(0, |l| l.index)),
-            Err(e) => Err(e.to_string()),
-        }),
+        PeerRequest::ReadIndex => {
+            // The asker waits for the index to be applied on its own server, not on this one.
+            let read_index = lock(state).read_index.clone();
+            PeerReply::ReadIndex(match read_index {
+                Some(r) => r.at_leader(raft).await.map_err(|e| e.to_string()),
+                None => Err("this server has no peers to prove its leadership to".into()),
+            })
+        }
         // The reader hands forwarded batches to Raft itself (see `Entered`).
         PeerRequest::Forward(_) => PeerReply::Forward(Err("a forwarded batch reached the wrong handler".into())),
     }

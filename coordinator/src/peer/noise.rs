@@ -7,8 +7,9 @@
 //! [`super::client::STILL_DOWN_EVERY`] while it stays so, and when it is back. [`QuietLinkFailures`] is
 //! a `tracing` layer that drops openraft's repeats of a failure the link reported (a peer
 //! unreachable, refusing the handshake, answering under another process's id or from another
-//! data directory); every other openraft line (a storage error during replication, a timeout
-//! of a peer that is connected) goes through.
+//! data directory, or answering nothing while the calls for it fill the link's queue); every
+//! other openraft line (a storage error during replication, a timeout of a peer that is
+//! connected) goes through.
 
 use std::fmt::Write as _;
 
@@ -28,11 +29,18 @@ pub const REFUSED: [&str; 3] = [" refused the connection: ", " is not spoken to:
 /// openraft's line for each pause of replication to a peer it could not reach.
 pub const PAUSED: &str = "backoff mode: drain events";
 
+/// Text of [`super::LinkError::QueueFull`]: the link logs a full queue itself (once a minute
+/// while it lasts).
+pub const QUEUE_FULL: &str = " requests are already queued for it";
+
 /// Whether a line logged under `target` with the rendered fields `text` only repeats a
 /// failure to reach a peer that the peer's link logs itself.
 pub fn repeats_link_failure(target: &str, text: &str) -> bool {
     target.starts_with("openraft")
-        && (text.contains(UNREACHABLE) || text.contains(PAUSED) || REFUSED.iter().any(|r| text.contains(r)))
+        && (text.contains(UNREACHABLE)
+            || text.contains(PAUSED)
+            || text.contains(QUEUE_FULL)
+            || REFUSED.iter().any(|r| text.contains(r)))
 }
 
 /// The `tracing` layer dropping the lines [`repeats_link_failure`] names; add it to the
@@ -137,6 +145,24 @@ mod tests {
         assert!(e.to_string().contains(UNREACHABLE), "{e}");
         assert!(repeats_link_failure("openraft::replication", &e.to_string()));
         assert!(!repeats_link_failure("referee_coordinator::peer::client", &e.to_string()));
+        let full = LinkError::QueueFull { target: 2, bound: 64 };
+        assert!(full.to_string().contains(QUEUE_FULL), "{full}");
+        assert!(repeats_link_failure("openraft::replication", &full.to_string()));
+        assert!(!repeats_link_failure("referee_coordinator::peer::client", &full.to_string()));
+    }
+
+    #[test]
+    fn openraft_lines_about_a_full_queue_to_a_peer_are_dropped() {
+        let e = LinkError::QueueFull { target: 2, bound: 64 };
+        let quoted = format!("Unreachable node: referee_coordinator::peer::client::LinkError: {e}");
+        let out = logged(|| {
+            tracing::error!(target: "openraft::replication", err = %quoted, "RPCError");
+            tracing::warn!(target: "openraft::engine::handler::replication_handler", "heartbeat error: {}, no update to inflight data", quoted);
+            tracing::warn!(target: "referee_coordinator::peer::client", peer = 2, "{e}: calls to it fail at once until it answers");
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert!(lines[0].contains("referee_coordinator::peer::client") && lines[0].contains(QUEUE_FULL), "{out}");
     }
 
     #[test]
