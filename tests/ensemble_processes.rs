@@ -79,9 +79,9 @@ const VOTERS: [Role; 3] = [Role::Voter; 3];
 /// How many `sync`s each of the two remaining servers serves while a voter is down.
 const SYNCS_WITH_A_VOTER_DOWN: usize = 50;
 /// The most warnings and errors a leader may log about a frozen voter while it serves `sync`s,
-/// however many there are: the link's own lines (its queue full, the connection given up, the
-/// dial that found no answer) and openraft's four for a replication call that timed out while
-/// the peer was still connected (3 or 7 lines in five runs).
+/// however many there are: the link's own lines (the peer silent, its queue full, the
+/// connection given up, the dial that found no answer) and openraft's four for a replication
+/// call that timed out while the peer still answered others (3 or 4 lines in three runs).
 const MOST_LINES_ABOUT_A_FROZEN_VOTER: usize = 12;
 
 fn others(ids: &[u64], but: &[u64]) -> Vec<u64> {

@@ -22,11 +22,14 @@
 //!
 //! The link says what goes wrong with its peer itself, once and then once a minute while it
 //! lasts (see [`super::noise`] for openraft's repeats): a dial that fails, a connection given up,
-//! a full queue. A call that waits out its deadline while the link has no connection (it is
-//! dialling) fails as the peer unreachable, not as a timeout of a connected peer.
+//! a full queue, a peer silent on an open connection. A call that waits out its deadline while
+//! the link has no connection (it is dialling), or on a connection on which nothing has arrived
+//! since the call was made (a frozen peer, a partition that drops packets), fails as the peer
+//! unreachable: openraft pauses before its next call to it. Only a peer that answers other calls
+//! meanwhile (slow, not gone) times out as openraft's own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -385,11 +388,63 @@ struct Link {
     task: JoinHandle<()>,
     target: u64,
     addr: String,
-    /// Whether the link task holds a connection (a call that times out without one is the
-    /// link's failure to report, see [`PeerClient::call`]).
-    connected: Arc<AtomicBool>,
+    /// What the link task says of its connection, for the callers (see [`PeerClient::call`]).
+    conn: Arc<ConnState>,
     /// When the link last logged its queue full (see [`Link::queue_full`]).
     full_logged_at: Mutex<Option<Instant>>,
+}
+
+/// Why a call waited out its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The link had no connection: it was dialling.
+    Dialling,
+    /// Nothing arrived on the open connection since the call was made.
+    Silent,
+    /// The peer answered other calls meanwhile: this one was slow.
+    Slow,
+}
+
+/// Why a call made at `sent` waited out its deadline, the connection being `open` and the
+/// last frame having arrived at `heard` (both in the same clock's microseconds).
+fn waited(open: bool, heard: u64, sent: u64) -> Waited {
+    match (open, heard >= sent) {
+        (false, _) => Waited::Dialling,
+        (true, false) => Waited::Silent,
+        (true, true) => Waited::Slow,
+    }
+}
+
+/// What a link task says of its connection to the callers of the link.
+#[derive(Debug)]
+struct ConnState {
+    /// What `heard_us` counts from.
+    base: Instant,
+    /// Whether the task holds an open connection.
+    open: AtomicBool,
+    /// When a frame last arrived (or the connection opened), in microseconds from `base`.
+    heard_us: AtomicU64,
+    /// Whether the peer was reported silent and has not answered since.
+    silence_reported: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            base: Instant::now(),
+            open: AtomicBool::new(false),
+            heard_us: AtomicU64::new(0),
+            silence_reported: AtomicBool::new(false),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    fn heard(&self) {
+        self.heard_us.fetch_max(self.now_us(), Ordering::Relaxed);
+    }
 }
 
 impl Drop for Link {
@@ -401,10 +456,33 @@ impl Drop for Link {
 impl Link {
     fn start(local: LocalIdentity, target: u64, addr: String, options: LinkOptions, sightings: Arc<Sightings>) -> Link {
         let (calls, rx) = mpsc::channel(options.queue.max(1));
-        let connected = Arc::new(AtomicBool::new(false));
-        let task =
-            tokio::spawn(LinkTask::new(local, target, addr.clone(), options, sightings, connected.clone()).run(rx));
-        Link { calls, bound: options.queue.max(1), task, target, addr, connected, full_logged_at: Mutex::new(None) }
+        let conn = Arc::new(ConnState::new());
+        let task = tokio::spawn(LinkTask::new(local, target, addr.clone(), options, sightings, conn.clone()).run(rx));
+        Link { calls, bound: options.queue.max(1), task, target, addr, conn, full_logged_at: Mutex::new(None) }
+    }
+
+    /// The error of a call that waited out its deadline `ttl` since it was queued at `sent`
+    /// (see [`ConnState::now_us`]), `None` when the peer has answered anything since (it is
+    /// slow, not gone: a timeout of openraft's own). Without a connection (the link is
+    /// dialling) the dial's outcome is the link's to log; on an open connection that has been
+    /// silent since, the link logs the silence once until the peer answers again. Either way
+    /// the call fails as the peer unreachable, and openraft pauses before its next call
+    /// instead of timing out call after call (and logging four lines for each).
+    fn waited_out(&self, sent: u64, ttl: Duration) -> Option<LinkError> {
+        let unreachable = |why| LinkError::Unreachable { target: self.target, addr: self.addr.clone(), why };
+        match waited(self.conn.open.load(Ordering::Relaxed), self.conn.heard_us.load(Ordering::Relaxed), sent) {
+            Waited::Slow => None,
+            Waited::Dialling => {
+                Some(unreachable(format!("no connection to it within {ttl:?}: the link is dialling it")))
+            }
+            Waited::Silent => {
+                let e = unreachable(format!("it answered nothing within {ttl:?} on an open connection"));
+                if !self.conn.silence_reported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(peer = self.target, "{e}; calls to it fail until it answers");
+                }
+                Some(e)
+            }
+        }
     }
 
     /// The error of a call that found the queue full. The link says so itself, once and then
@@ -459,8 +537,8 @@ struct LinkTask {
     down_since: Option<Instant>,
     /// When the failure was last logged.
     logged_at: Option<Instant>,
-    /// Whether `conn` is open, for the callers (see [`Link::connected`]).
-    connected: Arc<AtomicBool>,
+    /// What the callers are told of `conn` (see [`ConnState`]).
+    shared: Arc<ConnState>,
 }
 
 impl LinkTask {
@@ -470,7 +548,7 @@ impl LinkTask {
         addr: String,
         options: LinkOptions,
         sightings: Arc<Sightings>,
-        connected: Arc<AtomicBool>,
+        shared: Arc<ConnState>,
     ) -> Self {
         LinkTask {
             local,
@@ -485,7 +563,7 @@ impl LinkTask {
             last_failure: None,
             down_since: None,
             logged_at: None,
-            connected,
+            shared,
         }
     }
 
@@ -544,7 +622,8 @@ impl LinkTask {
                 self.retry_at = None;
                 self.failed_at = None;
                 self.conn = Some(conn);
-                self.connected.store(true, Ordering::Relaxed);
+                self.shared.heard();
+                self.shared.open.store(true, Ordering::Relaxed);
                 self.send(call).await;
             }
             Ok(Err(e)) => self.dial_failed(e, call),
@@ -683,6 +762,10 @@ impl LinkTask {
         match msg {
             Some(Ok(PeerMessage::Reply { id, body })) => {
                 conn.heard = Instant::now();
+                self.shared.heard();
+                if self.shared.silence_reported.swap(false, Ordering::Relaxed) {
+                    tracing::info!(peer = self.target, addr = %self.addr, "peer answers again");
+                }
                 self.sightings.saw(self.target, conn.instance, conn.heard);
                 // A reply whose caller has timed out is dropped here.
                 if let Some(tx) = conn.pending.remove(&id) {
@@ -705,7 +788,7 @@ impl LinkTask {
     /// Closes the connection; every outstanding request fails with `why`.
     fn drop_conn(&mut self, why: String) {
         let Some(conn) = self.conn.take() else { return };
-        self.connected.store(false, Ordering::Relaxed);
+        self.shared.open.store(false, Ordering::Relaxed);
         tracing::debug!(peer = self.target, addr = %self.addr, outstanding = conn.pending.len(), "peer connection closed: {why}");
         let mut conn = conn;
         for (_, tx) in conn.pending.drain() {
@@ -749,6 +832,7 @@ impl PeerClient {
                 ),
             }
         };
+        let sent = self.link.conn.now_us();
         match self.link.calls.try_send(Call { request, reply: tx }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(failed(self.link.queue_full())),
@@ -759,14 +843,10 @@ impl PeerClient {
         let timeout =
             || RPCError::Timeout(Timeout { action: kind, id: self.local_id, target: self.target, timeout: ttl });
         match tokio::time::timeout(ttl, rx).await {
-            // Waited out in the queue while the link has no connection (it is dialling, after
-            // losing one): the link reports that itself, and openraft pauses before calling
-            // again rather than timing out call after call.
-            Err(_) if !self.link.connected.load(Ordering::Relaxed) => {
-                let why = format!("no connection to it within {ttl:?}: the link is dialling it");
-                Err(failed(LinkError::Unreachable { target: self.target, addr: self.link.addr.clone(), why }))
-            }
-            Err(_) => Err(timeout()),
+            Err(_) => match self.link.waited_out(sent, ttl) {
+                Some(e) => Err(failed(e)),
+                None => Err(timeout()),
+            },
             Ok(Err(_)) => Err(failed(LinkError::Broken { target: self.target, why: "the link has stopped".into() })),
             Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(e))) => Err(failed(e)),
@@ -910,6 +990,14 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains(super::super::noise::UNREACHABLE) && text.contains("dialling"), "{text}");
         drop(frozen);
+    }
+
+    #[test]
+    fn a_call_waited_out_is_the_peers_silence_unless_it_answered_meanwhile() {
+        assert_eq!(waited(false, 500, 100), Waited::Dialling, "no connection, whatever was heard before");
+        assert_eq!(waited(true, 90, 100), Waited::Silent, "nothing since the call");
+        assert_eq!(waited(true, 100, 100), Waited::Slow, "a frame at the very moment of the call");
+        assert_eq!(waited(true, 150, 100), Waited::Slow, "other replies since: slow, not gone");
     }
 
     #[test]

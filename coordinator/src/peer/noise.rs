@@ -7,9 +7,9 @@
 //! [`super::client::STILL_DOWN_EVERY`] while it stays so, and when it is back. [`QuietLinkFailures`] is
 //! a `tracing` layer that drops openraft's repeats of a failure the link reported (a peer
 //! unreachable, refusing the handshake, answering under another process's id or from another
-//! data directory, or answering nothing while the calls for it fill the link's queue); every
-//! other openraft line (a storage error during replication, a timeout of a peer that is
-//! connected) goes through.
+//! data directory, silent on an open connection, or answering nothing while the calls for it
+//! fill the link's queue); every other openraft line (a storage error during replication, a
+//! timeout of a peer that answers other calls) goes through.
 
 use std::fmt::Write as _;
 
