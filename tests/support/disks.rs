@@ -17,13 +17,16 @@ use anyhow::{ensure, Context, Result};
 const DISK_MIB: u64 = 256;
 
 /// An ext4 image per server id, mounted on `data{id}` of a directory; thawed and unmounted on
-/// drop.
-pub struct Disks(BTreeMap<u64, PathBuf>);
+/// drop, and the directory removed with them. The ensemble whose directory it is removes it
+/// too when it goes: whichever goes first, nothing is left (a directory with a filesystem still
+/// mounted in it cannot be removed, and the order in which a test's values are dropped is the
+/// test's).
+pub struct Disks(BTreeMap<u64, PathBuf>, PathBuf);
 
 impl Disks {
     /// Mounts a new filesystem on `dir/data{id}` for each of `ids` (their images beside them).
     pub fn mount(dir: &Path, ids: impl IntoIterator<Item = u64>) -> Result<Disks> {
-        let mut disks = Disks(BTreeMap::new());
+        let mut disks = Disks(BTreeMap::new(), dir.to_path_buf());
         for id in ids {
             let (image, at) = (dir.join(format!("disk{id}.img")), dir.join(format!("data{id}")));
             std::fs::File::create(&image)?.set_len(DISK_MIB << 20)?;
@@ -99,6 +102,7 @@ impl Drop for Disks {
             let _ = Command::new("fsfreeze").arg("-u").arg(at).output();
             let _ = Command::new("umount").arg("-l").arg(at).status();
         }
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
