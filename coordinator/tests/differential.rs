@@ -10,6 +10,9 @@
 //! that server), so a wrong czxid, mzxid or pzxid still shows; times are dropped; session ids
 //! become the slot of the session that owns them; child lists are sorted (ZooKeeper returns them
 //! in hash order). Notifications are compared by type and path (ZooKeeper 3.8 sends zxid -1).
+//! Watches of every kind are set: one-shot ones by reads, persistent and recursive ones
+//! (addWatch) on one session (see [`PERSISTENT_WATCHER`] for the rules that keep the two servers
+//! comparable), and removed (removeWatches).
 //!
 //! The same histories run a second time through a follower of a three-server ensemble started
 //! in-process (`common::ensemble`): writes forwarded to the leader, reads and notifications from
@@ -35,6 +38,15 @@ use referee_testkit::{
 };
 
 const SLOTS: usize = 4;
+/// The one slot that holds persistent and recursive watches (addWatch): the super session, so
+/// that no ACL stands between it and any notification. It holds no one-shot watches, and
+/// removes its watches with type Any alone: Apache ZooKeeper 3.8 keeps one watch mode per
+/// session and path, the last registered (a one-shot watch set on a path watched persistently
+/// ends the persistent one at its first event; 3.9 keeps both, as this server does), and its
+/// Data and Children types match a persistent watch's halves. Within these rules the two
+/// agree; for the same reason each path is watched in one mode only (recursive on / and the top
+/// level, persistent below).
+const PERSISTENT_WATCHER: usize = 3;
 const SESSION_TIMEOUT_MS: i32 = 30_000;
 
 /// One side of the comparison: a server and its sessions.
@@ -121,7 +133,9 @@ impl Side {
         Ok(match opcode {
             1 => format!("path={}", r.string()?),
             15 | 19 | 21 => format!("path={} {}", r.string()?, self.stat(r)?),
-            2 | 13 | 100 | -11 => String::new(),
+            2 | 13 | 18 | 100 | -11 => String::new(),
+            // addWatch answers with an ErrorResponse body: its code again.
+            106 => format!("err-body={}", r.int()?),
             3 | 5 | 7 => self.stat(r)?,
             4 => format!("data={:?} {}", r.buffer()?, self.stat(r)?),
             6 => {
@@ -216,18 +230,24 @@ impl Generator {
         &items[self.rng.gen_range(0..items.len())]
     }
 
+    /// A path of the namespace, or now and then an invalid one, which must be refused
+    /// identically.
     fn path(&mut self) -> String {
+        let p = self.valid_path();
+        if self.rng.gen_ratio(1, 60) {
+            let bad = *self.pick::<&str>(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota"]);
+            return bad.to_string();
+        }
+        p
+    }
+
+    fn valid_path(&mut self) -> String {
         let depth = self.rng.gen_range(1..=3);
         let mut p = String::new();
         for _ in 0..depth {
             p.push('/');
             let name = *self.pick::<&str>(&["a", "b", "c"]);
             p.push_str(name);
-        }
-        // Now and then an invalid path, which must be refused identically.
-        if self.rng.gen_ratio(1, 60) {
-            let bad = *self.pick::<&str>(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota"]);
-            return bad.to_string();
         }
         p
     }
@@ -314,9 +334,14 @@ impl Generator {
         }
     }
 
+    /// Whether a read on `slot` sets a one-shot watch.
+    fn one_shot(&mut self, slot: usize) -> bool {
+        slot != PERSISTENT_WATCHER && self.rng.gen()
+    }
+
     fn next(&mut self) -> Op {
-        let slot = self.rng.gen_range(0..SLOTS);
-        let (opcode, body, what) = match self.rng.gen_range(0..100) {
+        let mut slot = self.rng.gen_range(0..SLOTS);
+        let (opcode, body, what) = match self.rng.gen_range(0..110) {
             0..=29 => self.create(),
             30..=39 => {
                 let (p, v) = (self.path(), self.version());
@@ -327,15 +352,15 @@ impl Generator {
                 (5, Jute::new().string(&p).buffer(d.as_deref()).int(v).into_vec(), format!("setData({p}, v{v})"))
             }
             50..=55 => {
-                let (p, w) = (self.path(), self.rng.gen());
+                let (p, w) = (self.path(), self.one_shot(slot));
                 (3, body::path_watch(&p, w), format!("exists({p}, watch {w})"))
             }
             56..=61 => {
-                let (p, w) = (self.path(), self.rng.gen());
+                let (p, w) = (self.path(), self.one_shot(slot));
                 (4, body::path_watch(&p, w), format!("getData({p}, watch {w})"))
             }
             62..=67 => {
-                let (p, w, op) = (self.path(), self.rng.gen(), *self.pick(&[8, 12]));
+                let (p, w, op) = (self.path(), self.one_shot(slot), *self.pick(&[8, 12]));
                 (op, body::path_watch(&p, w), format!("getChildren{op}({p}, watch {w})"))
             }
             68..=69 => {
@@ -370,9 +395,32 @@ impl Generator {
                 let p = if self.rng.gen() { "/".to_string() } else { self.path() };
                 (103, body::path(&p), format!("getEphemerals({p})"))
             }
-            _ => {
+            97..=99 => {
                 let p = self.path();
                 (9, body::path(&p), format!("sync({p})"))
+            }
+            100..=104 => {
+                slot = PERSISTENT_WATCHER;
+                // Valid paths only: Apache ZooKeeper 3.8 registers a watch on any string (its
+                // clients check paths before sending), where this server refuses an invalid
+                // path with BadArguments, as every other request's (`watches.rs` checks it).
+                let p = if self.rng.gen_ratio(1, 8) { "/".to_string() } else { self.valid_path() };
+                // Recursive (1) on / and the top level, persistent (0) below: one mode a path.
+                let mode = if p.matches('/').count() > 1 { 0 } else { 1 };
+                (106, body::path_int(&p, mode), format!("addWatch({p}, mode {mode})"))
+            }
+            // checkWatches (17) is left out: Apache ZooKeeper 3.8 answers it for any session's
+            // watch on the path (its WatchManager.containsWatcher never looks at the watcher),
+            // where this server answers for the asking session's own, as 3.9 does; our own
+            // tests cover it.
+            _ => {
+                // Valid paths only: a read with a watch on an invalid path (getChildren of "",
+                // which both servers read as the root) leaves Apache ZooKeeper 3.8 holding a
+                // watch on that string that can never fire, and this server holding none.
+                let p = self.valid_path();
+                // 1 children, 2 data, 3 any.
+                let ty = if slot == PERSISTENT_WATCHER { 3 } else { *self.pick(&[1, 2, 3]) };
+                (18, body::path_int(&p, ty), format!("removeWatches({p}, type {ty})"))
             }
         };
         Op { slot, opcode, body, what }

@@ -156,7 +156,8 @@ async fn recursive_watch_sees_descendants() -> Result<()> {
 
 /// The exact notification stream on the wire: a recursive watch gets descendants' events but
 /// never NodeChildrenChanged; a persistent watch gets its node's events including child changes
-/// and nothing about its children's data. addWatch answers with an int 0.
+/// and nothing about its children's data. addWatch answers with an int 0, and refuses an
+/// invalid path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_and_recursive_wire_sequence() -> Result<()> {
     let server = TestServer::start().await?;
@@ -166,6 +167,11 @@ async fn persistent_and_recursive_wire_sequence() -> Result<()> {
     assert_eq!((r.err, r.body.as_slice()), (0, &[0u8, 0, 0, 0][..]), "addWatch replies ErrorResponse(0)");
     a.call(op::ADD_WATCH, &body::path_int("/p", 0)).await?.ok()?;
     assert_eq!(a.call(op::ADD_WATCH, &body::path_int("/p", 2)).await?.err, err::BAD_ARGUMENTS);
+    // A path no node can have is refused, as every other request's is (Apache ZooKeeper 3.8
+    // registers a watch on it that can never fire; its clients check paths before sending).
+    for bad in ["/p/", "p", "/a//b", "/a/./b"] {
+        assert_eq!(a.call(op::ADD_WATCH, &body::path_int(bad, 0)).await?.err, err::BAD_ARGUMENTS, "addWatch({bad})");
+    }
 
     let mut want = Vec::new();
     let (s, _) = b.create("/r", b"", PERSISTENT).await?;
