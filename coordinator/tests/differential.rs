@@ -42,7 +42,7 @@ const SLOTS: usize = 4;
 /// that no ACL stands between it and any notification. It holds no one-shot watches, and
 /// removes its watches with type Any alone: Apache ZooKeeper 3.8 keeps one watch mode per
 /// session and path, the last registered (a one-shot watch set on a path watched persistently
-/// ends the persistent one at its first event; 3.9 keeps both, as this server does), and its
+/// ends the persistent one at its first event; this server keeps both), and its
 /// Data and Children types match a persistent watch's halves. Within these rules the two
 /// agree; for the same reason each path is watched in one mode only (recursive on / and the top
 /// level, persistent below).
@@ -411,8 +411,7 @@ impl Generator {
             }
             // checkWatches (17) is left out: Apache ZooKeeper 3.8 answers it for any session's
             // watch on the path (its WatchManager.containsWatcher never looks at the watcher),
-            // where this server answers for the asking session's own, as 3.9 does; our own
-            // tests cover it.
+            // where this server answers for the asking session's own; our own tests cover it.
             _ => {
                 // Valid paths only: a read with a watch on an invalid path (getChildren of "",
                 // which both servers read as the root) leaves Apache ZooKeeper 3.8 holding a
