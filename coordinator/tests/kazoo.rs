@@ -23,19 +23,17 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::ensemble::{stop, ThreeVoters};
+use common::script::{self, Script};
 use referee_testkit::{
-    apache_zookeeper_installed, connect, four_letter, skip, within_for, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
-    TestServer, APACHE_ZK_MISSING,
+    apache_zookeeper_installed, connect, four_letter, skip, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, TestServer,
+    APACHE_ZK_MISSING,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::Command;
 
 /// The scenarios' script.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kazoo/scenarios.py");
-/// How long one scenario may run (its own waits are 20 s each at most).
-const RUN: Duration = Duration::from_secs(120);
 /// Why a test is skipped without kazoo.
 const KAZOO_MISSING: &str =
     "the kazoo Python client is not installed (CI installs Debian's python3-kazoo; `apt-get install python3-kazoo`)";
@@ -54,91 +52,12 @@ fn python_with_kazoo() -> Option<PathBuf> {
     })
 }
 
-/// One run of the script.
-struct Scenario {
-    name: &'static str,
-    child: Child,
-    stdin: ChildStdin,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-    /// Every line it printed so far.
-    transcript: Vec<String>,
-}
-
-impl Scenario {
-    fn start(python: &PathBuf, name: &'static str, hosts: &[SocketAddr]) -> Result<Scenario> {
-        let hosts: Vec<String> = hosts.iter().map(SocketAddr::to_string).collect();
-        let mut child = Command::new(python)
-            .arg(SCRIPT)
-            .arg(name)
-            .arg(hosts.join(","))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} {SCRIPT}", python.display()))?;
-        let stdin = child.stdin.take().context("the script's stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("the script's stdout")?).lines();
-        Ok(Scenario { name, child, stdin, stdout, transcript: Vec::new() })
-    }
-
-    /// The script's next line.
-    async fn line(&mut self) -> Result<Option<String>> {
-        let line = within_for(RUN, "the kazoo script's next line", self.stdout.next_line()).await??;
-        if let Some(l) = &line {
-            self.transcript.push(l.clone());
-        }
-        Ok(line)
-    }
-
-    /// Reads lines until one starts with `prefix`; that line.
-    async fn until(&mut self, prefix: &str) -> Result<String> {
-        loop {
-            match self.line().await? {
-                Some(l) if l.starts_with(prefix) => return Ok(l),
-                Some(l) if l.starts_with("FAIL") => bail!("{}: {l}\n{}", self.name, self.transcript.join("\n")),
-                Some(_) => {}
-                None => bail!("{}: ended before `{prefix}`:\n{}", self.name, self.transcript.join("\n")),
-            }
-        }
-    }
-
-    async fn say(&mut self, line: &str) -> Result<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
-        Ok(())
-    }
-
-    /// Waits for the script to end; fails unless every check passed. The checks that passed.
-    async fn finish(mut self) -> Result<Vec<String>> {
-        while self.line().await?.is_some() {}
-        let status = within_for(RUN, "the kazoo script to exit", self.child.wait()).await??;
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = within_for(RUN, "the kazoo script's stderr", e.read_to_string(&mut stderr)).await;
-        }
-        let ok: Vec<String> = self.transcript.iter().filter_map(|l| l.strip_prefix("ok ")).map(str::to_owned).collect();
-        ensure!(
-            status.success() && self.transcript.last().is_some_and(|l| l == "done"),
-            "kazoo scenario `{}` failed ({status}):\n{}\nstderr:\n{}",
-            self.name,
-            self.transcript.join("\n"),
-            stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-        Ok(ok)
-    }
-}
-
-/// Runs one scenario to its end against `hosts`; the checks that passed.
-async fn run(python: &PathBuf, name: &'static str, hosts: &[SocketAddr]) -> Result<Vec<String>> {
-    Scenario::start(python, name, hosts)?.finish().await
-}
-
-/// Reads `path` through this crate's client, as the server holds it.
-async fn data_of(server: SocketAddr, path: &str) -> Result<Vec<u8>> {
-    let client = connect(&server.to_string(), Duration::from_secs(10)).await?;
-    let (data, _) = client.get_data(path).await.with_context(|| format!("reading {path}"))?;
-    Ok(data)
+/// The command that runs scenario `name` against `hosts`.
+fn scenario(python: &PathBuf, name: &str, hosts: &[SocketAddr]) -> Command {
+    let hosts: Vec<String> = hosts.iter().map(SocketAddr::to_string).collect();
+    let mut command = Command::new(python);
+    command.arg(SCRIPT).arg(name).arg(hosts.join(","));
+    command
 }
 
 /// Runs the `api`, `watches` and `recipes` scenarios against `hosts`, then checks what they
@@ -146,19 +65,17 @@ async fn data_of(server: SocketAddr, path: &str) -> Result<Vec<u8>> {
 async fn api_watches_and_recipes(python: &PathBuf, hosts: &[SocketAddr], check_on: SocketAddr) -> Result<()> {
     // The fewest checks each scenario makes: a script that stopped checking early fails here.
     for (name, least) in [("api", 25), ("watches", 7), ("recipes", 13)] {
-        let ok = run(python, name, hosts).await?;
+        script::run(name, scenario(python, name, hosts), least).await?;
         ensure!(
-            ok.len() >= least,
-            "kazoo scenario `{name}` made {} checks, at least {least} expected: {ok:?}",
-            ok.len()
-        );
-        ensure!(
-            data_of(check_on, &format!("/k/result/{name}")).await? == b"done",
+            script::data_of(check_on, &format!("/k/result/{name}")).await? == b"done",
             "kazoo scenario `{name}` left no result"
         );
     }
-    ensure!(data_of(check_on, "/k/api/node").await? == b"from-other", "the api scenario's last write is missing");
-    ensure!(data_of(check_on, "/k/counter").await? == b"100", "kazoo's Counter did not count 100 increments");
+    ensure!(
+        script::data_of(check_on, "/k/api/node").await? == b"from-other",
+        "the api scenario's last write is missing"
+    );
+    ensure!(script::data_of(check_on, "/k/counter").await? == b"100", "kazoo's Counter did not count 100 increments");
     let client = connect(&check_on.to_string(), Duration::from_secs(10)).await?;
     let (children, _) = client.get_children("/k/w/cw").await?;
     ensure!(children == ["x"], "the ChildrenWatch scenario's node should hold x alone: {children:?}");
@@ -217,8 +134,8 @@ async fn kazoo_scenarios_pass_against_apache_zookeeper_too() -> Result<()> {
 
 /// The `move` scenario, connected to `hosts[0]` first (kazoo keeps the order given), up to the
 /// point where it waits for that server to be gone; its session id in hex.
-async fn start_move(python: &PathBuf, hosts: &[SocketAddr]) -> Result<(Scenario, String)> {
-    let mut script = Scenario::start(python, "move", hosts)?;
+async fn start_move(python: &PathBuf, hosts: &[SocketAddr]) -> Result<(Script, String)> {
+    let mut script = Script::start("move", scenario(python, "move", hosts))?;
     let ready = script.until("ready ").await?;
     let session = ready.trim_start_matches("ready ").to_owned();
     let port = hosts[0].port();
@@ -229,21 +146,6 @@ async fn start_move(python: &PathBuf, hosts: &[SocketAddr]) -> Result<(Scenario,
         hosts[0]
     );
     Ok((script, session))
-}
-
-/// Tells the `move` scenario its server is gone, waits for its checks, and reads its result on
-/// `read_on`.
-async fn finish_move(mut script: Scenario, session: &str, read_on: SocketAddr) -> Result<()> {
-    script.say("gone").await?;
-    let ok = script.finish().await?;
-    ensure!(ok.len() >= 5, "the move scenario made {} checks: {ok:?}", ok.len());
-    let written = data_of(read_on, "/k/result/move").await?;
-    ensure!(
-        written == session.as_bytes(),
-        "the move scenario's result names session {:?}, not {session}",
-        String::from_utf8_lossy(&written)
-    );
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +164,7 @@ async fn a_kazoo_session_moves_to_another_server_with_its_ephemeral_and_watches(
     let at = ensemble.running.iter().position(|r| r.id == first).context("the follower")?;
     stop(ensemble.running.remove(at)).await?;
     let leader = ensemble.running.iter().find(|r| r.id == ensemble.leader).context("the leader")?.client;
-    finish_move(script, &session, leader).await?;
+    script::finish_move(script, &session, 5, "/k/result/move", leader).await?;
     ensemble.stop().await
 }
 
@@ -278,12 +180,7 @@ async fn the_kazoo_move_scenario_passes_against_an_apache_ensemble_too() -> Resu
         skip(test, APACHE_ZK_MISSING);
         return Ok(());
     }
-    let mut apache = tokio::task::spawn_blocking(|| -> Result<ApacheZkEnsemble> {
-        let mut e = ApacheZkEnsemble::spawn(3)?;
-        e.wait_ready(Duration::from_secs(90))?;
-        Ok(e)
-    })
-    .await??;
+    let mut apache = tokio::task::spawn_blocking(|| ApacheZkEnsemble::start(3)).await??;
     let ports = apache.ports();
     let modes: Vec<String> = tokio::task::spawn_blocking(move || {
         ports.iter().map(|p| four_letter(*p, "srvr").unwrap_or_default()).collect()
@@ -296,5 +193,5 @@ async fn the_kazoo_move_scenario_passes_against_an_apache_ensemble_too() -> Resu
 
     let (script, session) = start_move(&python, &hosts).await.with_context(|| apache.log_tail())?;
     apache.kill(follower);
-    finish_move(script, &session, hosts[2]).await.with_context(|| apache.log_tail())
+    script::finish_move(script, &session, 5, "/k/result/move", hosts[2]).await.with_context(|| apache.log_tail())
 }

@@ -191,6 +191,14 @@ impl ApacheZkEnsemble {
         Self::spawn_with(&vec![String::new(); n])
     }
 
+    /// Starts `n` servers and waits, up to 90 s, until every one serves. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn start(n: usize) -> Result<Self> {
+        let mut ensemble = Self::spawn(n)?;
+        ensemble.wait_ready(Duration::from_secs(90))?;
+        Ok(ensemble)
+    }
+
     /// Starts an ensemble of `settings.len()` servers like [`spawn`](Self::spawn), with
     /// `settings[i]` appended to server `i + 1`'s `zoo.cfg` (a later line overrides an earlier
     /// one: `tickTime=200\nmaxSessionTimeout=1500\n` gives that server a short tick and a lower

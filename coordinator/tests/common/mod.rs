@@ -7,6 +7,7 @@
 pub mod child;
 pub mod ensemble;
 pub mod raw;
+pub mod script;
 
 use std::future::Future;
 use std::time::Duration;
