@@ -19,6 +19,8 @@
 //! - [`propose`]: gathers the writes that queue behind one fdatasync into the next log entry.
 //! - [`raft`]: openraft's type configuration, log store and state machine.
 //! - [`read_index`]: how an ensemble's leader proves it still leads, and answers `sync`.
+//! - [`rounds`]: one round (a leader's proof, a follower's read-index request) for all the
+//!   callers that ask while the one before is under way.
 //! - [`role`]: a server's Raft role for its long-running tasks, woken only when it changes.
 //! - [`peer`]: the server-to-server transport carrying Raft messages, forwarded writes, session
 //!   liveness reports and read-index requests between ensemble members.
@@ -74,6 +76,7 @@ pub mod raft;
 pub mod read_index;
 pub mod request;
 pub mod role;
+pub mod rounds;
 pub mod run;
 pub mod server;
 pub mod session;

@@ -65,6 +65,7 @@ use crate::peer::wire::{Forwarded, PeerReply, PeerRequest};
 use crate::peer::PeerNetwork;
 use crate::raft::Raft;
 use crate::read_index::{ReadIndex, ReadIndexError};
+use crate::rounds::Rounds;
 use crate::txn::{Txn, TxnBatch, TxnOutcome};
 
 /// Batches handed to Raft and not yet applied. With one request in flight per session, the
@@ -168,6 +169,9 @@ pub struct Proposer {
     raft: Raft,
     forward: Option<PeerNetwork>,
     read_index: Option<ReadIndex>,
+    /// A follower's requests for the leader's read index, one for all the `sync`s that come
+    /// while the one before is under way.
+    leader_read_indexes: Rounds<Result<u64, ProposeError>>,
 }
 
 #[derive(Debug, Default)]
@@ -207,7 +211,7 @@ impl Proposer {
         let (queue, rx) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
         tokio::spawn(run(raft.clone(), forward.clone(), rx, counts.clone(), slots.0));
-        Proposer { queue, counts, raft, forward, read_index }
+        Proposer { queue, counts, raft, forward, read_index, leader_read_indexes: Rounds::new() }
     }
 
     /// `sync`: returns once this server has applied every write committed before the call,
@@ -230,7 +234,7 @@ impl Proposer {
                     Err(e) => Err(ProposeError::Raft(e.to_string())),
                 };
             }
-            (Route::Forward(leader), Some(net), _) => self.leaders_read_index(leader, net).await?,
+            (Route::Forward(_), Some(net), _) => self.leaders_read_index(net).await?,
             (Route::NoLeader, _, _) | (Route::Forward(_), None, _) => {
                 return Err(ProposeError::NotLeader { leader: None })
             }
@@ -244,23 +248,26 @@ impl Proposer {
             .map_err(|e| ProposeError::Raft(format!("the read index was not applied here in time: {e}")))
     }
 
-    /// Asks `leader` for its read index.
-    async fn leaders_read_index(&self, leader: u64, net: &PeerNetwork) -> Result<u64, ProposeError> {
-        // As a forward: a leader replaced meanwhile (a frozen one answers nothing) is not
-        // waited on; the caller closes the connection, and the client asks again elsewhere.
-        let asked = tokio::select! {
-            reply = net.request(&self.raft, leader, PeerRequest::ReadIndex, FORWARD_DEADLINE) => reply,
-            _ = crate::role::leader_replaced(&self.raft, leader) => {
-                return Err(ProposeError::Raft(format!("the leader ({leader}) was replaced while asked for its read index")))
+    /// The leader's read index, asked in a request that starts after this call: the request
+    /// under way, if any, cannot serve; the next one, shared with every `sync` that comes
+    /// meanwhile, does (see [`Rounds`]). Within [`FORWARD_DEADLINE`].
+    async fn leaders_read_index(&self, net: &PeerNetwork) -> Result<u64, ProposeError> {
+        let (raft, net) = (self.raft.clone(), net.clone());
+        let request = move || {
+            let (raft, net) = (raft.clone(), net.clone());
+            async move {
+                // The leader as it is when the request starts.
+                match route(&raft, true) {
+                    Route::Forward(leader) => ask_read_index(&raft, &net, leader).await,
+                    Route::Local => Err(ProposeError::Raft("this server came to lead while the sync waited".into())),
+                    Route::NoLeader => Err(ProposeError::NotLeader { leader: None }),
+                }
             }
         };
-        match asked {
-            Ok(PeerReply::ReadIndex(Ok(index))) => Ok(index),
-            Ok(PeerReply::ReadIndex(Err(why))) => {
-                Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}")))
-            }
-            Ok(_) => Err(ProposeError::Raft(format!("the leader ({leader}) answered a sync with another reply"))),
-            Err(e) => Err(ProposeError::Raft(format!("asking the leader for its read index: {e}"))),
+        match tokio::time::timeout(FORWARD_DEADLINE, self.leader_read_indexes.next(request)).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => Err(ProposeError::Raft("the read-index request ended without an answer".into())),
+            Err(_) => Err(ProposeError::Raft(format!("no read index from the leader within {FORWARD_DEADLINE:?}"))),
         }
     }
 
@@ -318,6 +325,24 @@ enum Route {
     Forward(u64),
     /// Nowhere: no leader is known.
     NoLeader,
+}
+
+/// Asks `leader` for its read index.
+async fn ask_read_index(raft: &Raft, net: &PeerNetwork, leader: u64) -> Result<u64, ProposeError> {
+    // As a forward: a leader replaced meanwhile (a frozen one answers nothing) is not waited
+    // on; the callers close their connections, and their clients ask again elsewhere.
+    let asked = tokio::select! {
+        reply = net.request(raft, leader, PeerRequest::ReadIndex, FORWARD_DEADLINE) => reply,
+        _ = crate::role::leader_replaced(raft, leader) => {
+            return Err(ProposeError::Raft(format!("the leader ({leader}) was replaced while asked for its read index")))
+        }
+    };
+    match asked {
+        Ok(PeerReply::ReadIndex(Ok(index))) => Ok(index),
+        Ok(PeerReply::ReadIndex(Err(why))) => Err(ProposeError::Raft(format!("the leader ({leader}) answered: {why}"))),
+        Ok(_) => Err(ProposeError::Raft(format!("the leader ({leader}) answered a sync with another reply"))),
+        Err(e) => Err(ProposeError::Raft(format!("asking the leader for its read index: {e}"))),
+    }
 }
 
 fn route(raft: &Raft, forwarding: bool) -> Route {

@@ -35,6 +35,7 @@ use crate::log::LogReader;
 use crate::peer::wire::{PeerReply, PeerRequest};
 use crate::peer::PeerNetwork;
 use crate::raft::Raft;
+use crate::rounds::Rounds;
 
 /// How long a leader's proof round may take before it counts as failed: a heartbeat round
 /// trip, with room for a loaded server.
@@ -85,30 +86,45 @@ pub fn index_to_prove(m: &RaftMetrics<u64, BasicNode>, logged: Option<u64>) -> R
 }
 
 /// How a server of an ensemble answers read indexes while it leads: its peers to prove its
-/// leadership to, and its log store to read where its log ends.
+/// leadership to, its log store to read where its log ends, and its proof rounds, shared by
+/// the read indexes asked while one is under way ([`Rounds`]).
 #[derive(Debug, Clone)]
 pub struct ReadIndex {
     network: PeerNetwork,
     log: LogReader,
+    proofs: Rounds<Result<u64, String>>,
 }
 
 impl ReadIndex {
     /// The read index of the server with these peers and this log.
     pub fn new(network: PeerNetwork, log: LogReader) -> Self {
-        ReadIndex { network, log }
+        ReadIndex { network, log, proofs: Rounds::new() }
     }
 
     /// Steps 1 and 2: the index `raft`'s server must have applied before a read reflects every
-    /// write committed before this call, once a quorum has confirmed it still leads; within
-    /// [`PROVE_DEADLINE`]. The caller waits for the index to be applied (step 3) on its server.
+    /// write committed before this call, once a quorum has confirmed it still leads in a round
+    /// that started after the index was noted. The round under way when this is called, if
+    /// any, cannot serve; the next one, shared with every read index asked meanwhile, does:
+    /// within twice [`PROVE_DEADLINE`]. The caller waits for the index to be applied (step 3)
+    /// on its server.
     pub async fn at_leader(&self, raft: &Raft) -> Result<u64, ReadIndexError> {
         let logged = self.log.last_log_id().map(|l| l.index);
         let reading = index_to_prove(&raft.metrics().borrow(), logged)?;
-        match tokio::time::timeout(PROVE_DEADLINE, prove_once(raft, &self.network)).await {
-            Ok(Ok(proven)) if proven == reading.term => Ok(reading.index),
-            Ok(Ok(proven)) => Err(ReadIndexError::TermChanged { noted: reading.term, proven }),
-            Ok(Err(why)) => Err(ReadIndexError::NotConfirmed(why)),
-            Err(_) => Err(ReadIndexError::NotConfirmed(format!("no quorum answered within {PROVE_DEADLINE:?}"))),
+        let (raft, network) = (raft.clone(), self.network.clone());
+        let round = move || {
+            let (raft, network) = (raft.clone(), network.clone());
+            async move {
+                match tokio::time::timeout(PROVE_DEADLINE, prove_once(&raft, &network)).await {
+                    Ok(proven) => proven,
+                    Err(_) => Err(format!("no quorum answered within {PROVE_DEADLINE:?}")),
+                }
+            }
+        };
+        match self.proofs.next(round).await {
+            Some(Ok(proven)) if proven == reading.term => Ok(reading.index),
+            Some(Ok(proven)) => Err(ReadIndexError::TermChanged { noted: reading.term, proven }),
+            Some(Err(why)) => Err(ReadIndexError::NotConfirmed(why)),
+            None => Err(ReadIndexError::NotConfirmed("the proof round ended without an answer".into())),
         }
     }
 }

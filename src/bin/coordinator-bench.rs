@@ -136,6 +136,8 @@ enum ThroughputOp {
     Delete,
     /// 90 % getData, 10 % setData.
     Mix,
+    /// sync (not among the defaults, which are the targets' rows).
+    Sync,
 }
 
 impl ThroughputOp {
@@ -152,6 +154,7 @@ impl ThroughputOp {
             ThroughputOp::Exists => Op::Exists,
             ThroughputOp::Delete => Op::Delete,
             ThroughputOp::Mix => Op::Mix,
+            ThroughputOp::Sync => Op::Sync,
         }
     }
 }
@@ -1415,7 +1418,9 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
     if !matches!(args.ensemble, 1 | 3 | 5) {
         bail!("--ensemble {}: give 1 (a server alone), 3 or 5 (an ensemble of voters)", args.ensemble);
     }
-    let ops: Vec<Op> = Op::ALL.into_iter().filter(|op| args.ops.iter().any(|o| o.op() == *op)).collect();
+    // In the order a run measures them: the targets' rows, then sync.
+    let ops: Vec<Op> =
+        Op::ALL.into_iter().chain([Op::Sync]).filter(|op| args.ops.iter().any(|o| o.op() == *op)).collect();
     if ops.contains(&Op::Delete) && !ops.contains(&Op::Create) {
         bail!("--ops delete deletes what create made: add create");
     }
@@ -1429,6 +1434,7 @@ async fn throughput_bench(args: ThroughputArgs) -> Result<()> {
         args.seconds,
         ThroughputOp::all()
             .into_iter()
+            .chain([ThroughputOp::Sync])
             .filter(|o| args.ops.contains(o))
             .map(|o| o.to_string())
             .collect::<Vec<_>>()

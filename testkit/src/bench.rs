@@ -40,6 +40,9 @@ pub enum Op {
     Delete,
     /// 90 % getData, 10 % setData on random pool nodes.
     Mix,
+    /// sync on random pool nodes: on an ensemble, a leader's proof that it still leads. Not
+    /// among [`Op::ALL`], the rows of the targets.
+    Sync,
 }
 
 impl Op {
@@ -56,6 +59,7 @@ impl Op {
             Op::Exists => "exists",
             Op::Delete => "delete",
             Op::Mix => "mix90/10",
+            Op::Sync => "sync",
         }
     }
 }
@@ -317,6 +321,7 @@ pub async fn run_cell(
                 Op::GetData => Request::GetData { path: pick(&mut picker), watch: false },
                 Op::Exists => Request::Exists { path: pick(&mut picker), watch: false },
                 Op::Delete => Request::Delete { path: deletes.next()? },
+                Op::Sync => Request::Sync { path: pick(&mut picker) },
                 Op::Mix => {
                     if picker.next(10) == 0 {
                         Request::SetData { path: pick(&mut picker), data: data.clone() }

@@ -100,7 +100,28 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-use crate::propose::{Proposer, WriteReceiver};
+use crate::propose::{ProposeError, Proposer, WriteReceiver};
+
+/// A sync's barrier ([`Proposer::barrier`]), started when the request arrives rather than when
+/// its reply's turn comes, so that the syncs a session pipelines share the read-index rounds
+/// under way ([`crate::rounds`]) instead of taking one after the other. Starting it early keeps
+/// the promise: it covers every write committed before the sync arrived, and the session's own
+/// earlier writes and reads are answered before it whatever it covers. Stopped if the
+/// connection ends first.
+struct SyncBarrier(tokio::task::JoinHandle<Result<(), ProposeError>>);
+
+impl SyncBarrier {
+    fn start(proposer: &Proposer) -> Self {
+        let proposer = proposer.clone();
+        SyncBarrier(tokio::spawn(async move { proposer.barrier().await }))
+    }
+}
+
+impl Drop for SyncBarrier {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// A connection with an established session, as its reader and writer share it.
 struct Conn {
@@ -138,7 +159,7 @@ enum Slot {
     /// Wait for a proposed write to be applied and answer with its outcome.
     Write { xid: i32, rx: WriteReceiver },
     /// Answer once this server has applied everything committed before the sync.
-    Sync { xid: i32, path: String },
+    Sync { xid: i32, path: String, barrier: SyncBarrier },
     /// An answer already decided; `zxid: None` stands for the server's last zxid at sending.
     Answer { xid: i32, zxid: Option<Zxid>, result: Result<Reply, ErrorCode> },
     /// Close the connection after the replies before this slot.

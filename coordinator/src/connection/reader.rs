@@ -16,7 +16,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{now_ms, Conn, Queued, Slot};
+use super::{now_ms, Conn, Queued, Slot, SyncBarrier};
 use crate::config::CoordinatorConfig;
 use crate::frame::read_frame;
 use crate::propose::WriteReceiver;
@@ -241,7 +241,7 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
             debug!(conn = conn.id, opcode, "unknown opcode");
             (Slot::Answer { xid, zxid: Some(Zxid(-1)), result: Err(ErrorCode::Unimplemented) }, None)
         }
-        Request::Sync { path } => (Slot::Sync { xid, path }, None),
+        Request::Sync { path } => (Slot::Sync { xid, path, barrier: SyncBarrier::start(&conn.shared.proposer) }, None),
         req => (Slot::Read { xid, req, auth: auth.clone() }, None),
     })
 }

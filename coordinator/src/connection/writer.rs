@@ -194,9 +194,12 @@ async fn resolve(
             let zxid = outcome.zxid;
             (frames, xid, zxid, write_result(outcome))
         }
-        Slot::Sync { xid, path } => {
+        Slot::Sync { xid, path, mut barrier } => {
             // A sync waits until this server has applied everything committed before it.
-            out.wait(conn, conn.shared.proposer.barrier()).await?.map_err(|e| format!("sync failed: {e}"))?;
+            match out.wait(conn, &mut barrier.0).await? {
+                Ok(done) => done.map_err(|e| format!("sync failed: {e}"))?,
+                Err(e) => return Err(format!("sync failed: its barrier ended without an answer ({e})")),
+            }
             let st = conn.shared.lock();
             (conn.outbox.take(None), xid, st.tree.last_zxid(), Ok(Reply::Path(path)))
         }

@@ -55,6 +55,11 @@ pub enum Request {
         /// Node path.
         path: String,
     },
+    /// sync: a read after it sees every write committed before it.
+    Sync {
+        /// Node path (servers answer it back; it selects nothing).
+        path: String,
+    },
     /// multiRead of one getData per path.
     MultiReadData {
         /// The nodes to read.
@@ -75,6 +80,7 @@ impl Request {
             Request::GetData { .. } => opcode::GET_DATA,
             Request::SetData { .. } => opcode::SET_DATA,
             Request::Delete { .. } => opcode::DELETE,
+            Request::Sync { .. } => opcode::SYNC,
             Request::MultiReadData { .. } => opcode::MULTI_READ,
             Request::Ping => opcode::PING,
             Request::CloseSession => opcode::CLOSE_SESSION,
@@ -91,6 +97,7 @@ impl Request {
             Request::Exists { path, watch } | Request::GetData { path, watch } => w.string(path).boolean(*watch),
             Request::SetData { path, data } => w.string(path).buffer(Some(data)).int(-1),
             Request::Delete { path } => w.string(path).int(-1),
+            Request::Sync { path } => w.string(path),
             Request::MultiReadData { paths } => {
                 // Each op: MultiHeader{type, done = false, err = -1} and a GetDataRequest;
                 // the end: MultiHeader{-1, true, -1}.
