@@ -23,10 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use common::ensemble::{stop, ThreeVoters};
 use common::script::{self, Script};
-use referee_testkit::{
-    apache_zookeeper_installed, connect, four_letter, skip, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, TestServer,
-    APACHE_ZK_MISSING,
-};
+use referee_testkit::{connect, four_letter, skip, TestServer};
 use tokio::process::Command;
 
 /// The scenarios' program.
@@ -118,12 +115,9 @@ async fn curator_scenarios_pass_against_apache_zookeeper_too() -> Result<()> {
     if !curator_or_skip(test) {
         return Ok(());
     }
-    if !apache_zookeeper_installed() {
-        skip(test, APACHE_ZK_MISSING);
+    let Some((apache, addr)) = script::apache_or_skip(test).await? else {
         return Ok(());
-    }
-    let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
-    let addr: SocketAddr = apache.connect_string().parse()?;
+    };
     api_and_recipes(&[addr], addr).await.with_context(|| apache.log_tail())
 }
 
@@ -170,11 +164,9 @@ async fn the_curator_move_scenario_passes_against_an_apache_ensemble_too() -> Re
     if !curator_or_skip(test) {
         return Ok(());
     }
-    if !apache_zookeeper_installed() {
-        skip(test, APACHE_ZK_MISSING);
+    let Some(mut apache) = script::apache_ensemble_or_skip(test).await? else {
         return Ok(());
-    }
-    let mut apache = tokio::task::spawn_blocking(|| ApacheZkEnsemble::start(3)).await??;
+    };
     let hosts: Vec<SocketAddr> = apache.ports().into_iter().map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
     let (script, session, at) = start_move(&hosts).await.with_context(|| apache.log_tail())?;
     apache.kill(at);

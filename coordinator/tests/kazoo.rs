@@ -26,10 +26,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use common::ensemble::{stop, ThreeVoters};
 use common::script::{self, Script};
-use referee_testkit::{
-    apache_zookeeper_installed, connect, four_letter, skip, ApacheZk, ApacheZkEnsemble, ApacheZkProfile, TestServer,
-    APACHE_ZK_MISSING,
-};
+use referee_testkit::{connect, four_letter, skip, TestServer};
 use tokio::process::Command;
 
 /// The scenarios' script.
@@ -123,12 +120,9 @@ async fn kazoo_scenarios_pass_against_apache_zookeeper_too() -> Result<()> {
     let Some(python) = kazoo_or_skip(test) else {
         return Ok(());
     };
-    if !apache_zookeeper_installed() {
-        skip(test, APACHE_ZK_MISSING);
+    let Some((apache, addr)) = script::apache_or_skip(test).await? else {
         return Ok(());
-    }
-    let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
-    let addr: SocketAddr = apache.connect_string().parse()?;
+    };
     api_watches_and_recipes(&python, &[addr], addr).await.with_context(|| apache.log_tail())
 }
 
@@ -176,11 +170,9 @@ async fn the_kazoo_move_scenario_passes_against_an_apache_ensemble_too() -> Resu
     let Some(python) = kazoo_or_skip(test) else {
         return Ok(());
     };
-    if !apache_zookeeper_installed() {
-        skip(test, APACHE_ZK_MISSING);
+    let Some(mut apache) = script::apache_ensemble_or_skip(test).await? else {
         return Ok(());
-    }
-    let mut apache = tokio::task::spawn_blocking(|| ApacheZkEnsemble::start(3)).await??;
+    };
     let ports = apache.ports();
     let modes: Vec<String> = tokio::task::spawn_blocking(move || {
         ports.iter().map(|p| four_letter(*p, "srvr").unwrap_or_default()).collect()

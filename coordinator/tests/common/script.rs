@@ -9,7 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use referee_testkit::{connect, within_for};
+use referee_testkit::{
+    apache_zookeeper_installed, connect, skip, within_for, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
+    APACHE_ZK_MISSING,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -126,6 +129,28 @@ pub async fn finish_move(
         String::from_utf8_lossy(&written)
     );
     Ok(())
+}
+
+/// Apache ZooKeeper alone, started to run a scenario against as the reference, with its client
+/// address; `None` after saying loudly that `test` is skipped when it is not installed.
+pub async fn apache_or_skip(test: &str) -> Result<Option<(ApacheZk, SocketAddr)>> {
+    if !apache_zookeeper_installed() {
+        skip(test, APACHE_ZK_MISSING);
+        return Ok(None);
+    }
+    let apache = tokio::task::spawn_blocking(|| ApacheZk::start(ApacheZkProfile::Reference)).await??;
+    let addr = apache.connect_string().parse()?;
+    Ok(Some((apache, addr)))
+}
+
+/// A three-server Apache ZooKeeper ensemble, serving; `None` after saying loudly that `test` is
+/// skipped when it is not installed.
+pub async fn apache_ensemble_or_skip(test: &str) -> Result<Option<ApacheZkEnsemble>> {
+    if !apache_zookeeper_installed() {
+        skip(test, APACHE_ZK_MISSING);
+        return Ok(None);
+    }
+    Ok(Some(tokio::task::spawn_blocking(|| ApacheZkEnsemble::start(3)).await??))
 }
 
 /// Runs `command` to its end and checks it made at least `least` checks; those checks.

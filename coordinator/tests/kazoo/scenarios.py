@@ -72,6 +72,36 @@ def wait_for(name, event):
         raise Failed("%s: nothing within %.0f s" % (name, DEADLINE))
 
 
+def close(*clients):
+    for zk in clients:
+        zk.stop()
+        zk.close()
+
+
+class Calls:
+    """What a watch recipe's callback was given, in order, to wait on."""
+
+    def __init__(self, recipe):
+        self.recipe = recipe
+        self.seen = []
+        self.changed = threading.Condition()
+
+    def add(self, value):
+        with self.changed:
+            self.seen.append(value)
+            self.changed.notify_all()
+
+    def wait_last(self, name, want):
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.seen[-1:] == [want], DEADLINE):
+                raise Failed("%s: %s saw %r, wanted %r last" % (name, self.recipe, self.seen, want))
+
+    def wait_any(self, name):
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.seen, DEADLINE):
+                raise Failed("%s: %s never called back" % (name, self.recipe))
+
+
 def api(hosts):
     zk = client(hosts)
     zk.ensure_path("/k/api")
@@ -169,12 +199,10 @@ def api(hosts):
     check("server_version", len(version) == 3 and version[0] == 3, version)
 
     # Closing the session removes its ephemerals, for every other session to see.
-    zk.stop()
-    zk.close()
+    close(zk)
     check("ephemeral gone with its session", other.exists("/k/api/eph") is None)
     other.create("/k/result/api", b"done", makepath=True)
-    other.stop()
-    other.close()
+    close(other)
 
 
 def watches(hosts):
@@ -225,55 +253,30 @@ def watches(hosts):
     check("data watch fires DELETED", events[3].type == EventType.DELETED, events)
 
     # The recipes built on them: DataWatch sees every value, ChildrenWatch every list.
-    seen = []
-    changed = threading.Condition()
-
-    def on_data(data, stat, event):
-        with changed:
-            seen.append(data)
-            changed.notify_all()
-
-    def wait_seen(name, want):
-        with changed:
-            if not changed.wait_for(lambda: seen[-1:] == [want], DEADLINE):
-                raise Failed("%s: DataWatch saw %r, wanted %r last" % (name, seen, want))
-
-    zk.DataWatch("/k/w/dw", on_data)
-    wait_seen("DataWatch of a missing node", None)
+    data = Calls("DataWatch")
+    zk.DataWatch("/k/w/dw", lambda value, stat, event: data.add(value))
+    data.wait_last("DataWatch of a missing node", None)
     writer.create("/k/w/dw", b"a")
-    wait_seen("DataWatch sees the create", b"a")
+    data.wait_last("DataWatch sees the create", b"a")
     writer.set("/k/w/dw", b"b")
-    wait_seen("DataWatch sees the change", b"b")
+    data.wait_last("DataWatch sees the change", b"b")
     writer.delete("/k/w/dw")
-    wait_seen("DataWatch sees the delete", None)
+    data.wait_last("DataWatch sees the delete", None)
     ok("DataWatch")
 
-    lists = []
-
-    def on_children(children):
-        with changed:
-            lists.append(sorted(children))
-            changed.notify_all()
-
-    def wait_list(name, want):
-        with changed:
-            if not changed.wait_for(lambda: lists[-1:] == [want], DEADLINE):
-                raise Failed("%s: ChildrenWatch saw %r, wanted %r last" % (name, lists, want))
-
+    kids = Calls("ChildrenWatch")
     zk.ensure_path("/k/w/cw")
-    zk.ChildrenWatch("/k/w/cw", on_children)
-    wait_list("ChildrenWatch starts empty", [])
+    zk.ChildrenWatch("/k/w/cw", lambda children: kids.add(sorted(children)))
+    kids.wait_last("ChildrenWatch starts empty", [])
     writer.create("/k/w/cw/x", b"")
-    wait_list("ChildrenWatch sees a child", ["x"])
+    kids.wait_last("ChildrenWatch sees a child", ["x"])
     writer.create("/k/w/cw/y", b"", ephemeral=True)
-    wait_list("ChildrenWatch sees another", ["x", "y"])
-    writer.stop()
-    writer.close()
-    wait_list("ChildrenWatch sees an ephemeral go with its session", ["x"])
+    kids.wait_last("ChildrenWatch sees another", ["x", "y"])
+    close(writer)
+    kids.wait_last("ChildrenWatch sees an ephemeral go with its session", ["x"])
     ok("ChildrenWatch")
     zk.create("/k/result/watches", b"done", makepath=True)
-    zk.stop()
-    zk.close()
+    close(zk)
 
 
 def recipes(hosts):
@@ -296,8 +299,7 @@ def recipes(hosts):
 
     waiter = threading.Thread(target=wait_lock, daemon=True)
     waiter.start()
-    b.stop()
-    b.close()
+    close(b)
     wait_for("lock freed by a closed session", got)
     ok("lock freed by a closed session")
     lock_a.release()
@@ -366,9 +368,7 @@ def recipes(hosts):
     check("queue order", got == [b"first", b"second", b"late"], got)
 
     a.create("/k/result/recipes", b"done", makepath=True)
-    for zk in (a, b):
-        zk.stop()
-        zk.close()
+    close(a, b)
 
 
 def move(hosts):
@@ -397,25 +397,11 @@ def move(hosts):
         dropped.set()
 
     zk.get("/k/move/watched", watch=one_shot)
-    values = []
-    lists = []
-    changed = threading.Condition()
-
-    def on_data(data, stat, event):
-        with changed:
-            values.append(data)
-            changed.notify_all()
-
-    def on_children(children):
-        with changed:
-            lists.append(sorted(children))
-            changed.notify_all()
-
-    zk.DataWatch("/k/move/watched", on_data)
-    zk.ChildrenWatch("/k/move/kids", on_children)
-    with changed:
-        if not changed.wait_for(lambda: values and lists, DEADLINE):
-            raise Failed("move: the watch recipes never called back: %r %r" % (values, lists))
+    data, kids = Calls("DataWatch"), Calls("ChildrenWatch")
+    zk.DataWatch("/k/move/watched", lambda value, stat, event: data.add(value))
+    zk.ChildrenWatch("/k/move/kids", lambda children: kids.add(sorted(children)))
+    data.wait_any("move")
+    kids.wait_any("move")
 
     session_id, password = zk.client_id
     print("ready %x" % session_id, flush=True)
@@ -436,14 +422,11 @@ def move(hosts):
     writer = client(hosts.split(",", 1)[1])
     writer.set("/k/move/watched", b"1")
     writer.create("/k/move/kids/after", b"")
-    with changed:
-        seen = changed.wait_for(lambda: values[-1:] == [b"1"] and lists[-1:] == [["after"]], DEADLINE)
-    check("DataWatch and ChildrenWatch go on through the new server", seen, (values, lists))
+    data.wait_last("DataWatch goes on through the new server", b"1")
+    kids.wait_last("ChildrenWatch goes on through the new server", ["after"])
+    ok("DataWatch and ChildrenWatch go on through the new server")
     writer.create("/k/result/move", b"%x" % session_id, makepath=True)
-    writer.stop()
-    writer.close()
-    zk.stop()
-    zk.close()
+    close(writer, zk)
 
 
 SCENARIOS = {"api": api, "watches": watches, "recipes": recipes, "move": move}
