@@ -2,6 +2,8 @@
 //! that describe one deployment agree with each other: the three coordinator servers list the
 //! same ensemble, each is the server it says it is, and the agents connect to exactly those
 //! servers with the staleness bound an ensemble needs and a lease left for their promotion.
+//! Every key the loaders accept is described in the reference files, and every section refuses
+//! a key it does not know.
 //!
 //! A YAML file added to `config/` that this test does not know fails it: say here which daemon
 //! reads it.
@@ -106,5 +108,155 @@ fn the_agents_connect_to_every_coordinator_server_and_keep_a_lease() -> Result<(
             a.lease_budget(granted)
         );
     }
+    Ok(())
+}
+
+/// A key no loader accepts, put into a section to make its loader name the keys it does.
+const PROBE: &str = "zz_probe_for_the_accepted_keys";
+
+/// Sections whose keys are the operator's own, not the loader's, with everything in them: HTTP
+/// headers, a fence agent's options, and maps keyed by node id.
+const FREE_FORM: [&str; 5] = ["headers", "options", "node_delay_ms", "peers", "nodes"];
+
+/// The keys `load` accepts in every section of `doc` (a shipped configuration that loads),
+/// as the loader itself names them: each section (every mapping in the document) is given the
+/// unknown key [`PROBE`], and the refusal lists the section's fields (serde's `deny_unknown_fields`
+/// error: "unknown field `…`, expected one of `a`, `b`"). Returns (section path, its keys).
+fn accepted_keys(doc: &str, load: Loader) -> Result<Vec<(String, Vec<String>)>> {
+    fn sections(v: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                out.push(path.clone());
+                for (k, child) in m {
+                    sections(child, format!("{path}.{}", k.as_str().unwrap_or("?")), out);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => {
+                for (i, child) in s.iter().enumerate() {
+                    sections(child, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn at<'a>(v: &'a mut serde_yaml::Value, path: &str) -> Option<&'a mut serde_yaml::Mapping> {
+        let mut v = v;
+        for step in path.split('.').filter(|s| !s.is_empty()) {
+            let (key, index) = match step.split_once('[') {
+                Some((k, i)) => (k, Some(i.trim_end_matches(']').parse::<usize>().ok()?)),
+                None => (step, None),
+            };
+            v = v.as_mapping_mut()?.get_mut(key)?;
+            if let Some(i) = index {
+                v = v.as_sequence_mut()?.get_mut(i)?;
+            }
+        }
+        v.as_mapping_mut()
+    }
+    let parsed: serde_yaml::Value = serde_yaml::from_str(doc)?;
+    let mut paths = Vec::new();
+    sections(&parsed, String::new(), &mut paths);
+    let mut found = Vec::new();
+    for path in paths {
+        // Within a free-form map (a mapping there: "peers" of the agent is a list, and probed).
+        if path.split('.').any(|step| FREE_FORM.contains(&step)) {
+            continue;
+        }
+        let mut probed = parsed.clone();
+        let Some(section) = at(&mut probed, &path) else { bail!("no section at {path:?}") };
+        section.insert(PROBE.into(), "1".into());
+        let refusal = match load(&serde_yaml::to_string(&probed)?) {
+            Ok(()) => {
+                bail!("the section {path:?} took the unknown key {PROBE}: a misspelt key there would pass unremarked")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if refusal.contains(&format!("unknown field `{PROBE}`, there are no fields")) {
+            found.push((path, Vec::new()));
+            continue;
+        }
+        let Some(expected) = refusal.split(&format!("unknown field `{PROBE}`, expected")).nth(1) else {
+            bail!("the section {path:?} with the unknown key {PROBE} was refused for another reason: {refusal}")
+        };
+        let keys = expected.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+        found.push((path, keys));
+    }
+    Ok(found)
+}
+
+/// A daemon's loader, given YAML text.
+type Loader<'a> = &'a dyn Fn(&str) -> Result<()>;
+/// What a shipped file is given before it is probed (sections it leaves commented out).
+type Extend<'a> = &'a dyn Fn(String) -> Result<String>;
+
+/// Whether `text` names `key` as a whole word (as a key, set or commented out, or in the
+/// prose around one).
+fn mentions(text: &str, key: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(key).any(|(at, _)| !text[..at].ends_with(word) && !text[at + key.len()..].starts_with(word))
+}
+
+/// Every key a loader accepts, in every section the shipped files use, is described in the
+/// daemon's reference file (`config/coordinator.yaml`; `config/agent-db1.yaml` with
+/// `fencing/fencing.example.yaml` for the fencing methods), set or commented out, so an
+/// operator finds each setting by reading the file.
+#[test]
+fn every_key_the_loaders_accept_is_described_in_the_reference_configs() -> Result<()> {
+    let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let coordinator_load = |t: &str| CoordinatorConfig::from_yaml(t).map(drop).map_err(anyhow::Error::from);
+    let agent_load = |t: &str| AgentConfig::from_yaml(t).map(drop).map_err(anyhow::Error::from);
+    // Sections the shipped files leave commented out, added so that their keys are probed too.
+    let agent_with_hooks = |t: String| -> Result<String> {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&t)?;
+        let hooks = serde_yaml::from_str(
+            "{pre_promote: {command: [/bin/true], timeout_ms: 100}, on_role_change: {command: [/bin/true], timeout_ms: 100}}",
+        )?;
+        doc.as_mapping_mut().context("an agent configuration is a mapping")?.insert("hooks".into(), hooks);
+        let text = serde_yaml::to_string(&doc)?;
+        agent_load(&text).context("the agent configuration with hooks")?;
+        Ok(text)
+    };
+    let coordinator_text = read(config_dir().join("coordinator.yaml"))?;
+    let agent_text = read(config_dir().join("agent-db1.yaml"))? + &read(root.join("fencing/fencing.example.yaml"))?;
+    let fencing_load =
+        |t: &str| referee_fencing::config::FencingConfig::from_yaml_str(t).map(drop).map_err(anyhow::Error::from);
+    let fencing_text = read(root.join("fencing/fencing.example.yaml"))?;
+    let plain = |t: String| -> Result<String> { Ok(t) };
+    let daemons: [(&str, &[&str], Loader, Extend, &str); 3] = [
+        (
+            "config/coordinator.yaml",
+            &["config/coordinator.yaml", "config/coordinator-coord1.yaml"],
+            &coordinator_load,
+            &plain,
+            &coordinator_text,
+        ),
+        ("config/agent-db1.yaml", &["config/agent-db1.yaml"], &agent_load, &agent_with_hooks, &agent_text),
+        ("fencing/fencing.example.yaml", &["fencing/fencing.example.yaml"], &fencing_load, &plain, &fencing_text),
+    ];
+    let mut missing = Vec::new();
+    let mut sections = 0;
+    for (reference, files, load, extend, text) in daemons {
+        for file in files {
+            for (path, keys) in accepted_keys(&extend(read(root.join(file))?)?, load)? {
+                sections += 1;
+                for key in keys {
+                    if !mentions(text, &key) {
+                        let section =
+                            if path.is_empty() { "the top level".to_owned() } else { format!("`{}`", &path[1..]) };
+                        missing.push(format!("{key} (in {section}, as {file} has it): describe it in {reference}"));
+                    }
+                }
+            }
+        }
+    }
+    ensure!(sections >= 10, "only {sections} sections were probed: the loaders' refusals no longer name their fields?");
+    missing.sort();
+    missing.dedup();
+    ensure!(
+        missing.is_empty(),
+        "keys the loaders accept that no reference config describes:\n  {}",
+        missing.join("\n  ")
+    );
     Ok(())
 }

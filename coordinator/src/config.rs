@@ -97,7 +97,9 @@ pub struct CoordinatorConfig {
     /// logged either way.
     #[serde(default = "default_log_sync_stall_ms")]
     pub log_sync_stall_ms: u64,
-    /// Base time unit in ms (ZooKeeper's tickTime): session expiry is checked every tick.
+    /// Base time unit in ms (ZooKeeper's tickTime): the default session timeout bounds are 2
+    /// and 20 ticks; sessions expire within a tick of their timeout, or within 10 ms if the
+    /// tick is longer (see [`crate::session`]).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
     /// Smallest session timeout granted; default 2 × tick.

@@ -17,20 +17,27 @@ use tracing::warn;
 use crate::clock::BootInstant;
 
 /// `watchdog:` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
 pub enum WatchdogConfig {
-    /// No watchdog.
-    #[default]
-    Off,
+    /// No watchdog. (The variants without settings are empty structs, not unit variants:
+    /// serde lets an internally tagged unit variant take any other key unremarked, and a
+    /// misspelt key must be refused.)
+    Off {},
     /// systemd's watchdog: the unit sets `Type=notify` and `WatchdogSec=`; the socket and
     /// interval come from `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
-    Systemd,
+    Systemd {},
     /// The Linux watchdog device.
     Device {
         /// Its path, usually `/dev/watchdog`.
         path: PathBuf,
     },
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig::Off {}
+    }
 }
 
 /// Where feeds go.
@@ -56,8 +63,8 @@ impl Watchdog {
         watchdog_usec: Option<u64>,
     ) -> std::io::Result<Self> {
         let sink = match config {
-            WatchdogConfig::Off => Sink::Off,
-            WatchdogConfig::Systemd => match notify_socket {
+            WatchdogConfig::Off {} => Sink::Off,
+            WatchdogConfig::Systemd {} => match notify_socket {
                 None => {
                     warn!("watchdog: systemd mode, but NOTIFY_SOCKET is not set (not run by systemd with Type=notify)");
                     Sink::Off
@@ -124,6 +131,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kind_reads_and_refuses_a_key_it_does_not_have() {
+        let read = |y: &str| serde_yaml::from_str::<WatchdogConfig>(y);
+        assert_eq!(read("kind: off").unwrap(), WatchdogConfig::Off {});
+        assert_eq!(read("kind: systemd").unwrap(), WatchdogConfig::Systemd {});
+        assert_eq!(
+            read("{kind: device, path: /dev/watchdog}").unwrap(),
+            WatchdogConfig::Device { path: "/dev/watchdog".into() }
+        );
+        assert_eq!(WatchdogConfig::default(), WatchdogConfig::Off {});
+        // A misspelt key must not pass unremarked, whatever the kind.
+        for y in [
+            "{kind: off, path: /dev/watchdog}",
+            "{kind: systemd, pth: /dev/watchdog}",
+            "{kind: device, path: /x, pth: /y}",
+        ] {
+            let e = read(y).expect_err(y).to_string();
+            assert!(e.contains("unknown field"), "{y}: {e}");
+        }
+    }
+
+    #[test]
     fn systemd_gets_ready_then_rate_limited_watchdog_feeds() {
         let dir = std::env::temp_dir().join(format!("referee-wd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -131,7 +159,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let server = UnixDatagram::bind(&path).unwrap();
         server.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut wd = Watchdog::open(&WatchdogConfig::Systemd, Some(path.clone()), Some(2_000_000)).unwrap();
+        let mut wd = Watchdog::open(&WatchdogConfig::Systemd {}, Some(path.clone()), Some(2_000_000)).unwrap();
         let t0 = BootInstant::from_origin(Duration::from_secs(100));
         wd.feed(t0);
         wd.feed(t0 + Duration::from_millis(100)); // within the 1 s feed interval: no message
@@ -161,7 +189,7 @@ mod tests {
 
     #[test]
     fn systemd_mode_without_a_socket_is_off() {
-        let mut wd = Watchdog::open(&WatchdogConfig::Systemd, None, Some(1_000_000)).unwrap();
+        let mut wd = Watchdog::open(&WatchdogConfig::Systemd {}, None, Some(1_000_000)).unwrap();
         wd.feed(BootInstant::now());
         wd.stop();
     }
