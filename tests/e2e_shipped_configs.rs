@@ -184,10 +184,33 @@ fn accepted_keys(doc: &str, load: Loader) -> Result<Vec<(String, Vec<String>)>> 
     Ok(found)
 }
 
+/// What the agent's reference file leaves commented out, merged in to be probed as well.
+const AGENT_HOOKS: &str = "hooks: {pre_promote: {command: [/bin/true], timeout_ms: 100}, \
+                           on_role_change: {command: [/bin/true], timeout_ms: 100}}";
+const AGENT_COMMAND_ADAPTER: &str = "master: {adapter: {kind: command, health: [/bin/true], state: [/bin/true], \
+                                     promote: [/bin/true], demote: [/bin/true], timeout_ms: 2000}}";
+
+/// `doc` with the mapping `patch` merged in, section by section: each key of a section of
+/// `patch` replaces (or adds) that key of `doc`'s section; a section `doc` lacks is added whole.
+fn merged(doc: &str, patch: &str) -> Result<String> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(doc)?;
+    let top = value.as_mapping_mut().context("a configuration is a mapping")?;
+    let patch: serde_yaml::Mapping = serde_yaml::from_str(patch)?;
+    for (section, keys) in patch {
+        match (top.get_mut(&section).and_then(|s| s.as_mapping_mut()), keys) {
+            (Some(ours), serde_yaml::Value::Mapping(keys)) => ours.extend(keys),
+            (_, keys) => {
+                top.insert(section, keys);
+            }
+        }
+    }
+    Ok(serde_yaml::to_string(&value)?)
+}
+
+/// A file to probe, and what to merge into it first (see [`merged`]).
+type Probed<'a> = (&'a str, &'a str);
 /// A daemon's loader, given YAML text.
 type Loader<'a> = &'a dyn Fn(&str) -> Result<()>;
-/// What a shipped file is given before it is probed (sections it leaves commented out).
-type Extend<'a> = &'a dyn Fn(String) -> Result<String>;
 
 /// Whether `text` names `key` as a whole word (as a key, set or commented out, or in the
 /// prose around one).
@@ -206,39 +229,38 @@ fn every_key_the_loaders_accept_is_described_in_the_reference_configs() -> Resul
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let coordinator_load = |t: &str| CoordinatorConfig::from_yaml(t).map(drop).map_err(anyhow::Error::from);
     let agent_load = |t: &str| AgentConfig::from_yaml(t).map(drop).map_err(anyhow::Error::from);
-    // Sections the shipped files leave commented out, added so that their keys are probed too.
-    let agent_with_hooks = |t: String| -> Result<String> {
-        let mut doc: serde_yaml::Value = serde_yaml::from_str(&t)?;
-        let hooks = serde_yaml::from_str(
-            "{pre_promote: {command: [/bin/true], timeout_ms: 100}, on_role_change: {command: [/bin/true], timeout_ms: 100}}",
-        )?;
-        doc.as_mapping_mut().context("an agent configuration is a mapping")?.insert("hooks".into(), hooks);
-        let text = serde_yaml::to_string(&doc)?;
-        agent_load(&text).context("the agent configuration with hooks")?;
-        Ok(text)
-    };
-    let coordinator_text = read(config_dir().join("coordinator.yaml"))?;
-    let agent_text = read(config_dir().join("agent-db1.yaml"))? + &read(root.join("fencing/fencing.example.yaml"))?;
     let fencing_load =
         |t: &str| referee_fencing::config::FencingConfig::from_yaml_str(t).map(drop).map_err(anyhow::Error::from);
+    let coordinator_text = read(config_dir().join("coordinator.yaml"))?;
     let fencing_text = read(root.join("fencing/fencing.example.yaml"))?;
-    let plain = |t: String| -> Result<String> { Ok(t) };
-    let daemons: [(&str, &[&str], Loader, Extend, &str); 3] = [
+    let agent_text = read(config_dir().join("agent-db1.yaml"))? + &fencing_text;
+    // Each file probed as shipped, and with what it leaves commented out merged in (`PATCHES`).
+    let daemons: [(&str, &[Probed], Loader, &str); 3] = [
         (
             "config/coordinator.yaml",
-            &["config/coordinator.yaml", "config/coordinator-coord1.yaml"],
+            &[("config/coordinator.yaml", "{}"), ("config/coordinator-coord1.yaml", "{}")],
             &coordinator_load,
-            &plain,
             &coordinator_text,
         ),
-        ("config/agent-db1.yaml", &["config/agent-db1.yaml"], &agent_load, &agent_with_hooks, &agent_text),
-        ("fencing/fencing.example.yaml", &["fencing/fencing.example.yaml"], &fencing_load, &plain, &fencing_text),
+        (
+            "config/agent-db1.yaml",
+            &[
+                ("config/agent-db1.yaml", "{}"),
+                ("config/agent-db1.yaml", AGENT_HOOKS),
+                ("config/agent-db1.yaml", AGENT_COMMAND_ADAPTER),
+            ],
+            &agent_load,
+            &agent_text,
+        ),
+        ("fencing/fencing.example.yaml", &[("fencing/fencing.example.yaml", "{}")], &fencing_load, &fencing_text),
     ];
     let mut missing = Vec::new();
     let mut sections = 0;
-    for (reference, files, load, extend, text) in daemons {
-        for file in files {
-            for (path, keys) in accepted_keys(&extend(read(root.join(file))?)?, load)? {
+    for (reference, files, load, text) in daemons {
+        for (file, patch) in files {
+            let doc = merged(&read(root.join(file))?, patch)?;
+            load(&doc).with_context(|| format!("{file} with {patch}"))?;
+            for (path, keys) in accepted_keys(&doc, load)? {
                 sections += 1;
                 for key in keys {
                     if !mentions(text, &key) {
