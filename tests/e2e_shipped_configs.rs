@@ -2,8 +2,8 @@
 //! that describe one deployment agree with each other: the three coordinator servers list the
 //! same ensemble, each is the server it says it is, and the agents connect to exactly those
 //! servers with the staleness bound an ensemble needs and a lease left for their promotion.
-//! Every key the loaders accept is described in the reference files, and every section refuses
-//! a key it does not know.
+//! Every key the loaders accept is described in the reference files, every section refuses a
+//! key it does not know, and the values the reference files show commented out are the defaults.
 //!
 //! A YAML file added to `config/` that this test does not know fails it: say here which daemon
 //! reads it.
@@ -280,5 +280,55 @@ fn every_key_the_loaders_accept_is_described_in_the_reference_configs() -> Resul
         "keys the loaders accept that no reference config describes:\n  {}",
         missing.join("\n  ")
     );
+    Ok(())
+}
+
+/// The values a reference config shows commented out are the loader's defaults, or examples of
+/// a key that is unset by default: uncommenting a line `# key: value` (in place, in its section)
+/// either loads the same configuration as the file as shipped, or sets a key the shipped file
+/// leaves unset. Returns how many such lines were checked.
+fn commented_values_are_defaults(file: &str, load: &dyn Fn(&str) -> Result<String>) -> Result<usize> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))?;
+    let shipped = load(&text)?;
+    let mut checked = 0;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let Some((key, value)) = line.trim_start().strip_prefix("# ").and_then(|l| l.split_once(": ")) else {
+            continue;
+        };
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') || value.trim().is_empty() {
+            continue;
+        }
+        let uncommented = format!("{}{key}: {value}", &line[..indent]);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[n] = &uncommented;
+        let unset_by_default = shipped.contains(&format!("{key}: None")) || shipped.contains(&format!("{key}: []"));
+        let loaded = match load(&lines.join("\n")) {
+            Ok(c) => c,
+            // Prose that happens to read as `key: value` (no such key there) is not a setting.
+            Err(e) if format!("{e:#}").contains("unknown field") => continue,
+            // An example of an optional key that needs others with it (server_id and servers).
+            Err(_) if unset_by_default => continue,
+            Err(e) => bail!("{file} line {}: `{}` does not load: {e:#}", n + 1, uncommented.trim()),
+        };
+        checked += 1;
+        ensure!(
+            loaded == shipped || unset_by_default,
+            "{file} line {}: `{}` is shown as the default, but the loader's default differs",
+            n + 1,
+            uncommented.trim()
+        );
+    }
+    Ok(checked)
+}
+
+#[test]
+fn the_reference_configs_commented_values_are_the_defaults() -> Result<()> {
+    let coordinator = |t: &str| -> Result<String> { Ok(format!("{:?}", CoordinatorConfig::from_yaml(t)?)) };
+    let agent = |t: &str| -> Result<String> { Ok(format!("{:?}", AgentConfig::from_yaml(t)?)) };
+    let checked = commented_values_are_defaults("config/coordinator.yaml", &coordinator)?;
+    ensure!(checked >= 10, "only {checked} commented settings found in config/coordinator.yaml");
+    let checked = commented_values_are_defaults("config/agent-db1.yaml", &agent)?;
+    ensure!(checked >= 3, "only {checked} commented settings found in config/agent-db1.yaml");
     Ok(())
 }
