@@ -330,5 +330,9 @@ fn the_reference_configs_commented_values_are_the_defaults() -> Result<()> {
     ensure!(checked >= 10, "only {checked} commented settings found in config/coordinator.yaml");
     let checked = commented_values_are_defaults("config/agent-db1.yaml", &agent)?;
     ensure!(checked >= 3, "only {checked} commented settings found in config/agent-db1.yaml");
+    let fencing =
+        |t: &str| -> Result<String> { Ok(format!("{:?}", referee_fencing::config::FencingConfig::from_yaml_str(t)?)) };
+    let checked = commented_values_are_defaults("fencing/fencing.example.yaml", &fencing)?;
+    ensure!(checked >= 1, "no commented settings found in fencing/fencing.example.yaml");
     Ok(())
 }
