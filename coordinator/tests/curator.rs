@@ -103,7 +103,7 @@ async fn curator_api_and_recipes_work_through_a_follower() -> Result<()> {
     }
     let ensemble = ThreeVoters::start(|_| {}).await?;
     let follower = ensemble.follower().client;
-    let leader = ensemble.running.iter().find(|r| r.id == ensemble.leader).context("the leader")?.client;
+    let leader = ensemble.leader()?.client;
     api_and_recipes(&[follower], leader).await?;
     ensemble.stop().await
 }

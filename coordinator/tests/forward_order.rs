@@ -132,7 +132,7 @@ async fn forwarded_writes_of_several_sessions_on_a_follower_keep_each_sessions_o
     const WRITES: usize = 300;
     let ensemble = ThreeVoters::start(|_| {}).await?;
     let follower = ensemble.follower();
-    let leader = ensemble.running.iter().find(|r| r.id == ensemble.leader).context("the leader runs")?;
+    let leader = ensemble.leader()?;
     let parents: Vec<String> = (0..SESSIONS).map(|i| format!("/s{i}")).collect();
     make_parents(follower.client, &parents).await?;
 

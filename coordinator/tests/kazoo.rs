@@ -106,8 +106,7 @@ async fn kazoo_api_watches_and_recipes_work_through_a_follower() -> Result<()> {
         return Ok(());
     };
     let ensemble = ThreeVoters::start(|_| {}).await?;
-    let (follower, leader) = (ensemble.follower().client, ensemble.running.iter().find(|r| r.id == ensemble.leader));
-    let leader = leader.context("the leader among the servers")?.client;
+    let (follower, leader) = (ensemble.follower().client, ensemble.leader()?.client);
     // Everything through the follower; the results read back on the leader.
     api_watches_and_recipes(&python, &[follower], leader).await?;
     ensemble.stop().await
@@ -157,7 +156,7 @@ async fn a_kazoo_session_moves_to_another_server_with_its_ephemeral_and_watches(
     let (script, session) = start_move(&python, &hosts).await?;
     let at = ensemble.running.iter().position(|r| r.id == first).context("the follower")?;
     stop(ensemble.running.remove(at)).await?;
-    let leader = ensemble.running.iter().find(|r| r.id == ensemble.leader).context("the leader")?.client;
+    let leader = ensemble.leader()?.client;
     script::finish_move(script, &session, 5, "/k/result/move", leader).await?;
     ensemble.stop().await
 }

@@ -55,7 +55,7 @@ async fn pipelined(raw: &mut Raw, requests: &[(i32, Vec<u8>)]) -> Result<Vec<Vec
 async fn pipelined_syncs_through_a_follower_see_every_write_acknowledged_before_they_were_sent() -> Result<()> {
     common::capture_server_logs("referee_coordinator=info,openraft=warn");
     let ensemble = ThreeVoters::start(|_| {}).await?;
-    let leader = ensemble.running.iter().find(|r| r.id == ensemble.leader).context("the leader")?.client;
+    let leader = ensemble.leader()?.client;
     let follower = ensemble.follower().client;
 
     let mut writer = Raw::connect(leader, 10_000).await?;

@@ -258,6 +258,11 @@ impl ThreeVoters {
         self.running.iter().find(|r| r.id != self.leader).expect("three servers, one leader")
     }
 
+    /// The leader, while it is among the running servers.
+    pub fn leader(&self) -> Result<&Running> {
+        self.running.iter().find(|r| r.id == self.leader).context("the leader is not among the running servers")
+    }
+
     /// Stops every server, checking each stopped cleanly.
     pub async fn stop(self) -> Result<()> {
         for r in self.running {

@@ -218,39 +218,32 @@ def watches(hosts):
         events.append(event)
         fired.set()
 
+    def fires(what, trigger):
+        """Runs trigger, waits for the watch it sets off, and returns that watch's event."""
+        before = len(events)
+        fired.clear()
+        trigger()
+        wait_for(what, fired)
+        return events[before]
+
     zk.create("/k/w/data", b"0")
     zk.get("/k/w/data", watch=record)
-    writer.set("/k/w/data", b"1")
-    wait_for("data watch", fired)
-    check(
-        "data watch fires CHANGED",
-        events[0].type == EventType.CHANGED and events[0].path == "/k/w/data",
-        events,
-    )
-    fired.clear()
+    e = fires("data watch", lambda: writer.set("/k/w/data", b"1"))
+    check("data watch fires CHANGED", e.type == EventType.CHANGED and e.path == "/k/w/data", events)
     writer.set("/k/w/data", b"2")
     writer.sync("/k/w/data")
     zk.sync("/k/w/data")
     check("a one-shot watch fires once", len(events) == 1, events)
 
     zk.exists("/k/w/later", watch=record)
-    writer.create("/k/w/later", b"")
-    wait_for("exists watch", fired)
-    check("exists watch on a missing node fires CREATED", events[1].type == EventType.CREATED, events)
-    fired.clear()
+    e = fires("exists watch", lambda: writer.create("/k/w/later", b""))
+    check("exists watch on a missing node fires CREATED", e.type == EventType.CREATED, events)
     zk.get_children("/k/w", watch=record)
-    writer.create("/k/w/kid", b"")
-    wait_for("child watch", fired)
-    check(
-        "child watch fires CHILD on the parent",
-        events[2].type == EventType.CHILD and events[2].path == "/k/w",
-        events,
-    )
-    fired.clear()
+    e = fires("child watch", lambda: writer.create("/k/w/kid", b""))
+    check("child watch fires CHILD on the parent", e.type == EventType.CHILD and e.path == "/k/w", events)
     zk.get("/k/w/later", watch=record)
-    writer.delete("/k/w/later")
-    wait_for("delete watch", fired)
-    check("data watch fires DELETED", events[3].type == EventType.DELETED, events)
+    e = fires("delete watch", lambda: writer.delete("/k/w/later"))
+    check("data watch fires DELETED", e.type == EventType.DELETED, events)
 
     # The recipes built on them: DataWatch sees every value, ChildrenWatch every list.
     data = Calls("DataWatch")
