@@ -1110,7 +1110,8 @@ probes:
     }
 
     /// Agent `i`'s `peers` section: every other node, with how to fence its master (its HA
-    /// URL for the HTTP kinds; host and port otherwise) and its pidfile.
+    /// URL for the HTTP kinds; host and port otherwise), its pidfile and, with the admin API
+    /// on, its agent's peer API address.
     fn peers_yaml(&self, i: usize) -> String {
         let mut out = String::from("peers:\n");
         for (j, node) in CLUSTER_NODES.iter().enumerate().take(self.node_count()).filter(|(j, _)| *j != i) {
@@ -1123,6 +1124,10 @@ probes:
                 MasterKind::Command => {}
             }
             out.push_str(&format!("    pidfile: {}\n", self.node_dir(j).join("master.pid").display()));
+            if self.spec.admin {
+                // Where its agent's peer API listens (the admin listener), for failsafe rounds.
+                out.push_str(&format!("    peer_url: \"http://{ip}:{}\"\n", self.ports[j].admin));
+            }
         }
         out
     }

@@ -174,6 +174,68 @@ async fn failsafe_rides_out_a_coordinator_outage(kind: CoordinatorKind) -> Resul
     }
 }
 
+/// Failsafe asks a configured peer at the peer API address its `peers` entry gives, not only
+/// at the one it registered: the standby's agent is down when the outage begins (so the
+/// active's member list lacks it) and comes back during it, unable to register. Asked at its
+/// configured address, it confirms, and the active keeps serving past its session's lease; the
+/// master's own acknowledgements are the proof.
+async fn failsafe_asks_a_peer_that_came_back_during_the_outage(kind: CoordinatorKind) -> Result<()> {
+    // The timings of `failsafe_rides_out_a_coordinator_outage`, for the same reasons.
+    let failsafe = "failsafe:\n  enabled: true\n  ttl_ms: 5000\ncoordinator:\n  session_timeout_ms: 4000\n";
+    let pair = Arc::new(Pair::start(spec(kind, true, failsafe)).await?);
+    let active = pair.wait_for_active(Duration::from_secs(20)).await?;
+    let standby = 1 - active;
+    let oracles = Oracles::start(&pair);
+
+    // The standby's agent dies; its registration goes with its session, and the active's next
+    // reading of the members no longer lists it.
+    pair.agents[standby].as_ref().context("the standby's agent runs")?.signal(Signal::SIGKILL)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status(&pair, active).await;
+        let listed = st["members"].as_array().is_some_and(|m| m.iter().any(|n| n == NODES[standby]));
+        if st["members"].is_array() && !listed {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the active still lists {} as a member: {st}", NODES[standby]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The coordinator goes; the standby's agent comes back, with no coordinator to register in.
+    pair.kill_coordinator();
+    let killed = Instant::now();
+    let _back = pair.start_agent(standby)?;
+    let confirmed = |v: &Value| v["counters"]["failsafe_confirmed"].as_u64().unwrap_or(0);
+    let mut first: Option<u64> = None;
+    loop {
+        let st = status(&pair, active).await;
+        ensure!(
+            pair.is_active(active).await,
+            "{} stopped being active {:?} into the outage: {st}\n--- agent {} ---\n{}",
+            NODES[active],
+            killed.elapsed(),
+            NODES[active],
+            pair.agent_log_tail(active)
+        );
+        ensure!(!pair.is_active(standby).await, "{} became active with no coordinator", NODES[standby]);
+        pair.write(active, "k", "during-outage").await.map_err(|e| {
+            anyhow::anyhow!("the active's master refused a write {:?} into the outage: {e}", killed.elapsed())
+        })?;
+        // Rounds confirmed by the standby's agent once it is back, well past the session's lease.
+        let now = confirmed(&st);
+        let since = now - *first.get_or_insert(now);
+        if since >= 4 && killed.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        ensure!(killed.elapsed() < Duration::from_secs(25), "failsafe never confirmed four rounds: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match oracles.check(Duration::from_secs(3600)).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 macro_rules! both_coordinators {
     ($($name:ident),* $(,)?) => {
         mod bundled {
@@ -198,7 +260,11 @@ macro_rules! both_coordinators {
     };
 }
 
-both_coordinators!(tokens_keep_increasing_after_a_wipe, failsafe_rides_out_a_coordinator_outage);
+both_coordinators!(
+    tokens_keep_increasing_after_a_wipe,
+    failsafe_rides_out_a_coordinator_outage,
+    failsafe_asks_a_peer_that_came_back_during_the_outage
+);
 
 /// The three-server ensemble: every server killed at once is the outage. (A wipe is not run on
 /// it: an ensemble that lost every server's data is a new ensemble, not a restart.)

@@ -109,6 +109,14 @@ pub struct PeerSettings {
     /// Its master's pidfile on its host.
     #[serde(default)]
     pub pidfile: Option<PathBuf>,
+    /// Its agent's peer API base URL, as that agent publishes it (`admin.peer_advertise`, or
+    /// the scheme and address of `admin.peer_listen`, else `admin.listen`). Optional: a failsafe
+    /// round asks each peer at the address it registered with the coordinator and at this one,
+    /// so a peer the active never saw registered (its agent was down when the outage began, and
+    /// came back unable to register) or that registered elsewhere can still confirm. Unset, the
+    /// URL an `agent` fencing method lists for the node is used, if there is one.
+    #[serde(default)]
+    pub peer_url: Option<String>,
 }
 
 impl PeerSettings {
@@ -129,8 +137,8 @@ impl PeerSettings {
 /// contend for `ttl_ms`. While every member confirms, the master stays active for
 /// `ttl_ms − lease.demote_deadline_ms − lease.margin_ms` after each round was sent; one
 /// member missing or refusing, and the master is demoted when that runs out. Every configured
-/// peer must be registered with a peer API address to be asked; one that is not refuses the
-/// round.
+/// peer is asked, at the peer API address it registered and at its `peers` entry's `peer_url`;
+/// one with neither refuses the round.
 ///
 /// An expired session does not end failsafe by itself: the client library also declares a
 /// session expired when it could not renew it in time, which in an outage says nothing about the
@@ -400,6 +408,18 @@ impl AgentConfig {
         self.peers.iter().map(PeerSettings::target).collect()
     }
 
+    /// Every configured peer's id with the peer API URL the configuration gives for it: its
+    /// `peer_url`, else the first URL an `agent` fencing method lists for it.
+    pub fn peer_api_urls(&self) -> Vec<(String, Option<String>)> {
+        let fencing_url = |node: &str| {
+            self.fencing.iter().flat_map(|f| &f.levels).flat_map(|l| &l.methods).find_map(|m| match m {
+                referee_fencing::MethodConfig::Agent(agent) => agent.peers.get(node).cloned(),
+                _ => None,
+            })
+        };
+        self.peers.iter().map(|p| (p.node_id.clone(), p.peer_url.clone().or_else(|| fencing_url(&p.node_id)))).collect()
+    }
+
     /// How peers fence this node's master (its token is filled in per acquisition).
     pub fn own_target(&self) -> FenceTarget {
         let mut t = FenceTarget::new(&self.node_id, &self.master.host, self.master.port, FencingToken(0));
@@ -643,6 +663,19 @@ impl AgentConfig {
                     format!("entry {:?} needs a host and a non-zero port to fence its master", peer.node_id),
                 ));
             }
+            if let Some(url) = &peer.peer_url {
+                let parsed = reqwest::Url::parse(url).ok();
+                if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+                    return Err(invalid(
+                        "peers",
+                        format!(
+                            "entry {:?} has peer_url {url:?}, not an http(s) URL with a host; give its agent's peer \
+                             API base URL, e.g. \"http://db2.example.internal:8444\", or leave it out",
+                            peer.node_id
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -785,6 +818,29 @@ probes: {listen: "127.0.0.1:8301"}
         assert_eq!(targets.len(), 1);
         assert_eq!((targets[0].node_id.as_str(), targets[0].host.as_str(), targets[0].port), ("b", "127.0.0.2", 9002));
         assert_eq!(targets[0].ha_url.as_deref(), Some("http://127.0.0.2:9002"));
+    }
+
+    #[test]
+    fn a_peers_api_url_is_its_peer_url_or_the_agent_fencing_methods() {
+        let cfg = AgentConfig::from_yaml(&minimal()).unwrap();
+        assert_eq!(cfg.peer_api_urls(), vec![("b".to_string(), None)]);
+        let given = minimal().replace("port: 9002,", "port: 9002, peer_url: \"https://b.example:8444\",");
+        let cfg = AgentConfig::from_yaml(&given).unwrap();
+        assert_eq!(cfg.peer_api_urls(), vec![("b".to_string(), Some("https://b.example:8444".to_string()))]);
+        // Unset: the address the `agent` fencing method asks the node at; a `peer_url` wins.
+        let agent_method = "{kind: graceful, timeout_ms: 500}\n        - {kind: agent, timeout_ms: 500, \
+                            secret_env: S, peers: {b: \"http://b.example:8444\"}}";
+        let fenced = minimal().replace("{kind: graceful, timeout_ms: 500}", agent_method);
+        let cfg = AgentConfig::from_yaml(&fenced).unwrap();
+        assert_eq!(cfg.peer_api_urls(), vec![("b".to_string(), Some("http://b.example:8444".to_string()))]);
+        let both = given.replace("{kind: graceful, timeout_ms: 500}", agent_method);
+        let cfg = AgentConfig::from_yaml(&both).unwrap();
+        assert_eq!(cfg.peer_api_urls(), vec![("b".to_string(), Some("https://b.example:8444".to_string()))]);
+        for bad in ["b.example:8444", "ftp://b.example", "http://", "not a url"] {
+            let yaml = minimal().replace("port: 9002,", &format!("port: 9002, peer_url: \"{bad}\","));
+            let e = refused(&yaml);
+            assert!(e.contains(&format!("entry \"b\" has peer_url {bad:?}, not an http(s) URL with a host")), "{e}");
+        }
     }
 
     #[test]

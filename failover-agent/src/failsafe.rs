@@ -28,9 +28,12 @@
 //! promise waits out at most one `ttl_ms` before contending.
 //!
 //! Who is asked is not the registered members alone ([`round_targets`]): every configured
-//! peer must be registered with a peer API address and confirm, so a node whose registration
-//! the coordinator lost (or never had) cannot be skipped; a registered member missing from the
-//! configuration is asked too.
+//! peer must confirm, so a node whose registration the coordinator lost (or never had) cannot
+//! be skipped; a registered member missing from the configuration is asked too. A configured
+//! peer is asked at every address known for it, the one it registered and the one its `peers`
+//! entry gives (`peer_url`), so a peer whose agent came back during the outage, unable to
+//! register, or registered elsewhere, can still confirm; an explicit refusal at any of them
+//! refuses the round.
 //!
 //! # Where this differs from Patroni's failsafe
 //!
@@ -91,29 +94,53 @@ pub enum RoundOutcome {
     Refused(String),
 }
 
-/// Who one round asks: every configured peer, each by the peer API address it registered,
-/// then every other registered member. `Err` (the round is refused without asking anyone) when
-/// a configured peer is not registered, when a node to ask publishes no address, or when the
-/// member list was never read (it then lacks `me`).
-pub fn round_targets(me: &str, peers: &[String], members: &[Member]) -> Result<Vec<(String, String)>, String> {
+/// One node a round asks, at every peer API address known for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node.
+    pub node_id: String,
+    /// The address it registered first, then the one its `peers` entry gives if another; never
+    /// empty.
+    pub urls: Vec<String>,
+}
+
+/// Who one round asks: every configured peer (`peers`: its id and the peer API URL the
+/// configuration gives for it, if any), at the address it registered and at the configured
+/// one, then every other registered member at the address it registered. `Err` (the round is
+/// refused without asking anyone) when a node to ask has no address at all (a configured peer
+/// neither registered nor given a `peer_url`, a member publishing none), or when the member list
+/// was never read (it then lacks `me`, and a member missing from the configuration could go
+/// unasked).
+pub fn round_targets(me: &str, peers: &[(String, Option<String>)], members: &[Member]) -> Result<Vec<Target>, String> {
     if !members.iter().any(|m| m.node_id == me) {
         return Err("the member list was never read; nobody can be asked".into());
     }
     let mut targets = Vec::with_capacity(peers.len());
-    for peer in peers {
-        let Some(member) = members.iter().find(|m| m.node_id == *peer) else {
-            return Err(format!("{peer} is not registered with the coordinator, so it cannot be asked"));
-        };
-        let Some(url) = &member.peer_url else {
-            return Err(format!("{peer} publishes no peer API address"));
-        };
-        targets.push((peer.clone(), url.clone()));
+    for (peer, configured) in peers {
+        let registered = members.iter().find(|m| m.node_id == *peer);
+        let mut urls: Vec<String> = Vec::with_capacity(2);
+        for url in [registered.and_then(|m| m.peer_url.as_deref()), configured.as_deref()].into_iter().flatten() {
+            let url = url.trim_end_matches('/').to_string();
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        if urls.is_empty() {
+            return Err(match registered {
+                None => format!(
+                    "{peer} is not registered with the coordinator and its `peers` entry gives no peer_url, so it \
+                     cannot be asked"
+                ),
+                Some(_) => format!("{peer} publishes no peer API address and its `peers` entry gives no peer_url"),
+            });
+        }
+        targets.push(Target { node_id: peer.clone(), urls });
     }
-    for member in members.iter().filter(|m| m.node_id != me && !peers.contains(&m.node_id)) {
+    for member in members.iter().filter(|m| m.node_id != me && !peers.iter().any(|(p, _)| *p == m.node_id)) {
         let Some(url) = &member.peer_url else {
             return Err(format!("{} publishes no peer API address", member.node_id));
         };
-        targets.push((member.node_id.clone(), url.clone()));
+        targets.push(Target { node_id: member.node_id.clone(), urls: vec![url.trim_end_matches('/').to_string()] });
     }
     Ok(targets)
 }
@@ -222,15 +249,68 @@ pub fn after_session_end(failsafe_enabled: bool) -> AfterSessionEnd {
     AfterSessionEnd { keep_held: failsafe_enabled, keep_failsafe: failsafe_enabled }
 }
 
-/// One round: asks every target of [`round_targets`] at once and waits for all answers or
-/// `timeout`; a refusal of `round_targets` refuses the round without asking.
+/// What one address of a node said to a round's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// The node confirmed there.
+    Confirmed,
+    /// The node answered there and refused, with why.
+    Refused(String),
+    /// No usable answer there: none, an HTTP error, an unreadable body, or another node's.
+    Nothing(String),
+}
+
+/// A node's verdict from what each of its addresses said: one refusal refuses (whatever the
+/// other addresses said, the node itself said no); else one confirmation confirms; else why
+/// nothing usable was heard, address by address.
+pub fn node_verdict(heard: &[Heard]) -> Result<(), String> {
+    if let Some(Heard::Refused(why)) = heard.iter().find(|h| matches!(h, Heard::Refused(_))) {
+        return Err(why.clone());
+    }
+    if heard.contains(&Heard::Confirmed) {
+        return Ok(());
+    }
+    let why: Vec<&str> = heard
+        .iter()
+        .filter_map(|h| match h {
+            Heard::Nothing(why) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
+    Err(if why.is_empty() { "no address was asked".into() } else { why.join("; ") })
+}
+
+/// Asks `node` at `url` and says what was heard.
+async fn ask(call: reqwest::RequestBuilder, node: &str, url: &str) -> Heard {
+    let answer = match call.send().await {
+        Err(e) => return Heard::Nothing(format!("{node} did not answer at {url}: {e}")),
+        Ok(r) if !r.status().is_success() => {
+            return Heard::Nothing(format!(
+                "{node} answered {} at {url}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ))
+        }
+        Ok(r) => r.json::<FailsafeResponse>().await,
+    };
+    match answer {
+        Ok(a) if a.node_id != node => Heard::Nothing(format!("{node}'s address {url} answered as {}", a.node_id)),
+        Ok(a) if a.accepted => Heard::Confirmed,
+        Ok(a) => Heard::Refused(format!("{node} refused: {}", a.reason)),
+        Err(e) => Heard::Nothing(format!("{node} answered unreadably at {url}: {e}")),
+    }
+}
+
+/// One round: asks every target of [`round_targets`] at every address at once and waits for
+/// all answers or `timeout`; each node's answers are weighed by [`node_verdict`]. A refusal of
+/// `round_targets` refuses the round without asking.
 pub async fn run_round(
     http: &reqwest::Client,
     secret: Option<&str>,
     me: &str,
     token: FencingToken,
     ttl: Duration,
-    targets: Result<Vec<(String, String)>, String>,
+    targets: Result<Vec<Target>, String>,
     timeout: Duration,
 ) -> RoundOutcome {
     let targets = match targets {
@@ -239,26 +319,22 @@ pub async fn run_round(
     };
     let request = FailsafeRequest { node_id: me.to_string(), token, ttl_ms: ttl.as_millis() as u64 };
     let mut asks = tokio::task::JoinSet::new();
-    for (node, url) in targets {
-        let mut call =
-            http.post(format!("{}{PEER_FAILSAFE_PATH}", url.trim_end_matches('/'))).timeout(timeout).json(&request);
-        if let Some(secret) = secret {
-            call = call.bearer_auth(secret);
+    for target in targets {
+        let mut each = tokio::task::JoinSet::new();
+        for url in target.urls {
+            let mut call = http.post(format!("{url}{PEER_FAILSAFE_PATH}")).timeout(timeout).json(&request);
+            if let Some(secret) = secret {
+                call = call.bearer_auth(secret);
+            }
+            let node = target.node_id.clone();
+            each.spawn(async move { ask(call, &node, &url).await });
         }
         asks.spawn(async move {
-            let answer = match call.send().await {
-                Err(e) => return Err(format!("{node} did not answer: {e}")),
-                Ok(r) if !r.status().is_success() => {
-                    return Err(format!("{node} answered {}: {}", r.status(), r.text().await.unwrap_or_default()))
-                }
-                Ok(r) => r.json::<FailsafeResponse>().await,
-            };
-            match answer {
-                Ok(a) if a.accepted && a.node_id == node => Ok(()),
-                Ok(a) if a.accepted => Err(format!("{node}'s address answered as {}", a.node_id)),
-                Ok(a) => Err(format!("{node} refused: {}", a.reason)),
-                Err(e) => Err(format!("{node} answered unreadably: {e}")),
+            let mut heard = Vec::new();
+            while let Some(joined) = each.join_next().await {
+                heard.push(joined.unwrap_or_else(|e| Heard::Nothing(format!("asking failed: {e}"))));
             }
+            node_verdict(&heard)
         });
     }
     let mut confirmed = 0;
@@ -287,30 +363,86 @@ mod tests {
         }
     }
 
-    fn peers(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| n.to_string()).collect()
+    /// Configured peers without a `peer_url`.
+    fn peers(names: &[&str]) -> Vec<(String, Option<String>)> {
+        names.iter().map(|n| (n.to_string(), None)).collect()
+    }
+
+    fn target(node: &str, urls: &[&str]) -> Target {
+        Target { node_id: node.into(), urls: urls.iter().map(|u| u.to_string()).collect() }
     }
 
     #[test]
-    fn every_configured_peer_is_asked_and_must_be_registered() {
-        let members = [member("a", None), member("b", Some("http://b:1")), member("c", Some("http://c:1"))];
+    fn every_configured_peer_is_asked_and_cannot_be_skipped() {
+        let members = [member("a", None), member("b", Some("http://b:1")), member("c", Some("http://c:1/"))];
         assert_eq!(
             round_targets("a", &peers(&["b", "c"]), &members),
-            Ok(vec![("b".into(), "http://b:1".into()), ("c".into(), "http://c:1".into())])
+            Ok(vec![target("b", &["http://b:1"]), target("c", &["http://c:1"])])
         );
         // A registered member the configuration does not name is asked too.
         assert_eq!(
             round_targets("a", &peers(&["c"]), &members),
-            Ok(vec![("c".into(), "http://c:1".into()), ("b".into(), "http://b:1".into())])
+            Ok(vec![target("c", &["http://c:1"]), target("b", &["http://b:1"])])
         );
         let e = round_targets("a", &peers(&["b"]), &[]).unwrap_err();
         assert!(e.contains("never read"), "{e}");
         // A configured peer the coordinator does not list (its agent hung, its registration
-        // lost) cannot be skipped.
+        // lost) and with no configured address cannot be skipped.
         let e = round_targets("a", &peers(&["b", "d"]), &members).unwrap_err();
-        assert_eq!(e, "d is not registered with the coordinator, so it cannot be asked");
+        assert_eq!(
+            e,
+            "d is not registered with the coordinator and its `peers` entry gives no peer_url, so it cannot be asked"
+        );
         let e = round_targets("a", &peers(&["b"]), &[member("a", None), member("b", None)]).unwrap_err();
-        assert_eq!(e, "b publishes no peer API address");
+        assert_eq!(e, "b publishes no peer API address and its `peers` entry gives no peer_url");
+        let e = round_targets(
+            "a",
+            &peers(&["b"]),
+            &[member("a", None), member("b", Some("http://b:1")), member("x", None)],
+        )
+        .unwrap_err();
+        assert_eq!(e, "x publishes no peer API address");
+    }
+
+    #[test]
+    fn a_configured_peer_url_is_asked_beside_the_registered_one() {
+        let configured = |node: &str, url: &str| (node.to_string(), Some(url.to_string()));
+        // Registered and configured alike: asked once.
+        let members = [member("a", None), member("b", Some("http://b:1"))];
+        assert_eq!(
+            round_targets("a", &[configured("b", "http://b:1/")], &members),
+            Ok(vec![target("b", &["http://b:1"])])
+        );
+        // Registered elsewhere: both, the registered address first.
+        assert_eq!(
+            round_targets("a", &[configured("b", "http://b-new:2")], &members),
+            Ok(vec![target("b", &["http://b:1", "http://b-new:2"])])
+        );
+        // Not registered (its agent was down when the list was read), or registered with no
+        // address: the configured address alone.
+        assert_eq!(
+            round_targets("a", &[configured("b", "http://b:1"), configured("c", "http://c:1")], &members),
+            Ok(vec![target("b", &["http://b:1"]), target("c", &["http://c:1"])])
+        );
+        assert_eq!(
+            round_targets("a", &[configured("b", "http://b:1")], &[member("a", None), member("b", None)]),
+            Ok(vec![target("b", &["http://b:1"])])
+        );
+        // Configured addresses do not stand in for a member list never read.
+        let e = round_targets("a", &[configured("b", "http://b:1")], &[]).unwrap_err();
+        assert!(e.contains("never read"), "{e}");
+    }
+
+    #[test]
+    fn one_refusal_at_any_address_refuses_and_one_confirmation_is_enough_otherwise() {
+        let nothing = |why: &str| Heard::Nothing(why.into());
+        let refused = |why: &str| Heard::Refused(why.into());
+        assert_eq!(node_verdict(&[Heard::Confirmed]), Ok(()));
+        assert_eq!(node_verdict(&[nothing("b did not answer at old"), Heard::Confirmed]), Ok(()));
+        assert_eq!(node_verdict(&[Heard::Confirmed, refused("b refused: active")]), Err("b refused: active".into()));
+        assert_eq!(node_verdict(&[refused("b refused: x"), nothing("y")]), Err("b refused: x".into()));
+        assert_eq!(node_verdict(&[nothing("one"), nothing("two")]), Err("one; two".into()));
+        assert_eq!(node_verdict(&[]), Err("no address was asked".into()));
     }
 
     #[test]
@@ -407,13 +539,59 @@ mod tests {
         assert_eq!(out, RoundOutcome::Confirmed { members: 0 });
     }
 
+    /// A peer API on a loopback port that answers every failsafe request as `node`, `accepted`
+    /// or not; returns its base URL.
+    async fn answering(node: &str, accepted: bool) -> String {
+        let reply = FailsafeResponse { node_id: node.into(), accepted, reason: "its master is active".into() };
+        let app = axum::Router::new()
+            .route(PEER_FAILSAFE_PATH, axum::routing::post(move || async move { axum::Json(reply) }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn dead_url() -> String {
+        // A port nobody listens on: bind, learn it, drop.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("http://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_heard_at_its_configured_address_when_its_registered_one_is_gone() {
+        let http = reqwest::Client::new();
+        let round = |targets| {
+            run_round(&http, Some("s"), "a", FencingToken(5), Duration::from_secs(4), targets, Duration::from_secs(2))
+        };
+        let (dead, b, c, b_refusing) =
+            (dead_url(), answering("b", true).await, answering("c", true).await, answering("b", false).await);
+        let configured = |url: &str| vec![("b".to_string(), Some(url.to_string()))];
+        let members = |url: &str| vec![member("a", None), member("b", Some(url))];
+        // Registered at an address nobody answers at any more; confirmed at the configured one.
+        let out = round(round_targets("a", &configured(&b), &members(&dead))).await;
+        assert_eq!(out, RoundOutcome::Confirmed { members: 1 });
+        // The old address now answers as another node: not b's answer, and b's is enough.
+        let out = round(round_targets("a", &configured(&b), &members(&c))).await;
+        assert_eq!(out, RoundOutcome::Confirmed { members: 1 });
+        // Never registered: the configured address alone.
+        let out = round(round_targets("a", &configured(&b), &[member("a", None)])).await;
+        assert_eq!(out, RoundOutcome::Confirmed { members: 1 });
+        // A refusal at either address refuses, whatever the other said.
+        let out = round(round_targets("a", &configured(&b), &members(&b_refusing))).await;
+        assert_eq!(out, RoundOutcome::Refused("b refused: its master is active".into()));
+        // Nothing usable anywhere: the round fails, naming each address.
+        let out = round(round_targets("a", &configured(&dead), &members(&c))).await;
+        let RoundOutcome::Refused(why) = out else { panic!("{out:?}") };
+        assert!(why.contains("answered as c") && why.contains(&format!("did not answer at {dead}")), "{why}");
+    }
+
     #[tokio::test]
     async fn an_unreachable_member_refuses_the_round() {
         let http = reqwest::Client::new();
         // A port nobody listens on: bind, learn it, drop.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("http://127.0.0.1:{port}");
-        let targets = round_targets("a", &["b".to_string()], &[member("a", None), member("b", Some(&url))]);
+        let targets = round_targets("a", &peers(&["b"]), &[member("a", None), member("b", Some(&url))]);
         let out =
             run_round(&http, Some("s"), "a", FencingToken(5), Duration::from_secs(4), targets, Duration::from_secs(1))
                 .await;

@@ -267,6 +267,16 @@ pub async fn run_with_control(
 ) -> Result<(), AgentError> {
     let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
     let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
+    if cfg.failsafe.enabled {
+        for (peer, _) in cfg.peer_api_urls().iter().filter(|(_, url)| url.is_none()) {
+            warn!(
+                peer = %peer,
+                "failsafe: `peers` gives no peer_url for {peer}, so a failsafe round can ask it only at the address \
+                 it registered; if it was not registered when the coordinator was last read, the round fails and \
+                 the master is demoted"
+            );
+        }
+    }
     let check_interval = Duration::from_millis(fencing.check_interval_ms);
     let fencer = Arc::new(Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?);
     let status = Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id)));

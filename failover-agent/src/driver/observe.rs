@@ -262,7 +262,7 @@ impl Driver {
         if !quiet || self.mem.failsafe_last_sent.is_some_and(|t| now.saturating_since(t) < every) {
             return;
         }
-        let peers: Vec<String> = self.cfg.peers.iter().map(|p| p.node_id.clone()).collect();
+        let peers = self.cfg.peer_api_urls();
         let targets = crate::failsafe::round_targets(&self.cfg.node_id, &peers, &self.mem.members);
         let (http, secret, me) = (self.peer_http.clone(), self.peer_secret.clone(), self.cfg.node_id.clone());
         let task = tokio::spawn(async move {
