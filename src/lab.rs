@@ -363,14 +363,21 @@ pub enum MasterKind {
     /// it only through `referee master-command health|state|promote|demote` runs, and peers
     /// fence it with the same program as a `shell` method (then `kill`).
     Command,
+    /// The demo master with `--no-lease-poll`, managed by the OCF adapter through the OCF
+    /// resource agent `examples/ocf/referee-demo-master` (which runs `referee master-command`),
+    /// as Pacemaker's agents drive their services; fenced as [`MasterKind::Command`]'s is.
+    Ocf,
 }
+
+/// The OCF resource agent of the demo master, in this repository.
+pub const DEMO_MASTER_OCF_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ocf/referee-demo-master");
 
 impl MasterKind {
     /// Whether the master polls its agent's `/lease`.
     pub fn polls_lease(self) -> bool {
         match self {
             MasterKind::LeasePolling => true,
-            MasterKind::Plain | MasterKind::Command => false,
+            MasterKind::Plain | MasterKind::Command | MasterKind::Ocf => false,
         }
     }
 }
@@ -989,6 +996,32 @@ impl Pair {
                 ),
                 format!("        - kind: graceful\n          timeout_ms: {}\n", t.graceful_fence_ms),
             ),
+            MasterKind::Ocf => {
+                // Each operation is a run of the resource agent, which runs `master-command`
+                // (twice for a monitor): roomier still than a program of its own.
+                let timeout = htimeout.max(2000).min(t.session_timeout_ms / 2);
+                let params = serde_json::json!({
+                    "url": url,
+                    "referee": self.spec.bin.display().to_string(),
+                    "pidfile": node.join("master.pid").display().to_string(),
+                    "timeout_ms": (timeout / 2).to_string(),
+                });
+                (
+                    format!(
+                        "  adapter:\n    kind: ocf\n    agent: {}\n    instance: demo-master-{}\n    params: {params}\n    \
+                         token_file: {}\n    timeout_ms: {timeout}\n",
+                        serde_json::json!(DEMO_MASTER_OCF_AGENT),
+                        CLUSTER_NODES[i],
+                        serde_json::json!(node.join("ocf.token").display().to_string()),
+                    ),
+                    format!(
+                        "        - kind: shell\n          program: {}\n          args: [\"master-command\", \"demote\"]\n          \
+                         timeout_ms: {}\n",
+                        serde_json::json!(self.spec.bin.display().to_string()),
+                        t.graceful_fence_ms.max(1000)
+                    ),
+                )
+            }
             MasterKind::Command => {
                 // The agent never speaks HTTP to its master: each operation is a program run.
                 // A run starts a process, so it gets a roomier deadline than an HTTP call.
@@ -1063,6 +1096,7 @@ probes:
             htimeout = match self.spec.master {
                 MasterKind::LeasePolling | MasterKind::Plain => htimeout,
                 MasterKind::Command => htimeout.max(1000).min(t.session_timeout_ms / 2),
+                MasterKind::Ocf => htimeout.max(2000).min(t.session_timeout_ms / 2),
             },
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
@@ -1121,7 +1155,7 @@ probes:
                 MasterKind::LeasePolling | MasterKind::Plain => {
                     out.push_str(&format!("    ha_url: \"http://{ip}:{port}\"\n"))
                 }
-                MasterKind::Command => {}
+                MasterKind::Command | MasterKind::Ocf => {}
             }
             out.push_str(&format!("    pidfile: {}\n", self.node_dir(j).join("master.pid").display()));
             if self.spec.admin {
@@ -2397,7 +2431,7 @@ fn fencing_on_hosts(spec: &PairSpec, peer: &Host) -> Result<String, LabError> {
         MasterKind::LeasePolling | MasterKind::Plain => {
             serde_json::json!({"kind": "graceful", "timeout_ms": t.graceful_fence_ms})
         }
-        MasterKind::Command => serde_json::json!({
+        MasterKind::Command | MasterKind::Ocf => serde_json::json!({
             "kind": "shell", "program": bin, "args": ["master-command", "demote"], "timeout_ms": program_timeout,
         }),
     };

@@ -3,10 +3,12 @@
 //! against Apache ZooKeeper 3.8.
 //!
 //! A master that polls its agent's `/lease` stops taking writes on its own when its agent
-//! hangs; most masters do not. These tests run the pair with two such kinds: the demo master
-//! managed over HTTP with `--no-lease-poll` (a plain master), and the same master managed by
-//! the command adapter (`referee master-command` as its health, state, promote and demote
-//! programs, and as a `shell` fencing method). Safety then rests on the agents alone.
+//! hangs; most masters do not. These tests run the pair with three such kinds: the demo master
+//! managed over HTTP with `--no-lease-poll` (a plain master), the same master managed by the
+//! command adapter (`referee master-command` as its health, state, promote and demote programs,
+//! and as a `shell` fencing method), and the same master managed by the OCF adapter through an
+//! OCF resource agent (`examples/ocf/referee-demo-master`, as Pacemaker's agents drive their
+//! services). Safety then rests on the agents alone.
 //!
 //! Throughout each scenario the masters themselves are asked (the lab's [`MasterOracle`]):
 //! both masters' own `/ha/state` every few milliseconds, and a write to every master as fast as
@@ -507,4 +509,6 @@ every_case! {
     black_holed_active_agent_command_master: black_holed_active_agent, Command;
     stopped_inside_a_black_hole_plain_master: stopped_inside_a_black_hole, Plain;
     stopped_inside_a_black_hole_command_master: stopped_inside_a_black_hole, Command;
+    wiped_coordinator_under_a_paused_agent_ocf_master: wiped_coordinator_under_a_paused_agent, Ocf;
+    black_holed_active_agent_ocf_master: black_holed_active_agent, Ocf;
 }

@@ -189,6 +189,8 @@ const AGENT_HOOKS: &str = "hooks: {pre_promote: {command: [/bin/true], timeout_m
                            on_role_change: {command: [/bin/true], timeout_ms: 100}}";
 const AGENT_COMMAND_ADAPTER: &str = "master: {adapter: {kind: command, health: [/bin/true], state: [/bin/true], \
                                      promote: [/bin/true], demote: [/bin/true], timeout_ms: 2000}}";
+const AGENT_OCF_ADAPTER: &str = "master: {adapter: {kind: ocf, agent: \"heartbeat:pgsql\", \
+                                 token_file: /tmp/referee-probe.token}}";
 
 /// `doc` with the mapping `patch` merged in, section by section: each key of a section of
 /// `patch` replaces (or adds) that key of `doc`'s section; a section `doc` lacks is added whole.
@@ -248,6 +250,7 @@ fn every_key_the_loaders_accept_is_described_in_the_reference_configs() -> Resul
                 ("config/agent-db1.yaml", "{}"),
                 ("config/agent-db1.yaml", AGENT_HOOKS),
                 ("config/agent-db1.yaml", AGENT_COMMAND_ADAPTER),
+                ("config/agent-db1.yaml", AGENT_OCF_ADAPTER),
             ],
             &agent_load,
             &agent_text,

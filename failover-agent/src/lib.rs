@@ -29,7 +29,8 @@
 //! - [`health`]: the health monitor, a pure state machine with a polling driver.
 //! - [`exit_watch`]: the master's process watched through a pidfd, so that its death brings
 //!   the next health check forward to the moment it happens.
-//! - [`adapter`]: how the agent talks to its master (HTTP protocol or configured commands).
+//! - [`adapter`]: how the agent talks to its master (HTTP protocol, configured commands, or an
+//!   OCF resource agent).
 //! - [`election`]: the lock, breadcrumb, token base and membership znodes in the coordinator.
 //! - [`grants`]: the session timeout each server of the ensemble would grant on a
 //!   reconnection, the lowest of which the lease counts on (the survey's rules are pure).

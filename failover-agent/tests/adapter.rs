@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use referee_failover_agent::adapter::{
-    build_adapter, AdapterConfig, AdapterError, CommandAdapter, CommandAdapterConfig, HealthProblem, HttpAdapter,
-    HttpAdapterConfig, MasterAdapter, NoAnswer,
+    build_adapter, AdapterConfig, AdapterContext, AdapterError, CommandAdapter, CommandAdapterConfig, HealthProblem,
+    HttpAdapter, HttpAdapterConfig, MasterAdapter, NoAnswer,
 };
 use referee_failover_agent::model::MasterStatus;
 use referee_fencing::{FencingToken, HaState, HaStatus, TokenRequest};
@@ -359,8 +359,8 @@ async fn configuration_shapes_parse_validate_and_build() {
     assert!(
         matches!(&command, AdapterConfig::Command(c) if c.state == argv(&["/bin/cat", "/tmp/s"]) && c.timeout_ms == 2000)
     );
-    assert!(build_adapter(&http, "n1").is_ok());
-    assert!(build_adapter(&command, "n1").is_ok());
+    assert!(build_adapter(&http, &AdapterContext::node("n1")).is_ok());
+    assert!(build_adapter(&command, &AdapterContext::node("n1")).is_ok());
 
     // Unknown fields and kinds are refused, not ignored.
     assert!(serde_yaml::from_str::<AdapterConfig>("kind: http\nurl: http://h:1\ntimeout: 5\n").is_err());
@@ -375,7 +375,7 @@ async fn configuration_shapes_parse_validate_and_build() {
         bad.validate().unwrap_err().to_string(),
         "adapter.health: is empty; give the program and its arguments as a list"
     );
-    assert!(build_adapter(&bad, "n1").is_err());
+    assert!(build_adapter(&bad, &AdapterContext::node("n1")).is_err());
     let bad: AdapterConfig = serde_yaml::from_str("kind: http\nurl: localhost:8080\n").unwrap();
     assert_eq!(bad.validate().unwrap_err().field, "url");
 }

@@ -1,7 +1,8 @@
 //! How the agent talks to its master: health, role and token, promotion and demotion.
 //!
-//! Two adapters implement [`MasterAdapter`]: [`HttpAdapter`] speaks the master HA protocol
-//! over HTTP, [`CommandAdapter`] runs configured programs. [`build_adapter`] makes the one an
+//! Three adapters implement [`MasterAdapter`]: [`HttpAdapter`] speaks the master HA protocol
+//! over HTTP, [`CommandAdapter`] runs configured programs, [`OcfAdapter`] runs an OCF resource
+//! agent (Pacemaker's) as a promotable resource. [`build_adapter`] makes the one an
 //! [`AdapterConfig`] names. Every call takes a deadline and never outlives it.
 //!
 //! # The master HA protocol
@@ -32,6 +33,7 @@
 
 mod command;
 mod http;
+mod ocf;
 
 use std::fmt;
 use std::future::Future;
@@ -46,6 +48,7 @@ use crate::model::MasterStatus;
 
 pub(crate) use command::{run as run_program, CommandEnd};
 pub use command::{CommandAdapter, CommandAdapterConfig};
+pub use ocf::{ocf_code_name, OcfAdapter, OcfAdapterConfig};
 
 /// Parses a master's state answer: `{"state", "token"}` as [`referee_fencing::HaStatus`],
 /// with an optional `"position"` (a non-negative integer that only grows; absent or `null`:
@@ -60,7 +63,8 @@ pub type AdapterFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Talks to the local master. Every call ends by its `deadline` (a tokio instant).
 ///
-/// Implemented by [`HttpAdapter`] and [`CommandAdapter`]; tests implement it with fakes.
+/// Implemented by [`HttpAdapter`], [`CommandAdapter`] and [`OcfAdapter`]; tests implement it
+/// with fakes.
 pub trait MasterAdapter: Send + Sync {
     /// Checks the master's health.
     fn health(&self, deadline: Instant) -> AdapterFuture<'_, Result<(), HealthProblem>>;
@@ -236,6 +240,17 @@ pub(crate) fn confirm_demoted(status: MasterStatus) -> Result<MasterStatus, Adap
 ///   demote: ["/usr/local/bin/db-ha", "demote"]
 ///   timeout_ms: 10000                             # ceiling for one run (default 10000)
 /// ```
+///
+/// ```yaml
+/// adapter:
+///   kind: ocf
+///   agent: heartbeat:pgsql                        # or the agent's absolute path
+///   ocf_root: /usr/lib/ocf                        # default
+///   instance: orders-db                           # OCF_RESOURCE_INSTANCE (default: the type)
+///   params: {pgdata: /var/lib/postgresql/15/main} # OCF_RESKEY_<name>
+///   token_file: /var/lib/referee/orders-db.token  # the highest token handed to the resource
+///   timeout_ms: 20000                             # ceiling for one run (default 20000)
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AdapterConfig {
@@ -243,6 +258,8 @@ pub enum AdapterConfig {
     Http(HttpAdapterConfig),
     /// Configured programs, run without a shell.
     Command(CommandAdapterConfig),
+    /// An OCF resource agent, run as Pacemaker runs a promotable resource's.
+    Ocf(OcfAdapterConfig),
 }
 
 impl AdapterConfig {
@@ -251,6 +268,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Http(c) => c.validate(),
             AdapterConfig::Command(c) => c.validate(),
+            AdapterConfig::Ocf(c) => c.validate(),
         }
     }
 }
@@ -271,12 +289,33 @@ impl AdapterConfigError {
     }
 }
 
-/// Builds the adapter `config` names, after validating it. `node_id` is passed to programs
-/// as `REFEREE_NODE_ID`.
-pub fn build_adapter(config: &AdapterConfig, node_id: &str) -> Result<Arc<dyn MasterAdapter>, AdapterConfigError> {
+/// What an adapter is told about the agent that runs it.
+#[derive(Debug, Clone)]
+pub struct AdapterContext {
+    /// This node's id, passed to programs as `REFEREE_NODE_ID`.
+    pub node_id: String,
+    /// How many nodes the cluster has (an OCF agent's `clone_max`).
+    pub nodes: usize,
+    /// The health check's interval (an OCF agent's monitor interval).
+    pub monitor_interval: std::time::Duration,
+}
+
+impl AdapterContext {
+    /// A context naming `node_id` alone: one node, a one-second monitor interval.
+    pub fn node(node_id: &str) -> Self {
+        AdapterContext { node_id: node_id.to_string(), nodes: 1, monitor_interval: std::time::Duration::from_secs(1) }
+    }
+}
+
+/// Builds the adapter `config` names, after validating it.
+pub fn build_adapter(
+    config: &AdapterConfig,
+    context: &AdapterContext,
+) -> Result<Arc<dyn MasterAdapter>, AdapterConfigError> {
     Ok(match config {
         AdapterConfig::Http(c) => Arc::new(HttpAdapter::new(c)?),
-        AdapterConfig::Command(c) => Arc::new(CommandAdapter::new(c, node_id)?),
+        AdapterConfig::Command(c) => Arc::new(CommandAdapter::new(c, &context.node_id)?),
+        AdapterConfig::Ocf(c) => Arc::new(OcfAdapter::new(c, context)?),
     })
 }
 

@@ -38,7 +38,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::adapter::{build_adapter, MasterAdapter};
+use crate::adapter::{build_adapter, AdapterContext, MasterAdapter};
 use crate::clock::BootInstant;
 use crate::config::AgentConfig;
 use crate::control::ControlRequest;
@@ -265,7 +265,12 @@ pub async fn run_with_control(
     control: mpsc::Receiver<ControlRequest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let adapter = build_adapter(&cfg.master.adapter, &cfg.node_id).map_err(|e| AgentError::Adapter(e.to_string()))?;
+    let context = AdapterContext {
+        node_id: cfg.node_id.clone(),
+        nodes: cfg.peers.len() + 1,
+        monitor_interval: cfg.health.interval(),
+    };
+    let adapter = build_adapter(&cfg.master.adapter, &context).map_err(|e| AgentError::Adapter(e.to_string()))?;
     let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
     if cfg.failsafe.enabled {
         for (peer, _) in cfg.peer_api_urls().iter().filter(|(_, url)| url.is_none()) {
