@@ -203,6 +203,27 @@ async fn monitor_codes_read_as_health_and_state() -> Result<()> {
 }
 
 #[tokio::test]
+async fn health_and_state_asked_together_share_one_monitor_run() -> Result<()> {
+    let f = Fixture::new()?;
+    let adapter = f.adapter()?;
+    f.set(Some("unpromoted"))?;
+    let monitors = || f.runs().iter().filter(|r| r.starts_with("monitor ")).count();
+    // As the health monitor asks: both at once, one run.
+    let (health, state) = tokio::join!(adapter.health(soon()), adapter.state(soon()));
+    assert_eq!((health, state?), (Ok(()), status(HaState::Standby, 0)));
+    assert_eq!(monitors(), 1);
+    // Between runs, a run of its own.
+    assert_eq!(adapter.state(soon()).await?, status(HaState::Standby, 0));
+    assert_eq!(monitors(), 2);
+    // A promotion is confirmed by a run that starts after it, never by one in flight.
+    let (health, promoted) = tokio::join!(adapter.health(soon()), adapter.promote(FencingToken(2), soon()));
+    assert_eq!(promoted?, status(HaState::Active, 2));
+    assert_eq!(health, Ok(()));
+    assert_eq!(monitors(), 4);
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_token_is_durable_before_the_agent_acts_and_never_goes_back() -> Result<()> {
     let f = Fixture::new()?;
     let adapter = f.adapter()?;

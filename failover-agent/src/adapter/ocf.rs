@@ -21,7 +21,9 @@
 //! - the exit codes of the OCF standard: `monitor` 0 running unpromoted (standby), 8 running
 //!   promoted (active), 7 not running, 9 failed while promoted, 190 and 191 degraded (unpromoted,
 //!   promoted: healthy, logged); any other code is a failure, reported with its name and the
-//!   agent's `ocf-exit-reason:` line (else the last line of its standard error).
+//!   agent's `ocf-exit-reason:` line (else the last line of its standard error);
+//! - `monitor` runs never overlap, as under Pacemaker: the health check's health and state
+//!   share one run, and a promotion or demotion is confirmed by a run that starts after it.
 //!
 //! # Tokens
 //!
@@ -205,6 +207,18 @@ pub struct OcfAdapter {
     token_file: PathBuf,
     /// The highest token handed to the resource; the lock also serialises raising it.
     highest: tokio::sync::Mutex<FencingToken>,
+    /// Held for the whole of a `monitor` run, so that runs never overlap.
+    monitor_run: tokio::sync::Mutex<()>,
+    /// The monitor runs: how many started, whether one is running, the last one's end.
+    monitors: std::sync::Mutex<Monitors>,
+}
+
+/// The bookkeeping of [`OcfAdapter::monitor_end`].
+#[derive(Debug, Default)]
+struct Monitors {
+    started: u64,
+    running: bool,
+    last: Option<(u64, CommandEnd)>,
 }
 
 impl OcfAdapter {
@@ -273,6 +287,8 @@ impl OcfAdapter {
             timeout: Duration::from_millis(config.timeout_ms),
             token_file: config.token_file.clone(),
             highest: tokio::sync::Mutex::new(highest),
+            monitor_run: tokio::sync::Mutex::new(()),
+            monitors: std::sync::Mutex::new(Monitors::default()),
         })
     }
 
@@ -298,9 +314,45 @@ impl OcfAdapter {
         run(&argv, &env, deadline).await
     }
 
-    /// `monitor`, read as the master's state; `Ok(None)` when the resource is not running.
-    async fn monitor(&self, deadline: Instant) -> Result<Option<MasterStatus>, AdapterError> {
+    /// How a `monitor` run ended. With `share`, a caller that arrives while a run is in flight
+    /// takes that run's end instead of starting another once it is over (the health monitor asks
+    /// for the health and the state at once, and one run answers both); otherwise, and between
+    /// runs, the caller gets a run that starts after it asked (a promotion's confirmation must
+    /// not be a run that began before the promotion ended). Runs never overlap: a resource
+    /// agent's monitor can be costly (a database query), and Pacemaker never runs two at once.
+    async fn monitor_end(&self, deadline: Instant, share: bool) -> CommandEnd {
+        let lock = || self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        let accept_from = {
+            let m = lock();
+            if m.running && share {
+                m.started
+            } else {
+                m.started + 1
+            }
+        };
+        let _run = self.monitor_run.lock().await;
+        let number = {
+            let mut m = lock();
+            if let Some((n, end)) = &m.last {
+                if *n >= accept_from {
+                    return end.clone();
+                }
+            }
+            m.started += 1;
+            m.running = true;
+            m.started
+        };
         let end = self.action("monitor", None, deadline).await;
+        let mut m = lock();
+        m.running = false;
+        m.last = Some((number, end.clone()));
+        end
+    }
+
+    /// `monitor`, read as the master's state; `Ok(None)` when the resource is not running.
+    /// `share` as for [`OcfAdapter::monitor_end`].
+    async fn monitor(&self, deadline: Instant, share: bool) -> Result<Option<MasterStatus>, AdapterError> {
+        let end = self.monitor_end(deadline, share).await;
         let token = *self.highest.lock().await;
         let status = |state| Ok(Some(MasterStatus { state, token, position: None }));
         match end {
@@ -359,7 +411,7 @@ impl OcfAdapter {
 impl MasterAdapter for OcfAdapter {
     fn health(&self, deadline: Instant) -> AdapterFuture<'_, Result<(), HealthProblem>> {
         Box::pin(async move {
-            match self.action("monitor", None, deadline).await {
+            match self.monitor_end(deadline, true).await {
                 CommandEnd::Exited { code: OCF_SUCCESS | OCF_RUNNING_PROMOTED, .. } => Ok(()),
                 CommandEnd::Exited { code: code @ (OCF_DEGRADED | OCF_DEGRADED_PROMOTED), stderr, .. } => {
                     tracing::debug!("the resource is degraded ({}): {}", ocf_code_name(code), exit_reason(&stderr));
@@ -399,7 +451,7 @@ impl MasterAdapter for OcfAdapter {
         Box::pin(async move {
             // Not running: neither active nor ready to be promoted.
             let token = *self.highest.lock().await;
-            Ok(self.monitor(deadline).await?.unwrap_or(MasterStatus {
+            Ok(self.monitor(deadline, true).await?.unwrap_or(MasterStatus {
                 state: HaState::Initializing,
                 token,
                 position: None,
@@ -420,7 +472,7 @@ impl MasterAdapter for OcfAdapter {
                 CommandEnd::Exited { code: OCF_SUCCESS, .. } => {}
                 end => return Err(self.failure("promote", end)),
             }
-            let reported = self.monitor(deadline).await?.unwrap_or(MasterStatus {
+            let reported = self.monitor(deadline, false).await?.unwrap_or(MasterStatus {
                 state: HaState::Initializing,
                 token,
                 position: None,
@@ -437,7 +489,7 @@ impl MasterAdapter for OcfAdapter {
                 CommandEnd::Exited { code: OCF_SUCCESS | OCF_NOT_RUNNING, .. } => {}
                 end => return Err(self.failure("demote", end)),
             }
-            let reported = self.monitor(deadline).await?.unwrap_or(MasterStatus {
+            let reported = self.monitor(deadline, false).await?.unwrap_or(MasterStatus {
                 state: HaState::Standby,
                 token: highest,
                 position: None,
