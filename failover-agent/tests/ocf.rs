@@ -247,7 +247,21 @@ async fn the_token_is_durable_before_the_agent_acts_and_never_goes_back() -> Res
     assert_eq!(f.runs().len(), before);
     // A restarted agent reads it back.
     drop(adapter);
-    assert_eq!(f.adapter()?.state(soon()).await?, status(HaState::Standby, 8));
+    let adapter = f.adapter()?;
+    assert_eq!(adapter.state(soon()).await?, status(HaState::Standby, 8));
+
+    // The token cannot be recorded (its directory is gone): no promotion, but a demotion still
+    // steps the resource down, reporting the token it does hold.
+    f.set(Some("promoted"))?;
+    std::fs::remove_dir_all(f.dir.path("lib"))?;
+    let err = adapter.promote(FencingToken(9), soon()).await.unwrap_err();
+    assert!(
+        matches!(err, AdapterError::CannotRun { ref reason } if reason.contains("cannot record token 9")),
+        "{err:?}"
+    );
+    assert!(!f.runs().iter().any(|r| r.contains("FENCE_TOKEN=9 ") && r.starts_with("promote ")), "promote ran");
+    assert_eq!(adapter.demote(FencingToken(10), soon()).await?, status(HaState::Standby, 8));
+    assert_eq!(std::fs::read_to_string(f.state())?.trim(), "unpromoted");
     Ok(())
 }
 

@@ -483,7 +483,17 @@ impl MasterAdapter for OcfAdapter {
 
     fn demote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
         Box::pin(async move {
-            let highest = self.raise(token).await?;
+            // A demotion goes ahead even when the token cannot be recorded: stepping down is
+            // what keeps two masters from serving (the lease guard's demotion must not wait on a
+            // disk). The master then reports the lower token it holds, which is no proof of a
+            // step-down to a peer fencing it with the new one.
+            let highest = match self.raise(token).await {
+                Ok(highest) => highest,
+                Err(e) => {
+                    tracing::warn!("demoting the resource without recording token {token}: {e}");
+                    *self.highest.lock().await
+                }
+            };
             match self.action("demote", Some(token), deadline).await {
                 // Not running is as demoted as it gets.
                 CommandEnd::Exited { code: OCF_SUCCESS | OCF_NOT_RUNNING, .. } => {}
