@@ -265,6 +265,30 @@ async fn the_token_is_durable_before_the_agent_acts_and_never_goes_back() -> Res
     Ok(())
 }
 
+/// The token file's write hangs (its temporary file is a FIFO nobody reads, as a write to a
+/// hung disk never returns): a demotion still steps the resource down well inside its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demotion_does_not_wait_on_a_hung_token_write() -> Result<()> {
+    let f = Fixture::new()?;
+    let adapter = f.adapter()?;
+    f.set(Some("unpromoted"))?;
+    assert_eq!(adapter.promote(FencingToken(4), soon()).await?, status(HaState::Active, 4));
+    let fifo = f.dir.path("lib/resource.token.tmp");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    ensure!(made.success(), "mkfifo {}", fifo.display());
+    // Its deadline bounds the agent's run too, so an answer at all means one before it; a
+    // demotion stuck on the token file would never answer (cut here, a second after it).
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let demoted =
+        tokio::time::timeout_at(deadline + Duration::from_secs(1), adapter.demote(FencingToken(5), deadline)).await;
+    // Let the hung write go (it opened the FIFO to write; a reader releases it).
+    let _ = std::fs::read(&fifo);
+    let demoted = demoted.map_err(|_| anyhow::anyhow!("the demotion waited on the token file past its deadline"))?;
+    assert_eq!(demoted?, status(HaState::Standby, 4));
+    assert_eq!(std::fs::read_to_string(f.state())?.trim(), "unpromoted");
+    Ok(())
+}
+
 #[tokio::test]
 async fn failures_say_whether_the_resource_may_have_acted() -> Result<()> {
     let f = Fixture::new()?;

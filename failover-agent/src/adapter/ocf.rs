@@ -205,8 +205,10 @@ pub struct OcfAdapter {
     monitor_interval: Duration,
     timeout: Duration,
     token_file: PathBuf,
-    /// The highest token handed to the resource; the lock also serialises raising it.
-    highest: tokio::sync::Mutex<FencingToken>,
+    /// The highest token recorded in `token_file`, read without waiting on a disk.
+    highest: std::sync::atomic::AtomicU64,
+    /// Held while the token file is rewritten, so that raises never interleave.
+    raising: tokio::sync::Mutex<()>,
     /// Held for the whole of a `monitor` run, so that runs never overlap.
     monitor_run: tokio::sync::Mutex<()>,
     /// The monitor runs: how many started, whether one is running, the last one's end.
@@ -286,7 +288,8 @@ impl OcfAdapter {
             monitor_interval: context.monitor_interval,
             timeout: Duration::from_millis(config.timeout_ms),
             token_file: config.token_file.clone(),
-            highest: tokio::sync::Mutex::new(highest),
+            highest: std::sync::atomic::AtomicU64::new(highest.0),
+            raising: tokio::sync::Mutex::new(()),
             monitor_run: tokio::sync::Mutex::new(()),
             monitors: std::sync::Mutex::new(Monitors::default()),
         })
@@ -353,7 +356,7 @@ impl OcfAdapter {
     /// `share` as for [`OcfAdapter::monitor_end`].
     async fn monitor(&self, deadline: Instant, share: bool) -> Result<Option<MasterStatus>, AdapterError> {
         let end = self.monitor_end(deadline, share).await;
-        let token = *self.highest.lock().await;
+        let token = self.highest();
         let status = |state| Ok(Some(MasterStatus { state, token, position: None }));
         match end {
             CommandEnd::Exited { code: OCF_SUCCESS | OCF_DEGRADED, .. } => status(HaState::Standby),
@@ -391,10 +394,15 @@ impl OcfAdapter {
         }
     }
 
+    /// The highest token recorded.
+    fn highest(&self) -> FencingToken {
+        FencingToken(self.highest.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     /// Raises the recorded token to `token` and makes it durable, before anything acts on it.
     async fn raise(&self, token: FencingToken) -> Result<FencingToken, AdapterError> {
-        let mut highest = self.highest.lock().await;
-        if token > *highest {
+        let _raising = self.raising.lock().await;
+        if token > self.highest() {
             let path = self.token_file.clone();
             tokio::task::spawn_blocking(move || persist_token(&path, token))
                 .await
@@ -402,9 +410,9 @@ impl OcfAdapter {
                 .map_err(|e| AdapterError::CannotRun {
                     reason: format!("cannot record token {token} in {}: {e}", self.token_file.display()),
                 })?;
-            *highest = token;
+            self.highest.store(token.0, std::sync::atomic::Ordering::Release);
         }
-        Ok(*highest)
+        Ok(self.highest())
     }
 }
 
@@ -450,7 +458,7 @@ impl MasterAdapter for OcfAdapter {
     fn state(&self, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
         Box::pin(async move {
             // Not running: neither active nor ready to be promoted.
-            let token = *self.highest.lock().await;
+            let token = self.highest();
             Ok(self.monitor(deadline, true).await?.unwrap_or(MasterStatus {
                 state: HaState::Initializing,
                 token,
@@ -461,7 +469,7 @@ impl MasterAdapter for OcfAdapter {
 
     fn promote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
         Box::pin(async move {
-            let seen = *self.highest.lock().await;
+            let seen = self.highest();
             if token < seen {
                 return Err(AdapterError::Rejected {
                     reason: format!("the resource was given token {seen}, above {token}; a promotion never goes back"),
@@ -483,15 +491,23 @@ impl MasterAdapter for OcfAdapter {
 
     fn demote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
         Box::pin(async move {
-            // A demotion goes ahead even when the token cannot be recorded: stepping down is
-            // what keeps two masters from serving (the lease guard's demotion must not wait on a
-            // disk). The master then reports the lower token it holds, which is no proof of a
-            // step-down to a peer fencing it with the new one.
-            let highest = match self.raise(token).await {
-                Ok(highest) => highest,
-                Err(e) => {
+            // A demotion goes ahead even when the token cannot be recorded, or not soon (a hung
+            // disk gets a quarter of the time left): stepping down is what keeps two masters
+            // from serving, and the lease guard's demotion must not wait on a disk. The master
+            // then reports the lower token it holds, which is no proof of a step-down to a peer
+            // fencing it with the new one.
+            let budget = deadline.saturating_duration_since(Instant::now()) / 4;
+            let highest = match tokio::time::timeout(budget, self.raise(token)).await {
+                Ok(Ok(highest)) => highest,
+                Ok(Err(e)) => {
                     tracing::warn!("demoting the resource without recording token {token}: {e}");
-                    *self.highest.lock().await
+                    self.highest()
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "demoting the resource without recording token {token}: the token file took over {budget:?}"
+                    );
+                    self.highest()
                 }
             };
             match self.action("demote", Some(token), deadline).await {
