@@ -86,6 +86,8 @@ async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
         .await?;
         ensure!(st["blocker"]["blocker"] == "lease_not_expired", "{st}");
         ensure!(st["max_lag"] == MAX_LAG, "{st}");
+        // A load balancer's question, as Patroni's `/replica?lag=`: caught up, so yes.
+        ensure!(pair.probe_status(standby, "/standby?max_lag=0").await == Some(200), "{st}");
         let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
         let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", CLUSTER_NODES[standby]);
         ensure!(metrics.contains(&gauge), "{metrics}");
@@ -108,6 +110,15 @@ async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
             })
             .await?,
         );
+        // Still a healthy standby, but no longer within MAX_LAG of the active; a query the
+        // probe does not know is refused, not taken for no limit.
+        let lagging = format!("/standby?max_lag={MAX_LAG}");
+        for (path, code) in
+            [("/standby", 200), (lagging.as_str(), 503), ("/standby?max_lag=1000000", 200), ("/standby?maxlag=1", 400)]
+        {
+            let got = pair.probe_status(standby, path).await;
+            ensure!(got == Some(code), "{path} on {}: {got:?}, wanted {code}", CLUSTER_NODES[standby]);
+        }
     }
 
     // The active's master dies: the lock is freed, but no lagging standby takes it, and each

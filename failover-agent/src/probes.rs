@@ -6,19 +6,21 @@
 //! | `/healthz`  | the decision loop ran within three loop intervals                   |
 //! | `/readyz`   | the coordinator session is connected and the master's health known  |
 //! | `/active`   | this node's master is active with our lock's token and a live lease |
-//! | `/standby`  | this node is a healthy standby, ready to take over                  |
+//! | `/standby`  | this node is a healthy standby, ready to take over; with `?max_lag=N`, also at most N behind the active's recently published position (Patroni's `/replica?lag=`) |
 //! | `/status`   | always: JSON report (role, health, lock, token, lease, decision...) |
 //! | `/history`  | always: recent role changes with failover phase durations           |
 //! | `/metrics`  | always: Prometheus text                                             |
 //! | `/lease`    | always: `{"token": N, "valid_for_ms": M}` for the master's own lease |
 //!
-//! Every other answer is 503 with a JSON body saying why, as Patroni's probes do.
+//! Every other answer is 503 with a JSON body saying why, as Patroni's probes do; a query this
+//! server does not understand is 400, naming it (a mistyped `max_lag` must not let a load
+//! balancer send reads to a standby far behind).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -73,9 +75,43 @@ async fn active(State(p): State<ProbeState>) -> Response {
     )
 }
 
-async fn standby(State(p): State<ProbeState>) -> Response {
+/// `?max_lag=N` of `/standby`: `Ok(None)` without a query.
+pub fn parse_max_lag(query: Option<&str>) -> Result<Option<u64>, String> {
+    let mut max_lag = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("max_lag", value)) => match value.parse::<u64>() {
+                Ok(n) if max_lag.is_none() => max_lag = Some(n),
+                Ok(_) => return Err("max_lag is given twice; give it once".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "max_lag must be a whole number of replication positions (as election.max_lag), not {value:?}"
+                    ))
+                }
+            },
+            _ => return Err(format!("unknown query {pair:?}; /standby takes only max_lag=N")),
+        }
+    }
+    Ok(max_lag)
+}
+
+async fn standby(State(p): State<ProbeState>, RawQuery(query): RawQuery) -> Response {
+    let max_lag = match parse_max_lag(query.as_deref()) {
+        Ok(m) => m,
+        Err(error) => return (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response(),
+    };
     let s = p.read();
-    verdict(s.role == Role::Standby && s.health.is_healthy(), json!({"role": s.role, "health": s.health}))
+    let ready = s.role == Role::Standby && s.health.is_healthy();
+    let mut body = json!({"role": s.role, "health": s.health, "behind": s.behind_fresh});
+    let caught_up = match (max_lag, s.behind_fresh) {
+        (None, _) => true,
+        (Some(max), Some(behind)) => behind <= max,
+        (Some(_), None) => {
+            body["reason"] = json!("how far this node is behind is not known (no recent position from the active)");
+            false
+        }
+    };
+    verdict(ready && caught_up, body)
 }
 
 async fn status(State(p): State<ProbeState>) -> Response {
@@ -132,4 +168,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standby_probe_takes_max_lag_and_refuses_anything_else() {
+        assert_eq!(parse_max_lag(None), Ok(None));
+        assert_eq!(parse_max_lag(Some("")), Ok(None));
+        assert_eq!(parse_max_lag(Some("max_lag=0")), Ok(Some(0)));
+        assert_eq!(parse_max_lag(Some("max_lag=1048576")), Ok(Some(1_048_576)));
+        for (query, error) in [
+            ("max_lag=1MB", "not \"1MB\""),
+            ("max_lag=-1", "not \"-1\""),
+            ("max_lag=", "not \"\""),
+            ("maxlag=5", "unknown query \"maxlag=5\""),
+            ("lag=5", "unknown query \"lag=5\""),
+            ("max_lag=1&max_lag=2", "given twice"),
+        ] {
+            let e = parse_max_lag(Some(query)).unwrap_err();
+            assert!(e.contains(error), "{query}: {e}");
+        }
+    }
 }

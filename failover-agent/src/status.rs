@@ -139,6 +139,10 @@ pub struct AgentStatus {
     /// How far this node's master is behind the active's last published position (`None`
     /// while either is unknown).
     pub behind: Option<u64>,
+    /// `behind`, while the active's published position is recent enough to trust (seen
+    /// published within `election.position_max_age_ms`, as the lag gate asks): what
+    /// `/standby?max_lag=N` judges by.
+    pub behind_fresh: Option<u64>,
     /// The lag gate's limit (`election.max_lag`), if configured.
     pub max_lag: Option<u64>,
     /// The last step that failed, and why (kept until the next failure).
@@ -199,6 +203,7 @@ impl AgentStatus {
             blocker: None,
             why_not: None,
             behind: None,
+            behind_fresh: None,
             max_lag: None,
             last_failure: None,
             admin_addr: None,
