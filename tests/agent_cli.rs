@@ -187,3 +187,33 @@ fn unfence_powers_a_peer_back_on_and_refuses_an_unknown_node() -> Result<()> {
     }
     Ok(())
 }
+
+/// An agent whose master is an OCF resource that refuses its configuration (`validate-all`
+/// exits 6, OCF_ERR_CONFIGURED: here the demo master's agent without its `url`) does not start:
+/// it exits at once with the agent's own reason.
+#[test]
+fn an_ocf_resource_that_refuses_its_configuration_stops_the_agent() -> Result<()> {
+    let dir = ScratchDir::new("agent-cli")?;
+    let path = fencing_config(&dir, "        - {kind: graceful, timeout_ms: 500}")?;
+    let adapter = format!(
+        "{{kind: ocf, agent: {:?}, params: {{referee: {:?}}}, token_file: {:?}}}",
+        referee::lab::DEMO_MASTER_OCF_AGENT,
+        env!("CARGO_BIN_EXE_referee"),
+        dir.path("ocf.token").display().to_string()
+    );
+    let yaml = std::fs::read_to_string(&path)?.replace("{kind: http, url: \"http://127.0.0.1:2\"}", &adapter);
+    ensure!(yaml.contains("kind: ocf"), "{yaml}");
+    std::fs::write(&path, yaml)?;
+    for (program, args) in both(&path) {
+        refused(
+            &program,
+            &args,
+            1,
+            &[
+                "validating the master's configuration",
+                "validate-all` exited with 6 (OCF_ERR_CONFIGURED): the url parameter is required",
+            ],
+        )?;
+    }
+    Ok(())
+}

@@ -203,6 +203,20 @@ async fn monitor_codes_read_as_health_and_state() -> Result<()> {
 }
 
 #[tokio::test]
+async fn validate_all_passes_or_names_what_is_wrong() -> Result<()> {
+    let f = Fixture::new()?;
+    let adapter = f.adapter()?;
+    // The recorder has no validate-all (it exits 3): nothing to hold against it.
+    adapter.validate(soon()).await.map_err(anyhow::Error::msg)?;
+    f.force("validate-all", Some(6))?;
+    let e = adapter.validate(soon()).await.unwrap_err();
+    assert!(e.ends_with("validate-all` exited with 6 (OCF_ERR_CONFIGURED): forced for validate-all"), "{e}");
+    f.force("validate-all", Some(0))?;
+    adapter.validate(soon()).await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn health_and_state_asked_together_share_one_monitor_run() -> Result<()> {
     let f = Fixture::new()?;
     let adapter = f.adapter()?;
@@ -396,6 +410,7 @@ async fn debians_stateful_agent_is_promoted_and_demoted() -> Result<()> {
         Ok(())
     };
 
+    adapter.validate(soon()).await.map_err(anyhow::Error::msg)?;
     let problem = adapter.health(soon()).await.unwrap_err();
     assert!(matches!(problem, HealthProblem::NotResponding { how: NoAnswer::Refused, .. }), "{problem:?}");
     lifecycle("start")?;

@@ -74,6 +74,12 @@ pub trait MasterAdapter: Send + Sync {
     fn promote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>>;
     /// Makes the master standby, telling it `token`. `Ok` only when it reports `standby`.
     fn demote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>>;
+    /// Checks once, as the agent starts, that the master can be managed as configured (an OCF
+    /// resource agent's `validate-all`); `Err` stops the agent with the reason. Nothing to
+    /// check by default.
+    fn validate(&self, _deadline: Instant) -> AdapterFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Why the master did not answer.

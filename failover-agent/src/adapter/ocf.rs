@@ -489,6 +489,24 @@ impl MasterAdapter for OcfAdapter {
         })
     }
 
+    /// `validate-all`: 0 passes, and so does 3 (not implemented: many agents have none);
+    /// 2, 5 and 6 (bad arguments, not installed, not configured) say the configuration cannot
+    /// work, and stop the agent; anything else is reported as a failure too.
+    fn validate(&self, deadline: Instant) -> AdapterFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match self.action("validate-all", None, deadline).await {
+                CommandEnd::Exited { code: 0 | 3, .. } => Ok(()),
+                CommandEnd::Exited { code, stderr, .. } => Err(format!(
+                    "`{} validate-all` exited with {code} ({}): {}",
+                    self.program[0],
+                    ocf_code_name(code),
+                    exit_reason(&stderr)
+                )),
+                end => Err(self.failure("validate-all", end).to_string()),
+            }
+        })
+    }
+
     fn demote(&self, token: FencingToken, deadline: Instant) -> AdapterFuture<'_, Result<MasterStatus, AdapterError>> {
         Box::pin(async move {
             // A demotion goes ahead even when the token cannot be recorded, or not soon (a hung

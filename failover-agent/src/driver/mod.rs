@@ -271,6 +271,11 @@ pub async fn run_with_control(
         monitor_interval: cfg.health.interval(),
     };
     let adapter = build_adapter(&cfg.master.adapter, &context).map_err(|e| AgentError::Adapter(e.to_string()))?;
+    // Bounded by the adapter's own ceiling too (an OCF agent's timeout_ms).
+    adapter
+        .validate(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .map_err(|e| AgentError::Adapter(format!("validating the master's configuration: {e}")))?;
     let fencing = cfg.fencing.clone().ok_or(AgentError::NoFencing)?;
     if cfg.failsafe.enabled {
         for (peer, _) in cfg.peer_api_urls().iter().filter(|(_, url)| url.is_none()) {
