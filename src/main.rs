@@ -286,7 +286,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         exit_after: Option<u64>,
     },
-    /// Operate a cluster: status, failover --to, check-health, pause, resume, history, format.
+    /// Operate a cluster: status, failover --to, check-health, pause, resume, history, format,
+    /// config.
     Admin(referee_failover_agent::admin_cli::AdminArgs),
     /// Run a failover agent beside a master.
     Agent {

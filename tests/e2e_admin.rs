@@ -241,3 +241,83 @@ async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
     ensure!(st["paused"] == false && st["cluster_paused_by"].is_null(), "{st}");
     Ok(())
 }
+
+/// Waits until every agent's `/status` satisfies `ok`, or fails naming the first that does not.
+async fn every_agent(pair: &Pair, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (i, node) in NODES.iter().enumerate() {
+        loop {
+            let st = pair.agent_json(i, "/status").await.unwrap_or_default();
+            if ok(&st) {
+                break;
+            }
+            ensure!(tokio::time::Instant::now() < deadline, "{node} never had {what}: {st}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's settings (Patroni's dynamic configuration): `config set` writes them to the
+/// coordinator after checking them against the agent's configuration, every agent puts them in
+/// force over its own file (a restarted one too), `config show` says who has them, a node's
+/// own setting or one the timing rules refuse is refused before anything is written, and
+/// `config unset` gives each agent its own value back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_settings_reach_every_agent_and_survive_a_restart() -> Result<()> {
+    let (mut pair, active) = pair().await?;
+    let standby = 1 - active;
+    let (code, out, err) =
+        pair.admin(active, &["config", "set", "election.max_lag=7", "election.min_failover_interval_ms=1500"]).await?;
+    ensure!(code == 0 && out.contains("election.max_lag = 7"), "config set exited {code}: {out} {err}");
+    every_agent(&pair, "max_lag 7 in force", |st| {
+        st["max_lag"] == 7 && st["cluster_settings"]["applied"] == true && st["cluster_settings"]["version"] == 0
+    })
+    .await?;
+    let (code, out, err) = pair.admin(standby, &["config"]).await?;
+    ensure!(code == 0, "config show exited {code}: {out} {err}");
+    for node in NODES {
+        ensure!(out.contains(&format!("{node}: in force")), "{out}");
+    }
+    ensure!(out.contains("election.min_failover_interval_ms = 1500"), "{out}");
+
+    // Refused before anything is written: a node's own setting, a key that does not exist, a
+    // value of the wrong type, and a promotion that would not fit inside the lease.
+    for (setting, says) in [
+        ("election.priority=5", "is each node's own"),
+        ("election.max_lagg=5", "is not a setting for the whole cluster"),
+        ("election.max_lag=lots", "election: invalid type"),
+        ("election.promote_timeout_ms=60000", "must fit inside the lease"),
+        ("coordinator.session_timeout_ms=9000", "has no settings for the whole cluster"),
+    ] {
+        let (code, out, err) = pair.admin(active, &["config", "set", setting]).await?;
+        ensure!(code == 2 && err.contains(says), "config set {setting} exited {code}: {out} {err}");
+    }
+
+    // A restarted agent reads them at once.
+    {
+        let lab = Arc::get_mut(&mut pair).context("the pair has one owner")?;
+        let agent = lab.agents[standby].as_mut().context("the standby's agent")?;
+        agent.signal(Signal::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(10))?;
+        lab.agents[standby] = Some(lab.start_agent(standby)?);
+    }
+    every_agent(&pair, "max_lag 7 after a restart", |st| st["max_lag"] == 7).await?;
+    // A reload of the file keeps them over it.
+    pair.agents[active].as_ref().context("the active's agent")?.signal(Signal::SIGHUP)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !pair.agent_log_tail(active).contains("configuration reloaded") {
+        ensure!(tokio::time::Instant::now() < deadline, "no reload logged: {}", pair.agent_log_tail(active));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    every_agent(&pair, "max_lag 7 after a reload", |st| st["max_lag"] == 7).await?;
+
+    // Removed: each agent's own value (none for max_lag) again.
+    let (code, out, err) =
+        pair.admin(active, &["config", "unset", "election.max_lag", "election.min_failover_interval_ms"]).await?;
+    ensure!(code == 0 && out.contains("no settings for the whole cluster"), "config unset exited {code}: {out} {err}");
+    every_agent(&pair, "its own max_lag back", |st| st["max_lag"].is_null() && st["cluster_settings"].is_null())
+        .await?;
+    ensure!(pair.is_active(active).await, "the active stayed active throughout");
+    Ok(())
+}

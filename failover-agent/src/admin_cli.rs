@@ -17,6 +17,9 @@
 //! referee admin --config agent.yaml history [--node db1]
 //! referee admin --config agent.yaml check-fencing [--node db1]   each agent checks its fencing chain now
 //! referee admin --config agent.yaml format [--force]       create and secure /referee/<cluster>
+//! referee admin --config agent.yaml config [show]          the cluster's settings, and who has them
+//! referee admin --config agent.yaml config set election.max_lag=1048576 ...
+//! referee admin --config agent.yaml config unset election.max_lag ...
 //! ```
 //!
 //! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
@@ -47,9 +50,9 @@ use serde_json::{json, Value};
 use zookeeper_client as zk;
 
 use crate::admin::AdminSettings;
-use crate::config::AgentConfig;
-use crate::election::{PAUSE, ROOT, SWITCHOVER};
-use crate::model::{LockRecord, Member, PauseRecord, TokenBase};
+use crate::config::{cluster_setting, AgentConfig};
+use crate::election::{CLUSTER_CONFIG, PAUSE, ROOT, SWITCHOVER};
+use crate::model::{ClusterSettingsRecord, LockRecord, Member, PauseRecord, TokenBase};
 use crate::schedule::{self, ScheduledSwitchover};
 
 /// How long `check-fencing` waits for an agent's round: a little over the agent's own default
@@ -177,6 +180,35 @@ pub enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Settings for the whole cluster, kept in the coordinator (`/referee/<cluster>/config`)
+    /// and applied by every agent over its own file within a few cycles, as Patroni's dynamic
+    /// configuration: the lease, election and failsafe settings a reload applies live, not a
+    /// node's own (`priority`, `zone`, `nofailover`). Without an action: show them.
+    Config {
+        /// What to do (default: show).
+        #[command(subcommand)]
+        action: Option<ConfigAction>,
+    },
+}
+
+/// `referee admin config`'s actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigAction {
+    /// The settings, who set them, and whether each member has them in force.
+    Show,
+    /// Set `SECTION.KEY=VALUE` (e.g. `election.max_lag=1048576`, `failsafe.enabled=true`),
+    /// checked against this agent's configuration (`--config`) before anything is written.
+    Set {
+        /// The settings.
+        #[arg(required = true, value_name = "SECTION.KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Remove settings, so that each agent's own value applies again.
+    Unset {
+        /// The settings.
+        #[arg(required = true, value_name = "SECTION.KEY")]
+        keys: Vec<String>,
+    },
 }
 
 /// How `referee admin` ended. See the module docs for the table.
@@ -274,6 +306,8 @@ struct Report {
 /// The arguments resolved against the configuration.
 struct Session<'a> {
     args: &'a AdminArgs,
+    /// The agent configuration `--config` named, if any.
+    cfg: Option<AgentConfig>,
     connect: Option<String>,
     cluster: Option<String>,
     digest: Option<String>,
@@ -366,7 +400,7 @@ impl<'a> Session<'a> {
         }
         let http = builder.build().map_err(|e| fail(Exit::Usage, format!("HTTP client: {e}")))?;
         let tls = admin.as_ref().is_some_and(|a| a.tls.is_some()) || args.ca_file.is_some();
-        Ok(Session { args, connect, cluster, digest, token, tls, http, timeout })
+        Ok(Session { args, cfg, connect, cluster, digest, token, tls, http, timeout })
     }
 
     async fn dispatch(&self) -> Result<Report, Failure> {
@@ -396,6 +430,9 @@ impl<'a> Session<'a> {
             AdminCommand::History { node } => self.history(node.as_deref()).await,
             AdminCommand::CheckFencing { node } => self.check_fencing(node.as_deref()).await,
             AdminCommand::Format { force } => self.format(*force).await,
+            AdminCommand::Config { action } => {
+                self.cluster_config(action.as_ref().unwrap_or(&ConfigAction::Show)).await
+            }
         }
     }
 
@@ -1000,6 +1037,161 @@ impl<'a> Session<'a> {
         Ok(report)
     }
 
+    /// `config`: shows, sets or removes the cluster's settings. A change is checked against the
+    /// agent configuration of `--config` (with the settings over it, the agent must accept it)
+    /// and written conditioned on the version read, so two operators cannot overwrite each
+    /// other unseen.
+    async fn cluster_config(&self, action: &ConfigAction) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let path = format!("{ROOT}/{cluster}/{CLUSTER_CONFIG}");
+        let client = self.zk_client().await?;
+        let current: Option<(ClusterSettingsRecord, i32)> =
+            match self.zk_call("read the cluster's settings", client.get_data(&path)).await? {
+                Ok((data, stat)) => Some((
+                    serde_json::from_slice(&data).map_err(|e| {
+                        fail(Exit::Refused, format!("{path} holds no settings ({e}); remove it with `config unset`"))
+                    })?,
+                    stat.version,
+                )),
+                Err(zk::Error::NoNode) => None,
+                Err(e) => return Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
+            };
+        let (keys, changes): (Vec<String>, Vec<Option<Value>>) = match action {
+            ConfigAction::Show => return self.show_cluster_config(cluster, &path, current).await,
+            ConfigAction::Set { settings } => settings
+                .iter()
+                .map(|a| {
+                    let (key, value) = a.split_once('=').ok_or_else(|| {
+                        fail(Exit::Usage, format!("`{a}`: give SECTION.KEY=VALUE, e.g. election.max_lag=1048576"))
+                    })?;
+                    let value: Value = serde_yaml::from_str::<serde_yaml::Value>(value)
+                        .ok()
+                        .and_then(|v| serde_json::to_value(v).ok())
+                        .ok_or_else(|| {
+                            fail(Exit::Usage, format!("`{a}`: the value is not a number, true/false or text"))
+                        })?;
+                    Ok((key.to_string(), Some(value)))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?
+                .into_iter()
+                .unzip(),
+            ConfigAction::Unset { keys } => keys.iter().map(|k| (k.clone(), None)).unzip(),
+        };
+        let cfg = self.cfg.as_ref().ok_or_else(|| {
+            fail(Exit::Usage, "config set and unset check the settings against an agent's configuration: give --config")
+        })?;
+        let mut settings = current.as_ref().map_or_else(|| json!({}), |(r, _)| r.settings.clone());
+        for (key, change) in keys.iter().zip(changes) {
+            let (section, name) = key
+                .split_once('.')
+                .ok_or_else(|| fail(Exit::Usage, format!("`{key}`: give SECTION.KEY, e.g. election.max_lag")))?;
+            cluster_setting(section, name).map_err(|e| fail(Exit::Usage, e))?;
+            let sections =
+                settings.as_object_mut().ok_or_else(|| fail(Exit::Refused, "the settings are not a mapping"))?;
+            match change {
+                Some(value) => {
+                    sections.entry(section).or_insert_with(|| json!({}))[name] = value;
+                }
+                None => {
+                    if let Some(Value::Object(keys)) = sections.get_mut(section) {
+                        keys.remove(name);
+                        if keys.is_empty() {
+                            sections.remove(section);
+                        }
+                    }
+                }
+            }
+        }
+        cfg.with_cluster_settings(&settings)
+            .map_err(|e| fail(Exit::Usage, format!("refused, nothing was written: with these settings {e}")))?;
+        let empty = settings.as_object().is_none_or(|m| m.is_empty());
+        let record = ClusterSettingsRecord { settings: settings.clone(), set_by: operator(), at_ms: wall_ms() };
+        let data = serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding: {e}")))?;
+        let version = current.as_ref().map(|(_, v)| *v);
+        let written = match (empty, version) {
+            (true, None) => Ok(()),
+            (true, Some(v)) => self.zk_call("remove the settings", client.delete(&path, Some(v))).await?,
+            (false, None) => self.zk_call("write the settings", self.create_record(&client, &path, &data)).await?,
+            (false, Some(v)) => {
+                self.zk_call("write the settings", client.set_data(&path, &data, Some(v))).await?.map(drop)
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode) => {
+                return Err(fail(Exit::Refused, format!("{path} changed meanwhile (another operator?): run it again")))
+            }
+            Err(e) => return Err(write_failure(&path, "write", e)),
+        }
+        let text = if empty {
+            format!("cluster {cluster}: no settings for the whole cluster; each agent's own apply\n")
+        } else {
+            format!(
+                "cluster {cluster}: settings written ({path}); each agent applies them within a few cycles \
+                 (`referee admin config` shows which have):\n{}",
+                settings_lines(&settings)
+            )
+        };
+        Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "settings": settings, "record": path}) })
+    }
+
+    /// `config show`: the record, and each member's view of it.
+    async fn show_cluster_config(
+        &self,
+        cluster: &str,
+        path: &str,
+        current: Option<(ClusterSettingsRecord, i32)>,
+    ) -> Result<Report, Failure> {
+        let view = self.cluster_view().await?;
+        let mut text = match &current {
+            None => format!("cluster {cluster}: no settings for the whole cluster ({path} is absent)\n"),
+            Some((r, v)) => format!(
+                "cluster {cluster}: settings version {v}, set by {} at {}:\n{}",
+                r.set_by,
+                utc(r.at_ms),
+                settings_lines(&r.settings)
+            ),
+        };
+        let mut members = Vec::new();
+        for mv in &view.members {
+            let node = &mv.member.node_id;
+            let seen = match &mv.status {
+                Err(e) => json!({"node": node, "error": e}),
+                Ok(st) => {
+                    json!({"node": node, "cluster_settings": st.get("cluster_settings").cloned().unwrap_or(Value::Null)})
+                }
+            };
+            let line = match (&mv.status, &current) {
+                (Err(e), _) => format!("{node}: unreachable ({e})"),
+                (Ok(st), None) => match st.get("cluster_settings") {
+                    Some(Value::Null) | None => format!("{node}: its own settings"),
+                    Some(s) => format!("{node}: still has version {} in force", s["version"]),
+                },
+                (Ok(st), Some((_, v))) => {
+                    let s = &st["cluster_settings"];
+                    if s["version"] != json!(v) {
+                        format!("{node}: has not read version {v} yet")
+                    } else if s["applied"] == json!(true) {
+                        format!("{node}: in force")
+                    } else {
+                        format!("{node}: refused: {}", s["error"].as_str().unwrap_or("?"))
+                    }
+                }
+            };
+            let _ = writeln!(text, "  {line}");
+            members.push(seen);
+        }
+        let json = json!({
+            "ok": true,
+            "record": path,
+            "version": current.as_ref().map(|(_, v)| *v),
+            "settings": current.as_ref().map(|(r, _)| r.settings.clone()),
+            "set_by": current.as_ref().map(|(r, _)| r.set_by.clone()),
+            "members": members,
+        });
+        Ok(Report { exit: Exit::Ok, text, json })
+    }
+
     /// Creates a persistent record of the cluster's (a scheduled switchover, the pause) under
     /// the cluster's ACL when it is secured (see `format`), open otherwise, as the agents' own.
     async fn create_record(&self, client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
@@ -1236,6 +1428,17 @@ fn scheduled_text(s: &ScheduledSwitchover) -> String {
 /// Where the scheduled switchover of `cluster` is recorded.
 fn switchover_path(cluster: &str) -> String {
     format!("{ROOT}/{cluster}/{SWITCHOVER}")
+}
+
+/// The settings as `  section.key = value` lines.
+fn settings_lines(settings: &Value) -> String {
+    let mut out = String::new();
+    for (section, keys) in settings.as_object().into_iter().flatten() {
+        for (key, value) in keys.as_object().into_iter().flatten() {
+            let _ = writeln!(out, "  {section}.{key} = {value}");
+        }
+    }
+    out
 }
 
 fn pause_path(cluster: &str) -> String {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use referee_fencing::{FenceTarget, FencingConfig, FencingToken};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::adapter::AdapterConfig;
@@ -92,6 +92,51 @@ pub struct AgentConfig {
     pub failsafe: FailsafeSettings,
 }
 
+/// The settings an operator may set for the whole cluster, kept in the coordinator (`referee
+/// admin config set`, as Patroni's dynamic configuration): those a reload applies live, and that
+/// belong to the cluster rather than to one node (a node's `priority`, `zone` and `nofailover`
+/// are its own, as Patroni's tags are).
+pub const CLUSTER_SETTINGS: &[(&str, &[&str])] = &[
+    ("lease", &["demote_deadline_ms", "margin_ms"]),
+    (
+        "election",
+        &[
+            "loop_interval_ms",
+            "backoff_after_failure_ms",
+            "promote_timeout_ms",
+            "min_failover_interval_ms",
+            "preferred_node",
+            "failback_after_ms",
+            "max_lag",
+            "position_publish_interval_ms",
+            "position_max_age_ms",
+            "rank_delay_ms",
+            "cross_zone",
+        ],
+    ),
+    ("failsafe", &["enabled", "ttl_ms"]),
+];
+
+/// Checks that `section.key` is a cluster setting ([`CLUSTER_SETTINGS`]); the error says why not.
+pub fn cluster_setting(section: &str, key: &str) -> Result<(), String> {
+    let Some((_, keys)) = CLUSTER_SETTINGS.iter().find(|(s, _)| *s == section) else {
+        let sections: Vec<&str> = CLUSTER_SETTINGS.iter().map(|(s, _)| *s).collect();
+        return Err(format!(
+            "`{section}.{key}`: `{section}` has no settings for the whole cluster; those are in {}",
+            sections.join(", ")
+        ));
+    };
+    if keys.contains(&key) {
+        return Ok(());
+    }
+    let node_own = ["priority", "zone", "nofailover"];
+    Err(if section == "election" && node_own.contains(&key) {
+        format!("`election.{key}` is each node's own (set it in that node's configuration), not the cluster's")
+    } else {
+        format!("`{section}.{key}` is not a setting for the whole cluster; `{section}` has {}", keys.join(", "))
+    })
+}
+
 /// Another node of the cluster: its id and how to fence its master (the same keys as
 /// `master`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,7 +190,7 @@ impl PeerSettings {
 /// lock, and every node that could take the lock has promised not to contend for longer than
 /// the confirmed extension. Failsafe ends when a lock read answers (the lock, or its absence,
 /// decides then) or when a round is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailsafeSettings {
     /// Turn failsafe mode on. Needs the `admin` section (the peer API) on every agent.
@@ -216,7 +261,7 @@ pub struct MasterSettings {
 }
 
 /// Lease timing (see [`AgentConfig::lease_budget`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSettings {
     /// D: how long demoting the master may take.
@@ -249,7 +294,7 @@ pub struct ProbeSettings {
 }
 
 /// Decision loop settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElectionSettings {
     /// A cycle runs at least this often; watches and health changes wake it earlier.
@@ -401,6 +446,36 @@ impl AgentConfig {
     pub fn promote_budget(&self) -> Duration {
         let hook = self.hooks.pre_promote.as_ref().map_or(0, |h| h.timeout_ms);
         Duration::from_millis(hook.saturating_add(self.election.promote_timeout_ms))
+    }
+
+    /// This configuration with the cluster's settings over its own (`{"election": {"max_lag":
+    /// 5}, ...}`, as `referee admin config set` keeps them), checked as a whole: a key that is
+    /// not a cluster setting, a value of the wrong type, or a result the timing rules refuse is
+    /// an error saying so.
+    pub fn with_cluster_settings(&self, settings: &serde_json::Value) -> Result<AgentConfig, String> {
+        let sections = settings.as_object().ok_or("the cluster's settings are not a mapping of sections")?;
+        let own = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
+        let mut lease = own(serde_json::to_value(&self.lease))?;
+        let mut election = own(serde_json::to_value(&self.election))?;
+        let mut failsafe = own(serde_json::to_value(self.failsafe))?;
+        for (section, keys) in sections {
+            let keys = keys.as_object().ok_or_else(|| format!("`{section}` is not a mapping of settings"))?;
+            for (key, value) in keys {
+                cluster_setting(section, key)?;
+                let target = match section.as_str() {
+                    "lease" => &mut lease,
+                    "election" => &mut election,
+                    _ => &mut failsafe,
+                };
+                target[key.as_str()] = value.clone();
+            }
+        }
+        let mut merged = self.clone();
+        merged.lease = serde_json::from_value(lease).map_err(|e| format!("lease: {e}"))?;
+        merged.election = serde_json::from_value(election).map_err(|e| format!("election: {e}"))?;
+        merged.failsafe = serde_json::from_value(failsafe).map_err(|e| format!("failsafe: {e}"))?;
+        merged.validate().map_err(|e| e.to_string())?;
+        Ok(merged)
     }
 
     /// How to fence every configured peer.
@@ -840,6 +915,44 @@ probes: {listen: "127.0.0.1:8301"}
             let yaml = minimal().replace("port: 9002,", &format!("port: 9002, peer_url: \"{bad}\","));
             let e = refused(&yaml);
             assert!(e.contains(&format!("entry \"b\" has peer_url {bad:?}, not an http(s) URL with a host")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_clusters_settings_go_over_the_file_and_are_checked_as_a_whole() {
+        let cfg = AgentConfig::from_yaml(&minimal().replace("probes:", "election: {max_lag: 9}\nprobes:")).unwrap();
+        let merged = cfg
+            .with_cluster_settings(&serde_json::json!({
+                "election": {"max_lag": 5, "min_failover_interval_ms": 1000, "rank_delay_ms": 700},
+                "lease": {"margin_ms": 200},
+            }))
+            .unwrap();
+        assert_eq!(merged.election.max_lag, Some(5));
+        assert_eq!(merged.election.min_failover_interval_ms, 1000);
+        assert_eq!(merged.election.rank_delay_ms, 700);
+        assert_eq!(merged.lease.margin_ms, 200);
+        // What the settings do not name stays as the file has it; null clears an optional one.
+        assert_eq!(merged.election.promote_timeout_ms, cfg.election.promote_timeout_ms);
+        let cleared = cfg.with_cluster_settings(&serde_json::json!({"election": {"max_lag": null}})).unwrap();
+        assert_eq!(cleared.election.max_lag, None);
+        for (settings, says) in [
+            (serde_json::json!({"election": {"zone": "x"}}), "`election.zone` is each node's own"),
+            (
+                serde_json::json!({"election": {"max_lagg": 1}}),
+                "`election.max_lagg` is not a setting for the whole cluster",
+            ),
+            (
+                serde_json::json!({"coordinator": {"connect": "x:1"}}),
+                "`coordinator` has no settings for the whole cluster",
+            ),
+            (serde_json::json!({"election": {"max_lag": "lots"}}), "election: invalid type"),
+            (serde_json::json!({"election": {"cross_zone": "deny"}}), "election.zone is not set"),
+            (serde_json::json!({"election": {"promote_timeout_ms": 60000}}), "must fit inside the lease"),
+            (serde_json::json!({"failsafe": {"enabled": true}}), "`failsafe.enabled` needs the `admin` section"),
+            (serde_json::json!(["election"]), "not a mapping"),
+        ] {
+            let e = cfg.with_cluster_settings(&settings).unwrap_err();
+            assert!(e.contains(says), "{settings}: {e}");
         }
     }
 

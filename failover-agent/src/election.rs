@@ -12,6 +12,7 @@
 //! /referee/<cluster>/position           PERSISTENT  ActivePosition  the active's master's position
 //! /referee/<cluster>/switchover         PERSISTENT  ScheduledSwitchover  one scheduled by an operator
 //! /referee/<cluster>/pause              PERSISTENT  PauseRecord while the whole cluster is paused
+//! /referee/<cluster>/config             PERSISTENT  ClusterSettingsRecord  settings for every agent
 //! ```
 //!
 //! The position is written only by the lock's holder, in a multi with a check of the lock's
@@ -81,7 +82,8 @@ use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
 use crate::model::{
-    Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, PauseRecord, SessionView, TokenBase, TokenBaseView,
+    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, LockRecord, LockView, Member, PauseRecord, SessionView,
+    TokenBase, TokenBaseView,
 };
 use crate::schedule::ScheduledSwitchover;
 
@@ -92,6 +94,9 @@ pub const ROOT: &str = "/referee";
 pub const SWITCHOVER: &str = "switchover";
 /// The cluster's pause record under `/referee/<cluster>` (see [`crate::model::PauseRecord`]).
 pub const PAUSE: &str = "pause";
+/// The cluster's settings under `/referee/<cluster>` (see
+/// [`crate::model::ClusterSettingsRecord`]).
+pub const CLUSTER_CONFIG: &str = "config";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -517,6 +522,7 @@ struct Paths {
     position: String,
     switchover: String,
     pause: String,
+    config: String,
 }
 
 impl Paths {
@@ -531,6 +537,7 @@ impl Paths {
             position: format!("{root}/position"),
             switchover: format!("{root}/{SWITCHOVER}"),
             pause: format!("{root}/{PAUSE}"),
+            config: format!("{root}/{CLUSTER_CONFIG}"),
             cluster: root,
         }
     }
@@ -887,6 +894,19 @@ impl Coordination {
                 requested_by: format!("an unreadable record at {} ({e})", self.paths.pause),
                 at_ms: 0,
             }))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// The cluster's settings and their znode's version, if any were set. A record that cannot
+    /// be decoded is an error naming it: no agent guesses at settings.
+    pub async fn read_cluster_settings(&self) -> Result<Option<(ClusterSettingsRecord, i32)>, ElectionError> {
+        const OP: &str = "read the cluster's settings";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.config);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => Ok(Some((decode(&self.paths.config, &data)?, stat.version))),
             Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
             Err(f) => Err(self.failure(OP, f)),
         }

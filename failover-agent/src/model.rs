@@ -146,6 +146,19 @@ pub struct PauseRecord {
     pub at_ms: i64,
 }
 
+/// What `/referee/<cluster>/config` holds: settings for the whole cluster, set by `referee
+/// admin config set` over each agent's own (see [`crate::config::CLUSTER_SETTINGS`]), as
+/// Patroni keeps its dynamic configuration in the DCS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSettingsRecord {
+    /// The settings by section: `{"election": {"max_lag": 5}, "failsafe": {"enabled": true}}`.
+    pub settings: serde_json::Value,
+    /// Who set them last (user and host, as `referee admin` names them).
+    pub set_by: String,
+    /// When (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
 /// What `/referee/<cluster>/token-base` holds: the number added to every lock's czxid to make
 /// its fencing token, and why it was set to that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -91,6 +91,19 @@ pub struct Counters {
     pub failsafe_refused: u64,
 }
 
+/// The cluster's settings as one agent sees them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterSettingsStatus {
+    /// The version of `/referee/<cluster>/config` read.
+    pub version: i32,
+    /// Who set them.
+    pub set_by: String,
+    /// Whether they are in force here.
+    pub applied: bool,
+    /// Why not, when they are not.
+    pub error: Option<String>,
+}
+
 /// The agent's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentStatus {
@@ -143,6 +156,9 @@ pub struct AgentStatus {
     /// published within `election.position_max_age_ms`, as the lag gate asks): what
     /// `/standby?max_lag=N` judges by.
     pub behind_fresh: Option<u64>,
+    /// The cluster's settings (`referee admin config`) as this agent last read them, and
+    /// whether they are in force here; `None` while none are set.
+    pub cluster_settings: Option<ClusterSettingsStatus>,
     /// The lag gate's limit (`election.max_lag`), if configured.
     pub max_lag: Option<u64>,
     /// The last step that failed, and why (kept until the next failure).
@@ -204,6 +220,7 @@ impl AgentStatus {
             why_not: None,
             behind: None,
             behind_fresh: None,
+            cluster_settings: None,
             max_lag: None,
             last_failure: None,
             admin_addr: None,

@@ -172,10 +172,47 @@ impl Driver {
         }
     }
 
+    /// Puts `cfg` (validated) in force: its lease settings apply to the renewals already
+    /// gathered too, and the lease guard learns them at once. Says what changed.
+    pub(super) fn apply_live(&mut self, cfg: AgentConfig) -> &'static str {
+        let changed = format!("{:?}{:?}{:?}", self.cfg.lease, self.cfg.election, self.cfg.failsafe)
+            != format!("{:?}{:?}{:?}", cfg.lease, cfg.election, cfg.failsafe);
+        self.cfg = cfg;
+        // The staleness counted never drops here: the next observation recounts it from the
+        // servers' reports.
+        let staleness = self.mem.lease.rule().staleness.max(self.cfg.lease_rule().staleness);
+        self.mem.lease.set_rule(crate::lease::LeaseRule { staleness, ..self.cfg.lease_rule() });
+        self.publish_guard();
+        if changed {
+            "the lease, election and failsafe settings changed"
+        } else {
+            "no setting changed"
+        }
+    }
+
     /// Applies a new configuration: timing of the loop, lease and backoff change live; the
     /// sections that bind resources (coordinator, master, health monitor, fencing, probes,
     /// identity) need a restart and are left as they are.
     pub(super) fn reload(&mut self, new: AgentConfig) -> String {
+        self.file_cfg = new.clone();
+        // The cluster's settings stay over the new file, if the rules still take them.
+        let new = match self.mem.cluster_settings.clone().flatten() {
+            Some((record, v)) => match new.with_cluster_settings(&record.settings) {
+                Ok(merged) => merged,
+                Err(e) => {
+                    warn!(
+                        version = v,
+                        "the cluster's settings are refused over the reloaded file, which applies alone: {e}"
+                    );
+                    if let Some(st) = self.status().cluster_settings.as_mut() {
+                        st.applied = false;
+                        st.error = Some(e);
+                    }
+                    new
+                }
+            },
+            None => new,
+        };
         let mut restart = Vec::new();
         let old = &self.cfg;
         if old.cluster != new.cluster || old.node_id != new.node_id {
@@ -214,12 +251,7 @@ impl Driver {
             warn!("{message}");
             return message;
         }
-        self.cfg = merged;
-        // The lease settings apply to the renewals already gathered too. The staleness counted
-        // never drops here: the next observation recounts it from the servers' reports.
-        let staleness = self.mem.lease.rule().staleness.max(self.cfg.lease_rule().staleness);
-        self.mem.lease.set_rule(crate::lease::LeaseRule { staleness, ..self.cfg.lease_rule() });
-        self.publish_guard();
+        self.apply_live(merged);
         let applied = if live_changed {
             "applied the new lease, election and failsafe settings"
         } else {
@@ -408,6 +440,57 @@ impl Driver {
             }
             Err(e) => debug!("reading the cluster's pause record: {e}"),
         }
+        match c.read_cluster_settings().await {
+            Ok(read) => self.apply_cluster_settings(read),
+            Err(e) => debug!("reading the cluster's settings: {e}"),
+        }
+    }
+
+    /// Applies the cluster's settings as read (a new version, or their removal) over this
+    /// agent's own file, as a reload applies its live sections; settings the rules refuse here
+    /// leave the ones in force as they were, and the status and log say why.
+    pub(super) fn apply_cluster_settings(&mut self, read: Option<(crate::model::ClusterSettingsRecord, i32)>) {
+        let version = |r: &Option<(crate::model::ClusterSettingsRecord, i32)>| r.as_ref().map(|(_, v)| *v);
+        if self.mem.cluster_settings.as_ref().is_some_and(|last| version(last) == version(&read)) {
+            return;
+        }
+        let first = self.mem.cluster_settings.is_none();
+        self.mem.cluster_settings = Some(read.clone());
+        let Some((record, v)) = read else {
+            if !first {
+                let message = self.apply_live(self.file_cfg.clone());
+                info!("the cluster's settings were removed: back to this agent's own ({message})");
+            }
+            self.status().cluster_settings = None;
+            return;
+        };
+        let outcome = self.file_cfg.with_cluster_settings(&record.settings).and_then(|merged| {
+            // Only the live sections come from the merge; the rest stays as running.
+            let live = AgentConfig {
+                lease: merged.lease,
+                election: merged.election,
+                failsafe: merged.failsafe,
+                ..self.cfg.clone()
+            };
+            live.validate().map_err(|e| e.to_string())?;
+            Ok(self.apply_live(live))
+        });
+        let error = match outcome {
+            Ok(message) => {
+                info!(version = v, set_by = %record.set_by, "the cluster's settings are in force: {message}");
+                None
+            }
+            Err(e) => {
+                warn!(version = v, set_by = %record.set_by, "the cluster's settings are refused here, the ones in force are kept: {e}");
+                Some(e)
+            }
+        };
+        self.status().cluster_settings = Some(crate::status::ClusterSettingsStatus {
+            version: v,
+            set_by: record.set_by,
+            applied: error.is_none(),
+            error,
+        });
     }
 
     /// Sets the status's pause from the operator's request and the cluster's record, saying

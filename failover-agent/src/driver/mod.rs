@@ -114,6 +114,9 @@ struct Memory {
     cluster_pause: Option<crate::model::PauseRecord>,
     /// Cycles since the pause record was read.
     pause_age: u32,
+    /// The cluster's settings as last read: `None` before the first reading, then the record
+    /// and its version, if there is one.
+    cluster_settings: Option<Option<(crate::model::ClusterSettingsRecord, i32)>>,
     /// Whether it has been read in the current session.
     pause_read: bool,
     /// When the lock was first seen free (for the detect phase).
@@ -176,6 +179,7 @@ impl Memory {
             operator_paused: false,
             cluster_pause: None,
             pause_age: 0,
+            cluster_settings: None,
             pause_read: false,
             members_age: 0,
             free_seen_at: None,
@@ -219,7 +223,10 @@ type Reply = oneshot::Sender<Result<String, String>>;
 
 /// The running agent.
 struct Driver {
+    /// The configuration in force: this agent's file, with the cluster's settings over it.
     cfg: AgentConfig,
+    /// This agent's file as last loaded (at start or by a reload).
+    file_cfg: AgentConfig,
     adapter: Arc<dyn MasterAdapter>,
     fencer: Arc<Fencer>,
     status: Arc<Mutex<AgentStatus>>,
@@ -380,6 +387,7 @@ pub async fn run_with_control(
     });
     let lease = Lease::new(cfg.lease_rule());
     let mut driver = Driver {
+        file_cfg: cfg.clone(),
         cfg,
         adapter,
         fencer,
