@@ -987,6 +987,23 @@ impl Pair {
         let htimeout = t.health_timeout_ms.min(t.session_timeout_ms / 2);
         let ip = self.node_ip(i);
         let url = format!("http://{ip}:{}", p.master);
+        // A run of a program, or of a resource agent that runs `master-command` (twice for a
+        // monitor), starts processes: a roomier deadline than an HTTP call.
+        let run_timeout = match self.spec.master {
+            MasterKind::LeasePolling | MasterKind::Plain => htimeout,
+            MasterKind::Command => htimeout.max(1000).min(t.session_timeout_ms / 2),
+            MasterKind::Ocf => htimeout.max(2000).min(t.session_timeout_ms / 2),
+        };
+        let bin = self.spec.bin.display().to_string();
+        // A master the agent drives through programs is fenced by the same program, as a shell
+        // method: it demotes the master `TARGET_HA_URL` names with the new token and succeeds
+        // only on standby.
+        let shell_fence = format!(
+            "        - kind: shell\n          program: {}\n          args: [\"master-command\", \"demote\"]\n          \
+             timeout_ms: {}\n",
+            serde_json::json!(bin),
+            t.graceful_fence_ms.max(1000)
+        );
         let (adapter, first_fence) = match self.spec.master {
             MasterKind::LeasePolling | MasterKind::Plain => (
                 format!(
@@ -997,57 +1014,47 @@ impl Pair {
                 format!("        - kind: graceful\n          timeout_ms: {}\n", t.graceful_fence_ms),
             ),
             MasterKind::Ocf => {
-                // Each operation is a run of the resource agent, which runs `master-command`
-                // (twice for a monitor): roomier still than a program of its own.
-                let timeout = htimeout.max(2000).min(t.session_timeout_ms / 2);
                 let params = serde_json::json!({
                     "url": url,
-                    "referee": self.spec.bin.display().to_string(),
+                    "referee": bin,
                     "pidfile": node.join("master.pid").display().to_string(),
-                    "timeout_ms": (timeout / 2).to_string(),
+                    "timeout_ms": (run_timeout / 2).to_string(),
                 });
                 (
                     format!(
                         "  adapter:\n    kind: ocf\n    agent: {}\n    instance: demo-master-{}\n    params: {params}\n    \
-                         token_file: {}\n    timeout_ms: {timeout}\n",
+                         token_file: {}\n    timeout_ms: {run_timeout}\n",
                         serde_json::json!(DEMO_MASTER_OCF_AGENT),
                         CLUSTER_NODES[i],
                         serde_json::json!(node.join("ocf.token").display().to_string()),
                     ),
-                    format!(
-                        "        - kind: shell\n          program: {}\n          args: [\"master-command\", \"demote\"]\n          \
-                         timeout_ms: {}\n",
-                        serde_json::json!(self.spec.bin.display().to_string()),
-                        t.graceful_fence_ms.max(1000)
-                    ),
+                    shell_fence,
                 )
             }
             MasterKind::Command => {
                 // The agent never speaks HTTP to its master: each operation is a program run.
-                // A run starts a process, so it gets a roomier deadline than an HTTP call.
-                let timeout = htimeout.max(1000).min(t.session_timeout_ms / 2);
-                let bin = self.spec.bin.display().to_string();
                 let argv = |action: &str| {
-                    serde_json::json!([bin, "master-command", action, "--url", url, "--timeout-ms", timeout.to_string()])
-                        .to_string()
+                    serde_json::json!([
+                        bin,
+                        "master-command",
+                        action,
+                        "--url",
+                        url,
+                        "--timeout-ms",
+                        run_timeout.to_string()
+                    ])
+                    .to_string()
                 };
                 (
                     format!(
                         "  adapter:\n    kind: command\n    health: {}\n    state: {}\n    promote: {}\n    demote: {}\n    \
-                         timeout_ms: {timeout}\n",
+                         timeout_ms: {run_timeout}\n",
                         argv("health"),
                         argv("state"),
                         argv("promote"),
                         argv("demote")
                     ),
-                    // Fenced by the same program, as a shell method: it demotes the master
-                    // `TARGET_HA_URL` names with the new token and succeeds only on standby.
-                    format!(
-                        "        - kind: shell\n          program: {}\n          args: [\"master-command\", \"demote\"]\n          \
-                         timeout_ms: {}\n",
-                        serde_json::json!(bin),
-                        t.graceful_fence_ms.max(1000)
-                    ),
+                    shell_fence,
                 )
             }
         };
@@ -1093,11 +1100,7 @@ probes:
             op = (t.session_timeout_ms / 3).min(1000),
             mport = p.master,
             pidfile = self.node_dir(i).join("master.pid").display(),
-            htimeout = match self.spec.master {
-                MasterKind::LeasePolling | MasterKind::Plain => htimeout,
-                MasterKind::Command => htimeout.max(1000).min(t.session_timeout_ms / 2),
-                MasterKind::Ocf => htimeout.max(2000).min(t.session_timeout_ms / 2),
-            },
+            htimeout = run_timeout,
             hinterval = t.health_interval_ms,
             fall = t.health_fall,
             watch_exit = t.watch_exit,

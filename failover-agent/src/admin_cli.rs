@@ -1056,7 +1056,8 @@ impl<'a> Session<'a> {
                 Err(zk::Error::NoNode) => None,
                 Err(e) => return Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
             };
-        let (keys, changes): (Vec<String>, Vec<Option<Value>>) = match action {
+        // Each setting named, with its new value (`None`: removed).
+        let changes: Vec<(&str, Option<Value>)> = match action {
             ConfigAction::Show => return self.show_cluster_config(cluster, &path, current).await,
             ConfigAction::Set { settings } => settings
                 .iter()
@@ -1070,18 +1071,16 @@ impl<'a> Session<'a> {
                         .ok_or_else(|| {
                             fail(Exit::Usage, format!("`{a}`: the value is not a number, true/false or text"))
                         })?;
-                    Ok((key.to_string(), Some(value)))
+                    Ok((key, Some(value)))
                 })
-                .collect::<Result<Vec<_>, Failure>>()?
-                .into_iter()
-                .unzip(),
-            ConfigAction::Unset { keys } => keys.iter().map(|k| (k.clone(), None)).unzip(),
+                .collect::<Result<_, Failure>>()?,
+            ConfigAction::Unset { keys } => keys.iter().map(|k| (k.as_str(), None)).collect(),
         };
         let cfg = self.cfg.as_ref().ok_or_else(|| {
             fail(Exit::Usage, "config set and unset check the settings against an agent's configuration: give --config")
         })?;
         let mut settings = current.as_ref().map_or_else(|| json!({}), |(r, _)| r.settings.clone());
-        for (key, change) in keys.iter().zip(changes) {
+        for (key, change) in changes {
             let (section, name) = key
                 .split_once('.')
                 .ok_or_else(|| fail(Exit::Usage, format!("`{key}`: give SECTION.KEY, e.g. election.max_lag")))?;

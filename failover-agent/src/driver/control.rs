@@ -464,17 +464,15 @@ impl Driver {
             self.status().cluster_settings = None;
             return;
         };
-        let outcome = self.file_cfg.with_cluster_settings(&record.settings).and_then(|merged| {
-            // Only the live sections come from the merge; the rest stays as running.
-            let live = AgentConfig {
-                lease: merged.lease,
-                election: merged.election,
-                failsafe: merged.failsafe,
-                ..self.cfg.clone()
-            };
-            live.validate().map_err(|e| e.to_string())?;
-            Ok(self.apply_live(live))
-        });
+        // Over the file's live sections; the rest stays as running (a reload may have left
+        // changes that need a restart).
+        let base = AgentConfig {
+            lease: self.file_cfg.lease.clone(),
+            election: self.file_cfg.election.clone(),
+            failsafe: self.file_cfg.failsafe,
+            ..self.cfg.clone()
+        };
+        let outcome = base.with_cluster_settings(&record.settings).map(|live| self.apply_live(live));
         let error = match outcome {
             Ok(message) => {
                 info!(version = v, set_by = %record.set_by, "the cluster's settings are in force: {message}");
