@@ -5,6 +5,9 @@
 //! Every key the loaders accept is described in the reference files, every section refuses a
 //! key it does not know, and the values the reference files show commented out are the defaults.
 //!
+//! The HAProxy configuration sends traffic to the masters the agent configurations name and
+//! checks each at its agent's probe port.
+//!
 //! A YAML file added to `config/` that this test does not know fails it: say here which daemon
 //! reads it.
 
@@ -108,6 +111,49 @@ fn the_agents_connect_to_every_coordinator_server_and_keep_a_lease() -> Result<(
             a.lease_budget(granted)
         );
     }
+    Ok(())
+}
+
+/// `config/haproxy.cfg` (HAProxy reads it; `tests/e2e_haproxy.rs` runs it) sends each backend's
+/// traffic to the masters the agent configurations name and checks them at those agents' probe
+/// ports: for every agent, one `server` line per backend with its master's `host:port` and
+/// `check port` its `probes.listen` port, and no server line naming anything else.
+#[test]
+fn the_haproxy_config_names_each_agents_master_and_probe_port() -> Result<()> {
+    let text = std::fs::read_to_string(config_dir().join("haproxy.cfg")).context("config/haproxy.cfg")?;
+    let servers: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first() == Some(&"server"))
+        .collect();
+    let backends = text.lines().filter(|l| l.starts_with("listen masters_")).count();
+    ensure!(
+        backends == 2,
+        "config/haproxy.cfg has {backends} `listen masters_*` sections, not the write and read ones"
+    );
+    let mut expected = Vec::new();
+    for name in ["agent-db1.yaml", "agent-db2.yaml"] {
+        let a = agent(name)?;
+        let line = vec![
+            "server".to_string(),
+            a.node_id.clone(),
+            format!("{}:{}", a.master.host, a.master.port),
+            "check".to_string(),
+            "port".to_string(),
+            a.probes.listen.port().to_string(),
+        ];
+        let found = servers.iter().filter(|w| **w == line).count();
+        ensure!(
+            found == backends,
+            "config/haproxy.cfg has `{}` {found} times, once per backend expected",
+            line.join(" ")
+        );
+        expected.push(line);
+    }
+    ensure!(
+        servers.len() == expected.len() * backends,
+        "config/haproxy.cfg has server lines for masters no agent configuration names: {servers:?}"
+    );
     Ok(())
 }
 
