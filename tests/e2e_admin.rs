@@ -321,3 +321,55 @@ async fn cluster_settings_reach_every_agent_and_survive_a_restart() -> Result<()
     ensure!(pair.is_active(active).await, "the active stayed active throughout");
     Ok(())
 }
+
+/// The cluster's settings removed and set again at once (their znode deleted and created anew,
+/// at version 0 again) reach every agent, even one that never saw them absent; a record that
+/// cannot be read leaves each agent with the settings it has in force and saying why in its
+/// status, and the CLI names it and removes it with `config unset --all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_settings_set_anew_or_unreadable() -> Result<()> {
+    let (pair, active) = pair().await?;
+    let admin = |args: &'static [&'static str]| {
+        let pair = pair.clone();
+        async move { pair.admin(active, args).await }
+    };
+    let (code, out, err) = admin(&["config", "set", "election.max_lag=3"]).await?;
+    ensure!(code == 0, "config set exited {code}: {out} {err}");
+    every_agent(&pair, "max_lag 3 in force", |st| st["max_lag"] == 3 && st["cluster_settings"]["version"] == 0).await?;
+
+    // Removed (the znode goes) and set again straight after: version 0 once more.
+    let (code, out, err) = admin(&["config", "unset", "election.max_lag"]).await?;
+    ensure!(code == 0, "config unset exited {code}: {out} {err}");
+    let (code, out, err) = admin(&["config", "set", "election.max_lag=4"]).await?;
+    ensure!(code == 0, "config set exited {code}: {out} {err}");
+    every_agent(&pair, "max_lag 4 in force", |st| st["max_lag"] == 4 && st["cluster_settings"]["applied"] == true)
+        .await?;
+
+    // Damaged: not a settings record at all.
+    let zk = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&pair.coordinator_addr)
+        .await
+        .context("connecting to the coordinator")?;
+    zk.set_data("/referee/lab/config", b"{\"settings\": 12", None).await.context("damaging the record")?;
+    every_agent(&pair, "max_lag 4 kept, the record named unreadable", |st| {
+        st["max_lag"] == 4
+            && st["cluster_settings"]["applied"] == false
+            && st["cluster_settings"]["error"].as_str().is_some_and(|e| e.contains("/referee/lab/config"))
+    })
+    .await?;
+    for args in
+        [&["config"][..], &["config", "set", "election.max_lag=5"][..], &["config", "unset", "election.max_lag"][..]]
+    {
+        let (code, out, err) = pair.admin(active, args).await?;
+        ensure!(code == 3 && err.contains("config unset --all"), "{args:?} exited {code}: {out} {err}");
+    }
+    let (code, out, err) = admin(&["config", "unset", "--all"]).await?;
+    ensure!(
+        code == 0 && out.contains("no settings for the whole cluster"),
+        "config unset --all exited {code}: {out} {err}"
+    );
+    every_agent(&pair, "its own max_lag back", |st| st["max_lag"].is_null() && st["cluster_settings"].is_null())
+        .await?;
+    Ok(())
+}

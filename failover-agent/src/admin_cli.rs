@@ -20,6 +20,7 @@
 //! referee admin --config agent.yaml config [show]          the cluster's settings, and who has them
 //! referee admin --config agent.yaml config set election.max_lag=1048576 ...
 //! referee admin --config agent.yaml config unset election.max_lag ...
+//! referee admin --config agent.yaml config unset --all     every setting, the record itself
 //! ```
 //!
 //! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
@@ -206,8 +207,11 @@ pub enum ConfigAction {
     /// Remove settings, so that each agent's own value applies again.
     Unset {
         /// The settings.
-        #[arg(required = true, value_name = "SECTION.KEY")]
+        #[arg(required_unless_present = "all", conflicts_with = "all", value_name = "SECTION.KEY")]
         keys: Vec<String>,
+        /// Remove the whole record, whatever it holds (also one that cannot be read).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -294,6 +298,11 @@ struct Failure {
 
 fn fail(exit: Exit, reason: impl Into<String>) -> Failure {
     Failure { exit, reason: reason.into() }
+}
+
+/// A record written conditioned on the version read found another version.
+fn changed_meanwhile(path: &str) -> Failure {
+    fail(Exit::Refused, format!("{path} changed meanwhile (another operator?): run it again"))
 }
 
 /// What a command has to say: as text, as JSON, and its exit.
@@ -1045,17 +1054,40 @@ impl<'a> Session<'a> {
         let (_, cluster) = self.coordinates()?;
         let path = format!("{ROOT}/{cluster}/{CLUSTER_CONFIG}");
         let client = self.zk_client().await?;
-        let current: Option<(ClusterSettingsRecord, i32)> =
-            match self.zk_call("read the cluster's settings", client.get_data(&path)).await? {
-                Ok((data, stat)) => Some((
-                    serde_json::from_slice(&data).map_err(|e| {
-                        fail(Exit::Refused, format!("{path} holds no settings ({e}); remove it with `config unset`"))
-                    })?,
-                    stat.version,
-                )),
-                Err(zk::Error::NoNode) => None,
-                Err(e) => return Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
-            };
+        let raw = match self.zk_call("read the cluster's settings", client.get_data(&path)).await? {
+            Ok((data, stat)) => Some((data, stat.version)),
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(fail(Exit::Unreachable, format!("reading {path}: {e}"))),
+        };
+        if let ConfigAction::Unset { all: true, .. } = action {
+            if let Some((_, v)) = raw {
+                match self.zk_call("remove the settings", client.delete(&path, Some(v))).await? {
+                    Ok(()) => {}
+                    Err(zk::Error::BadVersion | zk::Error::NoNode) => return Err(changed_meanwhile(&path)),
+                    Err(e) => return Err(write_failure(&path, "delete", e)),
+                }
+            }
+            return Ok(Report {
+                exit: Exit::Ok,
+                text: format!("cluster {cluster}: no settings for the whole cluster; each agent's own apply\n"),
+                json: json!({"ok": true, "settings": Value::Null, "record": path}),
+            });
+        }
+        let current: Option<(ClusterSettingsRecord, i32)> = match raw {
+            Some((data, v)) => Some((
+                serde_json::from_slice(&data).map_err(|e| {
+                    fail(
+                        Exit::Refused,
+                        format!(
+                            "{path} holds no settings ({e}); every agent keeps the ones it has in force. \
+                             Remove it with `config unset --all`, then set them again"
+                        ),
+                    )
+                })?,
+                v,
+            )),
+            None => None,
+        };
         // Each setting named, with its new value (`None`: removed).
         let changes: Vec<(&str, Option<Value>)> = match action {
             ConfigAction::Show => return self.show_cluster_config(cluster, &path, current).await,
@@ -1074,7 +1106,7 @@ impl<'a> Session<'a> {
                     Ok((key, Some(value)))
                 })
                 .collect::<Result<_, Failure>>()?,
-            ConfigAction::Unset { keys } => keys.iter().map(|k| (k.as_str(), None)).collect(),
+            ConfigAction::Unset { keys, .. } => keys.iter().map(|k| (k.as_str(), None)).collect(),
         };
         let cfg = self.cfg.as_ref().ok_or_else(|| {
             fail(Exit::Usage, "config set and unset check the settings against an agent's configuration: give --config")
@@ -1118,7 +1150,7 @@ impl<'a> Session<'a> {
         match written {
             Ok(()) => {}
             Err(zk::Error::BadVersion | zk::Error::NodeExists | zk::Error::NoNode) => {
-                return Err(fail(Exit::Refused, format!("{path} changed meanwhile (another operator?): run it again")))
+                return Err(changed_meanwhile(&path))
             }
             Err(e) => return Err(write_failure(&path, "write", e)),
         }

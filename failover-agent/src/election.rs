@@ -377,6 +377,18 @@ impl ElectionError {
     }
 }
 
+/// The cluster's settings record as read by [`Coordination::read_cluster_settings`].
+#[derive(Debug, Clone)]
+pub struct ClusterSettingsRead {
+    /// The record, or why it cannot be decoded (naming its znode).
+    pub record: Result<ClusterSettingsRecord, String>,
+    /// Its znode's version, as `referee admin config` shows it.
+    pub version: i32,
+    /// The zxid of its last change, which tells one change from another where the version
+    /// cannot: a record removed and set again starts again at version 0.
+    pub mzxid: i64,
+}
+
 /// The outcome of [`Coordination::try_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
@@ -899,14 +911,19 @@ impl Coordination {
         }
     }
 
-    /// The cluster's settings and their znode's version, if any were set. A record that cannot
-    /// be decoded is an error naming it: no agent guesses at settings.
-    pub async fn read_cluster_settings(&self) -> Result<Option<(ClusterSettingsRecord, i32)>, ElectionError> {
+    /// The cluster's settings, if any were set. A record that cannot be decoded comes back as
+    /// the error naming it: no agent guesses at settings, and each can say which change of the
+    /// record it could not read.
+    pub async fn read_cluster_settings(&self) -> Result<Option<ClusterSettingsRead>, ElectionError> {
         const OP: &str = "read the cluster's settings";
         let sent = Instant::now();
         let read = self.client.get_data(&self.paths.config);
         match self.finish(self.deadline(), sent, read).await {
-            Ok((data, stat)) => Ok(Some((decode(&self.paths.config, &data)?, stat.version))),
+            Ok((data, stat)) => Ok(Some(ClusterSettingsRead {
+                record: decode(&self.paths.config, &data).map_err(|e| e.to_string()),
+                version: stat.version,
+                mzxid: stat.mzxid,
+            })),
             Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
             Err(f) => Err(self.failure(OP, f)),
         }

@@ -446,15 +446,31 @@ impl Driver {
         }
     }
 
-    /// Applies the cluster's settings as read (a new version, or their removal) over this
-    /// agent's own file, as a reload applies its live sections; settings the rules refuse here
-    /// leave the ones in force as they were, and the status and log say why.
-    pub(super) fn apply_cluster_settings(&mut self, read: Option<(crate::model::ClusterSettingsRecord, i32)>) {
-        let version = |r: &Option<(crate::model::ClusterSettingsRecord, i32)>| r.as_ref().map(|(_, v)| *v);
-        if self.mem.cluster_settings.as_ref().is_some_and(|last| version(last) == version(&read)) {
+    /// Applies the cluster's settings as read (a change of the record, or its removal) over
+    /// this agent's own file, as a reload applies its live sections; settings the rules refuse
+    /// here, or a record that cannot be read, leave the ones in force as they were, and the
+    /// status and log say why.
+    pub(super) fn apply_cluster_settings(&mut self, read: Option<crate::election::ClusterSettingsRead>) {
+        let seen = read.as_ref().map(|r| r.mzxid);
+        if self.mem.settings_seen == Some(seen) {
             return;
         }
-        let first = self.mem.cluster_settings.is_none();
+        let first = self.mem.settings_seen.is_none();
+        self.mem.settings_seen = Some(seen);
+        let read = match read {
+            None => None,
+            Some(crate::election::ClusterSettingsRead { record: Ok(record), version, .. }) => Some((record, version)),
+            Some(crate::election::ClusterSettingsRead { record: Err(why), version, .. }) => {
+                warn!(version, "the cluster's settings cannot be read, the ones in force are kept: {why}");
+                self.status().cluster_settings = Some(crate::status::ClusterSettingsStatus {
+                    version,
+                    set_by: String::new(),
+                    applied: false,
+                    error: Some(format!("{why}; the settings in force are kept")),
+                });
+                return;
+            }
+        };
         self.mem.cluster_settings = Some(read.clone());
         let Some((record, v)) = read else {
             if !first {

@@ -114,9 +114,13 @@ struct Memory {
     cluster_pause: Option<crate::model::PauseRecord>,
     /// Cycles since the pause record was read.
     pause_age: u32,
-    /// The cluster's settings as last read: `None` before the first reading, then the record
-    /// and its version, if there is one.
+    /// The cluster's settings last read that could be decoded: `None` before the first
+    /// reading, then the record and its version, if there is one. A reload puts them over the
+    /// new file.
     cluster_settings: Option<Option<(crate::model::ClusterSettingsRecord, i32)>>,
+    /// Which change of the settings record was last acted on (its mzxid; `Some(None)`: there
+    /// was none), so each change is applied, or refused and said, once.
+    settings_seen: Option<Option<i64>>,
     /// Whether it has been read in the current session.
     pause_read: bool,
     /// When the lock was first seen free (for the detect phase).
@@ -180,6 +184,7 @@ impl Memory {
             cluster_pause: None,
             pause_age: 0,
             cluster_settings: None,
+            settings_seen: None,
             pause_read: false,
             members_age: 0,
             free_seen_at: None,
