@@ -27,7 +27,8 @@ action=$1
   for v in OCF_ROOT OCF_RA_VERSION_MAJOR OCF_RA_VERSION_MINOR OCF_RESOURCE_INSTANCE OCF_RESOURCE_TYPE \
            OCF_RESOURCE_PROVIDER OCF_RESKEY_CRM_meta_promotable OCF_RESKEY_CRM_meta_promoted_max \
            OCF_RESKEY_CRM_meta_clone_max OCF_RESKEY_CRM_meta_on_node OCF_RESKEY_CRM_meta_notify \
-           OCF_RESKEY_CRM_meta_interval OCF_RESKEY_CRM_meta_timeout OCF_RESKEY_flavour FENCE_TOKEN REFEREE_NODE_ID; do
+           OCF_RESKEY_CRM_meta_interval OCF_RESKEY_CRM_meta_timeout OCF_CHECK_LEVEL OCF_RESKEY_flavour FENCE_TOKEN \
+           REFEREE_NODE_ID; do
     eval "printf ' %s=%s' $v \"\${$v}\""
   done
   printf ' token_file=%s\n' "$(cat "$OCF_RESKEY_token_file" 2>/dev/null)"
@@ -93,6 +94,7 @@ impl Fixture {
             meta: BTreeMap::new(),
             token_file: self.token_file(),
             timeout_ms: 10_000,
+            check_level: Some(10),
         }
     }
 
@@ -188,7 +190,7 @@ async fn monitor_codes_read_as_health_and_state() -> Result<()> {
              OCF_RESOURCE_PROVIDER=test OCF_RESKEY_CRM_meta_promotable=true OCF_RESKEY_CRM_meta_promoted_max=1 \
              OCF_RESKEY_CRM_meta_clone_max=2 OCF_RESKEY_CRM_meta_on_node=db1 OCF_RESKEY_CRM_meta_notify=false \
              OCF_RESKEY_CRM_meta_interval=250 ",
-            "OCF_RESKEY_flavour=vanilla FENCE_TOKEN= REFEREE_NODE_ID=db1 ",
+            "OCF_CHECK_LEVEL=10 OCF_RESKEY_flavour=vanilla FENCE_TOKEN= REFEREE_NODE_ID=db1 ",
         ] {
             ensure!(run.contains(part), "{part:?} missing from {run}");
         }
@@ -249,7 +251,7 @@ async fn the_token_is_durable_before_the_agent_acts_and_never_goes_back() -> Res
     // The token was on disk when the agent ran, and the agent was told it; a promotion is no
     // monitor.
     ensure!(promote.contains("FENCE_TOKEN=7 ") && promote.ends_with("token_file=7"), "{promote}");
-    ensure!(promote.contains("OCF_RESKEY_CRM_meta_interval=0 "), "{promote}");
+    ensure!(promote.contains("OCF_RESKEY_CRM_meta_interval=0 ") && promote.contains(" OCF_CHECK_LEVEL= "), "{promote}");
     let demote = runs.iter().find(|r| r.starts_with("demote ")).context("demote ran")?;
     ensure!(demote.contains("FENCE_TOKEN=8 ") && demote.ends_with("token_file=8"), "{demote}");
     assert_eq!(std::fs::read_to_string(f.token_file())?, "8\n");
@@ -396,6 +398,7 @@ async fn debians_stateful_agent_is_promoted_and_demoted() -> Result<()> {
         meta: BTreeMap::new(),
         token_file: dir.path("stateful.token"),
         timeout_ms: 10_000,
+        check_level: None,
     };
     let context = AdapterContext { node_id: "db1".into(), nodes: 2, monitor_interval: Duration::from_secs(1) };
     let adapter = OcfAdapter::new(&config, &context)?;

@@ -16,8 +16,9 @@
 //!   of the cluster), `clone_node_max=1`, `notify=false`, `globally_unique=false`, `on_node`),
 //!   `OCF_RESKEY_CRM_meta_timeout` (the run's deadline in ms) and `OCF_RESKEY_CRM_meta_interval`
 //!   (for `monitor` the agent's health interval, a recurring monitor and not a probe; 0
-//!   otherwise), any of which `meta` may override; and `REFEREE_NODE_ID`, with `FENCE_TOKEN` and
-//!   `REFEREE_TOKEN` for promote and demote;
+//!   otherwise), any of which `meta` may override; `OCF_CHECK_LEVEL` for `monitor` when
+//!   `check_level` is set; and `REFEREE_NODE_ID`, with `FENCE_TOKEN` and `REFEREE_TOKEN` for
+//!   promote and demote;
 //! - the exit codes of the OCF standard: `monitor` 0 running unpromoted (standby), 8 running
 //!   promoted (active), 7 not running, 9 failed while promoted, 190 and 191 degraded (unpromoted,
 //!   promoted: healthy, logged); any other code is a failure, reported with its name and the
@@ -128,6 +129,11 @@ pub struct OcfAdapterConfig {
     /// a caller's deadline (the health check's timeout, a promotion's) can only shorten it.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// `OCF_CHECK_LEVEL` for `monitor` runs, as Pacemaker sets it from a monitor operation's
+    /// attribute: how thorough the agent's check is (by convention 0, 10 or 20; each agent
+    /// documents its own). Unset: the agent's default, its quickest.
+    #[serde(default)]
+    pub check_level: Option<u32>,
 }
 
 /// The resource agent `agent` names: (program, provider, type).
@@ -203,6 +209,8 @@ pub struct OcfAdapter {
     /// The environment common to every run.
     env: Vec<(String, String)>,
     monitor_interval: Duration,
+    /// `OCF_CHECK_LEVEL` for monitor runs.
+    check_level: Option<u32>,
     timeout: Duration,
     token_file: PathBuf,
     /// The highest token recorded in `token_file`, read without waiting on a disk.
@@ -286,6 +294,7 @@ impl OcfAdapter {
             program: vec![program.display().to_string()],
             env,
             monitor_interval: context.monitor_interval,
+            check_level: config.check_level,
             timeout: Duration::from_millis(config.timeout_ms),
             token_file: config.token_file.clone(),
             highest: std::sync::atomic::AtomicU64::new(highest.0),
@@ -307,6 +316,9 @@ impl OcfAdapter {
         }
         if !env.iter().any(|(k, _)| k == "OCF_RESKEY_CRM_meta_timeout") {
             env.push(("OCF_RESKEY_CRM_meta_timeout".into(), timeout.to_string()));
+        }
+        if let (Some(level), "monitor") = (self.check_level, action) {
+            env.push(("OCF_CHECK_LEVEL".into(), level.to_string()));
         }
         if let Some(token) = token {
             env.push(("FENCE_TOKEN".into(), token.to_string()));
@@ -609,6 +621,7 @@ mod tests {
             meta: BTreeMap::new(),
             token_file: "/var/lib/referee/t.token".into(),
             timeout_ms: 1000,
+            check_level: None,
         }
     }
 
