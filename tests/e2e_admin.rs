@@ -373,3 +373,67 @@ async fn cluster_settings_set_anew_or_unreadable() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// `referee admin drain` (Pacemaker's node standby): draining the active hands its role to the
+/// other node first; the drained node then takes no failover, is not promoted when the new
+/// active's master dies, stays drained across a restart of its agent, and is promoted once
+/// undrained. An unknown node is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Result<()> {
+    let (mut pair, drained) = pair().await?;
+    let other = 1 - drained;
+    let (code, out, err) = pair.admin(other, &["drain", "zz"]).await?;
+    ensure!(code == 2 && err.contains("unknown node `zz`"), "drain zz exited {code}: {out} {err}");
+
+    let (code, out, err) = pair.admin(other, &["drain", NODES[drained], "--reason", "kernel update"]).await?;
+    ensure!(
+        code == 0 && out.contains(&format!("handing over to {}", NODES[other])) && out.contains("is serving as active"),
+        "drain exited {code}: {out} {err}"
+    );
+    pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    // Its agent reads the record with the pause record, about once a second.
+    until_status(&pair, drained, "the drain in the drained node's status", |st| {
+        st["drained"]["reason"] == "kernel update"
+    })
+    .await?;
+    let (code, out, err) = pair.admin(other, &["status"]).await?;
+    ensure!(code == 0 && out.contains(&format!("{} drained by", NODES[drained])), "status exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(other, &["failover", "--to", NODES[drained]]).await?;
+    ensure!(code == 3 && err.contains("drained"), "failover to the drained node exited {code}: {out} {err}");
+
+    // The new active's master dies: the lock is free, and the drained node says why it does
+    // not take it; then its agent restarts and still does not.
+    pair.masters[other].signal(Signal::SIGKILL)?;
+    let blocked = |st: &serde_json::Value| st["blocker"]["blocker"] == "drained" && st["role"] != "active";
+    until_status(&pair, drained, "the drained node blocked by its drain with the lock free", blocked).await?;
+    {
+        let lab = Arc::get_mut(&mut pair).context("the pair has one owner")?;
+        let agent = lab.agents[drained].as_mut().context("the drained node's agent")?;
+        agent.signal(Signal::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(10))?;
+        lab.agents[drained] = Some(lab.start_agent(drained)?);
+    }
+    until_status(&pair, drained, "the restarted agent blocked by its drain", |st| {
+        blocked(st) && st["counters"]["cycles"].as_u64().is_some_and(|c| c > 20)
+    })
+    .await?;
+    ensure!(pair.actives().await.is_empty(), "nobody may be active: the only live master is drained");
+
+    let (code, out, err) = pair.admin(drained, &["undrain", NODES[drained]]).await?;
+    ensure!(code == 0 && out.contains("undrained"), "undrain exited {code}: {out} {err}");
+    pair.wait_for_active_node(drained, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Waits until node `node`'s `/status` satisfies `ok`.
+async fn until_status(pair: &Pair, node: usize, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = pair.agent_json(node, "/status").await.unwrap_or_default();
+        if ok(&st) {
+            return Ok(());
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "never saw {what}: {st}\n{}", pair.agent_log_tail(node));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -21,6 +21,9 @@
 //! referee admin --config agent.yaml config set election.max_lag=1048576 ...
 //! referee admin --config agent.yaml config unset election.max_lag ...
 //! referee admin --config agent.yaml config unset --all     every setting, the record itself
+//! referee admin --config agent.yaml drain db1 [--reason TEXT]   never promote db1 (its active role
+//!                                                          handed over first) until `undrain`
+//! referee admin --config agent.yaml undrain db1
 //! ```
 //!
 //! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
@@ -52,8 +55,8 @@ use zookeeper_client as zk;
 
 use crate::admin::AdminSettings;
 use crate::config::{cluster_setting, AgentConfig};
-use crate::election::{CLUSTER_CONFIG, PAUSE, ROOT, SWITCHOVER};
-use crate::model::{ClusterSettingsRecord, LockRecord, Member, PauseRecord, TokenBase};
+use crate::election::{CLUSTER_CONFIG, DRAINED, PAUSE, ROOT, SWITCHOVER};
+use crate::model::{ClusterSettingsRecord, DrainRecord, LockRecord, Member, PauseRecord, TokenBase};
 use crate::schedule::{self, ScheduledSwitchover};
 
 /// How long `check-fencing` waits for an agent's round: a little over the agent's own default
@@ -180,6 +183,27 @@ pub enum AdminCommand {
         /// Apply the ACLs to znodes that already exist instead of refusing.
         #[arg(long)]
         force: bool,
+    },
+    /// Keep NODE from being promoted, automatically or by a failover, until `undrain` (as
+    /// Pacemaker's node standby, for maintenance of its host): kept in the coordinator
+    /// (`/referee/<cluster>/drained/NODE`), so a restarted agent stays drained. If NODE is
+    /// active, the role is first handed over to the most caught-up other node that is fit to
+    /// take it, as by `failover --to`; if none is, NODE stays active (drained) and the exit
+    /// code is 3.
+    Drain {
+        /// The node.
+        node: String,
+        /// Why, shown in every status and log.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long to wait for the other node to become active, in ms.
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        wait_ms: u64,
+    },
+    /// Let NODE be promoted again.
+    Undrain {
+        /// The node.
+        node: String,
     },
     /// Settings for the whole cluster, kept in the coordinator (`/referee/<cluster>/config`)
     /// and applied by every agent over its own file within a few cycles, as Patroni's dynamic
@@ -439,6 +463,10 @@ impl<'a> Session<'a> {
             AdminCommand::History { node } => self.history(node.as_deref()).await,
             AdminCommand::CheckFencing { node } => self.check_fencing(node.as_deref()).await,
             AdminCommand::Format { force } => self.format(*force).await,
+            AdminCommand::Drain { node, reason, wait_ms } => {
+                self.drain(node, reason.as_deref(), Duration::from_millis(*wait_ms)).await
+            }
+            AdminCommand::Undrain { node } => self.undrain(node).await,
             AdminCommand::Config { action } => {
                 self.cluster_config(action.as_ref().unwrap_or(&ConfigAction::Show)).await
             }
@@ -710,6 +738,9 @@ impl<'a> Session<'a> {
         }
         text.push_str(&table(&rows));
         for mv in &view.members {
+            if let Some(by) = mv.status.as_ref().ok().and_then(drained_by) {
+                let _ = writeln!(text, "{} drained by {by}: never promoted until `undrain`", mv.member.node_id);
+            }
             for line in mv.status.as_ref().map(fencing_problems).unwrap_or_default() {
                 let _ = writeln!(text, "{} {line}", mv.member.node_id);
             }
@@ -849,6 +880,107 @@ impl<'a> Session<'a> {
                 "timeline": timeline,
             }),
         })
+    }
+
+    /// `drain`: records the drain (one znode per node, created once), then, if the node is
+    /// active, hands the role over to the best other node fit to take it.
+    async fn drain(&self, node: &str, reason: Option<&str>, wait: Duration) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let view = self.cluster_view().await?;
+        let mut known: Vec<&str> = view.members.iter().map(|m| m.member.node_id.as_str()).collect();
+        if let Some(cfg) = &self.cfg {
+            known.push(&cfg.node_id);
+            known.extend(cfg.peers.iter().map(|p| p.node_id.as_str()));
+        }
+        if !known.contains(&node) {
+            known.sort_unstable();
+            known.dedup();
+            return Err(fail(
+                Exit::Usage,
+                format!(
+                    "unknown node `{node}`: the members and configured peers of cluster {cluster} are [{}]",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let client = self.zk_client().await?;
+        let parent = format!("{ROOT}/{cluster}/{DRAINED}");
+        match self.zk_call("create the drained nodes' parent", self.create_record(&client, &parent, b"")).await? {
+            Ok(()) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(write_failure(&parent, "create", e)),
+        }
+        let path = format!("{parent}/{node}");
+        let record = DrainRecord { requested_by: operator(), at_ms: wall_ms(), reason: reason.map(str::to_string) };
+        let data = serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding: {e}")))?;
+        let mut text = match self.zk_call("record the drain", self.create_record(&client, &path, &data)).await? {
+            Ok(()) => {
+                format!("{node}: drained ({path}); it will not be promoted until `referee admin undrain {node}`\n")
+            }
+            Err(zk::Error::NodeExists) => {
+                let by = match self.zk_call("read the drain", client.get_data(&path)).await? {
+                    Ok((data, _)) => serde_json::from_slice::<DrainRecord>(&data)
+                        .map_or_else(|e| format!("an unreadable record ({e})"), |r| r.by()),
+                    Err(e) => format!("someone ({e})"),
+                };
+                format!("{node}: already drained by {by}\n")
+            }
+            Err(e) => return Err(write_failure(&path, "create", e)),
+        };
+        drop(client);
+        let holds = view.lock.as_ref().is_some_and(|(holder, _)| holder == node);
+        if !holds {
+            return Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) });
+        }
+        // The active: hand over to the most caught-up other node fit to take it.
+        let mut unfit_ones = Vec::new();
+        let mut fit: Vec<(&str, Option<u64>)> = Vec::new();
+        for mv in view.members.iter().filter(|m| m.member.node_id != node) {
+            let other = mv.member.node_id.as_str();
+            match &mv.status {
+                Err(e) => unfit_ones.push(format!("{other}: unreachable ({e})")),
+                Ok(st) => match unfit(st) {
+                    Some(why) => unfit_ones.push(format!("{other}: {why}")),
+                    None => fit.push((other, master_position(st))),
+                },
+            }
+        }
+        fit.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let Some((to, _)) = fit.first() else {
+            let why = if unfit_ones.is_empty() { "it is the only member".to_string() } else { unfit_ones.join("; ") };
+            return Err(fail(
+                Exit::Refused,
+                format!(
+                    "{text}{node} stays active: no other node can take over now ({why}); run `referee admin failover \
+                     --to NODE` once one can"
+                ),
+            ));
+        };
+        let _ = writeln!(text, "{node} is active: handing over to {to}");
+        let how = Switchover { wait, allow_data_loss: false, dry_run: false, at: None };
+        match self.failover(to, how).await {
+            Ok(report) => {
+                text.push_str(&report.text);
+                Ok(Report {
+                    exit: Exit::Ok,
+                    text,
+                    json: json!({"ok": true, "node": node, "record": path, "failover": report.json}),
+                })
+            }
+            Err(f) => Err(fail(f.exit, format!("{text}{node} stays active (drained): {}", f.reason))),
+        }
+    }
+
+    /// `undrain`: deletes the node's drain record.
+    async fn undrain(&self, node: &str) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let path = format!("{ROOT}/{cluster}/{DRAINED}/{node}");
+        let client = self.zk_client().await?;
+        let text = match self.zk_call("remove the drain", client.delete(&path, None)).await? {
+            Ok(()) => format!("{node}: undrained; it may be promoted again\n"),
+            Err(zk::Error::NoNode) => format!("{node} was not drained ({path} is absent)\n"),
+            Err(e) => return Err(write_failure(&path, "delete", e)),
+        };
+        Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) })
     }
 
     /// Records a switchover to `to` at `at_ms` for its agent to carry out (see
@@ -1558,6 +1690,9 @@ fn unfit(st: &Value) -> Option<String> {
     if st.get("paused").and_then(Value::as_bool).unwrap_or(false) {
         return Some("it is paused; resume it first".into());
     }
+    if let Some(by) = drained_by(st) {
+        return Some(format!("it is drained (by {by}); `undrain` it first"));
+    }
     let session = st.get("session").and_then(|s| s.get("state")).and_then(Value::as_str);
     if session != Some("connected") {
         return Some(format!("it has no coordinator session ({})", session_text(st.get("session"))));
@@ -1567,6 +1702,12 @@ fn unfit(st: &Value) -> Option<String> {
         return Some(format!("it is {role}, not a standby ready to take over"));
     }
     None
+}
+
+/// Who drained a node and why, from its `/status` report; `None` when it is not drained.
+fn drained_by(st: &Value) -> Option<String> {
+    let d = st.get("drained").filter(|d| !d.is_null())?;
+    Some(serde_json::from_value::<DrainRecord>(d.clone()).map_or_else(|_| d.to_string(), |r| r.by()))
 }
 
 /// The master's replication position in a `/status` report.
@@ -1799,6 +1940,9 @@ mod tests {
         let mut alone = ok.clone();
         alone["session"] = json!({"state": "connecting"});
         assert!(unfit(&alone).unwrap().contains("coordinator session"));
+        let mut drained = ok.clone();
+        drained["drained"] = json!({"requested_by": "ops@h", "at_ms": 1, "reason": "kernel update"});
+        assert_eq!(unfit(&drained).unwrap(), "it is drained (by ops@h (kernel update)); `undrain` it first");
     }
 
     #[test]

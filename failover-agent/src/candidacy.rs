@@ -99,6 +99,9 @@ pub struct OwnCandidacy {
     pub zone: Option<String>,
     /// Never contend for the active role.
     pub nofailover: bool,
+    /// Drained by an operator (`referee admin drain`): who, and why. Never contend, nor take
+    /// an operator's failover, until undrained.
+    pub drained: Option<String>,
 }
 
 /// The rules of the lag gate and the ranking (from the `election` section).
@@ -167,6 +170,11 @@ pub enum Blocker {
     },
     /// The node is tagged never to be promoted.
     Nofailover,
+    /// An operator drained the node (`referee admin drain`).
+    Drained {
+        /// Who, and why.
+        by: String,
+    },
     /// Holding the lock, the previous active is still being fenced (or the holder still waits
     /// for what it must know first).
     FencingPending,
@@ -202,7 +210,7 @@ pub enum Blocker {
 
 impl Blocker {
     /// Every blocker name, in a fixed order (one gauge each).
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 14] = [
         "lease_not_expired",
         "lagging",
         "position_stale",
@@ -210,6 +218,7 @@ impl Blocker {
         "paused",
         "unhealthy",
         "nofailover",
+        "drained",
         "fencing_pending",
         "out_ranked",
         "cross_zone_denied",
@@ -228,6 +237,7 @@ impl Blocker {
             Blocker::Paused => "paused",
             Blocker::Unhealthy { .. } => "unhealthy",
             Blocker::Nofailover => "nofailover",
+            Blocker::Drained { .. } => "drained",
             Blocker::FencingPending => "fencing_pending",
             Blocker::OutRanked { .. } => "out_ranked",
             Blocker::CrossZoneDenied { .. } => "cross_zone_denied",
@@ -250,6 +260,7 @@ impl fmt::Display for Blocker {
             Blocker::Paused => f.write_str("paused"),
             Blocker::Unhealthy { reason } => write!(f, "unhealthy: {reason}"),
             Blocker::Nofailover => f.write_str("nofailover"),
+            Blocker::Drained { by } => write!(f, "drained by {by}; `referee admin undrain` ends it"),
             Blocker::FencingPending => f.write_str("fencing pending"),
             Blocker::OutRanked { by, rank, left_ms } => {
                 write!(f, "{by} ranks higher (this node is rank {rank}; contends in {left_ms} ms)")
@@ -269,8 +280,9 @@ pub fn lag(own: Position, published: Position) -> u64 {
     published.0.saturating_sub(own.0)
 }
 
-/// The automatic-takeover gates that do not depend on other candidates, in order: the
-/// `nofailover` tag, the lag gate (with the staleness bound), the zone rule. An operator's
+/// The automatic-takeover gates that do not depend on other candidates, in order: an
+/// operator's drain, the `nofailover` tag, the lag gate (with the staleness bound), the zone
+/// rule. An operator's
 /// failover skips the zone rule; `allow_data_loss` (an operator's explicit override) skips the
 /// lag gate. `None`: nothing here stops this node.
 pub fn gate(
@@ -281,6 +293,9 @@ pub fn gate(
     operator_failover: bool,
     allow_data_loss: bool,
 ) -> Option<Blocker> {
+    if let Some(by) = &own.drained {
+        return Some(Blocker::Drained { by: by.clone() });
+    }
     if own.nofailover {
         return Some(Blocker::Nofailover);
     }
@@ -392,7 +407,7 @@ mod tests {
     }
 
     fn own(position: Option<u64>) -> OwnCandidacy {
-        OwnCandidacy { position: position.map(Position), priority: 1, zone: None, nofailover: false }
+        OwnCandidacy { position: position.map(Position), priority: 1, zone: None, nofailover: false, drained: None }
     }
 
     #[test]
@@ -470,6 +485,7 @@ mod tests {
         let in_zone = |z: &str| OwnCandidacy { zone: Some(z.into()), ..own(Some(1000)) };
         let zoned = published(1000, Some("east"), Duration::from_secs(1));
         let nofail = OwnCandidacy { nofailover: true, ..own(Some(1000)) };
+        let drained = OwnCandidacy { drained: Some("ops (kernel update)".into()), nofailover: true, ..own(Some(1000)) };
         let no_gate = CandidacyPolicy { max_lag: None, ..p };
         let old = published(1000, None, Duration::from_secs(11));
         let table: Vec<GateCase> = vec![
@@ -479,6 +495,8 @@ mod tests {
             // The operator's explicit override lifts the lag gate, not `nofailover`.
             (own(Some(899)), Some(&fresh), p, true, true, None),
             (nofail.clone(), Some(&fresh), p, true, true, Some(Blocker::Nofailover)),
+            // A drain is named before the tag, and no override lifts it either.
+            (drained, Some(&fresh), p, true, true, Some(Blocker::Drained { by: "ops (kernel update)".into() })),
             // Ahead of the published position (it moved on since): not lagging.
             (own(Some(2000)), Some(&fresh), p, false, false, None),
             // Unknown positions on either side: the gate does not apply (the pair's old behaviour).
@@ -526,6 +544,7 @@ mod tests {
             Blocker::Paused,
             Blocker::Unhealthy { reason: "x".into() },
             Blocker::Nofailover,
+            Blocker::Drained { by: "ops".into() },
             Blocker::FencingPending,
             Blocker::OutRanked { by: "a".into(), rank: 1, left_ms: 9 },
             Blocker::CrossZoneDenied { zone: "w".into(), active_zone: "e".into() },

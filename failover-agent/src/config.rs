@@ -779,6 +779,7 @@ impl AgentConfig {
             priority: self.election.priority,
             zone: self.election.zone.clone(),
             nofailover: self.election.nofailover,
+            drained: None,
         }
     }
 

@@ -410,7 +410,9 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
                     || obs.backoff_until.is_some_and(|t| t > obs.now)
                     || obs.promised.as_ref().is_some_and(|(_, t)| *t > obs.now);
-                if connected && healthy_for >= after && flap_wait.is_none() && !not_before {
+                // A drained preferred node does not ask for the role it may not take.
+                let drained = obs.candidacy.drained.is_some();
+                if connected && healthy_for >= after && flap_wait.is_none() && !not_before && !drained {
                     return decision(
                         vec![Step::RequestHandover { from: node_id.clone() }],
                         format!(
@@ -875,7 +877,7 @@ mod tests {
             failover_requested: false,
             failback_not_before: None,
             promised: None,
-            candidacy: OwnCandidacy { position: None, priority: 1, zone: None, nofailover: false },
+            candidacy: OwnCandidacy { position: None, priority: 1, zone: None, nofailover: false, drained: None },
             published: None,
             candidates: vec![],
             lock_free_since: None,
@@ -1543,6 +1545,10 @@ mod tests {
         let mut asked = o.clone();
         asked.failback_not_before = Some(now() + Duration::from_secs(1));
         check_with(asked, &policy, vec![], standing_by);
+        // Drained by an operator: it may not take the role, so it does not ask for it.
+        let mut drained = o.clone();
+        drained.candidacy.drained = Some("ops".into());
+        check_with(drained, &policy, vec![], standing_by);
         // Not the preferred node.
         check_with(o, &Policy::with_backoff(BACKOFF), vec![], standing_by);
     }
@@ -1591,6 +1597,7 @@ mod tests {
                 priority: 1,
                 zone: Some("east".into()),
                 nofailover: false,
+                drained: None,
             },
             published: published_at(1000, Some("east"), Duration::from_secs(1)),
             lock_free_since: Some(now() - Duration::from_secs(1)),
@@ -1618,6 +1625,8 @@ mod tests {
         backing_off.backoff_until = Some(now() + Duration::from_millis(300));
         let mut nofailover = gated();
         nofailover.candidacy.nofailover = true;
+        let mut drained = gated();
+        drained.candidacy.drained = Some("ops".into());
         let mut lagging = gated();
         lagging.candidacy.position = Some(candidacy::Position(850));
         let mut stale = gated();
@@ -1645,6 +1654,7 @@ mod tests {
             ("promised", promised, Some(Blocker::Promised { to: "b".into() })),
             ("backing off", backing_off, Some(Blocker::BackingOff { left_ms: 300 })),
             ("nofailover", nofailover, Some(Blocker::Nofailover)),
+            ("drained", drained, Some(Blocker::Drained { by: "ops".into() })),
             ("lagging", lagging, Some(Blocker::Lagging { behind: 150, max_lag: 100 })),
             ("stale", stale, Some(Blocker::PositionStale { age_ms: 12_000, max_age_ms: 10_000 })),
             (

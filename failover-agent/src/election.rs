@@ -13,6 +13,7 @@
 //! /referee/<cluster>/switchover         PERSISTENT  ScheduledSwitchover  one scheduled by an operator
 //! /referee/<cluster>/pause              PERSISTENT  PauseRecord while the whole cluster is paused
 //! /referee/<cluster>/config             PERSISTENT  ClusterSettingsRecord  settings for every agent
+//! /referee/<cluster>/drained/<node_id>  PERSISTENT  DrainRecord while an operator keeps the node from promotion
 //! ```
 //!
 //! The position is written only by the lock's holder, in a multi with a check of the lock's
@@ -82,8 +83,8 @@ use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
 use crate::model::{
-    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, LockRecord, LockView, Member, PauseRecord, SessionView,
-    TokenBase, TokenBaseView,
+    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, DrainRecord, LockRecord, LockView, Member, PauseRecord,
+    SessionView, TokenBase, TokenBaseView,
 };
 use crate::schedule::ScheduledSwitchover;
 
@@ -97,6 +98,9 @@ pub const PAUSE: &str = "pause";
 /// The cluster's settings under `/referee/<cluster>` (see
 /// [`crate::model::ClusterSettingsRecord`]).
 pub const CLUSTER_CONFIG: &str = "config";
+/// The parent, under `/referee/<cluster>`, of each drained node's record (see
+/// [`crate::model::DrainRecord`]).
+pub const DRAINED: &str = "drained";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -535,6 +539,7 @@ struct Paths {
     switchover: String,
     pause: String,
     config: String,
+    drained: String,
 }
 
 impl Paths {
@@ -550,6 +555,7 @@ impl Paths {
             switchover: format!("{root}/{SWITCHOVER}"),
             pause: format!("{root}/{PAUSE}"),
             config: format!("{root}/{CLUSTER_CONFIG}"),
+            drained: format!("{root}/{DRAINED}/{node_id}"),
             cluster: root,
         }
     }
@@ -905,6 +911,24 @@ impl Coordination {
             Ok((data, _)) => Ok(Some(decode(&self.paths.pause, &data).unwrap_or_else(|e| PauseRecord {
                 requested_by: format!("an unreadable record at {} ({e})", self.paths.pause),
                 at_ms: 0,
+            }))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// This node's drain record, while an operator keeps it from promotion. A record that
+    /// cannot be decoded counts as drained (by "an unreadable record"): `referee admin undrain`
+    /// removes it, and until then the node is not promoted on a guess.
+    pub async fn read_drained(&self) -> Result<Option<DrainRecord>, ElectionError> {
+        const OP: &str = "read this node's drain record";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.drained);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, _)) => Ok(Some(decode(&self.paths.drained, &data).unwrap_or_else(|e| DrainRecord {
+                requested_by: format!("an unreadable record at {} ({e})", self.paths.drained),
+                at_ms: 0,
+                reason: None,
             }))),
             Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
             Err(f) => Err(self.failure(OP, f)),

@@ -146,6 +146,32 @@ pub struct PauseRecord {
     pub at_ms: i64,
 }
 
+/// What `/referee/<cluster>/drained/<node_id>` holds while an operator keeps that node from
+/// being promoted (`referee admin drain`, as Pacemaker's node standby or Patroni's `nofailover`
+/// tag set live, for maintenance of its host): its agent still runs, reports and confirms, but
+/// never takes the active role, automatically or by an operator's failover, until `referee admin
+/// undrain` deletes it. Kept in the coordinator, so a restarted agent stays drained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    /// Who drained the node (user and host, as `referee admin` names them).
+    pub requested_by: String,
+    /// When (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Why, as the operator said.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl DrainRecord {
+    /// "by WHO (REASON)", for the logs and the "why not".
+    pub fn by(&self) -> String {
+        match &self.reason {
+            Some(reason) => format!("{} ({reason})", self.requested_by),
+            None => self.requested_by.clone(),
+        }
+    }
+}
+
 /// What `/referee/<cluster>/config` holds: settings for the whole cluster, set by `referee
 /// admin config set` over each agent's own (see [`crate::config::CLUSTER_SETTINGS`]), as
 /// Patroni keeps its dynamic configuration in the DCS.

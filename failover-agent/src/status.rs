@@ -142,6 +142,8 @@ pub struct AgentStatus {
     pub paused: bool,
     /// Who paused the whole cluster, while its pause record is there.
     pub cluster_paused_by: Option<String>,
+    /// Who drained this node, when, and why, while its drain record is there.
+    pub drained: Option<crate::model::DrainRecord>,
     /// The last decision's reason.
     pub last_decision: String,
     /// Why this node is not taking over now ("why not"), as the last decision named it;
@@ -215,6 +217,7 @@ impl AgentStatus {
             members: Vec::new(),
             paused: false,
             cluster_paused_by: None,
+            drained: None,
             last_decision: "starting".into(),
             blocker: None,
             why_not: None,

@@ -283,8 +283,7 @@ impl Driver {
         // The operator's failover skips anti-flap, the zone rule and the ranking, never
         // `nofailover`; the lag gate only with `allow_data_loss`. Refused before the active is
         // asked to cede, so a refused failover leaves the cluster as it was.
-        let own =
-            crate::candidacy::OwnCandidacy { position: master.and_then(|m| m.position), ..self.cfg.own_candidacy() };
+        let own = self.own_candidacy(master.and_then(|m| m.position));
         let gate = crate::candidacy::gate(
             &own,
             self.published_view().as_ref(),
@@ -440,6 +439,10 @@ impl Driver {
             }
             Err(e) => debug!("reading the cluster's pause record: {e}"),
         }
+        match c.read_drained().await {
+            Ok(record) => self.apply_drain(record),
+            Err(e) => debug!("reading this node's drain record: {e}"),
+        }
         match c.read_cluster_settings().await {
             Ok(read) => self.apply_cluster_settings(read),
             Err(e) => debug!("reading the cluster's settings: {e}"),
@@ -505,6 +508,21 @@ impl Driver {
             applied: error.is_none(),
             error,
         });
+    }
+
+    /// Puts this node's drain record in force (it then contends for nothing and takes no
+    /// operator's failover), saying when it begins or ends here.
+    pub(super) fn apply_drain(&mut self, record: Option<crate::model::DrainRecord>) {
+        if self.mem.drained == record {
+            return;
+        }
+        match &record {
+            Some(r) => info!(by = %r.by(), "drained: this node will not be promoted until `referee admin undrain`"),
+            None if self.mem.drained.is_some() => info!("no longer drained: this node may be promoted again"),
+            None => {}
+        }
+        self.status().drained = record.clone();
+        self.mem.drained = record;
     }
 
     /// Sets the status's pause from the operator's request and the cluster's record, saying

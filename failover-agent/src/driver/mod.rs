@@ -118,6 +118,8 @@ struct Memory {
     /// reading, then the record and its version, if there is one. A reload puts them over the
     /// new file.
     cluster_settings: Option<Option<(crate::model::ClusterSettingsRecord, i32)>>,
+    /// This node's drain record as last read (see [`crate::model::DrainRecord`]).
+    drained: Option<crate::model::DrainRecord>,
     /// Which change of the settings record was last acted on (its mzxid; `Some(None)`: there
     /// was none), so each change is applied, or refused and said, once.
     settings_seen: Option<Option<i64>>,
@@ -185,6 +187,7 @@ impl Memory {
             pause_age: 0,
             cluster_settings: None,
             settings_seen: None,
+            drained: None,
             pause_read: false,
             members_age: 0,
             free_seen_at: None,

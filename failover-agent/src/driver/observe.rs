@@ -175,14 +175,20 @@ impl Driver {
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.mem.promised.clone(),
-            candidacy: crate::candidacy::OwnCandidacy {
-                position: master.and_then(|m| m.position),
-                ..self.cfg.own_candidacy()
-            },
+            candidacy: self.own_candidacy(master.and_then(|m| m.position)),
             published: self.published_view(),
             candidates: self.candidates(),
             lock_free_since: self.mem.free_seen_at,
             allow_data_loss: self.mem.pending_failover.is_some() && self.mem.allow_data_loss,
+        }
+    }
+
+    /// This node's tags (from its configuration), its drain and its master's position.
+    pub(super) fn own_candidacy(&self, position: Option<crate::candidacy::Position>) -> crate::candidacy::OwnCandidacy {
+        crate::candidacy::OwnCandidacy {
+            position,
+            drained: self.mem.drained.as_ref().map(crate::model::DrainRecord::by),
+            ..self.cfg.own_candidacy()
         }
     }
 
