@@ -391,11 +391,10 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
         "drain exited {code}: {out} {err}"
     );
     pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
-    // Its agent reads the record with the pause record, about once a second.
-    until_status(&pair, drained, "the drain in the drained node's status", |st| {
-        st["drained"]["reason"] == "kernel update"
-    })
-    .await?;
+    // `drain` returned once the node's agent had it in force.
+    ensure!(out.contains(&format!("{}'s agent has the drain in force", NODES[drained])), "{out}");
+    let st = pair.agent_json(drained, "/status").await.unwrap_or_default();
+    ensure!(st["drained"]["reason"] == "kernel update", "{st}");
     let (code, out, err) = pair.admin(other, &["status"]).await?;
     ensure!(code == 0 && out.contains(&format!("{} drained by", NODES[drained])), "status exited {code}: {out} {err}");
     let (code, out, err) = pair.admin(other, &["failover", "--to", NODES[drained]]).await?;
@@ -420,7 +419,10 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     ensure!(pair.actives().await.is_empty(), "nobody may be active: the only live master is drained");
 
     let (code, out, err) = pair.admin(drained, &["undrain", NODES[drained]]).await?;
-    ensure!(code == 0 && out.contains("undrained"), "undrain exited {code}: {out} {err}");
+    ensure!(
+        code == 0 && out.contains("undrained") && out.contains("no longer counts itself drained"),
+        "undrain exited {code}: {out} {err}"
+    );
     pair.wait_for_active_node(drained, Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -63,6 +63,10 @@ use crate::schedule::{self, ScheduledSwitchover};
 /// limit (`admin.failover_timeout_ms`), as every method may take its whole deadline.
 const CHECK_FENCING_WAIT: Duration = Duration::from_secs(65);
 
+/// How long `drain` and `undrain` wait for the node's agent to have the change in force (it
+/// reads its record about once a second).
+const DRAIN_SEEN_WAIT: Duration = Duration::from_secs(10);
+
 /// `referee admin`'s arguments; the binary embeds them as a subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -927,6 +931,9 @@ impl<'a> Session<'a> {
             Err(e) => return Err(write_failure(&path, "create", e)),
         };
         drop(client);
+        // In force before anything else: a node whose agent has not read it yet could still be
+        // promoted, by the handover below too.
+        text.push_str(&self.drain_seen(&view, node, true).await?);
         let holds = view.lock.as_ref().is_some_and(|(holder, _)| holder == node);
         if !holds {
             return Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) });
@@ -970,16 +977,53 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Waits until `node`'s agent reports itself drained (`drained`) or not, as it reads its
+    /// record about once a second: a line saying so, or a timeout naming what is known. A node
+    /// with no agent running has nothing to wait for; its agent reads the record as it starts.
+    async fn drain_seen(&self, view: &ClusterView, node: &str, drained: bool) -> Result<String, Failure> {
+        let Some(mv) = view.members.iter().find(|m| m.member.node_id == node) else {
+            return Ok(format!("{node} has no agent running now; its agent reads this as it starts\n"));
+        };
+        let limit = DRAIN_SEEN_WAIT;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let seen = get_json(&self.http, &probe_url(mv, "/status")).await;
+            if let Ok(st) = &seen {
+                if drained_by(st).is_some() == drained {
+                    return Ok(if drained {
+                        format!("{node}'s agent has the drain in force\n")
+                    } else {
+                        format!("{node}'s agent no longer counts itself drained\n")
+                    });
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let now = match seen {
+                    Ok(_) => "still reports the opposite".to_string(),
+                    Err(e) => format!("cannot be asked ({e})"),
+                };
+                return Err(fail(
+                    Exit::TimedOut,
+                    format!("the record is written, but {node}'s agent {now} after {} ms", limit.as_millis()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `undrain`: deletes the node's drain record.
     async fn undrain(&self, node: &str) -> Result<Report, Failure> {
         let (_, cluster) = self.coordinates()?;
         let path = format!("{ROOT}/{cluster}/{DRAINED}/{node}");
         let client = self.zk_client().await?;
-        let text = match self.zk_call("remove the drain", client.delete(&path, None)).await? {
+        let mut text = match self.zk_call("remove the drain", client.delete(&path, None)).await? {
             Ok(()) => format!("{node}: undrained; it may be promoted again\n"),
             Err(zk::Error::NoNode) => format!("{node} was not drained ({path} is absent)\n"),
             Err(e) => return Err(write_failure(&path, "delete", e)),
         };
+        drop(client);
+        let view = self.cluster_view().await?;
+        text.push_str(&self.drain_seen(&view, node, false).await?);
         Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) })
     }
 
