@@ -395,6 +395,9 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     ensure!(out.contains(&format!("{}'s agent has the drain in force", NODES[drained])), "{out}");
     let st = pair.agent_json(drained, "/status").await.unwrap_or_default();
     ensure!(st["drained"]["reason"] == "kernel update", "{st}");
+    let gauge = |on: u8| format!("\nreferee_agent_drained{{cluster=\"lab\",node=\"{}\"}} {on}\n", NODES[drained]);
+    let metrics = pair.probe_text(drained, "/metrics").await.unwrap_or_default();
+    ensure!(metrics.contains(&gauge(1)), "{metrics}");
     let (code, out, err) = pair.admin(other, &["status"]).await?;
     ensure!(code == 0 && out.contains(&format!("{} drained by", NODES[drained])), "status exited {code}: {out} {err}");
     let (code, out, err) = pair.admin(other, &["failover", "--to", NODES[drained]]).await?;
@@ -423,6 +426,8 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
         code == 0 && out.contains("undrained") && out.contains("no longer counts itself drained"),
         "undrain exited {code}: {out} {err}"
     );
+    let metrics = pair.probe_text(drained, "/metrics").await.unwrap_or_default();
+    ensure!(metrics.contains(&gauge(0)), "{metrics}");
     pair.wait_for_active_node(drained, Duration::from_secs(10)).await?;
     Ok(())
 }

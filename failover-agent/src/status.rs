@@ -331,6 +331,12 @@ impl AgentStatus {
             seconds(self.lease_session_timeout_ms),
         );
         gauge("referee_agent_paused", "1 while failover is paused.", "gauge", u8::from(self.paused).to_string());
+        gauge(
+            "referee_agent_drained",
+            "1 while an operator keeps this node from promotion (referee admin drain).",
+            "gauge",
+            u8::from(self.drained.is_some()).to_string(),
+        );
         gauge("referee_agent_cycles_total", "Decision cycles run.", "counter", c.cycles.to_string());
         gauge(
             "referee_agent_promotions_total",
