@@ -429,6 +429,24 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     let metrics = pair.probe_text(drained, "/metrics").await.unwrap_or_default();
     ensure!(metrics.contains(&gauge(0)), "{metrics}");
     pair.wait_for_active_node(drained, Duration::from_secs(10)).await?;
+
+    // A record that is not a drain (written by hand) drains its node too, named as unreadable,
+    // until `undrain` removes it.
+    let zk = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&pair.coordinator_addr)
+        .await
+        .context("connecting to the coordinator")?;
+    let path = format!("/referee/lab/drained/{}", NODES[other]);
+    zk.create(&path, b"maintenance", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
+        .await
+        .context("writing a damaged drain record")?;
+    until_status(&pair, other, "the damaged record in force as a drain", |st| {
+        st["drained"]["requested_by"].as_str().is_some_and(|by| by.contains("an unreadable record at"))
+    })
+    .await?;
+    let (code, out, err) = pair.admin(drained, &["undrain", NODES[other]]).await?;
+    ensure!(code == 0 && out.contains("no longer counts itself drained"), "undrain exited {code}: {out} {err}");
     Ok(())
 }
 
