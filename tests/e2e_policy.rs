@@ -88,6 +88,7 @@ async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
         ensure!(st["max_lag"] == MAX_LAG, "{st}");
         // A load balancer's question, as Patroni's `/replica?lag=`: caught up, so yes.
         ensure!(pair.probe_status(standby, "/standby?max_lag=0").await == Some(200), "{st}");
+        ensure!(pair.probe_status(standby, "/readable?max_lag=0").await == Some(200), "{st}");
         let metrics = pair.probe_text(standby, "/metrics").await.unwrap_or_default();
         let gauge = format!("node=\"{}\",blocker=\"lease_not_expired\"}} 1", CLUSTER_NODES[standby]);
         ensure!(metrics.contains(&gauge), "{metrics}");
@@ -113,12 +114,25 @@ async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
         // Still a healthy standby, but no longer within MAX_LAG of the active; a query the
         // probe does not know is refused, not taken for no limit.
         let lagging = format!("/standby?max_lag={MAX_LAG}");
-        for (path, code) in
-            [("/standby", 200), (lagging.as_str(), 503), ("/standby?max_lag=1000000", 200), ("/standby?maxlag=1", 400)]
-        {
+        let lagging_read = format!("/readable?max_lag={MAX_LAG}");
+        for (path, code) in [
+            ("/standby", 200),
+            (lagging.as_str(), 503),
+            ("/standby?max_lag=1000000", 200),
+            ("/standby?maxlag=1", 400),
+            ("/readable", 200),
+            (lagging_read.as_str(), 503),
+            ("/active", 503),
+        ] {
             let got = pair.probe_status(standby, path).await;
             ensure!(got == Some(code), "{path} on {}: {got:?}, wanted {code}", CLUSTER_NODES[standby]);
         }
+    }
+
+    // The active serves reads whatever a standby's limit (`/readable` as Patroni's `/read-only`).
+    for path in ["/readable", "/readable?max_lag=0", "/active"] {
+        let got = pair.probe_status(active, path).await;
+        ensure!(got == Some(200), "{path} on the active {}: {got:?}", CLUSTER_NODES[active]);
     }
 
     // The active's master dies: the lock is freed, but no lagging standby takes it, and each

@@ -7,6 +7,7 @@
 //! | `/readyz`   | the coordinator session is connected and the master's health known  |
 //! | `/active`   | this node's master is active with our lock's token and a live lease |
 //! | `/standby`  | this node is a healthy standby, ready to take over; with `?max_lag=N`, also at most N behind the active's recently published position (Patroni's `/replica?lag=`) |
+//! | `/readable` | `/active` or `/standby` would (with the same `?max_lag=N` for a standby): a node that may serve reads (Patroni's `/read-only`) |
 //! | `/status`   | always: JSON report (role, health, lock, token, lease, decision...) |
 //! | `/history`  | always: recent role changes with failover phase durations           |
 //! | `/metrics`  | always: Prometheus text                                             |
@@ -75,8 +76,9 @@ async fn active(State(p): State<ProbeState>) -> Response {
     )
 }
 
-/// `?max_lag=N` of `/standby`: `Ok(None)` without a query.
-pub fn parse_max_lag(query: Option<&str>) -> Result<Option<u64>, String> {
+/// `?max_lag=N` of `/standby` and `/readable` (the `probe` named in errors): `Ok(None)` without
+/// a query.
+pub fn parse_max_lag(query: Option<&str>, probe: &str) -> Result<Option<u64>, String> {
     let mut max_lag = None;
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -89,18 +91,24 @@ pub fn parse_max_lag(query: Option<&str>) -> Result<Option<u64>, String> {
                     ))
                 }
             },
-            _ => return Err(format!("unknown query {pair:?}; /standby takes only max_lag=N")),
+            _ => return Err(format!("unknown query {pair:?}; {probe} takes only max_lag=N")),
         }
     }
     Ok(max_lag)
 }
 
 async fn standby(State(p): State<ProbeState>, RawQuery(query): RawQuery) -> Response {
-    let max_lag = match parse_max_lag(query.as_deref()) {
+    let max_lag = match parse_max_lag(query.as_deref(), "/standby") {
         Ok(m) => m,
         Err(error) => return (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response(),
     };
-    let s = p.read();
+    let (ok, body) = standby_verdict(&p.read(), max_lag);
+    verdict(ok, body)
+}
+
+/// Whether this node is a healthy standby within `max_lag` of the active's recently published
+/// position, and the answer's body saying how it stands.
+fn standby_verdict(s: &AgentStatus, max_lag: Option<u64>) -> (bool, serde_json::Value) {
     let ready = s.role == Role::Standby && s.health.is_healthy();
     let mut body = json!({"role": s.role, "health": s.health, "behind": s.behind_fresh});
     let caught_up = match (max_lag, s.behind_fresh) {
@@ -111,7 +119,25 @@ async fn standby(State(p): State<ProbeState>, RawQuery(query): RawQuery) -> Resp
             false
         }
     };
-    verdict(ready && caught_up, body)
+    (ready && caught_up, body)
+}
+
+/// `/readable`: the active while it serves, or a standby as `/standby` judges it.
+async fn readable(State(p): State<ProbeState>, RawQuery(query): RawQuery) -> Response {
+    let max_lag = match parse_max_lag(query.as_deref(), "/readable") {
+        Ok(m) => m,
+        Err(error) => return (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response(),
+    };
+    let s = p.read();
+    let now = BootInstant::now();
+    if s.is_serving_active(now) {
+        return verdict(
+            true,
+            json!({"role": s.role, "token": s.token, "lease_left_ms": s.lease_left(now).as_millis() as u64}),
+        );
+    }
+    let (ok, body) = standby_verdict(&s, max_lag);
+    verdict(ok, body)
 }
 
 async fn status(State(p): State<ProbeState>) -> Response {
@@ -154,6 +180,7 @@ pub fn router(state: ProbeState) -> Router {
         .route("/readyz", get(readyz))
         .route("/active", get(active))
         .route("/standby", get(standby))
+        .route("/readable", get(readable))
         .route("/status", get(status))
         .route("/history", get(history))
         .route("/metrics", get(metrics))
@@ -176,19 +203,19 @@ mod tests {
 
     #[test]
     fn the_standby_probe_takes_max_lag_and_refuses_anything_else() {
-        assert_eq!(parse_max_lag(None), Ok(None));
-        assert_eq!(parse_max_lag(Some("")), Ok(None));
-        assert_eq!(parse_max_lag(Some("max_lag=0")), Ok(Some(0)));
-        assert_eq!(parse_max_lag(Some("max_lag=1048576")), Ok(Some(1_048_576)));
+        assert_eq!(parse_max_lag(None, "/standby"), Ok(None));
+        assert_eq!(parse_max_lag(Some(""), "/standby"), Ok(None));
+        assert_eq!(parse_max_lag(Some("max_lag=0"), "/standby"), Ok(Some(0)));
+        assert_eq!(parse_max_lag(Some("max_lag=1048576"), "/readable"), Ok(Some(1_048_576)));
         for (query, error) in [
             ("max_lag=1MB", "not \"1MB\""),
             ("max_lag=-1", "not \"-1\""),
             ("max_lag=", "not \"\""),
-            ("maxlag=5", "unknown query \"maxlag=5\""),
+            ("maxlag=5", "unknown query \"maxlag=5\"; /readable takes only max_lag=N"),
             ("lag=5", "unknown query \"lag=5\""),
             ("max_lag=1&max_lag=2", "given twice"),
         ] {
-            let e = parse_max_lag(Some(query)).unwrap_err();
+            let e = parse_max_lag(Some(query), "/readable").unwrap_err();
             assert!(e.contains(error), "{query}: {e}");
         }
     }
