@@ -66,6 +66,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
+pub mod haproxy;
+
 use referee_testkit::{Host, Hosts, Proxy};
 // The kit's, re-exported: the end-to-end tests and `failover-bench` import them from here.
 pub use referee_testkit::{apache_zookeeper_installed, free_port};

@@ -19,28 +19,16 @@
 //!
 //! Without HAProxy installed (Debian's `haproxy`), each test says SKIPPED and passes.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{free_port, CoordinatorKind, MasterKind, Pair, PairSpec, Proc, Timings, NODES};
+use referee::lab::haproxy::{haproxy_bin, Haproxy, HAPROXY_MISSING};
+use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings};
 use serde_json::Value;
 use tokio::sync::watch;
-
-const HAPROXY_MISSING: &str = "HAProxy is not installed (CI installs Debian's haproxy package)";
-
-/// HAProxy's executable, where Debian puts it or on `PATH`.
-fn haproxy() -> Option<PathBuf> {
-    let debian = Path::new("/usr/sbin/haproxy");
-    if debian.exists() {
-        return Some(debian.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("haproxy")).find(|p| p.exists())
-}
 
 fn spec(proxied_agents: bool) -> PairSpec {
     PairSpec {
@@ -53,110 +41,6 @@ fn spec(proxied_agents: bool) -> PairSpec {
         extra_agent_yaml: Vec::new(),
         admin: false,
         journal: true,
-    }
-}
-
-/// The ports HAProxy listens on in the lab: writes, reads, statistics.
-struct Frontends {
-    write: u16,
-    read: u16,
-    stats: u16,
-}
-
-/// `config/haproxy.cfg` with the lab's addresses: each frontend's port, and each server's
-/// master and probe port. Every replaced text must occur exactly as the shipped file has it,
-/// so a change to the file that this test does not follow fails here, not silently.
-fn lab_config(pair: &Pair, fe: &Frontends) -> Result<String> {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/haproxy.cfg");
-    let mut text = std::fs::read_to_string(&shipped).with_context(|| format!("reading {}", shipped.display()))?;
-    let mut replace = |from: &str, to: String, times: usize| -> Result<()> {
-        let found = text.matches(from).count();
-        ensure!(found == times, "config/haproxy.cfg has `{from}` {found} times, the test expects {times}");
-        text = text.replace(from, &to);
-        Ok(())
-    };
-    replace("bind *:5000", format!("bind 127.0.0.1:{}", fe.write), 1)?;
-    replace("bind *:5001", format!("bind 127.0.0.1:{}", fe.read), 1)?;
-    replace("bind 127.0.0.1:7000", format!("bind 127.0.0.1:{}", fe.stats), 1)?;
-    for (i, host) in ["db1", "db2"].iter().enumerate() {
-        let ports = pair.ports[i];
-        replace(
-            &format!("server {host} {host}.example.internal:8080 check port 8301"),
-            format!("server {host} 127.0.0.1:{} check port {}", ports.master, ports.probes),
-            2,
-        )?;
-    }
-    // HAProxy's log, which the shipped file sends to the host's global section, to its output.
-    Ok(format!("global\n    log stdout format raw local0 info\n\n{text}"))
-}
-
-/// HAProxy running the lab's copy of the shipped configuration.
-struct Haproxy {
-    _proc: Proc,
-    fe: Frontends,
-    http: reqwest::Client,
-}
-
-impl Haproxy {
-    fn start(bin: &Path, pair: &Pair) -> Result<Haproxy> {
-        let fe = Frontends { write: free_port()?, read: free_port()?, stats: free_port()? };
-        let cfg = pair.dir.0.join("haproxy.cfg");
-        std::fs::write(&cfg, lab_config(pair, &fe)?)?;
-        let check = Command::new(bin).arg("-c").arg("-f").arg(&cfg).output()?;
-        ensure!(
-            check.status.success(),
-            "haproxy -c refuses the lab's copy of config/haproxy.cfg:\n{}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let mut cmd = Command::new(bin);
-        cmd.arg("-db").arg("-f").arg(&cfg);
-        let proc = Proc::spawn_command("haproxy", cmd, pair.dir.0.join("haproxy.log"))?;
-        Ok(Haproxy { _proc: proc, fe, http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()? })
-    }
-
-    /// The servers HAProxy has up in `backend` (`masters_write` or `masters_read`), as node
-    /// indices.
-    async fn up(&self, backend: &str) -> Result<Vec<usize>> {
-        let csv = self.http.get(format!("http://127.0.0.1:{}/;csv", self.fe.stats)).send().await?.text().await?;
-        let mut lines = csv.lines();
-        let header: Vec<&str> =
-            lines.next().context("an empty statistics page")?.trim_start_matches("# ").split(',').collect();
-        let col =
-            |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("no `{name}` in {header:?}"));
-        let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
-        let mut up = Vec::new();
-        for line in lines {
-            let f: Vec<&str> = line.split(',').collect();
-            if f.len() > status && f[px] == backend && f[status] == "UP" {
-                if let Some(node) = ["db1", "db2"].iter().position(|h| *h == f[sv]) {
-                    up.push(node);
-                }
-            }
-        }
-        Ok(up)
-    }
-
-    /// Waits until HAProxy has exactly `active` up in the write backend, and in the read
-    /// backend the other node alone (`standby_up`) or at least not `active`.
-    async fn wait_for_view(&self, active: usize, standby_up: bool, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (w, r) = (self.up("masters_write").await.ok(), self.up("masters_read").await.ok());
-            let read_ok =
-                r.as_ref().is_some_and(|r| if standby_up { r == &[1 - active] } else { !r.contains(&active) });
-            if w.as_deref() == Some(&[active][..]) && read_ok {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "HAProxy's view after {limit:?}: write backend up {w:?}, read backend up {r:?}; wanted {} alone in the write backend and {} in the read backend",
-                    NODES[active],
-                    if standby_up { format!("{} alone", NODES[1 - active]) } else { format!("not {}", NODES[active]) }
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 
@@ -246,7 +130,7 @@ enum Failure {
 }
 
 async fn scenario(name: &str, failure: Failure) -> Result<()> {
-    let Some(bin) = haproxy() else {
+    let Some(bin) = haproxy_bin() else {
         referee_testkit::skip(name, HAPROXY_MISSING);
         return Ok(());
     };
@@ -256,7 +140,8 @@ async fn scenario(name: &str, failure: Failure) -> Result<()> {
     let new = 1 - old;
     pair.wait_for_connected_standby(new, Duration::from_secs(15)).await?;
     let old_token = agent_token(&pair, old).await.context("the active's agent names its token")?;
-    let lb = Haproxy::start(&bin, &pair)?;
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/haproxy.cfg");
+    let lb = Haproxy::start(&bin, &pair, &shipped)?;
     lb.wait_for_view(old, true, Duration::from_secs(10)).await?;
 
     let started = Instant::now();

@@ -6,6 +6,8 @@
 //! cargo run --release --bin failover-bench -- --runs 100 --timings zkfc
 //! cargo run --release --bin failover-bench -- --runs 20 --fault partition
 //! cargo run --release --bin failover-bench -- --soak-secs 600 --cpu-load 2
+//! cargo run --release --bin failover-bench -- --runs 30 --haproxy config/haproxy.cfg
+//! cargo run --release --bin failover-bench -- --runs 30 --timings zkfc --haproxy bench/haproxy-common.cfg
 //! ```
 //!
 //! Each run: t0 = SIGKILL of the active master; t1 = the first write acknowledged by the other
@@ -13,6 +15,13 @@
 //! rejoins as standby before the next run. The soak mode writes steadily to the active for the
 //! given time with no fault and counts failovers, which must be zero; `--cpu-load N` runs N
 //! busy loops beside the pair meanwhile (and only meanwhile).
+//!
+//! `--haproxy FILE` puts Debian's HAProxy in front of the pair, running FILE (a configuration
+//! for the example hosts, as `config/haproxy.cfg`) with the lab's addresses: t1 is then the
+//! first write acknowledged by the other master **through HAProxy's write address**, from a
+//! client that keeps its connection alive and retries every millisecond, as an application
+//! behind a load balancer sees a failover. Before each run HAProxy must have the active alone
+//! in its write backend and the standby in its read backend.
 //!
 //! `--fault partition` cuts the active node off the coordinator instead: its agent's
 //! connections are black-holed (packets dropped, nothing refused), while its master keeps
@@ -35,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use nix::sys::signal::Signal;
+use referee::lab::haproxy::{haproxy_bin, Haproxy, HAPROXY_MISSING};
 use referee::lab::{
     apache_zookeeper_installed, boot_us, load_average, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES,
 };
@@ -79,6 +89,10 @@ struct Args {
     /// With `--soak-secs`: this many busy loops run beside the pair for the soak's length.
     #[arg(long, default_value_t = 0)]
     cpu_load: usize,
+    /// Measure through HAProxy running this configuration (for the example hosts db1 and db2,
+    /// as `config/haproxy.cfg`); with the master crash fault only.
+    #[arg(long, value_name = "FILE")]
+    haproxy: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -163,8 +177,25 @@ async fn main() -> Result<()> {
         admin: false,
         journal: false,
     };
+    if args.haproxy.is_some() && (args.fault != Fault::MasterCrash || args.soak_secs.is_some()) {
+        bail!("--haproxy measures the master crash fault only");
+    }
+    let haproxy_bin = match &args.haproxy {
+        Some(_) => Some(haproxy_bin().context(HAPROXY_MISSING)?),
+        None => None,
+    };
     let load_before = load_average();
     let mut pair = Pair::start(spec).await?;
+    let lb = match (&args.haproxy, &haproxy_bin) {
+        (Some(config), Some(bin)) => {
+            let lb = Haproxy::start(bin, &pair, config)?;
+            println!("# through HAProxy running {}", config.display());
+            Some(lb)
+        }
+        _ => None,
+    };
+    // Kept alive across the attempts, as an application's connection pool.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);
     println!("# load average (1, 5, 15 min) at start: {load_before}");
     memory(&pair, "after start");
@@ -210,8 +241,13 @@ async fn main() -> Result<()> {
     for run in 0..args.runs {
         let active = pair.wait_for_active(Duration::from_secs(60)).await?;
         let other = 1 - active;
-        // The standby must be ready (healthy, connected) before the fault.
+        // The standby must be ready (healthy, connected) before the fault, and HAProxy must
+        // have the roles as they are.
         standby_ready(&pair, other).await?;
+        let old_token = pair.agent_json(active, "/status").await.and_then(|s| s["token"].as_u64()).unwrap_or(0);
+        if let Some(lb) = &lb {
+            lb.wait_for_view(active, true, Duration::from_secs(60)).await?;
+        }
         // A crash comes at no particular moment of the active agent's health-check cycle: the
         // fault waits a random part of one check interval, so the runs sample every phase of it.
         // Without this, the loop fell into step with the checks: every run with ZKFC's timings
@@ -220,7 +256,23 @@ async fn main() -> Result<()> {
         let (t0, fault) = (Instant::now(), SystemTime::now());
         pair.masters[active].signal(Signal::SIGKILL)?;
         let took = loop {
-            if pair.write(other, "bench", &run.to_string()).await.is_ok() {
+            let acked = match &lb {
+                None => pair.write(other, "bench", &run.to_string()).await.is_ok(),
+                // Through HAProxy: an acknowledgement from the new master, by its token.
+                Some(lb) => {
+                    let body = serde_json::json!({"key": "bench", "value": run.to_string()});
+                    match client.post(lb.write_url()).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["token"].as_u64())
+                            .is_some_and(|t| t > old_token),
+                        _ => false,
+                    }
+                }
+            };
+            if acked {
                 break t0.elapsed();
             }
             if t0.elapsed() > Duration::from_secs(120) {
@@ -230,7 +282,8 @@ async fn main() -> Result<()> {
         };
         samples.push(took);
         println!("run {run:3}: {} -> {} in {:7.1} ms", NODES[active], NODES[other], took.as_secs_f64() * 1000.0);
-        let acked = Mark::at("first write acknowledged", referee_failover_agent::timeline::wall_us(fault + took));
+        let what = if lb.is_some() { "first write acknowledged through HAProxy" } else { "first write acknowledged" };
+        let acked = Mark::at(what, referee_failover_agent::timeline::wall_us(fault + took));
         let marks = pair.failover_marks(active, other, fault, vec![acked], Duration::from_secs(5)).await?;
         let fault_us = referee_failover_agent::timeline::wall_us(fault);
         let mut end_us = marks.iter().map(|m| m.at_us).collect::<Vec<_>>();
@@ -263,8 +316,9 @@ async fn main() -> Result<()> {
     }
     println!("sum of the phases' means (weighted by runs): {mean_sum:.1} ms");
     let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+    let through = if lb.is_some() { " through HAProxy" } else { "" };
     println!(
-        "failover (kill -9 of the active master -> first acknowledged write), {} runs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms",
+        "failover (kill -9 of the active master -> first acknowledged write{through}), {} runs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, mean {:.1} ms",
         samples.len(),
         ms(percentile(&samples, 0.50)),
         ms(percentile(&samples, 0.99)),
