@@ -110,6 +110,11 @@ impl Driver {
     pub(super) fn session_made(&mut self, c: &Coordination, sent: BootInstant) {
         self.mem.lease.connected(c.lease_timeout(), sent);
         self.mem.pause_read = false;
+        // A new session may be on a coordinator that lost its data and counts zxids again from
+        // the bottom: the settings record's next reading is acted on whatever its zxid.
+        if let Some(Some(_)) = self.mem.settings_seen {
+            self.mem.settings_seen = Some(Some(i64::MIN));
+        }
         self.publish_guard();
         info!(
             session = format!("0x{:x}", c.session_id()),
