@@ -244,16 +244,8 @@ async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
 
 /// Waits until every agent's `/status` satisfies `ok`, or fails naming the first that does not.
 async fn every_agent(pair: &Pair, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for (i, node) in NODES.iter().enumerate() {
-        loop {
-            let st = pair.agent_json(i, "/status").await.unwrap_or_default();
-            if ok(&st) {
-                break;
-            }
-            ensure!(tokio::time::Instant::now() < deadline, "{node} never had {what}: {st}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_status(pair, i, &format!("{what} on {node}"), &ok).await?;
     }
     Ok(())
 }
@@ -450,9 +442,9 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     Ok(())
 }
 
-/// Waits until node `node`'s `/status` satisfies `ok`.
+/// Waits until node `node`'s `/status` satisfies `ok`, for up to 20 s.
 async fn until_status(pair: &Pair, node: usize, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let st = pair.agent_json(node, "/status").await.unwrap_or_default();
         if ok(&st) {

@@ -186,16 +186,16 @@ async fn main() -> Result<()> {
     };
     let load_before = load_average();
     let mut pair = Pair::start(spec).await?;
+    // With the client that writes through it, kept alive across the attempts as an
+    // application's connection pool.
     let lb = match (&args.haproxy, &haproxy_bin) {
         (Some(config), Some(bin)) => {
             let lb = Haproxy::start(bin, &pair, config)?;
             println!("# through HAProxy running {}", config.display());
-            Some(lb)
+            Some((lb, reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?))
         }
         _ => None,
     };
-    // Kept alive across the attempts, as an application's connection pool.
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     println!("# {:?} timings, {:?} coordinator: {timings:?}", args.timings, args.coordinator);
     println!("# load average (1, 5, 15 min) at start: {load_before}");
     memory(&pair, "after start");
@@ -245,7 +245,7 @@ async fn main() -> Result<()> {
         // have the roles as they are.
         standby_ready(&pair, other).await?;
         let old_token = pair.agent_json(active, "/status").await.and_then(|s| s["token"].as_u64()).unwrap_or(0);
-        if let Some(lb) = &lb {
+        if let Some((lb, _)) = &lb {
             lb.wait_for_view(active, true, Duration::from_secs(60)).await?;
         }
         // A crash comes at no particular moment of the active agent's health-check cycle: the
@@ -259,7 +259,7 @@ async fn main() -> Result<()> {
             let acked = match &lb {
                 None => pair.write(other, "bench", &run.to_string()).await.is_ok(),
                 // Through HAProxy: an acknowledgement from the new master, by its token.
-                Some(lb) => {
+                Some((lb, client)) => {
                     let body = serde_json::json!({"key": "bench", "value": run.to_string()});
                     match client.post(lb.write_url()).json(&body).send().await {
                         Ok(r) if r.status().is_success() => r
