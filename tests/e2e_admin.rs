@@ -387,6 +387,11 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     ensure!(out.contains(&format!("{}'s agent has the drain in force", NODES[drained])), "{out}");
     let st = pair.agent_json(drained, "/status").await.unwrap_or_default();
     ensure!(st["drained"]["reason"] == "kernel update", "{st}");
+    // Its "why not", with the other node holding the lock, is its drain, not the lease.
+    until_status(&pair, drained, "the drained standby's why-not naming the drain", |st| {
+        st["blocker"]["blocker"] == "drained" && st["lock"]["holder"] == "peer"
+    })
+    .await?;
     let gauge = |on: u8| format!("\nreferee_agent_drained{{cluster=\"lab\",node=\"{}\"}} {on}\n", NODES[drained]);
     let metrics = pair.probe_text(drained, "/metrics").await.unwrap_or_default();
     ensure!(metrics.contains(&gauge(1)), "{metrics}");
@@ -439,6 +444,120 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
     .await?;
     let (code, out, err) = pair.admin(drained, &["undrain", NODES[other]]).await?;
     ensure!(code == 0 && out.contains("no longer counts itself drained"), "undrain exited {code}: {out} {err}");
+    Ok(())
+}
+
+/// A host whose fencing cannot reach it (here the whole chain fails: the master is gone, so
+/// the graceful step-down is not answered, and the power switch's program fails) leaves the
+/// cluster without an active, the standby fencing again and again; an operator's
+/// `confirm-down` for the node's last term lets the standby through, and one for another term
+/// does not. Refused for an unknown node, the lock's holder and a node that is not the last
+/// active. What the masters say: the promoted master reports active with a higher token than
+/// the downed node's, and acknowledges writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_confirmed_down_by_an_operator_lets_a_stuck_failover_through() -> Result<()> {
+    // Graceful first (it fences the other node at the first start, when nothing is recorded),
+    // then a power switch that cannot be reached.
+    let chain = r#"
+fencing:
+  overall_timeout_ms: 4000
+  levels:
+    - methods:
+        - kind: graceful
+          timeout_ms: 1000
+    - methods:
+        - kind: shell
+          timeout_ms: 1000
+          program: /usr/bin/false
+"#;
+    let (mut pair, down) = pair_with(vec![chain.to_string(); 2]).await?;
+    let other = 1 - down;
+    let (down_id, other_id) = (NODES[down], NODES[other]);
+    let term = pair.agent_json(down, "/status").await.unwrap_or_default()["token"].as_u64().context("the token")?;
+
+    let (code, out, err) = pair.admin(other, &["confirm-down", "zz", "--reason", "x"]).await?;
+    ensure!(code == 2 && err.contains("unknown node `zz`"), "confirm-down zz exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(other, &["confirm-down", down_id, "--reason", "x"]).await?;
+    ensure!(code == 3 && err.contains("holds the lock"), "confirm-down of the active exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(other, &["confirm-down", other_id, "--reason", "x"]).await?;
+    ensure!(
+        code == 3 && err.contains(&format!("the last active recorded is {down_id}")),
+        "confirm-down of the standby exited {code}: {out} {err}"
+    );
+    let (code, out, err) = pair.admin(other, &["confirm-down", down_id]).await?;
+    ensure!(code == 2 && err.contains("--reason"), "confirm-down without a reason exited {code}: {out} {err}");
+
+    // The active's host loses power: its agent first (the lock lapses with its session and the
+    // breadcrumb stays unclean), then its master.
+    {
+        let lab = Arc::get_mut(&mut pair).context("the pair has one owner")?;
+        let agent = lab.agents[down].as_mut().context("the active's agent")?;
+        agent.signal(Signal::SIGKILL)?;
+        agent.wait_exit(Duration::from_secs(10))?;
+        lab.agents[down] = None;
+    }
+    pair.masters[down].signal(Signal::SIGKILL)?;
+    until_status(&pair, other, "two fences of the downed node failed", |st| {
+        st["counters"]["fences_failed"].as_u64().is_some_and(|n| n >= 2) && st["role"] != "active"
+    })
+    .await?;
+    ensure!(pair.actives().await.is_empty(), "nobody may be active while the downed node cannot be fenced");
+
+    // A confirmation for another term of the node (written by hand) does not stand for this one.
+    let zk = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&pair.coordinator_addr)
+        .await
+        .context("connecting to the coordinator")?;
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let _ = zk.create("/referee/lab/confirmed-down", b"", &open).await;
+    let path = format!("/referee/lab/confirmed-down/{down_id}");
+    let stale = serde_json::json!({"requested_by": "test", "at_ms": 1, "reason": "an older term", "token": term - 1});
+    zk.create(&path, &serde_json::to_vec(&stale)?, &open).await.context("writing a confirmation of another term")?;
+    let failed =
+        pair.agent_json(other, "/status").await.unwrap_or_default()["counters"]["fences_failed"].as_u64().unwrap_or(0);
+    until_status(&pair, other, "a fence failed after the stale confirmation, naming it", |st| {
+        st["counters"]["fences_failed"].as_u64().is_some_and(|n| n >= failed + 2)
+            && st["last_failure"].as_str().is_some_and(|f| f.contains("confirm it down again"))
+    })
+    .await?;
+    ensure!(pair.actives().await.is_empty(), "a confirmation of another term lets nobody through");
+    let (code, out, err) = pair.admin(other, &["status"]).await?;
+    ensure!(
+        code == 0
+            && out.contains(&format!(
+                "{down_id} confirmed down by test (an older term) for its term with token {}",
+                term - 1
+            )),
+        "status names the confirmation: {out} {err}"
+    );
+
+    let (code, out, err) =
+        pair.admin(other, &["confirm-down", down_id, "--reason", "powered off at the socket"]).await?;
+    ensure!(
+        code == 0 && out.contains(&format!("{other_id} is active (token")) && out.contains(&format!("token {term}")),
+        "confirm-down exited {code}: {out} {err}"
+    );
+    pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    let master = pair.master_json(other, "/ha/state").await.context("the promoted master's state")?;
+    ensure!(
+        master["state"] == "active" && master["token"].as_u64().is_some_and(|t| t > term),
+        "the promoted master reports active with a token above {term}: {master}"
+    );
+    pair.write_within(other, "k", "after", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+    let st = pair.agent_json(other, "/status").await.unwrap_or_default();
+    ensure!(st["counters"]["fences_confirmed"] == 1, "one fence stood on the confirmation: {st}");
+    let history = pair.agent_json(other, "/history").await.unwrap_or_default().to_string();
+    ensure!(history.contains("confirmed down by"), "the history names the confirmation: {history}");
+    let metrics = pair.probe_text(other, "/metrics").await.unwrap_or_default();
+    let line = format!("referee_agent_fences_confirmed_by_operator_total{{cluster=\"lab\",node=\"{other_id}\"}} 1\n");
+    ensure!(metrics.contains(&line), "{metrics}");
+    // It has served: removed once the breadcrumb names the new active.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while zk.check_stat(&path).await?.is_some() {
+        ensure!(std::time::Instant::now() < deadline, "the confirmation was not removed within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

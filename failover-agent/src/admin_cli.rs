@@ -24,6 +24,8 @@
 //! referee admin --config agent.yaml drain db1 [--reason TEXT]   never promote db1 (its active role
 //!                                                          handed over first) until `undrain`
 //! referee admin --config agent.yaml undrain db1
+//! referee admin --config agent.yaml confirm-down db1 --reason TEXT   an operator's word that db1's
+//!                                                          master is down, for a fence that cannot reach it
 //! ```
 //!
 //! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
@@ -55,9 +57,12 @@ use zookeeper_client as zk;
 
 use crate::admin::AdminSettings;
 use crate::config::{cluster_setting, AgentConfig};
-use crate::election::{CLUSTER_CONFIG, DRAINED, PAUSE, ROOT, SWITCHOVER};
-use crate::model::{ClusterSettingsRecord, DrainRecord, LockRecord, Member, PauseRecord, TokenBase};
+use crate::election::{CLUSTER_CONFIG, CONFIRMED_DOWN, DRAINED, PAUSE, ROOT, SWITCHOVER};
+use crate::model::{
+    Breadcrumb, ClusterSettingsRecord, ConfirmedDownRecord, DrainRecord, LockRecord, Member, PauseRecord, TokenBase,
+};
 use crate::schedule::{self, ScheduledSwitchover};
+use referee_fencing::{FenceTarget, FencingToken, HaState, HaStatus};
 
 /// How long `check-fencing` waits for an agent's round: a little over the agent's own default
 /// limit (`admin.failover_timeout_ms`), as every method may take its whole deadline.
@@ -208,6 +213,24 @@ pub enum AdminCommand {
     Undrain {
         /// The node.
         node: String,
+    },
+    /// Confirm that NODE is down, as Pacemaker's `stonith_admin --confirm`, when its fencing
+    /// cannot succeed (a dead BMC, a rack without power) and no node can be promoted: you have
+    /// made sure, by hand, that NODE's master can no longer accept writes (powered off, its
+    /// network cut). The next fence of NODE that does not end fenced then counts as fenced, for
+    /// NODE's last term alone (the breadcrumb's token). Refused while NODE holds the lock or its
+    /// master answers active. If NODE's master can still accept writes, the cluster will have two
+    /// actives: only resources that check fencing tokens refuse the old one.
+    ConfirmDown {
+        /// The node.
+        node: String,
+        /// How you know it is down; recorded, logged by the agent that promotes, and shown in
+        /// its history.
+        #[arg(long, required = true)]
+        reason: String,
+        /// How long to wait for another node to become active, in ms (0: do not wait).
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        wait_ms: u64,
     },
     /// Settings for the whole cluster, kept in the coordinator (`/referee/<cluster>/config`)
     /// and applied by every agent over its own file within a few cycles, as Patroni's dynamic
@@ -471,6 +494,9 @@ impl<'a> Session<'a> {
                 self.drain(node, reason.as_deref(), Duration::from_millis(*wait_ms)).await
             }
             AdminCommand::Undrain { node } => self.undrain(node).await,
+            AdminCommand::ConfirmDown { node, reason, wait_ms } => {
+                self.confirm_down(node, reason, Duration::from_millis(*wait_ms)).await
+            }
             AdminCommand::Config { action } => {
                 self.cluster_config(action.as_ref().unwrap_or(&ConfigAction::Show)).await
             }
@@ -571,6 +597,25 @@ impl<'a> Session<'a> {
             Err(zk::Error::NoNode) => None,
             Err(e) => return Err(unexpected("read the scheduled switchover", e)),
         };
+        let parent = format!("{root}/{CONFIRMED_DOWN}");
+        let mut confirmed = Vec::new();
+        let names = match self.zk_call("list the confirmations", client.list_children(&parent)).await? {
+            Ok(names) => names,
+            Err(zk::Error::NoNode) => Vec::new(),
+            Err(e) => return Err(unexpected("list the confirmations", e)),
+        };
+        for name in names {
+            let path = format!("{parent}/{name}");
+            match self.zk_call("read a confirmation", client.get_data(&path)).await? {
+                Ok((data, _)) => confirmed.push((
+                    name,
+                    serde_json::from_slice::<ConfirmedDownRecord>(&data)
+                        .map_err(|e| format!("{path} holds an unreadable confirmation ({e}); no fence stands on it")),
+                )),
+                Err(zk::Error::NoNode) => {} // served between the listing and the read
+                Err(e) => return Err(unexpected("read a confirmation", e)),
+            }
+        }
         drop(client);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, m) in members.iter().enumerate() {
@@ -591,7 +636,7 @@ impl<'a> Session<'a> {
             }
         }
         let members = members.into_iter().zip(statuses).map(|(member, status)| MemberView { member, status }).collect();
-        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover })
+        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover, confirmed })
     }
 
     /// The base URL of a member's admin API.
@@ -760,11 +805,31 @@ impl<'a> Session<'a> {
             }
             None => Value::Null,
         };
+        let mut confirmed = serde_json::Map::new();
+        for (node, record) in &view.confirmed {
+            match record {
+                Ok(r) => {
+                    let _ = writeln!(
+                        text,
+                        "{node} confirmed down by {} for its term with token {}: the next fence of {node} that does \
+                         not end fenced counts as fenced",
+                        r.by(),
+                        r.token
+                    );
+                    confirmed.insert(node.clone(), json!(r));
+                }
+                Err(why) => {
+                    let _ = writeln!(text, "{why}");
+                    confirmed.insert(node.clone(), json!({"unreadable": why}));
+                }
+            }
+        }
         let lock = view.lock.as_ref().map(|(node, token)| json!({"node_id": node, "token": token}));
         Ok(Report {
             exit: Exit::Ok,
             text,
-            json: json!({"cluster": view.cluster, "lock": lock, "members": members, "switchover": switchover}),
+            json: json!({"cluster": view.cluster, "lock": lock, "members": members, "switchover": switchover,
+                         "confirmed_down": confirmed}),
         })
     }
 
@@ -886,27 +951,37 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// `drain`: records the drain (one znode per node, created once), then, if the node is
-    /// active, hands the role over to the best other node fit to take it.
-    async fn drain(&self, node: &str, reason: Option<&str>, wait: Duration) -> Result<Report, Failure> {
-        let (_, cluster) = self.coordinates()?;
-        let view = self.cluster_view().await?;
+    /// Refuses a node that is neither a member, nor a configured peer (nor `last_active`), with
+    /// the ones it could be.
+    fn known_node(&self, view: &ClusterView, node: &str, last_active: Option<&Breadcrumb>) -> Result<(), Failure> {
         let mut known: Vec<&str> = view.members.iter().map(|m| m.member.node_id.as_str()).collect();
         if let Some(cfg) = &self.cfg {
             known.push(&cfg.node_id);
             known.extend(cfg.peers.iter().map(|p| p.node_id.as_str()));
         }
-        if !known.contains(&node) {
-            known.sort_unstable();
-            known.dedup();
-            return Err(fail(
-                Exit::Usage,
-                format!(
-                    "unknown node `{node}`: the members and configured peers of cluster {cluster} are [{}]",
-                    known.join(", ")
-                ),
-            ));
+        known.extend(last_active.map(|c| c.node_id.as_str()));
+        if known.contains(&node) {
+            return Ok(());
         }
+        known.sort_unstable();
+        known.dedup();
+        let which = if last_active.is_some() {
+            "members, configured peers and last active"
+        } else {
+            "members and configured peers"
+        };
+        Err(fail(
+            Exit::Usage,
+            format!("unknown node `{node}`: the {which} of cluster {} are [{}]", view.cluster, known.join(", ")),
+        ))
+    }
+
+    /// `drain`: records the drain (one znode per node, created once), then, if the node is
+    /// active, hands the role over to the best other node fit to take it.
+    async fn drain(&self, node: &str, reason: Option<&str>, wait: Duration) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let view = self.cluster_view().await?;
+        self.known_node(&view, node, None)?;
         let client = self.zk_client().await?;
         let parent = format!("{ROOT}/{cluster}/{DRAINED}");
         match self.zk_call("create the drained nodes' parent", self.create_record(&client, &parent, b"")).await? {
@@ -1025,6 +1100,172 @@ impl<'a> Session<'a> {
         let view = self.cluster_view().await?;
         text.push_str(&self.drain_seen(&view, node, false).await?);
         Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) })
+    }
+
+    /// `confirm-down`: checks that NODE's last term is the one being fenced and that nothing
+    /// shows it up, records the confirmation, and waits for another node to be promoted.
+    async fn confirm_down(&self, node: &str, reason: &str, wait: Duration) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        if reason.trim().is_empty() {
+            return Err(fail(Exit::Usage, "--reason must say how you know the node is down"));
+        }
+        let root = format!("{ROOT}/{cluster}");
+        let view = self.cluster_view().await?;
+        let client = self.zk_client().await?;
+        let path = format!("{root}/breadcrumb");
+        let crumb = match self.zk_call("read the breadcrumb", client.get_data(&path)).await? {
+            Ok((data, _)) => Some(serde_json::from_slice::<Breadcrumb>(&data).map_err(|e| {
+                fail(
+                    Exit::Refused,
+                    format!("{path} holds an unreadable breadcrumb ({e}): cannot tell which term to confirm"),
+                )
+            })?),
+            Err(zk::Error::NoNode) => None,
+            Err(e) => return Err(fail(Exit::Unreachable, format!("read the breadcrumb: {e}"))),
+        };
+        self.known_node(&view, node, crumb.as_ref())?;
+        if let Some((_, token)) = view.lock.as_ref().filter(|(holder, _)| holder == node) {
+            return Err(fail(
+                Exit::Refused,
+                format!(
+                    "{node} holds the lock (token {token}): its agent's session is alive, so it is not down. Hand its \
+                     role over with `failover --to NODE` or `drain {node}`"
+                ),
+            ));
+        }
+        let (token, target) = match &crumb {
+            Some(c) if c.node_id == node => (c.token, Some(c.target.clone())),
+            Some(c) => {
+                return Err(fail(
+                    Exit::Refused,
+                    format!(
+                        "the last active recorded is {} (token {}), not {node}: no node is being fenced for {node}'s \
+                         sake, so there is nothing to confirm",
+                        c.node_id, c.token
+                    ),
+                ))
+            }
+            // No breadcrumb: the first holder fences every node that could have been active,
+            // with token 0.
+            None => (
+                FencingToken(0),
+                self.cfg.as_ref().and_then(|c| c.peer_targets().into_iter().find(|t| t.node_id == node)),
+            ),
+        };
+        let mut text = String::new();
+        if let Some(mv) = view.members.iter().find(|m| m.member.node_id == node) {
+            if let Ok(st) = &mv.status {
+                if str_at(st, "role") == "active" {
+                    return Err(fail(
+                        Exit::Refused,
+                        format!("{node}'s agent answers and reports its master active: it is not down"),
+                    ));
+                }
+            }
+            let _ = writeln!(text, "note: {node}'s agent is running (its master is not active by its report)");
+        }
+        let target =
+            target.or_else(|| view.members.iter().find(|m| m.member.node_id == node).map(|m| m.member.target.clone()));
+        if let Some(target) = &target {
+            match self.master_state(target).await {
+                Some(s) if s.state == HaState::Active => {
+                    return Err(fail(
+                        Exit::Refused,
+                        format!(
+                            "{node}'s master answers at {} and says it is active (token {}): it is not down. Stop it \
+                             first",
+                            target.ha_base_url(),
+                            s.token
+                        ),
+                    ))
+                }
+                Some(s) => {
+                    let _ = writeln!(
+                        text,
+                        "note: {node}'s master answers at {} ({:?}, token {}): fencing should reach it",
+                        target.ha_base_url(),
+                        s.state,
+                        s.token
+                    );
+                }
+                None => {
+                    let _ = writeln!(text, "{node}'s master does not answer at {} from here", target.ha_base_url());
+                }
+            }
+        }
+        let parent = format!("{root}/{CONFIRMED_DOWN}");
+        match self.zk_call("create the confirmations' parent", self.create_record(&client, &parent, b"")).await? {
+            Ok(()) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(write_failure(&parent, "create", e)),
+        }
+        let record_path = format!("{parent}/{node}");
+        let record =
+            ConfirmedDownRecord { requested_by: operator(), at_ms: wall_ms(), reason: reason.to_string(), token };
+        let data = serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding: {e}")))?;
+        match self.zk_call("record the confirmation", self.create_record(&client, &record_path, &data)).await? {
+            Ok(()) => {}
+            Err(zk::Error::NodeExists) => {
+                match self.zk_call("record the confirmation", client.set_data(&record_path, &data, None)).await? {
+                    Ok(_) => {}
+                    Err(e) => return Err(write_failure(&record_path, "write", e)),
+                }
+            }
+            Err(e) => return Err(write_failure(&record_path, "create", e)),
+        }
+        drop(client);
+        let term = if token == FencingToken(0) {
+            "as one of the nodes fenced without a breadcrumb (token 0)".to_string()
+        } else {
+            format!("as the last active, token {token}")
+        };
+        let _ = writeln!(
+            text,
+            "{node}: confirmed down by {} ({record_path}), {term}. The next fence of {node} that does not end fenced \
+             counts as fenced. If its master can still accept writes, the cluster will have two actives.",
+            record.by()
+        );
+        let json = |promoted: Option<(&str, i64)>| {
+            json!({"ok": true, "node": node, "record": record_path, "token": token,
+                   "promoted": promoted.map(|(n, t)| json!({"node": n, "token": t}))})
+        };
+        if wait.is_zero() {
+            return Ok(Report { exit: Exit::Ok, text, json: json(None) });
+        }
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let view = self.cluster_view().await?;
+            let active = view.lock.as_ref().filter(|(holder, t)| holder != node && *t > token.0 as i64).and_then(
+                |(holder, t)| {
+                    let mv = view.members.iter().find(|m| &m.member.node_id == holder)?;
+                    let st = mv.status.as_ref().ok()?;
+                    (str_at(st, "role") == "active").then_some((holder.as_str(), *t))
+                },
+            );
+            if let Some((holder, t)) = active {
+                let _ = writeln!(text, "{holder} is active (token {t})");
+                return Ok(Report { exit: Exit::Ok, text, json: json(Some((holder, t))) });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(fail(
+                    Exit::TimedOut,
+                    format!(
+                        "{text}no other node became active within {} ms; the confirmation stays for the next fence \
+                         of {node}: see `referee admin status` for each node's reason",
+                        wait.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// What a master answers on `GET /ha/state` (within the command's timeout), if it answers.
+    async fn master_state(&self, target: &FenceTarget) -> Option<HaStatus> {
+        let url = format!("{}/ha/state", target.ha_base_url());
+        match self.http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+            _ => None,
+        }
     }
 
     /// Records a switchover to `to` at `at_ms` for its agent to carry out (see
@@ -1612,6 +1853,8 @@ struct ClusterView {
     members: Vec<MemberView>,
     /// The switchover scheduled, if any (or why its record cannot be read).
     switchover: Option<Result<ScheduledSwitchover, String>>,
+    /// Operators' confirmations that a node is down, not yet served, by node.
+    confirmed: Vec<(String, Result<ConfirmedDownRecord, String>)>,
 }
 
 /// How `failover` goes about it.

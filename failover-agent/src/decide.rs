@@ -423,11 +423,13 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     );
                 }
             }
-            blocked(
-                Blocker::LeaseNotExpired { holder: node_id.clone() },
-                vec![],
-                format!("standing by: {node_id} is active with token {token}"),
-            )
+            // What keeps this node out for good outranks the holder's lease in its "why not".
+            let blocker = match &obs.candidacy.drained {
+                Some(by) => Blocker::Drained { by: by.clone() },
+                None if obs.candidacy.nofailover => Blocker::Nofailover,
+                None => Blocker::LeaseNotExpired { holder: node_id.clone() },
+            };
+            blocked(blocker, vec![], format!("standing by: {node_id} is active with token {token}"))
         }
         LockView::Free => {
             if !connected {
@@ -1613,6 +1615,11 @@ mod tests {
         unhealthy.health = Health::NotResponding("refused".into());
         let mut peer = gated();
         peer.lock = LockView::Peer { node_id: "b".into(), token: t(40) };
+        // A node kept out for good says so, not the holder's lease.
+        let mut peer_drained = peer.clone();
+        peer_drained.candidacy.drained = Some("ops".into());
+        let mut peer_nofailover = peer.clone();
+        peer_nofailover.candidacy.nofailover = true;
         let mut old_session = gated();
         old_session.lock = LockView::OursFromOldSession { token: t(40) };
         let mut unknown = gated();
@@ -1648,6 +1655,8 @@ mod tests {
                 Some(Blocker::Unhealthy { reason: "the master is not responding: refused".into() }),
             ),
             ("peer", peer, Some(Blocker::LeaseNotExpired { holder: "b".into() })),
+            ("peer, drained", peer_drained, Some(Blocker::Drained { by: "ops".into() })),
+            ("peer, nofailover", peer_nofailover, Some(Blocker::Nofailover)),
             ("old session", old_session, Some(Blocker::LeaseNotExpired { holder: "a".into() })),
             ("unknown", unknown, Some(Blocker::CoordinatorUnavailable)),
             ("disconnected", disconnected, Some(Blocker::CoordinatorUnavailable)),

@@ -14,6 +14,7 @@
 //! /referee/<cluster>/pause              PERSISTENT  PauseRecord while the whole cluster is paused
 //! /referee/<cluster>/config             PERSISTENT  ClusterSettingsRecord  settings for every agent
 //! /referee/<cluster>/drained/<node_id>  PERSISTENT  DrainRecord while an operator keeps the node from promotion
+//! /referee/<cluster>/confirmed-down/<node_id>  PERSISTENT  ConfirmedDownRecord  an operator's word that it is down
 //! ```
 //!
 //! The position is written only by the lock's holder, in a multi with a check of the lock's
@@ -83,8 +84,8 @@ use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
 use crate::model::{
-    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, DrainRecord, LockRecord, LockView, Member, PauseRecord,
-    SessionView, TokenBase, TokenBaseView,
+    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, ConfirmedDownRecord, DrainRecord, LockRecord, LockView, Member,
+    PauseRecord, SessionView, TokenBase, TokenBaseView,
 };
 use crate::schedule::ScheduledSwitchover;
 
@@ -101,6 +102,9 @@ pub const CLUSTER_CONFIG: &str = "config";
 /// The parent, under `/referee/<cluster>`, of each drained node's record (see
 /// [`crate::model::DrainRecord`]).
 pub const DRAINED: &str = "drained";
+/// The parent, under `/referee/<cluster>`, of each node's confirmation that it is down (see
+/// [`crate::model::ConfirmedDownRecord`]).
+pub const CONFIRMED_DOWN: &str = "confirmed-down";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -949,6 +953,38 @@ impl Coordination {
                 mzxid: stat.mzxid,
             })),
             Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// An operator's confirmation that `node` is down, and its version. A record that cannot be
+    /// decoded is no confirmation: it comes back as the error naming it, so that no fence is
+    /// skipped on a guess.
+    pub async fn read_confirmed_down(
+        &self,
+        node: &str,
+    ) -> Result<Option<(Result<ConfirmedDownRecord, String>, i32)>, ElectionError> {
+        const OP: &str = "read the operator's confirmation that a node is down";
+        let path = format!("{}/{CONFIRMED_DOWN}/{node}", self.paths.cluster);
+        let sent = Instant::now();
+        let read = self.client.get_data(&path);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => Ok(Some((decode(&path, &data).map_err(|e| e.to_string()), stat.version))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// Removes `node`'s confirmation read at `version`, once it has served: false when it
+    /// changed meanwhile (an operator confirmed again) or is gone.
+    pub async fn remove_confirmed_down(&self, node: &str, version: i32) -> Result<bool, ElectionError> {
+        const OP: &str = "remove the operator's confirmation that a node is down";
+        let path = format!("{}/{CONFIRMED_DOWN}/{node}", self.paths.cluster);
+        let sent = Instant::now();
+        let deleted = self.client.delete(&path, Some(version));
+        match self.finish(self.deadline(), sent, deleted).await {
+            Ok(()) => Ok(true),
+            Err(Failure::Reply(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
             Err(f) => Err(self.failure(OP, f)),
         }
     }

@@ -172,6 +172,42 @@ impl DrainRecord {
     }
 }
 
+/// What `/referee/<cluster>/confirmed-down/<node_id>` holds once an operator has confirmed
+/// that node down (`referee admin confirm-down`, as Pacemaker's `stonith_admin --confirm`):
+/// they have seen to it, by hand, that its master can no longer accept writes (powered off at
+/// the socket, its disks pulled, its network cut), because the fencing chain cannot reach it (a
+/// dead BMC, a whole rack without power). A fence of that node that does not end fenced then
+/// counts as fenced, for the term the operator confirmed alone: see
+/// [`ConfirmedDownRecord::applies_to`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmedDownRecord {
+    /// Who confirmed it (user and host, as `referee admin` names them).
+    pub requested_by: String,
+    /// When (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+    /// How the operator knows, as they said it.
+    pub reason: String,
+    /// The token of the node's term the operator confirmed down: the breadcrumb's when it named
+    /// that node, 0 when there was no breadcrumb (the fence of every node that could have been
+    /// active, which fences with token 0).
+    pub token: FencingToken,
+}
+
+impl ConfirmedDownRecord {
+    /// Whether this confirmation stands for a fence of `target` that did not end fenced:
+    /// the same node (the record's path names it) fenced for the same term. A later term of the
+    /// node has a higher token, so a confirmation never carries over to it: the node came back,
+    /// was active again, and must be fenced (or confirmed) again.
+    pub fn applies_to(&self, record_node: &str, target: &FenceTarget) -> bool {
+        record_node == target.node_id && self.token == target.token
+    }
+
+    /// "by WHO (REASON)", for the logs and the timeline.
+    pub fn by(&self) -> String {
+        format!("{} ({})", self.requested_by, self.reason)
+    }
+}
+
 /// What `/referee/<cluster>/config` holds: settings for the whole cluster, set by `referee
 /// admin config set` over each agent's own (see [`crate::config::CLUSTER_SETTINGS`]), as
 /// Patroni keeps its dynamic configuration in the DCS.
@@ -239,4 +275,33 @@ pub struct Member {
     /// predate candidacies, and from the active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidacy: Option<crate::candidacy::Candidacy>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confirmation_stands_for_its_node_and_term_alone() {
+        let record = ConfirmedDownRecord {
+            requested_by: "ops@h".into(),
+            at_ms: 1,
+            reason: "powered off at the socket".into(),
+            token: FencingToken(40),
+        };
+        let target = |node: &str, token: u64| FenceTarget::new(node, "10.0.0.1", 8020, FencingToken(token));
+        assert!(record.applies_to("db1", &target("db1", 40)));
+        // A later term of the same node: it came back and was active again.
+        assert!(!record.applies_to("db1", &target("db1", 45)));
+        // An earlier one (a breadcrumb cannot go back, but nothing is taken on trust).
+        assert!(!record.applies_to("db1", &target("db1", 39)));
+        // Another node, and a record filed under another node's name.
+        assert!(!record.applies_to("db1", &target("db2", 40)));
+        assert!(!record.applies_to("db2", &target("db1", 40)));
+        // Without a breadcrumb every node is fenced with token 0: a record for that case.
+        let none = ConfirmedDownRecord { token: FencingToken(0), ..record.clone() };
+        assert!(none.applies_to("db1", &target("db1", 0)));
+        assert!(!none.applies_to("db1", &target("db1", 40)));
+        assert_eq!(record.by(), "ops@h (powered off at the socket)");
+    }
 }

@@ -83,6 +83,9 @@ pub struct Counters {
     pub fences_failed: u64,
     /// Fence attempts that ended indeterminate.
     pub fences_indeterminate: u64,
+    /// Of the fence attempts that failed or ended indeterminate, those an operator's
+    /// confirmation that the node is down stood for (`referee admin confirm-down`).
+    pub fences_confirmed: u64,
     /// Coordinator sessions opened.
     pub sessions: u64,
     /// Failsafe rounds every configured peer confirmed.
@@ -389,6 +392,12 @@ impl AgentStatus {
         {
             out.push_str(&format!("referee_agent_fences_total{{{labels},outcome=\"{outcome}\"}} {n}\n"));
         }
+        out.push_str(
+            "# HELP referee_agent_fences_confirmed_by_operator_total Failed or indeterminate fences an \
+             operator's confirmation that the node is down stood for.\n\
+             # TYPE referee_agent_fences_confirmed_by_operator_total counter\n",
+        );
+        out.push_str(&format!("referee_agent_fences_confirmed_by_operator_total{{{labels}}} {}\n", c.fences_confirmed));
         out
     }
 }

@@ -64,7 +64,7 @@ impl Driver {
                 },
                 Step::Fence { targets, new_token, clean_claim } => {
                     self.mem.token_issued = Some(*new_token);
-                    let r = self.fence_all(targets, *new_token, *clean_claim).await;
+                    let r = self.fence_all(targets, *new_token, *clean_claim, coord).await;
                     self.mem.phases.fence_ms = started.elapsed().as_millis() as u64;
                     self.mem.timeline.mark(Mark::now(if r.is_ok() { "fence_done" } else { "fence_failed" }));
                     r
@@ -84,6 +84,9 @@ impl Driver {
                             .await
                             .map(|_| ());
                         self.mem.timeline.mark(Mark::now("breadcrumb_written"));
+                        if r.is_ok() {
+                            self.remove_confirmations(c).await;
+                        }
                         r
                     }
                 },
@@ -234,13 +237,17 @@ impl Driver {
     }
 
     /// Fences every target; a target that claims a clean step-down is first checked on its
-    /// master, and fenced only if the claim cannot be confirmed.
+    /// master, and fenced only if the claim cannot be confirmed. A fence that does not end
+    /// fenced stands only if an operator has confirmed that target down for its term
+    /// ([`crate::model::ConfirmedDownRecord::applies_to`]).
     pub(super) async fn fence_all(
         &mut self,
         targets: &[FenceTarget],
         new_token: FencingToken,
         clean_claim: Option<FencingToken>,
+        coord: Option<&Coordination>,
     ) -> Result<(), String> {
+        self.mem.confirmations_used.clear();
         for target in targets {
             if let Some(claim) = clean_claim {
                 if self.verify_standby(target, claim).await {
@@ -270,7 +277,23 @@ impl Driver {
                 }
             }
             if !report.outcome.permits_promotion() {
-                return Err(format!("fencing {}: {:?}", target.node_id, report.outcome));
+                let failed = format!("fencing {}: {:?}", target.node_id, report.outcome);
+                match self.operator_confirmed(target, coord).await {
+                    Ok((by, version)) => {
+                        warn!(
+                            node = %target.node_id,
+                            token = %target.token,
+                            "{failed}; {} was confirmed down by {by}: counted as fenced on the operator's word",
+                            target.node_id
+                        );
+                        self.mem.timeline.mark(Mark::now(format!("fence {} confirmed down by {by}", target.node_id)));
+                        self.status().counters.fences_confirmed += 1;
+                        self.mem.confirmations_used.push((target.node_id.clone(), version));
+                        continue;
+                    }
+                    Err(None) => return Err(failed),
+                    Err(Some(why)) => return Err(format!("{failed}; {why}")),
+                }
             }
             info!(node = %target.node_id, "fenced: {:?}", report.outcome);
             if let Some(slow) = report.graceful_unanswered() {
@@ -287,6 +310,46 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Whether an operator has confirmed `target` down for the term being fenced: who, and the
+    /// record's version; else `None`, or why a record there does not stand for this fence.
+    async fn operator_confirmed(
+        &mut self,
+        target: &FenceTarget,
+        coord: Option<&Coordination>,
+    ) -> Result<(String, i32), Option<String>> {
+        let Some(c) = coord else { return Err(None) };
+        let read =
+            self.coordinated("reading the operator's confirmation", c.read_confirmed_down(&target.node_id)).await;
+        match read {
+            Ok(None) => Err(None),
+            Ok(Some((Ok(record), version))) if record.applies_to(&target.node_id, target) => Ok((record.by(), version)),
+            Ok(Some((Ok(record), _))) => Err(Some(format!(
+                "{}'s confirmation by {} is for its term with token {}, not this one ({}); confirm it down again",
+                target.node_id,
+                record.by(),
+                record.token,
+                target.token
+            ))),
+            Ok(Some((Err(e), _))) => Err(Some(format!("{}'s confirmation cannot be read ({e})", target.node_id))),
+            Err(e) => Err(Some(e)),
+        }
+    }
+
+    /// Removes the operators' confirmations this promotion's fence stood on, now that the
+    /// breadcrumb names this node: each stood for one term of its node, which is over.
+    async fn remove_confirmations(&mut self, c: &Coordination) {
+        for (node, version) in std::mem::take(&mut self.mem.confirmations_used) {
+            match self.coordinated("removing a confirmation", c.remove_confirmed_down(&node, version)).await {
+                Ok(true) => {
+                    info!(node = %node, "removed the operator's confirmation that {node} is down: it has served")
+                }
+                Ok(false) => {}
+                // Harmless if it stays: it names a term that is over (see `applies_to`).
+                Err(e) => warn!(node = %node, "{e}; the confirmation stays, for a term that is over"),
+            }
+        }
     }
 
     /// The highest token any other member's master reports (asked at once, each within

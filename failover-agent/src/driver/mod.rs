@@ -120,6 +120,9 @@ struct Memory {
     cluster_settings: Option<Option<(crate::model::ClusterSettingsRecord, i32)>>,
     /// This node's drain record as last read (see [`crate::model::DrainRecord`]).
     drained: Option<crate::model::DrainRecord>,
+    /// Operators' confirmations that stood for a fence of this promotion (node, version), to
+    /// remove once the breadcrumb names this node.
+    confirmations_used: Vec<(String, i32)>,
     /// Which change of the settings record was last acted on (its mzxid; `Some(None)`: there
     /// was none), so each change is applied, or refused and said, once.
     settings_seen: Option<Option<i64>>,
@@ -188,6 +191,7 @@ impl Memory {
             cluster_settings: None,
             settings_seen: None,
             drained: None,
+            confirmations_used: Vec::new(),
             pause_read: false,
             members_age: 0,
             free_seen_at: None,
