@@ -18,10 +18,15 @@ use tokio::time::Instant;
 
 /// A promotable resource: its role in `$OCF_RESKEY_state` (no file: not running); an exit code
 /// forced for an action by `$OCF_RESKEY_state.rc.<action>` (with an `ocf-exit-reason:` line);
-/// `$OCF_RESKEY_state.hang` makes every action hang. Each run appends to `$OCF_RESKEY_log` the
-/// action, the variables the adapter must set, and what `$OCF_RESKEY_token_file` held then.
+/// `$OCF_RESKEY_state.hang` makes every action hang, `$OCF_RESKEY_state.sleep.<action>` makes
+/// that action take so many seconds. Each run appends to `$OCF_RESKEY_log` the action, the
+/// variables the adapter must set, and what `$OCF_RESKEY_token_file` held then; and to
+/// `$OCF_RESKEY_log.order` a line as it starts and one as it ends (none when it is killed).
 const RECORDER: &str = r#"#!/bin/sh
 action=$1
+order="$OCF_RESKEY_log.order"
+echo "start $action" >> "$order"
+trap 'echo "end $action" >> "$order"' EXIT
 {
   printf '%s' "$action"
   for v in OCF_ROOT OCF_RA_VERSION_MAJOR OCF_RA_VERSION_MINOR OCF_RESOURCE_INSTANCE OCF_RESOURCE_TYPE \
@@ -35,6 +40,9 @@ action=$1
 } >> "$OCF_RESKEY_log"
 if [ -f "$OCF_RESKEY_state.hang" ]; then
   sleep 60
+fi
+if [ -f "$OCF_RESKEY_state.sleep.$action" ]; then
+  sleep "$(cat "$OCF_RESKEY_state.sleep.$action")"
 fi
 if [ -f "$OCF_RESKEY_state.rc.$action" ]; then
   echo "some noise" >&2
@@ -130,6 +138,56 @@ impl Fixture {
     fn runs(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path("runs.log")).unwrap_or_default().lines().map(str::to_string).collect()
     }
+
+    /// Makes `action` take `seconds` (`None`: lifts it).
+    fn slow(&self, action: &str, seconds: Option<u32>) -> Result<()> {
+        let path = self.dir.path(&format!("resource.state.sleep.{action}"));
+        match seconds {
+            Some(s) => std::fs::write(path, s.to_string())?,
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// The runs' starts and ends, in order (`start monitor`, `end monitor`, ...).
+    fn order(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path("runs.log.order"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until a run of `action` has started `n` times.
+    async fn until_started(&self, action: &str, n: usize) -> Result<()> {
+        let line = format!("start {action}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.order().iter().filter(|l| **l == line).count() < n {
+            ensure!(Instant::now() < deadline, "{action} never started: {:?}", self.order());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Fails if a run started while another was running: between a run's start and its end no
+/// other run starts. A run killed has no end: the next run of the same action starts first.
+fn one_at_a_time(order: &[String]) -> Result<()> {
+    for (i, line) in order.iter().enumerate() {
+        let Some(action) = line.strip_prefix("start ") else { continue };
+        let (start, end) = (line.clone(), format!("end {action}"));
+        let rest = &order[i + 1..];
+        let Some(j) = rest.iter().position(|l| *l == end || *l == start) else { continue };
+        if rest[j] == start {
+            continue; // killed
+        }
+        if let Some(other) = rest[..j].iter().find(|l| l.starts_with("start ")) {
+            anyhow::bail!("`{other}` while {action} ran (line {}): {order:?}", i + 1);
+        }
+    }
+    Ok(())
 }
 
 fn soon() -> Instant {
@@ -231,12 +289,50 @@ async fn health_and_state_asked_together_share_one_monitor_run() -> Result<()> {
     // Between runs, a run of its own.
     assert_eq!(adapter.state(soon()).await?, status(HaState::Standby, 0));
     assert_eq!(monitors(), 2);
-    // A promotion is confirmed by a run that starts after it, never by one in flight.
+    // A promotion is confirmed by a run that starts after it, never by one in flight (the one
+    // in flight is stopped, whether or not its process had started).
     let (health, promoted) = tokio::join!(adapter.health(soon()), adapter.promote(FencingToken(2), soon()));
     assert_eq!(promoted?, status(HaState::Active, 2));
     assert_eq!(health, Ok(()));
-    assert_eq!(monitors(), 4);
-    Ok(())
+    let order = f.order();
+    let promoted_at = order.iter().position(|l| l == "end promote").context("the promote ended")?;
+    assert_eq!(order[promoted_at + 1..], ["start monitor".to_string(), "end monitor".to_string()], "{order:?}");
+    one_at_a_time(&order)
+}
+
+/// One operation of the resource at a time, as Pacemaker's executor runs them, without a role
+/// change ever waiting behind a monitor: a promote stops the monitor running (its process
+/// killed), and its health check is answered by a run after the promote; a health check asked
+/// during a demote waits for it. Seen from the runs the resource agent itself recorded.
+#[tokio::test]
+async fn a_role_change_stops_the_monitor_running_and_none_starts_during_one() -> Result<()> {
+    let f = Fixture::new()?;
+    let adapter = std::sync::Arc::new(f.adapter()?);
+    f.set(Some("unpromoted"))?;
+    // A monitor that takes its time (a slow query), caught running.
+    f.slow("monitor", Some(30))?;
+    let checking = adapter.clone();
+    let health = tokio::spawn(async move { checking.health(soon()).await });
+    f.until_started("monitor", 1).await?;
+    f.slow("monitor", None)?;
+    assert_eq!(adapter.promote(FencingToken(3), soon()).await?, status(HaState::Active, 3));
+    assert_eq!(health.await?, Ok(()));
+    let order = f.order();
+    assert_eq!(order[..2], ["start monitor".to_string(), "start promote".to_string()], "stopped: {order:?}");
+    one_at_a_time(&order)?;
+
+    // A health check asked while a demote runs starts its monitor after the demote.
+    f.slow("demote", Some(1))?;
+    let demoting = adapter.clone();
+    let demote = tokio::spawn(async move { demoting.demote(FencingToken(4), soon()).await });
+    f.until_started("demote", 1).await?;
+    assert_eq!(adapter.health(soon()).await, Ok(()));
+    assert_eq!(demote.await??, status(HaState::Standby, 4));
+    let order = f.order();
+    let demoted_at = order.iter().position(|l| l == "end demote").context("the demote ended")?;
+    let started = order.iter().position(|l| l == "start demote").context("the demote started")?;
+    ensure!(!order[started..demoted_at].iter().any(|l| l.starts_with("start monitor")), "{order:?}");
+    one_at_a_time(&order)
 }
 
 #[tokio::test]

@@ -23,8 +23,11 @@
 //!   promoted (active), 7 not running, 9 failed while promoted, 190 and 191 degraded (unpromoted,
 //!   promoted: healthy, logged); any other code is a failure, reported with its name and the
 //!   agent's `ocf-exit-reason:` line (else the last line of its standard error);
-//! - `monitor` runs never overlap, as under Pacemaker: the health check's health and state
-//!   share one run, and a promotion or demotion is confirmed by a run that starts after it.
+//! - one operation of the resource at a time, as under Pacemaker: the health check's health and
+//!   state share one `monitor` run; no monitor starts while a promote or demote runs, and a
+//!   promote or demote stops the monitor running instead of waiting behind it (a demotion at
+//!   the end of the lease must not wait on a slow query); a promotion or demotion is confirmed
+//!   by a run that starts after it.
 //!
 //! # Tokens
 //!
@@ -217,10 +220,33 @@ pub struct OcfAdapter {
     highest: std::sync::atomic::AtomicU64,
     /// Held while the token file is rewritten, so that raises never interleave.
     raising: tokio::sync::Mutex<()>,
-    /// Held for the whole of a `monitor` run, so that runs never overlap.
-    monitor_run: tokio::sync::Mutex<()>,
+    /// Held for the whole of each run of the resource agent (monitor, promote, demote,
+    /// validate-all): one operation of the resource at a time, as Pacemaker's executor runs them.
+    op: tokio::sync::Mutex<()>,
+    /// How many promotes and demotes are waiting for [`OcfAdapter::op`] or running: while any
+    /// is, no monitor starts, and the one running is stopped (its process group killed), so a
+    /// role change (a demotion at the end of the lease above all) never waits behind a slow
+    /// monitor.
+    role_changes: tokio::sync::watch::Sender<u32>,
     /// The monitor runs: how many started, whether one is running, the last one's end.
     monitors: std::sync::Mutex<Monitors>,
+}
+
+/// Counts a role change in [`OcfAdapter::role_changes`] while it lives (also when its future
+/// is dropped).
+struct RoleChange<'a>(&'a tokio::sync::watch::Sender<u32>);
+
+impl<'a> RoleChange<'a> {
+    fn begin(counter: &'a tokio::sync::watch::Sender<u32>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        RoleChange(counter)
+    }
+}
+
+impl Drop for RoleChange<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// The bookkeeping of [`OcfAdapter::monitor_end`].
@@ -299,7 +325,8 @@ impl OcfAdapter {
             token_file: config.token_file.clone(),
             highest: std::sync::atomic::AtomicU64::new(highest.0),
             raising: tokio::sync::Mutex::new(()),
-            monitor_run: tokio::sync::Mutex::new(()),
+            op: tokio::sync::Mutex::new(()),
+            role_changes: tokio::sync::watch::Sender::new(0),
             monitors: std::sync::Mutex::new(Monitors::default()),
         })
     }
@@ -333,11 +360,14 @@ impl OcfAdapter {
     /// takes that run's end instead of starting another once it is over (the health monitor asks
     /// for the health and the state at once, and one run answers both); otherwise, and between
     /// runs, the caller gets a run that starts after it asked (a promotion's confirmation must
-    /// not be a run that began before the promotion ended). Runs never overlap: a resource
-    /// agent's monitor can be costly (a database query), and Pacemaker never runs two at once.
+    /// not be a run that began before the promotion ended). Runs never overlap one another nor a
+    /// promote or demote: a resource agent's monitor can be costly (a database query), and
+    /// Pacemaker runs one operation of a resource at a time. A run that a role change stops
+    /// counts for nothing: its callers wait for the role change and take a run that starts
+    /// after it, a verdict on the resource as the role change left it.
     async fn monitor_end(&self, deadline: Instant, share: bool) -> CommandEnd {
         let lock = || self.monitors.lock().unwrap_or_else(|p| p.into_inner());
-        let accept_from = {
+        let mut accept_from = {
             let m = lock();
             if m.running && share {
                 m.started
@@ -345,23 +375,62 @@ impl OcfAdapter {
                 m.started + 1
             }
         };
-        let _run = self.monitor_run.lock().await;
-        let number = {
+        let busy = |what: &str| CommandEnd::TimedOut {
+            stderr: format!("the deadline passed while the resource was busy with {what}"),
+        };
+        loop {
+            let mut changes = self.role_changes.subscribe();
+            if tokio::time::timeout_at(deadline, changes.wait_for(|n| *n == 0)).await.is_err() {
+                return busy("a promote or demote");
+            }
+            let Ok(_op) = tokio::time::timeout_at(deadline, self.op.lock()).await else {
+                return busy("another operation");
+            };
+            // A role change that began meanwhile goes first.
+            if *changes.borrow_and_update() > 0 {
+                continue;
+            }
+            let number = {
+                let mut m = lock();
+                if let Some((n, end)) = &m.last {
+                    if *n >= accept_from {
+                        return end.clone();
+                    }
+                }
+                m.started += 1;
+                m.running = true;
+                m.started
+            };
+            let end = tokio::select! {
+                biased;
+                _ = changes.wait_for(|n| *n > 0) => None,
+                end = self.action("monitor", None, deadline) => Some(end),
+            };
             let mut m = lock();
-            if let Some((n, end)) = &m.last {
-                if *n >= accept_from {
-                    return end.clone();
+            m.running = false;
+            match end {
+                Some(end) => {
+                    m.last = Some((number, end.clone()));
+                    return end;
+                }
+                None => {
+                    tracing::debug!("a monitor run was stopped for a promote or demote; taking the next one");
+                    accept_from = number + 1;
                 }
             }
-            m.started += 1;
-            m.running = true;
-            m.started
+        }
+    }
+
+    /// Runs `promote` or `demote` as the resource's one operation: the monitor running is
+    /// stopped, none starts until it ends.
+    async fn role_change(&self, action: &str, token: FencingToken, deadline: Instant) -> CommandEnd {
+        let _counted = RoleChange::begin(&self.role_changes);
+        let Ok(_op) = tokio::time::timeout_at(deadline, self.op.lock()).await else {
+            return CommandEnd::TimedOut {
+                stderr: format!("`{action}` did not start before its deadline: another operation held the resource"),
+            };
         };
-        let end = self.action("monitor", None, deadline).await;
-        let mut m = lock();
-        m.running = false;
-        m.last = Some((number, end.clone()));
-        end
+        self.action(action, Some(token), deadline).await
     }
 
     /// `monitor`, read as the master's state; `Ok(None)` when the resource is not running.
@@ -488,7 +557,7 @@ impl MasterAdapter for OcfAdapter {
                 });
             }
             self.raise(token).await?;
-            match self.action("promote", Some(token), deadline).await {
+            match self.role_change("promote", token, deadline).await {
                 CommandEnd::Exited { code: OCF_SUCCESS, .. } => {}
                 end => return Err(self.failure("promote", end)),
             }
@@ -506,7 +575,11 @@ impl MasterAdapter for OcfAdapter {
     /// work, and stop the agent; anything else is reported as a failure too.
     fn validate(&self, deadline: Instant) -> AdapterFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            match self.action("validate-all", None, deadline).await {
+            let end = match tokio::time::timeout_at(deadline, self.op.lock()).await {
+                Ok(_op) => self.action("validate-all", None, deadline).await,
+                Err(_) => CommandEnd::TimedOut { stderr: "another operation held the resource".into() },
+            };
+            match end {
                 CommandEnd::Exited { code: 0 | 3, .. } => Ok(()),
                 CommandEnd::Exited { code, stderr, .. } => Err(format!(
                     "`{} validate-all` exited with {code} ({}): {}",
@@ -540,7 +613,7 @@ impl MasterAdapter for OcfAdapter {
                     self.highest()
                 }
             };
-            match self.action("demote", Some(token), deadline).await {
+            match self.role_change("demote", token, deadline).await {
                 // Not running is as demoted as it gets.
                 CommandEnd::Exited { code: OCF_SUCCESS | OCF_NOT_RUNNING, .. } => {}
                 end => return Err(self.failure("demote", end)),
