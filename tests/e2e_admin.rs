@@ -502,6 +502,11 @@ fencing:
     })
     .await?;
     ensure!(pair.actives().await.is_empty(), "nobody may be active while the downed node cannot be fenced");
+    let (code, out, err) = pair.admin(other, &["status"]).await?;
+    ensure!(
+        code == 0 && out.contains(&format!("{other_id} cannot fence {down_id}")) && out.contains("confirm-down"),
+        "status names the way out: {out} {err}"
+    );
 
     // A confirmation for another term of the node (written by hand) does not stand for this one.
     let zk = zk::Client::connector()

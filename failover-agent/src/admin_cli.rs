@@ -794,6 +794,21 @@ impl<'a> Session<'a> {
                 let _ = writeln!(text, "{} {line}", mv.member.node_id);
             }
         }
+        // No node active because the last active cannot be fenced: say what the way out is.
+        let any_active = view.members.iter().any(|mv| mv.status.as_ref().is_ok_and(|s| str_at(s, "role") == "active"));
+        if !any_active {
+            for mv in &view.members {
+                if let Some((target, failure)) = mv.status.as_ref().ok().and_then(failed_fence) {
+                    let _ = writeln!(
+                        text,
+                        "{} cannot fence {target} ({failure}). If {target}'s master cannot accept writes for certain \
+                         (powered off, cut off), `referee admin confirm-down {target} --reason TEXT` lets a fence of \
+                         it that cannot succeed count as done",
+                        mv.member.node_id
+                    );
+                }
+            }
+        }
         let switchover = match &view.switchover {
             Some(Ok(s)) => {
                 let _ = writeln!(text, "{}", scheduled_text(s));
@@ -1991,6 +2006,14 @@ fn unfit(st: &Value) -> Option<String> {
     None
 }
 
+/// The node a member last failed to fence, and how, from its `/status` report's last failure
+/// (`fencing NODE: OUTCOME`).
+fn failed_fence(st: &Value) -> Option<(String, String)> {
+    let failure = st.get("last_failure")?.as_str()?;
+    let (target, outcome) = failure.strip_prefix("fencing ")?.split_once(": ")?;
+    Some((target.to_string(), outcome.to_string()))
+}
+
 /// Who drained a node and why, from its `/status` report; `None` when it is not drained.
 fn drained_by(st: &Value) -> Option<String> {
     let d = st.get("drained").filter(|d| !d.is_null())?;
@@ -2213,6 +2236,18 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(utc(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn a_failed_fence_is_read_from_the_last_failure() {
+        let st = json!({"last_failure": "fencing db1: Failed { reason: \"no level fenced the target\" }"});
+        assert_eq!(
+            failed_fence(&st),
+            Some(("db1".to_string(), "Failed { reason: \"no level fenced the target\" }".to_string()))
+        );
+        assert_eq!(failed_fence(&json!({"last_failure": "promoting: refused"})), None);
+        assert_eq!(failed_fence(&json!({"last_failure": null})), None);
+        assert_eq!(failed_fence(&json!({})), None);
     }
 
     #[test]
