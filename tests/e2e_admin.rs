@@ -531,10 +531,10 @@ fencing:
     ensure!(
         code == 0
             && out.contains(&format!(
-                "{down_id} confirmed down by test (an older term) for its term with token {}",
+                "{down_id} confirmed down by test (an older term) for its term with token {}: stale",
                 term - 1
             )),
-        "status names the confirmation: {out} {err}"
+        "status names the confirmation, stale: {out} {err}"
     );
 
     let (code, out, err) =

@@ -597,6 +597,14 @@ impl<'a> Session<'a> {
             Err(zk::Error::NoNode) => None,
             Err(e) => return Err(unexpected("read the scheduled switchover", e)),
         };
+        let path = format!("{root}/breadcrumb");
+        let last_active = match self.zk_call("read the breadcrumb", client.get_data(&path)).await? {
+            Ok((data, _)) => serde_json::from_slice::<Breadcrumb>(&data)
+                .map(Some)
+                .map_err(|e| format!("{path} holds an unreadable breadcrumb ({e})")),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => return Err(unexpected("read the breadcrumb", e)),
+        };
         let parent = format!("{root}/{CONFIRMED_DOWN}");
         let mut confirmed = Vec::new();
         let names = match self.zk_call("list the confirmations", client.list_children(&parent)).await? {
@@ -636,7 +644,7 @@ impl<'a> Session<'a> {
             }
         }
         let members = members.into_iter().zip(statuses).map(|(member, status)| MemberView { member, status }).collect();
-        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover, confirmed })
+        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover, last_active, confirmed })
     }
 
     /// The base URL of a member's admin API.
@@ -824,14 +832,11 @@ impl<'a> Session<'a> {
         for (node, record) in &view.confirmed {
             match record {
                 Ok(r) => {
-                    let _ = writeln!(
-                        text,
-                        "{node} confirmed down by {} for its term with token {}: the next fence of {node} that does \
-                         not end fenced counts as fenced",
-                        r.by(),
-                        r.token
-                    );
-                    confirmed.insert(node.clone(), json!(r));
+                    let (line, current) = confirmation_text(node, r, &view.last_active);
+                    let _ = writeln!(text, "{line}");
+                    let mut entry = json!(r);
+                    entry["current"] = json!(current);
+                    confirmed.insert(node.clone(), entry);
                 }
                 Err(why) => {
                     let _ = writeln!(text, "{why}");
@@ -1126,18 +1131,10 @@ impl<'a> Session<'a> {
         }
         let root = format!("{ROOT}/{cluster}");
         let view = self.cluster_view().await?;
-        let client = self.zk_client().await?;
-        let path = format!("{root}/breadcrumb");
-        let crumb = match self.zk_call("read the breadcrumb", client.get_data(&path)).await? {
-            Ok((data, _)) => Some(serde_json::from_slice::<Breadcrumb>(&data).map_err(|e| {
-                fail(
-                    Exit::Refused,
-                    format!("{path} holds an unreadable breadcrumb ({e}): cannot tell which term to confirm"),
-                )
-            })?),
-            Err(zk::Error::NoNode) => None,
-            Err(e) => return Err(fail(Exit::Unreachable, format!("read the breadcrumb: {e}"))),
-        };
+        let crumb = view
+            .last_active
+            .clone()
+            .map_err(|e| fail(Exit::Refused, format!("{e}: cannot tell which term of {node} to confirm")))?;
         self.known_node(&view, node, crumb.as_ref())?;
         if let Some((_, token)) = view.lock.as_ref().filter(|(holder, _)| holder == node) {
             return Err(fail(
@@ -1208,6 +1205,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        let client = self.zk_client().await?;
         let parent = format!("{root}/{CONFIRMED_DOWN}");
         match self.zk_call("create the confirmations' parent", self.create_record(&client, &parent, b"")).await? {
             Ok(()) | Err(zk::Error::NodeExists) => {}
@@ -1868,6 +1866,8 @@ struct ClusterView {
     members: Vec<MemberView>,
     /// The switchover scheduled, if any (or why its record cannot be read).
     switchover: Option<Result<ScheduledSwitchover, String>>,
+    /// The breadcrumb: the last active, `None` if no node ever was (or why it cannot be read).
+    last_active: Result<Option<Breadcrumb>, String>,
     /// Operators' confirmations that a node is down, not yet served, by node.
     confirmed: Vec<(String, Result<ConfirmedDownRecord, String>)>,
 }
@@ -2004,6 +2004,26 @@ fn unfit(st: &Value) -> Option<String> {
         return Some(format!("it is {role}, not a standby ready to take over"));
     }
     None
+}
+
+/// How `status` shows `node`'s confirmation, and whether it stands for a fence now: only while
+/// the breadcrumb names the term it was made for (or, made with token 0, while there is none).
+fn confirmation_text(
+    node: &str,
+    record: &ConfirmedDownRecord,
+    last_active: &Result<Option<Breadcrumb>, String>,
+) -> (String, bool) {
+    let current = match last_active {
+        Ok(Some(c)) => c.node_id == node && c.token == record.token,
+        Ok(None) => record.token == FencingToken(0),
+        Err(_) => false,
+    };
+    let effect = if current {
+        format!("the next fence of {node} that does not end fenced counts as fenced")
+    } else {
+        format!("stale: the term it names is not the last active's, so it stands for no fence of {node}")
+    };
+    (format!("{node} confirmed down by {} for its term with token {}: {effect}", record.by(), record.token), current)
 }
 
 /// The node a member last failed to fence, and how, from its `/status` report's last failure
@@ -2236,6 +2256,43 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(utc(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn a_confirmation_is_current_only_for_the_last_actives_term() {
+        let record = |token| ConfirmedDownRecord {
+            requested_by: "ops".into(),
+            at_ms: 1,
+            reason: "off".into(),
+            token: FencingToken(token),
+        };
+        let crumb = |node: &str, token| {
+            Ok(Some(Breadcrumb {
+                node_id: node.into(),
+                token: FencingToken(token),
+                clean: false,
+                target: FenceTarget::new(node, "h", 1, FencingToken(token)),
+            }))
+        };
+        let (line, current) = confirmation_text("db1", &record(40), &crumb("db1", 40));
+        assert!(current);
+        assert_eq!(
+            line,
+            "db1 confirmed down by ops (off) for its term with token 40: the next fence of db1 that does not end \
+             fenced counts as fenced"
+        );
+        for (what, last) in [
+            ("a later term", crumb("db1", 45)),
+            ("another node", crumb("db2", 40)),
+            ("no breadcrumb", Ok(None)),
+            ("unreadable", Err("bad".to_string())),
+        ] {
+            let (line, current) = confirmation_text("db1", &record(40), &last);
+            let stale = "stale: the term it names is not the last active's, so it stands for no fence of db1";
+            assert!(!current && line.ends_with(stale), "{what}: {line}");
+        }
+        assert!(confirmation_text("db1", &record(0), &Ok(None)).1);
+        assert!(!confirmation_text("db1", &record(0), &crumb("db1", 40)).1);
     }
 
     #[test]
