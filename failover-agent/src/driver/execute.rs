@@ -26,6 +26,8 @@ impl Driver {
             _ => FencingToken(0),
         };
         let mut master_after = None;
+        // The breadcrumb now names this node: the confirmations the fence stood on have served.
+        let mut crumb_written = false;
         for step in &decision.steps {
             let started = BootInstant::now();
             let result: Result<(), String> = match step {
@@ -84,9 +86,7 @@ impl Driver {
                             .await
                             .map(|_| ());
                         self.mem.timeline.mark(Mark::now("breadcrumb_written"));
-                        if r.is_ok() {
-                            self.remove_confirmations(c).await;
-                        }
+                        crumb_written = r.is_ok();
                         r
                     }
                 },
@@ -232,6 +232,10 @@ impl Driver {
                 }
                 break;
             }
+        }
+        // After the promotion, not before it: the lease it must fit in is not spent on this.
+        if let (true, Some(c)) = (crumb_written, coord) {
+            self.remove_confirmations(c).await;
         }
         master_after
     }
