@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 use zookeeper_client as zk;
 
 async fn pair() -> Result<(Arc<Pair>, usize)> {
@@ -15,10 +15,15 @@ async fn pair() -> Result<(Arc<Pair>, usize)> {
 
 /// As [`pair`], each agent's generated configuration merged with its entry of `extra_agent_yaml`.
 async fn pair_with(extra_agent_yaml: Vec<String>) -> Result<(Arc<Pair>, usize)> {
+    pair_on(CoordinatorKind::Bundled, extra_agent_yaml).await
+}
+
+/// As [`pair_with`], on the coordinator `kind`.
+async fn pair_on(kind: CoordinatorKind, extra_agent_yaml: Vec<String>) -> Result<(Arc<Pair>, usize)> {
     let spec = PairSpec {
         bin: env!("CARGO_BIN_EXE_referee").into(),
         lean_agent: None,
-        coordinator: CoordinatorKind::Bundled,
+        coordinator: kind,
         timings: Timings::referee(),
         master: MasterKind::LeasePolling,
         proxied_agents: false,
@@ -372,7 +377,20 @@ async fn cluster_settings_set_anew_or_unreadable() -> Result<()> {
 /// undrained. An unknown node is refused before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Result<()> {
-    let (mut pair, drained) = pair().await?;
+    drain_and_undrain(CoordinatorKind::Bundled).await
+}
+
+/// The same against Apache ZooKeeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained_apache() -> Result<()> {
+    if !coordinator_available(CoordinatorKind::ApacheZooKeeper, "drain and undrain") {
+        return Ok(());
+    }
+    drain_and_undrain(CoordinatorKind::ApacheZooKeeper).await
+}
+
+async fn drain_and_undrain(kind: CoordinatorKind) -> Result<()> {
+    let (mut pair, drained) = pair_on(kind, Vec::new()).await?;
     let other = 1 - drained;
     let (code, out, err) = pair.admin(other, &["drain", "zz"]).await?;
     ensure!(code == 2 && err.contains("unknown node `zz`"), "drain zz exited {code}: {out} {err}");
@@ -456,6 +474,19 @@ async fn a_drained_node_hands_over_and_is_never_promoted_until_undrained() -> Re
 /// the downed node's, and acknowledges writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_confirmed_down_by_an_operator_lets_a_stuck_failover_through() -> Result<()> {
+    confirm_down(CoordinatorKind::Bundled).await
+}
+
+/// The same against Apache ZooKeeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_confirmed_down_by_an_operator_lets_a_stuck_failover_through_apache() -> Result<()> {
+    if !coordinator_available(CoordinatorKind::ApacheZooKeeper, "confirm-down") {
+        return Ok(());
+    }
+    confirm_down(CoordinatorKind::ApacheZooKeeper).await
+}
+
+async fn confirm_down(kind: CoordinatorKind) -> Result<()> {
     // Graceful first (it fences the other node at the first start, when nothing is recorded),
     // then a power switch that cannot be reached.
     let chain = r#"
@@ -470,7 +501,7 @@ fencing:
           timeout_ms: 1000
           program: /usr/bin/false
 "#;
-    let (mut pair, down) = pair_with(vec![chain.to_string(); 2]).await?;
+    let (mut pair, down) = pair_on(kind, vec![chain.to_string(); 2]).await?;
     let other = 1 - down;
     let (down_id, other_id) = (NODES[down], NODES[other]);
     let term = pair.agent_json(down, "/status").await.unwrap_or_default()["token"].as_u64().context("the token")?;
