@@ -583,8 +583,16 @@ fencing:
     pair.write_within(other, "k", "after", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
     let st = pair.agent_json(other, "/status").await.unwrap_or_default();
     ensure!(st["counters"]["fences_confirmed"] == 1, "one fence stood on the confirmation: {st}");
-    let history = pair.agent_json(other, "/history").await.unwrap_or_default().to_string();
-    ensure!(history.contains("confirmed down by"), "the history names the confirmation: {history}");
+    let history = pair.agent_json(other, "/history").await.unwrap_or_default();
+    ensure!(history.to_string().contains("confirmed down by"), "the history names the confirmation: {history}");
+    // The attempts given up while the fence could not succeed are folded into one entry.
+    let transitions = history["transitions"].as_array().context("the transitions")?;
+    let given_up: Vec<&serde_json::Value> =
+        transitions.iter().filter(|t| t["from"] == "promoting" && t["to"] == "standby").collect();
+    ensure!(
+        given_up.len() == 1 && given_up[0]["attempts_before"].as_u64().is_some_and(|n| n >= 3),
+        "one entry for the promotions given up, counting the ones before it: {history}"
+    );
     let metrics = pair.probe_text(other, "/metrics").await.unwrap_or_default();
     let line = format!("referee_agent_fences_confirmed_by_operator_total{{cluster=\"lab\",node=\"{other_id}\"}} 1\n");
     ensure!(metrics.contains(&line), "{metrics}");

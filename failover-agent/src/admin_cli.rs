@@ -2196,6 +2196,10 @@ fn transition_text(e: &Value) -> String {
         );
     }
     let _ = write!(line, "  {}", str_at(e, "reason"));
+    if let Some(n) = e.get("attempts_before").and_then(Value::as_u64).filter(|n| *n > 0) {
+        let since = e.get("first_given_up_at_ms").and_then(Value::as_i64).map(utc).unwrap_or_default();
+        let _ = write!(line, "  (after {n} attempts given up the same way since {since})");
+    }
     line
 }
 
@@ -2293,6 +2297,19 @@ mod tests {
         }
         assert!(confirmation_text("db1", &record(0), &Ok(None)).1);
         assert!(!confirmation_text("db1", &record(0), &crumb("db1", 40)).1);
+    }
+
+    #[test]
+    fn promotions_given_up_in_a_row_are_counted_in_the_history() {
+        let e = json!({"node": "b", "from": "promoting", "to": "standby", "reason": "fencing a failed",
+                       "attempts_before": 3, "first_given_up_at_ms": 0});
+        assert_eq!(
+            transition_text(&e),
+            "b  promoting -> standby  fencing a failed  (after 3 attempts given up the same way since \
+             1970-01-01T00:00:00.000Z)"
+        );
+        let once = json!({"node": "b", "from": "promoting", "to": "standby", "reason": "fencing a failed"});
+        assert_eq!(transition_text(&once), "b  promoting -> standby  fencing a failed");
     }
 
     #[test]

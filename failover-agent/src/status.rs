@@ -53,6 +53,18 @@ pub struct Transition {
     /// failed check or the lock seen free to the change ([`crate::timeline`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Mark>,
+    /// For a promotion given up: how many given up in a row before it, each a lock won and
+    /// lost again the same way (a fence that keeps failing, say), folded into this one so
+    /// that they do not push the rest of the history out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attempts_before: u32,
+    /// When the first of those was given up (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_given_up_at_ms: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Durations of a failover's phases, in ms.
@@ -252,10 +264,38 @@ impl AgentStatus {
         holds && master_active && self.role == Role::Active && !self.lease_left(now).is_zero()
     }
 
-    /// Records a role change.
+    /// Records a role change. A promotion given up right after another given up the same way
+    /// (out of [`Role::Promoting`] back to the role it started from) replaces it and its start,
+    /// counted in `attempts_before`: a failover stuck retrying keeps its latest attempt whole
+    /// and the history before it.
     pub fn transition(&mut self, to: Role, at_ms: i64, reason: &str, phases: Option<Phases>, timeline: Vec<Mark>) {
         if to == self.role {
             return;
+        }
+        let mut attempts_before = 0;
+        let mut first_given_up_at_ms = None;
+        if self.role == Role::Promoting && to != Role::Active {
+            let n = self.history.len();
+            let repeats = n >= 3 && {
+                let (start, given_up, earlier_start) =
+                    (&self.history[n - 1], &self.history[n - 2], &self.history[n - 3]);
+                start.from == to
+                    && start.to == Role::Promoting
+                    && given_up.from == Role::Promoting
+                    && given_up.to == to
+                    && earlier_start.from == to
+                    && earlier_start.to == Role::Promoting
+            };
+            if repeats {
+                let start = self.history.pop_back();
+                let given_up = self.history.pop_back();
+                self.history.pop_back();
+                if let Some(g) = given_up {
+                    attempts_before = g.attempts_before + 1;
+                    first_given_up_at_ms = Some(g.first_given_up_at_ms.unwrap_or(g.at_ms));
+                }
+                self.history.extend(start);
+            }
         }
         self.history.push_back(Transition {
             at_ms,
@@ -265,6 +305,8 @@ impl AgentStatus {
             token: self.token,
             phases,
             timeline,
+            attempts_before,
+            first_given_up_at_ms,
         });
         while self.history.len() > HISTORY_LEN {
             self.history.pop_front();
@@ -422,6 +464,47 @@ mod tests {
         s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(5), position: None });
         s.lock = LockView::Peer { node_id: "b".into(), token: FencingToken(6) };
         assert!(!s.is_serving_active(now), "not when a peer holds the lock");
+    }
+
+    #[test]
+    fn promotions_given_up_in_a_row_are_folded_into_the_latest() {
+        let mut s = AgentStatus::new("c", "b");
+        s.transition(Role::Standby, 1, "standing by", None, Vec::new());
+        s.transition(Role::Active, 2, "promoted", None, Vec::new());
+        s.transition(Role::Standby, 3, "handed over", None, Vec::new());
+        for i in 0..500 {
+            let at = 10 + 2 * i;
+            s.transition(Role::Promoting, at, &format!("won the lock, attempt {i}"), None, Vec::new());
+            s.transition(Role::Standby, at + 1, &format!("fencing a failed, attempt {i}"), None, Vec::new());
+        }
+        let shown: Vec<(Role, Role, &str)> = s.history.iter().map(|t| (t.from, t.to, t.reason.as_str())).collect();
+        assert_eq!(
+            shown,
+            [
+                (Role::Initializing, Role::Standby, "standing by"),
+                (Role::Standby, Role::Active, "promoted"),
+                (Role::Active, Role::Standby, "handed over"),
+                (Role::Standby, Role::Promoting, "won the lock, attempt 499"),
+                (Role::Promoting, Role::Standby, "fencing a failed, attempt 499"),
+            ]
+        );
+        let last = s.history.back().unwrap();
+        assert_eq!((last.attempts_before, last.first_given_up_at_ms, last.at_ms), (499, Some(11), 1009));
+        // The attempt that succeeds stands on its own, and a later failure starts a new count.
+        s.transition(Role::Promoting, 2000, "won the lock", None, Vec::new());
+        s.transition(Role::Active, 2001, "promoted", None, Vec::new());
+        s.transition(Role::Standby, 2002, "demoted", None, Vec::new());
+        s.transition(Role::Promoting, 2003, "won the lock", None, Vec::new());
+        s.transition(Role::Standby, 2004, "fencing failed", None, Vec::new());
+        assert_eq!(s.history.len(), 10);
+        assert_eq!(s.history.back().unwrap().attempts_before, 0);
+        // Given up into another role (the master fell ill meanwhile): not the same failure.
+        s.transition(Role::Promoting, 2005, "won the lock", None, Vec::new());
+        s.transition(Role::Unhealthy, 2006, "master unhealthy", None, Vec::new());
+        assert_eq!(s.history.len(), 12);
+        let json = serde_json::to_value(&s.history[4]).unwrap();
+        assert_eq!((json["attempts_before"].as_u64(), json["first_given_up_at_ms"].as_i64()), (Some(499), Some(11)));
+        assert!(serde_json::to_value(&s.history[0]).unwrap().get("attempts_before").is_none());
     }
 
     #[test]
