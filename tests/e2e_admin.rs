@@ -489,7 +489,10 @@ async fn a_node_confirmed_down_by_an_operator_lets_a_stuck_failover_through_apac
 async fn confirm_down(kind: CoordinatorKind) -> Result<()> {
     // Graceful first (it fences the other node at the first start, when nothing is recorded),
     // then a power switch that cannot be reached.
+    // A failed attempt backs off for 3 s, long enough to pause the standby between two.
     let chain = r#"
+election:
+  backoff_after_failure_ms: 3000
 fencing:
   overall_timeout_ms: 4000
   levels:
@@ -568,8 +571,41 @@ fencing:
         "status names the confirmation, stale: {out} {err}"
     );
 
-    let (code, out, err) =
-        pair.admin(other, &["confirm-down", down_id, "--reason", "powered off at the socket"]).await?;
+    // Confirmed between two attempts (the standby paused, no attempt in flight), the next
+    // attempt does not run the chain it has seen failing again: the confirmation stands at once.
+    let mut tries = 0;
+    loop {
+        until_status(&pair, other, "the standby backing off after a failed attempt", |st| {
+            st["blocker"]["blocker"] == "backing_off" && st["blocker"]["left_ms"].as_u64().is_some_and(|l| l >= 1500)
+        })
+        .await?;
+        let (code, out, err) = pair.admin(other, &["pause", "--node", other_id]).await?;
+        ensure!(code == 0, "pause exited {code}: {out} {err}");
+        let st = pair.agent_json(other, "/status").await.unwrap_or_default();
+        if st["paused"] == true && st["role"] == "standby" && st["lock"]["holder"] != "ours" {
+            break;
+        }
+        // Paused once the next attempt had begun: let it go on, and pause at the next backoff.
+        tries += 1;
+        ensure!(tries < 5, "never paused between two attempts: {st}");
+        let (code, out, err) = pair.admin(other, &["resume", "--node", other_id]).await?;
+        ensure!(code == 0, "resume exited {code}: {out} {err}");
+    }
+    let args = ["confirm-down", down_id, "--reason", "powered off at the socket"];
+    let confirm = pair.admin(other, &args);
+    let resume = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while zk.check_stat(&path).await?.is_none_or(|stat| stat.version < 1) {
+            ensure!(std::time::Instant::now() < deadline, "the confirmation was not recorded within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (code, out, err) = pair.admin(other, &["resume", "--node", other_id]).await?;
+        ensure!(code == 0, "resume exited {code}: {out} {err}");
+        anyhow::Ok(())
+    };
+    let (confirmed, resumed) = tokio::join!(confirm, resume);
+    resumed?;
+    let (code, out, err) = confirmed?;
     ensure!(
         code == 0 && out.contains(&format!("{other_id} is active (token")) && out.contains(&format!("token {term}")),
         "confirm-down exited {code}: {out} {err}"
@@ -585,8 +621,17 @@ fencing:
     ensure!(st["counters"]["fences_confirmed"] == 1, "one fence stood on the confirmation: {st}");
     let history = pair.agent_json(other, "/history").await.unwrap_or_default();
     ensure!(history.to_string().contains("confirmed down by"), "the history names the confirmation: {history}");
-    // The attempts given up while the fence could not succeed are folded into one entry.
     let transitions = history["transitions"].as_array().context("the transitions")?;
+    // The promotion stood on the confirmation without running the chain again.
+    let promoted = transitions.iter().rev().find(|t| t["to"] == "active").context("the promotion")?;
+    let marks = promoted["timeline"].to_string();
+    ensure!(
+        marks.contains(&format!("fence {down_id} confirmed down by"))
+            && !marks.contains(&format!("fence {down_id} by "))
+            && !marks.contains(&format!("fence_started {down_id}")),
+        "the promotion's marks: {promoted}"
+    );
+    // The attempts given up while the fence could not succeed are folded into one entry.
     let given_up: Vec<&serde_json::Value> =
         transitions.iter().filter(|t| t["from"] == "promoting" && t["to"] == "standby").collect();
     ensure!(

@@ -259,6 +259,21 @@ impl Driver {
                     continue;
                 }
             }
+            // A chain already seen failing for this term is not run again once an operator has
+            // confirmed the node down: the confirmation takes effect now, not after another
+            // run to its deadline (a BMC that does not answer can take minutes).
+            let seen_failing = self.mem.chains_failed.contains(&(target.node_id.clone(), target.token));
+            if seen_failing {
+                if let Ok((by, version)) = self.operator_confirmed(target, coord).await {
+                    self.stand_on_confirmation(
+                        target,
+                        &format!("fencing {} failed before", target.node_id),
+                        by,
+                        version,
+                    );
+                    continue;
+                }
+            }
             self.mem.timeline.mark(Mark::now(format!("fence_started {}", target.node_id)));
             let report = self.fencer.fence(target, new_token).await;
             // One mark per method attempt, at its end: the fence phase split by method.
@@ -282,17 +297,16 @@ impl Driver {
             }
             if !report.outcome.permits_promotion() {
                 let failed = format!("fencing {}: {:?}", target.node_id, report.outcome);
+                let key = (target.node_id.clone(), target.token);
+                if !self.mem.chains_failed.contains(&key) {
+                    if self.mem.chains_failed.len() >= CHAINS_FAILED_KEPT {
+                        self.mem.chains_failed.remove(0);
+                    }
+                    self.mem.chains_failed.push(key);
+                }
                 match self.operator_confirmed(target, coord).await {
                     Ok((by, version)) => {
-                        warn!(
-                            node = %target.node_id,
-                            token = %target.token,
-                            "{failed}; {} was confirmed down by {by}: counted as fenced on the operator's word",
-                            target.node_id
-                        );
-                        self.mem.timeline.mark(Mark::now(format!("fence {} confirmed down by {by}", target.node_id)));
-                        self.status().counters.fences_confirmed += 1;
-                        self.mem.confirmations_used.push((target.node_id.clone(), version));
+                        self.stand_on_confirmation(target, &failed, by, version);
                         continue;
                     }
                     Err(None) => return Err(failed),
@@ -314,6 +328,20 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Counts `target` fenced on an operator's confirmation (`by`, read at `version`), after
+    /// what its chain did (`failed`).
+    fn stand_on_confirmation(&mut self, target: &FenceTarget, failed: &str, by: String, version: i32) {
+        warn!(
+            node = %target.node_id,
+            token = %target.token,
+            "{failed}; {} was confirmed down by {by}: counted as fenced on the operator's word",
+            target.node_id
+        );
+        self.mem.timeline.mark(Mark::now(format!("fence {} confirmed down by {by}", target.node_id)));
+        self.status().counters.fences_confirmed += 1;
+        self.mem.confirmations_used.push((target.node_id.clone(), version));
     }
 
     /// Whether an operator has confirmed `target` down for the term being fenced: who, and the

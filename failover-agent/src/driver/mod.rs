@@ -123,6 +123,9 @@ struct Memory {
     /// Operators' confirmations that stood for a fence of this promotion (node, version), to
     /// remove once the breadcrumb names this node.
     confirmations_used: Vec<(String, i32)>,
+    /// The targets (node, token of the term fenced) whose fencing chain this agent has seen
+    /// end other than fenced, the latest [`CHAINS_FAILED_KEPT`].
+    chains_failed: Vec<(String, FencingToken)>,
     /// Which change of the settings record was last acted on (its mzxid; `Some(None)`: there
     /// was none), so each change is applied, or refused and said, once.
     settings_seen: Option<Option<i64>>,
@@ -173,6 +176,9 @@ struct Memory {
 /// out new names).
 const SEEN_HOLDERS_KEPT: usize = 64;
 
+/// How many failed fencing chains an agent remembers (see `Memory::chains_failed`).
+const CHAINS_FAILED_KEPT: usize = 16;
+
 impl Memory {
     fn new(lease: Lease) -> Self {
         Memory {
@@ -192,6 +198,7 @@ impl Memory {
             settings_seen: None,
             drained: None,
             confirmations_used: Vec::new(),
+            chains_failed: Vec::new(),
             pause_read: false,
             members_age: 0,
             free_seen_at: None,
