@@ -595,7 +595,7 @@ fencing:
     let confirm = pair.admin(other, &args);
     let resume = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while zk.check_stat(&path).await?.is_none_or(|stat| stat.version < 1) {
+        while !matches!(zk.check_stat(&path).await?, Some(stat) if stat.version >= 1) {
             ensure!(std::time::Instant::now() < deadline, "the confirmation was not recorded within 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
