@@ -570,6 +570,14 @@ fencing:
             )),
         "status names the confirmation, stale: {out} {err}"
     );
+    // Withdrawn (made by mistake), it is gone; withdrawing again says there is none.
+    let (code, out, err) = pair.admin(other, &["confirm-down", down_id, "--cancel", "--reason", "x"]).await?;
+    ensure!(code == 2, "--cancel with --reason exited {code}: {out} {err}");
+    let (code, out, err) = pair.admin(other, &["confirm-down", down_id, "--cancel"]).await?;
+    ensure!(code == 0 && out.contains("confirmation withdrawn"), "--cancel exited {code}: {out} {err}");
+    ensure!(zk.check_stat(&path).await?.is_none(), "the confirmation is gone");
+    let (code, out, err) = pair.admin(other, &["confirm-down", down_id, "--cancel"]).await?;
+    ensure!(code == 0 && out.contains("no confirmation to withdraw"), "--cancel again exited {code}: {out} {err}");
 
     // Confirmed between two attempts (the standby paused, no attempt in flight), the next
     // attempt does not run the chain it has seen failing again: the confirmation stands at once.
@@ -595,7 +603,7 @@ fencing:
     let confirm = pair.admin(other, &args);
     let resume = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !matches!(zk.check_stat(&path).await?, Some(stat) if stat.version >= 1) {
+        while zk.check_stat(&path).await?.is_none() {
             ensure!(std::time::Instant::now() < deadline, "the confirmation was not recorded within 10 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

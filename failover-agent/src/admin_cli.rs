@@ -26,6 +26,7 @@
 //! referee admin --config agent.yaml undrain db1
 //! referee admin --config agent.yaml confirm-down db1 --reason TEXT   an operator's word that db1's
 //!                                                          master is down, for a fence that cannot reach it
+//! referee admin --config agent.yaml confirm-down db1 --cancel   withdraw it (made by mistake)
 //! ```
 //!
 //! Where things come from: `--config` names an agent's YAML (coordinator, cluster, digest
@@ -226,11 +227,15 @@ pub enum AdminCommand {
         node: String,
         /// How you know it is down; recorded, logged by the agent that promotes, and shown in
         /// its history.
-        #[arg(long, required = true)]
-        reason: String,
+        #[arg(long, required_unless_present = "cancel")]
+        reason: Option<String>,
         /// How long to wait for another node to become active, in ms (0: do not wait).
         #[arg(long, default_value_t = 60_000, value_name = "MS")]
         wait_ms: u64,
+        /// Withdraw NODE's confirmation before any fence has stood on it (made by mistake:
+        /// the node is not down after all).
+        #[arg(long, conflicts_with_all = ["reason", "wait_ms"])]
+        cancel: bool,
     },
     /// Settings for the whole cluster, kept in the coordinator (`/referee/<cluster>/config`)
     /// and applied by every agent over its own file within a few cycles, as Patroni's dynamic
@@ -494,7 +499,9 @@ impl<'a> Session<'a> {
                 self.drain(node, reason.as_deref(), Duration::from_millis(*wait_ms)).await
             }
             AdminCommand::Undrain { node } => self.undrain(node).await,
-            AdminCommand::ConfirmDown { node, reason, wait_ms } => {
+            AdminCommand::ConfirmDown { node, cancel: true, .. } => self.cancel_confirmation(node).await,
+            AdminCommand::ConfirmDown { node, reason, wait_ms, .. } => {
+                let reason = reason.as_deref().unwrap_or_default();
                 self.confirm_down(node, reason, Duration::from_millis(*wait_ms)).await
             }
             AdminCommand::Config { action } => {
@@ -1270,6 +1277,24 @@ impl<'a> Session<'a> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// `confirm-down --cancel`: deletes NODE's confirmation, whatever it holds.
+    async fn cancel_confirmation(&self, node: &str) -> Result<Report, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let path = format!("{ROOT}/{cluster}/{CONFIRMED_DOWN}/{node}");
+        let client = self.zk_client().await?;
+        let text = match self.zk_call("withdraw the confirmation", client.delete(&path, None)).await? {
+            Ok(()) => format!(
+                "{node}: confirmation withdrawn ({path}); from now on no fence of {node} stands on it (one that read it \
+                 before may have: see `referee admin history`)\n"
+            ),
+            Err(zk::Error::NoNode) => {
+                format!("{node} has no confirmation to withdraw ({path} is absent: never made, or it has served)\n")
+            }
+            Err(e) => return Err(write_failure(&path, "delete", e)),
+        };
+        Ok(Report { exit: Exit::Ok, text, json: json!({"ok": true, "node": node, "record": path}) })
     }
 
     /// What a master answers on `GET /ha/state` (within the command's timeout), if it answers.
