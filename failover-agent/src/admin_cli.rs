@@ -604,33 +604,6 @@ impl<'a> Session<'a> {
             Err(zk::Error::NoNode) => None,
             Err(e) => return Err(unexpected("read the scheduled switchover", e)),
         };
-        let path = format!("{root}/breadcrumb");
-        let last_active = match self.zk_call("read the breadcrumb", client.get_data(&path)).await? {
-            Ok((data, _)) => serde_json::from_slice::<Breadcrumb>(&data)
-                .map(Some)
-                .map_err(|e| format!("{path} holds an unreadable breadcrumb ({e})")),
-            Err(zk::Error::NoNode) => Ok(None),
-            Err(e) => return Err(unexpected("read the breadcrumb", e)),
-        };
-        let parent = format!("{root}/{CONFIRMED_DOWN}");
-        let mut confirmed = Vec::new();
-        let names = match self.zk_call("list the confirmations", client.list_children(&parent)).await? {
-            Ok(names) => names,
-            Err(zk::Error::NoNode) => Vec::new(),
-            Err(e) => return Err(unexpected("list the confirmations", e)),
-        };
-        for name in names {
-            let path = format!("{parent}/{name}");
-            match self.zk_call("read a confirmation", client.get_data(&path)).await? {
-                Ok((data, _)) => confirmed.push((
-                    name,
-                    serde_json::from_slice::<ConfirmedDownRecord>(&data)
-                        .map_err(|e| format!("{path} holds an unreadable confirmation ({e}); no fence stands on it")),
-                )),
-                Err(zk::Error::NoNode) => {} // served between the listing and the read
-                Err(e) => return Err(unexpected("read a confirmation", e)),
-            }
-        }
         drop(client);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, m) in members.iter().enumerate() {
@@ -651,7 +624,56 @@ impl<'a> Session<'a> {
             }
         }
         let members = members.into_iter().zip(statuses).map(|(member, status)| MemberView { member, status }).collect();
-        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover, last_active, confirmed })
+        Ok(ClusterView { cluster: cluster.to_string(), lock, members, switchover })
+    }
+
+    /// The breadcrumb (the last active: `None` if no node ever was, or why it cannot be read)
+    /// and, `with_records`, every operator's confirmation that a node is down not yet served,
+    /// by node. Read for `status` and `confirm-down` alone, not with every cluster view.
+    async fn confirmation_view(&self, with_records: bool) -> Result<ConfirmationView, Failure> {
+        let (_, cluster) = self.coordinates()?;
+        let root = format!("{ROOT}/{cluster}");
+        let client = self.zk_client().await?;
+        let unexpected = |what: &str, e: zk::Error| fail(Exit::Unreachable, format!("{what}: {e}"));
+        let path = format!("{root}/breadcrumb");
+        let last_active = match self.zk_call("read the breadcrumb", client.get_data(&path)).await? {
+            Ok((data, _)) => serde_json::from_slice::<Breadcrumb>(&data)
+                .map(Some)
+                .map_err(|e| format!("{path} holds an unreadable breadcrumb ({e})")),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => return Err(unexpected("read the breadcrumb", e)),
+        };
+        let parent = format!("{root}/{CONFIRMED_DOWN}");
+        let names = match with_records {
+            false => Vec::new(),
+            true => match self.zk_call("list the confirmations", client.list_children(&parent)).await? {
+                Ok(names) => names,
+                Err(zk::Error::NoNode) => Vec::new(),
+                Err(e) => return Err(unexpected("list the confirmations", e)),
+            },
+        };
+        let mut records = Vec::new();
+        for name in names {
+            let path = format!("{parent}/{name}");
+            match self.zk_call("read a confirmation", client.get_data(&path)).await? {
+                Ok((data, _)) => records.push((
+                    name,
+                    serde_json::from_slice::<ConfirmedDownRecord>(&data)
+                        .map_err(|e| format!("{path} holds an unreadable confirmation ({e}); no fence stands on it")),
+                )),
+                Err(zk::Error::NoNode) => {} // served between the listing and the read
+                Err(e) => return Err(unexpected("read a confirmation", e)),
+            }
+        }
+        Ok(ConfirmationView { last_active, records })
+    }
+
+    /// Creates `parent`, the znode under which one record per node is kept, if it is absent.
+    async fn ensure_parent(&self, client: &zk::Client, parent: &str, what: &str) -> Result<(), Failure> {
+        match self.zk_call(what, self.create_record(client, parent, b"")).await? {
+            Ok(()) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(write_failure(parent, "create", e)),
+        }
     }
 
     /// The base URL of a member's admin API.
@@ -835,11 +857,12 @@ impl<'a> Session<'a> {
             }
             None => Value::Null,
         };
+        let confirmations = self.confirmation_view(true).await?;
         let mut confirmed = serde_json::Map::new();
-        for (node, record) in &view.confirmed {
+        for (node, record) in &confirmations.records {
             match record {
                 Ok(r) => {
-                    let (line, current) = confirmation_text(node, r, &view.last_active);
+                    let (line, current) = confirmation_text(node, r, &confirmations.last_active);
                     let _ = writeln!(text, "{line}");
                     let mut entry = json!(r);
                     entry["current"] = json!(current);
@@ -1011,10 +1034,7 @@ impl<'a> Session<'a> {
         self.known_node(&view, node, None)?;
         let client = self.zk_client().await?;
         let parent = format!("{ROOT}/{cluster}/{DRAINED}");
-        match self.zk_call("create the drained nodes' parent", self.create_record(&client, &parent, b"")).await? {
-            Ok(()) | Err(zk::Error::NodeExists) => {}
-            Err(e) => return Err(write_failure(&parent, "create", e)),
-        }
+        self.ensure_parent(&client, &parent, "create the drained nodes' parent").await?;
         let path = format!("{parent}/{node}");
         let record = DrainRecord { requested_by: operator(), at_ms: wall_ms(), reason: reason.map(str::to_string) };
         let data = serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding: {e}")))?;
@@ -1136,11 +1156,11 @@ impl<'a> Session<'a> {
         if reason.trim().is_empty() {
             return Err(fail(Exit::Usage, "--reason must say how you know the node is down"));
         }
-        let root = format!("{ROOT}/{cluster}");
         let view = self.cluster_view().await?;
-        let crumb = view
+        let crumb = self
+            .confirmation_view(false)
+            .await?
             .last_active
-            .clone()
             .map_err(|e| fail(Exit::Refused, format!("{e}: cannot tell which term of {node} to confirm")))?;
         self.known_node(&view, node, crumb.as_ref())?;
         if let Some((_, token)) = view.lock.as_ref().filter(|(holder, _)| holder == node) {
@@ -1172,7 +1192,8 @@ impl<'a> Session<'a> {
             ),
         };
         let mut text = String::new();
-        if let Some(mv) = view.members.iter().find(|m| m.member.node_id == node) {
+        let member = view.members.iter().find(|m| m.member.node_id == node);
+        if let Some(mv) = member {
             if let Ok(st) = &mv.status {
                 if str_at(st, "role") == "active" {
                     return Err(fail(
@@ -1183,8 +1204,7 @@ impl<'a> Session<'a> {
             }
             let _ = writeln!(text, "note: {node}'s agent is running (its master is not active by its report)");
         }
-        let target =
-            target.or_else(|| view.members.iter().find(|m| m.member.node_id == node).map(|m| m.member.target.clone()));
+        let target = target.or_else(|| member.map(|m| m.member.target.clone()));
         if let Some(target) = &target {
             match self.master_state(target).await {
                 Some(s) if s.state == HaState::Active => {
@@ -1213,11 +1233,8 @@ impl<'a> Session<'a> {
             }
         }
         let client = self.zk_client().await?;
-        let parent = format!("{root}/{CONFIRMED_DOWN}");
-        match self.zk_call("create the confirmations' parent", self.create_record(&client, &parent, b"")).await? {
-            Ok(()) | Err(zk::Error::NodeExists) => {}
-            Err(e) => return Err(write_failure(&parent, "create", e)),
-        }
+        let parent = format!("{ROOT}/{cluster}/{CONFIRMED_DOWN}");
+        self.ensure_parent(&client, &parent, "create the confirmations' parent").await?;
         let record_path = format!("{parent}/{node}");
         let record =
             ConfirmedDownRecord { requested_by: operator(), at_ms: wall_ms(), reason: reason.to_string(), token };
@@ -1891,10 +1908,14 @@ struct ClusterView {
     members: Vec<MemberView>,
     /// The switchover scheduled, if any (or why its record cannot be read).
     switchover: Option<Result<ScheduledSwitchover, String>>,
+}
+
+/// What [`Session::confirmation_view`] read.
+struct ConfirmationView {
     /// The breadcrumb: the last active, `None` if no node ever was (or why it cannot be read).
     last_active: Result<Option<Breadcrumb>, String>,
     /// Operators' confirmations that a node is down, not yet served, by node.
-    confirmed: Vec<(String, Result<ConfirmedDownRecord, String>)>,
+    records: Vec<(String, Result<ConfirmedDownRecord, String>)>,
 }
 
 /// How `failover` goes about it.

@@ -122,16 +122,21 @@ impl Fixture {
         Ok(())
     }
 
-    /// Forces `action` to exit with `code` (`None`: lifts it).
-    fn force(&self, action: &str, code: Option<i32>) -> Result<()> {
-        let path = self.dir.path(&format!("resource.state.rc.{action}"));
-        match code {
-            Some(code) => std::fs::write(path, code.to_string())?,
+    /// Writes `value` to the resource's control file `resource.state.<name>` (`None`: removes it).
+    fn control(&self, name: &str, value: Option<String>) -> Result<()> {
+        let path = self.dir.path(&format!("resource.state.{name}"));
+        match value {
+            Some(value) => std::fs::write(path, value)?,
             None => {
                 let _ = std::fs::remove_file(path);
             }
         }
         Ok(())
+    }
+
+    /// Forces `action` to exit with `code` (`None`: lifts it).
+    fn force(&self, action: &str, code: Option<i32>) -> Result<()> {
+        self.control(&format!("rc.{action}"), code.map(|c| c.to_string()))
     }
 
     /// The recorded runs, one line each.
@@ -141,14 +146,7 @@ impl Fixture {
 
     /// Makes `action` take `seconds` (`None`: lifts it).
     fn slow(&self, action: &str, seconds: Option<u32>) -> Result<()> {
-        let path = self.dir.path(&format!("resource.state.sleep.{action}"));
-        match seconds {
-            Some(s) => std::fs::write(path, s.to_string())?,
-            None => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        Ok(())
+        self.control(&format!("sleep.{action}"), seconds.map(|s| s.to_string()))
     }
 
     /// The runs' starts and ends, in order (`start monitor`, `end monitor`, ...).
