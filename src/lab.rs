@@ -400,7 +400,8 @@ pub struct PairSpec {
     pub master: MasterKind,
     /// Route each agent's coordinator connection through a proxy the test can cut.
     pub proxied_agents: bool,
-    /// YAML merged into each node's agent configuration (`a` then `b`), e.g. hooks.
+    /// YAML merged into each node's agent configuration (`a` then `b`), e.g. hooks; in it
+    /// `{master_url}` stands for the node's master's HA URL.
     pub extra_agent_yaml: Vec<String>,
     /// Give each agent an admin/peer API (bearer token in `admin-token` in the lab directory).
     pub admin: bool,
@@ -1121,7 +1122,7 @@ probes:
         };
         let cfg = format!("{cfg}{admin}{}", self.peers_yaml(i));
         let cfg = match self.spec.extra_agent_yaml.get(i) {
-            Some(extra) => merge_yaml(&cfg, extra)?,
+            Some(extra) => merge_yaml(&cfg, &extra.replace("{master_url}", &url))?,
             None => cfg,
         };
         let path = node.join("agent.yaml");

@@ -830,6 +830,9 @@ impl<'a> Session<'a> {
             for line in mv.status.as_ref().map(fencing_problems).unwrap_or_default() {
                 let _ = writeln!(text, "{} {line}", mv.member.node_id);
             }
+            if let Some(line) = mv.status.as_ref().ok().and_then(watchdog_starving) {
+                let _ = writeln!(text, "{} {line}", mv.member.node_id);
+            }
         }
         // No node active because the last active cannot be fenced: say what the way out is.
         let any_active = view.members.iter().any(|mv| mv.status.as_ref().is_ok_and(|s| str_at(s, "role") == "active"));
@@ -2165,6 +2168,14 @@ fn fencing_problems(s: &Value) -> Vec<String> {
     lines
 }
 
+/// A self-fencing watchdog that is armed and not fed: the host is about to reset.
+fn watchdog_starving(s: &Value) -> Option<String> {
+    let wd = s.get("watchdog").filter(|w| w.get("armed").and_then(Value::as_bool) == Some(true))?;
+    let why = wd.get("starving").and_then(Value::as_str)?;
+    let ms = wd.get("self_fence_ms").and_then(Value::as_u64)?;
+    Some(format!("watchdog not fed ({why}): its host resets within {ms} ms unless that changes"))
+}
+
 fn position_text(st: &Value) -> String {
     match (master_position(st), st.get("behind").and_then(Value::as_u64)) {
         (Some(p), Some(b)) if b > 0 => format!("{p} (-{b})"),
@@ -2356,6 +2367,20 @@ mod tests {
         );
         let once = json!({"node": "b", "from": "promoting", "to": "standby", "reason": "fencing a failed"});
         assert_eq!(transition_text(&once), "b  promoting -> standby  fencing a failed");
+    }
+
+    #[test]
+    fn an_armed_watchdog_not_fed_is_named() {
+        let st = json!({"watchdog": {"self_fence_ms": 4000, "armed": true, "starving": "the master may be active"}});
+        assert_eq!(
+            watchdog_starving(&st).as_deref(),
+            Some("watchdog not fed (the master may be active): its host resets within 4000 ms unless that changes")
+        );
+        let fed = json!({"watchdog": {"self_fence_ms": 4000, "armed": true, "starving": null}});
+        let unarmed = json!({"watchdog": {"self_fence_ms": 4000, "armed": false, "starving": "not read yet"}});
+        for st in [fed, unarmed, json!({"watchdog": null}), json!({})] {
+            assert_eq!(watchdog_starving(&st), None, "{st}");
+        }
     }
 
     #[test]

@@ -500,6 +500,7 @@ impl AgentConfig {
         let mut t = FenceTarget::new(&self.node_id, &self.master.host, self.master.port, FencingToken(0));
         t.ha_url = self.master.ha_url.clone();
         t.pidfile = self.master.pidfile.clone();
+        t.self_fence_ms = self.watchdog.self_fence_ms();
         t
     }
 
@@ -523,6 +524,7 @@ impl AgentConfig {
             ));
         }
         self.validate_peers(&name_ok)?;
+        self.watchdog.validate(self.election.loop_interval_ms).map_err(|(key, problem)| invalid(key, problem))?;
         if self.coordinator.connect.trim().is_empty() {
             return Err(invalid("coordinator.connect", "is empty; name the coordinator as host:port[,host:port]"));
         }

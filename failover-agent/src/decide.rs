@@ -562,7 +562,10 @@ pub fn fence_without_breadcrumb(obs: &Observation) -> Vec<FenceTarget> {
         if t.node_id == obs.node_id && same_machine(t, &obs.own_target) {
             continue;
         }
-        if targets.iter().any(|x| x.node_id == t.node_id && same_machine(x, t)) {
+        if let Some(x) = targets.iter_mut().find(|x| x.node_id == t.node_id && same_machine(x, t)) {
+            // A watchdog promise the node published itself (its member record) holds for the
+            // same machine as its configured entry, which cannot carry one.
+            x.self_fence_ms = x.self_fence_ms.max(t.self_fence_ms);
             continue;
         }
         let mut t = t.clone();
@@ -1142,6 +1145,24 @@ mod tests {
             "won the lock with token 45; no breadcrumb, so who was active is unknown: fencing every other node (b, c, a on \
              10.0.0.9:9001), then promoting",
         );
+    }
+
+    /// The first election of a cluster fenced by watchdogs alone: no breadcrumb yet, and the
+    /// configured peer says nothing of a watchdog; the peer's own member record does.
+    #[test]
+    fn a_watchdog_promise_in_a_member_record_joins_the_configured_peer_it_names() {
+        let mut o = base();
+        o.lock = ours(45);
+        let mut promising = member("b");
+        promising.target.self_fence_ms = Some(5000);
+        o.members = vec![member("a"), promising];
+        let fenced = fence_without_breadcrumb(&o);
+        assert_eq!(fenced.len(), 1, "{fenced:?}");
+        assert_eq!((fenced[0].node_id.as_str(), fenced[0].self_fence_ms), ("b", Some(5000)));
+        // A record of the same id on another machine promises nothing for the configured one.
+        o.members[1].target.host = "10.0.0.9".into();
+        let fenced = fence_without_breadcrumb(&o);
+        assert_eq!(fenced.iter().map(|t| t.self_fence_ms).collect::<Vec<_>>(), vec![None, Some(5000)]);
     }
 
     #[test]

@@ -189,6 +189,8 @@ pub struct AgentStatus {
     /// The last round of fencing checks against every peer (`None` before the first, or with
     /// `fencing.check_interval_ms: 0`).
     pub fencing_checks: Option<crate::fence_checks::FencingChecks>,
+    /// The watchdog, while one is configured to self-fence (`None` otherwise).
+    pub watchdog: Option<WatchdogStatus>,
     /// Lease end on the boot clock; not serialised (the lease left is, at answer time).
     #[serde(skip)]
     pub lease_until: Option<BootInstant>,
@@ -198,6 +200,18 @@ pub struct AgentStatus {
     /// Role changes, oldest first.
     #[serde(skip)]
     pub history: VecDeque<Transition>,
+}
+
+/// A self-fencing watchdog's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchdogStatus {
+    /// The reset time promised to the other nodes in this node's breadcrumb.
+    pub self_fence_ms: u64,
+    /// Whether the device is open (and so armed).
+    pub armed: bool,
+    /// Why it is not fed now, if it is not: once armed, the host resets within
+    /// `self_fence_ms` unless that changes.
+    pub starving: Option<String>,
 }
 
 /// The health monitor's counts, as the last check left them.
@@ -245,6 +259,7 @@ impl AgentStatus {
             last_cycle_at_ms: 0,
             counters: Counters::default(),
             fencing_checks: None,
+            watchdog: None,
             lease_until: None,
             last_cycle_at: None,
             history: VecDeque::new(),

@@ -91,6 +91,9 @@ pub enum MethodConfig {
     /// Red Hat cluster suites (`fence_ipmilan`, `fence_virsh`, `fence_aws`, ...).
     #[serde(rename = "fence_agent")]
     FenceAgent(FenceAgentConfig),
+    /// `kind: watchdog`: wait until the old active's own watchdog has reset its host (SBD's
+    /// watchdog-only self-fencing), for hosts without a fence device.
+    Watchdog(WatchdogConfig),
 }
 
 impl MethodConfig {
@@ -106,6 +109,7 @@ impl MethodConfig {
             MethodConfig::Isolate(_) => MethodKind::Isolate,
             MethodConfig::Token(_) => MethodKind::Token,
             MethodConfig::FenceAgent(_) => MethodKind::FenceAgent,
+            MethodConfig::Watchdog(_) => MethodKind::Watchdog,
         }
     }
 
@@ -121,6 +125,7 @@ impl MethodConfig {
             MethodConfig::Isolate(c) => &c.name,
             MethodConfig::Token(c) => &c.name,
             MethodConfig::FenceAgent(c) => &c.name,
+            MethodConfig::Watchdog(c) => &c.name,
         };
         name.clone().unwrap_or_else(|| self.kind().as_str().to_string())
     }
@@ -137,6 +142,7 @@ impl MethodConfig {
             MethodConfig::Isolate(c) => c.timeout_ms,
             MethodConfig::Token(c) => c.timeout_ms,
             MethodConfig::FenceAgent(c) => c.timeout_ms,
+            MethodConfig::Watchdog(c) => c.timeout_ms,
         }
     }
 }
@@ -617,6 +623,44 @@ pub struct TokenConfig {
     pub secret_env: Option<String>,
 }
 
+/// Arguments of `kind: watchdog`.
+///
+/// The old active promises, in its breadcrumb ([`crate::FenceTarget::self_fence_ms`]), that its
+/// host resets itself within a time once its lock is gone while its master may be active. This
+/// method waits `wait_percent` of that time and then counts the target fenced: by then its
+/// agent has demoted the master, or its watchdog has reset the host. It fails at once when the
+/// target made no promise, or when the wait does not fit in `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Name for events and metrics; defaults to the kind.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Deadline for the method: it must cover the wait, `wait_percent` of the longest promise
+    /// a node of the cluster makes.
+    pub timeout_ms: u64,
+    /// How much of the target's promised time to wait, in percent (default
+    /// [`WatchdogConfig::DEFAULT_WAIT_PERCENT`]; at least [`WatchdogConfig::MIN_WAIT_PERCENT`]):
+    /// room for the two hosts' clocks running at different rates and for a watchdog that fires
+    /// late.
+    #[serde(default = "default_wait_percent")]
+    pub wait_percent: u32,
+}
+
+impl WatchdogConfig {
+    /// Twice the promise, as Pacemaker sets `stonith-watchdog-timeout` by default from SBD's
+    /// watchdog timeout.
+    pub const DEFAULT_WAIT_PERCENT: u32 = 200;
+    /// The least margin over the promise accepted.
+    pub const MIN_WAIT_PERCENT: u32 = 120;
+    /// The most accepted (ten times the promise is a typing error, not a margin).
+    pub const MAX_WAIT_PERCENT: u32 = 1000;
+}
+
+fn default_wait_percent() -> u32 {
+    WatchdogConfig::DEFAULT_WAIT_PERCENT
+}
+
 fn default_true() -> bool {
     true
 }
@@ -905,6 +949,19 @@ impl Checker {
                 self.headers(&c.headers)?;
                 self.secret(&c.secret_file, &c.secret_env, false)
             }
+            MethodConfig::Watchdog(c) => {
+                let range = WatchdogConfig::MIN_WAIT_PERCENT..=WatchdogConfig::MAX_WAIT_PERCENT;
+                self.ensure(range.contains(&c.wait_percent), "wait_percent", || {
+                    format!(
+                        "{} is outside {} to {}: the wait must exceed the target's promise by a margin for clocks \
+                         and late watchdogs (default {})",
+                        c.wait_percent,
+                        range.start(),
+                        range.end(),
+                        WatchdogConfig::DEFAULT_WAIT_PERCENT
+                    )
+                })
+            }
             MethodConfig::FenceAgent(c) => {
                 self.ensure(c.agent.is_absolute(), "agent", || {
                     format!("`{}` must be an absolute path (it is executed directly)", c.agent.display())
@@ -1090,6 +1147,24 @@ mod tests {
         assert_eq!(c.levels[0].methods[0].kind(), MethodKind::Graceful);
         assert_eq!(c.levels[0].methods[0].name(), "graceful");
         assert_eq!(c.delay_for("any"), 0);
+    }
+
+    #[test]
+    fn a_watchdog_method_waits_a_margin_over_the_promise() {
+        let yaml = |extra: &str| {
+            format!("overall_timeout_ms: 30000\nlevels:\n  - methods:\n      - kind: watchdog\n        timeout_ms: 25000\n{extra}")
+        };
+        let c = FencingConfig::from_yaml_str(&yaml("")).unwrap();
+        assert_eq!(c.levels[0].methods[0].kind(), MethodKind::Watchdog);
+        let MethodConfig::Watchdog(w) = &c.levels[0].methods[0] else { panic!("{c:?}") };
+        assert_eq!(w.wait_percent, WatchdogConfig::DEFAULT_WAIT_PERCENT);
+        assert!(FencingConfig::from_yaml_str(&yaml("        wait_percent: 120\n")).is_ok());
+        for bad in ["100", "119", "1001"] {
+            let e = err(&yaml(&format!("        wait_percent: {bad}\n")));
+            assert!(e.contains("wait_percent") && e.contains("outside 120 to 1000"), "{bad}: {e}");
+        }
+        let e = err(&yaml("        promise_ms: 5000\n"));
+        assert!(e.contains("unknown field `promise_ms`"), "{e}");
     }
 
     #[test]

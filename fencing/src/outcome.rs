@@ -28,6 +28,8 @@ pub enum MethodKind {
     /// Power the target off with a Pacemaker / Red Hat cluster fence agent.
     #[serde(rename = "fence_agent")]
     FenceAgent,
+    /// Wait out the old active's own watchdog, which resets its host (self-fencing).
+    Watchdog,
 }
 
 impl MethodKind {
@@ -43,6 +45,7 @@ impl MethodKind {
             MethodKind::Isolate => "isolate",
             MethodKind::Token => "token",
             MethodKind::FenceAgent => "fence_agent",
+            MethodKind::Watchdog => "watchdog",
         }
     }
 }

@@ -33,6 +33,13 @@ pub struct FenceTarget {
     pub pidfile: Option<PathBuf>,
     /// The fencing token the old active held.
     pub token: FencingToken,
+    /// The old active's own promise (its agent's `watchdog.self_fence`): once its lock is gone
+    /// while its master may be active, its agent stops feeding a hardware or kernel watchdog,
+    /// which resets its host within this many milliseconds unless the agent demoted the master
+    /// first. Only that node can make the promise, so only its breadcrumb carries it; the
+    /// `watchdog` method waits on it. `None`: no promise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_fence_ms: Option<u64>,
 }
 
 impl FenceTarget {
@@ -47,6 +54,7 @@ impl FenceTarget {
             start_time: None,
             pidfile: None,
             token,
+            self_fence_ms: None,
         }
     }
 

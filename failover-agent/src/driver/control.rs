@@ -22,7 +22,7 @@ impl Driver {
         if let Some((reply, _, _)) = self.mem.pending_failover.take() {
             let _ = reply.send(Err("the agent is shutting down".into()));
         }
-        self.watchdog.stop();
+        self.watchdog.stop(self.master_may_be_active());
         info!("agent stopped");
     }
 
@@ -192,7 +192,7 @@ impl Driver {
 
     /// Applies a new configuration: timing of the loop, lease and backoff change live; the
     /// sections that bind resources (coordinator, master, health monitor, fencing, probes,
-    /// identity) need a restart and are left as they are.
+    /// watchdog, identity) need a restart and are left as they are.
     pub(super) fn reload(&mut self, new: AgentConfig) -> String {
         self.file_cfg = new.clone();
         // The cluster's settings stay over the new file, if the rules still take them.
@@ -233,9 +233,13 @@ impl Driver {
         if old.probes.listen != new.probes.listen {
             restart.push("probes");
         }
+        // The device is open with its timeout, and the promise made with it is in the breadcrumb.
+        if old.watchdog != new.watchdog {
+            restart.push("watchdog");
+        }
         let live_changed = format!("{:?}{:?}{:?}", old.lease, old.election, old.failsafe)
             != format!("{:?}{:?}{:?}", new.lease, new.election, new.failsafe);
-        let (cluster, node_id, coordinator, master, health, fencing, probes) = (
+        let (cluster, node_id, coordinator, master, health, fencing, probes, watchdog) = (
             old.cluster.clone(),
             old.node_id.clone(),
             old.coordinator.clone(),
@@ -243,8 +247,9 @@ impl Driver {
             old.health,
             old.fencing.clone(),
             old.probes.clone(),
+            old.watchdog.clone(),
         );
-        let merged = AgentConfig { cluster, node_id, coordinator, master, health, fencing, probes, ..new };
+        let merged = AgentConfig { cluster, node_id, coordinator, master, health, fencing, probes, watchdog, ..new };
         // The live settings must still satisfy the timing rules with the settings kept.
         if let Err(e) = merged.validate() {
             let message = format!("configuration reload refused: {e}");

@@ -115,6 +115,13 @@ impl Driver {
                             break;
                         }
                     }
+                    // The promise in the breadcrumb is kept from before the master may be active.
+                    if let Err(reason) = self.watchdog.arm(BootInstant::now()) {
+                        warn!("{reason}");
+                        self.status().last_failure = Some(reason.clone());
+                        self.mem.failure = Some(StepFailure { token: token_held, reason });
+                        break;
+                    }
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.election.promote_timeout_ms);
                     self.mem.token_issued = Some(*token);
@@ -208,6 +215,7 @@ impl Driver {
                         None => Err("no coordinator session".into()),
                         Some(c) => {
                             let r = self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ());
+                            self.lock_given_up();
                             self.mem.timeline.mark(Mark::now("lock_released"));
                             r
                         }
@@ -275,7 +283,8 @@ impl Driver {
                 }
             }
             self.mem.timeline.mark(Mark::now(format!("fence_started {}", target.node_id)));
-            let report = self.fencer.fence(target, new_token).await;
+            let fencer = self.fencer.clone();
+            let report = self.tended_during(fencer.fence(target, new_token)).await;
             // One mark per method attempt, at its end: the fence phase split by method.
             for e in &report.events {
                 let end = e.started_at + e.duration;
@@ -510,6 +519,7 @@ impl Driver {
         let stepped = c.step_down_cleanly(&crumb, token, lock_version, crumb_version);
         match self.coordinated("marking the breadcrumb clean", stepped).await {
             Ok(()) => {
+                self.lock_given_up();
                 self.mem.timeline.mark(Mark::now("lock_released"));
                 Ok(format!(
                     "handed over: master demoted with token {token}, breadcrumb marked clean and lock released; staying out for {} ms",
@@ -543,12 +553,24 @@ impl Driver {
     /// active fences this node), marking the release in the handover's recording.
     async fn release_recorded(&mut self, c: &Coordination, token: FencingToken) {
         let released = self.coordinated("releasing the lock", c.release(token)).await;
+        self.lock_given_up();
         self.mem.timeline.mark(Mark::now(if released.is_ok() { "lock_released" } else { "lock_release_failed" }));
+    }
+
+    /// After a release, answered or not: the lock may be gone, so it gives no authority until a
+    /// read finds it held again (a self-fencing watchdog starves meanwhile if the master may be
+    /// active).
+    fn lock_given_up(&mut self) {
+        // Not into the token history: if the release did not happen, the next read finds the
+        // lock ours again under the same token, which must not count as another acquisition's.
+        self.mem.tokens.held = None;
+        self.tend_watchdog();
     }
 
     /// Records what the master answered to a demotion made outside a cycle.
     pub(super) fn master_stepped(&mut self, status: crate::model::MasterStatus) {
         self.mem.master_answer = Some((status, BootInstant::now()));
+        self.mem.master_read = true;
         self.mem.promoted = track_promoted(self.mem.promoted, Some(status));
         self.status().master = Some(status);
         self.publish_guard();

@@ -170,6 +170,9 @@ struct Memory {
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
     /// The pending operator failover lifts the lag gate (`--allow-data-loss`).
     allow_data_loss: bool,
+    /// The master has answered since the agent started (a self-fencing watchdog is not fed
+    /// before: the master may be active from before the start).
+    master_read: bool,
 }
 
 /// How many past holders the agent keeps (a bound against a coordinator that keeps handing
@@ -219,6 +222,7 @@ impl Memory {
             promised: None,
             master_answer: None,
             allow_data_loss: false,
+            master_read: false,
         }
     }
 
@@ -260,8 +264,10 @@ struct Driver {
     peer_secret: Option<String>,
     /// Runs `on_role_change` hooks.
     role_hooks: crate::hooks::RoleChangeHooks,
-    /// Fed after every cycle while the health monitor is alive.
+    /// Fed after every cycle and during fences, as [`crate::watchdog::feed_verdict`] allows.
     watchdog: crate::watchdog::Watchdog,
+    /// The health monitor's reports, for the watchdog's "monitor alive" (read during fences too).
+    health_reports: watch::Receiver<HealthReport>,
     /// What the lease guard enforces: published on every renewal and after every cycle.
     guard: watch::Sender<GuardState>,
     /// Positions and candidacies read and published.
@@ -418,6 +424,7 @@ pub async fn run_with_control(
         peer_secret,
         role_hooks,
         watchdog,
+        health_reports: health_rx.clone(),
         guard: guard_tx,
         pub_state: publish::Publication::default(),
     };
@@ -475,15 +482,7 @@ impl Driver {
             self.read_cluster_pause(coord.as_ref()).await;
             self.cycle(&report, coord.as_ref()).await;
             self.check_schedule(coord.as_ref()).await;
-            // Feed the watchdog only while the health monitor is alive too: a stuck monitor
-            // would leave the agent deciding on stale facts.
-            let monitor_alive = report.last_check_at.is_some_and(|t| {
-                t.elapsed()
-                    <= Duration::from_millis(3 * self.cfg.health.interval_ms.max(self.cfg.health.timeout_ms) + 1000)
-            });
-            if monitor_alive {
-                self.watchdog.feed(BootInstant::now());
-            }
+            self.tend_watchdog();
 
             if let (Some(c), None) = (&coord, &lock_watch) {
                 // Only a wake-up: never worth outliving the lease for.
@@ -574,6 +573,49 @@ impl Driver {
         )
     }
 
+    /// What the watchdog's feeding rule looks at, now.
+    fn watchdog_facts(&self) -> crate::watchdog::FeedFacts {
+        let now = BootInstant::now();
+        // A stuck monitor would leave the agent deciding on stale facts.
+        let monitor_alive = self.health_reports.borrow().last_check_at.is_some_and(|t| {
+            t.elapsed() <= Duration::from_millis(3 * self.cfg.health.interval_ms.max(self.cfg.health.timeout_ms) + 1000)
+        });
+        crate::watchdog::FeedFacts {
+            monitor_alive,
+            authority: self.mem.tokens.held.is_some() && self.effective_until().is_some_and(|u| u > now),
+            master_may_be_active: self.master_may_be_active(),
+            master_read: self.mem.master_read,
+        }
+    }
+
+    /// Feeds the watchdog if its rule allows it now, and shows its state.
+    fn tend_watchdog(&mut self) {
+        let facts = self.watchdog_facts();
+        self.watchdog.tend(BootInstant::now(), facts);
+        if let Some(ms) = self.watchdog.promise_ms() {
+            self.status().watchdog = Some(crate::status::WatchdogStatus {
+                self_fence_ms: ms,
+                armed: self.watchdog.armed(),
+                starving: self.watchdog.starving().map(|s| s.to_string()),
+            });
+        }
+    }
+
+    /// Runs `work` (a fence, up to its chain's overall deadline; a coordinator call, up to its
+    /// await limit) while the watchdog is tended as between cycles, so a long but bounded step
+    /// does not look like a hung agent.
+    async fn tended_during<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.election.loop_interval_ms.clamp(50, 500)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => self.tend_watchdog(),
+            }
+        }
+    }
+
     /// Tells the lease guard the lease end in force and the token the master may be active with.
     fn publish_guard(&self) {
         let state = GuardState { until: self.effective_until(), armed: self.mem.promoted };
@@ -598,7 +640,7 @@ impl Driver {
             Duration::from_millis(self.cfg.coordinator.op_timeout_ms.saturating_mul(8))
         };
         let sent = BootInstant::now();
-        match tokio::time::timeout(limit, call).await {
+        match self.tended_during(tokio::time::timeout(limit, call)).await {
             Ok(Ok(v)) => {
                 self.acked(sent);
                 Ok(v)
@@ -675,6 +717,7 @@ impl Driver {
         let master_after = self.execute(&decision, &obs, coord).await;
         self.publish(&obs, coord).await;
         if let Some(m) = master_after {
+            self.mem.master_read = true;
             self.mem.master_answer = Some((m, BootInstant::now()));
             self.mem.promoted = track_promoted(self.mem.promoted, Some(m));
         }

@@ -36,6 +36,7 @@ impl Driver {
     /// bounded by the lease left while the master may be active.
     pub(super) async fn observe(&mut self, report: &HealthReport, coord: Option<&Coordination>) -> Observation {
         let master = self.master_view(report);
+        self.mem.master_read |= master.is_some();
         self.mem.promoted = track_promoted(self.mem.promoted, master);
         if let Some(c) = coord {
             self.count_staleness(&c.staleness_reports());

@@ -24,6 +24,7 @@ pub(crate) mod kill;
 pub(crate) mod shell;
 pub(crate) mod ssh;
 pub(crate) mod token;
+pub(crate) mod watchdog;
 
 /// A secret loaded at start-up. Its `Debug` never shows the value, so it cannot leak through
 /// logs or error messages.
@@ -88,6 +89,7 @@ pub(crate) enum Method {
     Isolate(isolate::Isolate),
     Token(token::TokenFloor),
     FenceAgent(fence_agent::FenceAgent),
+    Watchdog(watchdog::Watchdog),
 }
 
 /// What every method gets besides the target.
@@ -125,6 +127,7 @@ impl Method {
             MethodConfig::Isolate(c) => Method::Isolate(isolate::Isolate::new(c)),
             MethodConfig::Token(c) => Method::Token(token::TokenFloor::new(c, err)?),
             MethodConfig::FenceAgent(c) => Method::FenceAgent(fence_agent::FenceAgent::new(c, err)?),
+            MethodConfig::Watchdog(c) => Method::Watchdog(watchdog::Watchdog::new(c)),
         })
     }
 
@@ -140,6 +143,7 @@ impl Method {
             Method::Isolate(_) => MethodKind::Isolate,
             Method::Token(_) => MethodKind::Token,
             Method::FenceAgent(_) => MethodKind::FenceAgent,
+            Method::Watchdog(_) => MethodKind::Watchdog,
         }
     }
 
@@ -155,6 +159,7 @@ impl Method {
             Method::Isolate(m) => m.fence(ctx).await,
             Method::Token(m) => m.fence(ctx).await,
             Method::FenceAgent(m) => m.fence(ctx).await,
+            Method::Watchdog(m) => m.fence(ctx).await,
         }
     }
 
@@ -172,6 +177,10 @@ impl Method {
                 Readiness::Unchecked { why: "raising a token floor cannot be tried without raising it".into() }
             }
             Method::FenceAgent(m) => m.check(ctx).await,
+            Method::Watchdog(_) => Readiness::Unchecked {
+                why: "the watchdog's promise is known only from the old active's breadcrumb, when a fence begins"
+                    .into(),
+            },
         }
     }
 
@@ -190,7 +199,8 @@ impl Method {
             | Method::Ssh(_)
             | Method::Shell(_)
             | Method::Http(_)
-            | Method::Token(_) => false,
+            | Method::Token(_)
+            | Method::Watchdog(_) => false,
         }
     }
 
@@ -206,7 +216,8 @@ impl Method {
             | Method::Shell(_)
             | Method::Http(_)
             | Method::Token(_)
-            | Method::FenceAgent(_) => MethodOutcome::fenced("nothing to undo"),
+            | Method::FenceAgent(_)
+            | Method::Watchdog(_) => MethodOutcome::fenced("nothing to undo"),
         }
     }
 }
