@@ -434,6 +434,24 @@ impl AgentStatus {
             let on = u8::from(current == Some(name));
             out.push_str(&format!("referee_agent_blocked{{{labels},blocker=\"{name}\"}} {on}\n"));
         }
+        if let Some(wd) = &self.watchdog {
+            out.push_str(
+                "# HELP referee_agent_watchdog_armed 1 while the self-fencing watchdog device is open (armed).\n\
+                 # TYPE referee_agent_watchdog_armed gauge\n\
+                 # HELP referee_agent_watchdog_starving 1 while it is armed and not fed: the host resets within \
+                 referee_agent_watchdog_self_fence_seconds unless that changes.\n\
+                 # TYPE referee_agent_watchdog_starving gauge\n\
+                 # HELP referee_agent_watchdog_self_fence_seconds The reset time this node promises the others.\n\
+                 # TYPE referee_agent_watchdog_self_fence_seconds gauge\n",
+            );
+            let starving = u8::from(wd.armed && wd.starving.is_some());
+            out.push_str(&format!("referee_agent_watchdog_armed{{{labels}}} {}\n", u8::from(wd.armed)));
+            out.push_str(&format!("referee_agent_watchdog_starving{{{labels}}} {starving}\n"));
+            out.push_str(&format!(
+                "referee_agent_watchdog_self_fence_seconds{{{labels}}} {:.3}\n",
+                wd.self_fence_ms as f64 / 1000.0
+            ));
+        }
         out.push_str(
             "# HELP referee_agent_failsafe_rounds_total Failsafe rounds by outcome.\n\
              # TYPE referee_agent_failsafe_rounds_total counter\n",
@@ -542,6 +560,20 @@ mod tests {
         let m = s.metrics(BootInstant::now());
         assert!(m.contains("referee_agent_granted_session_timeout_seconds{cluster=\"c\",node=\"a\"} 6.000\n"), "{m}");
         assert!(m.contains("referee_agent_lease_session_timeout_seconds{cluster=\"c\",node=\"a\"} 2.500\n"), "{m}");
+    }
+
+    #[test]
+    fn a_self_fencing_watchdog_has_its_gauges() {
+        let mut s = AgentStatus::new("c", "a");
+        assert!(!s.metrics(BootInstant::now()).contains("referee_agent_watchdog"), "none without self-fencing");
+        s.watchdog = Some(WatchdogStatus { self_fence_ms: 4000, armed: true, starving: Some("no lease".into()) });
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_watchdog_armed{cluster=\"c\",node=\"a\"} 1\n"), "{m}");
+        assert!(m.contains("referee_agent_watchdog_starving{cluster=\"c\",node=\"a\"} 1\n"), "{m}");
+        assert!(m.contains("referee_agent_watchdog_self_fence_seconds{cluster=\"c\",node=\"a\"} 4.000\n"), "{m}");
+        s.watchdog = Some(WatchdogStatus { self_fence_ms: 4000, armed: false, starving: Some("not read".into()) });
+        let m = s.metrics(BootInstant::now());
+        assert!(m.contains("referee_agent_watchdog_starving{cluster=\"c\",node=\"a\"} 0\n"), "not armed: {m}");
     }
 
     #[test]

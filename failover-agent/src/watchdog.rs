@@ -173,6 +173,8 @@ pub struct Watchdog {
     promise_ms: Option<u64>,
     /// Why it is not fed now, if it is not.
     starving: Option<Starve>,
+    /// The last feed's failure, logged once until it changes or feeding works again.
+    failing: Option<String>,
 }
 
 /// The Linux watchdog interface's timeout requests (`linux/watchdog.h`).
@@ -260,7 +262,7 @@ impl Watchdog {
                 file: Some(open_device(path, *timeout_ms)?),
             },
         };
-        Ok(Watchdog { sink, last_feed: None, promise_ms: config.self_fence_ms(), starving: None })
+        Ok(Watchdog { sink, last_feed: None, promise_ms: config.self_fence_ms(), starving: None, failing: None })
     }
 
     /// The reset time promised to the other nodes, if this node self-fences.
@@ -295,8 +297,17 @@ impl Watchdog {
         }
         self.starving = verdict.err();
         if verdict.is_ok() {
-            if let Err(e) = self.feed(now) {
-                warn!("watchdog: {e}");
+            match self.feed(now) {
+                Err(e) if self.failing.as_ref() != Some(&e) => {
+                    warn!("watchdog: {e}");
+                    self.failing = Some(e);
+                }
+                Err(_) => {}
+                Ok(()) => {
+                    if self.failing.take().is_some() {
+                        info!("watchdog: fed again");
+                    }
+                }
             }
         }
     }
