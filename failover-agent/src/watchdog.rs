@@ -202,7 +202,7 @@ fn open_device(path: &std::path::Path, timeout_ms: Option<u64>) -> std::io::Resu
     let read = unsafe { wdioc::get_timeout(fd, &mut got) };
     match (set, read) {
         (_, Ok(_)) if i64::from(got) * 1000 > ms as i64 => {
-            // Disarm before refusing: nothing has promised anything with it yet.
+            // Disarm it: it is opened only when it may be fed, so no promise rests on it now.
             let mut file = file;
             let _ = file.write_all(b"V");
             Err(std::io::Error::other(format!(
