@@ -14,6 +14,11 @@
 //!   demoting its master fails (its demote program exits 1). Its lease runs out, the agent stops
 //!   feeding the device, and the emulated watchdog resets the host.
 //! - **Hung agent**: the active's agent is stopped (SIGSTOP), so nothing feeds the device.
+//! - **Restarted beside a hung master**: the active's agent is killed, its master stopped
+//!   (SIGSTOP, so it cannot be read), and the agent started again. The device its predecessor
+//!   armed stays armed (closed without `V`); the new agent must not open or feed it while it
+//!   cannot tell whether the master is active. Once the other node is active, the old master
+//!   is continued: left alive, it would take writes under its old token.
 //!
 //! Meanwhile the other node wins the lock and waits out the promise the old active published in
 //! its breadcrumb before it promotes.
@@ -186,6 +191,10 @@ enum Fault {
     CutOffAndUndemotable,
     /// Its agent stopped.
     HungAgent,
+    /// Its agent killed, its master hung (stopped), and the agent started again beside it: the
+    /// new agent cannot read the master, so it must not feed the device its predecessor armed.
+    /// Once the other node is active, the old master is continued.
+    RestartedBesideAHungMaster,
 }
 
 async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Result<()> {
@@ -230,6 +239,8 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         )
         .await?;
 
+    // The restarted agent of the last fault, kept running to the end.
+    let mut restarted = None;
     let (holed_at, holed) = match fault {
         Fault::CutOffAndUndemotable => {
             // A reload cannot take the promise back: the watchdog section needs a restart.
@@ -275,6 +286,33 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
             pair.agents[old].as_ref().context("the active's agent runs")?.signal(Signal::SIGSTOP)?;
             (Instant::now(), oracle.now())
         }
+        Fault::RestartedBesideAHungMaster => {
+            pair.agents[old].as_ref().context("the active's agent runs")?.signal(Signal::SIGKILL)?;
+            pair.masters[old].signal(Signal::SIGSTOP)?;
+            let at = (Instant::now(), oracle.now());
+            let back = pair.start_agent(old)?;
+            *devices[old].victims.lock().unwrap() = vec![pair.masters[old].pid(), back.pid()];
+            restarted = Some(back);
+            // The new agent answers its probes: its device is not armed, and not fed.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let st = pair.agent_json(old, "/status").await.unwrap_or_default();
+                if st["watchdog"]["starving"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("has not answered since the agent started"))
+                {
+                    ensure!(st["watchdog"]["armed"] == false, "the restarted agent armed the device: {st}");
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the restarted agent never said why it does not feed: {st}\n{}",
+                    logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            at
+        }
     };
 
     let record = oracle
@@ -287,6 +325,24 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         .await?;
     let promoted = record.promoted(new, None).context("the promotion is in the record")?;
     pair.wait_for_active_node(new, Duration::from_secs(15)).await?;
+    if fault == Fault::RestartedBesideAHungMaster {
+        // A master left alive would now take writes under its old token: give it a second.
+        let _ = pair.masters[old].signal(Signal::SIGCONT);
+        let since = oracle.now();
+        oracle
+            .wait_for(
+                Duration::from_secs(10),
+                "a second of writes on the new master after the old one was continued",
+                |r| {
+                    r.acks
+                        .iter()
+                        .filter(|a| a.node == new && a.sent >= since)
+                        .any(|a| a.sent >= since + Duration::from_secs(1))
+                },
+                logs,
+            )
+            .await?;
+    }
     let history = pair.agent_json(new, "/history").await.unwrap_or_default();
     let record = oracle.finish().await;
     // The masters' own acknowledgements first: no write on the old master once the new one
@@ -312,8 +368,9 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         ms(reset_oracle),
         record.timeline()
     );
+    // (A hung master acknowledges nothing: there the continued master is the test.)
     ensure!(
-        record.acks.iter().any(|a| a.node == old && a.sent > holed),
+        fault == Fault::RestartedBesideAHungMaster || record.acks.iter().any(|a| a.node == old && a.sent > holed),
         "the old master acknowledged nothing after the fault: the scenario did not happen\n{}",
         record.timeline()
     );
@@ -324,6 +381,7 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         marks.contains(&format!("fence {} by watchdog: fenced", NODES[old])),
         "the promotion's marks name the watchdog method: {promotion}"
     );
+    drop(restarted);
     Ok(())
 }
 
@@ -354,4 +412,5 @@ macro_rules! every_coordinator {
 every_coordinator! {
     a_cut_off_host_whose_master_cannot_be_demoted_is_reset_by_its_watchdog: CutOffAndUndemotable;
     a_host_whose_agent_hangs_is_reset_by_its_watchdog: HungAgent;
+    an_agent_restarted_beside_a_hung_master_does_not_feed_the_watchdog: RestartedBesideAHungMaster;
 }
