@@ -227,6 +227,16 @@ fn open_device(path: &std::path::Path, timeout_ms: Option<u64>) -> std::io::Resu
     }
 }
 
+/// An error about the device, naming it and what to do.
+fn named(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    let hint = if e.kind() == std::io::ErrorKind::NotFound {
+        ": load a watchdog driver (`modprobe softdog` where there is no hardware one) or fix watchdog.path"
+    } else {
+        ""
+    };
+    std::io::Error::new(e.kind(), format!("{}: {e}{hint}", path.display()))
+}
+
 impl Watchdog {
     /// Opens the watchdog. For systemd, `notify_socket` and `watchdog_usec` are the values of
     /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` (read by the binary); without a socket, systemd did
@@ -253,13 +263,13 @@ impl Watchdog {
                 },
             },
             WatchdogConfig::Device { path, timeout_ms, self_fence: true } => {
-                std::fs::metadata(path)?;
+                std::fs::metadata(path).map_err(|e| named(path, e))?;
                 Sink::Device { path: path.clone(), timeout_ms: *timeout_ms, file: None }
             }
             WatchdogConfig::Device { path, timeout_ms, self_fence: false } => Sink::Device {
                 path: path.clone(),
                 timeout_ms: *timeout_ms,
-                file: Some(open_device(path, *timeout_ms)?),
+                file: Some(open_device(path, *timeout_ms).map_err(|e| named(path, e))?),
             },
         };
         Ok(Watchdog { sink, last_feed: None, promise_ms: config.self_fence_ms(), starving: None, failing: None })
@@ -505,8 +515,9 @@ mod tests {
         .unwrap();
         let e = wd.arm(now).unwrap_err();
         assert!(e.contains("cannot arm the device /") && e.contains("not promoted"), "{e}");
-        // A self-fencing device that is not there stops the start.
-        assert!(Watchdog::open(&config, None, None).is_err());
+        // A self-fencing device that is not there stops the start, named with what to do.
+        let e = Watchdog::open(&config, None, None).err().expect("a device that is not there").to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains("modprobe softdog"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub enum AgentError {
     /// The admin and peer API could not start.
     #[error("admin API: {0}")]
     Admin(String),
+    /// The watchdog could not be opened.
+    #[error("watchdog: {0}")]
+    Watchdog(std::io::Error),
 }
 
 fn wall_ms() -> i64 {
@@ -387,7 +390,7 @@ pub async fn run_with_control(
         std::env::var_os("NOTIFY_SOCKET").map(Into::into),
         std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
     )
-    .map_err(|e| AgentError::Adapter(format!("watchdog: {e}")))?;
+    .map_err(AgentError::Watchdog)?;
     let (guard_tx, guard_rx) = watch::channel(GuardState::default());
     let guard = tokio::spawn(run_lease_guard(
         adapter.clone(),
