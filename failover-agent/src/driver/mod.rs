@@ -609,7 +609,9 @@ impl Driver {
     /// does not look like a hung agent.
     async fn tended_during<T>(&mut self, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.election.loop_interval_ms.clamp(50, 500)));
+        // The first tend one period in: the loop has just tended, and a short step needs none.
+        let period = Duration::from_millis(self.cfg.election.loop_interval_ms.clamp(50, 500));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
