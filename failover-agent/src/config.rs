@@ -647,6 +647,17 @@ impl AgentConfig {
                     ),
                 ));
             }
+            let most = crate::failsafe::MAX_PROMISE.as_millis();
+            if u128::from(self.failsafe.ttl_ms) > most {
+                return Err(invalid(
+                    "failsafe.ttl_ms",
+                    format!(
+                        "is {} ms; a peer promises to stay out of the election for at most {most} ms, and an \
+                         extension longer than its promise could outlast it: set at most {most}",
+                        self.failsafe.ttl_ms
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -996,6 +1007,11 @@ probes: {listen: "127.0.0.1:8301"}
         assert_eq!(cfg.failsafe_lease(), Duration::from_millis(3250));
         let e = with("failsafe: {enabled: true, ttl_ms: 1000}\nadmin: {token_env: X}").unwrap_err().to_string();
         assert!(e.contains("failsafe.ttl_ms"), "{e}");
+        // A peer promises at most `failsafe::MAX_PROMISE`: a longer extension would outlast it.
+        let e = with("failsafe: {enabled: true, ttl_ms: 900000}\nadmin: {token_env: X}").unwrap_err().to_string();
+        assert!(e.contains("failsafe.ttl_ms") && e.contains("600000"), "{e}");
+        let cfg = with("failsafe: {enabled: true, ttl_ms: 600000}\nadmin: {token_env: X}").unwrap();
+        assert!(cfg.failsafe_lease() < crate::failsafe::MAX_PROMISE);
     }
 
     #[test]
