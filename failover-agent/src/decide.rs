@@ -665,6 +665,21 @@ fn hold(
             format!("holding the lock (token {token}) but the coordinator is not connected; waiting"),
         );
     }
+    // A handover that could not read the lock demoted the master and left the lock to a later
+    // cycle: while the node stays out of the election, the lock is released, not used again.
+    if let Some(left) = obs.backoff_until.filter(|until| *until > obs.now).map(|until| until.saturating_since(obs.now))
+    {
+        let release = Step::ReleaseLock { token, backoff: Duration::ZERO };
+        let steps =
+            if master_active { vec![Step::Demote { token, best_effort: true }, release] } else { vec![release] };
+        return decision(
+            steps,
+            format!(
+                "holding the lock with token {token} while staying out of the election for {} ms more: releasing it",
+                ms(left)
+            ),
+        );
+    }
     if matches!(obs.master, Some(MasterStatus { state: HaState::Initializing, .. })) {
         return decision(vec![], format!("holding the lock (token {token}); the master is still initializing"));
     }
@@ -1309,6 +1324,41 @@ mod tests {
         o.lock = ours(45);
         o.token_floor = t(crate::tokens::TOKEN_LIMIT);
         refused(o, "would exceed the highest usable token");
+    }
+
+    #[test]
+    fn a_lock_still_held_while_staying_out_is_released_not_promoted_again() {
+        // A handover whose lock read failed demoted the master and set the period to stay
+        // out; the next cycle reads the lock as ours with the master standby under its token.
+        let mut o = base();
+        o.lock = ours(45);
+        o.breadcrumb = crumb("a", 45, false);
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
+        o.token_issued = Some(t(45));
+        o.backoff_until = Some(now() + Duration::from_secs(30));
+        check(
+            o.clone(),
+            vec![Step::ReleaseLock { token: t(45), backoff: Duration::ZERO }],
+            "holding the lock with token 45 while staying out of the election for 30000 ms more: releasing it",
+        );
+        // A master active under another token is demoted first.
+        o.master = active(44);
+        check(
+            o.clone(),
+            vec![
+                Step::Demote { token: t(45), best_effort: true },
+                Step::ReleaseLock { token: t(45), backoff: Duration::ZERO },
+            ],
+            "holding the lock with token 45 while staying out of the election for 30000 ms more: releasing it",
+        );
+        // A master still active under the lock's token (its demotion failed) keeps the role the
+        // lock gives it: releasing the lock would leave it active with nobody holding it.
+        o.master = active(45);
+        check(o.clone(), vec![], "active with token 45; lease 500 ms left");
+        // Once the period is over the lock is held as usual.
+        o.master = Some(MasterStatus { state: HaState::Standby, token: t(45), position: None });
+        o.backoff_until = Some(now());
+        assert_eq!(decide(&o, &Policy::with_backoff(BACKOFF)).steps, vec![Step::Promote { token: t(45) }]);
     }
 
     #[test]
