@@ -23,6 +23,9 @@
 //! Meanwhile the other node wins the lock and waits out the promise the old active published in
 //! its breadcrumb before it promotes.
 //!
+//! And one case without a fault: a promotion slower than the watchdog's timeout (within its own
+//! deadline and the lease) must not reset the host; the agent is busy, not hung.
+//!
 //! Before the first fault, the active's configuration is reloaded with `self_fence: false`: the
 //! agent must keep its promise (the section needs a restart).
 //!
@@ -151,13 +154,29 @@ impl Drop for EmulatedWatchdog {
 }
 
 /// Each node's agent: its own emulated device with self-fencing, the `watchdog` method alone,
-/// and a demote program that fails while `demote-fails-<node>` exists in `dir`.
-fn agent_yaml(dir: &Path, node: &str, bin: &str) -> String {
+/// and a demote program that fails while `demote-fails-<node>` exists in `dir`. With
+/// `slow_promotion`, the promote program takes that long first (and the adapter's and the
+/// election's deadlines allow it).
+fn agent_yaml(dir: &Path, node: &str, bin: &str, slow_promotion: Option<Duration>) -> String {
     let flag = dir.join(format!("demote-fails-{node}"));
     let demote = format!(
         "test -e {} && exit 1; exec {bin} master-command demote --url {{master_url}} --timeout-ms 1000",
         flag.display()
     );
+    let promote = match slow_promotion {
+        None => String::new(),
+        Some(d) => {
+            let program = format!(
+                "sleep {}; exec {bin} master-command promote --url {{master_url}} --timeout-ms 1000",
+                d.as_secs_f64()
+            );
+            let allowed = d.as_millis() + 2000;
+            format!(
+                "    promote: [\"/bin/sh\", \"-c\", {}]\n    timeout_ms: {allowed}\nelection:\n  promote_timeout_ms: {allowed}\n",
+                serde_json::json!(program)
+            )
+        }
+    };
     format!(
         r#"watchdog:
   kind: device
@@ -167,7 +186,7 @@ fn agent_yaml(dir: &Path, node: &str, bin: &str) -> String {
 master:
   adapter:
     demote: ["/bin/sh", "-c", {demote}]
-fencing:
+{promote}fencing:
   overall_timeout_ms: 20000
   levels:
     - methods:
@@ -211,7 +230,7 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         timings: Timings::referee(),
         master: MasterKind::Command,
         proxied_agents: true,
-        extra_agent_yaml: NODES.iter().map(|node| agent_yaml(&dir.0, node, bin)).collect(),
+        extra_agent_yaml: NODES.iter().map(|node| agent_yaml(&dir.0, node, bin, None)).collect(),
         admin: false,
         journal: false,
     };
@@ -382,6 +401,59 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
         "the promotion's marks name the watchdog method: {promotion}"
     );
     drop(restarted);
+    Ok(())
+}
+
+/// A promotion that takes longer than the watchdog's timeout, within its own deadline and the
+/// lease, is a busy agent, not a hung one: the device is fed while the master promotes, and no
+/// host is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_slower_than_the_watchdog_timeout_does_not_reset_the_host() -> Result<()> {
+    let slow = Duration::from_millis(WATCHDOG_MS + 1500);
+    let dir = ScratchDir::new("watchdog-slow")?;
+    let devices = NODES
+        .iter()
+        .map(|node| EmulatedWatchdog::start(&dir.0, node, Duration::from_millis(WATCHDOG_MS)))
+        .collect::<Result<Vec<_>>>()?;
+    let bin = env!("CARGO_BIN_EXE_referee");
+    // A session long enough for a lease that covers the slow promotion.
+    let timings = Timings { session_timeout_ms: 12_000, tick_ms: 1000, ..Timings::referee() };
+    let spec = PairSpec {
+        bin: bin.into(),
+        lean_agent: None,
+        coordinator: CoordinatorKind::Bundled,
+        timings,
+        master: MasterKind::Command,
+        proxied_agents: false,
+        extra_agent_yaml: NODES.iter().map(|node| agent_yaml(&dir.0, node, bin, Some(slow))).collect(),
+        admin: false,
+        journal: false,
+    };
+    let pair = Pair::start(spec).await?;
+    let logs = || format!("--- agent a ---\n{}\n--- agent b ---\n{}", pair.agent_log_tail(0), pair.agent_log_tail(1));
+    let active = pair.wait_for_active(Duration::from_secs(40)).await.with_context(logs)?;
+    let history = pair.agent_json(active, "/history").await.unwrap_or_default();
+    let promote_ms = history["transitions"]
+        .as_array()
+        .and_then(|t| t.iter().rev().find_map(|t| t["phases"]["promote_ms"].as_u64()))
+        .with_context(|| format!("the promotion's phases in {history}"))?;
+    ensure!(
+        promote_ms > WATCHDOG_MS,
+        "the promotion took {promote_ms} ms, not longer than the watchdog's {WATCHDOG_MS} ms: {history}"
+    );
+    for (i, device) in devices.iter().enumerate() {
+        ensure!(
+            device.reset_at().is_none(),
+            "host {} was reset by its watchdog; the promotion took {promote_ms} ms\n{}",
+            NODES[i],
+            logs()
+        );
+    }
+    let st = pair.agent_json(active, "/status").await.unwrap_or_default();
+    ensure!(
+        st["watchdog"]["armed"] == true && st["watchdog"]["starving"].is_null(),
+        "the active's watchdog is armed and fed: {st}"
+    );
     Ok(())
 }
 

@@ -41,7 +41,7 @@ impl Driver {
                 // The cluster's record may have just been deleted (`referee admin resume`):
                 // read it now rather than stay paused on the last reading.
                 if let Some(c) = coord {
-                    if let Ok(record) = c.read_pause().await {
+                    if let Ok(record) = self.tended_during(c.read_pause()).await {
                         self.mem.cluster_pause = record;
                     }
                 }
@@ -109,7 +109,8 @@ impl Driver {
             }
             ControlRequest::PeerFence { token, reply } => {
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
-                let outcome = match self.adapter.demote(token, deadline).await {
+                let adapter = self.adapter.clone();
+                let outcome = match self.tended_during(adapter.demote(token, deadline)).await {
                     // Standby is not enough: as for `graceful`, the master must hold the new
                     // token, or a delayed promotion with an older one could still take.
                     Ok(s) => match (HaStatus { state: s.state, token: s.token }).judge_step_down(token) {
@@ -339,11 +340,10 @@ impl Driver {
         if let Some(secret) = &self.cfg_peer_secret() {
             request = request.bearer_auth(secret);
         }
-        let answer = request
+        let call = request
             .timeout(Duration::from_millis(self.cfg.lease.demote_deadline_ms + self.cfg.coordinator.op_timeout_ms * 4))
-            .send()
-            .await
-            .map_err(|e| format!("asking {} to cede: {e}", record.node_id))?;
+            .send();
+        let answer = self.tended_during(call).await.map_err(|e| format!("asking {} to cede: {e}", record.node_id))?;
         if !answer.status().is_success() {
             let body = answer.text().await.unwrap_or_default();
             return Err(format!("{} refused to cede: {body}", record.node_id));
@@ -378,7 +378,7 @@ impl Driver {
             return;
         }
         self.mem.schedule_age = 0;
-        let (record, version) = match c.read_switchover().await {
+        let (record, version) = match self.tended_during(c.read_switchover()).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
@@ -390,13 +390,13 @@ impl Driver {
         match due(&record, &self.cfg.node_id, wall_ms()) {
             Due::NotMine | Due::Wait(_) => {}
             Due::Missed(late_ms) => {
-                if let Ok(true) = c.take_switchover(version).await {
+                if let Ok(true) = self.tended_during(c.take_switchover(version)).await {
                     warn!(to = %record.to, at_ms = at, late_ms, asked_by = %record.requested_by,
                         "a scheduled switchover was found after its window had passed: dropped, not carried out");
                 }
             }
             Due::Run => {
-                match c.take_switchover(version).await {
+                match self.tended_during(c.take_switchover(version)).await {
                     Ok(true) => {}
                     Ok(false) => return, // cancelled or replaced since the read
                     Err(e) => {
@@ -436,7 +436,7 @@ impl Driver {
             return;
         }
         self.mem.pause_age = 0;
-        match c.read_pause().await {
+        match self.tended_during(c.read_pause()).await {
             Ok(record) => {
                 self.mem.pause_read = true;
                 self.mem.cluster_pause = record;
@@ -444,11 +444,11 @@ impl Driver {
             }
             Err(e) => debug!("reading the cluster's pause record: {e}"),
         }
-        match c.read_drained().await {
+        match self.tended_during(c.read_drained()).await {
             Ok(record) => self.apply_drain(record),
             Err(e) => debug!("reading this node's drain record: {e}"),
         }
-        match c.read_cluster_settings().await {
+        match self.tended_during(c.read_cluster_settings()).await {
             Ok(read) => self.apply_cluster_settings(read),
             Err(e) => debug!("reading the cluster's settings: {e}"),
         }

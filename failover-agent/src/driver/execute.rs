@@ -105,9 +105,10 @@ impl Driver {
                         );
                         break;
                     }
-                    if let Some(hook) = &self.cfg.hooks.pre_promote {
+                    if let Some(hook) = self.cfg.hooks.pre_promote.clone() {
+                        let (cluster, node) = (self.cfg.cluster.clone(), self.cfg.node_id.clone());
                         if let Err(veto) =
-                            crate::hooks::pre_promote(hook, &self.cfg.cluster, &self.cfg.node_id, *token).await
+                            self.tended_during(crate::hooks::pre_promote(&hook, &cluster, &node, *token)).await
                         {
                             warn!("{veto}");
                             self.status().last_failure = Some(veto.clone());
@@ -129,7 +130,8 @@ impl Driver {
                     // token: the guard enforces the lease on it even if the answer is lost.
                     self.mem.promoted = Some(self.mem.promoted.map_or(*token, |p| p.max(*token)));
                     self.publish_guard();
-                    match self.adapter.promote(*token, deadline).await {
+                    let adapter = self.adapter.clone();
+                    match self.tended_during(adapter.promote(*token, deadline)).await {
                         Ok(status) => {
                             master_after = Some(status);
                             self.mem.phases.promote_ms = started.elapsed().as_millis() as u64;
@@ -148,7 +150,8 @@ impl Driver {
                     self.mem.timeline.mark(Mark::now("demote_sent"));
                     let deadline =
                         tokio::time::Instant::now() + Duration::from_millis(self.cfg.lease.demote_deadline_ms);
-                    let demoted = self.adapter.demote(*token, deadline).await;
+                    let adapter = self.adapter.clone();
+                    let demoted = self.tended_during(adapter.demote(*token, deadline)).await;
                     self.mark_demotion(demoted.is_ok());
                     match demoted {
                         Ok(status) => {
@@ -470,7 +473,8 @@ impl Driver {
             Handover::DemoteOnly { token } => {
                 self.record_handover([asked, Mark::now("demote_sent")]);
                 let deadline = tokio::time::Instant::now() + demote_deadline;
-                let demoted = self.adapter.demote(token, deadline).await;
+                let adapter = self.adapter.clone();
+                let demoted = self.tended_during(adapter.demote(token, deadline)).await;
                 self.mark_demotion(demoted.is_ok());
                 return match demoted {
                     Ok(s) => {
@@ -488,7 +492,8 @@ impl Driver {
         };
         self.record_handover([asked, Mark::now("demote_sent")]);
         let deadline = tokio::time::Instant::now() + demote_deadline;
-        let demoted = self.adapter.demote(token, deadline).await;
+        let adapter = self.adapter.clone();
+        let demoted = self.tended_during(adapter.demote(token, deadline)).await;
         self.mark_demotion(demoted.is_ok());
         match demoted {
             Ok(s) => self.master_stepped(s),

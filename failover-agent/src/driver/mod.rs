@@ -490,7 +490,8 @@ impl Driver {
             if let (Some(c), None) = (&coord, &lock_watch) {
                 // Only a wake-up: never worth outliving the lease for.
                 let sent = BootInstant::now();
-                match tokio::time::timeout(self.await_limit(), c.watch_lock()).await {
+                let limit = self.await_limit();
+                match self.tended_during(tokio::time::timeout(limit, c.watch_lock())).await {
                     Ok(Ok(w)) => {
                         self.acked(sent);
                         lock_watch = Some(w);
@@ -605,8 +606,9 @@ impl Driver {
     }
 
     /// Runs `work` (a fence, up to its chain's overall deadline; a coordinator call, up to its
-    /// await limit) while the watchdog is tended as between cycles, so a long but bounded step
-    /// does not look like a hung agent.
+    /// await limit; a promotion or demotion, up to its deadline; a hook) while the watchdog is
+    /// tended as between cycles, so a long but bounded step does not look like a hung agent.
+    /// Every await of the decision loop that can last longer than a moment goes through here.
     async fn tended_during<T>(&mut self, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         // The first tend one period in: the loop has just tended, and a short step needs none.

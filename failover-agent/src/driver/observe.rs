@@ -69,7 +69,7 @@ impl Driver {
             // the demotion would come late; each read is bounded afresh, by what is left then.
             let read_limit = self.await_limit();
             let sent = BootInstant::now();
-            match tokio::time::timeout(read_limit, c.read_lock_with_record()).await {
+            match self.tended_during(tokio::time::timeout(read_limit, c.read_lock_with_record())).await {
                 Ok(Ok((v, base, record))) => {
                     self.acked(sent);
                     if let (LockView::Peer { .. } | LockView::OursFromOldSession { .. }, Some(r)) = (&v, &record) {
@@ -84,7 +84,7 @@ impl Driver {
             if !matches!(lock, LockView::Unknown) {
                 let read_limit = self.await_limit();
                 let sent = BootInstant::now();
-                match tokio::time::timeout(read_limit, c.read_breadcrumb()).await {
+                match self.tended_during(tokio::time::timeout(read_limit, c.read_breadcrumb())).await {
                     Ok(Ok(b)) => {
                         self.acked(sent);
                         if let BreadcrumbView::Present { crumb, .. } = &b {
@@ -106,7 +106,8 @@ impl Driver {
             }
             if need_members && !matches!(lock, LockView::Unknown) {
                 let sent = BootInstant::now();
-                if let Ok(Ok(m)) = tokio::time::timeout(self.await_limit(), c.members()).await {
+                let limit = self.await_limit();
+                if let Ok(Ok(m)) = self.tended_during(tokio::time::timeout(limit, c.members())).await {
                     self.acked(sent);
                     self.mem.members = m;
                     self.mem.members_age = 0;

@@ -37,7 +37,8 @@ impl Driver {
             return;
         }
         let sent = BootInstant::now();
-        match tokio::time::timeout(self.await_limit(), coord.read_position()).await {
+        let limit = self.await_limit();
+        match self.tended_during(tokio::time::timeout(limit, coord.read_position())).await {
             Ok(Ok(read)) => {
                 self.acked(sent);
                 self.pub_state.read_at = Some(now);
@@ -86,7 +87,8 @@ impl Driver {
                     token,
                 };
                 let sent = BootInstant::now();
-                match tokio::time::timeout(self.await_limit(), coord.publish_position(&record, version)).await {
+                let limit = self.await_limit();
+                match self.tended_during(tokio::time::timeout(limit, coord.publish_position(&record, version))).await {
                     Ok(Ok(())) => {
                         self.acked(sent);
                         self.pub_state.position_sent_at = Some(now);
@@ -111,7 +113,8 @@ impl Driver {
         }
         let member = Member { candidacy: Some(mine.clone()), ..self.member() };
         let sent = BootInstant::now();
-        match tokio::time::timeout(self.await_limit(), coord.publish_member(&member)).await {
+        let limit = self.await_limit();
+        match self.tended_during(tokio::time::timeout(limit, coord.publish_member(&member))).await {
             Ok(Ok(())) => {
                 self.acked(sent);
                 self.pub_state.candidacy_sent = Some((mine, now, session_id));
