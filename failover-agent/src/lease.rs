@@ -81,12 +81,14 @@ pub struct Lease {
     granted: Option<Duration>,
     /// Send time of the latest answered request, and the granted timeout in effect then.
     last_ack: Option<(BootInstant, Duration)>,
+    /// Whether the session's answers back this node's master (see [`Lease::connected`]).
+    bound: bool,
 }
 
 impl Lease {
     /// No session yet: no lease.
     pub fn new(rule: LeaseRule) -> Self {
-        Lease { rule, granted: None, last_ack: None }
+        Lease { rule, granted: None, last_ack: None, bound: false }
     }
 
     /// The rule in force.
@@ -105,9 +107,21 @@ impl Lease {
     /// A later grant replaces an earlier one at once, also for the acknowledgements gathered
     /// under the earlier one: the ensemble measures the session from its last touch with the
     /// timeout it holds now, so a shorter grant after a reconnect shortens the lease at once.
-    pub fn connected(&mut self, granted: Duration, sent: BootInstant) {
+    ///
+    /// `backs_at_once` is false for a session made while the master may be active, or while a
+    /// lock of an earlier session is still counted as held (failsafe): that session's answers
+    /// say nothing about a lock it does not hold, so it gives no lease until a lock read says
+    /// it holds the lock ([`Lease::bind`]). A master promoted under the old session is then
+    /// kept only by failsafe, or demoted.
+    pub fn connected(&mut self, granted: Duration, sent: BootInstant, backs_at_once: bool) {
         self.granted = Some(granted);
+        self.bound = backs_at_once;
         self.renew(sent);
+    }
+
+    /// A lock read answered that this session holds the lock: its lease backs the master.
+    pub fn bind(&mut self) {
+        self.bound = true;
     }
 
     /// Takes the granted session timeout as the client reports it now (see
@@ -130,6 +144,7 @@ impl Lease {
     pub fn session_ended(&mut self) {
         self.granted = None;
         self.last_ack = None;
+        self.bound = false;
     }
 
     /// The granted timeout in effect, if a session is connected.
@@ -142,8 +157,12 @@ impl Lease {
         self.rule.budget(self.granted?)
     }
 
-    /// When the lease ends; `None` without a session or with a grant that leaves nothing.
+    /// When the lease ends; `None` without a session, with a grant that leaves nothing, or for
+    /// a session that does not back the master yet.
     pub fn until(&self) -> Option<BootInstant> {
+        if !self.bound {
+            return None;
+        }
         let (sent, granted_then) = self.last_ack?;
         // The shorter of the grant the acknowledgement was made under and the one in force now.
         let granted = self.granted?.min(granted_then);
@@ -250,7 +269,7 @@ mod tests {
         assert_eq!(l.until(), None, "no session, no lease");
         l.renew(at(1000));
         assert_eq!(l.until(), None, "an answer without a granted timeout proves nothing");
-        l.connected(ms(2500), at(1000));
+        l.connected(ms(2500), at(1000), true);
         assert_eq!(l.until(), Some(at(2750)));
         l.renew(at(1500));
         assert_eq!(l.until(), Some(at(3250)));
@@ -267,7 +286,7 @@ mod tests {
     #[test]
     fn a_reconnect_with_a_shorter_grant_shortens_the_lease_at_once() {
         let mut l = Lease::new(rule());
-        l.connected(ms(10_000), at(0));
+        l.connected(ms(10_000), at(0), true);
         l.renew(at(1000));
         assert_eq!(l.until(), Some(at(1000 + 9250)));
         // Reconnected to a server that grants 2500 ms: the lease follows it from now on, and
@@ -287,9 +306,29 @@ mod tests {
     }
 
     #[test]
+    fn a_new_session_backs_a_master_that_may_be_active_only_once_it_holds_the_lock() {
+        // The session that held the lock expired with the master possibly active, and a new
+        // one is made: its answers say nothing about a lock it does not hold.
+        let mut l = Lease::new(rule());
+        l.connected(ms(2500), at(0), true);
+        l.session_ended();
+        l.connected(ms(2500), at(5000), false);
+        l.renew(at(5100));
+        assert_eq!(l.until(), None, "a new session backs nothing before it holds the lock");
+        assert!(!l.may_promote_for(at(5100), ms(1)));
+        // A lock read says this session holds it: the lease counts from the latest answer.
+        l.bind();
+        assert_eq!(l.until(), Some(at(5100 + 1750)));
+        // Bound until the session ends; the next unbound session starts again from nothing.
+        l.session_ended();
+        l.connected(ms(2500), at(9000), false);
+        assert_eq!(l.until(), None);
+    }
+
+    #[test]
     fn promotion_must_end_inside_the_lease() {
         let mut l = Lease::new(rule());
-        l.connected(ms(2500), at(0));
+        l.connected(ms(2500), at(0), true);
         // 1750 ms lease.
         assert!(l.may_promote_for(at(0), ms(1000)));
         assert!(l.may_promote_for(at(749), ms(1000)));

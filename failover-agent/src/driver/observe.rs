@@ -222,6 +222,14 @@ impl Driver {
         for token in self.mem.tokens.observe(lock, breadcrumb, master, session, keep_unread, now) {
             warn!(%token, "ignoring a token above the highest usable token");
         }
+        // The lock is this session's, or nothing of an earlier one may be serving (the master
+        // read not active, not promoted, no lock kept): its lease backs the master from now on.
+        let nothing_serving = master.is_some_and(|m| m.state != HaState::Active)
+            && self.mem.promoted.is_none()
+            && self.mem.tokens.held.is_none();
+        if matches!(lock, LockView::Ours { .. }) || nothing_serving {
+            self.mem.lease.bind();
+        }
     }
 
     /// Takes in a finished failsafe round.

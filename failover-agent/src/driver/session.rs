@@ -106,9 +106,13 @@ impl Driver {
     }
 
     /// A new session is up: the lease starts from its connect's send time under the timeout it
-    /// was granted.
+    /// was granted, if it backs the master from the start: only when nothing of an earlier
+    /// session may be serving (the master read, not active, not promoted, and no lock kept);
+    /// otherwise from the first lock read that says this session holds the lock.
     pub(super) fn session_made(&mut self, c: &Coordination, sent: BootInstant) {
-        self.mem.lease.connected(c.lease_timeout(), sent);
+        let master_standby = self.status().master.is_some_and(|m| m.state != HaState::Active);
+        let backs_at_once = master_standby && self.mem.promoted.is_none() && self.mem.tokens.held.is_none();
+        self.mem.lease.connected(c.lease_timeout(), sent, backs_at_once);
         self.mem.pause_read = false;
         // A new session may be on a coordinator that lost its data and counts zxids again from
         // the bottom: the settings record's next reading is acted on whatever its zxid.
