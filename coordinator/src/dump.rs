@@ -66,12 +66,13 @@ fn describe_txn(txn: &Txn) -> (String, String) {
         TxnOp::CloseSession { expired: false } => ("closeSession".into(), session),
         TxnOp::CloseSession { expired: true } => ("expireSession".into(), session),
         TxnOp::MoveSession { to_server } => ("moveSession".into(), format!("{session} to server {to_server}")),
+        TxnOp::ClaimSession { server } => ("moveSession".into(), format!("{session} to server {server}, its owner")),
         TxnOp::EnsembleConfig { members } => {
             let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
             ("ensembleConfig".into(), format!("members {}", ids.join(",")))
         }
-        TxnOp::Write(op) => describe_write(op),
-        TxnOp::Multi(ops) => {
+        TxnOp::Write(op) | TxnOp::WriteVia { op, .. } => describe_write(op),
+        TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } => {
             let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();
             (format!("multi({})", ops.len()), paths.join(" "))
         }
@@ -323,7 +324,8 @@ pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> 
 
 fn read_one(path: &Path, bytes: &[u8]) -> Result<(String, DataTree), String> {
     let parts = snapshot::parse(path, bytes).map_err(|e| e.to_string())?;
-    let tree = snapshot::decode_tree(parts.tree_bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tree =
+        snapshot::decode_tree(parts.tree_bytes, parts.version).map_err(|e| format!("{}: {e}", path.display()))?;
     let line = format!(
         "cluster {}, format {}, last applied {}, {} bytes",
         parts.cluster_id,

@@ -119,6 +119,8 @@ pub enum ErrorCode {
     ReconfigDisabled,
     /// -125: a quota was exceeded (here: the connection's watch limit).
     QuotaExceeded,
+    /// -118: the session moved to another server; a write sent through this one is refused.
+    SessionMoved,
 }
 
 impl ErrorCode {
@@ -142,6 +144,7 @@ impl ErrorCode {
             ErrorCode::NoWatcher => -121,
             ErrorCode::ReconfigDisabled => -123,
             ErrorCode::QuotaExceeded => -125,
+            ErrorCode::SessionMoved => -118,
         }
     }
 }

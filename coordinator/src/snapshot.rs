@@ -43,8 +43,9 @@ use crate::tree::DataTree;
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RFSN";
 /// The last four bytes of a whole snapshot file.
 pub const SNAPSHOT_END_MAGIC: [u8; 4] = *b"RFSE";
-/// The format version this build writes and the newest it reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The format version this build writes and the newest it reads. Version 2 added the
+/// sessions' owners to the tree; version 1 trees are read as having none.
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Bytes before the header record.
 const PREFIX_LEN: usize = 16;
 /// Bytes of the trailer.
@@ -337,7 +338,7 @@ pub fn decode(path: &Path, bytes: &[u8], cluster_id: u64) -> Result<(SnapshotHea
         });
     }
     let tree_at = bytes.len() - TRAILER_LEN - parts.tree_bytes.len();
-    let tree = decode_tree(parts.tree_bytes).map_err(|reason| SnapshotError::Corrupt {
+    let tree = decode_tree(parts.tree_bytes, parts.version).map_err(|reason| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         offset: tree_at as u64,
         reason,
@@ -345,9 +346,14 @@ pub fn decode(path: &Path, bytes: &[u8], cluster_id: u64) -> Result<(SnapshotHea
     Ok((parts.header, tree))
 }
 
-/// Decodes the tree bytes of a snapshot.
-pub fn decode_tree(bytes: &[u8]) -> Result<DataTree, String> {
-    match postcard::take_from_bytes::<DataTree>(bytes) {
+/// Decodes the tree bytes of a snapshot in format `version`.
+pub fn decode_tree(bytes: &[u8], version: u32) -> Result<DataTree, String> {
+    let decoded = if version < 2 {
+        postcard::take_from_bytes::<crate::tree::TreeFieldsV1>(bytes).map(|(t, rest)| (DataTree::from(t), rest))
+    } else {
+        postcard::take_from_bytes::<DataTree>(bytes)
+    };
+    match decoded {
         Ok((tree, [])) => Ok(tree),
         Ok((_, rest)) => Err(format!("{} bytes left over after the tree", rest.len())),
         Err(e) => Err(format!("the tree does not decode: {e}")),
@@ -752,7 +758,7 @@ mod tests {
         let snaps = open(&fs, 3);
         let name = snaps.write(&header(3), &DataTree::new()).unwrap();
         let b = fs.read(&dir().join(name)).unwrap();
-        assert_eq!(b[0..16], [b'R', b'F', b'S', b'N', 1, 0, 0, 0, 0xed, 0x5e, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(b[0..16], [b'R', b'F', b'S', b'N', 2, 0, 0, 0, 0xed, 0x5e, 0, 0, 0, 0, 0, 0]);
         let n = b.len();
         let tree_len = u64::from_le_bytes(b[n - 16..n - 8].try_into().unwrap());
         assert_eq!(tree_len, postcard::to_stdvec(&DataTree::new()).unwrap().len() as u64);

@@ -176,6 +176,9 @@ pub struct DataTree {
     last_zxid: Zxid,
     /// Paths of containers and TTL nodes, the candidates for reaping.
     reapable: imbl::OrdSet<String>,
+    /// The server that owns each session claimed by one ([`TxnOp::ClaimSession`]): writes for
+    /// it through any other server are refused. A session never claimed takes them from any.
+    owners: imbl::OrdMap<SessionId, u64>,
     /// Whether TTL nodes may be created (a server setting every member must share).
     #[serde(skip)]
     extended_types: bool,
@@ -192,6 +195,29 @@ struct TreeFields {
     sessions: imbl::OrdMap<SessionId, Session>,
     last_zxid: Zxid,
     reapable: imbl::OrdSet<String>,
+    owners: imbl::OrdMap<SessionId, u64>,
+}
+
+/// A tree as snapshot format version 1 holds it: without the sessions' owners (no session
+/// had one before [`TxnOp::ClaimSession`]).
+#[derive(Deserialize)]
+pub(crate) struct TreeFieldsV1 {
+    nodes: imbl::OrdMap<String, Arc<Node>>,
+    sessions: imbl::OrdMap<SessionId, Session>,
+    last_zxid: Zxid,
+    reapable: imbl::OrdSet<String>,
+}
+
+impl From<TreeFieldsV1> for DataTree {
+    fn from(f: TreeFieldsV1) -> Self {
+        DataTree::from(TreeFields {
+            nodes: f.nodes,
+            sessions: f.sessions,
+            last_zxid: f.last_zxid,
+            reapable: f.reapable,
+            owners: imbl::OrdMap::new(),
+        })
+    }
 }
 
 impl From<TreeFields> for DataTree {
@@ -213,6 +239,7 @@ impl From<TreeFields> for DataTree {
             sessions: f.sessions,
             last_zxid: f.last_zxid,
             reapable: f.reapable,
+            owners: f.owners,
             extended_types: false,
             acls,
         }
@@ -430,6 +457,7 @@ impl DataTree {
             sessions: imbl::OrdMap::new(),
             last_zxid: Zxid(0),
             reapable: imbl::OrdSet::new(),
+            owners: imbl::OrdMap::new(),
             extended_types: false,
             acls,
         }
@@ -609,6 +637,7 @@ impl DataTree {
             TxnOp::CloseSession { .. } => match self.sessions.remove(&txn.session) {
                 None => Err(ErrorCode::SessionExpired),
                 Some(session) => {
+                    self.owners.remove(&txn.session);
                     // Deepest first, so an ephemeral's removal never meets a child it cannot have,
                     // and every deletion fires its events under this one zxid.
                     let mut paths: Vec<String> = session.ephemerals.into_iter().collect();
@@ -620,18 +649,25 @@ impl DataTree {
                     Ok(TxnReply::SessionClosed)
                 }
             },
-            TxnOp::Write(op) => {
-                if !self.session_is_open(txn.session) {
-                    Err(ErrorCode::SessionExpired)
+            TxnOp::Write(op) => self
+                .writable(txn.session, None)
+                .and_then(|()| self.write(op, txn, zxid, &mut fx.events, None).map(TxnReply::Op)),
+            TxnOp::WriteVia { server, op } => self
+                .writable(txn.session, Some(*server))
+                .and_then(|()| self.write(op, txn, zxid, &mut fx.events, None).map(TxnReply::Op)),
+            TxnOp::Multi(ops) => self
+                .writable(txn.session, None)
+                .and_then(|()| self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)),
+            TxnOp::MultiVia { server, ops } => self
+                .writable(txn.session, Some(*server))
+                .and_then(|()| self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)),
+            TxnOp::ClaimSession { server } => {
+                if self.sessions.contains_key(&txn.session) {
+                    self.owners.insert(txn.session, *server);
+                    fx.moved = Some((txn.session, *server));
+                    Ok(TxnReply::Nothing)
                 } else {
-                    self.write(op, txn, zxid, &mut fx.events, None).map(TxnReply::Op)
-                }
-            }
-            TxnOp::Multi(ops) => {
-                if !self.session_is_open(txn.session) {
                     Err(ErrorCode::SessionExpired)
-                } else {
-                    self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)
                 }
             }
             TxnOp::MoveSession { to_server } => {
@@ -645,6 +681,23 @@ impl DataTree {
             TxnOp::EnsembleConfig { members } => self.set_ensemble_config(members, txn, zxid, &mut fx.events),
         };
         (TxnOutcome { zxid, result }, fx)
+    }
+
+    /// Whether `session` may write through `via` (the server whose client sent the write, if
+    /// it was tagged with one): open, and not owned by another server since it moved.
+    fn writable(&self, session: SessionId, via: Option<u64>) -> Result<(), ErrorCode> {
+        if !self.session_is_open(session) {
+            return Err(ErrorCode::SessionExpired);
+        }
+        match (via, self.owners.get(&session)) {
+            (Some(via), Some(owner)) if *owner != via => Err(ErrorCode::SessionMoved),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server that owns `session`, if one claimed it.
+    pub fn owner(&self, session: SessionId) -> Option<u64> {
+        self.owners.get(&session).copied()
     }
 
     /// Writes the members' text into `/zookeeper/config`, as a setData would, firing its data
@@ -1037,6 +1090,58 @@ mod tests {
         assert!(fx.events.is_empty(), "a refused write fires nothing");
         assert_eq!(out.zxid, Zxid(zxid), "a refused write still has its zxid");
         out.result.expect_err("expected a refusal")
+    }
+
+    #[test]
+    fn a_claimed_session_takes_writes_through_its_owner_only() {
+        let set = |data: &[u8]| WriteOp::SetData { path: "/x".into(), data: Some(data.to_vec()), version: -1 };
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/x", 0));
+        // Never claimed: a write through any server is taken.
+        let (out, _) = t.apply(Zxid(3), &txn(s.0, TxnOp::WriteVia { server: 2, op: set(b"via 2") }));
+        assert!(out.result.is_ok(), "{out:?}");
+        // Claimed by server 1: server 2's writes (left behind there) are refused, under a zxid.
+        let (out, fx) = t.apply(Zxid(4), &txn(s.0, TxnOp::ClaimSession { server: 1 }));
+        assert_eq!(out.result, Ok(TxnReply::Nothing));
+        assert_eq!(fx.moved, Some((s, 1)));
+        assert_eq!(t.owner(s), Some(1));
+        let (out, fx) = t.apply(Zxid(5), &txn(s.0, TxnOp::WriteVia { server: 2, op: set(b"late") }));
+        assert_eq!((out.zxid, out.result), (Zxid(5), Err(ErrorCode::SessionMoved)));
+        assert!(fx.events.is_empty());
+        let multi = TxnOp::MultiVia { server: 2, ops: vec![set(b"late multi")] };
+        assert_eq!(t.apply(Zxid(6), &txn(s.0, multi)).0.result, Err(ErrorCode::SessionMoved));
+        assert_eq!(t.node("/x").and_then(Node::data), Some(&b"via 2"[..]));
+        // The owner's, and a server alone's (untagged), are taken.
+        let (out, _) = t.apply(Zxid(7), &txn(s.0, TxnOp::WriteVia { server: 1, op: set(b"via 1") }));
+        assert!(out.result.is_ok(), "{out:?}");
+        let (out, _) = t.apply(Zxid(8), &txn(s.0, TxnOp::Write(set(b"alone"))));
+        assert!(out.result.is_ok(), "{out:?}");
+        // An earlier release's move closes connections and records no owner.
+        let (_, fx) = t.apply(Zxid(9), &txn(s.0, TxnOp::MoveSession { to_server: 3 }));
+        assert_eq!((fx.moved, t.owner(s)), (Some((s, 3)), Some(1)));
+        // The owner goes with the session.
+        t.apply(Zxid(10), &txn(s.0, TxnOp::CloseSession { expired: false }));
+        assert_eq!(t.owner(s), None);
+        let (out, _) = t.apply(Zxid(11), &txn(s.0, TxnOp::WriteVia { server: 1, op: set(b"closed") }));
+        assert_eq!(out.result, Err(ErrorCode::SessionExpired));
+    }
+
+    /// Snapshot format 2 keeps the owners; a format 1 tree (the same fields without them) is
+    /// read as a tree whose sessions have no owner.
+    #[test]
+    fn owners_are_kept_in_snapshots_and_a_format_1_tree_has_none() {
+        let (mut t, s) = with_session();
+        ok_op(&mut t, 2, s, create("/x", 0));
+        t.apply(Zxid(3), &txn(s.0, TxnOp::ClaimSession { server: 2 }));
+        let v2 = postcard::to_stdvec(&t).unwrap();
+        let back = crate::snapshot::decode_tree(&v2, 2).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.owner(s), Some(2));
+        let v1 = postcard::to_stdvec(&(&t.nodes, &t.sessions, &t.last_zxid, &t.reapable)).unwrap();
+        let old = crate::snapshot::decode_tree(&v1, 1).unwrap();
+        assert_eq!(old.owner(s), None);
+        assert_eq!((old.node("/x"), old.session(s), old.last_zxid()), (t.node("/x"), t.session(s), t.last_zxid()));
+        assert!(crate::snapshot::decode_tree(&v1, 2).is_err(), "a format 1 tree is not a format 2 one");
     }
 
     #[test]

@@ -68,6 +68,49 @@ pub enum TxnOp {
         /// Every member, voters and observers.
         members: Vec<crate::members_config::MemberLine>,
     },
+    /// The issuing session reconnected to server `server`, which owns it from now on (as
+    /// ZooKeeper's leader records a session's owner): a write another server sends for it
+    /// ([`TxnOp::WriteVia`], [`TxnOp::MultiVia`]) is refused with SessionMoved, so a write left
+    /// behind on the old server never lands after what the client sent since; every other
+    /// server closes its connections of the session. ([`TxnOp::MoveSession`], which earlier
+    /// releases wrote, closes them and records no owner.)
+    ClaimSession {
+        /// The server the session's client is connected to now.
+        server: u64,
+    },
+    /// [`TxnOp::Write`] from a client of server `server` of an ensemble.
+    WriteVia {
+        /// The server whose connection took the write.
+        server: u64,
+        /// The write.
+        op: WriteOp,
+    },
+    /// [`TxnOp::Multi`] from a client of server `server` of an ensemble.
+    MultiVia {
+        /// The server whose connection took the multi.
+        server: u64,
+        /// Its operations.
+        ops: Vec<WriteOp>,
+    },
+}
+
+impl TxnOp {
+    /// A client's write as the server `server` proposes it: in an ensemble (`server` given)
+    /// tagged with the server, so that it is refused once the session has moved elsewhere.
+    pub fn client_write(server: Option<u64>, op: WriteOp) -> TxnOp {
+        match server {
+            Some(server) => TxnOp::WriteVia { server, op },
+            None => TxnOp::Write(op),
+        }
+    }
+
+    /// A client's multi, as [`TxnOp::client_write`].
+    pub fn client_multi(server: Option<u64>, ops: Vec<WriteOp>) -> TxnOp {
+        match server {
+            Some(server) => TxnOp::MultiVia { server, ops },
+            None => TxnOp::Multi(ops),
+        }
+    }
 }
 
 impl Txn {
@@ -76,9 +119,12 @@ impl Txn {
         const FIXED: usize = 48;
         let ids: usize = self.auth.iter().map(|i| i.scheme.len() + i.id.len()).sum();
         let op = match &self.op {
-            TxnOp::CreateSession { .. } | TxnOp::CloseSession { .. } | TxnOp::MoveSession { .. } => 0,
-            TxnOp::Write(w) => w.approx_len(),
-            TxnOp::Multi(ops) => ops.iter().map(WriteOp::approx_len).sum(),
+            TxnOp::CreateSession { .. }
+            | TxnOp::CloseSession { .. }
+            | TxnOp::MoveSession { .. }
+            | TxnOp::ClaimSession { .. } => 0,
+            TxnOp::Write(w) | TxnOp::WriteVia { op: w, .. } => w.approx_len(),
+            TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } => ops.iter().map(WriteOp::approx_len).sum(),
             TxnOp::EnsembleConfig { members } => members.iter().map(|m| 64 + m.peer.len()).sum(),
         };
         FIXED + ids + op

@@ -4,6 +4,9 @@
 //! connection); and when the peer link to the leader breaks under that load, what each
 //! session got applied is a prefix of what it sent, with every acknowledged write in it: a
 //! later write is never applied without an earlier one, whichever forwards were in flight.
+//! And a session that moves to another server while a write of its old connection is still
+//! on its way to the leader: that write is refused there (SessionMoved), never applied after
+//! the writes the client sent on its new connection.
 
 mod common;
 
@@ -208,6 +211,64 @@ async fn a_broken_link_to_the_leader_never_applies_a_sessions_later_write_withou
         applied_total += check_prefix(leader, p, *sent)?;
     }
     ensure!(applied_total > 0, "the sessions got writes applied");
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// ZooKeeper's leader refuses a request from a server that no longer owns its session
+/// (SessionMoved): the client has moved on, and what it sent through the old server, if it
+/// arrives late, must not land after what it sent since. Here the follower's forward is held
+/// in a black hole while the client resumes its session on the leader and writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_left_behind_on_the_old_server_is_never_applied_after_the_moved_sessions_writes() -> Result<()> {
+    let (running, _dirs, proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |_| {}).await?;
+    let (leader_id, _) = leader_of(&running).await?;
+    let leader = running.iter().find(|r| r.id == leader_id).context("the leader runs")?;
+    let follower = running.iter().find(|r| r.id != leader_id).context("a follower runs")?;
+    let mut old = session(follower.client).await?;
+    old.call(op::CREATE, &body::create("/x", b"first", 0)).await?.ok().context("creating /x")?;
+
+    // From now on the follower's forwards to the leader are held.
+    let into_leader = &proxies[leader_id as usize - 1];
+    into_leader.black_hole();
+    old.send(op::SET_DATA, &body::set_data("/x", b"left behind", -1)).await?;
+    let outstanding = || follower.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).outstanding_requests();
+    wait_until(DEADLINE, "the follower to take the write in", || outstanding() > 0).await?;
+
+    // The client gives up on the follower and resumes its session on the leader.
+    let mut moved =
+        within_for(DEADLINE, "resuming on the leader", Raw::resume(leader.client, old.session_id, &old.passwd, 4000))
+            .await??;
+    let reply = moved.call(op::SET_DATA, &body::set_data("/x", b"moved", -1)).await?;
+    reply.ok().context("the write on the new connection")?;
+    let moved_at = reply.zxid;
+    into_leader.heal();
+
+    // The left-behind write reaches the leader and is given a zxid, applied or refused.
+    let last_zxid = || leader.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).tree.last_zxid().0;
+    wait_until(DEADLINE, "the left-behind write to reach the leader", || last_zxid() > moved_at).await?;
+    for server in &running {
+        let data = within_for(DEADLINE, "every server to apply the leader's log", async {
+            loop {
+                let applied = server.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).tree.last_zxid().0;
+                if applied > moved_at {
+                    return server.data("/x");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+        ensure!(
+            data.as_deref() == Some(&b"moved"[..]),
+            "server {}: /x is {:?}, not the moved session's last write (the write left behind on server {} was \
+             applied after it)",
+            server.id,
+            data.map(|d| String::from_utf8_lossy(&d).into_owned()),
+            follower.id
+        );
+    }
     for r in running {
         stop(r).await?;
     }

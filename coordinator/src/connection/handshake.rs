@@ -164,7 +164,7 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
             session: id,
             auth: Vec::new(),
             time_ms: now_ms(),
-            op: TxnOp::MoveSession { to_server: shared.config.server_id() },
+            op: TxnOp::ClaimSession { server: shared.config.server_id() },
         };
         drop(shared.proposer.submit(0, txn));
     }

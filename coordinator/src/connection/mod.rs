@@ -71,6 +71,12 @@ impl Shared {
         crate::fourlw::mode_of(&self.raft.metrics().borrow())
     }
 
+    /// This server's id if it serves in an ensemble, which its clients' writes carry (see
+    /// [`crate::txn::TxnOp::ClaimSession`]); `None` for a server alone.
+    pub fn ensemble_server(&self) -> Option<u64> {
+        self.config.is_ensemble().then(|| self.config.server_id())
+    }
+
     /// Whether this server leads the ensemble (or runs alone).
     pub fn leads(&self) -> bool {
         self.raft.metrics().borrow().state == openraft::ServerState::Leader

@@ -233,8 +233,14 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
             let rx = propose(conn, auth, TxnOp::CloseSession { expired: false });
             (Slot::Write { xid, rx }, Some("the client closed its session".into()))
         }
-        Request::Write(op) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Write(op)) }, None),
-        Request::Multi(ops) => (Slot::Write { xid, rx: propose(conn, auth, TxnOp::Multi(ops)) }, None),
+        Request::Write(op) => {
+            let op = TxnOp::client_write(conn.shared.ensemble_server(), op);
+            (Slot::Write { xid, rx: propose(conn, auth, op) }, None)
+        }
+        Request::Multi(ops) => {
+            let op = TxnOp::client_multi(conn.shared.ensemble_server(), ops);
+            (Slot::Write { xid, rx: propose(conn, auth, op) }, None)
+        }
         // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
         Request::Sasl => (Slot::Answer { xid, zxid: Some(Zxid(0)), result: Ok(Reply::Token(None)) }, None),
         Request::Unknown(opcode) => {
