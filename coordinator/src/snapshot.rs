@@ -530,9 +530,16 @@ impl SnapshotDir {
             let bytes = self.read(&name)?;
             match decode(&path, &bytes, self.cluster_id) {
                 Ok((header, tree)) => {
-                    if !damaged.is_empty() && index < log_purged_upto {
+                    // Below the purge point whatever happened to the newer ones (damaged, or
+                    // removed from outside): the entries in between are gone.
+                    if index < log_purged_upto {
+                        let damaged = if damaged.is_empty() {
+                            "no snapshot file reaching the log's start is left".to_string()
+                        } else {
+                            damaged.join("; ")
+                        };
                         return Err(SnapshotError::Gap {
-                            damaged: damaged.join("; "),
+                            damaged,
                             purged_upto: log_purged_upto,
                             fallback: format!("the older snapshot {name} (entry {index}) does not reach it"),
                         });
@@ -729,6 +736,24 @@ mod tests {
                 "names the damaged file and the gap: {e}"
             );
         }
+    }
+
+    /// A snapshot below the log's purge point is never used, damaged newer ones or not: the
+    /// newer ones may have been removed by hand, and the entries between it and the purge
+    /// point are gone.
+    #[test]
+    fn a_snapshot_the_log_does_not_reach_is_refused_even_with_nothing_damaged() {
+        let fs = FaultFs::new();
+        let snaps = open(&fs, 3);
+        snaps.write(&header(10), &tree(8)).unwrap();
+        snaps.write(&header(30), &tree(28)).unwrap();
+        fs.remove(&dir().join(snapshot_name(30))).unwrap();
+        let e = snaps.load_newest(20).unwrap_err().to_string();
+        assert!(
+            e.contains("snapshot-00000000000000000010") && e.contains("purged up to entry 20"),
+            "names the snapshot that does not reach the purge point: {e}"
+        );
+        assert_eq!(snaps.load_newest(10).unwrap().expect("reaches it").header, header(10));
     }
 
     #[test]
