@@ -397,11 +397,13 @@ impl CoordinatorConfig {
         if max > i32::MAX as u64 {
             return invalid("max_session_timeout_ms", format!("is {max}; the protocol carries at most {}", i32::MAX));
         }
-        if !(1024..=64 * 1024 * 1024).contains(&self.max_packet_bytes) {
+        // A write is one transaction of a Raft entry, which an ensemble's peer link carries in
+        // one message of at most 32 MiB: a request may be at most half that.
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_packet_bytes) {
             return invalid(
                 "max_packet_bytes",
                 format!(
-                    "is {}; use a value from 1024 to 67108864 (ZooKeeper's default is 1048575)",
+                    "is {}; use a value from 1024 to 16777216 (ZooKeeper's default is 1048575)",
                     self.max_packet_bytes
                 ),
             );
@@ -663,6 +665,9 @@ mod tests {
             ("max_queued_outbound_bytes: 10", "max_queued_outbound_bytes"),
             ("max_watches_per_connection: 0", "max_watches_per_connection"),
             ("max_path_bytes: 10", "max_path_bytes"),
+            // A write that large would not fit in one message of an ensemble's peer link.
+            ("max_packet_bytes: 16777217\nmax_outstanding_request_bytes: 1073741824", "`max_packet_bytes` is 16777217"),
+            ("max_packet_bytes: 1000", "max_packet_bytes"),
             ("max_path_bytes: 2000000", "max_path_bytes"),
             ("cluster_id: 0", "cluster_id"),
             ("snapshot_every_txns: 1", "snapshot_every_txns"),

@@ -48,8 +48,9 @@
 //! have been.
 //!
 //! Bounds: at most [`MAX_IN_FLIGHT`] batches are handed to Raft and not yet applied; a batch
-//! holds at most [`MAX_BATCH_TXNS`] transactions and about [`MAX_BATCH_BYTES`] bytes (so a record
-//! stays far below the log's record limit). The queue itself is bounded upstream: each
+//! holds at most [`MAX_BATCH_TXNS`] transactions and about [`MAX_BATCH_BYTES`] bytes, or one
+//! larger write alone (at most `max_packet_bytes`, 16 MiB), so an entry stays below the peer
+//! link's frame limit and far below the log's record limit. The queue itself is bounded upstream: each
 //! connection stops reading at `max_outstanding_requests` and `max_outstanding_request_bytes`.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -579,9 +580,13 @@ impl Held {
         let mut blocked: BTreeSet<u64> = BTreeSet::new();
         let mut barrier = false;
         let mut bytes = 0;
+        let mut full = false;
         let mut kept = VecDeque::new();
         for p in self.queue.drain(..) {
-            let full = batch.len() >= MAX_BATCH_TXNS || bytes >= MAX_BATCH_BYTES;
+            // A write that would take a batch past its bound closes it (one larger than the
+            // bound goes alone, in a batch of its own).
+            let len = p.txn.approx_len();
+            full = full || batch.len() >= MAX_BATCH_TXNS || (!batch.is_empty() && bytes + len > MAX_BATCH_BYTES);
             let go = !full
                 && !barrier
                 && if p.origin == 0 {
@@ -590,7 +595,7 @@ impl Held {
                     !self.busy.contains(&p.origin) && !blocked.contains(&p.origin)
                 };
             if go {
-                bytes += p.txn.approx_len();
+                bytes += len;
                 batch.push(p);
             } else {
                 if p.origin == 0 {
@@ -790,6 +795,33 @@ mod tests {
 
     fn tags(ps: &[Pending]) -> Vec<i64> {
         ps.iter().map(|p| p.txn.session.0).collect()
+    }
+
+    /// A batch closes before a write that would take it past [`MAX_BATCH_BYTES`]; a write
+    /// larger than that goes alone. So an entry is never much more than the larger of the two,
+    /// far below the log's record limit and the peer link's frame limit.
+    #[test]
+    fn a_batch_closes_before_a_write_that_would_take_it_past_its_byte_bound() {
+        let big = |origin: u64, tag: i64, bytes: usize| {
+            let mut p = pending(origin, tag);
+            let op = crate::txn::WriteOp::SetData { path: "/x".into(), data: Some(vec![0; bytes]), version: -1 };
+            p.txn.op = TxnOp::Write(op);
+            p
+        };
+        let mut h = Held { queue: VecDeque::new(), busy: BTreeSet::new() };
+        h.queue.extend([big(1, 1, 7 << 20), big(2, 2, 7 << 20), big(3, 3, 12 << 20), big(4, 4, 1 << 10)]);
+        let sizes = |b: &[Pending]| b.iter().map(|p| p.txn.approx_len()).sum::<usize>();
+        let first = h.take_batch();
+        assert_eq!(tags(&first), [1], "the second 7 MiB write would pass the bound");
+        let second = h.take_batch();
+        assert_eq!(tags(&second), [2]);
+        let third = h.take_batch();
+        assert_eq!(tags(&third), [3], "a write above the bound goes alone");
+        assert!(sizes(&third) > MAX_BATCH_BYTES);
+        assert_eq!(tags(&h.take_batch()), [4]);
+        for b in [first, second] {
+            assert!(sizes(&b) <= MAX_BATCH_BYTES);
+        }
     }
 
     #[test]
