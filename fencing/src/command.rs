@@ -12,7 +12,7 @@
 //! leader is reaped its pid (which is the group id) cannot be reused, so `killpg` can only
 //! reach processes that belong to this attempt.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,6 +94,16 @@ pub async fn run(argv: &[String], env: &[(String, String)], deadline: Instant) -
     run_with_input(argv, env, None, deadline).await
 }
 
+/// Environment variables this process read a secret from (see [`hide_from_programs`]).
+static HIDDEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Keeps the environment variable `name`, from which this process read a secret, from every
+/// program [`run`] starts from now on: a fence's programs, the master adapter's and the hooks
+/// get what their configuration gives them, not the agent's credentials.
+pub fn hide_from_programs(name: &str) {
+    HIDDEN.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string());
+}
+
 /// [`run`], with `input` written to the program's standard input, which is then closed (it
 /// reads end of file after it). Without input, standard input is `/dev/null`. A program that
 /// exits without reading all of it is not an error: what counts is how it ended.
@@ -107,6 +117,9 @@ pub async fn run_with_input(
         return CommandEnd::SpawnFailed { error: "empty command".into() };
     };
     let mut command = Command::new(program);
+    for name in HIDDEN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        command.env_remove(name);
+    }
     command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

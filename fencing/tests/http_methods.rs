@@ -623,3 +623,62 @@ async fn token_fails_when_the_resource_floor_stays_below_the_new_token() {
     let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(reason.contains("floor is 10"), "{reason}");
 }
+
+// ----- what a fence exposes -------------------------------------------------------------
+
+/// A master (or whatever holds its port now) that answers a step-down with an endless body
+/// cannot make the fencing agent read it all: the answer is refused past a small bound.
+#[tokio::test]
+async fn graceful_refuses_an_answer_too_long_to_be_a_state() {
+    async fn standby() -> (StatusCode, String) {
+        let pad = "x".repeat(8 << 20);
+        (StatusCode::OK, format!("{{\"state\": \"standby\", \"token\": 12, \"pad\": \"{pad}\"}}"))
+    }
+    async fn state_of() -> (StatusCode, String) {
+        let pad = "x".repeat(8 << 20);
+        (StatusCode::OK, format!("{{\"state\": \"standby\", \"token\": 12, \"pad\": \"{pad}\"}}"))
+    }
+    let router = Router::new().route("/ha/standby", post(standby)).route("/ha/state", get(state_of));
+    let mut t = target("n1", "127.0.0.1", 1);
+    t.ha_url = Some(format!("http://{}", serve(router).await));
+    let report = fencer(GRACEFUL).fence(&t, FencingToken(12)).await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("longer than"), "{reason}");
+}
+
+/// A device's 202 may name where to poll; a Location on another host is not followed, or the
+/// secret sent with every poll would go there.
+#[tokio::test]
+async fn http_does_not_poll_a_location_on_another_host() {
+    set_pdu_key();
+    let (elsewhere, other) = pdu(0).await;
+    let elsewhere = elsewhere.clone();
+    let redirect = Router::new().route(
+        "/async/:node",
+        post(move || {
+            let location = format!("{elsewhere}/status/n1");
+            async move { (StatusCode::ACCEPTED, [("location", location)]) }
+        }),
+    );
+    let base = format!("http://{}", serve(redirect).await);
+    let report = fencer(&http_yaml(&format!("{base}/async/{{node_id}}"), true, 1000))
+        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+        .await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("another host"), "{reason}");
+    assert_eq!(other.polls.load(Ordering::SeqCst), 0, "the other host was polled");
+}
+
+/// A secret a method reads from the environment does not reach the programs a fence runs.
+#[tokio::test]
+async fn a_secret_read_from_the_environment_is_not_passed_to_programs() {
+    set_pdu_key();
+    let (base, _) = pdu(0).await;
+    let yaml = format!(
+        "{}  - methods:\n      - kind: shell\n        timeout_ms: 2000\n        program: /bin/sh\n        args: [\"-c\", \"test -z \\\"${{RFENCE_TEST_PDU_KEY+set}}\\\" || {{ echo the key reached the program; exit 1; }}\"]\n",
+        http_yaml(&format!("{base}/broken/{{node_id}}"), false, 1000)
+    );
+    let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 1), FencingToken(3)).await;
+    assert_eq!(report.events.len(), 2, "{report:#?}");
+    assert!(report.outcome.permits_promotion(), "{report:#?}");
+}

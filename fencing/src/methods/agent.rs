@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::methods::{body_snippet, http_error, load_secret, problem, tls_client, Context, Secret};
+use crate::methods::{body_snippet, http_error, load_secret, problem, read_json, tls_client, Context, Secret};
 use crate::outcome::{MethodOutcome, Readiness};
 use crate::protocol::{PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse, PEER_FENCE_PATH};
 
@@ -74,7 +74,7 @@ impl Agent {
             // 401/403 (wrong secret), 404 (not an agent), 5xx: the peer did not fence.
             return MethodOutcome::failed(format!("peer agent answered {status}: {}", body_snippet(response).await));
         }
-        match response.json::<PeerFenceResponse>().await {
+        match read_json::<PeerFenceResponse>(response).await {
             Ok(answer) => match answer.outcome {
                 PeerFenceOutcome::Fenced => {
                     MethodOutcome::fenced(format!("peer agent fenced its master: {}", answer.reason))

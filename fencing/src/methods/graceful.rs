@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::config::{ConfigError, GracefulConfig};
-use crate::methods::{body_snippet, http_error, problem, Context};
+use crate::methods::{body_snippet, http_error, problem, read_json, Context};
 use crate::outcome::{MethodOutcome, Readiness};
 use crate::protocol::{HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
 
@@ -50,7 +50,7 @@ impl Graceful {
             ));
         }
         // The answer may already carry the new state; if it does not parse as one, ask.
-        let answered = response.json::<HaStatus>().await.ok();
+        let answered = read_json::<HaStatus>(response).await.ok();
         let confirmed = match answered {
             Some(state) => state,
             None => match self.state(ctx, &base).await {
@@ -73,7 +73,7 @@ impl Graceful {
         if !status.is_success() {
             return Readiness::Problem { reason: format!("GET {url} answered {status}") };
         }
-        match response.json::<HaStatus>().await {
+        match read_json::<HaStatus>(response).await {
             Ok(s) => {
                 Readiness::Ready { detail: format!("GET {url}: the master is {:?} with token {}", s.state, s.token) }
             }
@@ -102,7 +102,7 @@ impl Graceful {
                 response.status()
             )));
         }
-        response.json::<HaStatus>().await.map_err(|e| {
+        read_json::<HaStatus>(response).await.map_err(|e| {
             MethodOutcome::indeterminate(format!("step-down accepted but GET {url} did not return a state: {e}"))
         })
     }

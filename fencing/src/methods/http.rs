@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use crate::config::{ConfigError, HttpConfig, HttpStatusConfig};
-use crate::methods::{body_snippet, http_error, load_secret, problem, tls_client, Context, Secret};
+use crate::methods::{body_snippet, http_error, load_secret, problem, read_json, tls_client, Context, Secret};
 use crate::outcome::{MethodOutcome, Readiness};
 
 #[derive(Debug)]
@@ -128,7 +128,7 @@ impl Http {
         if !response.status().is_success() {
             return Readiness::Problem { reason: format!("GET {url} answered {}", response.status()) };
         }
-        match response.json::<serde_json::Value>().await {
+        match read_json::<serde_json::Value>(response).await {
             Ok(body) => match body.pointer(&status.pointer) {
                 Some(value) if value_matches(value, &status.off_value) => Readiness::Problem {
                     reason: format!("GET {url}: {} is already {value}: is this the target's outlet?", status.pointer),
@@ -152,9 +152,16 @@ impl Http {
         let url = match (&status.url, location) {
             (Some(template), _) => expand_url(template, &ctx.target.node_id),
             (None, Some(location)) => match reqwest::Url::parse(&expand_url(&self.url, &ctx.target.node_id))
-                .and_then(|base| base.join(&location))
+                .and_then(|base| Ok((base.join(&location)?, base)))
             {
-                Ok(u) => u.to_string(),
+                // Every poll carries the secret: only to where the request went.
+                Ok((u, base)) if u.origin() != base.origin() => {
+                    return MethodOutcome::indeterminate(format!(
+                        "request accepted (202) but its Location `{location}` is on another host: not polled (the \
+                         secret goes only to the configured one); configure status.url"
+                    ))
+                }
+                Ok((u, _)) => u.to_string(),
                 Err(e) => {
                     return MethodOutcome::indeterminate(format!(
                         "request accepted (202) but its Location `{location}` is not usable: {e}"
@@ -176,19 +183,21 @@ impl Http {
                 ));
             }
             match self.request(ctx, HttpMethod::GET, &url).send().await {
-                Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
-                    Ok(body) => match body.pointer(&status.pointer) {
-                        Some(value) if value_matches(value, &status.off_value) => {
-                            return MethodOutcome::fenced(format!(
-                                "power-off accepted and confirmed: {} is {value} at GET {url}",
-                                status.pointer
-                            ));
-                        }
-                        Some(value) => last = format!("{} is {value}", status.pointer),
-                        None => last = format!("{} absent from status", status.pointer),
-                    },
-                    Err(e) => last = format!("unreadable status body: {e}"),
-                },
+                Ok(response) if response.status().is_success() => {
+                    match read_json::<serde_json::Value>(response).await {
+                        Ok(body) => match body.pointer(&status.pointer) {
+                            Some(value) if value_matches(value, &status.off_value) => {
+                                return MethodOutcome::fenced(format!(
+                                    "power-off accepted and confirmed: {} is {value} at GET {url}",
+                                    status.pointer
+                                ));
+                            }
+                            Some(value) => last = format!("{} is {value}", status.pointer),
+                            None => last = format!("{} absent from status", status.pointer),
+                        },
+                        Err(e) => last = format!("unreadable status body: {e}"),
+                    }
+                }
                 Ok(response) => last = format!("GET {url} answered {}", response.status()),
                 // Transient errors while polling are remembered and retried until the deadline.
                 Err(e) => last = http_error(&format!("GET {url}"), &e).to_string(),

@@ -56,7 +56,10 @@ pub(crate) fn load_secret(
             Err(e) => Err(err("secret_file", format!("cannot read `{}`: {e}", path.display()))),
         },
         (None, Some(name)) => match std::env::var(name) {
-            Ok(value) if !value.trim().is_empty() => Ok(Some(Secret(value.trim().to_string()))),
+            Ok(value) if !value.trim().is_empty() => {
+                crate::command::hide_from_programs(name);
+                Ok(Some(Secret(value.trim().to_string())))
+            }
             _ => Err(err("secret_env", format!("environment variable `{name}` is not set or empty"))),
         },
         (None, None) => Ok(None),
@@ -266,10 +269,40 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The most of a response body a method reads: its answers are a few hundred bytes of JSON,
+/// and the endpoint may belong to the misbehaving master being fenced, which could otherwise
+/// fill the agent's memory mid-fence.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// Reads a response body, at most `limit` bytes; past that, what was read with `true` (the
+/// rest is left unread).
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// Reads a JSON answer of at most [`MAX_ANSWER_BYTES`]; the error says why not.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, String> {
+    match read_at_most(response, MAX_ANSWER_BYTES).await {
+        Ok((_, true)) => Err(format!("the answer is longer than {MAX_ANSWER_BYTES} bytes (not read further)")),
+        Ok((body, false)) => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
 /// Reads at most a short prefix of a response body for a reason sentence.
 pub(crate) async fn body_snippet(response: reqwest::Response) -> String {
-    match response.text().await {
-        Ok(text) => {
+    match read_at_most(response, 1024).await {
+        Ok((bytes, _)) => {
+            let text = String::from_utf8_lossy(&bytes);
             let t: String = text.trim().chars().take(200).collect();
             if t.is_empty() {
                 "empty body".into()

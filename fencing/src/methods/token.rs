@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{ConfigError, TokenConfig};
-use crate::methods::{body_snippet, http_error, load_secret, Context, Secret};
+use crate::methods::{body_snippet, http_error, load_secret, read_json, Context, Secret};
 use crate::outcome::MethodOutcome;
 use crate::protocol::{TokenFloorRequest, TokenFloorResponse};
 
@@ -54,7 +54,7 @@ impl TokenFloor {
                 body_snippet(response).await
             ));
         }
-        match response.json::<TokenFloorResponse>().await {
+        match read_json::<TokenFloorResponse>(response).await {
             Ok(answer) if answer.floor >= ctx.new_token => MethodOutcome::fenced(format!(
                 "resource now rejects tokens below {} (old active held {})",
                 answer.floor, ctx.target.token
