@@ -131,10 +131,11 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
         };
     }
     let id = SessionId(c.session_id);
-    // A server that does not lead may not have applied the session's creation yet (the client
-    // was answered by another server): before calling it unknown, catch up with the leader, as
+    // A server that does not lead, or leads but has not applied an entry of its own term yet,
+    // may not have applied the session's creation (the client was answered by another server,
+    // or by the leader before it): before calling it unknown, catch up with the leader, as
     // ZooKeeper's followers revalidate a session with theirs.
-    if shared.config.is_ensemble() && !shared.leads() && shared.lock().tree.session(id).is_none() {
+    if shared.config.is_ensemble() && shared.leading().is_none() && shared.lock().tree.session(id).is_none() {
         shared.proposer.barrier().await.map_err(|e| format!("cannot check session {id} with the leader: {e}"))?;
     }
     let arrived = Instant::now();
