@@ -397,7 +397,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     "snapshot written"
                 );
                 self.snapshot_on_disk(smeta.last_log_id);
-                meta.snapshot = Some((smeta.clone(), name));
+                // A leader's snapshot installed while this one was written is newer: it stays
+                // the one this server sends (the log before it is gone).
+                let current = meta.snapshot.as_ref().and_then(|(m, _)| m.last_log_id);
+                if current <= smeta.last_log_id {
+                    meta.snapshot = Some((smeta.clone(), name));
+                }
                 // What was applied while the file was written counts toward the next one.
                 meta.txns_since -= taken.min(meta.txns_since);
                 meta.due_at = self.policy.every_txns;
@@ -640,5 +645,36 @@ mod tests {
 
         assert!(due.wanted(), "30 transactions since the copy, every 10 asked for");
         assert!(notified_within(&due, Duration::from_secs(5)).await, "the next snapshot is asked for without a write");
+    }
+
+    /// Openraft may install a leader's snapshot while one of this server's is being written:
+    /// the older one, finished last, must not replace it as the snapshot this server sends (its
+    /// log was cut at the newer one, so a follower sent the older one could never catch up).
+    #[tokio::test]
+    async fn a_snapshot_built_during_an_install_does_not_replace_the_newer_installed_one() {
+        let scratch = referee_testkit::ScratchDir::new("sm-install").expect("scratch dir");
+        let policy = SnapshotPolicy { every_txns: 1000, retry_gap_txns: 1 };
+        let open = |name: &str| {
+            let snapshots = SnapshotDir::open(Arc::new(RealFs), scratch.path(name), 7, 3).expect("snapshot dir");
+            let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
+            StateMachine::open(state, snapshots, 0, policy).expect("open")
+        };
+        // The leader's snapshot at entry 50.
+        let mut leader = open("leader");
+        leader.apply(blanks(1, 50)).await.expect("apply");
+        leader.get_snapshot_builder().await.build_snapshot().await.expect("leader's snapshot");
+        let theirs = leader.get_current_snapshot().await.expect("read").expect("a snapshot");
+
+        let mut sm = open("follower");
+        sm.apply(blanks(1, 10)).await.expect("apply");
+        let mut builder = sm.get_snapshot_builder().await;
+        let mut build = std::pin::pin!(builder.build_snapshot());
+        let first = build.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(first.is_pending(), "the file is written on its own thread");
+        sm.install_snapshot(&theirs.meta, theirs.snapshot).await.expect("install");
+        let built = build.await.expect("snapshot built");
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(10));
+        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(50), "the installed snapshot stays current");
     }
 }
