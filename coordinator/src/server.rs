@@ -519,7 +519,7 @@ impl Coordinator {
     fn admit(&self, peer: SocketAddr) -> bool {
         let limit = self.shared.config.max_connections_per_address;
         let mut st = self.shared.lock();
-        let open = st.open_per_address.entry(peer.ip()).or_insert(0);
+        let open = st.open_per_address.entry(peer.ip().to_canonical()).or_insert(0);
         if limit != 0 && *open >= limit {
             st.counters.connections_rejected += 1;
             warn!(%peer, limit, "too many connections from this address (max_connections_per_address); refusing");

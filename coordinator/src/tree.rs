@@ -24,8 +24,9 @@ use crate::txn::{OpResult, Txn, TxnOp, TxnOutcome, TxnReply, WriteOp};
 pub const CONTAINER_OWNER: i64 = i64::MIN;
 /// High byte marking a TTL node's `ephemeralOwner` (`EphemeralType.TTL`).
 const TTL_OWNER_MARK: i64 = 0xff00_0000_0000_0000u64 as i64;
-/// Largest TTL ZooKeeper can encode in the owner field.
-pub const MAX_TTL_MS: i64 = 0x00ff_ffff_ffff_ffff;
+/// Largest TTL ZooKeeper can encode in the owner field (`EphemeralType.TTL.maxValue()`: the low
+/// 40 bits; the 16 above them are reserved).
+pub const MAX_TTL_MS: i64 = 0x0000_00ff_ffff_ffff;
 
 /// One znode.
 ///
@@ -414,7 +415,8 @@ pub fn fixup_acl(acl: &[Acl], auth: &[Id]) -> Result<Vec<Acl>, ErrorCode> {
                 }
                 push(entry.clone());
             }
-            "super" | "x509" | "sasl" => push(entry.clone()),
+            // No provider checks any other scheme (ZooKeeper registers `ip` and `digest`, and
+            // never one called `super`): an ACL naming one could never be met.
             _ => return Err(ErrorCode::InvalidAcl),
         }
     }
@@ -552,6 +554,10 @@ impl DataTree {
 
     /// exists: the Stat, with no ACL check (as in ZooKeeper).
     pub fn exists(&self, path: &str) -> Result<Stat, ErrorCode> {
+        // ZooKeeper checks this for exists alone (FinalRequestProcessor), before any watch.
+        if path.contains('\0') {
+            return Err(ErrorCode::BadArguments);
+        }
         self.lookup(path).map(Node::stat).ok_or(ErrorCode::NoNode)
     }
 
@@ -843,11 +849,20 @@ impl DataTree {
                 if parent.ephemeral_session().is_some() {
                     return Err(ErrorCode::NoChildrenForEphemerals);
                 }
+                // A container is what createContainer makes, whatever its flags say, and only
+                // that (ZooKeeper logs a CreateContainerTxn for it, a plain CreateTxn for create
+                // and create2 with the container flag); inside a multi the flags decide, as
+                // ZooKeeper derives each op's opcode from them.
+                let container = if undo.is_some() {
+                    mode == CreateMode::Container
+                } else {
+                    *opcode == crate::proto::op::CREATE_CONTAINER
+                };
                 let owner = match mode {
+                    _ if container => CONTAINER_OWNER,
                     CreateMode::Ephemeral | CreateMode::EphemeralSequential => txn.session.0,
-                    CreateMode::Container => CONTAINER_OWNER,
                     CreateMode::PersistentWithTtl | CreateMode::PersistentSequentialWithTtl => TTL_OWNER_MARK | ttl,
-                    CreateMode::Persistent | CreateMode::PersistentSequential => 0,
+                    CreateMode::Container | CreateMode::Persistent | CreateMode::PersistentSequential => 0,
                 };
                 if mode.is_ephemeral() && txn.session.0 == 0 {
                     return Err(ErrorCode::BadArguments);
@@ -865,7 +880,7 @@ impl DataTree {
                 if owner == CONTAINER_OWNER || mode.is_ttl() {
                     self.reapable.insert(final_path.clone());
                 }
-                if mode.is_ephemeral() {
+                if mode.is_ephemeral() && !container {
                     if let Some(u) = undo.as_deref_mut() {
                         u.push(Undo::Ephemeral(txn.session, final_path.clone(), false));
                     }

@@ -226,6 +226,9 @@ async fn raw_create_ttl_arguments_are_checked() -> Result<()> {
     assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 5, 0)).await?.err, err::BAD_ARGUMENTS);
     assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 5, -5)).await?.err, err::BAD_ARGUMENTS);
     assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 5, 0x0100_0000_0000_0000)).await?.err, err::BAD_ARGUMENTS);
+    // ZooKeeper encodes a TTL in the owner field's low 40 bits.
+    assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 5, 1 << 40)).await?.err, err::BAD_ARGUMENTS);
+    assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/longest", 5, (1 << 40) - 1)).await?.err, err::OK);
     assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 0, 1000)).await?.err, err::BAD_ARGUMENTS);
     assert_eq!(raw.call(op::CREATE_TTL, &create_ttl("/t", 1, 1000)).await?.err, err::BAD_ARGUMENTS);
     // A TTL mode through plain create carries no TTL: refused too.

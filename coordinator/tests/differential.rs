@@ -235,7 +235,7 @@ impl Generator {
     fn path(&mut self) -> String {
         let p = self.valid_path();
         if self.rng.gen_ratio(1, 60) {
-            let bad = *self.pick::<&str>(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota"]);
+            let bad = *self.pick::<&str>(&["a", "/a/", "/a//b", "/a/./b", "", "/a/../b", "/zookeeper/quota", "/a\0b"]);
             return bad.to_string();
         }
         p
@@ -288,8 +288,10 @@ impl Generator {
         let (opcode, flags, ttl) = match self.rng.gen_range(0..24) {
             0..=5 => (1, self.rng.gen_range(0..4), None),
             6..=19 => (15, self.rng.gen_range(0..4), None),
-            20 => (19, 4, None),
-            21 => (21, *self.pick(&[5, 6]), Some(*self.pick(&[0i64, 60_000]))),
+            // createContainer makes a container whatever the flags say.
+            20 => (19, *self.pick(&[4, 4, 0, 1, 3]), None),
+            // The largest TTL is 2^40 - 1 ms.
+            21 => (21, *self.pick(&[5, 6]), Some(*self.pick(&[0i64, 60_000, (1 << 40) - 1, 1 << 40]))),
             22 => (15, *self.pick(&[4, 5, 7, -1]), None),
             _ => (1, 0, None),
         };

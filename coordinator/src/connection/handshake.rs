@@ -77,7 +77,7 @@ pub(super) async fn run(
     };
 
     // Every connection is authenticated by its address (ZooKeeper's ip provider).
-    let auth: Arc<[Id]> = Arc::from(vec![Id { scheme: "ip".into(), id: peer.ip().to_string() }]);
+    let auth: Arc<[Id]> = Arc::from(vec![ip_identity(peer.ip())]);
     let outbox = Arc::new(Outbox::new(id, shared.config.max_queued_outbound_bytes));
     {
         let mut st = shared.lock();
@@ -170,4 +170,24 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
         drop(shared.proposer.submit(0, txn));
     }
     Ok(Some((id, timeout_ms, password)))
+}
+
+/// The `ip` identity of a client at `addr`: an IPv4 client of a listener on an IPv6 address
+/// arrives as an IPv4-mapped address, and is known by its IPv4 address, as Java reports it,
+/// so `ip` ACLs written for IPv4 addresses match it.
+pub(crate) fn ip_identity(addr: std::net::IpAddr) -> Id {
+    Id { scheme: "ip".into(), id: addr.to_canonical().to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_client_of_an_ipv6_listener_is_known_by_its_ipv4_address() {
+        let mapped: std::net::IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(ip_identity(mapped).id, "10.1.2.3");
+        assert_eq!(ip_identity("10.1.2.3".parse().unwrap()).id, "10.1.2.3");
+        assert_eq!(ip_identity("2001:db8::1".parse().unwrap()).id, "2001:db8::1");
+    }
 }

@@ -185,10 +185,10 @@ pub(crate) async fn serve(
     {
         let mut st = shared.lock();
         st.remove_conn(id);
-        if let Some(open) = st.open_per_address.get_mut(&peer.ip()) {
+        if let Some(open) = st.open_per_address.get_mut(&peer.ip().to_canonical()) {
             *open = open.saturating_sub(1);
             if *open == 0 {
-                st.open_per_address.remove(&peer.ip());
+                st.open_per_address.remove(&peer.ip().to_canonical());
             }
         }
     }
