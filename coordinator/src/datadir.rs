@@ -258,6 +258,13 @@ impl DataDir {
         };
         write_atomically(fs, root, IDENTITY_NAME, identity.encode().as_bytes())
             .map_err(|(what, p, source)| DataDirError::Io { what, path: p, source })?;
+        // The directory's own entry, made durable before anything acknowledged goes in it.
+        let parent = match root.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => root,
+        };
+        fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
         tracing::info!(
             dir = %root.display(),
             cluster_id = identity.cluster_id,
@@ -499,6 +506,15 @@ mod tests {
         fs.damage(Path::new("/data/identity"), |b| *b = newer.encode().into_bytes()).unwrap();
         let e = open(&fs, Some(5), 1).unwrap_err().to_string();
         assert!(e.contains("format version 2") && e.contains("newer"), "{e}");
+    }
+
+    /// A new data directory's own entry is made durable in its parent, or a crash soon after
+    /// start-up could take the whole directory, with acknowledged writes in it.
+    #[test]
+    fn a_new_data_directory_is_synced_into_its_parent() {
+        let fs = FaultFs::new();
+        open(&fs, Some(5), 1).unwrap();
+        assert!(fs.synced_dirs().contains(&PathBuf::from("/")), "{:?}", fs.synced_dirs());
     }
 
     #[test]

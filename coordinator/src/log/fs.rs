@@ -224,6 +224,8 @@ struct FaultState {
     syncs_waiting: usize,
     data_syncs: u64,
     dir_syncs: u64,
+    /// Every directory fsync'd, in order.
+    synced_dirs: Vec<PathBuf>,
     /// Bytes written by `initialise`.
     initialised: u64,
     /// Files locked by [`FileSystem::lock`], until their guards drop or the power goes.
@@ -336,6 +338,11 @@ impl FaultFs {
     /// How many directory fsyncs have completed.
     pub fn dir_syncs(&self) -> u64 {
         self.lock().dir_syncs
+    }
+
+    /// The directories fsync'd so far, in order.
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        self.lock().synced_dirs.clone()
     }
 
     /// Power loss: every file goes back to its last synced contents, every directory to its
@@ -594,6 +601,7 @@ impl FileSystem for FaultFs {
         st.durable_names.retain(|p, _| !in_dir(p));
         st.durable_names.extend(now);
         st.dir_syncs += 1;
+        st.synced_dirs.push(dir.to_path_buf());
         Ok(())
     }
 }
