@@ -227,7 +227,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             };
             let proves = crate::log::wal::could_prove_damage(&buf, header.version, at, next, term);
             if last && !record::any_record_after(&buf, at, proves) {
-                writeln!(out, "  torn tail at offset {at}: {reason} (start-up cuts it off: never acknowledged)")?;
+                writeln!(out, "  torn tail at offset {at}: {reason} (start-up cuts it off: a write a crash interrupted, never acknowledged, or damage to the last write)")?;
                 summary.torn = Some((name.clone(), at as u64));
             } else {
                 writeln!(out, "  DAMAGED at offset {at}: {reason} (start-up refuses this log)")?;

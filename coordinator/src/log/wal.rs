@@ -636,7 +636,9 @@ impl Wal {
                 file = %path.display(),
                 offset = at,
                 reason,
-                "cutting off the torn tail of the log: the last write before the crash was not complete, so it was never acknowledged"
+                "cutting off the torn tail of the log: the last write before the stop was not complete (a crash during \
+                 it), so it was never acknowledged; damage to that write after it was synced would look the same \
+                 (in an ensemble the leader sends its entries again)"
             );
             let mut f = self.fs.open(&path).map_err(io_err("opening", &path))?;
             f.set_len(at as u64).map_err(io_err("truncating", &path))?;
