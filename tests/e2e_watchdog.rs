@@ -139,6 +139,11 @@ impl EmulatedWatchdog {
         Ok(wd)
     }
 
+    /// One device per node in `dir`, each with the watchdog timeout [`WATCHDOG_MS`].
+    fn one_per_node(dir: &Path) -> Result<Vec<EmulatedWatchdog>> {
+        NODES.iter().map(|node| EmulatedWatchdog::start(dir, node, Duration::from_millis(WATCHDOG_MS))).collect()
+    }
+
     fn reset_at(&self) -> Option<Instant> {
         *self.reset_at.lock().unwrap()
     }
@@ -218,10 +223,7 @@ enum Fault {
 
 async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Result<()> {
     let dir = ScratchDir::new("watchdog")?;
-    let devices = NODES
-        .iter()
-        .map(|node| EmulatedWatchdog::start(&dir.0, node, Duration::from_millis(WATCHDOG_MS)))
-        .collect::<Result<Vec<_>>>()?;
+    let devices = EmulatedWatchdog::one_per_node(&dir.0)?;
     let bin = env!("CARGO_BIN_EXE_referee");
     let spec = PairSpec {
         bin: bin.into(),
@@ -411,10 +413,7 @@ async fn self_fenced_by_the_watchdog(kind: CoordinatorKind, fault: Fault) -> Res
 async fn a_promotion_slower_than_the_watchdog_timeout_does_not_reset_the_host() -> Result<()> {
     let slow = Duration::from_millis(WATCHDOG_MS + 1500);
     let dir = ScratchDir::new("watchdog-slow")?;
-    let devices = NODES
-        .iter()
-        .map(|node| EmulatedWatchdog::start(&dir.0, node, Duration::from_millis(WATCHDOG_MS)))
-        .collect::<Result<Vec<_>>>()?;
+    let devices = EmulatedWatchdog::one_per_node(&dir.0)?;
     let bin = env!("CARGO_BIN_EXE_referee");
     // A session long enough for a lease that covers the slow promotion.
     let timings = Timings { session_timeout_ms: 12_000, tick_ms: 1000, ..Timings::referee() };

@@ -630,15 +630,11 @@ async fn token_fails_when_the_resource_floor_stays_below_the_new_token() {
 /// cannot make the fencing agent read it all: the answer is refused past a small bound.
 #[tokio::test]
 async fn graceful_refuses_an_answer_too_long_to_be_a_state() {
-    async fn standby() -> (StatusCode, String) {
+    async fn endless() -> (StatusCode, String) {
         let pad = "x".repeat(8 << 20);
         (StatusCode::OK, format!("{{\"state\": \"standby\", \"token\": 12, \"pad\": \"{pad}\"}}"))
     }
-    async fn state_of() -> (StatusCode, String) {
-        let pad = "x".repeat(8 << 20);
-        (StatusCode::OK, format!("{{\"state\": \"standby\", \"token\": 12, \"pad\": \"{pad}\"}}"))
-    }
-    let router = Router::new().route("/ha/standby", post(standby)).route("/ha/state", get(state_of));
+    let router = Router::new().route("/ha/standby", post(endless)).route("/ha/state", get(endless));
     let mut t = target("n1", "127.0.0.1", 1);
     t.ha_url = Some(format!("http://{}", serve(router).await));
     let report = fencer(GRACEFUL).fence(&t, FencingToken(12)).await;
@@ -652,7 +648,6 @@ async fn graceful_refuses_an_answer_too_long_to_be_a_state() {
 async fn http_does_not_poll_a_location_on_another_host() {
     set_pdu_key();
     let (elsewhere, other) = pdu(0).await;
-    let elsewhere = elsewhere.clone();
     let redirect = Router::new().route(
         "/async/:node",
         post(move || {
