@@ -420,6 +420,13 @@ impl Master {
 
     /// Records `token` as the highest seen: on disk first, then in memory.
     async fn raise_token(&self, inner: &mut Inner, token: FencingToken) -> Result<(), Response> {
+        self.save_token(inner, token)
+            .await
+            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot persist token {token}: {e}")))
+    }
+
+    /// Records a higher token, saved first; the error says why it could not be saved.
+    async fn save_token(&self, inner: &mut Inner, token: FencingToken) -> Result<(), String> {
         if token <= inner.token {
             return Ok(());
         }
@@ -437,7 +444,7 @@ impl Master {
             }
             Err(e) => {
                 tracing::error!(node = self.node(), %token, "cannot persist the token: {e}");
-                Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot persist token {token}: {e}")))
+                Err(e.to_string())
             }
         }
     }
@@ -630,13 +637,20 @@ async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }
 async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
     let mut inner = m.inner.lock().await;
     let was = inner.role(BootTime::now(), m.node());
-    // Stepping down is always allowed; only a higher token is recorded.
-    if let Err(response) = m.raise_token(&mut inner, token).await {
-        return response;
-    }
+    // Stepping down is always allowed, first; only a higher token is recorded. One that cannot
+    // be saved is still kept in memory (refusing older tokens while this process runs), and
+    // the answer says so: the step-down did happen.
     inner.become_standby();
     if was != HaState::Standby {
-        tracing::info!(node = m.node(), %token, highest = %inner.token, ?was, "became standby");
+        tracing::info!(node = m.node(), %token, ?was, "became standby");
+    }
+    if let Err(why) = m.save_token(&mut inner, token).await {
+        inner.token = inner.token.max(token);
+        inner.granted_until = None;
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stepped down, but token {token} was not saved ({why}): it is held in memory only"),
+        );
     }
     Json(inner.status()).into_response()
 }
@@ -1117,6 +1131,7 @@ async fn submit(
                     tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "the retried append landed");
                 }
                 m.absorb_own(j, seq, &edit).await;
+                still_writable(m, gate, seq).await?;
                 return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
             }
             Err(e @ JournalError::Deposed { .. }) => return Err(m.deposed(j, &e).await),
@@ -1130,6 +1145,7 @@ async fn submit(
         match m.read_back(j, &edit.write_id).await {
             Ok(Some(seq)) => {
                 tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "read back: the append had landed");
+                still_writable(m, gate, seq).await?;
                 return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
             }
             Ok(None) => {}
@@ -1146,6 +1162,26 @@ async fn submit(
         "indeterminate: the append's outcome stayed unknown and the write was not found in the journal; \
          write not acknowledged",
     ))
+}
+
+/// A write that reached the journal is acknowledged only if this master may still acknowledge
+/// writes: one that stepped down, or whose lease ended, while the write was on its way
+/// acknowledges nothing after it (the active reads the write from the journal).
+async fn still_writable(m: &Master, gate: Gate, seq: u64) -> Result<(), Response> {
+    if gate != Gate::RoleAndLease {
+        return Ok(());
+    }
+    let mut inner = m.inner.lock().await;
+    match inner.unwritable(BootTime::now(), &m.config) {
+        None => Ok(()),
+        Some(reason) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "indeterminate: the write reached the journal (seq {seq}), but meanwhile this master stopped \
+                 taking writes ({reason}); not acknowledged here"
+            ),
+        )),
+    }
 }
 
 async fn journaled_edit(m: &Master, op: EditOp, write_id: Option<String>, gate: Gate) -> Response {

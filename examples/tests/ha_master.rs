@@ -171,6 +171,25 @@ async fn writes_are_taken_only_while_active() {
     master.stop().await;
 }
 
+/// A step-down is never refused: a master whose state file cannot take the new token (a
+/// failed disk) steps down all the same, keeps the token in memory, and says it was not saved.
+#[tokio::test]
+async fn a_step_down_whose_token_cannot_be_saved_still_steps_down() {
+    let dir = ScratchDir::new("ha-master-lost-disk").unwrap();
+    let state_dir = dir.path("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    let master = Running::start(HaMasterConfig::new(state_dir.join("state.json"))).await;
+    assert_eq!(master.promote(10).await.0, StatusCode::OK);
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    let (code, body) = master.demote(20).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(reason(&body).contains("stepped down") && reason(&body).contains("not saved"), "{body}");
+    assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(20) });
+    assert_eq!(master.write("x", 1).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(master.promote(10).await.0, StatusCode::CONFLICT, "the old token is refused");
+    master.stop().await;
+}
+
 #[tokio::test]
 async fn the_health_switch_turns_health_off_and_on() {
     let dir = ScratchDir::new("ha-master-health").unwrap();

@@ -357,6 +357,43 @@ async fn an_append_lost_on_the_way_is_retried_once_and_acknowledged_once() -> Re
     lost_contact_scenario(Trap::DropMultiRequest).await
 }
 
+/// A master that has answered "standby" acknowledges nothing after it, not even a write that
+/// was already on its way to the journal: the write is held in a black hole on its way to the
+/// coordinator while the master steps down, then let through. (A round where the write had not
+/// yet passed the master's check when it stepped down proves nothing and is run again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_when_the_master_steps_down_is_not_acknowledged_after() -> Result<()> {
+    let coordinator = TestServer::start().await?;
+    let proxy = Proxy::start(coordinator.addr).await?;
+    let a = Master::start("nn-a", journal_config(proxy.addr.to_string())).await?;
+    a.promote(10).await?;
+    a.edit("/fs/mkdir", json!({"path": "/d"})).await?;
+    for round in 0..5u64 {
+        assert_eq!(a.promote(10 + round).await?.0, StatusCode::OK);
+        let write_id = format!("w-late-{round}");
+        proxy.black_hole();
+        let write = {
+            let (http, url) = (a.http.clone(), format!("{}/fs/create", a.base));
+            let body = json!({"path": format!("/d/late-{round}"), "data": "", "write_id": write_id});
+            tokio::spawn(async move { http.post(url).json(&body).send().await })
+        };
+        referee_testkit::wait_until(Duration::from_secs(5), "a frame held", || proxy.held() > 0).await?;
+        let (code, body) = a.post("/ha/standby", json!({"token": 10 + round})).await?;
+        assert_eq!((code, a.state().await?.state), (StatusCode::OK, HaState::Standby), "{body}");
+        proxy.heal();
+        let answer = within("the write's answer", write).await???;
+        let (code, body) = (answer.status(), answer.text().await?);
+        if copies_in_journal(&coordinator, &write_id).await? == 0 {
+            continue;
+        }
+        assert_ne!(code, StatusCode::OK, "round {round}: acknowledged after the master answered standby: {body}");
+        a.stop().await?;
+        drop(proxy);
+        return coordinator.stop().await;
+    }
+    bail!("in no round did the write pass the master's check before it stepped down")
+}
+
 #[test]
 fn the_journal_configuration_parses_with_defaults() {
     let yaml = "state_file: /tmp/x.json\njournal:\n  connect: 127.0.0.1:2181\n  path: /demo/journal\n  epoch_path: /demo/epoch\n";
