@@ -382,25 +382,13 @@ struct Session<'a> {
     timeout: Duration,
 }
 
-/// Reads an agent config and its `admin:` section. The section is parsed apart, so this works
-/// whether or not [`AgentConfig`] itself knows the key.
+/// Reads an agent config, whole and checked as the agent checks it (rules such as a preferred
+/// node needing the `admin` section see all of it), and its `admin:` section.
 fn load_agent_config(path: &Path) -> Result<(AgentConfig, Option<AdminSettings>), Failure> {
     let usage = |e: String| fail(Exit::Usage, e);
     let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read `{}`: {e}", path.display())))?;
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
-    let admin = value.as_mapping_mut().and_then(|m| m.remove("admin"));
-    let admin = match admin {
-        None | Some(serde_yaml::Value::Null) => None,
-        Some(section) => {
-            let settings: AdminSettings = serde_yaml::from_value(section)
-                .map_err(|e| usage(format!("`{}`: invalid `admin` section: {e}", path.display())))?;
-            settings.validate().map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
-            Some(settings)
-        }
-    };
-    let rest = serde_yaml::to_string(&value).map_err(|e| usage(e.to_string()))?;
-    let cfg = AgentConfig::from_yaml(&rest).map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
+    let cfg = AgentConfig::from_yaml(&text).map_err(|e| usage(format!("`{}`: {e}", path.display())))?;
+    let admin = cfg.admin.clone();
     Ok((cfg, admin))
 }
 
@@ -2311,6 +2299,18 @@ fn utc(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped agent configurations name their own node as preferred, which needs the
+    /// `admin` section: the command reads them whole, as the agent does.
+    #[test]
+    fn the_shipped_agent_configs_are_read_with_their_admin_section() {
+        for file in ["agent-db1.yaml", "agent-db2.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(file);
+            let loaded = load_agent_config(&path);
+            let (cfg, admin) = loaded.unwrap_or_else(|f| panic!("{file}: {}", f.reason));
+            assert!(cfg.admin.is_some() && admin.is_some(), "{file}");
+        }
+    }
 
     #[test]
     fn utc_formats_known_instants() {
