@@ -315,6 +315,32 @@ async fn cluster_settings_reach_every_agent_and_survive_a_restart() -> Result<()
     ensure!(code == 0 && out.contains("no settings for the whole cluster"), "config unset exited {code}: {out} {err}");
     every_agent(&pair, "its own max_lag back", |st| st["max_lag"].is_null() && st["cluster_settings"].is_null())
         .await?;
+
+    // A reload the rules refuse leaves nothing of its file behind: neither now, nor when the
+    // cluster's settings are later removed and each agent goes back to its own. This file is
+    // valid alone (a longer session, a longer promotion), but its session timeout needs a
+    // restart, and the promotion does not fit in the session that runs.
+    let path = pair.dir.0.join(NODES[active]).join("agent.yaml");
+    let mut file: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    file["coordinator"]["session_timeout_ms"] = 10_000.into();
+    file["election"]["promote_timeout_ms"] = 5_000.into();
+    file["election"]["max_lag"] = 5.into();
+    std::fs::write(&path, serde_yaml::to_string(&file)?)?;
+    pair.agents[active].as_ref().context("the active's agent")?.signal(Signal::SIGHUP)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !pair.agent_log_tail(active).contains("configuration reload refused") {
+        ensure!(tokio::time::Instant::now() < deadline, "no refused reload logged: {}", pair.agent_log_tail(active));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, out, err) = pair.admin(standby, &["config", "set", "election.max_lag=9"]).await?;
+    ensure!(code == 0, "config set exited {code}: {out} {err}");
+    every_agent(&pair, "max_lag 9 in force", |st| st["max_lag"] == 9).await?;
+    let (code, out, err) = pair.admin(standby, &["config", "unset", "election.max_lag"]).await?;
+    ensure!(code == 0, "config unset exited {code}: {out} {err}");
+    every_agent(&pair, "its own max_lag back, not the refused file's", |st| {
+        st["max_lag"].is_null() && st["cluster_settings"].is_null()
+    })
+    .await?;
     ensure!(pair.is_active(active).await, "the active stayed active throughout");
     Ok(())
 }

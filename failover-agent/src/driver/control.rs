@@ -195,7 +195,8 @@ impl Driver {
     /// sections that bind resources (coordinator, master, health monitor, fencing, probes,
     /// watchdog, identity) need a restart and are left as they are.
     pub(super) fn reload(&mut self, new: AgentConfig) -> String {
-        self.file_cfg = new.clone();
+        // The file counts as this agent's own only once its reload is taken.
+        let file = new.clone();
         // The cluster's settings stay over the new file, if the rules still take them.
         let new = match self.mem.cluster_settings.clone().flatten() {
             Some((record, v)) => match new.with_cluster_settings(&record.settings) {
@@ -257,6 +258,7 @@ impl Driver {
             warn!("{message}");
             return message;
         }
+        self.file_cfg = file;
         self.apply_live(merged);
         let applied = if live_changed {
             "applied the new lease, election and failsafe settings"
@@ -482,8 +484,23 @@ impl Driver {
         self.mem.cluster_settings = Some(read.clone());
         let Some((record, v)) = read else {
             if !first {
-                let message = self.apply_live(self.file_cfg.clone());
-                info!("the cluster's settings were removed: back to this agent's own ({message})");
+                // The file's live sections over what runs, checked as a reload's are.
+                let own = AgentConfig {
+                    lease: self.file_cfg.lease.clone(),
+                    election: self.file_cfg.election.clone(),
+                    failsafe: self.file_cfg.failsafe,
+                    ..self.cfg.clone()
+                };
+                match own.validate() {
+                    Ok(()) => {
+                        let message = self.apply_live(own);
+                        info!("the cluster's settings were removed: back to this agent's own ({message})");
+                    }
+                    Err(e) => warn!(
+                        "the cluster's settings were removed, but this agent's own are refused with the settings \
+                         running ({e}); the ones in force are kept"
+                    ),
+                }
             }
             self.status().cluster_settings = None;
             return;
