@@ -67,7 +67,7 @@ use crate::peer::PeerNetwork;
 use crate::raft::Raft;
 use crate::read_index::{ReadIndex, ReadIndexError};
 use crate::rounds::Rounds;
-use crate::txn::{Txn, TxnBatch, TxnOutcome};
+use crate::txn::{Txn, TxnBatch, TxnOp, TxnOutcome};
 
 /// Batches handed to Raft and not yet applied. With one request in flight per session, the
 /// clients a batch answers send their next writes while the batches after it are still being
@@ -426,6 +426,7 @@ async fn run(
                 settle(&queue).await;
                 gather(&mut held, &mut queue);
                 held.drop_failed(&lock(&failed), &counts);
+                held.drop_leader_decisions(&counts);
                 let batch = held.take_batch();
                 if batch.is_empty() {
                     if forwards.is_empty() {
@@ -550,7 +551,37 @@ struct Held {
     busy: BTreeSet<u64>,
 }
 
+/// Whether `p` is a decision only a leader takes, for its own term: a session's expiry (made
+/// from the liveness this server saw while it led) or a reap. A server that no longer leads
+/// fails such a write rather than forward it to the new leader, which decides for itself (a
+/// deposed leader cut off from the clients' reports would otherwise close live sessions).
+fn leader_decision(p: &Pending) -> bool {
+    p.origin == 0
+        && matches!(
+            p.txn.op,
+            TxnOp::CloseSession { expired: true } | TxnOp::Write(crate::txn::WriteOp::DeleteContainer { .. })
+        )
+}
+
 impl Held {
+    /// Fails, at once, every held decision of a leader ([`leader_decision`]): this server is
+    /// about to forward.
+    fn drop_leader_decisions(&mut self, counts: &Counts) {
+        if !self.queue.iter().any(leader_decision) {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for p in self.queue.drain(..) {
+            if leader_decision(&p) {
+                counts.queued.fetch_sub(1, Ordering::Relaxed);
+                p.done.send(Err(ProposeError::NotLeader { leader: None }), 0);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        self.queue = kept;
+    }
+
     /// Fails, at once, every held write of a connection that already lost one.
     fn drop_failed(&mut self, failed: &Failed, counts: &Counts) {
         if failed.set.is_empty() {
@@ -776,7 +807,6 @@ fn propose_error(e: ClientWriteError<u64, openraft::BasicNode>) -> ProposeError 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::txn::TxnOp;
 
     /// A held write of connection `origin`, tagged with `tag` (its session id) to follow it.
     fn pending(origin: u64, tag: i64) -> Pending {
@@ -822,6 +852,31 @@ mod tests {
         for b in [first, second] {
             assert!(sizes(&b) <= MAX_BATCH_BYTES);
         }
+    }
+
+    /// A deposed leader's expiries and reaps are failed, not forwarded: the new leader decides
+    /// from what it hears. A session claimed here, and the clients' writes, go on.
+    #[test]
+    fn a_leaders_own_decisions_are_not_forwarded() {
+        let with_op = |origin: u64, tag: i64, op: TxnOp| {
+            let mut p = pending(origin, tag);
+            p.txn.op = op;
+            p
+        };
+        let (tx, mut rx) = oneshot::channel();
+        let mut expiry = with_op(0, 1, TxnOp::CloseSession { expired: true });
+        expiry.done = Waiter::Plain(tx);
+        let reap = with_op(0, 2, TxnOp::Write(crate::txn::WriteOp::DeleteContainer { path: "/c".into() }));
+        let claim = with_op(0, 3, TxnOp::ClaimSession { server: 2 });
+        let close = with_op(7, 4, TxnOp::CloseSession { expired: false });
+        let write = pending(7, 5);
+        let mut h = Held { queue: VecDeque::from([expiry, reap, claim, close, write]), busy: BTreeSet::new() };
+        let counts = Counts::default();
+        counts.queued.store(5, Ordering::Relaxed);
+        h.drop_leader_decisions(&counts);
+        assert_eq!(tags(&Vec::from(std::mem::take(&mut h.queue))), [3, 4, 5]);
+        assert_eq!(counts.queued.load(Ordering::Relaxed), 3);
+        assert!(matches!(rx.try_recv(), Ok(Err(ProposeError::NotLeader { .. }))));
     }
 
     #[test]

@@ -933,14 +933,16 @@ async fn storage_failure(raft: Raft, mut log_stopped: watch::Receiver<Option<Str
 async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(shared.config.tick_ms);
     let mut role = RoleWatch::new(&shared.raft);
-    let mut was_leader = false;
+    // The term this server has led and expired sessions in, if it leads: leading again in a
+    // later term (even without the loop seeing it step down) starts every deadline afresh.
+    let mut led_term: Option<u64> = None;
     loop {
         // Woken at any change of this server's role (a change of leader resets the deadlines),
         // at least every tick, and on the leader at the earliest deadline (its bucket's end).
         // Only the leader takes the expired sessions off, so only it may wake for them: a
         // follower woken for a deadline already past would wake again at once.
         let wake = tokio::time::Instant::now() + tick;
-        let next = if was_leader { shared.lock().tracker.next_deadline() } else { None };
+        let next = if led_term.is_some() { shared.lock().tracker.next_deadline() } else { None };
         let wake = next.map_or(wake, |n| wake.min(tokio::time::Instant::from_std(n)));
         tokio::select! {
             biased;
@@ -948,20 +950,20 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = role.changed() => {}
             () = tokio::time::sleep_until(wake) => {}
         }
-        let is_leader = role.current().settled;
-        if !is_leader {
-            was_leader = false;
+        let now_role = role.current();
+        if !now_role.settled {
+            led_term = None;
             continue;
         }
         let expired: Vec<SessionId> = {
             let mut st = shared.lock();
-            if !was_leader {
+            if led_term != Some(now_role.term) {
                 // A new leader does not know when followers last heard from clients.
                 st.tracker.reset_all(Instant::now());
             }
             st.tracker.take_expired(Instant::now())
         };
-        was_leader = true;
+        led_term = Some(now_role.term);
         for session in expired {
             debug!(%session, "session expired");
             let shared = shared.clone();
