@@ -326,7 +326,17 @@ impl PeerConn<'_> {
                     // The batch's own origin: if one of its writes fails, the rest of it still
                     // queued is failed too (the follower closes their connections).
                     let origin = NEXT_FORWARD_ORIGIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let outcomes = batch.into_iter().map(|t| proposer.submit_forwarded(origin, t)).collect();
+                    // Stamped with the leader's clock, as ZooKeeper's leader stamps every
+                    // transaction: a TTL or a container's age is then measured against the
+                    // clock the reaper reads, not the clock of whichever server took the write.
+                    let stamped = crate::connection::now_ms();
+                    let outcomes = batch
+                        .into_iter()
+                        .map(|mut t| {
+                            t.time_ms = stamped;
+                            proposer.submit_forwarded(origin, t)
+                        })
+                        .collect();
                     Entered::Forward(tokio::time::Instant::now(), outcomes)
                 }
                 other => Entered::Other(other),
