@@ -106,11 +106,16 @@ async fn standby(State(p): State<ProbeState>, RawQuery(query): RawQuery) -> Resp
     verdict(ok, body)
 }
 
-/// Whether this node is a healthy standby within `max_lag` of the active's recently published
-/// position, and the answer's body saying how it stands.
+/// Whether this node is a healthy standby, its master read as standby (not one still active
+/// after losing the lock), within `max_lag` of the active's recently published position, and
+/// the answer's body saying how it stands.
 fn standby_verdict(s: &AgentStatus, max_lag: Option<u64>) -> (bool, serde_json::Value) {
-    let ready = s.role == Role::Standby && s.health.is_healthy();
+    let master_standby = s.master.is_some_and(|m| m.state == referee_fencing::HaState::Standby);
+    let ready = s.role == Role::Standby && s.health.is_healthy() && master_standby;
     let mut body = json!({"role": s.role, "health": s.health, "behind": s.behind_fresh});
+    if s.role == Role::Standby && !master_standby {
+        body["reason"] = json!("the master is not read as standby (still active, or its state unknown)");
+    }
     let caught_up = match (max_lag, s.behind_fresh) {
         (None, _) => true,
         (Some(max), Some(behind)) => behind <= max,
@@ -200,6 +205,24 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node without the lock whose master still says active (its demotion keeps failing) is
+    /// no standby for readers: it may hold writes the new active never got.
+    #[test]
+    fn a_standby_whose_master_is_still_active_is_not_offered_for_reads() {
+        use crate::model::MasterStatus;
+        use referee_fencing::HaState;
+        let mut s = AgentStatus::new("c", "a");
+        s.role = Role::Standby;
+        s.health = Health::Healthy;
+        s.master = Some(MasterStatus { state: HaState::Standby, token: FencingToken(4), position: None });
+        assert!(standby_verdict(&s, None).0, "a standby master is offered");
+        s.master = Some(MasterStatus { state: HaState::Active, token: FencingToken(4), position: None });
+        let (ok, body) = standby_verdict(&s, None);
+        assert!(!ok, "{body}");
+        s.master = None;
+        assert!(!standby_verdict(&s, None).0, "a master whose state is unknown is not offered");
+    }
 
     #[test]
     fn the_standby_probe_takes_max_lag_and_refuses_anything_else() {
