@@ -410,9 +410,19 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
                     || obs.backoff_until.is_some_and(|t| t > obs.now)
                     || obs.promised.as_ref().is_some_and(|(_, t)| *t > obs.now);
-                // A drained preferred node does not ask for the role it may not take.
-                let drained = obs.candidacy.drained.is_some();
-                if connected && healthy_for >= after && flap_wait.is_none() && !not_before && !drained {
+                // A preferred node that may not take the role (drained, nofailover, too far
+                // behind the active, another zone) does not ask for it: the active would step
+                // down for nobody.
+                let unfit = candidacy::gate(
+                    &obs.candidacy,
+                    obs.published.as_ref(),
+                    &policy.candidacy,
+                    obs.now,
+                    false,
+                    false,
+                )
+                .is_some();
+                if connected && healthy_for >= after && flap_wait.is_none() && !not_before && !unfit {
                     return decision(
                         vec![Step::RequestHandover { from: node_id.clone() }],
                         format!(
@@ -1622,6 +1632,21 @@ mod tests {
         let mut drained = o.clone();
         drained.candidacy.drained = Some("ops".into());
         check_with(drained, &policy, vec![], standing_by);
+        // Too far behind the active to take over: asking would leave nobody active.
+        let lagging_policy = Policy {
+            candidacy: CandidacyPolicy { max_lag: Some(100), ..CandidacyPolicy::default() },
+            ..policy.clone()
+        };
+        let mut lagging = o.clone();
+        lagging.candidacy.position = Some(candidacy::Position(1_000));
+        lagging.published = published_at(5_000, None, Duration::from_secs(1));
+        check_with(lagging.clone(), &lagging_policy, vec![], standing_by);
+        lagging.candidacy.position = Some(candidacy::Position(4_950));
+        assert_eq!(
+            decide(&lagging, &lagging_policy).steps,
+            vec![Step::RequestHandover { from: "b".into() }],
+            "caught up: it asks"
+        );
         // Not the preferred node.
         check_with(o, &Policy::with_backoff(BACKOFF), vec![], standing_by);
     }
