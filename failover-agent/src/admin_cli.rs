@@ -2032,6 +2032,10 @@ fn unfit(st: &Value) -> Option<String> {
     if let Some(by) = drained_by(st) {
         return Some(format!("it is drained (by {by}); `undrain` it first"));
     }
+    // What its agent says keeps it out for good (the agent refuses such a failover too).
+    if st.get("blocker").and_then(|b| b.get("blocker")).and_then(Value::as_str) == Some("nofailover") {
+        return Some("it is tagged nofailover (election.nofailover): it never takes over".into());
+    }
     let session = st.get("session").and_then(|s| s.get("state")).and_then(Value::as_str);
     if session != Some("connected") {
         return Some(format!("it has no coordinator session ({})", session_text(st.get("session"))));
@@ -2410,6 +2414,12 @@ mod tests {
         let mut drained = ok.clone();
         drained["drained"] = json!({"requested_by": "ops@h", "at_ms": 1, "reason": "kernel update"});
         assert_eq!(unfit(&drained).unwrap(), "it is drained (by ops@h (kernel update)); `undrain` it first");
+        // Tagged nofailover, as its agent reports it: the agent would refuse the failover.
+        let mut status = crate::status::AgentStatus::new("c", "b");
+        status.blocker = Some(crate::candidacy::Blocker::Nofailover);
+        let mut tagged = ok.clone();
+        tagged["blocker"] = serde_json::to_value(&status).unwrap()["blocker"].clone();
+        assert!(unfit(&tagged).unwrap().contains("nofailover"), "{tagged}");
     }
 
     #[test]
