@@ -87,3 +87,32 @@ async fn demote_fails_when_the_master_keeps_an_older_token() -> anyhow::Result<(
     master.abort();
     Ok(())
 }
+
+/// The OCF resource agent's `monitor` of a master that is active but failing its health check
+/// answers OCF_FAILED_PROMOTED (9), which Pacemaker and the OCF adapter read as "promoted, and
+/// failed": it may still be serving. An unhealthy standby is a plain error (1). The agent's
+/// `referee` program is a stub here that answers as `master-command` would.
+#[test]
+fn the_ocf_agent_reports_a_failing_active_master_as_failed_promoted() {
+    let dir = ScratchDir::new("ocf-monitor").unwrap();
+    let agent = concat!(env!("CARGO_MANIFEST_DIR"), "/ocf/referee-demo-master");
+    let monitor = |state: &str| {
+        let stub = dir.path(&format!("referee-{state}"));
+        let script = format!(
+            "#!/bin/sh\ncase \"$2\" in\n  state) echo '{{\"state\":\"{state}\",\"token\":5}}' ;;\n  health) echo 'disk full' >&2; exit 1 ;;\nesac\n"
+        );
+        std::fs::write(&stub, script).unwrap();
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(agent)
+            .arg("monitor")
+            .env("OCF_RESKEY_url", "http://127.0.0.1:1")
+            .env("OCF_RESKEY_referee", &stub)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = monitor("active");
+    assert_eq!(code, Some(9), "{stderr}");
+    assert!(stderr.contains("disk full"), "{stderr}");
+    assert_eq!(monitor("standby").0, Some(1));
+}
