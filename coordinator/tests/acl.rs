@@ -582,3 +582,32 @@ async fn notifications_follow_the_acl_at_the_time_of_the_event() -> Result<()> {
     drop((b, anon));
     server.stop().await
 }
+
+/// A connection's authenticated identities are bounded (every write it makes carries them
+/// into the log): an auth past the bound fails and closes the connection, as a failed auth does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_identities_are_bounded() -> Result<()> {
+    let server = server().await?;
+    let mut raw = Raw::connect(server.addr, 5000).await?;
+    let user = |i: usize| format!("{}{i}:pw", "u".repeat(20_000));
+    let mut refused = None;
+    for i in 0..8 {
+        let reply = raw.call(op::AUTH, &body::auth("digest", user(i).as_bytes())).await;
+        match reply {
+            Ok(r) if r.err == 0 => {}
+            Ok(r) => {
+                refused = Some((i, r.err));
+                break;
+            }
+            Err(e) => return Err(e.context(format!("auth {i}"))),
+        }
+    }
+    let (at, err) = refused.context("eight identities of 20 KB each were all taken")?;
+    assert_eq!(err, AUTH_FAILED);
+    assert!(at >= 2, "refused at the {at}th identity already");
+    assert!(raw.call(op::EXISTS, &body::path_watch("/", false)).await.is_err(), "the connection is closed");
+    // The server and other sessions carry on.
+    let c = anon(server.addr).await?;
+    c.create("/after", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    server.stop().await
+}

@@ -201,6 +201,11 @@ fn set_throttled(conn: &Conn, on: bool) {
     }
 }
 
+/// The most bytes of authenticated identities one connection may hold. Every write it makes
+/// carries them into the log (ACLs are checked at apply), so they bound the size of its
+/// entries; a few digest users and its address fit many times over.
+const MAX_AUTH_BYTES: usize = 64 << 10;
+
 /// Decides what a decoded request becomes: its slot, and whether the connection closes after
 /// it (with the reason). Writes are proposed here.
 async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> Result<(Slot, Option<String>), String> {
@@ -212,6 +217,12 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
                     if !all.contains(&i) {
                         all.push(i);
                     }
+                }
+                let bytes: usize = all.iter().map(|i| i.scheme.len() + i.id.len()).sum();
+                if bytes > MAX_AUTH_BYTES {
+                    warn!(conn = conn.id, peer = %conn.peer, bytes, "authentication refused: the connection's identities would pass {MAX_AUTH_BYTES} bytes");
+                    let refused = Slot::Answer { xid, zxid: Some(Zxid(0)), result: Err(ErrorCode::AuthFailed) };
+                    return Ok((refused, Some(format!("its identities would pass {MAX_AUTH_BYTES} bytes"))));
                 }
                 *auth = Arc::from(all);
                 if let Some(c) = conn.shared.lock().conns.get_mut(&conn.id) {
