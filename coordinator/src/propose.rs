@@ -50,9 +50,9 @@
 //! Bounds: at most [`MAX_IN_FLIGHT`] batches are handed to Raft and not yet applied; a batch
 //! holds at most [`MAX_BATCH_TXNS`] transactions and about [`MAX_BATCH_BYTES`] bytes, or one
 //! larger write alone (at most `max_packet_bytes`, 16 MiB, with its connection's identities,
-//! at most 64 KiB), so an entry stays below the peer
-//! link's frame limit and far below the log's record limit. The queue itself is bounded upstream: each
-//! connection stops reading at `max_outstanding_requests` and `max_outstanding_request_bytes`.
+//! at most 64 KiB), so an entry stays below the peer link's frame limit and far below the log's
+//! record limit. The queue itself is bounded upstream: each connection stops reading at
+//! `max_outstanding_requests` and `max_outstanding_request_bytes`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
