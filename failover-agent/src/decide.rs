@@ -1633,10 +1633,8 @@ mod tests {
         drained.candidacy.drained = Some("ops".into());
         check_with(drained, &policy, vec![], standing_by);
         // Too far behind the active to take over: asking would leave nobody active.
-        let lagging_policy = Policy {
-            candidacy: CandidacyPolicy { max_lag: Some(100), ..CandidacyPolicy::default() },
-            ..policy.clone()
-        };
+        let lagging_policy =
+            Policy { candidacy: CandidacyPolicy { max_lag: Some(100), ..CandidacyPolicy::default() }, ..policy };
         let mut lagging = o.clone();
         lagging.candidacy.position = Some(candidacy::Position(1_000));
         lagging.published = published_at(5_000, None, Duration::from_secs(1));
