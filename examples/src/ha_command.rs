@@ -25,7 +25,7 @@ use std::fmt;
 use std::time::Duration;
 
 use referee_fencing::protocol::{HA_ACTIVE_PATH, HA_HEALTH_PATH, HA_STANDBY_PATH, HA_STATE_PATH};
-use referee_fencing::{FencingToken, HaState, HaStatus, TokenRequest};
+use referee_fencing::{FencingToken, HaState, TokenRequest};
 
 /// The operation asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,16 @@ pub fn token_from_env(value: Option<String>) -> Result<FencingToken, String> {
     value.trim().parse::<u64>().map(FencingToken).map_err(|_| format!("FENCE_TOKEN is {value:?}, not a token"))
 }
 
+/// A master's status as printed: its state and token, and its replication position when it
+/// reports one (the agent's lag gate and ranking read it).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Reported {
+    state: HaState,
+    token: FencingToken,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
+
 /// Runs `action` against the master at `url` (each request bounded by `timeout`); `token` is
 /// needed by promote and demote.
 pub async fn run(url: &str, action: Action, token: Result<FencingToken, String>, timeout: Duration) -> Outcome {
@@ -133,7 +143,7 @@ pub async fn run(url: &str, action: Action, token: Result<FencingToken, String>,
     if action == Action::Health {
         return Outcome::ok(String::new());
     }
-    let reported: HaStatus = match serde_json::from_str(&text) {
+    let reported: Reported = match serde_json::from_str(&text) {
         Ok(s) => s,
         Err(e) => return Outcome::refused(format!("{action}: {target} answered no status ({e}): {}", text.trim())),
     };

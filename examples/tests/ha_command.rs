@@ -69,7 +69,7 @@ async fn demote_fails_when_the_master_keeps_an_older_token() -> anyhow::Result<(
             let Ok((mut conn, _)) = listener.accept().await else { return };
             let mut request = vec![0u8; 4096];
             let _ = conn.read(&mut request).await;
-            let body = r#"{"state":"standby","token":3}"#;
+            let body = r#"{"state":"standby","token":3,"position":42}"#;
             let reply = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -84,6 +84,10 @@ async fn demote_fails_when_the_master_keeps_an_older_token() -> anyhow::Result<(
     assert_eq!(older.code, 1, "standby still at token 3 after a demote with 9: {older:?}");
     assert!(older.stderr.contains("not standby holding the new token"), "{older:?}");
     assert_eq!(status(&older.stdout), HaStatus { state: HaState::Standby, token: FencingToken(3) });
+    // The master's replication position is passed on: the lag gate and the ranking need it.
+    let state = run(&url, Action::State, Err("unused".into()), LIMIT).await;
+    let printed: serde_json::Value = serde_json::from_str(state.stdout.trim())?;
+    assert_eq!(printed["position"], 42, "{state:?}");
     master.abort();
     Ok(())
 }
