@@ -40,8 +40,11 @@
 //!   itself every [`PROVE_EVERY`], so it usually has one at once), and refuses it if it does
 //!   not lead or no such round succeeds in time. The reporter counts the report as sent
 //!   [`PROOF_AGE`] earlier than it was: a report it sent at `s` proves the session alive to
-//!   no later leader than one elected after `s − PROOF_AGE`, and covers the requests that
-//!   arrived until `s − PROOF_AGE + SLACK`;
+//!   no later leader than one elected after `s − PROOF_AGE`. The report says how long before
+//!   `s` each session was last heard, at `h`, and the leader keeps it from `h` (a report sent
+//!   again after a broken link adds nothing for the outage); so it covers the requests that
+//!   arrived until `min(h, s − PROOF_AGE) + SLACK`. A busy session is heard within a report
+//!   interval of `s`, and the bound is `s − PROOF_AGE + SLACK`;
 //! - the leader's own replies wait, as a follower's do, until a round that started no earlier
 //!   than `arrival − SLACK` has been confirmed in its current term ([`proves`]). A new leader
 //!   proves nothing before it has applied an entry of its own term, so it does not serve
@@ -196,18 +199,20 @@ impl LivenessGate {
         self.confirmed().get(&session).is_some_and(|sent| *sent >= floor)
     }
 
-    /// The leader acknowledged a report of `sessions` sent at `sent`, naming `expired` as no
-    /// longer alive there. The report counts as sent [`PROOF_AGE`] earlier (see the module
-    /// docs).
-    pub fn acknowledged(&self, sessions: &[SessionId], expired: &[SessionId], sent: Instant) {
+    /// The leader acknowledged a report sent at `sent` of `sessions`, each with when it was
+    /// last heard, naming `expired` as no longer alive there. The report counts as sent
+    /// [`PROOF_AGE`] earlier, and a session as confirmed no later than it was heard (the
+    /// leader keeps it from then: see the module docs).
+    pub fn acknowledged(&self, sessions: &[(SessionId, Instant)], expired: &[SessionId], sent: Instant) {
         let sent = sent.checked_sub(PROOF_AGE).unwrap_or(sent);
         let mut confirmed = self.confirmed();
-        for s in sessions {
-            if expired.contains(s) {
-                confirmed.remove(s);
+        for &(s, heard) in sessions {
+            if expired.contains(&s) {
+                confirmed.remove(&s);
             } else {
-                let at = confirmed.entry(*s).or_insert(sent);
-                *at = (*at).max(sent);
+                let alive = sent.min(heard);
+                let at = confirmed.entry(s).or_insert(alive);
+                *at = (*at).max(alive);
             }
         }
         drop(confirmed);
@@ -292,13 +297,20 @@ mod tests {
         assert!(!gate.covered(s, arrived), "never reported");
         // A report counts as sent PROOF_AGE before it was (the leader's proof may be that old).
         let earliest = arrived - SLACK + PROOF_AGE;
-        gate.acknowledged(&[s], &[], earliest - Duration::from_millis(1));
+        let now = arrived + Duration::from_millis(5);
+        gate.acknowledged(&[(s, earliest - Duration::from_millis(1))], &[], earliest - Duration::from_millis(1));
         assert!(!gate.covered(s, arrived), "a report sent before the slack, less the proof's age, does not cover");
-        gate.acknowledged(&[s], &[], earliest);
+        gate.acknowledged(&[(s, arrived - SLACK - Duration::from_millis(1))], &[], now);
+        assert!(
+            !gate.covered(s, arrived),
+            "a report sent after the request, of a hearing before the slack (sent again after a failure), does not \
+             cover: the leader keeps the session from that hearing"
+        );
+        gate.acknowledged(&[(s, earliest)], &[], earliest);
         assert!(gate.covered(s, arrived));
-        gate.acknowledged(&[s], &[], t0);
+        gate.acknowledged(&[(s, t0)], &[], t0);
         assert!(gate.covered(s, arrived), "an older acknowledgement never moves the confirmation back");
-        gate.acknowledged(&[s], &[s], arrived + Duration::from_millis(5));
+        gate.acknowledged(&[(s, now)], &[s], now);
         assert!(!gate.covered(s, arrived), "a session the leader no longer holds is not covered");
     }
 
@@ -312,7 +324,8 @@ mod tests {
             tokio::spawn(async move { gate.wait_covered(s, arrived, Duration::from_secs(5), || None).await })
         };
         tokio::time::timeout(Duration::from_secs(5), gate.report_requested()).await.expect("a report was asked for");
-        gate.acknowledged(&[s], &[], Instant::now());
+        let now = Instant::now();
+        gate.acknowledged(&[(s, now)], &[], now);
         let released = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("released").expect("no panic");
         assert_eq!(released, Ok(()));
         let refused = gate.wait_covered(SessionId(10), Instant::now(), Duration::from_millis(30), || None).await;

@@ -36,7 +36,7 @@ use crate::config::CoordinatorConfig;
 use crate::connection::{self, now_ms, Shared};
 use crate::datadir::{random_cluster_id, DataDir, DataDirError, KnownPeers};
 use crate::log::{FileSystem, LogError, LogStore, RealFs, WalOptions};
-use crate::peer::wire::{PeerReply, PeerRequest};
+use crate::peer::wire::{HeardFrom, PeerReply, PeerRequest};
 use crate::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
@@ -1328,7 +1328,8 @@ async fn snapshot_when_due(raft: Raft, due: SnapshotDue, mut stop: watch::Receiv
 
 /// A server that does not lead tells the leader, every [`crate::liveness::REPORT_EVERY`] or at
 /// once when a reply waits for it, which sessions its clients were heard from since the last
-/// report, so that the leader, which alone expires sessions, keeps them; each acknowledged
+/// report and how long ago, so that the leader, which alone expires sessions, keeps each for
+/// its timeout from then; each acknowledged
 /// report releases the replies it covers (see [`crate::liveness`]). A report that fails (no
 /// leader known, the link down, no answer within half the staleness bound, the leader unable
 /// to prove it still leads) is not lost: its sessions go into the next one, which waiting
@@ -1382,7 +1383,14 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
         // A report to a leader that has since been replaced (a frozen one answers nothing) is
         // given up at once: its sessions go to the new leader with the next report, instead of
         // after this one's deadline, while every reply on this server waits for them.
-        let request = network.request(&shared.raft, leader, PeerRequest::Touch(heard.clone()), deadline);
+        let report = heard
+            .iter()
+            .map(|&(session, at)| {
+                let ago_ms = u32::try_from(sent.saturating_duration_since(at).as_millis()).unwrap_or(u32::MAX);
+                HeardFrom { session, ago_ms }
+            })
+            .collect();
+        let request = network.request(&shared.raft, leader, PeerRequest::Touch(report), deadline);
         let answer = tokio::select! {
             answer = request => answer,
             _ = crate::role::leader_replaced(&shared.raft, leader) => {

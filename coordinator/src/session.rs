@@ -47,9 +47,9 @@ pub struct SessionTracker {
     sessions: HashMap<SessionId, Tracked>,
     /// Sessions by the bucket they expire at. Sessions being closed are in none.
     buckets: BTreeMap<u64, BTreeSet<SessionId>>,
-    /// Sessions heard from since [`SessionTracker::take_heard`] last ran: what a follower
-    /// reports to the leader, which alone expires sessions.
-    heard: BTreeSet<SessionId>,
+    /// Sessions heard from since [`SessionTracker::take_heard`] last ran, with when each was
+    /// last heard: what a follower reports to the leader, which alone expires sessions.
+    heard: BTreeMap<SessionId, Instant>,
 }
 
 impl SessionTracker {
@@ -61,7 +61,7 @@ impl SessionTracker {
             origin,
             sessions: HashMap::new(),
             buckets: BTreeMap::new(),
-            heard: BTreeSet::new(),
+            heard: BTreeMap::new(),
         }
     }
 
@@ -150,31 +150,39 @@ impl SessionTracker {
         if later {
             self.extend(id, None, now);
         }
-        self.heard.insert(id);
+        self.note_heard(id, now);
         true
+    }
+
+    fn note_heard(&mut self, id: SessionId, at: Instant) {
+        let last = self.heard.entry(id).or_insert(at);
+        *last = (*last).max(at);
     }
 
     /// Sets a reconnected session's renegotiated timeout and gives it that long from now.
     pub fn reopen(&mut self, id: SessionId, timeout: Duration, now: Instant) -> bool {
         let open = self.extend(id, Some(timeout), now);
         if open {
-            self.heard.insert(id);
+            self.note_heard(id, now);
         }
         open
     }
 
-    /// The sessions heard from since the last call, forgetting them.
-    pub fn take_heard(&mut self) -> Vec<SessionId> {
+    /// The sessions heard from since the last call, each with when it was last heard,
+    /// forgetting them.
+    pub fn take_heard(&mut self) -> Vec<(SessionId, Instant)> {
         std::mem::take(&mut self.heard).into_iter().collect()
     }
 
     /// Puts back sessions taken by [`SessionTracker::take_heard`] whose report did not reach
     /// the leader, so the next report carries them: the replies waiting on the leader's
-    /// knowledge of them are released by that one. Sessions closed meanwhile are left out.
-    pub fn heard_again(&mut self, sessions: &[SessionId]) {
-        for id in sessions {
-            if self.is_live(*id) {
-                self.heard.insert(*id);
+    /// knowledge of them are released by that one. Each keeps when it was last heard (a later
+    /// hearing meanwhile wins), so the report that finally arrives keeps the session alive from
+    /// then, not from its own arrival. Sessions closed meanwhile are left out.
+    pub fn heard_again(&mut self, sessions: &[(SessionId, Instant)]) {
+        for &(id, at) in sessions {
+            if self.is_live(id) {
+                self.note_heard(id, at);
             }
         }
     }
@@ -297,15 +305,19 @@ mod tests {
         for s in [a, b, c] {
             tr.add(s, ms(2000), t0);
         }
-        assert!(tr.touch(a, t0 + ms(10)) && tr.touch(b, t0 + ms(10)));
+        assert!(tr.touch(a, t0 + ms(5)) && tr.touch(a, t0 + ms(10)) && tr.touch(b, t0 + ms(10)));
         let report = tr.take_heard();
-        assert_eq!(report, [a, b]);
+        assert_eq!(report, [(a, t0 + ms(10)), (b, t0 + ms(10))], "each with when it was last heard");
         assert!(tr.take_heard().is_empty(), "taken");
         // The report failed; meanwhile c was heard and b expired.
         assert!(tr.touch(c, t0 + ms(20)));
         tr.remove(b);
         tr.heard_again(&report);
-        assert_eq!(tr.take_heard(), [a, c], "a goes again with c; b is gone");
+        assert_eq!(tr.take_heard(), [(a, t0 + ms(10)), (c, t0 + ms(20))], "a goes again, as heard, with c; b is gone");
+        // Failed again, while a was heard once more: the later hearing is reported.
+        assert!(tr.touch(a, t0 + ms(30)));
+        tr.heard_again(&[(a, t0 + ms(10))]);
+        assert_eq!(tr.take_heard(), [(a, t0 + ms(30))]);
     }
 
     #[test]

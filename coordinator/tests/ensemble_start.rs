@@ -319,6 +319,79 @@ async fn a_liveness_report_lost_to_a_broken_link_is_sent_again() -> Result<()> {
     Ok(())
 }
 
+/// A report that failed and is sent again later keeps the session alive from when its client
+/// was last heard, not from when the report finally arrived: a client that died while its
+/// server could not reach the leader loses its session (and its ephemeral lock) one timeout
+/// after it was last heard, as an operator counts, not up to a cut's length later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liveness_report_sent_again_counts_from_when_the_client_was_heard() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    const TIMEOUT: Duration = Duration::from_millis(10_000);
+    const CUT: Duration = Duration::from_millis(1500);
+    let (running, _dirs, mut proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |c| {
+        c.max_leader_silence_ms = 8000;
+        c.max_session_timeout_ms = Some(30_000);
+    })
+    .await?;
+    let (leader, _) = leader_of(&running).await?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let mut client = common::raw::Raw::connect(follower.client, TIMEOUT.as_millis() as i32)
+        .await
+        .context("a session on a follower")?;
+    let exists = common::raw::body::path_watch("/", false);
+    let first = client.call(common::raw::op::EXISTS, &exists).await?;
+    ensure!(first.err == 0, "exists before the cut: {first:?}");
+    let session = referee_coordinator::proto::SessionId(client.session_id);
+    let deadline_at_leader = || {
+        let st = at_leader.coordinator_state.lock().unwrap_or_else(|p| p.into_inner());
+        st.tracker.deadlines_after(None, usize::MAX).into_iter().find(|(s, _)| *s == session).map(|(_, d)| d)
+    };
+
+    // Every peer connection into the leader (the follower's reports) is cut; the client's last
+    // request is heard on the follower, and the reports carrying it fail for the cut's length.
+    let into_leader = &mut proxies[leader as usize - 1];
+    into_leader.cut();
+    // The cut is in force once no report sent in the last 300 ms was acknowledged (the
+    // follower sends one at least every 100 ms): the request's reports cannot slip through.
+    let reported = follower.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).report_contact.clone();
+    referee_testkit::wait_until(DEADLINE, "the follower's reports to fail", || {
+        reported.since_contact(std::time::Instant::now()).is_some_and(|s| s >= Duration::from_millis(300))
+    })
+    .await?;
+    let heard = std::time::Instant::now();
+    let xid = client.send(common::raw::op::EXISTS, &exists).await?;
+    tokio::time::sleep(CUT).await;
+    into_leader.restore().await?;
+    // Answered once a report carrying the request is acknowledged by the leader.
+    let (reply, _) = within_for(DEADLINE, "the read's reply after the cut", client.reply_to(xid)).await??;
+    ensure!(reply.err == 0, "the read after the link came back: {reply:?}");
+    let deadline = deadline_at_leader().context("the leader tracks the session")?;
+    eprintln!(
+        "after a cut of {CUT:?}, the leader keeps the session until {:?} after its client was last heard",
+        deadline - heard
+    );
+    let promised = heard + TIMEOUT - referee_coordinator::liveness::SLACK;
+    ensure!(
+        deadline >= promised,
+        "the leader would expire the session {:?} before its client may count on it",
+        promised - deadline
+    );
+    // Counted from the report's arrival, the deadline would be a whole cut later.
+    let counted_from_heard = heard + TIMEOUT + CUT / 2;
+    ensure!(
+        deadline < counted_from_heard,
+        "the leader keeps the session until {:?} after its client was last heard, not {TIMEOUT:?}: the report \
+         sent again counted from its arrival",
+        deadline - heard
+    );
+    drop(client);
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
 /// A follower cut off from the leader (its heartbeats no longer arrive) asks the other voters
 /// for a pre-vote, hears no, and campaigns not: its term stays the leader's. When the cut heals
 /// it follows the same leader in the same term and catches up, instead of deposing it with a

@@ -18,7 +18,7 @@
 //! made durable share the next entry instead of taking one each (see [`crate::propose`]); the
 //! reply names the entry's index, which the follower applies before answering its clients.
 //! A follower also sends the sessions it heard from (touched in the session tracker, which
-//! only the leader acts on) and read-index requests for `sync`.
+//! only the leader acts on), each with how long ago, and read-index requests for `sync`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use super::handshake::{decide, LocalIdentity, Sightings, Verdict};
 use super::wire::Forwarded;
 use super::wire::{
-    frame, read_frame, write_frame, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal, MAX_FRAME_BYTES,
-    MAX_HANDSHAKE_BYTES,
+    frame, read_frame, write_frame, HeardFrom, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal,
+    MAX_FRAME_BYTES, MAX_HANDSHAKE_BYTES,
 };
 use crate::propose::{ProposeError, Proposer};
 use crate::raft::Raft;
@@ -426,7 +426,16 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
             let received = std::time::Instant::now();
             let (expired, proof) = {
                 let mut st = lock(state);
-                let expired = sessions.into_iter().filter(|id| !st.tracker.touch(*id, received)).collect();
+                // Alive from when its server heard it, not from this report's arrival: a report
+                // sent again after a broken link must not add the link's outage to the session.
+                let heard = |h: &HeardFrom| {
+                    received.checked_sub(Duration::from_millis(u64::from(h.ago_ms))).unwrap_or(received)
+                };
+                let expired = sessions
+                    .into_iter()
+                    .filter(|h| !st.tracker.touch(h.session, heard(h)))
+                    .map(|h| h.session)
+                    .collect();
                 (expired, st.quorum_proof.clone())
             };
             let leading = || crate::role::settled_term(&raft.metrics().borrow());

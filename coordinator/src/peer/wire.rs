@@ -32,8 +32,9 @@ pub const MAGIC: [u8; 4] = *b"RFPR";
 /// data directory's incarnation. Version 4: the pre-vote ([`PeerRequest::PreVote`]). Version 5:
 /// a leader acknowledges a liveness report only under a proof of its leadership, and refuses
 /// it otherwise ([`PeerReply::TouchRefused`]); a server of an older version would acknowledge
-/// one without.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// one without. Version 6: a liveness report says how long ago each session was heard
+/// ([`HeardFrom`]); a leader of version 5 would count every session from the report's arrival.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The largest frame body either side sends or accepts. It holds a snapshot chunk (openraft
 /// sends 3 MiB by default) or a batch of log entries with room to spare; a larger batch of
@@ -302,8 +303,8 @@ pub enum PeerRequest {
     /// entry. Batches from one server are entered in the order they arrive.
     Forward(TxnBatch),
     /// The sessions whose clients this server heard from since its last report: the leader,
-    /// which alone expires sessions, counts them as alive.
-    Touch(Vec<SessionId>),
+    /// which alone expires sessions, counts each as alive from when it was heard.
+    Touch(Vec<HeardFrom>),
     /// A read-index barrier for `sync`: the leader confirms it still leads and answers the
     /// index every earlier committed write is applied at.
     ReadIndex,
@@ -313,6 +314,17 @@ pub enum PeerRequest {
         /// The end of the asker's log.
         last_log_id: Option<openraft::LogId<u64>>,
     },
+}
+
+/// One session of a liveness report: its client was heard `ago_ms` before the report was sent
+/// (rounded down). An age, not an instant: the servers' clocks are not compared, and the time
+/// the report spends on its way only makes the leader count from later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeardFrom {
+    /// The session.
+    pub session: SessionId,
+    /// How long before the report was sent its client was last heard.
+    pub ago_ms: u32,
 }
 
 /// What the leader answers a [`PeerRequest::Forward`]: the outcome of each transaction, and a
