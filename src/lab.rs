@@ -2182,8 +2182,8 @@ pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabErro
 }
 
 /// Whether a test can run against `kind`; when it cannot, the test is
-/// [`skip`](referee_testkit::skip)ped loudly, or fails when `REFEREE_REQUIRE_ALL_TESTS` is set
-/// (as in CI).
+/// [`skip`](referee_testkit::skip)ped loudly, or fails when `CI` or `REFEREE_REQUIRE_ALL_TESTS`
+/// is set.
 pub fn coordinator_available(kind: CoordinatorKind, test: &str) -> bool {
     if kind.is_apache() && !apache_zookeeper_installed() {
         referee_testkit::skip(&format!("{test} against Apache ZooKeeper"), referee_testkit::APACHE_ZK_MISSING);

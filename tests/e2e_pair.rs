@@ -4,6 +4,7 @@
 //! polled (never 200 on both), and both masters are written to continuously (acknowledgements
 //! never interleave between masters).
 
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -387,6 +388,10 @@ async fn failed_demote_during_handover_leads_to_fencing() -> Result<()> {
     oracles.check(Duration::from_secs(6)).await?;
     ensure!(fences_by(&pair, other).await >= 1, "the unclean breadcrumb must make the next active fence");
     let pair_mut = Arc::get_mut(&mut pair).expect("oracles stopped");
+    // Fenced in fact, not only by the new active's count: the kill method ended the stopped
+    // master.
+    let status = pair_mut.masters[first].wait_exit(Duration::from_secs(5))?;
+    ensure!(status.signal() == Some(Signal::SIGKILL as i32), "the frozen master ended with {status}, not SIGKILL");
     let agent = pair_mut.agents[first].as_mut().expect("agent");
     agent.wait_exit(Duration::from_secs(10))?;
     let log = agent.log_tail(30);

@@ -246,9 +246,18 @@ async fn a_write_left_behind_on_the_old_server_is_never_applied_after_the_moved_
     let moved_at = reply.zxid;
     into_leader.heal();
 
-    // The left-behind write reaches the leader and is given a zxid, applied or refused.
+    // The left-behind write reaches the leader and is given a zxid, applied or refused: the
+    // only transaction after the moved session's write in this test (none else writes), so
+    // the next zxid is its.
+    wait_until(DEADLINE, "the black hole to let its frames through", || into_leader.held() == 0).await?;
     let last_zxid = || leader.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).tree.last_zxid().0;
     wait_until(DEADLINE, "the left-behind write to reach the leader", || last_zxid() > moved_at).await?;
+    ensure!(
+        last_zxid() == moved_at + 1,
+        "one transaction after the moved session's write was expected (the left-behind one), the leader is at \
+         zxid {:#x}, the write was {moved_at:#x}",
+        last_zxid()
+    );
     for server in &running {
         let data = within_for(DEADLINE, "every server to apply the leader's log", async {
             loop {

@@ -246,7 +246,10 @@ async fn shutdown_stops_the_monitor_even_during_a_hung_check() {
     let config = HealthConfig { interval_ms: 20, timeout_ms: 60_000, rise: 1, fall: 1, slow_fall: 1, watch_exit: true };
     let monitor = start_monitor(http(&master.url), config);
     tokio::time::timeout(Duration::from_secs(10), master.knobs.hung.notified()).await.expect("a check hangs");
-    monitor.stop().await;
+    // Well within the hung check's own 60 s timeout: the stop cancels it, not waits for it.
+    tokio::time::timeout(Duration::from_secs(5), monitor.stop())
+        .await
+        .expect("the monitor stops during a hung check instead of waiting for it");
 }
 
 /// An always-healthy adapter that reports each health call.

@@ -15,7 +15,7 @@
 //! - [`within`], [`within_for`], [`wait_until`]: every wait in a test has a deadline.
 //! - [`ScratchDir`]: a temporary directory removed on drop.
 //! - [`skip`]: the one way a test skips for a missing prerequisite, loudly, and never under
-//!   `REFEREE_REQUIRE_ALL_TESTS` (as in CI).
+//!   `CI` or `REFEREE_REQUIRE_ALL_TESTS` ([`all_required`]).
 //! - [`TestServer`]: the bundled coordinator in-process on an ephemeral port, with [`connect`]
 //!   for a zookeeper-client session.
 //! - [`ApacheZk`]: Apache ZooKeeper from Debian's package, standalone on loopback (or
@@ -66,5 +66,5 @@ pub use hosts::{hosts_unavailable, running_as_root, Faults, Host, Hosts, HOSTS_P
 pub use ports::free_port;
 pub use proxy::{Proxy, Trap};
 pub use scratch_dir::ScratchDir;
-pub use skip::skip;
+pub use skip::{all_required, skip};
 pub use test_server::{connect, TestServer};

@@ -43,7 +43,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether the test may run: true when it runs as root (if `needs_root`) and finds every one of
-/// `programs`; otherwise it is [`skip`]ped (a failure under `REFEREE_REQUIRE_ALL_TESTS`).
+/// `programs`; otherwise it is [`skip`]ped (a failure under `CI` or `REFEREE_REQUIRE_ALL_TESTS`).
 pub fn require(test: &str, needs_root: bool, programs: &[&str], why: &str) -> bool {
     let missing: Vec<&str> = programs.iter().copied().filter(|p| find_program(p).is_none()).collect();
     if (needs_root && !is_root()) || !missing.is_empty() {
