@@ -281,6 +281,12 @@ impl Default for LeaseSettings {
 fn default_demote_deadline_ms() -> u64 {
     500
 }
+
+/// The least `lease.demote_deadline_ms` accepted: every demotion (the lease guard's, a
+/// step-down's, a peer's fence) is sent with this deadline, and one of a few milliseconds is
+/// never sent at all (an HTTP master is not asked, a program is killed as it starts), which
+/// turns the lease's protection off without a word.
+pub const MIN_DEMOTE_DEADLINE_MS: u64 = 50;
 fn default_margin_ms() -> u64 {
     250
 }
@@ -552,6 +558,16 @@ impl AgentConfig {
             ));
         };
         fencing.validate().map_err(|e| ConfigError::Fencing(e.to_string()))?;
+        if self.lease.demote_deadline_ms < MIN_DEMOTE_DEADLINE_MS {
+            return Err(invalid(
+                "lease.demote_deadline_ms",
+                format!(
+                    "is {} ms; a demotion needs time to be sent and done (at least {MIN_DEMOTE_DEADLINE_MS} ms): give \
+                     it how long the master takes to step down",
+                    self.lease.demote_deadline_ms
+                ),
+            ));
+        }
         let timeout = Duration::from_millis(self.coordinator.session_timeout_ms);
         let Some(lease) = self.lease_budget(timeout) else {
             return Err(invalid(
@@ -793,6 +809,7 @@ impl AgentConfig {
             zone: self.election.zone.clone(),
             nofailover: self.election.nofailover,
             drained: None,
+            state_unread: false,
         }
     }
 
@@ -884,6 +901,13 @@ probes: {listen: "127.0.0.1:8301"}
         assert!(refused(&preferred_alone).contains("`election.preferred_node` names this node"));
         let bad_preferred = minimal().replace("probes:", "election: {preferred_node: \"x/y\"}\nprobes:");
         assert!(refused(&bad_preferred).contains("election.preferred_node"));
+        for ms in [0, 49] {
+            let no_demote = minimal().replace("probes:", &format!("lease: {{demote_deadline_ms: {ms}}}\nprobes:"));
+            let e = refused(&no_demote);
+            assert!(e.contains(&format!("`lease.demote_deadline_ms` is {ms} ms")), "{e}");
+        }
+        let least = minimal().replace("probes:", "lease: {demote_deadline_ms: 50}\nprobes:");
+        assert!(AgentConfig::from_yaml(&least).is_ok());
     }
 
     #[test]
