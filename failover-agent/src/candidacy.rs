@@ -102,6 +102,9 @@ pub struct OwnCandidacy {
     /// Drained by an operator (`referee admin drain`): who, and why. Never contend, nor take
     /// an operator's failover, until undrained.
     pub drained: Option<String>,
+    /// Its master's state could not be read this cycle, so `position` is unknown, not
+    /// unreported: the lag gate holds the node back rather than let it past.
+    pub state_unread: bool,
 }
 
 /// The rules of the lag gate and the ranking (from the `election` section).
@@ -156,6 +159,9 @@ pub enum Blocker {
         /// The configured limit.
         max_age_ms: u64,
     },
+    /// The lag gate applies, but this node's master's state could not be read: how far behind
+    /// it is is unknown.
+    PositionUnknown,
     /// Anti-flap: the active changed too recently.
     AntiFlap {
         /// Milliseconds left.
@@ -210,10 +216,11 @@ pub enum Blocker {
 
 impl Blocker {
     /// Every blocker name, in a fixed order (one gauge each).
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "lease_not_expired",
         "lagging",
         "position_stale",
+        "position_unknown",
         "anti_flap",
         "paused",
         "unhealthy",
@@ -233,6 +240,7 @@ impl Blocker {
             Blocker::LeaseNotExpired { .. } => "lease_not_expired",
             Blocker::Lagging { .. } => "lagging",
             Blocker::PositionStale { .. } => "position_stale",
+            Blocker::PositionUnknown => "position_unknown",
             Blocker::AntiFlap { .. } => "anti_flap",
             Blocker::Paused => "paused",
             Blocker::Unhealthy { .. } => "unhealthy",
@@ -255,6 +263,9 @@ impl fmt::Display for Blocker {
             Blocker::Lagging { behind, max_lag } => write!(f, "lagging by {behind} (max_lag {max_lag})"),
             Blocker::PositionStale { age_ms, max_age_ms } => {
                 write!(f, "the active's published position is {age_ms} ms old (limit {max_age_ms} ms)")
+            }
+            Blocker::PositionUnknown => {
+                f.write_str("the master's state could not be read, so how far behind the active it is is unknown")
             }
             Blocker::AntiFlap { left_ms } => write!(f, "anti-flap for {left_ms} ms more"),
             Blocker::Paused => f.write_str("paused"),
@@ -281,8 +292,9 @@ pub fn lag(own: Position, published: Position) -> u64 {
 }
 
 /// The automatic-takeover gates that do not depend on other candidates, in order: an
-/// operator's drain, the `nofailover` tag, the lag gate (with the staleness bound), the zone
-/// rule. An operator's
+/// operator's drain, the `nofailover` tag, the lag gate (with the staleness bound; a master
+/// whose state was not read is held back, one that reports no position is not gated), the
+/// zone rule. An operator's
 /// failover skips the zone rule; `allow_data_loss` (an operator's explicit override) skips the
 /// lag gate. `None`: nothing here stops this node.
 pub fn gate(
@@ -299,14 +311,26 @@ pub fn gate(
     if own.nofailover {
         return Some(Blocker::Nofailover);
     }
-    if let (Some(max_lag), Some(own_pos), Some(p), false) = (policy.max_lag, own.position, published, allow_data_loss) {
-        let age = now.saturating_since(p.changed_at);
-        if age > policy.position_max_age {
-            return Some(Blocker::PositionStale { age_ms: millis(age), max_age_ms: millis(policy.position_max_age) });
-        }
-        let behind = lag(own_pos, p.record.position);
-        if behind > max_lag {
-            return Some(Blocker::Lagging { behind, max_lag });
+    if let (Some(max_lag), Some(p), false) = (policy.max_lag, published, allow_data_loss) {
+        // A master that reports no position is not gated (it cannot be); one whose state was
+        // not read this cycle may be any distance behind.
+        let own_pos = match own.position {
+            Some(pos) => Some(pos),
+            None if own.state_unread => return Some(Blocker::PositionUnknown),
+            None => None,
+        };
+        if let Some(own_pos) = own_pos {
+            let age = now.saturating_since(p.changed_at);
+            if age > policy.position_max_age {
+                return Some(Blocker::PositionStale {
+                    age_ms: millis(age),
+                    max_age_ms: millis(policy.position_max_age),
+                });
+            }
+            let behind = lag(own_pos, p.record.position);
+            if behind > max_lag {
+                return Some(Blocker::Lagging { behind, max_lag });
+            }
         }
     }
     if policy.cross_zone == CrossZone::Deny && !operator_failover {
@@ -407,7 +431,7 @@ mod tests {
     }
 
     fn own(position: Option<u64>) -> OwnCandidacy {
-        OwnCandidacy { position: position.map(Position), priority: 1, zone: None, nofailover: false, drained: None }
+        OwnCandidacy { position: position.map(Position), priority: 1, ..Default::default() }
     }
 
     #[test]
@@ -488,6 +512,7 @@ mod tests {
         let drained = OwnCandidacy { drained: Some("ops (kernel update)".into()), nofailover: true, ..own(Some(1000)) };
         let no_gate = CandidacyPolicy { max_lag: None, ..p };
         let old = published(1000, None, Duration::from_secs(11));
+        let unread = OwnCandidacy { state_unread: true, ..own(None) };
         let table: Vec<GateCase> = vec![
             (own(Some(1000)), Some(&fresh), p, false, false, None),
             (own(Some(900)), Some(&fresh), p, false, false, None),
@@ -501,6 +526,12 @@ mod tests {
             (own(Some(2000)), Some(&fresh), p, false, false, None),
             // Unknown positions on either side: the gate does not apply (the pair's old behaviour).
             (own(None), Some(&fresh), p, false, false, None),
+            // But a master whose state could not be read this cycle has a position, unknown:
+            // a transient failure does not let a lagging standby past the gate.
+            (unread.clone(), Some(&fresh), p, false, false, Some(Blocker::PositionUnknown)),
+            (unread.clone(), Some(&fresh), p, true, true, None),
+            (unread.clone(), None, p, false, false, None),
+            (unread, Some(&fresh), no_gate, false, false, None),
             (own(Some(0)), None, p, false, false, None),
             (own(Some(0)), Some(&fresh), no_gate, false, false, None),
             (
@@ -540,6 +571,7 @@ mod tests {
             Blocker::LeaseNotExpired { holder: "a".into() },
             Blocker::Lagging { behind: 7, max_lag: 5 },
             Blocker::PositionStale { age_ms: 2, max_age_ms: 1 },
+            Blocker::PositionUnknown,
             Blocker::AntiFlap { left_ms: 3 },
             Blocker::Paused,
             Blocker::Unhealthy { reason: "x".into() },

@@ -696,6 +696,22 @@ fn hold(
     if obs.master.is_none() {
         return decision(vec![], format!("holding the lock (token {token}); the master's state is unknown"));
     }
+    // The gates passed when this node contended; what was learnt since (its master's position
+    // read at last, far behind; a drain) may close them before anything is fenced or promoted.
+    if let Some(b) = candidacy::gate(
+        &obs.candidacy,
+        obs.published.as_ref(),
+        &policy.candidacy,
+        obs.now,
+        obs.failover_requested,
+        obs.allow_data_loss,
+    ) {
+        let release = Step::ReleaseLock { token, backoff: Duration::ZERO };
+        let steps =
+            if master_active { vec![Step::Demote { token, best_effort: true }, release] } else { vec![release] };
+        let reason = format!("holding the lock with token {token}, but this node may not take over: {b}; releasing it");
+        return blocked(b, steps, reason);
+    }
     let crumb_unknown = || decision(vec![], "holding the lock; the breadcrumb could not be read, waiting");
     if matches!(obs.breadcrumb, BreadcrumbView::Unknown) {
         return crumb_unknown();
@@ -907,7 +923,7 @@ mod tests {
             failover_requested: false,
             failback_not_before: None,
             promised: None,
-            candidacy: OwnCandidacy { position: None, priority: 1, zone: None, nofailover: false, drained: None },
+            candidacy: OwnCandidacy { priority: 1, ..Default::default() },
             published: None,
             candidates: vec![],
             lock_free_since: None,
@@ -1692,8 +1708,7 @@ mod tests {
                 position: Some(candidacy::Position(1000)),
                 priority: 1,
                 zone: Some("east".into()),
-                nofailover: false,
-                drained: None,
+                ..Default::default()
             },
             published: published_at(1000, Some("east"), Duration::from_secs(1)),
             lock_free_since: Some(now() - Duration::from_secs(1)),
@@ -1732,6 +1747,9 @@ mod tests {
         lagging.candidacy.position = Some(candidacy::Position(850));
         let mut stale = gated();
         stale.published = published_at(1000, Some("east"), Duration::from_secs(12));
+        let mut unread = gated();
+        unread.candidacy.position = None;
+        unread.candidacy.state_unread = true;
         let mut other_zone = gated();
         other_zone.candidacy.zone = Some("west".into());
         let mut flapping = gated();
@@ -1760,6 +1778,7 @@ mod tests {
             ("drained", drained, Some(Blocker::Drained { by: "ops".into() })),
             ("lagging", lagging, Some(Blocker::Lagging { behind: 150, max_lag: 100 })),
             ("stale", stale, Some(Blocker::PositionStale { age_ms: 12_000, max_age_ms: 10_000 })),
+            ("position unknown", unread, Some(Blocker::PositionUnknown)),
             (
                 "other zone",
                 other_zone,
@@ -1797,6 +1816,35 @@ mod tests {
         o.last_failover_at = Some(now() - Duration::from_secs(1));
         o.candidates = vec![rival("c", Some(2000), 9, true)];
         check_with(o, &gated_policy(), vec![Step::Contend], "the lock is free and the master is healthy: contending");
+    }
+
+    /// The gate passed when the node contended; before it promotes, it is checked again: a
+    /// master read far behind since (its state unread when the node contended, say), or a drain
+    /// meanwhile, releases the lock instead of promoting a standby that would lose writes.
+    #[test]
+    fn the_gates_are_checked_again_before_a_won_lock_is_used() {
+        let mut won = gated();
+        won.lock = ours(45);
+        won.breadcrumb = crumb("b", 40, false);
+        assert_eq!(decide(&won, &gated_policy()).blocker, Some(Blocker::FencingPending), "in the gate: fence, promote");
+        let release = vec![Step::ReleaseLock { token: t(45), backoff: Duration::ZERO }];
+        let mut lagging = won.clone();
+        lagging.candidacy.position = Some(candidacy::Position(850));
+        check_with(
+            lagging.clone(),
+            &gated_policy(),
+            release.clone(),
+            "holding the lock with token 45, but this node may not take over: lagging by 150 (max_lag 100); \
+             releasing it",
+        );
+        assert_eq!(decide(&lagging, &gated_policy()).blocker, Some(Blocker::Lagging { behind: 150, max_lag: 100 }));
+        let mut drained = won.clone();
+        drained.candidacy.drained = Some("ops".into());
+        assert_eq!(decide(&drained, &gated_policy()).steps, release);
+        // An operator's failover with data loss allowed goes on.
+        lagging.failover_requested = true;
+        lagging.allow_data_loss = true;
+        assert_eq!(decide(&lagging, &gated_policy()).blocker, Some(Blocker::FencingPending));
     }
 
     #[test]

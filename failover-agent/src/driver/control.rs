@@ -291,7 +291,7 @@ impl Driver {
         // The operator's failover skips anti-flap, the zone rule and the ranking, never
         // `nofailover`; the lag gate only with `allow_data_loss`. Refused before the active is
         // asked to cede, so a refused failover leaves the cluster as it was.
-        let own = self.own_candidacy(master.and_then(|m| m.position));
+        let own = self.own_candidacy(master);
         let gate = crate::candidacy::gate(
             &own,
             self.published_view().as_ref(),
@@ -302,7 +302,9 @@ impl Driver {
         );
         if let Some(blocker) = gate {
             let hint = match blocker {
-                crate::candidacy::Blocker::Lagging { .. } | crate::candidacy::Blocker::PositionStale { .. } => {
+                crate::candidacy::Blocker::Lagging { .. }
+                | crate::candidacy::Blocker::PositionStale { .. }
+                | crate::candidacy::Blocker::PositionUnknown => {
                     "; pass --allow-data-loss to promote it anyway, losing what it lacks"
                 }
                 _ => "",

@@ -177,7 +177,7 @@ impl Driver {
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.mem.promised.clone(),
-            candidacy: self.own_candidacy(master.and_then(|m| m.position)),
+            candidacy: self.own_candidacy(master),
             published: self.published_view(),
             candidates: self.candidates(),
             lock_free_since: self.mem.free_seen_at,
@@ -185,10 +185,12 @@ impl Driver {
         }
     }
 
-    /// This node's tags (from its configuration), its drain and its master's position.
-    pub(super) fn own_candidacy(&self, position: Option<crate::candidacy::Position>) -> crate::candidacy::OwnCandidacy {
+    /// This node's tags (from its configuration), its drain and its master's position (`master`:
+    /// its state as read, `None` if it could not be).
+    pub(super) fn own_candidacy(&self, master: Option<crate::model::MasterStatus>) -> crate::candidacy::OwnCandidacy {
         crate::candidacy::OwnCandidacy {
-            position,
+            position: master.and_then(|m| m.position),
+            state_unread: master.is_none(),
             drained: self.mem.drained.as_ref().map(crate::model::DrainRecord::by),
             ..self.cfg.own_candidacy()
         }
