@@ -302,6 +302,16 @@ fn back_off(token: FencingToken, backoff: Duration, reason: String) -> Decision 
     decision(vec![Step::Demote { token, best_effort: true }, Step::ReleaseLock { token, backoff }], reason)
 }
 
+/// Why the master may not be promoted now although its health checks pass: it is
+/// initializing, or its state could not be read (ZKFC leaves the election in either case).
+fn not_ready(master: Option<MasterStatus>) -> Option<&'static str> {
+    match master.map(|m| m.state) {
+        Some(HaState::Standby | HaState::Active) => None,
+        Some(HaState::Initializing) => Some("the master is still initializing"),
+        None => Some("the master's state could not be read"),
+    }
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -322,6 +332,7 @@ pub fn own_candidacy(obs: &Observation, policy: &Policy) -> Candidacy {
         zone: obs.candidacy.zone.clone(),
         eligible: gated.is_none()
             && obs.health.is_healthy()
+            && not_ready(obs.master).is_none()
             && !obs.paused
             && !matches!(obs.lock, LockView::Ours { .. }),
     }
@@ -469,6 +480,13 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                         format!("the lock is free; backing off for {} ms more", ms(left)),
                     );
                 }
+            }
+            if let Some(why) = not_ready(obs.master) {
+                return blocked(
+                    Blocker::Unhealthy { reason: why.to_string() },
+                    vec![],
+                    format!("the lock is free, but {why}: not contending"),
+                );
             }
             if let Some(b) = candidacy::gate(
                 &obs.candidacy,
@@ -690,11 +708,17 @@ fn hold(
             ),
         );
     }
-    if matches!(obs.master, Some(MasterStatus { state: HaState::Initializing, .. })) {
-        return decision(vec![], format!("holding the lock (token {token}); the master is still initializing"));
-    }
-    if obs.master.is_none() {
+    if obs.master.is_none() && obs.promoted.is_some() {
+        // Promoted by this agent and unreadable since: it may be active, so the lock is kept
+        // (Rule 1 demotes it when the lease ends).
         return decision(vec![], format!("holding the lock (token {token}); the master's state is unknown"));
+    }
+    if let Some(why) = not_ready(obs.master) {
+        return blocked(
+            Blocker::Unhealthy { reason: why.to_string() },
+            vec![Step::ReleaseLock { token, backoff: Duration::ZERO }],
+            format!("holding the lock (token {token}), but {why}: releasing it for a standby that is ready"),
+        );
     }
     // The gates passed when this node contended; what was learnt since (its master's position
     // read at last, far behind; a drain) may close them before anything is fenced or promoted.
@@ -1412,13 +1436,12 @@ mod tests {
         o.lock = ours(45);
         o.breadcrumb = BreadcrumbView::Unknown;
         check(o, vec![], "holding the lock; the breadcrumb could not be read, waiting");
-        let mut o = base();
-        o.lock = ours(45);
-        o.master = Some(MasterStatus { state: HaState::Initializing, token: t(0), position: None });
-        check(o, vec![], "holding the lock (token 45); the master is still initializing");
+        // A master this agent promoted and can no longer read may be active: the lock is kept
+        // (its lease bounds how long).
         let mut o = base();
         o.lock = ours(45);
         o.master = None;
+        o.promoted = Some(t(45));
         check(o, vec![], "holding the lock (token 45); the master's state is unknown");
         let mut o = base();
         o.lock = ours(45);
@@ -1427,6 +1450,31 @@ mod tests {
         let mut o = base();
         o.lock = LockView::OursFromOldSession { token: t(44) };
         check(o, vec![], "the lock (token 44) belongs to an older session of this agent; waiting for it to expire");
+    }
+
+    /// ZKFC leaves the election while its NameNode initializes: a master not ready to be
+    /// promoted (initializing, or its state unread) does not contend, is not offered to the
+    /// ranking, and a lock won meanwhile is released for a ready standby instead of held for
+    /// as long as the master takes.
+    #[test]
+    fn a_master_not_ready_to_be_promoted_keeps_its_node_out_of_the_election() {
+        let initializing = Some(MasterStatus { state: HaState::Initializing, token: t(0), position: None });
+        for (master, why) in
+            [(initializing, "the master is still initializing"), (None, "the master's state could not be read")]
+        {
+            let mut o = base();
+            o.master = master;
+            let d = decide(&o, &Policy::with_backoff(BACKOFF));
+            assert_eq!(d.steps, vec![], "{why}: {}", d.reason);
+            assert_eq!(d.blocker, Some(Blocker::Unhealthy { reason: why.into() }), "{}", d.reason);
+            assert!(!own_candidacy(&o, &Policy::with_backoff(BACKOFF)).eligible, "{why}: not offered to the ranking");
+            o.lock = ours(45);
+            check(
+                o,
+                vec![Step::ReleaseLock { token: t(45), backoff: Duration::ZERO }],
+                &format!("holding the lock (token 45), but {why}: releasing it for a standby that is ready"),
+            );
+        }
     }
 
     #[test]
