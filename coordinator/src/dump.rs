@@ -71,8 +71,8 @@ fn describe_txn(txn: &Txn) -> (String, String) {
             let ids: Vec<String> = members.iter().map(|m| m.id.to_string()).collect();
             ("ensembleConfig".into(), format!("members {}", ids.join(",")))
         }
-        TxnOp::Write(op) | TxnOp::WriteVia { op, .. } => describe_write(op),
-        TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } => {
+        TxnOp::Write(op) | TxnOp::WriteVia { op, .. } | TxnOp::ClientWrite { op, .. } => describe_write(op),
+        TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } | TxnOp::ClientMulti { ops, .. } => {
             let paths: Vec<String> = ops.iter().map(|op| describe_write(op).1).collect();
             (format!("multi({})", ops.len()), paths.join(" "))
         }

@@ -667,6 +667,14 @@ impl DataTree {
             TxnOp::MultiVia { server, ops } => self
                 .writable(txn.session, Some(*server))
                 .and_then(|()| self.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi)),
+            TxnOp::ClientWrite { server, extended_types, op } => self.with_extended_types(*extended_types, |t| {
+                t.writable(txn.session, *server)
+                    .and_then(|()| t.write(op, txn, zxid, &mut fx.events, None).map(TxnReply::Op))
+            }),
+            TxnOp::ClientMulti { server, extended_types, ops } => self.with_extended_types(*extended_types, |t| {
+                t.writable(txn.session, *server)
+                    .and_then(|()| t.multi(ops, txn, zxid, &mut fx.events).map(TxnReply::Multi))
+            }),
             TxnOp::ClaimSession { server } => {
                 if self.sessions.contains_key(&txn.session) {
                     self.owners.insert(txn.session, *server);
@@ -976,6 +984,15 @@ impl DataTree {
                 Ok(OpResult::Checked)
             }
         }
+    }
+
+    /// Runs `apply` with TTL nodes allowed as the logged entry says (the server that took it
+    /// decided), then puts this server's own setting back.
+    fn with_extended_types<T>(&mut self, allowed: bool, apply: impl FnOnce(&mut Self) -> T) -> T {
+        let own = std::mem::replace(&mut self.extended_types, allowed);
+        let out = apply(self);
+        self.extended_types = own;
+        out
     }
 
     /// Checks the create mode against the TTL (ZooKeeper's `validateCreateRequest` and
@@ -1502,5 +1519,48 @@ mod tests {
         ok_op(&mut t, 5, s, create("/c/d", 0));
         assert_eq!(t.all_children_number("/c", &[]).unwrap(), 3);
         assert_eq!(t.all_children_number("/nope", &[]), Err(ErrorCode::NoNode));
+    }
+
+    /// Whether TTL nodes are allowed is decided by the server that took the write, and logged
+    /// with it: servers whose own setting differs (turned on one restart at a time) apply the
+    /// entry alike, instead of one creating the node and the other answering Unimplemented.
+    #[test]
+    fn a_logged_client_write_applies_alike_whatever_each_servers_ttl_setting() {
+        let ttl = WriteOp::Create {
+            opcode: op::CREATE_TTL,
+            path: "/t".into(),
+            data: None,
+            acl: Acl::open_unsafe(),
+            flags: 5,
+            ttl_ms: 100,
+        };
+        for (taken_with, expected) in [(true, None), (false, Some(ErrorCode::Unimplemented))] {
+            for server in [None, Some(2)] {
+                let outcomes: Vec<_> = [false, true]
+                    .into_iter()
+                    .map(|own_setting| {
+                        let (mut t, s) = with_session();
+                        t.set_extended_types(own_setting);
+                        let op = TxnOp::client_write(server, taken_with, ttl.clone());
+                        let (out, _) = t.apply(Zxid(2), &txn(s.0, op));
+                        (out.result.err(), t.node("/t").is_some())
+                    })
+                    .collect();
+                assert_eq!(outcomes[0], outcomes[1], "taken with {taken_with}, via {server:?}: the servers diverged");
+                assert_eq!(outcomes[0], (expected, expected.is_none()), "taken with {taken_with}, via {server:?}");
+                let multi: Vec<_> = [false, true]
+                    .into_iter()
+                    .map(|own_setting| {
+                        let (mut t, s) = with_session();
+                        t.set_extended_types(own_setting);
+                        let op = TxnOp::client_multi(server, taken_with, vec![ttl.clone()]);
+                        let (out, _) = t.apply(Zxid(2), &txn(s.0, op));
+                        (out.result.is_ok(), t.node("/t").is_some())
+                    })
+                    .collect();
+                assert_eq!(multi[0], multi[1], "multi taken with {taken_with}, via {server:?}: the servers diverged");
+                assert_eq!(multi[0].1, expected.is_none(), "multi taken with {taken_with}, via {server:?}");
+            }
+        }
     }
 }

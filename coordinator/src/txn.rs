@@ -92,24 +92,41 @@ pub enum TxnOp {
         /// Its operations.
         ops: Vec<WriteOp>,
     },
+    /// A client's write as it is logged now: with the server that took it (`None` for a server
+    /// alone; see [`TxnOp::WriteVia`]) and whether that server allows TTL nodes
+    /// (`extended_types_enabled`), so that apply reads no setting of its own and every server
+    /// applies the entry alike, whatever its own setting. ([`TxnOp::Write`] and
+    /// [`TxnOp::WriteVia`], which earlier releases wrote, are applied under each server's own
+    /// setting, as they were.)
+    ClientWrite {
+        /// The server whose connection took the write, in an ensemble.
+        server: Option<u64>,
+        /// Whether that server allows TTL nodes.
+        extended_types: bool,
+        /// The write.
+        op: WriteOp,
+    },
+    /// A client's multi, as [`TxnOp::ClientWrite`].
+    ClientMulti {
+        /// The server whose connection took the multi, in an ensemble.
+        server: Option<u64>,
+        /// Whether that server allows TTL nodes.
+        extended_types: bool,
+        /// Its operations.
+        ops: Vec<WriteOp>,
+    },
 }
 
 impl TxnOp {
     /// A client's write as the server `server` proposes it: in an ensemble (`server` given)
     /// tagged with the server, so that it is refused once the session has moved elsewhere.
-    pub fn client_write(server: Option<u64>, op: WriteOp) -> TxnOp {
-        match server {
-            Some(server) => TxnOp::WriteVia { server, op },
-            None => TxnOp::Write(op),
-        }
+    pub fn client_write(server: Option<u64>, extended_types: bool, op: WriteOp) -> TxnOp {
+        TxnOp::ClientWrite { server, extended_types, op }
     }
 
     /// A client's multi, as [`TxnOp::client_write`].
-    pub fn client_multi(server: Option<u64>, ops: Vec<WriteOp>) -> TxnOp {
-        match server {
-            Some(server) => TxnOp::MultiVia { server, ops },
-            None => TxnOp::Multi(ops),
-        }
+    pub fn client_multi(server: Option<u64>, extended_types: bool, ops: Vec<WriteOp>) -> TxnOp {
+        TxnOp::ClientMulti { server, extended_types, ops }
     }
 }
 
@@ -123,8 +140,10 @@ impl Txn {
             | TxnOp::CloseSession { .. }
             | TxnOp::MoveSession { .. }
             | TxnOp::ClaimSession { .. } => 0,
-            TxnOp::Write(w) | TxnOp::WriteVia { op: w, .. } => w.approx_len(),
-            TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } => ops.iter().map(WriteOp::approx_len).sum(),
+            TxnOp::Write(w) | TxnOp::WriteVia { op: w, .. } | TxnOp::ClientWrite { op: w, .. } => w.approx_len(),
+            TxnOp::Multi(ops) | TxnOp::MultiVia { ops, .. } | TxnOp::ClientMulti { ops, .. } => {
+                ops.iter().map(WriteOp::approx_len).sum()
+            }
             TxnOp::EnsembleConfig { members } => members.iter().map(|m| 64 + m.peer.len()).sum(),
         };
         FIXED + ids + op

@@ -245,11 +245,11 @@ async fn dispatch(conn: &Conn, xid: i32, req: Request, auth: &mut Arc<[Id]>) -> 
             (Slot::Write { xid, rx }, Some("the client closed its session".into()))
         }
         Request::Write(op) => {
-            let op = TxnOp::client_write(conn.shared.ensemble_server(), op);
+            let op = TxnOp::client_write(conn.shared.ensemble_server(), conn.shared.config.extended_types_enabled, op);
             (Slot::Write { xid, rx: propose(conn, auth, op) }, None)
         }
         Request::Multi(ops) => {
-            let op = TxnOp::client_multi(conn.shared.ensemble_server(), ops);
+            let op = TxnOp::client_multi(conn.shared.ensemble_server(), conn.shared.config.extended_types_enabled, ops);
             (Slot::Write { xid, rx: propose(conn, auth, op) }, None)
         }
         // Without a SASL mechanism ZooKeeper answers OK with a null token and zxid 0.
