@@ -552,21 +552,30 @@ struct Held {
     busy: BTreeSet<u64>,
 }
 
-/// Whether `p` is a decision only a leader takes, for its own term: a session's expiry (made
-/// from the liveness this server saw while it led) or a reap. A server that no longer leads
-/// fails such a write rather than forward it to the new leader, which decides for itself (a
-/// deposed leader cut off from the clients' reports would otherwise close live sessions).
+/// The origins of writes another server forwarded here: one per forwarded batch, counted from
+/// here up, above every connection id of this server.
+pub const FORWARDED_ORIGINS: u64 = 1 << 63;
+
+/// Whether `p` may be entered only while this server leads: a decision only a leader takes,
+/// for its own term (a session's expiry, made from the liveness this server saw while it led,
+/// or a reap), or a write another server forwarded here because this one led. A server that
+/// no longer leads fails such a write rather than forward it to the new leader: the new leader
+/// decides for itself (a deposed leader cut off from the clients' reports would otherwise close
+/// live sessions), and the server that forwarded a write learns it failed and closes its
+/// client's connection (passed on, the write could land after what the client sent since
+/// through that same server, as ZooKeeper's deposed leader drops what it had not committed).
 fn leader_decision(p: &Pending) -> bool {
-    p.origin == 0
-        && matches!(
-            p.txn.op,
-            TxnOp::CloseSession { expired: true } | TxnOp::Write(crate::txn::WriteOp::DeleteContainer { .. })
-        )
+    p.origin >= FORWARDED_ORIGINS
+        || p.origin == 0
+            && matches!(
+                p.txn.op,
+                TxnOp::CloseSession { expired: true } | TxnOp::Write(crate::txn::WriteOp::DeleteContainer { .. })
+            )
 }
 
 impl Held {
-    /// Fails, at once, every held decision of a leader ([`leader_decision`]): this server is
-    /// about to forward.
+    /// Fails, at once, every held decision of a leader and every write forwarded here
+    /// ([`leader_decision`]): this server is about to forward.
     fn drop_leader_decisions(&mut self, counts: &Counts) {
         if !self.queue.iter().any(leader_decision) {
             return;
@@ -855,8 +864,9 @@ mod tests {
         }
     }
 
-    /// A deposed leader's expiries and reaps are failed, not forwarded: the new leader decides
-    /// from what it hears. A session claimed here, and the clients' writes, go on.
+    /// A deposed leader's expiries and reaps, and the writes forwarded to it, are failed, not
+    /// forwarded on: the new leader decides from what it hears, the forwarding server closes
+    /// its client's connection. A session claimed here, and this server's clients' writes, go on.
     #[test]
     fn a_leaders_own_decisions_are_not_forwarded() {
         let with_op = |origin: u64, tag: i64, op: TxnOp| {
@@ -871,13 +881,22 @@ mod tests {
         let claim = with_op(0, 3, TxnOp::ClaimSession { server: 2 });
         let close = with_op(7, 4, TxnOp::CloseSession { expired: false });
         let write = pending(7, 5);
-        let mut h = Held { queue: VecDeque::from([expiry, reap, claim, close, write]), busy: BTreeSet::new() };
+        // Writes another server forwarded here while this one led: that server decides where
+        // its clients' writes go (and closes their connections on a failure); passed on to
+        // the new leader, one could land after what its client sent since through the same
+        // server.
+        let (tx, mut forwarded_rx) = oneshot::channel();
+        let mut forwarded = pending(FORWARDED_ORIGINS + 3, 6);
+        forwarded.done = Waiter::Indexed(tx);
+        let mut h =
+            Held { queue: VecDeque::from([expiry, reap, claim, close, write, forwarded]), busy: BTreeSet::new() };
         let counts = Counts::default();
-        counts.queued.store(5, Ordering::Relaxed);
+        counts.queued.store(6, Ordering::Relaxed);
         h.drop_leader_decisions(&counts);
         assert_eq!(tags(&Vec::from(std::mem::take(&mut h.queue))), [3, 4, 5]);
         assert_eq!(counts.queued.load(Ordering::Relaxed), 3);
         assert!(matches!(rx.try_recv(), Ok(Err(ProposeError::NotLeader { .. }))));
+        assert!(matches!(forwarded_rx.try_recv(), Ok(Err(ProposeError::NotLeader { .. }))));
     }
 
     #[test]

@@ -369,7 +369,8 @@ impl PeerConn<'_> {
 
 /// The origins the proposer knows forwarded batches by: one per batch, above every connection
 /// id of this server.
-static NEXT_FORWARD_ORIGIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 63);
+static NEXT_FORWARD_ORIGIN: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(crate::propose::FORWARDED_ORIGINS);
 
 type ForwardedOutcome = oneshot::Receiver<Result<(u64, TxnOutcome), ProposeError>>;
 
