@@ -29,6 +29,10 @@ pub enum CloseReason {
     SessionMoved,
     /// The session was closed or expired.
     SessionClosed,
+    /// This server caught up by installing the leader's snapshot: the changes in between fired
+    /// no watch here, so its clients reconnect and re-register theirs (SetWatches fires what
+    /// they missed), as ZooKeeper's clients do when their follower resyncs from a snapshot.
+    SnapshotInstalled,
     /// This server has lost contact with the ensemble for longer than its staleness bound.
     NoLeaderContact {
         /// How long it had been without contact.
@@ -47,6 +51,10 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::SessionMoved => write!(f, "session moved to a newer connection"),
             CloseReason::SessionClosed => write!(f, "session closed"),
+            CloseReason::SnapshotInstalled => write!(
+                f,
+                "this server caught up from the leader's snapshot; the client reconnects and re-registers its watches"
+            ),
             CloseReason::NoLeaderContact { silent_ms } => write!(
                 f,
                 "this server has had no contact with a leader for {silent_ms} ms (max_leader_silence_ms): its \

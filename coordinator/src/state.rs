@@ -245,8 +245,16 @@ impl ServerState {
     }
 
     /// Replaces the tree (from a snapshot) and rebuilds session liveness from it, giving every
-    /// session a full timeout from now.
+    /// session a full timeout from now. Every client connection is closed
+    /// ([`CloseReason::SnapshotInstalled`]): no watch fired for the changes the snapshot
+    /// skipped, and a reconnected client's SetWatches fires what it missed.
     pub fn install_tree(&mut self, mut tree: DataTree, now: Instant) {
+        if !self.conns.is_empty() {
+            debug!(connections = self.conns.len(), "installed a snapshot: closing every client connection");
+        }
+        for c in self.conns.values() {
+            c.outbox.close(CloseReason::SnapshotInstalled);
+        }
         tree.set_extended_types(self.tree.extended_types());
         self.tree = tree;
         self.tracker = SessionTracker::new(self.tracker.tick(), self.started);

@@ -392,6 +392,63 @@ async fn a_liveness_report_sent_again_counts_from_when_the_client_was_heard() ->
     Ok(())
 }
 
+/// A follower that falls behind the leader's purged log catches up by installing its snapshot:
+/// the changes in between are never applied there one by one, so no watch of its clients
+/// fires for them. As a ZooKeeper follower resynced from a snapshot does, it drops its
+/// clients' connections; they reconnect and re-register their watches (SetWatches, with the
+/// last zxid they saw), and the events they missed fire then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_follower_fires_across_a_snapshot_it_installs() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    let (running, _dirs, mut proxies) = start_ensemble_behind_proxies(&[Role::Voter; 3], |c| {
+        c.snapshot_every_txns = 20;
+        // The follower keeps its clients while the leader cannot reach it.
+        c.max_leader_silence_ms = 30_000;
+        c.max_session_timeout_ms = Some(60_000);
+    })
+    .await?;
+    let (leader, _) = leader_of(&running).await?;
+    let follower = running.iter().find(|r| r.id != leader).context("a follower runs")?;
+    let at_leader = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let writer = connect(&at_leader.client.to_string(), Duration::from_secs(20)).await?;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    writer.create("/w", b"watched", &persistent).await?;
+    let index = at_leader.raft.metrics().borrow().last_applied.map(|l| l.index).context("applied")?;
+    follower.applied(index, "/w").await?;
+    // The watcher knows only the follower, so it comes back there.
+    let watcher = connect(&follower.client.to_string(), Duration::from_secs(20)).await?;
+    let (stat, watch) = watcher.check_and_watch_stat("/w").await?;
+    ensure!(stat.is_some(), "/w exists on the follower");
+
+    // The leader's connections to the follower are cut; meanwhile /w goes, and enough writes
+    // follow for the leader to snapshot and purge its log past the follower.
+    let into_follower = &mut proxies[follower.id as usize - 1];
+    into_follower.cut();
+    let behind = follower.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    writer.delete("/w", None).await?;
+    for i in 0..100 {
+        writer.create(&format!("/n{i}"), b"", &persistent).await?;
+    }
+    referee_testkit::wait_until(DEADLINE, "the leader to purge its log past the follower", || {
+        at_leader.raft.metrics().borrow().purged.is_some_and(|p| p.index > behind)
+    })
+    .await?;
+    into_follower.restore().await?;
+    referee_testkit::wait_until(DEADLINE, "the follower to install the leader's snapshot", || {
+        follower.data("/w").is_none() && follower.data("/n99").is_some()
+    })
+    .await?;
+    let event = within_for(Duration::from_secs(10), "the watch's event after the snapshot", watch.changed())
+        .await
+        .context("a client of the follower was never told /w was deleted")?;
+    ensure!(event.event_type == zk::EventType::NodeDeleted && event.path == "/w", "{event:?}");
+    drop((watcher, writer));
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
 /// A follower cut off from the leader (its heartbeats no longer arrive) asks the other voters
 /// for a pre-vote, hears no, and campaigns not: its term stays the leader's. When the cut heals
 /// it follows the same leader in the same term and catches up, instead of deposing it with a
