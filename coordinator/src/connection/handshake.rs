@@ -13,7 +13,7 @@ use tracing::debug;
 use super::{now_ms, Shared};
 use crate::frame::{read_body, read_prefix};
 use crate::outbox::{CloseReason, Outbox};
-use crate::proto::{Id, SessionId};
+use crate::proto::{ErrorCode, Id, SessionId};
 use crate::request::{encode_connect_response, ConnectRequest};
 use crate::state::{ConnEntry, ConnStats};
 use crate::txn::{Txn, TxnOp, TxnReply};
@@ -159,15 +159,23 @@ async fn open_session(shared: &Arc<Shared>, c: &ConnectRequest) -> Result<Option
     // The resumed session's ConnectResponse renews the client's idea of it, as a reply does.
     shared.liveness_covered(id, arrived).await?;
     if shared.config.is_ensemble() {
-        // Every other server closes its connections of the session (SessionMoved); nothing
-        // waits for it: the client is served here from now on either way.
+        // This server owns the session from now on: every other server closes its connections
+        // of it (SessionMoved), and a write it sends for the session is refused. The client
+        // is answered only once the claim is applied: a claim lost (the leader changed as it
+        // was forwarded) would leave the session owned elsewhere, and every write of this
+        // connection refused with SessionMoved. Failed, the client tries again.
         let txn = Txn {
             session: id,
             auth: Vec::new(),
             time_ms: now_ms(),
             op: TxnOp::ClaimSession { server: shared.config.server_id() },
         };
-        drop(shared.proposer.submit(0, txn));
+        let claimed = shared.proposer.write(txn).await.map_err(|e| format!("cannot claim session {id} here: {e}"))?;
+        match claimed.result {
+            Ok(_) => {}
+            Err(ErrorCode::SessionExpired) => return Ok(None),
+            Err(e) => return Err(format!("claiming session {id} here answered {e:?}")),
+        }
     }
     Ok(Some((id, timeout_ms, password)))
 }
