@@ -512,9 +512,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The snapshot to send a follower that lags behind the purged log, read on a blocking
+    /// thread: a large file's read would otherwise hold one of the runtime's few threads, and
+    /// every connection task scheduled on it, for its length.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         let Some((smeta, name)) = self.meta().snapshot.clone() else { return Ok(None) };
-        let data = self.snapshots.read(&name).map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?;
+        let dir = self.snapshots.clone();
+        let data = tokio::task::spawn_blocking(move || dir.read(&name))
+            .await
+            .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?
+            .map_err(|e| Self::io_err(e, openraft::ErrorVerb::Read))?;
         Ok(Some(Snapshot { meta: smeta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
