@@ -694,20 +694,30 @@ impl AgentConfig {
         // After the active dies its last position is at most one publish interval old, and the
         // lock is free at most a session timeout later; the lowest-ranked standby then waits
         // its head start. The gate must still trust the position by then, or every failover
-        // would need an operator.
+        // would need an operator. With the gate on, a hung master counts too: its agent keeps
+        // the lock, publishing nothing, until the master is declared not responding.
         let others = u64::try_from(self.peers.len()).unwrap_or(u64::MAX);
-        let needed = self
-            .coordinator
-            .session_timeout_ms
+        let session = self.coordinator.session_timeout_ms;
+        let hung = u64::try_from(self.health.hung_detection().as_millis()).unwrap_or(u64::MAX);
+        let lock_free_after = if e.max_lag.is_some() { session.max(hung) } else { session };
+        let needed = lock_free_after
             .saturating_add(e.position_publish_interval_ms.saturating_mul(2))
             .saturating_add(e.rank_delay_ms.saturating_mul(others));
         if e.position_max_age_ms < needed {
+            let lost = if lock_free_after > session {
+                format!(
+                    "with election.max_lag set, it must be at least the time a hung master takes to be declared not \
+                     responding (health.slow_fall x the longer of health.interval_ms and health.timeout_ms: {hung} ms)"
+                )
+            } else {
+                "it must be at least coordinator.session_timeout_ms".to_string()
+            };
             return Err(invalid(
                 "election.position_max_age_ms",
                 format!(
-                    "is {} ms; it must be at least coordinator.session_timeout_ms + twice \
-                     election.position_publish_interval_ms + election.rank_delay_ms per peer ({needed} ms), or the \
-                     position would go stale before a failover could use it",
+                    "is {} ms; {lost} + twice election.position_publish_interval_ms + election.rank_delay_ms per peer \
+                     ({needed} ms), or the position would go stale before a failover could use it: raise it, or \
+                     detect a hung master sooner",
                     e.position_max_age_ms
                 ),
             ));
@@ -958,7 +968,9 @@ probes: {listen: "127.0.0.1:8301"}
 
     #[test]
     fn the_clusters_settings_go_over_the_file_and_are_checked_as_a_whole() {
-        let cfg = AgentConfig::from_yaml(&minimal().replace("probes:", "election: {max_lag: 9}\nprobes:")).unwrap();
+        // A hung master declared not responding soon enough for the lag gate's default age.
+        let gated = "election: {max_lag: 9}\nhealth: {interval_ms: 100, timeout_ms: 300}\nprobes:";
+        let cfg = AgentConfig::from_yaml(&minimal().replace("probes:", gated)).unwrap();
         let merged = cfg
             .with_cluster_settings(&serde_json::json!({
                 "election": {"max_lag": 5, "min_failover_interval_ms": 1000, "rank_delay_ms": 700},
@@ -1047,8 +1059,11 @@ probes: {listen: "127.0.0.1:8301"}
         assert_eq!(p.cross_zone, crate::candidacy::CrossZone::Allow);
         assert_eq!((p.rank_delay, p.position_max_age), (Duration::from_secs(1), Duration::from_secs(30)));
         assert_eq!(cfg.own_candidacy(), crate::candidacy::OwnCandidacy { priority: 1, ..Default::default() });
-        let cfg =
-            with("election: {max_lag: 1048576, cross_zone: deny, zone: east, priority: 7, nofailover: true}").unwrap();
+        let cfg = with(
+            "election: {max_lag: 1048576, cross_zone: deny, zone: east, priority: 7, nofailover: true, \
+             position_max_age_ms: 63000}",
+        )
+        .unwrap();
         assert_eq!(cfg.policy().candidacy.max_lag, Some(1_048_576));
         assert_eq!(cfg.policy().candidacy.cross_zone, crate::candidacy::CrossZone::Deny);
         let own = cfg.own_candidacy();
@@ -1070,6 +1085,23 @@ probes: {listen: "127.0.0.1:8301"}
             let e = with(extra).expect_err(extra).to_string();
             assert!(e.contains(expected), "{extra}: {e}");
         }
+        assert!(with("election: {position_max_age_ms: 5500}").is_ok());
+    }
+
+    /// A hung active's agent keeps the lock, publishing nothing, until its master is declared
+    /// not responding (20 timed-out checks of 3 s with the default health settings): with the
+    /// lag gate on, a position that went stale before that would block every automatic
+    /// failover of a hung master.
+    #[test]
+    fn with_the_lag_gate_on_the_position_outlasts_a_hung_masters_detection() {
+        let with = |extra: &str| AgentConfig::from_yaml(&minimal().replace("probes:", &format!("{extra}\nprobes:")));
+        let e = with("election: {max_lag: 100}").unwrap_err().to_string();
+        assert!(e.contains("`election.position_max_age_ms` is 30000 ms") && e.contains("(63000 ms)"), "{e}");
+        assert!(e.contains("hung master"), "{e}");
+        assert!(with("election: {max_lag: 100, position_max_age_ms: 63000}").is_ok());
+        // Detected sooner, the default is enough.
+        assert!(with("election: {max_lag: 100}\nhealth: {interval_ms: 100, timeout_ms: 300}").is_ok());
+        // Without the gate, no position is judged.
         assert!(with("election: {position_max_age_ms: 5500}").is_ok());
     }
 }

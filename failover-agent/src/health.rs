@@ -176,6 +176,13 @@ impl HealthConfig {
         Ok(())
     }
 
+    /// About how long a hung master (every check timing out) takes to be declared not
+    /// responding: `slow_fall` checks, each started at least an interval after the last and
+    /// ending at its timeout.
+    pub fn hung_detection(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(self.timeout_ms).saturating_mul(u64::from(self.slow_fall)))
+    }
+
     /// `interval_ms` as a duration.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
