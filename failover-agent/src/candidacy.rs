@@ -67,6 +67,10 @@ pub struct PublishedView {
     pub record: ActivePosition,
     /// When this agent first read this record (its position or publisher changed).
     pub changed_at: BootInstant,
+    /// Whether this agent has seen the publication change since it started: the record of its
+    /// first read may be of any age (an active that stopped publishing long ago), so until it
+    /// changes its age is unknown.
+    pub renewed: bool,
 }
 
 /// What a standby publishes under its member znode: where it stands and whether it would take
@@ -162,6 +166,9 @@ pub enum Blocker {
     /// The lag gate applies, but this node's master's state could not be read: how far behind
     /// it is is unknown.
     PositionUnknown,
+    /// The active's published position has not been seen to change since this agent started:
+    /// its age is unknown.
+    PositionUnconfirmed,
     /// Anti-flap: the active changed too recently.
     AntiFlap {
         /// Milliseconds left.
@@ -216,11 +223,12 @@ pub enum Blocker {
 
 impl Blocker {
     /// Every blocker name, in a fixed order (one gauge each).
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 16] = [
         "lease_not_expired",
         "lagging",
         "position_stale",
         "position_unknown",
+        "position_unconfirmed",
         "anti_flap",
         "paused",
         "unhealthy",
@@ -241,6 +249,7 @@ impl Blocker {
             Blocker::Lagging { .. } => "lagging",
             Blocker::PositionStale { .. } => "position_stale",
             Blocker::PositionUnknown => "position_unknown",
+            Blocker::PositionUnconfirmed => "position_unconfirmed",
             Blocker::AntiFlap { .. } => "anti_flap",
             Blocker::Paused => "paused",
             Blocker::Unhealthy { .. } => "unhealthy",
@@ -267,6 +276,9 @@ impl fmt::Display for Blocker {
             Blocker::PositionUnknown => {
                 f.write_str("the master's state could not be read, so how far behind the active it is is unknown")
             }
+            Blocker::PositionUnconfirmed => f.write_str(
+                "the active's published position has not changed since this agent started, so its age is unknown",
+            ),
             Blocker::AntiFlap { left_ms } => write!(f, "anti-flap for {left_ms} ms more"),
             Blocker::Paused => f.write_str("paused"),
             Blocker::Unhealthy { reason } => write!(f, "unhealthy: {reason}"),
@@ -320,6 +332,9 @@ pub fn gate(
             None => None,
         };
         if let Some(own_pos) = own_pos {
+            if !p.renewed {
+                return Some(Blocker::PositionUnconfirmed);
+            }
             let age = now.saturating_since(p.changed_at);
             if age > policy.position_max_age {
                 return Some(Blocker::PositionStale {
@@ -418,6 +433,7 @@ mod tests {
                 token: FencingToken(5),
             },
             changed_at: now() - age,
+            renewed: true,
         }
     }
 
@@ -513,6 +529,7 @@ mod tests {
         let no_gate = CandidacyPolicy { max_lag: None, ..p };
         let old = published(1000, None, Duration::from_secs(11));
         let unread = OwnCandidacy { state_unread: true, ..own(None) };
+        let unconfirmed = PublishedView { renewed: false, ..fresh.clone() };
         let table: Vec<GateCase> = vec![
             (own(Some(1000)), Some(&fresh), p, false, false, None),
             (own(Some(900)), Some(&fresh), p, false, false, None),
@@ -524,6 +541,10 @@ mod tests {
             (drained, Some(&fresh), p, true, true, Some(Blocker::Drained { by: "ops (kernel update)".into() })),
             // Ahead of the published position (it moved on since): not lagging.
             (own(Some(2000)), Some(&fresh), p, false, false, None),
+            // Read once since this agent started and never seen to change: of unknown age.
+            (own(Some(1000)), Some(&unconfirmed), p, false, false, Some(Blocker::PositionUnconfirmed)),
+            (own(Some(1000)), Some(&unconfirmed), p, true, true, None),
+            (own(Some(1000)), Some(&unconfirmed), no_gate, false, false, None),
             // Unknown positions on either side: the gate does not apply (the pair's old behaviour).
             (own(None), Some(&fresh), p, false, false, None),
             // But a master whose state could not be read this cycle has a position, unknown:
@@ -572,6 +593,7 @@ mod tests {
             Blocker::Lagging { behind: 7, max_lag: 5 },
             Blocker::PositionStale { age_ms: 2, max_age_ms: 1 },
             Blocker::PositionUnknown,
+            Blocker::PositionUnconfirmed,
             Blocker::AntiFlap { left_ms: 3 },
             Blocker::Paused,
             Blocker::Unhealthy { reason: "x".into() },

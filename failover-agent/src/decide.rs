@@ -1722,6 +1722,7 @@ mod tests {
                 token: t(40),
             },
             changed_at: now() - age,
+            renewed: true,
         })
     }
 

@@ -304,7 +304,8 @@ impl Driver {
             let hint = match blocker {
                 crate::candidacy::Blocker::Lagging { .. }
                 | crate::candidacy::Blocker::PositionStale { .. }
-                | crate::candidacy::Blocker::PositionUnknown => {
+                | crate::candidacy::Blocker::PositionUnknown
+                | crate::candidacy::Blocker::PositionUnconfirmed => {
                     "; pass --allow-data-loss to promote it anyway, losing what it lacks"
                 }
                 _ => "",

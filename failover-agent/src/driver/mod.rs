@@ -756,9 +756,9 @@ impl Driver {
             .zip(obs.published.as_ref())
             .map(|(own, p)| crate::candidacy::lag(own, p.record.position));
         let max_age = self.cfg.policy().candidacy.position_max_age;
-        st.behind_fresh = st
-            .behind
-            .filter(|_| obs.published.as_ref().is_some_and(|p| obs.now.saturating_since(p.changed_at) <= max_age));
+        st.behind_fresh = st.behind.filter(|_| {
+            obs.published.as_ref().is_some_and(|p| p.renewed && obs.now.saturating_since(p.changed_at) <= max_age)
+        });
         st.max_lag = self.cfg.election.max_lag;
         st.last_cycle_at_ms = wall_ms();
         st.last_cycle_at = Some(BootInstant::now());

@@ -10,9 +10,10 @@ use crate::decide::{own_candidacy, Observation};
 /// What the driver keeps about positions and candidacies between cycles.
 #[derive(Default)]
 pub(super) struct Publication {
-    /// The active's published position as last read, its znode's mzxid, and when this agent
-    /// first read that mzxid (a new mzxid is a new publication, even of the same position).
-    pub(super) published: Option<(ActivePosition, i64, BootInstant)>,
+    /// The active's published position as last read, its znode's mzxid, when this agent first
+    /// read that mzxid (a new mzxid is a new publication, even of the same position), and
+    /// whether it is known to be a renewal (see [`PublishedView::renewed`]).
+    pub(super) published: Option<Seen>,
     /// When the position znode was last read.
     pub(super) read_at: Option<BootInstant>,
     /// When this agent last published its master's position as the active.
@@ -20,6 +21,34 @@ pub(super) struct Publication {
     /// The candidacy last written into this agent's member znode, when, and through which
     /// session (a new session registers the member afresh, without it).
     pub(super) candidacy_sent: Option<(Candidacy, BootInstant, i64)>,
+}
+
+/// The active's publication as this agent has seen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seen {
+    record: ActivePosition,
+    /// Its znode's mzxid.
+    mzxid: i64,
+    /// When this agent first read this mzxid.
+    changed_at: BootInstant,
+    /// Whether this agent has seen a publication appear or change since it started.
+    renewed: bool,
+}
+
+/// What is known of the publication after a read answered `read` (record and mzxid, or none)
+/// at `now`. A publication read at this agent's first read may be of any age, so it is not
+/// known renewed until its mzxid changes; one that appears or changes after a read is new.
+fn seen_next(
+    previous: Option<Seen>,
+    read: Option<(ActivePosition, i64)>,
+    first_read: bool,
+    now: BootInstant,
+) -> Option<Seen> {
+    let (record, mzxid) = read?;
+    match previous {
+        Some(p) if p.mzxid == mzxid => Some(Seen { record, ..p }),
+        _ => Some(Seen { record, mzxid, changed_at: now, renewed: !first_read }),
+    }
 }
 
 impl Driver {
@@ -41,12 +70,9 @@ impl Driver {
         match self.tended_during(tokio::time::timeout(limit, coord.read_position())).await {
             Ok(Ok(read)) => {
                 self.acked(sent);
+                let first_read = self.pub_state.read_at.is_none();
                 self.pub_state.read_at = Some(now);
-                self.pub_state.published = match (read, self.pub_state.published.take()) {
-                    (None, _) => None,
-                    (Some((record, mzxid)), Some((_, seen, at))) if seen == mzxid => Some((record, mzxid, at)),
-                    (Some((record, mzxid)), _) => Some((record, mzxid, now)),
-                };
+                self.pub_state.published = seen_next(self.pub_state.published.take(), read, first_read, now);
             }
             Ok(Err(e)) => debug!("reading the published position failed: {e}"),
             Err(_) => debug!("reading the published position took too long"),
@@ -55,10 +81,11 @@ impl Driver {
 
     /// The core's view of the published position.
     pub(super) fn published_view(&self) -> Option<PublishedView> {
-        self.pub_state
-            .published
-            .as_ref()
-            .map(|(record, _, at)| PublishedView { record: record.clone(), changed_at: *at })
+        self.pub_state.published.as_ref().map(|s| PublishedView {
+            record: s.record.clone(),
+            changed_at: s.changed_at,
+            renewed: s.renewed,
+        })
     }
 
     /// The other members' candidacies.
@@ -122,5 +149,37 @@ impl Driver {
             Ok(Err(e)) => debug!("publishing the candidacy failed: {e}"),
             Err(_) => debug!("publishing the candidacy took too long"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(position: u64) -> ActivePosition {
+        ActivePosition {
+            node_id: "a".into(),
+            zone: None,
+            position: crate::candidacy::Position(position),
+            token: FencingToken(5),
+        }
+    }
+
+    /// A restarted agent does not take the publication it first reads for a fresh one: only a
+    /// change proves the active still publishes. One that appears after a read found none is
+    /// new.
+    #[test]
+    fn a_publication_is_renewed_only_once_seen_to_change_or_appear() {
+        let t0 = BootInstant::now();
+        let later = t0 + Duration::from_millis(1000);
+        let first = seen_next(None, Some((record(10), 7)), true, t0).unwrap();
+        assert_eq!((first.changed_at, first.renewed), (t0, false), "first read: of unknown age");
+        let same = seen_next(Some(first.clone()), Some((record(10), 7)), false, later).unwrap();
+        assert_eq!((same.changed_at, same.renewed), (t0, false), "read again unchanged: still unknown");
+        let changed = seen_next(Some(same), Some((record(10), 8)), false, later).unwrap();
+        assert_eq!((changed.changed_at, changed.renewed), (later, true), "a new mzxid is a renewal");
+        assert_eq!(seen_next(Some(changed), None, false, later), None, "gone");
+        let appeared = seen_next(None, Some((record(11), 9)), false, later).unwrap();
+        assert!(appeared.renewed, "published after a read that found none: new");
     }
 }
