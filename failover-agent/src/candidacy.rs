@@ -219,11 +219,18 @@ pub enum Blocker {
     },
     /// The coordinator cannot be read, or the session is not connected.
     CoordinatorUnavailable,
+    /// The session timeout the coordinator granted leaves a lease no promotion fits in.
+    LeaseTooShort {
+        /// The lease each answered request buys, in milliseconds.
+        lease_ms: u64,
+        /// How long a promotion may take (with the pre_promote hook), in milliseconds.
+        promote_ms: u64,
+    },
 }
 
 impl Blocker {
     /// Every blocker name, in a fixed order (one gauge each).
-    pub const NAMES: [&'static str; 16] = [
+    pub const NAMES: [&'static str; 17] = [
         "lease_not_expired",
         "lagging",
         "position_stale",
@@ -240,6 +247,7 @@ impl Blocker {
         "backing_off",
         "promised",
         "coordinator_unavailable",
+        "lease_too_short",
     ];
 
     /// The blocker's name (its gauge label).
@@ -261,6 +269,7 @@ impl Blocker {
             Blocker::BackingOff { .. } => "backing_off",
             Blocker::Promised { .. } => "promised",
             Blocker::CoordinatorUnavailable => "coordinator_unavailable",
+            Blocker::LeaseTooShort { .. } => "lease_too_short",
         }
     }
 }
@@ -294,6 +303,11 @@ impl fmt::Display for Blocker {
             Blocker::BackingOff { left_ms } => write!(f, "backing off for {left_ms} ms more"),
             Blocker::Promised { to } => write!(f, "promised {to} (failsafe) not to contend"),
             Blocker::CoordinatorUnavailable => f.write_str("coordinator unavailable"),
+            Blocker::LeaseTooShort { lease_ms, promote_ms } => write!(
+                f,
+                "the granted session timeout buys a lease of {lease_ms} ms, which no promotion ({promote_ms} ms) fits \
+                 in: let the coordinator grant coordinator.session_timeout_ms"
+            ),
         }
     }
 }
@@ -605,6 +619,7 @@ mod tests {
             Blocker::BackingOff { left_ms: 1 },
             Blocker::Promised { to: "a".into() },
             Blocker::CoordinatorUnavailable,
+            Blocker::LeaseTooShort { lease_ms: 1, promote_ms: 2 },
         ];
         let names: Vec<&str> = all.iter().map(Blocker::name).collect();
         assert_eq!(names, Blocker::NAMES);

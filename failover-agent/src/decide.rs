@@ -121,6 +121,9 @@ pub struct Observation {
     pub lock_free_since: Option<BootInstant>,
     /// The operator's failover to this node overrides the lag gate (`--allow-data-loss`).
     pub allow_data_loss: bool,
+    /// The lease each answered request buys under the session timeout granted now (zero when
+    /// the grant leaves none); `None` without a session.
+    pub lease_budget: Option<Duration>,
 }
 
 /// The configured rules the core applies (from the `election` section).
@@ -312,6 +315,14 @@ fn not_ready(master: Option<MasterStatus>) -> Option<&'static str> {
     }
 }
 
+/// Whether the lease the granted session timeout buys leaves no room for a promotion: a
+/// coordinator server granted less than asked (a lower maxSessionTimeout).
+fn lease_too_short(obs: &Observation, policy: &Policy) -> Option<Blocker> {
+    let budget = obs.lease_budget?;
+    (budget <= policy.promote_budget)
+        .then(|| Blocker::LeaseTooShort { lease_ms: ms64(budget), promote_ms: ms64(policy.promote_budget) })
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -333,6 +344,7 @@ pub fn own_candidacy(obs: &Observation, policy: &Policy) -> Candidacy {
         eligible: gated.is_none()
             && obs.health.is_healthy()
             && not_ready(obs.master).is_none()
+            && lease_too_short(obs, policy).is_none()
             && !obs.paused
             && !matches!(obs.lock, LockView::Ours { .. }),
     }
@@ -487,6 +499,10 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     vec![],
                     format!("the lock is free, but {why}: not contending"),
                 );
+            }
+            if let Some(b) = lease_too_short(obs, policy) {
+                let reason = format!("the lock is free, but {b}");
+                return blocked(b, vec![], reason);
             }
             if let Some(b) = candidacy::gate(
                 &obs.candidacy,
@@ -736,6 +752,15 @@ fn hold(
         let reason = format!("holding the lock with token {token}, but this node may not take over: {b}; releasing it");
         return blocked(b, steps, reason);
     }
+    // A grant that shrank since the lock was won: waiting for the lease to cover a promotion
+    // would hold the lock for good.
+    if let Some(b) = lease_too_short(obs, policy) {
+        let release = Step::ReleaseLock { token, backoff: Duration::ZERO };
+        let steps =
+            if master_active { vec![Step::Demote { token, best_effort: true }, release] } else { vec![release] };
+        let reason = format!("holding the lock with token {token}, but {b}; releasing it");
+        return blocked(b, steps, reason);
+    }
     let crumb_unknown = || decision(vec![], "holding the lock; the breadcrumb could not be read, waiting");
     if matches!(obs.breadcrumb, BreadcrumbView::Unknown) {
         return crumb_unknown();
@@ -952,6 +977,7 @@ mod tests {
             candidates: vec![],
             lock_free_since: None,
             allow_data_loss: false,
+            lease_budget: Some(Duration::from_millis(1650)),
         }
     }
 
@@ -1475,6 +1501,29 @@ mod tests {
                 &format!("holding the lock (token 45), but {why}: releasing it for a standby that is ready"),
             );
         }
+    }
+
+    /// A coordinator server that grants a shorter session timeout than asked can leave a lease
+    /// no promotion fits in: such a node never contends, and a lock it won is released
+    /// instead of held for good while it waits for a lease that cannot come.
+    #[test]
+    fn a_grant_whose_lease_cannot_cover_a_promotion_keeps_the_node_out() {
+        let policy = Policy { promote_budget: Duration::from_millis(600), ..Policy::with_backoff(BACKOFF) };
+        let short = policy.promote_budget;
+        let blocker = Blocker::LeaseTooShort { lease_ms: ms64(short), promote_ms: ms64(policy.promote_budget) };
+        let mut o = base();
+        o.lease_budget = Some(short);
+        let d = decide(&o, &policy);
+        assert_eq!((d.steps.clone(), d.blocker.clone()), (vec![], Some(blocker.clone())), "{}", d.reason);
+        assert!(!own_candidacy(&o, &policy).eligible, "not offered to the ranking");
+        o.lock = ours(45);
+        let d = decide(&o, &policy);
+        assert_eq!(d.steps, vec![Step::ReleaseLock { token: t(45), backoff: Duration::ZERO }], "{}", d.reason);
+        assert_eq!(d.blocker, Some(blocker));
+        // A lease just longer than a promotion will do, once an answer renews it.
+        o.lease_budget = Some(short + Duration::from_millis(1));
+        o.lock = LockView::Free;
+        assert_eq!(decide(&o, &policy).steps, vec![Step::Contend]);
     }
 
     #[test]

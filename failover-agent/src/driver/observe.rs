@@ -182,6 +182,7 @@ impl Driver {
             candidates: self.candidates(),
             lock_free_since: self.mem.free_seen_at,
             allow_data_loss: self.mem.pending_failover.is_some() && self.mem.allow_data_loss,
+            lease_budget: self.mem.lease.granted().map(|_| self.mem.lease.budget().unwrap_or_default()),
         }
     }
 
