@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{CoordinatorConfig, Role};
-use crate::fourlw::{ensemble_stats, monitor_values, EnsembleStats};
+use crate::fourlw::{ensemble_stats, monitor_values, EnsembleStats, MonitorSnapshot};
 use crate::members_config::{self, MemberLine, MemberRole};
 use crate::propose::Proposer;
 use crate::proto::SessionId;
@@ -778,11 +778,13 @@ async fn metrics(State(ctx): State<AdminContext>) -> Response {
     let m = ctx.metrics();
     let ensemble = ensemble_stats(&m);
     let mode = crate::fourlw::mode_of(&m);
-    let (values, serving, counters, slow_syncs) = {
+    let (taken, serving, counters, slow_syncs) = {
         let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
         let slow_syncs = st.log_end.as_ref().map_or(0, |l| l.slow_syncs());
-        (monitor_values(&st, mode, ensemble.as_ref()), st.refusing_clients.is_none(), st.counters.clone(), slow_syncs)
+        (MonitorSnapshot::of(&st), st.refusing_clients.is_none(), st.counters.clone(), slow_syncs)
     };
+    // Counted with the lock let go: the walks of the tree never hold up the writers.
+    let values = monitor_values(&taken, mode, ensemble.as_ref());
     let mut text = prometheus_text(&values, &m, ensemble.as_ref(), serving);
     // ZooKeeper counts these as fsync_threshold_exceed_count over JMX, not in mntr.
     let _ = writeln!(

@@ -123,7 +123,9 @@ pub struct CoordinatorConfig {
     #[serde(default = "default_max_outstanding_request_bytes")]
     pub max_outstanding_request_bytes: usize,
     /// Bytes of watch notifications that may wait for one client to read them; past it the
-    /// connection is closed (a client that does not read must not hold server memory).
+    /// connection is closed (a client that does not read must not hold server memory). While
+    /// one of its writes waits for its outcome, notifications cannot be sent (those of later
+    /// changes go after the write's reply) and up to four times this may wait.
     #[serde(default = "default_max_queued_outbound_bytes")]
     pub max_queued_outbound_bytes: usize,
     /// Watches one connection may hold; a read that would leave one more is answered

@@ -14,7 +14,8 @@ use openraft::{BasicNode, RaftMetrics};
 use crate::config::CoordinatorConfig;
 use crate::log::ProposalSizes;
 use crate::proto::SessionId;
-use crate::state::ServerState;
+use crate::state::{Counters, ServerState};
+use crate::tree::TreeCounts;
 use crate::watch::ConnId;
 
 /// The version string reported to clients: the ZooKeeper release whose protocol and behaviour
@@ -107,7 +108,10 @@ pub fn answer(
             out.push('\n');
             out
         }
-        "mntr" => monitor_values(&lock(), mode, ensemble).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect(),
+        "mntr" => {
+            let taken = MonitorSnapshot::of(&lock());
+            monitor_values(&taken, mode, ensemble).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+        }
         "conf" => conf(config),
         "envi" => environment(),
         "wchs" => {
@@ -338,32 +342,71 @@ pub fn ensemble_stats(m: &RaftMetrics<u64, BasicNode>) -> Option<EnsembleStats> 
     Some(EnsembleStats { last_log_index: last, replicas })
 }
 
-/// The `mntr` keys and values in ZooKeeper's order, the leader's ensemble keys last.
-pub fn monitor_values(st: &ServerState, mode: &str, ensemble: Option<&EnsembleStats>) -> Vec<(&'static str, String)> {
-    let l = &st.counters.latency;
-    let ephemerals: usize = st.tree.sessions().map(|(_, s)| s.ephemerals.len()).sum();
+/// What `mntr` reports of the server's state, read under its lock ([`MonitorSnapshot::of`])
+/// in time that does not grow with the tree: the figures that walk every znode or session (the
+/// data size, the ephemerals) are counted afterwards by [`monitor_values`], outside the lock,
+/// on an O(1) copy of the tree ([`TreeCounts`]), and so is the file-descriptor count, which
+/// reads a directory. So a `mntr`, or a scrape of `/metrics`, never holds up the writers on a
+/// large tree: they take the same lock to apply.
+#[derive(Debug, Clone)]
+pub struct MonitorSnapshot {
+    counters: Counters,
+    conns: usize,
+    outstanding: u64,
+    znodes: usize,
+    watches: usize,
+    started: Instant,
+    proposals: ProposalSizes,
+    tree: TreeCounts,
+}
+
+impl MonitorSnapshot {
+    /// Reads what `mntr` reports from the state, for [`monitor_values`] to finish outside the
+    /// lock.
+    pub fn of(st: &ServerState) -> Self {
+        MonitorSnapshot {
+            counters: st.counters.clone(),
+            conns: st.conns.len(),
+            outstanding: st.outstanding_requests(),
+            znodes: st.tree.node_count(),
+            watches: st.watches.watch_count(),
+            started: st.started,
+            proposals: proposal_sizes(st),
+            tree: st.tree.counts(),
+        }
+    }
+}
+
+/// The `mntr` keys and values in ZooKeeper's order, the leader's ensemble keys last, from what
+/// was read under the lock; counts what remains to be counted.
+pub fn monitor_values(
+    taken: &MonitorSnapshot,
+    mode: &str,
+    ensemble: Option<&EnsembleStats>,
+) -> Vec<(&'static str, String)> {
+    let l = &taken.counters.latency;
     let (open_fds, max_fds) = file_descriptors();
     let mut lines: Vec<(&str, String)> = vec![
         ("zk_version", VERSION.to_string()),
         ("zk_server_state", mode.to_string()),
-        ("zk_ephemerals_count", ephemerals.to_string()),
-        ("zk_num_alive_connections", st.conns.len().to_string()),
+        ("zk_ephemerals_count", taken.tree.ephemeral_count().to_string()),
+        ("zk_num_alive_connections", taken.conns.to_string()),
         ("zk_avg_latency", format!("{:.4}", l.avg_ms())),
         ("zk_min_latency", l.min_ms.to_string()),
         ("zk_max_latency", l.max_ms.to_string()),
-        ("zk_outstanding_requests", st.outstanding_requests().to_string()),
-        ("zk_znode_count", st.tree.node_count().to_string()),
-        ("zk_global_sessions", st.tree.sessions().count().to_string()),
+        ("zk_outstanding_requests", taken.outstanding.to_string()),
+        ("zk_znode_count", taken.znodes.to_string()),
+        ("zk_global_sessions", taken.tree.session_count().to_string()),
         ("zk_local_sessions", "0".to_string()),
-        ("zk_packets_sent", st.counters.packets_sent.to_string()),
-        ("zk_packets_received", st.counters.packets_received.to_string()),
-        ("zk_watch_count", st.watches.watch_count().to_string()),
-        ("zk_approximate_data_size", st.tree.approximate_data_size().to_string()),
+        ("zk_packets_sent", taken.counters.packets_sent.to_string()),
+        ("zk_packets_received", taken.counters.packets_received.to_string()),
+        ("zk_watch_count", taken.watches.to_string()),
+        ("zk_approximate_data_size", taken.tree.approximate_data_size().to_string()),
         ("zk_open_file_descriptor_count", open_fds.to_string()),
         ("zk_max_file_descriptor_count", max_fds.to_string()),
-        ("zk_uptime", st.started.elapsed().as_millis().to_string()),
-        ("zk_auth_failed_count", st.counters.auth_failed.to_string()),
-        ("zk_connection_rejected", st.counters.connections_rejected.to_string()),
+        ("zk_uptime", taken.started.elapsed().as_millis().to_string()),
+        ("zk_auth_failed_count", taken.counters.auth_failed.to_string()),
+        ("zk_connection_rejected", taken.counters.connections_rejected.to_string()),
     ];
     if let Some(e) = ensemble.filter(|_| mode == "leader") {
         // ZooKeeper 3.5 names the count `zk_followers`, 3.6 and later `zk_learners`; both are
@@ -380,7 +423,7 @@ pub fn monitor_values(st: &ServerState, mode: &str, ensemble: Option<&EnsembleSt
             // catching up is simply one that is not synced, so none is ever pending.
             ("zk_pending_syncs", "0".to_string()),
         ]);
-        let p = proposal_sizes(st);
+        let p = taken.proposals;
         lines.extend([
             ("zk_last_proposal_size", p.last.to_string()),
             ("zk_max_proposal_size", p.max.to_string()),
@@ -630,6 +673,45 @@ mod tests {
         drop(held);
         walker.join().unwrap();
         assert!(out.starts_with("datadir_size: "), "{out}");
+    }
+
+    #[test]
+    fn mntr_counts_the_tree_without_the_servers_lock() {
+        use crate::proto::{Acl, Zxid};
+        use crate::txn::{Txn, TxnOp, WriteOp};
+        let state = std::sync::Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
+        {
+            let mut st = state.lock().unwrap();
+            let op = TxnOp::CreateSession { timeout_ms: 6000, password: [1; 16] };
+            st.apply(Zxid(1), &Txn { session: SessionId(0), auth: vec![], time_ms: 0, op }, Instant::now());
+            let session = st.tree.sessions().next().map(|(id, _)| id).unwrap();
+            for (i, flags) in [0, 1, 0].into_iter().enumerate() {
+                let op = WriteOp::Create {
+                    opcode: crate::proto::op::CREATE,
+                    path: format!("/n{i}"),
+                    data: Some(vec![7; 10]),
+                    acl: Acl::open_unsafe(),
+                    flags,
+                    ttl_ms: 0,
+                };
+                let txn = Txn { session, auth: vec![], time_ms: 0, op: TxnOp::Write(op) };
+                st.apply(Zxid(2 + i as i64), &txn, Instant::now());
+            }
+        }
+        let taken = MonitorSnapshot::of(&state.lock().unwrap());
+        // Writers hold the lock for as long as the counting takes: it must finish regardless.
+        let held = state.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let counter = std::thread::spawn(move || {
+            let _ = tx.send(monitor_values(&taken, "standalone", None));
+        });
+        let values = rx.recv_timeout(Duration::from_secs(10)).expect("mntr waited for the server's lock");
+        let value = |key| values.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(value("zk_approximate_data_size"), held.tree.approximate_data_size().to_string());
+        assert_eq!((value("zk_ephemerals_count").as_str(), value("zk_global_sessions").as_str()), ("1", "1"));
+        assert_eq!(value("zk_znode_count"), "7");
+        drop(held);
+        counter.join().unwrap();
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! A client that does not read lets notifications pile up here. Past `max_queued_outbound_bytes`
 //! the outbox drops them and closes: the connection ends, as ZooKeeper ends one whose client
 //! cannot keep up, and the client must reconnect and re-register its watches.
+//!
+//! Notifications also wait here, through no fault of the client, while the writer waits for a
+//! request's outcome (a write's commit, the leader's word on the session): those of changes
+//! after the write must follow its reply, and which they are is known only with the outcome.
+//! A follower catching up with its leader may apply many changes meanwhile. So what is pushed
+//! while [`Outbox::reply_pending`] holds counts against a larger bound instead,
+//! [`PENDING_REPLY_FACTOR`] times the limit for all that is queued; past that the connection is
+//! closed all the same.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -69,12 +77,24 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How many times `max_queued_outbound_bytes` a connection's outbox may hold, in all, while
+/// its writer waits for a request's outcome (see the module's description). Bounded, as a
+/// client may keep a request pending all the time; four times allows what a follower applies
+/// in the few seconds a forwarded write may take ([`crate::propose::FORWARD_DEADLINE`]) at a
+/// few thousand notifications a second, with the default limit.
+pub const PENDING_REPLY_FACTOR: usize = 4;
+
 #[derive(Debug, Default)]
 struct Inner {
-    /// Notifications in the order they were fired, each with the zxid of its change.
-    queue: VecDeque<(Zxid, Vec<u8>)>,
-    /// Bytes in `queue`.
+    /// Notifications in the order they were fired: the zxid of its change, the frame, and
+    /// whether it was pushed while a reply was pending.
+    queue: VecDeque<(Zxid, Vec<u8>, bool)>,
+    /// Bytes in `queue` pushed while no reply was pending: those the client is answerable for.
     bytes: usize,
+    /// Bytes in `queue` pushed while a reply was pending.
+    held_bytes: usize,
+    /// Set while the writer waits for a request's outcome.
+    reply_pending: bool,
     /// Set once; the connection ends as soon as it sees it.
     closed: Option<CloseReason>,
     /// The client asked to close its session, so the session's close is expected and must not
@@ -103,25 +123,36 @@ impl Outbox {
     }
 
     /// Queues a notification fired by the change at `zxid`. Over the byte limit the queue is
-    /// dropped and the outbox closed instead.
+    /// dropped and the outbox closed instead: past `limit_bytes` of what was pushed while no
+    /// reply was pending, or past [`PENDING_REPLY_FACTOR`] times it in all.
     pub fn push(&self, zxid: Zxid, frame: Vec<u8>) {
         let mut inner = self.lock();
         if inner.closed.is_some() {
             return;
         }
-        if inner.bytes.saturating_add(frame.len()) > self.limit_bytes {
+        let held = inner.reply_pending;
+        let len = frame.len();
+        let counted = inner.bytes.saturating_add(if held { 0 } else { len });
+        let all = inner.bytes.saturating_add(inner.held_bytes).saturating_add(len);
+        if counted > self.limit_bytes || all > self.limit_bytes.saturating_mul(PENDING_REPLY_FACTOR) {
             warn!(
                 conn = self.conn,
                 limit = self.limit_bytes,
+                waiting_for_a_reply = held,
                 "closing the connection: its client is not reading and the notifications queued for it \
                  passed max_queued_outbound_bytes"
             );
             inner.queue.clear();
             inner.bytes = 0;
+            inner.held_bytes = 0;
             inner.closed = Some(CloseReason::OutboundQueueFull { limit: self.limit_bytes });
         } else {
-            inner.bytes += frame.len();
-            inner.queue.push_back((zxid, frame));
+            if held {
+                inner.held_bytes += len;
+            } else {
+                inner.bytes += len;
+            }
+            inner.queue.push_back((zxid, frame, held));
         }
         drop(inner);
         self.changed.notify_waiters();
@@ -144,22 +175,39 @@ impl Outbox {
         self.lock().client_closing = true;
     }
 
+    /// Marks the connection's writer as waiting for a request's outcome, unable to send the
+    /// notifications queued meanwhile, until the guard is dropped: they count against the
+    /// larger bound (see the module's description).
+    pub fn reply_pending(&self) -> ReplyPending<'_> {
+        self.lock().reply_pending = true;
+        ReplyPending(self)
+    }
+
     /// Takes the queued notifications of changes up to `upto` (all of them for `None`), oldest
     /// first.
     pub fn take(&self, upto: Option<Zxid>) -> Vec<Vec<u8>> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let n = match upto {
             None => inner.queue.len(),
-            Some(z) => inner.queue.iter().take_while(|(zxid, _)| *zxid <= z).count(),
+            Some(z) => inner.queue.iter().take_while(|(zxid, _, _)| *zxid <= z).count(),
         };
-        let out: Vec<Vec<u8>> = inner.queue.drain(..n).map(|(_, f)| f).collect();
-        inner.bytes -= out.iter().map(Vec::len).sum::<usize>();
+        let mut out = Vec::with_capacity(n);
+        for (_, frame, held) in inner.queue.drain(..n) {
+            if held {
+                inner.held_bytes -= frame.len();
+            } else {
+                inner.bytes -= frame.len();
+            }
+            out.push(frame);
+        }
         out
     }
 
     /// Bytes waiting.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        let inner = self.lock();
+        inner.bytes + inner.held_bytes
     }
 
     /// Why the outbox was closed, if it was.
@@ -191,6 +239,16 @@ impl Outbox {
             }
             changed.await;
         }
+    }
+}
+
+/// Held while a connection's writer waits for a request's outcome ([`Outbox::reply_pending`]).
+#[must_use = "the writer counts as waiting only while the guard is held"]
+pub struct ReplyPending<'a>(&'a Outbox);
+
+impl Drop for ReplyPending<'_> {
+    fn drop(&mut self) {
+        self.0.lock().reply_pending = false;
     }
 }
 
@@ -238,5 +296,35 @@ mod tests {
         assert_eq!(o.closed(), None);
         o.close(CloseReason::SessionMoved);
         assert_eq!(o.closed(), Some(CloseReason::SessionMoved));
+    }
+
+    #[test]
+    fn what_is_pushed_while_a_reply_is_pending_counts_against_the_larger_bound() {
+        // 25 bytes for the client, 100 in all while a reply is pending.
+        let o = Outbox::new(1, 25);
+        let pending = o.reply_pending();
+        for z in 1..=7 {
+            o.push(Zxid(z), vec![0; 10]);
+        }
+        assert_eq!(o.closed(), None, "70 bytes waiting behind a reply");
+        drop(pending);
+        // Once the writer no longer waits, the client answers for what comes.
+        o.push(Zxid(8), vec![0; 10]);
+        o.push(Zxid(9), vec![0; 10]);
+        assert_eq!((o.closed(), o.queued_bytes()), (None, 90));
+        assert_eq!(o.take(Some(Zxid(3))).len(), 3);
+        assert_eq!(o.queued_bytes(), 60);
+        o.push(Zxid(10), vec![0; 10]);
+        assert_eq!(o.closed(), Some(CloseReason::OutboundQueueFull { limit: 25 }), "30 bytes of its own");
+
+        let o = Outbox::new(1, 25);
+        let _pending = o.reply_pending();
+        for z in 1..=10 {
+            o.push(Zxid(z), vec![0; 10]);
+        }
+        assert_eq!(o.closed(), None);
+        o.push(Zxid(11), vec![0; 10]);
+        assert_eq!(o.closed(), Some(CloseReason::OutboundQueueFull { limit: 25 }), "past 100 bytes in all");
+        assert_eq!(o.queued_bytes(), 0);
     }
 }

@@ -124,6 +124,69 @@ pub struct Session {
     pub ephemerals: BTreeSet<String>,
 }
 
+/// A copy of the tree's node and session maps, for the figures that walk all of them (`mntr`'s
+/// data size and ephemeral count, getAllChildrenNumber). The maps are persistent, so taking the
+/// copy costs O(1) and shares every node: a server takes it under its lock and counts once it
+/// has let the lock go, so no count of a large tree holds up the writers. It is the tree as it
+/// was when taken.
+#[derive(Debug, Clone)]
+pub struct TreeCounts {
+    nodes: imbl::OrdMap<String, Arc<Node>>,
+    sessions: imbl::OrdMap<SessionId, Session>,
+}
+
+impl TreeCounts {
+    /// Total bytes of paths and data (ZooKeeper's `approximateDataSize`).
+    pub fn approximate_data_size(&self) -> u64 {
+        self.nodes.iter().map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, Vec::len)) as u64).sum()
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Ephemeral nodes, of every session.
+    pub fn ephemeral_count(&self) -> usize {
+        self.sessions.values().map(|s| s.ephemerals.len()).sum()
+    }
+
+    /// Nodes below `path`, a path other than the root. The map is ordered by path, and the
+    /// paths below `path` are exactly those from `path + "/"` up to `path + "0"` excluded ('0'
+    /// is the character after '/'), so they are counted without building a path or looking
+    /// one up.
+    pub fn below(&self, path: &str) -> usize {
+        use std::ops::Bound;
+        let (from, to) = (format!("{path}/"), format!("{path}0"));
+        self.nodes.range::<_, str>((Bound::Included(from.as_str()), Bound::Excluded(to.as_str()))).count()
+    }
+}
+
+/// getAllChildrenNumber's answer once its node is found and may be read
+/// ([`DataTree::children_number`]).
+#[derive(Debug, Clone)]
+pub enum ChildrenNumber {
+    /// Known without counting (the root's).
+    Known(i32),
+    /// To be counted below `path` in a copy of the tree.
+    Below {
+        /// The copy.
+        tree: TreeCounts,
+        /// The node whose descendants are counted.
+        path: String,
+    },
+}
+
+impl ChildrenNumber {
+    /// The number, counted if need be: O(nodes below) for [`ChildrenNumber::Below`].
+    pub fn count(self) -> i32 {
+        match self {
+            ChildrenNumber::Known(n) => n,
+            ChildrenNumber::Below { tree, path } => i32::try_from(tree.below(&path)).unwrap_or(i32::MAX),
+        }
+    }
+}
+
 /// A change a watch may be waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEvent {
@@ -537,9 +600,16 @@ impl DataTree {
         self.nodes.len()
     }
 
-    /// Total bytes of paths and data (ZooKeeper's `approximateDataSize`).
+    /// Total bytes of paths and data (ZooKeeper's `approximateDataSize`): a walk of every node,
+    /// which a server makes on [`DataTree::counts`] once it has let its lock go.
     pub fn approximate_data_size(&self) -> u64 {
-        self.nodes.iter().map(|(p, n)| (p.len() + n.data.as_ref().map_or(0, Vec::len)) as u64).sum()
+        self.counts().approximate_data_size()
+    }
+
+    /// An O(1) copy of the node and session maps, to count over outside the server's lock
+    /// (see [`TreeCounts`]).
+    pub fn counts(&self) -> TreeCounts {
+        TreeCounts { nodes: self.nodes.clone(), sessions: self.sessions.clone() }
     }
 
     // Reads do not validate paths: Apache ZooKeeper looks them up as they are, and a path that
@@ -593,24 +663,28 @@ impl DataTree {
         Ok((masked, node.stat()))
     }
 
-    /// getAllChildrenNumber: every node below `path`.
+    /// getAllChildrenNumber: every node below `path`, counted here and now (see
+    /// [`DataTree::children_number`] for a count outside the server's lock).
     pub fn all_children_number(&self, path: &str, auth: &[Id]) -> Result<i32, ErrorCode> {
+        self.children_number(path, auth).map(ChildrenNumber::count)
+    }
+
+    /// getAllChildrenNumber up to its count: the node must exist and `auth` must be allowed to
+    /// read it. The root's answer is the node count, as ZooKeeper gives it; below any other
+    /// node the nodes are counted on an O(1) copy of the tree ([`ChildrenNumber::count`]),
+    /// which a server does once it has let its lock go: the count is O(nodes below).
+    pub fn children_number(&self, path: &str, auth: &[Id]) -> Result<ChildrenNumber, ErrorCode> {
         let node = self.lookup(path).ok_or(ErrorCode::NoNode)?;
         check_acl(&node.acl, perms::READ, auth)?;
-        let mut count = 0i32;
-        let mut stack: Vec<String> = node.children.iter().map(|c| path::join(path, c)).collect();
-        while let Some(p) = stack.pop() {
-            count = count.saturating_add(1);
-            if let Some(n) = self.nodes.get(&p) {
-                stack.extend(n.children.iter().map(|c| path::join(&p, c)));
-            }
-        }
-        // ZooKeeper counts the keys of its node map below `path + "/"`; for the empty path that
-        // includes its second key for the root, "/".
-        if path.is_empty() {
-            count = count.saturating_add(1);
-        }
-        Ok(count)
+        let all = i32::try_from(self.nodes.len()).unwrap_or(i32::MAX);
+        Ok(match path {
+            // Every node but the root is below it.
+            "/" => ChildrenNumber::Known(all.saturating_sub(1)),
+            // ZooKeeper counts the keys of its node map below `path + "/"`; for the empty path
+            // that includes its second key for the root, "/".
+            "" => ChildrenNumber::Known(all),
+            _ => ChildrenNumber::Below { tree: self.counts(), path: path.to_owned() },
+        })
     }
 
     /// getEphemerals: the session's ephemerals whose path starts with `prefix`, sorted.
@@ -1562,5 +1636,61 @@ mod tests {
                 assert_eq!(multi[0].1, expected.is_none(), "multi taken with {taken_with}, via {server:?}");
             }
         }
+    }
+
+    /// The counts made on a copy of the tree (outside the server's lock) match a walk of the
+    /// live tree's child links, through creates, deletes, a multi that applies and one rolled
+    /// back, a session's ephemerals going with it, and a snapshot's round trip; and a copy
+    /// counts the tree as it was when taken.
+    #[test]
+    fn counts_on_a_copy_match_a_walk_of_the_tree() {
+        fn walk(t: &DataTree, from: &str) -> i32 {
+            let mut count = 0;
+            let mut stack = vec![if from.is_empty() { "/".to_string() } else { from.to_string() }];
+            while let Some(p) = stack.pop() {
+                let node = t.node(&p).unwrap_or_else(|| panic!("{p} is listed as a child but missing"));
+                for c in &node.children {
+                    count += 1;
+                    stack.push(path::join(&p, c));
+                }
+            }
+            // ZooKeeper counts the root itself below the empty path.
+            count + i32::from(from.is_empty())
+        }
+        fn check(t: &DataTree, when: &str) {
+            for p in t.nodes.keys().map(String::as_str).chain([""]) {
+                assert_eq!(t.all_children_number(p, &[]), Ok(walk(t, p)), "below {p:?} {when}");
+            }
+            let size: u64 = t.nodes.iter().map(|(p, n)| (p.len() + n.data().map_or(0, <[u8]>::len)) as u64).sum();
+            assert_eq!(t.approximate_data_size(), size, "{when}");
+            let counts = t.counts();
+            assert_eq!(counts.session_count(), t.sessions().count(), "{when}");
+            let ephemerals: usize = t.sessions().map(|(_, s)| s.ephemerals.len()).sum();
+            assert_eq!(counts.ephemeral_count(), ephemerals, "{when}");
+        }
+        let (mut t, s) = with_session();
+        check(&t, "at first");
+        for (i, p) in ["/a", "/a/b", "/a/b/c", "/a0", "/a-", "/a/bb", "/ab", "/a/b/c/d"].into_iter().enumerate() {
+            ok_op(&mut t, 2 + i as i64, s, create(p, 0));
+        }
+        ok_op(&mut t, 10, s, create("/a/e", 1));
+        check(&t, "after creates");
+        let before = t.counts();
+        ok_op(&mut t, 11, s, WriteOp::Delete { path: "/a/b/c/d".into(), version: -1 });
+        ok_op(&mut t, 12, s, WriteOp::SetData { path: "/a/b".into(), data: Some(vec![7; 100]), version: -1 });
+        check(&t, "after a delete and a setData");
+        assert_eq!((before.below("/a/b"), t.counts().below("/a/b")), (2, 1), "a copy keeps its point in time");
+        let (out, _) = t.apply(Zxid(13), &txn(s.0, TxnOp::Multi(vec![create("/m", 0), create("/m/n", 0)])));
+        assert!(out.result.is_ok(), "{out:?}");
+        let (out, _) = t.apply(Zxid(14), &txn(s.0, TxnOp::Multi(vec![create("/m/o", 0), create("/nope/x", 0)])));
+        assert!(out.result.is_ok(), "a multi that fails is answered with per-op results: {out:?}");
+        assert!(t.node("/m/o").is_none(), "and rolled back");
+        check(&t, "after multis");
+        t.apply(Zxid(15), &txn(s.0, TxnOp::CloseSession { expired: false }));
+        assert!(t.node("/a/e").is_none(), "the ephemeral went with its session");
+        check(&t, "after the session closed");
+        let restored: DataTree = postcard::from_bytes(&postcard::to_stdvec(&t).unwrap()).unwrap();
+        check(&restored, "after a snapshot's round trip");
+        assert_eq!(restored.all_children_number("/", &[]), Ok(t.node_count() as i32 - 1));
     }
 }

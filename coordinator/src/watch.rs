@@ -77,11 +77,20 @@ impl WatcherType {
 }
 
 /// Registered watches, indexed both by path (to fire) and by connection (to drop).
+///
+/// The figures `wchs` and `mntr` report are kept as watches come and go, so that they are read
+/// under the server's lock in O(1) rather than by a walk of every watch.
 #[derive(Debug, Default)]
 pub struct WatchRegistry {
     by_path: HashMap<WatchKind, HashMap<String, HashSet<ConnId>>>,
-    /// Ordered so the `wchc`/`wchp` commands can walk it a few connections at a time.
+    /// Ordered so the `wchc`/`wchp` commands can walk it a few connections at a time. A
+    /// connection is here only while it holds a watch (no set is left empty).
     by_conn: BTreeMap<ConnId, HashSet<(WatchKind, String)>>,
+    /// Every watched path, with the number of kinds of watch on it (the `by_path` tables that
+    /// hold it): the distinct paths are its keys.
+    paths: HashMap<String, usize>,
+    /// Watches registered: the sum of the `by_conn` sets' sizes.
+    watches: usize,
 }
 
 impl WatchRegistry {
@@ -92,8 +101,24 @@ impl WatchRegistry {
 
     /// Registers a watch (idempotent).
     pub fn add(&mut self, conn: ConnId, kind: WatchKind, path: &str) {
-        self.by_path.entry(kind).or_default().entry(path.to_string()).or_default().insert(conn);
-        self.by_conn.entry(conn).or_default().insert((kind, path.to_string()));
+        let table = self.by_path.entry(kind).or_default();
+        if !table.contains_key(path) {
+            *self.paths.entry(path.to_string()).or_default() += 1;
+        }
+        table.entry(path.to_string()).or_default().insert(conn);
+        if self.by_conn.entry(conn).or_default().insert((kind, path.to_string())) {
+            self.watches += 1;
+        }
+    }
+
+    /// Counts a path off one of the `by_path` tables, which no longer holds it.
+    fn forget_path(paths: &mut HashMap<String, usize>, path: &str) {
+        if let Some(kinds) = paths.get_mut(path) {
+            *kinds -= 1;
+            if *kinds == 0 {
+                paths.remove(path);
+            }
+        }
     }
 
     /// Whether the connection already holds this watch (registering it again adds nothing).
@@ -110,9 +135,12 @@ impl WatchRegistry {
         let Some(table) = self.by_path.get_mut(&kind) else { return };
         if one_shot {
             if let Some(conns) = table.remove(path) {
+                Self::forget_path(&mut self.paths, path);
                 for c in conns {
                     if let Some(set) = self.by_conn.get_mut(&c) {
-                        set.remove(&(kind, path.to_string()));
+                        if set.remove(&(kind, path.to_string())) {
+                            self.watches -= 1;
+                        }
                         if set.is_empty() {
                             self.by_conn.remove(&c);
                         }
@@ -171,6 +199,7 @@ impl WatchRegistry {
             let key = (*kind, path.to_string());
             if self.by_conn.get_mut(&conn).is_some_and(|s| s.remove(&key)) {
                 removed = true;
+                self.watches -= 1;
                 if self.by_conn.get(&conn).is_some_and(HashSet::is_empty) {
                     self.by_conn.remove(&conn);
                 }
@@ -179,6 +208,7 @@ impl WatchRegistry {
                         conns.remove(&conn);
                         if conns.is_empty() {
                             table.remove(path);
+                            Self::forget_path(&mut self.paths, path);
                         }
                     }
                 }
@@ -190,12 +220,14 @@ impl WatchRegistry {
     /// Drops every watch of a closed connection.
     pub fn remove_conn(&mut self, conn: ConnId) {
         let Some(set) = self.by_conn.remove(&conn) else { return };
+        self.watches -= set.len();
         for (kind, path) in set {
             if let Some(table) = self.by_path.get_mut(&kind) {
                 if let Some(conns) = table.get_mut(&path) {
                     conns.remove(&conn);
                     if conns.is_empty() {
                         table.remove(&path);
+                        Self::forget_path(&mut self.paths, &path);
                     }
                 }
             }
@@ -204,21 +236,17 @@ impl WatchRegistry {
 
     /// Total number of registered watches.
     pub fn watch_count(&self) -> usize {
-        self.by_conn.values().map(HashSet::len).sum()
+        self.watches
     }
 
     /// Number of distinct watched paths.
     pub fn path_count(&self) -> usize {
-        let mut paths: HashSet<&str> = HashSet::new();
-        for table in self.by_path.values() {
-            paths.extend(table.keys().map(String::as_str));
-        }
-        paths.len()
+        self.paths.len()
     }
 
     /// Number of connections holding at least one watch.
     pub fn conn_count(&self) -> usize {
-        self.by_conn.values().filter(|s| !s.is_empty()).count()
+        self.by_conn.len()
     }
 
     /// Watched paths of up to `max` connections after `after`, in connection order, for the
@@ -295,5 +323,49 @@ mod tests {
         assert!(!w.remove(1, "/a", WatcherType::Children));
         assert!(w.remove(1, "/a", WatcherType::Any));
         assert!(w.trigger("/a", EventType::NodeDataChanged).is_empty());
+    }
+
+    /// The figures kept as watches come and go match a count of the watches themselves, through
+    /// every way a watch comes or goes.
+    #[test]
+    fn kept_figures_match_a_recount() {
+        fn check(w: &WatchRegistry, step: usize) {
+            let watches: usize = w.by_conn.values().map(HashSet::len).sum();
+            let paths: HashSet<&str> = w.by_path.values().flat_map(|t| t.keys().map(String::as_str)).collect();
+            let conns = w.by_conn.values().filter(|s| !s.is_empty()).count();
+            assert_eq!((w.watch_count(), w.path_count(), w.conn_count()), (watches, paths.len(), conns), "step {step}");
+        }
+        const EVENTS: [EventType; 4] = [
+            EventType::NodeCreated,
+            EventType::NodeDeleted,
+            EventType::NodeDataChanged,
+            EventType::NodeChildrenChanged,
+        ];
+        const TYPES: [WatcherType; 5] = [
+            WatcherType::Children,
+            WatcherType::Data,
+            WatcherType::Any,
+            WatcherType::Persistent,
+            WatcherType::PersistentRecursive,
+        ];
+        let paths = ["/", "/a", "/a/b", "/a/b/c", "/d"];
+        let mut w = WatchRegistry::new();
+        // A fixed pseudo-random walk (a linear congruential generator), the same every run.
+        let mut seed = 7u64;
+        let mut next = |below: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % below
+        };
+        for step in 0..5000 {
+            let (conn, path) = (next(4) as ConnId, paths[next(paths.len())]);
+            match next(10) {
+                0..=4 => w.add(conn, KINDS[next(KINDS.len())], path),
+                5..=6 => drop(w.trigger(path, EVENTS[next(EVENTS.len())])),
+                7..=8 => drop(w.remove(conn, path, TYPES[next(TYPES.len())])),
+                _ => w.remove_conn(conn),
+            }
+            check(&w, step);
+        }
+        assert!(w.watch_count() > 0, "the walk ends with watches to count");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use common::raw::{body, err, frame, op, parse_packet, request, xid, ConnectRequest, Jute, Packet, Raw};
+use common::raw::{body, err, ev, frame, op, parse_packet, request, xid, ConnectRequest, Jute, Packet, Raw};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -453,6 +453,40 @@ async fn truncated_bodies_get_marshalling_errors() -> Result<()> {
         assert_eq!(raw.call(op::EXISTS, &body::path_watch("/", false)).await?.err, 0, "alive after opcode {opcode}");
     }
     assert!(checked > 300, "{checked}");
+    assert_eq!(panics(), Vec::<String>::new());
+    server.stop().await
+}
+
+/// SetWatches fires a notification for each path it names whose node changed: one SetWatches
+/// of a few hundred kilobytes could make the server build megabytes of them. A path named many
+/// times fires once, and what one SetWatches fires counts against `max_queued_outbound_bytes`:
+/// past it the connection is closed, as one whose client does not read its notifications is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_watches_fires_each_change_once_and_within_the_outbound_limit() -> Result<()> {
+    record_panics();
+    let server = TestServer::start_with(|c| c.max_queued_outbound_bytes = 64 * 1024).await?;
+    let mut raw = Raw::connect(server.addr, 5000).await?;
+    // An invalid path names no node (NodeDeleted for a data or child watch); the root exists
+    // (NodeCreated for an exist watch).
+    let invalid = vec!["a"; 20_000];
+    let root = vec!["/"; 20_000];
+    let sw = body::set_watches(server.last_zxid(), &invalid, &root, &invalid, None);
+    let (r, fired) = raw.call_collect(op::SET_WATCHES, &sw).await?;
+    r.ok()?;
+    ensure!(fired.len() == 2, "expected one notification per change, got {}", fired.len());
+    let fired: Vec<(i32, String)> = fired.into_iter().map(|n| (n.kind, n.path)).collect();
+    assert_eq!(fired, vec![(ev::NODE_DELETED, "a".to_string()), (ev::NODE_CREATED, "/".to_string())]);
+
+    // 4,000 distinct paths gone, about 44 bytes of notification each: past 64 KiB.
+    let gone: Vec<String> = (0..4000).map(|i| format!("/gone/{i:06}")).collect();
+    let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+    raw.send(op::SET_WATCHES, &body::set_watches(server.last_zxid(), &gone, &[], &[], None)).await?;
+    let sent = raw.expect_closed().await?;
+    ensure!(sent.is_empty(), "the connection was closed after {} frames, not at once", sent.len());
+
+    // Everyone else is served.
+    let mut other = Raw::connect(server.addr, 5000).await?;
+    assert_eq!(other.call(op::EXISTS, &body::path_watch("/", false)).await?.err, 0);
     assert_eq!(panics(), Vec::<String>::new());
     server.stop().await
 }

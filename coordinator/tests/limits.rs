@@ -8,7 +8,7 @@
 //! | `max_outstanding_requests`   | the server stops reading until replies go out        |
 //! | `max_outstanding_request_bytes` | the same, counted in bytes of waiting requests    |
 //! | `max_queued_outbound_bytes`  | the connection is closed                             |
-//! | `max_watches_per_connection` | the read is answered QuotaExceeded, nothing registered |
+//! | `max_watches_per_connection` | the read is answered QuotaExceeded, nothing registered (SetWatches: see its test) |
 //! | `max_path_bytes`             | the request is answered BadArguments                 |
 
 mod common;
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::child::ChildServer;
-use common::raw::{body, err, op, Jute, Raw};
+use common::raw::{body, err, ev, op, xid, Jute, Raw};
 use common::*;
 use referee_testkit::{wait_until, within_for, TestServer};
 use tokio::net::TcpSocket;
@@ -237,8 +237,13 @@ async fn watches_per_connection_are_limited() -> Result<()> {
     ensure!(r.err == QUOTA_EXCEEDED, "a fourth child watch was answered {}", r.err);
     let r = c.call(op::ADD_WATCH, &Jute::new().string("/").int(1).into_vec()).await?;
     ensure!(r.err == QUOTA_EXCEEDED, "a fourth persistent watch was answered {}", r.err);
-    let r = c.call(op::SET_WATCHES, &body::set_watches(server.last_zxid(), &["/d"], &[], &[], None)).await?;
-    ensure!(r.err == QUOTA_EXCEEDED, "SetWatches past the limit was answered {}", r.err);
+    // SetWatches, whose answer clients do not read, sends an event for the watch it cannot
+    // keep instead (see `set_watches_past_the_watch_limit_leaves_no_watch_silently_unset`).
+    let (r, notes) =
+        c.call_collect(op::SET_WATCHES, &body::set_watches(server.last_zxid(), &["/d"], &[], &[], None)).await?;
+    r.ok()?;
+    let notes: Vec<(i32, &str)> = notes.iter().map(|n| (n.kind, n.path.as_str())).collect();
+    assert_eq!(notes, vec![(ev::NODE_DATA_CHANGED, "/d")]);
     assert_eq!(watches(&server), 3, "refused reads registered nothing");
     // Reads without a watch, and a watch the connection already holds, go on.
     c.call(op::GET_DATA, &body::path_watch("/d", false)).await?.ok()?;
@@ -290,5 +295,61 @@ async fn long_and_invalid_paths_leave_nothing_behind() -> Result<()> {
         ensure!(r.err == err::NO_NODE, "exists({bad:?}) was answered {}", r.err);
     }
     assert_eq!(watches(&server), 1);
+    server.stop().await
+}
+
+/// A SetWatches that would pass `max_watches_per_connection` (a client moving from a server
+/// with a higher limit) leaves no watch silently unset, as clients send it without looking at
+/// the answer: every notification owed for a change the client missed is sent; persistent
+/// watches are registered first, then one-shot watches up to the limit; and each one-shot
+/// watch left over is sent the event of a change, so its client reads again and hears
+/// QuotaExceeded when it sets the watch anew. No event can tell a client that a persistent
+/// watch is gone, so one whose persistent watches alone pass the limit is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_watches_past_the_watch_limit_leaves_no_watch_silently_unset() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_watches_per_connection = 3).await?;
+    let mut c = Raw::connect(server.addr, 10_000).await?;
+    for p in ["/a", "/b", "/c", "/d", "/gone"] {
+        c.call(op::CREATE, &body::create(p, b"", 0)).await?.ok()?;
+    }
+    let seen = server.last_zxid();
+    c.call(op::DELETE, &Jute::new().string("/gone").int(-1).into_vec()).await?.ok()?;
+
+    let mut a = Raw::connect(server.addr, 10_000).await?;
+    let sw = body::set_watches(seen, &["/a", "/b", "/c", "/gone"], &["/e"], &["/d"], Some((&["/p"], &[])));
+    a.send_frame(&common::raw::request(xid::SET_WATCHES, op::SET_WATCHES2, &sw)).await?;
+    let (r, notes) = a.reply_to(xid::SET_WATCHES).await?;
+    ensure!(r.err == 0, "SetWatches past the limit was answered {}", r.err);
+    let notes: Vec<(i32, String)> = notes.into_iter().map(|n| (n.kind, n.path)).collect();
+    assert_eq!(
+        notes,
+        vec![
+            (ev::NODE_DELETED, "/gone".to_string()),
+            (ev::NODE_DATA_CHANGED, "/c".to_string()),
+            (ev::NODE_CREATED, "/e".to_string()),
+            (ev::NODE_CHILDREN_CHANGED, "/d".to_string()),
+        ],
+        "the change missed, then an event for each watch left over"
+    );
+    let watches = |server: &TestServer| server.state.lock().unwrap().watches.watch_count();
+    assert_eq!(watches(&server), 3, "/p, /a and /b");
+    // Setting a left-over watch again is refused where the client sees it.
+    let r = a.call(op::GET_DATA, &body::path_watch("/c", true)).await?;
+    ensure!(r.err == QUOTA_EXCEEDED, "re-setting a watch past the limit was answered {}", r.err);
+    // The registered ones fire.
+    c.call(op::SET_DATA, &body::set_data("/a", b"1", -1)).await?.ok()?;
+    let n = a.notification().await?;
+    assert_eq!((n.kind, n.path.as_str()), (ev::NODE_DATA_CHANGED, "/a"));
+    c.call(op::CREATE, &body::create("/p", b"", 0)).await?.ok()?;
+    let n = a.notification().await?;
+    assert_eq!((n.kind, n.path.as_str()), (ev::NODE_CREATED, "/p"));
+
+    // Persistent watches alone past the limit: nothing could tell the client, so it is cut off.
+    let mut b = Raw::connect(server.addr, 10_000).await?;
+    let sw = body::set_watches(seen, &[], &[], &[], Some((&["/p1", "/p2"], &["/r1", "/r2"])));
+    b.send_frame(&common::raw::request(xid::SET_WATCHES, op::SET_WATCHES2, &sw)).await?;
+    let sent = b.expect_closed().await?;
+    ensure!(sent.is_empty(), "the connection was closed after {} frames, not at once", sent.len());
+    assert_eq!(watches(&server), 2, "/p and /b are left (/a fired), nothing of the closed connection's");
     server.stop().await
 }

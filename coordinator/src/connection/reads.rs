@@ -10,11 +10,14 @@
 //! - A connection holds at most `max_watches_per_connection` watches; a read that would leave
 //!   one more is answered QuotaExceeded and registers nothing. Watches are registered only on
 //!   valid paths (no node can ever exist at an invalid one, so such a watch could never fire).
+//!   SetWatches, which clients send without reading its answer, is the exception: see
+//!   [`set_watches`].
 
 use crate::path;
 use crate::proto::{ErrorCode, EventType, Id, SessionId, Stat};
 use crate::request::{encode_notification, watcher_type, ReadOp, ReadResult, Reply, Request};
 use crate::state::ServerState;
+use crate::tree::ChildrenNumber;
 use crate::watch::{ConnId, WatchKind};
 
 /// Bytes of a Stat record on the wire.
@@ -22,13 +25,57 @@ const STAT_BYTES: usize = 68;
 /// Bytes of a multi header (type, done, err).
 const MULTI_HEADER_BYTES: usize = 9;
 
-/// Why a read was refused by a limit rather than answered, for the log line naming it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a read was refused by a limit rather than answered (or answered in part), for the log
+/// line naming it; those that [close](Refusal::closes) the connection are its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum Refusal {
     /// The reply would pass `max_packet_bytes`; `at_least` bytes were counted when it stopped.
+    #[error("the reply would pass max_packet_bytes (at least {at_least} bytes)")]
     ReplyTooLarge { at_least: usize },
     /// The connection holds `max_watches_per_connection` watches already.
+    #[error("the connection holds max_watches_per_connection watches")]
     TooManyWatches,
+    /// SetWatches left `left_over` one-shot watches unregistered at
+    /// `max_watches_per_connection`; each was sent an event instead.
+    #[error("SetWatches left {left_over} one-shot watches past max_watches_per_connection")]
+    WatchesLeftOver { left_over: usize },
+    /// SetWatches named `wanted` persistent watches, more than `max_watches_per_connection`
+    /// leaves room for: no event could tell the client which were left out.
+    #[error(
+        "its SetWatches names {wanted} persistent watches, more than max_watches_per_connection leaves room \
+         for, and no event could tell the client which were left out"
+    )]
+    PersistentWatchesOverLimit { wanted: usize },
+    /// SetWatches would fire more notifications (with those owed before its reply) than
+    /// `max_queued_outbound_bytes`; `at_least` bytes were counted when it stopped.
+    #[error(
+        "its SetWatches would fire more than max_queued_outbound_bytes of notifications (at least {at_least} bytes)"
+    )]
+    TooManyNotifications { at_least: usize },
+}
+
+impl Refusal {
+    /// How many kinds there are, for a flag per kind.
+    pub const KINDS: usize = 5;
+
+    /// This refusal's kind, below [`Refusal::KINDS`].
+    pub fn kind(self) -> usize {
+        match self {
+            Refusal::ReplyTooLarge { .. } => 0,
+            Refusal::TooManyWatches => 1,
+            Refusal::WatchesLeftOver { .. } => 2,
+            Refusal::PersistentWatchesOverLimit { .. } => 3,
+            Refusal::TooManyNotifications { .. } => 4,
+        }
+    }
+
+    /// Whether the connection is closed rather than the read answered.
+    pub fn closes(self) -> bool {
+        match self {
+            Refusal::ReplyTooLarge { .. } | Refusal::TooManyWatches | Refusal::WatchesLeftOver { .. } => false,
+            Refusal::PersistentWatchesOverLimit { .. } | Refusal::TooManyNotifications { .. } => true,
+        }
+    }
 }
 
 /// What a read runs with.
@@ -39,6 +86,8 @@ pub(super) struct ReadCtx<'a> {
     /// Bytes the reply body may take.
     pub max_body: usize,
     pub max_watches: usize,
+    /// Bytes of notifications that may wait for the client (`max_queued_outbound_bytes`).
+    pub max_notification_bytes: usize,
     /// Set when a limit refused the read.
     pub refused: Option<Refusal>,
 }
@@ -76,9 +125,30 @@ fn children_bytes<'a>(names: impl Iterator<Item = &'a String>) -> usize {
     names.fold(4usize, |n, c| n.saturating_add(4).saturating_add(c.len()))
 }
 
+/// What a read yields under the state lock.
+pub(super) enum Executed {
+    /// Its reply.
+    Answered(Result<Reply, ErrorCode>),
+    /// getAllChildrenNumber below a node other than the root, found and readable: the count,
+    /// O(nodes below), is made on a copy of the tree once the lock is let go.
+    Count(ChildrenNumber),
+}
+
 /// Executes a read under the state lock, registering the watches it leaves; notifications it
 /// fires at once (SetWatches on stale paths) are pushed to `frames`.
-pub(super) fn execute(
+pub(super) fn execute(st: &mut ServerState, cx: &mut ReadCtx<'_>, req: Request, frames: &mut Vec<Vec<u8>>) -> Executed {
+    match req {
+        Request::GetAllChildrenNumber { path } => match st.tree.children_number(&path, cx.auth) {
+            Ok(ChildrenNumber::Known(n)) => Executed::Answered(Ok(Reply::Int(n))),
+            Ok(below) => Executed::Count(below),
+            Err(e) => Executed::Answered(Err(e)),
+        },
+        req => Executed::Answered(answer(st, cx, req, frames)),
+    }
+}
+
+/// Every read but getAllChildrenNumber, answered under the state lock.
+fn answer(
     st: &mut ServerState,
     cx: &mut ReadCtx<'_>,
     req: Request,
@@ -118,7 +188,6 @@ pub(super) fn execute(
             cx.spend(&mut used, children_bytes(found.iter()))?;
             Ok(Reply::Strings(found))
         }
-        Request::GetAllChildrenNumber { path } => st.tree.all_children_number(&path, cx.auth).map(Reply::Int),
         Request::MultiRead(ops) => {
             let mut results = Vec::with_capacity(ops.len());
             cx.spend(&mut used, MULTI_HEADER_BYTES)?;
@@ -198,6 +267,8 @@ pub(super) fn execute(
             set_watches(st, cx, relative_zxid, [data, exist, child, persistent, recursive], frames)
         }
         Request::Refused(code) => Err(code),
+        // Handled by `execute`.
+        Request::GetAllChildrenNumber { .. } => Err(ErrorCode::SystemError),
         // Handled by the reader; never queued as reads.
         Request::Auth { .. }
         | Request::CloseSession
@@ -210,8 +281,26 @@ pub(super) fn execute(
 }
 
 /// SetWatches: re-registers a reconnecting client's watches, firing at once those whose node
-/// changed past `relative_zxid` (ZooKeeper's `DataTree.setWatches`). All within the watch limit
-/// or none.
+/// changed past `relative_zxid` (ZooKeeper's `DataTree.setWatches`).
+///
+/// Clients send it without reading its answer (the Java client queues it with no callback when
+/// it reconnects, zookeeper-client-rust with an empty responder), so it never refuses quietly;
+/// ZooKeeper, which has no watch limit, never refuses it at all:
+///
+/// - every notification owed for a change the client missed is sent: it ends a watch rather
+///   than leaving one;
+/// - within `max_watches_per_connection`, persistent watches are registered first (no event
+///   could tell the client one was left out), then one-shot watches in the order named;
+/// - each one-shot watch left over is sent the event of a change to its node (NodeDataChanged,
+///   NodeCreated or NodeChildrenChanged, as ZooKeeper sends for a change the client did not
+///   see the end of), so its client reads again and hears QuotaExceeded when it sets the watch
+///   anew, rather than waiting for ever on a watch that is not there;
+/// - if the persistent watches alone do not fit, or the notifications (with those owed before
+///   this reply) would pass `max_queued_outbound_bytes`, nothing is registered and the
+///   connection is closed, as one whose notifications pile up is.
+///
+/// A path named twice in a list counts once, and each change is notified once (a NodeDeleted
+/// ends the client's data and child watches alike, as ZooKeeper sends it once per connection).
 fn set_watches(
     st: &mut ServerState,
     cx: &mut ReadCtx<'_>,
@@ -221,31 +310,88 @@ fn set_watches(
 ) -> Result<Reply, ErrorCode> {
     let zxid = st.tree.last_zxid();
     let mut fire: Vec<(EventType, &str)> = Vec::new();
-    let mut keep: Vec<(WatchKind, &str)> = Vec::new();
+    // One-shot watches to keep, each with the event it is sent if there is no room for it.
+    let mut one_shot: Vec<(WatchKind, &str, EventType)> = Vec::new();
     let changed = |stat: &Stat, field: fn(&Stat) -> i64| field(stat) > relative_zxid;
-    for p in &data {
+    for p in distinct(&data) {
         match st.tree.node(p) {
-            None => fire.push((EventType::NodeDeleted, p.as_str())),
-            Some(n) if changed(&n.stat, |s| s.mzxid) => fire.push((EventType::NodeDataChanged, p.as_str())),
-            Some(_) => keep.push((WatchKind::Data, p.as_str())),
+            None => fire.push((EventType::NodeDeleted, p)),
+            Some(n) if changed(&n.stat, |s| s.mzxid) => fire.push((EventType::NodeDataChanged, p)),
+            Some(_) => one_shot.push((WatchKind::Data, p, EventType::NodeDataChanged)),
         }
     }
-    for p in &exist {
+    for p in distinct(&exist) {
         match st.tree.node(p) {
-            Some(_) => fire.push((EventType::NodeCreated, p.as_str())),
-            None => keep.push((WatchKind::Data, p.as_str())),
+            Some(_) => fire.push((EventType::NodeCreated, p)),
+            None => one_shot.push((WatchKind::Data, p, EventType::NodeCreated)),
         }
     }
-    for p in &child {
+    for p in distinct(&child) {
         match st.tree.node(p) {
-            None => fire.push((EventType::NodeDeleted, p.as_str())),
-            Some(n) if changed(&n.stat, |s| s.pzxid) => fire.push((EventType::NodeChildrenChanged, p.as_str())),
-            Some(_) => keep.push((WatchKind::Child, p.as_str())),
+            None => fire.push((EventType::NodeDeleted, p)),
+            Some(n) if changed(&n.stat, |s| s.pzxid) => fire.push((EventType::NodeChildrenChanged, p)),
+            Some(_) => one_shot.push((WatchKind::Child, p, EventType::NodeChildrenChanged)),
         }
     }
-    keep.extend(persistent.iter().map(|p| (WatchKind::Persistent, p.as_str())));
-    keep.extend(recursive.iter().map(|p| (WatchKind::PersistentRecursive, p.as_str())));
-    cx.watch(st, &keep)?;
-    frames.extend(fire.into_iter().map(|(kind, p)| encode_notification(kind, p, zxid)));
+    let mut notified = std::collections::HashSet::new();
+    fire.retain(|event| notified.insert(*event));
+
+    // Persistent watches first (`None`: no event stands for them), then the one-shot ones.
+    // Only those the connection does not hold yet take room, and none is kept on an invalid
+    // path, where no node can ever change.
+    let mut seen = std::collections::HashSet::new();
+    let wanted: Vec<(WatchKind, &str, Option<EventType>)> = distinct(&persistent)
+        .map(|p| (WatchKind::Persistent, p, None))
+        .chain(distinct(&recursive).map(|p| (WatchKind::PersistentRecursive, p, None)))
+        .chain(one_shot.into_iter().map(|(kind, p, event)| (kind, p, Some(event))))
+        .filter(|(kind, p, _)| {
+            path::validate(p, false).is_ok() && !st.watches.holds(cx.conn, *kind, p) && seen.insert((*kind, *p))
+        })
+        .collect();
+    let lasting = wanted.iter().filter(|(_, _, event)| event.is_none()).count();
+    let mut room = cx.max_watches.saturating_sub(st.watches.conn_watch_count(cx.conn));
+    if lasting > room {
+        cx.refused = Some(Refusal::PersistentWatchesOverLimit { wanted: lasting });
+        return Err(ErrorCode::QuotaExceeded);
+    }
+    room -= lasting;
+    let mut register: Vec<(WatchKind, &str)> = Vec::with_capacity(wanted.len());
+    let mut left_over: Vec<(EventType, &str)> = Vec::new();
+    for (kind, p, event) in wanted {
+        match event {
+            None => register.push((kind, p)),
+            Some(_) if room > 0 => {
+                room -= 1;
+                register.push((kind, p));
+            }
+            Some(event) => left_over.push((event, p)),
+        }
+    }
+
+    // Built one at a time, so a SetWatches that would fire too many stops at the limit.
+    let mut bytes: usize = frames.iter().map(Vec::len).sum();
+    let mut fired = Vec::with_capacity(fire.len() + left_over.len());
+    for (kind, p) in fire.iter().chain(&left_over) {
+        let frame = encode_notification(*kind, p, zxid);
+        bytes = bytes.saturating_add(frame.len());
+        if bytes > cx.max_notification_bytes {
+            cx.refused = Some(Refusal::TooManyNotifications { at_least: bytes });
+            return Err(ErrorCode::BadArguments);
+        }
+        fired.push(frame);
+    }
+    for (kind, p) in register {
+        st.watches.add(cx.conn, kind, p);
+    }
+    if !left_over.is_empty() {
+        cx.refused = Some(Refusal::WatchesLeftOver { left_over: left_over.len() });
+    }
+    frames.extend(fired);
     Ok(Reply::Empty)
+}
+
+/// The paths of a list, each once, in the order first named.
+fn distinct(paths: &[String]) -> impl Iterator<Item = &str> {
+    let mut seen = std::collections::HashSet::new();
+    paths.iter().map(String::as_str).filter(move |p| seen.insert(*p))
 }

@@ -5,22 +5,31 @@
 //! read go out before the reply, later ones after it. For a read that cut is taken under the
 //! state lock, in the same critical section that executes the read; for a write it is the
 //! write's own zxid (every notification of a change up to and including the write precedes its
-//! reply). Between replies, notifications go out as they come.
+//! reply). Between replies, notifications go out as they come, and so they do while a sync
+//! waits for its barrier (its cut is taken once the barrier is passed). While a write waits
+//! for its outcome they wait too: which of them follow the write is known only with its zxid.
+//! They are held to a larger bound meanwhile ([`crate::outbox::PENDING_REPLY_FACTOR`]), not
+//! taken for a client that does not read.
 //!
 //! Replies are buffered while more are ready and sent when none is: before the writer waits
 //! for a request's outcome (a write's commit, a sync's barrier, the leader's word on the
 //! session), it sends what it holds, so a pipelining client's applied writes are answered
 //! while its next batch is still on its way to the disk.
+//!
+//! A connection that ends on an error (a write whose fate is unknown, a failed sync) still
+//! sends the replies already written, within [`FLUSH_ON_ERROR`]: they were decided, and the
+//! reply to an applied write must not turn into a ConnectionLoss because a later one failed.
 
 use std::future::{poll_fn, Future};
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::reads::{self, ReadCtx, Refusal};
+use super::reads::{self, Executed, ReadCtx, Refusal};
 use super::{now_ms, Conn, Queued, Slot};
 use crate::proto::{op, ErrorCode};
 use crate::request::{encode_reply, Reply};
@@ -30,17 +39,29 @@ use crate::txn::{OpResult, TxnOutcome, TxnReply};
 /// Bytes of a reply header (xid, zxid, err).
 const REPLY_HEADER_BYTES: usize = 16;
 
-/// Writes replies until a `Close` slot, the end of the slots (the reader stopped), or a socket
-/// error. Every await here is dropped with the connection.
+/// How long a connection ending on an error may take to send the replies already written
+/// before it closes: short, as its client may not be reading.
+const FLUSH_ON_ERROR: Duration = Duration::from_secs(1);
+
+/// Writes replies until a `Close` slot, the end of the slots (the reader stopped), or an error.
+/// Every await here is dropped with the connection.
 pub(super) async fn run(
     conn: &Conn,
     mut wr: BufWriter<OwnedWriteHalf>,
     mut slots: mpsc::Receiver<Queued>,
 ) -> Result<(), String> {
     let result = pump(conn, &mut wr, &mut slots).await;
-    if result.is_ok() {
+    let close = async {
         let _ = wr.flush().await;
         let _ = wr.shutdown().await;
+    };
+    match result {
+        Ok(()) => close.await,
+        // A request's failure comes between frames, so what is buffered is whole replies and
+        // notifications, each already decided; after a socket's failure the flush fails too.
+        Err(_) => {
+            let _ = tokio::time::timeout(FLUSH_ON_ERROR, close).await;
+        }
     }
     result
 }
@@ -70,7 +91,7 @@ async fn pump(
     slots: &mut mpsc::Receiver<Queued>,
 ) -> Result<(), String> {
     let mut out = Out { wr, pending: Unrecorded::default() };
-    let mut warned = [false; 2];
+    let mut warned = [false; Refusal::KINDS];
     loop {
         tokio::select! {
             // A slot first: it takes the notifications owed before its reply itself.
@@ -135,7 +156,8 @@ impl Out<'_> {
 
     /// Awaits `fut`, first sending what is buffered if it is not ready at once: the replies
     /// already written (to the writes of an earlier batch, say) never wait for a later
-    /// request's outcome, which may wait for a disk, a leader or a quorum.
+    /// request's outcome, which may wait for a disk, a leader or a quorum. The notifications
+    /// that come meanwhile wait in the outbox, held to its larger bound.
     async fn wait<F: Future>(&mut self, conn: &Conn, fut: F) -> Result<F::Output, String> {
         let mut fut = std::pin::pin!(fut);
         match poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
@@ -144,8 +166,40 @@ impl Out<'_> {
                 if !self.wr.buffer().is_empty() {
                     self.flush(conn).await?;
                 }
+                // Marked once the flush is done: while it blocks, the client is not reading.
+                let _pending = conn.outbox.reply_pending();
                 Ok(fut.await)
             }
+        }
+    }
+
+    /// As [`Out::wait`], sending the notifications that come meanwhile: for a sync, whose
+    /// reply is cut only once its barrier is passed, so that whatever goes out before then
+    /// precedes it, as it must. A follower catching up may apply many changes before the
+    /// barrier is passed.
+    async fn wait_sending<F: Future>(&mut self, conn: &Conn, fut: F) -> Result<F::Output, String> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if let Poll::Ready(v) = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                return Ok(v);
+            }
+            if !self.wr.buffer().is_empty() {
+                self.flush(conn).await?;
+            }
+            let frames = {
+                // A burst applied under one hold of the state lock arrives at once, before the
+                // writer can send any of it: it is held to the larger bound.
+                let _pending = conn.outbox.reply_pending();
+                tokio::select! {
+                    biased;
+                    v = &mut fut => return Ok(v),
+                    () = conn.outbox.wait_queued() => conn.outbox.take(None),
+                }
+            };
+            for f in &frames {
+                self.wr.write_all(f).await.map_err(|e| e.to_string())?;
+            }
+            self.pending.frames = self.pending.frames.saturating_add(frames.len() as u64);
         }
     }
 }
@@ -155,7 +209,7 @@ impl Out<'_> {
 async fn resolve(
     conn: &Conn,
     slot: Slot,
-    warned: &mut [bool; 2],
+    warned: &mut [bool; Refusal::KINDS],
     out: &mut Out<'_>,
 ) -> Result<Option<(Vec<Vec<u8>>, i64)>, String> {
     let max_body = conn.shared.config.max_packet_bytes.saturating_sub(REPLY_HEADER_BYTES);
@@ -168,20 +222,33 @@ async fn resolve(
                 auth: &auth,
                 max_body,
                 max_watches: conn.shared.config.max_watches_per_connection,
+                max_notification_bytes: conn.shared.config.max_queued_outbound_bytes,
                 refused: None,
             };
-            let (frames, zxid, result) = {
+            let (frames, zxid, executed) = {
                 let mut st = conn.shared.lock();
                 // The cut: everything queued so far describes changes this read sees.
                 let mut frames = conn.outbox.take(None);
-                let result = reads::execute(&mut st, &mut cx, req, &mut frames);
-                (frames, st.tree.last_zxid(), result)
+                let executed = reads::execute(&mut st, &mut cx, req, &mut frames);
+                (frames, st.tree.last_zxid(), executed)
             };
             // The session's next write may now be proposed.
             conn.reads_done.send_modify(|n| *n += 1);
             if let Some(refusal) = cx.refused {
                 log_refusal(conn, xid, refusal, warned);
+                if refusal.closes() {
+                    return Err(refusal.to_string());
+                }
             }
+            let result = match executed {
+                Executed::Answered(result) => result,
+                // Counted on the copy of the tree taken at the cut, off the runtime's threads:
+                // the nodes below one node may be most of a large tree.
+                Executed::Count(number) => match tokio::task::spawn_blocking(move || number.count()).await {
+                    Ok(n) => Ok(Reply::Int(n)),
+                    Err(e) => return Err(format!("counting the nodes below a node failed: {e}")),
+                },
+            };
             (frames, xid, zxid, result)
         }
         Slot::Write { xid, rx } => {
@@ -196,7 +263,7 @@ async fn resolve(
         }
         Slot::Sync { xid, path, mut barrier } => {
             // A sync waits until this server has applied everything committed before it.
-            match out.wait(conn, &mut barrier.0).await? {
+            match out.wait_sending(conn, &mut barrier.0).await? {
                 Ok(done) => done.map_err(|e| format!("sync failed: {e}"))?,
                 Err(e) => return Err(format!("sync failed: its barrier ended without an answer ({e})")),
             }
@@ -219,13 +286,10 @@ async fn resolve(
 }
 
 /// Logs a request refused by a limit, naming the limit: the first refusal of each kind on a
-/// connection at warn, later ones at debug, so a hostile client cannot flood the log.
-fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; 2]) {
-    let (kind, first) = match refusal {
-        Refusal::ReplyTooLarge { .. } => (0, !warned[0]),
-        Refusal::TooManyWatches => (1, !warned[1]),
-    };
-    warned[kind] = true;
+/// connection at warn, later ones at debug, so a hostile client cannot flood the log. One that
+/// closes the connection is logged at warn: it happens once.
+fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; Refusal::KINDS]) {
+    let first = !std::mem::replace(&mut warned[refusal.kind()], true);
     let config = &conn.shared.config;
     match refusal {
         Refusal::ReplyTooLarge { at_least } if first => warn!(
@@ -242,6 +306,30 @@ fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; 2]) 
             xid,
             limit = config.max_watches_per_connection,
             "refusing a read that would pass max_watches_per_connection (answered QuotaExceeded)"
+        ),
+        Refusal::WatchesLeftOver { left_over } if first => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            left_over,
+            limit = config.max_watches_per_connection,
+            "SetWatches would pass max_watches_per_connection: one-shot watches left unregistered were each \
+             sent an event, so that their client reads again and hears QuotaExceeded when it sets them anew"
+        ),
+        Refusal::PersistentWatchesOverLimit { wanted } => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            wanted,
+            limit = config.max_watches_per_connection,
+            "closing the connection: its SetWatches holds more persistent watches than \
+             max_watches_per_connection leaves room for, and no event could tell the client which were left out"
+        ),
+        Refusal::TooManyNotifications { at_least } => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            at_least,
+            limit = config.max_queued_outbound_bytes,
+            "closing the connection: its SetWatches would fire more than max_queued_outbound_bytes of \
+             notifications at once"
         ),
         _ => tracing::debug!(conn = conn.id, xid, ?refusal, "read refused by a limit"),
     }
@@ -285,5 +373,222 @@ fn record(conn: &Conn, pending: &mut Unrecorded) {
             c.stats.last_latency_ms = ms;
         }
         c.stats.latency.merge(&p.latency);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, BufWriter};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{mpsc, oneshot, watch};
+    use tokio::task::JoinHandle;
+
+    use super::super::{Conn, Queued, Shared, Slot, SyncBarrier};
+    use crate::config::CoordinatorConfig;
+    use crate::log::FaultFs;
+    use crate::outbox::Outbox;
+    use crate::propose::ProposeError;
+    use crate::proto::{EventType, SessionId, Zxid};
+    use crate::request::{encode_notification, Reply};
+    use crate::server::Coordinator;
+    use crate::txn::{OpResult, TxnOutcome, TxnReply};
+
+    /// How long the test waits for anything the writer should do at once.
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A frame as the client reads it: a reply (xid, zxid, err) or a notification (zxid, path).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Frame {
+        Reply { xid: i32, zxid: i64, err: i32 },
+        Notification { zxid: i64, path: String },
+    }
+
+    /// A connection's writer on a loopback socket, the test as its client, over a lone server
+    /// on an in-memory disk (the writer reads the server's state for a reply's zxid).
+    struct Harness {
+        _server: Coordinator,
+        client: TcpStream,
+        outbox: Arc<Outbox>,
+        slots: mpsc::Sender<Queued>,
+        conn: Option<Conn>,
+        wr: Option<BufWriter<tokio::net::tcp::OwnedWriteHalf>>,
+        rx: Option<mpsc::Receiver<Queued>>,
+    }
+
+    impl Harness {
+        /// Slots may be queued before [`Harness::run_writer`] starts the writer.
+        async fn start(outbox_limit: usize) -> Harness {
+            let mut config = CoordinatorConfig::new("/data");
+            config.tick_ms = 50;
+            let server = Coordinator::start_on(config.clone(), Arc::new(FaultFs::new())).await.expect("server starts");
+            let shared = Arc::new(Shared {
+                config: Arc::new(config),
+                raft: server.raft(),
+                proposer: server.proposer(),
+                liveness: None,
+                state: server.state(),
+                not_serving: AtomicBool::new(false),
+            });
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (_, wr) = stream.into_split();
+            let outbox = Arc::new(Outbox::new(1, outbox_limit));
+            let conn = Conn {
+                shared,
+                id: 1,
+                peer,
+                session: SessionId(1),
+                timeout: Duration::from_secs(10),
+                outbox: outbox.clone(),
+                reads_done: watch::channel(0).0,
+                request_bytes: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
+            };
+            let (tx, rx) = mpsc::channel(16);
+            Harness {
+                _server: server,
+                client,
+                outbox,
+                slots: tx,
+                conn: Some(conn),
+                wr: Some(BufWriter::new(wr)),
+                rx: Some(rx),
+            }
+        }
+
+        fn queue(&self, slot: Slot) {
+            let q = Queued { at: std::time::Instant::now(), op: "TEST", slot, _budget: None };
+            self.slots.try_send(q).expect("room for the slot");
+        }
+
+        fn run_writer(&mut self) -> JoinHandle<Result<(), String>> {
+            let (conn, wr, rx) = (self.conn.take().unwrap(), self.wr.take().unwrap(), self.rx.take().unwrap());
+            tokio::spawn(async move { super::run(&conn, wr, rx).await })
+        }
+
+        /// The next frame; `None` once the server has closed the connection.
+        async fn frame(&mut self) -> Option<Frame> {
+            let read = async {
+                let mut len = [0u8; 4];
+                if self.client.read_exact(&mut len).await.is_err() {
+                    return None;
+                }
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                self.client.read_exact(&mut body).await.expect("a whole frame");
+                let int = |at: usize| i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                let zxid = i64::from_be_bytes(body[4..12].try_into().unwrap());
+                Some(match int(0) {
+                    -1 => Frame::Notification { zxid, path: String::from_utf8(body[28..].to_vec()).unwrap() },
+                    xid => Frame::Reply { xid, zxid, err: int(12) },
+                })
+            };
+            tokio::time::timeout(DEADLINE, read).await.expect("the writer answered in time")
+        }
+    }
+
+    fn push(outbox: &Outbox, zxid: i64) {
+        outbox.push(Zxid(zxid), encode_notification(EventType::NodeCreated, &format!("/n/{zxid:08}"), Zxid(zxid)));
+    }
+
+    fn notification(zxid: i64) -> Option<Frame> {
+        Some(Frame::Notification { zxid, path: format!("/n/{zxid:08}") })
+    }
+
+    /// Bytes of one notification as [`push`] makes it.
+    fn notification_bytes() -> usize {
+        encode_notification(EventType::NodeCreated, "/n/00000000", Zxid(0)).len()
+    }
+
+    /// A reply already written is the client's even if the request after it fails: the reply
+    /// to an applied write must not turn into a ConnectionLoss.
+    #[tokio::test]
+    async fn a_reply_already_written_reaches_the_client_when_a_later_request_fails() {
+        let mut h = Harness::start(64 << 10).await;
+        // Both are queued before the writer starts: the first reply is buffered, not yet sent,
+        // when the second request's failure is found.
+        h.queue(Slot::Answer { xid: 1, zxid: Some(Zxid(5)), result: Ok(Reply::Empty) });
+        let (done, rx) = oneshot::channel();
+        done.send(Err(ProposeError::NotLeader { leader: None })).unwrap();
+        h.queue(Slot::Write { xid: 2, rx });
+        let writer = h.run_writer();
+        let ended = tokio::time::timeout(DEADLINE, writer).await.expect("the writer ends").unwrap();
+        assert!(ended.is_err(), "a failed write ends the connection: {ended:?}");
+        assert_eq!(h.frame().await, Some(Frame::Reply { xid: 1, zxid: 5, err: 0 }));
+        assert_eq!(h.frame().await, None, "then the connection closes");
+    }
+
+    /// While the writer waits for a write's outcome, it may not send the notifications that
+    /// come meanwhile (those of changes after the write go after its reply), so they wait; they
+    /// are not taken for a client that does not read. Once the outcome is in, those of changes
+    /// up to the write go before its reply and the rest after it.
+    #[tokio::test]
+    async fn notifications_that_pile_up_behind_a_pending_write_do_not_close_the_connection() {
+        let limit = 64 << 10;
+        let mut h = Harness::start(limit).await;
+        h.queue(Slot::Answer { xid: 1, zxid: Some(Zxid(1)), result: Ok(Reply::Empty) });
+        let (done, rx) = oneshot::channel();
+        h.queue(Slot::Write { xid: 2, rx });
+        let _writer = h.run_writer();
+        // The first reply is sent when the writer finds the write not yet applied; on this
+        // test's single thread, the writer is waiting for the outcome when the test goes on.
+        assert_eq!(h.frame().await, Some(Frame::Reply { xid: 1, zxid: 1, err: 0 }));
+
+        // Twice the limit, half before the write's zxid and half after it.
+        let n = (2 * limit / notification_bytes()) as i64;
+        let write_zxid = 1 + n / 2;
+        for zxid in 2..2 + n {
+            push(&h.outbox, zxid);
+        }
+        assert_eq!(h.outbox.closed(), None, "notifications waiting behind a reply are not the client's fault");
+
+        done.send(Ok(TxnOutcome { zxid: Zxid(write_zxid), result: Ok(TxnReply::Op(OpResult::Deleted)) })).unwrap();
+        for zxid in 2..=write_zxid {
+            assert_eq!(h.frame().await, notification(zxid), "changes up to the write come before its reply");
+        }
+        assert_eq!(h.frame().await, Some(Frame::Reply { xid: 2, zxid: write_zxid, err: 0 }));
+        for zxid in write_zxid + 1..2 + n {
+            assert_eq!(h.frame().await, notification(zxid), "later changes come after it");
+        }
+        assert_eq!(h.outbox.closed(), None);
+    }
+
+    /// While the writer waits for a sync's barrier, notifications go out as they come: the
+    /// sync's reply is cut when the barrier is passed, so anything sent before then precedes
+    /// it, as it must.
+    #[tokio::test]
+    async fn notifications_go_out_while_a_sync_waits() {
+        let limit = 64 << 10;
+        let mut h = Harness::start(limit).await;
+        h.queue(Slot::Answer { xid: 1, zxid: Some(Zxid(1)), result: Ok(Reply::Empty) });
+        let (pass, passed) = oneshot::channel::<()>();
+        let barrier = SyncBarrier(tokio::spawn(async move {
+            let _ = passed.await;
+            Ok(())
+        }));
+        h.queue(Slot::Sync { xid: 2, path: "/".into(), barrier });
+        let _writer = h.run_writer();
+        assert_eq!(h.frame().await, Some(Frame::Reply { xid: 1, zxid: 1, err: 0 }));
+
+        // Eight rounds of half the limit each: far more than the outbox may hold, read by a
+        // client that keeps up.
+        let per_round = (limit / 2 / notification_bytes()) as i64;
+        let mut zxid = 2;
+        for _ in 0..8 {
+            let first = zxid;
+            for _ in 0..per_round {
+                push(&h.outbox, zxid);
+                zxid += 1;
+            }
+            for z in first..zxid {
+                assert_eq!(h.frame().await, notification(z), "sent while the sync waits");
+            }
+        }
+        assert_eq!(h.outbox.closed(), None);
+        pass.send(()).unwrap();
+        let Some(Frame::Reply { xid: 2, err: 0, .. }) = h.frame().await else { panic!("the sync's reply") };
     }
 }
