@@ -1414,6 +1414,20 @@ probes:
         Ok(marks)
     }
 
+    /// Master `i`'s role changes from its own log ([`logged_role_changes`]), since it was last
+    /// started.
+    pub fn master_role_changes(&self, i: usize) -> Vec<LoggedRoleChange> {
+        logged_role_changes(&std::fs::read_to_string(&self.masters[i].log).unwrap_or_default())
+    }
+
+    /// Checks on the masters' own logs ([`logged_handover`]) that master `old` had left the
+    /// active role before master `new` became active under `token`.
+    pub fn logged_handover(&self, old: usize, new: usize, token: FencingToken) -> Result<LoggedHandover, LabError> {
+        logged_handover(&self.master_role_changes(old), &self.master_role_changes(new), token.0).map_err(|e| {
+            LabError::Oracle(format!("master {} to master {}: {e}", CLUSTER_NODES[old], CLUSTER_NODES[new]))
+        })
+    }
+
     /// `GET` on master `i`'s HTTP API (`/lease/status`, say), as JSON.
     pub async fn master_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
         let url = format!("http://{}:{}{path}", self.node_ip(i), self.ports[i].master);
@@ -1520,80 +1534,75 @@ pub fn load_average() -> String {
         .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
-/// Writes to both masters in turn, as fast as they answer, and records which acknowledged what
-/// and when: the ground truth of split brain is two masters acknowledging writes in
-/// overlapping periods.
+/// Writes to every master, each in its own loop as fast as it answers (so a master that times
+/// out never slows the sampling of the other), and records every acknowledgement with its
+/// request's send time, its reply's receive time and its token: the ground truth of split
+/// brain is a master acknowledging a write sent after another had acknowledged one under a
+/// higher token, judged as [`MasterRecord::late_acks`] judges it.
 pub struct WriteProbe {
     stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<(usize, Duration, u64)>>>,
-    task: tokio::task::JoinHandle<()>,
+    record: Arc<Mutex<MasterRecord>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl WriteProbe {
     /// Starts writing.
     pub fn start(pair: &Arc<Pair>) -> WriteProbe {
         let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let (pair, stop2, acks2) = (pair.clone(), stop.clone(), acks.clone());
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut n = 0u64;
-            while !stop2.load(Ordering::Relaxed) {
-                n += 1;
-                let value = n.to_string();
-                let (a, b) = tokio::join!(pair.write_token(0, "probe", &value), pair.write_token(1, "probe", &value));
-                let at = started.elapsed();
-                {
-                    let mut log = acks2.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Ok(token) = a {
-                        log.push((0, at, token));
-                    }
-                    if let Ok(token) = b {
-                        log.push((1, at, token));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        WriteProbe { stop, acks, task }
+        let record = Arc::new(Mutex::new(MasterRecord::default()));
+        let started = Instant::now();
+        let probe = WRITERS.fetch_add(1, Ordering::Relaxed);
+        let tasks = (0..NODES.len())
+            .map(|node| {
+                let ids = format!("probe{probe}-{}", NODES[node]);
+                spawn_writer(pair.clone(), node, "probe", ids, stop.clone(), record.clone(), started)
+            })
+            .collect();
+        WriteProbe { stop, record, tasks }
     }
 
-    /// Stops writing; returns the acknowledgements (node, time since start, token) in order.
-    pub async fn finish(self) -> Vec<(usize, Duration, u64)> {
+    /// Stops writing; returns the acknowledgements (a record with no `/ha/state` answers).
+    pub async fn finish(self) -> MasterRecord {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        acks.clone()
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        record.clone()
     }
 }
 
-/// Checks that acknowledgements never go back in epoch: ordered by time, each acknowledged
-/// write carries a token at least as high as every earlier one, and one token is only ever
-/// acknowledged by one node. A deposed master acknowledging after its successor (an older
-/// token after a newer one) is exactly a split brain. Returns a description of the first
-/// violation.
-pub fn overlapping_acks(acks: &[(usize, Duration, u64)]) -> Option<String> {
-    let mut highest: Option<(usize, Duration, u64)> = None;
-    for &(node, at, token) in acks {
-        if let Some((n, when, t)) = highest {
-            if token < t {
-                return Some(format!(
-                    "node {} acknowledged a write with token {token} at {at:?}, after node {} had acknowledged one \
-                     with token {t} at {when:?}",
-                    NODES[node], NODES[n]
-                ));
+/// Numbers the writers of one process, so their write ids never collide.
+static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `key` to master `node` as fast as it answers until `stop`, each write under the id
+/// `{ids}-{n}`; pushes every acknowledgement to `record` (its send and receive times since
+/// `started`, its token, and its write id for a journal verdict).
+fn spawn_writer(
+    pair: Arc<Pair>,
+    node: usize,
+    key: &'static str,
+    ids: String,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<MasterRecord>>,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let sent = started.elapsed();
+            let id = format!("{ids}-{n}");
+            if let Ok(token) = pair.write_with_id(node, key, &id, Some(&id)).await {
+                let received = started.elapsed();
+                let seen = Observed { node, sent, received, what: token };
+                let mut record = record.lock().unwrap_or_else(|p| p.into_inner());
+                record.acks.push(seen);
+                record.acked.push(AckRecord { write_id: id, token: FencingToken(token) });
             }
-            if token == t && node != n {
-                return Some(format!(
-                    "nodes {} and {} both acknowledged writes with token {token} (at {when:?} and {at:?})",
-                    NODES[n], NODES[node]
-                ));
-            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // Not below the highest (checked above): it is the new highest.
-        highest = Some((node, at, token));
-    }
-    None
+    })
 }
 
 /// What a [`SplitBrainWatch`] saw.
@@ -1887,9 +1896,7 @@ impl MasterOracle {
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(MasterRecord::default()));
         let started = Instant::now();
-        // Write ids unique across the oracles of one process.
-        static ORACLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let oracle = ORACLES.fetch_add(1, Ordering::Relaxed);
+        let oracle = WRITERS.fetch_add(1, Ordering::Relaxed);
         let mut tasks = Vec::new();
         for (node, name) in NODES.iter().enumerate() {
             let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
@@ -1909,23 +1916,8 @@ impl MasterOracle {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }));
-            let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop2.load(Ordering::Relaxed) {
-                    n += 1;
-                    let sent = started.elapsed();
-                    let id = format!("oracle{oracle}-{name}-{n}");
-                    if let Ok(token) = pair2.write_with_id(node, "oracle", &id, Some(&id)).await {
-                        let received = started.elapsed();
-                        let seen = Observed { node, sent, received, what: token };
-                        let mut record = record2.lock().unwrap_or_else(|p| p.into_inner());
-                        record.acks.push(seen);
-                        record.acked.push(AckRecord { write_id: id, token: FencingToken(token) });
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }));
+            let ids = format!("oracle{oracle}-{name}");
+            tasks.push(spawn_writer(pair.clone(), node, "oracle", ids, stop.clone(), record.clone(), started));
         }
         MasterOracle { stop, record, tasks, started }
     }
@@ -1976,6 +1968,116 @@ impl MasterOracle {
         let record = self.record.lock().unwrap_or_else(|p| p.into_inner());
         record.clone()
     }
+}
+
+/// A role change as a demo master logged it itself: the wall-clock instant stamped on the line
+/// and the role it went to. The master changes its role and logs the line holding the one lock
+/// that its writes and its `/ha/state` answers take, so a promotion's line is stamped before
+/// anyone can see the master active or have a write taken under the new role, and a
+/// step-down's after the last write it took as active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRoleChange {
+    /// Microseconds since the Unix epoch, as stamped on the line. Every process of the lab, on
+    /// a simulated host or not, reads the one system clock.
+    pub at_us: i64,
+    /// The role it went to.
+    pub to: HaState,
+    /// The token named on the line (for a promotion, the one it became active under).
+    pub token: Option<u64>,
+    /// The line.
+    pub line: String,
+}
+
+/// The role changes a demo master logged, in order: `became active`, and every way it leaves
+/// the active role (`became standby`; with a journal, `stepped down`, `deposed` and a refused
+/// promotion, each of which leaves it standby).
+pub fn logged_role_changes(log: &str) -> Vec<LoggedRoleChange> {
+    const TARGET: &str = " referee_examples::ha_master: ";
+    const STEP_DOWNS: [&str; 4] = ["became standby", "stepped down", "deposed: ", "promotion refused"];
+    log.lines()
+        .filter_map(|line| {
+            let (_, message) = line.split_once(TARGET)?;
+            let to = if message.starts_with("became active") {
+                HaState::Active
+            } else if STEP_DOWNS.iter().any(|m| message.starts_with(m)) {
+                HaState::Standby
+            } else {
+                return None;
+            };
+            let at_us = log_stamp_us(line.split_whitespace().next()?)?;
+            let token = message.split_whitespace().find_map(|w| w.strip_prefix("token=")?.parse().ok());
+            Some(LoggedRoleChange { at_us, to, token, line: line.to_string() })
+        })
+        .collect()
+}
+
+/// A log line's stamp, `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as microseconds since the Unix
+/// epoch.
+pub fn log_stamp_us(stamp: &str) -> Option<i64> {
+    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hour, minute) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let seconds = t.next()?;
+    let (secs, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    let secs = secs.parse::<i64>().ok()?;
+    let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(6).collect();
+    let micros = digits.parse::<i64>().ok()?;
+    // Days since the epoch of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some((days * 86_400 + hour * 3600 + minute * 60 + secs) * 1_000_000 + micros)
+}
+
+/// A handover as two masters' own logs tell it: when the old one left the active role, and
+/// when the new one became active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedHandover {
+    /// The old master's first step-down after its last promotion before `promoted_us`, in
+    /// microseconds since the Unix epoch.
+    pub demoted_us: i64,
+    /// The new master's promotion under the token asked about.
+    pub promoted_us: i64,
+}
+
+impl LoggedHandover {
+    /// How long before the promotion the old master had stepped down.
+    pub fn margin_ms(&self) -> f64 {
+        (self.promoted_us - self.demoted_us) as f64 / 1000.0
+    }
+}
+
+/// Checks, on two masters' own logs, that the old master had left the active role before the
+/// new one became active under `token`: the old one's last role change logged before the
+/// promotion is a step-down, after a promotion of its own. Fails, saying which, if the new
+/// master logged no promotion under `token`, if the old one logged no active period before it
+/// (nothing to have fenced), or if it was still active by its own log.
+pub fn logged_handover(
+    old: &[LoggedRoleChange],
+    new: &[LoggedRoleChange],
+    token: u64,
+) -> Result<LoggedHandover, String> {
+    let promoted = new
+        .iter()
+        .find(|c| c.to == HaState::Active && c.token == Some(token))
+        .ok_or_else(|| format!("the new master logged no promotion under token {token}"))?;
+    let before: Vec<&LoggedRoleChange> = old.iter().take_while(|c| c.at_us < promoted.at_us).collect();
+    let last_active = before
+        .iter()
+        .rposition(|c| c.to == HaState::Active)
+        .ok_or_else(|| "the old master logged no promotion before the new one's: nothing to check".to_string())?;
+    let demoted = before[last_active + 1..].iter().find(|c| c.to == HaState::Standby).ok_or_else(|| {
+        format!(
+            "the old master was still active by its own log when the new one became active under token {token}:\n  \
+             old: {}\n  new: {}",
+            before[last_active].line, promoted.line
+        )
+    })?;
+    Ok(LoggedHandover { demoted_us: demoted.at_us, promoted_us: promoted.at_us })
 }
 
 /// `extra` merged into `base`: mappings key by key (so `election: {preferred_node: a}` adds to
@@ -2192,8 +2294,8 @@ pub fn coordinator_available(kind: CoordinatorKind, test: &str) -> bool {
     true
 }
 
-/// The oracles of a scenario: both `/active` probes polled every 5 ms, and a writer sending
-/// to both masters.
+/// The oracles of a scenario: both `/active` probes polled every 5 ms, and a [`WriteProbe`]
+/// writing to both masters.
 pub struct Oracles {
     probes: SplitBrainWatch,
     writes: WriteProbe,
@@ -2205,16 +2307,22 @@ impl Oracles {
         Oracles { probes: pair.watch_split_brain(Duration::from_millis(5)), writes: WriteProbe::start(pair) }
     }
 
-    /// Stops both and checks them: never two actives, never interleaved acknowledgements, and
-    /// no stretch without an active longer than `budget`.
+    /// Stops both and checks them: never two actives, no late acknowledgement
+    /// ([`MasterRecord::late_acks`]), and no stretch without an active longer than `budget`.
     pub async fn check(self, budget: Duration) -> Result<(), LabError> {
         let log = self.probes.finish().await;
-        let acks = self.writes.finish().await;
+        let writes = self.writes.finish().await;
         if !log.both_active_at.is_empty() {
             return Err(LabError::Oracle(format!("two nodes answered /active at {:?}", log.both_active_at)));
         }
-        if let Some(v) = overlapping_acks(&acks) {
-            return Err(LabError::Oracle(format!("split brain: {v}")));
+        let late = writes.late_acks();
+        if !late.is_empty() {
+            return Err(LabError::Oracle(format!(
+                "split brain: {} acknowledgements of writes sent after another master had acknowledged one under a \
+                 higher (or the same) token:\n{}",
+                late.len(),
+                writes.timeline()
+            )));
         }
         if log.longest_without_active > budget {
             return Err(LabError::Oracle(format!(
@@ -2510,15 +2618,78 @@ mod tests {
     fn acknowledgements_may_change_hands_many_times_but_never_go_back_in_epoch() {
         let ms = Duration::from_millis;
         // b, then a, then b again: three terms, each with a higher token.
-        let fine = [(1, ms(1), 11), (1, ms(2), 11), (0, ms(3), 12), (1, ms(4), 13)];
-        assert_eq!(overlapping_acks(&fine), None);
-        // b acknowledges under its old token after a took over.
-        let stale = [(1, ms(1), 11), (0, ms(2), 12), (1, ms(3), 11)];
-        let v = overlapping_acks(&stale).expect("a stale acknowledgement is a violation");
-        assert!(v.contains("node b acknowledged a write with token 11"), "{v}");
+        let fine = MasterRecord {
+            acks: vec![ack(1, 1, 11), ack(1, 3, 11), ack(0, 5, 12), ack(1, 7, 13)],
+            ..Default::default()
+        };
+        assert!(fine.late_acks().is_empty());
+        // A stale acknowledgement whose request was in flight when the successor's first
+        // acknowledgement came back (sent at 4, before that reply at 6) proves nothing, in
+        // whichever order the two were recorded and whichever master was the old one.
+        for (old, new) in [(0, 1), (1, 0)] {
+            let straddling = Observed { node: old, sent: ms(4), received: ms(8), what: 11 };
+            let record = MasterRecord { acks: vec![ack(new, 5, 12), straddling], ..Default::default() };
+            assert!(record.late_acks().is_empty(), "{old} then {new}: {:?}", record.late_acks());
+            let record = MasterRecord { acks: vec![straddling, ack(new, 5, 12)], ..Default::default() };
+            assert!(record.late_acks().is_empty(), "{old} then {new}, recorded the other way round");
+        }
+        // b acknowledges under its old token a write sent after a's first acknowledgement came
+        // back (at 3).
+        let stale = MasterRecord { acks: vec![ack(1, 1, 11), ack(0, 2, 12), ack(1, 4, 11)], ..Default::default() };
+        let late = stale.late_acks();
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!((late[0].stale, late[0].successor), (ack(1, 4, 11), ack(0, 2, 12)));
         // Two nodes under one token.
-        let shared = [(0, ms(1), 12), (1, ms(2), 12)];
-        assert!(overlapping_acks(&shared).expect("a shared token is a violation").contains("both acknowledged"));
+        let shared = MasterRecord { acks: vec![ack(0, 1, 12), ack(1, 2, 12)], ..Default::default() };
+        assert_eq!(shared.late_acks().len(), 2);
+    }
+
+    #[test]
+    fn a_log_stamp_reads_as_microseconds_since_the_epoch() {
+        assert_eq!(log_stamp_us("1970-01-01T00:00:01.000002Z"), Some(1_000_002));
+        assert_eq!(log_stamp_us("2000-03-01T00:00:00Z"), Some(951_868_800_000_000));
+        assert_eq!(log_stamp_us("2026-12-07T10:03:30.674613Z"), Some(1_796_637_810_674_613));
+        assert_eq!(log_stamp_us("2024-02-29T23:59:59.5Z"), Some(1_709_251_199_500_000));
+        assert_eq!(log_stamp_us("INFO"), None);
+    }
+
+    /// Lines as the demo master logs them.
+    const OLD_LOG: &str = "\
+2026-12-07T10:03:29.952058Z  INFO referee_examples::ha_master: demo master started node=\"a\" addr=Some(10.0.0.4:1) role=Standby token=0
+2026-12-07T10:03:30.100000Z  INFO referee_examples::ha_master: became active node=\"a\" token=5
+2026-12-07T10:03:30.200000Z  INFO referee_examples::ha_master: lease granted node=\"a\" token=5 valid_for_ms=900
+2026-12-07T10:03:33.000000Z  INFO referee_examples::ha_master: became standby node=\"a\" token=6 was=Active
+";
+
+    #[test]
+    fn a_handover_is_read_from_both_masters_own_logs() {
+        let old = logged_role_changes(OLD_LOG);
+        assert_eq!(
+            old.iter().map(|c| (c.to, c.token)).collect::<Vec<_>>(),
+            vec![(HaState::Active, Some(5)), (HaState::Standby, Some(6))]
+        );
+        let promoted = |at: &str| {
+            logged_role_changes(&format!(
+                "2026-12-07T10:03:{at}Z  INFO referee_examples::ha_master: became active node=\"b\" token=6\n"
+            ))
+        };
+        let fine = logged_handover(&old, &promoted("33.000100"), 6).expect("demoted 100 us before");
+        assert_eq!(fine.promoted_us - fine.demoted_us, 100);
+        // Promoted while the old master was still active, or at the very microsecond it stepped
+        // down: not proven fenced first.
+        for at in ["32.999000", "33.000000"] {
+            let err = logged_handover(&old, &promoted(at), 6).expect_err(at);
+            assert!(err.contains("still active by its own log"), "{err}");
+        }
+        // No promotion under the token asked about, or nothing active on the old side before it.
+        assert!(logged_handover(&old, &promoted("34.0"), 7).unwrap_err().contains("no promotion under token 7"));
+        assert!(logged_handover(&old, &promoted("30.0"), 6).unwrap_err().contains("logged no promotion before"));
+        // A journal's step-down counts as one.
+        let deposed = OLD_LOG.replace(
+            "became standby node=\"a\" token=6 was=Active",
+            "deposed: the epoch moved on; stepped down to standby node=\"a\"",
+        );
+        assert!(logged_handover(&logged_role_changes(&deposed), &promoted("33.5"), 6).is_ok());
     }
 
     fn poll(node: usize, sent: u64, state: HaState, token: u64) -> Observed<HaStatus> {

@@ -2,25 +2,15 @@
 //! lean `referee-agent` and `referee agent`, which run the same agent.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
-use referee_testkit::ScratchDir;
+use anyhow::{ensure, Result};
+use referee_testkit::{output_within, ScratchDir};
 
 /// Runs a program that must exit on its own within 20 s, with its output.
 fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let mut child =
-        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            child.kill()?;
-            bail!("{program} {args:?} was still running after 20 s: it should have refused at once");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(child.wait_with_output()?)
+    output_within(Command::new(program).args(args), Duration::from_secs(20))
 }
 
 /// Both ways to run the agent, on the configuration at `config`.

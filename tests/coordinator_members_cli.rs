@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use referee_coordinator::admin::Members;
-use referee_testkit::{free_port, wait_until, within_for, ScratchDir};
+use referee_testkit::{free_port, output_within, wait_until, within_for, ScratchDir};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -58,13 +58,12 @@ fn start(dir: &ScratchDir, me: &Addrs, servers: &str, init: bool) -> Result<Serv
     Ok(Server(cmd.spawn().context("starting referee coordinator")?))
 }
 
-/// Runs `referee coordinator members ARGS`: exit code, stdout, stderr.
+/// Runs `referee coordinator members ARGS`, which must exit on its own within [`DEADLINE`]:
+/// exit code, stdout, stderr.
 async fn members_cli(args: &[&str]) -> Result<(i32, String, String)> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_referee"))
-        .args(["coordinator", "members"])
-        .args(args)
-        .output()
-        .await?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_referee"));
+    cmd.args(["coordinator", "members"]).args(args);
+    let out = tokio::task::spawn_blocking(move || output_within(&mut cmd, DEADLINE)).await??;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok((out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr)))
 }

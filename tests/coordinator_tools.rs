@@ -4,15 +4,16 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use referee_coordinator::config::CoordinatorConfig;
 use referee_coordinator::server::Coordinator;
 use referee_coordinator::snapshot::parse_snapshot_name;
-use referee_testkit::{connect, wait_until, ScratchDir, DEADLINE};
+use referee_testkit::{connect, output_within, wait_until, ScratchDir, DEADLINE};
 use zookeeper_client as zk;
 
+/// Runs `referee ARGS`, which must exit on its own within [`DEADLINE`].
 fn referee(args: &[&str]) -> Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_referee")).args(args).output().context("running referee")
+    output_within(Command::new(env!("CARGO_BIN_EXE_referee")).args(args), DEADLINE)
 }
 
 fn text(out: &Output) -> (String, String) {

@@ -9,6 +9,9 @@ use nix::sys::signal::Signal;
 use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
 use zookeeper_client as zk;
 
+/// The lab cluster's lock znode.
+const LOCK: &str = "/referee/lab/lock";
+
 async fn pair() -> Result<(Arc<Pair>, usize)> {
     pair_with(Vec::new()).await
 }
@@ -200,9 +203,9 @@ async fn check_fencing_asks_each_agent_for_a_round_now() -> Result<()> {
 }
 
 /// The whole cluster's pause is kept in the coordinator: an agent restarted during maintenance
-/// comes back paused and makes no failover (the active's master killed meanwhile); resuming it
-/// alone is refused while the cluster is paused; `resume` ends the pause for every member, and
-/// the failover follows.
+/// comes back paused and makes no failover, not even with the lock free for the taking (the
+/// active's agent killed meanwhile, its session expired); resuming it alone is refused while
+/// the cluster is paused; `resume` ends the pause for every member, and the failover follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
     let (mut pair, active) = pair().await?;
@@ -228,14 +231,31 @@ async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Paused, it takes no failover: observe for three health-check rounds and two loop
-    // intervals over the normal failover time.
-    pair.masters[active].signal(Signal::SIGKILL)?;
-    let watch_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    // The active's agent dies (a paused one keeps its lock whatever its master does), and the
+    // coordinator expires its session: the lock is free.
+    let zk = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(pair.coordinator_connect(standby))
+        .await?;
+    ensure!(zk.check_stat(LOCK).await?.is_some(), "the active holds the lock");
+    pair.agents[active].as_ref().context("the active's agent")?.signal(Signal::SIGKILL)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while zk.check_stat(LOCK).await?.is_some() {
+        ensure!(tokio::time::Instant::now() < deadline, "the dead agent's lock was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Paused, the standby leaves it free: watched for longer than a session timeout (an unpaused
+    // standby takes a free lock within a loop interval), it neither takes the lock nor promotes,
+    // and says why.
+    let session = Duration::from_millis(Timings::referee().session_timeout_ms);
+    let watch_until = tokio::time::Instant::now() + session + Duration::from_millis(500);
     while tokio::time::Instant::now() < watch_until {
         ensure!(!pair.is_active(standby).await, "an agent restarted during a cluster pause took over");
+        ensure!(zk.check_stat(LOCK).await?.is_none(), "an agent restarted during a cluster pause took the lock");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let st = pair.agent_json(standby, "/status").await.unwrap_or_default();
+    ensure!(st["last_decision"].as_str().unwrap_or_default().contains("paused"), "the standby says why it waits: {st}");
 
     let (code, out, err) = pair.admin(standby, &["resume", "--node", NODES[standby]]).await?;
     ensure!(code == 3 && err.contains("whole cluster is paused"), "resume of one member exited {code}: {out} {err}");

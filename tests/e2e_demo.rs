@@ -4,8 +4,14 @@
 //! the one-server story.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use referee_testkit::output_within;
+
+/// The longest a whole demo run may take: a scenario runs in seconds, each of its waits has a
+/// deadline of its own, and a run that never ends must fail the test, not hang it.
+const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Pids of processes whose command line mentions `dir`.
 fn processes_mentioning(dir: &str) -> Vec<String> {
@@ -22,11 +28,13 @@ fn processes_mentioning(dir: &str) -> Vec<String> {
 /// Runs `referee demo --scenario SCENARIO ARGS --exit-after 0`, checks the verdict and the
 /// clean-up, and returns what it printed.
 fn run_demo_with(scenario: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_referee"))
-        .args(["demo", "--scenario", scenario])
-        .args(args)
-        .args(["--exit-after", "0"])
-        .output()?;
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_referee"))
+            .args(["demo", "--scenario", scenario])
+            .args(args)
+            .args(["--exit-after", "0"]),
+        DEMO_DEADLINE,
+    )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -145,9 +153,18 @@ fn demo_coordinator_leader_crash() -> Result<()> {
 /// The leader-crash scenario needs an ensemble, and says so.
 #[test]
 fn demo_coordinator_leader_crash_is_refused_on_a_single_server() -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_referee"))
-        .args(["demo", "--scenario", "coordinator-leader-crash", "--coordinator", "single", "--exit-after", "0"])
-        .output()?;
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_referee")).args([
+            "demo",
+            "--scenario",
+            "coordinator-leader-crash",
+            "--coordinator",
+            "single",
+            "--exit-after",
+            "0",
+        ]),
+        Duration::from_secs(30),
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "the demo must refuse: {stderr}");
     ensure!(stderr.contains("--coordinator ensemble"), "{stderr}");
@@ -160,7 +177,7 @@ fn demo_coordinator_leader_crash_is_refused_on_a_single_server() -> Result<()> {
 /// be left with coordinator servers, masters and agents holding ports.
 fn interrupt_demo(signal: nix::sys::signal::Signal, after: &str) -> Result<()> {
     use std::io::BufRead;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_referee"))
         .args(["demo", "--exit-after", "0"])

@@ -9,13 +9,15 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use referee_testkit::{free_port, within_for, ScratchDir};
+use referee_testkit::{free_port, output_within, within_for, ScratchDir};
 use zookeeper_client as zk;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Runs `referee ARGS`, which must exit on its own within [`DEADLINE`] (`up` included: it
+/// returns once the servers it started serve).
 fn referee(args: &[&str]) -> Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_referee")).args(args).output().context("running referee")
+    output_within(Command::new(env!("CARGO_BIN_EXE_referee")).args(args), DEADLINE)
 }
 
 fn ensemble(action: &str, dir: &Path, extra: &[&str]) -> Result<(Option<i32>, String, String)> {

@@ -24,7 +24,9 @@
 //! send and receive times and its token. A test fails, printing the masters' timeline, if both
 //! were certainly active at once, if a master acknowledged a write sent after the other had
 //! acknowledged one under a higher token, if the old master's demotion came after the new one's
-//! promotion, if (where the client still reaches it) the old master's last acknowledgement did
+//! promotion (as the two masters logged their own role changes, stamped on the one system
+//! clock: the oracle cannot reach a black-holed master), if (where the client still reaches it)
+//! the old master's last acknowledgement did
 //! not come back before the new master's first write was sent, or if the end is anything but
 //! the new master active and the old one standby.
 //!
@@ -50,7 +52,9 @@
 //!   masters under different tokens, the end has exactly one active, and an independent reader
 //!   of the journal finds every acknowledged write once, under the token in force.
 //! - **The active master's health flapping** for twelve seconds under a 3 s anti-flap
-//!   interval: failovers no closer than the interval, never two actives, one active at the end.
+//!   interval: at least two failovers, none closer than the interval, the standby seen holding
+//!   back for anti-flap while the active master was unhealthy, never two actives, one active at
+//!   the end.
 //! - **The same faults with journalling masters** (their edits in the coordinator behind an
 //!   epoch znode, as the demo's): besides every check above, an independent reader of the
 //!   journal finds every acknowledged write once, and no entry under a token not in force.

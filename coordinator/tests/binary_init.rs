@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use referee_coordinator::admin::Members;
-use referee_testkit::{free_port, within_for, ScratchDir};
+use referee_testkit::{free_port, output_within, within_for, ScratchDir};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -30,7 +30,7 @@ fn bin() -> Command {
 #[test]
 fn bad_arguments_exit_2_with_the_usage() -> Result<()> {
     for args in [&[][..], &["--init"], &["a.yaml", "b.yaml"], &["--config", "a.yaml"]] {
-        let out = bin().args(args).output()?;
+        let out = output_within(bin().args(args), DEADLINE)?;
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("usage: referee-coordinator [--init] CONFIG.yaml"), "{args:?}: {err}");

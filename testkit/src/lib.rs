@@ -12,7 +12,8 @@
 //!
 //! - [`free_port`]: loopback ports for child processes, each handed out once per process and
 //!   from below the kernel's ephemeral range, so no other bind takes them first.
-//! - [`within`], [`within_for`], [`wait_until`]: every wait in a test has a deadline.
+//! - [`within`], [`within_for`], [`wait_until`]: every wait in a test has a deadline;
+//!   [`output_within`], a program's run too.
 //! - [`ScratchDir`]: a temporary directory removed on drop.
 //! - [`skip`]: the one way a test skips for a missing prerequisite, loudly, and never under
 //!   `CI` or `REFEREE_REQUIRE_ALL_TESTS` ([`all_required`]).
@@ -45,6 +46,7 @@
 pub mod abuse;
 mod apache_zk;
 pub mod bench;
+mod command;
 mod deadline;
 mod hosts;
 pub mod jute;
@@ -61,6 +63,7 @@ pub use apache_zk::{
     apache_zookeeper_installed, cons_session_timeout, four_letter, ApacheZk, ApacheZkEnsemble, ApacheZkProfile,
     APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
+pub use command::output_within;
 pub use deadline::{wait_until, within, within_for, DEADLINE};
 pub use hosts::{hosts_unavailable, running_as_root, Faults, Host, Hosts, HOSTS_PREFIX};
 pub use ports::free_port;
