@@ -263,9 +263,12 @@ impl AdminSettings {
     /// request sets its own overall timeout. Reads the `peer_tls` files: build it at start-up
     /// so a missing or unusable one stops the agent there.
     pub fn peer_client(&self, connect_timeout: Duration) -> Result<reqwest::Client, AdminError> {
-        // The peer API never redirects; following one could carry the secret elsewhere.
-        let builder =
-            reqwest::Client::builder().connect_timeout(connect_timeout).redirect(reqwest::redirect::Policy::none());
+        // The peer API never redirects; following one could carry the secret elsewhere, as a
+        // proxy named in the environment would.
+        let builder = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
         match &self.peer_tls {
             None => builder.build().map_err(|e| AdminError::Tls(format!("cannot build the peer client: {e}"))),
             Some(tls) => {
@@ -316,11 +319,15 @@ impl AdminSettings {
                     .map_err(|e| AdminError::Secret(format!("cannot read `{}`: {e}", path.display())))?,
                 format!("file `{}`", path.display()),
             ),
-            (None, Some(name)) => (
-                std::env::var(name)
-                    .map_err(|_| AdminError::Secret(format!("environment variable `{name}` is not set")))?,
-                format!("environment variable `{name}`"),
-            ),
+            (None, Some(name)) => {
+                let text = std::env::var(name)
+                    .map_err(|_| AdminError::Secret(format!("environment variable `{name}` is not set")))?;
+                // The token authorises failovers and peer fences: the fence programs, the
+                // command adapter and the hooks this agent runs must not inherit it (a script
+                // that dumps its environment would put it in a fence event's reason).
+                referee_fencing::command::hide_from_programs(name);
+                (text, format!("environment variable `{name}`"))
+            }
             (None, None) => return Err(AdminError::Secret("neither `token_file` nor `token_env` is set".into())),
         };
         let secret = text.trim();

@@ -302,6 +302,25 @@ async fn a_round_of_fencing_checks_is_answered_as_it_ended() -> Result<()> {
     server.stop().await
 }
 
+/// The admin token read from the environment authorises failovers and peer fences: the
+/// programs the agent runs (fence programs, the command adapter, hooks) do not inherit it, so
+/// a script that dumps its environment cannot leak it.
+#[tokio::test]
+async fn an_admin_token_from_the_environment_is_hidden_from_the_programs_the_agent_runs() -> Result<()> {
+    const NAME: &str = "REFEREE_TEST_ADMIN_TOKEN_HIDDEN";
+    // Read by this test alone.
+    std::env::set_var(NAME, "s3cret-admin-token");
+    let s: AdminSettings = serde_yaml::from_str(&format!("listen: 127.0.0.1:8400\ntoken_env: {NAME}\n"))?;
+    s.load_secret()?;
+    let argv = ["sh".to_string(), "-c".to_string(), format!("printenv {NAME} || echo unset")];
+    let end = referee_fencing::command::run(&argv, &[], tokio::time::Instant::now() + Duration::from_secs(10)).await;
+    let referee_fencing::command::CommandEnd::Exited { stdout, .. } = end else {
+        anyhow::bail!("the program did not exit: {end:?}")
+    };
+    anyhow::ensure!(stdout.trim() == "unset", "a program the agent ran saw the admin token: {stdout:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn settings_refuse_empty_secrets_and_name_the_field() -> Result<()> {
     let dir = ScratchDir::new("admin-settings")?;

@@ -326,7 +326,10 @@ fn certificates(
     Ok(certs)
 }
 
-/// Arguments of `kind: kill`. Only fences a master running on **this** host.
+/// Arguments of `kind: kill`. Only fences a master running on **this** host, in the agent's own
+/// pid and network namespaces: a master in a container of its own cannot be found, nor proved
+/// gone, from outside it (see the `kill` method's documentation), and must be fenced by a
+/// method that acts inside the container.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KillConfig {
@@ -335,15 +338,26 @@ pub struct KillConfig {
     pub name: Option<String>,
     /// Deadline for finding, signalling and verifying the process gone.
     pub timeout_ms: u64,
-    /// Time between SIGTERM and SIGKILL.
+    /// Time between SIGTERM and SIGKILL. At least [`KillConfig::SIGKILL_RESERVE_MS`] of
+    /// `timeout_ms` must be left after it; when a fence's budget is cut below the grace, the
+    /// grace is cut short to keep that reserve, or skipped.
     pub grace_ms: u64,
-    /// Also find the master by the process listening on the target's port (default true).
+    /// Also find the master by the processes holding TCP sockets on the target's port, its
+    /// listener and the sessions accepted there (default true); fenced then needs none left.
     #[serde(default = "default_true")]
     pub find_by_port: bool,
     /// Extra names or addresses by which targets may name this host, beyond `localhost`,
     /// loopback addresses and the kernel host name. A target on another host is refused.
     #[serde(default)]
     pub local_hosts: Vec<String>,
+}
+
+impl KillConfig {
+    /// The time kept before the deadline for SIGKILL to end the master and for its exit to be
+    /// seen. SIGKILL acts when the process next runs, and a large address space takes up to
+    /// hundreds of milliseconds to tear down before the exit shows: a SIGKILL sent at the
+    /// deadline could never be confirmed.
+    pub const SIGKILL_RESERVE_MS: u64 = 500;
 }
 
 /// How `ssh` treats the target's host key.
@@ -534,8 +548,23 @@ pub struct HttpStatusConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FirewallBackend {
-    /// `iptables` (legacy or nf_tables flavour; IPv4).
+    /// `iptables` for IPv4 and `ip6tables` for IPv6, of one flavour (legacy or nf_tables).
     Iptables,
+}
+
+/// The address families whose traffic `kind: isolate` drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolateFamily {
+    /// IPv4 with `program` and IPv6 with `program6` (the default). A master bound to `[::]`
+    /// (PostgreSQL with `listen_addresses='*'`, Go and Java by default) serves both, and
+    /// clients that resolve a host name with an AAAA record prefer IPv6.
+    #[default]
+    Both,
+    /// IPv4 only, for a host whose kernel has IPv6 turned off, where `ip6tables` cannot work.
+    /// A fence then fails when the target host is an IPv6 address, or when `ss` on the host
+    /// shows a TCP socket over IPv6 on the port: rules for IPv4 alone would not cut it off.
+    Ipv4,
 }
 
 /// Where `kind: isolate` runs its firewall commands.
@@ -592,13 +621,42 @@ pub struct IsolateConfig {
     /// `["ip", "netns", "exec", "ns1"]`.
     #[serde(default)]
     pub command_prefix: Vec<String>,
-    /// The firewall program (default `iptables`).
+    /// The IPv4 firewall program (default `iptables`).
     #[serde(default = "default_iptables_program")]
     pub program: String,
+    /// The IPv6 firewall program (default: `program` with the `iptables` its file name starts
+    /// with read as `ip6tables`, so `iptables-legacy` gives `ip6tables-legacy`: the rules of
+    /// both families go to one flavour of the backend).
+    #[serde(default)]
+    pub program6: Option<String>,
+    /// The address families dropped (default `both`).
+    #[serde(default)]
+    pub family: IsolateFamily,
     /// Also drop forwarded traffic to and from the port, for masters behind NAT or in
     /// containers (default true).
     #[serde(default = "default_true")]
     pub forward: bool,
+    /// With `via: local`, extra names or addresses by which targets may name this host, beyond
+    /// `localhost`, loopback addresses and the kernel host name. A target on another host is
+    /// refused (rules here would cut off nothing of it), unless `command_prefix` enters another
+    /// network namespace (`ip netns exec NAME`, `nsenter`), which the target then names.
+    #[serde(default)]
+    pub local_hosts: Vec<String>,
+}
+
+impl IsolateConfig {
+    /// The IPv6 firewall program in effect (see `program6`); `None` when none is configured
+    /// and `program` does not name an `iptables` to derive it from.
+    pub fn program6(&self) -> Option<String> {
+        if let Some(program) = &self.program6 {
+            return Some(program.clone());
+        }
+        let (dir, file) = match self.program.rfind('/') {
+            Some(slash) => self.program.split_at(slash + 1),
+            None => ("", self.program.as_str()),
+        };
+        file.strip_prefix("iptables").map(|flavour| format!("{dir}ip6tables{flavour}"))
+    }
 }
 
 /// Arguments of `kind: token`.
@@ -846,9 +904,18 @@ impl Checker {
                 }
                 Ok(())
             }
-            MethodConfig::Kill(c) => self.ensure(c.grace_ms < c.timeout_ms, "grace_ms", || {
-                format!("{} ms must be shorter than timeout_ms {} to leave time for SIGKILL", c.grace_ms, c.timeout_ms)
-            }),
+            MethodConfig::Kill(c) => {
+                let left = c.timeout_ms.saturating_sub(c.grace_ms);
+                self.ensure(left >= KillConfig::SIGKILL_RESERVE_MS, "grace_ms", || {
+                    format!(
+                        "{} ms leaves {left} ms of timeout_ms {} for SIGKILL, less than the {} ms it is given to \
+                         end the master and see it gone: lower grace_ms or raise timeout_ms",
+                        c.grace_ms,
+                        c.timeout_ms,
+                        KillConfig::SIGKILL_RESERVE_MS
+                    )
+                })
+            }
             MethodConfig::Ssh(c) => {
                 self.ssh_login(&c.user, c.connect_timeout_ms, c.timeout_ms, &c.identity_file)?;
                 self.ensure(!c.command.is_empty(), "command", || {
@@ -934,9 +1001,30 @@ impl Checker {
                 self.ensure(!c.program.is_empty() && !c.program.starts_with('-'), "program", || {
                     "must name the firewall program".into()
                 })?;
+                let program6 = match c.family {
+                    IsolateFamily::Ipv4 => None,
+                    IsolateFamily::Both => Some(c.program6().ok_or_else(|| {
+                        self.err(
+                            "program6",
+                            format!(
+                                "`{}` is not an iptables program to derive the IPv6 one from: set program6 (e.g. \
+                                 ip6tables), or `family: ipv4` on a host whose kernel has IPv6 turned off",
+                                c.program
+                            ),
+                        )
+                    })?),
+                };
+                if let Some(program6) = &program6 {
+                    self.ensure(!program6.is_empty() && !program6.starts_with('-'), "program6", || {
+                        "must name the IPv6 firewall program".into()
+                    })?;
+                }
                 if c.via == Via::Ssh {
+                    self.ensure(c.local_hosts.is_empty(), "local_hosts", || {
+                        "is only used with `via: local`; with `via: ssh` the rules go to the target's host".into()
+                    })?;
                     // These words are sent to a remote shell; keep them to plain words.
-                    for word in c.command_prefix.iter().chain(std::iter::once(&c.program)) {
+                    for word in c.command_prefix.iter().chain(std::iter::once(&c.program)).chain(program6.as_ref()) {
                         self.ensure(is_plain_word(word), "command_prefix", || {
                             format!("`{word}` must be a plain word (letters, digits, `/._-`) when sent over ssh")
                         })?;
@@ -1243,6 +1331,50 @@ mod tests {
         assert!(e.contains("field `peers`: `http://h:1` is plain HTTP, but `tls` is set"), "{e}");
         let e = err("overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: http\n        timeout_ms: 1000\n        url: 'HTTP://pdu/off'\n        tls: {ca_file: /ca.pem}\n");
         assert!(e.contains("(http): field `url`") && e.contains("plain HTTP"), "{e}");
+    }
+
+    #[test]
+    fn isolate_drops_both_families_with_one_flavour_of_iptables() {
+        let yaml = |extra: &str| {
+            format!(
+                "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 1000\n        \
+                 backend: iptables\n        via: local\n{extra}"
+            )
+        };
+        let isolate =
+            |extra: &str| match FencingConfig::from_yaml_str(&yaml(extra)).unwrap().levels[0].methods[0].clone() {
+                MethodConfig::Isolate(c) => c,
+                other => panic!("{other:?}"),
+            };
+        let c = isolate("");
+        assert_eq!((c.family, c.program6().as_deref()), (IsolateFamily::Both, Some("ip6tables")));
+        let c = isolate("        program: /usr/sbin/iptables-legacy\n");
+        assert_eq!(c.program6().as_deref(), Some("/usr/sbin/ip6tables-legacy"));
+        let c = isolate("        program: fw4\n        program6: fw6\n");
+        assert_eq!(c.program6().as_deref(), Some("fw6"));
+        assert_eq!(isolate("        program: fw4\n        family: ipv4\n").family, IsolateFamily::Ipv4);
+
+        let e = err(&yaml("        program: fw4\n"));
+        assert!(e.contains("(isolate): field `program6`") && e.contains("family: ipv4"), "{e}");
+        let e = err(&yaml("        family: ipv6\n"));
+        assert!(e.contains("unknown variant `ipv6`"), "{e}");
+    }
+
+    #[test]
+    fn kill_leaves_sigkill_its_reserve_after_the_grace() {
+        let kill = |timeout: u64, grace: u64| {
+            format!(
+                "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: {timeout}\n        \
+                 grace_ms: {grace}\n"
+            )
+        };
+        FencingConfig::from_yaml_str(&kill(5000, 4500)).unwrap();
+        FencingConfig::from_yaml_str(&kill(500, 0)).unwrap();
+        let e = err(&kill(5000, 4990));
+        assert!(e.starts_with("fencing level 0, method 0 (kill): field `grace_ms`"), "{e}");
+        assert!(e.contains("leaves 10 ms") && e.contains("500 ms"), "{e}");
+        let e = err(&kill(400, 0));
+        assert!(e.contains("leaves 400 ms"), "{e}");
     }
 
     #[test]

@@ -79,10 +79,15 @@ impl Fencer {
         }
         // No overall client timeout: every request sets its own from the method deadline.
         // Redirects are not followed: a fencing endpoint that redirects is misconfigured, and
-        // following it could send the secret elsewhere.
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().map_err(|e| {
-            ConfigError::Field { field: "levels", problem: format!("cannot build the HTTP client: {e}") }
-        })?;
+        // following it could send the secret elsewhere. No proxy from the environment
+        // (`http_proxy`, `HTTPS_PROXY`, `ALL_PROXY`, which reqwest follows by default): an
+        // agent's unit may inherit one, and through it the bearer secrets of plain-HTTP
+        // devices and peers would reach the proxy, and a proxy hanging on a dead upstream would
+        // turn a fast failure into an indeterminate one.
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().map_err(|e| {
+                ConfigError::Field { field: "levels", problem: format!("cannot build the HTTP client: {e}") }
+            })?;
         Ok(Fencer { config, levels, http, acts: Acts::default() })
     }
 

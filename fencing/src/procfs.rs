@@ -21,6 +21,9 @@ pub struct ProcStat {
     pub state: char,
     /// Field 5: the process group id.
     pub pgid: i32,
+    /// Field 20: the threads of its thread group still counted by the kernel, a zombie
+    /// leader included until it is reaped.
+    pub threads: u32,
     /// Field 22: start time in clock ticks since boot. A pid is reused only by a process
     /// with a different start time, so (pid, start time) names one process for all time.
     pub start_time: u64,
@@ -35,8 +38,13 @@ pub struct ProcStat {
 impl ProcStat {
     /// Whether the process has exited and only its table entry is left (zombie or dead).
     /// It can no longer run code or hold sockets.
+    ///
+    /// The state is the thread-group leader's alone: a leader whose main thread exited
+    /// (`pthread_exit`) reads `Z` while its other threads run on and serve (`ps` shows `Zl`).
+    /// Only a zombie counting no thread but itself has exited, which is also when a pidfd on
+    /// it turns readable.
     pub fn is_exited(&self) -> bool {
-        matches!(self.state, 'Z' | 'X')
+        matches!(self.state, 'Z' | 'X') && self.threads <= 1
     }
 }
 
@@ -50,11 +58,12 @@ pub fn parse_stat(content: &str) -> Option<ProcStat> {
     // rest[0] is field 3 (state), so field N is rest[N - 3].
     let state = rest.first()?.chars().next()?;
     let pgid = rest.get(5 - 3)?.parse().ok()?;
+    let threads = rest.get(20 - 3)?.parse().ok()?;
     let start_time = rest.get(22 - 3)?.parse().ok()?;
     let utime: u64 = rest.get(14 - 3)?.parse().ok()?;
     let stime: u64 = rest.get(15 - 3)?.parse().ok()?;
     let exit_code = rest.get(52 - 3).and_then(|c| c.parse().ok());
-    Some(ProcStat { state, pgid, start_time, cpu_ticks: utime + stime, exit_code })
+    Some(ProcStat { state, pgid, threads, start_time, cpu_ticks: utime + stime, exit_code })
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` when no process has this pid.
@@ -113,9 +122,19 @@ pub fn process_start_time(pid: u32) -> io::Result<u64> {
     }
 }
 
-/// Socket inodes in LISTEN state on `port`, from the content of `/proc/net/tcp` or
-/// `/proc/net/tcp6`.
-pub fn parse_listening_inodes(content: &str, port: u16) -> Vec<u64> {
+/// Which TCP sockets on a port are looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSockets {
+    /// Listening sockets only.
+    Listening,
+    /// Every socket whose local port is the port: listening ones, and the connections accepted
+    /// on it, in whatever state a process can hold them (established, closing, ...).
+    All,
+}
+
+/// TCP sockets on `port` held by a process (nonzero inode), from the content of
+/// `/proc/net/tcp` or `/proc/net/tcp6`: (inode, whether it listens).
+pub fn parse_port_sockets(content: &str, port: u16, which: PortSockets) -> Vec<(u64, bool)> {
     const TCP_LISTEN: &str = "0A";
     content
         .lines()
@@ -123,26 +142,36 @@ pub fn parse_listening_inodes(content: &str, port: u16) -> Vec<u64> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let local = fields.get(1)?;
-            let state = fields.get(3)?;
+            let listening = *fields.get(3)? == TCP_LISTEN;
             let inode: u64 = fields.get(9)?.parse().ok()?;
             let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (local_port == port && *state == TCP_LISTEN && inode != 0).then_some(inode)
+            let wanted = match which {
+                PortSockets::Listening => listening,
+                PortSockets::All => true,
+            };
+            (local_port == port && wanted && inode != 0).then_some((inode, listening))
         })
         .collect()
 }
 
-/// Socket inodes in LISTEN state on `port`, from `/proc/net/tcp` and `/proc/net/tcp6`.
-pub fn listening_inodes_from_tables(port: u16) -> io::Result<BTreeSet<u64>> {
-    let mut inodes = BTreeSet::new();
+/// Socket inodes in LISTEN state on `port`, from the content of `/proc/net/tcp` or
+/// `/proc/net/tcp6`.
+pub fn parse_listening_inodes(content: &str, port: u16) -> Vec<u64> {
+    parse_port_sockets(content, port, PortSockets::Listening).into_iter().map(|(inode, _)| inode).collect()
+}
+
+/// TCP sockets on `port` from `/proc/net/tcp` and `/proc/net/tcp6`: inode → whether it listens.
+pub fn port_sockets_from_tables(port: u16, which: PortSockets) -> io::Result<BTreeMap<u64, bool>> {
+    let mut sockets = BTreeMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match fs::read_to_string(table) {
-            Ok(content) => inodes.extend(parse_listening_inodes(&content, port)),
+            Ok(content) => sockets.extend(parse_port_sockets(&content, port, which)),
             // tcp6 is absent when IPv6 is disabled.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(inodes)
+    Ok(sockets)
 }
 
 /// What a walk over every `/proc/<pid>/fd` saw of the socket inodes it looked for.
@@ -164,31 +193,33 @@ impl FdWalk {
     }
 }
 
-/// Why the holders of a port's listening sockets are not known.
+/// Why the holders of a port's sockets are not known.
 #[derive(Debug, thiserror::Error)]
 pub enum PortScanError {
     /// The socket tables or `/proc` could not be read.
     #[error(transparent)]
     Io(#[from] io::Error),
-    /// A socket listens on the port, but no process visible to this agent holds it.
+    /// A socket uses the port, but no process visible to this agent holds it.
     #[error(transparent)]
-    Unattributed(#[from] UnattributedListeners),
+    Unattributed(#[from] UnattributedSockets),
 }
 
-/// Sockets listening on a port that no process visible to this agent holds: the port is
-/// **not** free, and whoever serves on it is unknown.
+/// Sockets on a port that no process visible to this agent holds: the port is **not** free,
+/// and whoever serves on it is unknown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.sentence())]
-pub struct UnattributedListeners {
+pub struct UnattributedSockets {
     /// The port.
     pub port: u16,
-    /// The listening sockets' inodes.
+    /// Which sockets were looked for.
+    pub which: PortSockets,
+    /// The sockets' inodes.
     pub inodes: BTreeSet<u64>,
     /// Processes whose descriptors could not be read, with the errno (see [`FdWalk`]).
     pub unreadable: Vec<(u32, i32)>,
 }
 
-impl UnattributedListeners {
+impl UnattributedSockets {
     fn sentence(&self) -> String {
         const NAMED: usize = 3;
         let inodes: Vec<String> = self.inodes.iter().map(u64::to_string).collect();
@@ -208,42 +239,47 @@ impl UnattributedListeners {
                 named.join(", ")
             )
         };
+        let socket = match self.which {
+            PortSockets::Listening => "a socket listens on",
+            PortSockets::All => "a TCP socket uses",
+        };
         format!(
-            "a socket listens on port {} (inode {}) but its process cannot be seen: {why}; run the agent as root or as the master's user, or find the master by its pidfile or with the graceful method",
+            "{socket} port {} (inode {}) but its process cannot be seen: {why}; run the agent as root or as the master's user, or find the master by its pidfile or with the graceful method",
             self.port,
             inodes.join(", ")
         )
     }
 }
 
-/// Decides who holds the sockets that listened on `port` from what the walk saw and which of
-/// them `still_listening` after it. Pure: the readers are in [`pids_listening_on`].
-pub fn attribute_listeners(
+/// Decides who holds the sockets that used `port` from what the walk saw and which of them
+/// are `still_there` after it. Pure: the readers are in [`port_holders`].
+pub fn attribute_sockets(
     port: u16,
+    which: PortSockets,
     walk: &FdWalk,
-    still_listening: &BTreeSet<u64>,
-) -> Result<BTreeSet<u32>, UnattributedListeners> {
-    // A socket nobody was seen holding and that still listens is served by someone: not
+    still_there: &BTreeSet<u64>,
+) -> Result<BTreeSet<u32>, UnattributedSockets> {
+    // A socket nobody was seen holding and that is still there is held by someone: not
     // being able to see who is no evidence that nobody does. Unreadable entries alone do not
     // decide it: with `hidepid=2` other users' processes are not listed at all, so the walk
     // meets no error, and with every socket attributed the unreadable ones do not matter.
-    let hidden: BTreeSet<u64> = walk.unattributed().intersection(still_listening).copied().collect();
+    let hidden: BTreeSet<u64> = walk.unattributed().intersection(still_there).copied().collect();
     if !hidden.is_empty() {
-        return Err(UnattributedListeners { port, inodes: hidden, unreadable: walk.unreadable.clone() });
+        return Err(UnattributedSockets { port, which, inodes: hidden, unreadable: walk.unreadable.clone() });
     }
     Ok(walk.holders.values().flatten().copied().collect())
 }
 
-/// Socket inodes in LISTEN state on `port`: by socket diagnostics, else from the text tables.
-fn listening_inodes(port: u16) -> io::Result<BTreeSet<u64>> {
-    // The kernel's socket-diagnostics netlink answers for listening sockets alone; the text
-    // tables walk every bucket of the established-connection hash, which takes tens of
-    // milliseconds on a large table whatever is in it, in the middle of a failover.
-    match crate::sock_diag::listening_inodes(port) {
-        Ok(inodes) => Ok(inodes),
+/// TCP sockets on `port`: by socket diagnostics, else from the text tables.
+fn port_sockets(port: u16, which: PortSockets) -> io::Result<BTreeMap<u64, bool>> {
+    // The kernel's socket-diagnostics netlink answers without formatting every socket of the
+    // host as text (and, for listeners, without walking the established-connection hash),
+    // which the text tables cost in the middle of a failover.
+    match crate::sock_diag::port_sockets(port, which) {
+        Ok(sockets) => Ok(sockets),
         Err(e) => {
             tracing::debug!("socket diagnostics unavailable ({e}); reading /proc/net/tcp instead");
-            listening_inodes_from_tables(port)
+            port_sockets_from_tables(port, which)
         }
     }
 }
@@ -292,21 +328,57 @@ fn walk_fds(wanted: BTreeSet<u64>) -> io::Result<FdWalk> {
     Ok(walk)
 }
 
-/// Pids of processes holding a TCP socket listening on `port` in this network namespace; an
-/// empty set means no socket listens on it.
-///
-/// Several pids are returned when workers share the listening socket; all of them serve. A
-/// listening socket whose holder cannot be seen (another user's process when not root, `/proc`
-/// mounted with `hidepid`) is [`PortScanError::Unattributed`], never an empty set.
-pub fn pids_listening_on(port: u16) -> Result<BTreeSet<u32>, PortScanError> {
-    let inodes = listening_inodes(port)?;
-    if inodes.is_empty() {
-        return Ok(BTreeSet::new());
+/// The processes holding TCP sockets on a port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortHolders {
+    /// Processes holding a listening socket on it.
+    pub listening: BTreeSet<u32>,
+    /// Processes holding connections on it but no listening socket.
+    pub connected: BTreeSet<u32>,
+}
+
+impl PortHolders {
+    /// Whether no process holds a socket on the port.
+    pub fn is_empty(&self) -> bool {
+        self.listening.is_empty() && self.connected.is_empty()
     }
-    let walk = walk_fds(inodes)?;
+
+    /// Every holder.
+    pub fn all(&self) -> BTreeSet<u32> {
+        self.listening.union(&self.connected).copied().collect()
+    }
+}
+
+/// The processes holding TCP sockets on `port` in this network namespace, `which` of them
+/// (every socket, or listening ones only); empty when no such socket exists.
+///
+/// Several pids hold a listening socket when workers share it; all of them serve. A socket
+/// whose holder cannot be seen (another user's process when not root, `/proc` mounted with
+/// `hidepid`) is [`PortScanError::Unattributed`], never an empty answer.
+pub fn port_holders(port: u16, which: PortSockets) -> Result<PortHolders, PortScanError> {
+    let sockets = port_sockets(port, which)?;
+    if sockets.is_empty() {
+        return Ok(PortHolders::default());
+    }
+    let walk = walk_fds(sockets.keys().copied().collect())?;
     // A socket not found was closed during the walk or is hidden: a second look tells which.
-    let still_listening = if walk.unattributed().is_empty() { BTreeSet::new() } else { listening_inodes(port)? };
-    Ok(attribute_listeners(port, &walk, &still_listening)?)
+    let still_there =
+        if walk.unattributed().is_empty() { BTreeSet::new() } else { port_sockets(port, which)?.into_keys().collect() };
+    let all = attribute_sockets(port, which, &walk, &still_there)?;
+    let listening: BTreeSet<u32> = walk
+        .holders
+        .iter()
+        .filter(|(inode, _)| sockets.get(*inode).copied().unwrap_or(false))
+        .flat_map(|(_, pids)| pids.iter().copied())
+        .collect();
+    let connected = all.difference(&listening).copied().collect();
+    Ok(PortHolders { listening, connected })
+}
+
+/// Pids of processes holding a TCP socket listening on `port` in this network namespace; an
+/// empty set means no socket listens on it. See [`port_holders`].
+pub fn pids_listening_on(port: u16) -> Result<BTreeSet<u32>, PortScanError> {
+    Ok(port_holders(port, PortSockets::Listening)?.listening)
 }
 
 /// Pids of live (not exited) processes whose process group is `pgid`.
@@ -373,6 +445,24 @@ mod tests {
         assert!(parse_stat("12 (x) Z 1").is_none());
     }
 
+    /// A leader whose main thread called `pthread_exit` reads `Z` while its other threads serve
+    /// on (`ps` shows `Zl`): it has not exited. Only a zombie with no thread besides the dead
+    /// leader (field 20, the thread count) is gone.
+    #[test]
+    fn a_zombie_leader_with_running_threads_has_not_exited() {
+        let stat = |state: char, threads: u32| {
+            parse_stat(&format!(
+                "4242 (java) {state} 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 {threads} 0 987654"
+            ))
+            .unwrap()
+        };
+        assert!(!stat('Z', 3).is_exited());
+        assert!(stat('Z', 1).is_exited());
+        assert!(stat('Z', 0).is_exited());
+        assert!(stat('X', 0).is_exited());
+        assert!(!stat('S', 1).is_exited());
+    }
+
     #[test]
     fn cpu_ticks_are_read_past_a_command_name_with_spaces_and_parentheses() {
         let stat = "4242 (java (main) x) S 1 4242 4242 0 -1 4194560 25000 0 12 0 1234 567 0 0 20 0 40 0 987654";
@@ -399,6 +489,13 @@ mod tests {
         assert_eq!(parse_listening_inodes(table, 8080), vec![111]);
         assert_eq!(parse_listening_inodes(table, 22), vec![333]);
         assert!(parse_listening_inodes(table, 9).is_empty());
+        // A connection accepted on the port (local port 8080, established) is one of its
+        // sockets too; a socket no process holds (inode 0) is not.
+        let table = format!(
+            "{table}   3: 0100007F:1F90 0100007F:D432 06 00000000:00000000 03:00000100 00000000     0        0 0 1 0000000000000000 20 4 30 10 -1\n"
+        );
+        assert_eq!(parse_port_sockets(&table, 8080, PortSockets::All), vec![(111, true), (222, false)]);
+        assert_eq!(parse_port_sockets(&table, 8080, PortSockets::Listening), vec![(111, true)]);
     }
 
     #[test]
@@ -417,13 +514,13 @@ mod tests {
         let v6 = std::net::TcpListener::bind(("::1", port)).ok();
         // A connected socket from the same port is not a listener and must not be reported.
         let _client = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
-        let from_netlink = crate::sock_diag::listening_inodes(port).unwrap();
-        let from_tables = listening_inodes_from_tables(port).unwrap();
+        let from_netlink = crate::sock_diag::port_sockets(port, PortSockets::Listening).unwrap();
+        let from_tables = port_sockets_from_tables(port, PortSockets::Listening).unwrap();
         assert_eq!(from_netlink, from_tables);
         assert_eq!(from_netlink.len(), 1 + usize::from(v6.is_some()), "{from_netlink:?}");
         drop(v4);
         drop(v6);
-        assert!(crate::sock_diag::listening_inodes(port).unwrap().is_empty());
+        assert!(crate::sock_diag::port_sockets(port, PortSockets::Listening).unwrap().is_empty());
     }
 
     fn walk(wanted: &[u64], holders: &[(u64, u32)], unreadable: &[(u32, i32)]) -> FdWalk {
@@ -440,25 +537,32 @@ mod tests {
         // Two workers share the IPv4 socket; a third process holds the IPv6 one. Unreadable
         // processes do not matter once every socket is accounted for.
         let seen = walk(&[11, 12], &[(11, 100), (11, 101), (12, 102)], &[(7, libc::EACCES)]);
-        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::new()), Ok(BTreeSet::from([100, 101, 102])));
+        assert_eq!(
+            attribute_sockets(80, PortSockets::Listening, &seen, &BTreeSet::new()),
+            Ok(BTreeSet::from([100, 101, 102]))
+        );
     }
 
     #[test]
     fn a_socket_closed_during_the_walk_is_not_a_hidden_listener() {
         let seen = walk(&[11, 12], &[(11, 100)], &[(7, libc::EACCES)]);
-        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::from([11])), Ok(BTreeSet::from([100])));
+        assert_eq!(
+            attribute_sockets(80, PortSockets::Listening, &seen, &BTreeSet::from([11])),
+            Ok(BTreeSet::from([100]))
+        );
         let seen = walk(&[11], &[], &[]);
-        assert_eq!(attribute_listeners(80, &seen, &BTreeSet::new()), Ok(BTreeSet::new()));
+        assert_eq!(attribute_sockets(80, PortSockets::Listening, &seen, &BTreeSet::new()), Ok(BTreeSet::new()));
     }
 
     #[test]
     fn a_listener_behind_an_unreadable_process_is_not_a_free_port() {
         let seen = walk(&[11, 12], &[(11, 100)], &[(7, libc::EACCES), (8, libc::EPERM)]);
-        let hidden = attribute_listeners(80, &seen, &BTreeSet::from([11, 12])).unwrap_err();
+        let hidden = attribute_sockets(80, PortSockets::Listening, &seen, &BTreeSet::from([11, 12])).unwrap_err();
         assert_eq!(
             hidden,
-            UnattributedListeners {
+            UnattributedSockets {
                 port: 80,
+                which: PortSockets::Listening,
                 inodes: BTreeSet::from([12]),
                 unreadable: vec![(7, libc::EACCES), (8, libc::EPERM)]
             }
@@ -473,7 +577,7 @@ mod tests {
         // With /proc mounted hidepid=2 another user's processes are not listed at all, so the
         // walk meets no error: the socket that is still listening is all there is to go by.
         let seen = walk(&[11], &[], &[]);
-        let hidden = attribute_listeners(80, &seen, &BTreeSet::from([11])).unwrap_err();
+        let hidden = attribute_sockets(80, PortSockets::Listening, &seen, &BTreeSet::from([11])).unwrap_err();
         assert!(hidden.unreadable.is_empty());
         assert!(hidden.to_string().contains("hidepid"), "{hidden}");
     }

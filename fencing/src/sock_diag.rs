@@ -1,25 +1,33 @@
-//! Listening TCP sockets by port through the kernel's socket-diagnostics netlink
+//! TCP sockets by local port through the kernel's socket-diagnostics netlink
 //! (`NETLINK_SOCK_DIAG`, the interface `ss` uses).
 //!
 //! Asked for the LISTEN state only, the kernel walks its listening hash and nothing else,
 //! whereas `/proc/net/tcp` walks every bucket of the established-connection hash as well; on a
 //! host with a large table that costs tens of milliseconds per read, which `kill` would spend
-//! in the middle of a failover. The answer is the same set of socket inodes (a test checks the
-//! two against each other); [`crate::procfs::pids_listening_on`] falls back to the text
-//! tables when netlink is refused.
+//! in the middle of a failover. Asked for every state (the sessions a master serves on its port
+//! count as much as its listener), the kernel walks both hashes but sends only sockets, not
+//! text, and the reader keeps those on the port. The answer is the same set of socket inodes
+//! as the text tables give (a test checks the two against each other);
+//! [`crate::procfs::port_holders`] falls back to the text tables when netlink is refused.
 //!
 //! Wire layout (`linux/inet_diag.h`, `linux/netlink.h`): a request is an `nlmsghdr` of type
 //! `SOCK_DIAG_BY_FAMILY` with `NLM_F_REQUEST | NLM_F_DUMP`, followed by an `inet_diag_req_v2`;
 //! the answer is a run of `nlmsghdr` + `inet_diag_msg` records ended by `NLMSG_DONE`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::procfs::PortSockets;
 
 /// `SOCK_DIAG_BY_FAMILY` (`linux/sock_diag.h`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `TCP_LISTEN` in the kernel's TCP state numbering.
 const TCP_LISTEN: u32 = 10;
+/// Every TCP state a socket held by a process can be in: all of them (`ss` asks for
+/// `(1 << 13) - 1`) but SYN_RECV (3), TIME_WAIT (6) and NEW_SYN_RECV (12), which are the
+/// kernel's alone and carry no inode.
+const HELD_STATES: u32 = ((1 << 13) - 1) & !(1 << 3) & !(1 << 6) & !(1 << 12);
 /// `sizeof(struct nlmsghdr)`.
 const NLMSG_HDR_LEN: usize = 16;
 /// `sizeof(struct inet_diag_req_v2)`: family, protocol, ext, pad, states, then a 48-byte id.
@@ -27,27 +35,43 @@ const REQ_LEN: usize = 8 + 48;
 /// `sizeof(struct inet_diag_msg)`: family, state, timer, retrans, a 48-byte id, then expires,
 /// rqueue, wqueue, uid, inode.
 const MSG_LEN: usize = 4 + 48 + 20;
+/// Offset of `idiag_state` in `inet_diag_msg`.
+const MSG_STATE: usize = 1;
 /// Offset of `idiag_sport` (network byte order) in `inet_diag_msg`.
 const MSG_SPORT: usize = 4;
 /// Offset of `idiag_inode` in `inet_diag_msg`.
 const MSG_INODE: usize = 4 + 48 + 16;
 
-/// Socket inodes of TCP sockets listening on `port`, IPv4 and IPv6, in this network namespace.
-pub(crate) fn listening_inodes(port: u16) -> io::Result<BTreeSet<u64>> {
-    let mut inodes = BTreeSet::new();
+/// One socket of a dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Socket {
+    /// Local port.
+    port: u16,
+    inode: u64,
+    listening: bool,
+}
+
+/// TCP sockets whose local port is `port`, IPv4 and IPv6, in this network namespace: inode →
+/// whether it listens.
+pub(crate) fn port_sockets(port: u16, which: PortSockets) -> io::Result<BTreeMap<u64, bool>> {
+    let states = match which {
+        PortSockets::Listening => 1 << TCP_LISTEN,
+        PortSockets::All => HELD_STATES,
+    };
+    let mut sockets = BTreeMap::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        match dump_listeners(family as u8) {
-            Ok(found) => inodes.extend(found.into_iter().filter(|(p, _)| *p == port).map(|(_, inode)| inode)),
-            // No IPv6 on this host: nothing can listen there.
+        match dump(family as u8, states) {
+            Ok(found) => sockets.extend(found.into_iter().filter(|s| s.port == port).map(|s| (s.inode, s.listening))),
+            // No IPv6 on this host: nothing can use the port there.
             Err(e) if family == libc::AF_INET6 && e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(inodes)
+    Ok(sockets)
 }
 
-/// Every listening TCP socket of one address family: (local port, inode).
-fn dump_listeners(family: u8) -> io::Result<Vec<(u16, u64)>> {
+/// Every TCP socket of one address family in one of `states` (a bit per TCP state).
+fn dump(family: u8, states: u32) -> io::Result<Vec<Socket>> {
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
     if raw < 0 {
@@ -68,7 +92,7 @@ fn dump_listeners(family: u8) -> io::Result<Vec<(u16, u64)>> {
         );
     }
 
-    let request = encode_request(family);
+    let request = encode_request(family, states);
     // SAFETY: sockaddr_nl is plain data; all-zero is a valid value (the kernel as peer).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -106,8 +130,8 @@ fn dump_listeners(family: u8) -> io::Result<Vec<(u16, u64)>> {
     }
 }
 
-/// The dump request for listening TCP sockets of `family`.
-fn encode_request(family: u8) -> Vec<u8> {
+/// The dump request for the TCP sockets of `family` in `states`.
+fn encode_request(family: u8, states: u32) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + REQ_LEN;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -119,7 +143,7 @@ fn encode_request(family: u8) -> Vec<u8> {
     out.push(libc::IPPROTO_TCP as u8);
     out.push(0); // no extensions
     out.push(0); // pad
-    out.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    out.extend_from_slice(&states.to_ne_bytes());
     out.resize(len, 0); // the socket id: any
     out
 }
@@ -131,8 +155,8 @@ enum Parsed {
     Done,
 }
 
-/// Parses one datagram of the answer, adding (port, inode) of each socket to `found`.
-fn parse_answer(mut data: &[u8], found: &mut Vec<(u16, u64)>) -> io::Result<Parsed> {
+/// Parses one datagram of the answer, adding each socket to `found`.
+fn parse_answer(mut data: &[u8], found: &mut Vec<Socket>) -> io::Result<Parsed> {
     let truncated = || io::Error::new(io::ErrorKind::InvalidData, "truncated socket-diagnostics answer");
     while data.len() >= NLMSG_HDR_LEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
@@ -154,8 +178,10 @@ fn parse_answer(mut data: &[u8], found: &mut Vec<(u16, u64)>) -> io::Result<Pars
                 }
                 let port = u16::from_be_bytes(body[MSG_SPORT..MSG_SPORT + 2].try_into().expect("2 bytes"));
                 let inode = u32::from_ne_bytes(body[MSG_INODE..MSG_INODE + 4].try_into().expect("4 bytes"));
+                let listening = u32::from(body[MSG_STATE]) == TCP_LISTEN;
+                // No inode: a socket no process holds (being torn down, or not yet accepted).
                 if inode != 0 {
-                    found.push((port, u64::from(inode)));
+                    found.push(Socket { port, inode: u64::from(inode), listening });
                 }
             }
             // Anything else (NLMSG_NOOP, say) carries nothing for us.
@@ -185,10 +211,10 @@ mod tests {
         out
     }
 
-    fn socket(port: u16, inode: u32) -> Vec<u8> {
+    fn socket(port: u16, inode: u32, state: u32) -> Vec<u8> {
         let mut body = vec![0u8; MSG_LEN];
         body[0] = libc::AF_INET as u8;
-        body[1] = TCP_LISTEN as u8;
+        body[MSG_STATE] = state as u8;
         body[MSG_SPORT..MSG_SPORT + 2].copy_from_slice(&port.to_be_bytes());
         body[MSG_INODE..MSG_INODE + 4].copy_from_slice(&inode.to_ne_bytes());
         record(SOCK_DIAG_BY_FAMILY, &body)
@@ -196,7 +222,7 @@ mod tests {
 
     #[test]
     fn request_layout() {
-        let r = encode_request(libc::AF_INET6 as u8);
+        let r = encode_request(libc::AF_INET6 as u8, 1 << TCP_LISTEN);
         assert_eq!(r.len(), 72);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(r[4..6].try_into().unwrap()), 20);
@@ -210,12 +236,23 @@ mod tests {
     #[test]
     fn answers_are_parsed_until_done() {
         let mut found = Vec::new();
-        let datagram = [socket(8080, 111), socket(22, 333)].concat();
+        let datagram = [socket(8080, 111, TCP_LISTEN), socket(22, 333, 1)].concat();
         assert_eq!(parse_answer(&datagram, &mut found).unwrap(), Parsed::More);
-        let datagram = [socket(9090, 0), record(libc::NLMSG_DONE as u16, &[0; 4])].concat();
+        let datagram = [socket(9090, 0, TCP_LISTEN), record(libc::NLMSG_DONE as u16, &[0; 4])].concat();
         assert_eq!(parse_answer(&datagram, &mut found).unwrap(), Parsed::Done);
-        // An inode of 0 (a socket being torn down) is no listener.
-        assert_eq!(found, vec![(8080, 111), (22, 333)]);
+        // An inode of 0 (a socket being torn down) is held by no process.
+        assert_eq!(
+            found,
+            vec![Socket { port: 8080, inode: 111, listening: true }, Socket { port: 22, inode: 333, listening: false }]
+        );
+        // Listeners and sessions in every state a process can hold (established, closing, ...)
+        // are asked for; TIME_WAIT and the embryonic states are not.
+        for held in [TCP_LISTEN, 1, 4, 5, 7, 8, 9, 11] {
+            assert_ne!(HELD_STATES & (1 << held), 0, "state {held}");
+        }
+        for unheld in [3, 6, 12] {
+            assert_eq!(HELD_STATES & (1 << unheld), 0, "state {unheld}");
+        }
     }
 
     #[test]
@@ -223,7 +260,7 @@ mod tests {
         let mut found = Vec::new();
         let error = record(libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
         assert_eq!(parse_answer(&error, &mut found).unwrap_err().raw_os_error(), Some(libc::EPERM));
-        let mut cut = socket(8080, 1);
+        let mut cut = socket(8080, 1, TCP_LISTEN);
         cut.truncate(30);
         assert_eq!(parse_answer(&cut, &mut found).unwrap_err().kind(), io::ErrorKind::InvalidData);
     }

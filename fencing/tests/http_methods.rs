@@ -177,6 +177,58 @@ async fn graceful_against_a_host_that_drops_the_connection_request_fails_at_the_
     }
 }
 
+/// A master that answers one `GET /ha/state` on a kept-alive connection and then goes dark as a
+/// host that lost power does: nothing more comes back on that connection (no FIN, no RST), and
+/// new connections are refused (its listener is closed). Returns the port.
+async fn master_that_goes_dark_after_one_answer() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client closed before sending its request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = serde_json::to_string(&HaStatus { state: HaState::Active, token: FencingToken(7) }).unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        // Dark: whatever arrives now is read and never answered, and the connection stays open
+        // until the test's runtime ends.
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        std::future::pending::<()>().await;
+    });
+    port
+}
+
+/// The periodic checks keep the master's HA endpoint busy on the graceful client; a connection
+/// they leave idle must not carry the step-down once the master's host is gone, or the request
+/// waits out the whole timeout (indeterminate) on a socket whose peer is dead instead of failing
+/// at once on a connection that cannot be made.
+#[tokio::test]
+async fn graceful_does_not_send_the_step_down_on_a_connection_left_by_a_check() {
+    let port = master_that_goes_dark_after_one_answer().await;
+    let mut t = target("n1", "127.0.0.1", port);
+    t.ha_url = Some(format!("http://127.0.0.1:{port}"));
+    let f = fencer(GRACEFUL);
+    let check = f.check(&t).await;
+    let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(detail.contains("the master is Active"), "{detail}");
+
+    let started = Instant::now();
+    let report = f.fence(&t, FencingToken(12)).await;
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("cannot connect"), "{reason}");
+    assert!(started.elapsed() < Duration::from_millis(600), "{:?}", started.elapsed());
+}
+
 #[test]
 fn graceful_connect_timeout_of_zero_is_refused() {
     let yaml = GRACEFUL.replace("timeout_ms: 600\n", "timeout_ms: 600\n        connect_timeout_ms: 0\n");
@@ -676,4 +728,90 @@ async fn a_secret_read_from_the_environment_is_not_passed_to_programs() {
     let report = fencer(&yaml).fence(&target("n1", "127.0.0.1", 1), FencingToken(3)).await;
     assert_eq!(report.events.len(), 2, "{report:#?}");
     assert!(report.outcome.permits_promotion(), "{report:#?}");
+}
+
+// ----- proxies --------------------------------------------------------------------------
+
+const THROUGH_PROXY_ENV: &str = "RFENCE_TEST_FENCE_WITH_PROXY_ENV";
+
+/// Not a test of its own: when re-executed with `THROUGH_PROXY_ENV` set to a JSON `(config,
+/// target)`, this process fences the target and prints each method's outcome as `OUTCOME:
+/// {json}`. [`fencing_clients_ignore_proxies_in_the_environment`] runs it with proxy variables
+/// set, which a process reads once (and which must not leak into the other tests' clients).
+#[test]
+fn helper_fence_with_proxy_variables() {
+    let Ok(spec) = std::env::var(THROUGH_PROXY_ENV) else {
+        return;
+    };
+    let (yaml, t): (String, referee_fencing::FenceTarget) = serde_json::from_str(&spec).expect("helper spec");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(fencer(&yaml).fence(&t, FencingToken(12)));
+    let outcomes: Vec<&MethodOutcome> = report.events.iter().map(|e| &e.outcome).collect();
+    println!("OUTCOME: {}", serde_json::to_string(&outcomes).unwrap());
+}
+
+/// An agent that inherits `http_proxy` and the like (from a unit's `EnvironmentFile`, a
+/// corporate default) must still talk to fence devices, peers and masters directly: through a
+/// proxy the bearer secrets of plain-HTTP devices would go to the proxy, and the connection
+/// deadline would time the connection to the proxy, not to the master. Every client is
+/// covered: the graceful method's own, the shared one (`http` without `tls`) and a method's
+/// TLS client.
+#[tokio::test]
+async fn fencing_clients_ignore_proxies_in_the_environment() {
+    // A "proxy" that counts the connections it gets and drops them.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&proxied);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = proxy.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let (master_url, master_state) = master(Master::Confirms).await;
+    let (pdu_base, pdu_state) = pdu(0).await;
+    let pki = Pki::new();
+    let (router, tls_state) = pdu_router(0);
+    let tls_base = format!("https://{}", serve_tls(router, pki.server_config(true)).await);
+    let http = |name: &str, base: &str| {
+        format!(
+            "      - kind: http\n        name: {name}\n        timeout_ms: 1500\n        url: '{base}/sync/{{node_id}}'\n        secret_env: RFENCE_TEST_PDU_KEY\n        secret_header: X-Api-Key\n        secret_prefix: ''\n"
+        )
+    };
+    let yaml = format!(
+        "overall_timeout_ms: 8000\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1500\n{}{}        tls:\n          ca_file: {}\n          cert_file: {}\n          key_file: {}\n",
+        http("http", &pdu_base),
+        http("http-tls", &tls_base),
+        pki.ca_file.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let mut t = target("n1", "127.0.0.1", 1);
+    t.ha_url = Some(master_url);
+
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "helper_fence_with_proxy_variables", "--nocapture", "--test-threads=1"])
+        .env(THROUGH_PROXY_ENV, serde_json::to_string(&(&yaml, &t)).unwrap())
+        .env("RFENCE_TEST_PDU_KEY", "pdu-key")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for name in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        command.env(name, &proxy_url);
+    }
+    let output = referee_testkit::within("the fencer with proxy variables", command.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.split_once("OUTCOME: ").map(|(_, json)| json)) else {
+        panic!("the helper printed no outcome: {output:?}");
+    };
+    let outcomes: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
+    assert_eq!(proxied.load(Ordering::SeqCst), 0, "requests went to the proxy: {outcomes:#?}");
+    assert_eq!(outcomes.len(), 3, "{outcomes:#?}");
+    assert!(outcomes.iter().all(|o| o["outcome"] == "fenced"), "{outcomes:#?}");
+    assert_eq!(*master_state.received.lock().unwrap(), [FencingToken(12)]);
+    assert_eq!(pdu_state.requests.lock().unwrap().len(), 1);
+    assert_eq!(tls_state.requests.lock().unwrap().len(), 1);
 }

@@ -28,6 +28,29 @@ fn helper_listener() {
     }
 }
 
+const SESSION_ENV: &str = "RFENCE_TEST_SERVE_ONE_SESSION_PORT";
+
+/// Not a test of its own: when re-executed with `SESSION_ENV` set, this process becomes a
+/// "master" that accepts one connection on that port, closes its listener, and serves that
+/// session (an echo) until it ends or the process is killed: a server shutting down with
+/// sessions open, or the session process of a process-per-connection server.
+#[test]
+fn helper_serve_one_session() {
+    use std::io::{Read, Write};
+    let Ok(port) = std::env::var(SESSION_ENV) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().unwrap())).expect("helper bind");
+    let (mut session, _) = listener.accept().expect("helper accept");
+    drop(listener);
+    let mut buf = [0u8; 64];
+    while let Ok(n) = session.read(&mut buf) {
+        if n == 0 || session.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
 fn kill_yaml(find_by_port: bool, grace_ms: u64) -> String {
     format!(
         "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 5000\n        grace_ms: {grace_ms}\n        find_by_port: {find_by_port}\n"
@@ -95,6 +118,29 @@ async fn kill_escalates_to_sigkill_when_sigterm_is_ignored() {
     let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(detail.contains("SIGKILL"), "{detail}");
     assert!(started.elapsed() >= Duration::from_millis(400), "grace period respected");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
+}
+
+/// A level after a slow one gets what is left of the overall deadline, which may be less than
+/// its grace: SIGTERM must then give way early enough for SIGKILL to end the master and its
+/// exit to be seen before the deadline, or the fence could never succeed.
+#[tokio::test]
+async fn kill_keeps_time_for_sigkill_when_the_budget_is_cut_below_the_grace() {
+    let mut child = spawn("/bin/sh", &["-c", "trap '' TERM; exec sleep 1000"]);
+    let pid = child.id().unwrap();
+    exec_done(pid, "sleep").await;
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pid = Some(pid);
+    t.start_time = Some(process_start_time(pid).unwrap());
+    // The race delay takes 1.5 s of the 3 s overall deadline, so the method's 2.5 s timeout is
+    // cut to 1.5 s, under its 2 s grace.
+    let yaml = "overall_timeout_ms: 3000\ndelay_ms: 1500\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 2500\n        grace_ms: 2000\n        find_by_port: false\n";
+
+    let report = fencer(yaml).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("exited after SIGKILL") && detail.contains("grace cut to"), "{detail}");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGKILL));
 }
@@ -189,6 +235,49 @@ async fn kill_finds_the_master_by_its_listening_port() {
     assert!(procfs::pids_listening_on(port).unwrap().is_empty());
 }
 
+/// A master that has closed its listener but still serves an open session takes writes on it:
+/// "nothing listens on the port" is no proof that nothing serves there. Whoever holds a TCP
+/// socket on the port is ended, and the fence waits for none to be left.
+#[tokio::test]
+async fn kill_ends_a_process_serving_a_session_on_the_port_after_its_listener_closed() {
+    use std::io::{Read, Write};
+    let port = free_port().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_serve_one_session", "--nocapture", "--test-threads=1"])
+        .env(SESSION_ENV, port.to_string())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    wait_until(Duration::from_secs(10), "the helper to listen", || {
+        procfs::pids_listening_on(port).is_ok_and(|p| p.contains(&pid))
+    })
+    .await
+    .unwrap();
+    let mut session = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    session.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut echo = [0u8; 1];
+    session.write_all(b"x").unwrap();
+    session.read_exact(&mut echo).unwrap();
+    wait_until(Duration::from_secs(5), "the helper to close its listener", || {
+        procfs::pids_listening_on(port).is_ok_and(|p| p.is_empty())
+    })
+    .await
+    .unwrap();
+    // Only the port is known: no pid, no pidfile.
+    let t = target("n1", "127.0.0.1", port);
+
+    let report = fencer(&kill_yaml(true, 2000)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains(&format!("pid {pid} (")) && detail.contains("exited after SIGTERM"), "{detail}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().await.unwrap().signal(), Some(libc::SIGTERM));
+    // The session is over: the master's end of it closed with the process.
+    assert!(matches!(session.read(&mut echo), Ok(0) | Err(_)), "the session is still served");
+}
+
 #[tokio::test]
 async fn kill_uses_the_pidfile_and_is_fenced_when_nothing_runs() {
     let dir = ScratchDir::new("pidfile").unwrap();
@@ -235,6 +324,98 @@ async fn kill_does_not_take_a_clock_step_for_proof_that_the_master_is_gone() {
     assert!(alive(pid), "the pidfile's live process was signalled");
     assert!(child.try_wait().unwrap().is_none());
     child.kill().await.unwrap();
+}
+
+const ZOMBIE_LEADER_ENV: &str = "RFENCE_TEST_ZOMBIE_LEADER_PIDFILE";
+
+/// Not a test of its own: when re-executed with `ZOMBIE_LEADER_ENV` set to a pidfile path, this
+/// process forks a "master" whose main thread exits while a second thread runs on, as a server
+/// whose main thread called `pthread_exit` does (`ps` shows `Zl`), writes its pid to the
+/// pidfile and returns. The master ends itself after two minutes, should nothing kill it.
+#[test]
+fn helper_zombie_leader() {
+    let Ok(pidfile) = std::env::var(ZOMBIE_LEADER_ENV) else {
+        return;
+    };
+    extern "C" fn serve(_: *mut libc::c_void) -> *mut libc::c_void {
+        let two_minutes = libc::timespec { tv_sec: 120, tv_nsec: 0 };
+        // SAFETY: a valid timespec and a null remainder; _exit ends the whole thread group.
+        unsafe {
+            libc::nanosleep(&two_minutes, std::ptr::null_mut());
+            libc::_exit(0)
+        }
+    }
+    // SAFETY: the child makes raw calls only: it starts the thread that lives on, then ends
+    // its own (the leader) with the bare exit system call, which unwinds nothing.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            let mut thread: libc::pthread_t = 0;
+            if libc::pthread_create(&mut thread, std::ptr::null(), serve, std::ptr::null_mut()) != 0 {
+                libc::_exit(1);
+            }
+            libc::syscall(libc::SYS_exit, 0);
+        }
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    std::fs::write(&pidfile, format!("{pid}\n")).unwrap();
+}
+
+/// Sends SIGKILL through a pidfd when dropped, so a test that fails leaves none of its
+/// processes behind and cannot reach a later process that reused the pid.
+struct KillOnDrop(std::os::fd::OwnedFd);
+
+impl KillOnDrop {
+    fn new(pid: u32) -> KillOnDrop {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd that nothing else owns.
+        KillOnDrop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd, a valid signal, a null siginfo and no flags; ESRCH (gone) is fine.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+        };
+    }
+}
+
+/// A master whose main thread has exited while its other threads serve reads as a zombie in
+/// `/proc/<pid>/stat`, but it has not exited: kill must signal it, not take it for gone.
+#[tokio::test]
+async fn kill_does_not_take_a_zombie_leader_with_running_threads_for_an_exited_master() {
+    let dir = ScratchDir::new("zombie-leader").unwrap();
+    let pidfile = dir.path("master.pid");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_zombie_leader", "--nocapture", "--test-threads=1"])
+        .env(ZOMBIE_LEADER_ENV, &pidfile)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let _cleanup = KillOnDrop::new(pid);
+    let threads = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    wait_until(Duration::from_secs(5), &format!("pid {pid} to be a zombie leader with a live thread"), || {
+        procfs::read_stat(pid).ok().flatten().is_some_and(|s| s.state == 'Z') && threads(pid) == 2
+    })
+    .await
+    .unwrap();
+    let mut t = target("n1", "127.0.0.1", common::closed_port());
+    t.pidfile = Some(pidfile);
+
+    let report = fencer(&kill_yaml(false, 2000)).fence(&t, FencingToken(8)).await;
+
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains(&format!("pid {pid} (pidfile")) && detail.contains("exited after SIGTERM"), "{detail}");
+    assert!(!alive(pid), "the master's thread still runs");
 }
 
 const AS_NOBODY_ENV: &str = "RFENCE_TEST_FENCE_AS_NOBODY";

@@ -372,3 +372,130 @@ async fn isolate_against_an_unreachable_host_fails_and_never_pretends() {
     let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
     assert!(reason.contains("could not reach"), "{reason}");
 }
+
+/// Runs `test` on a thread of its own that has left for a fresh network namespace, with only
+/// loopback up, on a runtime of its own: the firewall programs the fencer starts from that
+/// thread (and the sockets it opens) live there, so rules land in a namespace that vanishes
+/// with the thread, whatever the fencer does, and never in the host's firewall.
+fn in_private_netns<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare takes flags only; CLONE_NEWNET moves this thread alone.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(test());
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The lines of `program -S` (in the calling thread's network namespace) tagged for `node_id`.
+fn tagged_here(program: &str, node_id: &str) -> Vec<String> {
+    let out = Command::new(program).arg("-S").output().unwrap();
+    assert!(out.status.success(), "{program} -S: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("referee-fence:{node_id}")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn isolate_here_yaml() -> String {
+    "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 5000\n        backend: iptables\n        via: local\n".to_string()
+}
+
+/// `via: local` without a prefix firewalls this host: for a target on another host that cuts
+/// off nothing of the old master (and this host's own master, which serves on the same port),
+/// so it must fail, add no rule, and the check must say so.
+#[test]
+fn isolate_via_local_refuses_a_target_on_another_host() {
+    if !require("isolate local remote-target test", true, &["ip", "iptables", "ip6tables"], "root and iptables") {
+        return;
+    }
+    in_private_netns(|| async {
+        let f = fencer(&isolate_here_yaml());
+        let remote = target("n1", "db9.example.invalid", 5432);
+        let report = f.fence(&remote, FencingToken(70)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains("is not this host"), "{reason}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new(), "rules were inserted on this host");
+        assert_eq!(tagged_here("ip6tables", "n1"), Vec::<String>::new(), "rules were inserted on this host");
+        let check = f.check(&remote).await;
+        let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+        assert!(reason.contains("is not this host"), "{reason}");
+
+        // A target on this host is isolated here, as before.
+        let report = f.fence(&target("n1", "127.0.0.1", 5432), FencingToken(70)).await;
+        assert!(report.outcome.permits_promotion(), "{report:#?}");
+        assert!(!tagged_here("iptables", "n1").is_empty());
+    });
+}
+
+/// Serves an echo on `listener` until the thread that owns the runtime ends.
+fn echo_on(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A dual-stack master (bound to `[::]`, as PostgreSQL with `listen_addresses='*'`, Go and Java
+/// bind by default) is reached over IPv6 as well as IPv4: isolating it must cut both, and the
+/// fenced detail must say which families were dropped.
+#[test]
+fn isolate_cuts_a_dual_stack_master_over_ipv6_too() {
+    if !require("isolate dual-stack test", true, &["ip", "iptables", "ip6tables", "ss"], "root, iptables and iproute2")
+    {
+        return;
+    }
+    in_private_netns(|| async {
+        // Bound from this thread, so in the private namespace; IPV6_V6ONLY is off by default.
+        let listener = std::net::TcpListener::bind("[::]:0").expect("bind [::]");
+        let port = listener.local_addr().unwrap().port();
+        echo_on(listener);
+        let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+        let v6: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        let quick = Duration::from_secs(2);
+        assert!(echoes(v4, quick) && echoes(v6, quick), "the dual-stack echo server is not reachable");
+
+        let f = fencer(&isolate_here_yaml());
+        let t = target("n1", "127.0.0.1", port);
+        let report = f.fence(&t, FencingToken(71)).await;
+        let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(detail.contains("IPv4") && detail.contains("IPv6"), "{detail}");
+        assert!(!echoes(v4, Duration::from_secs(1)), "served over IPv4 after isolate");
+        assert!(!echoes(v6, Duration::from_secs(1)), "served over IPv6 after isolate");
+
+        let unfenced = f.unfence(&t).await;
+        assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+        assert_eq!(tagged_here("ip6tables", "n1"), Vec::<String>::new());
+        assert!(echoes(v4, quick) && echoes(v6, quick), "not reachable after unfence");
+
+        // IPv4 rules alone would leave it reachable: with `family: ipv4` the fence fails, sets
+        // nothing, and says why; an IPv6 target is refused before anything runs.
+        let f = fencer(&format!("{}        family: ipv4\n", isolate_here_yaml()));
+        let report = f.fence(&t, FencingToken(72)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains(&format!("uses port {port} over IPv6")), "{reason}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+        let report = f.fence(&target("n1", "::1", port), FencingToken(72)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains("is an IPv6 address"), "{reason}");
+    });
+}

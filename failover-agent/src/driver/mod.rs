@@ -374,8 +374,11 @@ pub async fn run_with_control(
         ProbeState { status: status.clone(), loop_interval: Duration::from_millis(cfg.election.loop_interval_ms) };
     let probe_server = tokio::spawn(probes::serve(probe_listener, probe_state, stopped(stop_rx.clone())));
 
+    // Straight to the peers, never through a proxy named in the environment (the connect
+    // deadline would measure the proxy, and the peer calls carry fencing decisions).
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
+        .no_proxy()
         .build()
         .map_err(|e| AgentError::Adapter(e.to_string()))?;
     let peer_http = match &cfg.admin {

@@ -16,7 +16,8 @@ use crate::protocol::{HaStatus, TokenRequest, HA_STANDBY_PATH, HA_STATE_PATH};
 #[derive(Debug)]
 pub(crate) struct Graceful {
     /// The method's own client: the shared one's settings plus the connection deadline, so an
-    /// unreachable host fails the method in `connect_timeout_ms` rather than at its deadline.
+    /// unreachable host fails the method in `connect_timeout_ms` rather than at its deadline,
+    /// and no pool of idle connections, so that deadline always applies (see [`Graceful::new`]).
     http: reqwest::Client,
 }
 
@@ -28,6 +29,14 @@ impl Graceful {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms()))
+            // The periodic checks ask the master's state on this client every minute or so; a
+            // connection they left idle would carry the step-down without a connect, and a host
+            // that lost power (no FIN, no RST) would then hold the request until the method's
+            // deadline (indeterminate) instead of failing at the connection deadline. Every
+            // request connects afresh, as the agent's HTTP adapter does for the same reason.
+            .pool_max_idle_per_host(0)
+            // Straight to the master, whatever proxy the environment names (see `Fencer::new`).
+            .no_proxy()
             .build()
             .map_err(|e| err("connect_timeout_ms", format!("cannot build the HTTP client: {e}")))?;
         Ok(Graceful { http })

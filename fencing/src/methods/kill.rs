@@ -1,27 +1,44 @@
 //! `kill`: signal the master process on **this** host until it is verified gone.
 //!
 //! The master is found by its pidfile, by its recorded pid and start time, and (optionally) by
-//! the process listening on its port. A pid is only ever signalled while it provably names the
-//! master: a recorded pid must still have its recorded start time; a pidfile's pid must belong
-//! to a process that started before the pidfile was written; a bare pid without a start time
-//! is never trusted. Signals go through a pidfd opened after that check, so a pid reused in
-//! between cannot receive them. SIGTERM, a grace period, then SIGKILL (at once for a
-//! stopped process, which cannot act on SIGTERM); fenced only once every process is seen
-//! exited (an exited process that is nobody's reaped child yet is a zombie: it runs no code
-//! and holds no sockets, so it counts as gone).
+//! the processes holding TCP sockets on its port: its listener, and the sessions accepted there
+//! (a process-per-connection server's backends, a master that closed its listener to shut down
+//! with sessions open still takes writes on them). A pid is only ever signalled while it
+//! provably names the master: a recorded pid must still have its recorded start time; a
+//! pidfile's pid must belong to a process that started before the pidfile was written; a bare
+//! pid without a start time is never trusted. Signals go through a pidfd opened after that
+//! check, so a pid reused in between cannot receive them. SIGTERM, a grace period, then SIGKILL
+//! (at once for a stopped process, which cannot act on SIGTERM), with time kept before the
+//! deadline for SIGKILL to act; fenced only once every process is seen exited (an exited
+//! process that is nobody's reaped child yet is a zombie: it runs no code and holds no
+//! sockets, so it counts as gone; a zombie thread-group leader whose other threads still run
+//! has not exited, and is signalled like any live process) and, with the port searched, no
+//! process holds a socket on the port any more.
 //!
 //! "Nothing found" is fenced only with positive evidence (the recorded process is gone, or
-//! nothing listens on the port) and no doubt left; a target on another host is refused
+//! no TCP socket uses the port) and no doubt left; a target on another host is refused
 //! outright, because a pid or an empty port on this host says nothing about another machine.
 //! What this agent cannot see is never evidence: a pid without a `/proc` entry is gone only
-//! if `kill(pid, 0)` says ESRCH (`hidepid` hides other users' processes), a listener whose
+//! if `kill(pid, 0)` says ESRCH (`hidepid` hides other users' processes), a socket whose
 //! process cannot be seen is not a free port, and a pidfile older than its live process may
 //! mean a stepped clock rather than a reused pid. Such doubts leave the attempt failed (or
 //! indeterminate once something was signalled), never fenced.
+//!
+//! # Limitation: the master must share the agent's pid and network namespaces
+//!
+//! Pids are read in the agent's pid namespace and sockets in its network namespace, and
+//! nothing here can tell which namespaces the master runs in. A master in a container of its
+//! own (its own pid or network namespace) must **not** be fenced with `kill` from outside it:
+//! the pid in its pidfile is the container's, so it reads as "not running" or names an
+//! unrelated host process; its sockets are in the container's namespace, so the port reads as
+//! unused; and the process holding a published port on the host (`docker-proxy`) is not the
+//! master, whose traffic reaches it by NAT anyway. Each of these can end "fenced" while the
+//! master serves. For such a master use a method that acts inside the container (`shell` or
+//! `ssh` running `docker kill`, `podman kill`, `kubectl delete pod --grace-period=0 --force`),
+//! or run the agent in the master's namespaces.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,10 +47,11 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use crate::config::KillConfig;
+use crate::methods::this_host::ThisHost;
 use crate::methods::{problem, Context};
 use crate::outcome::{MethodOutcome, Readiness};
 use crate::pidfd::PidFd;
-use crate::procfs::{self, PidPresence, PortScanError, ProcStat};
+use crate::procfs::{self, PidPresence, PortScanError, PortSockets, ProcStat};
 
 /// Tolerance when comparing a process's start with its pidfile's modification time: boot
 /// time is known to the second only.
@@ -45,8 +63,10 @@ const FALLBACK_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub(crate) struct Kill {
     grace: Duration,
+    /// Kept before the deadline for SIGKILL ([`KillConfig::SIGKILL_RESERVE_MS`]).
+    sigkill_reserve: Duration,
     find_by_port: bool,
-    local_hosts: Vec<String>,
+    this_host: ThisHost,
 }
 
 /// A process identified as the master: (pid, start time) names it for all time.
@@ -71,26 +91,15 @@ impl Kill {
     pub(crate) fn new(config: &KillConfig) -> Self {
         Kill {
             grace: Duration::from_millis(config.grace_ms),
+            sigkill_reserve: Duration::from_millis(KillConfig::SIGKILL_RESERVE_MS),
             find_by_port: config.find_by_port,
-            local_hosts: config.local_hosts.iter().map(|h| normalise_host(h)).collect(),
+            this_host: ThisHost::new(&config.local_hosts),
         }
-    }
-
-    /// Whether `host` names this machine.
-    fn is_local(&self, host: &str) -> bool {
-        let host = normalise_host(host);
-        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
-            return true;
-        }
-        if self.local_hosts.contains(&host) {
-            return true;
-        }
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| normalise_host(&name) == host).unwrap_or(false)
     }
 
     /// Why `host` cannot be fenced from here, when it is not this host.
     fn elsewhere(&self, host: &str) -> Option<String> {
-        (!self.is_local(host)).then(|| {
+        (!self.this_host.is(host)).then(|| {
             format!(
                 "target host `{host}` is not this host; kill only fences processes here (use ssh, agent or a power \
                  method for a peer on another host, or list other names of this host in local_hosts)"
@@ -120,14 +129,18 @@ impl Kill {
             return MethodOutcome::indeterminate(format!("{detail}, but the master may yet run here: {doubts}"));
         }
         if self.find_by_port {
-            // A supervisor may already have started a new master on the port. A listener
-            // whose process cannot be seen is an error here too, never a free port.
-            match procfs::pids_listening_on(t.port) {
-                Ok(pids) if pids.is_empty() => {}
-                Ok(pids) => {
+            // Fenced only once no process holds a socket on the port: a session left to a
+            // process that was not found would still take writes, and a supervisor may
+            // already have started a new master. A socket whose process cannot be seen is an
+            // error here too, never a free port.
+            match procfs::port_holders(t.port, PortSockets::All) {
+                Ok(holders) if holders.is_empty() => {}
+                Ok(holders) => {
                     return MethodOutcome::failed(format!(
-                        "{detail}, but port {} is listened on again by pid(s) {pids:?}",
-                        t.port
+                        "{detail}, but pid(s) {:?} hold TCP sockets on port {} (listening: {:?})",
+                        holders.all(),
+                        t.port,
+                        holders.listening
                     ))
                 }
                 Err(e) => {
@@ -223,19 +236,25 @@ impl Kill {
         }
 
         if self.find_by_port {
-            match procfs::pids_listening_on(t.port) {
-                Ok(pids) if pids.is_empty() => found.evidence.push(format!("nothing listens on port {}", t.port)),
-                Ok(pids) => {
-                    for pid in pids {
+            // Every process holding a TCP socket on the port serves it: the listener, and
+            // whoever holds a session accepted there (a process-per-connection server's
+            // backends, a master that closed its listener to shut down with sessions open).
+            match procfs::port_holders(t.port, PortSockets::All) {
+                Ok(holders) if holders.is_empty() => {
+                    found.evidence.push(format!("no TCP socket uses port {} (none listens, none is connected)", t.port))
+                }
+                Ok(holders) => {
+                    for pid in holders.all() {
                         if pid <= 1 || pid == me {
                             return Err(MethodOutcome::failed(format!(
                                 "port {} is held by pid {pid}, which is never signalled",
                                 t.port
                             )));
                         }
+                        let role = if holders.listening.contains(&pid) { "listener" } else { "connection" };
                         if let Some(stat) = read(pid)? {
                             if !stat.is_exited() {
-                                found.add(pid, stat, format!("listener on port {}", t.port));
+                                found.add(pid, stat, format!("{role} on port {}", t.port));
                             }
                         }
                     }
@@ -243,7 +262,7 @@ impl Kill {
                 Err(PortScanError::Unattributed(hidden)) => {
                     found.doubts.push(Doubt { pid: None, why: hidden.to_string() })
                 }
-                Err(PortScanError::Io(e)) => found.unknown.push(format!("cannot scan listening sockets: {e}")),
+                Err(PortScanError::Io(e)) => found.unknown.push(format!("cannot scan the sockets on the port: {e}")),
             }
         }
         Ok(found)
@@ -267,10 +286,27 @@ impl Kill {
         }
 
         let mut stopped = Vec::new();
-        for (signal, name, until) in [
-            (Signal::SIGTERM, "SIGTERM", (Instant::now() + self.grace).min(deadline)),
-            (Signal::SIGKILL, "SIGKILL", deadline),
-        ] {
+        let now = Instant::now();
+        let (phases, grace_note) = match grace_end(now, self.grace, self.sigkill_reserve, deadline) {
+            Grace::Full(until) => (vec![(Signal::SIGTERM, "SIGTERM", until)], String::new()),
+            Grace::Cut(until) => (
+                vec![(Signal::SIGTERM, "SIGTERM", until)],
+                format!(
+                    "; grace cut to {} ms to keep {} ms for SIGKILL within the budget",
+                    (until - now).as_millis(),
+                    self.sigkill_reserve.as_millis()
+                ),
+            ),
+            Grace::None => (
+                Vec::new(),
+                format!(
+                    "; no grace: the budget left was within the {} ms kept for SIGKILL",
+                    self.sigkill_reserve.as_millis()
+                ),
+            ),
+        };
+        let phases = phases.into_iter().chain([(Signal::SIGKILL, "SIGKILL", deadline)]);
+        for (signal, name, until) in phases {
             for victim in victims.iter_mut().filter(|v| v.ended_by.is_none()) {
                 // A stopped process (SIGSTOP, or held by a tracer) cannot act on SIGTERM until
                 // something continues it, so a grace only delays the failover; SIGKILL ends a
@@ -306,7 +342,7 @@ impl Kill {
             // SIGKILL cannot be ignored; a survivor is stuck in the kernel (e.g. on a dead
             // NFS mount) and may yet resume.
             return MethodOutcome::indeterminate(format!(
-                "{} still running after SIGKILL at the deadline",
+                "{} still running after SIGKILL at the deadline{grace_note}",
                 survivors.join(", ")
             ));
         }
@@ -320,7 +356,36 @@ impl Kill {
                 v.sent.join(", ")
             )
         }));
-        MethodOutcome::fenced(report.join("; "))
+        if victims.is_empty() {
+            return MethodOutcome::fenced(report.join("; "));
+        }
+        MethodOutcome::fenced(format!("{}{grace_note}", report.join("; ")))
+    }
+}
+
+/// How long SIGTERM is given before SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grace {
+    /// The configured grace, until then.
+    Full(Instant),
+    /// Cut short, until then, to keep the SIGKILL reserve within the budget.
+    Cut(Instant),
+    /// None: SIGKILL at once (no grace configured, or no time beyond the reserve left).
+    None,
+}
+
+/// When the grace begun at `now` ends. SIGKILL needs time to act and its effect to be seen, so
+/// the grace ends `reserve` before the deadline: a budget cut below the grace (a level after a
+/// slow one) cuts the grace short, or leaves none, rather than leaving SIGKILL no time.
+fn grace_end(now: Instant, grace: Duration, reserve: Duration, deadline: Instant) -> Grace {
+    let kill_from = deadline.checked_sub(reserve).map_or(now, |at| at.max(now));
+    let until = (now + grace).min(kill_from);
+    if until <= now {
+        Grace::None
+    } else if until < now + grace {
+        Grace::Cut(until)
+    } else {
+        Grace::Full(until)
     }
 }
 
@@ -333,7 +398,8 @@ struct Found {
     /// Sources that gave no usable answer.
     unknown: Vec<String>,
     /// Signs that the master may be running here which could not be resolved (a live pid
-    /// that may be it, a listener whose process cannot be seen): each rules out "fenced".
+    /// that may be it, a socket on the port whose process cannot be seen): each rules out
+    /// "fenced".
     doubts: Vec<Doubt>,
 }
 
@@ -352,7 +418,7 @@ impl Found {
     /// doubt left open.
     fn nothing_to_signal(&self, doubts: &[&str]) -> MethodOutcome {
         if !doubts.is_empty() {
-            // Evidence from other sources does not outweigh a doubt: "nothing listens on the
+            // Evidence from other sources does not outweigh a doubt: "no socket uses the
             // port" is true of a master that has not bound it yet.
             MethodOutcome::failed(format!(
                 "cannot rule out that the master runs on this host, so nothing was signalled: {}",
@@ -401,10 +467,6 @@ impl Found {
             )),
         }
     }
-}
-
-fn normalise_host(host: &str) -> String {
-    host.trim().trim_end_matches('.').trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }
 
 /// Reads a pid from a pidfile; `Ok(None)` when the file does not exist.
@@ -493,5 +555,26 @@ async fn wait_gone(victim: &Victim, until: Instant) -> bool {
             }
             tokio::time::sleep_until((Instant::now() + FALLBACK_POLL).min(until)).await;
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_gives_way_to_the_sigkill_reserve() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // Room for all of it.
+        assert_eq!(grace_end(now, ms(2000), ms(500), now + ms(5000)), Grace::Full(now + ms(2000)));
+        assert_eq!(grace_end(now, ms(2000), ms(500), now + ms(2500)), Grace::Full(now + ms(2000)));
+        // A budget cut below the grace: SIGKILL keeps its reserve.
+        assert_eq!(grace_end(now, ms(2000), ms(500), now + ms(1500)), Grace::Cut(now + ms(1000)));
+        // Nothing beyond the reserve left, or no grace configured: SIGKILL at once.
+        assert_eq!(grace_end(now, ms(2000), ms(500), now + ms(500)), Grace::None);
+        assert_eq!(grace_end(now, ms(2000), ms(500), now + ms(100)), Grace::None);
+        assert_eq!(grace_end(now, ms(2000), ms(500), now), Grace::None);
+        assert_eq!(grace_end(now, Duration::ZERO, ms(500), now + ms(5000)), Grace::None);
     }
 }

@@ -1,6 +1,6 @@
 //! The fencing methods: each turns (target, new token, deadline) into a [`MethodOutcome`].
 //!
-//! One file per method. [`Method`] is a method prepared from its validated configuration
+//! One file per method, and `this_host.rs` for the methods that act only on this host. [`Method`] is a method prepared from its validated configuration
 //! (secrets loaded, URLs checked); the driver calls [`Method::fence`] with a deadline that
 //! already respects the overall one, and bounds it again from outside as a backstop.
 
@@ -23,6 +23,7 @@ pub(crate) mod isolate;
 pub(crate) mod kill;
 pub(crate) mod shell;
 pub(crate) mod ssh;
+pub(crate) mod this_host;
 pub(crate) mod token;
 pub(crate) mod watchdog;
 
@@ -70,13 +71,15 @@ pub(crate) fn load_secret(
 /// or unusable file stops the agent at start-up rather than at the first fence.
 ///
 /// Configured as the fencer's shared client otherwise is: no overall timeout (each request
-/// sets its own from the method deadline) and no redirects (a fencing endpoint that
-/// redirects is misconfigured, and following it could carry the secret elsewhere).
+/// sets its own from the method deadline), no redirects (a fencing endpoint that
+/// redirects is misconfigured, and following it could carry the secret elsewhere) and no proxy
+/// from the environment (it would see where the secret goes, and time the connection in the
+/// master's stead).
 pub(crate) fn tls_client(
     tls: &ClientTlsConfig,
     err: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<reqwest::Client, ConfigError> {
-    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    let builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy();
     tls.build_client(builder).map_err(|e| err(tls_field(e.field), e.problem))
 }
 

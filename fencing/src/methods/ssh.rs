@@ -4,8 +4,8 @@
 //! cannot tell a dead master from a partitioned one. Here the configured command must verify
 //! on the target itself that the master is gone, and its exit 0 is the only success.
 //!
-//! `ssh` runs in batch mode (never prompts), with a connect timeout, under the method's
-//! deadline and in its own process group. The destination is passed after `--` and must be a
+//! `ssh` runs in batch mode (never prompts), with a connect timeout and no connection sharing
+//! (`ControlMaster`), under the method's deadline and in its own process group. The destination is passed after `--` and must be a
 //! plain host name, so it cannot be read as an option. The remote command is built from the
 //! configured words, each single-quoted for the remote shell; the only substitutions are
 //! numbers (`{port}`, `{pid}`, `{fence_token}`, `{target_token}`), so nothing from the target
@@ -68,6 +68,17 @@ impl SshLogin {
             // Keep stderr to real errors, so its last line makes a useful reason.
             "-o".into(),
             "LogLevel=ERROR".into(),
+            // No connection sharing, whatever an ssh_config says (options given here win): a
+            // mux master daemonises out of the process group, so the deadline's group kill
+            // misses it and it lingers after every attempt, and a later run over its connection
+            // skips the connect, so `ConnectTimeout` cannot fail it fast once the host is gone
+            // (the run hangs to the deadline, indeterminate, taking the next level's budget).
+            "-o".into(),
+            "ControlMaster=no".into(),
+            "-o".into(),
+            "ControlPath=none".into(),
+            "-o".into(),
+            "ControlPersist=no".into(),
         ];
         if let Some(known) = &self.known_hosts_file {
             argv.push("-o".into());
@@ -256,6 +267,29 @@ mod tests {
         assert!(argv.contains(&"BatchMode=yes".to_string()));
         let dd = argv.iter().position(|a| a == "--").unwrap();
         assert_eq!(&argv[dd + 1..], &["db1".to_string(), "'stop'".to_string()]);
+    }
+
+    /// A `ControlMaster` set in the user's or the system's ssh_config would fork a mux master
+    /// that leaves the process group (so the deadline's group kill misses it) and carry later
+    /// runs over its connection (so `ConnectTimeout` no longer applies): every run connects on
+    /// its own, and command-line options win over any ssh_config.
+    #[test]
+    fn connection_sharing_is_turned_off() {
+        let login = SshLogin {
+            user: "referee".into(),
+            identity_file: "/k".into(),
+            port: 22,
+            connect_timeout_ms: 1000,
+            host_key_checking: HostKeyChecking::Yes,
+            known_hosts_file: None,
+            program: "ssh".into(),
+        };
+        let argv = login.argv("db1", "'stop'");
+        let dd = argv.iter().position(|a| a == "--").unwrap();
+        for option in ["ControlMaster=no", "ControlPath=none", "ControlPersist=no"] {
+            let at = argv.iter().position(|a| a == option).unwrap_or_else(|| panic!("{option} missing: {argv:?}"));
+            assert!(at < dd && argv[at - 1] == "-o", "{argv:?}");
+        }
     }
 
     #[test]
