@@ -2,16 +2,20 @@
 //! as background processes of this executable, for trying the suite out and for tests.
 //!
 //! ```text
-//!   up ──► plan (pure: ids, roles, ports) ──► server-N.yaml ──► spawn `referee coordinator
-//!          --config server-N.yaml [--init]` detached, log to server-N.log, pid to server-N.pid
+//!   up ──► plan (pure: ids, roles, ports) ──► lock DIR/.ensemble.lock ──► ensemble.yaml (made
+//!          once, read back) ──► server-N.yaml ──► spawn `referee coordinator --config
+//!          server-N.yaml [--init]` detached, log to server-N.log, pid to server-N.pid
 //!          ──► ask each `srvr` until every server answers and one leads ──► table + connect string
 //!   status ──► pidfiles + `srvr` ──► table, exit 0 only if every server answers and one leads
-//!   down ──► SIGTERM each pid, SIGKILL at the deadline, remove the pidfiles (data kept)
+//!   down ──► lock ──► SIGTERM each pid, SIGKILL at the deadline, remove the pidfiles (data kept)
 //! ```
 //!
 //! Everything lives in one directory (`./referee-ensemble` unless `--dir`): `ensemble.yaml`
-//! (the cluster id and the server counts, which make it an ensemble directory), and per server
-//! `server-N.yaml`, `server-N.log`, `server-N.pid` and `data-N/`. The deciding parts
+//! (the cluster id and the server counts, which make it an ensemble directory),
+//! `.ensemble.lock` (held by `up` and `down` for their whole run, so that two runs never
+//! interleave; see `lock_dir`), and per server `server-N.yaml`, `server-N.log`,
+//! `server-N.pid` and `data-N/`. Server 1 is started with `--init` as long as no data
+//! directory holds a log. The deciding parts
 //! ([`plan`], [`render_config`], [`parse_mode`], [`assess`]) do no I/O; [`up`], [`status`] and
 //! [`down`] are the driver.
 
@@ -411,8 +415,9 @@ fn read_marker(dir: &Path) -> Result<Option<Marker>, EnsembleError> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The lock file is made before the marker (see `lock_dir`).
             let empty = match std::fs::read_dir(dir) {
-                Ok(mut entries) => entries.next().is_none(),
+                Ok(entries) => entries.flatten().all(|e| e.file_name() == LOCK_NAME),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                 Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
             };
@@ -531,6 +536,124 @@ fn connect_lines(plan: &Plan, dir: &Path) -> String {
     )
 }
 
+/// Whether no server of the ensemble in `dir` holds a log (a saved Raft state or a segment):
+/// then it was never initialised, even if an earlier `up` made data directories (its server 1
+/// exited at start, a port taken or the disk full, and the others waited for it). `--init` on
+/// a server whose log holds a membership does nothing, so asking again is safe.
+fn never_initialised(dir: &Path, plan: &Plan) -> bool {
+    plan.servers.iter().all(|s| !holds_a_log(&data_path(dir, s.id)))
+}
+
+/// Whether the data directory `data` holds a log: a saved Raft state or a segment in `log/`.
+fn holds_a_log(data: &Path) -> bool {
+    use referee_coordinator::log::wal::{parse_segment_name, META_NAME};
+    let Ok(entries) = std::fs::read_dir(data.join("log")) else { return false };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name == META_NAME || parse_segment_name(&name).is_some()
+    })
+}
+
+/// Writes `proposed` as the directory's marker unless one is there, and returns the marker on
+/// disk: every configuration is rendered from it, so that no two servers of the directory ever
+/// get different cluster ids. Made with `create_new`, never over another.
+fn settle_marker(dir: &Path, proposed: Marker) -> Result<Marker, EnsembleError> {
+    let path = dir.join(MARKER);
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(mut f) => {
+            f.write_all(proposed.render().as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io(format!("writing {}", path.display())))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(format!("creating {}", path.display()))(e)),
+    }
+    read_marker(dir)?.ok_or_else(|| EnsembleError::Failed(format!("{} vanished while `up` ran", path.display())))
+}
+
+/// Removes server `id`'s pidfile if it still names `pid`, the process this run started: another
+/// run may have started the server since, and its pidfile is how `status` and `down` find it.
+fn forget_pid(dir: &Path, id: u64, pid: u32) {
+    let path = pid_path(dir, id);
+    let named = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    if named == Some(pid) {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// The lock file of an ensemble directory (see `lock_dir`).
+const LOCK_NAME: &str = ".ensemble.lock";
+
+/// `DIR/.ensemble.lock`, locked by this process (an exclusive `flock`) until dropped; the kernel
+/// lets go of it when the process ends, however it ends.
+struct DirLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Locks the ensemble directory `dir` for the whole of an `up` or a `down`: while one holds
+/// it, no other run of either decides anything there, so two `up`s never draw two cluster ids
+/// for one directory nor take each other's servers for their own, and `down` never stops an
+/// ensemble half started. When another process holds it, calls `waiting` with the pid that
+/// process wrote in the file, then waits for it.
+fn lock_dir(dir: &Path, waiting: impl FnOnce(Option<u32>)) -> Result<DirLock, EnsembleError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(LOCK_NAME);
+    let mut waiting = Some(waiting);
+    loop {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(EnsembleError::BadArguments(format!(
+                    "{} was removed (by `referee coordinator ensemble down --purge`?) while this command waited \
+                     for it; run it again",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
+        };
+        let locking = |e: nix::errno::Errno| io(format!("locking {}", path.display()))(e.into());
+        let held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => held,
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                if let Some(waiting) = waiting.take() {
+                    let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+                    waiting(holder);
+                }
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| locking(e))?
+            }
+            Err((_, e)) => return Err(locking(e)),
+        };
+        // `down --purge` removes the file while it holds it: a lock on a removed file is one
+        // no later run takes, so the file at the path is locked afresh.
+        let same = match (std::fs::metadata(&path), held.metadata()) {
+            (Ok(now), Ok(locked)) => (now.dev(), now.ino()) == (locked.dev(), locked.ino()),
+            _ => false,
+        };
+        if same {
+            held.set_len(0)
+                .and_then(|()| {
+                    std::os::unix::fs::FileExt::write_all_at(&*held, format!("{}\n", std::process::id()).as_bytes(), 0)
+                })
+                .map_err(io(format!("writing {}", path.display())))?;
+            return Ok(DirLock { _held: held });
+        }
+    }
+}
+
+/// What `up` and `down` say while another run holds the directory.
+fn say_waiting(dir: &Path) -> impl FnOnce(Option<u32>) + '_ {
+    move |holder| {
+        println!(
+            "another `referee coordinator ensemble` command{} is working on {}; waiting for it to finish",
+            holder.map_or(String::new(), |pid| format!(" (pid {pid})")),
+            dir.display()
+        );
+    }
+}
+
 /// A cluster id for a new ensemble: random, non-zero.
 fn new_cluster_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -542,11 +665,18 @@ fn new_cluster_id() -> u64 {
 }
 
 /// `up`: starts the servers of the ensemble in `opts.dir` that are not running (all of them
-/// the first time, server 1 with `--init`), waits until every server answers and one leads,
-/// and prints the table and the connect string. Returns the exit code.
+/// the first time, server 1 with `--init` until some server holds a log), waits until every
+/// server answers and one leads, and prints the table and the connect string, holding the
+/// directory's lock (`lock_dir`) throughout. Returns the exit code.
 pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
     let mut wanted = plan(opts.voters, opts.observers, opts.base_port)?;
-    let dir = &opts.dir;
+    // A first look, before anything is made in the directory: one that is not an ensemble's
+    // is refused as it is.
+    read_marker(&opts.dir)?;
+    std::fs::create_dir_all(&opts.dir).map_err(io(format!("creating {}", opts.dir.display())))?;
+    let dir = &opts.dir.canonicalize().map_err(io(format!("resolving {}", opts.dir.display())))?;
+    let _lock = lock_dir(dir, say_waiting(dir))?;
+    // From here on no other `up` or `down` runs on the directory: what is read now stands.
     let marker = match read_marker(dir)? {
         Some(m) => {
             if (m.voters, m.observers) != (opts.voters, opts.observers) {
@@ -580,8 +710,6 @@ pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
         },
     };
     let plan = wanted;
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let dir = &dir.canonicalize().map_err(io(format!("resolving {}", dir.display())))?;
 
     // Which servers run already; a pidfile whose process is gone is a server that crashed or
     // was killed: it is started again.
@@ -618,10 +746,13 @@ pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
 
     // The ensemble is initialised once, by server 1 on the first start; afterwards every
     // server rejoins from its log.
-    let first_start = plan.servers.iter().all(|s| !data_path(dir, s.id).exists());
-    let marker_path = dir.join(MARKER);
-    if !marker_path.exists() {
-        std::fs::write(&marker_path, marker.render()).map_err(io(format!("writing {}", marker_path.display())))?;
+    let first_start = never_initialised(dir, &plan);
+    let settled = settle_marker(dir, marker)?;
+    if settled != marker {
+        return Err(EnsembleError::Failed(format!(
+            "{} changed while `up` ran (another program wrote it); run `up` again",
+            dir.join(MARKER).display()
+        )));
     }
     let mut children = Vec::new();
     for s in &to_start {
@@ -663,7 +794,7 @@ pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
     loop {
         for (id, child) in &mut children {
             if let Ok(Some(status)) = child.try_wait() {
-                let _ = std::fs::remove_file(pid_path(dir, *id));
+                forget_pid(dir, *id, child.id());
                 return Err(EnsembleError::Failed(format!(
                     "server {id} exited at start ({status}); see {}:\n{}",
                     log_path(dir, *id).display(),
@@ -730,11 +861,16 @@ pub fn status(dir: &Path) -> Result<i32, EnsembleError> {
 }
 
 /// `down`: SIGTERM to every running server, SIGKILL to those still running at the deadline,
-/// pidfiles removed. The data is kept unless `purge`, which removes everything `up` made.
+/// pidfiles removed, holding the directory's lock (`lock_dir`) throughout. The data is kept
+/// unless `purge`, which removes everything `up` made.
 pub fn down(dir: &Path, purge: bool) -> Result<i32, EnsembleError> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let (_, plan, dir) = existing(dir)?;
+    // Looked at before the lock file is made, then again under the lock: `up` may have been
+    // starting servers meanwhile.
+    let (_, _, canonical) = existing(dir)?;
+    let _lock = lock_dir(&canonical, say_waiting(&canonical))?;
+    let (_, plan, dir) = existing(&canonical)?;
     let dir = dir.as_path();
     let mut running = Vec::new();
     for s in &plan.servers {
@@ -810,6 +946,8 @@ pub fn down(dir: &Path, purge: bool) -> Result<i32, EnsembleError> {
             }
         }
         std::fs::remove_file(dir.join(MARKER)).map_err(io(format!("removing {}", dir.join(MARKER).display())))?;
+        // Removed while held: a run waiting for it finds the directory gone (see `lock_dir`).
+        let _ = std::fs::remove_file(dir.join(LOCK_NAME));
         // Only an emptied directory goes: anything else in it was not made by `up`.
         let _ = std::fs::remove_dir(dir);
         println!("purged the ensemble's data, configurations and logs from {}", dir.display());
@@ -896,6 +1034,91 @@ mod tests {
             assert_eq!(Marker::parse(&m.render()), Some(m));
         }
         assert_eq!(Marker::parse("voters: 3\n"), None);
+    }
+
+    /// `up` passes --init to server 1 until some server's data directory holds a log: a first
+    /// start that failed after making the data directories (a port taken, a full disk) never
+    /// initialised the ensemble, and the next `up` must.
+    #[test]
+    fn the_ensemble_is_initialised_until_a_data_directory_holds_a_log() {
+        let scratch = referee_testkit::ScratchDir::new("ensemble-init").unwrap();
+        let dir = scratch.path("e");
+        let p = plan(3, 0, None).unwrap();
+        assert!(never_initialised(&dir, &p), "nothing made yet");
+        // What a server that exited at start leaves: an identity, empty directories.
+        std::fs::create_dir_all(data_path(&dir, 1).join("log")).unwrap();
+        std::fs::write(data_path(&dir, 1).join("identity"), "x").unwrap();
+        std::fs::create_dir_all(data_path(&dir, 2)).unwrap();
+        assert!(never_initialised(&dir, &p), "data directories without a log");
+        std::fs::create_dir_all(data_path(&dir, 3).join("log")).unwrap();
+        std::fs::write(data_path(&dir, 3).join("log").join("log-00000000000000000000"), "x").unwrap();
+        assert!(!never_initialised(&dir, &p), "a segment");
+        std::fs::remove_dir_all(data_path(&dir, 3)).unwrap();
+        std::fs::write(data_path(&dir, 1).join("log").join("raft-meta"), "x").unwrap();
+        assert!(!never_initialised(&dir, &p), "a saved vote");
+    }
+
+    /// Two `up`s on one new directory each draw a cluster id: the configurations are rendered
+    /// from the marker that made it to disk first, never from one's own draw.
+    #[test]
+    fn the_marker_on_disk_wins() {
+        let scratch = referee_testkit::ScratchDir::new("ensemble-marker").unwrap();
+        let dir = scratch.path("e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = Marker { cluster_id: 11, voters: 3, observers: 0, base_port: None };
+        let second = Marker { cluster_id: 22, ..first };
+        assert_eq!(settle_marker(&dir, first).unwrap(), first);
+        assert_eq!(settle_marker(&dir, second).unwrap(), first, "the one on disk");
+        assert_eq!(read_marker(&dir).unwrap(), Some(first));
+    }
+
+    /// A pidfile is removed only by the run whose child it names: another run may have
+    /// started the server since, and its pidfile is how `down` and `status` find it.
+    #[test]
+    fn a_pidfile_naming_another_process_is_kept() {
+        let scratch = referee_testkit::ScratchDir::new("ensemble-pid").unwrap();
+        let dir = scratch.path("e");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(pid_path(&dir, 2), "4242\n").unwrap();
+        forget_pid(&dir, 2, 1717);
+        assert_eq!(std::fs::read_to_string(pid_path(&dir, 2)).unwrap(), "4242\n", "another run's server");
+        forget_pid(&dir, 2, 4242);
+        assert!(!pid_path(&dir, 2).exists(), "this run's");
+        forget_pid(&dir, 2, 4242);
+    }
+
+    /// One run at a time: a second waits, told which process holds the directory, and goes
+    /// on when that one lets go; a lock file removed meanwhile (`down --purge`) is not trusted.
+    #[test]
+    fn the_directory_is_held_by_one_run_at_a_time() {
+        let scratch = referee_testkit::ScratchDir::new("ensemble-dirlock").unwrap();
+        let dir = scratch.path("e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = lock_dir(&dir, |_| panic!("nobody holds it yet")).unwrap();
+        let (told, holder) = std::sync::mpsc::channel();
+        let (got, acquired) = std::sync::mpsc::channel();
+        let waiter = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let lock = lock_dir(&dir, move |pid| told.send(pid).unwrap()).unwrap();
+                got.send(()).unwrap();
+                drop(lock);
+            })
+        };
+        let deadline = referee_testkit::DEADLINE;
+        assert_eq!(holder.recv_timeout(deadline).unwrap(), Some(std::process::id()), "the holder is named");
+        assert!(acquired.try_recv().is_err(), "not while the first holds it");
+        drop(first);
+        acquired.recv_timeout(deadline).unwrap();
+        waiter.join().unwrap();
+        // Removed by its holder, the file is made again for the next run.
+        let held = lock_dir(&dir, |_| panic!("free")).unwrap();
+        std::fs::remove_file(dir.join(LOCK_NAME)).unwrap();
+        drop(held);
+        drop(lock_dir(&dir, |_| panic!("free")).unwrap());
+        assert!(dir.join(LOCK_NAME).exists());
+        // An ensemble directory is one with a marker, whatever the lock file.
+        assert_eq!(read_marker(&dir).unwrap(), None, "only the lock file: a new ensemble");
     }
 
     #[test]

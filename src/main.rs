@@ -206,7 +206,9 @@ enum MembersAction {
 #[derive(Subcommand)]
 enum LogAction {
     /// List every record (segment, offset, index, term, transaction kind, path) and a summary;
-    /// exits 1 if the log is damaged other than by a torn tail.
+    /// exits 1 if the log is damaged other than by a torn tail, or fails another check
+    /// start-up makes (another cluster's segment, a missing one, an entry out of sequence, no
+    /// saved vote), each named.
     Dump {
         /// The coordinator's data directory (`data_dir`), or its `log/` directory.
         dir: PathBuf,

@@ -15,7 +15,9 @@
 //! does, once). Bad input is answered 400 with the field named and what to do; every call
 //! ends within [`ADMIN_DEADLINE`] (504 past it, saying what state it left behind). A change
 //! on top of a joint configuration is refused (409): the leader completes that one first
-//! ([`complete_interrupted_changes`]), whoever proposed it.
+//! ([`complete_interrupted_changes`]), whoever proposed it. An observer is promoted only when
+//! the leader's replication shows it caught up and heard from lately ([`ready_to_vote`]; 409
+//! otherwise). A server running alone refuses every change (400, [`Refusal::Alone`]).
 //!
 //! What openraft keeps for a member is its peer address (`BasicNode::addr`), the address the
 //! peer transport dials. Client and admin addresses come from `servers` in this server's
@@ -47,6 +49,7 @@ use tracing::{info, warn};
 use crate::config::{CoordinatorConfig, Role};
 use crate::fourlw::{ensemble_stats, monitor_values, EnsembleStats, MonitorSnapshot};
 use crate::members_config::{self, MemberLine, MemberRole};
+use crate::peer::PeerNetwork;
 use crate::propose::Proposer;
 use crate::proto::SessionId;
 use crate::raft::Raft;
@@ -70,6 +73,8 @@ pub struct AdminContext {
     raft: Raft,
     state: Arc<Mutex<ServerState>>,
     proposer: Proposer,
+    /// The links to the other servers of an ensemble: when each was last heard from.
+    peers: Option<PeerNetwork>,
     /// Held while `/zookeeper/config` is read and rewritten.
     publishing: Arc<tokio::sync::Mutex<()>>,
     /// Held from a membership change's first step to its last, by the task that carries it out
@@ -88,7 +93,28 @@ struct Addresses {
 impl AdminContext {
     /// The context of a server's admin listener.
     pub fn new(config: Arc<CoordinatorConfig>, raft: Raft, state: Arc<Mutex<ServerState>>, proposer: Proposer) -> Self {
-        AdminContext { config, raft, state, proposer, publishing: Arc::default(), changing: Arc::default() }
+        AdminContext {
+            config,
+            raft,
+            state,
+            proposer,
+            peers: None,
+            publishing: Arc::default(),
+            changing: Arc::default(),
+        }
+    }
+
+    /// The context of an ensemble server, which hears from the others through `peers`: a
+    /// promotion needs the observer heard from lately ([`ready_to_vote`]).
+    pub fn hearing_through(mut self, peers: PeerNetwork) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// How long ago this server last heard from server `id`; `None` if not since it hung up
+    /// or this server started (or this server runs alone).
+    fn heard_from(&self, id: u64) -> Option<Duration> {
+        self.peers.as_ref().and_then(|p| p.heard_from(id))
     }
 
     /// This server's change lock, or 409 while one of its changes is being carried out (it
@@ -101,6 +127,16 @@ impl AdminContext {
                     .into(),
             )
         })
+    }
+
+    /// Refuses a membership change on a server that runs alone ([`Refusal::Alone`]): its
+    /// replication reaches nobody, so no member it added could ever take part.
+    fn in_an_ensemble(&self) -> Result<(), Refusal> {
+        if self.config.is_ensemble() {
+            Ok(())
+        } else {
+            Err(Refusal::Alone)
+        }
     }
 
     fn addresses(&self, id: u64) -> Addresses {
@@ -314,9 +350,22 @@ pub enum Refusal {
         /// Its admin address, when known.
         leader_admin: Option<SocketAddr>,
     },
+    /// This server runs alone (no ensemble `servers`), so it has no membership to change (400):
+    /// a learner it added could never be reached, and a voter it added would leave a joint
+    /// configuration its single vote could never commit, holding every write for good.
+    #[error(
+        "this server runs alone (its configuration lists no ensemble `servers`), so it has no membership to \
+         change: membership changes need an ensemble. To make it one, restart it with an ensemble configuration \
+         (`servers` naming it and the others, `cluster_id` as its data directory's identity file gives it), then \
+         add the others through it"
+    )]
+    Alone,
     /// Another change is still being committed (409).
     #[error("another membership change is in progress: {0}; retry once it has committed")]
     Busy(String),
+    /// The observer to promote is not following the leader closely enough to vote (409).
+    #[error("{0}")]
+    NotReady(String),
     /// The change did not complete within [`ADMIN_DEADLINE`] (504).
     #[error("{0}")]
     Timeout(String),
@@ -352,9 +401,9 @@ pub struct RefusalBody {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let status = match &self {
-            Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest { .. } | Refusal::Alone => StatusCode::BAD_REQUEST,
             Refusal::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Refusal::Busy(_) => StatusCode::CONFLICT,
+            Refusal::Busy(_) | Refusal::NotReady(_) => StatusCode::CONFLICT,
             Refusal::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -362,7 +411,7 @@ impl IntoResponse for Refusal {
         match self {
             Refusal::BadRequest { field, .. } => body.field = Some(field.to_string()),
             Refusal::NotLeader { leader, leader_admin } => (body.leader, body.leader_admin) = (leader, leader_admin),
-            Refusal::Busy(_) | Refusal::Timeout(_) | Refusal::Raft(_) => {}
+            Refusal::Alone | Refusal::Busy(_) | Refusal::NotReady(_) | Refusal::Timeout(_) | Refusal::Raft(_) => {}
         }
         (status, Json(body)).into_response()
     }
@@ -536,6 +585,61 @@ pub fn plan_remove(view: &MembershipView, id: &str) -> Result<RemovePlan, Refusa
     }
 }
 
+/// How many entries an observer may trail the leader's log by and still be promoted to voter:
+/// a few batches in flight, not a log to fetch while every write waits for it.
+pub const PROMOTE_MAX_LAG: u64 = 100;
+
+/// How recently the leader must have heard from an observer to promote it: thirty of its
+/// heartbeats, as long as a server waiting for a leader counts a peer as heard lately.
+/// Replication metrics alone do not show a dead observer: one that was caught up when it
+/// stopped still matches the log of a leader that has had no writes since. (A process that
+/// ends has its connections closed by its kernel, which the leader notices at once.)
+pub const PROMOTE_HEARD_WITHIN: Duration = Duration::from_secs(3);
+
+/// What the leader knows of an observer it is asked to promote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Following {
+    /// The highest index the leader knows it holds (`None`: none known).
+    pub matched: Option<u64>,
+    /// The leader's last log index.
+    pub leader_last: Option<u64>,
+    /// How long ago the leader last heard from it (`None`: not since it hung up, or since
+    /// the leader started).
+    pub heard: Option<Duration>,
+}
+
+/// Whether observer `id`, following the leader as `f` says, may become a voter: openraft's
+/// promotion checks nothing, and a voter that cannot follow the log would count in every
+/// quorum from the joint configuration on. With one voter before it, the joint configuration
+/// itself could never commit, nor the removal that would undo it; with more, the ensemble would
+/// survive one failure fewer. Refused (409) naming what the leader knows of it.
+pub fn ready_to_vote(id: u64, f: Following) -> Result<(), Refusal> {
+    let lag = match (f.matched, f.leader_last) {
+        (Some(m), Some(last)) => Some(last.saturating_sub(m)),
+        (None, None) => Some(0),
+        _ => None,
+    };
+    let behind = lag.is_none_or(|l| l > PROMOTE_MAX_LAG);
+    let silent = f.heard.is_none_or(|h| h > PROMOTE_HEARD_WITHIN);
+    if !behind && !silent {
+        return Ok(());
+    }
+    let matched = f.matched.map_or("no entry known".into(), |m| format!("matched index {m}"));
+    let last = f.leader_last.map_or("an empty log".into(), |l| format!("last index {l}"));
+    let lag = lag.map_or("an unknown lag".into(), |l| format!("lag {l}"));
+    let heard = match f.heard {
+        Some(h) => format!("last heard {} ms ago", h.as_millis()),
+        None => "not heard from since it hung up or this leader started".into(),
+    };
+    Err(Refusal::NotReady(format!(
+        "observer {id} is not ready to vote: the leader knows {matched} of its {last} ({lag}; at most \
+         {PROMOTE_MAX_LAG} allowed), {heard} (within {} ms needed). As a voter it would count in every quorum, \
+         and writes would wait for it. Start it, or wait for it to catch up (GET /members shows its lag and \
+         `heard_ms`), then repeat the request",
+        PROMOTE_HEARD_WITHIN.as_millis()
+    )))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handlers: thin drivers around the plans.
 
@@ -559,6 +663,10 @@ pub struct MemberInfo {
     /// On the leader: entries it trails the leader by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// On the leader of an ensemble: how many ms ago it last heard from the member (absent
+    /// if not since the member hung up or the leader started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms: Option<u64>,
 }
 
 /// The body of `GET /members` (and of a successful change).
@@ -588,7 +696,20 @@ fn members_of(ctx: &AdminContext, m: &RaftMetrics<u64, BasicNode>) -> Members {
                 None => (None, None),
             };
             let role = if view.voters.contains(&id) { "voter" } else { "observer" };
-            MemberInfo { id, role: role.into(), peer: peer.clone(), client: a.client, admin: a.admin, matched, lag }
+            let heard_ms = match &stats {
+                Some(_) if id != m.id => ctx.heard_from(id).map(|h| h.as_millis() as u64),
+                _ => None,
+            };
+            MemberInfo {
+                id,
+                role: role.into(),
+                peer: peer.clone(),
+                client: a.client,
+                admin: a.admin,
+                matched,
+                lag,
+                heard_ms,
+            }
         })
         .collect();
     Members { this_server: m.id, leader: m.current_leader, changing: view.changing, members }
@@ -608,13 +729,19 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
             ),
         )
     })?;
+    ctx.in_an_ensemble()?;
     let m = ctx.metrics();
     if m.current_leader != Some(m.id) {
         return Err(ctx.not_leader(m.current_leader));
     }
     let ours = ctx.one_change_at_a_time()?;
     let term = m.current_term;
-    let plan = plan_add(&MembershipView::of(&ctx.metrics()), &req)?;
+    let now = ctx.metrics();
+    let plan = plan_add(&MembershipView::of(&now), &req)?;
+    if let AddPlan::Promote { id } = plan {
+        let matched = now.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+        ready_to_vote(id, Following { matched, leader_last: now.last_log_index, heard: ctx.heard_from(id) })?;
+    }
     info!(?plan, "membership change requested");
     let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
     let added = Some((req.id, Addresses { client: Some(req.client), admin: req.admin }));
@@ -660,6 +787,7 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
 }
 
 async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Result<Json<Members>, Refusal> {
+    ctx.in_an_ensemble()?;
     let m = ctx.metrics();
     if m.current_leader != Some(m.id) {
         return Err(ctx.not_leader(m.current_leader));
@@ -990,6 +1118,28 @@ mod tests {
         let mut unspecified = add(5, 2885, Role::Voter);
         unspecified.client = "0.0.0.0:2185".parse().unwrap();
         assert_eq!(field(plan_add(&v, &unspecified)).0, "client");
+    }
+
+    #[test]
+    fn an_observer_is_promoted_only_caught_up_and_heard_lately() {
+        let ms = Duration::from_millis;
+        let f = |matched, leader_last, heard| Following { matched, leader_last, heard };
+        assert_eq!(ready_to_vote(4, f(Some(40), Some(40), Some(ms(100)))), Ok(()));
+        assert!(ready_to_vote(4, f(Some(40), Some(41 + PROMOTE_MAX_LAG), Some(ms(100)))).is_err());
+        assert_eq!(ready_to_vote(4, f(Some(40), Some(40 + PROMOTE_MAX_LAG), Some(PROMOTE_HEARD_WITHIN))), Ok(()));
+        for (following, says) in [
+            (f(Some(10), Some(500), Some(ms(100))), "matched index 10 of its last index 500 (lag 490"),
+            (f(None, Some(500), Some(ms(100))), "no entry known of its last index 500 (an unknown lag"),
+            (f(Some(40), Some(40), Some(ms(4000))), "(lag 0; at most 100 allowed), last heard 4000 ms ago"),
+            (f(Some(40), Some(40), None), "not heard from since it hung up or this leader started"),
+        ] {
+            match ready_to_vote(4, following) {
+                Err(Refusal::NotReady(why)) => {
+                    assert!(why.starts_with("observer 4 is not ready to vote") && why.contains(says), "{why}")
+                }
+                other => panic!("{following:?}: expected a 409, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -102,7 +102,8 @@ pub struct CoordinatorConfig {
     /// tick is longer (see [`crate::session`]).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
-    /// Smallest session timeout granted; default 2 × tick.
+    /// Smallest session timeout granted; default 2 × tick. In an ensemble at least
+    /// [`ensemble_min_session_timeout_ms`] (200 ms).
     #[serde(default)]
     pub min_session_timeout_ms: Option<u64>,
     /// Largest session timeout granted; default 20 × tick.
@@ -247,6 +248,16 @@ fn default_log_sync_stall_ms() -> u64 {
     5_000
 }
 
+/// The smallest session timeout an ensemble server grants, in ms: the delays of session
+/// liveness on a server that does not lead (see [`crate::liveness`]), `SLACK + PROOF_AGE + 2 ×
+/// REPORT_EVERY`. A shorter session could expire on the leader between two reports of a busy
+/// client, and its pings' replies, which wait for a report's acknowledgement, miss the
+/// client's read timeout (two thirds of the session's).
+pub fn ensemble_min_session_timeout_ms() -> u64 {
+    use crate::liveness::{PROOF_AGE, REPORT_EVERY, SLACK};
+    (SLACK + PROOF_AGE + 2 * REPORT_EVERY).as_millis() as u64
+}
+
 impl CoordinatorConfig {
     /// How long a write or fdatasync of the log may hang before the server stops (`log_sync_stall_ms`), if ever.
     pub fn log_sync_stall(&self) -> Option<std::time::Duration> {
@@ -387,6 +398,28 @@ impl CoordinatorConfig {
                 format!(
                     "is {min}; it must be at least one tick ({} ms) for expiry to be checked in time",
                     self.tick_ms
+                ),
+            );
+        }
+        let floor = ensemble_min_session_timeout_ms();
+        if self.is_ensemble() && min < floor {
+            use crate::liveness::{PROOF_AGE, REPORT_EVERY, SLACK};
+            return invalid(
+                "min_session_timeout_ms",
+                format!(
+                    "is {min}{}; in an ensemble it must be at least {floor} ms: a server that does not lead \
+                     touches its sessions on the leader only through liveness reports, sent every \
+                     REPORT_EVERY ({} ms), acknowledged under a proof of leadership up to PROOF_AGE ({} ms) old, \
+                     and its replies promise the session for its timeout less SLACK ({} ms); SLACK + PROOF_AGE + \
+                     2 × REPORT_EVERY is {floor} ms. Set min_session_timeout_ms to {floor} or more",
+                    if self.min_session_timeout_ms.is_none() {
+                        format!(" (2 ticks of {} ms)", self.tick_ms)
+                    } else {
+                        String::new()
+                    },
+                    REPORT_EVERY.as_millis(),
+                    PROOF_AGE.as_millis(),
+                    SLACK.as_millis(),
                 ),
             );
         }
@@ -790,6 +823,32 @@ servers:
             let e = CoordinatorConfig::from_yaml(&yaml).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains(problem), "want {key} / {problem}, got: {e}\n{yaml}");
         }
+    }
+
+    /// On a server that does not lead, a session is touched on the leader only by liveness
+    /// reports, and replies wait for one to be acknowledged (see [`crate::liveness`]): a
+    /// session timeout shorter than that machinery's own delays expires busy sessions.
+    #[test]
+    fn an_ensemble_grants_no_session_timeout_shorter_than_its_liveness_reports() {
+        let floor = crate::liveness::SLACK + crate::liveness::PROOF_AGE + 2 * crate::liveness::REPORT_EVERY;
+        let floor = floor.as_millis() as u64;
+        assert_eq!(ensemble_min_session_timeout_ms(), floor);
+        for yaml in ["tick_ms: 10\n".to_string(), format!("tick_ms: 50\nmin_session_timeout_ms: {}\n", floor - 1)] {
+            let e = CoordinatorConfig::from_yaml(&format!("{ENSEMBLE}{yaml}")).unwrap_err().to_string();
+            assert!(
+                e.contains("`min_session_timeout_ms`") && e.contains(&format!("at least {floor} ms")),
+                "{yaml}: {e}"
+            );
+            for constant in ["SLACK", "PROOF_AGE", "REPORT_EVERY"] {
+                assert!(e.contains(constant), "{yaml}: {e}");
+            }
+        }
+        let c = CoordinatorConfig::from_yaml(&format!("{ENSEMBLE}tick_ms: 10\nmin_session_timeout_ms: {floor}\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.negotiate_timeout(1), floor as i32);
+        // A server alone touches its sessions itself, on every request.
+        let alone = CoordinatorConfig::from_yaml("data_dir: /x\ntick_ms: 10\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(alone.min_session_timeout_ms(), 20);
     }
 
     #[test]

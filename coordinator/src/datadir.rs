@@ -4,7 +4,7 @@
 //!  data_dir/
 //!    lock          locked while a server uses the directory; holds its process id
 //!    identity      format version, cluster id, server id, incarnation (written once,
-//!                  replaced atomically)
+//!                  replaced atomically, after log/ and snapshots/ exist)
 //!    peers         the incarnation each peer's data directory was first heard with
 //!    log/          the Raft log (see [`crate::log`])
 //!    snapshots/    snapshot files (see [`crate::snapshot`])
@@ -33,6 +33,11 @@ pub const DATA_DIR_VERSION: u32 = 1;
 /// Name of the lock file in a data directory.
 pub const LOCK_NAME: &str = "lock";
 
+/// Name of the Raft log's directory in a data directory.
+pub const LOG_NAME: &str = "log";
+/// Name of the snapshots' directory in a data directory.
+pub const SNAPSHOTS_NAME: &str = "snapshots";
+
 /// Name of the identity file in a data directory.
 pub const IDENTITY_NAME: &str = "identity";
 /// The first line of an identity file: what the file is, for a human who opens it.
@@ -49,7 +54,8 @@ pub struct Identity {
     pub server_id: u64,
     /// A random number drawn when the directory was made, never 0: a directory wiped and made
     /// again for the same server has another one, which tells its peers that this server
-    /// forgot its votes and its log ([`KnownPeers`]). 0 in a directory made before it existed.
+    /// forgot its votes and its log ([`KnownPeers`]). 0 in a directory made before it existed,
+    /// and for good (the identity file is never rewritten).
     pub incarnation: u64,
 }
 
@@ -179,6 +185,21 @@ pub enum DataDirError {
         /// The process id the lock file names, if it names one.
         holder: Option<u32>,
     },
+    /// An identity without the directory the log lives in: part of the data directory was
+    /// deleted, and the server would come back under its old identity with nothing it had
+    /// acknowledged nor the votes it had cast.
+    #[error(
+        "{} has an identity file but no {missing}: part of this data directory was deleted (or it was \
+         copied without it). Started so, this server would come back under the same identity without its \
+         log and the votes it cast; refusing to start",
+        path.display()
+    )]
+    Incomplete {
+        /// The data directory.
+        path: PathBuf,
+        /// What is missing.
+        missing: &'static str,
+    },
     /// Durable state without an identity: not a directory this server made.
     #[error(
         "{} holds {found} but no identity file; it was not made by this server. Point data_dir \
@@ -245,11 +266,34 @@ impl DataDir {
                     expected_server: server_id,
                 });
             }
+            // The identity is written after `log/` exists (below): without it, the log and the
+            // votes this server cast were deleted, not never made.
+            let log = root.join(LOG_NAME);
+            match fs.list(&log) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(DataDirError::Incomplete { path: root.to_path_buf(), missing: "log/" })
+                }
+                Err(e) => return Err(io_err("listing", &log)(e)),
+            }
             return Ok(DataDir { root: root.to_path_buf(), identity, lock });
         }
-        if let Some(found) = names.iter().find(|n| matches!(n.as_str(), "log" | "snapshots")) {
-            return Err(DataDirError::Unowned { path: root.to_path_buf(), found: format!("{found}/") });
+        // Empty directories are what a first start cut short before its identity leaves.
+        for sub in [LOG_NAME, SNAPSHOTS_NAME] {
+            let listed = fs.list(&root.join(sub));
+            let present = listed.is_ok() || names.iter().any(|n| n == sub);
+            if present && !listed.is_ok_and(|n| n.is_empty()) {
+                return Err(DataDirError::Unowned { path: root.to_path_buf(), found: format!("{sub}/") });
+            }
         }
+        // The identity is the commit point of a new directory: written last, once the
+        // directories it vouches for are durable, so that an identity without `log/` is one
+        // whose log was deleted.
+        for sub in [LOG_NAME, SNAPSHOTS_NAME] {
+            let dir = root.join(sub);
+            fs.create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        fs.sync_dir(root).map_err(io_err("syncing directory", root))?;
         let identity = Identity {
             version: DATA_DIR_VERSION,
             cluster_id: cluster_id.unwrap_or_else(new_cluster_id),
@@ -277,12 +321,12 @@ impl DataDir {
 
     /// The Raft log's directory.
     pub fn log_dir(&self) -> PathBuf {
-        self.root.join("log")
+        self.root.join(LOG_NAME)
     }
 
     /// The snapshots' directory.
     pub fn snapshot_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
+        self.root.join(SNAPSHOTS_NAME)
     }
 }
 
@@ -374,11 +418,10 @@ impl KnownPeers {
 
     /// Checks that server `id` presents the data directory it was first heard with; the first
     /// time, remembers it (durably, before answering). An incarnation of 0 (a directory made
-    /// before incarnations existed) cannot be told apart and is let through.
+    /// before incarnations existed) is remembered as 0: such a directory never gains one, so a
+    /// later non-zero incarnation for that id is a new directory (wiped and made again), and
+    /// is refused as any other change is.
     pub fn check(&self, id: u64, incarnation: u64) -> Result<(), ReplacedDataDir> {
-        if incarnation == 0 {
-            return Ok(());
-        }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         match known.get(&id) {
             Some(&k) if k == incarnation => Ok(()),
@@ -494,6 +537,36 @@ mod tests {
         DataDir::open(&crate::log::RealFs, &root, None, 1, || 5).unwrap();
     }
 
+    /// The identity is written last, once the log's and the snapshots' directories exist: a
+    /// directory with an identity and no `log/` lost it afterwards, and would bring the server
+    /// back under its old identity with no log and no vote, so it is refused. A first start cut
+    /// short before its identity was written left only empty directories, and starts afresh.
+    #[test]
+    fn an_identity_without_its_log_directory_is_refused() {
+        let scratch = referee_testkit::ScratchDir::new("datadir-partial").unwrap();
+        let root = scratch.path("data");
+        let open = || DataDir::open(&crate::log::RealFs, &root, Some(5), 1, || 5);
+        drop(open().unwrap());
+        assert!(root.join("log").is_dir() && root.join("snapshots").is_dir(), "made with the identity");
+        std::fs::remove_dir_all(root.join("log")).unwrap();
+        let e = open().unwrap_err();
+        assert!(matches!(e, DataDirError::Incomplete { missing: "log/", .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("identity file but no log/") && e.contains(&root.display().to_string()), "{e}");
+
+        let fresh = scratch.path("cut-short");
+        std::fs::create_dir_all(fresh.join("log")).unwrap();
+        std::fs::create_dir_all(fresh.join("snapshots")).unwrap();
+        let d = DataDir::open(&crate::log::RealFs, &fresh, Some(5), 1, || 5).unwrap();
+        assert_eq!(d.identity.cluster_id, 5);
+        drop(d);
+        let unowned = scratch.path("unowned");
+        std::fs::create_dir_all(unowned.join("log")).unwrap();
+        std::fs::write(unowned.join("log").join("raft-meta"), b"x").unwrap();
+        let e = DataDir::open(&crate::log::RealFs, &unowned, Some(5), 1, || 5).unwrap_err().to_string();
+        assert!(e.contains("holds log/ but no identity file"), "{e}");
+    }
+
     #[test]
     fn another_cluster_or_server_or_a_newer_version_is_refused_naming_the_file() {
         let fs = FaultFs::new();
@@ -535,7 +608,6 @@ mod tests {
         assert_eq!(known.check(2, 500), Ok(()), "first heard: learned");
         assert_eq!(known.check(3, 600), Ok(()));
         assert_eq!(known.check(2, 500), Ok(()), "the same directory again");
-        assert_eq!(known.check(2, 0), Ok(()), "a directory older than incarnations cannot be told apart");
         assert_eq!(known.check(2, 501), Err(ReplacedDataDir { known: 500, presented: 501 }));
         // Learned durably: after a power loss and a restart the wiped server is still refused.
         fs.crash();
@@ -548,5 +620,28 @@ mod tests {
         drop(f);
         let e = KnownPeers::open(fs.clone(), root).unwrap_err().to_string();
         assert!(e.contains("/data/peers") && e.contains("not a readable peers file"), "{e}");
+    }
+
+    /// A directory made before incarnations existed presents 0, and never gains one: a peer
+    /// first heard with 0 that presents another incarnation has had its directory replaced
+    /// (a wiped server's new directory draws one), and is refused like any other.
+    #[test]
+    fn a_peer_first_heard_without_an_incarnation_is_known_as_such() {
+        let fs: Arc<FaultFs> = Arc::new(FaultFs::new());
+        let root = Path::new("/data");
+        open(&fs, Some(77), 1).unwrap();
+        let known = KnownPeers::open(fs.clone(), root).unwrap();
+        assert_eq!(known.check(3, 0), Ok(()), "first heard: learned as 0");
+        assert_eq!(known.check(3, 0), Ok(()), "the same directory again");
+        assert_eq!(known.check(3, 812), Err(ReplacedDataDir { known: 0, presented: 812 }));
+        // Remembered durably, as any other incarnation.
+        fs.crash();
+        let again = KnownPeers::open(fs.clone(), root).unwrap();
+        assert_eq!(again.check(3, 812), Err(ReplacedDataDir { known: 0, presented: 812 }));
+        assert_eq!(again.check(3, 0), Ok(()));
+        // And a peer known with an incarnation that comes back with none presents another
+        // directory too (one restored from before incarnations existed).
+        assert_eq!(again.check(4, 500), Ok(()));
+        assert_eq!(again.check(4, 0), Err(ReplacedDataDir { known: 500, presented: 0 }));
     }
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use openraft::{Entry, EntryPayload};
 
 use crate::datadir::{read_identity, IDENTITY_NAME};
-use crate::log::record::{self, Read, SegmentHeader, HEADER_LEN};
-use crate::log::wal::{decode_entry, parse_segment_name, read_meta, META_NAME};
-use crate::log::FileSystem;
+use crate::log::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN};
+use crate::log::wal::{check_saved_state, decode_entry, parse_segment_name, read_meta, RaftMeta, META_NAME};
+use crate::log::{FileSystem, LogError};
 use crate::raft::TypeConfig;
 use crate::snapshot::{self, parse_snapshot_name};
 use crate::tree::DataTree;
@@ -108,8 +108,9 @@ pub struct LogSummary {
     pub records_end: Option<(PathBuf, u64)>,
 }
 
-/// Resolves a data directory or a log directory to the log directory, printing the identity.
-fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<PathBuf, DumpError> {
+/// Resolves a data directory or a log directory to the log directory, printing the identity;
+/// with the cluster the identity names, when given a data directory.
+fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<(PathBuf, Option<u64>), DumpError> {
     let names = fs.list(path).map_err(|e| DumpError::NotRecognised {
         path: path.to_path_buf(),
         what: format!("not a readable directory ({e}); give a coordinator data directory (data_dir)"),
@@ -124,10 +125,10 @@ fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<P
             id.server_id,
             id.version
         )?;
-        return Ok(path.join("log"));
+        return Ok((path.join("log"), Some(id.cluster_id)));
     }
     if names.iter().any(|n| n == META_NAME || parse_segment_name(n).is_some()) {
-        return Ok(path.to_path_buf());
+        return Ok((path.to_path_buf(), None));
     }
     Err(DumpError::NotRecognised {
         path: path.to_path_buf(),
@@ -139,33 +140,89 @@ fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<P
 
 /// Lists every record of the log in `path` (a data directory or its `log/`): segment, offset,
 /// index, term, transaction kind, path; then a summary. Damage other than a torn tail is
-/// listed and returned as [`DumpError::Damaged`].
+/// listed and returned as [`DumpError::Damaged`], and so is everything else start-up refuses
+/// ([`crate::log::wal::Wal::open`], and on a data directory the saved-state check of
+/// [`crate::log::wal::check_saved_state`]): a segment or `raft-meta` of another cluster than
+/// the data directory's, a segment whose header does not match its name or is of a newer
+/// format, a segment missing between two others or after the purge point, an entry out of
+/// sequence, entries without the saved vote. Segments that hold only purged entries (left by a
+/// purge a stop interrupted) are listed as what start-up removes, not as damage.
 pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<LogSummary, DumpError> {
-    let dir = log_dir_of(fs, path, out)?;
+    let (dir, identity_cluster) = log_dir_of(fs, path, out)?;
     let names = fs.list(&dir).map_err(io_err(&dir))?;
     let mut damage: Vec<String> = Vec::new();
-    if names.iter().any(|n| n == META_NAME) {
-        match read_meta(fs, &dir.join(META_NAME), None) {
-            Ok((cluster, meta)) => writeln!(
-                out,
-                "{META_NAME}: cluster {cluster}, vote {}, committed {}, purged up to {}",
-                meta.vote.map_or("none".into(), |v| v.to_string()),
-                meta.committed.map_or("none".into(), |l| l.to_string()),
-                meta.last_purged.map_or("none".into(), |l| l.to_string()),
-            )?,
+    // The cluster the log must belong to: the identity's, else the saved state's, else that
+    // of its first segment.
+    let mut cluster = identity_cluster;
+    let meta_path = dir.join(META_NAME);
+    // The saved state; `None` when it is damaged (which is listed), and so unknown.
+    let meta = if names.iter().any(|n| n == META_NAME) {
+        match read_meta(fs, &meta_path, None) {
+            Ok((found, meta)) => {
+                writeln!(
+                    out,
+                    "{META_NAME}: cluster {found}, vote {}, committed {}, purged up to {}",
+                    meta.vote.map_or("none".into(), |v| v.to_string()),
+                    meta.committed.map_or("none".into(), |l| l.to_string()),
+                    meta.last_purged.map_or("none".into(), |l| l.to_string()),
+                )?;
+                match cluster {
+                    Some(expected) if expected != found => {
+                        let e = LogError::ForeignCluster { path: meta_path.clone(), found, expected };
+                        damaged(out, &mut damage, e.to_string())?;
+                    }
+                    _ => cluster = Some(found),
+                }
+                Some(meta)
+            }
             Err(e) => {
                 writeln!(out, "{META_NAME}: DAMAGED: {e}")?;
                 damage.push(e.to_string());
+                None
             }
         }
     } else {
         writeln!(out, "{META_NAME}: absent (no vote saved yet)")?;
-    }
+        Some(RaftMeta::default())
+    };
+    let last_purged = meta.as_ref().and_then(|m| m.last_purged);
+    let purged_next = last_purged.map_or(0, |l| l.index + 1);
     let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     firsts.sort_unstable();
+    // As start-up does: a segment followed by one that starts at or before the purge point
+    // holds only purged entries.
+    let mut keep_from = 0;
+    for (i, w) in firsts.windows(2).enumerate() {
+        if last_purged.is_some() && w[1] <= purged_next {
+            keep_from = i + 1;
+        }
+    }
+    for &first in &firsts[..keep_from] {
+        writeln!(
+            out,
+            "segment log-{first:020}: holds only entries purged up to {} (left by a purge a stop interrupted; \
+             start-up removes it)",
+            purged_next.saturating_sub(1)
+        )?;
+    }
+    let kept = &firsts[keep_from..];
     let mut summary = LogSummary { segments: firsts.len(), ..LogSummary::default() };
-    for (i, &first) in firsts.iter().enumerate() {
-        let last = i + 1 == firsts.len();
+    if let (Some(purged), Some(&first)) = (last_purged, kept.first()) {
+        if first > purged.index + 1 {
+            let file = dir.join(format!("log-{first:020}"));
+            let why = format!(
+                "{} at offset 0: the log is purged up to {} but this first segment starts at {first}: a segment is \
+                 missing",
+                file.display(),
+                purged.index
+            );
+            damaged(out, &mut damage, why)?;
+        }
+    }
+    // The entry the next segment must start with, when the one before was read whole.
+    let mut expected: Option<u64> = None;
+    for (i, &first) in kept.iter().enumerate() {
+        let last = i + 1 == kept.len();
         let name = format!("log-{first:020}");
         let file = dir.join(&name);
         let buf = fs.read(&file).map_err(io_err(&file))?;
@@ -174,6 +231,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             Err(e) => {
                 writeln!(out, "segment {name}: DAMAGED at offset 0: {e}")?;
                 damage.push(format!("{} at offset 0: {e}", file.display()));
+                expected = None;
                 continue;
             }
         };
@@ -182,17 +240,70 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             "segment {name}: cluster {}, format {}, first entry {}",
             header.cluster_id, header.version, header.first_index
         )?;
+        if header.version > FORMAT_VERSION {
+            let e = LogError::NewerFormat { path: file.clone(), found: header.version, supported: FORMAT_VERSION };
+            damaged(out, &mut damage, e.to_string())?;
+            expected = None;
+            continue;
+        }
+        match cluster {
+            Some(c) if c != header.cluster_id => {
+                let e = LogError::ForeignCluster { path: file.clone(), found: header.cluster_id, expected: c };
+                damaged(out, &mut damage, e.to_string())?;
+            }
+            Some(_) => {}
+            None => cluster = Some(header.cluster_id),
+        }
+        if header.first_index != first {
+            let why = format!(
+                "{} at offset 16: the header says the first entry is {}, the name {first}",
+                file.display(),
+                header.first_index
+            );
+            damaged(out, &mut damage, why)?;
+        }
+        match expected {
+            Some(e) if e < first => damaged(
+                out,
+                &mut damage,
+                format!(
+                    "{} at offset 0: this segment starts at entry {first} but the one before ends before {e}: a \
+                     segment is missing",
+                    file.display()
+                ),
+            )?,
+            Some(e) if e > first => damaged(
+                out,
+                &mut damage,
+                format!(
+                    "{} at offset 0: this segment starts at entry {first} but the one before holds entries up to {}",
+                    file.display(),
+                    e - 1
+                ),
+            )?,
+            _ => {}
+        }
         writeln!(out, "  {:>10}  {:>10}  {:>6}  {:<16} path", "offset", "index", "term", "kind")?;
         let mut at = HEADER_LEN;
-        // The entry the next record holds, and the last term read: what a record after a bad
-        // one would carry (see `could_prove_damage`).
-        let (mut next, mut term) = (header.first_index, 0);
+        // The entry the next record holds (counted from the name, as start-up counts), and
+        // the last term read: what a record after a bad one would carry (see
+        // `could_prove_damage`).
+        let (mut next, mut term) = (first, 0);
         loop {
             let reason = match record::read_record(&buf, at) {
                 Read::Record { payload, next: after } => {
                     match decode_entry(header.version, payload) {
                         Ok(entry) => {
-                            (next, term) = (entry.log_id.index + 1, entry.log_id.leader_id.term);
+                            let idx = entry.log_id.index;
+                            // Start-up reads the records of purged entries without decoding them.
+                            if idx != next && next >= purged_next {
+                                let why = format!(
+                                    "{} at offset {at}: entry {idx} where entry {next} belongs",
+                                    file.display()
+                                );
+                                damaged(out, &mut damage, why)?;
+                            }
+                            (next, term) = (idx + 1, entry.log_id.leader_id.term);
                             // A batch of several transactions lists each on a line of its own;
                             // the lines after the first leave the offset blank.
                             for (i, (kind, what)) in describe(&entry).into_iter().enumerate() {
@@ -204,7 +315,6 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                                 )?;
                             }
                             summary.entries += 1;
-                            let idx = entry.log_id.index;
                             summary.last_record = Some((file.clone(), at as u64, idx));
                             summary.range = Some(summary.range.map_or((idx, idx), |(lo, _)| (lo, idx)));
                         }
@@ -212,6 +322,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                             let why = format!("an intact record that is not a log entry: {e}");
                             writeln!(out, "  {at:>10}  DAMAGED: {why}")?;
                             damage.push(format!("{} at offset {at}: {why}", file.display()));
+                            next += 1;
                         }
                     }
                     at = after;
@@ -235,6 +346,14 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             }
             break;
         }
+        expected = Some(next);
+    }
+    // Checked on what a server starts on, a data directory: a bare log directory may be a copy
+    // taken apart from its saved state.
+    if let (Some(meta), Some(_)) = (&meta, identity_cluster) {
+        if let Err(e) = check_saved_state(&dir, meta, summary.range.map(|(_, hi)| hi)) {
+            damaged(out, &mut damage, e.to_string())?;
+        }
     }
     writeln!(
         out,
@@ -248,6 +367,13 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
         return Err(DumpError::Damaged(format!("the log is damaged: {}", damage.join("; "))));
     }
     Ok(summary)
+}
+
+/// Lists `why`, a reason start-up refuses the log, and adds it to `damage`.
+fn damaged(out: &mut dyn Write, damage: &mut Vec<String>, why: String) -> Result<(), DumpError> {
+    writeln!(out, "  DAMAGED: {why} (start-up refuses this log)")?;
+    damage.push(why);
+    Ok(())
 }
 
 /// Lists a snapshot file (every znode and session), or every snapshot of a directory (a data
@@ -334,4 +460,160 @@ fn read_one(path: &Path, bytes: &[u8]) -> Result<(String, DataTree), String> {
         bytes.len()
     );
     Ok((line, tree))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::datadir::DataDir;
+    use crate::log::wal::{Wal, WalOptions};
+    use crate::log::FaultFs;
+    use crate::proto::SessionId;
+
+    const CLUSTER: u64 = 7;
+
+    fn log_dir() -> PathBuf {
+        PathBuf::from("/data/log")
+    }
+
+    fn segment(first: u64) -> PathBuf {
+        log_dir().join(format!("log-{first:020}"))
+    }
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId { leader_id: CommittedLeaderId::new(1, 1), index },
+            payload: EntryPayload::Normal(vec![Txn {
+                session: SessionId(0),
+                auth: Vec::new(),
+                time_ms: 0,
+                op: TxnOp::Write(WriteOp::Delete { path: format!("/e{index}"), version: -1 }),
+            }]),
+        }
+    }
+
+    /// A data directory of cluster 7 holding entries 1..=40 in segments of a few entries each,
+    /// a vote saved; the segments' first indexes.
+    fn data_dir(fs: &FaultFs) -> Vec<u64> {
+        drop(DataDir::open(fs, Path::new("/data"), Some(CLUSTER), 1, || CLUSTER).unwrap());
+        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let (mut wal, _) = Wal::open(Arc::new(fs.clone()), opts).unwrap();
+        wal.save_meta(&RaftMeta { vote: Some(Vote::new_committed(1, 1)), ..RaftMeta::default() }).unwrap();
+        for i in 1..=40 {
+            wal.append(&[entry(i)]).unwrap();
+            wal.sync().unwrap();
+        }
+        let mut firsts: Vec<u64> = fs.list(&log_dir()).unwrap().iter().filter_map(|n| parse_segment_name(n)).collect();
+        firsts.sort_unstable();
+        assert!(firsts.len() >= 4, "several segments: {firsts:?}");
+        firsts
+    }
+
+    fn rewrite_header(fs: &FaultFs, first: u64, change: impl FnOnce(&mut SegmentHeader)) {
+        fs.damage(&segment(first), |b| {
+            let mut h = SegmentHeader::decode(b).unwrap();
+            change(&mut h);
+            b[..HEADER_LEN].copy_from_slice(&h.encode());
+        })
+        .unwrap();
+    }
+
+    /// What the dump says is damaged (it must say something), with its listing; start-up
+    /// refuses the log too.
+    fn damage(fs: &FaultFs) -> (String, String) {
+        let mut out = Vec::new();
+        let found = match dump_log(fs, Path::new("/data"), &mut out) {
+            Err(DumpError::Damaged(why)) => (why, String::from_utf8(out).unwrap()),
+            other => panic!("expected damage, got {other:?}:\n{}", String::from_utf8_lossy(&out)),
+        };
+        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let opened = Wal::open(Arc::new(fs.clone()), opts).and_then(|(_, rec)| {
+            let last = rec.entries.last().map(|e| e.log_id.index);
+            check_saved_state(&log_dir(), &rec.meta, last)
+        });
+        assert!(opened.is_err(), "start-up takes what the dump calls damaged: {}", found.0);
+        found
+    }
+
+    /// Every check start-up makes before it accepts a log, the dump makes too, and reports
+    /// what fails as damage (exit 1) on a line of its own.
+    #[test]
+    fn the_dump_finds_what_start_up_refuses() {
+        let clean = FaultFs::new();
+        data_dir(&clean);
+        let summary = dump_log(&clean, Path::new("/data"), &mut std::io::sink()).unwrap();
+        assert_eq!(summary.range, Some((1, 40)));
+
+        // A middle segment deleted.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        fs.remove(&segment(firsts[2])).unwrap();
+        let (why, listing) = damage(&fs);
+        assert!(why.contains("missing") && why.contains(&format!("log-{:020}", firsts[3])), "{why}");
+        assert!(listing.contains("DAMAGED"), "{listing}");
+
+        // A segment of another cluster copied in.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        rewrite_header(&fs, firsts[1], |h| h.cluster_id = 8);
+        let (why, _) = damage(&fs);
+        assert!(why.contains("cluster 8") && why.contains("(7)"), "{why}");
+
+        // A header that does not match its name.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        rewrite_header(&fs, firsts[1], |h| h.first_index += 1);
+        let (why, _) = damage(&fs);
+        assert!(why.contains(&format!("the header says the first entry is {}", firsts[1] + 1)), "{why}");
+
+        // A newer format.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        rewrite_header(&fs, firsts[1], |h| h.version = FORMAT_VERSION + 1);
+        let (why, _) = damage(&fs);
+        assert!(why.contains(&format!("format version {}", FORMAT_VERSION + 1)), "{why}");
+
+        // An intact record of an entry out of sequence.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        let last = segment(*firsts.last().unwrap());
+        fs.damage(&last, |b| {
+            let mut at = HEADER_LEN;
+            while let Read::Record { next, .. } = record::read_record(b, at) {
+                at = next;
+            }
+            let mut rec = Vec::new();
+            let payload = crate::log::wal::encode_entry(&entry(99)).unwrap();
+            crate::log::wal::encode_entry_record(0, &payload, &mut rec);
+            b.resize(b.len().max(at + rec.len()), 0);
+            b[at..at + rec.len()].copy_from_slice(&rec);
+        })
+        .unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains("entry 99 where entry 41 belongs"), "{why}");
+
+        // Purged past the first segment there is: the one in between is gone.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let (mut wal, _) = Wal::open(Arc::new(fs.clone()), opts).unwrap();
+        let purged = LogId { leader_id: CommittedLeaderId::new(1, 1), index: 1 };
+        wal.save_meta(&RaftMeta { vote: Some(Vote::new_committed(1, 1)), last_purged: Some(purged), committed: None })
+            .unwrap();
+        drop(wal);
+        fs.remove(&segment(firsts[0])).unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains("purged up to 1") && why.contains("missing"), "{why}");
+
+        // The saved vote deleted.
+        let fs = FaultFs::new();
+        data_dir(&fs);
+        fs.remove(&log_dir().join(META_NAME)).unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains("no saved Raft state"), "{why}");
+    }
 }

@@ -1,8 +1,10 @@
 //! The coordinator server: starts replication, accepts client connections, expires sessions.
 //!
 //! [`Coordinator::start`] checks the data directory's identity, recovers the Raft log and the
-//! newest snapshot from it (the two at once, on two threads), applies the recovered log to the
-//! tree itself when this server is the only voter (every entry of its log is then committed),
+//! newest snapshot from it (the two at once, on two threads), refuses what it must not start
+//! on (a damaged or partly deleted directory, with what to do for the server's role; a
+//! server alone on a log whose membership is not itself alone), applies the recovered log to
+//! the tree itself when this server is the only voter (every entry of its log is then committed),
 //! brings up the Raft node (a cluster of one voter, or one member of the ensemble `servers`
 //! lists, talking to the others through [`crate::peer`]) and waits until it leads and has
 //! applied every entry it recovered (in an ensemble: until a leader is known); each phase is
@@ -71,6 +73,32 @@ pub enum CoordinatorError {
     /// No usable snapshot, or one cannot be read.
     #[error("the snapshots cannot be loaded: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// A server configured to run alone on a log whose membership it could never lead in.
+    #[error(
+        "this server runs alone (its configuration lists no ensemble `servers`), but the log in {} (cluster \
+         {cluster_id}) holds the membership {membership}, in which a server alone never becomes leader. Start it \
+         with the ensemble's configuration (`cluster_id: {cluster_id}`, its `server_id`, and `servers` listing \
+         those voters), or point data_dir at an empty directory to start a new cluster alone",
+        dir.display()
+    )]
+    NotAlone {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Its cluster id.
+        cluster_id: u64,
+        /// The membership in force, in words.
+        membership: String,
+    },
+    /// The data directory's acknowledged state is damaged or partly gone, past what start-up
+    /// repairs (a torn last write): nothing is guessed or dropped, and what to do about it
+    /// depends on where else the writes live.
+    #[error("{damage}. {recovery}")]
+    Damaged {
+        /// What start-up found.
+        damage: Damage,
+        /// What the operator does about it.
+        recovery: Recovery,
+    },
     /// The log could not make a write durable (failed fsync, full disk): the server stopped.
     #[error(
         "storage failed, the server stopped: {why}. No write was acknowledged without being \
@@ -85,6 +113,81 @@ pub enum CoordinatorError {
         /// The log's directory.
         dir: std::path::PathBuf,
     },
+}
+
+impl CoordinatorError {
+    /// This error with what to do about it ([`CoordinatorError::Damaged`]) when it is damage
+    /// start-up does not repair; any other error as it is.
+    fn with_recovery(self, recovery: Recovery) -> Self {
+        let damage = match self {
+            CoordinatorError::Log(e @ (LogError::Corrupt { .. } | LogError::LostSavedState { .. })) => Damage::Log(e),
+            CoordinatorError::Snapshot(e @ SnapshotError::Gap { .. }) => Damage::Snapshot(e),
+            CoordinatorError::DataDir(e @ DataDirError::Incomplete { .. }) => Damage::DataDir(e),
+            other => return other,
+        };
+        CoordinatorError::Damaged { damage, recovery }
+    }
+}
+
+/// What start-up found damaged or missing in a data directory ([`CoordinatorError::Damaged`]).
+#[derive(Debug, Error)]
+pub enum Damage {
+    /// The log, or its saved vote, commit and purge points.
+    #[error("the Raft log cannot be opened: {0}")]
+    Log(LogError),
+    /// The snapshots the log needs.
+    #[error("the snapshots cannot be loaded: {0}")]
+    Snapshot(SnapshotError),
+    /// The directory's layout.
+    #[error("data directory refused: {0}")]
+    DataDir(DataDirError),
+}
+
+/// What an operator does about a data directory whose acknowledged state is damaged or partly
+/// gone. It depends on the server's role: an ensemble's other servers hold every committed
+/// write (and refuse a wiped server under its old id), a server alone holds the only copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// A server of an ensemble.
+    Ensemble {
+        /// Its id.
+        server_id: u64,
+    },
+    /// A server running alone.
+    Alone,
+}
+
+impl Recovery {
+    /// The recovery of a server configured by `config`.
+    pub fn of(config: &CoordinatorConfig) -> Self {
+        if config.is_ensemble() {
+            Recovery::Ensemble { server_id: config.server_id() }
+        } else {
+            Recovery::Alone
+        }
+    }
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::Ensemble { server_id } => write!(
+                f,
+                "What to do: server {server_id} belongs to an ensemble, whose other servers hold every committed \
+                 write. Remove it from the ensemble (`referee coordinator members remove --server ADMIN --id \
+                 {server_id}`, ADMIN being any server's admin address), empty this data directory, and add the \
+                 server back under a new id (`referee coordinator members add`): its peers refuse a directory made \
+                 again under its old id. Never restore a voter's data directory from a backup: it would come back \
+                 without votes it cast and entries it acknowledged, and the ensemble could elect a leader without \
+                 writes it had committed"
+            ),
+            Recovery::Alone => f.write_str(
+                "What to do: this server runs alone, so its data directory holds the only copy of its writes. \
+                 Restore the directory from a backup (the writes made since that backup are lost), or, if they do \
+                 not matter, move it aside and start on an empty one",
+            ),
+        }
+    }
 }
 
 /// A running coordinator server.
@@ -219,7 +322,10 @@ impl Coordinator {
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
         let mut phases = StartPhases::new();
-        let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, node_id, random_cluster_id)?;
+        let recovery = Recovery::of(&config);
+        let advised = |e: CoordinatorError| e.with_recovery(recovery);
+        let data = DataDir::open(fs.as_ref(), &config.data_dir, config.cluster_id, node_id, random_cluster_id)
+            .map_err(|e| advised(e.into()))?;
         phases.done("data directory opened", &[]);
         let cluster_id = data.identity.cluster_id;
         let log_dir = data.log_dir();
@@ -232,7 +338,8 @@ impl Coordinator {
         // The log and the newest snapshot are read and checked at the same time, on two
         // threads (each is a few hundred milliseconds with 100,000 znodes); the snapshot needs
         // only the log's purge point, which is in its small state file.
-        let purged_upto = crate::log::wal::saved_purge_point(fs.as_ref(), &log_dir, cluster_id)?;
+        let purged_upto =
+            crate::log::wal::saved_purge_point(fs.as_ref(), &log_dir, cluster_id).map_err(|e| advised(e.into()))?;
         let (log, sm, log_took) = std::thread::scope(|scope| {
             let log = scope.spawn(|| {
                 let began = Instant::now();
@@ -243,12 +350,14 @@ impl Coordinator {
             let log = log.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             // The log's error first: a damaged log is the more telling of the two.
             let (log, log_took) = log?;
+            crate::log::wal::check_saved_state(&log_dir, &log.meta(), log.last_index())?;
             let sm = sm?;
             let log = log
                 .purging_one_snapshot_late()
                 .purging_past_its_end_after(sm.snapshots_on_disk(), SNAPSHOT_ON_DISK_PATIENCE);
             Ok::<_, CoordinatorError>((log, sm, log_took))
-        })?;
+        })
+        .map_err(advised)?;
         // The leader's fdatasync runs while its entries go to the followers; applies wait for
         // it (`LogStore::pipelining_as_leader`, and `holding_commits_to` below for followers).
         let log = log.pipelining_as_leader(node_id);
@@ -283,7 +392,21 @@ impl Coordinator {
                 ("znodes", nodes),
             ],
         );
-        let replayed = replay_if_sole_voter(&log, &sm, node_id)?;
+        let pending = membership_after_applied(&log, &sm)?;
+        if !config.is_ensemble() {
+            // A server alone wins elections only in a membership of itself: any other (an
+            // ensemble member's directory, or a change of voters begun on this server) would
+            // leave it waiting for a leadership that can never come.
+            let mut sm = sm.clone();
+            let (_, applied) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
+                .await
+                .map_err(|e| CoordinatorError::Raft(e.to_string()))?;
+            let in_force = pending.clone().unwrap_or_else(|| applied.membership().clone());
+            if let Some(membership) = not_alone_in(node_id, &in_force) {
+                return Err(CoordinatorError::NotAlone { dir: config.data_dir.clone(), cluster_id, membership });
+            }
+        }
+        let replayed = replay_if_sole_voter(&log, &sm, node_id, pending.as_ref())?;
         let (entries, txns) = replayed.unwrap_or_default();
         phases.done("log replayed", &[("entries", entries), ("txns", txns)]);
         // A sole voter with a saved vote is never the committed leader of its saved term here
@@ -421,6 +544,10 @@ impl Coordinator {
             self.shared.state.clone(),
             self.shared.proposer.clone(),
         );
+        let ctx = match &self.peers {
+            Some(peers) => ctx.hearing_through(peers.network.clone()),
+            None => ctx,
+        };
         if self.peers.is_some() {
             tasks.spawn(crate::admin::keep_members_published(ctx.clone(), stopped(&stop_rx)));
             tasks.spawn(crate::admin::complete_interrupted_changes(ctx.clone(), stopped(&stop_rx)));
@@ -739,25 +866,22 @@ impl StartPhases {
 /// snapshot before Raft starts (see [`StateMachine::replay`]): all of them are committed, as
 /// openraft would commit them on leading again. Elsewhere (several voters, or a change of
 /// voters under way) leaves replay to openraft, which applies what it learns is committed.
-/// Returns the entries and transactions applied, or `None` if this server is not the only
-/// voter.
-fn replay_if_sole_voter(log: &LogStore, sm: &StateMachine, me: u64) -> Result<Option<(u64, u64)>, CoordinatorError> {
+/// The membership in force is `newer` (that of a membership entry after the applied one, see
+/// [`membership_after_applied`]), else the applied one. Returns the entries and transactions
+/// applied, or `None` if this server is not the only voter.
+fn replay_if_sole_voter(
+    log: &LogStore,
+    sm: &StateMachine,
+    me: u64,
+    newer: Option<&openraft::Membership<u64, BasicNode>>,
+) -> Result<Option<(u64, u64)>, CoordinatorError> {
+    if !sm.sole_voter(me, newer) {
+        return Ok(None);
+    }
     let pending = log.encoded_after(sm.last_applied().map(|l| l.index));
     let decode = |e: &crate::log::EncodedEntry| {
         e.decode().map_err(|reason| LogError::BadEntry { index: e.log_id.index, reason })
     };
-    // The membership in force is that of the last membership entry, committed or not (as
-    // openraft takes it), else the one applied.
-    let newer = match pending.iter().rev().find(|e| e.is_membership()) {
-        Some(e) => match decode(e)?.payload {
-            openraft::EntryPayload::Membership(m) => Some(m),
-            _ => return Err(LogError::BadEntry { index: e.log_id.index, reason: "not a membership".into() }.into()),
-        },
-        None => None,
-    };
-    if !sm.sole_voter(me, newer.as_ref()) {
-        return Ok(None);
-    }
     // Decoded on a second thread while this one applies: the two take about as long.
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<openraft::Entry<crate::raft::TypeConfig>>>(4);
@@ -776,6 +900,40 @@ fn replay_if_sole_voter(log: &LogStore, sm: &StateMachine, me: u64) -> Result<Op
         // start fails naming the entry.
         decoder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         Ok(Some(applied))
+    })
+}
+
+/// The membership of the last membership entry of the log after the state machine's last
+/// applied entry, committed or not (as openraft takes it): the one in force, unless `None`,
+/// when the applied one is.
+fn membership_after_applied(
+    log: &LogStore,
+    sm: &StateMachine,
+) -> Result<Option<openraft::Membership<u64, BasicNode>>, CoordinatorError> {
+    let pending = log.encoded_after(sm.last_applied().map(|l| l.index));
+    let Some(e) = pending.iter().rev().find(|e| e.is_membership()) else { return Ok(None) };
+    let index = e.log_id.index;
+    match e.decode().map_err(|reason| LogError::BadEntry { index, reason })?.payload {
+        openraft::EntryPayload::Membership(m) => Ok(Some(m)),
+        _ => Err(LogError::BadEntry { index, reason: "not a membership".into() }.into()),
+    }
+}
+
+/// The membership `m` said in words, when a server alone, `me`, could not lead in it: it has
+/// voters (a new log has none, and is initialised) other than `me` alone, or a change of
+/// voters under way. `None` when it can.
+fn not_alone_in(me: u64, m: &openraft::Membership<u64, BasicNode>) -> Option<String> {
+    let sets = m.get_joint_config();
+    let alone = sets.iter().all(|voters| voters.len() == 1 && voters.contains(&me));
+    if sets.iter().all(|voters| voters.is_empty()) || (alone && sets.len() == 1) {
+        return None;
+    }
+    let list =
+        |voters: &std::collections::BTreeSet<u64>| voters.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    Some(match sets.as_slice() {
+        [one] => format!("voters {}", list(one)),
+        [old, new] => format!("voters {} joint with voters {} (a change of voters under way)", list(old), list(new)),
+        _ => sets.iter().map(|v| format!("voters {}", list(v))).collect::<Vec<_>>().join(" joint with "),
     })
 }
 
@@ -1490,6 +1648,24 @@ pub async fn shutdown_signal(program: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_alone_runs_only_in_a_membership_of_itself() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        let nodes =
+            |v: &[u64]| v.iter().map(|&id| (id, BasicNode { addr: format!("h:{id}") })).collect::<BTreeMap<_, _>>();
+        let m = |joint: Vec<BTreeSet<u64>>, all: &[u64]| openraft::Membership::new(joint, nodes(all));
+        assert_eq!(not_alone_in(1, &openraft::Membership::default()), None, "a new log: initialised alone");
+        assert_eq!(not_alone_in(1, &m(vec![set(&[1])], &[1])), None);
+        assert_eq!(not_alone_in(1, &m(vec![set(&[1])], &[1, 2])), None, "with an observer it cannot reach");
+        assert_eq!(not_alone_in(1, &m(vec![set(&[1, 2, 3])], &[1, 2, 3])).as_deref(), Some("voters 1, 2, 3"));
+        assert_eq!(not_alone_in(1, &m(vec![set(&[2])], &[2])).as_deref(), Some("voters 2"));
+        assert_eq!(
+            not_alone_in(1, &m(vec![set(&[1]), set(&[1, 2])], &[1, 2])).as_deref(),
+            Some("voters 1 joint with voters 1, 2 (a change of voters under way)")
+        );
+    }
 
     #[test]
     fn a_wait_for_a_leader_is_reported_with_who_is_heard_and_what_a_majority_needs() {

@@ -129,8 +129,7 @@ pub enum SnapshotError {
     /// Every usable snapshot is older than the start of the log: entries in between are gone.
     #[error(
         "cannot restore: {damaged}; the log is purged up to entry {purged_upto}, so {fallback}. \
-         Refusing to start rather than lose acknowledged writes. Restore the data directory from \
-         a backup, or remove it and let this server rejoin from its peers"
+         Refusing to start rather than lose acknowledged writes"
     )]
     Gap {
         /// The damaged snapshots, each with why.

@@ -456,3 +456,93 @@ async fn servers_join_get_promoted_and_leave_through_the_admin_api() -> Result<(
     }
     Ok(())
 }
+
+/// A server alone (no `servers`) refuses every membership change with 400 saying why: a
+/// learner it added would be unreachable for good, and a promotion would leave it a joint
+/// configuration it could never commit, every write held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_alone_refuses_membership_changes() -> Result<()> {
+    let dir = ScratchDir::new("members-alone")?;
+    let client = TcpListener::bind("127.0.0.1:0").await?;
+    let mut cfg = CoordinatorConfig::new(dir.path("data"));
+    cfg.listen = client.local_addr()?;
+    cfg.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+    let coordinator = within_for(DEADLINE, "a server alone to start", Coordinator::start(cfg)).await??;
+    let admin = coordinator.admin_addr().context("admin_listen is set")?;
+    let raft = coordinator.raft();
+    let (stop_tx, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(coordinator.serve(client, async move {
+        let _ = stopped.await;
+    }));
+    let newcomer = prepare(2, Role::Voter).await?;
+    for role in ["observer", "voter"] {
+        let (status, body) = post(admin, member_json(&newcomer.entry, role)).await?;
+        let r = refusal(status, &body, 400)?;
+        assert!(r.error.contains("runs alone") && r.error.contains("`servers`"), "{role}: {body}");
+    }
+    for id in ["1", "2"] {
+        let (status, body) = delete(admin, id).await?;
+        let r = refusal(status, &body, 400)?;
+        assert!(r.error.contains("runs alone"), "DELETE {id}: {body}");
+    }
+    let voters: Vec<u64> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let nodes = raft.metrics().borrow().membership_config.membership().nodes().count();
+    assert_eq!((voters, nodes), (vec![1], 1), "the membership is untouched");
+    let _ = stop_tx.send(());
+    within_for(DEADLINE, "the server to stop", task).await??.map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// An observer the leader no longer hears from is not promoted to voter: the joint
+/// configuration would need it, and every write would wait for it. The refusal (409) names
+/// what the leader knows of it; the ensemble goes on writing without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_the_leader_does_not_hear_is_not_promoted() -> Result<()> {
+    let (mut running, servers, _dirs) = start_ensemble(&[Role::Voter, Role::Observer]).await?;
+    let leader = leader_of(&running).await?;
+    assert_eq!(leader, 1, "the only voter leads");
+    let l_admin = by_id(&running, 1)?.admin;
+    // The observer is a learner and caught up: what is refused below is its silence.
+    by_id(&running, 1)?
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| {
+                m.membership_config.membership().learner_ids().any(|id| id == 2)
+                    && m.replication
+                        .as_ref()
+                        .is_some_and(|r| r.get(&2).is_some_and(|x| x.map(|l| l.index) == m.last_log_index))
+            },
+            "the observer to match the leader's log",
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let at = running.iter().position(|r| r.id == 2).context("the observer runs")?;
+    stop(running.remove(at)).await?;
+    // Until the leader has noticed, it may still count the observer as heard lately.
+    let heard_lately = || async {
+        let v: serde_json::Value =
+            http()?.get(format!("http://{l_admin}/members")).send().await?.error_for_status()?.json().await?;
+        let two = v["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 2)).cloned();
+        let within = referee_coordinator::admin::PROMOTE_HEARD_WITHIN.as_millis() as u64;
+        Ok::<_, anyhow::Error>(two.and_then(|m| m["heard_ms"].as_u64()).is_some_and(|ms| ms <= within))
+    };
+    within_for(DEADLINE, "the leader to stop hearing the observer", async {
+        while heard_lately().await.unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+
+    let (status, body) = post(l_admin, member_json(&servers[1], "voter")).await?;
+    let r = refusal(status, &body, 409)?;
+    assert!(r.error.contains("observer 2") && r.error.contains("matched") && r.error.contains("heard"), "{body}");
+    let m = members(l_admin).await?;
+    let voters: Vec<u64> = m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect();
+    assert_eq!((voters, m.changing), (vec![1], false), "{m:?}");
+    write_and_check(&running, leader, "/after-the-refusal").await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}

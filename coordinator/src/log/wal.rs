@@ -124,8 +124,7 @@ pub enum LogError {
     /// The log is damaged somewhere other than a torn tail; nothing is guessed or dropped.
     #[error(
         "the log is damaged in {} at byte {offset}: {reason}; refusing to start rather than lose \
-         acknowledged entries. Restore this server's data directory from a backup, or remove it \
-         and let the server rejoin from its peers",
+         acknowledged entries",
         path.display()
     )]
     Corrupt {
@@ -135,6 +134,21 @@ pub enum LogError {
         offset: u64,
         /// What was found there.
         reason: String,
+    },
+    /// The log holds entries a server can only have appended after saving a vote, but no vote
+    /// is saved: its `raft-meta` was deleted (or the log copied in without it).
+    #[error(
+        "{} holds log entries up to {last_index} but no saved Raft state ({META_NAME}, with the vote this \
+         server cast and the log's purge point, is missing): it was deleted, or the log was copied in without \
+         it. A server that forgot its vote could vote twice in one term and help elect a leader without \
+         acknowledged writes; refusing to start",
+        dir.display()
+    )]
+    LostSavedState {
+        /// The log's directory.
+        dir: PathBuf,
+        /// The last entry in it.
+        last_index: u64,
     },
     /// The directory holds another cluster's log.
     #[error(
@@ -896,6 +910,21 @@ fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
     let json = serde_json::to_vec(meta).expect("vote and log ids always serialise");
     record::encode_record(&json, &mut out);
     out
+}
+
+/// Refuses a log in `dir` whose entries outlive its saved state `meta`: entries up to
+/// `last_index` with no vote, commit point or purge point saved. A server saves its vote
+/// before it appends an entry of a leader's (its own included), so such a log lost its
+/// `raft-meta`, and with it the vote that keeps the server from voting twice in one term
+/// (and the purge point that shows a missing segment). One entry is appended before any vote:
+/// the first membership, index 0, of a server initialising the cluster (`--init`, or a server
+/// alone), which then saves its vote as a candidate; a log of that entry alone is let through.
+pub fn check_saved_state(dir: &Path, meta: &RaftMeta, last_index: Option<u64>) -> Result<(), LogError> {
+    let saved = meta.vote.is_some() || meta.committed.is_some() || meta.last_purged.is_some();
+    match last_index {
+        Some(last) if last > 0 && !saved => Err(LogError::LostSavedState { dir: dir.to_path_buf(), last_index: last }),
+        _ => Ok(()),
+    }
 }
 
 /// The purge point saved in the log directory `dir` (0 if nothing is purged, or there is no
