@@ -694,30 +694,16 @@ impl AgentConfig {
         // After the active dies its last position is at most one publish interval old, and the
         // lock is free at most a session timeout later; the lowest-ranked standby then waits
         // its head start. The gate must still trust the position by then, or every failover
-        // would need an operator. With the gate on, a hung master counts too: its agent keeps
-        // the lock, publishing nothing, until the master is declared not responding.
-        let others = u64::try_from(self.peers.len()).unwrap_or(u64::MAX);
-        let session = self.coordinator.session_timeout_ms;
-        let hung = u64::try_from(self.health.hung_detection().as_millis()).unwrap_or(u64::MAX);
-        let lock_free_after = if e.max_lag.is_some() { session.max(hung) } else { session };
-        let needed = lock_free_after
-            .saturating_add(e.position_publish_interval_ms.saturating_mul(2))
-            .saturating_add(e.rank_delay_ms.saturating_mul(others));
+        // would need an operator. (A hung master's detection is added where the policy is
+        // made: see `position_max_age`.)
+        let needed = self.position_age_needed(self.coordinator.session_timeout_ms);
         if e.position_max_age_ms < needed {
-            let lost = if lock_free_after > session {
-                format!(
-                    "with election.max_lag set, it must be at least the time a hung master takes to be declared not \
-                     responding (health.slow_fall x the longer of health.interval_ms and health.timeout_ms: {hung} ms)"
-                )
-            } else {
-                "it must be at least coordinator.session_timeout_ms".to_string()
-            };
             return Err(invalid(
                 "election.position_max_age_ms",
                 format!(
-                    "is {} ms; {lost} + twice election.position_publish_interval_ms + election.rank_delay_ms per peer \
-                     ({needed} ms), or the position would go stale before a failover could use it: raise it, or \
-                     detect a hung master sooner",
+                    "is {} ms; it must be at least coordinator.session_timeout_ms + twice \
+                     election.position_publish_interval_ms + election.rank_delay_ms per peer ({needed} ms), or the \
+                     position would go stale before a failover could use it",
                     e.position_max_age_ms
                 ),
             ));
@@ -804,7 +790,7 @@ impl AgentConfig {
             promote_budget: self.promote_budget(),
             candidacy: crate::candidacy::CandidacyPolicy {
                 max_lag: self.election.max_lag,
-                position_max_age: Duration::from_millis(self.election.position_max_age_ms),
+                position_max_age: self.position_max_age(),
                 cross_zone: self.election.cross_zone,
                 rank_delay: Duration::from_millis(self.election.rank_delay_ms),
             },
@@ -821,6 +807,29 @@ impl AgentConfig {
             drained: None,
             state_unread: false,
         }
+    }
+
+    /// How old a published position may be and still be trusted, from `lock_free_after` (how
+    /// long after the active's last publication its lock may be freed): that, twice the
+    /// publish interval, and every lower rank's head start.
+    fn position_age_needed(&self, lock_free_after: u64) -> u64 {
+        let others = u64::try_from(self.peers.len()).unwrap_or(u64::MAX);
+        lock_free_after
+            .saturating_add(self.election.position_publish_interval_ms.saturating_mul(2))
+            .saturating_add(self.election.rank_delay_ms.saturating_mul(others))
+    }
+
+    /// The lag gate's staleness bound: `position_max_age_ms`, raised with the gate on to cover
+    /// a hung master's detection (its agent keeps the lock, publishing nothing, until the
+    /// master is declared not responding: `health.slow_fall` × the longer of `interval_ms` and
+    /// `timeout_ms`), so that the position is still trusted when the lock is freed and an
+    /// automatic failover of a hung master can happen. Raised, not refused: a cluster's
+    /// `max_lag` set live must never be dropped (and the gate with it) over a node's health
+    /// settings.
+    pub fn position_max_age(&self) -> Duration {
+        let hung = u64::try_from(self.health.hung_detection().as_millis()).unwrap_or(u64::MAX);
+        let needed = if self.election.max_lag.is_some() { self.position_age_needed(hung) } else { 0 };
+        Duration::from_millis(self.election.position_max_age_ms.max(needed))
     }
 
     /// How long a failsafe round that every peer confirmed keeps the master active, counted
@@ -1091,17 +1100,26 @@ probes: {listen: "127.0.0.1:8301"}
     /// A hung active's agent keeps the lock, publishing nothing, until its master is declared
     /// not responding (20 timed-out checks of 3 s with the default health settings): with the
     /// lag gate on, a position that went stale before that would block every automatic
-    /// failover of a hung master.
+    /// failover of a hung master. The bound is raised to cover it, never refused: a refusal
+    /// would drop a cluster's `max_lag` set live, and the gate with it.
     #[test]
     fn with_the_lag_gate_on_the_position_outlasts_a_hung_masters_detection() {
-        let with = |extra: &str| AgentConfig::from_yaml(&minimal().replace("probes:", &format!("{extra}\nprobes:")));
-        let e = with("election: {max_lag: 100}").unwrap_err().to_string();
-        assert!(e.contains("`election.position_max_age_ms` is 30000 ms") && e.contains("(63000 ms)"), "{e}");
-        assert!(e.contains("hung master"), "{e}");
-        assert!(with("election: {max_lag: 100, position_max_age_ms: 63000}").is_ok());
-        // Detected sooner, the default is enough.
-        assert!(with("election: {max_lag: 100}\nhealth: {interval_ms: 100, timeout_ms: 300}").is_ok());
+        let with =
+            |extra: &str| AgentConfig::from_yaml(&minimal().replace("probes:", &format!("{extra}\nprobes:"))).unwrap();
+        let age = |extra: &str| with(extra).policy().candidacy.position_max_age;
+        // 20 × 3000 ms, + 2 × 1000 ms publish interval + 1 peer × 1000 ms.
+        assert_eq!(age("election: {max_lag: 100}"), Duration::from_millis(63_000));
+        assert_eq!(age("election: {max_lag: 100, position_max_age_ms: 90000}"), Duration::from_millis(90_000));
+        // Detected sooner (20 × 300 ms), the configured age is enough.
+        assert_eq!(
+            age("election: {max_lag: 100}\nhealth: {interval_ms: 100, timeout_ms: 300}"),
+            Duration::from_secs(30)
+        );
         // Without the gate, no position is judged.
-        assert!(with("election: {position_max_age_ms: 5500}").is_ok());
+        assert_eq!(age("election: {position_max_age_ms: 5500}"), Duration::from_millis(5500));
+        // A cluster's max_lag is taken whatever this node's health settings.
+        let merged = with("").with_cluster_settings(&serde_json::json!({"election": {"max_lag": 7}})).unwrap();
+        assert_eq!(merged.policy().candidacy.max_lag, Some(7));
+        assert_eq!(merged.policy().candidacy.position_max_age, Duration::from_millis(63_000));
     }
 }

@@ -434,8 +434,8 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     || obs.backoff_until.is_some_and(|t| t > obs.now)
                     || obs.promised.as_ref().is_some_and(|(_, t)| *t > obs.now);
                 // A preferred node that may not take the role (drained, nofailover, too far
-                // behind the active, another zone) does not ask for it: the active would step
-                // down for nobody.
+                // behind the active, another zone, its master not ready, a lease no promotion
+                // fits in) does not ask for it: the active would step down for nobody.
                 let unfit = candidacy::gate(
                     &obs.candidacy,
                     obs.published.as_ref(),
@@ -444,7 +444,9 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     false,
                     false,
                 )
-                .is_some();
+                .is_some()
+                    || not_ready(obs.master).is_some()
+                    || lease_too_short(obs, policy).is_some();
                 if connected && healthy_for >= after && flap_wait.is_none() && !not_before && !unfit {
                     return decision(
                         vec![Step::RequestHandover { from: node_id.clone() }],
@@ -1524,6 +1526,31 @@ mod tests {
         o.lease_budget = Some(short + Duration::from_millis(1));
         o.lock = LockView::Free;
         assert_eq!(decide(&o, &policy).steps, vec![Step::Contend]);
+    }
+
+    /// A preferred node asks the active to hand over only if it would then take the lock: one
+    /// whose master is not ready, or whose lease cannot cover a promotion, would leave the
+    /// cluster without an active, every `failback_after`.
+    #[test]
+    fn a_preferred_node_that_would_not_take_the_lock_does_not_ask_for_it() {
+        let policy = Policy {
+            failback_after: Some(Duration::from_secs(10)),
+            promote_budget: Duration::from_millis(600),
+            ..Policy::with_backoff(BACKOFF)
+        };
+        let mut o = base();
+        o.lock = LockView::Peer { node_id: "b".into(), token: t(40) };
+        let asks = |o: &Observation| decide(o, &policy).steps.iter().any(|s| matches!(s, Step::RequestHandover { .. }));
+        assert!(asks(&o), "ready: asks");
+        let mut initializing = o.clone();
+        initializing.master = Some(MasterStatus { state: HaState::Initializing, token: t(0), position: None });
+        let mut unread = o.clone();
+        unread.master = None;
+        let mut short = o.clone();
+        short.lease_budget = Some(Duration::from_millis(600));
+        for (name, o) in [("initializing", initializing), ("unread", unread), ("short lease", short)] {
+            assert!(!asks(&o), "{name}: would not take the lock, must not ask for it");
+        }
     }
 
     #[test]

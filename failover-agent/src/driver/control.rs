@@ -315,6 +315,26 @@ impl Driver {
         if !health.is_healthy() {
             return Err(format!("refusing a failover to this node: its master is not healthy ({health:?})"));
         }
+        // What would keep this node from taking the lock once the active ceded: asked anyway,
+        // the active would step down for nobody.
+        match master.map(|m| m.state) {
+            Some(HaState::Standby | HaState::Active) => {}
+            Some(HaState::Initializing) => {
+                return Err("refusing a failover to this node: its master is still initializing".into())
+            }
+            None => return Err("refusing a failover to this node: its master's state could not be read".into()),
+        }
+        let promote = self.cfg.policy().promote_budget;
+        if let Some(lease) = self.mem.lease.granted().map(|_| self.mem.lease.budget().unwrap_or_default()) {
+            if lease <= promote {
+                return Err(format!(
+                    "refusing a failover to this node: the granted session timeout buys a lease of {} ms, which no \
+                     promotion ({} ms) fits in",
+                    lease.as_millis(),
+                    promote.as_millis()
+                ));
+            }
+        }
         if paused {
             return Err("refusing a failover to this node: it is paused".into());
         }

@@ -51,6 +51,19 @@ fn seen_next(
     }
 }
 
+/// The core's view of a publication, seen by node `own`. A record this node published itself
+/// is as good as renewed: whatever the active acknowledged after it, this node's master took
+/// (it was that active), so its age says nothing of what this node lacks. After a restart of
+/// the whole cluster nobody publishes until a node is active again, and the last active is the
+/// one node the gate can still let through.
+fn view(seen: &Seen, own: &str) -> PublishedView {
+    PublishedView {
+        record: seen.record.clone(),
+        changed_at: seen.changed_at,
+        renewed: seen.renewed || seen.record.node_id == own,
+    }
+}
+
 impl Driver {
     fn publish_interval(&self) -> Duration {
         Duration::from_millis(self.cfg.election.position_publish_interval_ms)
@@ -81,11 +94,7 @@ impl Driver {
 
     /// The core's view of the published position.
     pub(super) fn published_view(&self) -> Option<PublishedView> {
-        self.pub_state.published.as_ref().map(|s| PublishedView {
-            record: s.record.clone(),
-            changed_at: s.changed_at,
-            renewed: s.renewed,
-        })
+        self.pub_state.published.as_ref().map(|s| view(s, &self.cfg.node_id))
     }
 
     /// The other members' candidacies.
@@ -181,5 +190,14 @@ mod tests {
         assert_eq!(seen_next(Some(changed), None, false, later), None, "gone");
         let appeared = seen_next(None, Some((record(11), 9)), false, later).unwrap();
         assert!(appeared.renewed, "published after a read that found none: new");
+    }
+
+    /// After a restart of the whole cluster, the record read first is of unknown age to every
+    /// node but the one that published it, which was the active and has what it published.
+    #[test]
+    fn a_record_this_node_published_is_taken_as_renewed() {
+        let first = seen_next(None, Some((record(10), 7)), true, BootInstant::now()).unwrap();
+        assert!(!view(&first, "b").renewed, "another node's record read once: unknown age");
+        assert!(view(&first, "a").renewed, "its publisher's own");
     }
 }
