@@ -267,12 +267,22 @@ impl DataDir {
                 });
             }
             // The identity is written after `log/` exists (below): without it, the log and the
-            // votes this server cast were deleted, not never made.
+            // votes this server cast were deleted, not never made. Earlier releases wrote the
+            // identity first: a directory holding nothing else (no `snapshots/`, no `peers`) is
+            // one of theirs whose first start was cut short, and is completed.
             let log = root.join(LOG_NAME);
             match fs.list(&log) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(DataDirError::Incomplete { path: root.to_path_buf(), missing: "log/" })
+                    if names.iter().any(|n| n == SNAPSHOTS_NAME || n == PEERS_NAME) {
+                        return Err(DataDirError::Incomplete { path: root.to_path_buf(), missing: "log/" });
+                    }
+                    for sub in [LOG_NAME, SNAPSHOTS_NAME] {
+                        let dir = root.join(sub);
+                        fs.create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+                    }
+                    fs.sync_dir(root).map_err(io_err("syncing directory", root))?;
+                    tracing::info!(dir = %root.display(), "completed a data directory whose first start was cut short");
                 }
                 Err(e) => return Err(io_err("listing", &log)(e)),
             }
@@ -553,6 +563,12 @@ mod tests {
         assert!(matches!(e, DataDirError::Incomplete { missing: "log/", .. }), "{e:?}");
         let e = e.to_string();
         assert!(e.contains("identity file but no log/") && e.contains(&root.display().to_string()), "{e}");
+        // An identity alone: an earlier release's first start cut short (it wrote the
+        // identity first). Completed, not refused.
+        std::fs::remove_dir_all(root.join("snapshots")).unwrap();
+        let d = open().unwrap();
+        assert!(root.join("log").is_dir() && root.join("snapshots").is_dir(), "completed");
+        drop(d);
 
         let fresh = scratch.path("cut-short");
         std::fs::create_dir_all(fresh.join("log")).unwrap();

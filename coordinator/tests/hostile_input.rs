@@ -477,8 +477,9 @@ async fn set_watches_fires_each_change_once_and_within_the_outbound_limit() -> R
     let fired: Vec<(i32, String)> = fired.into_iter().map(|n| (n.kind, n.path)).collect();
     assert_eq!(fired, vec![(ev::NODE_DELETED, "a".to_string()), (ev::NODE_CREATED, "/".to_string())]);
 
-    // 4,000 distinct paths gone, about 44 bytes of notification each: past 64 KiB.
-    let gone: Vec<String> = (0..4000).map(|i| format!("/gone/{i:06}")).collect();
+    // 8,000 distinct paths gone, about 44 bytes of notification each: past four times 64 KiB
+    // (the bound of notifications waiting behind a reply).
+    let gone: Vec<String> = (0..8000).map(|i| format!("/gone/{i:06}")).collect();
     let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
     raw.send(op::SET_WATCHES, &body::set_watches(server.last_zxid(), &gone, &[], &[], None)).await?;
     let sent = raw.expect_closed().await?;

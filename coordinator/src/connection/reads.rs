@@ -46,10 +46,11 @@ pub(super) enum Refusal {
          for, and no event could tell the client which were left out"
     )]
     PersistentWatchesOverLimit { wanted: usize },
-    /// SetWatches would fire more notifications (with those owed before its reply) than
-    /// `max_queued_outbound_bytes`; `at_least` bytes were counted when it stopped.
+    /// SetWatches would fire more notifications (with those owed before its reply) than four
+    /// times `max_queued_outbound_bytes`; `at_least` bytes were counted when it stopped.
     #[error(
-        "its SetWatches would fire more than max_queued_outbound_bytes of notifications (at least {at_least} bytes)"
+        "its SetWatches would fire more than four times max_queued_outbound_bytes of notifications (at least \
+         {at_least} bytes)"
     )]
     TooManyNotifications { at_least: usize },
 }
@@ -368,13 +369,18 @@ fn set_watches(
         }
     }
 
-    // Built one at a time, so a SetWatches that would fire too many stops at the limit.
+    // Built one at a time, so a SetWatches that would fire too many stops at the limit: the
+    // larger bound of notifications waiting behind a reply, as these do. With the lists
+    // deduplicated they are a few times the request's size at most, so a client is closed
+    // here only for a request far beyond a client's own watches (closed, it would send the
+    // same one again on every reconnect).
+    let limit = cx.max_notification_bytes.saturating_mul(crate::outbox::PENDING_REPLY_FACTOR);
     let mut bytes: usize = frames.iter().map(Vec::len).sum();
     let mut fired = Vec::with_capacity(fire.len() + left_over.len());
     for (kind, p) in fire.iter().chain(&left_over) {
         let frame = encode_notification(*kind, p, zxid);
         bytes = bytes.saturating_add(frame.len());
-        if bytes > cx.max_notification_bytes {
+        if bytes > limit {
             cx.refused = Some(Refusal::TooManyNotifications { at_least: bytes });
             return Err(ErrorCode::BadArguments);
         }

@@ -328,8 +328,8 @@ fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; Refu
             peer = %conn.peer,
             at_least,
             limit = config.max_queued_outbound_bytes,
-            "closing the connection: its SetWatches would fire more than max_queued_outbound_bytes of \
-             notifications at once"
+            "closing the connection: its SetWatches would fire more than four times max_queued_outbound_bytes \
+             of notifications at once"
         ),
         _ => tracing::debug!(conn = conn.id, xid, ?refusal, "read refused by a limit"),
     }

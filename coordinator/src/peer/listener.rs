@@ -429,14 +429,13 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
                 let mut st = lock(state);
                 // Alive from when its server heard it, not from this report's arrival: a report
                 // sent again after a broken link must not add the link's outage to the session.
-                let heard = |h: &HeardFrom| {
-                    received.checked_sub(Duration::from_millis(u64::from(h.ago_ms))).unwrap_or(received)
+                // A hearing older than this clock can count (before its start) renews nothing;
+                // it still says whether the session is alive here.
+                let mut alive = |h: &HeardFrom| match received.checked_sub(Duration::from_millis(u64::from(h.ago_ms))) {
+                    Some(at) => st.tracker.touch(h.session, at),
+                    None => st.tracker.is_live(h.session),
                 };
-                let expired = sessions
-                    .into_iter()
-                    .filter(|h| !st.tracker.touch(h.session, heard(h)))
-                    .map(|h| h.session)
-                    .collect();
+                let expired = sessions.into_iter().filter(|h| !alive(h)).map(|h| h.session).collect();
                 (expired, st.quorum_proof.clone())
             };
             let leading = || crate::role::settled_term(&raft.metrics().borrow());
