@@ -338,16 +338,17 @@ pub struct KillConfig {
     pub name: Option<String>,
     /// Deadline for finding, signalling and verifying the process gone.
     pub timeout_ms: u64,
-    /// Time between SIGTERM and SIGKILL. At least [`KillConfig::SIGKILL_RESERVE_MS`] of
-    /// `timeout_ms` must be left after it; when a fence's budget is cut below the grace, the
-    /// grace is cut short to keep that reserve, or skipped.
+    /// Time between SIGTERM and SIGKILL; shorter than `timeout_ms`. When the time left of a
+    /// fence's budget after the grace is under [`KillConfig::SIGKILL_RESERVE_MS`], the grace is
+    /// cut short to keep that reserve for SIGKILL, or skipped.
     pub grace_ms: u64,
     /// Also find the master by the processes holding TCP sockets on the target's port, its
     /// listener and the sessions accepted there (default true); fenced then needs none left.
     #[serde(default = "default_true")]
     pub find_by_port: bool,
-    /// Extra names or addresses by which targets may name this host, beyond `localhost`,
-    /// loopback addresses and the kernel host name. A target on another host is refused.
+    /// Extra names or addresses by which targets may name this host, beyond `localhost`, the
+    /// addresses of its interfaces and its host name (short or fully qualified). A target on
+    /// another host is refused.
     #[serde(default)]
     pub local_hosts: Vec<String>,
 }
@@ -558,7 +559,9 @@ pub enum FirewallBackend {
 pub enum IsolateFamily {
     /// IPv4 with `program` and IPv6 with `program6` (the default). A master bound to `[::]`
     /// (PostgreSQL with `listen_addresses='*'`, Go and Java by default) serves both, and
-    /// clients that resolve a host name with an AAAA record prefer IPv6.
+    /// clients that resolve a host name with an AAAA record prefer IPv6. Left unset, a host
+    /// without IPv6 in its kernel is isolated over IPv4 alone, and without an IPv6 program the
+    /// IPv4 rules go in with the `ss -6` check of `ipv4`; set explicitly, IPv6 rules are required.
     #[default]
     Both,
     /// IPv4 only, for a host whose kernel has IPv6 turned off, where `ip6tables` cannot work.
@@ -629,15 +632,22 @@ pub struct IsolateConfig {
     /// both families go to one flavour of the backend).
     #[serde(default)]
     pub program6: Option<String>,
-    /// The address families dropped (default `both`).
+    /// The address families dropped (default `both`, see [`IsolateConfig::family`]). Left
+    /// unset, IPv6 is dropped where the host has it: a host whose kernel has IPv6 off
+    /// (`ip6tables` cannot initialise its table) is isolated over IPv4 alone, and without an
+    /// IPv6 program (none installed, or a `program` with no `iptables` flavour to derive it
+    /// from) the IPv4 rules go in and the `ss -6` check of `family: ipv4` applies. Set to
+    /// `both`, the IPv6 rules are required.
     #[serde(default)]
-    pub family: IsolateFamily,
+    pub family: Option<IsolateFamily>,
     /// Also drop forwarded traffic to and from the port, for masters behind NAT or in
     /// containers (default true).
     #[serde(default = "default_true")]
     pub forward: bool,
     /// With `via: local`, extra names or addresses by which targets may name this host, beyond
-    /// `localhost`, loopback addresses and the kernel host name. A target on another host is
+    /// `localhost`, the addresses of its interfaces and its host name (short or fully
+    /// qualified), and the addresses of its containers (a master behind NAT or in a container
+    /// on this host, cut off by the FORWARD rules of `forward`). A target on another host is
     /// refused (rules here would cut off nothing of it), unless `command_prefix` enters another
     /// network namespace (`ip netns exec NAME`, `nsenter`), which the target then names.
     #[serde(default)]
@@ -645,6 +655,17 @@ pub struct IsolateConfig {
 }
 
 impl IsolateConfig {
+    /// The address families in effect (`both` unless set).
+    pub fn family(&self) -> IsolateFamily {
+        self.family.unwrap_or_default()
+    }
+
+    /// Whether `family` is set, rather than left at its default: an explicit `both` requires
+    /// the IPv6 rules where the default goes on without them on a host without IPv6.
+    pub fn family_explicit(&self) -> bool {
+        self.family.is_some()
+    }
+
     /// The IPv6 firewall program in effect (see `program6`); `None` when none is configured
     /// and `program` does not name an `iptables` to derive it from.
     pub fn program6(&self) -> Option<String> {
@@ -904,18 +925,10 @@ impl Checker {
                 }
                 Ok(())
             }
-            MethodConfig::Kill(c) => {
-                let left = c.timeout_ms.saturating_sub(c.grace_ms);
-                self.ensure(left >= KillConfig::SIGKILL_RESERVE_MS, "grace_ms", || {
-                    format!(
-                        "{} ms leaves {left} ms of timeout_ms {} for SIGKILL, less than the {} ms it is given to \
-                         end the master and see it gone: lower grace_ms or raise timeout_ms",
-                        c.grace_ms,
-                        c.timeout_ms,
-                        KillConfig::SIGKILL_RESERVE_MS
-                    )
-                })
-            }
+            // A grace leaving less than the SIGKILL reserve is cut at run time to keep it.
+            MethodConfig::Kill(c) => self.ensure(c.grace_ms < c.timeout_ms, "grace_ms", || {
+                format!("{} ms must be shorter than timeout_ms {} to leave time for SIGKILL", c.grace_ms, c.timeout_ms)
+            }),
             MethodConfig::Ssh(c) => {
                 self.ssh_login(&c.user, c.connect_timeout_ms, c.timeout_ms, &c.identity_file)?;
                 self.ensure(!c.command.is_empty(), "command", || {
@@ -1002,8 +1015,10 @@ impl Checker {
                     "must name the firewall program".into()
                 })?;
                 let program6 = match c.family {
-                    IsolateFamily::Ipv4 => None,
-                    IsolateFamily::Both => Some(c.program6().ok_or_else(|| {
+                    Some(IsolateFamily::Ipv4) => None,
+                    // Left at its default: without an IPv6 program, IPv4 and the `ss -6` check.
+                    None => c.program6(),
+                    Some(IsolateFamily::Both) => Some(c.program6().ok_or_else(|| {
                         self.err(
                             "program6",
                             format!(
@@ -1347,21 +1362,27 @@ mod tests {
                 other => panic!("{other:?}"),
             };
         let c = isolate("");
-        assert_eq!((c.family, c.program6().as_deref()), (IsolateFamily::Both, Some("ip6tables")));
+        assert_eq!((c.family(), c.program6().as_deref()), (IsolateFamily::Both, Some("ip6tables")));
         let c = isolate("        program: /usr/sbin/iptables-legacy\n");
         assert_eq!(c.program6().as_deref(), Some("/usr/sbin/ip6tables-legacy"));
         let c = isolate("        program: fw4\n        program6: fw6\n");
         assert_eq!(c.program6().as_deref(), Some("fw6"));
-        assert_eq!(isolate("        program: fw4\n        family: ipv4\n").family, IsolateFamily::Ipv4);
+        assert_eq!(isolate("        program: fw4\n        family: ipv4\n").family(), IsolateFamily::Ipv4);
 
-        let e = err(&yaml("        program: fw4\n"));
+        // A wrapper named otherwise, with `family` left at its default: IPv4 plus the `ss -6`
+        // check, not a refusal.
+        let c = isolate("        program: /usr/local/sbin/fw\n");
+        assert_eq!((c.family(), c.program6()), (IsolateFamily::Both, None));
+        assert!(!c.family_explicit());
+        // An explicit `family: both` needs a program for IPv6.
+        let e = err(&yaml("        program: fw4\n        family: both\n"));
         assert!(e.contains("(isolate): field `program6`") && e.contains("family: ipv4"), "{e}");
         let e = err(&yaml("        family: ipv6\n"));
         assert!(e.contains("unknown variant `ipv6`"), "{e}");
     }
 
     #[test]
-    fn kill_leaves_sigkill_its_reserve_after_the_grace() {
+    fn kill_refuses_only_a_grace_as_long_as_the_timeout() {
         let kill = |timeout: u64, grace: u64| {
             format!(
                 "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: {timeout}\n        \
@@ -1370,11 +1391,13 @@ mod tests {
         };
         FencingConfig::from_yaml_str(&kill(5000, 4500)).unwrap();
         FencingConfig::from_yaml_str(&kill(500, 0)).unwrap();
-        let e = err(&kill(5000, 4990));
+        // A short budget is cut at run time (the grace gives way to the SIGKILL reserve).
+        FencingConfig::from_yaml_str(&kill(5000, 4990)).unwrap();
+        FencingConfig::from_yaml_str(&kill(400, 0)).unwrap();
+        FencingConfig::from_yaml_str(&kill(2000, 1800)).unwrap();
+        let e = err(&kill(5000, 5000));
         assert!(e.starts_with("fencing level 0, method 0 (kill): field `grace_ms`"), "{e}");
-        assert!(e.contains("leaves 10 ms") && e.contains("500 ms"), "{e}");
-        let e = err(&kill(400, 0));
-        assert!(e.contains("leaves 400 ms"), "{e}");
+        assert!(e.contains("shorter than timeout_ms 5000"), "{e}");
     }
 
     #[test]

@@ -499,3 +499,114 @@ fn isolate_cuts_a_dual_stack_master_over_ipv6_too() {
         assert!(reason.contains("is an IPv6 address"), "{reason}");
     });
 }
+
+/// A stand-in for `ip6tables` on a host booted with `ipv6.disable=1`: the kernel refuses the
+/// IPv6 table, so the program exits 3 with the message the real one prints.
+fn ip6tables_without_ipv6(dir: &ScratchDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path("ip6tables");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho \"ip6tables v1.8.9 (legacy): can't initialize ip6tables table \\`filter': Address family not \
+         supported by protocol\" >&2\necho 'Perhaps ip6tables or your kernel needs to be upgraded.' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// With `family` left at its default, a host whose kernel has IPv6 off (ip6tables exits 3)
+/// is isolated over IPv4 alone, and says so; an explicit `family: both` stays strict.
+#[test]
+fn isolate_by_default_goes_on_over_ipv4_where_the_kernel_has_no_ipv6() {
+    if !require("isolate no-IPv6 test", true, &["ip", "iptables"], "root and iptables") {
+        return;
+    }
+    in_private_netns(|| async {
+        let dir = ScratchDir::new("no-ipv6").unwrap();
+        let program6 = ip6tables_without_ipv6(&dir);
+        let yaml = format!("{}        program6: {}\n", isolate_here_yaml(), program6.display());
+        let f = fencer(&yaml);
+        let t = target("n1", "127.0.0.1", 5432);
+        let check = f.check(&t).await;
+        let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
+        assert!(detail.contains("no IPv6"), "{detail}");
+        let report = f.fence(&t, FencingToken(73)).await;
+        let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(detail.contains("IPv4") && detail.contains("no IPv6"), "{detail}");
+        assert_eq!(tagged_here("iptables", "n1").len(), 4);
+        let unfenced = f.unfence(&t).await;
+        assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+
+        let f = fencer(&format!("{yaml}        family: both\n"));
+        let report = f.fence(&t, FencingToken(74)).await;
+        assert!(matches!(only_outcome(&report), MethodOutcome::Failed { .. }), "{report:#?}");
+        let unfenced = f.unfence(&t).await;
+        assert_ne!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+    });
+}
+
+/// With `family` left at its default and no `ip6tables` program, the IPv4 rules go in and the
+/// `ss -6` check decides: fenced unless a socket uses the port over IPv6.
+#[test]
+fn isolate_by_default_without_an_ip6tables_program_falls_back_to_the_ss_check() {
+    if !require("isolate missing-ip6tables test", true, &["ip", "iptables", "ss"], "root, iptables and iproute2") {
+        return;
+    }
+    in_private_netns(|| async {
+        let yaml = format!("{}        program6: /nonexistent/ip6tables\n", isolate_here_yaml());
+        let f = fencer(&yaml);
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = target("n1", "127.0.0.1", v4.local_addr().unwrap().port());
+        let check = f.check(&t).await;
+        assert!(matches!(check.checks[0].readiness, Readiness::Ready { .. }), "{check:#?}");
+        let report = f.fence(&t, FencingToken(75)).await;
+        let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(detail.contains("IPv4") && detail.contains("/nonexistent/ip6tables"), "{detail}");
+        let unfenced = f.unfence(&t).await;
+        assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+
+        let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+        let t = target("n1", "127.0.0.1", v6.local_addr().unwrap().port());
+        let report = f.fence(&t, FencingToken(76)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains("over IPv6"), "{reason}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+    });
+}
+
+/// `via: local` takes a target named by any address of this host's interfaces; with `forward`
+/// (the default) an address behind this host (a container, NAT) too; a remote name stays refused.
+#[test]
+fn isolate_via_local_takes_this_hosts_addresses_and_listed_ones() {
+    if !require("isolate local addresses test", true, &["ip", "iptables", "ip6tables"], "root and iptables") {
+        return;
+    }
+    in_private_netns(|| async {
+        // An address of this host that is not a loopback one (on `lo`: no dummy module needed).
+        ip(&["addr", "add", "10.213.41.1/32", "dev", "lo"]);
+        let f = fencer(&format!("{}        forward: false\n", isolate_here_yaml()));
+        let report = f.fence(&target("n1", "10.213.41.1", 5432), FencingToken(77)).await;
+        assert!(report.outcome.permits_promotion(), "{report:#?}");
+        assert_eq!(f.unfence(&target("n1", "10.213.41.1", 5432)).await.outcome, UnfenceOutcome::Unfenced);
+        // A container's address looks like another host's on the same network: refused, with
+        // forward too (rules here would cut off nothing of another host) ...
+        for f in [&f, &fencer(&isolate_here_yaml())] {
+            let report = f.fence(&target("n1", "172.17.0.3", 5432), FencingToken(77)).await;
+            let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+            assert!(reason.contains("is not this host"), "{reason}");
+        }
+        // ... unless the operator says it is here: its traffic crosses this host's FORWARD
+        // chain, which the rules cut.
+        let f = fencer(&format!("{}        local_hosts: [172.17.0.3]\n", isolate_here_yaml()));
+        let report = f.fence(&target("n1", "172.17.0.3", 5432), FencingToken(78)).await;
+        assert!(report.outcome.permits_promotion(), "{report:#?}");
+        let check = f.check(&target("n1", "172.17.0.3", 5432)).await;
+        assert!(matches!(check.checks[0].readiness, Readiness::Ready { .. }), "{check:#?}");
+        let report = f.fence(&target("n2", "db9.example.invalid", 5432), FencingToken(78)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains("is not this host"), "{reason}");
+    });
+}

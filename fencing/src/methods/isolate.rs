@@ -6,9 +6,13 @@
 //! too: the master neither receives requests nor gets replies out. The rules go into the IPv4
 //! firewall (`iptables`) and, by default, the IPv6 one (`ip6tables`) as well: a master bound to
 //! `[::]` serves both, and rules for IPv4 alone leave it reachable to every client that
-//! resolves its name to an IPv6 address. With `family: ipv4` (a host without IPv6) the fence
-//! fails instead wherever IPv6 could reach the master: an IPv6 target, or a TCP socket over
-//! IPv6 on the port.
+//! resolves its name to an IPv6 address. With `family` left at its default, a host whose kernel
+//! has IPv6 off (`ip6tables` cannot initialise its table) is isolated over IPv4 alone, since no
+//! IPv6 traffic reaches it, and the detail says so; without an IPv6 program (not installed, or
+//! none to derive from `program`) the IPv4 rules go in and the check of `family: ipv4` applies.
+//! With `family: ipv4` (a host without IPv6) the fence fails wherever IPv6 could reach the
+//! master: an IPv6 target, or a TCP socket over IPv6 on the port (`ss -6`). An explicit
+//! `family: both` requires the IPv6 rules.
 //!
 //! Every rule carries the comment `referee-fence:<node id>`. Fencing checks each rule
 //! (`-C`) before inserting it, so repeating a fence adds nothing; it then lists the rules
@@ -17,7 +21,10 @@
 //! locally (with an optional prefix such as `sudo -n` or `ip netns exec`) or on the target over
 //! ssh; an unreachable host is a failure, never a pretended success. Run locally, they act on
 //! this host (or the namespace the prefix enters), so a target on another host is refused: its
-//! master would keep serving while the rules cut off this host's own.
+//! master would keep serving while the rules cut off this host's own. This host is named by
+//! its names, its interfaces' addresses and `local_hosts`, where the operator also lists its
+//! containers' addresses (a master behind NAT or in a container here is cut off by the
+//! FORWARD rules of `forward`; its address alone cannot tell it from another host's).
 
 use std::net::IpAddr;
 
@@ -33,8 +40,10 @@ use crate::target::is_plain_identifier;
 #[derive(Debug)]
 pub(crate) struct Isolate {
     runner: Runner,
-    /// The firewalls the rules go into, IPv4 first.
-    tables: Vec<Table>,
+    /// The IPv4 firewall.
+    ipv4: Table,
+    /// What is done for IPv6.
+    ipv6: Ipv6,
     prefix: Vec<String>,
     forward: bool,
     this_host: ThisHost,
@@ -62,6 +71,58 @@ impl Family {
             Family::Ipv6 => "IPv6",
         }
     }
+}
+
+/// What `isolate` does for IPv6.
+#[derive(Debug)]
+enum Ipv6 {
+    /// Nothing (`family: ipv4`): the `ss -6` check fails the fence where IPv6 reaches the port.
+    Off,
+    /// Rules in `ip6tables`, required (`family: both` set explicitly).
+    Required(Table),
+    /// Rules in `ip6tables` where the host has IPv6 (`family` left at its default): a kernel
+    /// with IPv6 off needs none, and without the program the `ss -6` check applies.
+    IfPresent(Table),
+    /// No IPv6 program to derive from `program` (`family` left at its default): the `ss -6`
+    /// check applies.
+    Underivable,
+}
+
+/// The firewalls one operation uses on the host, once what it has of IPv6 is known.
+struct InEffect<'a> {
+    /// IPv4 first.
+    tables: Vec<&'a Table>,
+    /// With IPv4 rules alone where IPv6 may reach the master: why, for the `ss -6` check's
+    /// messages, and what to do about it.
+    ss_check: Option<(String, String)>,
+    /// What the host lacks of IPv6, for the detail.
+    note: Option<String>,
+}
+
+/// What an optional IPv6 firewall gave when listed.
+enum Probe {
+    Present,
+    /// The kernel has IPv6 turned off: no IPv6 traffic reaches the host.
+    KernelOff(String),
+    /// The program is not installed where the rules go.
+    NoProgram(String),
+}
+
+/// Whether `ip6tables` failed because the kernel has no IPv6 (booted with `ipv6.disable=1`).
+fn kernel_has_no_ipv6(code: i32, stderr: &str) -> bool {
+    code != 0
+        && (stderr.contains("can't initialize ip6tables table") || stderr.contains("Address family not supported"))
+}
+
+/// Whether a command failed because its program is not installed: a shell's or `sudo`'s "not
+/// found" (127), or `ip netns exec`'s and `nsenter`'s failed exec.
+fn program_missing(code: i32, stderr: &str) -> bool {
+    code == 127 || (code != 0 && (stderr.contains("command not found") || stderr.contains("No such file or directory")))
+}
+
+/// The first line of `stderr`, trimmed.
+fn first_line(stderr: &str) -> String {
+    stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()
 }
 
 /// One family's firewall and the program that sets its rules.
@@ -155,17 +216,19 @@ impl Isolate {
         match config.backend {
             FirewallBackend::Iptables => {}
         }
-        let mut tables = vec![Table { family: Family::Ipv4, program: config.program.clone() }];
-        match config.family {
-            // Validation guarantees a program for IPv6 with `family: both`.
-            IsolateFamily::Both => {
-                tables.extend(config.program6().map(|program| Table { family: Family::Ipv6, program }))
+        let ipv6 = match (config.family(), config.program6()) {
+            (IsolateFamily::Ipv4, _) => Ipv6::Off,
+            (IsolateFamily::Both, Some(program)) if config.family_explicit() => {
+                Ipv6::Required(Table { family: Family::Ipv6, program })
             }
-            IsolateFamily::Ipv4 => {}
-        }
+            (IsolateFamily::Both, Some(program)) => Ipv6::IfPresent(Table { family: Family::Ipv6, program }),
+            // Validation guarantees a program for IPv6 with an explicit `family: both`.
+            (IsolateFamily::Both, None) => Ipv6::Underivable,
+        };
         Isolate {
             runner,
-            tables,
+            ipv4: Table { family: Family::Ipv4, program: config.program.clone() },
+            ipv6,
             prefix: config.command_prefix.clone(),
             forward: config.forward,
             this_host: ThisHost::new(&config.local_hosts),
@@ -173,7 +236,10 @@ impl Isolate {
     }
 
     /// Why the rules would not reach the target's master, if they would not: run here for a
-    /// target on another host, or for IPv4 alone where IPv6 may reach it.
+    /// target on another host. An address this host cannot tell is its own is refused, even
+    /// with `forward`: a container's address here and another host's on the same network look
+    /// alike, and rules here cut off nothing of the latter. The operator lists the former in
+    /// `local_hosts`.
     fn out_of_reach(&self, ctx: &Context<'_>) -> Option<String> {
         let host = &ctx.target.host;
         let here = matches!(self.runner, Runner::Local) && !enters_another_netns(&self.prefix);
@@ -181,20 +247,87 @@ impl Isolate {
             return Some(format!(
                 "target host `{host}` is not this host: with `via: local` the rules would go into this host's \
                  firewall and cut off nothing of the target (use `via: ssh`, prefix the commands to enter the \
-                 master's network namespace, or list other names of this host in local_hosts)"
-            ));
-        }
-        if !self.covers(Family::Ipv6) && is_ipv6_literal(host) {
-            return Some(format!(
-                "target host `{host}` is an IPv6 address, but only IPv4 rules are configured (`family: ipv4`); \
-                 use `family: both`"
+                 master's network namespace, or list the names and addresses by which targets on this host are \
+                 named, a container's here among them, in local_hosts)"
             ));
         }
         None
     }
 
-    fn covers(&self, family: Family) -> bool {
-        self.tables.iter().any(|t| t.family == family)
+    /// Lists the optional IPv6 firewall to learn what the host has of IPv6.
+    async fn probe(&self, ctx: &Context<'_>, table: &Table) -> Result<Probe, MethodOutcome> {
+        let local_spawn = matches!(self.runner, Runner::Local) && self.prefix.is_empty();
+        match self.firewall(ctx, table, &["-S".to_string()]).await {
+            Ok((0, _, _)) => Ok(Probe::Present),
+            Ok((code, _, stderr)) if kernel_has_no_ipv6(code, &stderr) => Ok(Probe::KernelOff(first_line(&stderr))),
+            Ok((code, _, stderr)) if program_missing(code, &stderr) => Ok(Probe::NoProgram(first_line(&stderr))),
+            Ok((code, _, stderr)) => Err(MethodOutcome::failed(format!(
+                "listing the {} firewall rules exited {code}{}",
+                table.named(),
+                suffix(&stderr)
+            ))),
+            Err(MethodOutcome::Failed { reason }) if local_spawn && reason.contains("No such file or directory") => {
+                Ok(Probe::NoProgram(reason))
+            }
+            Err(outcome) => Err(outcome),
+        }
+    }
+
+    /// The firewalls this operation uses, once the host's IPv6 is known; fails for an IPv6
+    /// target where no IPv6 rules go in.
+    async fn in_effect(&self, ctx: &Context<'_>) -> Result<InEffect<'_>, MethodOutcome> {
+        let mut effect = InEffect { tables: vec![&self.ipv4], ss_check: None, note: None };
+        match &self.ipv6 {
+            Ipv6::Off => {
+                effect.ss_check = Some((
+                    "only IPv4 rules are configured (`family: ipv4`)".to_string(),
+                    "use `family: both`".to_string(),
+                ))
+            }
+            Ipv6::Required(table) => effect.tables.push(table),
+            Ipv6::Underivable => {
+                effect.ss_check = Some((
+                    format!(
+                        "only IPv4 rules go in (`{}` is not an iptables program to derive the IPv6 one from)",
+                        self.ipv4.program
+                    ),
+                    "set program6".to_string(),
+                ));
+                effect.note = Some(format!("no IPv6 firewall program (`{}` names none)", self.ipv4.program));
+            }
+            Ipv6::IfPresent(table) => match self.probe(ctx, table).await? {
+                Probe::Present => effect.tables.push(table),
+                Probe::KernelOff(why) => {
+                    effect.note = Some(format!(
+                        "no IPv6 on {}: `{}` cannot initialise its table ({why}), so no IPv6 traffic reaches the \
+                         master",
+                        self.location(ctx),
+                        table.program
+                    ))
+                }
+                Probe::NoProgram(why) => {
+                    effect.ss_check = Some((
+                        format!("only IPv4 rules go in (`{}` is not installed: {why})", table.program),
+                        "install it, or set program6".to_string(),
+                    ));
+                    effect.note = Some(format!(
+                        "no IPv6 rules: `{}` is not installed on {}, and no TCP socket uses the port over IPv6",
+                        table.program,
+                        self.location(ctx)
+                    ));
+                }
+            },
+        }
+        let host = &ctx.target.host;
+        if effect.tables.len() == 1 && is_ipv6_literal(host) {
+            let why = match (&effect.ss_check, &effect.note) {
+                (Some((why, advice)), _) => format!("{why}; {advice}"),
+                (None, Some(note)) => note.clone(),
+                (None, None) => "only IPv4 rules go in".to_string(),
+            };
+            return Err(MethodOutcome::failed(format!("target host `{host}` is an IPv6 address, but {why}")));
+        }
+        Ok(effect)
     }
 
     /// Runs `argv` (prefix included) where the rules go; `Ok((exit code, stdout, stderr))`
@@ -265,24 +398,23 @@ impl Isolate {
 
     /// With IPv4 rules alone, fails when `ss` on the host shows a TCP socket over IPv6 on the
     /// port (listening or connected): the master is reachable where no rule drops it.
-    async fn ensure_no_ipv6_socket(&self, ctx: &Context<'_>) -> Result<(), MethodOutcome> {
-        if self.covers(Family::Ipv6) {
+    async fn ensure_no_ipv6_socket(&self, ctx: &Context<'_>, effect: &InEffect<'_>) -> Result<(), MethodOutcome> {
+        let Some((why, advice)) = &effect.ss_check else {
             return Ok(());
-        }
+        };
         let port = ctx.target.port;
         let mut argv = self.prefix.clone();
         argv.extend(["ss", "-H", "-t", "-a", "-n", "-6", "sport", "=", &format!(":{port}")].map(String::from));
         match self.run(ctx, argv).await? {
             (0, stdout, _) if stdout.trim().is_empty() => Ok(()),
             (0, stdout, _) => Err(MethodOutcome::failed(format!(
-                "only IPv4 rules are configured (`family: ipv4`), but a TCP socket uses port {port} over IPv6 on {}, \
-                 where they would not cut it off ({}); use `family: both`",
+                "{why}, but a TCP socket uses port {port} over IPv6 on {}, where they would not cut it off ({}); \
+                 {advice}",
                 self.location(ctx),
                 stdout.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
             ))),
             (code, _, stderr) => Err(MethodOutcome::failed(format!(
-                "only IPv4 rules are configured (`family: ipv4`), and whether a socket uses port {port} over IPv6 \
-                 cannot be told: `ss` exited {code}{}",
+                "{why}, and whether a socket uses port {port} over IPv6 cannot be told: `ss` exited {code}{}",
                 suffix(&stderr)
             ))),
         }
@@ -294,17 +426,26 @@ impl Isolate {
         if let Some(reason) = self.out_of_reach(ctx) {
             return Readiness::Problem { reason };
         }
-        if let Err(outcome) = self.ensure_no_ipv6_socket(ctx).await {
+        let effect = match self.in_effect(ctx).await {
+            Ok(effect) => effect,
+            Err(outcome) => return problem(outcome),
+        };
+        if let Err(outcome) = self.ensure_no_ipv6_socket(ctx, &effect).await {
             return problem(outcome);
         }
-        for table in &self.tables {
+        for table in &effect.tables {
             if let Err(outcome) = self.listing(ctx, table).await {
                 return problem(outcome);
             }
         }
-        let listed: Vec<String> = self.tables.iter().map(|t| format!("`{} -S`", t.program)).collect();
+        let listed: Vec<String> = effect.tables.iter().map(|t| format!("`{} -S`", t.program)).collect();
         Readiness::Ready {
-            detail: format!("{}: each lists the firewall rules on {}", listed.join(" and "), self.location(ctx)),
+            detail: format!(
+                "{}: each lists the firewall rules on {}{}",
+                listed.join(" and "),
+                self.location(ctx),
+                effect.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+            ),
         }
     }
 
@@ -335,11 +476,12 @@ impl Isolate {
         if let Some(reason) = self.out_of_reach(ctx) {
             return Err(MethodOutcome::failed(reason));
         }
-        self.ensure_no_ipv6_socket(ctx).await?;
+        let effect = self.in_effect(ctx).await?;
+        self.ensure_no_ipv6_socket(ctx, &effect).await?;
         let tag = tag(node_id);
         let rules = rules(ctx.target.port, self.forward);
         let mut inserted = 0;
-        for table in &self.tables {
+        for table in &effect.tables {
             for rule in &rules {
                 let spec = rule.spec(&tag);
                 let mut check = vec!["-C".to_string(), rule.chain.to_string()];
@@ -375,7 +517,7 @@ impl Isolate {
             }
         }
         // Verified after every insertion, in every family: "fenced" needs all of them listed.
-        for table in &self.tables {
+        for table in &effect.tables {
             let listed = tagged_rules(&self.listing(ctx, table).await?, &tag);
             let missing: Vec<String> = rules
                 .iter()
@@ -391,13 +533,15 @@ impl Isolate {
             }
         }
         let directions = if self.forward { "in both directions, forwarded too," } else { "in both directions" };
-        let families: Vec<String> = self.tables.iter().map(Table::named).collect();
+        let families: Vec<String> = effect.tables.iter().map(|t| t.named()).collect();
         Ok(MethodOutcome::fenced(format!(
-            "tcp port {} dropped {directions} for {} on {} ({} rules tagged `{tag}` listed, {inserted} newly inserted)",
+            "tcp port {} dropped {directions} for {} on {} ({} rules tagged `{tag}` listed, {inserted} newly \
+             inserted){}",
             ctx.target.port,
             families.join(" and "),
             self.location(ctx),
-            rules.len() * self.tables.len()
+            rules.len() * effect.tables.len(),
+            effect.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
         )))
     }
 
@@ -419,7 +563,24 @@ impl Isolate {
         let tag = tag(node_id);
         let mut removed = Vec::new();
         let mut problems = Vec::new();
-        for table in &self.tables {
+        let mut tables = vec![&self.ipv4];
+        let mut note = None;
+        match &self.ipv6 {
+            Ipv6::Off | Ipv6::Underivable => {}
+            Ipv6::Required(table) => tables.push(table),
+            // No IPv6 firewall on the host holds no IPv6 rules to remove.
+            Ipv6::IfPresent(table) => match self.probe(ctx, table).await {
+                Ok(Probe::Present) => tables.push(table),
+                Ok(Probe::KernelOff(why)) => {
+                    note = Some(format!("no IPv6 on {}: `{}` {why}", self.location(ctx), table.program))
+                }
+                Ok(Probe::NoProgram(why)) => {
+                    note = Some(format!("no IPv6 rules: `{}` is not installed ({why})", table.program))
+                }
+                Err(outcome) => problems.push(outcome),
+            },
+        }
+        for table in tables {
             match self.unfence_table(ctx, table, &tag).await {
                 Ok(count) => removed.push(format!("{count} {}", table.family.name())),
                 Err(outcome) => problems.push(outcome),
@@ -427,9 +588,10 @@ impl Isolate {
         }
         if problems.is_empty() {
             return MethodOutcome::fenced(format!(
-                "removed {} rules tagged `{tag}` on {}; none left",
+                "removed {} rules tagged `{tag}` on {}; none left{}",
                 removed.join(" and "),
-                self.location(ctx)
+                self.location(ctx),
+                note.map(|n| format!("; {n}")).unwrap_or_default()
             ));
         }
         // Indeterminate if any family's removal is unknown, else failed; every reason is told.

@@ -2,10 +2,11 @@
 //! and `isolate` with `via: local`): a pid, an empty port or a firewall rule on this host says
 //! nothing about, and does nothing to, a master on another machine.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, ToSocketAddrs};
 
-/// The names of this host: `localhost`, loopback addresses, the kernel host name, and the
-/// configured `local_hosts`.
+/// The names of this host: `localhost`, loopback addresses, the addresses of its interfaces,
+/// the kernel host name, its short name and its fully qualified name, and the configured
+/// `local_hosts`.
 #[derive(Debug, Clone)]
 pub(crate) struct ThisHost {
     /// The configured extra names, normalised.
@@ -20,20 +21,71 @@ impl ThisHost {
     /// Whether `host` names this machine.
     pub(crate) fn is(&self, host: &str) -> bool {
         let host = normalise_host(host);
-        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        if host.is_empty() {
+            return false;
+        }
+        if host == "localhost" || self.other_names.contains(&host) {
             return true;
         }
-        if self.other_names.contains(&host) {
+        // Read at each call: addresses and the host name may change while the agent runs.
+        let local = interface_addresses();
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return ip.is_loopback() || local.contains(&ip);
+        }
+        let kernel =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|n| normalise_host(&n)).unwrap_or_default();
+        if kernel.is_empty() {
+            return false;
+        }
+        if host == kernel || (!host.contains('.') && first_label(&kernel) == host) {
             return true;
         }
-        // Read at each call: the host name may be changed while the agent runs.
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| normalise_host(&name) == host).unwrap_or(false)
+        // A qualified name whose first label is this host's short name is this host's FQDN
+        // when it resolves here (only such names are resolved, through /etc/hosts or DNS).
+        if first_label(&host) != first_label(&kernel) {
+            return false;
+        }
+        let resolved: Vec<IpAddr> =
+            (host.as_str(), 0).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default();
+        resolves_here(&resolved, &local)
     }
 }
 
-/// A host as compared: no trailing dot, no IPv6 brackets, lower case.
+/// The first label of a host name.
+fn first_label(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+/// Whether any of `resolved` is a loopback address or one of `local`.
+fn resolves_here(resolved: &[IpAddr], local: &[IpAddr]) -> bool {
+    resolved.iter().any(|ip| ip.is_loopback() || local.contains(ip))
+}
+
+/// The addresses of this host's interfaces (in the agent's network namespace).
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// A host as compared: no trailing dot, no IPv6 brackets or zone, lower case.
 fn normalise_host(host: &str) -> String {
-    host.trim().trim_end_matches('.').trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+    let host = host.trim().trim_end_matches('.').trim_start_matches('[').trim_end_matches(']');
+    let host = match host.split_once('%') {
+        Some((address, _zone)) if address.contains(':') => address,
+        _ => host,
+    };
+    host.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -48,8 +100,27 @@ mod tests {
         {
             assert!(here.is(host), "{host}");
         }
-        for host in ["db2.example.internal", "10.0.0.12", "::2", ""] {
+        for host in ["db2.example.internal", "192.0.2.200", "::2", "", "db9.example.invalid"] {
             assert!(!here.is(host), "{host}");
         }
+    }
+
+    #[test]
+    fn every_interface_address_and_the_qualified_name_are_this_host() {
+        let here = ThisHost::new(&[]);
+        let local = interface_addresses();
+        assert!(local.iter().any(|ip| ip.is_loopback()), "{local:?}");
+        for ip in &local {
+            assert!(here.is(&ip.to_string()), "{ip}");
+        }
+        // The FQDN: resolves to an address here (or loopback, as Debian's 127.0.1.1 entry).
+        let lan: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(resolves_here(&[lan], &[lan]));
+        assert!(resolves_here(&["127.0.1.1".parse().unwrap()], &[]));
+        assert!(!resolves_here(&["192.0.2.9".parse().unwrap()], &[lan]));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let short = first_label(&normalise_host(&kernel)).to_string();
+        assert!(here.is(&short), "{short}");
+        assert!(!here.is(&format!("{short}.example.invalid")), "resolves nowhere");
     }
 }
