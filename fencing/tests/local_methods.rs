@@ -208,12 +208,12 @@ async fn kill_refuses_a_bare_pid_without_a_start_time() {
     child.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn kill_finds_the_master_by_its_listening_port() {
-    let port = free_port().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_listener", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, port.to_string())
+/// Runs this test binary's `helper` test (told its port through `env`) as a process of its
+/// own, and waits until it listens on `port`.
+async fn spawn_listening_helper(helper: &str, env: &str, port: u16) -> (tokio::process::Child, u32) {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", helper, "--nocapture", "--test-threads=1"])
+        .env(env, port.to_string())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -224,6 +224,13 @@ async fn kill_finds_the_master_by_its_listening_port() {
     })
     .await
     .unwrap();
+    (child, pid)
+}
+
+#[tokio::test]
+async fn kill_finds_the_master_by_its_listening_port() {
+    let port = free_port().unwrap();
+    let (mut child, _) = spawn_listening_helper("helper_listener", HELPER_ENV, port).await;
     // Only the port is known: no pid, no pidfile.
     let t = target("n1", "127.0.0.1", port);
 
@@ -242,19 +249,7 @@ async fn kill_finds_the_master_by_its_listening_port() {
 async fn kill_ends_a_process_serving_a_session_on_the_port_after_its_listener_closed() {
     use std::io::{Read, Write};
     let port = free_port().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_serve_one_session", "--nocapture", "--test-threads=1"])
-        .env(SESSION_ENV, port.to_string())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    wait_until(Duration::from_secs(10), "the helper to listen", || {
-        procfs::pids_listening_on(port).is_ok_and(|p| p.contains(&pid))
-    })
-    .await
-    .unwrap();
+    let (mut child, pid) = spawn_listening_helper("helper_serve_one_session", SESSION_ENV, port).await;
     let mut session = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     session.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut echo = [0u8; 1];

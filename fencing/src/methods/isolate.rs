@@ -486,33 +486,26 @@ impl Isolate {
                 let spec = rule.spec(&tag);
                 let mut check = vec!["-C".to_string(), rule.chain.to_string()];
                 check.extend(spec.iter().cloned());
+                let failed = |doing: &str, code: i32, stderr: &str, inserted: usize| {
+                    MethodOutcome::failed(format!(
+                        "{doing} the {} {} rule exited {code}{} ({inserted} new rules are in place; unfence removes \
+                         them)",
+                        table.named(),
+                        rule.chain,
+                        suffix(stderr)
+                    ))
+                };
                 match self.firewall(ctx, table, &check).await? {
                     (0, _, _) => continue, // already in place: fencing is idempotent
                     (1, _, _) => {}
-                    (code, _, stderr) => {
-                        return Err(MethodOutcome::failed(format!(
-                            "checking the {} {} rule exited {code}{} ({inserted} new rules are in place; unfence \
-                             removes them)",
-                            table.named(),
-                            rule.chain,
-                            suffix(&stderr)
-                        )))
-                    }
+                    (code, _, stderr) => return Err(failed("checking", code, &stderr, inserted)),
                 }
                 // Insert at the top, ahead of any ACCEPT rule for established traffic.
                 let mut insert = vec!["-I".to_string(), rule.chain.to_string(), "1".to_string()];
                 insert.extend(spec);
                 match self.firewall(ctx, table, &insert).await? {
                     (0, _, _) => inserted += 1,
-                    (code, _, stderr) => {
-                        return Err(MethodOutcome::failed(format!(
-                            "inserting the {} {} rule exited {code}{} ({inserted} new rules are in place; unfence \
-                             removes them)",
-                            table.named(),
-                            rule.chain,
-                            suffix(&stderr)
-                        )))
-                    }
+                    (code, _, stderr) => return Err(failed("inserting", code, &stderr, inserted)),
                 }
             }
         }
