@@ -286,6 +286,12 @@ impl DataDir {
                 }
                 Err(e) => return Err(io_err("listing", &log)(e)),
             }
+            // A process killed before it synced them leaves the identity (and the directory's
+            // own entry) in the page cache only: durable before this server acts as the one it
+            // names.
+            fs.sync_dir(root).map_err(io_err("syncing directory", root))?;
+            let parent = parent_of(root);
+            fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
             return Ok(DataDir { root: root.to_path_buf(), identity, lock });
         }
         // Empty directories are what a first start cut short before its identity leaves.
@@ -313,11 +319,7 @@ impl DataDir {
         write_atomically(fs, root, IDENTITY_NAME, identity.encode().as_bytes())
             .map_err(|(what, p, source)| DataDirError::Io { what, path: p, source })?;
         // The directory's own entry, made durable before anything acknowledged goes in it.
-        let parent = match root.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => root,
-        };
+        let parent = parent_of(root);
         fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
         tracing::info!(
             dir = %root.display(),
@@ -337,6 +339,15 @@ impl DataDir {
     /// The snapshots' directory.
     pub fn snapshot_dir(&self) -> PathBuf {
         self.root.join(SNAPSHOTS_NAME)
+    }
+}
+
+/// The directory holding `root` (`.` for a relative name without one; `root` itself for `/`).
+fn parent_of(root: &Path) -> &Path {
+    match root.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => root,
     }
 }
 
@@ -595,6 +606,30 @@ mod tests {
         fs.damage(Path::new("/data/identity"), |b| *b = newer.encode().into_bytes()).unwrap();
         let e = open(&fs, Some(5), 1).unwrap_err().to_string();
         assert!(e.contains("format version 2") && e.contains("newer"), "{e}");
+    }
+
+    /// An identity renamed into place by a process killed before it synced the directory is
+    /// there only in the page cache: the next start makes it durable before it acts as the
+    /// server it names (votes, acknowledges entries).
+    #[test]
+    fn an_identity_a_killed_process_left_unsynced_is_made_durable_at_open() {
+        let fs = FaultFs::new();
+        let root = Path::new("/data");
+        for sub in ["", LOG_NAME, SNAPSHOTS_NAME] {
+            fs.create_dir_all(&root.join(sub)).unwrap();
+        }
+        fs.sync_dir(root).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        let id = Identity { version: 1, cluster_id: 77, server_id: 1, incarnation: 1234 };
+        let tmp = root.join(format!("{IDENTITY_NAME}.tmp"));
+        let mut f = fs.create(&tmp).unwrap();
+        f.write_at(0, id.encode().as_bytes()).unwrap();
+        f.sync_data().unwrap();
+        fs.rename(&tmp, &root.join(IDENTITY_NAME)).unwrap();
+        fs.kill();
+        assert_eq!(open(&fs, Some(77), 1).unwrap().identity, id);
+        fs.crash();
+        assert_eq!(open(&fs, Some(77), 1).unwrap().identity, id, "the identity acted on is the one on the disk");
     }
 
     /// A new data directory's own entry is made durable in its parent, or a crash soon after

@@ -9,7 +9,7 @@ use openraft::{Entry, EntryPayload};
 
 use crate::datadir::{read_identity, IDENTITY_NAME};
 use crate::log::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN};
-use crate::log::wal::{check_saved_state, decode_entry, parse_segment_name, read_meta, RaftMeta, META_NAME};
+use crate::log::wal::{check_saved_state, decode_entry, parse_segment_name, read_saved_meta, RaftMeta, META_NAME};
 use crate::log::{FileSystem, LogError};
 use crate::raft::TypeConfig;
 use crate::snapshot::{self, parse_snapshot_name};
@@ -156,9 +156,12 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
     let mut cluster = identity_cluster;
     let meta_path = dir.join(META_NAME);
     // The saved state; `None` when it is damaged (which is listed), and so unknown.
+    let mut newest_segment = None;
     let meta = if names.iter().any(|n| n == META_NAME) {
-        match read_meta(fs, &meta_path, None) {
-            Ok((found, meta)) => {
+        match read_saved_meta(fs, &meta_path, identity_cluster) {
+            Ok(saved) => {
+                let (found, meta) = (saved.cluster_id, saved.meta);
+                newest_segment = saved.newest_segment;
                 writeln!(
                     out,
                     "{META_NAME}: cluster {found}, vote {}, committed {}, purged up to {}",
@@ -207,6 +210,30 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
     }
     let kept = &firsts[keep_from..];
     let mut summary = LogSummary { segments: firsts.len(), ..LogSummary::default() };
+    // With nothing purged, a data directory's log begins at entry 0, its first membership (a
+    // bare log directory may be a copy of its newest segments only).
+    if let (Some(None), Some(&first), Some(_)) = (meta.as_ref().map(|m| m.last_purged), kept.first(), identity_cluster)
+    {
+        if first > 0 {
+            let file = dir.join(format!("log-{first:020}"));
+            let why = format!(
+                "{} at offset 0: nothing is purged, so the log begins at entry 0, but this first segment starts at \
+                 {first}: the segment holding entry 0 is missing",
+                file.display()
+            );
+            damaged(out, &mut damage, why)?;
+        }
+    }
+    // The newest segment the saved state says was started is there, unless purged.
+    if let Some(newest) = newest_segment.filter(|&n| n >= purged_next && !kept.contains(&n)) {
+        let file = dir.join(format!("log-{newest:020}"));
+        let why = format!(
+            "{} at offset 0: {META_NAME} records that this segment, from entry {newest} on, was started, but it is \
+             missing",
+            file.display()
+        );
+        damaged(out, &mut damage, why)?;
+    }
     if let (Some(purged), Some(&first)) = (last_purged, kept.first()) {
         if first > purged.index + 1 {
             let file = dir.join(format!("log-{first:020}"));
@@ -496,14 +523,14 @@ mod tests {
         }
     }
 
-    /// A data directory of cluster 7 holding entries 1..=40 in segments of a few entries each,
+    /// A data directory of cluster 7 holding entries 0..=40 in segments of a few entries each,
     /// a vote saved; the segments' first indexes.
     fn data_dir(fs: &FaultFs) -> Vec<u64> {
         drop(DataDir::open(fs, Path::new("/data"), Some(CLUSTER), 1, || CLUSTER).unwrap());
-        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let opts = WalOptions { segment_bytes: 256, ..WalOptions::new(log_dir(), CLUSTER) };
         let (mut wal, _) = Wal::open(Arc::new(fs.clone()), opts).unwrap();
         wal.save_meta(&RaftMeta { vote: Some(Vote::new_committed(1, 1)), ..RaftMeta::default() }).unwrap();
-        for i in 1..=40 {
+        for i in 0..=40 {
             wal.append(&[entry(i)]).unwrap();
             wal.sync().unwrap();
         }
@@ -530,7 +557,7 @@ mod tests {
             Err(DumpError::Damaged(why)) => (why, String::from_utf8(out).unwrap()),
             other => panic!("expected damage, got {other:?}:\n{}", String::from_utf8_lossy(&out)),
         };
-        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let opts = WalOptions { segment_bytes: 256, ..WalOptions::new(log_dir(), CLUSTER) };
         let opened = Wal::open(Arc::new(fs.clone()), opts).and_then(|(_, rec)| {
             let last = rec.entries.last().map(|e| e.log_id.index);
             check_saved_state(&log_dir(), &rec.meta, last)
@@ -546,7 +573,7 @@ mod tests {
         let clean = FaultFs::new();
         data_dir(&clean);
         let summary = dump_log(&clean, Path::new("/data"), &mut std::io::sink()).unwrap();
-        assert_eq!(summary.range, Some((1, 40)));
+        assert_eq!(summary.range, Some((0, 40)));
 
         // A middle segment deleted.
         let fs = FaultFs::new();
@@ -599,7 +626,7 @@ mod tests {
         // Purged past the first segment there is: the one in between is gone.
         let fs = FaultFs::new();
         let firsts = data_dir(&fs);
-        let opts = WalOptions { dir: log_dir(), cluster_id: CLUSTER, segment_bytes: 256 };
+        let opts = WalOptions { segment_bytes: 256, ..WalOptions::new(log_dir(), CLUSTER) };
         let (mut wal, _) = Wal::open(Arc::new(fs.clone()), opts).unwrap();
         let purged = LogId { leader_id: CommittedLeaderId::new(1, 1), index: 1 };
         wal.save_meta(&RaftMeta { vote: Some(Vote::new_committed(1, 1)), last_purged: Some(purged), committed: None })
@@ -608,6 +635,21 @@ mod tests {
         fs.remove(&segment(firsts[0])).unwrap();
         let (why, _) = damage(&fs);
         assert!(why.contains("purged up to 1") && why.contains("missing"), "{why}");
+
+        // The first segment deleted, nothing purged.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        fs.remove(&segment(firsts[0])).unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains("nothing is purged") && why.contains(&format!("log-{:020}", firsts[1])), "{why}");
+
+        // The newest segment deleted.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        let newest = *firsts.last().unwrap();
+        fs.remove(&segment(newest)).unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains("missing") && why.contains(&format!("log-{newest:020}")), "{why}");
 
         // The saved vote deleted.
         let fs = FaultFs::new();

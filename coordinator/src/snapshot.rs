@@ -27,6 +27,9 @@
 //! The newest file that reads back whole is used. A damaged one (bad checksum, cut short) is
 //! logged and skipped for an older one, but only if the log still holds every entry after the
 //! older one; otherwise start-up is refused, as replaying from it would silently drop writes.
+//! The header's version and cluster words are believed only once the checksum over the file
+//! matches, so a flipped bit in them is damage like any other, not a newer version's file or
+//! another cluster's.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -296,22 +299,35 @@ pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SnapshotParts<'a>, Snap
     if bytes.len() < PREFIX_LEN || bytes[0..4] != SNAPSHOT_MAGIC {
         return Err(corrupt(0, "not a snapshot file (bad magic)"));
     }
+    // The version and cluster words are believed only once the checksum over them matches: a
+    // flipped bit there is damage (the start falls back to an older snapshot), not a newer
+    // version's file or another cluster's (which stop it).
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let or_newer = |reason: &str| {
+        if version > SNAPSHOT_VERSION {
+            format!(
+                "{reason}, and its header names format version {version} (this build reads up to {SNAPSHOT_VERSION}):                  the file is damaged, or a newer version wrote it"
+            )
+        } else {
+            reason.to_owned()
+        }
+    };
+    let cluster_id = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if bytes.len() < PREFIX_LEN + TRAILER_LEN || bytes[bytes.len() - 4..] != SNAPSHOT_END_MAGIC {
+        let reason = or_newer("the file is cut short (no end marker): it was not written whole");
+        return Err(corrupt(bytes.len(), &reason));
+    }
+    let trailer = bytes.len() - TRAILER_LEN;
+    let want_crc = u32::from_le_bytes(bytes[trailer + 8..trailer + 12].try_into().expect("4 bytes"));
+    if crc32c::checksum(&bytes[..trailer + 8]) != want_crc {
+        return Err(corrupt(trailer + 8, &or_newer("the checksum over the file does not match its contents")));
+    }
     if version > SNAPSHOT_VERSION {
         return Err(SnapshotError::NewerFormat {
             path: path.to_path_buf(),
             found: version,
             supported: SNAPSHOT_VERSION,
         });
-    }
-    let cluster_id = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    if bytes.len() < PREFIX_LEN + TRAILER_LEN || bytes[bytes.len() - 4..] != SNAPSHOT_END_MAGIC {
-        return Err(corrupt(bytes.len(), "the file is cut short (no end marker): it was not written whole"));
-    }
-    let trailer = bytes.len() - TRAILER_LEN;
-    let want_crc = u32::from_le_bytes(bytes[trailer + 8..trailer + 12].try_into().expect("4 bytes"));
-    if crc32c::checksum(&bytes[..trailer + 8]) != want_crc {
-        return Err(corrupt(trailer + 8, "the checksum over the file does not match its contents"));
     }
     let (header_json, tree_start) = match record::read_record(&bytes[..trailer], PREFIX_LEN) {
         Read::Record { payload, next } => (payload, next),
@@ -376,17 +392,16 @@ impl SnapshotDir {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
         }
-        let mut removed = false;
         for name in fs.list(&dir).map_err(io_err("listing", &dir))? {
             if name.ends_with(TMP_SUFFIX) {
                 let path = dir.join(&name);
                 fs.remove(&path).map_err(io_err("removing", &path))?;
-                removed = true;
             }
         }
-        if removed {
-            fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
-        }
+        // Synced whether or not anything was removed: a snapshot renamed into place by a
+        // process killed before its directory sync is in the directory only in the cache, and
+        // the log may be purged up to it once it is loaded.
+        fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
         Ok(SnapshotDir { fs, dir, cluster_id, keep: keep.max(1) })
     }
 
@@ -705,6 +720,29 @@ mod tests {
         assert!(names(&fs).is_empty(), "the failed file is removed at once: {:?}", names(&fs));
     }
 
+    /// A snapshot renamed into place by a process killed before it synced the directory is
+    /// in the directory only in the page cache: the next open makes its name durable before it
+    /// is loaded (and the log purged up to it).
+    #[test]
+    fn a_snapshot_name_a_killed_process_left_unsynced_is_made_durable_at_open() {
+        let bytes = {
+            let scratch = FaultFs::new();
+            let name = open(&scratch, 3).write(&header(20), &tree(18)).unwrap();
+            scratch.read(&dir().join(name)).unwrap()
+        };
+        let fs = FaultFs::new();
+        open(&fs, 3).write(&header(10), &tree(8)).unwrap();
+        let tmp = dir().join(format!("{}{TMP_SUFFIX}", snapshot_name(20)));
+        let mut f = fs.create(&tmp).unwrap();
+        f.write_at(0, &bytes).unwrap();
+        f.sync_data().unwrap();
+        fs.rename(&tmp, &dir().join(snapshot_name(20))).unwrap();
+        fs.kill();
+        assert_eq!(open(&fs, 3).load_newest(0).unwrap().unwrap().header, header(20));
+        fs.crash();
+        assert_eq!(open(&fs, 3).load_newest(0).unwrap().unwrap().header, header(20), "the loaded one is on disk");
+    }
+
     #[test]
     fn only_the_newest_files_are_kept() {
         let fs = FaultFs::new();
@@ -771,9 +809,34 @@ mod tests {
         let other = SnapshotDir::open(Arc::new(fs.clone()), dir(), CLUSTER + 1, 3).unwrap();
         let e = other.load_newest(0).unwrap_err().to_string();
         assert!(e.contains("belongs to cluster") && e.contains(&name), "{e}");
-        fs.damage(&dir().join(&name), |b| b[4] = 9).unwrap();
+        // A newer build's file: its checksum matches the version word it wrote.
+        fs.damage(&dir().join(&name), |b| {
+            b[4] = 9;
+            let n = b.len();
+            let crc = crc32c::checksum(&b[..n - 8]);
+            b[n - 8..n - 4].copy_from_slice(&crc.to_le_bytes());
+        })
+        .unwrap();
         let e = snaps.load_newest(0).unwrap_err().to_string();
         assert!(e.contains("format version 9"), "{e}");
+    }
+
+    /// A flipped bit in the version word of the newest snapshot is damage, as a flipped bit
+    /// anywhere else is: it is skipped for the older snapshot the log still covers, not taken
+    /// for a newer version's file that stops the start.
+    #[test]
+    fn a_damaged_version_word_is_damage_not_a_newer_format() {
+        for (byte, bit) in [(7, 0x80), (4, 0x04), (8, 0x01)] {
+            let fs = FaultFs::new();
+            let snaps = open(&fs, 3);
+            snaps.write(&header(10), &tree(8)).unwrap();
+            snaps.write(&header(20), &tree(18)).unwrap();
+            fs.damage(&dir().join(snapshot_name(20)), |b| b[byte] ^= bit).unwrap();
+            let loaded = snaps.load_newest(10).unwrap_or_else(|e| panic!("byte {byte}: {e}")).expect("the older one");
+            assert_eq!(loaded.header, header(10), "byte {byte}");
+            let e = snaps.load_newest(15).unwrap_err().to_string();
+            assert!(e.contains("snapshot-00000000000000000020"), "byte {byte}: {e}");
+        }
     }
 
     #[test]

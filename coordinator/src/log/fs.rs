@@ -4,7 +4,11 @@
 //!
 //! The model is precise about what survives a power loss, because that is what the log's
 //! correctness rests on: file contents survive only up to the last `sync_data` of that file,
-//! and a name (created, renamed or removed) survives only once its directory was synced.
+//! and a name (created, renamed or removed) survives only once its directory was synced. A
+//! process killed without a power loss ([`FaultFs::kill`]) leaves the page cache as it was:
+//! the next process reads back bytes no sync covered. And a failed `sync_data` behaves as
+//! Linux's does: the pages it could not write are marked clean and stay readable, but no later
+//! sync writes them ([`FaultFs::fail_syncs`]); only a new write of a page makes it dirty again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -34,6 +38,14 @@ pub trait LogFile: Send + Debug {
     /// fdatasync also convert the extent (a metadata write), which an fdatasync of an
     /// initialised block skips.
     fn initialise(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// Lets the page cache drop the file's clean pages, so that the next read of them comes
+    /// from the disk. After a successful [`LogFile::sync_data`] every page is clean, those whose
+    /// write-back failed earlier included: a read then shows what the disk holds, not what an
+    /// earlier process wrote and the disk never got. A filesystem without a page cache has
+    /// nothing to drop.
+    fn drop_cache(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The directory operations of the log.
@@ -125,6 +137,20 @@ impl LogFile for RealFile {
         Ok(())
     }
 
+    fn drop_cache(&mut self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: posix_fadvise takes a descriptor we own and plain integers, and touches
+            // no memory of ours.
+            let err = unsafe { libc::posix_fadvise(self.0.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if err != 0 {
+                return Err(io::Error::from_raw_os_error(err));
+            }
+        }
+        Ok(())
+    }
+
     fn initialise(&mut self, offset: u64, len: u64) -> io::Result<()> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let mut at = offset;
@@ -203,6 +229,40 @@ impl FileSystem for RealFs {
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
+    /// Pages ([`PAGE`]) a failed sync could not write: clean in the cache, so no later sync
+    /// writes them, and different from what the disk holds, until written again.
+    unwritable: BTreeSet<usize>,
+}
+
+impl Inode {
+    /// Marks the pages of `start..end` dirty again: written since a failed sync.
+    fn written(&mut self, start: usize, end: usize) {
+        if end > start {
+            let pages = start / PAGE..=(end - 1) / PAGE;
+            self.unwritable.retain(|p| !pages.contains(p));
+        }
+    }
+
+    /// What the disk holds of page `page` (zeros past its end).
+    fn on_disk(&self, page: usize) -> Vec<u8> {
+        let start = page * PAGE;
+        let mut bytes = self.durable.get(start..(start + PAGE).min(self.durable.len())).unwrap_or(&[]).to_vec();
+        bytes.resize(PAGE, 0);
+        bytes
+    }
+
+    /// `data` with the pages no sync can write replaced by what the disk holds.
+    fn as_a_sync_leaves_it(&self) -> Vec<u8> {
+        let mut after = self.data.clone();
+        for &page in &self.unwritable {
+            let start = page * PAGE;
+            if start < after.len() {
+                let end = (start + PAGE).min(after.len());
+                after[start..end].copy_from_slice(&self.on_disk(page)[..end - start]);
+            }
+        }
+        after
+    }
 }
 
 #[derive(Debug, Default)]
@@ -349,12 +409,24 @@ impl FaultFs {
     /// last synced entries, faults are cleared, and handles opened before fail from now on.
     pub fn crash(&self) {
         let mut st = self.lock();
-        st.epoch += 1;
         for inode in &mut st.inodes {
             inode.data = inode.durable.clone();
+            inode.unwritable.clear();
         }
         st.names = st.durable_names.clone();
-        // The process holding the locks is gone with the power.
+        drop(st);
+        self.kill();
+    }
+
+    /// The process ends (kill -9, an abort) and the machine stays up: the page cache keeps
+    /// everything written, synced or not, and every name, in its directory or not, for the
+    /// next process to read; pages a failed sync could not write stay as they are in the cache
+    /// and on the disk. Handles opened before fail from now on, locks are let go, and faults
+    /// are cleared.
+    pub fn kill(&self) {
+        let mut st = self.lock();
+        st.epoch += 1;
+        // The process holding the locks is gone.
         st.locks.clear();
         st.fail_syncs = false;
         st.fail_syncs_under = None;
@@ -382,7 +454,8 @@ impl FaultFs {
             let mut grew = false;
             for (page, start) in (0..len).step_by(PAGE).enumerate() {
                 let end = (start + PAGE).min(inode.data.len());
-                if start < end && inode.data[start..end] != after[start..end] && reached(path, page) {
+                let changed = start < end && inode.data[start..end] != after[start..end];
+                if changed && !inode.unwritable.contains(&page) && reached(path, page) {
                     after[start..end].copy_from_slice(&inode.data[start..end]);
                     grew |= end > inode.durable.len();
                 }
@@ -401,6 +474,7 @@ impl FaultFs {
         let inode = &mut st.inodes[ino];
         f(&mut inode.data);
         inode.durable = inode.data.clone();
+        inode.unwritable.clear();
         Ok(())
     }
 }
@@ -432,8 +506,10 @@ impl LogFile for FaultFile {
         if let Some(left) = st.write_budget.as_mut() {
             *left -= n as u64;
         }
-        let data = &mut st.inodes[self.ino].data;
+        let inode = &mut st.inodes[self.ino];
         let start = offset as usize;
+        inode.written(start, start + n);
+        let data = &mut inode.data;
         if data.len() < start + n {
             data.resize(start + n, 0);
         }
@@ -473,11 +549,21 @@ impl LogFile for FaultFile {
         }
         let ino = self.ino;
         let under = |d: &PathBuf| st.names.iter().any(|(p, &i)| i == ino && p.starts_with(d));
-        if st.fail_syncs || st.fail_syncs_under.as_ref().is_some_and(under) {
+        let failed = st.fail_syncs || st.fail_syncs_under.as_ref().is_some_and(under);
+        let inode = &mut st.inodes[self.ino];
+        if failed {
+            // As Linux does: the pages it could not write are marked clean and stay readable,
+            // and no later sync writes them.
+            let len = inode.data.len();
+            for (page, start) in (0..len).step_by(PAGE).enumerate() {
+                let end = (start + PAGE).min(len);
+                if inode.data[start..end] != inode.on_disk(page)[..end - start] {
+                    inode.unwritable.insert(page);
+                }
+            }
             return Err(io::Error::other("injected fsync failure"));
         }
-        let inode = &mut st.inodes[self.ino];
-        inode.durable = inode.data.clone();
+        inode.durable = inode.as_a_sync_leaves_it();
         st.data_syncs += 1;
         Ok(())
     }
@@ -489,16 +575,29 @@ impl LogFile for FaultFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         let mut st = self.state()?;
-        st.inodes[self.ino].data.resize(len as usize, 0);
+        let inode = &mut st.inodes[self.ino];
+        let (old, new) = (inode.data.len(), len as usize);
+        inode.written(old.min(new), old.max(new));
+        inode.data.resize(new, 0);
         Ok(())
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         let mut st = self.state()?;
-        let data = &mut st.inodes[self.ino].data;
-        if (data.len() as u64) < len {
-            data.resize(len as usize, 0);
+        let inode = &mut st.inodes[self.ino];
+        if (inode.data.len() as u64) < len {
+            inode.written(inode.data.len(), len as usize);
+            inode.data.resize(len as usize, 0);
         }
+        Ok(())
+    }
+
+    /// Clean pages read back as the disk holds them: the pages no sync could write.
+    fn drop_cache(&mut self) -> io::Result<()> {
+        let mut st = self.state()?;
+        let inode = &mut st.inodes[self.ino];
+        inode.data = inode.as_a_sync_leaves_it();
+        inode.unwritable.clear();
         Ok(())
     }
 
@@ -506,8 +605,10 @@ impl LogFile for FaultFile {
     fn initialise(&mut self, offset: u64, len: u64) -> io::Result<()> {
         let mut st = self.state()?;
         st.initialised += len;
-        let data = &mut st.inodes[self.ino].data;
+        let inode = &mut st.inodes[self.ino];
         let (start, end) = (offset as usize, (offset + len) as usize);
+        inode.written(start, end);
+        let data = &mut inode.data;
         if data.len() < end {
             data.resize(end, 0);
         }
@@ -540,7 +641,9 @@ impl FileSystem for FaultFs {
         let mut st = self.lock();
         let ino = match st.names.get(path) {
             Some(&ino) => {
-                st.inodes[ino].data.clear();
+                let inode = &mut st.inodes[ino];
+                inode.written(0, inode.data.len());
+                inode.data.clear();
                 ino
             }
             None => {
@@ -647,6 +750,61 @@ mod tests {
         assert!(fs.read(&dir.join("b")).is_err(), "a name never synced into its directory is lost");
         assert!(a.write_at(0, b"x").is_err(), "handles from before the crash are dead");
         assert!(a.write_back(0, 5).is_err(), "handles from before the crash are dead");
+    }
+
+    #[test]
+    fn a_killed_process_leaves_the_page_cache_and_a_power_cut_takes_it() {
+        let fs = FaultFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let mut a = fs.create(&dir.join("a")).unwrap();
+        a.write_at(0, b"synced").unwrap();
+        a.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        a.write_at(6, b" and not").unwrap();
+        fs.create(&dir.join("b")).unwrap();
+        fs.kill();
+        assert!(a.write_at(0, b"x").is_err(), "handles of the killed process are dead");
+        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced and not", "the cache keeps what was written");
+        assert!(fs.read(&dir.join("b")).is_ok(), "and names not yet synced");
+        fs.crash();
+        assert_eq!(fs.read(&dir.join("a")).unwrap(), b"synced");
+        assert!(fs.read(&dir.join("b")).is_err());
+    }
+
+    /// As on Linux: a failed fsync marks the pages it could not write clean; they stay readable,
+    /// no later fsync writes them, and only a new write makes them dirty again.
+    #[test]
+    fn pages_a_failed_sync_could_not_write_no_later_sync_saves() {
+        let fs = FaultFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let path = dir.join("a");
+        let mut a = fs.create(&path).unwrap();
+        a.write_at(0, &[1; PAGE]).unwrap();
+        a.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        a.write_at(0, &[2; 10]).unwrap();
+        a.write_at(PAGE as u64, &[3; 10]).unwrap();
+        fs.fail_syncs();
+        a.sync_data().unwrap_err();
+        fs.kill();
+        let mut a = fs.open(&path).unwrap();
+        assert_eq!(fs.read(&path).unwrap()[..10], [2; 10], "still readable from the cache");
+        a.sync_data().unwrap();
+        // Page 1 written again after the failure: that one the next sync saves.
+        let mut b = fs.open(&path).unwrap();
+        b.write_at(PAGE as u64, &[4; 10]).unwrap();
+        b.sync_data().unwrap();
+        // What the cache shows of page 0 is not on the disk; dropped from the cache, it reads
+        // as the disk has it.
+        let mut c = fs.open(&path).unwrap();
+        c.drop_cache().unwrap();
+        let now = fs.read(&path).unwrap();
+        assert_eq!(now[..10], [1; 10]);
+        assert_eq!(now[PAGE..PAGE + 10], [4; 10]);
+        fs.crash();
+        assert_eq!(fs.read(&path).unwrap(), now);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!  dir/
 //!    log-00000000000000000001   entries 1..=k      (header, records, zeros)
 //!    log-0000000000000000000k+1 entries k+1..      (the active segment, appended to)
-//!    raft-meta                  vote, committed, last purged (replaced atomically)
+//!    raft-meta                  vote, committed, last purged, newest segment started
+//!                               (replaced atomically)
 //! ```
 //!
 //! # Ordering, and what a crash at any point leaves
@@ -16,7 +17,13 @@
 //!   that survives a crash always has a whole header, and no acknowledged entry sits in a file
 //!   whose name could vanish. Leftover `.tmp` files are removed at open.
 //! - A segment is synced before the next one is started, so only the last segment can hold
-//!   unsynced (unacknowledged) bytes, and only its tail can be torn.
+//!   unsynced (unacknowledged) bytes, and only its tail can be torn. Once its name is durable,
+//!   `raft-meta` records it as the newest segment, so that a log whose newest segment is gone
+//!   is told from one that ends where the segment before it ends.
+//! - Open makes what it reads back durable before it counts: a process killed after a write
+//!   and before its sync leaves that write in the page cache, readable and not on the disk.
+//!   The last segment (and any after the newest recorded) is fdatasynced and read from the
+//!   disk, not the cache, and the directory is synced, before any of it is acted on.
 //! - Appends are written, synced, and only then written again: the unsynced bytes are one
 //!   write, the last. A power cut can keep any of its pages and lose others (a disk writes
 //!   the pages of one write in any order), so its remains may have holes with intact records
@@ -25,7 +32,8 @@
 //!   is damage only if an intact record of a later write follows it
 //!   ([`could_prove_damage`]). Damage inside the last write itself looks like its remains and
 //!   is cut as they are, as a torn last record always was.
-//! - Truncation removes whole segments newest first, syncing the directory after each, then
+//! - Truncation records the newest segment it leaves in `raft-meta` when it removes the
+//!   recorded one, then removes whole segments newest first, syncing the directory after each, then
 //!   cuts the segment holding the first removed entry and syncs it. A crash part-way leaves a
 //!   prefix of the old log: entries openraft will truncate again, never a hole, and never
 //!   stale entries after new ones (the cut is synced before any new append goes there).
@@ -33,7 +41,9 @@
 //!   hold only purged entries. A crash part-way leaves files that recovery recognises as
 //!   purged (by the persisted point) and removes.
 //! - `raft-meta` is written to a temporary file, synced, renamed over the old one, and the
-//!   directory synced, so it is always either the old or the new version, whole.
+//!   directory synced, so it is always either the old or the new version, whole. Its record
+//!   repeats the header's version and cluster words under its checksum, so that damage there
+//!   is not taken for a newer version's file or another cluster's.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,12 +65,16 @@ pub struct WalOptions {
     pub cluster_id: u64,
     /// Size a segment is preallocated to; the next entry that does not fit starts a new one.
     pub segment_bytes: u64,
+    /// The index of the log's first entry while nothing is purged: 0 in a server's log (the
+    /// cluster's first membership). A log with nothing purged whose first segment starts
+    /// later lost its first segments, and is refused.
+    pub first_index: u64,
 }
 
 impl WalOptions {
-    /// Options with segments of [`DEFAULT_SEGMENT_BYTES`].
+    /// Options with segments of [`DEFAULT_SEGMENT_BYTES`], for a log that begins at entry 0.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64) -> Self {
-        WalOptions { dir: dir.into(), cluster_id, segment_bytes: DEFAULT_SEGMENT_BYTES }
+        WalOptions { dir: dir.into(), cluster_id, segment_bytes: DEFAULT_SEGMENT_BYTES, first_index: 0 }
     }
 }
 
@@ -478,6 +492,11 @@ pub struct Wal {
     /// recovery knows which records were written after a sync and which before it
     /// ([`could_prove_damage`]).
     write_began: u64,
+    /// The state `raft-meta` holds, if the file exists.
+    saved: Option<RaftMeta>,
+    /// The first index of the newest segment started, which `raft-meta` records with the state
+    /// (see [`Wal::open`]).
+    newest_segment: Option<u64>,
 }
 
 impl Wal {
@@ -485,6 +504,21 @@ impl Wal {
     /// last segment's last write (from its first bad record on, where no intact record of a
     /// later write follows) are cut off with a warning; any other damage fails with the file
     /// and offset.
+    ///
+    /// What is read back counts as durable from then on, so it is made durable first: the last
+    /// segment (and any started after the one `raft-meta` records as the newest, or every one
+    /// where it records none) is fdatasynced before it is read, and read after the page cache
+    /// let go of it, and the directory is synced. A process killed after a write and before its
+    /// sync leaves that write in the page cache, readable but not on the disk; a failed sync
+    /// leaves the pages it could not write readable too, marked clean, so that no later sync
+    /// writes them. Counted as durable without this, a follower would acknowledge such entries
+    /// to a leader that re-sends them (it finds them present and appends nothing), a roll-over
+    /// would close their segment unsynced, and a power cut would then lose entries taken as
+    /// durable. One fdatasync of a clean file, and the last segment's records read from the disk.
+    ///
+    /// A missing segment is refused at either end, as between two: with nothing purged, the
+    /// first must begin at [`WalOptions::first_index`]; and the segment `raft-meta` records as the
+    /// newest started must be there, unless purged.
     pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<(Wal, Recovered), LogError> {
         if opts.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(LogError::SegmentTooSmall(opts.segment_bytes));
@@ -496,18 +530,18 @@ impl Wal {
             fs.sync_dir(parent).map_err(io_err("syncing directory", parent))?;
         }
         let names = fs.list(&dir).map_err(io_err("listing", &dir))?;
-        let mut removed = false;
         for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
             // A segment or meta file interrupted before its rename: never acknowledged.
             let path = dir.join(name);
             fs.remove(&path).map_err(io_err("removing", &path))?;
-            removed = true;
         }
-        let meta = if names.iter().any(|n| n == META_NAME) {
-            read_meta(fs.as_ref(), &dir.join(META_NAME), Some(opts.cluster_id))?.1
+        let saved = if names.iter().any(|n| n == META_NAME) {
+            Some(read_saved_meta(fs.as_ref(), &dir.join(META_NAME), Some(opts.cluster_id))?)
         } else {
-            RaftMeta::default()
+            None
         };
+        let recorded_newest = saved.as_ref().and_then(|s| s.newest_segment);
+        let meta = saved.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
         let purged_next = meta.last_purged.map_or(0, |l| l.index + 1);
         let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         firsts.sort_unstable();
@@ -523,23 +557,35 @@ impl Wal {
         for &first in &firsts[..keep_from] {
             let path = dir.join(segment_name(first));
             fs.remove(&path).map_err(io_err("removing", &path))?;
-            removed = true;
         }
 
-        let mut wal =
-            Wal { fs, opts, segments: Vec::new(), active: None, dirty: false, initialised: 0, write_began: 0 };
+        let mut wal = Wal {
+            fs,
+            opts,
+            segments: Vec::new(),
+            active: None,
+            dirty: false,
+            initialised: 0,
+            write_began: 0,
+            saved: saved.as_ref().map(|s| s.meta.clone()),
+            newest_segment: recorded_newest,
+        };
         let mut entries = Vec::new();
         let mut torn = None;
         let kept = &firsts[keep_from..];
         for (i, &first) in kept.iter().enumerate() {
             let last = i + 1 == kept.len();
+            // Every segment before the newest was synced before the next was started; the
+            // newest, and any started after the one recorded (a stop between the two), may
+            // hold bytes no sync covered.
+            let unsynced = last || recorded_newest.is_none_or(|newest| first >= newest);
             let expected = wal.segments.last().map(Segment::next_index);
-            let (seg, cut) = wal.recover_segment(first, expected, last, purged_next, &mut entries)?;
+            let (seg, cut) = wal.recover_segment(first, expected, last, unsynced, purged_next, &mut entries)?;
             wal.segments.push(seg);
             torn = torn.or(cut);
         }
-        if let (Some(purged), Some(first)) = (meta.last_purged, wal.segments.first()) {
-            if first.first_index > purged.index + 1 {
+        match (meta.last_purged, wal.segments.first()) {
+            (Some(purged), Some(first)) if first.first_index > purged.index + 1 => {
                 return Err(LogError::Corrupt {
                     path: first.path.clone(),
                     offset: 0,
@@ -549,20 +595,53 @@ impl Wal {
                     ),
                 });
             }
+            (None, Some(first)) if first.first_index > wal.opts.first_index => {
+                return Err(LogError::Corrupt {
+                    path: first.path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "nothing is purged, so the log begins at entry {}, but this first segment starts at {}: the \
+                         segment holding entry {} is missing",
+                        wal.opts.first_index, first.first_index, wal.opts.first_index
+                    ),
+                });
+            }
+            _ => {}
+        }
+        if let Some(newest) = recorded_newest.filter(|&n| n >= purged_next) {
+            if !wal.segments.iter().any(|s| s.first_index == newest) {
+                let end = wal.segments.last().map_or(purged_next, Segment::next_index);
+                return Err(LogError::Corrupt {
+                    path: dir.join(segment_name(newest)),
+                    offset: 0,
+                    reason: format!(
+                        "{META_NAME} records that this segment, from entry {newest} on, was started, but it is missing \
+                         (the log that is left ends before entry {end})"
+                    ),
+                });
+            }
         }
         // A last segment holding only purged entries cannot be continued at the purge point.
         if wal.segments.last().is_some_and(|s| s.next_index() < purged_next) {
             let seg = wal.segments.pop().expect("checked above");
             wal.fs.remove(&seg.path).map_err(io_err("removing", &seg.path))?;
-            removed = true;
         }
-        if removed {
-            wal.fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
-        }
+        // Removals above, and names a killed process left unsynced (a segment or `raft-meta`
+        // renamed into place): durable before anything read here is acted on.
+        wal.fs.sync_dir(&dir).map_err(io_err("syncing directory", &dir))?;
         if let Some(seg) = wal.segments.last() {
             wal.active = Some(wal.fs.open(&seg.path).map_err(io_err("opening", &seg.path))?);
             wal.initialised = seg.end;
             wal.write_began = seg.end;
+        }
+        let newest = wal.segments.last().map(|s| s.first_index).or(recorded_newest);
+        if newest != recorded_newest {
+            // Recorded now: a file of an earlier release, or a stop between starting a segment
+            // and recording it.
+            wal.newest_segment = newest;
+            if let Some(saved) = wal.saved.clone() {
+                wal.save_meta(&saved)?;
+            }
         }
         entries.retain(|e: &EncodedEntry| e.log_id.index >= purged_next);
         Ok((wal, Recovered { entries, meta, torn }))
@@ -576,12 +655,20 @@ impl Wal {
         first: u64,
         expected: Option<u64>,
         last: bool,
+        unsynced: bool,
         purged_next: u64,
         entries: &mut Vec<EncodedEntry>,
     ) -> Result<(Segment, Option<TornTail>), LogError> {
         let path = self.opts.dir.join(segment_name(first));
         let corrupt =
             |offset: usize, reason: String| LogError::Corrupt { path: path.clone(), offset: offset as u64, reason };
+        if unsynced {
+            // Made durable, and then read from the disk rather than the page cache (see
+            // `Wal::open`).
+            let mut f = self.fs.open(&path).map_err(io_err("opening", &path))?;
+            f.sync_data().map_err(io_err("syncing", &path))?;
+            f.drop_cache().map_err(io_err("dropping the cached pages of", &path))?;
+        }
         let buf = self.fs.read(&path).map_err(io_err("reading", &path))?;
         let header = SegmentHeader::decode(&buf).map_err(|e| corrupt(0, e.to_string()))?;
         if header.version > FORMAT_VERSION {
@@ -785,6 +872,12 @@ impl Wal {
         self.dirty = false;
         self.initialised = HEADER_LEN as u64;
         self.write_began = HEADER_LEN as u64;
+        // Recorded once its name is durable, before any entry goes in: a log whose newest
+        // segment is gone is told from one that ends there.
+        self.newest_segment = Some(first_index);
+        if let Some(saved) = self.saved.clone() {
+            self.save_meta(&saved)?;
+        }
         // Appends queued behind the writer wait for this (two fsyncs and a preallocation).
         tracing::info!(
             segment = %self.segments.last().map_or_else(String::new, |s| s.path.display().to_string()),
@@ -797,6 +890,14 @@ impl Wal {
     /// Removes entry `index` and every later one, durably. The caller syncs appends first.
     pub fn truncate(&mut self, index: u64) -> Result<(), LogError> {
         let dir = self.opts.dir.clone();
+        if self.newest_segment.is_some_and(|newest| newest >= index) {
+            // The newest segment left after the cut is recorded before any is removed: a
+            // crash part-way leaves the recorded one and perhaps newer ones, never less.
+            self.newest_segment = self.segments.iter().rev().find(|s| s.first_index < index).map(|s| s.first_index);
+            if let Some(saved) = self.saved.clone() {
+                self.save_meta(&saved)?;
+            }
+        }
         while self.segments.last().is_some_and(|s| s.first_index >= index) {
             let seg = self.segments.pop().expect("checked above");
             self.active = None;
@@ -869,12 +970,14 @@ impl Wal {
         let dir = &self.opts.dir;
         let path = dir.join(META_NAME);
         let tmp = dir.join(format!("{META_NAME}{TMP_SUFFIX}"));
-        let bytes = encode_meta(meta, self.opts.cluster_id);
+        let bytes = encode_meta(meta, self.opts.cluster_id, self.newest_segment);
         let mut f = self.fs.create(&tmp).map_err(io_err("creating", &tmp))?;
         f.write_at(0, &bytes).map_err(io_err("writing", &tmp))?;
         f.sync_data().map_err(io_err("syncing", &tmp))?;
         self.fs.rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
-        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))
+        self.fs.sync_dir(dir).map_err(io_err("syncing directory", dir))?;
+        self.saved = Some(meta.clone());
+        Ok(())
     }
 }
 
@@ -901,13 +1004,51 @@ pub fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry<TypeConfig>, S
     }
 }
 
-/// `raft-meta`: magic, version, cluster id (16 bytes), then one record holding the JSON.
-fn encode_meta(meta: &RaftMeta, cluster_id: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+/// The JSON record of `raft-meta`: the saved state, and copies of the header's words under
+/// the record's checksum, with the newest segment the log started. The files of earlier
+/// releases hold the state alone (the copies absent).
+#[derive(Serialize, Deserialize)]
+struct MetaRecord {
+    #[serde(flatten)]
+    meta: RaftMeta,
+    /// The header's format version, checksummed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format_version: Option<u32>,
+    /// The header's cluster id, checksummed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<u64>,
+    /// The first index of the newest segment started: the log reaches at least to that
+    /// segment, unless purged past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    newest_segment: Option<u64>,
+}
+
+/// A `raft-meta` file read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMeta {
+    /// The cluster it belongs to.
+    pub cluster_id: u64,
+    /// The saved state.
+    pub meta: RaftMeta,
+    /// The first index of the newest segment the log started (`None` in a file of an earlier
+    /// release).
+    pub newest_segment: Option<u64>,
+}
+
+/// `raft-meta`: magic, version, cluster id (16 bytes), then one record holding the JSON, which
+/// repeats the version and cluster id under its checksum.
+fn encode_meta(meta: &RaftMeta, cluster_id: u64, newest_segment: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
     out.extend_from_slice(&META_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&cluster_id.to_le_bytes());
-    let json = serde_json::to_vec(meta).expect("vote and log ids always serialise");
+    let record = MetaRecord {
+        meta: meta.clone(),
+        format_version: Some(FORMAT_VERSION),
+        cluster_id: Some(cluster_id),
+        newest_segment,
+    };
+    let json = serde_json::to_vec(&record).expect("vote and log ids always serialise");
     record::encode_record(&json, &mut out);
     out
 }
@@ -941,26 +1082,88 @@ pub fn saved_purge_point(fs: &dyn FileSystem, dir: &Path, cluster_id: u64) -> Re
 /// Reads a `raft-meta` file: the cluster it belongs to and the state. With `cluster_id`, a file
 /// of another cluster is refused.
 pub fn read_meta(fs: &dyn FileSystem, path: &Path, cluster_id: Option<u64>) -> Result<(u64, RaftMeta), LogError> {
+    read_saved_meta(fs, path, cluster_id).map(|saved| (saved.cluster_id, saved.meta))
+}
+
+/// Reads a `raft-meta` file whole (see [`read_meta`]).
+///
+/// The header's version and cluster words decide "a newer version" and "another cluster", so
+/// they are believed only under a checksum: the record's copies of them. A header that
+/// disagrees with its record's copies is damaged. A file of an earlier release has no copies:
+/// its words outside the checksum are only believed when they match this build and cluster,
+/// and a mismatch is reported as damage (the data directory's identity, read before the log,
+/// already said whose directory this is).
+pub fn read_saved_meta(fs: &dyn FileSystem, path: &Path, cluster_id: Option<u64>) -> Result<SavedMeta, LogError> {
     let buf = fs.read(path).map_err(io_err("reading", path))?;
-    let corrupt =
-        |offset: u64, reason: &str| LogError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() };
+    let corrupt = |offset: u64, reason: String| LogError::Corrupt { path: path.to_path_buf(), offset, reason };
     if buf.len() < 16 || buf[0..4] != META_MAGIC {
-        return Err(corrupt(0, "not a Raft state file (bad magic)"));
+        return Err(corrupt(0, "not a Raft state file (bad magic)".into()));
     }
     let version = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if version > FORMAT_VERSION {
-        return Err(LogError::NewerFormat { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION });
-    }
     let mut id = [0u8; 8];
     id.copy_from_slice(&buf[8..16]);
     let found = u64::from_le_bytes(id);
-    if let Some(expected) = cluster_id.filter(|&c| c != found) {
-        return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected });
+    let newer = || LogError::NewerFormat { path: path.to_path_buf(), found: version, supported: FORMAT_VERSION };
+    let payload = match record::read_record(&buf, 16) {
+        Read::Record { payload, .. } => payload,
+        Read::End | Read::Bad(_) if version > FORMAT_VERSION => {
+            return Err(corrupt(
+                16,
+                format!(
+                    "the Raft state record is damaged, and the header names format version {version} (this build \
+                     reads up to {FORMAT_VERSION}): the file is damaged, or a newer version wrote it"
+                ),
+            ))
+        }
+        Read::End | Read::Bad(_) => return Err(corrupt(16, "the Raft state record is damaged".into())),
+    };
+    let record: MetaRecord = match serde_json::from_slice(payload) {
+        Ok(record) => record,
+        // An intact record this build cannot read, in a file that says it is of a newer format.
+        Err(_) if version > FORMAT_VERSION => return Err(newer()),
+        Err(e) => return Err(corrupt(16, format!("an intact record that is not the Raft state: {e}"))),
+    };
+    match (record.format_version, record.cluster_id) {
+        (Some(v), Some(c)) => {
+            if (v, c) != (version, found) {
+                return Err(corrupt(
+                    4,
+                    format!(
+                        "the header says format version {version} and cluster {found}, its checksummed record \
+                         version {v} and cluster {c}: the header is damaged"
+                    ),
+                ));
+            }
+            if version > FORMAT_VERSION {
+                return Err(newer());
+            }
+            if let Some(expected) = cluster_id.filter(|&e| e != found) {
+                return Err(LogError::ForeignCluster { path: path.to_path_buf(), found, expected });
+            }
+        }
+        _ => {
+            // An earlier release's file: every release that writes a version above this one's
+            // writes the copies, so a larger word here is damage.
+            if version > FORMAT_VERSION {
+                return Err(corrupt(
+                    4,
+                    format!(
+                        "the header says format version {version}, but the state is in an earlier release's layout \
+                         (up to {FORMAT_VERSION}): the header is damaged"
+                    ),
+                ));
+            }
+            if let Some(expected) = cluster_id.filter(|&e| e != found) {
+                return Err(corrupt(
+                    8,
+                    format!(
+                        "the header names cluster {found}, not this cluster ({expected}), in words an earlier \
+                         release's file does not checksum: the header is damaged, or the file was copied in from \
+                         another cluster's data directory"
+                    ),
+                ));
+            }
+        }
     }
-    match record::read_record(&buf, 16) {
-        Read::Record { payload, .. } => serde_json::from_slice(payload)
-            .map(|meta| (found, meta))
-            .map_err(|e| corrupt(16, &format!("an intact record that is not the Raft state: {e}"))),
-        Read::End | Read::Bad(_) => Err(corrupt(16, "the Raft state record is damaged")),
-    }
+    Ok(SavedMeta { cluster_id: found, meta: record.meta, newest_segment: record.newest_segment })
 }
