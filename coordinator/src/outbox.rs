@@ -65,8 +65,9 @@ impl fmt::Display for CloseReason {
             ),
             CloseReason::NoLeaderContact { silent_ms } => write!(
                 f,
-                "this server has had no contact with a leader for {silent_ms} ms (max_leader_silence_ms): its \
-                 answers could be stale; the client should reconnect to another server"
+                "this server's tree has not been shown current with a leader's for {silent_ms} ms \
+                 (max_leader_silence_ms: no contact, or too far behind in applying): its answers could be stale; \
+                 the client should reconnect to another server"
             ),
             CloseReason::OutboundQueueFull { limit } => write!(
                 f,

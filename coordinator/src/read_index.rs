@@ -136,16 +136,23 @@ impl ReadIndex {
 /// no leader of a later term can have been elected before the round started (the voters that
 /// elect one would include one that accepted this vote first, and a vote never goes back).
 /// Each voter's answer is awaited at most [`PROVE_DEADLINE`].
+///
+/// Refused, with nothing sent, unless this server leads under a granted vote of its own
+/// ([`index_to_prove`]'s test, read from the same view as the vote sent). A round may start a
+/// second after its callers were admitted, and this server may follow another leader by then:
+/// sent under that leader's vote, the round would renew the voters' lease on a leader that did
+/// not send it, and reach that leader itself as an AppendEntries of its own term, which
+/// openraft takes as from a leader it must follow while it leads.
 pub async fn prove_once(raft: &Raft, network: &PeerNetwork) -> Result<u64, String> {
     use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
     let (id, vote, configs) = {
         let m = raft.metrics();
         let m = m.borrow();
+        if let Err(e) = index_to_prove(&m, None) {
+            return Err(e.to_string());
+        }
         (m.id, m.vote, m.membership_config.membership().get_joint_config().clone())
     };
-    if !vote.is_committed() {
-        return Err("this server's vote is not committed yet".into());
-    }
     let term = vote.leader_id().get_term();
     let mut granted: BTreeSet<u64> = [id].into();
     if crate::staleness::quorum_granted(&configs, &granted) {

@@ -511,6 +511,7 @@ impl Coordinator {
         tasks.spawn(snapshot_when_due(self.shared.raft.clone(), self.snapshot_due.clone(), stop_rx.clone()));
         if let Some(peers) = &self.peers {
             tasks.spawn(report_liveness(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
+            tasks.spawn(follow_leader_commit(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             tasks.spawn(prove_leadership(self.shared.clone(), peers.network.clone(), stop_rx.clone()));
             let (shared, network, mut stop) = (self.shared.clone(), peers.network.clone(), stop_rx.clone());
             let began = self.began;
@@ -674,16 +675,30 @@ impl AwaitingLeader {
     /// only if replication stops meanwhile.
     ///
     /// Heard from, because a restarted server restores its last vote, and with it the leader
-    /// it followed, who may be gone: a follower has found its leader once it has accepted
-    /// AppendEntries from it (the staleness bound's contact). A restarted leader is settled
-    /// only once it has applied an entry of its own new term, which a majority then holds.
+    /// it followed, who may be gone; and caught up, because a follower restarted (or added)
+    /// while the ensemble wrote holds an old tree: a follower has found its leader once it has
+    /// applied up to a read index the leader answered it, asked within the staleness bound (the
+    /// bound's contact, see [`crate::staleness`]), as a ZooKeeper follower syncs with its
+    /// leader before it serves. A restarted leader is settled only once it has applied an
+    /// entry of its own new term, which a majority then holds.
     async fn wait(mut self, shared: &Shared, network: Option<PeerNetwork>) -> Result<(), CoordinatorError> {
         let raft = &shared.raft;
         let me = raft.metrics().borrow().id;
         let contact = shared.lock().leader_contact.clone();
+        let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
         let found = |m: &openraft::RaftMetrics<u64, BasicNode>| {
-            leader_settled(m) && (m.current_leader == Some(me) || contact.since_contact(Instant::now()).is_some())
+            if !leader_settled(m) {
+                return false;
+            }
+            if m.current_leader == Some(me) {
+                return true;
+            }
+            contact.caught_up(m.last_applied.map(|l| l.index));
+            contact.current_since(Instant::now()).is_some_and(|s| s <= bound)
         };
+        // Where the leader's log ends is asked here as well: `follow_leader_commit` runs only
+        // once the server serves.
+        let mut asked = Instant::now() - bound;
         info!(server_id = me, "waiting for the ensemble to elect a leader");
         let began = Instant::now();
         let mut report_in = LEADERLESS_REPORT_FIRST;
@@ -695,6 +710,10 @@ impl AwaitingLeader {
                 if found(&m) {
                     break m.current_leader;
                 }
+            }
+            if let (Some(network), true) = (&network, asked.elapsed() >= commit_ask_every(bound)) {
+                asked = Instant::now();
+                ask_leader_commit(shared, network, &contact, bound).await;
             }
             // Contact is not in the metrics: it is looked at again after a while.
             tokio::select! {
@@ -1170,7 +1189,7 @@ async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: w
                 // if this server was elected again meanwhile: it then proves nothing of the
                 // newer one.
                 proof.confirmed(proven.min(term), started);
-                contact.heard(started);
+                contact.proven_leading(started);
                 if failing {
                     info!(term, "a quorum confirms this leader again");
                     failing = false;
@@ -1194,11 +1213,12 @@ async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: w
 
 /// Keeps the staleness bound (see [`crate::staleness`]): a leader's contact is its last
 /// proof of leadership ([`prove_leadership`]); a follower's or observer's is the older of the
-/// last AppendEntries it accepted (recorded by the peer listener) and the last liveness report
-/// the leader acknowledged (which it does only under a proof: a leader cut off from the
-/// majority, still heartbeating the servers on its side, acknowledges none). Past the bound,
-/// every client connection is closed, new sessions are refused and four-letter words answer
-/// that the server is not serving, until contact resumes.
+/// last time it asked its leader for a read index it has since applied up to
+/// ([`follow_leader_commit`], looked at again here against what is applied now) and the last
+/// liveness report the leader acknowledged (which it does only under a proof: a leader cut off
+/// from the majority, still heartbeating the servers on its side, acknowledges none). Past the
+/// bound, every client connection is closed, new sessions are refused and four-letter words
+/// answer that the server is not serving, until contact resumes with a tree caught up.
 ///
 /// It starts once the server has found its leader, which is contact enough: silence is counted
 /// from then at the earliest. Counted from the process's start, as before any contact, a
@@ -1225,7 +1245,10 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let now = Instant::now();
         let silent = match shared.leading() {
             Some(_) => contact.silent_for(now),
-            None => contact.silent_for(now).max(reported.silent_for(now)),
+            None => {
+                contact.caught_up(shared.raft.metrics().borrow().last_applied.map(|l| l.index));
+                contact.current_silent_for(now).max(reported.silent_for(now))
+            }
         }
         .min(now.saturating_duration_since(began));
         let mut st = shared.lock();
@@ -1237,7 +1260,8 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     silent_ms,
                     bound_ms = bound.as_millis() as u64,
                     connections = st.conns.len(),
-                    "no contact with a leader: closing every client connection and refusing new sessions until contact resumes"
+                    "no contact with a leader, or too far behind it: closing every client connection and refusing new \
+                     sessions until this server is current again"
                 );
                 for c in st.conns.values() {
                     c.outbox.close(why);
@@ -1246,7 +1270,7 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 shared.not_serving.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             (Verdict::Serve, true) => {
-                info!("contact with a leader is back: taking clients again");
+                info!("current with a leader again: taking clients again");
                 st.refusing_clients = None;
                 shared.not_serving.store(false, std::sync::atomic::Ordering::Relaxed);
             }
@@ -1583,6 +1607,62 @@ async fn report_liveness(shared: Arc<Shared>, network: PeerNetwork, mut stop: wa
             }
             (None, false) => {}
         }
+    }
+}
+
+/// How often a follower or observer asks its leader where its log ends: a quarter of the
+/// staleness `bound`, at most 100 ms, as often as the bound is checked.
+fn commit_ask_every(bound: Duration) -> Duration {
+    (bound / 4).min(Duration::from_millis(100))
+}
+
+/// A server that does not lead asks its leader for a read index every
+/// [`commit_ask_every`] (see [`ask_leader_commit`]), so that the staleness bound knows how
+/// current its tree is (see [`crate::staleness`]).
+async fn follow_leader_commit(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+    let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
+    let contact = shared.lock().leader_contact.clone();
+    let mut interval = tokio::time::interval(commit_ask_every(bound));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        ask_leader_commit(&shared, &network, &contact, bound).await;
+    }
+}
+
+/// Asks the leader this server follows, if it knows one, for a read index, waiting at most
+/// half the staleness `bound`, and records the answer in `contact` with when it was asked:
+/// every write committed before then is at or below it (see [`crate::read_index`]). An
+/// AppendEntries carries a commit index too, but openraft's replication to a follower that
+/// answers slowly takes in new commits only between its calls, so it may be far older than
+/// the leader's. Nothing is recorded if the leader changes meanwhile, or cannot answer.
+async fn ask_leader_commit(
+    shared: &Shared,
+    network: &PeerNetwork,
+    contact: &crate::staleness::LeaderContact,
+    bound: Duration,
+) {
+    let leader = {
+        let m = shared.raft.metrics();
+        let m = m.borrow();
+        match (m.state, m.current_leader) {
+            (openraft::ServerState::Leader, _) | (_, None) => None,
+            (_, Some(l)) => Some(l).filter(|l| *l != m.id),
+        }
+    };
+    let Some(leader) = leader else { return };
+    let asked = Instant::now();
+    let answer = tokio::select! {
+        answer = network.request(&shared.raft, leader, PeerRequest::ReadIndex, bound / 2) => answer,
+        _ = crate::role::leader_replaced(&shared.raft, leader) => return,
+    };
+    if let Ok(PeerReply::ReadIndex(Ok(index))) = answer {
+        let applied = shared.raft.metrics().borrow().last_applied.map(|l| l.index);
+        contact.told_commit(asked, index, applied);
     }
 }
 

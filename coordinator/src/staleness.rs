@@ -2,23 +2,35 @@
 //!
 //! A follower or observer answers reads from its own tree, and a leader answers them from its
 //! own. Cut off from the rest of the ensemble, either would go on answering from a tree that no
-//! longer moves, and renewing sessions the ensemble may already have expired. So every server of
-//! an ensemble keeps the time of its last proof of contact:
+//! longer moves, and renewing sessions the ensemble may already have expired. Heard from its
+//! leader but slow to apply (a slow disk holds every entry it appends), a follower would go on
+//! answering from a tree further behind every second. So every server of an ensemble keeps
+//! the time of its last proof of contact, and of a tree that was current then:
 //!
-//! - a follower or observer: the last AppendEntries (a heartbeat or entries) it accepted from a
-//!   leader, and the last liveness report that leader acknowledged, whichever is older (a
-//!   leader cut off from the majority still heartbeats the servers on its side, but
-//!   acknowledges no report: see [`crate::liveness`]);
+//! - a follower or observer: the older of two times. First, the last time it asked its leader
+//!   for a read index (the end of the leader's log, under a proof that it still leads: see
+//!   [`crate::read_index`]) that it has since applied up to: its tree then holds every write
+//!   committed before it asked. It asks every quarter of the bound, at most every 100 ms, and
+//!   an AppendEntries does not serve, as the commit index it carries may be older than the
+//!   leader's (openraft's replication to a slow follower takes in new commits only between
+//!   calls). Second, the last liveness report that leader acknowledged (a leader cut off from
+//!   the majority still heartbeats the servers on its side, but acknowledges no report: see
+//!   [`crate::liveness`]). Any AppendEntries accepted from a leader counts as contact for
+//!   elections ([`LeaderContact::heard`]), not for the bound ([`LeaderContact::current_since`]);
 //! - a leader: the start of the last proof round a quorum of voters confirmed (see
 //!   [`crate::liveness`]).
 //!
 //! When that is older than `max_leader_silence_ms`, the server closes its clients'
-//! connections and refuses new sessions until contact resumes: its clients reconnect to a
-//! server that is in contact, and nothing it answers is staler than the bound (plus a check
-//! interval). A server alone is never stale.
+//! connections and refuses new sessions until it is current again; it takes none at start
+//! before it is ([`crate::server`]'s wait for a leader), as a ZooKeeper follower syncs with its
+//! leader before it serves. What is bounded, then: a read a follower or observer answers at
+//! time `r` reflects every write the ensemble had committed before `r − max_leader_silence_ms −
+//! one check` (the check runs every quarter of the bound, at most every 100 ms); a server
+//! further behind, cut off or merely slow to apply, refuses instead. A server alone is never
+//! stale.
 //!
-//! [`LeaderContact`] is shared, lock-free, between the peer listener that records contact and
-//! the guard that acts on it; [`verdict`] is the pure decision.
+//! [`LeaderContact`] is shared between the peer listener that records contact and the guard
+//! that acts on it; [`CommitsTold`] and [`verdict`] are the pure decisions.
 //!
 //! The same record decides elections ([`campaign_due`], [`pre_vote_grant`]). Openraft 0.9
 //! campaigns only after the voters' lease on the leader (its `election_timeout_max`) *plus* a
@@ -44,46 +56,161 @@
 //! left when the cut heals. Elections are always safe in Raft; the pre-vote only decides when
 //! one is worth its disruption, and nothing here changes the staleness bound.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When this server last had proof of contact with a leader (or, leading, with a quorum).
+/// When this server last had proof of contact with a leader (or, leading, with a quorum), and
+/// when it last had it with a tree as current as the leader said then.
 #[derive(Debug)]
 pub struct LeaderContact {
     origin: Instant,
     /// Milliseconds from `origin` to the last contact, plus one; 0 for none yet.
     last: AtomicU64,
+    /// The same, for the last contact whose commit index this server has applied.
+    current: AtomicU64,
+    /// The commit indexes told and not applied up to yet.
+    told: Mutex<CommitsTold>,
 }
 
 impl Default for LeaderContact {
     fn default() -> Self {
-        LeaderContact { origin: Instant::now(), last: AtomicU64::new(0) }
+        LeaderContact {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            told: Mutex::new(CommitsTold::default()),
+        }
     }
 }
 
 impl LeaderContact {
-    /// Records contact proven at `at`; an earlier instant than the one recorded is ignored.
-    pub fn heard(&self, at: Instant) {
-        let ms = u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        self.last.fetch_max(ms, Ordering::Relaxed);
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// How long before `now` the last contact was, or `None` if there has been none yet.
-    pub fn since_contact(&self, now: Instant) -> Option<Duration> {
-        match self.last.load(Ordering::Relaxed) {
+    fn since(&self, mark: &AtomicU64, now: Instant) -> Option<Duration> {
+        match mark.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(now.saturating_duration_since(self.origin).saturating_sub(Duration::from_millis(ms - 1))),
         }
     }
 
+    /// Records contact proven at `at`; an earlier instant than the one recorded is ignored.
+    /// Contact for elections and for a leader's bound; a follower's tree is current only
+    /// through [`LeaderContact::told_commit`].
+    pub fn heard(&self, at: Instant) {
+        self.last.fetch_max(self.ms(at), Ordering::Relaxed);
+    }
+
+    /// Records a leader's proof, at `at`, that a quorum still follows it: contact, and a tree as
+    /// current as the ensemble's (a leader holds every committed entry), should this server
+    /// follow another from now on.
+    pub fn proven_leading(&self, at: Instant) {
+        self.heard(at);
+        self.current.fetch_max(self.ms(at), Ordering::Relaxed);
+    }
+
+    /// Records that every write committed before `at` is at or below `index` (a read index
+    /// the leader answered to a request sent at `at`), with this server having applied up to
+    /// `applied`: its tree is current as of `at` once `applied` reaches `index` (see
+    /// [`LeaderContact::caught_up`]).
+    pub fn told_commit(&self, at: Instant, index: u64, applied: Option<u64>) {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).told(at, index);
+        self.caught_up(applied);
+    }
+
+    /// Takes in that this server has applied up to `applied`: every commit index told at or
+    /// below it makes the tree current as of its arrival.
+    pub fn caught_up(&self, applied: Option<u64>) {
+        let resolved = self.told.lock().unwrap_or_else(|p| p.into_inner()).applied(applied);
+        if let Some(at) = resolved {
+            self.current.fetch_max(self.ms(at), Ordering::Relaxed);
+        }
+    }
+
+    /// How long before `now` the last contact was, or `None` if there has been none yet.
+    pub fn since_contact(&self, now: Instant) -> Option<Duration> {
+        self.since(&self.last, now)
+    }
+
     /// How long before `now` the last contact was; since this server started when there has
     /// been none.
     pub fn silent_for(&self, now: Instant) -> Duration {
-        let since_start = now.saturating_duration_since(self.origin);
-        match self.last.load(Ordering::Relaxed) {
-            0 => since_start,
-            ms => since_start.saturating_sub(Duration::from_millis(ms - 1)),
+        self.since_contact(now).unwrap_or_else(|| now.saturating_duration_since(self.origin))
+    }
+
+    /// How long before `now` the last contact was whose commit index this server has applied
+    /// (as of the last [`LeaderContact::caught_up`]), or `None` if there has been none yet.
+    pub fn current_since(&self, now: Instant) -> Option<Duration> {
+        self.since(&self.current, now)
+    }
+
+    /// As [`LeaderContact::current_since`]; since this server started when there has been none.
+    pub fn current_silent_for(&self, now: Instant) -> Duration {
+        self.current_since(now).unwrap_or_else(|| now.saturating_duration_since(self.origin))
+    }
+}
+
+/// The read indexes a follower's leader told it, each with when the follower asked, that the
+/// follower has not applied up to yet: once it has applied up to one, its tree holds every
+/// write committed before it asked.
+///
+/// Only the ones that can still matter are kept: one told later needing no more is always
+/// the better proof, so the list rises in both arrival and index. It is bounded by
+/// [`CommitsTold::KEPT`]; past it, the two oldest merge into the older arrival with the higher
+/// index, which is proven later than either would have been: never sooner.
+#[derive(Debug, Default)]
+pub struct CommitsTold {
+    told: VecDeque<(Instant, u64)>,
+}
+
+impl CommitsTold {
+    /// How many commit indexes are kept at most.
+    pub const KEPT: usize = 128;
+
+    /// Takes in `commit`, told in answer to a request sent at `at` (answers may come back out
+    /// of order).
+    pub fn told(&mut self, at: Instant, commit: u64) {
+        // Made useless by one that arrived no earlier and needs no more.
+        if self.told.iter().any(|&(t, c)| t >= at && c <= commit) {
+            return;
         }
+        // Those it makes useless in turn.
+        self.told.retain(|&(t, c)| !(t <= at && c >= commit));
+        let place = self.told.iter().position(|&(t, _)| t > at).unwrap_or(self.told.len());
+        self.told.insert(place, (at, commit));
+        if self.told.len() > Self::KEPT {
+            if let (Some((older, _)), Some((_, higher))) = (self.told.pop_front(), self.told.pop_front()) {
+                self.told.push_front((older, higher));
+            }
+        }
+    }
+
+    /// Takes in that `applied` is the last index applied; the latest arrival whose commit index
+    /// that covers, if any, which is then forgotten with every earlier one.
+    pub fn applied(&mut self, applied: Option<u64>) -> Option<Instant> {
+        let applied = applied?;
+        let mut latest = None;
+        while let Some(&(at, commit)) = self.told.front() {
+            if commit > applied {
+                break;
+            }
+            latest = Some(at);
+            self.told.pop_front();
+        }
+        latest
+    }
+
+    /// How many are kept now.
+    pub fn len(&self) -> usize {
+        self.told.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.told.is_empty()
     }
 }
 
@@ -221,6 +348,64 @@ mod tests {
         assert_eq!(c.silent_for(t0 + Duration::from_millis(400)), Duration::ZERO, "never negative");
         assert_eq!(c.since_contact(t0 + Duration::from_millis(700)), Some(Duration::from_millis(200)));
         assert_eq!(LeaderContact::default().since_contact(t0), None, "no contact yet");
+    }
+
+    #[test]
+    fn a_follower_is_current_as_of_the_last_commit_told_that_it_has_applied() {
+        let ms = Duration::from_millis;
+        let c = LeaderContact::default();
+        let t0 = c.origin;
+        // Asked under steady writes: each index is applied a few ms after the answer.
+        c.told_commit(t0 + ms(100), 10, Some(9));
+        assert_eq!(c.current_since(t0 + ms(100)), None, "not current before entry 10 is applied");
+        c.caught_up(Some(10));
+        assert_eq!(c.current_since(t0 + ms(130)), Some(ms(30)));
+        // A slow follower hears its leader on time and falls behind: contact, but no newer tree.
+        for (i, index) in [(2, 50), (3, 90), (4, 130), (5, 170)] {
+            c.heard(t0 + ms(100 * i));
+            c.told_commit(t0 + ms(100 * i), index, Some(40));
+        }
+        assert_eq!(c.since_contact(t0 + ms(600)), Some(ms(100)), "contact, for elections");
+        assert_eq!(c.current_silent_for(t0 + ms(600)), ms(500), "current as of the ask at 100 ms");
+        // It applies up to 95: current as of the ask answered with 90.
+        c.caught_up(Some(95));
+        assert_eq!(c.current_since(t0 + ms(600)), Some(ms(300)));
+        // A leader's proof is both.
+        c.proven_leading(t0 + ms(700));
+        assert_eq!(c.current_since(t0 + ms(700)), Some(ms(0)));
+        assert_eq!(c.since_contact(t0 + ms(700)), Some(ms(0)));
+        let fresh = LeaderContact::default();
+        assert_eq!(fresh.current_silent_for(fresh.origin + ms(5)), ms(5), "since start without any");
+    }
+
+    #[test]
+    fn commits_told_keep_only_what_can_still_prove_a_tree_current_and_never_too_soon() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut told = CommitsTold::default();
+        assert_eq!(told.applied(Some(100)), None, "nothing told");
+        told.told(t0 + ms(10), 5);
+        told.told(t0 + ms(20), 5);
+        assert_eq!(told.len(), 1, "the later arrival needing no more replaces the earlier");
+        told.told(t0 + ms(15), 7);
+        assert_eq!(told.len(), 1, "an earlier arrival needing more is useless");
+        told.told(t0 + ms(30), 9);
+        told.told(t0 + ms(40), 8);
+        assert_eq!(told.len(), 2, "a new leader's lower commit index makes the higher one useless");
+        assert_eq!(told.applied(None), None);
+        assert_eq!(told.applied(Some(4)), None);
+        assert_eq!(told.applied(Some(5)), Some(t0 + ms(20)));
+        assert_eq!(told.applied(Some(8)), Some(t0 + ms(40)));
+        assert!(told.is_empty());
+        // Bounded: the oldest merge, proven no sooner than either.
+        for i in 0..(CommitsTold::KEPT as u64 + 10) {
+            told.told(t0 + ms(100 + i), 100 + i);
+        }
+        assert_eq!(told.len(), CommitsTold::KEPT);
+        assert_eq!(told.applied(Some(100)), None, "the first merged into a higher index");
+        assert_eq!(told.applied(Some(110)), Some(t0 + ms(100)), "at the oldest arrival");
+        assert_eq!(told.applied(Some(111)), Some(t0 + ms(111)));
+        assert_eq!(told.applied(Some(1000)), Some(t0 + ms(100 + CommitsTold::KEPT as u64 + 9)));
     }
 
     #[test]

@@ -146,3 +146,148 @@ async fn every_write_on(running: &[Running], acked: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The staleness bound the slow-disk test runs with: the smallest the configuration takes, so
+/// that the wait of an entry for the slow disk, with the leader's retries, can pass it.
+const BOUND_MS: u64 = 300;
+/// How long each fdatasync of the slow disk takes: under the bound, so the slow server hears
+/// from its leader within it.
+const SLOW_SYNC: Duration = Duration::from_millis(250);
+
+/// **A follower's disk is slow**: each of its fdatasyncs takes 250 ms (held, then let through
+/// one at a time), under `log_sync_stall_ms`, so nothing stops it. It answers every
+/// AppendEntries, late, while the leader commits with the other follower at its own pace: the
+/// slow one hears its leader all the time, and its tree falls behind. Whatever it answers a
+/// client is at least as recent as what the leader had acknowledged the staleness bound (and
+/// one check) before the read began; otherwise it refuses. Once its disk is fast again it
+/// catches up and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_disk_is_slow_serves_no_tree_older_than_the_bound() -> Result<()> {
+    let disks: Vec<FaultFs> = (0..3).map(|_| FaultFs::new()).collect();
+    let (running, _dirs) = start_ensemble_on(&[Role::Voter; 3], |c| c.max_leader_silence_ms = BOUND_MS, &|i| {
+        Arc::new(disks[i].clone()) as Arc<dyn FileSystem>
+    })
+    .await?;
+    let (leader, _) = leader_of(&running).await?;
+    let l = running.iter().find(|r| r.id == leader).context("the leader runs")?;
+    let slow = running.iter().rfind(|r| r.id != leader).context("a follower runs")?;
+    let writer = connect(&l.client.to_string(), Duration::from_secs(10)).await?;
+    writer.create("/x", b"0", PERSISTENT).await?;
+    within_for(DEADLINE, "/x on the slow follower", async {
+        while slow.data("/x").is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+
+    let slow_addr = slow.client.to_string();
+    let reader = connect(&slow_addr, Duration::from_secs(10)).await?;
+    let disk = disks[usize::try_from(slow.id)? - 1].clone();
+    disk.hold_syncs();
+    let halt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let (disk, halt) = (disk.clone(), halt.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SLOW_SYNC);
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                every.tick().await;
+                disk.let_held_syncs_through(1);
+            }
+        })
+    };
+    // The leader's counter: each value with when its write was acknowledged.
+    let acked: Arc<Mutex<Vec<(tokio::time::Instant, u64)>>> =
+        Arc::new(Mutex::new(vec![(tokio::time::Instant::now(), 0)]));
+    let writes = {
+        let (acked, halt) = (acked.clone(), halt.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                writer.set_data("/x", n.to_string().as_bytes(), None).await?;
+                acked.lock().unwrap().push((tokio::time::Instant::now(), n));
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Reads on the slow follower, on a session it took before its disk slowed (a new one is a
+    // write it applies before answering): each value with when its read began; refusals
+    // counted, after which a new session is tried.
+    let checked = async {
+        let (mut reads, mut refused) = (Vec::new(), 0u32);
+        let mut client = Some(reader);
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        let end = tokio::time::Instant::now() + Duration::from_secs(6);
+        while tokio::time::Instant::now() < end {
+            every.tick().await;
+            let Some(zk) = &client else {
+                let fut = connect(&slow_addr, Duration::from_secs(10));
+                match tokio::time::timeout(Duration::from_secs(1), fut).await {
+                    Ok(Ok(c)) => client = Some(c),
+                    _ => refused += 1,
+                }
+                continue;
+            };
+            let began = tokio::time::Instant::now();
+            match tokio::time::timeout(Duration::from_secs(1), zk.get_data("/x")).await {
+                Ok(Ok((data, _))) => reads.push((began, std::str::from_utf8(&data)?.parse::<u64>()?)),
+                _ => {
+                    refused += 1;
+                    client = None;
+                }
+            }
+        }
+        anyhow::Ok((reads, refused))
+    };
+    let checked = checked.await;
+    halt.store(true, std::sync::atomic::Ordering::Relaxed);
+    disk.release_syncs();
+    within_for(DEADLINE, "the sync trickle to stop", trickle).await??;
+    within_for(DEADLINE, "the writer to stop", writes).await???;
+    let (reads, refused) = checked?;
+
+    // A read may reflect the leader's state as of the bound and one check (a quarter of it)
+    // before it began, and the leader's message that told the slow server its commit index
+    // may have taken a while to arrive on a loaded machine.
+    let allowed = Duration::from_millis(BOUND_MS + BOUND_MS / 4 + 75);
+    let acked = acked.lock().unwrap().clone();
+    let last = acked.last().map_or(0, |a| a.1);
+    let mut stale = Vec::new();
+    let mut worst = Duration::ZERO;
+    for &(began, value) in &reads {
+        if let Some((at, _)) = acked.iter().find(|(_, n)| *n > value) {
+            worst = worst.max(began.saturating_duration_since(*at));
+        }
+        let due = acked.iter().rev().find(|(at, _)| *at + allowed <= began).map_or(0, |a| a.1);
+        if value < due {
+            let behind = acked.iter().find(|(_, n)| *n > value).map(|(at, _)| began - *at);
+            stale.push(format!("read {value} where {due} was due ({behind:?} behind)"));
+        }
+    }
+    eprintln!(
+        "{} reads served, {refused} refused, {last} writes, {} too stale; the oldest read lacked a write acknowledged {worst:?} before it",
+        reads.len(),
+        stale.len()
+    );
+    ensure!(stale.is_empty(), "the slow follower served reads older than the bound: {stale:?}");
+
+    // Fast again, it catches up and serves the latest value.
+    within_for(DEADLINE, "the slow follower to serve the last write", async {
+        loop {
+            let fut = connect(&slow_addr, Duration::from_secs(10));
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(500), fut).await {
+                if let Ok((data, _)) = c.get_data("/x").await {
+                    if data == last.to_string().as_bytes() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}

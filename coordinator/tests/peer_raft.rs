@@ -25,6 +25,7 @@ use referee_coordinator::log::{FaultFs, FileSystem, LogStore, RealFs, WalOptions
 use referee_coordinator::peer::{serve_peers, LinkOptions, ListenerOptions, LocalIdentity, PeerNetwork, Sightings};
 use referee_coordinator::proto::{Acl, SessionId};
 use referee_coordinator::raft::{Raft, SnapshotPolicy, StateMachine, TypeConfig};
+use referee_coordinator::read_index;
 use referee_coordinator::role::RoleWatch;
 use referee_coordinator::snapshot::SnapshotDir;
 use referee_coordinator::state::ServerState;
@@ -48,6 +49,8 @@ struct Node {
     state: Arc<Mutex<ServerState>>,
     local: LocalIdentity,
     sightings: Arc<Sightings>,
+    /// Its links to the other servers, as the server keeps them for its own rounds.
+    network: PeerNetwork,
     stop: Option<oneshot::Sender<()>>,
     listener: JoinHandle<()>,
 }
@@ -102,7 +105,7 @@ async fn start_node(
     let sightings = Arc::new(Sightings::default());
     let network = PeerNetwork::new(local, addrs.clone(), LinkOptions::default(), sightings.clone())
         .holding_commits_to(log.durable());
-    let raft = Raft::new(id, raft_config()?, network, log, sm).await?;
+    let raft = Raft::new(id, raft_config()?, network.clone(), log, sm).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let servers: BTreeSet<u64> = addrs.keys().copied().collect();
     let listener = tokio::spawn(serve_peers(
@@ -117,7 +120,7 @@ async fn start_node(
             let _ = stopped.await;
         },
     ));
-    Ok(Node { id, raft, state, local, sightings, stop: Some(stop), listener })
+    Ok(Node { id, raft, state, local, sightings, network, stop: Some(stop), listener })
 }
 
 impl Node {
@@ -680,6 +683,32 @@ async fn a_server_whose_data_was_wiped_is_refused_under_its_old_id_at_either_end
     e.stop_all().await
 }
 
+/// A proof round of leadership goes out only from a leader, under its own vote: a follower
+/// that tries one (a round started a second after its callers, by a leader deposed meanwhile)
+/// is refused at once and sends nothing. Sent, it would carry the new leader's vote, and reach
+/// that leader as an AppendEntries of its own term, which openraft follows (and a debug build
+/// asserts it never does while it leads): the leader's core stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sends_no_proof_round_under_its_leaders_vote() -> Result<()> {
+    let e = Ensemble::start(3).await?;
+    let (leader, i) = e.lead_and_write("/before", b"0").await?;
+    e.applied_everywhere(i, "/before", b"0").await?;
+    let follower = e.follower(leader);
+    let node = &e.nodes[&follower];
+    let proved =
+        within_for(DEADLINE, "a follower's proof round", read_index::prove_once(&node.raft, &node.network)).await?;
+    // The leader first: a proof sent in its name would have stopped its core.
+    let i = e.write(leader, "/after", b"1").await.context("the leader still takes writes")?;
+    e.applied_everywhere(i, "/after", b"1").await?;
+    let running = e.nodes[&leader].raft.metrics().borrow().running_state.clone();
+    ensure!(running.is_ok(), "the leader's core stopped: {running:?}");
+    match proved {
+        Err(why) => ensure!(why.contains("does not lead"), "refused for another reason: {why}"),
+        Ok(term) => bail!("a follower proved the leadership of term {term}"),
+    }
+    e.stop_all().await
+}
+
 /// Whether `changed` is ready at its first poll.
 async fn ready_now<F: std::future::Future>(changed: F) -> bool {
     tokio::time::timeout(Duration::ZERO, changed).await.is_ok()
@@ -726,5 +755,28 @@ async fn a_role_watch_sleeps_through_writes_and_wakes_for_a_new_leader() -> Resu
     within_for(DEADLINE, "the new leader's role watch to see it settled", settled).await??;
     let role = on_second.current();
     assert!(role.leads() && role.term > 1 && role.leader == Some(second), "{role:?}");
+    e.stop_all().await
+}
+
+/// Sockets that connect to the peer port and send nothing take none of the slots the servers
+/// need: a server that dials in while forty of them wait is heard, not refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_on_the_peer_port_keep_no_server_out() -> Result<()> {
+    let mut e = Ensemble::start(3).await?;
+    let (leader, _) = e.lead_and_write("/a", b"one").await?;
+    let returning = e.follower(leader);
+    e.stop(returning).await?;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(&e.addrs[&leader]).await?);
+    }
+    // The stopped server's process, back: its first dial to the leader.
+    let back = LocalIdentity::new(CLUSTER, returning, incarnation_of(returning));
+    let mut net = PeerNetwork::new(back, e.addrs.clone(), LinkOptions::default(), Arc::default());
+    let leader_node = BasicNode { addr: e.addrs[&leader].clone() };
+    let option = RPCOption::new(Duration::from_secs(2));
+    let answer = net.new_client(leader, &leader_node).await.vote(vote_from(returning), option).await;
+    assert!(answer.is_ok(), "the returning server was not heard: {:?}", answer.err().map(|e| e.to_string()));
+    drop(idle);
     e.stop_all().await
 }

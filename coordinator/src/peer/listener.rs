@@ -2,11 +2,17 @@
 //! [`super::handshake`]) and hands the requests to the local Raft.
 //!
 //! ```text
-//!  peer ─▶ accept (≤ max_connections) ─▶ handshake ─▶ reader ─┬─▶ Raft::append_entries ─┐
+//!  peer ─▶ accept ─▶ handshake (≤ 4 per source) ─▶ (≤ max_connections) reader ─┬─▶ Raft::append_entries ─┐
 //!                                                             ├─▶ Raft::vote ───────────┤ (≤ in_flight
 //!                                                             └─▶ Raft::install_snapshot┘  per connection)
 //!  peer ◀────────────────────────── writer ◀── replies, tagged with the request's id ◀──┘
 //! ```
+//!
+//! A connection takes one of the `max_connections` slots only once its handshake is accepted,
+//! so sockets that never send one cannot keep the servers out: until then it is one of at most
+//! [`PENDING_PER_SOURCE`] handshakes from its address ([`MAX_PENDING`] in all), and a new one
+//! over either bound closes the oldest still waiting (a real peer sends its handshake within
+//! milliseconds of connecting, so the oldest is the idle one).
 //!
 //! Requests on one connection are handled concurrently, up to a bound; when it is reached the
 //! reader stops reading, and TCP pushes back on the dialler, whose own bounds then fail its
@@ -22,7 +28,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +40,7 @@ use tokio::time::Instant;
 use super::handshake::{decide, LocalIdentity, Sightings, Verdict};
 use super::wire::Forwarded;
 use super::wire::{
-    frame, read_frame, write_frame, HeardFrom, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal,
+    read_frame, write_frame, HeardFrom, Hello, HelloReply, PeerMessage, PeerReply, PeerRequest, Refusal,
     MAX_FRAME_BYTES, MAX_HANDSHAKE_BYTES,
 };
 use crate::propose::{ProposeError, Proposer};
@@ -42,10 +48,51 @@ use crate::raft::Raft;
 use crate::state::ServerState;
 use crate::txn::TxnOutcome;
 
+/// Handshakes waiting from one address at once; a new one closes the oldest.
+pub const PENDING_PER_SOURCE: usize = 4;
+/// Handshakes waiting at once from all addresses; a new one closes the oldest.
+pub const MAX_PENDING: usize = 64;
+
+/// The connections still waiting for their handshake: by serial (so in order of arrival),
+/// their source and how to close them.
+type Pending = Arc<Mutex<std::collections::BTreeMap<u64, (IpAddr, AbortHandle)>>>;
+
+/// Takes a connection off [`Pending`] when its handshake has been read, or its task ends.
+struct NoLongerPending {
+    pending: Pending,
+    serial: u64,
+}
+
+impl Drop for NoLongerPending {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.serial);
+    }
+}
+
+/// Makes room for a new handshake from `source`: closes the oldest waiting from that address
+/// past [`PENDING_PER_SOURCE`], and the oldest of all past [`MAX_PENDING`].
+fn make_room(pending: &Pending, source: IpAddr) {
+    let mut pending = lock(pending);
+    let from_source: Vec<u64> = pending.iter().filter(|(_, (ip, _))| *ip == source).map(|(s, _)| *s).collect();
+    if from_source.len() >= PENDING_PER_SOURCE {
+        if let Some((ip, abort)) = pending.remove(&from_source[0]) {
+            tracing::warn!(source = %ip, "closed a peer connection that sent no handshake: more are waiting from its address");
+            abort.abort();
+        }
+    }
+    if pending.len() >= MAX_PENDING {
+        if let Some((_, (ip, abort))) = pending.pop_first() {
+            tracing::warn!(source = %ip, "closed a peer connection that sent no handshake: {MAX_PENDING} are waiting");
+            abort.abort();
+        }
+    }
+}
+
 /// The limits of a peer listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerOptions {
-    /// Peer connections held at once; more are refused with [`Refusal::Busy`].
+    /// Peer connections held at once past their handshake; more are refused with
+    /// [`Refusal::Busy`].
     pub max_connections: usize,
     /// Requests handled at once on one connection.
     pub in_flight: usize,
@@ -100,6 +147,7 @@ pub async fn serve_peers(
     let proposer = Proposer::spawn(raft.clone(), None, None, crate::propose::BatchSlots::default());
     let registry: Registry = Arc::default();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let pending: Pending = Arc::default();
     let mut conns = JoinSet::new();
     let mut serial = 0u64;
     tokio::pin!(shutdown);
@@ -118,15 +166,7 @@ pub async fn serve_peers(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // A fresh socket's send buffer is empty: this write does not block the loop.
-            let refusal = HelloReply::Refused(Refusal::Busy { limit: options.max_connections }).encode();
-            if let Ok(f) = frame(&refusal) {
-                let _ = stream.try_write(&f);
-            }
-            tracing::warn!(%peer_addr, limit = options.max_connections, "refused a peer connection: at the limit");
-            continue;
-        };
+        make_room(&pending, peer_addr.ip());
         serial += 1;
         // The configured servers, and every member the ensemble has added since (a voter added
         // at run time must reach the others when it campaigns).
@@ -141,17 +181,19 @@ pub async fn serve_peers(
             }
         };
         let (raft, state, registry) = (raft.clone(), state.clone(), registry.clone());
-        let (sightings, proposer) = (sightings.clone(), proposer.clone());
+        let (sightings, proposer, slots) = (sightings.clone(), proposer.clone(), slots.clone());
         let this = serial;
+        let waiting = NoLongerPending { pending: pending.clone(), serial: this };
         // The task's abort handle goes into the registry once its handshake is accepted; the
         // channel hands it over, since the handle exists only after the spawn.
         let (abort_tx, abort_rx) = tokio::sync::oneshot::channel();
         let handle = conns.spawn(async move {
-            let _permit = permit;
             let Ok(abort) = abort_rx.await else { return };
-            let peer = PeerConn { local, servers: &servers, registry, sightings, serial: this, options, proposer };
-            peer.serve(stream, peer_addr, raft, state, abort).await;
+            let peer =
+                PeerConn { local, servers: &servers, registry, sightings, serial: this, options, proposer, slots };
+            peer.serve(stream, peer_addr, raft, state, abort, waiting).await;
         });
+        lock(&pending).insert(this, (peer_addr.ip(), handle.clone()));
         let _ = abort_tx.send(handle);
     }
     conns.shutdown().await;
@@ -183,6 +225,8 @@ struct PeerConn<'a> {
     options: ListenerOptions,
     /// Where forwarded writes are queued for Raft.
     proposer: Proposer,
+    /// The `max_connections` slots, one taken by each connection past its handshake.
+    slots: Arc<Semaphore>,
 }
 
 impl PeerConn<'_> {
@@ -193,8 +237,9 @@ impl PeerConn<'_> {
         raft: Raft,
         state: Arc<Mutex<ServerState>>,
         abort: AbortHandle,
+        waiting: NoLongerPending,
     ) {
-        let PeerConn { local, servers, registry, sightings, serial, options, proposer } = self;
+        let PeerConn { local, servers, registry, sightings, serial, options, proposer, slots } = self;
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
         let body =
@@ -210,6 +255,9 @@ impl PeerConn<'_> {
                     return;
                 }
             };
+        // Read: no longer one to close for a newer one.
+        drop(waiting);
+        let mut permit = None;
         let verdict = {
             let mut reg = lock(&registry);
             let now = Instant::now();
@@ -227,6 +275,12 @@ impl PeerConn<'_> {
                             presented: r.presented,
                         });
                     }
+                }
+            }
+            if matches!(verdict, Verdict::Accept { .. }) {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => verdict = Verdict::Refuse(Refusal::Busy { limit: options.max_connections }),
                 }
             }
             if let Verdict::Accept { hello, .. } = &verdict {
@@ -267,6 +321,7 @@ impl PeerConn<'_> {
                 return;
             }
         };
+        let _permit = permit;
         let _deregister = Deregister { registry, id: from, serial };
         let instance = Hello::decode(&body).map(|h| h.instance).unwrap_or_default();
 
@@ -410,7 +465,9 @@ async fn dispatch(raft: &Raft, state: &Mutex<ServerState>, request: PeerRequest)
             let arrived = std::time::Instant::now();
             let reply = raft.append_entries(r).await;
             // Accepted from a current leader (entries, a heartbeat, or a conflict it will
-            // repair): contact, for the staleness bound. A stale leader's is not.
+            // repair): contact, for elections. A stale leader's is not. Whether this server's
+            // tree is current is learnt apart (see `crate::staleness`): the commit index an
+            // AppendEntries carries may be older than the leader's.
             if matches!(&reply, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
                 let contact = lock(state).leader_contact.clone();
                 contact.heard(arrived);
