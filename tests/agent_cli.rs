@@ -43,6 +43,23 @@ fn no_configuration_is_a_usage_error_naming_the_flag() -> Result<()> {
     refused(env!("CARGO_BIN_EXE_referee"), &["agent".to_string()], 2, &["--config"])
 }
 
+/// A failover or drain that would wait no time at all (and so send nothing) is refused as it
+/// is parsed, before the coordinator is asked anything.
+#[test]
+fn a_failover_waiting_no_time_is_a_usage_error() -> Result<()> {
+    let referee = env!("CARGO_BIN_EXE_referee");
+    for command in [&["failover", "--to", "db2"][..], &["drain", "db1"][..]] {
+        let args: Vec<String> = ["admin", "--coordinator", "127.0.0.1:1", "--cluster", "c"]
+            .iter()
+            .chain(command)
+            .chain(&["--wait-ms", "0"])
+            .map(|s| s.to_string())
+            .collect();
+        refused(referee, &args, 2, &["--wait-ms", "0"])?;
+    }
+    Ok(())
+}
+
 #[test]
 fn a_missing_file_is_named() -> Result<()> {
     let dir = ScratchDir::new("agent-cli")?;

@@ -41,7 +41,6 @@
 //! other side, this agent calling its peers, is [`AdminSettings::peer_client`], configured by
 //! `peer_tls` (the CA to trust, the certificate to present).
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -50,47 +49,46 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use referee_fencing::config::ClientTlsConfig;
 use referee_fencing::protocol::PEER_FENCE_PATH;
 use referee_fencing::{MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse};
 use serde::Deserialize;
 use serde_json::json;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::clock::BootInstant;
-use crate::control::ControlRequest;
+use crate::control::{ControlRequest, Declined};
 use crate::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
 use crate::fence_checks::{CheckNow, CheckNowError, Round};
+use crate::serve::{serve_listener, MAX_CONNECTIONS};
 use crate::status::AgentStatus;
 
 /// The admin listener's default address: loopback, so only local operators reach it.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8400);
+/// The header naming the node a request is meant for. An agent refuses one meant for another
+/// node (421): an address that reaches another agent than the one published (a loopback or
+/// wildcard address read from another host) never acts in its place.
+pub const ADDRESSEE_HEADER: &str = "x-referee-node";
 /// How long a cede keeps this node out of the election when the request names no period.
 pub const DEFAULT_CEDE_PERIOD: Duration = Duration::from_secs(30);
-/// A TLS handshake or a request's headers must arrive within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open connections get to finish their request once shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a cede may keep this node out of the election (a longer one is refused: a
+/// mistyped period would keep it out until its agent restarts).
+pub const MAX_CEDE_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
 /// Why the admin settings, the secret or the TLS material were refused.
 #[derive(Debug, Error)]
@@ -473,22 +471,29 @@ impl AdminState {
         }
     }
 
-    /// Sends an operator request and turns its outcome into the API's answer.
-    async fn operate(
+    /// Sends an operator request and turns its outcome into the API's answer: 409 for a
+    /// refusal (nothing changed), 504 for an outcome not settled (it may still happen).
+    async fn operate<E: Into<Declined>>(
         &self,
         what: &str,
         limit: Duration,
-        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> ControlRequest,
+        make: impl FnOnce(oneshot::Sender<Result<String, E>>) -> ControlRequest,
     ) -> Response {
         let (code, body) = match self.ask(limit, make).await {
             Asked::Answered(Ok(message)) => {
                 info!("admin {what}: {message}");
                 (StatusCode::OK, json!({"ok": true, "message": message}))
             }
-            Asked::Answered(Err(reason)) => {
-                info!("admin {what} refused: {reason}");
-                (StatusCode::CONFLICT, json!({"ok": false, "reason": reason}))
-            }
+            Asked::Answered(Err(declined)) => match declined.into() {
+                Declined::Refused(reason) => {
+                    info!("admin {what} refused: {reason}");
+                    (StatusCode::CONFLICT, json!({"ok": false, "reason": reason}))
+                }
+                Declined::Unsettled(reason) => {
+                    warn!("admin {what} not settled: {reason}");
+                    (StatusCode::GATEWAY_TIMEOUT, refusal(format!("{what}: {reason}; check the status")))
+                }
+            },
             Asked::NotRunning => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 refusal(format!("{what}: the agent's decision loop is not running; nothing was done")),
@@ -528,7 +533,24 @@ async fn require_bearer(State(s): State<AdminState>, request: Request, next: Nex
         .map(|v| v.as_bytes())
         .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case(b"bearer ")).map(|_| &v[7..]));
     if presented.is_some_and(|p| s.secret.matches(p)) {
-        return next.run(request).await;
+        // Checked past the secret, so the node's id is told to its operators alone.
+        let me = s.read().node_id;
+        return match request.headers().get(ADDRESSEE_HEADER).map(|v| v.to_str().unwrap_or("?")) {
+            Some(meant) if meant != me => {
+                let path = request.uri().path().to_string();
+                warn!(%path, meant, "admin API: a request meant for another node; refused");
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    Json(refusal(format!(
+                        "this is {me}'s agent, not {meant}'s: the address used for {meant} reaches {me} (a loopback or \
+                         wildcard address read from another host?); nothing was done. Run the command on {meant}'s \
+                         host, or have {meant} listen on and publish an address this host reaches"
+                    ))),
+                )
+                    .into_response()
+            }
+            _ => next.run(request).await,
+        };
     }
     let remote = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     let why = if presented.is_none() { "missing bearer token" } else { "wrong bearer token" };
@@ -565,6 +587,13 @@ async fn cede(State(s): State<AdminState>, body: Bytes) -> Response {
             Ok(CedeBody { period_ms: None }) => DEFAULT_CEDE_PERIOD,
             Ok(CedeBody { period_ms: Some(0) }) => {
                 return (StatusCode::BAD_REQUEST, Json(refusal("period_ms must be above 0".into()))).into_response()
+            }
+            Ok(CedeBody { period_ms: Some(ms) }) if ms > MAX_CEDE_PERIOD.as_millis() as u64 => {
+                let why = format!(
+                    "period_ms is {ms}, above the most a cede may last ({} ms, a day); for longer, drain the node",
+                    MAX_CEDE_PERIOD.as_millis()
+                );
+                return (StatusCode::BAD_REQUEST, Json(refusal(why))).into_response();
             }
             Ok(CedeBody { period_ms: Some(ms) }) => Duration::from_millis(ms),
             Err(e) => {
@@ -850,7 +879,7 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open requests
-    /// [`DRAIN_TIMEOUT`] to finish.
+    /// [`crate::serve::DRAIN_TIMEOUT`] to finish.
     pub async fn serve(
         self,
         listeners: AdminListeners,
@@ -868,14 +897,23 @@ impl AdminServer {
             let _ = stop_tx.send(true);
         });
         let admin = serve_listener(
+            "admin API",
             listeners.admin,
             router(self.state.clone(), Surface::Admin),
             self.tls.clone(),
+            MAX_CONNECTIONS,
             stop_rx.clone(),
         );
         let result = match listeners.peer {
             Some(peer) => {
-                let peer = serve_listener(peer, router(self.state.clone(), Surface::Peer), self.tls.clone(), stop_rx);
+                let peer = serve_listener(
+                    "peer API",
+                    peer,
+                    router(self.state.clone(), Surface::Peer),
+                    self.tls.clone(),
+                    MAX_CONNECTIONS,
+                    stop_rx,
+                );
                 tokio::try_join!(admin, peer).map(|_| ())
             }
             None => admin.await,
@@ -898,107 +936,4 @@ pub async fn serve_admin(
     let server =
         AdminServer::new(settings, control, status).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     server.serve(listeners, shutdown).await
-}
-
-/// Completes once shutdown has started (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`; drop it here, not across an await.
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Accepts connections until shutdown, each served on its own task.
-async fn serve_listener(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let local = listener.local_addr()?;
-    info!(%local, tls = tls.is_some(), "admin API listening");
-    let mut connections = JoinSet::new();
-    // Each connection watches its own receiver; `stop` is borrowed by the select below.
-    let for_connections = stop.clone();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, remote)) => {
-                    let _ = tcp.set_nodelay(true);
-                    connections.spawn(serve_connection(tcp, remote, router.clone(), tls.clone(), for_connections.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    warn!(%local, "admin API accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        warn!(%local, "admin API: connections still open after {DRAIN_TIMEOUT:?}; closing them");
-    }
-    Ok(())
-}
-
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    remote: SocketAddr,
-    router: Router,
-    tls: Option<TlsAcceptor>,
-    stop: watch::Receiver<bool>,
-) {
-    let service = ConnectionService { inner: TowerToHyperService::new(router), remote };
-    match tls {
-        None => serve_io(tcp, service, stop).await,
-        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_io(stream, service, stop).await,
-            Ok(Err(e)) => debug!(%remote, "admin API: TLS handshake failed: {e}"),
-            Err(_) => debug!(%remote, "admin API: TLS handshake timed out"),
-        },
-    }
-}
-
-async fn serve_io<IO>(io: IO, service: ConnectionService, mut stop: watch::Receiver<bool>)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let remote = service.remote;
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        done = conn.as_mut() => {
-            if let Err(e) = done {
-                debug!(%remote, "admin API connection: {e}");
-            }
-            return;
-        }
-        _ = stopped(&mut stop) => conn.as_mut().graceful_shutdown(),
-    }
-    // Finishes the request in flight, then closes; the listener bounds how long this may take.
-    let _ = conn.await;
-}
-
-/// The router for one connection, stamping each request with the peer's address for the logs.
-#[derive(Clone)]
-struct ConnectionService {
-    inner: TowerToHyperService<Router>,
-    remote: SocketAddr,
-}
-
-impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<Incoming>>>::Future;
-
-    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.remote));
-        self.inner.call(request)
-    }
 }

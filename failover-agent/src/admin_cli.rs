@@ -56,7 +56,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use zookeeper_client as zk;
 
-use crate::admin::AdminSettings;
+use crate::admin::{AdminSettings, ADDRESSEE_HEADER};
 use crate::config::{cluster_setting, AgentConfig};
 use crate::election::{CLUSTER_CONFIG, CONFIRMED_DOWN, DRAINED, PAUSE, ROOT, SWITCHOVER};
 use crate::model::{
@@ -135,8 +135,8 @@ pub enum AdminCommand {
         /// Withdraw the scheduled switchover, if there is one.
         #[arg(long, conflicts_with_all = ["to", "at", "dry_run", "allow_data_loss"])]
         cancel: bool,
-        /// How long to wait for NODE to become active, in ms.
-        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        /// How long to wait for NODE to become active, in ms (at least 1).
+        #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         wait_ms: u64,
         /// Promote NODE even if it is further behind the active than `election.max_lag`: what
         /// it lacks is lost. Without it, a lagging NODE is refused (exit code 3).
@@ -206,8 +206,8 @@ pub enum AdminCommand {
         /// Why, shown in every status and log.
         #[arg(long)]
         reason: Option<String>,
-        /// How long to wait for the other node to become active, in ms.
-        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        /// How long to wait for the other node to become active, in ms (at least 1).
+        #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
         wait_ms: u64,
     },
     /// Let NODE be promoted again.
@@ -597,9 +597,12 @@ impl<'a> Session<'a> {
         for (i, m) in members.iter().enumerate() {
             let http = self.http.clone();
             let addr = m.probe_addr.clone();
+            let node = m.node_id.clone();
             tasks.spawn(async move {
                 let status = match addr {
-                    Some(addr) => get_json(&http, &format!("http://{addr}/status")).await,
+                    Some(addr) => get_json(&http, &format!("http://{addr}/status"))
+                        .await
+                        .and_then(|status| answered_by(&node, &addr, status)),
                     None => Err("publishes no probe address".to_string()),
                 };
                 (i, status)
@@ -664,7 +667,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The base URL of a member's admin API.
+    /// The base URL of a member's admin API (where its status was read, the status says which
+    /// node answered: see [`answered_by`]).
     fn admin_base(&self, mv: &MemberView) -> Option<String> {
         let published = mv.status.as_ref().ok().and_then(|s| s.get("admin_addr")).and_then(Value::as_str);
         match published {
@@ -703,7 +707,10 @@ impl<'a> Session<'a> {
             fail(Exit::Unreachable, format!("{node} publishes no admin address (admin_addr or peer_url)"))
         })?;
         let url = format!("{base}{path}");
-        let mut request = self.http.post(&url).bearer_auth(token).timeout(limit);
+        // The agent refuses a request meant for another node (421): an address that reaches
+        // another agent than the one published never acts in its place.
+        let mut request =
+            self.http.post(&url).bearer_auth(token).header(ADDRESSEE_HEADER, node.as_str()).timeout(limit);
         if let Some(body) = &body {
             request = request.json(body);
         }
@@ -728,6 +735,7 @@ impl<'a> Session<'a> {
                 Exit::Unreachable,
                 format!("{node}: {url} is not served (404); is its published address the peer listener?"),
             )),
+            421 => Err(fail(Exit::Unreachable, format!("{node}: {}", said("reason")))),
             409 => Err(fail(Exit::Refused, format!("{node} refused: {}", said("reason")))),
             504 => Err(fail(Exit::TimedOut, format!("{node}: {}", said("reason")))),
             _ => Err(fail(Exit::Unreachable, format!("{node} answered {code}: {}", said("reason")))),
@@ -948,7 +956,7 @@ impl<'a> Session<'a> {
         let deadline = clock + wait;
         let mut serving = false;
         while std::time::Instant::now() < deadline {
-            if let Ok(s) = get_json(&self.http, &probe_url(target, "/status")).await {
+            if let Ok(s) = member_status(&self.http, target).await {
                 if s.get("serving_active").and_then(Value::as_bool).unwrap_or(false) {
                     serving = true;
                     break;
@@ -1100,7 +1108,7 @@ impl<'a> Session<'a> {
         let limit = DRAIN_SEEN_WAIT;
         let deadline = std::time::Instant::now() + limit;
         loop {
-            let seen = get_json(&self.http, &probe_url(mv, "/status")).await;
+            let seen = member_status(&self.http, mv).await;
             if let Ok(st) = &seen {
                 if drained_by(st).is_some() == drained {
                     return Ok(if drained {
@@ -1753,8 +1761,9 @@ impl<'a> Session<'a> {
         let mut errors = Vec::new();
         for mv in view.members.iter().filter(|m| only.is_none_or(|n| m.member.node_id == n)) {
             let node = &mv.member.node_id;
-            if mv.member.probe_addr.is_none() {
-                errors.push((node.clone(), "publishes no probe address".to_string()));
+            // Read where its status was: not at all if another node's agent answered there.
+            if let Err(e) = &mv.status {
+                errors.push((node.clone(), e.clone()));
                 continue;
             }
             match get_json(&self.http, &probe_url(mv, "/history")).await {
@@ -1977,6 +1986,26 @@ struct MemberView {
 
 fn probe_url(mv: &MemberView, path: &str) -> String {
     format!("http://{}{path}", mv.member.probe_addr.as_deref().unwrap_or_default())
+}
+
+/// `mv`'s `/status`, read again.
+async fn member_status(http: &reqwest::Client, mv: &MemberView) -> Result<Value, String> {
+    let addr = mv.member.probe_addr.as_deref().ok_or("publishes no probe address")?;
+    answered_by(&mv.member.node_id, addr, get_json(http, &probe_url(mv, "/status")).await?)
+}
+
+/// `status`, as read at `addr` for `node`, unless another node's agent answered there: an
+/// address that is loopback or a wildcard on the node's own host reaches the reader's host.
+fn answered_by(node: &str, addr: &str, status: Value) -> Result<Value, String> {
+    match status.get("node_id").and_then(Value::as_str) {
+        Some(id) if id == node => Ok(status),
+        Some(id) => Err(format!(
+            "its published probe address {addr} is answered by {id}'s agent, not its own (a loopback or wildcard \
+             `probes.listen` read from another host?): set `probes.advertise` on {node} to an address this host \
+             reaches, or run this on {node}'s host"
+        )),
+        None => Err(format!("{addr} answered a status without a node id")),
+    }
 }
 
 /// What `failover --dry-run` reports once every check has passed: the steps the failover would

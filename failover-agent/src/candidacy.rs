@@ -212,10 +212,11 @@ pub enum Blocker {
         /// Milliseconds left.
         left_ms: u64,
     },
-    /// This node confirmed to a failsafe active that it would not contend.
+    /// This node confirmed to a failsafe active that it would not contend, or its agent keeps
+    /// such a promise from its start (its predecessor may have given one).
     Promised {
-        /// The active it promised.
-        to: String,
+        /// The active it promised; `None` for the promise kept from the agent's start.
+        to: Option<String>,
     },
     /// The coordinator cannot be read, or the session is not connected.
     CoordinatorUnavailable,
@@ -301,7 +302,11 @@ impl fmt::Display for Blocker {
                 write!(f, "cross-zone denied ({zone}, the last active was in {active_zone})")
             }
             Blocker::BackingOff { left_ms } => write!(f, "backing off for {left_ms} ms more"),
-            Blocker::Promised { to } => write!(f, "promised {to} (failsafe) not to contend"),
+            Blocker::Promised { to: Some(to) } => write!(f, "promised {to} (failsafe) not to contend"),
+            Blocker::Promised { to: None } => f.write_str(
+                "may have promised a failsafe active not to contend before this agent started (failsafe.ttl_ms from \
+                 its start)",
+            ),
             Blocker::CoordinatorUnavailable => f.write_str("coordinator unavailable"),
             Blocker::LeaseTooShort { lease_ms, promote_ms } => write!(
                 f,
@@ -617,7 +622,7 @@ mod tests {
             Blocker::OutRanked { by: "a".into(), rank: 1, left_ms: 9 },
             Blocker::CrossZoneDenied { zone: "w".into(), active_zone: "e".into() },
             Blocker::BackingOff { left_ms: 1 },
-            Blocker::Promised { to: "a".into() },
+            Blocker::Promised { to: Some("a".into()) },
             Blocker::CoordinatorUnavailable,
             Blocker::LeaseTooShort { lease_ms: 1, promote_ms: 2 },
         ];

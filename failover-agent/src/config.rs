@@ -297,6 +297,11 @@ fn default_margin_ms() -> u64 {
 pub struct ProbeSettings {
     /// Address to serve `/healthz`, `/active`, `/status`, ... on.
     pub listen: SocketAddr,
+    /// The `host:port` this node publishes for its probes, where `referee admin` on another
+    /// host reads its status. Unset: `listen`, or with a wildcard `listen`, `master.host` and
+    /// the listen port (the agent runs on its master's host).
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 /// Decision loop settings.
@@ -445,6 +450,22 @@ impl AgentConfig {
             staleness: Duration::from_millis(self.coordinator.max_staleness_ms),
             demote_deadline: Duration::from_millis(self.lease.demote_deadline_ms),
             margin: Duration::from_millis(self.lease.margin_ms),
+        }
+    }
+
+    /// The `host:port` this node publishes for its probes ([`ProbeSettings::advertise`]).
+    pub fn probe_address(&self) -> String {
+        if let Some(a) = &self.probes.advertise {
+            return a.clone();
+        }
+        let listen = self.probes.listen;
+        if !listen.ip().is_unspecified() {
+            return listen.to_string();
+        }
+        let host = &self.master.host;
+        match host.contains(':') && !host.starts_with('[') {
+            true => format!("[{host}]:{}", listen.port()),
+            false => format!("{host}:{}", listen.port()),
         }
     }
 
@@ -600,6 +621,12 @@ impl AgentConfig {
             ));
         }
         self.hooks.validate().map_err(|e| invalid("hooks", e))?;
+        if let Some(a) = &self.probes.advertise {
+            let ok = a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok || a.contains('/') {
+                return Err(invalid("probes.advertise", format!("is {a:?}, which is not host:port")));
+            }
+        }
         if let Some(admin) = &self.admin {
             admin.validate().map_err(|e| invalid("admin", e.to_string()))?;
             if admin.listen == self.probes.listen || admin.peer_listen == Some(self.probes.listen) {
@@ -869,6 +896,26 @@ probes: {listen: "127.0.0.1:8301"}
 
     fn refused(yaml: &str) -> String {
         AgentConfig::from_yaml(yaml).expect_err("must be refused").to_string()
+    }
+
+    /// Where `referee admin` on another host reads a node's status: never a wildcard or the
+    /// reader's own loopback unless the node listens there.
+    #[test]
+    fn the_published_probe_address_is_one_other_hosts_can_reach() {
+        for (text, host) in SHIPPED.iter().zip(["db1.example.internal:8301", "db2.example.internal:8301"]) {
+            let cfg = AgentConfig::from_yaml(text).unwrap();
+            assert_eq!(cfg.probe_address(), host, "a wildcard listen publishes the master's host");
+        }
+        let with = |probes: &str| {
+            AgentConfig::from_yaml(&minimal().replace("probes: {listen: \"127.0.0.1:8301\"}", probes))
+                .map(|c| c.probe_address())
+        };
+        assert_eq!(with("probes: {listen: \"127.0.0.1:8301\"}").unwrap(), "127.0.0.1:8301");
+        assert_eq!(with("probes: {listen: \"0.0.0.0:8301\"}").unwrap(), "127.0.0.1:8301", "master.host");
+        let advertised = "probes: {listen: \"0.0.0.0:8301\", advertise: \"a.example:8301\"}";
+        assert_eq!(with(advertised).unwrap(), "a.example:8301");
+        let e = with("probes: {listen: \"0.0.0.0:8301\", advertise: \"a.example\"}").unwrap_err().to_string();
+        assert!(e.contains("probes.advertise") && e.contains("host:port"), "{e}");
     }
 
     #[test]

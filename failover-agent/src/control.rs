@@ -7,6 +7,43 @@ use std::time::Duration;
 use referee_fencing::{FencingToken, MethodOutcome};
 use tokio::sync::oneshot;
 
+/// Why a request was not carried out, and whether the cluster may still change because of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Declined {
+    /// Refused before anything was asked of anyone: the cluster is as it was.
+    Refused(String),
+    /// Not done, and not known not to happen: another node was asked (a cede whose answer
+    /// never came may still be carried out), or the wait for the outcome ran out.
+    Unsettled(String),
+}
+
+impl Declined {
+    /// What went wrong.
+    pub fn reason(&self) -> &str {
+        match self {
+            Declined::Refused(r) | Declined::Unsettled(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for Declined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl From<String> for Declined {
+    fn from(reason: String) -> Self {
+        Declined::Refused(reason)
+    }
+}
+
+impl From<&str> for Declined {
+    fn from(reason: &str) -> Self {
+        Declined::Refused(reason.to_string())
+    }
+}
+
 /// A request to the driver.
 #[derive(Debug)]
 pub enum ControlRequest {
@@ -34,8 +71,9 @@ pub enum ControlRequest {
         /// The operator accepts promoting this node even if it lags beyond `election.max_lag`
         /// (`--allow-data-loss`): the lag gate is lifted for this failover only.
         allow_data_loss: bool,
-        /// Answered with the timeline when this node is active, or with why not.
-        reply: oneshot::Sender<Result<String, String>>,
+        /// Answered with the timeline when this node is active, or with why not, and whether
+        /// anything may still change ([`Declined`]).
+        reply: oneshot::Sender<Result<String, Declined>>,
     },
     /// Clear an anti-flap block: this node may contend for a free lock at once, as if the
     /// active had not changed recently.

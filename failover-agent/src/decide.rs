@@ -109,8 +109,9 @@ pub struct Observation {
     pub failover_requested: bool,
     /// No failback request before then (one was made recently).
     pub failback_not_before: Option<BootInstant>,
-    /// A failsafe promise given to an active peer: do not contend for the lock until then.
-    pub promised: Option<(String, BootInstant)>,
+    /// The failsafe promise in force (given to an active peer, or kept from the agent's start;
+    /// see [`crate::failsafe::promise_in_force`]): do not contend for the lock until it ends.
+    pub promised: Option<crate::failsafe::Promise>,
     /// This node's tags and its master's position.
     pub candidacy: OwnCandidacy,
     /// The active's published position, as last read (`None`: none published, or unknown).
@@ -173,8 +174,9 @@ pub enum Step {
     /// Try to create the lock.
     Contend,
     /// Make every target unable to serve before we promote. For a target that claims to have
-    /// stepped down cleanly with `clean_claim`, the driver first checks its master reports
-    /// standby with at least that token; only if that cannot be verified does it fence.
+    /// stepped down cleanly with `clean_claim`, the driver first steps its master down with
+    /// `new_token` and takes it as fenced once it is standby holding that token; only if that
+    /// cannot be confirmed does it run the fencing chain.
     Fence {
         /// The nodes to fence.
         targets: Vec<FenceTarget>,
@@ -432,7 +434,7 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 let flap_wait = anti_flap_wait(obs, policy);
                 let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
                     || obs.backoff_until.is_some_and(|t| t > obs.now)
-                    || obs.promised.as_ref().is_some_and(|(_, t)| *t > obs.now);
+                    || obs.promised.as_ref().is_some_and(|p| p.until > obs.now);
                 // A preferred node that may not take the role (drained, nofailover, too far
                 // behind the active, another zone, its master not ready, a lease no promotion
                 // fits in) does not ask for it: the active would step down for nobody.
@@ -474,16 +476,19 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     "the lock is free but the coordinator session is not connected",
                 );
             }
-            if let Some((peer, until)) = obs.promised.as_ref().filter(|(_, until)| *until > obs.now) {
-                return blocked(
-                    Blocker::Promised { to: peer.clone() },
-                    vec![],
-                    format!(
+            if let Some(promise) = obs.promised.as_ref().filter(|p| p.until > obs.now) {
+                let left = ms(promise.until.saturating_since(obs.now));
+                let reason = match &promise.to {
+                    Some(peer) => format!(
                         "the lock is free, but this node confirmed to {peer} (failsafe) that it would not contend for \
-                         {} ms more",
-                        ms(until.saturating_since(obs.now))
+                         {left} ms more"
                     ),
-                );
+                    None => format!(
+                        "the lock is free, but this agent may have promised a failsafe active not to contend just \
+                         before it started (failsafe.ttl_ms from its start): not contending for {left} ms more"
+                    ),
+                };
+                return blocked(Blocker::Promised { to: promise.to.clone() }, vec![], reason);
             }
             if let Some(until) = obs.backoff_until {
                 if until > obs.now {
@@ -1727,12 +1732,22 @@ mod tests {
         // A failsafe promise holds a contention back too, and says to whom.
         let mut promised = o.clone();
         promised.last_failover_at = None;
-        promised.promised = Some(("b".into(), now() + Duration::from_millis(2500)));
+        promised.promised =
+            Some(crate::failsafe::Promise { to: Some("b".into()), until: now() + Duration::from_millis(2500) });
+        check_with(
+            promised.clone(),
+            &policy,
+            vec![],
+            "the lock is free, but this node confirmed to b (failsafe) that it would not contend for 2500 ms more",
+        );
+        // So does the promise an agent keeps from its start, saying so.
+        promised.promised = Some(crate::failsafe::Promise { to: None, until: now() + Duration::from_millis(4000) });
         check_with(
             promised,
             &policy,
             vec![],
-            "the lock is free, but this node confirmed to b (failsafe) that it would not contend for 2500 ms more",
+            "the lock is free, but this agent may have promised a failsafe active not to contend just before it \
+             started (failsafe.ttl_ms from its start): not contending for 4000 ms more",
         );
         // Past the interval, contend.
         o.last_failover_at = Some(now() - Duration::from_secs(30));
@@ -1861,7 +1876,11 @@ mod tests {
         let mut disconnected = gated();
         disconnected.session = SessionView::Disconnected { session_id: 7 };
         let mut promised = gated();
-        promised.promised = Some(("b".into(), now() + Duration::from_millis(700)));
+        promised.promised =
+            Some(crate::failsafe::Promise { to: Some("b".into()), until: now() + Duration::from_millis(700) });
+        let mut promised_at_start = gated();
+        promised_at_start.promised =
+            Some(crate::failsafe::Promise { to: None, until: now() + Duration::from_millis(700) });
         let mut backing_off = gated();
         backing_off.backoff_until = Some(now() + Duration::from_millis(300));
         let mut nofailover = gated();
@@ -1897,7 +1916,8 @@ mod tests {
             ("old session", old_session, Some(Blocker::LeaseNotExpired { holder: "a".into() })),
             ("unknown", unknown, Some(Blocker::CoordinatorUnavailable)),
             ("disconnected", disconnected, Some(Blocker::CoordinatorUnavailable)),
-            ("promised", promised, Some(Blocker::Promised { to: "b".into() })),
+            ("promised", promised, Some(Blocker::Promised { to: Some("b".into()) })),
+            ("promised at start", promised_at_start, Some(Blocker::Promised { to: None })),
             ("backing off", backing_off, Some(Blocker::BackingOff { left_ms: 300 })),
             ("nofailover", nofailover, Some(Blocker::Nofailover)),
             ("drained", drained, Some(Blocker::Drained { by: "ops".into() })),

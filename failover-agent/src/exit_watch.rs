@@ -103,9 +103,61 @@ impl ProcessExit {
     }
 }
 
-/// Reads a pid from a pidfile: `None` when it is missing, empty, or not a pid.
+/// The most a pidfile may hold: a pid, with room for whitespace around it.
+const PIDFILE_MAX_BYTES: usize = 32;
+
+/// How long one reading of the pidfile may take before it counts as unreadable (a hung
+/// filesystem); the reading goes on on its blocking thread, and the next one waits for it.
+const PIDFILE_READ_LIMIT: Duration = Duration::from_secs(1);
+
+/// Reads a pid from a pidfile: `None` when it is missing, empty, not a pid, not a regular
+/// file, or longer than [`PIDFILE_MAX_BYTES`]. It never waits on the file: it is opened
+/// without blocking (a FIFO would otherwise wait for a writer) and only then checked to be a
+/// regular file, so a path swapped for a FIFO or a device between the two is refused too.
+/// It does block on a hung filesystem: see [`PidFile`].
 fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse::<u32>().ok().filter(|pid| *pid > 1)
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = Vec::with_capacity(PIDFILE_MAX_BYTES + 1);
+    file.take(PIDFILE_MAX_BYTES as u64 + 1).read_to_end(&mut text).ok()?;
+    if text.len() > PIDFILE_MAX_BYTES {
+        return None;
+    }
+    std::str::from_utf8(&text).ok()?.trim().parse::<u32>().ok().filter(|pid| *pid > 1)
+}
+
+/// The pidfile, read off the runtime's threads: each reading runs on a blocking thread and is
+/// waited for at most [`PIDFILE_READ_LIMIT`]. One reading at a time: one held up (a hung
+/// filesystem) is waited for again by the next, never joined by another thread.
+struct PidFile {
+    path: PathBuf,
+    pending: Option<tokio::task::JoinHandle<Option<u32>>>,
+}
+
+impl PidFile {
+    fn new(path: PathBuf) -> Self {
+        PidFile { path, pending: None }
+    }
+
+    /// The pid the pidfile names now, as [`read_pid`] reads it; `None` also when the reading
+    /// takes longer than [`PIDFILE_READ_LIMIT`].
+    async fn read(&mut self) -> Option<u32> {
+        let path = self.path.clone();
+        let mut reading = self.pending.take().unwrap_or_else(|| tokio::task::spawn_blocking(move || read_pid(&path)));
+        match tokio::time::timeout(PIDFILE_READ_LIMIT, &mut reading).await {
+            Ok(read) => read.ok().flatten(),
+            Err(_) => {
+                tracing::warn!(pidfile = %self.path.display(), "reading the pidfile takes longer than {} ms; trying again later", PIDFILE_READ_LIMIT.as_millis());
+                self.pending = Some(reading);
+                None
+            }
+        }
+    }
 }
 
 /// Watches the process `pidfile` names and calls `wake.notify_one()` as soon as it exits,
@@ -122,19 +174,20 @@ pub async fn watch_master_exits(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut pidfile = PidFile::new(pidfile);
     // The pid whose exit was last reported; its pidfile entry is stale until rewritten.
     let mut reported: Option<u32> = None;
     // The pid last complained about, to log a problem once rather than every recheck.
     let mut complained: Option<u32> = None;
     loop {
-        let watching = match read_pid(&pidfile) {
+        let watching = match pidfile.read().await {
             Some(pid) if reported == Some(pid) => None,
             Some(pid) => match ProcessExit::open(pid) {
                 Ok(exit) => Some(exit),
                 Err(PidFdError::NoSuchProcess(_)) => {
                     // Gone before it could be watched (or a stale pidfile at start): a check
                     // now settles which.
-                    tracing::info!(pid, pidfile = %pidfile.display(), "the master's pid is not running; checking its health now");
+                    tracing::info!(pid, pidfile = %pidfile.path.display(), "the master's pid is not running; checking its health now");
                     reported = Some(pid);
                     wake.notify_one();
                     None
@@ -184,7 +237,7 @@ pub async fn watch_master_exits(
                     break;
                 }
                 _ = tokio::time::sleep(recheck) => {
-                    if read_pid(&pidfile) != Some(exit.pid()) {
+                    if pidfile.read().await != Some(exit.pid()) {
                         break;
                     }
                 }
@@ -216,8 +269,55 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             assert_eq!(read_pid(&path), pid, "{text:?}");
         }
+        // A pid padded past the most a pidfile may hold is not read.
+        std::fs::write(&path, format!("{:>40}", "123")).unwrap();
+        assert_eq!(read_pid(&path), None);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(read_pid(&path), None);
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// A pidfile path naming a FIFO (opening it for reading waits for a writer) or a device
+    /// that never ends: the watcher reads nothing from it and keeps its runtime's one thread
+    /// free, so the rest of the agent runs on, and shutdown ends the watcher.
+    #[test]
+    fn a_pidfile_that_is_no_regular_file_never_stalls_the_runtime() {
+        let dir = std::env::temp_dir().join(format!("referee-exit-watch-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("m.pid");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+        for path in [fifo.clone(), PathBuf::from("/dev/zero")] {
+            let (done, finished) = std::sync::mpsc::channel();
+            let watched = path.clone();
+            // On a thread of its own, so a stalled runtime fails the test instead of hanging it.
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let watcher = tokio::spawn(watch_master_exits(
+                        watched,
+                        Duration::from_millis(20),
+                        Arc::new(Notify::new()),
+                        async move {
+                            let _ = stopped.await;
+                        },
+                    ));
+                    // The runtime's one thread still runs timers while the watcher reads.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = stop.send(());
+                    watcher.await.unwrap();
+                });
+                let _ = done.send(());
+            });
+            assert!(
+                finished.recv_timeout(Duration::from_secs(5)).is_ok(),
+                "a pidfile at {} stalled the runtime",
+                path.display()
+            );
+        }
+        assert_eq!(read_pid(&fifo), None);
+        let _ = std::fs::remove_file(&fifo);
         let _ = std::fs::remove_dir(&dir);
     }
 }

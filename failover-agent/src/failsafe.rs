@@ -172,6 +172,9 @@ pub struct AnswerFacts<'a> {
     pub held: Option<FencingToken>,
     /// Its coordinator read of the lock.
     pub lock: LockRead,
+    /// The longest promise this node keeps even across a restart of its agent
+    /// ([`promise_at_start`]): its `failsafe.ttl_ms` with failsafe on, `None` with it off.
+    pub keeps: Option<Duration>,
 }
 
 /// A member's answer: confirm (promising not to contend for `period`) or refuse, with why.
@@ -188,11 +191,31 @@ pub enum Answer {
 
 /// The member's rule: confirm only when this node's master is known not to be active, this
 /// node holds no lock, and the coordinator, if it can be asked, names no third node active; a
-/// read that fails refuses (it could have named one).
+/// read that fails refuses (it could have named one). A promise this node could not keep
+/// across a restart of its agent is refused too: one longer than [`AnswerFacts::keeps`], or any
+/// with failsafe off here (the promise lives in the agent's memory alone, and a restarted agent
+/// keeps only the one of [`promise_at_start`]).
 pub fn answer(facts: &AnswerFacts<'_>) -> Answer {
     let request = facts.request;
     if request.node_id == facts.me {
         return Answer::Refuse("the request names this node as the active".into());
+    }
+    match facts.keeps {
+        None => {
+            return Answer::Refuse(
+                "failsafe is off on this node, so a promise not to contend would not outlive a restart of its agent"
+                    .into(),
+            )
+        }
+        Some(keeps) if u128::from(request.ttl_ms) > keeps.as_millis() => {
+            return Answer::Refuse(format!(
+                "the request asks for a promise of {} ms, longer than this node keeps one across a restart of its \
+                 agent (its failsafe.ttl_ms, {} ms); give every node the same failsafe settings",
+                request.ttl_ms,
+                keeps.as_millis()
+            ))
+        }
+        Some(_) => {}
     }
     if !crate::tokens::within_limit(request.token) {
         return Answer::Refuse(format!("the request carries token {}, above any usable token", request.token));
@@ -223,13 +246,37 @@ pub fn answer(facts: &AnswerFacts<'_>) -> Answer {
     Answer::Confirm { period: Duration::from_millis(request.ttl_ms).min(MAX_PROMISE) }
 }
 
+/// A promise not to contend, kept by a node that confirmed a failsafe round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promise {
+    /// The active it was given to; `None` for the one an agent keeps from its start
+    /// ([`promise_at_start`]), to whoever its predecessor may have answered.
+    pub to: Option<String>,
+    /// Not contending until then.
+    pub until: BootInstant,
+}
+
 /// The promise kept after confirming to `asker` until `until`: the later of the one held and
 /// the new one (a longer promise is never shortened), naming the latest asker.
-pub fn promise(current: Option<(String, BootInstant)>, asker: &str, until: BootInstant) -> (String, BootInstant) {
-    match current {
-        Some((_, at)) if at >= until => (asker.to_string(), at),
-        _ => (asker.to_string(), until),
-    }
+pub fn promise(current: Option<Promise>, asker: &str, until: BootInstant) -> Promise {
+    let until = current.map_or(until, |p| p.until.max(until));
+    Promise { to: Some(asker.to_string()), until }
+}
+
+/// The promise an agent with failsafe on keeps from the moment it started: its predecessor
+/// on this node may have confirmed a round just before it stopped (a restart, an upgrade, a
+/// crash), and that promise lived in its memory alone. So the agent keeps, as if it had
+/// promised just before it started, the longest promise it gives (`ttl`, its `failsafe.ttl_ms`:
+/// [`answer`] refuses to promise longer). Its predecessor's ran from a receipt before this
+/// start, so it ends no later. `None` with failsafe off, which promises nothing.
+pub fn promise_at_start(enabled: bool, ttl: Duration, started: BootInstant) -> Option<Promise> {
+    enabled.then(|| Promise { to: None, until: started + ttl.min(MAX_PROMISE) })
+}
+
+/// The promise in force: of the one given to a peer and the one kept from the start, the one
+/// that ends later (still running at `now`); `None` when neither runs.
+pub fn promise_in_force(given: Option<Promise>, at_start: Option<Promise>, now: BootInstant) -> Option<Promise> {
+    [given, at_start].into_iter().flatten().filter(|p| p.until > now).max_by_key(|p| p.until)
 }
 
 /// What an ended coordinator session leaves of this agent's state.
@@ -322,7 +369,12 @@ pub async fn run_round(
     for target in targets {
         let mut each = tokio::task::JoinSet::new();
         for url in target.urls {
-            let mut call = http.post(format!("{url}{PEER_FAILSAFE_PATH}")).timeout(timeout).json(&request);
+            // Another agent reached at this address refuses rather than promise in its place.
+            let mut call = http
+                .post(format!("{url}{PEER_FAILSAFE_PATH}"))
+                .header(crate::admin::ADDRESSEE_HEADER, target.node_id.as_str())
+                .timeout(timeout)
+                .json(&request);
             if let Some(secret) = secret {
                 call = call.bearer_auth(secret);
             }
@@ -457,6 +509,7 @@ mod tests {
             promoted: false,
             held: None,
             lock: LockRead::NoSession,
+            keeps: Some(Duration::from_secs(4)),
         };
         let confirm = Answer::Confirm { period: Duration::from_secs(4) };
         assert_eq!(answer(&facts), confirm);
@@ -505,15 +558,53 @@ mod tests {
         let absurd = FailsafeRequest { token: FencingToken(u64::MAX), ..request.clone() };
         assert!(matches!(answer(&AnswerFacts { request: &absurd, ..facts.clone() }), Answer::Refuse(_)));
         let long = FailsafeRequest { ttl_ms: u64::MAX, ..request.clone() };
-        assert_eq!(answer(&AnswerFacts { request: &long, ..facts }), Answer::Confirm { period: MAX_PROMISE });
+        let keeps_all = AnswerFacts { keeps: Some(Duration::MAX), ..facts.clone() };
+        assert_eq!(answer(&AnswerFacts { request: &long, ..keeps_all }), Answer::Confirm { period: MAX_PROMISE });
+        // What the node would not keep across a restart of its agent, it does not promise.
+        let longer = FailsafeRequest { ttl_ms: 4001, ..request.clone() };
+        assert_eq!(
+            answer(&AnswerFacts { request: &longer, ..facts.clone() }),
+            refuse(
+                "the request asks for a promise of 4001 ms, longer than this node keeps one across a restart of its \
+                 agent (its failsafe.ttl_ms, 4000 ms); give every node the same failsafe settings"
+            )
+        );
+        assert_eq!(
+            answer(&AnswerFacts { keeps: None, ..facts }),
+            refuse(
+                "failsafe is off on this node, so a promise not to contend would not outlive a restart of its agent"
+            )
+        );
+    }
+
+    /// A restarted agent cannot know what its predecessor promised: with failsafe on it keeps,
+    /// from its start, the longest promise it would have given, and the promise in force is
+    /// the later of that and any it gives since.
+    #[test]
+    fn an_agent_keeps_from_its_start_the_longest_promise_it_gives() {
+        let at = |ms| BootInstant::from_origin(Duration::from_millis(ms));
+        let ttl = Duration::from_millis(10_000);
+        let started = promise_at_start(true, ttl, at(1_000));
+        assert_eq!(started, Some(Promise { to: None, until: at(11_000) }));
+        assert_eq!(promise_at_start(false, ttl, at(1_000)), None);
+        // A promise its predecessor gave at 900 (received before this start) ended by 10_900.
+        let given = promise(None, "a", at(14_000));
+        assert_eq!(promise_in_force(None, started.clone(), at(5_000)), started);
+        assert_eq!(promise_in_force(Some(given.clone()), started.clone(), at(5_000)), Some(given.clone()));
+        let short = promise(None, "a", at(6_000));
+        assert_eq!(promise_in_force(Some(short), started.clone(), at(5_000)), started);
+        assert_eq!(promise_in_force(Some(given), started.clone(), at(14_000)), None, "both over");
+        assert_eq!(promise_in_force(None, started, at(11_000)), None);
     }
 
     #[test]
     fn a_promise_is_never_shortened_and_an_ended_session_keeps_failsafe_state() {
         let at = |s| BootInstant::from_origin(Duration::from_secs(s));
-        assert_eq!(promise(None, "a", at(10)), ("a".into(), at(10)));
-        assert_eq!(promise(Some(("a".into(), at(20))), "c", at(10)), ("c".into(), at(20)));
-        assert_eq!(promise(Some(("a".into(), at(5))), "a", at(10)), ("a".into(), at(10)));
+        let kept = |to: &str, until| Promise { to: Some(to.into()), until };
+        assert_eq!(promise(None, "a", at(10)), kept("a", at(10)));
+        assert_eq!(promise(Some(kept("a", at(20))), "c", at(10)), kept("c", at(20)));
+        assert_eq!(promise(Some(kept("a", at(5))), "a", at(10)), kept("a", at(10)));
+        assert_eq!(promise(Some(Promise { to: None, until: at(20) }), "a", at(10)), kept("a", at(20)));
         assert_eq!(after_session_end(true), AfterSessionEnd { keep_held: true, keep_failsafe: true });
         assert_eq!(after_session_end(false), AfterSessionEnd { keep_held: false, keep_failsafe: false });
     }

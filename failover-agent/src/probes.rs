@@ -193,18 +193,121 @@ pub fn router(state: ProbeState) -> Router {
         .with_state(state)
 }
 
-/// Serves the probes on `listener` until `shutdown` completes.
+/// Serves the probes on `listener` until `shutdown` completes, with the bounds of
+/// [`crate::serve`] (a request's headers within its timeout, a limit on open connections, a
+/// bounded drain at shutdown).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ProbeState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    serve_with_limit(listener, state, crate::serve::MAX_CONNECTIONS, shutdown).await
+}
+
+/// [`serve`] with another limit on open connections.
+pub async fn serve_with_limit(
+    listener: tokio::net::TcpListener,
+    state: ProbeState,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let served = crate::serve::serve_listener("probes", listener, router(state), None, max_connections, stop_rx).await;
+    stopper.abort();
+    served
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn state() -> ProbeState {
+        ProbeState {
+            status: Arc::new(Mutex::new(AgentStatus::new("c", "a"))),
+            loop_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Reads until the server closes the connection, or `limit` runs out (`None`).
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        tokio::time::timeout(limit, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// A client holding half a request line cannot keep the agent from stopping.
+    #[tokio::test]
+    async fn a_half_sent_request_does_not_hold_shutdown() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state(), async move {
+            let _ = stopped.await;
+        }));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /status HTTP/1.1\r\n").await.unwrap();
+        // The server has the connection once a whole request on another is answered.
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let answer = closed_within(&mut other, Duration::from_secs(10)).await.expect("an answer");
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
+        stop.send(()).unwrap();
+        let limit = crate::serve::DRAIN_TIMEOUT + Duration::from_secs(5);
+        let done = tokio::time::timeout(limit, server).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "the probe server did not stop within {limit:?}: {done:?}");
+    }
+
+    /// Past the limit, new connections are closed at once; one ending makes room again.
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_room_comes_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with_limit(listener, state(), 2, async move {
+            let _ = stopped.await;
+        }));
+        let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        // Two idle connections, each seen by the server (a request on a third answered after).
+        let first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // The accept loop takes connections in order: once a third is closed unanswered, the two
+        // idle ones fill the limit.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let _ = third.write_all(request).await;
+        let got = closed_within(&mut third, Duration::from_secs(10)).await.expect("closed, not held");
+        assert!(got.is_empty(), "a connection past the limit was answered: {}", String::from_utf8_lossy(&got));
+        drop(first);
+        // Room comes back once the server sees the first one end.
+        loop {
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            let _ = next.write_all(request).await;
+            let got = closed_within(&mut next, Duration::from_secs(10)).await.expect("closed or answered");
+            if got.starts_with(b"HTTP/1.1 ") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no room after a connection ended");
+            tokio::task::yield_now().await;
+        }
+        stop.send(()).unwrap();
+        assert!(matches!(tokio::time::timeout(Duration::from_secs(15), server).await, Ok(Ok(Ok(())))));
+    }
 
     /// A node without the lock whose master still says active (its demotion keeps failing) is
     /// no standby for readers: it may hold writes the new active never got.

@@ -11,9 +11,11 @@ use anyhow::{Context, Result};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use referee_failover_agent::admin::{AdminError, AdminListeners, AdminServer, AdminSettings, TlsSettings};
+use referee_failover_agent::admin::{
+    AdminError, AdminListeners, AdminServer, AdminSettings, TlsSettings, ADDRESSEE_HEADER,
+};
 use referee_failover_agent::admin_cli::{execute, AdminArgs, Exit, Outcome};
-use referee_failover_agent::control::ControlRequest;
+use referee_failover_agent::control::{ControlRequest, Declined};
 use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
 use referee_failover_agent::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
 use referee_failover_agent::fence_checks::{CheckNow, FencingChecks, Round};
@@ -49,10 +51,31 @@ enum Seen {
 /// How the stub driver answers.
 enum Answer {
     Text(Result<String, String>),
+    /// A failover that is neither done nor refused: the active was asked, say.
+    Unsettled(String),
     Fence(MethodOutcome),
     Failsafe(FailsafeResponse),
     /// Keep the reply channel open and never answer.
     Hold,
+}
+
+/// The reply channel of a request answered with text.
+enum TextReply {
+    Plain(oneshot::Sender<Result<String, String>>),
+    Failover(oneshot::Sender<Result<String, Declined>>),
+}
+
+impl TextReply {
+    fn send(self, answer: Result<String, Declined>) {
+        match self {
+            TextReply::Plain(r) => {
+                let _ = r.send(answer.map_err(|d| d.reason().to_string()));
+            }
+            TextReply::Failover(r) => {
+                let _ = r.send(answer);
+            }
+        }
+    }
 }
 
 /// A driver that answers each request with `script` and reports it on the returned receiver.
@@ -67,13 +90,15 @@ fn stub_driver(
         let mut held_failsafe = Vec::new();
         while let Some(request) = control_rx.recv().await {
             let (seen, text_reply, fence_reply, failsafe_reply) = match request {
-                ControlRequest::Pause { reply } => (Seen::Pause, Some(reply), None, None),
-                ControlRequest::Resume { reply } => (Seen::Resume, Some(reply), None, None),
-                ControlRequest::Cede { period, reply } => (Seen::Cede(period), Some(reply), None, None),
-                ControlRequest::Failover { allow_data_loss, reply } => {
-                    (Seen::Failover(allow_data_loss), Some(reply), None, None)
+                ControlRequest::Pause { reply } => (Seen::Pause, Some(TextReply::Plain(reply)), None, None),
+                ControlRequest::Resume { reply } => (Seen::Resume, Some(TextReply::Plain(reply)), None, None),
+                ControlRequest::Cede { period, reply } => {
+                    (Seen::Cede(period), Some(TextReply::Plain(reply)), None, None)
                 }
-                ControlRequest::Unblock { by, reply } => (Seen::Unblock(by), Some(reply), None, None),
+                ControlRequest::Failover { allow_data_loss, reply } => {
+                    (Seen::Failover(allow_data_loss), Some(TextReply::Failover(reply)), None, None)
+                }
+                ControlRequest::Unblock { by, reply } => (Seen::Unblock(by), Some(TextReply::Plain(reply)), None, None),
                 ControlRequest::PeerFence { token, reply } => (Seen::PeerFence(token), None, Some(reply), None),
                 ControlRequest::Failsafe { request, reply } => (Seen::Failsafe(request), None, None, Some(reply)),
                 other => panic!("the admin API sent an unexpected request: {other:?}"),
@@ -81,9 +106,8 @@ fn stub_driver(
             let answer = script(&seen);
             let _ = seen_tx.send(seen);
             match (answer, text_reply, fence_reply, failsafe_reply) {
-                (Answer::Text(t), Some(reply), _, _) => {
-                    let _ = reply.send(t);
-                }
+                (Answer::Text(t), Some(reply), _, _) => reply.send(t.map_err(Declined::Refused)),
+                (Answer::Unsettled(why), Some(reply), _, _) => reply.send(Err(Declined::Unsettled(why))),
                 (Answer::Fence(o), _, Some(reply), _) => {
                     let _ = reply.send(o);
                 }
@@ -359,7 +383,8 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
         Seen::Pause => Answer::Text(Ok("paused: observing only".into())),
         Seen::Resume => Answer::Text(Err("not paused".into())),
         Seen::Cede(p) => Answer::Text(Ok(format!("ceded for {} ms", p.as_millis()))),
-        Seen::Failover(_) => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
+        Seen::Failover(false) => Answer::Text(Err("refusing a failover to this node: it is paused".into())),
+        Seen::Failover(true) => Answer::Unsettled("asking db2 to cede: operation timed out; it may still cede".into()),
         Seen::Unblock(_) => Answer::Text(Ok("anti-flap block cleared (900 ms were left)".into())),
         Seen::PeerFence(_) | Seen::Failsafe(_) => Answer::Hold,
     });
@@ -377,10 +402,13 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
     let (code, body) = post(&url("/admin/cede"), Some(SECRET), None).await?;
     assert_eq!((code, body["message"].as_str()), (200, Some("ceded for 30000 ms")), "default period");
     assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_secs(30))));
+    let (code, _) = post(&url("/admin/cede"), Some(SECRET), Some(json!({"period_ms": 86_400_000u64}))).await?;
+    assert_eq!(code, 200, "a day at most");
+    assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_secs(86_400))));
     let (code, _) = post(&url("/admin/cede"), Some(SECRET), Some(json!({"period_ms": 1234}))).await?;
     assert_eq!(code, 200);
     assert_eq!(seen.recv().await, Some(Seen::Cede(Duration::from_millis(1234))));
-    for bad in [json!({"period_ms": 0}), json!({"period": 5}), json!("soon")] {
+    for bad in [json!({"period_ms": 0}), json!({"period_ms": 86_400_001u64}), json!({"period": 5}), json!("soon")] {
         let (code, body) = post(&url("/admin/cede"), Some(SECRET), Some(bad.clone())).await?;
         assert_eq!(code, 400, "{bad}: {body}");
     }
@@ -389,8 +417,11 @@ async fn each_endpoint_forwards_its_request_and_maps_the_reply() -> Result<()> {
     assert_eq!(code, 409);
     assert!(body["reason"].as_str().unwrap().contains("paused"), "{body}");
     assert_eq!(seen.recv().await, Some(Seen::Failover(false)));
-    let (code, _) = post(&url("/admin/failover"), Some(SECRET), Some(json!({"allow_data_loss": true}))).await?;
-    assert_eq!(code, 409);
+    // Neither done nor refused (the active was asked to cede, no answer came): 504, never
+    // "refused", since the cluster may still change.
+    let (code, body) = post(&url("/admin/failover"), Some(SECRET), Some(json!({"allow_data_loss": true}))).await?;
+    assert_eq!(code, 504, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("it may still cede"), "{body}");
     assert_eq!(seen.recv().await, Some(Seen::Failover(true)));
     for bad in [json!({"allow_data_loss": "yes"}), json!({"force": true})] {
         let (code, body) = post(&url("/admin/failover"), Some(SECRET), Some(bad.clone())).await?;
@@ -785,6 +816,7 @@ struct FakeMember {
     status: Arc<Mutex<Value>>,
     history: Arc<Mutex<Value>>,
     seen: mpsc::UnboundedReceiver<Seen>,
+    probe_addr: SocketAddr,
     _admin: Running,
 }
 
@@ -847,7 +879,7 @@ async fn fake_member(
             candidacy: None,
         })
         .await?;
-    Ok(FakeMember { _coord: coord, status, history, seen, _admin: admin })
+    Ok(FakeMember { _coord: coord, status, history, seen, probe_addr, _admin: admin })
 }
 
 /// Takes the free lock of cluster `c` as `node`, through the election layer itself.
@@ -890,6 +922,52 @@ fn transition(at_ms: i64, from: &str, to: &str, token: Option<u64>, reason: &str
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A member whose published addresses reach another node's agent (a wildcard or loopback
+/// address read from another host) is shown unreachable, never with that agent's report, and
+/// nothing is asked of that agent in its name.
+#[tokio::test]
+async fn a_member_whose_addresses_reach_another_agent_is_not_taken_for_it() -> Result<()> {
+    let zk_server = TestServer::start().await?;
+    let dir = ScratchDir::new("admin-cli-misdirected")?;
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, SECRET)?;
+    let mut db1 = fake_member(&zk_server, "db1", Role::Active, Health::Healthy, |s, _, _| ok_everything(s)).await?;
+    // db2 registered with db1's probe address, as `0.0.0.0:8301` would read on db1's host.
+    let db2 = Coordination::connect(coordination(&zk_server, "c", "db2", None)).await?;
+    db2.register_member(&Member {
+        node_id: "db2".into(),
+        target: FenceTarget::new("db2", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: None,
+        probe_addr: Some(db1.probe_addr.to_string()),
+        candidacy: None,
+    })
+    .await?;
+    let admin = AdminCli::new(&zk_server.connect_string(), &token_file);
+
+    let out = admin.run(&["status"]).await;
+    let row = out.stdout.lines().find(|l| l.split_whitespace().take(2).any(|w| w == "db2")).unwrap_or_default();
+    assert!(!row.contains("active") && row.contains("answered by db1's agent"), "{out:?}");
+    let out = admin.run(&["check-health", "db2"]).await;
+    assert_eq!(out.exit, Exit::Unreachable, "db1's health is not db2's: {out:?}");
+    assert!(out.stderr.contains("probes.advertise"), "{out:?}");
+    let out = admin.run(&["pause", "--node", "db2"]).await;
+    assert_ne!(out.exit, Exit::Ok, "{out:?}");
+    assert!(db1.seen.try_recv().is_err(), "db1's agent was asked in db2's name");
+
+    // An admin request that reaches the wrong agent anyway is refused there, nothing done.
+    let url = format!("{}/admin/pause", db1.status.lock().unwrap()["admin_addr"].as_str().unwrap());
+    let response = http().post(&url).bearer_auth(SECRET).header(ADDRESSEE_HEADER, "db2").send().await?;
+    let code = response.status().as_u16();
+    let body: Value = response.json().await?;
+    assert_eq!(code, 421, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("this is db1's agent, not db2's"), "{body}");
+    assert!(db1.seen.try_recv().is_err(), "a misdirected pause reached the driver");
+    let response = http().post(&url).bearer_auth(SECRET).header(ADDRESSEE_HEADER, "db1").send().await?;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(db1.seen.recv().await, Some(Seen::Pause));
+    Ok(())
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ struct FakeMaster {
     forgets_tokens: Arc<AtomicBool>,
     /// Promotions refused (503) before one is taken.
     refusals_left: Arc<std::sync::atomic::AtomicU32>,
+    /// `GET /ha/health` answers 503 while set.
+    unhealthy: Arc<AtomicBool>,
+    /// `POST /ha/standby` never answers while set (a master hung in its step-down).
+    demote_hangs: Arc<AtomicBool>,
 }
 
 impl FakeMaster {
@@ -45,10 +49,21 @@ impl FakeMaster {
             state_hangs: Arc::default(),
             forgets_tokens: Arc::default(),
             refusals_left: Arc::default(),
+            unhealthy: Arc::default(),
+            demote_hangs: Arc::default(),
         };
         let app =
             Router::new()
-                .route("/ha/health", get(|| async { "ok" }))
+                .route(
+                    "/ha/health",
+                    get(|State(m): State<FakeMaster>| async move {
+                        if m.unhealthy.load(Ordering::SeqCst) {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, r#"{"reason": "told to fail"}"#)
+                        } else {
+                            (axum::http::StatusCode::OK, "ok")
+                        }
+                    }),
+                )
                 .route(
                     "/ha/state",
                     get(|State(m): State<FakeMaster>| async move {
@@ -67,6 +82,9 @@ impl FakeMaster {
                 .route(
                     "/ha/standby",
                     post(|State(m): State<FakeMaster>, Json(r): Json<TokenRequest>| async move {
+                        if m.demote_hangs.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
                         m.change(HaState::Standby, r)
                     }),
                 )
@@ -116,12 +134,24 @@ fn agent_config(coordinator: &str, own_port: u16, peer_port: u16) -> Result<Agen
 
 /// [`agent_config`] with its own `fencing` section.
 fn agent_config_fencing(coordinator: &str, own_port: u16, peer_port: u16, fencing: &str) -> Result<AgentConfig> {
+    node_config(coordinator, ("a", own_port), ("b", peer_port, ""), fencing)
+}
+
+/// The configuration of node `me` (its master on `own_port`) beside node `peer` (its master on
+/// `peer_port`, and `peer_extra` added to its `peers` entry), with `fencing` as its fencing
+/// section.
+fn node_config(
+    coordinator: &str,
+    (me, own_port): (&str, u16),
+    (peer, peer_port, peer_extra): (&str, u16, &str),
+    fencing: &str,
+) -> Result<AgentConfig> {
     let yaml = format!(
         r#"
 cluster: wiped
-node_id: a
+node_id: {me}
 peers:
-  - {{node_id: b, host: 127.0.0.1, port: {peer_port}, ha_url: "http://127.0.0.1:{peer_port}"}}
+  - {{node_id: {peer}, host: 127.0.0.1, port: {peer_port}, ha_url: "http://127.0.0.1:{peer_port}"{peer_extra}}}
 coordinator: {{connect: "{coordinator}", session_timeout_ms: 2500, op_timeout_ms: 800}}
 master:
   host: 127.0.0.1
@@ -580,5 +610,259 @@ async fn a_promotion_given_up_after_its_fence_keeps_the_fence_in_the_history() -
     ensure!(fence_shown, "the history up to a's promotion does not show b fenced: {history}");
 
     agent.stop().await?;
+    server.stop().await
+}
+
+/// Polls the agent's `/status` until `wanted` holds (within 10 s); returns it.
+async fn status_showing(
+    url: &str,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value = reqwest::get(url).await?.json().await?;
+        if wanted(&status) {
+            return Ok(status);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "no {what} in /status: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An agent with failsafe on may, before it was restarted, have promised an active cut off
+/// from the coordinator not to contend; nothing of that promise survives the process. So it
+/// starts as if it had promised just before it started: a free lock is not contended for
+/// `failsafe.ttl_ms`, and `/status` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failsafe_agent_stays_out_of_the_election_for_a_ttl_after_it_starts() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let mut cfg = agent_config(&server.connect_string(), a_port, b_port)?;
+    cfg.failsafe.enabled = true;
+    cfg.failsafe.ttl_ms = 3000;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let status_url = format!("http://{}/status", probes.local_addr()?);
+    let started = std::time::Instant::now();
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+
+    let held = status_showing(&status_url, "the start-up promise", |s| s["blocker"]["blocker"] == "promised").await?;
+    ensure!(
+        held["why_not"].as_str().is_some_and(|w| w.contains("before this agent started")),
+        "the reason is not given: {held}"
+    );
+    ensure!(a.status().state == HaState::Standby, "a's master promoted during its start-up promise");
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    ensure!(
+        started.elapsed() >= Duration::from_millis(3000),
+        "a contended {:?} after it started, inside its failsafe ttl",
+        started.elapsed()
+    );
+
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// b hands over cleanly (its breadcrumb says so) and its agent stops; a wins the lock. Taking
+/// b's master's word that it is standby would leave it holding b's old token, and a late
+/// promotion carrying that token (sent before the handover, delivered after it) would count as
+/// a retry there. So a's check of the clean claim is itself a step-down carrying a's new token:
+/// b's master holds it before a's master is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_step_down_is_verified_by_a_step_down_with_the_new_token() -> Result<()> {
+    use referee_failover_agent::control::ControlRequest;
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let b_cfg = node_config(&server.connect_string(), ("b", b_port), ("a", a_port, ""), GRACEFUL_ONLY)?;
+    let (b_control, b_agent) = ControlledAgent::start(b_cfg).await?;
+    wait_until(Duration::from_secs(20), "b's master to be promoted", || b.status().state == HaState::Active).await?;
+    let old = b.status().token;
+    let (reply, ceded) = oneshot::channel();
+    b_control.send(ControlRequest::Cede { period: Duration::from_secs(60), reply }).await?;
+    let message = tokio::time::timeout(Duration::from_secs(10), ceded)
+        .await?
+        .context("cede answered")?
+        .map_err(anyhow::Error::msg)?;
+    ensure!(message.contains("handed over"), "b's handover: {message}");
+    b_agent.stop().await?;
+    ensure!(b.status() == HaStatus { state: HaState::Standby, token: old }, "b's master: {:?}", b.status());
+
+    let (_a_control, a_agent) = ControlledAgent::start(agent_config(&server.connect_string(), a_port, b_port)?).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let new = a.status().token;
+    ensure!(new > old, "a was promoted with {new}, not above b's {old}");
+    ensure!(
+        b.status() == HaStatus { state: HaState::Standby, token: new },
+        "b's master still holds {:?}: a promotion carrying {old} would be taken as a retry",
+        b.status()
+    );
+    let events = log.lock().unwrap().clone();
+    let told = events.iter().position(|e| *e == format!("b standby {new}"));
+    let promoted = events.iter().position(|e| *e == format!("a active {new}"));
+    ensure!(
+        matches!((told, promoted), (Some(t), Some(p)) if t < p),
+        "b's master was not given the new token before a's was promoted: {events:?}"
+    );
+
+    a_agent.stop().await?;
+    server.stop().await
+}
+
+/// An active kept by failsafe through a coordinator outage comes back to a coordinator that
+/// refuses its new session for good (another agent has registered its node id). The agent
+/// stops, but only after demoting its master: it leaves no master active with no agent and no
+/// lease guard behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_coordinator_error_after_the_start_demotes_the_master_before_stopping() -> Result<()> {
+    use referee_failover_agent::failsafe::{FailsafeResponse, PEER_FAILSAFE_PATH};
+    let server = TestServer::start().await?;
+    let proxy = Proxy::start(server.addr).await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    // b's agent as a failsafe round sees it: it confirms every round.
+    let peer = Router::new().route(
+        PEER_FAILSAFE_PATH,
+        post(|| async { Json(FailsafeResponse { node_id: "b".into(), accepted: true, reason: "not active".into() }) }),
+    );
+    let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let peer_url = format!("http://{}", peer_listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(peer_listener, peer).await });
+    let mut cfg = node_config(
+        &proxy.addr.to_string(),
+        ("a", a_port),
+        ("b", b_port, &format!(", peer_url: \"{peer_url}\"")),
+        GRACEFUL_ONLY,
+    )?;
+    cfg.failsafe.enabled = true;
+    cfg.failsafe.ttl_ms = 4000;
+    let (_control, agent) = ControlledAgent::start(cfg).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+
+    proxy.black_hole();
+    wait_until(Duration::from_secs(15), "a's session to expire on the ensemble", || server.session_ids().is_empty())
+        .await?;
+    ensure!(a.status().state == HaState::Active, "failsafe did not keep a's master active: {:?}", a.status());
+    // A node id registered by someone else for good: a's next session cannot register.
+    let outsider = server.client().await?;
+    let persistent = zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    outsider.create("/referee/wiped/members/a", b"{}", &persistent).await?;
+    proxy.heal();
+
+    let ended = tokio::time::timeout(Duration::from_secs(20), agent.task).await.context("the agent stops")??;
+    ensure!(ended.is_err(), "the agent ran on with its node id taken: {ended:?}");
+    ensure!(a.status().state == HaState::Standby, "the agent stopped with its master still active: {:?}", a.status());
+    drop(agent.stop);
+    server.stop().await
+}
+
+/// An active's master fails and will not step down: the agent releases the lock (the next
+/// active fences it). From that moment `/lease` gives its master nothing and `/active` is not
+/// 200, even while the coordinator goes silent before the agent reads the lock again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lock_is_not_shown_as_held() -> Result<()> {
+    let CutOff { server, proxy, a, cfg, .. } = CutOff::start().await?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+
+    let watcher = server.client().await?;
+    a.demote_hangs.store(true, Ordering::SeqCst);
+    a.unhealthy.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while watcher.check_stat("/referee/wiped/lock").await?.is_some() {
+        ensure!(tokio::time::Instant::now() < deadline, "a never released the lock");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proxy.black_hole();
+    // For a while after the release (the agent's next lock read waits on the silent coordinator).
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(400);
+    while tokio::time::Instant::now() < watch_until {
+        let lease: serde_json::Value = reqwest::get(format!("{base}/lease")).await?.json().await?;
+        ensure!(lease["valid_for_ms"] == 0, "the released lock still gives a lease: {lease}");
+        let active = reqwest::get(format!("{base}/active")).await?.status();
+        ensure!(active != reqwest::StatusCode::OK, "/active answers {active} after the lock was released");
+        let status: serde_json::Value = reqwest::get(format!("{base}/status")).await?.json().await?;
+        ensure!(status["lock"]["holder"] != "ours", "the released lock is shown held: {}", status["lock"]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.heal();
+    a.demote_hangs.store(false, Ordering::SeqCst);
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// An operator's failover whose cede goes unanswered is not settled, never refused: the active
+/// was asked and may still cede. The cede names the node it is meant for, so another agent
+/// reached at the active's published address refuses it rather than step down in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_whose_cede_goes_unanswered_is_not_settled() -> Result<()> {
+    use referee_failover_agent::control::{ControlRequest, Declined};
+    use referee_failover_agent::election::{Acquired, Coordination, CoordinationConfig};
+    use referee_failover_agent::model::LockRecord;
+    let server = TestServer::start().await?;
+    // The active's peer API: takes the cede and never answers, noting whom it was meant for.
+    let addressee = Arc::new(Mutex::new(None::<String>));
+    let seen = addressee.clone();
+    let peer = Router::new().route(
+        "/admin/cede",
+        post(move |headers: axum::http::HeaderMap| async move {
+            let to = headers
+                .get(referee_failover_agent::admin::ADDRESSEE_HEADER)
+                .map(|v| v.to_str().unwrap_or("?").to_string());
+            *seen.lock().unwrap() = Some(to.unwrap_or_else(|| "(none)".into()));
+            std::future::pending::<()>().await;
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let peer_url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, peer).await });
+    // `a` holds the lock, publishing that peer API.
+    let holder = Coordination::connect(CoordinationConfig {
+        connect: server.connect_string(),
+        cluster: "wiped".into(),
+        node_id: "a".into(),
+        session_timeout: Duration::from_secs(5),
+        op_timeout: Duration::from_secs(1),
+        digest: None,
+    })
+    .await?;
+    let record = LockRecord {
+        node_id: "a".into(),
+        target: referee_fencing::FenceTarget::new("a", "127.0.0.1", 1, FencingToken(0)),
+        peer_url: Some(peer_url),
+    };
+    ensure!(matches!(holder.try_acquire(&record).await?, Acquired::Won { .. }), "a takes the free lock");
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let cfg = node_config(&server.connect_string(), ("b", b_port), ("a", 1, ""), GRACEFUL_ONLY)?;
+    let (control_tx, agent) = ControlledAgent::start(cfg).await?;
+    // Asked once b's health and session are in: a refusal for those reasons is not the point.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let (reply, answered) = oneshot::channel();
+        control_tx.send(ControlRequest::Failover { allow_data_loss: false, reply }).await?;
+        let answer = tokio::time::timeout(Duration::from_secs(15), answered).await?.context("failover answered")?;
+        match &answer {
+            Err(Declined::Refused(why)) if std::time::Instant::now() < deadline && !why.contains("cede") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => break answer,
+        }
+    };
+    ensure!(
+        matches!(&answer, Err(Declined::Unsettled(why)) if why.contains("asking a to cede") && why.contains("may still cede")),
+        "an unanswered cede must leave the failover unsettled: {answer:?}"
+    );
+    ensure!(addressee.lock().unwrap().as_deref() == Some("a"), "the cede named {:?}", addressee.lock().unwrap());
+    agent.stop().await?;
+    drop(holder);
     server.stop().await
 }

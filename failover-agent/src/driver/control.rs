@@ -2,6 +2,7 @@
 //! local fencing), carried out between cycles, and the orderly shutdown.
 
 use super::*;
+use crate::control::Declined;
 
 impl Driver {
     /// On shutdown an active agent hands over cleanly (demote, confirm, then mark the breadcrumb
@@ -20,7 +21,8 @@ impl Driver {
             }
         }
         if let Some((reply, _, _)) = self.mem.pending_failover.take() {
-            let _ = reply.send(Err("the agent is shutting down".into()));
+            let _ = reply
+                .send(Err(Declined::Unsettled("the agent is shutting down before this node became active".into())));
         }
         self.watchdog.stop(self.master_may_be_active());
         info!("agent stopped");
@@ -41,8 +43,9 @@ impl Driver {
                 // The cluster's record may have just been deleted (`referee admin resume`):
                 // read it now rather than stay paused on the last reading.
                 if let Some(c) = coord {
-                    if let Ok(record) = self.tended_during(c.read_pause()).await {
-                        self.mem.cluster_pause = record;
+                    match self.coordinated("reading the cluster's pause record", c.read_pause()).await {
+                        Ok(record) => self.mem.cluster_pause = record,
+                        Err(e) => debug!("{e}"),
                     }
                 }
                 self.apply_pause();
@@ -71,7 +74,9 @@ impl Driver {
                 let now = BootInstant::now();
                 let deadline = now + self.failover_wait();
                 if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
-                    let _ = old.send(Err("superseded by a newer failover request".into()));
+                    let _ = old.send(Err(Declined::Unsettled(
+                        "superseded by a newer failover request; that one decides".into(),
+                    )));
                 }
                 self.mem.allow_data_loss = allow_data_loss;
             }
@@ -152,6 +157,7 @@ impl Driver {
             promoted: self.mem.promoted.is_some(),
             held: self.mem.tokens.held.map(|(t, _)| t),
             lock,
+            keeps: self.cfg.failsafe.enabled.then(|| Duration::from_millis(self.cfg.failsafe.ttl_ms)),
         };
         let answer = crate::failsafe::answer(&facts);
         let me = self.cfg.node_id.clone();
@@ -283,7 +289,7 @@ impl Driver {
         &mut self,
         coord: Option<&Coordination>,
         allow_data_loss: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Declined> {
         let (health, paused, master) = {
             let st = self.status();
             (st.health.clone(), st.paused, st.master)
@@ -310,10 +316,12 @@ impl Driver {
                 }
                 _ => "",
             };
-            return Err(format!("refusing a failover to this node: {blocker}{hint}"));
+            return Err(Declined::Refused(format!("refusing a failover to this node: {blocker}{hint}")));
         }
         if !health.is_healthy() {
-            return Err(format!("refusing a failover to this node: its master is not healthy ({health:?})"));
+            return Err(Declined::Refused(format!(
+                "refusing a failover to this node: its master is not healthy ({health:?})"
+            )));
         }
         // What would keep this node from taking the lock once the active ceded: asked anyway,
         // the active would step down for nobody.
@@ -327,16 +335,24 @@ impl Driver {
         let promote = self.cfg.policy().promote_budget;
         if let Some(lease) = self.mem.lease.granted().map(|_| self.mem.lease.budget().unwrap_or_default()) {
             if lease <= promote {
-                return Err(format!(
+                return Err(Declined::Refused(format!(
                     "refusing a failover to this node: the granted session timeout buys a lease of {} ms, which no \
                      promotion ({} ms) fits in",
                     lease.as_millis(),
                     promote.as_millis()
-                ));
+                )));
             }
         }
         if paused {
             return Err("refusing a failover to this node: it is paused".into());
+        }
+        // Asked anyway, the active would step down for a node that does not contend.
+        if let Some(promise) = self.promise_in_force(BootInstant::now()) {
+            return Err(Declined::Refused(format!(
+                "refusing a failover to this node: it {} for {} ms more",
+                crate::candidacy::Blocker::Promised { to: promise.to },
+                promise.until.saturating_since(BootInstant::now()).as_millis()
+            )));
         }
         let c = coord.ok_or("refusing a failover: this node has no coordinator session")?;
         self.mem.backoff_until = None;
@@ -345,7 +361,7 @@ impl Driver {
 
     /// Asks the current active (through the peer API address it publishes) to hand over and
     /// stay out for a while. Nothing to do when nobody, or this node, is active.
-    pub(super) async fn ask_to_cede(&mut self, c: &Coordination) -> Result<(), String> {
+    pub(super) async fn ask_to_cede(&mut self, c: &Coordination) -> Result<(), Declined> {
         let Some((record, _meta)) = self.coordinated("reading the lock", c.read_lock_record()).await? else {
             return Ok(()); // nobody is active: this node will contend on its next cycle
         };
@@ -361,6 +377,7 @@ impl Driver {
         let mut request = self
             .peer_http
             .post(format!("{}/admin/cede", url.trim_end_matches('/')))
+            .header(crate::admin::ADDRESSEE_HEADER, record.node_id.as_str())
             .json(&serde_json::json!({ "period_ms": period_ms }));
         if let Some(secret) = &self.cfg_peer_secret() {
             request = request.bearer_auth(secret);
@@ -368,10 +385,24 @@ impl Driver {
         let call = request
             .timeout(Duration::from_millis(self.cfg.lease.demote_deadline_ms + self.cfg.coordinator.op_timeout_ms * 4))
             .send();
-        let answer = self.tended_during(call).await.map_err(|e| format!("asking {} to cede: {e}", record.node_id))?;
-        if !answer.status().is_success() {
+        let answer = self.tended_during(call).await.map_err(|e| {
+            let why = format!("asking {} to cede: {e}", record.node_id);
+            // Not reached: nothing was asked. Otherwise the request may be on its way or queued
+            // there, and the active may still cede.
+            match e.is_connect() {
+                true => Declined::Refused(why),
+                false => Declined::Unsettled(format!("{why}; it may still cede")),
+            }
+        })?;
+        let code = answer.status();
+        if !code.is_success() {
             let body = answer.text().await.unwrap_or_default();
-            return Err(format!("{} refused to cede: {body}", record.node_id));
+            let why = format!("{} did not cede ({code}): {body}", record.node_id);
+            // 503: not queued there, nothing done; 504: queued, not answered in time.
+            return Err(match code.as_u16() {
+                504 => Declined::Unsettled(format!("{why}; it may still cede")),
+                _ => Declined::Refused(why),
+            });
         }
         Ok(())
     }
@@ -381,9 +412,20 @@ impl Driver {
         self.peer_secret.clone()
     }
 
-    /// How long a failover to this node may take before it is answered as failed.
+    /// How long a failover to this node may take before it is answered as not settled: four
+    /// session timeouts and 10 s (the active's session may have to expire), but never past the
+    /// admin API's own wait for the answer (`admin.failover_timeout_ms`), which it ends a second
+    /// before, so the operator is told why rather than that no answer came.
     fn failover_wait(&self) -> Duration {
-        Duration::from_millis(self.cfg.coordinator.session_timeout_ms * 4 + 10_000)
+        let wait =
+            Duration::from_millis(self.cfg.coordinator.session_timeout_ms.saturating_mul(4).saturating_add(10_000));
+        match &self.cfg.admin {
+            Some(admin) => {
+                let api = Duration::from_millis(admin.failover_timeout_ms);
+                wait.min(api.saturating_sub(Duration::from_secs(1)).max(api / 2))
+            }
+            None => wait,
+        }
     }
 
     /// Every [`SCHEDULE_READ_EVERY`] cycles, a standby reads the scheduled switchover; when its
@@ -403,11 +445,11 @@ impl Driver {
             return;
         }
         self.mem.schedule_age = 0;
-        let (record, version) = match self.tended_during(c.read_switchover()).await {
+        let (record, version) = match self.coordinated("reading the scheduled switchover", c.read_switchover()).await {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
-                debug!("reading the scheduled switchover: {e}");
+                debug!("{e}");
                 return;
             }
         };
@@ -415,17 +457,17 @@ impl Driver {
         match due(&record, &self.cfg.node_id, wall_ms()) {
             Due::NotMine | Due::Wait(_) => {}
             Due::Missed(late_ms) => {
-                if let Ok(true) = self.tended_during(c.take_switchover(version)).await {
+                if let Ok(true) = self.coordinated("dropping a missed switchover", c.take_switchover(version)).await {
                     warn!(to = %record.to, at_ms = at, late_ms, asked_by = %record.requested_by,
                         "a scheduled switchover was found after its window had passed: dropped, not carried out");
                 }
             }
             Due::Run => {
-                match self.tended_during(c.take_switchover(version)).await {
+                match self.coordinated("taking the scheduled switchover", c.take_switchover(version)).await {
                     Ok(true) => {}
                     Ok(false) => return, // cancelled or replaced since the read
                     Err(e) => {
-                        warn!("taking the scheduled switchover: {e}; trying again at the next read");
+                        warn!("{e}; trying again at the next read");
                         return;
                     }
                 }
@@ -450,8 +492,11 @@ impl Driver {
     }
 
     /// Every [`SCHEDULE_READ_EVERY`] cycles, and at once in a new session, reads whether the
-    /// whole cluster is paused (`/referee/<cluster>/pause`); the last reading stands while the
-    /// coordinator cannot be read.
+    /// whole cluster is paused (`/referee/<cluster>/pause`), this node's drain record and the
+    /// cluster's settings; the last reading stands while the coordinator cannot be read. Each
+    /// read is cut at the lease left while the master may be active, and a read that fails ends
+    /// the round (the coordinator is not answering; the next round is [`SCHEDULE_READ_EVERY`]
+    /// cycles on), so the cycle after it is not held up by more than one.
     pub(super) async fn read_cluster_pause(&mut self, coord: Option<&Coordination>) {
         self.mem.pause_age = self.mem.pause_age.saturating_add(1);
         let Some(c) = coord else { return };
@@ -461,21 +506,27 @@ impl Driver {
             return;
         }
         self.mem.pause_age = 0;
-        match self.tended_during(c.read_pause()).await {
+        match self.coordinated("reading the cluster's pause record", c.read_pause()).await {
             Ok(record) => {
                 self.mem.pause_read = true;
                 self.mem.cluster_pause = record;
                 self.apply_pause();
             }
-            Err(e) => debug!("reading the cluster's pause record: {e}"),
+            Err(e) => {
+                debug!("{e}; the rest is read at the next round");
+                return;
+            }
         }
-        match self.tended_during(c.read_drained()).await {
+        match self.coordinated("reading this node's drain record", c.read_drained()).await {
             Ok(record) => self.apply_drain(record),
-            Err(e) => debug!("reading this node's drain record: {e}"),
+            Err(e) => {
+                debug!("{e}; the rest is read at the next round");
+                return;
+            }
         }
-        match self.tended_during(c.read_cluster_settings()).await {
+        match self.coordinated("reading the cluster's settings", c.read_cluster_settings()).await {
             Ok(read) => self.apply_cluster_settings(read),
-            Err(e) => debug!("reading the cluster's settings: {e}"),
+            Err(e) => debug!("{e}"),
         }
     }
 
@@ -607,7 +658,13 @@ impl Driver {
                 ))
             ))
         } else if now >= deadline {
-            Err(format!("{} did not become active in time; last decision: {}", self.cfg.node_id, self.mem.last_reason))
+            // The active may have ceded: this node goes on contending by the automatic rules.
+            Err(Declined::Unsettled(format!(
+                "{} did not become active within {} ms; it may still, by the automatic rules; last decision: {}",
+                self.cfg.node_id,
+                deadline.saturating_since(started).as_millis(),
+                self.mem.last_reason
+            )))
         } else {
             return;
         };

@@ -13,6 +13,35 @@ async fn ha_state(http: &reqwest::Client, target: &FenceTarget) -> Option<HaStat
     }
 }
 
+/// Confirms a clean step-down on the target's master by stepping it down again with
+/// `new_token` (`POST /ha/standby`, which a master never refuses), within `limit`, judged as
+/// the `graceful` method judges it: fenced only once the master is standby holding `new_token`.
+/// Reading its state would not do: a master still holding the old token takes a promotion
+/// carrying it, sent before the handover and delivered after it, for a retry.
+async fn confirm_step_down(
+    http: &reqwest::Client,
+    target: &FenceTarget,
+    new_token: FencingToken,
+    limit: Duration,
+) -> MethodOutcome {
+    let url = format!("{}/ha/standby", target.ha_base_url());
+    let sent = http.post(&url).timeout(limit).json(&referee_fencing::TokenRequest { token: new_token }).send();
+    let answer = match sent.await {
+        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+        Ok(r) => return MethodOutcome::Failed { reason: format!("POST {url} answered {}", r.status()) },
+        Err(e) => return MethodOutcome::Indeterminate { reason: format!("POST {url}: {e}") },
+    };
+    // An answer without the master's state: ask for it.
+    let status = match answer {
+        Some(status) => Some(status),
+        None => ha_state(http, target).await,
+    };
+    match status {
+        Some(status) => status.judge_step_down(new_token),
+        None => MethodOutcome::Indeterminate { reason: format!("POST {url} was answered, but the state is unknown") },
+    }
+}
+
 impl Driver {
     /// Carries out a decision's steps in order. Returns the master's status if a step changed it.
     pub(super) async fn execute(
@@ -264,10 +293,19 @@ impl Driver {
     ) -> Result<(), String> {
         self.mem.confirmations_used.clear();
         for target in targets {
-            if let Some(claim) = clean_claim {
-                if self.verify_standby(target, claim).await {
-                    info!(node = %target.node_id, "verified a clean step-down on its master; no fencing needed");
-                    continue;
+            if clean_claim.is_some() {
+                // Bounded by the demotion deadline; whatever does not end fenced goes through
+                // the fencing chain.
+                let limit = Duration::from_millis(self.cfg.lease.demote_deadline_ms);
+                let http = self.http.clone();
+                match self.tended_during(confirm_step_down(&http, target, new_token, limit)).await {
+                    MethodOutcome::Fenced { detail } => {
+                        info!(node = %target.node_id, "a clean step-down confirmed on its master with the new token ({detail}); no further fencing needed");
+                        continue;
+                    }
+                    MethodOutcome::Failed { reason } | MethodOutcome::Indeterminate { reason } => {
+                        info!(node = %target.node_id, "a clean step-down could not be confirmed on its master ({reason}): fencing it");
+                    }
                 }
             }
             // A chain already seen failing for this term is not run again once an operator has
@@ -435,11 +473,6 @@ impl Driver {
         best
     }
 
-    /// Whether the target's master reports standby with at least `claim`.
-    pub(super) async fn verify_standby(&self, target: &FenceTarget, claim: FencingToken) -> bool {
-        ha_state(&self.http, target).await.is_some_and(|s| s.state == HaState::Standby && s.token >= claim)
-    }
-
     /// Hands the active role over gracefully and stays out of the election for `period`.
     ///
     /// Order matters: the master is demoted and confirms standby first; only then are the
@@ -564,11 +597,19 @@ impl Driver {
 
     /// After a release, answered or not: the lock may be gone, so it gives no authority until a
     /// read finds it held again (a self-fencing watchdog starves meanwhile if the master may be
-    /// active).
+    /// active), and the probes stop showing it at once: a master that enforces its lease
+    /// through `/lease` gets nothing more from it, and `/active` is not 200, even if the next
+    /// read of the lock is slow to come.
     fn lock_given_up(&mut self) {
         // Not into the token history: if the release did not happen, the next read finds the
         // lock ours again under the same token, which must not count as another acquisition's.
         self.mem.tokens.held = None;
+        self.mem.lock_released = true;
+        {
+            let mut st = self.status();
+            st.lock = LockView::Unknown;
+            st.token = None;
+        }
         self.tend_watchdog();
     }
 

@@ -152,6 +152,9 @@ struct Memory {
     pending_failover: Option<(Reply, BootInstant, BootInstant)>,
     /// Whether the member list has been read at least once.
     members_read: bool,
+    /// The lock was given up (released, answered or not) since the cycle began: what the
+    /// cycle observed of it no longer stands.
+    lock_released: bool,
     /// The token history (see [`TokenHistory`]), kept across sessions.
     tokens: TokenHistory,
     /// The token the current acquisition has handed to a master.
@@ -167,7 +170,10 @@ struct Memory {
     /// Failsafe: when the last round was sent.
     failsafe_last_sent: Option<BootInstant>,
     /// A promise given to an active peer in failsafe mode: do not contend until then.
-    promised: Option<(String, BootInstant)>,
+    promised: Option<crate::failsafe::Promise>,
+    /// When this agent started: with failsafe on it keeps a promise from then
+    /// ([`crate::failsafe::promise_at_start`]).
+    started: BootInstant,
     /// What the master answered to our last promote or demote, and when: newer than a health
     /// report whose check may have started before it.
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
@@ -186,7 +192,7 @@ const SEEN_HOLDERS_KEPT: usize = 64;
 const CHAINS_FAILED_KEPT: usize = 16;
 
 impl Memory {
-    fn new(lease: Lease) -> Self {
+    fn new(lease: Lease, started: BootInstant) -> Self {
         Memory {
             lease,
             staleness_warnings: Vec::new(),
@@ -215,6 +221,7 @@ impl Memory {
             last_logged: crate::decide::LogKey::default(),
             pending_failover: None,
             members_read: false,
+            lock_released: false,
             tokens: TokenHistory::default(),
             token_issued: None,
             healthy_since: None,
@@ -223,6 +230,7 @@ impl Memory {
             failsafe_round: None,
             failsafe_last_sent: None,
             promised: None,
+            started,
             master_answer: None,
             allow_data_loss: false,
             master_read: false,
@@ -245,7 +253,7 @@ impl Memory {
 }
 
 /// Where an operator's request is answered.
-type Reply = oneshot::Sender<Result<String, String>>;
+type Reply = oneshot::Sender<Result<String, crate::control::Declined>>;
 
 /// The running agent.
 struct Driver {
@@ -324,6 +332,8 @@ pub async fn run_with_control(
     }
     let check_interval = Duration::from_millis(fencing.check_interval_ms);
     let fencer = Arc::new(Fencer::new(fencing).map_err(|e| AgentError::Fencing(e.to_string()))?);
+    // Before anything can answer a peer: the promise kept from the start counts from here.
+    let started = BootInstant::now();
     let status = Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -425,7 +435,7 @@ pub async fn run_with_control(
         status,
         http,
         peer_http,
-        mem: Memory::new(lease),
+        mem: Memory::new(lease, started),
         peer_url,
         peer_secret,
         role_hooks,
@@ -469,6 +479,7 @@ impl Driver {
         let mut lock_watch: Option<LockWatch> = None;
         let mut connecting: Option<Connecting> = Some(self.start_connecting());
         let mut reconnect_at: Option<BootInstant> = None;
+        let mut fatal: Option<AgentError> = None;
         loop {
             // A session that expired is gone for good: drop it and make a new one.
             if let Some(c) = &coord {
@@ -525,8 +536,19 @@ impl Driver {
                             reconnect_at = None;
                         }
                         Ok(Err(e)) if e.recovery() == Recovery::Fatal => {
-                            self.status().last_decision = format!("refusing to run: {e}");
-                            return Err(AgentError::Coordinator(e.to_string()));
+                            // Retrying cannot help. Once a session has been made the master may be
+                            // active under this agent (a failsafe extension outlives the session):
+                            // the agent stops as on shutdown, demoting it first, never leaving it
+                            // with no agent and no lease guard.
+                            let why = if self.status().counters.sessions == 0 {
+                                format!("refusing to run: {e}")
+                            } else {
+                                format!("stopping: the coordinator refuses a new session for good: {e}")
+                            };
+                            warn!("{why}");
+                            self.status().last_decision = why;
+                            fatal = Some(AgentError::Coordinator(e.to_string()));
+                            break;
                         }
                         Ok(Err(e)) => {
                             warn!("cannot reach the coordinator: {e}");
@@ -545,7 +567,7 @@ impl Driver {
             }
         }
         self.shut_down(coord).await;
-        Ok(())
+        fatal.map_or(Ok(()), Err)
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
@@ -568,6 +590,14 @@ impl Driver {
     /// to step down since.
     fn master_may_be_active(&self) -> bool {
         self.mem.promoted.is_some() || self.status().master.is_some_and(|m| m.state == HaState::Active)
+    }
+
+    /// The failsafe promise in force now: one given to a peer, or the one kept from this
+    /// agent's start under the settings in force (see [`crate::failsafe::promise_in_force`]).
+    fn promise_in_force(&self, now: BootInstant) -> Option<crate::failsafe::Promise> {
+        let ttl = Duration::from_millis(self.cfg.failsafe.ttl_ms);
+        let at_start = crate::failsafe::promise_at_start(self.cfg.failsafe.enabled, ttl, self.mem.started);
+        crate::failsafe::promise_in_force(self.mem.promised.clone(), at_start, now)
     }
 
     /// How long an await may take now (see [`crate::lease::await_limit`]).
@@ -674,7 +704,8 @@ impl Driver {
         // What the probes show: while the coordinator cannot be read, the lock this session
         // held is still ours for as long as a lease (the session's or failsafe's) covers it.
         let effective_until = lease_until.max(failsafe_until);
-        let (shown_lock, shown_token) = match (&lock, self.mem.tokens.held) {
+        self.mem.lock_released = false;
+        let (mut shown_lock, mut shown_token) = match (&lock, self.mem.tokens.held) {
             (LockView::Unknown, Some((token, version))) if effective_until.is_some_and(|u| u > now) => {
                 (LockView::Ours { token, version }, Some(token))
             }
@@ -725,6 +756,10 @@ impl Driver {
             }
         }
         let master_after = self.execute(&decision, &obs, coord).await;
+        if std::mem::take(&mut self.mem.lock_released) {
+            // Released by a step: whatever the observation said, the lock is not shown ours.
+            (shown_lock, shown_token) = (LockView::Unknown, None);
+        }
         self.publish(&obs, coord).await;
         if let Some(m) = master_after {
             self.mem.master_read = true;
@@ -807,5 +842,111 @@ fn role_of(st: &AgentStatus) -> Role {
         (_, LockView::Ours { token, .. }, Some(m)) if m.state == HaState::Active && m.token == *token => Role::Active,
         (_, LockView::Ours { .. }, _) => Role::Promoting,
         _ => Role::Standby,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use referee_testkit::{Proxy, TestServer};
+
+    /// Node a of a pair, its coordinator at `connect`, its master nowhere (nothing here asks it).
+    fn config(connect: &str) -> AgentConfig {
+        let yaml = format!(
+            r#"
+cluster: bounded
+node_id: a
+peers:
+  - {{node_id: b, host: 127.0.0.1, port: 1, ha_url: "http://127.0.0.1:1"}}
+coordinator: {{connect: "{connect}", session_timeout_ms: 2500, op_timeout_ms: 800}}
+master:
+  host: 127.0.0.1
+  port: 1
+  adapter: {{kind: http, url: "http://127.0.0.1:1"}}
+election: {{loop_interval_ms: 50}}
+fencing:
+  overall_timeout_ms: 3000
+  levels:
+    - methods:
+        - {{kind: graceful, timeout_ms: 1000}}
+probes: {{listen: "127.0.0.1:1"}}
+"#
+        );
+        AgentConfig::from_yaml(&yaml).expect("the test's configuration")
+    }
+
+    /// A driver for `cfg` with nothing running beside it: no health monitor, lease guard,
+    /// probes or admin API. Enough to run one of its steps against a coordinator.
+    fn bare_driver(cfg: AgentConfig) -> Driver {
+        let context = AdapterContext {
+            node_id: cfg.node_id.clone(),
+            nodes: cfg.peers.len() + 1,
+            monitor_interval: cfg.health.interval(),
+        };
+        let adapter = build_adapter(&cfg.master.adapter, &context).expect("the adapter");
+        let fencer = Arc::new(Fencer::new(cfg.fencing.clone().expect("fencing")).expect("the fencer"));
+        let (_, health_reports) = watch::channel(HealthReport::initial());
+        let (guard, _) = watch::channel(GuardState::default());
+        Driver {
+            file_cfg: cfg.clone(),
+            adapter,
+            fencer,
+            status: Arc::new(Mutex::new(AgentStatus::new(&cfg.cluster, &cfg.node_id))),
+            http: reqwest::Client::new(),
+            peer_http: reqwest::Client::new(),
+            mem: Memory::new(Lease::new(cfg.lease_rule()), BootInstant::now()),
+            peer_url: None,
+            peer_secret: None,
+            role_hooks: crate::hooks::RoleChangeHooks::start(None, &cfg.cluster, &cfg.node_id),
+            watchdog: crate::watchdog::Watchdog::open(&cfg.watchdog, None, None).expect("no watchdog"),
+            health_reports,
+            guard,
+            pub_state: publish::Publication::default(),
+            cfg,
+        }
+    }
+
+    /// While the master may be active, the reads made between cycles (the cluster's pause,
+    /// drain and settings records; the pause on an operator's resume; the scheduled
+    /// switchover) end with the lease left, as every other await of the loop does, when the
+    /// coordinator goes silent: a round of failsafe, a demotion or a peer's request waits
+    /// behind them no longer than that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_between_cycles_end_with_the_lease_left() {
+        let server = TestServer::start().await.expect("the coordinator");
+        let proxy = Proxy::start(server.addr).await.expect("the proxy");
+        let mut driver = bare_driver(config(&proxy.addr.to_string()));
+        let coord = Coordination::connect(driver.coordination_config()).await.expect("a session");
+        proxy.black_hole();
+        let left = Duration::from_millis(300);
+        // Far below the 800 ms each read may take by itself, well above the lease left.
+        let bound = Duration::from_millis(650);
+        // The master may be active with `left` of its lease to go.
+        let arm = |driver: &mut Driver| {
+            driver.mem.promoted = Some(FencingToken(5));
+            driver.mem.failsafe_until = Some(BootInstant::now() + left);
+        };
+
+        arm(&mut driver);
+        let started = BootInstant::now();
+        driver.read_cluster_pause(Some(&coord)).await;
+        let took = started.elapsed();
+        assert!(took < bound, "the cluster's records were read for {} ms", took.as_millis());
+
+        arm(&mut driver);
+        let (reply, _answer) = oneshot::channel();
+        let started = BootInstant::now();
+        driver.handle_control(ControlRequest::Resume { reply }, Some(&coord)).await;
+        let took = started.elapsed();
+        assert!(took < bound, "an operator's resume read the pause for {} ms", took.as_millis());
+
+        arm(&mut driver);
+        driver.status().role = Role::Standby;
+        driver.mem.schedule_age = SCHEDULE_READ_EVERY;
+        let started = BootInstant::now();
+        driver.check_schedule(Some(&coord)).await;
+        let took = started.elapsed();
+        assert!(took < bound, "the scheduled switchover was read for {} ms", took.as_millis());
+        proxy.heal();
     }
 }

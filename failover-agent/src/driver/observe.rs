@@ -147,7 +147,7 @@ impl Driver {
         } else {
             self.mem.healthy_since = None;
         }
-        if self.mem.promised.as_ref().is_some_and(|(_, until)| *until <= now) {
+        if self.mem.promised.as_ref().is_some_and(|p| p.until <= now) {
             self.mem.promised = None;
         }
 
@@ -176,7 +176,7 @@ impl Driver {
             healthy_since: self.mem.healthy_since,
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
-            promised: self.mem.promised.clone(),
+            promised: self.promise_in_force(now),
             candidacy: self.own_candidacy(master),
             published: self.published_view(),
             candidates: self.candidates(),

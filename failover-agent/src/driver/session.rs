@@ -80,7 +80,7 @@ impl Driver {
             node_id: self.cfg.node_id.clone(),
             target: self.cfg.own_target(),
             peer_url: self.peer_url.clone(),
-            probe_addr: Some(self.cfg.probes.listen.to_string()),
+            probe_addr: Some(self.cfg.probe_address()),
             candidacy: None,
         }
     }
