@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use referee_examples::ha_master::EditAccepted;
-use referee_examples::verdict::{verify, AckRecord};
+use referee_examples::journal::{self, Claim, Edit, EditOp, JournalError};
+use referee_examples::verdict::{verify, Acknowledged};
 use referee_failover_agent::timeline::{self, Mark};
 use thiserror::Error;
 
@@ -90,7 +91,7 @@ pub struct DemoOptions {
 /// answer came.
 struct Ack {
     node: usize,
-    rec: AckRecord,
+    rec: Acknowledged,
     sent: Instant,
     received: Instant,
 }
@@ -174,15 +175,19 @@ fn start_writer(pair: Arc<Pair>, to: Option<usize>, name: &'static str, acks: Ac
             let url = format!("http://127.0.0.1:{}/fs/create", pair.ports[node].master);
             let sent = Instant::now();
             match http.post(url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => match r.json::<EditAccepted>().await {
-                    Ok(ack) => {
-                        let rec = AckRecord::from(&ack);
-                        let ack = Ack { node, rec, sent, received: Instant::now() };
-                        acks2.lock().unwrap_or_else(|p| p.into_inner()).push(ack);
-                        target = Some(node);
-                    }
-                    Err(_) => target = to,
-                },
+                Ok(r) if r.status().is_success() => {
+                    // Acknowledged, whatever becomes of the body: the write id is ours, and the
+                    // verdict checks the token and place the answer gives when it can be read.
+                    let received = Instant::now();
+                    let answer = r.json::<EditAccepted>().await.ok();
+                    let rec = Acknowledged {
+                        write_id: format!("{name}-{n}"),
+                        token: answer.as_ref().map(|a| a.token),
+                        seq: answer.as_ref().map(|a| a.seq),
+                    };
+                    acks2.lock().unwrap_or_else(|p| p.into_inner()).push(Ack { node, rec, sent, received });
+                    target = Some(node);
+                }
                 _ => {
                     refused2.fetch_add(1, Ordering::Relaxed);
                     target = to;
@@ -388,11 +393,17 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
             format!(" on {}", NODES[active])
         }
     };
+    // The active's claim on the journal, as the epoch znode holds it before the failure.
+    let claim_before = epoch_claim(&shared).await?;
     println!("\n>>> {what}{on}");
     // Whether the scenario's own claim held, beside the verdict (the leader crash: no failover).
     let mut scenario_held = true;
     let final_active = match opts.scenario {
-        Scenario::CoordinatorRestart => restart_coordinator_under_load(&shared, &writer, active).await?,
+        Scenario::CoordinatorRestart => {
+            let (now_active, kept) = restart_coordinator_under_load(&shared, &writer, active).await?;
+            scenario_held = kept;
+            now_active
+        }
         Scenario::CoordinatorLeaderCrash => {
             let (now_active, kept) = crash_coordinator_leader(&shared, &writer, active).await?;
             scenario_held = kept;
@@ -412,18 +423,26 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
     tokio::time::sleep(Duration::from_millis(500)).await;
     writer.stop().await;
 
-    // The master that is not active (the deposed one after a failover) tries to write: the
-    // journal's epoch must refuse it.
+    // After a failover, the old active's claim is written under: the journal must refuse it.
+    // Without one, the claim must be the one in force still.
     let not_active = 1 - final_active;
-    let (deposed_refused, _restarted) = deposed_write_refused(&shared, not_active, opts.scenario).await?;
-    println!(
-        "\nThe {} master {} tried to write directly to the journal: {}",
-        if final_active == active { "standby" } else { "deposed" },
-        NODES[not_active],
-        if deposed_refused { "refused, as it must be" } else { "ACCEPTED (split brain!)" }
-    );
+    let deposed_refused = if final_active == active {
+        let claim_after = epoch_claim(&shared).await?;
+        let kept = claim_after == claim_before;
+        println!(
+            "\nNo master was deposed: the epoch {} {}'s claim (token {}, version {}){}",
+            if kept { "still holds" } else { "NO LONGER holds" },
+            NODES[active],
+            claim_before.token,
+            claim_before.version,
+            if kept { "; the standby never claimed it" } else { "" }
+        );
+        kept
+    } else {
+        deposed_write_refused(&shared, not_active, claim_before).await?
+    };
 
-    let acks: Vec<AckRecord> =
+    let acks: Vec<Acknowledged> =
         writer.acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|a| a.rec.clone()).collect();
     let verdict = verify(&shared.coordinator_addr, JOURNAL_PATH, EPOCH_PATH, &acks)
         .await
@@ -434,6 +453,7 @@ async fn demonstrate(opts: &DemoOptions) -> Result<(bool, Arc<Pair>), DemoError>
     match opts.scenario {
         _ if scenario_held => {}
         Scenario::Partition => println!("  the two masters' acknowledgements overlapped, which they must not"),
+        Scenario::CoordinatorRestart => println!("  the coordinator restart caused a failover, which it must not"),
         _ => println!("  the coordinator leader's crash caused a failover, which it must not"),
     }
     let ok = verdict.is_clean() && deposed_refused && single_active && scenario_held;
@@ -706,7 +726,13 @@ async fn first_ack_after(
 /// Returns the node active once writes are acknowledged again: the same one when its agent's
 /// session survived the restart (the coordinator gives restored sessions a fresh timeout, so an
 /// agent that reconnects in time keeps its lock), the other one after a fenced failover if not.
-async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: usize) -> Result<usize, DemoError> {
+async fn restart_coordinator_under_load(
+    shared: &Pair,
+    writer: &Writer,
+    active: usize,
+) -> Result<(usize, bool), DemoError> {
+    let token = |s: serde_json::Value| s["token"].as_u64();
+    let token_before = token(shared.agent_json(active, "/status").await.unwrap_or_default());
     let acked_before = writer.acks.lock().unwrap_or_else(|p| p.into_inner()).len();
     let t0 = Instant::now();
     shared.kill_coordinator();
@@ -722,6 +748,7 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
     let back = t0 + serving;
     let (node, first_ack) = first_ack_after(writer, None, back, t0, "after the coordinator restart").await?;
     let final_active = shared.wait_for_active(Duration::from_secs(20)).await?;
+    let token_after = token(shared.agent_json(final_active, "/status").await.unwrap_or_default());
     print_status(shared).await;
     if servers > 1 {
         println!("  {}", describe_coordinator(shared).await);
@@ -733,12 +760,20 @@ async fn restart_coordinator_under_load(shared: &Pair, writer: &Writer, active: 
         first_ack.as_millis(),
         NODES[node]
     );
-    if final_active == active {
-        println!("  {} kept its session and its lock across the restart: no failover was needed", NODES[active]);
+    let kept = final_active == active && token_after.is_some() && token_after == token_before;
+    if kept {
+        println!(
+            "  {} kept its session, its lock and its token ({}) across the restart: no failover was needed",
+            NODES[active],
+            token_before.map_or("-".into(), |t| t.to_string())
+        );
     } else {
-        println!("  {}'s session did not survive the restart: {} took over", NODES[active], NODES[final_active]);
+        println!(
+            "  the pair changed its active: {} (token {:?}) before, {} (token {:?}) after",
+            NODES[active], token_before, NODES[final_active], token_after
+        );
     }
-    Ok(final_active)
+    Ok((final_active, kept))
 }
 
 /// Kills the coordinator ensemble's leader under the write load, waits for a new leader, for
@@ -834,27 +869,80 @@ async fn crash_coordinator_leader(shared: &Pair, writer: &Writer, active: usize)
     Ok((final_active, kept))
 }
 
-/// Makes the deposed master try to write past its role check; true when the journal refused.
-/// Returns the restarted master process, if one had to be restarted, so it lives (and dies)
-/// with the demo.
-async fn deposed_write_refused(
-    pair: &Pair,
-    deposed: usize,
-    scenario: Scenario,
-) -> Result<(bool, Option<crate::lab::Proc>), DemoError> {
-    // A crashed or hung master was killed (by the failure or by fencing): bring it back, as an
-    // operator restarting it would, with its old state file.
-    let mut restarted = None;
-    if matches!(scenario, Scenario::Crash | Scenario::Hang) {
-        let _ = pair.masters[deposed].signal(Signal::SIGKILL);
-        restarted = Some(pair.start_master(deposed)?);
-        let addr = format!("127.0.0.1:{}", pair.ports[deposed].master);
-        crate::lab::wait_for_port(&addr, Duration::from_secs(10), "the restarted master").await?;
+/// The claim the epoch znode holds now, read through a session of the demo's own.
+async fn epoch_claim(pair: &Pair) -> Result<Claim, DemoError> {
+    let limit = Duration::from_secs(5);
+    let failed = |e: String| DemoError::Scenario(format!("reading the epoch {EPOCH_PATH}: {e}"));
+    let client = journal::connect_session(&pair.coordinator_addr, Duration::from_secs(10), limit)
+        .await
+        .map_err(|e| failed(format!("{e:#}")))?;
+    match journal::read_epoch(&client, EPOCH_PATH, limit).await {
+        Ok(Some((record, stat))) => Ok(Claim { token: record.token, version: stat.version, marker_seq: 0 }),
+        Ok(None) => Err(failed("no master has claimed it".into())),
+        Err(e) => Err(failed(e.to_string())),
     }
+}
+
+/// Writes under the deposed master's old claim, and says whether the journal itself refused.
+///
+/// A deposed master still running (a hung one is woken first, as it would wake by itself) is
+/// made to write past its role and lease checks with `POST /test/force-write`: its guarded
+/// append must come back `deposed:`, the journal's `BadVersion`. One that is gone (crashed, or
+/// killed by fencing) cannot be asked, so the demo sends the append it would have sent, the
+/// same `multi(check(epoch, old version), create(edit))` with its token, on a session of its
+/// own. Any other answer, a refusal for another reason included, is not the journal's.
+async fn deposed_write_refused(pair: &Pair, deposed: usize, old: Claim) -> Result<bool, DemoError> {
+    let name = NODES[deposed];
+    // A hung master wakes up with its old claim; one that was killed ignores the signal.
+    let _ = pair.masters[deposed].signal(Signal::SIGCONT);
     let url = format!("http://127.0.0.1:{}/test/force-write", pair.ports[deposed].master);
     let body = serde_json::json!({"key": "deposed", "value": "must not land", "write_id": "deposed-write"});
-    let r = reqwest::Client::new().post(url).json(&body).send().await;
-    Ok((!matches!(r, Ok(ref r) if r.status().is_success()), restarted))
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+    match http.post(url).json(&body).send().await {
+        Ok(r) => {
+            let code = r.status();
+            let reason = r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let refused = code == reqwest::StatusCode::SERVICE_UNAVAILABLE && reason.starts_with("deposed:");
+            println!(
+                "\nThe deposed master {name} (its claim: token {}, epoch version {}) was made to write past its \
+                 own checks: {}\n  it answered {code}: {reason}",
+                old.token,
+                old.version,
+                if refused { "the journal refused it, as it must" } else { "NOT REFUSED BY THE JOURNAL" }
+            );
+            Ok(refused)
+        }
+        Err(e) => {
+            let limit = Duration::from_secs(5);
+            let client = journal::connect_session(&pair.coordinator_addr, Duration::from_secs(10), limit)
+                .await
+                .map_err(|e| DemoError::Scenario(format!("a session for the deposed write: {e:#}")))?;
+            let edit = Edit {
+                write_id: "deposed-write".into(),
+                token: old.token,
+                op: EditOp::Put { key: "deposed".into(), value: serde_json::json!("must not land") },
+            };
+            let appended = journal::append_under(&client, JOURNAL_PATH, EPOCH_PATH, &old, &edit, limit).await;
+            let refused = matches!(appended, Err(JournalError::Deposed { .. }));
+            let said = match &appended {
+                Ok(seq) => format!("appended at seq {seq}"),
+                Err(e) => e.to_string(),
+            };
+            println!(
+                "\nThe deposed master {name} is gone ({e}); its append, multi(check(epoch, version {}), \
+                 create(edit with token {})), sent on the demo's own session: {}\n  the coordinator answered: {said}",
+                old.version,
+                old.token,
+                if refused { "the journal refused it, as it must" } else { "NOT REFUSED BY THE JOURNAL" }
+            );
+            Ok(refused)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 //!   demoted master is standby by definition); record `N` if higher, persisted the same way.
 //!   Answers the new status.
 //!
-//! For tests and demos:
+//! For tests and demos, served only with `test_routes: true` in the configuration (off by
+//! default; every other `/test/...` request is answered `404` saying so):
 //!
 //! - `POST /test/unhealthy` (optional body `{"reason": ...}` or text), `POST /test/healthy`:
 //!   the health switch.
@@ -110,6 +111,7 @@
 //! node_id: db1                 # for logs (default "master")
 //! state_file: /var/lib/demo/ha-state.json   # highest token seen: {"token": N}
 //! init_ms: 0                   # initializing phase before standby (default 0: straight standby)
+//! test_routes: false           # serve the /test/... endpoints (default false: tests and demos only)
 //! lease:                       # optional self-enforced lease
 //!   url: http://127.0.0.1:9100/lease
 //!   poll_interval_ms: 200      # default 200
@@ -149,8 +151,8 @@ use tokio::task::JoinHandle;
 
 use crate::journal::{Claim, Edit, EditOp, Journal, JournalConfig, JournalEntry, JournalError};
 use crate::namespace::{FileStatus, FsError, FsOp};
-use crate::replica::{Applied, Replica};
-use crate::verdict::AckRecord;
+use crate::replica::{Applied, Replica, WriteRecord};
+use crate::verdict::{AckRecord, Acknowledged};
 
 fn default_node_id() -> String {
     "master".into()
@@ -183,6 +185,10 @@ pub struct HaMasterConfig {
     /// the namespace API is not served.
     #[serde(default)]
     pub journal: Option<JournalConfig>,
+    /// Serve the `/test/...` endpoints, which switch health off, slow it down, pause the
+    /// tailer and force writes past the role checks. For tests and demos only: off by default.
+    #[serde(default)]
+    pub test_routes: bool,
 }
 
 /// `lease:`: where and how often to ask the agent for the lease.
@@ -208,6 +214,7 @@ impl HaMasterConfig {
             init_ms: 0,
             lease: None,
             journal: None,
+            test_routes: false,
         }
     }
 
@@ -531,9 +538,6 @@ pub async fn run(
         .route(HA_STATE_PATH, get(state))
         .route(HA_ACTIVE_PATH, post(become_active))
         .route(HA_STANDBY_PATH, post(become_standby))
-        .route("/test/unhealthy", post(switch_unhealthy))
-        .route("/test/slow", post(switch_slow))
-        .route("/test/healthy", post(switch_healthy))
         .route("/write", post(write))
         .route("/read", get(read))
         .route("/lease/status", get(lease_status));
@@ -545,10 +549,21 @@ pub async fn run(
             .route("/fs/list", get(fs_list))
             .route("/fs/stat", get(fs_stat))
             .route("/fs/read", get(fs_read))
-            .route("/journal/status", get(journal_status))
-            .route("/test/force-write", post(force_write))
-            .route("/test/pause-tail", post(pause_tail))
-            .route("/test/resume-tail", post(resume_tail));
+            .route("/journal/status", get(journal_status));
+    }
+    if master.config.test_routes {
+        app = app
+            .route("/test/unhealthy", post(switch_unhealthy))
+            .route("/test/slow", post(switch_slow))
+            .route("/test/healthy", post(switch_healthy));
+        if master.journaled.is_some() {
+            app = app
+                .route("/test/force-write", post(force_write))
+                .route("/test/pause-tail", post(pause_tail))
+                .route("/test/resume-tail", post(resume_tail));
+        }
+    } else {
+        app = app.route("/test/*rest", axum::routing::any(test_routes_off));
     }
     let app = app.with_state(master.clone());
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
@@ -558,6 +573,13 @@ pub async fn run(
     }
     tracing::info!(node = master.node(), "demo master stopped");
     served.context("serving the demo master")
+}
+
+async fn test_routes_off() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "the /test/... endpoints are off: set `test_routes: true` in the configuration to serve them",
+    )
 }
 
 async fn health(State(m): State<Arc<Master>>) -> Response {
@@ -843,6 +865,12 @@ impl From<&EditAccepted> for AckRecord {
     }
 }
 
+impl From<&EditAccepted> for Acknowledged {
+    fn from(ack: &EditAccepted) -> Self {
+        Acknowledged { write_id: ack.write_id.clone(), token: Some(ack.token), seq: Some(ack.seq) }
+    }
+}
+
 /// `GET /fs/list?path=` and the others.
 #[derive(Debug, Deserialize)]
 struct PathQuery {
@@ -882,6 +910,11 @@ struct Journaled {
     next_write: AtomicU64,
     /// The tailer skips its cycles while set (`POST /test/pause-tail`).
     tail_paused: std::sync::atomic::AtomicBool,
+    /// Set while the replica may miss an edit of this master's that is in the journal: from
+    /// each append until its outcome is applied (an unknown outcome, a gap that could not be
+    /// read, or a handler dropped half-way leave it set). The next write reads the journal to
+    /// its end before it is checked. Changed under the writer lock only.
+    behind: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -910,6 +943,7 @@ impl Journaled {
             nonce: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
             next_write: AtomicU64::new(0),
             tail_paused: std::sync::atomic::AtomicBool::new(false),
+            behind: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -957,34 +991,29 @@ impl Master {
     }
 
     /// Applies this master's own edit just appended at `seq`; if the replica is behind (a
-    /// retried append landed twice), reads the gap first so that order is kept.
-    async fn absorb_own(&self, j: &Journaled, seq: u64, edit: &Edit) {
+    /// retried append landed twice, or an earlier outcome stayed unknown), reads the journal
+    /// to its end first so that order is kept.
+    async fn absorb_own(&self, j: &Journaled, seq: u64, edit: &Edit) -> Result<(), JournalError> {
         let next = {
             let replica = j.replica();
             if replica.applied().is_some_and(|a| a >= seq) {
-                return;
+                return Ok(());
             }
-            replica.is_next(seq).then(|| replica.applied())
+            replica.is_next(seq)
         };
-        if next.is_some() {
+        if next {
             self.take_in(j, &[JournalEntry { seq, edit: edit.clone() }]).await;
-            return;
+            return Ok(());
         }
-        let after = j.replica().applied();
-        match j.journal.read_after(after).await {
-            Ok(entries) => self.take_in(j, &entries).await,
-            // The edit is in the journal; the tailer will apply it.
-            Err(e) => tracing::warn!(node = self.node(), seq, "cannot read the journal gap before our edit: {e}"),
-        }
+        self.catch_up(j).await
     }
 
-    /// After an append's outcome is unknown: reads the journal from the last applied entry
-    /// and reports where our write landed, if it did.
-    async fn read_back(&self, j: &Journaled, write_id: &str) -> Result<Option<u64>, JournalError> {
+    /// Reads the journal from the last applied entry to its end and applies it.
+    async fn catch_up(&self, j: &Journaled) -> Result<(), JournalError> {
         let after = j.replica().applied();
         let entries = j.journal.read_after(after).await?;
         self.take_in(j, &entries).await;
-        Ok(j.replica().write_seq(write_id))
+        Ok(())
     }
 
     /// The journal refused our append: another master has claimed. Step down; never
@@ -1056,6 +1085,8 @@ async fn become_active_journaled(m: &Master, j: &Journaled, token: FencingToken)
             m.take_in(j, &entries).await;
             tracing::info!(node = m.node(), %token, version = claim.version, marker = claim.marker_seq, caught_up_to = ?j.replica().applied(), "claimed the journal");
             writer.claim = Some(claim);
+            // Read to the end: nothing of ours can be missing.
+            j.behind.store(false, Ordering::SeqCst);
             None
         }
         Err(e @ JournalError::Superseded { .. }) => {
@@ -1113,11 +1144,23 @@ async fn submit(
         Some(id) => id,
         None => j.new_write_id(m.node()),
     };
+    // An edit is checked against the journal as it is, never against a replica that may miss
+    // one of our own edits: checked against less, an edit could be acknowledged here and then
+    // do nothing on replay.
+    if j.behind.load(Ordering::SeqCst) {
+        if let Err(e) = m.catch_up(j).await {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the journal could not be read to its end to check this edit ({e}); write not acknowledged"),
+            ));
+        }
+        j.behind.store(false, Ordering::SeqCst);
+    }
     {
         let replica = j.replica();
         // A client retrying a write that is already in the journal gets the same answer.
-        if let Some((seq, token)) = replica.write_ack(&write_id) {
-            return Ok(EditAccepted { write_id, seq, token });
+        if let Some(record) = replica.write_record(&write_id) {
+            return answer(record, write_id).map_err(fs_refusal);
         }
         if let EditOp::Fs(op) = &op {
             replica.namespace().check(op).map_err(fs_refusal)?;
@@ -1125,14 +1168,31 @@ async fn submit(
     }
     let edit = Edit { write_id, token: claim.token, op };
     for attempt in 1..=2 {
+        // Until this append's outcome is applied, the replica may miss it.
+        j.behind.store(true, Ordering::SeqCst);
         let failure = match j.journal.append(&claim, &edit).await {
             Ok(seq) => {
                 if attempt > 1 {
                     tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "the retried append landed");
                 }
-                m.absorb_own(j, seq, &edit).await;
+                if let Err(e) = m.absorb_own(j, seq, &edit).await {
+                    tracing::warn!(node = m.node(), seq, "cannot read the journal before our edit: {e}");
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "indeterminate: the write reached the journal (seq {seq}), but the journal before it \
+                             could not be read ({e}), so how it applied is unknown; write not acknowledged"
+                        ),
+                    ));
+                }
+                j.behind.store(false, Ordering::SeqCst);
+                let accepted = acknowledge_own(j, &edit.write_id, seq).await?;
                 still_writable(m, gate, seq).await?;
-                return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
+                return Ok(accepted);
+            }
+            Err(e @ JournalError::TooLarge { .. }) => {
+                j.behind.store(false, Ordering::SeqCst);
+                return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}; write not acknowledged")));
             }
             Err(e @ JournalError::Deposed { .. }) => return Err(m.deposed(j, &e).await),
             Err(e) if e.is_indeterminate() => e,
@@ -1142,26 +1202,55 @@ async fn submit(
             }
         };
         tracing::warn!(node = m.node(), write_id = %edit.write_id, attempt, "append outcome unknown ({failure}); reading back");
-        match m.read_back(j, &edit.write_id).await {
-            Ok(Some(seq)) => {
-                tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "read back: the append had landed");
-                still_writable(m, gate, seq).await?;
-                return Ok(EditAccepted { write_id: edit.write_id, seq, token: claim.token });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("indeterminate: {failure}; reading back failed too ({e}); write not acknowledged"),
-                ))
-            }
+        if let Err(e) = m.catch_up(j).await {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("indeterminate: {failure}; reading back failed too ({e}); write not acknowledged"),
+            ));
+        }
+        let found = j.replica().write_seq(&edit.write_id);
+        if let Some(seq) = found {
+            // Read to the end with our write in it: nothing of ours is missing. (A first
+            // attempt landing later is a duplicate, which changes nothing.)
+            j.behind.store(false, Ordering::SeqCst);
+            tracing::info!(node = m.node(), write_id = %edit.write_id, seq, "read back: the append had landed");
+            let accepted = acknowledge_own(j, &edit.write_id, seq).await?;
+            still_writable(m, gate, seq).await?;
+            return Ok(accepted);
         }
     }
+    // `behind` stays set: an attempt may still land.
     Err(refuse(
         StatusCode::SERVICE_UNAVAILABLE,
         "indeterminate: the append's outcome stayed unknown and the write was not found in the journal; \
          write not acknowledged",
     ))
+}
+
+/// The answer for a write id the replica has applied: acknowledged with where it first applied
+/// (a write that landed twice reports its first copy), or refused as replay refused it.
+fn answer(record: &WriteRecord, write_id: String) -> Result<EditAccepted, FsError> {
+    match &record.refused {
+        None => Ok(EditAccepted { write_id, seq: record.seq, token: record.token }),
+        Some(e) => Err(e.clone()),
+    }
+}
+
+/// How this master's own edit, applied through `seq`, turned out: `None` if replay did not
+/// apply it at all (it reached the journal after another master's claim).
+fn own_outcome(j: &Journaled, write_id: &str) -> Option<Result<EditAccepted, FsError>> {
+    j.replica().write_record(write_id).map(|record| answer(record, write_id.to_string()))
+}
+
+/// [`own_outcome`] as the answer to the client.
+async fn acknowledge_own(j: &Journaled, write_id: &str, seq: u64) -> Result<EditAccepted, Response> {
+    match own_outcome(j, write_id) {
+        Some(outcome) => outcome.map_err(fs_refusal),
+        None => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the write reached the journal (seq {seq}) after another master's claim; not acknowledged"),
+        )),
+    }
 }
 
 /// A write that reached the journal is acknowledged only if this master may still acknowledge
@@ -1300,12 +1389,19 @@ async fn tail_journal(m: Arc<Master>) {
             continue;
         }
         let after = j.replica().applied();
+        // The next edit exists already: read again without waiting.
+        let mut again = false;
         let read = if watch.is_none() {
             j.journal.read_after_watching(after).await.map(|(entries, watcher)| {
-                // In its own task: the library may panic on a watch whose session vanished.
-                watch = Some(WatchTask(tokio::spawn(async move {
-                    watcher.changed().await;
-                })));
+                match watcher {
+                    // In its own task: the library may panic on a watch whose session vanished.
+                    Some(watcher) => {
+                        watch = Some(WatchTask(tokio::spawn(async move {
+                            watcher.changed().await;
+                        })))
+                    }
+                    None => again = true,
+                }
                 entries
             })
         } else {
@@ -1314,6 +1410,9 @@ async fn tail_journal(m: Arc<Master>) {
         match read {
             Ok(entries) => m.take_in(j, &entries).await,
             Err(e) => tracing::warn!(node = m.node(), "cannot tail the journal: {e}"),
+        }
+        if again {
+            continue;
         }
         let sleep = tokio::time::sleep(interval);
         match watch.as_mut() {

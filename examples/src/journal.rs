@@ -14,15 +14,32 @@
 //! ```
 //!
 //! Sequence numbers are assigned by the coordinator at commit, so journal order is commit
-//! order. Nothing is ever deleted: the sequence is dense, and the epoch's version only grows.
+//! order. Nothing is ever deleted, and the epoch's version only grows.
+//!
+//! # Reading
+//!
+//! The journal is read by sequence number, never listed: a listing of every child has to fit
+//! in one reply, and a journal that grows for ever outgrows any reply. The parent's child
+//! version (`cversion`, which counts every create and delete of a child, and from whose creates
+//! sequential names are drawn) bounds the numbers in use, so a reader fetches the edits from
+//! where it stands up to that bound in multi-reads sized to the reply limit: a batch the
+//! coordinator refuses as too large is halved, down to a single `getData`. Every edit fits in
+//! one reply on its own, as [`JournalConfig::max_edit_bytes`] keeps it well below the packet
+//! limit, and an append over it is refused before it is sent ([`JournalError::TooLarge`]).
+//!
+//! A number below the last edit read that holds no edit was taken by some other znode created
+//! under the journal. If such a znode is still there, the read fails and names it
+//! ([`JournalError::Foreign`]): the journal is the masters' alone, and an operator must delete
+//! it. A number whose znode is gone is skipped.
 //!
 //! # Protocol
 //!
 //! ```text
+//!  catch up   read <path> after what we applied, to its end
 //!  claim      read epoch -> (t, v); t > ours: refuse (Superseded)
 //!             multi( setData(epoch, ours, v) | create(epoch, ours) if absent,
 //!                    create(<path>/edit-, {op: claim, token: ours}) )      -> version v'
-//!  catch up   list + read <path> after what we applied, on the same session
+//!  tail       read <path> after the catch-up, on the same session
 //!  serve      every append: multi( check(epoch, v'), create(<path>/edit-, edit) )
 //!               BadVersion   -> Deposed: another master claimed since v'
 //!               ConnectionLoss / timeout -> Indeterminate: read back before answering
@@ -31,9 +48,11 @@
 //! The claim marker is written in the same multi as the epoch's `setData`, so the journal
 //! itself records where each claimant's era starts. That is what lets an independent reader
 //! ([`crate::verdict`]) tell, for every entry, which token was in force when it was appended.
-//! Catching up after the claim on the same session is enough to see every edit of the
-//! previous claimant: any append of theirs committed before our claim is in the list, and any
-//! append after it fails its `check`.
+//! Reading the tail after the claim on the same session is enough to see every edit of the
+//! previous claimant: any append of theirs committed before our claim is visible to it, and
+//! any append after it fails its `check`. The bulk of the journal is read *before* the claim,
+//! so a claimant that cannot read the journal fails without having deposed anyone; what is
+//! left after the claim is the few edits appended meanwhile.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +68,17 @@ use crate::namespace::FsOp;
 /// Name prefix of the journal's sequential znodes.
 pub const EDIT_PREFIX: &str = "edit-";
 
-/// At most this many edits are read in one multi-read.
-const READ_BATCH: usize = 200;
+/// At most this many edits are read in one multi-read (fewer when their replies are large).
+const READ_BATCH: u64 = 256;
+
+/// A multi-read request stays within this many bytes: the coordinator drops the connection
+/// of a request over its packet limit, which no coordinator that can hold an edit sets this
+/// low.
+const READ_REQUEST_BYTES: usize = 2048;
+
+/// Bytes of one getData in a multi-read request besides its path: op header, path length
+/// and watch flag.
+const READ_OP_BYTES: usize = 16;
 
 /// A claim that races with other claimants is retried at most this many times.
 const CLAIM_ATTEMPTS: u32 = 8;
@@ -70,6 +98,14 @@ fn default_tail_interval_ms() -> u64 {
     1_000
 }
 
+fn default_max_edit_bytes() -> usize {
+    512 * 1024
+}
+
+/// The largest `max_edit_bytes` accepted: below the coordinator's default packet limit
+/// (1,048,575 bytes), with room for the request around the edit.
+pub const MAX_EDIT_BYTES_CEILING: usize = 1_000_000;
+
 /// `journal:` in the demo master's configuration.
 ///
 /// ```yaml
@@ -80,6 +116,7 @@ fn default_tail_interval_ms() -> u64 {
 ///   session_timeout_ms: 10000   # default 10000
 ///   op_timeout_ms: 2000         # deadline of one coordinator call (default 2000)
 ///   tail_interval_ms: 1000      # the standby re-reads at least this often (default 1000)
+///   max_edit_bytes: 524288      # largest edit, encoded (default 512 KiB)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +136,12 @@ pub struct JournalConfig {
     /// Longest time between two reads of the journal by the tailer, watch or no watch.
     #[serde(default = "default_tail_interval_ms")]
     pub tail_interval_ms: u64,
+    /// The largest edit accepted, in bytes of its encoded form. It must stay below the
+    /// coordinator's `max_packet_bytes` with room for the request around it: the coordinator
+    /// drops the connection of a request over its limit, and every edit must also fit in one
+    /// read reply. Larger edits are refused with `413` before anything is sent.
+    #[serde(default = "default_max_edit_bytes")]
+    pub max_edit_bytes: usize,
 }
 
 impl JournalConfig {
@@ -111,6 +154,7 @@ impl JournalConfig {
             session_timeout_ms: default_session_timeout_ms(),
             op_timeout_ms: default_op_timeout_ms(),
             tail_interval_ms: default_tail_interval_ms(),
+            max_edit_bytes: default_max_edit_bytes(),
         }
     }
 
@@ -132,6 +176,13 @@ impl JournalConfig {
         }
         if self.tail_interval_ms == 0 {
             bail!("tail_interval_ms: must be greater than 0");
+        }
+        if !(1024..=MAX_EDIT_BYTES_CEILING).contains(&self.max_edit_bytes) {
+            bail!(
+                "max_edit_bytes: {} must be between 1024 and {MAX_EDIT_BYTES_CEILING}, and below the coordinator's \
+                 max_packet_bytes with room for the request",
+                self.max_edit_bytes
+            );
         }
         if self.session_timeout_ms <= self.op_timeout_ms {
             bail!(
@@ -268,6 +319,28 @@ pub enum JournalError {
     /// Other claimants kept changing the epoch between our read and our write.
     #[error("the claim lost {0} races in a row with other claimants")]
     Contended(u32),
+    /// An edit over the configured size: refused before anything was sent.
+    #[error("the edit is {bytes} bytes encoded, over the journal's limit of {limit} bytes (journal.max_edit_bytes)")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// `max_edit_bytes`.
+        limit: usize,
+    },
+    /// Znodes other than edits live under the journal, where only the masters' edits may.
+    #[error(
+        "{} under the journal {journal} {} not a journal edit (edit-NNNNNNNNNN): only the masters' edits may \
+         live there; delete {} to let the masters read the journal again",
+        znodes.join(", "),
+        if znodes.len() == 1 { "is" } else { "are" },
+        if znodes.len() == 1 { "it" } else { "them" }
+    )]
+    Foreign {
+        /// The journal znode.
+        journal: String,
+        /// The foreign znodes, in full.
+        znodes: Vec<String>,
+    },
 }
 
 impl JournalError {
@@ -387,64 +460,144 @@ pub async fn read_epoch(
     }
 }
 
-/// Sequence numbers of the journal's children after `after`, in order.
-fn sequences_after(path: &str, children: Vec<String>, after: Option<u64>) -> Result<Vec<u64>, JournalError> {
-    let mut seqs = Vec::with_capacity(children.len());
-    for name in children {
-        let seq = edit_sequence(&name).ok_or_else(|| JournalError::Corrupt {
-            path: format!("{path}/{name}"),
-            detail: "not an edit znode".into(),
-        })?;
-        match after {
-            Some(applied) if seq <= applied => {}
-            _ => seqs.push(seq),
-        }
+/// The bound of the sequence numbers in use: every edit's is lower. The journal's child
+/// version counts every create and delete of a child, and sequential names are drawn from the
+/// creates alone, so nothing present has a number at or above it.
+async fn journal_bound(client: &zk::Client, path: &str, limit: Duration) -> Result<u64, JournalError> {
+    const OP: &str = "read the journal's stat";
+    let stat = timed(OP, limit, async { client.check_stat(path).await.map_err(|e| zk_failure(OP, e)) }).await?;
+    match stat {
+        Some(stat) => Ok(u64::try_from(stat.cversion).unwrap_or(0)),
+        None => Err(JournalError::Coordinator { op: OP, source: zk::Error::NoNode }),
     }
-    seqs.sort_unstable();
-    Ok(seqs)
 }
 
-/// Reads the data of the edits `seqs`, in batches of multi-reads.
-async fn read_edits(
+/// Decodes the data of the znode numbered `seq`.
+fn parse_edit(path: &str, seq: u64, data: &[u8]) -> Result<JournalEntry, JournalError> {
+    let edit = serde_json::from_slice(data).map_err(|e| JournalError::Corrupt {
+        path: edit_path(path, seq),
+        detail: format!("not an edit written by a master ({e}); if it was put there by hand, delete it"),
+    })?;
+    Ok(JournalEntry { seq, edit })
+}
+
+/// Reads the `count` numbers from `from`: one multi-read, or a plain `getData` for one.
+/// `None` for a number no edit holds.
+async fn read_numbers(
     client: &zk::Client,
     path: &str,
-    seqs: &[u64],
+    from: u64,
+    count: u64,
+    limit: Duration,
+) -> Result<Vec<Option<JournalEntry>>, JournalError> {
+    const OP: &str = "read journal edits";
+    if count == 1 {
+        let read =
+            timed(OP, limit, async { client.get_data(&edit_path(path, from)).await.map_err(|e| zk_failure(OP, e)) });
+        return match read.await {
+            Ok((data, _)) => Ok(vec![Some(parse_edit(path, from, &data)?)]),
+            Err(JournalError::Coordinator { source: zk::Error::NoNode, .. }) => Ok(vec![None]),
+            Err(e) => Err(e),
+        };
+    }
+    let mut reader = client.new_multi_reader();
+    for seq in from..from + count {
+        reader.add_get_data(&edit_path(path, seq)).map_err(|source| JournalError::Coordinator { op: OP, source })?;
+    }
+    let commit = reader.commit();
+    let results = timed(OP, limit, async { commit.await.map_err(|e| zk_failure(OP, e)) }).await?;
+    if results.len() as u64 != count {
+        return Err(JournalError::Corrupt {
+            path: path.to_string(),
+            detail: format!("{} answers to {count} reads", results.len()),
+        });
+    }
+    let mut read = Vec::with_capacity(results.len());
+    for (seq, result) in (from..).zip(results) {
+        read.push(match result {
+            zk::MultiReadResult::Data { data, .. } => Some(parse_edit(path, seq, &data)?),
+            zk::MultiReadResult::Error { err: zk::Error::NoNode } => None,
+            zk::MultiReadResult::Error { err } => return Err(JournalError::Coordinator { op: OP, source: err }),
+            // The library's enum is non-exhaustive.
+            other => {
+                return Err(JournalError::Corrupt {
+                    path: edit_path(path, seq),
+                    detail: format!("unexpected answer {other:?}"),
+                })
+            }
+        });
+    }
+    Ok(read)
+}
+
+/// Reads every edit numbered from `from` up to `bound`, in batches whose request stays small
+/// and whose reply is sized to the reply limit: a batch the coordinator refuses as too large
+/// to answer is halved, down to one edit, which always fits (see
+/// [`JournalConfig::max_edit_bytes`]).
+async fn read_range(
+    client: &zk::Client,
+    path: &str,
+    from: u64,
+    bound: u64,
     limit: Duration,
 ) -> Result<Vec<JournalEntry>, JournalError> {
-    const OP: &str = "read journal edits";
-    let mut entries = Vec::with_capacity(seqs.len());
-    for batch in seqs.chunks(READ_BATCH) {
-        let mut reader = client.new_multi_reader();
-        for seq in batch {
-            reader
-                .add_get_data(&edit_path(path, *seq))
-                .map_err(|source| JournalError::Coordinator { op: OP, source })?;
-        }
-        let commit = reader.commit();
-        let results = timed(OP, limit, async { commit.await.map_err(|e| zk_failure(OP, e)) }).await?;
-        if results.len() != batch.len() {
-            return Err(JournalError::Corrupt {
-                path: path.to_string(),
-                detail: format!("{} answers to {} reads", results.len(), batch.len()),
-            });
-        }
-        for (seq, result) in batch.iter().zip(results) {
-            let znode = edit_path(path, *seq);
-            match result {
-                zk::MultiReadResult::Data { data, .. } => {
-                    let edit = serde_json::from_slice(&data)
-                        .map_err(|e| JournalError::Corrupt { path: znode, detail: e.to_string() })?;
-                    entries.push(JournalEntry { seq: *seq, edit });
+    let mut entries = Vec::new();
+    let mut missing = Vec::new();
+    let per_op = edit_path(path, 0).len() + READ_OP_BYTES;
+    let most = READ_BATCH.min((READ_REQUEST_BYTES / per_op).max(1) as u64);
+    let mut batch = most;
+    let mut next = from;
+    while next < bound {
+        let count = batch.min(bound - next);
+        match read_numbers(client, path, next, count, limit).await {
+            Ok(read) => {
+                for (seq, found) in (next..).zip(read) {
+                    match found {
+                        Some(entry) => entries.push(entry),
+                        None => missing.push(seq),
+                    }
                 }
-                zk::MultiReadResult::Error { err } => return Err(JournalError::Coordinator { op: OP, source: err }),
-                // The library's enum is non-exhaustive.
-                other => {
-                    return Err(JournalError::Corrupt { path: znode, detail: format!("unexpected answer {other:?}") })
-                }
+                next += count;
+                batch = (batch * 2).min(most);
             }
+            Err(JournalError::Coordinator { source: zk::Error::BadArguments(_), .. }) if count > 1 => {
+                batch = count / 2;
+            }
+            Err(e) => return Err(e),
         }
     }
+    // A number below an edit that holds none was taken by another znode (numbers past the last
+    // edit may simply not be used yet).
+    let last = entries.last().map(|e| e.seq);
+    if missing.iter().any(|&seq| last.is_some_and(|last| seq < last)) {
+        refuse_foreign(client, path, limit).await?;
+        tracing::warn!(
+            journal = path,
+            ?missing,
+            "journal numbers without an edit (taken by znodes since deleted): skipped"
+        );
+    }
     Ok(entries)
+}
+
+/// Fails naming the znodes under the journal that are not edits, if there are any. Only asked
+/// when numbers are missing, so the listing, which can be long, stays off the normal path; a
+/// listing too large to answer is not an error of its own.
+async fn refuse_foreign(client: &zk::Client, path: &str, limit: Duration) -> Result<(), JournalError> {
+    const OP: &str = "list the journal";
+    let children =
+        match timed(OP, limit, async { client.list_children(path).await.map_err(|e| zk_failure(OP, e)) }).await {
+            Ok(children) => children,
+            Err(JournalError::Coordinator { source: zk::Error::BadArguments(_), .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+    let mut znodes: Vec<String> =
+        children.iter().filter(|name| edit_sequence(name).is_none()).map(|name| format!("{path}/{name}")).collect();
+    if znodes.is_empty() {
+        return Ok(());
+    }
+    znodes.sort();
+    Err(JournalError::Foreign { journal: path.to_string(), znodes })
 }
 
 /// Path of the edit with sequence number `seq`.
@@ -452,17 +605,52 @@ pub fn edit_path(journal: &str, seq: u64) -> String {
     format!("{journal}/{EDIT_PREFIX}{seq:010}")
 }
 
-/// Reads every edit after `after` (all of them with `None`), in journal order.
+/// Reads every edit after `after` (all of them with `None`) to the end of the journal, in
+/// journal order.
 pub async fn read_entries(
     client: &zk::Client,
     path: &str,
     after: Option<u64>,
     limit: Duration,
 ) -> Result<Vec<JournalEntry>, JournalError> {
-    const OP: &str = "list the journal";
-    let children = timed(OP, limit, async { client.list_children(path).await.map_err(|e| zk_failure(OP, e)) }).await?;
-    let seqs = sequences_after(path, children, after)?;
-    read_edits(client, path, &seqs, limit).await
+    let bound = journal_bound(client, path, limit).await?;
+    read_range(client, path, after.map_or(0, |a| a + 1), bound, limit).await
+}
+
+/// Appends `edit` to the journal at `path` under `claim` on `client`:
+/// `multi(check(epoch_path, claim.version), create(edit))`. The guard is the journal's own: a
+/// claim the epoch no longer holds gets [`JournalError::Deposed`] whoever sends it.
+pub async fn append_under(
+    client: &zk::Client,
+    path: &str,
+    epoch_path: &str,
+    claim: &Claim,
+    edit: &Edit,
+    limit: Duration,
+) -> Result<u64, JournalError> {
+    const OP: &str = "append to the journal";
+    let data = encode(edit);
+    let prefix = format!("{path}/{EDIT_PREFIX}");
+    let mut writer = client.new_multi_writer();
+    writer
+        .add_check_version(epoch_path, claim.version)
+        .and_then(|()| writer.add_create(&prefix, &data, &SEQUENTIAL))
+        .map_err(|source| JournalError::Coordinator { op: OP, source })?;
+    match commit_multi(OP, limit, &mut writer).await {
+        Ok(results) => match results.get(1) {
+            Some(zk::MultiWriteResult::Create { path, .. }) => created_sequence(path)
+                .ok_or_else(|| JournalError::Corrupt { path: path.clone(), detail: "not an edit znode".into() }),
+            other => Err(JournalError::Corrupt {
+                path: path.to_string(),
+                detail: format!("unexpected append answer {other:?}"),
+            }),
+        },
+        Err(MultiFailure::Operation { index: 0, source: zk::Error::BadVersion | zk::Error::NoNode }) => {
+            Err(JournalError::Deposed { token: claim.token, version: claim.version })
+        }
+        Err(MultiFailure::Operation { source, .. }) => Err(JournalError::Coordinator { op: OP, source }),
+        Err(MultiFailure::Journal(e)) => Err(e),
+    }
 }
 
 /// One master's handle on the journal: a coordinator session, re-opened if it expires.
@@ -537,8 +725,10 @@ impl Journal {
         Ok(client.clone())
     }
 
-    /// Claims the epoch with `token`, then reads the journal after `applied` to its end on the
-    /// same session. Returns the claim and the entries read, the claim marker included.
+    /// Reads the journal after `applied` to its end, claims the epoch with `token`, then reads
+    /// what was appended meanwhile on the same session. Returns the claim and the entries read,
+    /// the claim marker included. A claimant that cannot read the journal fails before it
+    /// claims, and so deposes nobody.
     pub async fn claim(
         &self,
         token: FencingToken,
@@ -559,6 +749,8 @@ impl Journal {
             op: EditOp::Claim { node_id: self.node_id.clone() },
         });
         let marker_prefix = format!("{}/{EDIT_PREFIX}", self.config.path);
+        let mut entries = read_entries(&client, &self.config.path, applied, limit).await?;
+        let caught_up = entries.last().map(|e| e.seq).or(applied);
         for _ in 0..CLAIM_ATTEMPTS {
             let current = read_epoch(&client, &self.config.epoch_path, limit).await?;
             let mut writer = client.new_multi_writer();
@@ -593,9 +785,9 @@ impl Journal {
                         detail: format!("unexpected claim marker answer {:?}", results.get(1)),
                     })?;
                     let claim = Claim { token, version, marker_seq };
-                    // Catch up on the same session: it has seen our claim, so it sees every
+                    // The tail, on the same session: it has seen our claim, so it sees every
                     // edit committed before it.
-                    let entries = read_entries(&client, &self.config.path, applied, limit).await?;
+                    entries.extend(read_entries(&client, &self.config.path, caught_up, limit).await?);
                     return Ok((claim, entries));
                 }
                 // Someone changed the epoch between our read and our write: read again.
@@ -614,30 +806,13 @@ impl Journal {
     /// Appends `edit` under `claim`: `multi(check(epoch, claim.version), create(edit))`.
     /// Returns the edit's sequence number.
     pub async fn append(&self, claim: &Claim, edit: &Edit) -> Result<u64, JournalError> {
-        const OP: &str = "append to the journal";
-        let client = self.session().await?;
         let data = encode(edit);
-        let prefix = format!("{}/{EDIT_PREFIX}", self.config.path);
-        let mut writer = client.new_multi_writer();
-        writer
-            .add_check_version(&self.config.epoch_path, claim.version)
-            .and_then(|()| writer.add_create(&prefix, &data, &SEQUENTIAL))
-            .map_err(|source| JournalError::Coordinator { op: OP, source })?;
-        match commit_multi(OP, self.config.op_timeout(), &mut writer).await {
-            Ok(results) => match results.get(1) {
-                Some(zk::MultiWriteResult::Create { path, .. }) => created_sequence(path)
-                    .ok_or_else(|| JournalError::Corrupt { path: path.clone(), detail: "not an edit znode".into() }),
-                other => Err(JournalError::Corrupt {
-                    path: self.config.path.clone(),
-                    detail: format!("unexpected append answer {other:?}"),
-                }),
-            },
-            Err(MultiFailure::Operation { index: 0, source: zk::Error::BadVersion | zk::Error::NoNode }) => {
-                Err(JournalError::Deposed { token: claim.token, version: claim.version })
-            }
-            Err(MultiFailure::Operation { source, .. }) => Err(JournalError::Coordinator { op: OP, source }),
-            Err(MultiFailure::Journal(e)) => Err(e),
+        if data.len() > self.config.max_edit_bytes {
+            return Err(JournalError::TooLarge { bytes: data.len(), limit: self.config.max_edit_bytes });
         }
+        let client = self.session().await?;
+        let (path, epoch_path) = (&self.config.path, &self.config.epoch_path);
+        append_under(&client, path, epoch_path, claim, edit, self.config.op_timeout()).await
     }
 
     /// Every edit after `after`, in journal order.
@@ -646,21 +821,24 @@ impl Journal {
         read_entries(&client, &self.config.path, after, self.config.op_timeout()).await
     }
 
-    /// Every edit after `after`, and a watch on the journal's children set by the same read,
-    /// so that no edit appended after the read goes unnoticed.
+    /// Every edit after `after`, and a watch on the creation of the edit that follows them, so
+    /// that the next append wakes the reader. `None` instead of a watch when that edit exists
+    /// already: read again at once. (A number taken by another znode can leave the watch on a
+    /// number no edit gets; the reader's interval covers that.)
     pub async fn read_after_watching(
         &self,
         after: Option<u64>,
-    ) -> Result<(Vec<JournalEntry>, zk::OneshotWatcher), JournalError> {
+    ) -> Result<(Vec<JournalEntry>, Option<zk::OneshotWatcher>), JournalError> {
         const OP: &str = "watch the journal";
         let client = self.session().await?;
         let limit = self.config.op_timeout();
-        let (children, _, watcher) = timed(OP, limit, async {
-            client.get_and_watch_children(&self.config.path).await.map_err(|e| zk_failure(OP, e))
-        })
-        .await?;
-        let seqs = sequences_after(&self.config.path, children, after)?;
-        Ok((read_edits(&client, &self.config.path, &seqs, limit).await?, watcher))
+        let entries = read_entries(&client, &self.config.path, after, limit).await?;
+        let next = entries.last().map(|e| e.seq).or(after).map_or(0, |s| s + 1);
+        let next_path = edit_path(&self.config.path, next);
+        let (stat, watcher) =
+            timed(OP, limit, async { client.check_and_watch_stat(&next_path).await.map_err(|e| zk_failure(OP, e)) })
+                .await?;
+        Ok((entries, stat.is_none().then_some(watcher)))
     }
 
     /// The epoch znode's record, `None` if no master ever claimed.

@@ -18,7 +18,7 @@ use std::fmt;
 use referee_fencing::FencingToken;
 
 use crate::journal::{EditOp, JournalEntry};
-use crate::namespace::Namespace;
+use crate::namespace::{FsError, Namespace};
 
 /// The era in force: the last claim marker applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,17 @@ impl fmt::Display for Applied {
     }
 }
 
+/// Where a write id was first applied, under which token, and whether it changed anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// The sequence number of its first copy in the journal.
+    pub seq: u64,
+    /// The token it was appended under.
+    pub token: FencingToken,
+    /// Why it changed nothing, if it could not apply (`Applied::Refused`).
+    pub refused: Option<FsError>,
+}
+
 /// State replayed from the journal.
 #[derive(Debug, Clone, Default)]
 pub struct Replica {
@@ -88,8 +99,8 @@ pub struct Replica {
     era: Option<Era>,
     namespace: Namespace,
     store: BTreeMap<String, serde_json::Value>,
-    /// Write id → where it was applied and under which token (the retry cache).
-    writes: HashMap<String, (u64, FencingToken)>,
+    /// Write id → where it was applied, under which token and how (the retry cache).
+    writes: HashMap<String, WriteRecord>,
 }
 
 impl Replica {
@@ -115,12 +126,17 @@ impl Replica {
 
     /// Where the write `write_id` was applied, if it was.
     pub fn write_seq(&self, write_id: &str) -> Option<u64> {
-        self.writes.get(write_id).map(|(seq, _)| *seq)
+        self.writes.get(write_id).map(|w| w.seq)
     }
 
     /// Where the write `write_id` was applied and the token it was appended under.
     pub fn write_ack(&self, write_id: &str) -> Option<(u64, FencingToken)> {
-        self.writes.get(write_id).copied()
+        self.writes.get(write_id).map(|w| (w.seq, w.token))
+    }
+
+    /// How the write `write_id` applied, if it is in the journal under the token in force.
+    pub fn write_record(&self, write_id: &str) -> Option<&WriteRecord> {
+        self.writes.get(write_id)
     }
 
     /// The namespace.
@@ -152,23 +168,25 @@ impl Replica {
         if era_token != Some(edit.token) {
             return Applied::StaleToken { token: edit.token, era: era_token };
         }
-        if let Some(&(first_seq, _)) = self.writes.get(&edit.write_id) {
-            return Applied::Duplicate { first_seq };
+        if let Some(first) = self.writes.get(&edit.write_id) {
+            return Applied::Duplicate { first_seq: first.seq };
         }
-        // Recorded even when refused below: the write is in the journal, and a client retrying
-        // it must get the same answer, not a second append.
-        self.writes.insert(edit.write_id.clone(), (entry.seq, edit.token));
-        match &edit.op {
+        let refused = match &edit.op {
             EditOp::Put { key, value } => {
                 self.store.insert(key.clone(), value.clone());
-                Applied::Changed
+                None
             }
-            EditOp::Fs(op) => match self.namespace.apply(op, entry.seq) {
-                Ok(()) => Applied::Changed,
-                Err(e) => Applied::Refused { reason: e.to_string() },
-            },
+            EditOp::Fs(op) => self.namespace.apply(op, entry.seq).err(),
             EditOp::Claim { .. } => unreachable!("claim markers are handled above"),
-        }
+        };
+        // Recorded even when refused: the write is in the journal, and a client retrying it
+        // must get the same answer, not a second append.
+        let applied = match &refused {
+            None => Applied::Changed,
+            Some(e) => Applied::Refused { reason: e.to_string() },
+        };
+        self.writes.insert(edit.write_id.clone(), WriteRecord { seq: entry.seq, token: edit.token, refused });
+        applied
     }
 }
 
@@ -223,6 +241,10 @@ mod tests {
         assert_eq!(r.write_seq("w4"), Some(8));
         assert_eq!(r.write_seq("w3"), None);
         assert_eq!(r.write_ack("w5"), Some((9, FencingToken(20))));
+        let refused = r.write_record("w4").unwrap();
+        assert_eq!((refused.seq, refused.token), (8, FencingToken(20)));
+        assert!(matches!(refused.refused, Some(FsError::NotFound { .. })), "{refused:?}");
+        assert_eq!(r.write_record("w1").unwrap().refused, None);
         assert_eq!(r.get("k"), Some(&serde_json::json!(9)));
         assert!(r.namespace().stat("/a").is_ok());
         assert!(r.namespace().stat("/early").is_err());

@@ -12,9 +12,17 @@
 //! cut the journal into **eras**: an entry belongs to the era of the nearest claim marker
 //! before it, and the epoch token in force when it was appended is that marker's token.
 //!
-//! - **acknowledged**: writes clients saw acknowledged ([`AckRecord`]s given to `verify`).
+//! - **acknowledged**: writes clients saw acknowledged ([`Acknowledged`] records given to
+//!   `verify`): every write a master answered with a 2xx, by write id, with the token and
+//!   sequence number of the answer when the client could read it.
 //! - **found**: acknowledged writes whose write id is in the journal.
 //! - **lost** (must be 0): acknowledged writes whose write id is not in the journal.
+//! - **refused on replay** (must be 0): acknowledged writes that change nothing when the
+//!   journal is replayed ([`Replica`]): the master said yes to an edit that the state it
+//!   journaled into rejects.
+//! - **misreported** (must be 0): acknowledgements whose token is not the one the write's
+//!   entry was appended under in its era, or whose sequence number is not where the write
+//!   first applied.
 //! - **stale** (must be 0): entries appended under a token other than the one in force: a
 //!   non-marker entry whose token is not its era's claimant (lower: a deposed master got an
 //!   append through; higher: a master appended without claiming), any entry before the first
@@ -35,6 +43,7 @@ use referee_fencing::FencingToken;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{connect_session, read_entries, read_epoch, EditOp, EpochRecord, JournalEntry};
+use crate::replica::Replica;
 
 /// A write a client saw acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,6 +52,41 @@ pub struct AckRecord {
     pub write_id: String,
     /// The token the master said it wrote under.
     pub token: FencingToken,
+}
+
+/// A write a master acknowledged, as the client knows it: the write id it sent, and what the
+/// answer said when the client could read it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Acknowledged {
+    /// The write id sent.
+    pub write_id: String,
+    /// The token the answer reported, `None` if its body could not be read.
+    pub token: Option<FencingToken>,
+    /// The sequence number the answer reported, `None` if unknown.
+    pub seq: Option<u64>,
+}
+
+impl From<&AckRecord> for Acknowledged {
+    fn from(ack: &AckRecord) -> Self {
+        Acknowledged { write_id: ack.write_id.clone(), token: Some(ack.token), seq: None }
+    }
+}
+
+impl From<&Acknowledged> for Acknowledged {
+    fn from(ack: &Acknowledged) -> Self {
+        ack.clone()
+    }
+}
+
+/// An acknowledgement that disagrees with the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misreported {
+    /// The write id.
+    pub write_id: String,
+    /// The token and sequence number the acknowledgement reported.
+    pub acked: (Option<FencingToken>, Option<u64>),
+    /// The token the write was appended under and where it first applied.
+    pub journal: (FencingToken, u64),
 }
 
 /// A journal entry appended under a token that was not in force.
@@ -75,6 +119,10 @@ pub struct Verdict {
     pub found: usize,
     /// Write ids acknowledged but absent from the journal.
     pub lost: Vec<String>,
+    /// Write ids acknowledged whose edit replay refuses, with why.
+    pub refused: Vec<(String, String)>,
+    /// Acknowledgements whose token or sequence number is not the journal's.
+    pub misreported: Vec<Misreported>,
     /// Entries appended under a token not in force.
     pub stale: Vec<StaleEntry>,
     /// Write ids present more than once, with how many times.
@@ -90,7 +138,7 @@ impl Verdict {
         journal_path: &str,
         epoch: Option<&EpochRecord>,
         entries: &[JournalEntry],
-        acknowledged: &[AckRecord],
+        acknowledged: &[Acknowledged],
     ) -> Verdict {
         let mut in_force: Option<FencingToken> = None;
         let mut claims = 0;
@@ -120,6 +168,32 @@ impl Verdict {
         let mut lost: Vec<String> =
             acked.iter().filter(|id| !counts.contains_key(*id)).map(|id| id.to_string()).collect();
         lost.sort();
+        // Replayed as every master replays it: what each acknowledged write did.
+        let mut replica = Replica::new();
+        for entry in entries {
+            replica.apply(entry);
+        }
+        let mut refused = Vec::new();
+        let mut misreported = Vec::new();
+        let mut judged = HashSet::new();
+        for ack in acknowledged {
+            let Some(record) = replica.write_record(&ack.write_id) else { continue };
+            if !judged.insert(ack.write_id.as_str()) {
+                continue;
+            }
+            if let Some(why) = &record.refused {
+                refused.push((ack.write_id.clone(), why.to_string()));
+            }
+            let token_wrong = ack.token.is_some_and(|t| t != record.token);
+            let seq_wrong = ack.seq.is_some_and(|s| s != record.seq);
+            if token_wrong || seq_wrong {
+                misreported.push(Misreported {
+                    write_id: ack.write_id.clone(),
+                    acked: (ack.token, ack.seq),
+                    journal: (record.token, record.seq),
+                });
+            }
+        }
         let epoch_token = epoch.map(|e| e.token);
         Verdict {
             journal_path: journal_path.to_string(),
@@ -129,6 +203,8 @@ impl Verdict {
             acknowledged: acked.len(),
             found: acked.len() - lost.len(),
             lost,
+            refused,
+            misreported,
             stale,
             duplicates: counts.into_iter().filter(|(_, n)| *n > 1).map(|(id, n)| (id.to_string(), n)).collect(),
             epoch_matches: epoch_token == in_force,
@@ -137,7 +213,11 @@ impl Verdict {
 
     /// No loss, nothing stale, and the epoch agrees with the journal.
     pub fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.stale.is_empty() && self.epoch_matches
+        self.lost.is_empty()
+            && self.refused.is_empty()
+            && self.misreported.is_empty()
+            && self.stale.is_empty()
+            && self.epoch_matches
     }
 }
 
@@ -150,11 +230,28 @@ impl fmt::Display for Verdict {
         writeln!(f, "  {:<34}{:>6}", "writes acknowledged", self.acknowledged)?;
         writeln!(f, "  {:<34}{:>6}", "acknowledged, found in journal", self.found)?;
         writeln!(f, "  {:<34}{:>6}", "lost (must be 0)", self.lost.len())?;
+        writeln!(f, "  {:<34}{:>6}", "refused on replay (must be 0)", self.refused.len())?;
+        writeln!(f, "  {:<34}{:>6}", "misreported token/seq (must be 0)", self.misreported.len())?;
         writeln!(f, "  {:<34}{:>6}", "stale token (must be 0)", self.stale.len())?;
         writeln!(f, "  {:<34}{:>6}", "duplicates", self.duplicates.len())?;
         write!(f, "  {:<34}{:>6}", "epoch matches last claim", if self.epoch_matches { "yes" } else { "NO" })?;
         for id in &self.lost {
             write!(f, "\n  lost: {id}")?;
+        }
+        for (id, why) in &self.refused {
+            write!(f, "\n  refused on replay: `{id}`: {why}")?;
+        }
+        for m in &self.misreported {
+            let (token, seq) = m.acked;
+            write!(
+                f,
+                "\n  misreported: `{}` acknowledged with token {} seq {}, appended under token {} at seq {}",
+                m.write_id,
+                token.map_or_else(|| "?".to_string(), |t| t.to_string()),
+                seq.map_or_else(|| "?".to_string(), |s| s.to_string()),
+                m.journal.0,
+                m.journal.1
+            )?;
         }
         for s in &self.stale {
             write!(f, "\n  stale: seq {} `{}` token {} (in force: {})", s.seq, s.write_id, s.token, token(s.in_force))?;
@@ -164,15 +261,20 @@ impl fmt::Display for Verdict {
 }
 
 /// Reads the journal at `journal_path` and the epoch at `epoch_path` through a session of its
-/// own on `connect`, and judges them against `acknowledged`.
+/// own on `connect`, and judges them against `acknowledged` ([`AckRecord`]s or
+/// [`Acknowledged`] records).
 ///
 /// Fails only if the coordinator cannot be read; a verdict on a partial read would mislead.
-pub async fn verify(
+pub async fn verify<A>(
     connect: &str,
     journal_path: &str,
     epoch_path: &str,
-    acknowledged: &[AckRecord],
-) -> anyhow::Result<Verdict> {
+    acknowledged: &[A],
+) -> anyhow::Result<Verdict>
+where
+    for<'a> &'a A: Into<Acknowledged>,
+{
+    let acknowledged: Vec<Acknowledged> = acknowledged.iter().map(Into::into).collect();
     let op_timeout = Duration::from_secs(5);
     let client = connect_session(connect, Duration::from_secs(10), op_timeout).await?;
     // Make this session's server as current as the leader before reading.
@@ -182,7 +284,7 @@ pub async fn verify(
         .with_context(|| format!("sync {journal_path}"))?;
     let epoch = read_epoch(&client, epoch_path, op_timeout).await.context("reading the epoch")?;
     let entries = read_entries(&client, journal_path, None, op_timeout).await.context("reading the journal")?;
-    Ok(Verdict::compute(journal_path, epoch.as_ref().map(|(record, _)| record), &entries, acknowledged))
+    Ok(Verdict::compute(journal_path, epoch.as_ref().map(|(record, _)| record), &entries, &acknowledged))
 }
 
 #[cfg(test)]
@@ -199,8 +301,8 @@ mod tests {
         };
         JournalEntry { seq, edit: Edit { write_id: write_id.into(), token: FencingToken(token), op } }
     }
-    fn ack(write_id: &str, token: u64) -> AckRecord {
-        AckRecord { write_id: write_id.into(), token: FencingToken(token) }
+    fn ack(write_id: &str, token: u64) -> Acknowledged {
+        Acknowledged { write_id: write_id.into(), token: Some(FencingToken(token)), seq: None }
     }
     fn epoch(token: u64) -> EpochRecord {
         EpochRecord { token: FencingToken(token), node_id: format!("n{token}") }
@@ -244,5 +346,63 @@ mod tests {
         assert!(!v.epoch_matches);
         assert!(v.to_string().contains("stale: seq 4 `a2` token 10 (in force: 20)"), "{v}");
         assert!(Verdict::compute("/j", None, &[], &[]).is_clean());
+    }
+
+    #[test]
+    fn acknowledged_writes_that_replay_refused_or_disagree_with_the_journal_are_reported() {
+        let delete = |seq: u64, id: &str, path: &str| JournalEntry {
+            seq,
+            edit: Edit {
+                write_id: id.into(),
+                token: FencingToken(10),
+                op: EditOp::Fs(FsOp::Delete { path: path.into(), recursive: false }),
+            },
+        };
+        let journal = [
+            entry(0, "c10", 10, true),
+            entry(1, "d", 10, false),
+            JournalEntry {
+                seq: 2,
+                edit: Edit {
+                    write_id: "f".into(),
+                    token: FencingToken(10),
+                    op: EditOp::Fs(FsOp::Create { path: "/d/f".into(), data: String::new() }),
+                },
+            },
+            delete(3, "del", "/d"),
+            entry(4, "late", 10, false),
+            entry(5, "late", 10, false),
+        ];
+        let at = |id: &str, token: Option<u64>, seq: Option<u64>| Acknowledged {
+            write_id: id.into(),
+            token: token.map(FencingToken),
+            seq,
+        };
+        let acked = [
+            at("d", Some(10), Some(1)),
+            // Acknowledged, but the directory was not empty: replay refuses it.
+            at("del", Some(10), Some(3)),
+            // A write that landed twice is acknowledged with its first copy's place.
+            at("late", Some(10), Some(4)),
+            // Its body unread: only the write id is known, and it is found.
+            at("f", None, None),
+        ];
+        let v = Verdict::compute("/j", Some(&epoch(10)), &journal, &acked);
+        assert!(!v.is_clean(), "{v}");
+        assert_eq!(v.refused.len(), 1, "{v}");
+        assert_eq!(v.refused[0].0, "del");
+        assert!(v.misreported.is_empty(), "{v}");
+        assert_eq!((v.acknowledged, v.found), (4, 4));
+
+        let wrong = [at("d", Some(20), Some(1)), at("f", Some(10), Some(7)), at("late", Some(10), Some(5))];
+        let v = Verdict::compute("/j", Some(&epoch(10)), &journal, &wrong);
+        let ids: Vec<&str> = v.misreported.iter().map(|m| m.write_id.as_str()).collect();
+        assert_eq!(ids, ["d", "f", "late"], "{v}");
+        assert!(
+            v.to_string()
+                .contains("misreported: `d` acknowledged with token 20 seq 1, appended under token 10 at seq 1"),
+            "{v}"
+        );
+        assert!(!v.is_clean());
     }
 }

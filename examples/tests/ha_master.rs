@@ -193,7 +193,15 @@ async fn a_step_down_whose_token_cannot_be_saved_still_steps_down() {
 #[tokio::test]
 async fn the_health_switch_turns_health_off_and_on() {
     let dir = ScratchDir::new("ha-master-health").unwrap();
-    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
+    // Off by default: a master in service cannot be switched by anyone who can reach it.
+    let plain = Running::start(HaMasterConfig::new(dir.path("plain.json"))).await;
+    let (code, body) = plain.post("/test/unhealthy", json!({"reason": "disk full"})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("test_routes: true"), "{body}");
+    assert_eq!(plain.get("/ha/health").await.0, StatusCode::OK);
+    plain.stop().await;
+    let config = HaMasterConfig { test_routes: true, ..HaMasterConfig::new(dir.path("state.json")) };
+    let master = Running::start(config).await;
     assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
     assert_eq!(master.post("/test/unhealthy", json!({"reason": "disk full"})).await.0, StatusCode::OK);
     assert_eq!(master.get("/ha/health").await, (StatusCode::SERVICE_UNAVAILABLE, json!({"reason": "disk full"})));

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use referee_examples::ha_master::{self, EditAccepted, HaMasterConfig, JournalStatus, Refusal};
 use referee_examples::journal::{self, EditOp, JournalConfig};
 use referee_examples::namespace::{FileKind, FileStatus};
-use referee_examples::verdict::{self, AckRecord, Verdict};
+use referee_examples::verdict::{self, AckRecord, Acknowledged, Verdict};
 use referee_fencing::{FencingToken, HaState, HaStatus};
 use referee_testkit::{within, Proxy, ScratchDir, TestServer, Trap};
 use reqwest::StatusCode;
@@ -42,6 +42,7 @@ impl Master {
         let config = HaMasterConfig {
             node_id: name.into(),
             journal: Some(journal),
+            test_routes: true,
             ..HaMasterConfig::new(dir.path("state.json"))
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -143,11 +144,11 @@ fn reason(body: &Value) -> String {
     serde_json::from_value::<Refusal>(body.clone()).map(|r| r.reason).unwrap_or_else(|_| body.to_string())
 }
 
-fn acks(accepted: &[EditAccepted]) -> Vec<AckRecord> {
-    accepted.iter().map(AckRecord::from).collect()
+fn acks(accepted: &[EditAccepted]) -> Vec<Acknowledged> {
+    accepted.iter().map(Acknowledged::from).collect()
 }
 
-async fn verify(coordinator: &TestServer, acknowledged: &[AckRecord]) -> Result<Verdict> {
+async fn verify(coordinator: &TestServer, acknowledged: &[Acknowledged]) -> Result<Verdict> {
     let v =
         within("the verdict", verdict::verify(&coordinator.addr.to_string(), JOURNAL, EPOCH, acknowledged)).await??;
     println!("{v}");
@@ -234,6 +235,7 @@ async fn failover_hands_the_journal_over_and_the_deposed_master_is_refused() -> 
     assert!(verdict.lost.is_empty() && verdict.stale.is_empty() && verdict.is_clean(), "{verdict}");
     assert_eq!((verdict.claims, verdict.epoch_token), (2, Some(FencingToken(20))));
     let refused = [AckRecord { write_id: "a-deposed".into(), token: FencingToken(10) }];
+    let refused: Vec<Acknowledged> = refused.iter().map(Acknowledged::from).collect();
     assert_eq!(verify(&coordinator, &refused).await?.lost, ["a-deposed"]);
 
     a.stop().await?;
@@ -407,4 +409,170 @@ fn the_journal_configuration_parses_with_defaults() {
     // Without `journal:` the master is the in-memory one of before.
     let plain: HaMasterConfig = serde_yaml::from_str("state_file: /tmp/x.json").unwrap();
     assert_eq!(plain.journal, None);
+}
+
+/// Edits each close to half the coordinator's packet limit: several together exceed what one
+/// read may answer, so the standby and the claimant must read them in smaller steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_edits_stay_readable_and_the_standby_takes_over() -> Result<()> {
+    let coordinator = TestServer::start().await?;
+    let connect = coordinator.addr.to_string();
+    let a = Master::start("nn-a", journal_config(&connect)).await?;
+    let b = Master::start("nn-b", journal_config(&connect)).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let mut accepted = Vec::new();
+    for i in 0..3 {
+        let body = json!({"path": format!("/big{i}"), "data": "x".repeat(400_000)});
+        accepted.push(a.edit("/fs/create", body).await?);
+    }
+    let last = accepted.iter().map(|ack| ack.seq).max().unwrap();
+    b.applied_through(last).await?;
+    let (code, body) = b.promote(20).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    accepted.push(b.edit("/fs/mkdir", json!({"path": "/after"})).await?);
+    let verdict = verify(&coordinator, &acks(&accepted)).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    assert_eq!(verdict.found, 4, "{verdict}");
+    a.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+/// More edits than one listing of the journal's children could answer under the coordinator's
+/// packet limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_longer_than_one_reply_stays_readable() -> Result<()> {
+    let coordinator = TestServer::start_with(|c| c.max_packet_bytes = 4096).await?;
+    let connect = coordinator.addr.to_string();
+    let small = JournalConfig { max_edit_bytes: 2048, ..journal_config(&connect) };
+    let a = Master::start("nn-a", small.clone()).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let mut accepted = Vec::new();
+    for i in 0..250 {
+        accepted.push(a.edit("/fs/mkdir", json!({"path": format!("/dir-{i:03}"), "write_id": format!("w{i}")})).await?);
+    }
+    // Too large for this coordinator: refused before it is sent.
+    let (code, body) = a.post("/write", json!({"key": "big", "value": "x".repeat(3000)})).await?;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(reason(&body).contains("limit of 2048 bytes (journal.max_edit_bytes)"), "{body}");
+    let b = Master::start("nn-b", small).await?;
+    let (code, body) = b.promote(20).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(b.get("/fs/stat?path=/dir-249").await?.0, StatusCode::OK);
+    let verdict = verify(&coordinator, &acks(&accepted)).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    assert_eq!(verdict.found, 250, "{verdict}");
+    a.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+/// A znode that is not an edit under the journal: the claimant names it and says what to do,
+/// and, unable to read the journal, it leaves the epoch (and the working active) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_znode_in_the_journal_is_named_and_deposes_nobody() -> Result<()> {
+    use zookeeper_client as zk;
+    let coordinator = TestServer::start().await?;
+    let connect = coordinator.addr.to_string();
+    let a = Master::start("nn-a", journal_config(&connect)).await?;
+    let b = Master::start("nn-b", journal_config(&connect)).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let first = a.edit("/fs/mkdir", json!({"path": "/d"})).await?;
+    b.applied_through(first.seq).await?;
+    let limit = Duration::from_secs(5);
+    let client = journal::connect_session(&connect, Duration::from_secs(10), limit).await?;
+    let stray = format!("{JOURNAL}/notes");
+    client.create(&stray, b"an operator's note", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())).await?;
+    // An edit after the stray, so that readers meet the number it took.
+    // A's own edit lands after it; how it applied cannot be known, so it is not acknowledged.
+    let (code, body) = a.post("/fs/mkdir", json!({"path": "/e"})).await?;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(reason(&body).contains(&stray), "{body}");
+    let (code, body) = b.promote(20).await?;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let why = reason(&body);
+    assert!(why.contains(&stray) && why.contains("delete"), "{why}");
+    // Nobody was deposed: the epoch is A's.
+    let (epoch, _) = journal::read_epoch(&client, EPOCH, limit).await?.context("an epoch")?;
+    assert_eq!(epoch.token, FencingToken(10));
+    assert_eq!(a.state().await?.state, HaState::Active);
+    // Once the stray is gone, the journal reads again.
+    client.delete(&stray, None).await?;
+    let (code, body) = b.promote(20).await?;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let ack = b.edit("/fs/mkdir", json!({"path": "/f"})).await?;
+    let verdict = verify(&coordinator, &acks(&[first, ack])).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    a.stop().await?;
+    b.stop().await?;
+    coordinator.stop().await
+}
+
+/// An edit larger than the journal takes is refused as such, before it reaches the
+/// coordinator, and disturbs no other write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_over_the_size_limit_is_refused_with_413() -> Result<()> {
+    let coordinator = TestServer::start().await?;
+    let a = Master::start("nn-a", journal_config(coordinator.addr.to_string())).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let big = {
+        let (http, url) = (a.http.clone(), format!("{}/fs/create", a.base));
+        let body = json!({"path": "/huge", "data": "x".repeat(1_100_000)});
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
+    };
+    let small = a.edit("/fs/mkdir", json!({"path": "/small"})).await?;
+    let answer = within("the large edit's answer", big).await???;
+    let code = answer.status();
+    let why = answer.text().await?;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{why}");
+    assert!(why.contains("max_edit_bytes"), "{why}");
+    assert_eq!(a.get("/fs/stat?path=/huge").await?.0, StatusCode::NOT_FOUND);
+    let verdict = verify(&coordinator, &acks(&[small])).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    a.stop().await?;
+    coordinator.stop().await
+}
+
+/// An append whose outcome stayed unknown (its reply lost and the read-back failed) leaves the
+/// master's replica behind the journal. The next edit is checked against the journal as it
+/// is, not against that stale replica: a delete of a directory the lost write filled is
+/// refused, not acknowledged and then skipped on replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_unknown_outcome_the_next_edit_is_checked_against_the_whole_journal() -> Result<()> {
+    let coordinator = TestServer::start().await?;
+    let proxy = Proxy::start(coordinator.addr).await?;
+    let a = Master::start("nn-a", journal_config(proxy.addr.to_string())).await?;
+    assert_eq!(a.promote(10).await?.0, StatusCode::OK);
+    let before = a.edit("/fs/mkdir", json!({"path": "/d"})).await?;
+    assert_eq!(a.post("/test/pause-tail", json!(null)).await?.0, StatusCode::OK);
+
+    proxy.arm(Trap::DropMultiReply);
+    let cut = {
+        let (http, url) = (a.http.clone(), format!("{}/fs/create", a.base));
+        let body = json!({"path": "/d/f", "data": "one", "write_id": "w-cut"});
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
+    };
+    within("the trap to spring", proxy.sprung()).await?;
+    proxy.black_hole();
+    let answer = within("the cut write's answer", cut).await???;
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", answer.text().await?);
+    proxy.heal();
+    assert_eq!(copies_in_journal(&coordinator, "w-cut").await?, 1);
+
+    // The delete must see /d/f. A 503 (the session still reconnecting) is retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = a.post("/fs/delete", json!({"path": "/d", "write_id": "w-del"})).await?;
+        if code != StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert_eq!(a.get("/fs/read?path=/d/f").await?.1, json!({"path": "/d/f", "data": "one"}));
+    let verdict = verify(&coordinator, &acks(&[before])).await?;
+    assert!(verdict.is_clean(), "{verdict}");
+    a.stop().await?;
+    drop(proxy);
+    coordinator.stop().await
 }
