@@ -952,8 +952,9 @@ impl Pair {
         } else {
             String::new()
         };
+        // The lab's tests and the demo drive the masters' `/test/...` endpoints.
         let cfg = format!(
-            "node_id: {}\nstate_file: {}\n{lease}{journal}",
+            "node_id: {}\nstate_file: {}\ntest_routes: true\n{lease}{journal}",
             CLUSTER_NODES[i],
             self.master_state.0.join(format!("{}-master-state.json", CLUSTER_NODES[i])).display()
         );
@@ -1336,8 +1337,13 @@ probes:
     /// stderr).
     pub async fn admin(&self, i: usize, args: &[&str]) -> Result<(i32, String, String), LabError> {
         let mut cmd = tokio::process::Command::new(&self.spec.bin);
-        cmd.arg("admin").args(args).arg("--config").arg(self.node_dir(i).join("agent.yaml"));
-        let out = cmd.output().await.map_err(io("running referee admin"))?;
+        cmd.arg("admin").args(args).arg("--config").arg(self.node_dir(i).join("agent.yaml")).kill_on_drop(true);
+        // The longest wait `referee admin` takes (a failover's, 60 s by default) and a margin.
+        let limit = Duration::from_secs(90);
+        let out = tokio::time::timeout(limit, cmd.output())
+            .await
+            .map_err(|_| LabError::Timeout(format!("referee admin {args:?} did not finish within {limit:?}")))?
+            .map_err(io("running referee admin"))?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1483,7 +1489,7 @@ probes:
                 tokio::time::sleep(every).await;
             }
         });
-        SplitBrainWatch { stop, seen, task }
+        SplitBrainWatch { stop, seen, tasks: vec![task] }
     }
 }
 
@@ -1562,13 +1568,35 @@ impl WriteProbe {
     }
 
     /// Stops writing; returns the acknowledgements (a record with no `/ha/state` answers).
-    pub async fn finish(self) -> MasterRecord {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+    pub async fn finish(mut self) -> MasterRecord {
+        stop_loops(&self.stop, &mut self.tasks).await;
         let record = self.record.lock().unwrap_or_else(|p| p.into_inner());
         record.clone()
+    }
+}
+
+/// Dropped without [`WriteProbe::finish`] (a scenario that failed on the way), the writers stop
+/// and let go of the pair, so its processes end with it.
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        abort_loops(&self.stop, &mut self.tasks);
+    }
+}
+
+/// Tells loops to stop and waits for each to finish its iteration.
+async fn stop_loops(stop: &AtomicBool, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for t in std::mem::take(tasks) {
+        let _ = t.await;
+    }
+}
+
+/// Tells loops to stop and cancels them where they are, for a drop: each loop task holds the
+/// pair, which must not outlive its owner.
+fn abort_loops(stop: &AtomicBool, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for t in std::mem::take(tasks) {
+        t.abort();
     }
 }
 
@@ -1618,16 +1646,22 @@ pub struct WatchLog {
 pub struct SplitBrainWatch {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<WatchLog>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SplitBrainWatch {
     /// Stops watching and returns what it saw.
-    pub async fn finish(self) -> WatchLog {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
+    pub async fn finish(mut self) -> WatchLog {
+        stop_loops(&self.stop, &mut self.tasks).await;
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.clone()
+    }
+}
+
+/// Dropped without [`SplitBrainWatch::finish`], the watch stops and lets go of the pair.
+impl Drop for SplitBrainWatch {
+    fn drop(&mut self) {
+        abort_loops(&self.stop, &mut self.tasks);
     }
 }
 
@@ -1960,13 +1994,18 @@ impl MasterOracle {
     }
 
     /// Stops asking; returns the record.
-    pub async fn finish(self) -> MasterRecord {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+    pub async fn finish(mut self) -> MasterRecord {
+        stop_loops(&self.stop, &mut self.tasks).await;
         let record = self.record.lock().unwrap_or_else(|p| p.into_inner());
         record.clone()
+    }
+}
+
+/// Dropped without [`MasterOracle::finish`] (a scenario that failed on the way), the oracle
+/// stops asking and lets go of the pair, so its processes end with it.
+impl Drop for MasterOracle {
+    fn drop(&mut self) {
+        abort_loops(&self.stop, &mut self.tasks);
     }
 }
 
@@ -2247,11 +2286,15 @@ fn start_coordinator(
     }
 }
 
+/// How long one connect of a wait may take.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// Waits until something accepts TCP connections on `addr`.
 pub async fn wait_for_port(addr: &str, limit: Duration, what: &str) -> Result<(), LabError> {
     let deadline = Instant::now() + limit;
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        // One attempt bounded too: a host that drops SYNs holds a connect for minutes.
+        if let Ok(Ok(_)) = tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr)).await {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -2267,7 +2310,7 @@ pub async fn wait_for_serving(addr: &str, limit: Duration) -> Result<(), LabErro
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+        if let Ok(Ok(mut s)) = tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr)).await {
             let mut out = String::new();
             if s.write_all(b"srvr").await.is_ok()
                 && tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await.is_ok()

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{ensure, Result};
 use nix::sys::signal::Signal;
 use referee::lab::{
-    coordinator_available as available, CoordinatorKind, MasterKind, Oracles, Pair, PairSpec, Timings, NODES,
+    coordinator_available as available, CoordinatorKind, MasterKind, MasterOracle, Oracles, Pair, PairSpec, Timings,
+    NODES,
 };
 use referee_failover_agent::timeline::phases;
 
@@ -302,6 +303,15 @@ async fn probes_and_duplicate_node_id() -> Result<()> {
     ensure!(log.contains("node id"), "the refusal must say why: {log}");
     // The original pair is unaffected.
     ensure!(pair.actives().await == vec![active], "the original active is still the only one");
+
+    // Oracles dropped unfinished (a scenario that failed on the way) let go of the pair, so
+    // its processes end with it rather than run beside whatever comes next.
+    drop((Oracles::start(&pair), MasterOracle::start(&pair)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&pair) > 1 {
+        ensure!(std::time::Instant::now() < deadline, "{} holders of the pair left", Arc::strong_count(&pair) - 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 

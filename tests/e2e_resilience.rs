@@ -40,7 +40,8 @@ async fn token(pair: &Pair, node: usize) -> Option<u64> {
 /// What master `node` reports on its HA endpoint: (state, token).
 async fn master_state(pair: &Pair, node: usize) -> Result<(String, u64)> {
     let url = format!("http://127.0.0.1:{}/ha/state", pair.ports[node].master);
-    let v: Value = reqwest::get(&url).await?.json().await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()?;
+    let v: Value = http.get(&url).send().await?.json().await?;
     Ok((v["state"].as_str().unwrap_or_default().to_string(), v["token"].as_u64().unwrap_or(0)))
 }
 

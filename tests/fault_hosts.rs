@@ -26,9 +26,10 @@
 //! acknowledged one under a higher token, if the old master's demotion came after the new one's
 //! promotion (as the two masters logged their own role changes, stamped on the one system
 //! clock: the oracle cannot reach a black-holed master), if (where the client still reaches it)
-//! the old master's last acknowledgement did
-//! not come back before the new master's first write was sent, or if the end is anything but
-//! the new master active and the old one standby.
+//! the old master acknowledged a write the client sent after the new master's first
+//! acknowledgement came back (how far apart the two masters' last and first acknowledgements
+//! were is printed, not judged: replies in flight at once prove nothing), or if the end is
+//! anything but the new master active and the old one standby.
 //!
 //! - **Active host cut off from the coordinator's host only**: the client and the peer still
 //!   reach the old master; its agent must demote it before its session can expire.

@@ -189,7 +189,9 @@ pub struct Hosts {
     switch: String,
     client_link: String,
     hosts: Vec<Host>,
-    faults: Mutex<Faults>,
+    /// The faults every host's rules match, or `None` after a load failed part-way (some hosts
+    /// may have the new rules): the next change then loads every host.
+    faults: Mutex<Option<Faults>>,
     /// Holds the subnet for as long as this value lives (and no longer than the process).
     _claim: UnixDatagram,
 }
@@ -216,7 +218,7 @@ impl Hosts {
             client_link: format!("{HOSTS_PREFIX}{pid}-{subnet}"),
             tag,
             hosts,
-            faults: Mutex::new(Faults::default()),
+            faults: Mutex::new(Some(Faults::default())),
             _claim: claim,
         };
         made.build().with_context(|| format!("creating {n} simulated hosts on 10.213.{subnet}.0/24"))?;
@@ -290,8 +292,9 @@ impl Hosts {
         &self.client_link
     }
 
-    /// The faults in force.
-    pub fn faults(&self) -> Faults {
+    /// The faults in force; `None` after a change failed part-way (some hosts may have its
+    /// rules), until a change loads every host again.
+    pub fn faults(&self) -> Option<Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -341,7 +344,7 @@ impl Hosts {
     /// Applies `edit` to the faults and loads every host's rules to match.
     fn change(&self, edit: impl FnOnce(&mut Faults)) -> Result<()> {
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = faults.clone();
+        let mut next = faults.clone().unwrap_or_default();
         edit(&mut next);
         for (from, to) in &next.blocked {
             for i in [from, to] {
@@ -359,17 +362,22 @@ impl Hosts {
             .iter()
             .filter_map(|h| {
                 let rules = self.ruleset(h, &next);
-                (rules != self.ruleset(h, &faults)).then_some((h, rules))
+                let unchanged = faults.as_ref().is_some_and(|now| rules == self.ruleset(h, now));
+                (!unchanged).then_some((h, rules))
             })
             .collect();
-        std::thread::scope(|scope| {
+        let loaded = std::thread::scope(|scope| {
             let loads: Vec<_> = changed.iter().map(|(h, rules)| scope.spawn(|| self.load(h, rules))).collect();
-            loads
+            // Every load is waited for before any error is returned.
+            let results: Vec<Result<()>> = loads
                 .into_iter()
-                .try_for_each(|l| l.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rules load panicked"))))
-        })?;
-        *faults = next;
-        Ok(())
+                .map(|l| l.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rules load panicked"))))
+                .collect();
+            results.into_iter().collect::<Result<()>>()
+        });
+        // Some hosts may have the new rules and others not: unknown until a change loads all.
+        *faults = loaded.is_ok().then_some(next);
+        loaded
     }
 
     fn ruleset(&self, host: &Host, faults: &Faults) -> String {
@@ -382,7 +390,10 @@ impl Hosts {
     }
 
     fn load(&self, host: &Host, rules: &str) -> Result<()> {
-        run_with_input(host.command("iptables-restore"), rules)
+        // `-w`: the legacy backend's lock is one file for every namespace, and loads run at once.
+        let mut restore = host.command("iptables-restore");
+        restore.arg("-w");
+        run_with_input(restore, rules)
             .with_context(|| format!("loading the firewall rules of host {} ({})", host.index, host.netns))
     }
 }
@@ -416,6 +427,9 @@ fn ip(args: &[&str]) -> Result<()> {
     run_with_input(cmd, "").with_context(|| format!("ip {}", args.join(" ")))
 }
 
+/// How long one `ip` or `iptables-restore` run may take.
+const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs `cmd` with `input` on its stdin; fails unless it exits 0.
 fn run_with_input(mut cmd: Command, input: &str) -> Result<()> {
     use std::io::Write;
@@ -427,6 +441,16 @@ fn run_with_input(mut cmd: Command, input: &str) -> Result<()> {
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(input.as_bytes()).context("writing to its stdin")?;
+    }
+    // A switch of the network that hangs would hang the scenario timed around it.
+    let deadline = std::time::Instant::now() + COMMAND_DEADLINE;
+    while child.try_wait().context("waiting for it")?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{:?} did not finish within {COMMAND_DEADLINE:?}; killed", cmd.get_program());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let out = child.wait_with_output().context("waiting for it")?;
     ensure!(out.status.success(), "{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());

@@ -903,6 +903,17 @@ pub async fn simultaneous_start(kind: CoordinatorKind, test: &str) -> Result<()>
         }
         let record = oracle.finish().await;
         record.check()?;
+        // The oracle starts once an agent says active; the masters' own logs cover the race
+        // before it: the other master never logged itself active, and this one did once.
+        let logged = |n: usize| pair.master_role_changes(n).into_iter().filter(|c| c.to == HaState::Active).count();
+        ensure!(
+            logged(active) == 1 && logged(1 - active) == 0,
+            "round {round}: the masters logged {} and {} promotions (a, b) while master {} took writes\n{}",
+            logged(0),
+            logged(1),
+            NODES[active],
+            logs(&pair)
+        );
         ensure!(
             promotions.iter().sum::<u64>() == 1 && promotions[active] == 1,
             "round {round}: the agents promoted {promotions:?} times (a, b) while master {} took writes\n{}\n{}",
