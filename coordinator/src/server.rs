@@ -698,7 +698,7 @@ impl AwaitingLeader {
         };
         // Where the leader's log ends is asked here as well: `follow_leader_commit` runs only
         // once the server serves.
-        let mut asked = Instant::now() - bound;
+        let mut asked: Option<Instant> = None;
         info!(server_id = me, "waiting for the ensemble to elect a leader");
         let began = Instant::now();
         let mut report_in = LEADERLESS_REPORT_FIRST;
@@ -711,8 +711,9 @@ impl AwaitingLeader {
                     break m.current_leader;
                 }
             }
-            if let (Some(network), true) = (&network, asked.elapsed() >= commit_ask_every(bound)) {
-                asked = Instant::now();
+            let due = asked.is_none_or(|at| at.elapsed() >= commit_ask_every(bound));
+            if let (Some(network), true) = (&network, due) {
+                asked = Some(Instant::now());
                 ask_leader_commit(shared, network, &contact, bound).await;
             }
             // Contact is not in the metrics: it is looked at again after a while.
@@ -1229,7 +1230,8 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     use crate::staleness::{verdict, Verdict};
     let began = Instant::now();
     let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
-    let every = (bound / 4).min(Duration::from_millis(100));
+    // As often as a follower asks its leader where its log ends.
+    let every = commit_ask_every(bound);
     let (contact, reported) = {
         let st = shared.lock();
         (st.leader_contact.clone(), st.report_contact.clone())
@@ -1268,6 +1270,15 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
                 st.refusing_clients = Some(why.to_string());
                 shared.not_serving.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            (Verdict::Refuse { silent_for }, true) => {
+                // A handshake that passed the check before the refusal began finishes after it
+                // (its session is a write, applied here before it is answered): closed too.
+                let why = crate::outbox::CloseReason::NoLeaderContact { silent_ms: silent_for.as_millis() as u64 };
+                for c in st.conns.values().filter(|c| c.outbox.closed().is_none()) {
+                    debug!("closing a connection opened as this server stopped serving");
+                    c.outbox.close(why);
+                }
             }
             (Verdict::Serve, true) => {
                 info!("current with a leader again: taking clients again");

@@ -306,7 +306,8 @@ pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SnapshotParts<'a>, Snap
     let or_newer = |reason: &str| {
         if version > SNAPSHOT_VERSION {
             format!(
-                "{reason}, and its header names format version {version} (this build reads up to {SNAPSHOT_VERSION}):                  the file is damaged, or a newer version wrote it"
+                "{reason}, and its header names format version {version} (this build reads up to {SNAPSHOT_VERSION}): \
+                 the file is damaged, or a newer version wrote it"
             )
         } else {
             reason.to_owned()

@@ -11,8 +11,9 @@
 //! A connection takes one of the `max_connections` slots only once its handshake is accepted,
 //! so sockets that never send one cannot keep the servers out: until then it is one of at most
 //! [`PENDING_PER_SOURCE`] handshakes from its address ([`MAX_PENDING`] in all), and a new one
-//! over either bound closes the oldest still waiting (a real peer sends its handshake within
-//! milliseconds of connecting, so the oldest is the idle one).
+//! over either bound closes the oldest still waiting, if it has waited a quarter of a second
+//! (a real peer sends its handshake within milliseconds of connecting, so the oldest is the
+//! idle one; a burst of dials arriving together is let through).
 //!
 //! Requests on one connection are handled concurrently, up to a bound; when it is reached the
 //! reader stops reading, and TCP pushes back on the dialler, whose own bounds then fail its
@@ -52,10 +53,13 @@ use crate::txn::TxnOutcome;
 pub const PENDING_PER_SOURCE: usize = 4;
 /// Handshakes waiting at once from all addresses; a new one closes the oldest.
 pub const MAX_PENDING: usize = 64;
+/// A connection this young is never closed for a newer one from its address: a real peer's
+/// handshake may be in our buffer, not read yet, when a burst of dials arrives together.
+const PENDING_GRACE: Duration = Duration::from_millis(250);
 
 /// The connections still waiting for their handshake: by serial (so in order of arrival),
 /// their source and how to close them.
-type Pending = Arc<Mutex<std::collections::BTreeMap<u64, (IpAddr, AbortHandle)>>>;
+type Pending = Arc<Mutex<std::collections::BTreeMap<u64, (IpAddr, Instant, AbortHandle)>>>;
 
 /// Takes a connection off [`Pending`] when its handshake has been read, or its task ends.
 struct NoLongerPending {
@@ -70,18 +74,22 @@ impl Drop for NoLongerPending {
 }
 
 /// Makes room for a new handshake from `source`: closes the oldest waiting from that address
-/// past [`PENDING_PER_SOURCE`], and the oldest of all past [`MAX_PENDING`].
+/// past [`PENDING_PER_SOURCE`] (unless it is within [`PENDING_GRACE`]), and the oldest of all
+/// past [`MAX_PENDING`].
 fn make_room(pending: &Pending, source: IpAddr) {
     let mut pending = lock(pending);
-    let from_source: Vec<u64> = pending.iter().filter(|(_, (ip, _))| *ip == source).map(|(s, _)| *s).collect();
-    if from_source.len() >= PENDING_PER_SOURCE {
-        if let Some((ip, abort)) = pending.remove(&from_source[0]) {
-            tracing::warn!(source = %ip, "closed a peer connection that sent no handshake: more are waiting from its address");
-            abort.abort();
+    let from_source: Vec<(u64, Instant)> =
+        pending.iter().filter(|(_, (ip, _, _))| *ip == source).map(|(s, (_, at, _))| (*s, *at)).collect();
+    if let (true, Some(&(oldest, since))) = (from_source.len() >= PENDING_PER_SOURCE, from_source.first()) {
+        if since.elapsed() >= PENDING_GRACE {
+            if let Some((ip, _, abort)) = pending.remove(&oldest) {
+                tracing::warn!(source = %ip, "closed a peer connection that sent no handshake: more are waiting from its address");
+                abort.abort();
+            }
         }
     }
     if pending.len() >= MAX_PENDING {
-        if let Some((_, (ip, abort))) = pending.pop_first() {
+        if let Some((_, (ip, _, abort))) = pending.pop_first() {
             tracing::warn!(source = %ip, "closed a peer connection that sent no handshake: {MAX_PENDING} are waiting");
             abort.abort();
         }
@@ -193,7 +201,7 @@ pub async fn serve_peers(
                 PeerConn { local, servers: &servers, registry, sightings, serial: this, options, proposer, slots };
             peer.serve(stream, peer_addr, raft, state, abort, waiting).await;
         });
-        lock(&pending).insert(this, (peer_addr.ip(), handle.clone()));
+        lock(&pending).insert(this, (peer_addr.ip(), Instant::now(), handle.clone()));
         let _ = abort_tx.send(handle);
     }
     conns.shutdown().await;
