@@ -246,6 +246,7 @@ impl Driver {
                     match coord {
                         None => Err("no coordinator session".into()),
                         Some(c) => {
+                            self.show_lock_released();
                             let r = self.coordinated("releasing the lock", c.release(*token)).await.map(|_| ());
                             self.lock_given_up();
                             self.mem.timeline.mark(Mark::now("lock_released"));
@@ -555,6 +556,7 @@ impl Driver {
         target.token = token;
         let crumb = Breadcrumb { node_id: self.cfg.node_id.clone(), token, clean: true, target };
         let stepped = c.step_down_cleanly(&crumb, token, lock_version, crumb_version);
+        self.show_lock_released();
         match self.coordinated("marking the breadcrumb clean", stepped).await {
             Ok(()) => {
                 self.lock_given_up();
@@ -590,6 +592,7 @@ impl Driver {
     /// Releases the lock after a handover went wrong (the breadcrumb left unclean, so the next
     /// active fences this node), marking the release in the handover's recording.
     async fn release_recorded(&mut self, c: &Coordination, token: FencingToken) {
+        self.show_lock_released();
         let released = self.coordinated("releasing the lock", c.release(token)).await;
         self.lock_given_up();
         self.mem.timeline.mark(Mark::now(if released.is_ok() { "lock_released" } else { "lock_release_failed" }));
@@ -605,12 +608,18 @@ impl Driver {
         // lock ours again under the same token, which must not count as another acquisition's.
         self.mem.tokens.held = None;
         self.mem.lock_released = true;
-        {
-            let mut st = self.status();
-            st.lock = LockView::Unknown;
-            st.token = None;
-        }
+        self.show_lock_released();
         self.tend_watchdog();
+    }
+
+    /// Stops showing the lock as held, from the moment a release is sent (it may be done at the
+    /// coordinator, and seen by others, before its answer comes back): `/lease` gives nothing
+    /// more and `/active` is not 200. Were the release not to happen, the next read shows the
+    /// lock again.
+    fn show_lock_released(&mut self) {
+        let mut st = self.status();
+        st.lock = LockView::Unknown;
+        st.token = None;
     }
 
     /// Records what the master answered to a demotion made outside a cycle.
