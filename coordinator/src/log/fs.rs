@@ -278,6 +278,8 @@ struct FaultState {
     /// Fsyncs of files and directories under this path fail.
     fail_syncs_under: Option<PathBuf>,
     write_budget: Option<u64>,
+    /// Preallocations fail, as `fallocate` on a full disk does.
+    preallocation_fails: bool,
     hold_syncs: bool,
     /// Held fsyncs still to be let through one at a time ([`FaultFs::let_held_syncs_through`]).
     let_through: usize,
@@ -340,6 +342,12 @@ impl FaultFs {
     /// From now on every fsync of a file or directory under `dir` fails (the rest succeed).
     pub fn fail_syncs_under(&self, dir: impl Into<PathBuf>) {
         self.lock().fail_syncs_under = Some(dir.into());
+    }
+
+    /// From now on every preallocation that would grow a file fails with "no space left on
+    /// device", changing nothing (`fallocate` reserves all of it or none).
+    pub fn fail_preallocations(&self) {
+        self.lock().preallocation_fails = true;
     }
 
     /// The disk fills after `bytes` more bytes are written: the write that crosses the limit
@@ -584,8 +592,12 @@ impl LogFile for FaultFile {
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {
         let mut st = self.state()?;
+        let fails = st.preallocation_fails;
         let inode = &mut st.inodes[self.ino];
         if (inode.data.len() as u64) < len {
+            if fails {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+            }
             inode.written(inode.data.len(), len as usize);
             inode.data.resize(len as usize, 0);
         }

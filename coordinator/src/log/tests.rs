@@ -974,6 +974,33 @@ fn a_full_disk_mid_record_is_fatal_and_recovery_cuts_the_partial_record() {
     assert_eq!(ids(&rec.entries), [(1, 1)]);
 }
 
+/// A disk too full to preallocate the next segment: the append that needs it fails, naming
+/// what (the store then stops: nothing is acknowledged), and a restart has every entry synced
+/// before, the half-made segment gone, and nothing taken for a missing segment.
+#[test]
+fn a_segment_that_cannot_be_preallocated_fails_its_append_and_recovery_keeps_what_was_synced() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 3, 400);
+    wal.save_meta(&voted()).unwrap();
+    fs.fail_preallocations();
+    // Enough entries to need the next segment.
+    let mut failed = None;
+    for i in 4..=40 {
+        if let Err(e) = wal.append(&[entry(1, i)]).and_then(|()| wal.sync()) {
+            failed = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (first_lost, why) = failed.expect("a segment to preallocate");
+    assert!(why.contains("preallocating") && why.contains("no space left"), "{why}");
+    drop(wal);
+    fs.crash();
+    let (_, rec) = fault_open(&fs, 400).unwrap();
+    let kept: Vec<(u64, u64)> = (1..first_lost).map(|i| (1, i)).collect();
+    assert_eq!(ids(&rec.entries), kept, "every entry synced before the disk filled");
+    assert!(fs.list(&dir()).unwrap().iter().all(|n| !n.ends_with(".tmp")), "the half-made segment is removed");
+}
+
 /// A Tokio runtime with two idle workers: a store called from it finds a worker to spare.
 fn idle_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap()
