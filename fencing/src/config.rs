@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::outcome::MethodKind;
 
+/// The longest `overall_timeout_ms` accepted: an hour.
+pub const MAX_OVERALL_TIMEOUT_MS: u64 = 3_600_000;
+
 /// The whole fencing section: ordered levels, an overall deadline and optional race delays.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -520,10 +523,21 @@ pub struct HttpConfig {
     /// Prefix of the secret in that header (default `"Bearer "`).
     #[serde(default = "default_secret_prefix")]
     pub secret_prefix: String,
-    /// How to confirm power-off when the API answers 202 Accepted. Without it a 202 ends
-    /// indeterminate: an accepted request is not yet an off target.
+    /// How to confirm power-off: read after a 202 Accepted (at `url`, else at the answer's
+    /// `Location`) and, with a `url`, after any other 2xx, until it reports off. Without it a
+    /// 202 ends indeterminate (an accepted request is not yet an off target), and so does any
+    /// other 2xx unless `trust_2xx` is set.
     #[serde(default)]
     pub status: Option<HttpStatusConfig>,
+    /// Count a 2xx answer other than 202 as the target off, with nothing read to confirm it
+    /// (default false). Set it only for an API whose 2xx means "done, it is off": many answer
+    /// 200 for "accepted, not done yet" (a task id, an operation still pending) or with a
+    /// failure in the body (`{"success": false}`), and taking those at their word promotes a
+    /// standby while the old host still serves. Left false, a 2xx without `status.url` ends
+    /// indeterminate, and the checks report a method that nothing could confirm as a problem.
+    /// Not allowed with `status.url`, which confirms every 2xx.
+    #[serde(default)]
+    pub trust_2xx: bool,
     /// TLS for an API behind a private CA or requiring a client certificate; `url` (and
     /// `status.url`) must then be https. Without it the fencer's shared client is used.
     #[serde(default)]
@@ -560,8 +574,9 @@ pub enum IsolateFamily {
     /// IPv4 with `program` and IPv6 with `program6` (the default). A master bound to `[::]`
     /// (PostgreSQL with `listen_addresses='*'`, Go and Java by default) serves both, and
     /// clients that resolve a host name with an AAAA record prefer IPv6. Left unset, a host
-    /// without IPv6 in its kernel is isolated over IPv4 alone, and without an IPv6 program the
-    /// IPv4 rules go in with the `ss -6` check of `ipv4`; set explicitly, IPv6 rules are required.
+    /// where `program6` cannot initialise its table (no IPv6 in the kernel, or no IPv6 table
+    /// module to load) or is not installed gets the IPv4 rules with the `ss -6` check of
+    /// `ipv4`; set explicitly, IPv6 rules are required.
     #[default]
     Both,
     /// IPv4 only, for a host whose kernel has IPv6 turned off, where `ip6tables` cannot work.
@@ -633,15 +648,18 @@ pub struct IsolateConfig {
     #[serde(default)]
     pub program6: Option<String>,
     /// The address families dropped (default `both`, see [`IsolateConfig::family`]). Left
-    /// unset, IPv6 is dropped where the host has it: a host whose kernel has IPv6 off
-    /// (`ip6tables` cannot initialise its table) is isolated over IPv4 alone, and without an
-    /// IPv6 program (none installed, or a `program` with no `iptables` flavour to derive it
-    /// from) the IPv4 rules go in and the `ss -6` check of `family: ipv4` applies. Set to
-    /// `both`, the IPv6 rules are required.
+    /// unset, IPv6 is dropped where the host has it: where `ip6tables` cannot initialise its
+    /// table (a kernel with IPv6 off, or one that cannot load the IPv6 table module) or
+    /// there is no IPv6 program (none installed, or a `program` with no `iptables` flavour to
+    /// derive it from), the IPv4 rules go in and the `ss -6` check of `family: ipv4` applies.
+    /// Set to `both`, the IPv6 rules are required.
     #[serde(default)]
     pub family: Option<IsolateFamily>,
-    /// Also drop forwarded traffic to and from the port, for masters behind NAT or in
-    /// containers (default true).
+    /// Also drop forwarded traffic, for masters behind NAT or in containers on the host
+    /// (default true): both directions of every connection first addressed to the port
+    /// (`-m conntrack --ctorigdstport`), so a master published through DNAT on another port
+    /// (Docker's `-p 8080:80`, with the target's port 8080) is cut off too. The host's
+    /// firewall needs the `conntrack` match (`xt_conntrack`); without it the fence fails.
     #[serde(default = "default_true")]
     pub forward: bool,
     /// With `via: local`, extra names or addresses by which targets may name this host, beyond
@@ -821,9 +839,22 @@ impl FencingConfig {
     }
 
     /// Checks every level and method argument and every timing rule.
+    ///
+    /// Every method's `timeout_ms` is bounded by `overall_timeout_ms`, which is bounded by
+    /// [`MAX_OVERALL_TIMEOUT_MS`], so a deadline computed from them never overflows a clock.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.overall_timeout_ms == 0 {
             return Err(ConfigError::Field { field: "overall_timeout_ms", problem: "must be greater than 0".into() });
+        }
+        if self.overall_timeout_ms > MAX_OVERALL_TIMEOUT_MS {
+            return Err(ConfigError::Field {
+                field: "overall_timeout_ms",
+                problem: format!(
+                    "is {} ms, over an hour ({MAX_OVERALL_TIMEOUT_MS} ms): a failover would wait that long on one \
+                     fence; give seconds",
+                    self.overall_timeout_ms
+                ),
+            });
         }
         if self.levels.is_empty() {
             return Err(ConfigError::Empty);
@@ -976,6 +1007,9 @@ impl Checker {
                     "secret_header",
                     || format!("`{}` is not a valid header name", c.secret_header),
                 )?;
+                self.ensure(!(c.trust_2xx && c.status.as_ref().is_some_and(|s| s.url.is_some())), "trust_2xx", || {
+                    "has no effect with `status.url`, which confirms every 2xx answer: remove one of them".into()
+                })?;
                 if let Some(status) = &c.status {
                     if let Some(url) = &status.url {
                         self.url("status.url", url)?;
@@ -1182,8 +1216,21 @@ impl Checker {
             format!("`{}` must be an absolute path", identity_file.display())
         })?;
         self.ensure(connect_timeout_ms > 0, "connect_timeout_ms", || "must be greater than 0".into())?;
-        // ssh only takes whole seconds; the rounded-up value must still fit in the deadline.
-        let rounded = connect_timeout_ms.div_ceil(1000) * 1000;
+        // ssh only takes whole seconds, as a C int; the rounded-up value must still fit in the
+        // deadline. Checked, so that an absurd value cannot wrap round to a small one.
+        let rounded = connect_timeout_ms
+            .div_ceil(1000)
+            .checked_mul(1000)
+            .filter(|&rounded| rounded <= SSH_MAX_CONNECT_TIMEOUT_MS)
+            .ok_or_else(|| {
+                self.err(
+                    "connect_timeout_ms",
+                    format!(
+                        "{connect_timeout_ms} ms is more than ssh takes (at most {SSH_MAX_CONNECT_TIMEOUT_MS} ms); it \
+                         must be shorter than timeout_ms {timeout_ms}"
+                    ),
+                )
+            })?;
         self.ensure(rounded < timeout_ms, "connect_timeout_ms", || {
             format!(
                 "{connect_timeout_ms} ms (ssh rounds it up to {rounded} ms) must be shorter than timeout_ms {timeout_ms}"
@@ -1191,6 +1238,9 @@ impl Checker {
         })
     }
 }
+
+/// The longest `ConnectTimeout` ssh takes: whole seconds in a C `int`.
+const SSH_MAX_CONNECT_TIMEOUT_MS: u64 = i32::MAX as u64 * 1000;
 
 /// A [`ClientTlsError`] field as a method's field: the keys sit under `tls`.
 pub(crate) fn tls_field(field: &'static str) -> &'static str {
@@ -1239,6 +1289,20 @@ mod tests {
             FencingConfig::from_yaml_str("overall_timeout_ms: 1000\nlevels: []\n"),
             Err(ConfigError::Empty)
         ));
+    }
+
+    #[test]
+    fn an_overall_timeout_past_an_hour_is_refused_by_name() {
+        let yaml = |ms: u64| {
+            format!(
+                "overall_timeout_ms: {ms}\nlevels:\n  - methods:\n      - kind: graceful\n        timeout_ms: 1000\n"
+            )
+        };
+        assert!(FencingConfig::from_yaml_str(&yaml(MAX_OVERALL_TIMEOUT_MS)).is_ok());
+        for ms in [MAX_OVERALL_TIMEOUT_MS + 1, u64::MAX] {
+            let e = FencingConfig::from_yaml_str(&yaml(ms)).unwrap_err().to_string();
+            assert!(e.contains("overall_timeout_ms") && e.contains("over an hour"), "{e}");
+        }
     }
 
     #[test]
@@ -1379,6 +1443,55 @@ mod tests {
         assert!(e.contains("(isolate): field `program6`") && e.contains("family: ipv4"), "{e}");
         let e = err(&yaml("        family: ipv6\n"));
         assert!(e.contains("unknown variant `ipv6`"), "{e}");
+    }
+
+    #[test]
+    fn http_trusts_a_2xx_only_when_told_and_never_besides_a_status_url() {
+        let http = |extra: &str| {
+            format!(
+                "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: http\n        timeout_ms: 1000\n        \
+                 url: 'https://pdu/off'\n{extra}"
+            )
+        };
+        let trusted = |extra: &str| match &FencingConfig::from_yaml_str(&http(extra)).unwrap().levels[0].methods[0] {
+            MethodConfig::Http(c) => c.trust_2xx,
+            other => panic!("{other:?}"),
+        };
+        assert!(!trusted(""));
+        assert!(trusted("        trust_2xx: true\n"));
+        // A status URL confirms every 2xx: trusting the answer as well would be ignored.
+        let e = err(&http(
+            "        trust_2xx: true\n        status: {url: 'https://pdu/state', interval_ms: 100, pointer: /s, off_value: \"off\"}\n",
+        ));
+        assert!(e.contains("(http): field `trust_2xx`") && e.contains("status.url"), "{e}");
+    }
+
+    #[test]
+    fn an_ssh_connect_timeout_beyond_what_ssh_takes_is_refused_by_name() {
+        let ssh = |connect: &str| {
+            format!(
+                "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: ssh\n        timeout_ms: 4000\n        \
+                 connect_timeout_ms: {connect}\n        user: r\n        identity_file: /k\n        command: [stop]\n"
+            )
+        };
+        let isolate = |connect: &str| {
+            format!(
+                "overall_timeout_ms: 5000\nlevels:\n  - methods:\n      - kind: isolate\n        timeout_ms: 4000\n        \
+                 backend: iptables\n        via: ssh\n        ssh: {{user: r, identity_file: /k, connect_timeout_ms: \
+                 {connect}}}\n"
+            )
+        };
+        for yaml in [ssh as fn(&str) -> String, isolate] {
+            FencingConfig::from_yaml_str(&yaml("3000")).unwrap();
+            // Rounded up to whole seconds, the product of an absurd value once wrapped round
+            // to a small one, and passed.
+            for absurd in ["18446744073709551615", "18446744073709551", "2147483648000"] {
+                let e = err(&yaml(absurd));
+                assert!(e.contains("field `connect_timeout_ms`") && e.contains(absurd), "{absurd}: {e}");
+            }
+            let e = err(&yaml("3001"));
+            assert!(e.contains("field `connect_timeout_ms`") && e.contains("rounds it up to 4000 ms"), "{e}");
+        }
     }
 
     #[test]

@@ -504,18 +504,49 @@ fn set_pdu_key() {
     std::env::set_var("RFENCE_TEST_PDU_KEY", "pdu-key");
 }
 
+/// An API whose 200 means "off" (`trust_2xx`): fenced on its answer alone.
 #[tokio::test]
-async fn http_2xx_is_fenced_and_carries_body_and_secret() {
+async fn http_trusted_2xx_is_fenced_and_carries_body_and_secret() {
     set_pdu_key();
     let (base, state) = pdu(0).await;
-    let report = fencer(&http_yaml(&format!("{base}/sync/{{node_id}}"), false, 1000))
-        .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
-        .await;
+    let report =
+        fencer(&format!("{}        trust_2xx: true\n", http_yaml(&format!("{base}/sync/{{node_id}}"), false, 1000)))
+            .fence(&target("n1", "127.0.0.1", 1), FencingToken(3))
+            .await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");
     assert_eq!(
         *state.requests.lock().unwrap(),
         [("sync".to_string(), Some("pdu-key".to_string()), "{\"action\": \"off\"}".to_string())]
     );
+}
+
+/// An API may answer 200 for "accepted, not done" (a task id, an operation still pending) or
+/// for a failure in its body (`{"success": false}`): without a status URL to read, a 2xx does
+/// not show the target off, so it ends indeterminate, and the check calls the configuration a
+/// problem, unless the operator says this API's 2xx means off (`trust_2xx`).
+#[tokio::test]
+async fn http_2xx_without_a_status_url_is_indeterminate_unless_trusted() {
+    set_pdu_key();
+    let api = Router::new()
+        .route("/off/:node", post(|| async { Json(serde_json::json!({"success": false, "error": "outlet locked"})) }));
+    let base = format!("http://{}", serve(api).await);
+    let yaml = http_yaml(&format!("{base}/off/{{node_id}}"), false, 1000);
+    let t = target("n1", "127.0.0.1", 1);
+    let report = fencer(&yaml).fence(&t, FencingToken(3)).await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("200 OK") && reason.contains("outlet locked"), "{reason}");
+    assert!(reason.contains("status.url") && reason.contains("trust_2xx"), "{reason}");
+    let check = fencer(&yaml).check(&t).await;
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(reason.contains("nothing confirms") && reason.contains("trust_2xx"), "{reason}");
+
+    // Opted in: the answer is taken at its word, and the detail says on what.
+    let trusted = format!("{yaml}        trust_2xx: true\n");
+    let report = fencer(&trusted).fence(&t, FencingToken(3)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("200 OK") && detail.contains("trust_2xx"), "{detail}");
+    let check = fencer(&trusted).check(&t).await;
+    assert!(matches!(check.checks[0].readiness, Readiness::Unchecked { .. }), "{check:#?}");
 }
 
 #[tokio::test]
@@ -776,7 +807,7 @@ async fn fencing_clients_ignore_proxies_in_the_environment() {
     let tls_base = format!("https://{}", serve_tls(router, pki.server_config(true)).await);
     let http = |name: &str, base: &str| {
         format!(
-            "      - kind: http\n        name: {name}\n        timeout_ms: 1500\n        url: '{base}/sync/{{node_id}}'\n        secret_env: RFENCE_TEST_PDU_KEY\n        secret_header: X-Api-Key\n        secret_prefix: ''\n"
+            "      - kind: http\n        name: {name}\n        timeout_ms: 1500\n        url: '{base}/sync/{{node_id}}'\n        trust_2xx: true\n        secret_env: RFENCE_TEST_PDU_KEY\n        secret_header: X-Api-Key\n        secret_prefix: ''\n"
         )
     };
     let yaml = format!(

@@ -561,6 +561,54 @@ async fn kill_refuses_targets_on_other_hosts_and_targets_it_cannot_identify() {
     assert!(reason.contains("cannot identify"), "{reason}");
 }
 
+/// Opening a FIFO for reading blocks until a writer comes, as reading a file on a hung mount
+/// blocks: a pidfile path that is one must neither hold the method past its deadline nor stall
+/// the runtime, and is refused as not a regular file. Should the fence block in it anyway, a
+/// writer opens the FIFO after three seconds and lets it go, so the test fails rather than hangs.
+#[tokio::test]
+async fn kill_with_a_fifo_for_a_pidfile_ends_by_its_deadline() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = ScratchDir::new("fifo-pidfile").unwrap();
+    let fifo = dir.path("master.pid");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and a mode.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let done = Arc::new(AtomicBool::new(false));
+    let rescue = std::thread::spawn({
+        let (fifo, done) = (fifo.clone(), done.clone());
+        move || {
+            let from = Instant::now() + Duration::from_secs(3);
+            while !done.load(Ordering::SeqCst) {
+                // A reader blocked in open() counts as one, so a non-blocking writer gets in
+                // and, closing at once, gives it end of file; with no reader it is refused.
+                if Instant::now() >= from {
+                    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let f = fencer(
+        "overall_timeout_ms: 2000\nlevels:\n  - methods:\n      - kind: kill\n        timeout_ms: 300\n        grace_ms: 0\n        find_by_port: false\n",
+    );
+    let mut t = target("n1", "127.0.0.1", 5432);
+    t.pidfile = Some(fifo.clone());
+    let started = Instant::now();
+    let report = f.fence(&t, FencingToken(8)).await;
+    let elapsed = started.elapsed();
+    let check = f.check(&t).await;
+    done.store(true, Ordering::SeqCst);
+    rescue.join().unwrap();
+    assert!(elapsed < Duration::from_millis(300 + 250), "the fence took {elapsed:?}: {report:#?}");
+    let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("is a FIFO, not a regular file"), "{reason}");
+    let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+    assert!(reason.contains("is a FIFO, not a regular file"), "{reason}");
+}
+
 fn shell_yaml(program: &std::path::Path, args: &[&str], timeout_ms: u64) -> String {
     format!(
         "overall_timeout_ms: 10000\nlevels:\n  - methods:\n      - kind: shell\n        timeout_ms: {timeout_ms}\n        program: {}\n        args: {}\n        env: {{EXTRA: configured}}\n",
@@ -614,6 +662,17 @@ async fn shell_non_zero_exit_fails_with_its_stderr() {
     let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(reason.contains("exited 3: outlet busy"), "{reason}");
     assert!(matches!(report.outcome, FenceOutcome::Failed { .. }));
+}
+
+/// A program killed by a signal it did not get from the fencer (the OOM killer, an operator)
+/// may have acted before it died: indeterminate, never "definitely did not fence".
+#[tokio::test]
+async fn shell_killed_by_a_signal_of_its_own_is_indeterminate() {
+    let dir = ScratchDir::new("shell-signalled").unwrap();
+    let script = dir.script("fence.sh", "#!/bin/sh\necho 'outlet switched' >&2\nkill -KILL $$\n").unwrap();
+    let report = fencer(&shell_yaml(&script, &[], 5000)).fence(&target("n1", "h", 1), FencingToken(9)).await;
+    let MethodOutcome::Indeterminate { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(reason.contains("terminated by signal 9: outlet switched"), "{reason}");
 }
 
 #[tokio::test]

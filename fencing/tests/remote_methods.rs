@@ -219,31 +219,7 @@ impl Netns {
 
     /// Starts a TCP echo server inside the namespace and returns its port.
     fn echo_server(&self) -> u16 {
-        let path = format!("/run/netns/{}", self.name);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Only this thread enters the namespace; a socket stays in the namespace it was
-            // created in, so the listener serves there while the test stays in the root one.
-            let file = std::fs::File::open(&path).expect("open netns");
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid namespace fd and a namespace type.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let listener = std::net::TcpListener::bind((NS_ADDR, 0)).expect("bind in netns");
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(5)).expect("echo server port")
+        echo_server_in(&self.name, NS_ADDR, 0)
     }
 
     fn tagged_rules(&self, node_id: &str) -> usize {
@@ -263,6 +239,105 @@ impl Drop for Netns {
         // Deleting the namespace destroys its end of the veth pair, and with it ours.
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
         let _ = Command::new("ip").args(["link", "del", &self.veth]).output();
+    }
+}
+
+/// Starts a TCP echo server on `addr:port` inside namespace `ns` and returns its port.
+fn echo_server_in(ns: &str, addr: &'static str, port: u16) -> u16 {
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Only this thread enters the namespace; a socket stays in the namespace it was
+        // created in, so the listener serves there while the test stays in the root one.
+        let file = std::fs::File::open(&path).expect("open netns");
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd and a namespace type.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let listener = std::net::TcpListener::bind((addr, port)).expect("bind in netns");
+        tx.send(listener.local_addr().unwrap().port()).unwrap();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("echo server port")
+}
+
+/// The host's end of the link to its container, and the container's address.
+const GATEWAY_ADDR: &str = "10.213.42.1";
+const CONTAINER_ADDR: &str = "10.213.42.2";
+/// The port the container's server listens on, and the one its host publishes it on, as
+/// Docker's `-p 8080:80` does.
+const CONTAINER_PORT: u16 = 80;
+const PUBLISHED_PORT: u16 = 8080;
+
+/// A network namespace behind a [`Netns`], as a container on that host: joined to it by a veth
+/// pair, routed back to the root namespace's address through it (no default route), and its
+/// port published on the host by DNAT in `nat PREROUTING`, as Docker publishes one. Removed on
+/// drop, and its end of the link with it.
+struct Container {
+    name: String,
+}
+
+/// Runs `argv` in namespace `ns`, which must succeed.
+fn in_netns(ns: &str, argv: &[&str]) {
+    let out = Command::new("ip").args(["netns", "exec", ns]).args(argv).output().expect("run ip netns exec");
+    assert!(out.status.success(), "{argv:?} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Container {
+    fn behind(host: &Netns) -> Container {
+        let id = std::process::id() % 100_000;
+        let container = Container { name: format!("rfencec-{id}") };
+        let (outer, inner) = (format!("rfc{id}"), format!("rfd{id}"));
+        // Leftovers of a crashed earlier run with the same pid.
+        let _ = Command::new("ip").args(["netns", "del", &container.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &outer]).output();
+        ip(&["netns", "add", &container.name]);
+        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+        ip(&["link", "set", &outer, "netns", &host.name]);
+        ip(&["link", "set", &inner, "netns", &container.name]);
+        ip(&["-n", &host.name, "addr", "add", &format!("{GATEWAY_ADDR}/24"), "dev", &outer]);
+        ip(&["-n", &host.name, "link", "set", &outer, "up"]);
+        ip(&["-n", &container.name, "addr", "add", &format!("{CONTAINER_ADDR}/24"), "dev", &inner]);
+        ip(&["-n", &container.name, "link", "set", &inner, "up"]);
+        ip(&["-n", &container.name, "link", "set", "lo", "up"]);
+        ip(&["-n", &container.name, "route", "add", &format!("{ROOT_ADDR}/32"), "via", GATEWAY_ADDR]);
+        in_netns(&host.name, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        in_netns(
+            &host.name,
+            &[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                &PUBLISHED_PORT.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{CONTAINER_ADDR}:{CONTAINER_PORT}"),
+            ],
+        );
+        container
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -312,7 +387,7 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
     assert!(echoes_on(&mut established, quick), "the check cut the connection");
     let report = f.fence(&t, FencingToken(50)).await;
     assert!(report.outcome.permits_promotion(), "{report:#?}");
-    assert_eq!(ns.tagged_rules("n1"), 4);
+    assert_eq!(ns.tagged_rules("n1"), 3);
 
     // After: new connections and the established one get nothing through.
     assert!(!echoes(addr, Duration::from_secs(1)), "new connection still served");
@@ -322,7 +397,7 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
     let report = f.fence(&t, FencingToken(51)).await;
     let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(detail.contains("0 newly inserted"), "{detail}");
-    assert_eq!(ns.tagged_rules("n1"), 4);
+    assert_eq!(ns.tagged_rules("n1"), 3);
 
     // Unfence removes exactly our rules; the port is reachable again.
     let unfenced = f.unfence(&t).await;
@@ -349,6 +424,45 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
         assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
         assert!(echoes(addr, quick), "not reachable after unfence over ssh");
     }
+}
+
+/// A master in a container published on another port of its host (Docker's `-p 8080:80`):
+/// peers reach it at the host's 8080, so that is the target's port, but the host rewrites the
+/// destination to the container's 80 in `nat PREROUTING`, before FORWARD sees a packet. The
+/// forward rules must match what each connection was first addressed to, or they cut off
+/// nothing of it while the fence reports fenced.
+#[tokio::test]
+async fn isolate_with_forward_cuts_off_a_master_published_through_dnat_on_another_port() {
+    if !require("isolate DNAT test", true, &["ip", "iptables"], "root and iptables") {
+        return;
+    }
+    let _serial = NETNS.lock().await;
+    let host = Netns::create();
+    let container = Container::behind(&host);
+    echo_server_in(&container.name, CONTAINER_ADDR, CONTAINER_PORT);
+    let published: SocketAddr = format!("{NS_ADDR}:{PUBLISHED_PORT}").parse().unwrap();
+    let quick = Duration::from_secs(2);
+    assert!(echoes(published, quick), "the container is not reachable through the DNAT before fencing");
+    let mut established = TcpStream::connect_timeout(&published, quick).unwrap();
+    assert!(echoes_on(&mut established, quick));
+
+    let f = fencer(&format!("{}        forward: true\n", isolate_local_yaml(&host.name)));
+    let t = target("n1", NS_ADDR, PUBLISHED_PORT);
+    let report = f.fence(&t, FencingToken(53)).await;
+    let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
+    assert!(detail.contains("forwarded"), "{detail}");
+    assert_eq!(host.tagged_rules("n1"), 3);
+    assert!(!echoes(published, Duration::from_secs(1)), "a new connection through the DNAT is still served");
+    assert!(
+        !echoes_on(&mut established, Duration::from_secs(1)),
+        "a connection established through the DNAT is still served"
+    );
+
+    // Unfence removes every rule it put in place, the forward ones included.
+    let unfenced = f.unfence(&t).await;
+    assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+    assert_eq!(host.tagged_rules("n1"), 0);
+    assert!(echoes(published, quick), "not reachable through the DNAT after unfence");
 }
 
 #[tokio::test]
@@ -500,26 +614,34 @@ fn isolate_cuts_a_dual_stack_master_over_ipv6_too() {
     });
 }
 
-/// A stand-in for `ip6tables` on a host booted with `ipv6.disable=1`: the kernel refuses the
-/// IPv6 table, so the program exits 3 with the message the real one prints.
-fn ip6tables_without_ipv6(dir: &ScratchDir) -> PathBuf {
+/// A stand-in for `ip6tables` that cannot initialise its table for `why`: it exits 3 with the
+/// message the real (legacy) one prints.
+fn ip6tables_failing_with(dir: &ScratchDir, why: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.path("ip6tables");
     std::fs::write(
         &path,
-        "#!/bin/sh\necho \"ip6tables v1.8.9 (legacy): can't initialize ip6tables table \\`filter': Address family not \
-         supported by protocol\" >&2\necho 'Perhaps ip6tables or your kernel needs to be upgraded.' >&2\nexit 3\n",
+        format!(
+            "#!/bin/sh\necho \"ip6tables v1.8.9 (legacy): can't initialize ip6tables table \\`filter': {why}\" >&2\necho \
+             'Perhaps ip6tables or your kernel needs to be upgraded.' >&2\nexit 3\n"
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
 
+/// A stand-in for `ip6tables` on a host booted with `ipv6.disable=1`: the kernel refuses the
+/// IPv6 table.
+fn ip6tables_without_ipv6(dir: &ScratchDir) -> PathBuf {
+    ip6tables_failing_with(dir, "Address family not supported by protocol")
+}
+
 /// With `family` left at its default, a host whose kernel has IPv6 off (ip6tables exits 3)
 /// is isolated over IPv4 alone, and says so; an explicit `family: both` stays strict.
 #[test]
 fn isolate_by_default_goes_on_over_ipv4_where_the_kernel_has_no_ipv6() {
-    if !require("isolate no-IPv6 test", true, &["ip", "iptables"], "root and iptables") {
+    if !require("isolate no-IPv6 test", true, &["ip", "iptables", "ss"], "root, iptables and iproute2") {
         return;
     }
     in_private_netns(|| async {
@@ -534,7 +656,7 @@ fn isolate_by_default_goes_on_over_ipv4_where_the_kernel_has_no_ipv6() {
         let report = f.fence(&t, FencingToken(73)).await;
         let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
         assert!(detail.contains("IPv4") && detail.contains("no IPv6"), "{detail}");
-        assert_eq!(tagged_here("iptables", "n1").len(), 4);
+        assert_eq!(tagged_here("iptables", "n1").len(), 3);
         let unfenced = f.unfence(&t).await;
         assert_eq!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
         assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
@@ -544,6 +666,37 @@ fn isolate_by_default_goes_on_over_ipv4_where_the_kernel_has_no_ipv6() {
         assert!(matches!(only_outcome(&report), MethodOutcome::Failed { .. }), "{report:#?}");
         let unfenced = f.unfence(&t).await;
         assert_ne!(unfenced.outcome, UnfenceOutcome::Unfenced, "{unfenced:#?}");
+        assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
+    });
+}
+
+/// `ip6tables` that cannot load its table module (module loading locked after boot, a kernel
+/// built without it) prints the "can't initialize" of a kernel without IPv6, while IPv6 is up
+/// and the master listens on `[::]`. IPv4 rules alone would leave it reachable over IPv6, so
+/// the `ss -6` check decides, as it does without an IPv6 program: here it fails the fence.
+#[test]
+fn isolate_by_default_checks_ipv6_sockets_where_ip6tables_cannot_load_its_table() {
+    if !require("isolate no-ip6tables-table test", true, &["ip", "iptables", "ss"], "root, iptables and iproute2") {
+        return;
+    }
+    in_private_netns(|| async {
+        let dir = ScratchDir::new("no-ip6-table").unwrap();
+        let program6 = ip6tables_failing_with(&dir, "Table does not exist (do you need to insmod?)");
+        let f = fencer(&format!("{}        program6: {}\n", isolate_here_yaml(), program6.display()));
+        let listener = std::net::TcpListener::bind("[::]:0").expect("bind [::]");
+        let port = listener.local_addr().unwrap().port();
+        echo_on(listener);
+        let v6: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+        assert!(echoes(v6, Duration::from_secs(2)), "the echo server is not reachable over IPv6");
+
+        let t = target("n1", "127.0.0.1", port);
+        let check = f.check(&t).await;
+        let Readiness::Problem { reason } = &check.checks[0].readiness else { panic!("{check:#?}") };
+        assert!(reason.contains(&format!("uses port {port} over IPv6")), "{reason}");
+        let report = f.fence(&t, FencingToken(79)).await;
+        let MethodOutcome::Failed { reason } = only_outcome(&report) else { panic!("{report:#?}") };
+        assert!(reason.contains(&format!("uses port {port} over IPv6")), "{reason}");
+        assert!(reason.contains("cannot initialise its table"), "{reason}");
         assert_eq!(tagged_here("iptables", "n1"), Vec::<String>::new());
     });
 }

@@ -2,10 +2,13 @@
 //!
 //! A 202 Accepted only means "will do": the status is then polled (the configured status URL,
 //! else the `Location` header) until it reports the configured off value; fenced only then.
-//! Without a status configuration a 202 is indeterminate. Any other 2xx answer means the API
-//! did it synchronously: fenced, unless a status URL is configured, which is then polled the
-//! same way (a device may answer at once and switch off later). Errors from the API (4xx,
-//! 5xx) are failures.
+//! Without a status configuration a 202 is indeterminate. Any other 2xx is no proof either: an
+//! API may answer 200 for "accepted, not done yet" (Proxmox's task id, a cloud operation still
+//! pending) or with a failure in its body (`{"success": false}`). With a status URL it is
+//! polled the same way; without one it is indeterminate, unless the operator has said that
+//! this API's 2xx means off (`trust_2xx`). A method with neither a status to read nor
+//! `trust_2xx` can never fence, and its check reports it as a problem. Errors from the API
+//! (4xx, 5xx) are failures.
 //! With `tls`, requests go through the method's own client (private CA, client certificate).
 
 use std::collections::BTreeMap;
@@ -25,6 +28,8 @@ pub(crate) struct Http {
     body: Option<String>,
     secret: Option<(String, Secret)>,
     status: Option<HttpStatusConfig>,
+    /// A 2xx other than 202 is taken as off without a status read (`trust_2xx`).
+    trust_2xx: bool,
     /// Built from the method's `tls` section; `None` uses the fencer's shared client.
     client: Option<reqwest::Client>,
 }
@@ -63,6 +68,7 @@ impl Http {
             body: config.body.clone(),
             secret,
             status: config.status.clone(),
+            trust_2xx: config.trust_2xx,
             client: config.tls.as_ref().map(|tls| tls_client(tls, err)).transpose()?,
         })
     }
@@ -106,19 +112,46 @@ impl Http {
             if self.status.as_ref().is_some_and(|s| s.url.is_some()) {
                 return self.poll(ctx, None).await;
             }
-            return MethodOutcome::fenced(format!("{what} answered {status}"));
+            if self.trust_2xx {
+                return MethodOutcome::fenced(format!("{what} answered {status}, taken as off (trust_2xx)"));
+            }
+            // The request may be acting (or have failed, whatever the status line says).
+            return MethodOutcome::indeterminate(format!(
+                "{what} answered {status} ({}), but nothing confirms power-off: a 2xx may mean accepted, not done, \
+                 or carry a failure in its body; configure status.url to read the target's state, or trust_2xx: true \
+                 for an API whose 2xx means off",
+                body_snippet(response).await
+            ));
         }
         MethodOutcome::failed(format!("{what} answered {status}: {}", body_snippet(response).await))
     }
 
     /// The status endpoint, when one is configured, reads the target's state; the power-off
-    /// request itself is never sent.
+    /// request itself is never sent. A method with nothing to confirm a power-off (neither
+    /// `status` nor `trust_2xx`) is a problem: no answer of the API could make it fence.
     pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
         let Some(status) = &self.status else {
-            return Readiness::Unchecked { why: "no `status` to read without sending the power-off".into() };
+            if self.trust_2xx {
+                return Readiness::Unchecked {
+                    why: "a 2xx answer is taken as off (trust_2xx); no `status` to read without sending the power-off"
+                        .into(),
+                };
+            }
+            return Readiness::Problem {
+                reason: "nothing confirms power-off: without `status` any answer but an error ends indeterminate, so \
+                         this method never fences; configure status.url to read the target's state, or trust_2xx: \
+                         true for an API whose 2xx means off"
+                    .into(),
+            };
         };
         let Some(template) = &status.url else {
-            return Readiness::Unchecked { why: "no `status.url` to read without sending the power-off".into() };
+            let other_2xx = if self.trust_2xx { "taken as off (trust_2xx)" } else { "indeterminate" };
+            return Readiness::Unchecked {
+                why: format!(
+                    "no `status.url` to read without sending the power-off (a 202 is confirmed at its Location, any \
+                     other 2xx is {other_2xx})"
+                ),
+            };
         };
         let url = expand_url(template, &ctx.target.node_id);
         let response = match self.request(ctx, HttpMethod::GET, &url).send().await {

@@ -1,18 +1,24 @@
 //! `isolate`: cut the master's port off the network with firewall rules on its host.
 //!
 //! Rules drop TCP traffic to the port (INPUT `--dport`) and from it (OUTPUT `--sport`), and,
-//! with `forward`, the same in FORWARD for masters behind NAT or in containers. Matching the
-//! port in both directions, rather than only new connections, stops established connections
-//! too: the master neither receives requests nor gets replies out. The rules go into the IPv4
-//! firewall (`iptables`) and, by default, the IPv6 one (`ip6tables`) as well: a master bound to
-//! `[::]` serves both, and rules for IPv4 alone leave it reachable to every client that
-//! resolves its name to an IPv6 address. With `family` left at its default, a host whose kernel
-//! has IPv6 off (`ip6tables` cannot initialise its table) is isolated over IPv4 alone, since no
-//! IPv6 traffic reaches it, and the detail says so; without an IPv6 program (not installed, or
-//! none to derive from `program`) the IPv4 rules go in and the check of `family: ipv4` applies.
-//! With `family: ipv4` (a host without IPv6) the fence fails wherever IPv6 could reach the
-//! master: an IPv6 target, or a TCP socket over IPv6 on the port (`ss -6`). An explicit
-//! `family: both` requires the IPv6 rules.
+//! with `forward`, for masters behind NAT or in containers on the host, both directions of
+//! every forwarded connection first addressed to the port (FORWARD `-m conntrack
+//! --ctorigdstport`): a port published through DNAT to another (Docker's `-p 8080:80`) reaches
+//! FORWARD with the container's port as its destination, and only the connection's original
+//! tuple still names the target's. Matching both directions, rather than only new connections,
+//! stops established connections too: the master neither receives requests nor gets replies
+//! out.
+//!
+//! The rules go into the IPv4 firewall (`iptables`) and, by default, the IPv6 one
+//! (`ip6tables`) as well: a master bound to `[::]` serves both, and rules for IPv4 alone leave
+//! it reachable to every client that resolves its name to an IPv6 address. With `family` left
+//! at its default, a host where `ip6tables` cannot initialise its table (a kernel with IPv6
+//! off, or one that cannot load the IPv6 table module: the two print the same) or where there
+//! is no IPv6 program (not installed, or none to derive from `program`) is isolated over IPv4
+//! alone under the socket check of `family: ipv4`, which a kernel without IPv6 passes, and the
+//! detail says so. With `family: ipv4` (a host without IPv6) the fence fails wherever IPv6
+//! could reach the master: an IPv6 target, or a TCP socket over IPv6 on the port (`ss -6`). An
+//! explicit `family: both` requires the IPv6 rules.
 //!
 //! Every rule carries the comment `referee-fence:<node id>`. Fencing checks each rule
 //! (`-C`) before inserting it, so repeating a fence adds nothing; it then lists the rules
@@ -80,8 +86,8 @@ enum Ipv6 {
     Off,
     /// Rules in `ip6tables`, required (`family: both` set explicitly).
     Required(Table),
-    /// Rules in `ip6tables` where the host has IPv6 (`family` left at its default): a kernel
-    /// with IPv6 off needs none, and without the program the `ss -6` check applies.
+    /// Rules in `ip6tables` where the host has IPv6 (`family` left at its default); where they
+    /// cannot go in (no program, no table: a kernel with IPv6 off) the `ss -6` check applies.
     IfPresent(Table),
     /// No IPv6 program to derive from `program` (`family` left at its default): the `ss -6`
     /// check applies.
@@ -102,13 +108,15 @@ struct InEffect<'a> {
 /// What an optional IPv6 firewall gave when listed.
 enum Probe {
     Present,
-    /// The kernel has IPv6 turned off: no IPv6 traffic reaches the host.
+    /// The program cannot initialise its table: the kernel has IPv6 turned off, or cannot load
+    /// the IPv6 table module while IPv6 is up. No IPv6 rules can go in either way.
     KernelOff(String),
     /// The program is not installed where the rules go.
     NoProgram(String),
 }
 
-/// Whether `ip6tables` failed because the kernel has no IPv6 (booted with `ipv6.disable=1`).
+/// Whether `ip6tables` failed because it cannot initialise its table: the kernel has no IPv6
+/// (booted with `ipv6.disable=1`), or cannot load the table module, which prints the same.
 fn kernel_has_no_ipv6(code: i32, stderr: &str) -> bool {
     code != 0
         && (stderr.contains("can't initialize ip6tables table") || stderr.contains("Address family not supported"))
@@ -144,40 +152,80 @@ pub(crate) fn tag(node_id: &str) -> String {
     format!("referee-fence:{node_id}")
 }
 
+/// What of a TCP packet a rule matches against the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortMatch {
+    /// The packet's destination port (`--dport`).
+    Destination,
+    /// The packet's source port (`--sport`).
+    Source,
+    /// The destination port its connection was first addressed to (`-m conntrack
+    /// --ctorigdstport`), in both directions: the original tuple is kept through DNAT, so it
+    /// still names the port after `nat PREROUTING` has rewritten the packet's destination.
+    OriginalDestination,
+}
+
+impl PortMatch {
+    /// The match module and the option naming the port.
+    fn words(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            PortMatch::Destination => (&[], "--dport"),
+            PortMatch::Source => (&[], "--sport"),
+            PortMatch::OriginalDestination => (&["-m", "conntrack"], "--ctorigdstport"),
+        }
+    }
+}
+
 /// One rule: chain and the match/target arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rule {
     pub chain: &'static str,
-    pub direction: &'static str,
+    pub matching: PortMatch,
     pub port: u16,
 }
 
 impl Rule {
     fn spec(&self, tag: &str) -> Vec<String> {
-        ["-p", "tcp", self.direction, &self.port.to_string(), "-m", "comment", "--comment", tag, "-j", "DROP"]
+        let (module, option) = self.matching.words();
+        let port = self.port.to_string();
+        ["-p", "tcp"]
             .iter()
+            .chain(module)
+            .chain(&[option, &port, "-m", "comment", "--comment", tag, "-j", "DROP"])
             .map(|s| s.to_string())
             .collect()
     }
 
     /// Whether a tokenised `-S` line is this rule.
     fn matches(&self, tokens: &[String]) -> bool {
+        let (_, option) = self.matching.words();
         let port = self.port.to_string();
         tokens.len() >= 2
             && tokens[0] == "-A"
             && tokens[1] == self.chain
-            && tokens.windows(2).any(|w| w[0] == self.direction && w[1] == port)
+            && tokens.windows(2).any(|w| w[0] == option && w[1] == port)
             && tokens.ends_with(&["-j".to_string(), "DROP".to_string()])
+    }
+
+    /// How a sentence names it: "FORWARD --ctorigdstport 8080".
+    fn named(&self) -> String {
+        format!("{} {} {}", self.chain, self.matching.words().1, self.port)
     }
 }
 
 /// The rules isolating `port` (the same for both families).
+///
+/// With `forward`, FORWARD drops both directions of every connection first addressed to the
+/// port: one forwarded on the same port, and one published through DNAT on another (Docker's
+/// `-p 8080:80`: the target's port is the host's 8080, but by the time FORWARD sees a packet
+/// its destination reads 80, and its replies' source 80), which `--dport`/`--sport` would
+/// miss. One rule rather than three: over ssh each rule costs two sessions per family within
+/// the method's deadline.
 pub(crate) fn rules(port: u16, forward: bool) -> Vec<Rule> {
-    let mut rules =
-        vec![Rule { chain: "INPUT", direction: "--dport", port }, Rule { chain: "OUTPUT", direction: "--sport", port }];
+    let rule = |chain, matching| Rule { chain, matching, port };
+    let mut rules = vec![rule("INPUT", PortMatch::Destination), rule("OUTPUT", PortMatch::Source)];
     if forward {
-        rules.push(Rule { chain: "FORWARD", direction: "--dport", port });
-        rules.push(Rule { chain: "FORWARD", direction: "--sport", port });
+        rules.push(rule("FORWARD", PortMatch::OriginalDestination));
     }
     rules
 }
@@ -239,19 +287,27 @@ impl Isolate {
     /// target on another host. An address this host cannot tell is its own is refused, even
     /// with `forward`: a container's address here and another host's on the same network look
     /// alike, and rules here cut off nothing of the latter. The operator lists the former in
-    /// `local_hosts`.
-    fn out_of_reach(&self, ctx: &Context<'_>) -> Option<String> {
+    /// `local_hosts`. Whether a name is this host's is told by the deadline (a lookup of it
+    /// that does not answer by then leaves it out of reach).
+    async fn out_of_reach(&self, ctx: &Context<'_>) -> Option<String> {
         let host = &ctx.target.host;
         let here = matches!(self.runner, Runner::Local) && !enters_another_netns(&self.prefix);
-        if here && !self.this_host.is(host) {
-            return Some(format!(
+        if !here {
+            return None;
+        }
+        match self.this_host.is(host, ctx.deadline).await {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
                 "target host `{host}` is not this host: with `via: local` the rules would go into this host's \
                  firewall and cut off nothing of the target (use `via: ssh`, prefix the commands to enter the \
                  master's network namespace, or list the names and addresses by which targets on this host are \
                  named, a container's here among them, in local_hosts)"
-            ));
+            )),
+            Err(why) => Some(format!(
+                "cannot tell whether target host `{host}` is this host, so no rule went in: {why} (list this \
+                 host's names in local_hosts)"
+            )),
         }
-        None
     }
 
     /// Lists the optional IPv6 firewall to learn what the host has of IPv6.
@@ -297,12 +353,22 @@ impl Isolate {
             }
             Ipv6::IfPresent(table) => match self.probe(ctx, table).await? {
                 Probe::Present => effect.tables.push(table),
+                // The same message comes from a kernel without IPv6 and from one with IPv6 up
+                // whose IPv6 table module cannot be loaded (module loading locked after boot, a
+                // kernel built without it): the socket check tells them apart where it matters,
+                // since a kernel without IPv6 has no IPv6 socket.
                 Probe::KernelOff(why) => {
+                    effect.ss_check = Some((
+                        format!("only IPv4 rules go in (`{}` cannot initialise its table: {why})", table.program),
+                        "load the IPv6 firewall's table module there (ip6table_filter), or set program6 to an IPv6 \
+                         firewall that works"
+                            .to_string(),
+                    ));
                     effect.note = Some(format!(
-                        "no IPv6 on {}: `{}` cannot initialise its table ({why}), so no IPv6 traffic reaches the \
-                         master",
-                        self.location(ctx),
-                        table.program
+                        "no IPv6 rules: `{}` cannot initialise its table on {} ({why}; no IPv6 in the kernel?), and \
+                         no TCP socket uses the port over IPv6",
+                        table.program,
+                        self.location(ctx)
                     ))
                 }
                 Probe::NoProgram(why) => {
@@ -423,7 +489,7 @@ impl Isolate {
     /// The firewall can be read where the rules would go (over ssh, or on this host), for
     /// every family, and would reach the target.
     pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
-        if let Some(reason) = self.out_of_reach(ctx) {
+        if let Some(reason) = self.out_of_reach(ctx).await {
             return Readiness::Problem { reason };
         }
         let effect = match self.in_effect(ctx).await {
@@ -473,7 +539,7 @@ impl Isolate {
                 "node id `{node_id}` cannot tag firewall rules (allowed: letters, digits, `._-`)"
             )));
         }
-        if let Some(reason) = self.out_of_reach(ctx) {
+        if let Some(reason) = self.out_of_reach(ctx).await {
             return Err(MethodOutcome::failed(reason));
         }
         let effect = self.in_effect(ctx).await?;
@@ -515,7 +581,7 @@ impl Isolate {
             let missing: Vec<String> = rules
                 .iter()
                 .filter(|rule| !listed.iter().any(|tokens| rule.matches(tokens)))
-                .map(|rule| format!("{} {} {}", rule.chain, rule.direction, rule.port))
+                .map(Rule::named)
                 .collect();
             if !missing.is_empty() {
                 return Err(MethodOutcome::failed(format!(
@@ -565,7 +631,11 @@ impl Isolate {
             Ipv6::IfPresent(table) => match self.probe(ctx, table).await {
                 Ok(Probe::Present) => tables.push(table),
                 Ok(Probe::KernelOff(why)) => {
-                    note = Some(format!("no IPv6 on {}: `{}` {why}", self.location(ctx), table.program))
+                    note = Some(format!(
+                        "no IPv6 rules on {}: `{}` cannot initialise its table ({why})",
+                        self.location(ctx),
+                        table.program
+                    ))
                 }
                 Ok(Probe::NoProgram(why)) => {
                     note = Some(format!("no IPv6 rules: `{}` is not installed ({why})", table.program))
@@ -673,9 +743,21 @@ mod tests {
 
     #[test]
     fn both_directions_and_optionally_forward_are_covered() {
-        let r = rules(80, true);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[1].spec("t"), ["-p", "tcp", "--sport", "80", "-m", "comment", "--comment", "t", "-j", "DROP"]);
-        assert_eq!(rules(80, false).len(), 2);
+        let r = rules(8080, true);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].spec("t"), ["-p", "tcp", "--sport", "8080", "-m", "comment", "--comment", "t", "-j", "DROP"]);
+        assert_eq!(r[2].spec("t").join(" "), "-p tcp -m conntrack --ctorigdstport 8080 -m comment --comment t -j DROP");
+        assert_eq!(rules(8080, false).len(), 2);
+    }
+
+    #[test]
+    fn a_forward_rule_on_the_original_destination_is_told_from_a_plain_port_rule() {
+        // What an earlier version put in FORWARD does not count as the rule now required.
+        let listing = "-A FORWARD -p tcp -m tcp --dport 8080 -m comment --comment \"referee-fence:n1\" -j DROP\n\
+                       -A FORWARD -p tcp -m conntrack --ctorigdstport 8080 -m comment --comment \"referee-fence:n1\" -j DROP\n";
+        let tagged = tagged_rules(listing, &tag("n1"));
+        let original = &rules(8080, true)[2];
+        assert!(original.matches(&tagged[1]) && !original.matches(&tagged[0]));
+        assert_eq!(original.named(), "FORWARD --ctorigdstport 8080");
     }
 }

@@ -24,6 +24,12 @@
 //! mean a stepped clock rather than a reused pid. Such doubts leave the attempt failed (or
 //! indeterminate once something was signalled), never fenced.
 //!
+//! The pidfile and `/proc` are read on the blocking pool, and a name that may be this host's
+//! is looked up, under the method's deadline: a pidfile on a hung mount or a DNS server that
+//! does not answer ends the attempt failed at its deadline with nothing signalled, instead of
+//! holding a runtime worker (and every task on it) past every deadline. A pidfile that is not
+//! a regular file is not read: opening a FIFO waits for a writer.
+//!
 //! # Limitation: the master must share the agent's pid and network namespaces
 //!
 //! Pids are read in the agent's pid namespace and sockets in its network namespace, and
@@ -48,10 +54,11 @@ use tokio::time::Instant;
 
 use crate::config::KillConfig;
 use crate::methods::this_host::ThisHost;
-use crate::methods::{problem, Context};
+use crate::methods::{off_the_runtime, problem, Context};
 use crate::outcome::{MethodOutcome, Readiness};
 use crate::pidfd::PidFd;
 use crate::procfs::{self, PidPresence, PortScanError, PortSockets, ProcStat};
+use crate::target::FenceTarget;
 
 /// Tolerance when comparing a process's start with its pidfile's modification time: boot
 /// time is known to the second only.
@@ -97,22 +104,42 @@ impl Kill {
         }
     }
 
-    /// Why `host` cannot be fenced from here, when it is not this host.
-    fn elsewhere(&self, host: &str) -> Option<String> {
-        (!self.this_host.is(host)).then(|| {
-            format!(
+    /// Why the target cannot be fenced from here: its host is not this host, or whether it is
+    /// could not be told before the deadline.
+    async fn elsewhere(&self, ctx: &Context<'_>) -> Option<String> {
+        let host = &ctx.target.host;
+        match self.this_host.is(host, ctx.deadline).await {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
                 "target host `{host}` is not this host; kill only fences processes here (use ssh, agent or a power \
                  method for a peer on another host, or list other names of this host in local_hosts)"
-            )
+            )),
+            Err(why) => Some(format!(
+                "cannot tell whether target host `{host}` is this host, so nothing was signalled: {why} (list this \
+                 host's names in local_hosts)"
+            )),
+        }
+    }
+
+    /// [`Kill::find_blocking`], run off the runtime's workers under the method's deadline: a pidfile on a
+    /// hung mount blocks whoever reads it. Nothing is signalled before it ends, so a search
+    /// cut off by the deadline fails the attempt.
+    async fn find(&self, ctx: &Context<'_>) -> Result<Found, MethodOutcome> {
+        let (target, find_by_port) = (ctx.target.clone(), self.find_by_port);
+        off_the_runtime(ctx.deadline, move || Kill::find_blocking(&target, find_by_port)).await.unwrap_or_else(|| {
+            Err(MethodOutcome::failed(
+                "the search for the master's processes (its pidfile, /proc) did not finish before the deadline, so \
+                 nothing was signalled (a pidfile on a hung mount?)",
+            ))
         })
     }
 
     pub(crate) async fn fence(&self, ctx: &Context<'_>) -> MethodOutcome {
         let t = ctx.target;
-        if let Some(reason) = self.elsewhere(&t.host) {
+        if let Some(reason) = self.elsewhere(ctx).await {
             return MethodOutcome::failed(reason);
         }
-        let found = match self.find(ctx) {
+        let found = match self.find(ctx).await {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
@@ -133,7 +160,14 @@ impl Kill {
             // process that was not found would still take writes, and a supervisor may
             // already have started a new master. A socket whose process cannot be seen is an
             // error here too, never a free port.
-            match procfs::port_holders(t.port, PortSockets::All) {
+            let port = t.port;
+            let holders = off_the_runtime(ctx.deadline, move || procfs::port_holders(port, PortSockets::All)).await;
+            let Some(holders) = holders else {
+                return MethodOutcome::indeterminate(format!(
+                    "{detail}, but the port could not be re-checked before the deadline"
+                ));
+            };
+            match holders {
                 Ok(holders) if holders.is_empty() => {}
                 Ok(holders) => {
                     return MethodOutcome::failed(format!(
@@ -153,11 +187,11 @@ impl Kill {
 
     /// What a fence would find, found the same way and nothing signalled: the processes it
     /// would end, that none runs (and why that is known), or why it would fail.
-    pub(crate) fn check(&self, ctx: &Context<'_>) -> Readiness {
-        if let Some(reason) = self.elsewhere(&ctx.target.host) {
+    pub(crate) async fn check(&self, ctx: &Context<'_>) -> Readiness {
+        if let Some(reason) = self.elsewhere(ctx).await {
             return Readiness::Problem { reason };
         }
-        let found = match self.find(ctx) {
+        let found = match self.find(ctx).await {
             Ok(found) => found,
             Err(outcome) => return problem(outcome),
         };
@@ -169,9 +203,9 @@ impl Kill {
         Readiness::Ready { detail: format!("would signal {} (not signalled)", named.join(", ")) }
     }
 
-    /// Identifies the master's processes and collects what is known about them.
-    fn find(&self, ctx: &Context<'_>) -> Result<Found, MethodOutcome> {
-        let t = ctx.target;
+    /// Identifies the master's processes and collects what is known about them. Blocking: it
+    /// reads the pidfile and `/proc` ([`Kill::find`] runs it off the runtime).
+    fn find_blocking(t: &FenceTarget, find_by_port: bool) -> Result<Found, MethodOutcome> {
         let me = std::process::id();
         let mut found = Found::default();
         let read = |pid: u32| {
@@ -235,7 +269,7 @@ impl Kill {
             }
         }
 
-        if self.find_by_port {
+        if find_by_port {
             // Every process holding a TCP socket on the port serves it: the listener, and
             // whoever holds a session accepted there (a process-per-connection server's
             // backends, a master that closed its listener to shut down with sessions open).
@@ -469,16 +503,53 @@ impl Found {
     }
 }
 
-/// Reads a pid from a pidfile; `Ok(None)` when the file does not exist.
+/// The most of a pidfile read: a pid and a line break, with room to spare.
+const MAX_PIDFILE_BYTES: u64 = 64;
+
+/// Reads a pid from a pidfile; `Ok(None)` when the file does not exist. Anything but a regular
+/// file is refused: opening a FIFO for reading waits for a writer, and a device may do
+/// anything. The type is checked before opening and again on what was opened, which is
+/// opened non-blocking in case the path was replaced in between.
 fn read_pidfile(path: &Path) -> io::Result<Option<u32>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "content is not a pid")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let regular = |metadata: std::fs::Metadata| {
+        if metadata.is_file() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("is {}, not a regular file", file_kind(&metadata.file_type())),
+            ))
+        }
+    };
+    let opened = std::fs::metadata(path).and_then(regular).and_then(|()| {
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)
+    });
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    regular(file.metadata()?)?;
+    let mut text = String::new();
+    file.take(MAX_PIDFILE_BYTES).read_to_string(&mut text)?;
+    text.trim().parse::<u32>().map(Some).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "content is not a pid"))
+}
+
+/// How a sentence names a kind of file: "a FIFO".
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "of another kind"
     }
 }
 

@@ -174,7 +174,7 @@ impl Method {
         match self {
             Method::Graceful(m) => m.check(ctx).await,
             Method::Agent(m) => m.check(ctx).await,
-            Method::Kill(m) => m.check(ctx),
+            Method::Kill(m) => m.check(ctx).await,
             Method::Ssh(m) => m.check(ctx).await,
             Method::Shell(m) => m.check(),
             Method::Http(m) => m.check(ctx).await,
@@ -225,6 +225,23 @@ impl Method {
             | Method::FenceAgent(_)
             | Method::Watchdog(_) => MethodOutcome::fenced("nothing to undo"),
         }
+    }
+}
+
+/// Runs `work`, which may block (reading a pidfile that is a FIFO or sits on a hung mount,
+/// scanning `/proc`), on tokio's blocking pool instead of a runtime worker, and waits for it
+/// until `deadline`. A worker held by it would hold every task of that worker, the fencer's
+/// own deadlines and the agent's watchdog tending among them, and no timeout can cut a call
+/// that never yields. `None` once the deadline has passed (the thread is left to finish on its
+/// own and its result dropped) or the runtime is shutting down; a panic in `work` goes on here.
+pub(crate) async fn off_the_runtime<T: Send + 'static>(
+    deadline: Instant,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(_)) | Err(_) => None,
     }
 }
 
@@ -314,5 +331,23 @@ pub(crate) async fn body_snippet(response: reqwest::Response) -> String {
             }
         }
         Err(_) => "unreadable body".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blocking_work_is_given_up_at_the_deadline_without_holding_the_runtime() {
+        let started = Instant::now();
+        let gave_up = off_the_runtime(started + Duration::from_millis(100), || {
+            std::thread::sleep(Duration::from_secs(2));
+            1
+        })
+        .await;
+        assert_eq!(gave_up, None);
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(off_the_runtime(Instant::now() + Duration::from_secs(5), || 2).await, Some(2));
     }
 }

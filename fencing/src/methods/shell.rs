@@ -86,9 +86,11 @@ impl Shell {
             CommandEnd::Exited { code, stderr, .. } => {
                 MethodOutcome::failed(format!("`{program}` exited {code}{}", suffix(&stderr)))
             }
-            CommandEnd::Signalled { signal, stderr } => {
-                MethodOutcome::failed(format!("`{program}` was terminated by signal {signal}{}", suffix(&stderr)))
-            }
+            // Not from us (the OOM killer, an operator): it may have acted before it died.
+            CommandEnd::Signalled { signal, stderr } => MethodOutcome::indeterminate(format!(
+                "`{program}` was terminated by signal {signal}{}",
+                suffix(&stderr)
+            )),
             CommandEnd::TimedOut { stderr } => MethodOutcome::indeterminate(format!(
                 "`{program}` did not finish before its deadline; its process group was killed{}",
                 suffix(&stderr)
