@@ -551,6 +551,7 @@ impl AgentConfig {
             ));
         }
         self.validate_peers(&name_ok)?;
+        self.validate_master_address()?;
         self.watchdog.validate(self.election.loop_interval_ms).map_err(|(key, problem)| invalid(key, problem))?;
         if self.coordinator.connect.trim().is_empty() {
             return Err(invalid("coordinator.connect", "is empty; name the coordinator as host:port[,host:port]"));
@@ -807,6 +808,50 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The master's published address: a host, a non-zero port and, if given, an http(s) HA
+    /// URL; none of them an address every host calls its own (loopback, a wildcard,
+    /// `localhost`) unless every peer is on this host too. Peers fence this master at what it
+    /// publishes (the breadcrumb carries it): at 127.0.0.1, a winner on another host would
+    /// step down, kill or cut off its own master and count the old active fenced.
+    fn validate_master_address(&self) -> Result<(), ConfigError> {
+        if self.master.host.trim().is_empty() {
+            return Err(invalid("master.host", "is empty; give the host other nodes reach this master at"));
+        }
+        if self.master.port == 0 {
+            return Err(invalid("master.port", "is 0; give the port the master serves on"));
+        }
+        let ha_host = match &self.master.ha_url {
+            None => None,
+            Some(url) => match reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https")) {
+                Some(u) => u.host_str().map(str::to_string),
+                None => {
+                    return Err(invalid(
+                        "master.ha_url",
+                        format!(
+                            "is {url:?}, not an http(s) URL with a host; give the master's HA endpoint base URL as \
+                             other hosts reach it, e.g. \"http://db1.example.internal:8080\", or leave it out"
+                        ),
+                    ))
+                }
+            },
+        };
+        let Some(remote) = self.peers.iter().find(|p| !names_this_host(&p.host)) else { return Ok(()) };
+        for (key, host) in [("master.host", Some(self.master.host.as_str())), ("master.ha_url", ha_host.as_deref())] {
+            if let Some(host) = host.filter(|h| names_this_host(h)) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "names {host}, which every host takes for itself, while peer {} is at {}: peers fence this \
+                         master at the address it publishes, and at {host} they would reach their own; give the \
+                         address other hosts reach this master at (as the peers' entries give theirs)",
+                        remote.node_id, remote.host
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The decision core's policy from the `election` section.
     pub fn policy(&self) -> crate::decide::Policy {
         crate::decide::Policy {
@@ -866,6 +911,14 @@ impl AgentConfig {
     }
 }
 
+/// Whether `host` names whichever host reads it: a loopback or wildcard address, or
+/// `localhost`.
+fn names_this_host(host: &str) -> bool {
+    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,6 +969,47 @@ probes: {listen: "127.0.0.1:8301"}
         assert_eq!(with(advertised).unwrap(), "a.example:8301");
         let e = with("probes: {listen: \"0.0.0.0:8301\", advertise: \"a.example\"}").unwrap_err().to_string();
         assert!(e.contains("probes.advertise") && e.contains("host:port"), "{e}");
+    }
+
+    /// Peers fence this master at the address it publishes (the breadcrumb carries it): one
+    /// that means "this host" everywhere would make a winner on another host step down, kill
+    /// or cut off its own master and count the old active fenced.
+    #[test]
+    fn a_master_address_that_every_host_calls_its_own_is_refused_unless_the_cluster_is_on_one_host() {
+        let remote_peer = |m: &str| {
+            minimal()
+                .replace(
+                    "host: 127.0.0.2, port: 9002, ha_url: \"http://127.0.0.2:9002\"",
+                    "host: db2.example, port: 9002",
+                )
+                .replace("  host: 127.0.0.1\n  port: 9001\n", m)
+        };
+        for (master, key) in [
+            ("  host: 127.0.0.1\n  port: 9001\n", "master.host"),
+            ("  host: localhost\n  port: 9001\n", "master.host"),
+            ("  host: \"::1\"\n  port: 9001\n", "master.host"),
+            ("  host: 0.0.0.0\n  port: 9001\n", "master.host"),
+            ("  host: db1.example\n  port: 9001\n  ha_url: \"http://127.0.0.1:9001\"\n", "master.ha_url"),
+            ("  host: db1.example\n  port: 9001\n  ha_url: \"http://[::1]:9001\"\n", "master.ha_url"),
+        ] {
+            let e = refused(&remote_peer(master));
+            assert!(e.contains(key) && e.contains("db2"), "{master:?}: {e}");
+        }
+        AgentConfig::from_yaml(&remote_peer(
+            "  host: db1.example\n  port: 9001\n  ha_url: \"http://db1.example:9001\"\n",
+        ))
+        .expect("addresses other hosts reach");
+        // Every node on this host (a demo, a test): loopback is right.
+        AgentConfig::from_yaml(&minimal()).expect("a cluster on one host");
+        // And the master's own entry is checked as a peer's is.
+        for (master, key) in [
+            ("  host: \"\"\n  port: 9001\n", "master.host"),
+            ("  host: 127.0.0.1\n  port: 0\n", "master.port"),
+            ("  host: 127.0.0.1\n  port: 9001\n  ha_url: garbage\n", "master.ha_url"),
+        ] {
+            let e = refused(&minimal().replace("  host: 127.0.0.1\n  port: 9001\n", master));
+            assert!(e.contains(key), "{master:?}: {e}");
+        }
     }
 
     #[test]

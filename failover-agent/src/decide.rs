@@ -335,7 +335,11 @@ fn ms64(d: Duration) -> u64 {
 
 /// The candidacy this node publishes: its tags, its master's position, and whether it would
 /// take over now, ranking aside (healthy, not paused, every gate of
-/// [`candidacy::gate`] passed). The active's own candidacy is never eligible: it has the role.
+/// [`candidacy::gate`] passed, not backing off after a failed takeover). The active's own
+/// candidacy is never eligible: it has the role. A node backing off is not either: published
+/// as eligible, a best-ranked node whose promotions keep failing (a vetoing hook, a master
+/// that refuses) would hold every lower rank back for good, taking the lock again each time its
+/// backoff ends, before their rank delay, counted from the release, has run out.
 pub fn own_candidacy(obs: &Observation, policy: &Policy) -> Candidacy {
     let gated = candidacy::gate(&obs.candidacy, obs.published.as_ref(), &policy.candidacy, obs.now, false, false);
     Candidacy {
@@ -348,6 +352,7 @@ pub fn own_candidacy(obs: &Observation, policy: &Policy) -> Candidacy {
             && not_ready(obs.master).is_none()
             && lease_too_short(obs, policy).is_none()
             && !obs.paused
+            && obs.backoff_until.is_none_or(|until| until <= obs.now)
             && !matches!(obs.lock, LockView::Ours { .. }),
     }
 }
@@ -2039,9 +2044,14 @@ mod tests {
         holder.lock = ours(45);
         let mut paused = gated();
         paused.paused = true;
-        for o in [lagging, unhealthy, holder, paused] {
+        let mut backing_off = gated();
+        backing_off.backoff_until = Some(now() + Duration::from_millis(1));
+        for o in [lagging, unhealthy, holder, paused, backing_off] {
             assert!(!own_candidacy(&o, &p).eligible, "{o:?}");
         }
+        let mut backed_off = gated();
+        backed_off.backoff_until = Some(now());
+        assert!(own_candidacy(&backed_off, &p).eligible, "a backoff that has run out holds nothing back");
         let c = own_candidacy(&gated(), &p);
         assert_eq!((c.node_id.as_str(), c.position, c.priority), ("a", Some(candidacy::Position(1000)), 1));
     }

@@ -56,6 +56,9 @@ use crate::model::{Health, MasterStatus};
 /// adapter is expected to end by its deadline, this only bounds one that does not.
 const OVERRUN_GRACE: Duration = Duration::from_millis(500);
 
+/// The longest check interval or timeout accepted.
+const MAX_CHECK_MS: u64 = 600_000;
+
 fn default_interval_ms() -> u64 {
     1000
 }
@@ -156,6 +159,20 @@ impl HealthConfig {
         }
         if self.timeout_ms == 0 {
             return err("timeout_ms", "must be greater than 0");
+        }
+        // Past this, a master that dies is noticed too late to speak of failover, and a value
+        // typed with extra digits would check it once, at the start, and never again.
+        for (field, value) in [("interval_ms", self.interval_ms), ("timeout_ms", self.timeout_ms)] {
+            if value > MAX_CHECK_MS {
+                return Err(HealthConfigError {
+                    field,
+                    reason: format!(
+                        "is {value} ms, over {MAX_CHECK_MS} ms (10 minutes): a master's death would go unnoticed \
+                         that long; give seconds (the default is {} ms)",
+                        if field == "interval_ms" { default_interval_ms() } else { default_timeout_ms() }
+                    ),
+                });
+            }
         }
         if self.rise == 0 {
             return err("rise", "must be at least 1");
@@ -808,6 +825,8 @@ mod tests {
             ("timeout_ms: 0", "timeout_ms"),
             ("rise: 0", "rise"),
             ("fall: 0", "fall"),
+            ("interval_ms: 86400000000", "interval_ms"),
+            ("timeout_ms: 600001", "timeout_ms"),
         ] {
             let c: HealthConfig = serde_yaml::from_str(yaml).unwrap();
             assert_eq!(c.validate().unwrap_err().field, field, "{yaml}");

@@ -31,6 +31,14 @@ use crate::model::{BreadcrumbView, LockView, MasterStatus, SessionView};
 /// The highest token the agent uses or accepts from a trusted source.
 pub const TOKEN_LIMIT: u64 = (i64::MAX as u64) / 2;
 
+/// The least room a raised token base leaves between the token it makes and [`TOKEN_LIMIT`]
+/// (2⁴⁰, a thousand billion acquisitions). A token just under the limit is no more genuine
+/// than one above it: a base raised to clear it would make the next tokens cross the limit,
+/// after which no node could be promoted, and the fence would have handed it to the other
+/// masters, so repairing one record would not undo it. Such a floor refuses the raise instead,
+/// naming the value.
+pub const HEADROOM: u64 = 1 << 40;
+
 /// Where a token came from, for the reason given when it is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
@@ -76,6 +84,11 @@ pub enum TokenError {
         /// What was being computed.
         what: &'static str,
     },
+    /// A token base raised above `floor` would leave less than [`HEADROOM`].
+    NoHeadroom {
+        /// The highest token found.
+        floor: u64,
+    },
 }
 
 impl fmt::Display for TokenError {
@@ -89,6 +102,13 @@ impl fmt::Display for TokenError {
             TokenError::Overflow { what } => {
                 write!(f, "{what} would exceed the highest usable token {TOKEN_LIMIT}; repair the token base")
             }
+            TokenError::NoHeadroom { floor } => write!(
+                f,
+                "the highest token found, {floor}, is within 2^40 of the highest usable token {TOKEN_LIMIT}: a token \
+                 base raised above it would stop every promotion soon after, and a genuine token is never that high; \
+                 find the master or record holding it (each master's GET /ha/state, the breadcrumb), set it back to \
+                 a genuine token, and restart this agent, which remembers it"
+            ),
         }
     }
 }
@@ -121,13 +141,16 @@ pub fn token_of(czxid: u64, base: u64) -> Result<FencingToken, TokenError> {
         .ok_or(TokenError::Overflow { what: "the lock's czxid plus the token base" })
 }
 
-/// The token base that puts `czxid + base` above `floor`, never below `current`; checked.
+/// The token base that puts `czxid + base` above `floor`, never below `current`; checked, and
+/// leaving at least [`HEADROOM`] below [`TOKEN_LIMIT`].
 pub fn base_above(czxid: u64, floor: FencingToken, current: Option<u64>) -> Result<u64, TokenError> {
     check(TokenSource::History, floor)?;
     let next = floor.0.checked_add(1).ok_or(TokenError::Overflow { what: "the token above the highest seen" })?;
     let needed = next.saturating_sub(czxid);
     let base = current.map_or(needed, |b| b.max(needed));
-    token_of(czxid, base)?;
+    if token_of(czxid, base)?.0 > TOKEN_LIMIT - HEADROOM {
+        return Err(TokenError::NoHeadroom { floor: floor.0 });
+    }
     Ok(base)
 }
 
@@ -308,5 +331,20 @@ mod tests {
         // A floor at the limit leaves no token above it.
         let full = base_above(3, FencingToken(TOKEN_LIMIT), None);
         assert!(matches!(full, Err(TokenError::Overflow { .. })), "{full:?}");
+    }
+
+    /// One token planted just under the limit (anyone who reaches a master's HA port can give
+    /// it one) used to raise the base so high that the next acquisitions' tokens crossed the
+    /// limit: every later promotion refused, for good. The raise is refused instead, naming it.
+    #[test]
+    fn a_floor_just_under_the_limit_leaves_no_room_and_is_refused_by_value() {
+        let planted = FencingToken(TOKEN_LIMIT - 3);
+        assert_eq!(base_above(3, planted, None), Err(TokenError::NoHeadroom { floor: planted.0 }));
+        let said = TokenError::NoHeadroom { floor: planted.0 }.to_string();
+        assert!(said.contains(&planted.0.to_string()) && said.contains("GET /ha/state"), "{said}");
+        // The last floor that leaves the whole headroom is taken.
+        let last = FencingToken(TOKEN_LIMIT - HEADROOM - 1);
+        assert_eq!(base_above(3, last, None).map(|b| b + 3), Ok(TOKEN_LIMIT - HEADROOM));
+        assert!(base_above(3, FencingToken(last.0 + 1), None).is_err());
     }
 }

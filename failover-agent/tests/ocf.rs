@@ -399,6 +399,33 @@ async fn a_demotion_does_not_wait_on_a_hung_token_write() -> Result<()> {
     Ok(())
 }
 
+/// The token file's write hangs as a promotion begins: the promotion ends by its deadline,
+/// refused without running the agent (the token it would carry is not on disk), instead of
+/// holding the agent's decision loop for as long as the disk hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_does_not_wait_past_its_deadline_on_a_hung_token_write() -> Result<()> {
+    let f = Fixture::new()?;
+    let adapter = f.adapter()?;
+    f.set(Some("unpromoted"))?;
+    let fifo = f.dir.path("lib/resource.token.tmp");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    ensure!(made.success(), "mkfifo {}", fifo.display());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let promoted =
+        tokio::time::timeout_at(deadline + Duration::from_secs(1), adapter.promote(FencingToken(5), deadline)).await;
+    // Let the hung write go (it opened the FIFO to write; a reader releases it).
+    let _ = std::fs::read(&fifo);
+    let promoted = promoted.map_err(|_| anyhow::anyhow!("the promotion waited on the token file past its deadline"))?;
+    let err = promoted.unwrap_err();
+    assert!(
+        matches!(err, AdapterError::CannotRun { ref reason } if reason.contains("token 5") && reason.contains("not promoted")),
+        "{err:?}"
+    );
+    assert!(!f.runs().iter().any(|r| r.starts_with("promote ")), "promote ran: {:?}", f.runs());
+    assert_eq!(std::fs::read_to_string(f.state())?.trim(), "unpromoted");
+    Ok(())
+}
+
 #[tokio::test]
 async fn failures_say_whether_the_resource_may_have_acted() -> Result<()> {
     let f = Fixture::new()?;

@@ -556,7 +556,20 @@ impl MasterAdapter for OcfAdapter {
                     reason: format!("the resource was given token {seen}, above {token}; a promotion never goes back"),
                 });
             }
-            self.raise(token).await?;
+            // The token must be on disk before the agent acts on it, and by the deadline: a
+            // hung disk must not hold the caller's decision loop past it.
+            match tokio::time::timeout_at(deadline, self.raise(token)).await {
+                Ok(raised) => raised?,
+                Err(_) => {
+                    return Err(AdapterError::CannotRun {
+                        reason: format!(
+                            "recording token {token} in {} did not finish by the promotion's deadline, so the \
+                             resource was not promoted; check the disk under it",
+                            self.token_file.display()
+                        ),
+                    })
+                }
+            };
             match self.role_change("promote", token, deadline).await {
                 CommandEnd::Exited { code: OCF_SUCCESS, .. } => {}
                 end => return Err(self.failure("promote", end)),

@@ -200,17 +200,22 @@ impl Driver {
                     None => Err("no coordinator session".into()),
                     Some(c) => {
                         let mut floor = *floor;
+                        let mut raised_by = None;
                         if *consult_peers {
                             let (found, from) = self.peer_master_tokens().await;
                             if found > floor {
                                 info!(token = %found, "a peer's master has seen a higher token: {from}");
                                 floor = found;
+                                raised_by = Some(from);
                             }
                         }
                         // czxid + base must be above the floor; the base never goes down; all
                         // of it checked (an overflow refuses, never wraps).
                         match crate::tokens::base_above(*czxid, floor, current.map(|(b, _)| b)) {
-                            Err(e) => Err(format!("setting the token base: {e}")),
+                            Err(e) => Err(match raised_by {
+                                Some(from) => format!("setting the token base: {e} ({from})"),
+                                None => format!("setting the token base: {e}"),
+                            }),
                             Ok(base) => {
                                 let record = TokenBase { base, floor, node_id: self.cfg.node_id.clone() };
                                 let set = c.set_token_base(&record, *czxid, *lock_version, *current);

@@ -174,6 +174,9 @@ struct Memory {
     /// When this agent started: with failsafe on it keeps a promise from then
     /// ([`crate::failsafe::promise_at_start`]).
     started: BootInstant,
+    /// The tokens above the usable bound the last cycle read (each is warned about once while
+    /// it stays, not every cycle).
+    tokens_ignored: Vec<FencingToken>,
     /// What the master answered to our last promote or demote, and when: newer than a health
     /// report whose check may have started before it.
     master_answer: Option<(crate::model::MasterStatus, BootInstant)>,
@@ -231,6 +234,7 @@ impl Memory {
             failsafe_last_sent: None,
             promised: None,
             started,
+            tokens_ignored: Vec::new(),
             master_answer: None,
             allow_data_loss: false,
             master_read: false,

@@ -222,9 +222,16 @@ impl Driver {
         now: BootInstant,
     ) {
         let keep_unread = self.cfg.failsafe.enabled;
-        for token in self.mem.tokens.observe(lock, breadcrumb, master, session, keep_unread, now) {
-            warn!(%token, "ignoring a token above the highest usable token");
+        let ignored = self.mem.tokens.observe(lock, breadcrumb, master, session, keep_unread, now);
+        for token in ignored.iter().filter(|t| !self.mem.tokens_ignored.contains(t)) {
+            warn!(
+                %token,
+                "the lock, the breadcrumb or this node's master holds a token above the highest usable token {}: \
+                 not remembered, and a promotion that meets it is refused; repair the record that holds it",
+                crate::tokens::TOKEN_LIMIT
+            );
         }
+        self.mem.tokens_ignored = ignored;
         // The lock is this session's, or nothing of an earlier one may be serving (the master
         // read not active, not promoted, no lock kept): its lease backs the master from now on.
         let nothing_serving = master.is_some_and(|m| m.state != HaState::Active)

@@ -38,13 +38,20 @@ pub(super) struct Seen {
 /// What is known of the publication after a read answered `read` (record and mzxid, or none)
 /// at `now`. A publication read at this agent's first read may be of any age, so it is not
 /// known renewed until its mzxid changes; one that appears or changes after a read is new.
+///
+/// A publication that vanishes (agents never delete it: the coordinator lost its data, or
+/// someone removed the znode) is kept as it was last seen, ageing: the positions the masters
+/// reached did not go back with it, and forgetting it would switch the lag gate off, letting a
+/// standby far behind take over without an operator's `--allow-data-loss`. Once older than
+/// `election.position_max_age_ms` it holds every standby but its own publisher back, as after
+/// a restart of the whole cluster, until a new active publishes.
 fn seen_next(
     previous: Option<Seen>,
     read: Option<(ActivePosition, i64)>,
     first_read: bool,
     now: BootInstant,
 ) -> Option<Seen> {
-    let (record, mzxid) = read?;
+    let Some((record, mzxid)) = read else { return previous };
     match previous {
         Some(p) if p.mzxid == mzxid => Some(Seen { record, ..p }),
         _ => Some(Seen { record, mzxid, changed_at: now, renewed: !first_read }),
@@ -187,13 +194,30 @@ mod tests {
         assert_eq!((same.changed_at, same.renewed), (t0, false), "read again unchanged: still unknown");
         let changed = seen_next(Some(same), Some((record(10), 8)), false, later).unwrap();
         assert_eq!((changed.changed_at, changed.renewed), (later, true), "a new mzxid is a renewal");
-        assert_eq!(seen_next(Some(changed), None, false, later), None, "gone");
+        assert_eq!(seen_next(Some(changed.clone()), None, false, later), Some(changed), "gone: kept as last seen");
         let appeared = seen_next(None, Some((record(11), 9)), false, later).unwrap();
         assert!(appeared.renewed, "published after a read that found none: new");
     }
 
     /// After a restart of the whole cluster, the record read first is of unknown age to every
     /// node but the one that published it, which was the active and has what it published.
+    /// The coordinator loses its data: the publication vanishes, and a standby far behind it
+    /// is still held back by the lag gate (it was let through before).
+    #[test]
+    fn a_vanished_publication_keeps_the_lag_gate_closed_to_a_standby_far_behind() {
+        use crate::candidacy::{gate, Blocker, CandidacyPolicy, OwnCandidacy, Position};
+        let t0 = BootInstant::now();
+        let policy = CandidacyPolicy { max_lag: Some(100), ..CandidacyPolicy::default() };
+        let own = OwnCandidacy { position: Some(Position(20_000)), ..OwnCandidacy::default() };
+        let seen = seen_next(None, Some((record(50_000), 7)), false, t0);
+        let gone = seen_next(seen, None, false, t0 + Duration::from_millis(10));
+        let published = gone.as_ref().map(|s| view(s, "c"));
+        let blocked = gate(&own, published.as_ref(), &policy, t0 + Duration::from_millis(10), false, false);
+        assert_eq!(blocked, Some(Blocker::Lagging { behind: 30_000, max_lag: 100 }));
+        // An operator's override still gets through.
+        assert_eq!(gate(&own, published.as_ref(), &policy, t0, false, true), None);
+    }
+
     #[test]
     fn a_record_this_node_published_is_taken_as_renewed() {
         let first = seen_next(None, Some((record(10), 7)), true, BootInstant::now()).unwrap();
