@@ -110,8 +110,10 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub max_session_timeout_ms: Option<u64>,
     /// Largest packet accepted from a client (ZooKeeper's jute.maxbuffer), and largest reply
-    /// built for one: a request whose reply would be larger is answered with an error instead
-    /// (its connection goes on).
+    /// built for one: a read whose reply would be larger, or a multi whose reply could be, is
+    /// answered with an error instead, before anything is proposed (its connection goes on);
+    /// an applied write whose reply still would be closes its connection (the client hears
+    /// ConnectionLoss, never an error for a write that happened).
     #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: usize,
     /// Requests one connection may have waiting for their replies; at the limit the server
@@ -139,7 +141,8 @@ pub struct CoordinatorConfig {
     /// Connections allowed from one client address (ZooKeeper's maxClientCnxns); 0 = unlimited.
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: u32,
-    /// How long a new connection may take to send its ConnectRequest.
+    /// How long a new connection may take to send its ConnectRequest, and a four-letter word's
+    /// client to take its answer.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
     /// A digest id (`super:base64(sha1("super:password"))`) whose holder bypasses every ACL, as

@@ -243,8 +243,9 @@ impl Request {
                 match (opcode, writes.is_empty(), reads.is_empty()) {
                     (op::MULTI, _, true) => Request::Multi(writes),
                     (op::MULTI_READ, true, _) => Request::MultiRead(reads),
-                    // Mixing reads and writes, or writes in multiRead, is refused as ZooKeeper does.
-                    _ => Request::Refused(ErrorCode::BadArguments),
+                    // Mixing reads and writes, or writes in multiRead, is refused with the code
+                    // Apache ZooKeeper 3.8 answers (measured; it fails to deserialise the op).
+                    _ => Request::Refused(ErrorCode::MarshallingError),
                 }
             }
             op::EXISTS | op::GET_DATA | op::GET_CHILDREN | op::GET_CHILDREN2 => {
@@ -491,6 +492,44 @@ pub fn encode_reply(xid: i32, zxid: Zxid, result: &Result<Reply, ErrorCode>) -> 
     w.into_frame()
 }
 
+/// Bytes of a reply header (xid, zxid, err).
+const REPLY_HEADER_BYTES: usize = 16;
+/// Bytes of a multi result's header (type, done, err), and of the terminator.
+const MULTI_HEADER_BYTES: usize = 9;
+/// Bytes of a multi's error result: its header and the code again.
+const MULTI_ERROR_BYTES: usize = MULTI_HEADER_BYTES + 4;
+/// Bytes of a Stat record.
+const STAT_BYTES: usize = 68;
+/// Characters a sequence suffix can add to a path: `%010d` of an int, 11 with a sign.
+const SEQUENCE_SUFFIX_MAX: usize = 11;
+
+/// The most bytes the reply to a multi of `ops` can take (its reply header included, the frame's
+/// length prefix not), known before the multi is proposed: an applied multi must be answered
+/// as applied, so one whose reply might not be sendable is refused before anything happens.
+/// Each op counts as the larger of its success result (as [`Reply::write`] encodes it: a Stat
+/// for setData, setACL, containers and TTL nodes, the path with any sequence suffix for a
+/// create) and an error result (every op's result when the multi fails). A setData of a short
+/// path asks for about 23 bytes and is answered with 77.
+pub fn multi_reply_bound(ops: &[WriteOp]) -> usize {
+    let result = |op: &WriteOp| {
+        let success = match op {
+            WriteOp::Create { path, flags, .. } => match CreateMode::from_flags(*flags) {
+                Ok(mode) => {
+                    let suffix = if mode.is_sequential() { SEQUENCE_SUFFIX_MAX } else { 0 };
+                    let stat = if mode == CreateMode::Container || mode.is_ttl() { STAT_BYTES } else { 0 };
+                    MULTI_HEADER_BYTES + 4 + path.len() + suffix + stat
+                }
+                // Refused whatever the tree holds: an error result.
+                Err(_) => 0,
+            },
+            WriteOp::SetData { .. } | WriteOp::SetAcl { .. } => MULTI_HEADER_BYTES + STAT_BYTES,
+            WriteOp::Delete { .. } | WriteOp::Check { .. } | WriteOp::DeleteContainer { .. } => MULTI_HEADER_BYTES,
+        };
+        success.max(MULTI_ERROR_BYTES)
+    };
+    ops.iter().fold(REPLY_HEADER_BYTES + MULTI_HEADER_BYTES, |sum, op| sum.saturating_add(result(op)))
+}
+
 /// Encodes a framed watch notification carrying the zxid of the change that fired it.
 pub fn encode_notification(kind: EventType, path: &str, zxid: Zxid) -> Vec<u8> {
     let mut w = Writer::framed();
@@ -499,9 +538,11 @@ pub fn encode_notification(kind: EventType, path: &str, zxid: Zxid) -> Vec<u8> {
     w.into_frame()
 }
 
-/// Maps a removeWatches/checkWatches type, refusing unknown values with BadArguments.
+/// Maps a removeWatches/checkWatches type, refusing unknown values with MarshallingError, as
+/// Apache ZooKeeper 3.8 answers them (measured: its `WatcherType.fromInt` throws while the
+/// request is read).
 pub fn watcher_type(ty: i32) -> Result<WatcherType, ErrorCode> {
-    WatcherType::from_code(ty).ok_or(ErrorCode::BadArguments)
+    WatcherType::from_code(ty).ok_or(ErrorCode::MarshallingError)
 }
 
 #[cfg(test)]
@@ -602,6 +643,49 @@ mod tests {
         );
     }
 
+    /// The bound a multi is refused by before it is proposed is never below what the encoder
+    /// makes of its results, whichever way each op goes, and is the exact size where it can be.
+    #[test]
+    fn a_multi_reply_never_passes_its_bound() {
+        let stat = Stat { version: 7, ..Stat::default() };
+        let create = |path: &str, flags: i32| WriteOp::Create {
+            opcode: op::CREATE,
+            path: path.into(),
+            data: None,
+            acl: Acl::open_unsafe(),
+            flags,
+            ttl_ms: 0,
+        };
+        let created =
+            |mode: CreateMode, path: &str| OpResult::Created { opcode: op::CREATE, mode, path: path.into(), stat };
+        let cases = [
+            (create("/a/b", 0), created(CreateMode::Persistent, "/a/b"), 0),
+            (create("/a/b", 1), created(CreateMode::Ephemeral, "/a/b"), 0),
+            // A suffix of ten digits; the bound leaves room for a sign.
+            (create("/a/s-", 2), created(CreateMode::PersistentSequential, "/a/s-0000000012"), 1),
+            (create("/a/s-", 3), created(CreateMode::EphemeralSequential, "/a/s-0000000012"), 1),
+            (create("/a/c", 4), created(CreateMode::Container, "/a/c"), 0),
+            (create("/a/t", 5), created(CreateMode::PersistentWithTtl, "/a/t"), 0),
+            (create("/a/t-", 6), created(CreateMode::PersistentSequentialWithTtl, "/a/t-0000000012"), 1),
+            (create("/a/b", 99), OpResult::Error(ErrorCode::BadArguments.code()), 0),
+            (WriteOp::SetData { path: "/a".into(), data: None, version: -1 }, OpResult::DataSet { stat }, 0),
+            (WriteOp::SetAcl { path: "/a".into(), acl: Acl::open_unsafe(), version: -1 }, OpResult::AclSet { stat }, 0),
+            (WriteOp::Delete { path: "/a".into(), version: -1 }, OpResult::Deleted, 0),
+            (WriteOp::Check { path: "/a".into(), version: -1 }, OpResult::Checked, 0),
+        ];
+        let size = |results: Vec<OpResult>| encode_reply(1, Zxid(1), &Ok(Reply::Multi(results))).len() - 4;
+        for (op, success, slack) in cases {
+            let bound = multi_reply_bound(std::slice::from_ref(&op));
+            let failed = size(vec![OpResult::Error(ErrorCode::NoNode.code())]);
+            let largest = size(vec![success]).max(failed);
+            assert_eq!(bound, largest + slack, "{op:?}");
+        }
+        // A multi's bound is its ops' results, a reply header and the terminator.
+        let ops = vec![WriteOp::SetData { path: "/a".into(), data: None, version: -1 }; 3];
+        assert_eq!(multi_reply_bound(&ops), size(vec![OpResult::DataSet { stat }; 3]));
+        assert_eq!(multi_reply_bound(&[]), size(Vec::new()));
+    }
+
     #[test]
     fn multi_decodes_and_refuses_mixing() {
         let mut w = Writer::new();
@@ -618,7 +702,7 @@ mod tests {
         );
         assert_eq!(
             Request::decode(op::MULTI_READ, &w.into_inner()).unwrap(),
-            Request::Refused(ErrorCode::BadArguments)
+            Request::Refused(ErrorCode::MarshallingError)
         );
         let mut w = Writer::new();
         w.int(99).boolean(false).int(-1);

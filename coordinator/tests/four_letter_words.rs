@@ -541,3 +541,53 @@ async fn wchc_and_dump_list_every_connection_across_chunks() -> Result<()> {
     drop(clients);
     server.stop().await
 }
+
+/// A client that asks for a long answer and never reads it holds its connection, and the
+/// per-address slot it counts in, only until the answer's deadline (`handshake_timeout_ms`, as
+/// a connection without a session has no longer to say hello; Apache ZooKeeper drops a
+/// sessionless connection after 10 s): a `wchp` of 8 MB passes any socket buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_a_long_answer_is_dropped_at_the_deadline() -> Result<()> {
+    const DEADLINE_MS: u64 = 1_000;
+    let server = TestServer::start_with(|c| {
+        c.four_letter_words = vec!["*".into()];
+        c.handshake_timeout_ms = DEADLINE_MS;
+    })
+    .await?;
+    // 2,000 exist watches on 4,000-byte paths.
+    let mut watcher = Raw::connect(server.addr, 30_000).await?;
+    let long = "w".repeat(3_995);
+    for batch in 0..10 {
+        let paths: Vec<String> = (0..200).map(|i| format!("/{long}{:04}", batch * 200 + i)).collect();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let sw = body::set_watches(server.last_zxid(), &[], &paths, &[], None);
+        watcher.send_frame(&request(common::raw::xid::SET_WATCHES, op::SET_WATCHES, &sw)).await?;
+        watcher.reply_to(common::raw::xid::SET_WATCHES).await?.0.ok()?;
+    }
+    let answer = ask(server.addr, b"wchp").await?.len();
+    ensure!(answer > 8_000_000, "the answer is {answer} bytes");
+    let open = |server: &TestServer| {
+        let st = server.state.lock().unwrap();
+        st.open_per_address.values().sum::<u32>()
+    };
+    ensure!(open(&server) == 1, "{} connections open besides the watcher's", open(&server) - 1);
+
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let mut deaf = within("connect", sock.connect(server.addr)).await??;
+    deaf.write_all(b"wchp").await?;
+    let asked = std::time::Instant::now();
+    wait_until(DEADLINE, "the server to count the connection", || open(&server) == 2).await?;
+    wait_until(DEADLINE, "the server to drop the client that does not read its answer", || open(&server) == 1).await?;
+    let held = asked.elapsed();
+    ensure!(
+        held.as_millis() as u64 >= DEADLINE_MS,
+        "the connection went after {held:?}, before the deadline: was the answer sent whole?"
+    );
+    // What the client reads now is what the server's socket held when it gave up: not all.
+    let mut got = Vec::new();
+    let _ = within("the rest and the close", deaf.read_to_end(&mut got)).await?;
+    ensure!(got.len() < answer, "the client still got the whole answer ({} bytes)", got.len());
+    println!("dropped after {held:?}, having taken {} of {answer} bytes", got.len());
+    server.stop().await
+}

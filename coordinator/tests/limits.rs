@@ -4,7 +4,7 @@
 //!
 //! | limit                        | over it                                             |
 //! |------------------------------|-----------------------------------------------------|
-//! | `max_packet_bytes` (replies) | the read is answered BadArguments, connection goes on |
+//! | `max_packet_bytes` (replies) | the read is answered BadArguments, connection goes on; a multi whose reply could pass it is refused so before it is proposed |
 //! | `max_outstanding_requests`   | the server stops reading until replies go out        |
 //! | `max_outstanding_request_bytes` | the same, counted in bytes of waiting requests    |
 //! | `max_queued_outbound_bytes`  | the connection is closed                             |
@@ -85,6 +85,88 @@ async fn a_huge_multiread_is_refused_without_being_built() -> Result<()> {
     let log = server.log();
     ensure!(log.contains("max_packet_bytes"), "no log line names the limit:\n{log}");
     Ok(())
+}
+
+/// A multi is answered by what happened to it: an applied multi with a definite error would
+/// tell its client nothing changed, and a retry would apply it twice. One of 40,000 setData
+/// (960 KB, within `max_packet_bytes`) would have a 3 MB reply (a Stat per op): it is either
+/// answered as applied or refused with nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_answered_with_an_error_applied_nothing() -> Result<()> {
+    let server = TestServer::start().await?;
+    let mut raw = Raw::connect(server.addr, 20_000).await?;
+    raw.call(op::CREATE, &body::create("/m", b"", 0)).await?.ok()?;
+    let ops: Vec<(i32, Vec<u8>)> = (0..40_000).map(|_| (op::SET_DATA, body::set_data("/m", b"", -1))).collect();
+    let request = body::multi(&ops);
+    ensure!(request.len() + 8 < 0xfffff, "the request ({} bytes) must fit max_packet_bytes", request.len() + 8);
+    let xid = raw.send(op::MULTI, &request).await?;
+    let answer = within_for(Duration::from_secs(30), "the multi's answer", raw.reply_to(xid)).await?;
+    // A reply could not have been read anyway (it would pass the client's own packet limit):
+    // the connection closing is an answer too, "outcome unknown".
+    let answered = match answer {
+        Ok((r, _)) => Some(r.err),
+        Err(e) => {
+            println!("the multi's connection ended: {e:#}");
+            None
+        }
+    };
+    let mut check = Raw::connect(server.addr, 10_000).await?;
+    let version = check.call(op::EXISTS, &body::path_watch("/m", false)).await?.rd().stat()?.version;
+    if let Some(err) = answered {
+        ensure!(err == 0 || version == 0, "the multi was answered {err} but applied ({version} versions of /m)");
+    }
+    server.stop().await
+}
+
+/// A multi whose reply could pass `max_packet_bytes` (each result's largest size counted from
+/// its op before anything is proposed) is refused with BadArguments and applies nothing: the
+/// tree and its zxid are as they were. One op fewer fits and is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_whose_reply_would_pass_max_packet_bytes_is_refused_before_it_is_proposed() -> Result<()> {
+    common::capture_server_logs("referee_coordinator=info");
+    const MAX_PACKET: usize = 16 * 1024;
+    let server = TestServer::start_with(|c| {
+        c.max_packet_bytes = MAX_PACKET;
+        c.max_outstanding_request_bytes = MAX_PACKET;
+    })
+    .await?;
+    let mut raw = Raw::connect(server.addr, 10_000).await?;
+    raw.call(op::CREATE, &body::create("/m", b"", 0)).await?.ok()?;
+    // A reply header (16), a setData result per op (a 9-byte result header and a 68-byte Stat),
+    // the 9-byte terminator.
+    let fitting = (MAX_PACKET - 16 - 9) / 77;
+    let set_data = |n: usize| -> Vec<u8> {
+        let ops: Vec<(i32, Vec<u8>)> = (0..n).map(|_| (op::SET_DATA, body::set_data("/m", b"", -1))).collect();
+        body::multi(&ops)
+    };
+    // Containers (a multi answers them with their Stat): 9 + 4 + 8 + 68 bytes each.
+    let containers = |n: usize| -> Vec<u8> {
+        let ops: Vec<(i32, Vec<u8>)> =
+            (0..n).map(|i| (op::CREATE, body::create(&format!("/m/c{i:04}"), b"", 4))).collect();
+        body::multi(&ops)
+    };
+    let fitting_containers = (MAX_PACKET - 16 - 9) / (9 + 4 + 8 + 68);
+    let before = server.last_zxid();
+    for (what, request) in
+        [("setData", set_data(fitting + 1)), ("container create", containers(fitting_containers + 1))]
+    {
+        let r = raw.call(op::MULTI, &request).await?;
+        ensure!(r.err == err::BAD_ARGUMENTS, "a multi of {what} one op past the bound was answered {}", r.err);
+    }
+    ensure!(server.last_zxid() == before, "a refused multi took a zxid: {before} then {}", server.last_zxid());
+    let stat = raw.call(op::GET_CHILDREN2, &body::path_watch("/m", false)).await?;
+    let mut rd = stat.rd();
+    ensure!(rd.strings()?.is_empty(), "a refused multi created nodes");
+    ensure!(rd.stat()?.version == 0, "a refused multi set data");
+
+    // At the bound both are applied, and answered in full.
+    let r = raw.call(op::MULTI, &set_data(fitting)).await?;
+    ensure!(r.err == 0, "a multi of {fitting} setData, whose reply fits, was answered {}", r.err);
+    ensure!(r.body.len() == 77 * fitting + 9, "the reply's body is {} bytes", r.body.len());
+    let r = raw.call(op::MULTI, &containers(fitting_containers)).await?;
+    ensure!(r.err == 0, "a multi of {fitting_containers} container creates, whose reply fits, was answered {}", r.err);
+    ensure!(r.body.len() == 89 * fitting_containers + 9, "the reply's body is {} bytes", r.body.len());
+    server.stop().await
 }
 
 /// A client that sends and does not read is throttled at its own socket: once

@@ -53,10 +53,24 @@ pub(super) async fn run(
             crate::fourlw::answer(cmd, &shared.config, &shared.state, shared.mode(), ensemble.as_ref())
         };
         debug!(conn = id, %peer, cmd, "four-letter word");
-        wr.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
-        wr.flush().await.map_err(|e| e.to_string())?;
-        let _ = wr.shutdown().await;
-        return Ok(None);
+        // A client that asks and never reads would hold this connection, and its address's
+        // slot, for good once the answer passes the socket buffers (a `cons` or `dump` of a
+        // busy server): the answer has the handshake's bound to be taken, as Apache ZooKeeper
+        // drops a connection without a session after a while.
+        let send = async {
+            wr.write_all(text.as_bytes()).await?;
+            wr.flush().await?;
+            let _ = wr.shutdown().await;
+            Ok::<_, std::io::Error>(None)
+        };
+        return match tokio::time::timeout(limit, send).await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "the client did not take the {} bytes answering {cmd} within {} ms (handshake_timeout_ms)",
+                text.len(),
+                limit.as_millis()
+            )),
+        };
     }
     let frame = tokio::time::timeout(limit, read_body(rd, prefix, max))
         .await

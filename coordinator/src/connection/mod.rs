@@ -2,17 +2,18 @@
 //!
 //! - [`handshake`]: the first frame. A four-letter word is answered and the connection closed;
 //!   a ConnectRequest creates or resumes a session and registers the connection.
-//! - [`reader`]: reads and decodes requests, proposes writes at once (so a session's writes are
-//!   logged in its order) and queues a reply slot per request, in request order. At
-//!   `max_outstanding_requests` waiting slots, or `max_outstanding_request_bytes` of waiting
-//!   requests, it stops reading until replies go out.
+//! - [`reader`]: reads and decodes requests, proposes writes as soon as the session's earlier
+//!   requests other than writes are answered (so a session's writes are logged in its order,
+//!   and pipelined writes do not wait for each other) and queues a reply slot per request, in
+//!   request order. At `max_outstanding_requests` waiting slots, or
+//!   `max_outstanding_request_bytes` of waiting requests, it stops reading until replies go out.
 //! - [`writer`]: turns each slot into its reply, in order: a read is executed when its turn
 //!   comes, so it sees every earlier write of the session; notifications go out in ZooKeeper's
 //!   order (see [`crate::outbox`]). [`reads`] executes the reads, within the reply-size and
 //!   watch limits.
 //!
 //! ```text
-//!  socket ─▶ reader ─┬─ write ─▶ Raft (proposed now, in order) ──┐
+//!  socket ─▶ reader ─┬─ write ─▶ Raft (proposed in order) ────────┐
 //!                    └─ read, ping, sync, errors ────────────────┴─▶ slots (FIFO, bounded)
 //!                                                                          │
 //!  state machine ── notifications ─▶ outbox (bounded) ─────────────▶ writer ─▶ socket
@@ -138,11 +139,13 @@ struct Conn {
     /// The negotiated session timeout.
     timeout: Duration,
     outbox: Arc<Outbox>,
-    /// How many of the connection's reads the writer has executed. A read runs when its turn
-    /// in the reply order comes; the reader proposes the session's next write only once every
-    /// earlier read has run, so a read sees exactly the session's earlier writes, never a later
-    /// one (ZooKeeper processes a session's requests in order).
-    reads_done: watch::Sender<u64>,
+    /// How many of the connection's requests other than writes the writer has taken its cut
+    /// for: executed a read, passed a sync's barrier, decided an answer's zxid (each when its
+    /// turn in the reply order comes). The reader proposes the session's next write only once
+    /// every earlier one is cut, so a read sees exactly the session's earlier writes, never a
+    /// later one, and no reply comes after a later write's notifications or carries a later
+    /// zxid than its reply (ZooKeeper processes a session's requests in order).
+    cuts_done: watch::Sender<u64>,
     /// Bytes of requests that may wait for their replies (`max_outstanding_request_bytes`).
     request_bytes: Arc<tokio::sync::Semaphore>,
 }
@@ -224,7 +227,7 @@ async fn run(
         session: established.session,
         timeout: established.timeout,
         outbox: established.outbox,
-        reads_done: watch::channel(0).0,
+        cuts_done: watch::channel(0).0,
         request_bytes: Arc::new(tokio::sync::Semaphore::new(shared.config.max_outstanding_request_bytes)),
     };
 

@@ -1,8 +1,9 @@
 //! The request reader: frames in, reply slots out, in request order.
 //!
-//! It never waits for a reply: writes are proposed as soon as they are read (once the session's
-//! earlier reads have run, so those reads do not see them) and every other request is queued
-//! for the writer. Its only waits are the socket, those earlier reads, the proposal hand-off to
+//! It never waits for a write's outcome: writes are proposed as soon as they are read, once the
+//! session's earlier requests other than writes are answered (reads run, syncs past their
+//! barrier, refusals decided: see [`holds_back_writes`]), and every other request is queued for
+//! the writer. Its only waits are the socket, those earlier requests, the proposal hand-off to
 //! Raft and a full slot queue (back-pressure), and the connection's `select!` can drop it at any
 //! of them.
 
@@ -21,7 +22,7 @@ use crate::config::CoordinatorConfig;
 use crate::frame::read_frame;
 use crate::propose::WriteReceiver;
 use crate::proto::{op, ErrorCode, Id, Zxid};
-use crate::request::{decode_header, ReadOp, Reply, Request};
+use crate::request::{decode_header, multi_reply_bound, ReadOp, Reply, Request};
 use crate::txn::{Txn, TxnOp, WriteOp};
 
 /// Why the reader stopped.
@@ -53,9 +54,10 @@ pub(super) async fn run(
     // Whether each throttle has been logged on this connection (once each).
     let mut throttled = false;
     let mut throttled_by_bytes = false;
-    // Reads queued so far, and how many of them the writer has executed.
-    let mut reads_queued = 0u64;
-    let mut reads_done = conn.reads_done.subscribe();
+    // Requests queued so far that hold back the session's next write, and how many of them the
+    // writer has taken its cut for.
+    let mut cuts_queued = 0u64;
+    let mut cuts_done = conn.cuts_done.subscribe();
     loop {
         let frame = match read_frame(&mut rd, config.max_packet_bytes).await {
             Ok(Some(f)) => f,
@@ -95,43 +97,26 @@ pub(super) async fn run(
             }
             return ReaderEnd::Stopped("the session is expired".into());
         }
-        let req = match Request::decode(opcode, body) {
-            Ok(r) => r,
+        let (slot, then_close) = match Request::decode(opcode, body) {
             Err(e) => {
                 warn!(conn = conn.id, peer = %conn.peer, opcode, "malformed request: {e}");
-                let refused = Slot::Answer { xid, zxid: None, result: Err(ErrorCode::MarshallingError) };
-                if !queue(conn, &slots, queued(refused), &mut throttled).await {
-                    return ReaderEnd::Stopped("the reply writer stopped".into());
+                (Slot::Answer { xid, zxid: None, result: Err(ErrorCode::MarshallingError) }, None)
+            }
+            Ok(req) => match refuse_past_limits(conn, xid, opcode, &req) {
+                Some(refused) => (refused, None),
+                None => {
+                    if req.is_write() && cuts_done.wait_for(|done| *done >= cuts_queued).await.is_err() {
+                        return ReaderEnd::Stopped("the reply writer stopped".into());
+                    }
+                    match dispatch(conn, xid, req, &mut auth).await {
+                        Ok(s) => s,
+                        Err(why) => return ReaderEnd::Stopped(why),
+                    }
                 }
-                continue;
-            }
+            },
         };
-        if let Some(len) = longest_path(&req).filter(|len| *len > config.max_path_bytes) {
-            warn!(
-                conn = conn.id,
-                peer = %conn.peer,
-                opcode,
-                len,
-                limit = config.max_path_bytes,
-                "refusing a request naming a path longer than max_path_bytes"
-            );
-            let refused = Slot::Answer { xid, zxid: None, result: Err(ErrorCode::BadArguments) };
-            if !queue(conn, &slots, queued(refused), &mut throttled).await {
-                return ReaderEnd::Stopped("the reply writer stopped".into());
-            }
-            continue;
-        }
-        if req.is_write() && reads_done.wait_for(|done| *done >= reads_queued).await.is_err() {
-            // A write is proposed only after the session's earlier reads have run, so they do
-            // not see it.
-            return ReaderEnd::Stopped("the reply writer stopped".into());
-        }
-        let (slot, then_close) = match dispatch(conn, xid, req, &mut auth).await {
-            Ok(s) => s,
-            Err(why) => return ReaderEnd::Stopped(why),
-        };
-        if matches!(slot, Slot::Read { .. }) {
-            reads_queued += 1;
+        if holds_back_writes(&slot) {
+            cuts_queued += 1;
         }
         if !queue(conn, &slots, queued(slot), &mut throttled).await {
             return ReaderEnd::Stopped("the reply writer stopped".into());
@@ -141,6 +126,57 @@ pub(super) async fn run(
             return ReaderEnd::Stopped(why);
         }
     }
+}
+
+/// Whether a slot holds back the session's later writes until the writer has taken its cut
+/// ([`Conn::cuts_done`]): every slot but a write's own. A write is proposed only once the
+/// session's earlier reads have run, its syncs have passed their barrier and its refusals are
+/// decided, so none of them sees the write, or is answered after the write's notifications or
+/// with a later zxid than the write's reply: ZooKeeper's CommitProcessor holds a session's
+/// requests behind its earlier ones the same way.
+fn holds_back_writes(slot: &Slot) -> bool {
+    match slot {
+        Slot::Read { .. } | Slot::Sync { .. } | Slot::Answer { .. } => true,
+        Slot::Write { .. } | Slot::Close => false,
+    }
+}
+
+/// The refusal of a request past a limit checked before it is dispatched, logged naming the
+/// limit; `None` when it is within them.
+fn refuse_past_limits(conn: &Conn, xid: i32, opcode: i32, req: &Request) -> Option<Slot> {
+    let config = &conn.shared.config;
+    let refused = Some(Slot::Answer { xid, zxid: None, result: Err(ErrorCode::BadArguments) });
+    if let Some(len) = longest_path(req).filter(|len| *len > config.max_path_bytes) {
+        warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            opcode,
+            len,
+            limit = config.max_path_bytes,
+            "refusing a request naming a path longer than max_path_bytes"
+        );
+        return refused;
+    }
+    // A multi's reply may be several times its request (a Stat per setData). Once applied it
+    // must be answered as applied (an error would tell the client nothing happened), so one
+    // whose reply might not fit max_packet_bytes is refused here, before it is proposed,
+    // whatever its ops would do: deterministically, and with nothing applied.
+    if let Request::Multi(ops) = req {
+        let bound = multi_reply_bound(ops);
+        if bound > config.max_packet_bytes {
+            warn!(
+                conn = conn.id,
+                peer = %conn.peer,
+                xid,
+                ops = ops.len(),
+                bound,
+                limit = config.max_packet_bytes,
+                "refusing a multi whose reply could pass max_packet_bytes (answered BadArguments; nothing was proposed)"
+            );
+            return refused;
+        }
+    }
+    None
 }
 
 /// Reserves `bytes` of the connection's request budget, waiting (and not reading) while the

@@ -229,7 +229,8 @@ fn answer(
             let kind = match mode {
                 0 => WatchKind::Persistent,
                 1 => WatchKind::PersistentRecursive,
-                _ => return Err(ErrorCode::BadArguments),
+                // Apache ZooKeeper 3.8's answer to an unknown mode (measured).
+                _ => return Err(ErrorCode::MarshallingError),
             };
             cx.watch(st, &[(kind, &path)])?;
             // ZooKeeper answers addWatch with an ErrorResponse(0).

@@ -6,7 +6,9 @@
 //! state lock, in the same critical section that executes the read; for a write it is the
 //! write's own zxid (every notification of a change up to and including the write precedes its
 //! reply). Between replies, notifications go out as they come, and so they do while a sync
-//! waits for its barrier (its cut is taken once the barrier is passed). While a write waits
+//! waits for its barrier (its cut is taken once the barrier is passed). None of them can be of
+//! a later write of the same session: the reader proposes that only once every earlier slot
+//! but a write's has its cut ([`super::Conn::cuts_done`]). While a write waits
 //! for its outcome they wait too: which of them follow the write is known only with its zxid.
 //! They are held to a larger bound meanwhile ([`crate::outbox::PENDING_REPLY_FACTOR`]), not
 //! taken for a client that does not read.
@@ -213,6 +215,7 @@ async fn resolve(
     out: &mut Out<'_>,
 ) -> Result<Option<(Vec<Vec<u8>>, i64)>, String> {
     let max_body = conn.shared.config.max_packet_bytes.saturating_sub(REPLY_HEADER_BYTES);
+    let applied = matches!(slot, Slot::Write { .. });
     let (mut frames, xid, zxid, result) = match slot {
         Slot::Close => return Ok(None),
         Slot::Read { xid, req, auth } => {
@@ -233,7 +236,7 @@ async fn resolve(
                 (frames, st.tree.last_zxid(), executed)
             };
             // The session's next write may now be proposed.
-            conn.reads_done.send_modify(|n| *n += 1);
+            conn.cuts_done.send_modify(|n| *n += 1);
             if let Some(refusal) = cx.refused {
                 log_refusal(conn, xid, refusal, warned);
                 if refusal.closes() {
@@ -267,18 +270,46 @@ async fn resolve(
                 Ok(done) => done.map_err(|e| format!("sync failed: {e}"))?,
                 Err(e) => return Err(format!("sync failed: its barrier ended without an answer ({e})")),
             }
-            let st = conn.shared.lock();
-            (conn.outbox.take(None), xid, st.tree.last_zxid(), Ok(Reply::Path(path)))
+            let (frames, zxid) = {
+                let st = conn.shared.lock();
+                (conn.outbox.take(None), st.tree.last_zxid())
+            };
+            // The session's writes after the sync are held until now: none is in this cut.
+            conn.cuts_done.send_modify(|n| *n += 1);
+            (frames, xid, zxid, Ok(Reply::Path(path)))
         }
         Slot::Answer { xid, zxid, result } => {
-            let st = conn.shared.lock();
-            (conn.outbox.take(None), xid, zxid.unwrap_or_else(|| st.tree.last_zxid()), result)
+            let (frames, zxid) = {
+                let st = conn.shared.lock();
+                (conn.outbox.take(None), zxid.unwrap_or_else(|| st.tree.last_zxid()))
+            };
+            conn.cuts_done.send_modify(|n| *n += 1);
+            (frames, xid, zxid, result)
         }
     };
     let mut reply = encode_reply(xid, zxid, &result);
-    // Every reply is bounded where it is built; this is the last guard for one that was not.
-    if reply.len() - 4 > conn.shared.config.max_packet_bytes {
-        log_refusal(conn, xid, Refusal::ReplyTooLarge { at_least: reply.len() - 4 }, warned);
+    // Every reply is bounded where it is built (a multi's before it is proposed); this is the
+    // last guard for one that was not.
+    let bytes = reply.len() - 4;
+    if bytes > conn.shared.config.max_packet_bytes {
+        if applied {
+            // The write is applied: an error would tell the client it was not, and it might
+            // apply it again. Closing tells it what is known: the outcome is unknown.
+            warn!(
+                conn = conn.id,
+                peer = %conn.peer,
+                xid,
+                %zxid,
+                bytes,
+                limit = conn.shared.config.max_packet_bytes,
+                "closing the connection: the reply to an applied write would pass max_packet_bytes \
+                 (its client hears ConnectionLoss, outcome unknown)"
+            );
+            return Err(format!(
+                "the reply to the write applied at {zxid} would pass max_packet_bytes ({bytes} bytes)"
+            ));
+        }
+        log_refusal(conn, xid, Refusal::ReplyTooLarge { at_least: bytes }, warned);
         reply = encode_reply(xid, zxid, &Err(ErrorCode::BadArguments));
     }
     frames.push(reply);
@@ -392,7 +423,7 @@ mod tests {
     use crate::log::FaultFs;
     use crate::outbox::Outbox;
     use crate::propose::ProposeError;
-    use crate::proto::{EventType, SessionId, Zxid};
+    use crate::proto::{EventType, SessionId, Stat, Zxid};
     use crate::request::{encode_notification, Reply};
     use crate::server::Coordinator;
     use crate::txn::{OpResult, TxnOutcome, TxnReply};
@@ -422,9 +453,16 @@ mod tests {
     impl Harness {
         /// Slots may be queued before [`Harness::run_writer`] starts the writer.
         async fn start(outbox_limit: usize) -> Harness {
+            Harness::start_with(outbox_limit, |_| {}).await
+        }
+
+        /// As [`Harness::start`], the connection's settings adjusted by `configure` (the
+        /// server's are the defaults).
+        async fn start_with(outbox_limit: usize, configure: impl FnOnce(&mut CoordinatorConfig)) -> Harness {
             let mut config = CoordinatorConfig::new("/data");
             config.tick_ms = 50;
             let server = Coordinator::start_on(config.clone(), Arc::new(FaultFs::new())).await.expect("server starts");
+            configure(&mut config);
             let shared = Arc::new(Shared {
                 config: Arc::new(config),
                 raft: server.raft(),
@@ -445,7 +483,7 @@ mod tests {
                 session: SessionId(1),
                 timeout: Duration::from_secs(10),
                 outbox: outbox.clone(),
-                reads_done: watch::channel(0).0,
+                cuts_done: watch::channel(0).0,
                 request_bytes: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
             };
             let (tx, rx) = mpsc::channel(16);
@@ -519,6 +557,25 @@ mod tests {
         assert!(ended.is_err(), "a failed write ends the connection: {ended:?}");
         assert_eq!(h.frame().await, Some(Frame::Reply { xid: 1, zxid: 5, err: 0 }));
         assert_eq!(h.frame().await, None, "then the connection closes");
+    }
+
+    /// The reply to an applied write is never replaced by an error, even one past
+    /// max_packet_bytes (the reader bounds a multi's reply before proposing it; this is the
+    /// last guard): the client would take the error for "nothing happened" and might retry. The
+    /// connection closes instead (ConnectionLoss: outcome unknown), after the replies before.
+    #[tokio::test]
+    async fn an_applied_write_whose_reply_passes_max_packet_bytes_closes_the_connection() {
+        let mut h = Harness::start_with(64 << 10, |c| c.max_packet_bytes = 1024).await;
+        h.queue(Slot::Answer { xid: 1, zxid: Some(Zxid(1)), result: Ok(Reply::Empty) });
+        let (done, rx) = oneshot::channel();
+        let results = vec![OpResult::DataSet { stat: Stat::default() }; 20];
+        done.send(Ok(TxnOutcome { zxid: Zxid(2), result: Ok(TxnReply::Multi(results)) })).unwrap();
+        h.queue(Slot::Write { xid: 2, rx });
+        let writer = h.run_writer();
+        assert_eq!(h.frame().await, Some(Frame::Reply { xid: 1, zxid: 1, err: 0 }));
+        assert_eq!(h.frame().await, None, "then the connection closes, with no answer to the write");
+        let ended = tokio::time::timeout(DEADLINE, writer).await.expect("the writer ends").unwrap();
+        assert!(ended.is_err(), "the oversized reply of an applied write ends the connection: {ended:?}");
     }
 
     /// While the writer waits for a write's outcome, it may not send the notifications that
