@@ -6,7 +6,8 @@
 //!          once, read back) ──► server-N.yaml ──► spawn `referee coordinator --config
 //!          server-N.yaml [--init]` detached, log to server-N.log, pid to server-N.pid
 //!          ──► ask each `srvr` until every server answers and one leads ──► table + connect string
-//!   status ──► pidfiles + `srvr` ──► table, exit 0 only if every server answers and one leads
+//!   status ──► pidfiles + `srvr` ──► table + verdict, exit 0 while a majority of the voters
+//!          follow one leader (`serving, degraded` names the servers that do not), 1 otherwise
 //!   down ──► lock ──► SIGTERM each pid, SIGKILL at the deadline, remove the pidfiles (data kept)
 //! ```
 //!
@@ -293,6 +294,8 @@ impl fmt::Display for PidState {
 pub struct Observation {
     /// Its id.
     pub id: u64,
+    /// Voter or observer, as planned.
+    pub role: Role,
     /// Its pidfile.
     pub pid: PidState,
     /// What `srvr` said, `None` if it did not answer.
@@ -302,39 +305,109 @@ pub struct Observation {
     pub leader_named: Option<u64>,
 }
 
-/// Whether an observed ensemble serves: every server answers `srvr`, exactly one leads (a
-/// lone server: says standalone) and, in an ensemble, every server names that one as its
-/// leader. `Ok` is the leader's id; `Err` the reason it does not serve, as a sentence.
-pub fn assess(observed: &[Observation]) -> Result<u64, String> {
+/// Whether an observed ensemble serves its clients, as [`assess`] judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every server answers, exactly one leads (a lone server: says standalone), and in an
+    /// ensemble every server names that one as its leader.
+    Whole {
+        /// The leader's id.
+        leader: u64,
+    },
+    /// One leads and a majority of the voters (it among them) name it as their leader, so
+    /// writes commit and clients are served; some servers do not follow it.
+    Degraded {
+        /// The leader's id.
+        leader: u64,
+        /// Which servers do not follow it and why, as a sentence.
+        missing: String,
+    },
+    /// No majority of the voters follows one leader: writes do not commit.
+    NotServing(
+        /// Why, as a sentence.
+        String,
+    ),
+}
+
+impl Verdict {
+    /// Whether clients are served: [`Verdict::Whole`] or [`Verdict::Degraded`].
+    pub fn serves(&self) -> bool {
+        match self {
+            Verdict::Whole { .. } | Verdict::Degraded { .. } => true,
+            Verdict::NotServing(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Whole { leader } => write!(f, "serving: server {leader} leads"),
+            Verdict::Degraded { leader, missing } => write!(f, "serving, degraded: server {leader} leads; {missing}"),
+            Verdict::NotServing(why) => write!(f, "not serving: {why}"),
+        }
+    }
+}
+
+/// Whether an observed ensemble serves. Whole when every server answers `srvr`, exactly one
+/// leads and, in an ensemble, every server names it as its leader. Degraded when some do not,
+/// but a majority of the voters (the leader among them) answer as leader or follower and name
+/// that one: a write needs no more, so the ensemble serves, as it is built to through the loss
+/// of a minority. Not serving otherwise.
+pub fn assess(observed: &[Observation]) -> Verdict {
+    let mut problems = Vec::new();
     let silent: Vec<String> = observed.iter().filter(|o| o.mode.is_none()).map(|o| o.id.to_string()).collect();
     if !silent.is_empty() {
-        return Err(format!("server {} not answering", silent.join(", ")));
+        problems.push(format!("server {} not answering", silent.join(", ")));
     }
     let waiting: Vec<String> =
         observed.iter().filter(|o| o.mode == Some(Mode::NotServing)).map(|o| o.id.to_string()).collect();
     if !waiting.is_empty() {
-        return Err(format!(
+        problems.push(format!(
             "server {} running but not serving: no leader found since it started, or none heard from within its \
              staleness bound (its log says which, and what it waits for)",
             waiting.join(", ")
         ));
     }
+    let not_serving = |mut problems: Vec<String>, last: String| {
+        problems.push(last);
+        Verdict::NotServing(problems.join("; "))
+    };
     let leaders: Vec<u64> =
         observed.iter().filter(|o| matches!(o.mode, Some(Mode::Leader | Mode::Standalone))).map(|o| o.id).collect();
     let leader = match leaders.as_slice() {
         [one] => *one,
-        [] => return Err("no server leads".to_string()),
-        many => return Err(format!("{} servers say they lead ({many:?})", many.len())),
+        [] => return not_serving(problems, "no server leads".to_string()),
+        many => return not_serving(problems, format!("{} servers say they lead ({many:?})", many.len())),
     };
     if observed.len() == 1 {
-        return Ok(leader);
+        return Verdict::Whole { leader };
     }
-    let unaware: Vec<String> =
-        observed.iter().filter(|o| o.leader_named != Some(leader)).map(|o| o.id.to_string()).collect();
-    if unaware.is_empty() {
-        Ok(leader)
+    let unaware: Vec<String> = observed
+        .iter()
+        .filter(|o| o.mode.as_ref().is_some_and(|m| *m != Mode::NotServing) && o.leader_named != Some(leader))
+        .map(|o| o.id.to_string())
+        .collect();
+    if !unaware.is_empty() {
+        problems.push(format!("server {} does not name server {leader} as its leader yet", unaware.join(", ")));
+    }
+    if problems.is_empty() {
+        return Verdict::Whole { leader };
+    }
+    let voters = observed.iter().filter(|o| o.role == Role::Voter).count();
+    let following = observed
+        .iter()
+        .filter(|o| {
+            o.role == Role::Voter
+                && matches!(o.mode, Some(Mode::Leader | Mode::Follower))
+                && o.leader_named == Some(leader)
+        })
+        .count();
+    if following * 2 > voters {
+        Verdict::Degraded { leader, missing: problems.join("; ") }
     } else {
-        Err(format!("server {} does not name server {leader} as its leader yet", unaware.join(", ")))
+        let follow = if following == 1 { "follows" } else { "follow" };
+        not_serving(problems, format!("{following} of the {voters} voters {follow} server {leader}, a majority needed"))
     }
 }
 
@@ -512,6 +585,7 @@ fn observe(dir: &Path, plan: &Plan) -> Vec<Observation> {
         .map(|s| Observation {
             id: s.id,
             pid: pid_state(dir, s.id),
+            role: s.role,
             mode: ask_mode(s.client),
             leader_named: if plan.standalone() { None } else { ask_leader(s.admin) },
         })
@@ -803,12 +877,13 @@ pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
             }
         }
         let observed = observe(dir, &plan);
+        // `up` waits for every server it started, not just for a majority.
         match assess(&observed) {
-            Ok(_) => {
+            Verdict::Whole { .. } => {
                 print!("{}{}", table(&plan, &observed), connect_lines(&plan, dir));
                 return Ok(0);
             }
-            Err(why) if Instant::now() >= deadline => {
+            Verdict::Degraded { missing: why, .. } | Verdict::NotServing(why) if Instant::now() >= deadline => {
                 print!("{}", table(&plan, &observed));
                 return Err(EnsembleError::Failed(format!(
                     "the ensemble did not come up within {} s: {why}. The servers keep running; see the server-N.log \
@@ -819,7 +894,7 @@ pub fn up(opts: &UpOptions) -> Result<i32, EnsembleError> {
                     dir.display()
                 )));
             }
-            Err(_) => std::thread::sleep(POLL),
+            Verdict::Degraded { .. } | Verdict::NotServing(_) => std::thread::sleep(POLL),
         }
     }
 }
@@ -830,8 +905,9 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-/// `status`: each server's id, role, pid, mode and client address. Exit 0 if every server
-/// answers and one leads, 1 otherwise.
+/// `status`: each server's id, role, pid, mode and client address, then the [`Verdict`]. Exit
+/// 0 while the ensemble serves (whole, or degraded: a majority of the voters follow one
+/// leader, the line naming the servers that do not), 1 when it does not.
 pub fn status(dir: &Path) -> Result<i32, EnsembleError> {
     let (marker, plan, dir) = existing(dir)?;
     let dir = dir.as_path();
@@ -847,16 +923,13 @@ pub fn status(dir: &Path) -> Result<i32, EnsembleError> {
             );
         }
     }
-    match assess(&observed) {
-        Ok(leader) => {
-            println!("serving: server {leader} leads");
-            print!("{}", connect_lines(&plan, dir));
-            Ok(0)
-        }
-        Err(why) => {
-            println!("not serving: {why}");
-            Ok(1)
-        }
+    let verdict = assess(&observed);
+    println!("{verdict}");
+    if verdict.serves() {
+        print!("{}", connect_lines(&plan, dir));
+        Ok(0)
+    } else {
+        Ok(1)
     }
 }
 
@@ -1133,38 +1206,62 @@ mod tests {
     }
 
     #[test]
-    fn an_ensemble_serves_when_all_answer_and_one_leads() {
+    fn an_ensemble_serves_while_a_majority_of_its_voters_follow_one_leader() {
         let named = |id, mode: Option<Mode>, leader_named| Observation {
             id,
+            role: if id <= 3 { Role::Voter } else { Role::Observer },
             pid: PidState::Alive(100 + id as u32),
             mode,
             leader_named,
         };
         let obs = |id, mode| named(id, mode, Some(2));
-        let serving = [obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Observer))];
-        assert_eq!(assess(&serving), Ok(2));
-        assert_eq!(assess(&[named(1, Some(Mode::Standalone), None)]), Ok(1));
-        // A follower that has not heard from the leader yet.
+        let degraded = |leader, missing: &str| Verdict::Degraded { leader, missing: missing.into() };
+        let not_serving = |why: &str| Verdict::NotServing(why.into());
+        let serving = [obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))];
+        assert_eq!(assess(&serving), Verdict::Whole { leader: 2 });
+        assert_eq!(assess(&serving).to_string(), "serving: server 2 leads");
+        assert_eq!(assess(&[named(1, Some(Mode::Standalone), None)]), Verdict::Whole { leader: 1 });
+        let with = |fourth| [serving[0].clone(), serving[1].clone(), serving[2].clone(), fourth];
+        assert_eq!(assess(&with(obs(4, Some(Mode::Observer)))), Verdict::Whole { leader: 2 });
+
+        // One voter of three down: the other two serve every client.
+        let one_down = [obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Leader)), obs(3, None)];
+        assert_eq!(assess(&one_down), degraded(2, "server 3 not answering"));
+        assert_eq!(assess(&one_down).to_string(), "serving, degraded: server 2 leads; server 3 not answering");
+        assert!(assess(&one_down).serves());
+        // A follower that has not heard from the leader yet, or one not serving: degraded.
         let catching_up =
             [named(1, Some(Mode::Follower), None), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))];
-        assert_eq!(assess(&catching_up), Err("server 1 does not name server 2 as its leader yet".into()));
-        assert_eq!(
-            assess(&[obs(1, None), obs(2, Some(Mode::Leader)), obs(3, None)]),
-            Err("server 1, 3 not answering".into())
-        );
+        assert_eq!(assess(&catching_up), degraded(2, "server 1 does not name server 2 as its leader yet"));
         assert_eq!(
             assess(&[obs(1, Some(Mode::NotServing)), obs(2, Some(Mode::Leader)), obs(3, Some(Mode::Follower))]),
-            Err("server 1 running but not serving: no leader found since it started, or none heard from within its \
+            degraded(
+                2,
+                "server 1 running but not serving: no leader found since it started, or none heard from within its \
                  staleness bound (its log says which, and what it waits for)"
-                .into())
+            )
         );
+        // An observer down: every voter follows.
+        assert_eq!(assess(&with(obs(4, None))), degraded(2, "server 4 not answering"));
+
+        // Two voters of three down: no majority, whoever still says it leads.
+        let two_down = [obs(1, None), obs(2, Some(Mode::Leader)), obs(3, None)];
         assert_eq!(
-            assess(&[obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Follower))]),
-            Err("no server leads".into())
+            assess(&two_down),
+            not_serving("server 1, 3 not answering; 1 of the 3 voters follows server 2, a majority needed")
+        );
+        assert!(!assess(&two_down).serves());
+        assert!(assess(&two_down).to_string().starts_with("not serving: server 1, 3 not answering"));
+        // Observers do not stand in for voters.
+        let observers_only = [obs(1, None), obs(2, Some(Mode::Leader)), obs(3, None), obs(4, Some(Mode::Observer))];
+        assert!(!assess(&observers_only).serves());
+        assert_eq!(
+            assess(&[obs(1, Some(Mode::Follower)), obs(2, Some(Mode::Follower)), obs(3, None)]),
+            not_serving("server 3 not answering; no server leads")
         );
         assert_eq!(
             assess(&[obs(1, Some(Mode::Leader)), obs(2, Some(Mode::Leader))]),
-            Err("2 servers say they lead ([1, 2])".into())
+            not_serving("2 servers say they lead ([1, 2])")
         );
     }
 }

@@ -120,8 +120,9 @@ enum EnsembleAction {
         #[arg(long)]
         base_port: Option<u16>,
     },
-    /// Each server's pid, mode (as `srvr` says, like `zkServer.sh status`) and client address;
-    /// exit 0 if every server answers, one leads and every server names it, 1 otherwise.
+    /// Each server's pid, mode (as `srvr` says, like `zkServer.sh status`) and client address,
+    /// then a verdict: exit 0 while the ensemble serves (a majority of the voters follow one
+    /// leader; `serving, degraded` names the servers that do not), 1 when it does not.
     Status {
         #[command(flatten)]
         dir: EnsembleDir,

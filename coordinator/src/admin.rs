@@ -4,8 +4,10 @@
 //! ```text
 //!  GET    /metrics       ─▶ mntr's numbers + Raft progress, Prometheus text format 0.0.4
 //!  GET    /members       ─▶ the membership as JSON (each member's lag on the leader)
-//!  POST   /members       ─▶ plan_add ─▶ add_learner (blocking) [─▶ change_membership: voter]
-//!  DELETE /members/{id}  ─▶ plan_remove ─▶ change_membership (RemoveVoters / RemoveNodes)
+//!  POST   /members       ─▶ plan_add ─▶ add_learner (blocking)
+//!                           [voter: ─▶ until_ready_to_vote ─▶ new_voters_follow ─▶ change_membership]
+//!  DELETE /members/{id}  ─▶ plan_remove [voter: ─▶ new_voters_follow] ─▶ change_membership
+//!                           (RemoveVoters / RemoveNodes)
 //! ```
 //!
 //! Every membership change is decided by a pure function of the current membership and the
@@ -17,7 +19,12 @@
 //! on top of a joint configuration is refused (409): the leader completes that one first
 //! ([`complete_interrupted_changes`]), whoever proposed it. An observer is promoted only when
 //! the leader's replication shows it caught up and heard from lately ([`ready_to_vote`]; 409
-//! otherwise). A server running alone refuses every change (400, [`Refusal::Alone`]).
+//! otherwise); a server added as a voter is added as an observer, and made a voter once it
+//! qualifies the same way within the deadline (409 otherwise, and it stays an observer). No
+//! change of the voters is proposed unless a majority of the new voters follows the leader
+//! ([`new_voters_follow`]; 409 otherwise, as Apache ZooKeeper's `NewConfigNoQuorum`): a
+//! configuration that cannot commit holds every write, and no later change could undo it. A
+//! server running alone refuses every change (400, [`Refusal::Alone`]).
 //!
 //! What openraft keeps for a member is its peer address (`BasicNode::addr`), the address the
 //! peer transport dials. Client and admin addresses come from `servers` in this server's
@@ -25,7 +32,10 @@
 //! every change made here (see [`crate::members_config`]): a member added at run time is known
 //! with its addresses on every server. A member known neither way shows them as `null`.
 //!
-//! The listener has no authentication: bind it to loopback or a management network.
+//! The listener has no authentication: bind it to loopback or a management network. It is
+//! served with [`referee_http_serve`]'s bounds (a request's headers within 10 s, at most 256
+//! connections open), so that no client holding connections idle keeps the server from
+//! stopping or takes the file descriptors its client port needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -174,6 +184,40 @@ impl AdminContext {
         self.raft.metrics().borrow().clone()
     }
 
+    /// What this server, leading as `m` says, knows of server `id` following it.
+    fn following(&self, m: &RaftMetrics<u64, BasicNode>, id: u64) -> Following {
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+        Following { matched, leader_last: m.last_log_index, heard: self.heard_from(id) }
+    }
+
+    /// Refuses (409) a change to the voters `new_voters` that could not commit: see
+    /// [`new_voters_follow`]. Looked at on the metrics of now, just before proposing.
+    fn new_voters_would_commit(&self, new_voters: &BTreeSet<u64>) -> Result<(), Refusal> {
+        let m = self.metrics();
+        new_voters_follow(m.id, new_voters, |id| self.following(&m, id))
+    }
+
+    /// Where server `id` and the configuration stand now, as a sentence: what an answer given
+    /// before a change is known to be done says it left behind.
+    fn standing(&self, id: u64) -> String {
+        let m = self.metrics();
+        let view = MembershipView::of(&m);
+        let member = match view.role(id) {
+            Some(Role::Voter) => format!("server {id} is a voter"),
+            Some(Role::Observer) => format!("server {id} is an observer (it counts in no quorum)"),
+            None => format!("server {id} is not a member"),
+        };
+        if view.changing {
+            format!(
+                "{member} of a joint configuration (voter sets {:?}, a majority of each needed for every write), \
+                 which the leader goes on completing (GET /members shows `changing: false` once it has)",
+                m.membership_config.membership().get_joint_config()
+            )
+        } else {
+            format!("{member}, and the configuration is not joint (voters {:?})", view.voters)
+        }
+    }
+
     /// The refusal a server that does not lead gives, naming the leader it knows.
     fn not_leader(&self, leader: Option<u64>) -> Refusal {
         Refusal::NotLeader { leader, leader_admin: leader.and_then(|l| self.addresses(l).admin) }
@@ -259,6 +303,16 @@ pub async fn keep_members_published(ctx: AdminContext, stop: impl Future<Output 
 /// How long after a failed attempt to complete a joint configuration it is tried again.
 const COMPLETE_RETRY: Duration = Duration::from_millis(500);
 
+/// A run of failed attempts to complete a joint configuration, for its log lines.
+struct FailedAttempts {
+    /// When the first failed.
+    since: tokio::time::Instant,
+    /// How many have failed.
+    attempts: u64,
+    /// When the run was last logged (`None`: not yet).
+    logged_at: Option<tokio::time::Instant>,
+}
+
 /// The voters a settled leader completes the configuration `joint` to: its last set, the goal
 /// of the change that proposed it, or `None` when it is not joint.
 pub fn completion(joint: &[BTreeSet<u64>]) -> Option<BTreeSet<u64>> {
@@ -272,37 +326,67 @@ pub fn completion(joint: &[BTreeSet<u64>]) -> Option<BTreeSet<u64>> {
 /// will complete: openraft proposes a change's second step from the call that proposed the
 /// first, so a leader that dies between the two leaves the ensemble needing a majority of both
 /// voter sets for good. Tried again every [`COMPLETE_RETRY`] until the configuration is no
-/// longer joint; never while a change of this server's own is being carried out (it finishes
-/// its own, see [`change_to_the_end`]). Returns when `stop` completes.
+/// longer joint (a run of failures logged at its first, then once every
+/// [`STILL_DOWN_EVERY`](crate::peer::client::STILL_DOWN_EVERY)); never while a change of this
+/// server's own is being carried out (it finishes its own, see [`change_to_the_end`]). Returns
+/// when `stop` completes.
 pub async fn complete_interrupted_changes(ctx: AdminContext, stop: impl Future<Output = ()>) {
     let raft = &ctx.raft;
     let work = async {
         let mut role = crate::role::RoleWatch::new(raft);
+        // A run of failed attempts is logged at its first, then as a reminder every
+        // STILL_DOWN_EVERY: a joint configuration whose new voters have no majority is tried
+        // every COMPLETE_RETRY for as long as they are away.
+        let mut failing: Option<FailedAttempts> = None;
         loop {
             let goal = {
                 let settled = role.current().settled;
                 let members = role.membership();
                 completion(members.membership().get_joint_config()).filter(|_| settled).map(|g| (g, members))
             };
+            if goal.is_none() {
+                if let Some(run) = failing.take() {
+                    info!(
+                        attempts = run.attempts,
+                        "the joint membership this server failed to complete is no longer its to complete (another \
+                         leader completed it, or this server no longer leads settled)"
+                    );
+                }
+            }
             // A change of this server's own holds the lock from its first step to its last.
             let ours = goal.as_ref().and_then(|_| ctx.changing.clone().try_lock_owned().ok());
             if let (Some((voters, members)), Some(_ours)) = (&goal, ours) {
                 let change = ChangeMembers::ReplaceAllVoters(voters.clone());
                 let term = role.current().term;
                 let completed = while_leading(&ctx, term, raft.change_membership(change, false));
-                match tokio::time::timeout(ADMIN_DEADLINE, completed).await {
-                    Ok(Ok(_)) => info!(
-                        voters = ?voters,
-                        was = %members.membership(),
-                        "completed a membership change left joint (the leader that proposed it died half-way)"
-                    ),
-                    Ok(Err(e)) => {
-                        warn!("completing the joint membership {} failed: {e}; trying again", members.membership())
+                let failure = match tokio::time::timeout(ADMIN_DEADLINE, completed).await {
+                    Ok(Ok(_)) => {
+                        info!(
+                            voters = ?voters,
+                            was = %members.membership(),
+                            failed_attempts = failing.take().map_or(0, |run| run.attempts),
+                            "completed a membership change left joint (the leader that proposed it died half-way)"
+                        );
+                        None
                     }
-                    Err(_) => warn!(
-                        "completing the joint membership {} took over {ADMIN_DEADLINE:?}; trying again",
-                        members.membership()
-                    ),
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("it was not committed within {ADMIN_DEADLINE:?}")),
+                };
+                if let Some(why) = failure {
+                    let now = tokio::time::Instant::now();
+                    let run = failing.get_or_insert(FailedAttempts { since: now, attempts: 0, logged_at: None });
+                    run.attempts += 1;
+                    if crate::peer::client::failure_log_due(false, run.logged_at, now) {
+                        run.logged_at = Some(now);
+                        warn!(
+                            "completing the joint membership {} failed ({} attempts over {:.1} s, the last: {why}); \
+                             trying again every {COMPLETE_RETRY:?}, and saying so again every {:?} while it fails",
+                            members.membership(),
+                            run.attempts,
+                            now.duration_since(run.since).as_secs_f64(),
+                            crate::peer::client::STILL_DOWN_EVERY
+                        );
+                    }
                 }
             }
             tokio::select! {
@@ -317,7 +401,12 @@ pub async fn complete_interrupted_changes(ctx: AdminContext, stop: impl Future<O
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
+/// Serves the admin endpoints on `listener` until `shutdown` completes, with the bounds of
+/// [`referee_http_serve`]: a request's headers within its timeout, at most
+/// [`referee_http_serve::MAX_CONNECTIONS`] open (more are closed as they arrive), and a bounded
+/// drain at shutdown. Without them, a connection held idle on this port would outlive the
+/// server's shutdown, and enough of them would take the file descriptors its client and peer
+/// ports accept with.
 pub async fn serve(
     listener: TcpListener,
     ctx: AdminContext,
@@ -328,7 +417,7 @@ pub async fn serve(
         .route("/members", get(list_members).post(add_member))
         .route("/members/:id", delete(remove_member))
         .with_state(ctx);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    referee_http_serve::serve_until("admin HTTP listener", listener, router, shutdown).await
 }
 
 /// Why an admin request was not carried out; each maps to one HTTP status.
@@ -363,9 +452,15 @@ pub enum Refusal {
     /// Another change is still being committed (409).
     #[error("another membership change is in progress: {0}; retry once it has committed")]
     Busy(String),
-    /// The observer to promote is not following the leader closely enough to vote (409).
+    /// The server to make a voter (an observer to promote, or a server just added as one) is
+    /// not following the leader closely enough to vote (409).
     #[error("{0}")]
     NotReady(String),
+    /// The voters of the configuration the change would make include no majority that follows
+    /// the leader, so it could never commit, nor any write after it (409; Apache ZooKeeper's
+    /// `NewConfigNoQuorum`).
+    #[error("{0}")]
+    NoQuorum(String),
     /// The change did not complete within [`ADMIN_DEADLINE`] (504).
     #[error("{0}")]
     Timeout(String),
@@ -403,7 +498,7 @@ impl IntoResponse for Refusal {
         let status = match &self {
             Refusal::BadRequest { .. } | Refusal::Alone => StatusCode::BAD_REQUEST,
             Refusal::NotLeader { .. } => StatusCode::MISDIRECTED_REQUEST,
-            Refusal::Busy(_) | Refusal::NotReady(_) => StatusCode::CONFLICT,
+            Refusal::Busy(_) | Refusal::NotReady(_) | Refusal::NoQuorum(_) => StatusCode::CONFLICT,
             Refusal::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Raft(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -411,7 +506,12 @@ impl IntoResponse for Refusal {
         match self {
             Refusal::BadRequest { field, .. } => body.field = Some(field.to_string()),
             Refusal::NotLeader { leader, leader_admin } => (body.leader, body.leader_admin) = (leader, leader_admin),
-            Refusal::Alone | Refusal::Busy(_) | Refusal::NotReady(_) | Refusal::Timeout(_) | Refusal::Raft(_) => {}
+            Refusal::Alone
+            | Refusal::Busy(_)
+            | Refusal::NotReady(_)
+            | Refusal::NoQuorum(_)
+            | Refusal::Timeout(_)
+            | Refusal::Raft(_) => {}
         }
         (status, Json(body)).into_response()
     }
@@ -608,35 +708,93 @@ pub struct Following {
     pub heard: Option<Duration>,
 }
 
+impl Following {
+    /// The entries it trails the leader's log by, `None` when the leader knows none it holds.
+    fn lag(&self) -> Option<u64> {
+        match (self.matched, self.leader_last) {
+            (Some(m), Some(last)) => Some(last.saturating_sub(m)),
+            (None, None) => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Whether it follows closely enough to vote: at most [`PROMOTE_MAX_LAG`] entries behind,
+    /// heard from within [`PROMOTE_HEARD_WITHIN`].
+    pub fn keeps_up(&self) -> bool {
+        self.lag().is_some_and(|l| l <= PROMOTE_MAX_LAG) && self.heard.is_some_and(|h| h <= PROMOTE_HEARD_WITHIN)
+    }
+
+    /// What the leader knows of it and what voting needs, for a refusal.
+    fn describe(&self) -> String {
+        let matched = self.matched.map_or("no matched index".into(), |m| format!("matched index {m}"));
+        let last = self.leader_last.map_or("an empty log".into(), |l| format!("last index {l}"));
+        let lag = self.lag().map_or("an unknown lag".into(), |l| format!("lag {l}"));
+        let heard = match self.heard {
+            Some(h) => format!("last heard {} ms ago", h.as_millis()),
+            None => "not heard from since it hung up or this leader started".into(),
+        };
+        format!(
+            "the leader knows {matched} of its {last} ({lag}; at most {PROMOTE_MAX_LAG} allowed), {heard} (within {} \
+             ms needed)",
+            PROMOTE_HEARD_WITHIN.as_millis()
+        )
+    }
+}
+
 /// Whether observer `id`, following the leader as `f` says, may become a voter: openraft's
 /// promotion checks nothing, and a voter that cannot follow the log would count in every
 /// quorum from the joint configuration on. With one voter before it, the joint configuration
 /// itself could never commit, nor the removal that would undo it; with more, the ensemble would
 /// survive one failure fewer. Refused (409) naming what the leader knows of it.
 pub fn ready_to_vote(id: u64, f: Following) -> Result<(), Refusal> {
-    let lag = match (f.matched, f.leader_last) {
-        (Some(m), Some(last)) => Some(last.saturating_sub(m)),
-        (None, None) => Some(0),
-        _ => None,
-    };
-    let behind = lag.is_none_or(|l| l > PROMOTE_MAX_LAG);
-    let silent = f.heard.is_none_or(|h| h > PROMOTE_HEARD_WITHIN);
-    if !behind && !silent {
+    if f.keeps_up() {
         return Ok(());
     }
-    let matched = f.matched.map_or("no entry known".into(), |m| format!("matched index {m}"));
-    let last = f.leader_last.map_or("an empty log".into(), |l| format!("last index {l}"));
-    let lag = lag.map_or("an unknown lag".into(), |l| format!("lag {l}"));
-    let heard = match f.heard {
-        Some(h) => format!("last heard {} ms ago", h.as_millis()),
-        None => "not heard from since it hung up or this leader started".into(),
-    };
     Err(Refusal::NotReady(format!(
-        "observer {id} is not ready to vote: the leader knows {matched} of its {last} ({lag}; at most \
-         {PROMOTE_MAX_LAG} allowed), {heard} (within {} ms needed). As a voter it would count in every quorum, \
-         and writes would wait for it. Start it, or wait for it to catch up (GET /members shows its lag and \
-         `heard_ms`), then repeat the request",
-        PROMOTE_HEARD_WITHIN.as_millis()
+        "observer {id} is not ready to vote: {}. As a voter it would count in every quorum, and writes would wait \
+         for it. Start it, or wait for it to catch up (GET /members shows its lag and `heard_ms`), then repeat the \
+         request",
+        f.describe()
+    )))
+}
+
+/// Whether the configuration whose voters are `new_voters` could commit, proposed by `leader`:
+/// a majority of them must follow it ([`Following::keeps_up`], the leader itself counted when
+/// it stays a voter), as `follow` tells for each. Openraft checks nothing here, and puts a
+/// configuration in force as soon as it is appended: one whose new voters have no majority
+/// that follows never commits, every write after it waits with it, and no change can undo it
+/// (the configuration stays joint) until enough of them are back. Apache ZooKeeper refuses such
+/// a reconfiguration up front (`NewConfigNoQuorum`); so does this (409, naming each voter the
+/// new configuration would depend on and what the leader knows of it).
+pub fn new_voters_follow(
+    leader: u64,
+    new_voters: &BTreeSet<u64>,
+    follow: impl Fn(u64) -> Following,
+) -> Result<(), Refusal> {
+    let mut following = 0;
+    let mut lines = Vec::new();
+    for &id in new_voters {
+        if id == leader {
+            following += 1;
+            lines.push(format!("server {id} leads"));
+            continue;
+        }
+        let f = follow(id);
+        let verdict = if f.keeps_up() { "follows" } else { "does not follow" };
+        following += usize::from(f.keeps_up());
+        lines.push(format!("server {id} {verdict}: {}", f.describe()));
+    }
+    let needed = new_voters.len() / 2 + 1;
+    if following >= needed {
+        return Ok(());
+    }
+    let follow = if following == 1 { "follows" } else { "follow" };
+    Err(Refusal::NoQuorum(format!(
+        "the new configuration would have voters {new_voters:?}, and every write, this change first, would need {needed} \
+         of them, but only {following} {follow} this leader ({}). Proposed, it would stop every write until enough of \
+         them are back, with no change able to undo it. Bring back the voters that do not follow (or remove a voter \
+         that is down first: the others then decide without it), then repeat the request",
+        lines.join("; ")
     )))
 }
 
@@ -737,53 +895,117 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
     let ours = ctx.one_change_at_a_time()?;
     let term = m.current_term;
     let now = ctx.metrics();
-    let plan = plan_add(&MembershipView::of(&now), &req)?;
+    let view = MembershipView::of(&now);
+    let plan = plan_add(&view, &req)?;
+    let voters_after: BTreeSet<u64> = view.voters.iter().copied().chain([req.id]).collect();
     if let AddPlan::Promote { id } = plan {
-        let matched = now.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
-        ready_to_vote(id, Following { matched, leader_last: now.last_log_index, heard: ctx.heard_from(id) })?;
+        ready_to_vote(id, ctx.following(&now, id))?;
+        ctx.new_voters_would_commit(&voters_after)?;
     }
     info!(?plan, "membership change requested");
     let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
     let added = Some((req.id, Addresses { client: Some(req.client), admin: req.admin }));
-    let work = async {
-        match &plan {
-            AddPlan::AddObserver { id, peer } => {
-                while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true))
-                    .await
-                    .map(drop)
+    match &plan {
+        AddPlan::AddObserver { id, peer } => {
+            let learner = while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true));
+            match tokio::time::timeout_at(deadline, learner).await {
+                Ok(done) => done.map(drop).map_err(|e| write_refusal(&ctx, e))?,
+                Err(_) => {
+                    return Err(Refusal::Timeout(format!(
+                        "server {id} did not catch up with the log within {ADMIN_DEADLINE:?}: {}. Start it (its \
+                         `servers` must list this ensemble), or check that it listens at its peer address {peer}; \
+                         or remove it with DELETE /members/{id}",
+                        ctx.standing(*id)
+                    )))
+                }
             }
-            AddPlan::AddVoter { id, peer } => {
-                // A voter counts towards the quorum at once: it joins caught up, or the writes
-                // after it would wait for it to fetch the whole log. (Dropped while it catches
-                // up, the call leaves an observer, which the timeout's answer says.)
-                while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true)).await?;
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                change_to_the_end(&ctx, change, added, ours, deadline).await
+            // A change of voters says so, and publishes the members, from its own task
+            // (`change_to_the_end`).
+            info!(?plan, "membership changed");
+            ctx.publish_members(added).await;
+        }
+        AddPlan::AddVoter { id, peer } => {
+            // A voter counts in every quorum from the joint configuration on, so it is added
+            // as an observer first and made a voter only once it follows as a promotion must
+            // ([`ready_to_vote`]). Openraft's blocking wait is not that: it ends once the lag
+            // is within `replication_lag_threshold`, and counts a server that acknowledged
+            // nothing as lagging by the log's length, so on a short log it ends at once for a
+            // server that is not there at all.
+            let learner = while_leading(&ctx, term, ctx.raft.add_learner(*id, BasicNode { addr: peer.clone() }, true));
+            match tokio::time::timeout_at(deadline, learner).await {
+                Ok(done) => drop(done.map_err(|e| write_refusal(&ctx, e))?),
+                Err(_) => return Err(not_made_a_voter(&ctx, *id, peer)),
             }
-            AddPlan::Promote { id } => {
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
-                change_to_the_end(&ctx, change, added, ours, deadline).await
+            until_ready_to_vote(&ctx, *id, peer, term, deadline).await?;
+            ctx.new_voters_would_commit(&voters_after).map_err(|refusal| match refusal {
+                Refusal::NoQuorum(why) => Refusal::NoQuorum(format!(
+                    "{why}. Meanwhile {}; DELETE /members/{id} removes it",
+                    ctx.standing(*id)
+                )),
+                other => other,
+            })?;
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+            change_voters(&ctx, change, added, ours, deadline, *id, format!("making server {id} a voter")).await?;
+        }
+        AddPlan::Promote { id } => {
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+            change_voters(&ctx, change, added, ours, deadline, *id, format!("making server {id} a voter")).await?;
+        }
+    }
+    Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+/// How often the leader looks again at a server it waits for to follow closely enough to
+/// vote: its replication metrics wake the wait when they move, when it was last heard does not.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until server `id`, just added as an observer, follows the leader of `term` closely
+/// enough to vote ([`ready_to_vote`]), at most until `deadline`. Past it the server stays an
+/// observer, and the refusal says so ([`not_made_a_voter`]).
+async fn until_ready_to_vote(
+    ctx: &AdminContext,
+    id: u64,
+    peer: &str,
+    term: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), Refusal> {
+    let mut metrics = ctx.raft.metrics();
+    let ready = async {
+        loop {
+            let m = metrics.borrow_and_update().clone();
+            if m.current_term != term || m.current_leader != Some(m.id) {
+                return Err(ctx.not_leader(m.current_leader));
+            }
+            if ctx.following(&m, id).keeps_up() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return Err(Refusal::Raft("this server is shutting down".into()));
+                },
+                () = tokio::time::sleep(READY_POLL) => {}
             }
         }
     };
-    match tokio::time::timeout_at(deadline, work).await {
-        Ok(result) => result.map_err(|e| write_refusal(&ctx, e))?,
-        Err(_) => {
-            return Err(Refusal::Timeout(format!(
-                "server {} did not catch up with the log within {ADMIN_DEADLINE:?}; it may have been added as \
-                 an observer meanwhile (see GET /members): start it (its `servers` must list this ensemble) and \
-                 repeat the request, or remove it with DELETE /members/{}",
-                req.id, req.id
-            )))
-        }
+    match tokio::time::timeout_at(deadline, ready).await {
+        Ok(done) => done,
+        Err(_) => Err(not_made_a_voter(ctx, id, peer)),
     }
-    if let AddPlan::AddObserver { .. } = plan {
-        // A change of voters says so, and publishes the members, from its own task
-        // (`change_to_the_end`).
-        info!(?plan, "membership changed");
-        ctx.publish_members(added).await;
-    }
-    Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+/// The refusal (409) of a voter added that did not follow the leader closely enough within
+/// [`ADMIN_DEADLINE`]: what the leader knows of it, where it stands (an observer: no change of
+/// the voters was proposed), and what to do.
+fn not_made_a_voter(ctx: &AdminContext, id: u64, peer: &str) -> Refusal {
+    let m = ctx.metrics();
+    Refusal::NotReady(format!(
+        "server {id} was not made a voter: it did not follow the leader closely enough within {ADMIN_DEADLINE:?} \
+         ({}), and as a voter it would count in every quorum. No change of the voters was proposed: {}. Start it \
+         (its `servers` must list this ensemble), or check that it listens at its peer address {peer}, then make \
+         it a voter with the same request; or remove it with DELETE /members/{id}",
+        ctx.following(&m, id).describe(),
+        ctx.standing(id)
+    ))
 }
 
 async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) -> Result<Json<Members>, Refusal> {
@@ -793,23 +1015,43 @@ async fn remove_member(State(ctx): State<AdminContext>, Path(id): Path<String>) 
         return Err(ctx.not_leader(m.current_leader));
     }
     let ours = ctx.one_change_at_a_time()?;
-    let plan = plan_remove(&MembershipView::of(&ctx.metrics()), &id)?;
-    info!(?plan, "membership change requested");
-    let change = match plan {
-        RemovePlan::RemoveVoter(id) => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
-        RemovePlan::RemoveObserver(id) => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
-    };
-    let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
-    match tokio::time::timeout_at(deadline, change_to_the_end(&ctx, change, None, ours, deadline)).await {
-        Ok(result) => result.map(drop).map_err(|e| write_refusal(&ctx, e))?,
-        Err(_) => {
-            return Err(Refusal::Timeout(format!(
-                "the removal was not committed within {ADMIN_DEADLINE:?}: a majority of the voters may be \
-                 unreachable. See GET /members for where it stands"
-            )))
+    let view = MembershipView::of(&ctx.metrics());
+    let plan = plan_remove(&view, &id)?;
+    let (id, change) = match plan {
+        RemovePlan::RemoveVoter(id) => {
+            let mut voters_after = view.voters.clone();
+            voters_after.remove(&id);
+            ctx.new_voters_would_commit(&voters_after)?;
+            (id, ChangeMembers::RemoveVoters(BTreeSet::from([id])))
         }
-    }
+        RemovePlan::RemoveObserver(id) => (id, ChangeMembers::RemoveNodes(BTreeSet::from([id]))),
+    };
+    info!(?plan, "membership change requested");
+    let deadline = tokio::time::Instant::now() + ADMIN_DEADLINE;
+    change_voters(&ctx, change, None, ours, deadline, id, format!("the removal of server {id}")).await?;
     Ok(Json(members_of(&ctx, &ctx.metrics())))
+}
+
+/// Carries `change` out ([`change_to_the_end`]), answering for it until `deadline`; past it,
+/// 504 saying that `what` was not committed yet and where server `id` and the configuration
+/// stand then.
+async fn change_voters(
+    ctx: &AdminContext,
+    change: ChangeMembers<u64, BasicNode>,
+    added: Option<(u64, Addresses)>,
+    ours: tokio::sync::OwnedMutexGuard<()>,
+    deadline: tokio::time::Instant,
+    id: u64,
+    what: String,
+) -> Result<(), Refusal> {
+    match tokio::time::timeout_at(deadline, change_to_the_end(ctx, change, added, ours, deadline)).await {
+        Ok(done) => done.map_err(|e| write_refusal(ctx, e)),
+        Err(_) => Err(Refusal::Timeout(format!(
+            "{what} was not committed within {ADMIN_DEADLINE:?}: {}. A change commits once a majority of the old \
+             voters and one of the new have acknowledged it; GET /members shows each member's lag and `heard_ms`",
+            ctx.standing(id)
+        ))),
+    }
 }
 
 /// Carries `change` out in a task of its own, which holds `ours` (this server's change lock)
@@ -1129,7 +1371,7 @@ mod tests {
         assert_eq!(ready_to_vote(4, f(Some(40), Some(40 + PROMOTE_MAX_LAG), Some(PROMOTE_HEARD_WITHIN))), Ok(()));
         for (following, says) in [
             (f(Some(10), Some(500), Some(ms(100))), "matched index 10 of its last index 500 (lag 490"),
-            (f(None, Some(500), Some(ms(100))), "no entry known of its last index 500 (an unknown lag"),
+            (f(None, Some(500), Some(ms(100))), "no matched index of its last index 500 (an unknown lag"),
             (f(Some(40), Some(40), Some(ms(4000))), "(lag 0; at most 100 allowed), last heard 4000 ms ago"),
             (f(Some(40), Some(40), None), "not heard from since it hung up or this leader started"),
         ] {
@@ -1140,6 +1382,50 @@ mod tests {
                 other => panic!("{following:?}: expected a 409, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_change_of_voters_needs_a_majority_of_the_new_ones_following() {
+        let ms = Duration::from_millis;
+        let set = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        // Leader 1; 2 follows; 3 is down (hung up), 4 and 5 silent for a while, 6 far behind.
+        let follow = |id: u64| match id {
+            2 => Following { matched: Some(50), leader_last: Some(50), heard: Some(ms(10)) },
+            3 => Following { matched: Some(48), leader_last: Some(50), heard: None },
+            4 | 5 => Following { matched: Some(50), leader_last: Some(50), heard: Some(ms(9000)) },
+            6 => Following { matched: None, leader_last: Some(500), heard: Some(ms(10)) },
+            other => panic!("no server {other}"),
+        };
+        let refused = |voters: &[u64]| match new_voters_follow(1, &set(voters), follow) {
+            Err(Refusal::NoQuorum(why)) => why,
+            other => panic!("{voters:?}: expected a 409, got {other:?}"),
+        };
+        // 3 of {1, 2, 3} down: removing 2 leaves {1, 3}, removing the leader {2, 3}; both refused,
+        // naming the voter they would wait for and when it was last heard.
+        let why = refused(&[1, 3]);
+        assert!(why.contains("voters {1, 3}") && why.contains("need 2 of them, but only 1 follows"), "{why}");
+        assert!(why.contains("server 1 leads; server 3 does not follow: the leader knows matched index 48"), "{why}");
+        assert!(why.contains("not heard from since it hung up"), "{why}");
+        let why = refused(&[2, 3]);
+        assert!(why.contains("server 2 follows") && why.contains("server 3 does not follow"), "{why}");
+        // Removing the one that is down leaves two that follow.
+        assert_eq!(new_voters_follow(1, &set(&[1, 2]), follow), Ok(()));
+        // Five voters, two silent: removing a live one leaves 2 of 4; removing a silent one 3 of 4.
+        assert!(refused(&[1, 3, 4, 5]).contains("need 3 of them, but only 1 follows this leader"));
+        assert!(refused(&[1, 2, 4, 5, 6]).contains("need 3 of them, but only 2 follow this leader"));
+        assert!(refused(&[1, 2, 4, 5]).contains("server 4 does not follow"));
+        assert_eq!(
+            new_voters_follow(1, &set(&[1, 2, 3, 5]), |id| if id == 3 { follow(2) } else { follow(id) }),
+            Ok(())
+        );
+        // Adding a voter that is far behind to a single voter: refused; caught up, accepted.
+        assert!(refused(&[1, 6]).contains("server 6 does not follow: the leader knows no matched index"));
+        assert_eq!(new_voters_follow(1, &set(&[1, 2]), follow), Ok(()));
+        // Adding a fourth to three where one is down: three of four still follow.
+        assert_eq!(
+            new_voters_follow(1, &set(&[1, 2, 3, 7]), |id| if id == 7 { follow(2) } else { follow(id) }),
+            Ok(())
+        );
     }
 
     #[test]

@@ -318,6 +318,13 @@ impl Coordinator {
             // In an ensemble, elections are called after a pre-vote (`campaign_when_leader_lapses`);
             // a server alone elects itself.
             enable_elect: !config.is_ensemble(),
+            // What openraft's blocking `add_learner` waits for (and all this threshold does in
+            // openraft 0.9): the new member within this many entries of the leader's log. The
+            // admin API's caught-up bound, so an observer added answers once it could be
+            // promoted, rather than 5000 entries behind. (A server that acknowledged nothing
+            // counts as behind by the log's length: on a short log the wait ends at once, so
+            // a voter added is also checked itself, `admin::until_ready_to_vote`.)
+            replication_lag_threshold: crate::admin::PROMOTE_MAX_LAG,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
@@ -781,6 +788,31 @@ impl AwaitingLeader {
     }
 }
 
+/// A background task's clock: wakes it every `period` (a tick missed while the task worked is
+/// taken late, never in a burst) until the server stops.
+struct Ticker {
+    interval: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ticker {
+    fn new(period: Duration, stop: watch::Receiver<bool>) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, stop }
+    }
+
+    /// Waits for the next tick: `false` once the server stops (or its sender is gone), which
+    /// is looked at first.
+    async fn tick(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.stop.changed() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// Completes once `stop` says the server stops (or its sender is gone).
 fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut stop = stop.clone();
@@ -1164,21 +1196,15 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// [`crate::liveness::QuorumProof`] its replies and its acknowledgements of liveness reports
 /// rest on) and as its contact for the staleness bound. Rounds run one at a time, and only once
 /// the leader is settled (it has applied an entry of its term).
-async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, stop: watch::Receiver<bool>) {
     let (proof, contact) = {
         let st = shared.lock();
         (st.quorum_proof.clone(), st.leader_contact.clone())
     };
-    let mut interval = tokio::time::interval(crate::liveness::PROVE_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(crate::liveness::PROVE_EVERY, stop);
     // Whether the last round failed: a run of failures is logged once.
     let mut failing = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
+    while ticker.tick().await {
         let Some(term) = shared.leading() else {
             failing = false;
             continue;
@@ -1226,7 +1252,7 @@ async fn prove_leadership(shared: Arc<Shared>, network: PeerNetwork, mut stop: w
 /// server that took longer than the bound to find its leader (its recovery and the election)
 /// refused the first sessions it was offered and dropped its clients as soon as it served,
 /// until its first liveness report was acknowledged.
-async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn guard_staleness(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     use crate::staleness::{verdict, Verdict};
     let began = Instant::now();
     let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
@@ -1236,14 +1262,8 @@ async fn guard_staleness(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let st = shared.lock();
         (st.leader_contact.clone(), st.report_contact.clone())
     };
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(every, stop);
+    while ticker.tick().await {
         let now = Instant::now();
         let silent = match shared.leading() {
             Some(_) => contact.silent_for(now),
@@ -1316,7 +1336,7 @@ async fn campaign_when_leader_lapses(
     raft: Raft,
     state: Arc<Mutex<ServerState>>,
     network: PeerNetwork,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     use crate::staleness::{
         campaign_due, campaign_wait, lease_to_wait, quorum_granted, still_lapsed, ElectionView, LEASE,
@@ -1325,8 +1345,7 @@ async fn campaign_when_leader_lapses(
     let id = raft.metrics().borrow().id;
     let contact = lock().leader_contact.clone();
     let started = Instant::now();
-    let mut interval = tokio::time::interval(CAMPAIGN_CHECK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(CAMPAIGN_CHECK, stop);
     let mut campaigned: Option<Instant> = None;
     let mut term = (raft.metrics().borrow().current_term, Instant::now());
     let first_term = term.0;
@@ -1336,12 +1355,7 @@ async fn campaign_when_leader_lapses(
     // Whether the last pre-vote was refused: a run of refusals (a server cut off from the rest)
     // is logged once.
     let mut refused = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
+    while ticker.tick().await {
         let now = Instant::now();
         let (contends, leader, configs) = {
             let m = raft.metrics();
@@ -1630,17 +1644,11 @@ fn commit_ask_every(bound: Duration) -> Duration {
 /// A server that does not lead asks its leader for a read index every
 /// [`commit_ask_every`] (see [`ask_leader_commit`]), so that the staleness bound knows how
 /// current its tree is (see [`crate::staleness`]).
-async fn follow_leader_commit(shared: Arc<Shared>, network: PeerNetwork, mut stop: watch::Receiver<bool>) {
+async fn follow_leader_commit(shared: Arc<Shared>, network: PeerNetwork, stop: watch::Receiver<bool>) {
     let bound = Duration::from_millis(shared.config.max_leader_silence_ms);
     let contact = shared.lock().leader_contact.clone();
-    let mut interval = tokio::time::interval(commit_ask_every(bound));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
+    let mut ticker = Ticker::new(commit_ask_every(bound), stop);
+    while ticker.tick().await {
         ask_leader_commit(&shared, &network, &contact, bound).await;
     }
 }
@@ -1680,15 +1688,9 @@ async fn ask_leader_commit(
 /// Every `container_check_interval_ms`, the leader deletes empty containers and expired TTL
 /// nodes (ZooKeeper's ContainerManager). Each deletion is a transaction that re-checks the
 /// condition at apply, so a child created meanwhile keeps its container.
-async fn reap_containers(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(shared.config.container_check_interval_ms));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            _ = interval.tick() => {}
-        }
+async fn reap_containers(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut ticker = Ticker::new(Duration::from_millis(shared.config.container_check_interval_ms), stop);
+    while ticker.tick().await {
         if shared.raft.metrics().borrow().state != openraft::ServerState::Leader {
             continue;
         }

@@ -7,7 +7,10 @@
 //! - `/members` adds a server as an observer (it then applies the writes), promotes it to
 //!   voter, removes another voter (writes still commit on the smaller ensemble) and adds a
 //!   server as a voter at once; a follower sends the caller to the leader; bad requests are
-//!   refused naming the field.
+//!   refused naming the field;
+//! - `/members` refuses (409) a change whose new voters would have no majority following the
+//!   leader: a voter added that never answers (left an observer), a voter removed while
+//!   another is down; nothing is proposed and writes go on.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use referee_coordinator::admin::{Members, RefusalBody};
+use referee_coordinator::admin::{Members, RefusalBody, ADMIN_DEADLINE, PROMOTE_HEARD_WITHIN};
 use referee_coordinator::config::{CoordinatorConfig, Role, ServerEntry};
 use referee_coordinator::log::RealFs;
 use referee_coordinator::raft::Raft;
@@ -164,8 +167,10 @@ async fn stop(r: Running) -> Result<()> {
     within_for(DEADLINE, "a server to stop", r.task).await??.map_err(|e| anyhow!("server {}: {e}", r.id))
 }
 
+/// An HTTP client that waits out the server's own deadline on a membership change, so that a
+/// call the server answers late is seen with the server's answer.
 fn http() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(DEADLINE).build()?)
+    Ok(reqwest::Client::builder().timeout(ADMIN_DEADLINE + Duration::from_secs(15)).build()?)
 }
 
 /// Scrapes `/metrics` into sample name (with labels) → value, checking every sample is typed.
@@ -333,6 +338,30 @@ fn refusal(status: u16, body: &str, want_status: u16) -> Result<RefusalBody> {
         bail!("want {want_status}, got {status}: {body}");
     }
     Ok(serde_json::from_str(body)?)
+}
+
+/// The voters and whether a change is in progress, as the server at `admin` lists them.
+async fn shape(admin: SocketAddr) -> Result<(Vec<u64>, bool)> {
+    let m = members(admin).await?;
+    Ok((m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect(), m.changing))
+}
+
+/// Waits until the leader at `l_admin` no longer counts server `id` as heard lately (until it
+/// has noticed a server stopped, it may still count it).
+async fn until_unheard(l_admin: SocketAddr, id: u64) -> Result<()> {
+    let heard_lately = || async {
+        let v: serde_json::Value =
+            http()?.get(format!("http://{l_admin}/members")).send().await?.error_for_status()?.json().await?;
+        let member = v["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id)).cloned();
+        let within = PROMOTE_HEARD_WITHIN.as_millis() as u64;
+        Ok::<_, anyhow::Error>(member.and_then(|m| m["heard_ms"].as_u64()).is_some_and(|ms| ms <= within))
+    };
+    within_for(DEADLINE, &format!("the leader to stop hearing server {id}"), async {
+        while heard_lately().await.unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,20 +548,7 @@ async fn an_observer_the_leader_does_not_hear_is_not_promoted() -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     let at = running.iter().position(|r| r.id == 2).context("the observer runs")?;
     stop(running.remove(at)).await?;
-    // Until the leader has noticed, it may still count the observer as heard lately.
-    let heard_lately = || async {
-        let v: serde_json::Value =
-            http()?.get(format!("http://{l_admin}/members")).send().await?.error_for_status()?.json().await?;
-        let two = v["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 2)).cloned();
-        let within = referee_coordinator::admin::PROMOTE_HEARD_WITHIN.as_millis() as u64;
-        Ok::<_, anyhow::Error>(two.and_then(|m| m["heard_ms"].as_u64()).is_some_and(|ms| ms <= within))
-    };
-    within_for(DEADLINE, "the leader to stop hearing the observer", async {
-        while heard_lately().await.unwrap_or(true) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    until_unheard(l_admin, 2).await?;
 
     let (status, body) = post(l_admin, member_json(&servers[1], "voter")).await?;
     let r = refusal(status, &body, 409)?;
@@ -541,6 +557,104 @@ async fn an_observer_the_leader_does_not_hear_is_not_promoted() -> Result<()> {
     let voters: Vec<u64> = m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect();
     assert_eq!((voters, m.changing), (vec![1], false), "{m:?}");
     write_and_check(&running, leader, "/after-the-refusal").await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// The `servers` entry of a server that is not running: its addresses are free, and nothing
+/// answers at its peer address.
+async fn never_started(id: u64) -> Result<ServerEntry> {
+    Ok(prepare(id, Role::Voter).await?.entry)
+}
+
+/// A voter added that never answers (not started, or at a mistyped peer address) is not made
+/// a voter: with one voter before it, the joint configuration could never commit, and every
+/// write would wait for good. The leader adds it as an observer, waits for it to follow, and
+/// refuses (409) saying it stays an observer; the ensemble goes on writing, and the observer
+/// can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_never_answers_is_left_an_observer_beside_a_single_voter() -> Result<()> {
+    let (running, _servers, _dirs) = start_ensemble(&[Role::Voter, Role::Observer]).await?;
+    let leader = leader_of(&running).await?;
+    assert_eq!(leader, 1, "the only voter leads");
+    let l_admin = by_id(&running, 1)?.admin;
+    let absent = never_started(3).await?;
+
+    let (status, body) = post(l_admin, member_json(&absent, "voter")).await?;
+    let r = refusal(status, &body, 409)?;
+    eprintln!("the refusal: {}", r.error);
+    assert!(
+        r.error.contains("server 3") && r.error.contains("observer") && r.error.contains("DELETE /members/3"),
+        "{body}"
+    );
+    assert_eq!(shape(l_admin).await?, (vec![1], false), "server 1 stays the only voter, no change in progress");
+    let m = members(l_admin).await?;
+    let three = m.members.iter().find(|m| m.id == 3).context("server 3 is listed")?;
+    assert_eq!(three.role, "observer", "{m:?}");
+    write_and_check(&running, leader, "/after-the-absent-voter").await?;
+
+    let (status, body) = delete(l_admin, "3").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(!members(l_admin).await?.members.iter().any(|m| m.id == 3), "server 3 removed");
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// The same on three voters: the voter that never answers is not added as one, so the
+/// ensemble keeps surviving the failure of one of its three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_never_answers_leaves_three_voters_as_they_were() -> Result<()> {
+    let (running, _servers, _dirs) = start_ensemble(&[Role::Voter; 3]).await?;
+    let leader = leader_of(&running).await?;
+    let l_admin = by_id(&running, leader)?.admin;
+    let absent = never_started(4).await?;
+
+    let (status, body) = post(l_admin, member_json(&absent, "voter")).await?;
+    let r = refusal(status, &body, 409)?;
+    eprintln!("the refusal: {}", r.error);
+    assert!(r.error.contains("server 4") && r.error.contains("observer"), "{body}");
+    assert_eq!(shape(l_admin).await?, (vec![1, 2, 3], false), "the voters are as they were");
+    write_and_check(&running, leader, "/after-the-absent-fourth").await?;
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// With one of three voters down, removing another one (or the leader itself) is refused: the
+/// new configuration's voters would be the leader and the down one (or the other two), and
+/// every write would wait until the down one is back. The refusal (409) names the voter the
+/// new configuration would depend on; nothing is proposed, and the ensemble goes on writing.
+/// Removing the down voter itself leaves two that follow: that is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_voter_while_another_is_down_is_refused_when_the_rest_could_not_commit() -> Result<()> {
+    let (mut running, _servers, _dirs) = start_ensemble(&[Role::Voter; 3]).await?;
+    let leader = leader_of(&running).await?;
+    let l_admin = by_id(&running, leader)?.admin;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let (kept, down) = (followers[0], followers[1]);
+    let at = running.iter().position(|r| r.id == down).context("the follower runs")?;
+    stop(running.remove(at)).await?;
+    until_unheard(l_admin, down).await?;
+    write_and_check(&running, leader, "/one-down").await?;
+
+    for removed in [kept, leader] {
+        let (status, body) = delete(l_admin, &removed.to_string()).await?;
+        let r = refusal(status, &body, 409).with_context(|| format!("DELETE /members/{removed}"))?;
+        eprintln!("DELETE /members/{removed} refused: {}", r.error);
+        assert!(r.error.contains(&format!("server {down}")) && r.error.contains("heard"), "{body}");
+        assert_eq!(shape(l_admin).await?, (vec![1, 2, 3], false), "nothing proposed after DELETE {removed}");
+    }
+    write_and_check(&running, leader, "/after-the-refusals").await?;
+
+    let (status, body) = delete(l_admin, &down.to_string()).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(shape(l_admin).await?, (vec![leader.min(kept), leader.max(kept)], false));
+    write_and_check(&running, leader, "/without-the-down-one").await?;
     for r in running {
         stop(r).await?;
     }

@@ -495,7 +495,8 @@ fn load_token(path: &Path) -> anyhow::Result<FencingToken> {
     }
 }
 
-/// Serves the demo master on `listener` until `shutdown` completes, then drains connections.
+/// Serves the demo master on `listener` until `shutdown` completes, then gives open requests
+/// [`referee_http_serve::DRAIN_TIMEOUT`] to finish.
 ///
 /// Fails at start if the configuration is invalid, the state file is unreadable, or (with a
 /// journal) the coordinator cannot be reached within the session timeout plus one op timeout.
@@ -566,7 +567,10 @@ pub async fn run(
         app = app.route("/test/*rest", axum::routing::any(test_routes_off));
     }
     let app = app.with_state(master.clone());
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // Served with the bounds of every Referee listener (a request's headers within 10 s, at
+    // most 256 connections): clients holding connections idle must neither hold the master's
+    // shutdown nor take the file descriptors its journal session and state file need.
+    let served = referee_http_serve::serve_until("demo master", listener, app, shutdown).await;
     for task in [poller, tailer].into_iter().flatten() {
         task.abort();
         let _ = task.await;

@@ -10,15 +10,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use referee_examples::ha_master::{self, HaMasterConfig, LeaseConfig, LeaseGrant, Refusal, WriteAccepted};
 use referee_fencing::{FencingToken, HaState, HaStatus};
-use referee_testkit::ScratchDir;
+use referee_testkit::{within_for, ScratchDir};
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A master running in-process.
 struct Running {
+    addr: SocketAddr,
     base: String,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -33,7 +35,7 @@ impl Running {
         let task = tokio::spawn(ha_master::run(config, listener, async move {
             let _ = stopped.await;
         }));
-        Running { base: format!("http://{addr}"), stop: Some(stop), task, http: reqwest::Client::new() }
+        Running { addr, base: format!("http://{addr}"), stop: Some(stop), task, http: reqwest::Client::new() }
     }
 
     async fn stop(mut self) {
@@ -208,6 +210,21 @@ async fn the_health_switch_turns_health_off_and_on() {
     master.post("/test/healthy", json!(null)).await;
     assert_eq!(master.get("/ha/health").await.0, StatusCode::OK);
     master.stop().await;
+}
+
+/// A client holding half a request line cannot keep the master from stopping: its listener
+/// gives open requests a bounded drain.
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_the_masters_shutdown() {
+    let dir = ScratchDir::new("ha-master-half-sent").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
+    let mut idle = tokio::net::TcpStream::connect(master.addr).await.unwrap();
+    idle.write_all(b"GET /ha/state HTTP/1.1\r\n").await.unwrap();
+    // Connections are accepted in order: once a later one is answered, the master holds the
+    // half-sent one.
+    master.state().await;
+    let limit = referee_http_serve::DRAIN_TIMEOUT + Duration::from_secs(5);
+    within_for(limit, "the master to stop", master.stop()).await.unwrap();
 }
 
 /// A fake agent lease endpoint whose answer the test controls.

@@ -59,6 +59,7 @@ use axum::{Json, Router};
 use referee_fencing::config::ClientTlsConfig;
 use referee_fencing::protocol::PEER_FENCE_PATH;
 use referee_fencing::{MethodOutcome, PeerFenceOutcome, PeerFenceRequest, PeerFenceResponse};
+use referee_http_serve::{serve_listener, MAX_CONNECTIONS};
 use serde::Deserialize;
 use serde_json::json;
 use thiserror::Error;
@@ -75,7 +76,6 @@ use crate::clock::BootInstant;
 use crate::control::{ControlRequest, Declined};
 use crate::failsafe::{FailsafeRequest, FailsafeResponse, PEER_FAILSAFE_PATH};
 use crate::fence_checks::{CheckNow, CheckNowError, Round};
-use crate::serve::{serve_listener, MAX_CONNECTIONS};
 use crate::status::AgentStatus;
 
 /// The admin listener's default address: loopback, so only local operators reach it.
@@ -879,7 +879,7 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open requests
-    /// [`crate::serve::DRAIN_TIMEOUT`] to finish.
+    /// [`referee_http_serve::DRAIN_TIMEOUT`] to finish.
     pub async fn serve(
         self,
         listeners: AdminListeners,

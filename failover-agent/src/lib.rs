@@ -69,7 +69,6 @@ pub mod lease;
 pub mod model;
 pub mod probes;
 pub mod schedule;
-pub mod serve;
 pub mod staleness;
 pub mod status;
 pub mod timeline;

@@ -194,14 +194,14 @@ pub fn router(state: ProbeState) -> Router {
 }
 
 /// Serves the probes on `listener` until `shutdown` completes, with the bounds of
-/// [`crate::serve`] (a request's headers within its timeout, a limit on open connections, a
+/// [`referee_http_serve`] (a request's headers within its timeout, a limit on open connections, a
 /// bounded drain at shutdown).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ProbeState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with_limit(listener, state, crate::serve::MAX_CONNECTIONS, shutdown).await
+    serve_with_limit(listener, state, referee_http_serve::MAX_CONNECTIONS, shutdown).await
 }
 
 /// [`serve`] with another limit on open connections.
@@ -216,7 +216,8 @@ pub async fn serve_with_limit(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let served = crate::serve::serve_listener("probes", listener, router(state), None, max_connections, stop_rx).await;
+    let served =
+        referee_http_serve::serve_listener("probes", listener, router(state), None, max_connections, stop_rx).await;
     stopper.abort();
     served
 }
@@ -268,7 +269,7 @@ mod tests {
         let answer = closed_within(&mut other, Duration::from_secs(10)).await.expect("an answer");
         assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
         stop.send(()).unwrap();
-        let limit = crate::serve::DRAIN_TIMEOUT + Duration::from_secs(5);
+        let limit = referee_http_serve::DRAIN_TIMEOUT + Duration::from_secs(5);
         let done = tokio::time::timeout(limit, server).await;
         assert!(matches!(done, Ok(Ok(Ok(())))), "the probe server did not stop within {limit:?}: {done:?}");
     }

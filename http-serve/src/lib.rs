@@ -1,13 +1,32 @@
-//! The agent's HTTP listeners (the probes, the admin API, the peer API), served the same way:
-//! each connection on its own task, its request headers within [`HEADER_TIMEOUT`] (an idle
-//! keep-alive connection too), at most [`MAX_CONNECTIONS`] open at once, and at shutdown open
-//! requests given [`DRAIN_TIMEOUT`] to finish before their connections are dropped.
+//! Bounded HTTP serving for every Referee listener: the failover agent's probes, admin API and
+//! peer API, the coordinator's admin listener (`admin_listen`) and the demo master all serve
+//! through [`serve_listener`], which takes an already bound listener, an axum `Router`, an
+//! optional TLS acceptor (tokio-rustls) and a stop signal, and serves each connection with
+//! hyper's HTTP/1 server on its own task. [`stopped`] is the stop signal's wait, for callers
+//! that share it.
 //!
-//! The bounds keep anyone who can reach a port from holding the agent: a client that sends half
-//! a request line and waits would otherwise keep its connection, and the agent's shutdown,
-//! forever; a thousand of them would take every file descriptor the health checks, the fencing
-//! methods and the coordinator connection need. Past the limit, a new connection is closed at
-//! once (a load balancer sees a failed check, never a hung one).
+//! ```text
+//!   listener ─accept─▶ open < limit? ──no──▶ closed at once (a warning at most every 10 s)
+//!                           │ yes
+//!                           ▼
+//!          own task: [TLS handshake] ─▶ HTTP/1, headers within HEADER_TIMEOUT ─▶ Router
+//!
+//!   stop turns true ─▶ no more accepts ─▶ requests in flight get DRAIN_TIMEOUT ─▶ dropped
+//! ```
+//!
+//! Every listener is served the same way: each connection on its own task, its request
+//! headers within [`HEADER_TIMEOUT`] (an idle keep-alive connection too), at most
+//! [`MAX_CONNECTIONS`] open at once, and at shutdown open requests given [`DRAIN_TIMEOUT`] to
+//! finish before their connections are dropped.
+//!
+//! The bounds keep anyone who can reach a port from holding the process behind it: a client
+//! that sends half a request line and waits would otherwise keep its connection, and the
+//! process's shutdown, forever; a thousand of them would take every file descriptor the rest
+//! of the process needs (the agent's health checks, fencing methods and coordinator
+//! connection; the coordinator's client and peer ports). Past the limit, a new connection is
+//! closed at once (a load balancer sees a failed check, never a hung one).
+
+#![deny(missing_docs)]
 
 use std::convert::Infallible;
 use std::io;
@@ -43,6 +62,25 @@ const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here, not across an await.
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// [`serve_listener`] without TLS, at most [`MAX_CONNECTIONS`] at once, until `shutdown`
+/// completes: for a listener whose owner stops it with a future rather than a watch.
+pub async fn serve_until(
+    what: &'static str,
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = serve_listener(what, listener, router, None, MAX_CONNECTIONS, stop_rx);
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    serving.await
 }
 
 /// Accepts connections on `listener` until `stop` turns true, each served on its own task, at
