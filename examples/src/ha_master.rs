@@ -15,10 +15,12 @@
 //! - `POST /ha/active {"token": N}`: become active. Refused with `409` if `N` is lower than
 //!   the highest token seen, with `503` while initializing; an equal token is a retry and
 //!   answers `200` again. A higher token is written to the state file and synced to disk
-//!   **before** the master answers or becomes active, so it survives a restart.
+//!   **before** the master answers or becomes active, so it survives a restart. A token above
+//!   the highest usable one (`FencingToken::MAX`, `i64::MAX / 2`) is refused with `400`.
 //! - `POST /ha/standby {"token": N}`: become standby (also ends the initializing phase: a
-//!   demoted master is standby by definition); record `N` if higher, persisted the same way.
-//!   Answers the new status.
+//!   demoted master is standby by definition); record `N` if higher, persisted the same way
+//!   (one above the highest usable token steps down all the same, is not recorded, and is
+//!   answered `400`). Answers the new status.
 //!
 //! For tests and demos, served only with `test_routes: true` in the configuration (off by
 //! default; every other `/test/...` request is answered `404` saying so):
@@ -627,6 +629,9 @@ async fn state(State(m): State<Arc<Master>>) -> Response {
 }
 
 async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
+    if token > FencingToken::MAX {
+        return refuse(StatusCode::BAD_REQUEST, above_max(token));
+    }
     if let Some(j) = &m.journaled {
         return become_active_journaled(&m, j, token).await;
     }
@@ -660,6 +665,14 @@ async fn become_active(State(m): State<Arc<Master>>, Json(TokenRequest { token }
     Json(inner.status()).into_response()
 }
 
+/// Why `token`, above [`FencingToken::MAX`], is refused.
+fn above_max(token: FencingToken) -> String {
+    format!(
+        "token {token} is above the highest usable token {}; a genuine token is never that high (look for who sent it)",
+        FencingToken::MAX
+    )
+}
+
 async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
     let mut inner = m.inner.lock().await;
     let was = inner.role(BootTime::now(), m.node());
@@ -669,6 +682,9 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
     inner.become_standby();
     if was != HaState::Standby {
         tracing::info!(node = m.node(), %token, ?was, "became standby");
+    }
+    if token > FencingToken::MAX {
+        return refuse(StatusCode::BAD_REQUEST, format!("stepped down, but {}: not recorded", above_max(token)));
     }
     if let Err(why) = m.save_token(&mut inner, token).await {
         inner.token = inner.token.max(token);

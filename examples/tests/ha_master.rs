@@ -111,6 +111,31 @@ async fn lower_tokens_are_refused_and_equal_ones_are_retries() {
     master.stop().await;
 }
 
+/// A token above the highest usable one is no genuine token: recorded, it would refuse every
+/// later promotion of this master and, copied on by a fence, of the others.
+#[tokio::test]
+async fn a_token_above_the_highest_usable_one_is_refused_and_never_recorded() {
+    let dir = ScratchDir::new("ha-master-token-bound").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
+    assert_eq!(master.promote(5).await, (StatusCode::OK, status(HaState::Active, 5)));
+    let above = FencingToken::MAX.0 + 1;
+    let (code, body) = master.promote(above).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(reason(&body).contains("above the highest usable token"), "{body}");
+    assert_eq!(master.state().await, HaStatus { state: HaState::Active, token: FencingToken(5) });
+    // A step-down with it still steps down, and records nothing.
+    let (code, body) = master.demote(u64::MAX).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(reason(&body).contains("stepped down") && reason(&body).contains("not recorded"), "{body}");
+    assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(5) });
+    // The highest usable token itself is a token like any other.
+    assert_eq!(
+        master.promote(FencingToken::MAX.0).await,
+        (StatusCode::OK, status(HaState::Active, FencingToken::MAX.0))
+    );
+    master.stop().await;
+}
+
 #[tokio::test]
 async fn the_highest_token_survives_a_restart() {
     let dir = ScratchDir::new("ha-master-restart").unwrap();

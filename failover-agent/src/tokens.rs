@@ -29,7 +29,7 @@ use crate::clock::BootInstant;
 use crate::model::{BreadcrumbView, LockView, MasterStatus, SessionView};
 
 /// The highest token the agent uses or accepts from a trusted source.
-pub const TOKEN_LIMIT: u64 = (i64::MAX as u64) / 2;
+pub const TOKEN_LIMIT: u64 = FencingToken::MAX.0;
 
 /// The least room a raised token base leaves between the token it makes and [`TOKEN_LIMIT`]
 /// (2⁴⁰, a thousand billion acquisitions). A token just under the limit is no more genuine

@@ -22,6 +22,11 @@ impl FencingToken {
     /// The "no token" value, lower than every token a lock holder can have.
     pub const NONE: FencingToken = FencingToken(0);
 
+    /// The highest token ever handed out (`i64::MAX / 2`): a czxid is a positive `i64` with
+    /// the leader epoch in its high 32 bits, so a genuine token stays far below it, and the sum
+    /// of two numbers under it never overflows a `u64`. A master refuses anything above it.
+    pub const MAX: FencingToken = FencingToken((i64::MAX as u64) / 2);
+
     /// Whether this is [`FencingToken::NONE`].
     pub fn is_none(self) -> bool {
         self == Self::NONE
