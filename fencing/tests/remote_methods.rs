@@ -256,17 +256,7 @@ fn echo_server_in(ns: &str, addr: &'static str, port: u16) -> u16 {
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
         let listener = std::net::TcpListener::bind((addr, port)).expect("bind in netns");
         tx.send(listener.local_addr().unwrap().port()).unwrap();
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        echo_on(listener);
     });
     rx.recv_timeout(Duration::from_secs(5)).expect("echo server port")
 }
