@@ -9,7 +9,7 @@
 //! | `max_outstanding_request_bytes` | the same, counted in bytes of waiting requests    |
 //! | `max_queued_outbound_bytes`  | the connection is closed                             |
 //! | `max_watches_per_connection` | the read is answered QuotaExceeded, nothing registered (SetWatches: see its test) |
-//! | `max_path_bytes`             | the request is answered BadArguments                 |
+//! | `max_path_bytes`             | the request is answered BadArguments (SetWatches: see its test) |
 
 mod common;
 
@@ -358,7 +358,6 @@ async fn long_and_invalid_paths_leave_nothing_behind() -> Result<()> {
         (op::EXISTS, body::path_watch(&long, true)),
         (op::GET_CHILDREN, body::path_watch(&long, true)),
         (op::CREATE, body::create(&long, b"", 0)),
-        (op::SET_WATCHES, body::set_watches(0, &[long.as_str()], &[], &[], None)),
     ] {
         let r = c.call(opcode, &b).await?;
         ensure!(r.err == err::BAD_ARGUMENTS, "opcode {opcode} with a 5001-byte path was answered {}", r.err);
@@ -377,6 +376,52 @@ async fn long_and_invalid_paths_leave_nothing_behind() -> Result<()> {
         ensure!(r.err == err::NO_NODE, "exists({bad:?}) was answered {}", r.err);
     }
     assert_eq!(watches(&server), 1);
+    server.stop().await
+}
+
+/// A SetWatches naming a path longer than `max_path_bytes` (set on a server whose limit was
+/// higher, then resumed after the limit was lowered, or on another server of an ensemble whose
+/// members differ) leaves no watch silently unset: the others are registered as usual, each
+/// one-shot watch on a path past the limit is sent the event of a change, so its client reads
+/// again and hears BadArguments where it sees it, and a persistent watch on one, which no event
+/// could stand for, closes the connection. (It answered the whole SetWatches BadArguments,
+/// which clients never read, and kept none of its watches.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_watches_naming_a_path_past_max_path_bytes_leaves_no_watch_silently_unset() -> Result<()> {
+    let server = TestServer::start_with(|c| c.max_path_bytes = 128).await?;
+    let mut c = Raw::connect(server.addr, 10_000).await?;
+    for p in ["/short", "/kid"] {
+        c.call(op::CREATE, &body::create(p, b"", 0)).await?.ok()?;
+    }
+    let seen = server.last_zxid();
+    let long = format!("/{}", "l".repeat(200));
+    let mut a = Raw::connect(server.addr, 10_000).await?;
+    let sw = body::set_watches(seen, &["/short", long.as_str()], &[long.as_str()], &["/kid"], None);
+    a.send_frame(&common::raw::request(xid::SET_WATCHES, op::SET_WATCHES, &sw)).await?;
+    let (r, notes) = a.reply_to(xid::SET_WATCHES).await?;
+    ensure!(r.err == 0, "a SetWatches naming a path past max_path_bytes was answered {}", r.err);
+    let notes: Vec<(i32, String)> = notes.into_iter().map(|n| (n.kind, n.path)).collect();
+    assert_eq!(
+        notes,
+        vec![(ev::NODE_DELETED, long.clone()), (ev::NODE_CREATED, long.clone())],
+        "the data watch on a node that is not there ends as any does; the exist watch, left over, is sent an event"
+    );
+    let r = a.call(op::EXISTS, &body::path_watch(&long, true)).await?;
+    ensure!(r.err == err::BAD_ARGUMENTS, "setting the long watch anew was answered {}", r.err);
+    // The watches within the limit were kept, and fire.
+    c.call(op::SET_DATA, &body::set_data("/short", b"1", -1)).await?.ok()?;
+    let n = a.notification().await?;
+    assert_eq!((n.kind, n.path.as_str()), (ev::NODE_DATA_CHANGED, "/short"));
+    c.call(op::CREATE, &body::create("/kid/a", b"", 0)).await?.ok()?;
+    let n = a.notification().await?;
+    assert_eq!((n.kind, n.path.as_str()), (ev::NODE_CHILDREN_CHANGED, "/kid"));
+
+    // A persistent watch on a path past the limit: nothing could tell the client, so it is cut off.
+    let mut b = Raw::connect(server.addr, 10_000).await?;
+    let sw = body::set_watches(seen, &["/short"], &[], &[], Some((&[long.as_str()], &[])));
+    b.send_frame(&common::raw::request(xid::SET_WATCHES, op::SET_WATCHES2, &sw)).await?;
+    let sent = b.expect_closed().await?;
+    ensure!(sent.is_empty(), "the connection was closed after {} frames, not at once", sent.len());
     server.stop().await
 }
 

@@ -35,10 +35,21 @@ pub(super) enum Refusal {
     /// The connection holds `max_watches_per_connection` watches already.
     #[error("the connection holds max_watches_per_connection watches")]
     TooManyWatches,
-    /// SetWatches left `left_over` one-shot watches unregistered at
-    /// `max_watches_per_connection`; each was sent an event instead.
-    #[error("SetWatches left {left_over} one-shot watches past max_watches_per_connection")]
-    WatchesLeftOver { left_over: usize },
+    /// SetWatches left `left_over` one-shot watches unregistered, `too_long` of them on paths
+    /// longer than `max_path_bytes` and the rest past `max_watches_per_connection`; each was
+    /// sent an event instead.
+    #[error(
+        "SetWatches left {left_over} one-shot watches unregistered ({too_long} on paths longer than \
+         max_path_bytes, the rest past max_watches_per_connection)"
+    )]
+    WatchesLeftOver { left_over: usize, too_long: usize },
+    /// SetWatches named a persistent watch on a path of `len` bytes, longer than
+    /// `max_path_bytes`: no event could tell the client it was left out.
+    #[error(
+        "its SetWatches names a persistent watch on a path of {len} bytes, longer than max_path_bytes, and no \
+         event could tell the client it was left out"
+    )]
+    PersistentWatchPathTooLong { len: usize },
     /// SetWatches named `wanted` persistent watches, more than `max_watches_per_connection`
     /// leaves room for: no event could tell the client which were left out.
     #[error(
@@ -57,7 +68,7 @@ pub(super) enum Refusal {
 
 impl Refusal {
     /// How many kinds there are, for a flag per kind.
-    pub const KINDS: usize = 5;
+    pub const KINDS: usize = 6;
 
     /// This refusal's kind, below [`Refusal::KINDS`].
     pub fn kind(self) -> usize {
@@ -67,6 +78,7 @@ impl Refusal {
             Refusal::WatchesLeftOver { .. } => 2,
             Refusal::PersistentWatchesOverLimit { .. } => 3,
             Refusal::TooManyNotifications { .. } => 4,
+            Refusal::PersistentWatchPathTooLong { .. } => 5,
         }
     }
 
@@ -74,7 +86,9 @@ impl Refusal {
     pub fn closes(self) -> bool {
         match self {
             Refusal::ReplyTooLarge { .. } | Refusal::TooManyWatches | Refusal::WatchesLeftOver { .. } => false,
-            Refusal::PersistentWatchesOverLimit { .. } | Refusal::TooManyNotifications { .. } => true,
+            Refusal::PersistentWatchesOverLimit { .. }
+            | Refusal::PersistentWatchPathTooLong { .. }
+            | Refusal::TooManyNotifications { .. } => true,
         }
     }
 }
@@ -87,6 +101,9 @@ pub(super) struct ReadCtx<'a> {
     /// Bytes the reply body may take.
     pub max_body: usize,
     pub max_watches: usize,
+    /// The longest path a watch may be kept on (`max_path_bytes`); other requests naming a
+    /// longer one are refused before they get here.
+    pub max_path_bytes: usize,
     /// Bytes of notifications that may wait for the client (`max_queued_outbound_bytes`).
     pub max_notification_bytes: usize,
     /// Set when a limit refused the read.
@@ -297,6 +314,9 @@ fn answer(
 ///   NodeCreated or NodeChildrenChanged, as ZooKeeper sends for a change the client did not
 ///   see the end of), so its client reads again and hears QuotaExceeded when it sets the watch
 ///   anew, rather than waiting for ever on a watch that is not there;
+/// - a one-shot watch on a path longer than `max_path_bytes` (set where the limit was higher)
+///   is left over the same way, and its client hears BadArguments when it sets it anew; a
+///   persistent one closes the connection, as below;
 /// - if the persistent watches alone do not fit, or the notifications (with those owed before
 ///   this reply) would pass `max_queued_outbound_bytes`, nothing is registered and the
 ///   connection is closed, as one whose notifications pile up is.
@@ -350,6 +370,15 @@ fn set_watches(
             path::validate(p, false).is_ok() && !st.watches.holds(cx.conn, *kind, p) && seen.insert((*kind, *p))
         })
         .collect();
+    if let Some(len) = wanted
+        .iter()
+        .filter(|(_, p, event)| event.is_none() && p.len() > cx.max_path_bytes)
+        .map(|(_, p, _)| p.len())
+        .max()
+    {
+        cx.refused = Some(Refusal::PersistentWatchPathTooLong { len });
+        return Err(ErrorCode::BadArguments);
+    }
     let lasting = wanted.iter().filter(|(_, _, event)| event.is_none()).count();
     let mut room = cx.max_watches.saturating_sub(st.watches.conn_watch_count(cx.conn));
     if lasting > room {
@@ -359,9 +388,14 @@ fn set_watches(
     room -= lasting;
     let mut register: Vec<(WatchKind, &str)> = Vec::with_capacity(wanted.len());
     let mut left_over: Vec<(EventType, &str)> = Vec::new();
+    let mut too_long = 0;
     for (kind, p, event) in wanted {
         match event {
             None => register.push((kind, p)),
+            Some(event) if p.len() > cx.max_path_bytes => {
+                too_long += 1;
+                left_over.push((event, p));
+            }
             Some(_) if room > 0 => {
                 room -= 1;
                 register.push((kind, p));
@@ -391,7 +425,7 @@ fn set_watches(
         st.watches.add(cx.conn, kind, p);
     }
     if !left_over.is_empty() {
-        cx.refused = Some(Refusal::WatchesLeftOver { left_over: left_over.len() });
+        cx.refused = Some(Refusal::WatchesLeftOver { left_over: left_over.len(), too_long });
     }
     frames.extend(fired);
     Ok(Reply::Empty)

@@ -225,6 +225,7 @@ async fn resolve(
                 auth: &auth,
                 max_body,
                 max_watches: conn.shared.config.max_watches_per_connection,
+                max_path_bytes: conn.shared.config.max_path_bytes,
                 max_notification_bytes: conn.shared.config.max_queued_outbound_bytes,
                 refused: None,
             };
@@ -338,13 +339,24 @@ fn log_refusal(conn: &Conn, xid: i32, refusal: Refusal, warned: &mut [bool; Refu
             limit = config.max_watches_per_connection,
             "refusing a read that would pass max_watches_per_connection (answered QuotaExceeded)"
         ),
-        Refusal::WatchesLeftOver { left_over } if first => warn!(
+        Refusal::WatchesLeftOver { left_over, too_long } if first => warn!(
             conn = conn.id,
             peer = %conn.peer,
             left_over,
+            too_long,
             limit = config.max_watches_per_connection,
-            "SetWatches would pass max_watches_per_connection: one-shot watches left unregistered were each \
-             sent an event, so that their client reads again and hears QuotaExceeded when it sets them anew"
+            max_path_bytes = config.max_path_bytes,
+            "SetWatches left one-shot watches unregistered (past max_watches_per_connection, or on paths longer \
+             than max_path_bytes): each was sent an event, so that its client reads again and hears \
+             QuotaExceeded or BadArguments when it sets it anew"
+        ),
+        Refusal::PersistentWatchPathTooLong { len } => warn!(
+            conn = conn.id,
+            peer = %conn.peer,
+            len,
+            limit = config.max_path_bytes,
+            "closing the connection: its SetWatches names a persistent watch on a path longer than \
+             max_path_bytes, and no event could tell the client it was left out"
         ),
         Refusal::PersistentWatchesOverLimit { wanted } => warn!(
             conn = conn.id,
