@@ -50,8 +50,9 @@ pub async fn run(config_path: &Path, program: &'static str) -> anyhow::Result<()
 /// `--check-fencing`: asks every fencing method whether it could fence each configured peer,
 /// fencing nothing (the master's HA endpoint answers, the ssh login works, the power device
 /// reads the node on, ...), and prints what each found. Run on the agent's host, with its
-/// configuration, so the checks go the way a fence would. Returns the exit code: 0 when no
-/// method has a problem, 1 otherwise.
+/// configuration, so the checks go the way a fence would. Levels are numbered from 0 in the
+/// configuration's order, as the fencer's log and `/status` number them. Returns the exit code:
+/// 0 when no method has a problem, 1 otherwise.
 pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
     use referee_fencing::Readiness;
     let (config, fencer) = fencer_of(config_path)?;
@@ -75,7 +76,7 @@ pub async fn check_fencing(config_path: &Path) -> anyhow::Result<u8> {
                 }
                 Readiness::Unchecked { why } => ("unchecked", why),
             };
-            println!("  level {}  {:<12} {:<10} {text}", c.level + 1, c.method, word);
+            println!("  level {}  {:<12} {:<10} {text}", c.level, c.method, word);
         }
     }
     if problems == 0 {
@@ -115,7 +116,7 @@ pub async fn unfence(config_path: &Path, node: &str) -> anyhow::Result<u8> {
             MethodOutcome::Failed { reason } => ("FAILED", reason),
             MethodOutcome::Indeterminate { reason } => ("UNKNOWN", reason),
         };
-        println!("  level {}  {:<12} {:<8} {text}", e.level + 1, e.method, word);
+        println!("  level {}  {:<12} {:<8} {text}", e.level, e.method, word);
     }
     match report.outcome {
         UnfenceOutcome::Unfenced => {

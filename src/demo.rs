@@ -255,7 +255,7 @@ async fn print_fencing_checks(pair: &Pair, i: usize) {
             let said = ["detail", "reason", "why"].iter().find_map(|k| c[*k].as_str()).unwrap_or("");
             println!(
                 "  level {}  {:<9} {:<9} {said}",
-                c["level"].as_u64().unwrap_or(0) + 1,
+                c["level"].as_u64().unwrap_or(0),
                 c["method"].as_str().unwrap_or("?"),
                 c["readiness"].as_str().unwrap_or("?")
             );

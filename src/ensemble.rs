@@ -191,7 +191,12 @@ pub fn render_config(plan: &Plan, cluster_id: u64, server: &PlannedServer, data_
          # This server's identity, Raft log and snapshots; one directory per server.\n\
          data_dir: {data}\n\n\
          # Admin HTTP listener: GET /metrics, GET /members; used by `referee coordinator members`.\n\
-         admin_listen: {admin}\n",
+         admin_listen: {admin}\n\n\
+         # Base time unit in ms (ZooKeeper's tickTime), as in config/coordinator.yaml: sessions are\n\
+         # granted 2 to 20 ticks, so the failover agents' default session_timeout_ms of 2500 is\n\
+         # granted as asked (with the default 2000 ms ticks it would be raised to 4000, delaying\n\
+         # every host-loss failover by the difference).\n\
+         tick_ms: 1000\n",
         id = server.id,
         client = server.client,
         data = data_dir.display(),
@@ -592,11 +597,29 @@ fn observe(dir: &Path, plan: &Plan) -> Vec<Observation> {
         .collect()
 }
 
+/// The `up`/`status` table: one row a server. Cells may hold a single space (`16439 gone`,
+/// `not answering`), so every column is at least one wider than its longest cell: two spaces
+/// always separate columns, and each stays under its heading whatever a row holds.
 fn table(plan: &Plan, observed: &[Observation]) -> String {
-    let mut out = format!("{:<4} {:<9} {:<10} {:<13} {}\n", "id", "role", "pid", "mode", "client");
+    let mut rows = vec![["id", "role", "pid", "mode", "client"].map(String::from)];
     for (s, o) in plan.servers.iter().zip(observed) {
         let mode = o.mode.as_ref().map_or("not answering".to_string(), Mode::to_string);
-        out.push_str(&format!("{:<4} {:<9} {:<10} {:<13} {}\n", s.id, s.role, o.pid.to_string(), mode, s.client));
+        rows.push([s.id.to_string(), s.role.to_string(), o.pid.to_string(), mode, s.client.to_string()]);
+    }
+    // The usual widths, widened where a cell would leave less than two spaces after it.
+    let mut widths = [4, 9, 10, 13];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len() + 1);
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (width, cell) in widths.iter().zip(row) {
+            out.push_str(&format!("{cell:<width$} "));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
     }
     out
 }
@@ -1095,6 +1118,75 @@ mod tests {
                 assert_eq!(config.servers.len(), usize::from(voters + observers));
                 assert_eq!(config.servers[4].role, referee_coordinator::config::Role::Observer);
             }
+        }
+    }
+
+    #[test]
+    fn generated_configs_grant_the_agents_default_session_timeout() {
+        for (voters, observers) in [(3, 1), (1, 0)] {
+            let p = plan(voters, observers, None).unwrap();
+            for s in &p.servers {
+                let yaml = render_config(&p, 42, s, Path::new("/tmp/x/data"));
+                let config = referee_coordinator::config::CoordinatorConfig::from_yaml(&yaml)
+                    .unwrap_or_else(|e| panic!("server {} of {voters}+{observers}: {e}\n{yaml}", s.id));
+                // The failover agents ask for 2500 ms by default; a larger grant would delay
+                // every host-loss failover behind the timings their documentation gives.
+                assert_eq!(
+                    config.negotiate_timeout(2500),
+                    2500,
+                    "server {} of {voters}+{observers} must grant the agents' default session timeout",
+                    s.id
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_status_table_keeps_its_columns_apart() {
+        let p = plan(3, 1, None).unwrap();
+        let observed = [
+            (PidState::Alive(5010), Some(Mode::Leader)),
+            (PidState::Gone(16_439), None),
+            (PidState::Gone(4_194_304), Some(Mode::NotServing)),
+            (PidState::NoPidfile, Some(Mode::Other("a-mode-longer-than-its-column".into()))),
+        ]
+        .into_iter()
+        .zip(&p.servers)
+        .map(|((pid, mode), s)| Observation { id: s.id, role: s.role, pid, mode, leader_named: None })
+        .collect::<Vec<_>>();
+        let text = table(&p, &observed);
+        let lines: Vec<&str> = text.lines().collect();
+        let cells = |line: &str| -> Vec<(usize, String)> {
+            // A cell is what lies between runs of two or more spaces; single spaces belong to it.
+            let mut out = Vec::new();
+            let mut start = None;
+            let bytes = line.as_bytes();
+            for i in 0..=bytes.len() {
+                let gap = i == bytes.len() || (bytes[i] == b' ' && matches!(bytes.get(i + 1), None | Some(b' ')));
+                match (start, gap) {
+                    (None, false) if bytes[i] != b' ' => start = Some(i),
+                    (Some(s), true) => {
+                        out.push((s, line[s..i].to_string()));
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            out
+        };
+        let header: Vec<usize> = cells(lines[0]).into_iter().map(|(at, _)| at).collect();
+        let expected = [
+            ["1", "voter", "5010", "leader", "127.0.0.1:2181"],
+            ["2", "voter", "16439 gone", "not answering", "127.0.0.1:2182"],
+            ["3", "voter", "4194304 gone", "not serving", "127.0.0.1:2183"],
+            ["4", "observer", "stopped", "a-mode-longer-than-its-column", "127.0.0.1:2184"],
+        ];
+        for (line, want) in lines[1..].iter().zip(expected) {
+            let got = cells(line);
+            let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+            assert_eq!(texts, want, "columns run together in:\n{text}");
+            let starts: Vec<usize> = got.iter().map(|(at, _)| *at).collect();
+            assert_eq!(starts, header, "columns not under their headings in:\n{text}");
         }
     }
 

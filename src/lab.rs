@@ -1289,18 +1289,16 @@ probes:
     /// records it with the edit, so an independent reader can find the write); returns the token
     /// it acknowledged the write under.
     pub async fn write_with_id(&self, i: usize, key: &str, value: &str, write_id: Option<&str>) -> Result<u64, String> {
-        let url = format!("http://{}:{}/write", self.node_ip(i), self.ports[i].master);
-        let mut body = serde_json::json!({"key": key, "value": value});
-        if let Some(id) = write_id {
-            body["write_id"] = id.into();
-        }
-        match self.http.post(url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => {
-                let v: serde_json::Value = r.json().await.map_err(|e| format!("unreadable acknowledgement: {e}"))?;
-                v["token"].as_u64().ok_or_else(|| format!("an acknowledgement without a token: {v}"))
-            }
-            Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
-            Err(e) => Err(e.to_string()),
+        self.master_endpoint(i).write(key, value, write_id).await
+    }
+
+    /// Where master `i` answers, for the oracles: they hold this, not the pair.
+    fn master_endpoint(&self, i: usize) -> MasterEndpoint {
+        let base = format!("http://{}:{}", self.node_ip(i), self.ports[i].master);
+        MasterEndpoint {
+            http: self.http.clone(),
+            state_url: format!("{base}/ha/state"),
+            write_url: format!("{base}/write"),
         }
     }
 
@@ -1540,6 +1538,44 @@ pub fn load_average() -> String {
         .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
+/// How the oracles reach one master: its `/ha/state` and `/write` on the lab's HTTP client.
+/// It holds no part of the [`Pair`], so an oracle running beside a scenario neither keeps the
+/// pair's processes alive nor stops the scenario from changing the pair (restarting an agent
+/// through [`Arc::get_mut`], say).
+#[derive(Clone)]
+struct MasterEndpoint {
+    http: reqwest::Client,
+    state_url: String,
+    write_url: String,
+}
+
+impl MasterEndpoint {
+    /// Writes `key = value` (under the client's `write_id`, if any); returns the token the
+    /// master acknowledged it under, or its refusal or the error.
+    async fn write(&self, key: &str, value: &str, write_id: Option<&str>) -> Result<u64, String> {
+        let mut body = serde_json::json!({"key": key, "value": value});
+        if let Some(id) = write_id {
+            body["write_id"] = id.into();
+        }
+        match self.http.post(&self.write_url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().await.map_err(|e| format!("unreadable acknowledgement: {e}"))?;
+                v["token"].as_u64().ok_or_else(|| format!("an acknowledgement without a token: {v}"))
+            }
+            Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `GET /ha/state`: what the master says it is, or `None` without an answer.
+    async fn state(&self) -> Option<HaStatus> {
+        match self.http.get(&self.state_url).send().await {
+            Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+            _ => None,
+        }
+    }
+}
+
 /// Writes to every master, each in its own loop as fast as it answers (so a master that times
 /// out never slows the sampling of the other), and records every acknowledgement with its
 /// request's send time, its reply's receive time and its token: the ground truth of split
@@ -1552,16 +1588,16 @@ pub struct WriteProbe {
 }
 
 impl WriteProbe {
-    /// Starts writing.
-    pub fn start(pair: &Arc<Pair>) -> WriteProbe {
+    /// Starts writing, to every master of the pair.
+    pub fn start(pair: &Pair) -> WriteProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(MasterRecord::default()));
         let started = Instant::now();
         let probe = WRITERS.fetch_add(1, Ordering::Relaxed);
-        let tasks = (0..NODES.len())
+        let tasks = (0..pair.node_count())
             .map(|node| {
-                let ids = format!("probe{probe}-{}", NODES[node]);
-                spawn_writer(pair.clone(), node, "probe", ids, stop.clone(), record.clone(), started)
+                let ids = format!("probe{probe}-{}", CLUSTER_NODES[node]);
+                spawn_writer(pair.master_endpoint(node), node, "probe", ids, stop.clone(), record.clone(), started)
             })
             .collect();
         WriteProbe { stop, record, tasks }
@@ -1576,7 +1612,7 @@ impl WriteProbe {
 }
 
 /// Dropped without [`WriteProbe::finish`] (a scenario that failed on the way), the writers stop
-/// and let go of the pair, so its processes end with it.
+/// where they are.
 impl Drop for WriteProbe {
     fn drop(&mut self) {
         abort_loops(&self.stop, &mut self.tasks);
@@ -1591,8 +1627,9 @@ async fn stop_loops(stop: &AtomicBool, tasks: &mut Vec<tokio::task::JoinHandle<(
     }
 }
 
-/// Tells loops to stop and cancels them where they are, for a drop: each loop task holds the
-/// pair, which must not outlive its owner.
+/// Tells loops to stop and cancels them where they are, for a drop: a loop must not outlive
+/// the scenario it watches (and a [`SplitBrainWatch`]'s holds the pair, which must not outlive
+/// its owner).
 fn abort_loops(stop: &AtomicBool, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
     stop.store(true, Ordering::Relaxed);
     for t in std::mem::take(tasks) {
@@ -1603,11 +1640,11 @@ fn abort_loops(stop: &AtomicBool, tasks: &mut Vec<tokio::task::JoinHandle<()>>) 
 /// Numbers the writers of one process, so their write ids never collide.
 static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Writes `key` to master `node` as fast as it answers until `stop`, each write under the id
-/// `{ids}-{n}`; pushes every acknowledgement to `record` (its send and receive times since
-/// `started`, its token, and its write id for a journal verdict).
+/// Writes `key` to master `node` (at `master`) as fast as it answers until `stop`, each write
+/// under the id `{ids}-{n}`; pushes every acknowledgement to `record` (its send and receive
+/// times since `started`, its token, and its write id for a journal verdict).
 fn spawn_writer(
-    pair: Arc<Pair>,
+    master: MasterEndpoint,
     node: usize,
     key: &'static str,
     ids: String,
@@ -1621,7 +1658,7 @@ fn spawn_writer(
             n += 1;
             let sent = started.elapsed();
             let id = format!("{ids}-{n}");
-            if let Ok(token) = pair.write_with_id(node, key, &id, Some(&id)).await {
+            if let Ok(token) = master.write(key, &id, Some(&id)).await {
                 let received = started.elapsed();
                 let seen = Observed { node, sent, received, what: token };
                 let mut record = record.lock().unwrap_or_else(|p| p.into_inner());
@@ -1706,7 +1743,7 @@ pub struct LateAck {
 }
 
 /// What the masters themselves said during a scenario: every `/ha/state` answer and every
-/// acknowledged write, from both, in the order received.
+/// acknowledged write, from each, in the order received.
 #[derive(Debug, Clone, Default)]
 pub struct MasterRecord {
     /// Answers to `GET /ha/state`.
@@ -1724,10 +1761,16 @@ impl MasterRecord {
         self.states.iter().filter(move |o| o.node == node)
     }
 
+    /// The masters the record has answers or acknowledgements of: `0` up to the highest.
+    fn nodes(&self) -> std::ops::Range<usize> {
+        let highest = self.states.iter().map(|o| o.node).chain(self.acks.iter().map(|a| a.node)).max();
+        0..highest.map_or(0, |n| n + 1)
+    }
+
     /// Every change of a master's reported role or token.
     pub fn role_changes(&self) -> Vec<RoleChange> {
         let mut changes = Vec::new();
-        for node in 0..NODES.len() {
+        for node in self.nodes() {
             let polls: Vec<_> = self.states_of(node).collect();
             for w in polls.windows(2) {
                 if w[0].what != w[1].what {
@@ -1771,15 +1814,25 @@ impl MasterRecord {
         stretches
     }
 
-    /// Stretches in which both masters were certainly active at once.
+    /// Stretches in which two masters (of a pair, both) were certainly active at once.
     pub fn both_active(&self) -> Vec<(Duration, Duration)> {
-        let (a, b) = (self.certainly_active(0), self.certainly_active(1));
+        self.two_active().into_iter().map(|(_, _, from, to)| (from, to)).collect()
+    }
+
+    /// As [`MasterRecord::both_active`], each stretch with the two masters: (one, other, from,
+    /// to).
+    fn two_active(&self) -> Vec<(usize, usize, Duration, Duration)> {
+        let stretches: Vec<_> = self.nodes().map(|node| self.certainly_active(node)).collect();
         let mut both = Vec::new();
-        for &(a_from, a_to, _) in &a {
-            for &(b_from, b_to, _) in &b {
-                let (from, to) = (a_from.max(b_from), a_to.min(b_to));
-                if from < to {
-                    both.push((from, to));
+        for (one, a) in stretches.iter().enumerate() {
+            for (other, b) in stretches.iter().enumerate().skip(one + 1) {
+                for &(a_from, a_to, _) in a {
+                    for &(b_from, b_to, _) in b {
+                        let (from, to) = (a_from.max(b_from), a_to.min(b_to));
+                        if from < to {
+                            both.push((one, other, from, to));
+                        }
+                    }
                 }
             }
         }
@@ -1826,6 +1879,92 @@ impl MasterRecord {
         self.role_changes().into_iter().find(|c| c.node == node && c.from.state == HaState::Active)
     }
 
+    /// Checks that master `node` was not active and took no write from `from` to `to`: none of
+    /// its answers asked and received in that stretch says active, and it acknowledged no write
+    /// sent and acknowledged in it (an answer or an acknowledgement straddling an end may belong
+    /// outside). Returns how many of its answers the stretch holds; fails if it holds none, as
+    /// a master nobody heard from was checked for nothing.
+    pub fn check_not_active(&self, node: usize, from: Duration, to: Duration) -> Result<usize, LabError> {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let name = CLUSTER_NODES[node];
+        let inside = |sent: Duration, received: Duration| sent >= from && received <= to;
+        let stretch = format!("from {:.1} to {:.1} ms", ms(from), ms(to));
+        let fail = |what: String| LabError::Oracle(format!("{what}\n{}", self.timeline()));
+        let answers: Vec<&Observed<HaStatus>> = self.states_of(node).filter(|o| inside(o.sent, o.received)).collect();
+        if let Some(active) = answers.iter().find(|o| o.what.state == HaState::Active) {
+            return Err(fail(format!(
+                "master {name} answered active under token {} (asked at {:.1} ms, answered at {:.1} ms), in the \
+                 stretch {stretch} in which it must not be",
+                active.what.token,
+                ms(active.sent),
+                ms(active.received)
+            )));
+        }
+        let acks: Vec<&Observed<u64>> =
+            self.acks.iter().filter(|a| a.node == node && inside(a.sent, a.received)).collect();
+        if let Some(first) = acks.first() {
+            return Err(fail(format!(
+                "master {name} acknowledged {} writes {stretch}, in which it must not be active, the first under token \
+                 {} at {:.1} ms",
+                acks.len(),
+                first.what,
+                ms(first.received)
+            )));
+        }
+        if answers.is_empty() {
+            return Err(fail(format!("master {name} gave no answer {stretch}: nothing shows what it was")));
+        }
+        Ok(answers.len())
+    }
+
+    /// The last change of master `node` out of the active role: from its last answer saying
+    /// active to the answer after it. `None` if it never answered active, or if its last answer
+    /// still says active.
+    pub fn last_demoted(&self, node: usize) -> Option<RoleChange> {
+        let polls: Vec<&Observed<HaStatus>> = self.states_of(node).collect();
+        let last = polls.iter().rposition(|o| o.what.state == HaState::Active)?;
+        let next = polls.get(last + 1)?;
+        Some(RoleChange { node, from: polls[last].what, to: next.what, after: polls[last].sent, by: next.received })
+    }
+
+    /// Checks that master `node` had left the active role for good before `deadline` (the
+    /// earliest instant its agent's session can have expired, say) and returns that step-down,
+    /// its last ([`MasterRecord::last_demoted`]): a master demoted in time and then promoted
+    /// again under its old token (its agent cut off from the coordinator all along) is as
+    /// active as one never demoted. Fails if any answer of `node` received after `deadline`
+    /// says active, or if the last step-down is not certainly before it (the first answer after
+    /// it received by then).
+    pub fn left_active_before(&self, node: usize, deadline: Duration) -> Result<RoleChange, LabError> {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let name = CLUSTER_NODES[node];
+        let fail = |what: String| LabError::Oracle(format!("{what}\n{}", self.timeline()));
+        let polls: Vec<&Observed<HaStatus>> = self.states_of(node).collect();
+        if let Some(late) = polls.iter().find(|o| o.what.state == HaState::Active && o.received > deadline) {
+            return Err(fail(format!(
+                "master {name} answered active at {:.1} ms (under token {}), after the deadline of {:.1} ms: it was \
+                 active when its agent could already have lost the lock, and may have served beside a successor",
+                ms(late.received),
+                late.what.token,
+                ms(deadline)
+            )));
+        }
+        let Some(demoted) = self.last_demoted(node) else {
+            return Err(fail(if polls.last().is_some_and(|o| o.what.state == HaState::Active) {
+                format!("master {name} was still active at its last answer")
+            } else {
+                format!("master {name} never answered active: nothing to check")
+            }));
+        };
+        if demoted.by >= deadline {
+            return Err(fail(format!(
+                "master {name} left the active role for the last time by {:.1} ms, not certainly before {:.1} ms",
+                ms(demoted.by),
+                ms(deadline)
+            )));
+        }
+        Ok(demoted)
+    }
+
     /// The scenario as the masters told it: role changes, and per master and token how many
     /// writes were acknowledged from when to when; then the first and last late
     /// acknowledgement and how many there were.
@@ -1846,7 +1985,7 @@ impl MasterRecord {
                 format!(
                     "{}  master {} /ha/state: {} -> {} (changed after {})",
                     ms(c.by),
-                    NODES[c.node],
+                    CLUSTER_NODES[c.node],
                     name(c.from),
                     name(c.to),
                     ms(c.after).trim()
@@ -1869,7 +2008,7 @@ impl MasterRecord {
                 format!(
                     "{}  master {} acknowledged {n} writes under token {token}, the last at {}",
                     ms(first),
-                    NODES[node],
+                    CLUSTER_NODES[node],
                     ms(last).trim()
                 ),
             ));
@@ -1882,17 +2021,23 @@ impl MasterRecord {
                 "{} late acknowledgements: master {} acknowledged writes under token {} from {} to {} \
                  (requests sent after master {} had acknowledged one under token {} at {})",
                 late.len(),
-                NODES[first.stale.node],
+                CLUSTER_NODES[first.stale.node],
                 first.stale.what,
                 ms(first.stale.received).trim(),
                 ms(last.stale.received).trim(),
-                NODES[first.successor.node],
+                CLUSTER_NODES[first.successor.node],
                 first.successor.what,
                 ms(first.successor.received).trim()
             ));
         }
-        for (from, to) in self.both_active() {
-            out.push(format!("both masters reported active from {} to {}", ms(from).trim(), ms(to).trim()));
+        for (one, other, from, to) in self.two_active() {
+            out.push(format!(
+                "masters {} and {} both reported active from {} to {}",
+                CLUSTER_NODES[one],
+                CLUSTER_NODES[other],
+                ms(from).trim(),
+                ms(to).trim()
+            ));
         }
         out.join("\n")
     }
@@ -1914,9 +2059,11 @@ impl MasterRecord {
     }
 }
 
-/// Asks both masters directly, each in its own loop so a slow one never delays the other: its
-/// `/ha/state` every 2 ms, and a write as fast as it answers. The record is the ground truth a
-/// probe cannot give: what each master said about itself and which writes it took.
+/// Asks every master of the pair directly, each in its own loop so a slow one never delays
+/// another: its `/ha/state` every 2 ms, and a write as fast as it answers. The record is the
+/// ground truth a probe cannot give: what each master said about itself and which writes it
+/// took. It holds no part of the pair ([`MasterEndpoint`]), so it may run across a change of
+/// the pair's processes.
 pub struct MasterOracle {
     stop: Arc<AtomicBool>,
     record: Arc<Mutex<MasterRecord>>,
@@ -1926,23 +2073,19 @@ pub struct MasterOracle {
 
 impl MasterOracle {
     /// Starts asking.
-    pub fn start(pair: &Arc<Pair>) -> MasterOracle {
+    pub fn start(pair: &Pair) -> MasterOracle {
         let stop = Arc::new(AtomicBool::new(false));
         let record = Arc::new(Mutex::new(MasterRecord::default()));
         let started = Instant::now();
         let oracle = WRITERS.fetch_add(1, Ordering::Relaxed);
         let mut tasks = Vec::new();
-        for (node, name) in NODES.iter().enumerate() {
-            let (pair2, stop2, record2) = (pair.clone(), stop.clone(), record.clone());
+        for (node, name) in CLUSTER_NODES.iter().enumerate().take(pair.node_count()) {
+            let master = pair.master_endpoint(node);
+            let (stop2, record2, master2) = (stop.clone(), record.clone(), master.clone());
             tasks.push(tokio::spawn(async move {
-                let url = format!("http://{}:{}/ha/state", pair2.node_ip(node), pair2.ports[node].master);
                 while !stop2.load(Ordering::Relaxed) {
                     let sent = started.elapsed();
-                    let answer = match pair2.http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
-                        _ => None,
-                    };
-                    if let Some(what) = answer {
+                    if let Some(what) = master2.state().await {
                         let received = started.elapsed();
                         let seen = Observed { node, sent, received, what };
                         record2.lock().unwrap_or_else(|p| p.into_inner()).states.push(seen);
@@ -1951,7 +2094,7 @@ impl MasterOracle {
                 }
             }));
             let ids = format!("oracle{oracle}-{name}");
-            tasks.push(spawn_writer(pair.clone(), node, "oracle", ids, stop.clone(), record.clone(), started));
+            tasks.push(spawn_writer(master, node, "oracle", ids, stop.clone(), record.clone(), started));
         }
         MasterOracle { stop, record, tasks, started }
     }
@@ -2002,7 +2145,7 @@ impl MasterOracle {
 }
 
 /// Dropped without [`MasterOracle::finish`] (a scenario that failed on the way), the oracle
-/// stops asking and lets go of the pair, so its processes end with it.
+/// stops asking where it is.
 impl Drop for MasterOracle {
     fn drop(&mut self) {
         abort_loops(&self.stop, &mut self.tasks);
@@ -2091,10 +2234,12 @@ impl LoggedHandover {
 }
 
 /// Checks, on two masters' own logs, that the old master had left the active role before the
-/// new one became active under `token`: the old one's last role change logged before the
-/// promotion is a step-down, after a promotion of its own. Fails, saying which, if the new
+/// new one became active under `token` and did not come back: the old one's last role change
+/// logged before the promotion is a step-down, after a promotion of its own, and it logged no
+/// promotion under a token up to `token` from the new one's on. Fails, saying which, if the new
 /// master logged no promotion under `token`, if the old one logged no active period before it
-/// (nothing to have fenced), or if it was still active by its own log.
+/// (nothing to have fenced), if it was still active by its own log, or if it became active
+/// again.
 pub fn logged_handover(
     old: &[LoggedRoleChange],
     new: &[LoggedRoleChange],
@@ -2116,6 +2261,19 @@ pub fn logged_handover(
             before[last_active].line, promoted.line
         )
     })?;
+    // Stopped is not enough: it must stay stopped. A promotion under a token no higher than
+    // the new master's, at or after the new one's, is the old term (or the new one's) come
+    // back beside the new master, whether or not it stepped down again before anyone looked.
+    if let Some(back) = old
+        .iter()
+        .find(|c| c.at_us >= promoted.at_us && c.to == HaState::Active && c.token.map_or(true, |t| t <= token))
+    {
+        return Err(format!(
+            "the old master became active again by its own log, at or after the new one became active under token \
+             {token}:\n  new: {}\n  old: {}",
+            promoted.line, back.line
+        ));
+    }
     Ok(LoggedHandover { demoted_us: demoted.at_us, promoted_us: promoted.at_us })
 }
 
@@ -2353,6 +2511,13 @@ impl Oracles {
     /// Stops both and checks them: never two actives, no late acknowledgement
     /// ([`MasterRecord::late_acks`]), and no stretch without an active longer than `budget`.
     pub async fn check(self, budget: Duration) -> Result<(), LabError> {
+        self.verdict(budget).await.map(|_| ())
+    }
+
+    /// As [`Oracles::check`], and returns the longest stretch without an active, for the
+    /// caller to print: a budget generous enough to catch only a hang says nothing of how long
+    /// the failover took.
+    pub async fn verdict(self, budget: Duration) -> Result<Duration, LabError> {
         let log = self.probes.finish().await;
         let writes = self.writes.finish().await;
         if !log.both_active_at.is_empty() {
@@ -2373,7 +2538,7 @@ impl Oracles {
                 log.longest_without_active
             )));
         }
-        Ok(())
+        Ok(log.longest_without_active)
     }
 }
 
@@ -2733,6 +2898,95 @@ mod tests {
             "deposed: the epoch moved on; stepped down to standby node=\"a\"",
         );
         assert!(logged_handover(&logged_role_changes(&deposed), &promoted("33.5"), 6).is_ok());
+    }
+
+    #[test]
+    fn a_handover_fails_when_the_old_master_logs_a_promotion_after_the_new_one() {
+        let promoted = logged_role_changes(
+            "2026-12-07T10:03:33.000100Z  INFO referee_examples::ha_master: became active node=\"b\" token=6\n",
+        );
+        // Stepped down in time, then active again under its old token while the new master
+        // served, and down again before anyone looked.
+        let again = |at: &str, token: u64| {
+            logged_role_changes(&format!(
+                "{OLD_LOG}2026-12-07T10:03:{at}Z  INFO referee_examples::ha_master: became active node=\"a\" \
+                 token={token}\n2026-12-07T10:03:35.000000Z  INFO referee_examples::ha_master: became standby \
+                 node=\"a\" token=7 was=Active\n"
+            ))
+        };
+        for at in ["33.500000", "33.000100"] {
+            let err = logged_handover(&again(at, 5), &promoted, 6).expect_err(at);
+            assert!(err.contains("became active again") && err.contains("token=5"), "{err}");
+        }
+        // Promoted under a higher token later: a failover of its own, not the old term back.
+        let handover = logged_handover(&again("34.000000", 7), &promoted, 6).expect("a later term");
+        assert_eq!(handover.margin_ms(), 0.1);
+    }
+
+    #[test]
+    fn a_master_promoted_again_after_a_timely_demotion_fails_the_black_hole_margin() {
+        use HaState::{Active, Standby};
+        let ms = Duration::from_millis;
+        let still_held_at = ms(500);
+        // Demoted by 100 ms, well before the lock can have left its agent's session.
+        let timely =
+            vec![poll(0, 0, Active, 5), poll(0, 50, Active, 5), poll(0, 99, Standby, 5), poll(0, 300, Standby, 5)];
+        let record = MasterRecord { states: timely.clone(), ..Default::default() };
+        let demoted = record.left_active_before(0, still_held_at).expect("demoted in time");
+        assert_eq!((demoted.after, demoted.by), (ms(50), ms(100)));
+        // Then active again under the same token from 150 ms, and demoted only at 900 ms: the
+        // first demotion was in time, the master was not.
+        let mut states = timely[..3].to_vec();
+        states.extend([
+            poll(0, 150, Active, 5),
+            poll(0, 450, Active, 5),
+            poll(0, 600, Active, 5),
+            poll(0, 899, Standby, 5),
+        ]);
+        let record = MasterRecord { states, ..Default::default() };
+        let err = record.left_active_before(0, still_held_at).expect_err("active past the deadline").to_string();
+        assert!(err.contains("answered active at 601.0 ms"), "{err}");
+        // Its last answer active: never left the role at all.
+        let record = MasterRecord { states: timely[..2].to_vec(), ..Default::default() };
+        let err = record.left_active_before(0, still_held_at).expect_err("still active").to_string();
+        assert!(err.contains("still active at its last answer"), "{err}");
+    }
+
+    #[test]
+    fn a_master_that_must_not_be_active_is_caught_by_its_own_answers_and_acknowledgements() {
+        use HaState::{Active, Standby};
+        let ms = Duration::from_millis;
+        // c (node 2) standby, then active from 60 to 80, taking a write sent at 70.
+        let record = MasterRecord {
+            states: vec![
+                poll(2, 0, Standby, 5),
+                poll(2, 20, Standby, 5),
+                poll(2, 40, Standby, 5),
+                poll(2, 60, Active, 6),
+                poll(2, 80, Standby, 7),
+                poll(0, 30, Active, 5),
+            ],
+            acks: vec![ack(2, 70, 6), ack(0, 30, 5)],
+            ..Default::default()
+        };
+        assert_eq!(record.check_not_active(2, ms(10), ms(50)).expect("standby from 10 to 50 ms"), 2);
+        let err = record.check_not_active(2, ms(10), ms(100)).expect_err("active at 60 ms").to_string();
+        assert!(err.contains("master c answered active under token 6 (asked at 60.0 ms"), "{err}");
+        // The answer straddles the stretch's start, the write does not.
+        let err = record.check_not_active(2, ms(61), ms(100)).expect_err("a write at 70 ms").to_string();
+        assert!(err.contains("master c acknowledged 1 writes from 61.0 to 100.0 ms"), "{err}");
+        let err = record.check_not_active(2, ms(100), ms(200)).expect_err("no answer").to_string();
+        assert!(err.contains("master c gave no answer"), "{err}");
+        // Three masters: a's stretches are read like anyone's, and node names follow the
+        // cluster's.
+        assert!(record.check_not_active(0, ms(0), ms(100)).unwrap_err().to_string().contains("master a answered"));
+        // Two of three masters active at once is split brain as it is for a pair.
+        let split = MasterRecord {
+            states: vec![poll(0, 0, Active, 5), poll(2, 0, Active, 6), poll(0, 10, Active, 5), poll(2, 10, Active, 6)],
+            ..Default::default()
+        };
+        assert_eq!(split.both_active(), vec![(ms(1), ms(10))]);
+        assert!(split.timeline().contains("masters a and c both reported active from 1.0 ms to 10.0 ms"));
     }
 
     fn poll(node: usize, sent: u64, state: HaState, token: u64) -> Observed<HaStatus> {

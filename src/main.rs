@@ -180,17 +180,17 @@ enum MembersAction {
         /// The new server's `server_id`.
         #[arg(long)]
         id: u64,
-        /// Its client address (its `listen`).
-        #[arg(long)]
+        /// Its client address (its `listen`), as IP:port (a host name is not accepted).
+        #[arg(long, value_name = "IP:PORT")]
         client: std::net::SocketAddr,
-        /// Its peer address.
-        #[arg(long)]
+        /// Its peer address, as IP:port (a host name is not accepted).
+        #[arg(long, value_name = "IP:PORT")]
         peer: std::net::SocketAddr,
         /// Its role.
         #[arg(long, value_enum, default_value_t = MemberRole::Observer)]
         role: MemberRole,
-        /// Its admin address (its `admin_listen`), if it has one.
-        #[arg(long)]
+        /// Its admin address (its `admin_listen`), if it has one, as IP:port.
+        #[arg(long, value_name = "IP:PORT")]
         admin: Option<std::net::SocketAddr>,
     },
     /// Remove a voter or an observer (the leader too: it steps down once its removal is
@@ -228,8 +228,10 @@ enum SnapshotAction {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a coordinator server (speaks the Apache ZooKeeper client protocol), or inspect a
-    /// coordinator's data directory with `log dump` and `snapshot dump`.
+    /// Run a coordinator server (speaks the Apache ZooKeeper client protocol); inspect a
+    /// coordinator's data directory with `log dump` and `snapshot dump`; list, add or remove an
+    /// ensemble's members with `members`; run a whole ensemble on this machine with `ensemble
+    /// up|status|down`.
     #[command(args_conflicts_with_subcommands = true)]
     Coordinator {
         /// Path of the coordinator's YAML configuration (to run the server).
@@ -289,8 +291,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         exit_after: Option<u64>,
     },
-    /// Operate a cluster: status, failover --to, check-health, pause, resume, history, format,
-    /// config.
+    /// Operate a cluster: status, failover --to, unblock, check-health, pause, resume, history,
+    /// check-fencing, format, drain, undrain, confirm-down, config.
     Admin(referee_failover_agent::admin_cli::AdminArgs),
     /// Run a failover agent beside a master.
     Agent {
@@ -333,8 +335,9 @@ fn main() -> ExitCode {
             Command::Coordinator { config: None, tool: Some(tool), .. } => run_coordinator_tool(tool),
             Command::Coordinator { .. } => {
                 eprintln!(
-                    "referee coordinator: give --config FILE to run a server, or `log dump DIR` / `snapshot dump \
-                     PATH` to inspect a data directory"
+                    "referee coordinator: give --config FILE to run a server, `log dump DIR` / `snapshot dump \
+                     PATH` to inspect a data directory, `members list|add|remove --server ADMIN_ADDR` to change an \
+                     ensemble's members, or `ensemble up|status|down` to run an ensemble on this machine"
                 );
                 Ok(2)
             }

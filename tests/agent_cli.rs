@@ -156,6 +156,76 @@ fn check_fencing_reports_each_method_and_exits_by_what_it_found() -> Result<()> 
     Ok(())
 }
 
+/// `--check-fencing` numbers the levels as the configuration lists them, from 0, as the
+/// fencer's log, `/status`'s `fencing_checks` and the configuration errors do: "level 1" is
+/// the second level everywhere.
+#[test]
+fn check_fencing_numbers_levels_as_the_fencer_and_status_do() -> Result<()> {
+    let dir = ScratchDir::new("agent-cli-levels")?;
+    let program = dir.script("fence-db", "#!/bin/sh\nexit 0\n")?;
+    // Level 0: graceful; level 1: two shell methods, named for where they stand.
+    let methods = format!(
+        "        - {{kind: graceful, name: first-level, timeout_ms: 1000}}\n    - methods:\n        - {{kind: shell, name: second-level, timeout_ms: 2000, program: {p}}}\n        - {{kind: shell, name: also-second, timeout_ms: 2000, program: {p}}}\n",
+        p = program.display()
+    );
+    for (_, stdout) in check_fencing(&fencing_config(&dir, &methods)?)? {
+        let levels: Vec<(String, String)> = stdout
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next()? == "level").then_some(())?;
+                Some((words.next()?.to_string(), words.next()?.to_string()))
+            })
+            .collect();
+        let want = [("0", "first-level"), ("1", "second-level"), ("1", "also-second")]
+            .map(|(l, m)| (l.to_string(), m.to_string()));
+        ensure!(levels == want, "levels {levels:?}, want {want:?} (the configuration's order, from 0):\n{stdout}");
+    }
+    Ok(())
+}
+
+/// `referee admin config set` refuses settings the agent's configuration would not accept
+/// (a promotion that would not fit in the lease, a value of the wrong type, a key that is not
+/// the cluster's) with exit code 3, "refused", writing nothing; a setting it cannot parse at all
+/// is a usage error (2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_config_set_exits_3_and_writes_nothing() -> Result<()> {
+    let dir = ScratchDir::new("agent-cli-config-set")?;
+    let config = fencing_config(&dir, "        - {kind: graceful, timeout_ms: 500}\n")?;
+    let server = referee_testkit::TestServer::start().await?;
+    let coordinator = server.connect_string();
+    let admin = |setting: &'static str| {
+        let (config, coordinator) = (config.display().to_string(), coordinator.clone());
+        tokio::task::spawn_blocking(move || {
+            let args = ["admin", "--config", &config, "--coordinator", &coordinator, "config", "set", setting];
+            run(env!("CARGO_BIN_EXE_referee"), &args)
+        })
+    };
+    for (setting, code, says) in [
+        ("election.promote_timeout_ms=60000", 3, "must fit inside the lease"),
+        ("election.max_lag=lots", 3, "election: invalid type"),
+        ("election.max_lagg=5", 3, "is not a setting for the whole cluster"),
+        ("election.priority=5", 3, "is each node's own"),
+        ("coordinator.session_timeout_ms=9000", 3, "has no settings for the whole cluster"),
+        ("election.max_lag", 2, "give SECTION.KEY=VALUE"),
+    ] {
+        let out = admin(setting).await??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(code) && stderr.contains(says),
+            "config set {setting}: exit {:?}, want {code} saying {says:?}; stderr: {stderr}",
+            out.status
+        );
+        if code == 3 {
+            ensure!(stderr.contains("refused, nothing was written"), "config set {setting}: {stderr}");
+        }
+    }
+    let zk = server.client().await?;
+    ensure!(zk.check_stat("/referee/check/config").await?.is_none(), "a refused setting was written");
+    drop(zk);
+    server.stop().await
+}
+
 /// `--unfence NODE` undoes the reversible methods for a configured peer (here a fence agent's
 /// power-off: the device is powered on) and exits 0; a node that is not a peer is refused with
 /// the peers named; it cannot be asked together with `--check-fencing`.

@@ -88,6 +88,53 @@ async fn log_and_snapshot_dumps_list_a_data_directory() -> Result<()> {
     Ok(())
 }
 
+/// The data directory of a server that was started with the default `snapshot_every_txns`,
+/// took a few writes and was stopped: a healthy directory that holds no snapshot yet.
+async fn data_dir_without_snapshots() -> Result<ScratchDir> {
+    let scratch = ScratchDir::new("coord-tools-fresh")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut cfg = CoordinatorConfig::new(scratch.path("data"));
+    cfg.listen = listener.local_addr()?;
+    assert_eq!(cfg.snapshot_every_txns, 100_000, "the default is what this test is about");
+    let coord = Coordinator::start(cfg).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = listener.local_addr()?.to_string();
+    let server = tokio::spawn(coord.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let c = connect(&addr, Duration::from_secs(10)).await?;
+    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    c.create("/fresh", b"v", &opts).await?;
+    drop(c);
+    let _ = stop.send(());
+    server.await??;
+    Ok(scratch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_dump_of_a_data_directory_without_snapshots_says_so_and_exits_0() -> Result<()> {
+    let scratch = data_dir_without_snapshots().await?;
+    let dir = scratch.path("data");
+    // Given the data directory or its snapshots/ directory: both are what the tool asks for.
+    for path in [dir.clone(), dir.join("snapshots")] {
+        let out = referee(&["coordinator", "snapshot", "dump", path.to_str().unwrap()])?;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{}: stdout: {stdout}\nstderr: {stderr}", path.display());
+        assert!(
+            stdout.contains("no snapshot yet") && stdout.contains("snapshot_every_txns"),
+            "{}: says there is no snapshot yet and when the first comes: {stdout}",
+            path.display()
+        );
+    }
+    // A directory that is no coordinator's is still bad input.
+    let other = ScratchDir::new("coord-tools-other")?;
+    let out = referee(&["coordinator", "snapshot", "dump", other.0.to_str().unwrap()])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("give a coordinator data directory"), "{stderr}");
+    Ok(())
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_a_non_zero_exit() -> Result<()> {
     let scratch = ScratchDir::new("coord-tools-bad")?;

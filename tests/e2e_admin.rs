@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
-use referee::lab::{coordinator_available, CoordinatorKind, MasterKind, Pair, PairSpec, Timings, NODES};
+use referee::lab::{
+    coordinator_available, CoordinatorKind, MasterKind, MasterOracle, MasterRecord, Pair, PairSpec, Timings, NODES,
+};
 use zookeeper_client as zk;
 
 /// The lab cluster's lock znode.
@@ -37,6 +39,31 @@ async fn pair_on(kind: CoordinatorKind, extra_agent_yaml: Vec<String>) -> Result
     let pair = Arc::new(Pair::start(spec).await?);
     let active = pair.wait_for_active(Duration::from_secs(20)).await?;
     Ok((pair, active))
+}
+
+/// What the masters themselves said over a stretch in which master `node` must not be active:
+/// never two actives at once, no late acknowledgement, and from `from` to `to` no answer of
+/// `node` saying active and no write it acknowledged (what its agent reports is checked
+/// beside, by the caller); then, as proof the oracle would have seen it, `node` promoted after
+/// `to`, when the stretch was over.
+fn not_active_until_allowed(record: &MasterRecord, node: usize, from: Duration, to: Duration) -> Result<()> {
+    record.check()?;
+    let answers = record.check_not_active(node, from, to)?;
+    let promoted = record.promoted(node, None);
+    ensure!(
+        promoted.is_some_and(|c| c.by > to),
+        "master {} was not seen promoted after {:.1} ms, when it was let through: {promoted:?}\n{}",
+        NODES[node],
+        to.as_secs_f64() * 1000.0,
+        record.timeline()
+    );
+    eprintln!(
+        "master {} answered {answers} times from {:.1} to {:.1} ms, never active and taking no write; promoted after",
+        NODES[node],
+        from.as_secs_f64() * 1000.0,
+        to.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 async fn fenced(pair: &Pair, node: usize) -> u64 {
@@ -137,6 +164,8 @@ async fn pause_stops_failover_and_resume_restores_it() -> Result<()> {
 
     let (code, out, err) = pair.admin(active, &["pause"]).await?;
     ensure!(code == 0, "pause exited {code}: {out} {err}");
+    let oracle = MasterOracle::start(&pair);
+    let killed_at = oracle.now();
     pair.masters[active].signal(Signal::SIGKILL)?;
     // Paused: the standby keeps reporting but does not take over. Observe for a while (three
     // health-check rounds and two loop intervals over the normal failover time).
@@ -147,10 +176,15 @@ async fn pause_stops_failover_and_resume_restores_it() -> Result<()> {
     }
     let st = pair.agent_json(standby, "/status").await.unwrap_or_default();
     ensure!(st["paused"] == true && st["last_decision"].as_str().unwrap_or("").contains("paused"), "{st}");
+    let resumed_at = oracle.now();
 
     let (code, out, err) = pair.admin(standby, &["resume"]).await?;
     ensure!(code == 0, "resume exited {code}: {out} {err}");
     pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
+    // The standby's master itself says so: not active while paused, active once resumed.
+    let record = oracle.finish().await;
+    not_active_until_allowed(&record, standby, killed_at, resumed_at)
+        .context("a paused standby must not take over, as its master tells it")?;
     Ok(())
 }
 
@@ -174,7 +208,7 @@ async fn check_fencing_asks_each_agent_for_a_round_now() -> Result<()> {
     for (i, node) in NODES.iter().enumerate() {
         let peer = NODES[1 - i];
         ensure!(out.contains(&format!("{node}: no problem")), "{out}");
-        for method in ["level 1  graceful", "level 2  kill"] {
+        for method in ["level 0  graceful", "level 1  kill"] {
             let line = out.lines().find(|l| l.contains(&format!("-> {peer}  {method}")));
             ensure!(line.is_some_and(|l| l.contains(" ready ")), "{node}'s {method} against {peer}: {out}");
         }
@@ -212,6 +246,10 @@ async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
     let standby = 1 - active;
     let (code, out, err) = pair.admin(active, &["pause"]).await?;
     ensure!(code == 0 && out.contains("paused"), "pause exited {code}: {out} {err}");
+    // The masters are asked throughout the maintenance (the oracle holds no part of the pair,
+    // so the agent can be restarted beside it).
+    let oracle = MasterOracle::start(&pair);
+    let paused_at = oracle.now();
 
     // The standby's agent is restarted during the maintenance.
     {
@@ -259,11 +297,15 @@ async fn a_cluster_pause_outlives_an_agent_restart() -> Result<()> {
 
     let (code, out, err) = pair.admin(standby, &["resume", "--node", NODES[standby]]).await?;
     ensure!(code == 3 && err.contains("whole cluster is paused"), "resume of one member exited {code}: {out} {err}");
+    let resumed_at = oracle.now();
     let (code, out, err) = pair.admin(standby, &["resume"]).await?;
     ensure!(code == 0 && out.contains("resumed"), "resume exited {code}: {out} {err}");
     pair.wait_for_active_node(standby, Duration::from_secs(10)).await?;
     let st = pair.agent_json(standby, "/status").await.unwrap_or_default();
     ensure!(st["paused"] == false && st["cluster_paused_by"].is_null(), "{st}");
+    let record = oracle.finish().await;
+    not_active_until_allowed(&record, standby, paused_at, resumed_at)
+        .context("an agent restarted during a cluster pause must not take over, as its master tells it")?;
     Ok(())
 }
 
@@ -308,7 +350,7 @@ async fn cluster_settings_reach_every_agent_and_survive_a_restart() -> Result<()
         ("coordinator.session_timeout_ms=9000", "has no settings for the whole cluster"),
     ] {
         let (code, out, err) = pair.admin(active, &["config", "set", setting]).await?;
-        ensure!(code == 2 && err.contains(says), "config set {setting} exited {code}: {out} {err}");
+        ensure!(code == 3 && err.contains(says), "config set {setting} exited {code}: {out} {err}");
     }
 
     // A restarted agent reads them at once.
@@ -447,6 +489,8 @@ async fn drain_and_undrain(kind: CoordinatorKind) -> Result<()> {
         "drain exited {code}: {out} {err}"
     );
     pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    // From here until it is undrained, the drained node's master itself must never be active.
+    let oracle = MasterOracle::start(&pair);
     // `drain` returned once the node's agent had it in force.
     ensure!(out.contains(&format!("{}'s agent has the drain in force", NODES[drained])), "{out}");
     let st = pair.agent_json(drained, "/status").await.unwrap_or_default();
@@ -482,6 +526,7 @@ async fn drain_and_undrain(kind: CoordinatorKind) -> Result<()> {
     .await?;
     ensure!(pair.actives().await.is_empty(), "nobody may be active: the only live master is drained");
 
+    let undrained_at = oracle.now();
     let (code, out, err) = pair.admin(drained, &["undrain", NODES[drained]]).await?;
     ensure!(
         code == 0 && out.contains("undrained") && out.contains("no longer counts itself drained"),
@@ -490,6 +535,9 @@ async fn drain_and_undrain(kind: CoordinatorKind) -> Result<()> {
     let metrics = pair.probe_text(drained, "/metrics").await.unwrap_or_default();
     ensure!(metrics.contains(&gauge(0)), "{metrics}");
     pair.wait_for_active_node(drained, Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    not_active_until_allowed(&record, drained, Duration::ZERO, undrained_at)
+        .context("a drained node must never be promoted until undrained, as its master tells it")?;
 
     // A record that is not a drain (written by hand) drains its node too, named as unreadable,
     // until `undrain` removes it.
@@ -567,6 +615,10 @@ fencing:
     let (code, out, err) = pair.admin(other, &["confirm-down", down_id]).await?;
     ensure!(code == 2 && err.contains("--reason"), "confirm-down without a reason exited {code}: {out} {err}");
 
+    // From before the power loss until the operator's confirmation, the masters are asked
+    // what they are: the standby's must never be active (the oracle holds no part of the pair,
+    // so the downed agent can be taken out of it beside it).
+    let oracle = MasterOracle::start(&pair);
     // The active's host loses power: its agent first (the lock lapses with its session and the
     // breadcrumb stays unclean), then its master.
     {
@@ -646,6 +698,7 @@ fencing:
         ensure!(code == 0, "resume exited {code}: {out} {err}");
     }
     let args = ["confirm-down", down_id, "--reason", "powered off at the socket"];
+    let confirmed_at = oracle.now();
     let confirm = pair.admin(other, &args);
     let resume = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -665,6 +718,9 @@ fencing:
         "confirm-down exited {code}: {out} {err}"
     );
     pair.wait_for_active_node(other, Duration::from_secs(10)).await?;
+    let record = oracle.finish().await;
+    not_active_until_allowed(&record, other, Duration::ZERO, confirmed_at)
+        .context("nobody may be active while the downed node cannot be fenced, as the masters tell it")?;
     let master = pair.master_json(other, "/ha/state").await.context("the promoted master's state")?;
     ensure!(
         master["state"] == "active" && master["token"].as_u64().is_some_and(|t| t > term),
@@ -715,4 +771,63 @@ async fn until_status(pair: &Pair, node: usize, what: &str, ok: impl Fn(&serde_j
         ensure!(tokio::time::Instant::now() < deadline, "never saw {what}: {st}\n{}", pair.agent_log_tail(node));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The active's master hangs (SIGSTOP; `health.slow_fall` long enough that the hang alone
+/// makes no failover): `failover --to` the standby asks the active to cede, whose demotion
+/// times out, so it releases the lock with the breadcrumb unclean and answers that it did not
+/// cede cleanly. The lock is released all the same: the standby fences the hung master and
+/// takes over, and the operator is told so (exit 0), not "refused" (exit 3, "nothing changed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_whose_cede_fails_after_the_release_is_not_reported_refused() -> Result<()> {
+    let slow = "health:\n  slow_fall: 200\n".to_string();
+    let (pair, active) = pair_with(vec![slow.clone(), slow]).await?;
+    let standby = 1 - active;
+    until_status(&pair, standby, "the standby healthy", |st| st["role"] == "standby").await?;
+    pair.masters[active].signal(Signal::SIGSTOP)?;
+    let (code, out, err) = pair.admin(active, &["failover", "--to", NODES[standby]]).await?;
+    let actives = pair.actives().await;
+    let _ = pair.masters[active].signal(Signal::SIGCONT);
+    ensure!(code != 3, "a cede that released the lock is not a refusal, got exit 3: {out} {err}");
+    ensure!(code == 0, "failover exited {code} (active now: {actives:?}): {out} {err}");
+    ensure!(actives == vec![standby], "{} is the single active: {actives:?}", NODES[standby]);
+    Ok(())
+}
+
+/// `drain` of the active hands over; when the handover fails after the active let go (here
+/// the target's `pre_promote` hook vetoes its promotion, and the drained node takes the role
+/// back for nobody), the command says who is active now, read after the failure, instead of
+/// claiming that the drained node stays active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_the_active_says_who_is_active_after_a_failed_handover() -> Result<()> {
+    let veto = "hooks:\n  pre_promote:\n    command: [\"/bin/false\"]\n    timeout_ms: 1000\n".to_string();
+    // b vetoes every promotion of its own: a is the active.
+    let (pair, active) = pair_with(vec![String::new(), veto]).await?;
+    ensure!(active == 0, "a is active (b vetoes its own promotions), got {}", NODES[active]);
+    until_status(&pair, 1, "b standing by", |st| st["role"] == "standby").await?;
+    let (code, out, err) = pair.admin(0, &["drain", NODES[0], "--reason", "disk swap"]).await?;
+    let actives = pair.actives().await;
+    ensure!(code != 0, "the drain's handover failed, yet it exited 0 (active: {actives:?}): {out} {err}");
+    ensure!(actives.is_empty(), "nobody is active: {actives:?}");
+    ensure!(!err.contains("a stays active"), "a is not active, the command must not say it stays so: {err}");
+    ensure!(err.contains("no node is active now"), "the command says nobody is active now: {err}");
+    Ok(())
+}
+
+/// Two operators ask for the same failover at once: both are told its outcome (exit 0, the
+/// node active), neither is told that the other's request superseded its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_operators_asking_the_same_failover_both_get_its_outcome() -> Result<()> {
+    let (pair, active) = pair().await?;
+    let standby = 1 - active;
+    until_status(&pair, standby, "the standby standing by", |st| st["role"] == "standby").await?;
+    let args = ["failover", "--to", NODES[standby]];
+    let (one, two) = tokio::join!(pair.admin(active, &args), pair.admin(active, &args));
+    let (one, two) = (one?, two?);
+    for (code, out, err) in [&one, &two] {
+        ensure!(*code == 0, "each operator is told the outcome; got exit {code}: {out} {err}");
+        ensure!(!err.contains("superseded"), "{err}");
+    }
+    ensure!(pair.actives().await == vec![standby], "{} is the single active", NODES[standby]);
+    Ok(())
 }

@@ -356,3 +356,61 @@ async fn preferred_node_fails_back_and_anti_flap_spaces_failovers() -> Result<()
     oracles.check(interval + Duration::from_secs(3)).await?;
     Ok(())
 }
+
+/// An operator's switchover away from the preferred node holds for the failback period: the
+/// preferred node, active and healthy for longer than `failback_after_ms`, is moved away by
+/// `referee admin failover --to b`; it asks for the role back only once the failback period
+/// has passed since it left the active role, not after the anti-flap interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_switchover_away_from_the_preferred_node_holds_for_the_failback_period() -> Result<()> {
+    let failback = Duration::from_secs(6);
+    let extra = format!(
+        "election:\n  preferred_node: a\n  failback_after_ms: {}\n  min_failover_interval_ms: 1000\n",
+        failback.as_millis()
+    );
+    let pair = Arc::new(Pair::start(spec(CoordinatorKind::Bundled, true, &extra)).await?);
+    let became_active = |h: &Value| -> Option<i64> {
+        h["transitions"].as_array()?.iter().rev().find(|t| t["to"] == "active").and_then(|t| t["at_ms"].as_i64())
+    };
+    let wall_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // a, the preferred node, active (it takes the role back if b got it first) for longer than
+    // the failback period, its master healthy all along.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let since = match pair.is_active(0).await {
+            true => became_active(&pair.agent_json(0, "/history").await.unwrap_or_default()),
+            false => None,
+        };
+        if since.is_some_and(|at| wall_ms() - at > failback.as_millis() as i64 + 500) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "a was not active for the failback period: {}", pair.agent_log_tail(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = pair.admin(0, &["failover", "--to", NODES[1], "--dry-run"]).await?;
+    ensure!(code == 0, "failover --to b --dry-run exited {code}: {out} {err}");
+    ensure!(out.contains("note: a is the preferred node"), "the dry run says a will ask for the role back: {out}");
+    let (code, out, err) = pair.admin(0, &["failover", "--to", NODES[1]]).await?;
+    ensure!(code == 0, "failover --to b exited {code}: {out} {err}");
+    ensure!(out.contains("note: a is the preferred node"), "the failover says a will ask for the role back: {out}");
+    let a_left_at = pair.agent_json(0, "/history").await.unwrap_or_default()["transitions"]
+        .as_array()
+        .and_then(|ts| ts.iter().rev().find(|t| t["from"] == "active").and_then(|t| t["at_ms"].as_i64()))
+        .context("a's history shows it left the active role")?;
+    // a asks for the role back at the end of the failback period (with a cycle's slack), not
+    // earlier: until then b stays the single active.
+    let deadline = Instant::now() + failback + Duration::from_secs(15);
+    while !pair.is_active(0).await {
+        ensure!(Instant::now() < deadline, "a never took the role back: {}", pair.agent_log_tail(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_back_at = became_active(&pair.agent_json(0, "/history").await.unwrap_or_default())
+        .context("a's history shows its promotion")?;
+    ensure!(
+        a_back_at - a_left_at >= failback.as_millis() as i64 - 100,
+        "a took the role back {} ms after the operator moved it to b, under the {failback:?} failback period\n{}",
+        a_back_at - a_left_at,
+        pair.agent_log_tail(0)
+    );
+    Ok(())
+}

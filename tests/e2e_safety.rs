@@ -25,9 +25,10 @@
 //! - **Black-holed coordinator connection**: the active agent's connection to the coordinator
 //!   goes through the test kit's proxy, which is switched to a black hole (connections stay
 //!   open, nothing is answered). The agent must demote its master before its session can
-//!   expire, that is before the lock can leave it; the margin is printed. A variant asks the
-//!   agent to stop (SIGTERM) just as its lease runs out, so that the graceful handover's own
-//!   coordinator calls wait in the black hole.
+//!   expire, that is before the lock can leave it, and for good: no answer of that master says
+//!   active after then, and the margin is counted from its last step-down and printed. A
+//!   variant asks the agent to stop (SIGTERM) just as its lease runs out, so that the graceful
+//!   handover's own coordinator calls wait in the black hole.
 //! - **Black-holed after moving to a server granting less** (an Apache ZooKeeper ensemble
 //!   whose servers 2 and 3 cap sessions at 2.5 s while server 1 grants the 6 s asked for): both
 //!   sessions begin on server 1, server 1 dies, the active's session moves to a follower that
@@ -249,39 +250,51 @@ async fn black_hole_the_active(
     })
     .await?;
     let promoted = record.promoted(new, None).context("the promotion is in the record")?;
-    let demoted = record.demoted(old).context("the old master was demoted before the new one was promoted")?;
     // Heal: the old agent comes back, as a standby.
     pair.heal_agent(old).await?;
     pair.wait_for_active_node(new, Duration::from_secs(15)).await?;
     let record = oracle.finish().await;
 
-    // Conservative margins: the latest the demotion can have happened against the earliest the
-    // session can have expired and the earliest the promotion can have happened.
-    let before_expiry = ms(still_held_at) - ms(demoted.by);
-    let before_promotion = ms(promoted.after) - ms(demoted.by);
+    // Conservative margins: the latest the old master's last step-down can have happened (a
+    // master demoted in time and then made active again under its old token is no safer than
+    // one never demoted) against the earliest the session can have expired and the earliest
+    // the promotion can have happened.
+    let last = record.last_demoted(old);
     eprintln!(
-        "{kind:?}, {master:?}: black hole at {:.1} ms; master {} demoted by {:.1} ms; lock still held at {:.1} ms; \
-         master {} promoted after {:.1} ms\n  margin before the session expired: {before_expiry:.1} ms; \
-         before the promotion: {before_promotion:.1} ms",
+        "{kind:?}, {master:?}: black hole at {:.1} ms; master {} last demoted by {}; lock still held at {:.1} ms; \
+         master {} promoted after {:.1} ms",
         ms(holed_at),
         NODES[old],
-        ms(demoted.by),
+        last.map_or("(never)".to_string(), |d| format!("{:.1} ms", ms(d.by))),
         ms(still_held_at),
         NODES[new],
         ms(promoted.after),
     );
     record.check()?;
     eprintln!("{}", record.timeline());
+    // No answer of the old master saying active came after the session could have expired,
+    // and its last step-down came before: the peer could not take the lock while it served.
+    let demoted = record.left_active_before(old, still_held_at).with_context(|| {
+        format!(
+            "master {} was active when its agent's session could already have expired (lock still held at {:.1} ms)",
+            NODES[old],
+            ms(still_held_at)
+        )
+    })?;
+    let before_expiry = ms(still_held_at) - ms(demoted.by);
+    let before_promotion = ms(promoted.after) - ms(demoted.by);
+    eprintln!(
+        "  margin before the session expired: {before_expiry:.1} ms; before the promotion: {before_promotion:.1} ms"
+    );
     ensure!(
-        before_expiry > 0.0,
-        "master {} was still active when its agent's session could already have expired (demoted by {:.1} ms, lock \
-         left after {:.1} ms): the peer could take the lock while it served\n{}",
+        before_promotion > 0.0,
+        "master {} last left the active role by {:.1} ms, after master {} was promoted (after {:.1} ms)\n{}",
         NODES[old],
         ms(demoted.by),
-        ms(still_held_at),
+        NODES[new],
+        ms(promoted.after),
         record.timeline()
     );
-    ensure!(before_promotion > 0.0, "the old master was demoted after the new one was promoted");
     Ok(())
 }
 

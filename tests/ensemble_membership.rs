@@ -32,6 +32,44 @@ use referee_testkit::within_for;
 /// How long the ensemble may take to settle a membership after a fault.
 const SETTLE: Duration = Duration::from_secs(20);
 
+/// The lines of `/proc/net/tcp` and `/proc/net/tcp6` (the sockets of this network namespace,
+/// so of the loopback ensemble too) for TCP connections to or from `port`, listeners left out:
+/// `(state, line)`, the state as the kernel numbers it.
+fn connections_of_port(port: u16) -> Vec<(u8, String)> {
+    let port_of = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(state) = fields.get(3).and_then(|s| u8::from_str_radix(s, 16).ok()) else { continue };
+            let ends = [fields.get(1), fields.get(2)];
+            // 0x0A: LISTEN.
+            if state != 0x0A && ends.iter().any(|end| end.and_then(|a| port_of(a)) == Some(port)) {
+                found.push((state, line.trim().to_string()));
+            }
+        }
+    }
+    found
+}
+
+/// [`connections_of_port`], as lines for a failure message.
+fn connections_of(port: u16) -> Vec<String> {
+    connections_of_port(port).into_iter().map(|(_, line)| line).collect()
+}
+
+/// Whether there were connections to or from `port` and every one is closed at both ends:
+/// none established, opening, or closed at one end only (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT,
+/// CLOSING); what is left (TIME_WAIT, CLOSE, LAST_ACK) has been closed by both. A connection
+/// closed at both ends stays in the table for a minute (its TIME_WAIT), so an empty table means
+/// the wrong port or namespace, not a closed connection.
+fn connections_closed(port: u16) -> bool {
+    // ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING.
+    const OPEN: [u8; 7] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x0B];
+    let connections = connections_of_port(port);
+    !connections.is_empty() && connections.iter().all(|(state, _)| !OPEN.contains(state))
+}
+
 /// The voters and whether a change is in progress, as `members` says.
 fn shape(m: &Members) -> (Vec<u64>, bool) {
     (m.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect(), m.changing)
@@ -198,10 +236,24 @@ async fn the_leader_removed_steps_down_and_another_voter_leads_with_every_acknow
 async fn a_promotion_whose_caller_hung_up_half_way_is_finished_by_the_leader_itself() -> Result<()> {
     let HeldPromotion { mut ens, leader, frozen, request } = promotion_held().await?;
     // The caller hangs up: its connection is closed. The listener notices before the frozen
-    // servers resume (a wait, not a condition: nothing outside the server shows it noticed).
+    // servers resume: it closes its end too, which it does only once it has let the request
+    // go (the change cannot have completed while the others are frozen).
     request.abort();
     let _ = request.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hung_up = std::time::Instant::now();
+    let admin = ens.server(leader).admin.port();
+    within_for(
+        Duration::from_secs(10),
+        "the leader's admin listener to close the hung-up caller's connection",
+        async {
+            while !connections_closed(admin) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("connections of port {admin}:\n{}", connections_of(admin).join("\n")))?;
+    eprintln!("the leader closed the hung-up caller's connection {:?} after the hang-up", hung_up.elapsed());
     for &f in &frozen {
         ens.server(f).signal(Signal::SIGCONT)?;
     }

@@ -882,8 +882,8 @@ async fn add_member(State(ctx): State<AdminContext>, body: axum::body::Bytes) ->
         bad(
             "body",
             format!(
-                "is not a valid member: {e}; send {{\"id\": N, \"client\": \"host:port\", \"peer\": \"host:port\", \
-                 \"role\": \"voter\" or \"observer\", \"admin\": \"host:port\" (optional)}}"
+                "is not a valid member: {e}; send {{\"id\": N, \"client\": \"IP:port\", \"peer\": \"IP:port\", \
+                 \"role\": \"voter\" or \"observer\", \"admin\": \"IP:port\" (optional)}} (addresses, not host names)"
             ),
         )
     })?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::{Entry, EntryPayload};
 
-use crate::datadir::{read_identity, IDENTITY_NAME};
+use crate::datadir::{read_identity, IDENTITY_NAME, SNAPSHOTS_NAME};
 use crate::log::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN};
 use crate::log::wal::{check_saved_state, decode_entry, parse_segment_name, read_saved_meta, RaftMeta, META_NAME};
 use crate::log::{FileSystem, LogError};
@@ -404,19 +404,43 @@ fn damaged(out: &mut dyn Write, damage: &mut Vec<String>, why: String) -> Result
 }
 
 /// Lists a snapshot file (every znode and session), or every snapshot of a directory (a data
-/// directory or its `snapshots/`) in one line each. A damaged file is reported as
-/// [`DumpError::Damaged`].
+/// directory or its `snapshots/`) in one line each. A data directory without a snapshot yet (the
+/// normal state until `snapshot_every_txns` transactions) is said to be so, and is no error. A
+/// damaged file is reported as [`DumpError::Damaged`]; a directory that is no coordinator's and
+/// holds no snapshot as [`DumpError::NotRecognised`].
 pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<(), DumpError> {
     if let Ok(names) = fs.list(path) {
-        let (dir, names) = if names.iter().any(|n| n == IDENTITY_NAME) {
-            let dir = path.join("snapshots");
-            let names = fs.list(&dir).map_err(io_err(&dir))?;
-            (dir, names)
+        // A data directory is known by its identity file; its snapshots/ directory by the
+        // identity beside it.
+        let holds_identity = |dir: &Path| fs.list(dir).is_ok_and(|names| names.iter().any(|n| n == IDENTITY_NAME));
+        let (dir, names, recognised) = if names.iter().any(|n| n == IDENTITY_NAME) {
+            let dir = path.join(SNAPSHOTS_NAME);
+            let names = match fs.list(&dir) {
+                Ok(names) => names,
+                // Start-up makes it; a directory without it holds no snapshot either.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            (dir, names, true)
         } else {
-            (path.to_path_buf(), names)
+            let beside_identity =
+                path.file_name().is_some_and(|n| n == SNAPSHOTS_NAME) && path.parent().is_some_and(holds_identity);
+            (path.to_path_buf(), names, beside_identity)
         };
         let mut found: Vec<(u64, String)> =
             names.into_iter().filter_map(|n| parse_snapshot_name(&n).map(|i| (i, n))).collect();
+        if found.is_empty() && recognised {
+            // The normal state of a server until its first snapshot: not damage, not bad input.
+            let default_every = crate::config::CoordinatorConfig::new(PathBuf::new()).snapshot_every_txns;
+            writeln!(
+                out,
+                "{}: no snapshot yet: a server takes its first after snapshot_every_txns transactions \
+                 ({default_every} unless its configuration says otherwise); until then its log holds every \
+                 transaction (list it with `referee coordinator log dump DIR`)",
+                path.display()
+            )?;
+            return Ok(());
+        }
         if found.is_empty() {
             return Err(DumpError::NotRecognised {
                 path: path.to_path_buf(),

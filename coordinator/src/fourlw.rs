@@ -112,7 +112,18 @@ pub fn answer(
             let taken = MonitorSnapshot::of(&lock());
             monitor_values(&taken, mode, ensemble).into_iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
         }
-        "conf" => conf(config),
+        "conf" => {
+            // The members as `/zookeeper/config` holds them, copied out under the lock.
+            let membership = config.is_ensemble().then(|| {
+                lock()
+                    .tree
+                    .get_data("/zookeeper/config", &[])
+                    .ok()
+                    .and_then(|(data, _)| data.map(|d| String::from_utf8_lossy(d).into_owned()))
+                    .unwrap_or_default()
+            });
+            conf(config, mode, membership.as_deref())
+        }
         "envi" => environment(),
         "wchs" => {
             let st = lock();
@@ -433,19 +444,43 @@ pub fn monitor_values(
     lines
 }
 
-fn conf(config: &CoordinatorConfig) -> String {
+/// `conf`, as Apache ZooKeeper 3.8 writes it: a server alone gives the standalone keys and
+/// `serverId=0`, as Apache's does. A member of an ensemble (`membership` given: the data of
+/// `/zookeeper/config`) gives its own `serverId`, then those of a quorum peer's keys that have a
+/// counterpart here, with this server's values: `syncLimit` (the staleness bound,
+/// `max_leader_silence_ms`, in ticks: given only when it is a whole number of them),
+/// `electionPort` and `quorumPort` (both the peer port: Raft's votes and its replication share
+/// it), `peerType` (0 a voter, as Apache's participant, 1 an observer, from `mode`), then
+/// `membership: ` and the members. `initLimit` (ticks for a follower's first sync) and
+/// `electionAlg` (Apache's election algorithm number) have none, and are left out rather than
+/// given a made-up value.
+fn conf(config: &CoordinatorConfig, mode: &str, membership: Option<&str>) -> String {
     let dir = config.data_dir.display();
     let size = dir_size(&config.data_dir);
-    format!(
+    let server_id = if membership.is_some() { config.server_id() } else { 0 };
+    let mut out = format!(
         "clientPort={}\nsecureClientPort=-1\ndataDir={dir}\ndataDirSize={size}\ndataLogDir={dir}\ndataLogSize={size}\n\
          tickTime={}\nmaxClientCnxns={}\nminSessionTimeout={}\nmaxSessionTimeout={}\nclientPortListenBacklog=-1\n\
-         serverId=0\n",
+         serverId={server_id}\n",
         config.listen.port(),
         config.tick_ms,
         config.max_connections_per_address,
         config.min_session_timeout_ms(),
         config.max_session_timeout_ms(),
-    )
+    );
+    let Some(membership) = membership else { return out };
+    let silence = config.max_leader_silence_ms;
+    if silence.checked_rem(config.tick_ms) == Some(0) {
+        out.push_str(&format!("syncLimit={}\n", silence / config.tick_ms));
+    }
+    if let Some(me) = config.this_server() {
+        out.push_str(&format!("electionPort={0}\nquorumPort={0}\n", me.peer.port()));
+    }
+    out.push_str(&format!("peerType={}\n", if mode == "observer" { 1 } else { 0 }));
+    // Apache prints the members as its /zookeeper/config holds them, ending without a newline.
+    out.push_str("membership: \n");
+    out.push_str(membership);
+    out
 }
 
 fn environment() -> String {
@@ -568,6 +603,50 @@ fn file_descriptors() -> (usize, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Server 2 of three, its data directory missing (its size reads 0).
+    fn member_config() -> CoordinatorConfig {
+        use crate::config::{Role, ServerEntry};
+        let mut c = CoordinatorConfig::new("/nonexistent/referee-conf-test");
+        c.servers = (1..=3)
+            .map(|id| ServerEntry {
+                id,
+                client: ([127, 0, 0, 1], 2180 + id as u16).into(),
+                peer: ([127, 0, 0, 1], 2887 + id as u16).into(),
+                role: Role::Voter,
+                admin: None,
+            })
+            .collect();
+        c.server_id = Some(2);
+        c.cluster_id = Some(7);
+        c
+    }
+
+    #[test]
+    fn conf_gives_a_member_its_id_and_the_quorum_keys_with_a_counterpart() {
+        let mut c = member_config();
+        c.tick_ms = 500;
+        c.max_leader_silence_ms = 1500;
+        let members = "server.1=127.0.0.1:2888:2888:participant;127.0.0.1:2181\nversion=100000003";
+        let text = conf(&c, "follower", Some(members));
+        let tail = text.split_once("serverId=").map(|(_, t)| t).unwrap_or_default();
+        assert_eq!(
+            tail,
+            "2\nsyncLimit=3\nelectionPort=2889\nquorumPort=2889\npeerType=0\nmembership: \n\
+             server.1=127.0.0.1:2888:2888:participant;127.0.0.1:2181\nversion=100000003"
+        );
+        assert!(conf(&c, "observer", Some(members)).contains("\npeerType=1\n"));
+        // A bound that is no whole number of ticks has no syncLimit to give.
+        c.max_leader_silence_ms = 1200;
+        let text = conf(&c, "leader", Some(members));
+        assert!(!text.contains("syncLimit") && text.contains("\nserverId=2\nelectionPort=2889\n"), "{text}");
+        for absent in ["initLimit", "electionAlg"] {
+            assert!(!text.contains(absent), "{absent} has no counterpart: {text}");
+        }
+        // A server alone answers as Apache's standalone server.
+        let alone = conf(&CoordinatorConfig::new("/nonexistent/referee-conf-test"), "standalone", None);
+        assert!(alone.ends_with("clientPortListenBacklog=-1\nserverId=0\n"), "{alone}");
+    }
 
     #[test]
     fn parses_only_known_words() {

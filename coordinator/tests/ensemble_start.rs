@@ -300,18 +300,46 @@ async fn a_liveness_report_lost_to_a_broken_link_is_sent_again() -> Result<()> {
     // leader's heartbeats to the follower still pass. The read waits for a report, which fails.
     let into_leader = &mut proxies[leader as usize - 1];
     into_leader.cut();
+    // The cut is in force once no report sent in the last 300 ms was acknowledged (the
+    // follower sends one at least every 100 ms): the read's report cannot slip through before.
+    let reported = follower.coordinator_state.lock().unwrap_or_else(|p| p.into_inner()).report_contact.clone();
+    referee_testkit::wait_until(DEADLINE, "the follower's reports to fail", || {
+        reported.since_contact(std::time::Instant::now()).is_some_and(|s| s >= Duration::from_millis(300))
+    })
+    .await?;
     let asked = std::time::Instant::now();
     let xid = client.send(common::raw::op::EXISTS, &exists).await?;
-    // The cut lasts a few report intervals: the report the read asked for at once is lost.
-    tokio::time::sleep(referee_coordinator::liveness::REPORT_EVERY * 20).await;
-    into_leader.restore().await?;
-    let answered = client.reply_to(xid).await;
-    let waited = asked.elapsed();
+    // The reply is awaited from the start, beside the cut, so the instant it is read is the
+    // instant it came. The cut lasts a few report intervals: the report the read asked for at
+    // once is lost, and the link comes back no earlier than `restoring`.
+    let reply = async {
+        let answered = client.reply_to(xid).await;
+        (answered, std::time::Instant::now())
+    };
+    let restore = async {
+        tokio::time::sleep(referee_coordinator::liveness::REPORT_EVERY * 20).await;
+        let restoring = std::time::Instant::now();
+        into_leader.restore().await.map(|()| restoring)
+    };
+    let ((answered, came), restored) = tokio::join!(reply, restore);
+    let restoring = restored?;
+    let waited = came - asked;
     let (reply, _) =
         answered.with_context(|| format!("the read's reply, {} ms after it was sent", waited.as_millis()))?;
     ensure!(reply.err == 0, "the read after the link came back: {reply:?}");
+    // Answered only once the link was back: the read waited on a report, and the one sent
+    // again got through.
+    ensure!(
+        came > restoring,
+        "the read was answered {} ms before the link into the leader came back: it did not wait on the lost report",
+        (restoring - came).as_millis()
+    );
     ensure!(waited < bound, "the read waited {waited:?}, the whole bound");
-    eprintln!("a read that waited on a lost report was answered {} ms after it was sent", waited.as_millis());
+    eprintln!(
+        "a read that waited on a lost report was answered {} ms after it was sent, {} ms after the link came back",
+        waited.as_millis(),
+        (came - restoring).as_millis()
+    );
     drop(client);
     for r in running {
         stop(r).await?;
@@ -638,6 +666,71 @@ async fn a_session_resumed_on_another_server_closes_its_old_connection() -> Resu
             to.id
         );
         drop(new);
+    }
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// `conf` on an ensemble member answers as an Apache ZooKeeper 3.8 quorum peer's does: its own
+/// `serverId` (not 0, so monitoring that labels servers by it tells them apart), then the quorum
+/// keys that have a counterpart here, with this server's values (`syncLimit`: the staleness
+/// bound in ticks; `electionPort` and `quorumPort`: the one peer port that carries both Raft's
+/// votes and its replication; `peerType` 0 for a voter, 1 for an observer), then `membership: `
+/// and the members as `/zookeeper/config` holds them. `initLimit` and `electionAlg` have no
+/// counterpart and are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_on_an_ensemble_member_names_its_server_id() -> Result<()> {
+    let (running, _dirs) = start_ensemble(&[Role::Voter, Role::Voter, Role::Voter, Role::Observer]).await?;
+    leader_of(&running).await?;
+    within_for(DEADLINE, "/zookeeper/config to name every member on every server", async {
+        let named = |r: &Running| {
+            let text = String::from_utf8(r.data("/zookeeper/config").unwrap_or_default()).unwrap_or_default();
+            text.lines().filter(|l| l.starts_with("server.")).count() == 4
+        };
+        while !running.iter().all(named) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    for r in &running {
+        let conf = referee_testkit::four_letter(r.client.port(), "conf")?;
+        let (settings, membership) =
+            conf.split_once("membership: \n").with_context(|| format!("server {}: no membership: {conf}", r.id))?;
+        let keys: Vec<&str> = settings.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        ensure!(
+            keys == [
+                "clientPort",
+                "secureClientPort",
+                "dataDir",
+                "dataDirSize",
+                "dataLogDir",
+                "dataLogSize",
+                "tickTime",
+                "maxClientCnxns",
+                "minSessionTimeout",
+                "maxSessionTimeout",
+                "clientPortListenBacklog",
+                "serverId",
+                "syncLimit",
+                "electionPort",
+                "quorumPort",
+                "peerType",
+            ],
+            "server {}: {conf}",
+            r.id
+        );
+        let value = |k: &str| settings.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("?");
+        let peer_port = r.config.this_server().context("a member lists itself")?.peer.port().to_string();
+        let sync_limit = (r.config.max_leader_silence_ms / r.config.tick_ms).to_string();
+        let peer_type = if r.id == 4 { "1" } else { "0" };
+        let got =
+            [value("serverId"), value("syncLimit"), value("electionPort"), value("quorumPort"), value("peerType")];
+        let want = [r.id.to_string(), sync_limit, peer_port.clone(), peer_port, peer_type.to_string()];
+        ensure!(got == want.each_ref().map(String::as_str), "server {}: {got:?}, want {want:?}: {conf}", r.id);
+        let published = String::from_utf8(r.data("/zookeeper/config").unwrap_or_default())?;
+        ensure!(membership == published, "server {}: membership {membership:?}, /zookeeper/config {published:?}", r.id);
     }
     for r in running {
         stop(r).await?;

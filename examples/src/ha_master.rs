@@ -20,7 +20,10 @@
 //! - `POST /ha/standby {"token": N}`: become standby (also ends the initializing phase: a
 //!   demoted master is standby by definition); record `N` if higher, persisted the same way
 //!   (one above the highest usable token steps down all the same, is not recorded, and is
-//!   answered `400`). Answers the new status.
+//!   answered `400`). Never refused its step-down: the body is read as bytes whatever its
+//!   content type, and one without a readable token (not JSON, no `token`, not a whole number
+//!   from 0) steps down all the same and is answered `400` naming what was wrong, nothing
+//!   recorded. Answers the new status.
 //!
 //! For tests and demos, served only with `test_routes: true` in the configuration (off by
 //! default; every other `/test/...` request is answered `404` saying so):
@@ -139,6 +142,8 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -673,7 +678,13 @@ fn above_max(token: FencingToken) -> String {
     )
 }
 
-async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token }): Json<TokenRequest>) -> Response {
+/// `POST /ha/standby`. Never refused its step-down: the body is taken as bytes whatever its
+/// content type (a JSON extractor would answer 415 or 422 before this ran, leaving an active
+/// master active), the master steps down first, and only then is the token read. A body with no
+/// readable token, or one above [`FencingToken::MAX`], is answered 400 saying what was wrong,
+/// with nothing recorded; the step-down stands. The step-down and the recording happen under
+/// one hold of the master's lock, so no promotion slips in between them.
+async fn become_standby(State(m): State<Arc<Master>>, body: Result<Bytes, BytesRejection>) -> Response {
     let mut inner = m.inner.lock().await;
     let was = inner.role(BootTime::now(), m.node());
     // Stepping down is always allowed, first; only a higher token is recorded. One that cannot
@@ -681,8 +692,15 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
     // the answer says so: the step-down did happen.
     inner.become_standby();
     if was != HaState::Standby {
-        tracing::info!(node = m.node(), %token, ?was, "became standby");
+        tracing::info!(node = m.node(), ?was, "became standby");
     }
+    let token = match body.map_err(|e| format!("the body could not be read ({e})")).and_then(|b| standby_token(&b)) {
+        Ok(token) => token,
+        Err(why) => {
+            tracing::warn!(node = m.node(), "a step-down request without a usable token: {why}");
+            return refuse(StatusCode::BAD_REQUEST, format!("stepped down, but {why}: nothing recorded"));
+        }
+    };
     if token > FencingToken::MAX {
         return refuse(StatusCode::BAD_REQUEST, format!("stepped down, but {}: not recorded", above_max(token)));
     }
@@ -695,6 +713,23 @@ async fn become_standby(State(m): State<Arc<Master>>, Json(TokenRequest { token 
         );
     }
     Json(inner.status()).into_response()
+}
+
+/// The token of a `POST /ha/standby` body (`{"token": N}`, N a whole number from 0), or why
+/// it has none, naming the body.
+fn standby_token(body: &[u8]) -> Result<FencingToken, String> {
+    const SHOWN: usize = 100;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(r#"the body is empty (send {"token": N})"#.into());
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
+    let shown = if body.len() > SHOWN { format!("`{text}...`") } else { format!("`{text}`") };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!(r#"the body {shown} is not JSON ({e}); send {{"token": N}}"#))?;
+    let TokenRequest { token } = serde_json::from_value(value).map_err(|e| {
+        format!(r#"the body {shown} is not {{"token": N}} with N a whole number from 0 to {} ({e})"#, FencingToken::MAX)
+    })?;
+    Ok(token)
 }
 
 async fn lease_status(State(m): State<Arc<Master>>) -> Json<LeaseStatus> {

@@ -198,6 +198,59 @@ async fn writes_are_taken_only_while_active() {
     master.stop().await;
 }
 
+/// A step-down is never refused for its body: whatever a hand-written fence script sends (no
+/// content type, not JSON, no token, a token that is no whole number in range, nothing), the
+/// master steps down first; a token it can read is then recorded as usual, and a body it cannot
+/// read is answered 400 naming what was wrong, with nothing recorded.
+#[tokio::test]
+async fn a_standby_request_with_an_unreadable_body_still_steps_down() {
+    let dir = ScratchDir::new("ha-master-unreadable-standby").unwrap();
+    let master = Running::start(HaMasterConfig::new(dir.path("state.json"))).await;
+    let url = format!("{}/ha/standby", master.base);
+    let send = |content_type: Option<&'static str>, body: &'static str| {
+        let mut request = master.http.post(&url).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+
+    // The protocol's body without its header: a step-down like any other, the token recorded.
+    assert_eq!(master.promote(5).await.0, StatusCode::OK);
+    let (code, text) = send(None, r#"{"token": 9}"#).await;
+    assert_eq!(code, StatusCode::OK, "no content type: {text}");
+    assert_eq!(master.state().await, HaStatus { state: HaState::Standby, token: FencingToken(9) });
+
+    let cases = [
+        ("no content type, no JSON", None, "garbage", "not JSON"),
+        ("a body that is no JSON", Some("application/json"), "garbage", "not JSON"),
+        ("another content type", Some("text/plain"), "token=12", "not JSON"),
+        ("no token", Some("application/json"), "{}", "missing field `token`"),
+        ("a negative token", Some("application/json"), r#"{"token": -1}"#, "-1"),
+        ("a token that is no whole number", Some("application/json"), r#"{"token": 1e30}"#, "1e30"),
+        ("a token beyond 64 bits", Some("application/json"), r#"{"token": 18446744073709551616}"#, "token"),
+        ("no body at all", None, "", "empty"),
+    ];
+    for (what, content_type, body, names) in cases {
+        assert_eq!(master.promote(9).await.0, StatusCode::OK, "{what}: promoted first");
+        let (code, text) = send(content_type, body).await;
+        assert_eq!(
+            master.state().await,
+            HaStatus { state: HaState::Standby, token: FencingToken(9) },
+            "{what}: stepped down, nothing recorded (answered {code} {text})"
+        );
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{what}: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+        let why = reason(&body);
+        assert!(why.contains("stepped down") && why.contains("nothing recorded"), "{what}: {why}");
+        assert!(why.contains(names), "{what}: the answer names what was wrong ({names}): {why}");
+    }
+    master.stop().await;
+}
+
 /// A step-down is never refused: a master whose state file cannot take the new token (a
 /// failed disk) steps down all the same, keeps the token in memory, and says it was not saved.
 #[tokio::test]

@@ -58,7 +58,7 @@ use zookeeper_client as zk;
 
 use crate::admin::{AdminSettings, ADDRESSEE_HEADER};
 use crate::config::{cluster_setting, AgentConfig};
-use crate::election::{CLUSTER_CONFIG, CONFIRMED_DOWN, DRAINED, PAUSE, ROOT, SWITCHOVER};
+use crate::election::{CLUSTER_CONFIG, CONFIRMED_DOWN, DRAINED, HANDOVER, PAUSE, ROOT, SWITCHOVER};
 use crate::model::{
     Breadcrumb, ClusterSettingsRecord, ConfirmedDownRecord, DrainRecord, LockRecord, Member, PauseRecord, TokenBase,
 };
@@ -254,7 +254,8 @@ pub enum ConfigAction {
     /// The settings, who set them, and whether each member has them in force.
     Show,
     /// Set `SECTION.KEY=VALUE` (e.g. `election.max_lag=1048576`, `failsafe.enabled=true`),
-    /// checked against this agent's configuration (`--config`) before anything is written.
+    /// checked against this agent's configuration (`--config`) before anything is written:
+    /// settings it would not accept are refused (exit code 3), nothing written.
     Set {
         /// The settings.
         #[arg(required = true, value_name = "SECTION.KEY=VALUE")]
@@ -942,6 +943,18 @@ impl<'a> Session<'a> {
         } else if behind.is_some() {
             let _ = writeln!(text, "{lag}");
         }
+        // A switchover away from the preferred node is undone by its failback: say when.
+        if let Some(cfg) = self.cfg.as_ref().filter(|c| c.election.preferred_node.as_deref().is_some_and(|p| p != to)) {
+            let _ = writeln!(
+                text,
+                "note: {} is the preferred node: it asks for the role back once its master has been healthy, and it \
+                 out of the active role, for election.failback_after_ms ({} ms), and no sooner than \
+                 election.min_failover_interval_ms ({} ms) after this failover",
+                cfg.election.preferred_node.as_deref().unwrap_or_default(),
+                cfg.election.failback_after_ms,
+                cfg.election.min_failover_interval_ms
+            );
+        }
         if dry_run {
             return Ok(failover_plan(to, view.lock.as_ref(), text, behind, max_lag, allow_data_loss && lagging));
         }
@@ -1094,7 +1107,20 @@ impl<'a> Session<'a> {
                     json: json!({"ok": true, "node": node, "record": path, "failover": report.json}),
                 })
             }
-            Err(f) => Err(fail(f.exit, format!("{text}{node} stays active (drained): {}", f.reason))),
+            Err(f) => {
+                // Worded from the lock read again: the handover may have moved the role, or left
+                // it with nobody, whatever the failure says.
+                let now = match self.cluster_view().await.map(|v| v.lock) {
+                    Ok(Some((holder, _))) if holder == node && f.exit == Exit::Refused => {
+                        format!("{node} stays active (drained)")
+                    }
+                    Ok(Some((holder, _))) if holder == node => format!("{node} is still active for now (drained)"),
+                    Ok(Some((holder, token))) => format!("{holder} is active now (token {token}); {node} is drained"),
+                    Ok(None) => format!("no node is active now (the lock is free); {node} is drained"),
+                    Err(e) => format!("{node} is drained; who is active now is unknown ({})", e.reason),
+                };
+                Err(fail(f.exit, format!("{text}{now}: {}", f.reason)))
+            }
         }
     }
 
@@ -1587,7 +1613,9 @@ impl<'a> Session<'a> {
             let (section, name) = key
                 .split_once('.')
                 .ok_or_else(|| fail(Exit::Usage, format!("`{key}`: give SECTION.KEY, e.g. election.max_lag")))?;
-            cluster_setting(section, name).map_err(|e| fail(Exit::Usage, e))?;
+            // A well-formed key that is not the cluster's is refused, as the settings below are.
+            cluster_setting(section, name)
+                .map_err(|e| fail(Exit::Refused, format!("refused, nothing was written: {e}")))?;
             let sections =
                 settings.as_object_mut().ok_or_else(|| fail(Exit::Refused, "the settings are not a mapping"))?;
             match change {
@@ -1605,7 +1633,7 @@ impl<'a> Session<'a> {
             }
         }
         cfg.with_cluster_settings(&settings)
-            .map_err(|e| fail(Exit::Usage, format!("refused, nothing was written: with these settings {e}")))?;
+            .map_err(|e| fail(Exit::Refused, format!("refused, nothing was written: with these settings {e}")))?;
         let empty = settings.as_object().is_none_or(|m| m.is_empty());
         let record = ClusterSettingsRecord { settings: settings.clone(), set_by: operator(), at_ms: wall_ms() };
         let data = serde_json::to_vec(&record).map_err(|e| fail(Exit::Unreachable, format!("encoding: {e}")))?;
@@ -1834,9 +1862,10 @@ impl<'a> Session<'a> {
         self.create_secured(&client, &root_path, &cluster_acl, force, &mut done).await?;
         self.create_secured(&client, &members_path, &cluster_acl, force, &mut done).await?;
         if force {
-            // The breadcrumb and the token base are persistent and may have been created open by
-            // agents that ran before the tree was formatted.
-            for path in [format!("{root_path}/breadcrumb"), format!("{root_path}/token-base")] {
+            // The breadcrumb, the token base and the handover record are persistent and may have
+            // been created open by agents that ran before the tree was formatted.
+            let persistent = ["breadcrumb", "token-base", HANDOVER].map(|name| format!("{root_path}/{name}"));
+            for path in persistent {
                 match self.zk_call("secure a znode", client.set_acl(&path, &cluster_acl, None)).await? {
                     Ok(_) => done.push(format!("{path}: ACL replaced")),
                     Err(zk::Error::NoNode) => {}
@@ -2055,6 +2084,11 @@ fn unfit(st: &Value) -> Option<String> {
     if health.and_then(|h| h.get("state")).and_then(Value::as_str) != Some("healthy") {
         return Some(format!("its master is not healthy ({})", health_text(health)));
     }
+    if let Some(by) = st.get("cluster_paused_by").and_then(Value::as_str) {
+        return Some(format!(
+            "the whole cluster is paused (by {by}); `referee admin resume` (without --node) ends that"
+        ));
+    }
     if st.get("paused").and_then(Value::as_bool).unwrap_or(false) {
         return Some("it is paused; resume it first".into());
     }
@@ -2155,7 +2189,7 @@ fn check_round_text(node: &str, round: &Value) -> String {
     for peer in &peers {
         let target = peer.get("node_id").and_then(Value::as_str).unwrap_or("?");
         for check in peer.get("checks").and_then(Value::as_array).into_iter().flatten() {
-            let level = check.get("level").and_then(Value::as_u64).unwrap_or(0) + 1;
+            let level = check.get("level").and_then(Value::as_u64).unwrap_or(0);
             let method = check.get("method").and_then(Value::as_str).unwrap_or("?");
             let said = |key: &str| check.get(key).and_then(Value::as_str).unwrap_or("").to_string();
             let (word, detail) = match check.get("readiness").and_then(Value::as_str) {
@@ -2179,7 +2213,7 @@ fn fencing_problems(s: &Value) -> Vec<String> {
         let node = peer.get("node_id").and_then(Value::as_str).unwrap_or("?");
         for check in peer.get("checks").and_then(Value::as_array).into_iter().flatten() {
             if check.get("readiness").and_then(Value::as_str) == Some("problem") {
-                let level = check.get("level").and_then(Value::as_u64).unwrap_or(0) + 1;
+                let level = check.get("level").and_then(Value::as_u64).unwrap_or(0);
                 let method = check.get("method").and_then(Value::as_str).unwrap_or("?");
                 let reason = check.get("reason").and_then(Value::as_str).unwrap_or("");
                 lines.push(format!("may not be able to fence {node}: level {level} {method}: {reason}"));
@@ -2333,6 +2367,24 @@ fn utc(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// The check lines and the problems of `status` number levels as `/status` gives them,
+    /// from 0, as the fencer's log and the configuration do.
+    #[test]
+    fn fencing_check_lines_number_levels_from_0() {
+        let round = json!({
+            "problems": 1,
+            "peers": [{"node_id": "db2", "checks": [
+                {"level": 0, "index": 0, "method": "graceful", "readiness": "ready", "detail": "answers"},
+                {"level": 1, "index": 0, "method": "ssh", "readiness": "problem", "reason": "cannot reach db2"},
+            ]}],
+        });
+        let text = check_round_text("db1", &round);
+        assert!(text.contains("-> db2  level 0  graceful"), "{text}");
+        assert!(text.contains("-> db2  level 1  ssh"), "{text}");
+        let problems = fencing_problems(&json!({ "fencing_checks": round }));
+        assert_eq!(problems, ["may not be able to fence db2: level 1 ssh: cannot reach db2"]);
+    }
+
     /// The shipped agent configurations name their own node as preferred, which needs the
     /// `admin` section: the command reads them whole, as the agent does.
     #[test]
@@ -2437,6 +2489,13 @@ mod tests {
         let mut paused = ok.clone();
         paused["paused"] = json!(true);
         assert!(unfit(&paused).unwrap().contains("paused"));
+        // Under the cluster's pause, resuming the node alone is refused: the way out is named.
+        let mut cluster_paused = paused.clone();
+        cluster_paused["cluster_paused_by"] = json!("ops@h");
+        assert_eq!(
+            unfit(&cluster_paused).unwrap(),
+            "the whole cluster is paused (by ops@h); `referee admin resume` (without --node) ends that"
+        );
         let mut alone = ok.clone();
         alone["session"] = json!({"state": "connecting"});
         assert!(unfit(&alone).unwrap().contains("coordinator session"));

@@ -218,6 +218,14 @@ pub enum Blocker {
         /// The active it promised; `None` for the promise kept from the agent's start.
         to: Option<String>,
     },
+    /// A graceful failover to another node is under way (its handover record is in the
+    /// coordinator): the lock the active freed is left to that node for a bounded time.
+    HandoverPending {
+        /// The node the failover is for.
+        to: String,
+        /// Milliseconds left before this node contends anyway.
+        left_ms: u64,
+    },
     /// The coordinator cannot be read, or the session is not connected.
     CoordinatorUnavailable,
     /// The session timeout the coordinator granted leaves a lease no promotion fits in.
@@ -231,7 +239,7 @@ pub enum Blocker {
 
 impl Blocker {
     /// Every blocker name, in a fixed order (one gauge each).
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "lease_not_expired",
         "lagging",
         "position_stale",
@@ -247,6 +255,7 @@ impl Blocker {
         "cross_zone_denied",
         "backing_off",
         "promised",
+        "handover_pending",
         "coordinator_unavailable",
         "lease_too_short",
     ];
@@ -269,6 +278,7 @@ impl Blocker {
             Blocker::CrossZoneDenied { .. } => "cross_zone_denied",
             Blocker::BackingOff { .. } => "backing_off",
             Blocker::Promised { .. } => "promised",
+            Blocker::HandoverPending { .. } => "handover_pending",
             Blocker::CoordinatorUnavailable => "coordinator_unavailable",
             Blocker::LeaseTooShort { .. } => "lease_too_short",
         }
@@ -307,6 +317,9 @@ impl fmt::Display for Blocker {
                 "may have promised a failsafe active not to contend before this agent started (failsafe.ttl_ms from \
                  its start)",
             ),
+            Blocker::HandoverPending { to, left_ms } => {
+                write!(f, "a failover to {to} is under way: the lock is left to it for {left_ms} ms more")
+            }
             Blocker::CoordinatorUnavailable => f.write_str("coordinator unavailable"),
             Blocker::LeaseTooShort { lease_ms, promote_ms } => write!(
                 f,
@@ -623,6 +636,7 @@ mod tests {
             Blocker::CrossZoneDenied { zone: "w".into(), active_zone: "e".into() },
             Blocker::BackingOff { left_ms: 1 },
             Blocker::Promised { to: Some("a".into()) },
+            Blocker::HandoverPending { to: "b".into(), left_ms: 4 },
             Blocker::CoordinatorUnavailable,
             Blocker::LeaseTooShort { lease_ms: 1, promote_ms: 2 },
         ];

@@ -216,7 +216,9 @@ fn default_failsafe_ttl_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorSettings {
-    /// `host:port[,host:port...]`: the bundled coordinator or an Apache ZooKeeper ensemble.
+    /// `host:port[,host:port...][/chroot]`: the bundled coordinator or an Apache ZooKeeper
+    /// ensemble. With a chroot (`zk1:2181,zk2:2181/ha`) the agent's tree is
+    /// `<chroot>/referee/<cluster>`; the chroot must exist.
     pub connect: String,
     /// Requested session timeout; the lease is computed from the one the server grants.
     #[serde(default = "default_session_timeout_ms")]
@@ -553,14 +555,8 @@ impl AgentConfig {
         self.validate_peers(&name_ok)?;
         self.validate_master_address()?;
         self.watchdog.validate(self.election.loop_interval_ms).map_err(|(key, problem)| invalid(key, problem))?;
-        if self.coordinator.connect.trim().is_empty() {
-            return Err(invalid("coordinator.connect", "is empty; name the coordinator as host:port[,host:port]"));
-        }
-        for part in self.coordinator.connect.split(',') {
-            let (host, port) = part.trim().rsplit_once(':').unwrap_or(("", ""));
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(invalid("coordinator.connect", format!("has {part:?}, which is not host:port")));
-            }
+        if let Some(problem) = crate::election::connect_string_problem(&self.coordinator.connect) {
+            return Err(invalid("coordinator.connect", problem));
         }
         if let Some(d) = &self.coordinator.digest {
             if d.split_once(':').is_none_or(|(u, p)| u.is_empty() || p.is_empty()) {
@@ -1030,6 +1026,32 @@ probes: {listen: "127.0.0.1:8301"}
         // 2500 - 0 - 500 - 250
         assert_eq!(cfg.lease_budget(Duration::from_millis(2500)), Some(Duration::from_millis(1750)));
         assert_eq!(cfg.lease_budget(Duration::from_millis(750)), None, "nothing left");
+    }
+
+    /// A chroot after the last server (`zk1:2181,zk2:2181/ha`) puts the agent's tree under it, as
+    /// Apache ZooKeeper's clients read a connect string; one that is not a plain znode path is
+    /// refused naming it.
+    #[test]
+    fn a_chroot_connect_string_is_accepted_or_refused_naming_the_chroot() {
+        let with = |connect: &str| minimal().replace("connect: \"127.0.0.1:2181\"", &format!("connect: {connect:?}"));
+        for good in ["zk1:2181,zk2:2181,zk3:2181/ha", "127.0.0.1:2181/ha/referee-prod", "zk1:2181/a.b_c-d"] {
+            let cfg = AgentConfig::from_yaml(&with(good)).unwrap_or_else(|e| panic!("{good:?} refused: {e}"));
+            assert_eq!(cfg.coordinator.connect, good);
+        }
+        for (bad, named) in [
+            ("zk1:2181/ha/", "/ha/"),
+            ("zk1:2181/", "\"/\""),
+            ("zk1:2181/ha//x", "/ha//x"),
+            ("zk1:2181/ha/../x", "/ha/../x"),
+            ("zk1:2181/./x", "/./x"),
+            ("zk1:2181/ha,zk2:2181", "/ha,zk2:2181"),
+            ("zk1:2181/zookeeper", "/zookeeper"),
+        ] {
+            let e = refused(&with(bad));
+            assert!(e.contains("coordinator.connect") && e.contains("chroot") && e.contains(named), "{bad:?}: {e}");
+        }
+        let e = refused(&with("zk1:2181,zk2/ha"));
+        assert!(e.contains("\"zk2\"") && e.contains("host:port"), "{e}");
     }
 
     #[test]

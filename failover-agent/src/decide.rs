@@ -32,12 +32,16 @@
 //!    `nofailover`, within the lag gate of the active's published position (and that position
 //!    fresh), in an allowed zone, the last failover is at least the minimum interval ago
 //!    (anti-flap), and no better eligible candidate still has its head start
-//!    ([`crate::candidacy`]): contend. An operator's failover skips anti-flap, the zone rule and
-//!    the ranking; only its explicit `allow_data_loss` skips the lag gate.
+//!    ([`crate::candidacy`]), and no graceful failover to another node is under way (its
+//!    handover record leaves the freed lock to that node, for a bounded time counted from when
+//!    this agent first saw it): contend. An operator's failover skips anti-flap, the zone rule
+//!    and the ranking (the target of a handover record skips the ranking too); only its explicit
+//!    `allow_data_loss` skips the lag gate.
+//! 6. A peer is active, and this is the preferred node with a master healthy for the failback
+//!    period, counted from when it became healthy or last left the active role, whichever is
+//!    later: ask the active to hand over gracefully.
 //!
 //! Every decision that leaves this node short of the active role names its [`Blocker`].
-//! 6. A peer is active, and this is the preferred node with a master healthy for the failback
-//!    period: ask the active to hand over gracefully.
 
 use std::fmt;
 use std::time::Duration;
@@ -46,7 +50,9 @@ use referee_fencing::{FenceTarget, FencingToken, HaState};
 
 use crate::candidacy::{self, Blocker, Candidacy, CandidacyPolicy, OwnCandidacy, PublishedView};
 use crate::clock::BootInstant;
-use crate::model::{BreadcrumbView, Health, LockView, MasterStatus, Member, SessionView, TokenBaseView};
+use crate::model::{
+    BreadcrumbView, HandoverRecord, Health, LockView, MasterStatus, Member, SessionView, TokenBaseView,
+};
 use crate::tokens::{self, TokenSource};
 
 /// Everything the core looks at, observed by the driver this cycle.
@@ -105,6 +111,10 @@ pub struct Observation {
     pub last_failover_at: Option<BootInstant>,
     /// Since when the master has been healthy without a break; `None` while it is not.
     pub healthy_since: Option<BootInstant>,
+    /// When this node last left the active role, as this agent saw it: the preferred node's
+    /// failback clock starts no earlier, so a switchover away from it holds for the failback
+    /// period.
+    pub left_active_at: Option<BootInstant>,
     /// An operator asked for a failover to this node: anti-flap does not hold it back.
     pub failover_requested: bool,
     /// No failback request before then (one was made recently).
@@ -125,6 +135,53 @@ pub struct Observation {
     /// The lease each answered request buys under the session timeout granted now (zero when
     /// the grant leaves none); `None` without a session.
     pub lease_budget: Option<Duration>,
+    /// The graceful failover under way (its record in the coordinator), as read while the lock
+    /// was free; `None` when there is none, or it was not read.
+    pub handover: Option<HandoverSeen>,
+}
+
+/// A graceful failover's handover record, as this agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverSeen {
+    /// The record.
+    pub record: HandoverRecord,
+    /// When this agent first saw this record (on its own clock).
+    pub first_seen: BootInstant,
+    /// How long, from then, the other standbys leave the freed lock to the record's target.
+    pub hold: Duration,
+}
+
+impl HandoverSeen {
+    /// When to count a record from that this agent sees for the first time at `now` (its own
+    /// clock; `wall_now_ms` its wall clock): now, unless the record was written (`at_ms`, the
+    /// writer's wall clock) more than twice `hold` ago, so long that no clock skew between the
+    /// hosts explains it. Such a record was left over (its target's agent stopped between
+    /// writing it and asking the active to cede, and the active then kept the role) and holds
+    /// nobody back: counted as run out already, so a crash of that active later fails over at
+    /// once. The record only ever holds a contention back, so a wrong wall clock can cost a
+    /// delay or a race the handover was meant to avoid, never safety.
+    pub fn first_seen_at(record: &HandoverRecord, wall_now_ms: i64, now: BootInstant, hold: Duration) -> BootInstant {
+        let age_ms = wall_now_ms.saturating_sub(record.at_ms);
+        let left_over = u128::try_from(age_ms).is_ok_and(|age| age > 2 * hold.as_millis());
+        if left_over {
+            now - hold
+        } else {
+            now
+        }
+    }
+
+    /// How long more a node other than the target leaves the free lock to it: `None` once the
+    /// hold has run out, or when the record is about an earlier term than the breadcrumb's (a
+    /// later holder came and went since; the record is left over).
+    pub fn holds_back(&self, breadcrumb: &BreadcrumbView, now: BootInstant) -> Option<Duration> {
+        if let BreadcrumbView::Present { crumb, .. } = breadcrumb {
+            if crumb.token > self.record.token {
+                return None;
+            }
+        }
+        let left = self.hold.saturating_sub(now.saturating_since(self.first_seen));
+        (!left.is_zero()).then_some(left)
+    }
 }
 
 /// The configured rules the core applies (from the `election` section).
@@ -435,7 +492,13 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
         ),
         LockView::Peer { node_id, token } => {
             if let Some(after) = policy.failback_after {
-                let healthy_for = obs.healthy_since.map_or(Duration::ZERO, |t| obs.now.saturating_since(t));
+                // The clock starts when the master became healthy, or when this node last left
+                // the active role if that is later: a switchover away from the preferred node
+                // holds for the failback period.
+                let healthy_for = obs
+                    .healthy_since
+                    .map(|t| obs.left_active_at.map_or(t, |left| t.max(left)))
+                    .map_or(Duration::ZERO, |t| obs.now.saturating_since(t));
                 let flap_wait = anti_flap_wait(obs, policy);
                 let not_before = obs.failback_not_before.is_some_and(|t| t > obs.now)
                     || obs.backoff_until.is_some_and(|t| t > obs.now)
@@ -527,6 +590,14 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                 let reason = format!("the lock is free, but this node may not take over: {b}");
                 return blocked(b, vec![], reason);
             }
+            // A graceful failover to another node: the lock its active freed is left to it.
+            let handover = obs.handover.as_ref().and_then(|h| Some((h, h.holds_back(&obs.breadcrumb, obs.now)?)));
+            if let Some((h, left)) = handover.filter(|(h, _)| h.record.to != obs.node_id) {
+                let b = Blocker::HandoverPending { to: h.record.to.clone(), left_ms: ms64(left) };
+                let reason = format!("the lock is free, but {b}");
+                return blocked(b, vec![], reason);
+            }
+            let handover_to_me = handover.is_some_and(|(h, _)| h.record.to == obs.node_id);
             if let Some(wait) = anti_flap_wait(obs, policy).filter(|_| !obs.failover_requested) {
                 return blocked(
                     Blocker::AntiFlap { left_ms: ms64(wait) },
@@ -538,7 +609,7 @@ pub fn decide(obs: &Observation, policy: &Policy) -> Decision {
                     ),
                 );
             }
-            if !obs.failover_requested {
+            if !obs.failover_requested && !handover_to_me {
                 let me = own_candidacy(obs, policy);
                 if let Some(b) =
                     candidacy::rank_wait(&me, &obs.candidates, &policy.candidacy, obs.lock_free_since, obs.now)
@@ -679,6 +750,16 @@ pub fn track_promoted(previous: Option<FencingToken>, master: Option<MasterStatu
         Some(MasterStatus { state: HaState::Active, token, .. }) => Some(previous.map_or(token, |p| p.max(token))),
         Some(_) => None,
         None => previous,
+    }
+}
+
+/// Whether a pending failover to this node is over because another node took the role: it
+/// holds the lock with a token above `from`, the active's token when this node asked it to cede
+/// (0 when nobody was active). Its holder and token.
+pub fn failover_taken(lock: &LockView, from: Option<FencingToken>) -> Option<(String, FencingToken)> {
+    match (lock, from) {
+        (LockView::Peer { node_id, token }, Some(from)) if *token > from => Some((node_id.clone(), *token)),
+        _ => None,
     }
 }
 
@@ -981,6 +1062,7 @@ mod tests {
             failsafe_until: None,
             last_failover_at: None,
             healthy_since: Some(now() - Duration::from_secs(60)),
+            left_active_at: None,
             failover_requested: false,
             failback_not_before: None,
             promised: None,
@@ -990,6 +1072,7 @@ mod tests {
             lock_free_since: None,
             allow_data_loss: false,
             lease_budget: Some(Duration::from_millis(1650)),
+            handover: None,
         }
     }
 
@@ -2086,5 +2169,118 @@ mod tests {
             d(vec![Step::Promote { token }], "x").log_key(),
             d(vec![Step::Demote { token, best_effort: false }], "x").log_key()
         );
+    }
+
+    fn handover_to(to: &str, token: u64, seen_ago: Duration) -> Option<HandoverSeen> {
+        Some(HandoverSeen {
+            record: HandoverRecord { to: to.into(), from: "b".into(), token: t(token), at_ms: 1 },
+            first_seen: now() - seen_ago,
+            hold: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn a_handover_to_another_node_leaves_it_the_free_lock_for_a_bounded_time() {
+        // b ceded (clean breadcrumb, token 40) for a failover to c: a holds back.
+        let mut o = base();
+        o.breadcrumb = crumb("b", 40, true);
+        o.handover = handover_to("c", 40, Duration::from_secs(1));
+        let d = decide(&o, &Policy::with_backoff(BACKOFF));
+        assert_eq!(d.steps, vec![]);
+        assert_eq!(d.blocker, Some(Blocker::HandoverPending { to: "c".into(), left_ms: 4000 }));
+        assert_eq!(
+            d.reason,
+            "the lock is free, but a failover to c is under way: the lock is left to it for 4000 ms more"
+        );
+        // So does a node the operator asked a failover to before: the later request decides.
+        let mut superseded = o.clone();
+        superseded.failover_requested = true;
+        assert_eq!(decide(&superseded, &Policy::with_backoff(BACKOFF)).steps, vec![]);
+        // A release that left the breadcrumb unclean is a handover under way all the same, and
+        // so is one whose breadcrumb cannot be read.
+        let mut unclean = o.clone();
+        unclean.breadcrumb = crumb("b", 40, false);
+        assert_eq!(decide(&unclean, &Policy::with_backoff(BACKOFF)).steps, vec![]);
+        let mut missing = o.clone();
+        missing.breadcrumb = BreadcrumbView::Missing;
+        assert_eq!(decide(&missing, &Policy::with_backoff(BACKOFF)).steps, vec![]);
+        // Bounded, on this node's clock from when it first saw the record: a target that never
+        // takes the lock costs a delay, not the cluster's availability.
+        let mut expired = o.clone();
+        expired.handover = handover_to("c", 40, Duration::from_secs(5));
+        check(expired, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+        // A record about an earlier term (the breadcrumb names a later one) is left over: ignored.
+        let mut stale = o.clone();
+        stale.breadcrumb = crumb("c", 41, true);
+        check(stale, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+        // The target itself contends, and skips the ranking though a rival ranks higher.
+        let policy = gated_policy();
+        let mut target = gated();
+        target.breadcrumb = crumb("b", 40, true);
+        target.lock_free_since = Some(now());
+        target.candidates = vec![rival("c", Some(1000), 9, true)];
+        let ranked = decide(&target, &policy);
+        assert!(matches!(ranked.blocker, Some(Blocker::OutRanked { .. })), "{ranked:?}");
+        target.handover = handover_to("a", 40, Duration::from_secs(1));
+        check_with(target, &policy, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+        // The record only matters while the lock is free.
+        let mut held = o.clone();
+        held.lock = LockView::Peer { node_id: "c".into(), token: t(41) };
+        check(held, vec![], "standing by: c is active with token 41");
+    }
+
+    #[test]
+    fn a_handover_record_written_long_before_it_is_first_seen_holds_nobody_back() {
+        let hold = Duration::from_secs(20);
+        let record = HandoverRecord { to: "c".into(), from: "b".into(), token: t(40), at_ms: 1_000_000 };
+        // Seen within the hold (or a little past it, clocks differ): counted from now.
+        for age_ms in [0, 500, 39_000, -5_000] {
+            assert_eq!(HandoverSeen::first_seen_at(&record, 1_000_000 + age_ms, now(), hold), now(), "{age_ms}");
+        }
+        // Written an hour before: left over, run out already.
+        let first_seen = HandoverSeen::first_seen_at(&record, 1_000_000 + 3_600_000, now(), hold);
+        let mut o = base();
+        o.breadcrumb = crumb("b", 40, true);
+        o.handover = Some(HandoverSeen { record, first_seen, hold });
+        check(o, vec![Step::Contend], "the lock is free and the master is healthy: contending");
+    }
+
+    #[test]
+    fn the_preferred_nodes_failback_clock_starts_when_it_leaves_the_active_role() {
+        let policy = Policy { failback_after: Some(Duration::from_secs(60)), ..Policy::with_backoff(BACKOFF) };
+        let mut o = base();
+        o.lock = LockView::Peer { node_id: "b".into(), token: t(50) };
+        o.healthy_since = Some(now() - Duration::from_secs(600));
+        // An operator moved the role away from the preferred node 5 s ago: its master has been
+        // healthy all along, but the switchover holds for the failback period.
+        o.left_active_at = Some(now() - Duration::from_secs(5));
+        check_with(o.clone(), &policy, vec![], "standing by: b is active with token 50");
+        o.left_active_at = Some(now() - Duration::from_secs(60));
+        check_with(
+            o.clone(),
+            &policy,
+            vec![Step::RequestHandover { from: "b".into() }],
+            "this is the preferred node and its master has been healthy for 60000 ms: asking b (token 50) to hand over",
+        );
+        // A master healthy for less time than since the node left the role counts from then.
+        o.healthy_since = Some(now() - Duration::from_secs(30));
+        o.left_active_at = Some(now() - Duration::from_secs(600));
+        check_with(o, &policy, vec![], "standing by: b is active with token 50");
+    }
+
+    #[test]
+    fn a_pending_failover_is_over_once_another_node_holds_the_lock_with_a_newer_token() {
+        let peer = |token: u64| LockView::Peer { node_id: "c".into(), token: t(token) };
+        // The active asked to cede still holds its lock: the failover is under way.
+        assert_eq!(failover_taken(&peer(40), Some(t(40))), None);
+        // Another acquisition since: the role went elsewhere.
+        assert_eq!(failover_taken(&peer(41), Some(t(40))), Some(("c".into(), t(41))));
+        // Nobody was active when it was asked: any holder took it.
+        assert_eq!(failover_taken(&peer(1), Some(t(0))), Some(("c".into(), t(1))));
+        // Free, ours, unknown, or no failover asked: nothing to say.
+        assert_eq!(failover_taken(&LockView::Free, Some(t(40))), None);
+        assert_eq!(failover_taken(&ours(41), Some(t(40))), None);
+        assert_eq!(failover_taken(&LockView::Unknown, Some(t(40))), None);
+        assert_eq!(failover_taken(&peer(41), None), None);
     }
 }

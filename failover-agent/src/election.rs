@@ -2,7 +2,8 @@
 //! kept through one ZooKeeper session (Hadoop ZKFC's `ActiveStandbyElector`, without the
 //! callbacks: this module only observes and writes; the decision core decides).
 //!
-//! Everything lives under `/referee/<cluster>`:
+//! Everything lives under `/referee/<cluster>` (under the connect string's chroot, if it has
+//! one: `zk1:2181,zk2:2181/ha` puts it at `/ha/referee/<cluster>`):
 //!
 //! ```text
 //! /referee/<cluster>/lock               EPHEMERAL   LockRecord  its czxid + the token base is the fencing token
@@ -84,12 +85,12 @@ use zookeeper_client as zk;
 
 use crate::candidacy::ActivePosition;
 use crate::model::{
-    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, ConfirmedDownRecord, DrainRecord, LockRecord, LockView, Member,
-    PauseRecord, SessionView, TokenBase, TokenBaseView,
+    Breadcrumb, BreadcrumbView, ClusterSettingsRecord, ConfirmedDownRecord, DrainRecord, HandoverRecord, LockRecord,
+    LockView, Member, PauseRecord, SessionView, TokenBase, TokenBaseView,
 };
 use crate::schedule::ScheduledSwitchover;
 
-/// The parent of every cluster's znodes.
+/// The parent of every cluster's znodes (under the session's chroot, if any).
 pub const ROOT: &str = "/referee";
 
 /// The name, under `/referee/<cluster>`, of the scheduled switchover's record.
@@ -105,6 +106,9 @@ pub const DRAINED: &str = "drained";
 /// The parent, under `/referee/<cluster>`, of each node's confirmation that it is down (see
 /// [`crate::model::ConfirmedDownRecord`]).
 pub const CONFIRMED_DOWN: &str = "confirmed-down";
+/// The graceful failover under way under `/referee/<cluster>` (see
+/// [`crate::model::HandoverRecord`]).
+pub const HANDOVER: &str = "handover";
 
 /// How often `try_acquire` races for a lock that reads back as free before giving up for this
 /// cycle: a free lock after `NodeExists` means a holder released in between.
@@ -125,8 +129,9 @@ static SECURED_ROOT: LazyLock<[zk::Acl; 2]> = LazyLock::new(|| {
 /// How to reach the coordinator and who we are in it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CoordinationConfig {
-    /// Comma-separated `host:port` list of the ensemble: the bundled coordinator or Apache
-    /// ZooKeeper 3.5 and later.
+    /// Comma-separated `host:port` list of the ensemble (the bundled coordinator or Apache
+    /// ZooKeeper 3.5 and later), optionally followed by a chroot (`/ha`) under which the tree
+    /// lives (see [`split_chroot`]).
     pub connect: String,
     /// The cluster's name, the znode under [`ROOT`] that holds its lock, breadcrumb and members.
     pub cluster: String,
@@ -144,18 +149,131 @@ pub struct CoordinationConfig {
 
 /// How long the agent's connection to one coordinator server may go without a byte from it
 /// before the client gives that server up and resumes the session on another: a fifth of the
-/// requested session timeout (the client pings after three eighths of this in silence).
+/// session timeout the lease counts on (the client pings after three eighths of this in
+/// silence). The client library fixes it when the session is made, so
+/// [`Coordination::connect`] makes the session again when the timeout the lease counts on
+/// turns out lower than the one asked for ([`IdleLimitPlan`]).
 ///
 /// The client library's own default is two fifths, 1 s of a 2.5 s session. A server that is
 /// frozen (SIGSTOP, a stalled VM) keeps its TCP connections open, so silence is the only sign,
-/// and the library tries the same server once more before the next. Twice the default is 2 s,
-/// past the lease the session buys (1.65 s of a 2.5 s session with the default demote deadline
-/// and margin), so an agent on a frozen coordinator server demoted its master before it reached
-/// a live one. Twice a fifth is 1 s, inside the lease: the session moves, the lease is renewed,
-/// and the master stays active. A server merely slow for that long costs a reconnection, never
-/// the session.
+/// and the library may try the same server once more before the next. Twice the default is
+/// 2 s, past the lease the session buys (1.65 s of a 2.5 s session with the default demote
+/// deadline and margin), so an agent on a frozen coordinator server demoted its master before it
+/// reached a live one. Twice a fifth is 1 s, inside the lease: the session moves, the lease is
+/// renewed, and the master stays active. A server merely slow for that long costs a
+/// reconnection, never the session.
 pub fn connection_idle_limit(session_timeout: Duration) -> Duration {
     (session_timeout / 5).max(Duration::from_millis(50))
+}
+
+/// The idle limit the client library puts in force on a connection set up with `configured`
+/// once the session is granted `granted`: zookeeper-client 0.11 keeps the one it was given
+/// unless that is over three fifths of the grant, and then takes two fifths of the grant.
+pub fn idle_limit_in_force(configured: Duration, granted: Duration) -> Duration {
+    if configured > granted * 3 / 5 {
+        granted * 2 / 5
+    } else {
+        configured
+    }
+}
+
+/// How many sessions [`Coordination::connect`] makes at most before it keeps one (see
+/// [`IdleLimitPlan`]).
+pub const MAX_SESSION_ASKS: usize = 4;
+
+/// How a new session comes to a connection idle limit of a fifth of the session timeout the
+/// lease counts on, when that is below the timeout asked for: the coordinator clamps the request
+/// into its bounds (Apache ZooKeeper's `maxSessionTimeout`, 20 × `tickTime` by default), or
+/// another server of the ensemble would grant less on a reconnection ([`crate::grants`]), and
+/// the client library fixed the idle limit from the request when it made the session.
+///
+/// Such a session is closed before it holds anything and made again asking for the lower
+/// timeout. Each ask is strictly lower than the one before, never at or below `op_timeout` (the
+/// coordinator's answers would come too late to count), and there are at most
+/// [`MAX_SESSION_ASKS`]: a session whose lease counts on less than its connection was set up for
+/// after that is kept, and the lease warns of it ([`crate::lease::frozen_server_warning`]).
+/// Pure: [`Coordination::connect`] makes the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleLimitPlan {
+    /// The session timeout the session being made asks for.
+    asked: Duration,
+    /// No ask goes at or below this: the op timeout.
+    floor: Duration,
+    /// Sessions made so far, the one being made included.
+    asks: usize,
+}
+
+impl IdleLimitPlan {
+    /// The first session asks for `requested`; no later one for `floor` or less.
+    pub fn new(requested: Duration, floor: Duration) -> Self {
+        IdleLimitPlan { asked: requested, floor, asks: 1 }
+    }
+
+    /// The session timeout the session being made asks for.
+    pub fn asked(&self) -> Duration {
+        self.asked
+    }
+
+    /// The connection idle limit of the session being made.
+    pub fn idle_limit(&self) -> Duration {
+        connection_idle_limit(self.asked)
+    }
+
+    /// The session made asking for [`IdleLimitPlan::asked`] leaves the lease counting on
+    /// `counted` (its grant, or a lower one another server would give it): the timeout to close
+    /// it and ask for instead, or `None` to keep it.
+    pub fn ask_again(&mut self, counted: Duration) -> Option<Duration> {
+        let fits = connection_idle_limit(counted) >= self.idle_limit();
+        if fits || counted <= self.floor || self.asks >= MAX_SESSION_ASKS {
+            return None;
+        }
+        self.asked = counted;
+        self.asks += 1;
+        Some(counted)
+    }
+}
+
+/// A connect string's servers and its chroot: everything from the first `/` on
+/// (`zk1:2181,zk2:2181/ha` has the servers `zk1:2181,zk2:2181` and the chroot `/ha`), as Apache
+/// ZooKeeper's clients read it. The client library applies the chroot to every path of the
+/// session; the agent's tree is then `<chroot>/referee/<cluster>`.
+pub fn split_chroot(connect: &str) -> (&str, Option<&str>) {
+    match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    }
+}
+
+/// What is wrong with a connect string (`host:port[,host:port...][/chroot]`), said as the end of
+/// a sentence that starts with its name ("coordinator.connect ..."), or `None` if it is usable.
+pub fn connect_string_problem(connect: &str) -> Option<String> {
+    let (servers, chroot) = split_chroot(connect);
+    if servers.trim().is_empty() {
+        return Some("is empty; name the coordinator as host:port[,host:port...][/chroot]".to_string());
+    }
+    for part in servers.split(',') {
+        let (host, port) = part.trim().rsplit_once(':').unwrap_or(("", ""));
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Some(format!("has {part:?}, which is not host:port"));
+        }
+    }
+    let chroot = chroot?;
+    let why = if chroot.contains(',') {
+        "is not after the last server; write host:port,host:port/chroot"
+    } else if chroot == "/" {
+        "names the ensemble's root; leave it out"
+    } else if chroot.ends_with('/') {
+        "ends with '/'; leave that out"
+    } else if chroot[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        "has an empty, '.' or '..' step; name the znode by its plain path"
+    } else if chroot == "/zookeeper" || chroot.starts_with("/zookeeper/") {
+        "is ZooKeeper's own subtree, where nothing may be created; pick another"
+    } else if chroot.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "has a space or a control character; name the znode by its plain path"
+    } else {
+        return None;
+    };
+    Some(format!("has the chroot {chroot:?}, which {why}"))
 }
 
 impl fmt::Debug for CoordinationConfig {
@@ -177,8 +295,8 @@ impl CoordinationConfig {
     /// Checks the fields and their timing rules, naming what to change.
     pub fn validate(&self) -> Result<(), ElectionError> {
         let bad = |what: String| Err(ElectionError::Config(what));
-        if self.connect.trim().is_empty() || self.connect.split(',').any(|h| h.trim().is_empty()) {
-            return bad(format!("connect string {:?} must be a comma-separated list of host:port", self.connect));
+        if let Some(problem) = connect_string_problem(&self.connect) {
+            return bad(format!("connect string {:?} {problem}", self.connect));
         }
         if !is_znode_name(&self.cluster) {
             return bad(format!("cluster name {:?} must be 1-64 characters of [A-Za-z0-9._-]", self.cluster));
@@ -279,6 +397,26 @@ pub enum ElectionError {
         /// What we were doing.
         op: &'static str,
     },
+    /// A znode the agent needs could not be created because its parent's ACL does not give
+    /// this session's identity CREATE: the tree belongs to another credential.
+    #[error(
+        "{who} may not create {path}: its parent {parent} does not give it CREATE. Give the agent the credential the \
+         cluster was formatted with (coordinator.digest), or ask whoever owns {parent} to let this one create there: \
+         add it to the ACL, or format the cluster for it (`referee admin format --force` with this credential, \
+         which needs ADMIN on {parent})",
+        who = match user {
+            Some(user) => format!("digest user `{user}`"),
+            None => "an agent with no digest credential (coordinator.digest is unset)".to_string(),
+        }
+    )]
+    CreateRefused {
+        /// The znode refused, as the ensemble names it (with the chroot).
+        path: String,
+        /// Its parent, whose ACL refused.
+        parent: String,
+        /// The digest user the session authenticated as; `None`: no credential.
+        user: Option<String>,
+    },
     /// Another live session holds our node id: two agents are configured with the same id.
     #[error("node id {node_id} is registered by another live session {owner_session:#x}; two agents share this id")]
     DuplicateNodeId {
@@ -366,6 +504,7 @@ impl ElectionError {
             | ElectionError::InvalidArgument(_)
             | ElectionError::AuthFailed
             | ElectionError::NoAuth { .. }
+            | ElectionError::CreateRefused { .. }
             | ElectionError::DuplicateNodeId { .. }
             | ElectionError::Encode(_) => Recovery::Fatal,
             ElectionError::Connect { .. }
@@ -544,6 +683,7 @@ struct Paths {
     pause: String,
     config: String,
     drained: String,
+    handover: String,
 }
 
 impl Paths {
@@ -560,6 +700,7 @@ impl Paths {
             pause: format!("{root}/{PAUSE}"),
             config: format!("{root}/{CLUSTER_CONFIG}"),
             drained: format!("{root}/{DRAINED}/{node_id}"),
+            handover: format!("{root}/{HANDOVER}"),
             cluster: root,
         }
     }
@@ -578,6 +719,8 @@ pub struct Coordination {
     cfg: CoordinationConfig,
     paths: Paths,
     session_id: i64,
+    /// The connection idle limit the client was made with (see [`IdleLimitPlan`]).
+    idle_limit: Duration,
     /// The lowest session timeout any server would grant this session on a reconnection
     /// ([`crate::grants`]), kept by the survey task.
     lowest_grant: Arc<Mutex<Duration>>,
@@ -601,44 +744,53 @@ impl Coordination {
     /// Connects a new session, authenticates with the digest credential if one is configured,
     /// and creates `/referee/<cluster>/members` and its parents if they are missing.
     ///
-    /// Takes at most the requested session timeout plus `op_timeout` to connect, then one
-    /// `op_timeout` per missing parent.
+    /// When the session would live on less than it asked for (its grant, or a lower one another
+    /// server gives on a reconnection: [`crate::grants::survey_first`]), it is closed before it
+    /// holds anything and made again asking for that, so that its connection gives a silent
+    /// server up within a fifth of the timeout the lease counts on ([`IdleLimitPlan`]: at most
+    /// [`MAX_SESSION_ASKS`] sessions, each asking for less).
+    ///
+    /// Each session takes at most its requested timeout plus `op_timeout` to connect and
+    /// `op_timeout` to survey; then one `op_timeout` per missing parent.
     pub async fn connect(cfg: CoordinationConfig) -> Result<Self, ElectionError> {
         cfg.validate()?;
-        let mut connector = zk::Client::connector()
-            .with_session_timeout(cfg.session_timeout)
-            .with_connection_timeout(connection_idle_limit(cfg.session_timeout));
-        if let Some(digest) = &cfg.digest {
-            // Given to the connector, the credential is re-sent on every reconnection.
-            connector = connector.with_auth("digest", digest.as_bytes());
-        }
-        let limit = cfg.session_timeout + cfg.op_timeout;
-        let client = match tokio::time::timeout(limit, connector.connect(&cfg.connect)).await {
-            Err(_) => return Err(ElectionError::ConnectTimeout { connect: cfg.connect.clone(), after: limit }),
-            Ok(Err(zk::Error::AuthFailed)) => return Err(ElectionError::AuthFailed),
-            Ok(Err(source)) => return Err(ElectionError::Connect { connect: cfg.connect.clone(), source }),
-            Ok(Ok(client)) => client,
+        let mut plan = IdleLimitPlan::new(cfg.session_timeout, cfg.op_timeout);
+        let (client, survey) = loop {
+            let client = open_session(&cfg, plan).await?;
+            let negotiated = client.session_timeout();
+            if cfg.op_timeout >= negotiated {
+                // Dropping the client closes the session.
+                return Err(ElectionError::Config(format!(
+                    "the coordinator granted a session timeout of {negotiated:?} (asked for {:?}), which is not \
+                     above the op timeout {:?}; lower op_timeout or widen the server's session timeout bounds",
+                    plan.asked(),
+                    cfg.op_timeout
+                )));
+            }
+            let survey = crate::grants::survey_first(&cfg.connect, negotiated, cfg.op_timeout).await;
+            let counted = survey.lowest().min(negotiated);
+            let asked = plan.asked();
+            let Some(next) = plan.ask_again(counted) else { break (client, survey) };
+            tracing::info!(
+                session = %format_args!("{:#x}", client.session_id().0),
+                asked_ms = asked.as_millis() as u64,
+                granted_ms = negotiated.as_millis() as u64,
+                counted_ms = counted.as_millis() as u64,
+                "the lease counts on a shorter session timeout than this new session asked for: closing it before it \
+                 holds anything and asking for {} ms, so that a silent coordinator server is given up after {} ms, \
+                 not {} ms",
+                next.as_millis(),
+                connection_idle_limit(next).as_millis(),
+                connection_idle_limit(asked).as_millis()
+            );
+            close_client(client, cfg.op_timeout).await;
         };
         let negotiated = client.session_timeout();
-        if cfg.op_timeout >= negotiated {
-            // Dropping the client closes the session.
-            return Err(ElectionError::Config(format!(
-                "the coordinator granted a session timeout of {negotiated:?} (asked for {:?}), which is not above \
-                 the op timeout {:?}; lower op_timeout or widen the server's session timeout bounds",
-                cfg.session_timeout, cfg.op_timeout
-            )));
-        }
         let session_id = client.session_id().0;
         tracing::info!(session = %format_args!("{session_id:#x}"), ?negotiated, cluster = %cfg.cluster, "coordinator session established");
         let paths = Paths::new(&cfg.cluster, &cfg.node_id);
-        let lowest_grant = Arc::new(Mutex::new(negotiated));
-        let survey = crate::grants::spawn_survey(
-            &cfg.connect,
-            negotiated,
-            cfg.op_timeout,
-            client.state_watcher(),
-            lowest_grant.clone(),
-        );
+        let lowest_grant = Arc::new(Mutex::new(survey.lowest()));
+        let survey = crate::grants::spawn_survey(survey, cfg.op_timeout, client.state_watcher(), lowest_grant.clone());
         let staleness = Arc::new(Mutex::new(Vec::new()));
         let check =
             crate::staleness::spawn_check(&cfg.connect, cfg.op_timeout, client.state_watcher(), staleness.clone());
@@ -647,6 +799,7 @@ impl Coordination {
             cfg,
             paths,
             session_id,
+            idle_limit: idle_limit_in_force(plan.idle_limit(), negotiated),
             lowest_grant,
             _survey: AbortOnDrop(survey),
             staleness,
@@ -674,10 +827,41 @@ impl Coordination {
             let created = self.client.create(path, b"", &options);
             match self.finish(self.deadline(), sent, created).await {
                 Ok(_) | Err(Failure::Reply(zk::Error::NodeExists)) => {}
+                Err(Failure::Reply(zk::Error::NoAuth)) => return Err(self.create_refused(path)),
+                Err(Failure::Reply(zk::Error::NoNode)) if path == ROOT => {
+                    // Only a chroot can be missing above `/referee`.
+                    let chroot = split_chroot(&self.cfg.connect).1.unwrap_or("/");
+                    return Err(ElectionError::Config(format!(
+                        "the chroot {chroot} of coordinator.connect {:?} does not exist in the coordinator: create it \
+                         (zkCli.sh create {chroot}, or ask whoever runs the ensemble) or correct the connect string",
+                        self.cfg.connect
+                    )));
+                }
                 Err(f) => return Err(self.failure(OP, f)),
             }
         }
         Ok(())
+    }
+
+    /// The refusal to create `path` (a path of this session, under its chroot), naming it and
+    /// its parent as the ensemble does, and the digest user the session authenticated as.
+    fn create_refused(&self, path: &str) -> ElectionError {
+        let chroot = split_chroot(&self.cfg.connect).1.unwrap_or_default();
+        let parent = match path.rsplit_once('/') {
+            Some(("", _)) | None => "/",
+            Some((parent, _)) => parent,
+        };
+        let full = |p: &str| if p == "/" && !chroot.is_empty() { chroot.to_string() } else { format!("{chroot}{p}") };
+        let user = self.cfg.digest.as_deref().and_then(|d| d.split_once(':')).map(|(user, _)| user.to_string());
+        ElectionError::CreateRefused { path: full(path), parent: full(parent), user }
+    }
+
+    /// How long the connection may go without a byte from its server before the client moves
+    /// the session to another: a fifth of the session timeout this session asked for, which
+    /// [`Coordination::connect`] brings to a fifth of the one the lease counts on (as the
+    /// client library puts it in force: [`idle_limit_in_force`]).
+    pub fn idle_limit(&self) -> Duration {
+        self.idle_limit
     }
 
     /// This handle's session id.
@@ -730,6 +914,8 @@ impl Coordination {
     /// [`ElectionError::DuplicateNodeId`]: two agents share the id and this one must not start.
     ///
     /// A registration this session already holds is kept as it is (its data is not rewritten).
+    /// A members znode whose ACL does not let this credential create there is
+    /// [`ElectionError::CreateRefused`], naming it.
     pub async fn register_member(&self, member: &Member) -> Result<(), ElectionError> {
         const OP: &str = "register as a member";
         if member.node_id != self.cfg.node_id {
@@ -753,6 +939,7 @@ impl Coordination {
                 Ok(_) => return self.ensure_live(OP),
                 // Exists, or perhaps created by us with the reply lost: the owner tells.
                 Err(Failure::Reply(zk::Error::NodeExists | zk::Error::ConnectionLoss)) | Err(Failure::TimedOut(_)) => {}
+                Err(Failure::Reply(zk::Error::NoAuth)) => return Err(self.create_refused(&self.paths.member)),
                 Err(f) => return Err(self.failure(OP, f)),
             }
             let sent = Instant::now();
@@ -982,6 +1169,63 @@ impl Coordination {
         let path = format!("{}/{CONFIRMED_DOWN}/{node}", self.paths.cluster);
         let sent = Instant::now();
         let deleted = self.client.delete(&path, Some(version));
+        match self.finish(self.deadline(), sent, deleted).await {
+            Ok(()) => Ok(true),
+            Err(Failure::Reply(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// The graceful failover under way, with its data's zxid (each write gives a new one, so a
+    /// reader can tell a new record from one it has seen), if one is recorded.
+    pub async fn read_handover(&self) -> Result<Option<(HandoverRecord, i64)>, ElectionError> {
+        const OP: &str = "read the handover record";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.handover);
+        match self.finish(self.deadline(), sent, read).await {
+            Ok((data, stat)) => Ok(Some((decode(&self.paths.handover, &data)?, stat.mzxid))),
+            Err(Failure::Reply(zk::Error::NoNode)) => Ok(None),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// Records a graceful failover to `record.to` (created with the cluster's ACL, or replacing
+    /// the one there).
+    pub async fn write_handover(&self, record: &HandoverRecord) -> Result<(), ElectionError> {
+        const OP: &str = "write the handover record";
+        let data = encode(record)?;
+        let sent = Instant::now();
+        let created = self.client.create(&self.paths.handover, &data, &self.options(zk::CreateMode::Persistent));
+        match self.finish(self.deadline(), sent, created).await {
+            Ok(_) => return Ok(()),
+            Err(Failure::Reply(zk::Error::NodeExists)) => {}
+            Err(f) => return Err(self.failure(OP, f)),
+        }
+        let sent = Instant::now();
+        let set = self.client.set_data(&self.paths.handover, &data, None);
+        match self.finish(self.deadline(), sent, set).await {
+            Ok(_) => Ok(()),
+            Err(f) => Err(self.failure(OP, f)),
+        }
+    }
+
+    /// Removes the handover record if `obsolete` says so of it (read and deleted at the version
+    /// read, so a record written meanwhile stays): true when one was removed.
+    pub async fn remove_handover(&self, obsolete: impl Fn(&HandoverRecord) -> bool) -> Result<bool, ElectionError> {
+        const OP: &str = "remove the handover record";
+        let sent = Instant::now();
+        let read = self.client.get_data(&self.paths.handover);
+        let (record, version) = match self.finish(self.deadline(), sent, read).await {
+            // A record that cannot be decoded is of no use to anyone: it goes too.
+            Ok((data, stat)) => (decode::<HandoverRecord>(&self.paths.handover, &data).ok(), stat.version),
+            Err(Failure::Reply(zk::Error::NoNode)) => return Ok(false),
+            Err(f) => return Err(self.failure(OP, f)),
+        };
+        if record.as_ref().is_some_and(|r| !obsolete(r)) {
+            return Ok(false);
+        }
+        let sent = Instant::now();
+        let deleted = self.client.delete(&self.paths.handover, Some(version));
         match self.finish(self.deadline(), sent, deleted).await {
             Ok(()) => Ok(true),
             Err(Failure::Reply(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
@@ -1429,6 +1673,38 @@ impl Coordination {
     }
 }
 
+/// Makes a session asking for [`IdleLimitPlan::asked`], with its idle limit, and the digest
+/// credential if there is one; within the asked timeout plus `op_timeout`.
+async fn open_session(cfg: &CoordinationConfig, plan: IdleLimitPlan) -> Result<zk::Client, ElectionError> {
+    let mut connector =
+        zk::Client::connector().with_session_timeout(plan.asked()).with_connection_timeout(plan.idle_limit());
+    if let Some(digest) = &cfg.digest {
+        // Given to the connector, the credential is re-sent on every reconnection.
+        connector = connector.with_auth("digest", digest.as_bytes());
+    }
+    let limit = plan.asked() + cfg.op_timeout;
+    match tokio::time::timeout(limit, connector.connect(&cfg.connect)).await {
+        Err(_) => Err(ElectionError::ConnectTimeout { connect: cfg.connect.clone(), after: limit }),
+        Ok(Err(zk::Error::AuthFailed)) => Err(ElectionError::AuthFailed),
+        Ok(Err(source)) => Err(ElectionError::Connect { connect: cfg.connect.clone(), source }),
+        Ok(Ok(client)) => Ok(client),
+    }
+}
+
+/// Closes a session that holds nothing, waiting up to `limit` for the ensemble to confirm (one
+/// that does not confirm expires on its own, with nothing to lose).
+async fn close_client(client: zk::Client, limit: Duration) {
+    let mut states = client.state_watcher();
+    // The library sends CloseSession when its last client handle is dropped.
+    drop(client);
+    let closed = async {
+        while !states.peek_state().is_terminated() {
+            states.changed().await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, closed).await;
+}
+
 /// Runs a one-shot watcher in its own task, so that the library's internal `unwrap` on a
 /// vanished watch channel can only end that task, never the caller.
 fn spawn_watch(watcher: zk::OneshotWatcher) -> LockWatch {
@@ -1510,12 +1786,104 @@ mod tests {
     }
 
     #[test]
+    fn a_frozen_server_is_given_up_twice_within_the_lease_of_a_lower_grant() {
+        let ms = Duration::from_millis;
+        // 4 s asked of servers whose maxSessionTimeout is 1.5 s, with the lease's defaults and
+        // no staleness: each answered request buys 750 ms. Both waits on a frozen server and a
+        // round trip on a live one must fit in it.
+        let rule = crate::lease::LeaseRule { staleness: ms(0), demote_deadline: ms(500), margin: ms(250) };
+        let grant = |asked: Duration| asked.clamp(ms(400), ms(1500));
+        // The grant itself is lower, or a survey of the servers finds one that would grant less
+        // on a reconnection (the lease counts on the lowest): the same either way.
+        for first_counted in [grant(ms(4000)), ms(1500)] {
+            let mut plan = IdleLimitPlan::new(ms(4000), ms(800));
+            let mut sessions = 1;
+            let mut counted = first_counted;
+            while plan.ask_again(counted).is_some() {
+                sessions += 1;
+                counted = grant(plan.asked());
+            }
+            let lease = rule.budget(counted).expect("the lease is not empty");
+            let twice = 2 * plan.idle_limit();
+            assert!(
+                twice + ms(100) <= lease,
+                "asked {:?}, the lease counts on {counted:?}: twice the idle limit in effect, {twice:?}, leaves no \
+                 round trip in the lease of {lease:?}",
+                plan.asked()
+            );
+            assert_eq!(plan.idle_limit(), connection_idle_limit(counted), "a fifth of what the lease counts on");
+            assert_eq!(sessions, 2, "the first session is closed and the second kept");
+        }
+    }
+
+    #[test]
+    fn a_new_session_is_made_again_at_most_a_few_times_each_asking_less() {
+        let ms = Duration::from_millis;
+        // Every reconnection lands on a server granting less: the asks go down, and stop after
+        // MAX_SESSION_ASKS sessions whatever the coordinator does.
+        let mut plan = IdleLimitPlan::new(ms(10_000), ms(500));
+        let mut asked = vec![plan.asked()];
+        for counted in [ms(6000), ms(4000), ms(3000), ms(2000), ms(1500)] {
+            if let Some(next) = plan.ask_again(counted) {
+                assert_eq!(next, plan.asked());
+                asked.push(next);
+            }
+        }
+        assert_eq!(asked, [ms(10_000), ms(6000), ms(4000), ms(3000)]);
+        assert_eq!(asked.len(), MAX_SESSION_ASKS);
+        // The library keeps the idle limit it was given only up to three fifths of the grant.
+        assert_eq!(idle_limit_in_force(ms(600), ms(3000)), ms(600));
+        assert_eq!(idle_limit_in_force(ms(2000), ms(1500)), ms(600));
+        // A grant at or above the request, or whose fifth is no shorter, keeps the session.
+        let mut plan = IdleLimitPlan::new(ms(2500), ms(500));
+        assert_eq!(plan.ask_again(ms(2500)), None);
+        assert_eq!(
+            plan.ask_again(ms(4000)),
+            None,
+            "a grant above the request (a raised minimum) leaves a shorter idle limit than a fifth of it"
+        );
+        let mut tiny = IdleLimitPlan::new(ms(240), ms(100));
+        assert_eq!(tiny.ask_again(ms(200)), None, "both are at the 50 ms floor");
+        // Never at or below the op timeout: those answers would come too late to count.
+        let mut plan = IdleLimitPlan::new(ms(4000), ms(800));
+        assert_eq!(plan.ask_again(ms(800)), None);
+        assert_eq!(plan.ask_again(ms(900)), Some(ms(900)));
+    }
+
+    #[test]
+    fn a_chroot_follows_the_last_server_and_is_a_plain_path() {
+        assert_eq!(split_chroot("a:1,b:2/ha/prod"), ("a:1,b:2", Some("/ha/prod")));
+        assert_eq!(split_chroot("a:1,b:2"), ("a:1,b:2", None));
+        for good in ["a:1", "a:1,b:2/ha", "a:1/ha/prod-1.x_y"] {
+            assert_eq!(connect_string_problem(good), None, "{good}");
+        }
+        for (bad, says) in [
+            ("", "is empty"),
+            ("a:1,,b:2", "\"\""),
+            ("a:1/ha,b:2", "not after the last server"),
+            ("a:1/", "the ensemble's root"),
+            ("a:1/ha/", "ends with"),
+            ("a:1/ha//b", "empty"),
+            ("a:1/ha/..", "'..'"),
+            ("a:1/zookeeper/x", "ZooKeeper's own"),
+            ("a:1/h a", "space"),
+        ] {
+            let problem = connect_string_problem(bad).unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(problem.contains(says), "{bad:?}: {problem}");
+        }
+        let mut c = cfg();
+        c.connect = "a:1,b:2/ha/".into();
+        assert!(matches!(c.validate(), Err(ElectionError::Config(e)) if e.contains("chroot")));
+    }
+
+    #[test]
     fn paths_live_under_the_cluster() {
         let p = Paths::new("demo", "node-1");
         assert_eq!(p.cluster, "/referee/demo");
         assert_eq!(p.lock, "/referee/demo/lock");
         assert_eq!(p.breadcrumb, "/referee/demo/breadcrumb");
         assert_eq!(p.member, "/referee/demo/members/node-1");
+        assert_eq!(p.handover, "/referee/demo/handover");
     }
 
     #[test]

@@ -19,13 +19,19 @@
 //! on that. The bundled coordinator keeps a session's first grant wherever it moves, so there
 //! the survey finds nothing lower than a server's own bounds.
 //!
+//! The first survey is made as the session is made, before it holds anything ([`survey_first`],
+//! within the op timeout): when the session would live on less than its connection was set up
+//! for, it is made again asking for that ([`crate::election::IdleLimitPlan`]), so that the
+//! client gives a frozen server up within a fifth of the timeout the lease counts on.
+//!
 //! The survey is made again after every reconnection of the session and every
 //! [`REFRESH`] (a server restarted with other bounds), asks a server that does not answer
 //! again every [`RETRY`], and logs a warning naming each server's grant when they differ. Until
 //! a server has answered, its grant is unknown and not counted: a server that was unreachable
 //! since the session began and is asked within a [`RETRY`] of coming back.
 //!
-//! The survey's rules ([`GrantSurvey`]) are pure; [`spawn_survey`] is the thin task that asks.
+//! The survey's rules ([`GrantSurvey`]) are pure; [`survey_first`] and [`spawn_survey`] are the
+//! thin exchange that asks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,8 +60,8 @@ pub struct GrantSurvey {
 }
 
 impl GrantSurvey {
-    /// A survey of the servers of `connect` (a comma-separated `host:port` list) for a session
-    /// first granted `first`.
+    /// A survey of the servers of `connect` (see [`servers_of`]) for a session first granted
+    /// `first`.
     pub fn new(connect: &str, first: Duration) -> Self {
         GrantSurvey { first, servers: servers_of(connect), answers: BTreeMap::new(), stale: BTreeSet::new() }
     }
@@ -147,55 +153,86 @@ impl GrantSurvey {
     }
 }
 
-/// The servers of a connect string (a comma-separated `host:port` list), as written there.
+/// The servers of a connect string (`host:port[,host:port...][/chroot]`), as written there,
+/// without the chroot: a chroot is the session's, and each server is asked as `host:port`.
 pub fn servers_of(connect: &str) -> Vec<String> {
-    connect.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    let (servers, _) = crate::election::split_chroot(connect);
+    servers.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
-/// Surveys the servers for a session first granted `first` whose states `states` follows, in a
-/// task that ends when the session does. `lowest` always holds [`GrantSurvey::lowest`].
+/// A survey of the servers of `connect` for a session first granted `first`, made before the
+/// session is used, so that the session can be made again while it holds nothing (see
+/// [`crate::election::IdleLimitPlan`]): rounds of questions until it is complete, a round
+/// leaves a server unanswered, or `limit` has passed. What is still unknown is asked by
+/// [`spawn_survey`]. A connect string of one server is not asked here: the grant at connect is
+/// that server's answer.
+pub async fn survey_first(connect: &str, first: Duration, limit: Duration) -> GrantSurvey {
+    let mut survey = GrantSurvey::new(connect, first);
+    if survey.servers().len() > 1 {
+        let rounds = async { while !survey.to_ask().1.is_empty() && ask_round(&mut survey, limit, None).await {} };
+        // Answers count as they come, so a round cut short keeps the ones it had.
+        let _ = tokio::time::timeout(limit, rounds).await;
+    }
+    survey
+}
+
+/// Asks the servers [`GrantSurvey::to_ask`] names, each answer counted as it comes (and
+/// `lowest` kept at [`GrantSurvey::lowest`]), each server within `op_timeout`. True when every
+/// one answered and the chain went lower: the next round is due at once.
+async fn ask_round(survey: &mut GrantSurvey, op_timeout: Duration, lowest: Option<&Mutex<Duration>>) -> bool {
+    let (asked, servers) = survey.to_ask();
+    let mut probes = JoinSet::new();
+    for s in servers {
+        let server = survey.servers()[s].clone();
+        probes.spawn(async move { (s, probe(&server, asked, op_timeout).await) });
+    }
+    // Each answer counts as it comes: a silent server costs the others nothing.
+    while let Some(done) = probes.join_next().await {
+        let Ok((s, result)) = done else { continue };
+        match result {
+            Ok(granted) => {
+                survey.answered(s, asked, granted);
+                if let Some(lowest) = lowest {
+                    *lowest.lock().unwrap_or_else(PoisonError::into_inner) = survey.lowest();
+                }
+            }
+            Err(why) => tracing::debug!(
+                server = %survey.servers()[s], %why,
+                "could not ask a coordinator server what session timeout it grants"
+            ),
+        }
+    }
+    survey.to_ask().0 != asked
+}
+
+/// Goes on with `survey` (from [`survey_first`]) for the session whose states `states`
+/// follows, in a task that ends when the session does. `lowest` always holds
+/// [`GrantSurvey::lowest`].
 pub fn spawn_survey(
-    connect: &str,
-    first: Duration,
+    mut survey: GrantSurvey,
     op_timeout: Duration,
     mut states: zk::StateWatcher,
     lowest: Arc<Mutex<Duration>>,
 ) -> JoinHandle<()> {
-    let mut survey = GrantSurvey::new(connect, first);
     // The state now is not a change: only a reconnection from here on is.
     states.state();
     tokio::spawn(async move {
-        let mut warned = None;
+        let mut warned = survey.disagreement();
+        if let Some(w) = &warned {
+            tracing::warn!("{w}");
+        }
         loop {
-            let (asked, servers) = survey.to_ask();
+            let servers = survey.to_ask().1;
             let wait = if servers.is_empty() {
                 REFRESH
             } else {
-                let mut probes = JoinSet::new();
-                for s in servers {
-                    let server = survey.servers()[s].clone();
-                    probes.spawn(async move { (s, probe(&server, asked, op_timeout).await) });
-                }
-                // Each answer counts as it comes: a silent server costs the others nothing.
-                while let Some(done) = probes.join_next().await {
-                    let Ok((s, result)) = done else { continue };
-                    match result {
-                        Ok(granted) => {
-                            survey.answered(s, asked, granted);
-                            *lowest.lock().unwrap_or_else(PoisonError::into_inner) = survey.lowest();
-                        }
-                        Err(why) => tracing::debug!(
-                            server = %survey.servers()[s], %why,
-                            "could not ask a coordinator server what session timeout it grants"
-                        ),
-                    }
-                }
+                let lower = ask_round(&mut survey, op_timeout, Some(&lowest)).await;
                 let disagreement = survey.disagreement();
                 if disagreement.is_some() && disagreement != warned {
                     tracing::warn!("{}", disagreement.as_deref().unwrap_or_default());
                 }
                 warned = disagreement;
-                if survey.to_ask().0 != asked {
+                if lower {
                     // The chain went lower: ask there at once.
                     continue;
                 }
@@ -243,7 +280,8 @@ async fn probe(server: &str, asked: Duration, limit: Duration) -> Result<Duratio
     let mut lowest: Option<Duration> = None;
     let mut failed = None;
     for addr in addrs {
-        let connector = zk::Client::connector().with_session_timeout(asked);
+        // Eagerly: a server that refuses the connection is an answer at once, not a wait.
+        let connector = zk::Client::connector().with_session_timeout(asked).with_fail_eagerly();
         match tokio::time::timeout(limit, connector.connect(&addr.to_string())).await {
             Ok(Ok(client)) => {
                 let granted = client.session_timeout();
@@ -370,5 +408,8 @@ mod tests {
     fn the_connect_string_is_split_into_servers() {
         let s = GrantSurvey::new(" a:1, b:2 ,c:3", ms(1));
         assert_eq!(s.servers(), ["a:1", "b:2", "c:3"]);
+        // A chroot is the session's, not the last server's: each server is asked as host:port.
+        assert_eq!(servers_of("a:1,b:2/ha/prod"), ["a:1", "b:2"]);
+        assert_eq!(servers_of("a:1/ha"), ["a:1"]);
     }
 }

@@ -68,8 +68,59 @@ pub fn grant_mismatch_warning(requested: Duration, granted: Duration, rule: &Lea
     Some(format!(
         "the coordinator granted a session timeout of {got} ms, not the {req} ms asked for \
          (coordinator.session_timeout_ms): host-loss failover happens at the granted timeout, so {effect}; \
-         {lease}. Set the coordinator's min_session_timeout_ms/max_session_timeout_ms (or tick_ms) so they \
-         admit {req} ms, or ask for {got} ms"
+         {lease}. Set the coordinator's session timeout bounds so they admit {req} ms (Apache ZooKeeper: \
+         minSessionTimeout/maxSessionTimeout, 2 and 20 × tickTime unless set; the bundled coordinator: \
+         min_session_timeout_ms/max_session_timeout_ms, or tick_ms), or ask for {got} ms"
+    ))
+}
+
+/// The longest the client library pauses before it tries the next coordinator server after one
+/// failed (half of 100 ms per server already tried, plus up to 50 ms of jitter; 100 ms for the
+/// second server of a round).
+pub const NEXT_SERVER_PAUSE: Duration = Duration::from_millis(100);
+
+/// The warning an agent logs when a frozen coordinator server could outlast the lease, or
+/// `None` when it cannot.
+///
+/// A frozen server (SIGSTOP, a stalled VM) keeps its connections open, so the client gives it up
+/// only after `idle_limit` of silence, may try it once more, and pauses up to
+/// [`NEXT_SERVER_PAUSE`] before a live one; the last answered request may be a loop interval
+/// older than the freeze. All of that must fit in the lease each answer buys under `counted`, the
+/// session timeout the lease counts on, or the session moves only after the master was demoted.
+pub fn frozen_server_warning(
+    counted: Duration,
+    idle_limit: Duration,
+    loop_interval: Duration,
+    rule: &LeaseRule,
+) -> Option<String> {
+    let lease = rule.budget(counted)?;
+    let needed = 2 * idle_limit + NEXT_SERVER_PAUSE + loop_interval;
+    if needed <= lease {
+        return None;
+    }
+    let fix = if idle_limit > counted / 5 {
+        format!(
+            "This session's connection was set up for a longer session timeout than the {} ms a server would \
+             now grant it, and keeps that until it ends (the next session is set up for the lower one); give \
+             every coordinator server the same session timeout bounds",
+            counted.as_millis()
+        )
+    } else {
+        "Ask for a longer coordinator.session_timeout_ms (and let the coordinator grant it), or lower \
+         lease.demote_deadline_ms, lease.margin_ms or coordinator.max_staleness_ms"
+            .to_string()
+    };
+    Some(format!(
+        "a frozen coordinator server can cost this node its lease: the client gives a silent server up after {} ms \
+         and may try it once more before the next, so with its pause before a live server ({} ms) and a loop \
+         interval ({} ms) the session moves up to {} ms after the last answered request, past the {} ms lease that \
+         a {} ms session timeout buys. {fix}",
+        idle_limit.as_millis(),
+        NEXT_SERVER_PAUSE.as_millis(),
+        loop_interval.as_millis(),
+        needed.as_millis(),
+        lease.as_millis(),
+        counted.as_millis()
     ))
 }
 
@@ -368,6 +419,20 @@ mod tests {
     }
 
     #[test]
+    fn a_frozen_server_that_outlasts_the_lease_is_named_with_what_to_change() {
+        // 2.5 s with the defaults: twice 500 ms, the pause and a 100 ms loop fit in 1750 ms.
+        assert_eq!(frozen_server_warning(ms(2500), ms(500), ms(100), &rule()), None);
+        // 1.5 s granted: a fifth of it still fits (2 × 300 + 100 + 0 = 700 of 750 ms)...
+        assert_eq!(frozen_server_warning(ms(1500), ms(300), ms(0), &rule()), None);
+        // ... but not with a 100 ms loop, nor with the idle limit of a 4 s request.
+        let tight = frozen_server_warning(ms(1500), ms(300), ms(100), &rule()).expect("800 ms of 750");
+        assert!(tight.contains("800 ms") && tight.contains("750 ms lease") && tight.contains("session_timeout_ms"));
+        let stale = frozen_server_warning(ms(1500), ms(800), ms(100), &rule()).expect("1800 ms of 750");
+        assert!(stale.contains("1800 ms") && stale.contains("same session timeout bounds"), "{stale}");
+        assert_eq!(frozen_server_warning(ms(700), ms(140), ms(100), &rule()), None, "no lease: warned elsewhere");
+    }
+
+    #[test]
     fn a_grant_other_than_the_request_is_named_with_its_effect() {
         assert_eq!(grant_mismatch_warning(ms(2500), ms(2500), &rule()), None);
         let longer = grant_mismatch_warning(ms(2500), ms(4000), &rule()).expect("a longer grant warns");
@@ -376,6 +441,19 @@ mod tests {
         }
         let shorter = grant_mismatch_warning(ms(2500), ms(2000), &rule()).expect("a shorter grant warns");
         assert!(shorter.contains("500 ms sooner"), "{shorter}");
+        // Both coordinators' settings are named: the bundled one's keys and Apache ZooKeeper's.
+        for key in [
+            "min_session_timeout_ms",
+            "max_session_timeout_ms",
+            "tick_ms",
+            "minSessionTimeout",
+            "maxSessionTimeout",
+            "tickTime",
+        ] {
+            for w in [&longer, &shorter] {
+                assert!(w.contains(key), "{key:?} missing from: {w}");
+            }
+        }
         let none_left = grant_mismatch_warning(ms(2500), ms(100), &rule()).expect("warns");
         assert!(none_left.contains("never stay active"), "{none_left}");
     }

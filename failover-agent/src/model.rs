@@ -134,6 +134,26 @@ pub enum BreadcrumbView {
     },
 }
 
+/// What `/referee/<cluster>/handover` holds while a graceful failover to a named node is under
+/// way (an operator's `failover --to`, a scheduled switchover, a drain of the active, the
+/// preferred node's failback), as Patroni's `/failover` key: the node taking over writes it
+/// before it asks the active to cede, so that when the active releases the lock every other
+/// standby leaves it to the named node instead of racing for it. Each of them holds back for a
+/// bounded time only, counted on its own clock from when it first saw the record (a target that
+/// dies costs a delay, never the cluster's availability); the record stops counting once the
+/// breadcrumb names a later term than `token`, and the next holder of the lock removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    /// The node the active role is being handed to.
+    pub to: String,
+    /// The active asked to cede.
+    pub from: String,
+    /// The token of the active's term when it was asked: the release this record is about.
+    pub token: FencingToken,
+    /// When it was written (wall clock, ms since the Unix epoch), for the operator.
+    pub at_ms: i64,
+}
+
 /// What `/referee/<cluster>/pause` holds while the whole cluster is in maintenance mode
 /// (`referee admin pause` without `--node`): every agent, restarted ones included, observes
 /// and reports but makes no failover until `referee admin resume` deletes it. Kept in the

@@ -101,6 +101,20 @@ pub fn shortfall_warning(server: &str, said: &Implied, configured: Duration) -> 
     }
 }
 
+/// The shortfall warnings ([`shortfall_warning`]) to log now for `reports`: those not logged
+/// before. `logged` keeps every warning logged so far, so a server that goes silent and answers
+/// again says nothing new; a changed setting changes the text, and is warned of again.
+pub fn warnings_to_log(reports: &[(String, Implied)], configured: Duration, logged: &mut Vec<String>) -> Vec<String> {
+    let mut new = Vec::new();
+    for w in reports.iter().filter_map(|(server, said)| shortfall_warning(server, said, configured)) {
+        if !logged.contains(&w) {
+            logged.push(w.clone());
+            new.push(w);
+        }
+    }
+    new
+}
+
 /// What each server of `connect` says, asked now, after every reconnection of the session
 /// `states` follows and every [`crate::grants::REFRESH`] (every [`crate::grants::RETRY`] while
 /// one has said nothing), in a task that ends with the session. `reports` holds the latest
@@ -210,6 +224,23 @@ mod tests {
         assert_eq!(effective(s(1000), &reports(vec![Implied::Member(s(400)), Implied::UnknownMember])), s(1000));
         assert_eq!(effective(s(0), &reports(vec![Implied::Member(s(400)), Implied::Member(s(1000))])), s(1000));
         assert_eq!(effective(s(250), &[]), s(250));
+    }
+
+    #[test]
+    fn a_server_that_goes_silent_and_comes_back_is_not_warned_of_again() {
+        let s = Duration::from_millis;
+        let said = |a: Implied| vec![("zk1:2181".to_string(), a), ("zk2:2181".to_string(), Implied::UnknownMember)];
+        let mut logged = Vec::new();
+        let first = warnings_to_log(&said(Implied::UnknownMember), s(0), &mut logged);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(warnings_to_log(&said(Implied::UnknownMember), s(0), &mut logged).is_empty(), "logged again");
+        // zk1 goes silent (frozen, restarted) and answers again: nothing new to say.
+        assert!(warnings_to_log(&said(Implied::Unknown), s(0), &mut logged).is_empty());
+        let back = warnings_to_log(&said(Implied::UnknownMember), s(0), &mut logged);
+        assert!(back.is_empty(), "warned again when the server came back: {back:?}");
+        // Something new is: a setting that falls short of what a server now says.
+        let new = warnings_to_log(&said(Implied::Member(s(1000))), s(0), &mut logged);
+        assert!(new.len() == 1 && new[0].contains("1000 ms"), "{new:?}");
     }
 
     #[test]

@@ -200,6 +200,19 @@ pub struct AgentStatus {
     /// Role changes, oldest first.
     #[serde(skip)]
     pub history: VecDeque<Transition>,
+    /// When this node last left the active role, on the boot clock (the preferred node's
+    /// failback clock starts no earlier).
+    #[serde(skip)]
+    pub left_active_at: Option<BootInstant>,
+    /// The handover record last read while the lock was free (its data's zxid) and when this
+    /// agent first saw it, on the boot clock: the hold it gives its target counts from then.
+    #[serde(skip)]
+    pub handover_seen: Option<(i64, BootInstant)>,
+    /// The active's token when this node asked it to cede for a failover to this node (0 when
+    /// nobody was active): the pending failover has failed once another node holds the lock
+    /// with a newer token.
+    #[serde(skip)]
+    pub failover_from: Option<FencingToken>,
 }
 
 /// A self-fencing watchdog's state.
@@ -263,6 +276,9 @@ impl AgentStatus {
             lease_until: None,
             last_cycle_at: None,
             history: VecDeque::new(),
+            left_active_at: None,
+            handover_seen: None,
+            failover_from: None,
         }
     }
 
@@ -311,6 +327,9 @@ impl AgentStatus {
                 }
                 self.history.extend(start);
             }
+        }
+        if self.role == Role::Active && to != Role::Active {
+            self.left_active_at = Some(BootInstant::now());
         }
         self.history.push_back(Transition {
             at_ms,

@@ -1091,7 +1091,7 @@ async fn referee_admin_status_failover_health_pause_and_history() -> Result<()> 
     );
     assert!(row("db1").contains(" ok ") && row("db3").contains(" 1 problem "), "{}", out.stdout);
     assert!(
-        out.stdout.contains("db3 may not be able to fence db1: level 2 ssh: ssh could not reach db1"),
+        out.stdout.contains("db3 may not be able to fence db1: level 1 ssh: ssh could not reach db1"),
         "{}",
         out.stdout
     );

@@ -13,7 +13,7 @@ use referee_failover_agent::election::{
     Acquired, Coordination, CoordinationConfig, ElectionError, LockEvent, Recovery, Released,
 };
 use referee_failover_agent::model::{
-    Breadcrumb, BreadcrumbView, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView,
+    Breadcrumb, BreadcrumbView, HandoverRecord, LockRecord, LockView, Member, SessionView, TokenBase, TokenBaseView,
 };
 use referee_failover_agent::staleness::Implied;
 use referee_fencing::{FenceTarget, FencingToken};
@@ -402,11 +402,17 @@ async fn digest_credential_secures_every_znode(addr: SocketAddr) -> Result<()> {
     a.register_member(&member("a")).await?;
     let token = win(&a).await?;
     a.write_breadcrumb(&crumb("a", token, false), 0, None).await?;
+    a.write_handover(&HandoverRecord { to: "b".into(), from: "a".into(), token, at_ms: 0 }).await?;
     let outsider = zookeeper_client::Client::connector()
         .with_session_timeout(Duration::from_secs(4))
         .connect(&addr.to_string())
         .await?;
-    for path in ["/referee/secured/lock", "/referee/secured/breadcrumb", "/referee/secured/members/a"] {
+    for path in [
+        "/referee/secured/lock",
+        "/referee/secured/breadcrumb",
+        "/referee/secured/handover",
+        "/referee/secured/members/a",
+    ] {
         let (acl, _) = outsider.get_acl(path).await?;
         ensure!(
             acl.iter().any(|e| e.scheme() == "digest" && e.id().starts_with("agents:")),
@@ -428,6 +434,10 @@ async fn digest_credential_secures_every_znode(addr: SocketAddr) -> Result<()> {
             Err(zookeeper_client::Error::NoAuth)
         ),
         "an outsider rewrote the breadcrumb"
+    );
+    ensure!(
+        matches!(outsider.delete("/referee/secured/handover", None).await, Err(zookeeper_client::Error::NoAuth)),
+        "an outsider removed the handover record"
     );
     ensure!(a.read_lock().await? == LockView::Ours { token, version: 0 });
     Ok(())
@@ -480,6 +490,104 @@ async fn a_server_alone_says_it_is_not_stale(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A session as an operator's tool makes it: no credential, or `digest` (`user:password`).
+async fn raw_client(addr: SocketAddr, digest: Option<&str>) -> Result<zookeeper_client::Client> {
+    let mut connector = zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(4));
+    if let Some(d) = digest {
+        connector = connector.with_auth("digest", d.as_bytes());
+    }
+    Ok(within("a raw client's session", connector.connect(&addr.to_string())).await??)
+}
+
+/// Creates `path` with `acls`, or leaves it as it is if it exists.
+async fn create_if_missing(
+    client: &zookeeper_client::Client,
+    path: &str,
+    acls: zookeeper_client::Acls<'_>,
+) -> Result<()> {
+    let options = zookeeper_client::CreateMode::Persistent.with_acls(acls);
+    match client.create(path, b"", &options).await {
+        Ok(_) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {path}")),
+    }
+}
+
+/// With a chroot after the last server (`host:port/ha`), the agent's tree lives under it: the
+/// lock of cluster `chrooted` is `/ha/referee/chrooted/lock` and nothing appears at
+/// `/referee/chrooted`. The servers asked for their grants and staleness are named without the
+/// chroot, and a chroot that does not exist is refused naming it.
+async fn an_agent_under_a_chroot_keeps_its_tree_under_it(addr: SocketAddr) -> Result<()> {
+    let raw = raw_client(addr, None).await?;
+    let missing = CoordinationConfig { connect: format!("{addr}/no-such-chroot"), ..cfg(addr, "chrooted", "a") };
+    match Coordination::connect(missing).await {
+        Err(e) => ensure!(
+            e.recovery() == Recovery::Fatal && e.to_string().contains("/no-such-chroot"),
+            "a missing chroot: {e} ({:?})",
+            e.recovery()
+        ),
+        Ok(_) => bail!("an agent connected under a chroot that does not exist"),
+    }
+    create_if_missing(&raw, "/ha", zookeeper_client::Acls::anyone_all()).await?;
+    let h = connect(CoordinationConfig { connect: format!("{addr}/ha"), ..cfg(addr, "chrooted", "a") }).await?;
+    h.register_member(&member("a")).await?;
+    let token = win(&h).await?;
+    ensure!(h.read_lock().await? == LockView::Ours { token, version: 0 });
+    for path in ["/ha/referee/chrooted/lock", "/ha/referee/chrooted/members/a"] {
+        ensure!(raw.check_stat(path).await?.is_some(), "{path} is missing");
+    }
+    ensure!(raw.check_stat("/referee/chrooted").await?.is_none(), "the tree was made outside the chroot");
+    let server = addr.to_string();
+    wait_until(Duration::from_secs(10), "the server, named without the chroot, to say what it is", || {
+        h.staleness_reports() == vec![(server.clone(), Implied::Standalone)]
+    })
+    .await
+    .with_context(|| format!("reports: {:?}", h.staleness_reports()))?;
+    Ok(())
+}
+
+/// A cluster znode another credential owns (created by `bob`, with `bob` alone in its ACL) stops
+/// the agent at start-up with a refusal that names the znode it could not create, its parent,
+/// the digest user the agent used (never its password) and what to do.
+async fn a_cluster_znode_owned_by_another_credential_is_refused_naming_it(addr: SocketAddr) -> Result<()> {
+    let bob = raw_client(addr, Some("bob:bobs-secret")).await?;
+    create_if_missing(&bob, "/referee", zookeeper_client::Acls::anyone_all()).await?;
+    create_if_missing(&bob, "/referee/locked", zookeeper_client::Acls::creator_all()).await?;
+    let secured = CoordinationConfig { digest: Some("referee:s3cret".into()), ..cfg(addr, "locked", "a") };
+    let anonymous = cfg(addr, "locked", "b");
+    for (settings, who) in [(secured, "digest user `referee`"), (anonymous, "no digest credential")] {
+        let e = match Coordination::connect(settings).await {
+            Err(e) => e,
+            Ok(_) => bail!("an agent as {who} created its znodes under bob's cluster node"),
+        };
+        let text = e.to_string();
+        for part in ["/referee/locked/members", "/referee/locked ", who, "referee admin format"] {
+            ensure!(text.contains(part), "{part:?} missing from: {text}");
+        }
+        ensure!(!text.contains("s3cret"), "the password is shown: {text}");
+        ensure!(e.recovery() == Recovery::Fatal, "{text} is not fatal");
+    }
+    // A cluster formatted with bob's credential (its members znode included, everyone may read):
+    // the agent's session is made, and its registration is refused naming its member znode.
+    let read = [
+        zookeeper_client::Acl::new(zookeeper_client::Permission::ALL, zookeeper_client::AuthId::authed()),
+        zookeeper_client::Acl::new(zookeeper_client::Permission::READ, zookeeper_client::AuthId::anyone()),
+    ];
+    let formatted = zookeeper_client::Acls::new(&read);
+    create_if_missing(&bob, "/referee/bobs", formatted).await?;
+    create_if_missing(&bob, "/referee/bobs/members", formatted).await?;
+    let h = connect(CoordinationConfig { digest: Some("referee:s3cret".into()), ..cfg(addr, "bobs", "a") }).await?;
+    let e = match h.register_member(&member("a")).await {
+        Err(e) => e,
+        Ok(()) => bail!("an agent registered under bob's members znode"),
+    };
+    let text = e.to_string();
+    for part in ["/referee/bobs/members/a", "/referee/bobs/members ", "digest user `referee`", "referee admin format"] {
+        ensure!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    ensure!(e.recovery() == Recovery::Fatal, "{text} is not fatal");
+    Ok(())
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         /// Each scenario against its own bundled coordinator.
@@ -529,13 +637,18 @@ scenarios!(
     digest_credential_secures_every_znode,
     positions_and_candidacies,
     a_server_alone_says_it_is_not_stale,
+    an_agent_under_a_chroot_keeps_its_tree_under_it,
+    a_cluster_znode_owned_by_another_credential_is_refused_naming_it,
 );
 
 /// Apache ZooKeeper grants a session's timeout anew, within its own bounds, each time the client
 /// reconnects, and expires the session on the timeout of the connection it holds: a session
 /// granted 6 s by one server lives on 1.5 s once it moves to a server whose
 /// `maxSessionTimeout` is 1.5 s. The lease must never count on more than the session lives on,
-/// whichever server of the ensemble the client moves to.
+/// whichever server of the ensemble the client moves to. A new session learns it before it holds
+/// anything and is made again asking for 1.5 s, so that its connection gives a silent server up
+/// within a fifth of that; one that cannot be (1.5 s is not above its op timeout, so answers
+/// could come too late to count) keeps its 6 s, and its lease counts on 1.5 s all the same.
 #[tokio::test]
 async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Result<()> {
     const NAME: &str = "the_lease_counts_on_the_lowest_timeout_any_server_would_grant";
@@ -570,15 +683,29 @@ async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Resu
     })
     .await
     .with_context(|| format!("reports: {:?}", first.staleness_reports()))?;
+    // Wherever the first session landed, the handle ends up asking for what servers 2 and 3
+    // grant, and its connection gives a silent server up after a fifth of it.
+    let lowest = Duration::from_millis(1500);
+    ensure!(
+        first.negotiated_timeout() == lowest && first.lease_timeout() == lowest,
+        "granted {:?}, the lease counts on {:?}",
+        first.negotiated_timeout(),
+        first.lease_timeout()
+    );
+    ensure!(first.idle_limit() == lowest / 5, "a silent server is given up after {:?}", first.idle_limit());
     first.close().await?;
-    // The client picks a server at random: connect until the session lands on server 1.
+    // A session whose op timeout is not below 1.5 s is not asked again: it keeps what server 1
+    // grants. The client picks a server at random: connect until the session lands on server 1.
+    let settings = CoordinationConfig { op_timeout: lowest, ..settings };
     let mut tries = 0;
     let h = loop {
-        let h = connect(settings.clone()).await?;
-        if cons_session_timeout(&four_letter(ports[0], "cons")?, h.session_id()).is_some() {
-            break h;
+        match within("connecting a to server 1", Coordination::connect(settings.clone())).await? {
+            Ok(h) if cons_session_timeout(&four_letter(ports[0], "cons")?, h.session_id()).is_some() => break h,
+            Ok(h) => h.close().await?,
+            // On server 2 or 3, whose 1.5 s is not above the op timeout: refused.
+            Err(ElectionError::Config(_)) => {}
+            Err(e) => return Err(e.into()),
         }
-        h.close().await?;
         tries += 1;
         ensure!(tries < 60, "no session landed on server 1 in {tries} tries");
     };
@@ -607,5 +734,89 @@ async fn the_lease_counts_on_the_lowest_timeout_any_server_would_grant() -> Resu
         "the lease counts on a session timeout of {:?}, but the session now lives on {lives_on:?}",
         h.lease_timeout()
     );
+    Ok(())
+}
+
+/// Apache ZooKeeper clamps the session timeout asked for into `maxSessionTimeout`, and the lease
+/// is cut from what it grants. The connection's idle limit (how long the agent waits on a silent
+/// server before it moves its session) must follow the grant too: computed from the 4 s asked,
+/// it was 800 ms, past the 750 ms lease a 1.5 s grant buys with the lease's defaults. The handle
+/// settles on a fifth of the grant: a frozen follower is given up within that (and a tick of the
+/// client), and the session reaches a live server within twice it, the client's pause before
+/// its next server and a round trip.
+#[tokio::test]
+async fn a_frozen_follower_is_given_up_after_a_fifth_of_a_grant_below_the_request_apache_zookeeper() -> Result<()> {
+    const NAME: &str = "a_frozen_follower_is_given_up_after_a_fifth_of_a_grant_below_the_request_apache_zookeeper";
+    if !apache_zookeeper_installed() {
+        skip(NAME, APACHE_ZK_MISSING);
+        return Ok(());
+    }
+    let strict = "tickTime=200\nminSessionTimeout=400\nmaxSessionTimeout=1500\n".to_string();
+    let zk = tokio::task::spawn_blocking(move || -> Result<ApacheZkEnsemble> {
+        let mut zk = ApacheZkEnsemble::spawn_with(&[strict.clone(), strict.clone(), strict])?;
+        zk.wait_ready(Duration::from_secs(90))?;
+        Ok(zk)
+    })
+    .await??;
+    let (ports, pids) = (zk.ports(), zk.pids());
+    let servers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let (granted, fifth) = (Duration::from_millis(1500), Duration::from_millis(300));
+    let settings = CoordinationConfig {
+        connect: servers,
+        session_timeout: Duration::from_secs(4),
+        op_timeout: Duration::from_millis(800),
+        ..cfg("127.0.0.1:1".parse()?, "frozen-follower", "a")
+    };
+    // The client picks a server at random: connect until the session is on a follower (a frozen
+    // leader would take the ensemble's quorum with it).
+    let mut tries = 0;
+    let (h, holder) = loop {
+        let h = connect(settings.clone()).await?;
+        let holder = ports.iter().position(|p| {
+            four_letter(*p, "cons").is_ok_and(|cons| cons_session_timeout(&cons, h.session_id()).is_some())
+        });
+        if let Some(i) = holder.filter(|&i| four_letter(ports[i], "srvr").is_ok_and(|s| s.contains("Mode: follower"))) {
+            break (h, i);
+        }
+        h.close().await?;
+        tries += 1;
+        ensure!(tries < 30, "no session landed on a follower in {tries} tries");
+    };
+    ensure!(h.negotiated_timeout() == granted, "granted {:?}", h.negotiated_timeout());
+    ensure!(
+        h.idle_limit() == fifth,
+        "the connection gives a silent server up after {:?}, not a fifth of the {granted:?} granted",
+        h.idle_limit()
+    );
+    let cons = four_letter(ports[holder], "cons")?;
+    ensure!(cons_session_timeout(&cons, h.session_id()) == Some(granted), "cons: {cons}");
+
+    let mut states = h.session_watch();
+    h.read_lock().await?;
+    let answered = Instant::now();
+    let frozen = nix::unistd::Pid::from_raw(pids[holder] as i32);
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGSTOP)?;
+    let (mut given_up, mut moved) = (None, None);
+    let watched = tokio::time::timeout(Duration::from_secs(10), async {
+        while moved.is_none() {
+            match states.changed().await {
+                SessionView::Disconnected { .. } => given_up = given_up.or(Some(answered.elapsed())),
+                SessionView::Connected { .. } => moved = Some(answered.elapsed()),
+                SessionView::Connecting => {}
+                SessionView::Expired => bail!("the session expired while its server was frozen"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    nix::sys::signal::kill(frozen, nix::sys::signal::Signal::SIGCONT)?;
+    watched.context("the session did not move within 10 s")??;
+    let (given_up, moved) = (given_up.context("never disconnected")?, moved.context("never moved")?);
+    // The client checks for silence every eighth of the idle limit.
+    let bound = fifth + fifth / 8 + Duration::from_millis(150);
+    ensure!(given_up <= bound, "the frozen server was given up {given_up:?} after the last answer, over {bound:?}");
+    let bound = 2 * (fifth + fifth / 8) + Duration::from_millis(300);
+    ensure!(moved <= bound, "the session moved {moved:?} after its last answer, over {bound:?}");
+    ensure!(h.read_lock().await? == LockView::Free, "the session answers again");
     Ok(())
 }

@@ -2,19 +2,22 @@
 //!
 //! Needs root, `sshd`, `ssh`, `ssh-keygen`, `ip` and `iptables` (CI installs them); each test
 //! prints a loud `SKIPPED:` line and returns when they are missing. Traffic only ever goes to
-//! loopback and to 10.213.40.0/24 inside namespaces these tests create and remove.
+//! loopback and to subnets of 10.213.0.0/16 inside namespaces these tests create and remove,
+//! each subnet claimed machine-wide first ([`Hosts::claim_subnet`]) so that no other test,
+//! here or in another process, uses it at the same time.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{closed_port, fencer, require, target};
 use referee_fencing::{FenceOutcome, FencingToken, MethodOutcome, Readiness, UnfenceOutcome};
-use referee_testkit::{free_port, wait_until, ScratchDir};
+use referee_testkit::{free_port, wait_until, Hosts, ScratchDir};
 
 /// A real sshd on 127.0.0.1, accepting a generated key for root. Killed on drop.
 struct Sshd {
@@ -180,17 +183,35 @@ async fn ssh_to_an_unreachable_target_fails_within_its_deadline() {
 
 // ----- isolate --------------------------------------------------------------------------
 
-/// Serialises the namespace tests: they share the 10.213.40.0/24 addresses.
+/// Serialises the namespace tests: their namespaces and links are named after the process.
 static NETNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const ROOT_ADDR: &str = "10.213.40.1";
-const NS_ADDR: &str = "10.213.40.2";
+/// A subnet `10.213.X.0/24` claimed machine-wide for as long as this lives.
+struct Subnet {
+    octet: u8,
+    _claim: UnixDatagram,
+}
 
-/// A network namespace joined to the root namespace by a veth pair; removed on drop, also
-/// when the test fails.
+impl Subnet {
+    fn claim() -> Subnet {
+        let (octet, claim) = Hosts::claim_subnet().expect("a free 10.213.X.0/24 subnet");
+        Subnet { octet, _claim: claim }
+    }
+
+    /// `10.213.X.{host}`.
+    fn addr(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.octet, host)
+    }
+}
+
+/// A network namespace joined to the root namespace by a veth pair on a subnet of its own
+/// (the root namespace's end `.1`, the namespace's `.2`); removed on drop, also when the test
+/// fails. Named after the whole pid: `rfence-{pid}`, its link `rfa{pid}` (a pid has at most 7
+/// digits, well inside Linux's 15 characters for an interface name).
 struct Netns {
     name: String,
     veth: String,
+    subnet: Subnet,
 }
 
 fn ip(args: &[&str]) {
@@ -200,8 +221,8 @@ fn ip(args: &[&str]) {
 
 impl Netns {
     fn create() -> Netns {
-        let id = std::process::id() % 100_000;
-        let ns = Netns { name: format!("rfence-{id}"), veth: format!("rfa{id}") };
+        let id = std::process::id();
+        let ns = Netns { name: format!("rfence-{id}"), veth: format!("rfa{id}"), subnet: Subnet::claim() };
         let peer = format!("rfb{id}");
         // Leftovers of a crashed earlier run with the same pid.
         let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
@@ -209,17 +230,27 @@ impl Netns {
         ip(&["netns", "add", &ns.name]);
         ip(&["link", "add", &ns.veth, "type", "veth", "peer", "name", &peer]);
         ip(&["link", "set", &peer, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{ROOT_ADDR}/24"), "dev", &ns.veth]);
+        ip(&["addr", "add", &format!("{}/24", ns.root_addr()), "dev", &ns.veth]);
         ip(&["link", "set", &ns.veth, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", &format!("{NS_ADDR}/24"), "dev", &peer]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/24", ns.addr()), "dev", &peer]);
         ip(&["-n", &ns.name, "link", "set", &peer, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
     }
 
+    /// The root namespace's address on the link.
+    fn root_addr(&self) -> Ipv4Addr {
+        self.subnet.addr(1)
+    }
+
+    /// The namespace's address on the link.
+    fn addr(&self) -> Ipv4Addr {
+        self.subnet.addr(2)
+    }
+
     /// Starts a TCP echo server inside the namespace and returns its port.
     fn echo_server(&self) -> u16 {
-        echo_server_in(&self.name, NS_ADDR, 0)
+        echo_server_in(&self.name, self.addr(), 0)
     }
 
     fn tagged_rules(&self, node_id: &str) -> usize {
@@ -243,7 +274,7 @@ impl Drop for Netns {
 }
 
 /// Starts a TCP echo server on `addr:port` inside namespace `ns` and returns its port.
-fn echo_server_in(ns: &str, addr: &'static str, port: u16) -> u16 {
+fn echo_server_in(ns: &str, addr: Ipv4Addr, port: u16) -> u16 {
     let path = format!("/run/netns/{ns}");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -261,20 +292,20 @@ fn echo_server_in(ns: &str, addr: &'static str, port: u16) -> u16 {
     rx.recv_timeout(Duration::from_secs(5)).expect("echo server port")
 }
 
-/// The host's end of the link to its container, and the container's address.
-const GATEWAY_ADDR: &str = "10.213.42.1";
-const CONTAINER_ADDR: &str = "10.213.42.2";
 /// The port the container's server listens on, and the one its host publishes it on, as
 /// Docker's `-p 8080:80` does.
 const CONTAINER_PORT: u16 = 80;
 const PUBLISHED_PORT: u16 = 8080;
 
 /// A network namespace behind a [`Netns`], as a container on that host: joined to it by a veth
-/// pair, routed back to the root namespace's address through it (no default route), and its
-/// port published on the host by DNAT in `nat PREROUTING`, as Docker publishes one. Removed on
-/// drop, and its end of the link with it.
+/// pair on a subnet of its own (the host's end, the gateway, `.1`; the container `.2`), routed
+/// back to the root namespace's address through it (no default route), and its port published
+/// on the host by DNAT in `nat PREROUTING`, as Docker publishes one. Removed on drop, and its
+/// end of the link with it. Named after the whole pid: `rfencec-{pid}`, links `rfc{pid}` and
+/// `rfd{pid}`.
 struct Container {
     name: String,
+    subnet: Subnet,
 }
 
 /// Runs `argv` in namespace `ns`, which must succeed.
@@ -285,8 +316,9 @@ fn in_netns(ns: &str, argv: &[&str]) {
 
 impl Container {
     fn behind(host: &Netns) -> Container {
-        let id = std::process::id() % 100_000;
-        let container = Container { name: format!("rfencec-{id}") };
+        let id = std::process::id();
+        let container = Container { name: format!("rfencec-{id}"), subnet: Subnet::claim() };
+        let (gateway, addr) = (container.gateway(), container.addr());
         let (outer, inner) = (format!("rfc{id}"), format!("rfd{id}"));
         // Leftovers of a crashed earlier run with the same pid.
         let _ = Command::new("ip").args(["netns", "del", &container.name]).output();
@@ -295,12 +327,12 @@ impl Container {
         ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
         ip(&["link", "set", &outer, "netns", &host.name]);
         ip(&["link", "set", &inner, "netns", &container.name]);
-        ip(&["-n", &host.name, "addr", "add", &format!("{GATEWAY_ADDR}/24"), "dev", &outer]);
+        ip(&["-n", &host.name, "addr", "add", &format!("{gateway}/24"), "dev", &outer]);
         ip(&["-n", &host.name, "link", "set", &outer, "up"]);
-        ip(&["-n", &container.name, "addr", "add", &format!("{CONTAINER_ADDR}/24"), "dev", &inner]);
+        ip(&["-n", &container.name, "addr", "add", &format!("{addr}/24"), "dev", &inner]);
         ip(&["-n", &container.name, "link", "set", &inner, "up"]);
         ip(&["-n", &container.name, "link", "set", "lo", "up"]);
-        ip(&["-n", &container.name, "route", "add", &format!("{ROOT_ADDR}/32"), "via", GATEWAY_ADDR]);
+        ip(&["-n", &container.name, "route", "add", &format!("{}/32", host.root_addr()), "via", &gateway.to_string()]);
         in_netns(&host.name, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         in_netns(
             &host.name,
@@ -318,10 +350,20 @@ impl Container {
                 "-j",
                 "DNAT",
                 "--to-destination",
-                &format!("{CONTAINER_ADDR}:{CONTAINER_PORT}"),
+                &format!("{addr}:{CONTAINER_PORT}"),
             ],
         );
         container
+    }
+
+    /// The host's end of the link to the container.
+    fn gateway(&self) -> Ipv4Addr {
+        self.subnet.addr(1)
+    }
+
+    /// The container's address.
+    fn addr(&self) -> Ipv4Addr {
+        self.subnet.addr(2)
     }
 }
 
@@ -359,7 +401,7 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
     let _serial = NETNS.lock().await;
     let ns = Netns::create();
     let port = ns.echo_server();
-    let addr: SocketAddr = format!("{NS_ADDR}:{port}").parse().unwrap();
+    let addr: SocketAddr = (ns.addr(), port).into();
     let quick = Duration::from_secs(2);
 
     // Before: reachable, and one connection stays open across the fence.
@@ -368,7 +410,7 @@ async fn isolate_cuts_the_master_port_including_established_connections_and_unfe
     assert!(echoes_on(&mut established, quick));
 
     let f = fencer(&isolate_local_yaml(&ns.name));
-    let t = target("n1", NS_ADDR, port);
+    let t = target("n1", &ns.addr().to_string(), port);
     // Checked first: the firewall can be listed where the rules would go, and none is added.
     let check = f.check(&t).await;
     let Readiness::Ready { detail } = &check.checks[0].readiness else { panic!("{check:#?}") };
@@ -429,15 +471,15 @@ async fn isolate_with_forward_cuts_off_a_master_published_through_dnat_on_anothe
     let _serial = NETNS.lock().await;
     let host = Netns::create();
     let container = Container::behind(&host);
-    echo_server_in(&container.name, CONTAINER_ADDR, CONTAINER_PORT);
-    let published: SocketAddr = format!("{NS_ADDR}:{PUBLISHED_PORT}").parse().unwrap();
+    echo_server_in(&container.name, container.addr(), CONTAINER_PORT);
+    let published: SocketAddr = (host.addr(), PUBLISHED_PORT).into();
     let quick = Duration::from_secs(2);
     assert!(echoes(published, quick), "the container is not reachable through the DNAT before fencing");
     let mut established = TcpStream::connect_timeout(&published, quick).unwrap();
     assert!(echoes_on(&mut established, quick));
 
     let f = fencer(&format!("{}        forward: true\n", isolate_local_yaml(&host.name)));
-    let t = target("n1", NS_ADDR, PUBLISHED_PORT);
+    let t = target("n1", &host.addr().to_string(), PUBLISHED_PORT);
     let report = f.fence(&t, FencingToken(53)).await;
     let MethodOutcome::Fenced { detail } = only_outcome(&report) else { panic!("{report:#?}") };
     assert!(detail.contains("forwarded"), "{detail}");

@@ -54,9 +54,11 @@
 //! `rfh-{pid}-{X}-h{i}` and `rfh-{pid}-{X}-sw`, the client veth `rfh{pid}-{X}`. The third octet
 //! `X` is claimed by binding the abstract Unix socket `referee-hosts-10.213.X`, which the kernel
 //! releases when the process dies, so concurrent tests, in one process or many, never share a
-//! subnet. [`Hosts`] tears everything down on drop, and drop runs while a panicking test
-//! unwinds. A test binary killed by a signal runs no destructor, so every [`Hosts::new`] first
-//! deletes namespaces and links with the prefix whose creating pid no longer exists.
+//! subnet; a test that builds namespaces of its own takes the same claim through
+//! [`Hosts::claim_subnet`]. [`Hosts`] tears everything down on drop, and drop runs while a
+//! panicking test unwinds. A test binary killed by a signal runs no destructor, so every
+//! [`Hosts::new`] first deletes namespaces and links with the prefix whose creating pid no
+//! longer exists.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -223,6 +225,16 @@ impl Hosts {
         };
         made.build().with_context(|| format!("creating {n} simulated hosts on 10.213.{subnet}.0/24"))?;
         Ok(made)
+    }
+
+    /// Claims a free subnet `10.213.X.0/24` machine-wide for a test that builds its own
+    /// namespaces and links rather than [`Hosts`], so that it never shares one with simulated
+    /// hosts or with another such test, in this process or another: the claim [`Hosts::new`]
+    /// takes. Returns `X` and the socket that holds the claim; the subnet is the caller's while
+    /// it keeps the socket open, and never longer than the process lives. Fails if all 253 are
+    /// taken.
+    pub fn claim_subnet() -> Result<(u8, UnixDatagram)> {
+        claim_subnet()
     }
 
     fn build(&self) -> Result<()> {
@@ -562,6 +574,18 @@ mod tests {
         // Blocked and black-holed at once: one rule, not two.
         let both = Faults { blocked: [(2, 1)].into(), black_holed: [2].into() };
         assert_eq!(both.ruleset(1, addr, CLIENT), format!("{HEAD}-A INPUT -s 10.213.7.2/32 -j DROP\nCOMMIT\n"));
+    }
+
+    #[test]
+    fn a_subnet_claimed_outside_hosts_is_held_against_every_other_claim() {
+        let (one, _held) = Hosts::claim_subnet().unwrap();
+        let (other, _also_held) = Hosts::claim_subnet().unwrap();
+        assert_ne!(one, other, "one subnet claimed twice");
+        // It is the claim [`Hosts::new`] takes: the same abstract name, which nobody else binds
+        // while it is held.
+        let name = format!("referee-hosts-10.213.{one}");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        assert!(UnixDatagram::bind_addr(&addr).is_err(), "10.213.{one}.0/24 could be claimed again");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn free_port() -> std::io::Result<u16> {
         .unwrap_or(32768);
     let (low, high) = (10_000u32, ephemeral_low.max(12_000));
     let span = high - low;
-    let _ = NEXT.compare_exchange(0, 1 + (std::process::id() * 7919) % span, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(0, start_for(std::process::id(), span), Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (low + n % span) as u16;
@@ -31,6 +31,13 @@ pub fn free_port() -> std::io::Result<u16> {
         std::io::ErrorKind::AddrNotAvailable,
         format!("no free loopback port between {low} and {high}"),
     ))
+}
+
+/// Where a process with id `pid` starts handing out ports in a span of `span` (never 0: 0 marks
+/// "not started"). Counted in 64 bits: pids reach 4,194,304 on Debian's default `pid_max`, and
+/// 32 bits overflowed above 542,362.
+fn start_for(pid: u32, span: u32) -> u32 {
+    1 + (u64::from(pid) * 7919 % u64::from(span.max(1))) as u32
 }
 
 /// Claims `port` for this process among the processes of this machine that use [`free_port`]:
@@ -52,9 +59,14 @@ fn claim(port: u16) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Ours already, another live process's, or one being written just now (no pid
                 // yet): left alone. Only a claim whose process is gone is taken over.
-                let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
-                let gone =
-                    holder.is_some_and(|pid| pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = text.trim().parse::<u32>().ok();
+                let gone = match holder {
+                    Some(pid) => pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                    // No pid: being written just now, or left empty by a process killed between
+                    // creating and writing it. Taken over once it has been empty for a while.
+                    None => text.trim().is_empty() && abandoned(&path),
+                };
                 if !gone {
                     return false;
                 }
@@ -64,6 +76,15 @@ fn claim(port: u16) -> bool {
         }
     }
     false
+}
+
+/// A claim file unchanged for longer than any process takes to write its pid into it.
+fn abandoned(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(10))
 }
 
 /// Where the claims of [`claim`] are kept.
@@ -95,5 +116,29 @@ mod tests {
         assert!(claim(port));
         assert_eq!(std::fs::read_to_string(dir.join(port.to_string())).unwrap(), std::process::id().to_string());
         let _ = std::fs::remove_file(dir.join(port.to_string()));
+    }
+
+    #[test]
+    fn every_pid_up_to_the_largest_starts_inside_the_span() {
+        // 4,194,304 is Debian's pid_max; u32::MAX stands for anything a kernel could raise it to.
+        for pid in [1, 542_362, 542_363, 4_194_304, u32::MAX] {
+            let start = start_for(pid, 22_768);
+            assert!((1..=22_768).contains(&start), "pid {pid} starts at {start}");
+        }
+    }
+
+    #[test]
+    fn an_empty_claim_is_left_while_fresh_and_taken_over_once_abandoned() {
+        let dir = claims_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = 9_998u16;
+        let path = dir.join(port.to_string());
+        let file = std::fs::File::create(&path).unwrap();
+        assert!(!claim(port), "a claim being written just now is left to its writer");
+        file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60)).unwrap();
+        drop(file);
+        assert!(claim(port), "a claim left empty by a process killed while writing it is taken over");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), std::process::id().to_string());
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::control::Declined;
+use crate::decide::HandoverSeen;
+use crate::model::HandoverRecord;
 
 impl Driver {
     /// On shutdown an active agent hands over cleanly (demote, confirm, then mark the breadcrumb
@@ -67,17 +69,28 @@ impl Driver {
                 let _ = reply.send(result);
             }
             ControlRequest::Failover { allow_data_loss, reply } => {
+                // A failover to this node is already under way (another operator's, or a
+                // scheduled one): this request joins it and is told its outcome too.
+                if let Some((first, started, deadline)) = self.mem.pending_failover.take() {
+                    let (both, outcome) = oneshot::channel::<Result<String, Declined>>();
+                    tokio::spawn(async move {
+                        let result = outcome.await.unwrap_or_else(|_| {
+                            Err(Declined::Unsettled("the agent stopped before this node became active".into()))
+                        });
+                        let _ = first.send(result.clone());
+                        let _ = reply.send(result);
+                    });
+                    self.mem.pending_failover = Some((both, started, deadline));
+                    self.mem.allow_data_loss |= allow_data_loss;
+                    return;
+                }
                 if let Err(why) = self.start_take_over(coord, allow_data_loss).await {
                     let _ = reply.send(Err(why));
                     return;
                 }
                 let now = BootInstant::now();
                 let deadline = now + self.failover_wait();
-                if let Some((old, _, _)) = self.mem.pending_failover.replace((reply, now, deadline)) {
-                    let _ = old.send(Err(Declined::Unsettled(
-                        "superseded by a newer failover request; that one decides".into(),
-                    )));
-                }
+                self.mem.pending_failover = Some((reply, now, deadline));
                 self.mem.allow_data_loss = allow_data_loss;
             }
             ControlRequest::Unblock { by, reply } => {
@@ -290,9 +303,9 @@ impl Driver {
         coord: Option<&Coordination>,
         allow_data_loss: bool,
     ) -> Result<(), Declined> {
-        let (health, paused, master) = {
+        let (health, paused, master, cluster_paused_by) = {
             let st = self.status();
-            (st.health.clone(), st.paused, st.master)
+            (st.health.clone(), st.paused, st.master, st.cluster_paused_by.clone())
         };
         // The operator's failover skips anti-flap, the zone rule and the ranking, never
         // `nofailover`; the lag gate only with `allow_data_loss`. Refused before the active is
@@ -343,8 +356,18 @@ impl Driver {
                 )));
             }
         }
+        if let Some(by) = cluster_paused_by {
+            return Err(Declined::Refused(format!(
+                "refusing a failover to this node: the whole cluster is paused (by {by}); `referee admin resume` \
+                 (without --node) ends that"
+            )));
+        }
         if paused {
-            return Err("refusing a failover to this node: it is paused".into());
+            return Err(Declined::Refused(format!(
+                "refusing a failover to this node: it is paused (this node alone); `referee admin resume --node {}` \
+                 ends that",
+                self.cfg.node_id
+            )));
         }
         // Asked anyway, the active would step down for a node that does not contend.
         if let Some(promise) = self.promise_in_force(BootInstant::now()) {
@@ -361,9 +384,16 @@ impl Driver {
 
     /// Asks the current active (through the peer API address it publishes) to hand over and
     /// stay out for a while. Nothing to do when nobody, or this node, is active.
+    ///
+    /// First it records the handover in the coordinator ([`HandoverRecord`], as Patroni's
+    /// `/failover` key), naming this node and the active's token: when the active releases the
+    /// lock, every other standby leaves it to this node for a bounded time instead of racing
+    /// for it. A cede refused before anything was released withdraws the record.
     pub(super) async fn ask_to_cede(&mut self, c: &Coordination) -> Result<(), Declined> {
-        let Some((record, _meta)) = self.coordinated("reading the lock", c.read_lock_record()).await? else {
-            return Ok(()); // nobody is active: this node will contend on its next cycle
+        let Some((record, meta)) = self.coordinated("reading the lock", c.read_lock_record()).await? else {
+            // Nobody is active: this node will contend on its next cycle.
+            self.status().failover_from = Some(FencingToken(0));
+            return Ok(());
         };
         if record.node_id == self.cfg.node_id {
             return Ok(());
@@ -371,6 +401,16 @@ impl Driver {
         let url = record.peer_url.ok_or_else(|| {
             format!("the active node {} publishes no peer API address to ask it to cede", record.node_id)
         })?;
+        self.status().failover_from = Some(meta.token);
+        let handover = HandoverRecord {
+            to: self.cfg.node_id.clone(),
+            from: record.node_id.clone(),
+            token: meta.token,
+            at_ms: wall_ms(),
+        };
+        self.coordinated("recording the handover", c.write_handover(&handover))
+            .await
+            .map_err(|e| Declined::Refused(format!("{e}; {} was not asked to cede", record.node_id)))?;
         // The active stays out just long enough for this node to notice the free lock and win
         // it; should this node fail to, the cluster is not left without an active for long.
         let period_ms = self.cfg.coordinator.op_timeout_ms * 2 + self.cfg.election.loop_interval_ms * 5;
@@ -393,18 +433,91 @@ impl Driver {
                 true => Declined::Refused(why),
                 false => Declined::Unsettled(format!("{why}; it may still cede")),
             }
-        })?;
-        let code = answer.status();
-        if !code.is_success() {
-            let body = answer.text().await.unwrap_or_default();
-            let why = format!("{} did not cede ({code}): {body}", record.node_id);
-            // 503: not queued there, nothing done; 504: queued, not answered in time.
-            return Err(match code.as_u16() {
-                504 => Declined::Unsettled(format!("{why}; it may still cede")),
-                _ => Declined::Refused(why),
-            });
+        });
+        let outcome = match answer {
+            Err(declined) => Err(declined),
+            Ok(answer) => {
+                let code = answer.status();
+                if code.is_success() {
+                    Ok(())
+                } else {
+                    let body = answer.text().await.unwrap_or_default();
+                    let why = format!("{} did not cede ({code}): {body}", record.node_id);
+                    match code.as_u16() {
+                        // Queued there, not answered in time.
+                        504 => Err(Declined::Unsettled(format!("{why}; it may still cede"))),
+                        // A refusal, or (503) an agent that stopped before answering: whether
+                        // anything changed is in the lock. A cede that failed after the release
+                        // (its demotion or its clean step-down went wrong), or a shutdown's
+                        // handover, has released it: the failover goes on, this node fencing the
+                        // old active if its breadcrumb was left unclean.
+                        _ => match self.released_since(c, &record.node_id, meta.token).await {
+                            Ok(true) => {
+                                info!(node = %record.node_id, "{why}; but it released the lock: the failover goes on");
+                                Ok(())
+                            }
+                            Ok(false) if code.as_u16() == 503 => Err(Declined::Unsettled(format!(
+                                "{why}; it still holds the lock, and may yet hand it over as it stops"
+                            ))),
+                            Ok(false) => Err(Declined::Refused(format!("{why}; it is still active, nothing changed"))),
+                            Err(e) => Err(Declined::Unsettled(format!(
+                                "{why}; whether it released the lock is unknown ({e})"
+                            ))),
+                        },
+                    }
+                }
+            }
+        };
+        if let Err(Declined::Refused(_)) = &outcome {
+            self.withdraw_handover(c, meta.token).await;
         }
-        Ok(())
+        outcome
+    }
+
+    /// Whether `holder` no longer holds the lock with `token` (released, or taken since).
+    async fn released_since(&mut self, c: &Coordination, holder: &str, token: FencingToken) -> Result<bool, String> {
+        let read = self.coordinated("reading the lock", c.read_lock_record()).await?;
+        Ok(!read.is_some_and(|(record, meta)| record.node_id == holder && meta.token == token))
+    }
+
+    /// Removes this node's handover record for the active's term `token` (a failover to this
+    /// node that will not happen), so the other standbys are not held back by it.
+    pub(super) async fn withdraw_handover(&mut self, c: &Coordination, token: FencingToken) {
+        let me = self.cfg.node_id.clone();
+        let removed = c.remove_handover(|r| r.to == me && r.token == token);
+        match self.coordinated("withdrawing the handover record", removed).await {
+            Ok(_) => {}
+            Err(e) => warn!("{e}; the other standbys hold back for a bounded time only"),
+        }
+    }
+
+    /// Keeps track of the handover record read while the lock is free: when this agent first
+    /// saw it, which the hold it gives its target counts from.
+    pub(super) fn saw_handover(&mut self, read: Option<(HandoverRecord, i64)>) -> Option<HandoverSeen> {
+        let hold = self.failover_wait();
+        let now = BootInstant::now();
+        let me = self.cfg.node_id.clone();
+        let mut st = self.status();
+        let Some((record, zxid)) = read else {
+            st.handover_seen = None;
+            return None;
+        };
+        let first_seen = match st.handover_seen {
+            Some((seen, at)) if seen == zxid => at,
+            _ => {
+                let first_seen = HandoverSeen::first_seen_at(&record, super::wall_ms(), now, hold);
+                st.handover_seen = Some((zxid, first_seen));
+                if record.to != me && first_seen == now {
+                    info!(to = %record.to, from = %record.from, token = %record.token,
+                        "a failover to {} is under way: leaving the lock to it for up to {} ms", record.to, hold.as_millis());
+                } else if record.to != me {
+                    info!(to = %record.to, from = %record.from, token = %record.token, at_ms = record.at_ms,
+                        "a handover record to {} was written long ago and left over: it holds nothing back", record.to);
+                }
+                first_seen
+            }
+        };
+        Some(HandoverSeen { record, first_seen, hold })
     }
 
     /// The shared secret of the peer API, if configured.
@@ -416,7 +529,7 @@ impl Driver {
     /// session timeouts and 10 s (the active's session may have to expire), but never past the
     /// admin API's own wait for the answer (`admin.failover_timeout_ms`), which it ends a second
     /// before, so the operator is told why rather than that no answer came.
-    fn failover_wait(&self) -> Duration {
+    pub(super) fn failover_wait(&self) -> Duration {
         let wait =
             Duration::from_millis(self.cfg.coordinator.session_timeout_ms.saturating_mul(4).saturating_add(10_000));
         match &self.cfg.admin {
@@ -641,10 +754,14 @@ impl Driver {
     pub(super) fn settle_failover(&mut self) {
         let Some((_, started, deadline)) = &self.mem.pending_failover else { return };
         let (started, deadline) = (*started, *deadline);
-        let (role, token, phases) = {
+        let (role, token, phases, lock, from) = {
             let st = self.status();
-            (st.role, st.token, st.history.back().and_then(|t| t.phases))
+            (st.role, st.token, st.history.back().and_then(|t| t.phases), st.lock.clone(), st.failover_from)
         };
+        // Another node holding the lock with a token newer than the active's when this node
+        // asked it to cede (or any, when nobody was active) took the role: this failover is over.
+        let taken =
+            crate::decide::failover_taken(&lock, from).map(|(holder, token)| (holder, token, from.unwrap_or_default()));
         let now = BootInstant::now();
         let result = if role == Role::Active {
             Ok(format!(
@@ -657,6 +774,13 @@ impl Driver {
                     p.detect_ms, p.elect_ms, p.fence_ms, p.promote_ms
                 ))
             ))
+        } else if let Some((holder, newer, from)) = taken {
+            Err(Declined::Unsettled(format!(
+                "the failover to {me} did not happen: {holder} took the lock with token {newer} (the failover started \
+                 from token {from}) and is active; {me} stays standby. Ask again with `referee admin failover --to {me}` \
+                 if it should still take over",
+                me = self.cfg.node_id
+            )))
         } else if now >= deadline {
             // The active may have ceded: this node goes on contending by the automatic rules.
             Err(Declined::Unsettled(format!(
@@ -671,5 +795,6 @@ impl Driver {
         if let Some((reply, _, _)) = self.mem.pending_failover.take() {
             let _ = reply.send(result);
         }
+        self.status().failover_from = None;
     }
 }

@@ -82,6 +82,14 @@ impl Driver {
                                 info!(token = %token, "won the lock");
                                 self.mem.timeline.mark(Mark::now("lock_acquired"));
                                 self.mem.cycle_again = true;
+                                // The handover record seen is about an earlier term: it has served.
+                                if obs.handover.is_some() {
+                                    let won = token;
+                                    let removed = c.remove_handover(|r| r.token < won);
+                                    if let Err(e) = self.coordinated("removing the handover record", removed).await {
+                                        debug!("{e}; it is ignored once this node's breadcrumb is written");
+                                    }
+                                }
                                 Ok(())
                             }
                             Ok(Acquired::HeldBy { node_id, token }) => {

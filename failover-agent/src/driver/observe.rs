@@ -19,14 +19,9 @@ impl Driver {
             self.publish_guard();
         }
         self.status().staleness_ms = staleness.as_millis() as u64;
-        let warnings: Vec<String> = reports
-            .iter()
-            .filter_map(|(server, said)| crate::staleness::shortfall_warning(server, said, configured))
-            .collect();
-        for w in warnings.iter().filter(|w| !self.mem.staleness_warnings.contains(w)) {
+        for w in crate::staleness::warnings_to_log(reports, configured, &mut self.mem.staleness_warnings) {
             warn!("{w}");
         }
-        self.mem.staleness_warnings = warnings;
     }
 
     /// Observes everything the decision core looks at, afresh: the master (its last answer or
@@ -55,6 +50,8 @@ impl Driver {
                      lease: this node will not stay active. Give every server the same session timeout bounds",
                     t.as_millis()
                 );
+            } else if let Some(c) = coord {
+                self.warn_if_a_frozen_server_outlasts_the_lease(c);
             }
         }
         self.publish_guard();
@@ -64,6 +61,7 @@ impl Driver {
         let mut lock = LockView::Unknown;
         let mut breadcrumb = BreadcrumbView::Unknown;
         let mut token_base = TokenBaseView::Unknown;
+        let mut handover = None;
         if let (Some(c), true) = (coord, connected) {
             // While our master may be active, no read may outlast what is left of its lease, or
             // the demotion would come late; each read is bounded afresh, by what is left then.
@@ -94,6 +92,15 @@ impl Driver {
                     }
                     Ok(Err(e)) => debug!("reading the breadcrumb failed: {e}"),
                     Err(_) => debug!("reading the breadcrumb took longer than {read_limit:?}"),
+                }
+            }
+            // A free lock may be a graceful failover's: whom it is left to.
+            if matches!(lock, LockView::Free) {
+                let read_limit = self.await_limit();
+                match self.tended_during(tokio::time::timeout(read_limit, c.read_handover())).await {
+                    Ok(Ok(read)) => handover = self.saw_handover(read),
+                    Ok(Err(e)) => debug!("reading the handover record failed: {e}"),
+                    Err(_) => debug!("reading the handover record took longer than {read_limit:?}"),
                 }
             }
             // A free lock is when the ranking applies: the candidacies are read fresh then.
@@ -150,6 +157,8 @@ impl Driver {
         if self.mem.promised.as_ref().is_some_and(|p| p.until <= now) {
             self.mem.promised = None;
         }
+        // Read apart: the status's guard must not live on into the one below.
+        let left_active_at = self.status().left_active_at;
 
         Observation {
             now,
@@ -174,6 +183,7 @@ impl Driver {
             failsafe_until,
             last_failover_at: self.mem.tokens.last_failover_at,
             healthy_since: self.mem.healthy_since,
+            left_active_at,
             failover_requested: self.mem.pending_failover.is_some(),
             failback_not_before: self.mem.failback_not_before,
             promised: self.promise_in_force(now),
@@ -183,6 +193,7 @@ impl Driver {
             lock_free_since: self.mem.free_seen_at,
             allow_data_loss: self.mem.pending_failover.is_some() && self.mem.allow_data_loss,
             lease_budget: self.mem.lease.granted().map(|_| self.mem.lease.budget().unwrap_or_default()),
+            handover,
         }
     }
 

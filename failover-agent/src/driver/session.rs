@@ -138,6 +138,20 @@ impl Driver {
         } else if self.mem.lease.rule().budget(c.negotiated_timeout()).is_none() {
             warn!("the coordinator granted a session timeout of {} ms, which leaves no lease: this node will never stay active", c.negotiated_timeout().as_millis());
         }
+        self.warn_if_a_frozen_server_outlasts_the_lease(c);
+    }
+
+    /// Warns when a frozen coordinator server could hold this session past its lease
+    /// ([`crate::lease::frozen_server_warning`]): at a new session, and when the timeout the
+    /// lease counts on drops under it.
+    pub(super) fn warn_if_a_frozen_server_outlasts_the_lease(&self, c: &Coordination) {
+        let loop_interval = Duration::from_millis(self.cfg.election.loop_interval_ms);
+        let rule = self.mem.lease.rule();
+        if let Some(warning) =
+            crate::lease::frozen_server_warning(c.lease_timeout(), c.idle_limit(), loop_interval, &rule)
+        {
+            warn!("{warning}");
+        }
     }
 
     /// The session expired (or was closed): it is gone for good, and so is its lease. What else
