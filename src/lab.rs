@@ -297,7 +297,8 @@ impl CoordinatorKind {
     }
 }
 
-/// The timings of a pair: Referee's defaults, or ZKFC's for comparison.
+/// The timings of a pair: the shipped configuration's (`config/agent-db1.yaml`), or ZKFC's
+/// defaults for comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
     /// Health check interval.
@@ -322,7 +323,8 @@ pub struct Timings {
 }
 
 impl Timings {
-    /// Referee's defaults: sub-second failover on a master crash.
+    /// The shipped configuration's timings (`config/agent-db1.yaml`: 100 ms health checks):
+    /// sub-second failover on a master crash.
     pub fn referee() -> Timings {
         Timings {
             health_interval_ms: 100,

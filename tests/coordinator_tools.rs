@@ -20,13 +20,18 @@ fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// A data directory holding `/tool0..n`, a snapshot, and the log after it, of a stopped server.
-async fn data_dir(n: usize) -> Result<ScratchDir> {
-    let scratch = ScratchDir::new("coord-tools")?;
+/// Runs a server on `scratch/data`, configured by `set`, creates `paths` through it, and stops
+/// it once `done` (polled only then) has finished.
+async fn run_server(
+    scratch: &ScratchDir,
+    set: impl FnOnce(&mut CoordinatorConfig),
+    paths: impl IntoIterator<Item = String>,
+    done: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mut cfg = CoordinatorConfig::new(scratch.path("data"));
     cfg.listen = listener.local_addr()?;
-    cfg.snapshot_every_txns = 10;
+    set(&mut cfg);
     let coord = Coordinator::start(cfg).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let addr = listener.local_addr()?.to_string();
@@ -35,20 +40,27 @@ async fn data_dir(n: usize) -> Result<ScratchDir> {
     }));
     let c = connect(&addr, Duration::from_secs(10)).await?;
     let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    for i in 0..n {
-        c.create(&format!("/tool{i}"), b"v", &opts).await?;
+    for path in paths {
+        c.create(&path, b"v", &opts).await?;
     }
     drop(c);
-    // Snapshots are written in the background: stop only once one is finished.
+    done.await?;
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+/// A data directory holding `/tool0..n`, a snapshot, and the log after it, of a stopped server.
+async fn data_dir(n: usize) -> Result<ScratchDir> {
+    let scratch = ScratchDir::new("coord-tools")?;
     let snapshots = scratch.path("data").join("snapshots");
-    wait_until(DEADLINE, "a finished snapshot", || {
+    // Snapshots are written in the background: stop only once one is finished.
+    let finished = wait_until(DEADLINE, "a finished snapshot", || {
         std::fs::read_dir(&snapshots).is_ok_and(|mut d| {
             d.any(|e| e.is_ok_and(|e| e.file_name().to_str().and_then(parse_snapshot_name).is_some()))
         })
-    })
-    .await?;
-    let _ = stop.send(());
-    server.await??;
+    });
+    run_server(&scratch, |cfg| cfg.snapshot_every_txns = 10, (0..n).map(|i| format!("/tool{i}")), finished).await?;
     Ok(scratch)
 }
 
@@ -92,22 +104,10 @@ async fn log_and_snapshot_dumps_list_a_data_directory() -> Result<()> {
 /// took a few writes and was stopped: a healthy directory that holds no snapshot yet.
 async fn data_dir_without_snapshots() -> Result<ScratchDir> {
     let scratch = ScratchDir::new("coord-tools-fresh")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mut cfg = CoordinatorConfig::new(scratch.path("data"));
-    cfg.listen = listener.local_addr()?;
-    assert_eq!(cfg.snapshot_every_txns, 100_000, "the default is what this test is about");
-    let coord = Coordinator::start(cfg).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = listener.local_addr()?.to_string();
-    let server = tokio::spawn(coord.serve(listener, async move {
-        let _ = stopped.await;
-    }));
-    let c = connect(&addr, Duration::from_secs(10)).await?;
-    let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    c.create("/fresh", b"v", &opts).await?;
-    drop(c);
-    let _ = stop.send(());
-    server.await??;
+    let default = |cfg: &mut CoordinatorConfig| {
+        assert_eq!(cfg.snapshot_every_txns, 100_000, "the default is what this test is about");
+    };
+    run_server(&scratch, default, ["/fresh".to_string()], async { Ok(()) }).await?;
     Ok(scratch)
 }
 

@@ -1693,7 +1693,7 @@ async fn open_session(cfg: &CoordinationConfig, plan: IdleLimitPlan) -> Result<z
 
 /// Closes a session that holds nothing, waiting up to `limit` for the ensemble to confirm (one
 /// that does not confirm expires on its own, with nothing to lose).
-async fn close_client(client: zk::Client, limit: Duration) {
+pub(crate) async fn close_client(client: zk::Client, limit: Duration) {
     let mut states = client.state_watcher();
     // The library sends CloseSession when its last client handle is dropped.
     drop(client);

@@ -286,16 +286,7 @@ async fn probe(server: &str, asked: Duration, limit: Duration) -> Result<Duratio
             Ok(Ok(client)) => {
                 let granted = client.session_timeout();
                 lowest = Some(lowest.map_or(granted, |l| l.min(granted)));
-                // The library closes the session when its last handle goes; one whose close
-                // does not finish expires on its own.
-                let mut states = client.state_watcher();
-                drop(client);
-                let closed = async {
-                    while !states.peek_state().is_terminated() {
-                        states.changed().await;
-                    }
-                };
-                let _ = tokio::time::timeout(limit, closed).await;
+                crate::election::close_client(client, limit).await;
             }
             Ok(Err(e)) => failed = Some(format!("{addr}: {e}")),
             Err(_) => failed = Some(format!("{addr}: no session within {limit:?}")),
