@@ -1115,7 +1115,11 @@ impl<'a> Session<'a> {
                         format!("{node} stays active (drained)")
                     }
                     Ok(Some((holder, _))) if holder == node => format!("{node} is still active for now (drained)"),
-                    Ok(Some((holder, token))) => format!("{holder} is active now (token {token}); {node} is drained"),
+                    // The holder may be active, or still promoting (or failing to): it holds the
+                    // role, which is what the operator needs to know.
+                    Ok(Some((holder, token))) => {
+                        format!("{holder} holds the lock now (token {token}); {node} is drained")
+                    }
                     Ok(None) => format!("no node is active now (the lock is free); {node} is drained"),
                     Err(e) => format!("{node} is drained; who is active now is unknown ({})", e.reason),
                 };
