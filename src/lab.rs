@@ -1881,6 +1881,21 @@ impl MasterRecord {
         self.role_changes().into_iter().find(|c| c.node == node && c.from.state == HaState::Active)
     }
 
+    /// Checks that master `node` was seen promoted after `after` (its first promotion received
+    /// later): the proof that an oracle which found it never active before then would have seen
+    /// it if it had been.
+    pub fn promoted_after(&self, node: usize, after: Duration) -> Result<RoleChange, LabError> {
+        match self.promoted(node, None) {
+            Some(c) if c.by > after => Ok(c),
+            promoted => Err(LabError::Oracle(format!(
+                "master {} was not seen promoted after {:.1} ms: {promoted:?}\n{}",
+                CLUSTER_NODES[node],
+                after.as_secs_f64() * 1000.0,
+                self.timeline()
+            ))),
+        }
+    }
+
     /// Checks that master `node` was not active and took no write from `from` to `to`: none of
     /// its answers asked and received in that stretch says active, and it acknowledged no write
     /// sent and acknowledged in it (an answer or an acknowledgement straddling an end may belong

@@ -49,14 +49,7 @@ async fn pair_on(kind: CoordinatorKind, extra_agent_yaml: Vec<String>) -> Result
 fn not_active_until_allowed(record: &MasterRecord, node: usize, from: Duration, to: Duration) -> Result<()> {
     record.check()?;
     let answers = record.check_not_active(node, from, to)?;
-    let promoted = record.promoted(node, None);
-    ensure!(
-        promoted.is_some_and(|c| c.by > to),
-        "master {} was not seen promoted after {:.1} ms, when it was let through: {promoted:?}\n{}",
-        NODES[node],
-        to.as_secs_f64() * 1000.0,
-        record.timeline()
-    );
+    record.promoted_after(node, to)?;
     eprintln!(
         "master {} answered {answers} times from {:.1} to {:.1} ms, never active and taking no write; promoted after",
         NODES[node],

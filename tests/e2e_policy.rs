@@ -83,20 +83,6 @@ async fn watch_on(oracle: &MasterOracle, nodes: &[usize], window: Duration) -> R
     Ok(())
 }
 
-/// Fails unless master `node` was seen promoted after `after`: the oracle that found other
-/// masters never active would have seen them if they had been.
-fn seen_promoted(record: &MasterRecord, node: usize, after: Duration) -> Result<()> {
-    let promoted = record.promoted(node, None);
-    ensure!(
-        promoted.is_some_and(|c| c.by > after),
-        "master {} was not seen promoted after {:.1} ms: {promoted:?}\n{}",
-        CLUSTER_NODES[node],
-        after.as_secs_f64() * 1000.0,
-        record.timeline()
-    );
-    Ok(())
-}
-
 async fn post_master(pair: &Pair, node: usize, path: &str) -> Result<()> {
     let url = format!("http://127.0.0.1:{}{path}", pair.ports[node].master);
     let answer = reqwest::Client::new().post(&url).send().await?;
@@ -227,7 +213,7 @@ async fn lag_gate(coordinator: CoordinatorKind, nodes: usize) -> Result<()> {
     for &other in &standbys[1..] {
         never_active(&record, other, Duration::ZERO, ended, lagging)?;
     }
-    seen_promoted(&record, target, allowed_at)?;
+    record.promoted_after(target, allowed_at)?;
     Ok(())
 }
 
@@ -309,7 +295,7 @@ async fn three_masters(coordinator: CoordinatorKind) -> Result<()> {
     let ended = oracle.now();
     let record = oracle.finish().await;
     never_active(&record, lagging, Duration::ZERO, ended, "the lagging standby must stay standby")?;
-    seen_promoted(&record, caught_up, Duration::ZERO)?;
+    record.promoted_after(caught_up, Duration::ZERO)?;
     Ok(())
 }
 
@@ -485,7 +471,7 @@ async fn nofailover_node(coordinator: CoordinatorKind) -> Result<()> {
     let ended = oracle.now();
     let record = oracle.finish().await;
     never_active(&record, 2, Duration::ZERO, ended, "a nofailover node must never be active")?;
-    seen_promoted(&record, second, Duration::ZERO)?;
+    record.promoted_after(second, Duration::ZERO)?;
     Ok(())
 }
 
@@ -554,7 +540,7 @@ async fn slow_master(coordinator: CoordinatorKind) -> Result<()> {
         "the slow master left the active role by its own answers while only slow: {demoted:?}\n{}",
         record.timeline()
     );
-    seen_promoted(&record, 1 - active, slow_ended_at)?;
+    record.promoted_after(1 - active, slow_ended_at)?;
     Ok(())
 }
 
