@@ -402,9 +402,10 @@ pub async fn complete_interrupted_changes(ctx: AdminContext, stop: impl Future<O
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` completes, with the bounds of
-/// [`referee_http_serve`]: a request's headers within its timeout, at most
-/// [`referee_http_serve::MAX_CONNECTIONS`] open (more are closed as they arrive), and a bounded
-/// drain at shutdown. Without them, a connection held idle on this port would outlive the
+/// [`referee_http_serve`]: a request's headers, and then its body, within their timeouts, at
+/// most [`referee_http_serve::MAX_CONNECTIONS`] open (more wait in the backlog) and a quarter
+/// of them from one address (more closed as they arrive), and a bounded drain at shutdown.
+/// Without them, a connection held idle on this port would outlive the
 /// server's shutdown, and enough of them would take the file descriptors its client and peer
 /// ports accept with.
 pub async fn serve(

@@ -85,6 +85,13 @@ pub struct CoordinatorConfig {
     /// back to the previous snapshot. Also read under its former name `snapshot_every_entries`.
     #[serde(default = "default_snapshot_every_txns", alias = "snapshot_every_entries")]
     pub snapshot_every_txns: u64,
+    /// A snapshot is also written once this many bytes of transactions have been logged since
+    /// the last (ZooKeeper's snapSizeLimitInKb), whichever threshold comes first; 0 for none.
+    /// The log, on disk and in memory, is kept back to the snapshot before last: this bounds
+    /// it when large znodes are rewritten over and over, which `snapshot_every_txns` alone
+    /// does not (100,000 rewrites of a 1 MB znode are 100 GB).
+    #[serde(default = "default_snapshot_every_bytes")]
+    pub snapshot_every_bytes: u64,
     /// Snapshot files kept; older ones are removed once a new one is durable
     /// (ZooKeeper's autopurge.snapRetainCount).
     #[serde(default = "default_snapshots_to_keep")]
@@ -243,6 +250,10 @@ fn default_snapshot_every_txns() -> u64 {
     100_000
 }
 
+fn default_snapshot_every_bytes() -> u64 {
+    64 << 20
+}
+
 fn default_snapshots_to_keep() -> usize {
     3
 }
@@ -274,6 +285,7 @@ impl CoordinatorConfig {
             data_dir: data_dir.into(),
             cluster_id: None,
             snapshot_every_txns: default_snapshot_every_txns(),
+            snapshot_every_bytes: default_snapshot_every_bytes(),
             snapshots_to_keep: default_snapshots_to_keep(),
             log_sync_stall_ms: default_log_sync_stall_ms(),
             tick_ms: default_tick_ms(),
@@ -531,6 +543,16 @@ impl CoordinatorConfig {
                 format!("is {}; use a value from 10 to 100000000 (default 100000)", self.snapshot_every_txns),
             );
         }
+        if self.snapshot_every_bytes != 0 && !((1 << 20)..=(1 << 40)).contains(&self.snapshot_every_bytes) {
+            return invalid(
+                "snapshot_every_bytes",
+                format!(
+                    "is {}; use 0 (snapshots by transactions only) or a value from 1048576 (1 MiB) to \
+                     1099511627776 (1 TiB) (default 67108864, 64 MiB)",
+                    self.snapshot_every_bytes
+                ),
+            );
+        }
         if self.log_sync_stall_ms != 0 && !(500..=3_600_000).contains(&self.log_sync_stall_ms) {
             return invalid(
                 "log_sync_stall_ms",
@@ -686,6 +708,7 @@ mod tests {
         assert_eq!(c.max_watches_per_connection, 10_000);
         assert_eq!(c.max_path_bytes, 4096);
         assert_eq!((c.cluster_id, c.snapshot_every_txns, c.snapshots_to_keep), (None, 100_000, 3));
+        assert_eq!(c.snapshot_every_bytes, 64 << 20);
         assert_eq!(c.log_sync_stall(), Some(std::time::Duration::from_secs(5)));
         for heavy in ["wchc", "wchp", "dump", "dirs"] {
             assert!(!c.four_letter_word_enabled(heavy), "{heavy} is on by default");
@@ -710,6 +733,7 @@ mod tests {
             ("cluster_id: 0", "cluster_id"),
             ("snapshot_every_txns: 1", "snapshot_every_txns"),
             ("snapshot_every_entries: 1", "snapshot_every_txns"),
+            ("snapshot_every_bytes: 1000", "snapshot_every_bytes"),
             ("log_sync_stall_ms: 100", "log_sync_stall_ms"),
             ("log_sync_stall_ms: 4000000", "log_sync_stall_ms"),
             ("max_leader_silence_ms: 100", "max_leader_silence_ms"),

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 
 use openraft::{Entry, EntryPayload};
 
-use crate::datadir::{read_identity, IDENTITY_NAME, SNAPSHOTS_NAME};
+use crate::datadir::{read_identity, DataDirError, Identity, DATA_DIR_VERSION, IDENTITY_NAME, SNAPSHOTS_NAME};
 use crate::log::record::{self, Read, SegmentHeader, FORMAT_VERSION, HEADER_LEN};
-use crate::log::wal::{check_saved_state, decode_entry, parse_segment_name, read_saved_meta, RaftMeta, META_NAME};
+use crate::log::wal::{
+    check_saved_state, cut_short, decode_entry, ends_early, missing_newest_segment, parse_segment_name,
+    read_saved_meta, NewestSegment, RaftMeta, META_NAME,
+};
 use crate::log::{FileSystem, LogError};
 use crate::raft::TypeConfig;
 use crate::snapshot::{self, parse_snapshot_name};
@@ -116,7 +119,7 @@ fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<(
         what: format!("not a readable directory ({e}); give a coordinator data directory (data_dir)"),
     })?;
     if names.iter().any(|n| n == IDENTITY_NAME) {
-        let id = read_identity(fs, &path.join(IDENTITY_NAME)).map_err(|e| DumpError::Damaged(e.to_string()))?;
+        let id = identity_of(fs, path)?;
         writeln!(
             out,
             "data directory {}: cluster {} server {} (format {})",
@@ -138,14 +141,35 @@ fn log_dir_of(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<(
     })
 }
 
+/// The identity of the data directory `dir`; one of a newer layout, which start-up refuses,
+/// is reported as [`DumpError::Damaged`] before anything in it is read.
+fn identity_of(fs: &dyn FileSystem, dir: &Path) -> Result<Identity, DumpError> {
+    let path = dir.join(IDENTITY_NAME);
+    let id = read_identity(fs, &path).map_err(|e| DumpError::Damaged(e.to_string()))?;
+    if id.version > DATA_DIR_VERSION {
+        let e = DataDirError::NewerVersion { path, found: id.version, supported: DATA_DIR_VERSION };
+        return Err(DumpError::Damaged(e.to_string()));
+    }
+    Ok(id)
+}
+
+/// The newest snapshot file in `dir` and its last entry, by the files' names, as start-up
+/// reads them for its saved-state check.
+fn newest_snapshot_file(fs: &dyn FileSystem, dir: &Path) -> Option<(PathBuf, u64)> {
+    let names = fs.list(dir).ok()?;
+    let (index, name) = names.into_iter().filter_map(|n| parse_snapshot_name(&n).map(|i| (i, n))).max()?;
+    Some((dir.join(name), index))
+}
+
 /// Lists every record of the log in `path` (a data directory or its `log/`): segment, offset,
 /// index, term, transaction kind, path; then a summary. Damage other than a torn tail is
 /// listed and returned as [`DumpError::Damaged`], and so is everything else start-up refuses
 /// ([`crate::log::wal::Wal::open`], and on a data directory the saved-state check of
 /// [`crate::log::wal::check_saved_state`]): a segment or `raft-meta` of another cluster than
 /// the data directory's, a segment whose header does not match its name or is of a newer
-/// format, a segment missing between two others or after the purge point, an entry out of
-/// sequence, entries without the saved vote. Segments that hold only purged entries (left by a
+/// format, a segment missing between two others, after the purge point or at the log's end, a
+/// segment file shorter than its header says it was preallocated to, an entry out of sequence,
+/// entries or snapshots without the saved vote, a data directory of a newer layout. Segments that hold only purged entries (left by a
 /// purge a stop interrupted) are listed as what start-up removes, not as damage.
 pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<LogSummary, DumpError> {
     let (dir, identity_cluster) = log_dir_of(fs, path, out)?;
@@ -156,7 +180,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
     let mut cluster = identity_cluster;
     let meta_path = dir.join(META_NAME);
     // The saved state; `None` when it is damaged (which is listed), and so unknown.
-    let mut newest_segment = None;
+    let mut newest_segment = NewestSegment::Unrecorded;
     let meta = if names.iter().any(|n| n == META_NAME) {
         match read_saved_meta(fs, &meta_path, identity_cluster) {
             Ok(saved) => {
@@ -224,8 +248,11 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             damaged(out, &mut damage, why)?;
         }
     }
-    // The newest segment the saved state says was started is there, unless purged.
-    if let Some(newest) = newest_segment.filter(|&n| n >= purged_next && !kept.contains(&n)) {
+    // The newest segment the saved state says was started is there (or one after it).
+    let no_meta = RaftMeta::default();
+    if let Some(newest) =
+        missing_newest_segment(newest_segment, meta.as_ref().unwrap_or(&no_meta), kept.last().copied())
+    {
         let file = dir.join(format!("log-{newest:020}"));
         let why = format!(
             "{} at offset 0: {META_NAME} records that this segment, from entry {newest} on, was started, but it is \
@@ -246,8 +273,10 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             damaged(out, &mut damage, why)?;
         }
     }
-    // The entry the next segment must start with, when the one before was read whole.
+    // The entry the next segment must start with, when the one before was read whole, and
+    // where that one's records end.
     let mut expected: Option<u64> = None;
+    let mut before_end: Option<(PathBuf, usize)> = None;
     for (i, &first) in kept.iter().enumerate() {
         let last = i + 1 == kept.len();
         let name = format!("log-{first:020}");
@@ -259,6 +288,7 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
                 writeln!(out, "segment {name}: DAMAGED at offset 0: {e}")?;
                 damage.push(format!("{} at offset 0: {e}", file.display()));
                 expected = None;
+                before_end = None;
                 continue;
             }
         };
@@ -271,7 +301,11 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             let e = LogError::NewerFormat { path: file.clone(), found: header.version, supported: FORMAT_VERSION };
             damaged(out, &mut damage, e.to_string())?;
             expected = None;
+            before_end = None;
             continue;
+        }
+        if let Some(why) = cut_short(buf.len() as u64, header.preallocated) {
+            damaged(out, &mut damage, format!("{} at offset {}: {why}", file.display(), buf.len()))?;
         }
         match cluster {
             Some(c) if c != header.cluster_id => {
@@ -289,17 +323,12 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             );
             damaged(out, &mut damage, why)?;
         }
-        match expected {
-            Some(e) if e < first => damaged(
-                out,
-                &mut damage,
-                format!(
-                    "{} at offset 0: this segment starts at entry {first} but the one before ends before {e}: a \
-                     segment is missing",
-                    file.display()
-                ),
-            )?,
-            Some(e) if e > first => damaged(
+        match (expected, &before_end) {
+            (Some(e), Some((before, end))) if e < first => {
+                let why = format!("{} at offset {end}: {}", before.display(), ends_early(e, &file, first));
+                damaged(out, &mut damage, why)?
+            }
+            (Some(e), _) if e > first => damaged(
                 out,
                 &mut damage,
                 format!(
@@ -374,11 +403,13 @@ pub fn dump_log(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result
             break;
         }
         expected = Some(next);
+        before_end = Some((file, at));
     }
     // Checked on what a server starts on, a data directory: a bare log directory may be a copy
     // taken apart from its saved state.
     if let (Some(meta), Some(_)) = (&meta, identity_cluster) {
-        if let Err(e) = check_saved_state(&dir, meta, summary.range.map(|(_, hi)| hi)) {
+        let snapshot = newest_snapshot_file(fs, &path.join(SNAPSHOTS_NAME));
+        if let Err(e) = check_saved_state(&dir, meta, summary.range.map(|(_, hi)| hi), snapshot) {
             damaged(out, &mut damage, e.to_string())?;
         }
     }
@@ -407,12 +438,13 @@ fn damaged(out: &mut dyn Write, damage: &mut Vec<String>, why: String) -> Result
 /// directory or its `snapshots/`) in one line each. A data directory without a snapshot yet (the
 /// normal state until `snapshot_every_txns` transactions) is said to be so, and is no error. A
 /// damaged file is reported as [`DumpError::Damaged`]; a directory that is no coordinator's and
-/// holds no snapshot as [`DumpError::NotRecognised`].
+/// holds no snapshot as [`DumpError::NotRecognised`]. As at start-up, a snapshot of a cluster
+/// other than its data directory's, and a data directory of a newer layout, are damage.
 pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> Result<(), DumpError> {
+    let holds_identity = |dir: &Path| fs.list(dir).is_ok_and(|names| names.iter().any(|n| n == IDENTITY_NAME));
     if let Ok(names) = fs.list(path) {
         // A data directory is known by its identity file; its snapshots/ directory by the
         // identity beside it.
-        let holds_identity = |dir: &Path| fs.list(dir).is_ok_and(|names| names.iter().any(|n| n == IDENTITY_NAME));
         let (dir, names, recognised) = if names.iter().any(|n| n == IDENTITY_NAME) {
             let dir = path.join(SNAPSHOTS_NAME);
             let names = match fs.list(&dir) {
@@ -427,6 +459,8 @@ pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> 
                 path.file_name().is_some_and(|n| n == SNAPSHOTS_NAME) && path.parent().is_some_and(holds_identity);
             (path.to_path_buf(), names, beside_identity)
         };
+        let data_dir = dir.parent().filter(|_| recognised);
+        let cluster = data_dir.map(|d| identity_of(fs, d)).transpose()?.map(|id| id.cluster_id);
         let mut found: Vec<(u64, String)> =
             names.into_iter().filter_map(|n| parse_snapshot_name(&n).map(|i| (i, n))).collect();
         if found.is_empty() && recognised {
@@ -454,7 +488,7 @@ pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> 
         for (_, name) in found {
             let file = dir.join(&name);
             let bytes = fs.read(&file).map_err(io_err(&file))?;
-            match read_one(&file, &bytes) {
+            match read_one(&file, &bytes, cluster) {
                 Ok((parts_line, tree)) => writeln!(
                     out,
                     "{name}: {parts_line}, {} znodes, {} sessions",
@@ -472,8 +506,12 @@ pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> 
         }
         return Ok(());
     }
+    // A file in a data directory's snapshots/ belongs to that directory's cluster.
+    let data_dir = path.parent().filter(|d| d.file_name().is_some_and(|n| n == SNAPSHOTS_NAME)).and_then(Path::parent);
+    let data_dir = data_dir.filter(|d| holds_identity(d));
+    let cluster = data_dir.map(|d| identity_of(fs, d)).transpose()?.map(|id| id.cluster_id);
     let bytes = fs.read(path).map_err(io_err(path))?;
-    let (line, tree) = read_one(path, &bytes).map_err(DumpError::Damaged)?;
+    let (line, tree) = read_one(path, &bytes, cluster).map_err(DumpError::Damaged)?;
     writeln!(out, "{}: {line}", path.display())?;
     writeln!(out, "sessions:")?;
     for (id, s) in tree.sessions() {
@@ -499,8 +537,13 @@ pub fn dump_snapshots(fs: &dyn FileSystem, path: &Path, out: &mut dyn Write) -> 
     Ok(())
 }
 
-fn read_one(path: &Path, bytes: &[u8]) -> Result<(String, DataTree), String> {
+/// Reads a snapshot file, of cluster `cluster` when its data directory is known.
+fn read_one(path: &Path, bytes: &[u8], cluster: Option<u64>) -> Result<(String, DataTree), String> {
     let parts = snapshot::parse(path, bytes).map_err(|e| e.to_string())?;
+    if let Some(expected) = cluster.filter(|&c| c != parts.cluster_id) {
+        let e = snapshot::SnapshotError::ForeignCluster { path: path.to_path_buf(), found: parts.cluster_id, expected };
+        return Err(e.to_string());
+    }
     let tree =
         snapshot::decode_tree(parts.tree_bytes, parts.version).map_err(|e| format!("{}: {e}", path.display()))?;
     let line = format!(
@@ -584,7 +627,7 @@ mod tests {
         let opts = WalOptions { segment_bytes: 256, ..WalOptions::new(log_dir(), CLUSTER) };
         let opened = Wal::open(Arc::new(fs.clone()), opts).and_then(|(_, rec)| {
             let last = rec.entries.last().map(|e| e.log_id.index);
-            check_saved_state(&log_dir(), &rec.meta, last)
+            check_saved_state(&log_dir(), &rec.meta, last, None)
         });
         assert!(opened.is_err(), "start-up takes what the dump calls damaged: {}", found.0);
         found
@@ -674,6 +717,39 @@ mod tests {
         fs.remove(&segment(newest)).unwrap();
         let (why, _) = damage(&fs);
         assert!(why.contains("missing") && why.contains(&format!("log-{newest:020}")), "{why}");
+
+        // The last segment cut at a record boundary, short of its preallocated size.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        let newest = segment(*firsts.last().unwrap());
+        let mut cut = 0;
+        fs.damage(&newest, |b| {
+            let mut at = HEADER_LEN;
+            while let Read::Record { next, .. } = record::read_record(b, at) {
+                (cut, at) = (at, next);
+            }
+            b.truncate(cut);
+        })
+        .unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains(&format!("log-{:020} at offset {cut}", firsts.last().unwrap())), "{why}");
+        assert!(why.contains("preallocated"), "{why}");
+
+        // The last record of a middle segment zeroed: blamed on that segment, at its records' end.
+        let fs = FaultFs::new();
+        let firsts = data_dir(&fs);
+        let mut end = 0;
+        fs.damage(&segment(firsts[1]), |b| {
+            let (mut last, mut at) = (HEADER_LEN, HEADER_LEN);
+            while let Read::Record { next, .. } = record::read_record(b, at) {
+                (last, at) = (at, next);
+            }
+            b[last..at].fill(0);
+            end = last;
+        })
+        .unwrap();
+        let (why, _) = damage(&fs);
+        assert!(why.contains(&format!("log-{:020} at offset {end}", firsts[1])), "{why}");
 
         // The saved vote deleted.
         let fs = FaultFs::new();

@@ -272,8 +272,9 @@ fn connections(st: &ServerState, detailed: bool) -> String {
 }
 
 /// How far a follower's matched log index may trail the leader's last log index for the
-/// follower to count as synced: one AppendEntries batch (openraft's `max_payload_entries`
-/// default). A follower within it is receiving the stream as fast as the leader appends; one
+/// follower to count as synced: a few AppendEntries reads (each at most 64 entries, themselves
+/// batches of transactions). A follower within it is receiving the stream as fast as the
+/// leader appends; one
 /// further behind is catching up (from the log or a snapshot) and would not count towards a
 /// quorum's speed. ZooKeeper's leader counts a learner synced once it has finished its initial
 /// sync and is in the forwarding set; this is the closest Raft reading of that.

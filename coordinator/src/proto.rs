@@ -286,7 +286,10 @@ impl Acl {
         for _ in 0..n {
             let perms = r.int("acl.perms")?;
             let scheme = r.ustring("acl.scheme")?;
-            let id = r.ustring("acl.id")?;
+            // kazoo sends the empty id of `auth` ACLs (its `CREATOR_ALL_ACL`) as a null string,
+            // which Apache ZooKeeper reads as null and `fixupACL` ignores: read it as empty, which
+            // every check that refuses a null id (world, digest, ip) refuses as well.
+            let id = r.ustring_opt("acl.id")?.unwrap_or_default();
             out.push(Acl { perms, id: Id { scheme, id } });
         }
         Ok(out)

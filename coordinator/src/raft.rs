@@ -93,6 +93,11 @@ struct SmMeta {
     txns_since: u64,
     /// A snapshot is asked for once `txns_since` reaches this.
     due_at: u64,
+    /// Bytes of transactions ([`Txn::approx_len`]) applied since the tree was last copied for
+    /// a snapshot: what the log since then holds, on disk and in memory.
+    bytes_since: u64,
+    /// A snapshot is asked for once `bytes_since` reaches this.
+    bytes_due_at: u64,
     /// One has been asked for and has not finished.
     requested: bool,
     /// A snapshot's file is being written.
@@ -102,7 +107,7 @@ struct SmMeta {
 impl SmMeta {
     /// Whether the policy wants a snapshot that is not being written already.
     fn snapshot_wanted(&self) -> bool {
-        !self.building && self.txns_since >= self.due_at
+        !self.building && (self.txns_since >= self.due_at || self.bytes_since >= self.bytes_due_at)
     }
 
     /// Notifies `due` if a snapshot is wanted and none is asked for yet.
@@ -154,18 +159,31 @@ pub struct StateMachine {
 }
 
 /// When the state machine asks for snapshots. Counted in transactions, as ZooKeeper's snapCount
-/// is, not in log entries: an entry carries a batch of anywhere from one to thousands.
+/// is, not in log entries: an entry carries a batch of anywhere from one to thousands; and in
+/// bytes of transactions, as ZooKeeper's snapSizeLimitInKb is, so that rewriting a large znode
+/// over and over does not keep `every_txns` large transactions in the log (and in memory:
+/// the log store keeps its entries there back to the snapshot before last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotPolicy {
     /// A snapshot after this many transactions.
     pub every_txns: u64,
     /// After a failed snapshot, this many more transactions before the next attempt.
     pub retry_gap_txns: u64,
+    /// A snapshot after this many bytes of transactions ([`Txn::approx_len`]);
+    /// `u64::MAX` for never.
+    pub every_bytes: u64,
 }
 
 impl SnapshotPolicy {
     /// Snapshots only when openraft or a test asks for one.
-    pub const NEVER: SnapshotPolicy = SnapshotPolicy { every_txns: u64::MAX, retry_gap_txns: u64::MAX };
+    pub const NEVER: SnapshotPolicy =
+        SnapshotPolicy { every_txns: u64::MAX, retry_gap_txns: u64::MAX, every_bytes: u64::MAX };
+
+    /// After a failed snapshot, this many more bytes of transactions before the next attempt
+    /// (unless the transactions' gap comes first).
+    fn retry_gap_bytes(&self) -> u64 {
+        (self.every_bytes / 10).max(1)
+    }
 }
 
 impl StateMachine {
@@ -179,7 +197,8 @@ impl StateMachine {
         log_purged_upto: u64,
         policy: SnapshotPolicy,
     ) -> Result<Self, SnapshotError> {
-        let mut meta = SmMeta { due_at: policy.every_txns.max(1), ..SmMeta::default() };
+        let mut meta =
+            SmMeta { due_at: policy.every_txns.max(1), bytes_due_at: policy.every_bytes.max(1), ..SmMeta::default() };
         let mut on_disk = 0;
         if let Some(loaded) = snapshots.load_newest(log_purged_upto)? {
             on_disk = loaded.header.last_applied.map_or(0, |l| l.index);
@@ -197,6 +216,7 @@ impl StateMachine {
             policy: SnapshotPolicy {
                 every_txns: policy.every_txns.max(1),
                 retry_gap_txns: policy.retry_gap_txns.max(1),
+                every_bytes: policy.every_bytes.max(1),
             },
             due: Arc::default(),
             durable: None,
@@ -272,6 +292,10 @@ impl StateMachine {
                 }
             };
             meta.txns_since = meta.txns_since.saturating_add(outcomes.len().max(1) as u64);
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                let bytes: usize = batch.iter().map(Txn::approx_len).sum();
+                meta.bytes_since = meta.bytes_since.saturating_add(bytes as u64);
+            }
             txns += outcomes.len() as u64;
             out.push(outcomes);
         }
@@ -367,8 +391,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let header = SnapshotHeader { last_applied: meta.last_applied, membership: meta.membership.clone() };
             meta.building = true;
-            (st.tree.clone(), header, meta.txns_since)
+            (st.tree.clone(), header, (meta.txns_since, meta.bytes_since))
         };
+        let (taken, taken_bytes) = taken;
         let copied = asked.elapsed();
         let dir = self.snapshots.clone();
         let written = {
@@ -386,12 +411,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let mut meta = self.meta();
         meta.building = false;
         let retry_at = meta.txns_since.saturating_add(self.policy.retry_gap_txns);
+        let retry_bytes_at = meta.bytes_since.saturating_add(self.policy.retry_gap_bytes());
         let built = match written {
             Ok(Ok(name)) => {
                 let smeta = snapshot_meta(&header, &name);
                 tracing::info!(
                     snapshot = %self.snapshots.dir().join(&name).display(),
                     txns = taken,
+                    txn_bytes = taken_bytes,
                     copy_under_lock_ms = format!("{:.2}", copied.as_secs_f64() * 1e3),
                     total_ms = asked.elapsed().as_millis() as u64,
                     "snapshot written"
@@ -406,6 +433,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 // What was applied while the file was written counts toward the next one.
                 meta.txns_since -= taken.min(meta.txns_since);
                 meta.due_at = self.policy.every_txns;
+                meta.bytes_since -= taken_bytes.min(meta.bytes_since);
+                meta.bytes_due_at = self.policy.every_bytes;
                 meta.requested = false;
                 // Openraft keeps only the meta of a snapshot it built; the data is the file,
                 // read back by `get_current_snapshot` when a follower needs it.
@@ -418,11 +447,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     "snapshot failed: {e}; the log is kept whole (nothing is purged) and service goes on"
                 );
                 meta.due_at = retry_at;
+                meta.bytes_due_at = retry_bytes_at;
                 Self::unchanged(&mut meta)
             }
             Err(join) => {
                 tracing::error!("the snapshot writer did not finish: {join}; the log is kept whole");
                 meta.due_at = retry_at;
+                meta.bytes_due_at = retry_bytes_at;
                 Self::unchanged(&mut meta)
             }
         };
@@ -509,6 +540,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         m.snapshot = Some((SnapshotMeta { snapshot_id: name.clone(), ..meta.clone() }, name));
         m.txns_since = 0;
         m.due_at = self.policy.every_txns;
+        m.bytes_since = 0;
+        m.bytes_due_at = self.policy.every_bytes;
         Ok(())
     }
 
@@ -633,7 +666,7 @@ mod tests {
         let scratch = referee_testkit::ScratchDir::new("sm-policy").expect("scratch dir");
         let snapshots = SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), 7, 3).expect("snapshot dir");
         let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
-        let policy = SnapshotPolicy { every_txns: 10, retry_gap_txns: 1 };
+        let policy = SnapshotPolicy { every_txns: 10, retry_gap_txns: 1, every_bytes: u64::MAX };
         let mut sm = StateMachine::open(state, snapshots, 0, policy).expect("open");
         let due = sm.snapshot_due();
 
@@ -654,13 +687,43 @@ mod tests {
         assert!(notified_within(&due, Duration::from_secs(5)).await, "the next snapshot is asked for without a write");
     }
 
+    /// Rewriting a large znode takes few transactions and many bytes: a snapshot is asked for
+    /// by bytes, long before the transactions' threshold.
+    #[tokio::test]
+    async fn a_snapshot_is_asked_for_after_enough_bytes_of_transactions() {
+        let scratch = referee_testkit::ScratchDir::new("sm-bytes").expect("scratch dir");
+        let snapshots = SnapshotDir::open(Arc::new(RealFs), scratch.path("snapshots"), 7, 3).expect("snapshot dir");
+        let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));
+        let policy = SnapshotPolicy { every_txns: 1000, retry_gap_txns: 1, every_bytes: 250_000 };
+        let mut sm = StateMachine::open(state, snapshots, 0, policy).expect("open");
+        let due = sm.snapshot_due();
+        let set = |i: u64| {
+            let op = crate::txn::WriteOp::SetData { path: "/big".into(), data: Some(vec![0; 100_000]), version: -1 };
+            let txn = Txn {
+                session: crate::proto::SessionId(0),
+                auth: Vec::new(),
+                time_ms: 0,
+                op: crate::txn::TxnOp::Write(op),
+            };
+            Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), i), payload: EntryPayload::Normal(vec![txn]) }
+        };
+        sm.apply([set(1), set(2)]).await.expect("apply");
+        assert!(!due.wanted(), "200 KB applied, 2 transactions: not due");
+        sm.apply([set(3)]).await.expect("apply");
+        assert!(due.wanted(), "300 KB applied: due by bytes");
+        assert!(notified_within(&due, Duration::from_secs(5)).await, "and asked for");
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot built");
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(3));
+        assert!(!due.wanted(), "the bytes count again from the snapshot");
+    }
+
     /// Openraft may install a leader's snapshot while one of this server's is being written:
     /// the older one, finished last, must not replace it as the snapshot this server sends (its
     /// log was cut at the newer one, so a follower sent the older one could never catch up).
     #[tokio::test]
     async fn a_snapshot_built_during_an_install_does_not_replace_the_newer_installed_one() {
         let scratch = referee_testkit::ScratchDir::new("sm-install").expect("scratch dir");
-        let policy = SnapshotPolicy { every_txns: 1000, retry_gap_txns: 1 };
+        let policy = SnapshotPolicy { every_txns: 1000, retry_gap_txns: 1, every_bytes: u64::MAX };
         let open = |name: &str| {
             let snapshots = SnapshotDir::open(Arc::new(RealFs), scratch.path(name), 7, 3).expect("snapshot dir");
             let state = Arc::new(Mutex::new(ServerState::new(false, Duration::from_millis(100))));

@@ -235,6 +235,10 @@ pub struct Startup {
 
 /// How often a Raft leader sends heartbeats, in milliseconds.
 const HEARTBEAT_MS: u64 = 100;
+
+/// openraft's `max_payload_entries`: the most entries one AppendEntries is read with (see
+/// [`crate::peer::client::MAX_APPEND_BYTES`] for what is sent of them).
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
 /// The shortest election timeout, in milliseconds.
 const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
 /// The longest election timeout, in milliseconds. Openraft 0.9 also takes it as the voters'
@@ -325,6 +329,12 @@ impl Coordinator {
             // counts as behind by the log's length: on a short log the wait ends at once, so
             // a voter added is also checked itself, `admin::until_ready_to_vote`.)
             replication_lag_threshold: crate::admin::PROMOTE_MAX_LAG,
+            // Entries read from the log for one AppendEntries; the link then sends as many of
+            // them as fit in `MAX_APPEND_BYTES` (openraft keeps that count for its next ten
+            // calls, then reads this many again). openraft's 300 read and decoded up to 300
+            // entries of up to 8 MiB each time, for one or two to be sent; each entry is a
+            // batch of transactions, so 64 still carry thousands of small writes.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| CoordinatorError::RaftConfig(e.to_string()))?);
@@ -341,7 +351,11 @@ impl Coordinator {
             st.server_id = node_id;
             Arc::new(Mutex::new(st))
         };
-        let policy = SnapshotPolicy { every_txns: every, retry_gap_txns: (every / 10).max(1) };
+        let every_bytes = match config.snapshot_every_bytes {
+            0 => u64::MAX,
+            n => n,
+        };
+        let policy = SnapshotPolicy { every_txns: every, retry_gap_txns: (every / 10).max(1), every_bytes };
         // The log and the newest snapshot are read and checked at the same time, on two
         // threads (each is a few hundred milliseconds with 100,000 znodes); the snapshot needs
         // only the log's purge point, which is in its small state file.
@@ -357,7 +371,8 @@ impl Coordinator {
             let log = log.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             // The log's error first: a damaged log is the more telling of the two.
             let (log, log_took) = log?;
-            crate::log::wal::check_saved_state(&log_dir, &log.meta(), log.last_index())?;
+            let snapshot = newest_snapshot_file(fs.as_ref(), &data.snapshot_dir());
+            crate::log::wal::check_saved_state(&log_dir, &log.meta(), log.last_index(), snapshot)?;
             let sm = sm?;
             let log = log
                 .purging_one_snapshot_late()
@@ -450,18 +465,25 @@ impl Coordinator {
         let not_serving = std::sync::atomic::AtomicBool::new(peers.is_some());
         let shared = Arc::new(Shared { config: Arc::new(config), raft, proposer, liveness, state, not_serving });
         let began = phases.began;
-        let mut awaiting = AwaitingLeader { phases, recovered_upto, cluster_id, data_dir };
+        let mut awaiting = AwaitingLeader {
+            phases,
+            recovered_upto,
+            cluster_id,
+            data_dir,
+            log_stopped: log_stopped.clone(),
+            log_dir: log_dir.clone(),
+        };
         if peers.is_none() {
             // Leading, and the tree holds every entry up to its own first one of the term (the
             // initial membership and the leader's blank entry on a fresh server): before that
             // a four-letter word or a first client would see a tree still catching up.
-            let wait = Duration::from_secs(10);
+            let waiting = Instant::now();
             shared
                 .raft
-                .wait(Some(wait))
+                .wait(Some(Duration::from_secs(10)))
                 .metrics(|m| m.state == openraft::ServerState::Leader && leader_settled(m), "coordinator start")
                 .await
-                .map_err(|_| CoordinatorError::NoLeader(wait))?;
+                .map_err(|_| awaiting.wait_failed(&shared.raft, waiting.elapsed()))?;
             awaiting.phases.done("leader known", &[("term", shared.raft.metrics().borrow().current_term)]);
             awaiting.recovered(&shared).await?;
         } else {
@@ -672,9 +694,29 @@ struct AwaitingLeader {
     recovered_upto: Option<u64>,
     cluster_id: u64,
     data_dir: std::path::PathBuf,
+    /// Why the log stopped, if it has: what ends a wait below early.
+    log_stopped: watch::Receiver<Option<String>>,
+    log_dir: std::path::PathBuf,
 }
 
 impl AwaitingLeader {
+    /// Why a wait of start-up on Raft ended, after `waited`, without what it waited for. Raft's
+    /// core quits on a storage error (a vote or entry it could not make durable, as on a full
+    /// disk), which ends the wait at once: that failure, as a running server reports it. Only
+    /// without one did the time run out with no leader.
+    fn wait_failed(&self, raft: &Raft, waited: Duration) -> CoordinatorError {
+        self.storage_failed(raft)
+            .unwrap_or_else(|| CoordinatorError::NoLeader(Duration::from_millis(waited.as_millis() as u64)))
+    }
+
+    /// The storage failure that stopped the log or replication, if one did.
+    fn storage_failed(&self, raft: &Raft) -> Option<CoordinatorError> {
+        let fatal =
+            || raft.metrics().borrow().running_state.as_ref().err().map(|f| format!("replication stopped: {f}"));
+        let why = self.log_stopped.borrow().clone().or_else(fatal)?;
+        Some(CoordinatorError::Storage { why, dir: self.log_dir.clone() })
+    }
+
     /// Waits, for as long as it takes, until the ensemble has a settled leader (see
     /// [`leader_settled`]) that this process has heard from, reporting the wait at growing
     /// intervals with what this server knows of its peers through `network`; then as
@@ -726,7 +768,9 @@ impl AwaitingLeader {
             // Contact is not in the metrics: it is looked at again after a while.
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() {
-                    return Err(CoordinatorError::Raft("replication stopped while waiting for a leader".into()));
+                    return Err(self.storage_failed(&shared.raft).unwrap_or_else(|| {
+                        CoordinatorError::Raft("replication stopped while waiting for a leader".into())
+                    }));
                 },
                 () = tokio::time::sleep(CONTACT_POLL) => {}
             }
@@ -767,13 +811,13 @@ impl AwaitingLeader {
     async fn recovered(&mut self, shared: &Shared) -> Result<(), CoordinatorError> {
         let leads = shared.leads();
         if let (Some(upto), true) = (self.recovered_upto, leads) {
-            let wait = Duration::from_secs(10);
+            let waiting = Instant::now();
             shared
                 .raft
-                .wait(Some(wait))
+                .wait(Some(Duration::from_secs(10)))
                 .applied_index_at_least(Some(upto), "replaying the recovered log")
                 .await
-                .map_err(|_| CoordinatorError::NoLeader(wait))?;
+                .map_err(|_| self.wait_failed(&shared.raft, waiting.elapsed()))?;
         }
         self.phases.done("recovered log applied", &[]);
         info!(
@@ -1111,6 +1155,15 @@ async fn stop_replication(raft: &Raft) {
     }
 }
 
+/// The newest snapshot file in `dir` and its last entry, by the files' names (whether it reads
+/// back or not, it shows how far this server once committed).
+fn newest_snapshot_file(fs: &dyn FileSystem, dir: &std::path::Path) -> Option<(std::path::PathBuf, u64)> {
+    let names = fs.list(dir).ok()?;
+    let (index, name) =
+        names.into_iter().filter_map(|n| crate::snapshot::parse_snapshot_name(&n).map(|i| (i, n))).max()?;
+    Some((dir.join(name), index))
+}
+
 /// Completes with why once the log has stopped taking writes or replication has stopped on a
 /// storage error: from then on no write can be acknowledged, so the server must stop.
 ///
@@ -1165,17 +1218,26 @@ async fn expire_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             led_term = None;
             continue;
         }
-        let expired: Vec<SessionId> = {
+        let expired: Vec<(SessionId, Option<i32>)> = {
             let mut st = shared.lock();
             if led_term != Some(now_role.term) {
                 // A new leader does not know when followers last heard from clients.
                 st.tracker.reset_all(Instant::now());
             }
-            st.tracker.take_expired(Instant::now())
+            let expired = st.tracker.take_expired(Instant::now());
+            expired.into_iter().map(|s| (s, st.tree.session(s).map(|x| x.timeout_ms))).collect()
         };
         led_term = Some(now_role.term);
-        for session in expired {
-            debug!(%session, "session expired");
+        for (session, timeout_ms) in expired {
+            // ZooKeeper's "Expiring session 0x…, timeout of N ms exceeded": the line an operator
+            // looks for after a failover caused by a lost client (logged by the leader alone,
+            // which alone expires sessions).
+            match timeout_ms {
+                Some(timeout_ms) => {
+                    info!(%session, timeout_ms, "expiring session: timeout of {timeout_ms} ms exceeded")
+                }
+                None => info!(%session, "expiring session: its timeout was exceeded"),
+            }
             let shared = shared.clone();
             tokio::spawn(async move {
                 let txn =
@@ -1299,6 +1361,8 @@ async fn guard_staleness(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                     debug!("closing a connection opened as this server stopped serving");
                     c.outbox.close(why);
                 }
+                // The refusals name the silence as it is now, not as it was when they began.
+                st.refusing_clients = Some(why.to_string());
             }
             (Verdict::Serve, true) => {
                 info!("current with a leader again: taking clients again");

@@ -255,6 +255,33 @@ async fn the_auth_scheme_expands_to_the_creators_digests_on(addr: SocketAddr) ->
     Ok(())
 }
 
+/// kazoo writes an empty string as a null one (length -1), so its `CREATOR_ALL_ACL`
+/// (`auth` with an empty id) reaches the server with a null id; Apache ZooKeeper reads it as the
+/// creator's identities, as it does an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_acl_whose_id_is_a_null_string_is_read_as_kazoo_sends_it() -> Result<()> {
+    on_both("an_auth_acl_whose_id_is_a_null_string_is_read_as_kazoo_sends_it", an_auth_acl_with_a_null_id_on).await
+}
+
+async fn an_auth_acl_with_a_null_id_on(addr: SocketAddr) -> Result<()> {
+    let null_id_acl = |j: Jute| j.int(1).int(31).string("auth").int(-1);
+    // Without an authenticated identity: the meaningful refusal, not a decoding one.
+    let mut anonymous = Raw::connect(addr, 5000).await?;
+    let create = null_id_acl(Jute::new().string("/c").buffer(Some(b"d"))).int(0).into_vec();
+    assert_eq!(anonymous.call(op::CREATE, &create).await?.err, INVALID_ACL, "create, no auth");
+
+    let mut alice = raw_as(addr, "alice", "pw").await?;
+    alice.call(op::CREATE, &create).await?.ok()?;
+    alice.call(op::CREATE, &body::create("/s", b"", 0)).await?.ok()?;
+    let set = null_id_acl(Jute::new().string("/s")).int(-1).into_vec();
+    alice.call(op::SET_ACL, &set).await?.ok()?;
+    let c = client_as(addr, "alice", "pw").await?;
+    let expected = vec![acl(zk::Permission::ALL, "digest", &digest_id("alice", "pw"))];
+    assert_eq!(c.get_acl("/c").await?.0, expected, "created with kazoo's CREATOR_ALL_ACL");
+    assert_eq!(c.get_acl("/s").await?.0, expected, "set to kazoo's CREATOR_ALL_ACL");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ip_scheme_matches_the_client_address() -> Result<()> {
     on_both("the_ip_scheme_matches_the_client_address", the_ip_scheme_matches_the_client_address_on).await

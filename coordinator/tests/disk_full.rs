@@ -185,3 +185,54 @@ async fn a_snapshot_that_finds_the_disk_full_is_given_up_and_the_log_keeps_every
     ensure!(!log.contains("could not remove a failed snapshot"), "a failed snapshot was left behind:\n{log}");
     Ok(())
 }
+
+/// A server that finds its disk full at start-up (it cannot even save its vote for the new
+/// term) stops at once with the storage failure, the file and the operating system's error,
+/// not with a leader it waited for in vain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_start_up_is_reported_as_the_storage_failure() -> Result<()> {
+    const TEST: &str = "a_full_disk_at_start_up_is_reported_as_the_storage_failure";
+    if !running_as_root() {
+        skip(TEST, "needs root to mount a size-limited tmpfs as the server's data directory");
+        return Ok(());
+    }
+    let mut mounted = None;
+    let mut server = ChildServer::start_prepared("", |dir| {
+        mounted = Some(Tmpfs::mount(&dir.path("data"), DISK_MIB)?);
+        Ok(())
+    })
+    .await?;
+    let _disk = mounted.context("the data directory's tmpfs")?;
+    let c = connect(&server.addr.to_string(), Duration::from_secs(10)).await?;
+    for i in 0..20 {
+        c.create(&format!("/before-{i}"), b"x", PERSISTENT).await?;
+    }
+    drop(c);
+    server.kill9()?;
+    // Every byte the tmpfs has left taken.
+    let filler = server.data_dir().join("filler");
+    let mut f = std::fs::File::create(&filler)?;
+    let block = vec![0xffu8; 1 << 20];
+    loop {
+        use std::io::Write;
+        match f.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+            Err(e) => return Err(e).context("filling the tmpfs"),
+        }
+    }
+    drop(f);
+    let e = server.restart().await.expect_err("a start on a full disk fails");
+    let log = server.log();
+    let last = log.lines().rev().find(|l| l.starts_with("referee-coordinator: ")).unwrap_or_default();
+    for needed in ["No space left on device", "raft-meta", "/data/log/"] {
+        ensure!(last.contains(needed), "the server's last line does not say {needed:?}: {last:?}; {e}");
+    }
+    ensure!(!last.contains("did not become leader"), "a storage failure reported as no leader: {last:?}");
+    Ok(())
+}
+
+/// ENOSPC on Linux.
+fn libc_enospc() -> i32 {
+    28
+}

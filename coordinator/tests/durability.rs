@@ -491,3 +491,129 @@ async fn the_log_dump_lists_every_write_with_its_path() -> Result<()> {
     assert!(e.to_string().contains("not a readable directory"), "{e}");
     Ok(())
 }
+
+/// The log segment files in `server`'s data directory, oldest first.
+fn log_segments(server: &ChildServer) -> Result<Vec<std::path::PathBuf>> {
+    let dir = server.data_dir().join("log");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    segments.retain(|p| p.file_name().and_then(|n| n.to_str()).and_then(wal::parse_segment_name).is_some());
+    segments.sort();
+    Ok(segments)
+}
+
+/// The newest segment holds every entry from its start to the log's end, those after the purge
+/// point included, however far before the purge point it starts (the usual case: a 64 MiB
+/// segment outlasts several snapshots). Deleted, it takes acknowledged writes with it: start-up
+/// and the dump refuse the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_newest_segment_that_began_before_the_purge_point_is_refused() -> Result<()> {
+    let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
+    write_some(&server, 60).await?;
+    wait_until(DEADLINE, "the log to be purged behind a snapshot", || saved_purge_point(&server).is_ok_and(|p| p > 0))
+        .await?;
+    // Acknowledged after the snapshots: in the log alone.
+    let c = connect(&server.addr.to_string(), Duration::from_secs(10)).await?;
+    for i in 0..5 {
+        c.create(&format!("/late{i}"), b"x", PERSISTENT).await?;
+    }
+    drop(c);
+    server.kill9()?;
+    let segments = log_segments(&server)?;
+    ensure!(segments.len() == 1, "one segment, begun before the purge point: {segments:?}");
+    std::fs::remove_file(&segments[0])?;
+    let e = server.restart().await.expect_err("a log without its newest segment is refused").to_string();
+    assert!(
+        e.contains(&segments[0].display().to_string()) && e.contains("was started, but it is missing"),
+        "the refusal names the missing segment: {e}"
+    );
+    let dumped = dump_log(&RealFs, &server.data_dir(), &mut std::io::sink()).unwrap_err().to_string();
+    assert!(dumped.contains("was started, but it is missing"), "the dump finds it too: {dumped}");
+    Ok(())
+}
+
+/// A segment is preallocated, and synced, before its name appears, and every cut is
+/// preallocated again: a file shorter than its preallocated size was cut after it was written
+/// (here at a record boundary, which looks like a clean end of records). Start-up and the dump
+/// refuse it, naming the file and where it now ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_segment_cut_short_of_its_preallocated_size_is_refused() -> Result<()> {
+    let mut server = ChildServer::start("").await?;
+    write_some(&server, 50).await?;
+    server.kill9()?;
+    let summary = dump_log(&RealFs, &server.data_dir(), &mut std::io::sink())?;
+    let (file, offset, index) = summary.last_record.ok_or_else(|| anyhow!("no record"))?;
+    // The last record cut off: what is left ends at a record boundary.
+    let f = std::fs::OpenOptions::new().write(true).open(&file)?;
+    f.set_len(offset)?;
+    drop(f);
+    let e = server.restart().await.expect_err("a segment cut after it was written is refused").to_string();
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains(&format!("at byte {offset}")) && e.contains("cut"),
+        "the refusal names the file, the offset of the cut and what happened (entry {index} is gone): {e}"
+    );
+    let dumped = dump_log(&RealFs, &server.data_dir(), &mut std::io::sink()).unwrap_err().to_string();
+    assert!(dumped.contains(&format!("at offset {offset}")) && dumped.contains("cut"), "the dump finds it: {dumped}");
+    Ok(())
+}
+
+/// Snapshots past entry 0 are taken only of committed entries, after the server saved a vote:
+/// beside them, a log directory emptied of its files (the saved vote with them) is refused as a
+/// lost saved state, as entries without the vote are, rather than started in a term whose vote
+/// was forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_log_directory_beside_snapshots_is_refused() -> Result<()> {
+    let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
+    write_some(&server, 30).await?;
+    wait_until(DEADLINE, "a snapshot", || finished_snapshots(&server).is_ok_and(|s| !s.is_empty())).await?;
+    server.kill9()?;
+    let log = server.data_dir().join("log");
+    for f in std::fs::read_dir(&log)? {
+        std::fs::remove_file(f?.path())?;
+    }
+    let e = server.restart().await.expect_err("snapshots without the saved vote are refused").to_string();
+    assert!(
+        e.contains("raft-meta") && e.contains("no saved Raft state") && e.contains("snapshot"),
+        "the refusal names the missing raft-meta and the snapshot that shows it existed: {e}"
+    );
+    let dumped = dump_log(&RealFs, &server.data_dir(), &mut std::io::sink()).unwrap_err().to_string();
+    assert!(dumped.contains("no saved Raft state"), "the dump finds it too: {dumped}");
+    Ok(())
+}
+
+/// The dump tools exit non-zero on what start-up refuses: a data directory of a newer format,
+/// and snapshots of a cluster other than the directory's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dumps_refuse_a_newer_directory_and_another_clusters_snapshots() -> Result<()> {
+    use referee_coordinator::dump::{dump_snapshots, DumpError};
+    let mut server = ChildServer::start("snapshot_every_txns: 20\n").await?;
+    write_some(&server, 30).await?;
+    wait_until(DEADLINE, "a snapshot", || finished_snapshots(&server).is_ok_and(|s| !s.is_empty())).await?;
+    server.kill9()?;
+    let identity = server.data_dir().join(IDENTITY_NAME);
+    let original = std::fs::read_to_string(&identity)?;
+    let own = read_identity(&RealFs, &identity)?.cluster_id;
+
+    std::fs::write(
+        &identity,
+        original.replace(&format!("cluster_id: {own}\n"), &format!("cluster_id: {}\n", own + 1)),
+    )?;
+    match dump_snapshots(&RealFs, &server.data_dir(), &mut std::io::sink()) {
+        Err(DumpError::Damaged(why)) => assert!(
+            why.contains(&format!("belongs to cluster {own}")) && why.contains(&format!("({})", own + 1)),
+            "{why}"
+        ),
+        other => panic!("another cluster's snapshots dumped as {other:?}"),
+    }
+
+    std::fs::write(&identity, original.replace("format_version: 1", "format_version: 9"))?;
+    for (what, dumped) in [
+        ("log", dump_log(&RealFs, &server.data_dir(), &mut std::io::sink()).map(drop)),
+        ("snapshot", dump_snapshots(&RealFs, &server.data_dir(), &mut std::io::sink())),
+    ] {
+        match dumped {
+            Err(DumpError::Damaged(why)) => assert!(why.contains("format version 9") && why.contains("newer"), "{why}"),
+            other => panic!("the {what} dump of a newer directory gave {other:?}"),
+        }
+    }
+    Ok(())
+}

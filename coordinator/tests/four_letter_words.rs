@@ -74,6 +74,19 @@ impl Plain {
             ensure!(got == -1, "reply to xid {got} while waiting for {xid}");
         }
     }
+
+    /// Sends a ping (xid -2) and waits for its reply.
+    async fn ping(&mut self) -> Result<()> {
+        self.s.write_all(&frame(&request(-2, op::PING, &[]))).await?;
+        loop {
+            let f = Self::read(&mut self.s).await?;
+            let got = i32::from_be_bytes(f[..4].try_into()?);
+            if got == -2 {
+                return Ok(());
+            }
+            ensure!(got == -1, "reply to xid {got} while waiting for the ping's");
+        }
+    }
 }
 
 /// The `key` of each `key<sep>value` line.
@@ -226,6 +239,15 @@ async fn stat_lists_each_connected_client_and_cons_details_it() -> Result<()> {
     }
     for k in ["est=", "lresp=", "llat=", "minlat=", "avglat=", "maxlat="] {
         assert!(line.contains(&format!(",{k}")), "{k} missing in {line}");
+    }
+
+    // A ping is the last operation, but its xid (-2) is not a client request's: as Apache's,
+    // `lcxid` stays the last request's.
+    c.ping().await?;
+    let cons = ask(server.addr, b"cons").await?;
+    let line = cons.lines().find(|l| l.starts_with(&line_start)).ok_or_else(|| anyhow!("{cons}"))?;
+    for part in [",lop=PING,".to_string(), format!(",lcxid=0x{:x},", c.xid - 1)] {
+        assert!(line.contains(&part), "after a ping, {part} missing in {line}");
     }
     server.stop().await
 }

@@ -1347,7 +1347,7 @@ impl<'a> Session<'a> {
     async fn master_state(&self, target: &FenceTarget) -> Option<HaStatus> {
         let url = format!("{}/ha/state", target.ha_base_url());
         match self.http.get(&url).send().await {
-            Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+            Ok(r) if r.status().is_success() => referee_fencing::read_json::<HaStatus>(r).await.ok(),
             _ => None,
         }
     }

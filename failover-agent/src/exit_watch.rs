@@ -5,8 +5,8 @@
 //! watcher learns of a crash without polling, and then wakes the health monitor to run a check
 //! **at once**. It decides nothing itself: the early check goes through the same
 //! [`crate::health::HealthMonitor`] as every other, so a dead master is declared down only by a
-//! failed check, counted as the monitor's rules say (a refused connection at once; anything
-//! ambiguous under `fall`). The watcher only moves the check forward in time.
+//! failed check, counted as the monitor's rules say (a refused connection at once; a timeout or
+//! a cut connection under `slow_fall`; an unhealthy answer under `fall`). The watcher only moves the check forward in time.
 //!
 //! ```text
 //!   pidfile ──▶ pid ──▶ pidfd ──(readable: the process exited)──▶ Notify ──▶ health check now

@@ -331,14 +331,15 @@ pub fn node_verdict(heard: &[Heard]) -> Result<(), String> {
 async fn ask(call: reqwest::RequestBuilder, node: &str, url: &str) -> Heard {
     let answer = match call.send().await {
         Err(e) => return Heard::Nothing(format!("{node} did not answer at {url}: {e}")),
+        // Answers are read under the fencing methods' cap: a peer may be the one misbehaving.
         Ok(r) if !r.status().is_success() => {
+            let code = r.status();
             return Heard::Nothing(format!(
-                "{node} answered {} at {url}: {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            ))
+                "{node} answered {code} at {url}: {}",
+                referee_fencing::body_snippet(r).await
+            ));
         }
-        Ok(r) => r.json::<FailsafeResponse>().await,
+        Ok(r) => referee_fencing::read_json::<FailsafeResponse>(r).await,
     };
     match answer {
         Ok(a) if a.node_id != node => Heard::Nothing(format!("{node}'s address {url} answered as {}", a.node_id)),

@@ -23,12 +23,18 @@
 //!   the same load (HDFS-9311's flapping).
 //! - **Except a refused connection, which counts at once.** A crashed master's port refuses
 //!   immediately and for certain; nothing is gained by asking again, and waiting `fall`
-//!   intervals would only lengthen the failover. Broken connections and error answers are the
-//!   ambiguous failures the fall count exists for.
-//! - **Slow is not dead.** A check that times out counts only once `slow_fall` consecutive
-//!   checks have timed out (default far above `fall`): an overloaded master that answers late
-//!   must not be failed over as fast as a crashed one, whose standby would likely drown in
-//!   the same load (HDFS-9311). Timeouts neither count towards `fall` nor reset it.
+//!   intervals would only lengthen the failover. With `master.pidfile` set, a process that
+//!   exits is checked at once ([`crate::exit_watch`]), and that check is refused. Error
+//!   answers (the master answered, and said it is unhealthy) are what the fall count is for.
+//! - **Slow is not dead.** A check that times out, or whose connection is closed or reset
+//!   before its answer is whole (**broken**), counts only once `slow_fall` consecutive checks
+//!   have gone that way (default far above `fall`). Neither says the master is gone: an
+//!   overloaded master answers late, and one at its connection limit, or behind a proxy or a
+//!   listener that sheds connections, cuts them unanswered. It must not be failed over as fast
+//!   as a crashed one, whose standby would likely drown in the same load (HDFS-9311); a flood
+//!   of idle connections to its port would otherwise be enough to fail over a healthy master.
+//!   A master that really died while a check was on the wire is seen at the next check,
+//!   refused. Slow and broken checks neither count towards `fall` nor reset it.
 //! - A master that is not healthy moves straight to whatever the latest failure says
 //!   (unhealthy, not responding, monitor failed): it is already out of the running, so there
 //!   is nothing for a count to protect.
@@ -96,9 +102,10 @@ fn default_slow_fall() -> u32 {
 /// ```
 ///
 /// A check may take longer than the interval; the next one then starts when it ends. A hung
-/// master is declared not responding after about `slow_fall × max(interval_ms, timeout_ms)`; a
-/// crashed one (connection refused) after at most one interval, or at once when the agent
-/// watches its process (`master.pidfile` set, see [`crate::exit_watch`]).
+/// master is declared not responding after about `slow_fall × max(interval_ms, timeout_ms)`,
+/// one that cuts every connection unanswered after `slow_fall` intervals; a crashed one
+/// (connection refused) after at most one interval, or at once when the agent watches its
+/// process (`master.pidfile` set, see [`crate::exit_watch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
@@ -112,12 +119,12 @@ pub struct HealthConfig {
     #[serde(default = "default_rise")]
     pub rise: u32,
     /// Consecutive failed checks needed to stop being healthy (a refusal needs only one; a
-    /// timeout counts under `slow_fall` instead).
+    /// timeout or a broken connection counts under `slow_fall` instead).
     #[serde(default = "default_fall")]
     pub fall: u32,
-    /// Consecutive timed-out checks needed to stop being healthy: a master that answers late
-    /// is slow, not dead, and is failed over only once it stayed slow this long. At least
-    /// `fall`.
+    /// Consecutive timed-out or broken checks needed to stop being healthy: a master that
+    /// answers late, or cuts connections before answering, is slow, not dead, and is failed
+    /// over only once it stayed so this long. At least `fall`.
     #[serde(default = "default_slow_fall")]
     pub slow_fall: u32,
     /// With `master.pidfile` set, watch the master's process and check at once when it exits
@@ -235,14 +242,15 @@ impl fmt::Display for Transition {
 pub struct HealthMonitor {
     rise: u32,
     fall: u32,
-    /// `None`: timeouts count like any other failure (towards `fall`).
+    /// `None`: timeouts and broken connections count like any other failure (towards `fall`).
     slow_fall: Option<u32>,
     health: Health,
     successes: u32,
     failures: u32,
-    /// Consecutive timed-out checks ending with the last one.
+    /// Consecutive timed-out or broken checks ending with the last one.
     slow: u32,
-    /// Failed checks other than timeouts since the last pass.
+    /// Failed checks since the last pass other than slow ones (unhealthy answers, checks that
+    /// cannot run).
     hard: u32,
     last_check_at: Option<BootInstant>,
     last_problem: Option<HealthProblem>,
@@ -276,7 +284,7 @@ impl HealthMonitor {
         HealthMonitor::new(config.rise, config.fall).with_slow_fall(config.slow_fall)
     }
 
-    /// Timed-out checks count only once `slow_fall` of them are consecutive.
+    /// Timed-out and broken checks count only once `slow_fall` of them are consecutive.
     ///
     /// # Panics
     ///
@@ -287,7 +295,7 @@ impl HealthMonitor {
         self
     }
 
-    /// Consecutive timed-out checks up to now.
+    /// Consecutive timed-out or broken checks up to now.
     pub fn consecutive_slow(&self) -> u32 {
         self.slow
     }
@@ -346,7 +354,9 @@ impl HealthMonitor {
                 self.failures = self.failures.saturating_add(1);
                 let target = verdict(&problem);
                 let refused = matches!(problem, HealthProblem::NotResponding { how: NoAnswer::Refused, .. });
-                let timed_out = matches!(problem, HealthProblem::NotResponding { how: NoAnswer::TimedOut, .. });
+                // No answer, but no sign the master is gone either: slow, not dead.
+                let timed_out =
+                    matches!(problem, HealthProblem::NotResponding { how: NoAnswer::TimedOut | NoAnswer::Broken, .. });
                 if timed_out {
                     self.slow = self.slow.saturating_add(1);
                 } else {
@@ -435,7 +445,7 @@ pub struct HealthReport {
     pub last_problem: Option<HealthProblem>,
     /// Consecutive failed checks up to the last one.
     pub consecutive_failures: u32,
-    /// Consecutive timed-out (slow) checks up to the last one.
+    /// Consecutive timed-out or broken (slow) checks up to the last one.
     pub consecutive_slow: u32,
     /// When the first of those failed checks ended (`None` after a pass): the start of a
     /// failover's timeline.
@@ -607,6 +617,10 @@ mod tests {
         Err(HealthProblem::not_responding(NoAnswer::TimedOut, "no answer"))
     }
 
+    fn broken() -> Result<(), HealthProblem> {
+        Err(HealthProblem::not_responding(NoAnswer::Broken, "closed before an answer"))
+    }
+
     fn refused() -> Result<(), HealthProblem> {
         Err(HealthProblem::not_responding(NoAnswer::Refused, "nothing listens"))
     }
@@ -754,6 +768,21 @@ mod tests {
                 "other failures keep fall, timeouts in between do not count towards it",
                 vec![ok(), sick("a"), timed_out(), sick("b")],
                 vec![healthy.clone(), None, None, Some(Health::Unhealthy("b".into()))],
+            ),
+            (
+                "broken connections count as slow, not towards fall",
+                vec![ok(), broken(), broken(), broken(), broken()],
+                vec![healthy.clone(), None, None, None, nr("connection broken: closed before an answer")],
+            ),
+            (
+                "timeouts and broken connections make one slow streak",
+                vec![ok(), timed_out(), broken(), timed_out(), sick("a"), broken()],
+                vec![healthy.clone(), None, None, None, None, None],
+            ),
+            (
+                "a refusal after broken connections acts at once",
+                vec![ok(), broken(), refused()],
+                vec![healthy.clone(), None, nr("connection refused: nothing listens")],
             ),
             (
                 "an error breaks a slow streak",

@@ -3,7 +3,7 @@
 //!
 //! | path        | 200 when                                                            |
 //! |-------------|---------------------------------------------------------------------|
-//! | `/healthz`  | the decision loop ran within three loop intervals                   |
+//! | `/healthz`  | the decision loop ran within three loop intervals, or is in a bounded step it tends (a fence, a promotion), seen within three tend periods |
 //! | `/readyz`   | the coordinator session is connected and the master's health known  |
 //! | `/active`   | this node's master is active with our lock's token and a live lease |
 //! | `/standby`  | this node is a healthy standby, ready to take over; with `?max_lag=N`, also at most N behind the active's recently published position (Patroni's `/replica?lag=`) |
@@ -54,10 +54,20 @@ fn verdict(ok: bool, body: serde_json::Value) -> Response {
 }
 
 async fn healthz(State(p): State<ProbeState>) -> Response {
-    let s = p.read();
-    let age = s.last_cycle_at.map(|t| t.elapsed());
-    let ok = age.is_some_and(|a| a <= p.loop_interval * 3);
-    verdict(ok, json!({"loop_ran_ms_ago": age.map(|a| a.as_millis() as u64)}))
+    let (ok, body) = liveness(&p.read(), p.loop_interval);
+    verdict(ok, body)
+}
+
+/// Whether the decision loop is alive: a cycle ended within three loop intervals, or the loop,
+/// inside a long but bounded step (a fence may take `overall_timeout_ms`), tended the watchdog
+/// within three tend periods. A step that hangs does neither. The body says how long ago each.
+fn liveness(s: &AgentStatus, loop_interval: Duration) -> (bool, serde_json::Value) {
+    let ran = s.last_cycle_at.map(|t| t.elapsed());
+    let tended = s.loop_alive_at.map(|t| t.elapsed());
+    let ok = ran.is_some_and(|a| a <= loop_interval * 3)
+        || tended.is_some_and(|a| a <= crate::driver::tend_period(loop_interval) * 3);
+    let ms = |a: Option<Duration>| a.map(|a| a.as_millis() as u64);
+    (ok, json!({"loop_ran_ms_ago": ms(ran), "loop_alive_ms_ago": ms(tended)}))
 }
 
 async fn readyz(State(p): State<ProbeState>) -> Response {
@@ -226,6 +236,7 @@ pub async fn serve_with_limit(
 mod tests {
     use super::*;
 
+    use referee_testkit::closed_within;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -234,22 +245,6 @@ mod tests {
             status: Arc::new(Mutex::new(AgentStatus::new("c", "a"))),
             loop_interval: Duration::from_millis(100),
         }
-    }
-
-    /// Reads until the server closes the connection, or `limit` runs out (`None`).
-    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
-        let mut got = Vec::new();
-        tokio::time::timeout(limit, async {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return got,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .ok()
     }
 
     /// A client holding half a request line cannot keep the agent from stopping.
@@ -274,26 +269,30 @@ mod tests {
         assert!(matches!(done, Ok(Ok(Ok(())))), "the probe server did not stop within {limit:?}: {done:?}");
     }
 
-    /// Past the limit, new connections are closed at once; one ending makes room again.
+    /// One address past its share of the limit (here 2 connections, a share of 1) has its new
+    /// connections closed at once; its held one ending makes room again. (At the whole limit,
+    /// new connections wait in the backlog instead: see `referee_http_serve`'s tests.)
     #[tokio::test]
-    async fn connections_past_the_limit_are_closed_and_room_comes_back() {
+    async fn connections_past_an_address_share_are_closed_and_room_comes_back() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_with_limit(listener, state(), 2, async move {
             let _ = stopped.await;
         }));
+        assert_eq!(referee_http_serve::max_per_address(2), 1);
         let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
-        // Two idle connections, each seen by the server (a request on a third answered after).
-        let first = TcpStream::connect(addr).await.unwrap();
-        let _second = TcpStream::connect(addr).await.unwrap();
+        // One connection held, seen by the server once a request on it has started an answer.
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&buf[..n]));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        // The accept loop takes connections in order: once a third is closed unanswered, the two
-        // idle ones fill the limit.
-        let mut third = TcpStream::connect(addr).await.unwrap();
-        let _ = third.write_all(request).await;
-        let got = closed_within(&mut third, Duration::from_secs(10)).await.expect("closed, not held");
-        assert!(got.is_empty(), "a connection past the limit was answered: {}", String::from_utf8_lossy(&got));
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let _ = second.write_all(request).await;
+        let got = closed_within(&mut second, Duration::from_secs(10)).await.expect("closed, not held");
+        assert!(got.is_empty(), "a connection past the share was answered: {}", String::from_utf8_lossy(&got));
         drop(first);
         // Room comes back once the server sees the first one end.
         loop {
@@ -308,6 +307,28 @@ mod tests {
         }
         stop.send(()).unwrap();
         assert!(matches!(tokio::time::timeout(Duration::from_secs(15), server).await, Ok(Ok(Ok(())))));
+    }
+
+    /// A loop inside a step it tends (a long fence) is alive; one whose step hangs (neither a
+    /// cycle ended nor a tend since) is not.
+    #[test]
+    fn healthz_takes_a_tended_step_for_a_live_loop_but_not_a_hung_one() {
+        let interval = Duration::from_millis(100);
+        let mut s = AgentStatus::new("c", "a");
+        assert!(!liveness(&s, interval).0, "no cycle yet");
+        let now = BootInstant::now();
+        s.last_cycle_at = Some(now);
+        assert!(liveness(&s, interval).0, "a cycle just ended");
+        // In a fence for 5 s: no cycle has ended since, the loop tends every 100 ms.
+        s.last_cycle_at = Some(now - Duration::from_secs(5));
+        s.loop_alive_at = Some(now);
+        let (ok, body) = liveness(&s, interval);
+        assert!(ok, "{body}");
+        assert!(body["loop_ran_ms_ago"].as_u64() >= Some(5000), "{body}");
+        // The step hangs: no tend for a second.
+        s.loop_alive_at = Some(now - Duration::from_secs(1));
+        let (ok, body) = liveness(&s, interval);
+        assert!(!ok, "{body}");
     }
 
     /// A node without the lock whose master still says active (its demotion keeps failing) is

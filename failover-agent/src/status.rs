@@ -130,8 +130,9 @@ pub struct AgentStatus {
     pub role: Role,
     /// Master health.
     pub health: Health,
-    /// The failed checks behind it: a slow master (timeouts, counted against `slow_fall`) is
-    /// told apart from a failing one (errors, counted against `fall`; a refusal at once).
+    /// The failed checks behind it: a slow master (timeouts and broken connections, counted
+    /// against `slow_fall`) is told apart from a failing one (unhealthy answers, counted against
+    /// `fall`; a refusal at once).
     pub checks: CheckCounts,
     /// Master's reported role and token.
     pub master: Option<MasterStatus>,
@@ -197,6 +198,11 @@ pub struct AgentStatus {
     /// When the last cycle ran, on the boot clock.
     #[serde(skip)]
     pub last_cycle_at: Option<BootInstant>,
+    /// When the decision loop last showed it was alive, on the boot clock: at the end of each
+    /// cycle, and every tend period while it waits on a long but bounded step (a fence, a
+    /// promotion, a coordinator call) that keeps the watchdog fed. A hung step stops it.
+    #[serde(skip)]
+    pub loop_alive_at: Option<BootInstant>,
     /// Role changes, oldest first.
     #[serde(skip)]
     pub history: VecDeque<Transition>,
@@ -232,9 +238,9 @@ pub struct WatchdogStatus {
 pub struct CheckCounts {
     /// Consecutive failed checks, of any kind.
     pub consecutive_failures: u32,
-    /// Of those, the consecutive timed-out (slow) ones up to the last.
+    /// Of those, the consecutive timed-out or broken (slow) ones up to the last.
     pub consecutive_slow: u32,
-    /// Failed checks (other than timeouts) that end a healthy verdict (`health.fall`).
+    /// Failed checks (other than slow ones) that end a healthy verdict (`health.fall`).
     pub fall: u32,
     /// Consecutive slow checks that end a healthy verdict (`health.slow_fall`).
     pub slow_fall: u32,
@@ -275,6 +281,7 @@ impl AgentStatus {
             watchdog: None,
             lease_until: None,
             last_cycle_at: None,
+            loop_alive_at: None,
             history: VecDeque::new(),
             left_active_at: None,
             handover_seen: None,

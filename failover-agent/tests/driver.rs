@@ -91,7 +91,8 @@ impl FakeMaster {
                 .with_state(me.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        // Served as the demo master is, with the bounds every Referee listener has.
+        tokio::spawn(referee_http_serve::serve_until("fake master", listener, app, std::future::pending()));
         Ok((me, port))
     }
 
@@ -864,5 +865,179 @@ async fn a_failover_whose_cede_goes_unanswered_is_not_settled() -> Result<()> {
     ensure!(addressee.lock().unwrap().as_deref() == Some("a"), "the cede named {:?}", addressee.lock().unwrap());
     agent.stop().await?;
     drop(holder);
+    server.stop().await
+}
+
+/// A connection to `to` from 127.0.0.`host` (loopback answers on all of 127.0.0.0/8, so this
+/// is another address than the agent's own 127.0.0.1).
+async fn connect_from(host: u8, to: u16) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))?;
+    Ok(socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], to))).await?)
+}
+
+/// More idle connections to the active's master than its listener keeps, held for 3 s, are
+/// load, not a crash: the agent's health checks still get through (one address holds at most
+/// its share of the connections; past the limit new ones wait rather than being cut), the
+/// master stays healthy and active, and the lock's token does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_to_the_master_does_not_fail_it_over() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let cfg = agent_config(&server.connect_string(), a_port, b_port)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let status_url = format!("http://{}/status", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    let before = status_showing(&status_url, "a active and healthy", |s| {
+        s["role"] == "active" && s["health"]["state"] == "healthy"
+    })
+    .await?;
+    let token = a.status().token;
+    ensure!(before["token"] == token.0, "{before}");
+
+    let mut flood = Vec::new();
+    for _ in 0..referee_http_serve::MAX_CONNECTIONS + 10 {
+        flood.push(connect_from(2, a_port).await?);
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut looked = 0;
+    while tokio::time::Instant::now() < until {
+        let status: serde_json::Value = reqwest::get(&status_url).await?.json().await?;
+        ensure!(
+            status["role"] == "active"
+                && status["health"]["state"] == "healthy"
+                && status["token"] == token.0
+                && a.status() == HaStatus { state: HaState::Active, token },
+            "{} idle connections to a's master changed its standing after {looked} looks: master {:?}, agent \
+             {status}",
+            flood.len(),
+            a.status()
+        );
+        looked += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(flood);
+    ensure!(log.lock().unwrap().iter().filter(|e| e.starts_with("a ")).count() == 1, "{:?}", log.lock().unwrap());
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// What an endless-body server sent on each connection: the request line and the bytes of
+/// body written before the client went away.
+type Sent = Arc<Mutex<Vec<(String, usize)>>>;
+
+/// A peer master answering every request `200` with a 10 GB JSON body it streams until the
+/// client goes away (at most 64 MiB), 64 KiB every 5 ms.
+async fn endless_body_server() -> Result<(u16, Sent)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let sent: Sent = Arc::default();
+    let record = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+                let headers =
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n";
+                if tcp.write_all(headers.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 << 10];
+                let mut total = 0;
+                let mut pace = tokio::time::interval(Duration::from_millis(5));
+                while total < 64 << 20 {
+                    pace.tick().await;
+                    if tcp.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    total += chunk.len();
+                }
+                record.lock().unwrap().push((line, total));
+            });
+        }
+    });
+    Ok((port, sent))
+}
+
+/// A fresh cluster: the first holder sets the token base from every peer master's `/ha/state`.
+/// A peer answering with an endless body is read no further than the fencing methods read (64
+/// KiB) and counted as no answer; the agent goes on and promotes its master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_streaming_an_endless_answer_is_read_no_further_than_the_cap() -> Result<()> {
+    let server = TestServer::start().await?;
+    let (peer_port, sent) = endless_body_server().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let dir = referee_testkit::ScratchDir::new("endless-peer")?;
+    let program = dir.script("fence-b", "#!/bin/sh\nexit 0\n")?;
+    let fencing = format!(
+        "fencing:\n  overall_timeout_ms: 3000\n  levels:\n    - methods:\n        - {{kind: shell, timeout_ms: 1000, program: {}}}\n",
+        program.display()
+    );
+    let cfg = agent_config_fencing(&server.connect_string(), a_port, peer_port, &fencing)?;
+    let (_control, agent) = ControlledAgent::start(cfg).await?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    wait_until(Duration::from_secs(10), "the peer's answer to end", || !sent.lock().unwrap().is_empty()).await?;
+    let sent = sent.lock().unwrap().clone();
+    ensure!(sent.iter().any(|(line, _)| line.starts_with("GET /ha/state")), "the peer was not asked: {sent:?}");
+    for (line, bytes) in &sent {
+        ensure!(*bytes < 1 << 20, "{line}: the agent took {bytes} bytes of a peer's answer before dropping it");
+    }
+    agent.stop().await?;
+    server.stop().await
+}
+
+/// `/healthz` says whether the decision loop is alive: a long but bounded step (a fence that
+/// takes a while), during which the loop keeps the watchdog fed, is not a hung agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_ok_while_a_slow_fence_runs() -> Result<()> {
+    let server = TestServer::start().await?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_b, b_port) = FakeMaster::start("b", HaState::Standby, 0, log.clone()).await?;
+    let (a, a_port) = FakeMaster::start("a", HaState::Standby, 0, log.clone()).await?;
+    let dir = referee_testkit::ScratchDir::new("slow-fence-healthz")?;
+    let (started, release) = (dir.path("started"), dir.path("release"));
+    let program = dir.script(
+        "slow-fence",
+        &format!(
+            "#!/bin/sh\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.02; done\nexit 0\n",
+            started.display(),
+            release.display()
+        ),
+    )?;
+    let fencing = format!(
+        "fencing:\n  overall_timeout_ms: 30000\n  levels:\n    - methods:\n        - {{kind: shell, timeout_ms: 20000, program: {}}}\n",
+        program.display()
+    );
+    let cfg = agent_config_fencing(&server.connect_string(), a_port, b_port, &fencing)?;
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let healthz = format!("http://{}/healthz", probes.local_addr()?);
+    let (_control, agent) = ControlledAgent::start_on(cfg, probes).await?;
+    wait_until(Duration::from_secs(20), "the fence of b to start", || started.exists()).await?;
+    // A second of fence is several of the loop's liveness windows (3 × 50 ms).
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        let answer = reqwest::get(&healthz).await?;
+        let code = answer.status();
+        let body = answer.text().await?;
+        ensure!(code == 200, "/healthz answered {code} during a fence the loop tends: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&release, "")?;
+    wait_until(Duration::from_secs(20), "a's master to be promoted", || a.status().state == HaState::Active).await?;
+    agent.stop().await?;
     server.stop().await
 }

@@ -292,3 +292,71 @@ async fn last_check_at_moves_without_waking_receivers_when_nothing_changes() {
     assert!(!monitor.reports.has_changed().unwrap(), "an unchanged verdict must not wake receivers");
     monitor.stop().await;
 }
+
+/// A master's port that accepts each connection and, while `cut` is set, closes it before
+/// answering a byte (a listener at a connection cap, a proxy whose backend is away); otherwise
+/// answers every request `200 ok`.
+async fn cutting_master(cut: Arc<std::sync::atomic::AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            if cut.load(Ordering::SeqCst) {
+                drop(tcp);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+            });
+        }
+    });
+    url
+}
+
+/// A connection accepted and closed before any answer is ambiguous: a master at its connection
+/// cap or behind a proxy looks like that, alive. It counts under `slow_fall`, as a timeout
+/// does, not under `fall` as a crash would (a crashed master's port refuses).
+#[tokio::test]
+async fn connections_cut_before_an_answer_count_as_slow_not_as_failed() {
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = cutting_master(cut.clone()).await;
+    let config =
+        HealthConfig { interval_ms: 20, timeout_ms: 1000, rise: 1, fall: 2, slow_fall: 1000, watch_exit: true };
+    let mut monitor = start_monitor(http(&url), config);
+    monitor.wait_for(|r| r.health == Health::Healthy).await;
+
+    cut.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = monitor.reports.borrow().clone();
+        assert_eq!(
+            report.health,
+            Health::Healthy,
+            "cut connections ended a healthy verdict (fall 2, slow_fall 1000): {}",
+            why(&report)
+        );
+        if report.consecutive_slow >= 5 {
+            assert!(
+                matches!(
+                    report.last_problem,
+                    Some(HealthProblem::NotResponding { how: referee_failover_agent::adapter::NoAnswer::Broken, .. })
+                ),
+                "{report:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cut checks counted as slow: {report:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    monitor.stop().await;
+}

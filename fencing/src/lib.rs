@@ -37,7 +37,8 @@
 //! - `plan.rs`: [`FencePlan`], the pure decision core (order, budgets, level and overall outcomes).
 //! - `fencer.rs`: [`Fencer`], the driver that runs the plan under deadlines and records events.
 //! - `outcome.rs`: [`MethodOutcome`], [`FenceOutcome`], [`FenceEvent`], [`FenceReport`].
-//! - `methods/`: one file per method.
+//! - `methods/`: one file per method; its `mod.rs` also holds the capped answer readers
+//!   ([`read_json`], [`body_snippet`]) the agent reads its peers' answers with.
 //! - `command.rs`: external programs under a deadline, process group contained.
 //! - `procfs.rs`, `pidfd.rs`: finding and signalling exact processes on Linux.
 
@@ -58,6 +59,7 @@ mod token;
 
 pub use config::{ConfigError, FencingConfig, LevelConfig, MethodConfig};
 pub use fencer::{Fencer, CLEANUP_ALLOWANCE};
+pub use methods::{body_snippet, read_json, MAX_ANSWER_BYTES};
 pub use outcome::{
     CheckReport, FenceEvent, FenceOutcome, FenceReport, MethodCheck, MethodKind, MethodOutcome, Operation, Readiness,
     UnfenceOutcome, UnfenceReport,

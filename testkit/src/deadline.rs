@@ -29,3 +29,21 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     })
     .await
 }
+
+/// Reads `stream` until its peer closes it (or it fails), returning what came before; `None`
+/// if it was still open after `limit`.
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+}

@@ -64,7 +64,7 @@ pub use apache_zk::{
     APACHE_ZK_BIN, APACHE_ZK_MISSING, SUPER_DIGEST,
 };
 pub use command::output_within;
-pub use deadline::{wait_until, within, within_for, DEADLINE};
+pub use deadline::{closed_within, wait_until, within, within_for, DEADLINE};
 pub use hosts::{hosts_unavailable, running_as_root, Faults, Host, Hosts, HOSTS_PREFIX};
 pub use ports::free_port;
 pub use proxy::{Proxy, Trap};

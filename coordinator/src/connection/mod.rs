@@ -175,6 +175,9 @@ enum Slot {
     Close,
 }
 
+/// Why a connection ends when its client sent closeSession (as `reader` words it).
+const CLIENT_CLOSED_SESSION: &str = "the client closed its session";
+
 /// Serves one accepted connection until it ends, then releases everything it held.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -197,6 +200,9 @@ pub(crate) async fn serve(
     }
     match result {
         Ok(()) => debug!(conn = id, %peer, "connection closed"),
+        // A session's normal end, one line per client: the session's own close is what an
+        // operator may look for, and the leader logs expiries at INFO instead.
+        Err(why) if why == CLIENT_CLOSED_SESSION => debug!(conn = id, %peer, "closed connection: {why}"),
         Err(why) => info!(conn = id, %peer, "closed connection: {why}"),
     }
 }

@@ -82,7 +82,11 @@ pub(super) async fn run(
                 c.stats.received = c.stats.received.saturating_add(1);
                 // Every request that gets this far gets exactly one reply, which takes it off.
                 c.stats.outstanding = c.stats.outstanding.saturating_add(1);
-                c.stats.last_cxid = xid;
+                // As Apache ZooKeeper's `cons`: the last client request's xid, not a ping's (-2),
+                // an auth's (-4) or a SetWatches' (-8).
+                if xid >= 0 {
+                    c.stats.last_cxid = xid;
+                }
             }
             st.tracker.touch(conn.session, arrived)
         };

@@ -7,7 +7,8 @@
 //!   8  cluster id (u64)
 //!  16  index of the first entry (u64)
 //!  24  CRC-32C of bytes 0..24 (u32)
-//!  28  zero (u32)
+//!  28  the size the file was preallocated to (u32; zero: not recorded, as in the segments of
+//!      earlier releases, or over 4 GiB)
 //!  record
 //!   0  payload length n (u32, 1..=MAX_RECORD_LEN)
 //!   4  CRC-32C of the length bytes and the payload (u32)
@@ -21,6 +22,10 @@
 //! the records. The checksum covers the length too, so a torn or flipped length is caught
 //! rather than followed. This module only encodes and decodes; what a bad record means is
 //! decided by recovery in [`super::wal`].
+//!
+//! The preallocated size lies outside the header's checksum, which earlier releases check over
+//! bytes 0..24 alone: covering it would make them refuse every new segment. A damaged size word
+//! can hide a cut or make recovery refuse a whole file as cut, never make it drop an entry.
 
 use super::crc32c;
 
@@ -49,6 +54,9 @@ pub struct SegmentHeader {
     pub cluster_id: u64,
     /// Index of the segment's first entry.
     pub first_index: u64,
+    /// The size the file was preallocated to when it was started, which it never shrinks
+    /// below (0: not recorded).
+    pub preallocated: u32,
 }
 
 /// Why a segment header is unreadable.
@@ -75,6 +83,7 @@ impl SegmentHeader {
         b[16..24].copy_from_slice(&self.first_index.to_le_bytes());
         let crc = crc32c::checksum(&b[0..24]);
         b[24..28].copy_from_slice(&crc.to_le_bytes());
+        b[28..32].copy_from_slice(&self.preallocated.to_le_bytes());
         b
     }
 
@@ -88,7 +97,12 @@ impl SegmentHeader {
         if crc32c::checksum(&b[0..24]) != u32_at(b, 24) {
             return Err(HeaderError::BadChecksum);
         }
-        Ok(SegmentHeader { version: u32_at(b, 4), cluster_id: u64_at(b, 8), first_index: u64_at(b, 16) })
+        Ok(SegmentHeader {
+            version: u32_at(b, 4),
+            cluster_id: u64_at(b, 8),
+            first_index: u64_at(b, 16),
+            preallocated: u32_at(b, 28),
+        })
     }
 }
 
@@ -357,7 +371,7 @@ mod tests {
 
     #[test]
     fn golden_header() {
-        let h = SegmentHeader { version: 1, cluster_id: 0x0102_0304_0506_0708, first_index: 42 };
+        let h = SegmentHeader { version: 1, cluster_id: 0x0102_0304_0506_0708, first_index: 42, preallocated: 0 };
         let b = h.encode();
         assert_eq!(
             b,
@@ -373,6 +387,14 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(SegmentHeader::decode(&bad), Err(HeaderError::BadMagic));
         assert_eq!(SegmentHeader::decode(&b[..31]), Err(HeaderError::Short));
+
+        // The preallocated size in the last word, outside the checksum: an earlier release,
+        // which checks bytes 0..24 alone, reads the header as before.
+        let sized = SegmentHeader { preallocated: 64 << 20, ..h };
+        let b = sized.encode();
+        assert_eq!(b[..28], h.encode()[..28]);
+        assert_eq!(b[28..], [0, 0, 0, 4]);
+        assert_eq!(SegmentHeader::decode(&b), Ok(sized));
     }
 
     #[test]

@@ -215,7 +215,12 @@ fn a_torn_last_record_is_cut_off_at_every_byte() {
         let mut zeroed = pristine.clone();
         zeroed[start + cut..end].fill(0);
         cases.push((format!("zeroed from byte {cut}"), zeroed, cut > 0));
-        cases.push((format!("file ends at byte {cut}"), pristine[..start + cut].to_vec(), cut > 0));
+        // A file shorter than the size its header records was cut after it was written, and is
+        // refused (`a_short_segment_is_refused_unless_its_size_is_unrecorded`); one whose header
+        // records none, as an earlier release's, is read as it always was.
+        let mut short = pristine[..start + cut].to_vec();
+        short[28..32].fill(0);
+        cases.push((format!("file ends at byte {cut}"), short, cut > 0));
     }
     for bit in [0usize, 4, 8, end - start - 1] {
         let mut flipped = pristine.clone();
@@ -409,7 +414,14 @@ fn a_missing_segment_is_refused() {
     assert!(files.len() >= 3);
     fs.remove(&dir().join(&files[1])).unwrap();
     let e = fault_open(&fs, 400).unwrap_err();
-    assert!(matches!(&e, LogError::Corrupt { path, .. } if *path == dir().join(&files[2])), "{e}");
+    // Said where the records stop, at the end of the segment before the gap, naming the one
+    // after it.
+    let end = records_end(&fs, files[0].trim_start_matches("log-").parse().unwrap()) as u64;
+    assert!(
+        matches!(&e, LogError::Corrupt { path, offset, .. } if *path == dir().join(&files[0]) && *offset == end),
+        "{e}"
+    );
+    assert!(e.to_string().contains(&dir().join(&files[2]).display().to_string()), "{e}");
 }
 
 /// A log whose first segment is gone, with nothing purged, starts at an entry after the first
@@ -654,7 +666,8 @@ fn another_clusters_directory_or_a_newer_format_is_refused() {
     assert!(matches!(e, LogError::ForeignCluster { found: 7, expected: 8, .. }), "{e}");
     assert!(e.to_string().contains("log-00000000000000000001"), "{e}");
 
-    let newer = SegmentHeader { version: record::FORMAT_VERSION + 1, cluster_id: CLUSTER, first_index: 1 };
+    let newer =
+        SegmentHeader { version: record::FORMAT_VERSION + 1, cluster_id: CLUSTER, first_index: 1, preallocated: 0 };
     fs.damage(&segment_path(1), |d| d[..HEADER_LEN].copy_from_slice(&newer.encode())).unwrap();
     let e = fault_open(&fs, 1 << 16).unwrap_err();
     let (found, supported) = (record::FORMAT_VERSION + 1, record::FORMAT_VERSION);
@@ -1511,7 +1524,7 @@ fn openraft_storage_suite() {
 fn older_segment(version: u32, records: &[u8]) -> FaultFs {
     let fs = FaultFs::new();
     fs.create_dir_all(&dir()).unwrap();
-    let mut bytes = SegmentHeader { version, cluster_id: CLUSTER, first_index: 1 }.encode().to_vec();
+    let mut bytes = SegmentHeader { version, cluster_id: CLUSTER, first_index: 1, preallocated: 0 }.encode().to_vec();
     bytes.extend_from_slice(records);
     bytes.resize(4096, 0);
     let mut f = fs.create(&segment_path(1)).unwrap();
@@ -1780,4 +1793,113 @@ async fn a_purge_past_the_end_waits_for_its_snapshot_on_disk_and_gives_up_purgin
     assert!(err.contains("the snapshot up to entry 20 was not on disk within"), "{err}");
     let state = given_up.get_log_state().await.unwrap();
     assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(log_id(1, 10))));
+}
+
+/// The last record of a segment before the last one zeroed: its entry is gone from the end of
+/// that segment, and the refusal names that segment and where its records now end, not the
+/// next one, which is whole. The dump says the same.
+#[test]
+fn records_lost_at_the_end_of_an_earlier_segment_are_blamed_on_it() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 25, 256));
+    let names = segment_files(&fs);
+    assert!(names.len() >= 3, "several segments: {names:?}");
+    let damaged = dir().join(&names[1]);
+    let buf = fs.read(&damaged).unwrap();
+    let (last_at, last_end) = *record_spans(&buf).last().unwrap();
+    fs.damage(&damaged, |b| b[last_at..last_end].fill(0)).unwrap();
+    let e = fault_open(&fs, 256).unwrap_err().to_string();
+    assert!(
+        e.contains(&damaged.display().to_string()) && e.contains(&format!("at byte {last_at}")),
+        "the refusal names the segment whose records end early, at their end: {e}"
+    );
+}
+
+/// `raft-meta` rewritten as the release before `no_segment` wrote it: that field absent, and
+/// `newest_segment` set to `newest`.
+fn as_an_earlier_release_wrote_it(fs: &FaultFs, newest: u64) {
+    let path = dir().join(wal::META_NAME);
+    let buf = fs.read(&path).unwrap();
+    let Read::Record { payload, .. } = record::read_record(&buf, 16) else { panic!("raft-meta reads back") };
+    let mut json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    json.as_object_mut().unwrap().remove("no_segment");
+    json["newest_segment"] = newest.into();
+    let mut bytes = buf[..16].to_vec();
+    record::encode_record(&serde_json::to_vec(&json).unwrap(), &mut bytes);
+    fs.damage(&path, |b| *b = bytes).unwrap();
+}
+
+/// The newest segment holds the log's end, entries after the purge point included, wherever
+/// it began: missing, it is refused even when it began before the purge point. A purge that
+/// leaves no segment says so in `raft-meta`; the release before said nothing, and its record
+/// of a purged newest segment is let through while nothing committed lies past the purge point.
+#[test]
+fn a_missing_newest_segment_is_refused_wherever_it_began() {
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 20, 400);
+    let files = segment_files(&fs);
+    let newest: u64 = files.last().unwrap()["log-".len()..].parse().unwrap();
+    wal.purge(&RaftMeta { last_purged: Some(log_id(1, newest + 1)), ..voted() }).unwrap();
+    drop(wal);
+    fs.remove(&segment_path(newest)).unwrap();
+    let e = fault_open(&fs, 400).unwrap_err().to_string();
+    assert!(
+        e.contains(&segment_path(newest).display().to_string()) && e.contains("was started, but it is missing"),
+        "{e}"
+    );
+
+    // Purged past the end: recorded, and the log opens and goes on.
+    let fs = FaultFs::new();
+    let mut wal = written(&fs, 20, 400);
+    let newest: u64 = segment_files(&fs).last().unwrap()["log-".len()..].parse().unwrap();
+    wal.purge(&RaftMeta { last_purged: Some(log_id(1, 25)), ..voted() }).unwrap();
+    drop(wal);
+    let saved = wal::read_saved_meta(&fs, &dir().join(wal::META_NAME), None).unwrap();
+    assert_eq!(saved.newest_segment, wal::NewestSegment::NoSegment);
+    fault_open(&fs, 400).unwrap();
+
+    // The same directory as the release before wrote it: its purged newest segment recorded.
+    as_an_earlier_release_wrote_it(&fs, newest);
+    fault_open(&fs, 400).expect("an earlier release's purge past the end");
+    // With a commit point past the purge point, the entries up to it were in that segment.
+    let (mut wal, _) = fault_open(&fs, 400).unwrap();
+    wal.save_meta(&RaftMeta { last_purged: Some(log_id(1, 25)), committed: Some(log_id(1, 27)), ..voted() }).unwrap();
+    drop(wal);
+    as_an_earlier_release_wrote_it(&fs, newest);
+    let e = fault_open(&fs, 400).unwrap_err().to_string();
+    assert!(e.contains("was started, but it is missing"), "{e}");
+}
+
+/// A segment file shorter than the size its header says it was preallocated to was cut after
+/// it was written: refused, naming the file and where it ends. A cut of the log's own (a
+/// truncation) preallocates the file again to that size, however the segment size is now
+/// configured; a header with no size recorded (an earlier release's) is not checked.
+#[test]
+fn a_short_segment_is_refused_unless_its_size_is_unrecorded() {
+    let fs = FaultFs::new();
+    drop(written(&fs, 3, 1 << 16));
+    let path = segment_path(1);
+    let (at, _) = record_spans(&fs.read(&path).unwrap())[2];
+    fs.damage(&path, |b| b.truncate(at)).unwrap();
+    match fault_open(&fs, 1 << 16) {
+        Err(LogError::Corrupt { path: p, offset, reason }) => {
+            assert_eq!((p, offset), (path.clone(), at as u64));
+            assert!(reason.contains("preallocated to") && reason.contains("cut"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    fs.damage(&path, |b| b[28..32].fill(0)).unwrap();
+    let (_, rec) = fault_open(&fs, 1 << 16).expect("a segment whose size is not recorded");
+    assert_eq!(ids(&rec.entries), [(1, 1), (1, 2)]);
+
+    // Truncated under a smaller configured size: still at least its recorded size.
+    let fs = FaultFs::new();
+    drop(written(&fs, 3, 1 << 16));
+    let (mut wal, _) = fault_open(&fs, 1 << 12).unwrap();
+    wal.truncate(2).unwrap();
+    drop(wal);
+    fs.crash();
+    assert!(fs.read(&path).unwrap().len() >= 1 << 16);
+    let (_, rec) = fault_open(&fs, 1 << 12).unwrap();
+    assert_eq!(ids(&rec.entries), [(1, 1)]);
 }

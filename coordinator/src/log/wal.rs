@@ -19,7 +19,12 @@
 //! - A segment is synced before the next one is started, so only the last segment can hold
 //!   unsynced (unacknowledged) bytes, and only its tail can be torn. Once its name is durable,
 //!   `raft-meta` records it as the newest segment, so that a log whose newest segment is gone
-//!   is told from one that ends where the segment before it ends.
+//!   is told from one that ends where the segment before it ends; a purge or truncation that
+//!   leaves no segment records that, so that the newest recorded is always there.
+//! - A segment's header records the size it was preallocated to, and its file never shrinks
+//!   below it: a cut clears that size in the header before it shrinks the file and writes it
+//!   back once the file is preallocated again, each step synced. A file shorter than its
+//!   header's size was cut after it was written, and is refused.
 //! - Open makes what it reads back durable before it counts: a process killed after a write
 //!   and before its sync leaves that write in the page cache, readable and not on the disk.
 //!   The last segment (and any after the newest recorded) is fdatasynced and read from the
@@ -149,20 +154,20 @@ pub enum LogError {
         /// What was found there.
         reason: String,
     },
-    /// The log holds entries a server can only have appended after saving a vote, but no vote
-    /// is saved: its `raft-meta` was deleted (or the log copied in without it).
+    /// The log, or a snapshot, holds entries a server can only have after saving a vote, but no
+    /// vote is saved: its `raft-meta` was deleted (or the log copied in without it).
     #[error(
-        "{} holds log entries up to {last_index} but no saved Raft state ({META_NAME}, with the vote this \
-         server cast and the log's purge point, is missing): it was deleted, or the log was copied in without \
-         it. A server that forgot its vote could vote twice in one term and help elect a leader without \
-         acknowledged writes; refusing to start",
+        "{evidence}, but {} holds no saved Raft state ({META_NAME}, with the vote this server cast and the \
+         log's purge point, is missing): it was deleted, or the log was copied in without it. A server that \
+         forgot its vote could vote twice in one term and help elect a leader without acknowledged writes; \
+         refusing to start",
         dir.display()
     )]
     LostSavedState {
         /// The log's directory.
         dir: PathBuf,
-        /// The last entry in it.
-        last_index: u64,
+        /// What shows that a vote was saved.
+        evidence: SavedStateEvidence,
     },
     /// The directory holds another cluster's log.
     #[error(
@@ -228,6 +233,79 @@ pub enum LogError {
     /// retried, as a failed one may have dropped the dirty pages it was to write).
     #[error("the log stopped after an earlier failure and takes no more writes: {0}")]
     Stopped(String),
+}
+
+/// What shows that a server saved a vote ([`LogError::LostSavedState`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedStateEvidence {
+    /// Its log holds entries up to this one, past the first membership.
+    LogEntries {
+        /// The last entry in it.
+        last_index: u64,
+    },
+    /// A snapshot of its committed entries up to this one.
+    Snapshot {
+        /// The snapshot's file.
+        path: PathBuf,
+        /// Its last entry.
+        index: u64,
+    },
+}
+
+impl std::fmt::Display for SavedStateEvidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SavedStateEvidence::LogEntries { last_index } => write!(f, "the log holds entries up to {last_index}"),
+            SavedStateEvidence::Snapshot { path, index } => write!(
+                f,
+                "the snapshot {} holds committed entries up to {index}, which this server applied after it saved a vote",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// What `raft-meta` records of the newest segment the log started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewestSegment {
+    /// Nothing: a file of a release before segments were recorded.
+    Unrecorded,
+    /// This segment, or nothing left: a file of the release before a log without segments was
+    /// recorded, which left its last newest segment recorded when a purge removed every one.
+    StartedOrPurged(u64),
+    /// The log has no segment: none started yet, or every one purged or cut off.
+    NoSegment,
+    /// The newest segment started begins at this entry: it, or one started after it (and not
+    /// yet recorded when the server stopped), holds the log's end.
+    Started(u64),
+}
+
+impl NewestSegment {
+    /// The first index of the newest segment recorded, if one is.
+    pub fn first_index(self) -> Option<u64> {
+        match self {
+            NewestSegment::StartedOrPurged(first) | NewestSegment::Started(first) => Some(first),
+            NewestSegment::Unrecorded | NewestSegment::NoSegment => None,
+        }
+    }
+}
+
+/// The segment `raft-meta` records as the newest started (`recorded`) when it is missing from a log
+/// whose newest segment begins at `last_first` (`None`: no segment left): that segment held the
+/// log's end, entries after the purge point of `meta` included, wherever it began. A file of
+/// the release before [`NewestSegment::NoSegment`] was recorded left the segment of a purge
+/// past the log's end recorded: with no segment left, that is missing only if the saved
+/// commit point is past the purge point.
+pub fn missing_newest_segment(recorded: NewestSegment, meta: &RaftMeta, last_first: Option<u64>) -> Option<u64> {
+    let newest = recorded.first_index()?;
+    if last_first.is_some_and(|last| last >= newest) {
+        return None;
+    }
+    let purged = meta.last_purged.map(|l| l.index);
+    let purged_past_the_end = matches!(recorded, NewestSegment::StartedOrPurged(_))
+        && last_first.is_none()
+        && purged.is_some_and(|p| newest <= p && meta.committed.is_none_or(|c| c.index <= p));
+    (!purged_past_the_end).then_some(newest)
 }
 
 /// Segment files that hold only purged entries, no longer part of the log: see
@@ -297,6 +375,8 @@ struct Segment {
     offsets: Vec<u64>,
     /// Where the next record goes.
     end: u64,
+    /// The size its header says the file was preallocated to (0: not recorded).
+    preallocated: u64,
 }
 
 impl Segment {
@@ -494,9 +574,9 @@ pub struct Wal {
     write_began: u64,
     /// The state `raft-meta` holds, if the file exists.
     saved: Option<RaftMeta>,
-    /// The first index of the newest segment started, which `raft-meta` records with the state
-    /// (see [`Wal::open`]).
-    newest_segment: Option<u64>,
+    /// The newest segment started, which `raft-meta` records with the state (see
+    /// [`Wal::open`]).
+    newest_segment: NewestSegment,
 }
 
 impl Wal {
@@ -518,7 +598,9 @@ impl Wal {
     ///
     /// A missing segment is refused at either end, as between two: with nothing purged, the
     /// first must begin at [`WalOptions::first_index`]; and the segment `raft-meta` records as the
-    /// newest started must be there, unless purged.
+    /// newest started must be there (or one started after it), wherever it began: it holds the
+    /// log's end ([`missing_newest_segment`]). A segment file shorter than the size its header
+    /// says it was preallocated to was cut after it was written, and is refused too.
     pub fn open(fs: Arc<dyn FileSystem>, opts: WalOptions) -> Result<(Wal, Recovered), LogError> {
         if opts.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(LogError::SegmentTooSmall(opts.segment_bytes));
@@ -540,7 +622,7 @@ impl Wal {
         } else {
             None
         };
-        let recorded_newest = saved.as_ref().and_then(|s| s.newest_segment);
+        let recorded_newest = saved.as_ref().map_or(NewestSegment::Unrecorded, |s| s.newest_segment);
         let meta = saved.as_ref().map(|s| s.meta.clone()).unwrap_or_default();
         let purged_next = meta.last_purged.map_or(0, |l| l.index + 1);
         let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
@@ -578,9 +660,9 @@ impl Wal {
             // Every segment before the newest was synced before the next was started; the
             // newest, and any started after the one recorded (a stop between the two), may
             // hold bytes no sync covered.
-            let unsynced = last || recorded_newest.is_none_or(|newest| first >= newest);
-            let expected = wal.segments.last().map(Segment::next_index);
-            let (seg, cut) = wal.recover_segment(first, expected, last, unsynced, purged_next, &mut entries)?;
+            let unsynced = last || recorded_newest.first_index().is_none_or(|newest| first >= newest);
+            let before = wal.segments.last().map(|s| (s.path.clone(), s.end, s.next_index()));
+            let (seg, cut) = wal.recover_segment(first, before, last, unsynced, purged_next, &mut entries)?;
             wal.segments.push(seg);
             torn = torn.or(cut);
         }
@@ -608,18 +690,17 @@ impl Wal {
             }
             _ => {}
         }
-        if let Some(newest) = recorded_newest.filter(|&n| n >= purged_next) {
-            if !wal.segments.iter().any(|s| s.first_index == newest) {
-                let end = wal.segments.last().map_or(purged_next, Segment::next_index);
-                return Err(LogError::Corrupt {
-                    path: dir.join(segment_name(newest)),
-                    offset: 0,
-                    reason: format!(
-                        "{META_NAME} records that this segment, from entry {newest} on, was started, but it is missing \
-                         (the log that is left ends before entry {end})"
-                    ),
-                });
-            }
+        let last_first = wal.segments.last().map(|s| s.first_index);
+        if let Some(newest) = missing_newest_segment(recorded_newest, &meta, last_first) {
+            let end = wal.segments.last().map_or(purged_next, Segment::next_index);
+            return Err(LogError::Corrupt {
+                path: dir.join(segment_name(newest)),
+                offset: 0,
+                reason: format!(
+                    "{META_NAME} records that this segment, from entry {newest} on, was started, but it is missing \
+                     (the log that is left ends before entry {end})"
+                ),
+            });
         }
         // A last segment holding only purged entries cannot be continued at the purge point.
         if wal.segments.last().is_some_and(|s| s.next_index() < purged_next) {
@@ -634,10 +715,10 @@ impl Wal {
             wal.initialised = seg.end;
             wal.write_began = seg.end;
         }
-        let newest = wal.segments.last().map(|s| s.first_index).or(recorded_newest);
+        let newest = wal.segments.last().map_or(NewestSegment::NoSegment, |s| NewestSegment::Started(s.first_index));
         if newest != recorded_newest {
-            // Recorded now: a file of an earlier release, or a stop between starting a segment
-            // and recording it.
+            // Recorded now: a file of an earlier release, a stop between starting a segment
+            // and recording it, or a last segment of purged entries removed above.
             wal.newest_segment = newest;
             if let Some(saved) = wal.saved.clone() {
                 wal.save_meta(&saved)?;
@@ -650,10 +731,13 @@ impl Wal {
     /// Reads one segment, checking its header and every record, and cuts a torn tail if it is
     /// the last one. Records of purged entries (before `purged_next`) are checked but not
     /// decoded: nobody reads them again, and a segment is purged only as a whole.
+    ///
+    /// `before` is the segment read before this one: its file, where its records end, and the
+    /// entry that this one must therefore start with.
     fn recover_segment(
         &mut self,
         first: u64,
-        expected: Option<u64>,
+        before: Option<(PathBuf, u64, u64)>,
         last: bool,
         unsynced: bool,
         purged_next: u64,
@@ -671,6 +755,9 @@ impl Wal {
         }
         let buf = self.fs.read(&path).map_err(io_err("reading", &path))?;
         let header = SegmentHeader::decode(&buf).map_err(|e| corrupt(0, e.to_string()))?;
+        if let Some(reason) = cut_short(buf.len() as u64, header.preallocated) {
+            return Err(corrupt(buf.len(), reason));
+        }
         if header.version > FORMAT_VERSION {
             return Err(LogError::NewerFormat { path, found: header.version, supported: FORMAT_VERSION });
         }
@@ -683,11 +770,22 @@ impl Wal {
                 format!("the header says the first entry is {}, the name {first}", header.first_index),
             ));
         }
-        if let Some(expected) = expected.filter(|&e| e != first) {
-            return Err(corrupt(
-                0,
-                format!("this segment starts at entry {first} but the one before ends before {expected}"),
-            ));
+        match before {
+            // Entries missing between the two: lost from the end of the one before (its last
+            // records zeroed or cut), or a whole segment between them deleted.
+            Some((before, end, expected)) if expected < first => {
+                return Err(LogError::Corrupt { path: before, offset: end, reason: ends_early(expected, &path, first) })
+            }
+            Some((_, _, expected)) if expected > first => {
+                return Err(corrupt(
+                    0,
+                    format!(
+                        "this segment starts at entry {first} but the one before holds entries up to {}",
+                        expected - 1
+                    ),
+                ))
+            }
+            _ => {}
         }
         let mut seg = Segment {
             first_index: first,
@@ -695,6 +793,7 @@ impl Wal {
             path: path.clone(),
             offsets: Vec::new(),
             end: HEADER_LEN as u64,
+            preallocated: u64::from(header.preallocated),
         };
         let mut at = HEADER_LEN;
         let torn = loop {
@@ -742,9 +841,7 @@ impl Wal {
                  (in an ensemble the leader sends its entries again)"
             );
             let mut f = self.fs.open(&path).map_err(io_err("opening", &path))?;
-            f.set_len(at as u64).map_err(io_err("truncating", &path))?;
-            f.preallocate(self.opts.segment_bytes.max(at as u64)).map_err(io_err("preallocating", &path))?;
-            f.sync_data().map_err(io_err("syncing", &path))?;
+            cut_file(f.as_mut(), &path, at as u64, header.preallocated, self.opts.segment_bytes)?;
         }
         let cut = torn.map(|reason| TornTail { path, offset: at as u64, reason });
         Ok((seg, cut))
@@ -853,7 +950,10 @@ impl Wal {
         let dir = &self.opts.dir;
         let path = dir.join(segment_name(first_index));
         let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_name(first_index)));
-        let header = SegmentHeader { version: FORMAT_VERSION, cluster_id: self.opts.cluster_id, first_index };
+        // A size over 4 GiB is not recorded (nor checked at open).
+        let preallocated = u32::try_from(self.opts.segment_bytes).unwrap_or(0);
+        let header =
+            SegmentHeader { version: FORMAT_VERSION, cluster_id: self.opts.cluster_id, first_index, preallocated };
         let mut f = self.fs.create(&tmp).map_err(io_err("creating", &tmp))?;
         f.write_at(0, &header.encode()).map_err(io_err("writing", &tmp))?;
         f.preallocate(self.opts.segment_bytes).map_err(io_err("preallocating", &tmp))?;
@@ -867,6 +967,7 @@ impl Wal {
             path,
             offsets: Vec::new(),
             end: HEADER_LEN as u64,
+            preallocated: u64::from(preallocated),
         });
         self.active = Some(f);
         self.dirty = false;
@@ -874,7 +975,7 @@ impl Wal {
         self.write_began = HEADER_LEN as u64;
         // Recorded once its name is durable, before any entry goes in: a log whose newest
         // segment is gone is told from one that ends there.
-        self.newest_segment = Some(first_index);
+        self.newest_segment = NewestSegment::Started(first_index);
         if let Some(saved) = self.saved.clone() {
             self.save_meta(&saved)?;
         }
@@ -890,10 +991,15 @@ impl Wal {
     /// Removes entry `index` and every later one, durably. The caller syncs appends first.
     pub fn truncate(&mut self, index: u64) -> Result<(), LogError> {
         let dir = self.opts.dir.clone();
-        if self.newest_segment.is_some_and(|newest| newest >= index) {
+        if self.newest_segment.first_index().is_some_and(|newest| newest >= index) {
             // The newest segment left after the cut is recorded before any is removed: a
             // crash part-way leaves the recorded one and perhaps newer ones, never less.
-            self.newest_segment = self.segments.iter().rev().find(|s| s.first_index < index).map(|s| s.first_index);
+            self.newest_segment = self
+                .segments
+                .iter()
+                .rev()
+                .find(|s| s.first_index < index)
+                .map_or(NewestSegment::NoSegment, |s| NewestSegment::Started(s.first_index));
             if let Some(saved) = self.saved.clone() {
                 self.save_meta(&saved)?;
             }
@@ -919,9 +1025,8 @@ impl Wal {
             seg.end = cut;
             // Cut and re-zero: stale records past the cut must not survive to be read after
             // the new entries that will be written there.
-            file.set_len(cut).map_err(io_err("truncating", &seg.path))?;
-            file.preallocate(self.opts.segment_bytes.max(cut)).map_err(io_err("preallocating", &seg.path))?;
-            file.sync_data().map_err(io_err("syncing", &seg.path))?;
+            let preallocated = u32::try_from(seg.preallocated).unwrap_or(0);
+            cut_file(file.as_mut(), &seg.path, cut, preallocated, self.opts.segment_bytes)?;
         }
         self.active = Some(file);
         self.dirty = false;
@@ -942,6 +1047,14 @@ impl Wal {
     /// leaves files that open recognises as purged and removes.
     pub fn purge_point(&mut self, meta: &RaftMeta) -> Result<PurgedSegments, LogError> {
         let started = std::time::Instant::now();
+        let n = meta
+            .last_purged
+            .map_or(0, |last| self.segments.iter().take_while(|s| s.next_index() <= last.index + 1).count());
+        if n > 0 && n == self.segments.len() {
+            // Purged past the log's end: recorded with the purge point, so that a log without
+            // its newest segment is never taken for one purged whole.
+            self.newest_segment = NewestSegment::NoSegment;
+        }
         self.save_meta(meta)?;
         let mut purged = PurgedSegments {
             fs: self.fs.clone(),
@@ -949,8 +1062,6 @@ impl Wal {
             upto: meta.last_purged.map_or(0, |l| l.index),
             paths: Vec::new(),
         };
-        let Some(last) = meta.last_purged else { return Ok(purged) };
-        let n = self.segments.iter().take_while(|s| s.next_index() <= last.index + 1).count();
         if n == self.segments.len() && n > 0 {
             self.active = None;
             self.dirty = false;
@@ -1018,9 +1129,24 @@ struct MetaRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cluster_id: Option<u64>,
     /// The first index of the newest segment started: the log reaches at least to that
-    /// segment, unless purged past it.
+    /// segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     newest_segment: Option<u64>,
+    /// Whether the log has no segment (none started, or every one purged or cut off); absent
+    /// in the files of earlier releases, which said nothing when a purge left no segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    no_segment: Option<bool>,
+}
+
+impl MetaRecord {
+    fn newest_segment(&self) -> NewestSegment {
+        match (self.newest_segment, self.no_segment) {
+            (None, None) => NewestSegment::Unrecorded,
+            (Some(first), None) => NewestSegment::StartedOrPurged(first),
+            (Some(first), Some(false)) => NewestSegment::Started(first),
+            (_, Some(_)) => NewestSegment::NoSegment,
+        }
+    }
 }
 
 /// A `raft-meta` file read back.
@@ -1030,14 +1156,13 @@ pub struct SavedMeta {
     pub cluster_id: u64,
     /// The saved state.
     pub meta: RaftMeta,
-    /// The first index of the newest segment the log started (`None` in a file of an earlier
-    /// release).
-    pub newest_segment: Option<u64>,
+    /// The newest segment the log started.
+    pub newest_segment: NewestSegment,
 }
 
 /// `raft-meta`: magic, version, cluster id (16 bytes), then one record holding the JSON, which
 /// repeats the version and cluster id under its checksum.
-fn encode_meta(meta: &RaftMeta, cluster_id: u64, newest_segment: Option<u64>) -> Vec<u8> {
+fn encode_meta(meta: &RaftMeta, cluster_id: u64, newest_segment: NewestSegment) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(&META_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -1046,26 +1171,95 @@ fn encode_meta(meta: &RaftMeta, cluster_id: u64, newest_segment: Option<u64>) ->
         meta: meta.clone(),
         format_version: Some(FORMAT_VERSION),
         cluster_id: Some(cluster_id),
-        newest_segment,
+        newest_segment: newest_segment.first_index(),
+        // Unrecorded only until open has read the log, and saved nothing then.
+        no_segment: (newest_segment != NewestSegment::Unrecorded).then_some(newest_segment.first_index().is_none()),
     };
     let json = serde_json::to_vec(&record).expect("vote and log ids always serialise");
     record::encode_record(&json, &mut out);
     out
 }
 
-/// Refuses a log in `dir` whose entries outlive its saved state `meta`: entries up to
-/// `last_index` with no vote, commit point or purge point saved. A server saves its vote
-/// before it appends an entry of a leader's (its own included), so such a log lost its
-/// `raft-meta`, and with it the vote that keeps the server from voting twice in one term
-/// (and the purge point that shows a missing segment). One entry is appended before any vote:
-/// the first membership, index 0, of a server initialising the cluster (`--init`, or a server
-/// alone), which then saves its vote as a candidate; a log of that entry alone is let through.
-pub fn check_saved_state(dir: &Path, meta: &RaftMeta, last_index: Option<u64>) -> Result<(), LogError> {
+/// Refuses a log in `dir` whose entries, or the server's snapshots, outlive its saved state
+/// `meta`: entries up to `last_index`, or a snapshot of entries up to past the first
+/// (`newest_snapshot`: its file and last entry), with no vote, commit point or purge point
+/// saved. A server saves its vote before it appends an entry of a leader's (its own included),
+/// and snapshots only committed entries, so such a directory lost its `raft-meta`, and with it
+/// the vote that keeps the server from voting twice in one term (and the purge point that shows
+/// a missing segment). One entry is appended before any vote: the first membership, index 0, of
+/// a server initialising the cluster (`--init`, or a server alone), which then saves its vote
+/// as a candidate; a log (or snapshot) of that entry alone is let through.
+pub fn check_saved_state(
+    dir: &Path,
+    meta: &RaftMeta,
+    last_index: Option<u64>,
+    newest_snapshot: Option<(PathBuf, u64)>,
+) -> Result<(), LogError> {
     let saved = meta.vote.is_some() || meta.committed.is_some() || meta.last_purged.is_some();
-    match last_index {
-        Some(last) if last > 0 && !saved => Err(LogError::LostSavedState { dir: dir.to_path_buf(), last_index: last }),
-        _ => Ok(()),
+    if saved {
+        return Ok(());
     }
+    let evidence = match (last_index, newest_snapshot) {
+        (Some(last_index), _) if last_index > 0 => SavedStateEvidence::LogEntries { last_index },
+        (_, Some((path, index))) if index > 0 => SavedStateEvidence::Snapshot { path, index },
+        _ => return Ok(()),
+    };
+    Err(LogError::LostSavedState { dir: dir.to_path_buf(), evidence })
+}
+
+/// Why a segment file of `len` bytes, whose header says it was preallocated to `preallocated`
+/// (0: not recorded), was cut after it was written, if it was: its file is preallocated before
+/// its name appears and never shrinks below that size ([`Wal::open`]'s docs).
+pub fn cut_short(len: u64, preallocated: u32) -> Option<String> {
+    let preallocated = u64::from(preallocated);
+    (len < preallocated).then(|| {
+        format!(
+            "the file ends here, {len} bytes in, short of the {preallocated} bytes its header says it was preallocated \
+             to: it was cut after it was written (or the header's size word is damaged), and every entry it held \
+             past this point is lost"
+        )
+    })
+}
+
+/// Why a segment whose records end before entry `expected` cannot be followed by `next`, a
+/// segment starting at `first`: said at the end of the earlier segment's records.
+pub fn ends_early(expected: u64, next: &Path, first: u64) -> String {
+    format!(
+        "the records of this segment end here, before entry {expected}, but the next segment, {}, starts at entry \
+         {first}: entries {expected} to {} are missing, lost from the end of this segment (its last records zeroed \
+         or cut off) or with a segment between the two that was deleted",
+        next.display(),
+        first - 1
+    )
+}
+
+/// Cuts a segment's file at `cut` (past it, zeros) and preallocates it again to its size. A
+/// crash between the cut and the preallocation would leave a file shorter than the
+/// preallocated size its header records, which recovery takes for one cut after it was
+/// written: so that size is cleared in the header (and synced) before the cut, and written back
+/// once the file is preallocated again and synced. A crash in between leaves the size
+/// unrecorded, as in the segments of earlier releases.
+fn cut_file(
+    file: &mut dyn LogFile,
+    path: &Path,
+    cut: u64,
+    preallocated: u32,
+    segment_bytes: u64,
+) -> Result<(), LogError> {
+    const SIZE_WORD: u64 = 28;
+    if preallocated > 0 {
+        file.write_at(SIZE_WORD, &0u32.to_le_bytes()).map_err(io_err("writing the header of", path))?;
+        file.sync_data().map_err(io_err("syncing", path))?;
+    }
+    file.set_len(cut).map_err(io_err("truncating", path))?;
+    let size = segment_bytes.max(u64::from(preallocated)).max(cut);
+    file.preallocate(size).map_err(io_err("preallocating", path))?;
+    file.sync_data().map_err(io_err("syncing", path))?;
+    if preallocated > 0 {
+        file.write_at(SIZE_WORD, &preallocated.to_le_bytes()).map_err(io_err("writing the header of", path))?;
+        file.sync_data().map_err(io_err("syncing", path))?;
+    }
+    Ok(())
 }
 
 /// The purge point saved in the log directory `dir` (0 if nothing is purged, or there is no
@@ -1165,5 +1359,6 @@ pub fn read_saved_meta(fs: &dyn FileSystem, path: &Path, cluster_id: Option<u64>
             }
         }
     }
-    Ok(SavedMeta { cluster_id: found, meta: record.meta, newest_segment: record.newest_segment })
+    let newest_segment = record.newest_segment();
+    Ok(SavedMeta { cluster_id: found, meta: record.meta, newest_segment })
 }

@@ -222,6 +222,24 @@ pub enum LinkError {
         /// The frame limit.
         max: usize,
     },
+    /// An AppendEntries carries more entry bytes than [`MAX_APPEND_BYTES`]; openraft sends the
+    /// first `fit` entries instead. Refused before anything is encoded.
+    #[error(
+        "peer {target}: {entries} entries of about {bytes} bytes exceed the {max} bytes one AppendEntries \
+         carries; the first {fit} are sent"
+    )]
+    BatchTooLarge {
+        /// The peer's id.
+        target: u64,
+        /// The entries openraft meant to send.
+        entries: usize,
+        /// Their size, as [`entry_bytes`] counts it.
+        bytes: usize,
+        /// How many of the leading ones fit.
+        fit: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The peer answered with a reply of another kind than the request.
     #[error("peer {target} answered a {asked} request with another kind of reply")]
     WrongReply {
@@ -255,7 +273,7 @@ impl LinkError {
             | LinkError::ReplacedDataDir { .. }
             | LinkError::QueueFull { .. } => FailureKind::Unreachable,
             LinkError::Broken { .. } | LinkError::WrongReply { .. } => FailureKind::Network,
-            LinkError::TooLarge { .. } => FailureKind::PayloadTooLarge,
+            LinkError::TooLarge { .. } | LinkError::BatchTooLarge { .. } => FailureKind::PayloadTooLarge,
         }
     }
 }
@@ -275,6 +293,43 @@ pub struct PeerNetwork {
     links: Arc<Mutex<HashMap<u64, Arc<Link>>>>,
     /// When set, the commit index sent to followers is held to this server's durable log.
     durable: Option<Durable>,
+}
+
+/// The most entry bytes one AppendEntries carries (a single larger entry goes alone).
+///
+/// openraft 0.9 gives every AppendEntries its heartbeat interval (100 ms) to be sent, appended
+/// and fdatasynced by the follower, and answered, whatever its size, and nothing outside
+/// openraft can lengthen that deadline. A follower behind on large entries must therefore be
+/// sent batches that fit it: a megabyte crosses a LAN in about 10 ms. Batches of openraft's
+/// size (hundreds of entries, each up to [`crate::propose::MAX_BATCH_BYTES`]) timed out every
+/// time, and their encoding, hundreds of megabytes, starved the heartbeats to the other voters.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// About how many bytes `entry` takes on the wire: the sum its transactions' sizes, as the
+/// proposer bounds its batches by ([`crate::txn::Txn::approx_len`]). Cheap: nothing is encoded.
+pub fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    const FIXED: usize = 32;
+    FIXED
+        + match &entry.payload {
+            openraft::EntryPayload::Blank => 0,
+            openraft::EntryPayload::Normal(batch) => batch.iter().map(crate::txn::Txn::approx_len).sum(),
+            openraft::EntryPayload::Membership(m) => m.nodes().map(|(_, n)| 16 + n.addr.len()).sum(),
+        }
+}
+
+/// How many of the leading entries of sizes `sizes` fit within `max` bytes together: at least
+/// one, so that an entry larger than `max` by itself is still sent (alone).
+pub fn entries_that_fit(sizes: impl IntoIterator<Item = usize>, max: usize) -> usize {
+    let mut total = 0usize;
+    let mut fit = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if total > max && fit > 0 {
+            break;
+        }
+        fit += 1;
+    }
+    fit
 }
 
 /// How long an AppendEntries may wait for the leader's own fdatasync of the commit index it
@@ -686,11 +741,12 @@ impl LinkTask {
         // A server whose data was wiped may not come back under its old id, whichever end
         // dials: nothing is sent to it.
         if let Err(r) = self.sightings.check_data_dir(self.target, incarnation) {
-            return Err(LinkError::ReplacedDataDir {
-                target: self.target,
-                addr: self.addr.clone(),
-                refusal: Refusal::ReplacedDataDir { id: self.target, known: r.known, presented: r.presented },
-            });
+            let refusal = Refusal::ReplacedDataDir { id: self.target, known: r.known, presented: r.presented };
+            // The refused server accepted us: it learns why only if told. Best effort, bounded.
+            if let Ok(body) = PeerMessage::Refused(refusal.clone()).encode() {
+                let _ = tokio::time::timeout(self.options.connect_timeout, write_frame(&mut writer, &body)).await;
+            }
+            return Err(LinkError::ReplacedDataDir { target: self.target, addr: self.addr.clone(), refusal });
         }
         // The dialler's half of duplicate-id detection: the listener checked who we are, we
         // check who it is. Dropping the socket here closes it before anything is sent.
@@ -772,8 +828,8 @@ impl LinkTask {
                     let _ = tx.send(Ok(body));
                 }
             }
-            Some(Ok(PeerMessage::Request { .. })) => {
-                self.drop_conn("the peer sent a request on a connection it accepted".into());
+            Some(Ok(PeerMessage::Request { .. } | PeerMessage::Refused(_))) => {
+                self.drop_conn("the peer sent a dialler's message on a connection it accepted".into());
             }
             Some(Err(e)) => {
                 if e.is_hang_up() {
@@ -899,6 +955,19 @@ impl openraft::RaftNetwork<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        // Refused before it is encoded: openraft retries at once with the first `fit` entries,
+        // and keeps that count for its next few calls (its `entries_hint`).
+        let fit = entries_that_fit(rpc.entries.iter().map(entry_bytes), MAX_APPEND_BYTES);
+        if fit < rpc.entries.len() {
+            let e = LinkError::BatchTooLarge {
+                target: self.target,
+                entries: rpc.entries.len(),
+                bytes: rpc.entries.iter().map(entry_bytes).sum(),
+                fit,
+                max: MAX_APPEND_BYTES,
+            };
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64).with_source_error(&e)));
+        }
         if let Some(durable) = &self.durable {
             rpc.leader_commit = durable.commit_to_send(rpc.leader_commit, COMMIT_PATIENCE).await;
         }
@@ -990,6 +1059,18 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains(super::super::noise::UNREACHABLE) && text.contains("dialling"), "{text}");
         drop(frozen);
+    }
+
+    #[test]
+    fn an_append_carries_the_leading_entries_that_fit_and_at_least_one() {
+        let mb = 1 << 20;
+        assert_eq!(entries_that_fit([], mb), 0, "a heartbeat");
+        assert_eq!(entries_that_fit([100; 50], mb), 50, "small entries all fit");
+        assert_eq!(entries_that_fit([500_000; 300], mb), 2, "two of 500 KB in a MiB");
+        assert_eq!(entries_that_fit([8 * mb, 10], mb), 1, "an entry larger than the bound goes alone");
+        assert_eq!(entries_that_fit([10, 8 * mb], mb), 1, "and not behind another");
+        assert_eq!(entries_that_fit([mb / 2, mb / 2, 1], mb), 2, "exactly the bound fits");
+        assert_eq!(entries_that_fit([usize::MAX, usize::MAX], mb), 1, "no overflow");
     }
 
     #[test]

@@ -42,6 +42,9 @@ impl LocalIdentity {
 pub struct Sightings {
     seen: Mutex<HashMap<u64, Seen>>,
     data_dirs: KnownPeers,
+    /// The refusal each peer last sent this server after accepting its handshake, and when it
+    /// was logged (see [`Sightings::refusal_log_due`]).
+    refused: Mutex<HashMap<u64, (String, Instant)>>,
 }
 
 /// The process last heard for one id.
@@ -75,7 +78,21 @@ impl Default for Sightings {
 impl Sightings {
     /// Sightings checking peers' data directories against `data_dirs`.
     pub fn new(data_dirs: KnownPeers) -> Self {
-        Sightings { seen: Mutex::default(), data_dirs }
+        Sightings { seen: Mutex::default(), data_dirs, refused: Mutex::default() }
+    }
+
+    /// Whether this server logs `refusal`, sent by peer `from` at `now`: when it differs from
+    /// the last one from that peer, else once every [`super::client::STILL_DOWN_EVERY`] (a
+    /// leader dials again every few hundred milliseconds).
+    pub fn refusal_log_due(&self, from: u64, refusal: &str, now: Instant) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let last = refused.get(&from);
+        let changed = last.is_none_or(|(r, _)| r != refusal);
+        let due = super::client::failure_log_due(changed, last.map(|(_, at)| *at), now);
+        if due {
+            refused.insert(from, (refusal.to_string(), now));
+        }
+        due
     }
 
     /// Checks that server `id` presents the data directory it was first heard with

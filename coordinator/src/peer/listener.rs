@@ -362,6 +362,12 @@ impl PeerConn<'_> {
                     break;
                 }
             };
+            if let PeerMessage::Refused(refusal) = &msg {
+                if sightings.refusal_log_due(from, &refusal.to_string(), Instant::now()) {
+                    tracing::error!(%peer_addr, peer = from, "server {from} refused this server after its handshake: {refusal}");
+                }
+                break;
+            }
             let leading = matches!(
                 msg,
                 PeerMessage::Request { body: PeerRequest::AppendEntries(_) | PeerRequest::InstallSnapshot(_), .. }

@@ -8,7 +8,8 @@
 //! a `tracing` layer that drops openraft's repeats of a failure the link reported (a peer
 //! unreachable, refusing the handshake, answering under another process's id or from another
 //! data directory, silent on an open connection, or answering nothing while the calls for it
-//! fill the link's queue); every other openraft line (a storage error during replication, a
+//! fill the link's queue), and its lines about an AppendEntries cut down to what one carries
+//! (routine while a follower catches up on large entries); every other openraft line (a storage error during replication, a
 //! timeout of a peer that answers other calls) goes through.
 
 use std::fmt::Write as _;
@@ -33,6 +34,10 @@ pub const PAUSED: &str = "backoff mode: drain events";
 /// while it lasts).
 pub const QUEUE_FULL: &str = " requests are already queued for it";
 
+/// Text of [`super::LinkError::BatchTooLarge`]: a batch cut to what one AppendEntries carries
+/// is routine while a follower catches up on large entries, not a failure.
+pub const BATCH_CAPPED: &str = " bytes one AppendEntries carries";
+
 /// Whether a line logged under `target` with the rendered fields `text` only repeats a
 /// failure to reach a peer that the peer's link logs itself.
 pub fn repeats_link_failure(target: &str, text: &str) -> bool {
@@ -40,6 +45,7 @@ pub fn repeats_link_failure(target: &str, text: &str) -> bool {
         && (text.contains(UNREACHABLE)
             || text.contains(PAUSED)
             || text.contains(QUEUE_FULL)
+            || text.contains(BATCH_CAPPED)
             || REFUSED.iter().any(|r| text.contains(r)))
 }
 
@@ -149,6 +155,9 @@ mod tests {
         assert!(full.to_string().contains(QUEUE_FULL), "{full}");
         assert!(repeats_link_failure("openraft::replication", &full.to_string()));
         assert!(!repeats_link_failure("referee_coordinator::peer::client", &full.to_string()));
+        let capped = LinkError::BatchTooLarge { target: 2, entries: 64, bytes: 32_000_000, fit: 2, max: 1 << 20 };
+        assert!(capped.to_string().contains(BATCH_CAPPED), "{capped}");
+        assert!(repeats_link_failure("openraft::replication", &capped.to_string()));
     }
 
     #[test]

@@ -244,8 +244,9 @@ pub enum Refusal {
     #[error(
         "server {id} presents a new data directory (incarnation {presented}; it was first heard with {known}): \
          its data was wiped or replaced, so it has forgotten the votes it cast and the entries it acknowledged. \
-         It may rejoin only as a new member: remove it (`referee coordinator members remove {id}`), then add \
-         it under a new id with an empty data directory"
+         It may rejoin only as a new member: remove it (`referee coordinator members remove --server ADMIN \
+         --id {id}`, ADMIN being any member's admin address), then add it under a new id with an empty data \
+         directory"
     )]
     ReplacedDataDir {
         /// The dialler's id.
@@ -389,6 +390,12 @@ pub enum PeerMessage {
         /// The answer.
         body: PeerReply,
     },
+    /// Dialler to listener, as the only frame after the handshake: the dialler refuses the
+    /// listener it reached (it answered from a replaced data directory) and closes the
+    /// connection. Sent so the refused server logs why: its own handshake check passed. (A
+    /// server of an earlier release reads it as a malformed frame and closes the connection,
+    /// as it would have seen it closed anyway.)
+    Refused(Refusal),
 }
 
 impl PeerMessage {

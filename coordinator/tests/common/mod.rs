@@ -6,6 +6,7 @@
 
 pub mod child;
 pub mod ensemble;
+pub mod processes;
 pub mod raw;
 pub mod script;
 

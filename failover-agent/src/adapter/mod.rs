@@ -91,7 +91,9 @@ pub enum NoAnswer {
     Refused,
     /// No answer before the deadline: the master may be hung, overloaded, or unreachable.
     TimedOut,
-    /// The exchange broke off (connection reset, closed mid-answer, unreachable network).
+    /// The exchange broke off (connection reset, closed before or mid-answer, unreachable
+    /// network). Ambiguous: a master at its connection limit, or behind a proxy, looks the same,
+    /// so the health monitor counts it as slow, as a timeout (see [`crate::health`]).
     Broken,
 }
 

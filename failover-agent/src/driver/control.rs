@@ -441,7 +441,8 @@ impl Driver {
                 if code.is_success() {
                     Ok(())
                 } else {
-                    let body = answer.text().await.unwrap_or_default();
+                    // Capped: the peer may be the misbehaving one.
+                    let body = referee_fencing::body_snippet(answer).await;
                     let why = format!("{} did not cede ({code}): {body}", record.node_id);
                     match code.as_u16() {
                         // Queued there, not answered in time.

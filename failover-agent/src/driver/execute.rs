@@ -4,11 +4,13 @@
 
 use super::*;
 
-/// What a target's master answers on `GET /ha/state` within 500 ms, if it answers.
+/// What a target's master answers on `GET /ha/state` within 500 ms, if it answers. Its answer
+/// is read no further than [`referee_fencing::MAX_ANSWER_BYTES`]: every peer is asked at once,
+/// in the middle of a promotion, and any of them may be the misbehaving one.
 async fn ha_state(http: &reqwest::Client, target: &FenceTarget) -> Option<HaStatus> {
     let url = format!("{}/ha/state", target.ha_base_url());
     match http.get(&url).timeout(Duration::from_millis(500)).send().await {
-        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+        Ok(r) if r.status().is_success() => referee_fencing::read_json::<HaStatus>(r).await.ok(),
         _ => None,
     }
 }
@@ -27,7 +29,7 @@ async fn confirm_step_down(
     let url = format!("{}/ha/standby", target.ha_base_url());
     let sent = http.post(&url).timeout(limit).json(&referee_fencing::TokenRequest { token: new_token }).send();
     let answer = match sent.await {
-        Ok(r) if r.status().is_success() => r.json::<HaStatus>().await.ok(),
+        Ok(r) if r.status().is_success() => referee_fencing::read_json::<HaStatus>(r).await.ok(),
         Ok(r) => return MethodOutcome::Failed { reason: format!("POST {url} answered {}", r.status()) },
         Err(e) => return MethodOutcome::Indeterminate { reason: format!("POST {url}: {e}") },
     };

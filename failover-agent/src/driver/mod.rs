@@ -82,6 +82,12 @@ pub enum AgentError {
     Watchdog(std::io::Error),
 }
 
+/// How often the loop tends the watchdog (and shows itself alive) while it waits on a step:
+/// its interval, within 50 to 500 ms.
+pub(crate) fn tend_period(loop_interval: Duration) -> Duration {
+    loop_interval.clamp(Duration::from_millis(50), Duration::from_millis(500))
+}
+
 fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -629,12 +635,16 @@ impl Driver {
         }
     }
 
-    /// Feeds the watchdog if its rule allows it now, and shows its state.
+    /// Feeds the watchdog if its rule allows it now, and shows its state; and marks the loop
+    /// alive for `/healthz` (fed or not: starving is the rule's verdict, not a hung loop).
     fn tend_watchdog(&mut self) {
         let facts = self.watchdog_facts();
-        self.watchdog.tend(BootInstant::now(), facts);
+        let now = BootInstant::now();
+        self.watchdog.tend(now, facts);
+        let mut st = self.status();
+        st.loop_alive_at = Some(now);
         if let Some(ms) = self.watchdog.promise_ms() {
-            self.status().watchdog = Some(crate::status::WatchdogStatus {
+            st.watchdog = Some(crate::status::WatchdogStatus {
                 self_fence_ms: ms,
                 armed: self.watchdog.armed(),
                 starving: self.watchdog.starving().map(|s| s.to_string()),
@@ -649,7 +659,7 @@ impl Driver {
     async fn tended_during<T>(&mut self, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         // The first tend one period in: the loop has just tended, and a short step needs none.
-        let period = Duration::from_millis(self.cfg.election.loop_interval_ms.clamp(50, 500));
+        let period = tend_period(Duration::from_millis(self.cfg.election.loop_interval_ms));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -291,8 +291,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The most of a response body a method reads: its answers are a few hundred bytes of JSON,
 /// and the endpoint may belong to the misbehaving master being fenced, which could otherwise
-/// fill the agent's memory mid-fence.
-pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 10;
+/// fill the agent's memory mid-fence. The agent reads its peers' answers under the same cap
+/// (with [`read_json`] and [`body_snippet`]).
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 
 /// Reads a response body, at most `limit` bytes; past that, what was read with `true` (the
 /// rest is left unread).
@@ -309,8 +310,9 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Result<(
     Ok((body, false))
 }
 
-/// Reads a JSON answer of at most [`MAX_ANSWER_BYTES`]; the error says why not.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, String> {
+/// Reads a JSON answer of at most [`MAX_ANSWER_BYTES`]; the error says why not. A longer
+/// answer is not read past the cap (the caller then drops the response, and its connection).
+pub async fn read_json<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, String> {
     match read_at_most(response, MAX_ANSWER_BYTES).await {
         Ok((_, true)) => Err(format!("the answer is longer than {MAX_ANSWER_BYTES} bytes (not read further)")),
         Ok((body, false)) => serde_json::from_slice(&body).map_err(|e| e.to_string()),
@@ -318,8 +320,9 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(response: reqwest:
     }
 }
 
-/// Reads at most a short prefix of a response body for a reason sentence.
-pub(crate) async fn body_snippet(response: reqwest::Response) -> String {
+/// Reads at most a short prefix of a response body (1 KiB) for a reason sentence: at most 200
+/// characters, trimmed; "empty body" or "unreadable body" when there is nothing to show.
+pub async fn body_snippet(response: reqwest::Response) -> String {
     match read_at_most(response, 1024).await {
         Ok((bytes, _)) => {
             let text = String::from_utf8_lossy(&bytes);
