@@ -359,7 +359,7 @@ async fn a_follower_back_on_a_wiped_data_directory_is_refused_and_costs_the_lead
     );
     let refusal = about.iter().find(|l| l.contains(" is not spoken to: ")).context("no refusal line")?;
     ensure!(
-        refusal.contains(&format!("referee coordinator members remove {wiped}")),
+        refusal.contains(&format!("referee coordinator members remove --server ADMIN --id {wiped}")),
         "the refusal does not say how to bring the server back as a new member: {refusal}"
     );
     // Refused under its old id, it never learns a leader, so it serves nobody.

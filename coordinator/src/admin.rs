@@ -999,6 +999,16 @@ async fn until_ready_to_vote(
 /// the voters was proposed), and what to do.
 fn not_made_a_voter(ctx: &AdminContext, id: u64, peer: &str) -> Refusal {
     let m = ctx.metrics();
+    // A refusal of the link names the cause itself (another cluster, a duplicate id, a
+    // replaced data directory): what the operator must fix, ahead of the lag it caused.
+    if let Some(why) = ctx.peers.as_ref().and_then(|p| p.refused_by(id)) {
+        return Refusal::NotReady(format!(
+            "server {id} was not made a voter: {why}. No change of the voters was proposed: {}. Fix its \
+             configuration or data directory, then make it a voter with the same request; or remove it with \
+             DELETE /members/{id}",
+            ctx.standing(id)
+        ));
+    }
     Refusal::NotReady(format!(
         "server {id} was not made a voter: it did not follow the leader closely enough within {ADMIN_DEADLINE:?} \
          ({}), and as a voter it would count in every quorum. No change of the voters was proposed: {}. Start it \

@@ -10,7 +10,8 @@
 //!   refused naming the field;
 //! - `/members` refuses (409) a change whose new voters would have no majority following the
 //!   leader: a voter added that never answers (left an observer), a voter removed while
-//!   another is down; nothing is proposed and writes go on.
+//!   another is down; nothing is proposed and writes go on. A voter added from another cluster
+//!   is refused naming the cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -598,6 +599,38 @@ async fn a_voter_that_never_answers_is_left_an_observer_beside_a_single_voter() 
     let (status, body) = delete(l_admin, "3").await?;
     assert_eq!(status, 200, "{body}");
     assert!(!members(l_admin).await?.members.iter().any(|m| m.id == 3), "server 3 removed");
+    for r in running {
+        stop(r).await?;
+    }
+    Ok(())
+}
+
+/// A voter added whose server belongs to another cluster (its `cluster_id` differs) refuses
+/// the leader's every dial: the refusal (409) names that cause, where it spoke only of a server
+/// not heard from and sent the operator to check an address that was right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_added_from_another_cluster_is_refused_naming_the_cluster() -> Result<()> {
+    let (running, servers, _dirs) = start_ensemble(&[Role::Voter, Role::Observer]).await?;
+    let leader = leader_of(&running).await?;
+    let l_admin = by_id(&running, leader)?.admin;
+    let p = prepare(3, Role::Voter).await?;
+    let entry = p.entry.clone();
+    let dir = ScratchDir::new("members-3-of-another-cluster")?;
+    let mut cfg = config_of(&dir, &entry, &[servers, vec![entry.clone()]].concat())?;
+    cfg.cluster_id = Some(8);
+    let startup = Startup { initialise: false, peer_listener: Some(p.peer) };
+    let foreign = tokio::spawn(Coordinator::start_with(cfg, Arc::new(RealFs), startup));
+
+    let (status, body) = post(l_admin, member_json(&entry, "voter")).await?;
+    let r = refusal(status, &body, 409)?;
+    eprintln!("the refusal: {}", r.error);
+    assert!(
+        r.error.contains("server 3") && r.error.contains("wrong cluster id") && r.error.contains("cluster 8"),
+        "{body}"
+    );
+    assert_eq!(shape(l_admin).await?, (vec![1], false), "server 1 stays the only voter, no change in progress");
+    write_and_check(&running, leader, "/after-the-foreign-voter").await?;
+    foreign.abort();
     for r in running {
         stop(r).await?;
     }

@@ -29,6 +29,7 @@
 //! meanwhile (slow, not gone) times out as openraft's own.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,7 +133,7 @@ async fn connect_again_and_again(addr: &str, every: Duration) -> std::io::Result
     let mut attempts = tokio::task::JoinSet::new();
     loop {
         let to = addr.to_string();
-        attempts.spawn(async move { TcpStream::connect(to).await });
+        attempts.spawn(async move { connect_once(&to).await });
         tokio::select! {
             // Dropping the set aborts the attempts still pending.
             Some(done) = attempts.join_next() => {
@@ -141,6 +142,35 @@ async fn connect_again_and_again(addr: &str, every: Duration) -> std::io::Result
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// One connection attempt to `addr` (each address it resolves to in turn). The socket is
+/// marked `SO_REUSEADDR` and a connection to itself is refused: with the peer down and its
+/// port in the kernel's ephemeral range, a dial can be given that very port as its own and
+/// connect to itself (TCP's simultaneous open); its `TIME_WAIT` would then keep the peer from
+/// binding its port when it starts, unless the socket allowed reuse.
+async fn connect_once(addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for to in tokio::net::lookup_host(addr).await? {
+        let socket = if to.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.connect(to).await {
+            Ok(stream) if connected_to_itself(stream.local_addr().ok(), stream.peer_addr().ok()) => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("nothing listens at {to} (the dial connected to itself)"),
+                ));
+            }
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+}
+
+/// Whether a connection's two ends are one socket.
+fn connected_to_itself(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> bool {
+    local.is_some() && local == peer
 }
 
 /// Why a call to a peer failed before an answer came back.
@@ -379,6 +409,16 @@ impl PeerNetwork {
         self.sightings.active(id, Instant::now()).filter(|a| !a.hung_up).map(|a| a.silent_for)
     }
 
+    /// Why server `id` refused this server's last dial, if it refused it for who either end is
+    /// (another cluster, a duplicate id, a replaced data directory) and no dial has succeeded
+    /// since; `None` if this server has not dialled it.
+    pub fn refused_by(&self, id: u64) -> Option<String> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let link = links.get(&id)?;
+        let why = link.conn.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        why
+    }
+
     /// Sends `request` to server `target` outside Raft and waits for the reply, at most
     /// `deadline`: how followers forward writes, report session liveness and ask for a read
     /// index, and how voters ask for pre-votes and a leader proves it leads. The address is the
@@ -481,6 +521,10 @@ struct ConnState {
     heard_us: AtomicU64,
     /// Whether the peer was reported silent and has not answered since.
     silence_reported: AtomicBool,
+    /// Why the peer refused the last dial for who either end is (another cluster, a duplicate
+    /// id, a replaced data directory), until a dial succeeds: for the answers that would
+    /// otherwise only say the peer was not heard from.
+    refused: Mutex<Option<String>>,
 }
 
 impl ConnState {
@@ -490,7 +534,12 @@ impl ConnState {
             open: AtomicBool::new(false),
             heard_us: AtomicU64::new(0),
             silence_reported: AtomicBool::new(false),
+            refused: Mutex::new(None),
         }
+    }
+
+    fn set_refused(&self, why: Option<String>) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = why;
     }
 
     fn now_us(&self) -> u64 {
@@ -679,6 +728,7 @@ impl LinkTask {
                 self.conn = Some(conn);
                 self.shared.heard();
                 self.shared.open.store(true, Ordering::Relaxed);
+                self.shared.set_refused(None);
                 self.send(call).await;
             }
             Ok(Err(e)) => self.dial_failed(e, call),
@@ -697,6 +747,9 @@ impl LinkTask {
         let now = Instant::now();
         let down_since = *self.down_since.get_or_insert(now);
         let changed = self.last_failure.as_ref() != Some(&e);
+        if let LinkError::Refused { .. } | LinkError::Duplicate { .. } | LinkError::ReplacedDataDir { .. } = &e {
+            self.shared.set_refused(Some(e.to_string()));
+        }
         if failure_log_due(changed, self.logged_at, now) {
             let lasting = if changed { String::new() } else { format!(" (for {})", Secs(now - down_since)) };
             match &e {
@@ -1059,6 +1112,25 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains(super::super::noise::UNREACHABLE) && text.contains("dialling"), "{text}");
         drop(frozen);
+    }
+
+    #[test]
+    fn a_connection_whose_ends_are_one_address_is_to_itself() {
+        let a: SocketAddr = "127.0.0.1:42122".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:51234".parse().unwrap();
+        assert!(connected_to_itself(Some(a), Some(a)));
+        assert!(!connected_to_itself(Some(b), Some(a)));
+        assert!(!connected_to_itself(None, None), "unknown ends are not taken for one");
+    }
+
+    #[tokio::test]
+    async fn a_dial_to_a_closed_port_fails_and_one_to_a_listener_connects() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let stream = connect_once(&open.to_string()).await.expect("a listener is reached");
+        assert_eq!(stream.peer_addr().unwrap(), open);
+        drop(listener);
+        assert!(connect_once(&open.to_string()).await.is_err(), "nothing listens there any more");
     }
 
     #[test]
