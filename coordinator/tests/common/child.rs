@@ -2,6 +2,7 @@
 //! measure the process from outside (its RSS) or that must see it exactly as a deployment runs.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -9,6 +10,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use referee_testkit::{free_port, ScratchDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Starts the `referee-coordinator` binary with `flags` and the configuration at `config`, its
+/// log (info, openraft's warnings) going to `log`.
+pub fn spawn_coordinator(flags: &[&str], config: &Path, log: std::fs::File) -> Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
+        .args(flags)
+        .arg(config)
+        .env("REFEREE_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting referee-coordinator")
+}
 
 /// A running `referee-coordinator`, killed on drop.
 pub struct ChildServer {
@@ -46,14 +61,7 @@ impl ChildServer {
 
     fn spawn(dir: &ScratchDir) -> Result<Child> {
         let log = std::fs::File::create(dir.path("coordinator.log"))?;
-        Command::new(env!("CARGO_BIN_EXE_referee-coordinator"))
-            .arg(dir.path("coordinator.yaml"))
-            .env("REFEREE_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting referee-coordinator")
+        spawn_coordinator(&[], &dir.path("coordinator.yaml"), log)
     }
 
     async fn wait_ready(&mut self) -> Result<()> {

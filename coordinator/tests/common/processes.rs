@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -71,18 +71,9 @@ impl Processes {
     }
 
     fn spawn(&self, id: u64, init: bool) -> Result<Child> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_referee-coordinator"));
-        if init {
-            cmd.arg("--init");
-        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
-        cmd.arg(self.dir.path(&format!("server{id}.yaml")))
-            .env("REFEREE_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting referee-coordinator")
+        let flags: &[&str] = if init { &["--init"] } else { &[] };
+        super::child::spawn_coordinator(flags, &self.dir.path(&format!("server{id}.yaml")), log)
     }
 
     /// Server `id`'s addresses.
